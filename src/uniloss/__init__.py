@@ -1,0 +1,39 @@
+"""uniloss: evaluation metrics as training losses by the UniLoss method.
+
+UniLoss (Liu, Wang, Deng, ECCV 2020) re-expresses a metric on a mini-batch as
+``e = g(h(f(s)))``: score differences ``c = f(s)``, bits ``b = [c > 0]``, any function ``g`` of
+the bits. It relaxes the bits with a sigmoid and interpolates ``g`` over anchor configurations by
+inverse distance weighting, giving a differentiable surrogate of the metric itself.
+
+    >>> import torch, uniloss
+    >>> loss_fn = uniloss.UniLoss(uniloss.AveragePrecision())
+    >>> scores = torch.randn(16, requires_grad=True)
+    >>> loss = loss_fn(scores, torch.arange(16) % 4 == 0)
+    >>> loss.backward()
+"""
+
+from . import functional, testing
+from ._anchors import AnchorSet, sample_anchors
+from ._decomposition import Decomposition
+from ._interpolation import interpolate, relax
+from ._metrics import PCK, AveragePrecision, KeypointTarget, MulticlassAccuracy
+from ._module import UniLoss
+from .functional import LossInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnchorSet",
+    "AveragePrecision",
+    "Decomposition",
+    "KeypointTarget",
+    "LossInfo",
+    "MulticlassAccuracy",
+    "PCK",
+    "UniLoss",
+    "functional",
+    "interpolate",
+    "relax",
+    "sample_anchors",
+    "testing",
+]

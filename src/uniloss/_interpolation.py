@@ -1,0 +1,110 @@
+r"""The relaxation ``h~`` and the inverse-distance-weighted interpolation ``g~`` (paper 3.4-3.5).
+
+The relaxed point is ``u = sigmoid(c / tau)`` in ``(0, 1)^l``; the interpolation is Shepard's
+inverse distance weighting over anchors ``a_i`` in ``{0, 1}^l``:
+
+.. math::
+
+    \tilde g(u) = \frac{\sum_i g(a_i) / d(u, a_i)}{\sum_i 1 / d(u, a_i)},
+    \qquad \tilde g(u) = g(a_i) \text{ where } d(u, a_i) = 0 .
+
+Distances are computed relative to the hard configuration ``h = [c > 0]``: with the residual
+``r_k = |u_k - h_k| = sigmoid(-|c_k| / tau)`` (in ``[0, 1/2]``, computed directly so it does not
+round to zero when ``u`` rounds to 0 or 1),
+
+.. math::
+
+    d(u, a)^2 = \sum_k r_k^2 + \sum_{k : a_k \ne h_k} (1 - 2 r_k),
+
+a sum of non-negative terms, free of the cancellation of ``|u|^2 - 2 u.a + |a|^2`` when ``l``
+is large. The published code's ``(-1, 1)`` convention scales every distance by 2, which leaves
+the weights unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+
+def relax(comparisons: Tensor, temperature: float = 1.0) -> Tensor:
+    """``h~(c) = sigmoid(c / temperature)``: the relaxed bits in ``(0, 1)``, shape of ``c``."""
+    return torch.sigmoid(comparisons / temperature)
+
+
+def residual(comparisons: Tensor, temperature: float = 1.0) -> Tuple[Tensor, Tensor]:
+    """Split the relaxed point into the hard bits and the distance to them.
+
+    Returns:
+        ``(hard, r)``: ``hard = [c > 0]`` (bool, no grad) and ``r = |sigmoid(c/tau) - hard|`` in
+        ``[0, 1/2]``, differentiable, computed as ``sigmoid(-|c|/tau)`` with the sign taken from
+        ``hard`` so the gradient is right at ``c == 0`` too.
+    """
+    hard = comparisons.detach() > 0
+    r = torch.sigmoid(torch.where(hard, -comparisons, comparisons) / temperature)
+    return hard, r
+
+
+def idw_from_residual(hard: Tensor, r: Tensor, disagreement: Tensor, values: Tensor) -> Tensor:
+    """Inverse distance weighting at the point ``hard +/- r`` over anchors.
+
+    Args:
+        hard: ``[l]`` bool; r: ``[l]`` float in ``[0, 1/2]`` (see :func:`residual`).
+        disagreement: ``[t, l]`` float, 1 where anchor ``i`` differs from ``hard`` at bit ``k``
+            (or anything whose product with ``1 - 2r`` gives that sum).
+        values: ``[t]`` metric values ``g(a_i)`` (no grad).
+
+    Returns:
+        A scalar ``g~``, exactly ``g(a_i)`` when the point sits on anchor ``i`` (the mean over
+        coinciding anchors, which then share one configuration and one value), with finite
+        gradients everywhere (zero at an exact hit).
+    """
+    return idw_from_sq_distances(sq_distances(r, disagreement), values)
+
+
+def sq_distances(r: Tensor, disagreement: Tensor) -> Tensor:
+    """``[t]`` squared distances from the point ``hard +/- r`` to the anchors (see module doc)."""
+    return (r * r).sum() + disagreement @ (1.0 - 2.0 * r)
+
+
+def idw_from_sq_distances(sq: Tensor, values: Tensor) -> Tensor:
+    """Shepard interpolation (power 1) from squared distances ``[t]`` and values ``[t]``."""
+    sq = sq.clamp_min(0.0)
+    hit = sq <= 0
+    safe = torch.where(hit, torch.ones_like(sq), sq)
+    dist = safe.sqrt()
+    # Scale by the smallest distance (a constant for autograd: the ratio is scale-free) so the
+    # weights lie in (0, 1] and cannot overflow when the point nearly sits on an anchor.
+    weights = dist.detach().min() / dist
+    weights = torch.where(hit.any(), hit.to(weights.dtype), weights)
+    return (weights * values).sum() / weights.sum()
+
+
+def harmonic_distance(sq: Tensor) -> Tensor:
+    """The harmonic mean of the anchors' distances ``t / sum_i 1/d_i`` (detached, 0 on a hit)."""
+    d = sq.detach().clamp_min(0.0).sqrt()
+    return d.numel() / (1.0 / d).sum()
+
+
+def interpolate(u: Tensor, anchors: Tensor, values: Tensor) -> Tensor:
+    """``g~(u)`` for a relaxed point ``u`` ``[l]`` in ``[0, 1]``, anchors ``[t, l]`` bool, values ``[t]``.
+
+    A convenience over :func:`idw_from_residual` for callers that hold ``u`` itself; the engine
+    works from the comparisons directly, which keeps precision when ``u`` rounds to 0 or 1.
+
+    Example::
+
+        >>> import torch
+        >>> from uniloss import interpolate
+        >>> anchors = torch.tensor([[True, True], [False, False]])
+        >>> interpolate(torch.tensor([1.0, 1.0]), anchors, torch.tensor([1.0, 0.0]))
+        tensor(1.)
+        >>> interpolate(torch.tensor([0.5, 0.5]), anchors, torch.tensor([1.0, 0.0]))
+        tensor(0.5000)
+    """
+    hard = u.detach() > 0.5
+    r = torch.where(hard, 1.0 - u, u)
+    values = values.to(r.dtype)
+    return idw_from_residual(hard, r, (anchors != hard).to(r.dtype), values)

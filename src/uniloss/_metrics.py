@@ -1,0 +1,356 @@
+"""The paper's three decompositions: average precision, multi-class accuracy, PCK."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import _validation as V
+from ._decomposition import Decomposition, validate_scores
+from ._pairs import grouped_pairs
+from ._random import randperm
+
+__all__ = ["AveragePrecision", "MulticlassAccuracy", "PCK", "KeypointTarget"]
+
+
+def _segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
+    """Sum ``values [t, m]`` over the columns of each segment: ``[t, num_segments]``."""
+    out = values.new_zeros(values.shape[0], num_segments)
+    return out.index_add_(1, segment, values)
+
+
+def _prepared(decomposition: Decomposition, target, plan_type):
+    """``best`` and ``evaluate`` of decompositions whose bits depend on the scores take the
+    target as ``prepare(scores, target)`` returned it."""
+    if not isinstance(target, plan_type):
+        raise TypeError(
+            f"{type(decomposition).__name__}.best() and .evaluate() take the target returned by "
+            f".prepare(scores, target), but got {type(target).__name__}"
+        )
+    return target
+
+
+# --------------------------------------------------------------------------- average precision
+
+
+@dataclass(frozen=True)
+class _APPlan:
+    pos: Tensor  # [P] indices of positive samples
+    neg: Tensor  # [N] indices of negative samples
+
+
+class AveragePrecision(Decomposition):
+    r"""Binary average precision over positive x negative pairs (paper sec. 4.1).
+
+    Comparisons ``c_ij = s_i - s_j`` for every positive ``i`` and negative ``j`` (``l = P*N``,
+    positive-major); pos-pos and neg-neg pairs cannot change AP and are pruned. From the bits,
+    with ``n_k`` the number of negatives above the ``k``-th positive (``n`` sorted ascending):
+
+    .. math:: AP = \frac{1}{P} \sum_{k=1}^{P} \frac{k}{k + n_k}
+
+    which equals scikit-learn's ``average_precision_score`` for untied scores. With
+    ``interpolated=True`` the precision at each positive is replaced by its running maximum from
+    the right (VOC-style, what the paper's published evaluation computes).
+
+    Shapes: ``scores`` ``[n]`` or ``[n, 1]`` float; ``target`` ``[n]`` with values in {0, 1}
+    (bool, int or float). A batch without a positive has an undefined AP (metric NaN); without a
+    negative AP is 1. Either way there are no comparisons and the loss is zero.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> ap = uniloss.AveragePrecision()
+        >>> ap.metric(torch.tensor([0.9, 0.8, 0.3, 0.1]), torch.tensor([1, 0, 1, 0]))
+        tensor(0.8333)
+    """
+
+    def __init__(self, interpolated: bool = False) -> None:
+        if not isinstance(interpolated, bool):
+            raise TypeError(f"Expected `interpolated` to be a bool, but got {type(interpolated).__name__}")
+        self.interpolated = interpolated
+
+    def __repr__(self) -> str:
+        return f"AveragePrecision(interpolated={self.interpolated})"
+
+    @staticmethod
+    def _flat(scores: Tensor) -> Tensor:
+        return scores.reshape(-1) if scores.dim() == 2 else scores
+
+    def check(self, scores: Tensor, target: Tensor) -> None:
+        validate_scores(scores)
+        if scores.dim() == 2 and scores.shape[1] != 1 or scores.dim() not in (1, 2):
+            raise ValueError(f"Expected `scores` of shape [n] or [n, 1], but got shape {tuple(scores.shape)}")
+        if isinstance(target, _APPlan):
+            return
+        V.check_tensor("target", target)
+        V.check_same_device(scores=scores, target=target)
+        V.check_shape("target", target, (scores.shape[0],), f"[{scores.shape[0]}] (one label per score)")
+        V.check_binary_labels("target", target)
+
+    def prepare(self, scores: Tensor, target, generator=None) -> _APPlan:
+        if isinstance(target, _APPlan):
+            return target
+        positive = target != 0
+        return _APPlan(positive.nonzero().reshape(-1), (~positive).nonzero().reshape(-1))
+
+    def comparisons(self, scores: Tensor, target) -> Tensor:
+        plan = self.prepare(scores, target)
+        s = self._flat(scores)
+        return (s[plan.pos][:, None] - s[plan.neg][None, :]).reshape(-1)
+
+    def best(self, target) -> Tensor:
+        plan = self.prepare(None, target)
+        return torch.ones(plan.pos.numel() * plan.neg.numel(), dtype=torch.bool, device=plan.pos.device)
+
+    def evaluate(self, bits: Tensor, target) -> Tensor:
+        plan = self.prepare(None, target)
+        num_pos, num_neg = plan.pos.numel(), plan.neg.numel()
+        t = bits.shape[0]
+        if num_pos == 0:
+            return torch.full((t,), float("nan"), device=bits.device)
+        above = (~bits).reshape(t, num_pos, num_neg).sum(-1).sort(-1).values  # n_k ascending
+        k = torch.arange(1, num_pos + 1, device=bits.device, dtype=torch.float32)
+        precision = k / (k + above)
+        if self.interpolated:
+            precision = precision.flip(-1).cummax(-1).values.flip(-1)
+        return precision.mean(-1)
+
+
+# --------------------------------------------------------------------------- multi-class accuracy
+
+
+@dataclass(frozen=True)
+class _AccuracyPlan:
+    labels: Tensor  # [n]
+    cols: Tensor  # [n, m] the other classes each sample's target is compared with
+    selected: Optional[Tensor] = None  # [l] flat indices into [n*m] trained this step
+    fixed_ok: Optional[Tensor] = None  # [n] bool: every bit not selected is currently right
+
+
+class MulticlassAccuracy(Decomposition):
+    r"""Multi-class accuracy from ``n*(p-1)`` comparisons (paper sec. 3.2).
+
+    For sample ``i`` with label ``y_i``: ``c_ij = s_{i,y_i} - s_{i,j}`` for every class
+    ``j != y_i``; the sample is correct iff all its bits are 1; ``g`` is the mean over samples.
+
+    Args:
+        top_k: keep only the target and the ``top_k`` highest-scoring other classes of each
+            sample (the published CIFAR-100 code uses 20): ``l = n*top_k``. Still exact, since the
+            target beats every class iff it beats the highest-scoring ones.
+        fraction: train only a random fraction of the bits each call (the paper: 20% on
+            CIFAR-100); the bits not drawn keep their current hard values, so ``metric`` stays
+            exact. Draws come from the loss's generator.
+
+    Shapes: ``scores`` ``[n, p]`` float; ``target`` ``[n]`` int64 in ``[0, p)``.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> acc = uniloss.MulticlassAccuracy()
+        >>> acc.metric(torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]]), torch.tensor([0, 1]))
+        tensor(0.5000)
+    """
+
+    def __init__(self, *, top_k: Optional[int] = None, fraction: Optional[float] = None) -> None:
+        self.top_k = None if top_k is None else V.check_count("top_k", top_k, allow_zero=False)
+        self.fraction = None if fraction is None else V.check_fraction("fraction", fraction)
+
+    def __repr__(self) -> str:
+        return f"MulticlassAccuracy(top_k={self.top_k}, fraction={self.fraction})"
+
+    def check(self, scores: Tensor, target) -> None:
+        validate_scores(scores)
+        V.check_shape("scores", scores, (None, None), "[n, p] (samples x classes)")
+        if isinstance(target, _AccuracyPlan):
+            return
+        V.check_tensor("target", target)
+        V.check_same_device(scores=scores, target=target)
+        V.check_shape("target", target, (scores.shape[0],), f"[{scores.shape[0]}] (one label per row of scores)")
+        V.check_integer_labels("target", target, 0, scores.shape[1])
+
+    def prepare(self, scores: Tensor, target, generator=None) -> _AccuracyPlan:
+        if isinstance(target, _AccuracyPlan):
+            return target
+        labels = target.long()
+        n, p = scores.shape
+        if self.top_k is not None and self.top_k < p - 1:
+            masked = scores.detach().scatter(1, labels[:, None], float("-inf"))
+            cols = masked.topk(self.top_k, dim=1).indices
+        else:  # every other class, in class order
+            others = torch.arange(p - 1, device=scores.device)[None, :]
+            cols = others + (others >= labels[:, None]).long()
+        if self.fraction is None:
+            return _AccuracyPlan(labels, cols)
+        total = cols.numel()
+        keep = max(1, round(self.fraction * total)) if total else 0
+        selected = randperm(total, generator, scores.device)[:keep].sort().values
+        with torch.no_grad():
+            right = self._full(scores, labels, cols) > 0
+            right.view(-1)[selected] = True
+        return _AccuracyPlan(labels, cols, selected, right.all(1))
+
+    @staticmethod
+    def _full(scores: Tensor, labels: Tensor, cols: Tensor) -> Tensor:
+        return scores.gather(1, labels[:, None]) - scores.gather(1, cols)
+
+    def comparisons(self, scores: Tensor, target) -> Tensor:
+        plan = self.prepare(scores, target)
+        c = self._full(scores, plan.labels, plan.cols).reshape(-1)
+        return c if plan.selected is None else c[plan.selected]
+
+    def best(self, target) -> Tensor:
+        plan = _prepared(self, target, _AccuracyPlan)
+        l = plan.cols.numel() if plan.selected is None else plan.selected.numel()
+        return torch.ones(l, dtype=torch.bool, device=plan.labels.device)
+
+    def evaluate(self, bits: Tensor, target) -> Tensor:
+        plan = _prepared(self, target, _AccuracyPlan)
+        t = bits.shape[0]
+        n, m = plan.cols.shape
+        if plan.selected is None:
+            return bits.reshape(t, n, m).all(-1).float().mean(-1)
+        sample = torch.div(plan.selected, m, rounding_mode="floor")
+        wrong = _segment_sum((~bits).float(), sample, n)
+        return ((wrong == 0) & plan.fixed_ok).float().mean(-1)
+
+
+# --------------------------------------------------------------------------- PCK
+
+
+class KeypointTarget(NamedTuple):
+    """Ground truth for :class:`PCK`, in heatmap pixel coordinates.
+
+    Attributes:
+        keypoints: ``[n, J, 2]`` float, the ``(x, y)`` = (column, row) of each joint; pixel
+            ``(i, j)`` of a heatmap (row ``i``, column ``j``) has its centre at ``(x=j, y=i)``.
+        visible: ``[n, J]`` bool; invisible joints are left out of the metric.
+        normalizer: ``[n]`` float > 0, the per-sample length the threshold multiplies
+            (PCKh: the head size, in heatmap pixels).
+    """
+
+    keypoints: Tensor
+    visible: Tensor
+    normalizer: Tensor
+
+
+@dataclass(frozen=True)
+class _PCKPlan:
+    num_joints: int  # visible joints G
+    pos_joint: Tensor  # [A] joint (0..G-1) of each positive pixel, sorted
+    pos_flat: Tensor  # [A] index into heatmaps.reshape(-1)
+    neg_flat: Tensor  # [B]
+    ia: Tensor  # [l] positive of each comparison (sorted)
+    ib: Tensor  # [l] negative of each comparison
+
+
+class PCK(Decomposition):
+    r"""Percentage of correct keypoints from heatmaps (paper sec. 4.2).
+
+    For each visible joint, pixels within ``threshold * normalizer`` (Euclidean, inclusive) of
+    the true location are positive, the rest negative. Comparisons ``c = s_pos - s_neg`` for
+    every positive/negative pair of a heatmap; the joint is correct iff some positive pixel beats
+    every negative one, i.e. the heatmap's argmax lies within the radius (ties among positives do
+    not matter). ``g`` is the fraction of visible joints that are correct. A visible joint whose
+    disc holds no pixel is always wrong.
+
+    Shapes: ``scores`` (heatmaps) ``[n, J, H, W]`` float; ``target`` a :class:`KeypointTarget`
+    (or a tuple ``(keypoints [n, J, 2], visible [n, J], normalizer [n])``). With no visible
+    joint the metric is undefined (NaN) and the loss is zero.
+
+    Memory: ``l = sum_joints P*(H*W - P)``; this dense implementation suits small heatmaps or
+    few joints (a 64x64 heatmap with a 180-pixel disc has about 700k comparisons per joint).
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> heat = torch.zeros(1, 1, 8, 8); heat[0, 0, 2, 5] = 1.0       # argmax at x=5, y=2
+        >>> t = uniloss.KeypointTarget(torch.tensor([[[4.0, 2.0]]]), torch.tensor([[True]]),
+        ...                            torch.tensor([2.0]))
+        >>> uniloss.PCK(threshold=0.5).metric(heat, t)                 # radius 1: distance 1 ok
+        tensor(1.)
+    """
+
+    def __init__(self, threshold: float = 0.5, *, good_flips: int = 1) -> None:
+        self.threshold = V.check_positive("threshold", threshold)
+        self.good_flips = V.check_count("good_flips", good_flips, allow_zero=False)
+
+    def __repr__(self) -> str:
+        return f"PCK(threshold={self.threshold}, good_flips={self.good_flips})"
+
+    def num_good_flips(self, target, num_bits: int) -> int:
+        return min(self.good_flips, max(num_bits, 1))
+
+    def check(self, scores: Tensor, target) -> None:
+        validate_scores(scores)
+        V.check_shape("scores", scores, (None, None, None, None), "[n, J, H, W] (heatmaps)")
+        if isinstance(target, _PCKPlan):
+            return
+        if not isinstance(target, tuple) or len(target) != 3:
+            raise TypeError(
+                "Expected `target` to be a KeypointTarget (keypoints, visible, normalizer), but got "
+                f"{type(target).__name__}"
+            )
+        keypoints, visible, normalizer = target
+        n, j = scores.shape[:2]
+        V.check_floating("target.keypoints", keypoints)
+        V.check_shape("target.keypoints", keypoints, (n, j, 2), f"[{n}, {j}, 2] ((x, y) per joint)")
+        V.check_finite("target.keypoints", keypoints)
+        V.check_tensor("target.visible", visible)
+        V.check_shape("target.visible", visible, (n, j), f"[{n}, {j}]")
+        V.check_binary_labels("target.visible", visible)
+        V.check_floating("target.normalizer", normalizer)
+        V.check_shape("target.normalizer", normalizer, (n,), f"[{n}] (one length per sample)")
+        if normalizer.numel() and not bool((normalizer > 0).all() & torch.isfinite(normalizer).all()):
+            raise ValueError(f"Expected `target.normalizer` to be finite and > 0, but got {normalizer.tolist()}")
+        V.check_same_device(scores=scores, keypoints=keypoints, visible=visible, normalizer=normalizer)
+
+    def positive_mask(self, shape, target) -> Tensor:
+        """``[n, J, H, W]`` bool: the pixels within the radius of each joint (any visibility)."""
+        n, j, h, w = shape
+        keypoints, _, normalizer = target
+        device = keypoints.device
+        ys = torch.arange(h, device=device, dtype=keypoints.dtype)[:, None]
+        xs = torch.arange(w, device=device, dtype=keypoints.dtype)[None, :]
+        dx = xs - keypoints[..., 0, None, None]
+        dy = ys - keypoints[..., 1, None, None]
+        radius = (self.threshold * normalizer)[:, None, None, None]
+        return dx * dx + dy * dy <= radius * radius
+
+    def prepare(self, scores: Tensor, target, generator=None) -> _PCKPlan:
+        if isinstance(target, _PCKPlan):
+            return target
+        keypoints, visible, normalizer = target
+        n, j, h, w = scores.shape
+        pos = self.positive_mask(scores.shape, (keypoints, visible, normalizer)).reshape(n * j, h * w)
+        vis = visible.reshape(-1) != 0
+        joint_index = vis.nonzero().reshape(-1)  # flat (sample, joint) of each visible joint
+        pos = pos[joint_index]
+        base = (joint_index * (h * w))[:, None]
+        pos_joint, pos_pix = pos.nonzero(as_tuple=True)
+        neg_joint, neg_pix = (~pos).nonzero(as_tuple=True)
+        ia, ib = grouped_pairs(pos_joint, neg_joint, joint_index.numel())
+        return _PCKPlan(
+            joint_index.numel(), pos_joint, base[pos_joint, 0] + pos_pix, base[neg_joint, 0] + neg_pix, ia, ib
+        )
+
+    def comparisons(self, scores: Tensor, target) -> Tensor:
+        plan = self.prepare(scores, target)
+        flat = scores.reshape(-1)
+        return flat[plan.pos_flat][plan.ia] - flat[plan.neg_flat][plan.ib]
+
+    def best(self, target) -> Tensor:
+        plan = _prepared(self, target, _PCKPlan)
+        return torch.ones(plan.ia.numel(), dtype=torch.bool, device=plan.ia.device)
+
+    def evaluate(self, bits: Tensor, target) -> Tensor:
+        plan = _prepared(self, target, _PCKPlan)
+        t = bits.shape[0]
+        if plan.num_joints == 0:
+            return torch.full((t,), float("nan"), device=bits.device)
+        wrong = _segment_sum((~bits).float(), plan.ia, plan.pos_joint.numel())
+        row_ok = (wrong == 0).float()  # a positive pixel beating every negative
+        correct = _segment_sum(row_ok, plan.pos_joint, plan.num_joints) > 0
+        return correct.float().mean(-1)

@@ -1,0 +1,95 @@
+"""The loss as a ``torch.nn.Module``: a thin wrapper over :func:`uniloss.functional.uniloss`."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._decomposition import Decomposition
+from .functional import LossInfo, check_options, uniloss_with_info
+
+
+class UniLoss(nn.Module):
+    r"""UniLoss: a metric turned into a differentiable training loss (Liu, Wang, Deng, ECCV 2020).
+
+    ``loss = UniLoss(decomposition)(scores, target)`` is ``-g~(sigmoid(c / tau))``, the metric
+    interpolated by inverse distance weighting over anchors drawn afresh on every call (see
+    :func:`uniloss.functional.uniloss` for the method and every keyword). Options are checked
+    once, here; tensors on every call unless ``validate_args=False``.
+
+    After each call, :attr:`last` holds a :class:`~uniloss.functional.LossInfo`:
+    ``last.metric`` is the exact metric of the batch's hard decisions and ``last.surrogate`` the
+    interpolated value, both detached, for logging.
+
+    Args:
+        decomposition: the metric, a :class:`uniloss.Decomposition`.
+        num_good, num_nearby, num_bad: anchors of each kind per call (16 each in the paper).
+        temperature: ``tau`` of the sigmoid relaxation.
+        grad_scale: ``"distance"`` (default: the gradient is measured in units of the
+            anchors' harmonic-mean distance, which makes cross-entropy's learning rates work) or
+            a constant (``1.0``: the paper's plain ``-g~``).
+        generator: a ``torch.Generator`` for the anchors (same state, same loss).
+        validate_args: check tensors on every call.
+
+    Shapes: as the decomposition documents; the result is a scalar.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> loss_fn = uniloss.UniLoss(uniloss.MulticlassAccuracy(),
+        ...                           generator=torch.Generator().manual_seed(0))
+        >>> scores = torch.randn(8, 5, requires_grad=True)
+        >>> target = torch.randint(0, 5, (8,))
+        >>> loss = loss_fn(scores, target)
+        >>> loss.backward()
+        >>> float(loss_fn.last.metric) == float((scores.argmax(1) == target).float().mean())
+        True
+    """
+
+    last: Optional[LossInfo]
+
+    def __init__(
+        self,
+        decomposition: Decomposition,
+        *,
+        num_good: int = 16,
+        num_nearby: int = 16,
+        num_bad: int = 16,
+        temperature: float = 1.0,
+        grad_scale: Union[str, float] = "distance",
+        generator: Optional[torch.Generator] = None,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(decomposition, Decomposition):
+            raise TypeError(
+                "Expected `decomposition` to be a uniloss.Decomposition, but got "
+                f"{type(decomposition).__name__}"
+            )
+        check_options(num_good, num_nearby, num_bad, temperature, grad_scale)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
+        self.decomposition = decomposition
+        self.num_good, self.num_nearby, self.num_bad = num_good, num_nearby, num_bad
+        self.temperature = float(temperature)
+        self.grad_scale = grad_scale
+        self.generator = generator
+        self.validate_args = validate_args
+        self.last = None
+
+    def forward(self, scores: Tensor, target: Any) -> Tensor:
+        loss, self.last = uniloss_with_info(
+            scores, target, self.decomposition,
+            num_good=self.num_good, num_nearby=self.num_nearby, num_bad=self.num_bad,
+            temperature=self.temperature, grad_scale=self.grad_scale, generator=self.generator,
+            validate_args=self.validate_args,
+        )
+        return loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
+            f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}"
+        )

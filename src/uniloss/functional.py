@@ -1,0 +1,201 @@
+"""Functional form of the UniLoss surrogate: :func:`uniloss`.
+
+The module :class:`uniloss.UniLoss` is a thin wrapper around :func:`uniloss_with_info`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import _validation as V
+from ._anchors import AnchorSet, sample_anchors
+from ._decomposition import Decomposition, validate_scores
+from ._interpolation import harmonic_distance, idw_from_sq_distances, residual, sq_distances
+
+__all__ = ["uniloss", "uniloss_with_info", "LossInfo"]
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """What one loss call saw, for logging. Tensors are detached scalars unless noted.
+
+    Attributes:
+        metric: the exact metric of the batch's hard decisions ``g([c > 0])`` (NaN where the
+            metric is undefined on the batch, e.g. AP without a positive).
+        surrogate: the interpolated value ``g~(u)`` (NaN where undefined).
+        loss: the returned loss, detached.
+        num_bits: ``l``, the number of comparisons the loss saw.
+        anchor_values: ``[t]`` metric values at the anchors, best first.
+        kinds: ``(name, count)`` of the anchor rows.
+    """
+
+    metric: Tensor
+    surrogate: Tensor
+    loss: Tensor
+    num_bits: int
+    anchor_values: Tensor
+    kinds: tuple
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def check_options(num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object) -> None:
+    """Argument checks, run once by the module and on every functional call."""
+    V.check_count("num_good", num_good)
+    V.check_count("num_nearby", num_nearby)
+    V.check_count("num_bad", num_bad)
+    V.check_positive("temperature", temperature)
+    if grad_scale != "distance":
+        V.check_positive("grad_scale", grad_scale)
+
+
+def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
+    if isinstance(anchors, AnchorSet):
+        bits = anchors.bits
+    else:
+        bits = V.check_tensor("anchors", anchors)
+        if bits.dtype != torch.bool:
+            raise TypeError(f"Expected `anchors` to be a bool tensor, but got dtype {bits.dtype}")
+        anchors = AnchorSet(bits, (("given", bits.shape[0] if bits.dim() else 0),))
+    V.check_shape("anchors", bits, (None, num_bits), f"[t, {num_bits}] (t anchors over the l bits)")
+    if bits.shape[0] == 0:
+        raise ValueError("Expected `anchors` to hold at least one configuration, but got 0 rows")
+    return anchors
+
+
+def uniloss_with_info(
+    scores: Tensor,
+    target: Any,
+    decomposition: Decomposition,
+    *,
+    num_good: int = 16,
+    num_nearby: int = 16,
+    num_bad: int = 16,
+    temperature: float = 1.0,
+    grad_scale: Union[str, float] = "distance",
+    generator: Optional[torch.Generator] = None,
+    anchors: Optional[Union[Tensor, AnchorSet]] = None,
+    validate_args: bool = True,
+) -> "tuple[Tensor, LossInfo]":
+    """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
+    if not isinstance(decomposition, Decomposition):
+        raise TypeError(
+            "Expected `decomposition` to be a uniloss.Decomposition, but got "
+            f"{type(decomposition).__name__}"
+        )
+    if validate_args:
+        check_options(num_good, num_nearby, num_bad, temperature, grad_scale)
+        V.check_generator(generator)
+        validate_scores(scores)
+        decomposition.check(scores, target)
+    target = decomposition.prepare(scores, target, generator)
+    c = decomposition.comparisons(scores, target).reshape(-1)
+    if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
+        c = c.float()
+    l = c.numel()
+    hard, r = residual(c, temperature)
+    with torch.no_grad():
+        if anchors is None:
+            best = decomposition.best(target).reshape(-1).to(device=c.device, dtype=torch.bool)
+            if validate_args and best.numel() != l:
+                raise ValueError(
+                    f"{type(decomposition).__name__}.best() returned {best.numel()} bits but "
+                    f"comparisons() returned {l}"
+                )
+            anchor_set = sample_anchors(
+                best, hard, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
+                good_flips=decomposition.num_good_flips(target, l), generator=generator,
+            )
+        else:
+            anchor_set = _as_anchor_set(anchors, l)
+        bits = anchor_set.dense()
+        # One evaluate call for the anchors and the current configuration (last row).
+        values = decomposition.evaluate(torch.cat([bits, hard[None]], 0), target).to(c.dtype)
+        metric, values = values[-1], values[:-1]
+    if l == 0:
+        surrogate = torch.full((), float("nan"), dtype=c.dtype, device=c.device)
+        loss = scores.sum() * 0.0  # attached to the graph, gradient exactly zero
+    else:
+        sq = sq_distances(r, anchor_set.disagreement(hard).to(c.dtype))
+        g = idw_from_sq_distances(sq, values)
+        surrogate = g.detach()
+        scale = harmonic_distance(sq) if grad_scale == "distance" else float(grad_scale)
+        signed = -g if decomposition.higher_is_better else g
+        # The scale multiplies the gradient only: the value stays -g~ (or g~) so it reads as the metric.
+        loss = signed.detach() + (signed - signed.detach()) * scale
+        loss = loss.to(scores.dtype)
+    info = LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds)
+    return loss, info
+
+
+def uniloss(
+    scores: Tensor,
+    target: Any,
+    decomposition: Decomposition,
+    *,
+    num_good: int = 16,
+    num_nearby: int = 16,
+    num_bad: int = 16,
+    temperature: float = 1.0,
+    grad_scale: Union[str, float] = "distance",
+    generator: Optional[torch.Generator] = None,
+    anchors: Optional[Union[Tensor, AnchorSet]] = None,
+    validate_args: bool = True,
+) -> Tensor:
+    r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
+
+    Computes ``c = f(scores)`` with ``decomposition.comparisons``, relaxes the bits
+    ``u = sigmoid(c / temperature)``, draws anchors (the best configuration; ``num_good`` with a
+    bit of best flipped; ``num_nearby`` with one bit of the current configuration flipped toward
+    best; ``num_bad`` uniformly random), evaluates the metric at each and interpolates them by
+    inverse distance weighting. Returns ``-g~(u)`` for a metric where higher is better (``g~``
+    otherwise), so minimising the loss maximises the interpolated metric.
+
+    Args:
+        scores: the network's output, floating point, shape as the decomposition documents.
+        target: the ground truth, as the decomposition documents.
+        decomposition: a :class:`uniloss.Decomposition`.
+        num_good, num_nearby, num_bad: anchors of each kind (0 allowed), 16 each in the paper.
+        temperature: ``tau`` of the sigmoid relaxation (> 0).
+        grad_scale: multiplies the gradient (not the value) of the loss. ``"distance"``
+            (default) multiplies it by the harmonic mean of the distances from ``u`` to the
+            anchors, ``t / sum_i 1/d_i`` (detached). The interpolation's gradient is a weighted
+            sum of ``(g(a_i) - g~) (a_i - u) / d_i^2``: it has units of metric per unit
+            distance and shrinks as the anchors lie farther apart (``d ~ sqrt(l)`` early in
+            training, ``~1`` later). Measuring it in units of the anchors' own distance makes the
+            step size independent of ``l``, so UniLoss trains at the learning rates used for
+            cross-entropy (see the README's learning-rate sweep). A number uses that constant
+            instead (``1.0``: the paper's plain ``-g~``).
+        generator: source of the anchors' randomness; the same state gives the same loss.
+        anchors: fixed anchors ``[t, l]`` bool (or an :class:`~uniloss.AnchorSet`) instead of
+            sampling, e.g. for tests and gradcheck.
+        validate_args: check the arguments and tensors (set ``False`` in a hot loop whose inputs
+            are trusted: it avoids a device synchronisation for the NaN check).
+
+    Returns:
+        A scalar tensor (the scores' dtype). Where the metric is undefined on the batch (no
+        comparisons, e.g. AP with no positive or no negative) the loss is zero, still attached
+        to the graph, and its gradient is zero.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.tensor([2.0, -1.0, 0.5, -0.3], requires_grad=True)
+        >>> target = torch.tensor([1, 0, 0, 1])
+        >>> g = torch.Generator().manual_seed(0)
+        >>> loss = uniloss.functional.uniloss(scores, target, uniloss.AveragePrecision(), generator=g)
+        >>> loss.backward()
+        >>> bool(loss < 0), scores.grad.shape
+        (True, torch.Size([4]))
+    """
+    loss, _ = uniloss_with_info(
+        scores, target, decomposition, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
+        temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
+        validate_args=validate_args,
+    )
+    return loss

@@ -1,0 +1,87 @@
+"""Slow, obviously-correct references: loops over anchors, bits, samples and pixels."""
+
+import math
+
+import numpy as np
+import torch
+
+
+def ap_from_scores_loop(scores, labels, interpolated=False):
+    """AP by walking the ranking; ``interpolated`` takes the running max of precision from the right."""
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    num_pos = sum(int(labels[i]) for i in order)
+    if num_pos == 0:
+        return float("nan")
+    tp = fp = 0
+    precisions = []
+    for i in order:
+        if int(labels[i]):
+            tp += 1
+            precisions.append(tp / (tp + fp))
+        else:
+            fp += 1
+    if interpolated:
+        for k in range(len(precisions) - 2, -1, -1):
+            precisions[k] = max(precisions[k], precisions[k + 1])
+    return sum(precisions) / num_pos
+
+
+def ap_from_bits_loop(bits, num_pos, num_neg, interpolated=False):
+    """AP from positive-major pair bits: count negatives above each positive, sort, sum."""
+    above = []
+    for i in range(num_pos):
+        above.append(sum(1 for j in range(num_neg) if not bool(bits[i * num_neg + j])))
+    above.sort()
+    precisions = [(k + 1) / (k + 1 + a) for k, a in enumerate(above)]
+    if interpolated:
+        for k in range(len(precisions) - 2, -1, -1):
+            precisions[k] = max(precisions[k], precisions[k + 1])
+    return sum(precisions) / num_pos
+
+
+def pck_loop(heatmaps, keypoints, visible, normalizer, threshold):
+    """Brute-force PCK: the argmax pixel of each visible heatmap within the radius."""
+    n, j, h, w = heatmaps.shape
+    hits = total = 0
+    for a in range(n):
+        for b in range(j):
+            if not bool(visible[a, b]):
+                continue
+            total += 1
+            flat = int(torch.argmax(heatmaps[a, b]))
+            y, x = divmod(flat, w)
+            dist = math.hypot(x - float(keypoints[a, b, 0]), y - float(keypoints[a, b, 1]))
+            hits += dist <= threshold * float(normalizer[a])
+    return hits / total if total else float("nan")
+
+
+def idw_loop(u, anchors, values):
+    """Shepard's inverse distance weighting, one anchor and one bit at a time (float64 lists)."""
+    dists = []
+    for a in anchors:
+        dists.append(math.sqrt(sum((float(uk) - float(ak)) ** 2 for uk, ak in zip(u, a))))
+    for d, v in zip(dists, values):
+        if d == 0:
+            return float(v)
+    num = sum(float(v) / d for d, v in zip(dists, values))
+    den = sum(1.0 / d for d in dists)
+    return num / den
+
+
+def uniloss_oracle(scores, target, decomposition, anchors, temperature=1.0):
+    """The loss (-g~ for higher-is-better) with an autograd-able loop over anchors and bits."""
+    prepared = decomposition.prepare(scores, target)
+    c = decomposition.comparisons(scores, prepared)
+    u = [torch.sigmoid(ck / temperature) for ck in c]
+    with torch.no_grad():
+        values = [float(decomposition.evaluate(a[None], prepared)[0]) for a in anchors]
+    dists = []
+    for a in anchors:
+        total = 0.0
+        for uk, ak in zip(u, a):
+            total = total + (uk - float(ak)) ** 2
+        dists.append(torch.sqrt(total))
+    num = sum(v / d for v, d in zip(values, dists))
+    den = sum(1.0 / d for d in dists)
+    g = num / den
+    return -g if decomposition.higher_is_better else g

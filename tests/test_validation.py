@@ -1,0 +1,93 @@
+"""Bad input raises ValueError/TypeError naming the argument (DESIGN.md, "Behaviour on bad input")."""
+
+import pytest
+import torch
+
+import uniloss
+from uniloss import functional as F
+
+AP = uniloss.AveragePrecision()
+ACC = uniloss.MulticlassAccuracy()
+
+
+def _kp(n=2, j=3):
+    return uniloss.KeypointTarget(torch.rand(n, j, 2) * 4, torch.ones(n, j, dtype=torch.bool), torch.ones(n))
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: F.uniloss(torch.randn(5, 2), torch.ones(5), AP), ValueError, r"`scores` of shape \[n\] or \[n, 1\]"),
+        (lambda: F.uniloss(torch.randn(5), torch.ones(4), AP), ValueError, r"`target` of shape \[5\].*got shape \(4,\)"),
+        (lambda: F.uniloss(torch.randn(5), torch.tensor([0, 1, 2, 0, 1]), AP), ValueError, r"`target` to hold only 0 and 1.*2"),
+        (lambda: F.uniloss(torch.tensor([1.0, float("nan")]), torch.tensor([0, 1]), AP), ValueError, r"`scores` to hold finite.*NaN"),
+        (lambda: F.uniloss(torch.tensor([1.0, float("inf")]), torch.tensor([0, 1]), AP), ValueError, r"`scores` to hold finite"),
+        (lambda: F.uniloss(torch.tensor([1, 2]), torch.tensor([0, 1]), AP), TypeError, r"`scores` to be a floating-point.*int64"),
+        (lambda: F.uniloss([1.0, 2.0], torch.tensor([0, 1]), AP), TypeError, r"`scores` to be a torch.Tensor.*list"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 3, 0]), ACC), ValueError, r"`target` to hold integers in \[0, 3\), but got values in \[0, 3\]"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, -1, 2, 0]), ACC), ValueError, r"`target` to hold integers in \[0, 3\)"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0.0, 1, 2, 0]), ACC), TypeError, r"`target` to be an integer tensor"),
+        (lambda: F.uniloss(torch.randn(4), torch.tensor([0, 1, 2, 0]), ACC), ValueError, r"`scores` of shape \[n, p\]"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 2]), ACC), ValueError, r"`target` of shape \[4\]"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ACC), ValueError, r"one device.*`scores` on cpu.*`target` on meta"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, temperature=0), ValueError, r"`temperature`.*> 0, but got 0"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, temperature=-1.0), ValueError, r"`temperature`"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_good=-1), ValueError, r"`num_good` >= 0, but got -1"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_nearby=-2), ValueError, r"`num_nearby`"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_bad=1.5), TypeError, r"`num_bad` to be an int"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, grad_scale=-1.0), ValueError, r"`grad_scale`"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, generator=3), TypeError, r"`generator`"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), "ap"), TypeError, r"`decomposition`"),
+        (lambda: F.uniloss(torch.randn(4), torch.tensor([1, 0, 1, 0]), AP, anchors=torch.ones(3, 5, dtype=torch.bool)), ValueError, r"`anchors` of shape \[t, 4\]"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), _kp(2, 2), uniloss.PCK()), ValueError, r"`target.keypoints` of shape \[2, 3, 2\]"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5), _kp(), uniloss.PCK()), ValueError, r"`scores` of shape \[n, J, H, W\]"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), (torch.zeros(2, 3, 2),), uniloss.PCK()), TypeError, r"`target` to be a KeypointTarget"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), uniloss.KeypointTarget(torch.zeros(2, 3, 2), torch.ones(2, 3), torch.tensor([1.0, 0.0])), uniloss.PCK()), ValueError, r"`target.normalizer` to be finite and > 0"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "make,error,match",
+    [
+        (lambda: uniloss.UniLoss(AP, num_good=-1), ValueError, "`num_good`"),
+        (lambda: uniloss.UniLoss(AP, temperature=0.0), ValueError, "`temperature`"),
+        (lambda: uniloss.UniLoss(AP, temperature=float("nan")), ValueError, "`temperature`"),
+        (lambda: uniloss.UniLoss(AP, generator="seed"), TypeError, "`generator`"),
+        (lambda: uniloss.UniLoss(lambda s, t: s), TypeError, "`decomposition`"),
+        (lambda: uniloss.MulticlassAccuracy(top_k=0), ValueError, "`top_k`"),
+        (lambda: uniloss.MulticlassAccuracy(fraction=1.5), ValueError, "`fraction`"),
+        (lambda: uniloss.MulticlassAccuracy(fraction=0), ValueError, "`fraction`"),
+        (lambda: uniloss.PCK(threshold=-0.5), ValueError, "`threshold`"),
+        (lambda: uniloss.AveragePrecision(interpolated="yes"), TypeError, "`interpolated`"),
+    ],
+)
+def test_bad_options_raise_at_construction(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_validate_args_false_skips_checks():
+    scores = torch.tensor([1.0, float("nan"), 0.0])
+    loss = F.uniloss(scores, torch.tensor([1, 0, 0]), AP, validate_args=False)
+    assert loss.shape == ()
+
+
+def test_incomplete_user_decomposition_says_what_is_missing():
+    class Half(uniloss.Decomposition):
+        def comparisons(self, scores, target):
+            return scores
+
+    with pytest.raises(TypeError, match=r"does not define best\(\)"):
+        F.uniloss(torch.randn(3), torch.ones(3), Half())
+
+
+def test_public_names_have_docstrings():
+    for name in uniloss.__all__:
+        obj = getattr(uniloss, name)
+        assert obj.__doc__ and obj.__doc__.strip(), f"uniloss.{name} has no docstring"
+    for name in F.__all__:
+        assert getattr(F, name).__doc__, f"uniloss.functional.{name} has no docstring"
