@@ -1,0 +1,132 @@
+"""Small, fast experiments on scikit-learn's digits (8x8 images, 1,797 samples, shipped with it).
+
+Used by ``uniloss demo``, the training tests and the learning-rate sweep. Two tasks:
+
+* ``"ap"``: digit 0 against the rest, AP of a one-output MLP (UniLoss-AP vs binary cross-entropy);
+* ``"accuracy"``: the ten classes (UniLoss-accuracy vs cross-entropy).
+
+The split is fixed: a stratified 75/25 train/test split with ``random_state=0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+import uniloss
+
+
+def _require_sklearn():
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "The digits experiments need scikit-learn: pip install 'uniloss[experiments]'"
+        ) from exc
+    return load_digits, train_test_split
+
+
+def load_digits_split(task: str = "accuracy"):
+    """``(x_train [N,64] float32 in [0,1], y_train, x_test, y_test)``; labels int64 (0/1 for ``"ap"``)."""
+    load_digits, train_test_split = _require_sklearn()
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.int64)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    if task == "ap":
+        ytr, yte = (ytr == 0).long(), (yte == 0).long()
+    elif task != "accuracy":
+        raise ValueError(f"Expected `task` in ('ap', 'accuracy'), but got {task!r}")
+    return xtr, ytr, xte, yte
+
+
+def _mlp(out: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, out))
+
+
+def average_precision(scores: torch.Tensor, target: torch.Tensor) -> float:
+    """Plain (non-interpolated) AP of a whole set, ties broken by sample order."""
+    return float(uniloss.AveragePrecision().metric(scores.reshape(-1), target))
+
+
+@dataclass
+class DigitsResult:
+    task: str
+    loss: str
+    lr: float
+    epochs: int
+    seed: int
+    test_metric: float
+    curve: List[float] = field(default_factory=list)  # test metric after each epoch
+
+
+def train_digits(
+    task: str = "accuracy",
+    loss: str = "uniloss",
+    *,
+    lr: float = 0.1,
+    epochs: int = 30,
+    batch_size: int = 128,
+    momentum: float = 0.9,
+    seed: int = 0,
+    grad_scale="distance",
+    progress: Optional[callable] = None,
+) -> DigitsResult:
+    """Train an MLP 64-128-out with SGD and return the test metric per epoch.
+
+    Args:
+        task: ``"accuracy"`` (10 classes) or ``"ap"`` (digit 0 vs rest).
+        loss: ``"uniloss"`` or ``"ce"`` (cross-entropy; binary cross-entropy for ``"ap"``).
+        lr, epochs, batch_size, momentum: plain SGD settings, the same for both losses.
+        seed: initialisation, batch order and anchors.
+        grad_scale: passed to :class:`uniloss.UniLoss`.
+        progress: optional callable ``(epoch, metric)`` called after each epoch.
+    """
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    xtr, ytr, xte, yte = load_digits_split(task)
+    out = 1 if task == "ap" else 10
+    model = _mlp(out, seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    decomposition = uniloss.AveragePrecision() if task == "ap" else uniloss.MulticlassAccuracy()
+    gen = torch.Generator().manual_seed(seed)
+    if loss == "uniloss":
+        loss_fn = uniloss.UniLoss(decomposition, generator=gen, grad_scale=grad_scale)
+    elif loss == "ce":
+        loss_fn = (
+            (lambda s, y: nn.functional.binary_cross_entropy_with_logits(s, y.float()))
+            if task == "ap"
+            else nn.functional.cross_entropy
+        )
+    else:
+        raise ValueError(f"Expected `loss` in ('uniloss', 'ce'), but got {loss!r}")
+
+    def evaluate() -> float:
+        model.eval()
+        with torch.no_grad():
+            s = model(xte)
+        model.train()
+        if task == "ap":
+            return average_precision(s, yte)
+        return float((s.argmax(1) == yte).float().mean())
+
+    curve = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(xtr), generator=gen)
+        for start in range(0, len(xtr), batch_size):
+            idx = order[start : start + batch_size]
+            scores = model(xtr[idx])
+            if task == "ap":
+                scores = scores.reshape(-1)
+            value = loss_fn(scores, ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+        curve.append(evaluate())
+        if progress is not None:
+            progress(epoch, curve[-1])
+    return DigitsResult(task, loss, lr, epochs, seed, curve[-1], curve)
