@@ -1,6 +1,8 @@
 """The ``uniloss`` command.
 
-    uniloss demo            # UniLoss against the usual loss on scikit-learn's digits, ~1 minute
+    uniloss demo                              # UniLoss vs the usual loss on scikit-learn's digits
+    uniloss train mnist-ap --loss uniloss     # one run of an experiment, with progress and a log
+    uniloss reproduce mnist-ap                # every run of a paper table, then the table
 """
 
 from __future__ import annotations
@@ -75,6 +77,39 @@ def _plot_demo(results, path: str) -> Optional[str]:
     return path
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .registry import get_experiment
+    from .train import RunOptions, run_training
+
+    exp = get_experiment(args.experiment)
+    out = args.out or os.path.join("runs", exp.name, f"{args.loss}-seed{args.seed}")
+    run_training(exp, RunOptions(
+        loss=args.loss, seed=args.seed, epochs=args.epochs, out=out, data_dir=args.data_dir,
+        device=args.device, resume=args.resume, threads=args.threads, lr=args.lr,
+        batch_size=args.batch_size, limit_train=args.limit_train,
+    ))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import run_table
+
+    return run_table(args.table, args)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _existing_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uniloss",
@@ -88,11 +123,52 @@ def build_parser() -> argparse.ArgumentParser:
         "(AP for digit 0 vs rest; accuracy over 10 classes), print a side-by-side table and write "
         "a plot of the test metric per epoch.",
     )
-    demo.add_argument("--epochs", type=int, default=30, help="epochs per run (default 30)")
+    demo.add_argument("--epochs", type=_positive_int, default=30, help="epochs per run (default 30)")
     demo.add_argument("--lr", type=float, default=0.1, help="SGD learning rate for both losses (default 0.1)")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     demo.add_argument("--out", default="uniloss-demo", help="folder for demo.json and demo.png")
     demo.set_defaults(func=_demo)
+
+    from .registry import EXPERIMENTS
+    from .reproduce import TABLES
+
+    listing = "; ".join(f"{e.name}: {e.description}" for e in EXPERIMENTS.values())
+    train = sub.add_parser(
+        "train", help="one training run of an experiment",
+        description="Train one experiment with one loss: live progress bars (loss, exact batch metric, "
+        "surrogate) on a terminal, one JSON line per epoch otherwise; writes config.json, log.jsonl, "
+        f"checkpoint.pt and final.json to --out. Experiments: {listing}. Defaults are the paper's settings.",
+    )
+    train.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
+    train.add_argument("--loss", default="uniloss", help="uniloss (default), or the experiment's usual losses (e.g. ce)")
+    train.add_argument("--seed", type=int, default=0, help="seed of initialisation, batch order and anchors (default 0)")
+    train.add_argument("--epochs", type=_positive_int, help="epochs (default: the paper's)")
+    train.add_argument("--out", help="run folder (default runs/EXPERIMENT/LOSS-seedN)")
+    train.add_argument("--data-dir", type=_existing_dir, help="data root (else $UNILOSS_DATA, ../shared/data, ~/.cache/uniloss)")
+    train.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    train.add_argument("--lr", type=float, help="learning rate (default: the paper's)")
+    train.add_argument("--batch-size", type=_positive_int, help="batch size (default: the paper's)")
+    train.add_argument("--limit-train", type=_positive_int, help="train on the first N samples only (smoke tests)")
+    train.set_defaults(func=_train)
+
+    rep = sub.add_parser(
+        "reproduce", help="every run of one of the paper's tables, then the table",
+        description="Run every (loss, seed) of a table as `uniloss train` subprocesses (finished runs "
+        "are reused, interrupted ones resumed), then write results.json, results.md (paper, ours "
+        "mean ± std, gap) and curves.png. Tables: " + ", ".join(sorted(TABLES)) + ".",
+    )
+    rep.add_argument("table", choices=sorted(TABLES), help="which table")
+    rep.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    rep.add_argument("--epochs", type=_positive_int, help="epochs per run (default: the paper's)")
+    rep.add_argument("--jobs", type=_positive_int, default=2, help="runs at a time, one thread each (default 2)")
+    rep.add_argument("--runs-dir", default="runs", help="where the runs go (default runs/)")
+    rep.add_argument("--out", help="where the table goes (default docs/results/TABLE)")
+    rep.add_argument("--data-dir", type=_existing_dir, help="data root")
+    rep.add_argument("--device", default="cpu", help="cpu or cuda")
+    rep.add_argument("--limit-train", type=_positive_int, help=argparse.SUPPRESS)
+    rep.set_defaults(func=_reproduce)
     return parser
 
 
@@ -102,9 +178,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    if getattr(args, "epochs", 1) is not None and getattr(args, "epochs", 1) < 1:
-        parser.error(f"--epochs must be at least 1, got {args.epochs}")
-    return args.func(args)
+    from .checkpoint import CheckpointError
+    from .data import DatasetNotFoundError
+    from .train import RunError
+
+    try:
+        return args.func(args)
+    except (ValueError, RunError, CheckpointError, DatasetNotFoundError) as exc:
+        print(f"uniloss: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,217 @@
+"""One training run: data in memory, live progress, JSON-lines log, atomic checkpoints, resume.
+
+Output folder layout::
+
+    config.json      the settings of the run (printed at its start too)
+    log.jsonl        one JSON object per finished epoch
+    checkpoint.pt    model, optimiser, schedule, RNG states and history after the last epoch
+    final.json       the final metrics, written when the run ends
+
+A run killed at any moment and restarted with ``resume=True`` continues from its last checkpoint
+and ends with the metrics of a run never interrupted (same seed, same device and thread count):
+every random draw (batch order, anchors, augmentation) comes from generators whose states are
+checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .registry import Experiment, Recipe
+
+_STATE_KEYS = ("batch_generator", "anchor_generator", "augment_generator")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start as asked (e.g. an existing run in --out without --resume)."""
+
+
+@dataclass
+class RunOptions:
+    loss: str
+    seed: int = 0
+    epochs: Optional[int] = None  # default: the recipe's
+    out: str = "runs"
+    data_dir: Optional[str] = None
+    device: str = "cpu"
+    resume: bool = False
+    threads: Optional[int] = None
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    limit_train: Optional[int] = None  # use the first N training samples (tests, smoke runs)
+    progress: Optional[bool] = None  # None: bars when stderr is a terminal
+
+
+def _recipe(exp: Experiment, opts: RunOptions) -> Recipe:
+    r = Recipe(**{k: getattr(exp.recipe, k) for k in exp.recipe.__dataclass_fields__})
+    if opts.epochs is not None:
+        r.epochs = opts.epochs
+    if opts.lr is not None:
+        r.lr = opts.lr
+    if opts.batch_size is not None:
+        r.batch_size = opts.batch_size
+    return r
+
+
+def _optimizer(recipe: Recipe, params):
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+@torch.no_grad()
+def _outputs(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    model.eval()
+    out = torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+    model.train()
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_training(exp: Experiment, opts: RunOptions) -> Dict:
+    """Train ``exp`` with ``opts.loss`` and return the final metrics (also in ``final.json``)."""
+    if opts.loss not in exp.losses:
+        raise RunError(f"experiment {exp.name} has no loss {opts.loss!r}; choose one of {', '.join(exp.losses)}")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    recipe = _recipe(exp, opts)
+    out = Path(opts.out)
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not opts.resume:
+        raise RunError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**exp.config(), **{k: getattr(recipe, k) for k in ("epochs", "batch_size", "lr")},
+              "loss": opts.loss, "seed": opts.seed, "device": opts.device, "threads": torch.get_num_threads(),
+              "limit_train": opts.limit_train, "notes": exp.notes}
+    interactive = sys.stderr.isatty() if opts.progress is None else opts.progress
+    if interactive:
+        print("uniloss train " + " ".join(f"{k}={v}" for k, v in config.items() if k != "notes"), file=sys.stderr)
+
+    data = exp.load(opts.data_dir, device)
+    x_train, y_train = data.x_train, data.y_train
+    if opts.limit_train:
+        x_train, y_train = x_train[: opts.limit_train], y_train[: opts.limit_train]
+
+    torch.manual_seed(opts.seed)
+    model = exp.model(opts.loss).to(device)
+    optimizer = _optimizer(recipe, model.parameters())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    gens = {k: torch.Generator().manual_seed(opts.seed * 1000 + i + 1) for i, k in enumerate(_STATE_KEYS)}
+    loss_fn, ul_module = exp.loss(opts.loss, gens["anchor_generator"])
+    history: List[Dict] = []
+    start_epoch = 0
+    if opts.resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state["config"] != config:
+            raise RunError(f"{ckpt_path} was written with other settings: {state['config']} (now {config})")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        for k in _STATE_KEYS:
+            gens[k].set_state(state[k])
+        history = list(state["history"])
+        start_epoch = state["epoch"]
+        if interactive:
+            print(f"resuming {out} after epoch {start_epoch}", file=sys.stderr)
+    _write_json(out / "config.json", config)
+    with open(out / "log.jsonl", "w") as fh:  # the log is rewritten from the checkpoint's history
+        fh.writelines(json.dumps(h) + "\n" for h in history)
+
+    n = len(x_train)
+    steps = math.ceil(n / recipe.batch_size)
+    for epoch in range(start_epoch, recipe.epochs):
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=gens["batch_generator"]).to(device)
+        loss_sum = torch.zeros((), device=device)
+        metric_sum = torch.zeros((), device=device)
+        surrogate_sum = torch.zeros((), device=device)
+        metric_count = torch.zeros((), device=device)
+        bar = None
+        if interactive:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, mininterval=0.5, file=sys.stderr)
+        for step in range(steps):
+            idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if exp.augment is not None:
+                xb = exp.augment(xb, gens["augment_generator"])
+            loss = loss_fn(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            if ul_module is not None:
+                m, s = ul_module.last.metric, ul_module.last.surrogate
+                ok = ~torch.isnan(m)
+                metric_sum += torch.where(ok, m, 0.0)
+                surrogate_sum += torch.where(ok, s, 0.0)
+                metric_count += ok.float()
+            if bar is not None:
+                bar.update(1)
+                if step % 50 == 0:
+                    post = {"loss": f"{float(loss):.4f}"}
+                    if ul_module is not None:
+                        post.update(metric=f"{float(ul_module.last.metric):.3f}", surrogate=f"{float(ul_module.last.surrogate):.3f}")
+                    bar.set_postfix(post)
+        if bar is not None:
+            bar.close()
+        scheduler.step()
+        train_time = time.perf_counter() - t0
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": float(loss_sum) / steps,
+            "val": exp.evaluate(_outputs(model, data.x_val), data.y_val),
+            "test": exp.evaluate(_outputs(model, data.x_test), data.y_test),
+            "epoch_time_s": train_time,
+        }
+        if ul_module is not None and float(metric_count) > 0:
+            record["train_batch_metric"] = float(metric_sum / metric_count)
+            record["train_surrogate"] = float(surrogate_sum / metric_count)
+        history.append(record)
+        state = {"config": config, "epoch": epoch + 1, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "history": history, **{k: g.get_state() for k, g in gens.items()}}
+        save_checkpoint(state, ckpt_path)
+        with open(out / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        headline = next(iter(record["val"]))
+        line = (f"epoch {epoch + 1}/{recipe.epochs} loss {record['train_loss']:.4f} "
+                f"val {headline} {record['val'][headline]:.4f} test {record['test'][headline]:.4f} "
+                f"({train_time:.1f}s)")
+        if interactive:
+            print(line, file=sys.stderr)
+        else:
+            print(json.dumps(record), flush=True)
+
+    final = {
+        "experiment": exp.name, "loss": opts.loss, "seed": opts.seed, "epochs": recipe.epochs,
+        "test": history[-1]["test"] if history else {}, "val": history[-1]["val"] if history else {},
+        "mean_epoch_time_s": sum(h["epoch_time_s"] for h in history) / max(len(history), 1),
+        "config": config,
+    }
+    _write_json(out / "final.json", final)
+    if interactive:
+        print(f"final test: {final['test']}", file=sys.stderr)
+    else:
+        print(json.dumps({"final": final["test"]}), flush=True)
+    return final

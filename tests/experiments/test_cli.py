@@ -1,0 +1,136 @@
+"""The `uniloss` command: train (log, checkpoints, resume after kill -9), reproduce, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from uniloss.experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from uniloss.experiments.cli import main
+
+TINY = ["--limit-train", "1500", "--epochs", "3", "--threads", "1"]
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "uniloss.experiments.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_train_writes_log_checkpoint_and_final_json(tmp_path):
+    out = tmp_path / "run"
+    r = _cli("train", "mnist-ap", "--loss", "uniloss", "--out", str(out), *TINY)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]  # not a terminal: JSON lines
+    assert [line["epoch"] for line in lines[:-1]] == [1, 2, 3] and "final" in lines[-1]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and {"train_loss", "val", "test", "train_batch_metric", "train_surrogate"} <= set(log[0])
+    final = json.loads((out / "final.json").read_text())
+    assert final["test"] == log[-1]["test"] and 0.5 < final["test"]["ap_interpolated"] <= 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == 0.01 and config["batch_size"] == 16 and config["momentum"] == 0.5  # the paper's
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == 3
+
+
+def test_resume_after_kill_9_ends_like_an_uninterrupted_run(tmp_path):
+    whole = tmp_path / "whole"
+    assert _cli("train", "mnist-ap", "--out", str(whole), *TINY).returncode == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "uniloss.experiments.cli", "train", "mnist-ap", "--out", str(cut), *TINY],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # in the middle of epoch 2
+    proc.wait()
+    assert not (cut / "final.json").exists()
+    r = _cli("train", "mnist-ap", "--out", str(cut), "--resume", *TINY)
+    assert r.returncode == 0, r.stderr
+    a = json.loads((whole / "final.json").read_text())
+    b = json.loads((cut / "final.json").read_text())
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+    assert len((cut / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_existing_run_without_resume_and_damaged_checkpoint_are_clear_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "mnist-ap", "--out", str(out), "--limit-train", "200", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "mnist-ap", "--out", str(out), "--limit-train", "200", "--epochs", "1"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    assert main(["train", "mnist-ap", "--out", str(out), "--resume", "--limit-train", "200", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "damaged or truncated" in err and str(out / "checkpoint.pt") in err and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_roundtrip_and_foreign_file(tmp_path):
+    save_checkpoint({"epoch": 2, "w": torch.arange(3)}, tmp_path / "c.pt")
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state["epoch"] == 2 and torch.equal(state["w"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a uniloss checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip at all")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "no-such-experiment"], "invalid choice"),
+    (["train", "mnist-ap", "--epochs", "-3"], "--epochs: must be at least 1"),
+    (["train", "mnist-ap", "--data-dir", "/no/such/folder"], "is not a folder"),
+    (["train", "mnist-ap", "--loss", "hinge", "--epochs", "1"], "has no loss 'hinge'"),
+    (["reproduce", "no-such-table"], "invalid choice"),
+])
+def test_bad_arguments_exit_nonzero_with_a_message(argv, needle):
+    r = _cli(*argv)
+    assert r.returncode != 0
+    assert needle in r.stderr.strip().splitlines()[-1]
+
+
+def test_missing_data_names_files_and_places(tmp_path, monkeypatch, capsys):
+    from uniloss.experiments.data import paths
+
+    monkeypatch.setattr(paths, "repo_root", lambda: None)  # hide ../shared/data of this checkout
+    monkeypatch.setenv("UNILOSS_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "mnist-ap", "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uniloss: error:") and "train-images-idx3-ubyte" in err and str(tmp_path) in err
+
+
+def test_reproduce_writes_the_schema(tmp_path):
+    out = tmp_path / "table"
+    r = _cli("reproduce", "mnist-ap", "--seeds", "0", "1", "--epochs", "1", "--limit-train", "400",
+             "--runs-dir", str(tmp_path / "runs"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "results.json").read_text())
+    assert set(report) >= {"table", "machine", "date", "command", "rows"}
+    assert report["table"] == "mnist-ap"
+    assert {(row["loss"], row["metric"]) for row in report["rows"]} == {
+        ("uniloss", "ap_interpolated"), ("uniloss", "ap"), ("ce", "ap_interpolated"), ("ce", "ap")}
+    for row in report["rows"]:
+        assert set(row) >= {"dataset", "loss", "metric", "mean", "std", "seeds", "paper"}
+        assert len(row["seeds"]) == 2 and all(0 <= v <= 1 for v in row["seeds"])
+        assert row["mean"] == pytest.approx(sum(row["seeds"]) / 2)
+    paper = {(row["loss"], row["metric"]): row["paper"] for row in report["rows"]}
+    assert paper[("uniloss", "ap_interpolated")] == 0.9988 and paper[("ce", "ap")] is None
+    assert (out / "curves.png").stat().st_size > 1000 and "| paper |" in (out / "results.md").read_text()
+    # A second call reuses the finished runs.
+    again = _cli("reproduce", "mnist-ap", "--seeds", "0", "1", "--epochs", "1", "--limit-train", "400",
+                 "--runs-dir", str(tmp_path / "runs"), "--out", str(out))
+    assert "(0 to train)" in again.stderr
+
+
+def test_demo_runs_quickly(tmp_path):
+    assert main(["demo", "--epochs", "2", "--seeds", "0", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "demo.json").exists() and (tmp_path / "demo.png").exists()
