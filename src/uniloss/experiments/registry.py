@@ -89,6 +89,26 @@ def register(experiment: Experiment) -> Experiment:
     return experiment
 
 
+@dataclass(frozen=True)
+class Table:
+    """A table of the paper for ``uniloss reproduce NAME``: runs of ``experiment`` for each loss
+    and seed; ``metrics`` are read from each run's ``final.json`` (the first is plotted)."""
+
+    experiment: str
+    losses: Tuple[str, ...]
+    metrics: Tuple[str, ...]
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    title: str = ""
+
+
+TABLES: Dict[str, Table] = {}
+
+
+def register_table(name: str, table: Table) -> Table:
+    TABLES[name] = table
+    return table
+
+
 def get_experiment(name: str) -> Experiment:
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of: {', '.join(sorted(EXPERIMENTS))}")
@@ -154,3 +174,8 @@ register(Experiment(
     "on it); cross-entropy uses a two-class head, as the paper's baseline; AP is computed on "
     "the whole test set from the logit difference.",
 ))
+register_table("mnist-ap", Table("mnist-ap", ("uniloss", "ce"), ("ap_interpolated", "ap"),
+                                 title="MNIST digit 0 vs rest, test AP (paper sec. 4.1)"))
+
+# Experiments defined in their own modules register themselves when imported here.
+# (one import line per module below)

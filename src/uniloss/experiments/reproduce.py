@@ -19,26 +19,11 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-from .registry import get_experiment
+from .registry import TABLES, Table, get_experiment
 
-
-@dataclass(frozen=True)
-class Table:
-    experiment: str
-    losses: Sequence[str]
-    metrics: Sequence[str]  # the first is the headline (plotted)
-    seeds: Sequence[int] = (0, 1, 2)
-    title: str = ""
-
-
-TABLES: Dict[str, Table] = {
-    "mnist-ap": Table("mnist-ap", ("uniloss", "ce"), ("ap_interpolated", "ap"),
-                      title="MNIST digit 0 vs rest, test AP (paper sec. 4.1)"),
-}
 
 METRIC_NAMES = {"ap_interpolated": "test AP (VOC-interpolated)", "ap": "test AP (plain)",
                 "accuracy": "test accuracy", "pck": "test PCK"}
