@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["uniloss", "uniloss._decomposition", "uniloss._interpolation", "uniloss._metrics",
-           "uniloss._module", "uniloss.functional", "uniloss.testing"]
+           "uniloss._module", "uniloss.functional", "uniloss.testing", "uniloss.decoders",
+           "uniloss._decoded", "uniloss.zoo"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,8 +12,9 @@ inverse distance weighting, giving a differentiable surrogate of the metric itse
     >>> loss.backward()
 """
 
-from . import functional, testing
+from . import decoders, functional, testing, zoo
 from ._anchors import AnchorSet, sample_anchors
+from ._decoded import DecodedMetric
 from ._decomposition import Decomposition
 from ._interpolation import interpolate, relax
 from ._metrics import PCK, AveragePrecision, KeypointTarget, MulticlassAccuracy
@@ -25,15 +26,18 @@ __version__ = "0.1.0"
 __all__ = [
     "AnchorSet",
     "AveragePrecision",
+    "DecodedMetric",
     "Decomposition",
     "KeypointTarget",
     "LossInfo",
     "MulticlassAccuracy",
     "PCK",
     "UniLoss",
+    "decoders",
     "functional",
     "interpolate",
     "relax",
     "sample_anchors",
     "testing",
+    "zoo",
 ]

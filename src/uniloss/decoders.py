@@ -1,0 +1,826 @@
+r"""Decoders: the discrete step of a metric, written as comparisons of scores.
+
+A metric is usually computed in two steps: a *decoder* turns the network's scores into discrete
+outputs (labels by argmax, binary predictions by a threshold, a ranking by sorting, top-k sets,
+keypoint coordinates, label maps), then an *evaluator* compares those outputs with the ground
+truth. The decoder's only discrete step is comparing scores (paper, sec. 3.3), so UniLoss's bits
+``b = [c > 0]`` are the decoder's comparisons and ``g`` is "decode the bits, then evaluate". With
+a decoder from this module a user writes only the evaluator: see :class:`uniloss.DecodedMetric`
+and the ready-made metrics in :mod:`uniloss.zoo`.
+
+Every decoder knows
+
+* its comparisons ``c`` (``[l]``, differentiable in the scores), in a documented layout, each a
+  difference ``s_a - s_b`` (or ``s_a - t``) whose bit 1 means "``a`` wins";
+* its best configuration for a target: bits that decode to the ground truth;
+* how to decode bits ``[t, l]`` (``t`` configurations at once, no Python loop over them) into
+  outputs with a leading dimension ``t``.
+
+Random anchors produce inconsistent bits (``a`` beats ``b``, ``b`` beats ``c``, ``c`` beats
+``a``); each decoder documents its rule for them. On bits that real scores produce, decoding
+equals the ordinary decoder (``argmax``, thresholding, a stable sort, ``topk``), and exact score
+ties are broken toward the lower index, as ``torch.argmax`` and a stable descending sort do.
+
+**Pruning.** Where some comparisons cannot change what the evaluator looks at, a decoder can
+leave them out (the ``pairs`` option): the paper prunes positive-positive pairs for AP and keeps
+only target-versus-other pairs for accuracy. Outputs that the dropped comparisons would decide are
+taken from the current scores (those bits keep their current values, as bits not trained do), so
+decoding stays complete and the metric exact on every configuration; only the training signal
+through the dropped comparisons is lost.
+
+**Writing a decoder.** Subclass :class:`Decoder`: ``prepare`` returns a plan (anything with a
+``target`` attribute, which the evaluator receives), and ``comparisons``, ``best`` and ``decode``
+take that plan. See ``docs/custom-metrics.md``.
+
+Example -- the argmax decoder on three classes (three pairs per sample)::
+
+    >>> import torch
+    >>> from uniloss.decoders import Argmax
+    >>> scores = torch.tensor([[0.1, 2.0, 0.5], [3.0, 1.0, 0.0]])
+    >>> dec = Argmax()
+    >>> plan = dec.prepare(scores, torch.tensor([1, 2]))
+    >>> bits = dec.comparisons(scores, plan) > 0          # pairs (0,1), (0,2), (1,2) per sample
+    >>> dec.decode(bits[None], plan)                       # one configuration -> [1, n] labels
+    tensor([[1, 0]])
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _validation as V
+from ._decomposition import validate_scores
+from ._metrics import PCK, KeypointTarget
+from ._pairs import grouped_pairs
+
+__all__ = [
+    "Decoder",
+    "Argmax",
+    "TopK",
+    "PixelArgmax",
+    "Threshold",
+    "Ranking",
+    "RankingTarget",
+    "SpatialArgmax",
+    "KeypointTarget",
+]
+
+
+def _check_choice(name: str, value: object, choices: Tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"Expected `{name}` to be one of {choices}, but got {value!r}")
+    return value
+
+
+class Decoder:
+    r"""Base class of decoders: scores -> discrete outputs, through comparisons only.
+
+    A decoder implements
+
+    * ``check(scores, target)``: validate the tensors, raising ``ValueError``/``TypeError`` that
+      name the argument;
+    * ``prepare(scores, target, generator=None) -> plan``: per call, whatever the other methods
+      need (pair indices, the current values of pruned comparisons); ``plan.target`` is what the
+      evaluator receives;
+    * ``comparisons(scores, plan) -> [l]``: the score differences, differentiable in ``scores``;
+    * ``best(plan) -> [l] bool``: a configuration that decodes to the ground truth;
+    * ``decode(bits, plan) -> outputs``: bits ``[t, l]`` to outputs with a leading ``t``,
+      vectorised over ``t``;
+    * ``num_good_flips(plan, num_bits)``: bits a good anchor flips (default 1, the paper's).
+
+    ``comparisons`` also accepts an unprepared target (it prepares it); ``best`` and ``decode``
+    need the plan. Use a decoder through :class:`uniloss.DecodedMetric`.
+
+    Example::
+
+        >>> import torch
+        >>> from uniloss.decoders import Threshold
+        >>> dec = Threshold(0.0)
+        >>> plan = dec.prepare(torch.tensor([0.3, -1.0]), torch.tensor([1, 1]))
+        >>> dec.best(plan), dec.decode(torch.tensor([[True, False]]), plan)
+        (tensor([True, True]), tensor([[ True, False]]))
+    """
+
+    _plan_type: type = type(None)
+
+    def check(self, scores: Tensor, target: Any) -> None:
+        """Validate ``scores`` and ``target``; raise ``ValueError``/``TypeError`` naming them."""
+
+    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> Any:
+        """Return the plan the other methods take (``plan.target`` goes to the evaluator)."""
+        raise _missing(self, "prepare")
+
+    def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
+        """The ``[l]`` score differences; bit 1 (``c > 0``) means the first term wins."""
+        raise _missing(self, "comparisons")
+
+    def best(self, plan: Any) -> Tensor:
+        """An ``[l]`` bool configuration that decodes to the ground truth."""
+        raise _missing(self, "best")
+
+    def decode(self, bits: Tensor, plan: Any) -> Any:
+        """Decode bits ``[t, l]`` (bool) into outputs with a leading dimension ``t``."""
+        raise _missing(self, "decode")
+
+    def num_good_flips(self, plan: Any, num_bits: int) -> int:
+        """Bits a good anchor flips away from ``best`` (the paper: 1)."""
+        return 1
+
+    def _plan(self, scores: Tensor, target: Any) -> Any:
+        return target if isinstance(target, self._plan_type) else self.prepare(scores, target)
+
+    def _prepared(self, plan: Any) -> Any:
+        if not isinstance(plan, self._plan_type):
+            raise TypeError(
+                f"{type(self).__name__}.best() and .decode() take the plan returned by "
+                f".prepare(scores, target), but got {type(plan).__name__}"
+            )
+        return plan
+
+
+def _missing(obj: object, method: str) -> TypeError:
+    return TypeError(f"{type(obj).__name__} subclasses uniloss.decoders.Decoder but does not define {method}()")
+
+
+# --------------------------------------------------------------------------- tournaments
+# Every pair of m items in a row: pair p compares item k[p] (the later) with item j[p] (the
+# earlier), c = s_k - s_j, so bit 1 means "the later item wins" and an exact tie goes to the
+# earlier item (as torch.argmax and a stable descending sort break ties).
+
+
+@functools.lru_cache(maxsize=64)
+def _triu_pairs_cached(m: int, device: str) -> Tuple[Tensor, Tensor]:
+    j, k = torch.triu_indices(m, m, 1, device=device)
+    return j, k
+
+
+def _triu_pairs(m: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    return _triu_pairs_cached(m, str(device))
+
+
+def _tournament(rows: Tensor) -> Tensor:
+    """``[G, P]`` comparisons ``s_k - s_j`` of every pair ``j < k`` of each row of ``rows [G, m]``."""
+    j, k = _triu_pairs(rows.shape[1], rows.device)
+    return rows[:, k] - rows[:, j]
+
+
+def _tournament_best(hard: Tensor, winner: Tensor, m: int) -> Tensor:
+    """``[G, P]``: ``winner`` (``[G]``) beats every item; other pairs keep their current bits."""
+    j, k = _triu_pairs(m, hard.device)
+    w = winner[:, None]
+    return torch.where(k[None] == w, True, torch.where(j[None] == w, False, hard))
+
+
+def _wins(bits: Tensor, num_rows: int, m: int) -> Tensor:
+    """``[t, G, m]`` float: how many comparisons each item of each row wins."""
+    j, k = _triu_pairs(m, bits.device)
+    b = bits.reshape(bits.shape[0], num_rows, j.numel()).float()
+    wins = b.new_zeros(bits.shape[0], num_rows, m)
+    wins.index_add_(2, k, b)
+    wins.index_add_(2, j, 1.0 - b)
+    return wins
+
+
+def _others(labels: Tensor, m: int) -> Tensor:
+    """``[G, m-1]``: the classes other than ``labels`` in class order."""
+    others = torch.arange(m - 1, device=labels.device)[None, :]
+    return others + (others >= labels[:, None]).long()
+
+
+# --------------------------------------------------------------------------- classes per row
+
+
+@dataclass(frozen=True)
+class _ClassPlan:
+    target: Tensor  # the labels as given: what the evaluator receives
+    labels: Tensor  # [G] int64, the label of each row (sample or pixel)
+    num_classes: int
+    hard: Optional[Tensor] = None  # pairs="all": [G, P] current bits
+    cols: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, class order
+    ranked: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, best score first
+
+
+class _ClassDecoder(Decoder):
+    """Shared by :class:`Argmax`, :class:`TopK` and :class:`PixelArgmax`: class scores on dim 1."""
+
+    _plan_type = _ClassPlan
+    _spatial: bool = False  # PixelArgmax: scores [n, C, *spatial]
+
+    def __init__(self, pairs: str = "all", num_classes: Optional[int] = None) -> None:
+        self.pairs = _check_choice("pairs", pairs, ("all", "target"))
+        self.num_classes = None if num_classes is None else V.check_count("num_classes", num_classes, allow_zero=False)
+
+    def _repr_args(self) -> str:
+        extra = "" if self.num_classes is None else f", num_classes={self.num_classes}"
+        return f"pairs={self.pairs!r}{extra}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._repr_args()})"
+
+    @staticmethod
+    def _rows(scores: Tensor) -> Tensor:
+        return scores.movedim(1, -1).reshape(-1, scores.shape[1])
+
+    def check(self, scores: Tensor, target: Any) -> None:
+        validate_scores(scores)
+        if self._spatial:
+            if scores.dim() < 3:
+                raise ValueError(
+                    f"Expected `scores` of shape [n, C, H, W] (or [n, C, *spatial]), but got shape {tuple(scores.shape)}"
+                )
+        else:
+            V.check_shape("scores", scores, (None, None), "[n, C] (samples x classes)")
+        c = scores.shape[1]
+        if self.num_classes is not None and c != self.num_classes:
+            raise ValueError(f"Expected `scores` with {self.num_classes} classes on dim 1, but got shape {tuple(scores.shape)}")
+        if isinstance(target, _ClassPlan):
+            return
+        V.check_tensor("target", target)
+        V.check_same_device(scores=scores, target=target)
+        expected = (scores.shape[0],) + tuple(scores.shape[2:])
+        V.check_shape("target", target, expected, f"{list(expected)} (one label per row of scores)")
+        V.check_integer_labels("target", target, 0, c)
+
+    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _ClassPlan:
+        if isinstance(target, _ClassPlan):
+            return target
+        rows = self._rows(scores.detach())
+        labels = target.reshape(-1).long()
+        m = rows.shape[1]
+        if self.pairs == "all":
+            return _ClassPlan(target, labels, m, hard=_tournament(rows) > 0)
+        cols = _others(labels, m)
+        order = rows.gather(1, cols).sort(dim=1, descending=True, stable=True).indices
+        return _ClassPlan(target, labels, m, cols=cols, ranked=cols.gather(1, order))
+
+    def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
+        plan = self._plan(scores, plan)
+        rows = self._rows(scores)
+        if self.pairs == "all":
+            return _tournament(rows).reshape(-1)
+        return (rows.gather(1, plan.labels[:, None]) - rows.gather(1, plan.cols)).reshape(-1)
+
+    def best(self, plan: Any) -> Tensor:
+        plan = self._prepared(plan)
+        if self.pairs == "all":
+            return _tournament_best(plan.hard, plan.labels, plan.num_classes).reshape(-1)
+        return torch.ones(plan.cols.numel(), dtype=torch.bool, device=plan.labels.device)
+
+    def _target_losses(self, bits: Tensor, plan: _ClassPlan) -> Tensor:
+        """pairs="target": ``[t, G]`` how many other classes beat each row's label."""
+        return (~bits).reshape(bits.shape[0], plan.labels.numel(), plan.num_classes - 1).sum(-1)
+
+
+class Argmax(_ClassDecoder):
+    r"""Predicted labels ``argmax_j s_ij`` from comparisons of class scores.
+
+    Shapes: ``scores`` ``[n, C]`` float; ``target`` ``[n]`` int64 in ``[0, C)``. Decodes bits
+    ``[t, l]`` into labels ``[t, n]`` (int64).
+
+    Args:
+        pairs: ``"all"`` (default) compares every pair of classes of a sample,
+            ``C(C-1)/2`` comparisons per sample: pair ``(j, k)``, ``j < k``, in
+            ``torch.triu_indices`` order, is ``c = s_k - s_j``. The label is the class with the
+            most wins (Copeland); from inconsistent bits (cycles) several may tie, and the lowest
+            class index wins the tie. The best configuration: the target beats every class;
+            pairs without the target keep their current bits.
+
+            ``"target"`` compares only the target with every other class, ``C-1`` per sample:
+            ``c = s_y - s_j`` for ``j != y`` in class order -- exactly the layout of
+            :class:`uniloss.MulticlassAccuracy` (paper, sec. 3.2). The label is the target when
+            it beats every other class, otherwise the highest-scoring other class of the current
+            scores. Exact for every evaluator; evaluators that only ask "is the prediction
+            right?" (accuracy, balanced accuracy) lose nothing by it.
+        num_classes: if given, ``scores`` must have this many columns.
+
+    Example::
+
+        >>> import torch
+        >>> from uniloss.decoders import Argmax
+        >>> scores = torch.tensor([[0.2, 0.9, 0.1], [0.5, 0.1, 0.4]])
+        >>> dec = Argmax()
+        >>> plan = dec.prepare(scores, torch.tensor([1, 2]))
+        >>> dec.decode((dec.comparisons(scores, plan) > 0)[None], plan)
+        tensor([[1, 0]])
+        >>> dec.decode(dec.best(plan)[None], plan)                 # best decodes to the target
+        tensor([[1, 2]])
+    """
+
+    def decode(self, bits: Tensor, plan: Any) -> Tensor:
+        plan = self._prepared(plan)
+        t, m = bits.shape[0], plan.num_classes
+        if self.pairs == "all":
+            labels = _wins(bits, plan.labels.numel(), m).argmax(-1)
+        else:
+            right = self._target_losses(bits, plan) == 0
+            fallback = plan.ranked[:, 0] if m > 1 else plan.labels
+            labels = torch.where(right, plan.labels, fallback)
+        return labels.reshape((t,) + tuple(plan.target.shape))
+
+
+class PixelArgmax(Argmax):
+    r"""Label maps: :class:`Argmax` at every pixel (semantic segmentation).
+
+    Shapes: ``scores`` ``[n, C, H, W]`` (or ``[n, C, *spatial]``) float; ``target``
+    ``[n, H, W]`` int64 in ``[0, C)``. Decodes into label maps ``[t, n, H, W]``.
+
+    ``pairs="all"`` (default): ``C(C-1)/2`` comparisons per pixel, pixel-major (pixels in
+    ``[n, H, W]`` row-major order, then pairs as in :class:`Argmax`); ``pairs="target"``:
+    ``C-1`` per pixel. Decoding and ties follow :class:`Argmax`. For two classes both are one
+    comparison per pixel.
+
+    Example::
+
+        >>> import torch
+        >>> from uniloss.decoders import PixelArgmax
+        >>> scores = torch.randn(2, 3, 4, 5)
+        >>> dec = PixelArgmax()
+        >>> plan = dec.prepare(scores, torch.zeros(2, 4, 5, dtype=torch.long))
+        >>> maps = dec.decode((dec.comparisons(scores, plan) > 0)[None], plan)[0]
+        >>> torch.equal(maps, scores.argmax(1))
+        True
+    """
+
+    _spatial = True
+
+
+class TopK(_ClassDecoder):
+    r"""Top-k sets: the ``k`` highest-scoring classes of each sample, as a membership mask.
+
+    Shapes: ``scores`` ``[n, C]`` float; ``target`` ``[n]`` int64 in ``[0, C)``. Decodes into
+    a bool mask ``[t, n, C]`` with ``min(k, C)`` classes set per sample.
+
+    Args:
+        k: the set size (> 0).
+        pairs: ``"all"`` (default): every pair of classes, as :class:`Argmax`; the set is the
+            ``k`` classes with the most wins, ties to the lower class index. ``"target"``: the
+            target against every other class (``C-1`` per sample, as
+            :class:`uniloss.MulticlassAccuracy`); the target is in the set iff fewer than ``k``
+            classes beat it, and the other members are the best other classes of the current
+            scores. Top-k accuracy needs only ``"target"``.
+        num_classes: if given, ``scores`` must have this many columns.
+
+    Example::
+
+        >>> import torch
+        >>> from uniloss.decoders import TopK
+        >>> scores = torch.tensor([[0.1, 0.7, 0.3, 0.9]])
+        >>> dec = TopK(2)
+        >>> plan = dec.prepare(scores, torch.tensor([2]))
+        >>> dec.decode((dec.comparisons(scores, plan) > 0)[None], plan)
+        tensor([[[False,  True, False,  True]]])
+    """
+
+    def __init__(self, k: int, pairs: str = "all", num_classes: Optional[int] = None) -> None:
+        self.k = V.check_count("k", k, allow_zero=False)
+        super().__init__(pairs, num_classes)
+
+    def _repr_args(self) -> str:
+        return f"{self.k}, " + super()._repr_args()
+
+    def decode(self, bits: Tensor, plan: Any) -> Tensor:
+        plan = self._prepared(plan)
+        t, g, m, k = bits.shape[0], plan.labels.numel(), plan.num_classes, self.k
+        if self.pairs == "all":
+            top = _wins(bits, g, m).sort(dim=-1, descending=True, stable=True).indices[..., :k]
+            mask = torch.zeros(t, g, m, dtype=torch.bool, device=bits.device).scatter_(2, top, True)
+        else:
+            inside = (self._target_losses(bits, plan) < k)[..., None]  # [t, G, 1]
+            ranked = plan.ranked
+            others = torch.zeros(g, m, dtype=torch.bool, device=bits.device).scatter_(1, ranked[:, : k - 1], True)
+            kth = torch.zeros_like(others)
+            if k - 1 < m - 1:
+                kth.scatter_(1, ranked[:, k - 1 : k], True)
+            label = torch.zeros_like(others).scatter_(1, plan.labels[:, None], True)
+            mask = others[None] | (label[None] & inside) | (kth[None] & ~inside)
+        return mask.reshape((t,) + tuple(plan.target.shape) + (m,))
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+@dataclass(frozen=True)
+class _ThresholdPlan:
+    target: Tensor  # bool, the scores' shape
+
+
+class Threshold(Decoder):
+    r"""Binary predictions ``[s > threshold]``, one comparison ``c = s - threshold`` per score.
+
+    Shapes: ``scores`` any shape (``[n]`` for binary classification, ``[n, L]`` for multi-label)
+    float; ``target`` the same shape, values in {0, 1} (bool, int or float). Decodes into a bool
+    tensor ``[t, *scores.shape]``; ``l = scores.numel()``, in row-major order. The best
+    configuration is the target itself. A score exactly at the threshold decodes to 0.
+
+    Example::
+
+        >>> import torch
+        >>> from uniloss.decoders import Threshold
+        >>> dec = Threshold(0.5)
+        >>> scores = torch.tensor([0.2, 0.9, 0.6])
+        >>> plan = dec.prepare(scores, torch.tensor([0, 1, 0]))
+        >>> dec.decode((dec.comparisons(scores, plan) > 0)[None], plan)
+        tensor([[False,  True,  True]])
+    """
+
+    _plan_type = _ThresholdPlan
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold or abs(threshold) == float("inf"):
+            raise ValueError(f"Expected `threshold` to be a finite number, but got {threshold!r}")
+        self.threshold = float(threshold)
+
+    def __repr__(self) -> str:
+        return f"Threshold({self.threshold})"
+
+    def check(self, scores: Tensor, target: Any) -> None:
+        validate_scores(scores)
+        if isinstance(target, _ThresholdPlan):
+            return
+        V.check_tensor("target", target)
+        V.check_same_device(scores=scores, target=target)
+        V.check_shape("target", target, tuple(scores.shape), f"{list(scores.shape)} (the shape of scores)")
+        V.check_binary_labels("target", target)
+
+    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _ThresholdPlan:
+        if isinstance(target, _ThresholdPlan):
+            return target
+        return _ThresholdPlan(target != 0)
+
+    def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
+        return (scores - self.threshold).reshape(-1)
+
+    def best(self, plan: Any) -> Tensor:
+        return self._prepared(plan).target.reshape(-1)
+
+    def decode(self, bits: Tensor, plan: Any) -> Tensor:
+        plan = self._prepared(plan)
+        return bits.reshape((bits.shape[0],) + tuple(plan.target.shape))
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+class RankingTarget(NamedTuple):
+    """Ground truth for :class:`Ranking`: a relevance per item and the query it belongs to.
+
+    Attributes:
+        relevance: ``[n]`` float or int >= 0 (0 = irrelevant; graded relevance allowed).
+        query: ``[n]`` integer query (group) ids, any values, items of a query need not be
+            contiguous; ``None`` puts every item in one query.
+    """
+
+    relevance: Tensor
+    query: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
+class _RankingPlan:
+    target: RankingTarget  # relevance [n], query [n] int64 in [0, num_queries)
+    num_queries: int
+    a: Tensor  # [l] item ranked above in comparison p: c = s_a - s_b
+    b: Tensor  # [l]
+    start: Tensor  # [n] first slot of each item's query in the query-blocked slot order
+    grade: Tensor  # [n] int64, 0 = most relevant (pruned modes)
+    num_grades: int
+    best: Tensor  # [l] bool
+
+
+def _pairs_within(query: Tensor, key: Tensor, num_queries: int) -> Tuple[Tensor, Tensor]:
+    """Every pair ``(i, j)`` of items of one query with ``key[i] < key[j]``, without a loop.
+
+    Items are ordered by (query, key, index); the pairs come ordered by ``i`` then ``j`` in that
+    order (for one query and binary keys: positives in index order x negatives in index order).
+    """
+    n = query.numel()
+    device = query.device
+    if n == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
+    order = torch.sort(key, stable=True).indices
+    order = order[torch.sort(query[order], stable=True).indices]
+    q, k = query[order], key[order]
+    new_block = torch.ones(n, dtype=torch.bool, device=device)
+    new_block[1:] = (q[1:] != q[:-1]) | (k[1:] != k[:-1])
+    block = torch.cumsum(new_block.long(), 0) - 1
+    block_end = torch.cumsum(torch.bincount(block), 0)[block]  # exclusive, in sorted positions
+    query_end = torch.cumsum(torch.bincount(q, minlength=num_queries), 0)[q]
+    count = query_end - block_end
+    ia = torch.repeat_interleave(torch.arange(n, device=device), count)
+    run_start = torch.cumsum(count, 0) - count
+    ib = block_end[ia] + torch.arange(ia.numel(), device=device) - run_start[ia]
+    return order[ia], order[ib]
+
+
+def _segment_count(values: Tensor, index: Tensor, size: int) -> Tensor:
+    """``[t, size]``: sums of the columns of ``values [t, m]`` per ``index [m]``."""
+    return values.new_zeros(values.shape[0], size).index_add_(1, index, values)
+
+
+def _sort_within(key: Tensor, block: Tensor) -> Tensor:
+    """Per row of ``key [t, n]``: each item's place (0-based) among the items of its block
+    (``block [n]``), ordered by key, then by index."""
+    t, n = key.shape
+    order = torch.sort(key, dim=1, stable=True).indices
+    order = order.gather(1, torch.sort(block[order], dim=1, stable=True).indices)
+    counts = torch.bincount(block, minlength=int(block.max()) + 1 if n else 0)
+    block_start = (torch.cumsum(counts, 0) - counts)[block]
+    slot = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=key.device).expand(t, n))
+    return slot - block_start[None, :]
+
+
+class Ranking(Decoder):
+    r"""Ranks of items within queries (or the whole batch), from pairwise comparisons.
+
+    Shapes: ``scores`` ``[n]`` or ``[n, 1]`` float; ``target`` a :class:`RankingTarget`
+    ``(relevance [n] >= 0, query [n] integer ids or None)`` or just the relevance ``[n]`` (one
+    query). Decodes into ranks ``[t, n]`` int64: each item's 0-based position in its query's
+    ranking (0 = top), a permutation of ``0..n_q-1`` per query.
+
+    Args:
+        pairs: which pairs of items of a query are compared (``c = s_a - s_b``, bit 1 = ``a``
+            above ``b``):
+
+            * ``"relevance"`` (default): pairs of different relevance, ``a`` the more relevant;
+              with 0/1 relevance the paper's positive x negative pairs for AP, in its layout
+              (positives in index order, each against the negatives in index order).
+            * ``"binary"``: relevant (``> 0``) x irrelevant pairs only; grades are ignored.
+            * ``"all"``: every pair ``i < j`` of a query, ``a = j``, ``b = i`` (so exact ties keep
+              the earlier item above, as a stable sort does).
+
+            Pruned pairs cannot change a metric that looks only at the relevance in rank order
+            (AP, AUROC, NDCG, precision/recall@k, MRR): swapping two items of one grade does not
+            change it. The best configuration: every more relevant item above every less relevant
+            one (``"all"``: pairs of equal relevance keep their current bits).
+
+    Decoding: with ``"all"`` items are ranked by their number of wins (Copeland), ties to the
+    lower index. With pruned pairs the grades are placed from the most relevant down: an item's
+    position among the slots that more relevant grades left free is the number of less
+    relevant items that beat it plus the number of its own grade placed before it (ordered by
+    that number, then by index). On bits from real scores both give the ranking of a stable
+    descending sort, up to the order among items of one grade that were not compared; from
+    inconsistent bits they still give a permutation, and with 0/1 relevance the positives sit
+    where :class:`uniloss.AveragePrecision` puts them (so AP, AUROC, precision@k... agree with the
+    paper's AP decomposition on every configuration). Decoding loops in Python over the distinct
+    relevance grades (not over items, pairs or anchors): prefer few grades.
+
+    Example::
+
+        >>> import torch
+        >>> from uniloss.decoders import Ranking, RankingTarget
+        >>> scores = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.7])
+        >>> target = RankingTarget(torch.tensor([1, 0, 0, 1, 0]), torch.tensor([0, 0, 0, 1, 1]))
+        >>> dec = Ranking()
+        >>> plan = dec.prepare(scores, target)
+        >>> dec.comparisons(scores, plan)          # query 0: 0 vs 1, 0 vs 2; query 1: 3 vs 4
+        tensor([-0.6000,  0.2000, -0.2000])
+        >>> dec.decode((dec.comparisons(scores, plan) > 0)[None], plan)
+        tensor([[1, 0, 2, 1, 0]])
+    """
+
+    _plan_type = _RankingPlan
+
+    def __init__(self, pairs: str = "relevance") -> None:
+        self.pairs = _check_choice("pairs", pairs, ("relevance", "binary", "all"))
+
+    def __repr__(self) -> str:
+        return f"Ranking(pairs={self.pairs!r})"
+
+    @staticmethod
+    def _flat(scores: Tensor) -> Tensor:
+        return scores.reshape(-1) if scores.dim() == 2 else scores
+
+    @staticmethod
+    def _split(target: Any) -> Tuple[Any, Any]:
+        if isinstance(target, tuple):
+            if len(target) != 2:
+                raise TypeError(
+                    f"Expected `target` to be a RankingTarget (relevance, query) or a relevance tensor, "
+                    f"but got a tuple of {len(target)}"
+                )
+            return target[0], target[1]
+        return target, None
+
+    def check(self, scores: Tensor, target: Any) -> None:
+        validate_scores(scores)
+        if scores.dim() not in (1, 2) or scores.dim() == 2 and scores.shape[1] != 1:
+            raise ValueError(f"Expected `scores` of shape [n] or [n, 1], but got shape {tuple(scores.shape)}")
+        if isinstance(target, _RankingPlan):
+            return
+        relevance, query = self._split(target)
+        n = scores.shape[0]
+        V.check_tensor("target.relevance", relevance)
+        V.check_same_device(scores=scores, relevance=relevance, query=query)
+        V.check_shape("target.relevance", relevance, (n,), f"[{n}] (one relevance per score)")
+        if relevance.dtype == torch.bool:
+            relevance = relevance.long()
+        if relevance.is_floating_point():
+            V.check_finite("target.relevance", relevance)
+        if relevance.numel() and float(relevance.min()) < 0:
+            raise ValueError(f"Expected `target.relevance` to be >= 0, but got minimum {relevance.min().item()}")
+        if query is not None:
+            V.check_tensor("target.query", query)
+            V.check_shape("target.query", query, (n,), f"[{n}] (one query id per score)")
+            if query.is_floating_point() or query.is_complex() or query.dtype == torch.bool:
+                raise TypeError(f"Expected `target.query` to be an integer tensor, but got dtype {query.dtype}")
+
+    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _RankingPlan:
+        if isinstance(target, _RankingPlan):
+            return target
+        relevance, query = self._split(target)
+        n = relevance.numel()
+        device = relevance.device
+        if relevance.dtype == torch.bool:
+            relevance = relevance.long()
+        if query is None:
+            query = torch.zeros(n, dtype=torch.long, device=device)
+            num_queries = 1 if n else 0
+        else:
+            _, query = torch.unique(query, return_inverse=True)
+            num_queries = int(query.max()) + 1 if n else 0
+        counts = torch.bincount(query, minlength=num_queries)
+        start = (torch.cumsum(counts, 0) - counts)[query]
+        if self.pairs == "all":
+            grade = torch.zeros(n, dtype=torch.long, device=device)
+            earlier, later = _pairs_within(query, torch.arange(n, device=device), num_queries)
+            a, b = later, earlier
+            s = self._flat(scores.detach())
+            best = torch.where(relevance[a] == relevance[b], s[a] - s[b] > 0, relevance[a] > relevance[b])
+        else:
+            key = (relevance > 0).double() if self.pairs == "binary" else relevance.double()
+            _, grade = torch.unique(-key, return_inverse=True)  # 0 = most relevant
+            grade = grade.reshape(-1)
+            a, b = _pairs_within(query, grade, num_queries)
+            best = torch.ones(a.numel(), dtype=torch.bool, device=device)
+        num_grades = int(grade.max()) + 1 if n else 0
+        return _RankingPlan(RankingTarget(relevance, query), num_queries, a, b, start, grade, num_grades, best)
+
+    def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
+        plan = self._plan(scores, plan)
+        s = self._flat(scores)
+        return s[plan.a] - s[plan.b]
+
+    def best(self, plan: Any) -> Tensor:
+        return self._prepared(plan).best
+
+    def decode(self, bits: Tensor, plan: Any) -> Tensor:
+        plan = self._prepared(plan)
+        t, n = bits.shape[0], plan.start.numel()
+        query = plan.target.query
+        if n == 0:
+            return torch.zeros(t, 0, dtype=torch.long, device=bits.device)
+        a_loses = _segment_count((~bits).long(), plan.a, n)  # less relevant items that beat a
+        if self.pairs == "all":
+            losses = a_loses + _segment_count(bits.long(), plan.b, n)
+            return _sort_within(losses, query)
+        # Grades from the most relevant down: the q-th free slot of the item's query.
+        place = _sort_within(a_loses, query * plan.num_grades + plan.grade)
+        position = a_loses + place
+        free = torch.ones(t, n, dtype=torch.bool, device=bits.device)
+        ranks = torch.empty(t, n, dtype=torch.long, device=bits.device)
+        for grade in range(plan.num_grades):
+            items = (plan.grade == grade).nonzero().reshape(-1)
+            taken = torch.cumsum(free.long(), 1)
+            before = torch.cat([taken.new_zeros(t, 1), taken], 1)[:, plan.start[items]]
+            slot = torch.searchsorted(taken, before + position[:, items] + 1)
+            free.scatter_(1, slot, False)
+            ranks[:, items] = slot - plan.start[items][None, :]
+        return ranks
+
+
+# --------------------------------------------------------------------------- spatial argmax
+
+
+@dataclass(frozen=True)
+class _SpatialPlan:
+    target: KeypointTarget
+    shape: Tuple[int, ...]  # (n, J, H, W)
+    joints: Tensor  # [G] flat (sample, joint) index of each visible joint
+    current: Tensor  # [n*J] current argmax pixel of every heatmap
+    hard: Optional[Tensor] = None  # all pixels: [G, P] current bits
+    winner: Optional[Tensor] = None  # all pixels: [G] pixel nearest the keypoint
+    pos_joint: Optional[Tensor] = None  # region: [A] joint (0..G-1) of each positive, sorted
+    pos_flat: Optional[Tensor] = None  # region: [A] index into scores.reshape(-1)
+    neg_flat: Optional[Tensor] = None  # region: [B]
+    ia: Optional[Tensor] = None  # region: [l] positive of each comparison
+    ib: Optional[Tensor] = None  # region: [l] negative of each comparison
+    pos_rank: Optional[Tensor] = None  # region: [A] rank of each positive in its joint by current score
+    by_rank: Optional[Tensor] = None  # region: [G, H*W] pixels of each joint, positives first, best first
+    top_negative: Optional[Tensor] = None  # region: [G] best negative pixel by current score
+
+
+class SpatialArgmax(Decoder):
+    r"""Predicted keypoint coordinates: the argmax pixel of each heatmap.
+
+    Shapes: ``scores`` (heatmaps) ``[n, J, H, W]`` float; ``target`` a
+    :class:`uniloss.KeypointTarget` ``(keypoints [n, J, 2] (x, y), visible [n, J],
+    normalizer [n])``. Decodes into coordinates ``[t, n, J, 2]`` (``x`` = column, ``y`` = row,
+    the keypoints' dtype). Only visible joints have comparisons; invisible ones decode to the
+    current argmax.
+
+    Args:
+        threshold: ``None`` (default): every pair of pixels of a visible heatmap,
+            ``HW(HW-1)/2`` comparisons per joint (small heatmaps only), decoded as
+            :class:`Argmax` over the flattened pixels (most wins, ties to the lower pixel index);
+            the best configuration: the pixel nearest the keypoint (clamped into the heatmap)
+            beats every other. A number: only pixels within ``threshold * normalizer`` of the
+            keypoint (positives) against the rest, ``P(HW-P)`` per joint, in the layout of
+            :class:`uniloss.PCK` (paper, sec. 4.2: visible joints in order, each positive pixel
+            against the joint's negative pixels, both in pixel order). The prediction is the best
+            positive (by the current scores) among those that beat every negative, otherwise the
+            best negative; exact for evaluators that ask only whether the prediction lies within
+            that radius.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> from uniloss.decoders import SpatialArgmax
+        >>> heat = torch.zeros(1, 1, 4, 4); heat[0, 0, 2, 3] = 1.0          # argmax x=3, y=2
+        >>> target = uniloss.KeypointTarget(torch.tensor([[[3.0, 1.0]]]), torch.tensor([[True]]),
+        ...                                 torch.tensor([2.0]))
+        >>> dec = SpatialArgmax(threshold=0.5)
+        >>> plan = dec.prepare(heat, target)
+        >>> dec.decode((dec.comparisons(heat, plan) > 0)[None], plan)
+        tensor([[[[3., 2.]]]])
+    """
+
+    _plan_type = _SpatialPlan
+
+    def __init__(self, threshold: Optional[float] = None) -> None:
+        self.threshold = None if threshold is None else V.check_positive("threshold", threshold)
+        self._pck = PCK(threshold=self.threshold if self.threshold is not None else 1.0)
+
+    def __repr__(self) -> str:
+        return f"SpatialArgmax(threshold={self.threshold})"
+
+    def check(self, scores: Tensor, target: Any) -> None:
+        if isinstance(target, _SpatialPlan):
+            validate_scores(scores)
+            return
+        self._pck.check(scores, target)
+
+    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _SpatialPlan:
+        if isinstance(target, _SpatialPlan):
+            return target
+        target = KeypointTarget(*target)
+        n, j, h, w = shape = tuple(scores.shape)
+        flat = scores.detach().reshape(n * j, h * w)
+        joints = (target.visible.reshape(-1) != 0).nonzero().reshape(-1)
+        current = flat.argmax(1)
+        rows = flat[joints]
+        if self.threshold is None:
+            xy = target.keypoints.reshape(n * j, 2)[joints].round().long()
+            x, y = xy[:, 0].clamp(0, w - 1), xy[:, 1].clamp(0, h - 1)
+            return _SpatialPlan(target, shape, joints, current, hard=_tournament(rows) > 0, winner=y * w + x)
+        positive = self._pck.positive_mask(shape, target).reshape(n * j, h * w)[joints]
+        pos_joint, pos_pix = positive.nonzero(as_tuple=True)
+        neg_joint, neg_pix = (~positive).nonzero(as_tuple=True)
+        ia, ib = grouped_pairs(pos_joint, neg_joint, joints.numel())
+        base = joints * (h * w)
+        inf = torch.full_like(rows, float("-inf"))
+        by_rank = torch.where(positive, rows, inf).sort(dim=1, descending=True, stable=True).indices
+        rank_of = torch.empty_like(by_rank).scatter_(1, by_rank, torch.arange(h * w, device=rows.device).expand_as(by_rank))
+        return _SpatialPlan(
+            target, shape, joints, current, pos_joint=pos_joint, pos_flat=base[pos_joint] + pos_pix,
+            neg_flat=base[neg_joint] + neg_pix, ia=ia, ib=ib, pos_rank=rank_of[pos_joint, pos_pix],
+            by_rank=by_rank, top_negative=torch.where(positive, inf, rows).argmax(1),
+        )
+
+    def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
+        plan = self._plan(scores, plan)
+        n, j, h, w = plan.shape
+        if self.threshold is None:
+            return _tournament(scores.reshape(n * j, h * w)[plan.joints]).reshape(-1)
+        flat = scores.reshape(-1)
+        return flat[plan.pos_flat][plan.ia] - flat[plan.neg_flat][plan.ib]
+
+    def best(self, plan: Any) -> Tensor:
+        plan = self._prepared(plan)
+        if self.threshold is None:
+            return _tournament_best(plan.hard, plan.winner, plan.shape[2] * plan.shape[3]).reshape(-1)
+        return torch.ones(plan.ia.numel(), dtype=torch.bool, device=plan.ia.device)
+
+    def decode(self, bits: Tensor, plan: Any) -> Tensor:
+        plan = self._prepared(plan)
+        n, j, h, w = plan.shape
+        t, g = bits.shape[0], plan.joints.numel()
+        if self.threshold is None:
+            pixel = _wins(bits, g, h * w).argmax(-1)
+        else:
+            wrong = _segment_count((~bits).long(), plan.ia, plan.pos_joint.numel())
+            big = h * w
+            key = torch.where(wrong == 0, plan.pos_rank[None, :], torch.full_like(wrong, big))
+            rank = torch.full((t, g), big, dtype=torch.long, device=bits.device)
+            rank.scatter_reduce_(1, plan.pos_joint.expand(t, -1), key, "amin")
+            chosen = plan.by_rank.gather(1, rank.clamp(max=big - 1).t()).t()  # [t, G]
+            pixel = torch.where(rank < big, chosen, plan.top_negative[None, :])
+        pixels = plan.current.expand(t, n * j).clone()
+        pixels[:, plan.joints] = pixel
+        dtype = plan.target.keypoints.dtype
+        xy = torch.stack([pixels % w, torch.div(pixels, w, rounding_mode="floor")], -1).to(dtype)
+        return xy.reshape(t, n, j, 2)

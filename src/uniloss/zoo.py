@@ -1,0 +1,569 @@
+r"""A metric zoo: common metrics as UniLoss decompositions, each a one-liner.
+
+Every function returns a :class:`uniloss.DecodedMetric` -- a decoder from
+:mod:`uniloss.decoders` followed by a vectorised evaluator -- to pass to :class:`uniloss.UniLoss`.
+Each is exact: ``metric(scores, target)`` equals scikit-learn's (or the stated reference) on
+untied scores, which the test suite checks on random inputs.
+
+Shapes, by family:
+
+* multi-class (``top_k_accuracy``, ``macro_f1``, ``balanced_accuracy``, ``matthews_corrcoef``):
+  ``scores [n, C]`` float, ``target [n]`` int64 in ``[0, C)``;
+* binary (``f_beta``, ``precision``, ``recall``): ``scores [n]`` (or any shape: every element is
+  a decision, pooled, as multi-label micro averaging) float, ``target`` the same shape in {0, 1};
+* ranking (``auroc``, ``average_precision``, ``precision_at_k``, ``recall_at_k``, ``ndcg_at_k``,
+  ``mrr``): ``scores [n]`` (or ``[n, 1]``) float; ``target`` a
+  :class:`uniloss.decoders.RankingTarget` ``(relevance [n] >= 0, query [n] integer ids)`` or
+  just ``relevance [n]`` (the batch is one query). Per-query values are averaged over the
+  queries where the metric is defined (NaN if none);
+* segmentation (``mean_iou``, ``dice``): ``scores [n, C, H, W]`` float, ``target [n, H, W]``
+  int64 in ``[0, C)``; counts pooled over the batch's pixels;
+* keypoints (``pck``): heatmaps ``[n, J, H, W]`` and a :class:`uniloss.KeypointTarget`.
+
+Classes absent from both the target and the prediction are left out of macro averages, as
+scikit-learn does when ``labels`` is not given; an undefined ratio (``0/0``) counts as 0, as
+scikit-learn's default ``zero_division`` does.
+
+Example::
+
+    >>> import torch, uniloss
+    >>> loss_fn = uniloss.UniLoss(uniloss.zoo.macro_f1(num_classes=3))
+    >>> scores = torch.randn(16, 3, requires_grad=True)
+    >>> loss = loss_fn(scores, torch.randint(0, 3, (16,)))
+    >>> loss.backward()
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from . import _validation as V
+from ._decoded import DecodedMetric
+from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, _sort_within
+
+__all__ = [
+    "top_k_accuracy",
+    "macro_f1",
+    "balanced_accuracy",
+    "matthews_corrcoef",
+    "f_beta",
+    "precision",
+    "recall",
+    "auroc",
+    "average_precision",
+    "precision_at_k",
+    "recall_at_k",
+    "ndcg_at_k",
+    "mrr",
+    "mean_iou",
+    "dice",
+    "pck",
+]
+
+
+class _Evaluator:
+    """An evaluator with its options, named for ``repr``: ``macro_f1(num_classes=3)``."""
+
+    def __init__(self, fn: Callable[..., Tensor], name: str, **options: Any) -> None:
+        self.fn, self.__name__, self.options = fn, name, options
+
+    def __call__(self, decoded: Any, target: Any) -> Tensor:
+        return self.fn(decoded, target, **self.options)
+
+    def __repr__(self) -> str:
+        return f"{self.__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+
+
+def _metric(decoder, fn: Callable[..., Tensor], name: str, **options: Any) -> DecodedMetric:
+    return DecodedMetric(decoder, _Evaluator(fn, name, **options))
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den``, 0 where ``den == 0`` (scikit-learn's ``zero_division`` default)."""
+    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+
+
+def _mean_where(values: Tensor, defined: Tensor) -> Tensor:
+    """Mean over the last dimension of the defined entries; NaN where none is."""
+    count = defined.sum(-1)
+    total = torch.where(defined, values, torch.zeros_like(values)).sum(-1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+# --------------------------------------------------------------------------- multi-class
+
+
+def _class_counts(pred: Tensor, target: Tensor, num_classes: int):
+    """Per-class counts of ``pred [t, N]`` against ``target [N]``: ``(tp [t, C], predicted [t, C],
+    actual [C])`` as float64, without a one-hot tensor."""
+    t = pred.shape[0]
+    pred = pred.reshape(t, -1)
+    target = target.reshape(-1).long()
+    ones = torch.ones(pred.shape, dtype=torch.float64, device=pred.device)
+    predicted = ones.new_zeros(t, num_classes).scatter_add_(1, pred, ones)
+    tp = ones.new_zeros(t, num_classes).scatter_add_(1, target.expand(t, -1), (pred == target).double())
+    actual = torch.bincount(target, minlength=num_classes).double()
+    return tp, predicted, actual
+
+
+def _macro_f1(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    tp, predicted, actual = _class_counts(pred, target, num_classes)
+    support = predicted + actual  # 2 tp + fp + fn
+    return _mean_where(_ratio(2 * tp, support), support > 0)
+
+
+def _mean_iou(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    tp, predicted, actual = _class_counts(pred, target, num_classes)
+    union = predicted + actual - tp  # tp + fp + fn
+    return _mean_where(_ratio(tp, union), union > 0)
+
+
+def _balanced_accuracy(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    tp, _, actual = _class_counts(pred, target, num_classes)
+    return _mean_where(_ratio(tp, actual.expand_as(tp)), (actual > 0).expand_as(tp))
+
+
+def _matthews(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    tp, predicted, actual = _class_counts(pred, target, num_classes)
+    s = actual.sum()
+    cov_yp = tp.sum(-1) * s - predicted @ actual
+    cov_pp = s * s - (predicted * predicted).sum(-1)
+    cov_yy = s * s - (actual * actual).sum()
+    den = cov_pp * cov_yy
+    return torch.where(den > 0, cov_yp / den.clamp_min(1e-30).sqrt(), torch.zeros_like(cov_yp))
+
+
+def _top_k_hit(member: Tensor, target: Tensor) -> Tensor:
+    t = member.shape[0]
+    return member.gather(2, target.long().reshape(1, -1, 1).expand(t, -1, 1)).reshape(t, -1).double().mean(-1)
+
+
+def _check_classes(num_classes: object) -> int:
+    return V.check_count("num_classes", num_classes, allow_zero=False)
+
+
+def top_k_accuracy(k: int = 5, *, num_classes: Optional[int] = None) -> DecodedMetric:
+    r"""Top-k accuracy: the fraction of samples whose target is among their ``k`` best classes.
+
+    :math:`\frac{1}{n}\sum_i [\,|\{j : s_{ij} > s_{i y_i}\}| < k\,]`. Decoder
+    ``TopK(k, pairs="target")``: ``C-1`` comparisons per sample (the target against every other
+    class, :class:`uniloss.MulticlassAccuracy`'s layout; ``k=1`` is exactly that decomposition).
+    Reference: ``sklearn.metrics.top_k_accuracy_score``.
+
+    Shapes: ``scores [n, C]`` float, ``target [n]`` int64 in ``[0, C)``.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.tensor([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1]])
+        >>> uniloss.zoo.top_k_accuracy(2).metric(scores, torch.tensor([2, 2]))
+        tensor(0.5000, dtype=torch.float64)
+    """
+    dec = TopK(k, pairs="target", num_classes=None if num_classes is None else _check_classes(num_classes))
+    return _metric(dec, _top_k_hit, f"top_{dec.k}_accuracy")
+
+
+def macro_f1(num_classes: int, *, pairs: str = "all") -> DecodedMetric:
+    r"""Macro-averaged F1 of multi-class predictions ``argmax_j s_ij``.
+
+    :math:`F_1 = \mathrm{mean}_c\, \frac{2\,TP_c}{2\,TP_c + FP_c + FN_c}` over the classes present
+    in the target or the prediction. Decoder ``Argmax(pairs)``: ``"all"`` (default) compares
+    every pair of classes, ``C(C-1)/2`` per sample, so a wrong prediction's class (a false
+    positive) is trained too; ``"target"`` keeps ``C-1`` (wrong predictions then take their
+    class from the current scores). Reference: ``sklearn.metrics.f1_score(average="macro")``.
+
+    Shapes: ``scores [n, num_classes]`` float, ``target [n]`` int64 in ``[0, num_classes)``.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]])
+        >>> round(float(uniloss.zoo.macro_f1(3).metric(scores, torch.tensor([0, 1, 2]))), 4)  # (1 + 2/3 + 0) / 3
+        0.5556
+    """
+    n = _check_classes(num_classes)
+    return _metric(Argmax(pairs, num_classes=n), _macro_f1, "macro_f1", num_classes=n)
+
+
+def balanced_accuracy(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
+    r"""Balanced accuracy: the mean over classes present in the target of each class's recall.
+
+    :math:`\mathrm{mean}_{c : n_c > 0}\, TP_c / n_c`. Depends only on whether each sample is
+    right, so the default decoder ``Argmax(pairs="target")`` needs ``C-1`` comparisons per sample.
+    Reference: ``sklearn.metrics.balanced_accuracy_score``.
+
+    Shapes: ``scores [n, num_classes]`` float, ``target [n]`` int64 in ``[0, num_classes)``.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+        >>> float(uniloss.zoo.balanced_accuracy(2).metric(scores, torch.tensor([0, 0, 1])))
+        0.25
+    """
+    n = _check_classes(num_classes)
+    return _metric(Argmax(pairs, num_classes=n), _balanced_accuracy, "balanced_accuracy", num_classes=n)
+
+
+def matthews_corrcoef(num_classes: int, *, pairs: str = "all") -> DecodedMetric:
+    r"""Matthews correlation coefficient (multi-class, Gorodkin's R_K) of ``argmax`` predictions.
+
+    With ``t_k`` true and ``p_k`` predicted counts of class ``k``, ``c`` correct predictions and
+    ``s`` samples: :math:`\frac{c s - \sum_k p_k t_k}{\sqrt{(s^2 - \sum_k p_k^2)(s^2 - \sum_k
+    t_k^2)}}`, 0 where the denominator is 0. Decoder ``Argmax(pairs)``, ``C(C-1)/2`` comparisons
+    per sample by default. Reference: ``sklearn.metrics.matthews_corrcoef``.
+
+    Shapes: ``scores [n, num_classes]`` float, ``target [n]`` int64 in ``[0, num_classes)``.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [2.0, 0.0]])
+        >>> float(uniloss.zoo.matthews_corrcoef(2).metric(scores, torch.tensor([0, 1, 1, 0])))
+        1.0
+    """
+    n = _check_classes(num_classes)
+    return _metric(Argmax(pairs, num_classes=n), _matthews, "matthews_corrcoef", num_classes=n)
+
+
+# --------------------------------------------------------------------------- binary
+
+
+def _binary_counts(pred: Tensor, target: Tensor):
+    t = pred.shape[0]
+    pred, target = pred.reshape(t, -1), target.reshape(1, -1)
+    tp = (pred & target).sum(-1).double()
+    return tp, pred.sum(-1).double(), target.sum().double().expand(t)
+
+
+def _f_beta(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    tp, predicted, actual = _binary_counts(pred, target)
+    b2 = beta * beta
+    return _ratio((1 + b2) * tp, b2 * actual + predicted)
+
+
+def _precision(pred: Tensor, target: Tensor) -> Tensor:
+    tp, predicted, _ = _binary_counts(pred, target)
+    return _ratio(tp, predicted)
+
+
+def _recall(pred: Tensor, target: Tensor) -> Tensor:
+    tp, _, actual = _binary_counts(pred, target)
+    return _ratio(tp, actual)
+
+
+def f_beta(beta: float = 1.0, threshold: float = 0.0) -> DecodedMetric:
+    r"""F-beta score of binary decisions ``[s > threshold]`` (``beta=1``: F1).
+
+    :math:`F_\beta = \frac{(1+\beta^2)\,TP}{(1+\beta^2)\,TP + \beta^2 FN + FP}`, 0 when there is
+    no positive in the target nor in the prediction. Decoder ``Threshold(threshold)``: one
+    comparison ``s - threshold`` per score. Reference: ``sklearn.metrics.fbeta_score``.
+
+    Shapes: ``scores [n]`` (or any shape, every element pooled) float; ``target`` the same shape,
+    values in {0, 1}.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.tensor([1.0, -1.0, 2.0, 0.5])
+        >>> float(uniloss.zoo.f_beta(1.0).metric(scores, torch.tensor([1, 1, 0, 1])))  # tp 2, fp 1, fn 1
+        0.6666666666666666
+    """
+    beta = V.check_positive("beta", beta)
+    return _metric(Threshold(threshold), _f_beta, "f_beta", beta=beta)
+
+
+def precision(threshold: float = 0.0) -> DecodedMetric:
+    r"""Precision ``TP / (TP + FP)`` of binary decisions ``[s > threshold]`` (0 with no predicted
+    positive). Decoder ``Threshold(threshold)``, one comparison per score. Reference:
+    ``sklearn.metrics.precision_score``. Shapes as :func:`f_beta`.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> float(uniloss.zoo.precision().metric(torch.tensor([1.0, 2.0, -1.0]), torch.tensor([1, 0, 1])))
+        0.5
+    """
+    return _metric(Threshold(threshold), _precision, "precision")
+
+
+def recall(threshold: float = 0.0) -> DecodedMetric:
+    r"""Recall ``TP / (TP + FN)`` of binary decisions ``[s > threshold]`` (0 with no positive in
+    the target). Decoder ``Threshold(threshold)``, one comparison per score. Reference:
+    ``sklearn.metrics.recall_score``. Shapes as :func:`f_beta`.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> float(uniloss.zoo.recall().metric(torch.tensor([1.0, 2.0, -1.0]), torch.tensor([1, 0, 1])))
+        0.5
+    """
+    return _metric(Threshold(threshold), _recall, "recall")
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _per_query(values: Tensor, query: Tensor) -> Tensor:
+    """``[t, G]`` sums of ``values [t, n]`` per query."""
+    num_queries = int(query.max()) + 1 if query.numel() else 0
+    return values.new_zeros(values.shape[0], num_queries).index_add_(1, query, values)
+
+
+def _query_sizes(target: RankingTarget):
+    relevant = (target.relevance > 0).double()
+    num_rel = _per_query(relevant[None], target.query)[0]
+    num_all = _per_query(torch.ones_like(relevant)[None], target.query)[0]
+    return relevant, num_rel, num_all
+
+
+def _precision_at_k(ranks: Tensor, target: RankingTarget, k: int) -> Tensor:
+    relevant, _, num_all = _query_sizes(target)
+    hits = _per_query(((ranks < k).double() * relevant), target.query)
+    return _mean_where(hits / k, (num_all > 0).expand_as(hits))
+
+
+def _recall_at_k(ranks: Tensor, target: RankingTarget, k: int) -> Tensor:
+    relevant, num_rel, _ = _query_sizes(target)
+    hits = _per_query(((ranks < k).double() * relevant), target.query)
+    return _mean_where(_ratio(hits, num_rel.expand_as(hits)), (num_rel > 0).expand_as(hits))
+
+
+def _mrr(ranks: Tensor, target: RankingTarget) -> Tensor:
+    relevant, num_rel, _ = _query_sizes(target)
+    t, n = ranks.shape
+    big = torch.full_like(ranks, n)
+    first = torch.full((t, num_rel.numel()), n, dtype=ranks.dtype, device=ranks.device)
+    first.scatter_reduce_(1, target.query.expand(t, -1), torch.where(relevant > 0, ranks, big), "amin")
+    return _mean_where(1.0 / (first.double() + 1), (num_rel > 0).expand(t, -1))
+
+
+def _discount(ranks: Tensor, k: Optional[int]) -> Tensor:
+    d = 1.0 / torch.log2(ranks.double() + 2)
+    return d if k is None else torch.where(ranks < k, d, torch.zeros_like(d))
+
+
+def _ndcg_at_k(ranks: Tensor, target: RankingTarget, k: Optional[int]) -> Tensor:
+    gain = target.relevance.double()
+    ideal_ranks = _sort_within(-gain[None], target.query)
+    ideal = _per_query(gain * _discount(ideal_ranks, k), target.query)
+    dcg = _per_query(gain * _discount(ranks, k), target.query)
+    return _mean_where(_ratio(dcg, ideal.expand_as(dcg)), (ideal > 0).expand_as(dcg))
+
+
+def _auroc(ranks: Tensor, target: RankingTarget) -> Tensor:
+    relevant, num_pos, num_all = _query_sizes(target)
+    num_neg = num_all - num_pos
+    rank_sum = _per_query(ranks.double() * relevant, target.query)
+    negatives_above = rank_sum - num_pos * (num_pos - 1) / 2  # positives' ranks are distinct
+    pairs = num_pos * num_neg
+    return _mean_where(1 - _ratio(negatives_above, pairs.expand_as(rank_sum)), (pairs > 0).expand_as(rank_sum))
+
+
+def _average_precision(ranks: Tensor, target: RankingTarget) -> Tensor:
+    relevant, num_pos, _ = _query_sizes(target)
+    # place of each relevant item among its query's relevant items, by rank
+    block = target.query * 2 + (relevant == 0).long()
+    place = _sort_within(ranks, block)
+    precision_at = (place + 1).double() / (ranks + 1).double() * relevant
+    ap = _ratio(_per_query(precision_at, target.query), num_pos.expand(ranks.shape[0], -1))
+    return _mean_where(ap, (num_pos > 0).expand_as(ap))
+
+
+def _check_k(k: object) -> int:
+    return V.check_count("k", k, allow_zero=False)
+
+
+def auroc() -> DecodedMetric:
+    r"""Area under the ROC curve: the fraction of (positive, negative) pairs ranked correctly.
+
+    :math:`\frac{1}{PN}\sum_{i \in +, j \in -} [s_i > s_j]` (Wilcoxon-Mann-Whitney), per query
+    when query ids are given, averaged over queries with both classes. Decoder
+    ``Ranking(pairs="binary")``: the ``P*N`` positive x negative pairs of each query (the
+    AP layout of the paper). Relevance ``> 0`` is positive. Reference:
+    ``sklearn.metrics.roc_auc_score``.
+
+    Shapes: ``scores [n]`` float; ``target`` ``[n]`` in {0, 1} or a ``RankingTarget``. A batch
+    with one class only has no comparisons: metric NaN, loss zero.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> float(uniloss.zoo.auroc().metric(torch.tensor([0.9, 0.3, 0.5, 0.1]), torch.tensor([1, 1, 0, 0])))
+        0.75
+    """
+    return _metric(Ranking("binary"), _auroc, "auroc")
+
+
+def average_precision() -> DecodedMetric:
+    r"""Average precision per query, averaged over queries with a relevant item (MAP).
+
+    :math:`AP = \frac{1}{P}\sum_{k=1}^{P} \frac{k}{r_k + 1}` with ``r_k`` the 0-based rank of the
+    ``k``-th relevant item. Decoder ``Ranking(pairs="binary")``: on one query with 0/1 labels this
+    is :class:`uniloss.AveragePrecision` (same comparisons, values and loss). Reference:
+    ``sklearn.metrics.average_precision_score`` (per query).
+
+    Shapes: ``scores [n]`` float; ``target`` ``[n]`` relevance (``> 0`` relevant) or a
+    ``RankingTarget``.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> float(uniloss.zoo.average_precision().metric(torch.tensor([0.9, 0.8, 0.3, 0.1]),
+        ...                                               torch.tensor([1, 0, 1, 0])))
+        0.8333333333333333
+    """
+    return _metric(Ranking("binary"), _average_precision, "average_precision")
+
+
+def precision_at_k(k: int) -> DecodedMetric:
+    r"""Precision@k: the fraction of each query's top ``k`` that is relevant, averaged over queries.
+
+    :math:`\frac{1}{k}|\{i : r_i < k,\ rel_i > 0\}|` (divided by ``k`` even when a query has fewer
+    items, as ``torchmetrics.functional.retrieval_precision``). Decoder
+    ``Ranking(pairs="binary")``: relevant x irrelevant pairs within each query.
+
+    Shapes: ``scores [n]`` float; ``target`` a ``RankingTarget(relevance [n], query [n])`` or a
+    relevance ``[n]`` (one query).
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> from uniloss.decoders import RankingTarget
+        >>> scores = torch.tensor([0.9, 0.8, 0.1, 0.7, 0.2, 0.3])
+        >>> target = RankingTarget(torch.tensor([0, 1, 1, 1, 0, 0]), torch.tensor([0, 0, 0, 1, 1, 1]))
+        >>> float(uniloss.zoo.precision_at_k(2).metric(scores, target))     # (1/2 + 1/2) / 2
+        0.5
+    """
+    return _metric(Ranking("binary"), _precision_at_k, "precision_at_k", k=_check_k(k))
+
+
+def recall_at_k(k: int) -> DecodedMetric:
+    r"""Recall@k: the fraction of each query's relevant items in its top ``k``, averaged over the
+    queries with a relevant item. Decoder ``Ranking(pairs="binary")``. Reference:
+    ``torchmetrics.functional.retrieval_recall``. Shapes as :func:`precision_at_k`.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> float(uniloss.zoo.recall_at_k(1).metric(torch.tensor([0.9, 0.8, 0.1]), torch.tensor([1, 0, 1])))
+        0.5
+    """
+    return _metric(Ranking("binary"), _recall_at_k, "recall_at_k", k=_check_k(k))
+
+
+def ndcg_at_k(k: Optional[int] = None) -> DecodedMetric:
+    r"""Normalised discounted cumulative gain at ``k`` (all items when ``k`` is ``None``).
+
+    :math:`DCG@k = \sum_{i : r_i < k} rel_i / \log_2(r_i + 2)`, divided by the DCG of the ideal
+    ranking of the query, averaged over queries with a relevant item. Linear gains, as
+    ``sklearn.metrics.ndcg_score`` (the reference, per query). Decoder
+    ``Ranking(pairs="relevance")``: pairs of different relevance within each query, graded
+    relevance allowed (decoding loops over the distinct grades).
+
+    Shapes as :func:`precision_at_k`.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores, relevance = torch.tensor([0.1, 0.9, 0.5]), torch.tensor([2, 0, 1])
+        >>> round(float(uniloss.zoo.ndcg_at_k(3).metric(scores, relevance)), 4)
+        0.6199
+    """
+    return _metric(Ranking("relevance"), _ndcg_at_k, "ndcg_at_k", k=None if k is None else _check_k(k))
+
+
+def mrr() -> DecodedMetric:
+    r"""Mean reciprocal rank: ``1 / (rank of the first relevant item)`` (1-based), averaged over the
+    queries with a relevant item. Decoder ``Ranking(pairs="binary")``. Reference:
+    ``torchmetrics.functional.retrieval_reciprocal_rank``. Shapes as :func:`precision_at_k`.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> float(uniloss.zoo.mrr().metric(torch.tensor([0.9, 0.8, 0.1]), torch.tensor([0, 1, 1])))
+        0.5
+    """
+    return _metric(Ranking("binary"), _mrr, "mrr")
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def mean_iou(num_classes: int, *, pairs: str = "all") -> DecodedMetric:
+    r"""Mean intersection over union of label maps ``argmax_c s[:, c]``, pooled over the batch.
+
+    :math:`\mathrm{mean}_c\, \frac{TP_c}{TP_c + FP_c + FN_c}` over the classes present in the
+    target or the prediction. Decoder ``PixelArgmax(pairs)``: ``C(C-1)/2`` comparisons per pixel
+    (``"target"``: ``C-1``; for two classes both are one). Reference:
+    ``sklearn.metrics.jaccard_score(average="macro")`` on the flattened maps.
+
+    Shapes: ``scores [n, num_classes, H, W]`` float, ``target [n, H, W]`` int64 in
+    ``[0, num_classes)``.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.zeros(1, 2, 2, 2); scores[0, 1, 0] = 1.0        # top row predicted 1
+        >>> target = torch.tensor([[[1, 1], [1, 0]]])
+        >>> float(uniloss.zoo.mean_iou(2).metric(scores, target))         # (1/2 + 2/3) / 2
+        0.5833333333333333
+    """
+    n = _check_classes(num_classes)
+    return _metric(PixelArgmax(pairs, num_classes=n), _mean_iou, "mean_iou", num_classes=n)
+
+
+def dice(num_classes: int, *, pairs: str = "all") -> DecodedMetric:
+    r"""Mean Dice coefficient (per-class F1 of the pixels) of label maps, pooled over the batch.
+
+    :math:`\mathrm{mean}_c\, \frac{2\,TP_c}{2\,TP_c + FP_c + FN_c}` over the classes present in
+    the target or the prediction. Decoder ``PixelArgmax(pairs)`` as :func:`mean_iou`.
+    Reference: ``sklearn.metrics.f1_score(average="macro")`` on the flattened maps.
+
+    Shapes as :func:`mean_iou`.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.zeros(1, 2, 2, 2); scores[0, 1, 0] = 1.0
+        >>> target = torch.tensor([[[1, 1], [1, 0]]])
+        >>> float(uniloss.zoo.dice(2).metric(scores, target))             # (2/3 + 4/5) / 2
+        0.7333333333333334
+    """
+    n = _check_classes(num_classes)
+    return _metric(PixelArgmax(pairs, num_classes=n), _macro_f1, "dice", num_classes=n)
+
+
+# --------------------------------------------------------------------------- keypoints
+
+
+def _pck(xy: Tensor, target, threshold: float) -> Tensor:
+    keypoints, visible, normalizer = target
+    d = xy - keypoints[None]
+    radius = threshold * normalizer[None, :, None]
+    within = (d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]) <= radius * radius
+    return _mean_where(within.reshape(xy.shape[0], -1).double(), (visible != 0).reshape(1, -1).expand(xy.shape[0], -1))
+
+
+def pck(threshold: float = 0.5) -> DecodedMetric:
+    r"""PCK from heatmaps through :class:`~uniloss.decoders.SpatialArgmax`: the fraction of
+    visible joints whose argmax pixel lies within ``threshold * normalizer`` of the keypoint.
+
+    Same comparisons, values and loss as :class:`uniloss.PCK` (paper, sec. 4.2), written as a
+    decoder and a three-line evaluator on coordinates.
+
+    Shapes: ``scores [n, J, H, W]`` float; ``target`` a :class:`uniloss.KeypointTarget`.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> heat = torch.zeros(1, 1, 8, 8); heat[0, 0, 2, 5] = 1.0
+        >>> t = uniloss.KeypointTarget(torch.tensor([[[4.0, 2.0]]]), torch.tensor([[True]]), torch.tensor([2.0]))
+        >>> float(uniloss.zoo.pck(0.5).metric(heat, t))
+        1.0
+    """
+    threshold = V.check_positive("threshold", threshold)
+    return _metric(SpatialArgmax(threshold), _pck, "pck", threshold=threshold)

@@ -1,0 +1,554 @@
+"""Decoders and DecodedMetric: decoding equals the ordinary decoder on bits from real scores, the
+documented rule on inconsistent bits (against loop references), the paper's decompositions
+reproduced bit for bit, evaluators batched by vmap or a loop, and errors naming the argument."""
+
+import functools
+import itertools
+import math
+
+import pytest
+import torch
+
+import uniloss
+from uniloss import functional as F
+from uniloss.decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _decode_scores(dec, scores, target):
+    plan = dec.prepare(scores, target)
+    return dec.decode((dec.comparisons(scores, plan) > 0)[None], plan)[0]
+
+
+def _random_bits(dec, scores, target, t=12, seed=0):
+    plan = dec.prepare(scores, target)
+    l = dec.comparisons(scores, plan).numel()
+    return plan, torch.rand(t, l, generator=_gen(seed)) < 0.5
+
+
+# ------------------------------------------------------------------ loop references
+
+
+def wins_loop(bits, m):
+    """Wins of each of m items from the bits of pairs (j, k), j < k, bit 1 = k wins."""
+    wins = [0] * m
+    for bit, (j, k) in zip(bits, itertools.combinations(range(m), 2)):
+        wins[k if bit else j] += 1
+    return wins
+
+
+def copeland_order(wins):
+    return sorted(range(len(wins)), key=lambda i: (-wins[i], i))
+
+
+def ranks_by_stable_sort(scores, query):
+    """0-based position of each item within its query, by score descending, ties by index."""
+    ranks = [0] * len(scores)
+    for q in set(query):
+        items = sorted((i for i in range(len(scores)) if query[i] == q), key=lambda i: (-scores[i], i))
+        for pos, i in enumerate(items):
+            ranks[i] = pos
+    return ranks
+
+
+def grade_fill_loop(bits, a, b, grade, query):
+    """Ranking's rule for pruned pairs, one query, grade and item at a time."""
+    n = len(grade)
+    lower_wins = [0] * n  # less relevant items that beat each item
+    for bit, ai in zip(bits, a):
+        lower_wins[ai] += 0 if bit else 1
+    ranks = [None] * n
+    for q in set(query):
+        items = [i for i in range(n) if query[i] == q]
+        free = list(range(len(items)))
+        for g in sorted({grade[i] for i in items}):
+            members = sorted((i for i in items if grade[i] == g), key=lambda i: (lower_wins[i], i))
+            slots = [free[lower_wins[i] + place] for place, i in enumerate(members)]
+            for i, s in zip(members, slots):
+                ranks[i] = s
+            free = [s for s in free if s not in slots]
+    return ranks
+
+
+# ------------------------------------------------------------------ argmax, top-k, pixel argmax
+
+
+CLASS_SHAPES = [(1, 2), (7, 3), (33, 5), (16, 10)]
+
+
+@pytest.mark.parametrize("n,c", CLASS_SHAPES)
+@pytest.mark.parametrize("pairs", ["all", "target"])
+def test_argmax_decodes_like_argmax(n, c, pairs):
+    scores = torch.randn(n, c, generator=_gen(n * c), dtype=torch.float64)
+    target = torch.randint(0, c, (n,), generator=_gen(1))
+    dec = Argmax(pairs)
+    assert torch.equal(_decode_scores(dec, scores, target), scores.argmax(1))
+    plan = dec.prepare(scores, target)
+    assert torch.equal(dec.decode(dec.best(plan)[None], plan)[0], target)
+    expected = c * (c - 1) // 2 if pairs == "all" else c - 1
+    assert dec.comparisons(scores, plan).numel() == n * expected
+
+
+def test_argmax_ties_go_to_the_lower_class_like_torch_argmax():
+    scores = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 3.0, 3.0]])
+    for pairs in ("all", "target"):
+        assert torch.equal(_decode_scores(Argmax(pairs), scores, torch.tensor([2, 0, 1])), scores.argmax(1))
+
+
+def test_argmax_all_pairs_on_inconsistent_bits_most_wins_lowest_index():
+    scores = torch.randn(6, 4, generator=_gen(0))
+    dec = Argmax("all")
+    plan, bits = _random_bits(dec, scores, torch.zeros(6, dtype=torch.long), t=20)
+    ours = dec.decode(bits, plan)
+    for t, row in enumerate(bits.reshape(20, 6, 6)):
+        for i, sample in enumerate(row):
+            wins = wins_loop(sample.tolist(), 4)
+            assert int(ours[t, i]) == copeland_order(wins)[0]
+
+
+def test_argmax_target_pairs_on_any_bits_target_iff_it_beats_all():
+    scores = torch.randn(5, 4, generator=_gen(2))
+    target = torch.tensor([0, 1, 2, 3, 1])
+    dec = Argmax("target")
+    plan, bits = _random_bits(dec, scores, target, t=30)
+    ours = dec.decode(bits, plan)
+    for t in range(30):
+        for i in range(5):
+            right = bool(bits[t].reshape(5, 3)[i].all())
+            best_other = max((j for j in range(4) if j != int(target[i])), key=lambda j: float(scores[i, j]))
+            assert int(ours[t, i]) == (int(target[i]) if right else best_other)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 6])
+@pytest.mark.parametrize("pairs", ["all", "target"])
+def test_top_k_decodes_like_topk(k, pairs):
+    scores = torch.randn(20, 5, generator=_gen(k), dtype=torch.float64)
+    target = torch.randint(0, 5, (20,), generator=_gen(3))
+    mask = _decode_scores(TopK(k, pairs), scores, target)
+    expected = torch.zeros_like(mask).scatter_(1, scores.topk(min(k, 5), dim=1).indices, True)
+    assert torch.equal(mask, expected)
+    plan = TopK(k, pairs).prepare(scores, target)
+    best = TopK(k, pairs).decode(TopK(k, pairs).best(plan)[None], plan)[0]
+    assert best.gather(1, target[:, None]).all() and (best.sum(1) == min(k, 5)).all()
+
+
+def test_top_k_all_pairs_on_inconsistent_bits():
+    scores = torch.randn(4, 5, generator=_gen(4))
+    dec = TopK(2)
+    plan, bits = _random_bits(dec, scores, torch.zeros(4, dtype=torch.long), t=10)
+    ours = dec.decode(bits, plan)
+    for t, row in enumerate(bits.reshape(10, 4, 10)):
+        for i, sample in enumerate(row):
+            top = copeland_order(wins_loop(sample.tolist(), 5))[:2]
+            assert sorted(ours[t, i].nonzero().reshape(-1).tolist()) == sorted(top)
+
+
+@pytest.mark.parametrize("pairs", ["all", "target"])
+def test_pixel_argmax_decodes_label_maps(pairs):
+    scores = torch.randn(2, 4, 5, 6, generator=_gen(5))
+    target = torch.randint(0, 4, (2, 5, 6), generator=_gen(6))
+    dec = PixelArgmax(pairs)
+    assert torch.equal(_decode_scores(dec, scores, target), scores.argmax(1))
+    plan = dec.prepare(scores, target)
+    assert torch.equal(dec.decode(dec.best(plan)[None], plan)[0], target)
+
+
+# ------------------------------------------------------------------ threshold
+
+
+def test_threshold_decodes_like_comparison_and_best_is_target():
+    scores = torch.randn(4, 3, generator=_gen(7))
+    target = torch.rand(4, 3, generator=_gen(8)) < 0.5
+    dec = Threshold(0.3)
+    assert torch.equal(_decode_scores(dec, scores, target), scores > 0.3)
+    plan = dec.prepare(scores, target)
+    assert torch.equal(dec.decode(dec.best(plan)[None], plan)[0], target)
+
+
+# ------------------------------------------------------------------ ranking
+
+
+def _ranking_batch(n, num_queries, grades, seed):
+    g = _gen(seed)
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    relevance = torch.randint(0, grades, (n,), generator=g)
+    query = torch.randint(0, num_queries, (n,), generator=g) * 7 + 3  # ids need not be 0..G-1
+    return scores, RankingTarget(relevance, query)
+
+
+@pytest.mark.parametrize("n,num_queries,grades", [(1, 1, 2), (9, 1, 2), (30, 4, 2), (25, 3, 4), (40, 1, 3)])
+@pytest.mark.parametrize("seed", range(2))
+def test_ranking_all_pairs_decodes_the_stable_sort(n, num_queries, grades, seed):
+    scores, target = _ranking_batch(n, num_queries, grades, seed)
+    ranks = _decode_scores(Ranking("all"), scores, target)
+    assert ranks.tolist() == ranks_by_stable_sort(scores.tolist(), target.query.tolist())
+
+
+@pytest.mark.parametrize("n,num_queries,grades", [(1, 1, 2), (9, 1, 2), (30, 4, 2), (25, 3, 4), (40, 1, 3)])
+@pytest.mark.parametrize("pairs", ["relevance", "binary"])
+@pytest.mark.parametrize("seed", range(2))
+def test_pruned_ranking_gives_the_relevance_order_of_the_sort(n, num_queries, grades, pairs, seed):
+    scores, target = _ranking_batch(n, num_queries, grades, seed)
+    ranks = _decode_scores(Ranking(pairs), scores, target).tolist()
+    truth = ranks_by_stable_sort(scores.tolist(), target.query.tolist())
+    key = target.relevance.tolist() if pairs == "relevance" else (target.relevance > 0).long().tolist()
+    query = target.query.tolist()
+    for q in set(query):
+        items = [i for i in range(n) if query[i] == q]
+        ours = sorted(ranks[i] for i in items)
+        assert ours == list(range(len(items)))  # a permutation of the query
+        assert [key[i] for i in sorted(items, key=lambda i: ranks[i])] == [key[i] for i in sorted(items, key=lambda i: truth[i])]
+
+
+def test_ranking_pairs_layout_and_counts():
+    scores, target = _ranking_batch(20, 3, 3, 11)
+    rel, query = target.relevance.tolist(), target.query.tolist()
+    plan = Ranking().prepare(scores, target)
+    order = sorted(range(20), key=lambda i: (query[i], -rel[i], i))
+    expected = [(i, j) for i in order for j in order if query[i] == query[j] and rel[i] > rel[j]]
+    assert list(zip(plan.a.tolist(), plan.b.tolist())) == expected
+    plan = Ranking("all").prepare(scores, target)
+    expected = [(j, i) for i in range(20) for j in range(i + 1, 20) if query[i] == query[j]]
+    assert sorted(zip(plan.a.tolist(), plan.b.tolist())) == sorted(expected)
+
+
+@pytest.mark.parametrize("pairs", ["relevance", "binary"])
+@pytest.mark.parametrize("seed", range(2))
+def test_pruned_ranking_on_inconsistent_bits_follows_the_grade_fill_rule(pairs, seed):
+    scores, target = _ranking_batch(18, 3, 4, seed)
+    dec = Ranking(pairs)
+    plan, bits = _random_bits(dec, scores, target, t=8, seed=seed)
+    ours = dec.decode(bits, plan)
+    grade, query = plan.grade.tolist(), plan.target.query.tolist()
+    for t in range(8):
+        assert ours[t].tolist() == grade_fill_loop(bits[t].tolist(), plan.a.tolist(), plan.b.tolist(), grade, query)
+
+
+def test_ranking_all_pairs_on_inconsistent_bits_most_wins_then_index():
+    scores, target = _ranking_batch(12, 2, 3, 5)
+    dec = Ranking("all")
+    plan, bits = _random_bits(dec, scores, target, t=6)
+    ours = dec.decode(bits, plan)
+    a, b, query = plan.a.tolist(), plan.b.tolist(), plan.target.query.tolist()
+    for t in range(6):
+        losses = [0] * 12
+        for bit, ai, bi in zip(bits[t].tolist(), a, b):
+            losses[bi if bit else ai] += 1
+        assert ours[t].tolist() == ranks_by_stable_sort([-x for x in losses], query)
+
+
+def test_ranking_best_decodes_to_an_ideal_ranking():
+    scores, target = _ranking_batch(30, 3, 4, 2)
+    for pairs in ("relevance", "binary", "all"):
+        dec = Ranking(pairs)
+        plan = dec.prepare(scores, target)
+        ranks = dec.decode(dec.best(plan)[None], plan)[0].tolist()
+        rel = target.relevance.tolist() if pairs != "binary" else (target.relevance > 0).long().tolist()
+        for q in set(plan.target.query.tolist()):
+            items = sorted((i for i in range(30) if plan.target.query[i] == q), key=lambda i: ranks[i])
+            assert [rel[i] for i in items] == sorted((rel[i] for i in items), reverse=True)
+
+
+# ------------------------------------------------------------------ spatial argmax
+
+
+def _keypoint_batch(n, j, h, w, seed):
+    g = _gen(seed)
+    heat = torch.randn(n, j, h, w, generator=g, dtype=torch.float64)
+    kp = torch.rand(n, j, 2, generator=g, dtype=torch.float64) * torch.tensor([w - 1, h - 1])
+    vis = torch.rand(n, j, generator=g) < 0.8
+    norm = 1 + 3 * torch.rand(n, generator=g, dtype=torch.float64)
+    for a in range(n):  # some argmaxes at the joint so both outcomes occur
+        for b in range(0, j, 2):
+            heat[a, b, int(round(float(kp[a, b, 1]))), int(round(float(kp[a, b, 0])))] += 10
+    return heat, uniloss.KeypointTarget(kp, vis, norm)
+
+
+def _argmax_xy(heat):
+    n, j, h, w = heat.shape
+    flat = heat.reshape(n, j, -1).argmax(-1)
+    return torch.stack([flat % w, flat // w], -1).to(heat.dtype)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5, 1.0])
+@pytest.mark.parametrize("seed", range(2))
+def test_spatial_argmax_decodes_the_argmax_pixel(threshold, seed):
+    heat, target = _keypoint_batch(2, 3, 5, 6, seed)
+    dec = SpatialArgmax(threshold)
+    assert torch.equal(_decode_scores(dec, heat, target), _argmax_xy(heat))
+
+
+def test_spatial_argmax_best_is_the_keypoint_pixel():
+    heat, target = _keypoint_batch(2, 2, 5, 5, 1)
+    dec = SpatialArgmax()
+    plan = dec.prepare(heat, target)
+    xy = dec.decode(dec.best(plan)[None], plan)[0]
+    vis = target.visible
+    assert torch.equal(xy[vis], target.keypoints[vis].round())
+
+
+def test_spatial_argmax_region_on_inconsistent_bits():
+    heat, target = _keypoint_batch(2, 2, 4, 5, 3)
+    dec = SpatialArgmax(threshold=1.0)
+    plan, bits = _random_bits(dec, heat, target, t=10)
+    ours = dec.decode(bits, plan)
+    positive = uniloss.PCK(1.0).positive_mask(heat.shape, target)
+    comparisons = [(a, b) for a, b in zip(plan.pos_flat[plan.ia].tolist(), plan.neg_flat[plan.ib].tolist())]
+    flat = heat.reshape(-1)
+    for t in range(10):
+        beaten = {a for (a, _), bit in zip(comparisons, bits[t].tolist()) if not bit}
+        for s in range(2):
+            for j in range(2):
+                base = (s * 2 + j) * 20
+                pixels = range(base, base + 20)
+                if not target.visible[s, j]:
+                    expected = max(pixels, key=lambda p: (float(flat[p]), -p))
+                else:
+                    pos = [p for p in pixels if positive.reshape(-1)[p]]
+                    ok = [p for p in pos if p not in beaten]
+                    pool = ok if ok else [p for p in pixels if not positive.reshape(-1)[p]]
+                    expected = max(pool, key=lambda p: (float(flat[p]), -p))
+                assert ours[t, s, j].tolist() == [(expected - base) % 5, (expected - base) // 5]
+
+
+# ------------------------------------------------------------------ the paper's decompositions, reproduced
+
+
+def _accuracy(pred, target):
+    return (pred == target).float().mean(-1)
+
+
+def _same_loss(a, b, scores, target, seed=0, atol=0.0):
+    la = F.uniloss(scores.clone().requires_grad_(), target, a, generator=_gen(seed))
+    lb = F.uniloss(scores.clone().requires_grad_(), target, b, generator=_gen(seed))
+    sa, sb = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    F.uniloss(sa, target, a, generator=_gen(seed)).backward()
+    F.uniloss(sb, target, b, generator=_gen(seed)).backward()
+    assert torch.allclose(la, lb, atol=atol, rtol=0) and torch.allclose(sa.grad, sb.grad, atol=max(atol, 1e-12))
+
+
+def _same_decomposition(ours, paper, scores, target, t=16):
+    po, pp = ours.prepare(scores, target), paper.prepare(scores, target)
+    assert torch.equal(ours.comparisons(scores, po), paper.comparisons(scores, pp))
+    assert torch.equal(ours.best(po), paper.best(pp))
+    bits = torch.rand(t, ours.comparisons(scores, po).numel(), generator=_gen(9)) < 0.5
+    assert torch.allclose(ours.evaluate(bits, po).double(), paper.evaluate(bits, pp).double(), atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("n,c", [(8, 3), (64, 10)])
+def test_argmax_target_with_accuracy_is_multiclass_accuracy(n, c):
+    scores = torch.randn(n, c, generator=_gen(c), dtype=torch.float64)
+    target = torch.randint(0, c, (n,), generator=_gen(n))
+    ours = uniloss.DecodedMetric(Argmax("target"), _accuracy)
+    _same_decomposition(ours, uniloss.MulticlassAccuracy(), scores, target)
+    _same_decomposition(uniloss.zoo.top_k_accuracy(1), uniloss.MulticlassAccuracy(), scores, target)
+    _same_loss(ours, uniloss.MulticlassAccuracy(), scores, target, atol=1e-12)
+
+
+def test_argmax_all_pairs_with_accuracy_gives_the_same_metric():
+    scores = torch.randn(40, 6, generator=_gen(1))
+    target = torch.randint(0, 6, (40,), generator=_gen(2))
+    ours = uniloss.DecodedMetric(Argmax("all"), _accuracy)
+    assert float(ours.metric(scores, target)) == float(uniloss.MulticlassAccuracy().metric(scores, target))
+
+
+@pytest.mark.parametrize("n", [2, 9, 40])
+def test_ranking_with_ap_evaluator_is_average_precision(n):
+    g = _gen(n)
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    labels = (torch.rand(n, generator=g) < 0.35).long()
+    labels[0], labels[1] = 1, 0
+    ours = uniloss.zoo.average_precision()
+    _same_decomposition(ours, uniloss.AveragePrecision(), scores, labels)
+    _same_loss(ours, uniloss.AveragePrecision(), scores, labels, atol=1e-6)  # AP evaluates in float32
+
+
+def test_spatial_argmax_with_pck_evaluator_is_pck():
+    heat, target = _keypoint_batch(2, 3, 6, 6, 4)
+    _same_decomposition(uniloss.zoo.pck(0.7), uniloss.PCK(0.7), heat, target)
+    _same_loss(uniloss.zoo.pck(0.7), uniloss.PCK(0.7), heat, target, atol=1e-6)  # PCK evaluates in float32
+
+
+# ------------------------------------------------------------------ DecodedMetric: evaluators
+
+
+def _f1_one(pred, target):
+    """F1 of one prediction: no control flow on values, so vmap can batch it."""
+    tp = (pred & target).sum()
+    return 2 * tp / (pred.sum() + target.sum()).clamp_min(1)
+
+
+def _f1_one_with_item(pred, target):
+    tp = (pred & target).sum()
+    if int(pred.sum() + target.sum()) == 0:  # data-dependent Python control flow: vmap cannot
+        return torch.tensor(0.0)
+    return 2 * tp / (pred.sum() + target.sum())
+
+
+def _binary_batch(n=30, seed=0):
+    g = _gen(seed)
+    return torch.randn(n, generator=g), (torch.rand(n, generator=g) < 0.4).long()
+
+
+def test_single_prediction_evaluator_batched_by_vmap_and_by_loop():
+    scores, target = _binary_batch()
+    batched = uniloss.zoo.f_beta(1.0)
+    plan = batched.prepare(scores, target)
+    bits = torch.rand(20, 30, generator=_gen(1)) < 0.5
+    reference = batched.evaluate(bits, plan)
+    for how, fn in ((False, _f1_one), ("loop", _f1_one), ("loop", _f1_one_with_item)):
+        metric = uniloss.DecodedMetric(Threshold(0.0), fn, batched=how)
+        assert torch.allclose(metric.evaluate(bits, plan).double(), reference, atol=1e-6)
+        loss = uniloss.UniLoss(metric, generator=_gen(0))(scores.clone().requires_grad_(), target)
+        assert torch.isfinite(loss)
+
+
+def test_vmap_failure_says_why_and_what_to_do():
+    scores, target = _binary_batch()
+    metric = uniloss.DecodedMetric(Threshold(0.0), _f1_one_with_item, batched=False)
+    with pytest.raises(ValueError, match=r"`evaluator` \(_f1_one_with_item\).*vmap failed.*batched='loop'"):
+        metric.metric(scores, target)
+
+
+def test_evaluator_returning_the_wrong_shape_is_reported():
+    scores, target = _binary_batch()
+    metric = uniloss.DecodedMetric(Threshold(0.0), _f1_one)  # written for one prediction
+    with pytest.raises(ValueError, match=r"return \[1\] values.*batched=False"):
+        metric.metric(scores, target)
+
+
+def test_torchmetrics_functional_evaluator_works_unchanged():
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    from sklearn.metrics import f1_score
+
+    scores, target = _binary_batch(40, 3)
+    reference = f1_score(target.numpy(), (scores > 0).numpy())
+    vmapped = uniloss.DecodedMetric(Threshold(0.0), functools.partial(classification.binary_f1_score, validate_args=False), batched=False)
+    looped = uniloss.DecodedMetric(Threshold(0.0), classification.binary_f1_score, batched="loop")
+    for metric in (vmapped, looped):
+        assert float(metric.metric(scores, target)) == pytest.approx(reference, abs=1e-6)
+        plan = metric.prepare(scores, target)
+        bits = torch.rand(8, 40, generator=_gen(2)) < 0.5
+        assert torch.allclose(metric.evaluate(bits, plan).double(), uniloss.zoo.f_beta().evaluate(bits, plan), atol=1e-6)
+        scores_ = scores.clone().requires_grad_()
+        uniloss.UniLoss(metric, generator=_gen(0))(scores_, target).backward()
+        assert torch.isfinite(scores_.grad).all()
+    multiclass = functools.partial(classification.multiclass_f1_score, num_classes=4, average="macro")
+    scores, labels = torch.randn(30, 4, generator=_gen(4)), torch.randint(0, 4, (30,), generator=_gen(5))
+    metric = uniloss.DecodedMetric(Argmax(), multiclass, batched="loop")  # vmap cannot: data-dependent shapes
+    assert float(metric.metric(scores, labels)) == pytest.approx(float(uniloss.zoo.macro_f1(4).metric(scores, labels)), abs=1e-6)
+
+
+def test_decode_convenience_and_repr():
+    metric = uniloss.zoo.macro_f1(3)
+    scores = torch.randn(5, 3, generator=_gen(0))
+    assert torch.equal(metric.decode(scores, torch.zeros(5, dtype=torch.long)), scores.argmax(1))
+    assert repr(metric) == "DecodedMetric(Argmax(pairs='all', num_classes=3), macro_f1(num_classes=3), higher_is_better=True, batched=True)"
+
+
+def test_lower_is_better_evaluator():
+    scores, target = _binary_batch(20, 1)
+
+    def error(pred, y):
+        return (pred != y.bool()).float().mean(-1)
+
+    metric = uniloss.DecodedMetric(Threshold(0.0), error, higher_is_better=False)
+    loss_fn = uniloss.UniLoss(metric, generator=_gen(0))
+    loss = loss_fn(scores.clone().requires_grad_(), target).detach()
+    assert float(loss) == pytest.approx(float(loss_fn.last.surrogate)) and float(loss) > 0
+
+
+# ------------------------------------------------------------------ losses: gradients, devices, degenerate batches
+
+
+DECODED = [
+    (lambda: Argmax(), lambda g: (torch.randn(16, 5, generator=g), torch.randint(0, 5, (16,), generator=g))),
+    (lambda: TopK(2, "all"), lambda g: (torch.randn(16, 5, generator=g), torch.randint(0, 5, (16,), generator=g))),
+    (lambda: PixelArgmax(), lambda g: (torch.randn(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g))),
+    (lambda: Ranking("all"), lambda g: (torch.randn(12, generator=g), RankingTarget(torch.randint(0, 3, (12,), generator=g), torch.arange(12) % 2))),
+    (lambda: Ranking("relevance"), lambda g: (torch.randn(12, generator=g), RankingTarget(torch.randint(0, 3, (12,), generator=g), torch.arange(12) % 2))),
+    (lambda: SpatialArgmax(), lambda g: _keypoint_batch(1, 2, 3, 3, 0)),
+    (lambda: SpatialArgmax(0.5), lambda g: _keypoint_batch(1, 2, 5, 5, 0)),
+]
+
+
+def _to(target, device):
+    if isinstance(target, tuple):
+        return type(target)(*(None if x is None else x.to(device) for x in target))
+    return target.to(device)
+
+
+@pytest.mark.parametrize("make_decoder,make_batch", DECODED)
+def test_generic_evaluator_loss_has_finite_gradient_and_is_deterministic(make_decoder, make_batch, device):
+    scores, target = make_batch(_gen(0))
+    scores, target = scores.to(device), _to(target, device)
+
+    def agreement(decoded, _target):  # any evaluator on the decoded outputs
+        return decoded.reshape(decoded.shape[0], -1).float().sin().mean(-1)
+
+    metric = uniloss.DecodedMetric(make_decoder(), agreement)
+    s = scores.detach().clone().requires_grad_()
+    loss = F.uniloss(s, target, metric, generator=_gen(1))
+    loss.backward()
+    assert torch.isfinite(s.grad).all() and loss.device == s.device
+    again = F.uniloss(scores, target, metric, generator=_gen(1))
+    assert float(again.detach()) == float(loss.detach())
+
+
+def test_ranking_batch_without_comparisons_gives_attached_zero_loss():
+    scores = torch.randn(6, requires_grad=True)
+    loss = F.uniloss(scores, torch.ones(6), uniloss.zoo.auroc())
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.equal(scores.grad, torch.zeros(6))
+    assert math.isnan(float(uniloss.zoo.auroc().metric(scores, torch.ones(6))))
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: F.uniloss(torch.randn(4), torch.zeros(4, dtype=torch.long), uniloss.zoo.macro_f1(3)), ValueError, r"`scores` of shape \[n, C\]"),
+        (lambda: F.uniloss(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), uniloss.zoo.macro_f1(3)), ValueError, r"`scores` with 3 classes"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 3, 0]), uniloss.zoo.macro_f1(3)), ValueError, r"`target` to hold integers in \[0, 3\)"),
+        (lambda: F.uniloss(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long), uniloss.zoo.mean_iou(3)), ValueError, r"`target` of shape \[2, 4, 4\]"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.long), uniloss.zoo.mean_iou(3)), ValueError, r"`scores` of shape \[n, C, H, W\]"),
+        (lambda: F.uniloss(torch.randn(5), torch.tensor([0, 2, 1, 0, 1]), uniloss.zoo.f_beta()), ValueError, r"`target` to hold only 0 and 1"),
+        (lambda: F.uniloss(torch.randn(5), torch.ones(4), uniloss.zoo.recall()), ValueError, r"`target` of shape \[5\]"),
+        (lambda: F.uniloss(torch.randn(5, 2), torch.ones(5), uniloss.zoo.mrr()), ValueError, r"`scores` of shape \[n\] or \[n, 1\]"),
+        (lambda: F.uniloss(torch.randn(5), torch.tensor([1.0, -1, 0, 0, 1]), uniloss.zoo.ndcg_at_k(3)), ValueError, r"`target.relevance` to be >= 0"),
+        (lambda: F.uniloss(torch.randn(5), RankingTarget(torch.ones(5), torch.zeros(4, dtype=torch.long)), uniloss.zoo.mrr()), ValueError, r"`target.query` of shape \[5\]"),
+        (lambda: F.uniloss(torch.randn(5), RankingTarget(torch.ones(5), torch.zeros(5)), uniloss.zoo.mrr()), TypeError, r"`target.query` to be an integer tensor"),
+        (lambda: F.uniloss(torch.randn(5), (torch.ones(5), None, None), uniloss.zoo.mrr()), TypeError, r"`target` to be a RankingTarget"),
+        (lambda: F.uniloss(torch.randn(1, 2, 4, 4), (torch.zeros(1, 2, 2),), uniloss.zoo.pck()), TypeError, r"`target` to be a KeypointTarget"),
+        (lambda: Argmax("some"), ValueError, r"`pairs` to be one of \('all', 'target'\), but got 'some'"),
+        (lambda: Ranking("target"), ValueError, r"`pairs` to be one of"),
+        (lambda: TopK(0), ValueError, r"`k` > 0, but got 0"),
+        (lambda: Threshold(float("nan")), ValueError, r"`threshold` to be a finite number"),
+        (lambda: SpatialArgmax(-1.0), ValueError, r"`threshold`"),
+        (lambda: uniloss.zoo.macro_f1(0), ValueError, r"`num_classes` > 0"),
+        (lambda: uniloss.zoo.f_beta(beta=0), ValueError, r"`beta`"),
+        (lambda: uniloss.zoo.precision_at_k(2.5), TypeError, r"`k` to be an int"),
+        (lambda: uniloss.DecodedMetric(lambda s: s, _accuracy), TypeError, r"`decoder` to be a uniloss.decoders.Decoder"),
+        (lambda: uniloss.DecodedMetric(Argmax(), "accuracy"), TypeError, r"`evaluator` to be callable"),
+        (lambda: uniloss.DecodedMetric(Argmax(), _accuracy, batched="vmap"), ValueError, r"`batched` to be True, False or 'loop'"),
+        (lambda: uniloss.DecodedMetric(Argmax(), _accuracy, higher_is_better=1), TypeError, r"`higher_is_better` to be a bool"),
+        (lambda: Argmax().best(torch.zeros(3, dtype=torch.long)), TypeError, r"take the plan returned by \.prepare"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_public_names_have_docstrings_and_examples():
+    for module in (uniloss.decoders, uniloss.zoo):
+        for name in module.__all__:
+            doc = getattr(module, name).__doc__
+            assert doc and doc.strip(), f"{module.__name__}.{name} has no docstring"
+    for name in uniloss.zoo.__all__:
+        assert ">>>" in getattr(uniloss.zoo, name).__doc__, f"uniloss.zoo.{name} has no example"

@@ -1,0 +1,266 @@
+"""Every zoo metric is exact: equal to scikit-learn (or torchmetrics, or a brute-force loop) on
+random untied inputs, with evaluate() vectorised over configurations and best() the best."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+import uniloss
+from uniloss import zoo
+from uniloss.decoders import RankingTarget
+from uniloss.testing import assert_exact_decomposition
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _check(metric, scores, target, reference):
+    """Exact against the reference on the scores, and the decomposition contract on any bits."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns on 0/0, which is part of the contract
+        assert_exact_decomposition(metric, scores, target, reference, atol=1e-9)
+
+
+# ------------------------------------------------------------------ multi-class
+
+
+def _multiclass(n, c, seed):
+    g = _gen(seed)
+    scores = torch.randn(n, c, generator=g, dtype=torch.float64)
+    target = torch.randint(0, c, (n,), generator=g)
+    scores[: n // 2] += 2 * torch.nn.functional.one_hot(target[: n // 2], c)  # some right
+    return scores, target
+
+
+MULTICLASS = [(1, 3), (9, 3), (40, 5), (64, 10)]
+
+
+@pytest.mark.parametrize("n,c", MULTICLASS)
+@pytest.mark.parametrize("seed", range(2))
+def test_top_k_accuracy_equals_sklearn(n, c, seed):
+    scores, target = _multiclass(n, c, seed)
+    for k in (1, 2, c - 1):
+        _check(zoo.top_k_accuracy(k), scores, target,
+               lambda s, y: skm.top_k_accuracy_score(y.numpy(), s.numpy(), k=k, labels=np.arange(c)))
+
+
+@pytest.mark.parametrize("n,c", MULTICLASS)
+@pytest.mark.parametrize("pairs", ["all", "target"])
+@pytest.mark.parametrize("seed", range(2))
+def test_macro_f1_balanced_accuracy_and_mcc_equal_sklearn(n, c, pairs, seed):
+    scores, target = _multiclass(n, c, seed)
+    pred = lambda s: s.argmax(1).numpy()  # noqa: E731
+    _check(zoo.macro_f1(c, pairs=pairs), scores, target, lambda s, y: skm.f1_score(y.numpy(), pred(s), average="macro"))
+    _check(zoo.balanced_accuracy(c, pairs=pairs), scores, target, lambda s, y: skm.balanced_accuracy_score(y.numpy(), pred(s)))
+    _check(zoo.matthews_corrcoef(c, pairs=pairs), scores, target, lambda s, y: skm.matthews_corrcoef(y.numpy(), pred(s)))
+
+
+def test_macro_metrics_on_a_batch_with_one_class():
+    scores = torch.randn(6, 3, generator=_gen(0), dtype=torch.float64)
+    target = torch.ones(6, dtype=torch.long)
+    _check(zoo.matthews_corrcoef(3), scores, target, lambda s, y: skm.matthews_corrcoef(y.numpy(), s.argmax(1).numpy()))
+    _check(zoo.macro_f1(3), scores, target, lambda s, y: skm.f1_score(y.numpy(), s.argmax(1).numpy(), average="macro"))
+
+
+# ------------------------------------------------------------------ binary
+
+
+def _binary(n, seed, rate=0.3, shape=None):
+    g = _gen(seed)
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    target = (torch.rand(n, generator=g) < rate).long()
+    return (scores, target) if shape is None else (scores.reshape(shape), target.reshape(shape))
+
+
+@pytest.mark.parametrize("n", [1, 7, 50])
+@pytest.mark.parametrize("threshold", [0.0, 0.4])
+@pytest.mark.parametrize("seed", range(2))
+def test_f_beta_precision_recall_equal_sklearn(n, threshold, seed):
+    scores, target = _binary(n, seed)
+    pred = lambda s: (s > threshold).numpy()  # noqa: E731
+    for beta in (0.5, 1.0, 2.0):
+        _check(zoo.f_beta(beta, threshold), scores, target,
+               lambda s, y: skm.fbeta_score(y.numpy(), pred(s), beta=beta, zero_division=0))
+    _check(zoo.precision(threshold), scores, target, lambda s, y: skm.precision_score(y.numpy(), pred(s), zero_division=0))
+    _check(zoo.recall(threshold), scores, target, lambda s, y: skm.recall_score(y.numpy(), pred(s), zero_division=0))
+
+
+def test_binary_metrics_pool_every_element_of_a_multilabel_batch():
+    scores, target = _binary(24, 4, rate=0.5, shape=(6, 4))
+    _check(zoo.f_beta(), scores, target, lambda s, y: skm.f1_score(y.numpy(), (s > 0).numpy(), average="micro"))
+
+
+# ------------------------------------------------------------------ ranking
+
+
+def _queries(n, num_queries, grades, seed, rate=0.3):
+    g = _gen(seed)
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    if grades == 2:
+        relevance = (torch.rand(n, generator=g) < rate).long()
+    else:
+        relevance = torch.randint(0, grades, (n,), generator=g)
+    query = torch.randint(0, num_queries, (n,), generator=g) * 3 + 1
+    return scores, RankingTarget(relevance, query)
+
+
+def _per_query(reference, defined=lambda rel: (rel > 0).any()):
+    """Mean over queries of reference(scores_q, relevance_q), over queries where it is defined."""
+
+    def mean(scores, target):
+        values = []
+        for q in target.query.unique():
+            mask = target.query == q
+            rel = target.relevance[mask]
+            if defined(rel):
+                values.append(reference(scores[mask], rel))
+        return float(np.mean(values)) if values else float("nan")
+
+    return mean
+
+
+def _sorted_relevance(scores, rel):
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return [float(rel[i]) for i in order]
+
+
+def precision_at_k_loop(scores, rel, k):
+    return sum(r > 0 for r in _sorted_relevance(scores, rel)[:k]) / k
+
+
+def recall_at_k_loop(scores, rel, k):
+    ranked = _sorted_relevance(scores, rel)
+    return sum(r > 0 for r in ranked[:k]) / sum(r > 0 for r in ranked)
+
+
+def mrr_loop(scores, rel):
+    return next(1 / (i + 1) for i, r in enumerate(_sorted_relevance(scores, rel)) if r > 0)
+
+
+RANKING = [(1, 1), (12, 1), (40, 1), (40, 5), (90, 6)]
+
+
+@pytest.mark.parametrize("n,num_queries", RANKING)
+@pytest.mark.parametrize("seed", range(2))
+def test_auroc_and_average_precision_equal_sklearn_per_query(n, num_queries, seed):
+    scores, target = _queries(n, num_queries, 2, seed)
+    both = lambda rel: 0 < int((rel > 0).sum()) < len(rel)  # noqa: E731
+    _check(zoo.auroc(), scores, target, _per_query(lambda s, r: skm.roc_auc_score(r.numpy() > 0, s.numpy()), both))
+    _check(zoo.average_precision(), scores, target, _per_query(lambda s, r: skm.average_precision_score(r.numpy() > 0, s.numpy())))
+
+
+def test_auroc_on_a_plain_label_tensor():
+    scores, labels = _binary(60, 1, rate=0.4)
+    _check(zoo.auroc(), scores, labels, lambda s, y: skm.roc_auc_score(y.numpy(), s.numpy()))
+
+
+@pytest.mark.parametrize("n,num_queries", RANKING)
+@pytest.mark.parametrize("grades", [2, 4])
+@pytest.mark.parametrize("seed", range(2))
+def test_ndcg_at_k_equals_sklearn_per_query(n, num_queries, grades, seed):
+    scores, target = _queries(n, num_queries, grades, seed)
+    for k in (1, 3, None):
+        _check(zoo.ndcg_at_k(k), scores, target,
+               _per_query(lambda s, r: skm.ndcg_score(r.numpy()[None], s.numpy()[None], k=k) if len(r) > 1 else 1.0))
+
+
+@pytest.mark.parametrize("n,num_queries", RANKING)
+@pytest.mark.parametrize("seed", range(2))
+def test_precision_recall_at_k_and_mrr_equal_loops(n, num_queries, seed):
+    scores, target = _queries(n, num_queries, 3, seed, rate=0.4)
+    for k in (1, 3, 5):
+        _check(zoo.precision_at_k(k), scores, target, _per_query(lambda s, r: precision_at_k_loop(s, r, k), lambda r: True))
+        _check(zoo.recall_at_k(k), scores, target, _per_query(lambda s, r: recall_at_k_loop(s, r, k)))
+    _check(zoo.mrr(), scores, target, _per_query(mrr_loop))
+
+
+def test_ranking_metrics_equal_torchmetrics_retrieval():
+    retrieval = pytest.importorskip("torchmetrics.functional.retrieval")
+    scores, target = _queries(60, 4, 3, 7, rate=0.4)
+    for metric, reference, defined in [
+        (zoo.precision_at_k(3), lambda s, r: retrieval.retrieval_precision(s, r > 0, top_k=3), lambda r: True),
+        (zoo.recall_at_k(3), lambda s, r: retrieval.retrieval_recall(s, r > 0, top_k=3), lambda r: (r > 0).any()),
+        (zoo.mrr(), lambda s, r: retrieval.retrieval_reciprocal_rank(s, r > 0), lambda r: (r > 0).any()),
+        (zoo.ndcg_at_k(4), lambda s, r: retrieval.retrieval_normalized_dcg(s, r, top_k=4), lambda r: (r > 0).any()),
+    ]:
+        _check(metric, scores, target, _per_query(lambda s, r: float(reference(s, r)), defined))
+
+
+def test_queries_without_a_relevant_item_are_left_out():
+    scores = torch.tensor([0.5, 0.1, 0.9, 0.3])
+    target = RankingTarget(torch.tensor([0, 0, 1, 0]), torch.tensor([0, 0, 1, 1]))
+    assert float(zoo.mrr().metric(scores, target)) == 1.0
+    assert float(zoo.precision_at_k(1).metric(scores, target)) == 0.5  # defined for every query
+    assert math.isnan(float(zoo.recall_at_k(1).metric(scores, torch.zeros(4))))
+
+
+# ------------------------------------------------------------------ segmentation and keypoints
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 3, 3), (2, 2, 8, 8), (2, 4, 5, 6)])
+@pytest.mark.parametrize("pairs", ["all", "target"])
+@pytest.mark.parametrize("seed", range(2))
+def test_mean_iou_and_dice_equal_sklearn_on_flattened_maps(shape, pairs, seed):
+    g = _gen(seed)
+    n, c, h, w = shape
+    scores = torch.randn(shape, generator=g, dtype=torch.float64)
+    target = torch.randint(0, c, (n, h, w), generator=g)
+    pred = lambda s: s.argmax(1).reshape(-1).numpy()  # noqa: E731
+    _check(zoo.mean_iou(c, pairs=pairs), scores, target,
+           lambda s, y: skm.jaccard_score(y.reshape(-1).numpy(), pred(s), average="macro"))
+    _check(zoo.dice(c, pairs=pairs), scores, target,
+           lambda s, y: skm.f1_score(y.reshape(-1).numpy(), pred(s), average="macro"))
+
+
+def test_pck_equals_the_paper_decomposition():
+    g = _gen(3)
+    heat = torch.randn(3, 2, 6, 7, generator=g, dtype=torch.float64)
+    target = uniloss.KeypointTarget(torch.rand(3, 2, 2, generator=g, dtype=torch.float64) * 6,
+                                    torch.rand(3, 2, generator=g) < 0.8, 1 + torch.rand(3, generator=g, dtype=torch.float64))
+    heat[0, 0, int(target.keypoints[0, 0, 1].round()), int(target.keypoints[0, 0, 0].round())] += 9
+    _check(zoo.pck(0.6), heat, target, lambda s, t: uniloss.PCK(0.6).metric(s, t))
+
+
+# ------------------------------------------------------------------ every zoo metric trains
+
+
+ZOO = [
+    (zoo.top_k_accuracy(2), lambda: _multiclass(32, 5, 0)),
+    (zoo.macro_f1(5), lambda: _multiclass(32, 5, 0)),
+    (zoo.balanced_accuracy(5), lambda: _multiclass(32, 5, 0)),
+    (zoo.matthews_corrcoef(5), lambda: _multiclass(32, 5, 0)),
+    (zoo.f_beta(2.0), lambda: _binary(32, 0)),
+    (zoo.precision(), lambda: _binary(32, 0)),
+    (zoo.recall(), lambda: _binary(32, 0)),
+    (zoo.auroc(), lambda: _binary(32, 0)),
+    (zoo.average_precision(), lambda: _queries(32, 3, 2, 0)),
+    (zoo.precision_at_k(3), lambda: _queries(32, 3, 2, 0)),
+    (zoo.recall_at_k(3), lambda: _queries(32, 3, 2, 0)),
+    (zoo.ndcg_at_k(3), lambda: _queries(32, 3, 4, 0)),
+    (zoo.mrr(), lambda: _queries(32, 3, 2, 0)),
+    (zoo.mean_iou(3), lambda: (torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randint(0, 3, (2, 4, 4)))),
+    (zoo.dice(3), lambda: (torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randint(0, 3, (2, 4, 4)))),
+]
+
+
+@pytest.mark.parametrize("metric,batch", ZOO, ids=[repr(m.evaluator) for m, _ in ZOO])
+def test_gradient_steps_on_the_loss_raise_the_metric_of_a_free_score_tensor(metric, batch):
+    # The scores themselves are the parameters: a few steps of gradient descent on UniLoss must
+    # raise the exact metric (a direct check that the sign and the scale of the gradient are right).
+    scores, target = batch()
+    scores = scores.clone().requires_grad_()
+    loss_fn = uniloss.UniLoss(metric, generator=_gen(0))
+    opt = torch.optim.SGD([scores], lr=10.0)
+    start = float(metric.metric(scores.detach(), target))
+    for _ in range(30):
+        loss = loss_fn(scores, target)
+        opt.zero_grad()
+        loss.backward()
+        assert torch.isfinite(scores.grad).all()
+        opt.step()
+    assert float(metric.metric(scores.detach(), target)) > start, (metric, start)
