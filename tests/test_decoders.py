@@ -446,7 +446,7 @@ def test_decode_convenience_and_repr():
     metric = uniloss.zoo.macro_f1(3)
     scores = torch.randn(5, 3, generator=_gen(0))
     assert torch.equal(metric.decode(scores, torch.zeros(5, dtype=torch.long)), scores.argmax(1))
-    assert repr(metric) == "DecodedMetric(Argmax(pairs='all', num_classes=3), macro_f1(num_classes=3), higher_is_better=True, batched=True)"
+    assert repr(metric) == "DecodedMetric(Argmax(pairs='target', num_classes=3), macro_f1(num_classes=3), higher_is_better=True, batched=True)"
 
 
 def test_lower_is_better_evaluator():

@@ -177,13 +177,25 @@ def _tournament_best(hard: Tensor, winner: Tensor, m: int) -> Tensor:
 
 
 def _wins(bits: Tensor, num_rows: int, m: int) -> Tensor:
-    """``[t, G, m]`` float: how many comparisons each item of each row wins."""
+    """``[t, m, G]`` float: how many comparisons item ``i`` of row ``g`` wins, class-major so that
+    reductions over the items (argmax, sort) run over an outer dimension, which is fast."""
     j, k = _triu_pairs(m, bits.device)
-    b = bits.reshape(bits.shape[0], num_rows, j.numel()).float()
-    wins = b.new_zeros(bits.shape[0], num_rows, m)
-    wins.index_add_(2, k, b)
-    wins.index_add_(2, j, 1.0 - b)
+    b = bits.reshape(bits.shape[0], num_rows, j.numel()).transpose(1, 2).float()
+    wins = b.new_zeros(bits.shape[0], m, num_rows)
+    wins.index_add_(1, k, b)
+    wins.index_add_(1, j, 1.0 - b)
     return wins
+
+
+def _first_argmax(wins: Tensor) -> Tensor:
+    """``[t, G]``: the first item with the most wins (``argmax`` over dim 1 of ``[t, m, G]``),
+    through ``amax``, which is far faster than ``argmax`` over an outer dimension on CPU."""
+    m = wins.shape[1]
+    if m <= 2:
+        return (wins[:, -1] > wins[:, 0]).long()  # m == 1: always 0
+    hit = wins == wins.amax(1, keepdim=True)
+    first = torch.arange(m, 0, -1, dtype=wins.dtype, device=wins.device)[None, :, None]
+    return m - (hit * first).amax(1).long()
 
 
 def _others(labels: Tensor, m: int) -> Tensor:
@@ -273,7 +285,10 @@ class _ClassDecoder(Decoder):
 
     def _target_losses(self, bits: Tensor, plan: _ClassPlan) -> Tensor:
         """pairs="target": ``[t, G]`` how many other classes beat each row's label."""
-        return (~bits).reshape(bits.shape[0], plan.labels.numel(), plan.num_classes - 1).sum(-1)
+        t, g, m = bits.shape[0], plan.labels.numel(), plan.num_classes
+        if m == 2:  # one comparison per row (a reduction over a size-1 dimension is slow)
+            return (~bits).reshape(t, g).long()
+        return (~bits).reshape(t, g, m - 1).sum(-1)
 
 
 class Argmax(_ClassDecoder):
@@ -295,7 +310,10 @@ class Argmax(_ClassDecoder):
             :class:`uniloss.MulticlassAccuracy` (paper, sec. 3.2). The label is the target when
             it beats every other class, otherwise the highest-scoring other class of the current
             scores. Exact for every evaluator; evaluators that only ask "is the prediction
-            right?" (accuracy, balanced accuracy) lose nothing by it.
+            right?" (accuracy, balanced accuracy) lose nothing by it. It also trains better:
+            macro-F1 on imbalanced digits reached 97-98% with ``"target"`` and 71-75% with
+            ``"all"`` (``docs/results/zoo``), the bits between wrong classes diluting the
+            interpolation, so :mod:`uniloss.zoo` uses ``"target"``.
         num_classes: if given, ``scores`` must have this many columns.
 
     Example::
@@ -314,8 +332,12 @@ class Argmax(_ClassDecoder):
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)
         t, m = bits.shape[0], plan.num_classes
-        if self.pairs == "all":
-            labels = _wins(bits, plan.labels.numel(), m).argmax(-1)
+        if self.pairs == "all" and m == 2:  # one pair per row: its bit is "class 1 wins"
+            labels = bits.reshape(t, -1).long()
+        elif self.pairs == "all":
+            labels = _first_argmax(_wins(bits, plan.labels.numel(), m))
+        elif m == 2:  # the label if its one comparison is won, else the other class
+            labels = (plan.labels.bool()[None] ^ ~bits.reshape(t, -1)).long()
         else:
             right = self._target_losses(bits, plan) == 0
             fallback = plan.ranked[:, 0] if m > 1 else plan.labels
@@ -387,8 +409,8 @@ class TopK(_ClassDecoder):
         plan = self._prepared(plan)
         t, g, m, k = bits.shape[0], plan.labels.numel(), plan.num_classes, self.k
         if self.pairs == "all":
-            top = _wins(bits, g, m).sort(dim=-1, descending=True, stable=True).indices[..., :k]
-            mask = torch.zeros(t, g, m, dtype=torch.bool, device=bits.device).scatter_(2, top, True)
+            top = _wins(bits, g, m).sort(dim=1, descending=True, stable=True).indices[:, :k]
+            mask = torch.zeros(t, m, g, dtype=torch.bool, device=bits.device).scatter_(1, top, True).transpose(1, 2)
         else:
             inside = (self._target_losses(bits, plan) < k)[..., None]  # [t, G, 1]
             ranked = plan.ranked
@@ -810,7 +832,7 @@ class SpatialArgmax(Decoder):
         n, j, h, w = plan.shape
         t, g = bits.shape[0], plan.joints.numel()
         if self.threshold is None:
-            pixel = _wins(bits, g, h * w).argmax(-1)
+            pixel = _first_argmax(_wins(bits, g, h * w))
         else:
             wrong = _segment_count((~bits).long(), plan.ia, plan.pos_joint.numel())
             big = h * w
