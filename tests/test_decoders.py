@@ -98,6 +98,14 @@ def test_argmax_ties_go_to_the_lower_class_like_torch_argmax():
         assert torch.equal(_decode_scores(Argmax(pairs), scores, torch.tensor([2, 0, 1])), scores.argmax(1))
 
 
+def test_argmax_target_pairs_count_a_tie_against_the_target_like_multiclass_accuracy():
+    scores = torch.tensor([[2.0, 2.0], [1.0, 1.0]])
+    target = torch.tensor([0, 1])
+    assert _decode_scores(Argmax("target"), scores, target).tolist() == [1, 0]  # argmax would say [0, 0]
+    assert _decode_scores(PixelArgmax("target"), scores[..., None], target[:, None]).reshape(-1).tolist() == [1, 0]
+    assert float(uniloss.MulticlassAccuracy().metric(scores, target)) == 0.0
+
+
 def test_argmax_all_pairs_on_inconsistent_bits_most_wins_lowest_index():
     scores = torch.randn(6, 4, generator=_gen(0))
     dec = Argmax("all")

@@ -19,7 +19,9 @@ Every decoder knows
 Random anchors produce inconsistent bits (``a`` beats ``b``, ``b`` beats ``c``, ``c`` beats
 ``a``); each decoder documents its rule for them. On bits that real scores produce, decoding
 equals the ordinary decoder (``argmax``, thresholding, a stable sort, ``topk``), and exact score
-ties are broken toward the lower index, as ``torch.argmax`` and a stable descending sort do.
+ties are broken toward the lower index, as ``torch.argmax`` and a stable descending sort do --
+except that with ``pairs="target"`` a tie with the target counts against the target (it must
+beat every other class strictly, as in :class:`uniloss.MulticlassAccuracy`).
 
 **Pruning.** Where some comparisons cannot change what the evaluator looks at, a decoder can
 leave them out (the ``pairs`` option): the paper prunes positive-positive pairs for AP and keeps
@@ -308,8 +310,8 @@ class Argmax(_ClassDecoder):
             ``"target"`` compares only the target with every other class, ``C-1`` per sample:
             ``c = s_y - s_j`` for ``j != y`` in class order -- exactly the layout of
             :class:`uniloss.MulticlassAccuracy` (paper, sec. 3.2). The label is the target when
-            it beats every other class, otherwise the highest-scoring other class of the current
-            scores. Exact for every evaluator; evaluators that only ask "is the prediction
+            it beats every other class (strictly: an exact tie counts against it), otherwise the
+            highest-scoring other class of the current scores. Exact for every evaluator; evaluators that only ask "is the prediction
             right?" (accuracy, balanced accuracy) lose nothing by it. It also trains better:
             macro-F1 on imbalanced digits reached 97-98% with ``"target"`` and 71-75% with
             ``"all"`` (``docs/results/zoo``), the bits between wrong classes diluting the

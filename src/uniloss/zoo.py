@@ -516,7 +516,8 @@ def mean_iou(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
     Example::
 
         >>> import torch, uniloss
-        >>> scores = torch.zeros(1, 2, 2, 2); scores[0, 1, 0] = 1.0        # top row predicted 1
+        >>> scores = torch.zeros(1, 2, 2, 2)
+        >>> scores[0, 1, 0], scores[0, 0, 1] = 1.0, 1.0          # top row predicted 1, bottom row 0
         >>> target = torch.tensor([[[1, 1], [1, 0]]])
         >>> float(uniloss.zoo.mean_iou(2).metric(scores, target))         # (1/2 + 2/3) / 2
         0.5833333333333333
@@ -538,7 +539,8 @@ def dice(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
     Example::
 
         >>> import torch, uniloss
-        >>> scores = torch.zeros(1, 2, 2, 2); scores[0, 1, 0] = 1.0
+        >>> scores = torch.zeros(1, 2, 2, 2)
+        >>> scores[0, 1, 0], scores[0, 0, 1] = 1.0, 1.0
         >>> target = torch.tensor([[[1, 1], [1, 0]]])
         >>> float(uniloss.zoo.dice(2).metric(scores, target))             # (2/3 + 4/5) / 2
         0.7333333333333334
