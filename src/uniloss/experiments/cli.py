@@ -86,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
     run_training(exp, RunOptions(
         loss=args.loss, seed=args.seed, epochs=args.epochs, out=out, data_dir=args.data_dir,
         device=args.device, resume=args.resume, threads=args.threads, lr=args.lr,
-        batch_size=args.batch_size, limit_train=args.limit_train,
+        batch_size=args.batch_size, limit_train=args.limit_train, schedule=args.schedule, amp=args.amp,
     ))
     return 0
 
@@ -108,6 +108,10 @@ def _existing_dir(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} is not a folder")
     return text
+
+
+_SCHEDULE_HELP = ("training schedule: paper (default: the paper's recipe), a schedule the experiment names "
+                  "(e.g. short, for a 2-core CPU), or NAME:EPOCHS (NAME squeezed into EPOCHS epochs, milestones in proportion)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="learning rate (default: the paper's)")
     train.add_argument("--batch-size", type=_positive_int, help="batch size (default: the paper's)")
     train.add_argument("--limit-train", type=_positive_int, help="train on the first N samples only (smoke tests)")
+    train.add_argument("--schedule", help=_SCHEDULE_HELP)
+    train.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass (for a GPU)")
     train.set_defaults(func=_train)
 
     rep = sub.add_parser(
@@ -168,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data-dir", type=_existing_dir, help="data root")
     rep.add_argument("--device", default="cpu", help="cpu or cuda")
     rep.add_argument("--limit-train", type=_positive_int, help=argparse.SUPPRESS)
+    rep.add_argument("--schedule", help=_SCHEDULE_HELP)
+    rep.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass (for a GPU)")
     rep.set_defaults(func=_reproduce)
     return parser
 

@@ -8,6 +8,14 @@ schema below), ``results.md`` and ``curves.png``::
     {"table": str, "machine": str, "date": str, "command": str,
      "rows": [{"dataset": str, "loss": str, "metric": str, "mean": float, "std": float,
                "seeds": [float, ...], "paper": float or null}]}
+
+A table may be a group of tables (an object with ``parts``, e.g.
+:class:`~uniloss.experiments.multiclass.TableGroup`): its runs go to
+``<runs-dir>/<table>/<experiment>/<loss>-seed<N>/`` and its rows follow each other in one
+``results.json``. An experiment with ``missing_data(data_dir)`` (e.g.
+:class:`~uniloss.experiments.multiclass.ScheduledExperiment`) whose data is absent is not run:
+its rows have ``mean``, ``std`` null, no seeds and ``"note": "data not available here"``. With
+``--schedule S`` (other than ``paper``) the runs go to ``<runs-dir>/<table>-<S>/``.
 """
 
 from __future__ import annotations
@@ -20,13 +28,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .registry import TABLES, Table, get_experiment
+from .train import RunOptions, _recipe
 
 
 METRIC_NAMES = {"ap_interpolated": "test AP (VOC-interpolated)", "ap": "test AP (plain)",
-                "accuracy": "test accuracy", "pck": "test PCK"}
+                "accuracy": "test accuracy", "pck": "test PCK", "top5": "test top-5 accuracy"}
 
 
 def machine() -> str:
@@ -42,6 +51,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
+def _parts(table) -> Tuple[Table, ...]:
+    """The tables of a table: a group's ``parts``, or the table itself."""
+    parts = getattr(table, "parts", None)
+    return tuple(parts) if parts is not None else (table,)
+
+
 def _run_command(table: Table, loss: str, seed: int, run_dir: Path, args) -> List[str]:
     cmd = [sys.executable, "-m", "uniloss.experiments.cli", "train", table.experiment, "--loss", loss,
            "--seed", str(seed), "--out", str(run_dir), "--threads", "1", "--resume", "--device", args.device]
@@ -51,6 +66,10 @@ def _run_command(table: Table, loss: str, seed: int, run_dir: Path, args) -> Lis
         cmd += ["--data-dir", args.data_dir]
     if getattr(args, "limit_train", None):
         cmd += ["--limit-train", str(args.limit_train)]
+    if getattr(args, "schedule", None):
+        cmd += ["--schedule", args.schedule]
+    if getattr(args, "amp", False):
+        cmd += ["--amp"]
     return cmd
 
 
@@ -66,34 +85,47 @@ def run_table(name: str, args) -> int:
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose one of: {', '.join(sorted(TABLES))}")
     table = TABLES[name]
-    exp = get_experiment(table.experiment)
-    seeds = list(args.seeds) if args.seeds else list(table.seeds)
-    runs_root = Path(args.runs_dir) / name
-    pending = []
-    for loss in table.losses:
-        for seed in seeds:
-            run_dir = runs_root / f"{loss}-seed{seed}"
-            if not _finished(run_dir, args.epochs):
-                pending.append((loss, seed, run_dir))
-    print(f"uniloss reproduce {name}: {len(table.losses) * len(seeds)} runs "
-          f"({len(pending)} to train), {args.jobs} at a time, in {runs_root}", file=sys.stderr, flush=True)
-    failures = _run_all(table, pending, args)
+    grouped = hasattr(table, "parts")
+    schedule = getattr(args, "schedule", None)
+    runs_root = Path(args.runs_dir) / (name if schedule in (None, "paper") else f"{name}-{schedule.replace(':', '-')}")
+    plans, pending = [], []  # plans: (table, experiment, seeds, runs folder, why not run or None)
+    for part in _parts(table):
+        exp = get_experiment(part.experiment)
+        for loss in part.losses:  # an unknown schedule or loss fails here, before any run starts
+            _recipe(exp, RunOptions(loss=loss, schedule=schedule))
+        seeds = list(args.seeds) if args.seeds else list(part.seeds)
+        root = runs_root / part.experiment if grouped else runs_root
+        missing = getattr(exp, "missing_data", None)
+        reason = missing(args.data_dir) if missing is not None else None
+        plans.append((part, exp, seeds, root, reason))
+        if reason:
+            print(f"uniloss reproduce {name}: {part.experiment}: {reason}; not run", file=sys.stderr)
+            continue
+        for loss in part.losses:
+            for seed in seeds:
+                run_dir = root / f"{loss}-seed{seed}"
+                if not _finished(run_dir, args.epochs):
+                    pending.append((part, loss, seed, run_dir))
+    total = sum(len(p.losses) * len(seeds) for p, _, seeds, _, reason in plans if not reason)
+    print(f"uniloss reproduce {name}: {total} runs ({len(pending)} to train), {args.jobs} at a time, "
+          f"in {runs_root}", file=sys.stderr, flush=True)
+    failures = _run_all(pending, args)
     if failures:
         for loss, seed, run_dir, code in failures:
             print(f"uniloss: run {loss} seed {seed} failed (exit {code}); see {run_dir}/stdout.log", file=sys.stderr)
         return 1
-    report = _collect(table, exp, seeds, runs_root, args)
+    report = _collect(name, plans, args)
     out = Path(args.out) if args.out else Path("docs/results") / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "results.md").write_text(_markdown(report, table, exp))
-    plot = _plot(table, seeds, runs_root, out / "curves.png")
+    (out / "results.md").write_text(_markdown(report, table, plans))
+    plot = _plot(table, plans, out / "curves.png")
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {plot}" if plot else ""), file=sys.stderr)
     return 0
 
 
-def _run_all(table: Table, pending, args):
+def _run_all(pending, args):
     from tqdm import tqdm
 
     failures, running = [], []
@@ -101,10 +133,10 @@ def _run_all(table: Table, pending, args):
     bar = tqdm(total=len(pending), desc="runs", disable=not sys.stderr.isatty(), file=sys.stderr)
     while queue or running:
         while queue and len(running) < args.jobs:
-            loss, seed, run_dir = queue.pop(0)
+            part, loss, seed, run_dir = queue.pop(0)
             run_dir.mkdir(parents=True, exist_ok=True)
             log = open(run_dir / "stdout.log", "a")
-            proc = subprocess.Popen(_run_command(table, loss, seed, run_dir, args), stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(_run_command(part, loss, seed, run_dir, args), stdout=log, stderr=subprocess.STDOUT)
             running.append((proc, log, loss, seed, run_dir))
         time.sleep(0.5)
         for item in list(running):
@@ -116,51 +148,71 @@ def _run_all(table: Table, pending, args):
                 if proc.returncode != 0:
                     failures.append((loss, seed, run_dir, proc.returncode))
                 elif not sys.stderr.isatty():
-                    print(json.dumps({"run": f"{loss}-seed{seed}", "test": json.loads((run_dir / "final.json").read_text())["test"]}), flush=True)
+                    print(json.dumps({"run": str(run_dir), "test": json.loads((run_dir / "final.json").read_text())["test"]}), flush=True)
     bar.close()
     return failures
 
 
-def _collect(table: Table, exp, seeds, runs_root: Path, args) -> Dict:
-    rows = []
-    for loss in table.losses:
-        finals = [json.loads((runs_root / f"{loss}-seed{s}" / "final.json").read_text()) for s in seeds]
-        for metric in table.metrics:
-            values = [f["test"][metric] for f in finals]
-            rows.append({
-                "dataset": exp.dataset, "loss": loss, "metric": metric,
-                "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "seeds": values, "paper": exp.paper.get((loss, metric)),
-                "mean_epoch_time_s": statistics.mean(f["mean_epoch_time_s"] for f in finals),
-            })
-    epochs = finals[0]["epochs"]
-    command = f"uniloss reproduce {table.experiment} --seeds {' '.join(map(str, seeds))}"
+def _collect(name: str, plans, args) -> Dict:
+    rows, epochs, seeds_used = [], None, None
+    for part, exp, seeds, root, reason in plans:
+        for loss in part.losses:
+            finals = [] if reason else [json.loads((root / f"{loss}-seed{s}" / "final.json").read_text()) for s in seeds]
+            if finals and epochs is None:
+                epochs, seeds_used = finals[0]["epochs"], list(seeds)
+            for metric in part.metrics:
+                paper = exp.paper.get((loss, metric))
+                if reason:
+                    rows.append({"dataset": exp.dataset, "loss": loss, "metric": metric, "mean": None, "std": None,
+                                 "seeds": [], "paper": paper, "note": "data not available here"})
+                    continue
+                values = [f["test"][metric] for f in finals]
+                rows.append({
+                    "dataset": exp.dataset, "loss": loss, "metric": metric,
+                    "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "seeds": values, "paper": paper, "epochs": finals[0]["epochs"],
+                    "mean_epoch_time_s": statistics.mean(f["mean_epoch_time_s"] for f in finals),
+                })
+    schedule = getattr(args, "schedule", None)
+    command = f"uniloss reproduce {name} --seeds {' '.join(map(str, seeds_used or plans[0][2]))}"
+    if schedule:
+        command += f" --schedule {schedule}"
     if args.epochs is not None:
         command += f" --epochs {args.epochs}"
-    return {"table": table.experiment, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-            "command": command, "epochs": epochs, "seeds_used": list(seeds), "rows": rows}
+    return {"table": name, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": command,
+            "schedule": schedule or "paper", "epochs": epochs, "seeds_used": seeds_used or plans[0][2], "rows": rows}
 
 
-def _markdown(report: Dict, table: Table, exp) -> str:
+def _markdown(report: Dict, table, plans) -> str:
     lines = [f"# {table.title or report['table']}", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
-             f"Date: {report['date']}; seeds {report['seeds_used']}; {report['epochs']} epochs; "
-             f"settings: {exp.description}.", ""]
-    if exp.notes:
-        lines += [exp.notes, ""]
+             f"Date: {report['date']}; seeds {report['seeds_used']}; {report['epochs']} epochs"
+             + ("" if report.get("schedule", "paper") == "paper" else f" (schedule {report['schedule']})")]
+    if not hasattr(table, "parts"):
+        lines[-1] += f"; settings: {plans[0][1].description}."
+        lines += [""] + ([plans[0][1].notes, ""] if plans[0][1].notes else [])
+    else:  # a group: each part's settings, the notes of those that ran
+        lines[-1] += "; settings:"
+        lines += [""] + [f"- {exp.description}" + (f": {reason}." if reason else ".") for _, exp, _, _, reason in plans]
+        lines += [""] + [line for _, exp, _, _, reason in plans if exp.notes and not reason for line in (exp.notes, "")]
     lines += ["| dataset | loss | metric | paper | ours (mean ± std) | gap | per seed | s/epoch |",
               "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         paper = "—" if r["paper"] is None else f"{r['paper']:.4f}"
+        metric = METRIC_NAMES.get(r["metric"], r["metric"])
+        if r["mean"] is None:
+            lines.append(f"| {r['dataset']} | {r['loss']} | {metric} | {paper} | {r.get('note', '—')} | — | — | — |")
+            continue
         gap = "—" if r["paper"] is None else f"{r['mean'] - r['paper']:+.4f}"
         seeds = ", ".join(f"{v:.4f}" for v in r["seeds"])
-        lines.append(f"| {r['dataset']} | {r['loss']} | {METRIC_NAMES.get(r['metric'], r['metric'])} | {paper} | "
+        loss = r["loss"] if r.get("epochs", report["epochs"]) == report["epochs"] else f"{r['loss']} ({r['epochs']} epochs)"
+        lines.append(f"| {r['dataset']} | {loss} | {metric} | {paper} | "
                      f"{r['mean']:.4f} ± {r['std']:.4f} | {gap} | {seeds} | {r['mean_epoch_time_s']:.1f} |")
     lines += ["", "Curves of the validation metric per epoch: `curves.png`.", ""]
     return "\n".join(lines)
 
 
-def _plot(table: Table, seeds, runs_root: Path, path: Path) -> Optional[str]:
+def _plot(table, plans, path: Path) -> Optional[str]:
     try:
         import matplotlib
 
@@ -168,21 +220,25 @@ def _plot(table: Table, seeds, runs_root: Path, path: Path) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    metric = table.metrics[0]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, loss in enumerate(table.losses):
-        curves = []
-        for s in seeds:
-            log = runs_root / f"{loss}-seed{s}" / "log.jsonl"
-            curves.append([json.loads(line)["val"][metric] for line in log.read_text().splitlines() if line])
-            ax.plot(range(1, len(curves[-1]) + 1), curves[-1], color=f"C{i}", alpha=0.25, lw=0.8)
-        mean = [statistics.mean(v) for v in zip(*curves)]
-        ax.plot(range(1, len(mean) + 1), mean, color=f"C{i}", lw=2, label=f"{loss} (mean of {len(seeds)} seeds)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"validation {METRIC_NAMES.get(metric, metric).replace('test ', '')}")
-    ax.set_title(table.title or table.experiment, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    shown = [(part, exp, seeds, root) for part, exp, seeds, root, reason in plans if not reason]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(6.5 * len(shown), 4), squeeze=False)
+    for ax, (part, exp, seeds, root) in zip(axes[0], shown):
+        metric = part.metrics[0]
+        for i, loss in enumerate(part.losses):
+            curves = []
+            for s in seeds:
+                log = root / f"{loss}-seed{s}" / "log.jsonl"
+                curves.append([json.loads(line)["val"][metric] for line in log.read_text().splitlines() if line])
+                ax.plot(range(1, len(curves[-1]) + 1), curves[-1], color=f"C{i}", alpha=0.25, lw=0.8)
+            mean = [statistics.mean(v) for v in zip(*curves)]
+            ax.plot(range(1, len(mean) + 1), mean, color=f"C{i}", lw=2, label=f"{loss} (mean of {len(seeds)} seeds)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {METRIC_NAMES.get(metric, metric).replace('test ', '')}")
+        ax.set_title(exp.dataset if hasattr(table, "parts") else table.title or table.experiment, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

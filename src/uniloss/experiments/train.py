@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -50,10 +50,23 @@ class RunOptions:
     batch_size: Optional[int] = None
     limit_train: Optional[int] = None  # use the first N training samples (tests, smoke runs)
     progress: Optional[bool] = None  # None: bars when stderr is a terminal
+    schedule: Optional[str] = None  # a named recipe of the experiment (None: its own, "paper")
+    amp: bool = False  # bfloat16 autocast of the forward pass (the loss gets float32 outputs)
 
 
 def _recipe(exp: Experiment, opts: RunOptions) -> Recipe:
-    r = Recipe(**{k: getattr(exp.recipe, k) for k in exp.recipe.__dataclass_fields__})
+    # An experiment with named schedules has recipe_for(schedule, loss) (multiclass.ScheduledExperiment).
+    recipe_for = getattr(exp, "recipe_for", None)
+    if recipe_for is not None:
+        try:
+            base = recipe_for(opts.schedule, opts.loss)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+    elif opts.schedule in (None, "paper"):
+        base = exp.recipe
+    else:
+        raise RunError(f"experiment {exp.name} has only the paper's schedule; got --schedule {opts.schedule}")
+    r = Recipe(**{k: getattr(base, k) for k in base.__dataclass_fields__})
     if opts.epochs is not None:
         r.epochs = opts.epochs
     if opts.lr is not None:
@@ -98,9 +111,10 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
     if ckpt_path.exists() and not opts.resume:
         raise RunError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    config = {**exp.config(), **{k: getattr(recipe, k) for k in ("epochs", "batch_size", "lr")},
+    config = {**exp.config(), **asdict(recipe),
               "loss": opts.loss, "seed": opts.seed, "device": opts.device, "threads": torch.get_num_threads(),
               "limit_train": opts.limit_train, "notes": exp.notes}
+    config.update({k: v for k, v in (("schedule", opts.schedule), ("amp", opts.amp)) if v})  # only when set: older runs resume
     interactive = sys.stderr.isatty() if opts.progress is None else opts.progress
     if interactive:
         print("uniloss train " + " ".join(f"{k}={v}" for k, v in config.items() if k != "notes"), file=sys.stderr)
@@ -114,7 +128,10 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
     model = exp.model(opts.loss).to(device)
     optimizer = _optimizer(recipe, model.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
-    gens = {k: torch.Generator().manual_seed(opts.seed * 1000 + i + 1) for i, k in enumerate(_STATE_KEYS)}
+    # Anchors and augmentations are drawn on the training device (a CPU generator would copy to the GPU
+    # and wait for it on every step); the batch order once per epoch on the CPU.
+    gens = {k: torch.Generator(device="cpu" if k == "batch_generator" else device).manual_seed(opts.seed * 1000 + i + 1)
+            for i, k in enumerate(_STATE_KEYS)}
     loss_fn, ul_module = exp.loss(opts.loss, gens["anchor_generator"])
     history: List[Dict] = []
     start_epoch = 0
@@ -154,7 +171,9 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
             xb, yb = x_train[idx], y_train[idx]
             if exp.augment is not None:
                 xb = exp.augment(xb, gens["augment_generator"])
-            loss = loss_fn(model(xb), yb)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.amp):
+                outputs = model(xb)
+            loss = loss_fn(outputs.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
