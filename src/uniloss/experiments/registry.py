@@ -180,3 +180,4 @@ register_table("mnist-ap", Table("mnist-ap", ("uniloss", "ce"), ("ap_interpolate
 # Experiments defined in their own modules register themselves when imported here.
 # (one import line per module below)
 from . import pose  # noqa: E402,F401
+from . import multiclass  # noqa: E402,F401
