@@ -572,10 +572,12 @@ register(_experiment("digits-pose", REDUCED, REDUCED_RECIPE, "reduced configurat
 register(_experiment("digits-pose-paper", PAPER, PAPER_RECIPE, "the paper's network and schedule, for a GPU"))
 register_table("pose", Table("digits-pose", LOSSES, ("pck", "pck_0.25"),
                              title="Keypoint PCK@0.5 on digits-pose (reduced CPU configuration) beside the "
-                                   "paper's MPII head PCKh (a different dataset)"))
+                                   "paper's MPII head PCKh (a different dataset)",
+                             paper_dataset="MPII validation, head PCKh"))
 register_table("pose-paper", Table("digits-pose-paper", LOSSES, ("pck", "pck_0.25"),
                                    title="Keypoint PCK@0.5 on digits-pose (the paper's configuration) beside "
-                                         "the paper's MPII head PCKh (a different dataset)"))
+                                         "the paper's MPII head PCKh (a different dataset)",
+                                   paper_dataset="MPII validation, head PCKh"))
 
 
 # --------------------------------------------------------------------------- MPII (for users who have it)

@@ -92,13 +92,16 @@ def register(experiment: Experiment) -> Experiment:
 @dataclass(frozen=True)
 class Table:
     """A table of the paper for ``uniloss reproduce NAME``: runs of ``experiment`` for each loss
-    and seed; ``metrics`` are read from each run's ``final.json`` (the first is plotted)."""
+    and seed; ``metrics`` are read from each run's ``final.json`` (the first is plotted).
+    ``paper_dataset`` names the dataset of the paper's numbers when it is not ours: the table
+    then shows them labelled as such and computes no gap."""
 
     experiment: str
     losses: Tuple[str, ...]
     metrics: Tuple[str, ...]
     seeds: Tuple[int, ...] = (0, 1, 2)
     title: str = ""
+    paper_dataset: Optional[str] = None
 
 
 TABLES: Dict[str, Table] = {}

@@ -160,18 +160,19 @@ def _collect(name: str, plans, args) -> Dict:
             finals = [] if reason else [json.loads((root / f"{loss}-seed{s}" / "final.json").read_text()) for s in seeds]
             if finals and epochs is None:
                 epochs, seeds_used = finals[0]["epochs"], list(seeds)
+            other = {"paper_dataset": part.paper_dataset} if getattr(part, "paper_dataset", None) else {}
             for metric in part.metrics:
                 paper = exp.paper.get((loss, metric))
                 if reason:
                     rows.append({"dataset": exp.dataset, "loss": loss, "metric": metric, "mean": None, "std": None,
-                                 "seeds": [], "paper": paper, "note": "data not available here"})
+                                 "seeds": [], "paper": paper, "note": "data not available here", **other})
                     continue
                 values = [f["test"][metric] for f in finals]
                 rows.append({
                     "dataset": exp.dataset, "loss": loss, "metric": metric,
                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                     "seeds": values, "paper": paper, "epochs": finals[0]["epochs"],
-                    "mean_epoch_time_s": statistics.mean(f["mean_epoch_time_s"] for f in finals),
+                    "mean_epoch_time_s": statistics.mean(f["mean_epoch_time_s"] for f in finals), **other,
                 })
     schedule = getattr(args, "schedule", None)
     command = f"uniloss reproduce {name} --seeds {' '.join(map(str, seeds_used or plans[0][2]))}"
@@ -195,7 +196,12 @@ def _markdown(report: Dict, table, plans) -> str:
         lines[-1] += "; settings:"
         lines += [""] + [f"- {exp.description}" + (f": {reason}." if reason else ".") for _, exp, _, _, reason in plans]
         lines += [""] + [line for _, exp, _, _, reason in plans if exp.notes and not reason for line in (exp.notes, "")]
-    lines += ["| dataset | loss | metric | paper | ours (mean ± std) | gap | per seed | s/epoch |",
+    other = getattr(table, "paper_dataset", None)
+    if other:
+        lines += [f"The paper's numbers are on {other}, a different dataset: they are shown for reference, "
+                  "with no gap computed.", ""]
+    paper_head = f"paper ({other})" if other else "paper"
+    lines += [f"| dataset | loss | metric | {paper_head} | ours (mean ± std) | gap | per seed | s/epoch |",
               "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         paper = "—" if r["paper"] is None else f"{r['paper']:.4f}"
@@ -203,7 +209,7 @@ def _markdown(report: Dict, table, plans) -> str:
         if r["mean"] is None:
             lines.append(f"| {r['dataset']} | {r['loss']} | {metric} | {paper} | {r.get('note', '—')} | — | — | — |")
             continue
-        gap = "—" if r["paper"] is None else f"{r['mean'] - r['paper']:+.4f}"
+        gap = "—" if r["paper"] is None or other else f"{r['mean'] - r['paper']:+.4f}"
         seeds = ", ".join(f"{v:.4f}" for v in r["seeds"])
         loss = r["loss"] if r.get("epochs", report["epochs"]) == report["epochs"] else f"{r['loss']} ({r['epochs']} epochs)"
         lines.append(f"| {r['dataset']} | {loss} | {metric} | {paper} | "
