@@ -2,45 +2,112 @@
 
 The sampler knows nothing about a metric's meaning: it sees the best configuration (from the
 ground truth), the current hard configuration ``[c > 0]`` and a random generator. Anchors are an
-:class:`AnchorSet`, a type of its own, so that their storage can change (e.g. a base
-configuration plus flipped indices) without touching decompositions or the interpolation.
+:class:`AnchorSet`, a type of its own, held either densely (``[t, l]`` bits) or in the
+structured form the sampler produces:
+
+* the best anchor is ``best`` itself (row 0);
+* the good and nearby anchors are a *base* configuration with a few bits flipped: ``flips``
+  ``[t_f, k]`` int64 bit indices (``-1``: no flip; a row never repeats an index), the first
+  ``num_from_best`` rows flipped from ``best``, the others from ``hard``;
+* the ``b`` random ("bad") anchors are held as their disagreement with ``hard``, packed eight
+  anchors to a byte: bit ``j`` of ``codes[g, k]`` is 1 where random anchor ``8 g + j`` differs
+  from ``hard`` at bit ``k`` (``hard`` XOR uniform bits is uniform).
+
+Measured from ``hard``, a squared distance is a sum over the bits where the anchor differs from
+``hard`` (see :mod:`uniloss._interpolation`), so the structured form gives every distance in
+``O(k)`` per flip anchor and ``O(l)`` per byte of random anchors without a ``[t, l]`` tensor, and
+lets a decomposition with :meth:`~uniloss.Decomposition.segments` evaluate the metric at the
+anchors incrementally. :meth:`AnchorSet.dense` materialises the bits (the dense fallback).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from ._random import multinomial as _multinomial, rand as _rand, randint as _randint
+from ._random import rand as _rand, randint as _randint, random_bytes as _random_bytes
+
+# Above this many bits, the rank-select of a nearby flip works chunk by chunk (an int64 cumsum
+# over all bits would cost 8 bytes a bit).
+_SELECT_BLOCK = 1 << 22
+_SELECT_CHUNK = 4096
 
 
-@dataclass(frozen=True)
 class AnchorSet:
-    """A set of ``t`` anchor configurations over ``l`` bits.
+    """A set of ``t`` anchor configurations over ``l`` bits, dense or structured.
+
+    ``AnchorSet(bits, kinds)`` wraps dense ``[t, l]`` bool bits; :func:`sample_anchors` returns
+    the structured form (see the module documentation), which :meth:`dense` (and :attr:`bits`)
+    materialise. Row order is the order of ``kinds``, e.g.
+    ``(("best", 1), ("good", 16), ("nearby", 16), ("bad", 16))``: in the structured form the
+    best anchor, then the flip anchors, then the random ones.
 
     Attributes:
-        bits: ``[t, l]`` bool, one configuration per row.
-        kinds: ``(name, count)`` pairs in row order, e.g.
-            ``(("best", 1), ("good", 16), ("nearby", 16), ("bad", 16))``.
+        kinds: ``(name, count)`` pairs in row order.
+        num_bits: ``l``.
+        best, hard: ``[l]`` bool base configurations (structured form; ``None`` when dense).
+        flips: ``[t_f, k]`` int64 flipped bits, ``-1`` for none (``k == 1``: never ``-1``).
+        num_from_best: how many of the ``flips`` rows start from ``best`` (the rest: ``hard``).
+        codes: ``[ceil(b / 8), l]`` uint8 packed disagreement of the ``b = num_random`` random
+            anchors with ``hard``.
     """
 
-    bits: Tensor
-    kinds: Tuple[Tuple[str, int], ...]
+    def __init__(
+        self,
+        bits: Optional[Tensor] = None,
+        kinds: Tuple[Tuple[str, int], ...] = (),
+        *,
+        best: Optional[Tensor] = None,
+        hard: Optional[Tensor] = None,
+        flips: Optional[Tensor] = None,
+        num_from_best: int = 0,
+        codes: Optional[Tensor] = None,
+        num_random: int = 0,
+    ) -> None:
+        self.kinds = tuple(kinds)
+        self._bits = bits
+        self.best, self.hard = best, hard
+        self.flips, self.num_from_best = flips, num_from_best
+        self.codes, self.num_random = codes, num_random
+        if bits is not None:
+            self.num_bits = bits.shape[-1] if bits.dim() else 0
+        else:
+            self.num_bits = best.numel()
+
+    @property
+    def is_structured(self) -> bool:
+        return self._bits is None
 
     @property
     def num_anchors(self) -> int:
-        return self.bits.shape[0]
+        if self._bits is not None:
+            return self._bits.shape[0]
+        return 1 + self.flips.shape[0] + self.num_random
+
+    @property
+    def bits(self) -> Tensor:
+        """The anchors as a dense ``[t, l]`` bool tensor (materialised for a structured set)."""
+        return self.dense()
 
     def dense(self) -> Tensor:
         """The anchors as a dense ``[t, l]`` bool tensor."""
-        return self.bits
+        if self._bits is not None:
+            return self._bits
+        l, t_f, nb = self.num_bits, self.flips.shape[0], self.num_from_best
+        rows = torch.cat([self.best.expand(1 + nb, l), self.hard.expand(t_f - nb, l)])
+        if self.flips.numel() and l:
+            valid = self.flips >= 0
+            count = torch.zeros(t_f, l, dtype=torch.int32, device=rows.device)
+            count.scatter_add_(1, self.flips.clamp_min(0), valid.to(torch.int32))
+            rows = torch.cat([rows[:1], rows[1:] ^ (count > 0)])
+        random = self.hard[None] ^ unpack_codes(self.codes, self.num_random).bool()
+        return torch.cat([rows, random], 0)
 
     def disagreement(self, hard: Tensor) -> Tensor:
         """``[t, l]`` float: 1 where an anchor's bit differs from ``hard``, else 0."""
-        return (self.bits != hard).to(torch.get_default_dtype())
+        return (self.dense() != hard).to(torch.get_default_dtype())
 
     def kind_slices(self) -> dict:
         """Row ranges of each kind, e.g. ``{"best": slice(0, 1), ...}``."""
@@ -49,6 +116,22 @@ class AnchorSet:
             out[name] = slice(start, start + count)
             start += count
         return out
+
+    def __repr__(self) -> str:
+        form = "structured" if self.is_structured else "dense"
+        return f"AnchorSet({form}, num_bits={self.num_bits}, kinds={self.kinds})"
+
+
+_SHIFTS: dict = {}
+
+
+def unpack_codes(codes: Tensor, num: int) -> Tensor:
+    """``[num, l]`` uint8 0/1: the random anchors' disagreement bits from ``codes`` ``[g, l]``."""
+    shifts = _SHIFTS.get(codes.device)
+    if shifts is None:
+        shifts = _SHIFTS[codes.device] = torch.arange(8, dtype=torch.uint8, device=codes.device).view(1, 8, 1)
+    bits = (codes[:, None, :] >> shifts) & 1
+    return bits.view(codes.shape[0] * 8, codes.shape[-1])[:num]
 
 
 def sample_anchors(
@@ -61,7 +144,7 @@ def sample_anchors(
     good_flips: int = 1,
     generator: Optional[torch.Generator] = None,
 ) -> AnchorSet:
-    """Draw the paper's anchors: best, good, nearby and bad.
+    """Draw the paper's anchors: best, good, nearby and bad, in the structured form.
 
     Args:
         best: ``[l]`` bool, the ground-truth configuration (every comparison right).
@@ -75,29 +158,83 @@ def sample_anchors(
         generator: source of randomness; the same generator state gives the same anchors.
 
     Returns:
-        An :class:`AnchorSet` of ``1 + num_good + num_nearby + num_bad`` rows; the best anchor
-        is always row 0. No Python loop over anchors or bits and no host synchronisation.
+        A structured :class:`AnchorSet` of ``1 + num_good + num_nearby + num_bad`` rows; the
+        best anchor is always row 0. Memory ``O(t k + l b / 8)``; no Python loop over anchors
+        or bits and no host synchronisation (below ``2**22`` bits).
     """
+    return draw_anchors(
+        best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
+        good_flips=good_flips, generator=generator,
+    )
+
+
+def draw_anchors(
+    best: Tensor, hard: Tensor, wrong: Tensor, *, num_good: int, num_nearby: int, num_bad: int,
+    good_flips: int, generator: Optional[torch.Generator],
+) -> AnchorSet:
+    """:func:`sample_anchors` given ``wrong = hard != best`` (which the engine has already)."""
     l = best.numel()
     device = best.device
-    rows = [best[None]]
-    kinds = [("best", 1)]
+    flips, kinds = [], [("best", 1)]
     if num_good and l:
-        good = best.expand(num_good, l).clone()
-        idx = _randint(l, (num_good, good_flips), generator, device)
-        good.scatter_(1, idx, ~best[idx])
-        rows.append(good)
+        good = _randint(l, (num_good, good_flips), generator, device)
+        flips.append(_without_repeats(good) if good_flips > 1 else good)
         kinds.append(("good", num_good))
     if num_nearby and l:
-        differ = hard != best
-        # Flip toward best where they differ; anywhere (uniformly) when hard is already best.
-        weights = torch.where(differ.any(), differ, torch.ones_like(differ)).float()
-        idx = _multinomial(weights, num_nearby, generator)
-        near = hard.expand(num_nearby, l).clone()
-        near.scatter_(1, idx[:, None], ~hard[idx][:, None])
-        rows.append(near)
+        u = _rand((num_nearby,), generator, device, torch.float64)
+        near = _pick_true(wrong, u)[:, None]
+        if good_flips > 1:
+            near = torch.cat([near, near.new_full((num_nearby, good_flips - 1), -1)], 1)
+        flips.append(near)
         kinds.append(("nearby", num_nearby))
     if num_bad and l:
-        rows.append(_rand((num_bad, l), generator, device) < 0.5)
+        groups = (num_bad + 7) // 8
+        codes = _random_bytes(groups * l, generator, device).view(groups, l)
         kinds.append(("bad", num_bad))
-    return AnchorSet(torch.cat(rows, 0), tuple(kinds))
+    else:
+        codes, num_bad = torch.zeros(0, l, dtype=torch.uint8, device=device), 0
+    if len(flips) == 1:
+        flips = flips[0]
+    elif flips:
+        flips = torch.cat(flips, 0)
+    else:
+        flips = torch.zeros(0, max(good_flips, 1), dtype=torch.int64, device=device)
+    return AnchorSet(
+        kinds=tuple(kinds), best=best, hard=hard, flips=flips,
+        num_from_best=num_good if num_good and l else 0, codes=codes, num_random=num_bad,
+    )
+
+
+def _without_repeats(idx: Tensor) -> Tensor:
+    """Sort each row and replace repeated indices by -1 (a bit flipped twice is flipped once,
+    as the dense sampler's scatter did)."""
+    idx = idx.sort(1).values
+    repeat = idx[:, 1:] == idx[:, :-1]
+    return torch.cat([idx[:, :1], torch.where(repeat, -1, idx[:, 1:])], 1)
+
+
+def _pick_true(mask: Tensor, u: Tensor) -> Tensor:
+    """For each ``u`` in ``[0, 1)``, the index of the ``floor(u * n)``-th set bit of ``mask``
+    (``n`` set bits): a uniform draw among them; ``floor(u * l)`` when none is set."""
+    l = mask.numel()
+    if l <= _SELECT_BLOCK:
+        cum = torch.cumsum(mask, 0)
+        pos = torch.searchsorted(cum, (u * cum[-1]).long(), right=True)
+        # None set: every rank lands past the end (as does a product rounded up to n, p ~ 2^-53).
+        return torch.where(pos < l, pos, (u * l).long())
+    # Large l: count the set bits of each chunk of 4096, find each draw's chunk, rank-select in it.
+    from ._structured import byte_sum
+
+    size = _SELECT_CHUNK
+    full = l // size
+    counts = byte_sum(mask[: full * size].view(torch.uint8).view(1, full, size))[0].long()
+    if full * size < l:
+        counts = torch.cat([counts, mask[full * size :].sum().reshape(1)])
+    cum = torch.cumsum(counts, 0)
+    rank = (u * cum[-1]).long()
+    chunk = torch.searchsorted(cum, rank, right=True).clamp_max(counts.numel() - 1)
+    within = rank - (cum[chunk] - counts[chunk])
+    index = chunk[:, None] * size + torch.arange(size, device=mask.device)
+    rows = torch.where(index < l, mask[index.clamp_max(l - 1)], False)
+    pos = torch.searchsorted(torch.cumsum(rows, 1), within[:, None], right=True)[:, 0] + chunk * size
+    return torch.where((rank < cum[-1]) & (pos < l), pos, (u * l).long())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -37,6 +37,15 @@ class Decomposition:
     * ``check(scores, target)`` validates the tensors (shapes, label ranges); the engine calls it
       unless ``validate_args=False``.
     * ``higher_is_better`` (class attribute): the loss is ``-g~`` when true, ``g~`` otherwise.
+    * ``segments(target)`` / ``evaluate_zeros(zeros, target)``: for a metric that depends on the
+      bits only through how many 0-bits each of ``S`` consecutive runs of bits holds (AP: the
+      negatives above each positive; accuracy: the wrong comparisons of each sample; PCK: of
+      each positive pixel). The engine then evaluates the anchors from per-run counts, without
+      a dense ``[t, l]`` tensor (a flipped bit changes one count by one). Without them it
+      evaluates the anchors densely.
+    * ``comparisons_block(scores, target, start, stop)``: the comparisons of runs
+      ``start .. stop - 1`` alone; lets the engine process a huge ``l`` (PCK on large heatmaps)
+      block by block in bounded memory, recomputing each block in the backward pass.
 
     A batch on which the metric is undefined (``l == 0`` comparisons, e.g. AP without a positive)
     gives a zero loss that is still attached to the graph.
@@ -83,6 +92,41 @@ class Decomposition:
             target = self.prepare(scores, target)
             c = self.comparisons(scores, target)
             return self.evaluate((c > 0)[None], target)[0]
+
+    def segments(self, target: Any) -> Optional[Union[int, Tensor]]:
+        """Optional structure: ``None`` (default), or how the ``l`` bits fall into consecutive
+        runs on which ``evaluate`` depends only through each run's number of 0-bits: an ``int``
+        ``w`` (``l // w`` runs of ``w`` bits) or an int64 tensor ``[S]`` of run lengths summing
+        to ``l``. A decomposition that returns one implements :meth:`evaluate_zeros`."""
+        return None
+
+    def evaluate_zeros(self, zeros: Tensor, target: Any) -> Tensor:
+        """``[t, S]`` counts of 0-bits per run (float) -> ``[t]`` values, equal to
+        :meth:`evaluate` on any bits with those counts. Needed when :meth:`segments` is given."""
+        raise TypeError(
+            f"{type(self).__name__}.segments() describes runs of bits but the class does not "
+            "define evaluate_zeros(zeros, target)"
+        )
+
+    def evaluate_zeros_plus_one(self, zeros: Tensor, target: Any) -> Tensor:
+        """``[S]`` counts -> ``[S]``: the value when run ``s`` gains one more 0-bit, for every
+        ``s`` (the single-flip good anchors of ``good_anchors="all"``). The default evaluates
+        ``S`` one-hot rows with :meth:`evaluate_zeros` (``O(S^2)``); override it with a closed
+        form where there is one."""
+        num = zeros.numel()
+        step = max(1, (1 << 20) // max(num, 1))
+        out = []
+        for start in range(0, num, step):
+            idx = torch.arange(start, min(num, start + step), device=zeros.device)
+            rows = zeros.expand(idx.numel(), num).clone()
+            rows[torch.arange(idx.numel(), device=zeros.device), idx] += 1
+            out.append(self.evaluate_zeros(rows, target))
+        return torch.cat(out) if out else zeros.new_zeros(0)
+
+    def comparisons_block(self, scores: Tensor, target: Any, start: int, stop: int) -> Tensor:
+        """Optional: the comparisons of runs ``start .. stop - 1`` (see :meth:`segments`), flat
+        and in order, differentiable in ``scores``; lets the engine work block by block."""
+        raise NotImplementedError
 
     def num_good_flips(self, target: Any, num_bits: int) -> int:
         """How many bits a good anchor flips away from ``best`` (the paper: 1)."""

@@ -23,7 +23,7 @@ the weights unchanged.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -108,3 +108,41 @@ def interpolate(u: Tensor, anchors: Tensor, values: Tensor) -> Tensor:
     r = torch.where(hard, 1.0 - u, u)
     values = values.to(r.dtype)
     return idw_from_residual(hard, r, (anchors != hard).to(r.dtype), values)
+
+
+def idw_closed_form(
+    sq: Tensor, values: Tensor, weights: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Shepard interpolation from squared distances, with its gradient in closed form.
+
+    The interpolation of :func:`idw_from_sq_distances` (and the harmonic distance of
+    :func:`harmonic_distance`) without autograd, for the structured engine: with
+    ``rho_i = omega_i / d_i`` and ``P = sum_i rho_i``,
+
+    .. math:: \tilde g = \frac{\sum_i \rho_i g(a_i)}{P}, \qquad
+              \frac{\partial \tilde g}{\partial d_i^2} = \frac{(\tilde g - g(a_i))\,\rho_i}{2 P d_i^2},
+              \qquad h = \frac{\sum_i \omega_i}{P}.
+
+    Squared distances are clamped to the smallest normal number, so an exact hit (``d_i = 0``)
+    weighs ``1 / sqrt(tiny)`` (``1e19`` in float32, ``1e154`` in float64) against distances of
+    order ``1 .. sqrt(l)``: ``g~`` is then ``g(a_i)`` to the last bit, the gradient vanishes
+    (to ``~sqrt(tiny)``) and so does the harmonic distance.
+
+    Args:
+        sq: ``[t]`` squared distances; values: ``[t]`` metric values at the anchors.
+        weights: optional ``[t]`` anchor weights ``omega`` (default 1 each): an anchor of weight
+            ``w`` counts as ``w`` coinciding anchors.
+
+    Returns:
+        ``(g, dg_dsq, harmonic)``.
+    """
+    sq = sq.clamp_min(torch.finfo(sq.dtype).tiny)
+    rho = sq.rsqrt()  # at most 1 / sqrt(tiny): no overflow in the sums below
+    if weights is not None:
+        rho = rho * weights
+    total = rho.sum()
+    g = torch.dot(rho, values) / total
+    # (g - v) first: exactly 0 at a hit, so the division by a tiny d^2 stays finite.
+    grad = (g - values).mul_(rho).div_(sq).div_(2.0 * total)
+    mass = float(sq.numel()) if weights is None else weights.sum()
+    return g, grad, mass / total

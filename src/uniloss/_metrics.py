@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ._decomposition import Decomposition, validate_scores
-from ._pairs import grouped_pairs
+from ._pairs import grouped_pairs, pair_differences, row_differences
 from ._random import randperm
 
 __all__ = ["AveragePrecision", "MulticlassAccuracy", "PCK", "KeypointTarget"]
@@ -20,6 +21,11 @@ def _segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     """Sum ``values [t, m]`` over the columns of each segment: ``[t, num_segments]``."""
     out = values.new_zeros(values.shape[0], num_segments)
     return out.index_add_(1, segment, values)
+
+
+def _all_true(num_bits: int, device) -> Tensor:
+    """``[num_bits]`` bool of ones, as an expanded view (no memory per bit)."""
+    return torch.ones((), dtype=torch.bool, device=device).expand(num_bits)
 
 
 def _prepared(decomposition: Decomposition, target, plan_type):
@@ -98,25 +104,46 @@ class AveragePrecision(Decomposition):
 
     def comparisons(self, scores: Tensor, target) -> Tensor:
         plan = self.prepare(scores, target)
-        s = self._flat(scores)
-        return (s[plan.pos][:, None] - s[plan.neg][None, :]).reshape(-1)
+        return pair_differences(self._flat(scores), plan.pos, plan.neg)
 
     def best(self, target) -> Tensor:
         plan = self.prepare(None, target)
-        return torch.ones(plan.pos.numel() * plan.neg.numel(), dtype=torch.bool, device=plan.pos.device)
+        return _all_true(plan.pos.numel() * plan.neg.numel(), plan.pos.device)
+
+    def segments(self, target) -> int:
+        """One run per positive: its ``N`` comparisons with the negatives."""
+        return self.prepare(None, target).neg.numel()
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = self.prepare(None, target)
-        num_pos, num_neg = plan.pos.numel(), plan.neg.numel()
         t = bits.shape[0]
-        if num_pos == 0:
+        if plan.pos.numel() == 0:
             return torch.full((t,), float("nan"), device=bits.device)
-        above = (~bits).reshape(t, num_pos, num_neg).sum(-1).sort(-1).values  # n_k ascending
-        k = torch.arange(1, num_pos + 1, device=bits.device, dtype=torch.float32)
+        above = (~bits).reshape(t, plan.pos.numel(), plan.neg.numel()).sum(-1, dtype=torch.float32)
+        return self.evaluate_zeros(above, plan)
+
+    def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
+        """``zeros[:, i]``: the negatives above positive ``i``; AP from them sorted ascending."""
+        num_pos = zeros.shape[-1]
+        if num_pos == 0:
+            return torch.full(zeros.shape[:-1], float("nan"), device=zeros.device)
+        above = zeros.sort(-1).values  # n_k ascending
+        k = torch.arange(1, num_pos + 1, device=zeros.device, dtype=zeros.dtype)
         precision = k / (k + above)
         if self.interpolated:
             precision = precision.flip(-1).cummax(-1).values.flip(-1)
         return precision.mean(-1)
+
+    def evaluate_zeros_plus_one(self, zeros: Tensor, target) -> Tensor:
+        """Closed form (plain AP): one more negative above positive ``i`` moves the last of the
+        equal counts at sorted position ``k*`` from ``v`` to ``v + 1``, changing one term."""
+        if self.interpolated or zeros.numel() == 0:
+            return super().evaluate_zeros_plus_one(zeros, target)
+        above = zeros.sort().values
+        k = torch.arange(1, zeros.numel() + 1, device=zeros.device, dtype=zeros.dtype)
+        ap = (k / (k + above)).mean()
+        last = torch.searchsorted(above, zeros, right=True).to(zeros.dtype)
+        return ap + (last / (last + zeros + 1) - last / (last + zeros)) / zeros.numel()
 
 
 # --------------------------------------------------------------------------- multi-class accuracy
@@ -198,13 +225,38 @@ class MulticlassAccuracy(Decomposition):
 
     def comparisons(self, scores: Tensor, target) -> Tensor:
         plan = self.prepare(scores, target)
-        c = self._full(scores, plan.labels, plan.cols).reshape(-1)
+        c = row_differences(scores, plan.labels, plan.cols)
         return c if plan.selected is None else c[plan.selected]
 
     def best(self, target) -> Tensor:
         plan = _prepared(self, target, _AccuracyPlan)
         l = plan.cols.numel() if plan.selected is None else plan.selected.numel()
-        return torch.ones(l, dtype=torch.bool, device=plan.labels.device)
+        return _all_true(l, plan.labels.device)
+
+    def segments(self, target):
+        """One run per sample: its comparisons (the trained ones, with ``fraction``)."""
+        plan = _prepared(self, target, _AccuracyPlan)
+        n, m = plan.cols.shape
+        if plan.selected is None:
+            return m
+        return torch.bincount(torch.div(plan.selected, m, rounding_mode="floor"), minlength=n)
+
+    def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
+        """A sample is right iff none of its comparisons is 0 (and its untrained ones are right)."""
+        plan = _prepared(self, target, _AccuracyPlan)
+        ok = zeros == 0
+        if plan.fixed_ok is not None:
+            ok = ok & plan.fixed_ok
+        return ok.float().mean(-1)
+
+    def evaluate_zeros_plus_one(self, zeros: Tensor, target) -> Tensor:
+        """Closed form: one more wrong comparison makes sample ``i`` wrong."""
+        plan = _prepared(self, target, _AccuracyPlan)
+        ok = zeros == 0
+        if plan.fixed_ok is not None:
+            ok = ok & plan.fixed_ok
+        ok = ok.float()
+        return (ok.sum() - ok) / zeros.numel()
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, _AccuracyPlan)
@@ -240,10 +292,36 @@ class KeypointTarget(NamedTuple):
 class _PCKPlan:
     num_joints: int  # visible joints G
     pos_joint: Tensor  # [A] joint (0..G-1) of each positive pixel, sorted
+    neg_joint: Tensor  # [B] joint of each negative pixel, sorted
     pos_flat: Tensor  # [A] index into heatmaps.reshape(-1)
     neg_flat: Tensor  # [B]
-    ia: Tensor  # [l] positive of each comparison (sorted)
-    ib: Tensor  # [l] negative of each comparison
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def run_lengths(self) -> Tensor:
+        """``[A]``: the negatives each positive is compared with (its joint's)."""
+        if "runs" not in self.cache:
+            self.cache["runs"] = torch.bincount(self.neg_joint, minlength=self.num_joints)[self.pos_joint]
+        return self.cache["runs"]
+
+    def num_bits(self) -> int:
+        if "l" not in self.cache:
+            self.cache["l"] = int(self.run_lengths().sum())
+        return self.cache["l"]
+
+    def pairs(self):
+        """``(ia, ib)`` ``[l]`` each: the positive and the negative of every comparison."""
+        if "pairs" not in self.cache:
+            self.cache["pairs"] = grouped_pairs(self.pos_joint, self.neg_joint, self.num_joints)
+        return self.cache["pairs"]
+
+    def starts(self):
+        """Host lists: where each joint's positives and negatives start (length ``G + 1``)."""
+        if "starts" not in self.cache:
+            g = self.num_joints
+            pos = torch.cumsum(torch.bincount(self.pos_joint, minlength=g), 0).tolist()
+            neg = torch.cumsum(torch.bincount(self.neg_joint, minlength=g), 0).tolist()
+            self.cache["starts"] = ([0] + pos, [0] + neg)
+        return self.cache["starts"]
 
 
 class PCK(Decomposition):
@@ -331,26 +409,67 @@ class PCK(Decomposition):
         base = (joint_index * (h * w))[:, None]
         pos_joint, pos_pix = pos.nonzero(as_tuple=True)
         neg_joint, neg_pix = (~pos).nonzero(as_tuple=True)
-        ia, ib = grouped_pairs(pos_joint, neg_joint, joint_index.numel())
         return _PCKPlan(
-            joint_index.numel(), pos_joint, base[pos_joint, 0] + pos_pix, base[neg_joint, 0] + neg_pix, ia, ib
+            joint_index.numel(), pos_joint, neg_joint, base[pos_joint, 0] + pos_pix, base[neg_joint, 0] + neg_pix
         )
 
     def comparisons(self, scores: Tensor, target) -> Tensor:
         plan = self.prepare(scores, target)
+        ia, ib = plan.pairs()
         flat = scores.reshape(-1)
-        return flat[plan.pos_flat][plan.ia] - flat[plan.neg_flat][plan.ib]
+        return flat[plan.pos_flat][ia] - flat[plan.neg_flat][ib]
+
+    def comparisons_block(self, scores: Tensor, target, start: int, stop: int) -> Tensor:
+        """The comparisons of positives ``start .. stop - 1``: per joint, positive scores minus
+        that joint's negative scores, ``[rows, N]`` flattened, without an index per pair."""
+        plan = _prepared(self, target, _PCKPlan)
+        pos_starts, neg_starts = plan.starts()
+        flat = scores.reshape(-1)
+        joint = bisect.bisect_right(pos_starts, start) - 1
+        pieces = []
+        while start < stop:
+            end = min(stop, pos_starts[joint + 1])
+            if end > start:
+                sp = flat[plan.pos_flat[start:end]]
+                sn = flat[plan.neg_flat[neg_starts[joint] : neg_starts[joint + 1]]]
+                pieces.append((sp[:, None] - sn[None, :]).reshape(-1))
+            start, joint = end, joint + 1
+        if not pieces:
+            return flat.new_zeros(0)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def best(self, target) -> Tensor:
         plan = _prepared(self, target, _PCKPlan)
-        return torch.ones(plan.ia.numel(), dtype=torch.bool, device=plan.ia.device)
+        return _all_true(plan.num_bits(), plan.pos_flat.device)
+
+    def segments(self, target) -> Tensor:
+        """One run per positive pixel: its comparisons with its joint's negatives."""
+        return _prepared(self, target, _PCKPlan).run_lengths()
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, _PCKPlan)
-        t = bits.shape[0]
         if plan.num_joints == 0:
-            return torch.full((t,), float("nan"), device=bits.device)
-        wrong = _segment_sum((~bits).float(), plan.ia, plan.pos_joint.numel())
-        row_ok = (wrong == 0).float()  # a positive pixel beating every negative
+            return torch.full((bits.shape[0],), float("nan"), device=bits.device)
+        ia, _ = plan.pairs()
+        return self.evaluate_zeros(_segment_sum((~bits).float(), ia, plan.pos_joint.numel()), plan)
+
+    def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
+        """A joint is correct iff one of its positives has no 0-bit (beats every negative)."""
+        plan = _prepared(self, target, _PCKPlan)
+        if plan.num_joints == 0:
+            return torch.full(zeros.shape[:-1], float("nan"), device=zeros.device)
+        row_ok = (zeros == 0).float()  # a positive pixel beating every negative
         correct = _segment_sum(row_ok, plan.pos_joint, plan.num_joints) > 0
         return correct.float().mean(-1)
+
+    def evaluate_zeros_plus_one(self, zeros: Tensor, target) -> Tensor:
+        """Closed form: positive ``i`` losing stops its joint being correct iff it was the
+        joint's only positive beating every negative."""
+        plan = _prepared(self, target, _PCKPlan)
+        if plan.num_joints == 0:
+            return torch.full_like(zeros, float("nan"))
+        ok = (zeros == 0).float()
+        ok_per_joint = _segment_sum(ok[None], plan.pos_joint, plan.num_joints)[0]
+        correct = (ok_per_joint > 0).float()
+        still = ((ok_per_joint[plan.pos_joint] - ok) > 0).float()
+        return (correct.sum() - correct[plan.pos_joint] + still) / plan.num_joints

@@ -32,6 +32,13 @@ class UniLoss(nn.Module):
             a constant (``1.0``: the paper's plain ``-g~``).
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
+        good_anchors: ``"sample"`` (default, the paper: ``num_good`` random single-bit flips of
+            best) or ``"all"`` (every one of the ``l`` single-bit flips, each weighted
+            ``num_good / l``: the expectation of the sampled ones, in ``O(l)``; for
+            decompositions with :meth:`~uniloss.Decomposition.segments`).
+        chunk_bits: above this many comparisons (default ``2**22``), a decomposition with
+            :meth:`~uniloss.Decomposition.comparisons_block` (PCK) is processed block by block
+            in bounded memory.
 
     Shapes: as the decomposition documents; the result is a scalar.
 
@@ -61,6 +68,8 @@ class UniLoss(nn.Module):
         grad_scale: Union[str, float] = "distance",
         generator: Optional[torch.Generator] = None,
         validate_args: bool = True,
+        good_anchors: str = "sample",
+        chunk_bits: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -68,7 +77,7 @@ class UniLoss(nn.Module):
                 "Expected `decomposition` to be a uniloss.Decomposition, but got "
                 f"{type(decomposition).__name__}"
             )
-        check_options(num_good, num_nearby, num_bad, temperature, grad_scale)
+        check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
         self.decomposition = decomposition
@@ -77,6 +86,8 @@ class UniLoss(nn.Module):
         self.grad_scale = grad_scale
         self.generator = generator
         self.validate_args = validate_args
+        self.good_anchors = good_anchors
+        self.chunk_bits = chunk_bits
         self.last = None
 
     def forward(self, scores: Tensor, target: Any) -> Tensor:
@@ -84,7 +95,7 @@ class UniLoss(nn.Module):
             scores, target, self.decomposition,
             num_good=self.num_good, num_nearby=self.num_nearby, num_bad=self.num_bad,
             temperature=self.temperature, grad_scale=self.grad_scale, generator=self.generator,
-            validate_args=self.validate_args,
+            validate_args=self.validate_args, good_anchors=self.good_anchors, chunk_bits=self.chunk_bits,
         )
         return loss
 
@@ -92,4 +103,5 @@ class UniLoss(nn.Module):
         return (
             f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
             f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}"
+            + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )

@@ -30,3 +30,53 @@ def grouped_pairs(group_a: Tensor, group_b: Tensor, num_groups: int) -> Tuple[Te
     offset = torch.arange(ia.numel(), device=device) - run_start[ia]
     ib = sb[group_a[ia]] + offset
     return ia, ib
+
+
+class _PairDifferences(torch.autograd.Function):
+    """``c[i, j] = s[a[i]] - s[b[j]]`` flattened, with a one-node backward (two index sums)."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.size = s.shape[0]
+        return (s.index_select(0, a)[:, None] - s.index_select(0, b)[None, :]).reshape(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b = ctx.saved_tensors
+        grad = grad.view(a.numel(), b.numel())
+        out = grad.new_zeros(ctx.size)
+        out.index_add_(0, a, grad.sum(1))
+        out.index_add_(0, b, grad.sum(0), alpha=-1)
+        return out, None, None
+
+
+def pair_differences(s: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``(s[a][:, None] - s[b][None, :]).reshape(-1)`` for a 1-D ``s``: every pair of an a-item
+    and a b-item, a-major; differentiable in ``s`` with a single autograd node."""
+    return _PairDifferences.apply(s, a, b)
+
+
+class _RowDifferences(torch.autograd.Function):
+    """``c[i, j] = s[i, y[i]] - s[i, cols[i, j]]`` flattened (``cols[i]`` never holds ``y[i]``)."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, y: Tensor, cols: Tensor) -> Tensor:
+        ctx.save_for_backward(y, cols)
+        ctx.shape = s.shape
+        return (s.gather(1, y) - s.gather(1, cols)).reshape(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        y, cols = ctx.saved_tensors
+        grad = grad.view(cols.shape)
+        out = grad.new_zeros(ctx.shape)
+        out.scatter_add_(1, cols, -grad)
+        out.scatter_add_(1, y, grad.sum(1, keepdim=True))
+        return out, None, None
+
+
+def row_differences(s: Tensor, y: Tensor, cols: Tensor) -> Tensor:
+    """``(s.gather(1, y[:, None]) - s.gather(1, cols)).reshape(-1)`` for ``s`` ``[n, p]``: each
+    row's entry ``y`` against its entries ``cols``; differentiable with a single autograd node."""
+    return _RowDifferences.apply(s, y[:, None], cols)

@@ -12,9 +12,11 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._anchors import AnchorSet, sample_anchors
+from ._anchors import AnchorSet, draw_anchors
 from ._decomposition import Decomposition, validate_scores
 from ._interpolation import harmonic_distance, idw_from_sq_distances, residual, sq_distances
+from ._metrics import PCK, AveragePrecision, MulticlassAccuracy
+from ._structured import Runs, chunked_loss, structured_loss
 
 __all__ = ["uniloss", "uniloss_with_info", "LossInfo"]
 
@@ -43,8 +45,19 @@ class LossInfo:
 
 _HALF = (torch.float16, torch.bfloat16)
 
+# Above this many comparisons, a decomposition with comparisons_block() is processed block by
+# block (PCK on large heatmaps), in blocks of about BLOCK_BITS: about 4 bytes a bit per float
+# tensor otherwise.
+DEFAULT_CHUNK_BITS = 1 << 22
+BLOCK_BITS = 1 << 18
 
-def check_options(num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object) -> None:
+_GOOD_ANCHORS = ("sample", "all")
+
+
+def check_options(
+    num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
+    good_anchors: object = "sample", chunk_bits: object = None,
+) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
     V.check_count("num_nearby", num_nearby)
@@ -52,20 +65,35 @@ def check_options(num_good: object, num_nearby: object, num_bad: object, tempera
     V.check_positive("temperature", temperature)
     if grad_scale != "distance":
         V.check_positive("grad_scale", grad_scale)
+    if good_anchors not in _GOOD_ANCHORS:
+        raise ValueError(f"Expected `good_anchors` in {_GOOD_ANCHORS}, but got {good_anchors!r}")
+    if chunk_bits is not None:
+        V.check_count("chunk_bits", chunk_bits, allow_zero=False)
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
     if isinstance(anchors, AnchorSet):
-        bits = anchors.bits
-    else:
-        bits = V.check_tensor("anchors", anchors)
-        if bits.dtype != torch.bool:
-            raise TypeError(f"Expected `anchors` to be a bool tensor, but got dtype {bits.dtype}")
-        anchors = AnchorSet(bits, (("given", bits.shape[0] if bits.dim() else 0),))
+        if anchors.num_bits != num_bits:
+            raise ValueError(
+                f"Expected `anchors` over the {num_bits} bits of the comparisons, but got an "
+                f"AnchorSet over {anchors.num_bits}"
+            )
+        return anchors
+    bits = V.check_tensor("anchors", anchors)
+    if bits.dtype != torch.bool:
+        raise TypeError(f"Expected `anchors` to be a bool tensor, but got dtype {bits.dtype}")
     V.check_shape("anchors", bits, (None, num_bits), f"[t, {num_bits}] (t anchors over the l bits)")
     if bits.shape[0] == 0:
         raise ValueError("Expected `anchors` to hold at least one configuration, but got 0 rows")
-    return anchors
+    return AnchorSet(bits, (("given", bits.shape[0]),))
+
+
+# The built-in decompositions' check() validates the scores itself.
+_CHECKS_SCORES = (AveragePrecision.check, MulticlassAccuracy.check, PCK.check)
+
+
+def _blockwise(decomposition: Decomposition) -> bool:
+    return type(decomposition).comparisons_block is not Decomposition.comparisons_block
 
 
 def uniloss_with_info(
@@ -81,6 +109,8 @@ def uniloss_with_info(
     generator: Optional[torch.Generator] = None,
     anchors: Optional[Union[Tensor, AnchorSet]] = None,
     validate_args: bool = True,
+    good_anchors: str = "sample",
+    chunk_bits: Optional[int] = None,
 ) -> "tuple[Tensor, LossInfo]":
     """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
     if not isinstance(decomposition, Decomposition):
@@ -89,30 +119,82 @@ def uniloss_with_info(
             f"{type(decomposition).__name__}"
         )
     if validate_args:
-        check_options(num_good, num_nearby, num_bad, temperature, grad_scale)
+        check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits)
         V.check_generator(generator)
-        validate_scores(scores)
+        if type(decomposition).check not in _CHECKS_SCORES:
+            validate_scores(scores)
         decomposition.check(scores, target)
     target = decomposition.prepare(scores, target, generator)
+    sign = -1.0 if decomposition.higher_is_better else 1.0
+    dense_given = anchors is not None and not (isinstance(anchors, AnchorSet) and anchors.is_structured)
+    segments = None if dense_given else decomposition.segments(target)
+    all_good = num_good if good_anchors == "all" else 0
+    if good_anchors == "all" and (segments is None or anchors is not None):
+        raise ValueError(
+            "good_anchors='all' needs sampled anchors and a decomposition with segments() (its "
+            f"metric from per-run counts); {type(decomposition).__name__} has none"
+            if segments is None else "good_anchors='all' cannot be combined with given `anchors`"
+        )
+    if anchors is None and isinstance(segments, Tensor) and _blockwise(decomposition):
+        limit = DEFAULT_CHUNK_BITS if chunk_bits is None else chunk_bits
+        if int(segments.sum()) > limit:
+            if all_good:
+                raise ValueError(
+                    f"good_anchors='all' is not available block by block (more than chunk_bits={limit} comparisons)"
+                )
+            loss, values, metric, surrogate, kinds, l = chunked_loss(
+                scores, target, decomposition, segments, chunk_bits=min(limit, BLOCK_BITS), num_good=num_good,
+                num_nearby=num_nearby, num_bad=num_bad, generator=generator,
+                temperature=temperature, grad_scale=grad_scale, sign=sign,
+            )
+            loss = loss.to(scores.dtype)
+            return loss, LossInfo(metric, surrogate, loss.detach(), l, values, kinds)
     c = decomposition.comparisons(scores, target).reshape(-1)
     if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
         c = c.float()
     l = c.numel()
-    hard, r = residual(c, temperature)
+    hard = c.detach() > 0
     with torch.no_grad():
         if anchors is None:
-            best = decomposition.best(target).reshape(-1).to(device=c.device, dtype=torch.bool)
+            best = decomposition.best(target)
+            if best.dim() != 1 or best.dtype != torch.bool or best.device != c.device:
+                best = best.reshape(-1).to(device=c.device, dtype=torch.bool)
             if validate_args and best.numel() != l:
                 raise ValueError(
                     f"{type(decomposition).__name__}.best() returned {best.numel()} bits but "
                     f"comparisons() returned {l}"
                 )
-            anchor_set = sample_anchors(
-                best, hard, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
-                good_flips=decomposition.num_good_flips(target, l), generator=generator,
+            wrong = hard != best
+            anchor_set = draw_anchors(
+                best, hard, wrong, num_good=0 if all_good else num_good, num_nearby=num_nearby,
+                num_bad=num_bad, good_flips=decomposition.num_good_flips(target, l), generator=generator,
             )
         else:
             anchor_set = _as_anchor_set(anchors, l)
+            if anchor_set.is_structured and not torch.equal(anchor_set.hard, hard):
+                anchor_set = AnchorSet(anchor_set.dense(), anchor_set.kinds)  # drawn for another c
+            wrong = hard != anchor_set.best if anchor_set.is_structured else None
+    if l == 0 or not anchor_set.is_structured:
+        return _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign)
+    if all_good and decomposition.num_good_flips(target, l) != 1:
+        raise ValueError(
+            f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
+            f"{decomposition.num_good_flips(target, l)} bits per good anchor"
+        )
+    runs = None if segments is None else Runs.of(segments, l, c.device, validate_args)
+    loss, values, metric, surrogate, kinds = structured_loss(
+        c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
+        grad_scale=grad_scale, sign=sign, all_good=all_good,
+    )
+    loss = loss.to(scores.dtype)
+    return loss, LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds)
+
+
+def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign):
+    """The dense path: anchors as a ``[t, l]`` tensor, interpolation through autograd."""
+    l = c.numel()
+    _, r = residual(c, temperature)
+    with torch.no_grad():
         bits = anchor_set.dense()
         # One evaluate call for the anchors and the current configuration (last row).
         values = decomposition.evaluate(torch.cat([bits, hard[None]], 0), target).to(c.dtype)
@@ -121,16 +203,15 @@ def uniloss_with_info(
         surrogate = torch.full((), float("nan"), dtype=c.dtype, device=c.device)
         loss = scores.sum() * 0.0  # attached to the graph, gradient exactly zero
     else:
-        sq = sq_distances(r, anchor_set.disagreement(hard).to(c.dtype))
+        sq = sq_distances(r, (bits != hard).to(c.dtype))
         g = idw_from_sq_distances(sq, values)
         surrogate = g.detach()
         scale = harmonic_distance(sq) if grad_scale == "distance" else float(grad_scale)
-        signed = -g if decomposition.higher_is_better else g
+        signed = sign * g
         # The scale multiplies the gradient only: the value stays -g~ (or g~) so it reads as the metric.
         loss = signed.detach() + (signed - signed.detach()) * scale
         loss = loss.to(scores.dtype)
-    info = LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds)
-    return loss, info
+    return loss, LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds)
 
 
 def uniloss(
@@ -146,6 +227,8 @@ def uniloss(
     generator: Optional[torch.Generator] = None,
     anchors: Optional[Union[Tensor, AnchorSet]] = None,
     validate_args: bool = True,
+    good_anchors: str = "sample",
+    chunk_bits: Optional[int] = None,
 ) -> Tensor:
     r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
 
@@ -196,6 +279,6 @@ def uniloss(
     loss, _ = uniloss_with_info(
         scores, target, decomposition, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
         temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
-        validate_args=validate_args,
+        validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
     )
     return loss

@@ -1,0 +1,500 @@
+r"""The structured engine: distances, metric values and gradients from a structured AnchorSet.
+
+Notation (see :mod:`uniloss._interpolation`): ``h = [c > 0]``, ``r = sigmoid(-|c| / tau)``,
+``w = 1 - 2 r``, ``R = sum_k r_k^2``. An anchor ``a`` that differs from ``h`` on the bits
+``D(a)`` lies at
+
+.. math:: d(u, a)^2 = R + \sum_{k \in D(a)} w_k .
+
+* A base ``b`` (best or hard) with flipped bits ``F``: ``D = (b != h) xor F``, so
+  ``d^2 = R + S_b + sum_{f in F} s_f w_f`` with ``S_b`` the sum of ``w`` where ``b != h`` and
+  ``s_f = +1`` where ``b_f = h_f`` (the flip adds a disagreement), ``-1`` where it removes one.
+* Random anchors, held as packed disagreement bytes: ``sum_k D_jk w_k`` for eight anchors at once
+  from a 256-bin histogram of the bytes weighted by ``w``.
+
+The gradient of ``d_i^2`` in ``r_k`` is ``2 r_k - 2 [k in D_i]``; with ``G_i`` the loss's
+gradient in ``d_i^2``, ``dL/dr = 2 r sum_i G_i - 2 M`` where ``M_k = sum_i G_i [k in D_i]`` has
+the same structure (a 256-entry table lookup per byte for the random anchors). Every step is
+``O(l)`` per block plus ``O(t k)``; no ``[t, l]`` tensor is formed.
+
+Metric values come from per-run zero counts when the decomposition has
+:meth:`~uniloss.Decomposition.segments`: the counts of ``best`` and ``hard``, one count changed
+per flipped bit, and the random anchors' counts from their unpacked bits.
+
+With ``good_anchors="all"`` the ``num_good`` sampled good anchors are replaced by all ``l``
+single-bit flips of ``best``, each weighted ``num_good / l``: the expectation of the sampled
+ones (uniform draws), so the interpolation loses their sampling noise. Their distances are
+``R + S_best -/+ w_k`` and their values depend only on the run of the flipped bit
+(:meth:`~uniloss.Decomposition.evaluate_zeros_plus_one`): ``O(l)`` in all.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._anchors import AnchorSet, draw_anchors, unpack_codes
+from ._interpolation import idw_closed_form
+
+_TABLES: dict = {}
+
+
+def bit_table(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[256, 8]``: bit ``j`` of byte value ``v``."""
+    key = (device, dtype)
+    table = _TABLES.get(key)
+    if table is None:
+        v = torch.arange(256, device=device)
+        table = ((v[:, None] >> torch.arange(8, device=device)) & 1).to(dtype)
+        _TABLES[key] = table
+    return table
+
+
+class Runs:
+    """How the bits fall into runs (see :meth:`~uniloss.Decomposition.segments`).
+
+    Either every run is ``width`` bits, or ``ids`` ``[l]`` holds the run of each bit and ``ends``
+    ``[S]`` the cumulative run lengths. ``num`` is ``S``.
+    """
+
+    __slots__ = ("width", "ids", "ends", "num")
+
+    def __init__(self, width: Optional[int], ids: Optional[Tensor], ends: Optional[Tensor], num: int):
+        self.width, self.ids, self.ends, self.num = width, ids, ends, num
+
+    @staticmethod
+    def of(segments: Union[int, Tensor], num_bits: int, device: torch.device, validate: bool) -> "Runs":
+        if isinstance(segments, int):
+            if validate and (segments <= 0 or num_bits % segments):
+                raise ValueError(
+                    f"Expected segments() to give a run width dividing the {num_bits} bits, but got {segments}"
+                )
+            return Runs(segments, None, None, num_bits // segments if segments > 0 else 0)
+        lengths = segments.to(device=device, dtype=torch.int64)
+        if validate and int(lengths.sum()) != num_bits:
+            raise ValueError(
+                f"Expected segments() run lengths to sum to the {num_bits} bits, but they sum to "
+                f"{int(lengths.sum())}"
+            )
+        ids = torch.repeat_interleave(
+            torch.arange(lengths.numel(), device=device), lengths, output_size=num_bits
+        )
+        return Runs(None, ids, torch.cumsum(lengths, 0), lengths.numel())
+
+    def zeros(self, is_zero: Tensor, dtype: torch.dtype) -> Tensor:
+        """``[R, L]`` bool -> ``[R, S]``: how many set entries each run holds."""
+        if self.width is not None:
+            rows = is_zero.view(torch.uint8).view(is_zero.shape[0], self.num, self.width)
+            return byte_sum(rows).to(dtype)
+        out = torch.zeros(is_zero.shape[0], self.num, dtype=dtype, device=is_zero.device)
+        return out.index_add_(1, self.ids, is_zero.to(dtype))
+
+    def run_of(self, index: Tensor) -> Tensor:
+        if self.width is not None:
+            return torch.div(index, self.width, rounding_mode="floor")
+        return torch.searchsorted(self.ends, index, right=True)
+
+    def lengths(self, device: torch.device) -> Tensor:
+        """``[S]`` float run lengths."""
+        if self.width is not None:
+            return torch.full((self.num,), float(self.width), device=device)
+        return torch.diff(self.ends, prepend=self.ends.new_zeros(1)).float()
+
+    def run_ids(self, num_bits: int, device: torch.device) -> Tensor:
+        if self.ids is not None:
+            return self.ids
+        return torch.div(torch.arange(num_bits, device=device), self.width, rounding_mode="floor")
+
+
+def byte_sum(x: Tensor) -> Tensor:
+    """``[R, S, w]`` uint8 of 0/1 -> ``[R, S]`` int32 sums along ``w``.
+
+    Large inputs are summed eight bytes at a time as int64 words (each byte a lane that cannot
+    overflow below 256 words), then the lanes: a reduction over bytes is about ten times slower
+    on a CPU than one over words.
+    """
+    R, S, w = x.shape
+    if x.numel() < (1 << 16) or x.device.type != "cpu":
+        return x.sum(-1, dtype=torch.int32)
+    words = -(-w // 8)
+    groups = -(-words // 255)
+    padded = groups * 255 * 8 if groups > 1 else words * 8
+    if padded != w:
+        x = torch.nn.functional.pad(x, (0, padded - w))
+    lanes = x.contiguous().view(torch.int64)
+    lanes = lanes.view(R, S, groups, 255).sum(-1) if groups > 1 else lanes.sum(-1, keepdim=True)
+    return lanes.view(torch.uint8).view(R, S, -1).sum(-1, dtype=torch.int32)
+
+
+# ------------------------------------------------------------------------------ block kernels
+
+# Random anchors x bits up to this many are unpacked once, with a float copy for the distances
+# and the backward pass; above it the distances come from byte histograms of the packed codes
+# and the backward pass from 256-entry tables (no float [b, L] tensor: with the CPU allocator a
+# large temporary costs page faults on every call).
+_UNPACK_LIMIT = 1 << 15
+
+
+class Random:
+    """The random anchors over one block of bits."""
+
+    __slots__ = ("codes", "num", "bits", "bits_f")
+
+    def __init__(self, codes: Tensor, num: int, dtype: torch.dtype):
+        self.codes, self.num = codes, num
+        self.bits = self.bits_f = None
+        if num and num * codes.shape[-1] <= _UNPACK_LIMIT:
+            self.bits = unpack_codes(codes, num)
+            self.bits_f = self.bits.to(dtype)
+
+    def dots(self, w: Tensor) -> Tensor:
+        """``[num]``: ``sum_k D_jk w_k``."""
+        if self.num == 0:
+            return w.new_zeros(0)
+        if self.bits_f is not None:
+            return self.bits_f @ w
+        return random_dots(self.codes, w, self.num)
+
+    def zeros(self, hard: Tensor, runs: "Runs") -> Tensor:
+        """``[num, S]``: 0-bits per run of each random anchor ``hard xor D_j``."""
+        bits = self.bits if self.bits is not None else unpack_codes(self.codes, self.num)
+        return runs.zeros(bits == hard.to(torch.uint8)[None], torch.float32)
+
+    def add_membership(self, member: Tensor, grad: Tensor) -> None:
+        """``member += sum_j grad_j D_j``."""
+        if self.bits_f is not None:
+            member.addmv_(self.bits_f.T, grad)
+        else:
+            member += random_lookup(random_tables(grad, self.codes.shape[0]), self.codes)
+
+
+def random_dots(codes: Tensor, w: Tensor, num: int) -> Tensor:
+    """``[num]``: ``sum_k D_jk w_k`` of the random anchors, from weighted byte histograms."""
+    hist = torch.stack([torch.bincount(codes[g], weights=w, minlength=256) for g in range(codes.shape[0])])
+    return (hist @ bit_table(w.device, w.dtype)).reshape(-1)[:num]
+
+
+def random_tables(grad: Tensor, groups: int) -> Tensor:
+    """``[groups, 256]``: for each byte value, the sum of ``grad_j`` over its set bits."""
+    padded = torch.nn.functional.pad(grad, (0, groups * 8 - grad.numel()))
+    return padded.view(groups, 8) @ bit_table(grad.device, grad.dtype).T
+
+
+def random_lookup(tables: Tensor, codes: Tensor) -> Tensor:
+    """``[L]``: ``sum_j grad_j D_jk`` over the random anchors, by table lookup per byte."""
+    return tables.gather(1, codes.long()).sum(0)
+
+
+def residuals(c: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+    """``r = sigmoid(-|c| / tau)`` and ``w = 1 - 2 r`` (no grad)."""
+    z = c.abs().neg_()
+    if temperature != 1.0:
+        z.div_(temperature)
+    r = torch.sigmoid(z)
+    return r, r.mul(-2.0).add_(1.0)
+
+
+def grad_comparisons(r: Tensor, hard: Tensor, member: Tensor, total: Tensor) -> Tensor:
+    """``dL/dc`` from ``dL/dr = 2 r total - 2 member`` and ``dr/dc = -/+ r (1 - r) / tau``,
+    where the anchors' gradients (``total``, ``member``) already carry the factor ``2 / tau``."""
+    g = (r * total).sub_(member).mul_(r).mul_(1.0 - r)
+    return torch.where(hard, -g, g)
+
+
+class Flips:
+    """The flip anchors' geometry: clamped indices, the sign ``s_f`` of each flipped bit (0 for
+    no flip) and the change ``2 b_f - 1`` of its run's zero count."""
+
+    __slots__ = ("index", "sign", "delta", "num_from_best", "count")
+
+    def __init__(self, anchors: AnchorSet, hard: Tensor, dtype: torch.dtype):
+        flips = anchors.flips
+        self.count = flips.shape[0]
+        self.num_from_best = anchors.num_from_best
+        self.index = flips if flips.shape[1] == 1 else flips.clamp_min(0)
+        hard_at = hard[self.index]
+        # From best: the flip removes a disagreement where best != hard (s = -1), adds one
+        # elsewhere; from hard it always adds one.
+        sign = (hard_at != anchors.best[self.index]).to(dtype).mul_(-2.0).add_(1.0)
+        sign[self.num_from_best :] = 1.0
+        if flips.shape[1] != 1:
+            sign.mul_(flips >= 0)
+        self.sign = sign
+        # The base bit b_f is h_f where s = 1 and not h_f where s = -1: 2 b_f - 1 = s (2 h_f - 1).
+        self.delta = hard_at.to(dtype).mul_(2.0).sub_(1.0).mul_(sign)
+
+    def sq(self, R: Tensor, s_best: Tensor, w: Tensor) -> Tensor:
+        out = (self.sign * w[self.index]).sum(1).add_(R)
+        out[: self.num_from_best] += s_best
+        return out
+
+    def zeros(self, zeros_best: Tensor, zeros_hard: Tensor, runs: "Runs") -> Tensor:
+        nb, S = self.num_from_best, zeros_best.numel()
+        counts = torch.cat([zeros_best.expand(nb, S), zeros_hard.expand(self.count - nb, S)])
+        return counts.scatter_add_(1, runs.run_of(self.index), self.delta.to(counts.dtype))
+
+    def add_membership(self, member: Tensor, grad: Tensor) -> None:
+        member.index_add_(0, self.index.reshape(-1), (self.sign * grad[:, None]).reshape(-1))
+
+
+class _Surrogate(torch.autograd.Function):
+    """Attaches a precomputed loss value to ``x``; the backward pass is a closure."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor, backward: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.backward_fn = backward
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.backward_fn(grad), None, None
+
+
+# Below this many anchors x bits the anchors' disagreement with hard is formed densely (one
+# [t, l] bool and its float copy): fewer operations, which is what small problems cost.
+_DENSE_LIMIT = 1 << 17
+
+
+def disagreement_rows(anchors: AnchorSet, wrong: Tensor) -> Tensor:
+    """``[t + 1, l]`` bool: where each anchor differs from ``hard`` (then a zero row: ``hard``
+    itself), from the structured form (single-bit flips)."""
+    l, t_f, nb = wrong.numel(), anchors.flips.shape[0], anchors.num_from_best
+    parts = [wrong[None]]
+    if t_f:
+        rows = wrong.expand(nb, l) if nb == t_f else torch.cat([wrong.expand(nb, l), wrong.new_zeros(t_f - nb, l)])
+        rows = rows.clone() if nb == t_f else rows
+        flips = anchors.flips
+        parts.append(rows.scatter_(1, flips, ~rows.gather(1, flips)))
+    if anchors.num_random:
+        parts.append(unpack_codes(anchors.codes, anchors.num_random).view(torch.bool))
+    parts.append(wrong.new_zeros(1, l))
+    return torch.cat(parts)
+
+
+def structured_loss(
+    c: Tensor,
+    hard: Tensor,
+    wrong: Tensor,
+    anchors: AnchorSet,
+    decomposition,
+    target,
+    runs: Optional[Runs],
+    *,
+    temperature: float,
+    grad_scale,
+    sign: float,
+    all_good: int = 0,
+):
+    """The loss from comparisons ``c`` (attached to them) and a structured anchor set.
+
+    ``wrong`` is ``hard != best``. Returns ``(loss, values [t], metric, surrogate, kinds)``;
+    ``all_good`` > 0 adds the ``l`` single-flip good anchors weighted ``all_good / l`` (see the
+    module documentation).
+    """
+    dtype, l = c.dtype, c.numel()
+    r, w = residuals(c.detach(), temperature)
+    R = torch.dot(r, r)
+    wrong_f = s_best = zeros_best = None
+    if anchors.num_anchors * l <= _DENSE_LIMIT and anchors.flips.shape[1] == 1:
+        rows = disagreement_rows(anchors, wrong)
+        rows_f = rows[:-1].to(dtype)
+        sq = torch.mv(rows_f, w).add_(R)
+        if runs is None:
+            values = decomposition.evaluate(rows ^ hard, target)
+        else:
+            zeros = runs.zeros(rows == hard, torch.float32)
+            zeros_best = zeros[0]
+            values = decomposition.evaluate_zeros(zeros, target)
+        flips = rnd = None
+    else:
+        wrong_f = wrong.to(dtype)
+        s_best = torch.dot(w, wrong_f)
+        flips = Flips(anchors, hard, dtype)
+        rnd = Random(anchors.codes, anchors.num_random, dtype)
+        sq = torch.cat([(R + s_best).reshape(1), flips.sq(R, s_best, w), rnd.dots(w).add_(R)])
+        if runs is None:
+            values = decomposition.evaluate(torch.cat([anchors.dense(), hard[None]]), target)
+        else:
+            # Counts in float32 (exact below 2**24 a run), as evaluate() counts them.
+            zeros_hard = runs.zeros((~hard)[None], torch.float32)[0]
+            zeros_best = runs.zeros((~anchors.best)[None], torch.float32)[0]
+            zeros = torch.cat([
+                zeros_best[None], flips.zeros(zeros_best, zeros_hard, runs), rnd.zeros(hard, runs), zeros_hard[None]
+            ])
+            values = decomposition.evaluate_zeros(zeros, target)
+    if values.dtype != dtype:
+        values = values.to(dtype)
+    metric, values = values[-1], values[:-1]
+    kinds, weights = anchors.kinds, None
+    if all_good:
+        if wrong_f is None:
+            wrong_f = wrong.to(dtype)
+            s_best = torch.dot(w, wrong_f)
+        single_sign = wrong_f.mul(-2.0).add_(1.0)
+        per_run = decomposition.evaluate_zeros_plus_one(zeros_best, target).to(dtype)
+        sq = torch.cat([sq[:1], (single_sign * w).add_(R + s_best), sq[1:]])
+        values = torch.cat([values[:1], per_run[runs.run_ids(l, c.device)], values[1:]])
+        weights = torch.ones_like(sq)
+        weights[1 : 1 + l] = all_good / l
+        kinds = kinds[:1] + (("good", l),) + kinds[1:]
+    g, dg_dsq, harmonic = idw_closed_form(sq, values, weights)
+    # The gradient's scale, and the factor 2 / tau of d(d^2)/dc (see grad_comparisons).
+    coef = (2.0 * sign / temperature) * (harmonic if grad_scale == "distance" else float(grad_scale))
+
+    def backward(grad_out: Tensor) -> Tensor:
+        G = dg_dsq * (coef * grad_out)
+        total = G.sum()
+        if all_good:
+            G_single, G = G[1 : 1 + l], torch.cat([G[:1], G[1 + l :]])
+        if flips is None:
+            member = torch.mv(rows_f.T, G)
+        else:
+            G_flip = G[1 : 1 + flips.count]
+            member = wrong_f * (G[0] + G_flip[: flips.num_from_best].sum())
+            flips.add_membership(member, G_flip)
+            if rnd.num:
+                rnd.add_membership(member, G[1 + flips.count :])
+        if all_good:
+            member.add_(wrong_f * G_single.sum()).addcmul_(G_single, single_sign)
+        return grad_comparisons(r, hard, member, total)
+
+    loss = _Surrogate.apply(c, sign * g, backward)
+    return loss, values, metric, g, kinds
+
+
+# ------------------------------------------------------------------------------ block by block
+
+
+def blocks_of(lengths: Tensor, chunk_bits: int) -> List[Tuple[int, int, int, int, int]]:
+    """``(run_start, run_stop, bit_start, bit_stop, width)`` blocks of consecutive runs of equal
+    length, each at most ``chunk_bits`` bits (at least one run); empty runs are skipped."""
+    lengths = lengths.cpu()
+    num = lengths.numel()
+    if num == 0:
+        return []
+    change = torch.nonzero(lengths[1:] != lengths[:-1]).reshape(-1) + 1
+    starts = [0] + change.tolist()
+    ends = starts[1:] + [num]
+    widths = lengths[starts].tolist()
+    offsets = torch.cumsum(lengths, 0).tolist()
+    blocks = []
+    for start, end, width in zip(starts, ends, widths):
+        if width == 0:
+            continue
+        rows = max(1, chunk_bits // width)
+        for s0 in range(start, end, rows):
+            s1 = min(end, s0 + rows)
+            b0 = offsets[s0] - width
+            blocks.append((s0, s1, b0, b0 + (s1 - s0) * width, width))
+    return blocks
+
+
+def chunked_loss(
+    scores: Tensor,
+    target,
+    decomposition,
+    lengths: Tensor,
+    *,
+    chunk_bits: int,
+    num_good: int,
+    num_nearby: int,
+    num_bad: int,
+    generator,
+    temperature: float,
+    grad_scale,
+    sign: float,
+):
+    """The loss of :func:`structured_loss` for a huge ``l``, block by block.
+
+    Needs :meth:`~uniloss.Decomposition.comparisons_block` and run lengths. Holds ``hard``
+    (1 byte a bit) and the random anchors' codes (1 byte a bit per 8 anchors); every other
+    tensor is one block's, and the backward pass recomputes each block's comparisons. The
+    anchors, values, loss and gradient are those of the one-block engine.
+    """
+    device = scores.device
+    dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+    blocks = blocks_of(lengths, chunk_bits)
+    num_runs = lengths.numel()
+    num_bits = blocks[-1][3] if blocks else 0
+
+    def comparisons(s: Tensor, block) -> Tensor:
+        return decomposition.comparisons_block(s, target, block[0], block[1]).reshape(-1).to(dtype)
+
+    def local(index: Tensor, b0: int, b1: int):
+        return (index >= b0) & (index < b1), (index - b0).clamp(0, b1 - b0 - 1)
+
+    with torch.no_grad():
+        s_det = scores.detach()
+        hard = torch.empty(num_bits, dtype=torch.bool, device=device)
+        for block in blocks:
+            torch.gt(comparisons(s_det, block), 0, out=hard[block[2] : block[3]])
+        best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
+        anchors = draw_anchors(
+            best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
+            good_flips=decomposition.num_good_flips(target, num_bits), generator=generator,
+        )
+        flips = Flips(anchors, hard, dtype)
+        b = anchors.num_random
+        R = torch.zeros((), dtype=dtype, device=device)
+        s_best = torch.zeros((), dtype=dtype, device=device)
+        dots = torch.zeros(b, dtype=dtype, device=device)
+        w_flip = torch.zeros_like(flips.sign)
+        zeros_hard = torch.zeros(num_runs, device=device)
+        zeros_best = torch.zeros(num_runs, device=device)
+        zeros_random = torch.zeros(b, num_runs, device=device)
+        for block in blocks:
+            s0, s1, b0, b1, width = block
+            h = hard[b0:b1]
+            r, w = residuals(comparisons(s_det, block), temperature)
+            R += torch.dot(r, r)
+            s_best += torch.dot(w, (h != best[b0:b1]).to(dtype))
+            rnd = Random(anchors.codes[:, b0:b1], b, dtype)
+            inside, at = local(flips.index, b0, b1)
+            w_flip += torch.where(inside, w[at], 0.0)
+            runs = Runs(width, None, None, s1 - s0)
+            zeros_hard[s0:s1] = runs.zeros((~h)[None], torch.float32)[0]
+            zeros_best[s0:s1] = runs.zeros((~best[b0:b1])[None], torch.float32)[0]
+            if b:
+                dots += rnd.dots(w)
+                zeros_random[:, s0:s1] = rnd.zeros(h, runs)
+        all_runs = Runs(None, None, torch.cumsum(lengths, 0), num_runs)
+        flip_sq = (flips.sign * w_flip).sum(1).add_(R)
+        flip_sq[: flips.num_from_best] += s_best
+        sq = torch.cat([(R + s_best).reshape(1), flip_sq, dots + R])
+        zeros = torch.cat([
+            zeros_best[None], flips.zeros(zeros_best, zeros_hard, all_runs), zeros_random, zeros_hard[None]
+        ])
+        values = decomposition.evaluate_zeros(zeros, target).to(dtype)
+        metric, values = values[-1], values[:-1]
+        g, dg_dsq, harmonic = idw_closed_form(sq, values)
+        coef = (2.0 * sign / temperature) * (harmonic if grad_scale == "distance" else float(grad_scale))
+
+    def backward(grad_out: Tensor) -> Tensor:
+        G = dg_dsq * (coef * grad_out)
+        total = G.sum()
+        G_flip, G_rand = G[1 : 1 + flips.count], G[1 + flips.count :]
+        from_best = G[0] + G_flip[: flips.num_from_best].sum()
+        flip_coef = flips.sign * G_flip[:, None]
+        tables = random_tables(G_rand, anchors.codes.shape[0]) if b else None
+        with torch.enable_grad():
+            s = scores.detach().requires_grad_(True)
+            for block in blocks:
+                s0, s1, b0, b1, width = block
+                c = comparisons(s, block)
+                h = hard[b0:b1]
+                with torch.no_grad():
+                    r, _ = residuals(c.detach(), temperature)
+                    member = (h != best[b0:b1]).to(dtype).mul_(from_best)
+                    inside, at = local(flips.index, b0, b1)
+                    member.index_add_(0, at.reshape(-1), torch.where(inside, flip_coef, 0.0).reshape(-1))
+                    if tables is not None:
+                        member += random_lookup(tables, anchors.codes[:, b0:b1])
+                    grad_c = grad_comparisons(r, h, member, total)
+                # A scalar's backward: backward(c, grad_c) would import sympy on first use.
+                torch.dot(c, grad_c).backward()
+        return s.grad if s.grad is not None else torch.zeros_like(scores)
+
+    loss = _Surrogate.apply(scores, sign * g, backward)
+    return loss, values, metric, g, anchors.kinds, num_bits

@@ -1,0 +1,310 @@
+"""The structured engine equals the dense one: loss, gradient and anchor values, for every
+decomposition, block by block too; the same generator state gives the same loss."""
+
+import pytest
+import torch
+
+import uniloss
+from uniloss import _anchors, _structured
+from uniloss import functional as F
+from uniloss._decomposition import Decomposition
+from _reference import uniloss_oracle
+
+
+class MarginRecall(uniloss.Decomposition):
+    """Recall of ``[s > 1]`` on the positives, from their bits alone (the negatives' bits do not
+    count). No segments(): evaluated densely, distances still structured."""
+
+    def comparisons(self, scores, target):
+        return scores - 1.0
+
+    def best(self, target):
+        return target.bool()
+
+    def evaluate(self, bits, target):
+        pos = target.bool()
+        return (bits & pos).sum(-1) / pos.sum().clamp_min(1)
+
+
+def _pck_target(n, j, h, w, g):
+    kp = torch.rand(n, j, 2, generator=g, dtype=torch.float64) * torch.tensor([w - 1.0, h - 1.0], dtype=torch.float64)
+    vis = torch.rand(n, j, generator=g) < 0.8
+    vis[0, 0] = True
+    return uniloss.KeypointTarget(kp, vis, 1 + 3 * torch.rand(n, generator=g, dtype=torch.float64))
+
+
+def _case(name, seed=0):
+    """``(decomposition, scores float64, target)``."""
+    g = torch.Generator().manual_seed(seed)
+    if name.startswith("ap"):
+        scores = torch.randn(30, generator=g, dtype=torch.float64)
+        labels = (torch.rand(30, generator=g) < 0.3).long()
+        labels[:2] = torch.tensor([0, 1])
+        return uniloss.AveragePrecision(interpolated=name == "ap-interp"), scores, labels
+    if name.startswith("acc"):
+        options = {"acc": {}, "acc-topk": {"top_k": 3}, "acc-fraction": {"fraction": 0.3}}[name]
+        scores = torch.randn(12, 7, generator=g, dtype=torch.float64)
+        return uniloss.MulticlassAccuracy(**options), scores, torch.randint(0, 7, (12,), generator=g)
+    if name == "pck-small":  # for the loop oracle
+        heat = torch.randn(1, 2, 4, 5, generator=g, dtype=torch.float64)
+        return uniloss.PCK(good_flips=2), heat, _pck_target(1, 2, 4, 5, g)
+    if name.startswith("pck"):
+        heat = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+        heat[0, 0, 2, 3] += 6  # some joints right
+        return uniloss.PCK(good_flips=3 if name == "pck-flips" else 1), heat, _pck_target(2, 3, 6, 7, g)
+    scores = torch.randn(25, generator=g, dtype=torch.float64)
+    return MarginRecall(), scores, (torch.rand(25, generator=g) < 0.5).long()
+
+
+CASES = ["ap", "ap-interp", "acc", "acc-topk", "acc-fraction", "pck", "pck-flips", "user"]
+
+
+def _anchor_set(dec, scores, target, seed, **counts):
+    """A structured anchor set for ``scores`` and the prepared target it is drawn over."""
+    prepared = dec.prepare(scores, target, torch.Generator().manual_seed(99))
+    c = dec.comparisons(scores, prepared).reshape(-1)
+    counts = {"num_good": 5, "num_nearby": 6, "num_bad": 11, **counts}
+    anchors = uniloss.sample_anchors(
+        dec.best(prepared).reshape(-1), c > 0, good_flips=dec.num_good_flips(prepared, c.numel()),
+        generator=torch.Generator().manual_seed(seed), **counts,
+    )
+    return anchors, prepared
+
+
+def _run(scores, target, dec, **kw):
+    s = scores.clone().requires_grad_()
+    loss, info = F.uniloss_with_info(s, target, dec, **kw)
+    loss.backward()
+    return loss.detach(), s.grad, info
+
+
+def _assert_same(a, b, rtol=1e-10):
+    (la, ga, ia), (lb, gb, ib) = a, b
+    torch.testing.assert_close(la, lb, rtol=rtol, atol=1e-14)
+    torch.testing.assert_close(ga, gb, rtol=rtol, atol=1e-14)
+    torch.testing.assert_close(ia.anchor_values, ib.anchor_values, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(ia.metric, ib.metric, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.fixture(params=["small", "blocks"])
+def regime(request, monkeypatch):
+    """Small problems form the anchors' disagreement densely; larger ones keep it structured."""
+    if request.param == "blocks":
+        monkeypatch.setattr(_structured, "_DENSE_LIMIT", 0)
+        monkeypatch.setattr(_structured, "_UNPACK_LIMIT", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("grad_scale", [1.0, "distance"])
+@pytest.mark.parametrize("name", CASES)
+def test_structured_equals_dense_value_gradient_and_anchor_values(name, grad_scale, regime):
+    dec, scores, target = _case(name)
+    anchors, prepared = _anchor_set(dec, scores, target, seed=1)
+    assert anchors.is_structured
+    kw = dict(grad_scale=grad_scale, temperature=0.7)
+    structured = _run(scores, prepared, dec, anchors=anchors, **kw)
+    dense = _run(scores, prepared, dec, anchors=anchors.dense(), **kw)
+    _assert_same(structured, dense)
+    assert structured[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["ap", "acc-fraction", "pck-small", "user"])
+def test_structured_equals_the_loop_oracle(name):
+    dec, scores, target = _case(name, seed=3)
+    anchors, prepared = _anchor_set(dec, scores, target, seed=2, num_good=3, num_nearby=3, num_bad=3)
+    ours = _run(scores, prepared, dec, anchors=anchors, grad_scale=1.0)
+    s = scores.clone().requires_grad_()
+    ref = uniloss_oracle(s, prepared, dec, anchors.dense())
+    ref.backward()
+    assert float(ours[0]) == pytest.approx(float(ref.detach()), rel=1e-10, abs=1e-12)
+    torch.testing.assert_close(ours[1], s.grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sampled_loss_is_the_structured_loss_of_its_anchors(name):
+    # uniloss(generator=...) draws the same anchors as sample_anchors with that generator state.
+    dec, scores, target = _case(name, seed=4)
+    prepared = dec.prepare(scores, target, torch.Generator().manual_seed(5))
+    sampled = _run(scores, prepared, dec, generator=torch.Generator().manual_seed(8))
+    anchors, _ = _anchor_set(dec, scores, prepared, seed=8, num_good=16, num_nearby=16, num_bad=16)
+    given = _run(scores, prepared, dec, anchors=anchors.dense())
+    _assert_same(sampled, given)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_same_generator_state_same_loss(name, regime):
+    dec, scores, target = _case(name, seed=6)
+    a = _run(scores, target, dec, generator=torch.Generator().manual_seed(3))
+    b = _run(scores, target, dec, generator=torch.Generator().manual_seed(3))
+    c = _run(scores, target, dec, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+
+
+# ------------------------------------------------------------------------------ block by block
+
+
+def _pck_batch(seed, n=2, j=3, h=9, w=8, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    heat = torch.randn(n, j, h, w, generator=g, dtype=dtype)
+    heat[0, 1, 4, 4] += 5
+    return heat, _pck_target(n, j, h, w, g)
+
+
+@pytest.mark.parametrize("chunk_bits", [1, 37, 200])
+@pytest.mark.parametrize("good_flips", [1, 2])
+def test_blocks_equal_one_block(chunk_bits, good_flips, monkeypatch):
+    heat, target = _pck_batch(0)
+    dec = uniloss.PCK(good_flips=good_flips)
+    whole = _run(heat, target, dec, generator=torch.Generator().manual_seed(2), num_bad=13)
+
+    def no_full_comparisons(*args):
+        raise AssertionError("the block path must not form all comparisons")
+
+    monkeypatch.setattr(uniloss.PCK, "comparisons", no_full_comparisons)
+    blocks = _run(heat, target, dec, generator=torch.Generator().manual_seed(2), num_bad=13, chunk_bits=chunk_bits)
+    _assert_same(whole, blocks, rtol=1e-9)
+    assert blocks[2].num_bits == whole[2].num_bits > chunk_bits
+
+
+def test_blocks_in_half_precision_and_same_state_same_loss():
+    heat, target = _pck_batch(1, dtype=torch.float32)
+    heat = heat.half()
+    a = _run(heat, target, uniloss.PCK(), generator=torch.Generator().manual_seed(0), chunk_bits=30)
+    b = _run(heat, target, uniloss.PCK(), generator=torch.Generator().manual_seed(0), chunk_bits=30)
+    whole = _run(heat, target, uniloss.PCK(), generator=torch.Generator().manual_seed(0))
+    assert a[0].dtype == torch.float16 and torch.isfinite(a[1]).all()
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    torch.testing.assert_close(a[1].float(), whole[1].float(), rtol=1e-2, atol=1e-4)
+
+
+def test_blocks_of_runs_keep_equal_widths_and_bounds():
+    lengths = torch.tensor([4, 4, 4, 0, 3, 3, 5])
+    blocks = _structured.blocks_of(lengths, 8)
+    assert blocks == [(0, 2, 0, 8, 4), (2, 3, 8, 12, 4), (4, 6, 12, 18, 3), (6, 7, 18, 23, 5)]
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+def test_structured_anchor_kinds():
+    g = torch.Generator().manual_seed(0)
+    best = torch.rand(40, generator=g) < 0.7
+    hard = torch.rand(40, generator=g) < 0.5
+    a = uniloss.sample_anchors(best, hard, num_good=4, num_nearby=5, num_bad=9, generator=g)
+    bits = a.dense()
+    s = a.kind_slices()
+    assert torch.equal(bits[0], best)
+    assert ((bits[s["good"]] != best).sum(1) == 1).all()
+    near = bits[s["nearby"]]
+    assert ((near != hard).sum(1) == 1).all()
+    assert (near[near != hard] == best[(near != hard).nonzero()[:, 1]]).all()
+    assert torch.equal(bits[s["bad"]] ^ hard, _anchors.unpack_codes(a.codes, 9).bool())
+    assert a.num_anchors == bits.shape[0] == 19
+
+
+def test_random_codes_are_uniform_bits():
+    codes = _anchors._random_bytes(1 << 16, torch.Generator().manual_seed(0), "cpu")
+    bits = _anchors.unpack_codes(codes.view(1, -1), 8).float()
+    assert (bits.mean(1) - 0.5).abs().max() < 0.01
+
+
+def test_rank_select_by_blocks_equals_one_pass(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(64, generator=g, dtype=torch.float64)
+    for density in (0.0, 0.01, 0.5):
+        mask = torch.rand(1000, generator=g) < density
+        whole = _anchors._pick_true(mask, u)
+        monkeypatch.setattr(_anchors, "_SELECT_BLOCK", 64)
+        monkeypatch.setattr(_anchors, "_SELECT_CHUNK", 96)
+        blocks = _anchors._pick_true(mask, u)
+        monkeypatch.undo()
+        assert torch.equal(whole, blocks)
+        assert bool(mask[whole].all()) if density else bool((whole == (u * 1000).long()).all())
+
+
+# ------------------------------------------------------------------------------ counts
+
+
+@pytest.mark.parametrize("name", ["ap", "ap-interp", "acc", "acc-fraction", "pck"])
+def test_evaluate_equals_evaluate_zeros_of_the_counts(name):
+    dec, scores, target = _case(name, seed=7)
+    prepared = dec.prepare(scores, target, torch.Generator().manual_seed(1))
+    l = dec.comparisons(scores, prepared).numel()
+    bits = torch.rand(9, l, generator=torch.Generator().manual_seed(2)) < 0.6
+    runs = _structured.Runs.of(dec.segments(prepared), l, bits.device, True)
+    torch.testing.assert_close(
+        dec.evaluate(bits, prepared), dec.evaluate_zeros(runs.zeros(~bits, torch.float32), prepared), equal_nan=True
+    )
+
+
+@pytest.mark.parametrize("name", ["ap", "ap-interp", "acc", "acc-fraction", "pck"])
+def test_closed_form_single_flip_values_equal_the_generic_ones(name):
+    dec, scores, target = _case(name, seed=8)
+    prepared = dec.prepare(scores, target, torch.Generator().manual_seed(1))
+    l = dec.comparisons(scores, prepared).numel()
+    runs = _structured.Runs.of(dec.segments(prepared), l, scores.device, True)
+    for zeros in (torch.zeros(runs.num), torch.randint(0, 3, (runs.num,)).float()):
+        ours = dec.evaluate_zeros_plus_one(zeros, prepared)
+        generic = Decomposition.evaluate_zeros_plus_one(dec, zeros, prepared)
+        torch.testing.assert_close(ours, generic, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------ every single-flip good anchor
+
+
+def _weighted_reference(scores, prepared, dec, anchors, weights, grad_scale):
+    """The weighted IDW loss on dense anchors, through autograd."""
+    from uniloss._interpolation import residual, sq_distances
+
+    c = dec.comparisons(scores, prepared).reshape(-1)
+    hard, r = residual(c, 1.0)
+    with torch.no_grad():
+        values = dec.evaluate(anchors, prepared).to(c.dtype)
+    d = sq_distances(r, (anchors != hard).to(c.dtype)).sqrt()
+    g = (weights * values / d).sum() / (weights / d).sum()
+    scale = 1.0 if grad_scale == 1.0 else (weights.sum() / (weights / d.detach()).sum())
+    return -g.detach() + (-g + g.detach()) * scale
+
+
+@pytest.mark.parametrize("grad_scale", [1.0, "distance"])
+@pytest.mark.parametrize("name", ["ap", "acc", "pck"])
+def test_all_single_flip_good_anchors_equal_their_dense_weighted_form(name, grad_scale, regime):
+    dec, scores, target = _case(name, seed=9)
+    prepared = dec.prepare(scores, target)
+    ours = _run(scores, prepared, dec, generator=torch.Generator().manual_seed(4), good_anchors="all",
+                num_good=16, grad_scale=grad_scale)
+    c = dec.comparisons(scores, prepared).reshape(-1)
+    best = dec.best(prepared).reshape(-1)
+    hard = c > 0
+    drawn = _anchors.draw_anchors(best, hard, hard != best, num_good=0, num_nearby=16, num_bad=16,
+                                  good_flips=1, generator=torch.Generator().manual_seed(4)).dense()
+    l = c.numel()
+    singles = best[None] ^ torch.eye(l, dtype=torch.bool)
+    dense = torch.cat([drawn[:1], singles, drawn[1:]])
+    weights = torch.ones(dense.shape[0], dtype=scores.dtype)
+    weights[1 : 1 + l] = 16 / l
+    s = scores.clone().requires_grad_()
+    ref = _weighted_reference(s, prepared, dec, dense, weights, grad_scale)
+    ref.backward()
+    assert float(ours[0]) == pytest.approx(float(ref.detach()), rel=1e-6)
+    torch.testing.assert_close(ours[1], s.grad, rtol=1e-5, atol=1e-12)
+    assert ours[2].kinds[1] == ("good", l) and ours[2].anchor_values.shape == (dense.shape[0],)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(good_anchors="every"), "`good_anchors`"),
+        (dict(chunk_bits=0), "`chunk_bits`"),
+        (dict(good_anchors="all", anchors=torch.ones(2, 6, dtype=torch.bool)), "good_anchors='all'"),
+    ],
+)
+def test_bad_structured_options_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        F.uniloss(torch.randn(5), torch.tensor([1, 0, 0, 1, 0]), uniloss.AveragePrecision(), **kw)
+
+
+def test_all_good_anchors_need_segments():
+    with pytest.raises(ValueError, match="segments"):
+        F.uniloss(torch.randn(6), torch.tensor([1, 0, 0, 1, 0, 1]), MarginRecall(), good_anchors="all")
