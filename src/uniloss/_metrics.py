@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Union
 
@@ -23,9 +24,32 @@ def _segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     return out.index_add_(1, segment, values)
 
 
+_TRUE: dict = {}
+
+
 def _all_true(num_bits: int, device) -> Tensor:
     """``[num_bits]`` bool of ones, as an expanded view (no memory per bit)."""
-    return torch.ones((), dtype=torch.bool, device=device).expand(num_bits)
+    one = _TRUE.get(device)
+    if one is None:
+        one = _TRUE[device] = torch.ones((), dtype=torch.bool, device=device)
+    return one.expand(num_bits)
+
+
+def _check_scores(scores) -> None:
+    """:func:`validate_scores` with one reduction on the fast path: a NaN or an infinity makes
+    the sum non-finite (so can an overflow, which the full check then clears)."""
+    if isinstance(scores, Tensor) and scores.is_floating_point():
+        if not scores.numel() or math.isfinite(float(scores.detach().sum())):
+            return
+    validate_scores(scores)
+
+
+def _check_binary(name: str, target: Tensor) -> None:
+    """``V.check_binary_labels`` with one reduction on the fast path (``t (1 - t) == 0`` exactly
+    for 0 and 1, also in int64 arithmetic modulo 2**64)."""
+    if target.dtype == torch.bool or not target.numel() or not bool((target * (1 - target)).any()):
+        return
+    V.check_binary_labels(name, target)
 
 
 def _prepared(decomposition: Decomposition, target, plan_type):
@@ -86,7 +110,7 @@ class AveragePrecision(Decomposition):
         return scores.reshape(-1) if scores.dim() == 2 else scores
 
     def check(self, scores: Tensor, target: Tensor) -> None:
-        validate_scores(scores)
+        _check_scores(scores)
         if scores.dim() == 2 and scores.shape[1] != 1 or scores.dim() not in (1, 2):
             raise ValueError(f"Expected `scores` of shape [n] or [n, 1], but got shape {tuple(scores.shape)}")
         if isinstance(target, _APPlan):
@@ -94,7 +118,7 @@ class AveragePrecision(Decomposition):
         V.check_tensor("target", target)
         V.check_same_device(scores=scores, target=target)
         V.check_shape("target", target, (scores.shape[0],), f"[{scores.shape[0]}] (one label per score)")
-        V.check_binary_labels("target", target)
+        _check_binary("target", target)
 
     def prepare(self, scores: Tensor, target, generator=None) -> _APPlan:
         if isinstance(target, _APPlan):
@@ -189,7 +213,7 @@ class MulticlassAccuracy(Decomposition):
         return f"MulticlassAccuracy(top_k={self.top_k}, fraction={self.fraction})"
 
     def check(self, scores: Tensor, target) -> None:
-        validate_scores(scores)
+        _check_scores(scores)
         V.check_shape("scores", scores, (None, None), "[n, p] (samples x classes)")
         if isinstance(target, _AccuracyPlan):
             return
@@ -362,7 +386,7 @@ class PCK(Decomposition):
         return min(self.good_flips, max(num_bits, 1))
 
     def check(self, scores: Tensor, target) -> None:
-        validate_scores(scores)
+        _check_scores(scores)
         V.check_shape("scores", scores, (None, None, None, None), "[n, J, H, W] (heatmaps)")
         if isinstance(target, _PCKPlan):
             return

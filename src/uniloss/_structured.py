@@ -86,8 +86,7 @@ class Runs:
     def zeros(self, is_zero: Tensor, dtype: torch.dtype) -> Tensor:
         """``[R, L]`` bool -> ``[R, S]``: how many set entries each run holds."""
         if self.width is not None:
-            rows = is_zero.view(torch.uint8).view(is_zero.shape[0], self.num, self.width)
-            return byte_sum(rows).to(dtype)
+            return byte_sum(is_zero.view(torch.uint8).view(is_zero.shape[0], self.num, self.width), dtype)
         out = torch.zeros(is_zero.shape[0], self.num, dtype=dtype, device=is_zero.device)
         return out.index_add_(1, self.ids, is_zero.to(dtype))
 
@@ -108,8 +107,8 @@ class Runs:
         return torch.div(torch.arange(num_bits, device=device), self.width, rounding_mode="floor")
 
 
-def byte_sum(x: Tensor) -> Tensor:
-    """``[R, S, w]`` uint8 of 0/1 -> ``[R, S]`` int32 sums along ``w``.
+def byte_sum(x: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
+    """``[R, S, w]`` uint8 of 0/1 -> ``[R, S]`` sums along ``w`` (``dtype``, exact below 2**24).
 
     Large inputs are summed eight bytes at a time as int64 words (each byte a lane that cannot
     overflow below 256 words), then the lanes: a reduction over bytes is about ten times slower
@@ -117,7 +116,7 @@ def byte_sum(x: Tensor) -> Tensor:
     """
     R, S, w = x.shape
     if x.numel() < (1 << 16) or x.device.type != "cpu":
-        return x.sum(-1, dtype=torch.int32)
+        return x.sum(-1, dtype=dtype)
     words = -(-w // 8)
     groups = -(-words // 255)
     padded = groups * 255 * 8 if groups > 1 else words * 8
@@ -125,7 +124,7 @@ def byte_sum(x: Tensor) -> Tensor:
         x = torch.nn.functional.pad(x, (0, padded - w))
     lanes = x.contiguous().view(torch.int64)
     lanes = lanes.view(R, S, groups, 255).sum(-1) if groups > 1 else lanes.sum(-1, keepdim=True)
-    return lanes.view(torch.uint8).view(R, S, -1).sum(-1, dtype=torch.int32)
+    return lanes.view(torch.uint8).view(R, S, -1).sum(-1, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------ block kernels
