@@ -1,0 +1,146 @@
+"""The fast paths stay fast: no dense anchors where the structure allows, a bounded number of
+operations per small step, blocks within their bound, no host synchronisation on CUDA, and the
+benchmark suite runs."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import uniloss
+from uniloss import _structured
+from uniloss import functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _batch(kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "ap":
+        scores = torch.randn(64, generator=g)
+        labels = (torch.rand(64, generator=g) < 0.2).long()
+        labels[:2] = torch.tensor([1, 0])
+        return uniloss.AveragePrecision(), scores, labels
+    if kind == "accuracy":
+        return uniloss.MulticlassAccuracy(), torch.randn(32, 10, generator=g), torch.randint(0, 10, (32,), generator=g)
+    heat = torch.randn(2, 2, 8, 8, generator=g)
+    target = uniloss.KeypointTarget(2 + 4 * torch.rand(2, 2, 2, generator=g), torch.ones(2, 2, dtype=torch.bool),
+                                    torch.full((2,), 3.0))
+    return uniloss.PCK(), heat, target
+
+
+@pytest.mark.parametrize("dense_limit", [0, 1 << 30])
+@pytest.mark.parametrize("kind", ["ap", "accuracy", "pck"])
+def test_structured_path_never_forms_dense_anchors_or_calls_evaluate(kind, dense_limit, monkeypatch):
+    dec, scores, target = _batch(kind)
+    monkeypatch.setattr(_structured, "_DENSE_LIMIT", dense_limit)
+
+    def forbidden(*args):
+        raise AssertionError("dense anchors or a dense evaluate() on the structured path")
+
+    monkeypatch.setattr(uniloss.AnchorSet, "dense", forbidden)
+    monkeypatch.setattr(type(dec), "evaluate", forbidden)
+    s = scores.clone().requires_grad_()
+    loss = F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_decomposition_without_segments_is_evaluated_once_per_step():
+    calls = []
+
+    class Above(uniloss.Decomposition):
+        def comparisons(self, scores, target):
+            return scores
+
+        def best(self, target):
+            return torch.ones_like(target, dtype=torch.bool)
+
+        def evaluate(self, bits, target):
+            calls.append(bits.shape)
+            return bits.float().mean(-1)
+
+    s = torch.randn(20, requires_grad=True)
+    F.uniloss(s, torch.zeros(20), Above(), generator=torch.Generator().manual_seed(0)).backward()
+    assert calls == [(50, 20)]  # 49 anchors and the current configuration, one call
+
+
+def test_blocks_stay_within_chunk_bits(monkeypatch):
+    dec, heat, target = _batch("pck", seed=1)
+    seen = []
+    block = uniloss.PCK.comparisons_block
+
+    def spy(self, scores, t, start, stop):
+        out = block(self, scores, t, start, stop)
+        seen.append(out.numel())
+        return out
+
+    monkeypatch.setattr(uniloss.PCK, "comparisons_block", spy)
+    s = heat.clone().requires_grad_()
+    F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0), chunk_bits=200).backward()
+    assert len(seen) > 3 and max(seen) <= 200
+    assert torch.isfinite(s.grad).all()
+
+
+class _CountOps(TorchDispatchMode):
+    """Every operator call that reaches the dispatcher, forward and backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind,budget", [("ap", 150), ("accuracy", 150)])
+def test_small_step_operation_budget(kind, budget):
+    # At small sizes a step costs what its operator calls cost (a few microseconds each): keep
+    # their number in check. The dense engine this replaced made about 170.
+    dec, scores, target = _batch(kind)
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0), validate_args=False)
+
+    def step():
+        s = scores.clone().requires_grad_()
+        loss_fn(s, target).backward()
+
+    step()
+    with _CountOps() as count:
+        step()
+    assert len(count.names) <= budget, f"{len(count.names)} operator calls: {count.names}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dense_limit", [0, 1 << 30])
+def test_no_host_synchronisation_on_cuda(dense_limit, monkeypatch):
+    monkeypatch.setattr(_structured, "_DENSE_LIMIT", dense_limit)
+    dec, scores, target = _batch("accuracy")
+    scores, target = scores.cuda().requires_grad_(), target.cuda()
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device="cuda").manual_seed(0), validate_args=False)
+    loss_fn(scores, target).backward()  # warm-up: lazy initialisation may synchronise
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_fn(scores, target).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_benchmark_suite_smoke_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "speed.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    threads = torch.get_num_threads()
+    try:
+        report = speed.main(["--quick", "--only", "loss", "oracle", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["machine"]["torch"] == torch.__version__
+    assert {r["case"] for r in report["losses"]} >= {"AP, batch 16", "accuracy, 128 x 10"}
+    assert all(r["ratio"] > 0 and r["uniloss_iqr_ms"][0] <= r["uniloss_iqr_ms"][1] for r in report["losses"])
+    assert report["oracle"][0]["speedup"] > 1
+    assert (tmp_path / "speed.png").stat().st_size > 0 and "| case |" in (tmp_path / "results.md").read_text()
