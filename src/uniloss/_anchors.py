@@ -123,15 +123,34 @@ class AnchorSet:
 
 
 _SHIFTS: dict = {}
+_LOW_BITS = 0x0101010101010101  # bit 0 of each byte of an int64 word
 
 
 def unpack_codes(codes: Tensor, num: int) -> Tensor:
-    """``[num, l]`` uint8 0/1: the random anchors' disagreement bits from ``codes`` ``[g, l]``."""
-    shifts = _SHIFTS.get(codes.device)
+    """``[num, l]`` uint8 0/1: the random anchors' disagreement bits from ``codes`` ``[g, l]``.
+
+    Long rows are unpacked eight bytes at a time as int64 words (shift, then keep bit 0 of each
+    byte): the same bytes in an eighth of the element operations.
+    """
+    groups, l = codes.shape
+    key = (codes.device, l >= 256)
+    shifts = _SHIFTS.get(key)
     if shifts is None:
-        shifts = _SHIFTS[codes.device] = torch.arange(8, dtype=torch.uint8, device=codes.device).view(1, 8, 1)
-    bits = (codes[:, None, :] >> shifts) & 1
-    return bits.view(codes.shape[0] * 8, codes.shape[-1])[:num]
+        dtype = torch.int64 if l >= 256 else torch.uint8
+        shifts = _SHIFTS[key] = torch.arange(8, dtype=dtype, device=codes.device).view(1, 8, 1)
+    if l < 256:
+        bits = (codes[:, None, :] >> shifts) & 1
+        return bits.view(groups * 8, l)[:num]
+    width = -(-l // 8) * 8
+    if codes.stride(1) != 1 or codes.stride(0) % 8 or codes.storage_offset() % 8 or (
+        codes.storage_offset() + (groups - 1) * codes.stride(0) + width > codes.untyped_storage().nbytes()
+    ):
+        aligned = codes.new_empty(groups, width)
+        aligned[:, :l] = codes
+        codes = aligned
+    words = codes.as_strided((groups, width), (codes.stride(0), 1)).view(torch.int64)
+    bits = (words[:, None, :] >> shifts) & _LOW_BITS
+    return bits.view(torch.uint8).view(groups * 8, width)[:num, :l]
 
 
 def sample_anchors(
@@ -189,7 +208,8 @@ def draw_anchors(
         kinds.append(("nearby", num_nearby))
     if num_bad and l:
         groups = (num_bad + 7) // 8
-        codes = _random_bytes(groups * l, generator, device).view(groups, l)
+        stride = -(-l // 8) * 8  # rows start on 8-byte boundaries, for unpack_codes
+        codes = _random_bytes(groups * stride, generator, device).view(groups, stride)[:, :l]
         kinds.append(("bad", num_bad))
     else:
         codes, num_bad = torch.zeros(0, l, dtype=torch.uint8, device=device), 0
