@@ -12,7 +12,7 @@ inverse distance weighting, giving a differentiable surrogate of the metric itse
     >>> loss.backward()
 """
 
-from . import decoders, functional, testing, zoo
+from . import decoders, distributed, functional, testing, zoo
 from ._anchors import AnchorSet, sample_anchors
 from ._decoded import DecodedMetric
 from ._decomposition import Decomposition
@@ -34,6 +34,7 @@ __all__ = [
     "PCK",
     "UniLoss",
     "decoders",
+    "distributed",
     "functional",
     "interpolate",
     "relax",

@@ -150,6 +150,11 @@ def _ap_loss(loss: str, generator: torch.Generator) -> Callable:
     if loss == "uniloss":
         ul = uniloss.UniLoss(uniloss.AveragePrecision(), generator=generator)
         return lambda out, y: ul(out[:, 0], y), ul
+    if loss == "uniloss-memory":  # the batch plus the 256 most recent training samples
+        from ..distributed import CrossBatchMemory
+
+        ul = uniloss.UniLoss(CrossBatchMemory(uniloss.AveragePrecision(), size=256), generator=generator)
+        return lambda out, y: ul(out[:, 0], y), ul
     if loss == "ce":
         return nn.functional.cross_entropy, None
     if loss == "bce":
@@ -166,7 +171,7 @@ register(Experiment(
     name="mnist-ap",
     description="MNIST digit 0 vs rest, MLP 784-500-300-1, average precision (paper sec. 4.1)",
     dataset="MNIST 0-vs-rest",
-    losses=("uniloss", "ce", "bce"),
+    losses=("uniloss", "ce", "bce", "uniloss-memory"),
     recipe=Recipe(epochs=30, batch_size=16, optimizer="sgd", lr=0.01, momentum=0.5),
     load=_load_mnist_zero_vs_rest,
     model=_ap_model,
