@@ -238,10 +238,10 @@ def _pick_true(mask: Tensor, u: Tensor) -> Tensor:
     (``n`` set bits): a uniform draw among them; ``floor(u * l)`` when none is set."""
     l = mask.numel()
     if l <= _SELECT_BLOCK:
-        cum = torch.cumsum(mask, 0)
-        pos = torch.searchsorted(cum, (u * cum[-1]).long(), right=True)
-        # None set: every rank lands past the end (as does a product rounded up to n, p ~ 2^-53).
-        return torch.where(pos < l, pos, (u * l).long())
+        # None set: draw among all bits (the mask with every bit set).
+        cum = torch.cumsum(mask | ~mask.any(), 0)
+        # (A product rounded up to n, p ~ 2^-53, would land past the end: clamped.)
+        return torch.searchsorted(cum, (u * cum[-1]).long(), right=True).clamp_max_(l - 1)
     # Large l: count the set bits of each chunk of 4096, find each draw's chunk, rank-select in it.
     from ._structured import byte_sum
 

@@ -25,6 +25,18 @@ def _segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
 
 
 _TRUE: dict = {}
+_RANKS: dict = {}
+
+
+def _ranks(n: int, device, dtype) -> Tensor:
+    """``1 .. n`` (cached: AP needs it every step)."""
+    key = (n, device, dtype)
+    out = _RANKS.get(key)
+    if out is None:
+        if len(_RANKS) > 64:
+            _RANKS.clear()
+        out = _RANKS[key] = torch.arange(1, n + 1, device=device, dtype=dtype)
+    return out
 
 
 def _all_true(num_bits: int, device) -> Tensor:
@@ -152,7 +164,7 @@ class AveragePrecision(Decomposition):
         if num_pos == 0:
             return torch.full(zeros.shape[:-1], float("nan"), device=zeros.device)
         above = zeros.sort(-1).values  # n_k ascending
-        k = torch.arange(1, num_pos + 1, device=zeros.device, dtype=zeros.dtype)
+        k = _ranks(num_pos, zeros.device, zeros.dtype)
         precision = k / (k + above)
         if self.interpolated:
             precision = precision.flip(-1).cummax(-1).values.flip(-1)
