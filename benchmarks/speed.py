@@ -438,6 +438,15 @@ def _fmt_ms(ms: float) -> str:
     return f"{ms:,.0f} ms" if ms >= 100 else f"{ms:.3g} ms"
 
 
+def _verdict(wall: float, cpu: float, goal: float) -> str:
+    """Met or missed by both clocks, else borderline (a shared machine moves the wall clock)."""
+    if wall <= goal and cpu <= goal:
+        return " met"
+    if wall > goal and cpu > goal:
+        return " **missed**"
+    return " borderline"
+
+
 def _fmt_ratio(ratio: float) -> str:
     return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
 
@@ -457,7 +466,7 @@ def markdown(report: Dict) -> str:
         if not r.get("table", True):
             continue
         goal = f"<= {r['goal']:g}x" if r.get("goal") else ""
-        met = "" if not r.get("goal") else (" met" if r["ratio"] <= r["goal"] else " **missed**")
+        met = "" if not r.get("goal") else _verdict(r["ratio"], r["ratio_cpu"], r["goal"])
         lines.append(
             f"| {r['case']} | {_fmt_ms(r['uniloss_ms'])} ({_fmt_ms(r['uniloss_iqr_ms'][0])}-{_fmt_ms(r['uniloss_iqr_ms'][1])}) "
             f"| {r['baseline']} {_fmt_ms(r['baseline_ms'])} | {_fmt_ratio(r['ratio'])} | {_fmt_ratio(r['ratio_cpu'])} | {goal}{met} |"
@@ -466,11 +475,11 @@ def markdown(report: Dict) -> str:
     if pck:
         lines.append(f"| PCK loss (16 x 16 joints) / hourglass step with MSE (64x64 heatmaps) | {_fmt_ms(pck['loss_ms'])} "
                      f"| step {_fmt_ms(pck['step_ms'])} | {pck['share'] * 100:.0f}% | {pck['share_cpu'] * 100:.0f}% "
-                     f"| <= 20%{' met' if pck['share'] <= 0.2 else ' **missed**'} |")
+                     f"| <= 20%{_verdict(pck['share'], pck['share_cpu'], 0.2)} |")
     if report.get("memory"):
         lines += ["", "| peak memory of the loss | comparisons | UniLoss | MSE | goal |", "|---|---|---|---|---|"]
         for r in report["memory"]:
-            goal = "" if not r["goal_mb"] else ("<= 2 GB" + (" met" if r["uniloss_peak_mb"] <= r["goal_mb"] else " **missed**"))
+            goal = "" if not r["goal_mb"] else "<= 2 GB" + _verdict(r["uniloss_peak_mb"], r["uniloss_peak_mb"], r["goal_mb"])
             lines.append(f"| {r['case']} | {r['comparisons']:,} | {r['uniloss_peak_mb']:,.0f} MB | {r['baseline_peak_mb']:,.0f} MB | {goal} |")
     if report.get("oracle"):
         lines += ["", "| loop oracle (tests) vs engine, same anchors | comparisons | loop | engine | speed-up |", "|---|---|---|---|---|"]
