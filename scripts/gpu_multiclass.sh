@@ -24,7 +24,7 @@
 # N samples: checks), BENCH_STEPS (200), THREADS (4 CPU threads), DATA_DIR (.data). A check on a
 # CPU (a few minutes):
 #
-#   DEVICE=cpu EPOCHS=1 LIMIT=256 BENCH_STEPS=2 THREADS=2 OUT=/tmp/gpu-check scripts/gpu_multiclass.sh
+#   DEVICE=cpu EPOCHS=1 LIMIT=256 BENCH_STEPS=2 THREADS=2 OUT=gpu-check scripts/gpu_multiclass.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)

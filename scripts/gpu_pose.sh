@@ -17,7 +17,7 @@
 # for checks only), DATA_DIR. A tiny check of the script on a CPU (a few minutes: 9 runs of one
 # epoch on 32 canvases, each evaluating 2,500):
 #
-#   TABLE=pose DEVICE=cpu EPOCHS=1 LIMIT=32 SEEDS=0 RUNS=/tmp/pose-check OUT=/tmp/pose-check/table \
+#   TABLE=pose DEVICE=cpu EPOCHS=1 LIMIT=32 SEEDS=0 RUNS=pose-check OUT=pose-check/table \
 #       scripts/gpu_pose.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

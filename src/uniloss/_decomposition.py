@@ -125,8 +125,9 @@ class Decomposition:
 
     def comparisons_block(self, scores: Tensor, target: Any, start: int, stop: int) -> Tensor:
         """Optional: the comparisons of runs ``start .. stop - 1`` (see :meth:`segments`), flat
-        and in order, differentiable in ``scores``; lets the engine work block by block."""
-        raise NotImplementedError
+        and in order, differentiable in ``scores``; lets the engine work block by block. The
+        engine calls it only on decompositions that override it."""
+        raise _missing(self, "comparisons_block")
 
     def num_good_flips(self, target: Any, num_bits: int) -> int:
         """How many bits a good anchor flips away from ``best`` (the paper: 1)."""

@@ -127,9 +127,9 @@ def download_file(urls: Sequence[str], dest, *, checksum: str, algorithm: str = 
 
         >>> from uniloss.experiments.data import get_spec
         >>> spec = get_spec("mnist"); f = spec.files["test-labels"]
-        >>> download_file(spec.urls(f.filename), "/tmp/mnist/" + f.filename,
+        >>> download_file(spec.urls(f.filename), "data/mnist/" + f.filename,
         ...               checksum=f.checksum, decompressed=True)  # doctest: +SKIP
-        PosixPath('/tmp/mnist/t10k-labels-idx1-ubyte.gz')
+        PosixPath('data/mnist/t10k-labels-idx1-ubyte.gz')
     """
     dest = Path(dest)
     if not urls:

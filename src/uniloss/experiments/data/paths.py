@@ -125,7 +125,7 @@ def search_roots(data_dir: Optional[PathArg] = None) -> list[DataRoot]:
 
     Example::
 
-        >>> [r.source for r in search_roots("/tmp/d")]  # doctest: +SKIP
+        >>> [r.source for r in search_roots("my-data")]  # doctest: +SKIP
         ['data_dir', 'shared (cwd)', 'cache']
     """
     roots: list[DataRoot] = []
