@@ -18,6 +18,8 @@ from torch import nn
 
 import uniloss
 
+from .metrics import average_precision
+
 
 def _require_sklearn():
     try:
@@ -47,11 +49,6 @@ def load_digits_split(task: str = "accuracy"):
 def _mlp(out: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, out))
-
-
-def average_precision(scores: torch.Tensor, target: torch.Tensor) -> float:
-    """Plain (non-interpolated) AP of a whole set, ties broken by sample order."""
-    return float(uniloss.AveragePrecision().metric(scores.reshape(-1), target))
 
 
 @dataclass
