@@ -86,7 +86,8 @@ def _accuracy(scores, target):
 
 
 @pytest.mark.parametrize("n,p", [(1, 2), (1, 10), (7, 3), (128, 10), (64, 100)])
-@pytest.mark.parametrize("options", [{}, {"top_k": 5}, {"top_k": 1}, {"fraction": 0.2}, {"top_k": 3, "fraction": 0.5}])
+@pytest.mark.parametrize("options", [{}, {"top_k": 5}, {"top_k": 1}, {"fraction": 0.2}, {"top_k": 3, "fraction": 0.5},
+                                     {"fraction": 0.2, "undrawn": "current"}])
 def test_accuracy_equals_argmax(n, p, options):
     g = torch.Generator().manual_seed(n * p)
     scores = torch.randn(n, p, generator=g)
@@ -109,11 +110,33 @@ def test_accuracy_fraction_fixed_bits_keep_the_metric_exact():
     # A sample wrong only through a bit that is not drawn must still count as wrong.
     scores = torch.tensor([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0]])
     target = torch.tensor([0, 0])
-    dec = uniloss.MulticlassAccuracy(fraction=0.25)  # one of four bits
+    dec = uniloss.MulticlassAccuracy(fraction=0.25, undrawn="current")  # one of four bits
     for seed in range(8):
         plan = dec.prepare(scores, target, torch.Generator().manual_seed(seed))
         hard = dec.comparisons(scores, plan) > 0
         assert float(dec.evaluate(hard[None], plan)[0]) == 0.5
+        assert dec.batch_metric(plan) is None
+
+
+def test_accuracy_fraction_scores_anchors_on_the_drawn_bits():
+    # undrawn="right" (default): a sample is right at an anchor iff its drawn bits are; the
+    # exact accuracy of the batch comes from batch_metric(). Brute force over the plan.
+    g = torch.Generator().manual_seed(5)
+    scores, target = torch.randn(12, 9, generator=g), torch.randint(0, 9, (12,), generator=g)
+    dec = uniloss.MulticlassAccuracy(fraction=0.3)
+    plan = dec.prepare(scores, target, torch.Generator().manual_seed(1))
+    m = 8
+    bits = torch.rand(5, plan.selected.numel(), generator=g) < 0.8
+    want = []
+    for row in bits:
+        ok = [True] * 12
+        for k, flat in enumerate(plan.selected.tolist()):
+            if not row[k]:
+                ok[flat // m] = False
+        want.append(sum(ok) / 12)
+    torch.testing.assert_close(dec.evaluate(bits, plan), torch.tensor(want))
+    assert float(dec.batch_metric(plan)) == pytest.approx(float(_accuracy(scores, target)))
+    assert float(dec.metric(scores, target)) == pytest.approx(float(_accuracy(scores, target)))
 
 
 def _pck_batch(n, j, h, w, seed):

@@ -267,3 +267,36 @@ def test_fraction_draws_come_from_the_generator():
     a = F.uniloss(scores, target, dec, generator=torch.Generator().manual_seed(3))
     b = F.uniloss(scores, target, dec, generator=torch.Generator().manual_seed(3))
     assert float(a) == float(b)
+
+
+def test_fraction_reports_the_exact_metric_and_trains_from_scratch():
+    # A fresh 100-class network: no sample right, about half of each one's comparisons wrong.
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(32, 100, generator=g)
+    target = torch.randint(0, 100, (32,), generator=g)
+    rows = torch.arange(32)
+    top = scores.argmax(1) == target
+    scores[rows[top], target[top]] -= 3.0
+    assert not bool((scores.argmax(1) == target).any())
+    up = {}
+    for undrawn in ("right", "current"):
+        dec = uniloss.MulticlassAccuracy(fraction=0.2, undrawn=undrawn)
+        pushed = 0
+        for seed in range(6):
+            s = scores.clone().requires_grad_(True)
+            loss, info = F.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(seed))
+            assert float(info.metric) == 0.0  # exact, whatever the anchors assume
+            loss.backward()
+            pushed += int((s.grad[rows, target] < 0).sum())  # descent raises the target score
+        up[undrawn] = pushed
+    # "current": an undrawn wrong bit keeps every sample wrong at every anchor; all anchors
+    # score 0 and the interpolation is flat. "right" (default) scores the drawn bits.
+    assert up["current"] == 0
+    assert up["right"] > 0.8 * 6 * 32
+    # The dense path (anchors given) reports the exact metric too.
+    scores[:4] += 10 * torch.nn.functional.one_hot(target[:4], 100)
+    dec = uniloss.MulticlassAccuracy(fraction=0.2)
+    plan = dec.prepare(scores, target, torch.Generator().manual_seed(0))
+    bits = torch.rand(3, plan.selected.numel(), generator=g) < 0.5
+    _, info = F.uniloss_with_info(scores, plan, dec, anchors=bits)
+    assert float(info.metric) == pytest.approx(4 / 32)

@@ -93,6 +93,13 @@ class Decomposition:
             c = self.comparisons(scores, target)
             return self.evaluate((c > 0)[None], target)[0]
 
+    def batch_metric(self, target: Any) -> Optional[Tensor]:
+        """Optional: the exact metric of the batch's hard decisions, for a decomposition whose
+        ``evaluate`` of the hard configuration is not it (one that trains a subset of its
+        comparisons and scores anchors on that subset, e.g. ``MulticlassAccuracy(fraction=...)``).
+        ``None`` (the default): the engine reports ``evaluate`` of the hard configuration."""
+        return None
+
     def segments(self, target: Any) -> Optional[Union[int, Tensor]]:
         """Optional structure: ``None`` (default), or how the ``l`` bits fall into consecutive
         runs on which ``evaluate`` depends only through each run's number of 0-bits: an ``int``

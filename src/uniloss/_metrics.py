@@ -191,6 +191,7 @@ class _AccuracyPlan:
     cols: Tensor  # [n, m] the other classes each sample's target is compared with
     selected: Optional[Tensor] = None  # [l] flat indices into [n*m] trained this step
     fixed_ok: Optional[Tensor] = None  # [n] bool: every bit not selected is currently right
+    exact: Optional[Tensor] = None  # the batch's exact accuracy, when evaluate() does not give it
 
 
 class MulticlassAccuracy(Decomposition):
@@ -204,8 +205,15 @@ class MulticlassAccuracy(Decomposition):
             sample (the published CIFAR-100 code uses 20): ``l = n*top_k``. Still exact, since the
             target beats every class iff it beats the highest-scoring ones.
         fraction: train only a random fraction of the bits each call (the paper: 20% on
-            CIFAR-100); the bits not drawn keep their current hard values, so ``metric`` stays
-            exact. Draws come from the loss's generator.
+            CIFAR-100; at least one bit). Draws come from the loss's generator.
+        undrawn: with ``fraction``, what the anchors assume of the bits not drawn:
+            ``"right"`` (default): the metric is scored on the drawn bits only (a sample is right
+            in an anchor iff its drawn comparisons are), so every drawn bit can earn a gradient,
+            even from a freshly initialised network; ``"current"``: they keep their current hard
+            values, so ``evaluate`` of the hard configuration is the exact accuracy, but a sample
+            wrong through a bit not drawn is wrong at every anchor and gives no gradient (with
+            many classes from scratch, most samples). Either way ``UniLoss.last.metric`` and
+            :meth:`metric` are the exact accuracy of the whole batch (:meth:`batch_metric`).
 
     Shapes: ``scores`` ``[n, p]`` float; ``target`` ``[n]`` int64 in ``[0, p)``.
 
@@ -217,12 +225,16 @@ class MulticlassAccuracy(Decomposition):
         tensor(0.5000)
     """
 
-    def __init__(self, *, top_k: Optional[int] = None, fraction: Optional[float] = None) -> None:
+    def __init__(self, *, top_k: Optional[int] = None, fraction: Optional[float] = None, undrawn: str = "right") -> None:
         self.top_k = None if top_k is None else V.check_count("top_k", top_k, allow_zero=False)
         self.fraction = None if fraction is None else V.check_fraction("fraction", fraction)
+        if undrawn not in ("right", "current"):
+            raise ValueError(f"Expected `undrawn` to be 'right' or 'current', but got {undrawn!r}")
+        self.undrawn = undrawn
 
     def __repr__(self) -> str:
-        return f"MulticlassAccuracy(top_k={self.top_k}, fraction={self.fraction})"
+        extra = "" if self.fraction is None or self.undrawn == "right" else f", undrawn={self.undrawn!r}"
+        return f"MulticlassAccuracy(top_k={self.top_k}, fraction={self.fraction}{extra})"
 
     def check(self, scores: Tensor, target) -> None:
         _check_scores(scores)
@@ -252,8 +264,27 @@ class MulticlassAccuracy(Decomposition):
         selected = randperm(total, generator, scores.device)[:keep].sort().values
         with torch.no_grad():
             right = self._full(scores, labels, cols) > 0
+            exact = right.all(1).float().mean()
+            if self.undrawn == "right":
+                return _AccuracyPlan(labels, cols, selected, None, exact)
             right.view(-1)[selected] = True
-        return _AccuracyPlan(labels, cols, selected, right.all(1))
+        return _AccuracyPlan(labels, cols, selected, right.all(1), exact)
+
+    def batch_metric(self, target) -> Optional[Tensor]:
+        """The exact accuracy of the batch when ``fraction`` scores anchors on the drawn bits."""
+        plan = _prepared(self, target, _AccuracyPlan)
+        return plan.exact if plan.fixed_ok is None else None
+
+    def metric(self, scores: Tensor, target) -> Tensor:
+        """The exact accuracy of ``scores``' argmax (every comparison, whatever ``top_k`` and
+        ``fraction`` train; ties count as wrong)."""
+        with torch.no_grad():
+            plan = target if isinstance(target, _AccuracyPlan) else None
+            labels = plan.labels if plan is not None else target.long()
+            n, p = scores.shape
+            others = torch.arange(p - 1, device=scores.device)[None, :]
+            cols = others + (others >= labels[:, None]).long()
+            return (self._full(scores, labels, cols) > 0).all(1).float().mean()
 
     @staticmethod
     def _full(scores: Tensor, labels: Tensor, cols: Tensor) -> Tensor:
@@ -278,7 +309,8 @@ class MulticlassAccuracy(Decomposition):
         return torch.bincount(torch.div(plan.selected, m, rounding_mode="floor"), minlength=n)
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
-        """A sample is right iff none of its comparisons is 0 (and its untrained ones are right)."""
+        """A sample is right iff none of its comparisons is 0 (and, with ``undrawn="current"``,
+        its comparisons not drawn are currently right)."""
         plan = _prepared(self, target, _AccuracyPlan)
         ok = zeros == 0
         if plan.fixed_ok is not None:
@@ -301,8 +333,10 @@ class MulticlassAccuracy(Decomposition):
         if plan.selected is None:
             return bits.reshape(t, n, m).all(-1).float().mean(-1)
         sample = torch.div(plan.selected, m, rounding_mode="floor")
-        wrong = _segment_sum((~bits).float(), sample, n)
-        return ((wrong == 0) & plan.fixed_ok).float().mean(-1)
+        ok = _segment_sum((~bits).float(), sample, n) == 0
+        if plan.fixed_ok is not None:
+            ok = ok & plan.fixed_ok
+        return ok.float().mean(-1)
 
 
 # --------------------------------------------------------------------------- PCK

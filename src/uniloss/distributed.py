@@ -315,6 +315,10 @@ class GlobalBatch(Decomposition):
         """The wrapped ``evaluate`` on the global batch."""
         return self.decomposition.evaluate(bits, self._plan(None, target).target)
 
+    def batch_metric(self, target: Any) -> Optional[Tensor]:
+        """The wrapped ``batch_metric`` on the global batch."""
+        return self.decomposition.batch_metric(self._plan(None, target).target)
+
     def segments(self, target: Any):
         """The wrapped ``segments`` on the global batch."""
         return self.decomposition.segments(self._plan(None, target).target)
@@ -474,6 +478,10 @@ class CrossBatchMemory(Decomposition):
     def evaluate(self, bits: Tensor, target: Any) -> Tensor:
         """The wrapped ``evaluate`` on the enlarged set."""
         return self.decomposition.evaluate(bits, self._plan(target).target)
+
+    def batch_metric(self, target: Any) -> Optional[Tensor]:
+        """The wrapped ``batch_metric`` on the enlarged set."""
+        return self.decomposition.batch_metric(self._plan(target).target)
 
     def segments(self, target: Any):
         """The wrapped ``segments`` on the enlarged set."""

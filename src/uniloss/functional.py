@@ -5,7 +5,7 @@ The module :class:`uniloss.UniLoss` is a thin wrapper around :func:`uniloss_with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 import torch
@@ -148,7 +148,7 @@ def uniloss_with_info(
                 temperature=temperature, grad_scale=grad_scale, sign=sign,
             )
             loss = loss.to(scores.dtype)
-            return loss, LossInfo(metric, surrogate, loss.detach(), l, values, kinds)
+            return loss, _exact(LossInfo(metric, surrogate, loss.detach(), l, values, kinds), decomposition, target)
     c = decomposition.comparisons(scores, target).reshape(-1)
     if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
         c = c.float()
@@ -175,7 +175,8 @@ def uniloss_with_info(
                 anchor_set = AnchorSet(anchor_set.dense(), anchor_set.kinds)  # drawn for another c
             wrong = hard != anchor_set.best if anchor_set.is_structured else None
     if l == 0 or not anchor_set.is_structured:
-        return _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign)
+        loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign)
+        return loss, _exact(info, decomposition, target)
     if all_good and decomposition.num_good_flips(target, l) != 1:
         raise ValueError(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
@@ -187,7 +188,15 @@ def uniloss_with_info(
         grad_scale=grad_scale, sign=sign, all_good=all_good,
     )
     loss = loss.to(scores.dtype)
-    return loss, LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds)
+    return loss, _exact(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds), decomposition, target)
+
+
+def _exact(info: LossInfo, decomposition: Decomposition, target: Any) -> LossInfo:
+    """``info`` with the decomposition's exact batch metric where it has one (``batch_metric``)."""
+    exact = decomposition.batch_metric(target)
+    if exact is None:
+        return info
+    return replace(info, metric=exact.detach().to(info.metric.dtype))
 
 
 def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign):

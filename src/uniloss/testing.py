@@ -26,9 +26,10 @@ def assert_exact_decomposition(
 
     Checks, raising ``AssertionError`` with what differed:
 
-    1. exactness: ``evaluate(comparisons(scores) > 0)`` equals ``reference_fn(scores, target)``
-       within ``atol`` (use scores without ties: a tie is where decompositions may legitimately
-       differ from a reference);
+    1. exactness: ``evaluate(comparisons(scores) > 0)`` (or ``batch_metric``, for a
+       decomposition that has one) equals ``reference_fn(scores, target)`` within ``atol`` (use
+       scores without ties: a tie is where decompositions may legitimately differ from a
+       reference);
     2. shapes: ``comparisons`` is ``[l]`` floating, ``best`` is ``[l]`` bool;
     3. gradient: ``comparisons`` is differentiable in ``scores`` (when ``l > 0``);
     4. vectorisation: ``evaluate`` on ``t`` stacked configurations (the current one, best and
@@ -61,10 +62,12 @@ def assert_exact_decomposition(
 
     with torch.no_grad():
         hard = c.detach() > 0
-        ours = decomposition.evaluate(hard[None], prepared)[0]
+        ours = decomposition.batch_metric(prepared)
+        if ours is None:
+            ours = decomposition.evaluate(hard[None], prepared)[0]
         reference = torch.as_tensor(reference_fn(scores.detach(), target), dtype=torch.float64)
         assert torch.allclose(ours.double().cpu(), reference.cpu(), atol=atol, equal_nan=True), (
-            f"evaluate(comparisons > 0) = {ours.item():.10g} but reference_fn gave "
+            f"the batch metric (evaluate(comparisons > 0)) = {ours.item():.10g} but reference_fn gave "
             f"{reference.item():.10g} (difference {abs(ours.item() - reference.item()):.3g})"
         )
         if generator is None:
