@@ -131,6 +131,19 @@ def test_reproduce_writes_the_schema(tmp_path):
     assert "(0 to train)" in again.stderr
 
 
+def test_reproduce_losses_picks_rows(tmp_path):
+    out = tmp_path / "table"
+    r = _cli("reproduce", "mnist-ap", "--seeds", "0", "--epochs", "1", "--limit-train", "200", "--losses", "ce",
+             "--runs-dir", str(tmp_path / "runs"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "1 runs (1 to train)" in r.stderr
+    report = json.loads((out / "results.json").read_text())
+    assert {row["loss"] for row in report["rows"]} == {"ce"}
+    assert "--losses ce" in report["command"]
+    bad = _cli("reproduce", "mnist-ap", "--losses", "nope", "--runs-dir", str(tmp_path / "runs"), "--out", str(out))
+    assert bad.returncode != 0 and "no loss 'nope'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_demo_runs_quickly(tmp_path):
     assert main(["demo", "--epochs", "2", "--seeds", "0", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "demo.json").exists() and (tmp_path / "demo.png").exists()

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -89,7 +90,17 @@ def run_table(name: str, args) -> int:
     schedule = getattr(args, "schedule", None)
     runs_root = Path(args.runs_dir) / (name if schedule in (None, "paper") else f"{name}-{schedule.replace(':', '-')}")
     plans, pending = [], []  # plans: (table, experiment, seeds, runs folder, why not run or None)
+    only = getattr(args, "losses", None)
+    if only:
+        known = [loss for part in _parts(table) for loss in part.losses]
+        unknown = [loss for loss in only if loss not in known]
+        if unknown:
+            raise ValueError(f"table {name!r} has no loss {', '.join(map(repr, unknown))}; its losses: {', '.join(dict.fromkeys(known))}")
     for part in _parts(table):
+        if only:  # the rows asked for, in the table's order
+            part = replace(part, losses=tuple(loss for loss in part.losses if loss in only))
+            if not part.losses:
+                continue
         exp = get_experiment(part.experiment)
         for loss in part.losses:  # an unknown schedule or loss fails here, before any run starts
             _recipe(exp, RunOptions(loss=loss, schedule=schedule))
@@ -178,6 +189,8 @@ def _collect(name: str, plans, args) -> Dict:
     command = f"uniloss reproduce {name} --seeds {' '.join(map(str, seeds_used or plans[0][2]))}"
     if schedule:
         command += f" --schedule {schedule}"
+    if getattr(args, "losses", None):
+        command += f" --losses {' '.join(args.losses)}"
     if args.epochs is not None:
         command += f" --epochs {args.epochs}"
     return {"table": name, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": command,
