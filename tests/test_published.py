@@ -173,3 +173,44 @@ def test_batch_without_a_positive_gives_an_attached_zero():
         PublishedAPLoss(num_each=0)
     with pytest.raises(ValueError, match="same number"):
         PublishedAPLoss()(torch.randn(5), torch.zeros(6, dtype=torch.long))
+
+
+def test_multiclass_update_matches_a_loop_of_the_cifar_script():
+    # The CIFAR script: bits c_ij = p_{i,y_i} - p_{i,j} of the sigmoid outputs, value of an
+    # anchor = -(fraction of samples whose bits are all right), the same backward.
+    import uniloss
+    from uniloss.experiments.published import PublishedLoss
+
+    g = torch.Generator().manual_seed(7)
+    n, c = 6, 4
+    scores = torch.randn(n, c, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, c, (n,), generator=g)
+    loss_fn = PublishedLoss(uniloss.MulticlassAccuracy(), num_each=4, generator=torch.Generator().manual_seed(8))
+    loss_fn(scores, target).backward()
+
+    p = torch.sigmoid(scores.detach()).tolist()
+    bits, where = [], []  # the script's order: sample-major, other classes ascending
+    for i in range(n):
+        for j in range(c):
+            if j != int(target[i]):
+                bits.append(p[i][int(target[i])] - p[i][j])
+                where.append((i, j))
+    sig = [1 / (1 + __import__("math").exp(-b)) for b in bits]
+    u = [2 * x - 1 for x in sig]
+    anchors = published_anchors(torch.sign(torch.tensor(u, dtype=torch.float64)), 4, torch.Generator().manual_seed(8))
+    anchors = anchors.tolist()
+    values = []
+    for a in anchors:
+        right = sum(all(a[i * (c - 1) + k] > 0 for k in range(c - 1)) for i in range(n))
+        values.append(-right / n)
+    grad_u = _published_backward_loop(u, anchors, values)
+    want = [[0.0] * c for _ in range(n)]
+    for k, (i, j) in enumerate(where):
+        gk = 2 * sig[k] * (1 - sig[k]) * grad_u[k]
+        want[i][int(target[i])] += gk
+        want[i][j] -= gk
+    s = torch.sigmoid(scores.detach())
+    want = torch.tensor(want, dtype=torch.float64) * s * (1 - s)  # through the model's sigmoid
+    # (the library's evaluate gives float32 values, e.g. 1/6: hence 1e-6, not 1e-9)
+    torch.testing.assert_close(scores.grad, want, rtol=1e-6, atol=1e-12)
+    assert float(loss_fn.last.metric) == pytest.approx(float((scores.argmax(1) == target).double().mean()))

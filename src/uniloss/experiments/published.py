@@ -44,9 +44,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+import uniloss
 from uniloss import LossInfo
 
-__all__ = ["PublishedAPLoss", "published_anchors", "published_values", "published_gradient"]
+__all__ = ["PublishedLoss", "PublishedAPLoss", "published_anchors", "published_values", "published_gradient"]
 
 
 def published_anchors(sign: Tensor, num_each: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -86,7 +87,7 @@ def published_values(bits: Tensor, num_pos: int, num_neg: int) -> Tensor:
             above negative ``j``".
     """
     t = bits.shape[0]
-    beats = bits.reshape(t, num_pos, num_neg).float()
+    beats = bits.reshape(t, num_pos, num_neg).double()
     # Contradictory iff two positives each beat a negative the other does not (a 4-cycle; a
     # bipartite tournament with a cycle has one).
     only = beats @ (1.0 - beats).transpose(1, 2)  # [t, P, P]: negatives i beats and i' does not
@@ -115,17 +116,79 @@ def published_gradient(u: Tensor, anchors: Tensor, values: Tensor, *, published_
     return -(centred / dist**3) @ diff / s
 
 
-class PublishedAPLoss(nn.Module):
-    """The published script's AP training update as a loss module (see the module docstring).
+class PublishedLoss(nn.Module):
+    """The published scripts' training update for a decomposition whose best configuration is
+    every comparison right (AP, accuracy), as a loss module (see the module docstring).
 
-    ``loss = module(scores, target)`` with ``scores`` ``[n]`` the network's raw outputs (the
-    sigmoid of the published model is applied here) and ``target`` ``[n]`` in {0, 1};
-    ``published_sign=False`` keeps everything of the script but the sign (the ablation that
-    shows what the sign does). Its value
-    is ``-g~``, the interpolated AP at the current bits; its gradient is the published one, not
-    the gradient of that value. ``.last`` holds a :class:`uniloss.LossInfo` (``metric``: the
-    batch's exact VOC AP; ``surrogate``: the interpolated AP). A batch without a positive or
-    a negative gives an attached zero loss.
+    ``loss = module(scores, target)``: the sigmoid of the published models is applied to
+    ``scores`` here, the decomposition's comparisons ``c`` of those probabilities are relaxed to
+    ``u = 2 * sigmoid(c) - 1``, anchors are drawn as :func:`published_anchors` does and valued by
+    ``decomposition.evaluate`` (or :meth:`anchor_values`), and the gradient is
+    :func:`published_gradient` chained through ``c``. ``published_sign=False`` keeps everything
+    but the sign (the ablation that shows what the sign does). The value is ``-g~``, the
+    interpolated metric at the current bits; the gradient is the published one, not the gradient
+    of that value. ``.last`` holds a :class:`uniloss.LossInfo` (``metric``: the batch's exact
+    metric; ``surrogate``: the interpolated one). A batch where the metric is undefined gives an
+    attached zero loss.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> loss_fn = PublishedLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(0))
+        >>> scores = torch.randn(8, 10, requires_grad=True)
+        >>> loss_fn(scores, torch.arange(8)).backward()
+        >>> bool(scores.grad.abs().sum() > 0)
+        True
+    """
+
+    def __init__(self, decomposition: uniloss.Decomposition, num_each: int = 16,
+                 generator: Optional[torch.Generator] = None, *, published_sign: bool = True):
+        super().__init__()
+        if num_each < 1:
+            raise ValueError(f"num_each must be a positive integer, got {num_each}")
+        self.decomposition = decomposition
+        self.num_each = num_each
+        self.published_sign = published_sign
+        self.generator = generator
+        self.last: Optional[LossInfo] = None
+
+    def anchor_values(self, bits: Tensor, plan) -> Tensor:
+        """The metric at anchors ``bits`` ``[t, l]``: the decomposition's ``evaluate``."""
+        return self.decomposition.evaluate(bits, plan)
+
+    def forward(self, scores: Tensor, target: Tensor) -> Tensor:
+        dec = self.decomposition
+        probs = torch.sigmoid(scores)  # the published models' last layer
+        plan = dec.prepare(probs, target, self.generator)
+        c = dec.comparisons(probs.double(), plan).reshape(-1)  # float64, as the scripts' numpy
+        nan = torch.tensor(float("nan"), device=scores.device)
+        if c.numel() == 0:
+            zero = scores.sum() * 0.0
+            self.last = LossInfo(nan, nan, zero.detach(), 0, torch.empty(0), ())
+            return zero
+        if not bool(dec.best(plan).all()):
+            raise ValueError(f"the published update needs a best configuration of all-right bits; {dec!r} has another")
+        sig = torch.sigmoid(c.detach())
+        u = 2.0 * sig - 1.0
+        anchors = published_anchors(torch.sign(u), self.num_each, self.generator).double()
+        value = self.anchor_values(torch.cat([anchors > 0, (u > 0)[None]]), plan).double()
+        value, metric = value[:-1], value[-1]
+        exact = dec.batch_metric(plan)
+        metric = metric if exact is None else exact
+        grad_u = published_gradient(u, anchors, -value, published_sign=self.published_sign)
+        grad_c = 2.0 * sig * (1.0 - sig) * grad_u
+        w = 1.0 / (u[None, :] - anchors).norm(dim=1)
+        surrogate = (value * w).sum() / w.sum()
+        loss = -surrogate + (grad_c * (c - c.detach())).sum()
+        kinds = (("best", 1), ("good", self.num_each), ("nearby", self.num_each), ("bad", self.num_each))
+        self.last = LossInfo(metric.float(), surrogate.float(), loss.detach(), u.numel(), value.float(), kinds)
+        return loss.to(scores.dtype)
+
+
+class PublishedAPLoss(PublishedLoss):
+    """:class:`PublishedLoss` for binary average precision, as the MNIST script: ``scores``
+    ``[n]``, ``target`` ``[n]`` in {0, 1}; an anchor is valued by :func:`published_values` (VOC
+    AP, 0 where its bits contradict each other), ``.last.metric`` is the batch's VOC AP.
 
     Example::
 
@@ -138,41 +201,13 @@ class PublishedAPLoss(nn.Module):
     """
 
     def __init__(self, num_each: int = 16, generator: Optional[torch.Generator] = None, *, published_sign: bool = True):
-        super().__init__()
-        if num_each < 1:
-            raise ValueError(f"num_each must be a positive integer, got {num_each}")
-        self.num_each = num_each
-        self.published_sign = published_sign
-        self.generator = generator
-        self.last: Optional[LossInfo] = None
+        super().__init__(uniloss.AveragePrecision(interpolated=True), num_each, generator, published_sign=published_sign)
+
+    def anchor_values(self, bits: Tensor, plan) -> Tensor:
+        return published_values(bits, plan.pos.numel(), plan.neg.numel())
 
     def forward(self, scores: Tensor, target: Tensor) -> Tensor:
-        scores = scores.reshape(-1)
-        target = target.reshape(-1)
+        scores, target = scores.reshape(-1), target.reshape(-1)
         if scores.shape != target.shape:
             raise ValueError(f"scores and target must have the same number of samples, got {scores.shape} and {target.shape}")
-        probs = torch.sigmoid(scores)  # the published model's last layer
-        pos, neg = torch.nonzero(target == 1).flatten(), torch.nonzero(target != 1).flatten()
-        nan = torch.tensor(float("nan"), device=scores.device)
-        if pos.numel() == 0 or neg.numel() == 0:
-            zero = scores.sum() * 0.0
-            self.last = LossInfo(nan, nan, zero.detach(), 0, torch.empty(0), ())
-            return zero
-        p = probs.detach().double()
-        sig = torch.sigmoid(p[pos][:, None] - p[neg][None, :]).flatten()
-        u = 2.0 * sig - 1.0
-        anchors = published_anchors(torch.sign(u), self.num_each, self.generator).double()
-        ap = published_values(anchors > 0, pos.numel(), neg.numel())
-        grad_u = published_gradient(u, anchors, -ap, published_sign=self.published_sign)
-        grad_pair = (2.0 * sig * (1.0 - sig) * grad_u).reshape(pos.numel(), neg.numel())
-        grad = torch.zeros_like(p)
-        grad.index_add_(0, pos, grad_pair.sum(1))
-        grad.index_add_(0, neg, -grad_pair.sum(0))
-        w = 1.0 / (u[None, :] - anchors).norm(dim=1)
-        surrogate = (ap * w).sum() / w.sum()
-        metric = published_values((u > 0)[None], pos.numel(), neg.numel())[0]
-        grad = grad.to(probs.dtype)
-        loss = -surrogate.to(probs.dtype) + (grad * (probs - probs.detach())).sum()
-        kinds = (("best", 1), ("good", self.num_each), ("nearby", self.num_each), ("bad", self.num_each))
-        self.last = LossInfo(metric.float(), surrogate.float(), loss.detach(), u.numel(), ap.float(), kinds)
-        return loss
+        return super().forward(scores, target)
