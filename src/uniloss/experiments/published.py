@@ -1,8 +1,9 @@
-"""The published code's MNIST average-precision update, vectorised (paper sec. 4.1).
+"""The published code's training update, vectorised (paper sec. 4.1 and 4.3).
 
 The paper's MNIST number (UniLoss 0.9988 test AP) comes from its published training script
 (``binary_classficiation/train_mnist.py`` of princeton-vl/uniloss), whose hand-written backward
-differs from the gradient of the interpolation the paper describes in one sign. With
+differs from the gradient of the interpolation the paper describes in one sign; the CIFAR-10
+script (``multi_classification/train_cifar10.py``) has the same backward. With
 ``w_i = 1 / d_i`` the inverse-distance weights of the anchors ``a_i`` (values ``v_i = -AP(a_i)``),
 ``S = sum_i w_i`` and ``f = sum_i v_i w_i / S`` the interpolated loss, the gradient of ``f`` with
 respect to the relaxed bits ``u`` is::
@@ -23,10 +24,13 @@ taken (so ``u = 2 * sigmoid(p_i - p_j) - 1`` stays within about ``(-0.46, 0.46)`
 whose bits contradict each other (no ranking has them, e.g. ``p1 > n1 > p2 > n2 > p1``) is given
 AP 0 (the script's ``ap_frombins``); a consistent anchor gets its VOC-interpolated AP.
 
-This module exists to reproduce the paper's table and to measure what that sign does
-(``uniloss train mnist-ap --loss uniloss-published``, and ``--loss
-uniloss-published-truegrad``: the same script with the true gradient); the library's :class:`uniloss.UniLoss`
-follows the paper's equations and differentiates the interpolation exactly.
+This module exists to reproduce the paper's tables and to measure what that sign does
+(``uniloss train mnist-ap --loss uniloss-published``, ``--loss uniloss-published-truegrad``: the
+same script with the true gradient, and ``uniloss train fashion-resnet20 --loss
+uniloss-published``: :class:`PublishedLoss` on multi-class accuracy, where the script's anchor
+value is the fraction of samples whose bits are all right); the library's
+:class:`uniloss.UniLoss` follows the paper's equations and differentiates the interpolation
+exactly.
 
 Anchors, as the script draws them, with every bit oriented so that 1 is right (positive above
 negative): the best configuration; ``num_each`` *good* ones (the best with one random bit
