@@ -302,6 +302,7 @@ def test_multiclass_table_reports_missing_cifar_instead_of_failing(tmp_path, mon
     runs = tmp_path / "runs"
     _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "ce-seed0", 0.93)
     _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-seed0", 0.925)
+    _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-published-seed0", 0.92)
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "table"
@@ -313,9 +314,10 @@ def test_multiclass_table_reports_missing_cifar_instead_of_failing(tmp_path, mon
     rows = {(r["dataset"], r["loss"], r["metric"]): r for r in report["rows"]}
     assert rows["Fashion-MNIST", "ce", "accuracy"]["mean"] == 0.93 and rows["Fashion-MNIST", "ce", "accuracy"]["paper"] is None
     for key, paper in [(("CIFAR-10", "ce", "accuracy"), 0.9149), (("CIFAR-10", "uniloss", "accuracy"), 0.9164),
+                       (("CIFAR-10", "uniloss-published", "accuracy"), 0.9164),
                        (("CIFAR-100", "ce", "accuracy"), 0.6590), (("CIFAR-100", "uniloss-frac20", "accuracy"), 0.6592)]:
         assert rows[key]["paper"] == paper and rows[key]["mean"] is None
         assert rows[key]["note"] == "data not available here"
     md = (out / "results.md").read_text()
-    assert md.count("data not available here |") == 8 and "| Fashion-MNIST | uniloss | test accuracy | — | 0.9250" in md
+    assert md.count("data not available here |") == 9 and "| Fashion-MNIST | uniloss | test accuracy | — | 0.9250" in md
     assert (out / "curves.png").exists()
