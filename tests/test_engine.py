@@ -300,3 +300,17 @@ def test_fraction_reports_the_exact_metric_and_trains_from_scratch():
     bits = torch.rand(3, plan.selected.numel(), generator=g) < 0.5
     _, info = F.uniloss_with_info(scores, plan, dec, anchors=bits)
     assert float(info.metric) == pytest.approx(4 / 32)
+
+
+def test_fraction_exact_metric_through_cross_batch_memory():
+    from uniloss.distributed import CrossBatchMemory
+
+    g = torch.Generator().manual_seed(3)
+    dec = CrossBatchMemory(uniloss.MulticlassAccuracy(fraction=0.2), size=16)
+    first, y1 = torch.randn(8, 30, generator=g), torch.randint(0, 30, (8,), generator=g)
+    second, y2 = torch.randn(8, 30, generator=g), torch.randint(0, 30, (8,), generator=g)
+    second[:5] += 10 * torch.nn.functional.one_hot(y2[:5], 30)
+    F.uniloss_with_info(first, y1, dec, generator=g)
+    _, info = F.uniloss_with_info(second, y2, dec, generator=g)  # the batch plus the first in memory
+    both, labels = torch.cat([second, first]), torch.cat([y2, y1])
+    assert float(info.metric) == pytest.approx(float((both.argmax(1) == labels).float().mean()))
