@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ._decomposition import Decomposition, validate_scores
-from ._pairs import grouped_pairs, pair_differences, row_differences
+from ._pairs import grouped_pairs, other_classes, pair_differences, row_differences
 from ._random import randperm
 
 __all__ = ["AveragePrecision", "MulticlassAccuracy", "PCK", "KeypointTarget"]
@@ -191,7 +191,7 @@ class _AccuracyPlan:
     cols: Tensor  # [n, m] the other classes each sample's target is compared with
     selected: Optional[Tensor] = None  # [l] flat indices into [n*m] trained this step
     fixed_ok: Optional[Tensor] = None  # [n] bool: every bit not selected is currently right
-    exact: Optional[Tensor] = None  # the batch's exact accuracy, when evaluate() does not give it
+    exact: Optional[Tensor] = None  # with undrawn="right": the batch's exact accuracy
 
 
 class MulticlassAccuracy(Decomposition):
@@ -255,8 +255,7 @@ class MulticlassAccuracy(Decomposition):
             masked = scores.detach().scatter(1, labels[:, None], float("-inf"))
             cols = masked.topk(self.top_k, dim=1).indices
         else:  # every other class, in class order
-            others = torch.arange(p - 1, device=scores.device)[None, :]
-            cols = others + (others >= labels[:, None]).long()
+            cols = other_classes(labels, p)
         if self.fraction is None:
             return _AccuracyPlan(labels, cols)
         total = cols.numel()
@@ -264,16 +263,14 @@ class MulticlassAccuracy(Decomposition):
         selected = randperm(total, generator, scores.device)[:keep].sort().values
         with torch.no_grad():
             right = self._full(scores, labels, cols) > 0
-            exact = right.all(1).float().mean()
             if self.undrawn == "right":
-                return _AccuracyPlan(labels, cols, selected, None, exact)
+                return _AccuracyPlan(labels, cols, selected, exact=right.all(1).float().mean())
             right.view(-1)[selected] = True
-        return _AccuracyPlan(labels, cols, selected, right.all(1), exact)
+        return _AccuracyPlan(labels, cols, selected, fixed_ok=right.all(1))
 
     def batch_metric(self, target) -> Optional[Tensor]:
         """The exact accuracy of the batch when ``fraction`` scores anchors on the drawn bits."""
-        plan = _prepared(self, target, _AccuracyPlan)
-        return plan.exact if plan.fixed_ok is None else None
+        return _prepared(self, target, _AccuracyPlan).exact
 
     def metric(self, scores: Tensor, target) -> Tensor:
         """The exact accuracy of ``scores``' argmax (every comparison, whatever ``top_k`` and
@@ -281,9 +278,7 @@ class MulticlassAccuracy(Decomposition):
         with torch.no_grad():
             plan = target if isinstance(target, _AccuracyPlan) else None
             labels = plan.labels if plan is not None else target.long()
-            n, p = scores.shape
-            others = torch.arange(p - 1, device=scores.device)[None, :]
-            cols = others + (others >= labels[:, None]).long()
+            cols = other_classes(labels, scores.shape[1])
             return (self._full(scores, labels, cols) > 0).all(1).float().mean()
 
     @staticmethod

@@ -80,3 +80,9 @@ def row_differences(s: Tensor, y: Tensor, cols: Tensor) -> Tensor:
     """``(s.gather(1, y[:, None]) - s.gather(1, cols)).reshape(-1)`` for ``s`` ``[n, p]``: each
     row's entry ``y`` against its entries ``cols``; differentiable with a single autograd node."""
     return _RowDifferences.apply(s, y[:, None], cols)
+
+
+def other_classes(labels: Tensor, num_classes: int) -> Tensor:
+    """``[n, num_classes - 1]``: for each label, the other classes in class order."""
+    others = torch.arange(num_classes - 1, device=labels.device)[None, :]
+    return others + (others >= labels[:, None]).long()

@@ -58,7 +58,7 @@ from torch import Tensor
 from . import _validation as V
 from ._decomposition import validate_scores
 from ._metrics import PCK, KeypointTarget
-from ._pairs import grouped_pairs
+from ._pairs import grouped_pairs, other_classes
 
 __all__ = [
     "Decoder",
@@ -200,12 +200,6 @@ def _first_argmax(wins: Tensor) -> Tensor:
     return m - (hit * first).amax(1).long()
 
 
-def _others(labels: Tensor, m: int) -> Tensor:
-    """``[G, m-1]``: the classes other than ``labels`` in class order."""
-    others = torch.arange(m - 1, device=labels.device)[None, :]
-    return others + (others >= labels[:, None]).long()
-
-
 # --------------------------------------------------------------------------- classes per row
 
 
@@ -268,7 +262,7 @@ class _ClassDecoder(Decoder):
         m = rows.shape[1]
         if self.pairs == "all":
             return _ClassPlan(target, labels, m, hard=_tournament(rows) > 0)
-        cols = _others(labels, m)
+        cols = other_classes(labels, m)
         order = rows.gather(1, cols).sort(dim=1, descending=True, stable=True).indices
         return _ClassPlan(target, labels, m, cols=cols, ranked=cols.gather(1, order))
 

@@ -112,12 +112,17 @@ def published_gradient(u: Tensor, anchors: Tensor, values: Tensor, *, published_
     anchor, ``-AP``), ``d_i = ||u - a_i||``, ``S = sum_i 1/d_i``, ``f = sum_i v_i / d_i / S``.
     ``published_sign=False`` gives the true gradient of ``f`` instead (``v_i - f``).
     """
+    return _published_step(u, anchors, values, published_sign)[0]
+
+
+def _published_step(u: Tensor, anchors: Tensor, values: Tensor, published_sign: bool) -> "tuple[Tensor, Tensor]":
+    """:func:`published_gradient` and the interpolated value ``f`` it computes on the way."""
     diff = u[None, :] - anchors  # [t, l]
     dist = diff.norm(dim=1)
     s = (1.0 / dist).sum()
     f = (values / dist).sum() / s
     centred = values + f if published_sign else values - f
-    return -(centred / dist**3) @ diff / s
+    return -(centred / dist**3) @ diff / s, f
 
 
 class PublishedLoss(nn.Module):
@@ -179,10 +184,9 @@ class PublishedLoss(nn.Module):
         value, metric = value[:-1], value[-1]
         exact = dec.batch_metric(plan)
         metric = metric if exact is None else exact
-        grad_u = published_gradient(u, anchors, -value, published_sign=self.published_sign)
+        grad_u, f = _published_step(u, anchors, -value, self.published_sign)
         grad_c = 2.0 * sig * (1.0 - sig) * grad_u
-        w = 1.0 / (u[None, :] - anchors).norm(dim=1)
-        surrogate = (value * w).sum() / w.sum()
+        surrogate = -f
         loss = -surrogate + (grad_c * (c - c.detach())).sum()
         kinds = (("best", 1), ("good", self.num_each), ("nearby", self.num_each), ("bad", self.num_each))
         self.last = LossInfo(metric.float(), surrogate.float(), loss.detach(), u.numel(), value.float(), kinds)
