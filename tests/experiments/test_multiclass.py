@@ -283,6 +283,64 @@ def test_smoke_training_run_of_the_100_class_task(tmp_path, monkeypatch):
     assert set(final["test"]) == {"accuracy", "top5"} and final["test"]["top5"] >= final["test"]["accuracy"]
 
 
+def test_warmup_loss_switches_at_its_step_and_keeps_the_count_in_its_state():
+    import uniloss
+
+    def pair(seed):
+        g = torch.Generator().manual_seed(seed)
+        return (uniloss.UniLoss(uniloss.MulticlassAccuracy(fraction=0.2), generator=g),
+                uniloss.UniLoss(uniloss.MulticlassAccuracy(top_k=3), generator=g))
+
+    warm = MC.WarmupLoss(*pair(0), steps=2)
+    first, then = pair(0)  # the same two losses, called by hand in the same order
+    y = torch.randint(0, 10, (16,))
+    for step in range(4):
+        s = torch.randn(16, 10, generator=torch.Generator().manual_seed(step))
+        expected = (first if step < 2 else then)(s, y)
+        assert torch.equal(warm(s, y), expected)
+        assert warm.last.num_bits == (round(0.2 * 16 * 9) if step < 2 else 16 * 3)
+    with torch.no_grad():  # evaluation calls do not count
+        warm(s, y)
+    assert warm.calls == 4
+    fresh = MC.WarmupLoss(*pair(0), steps=2)
+    fresh.load_state_dict(warm.state_dict())
+    assert fresh.calls == 4
+    with pytest.raises(ValueError, match="steps"):
+        MC.WarmupLoss(first, then, steps=-1)
+
+
+@pytest.mark.skipif(not _mnist_available(), reason="needs MNIST in ../shared/data")
+def test_warmup_count_is_checkpointed_so_resume_switches_at_the_same_step(tmp_path, monkeypatch):
+    from uniloss.experiments import train as T
+    from uniloss.experiments.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(MC, "PAIRS_PER_CLASS", {"train": 1, "val": 1, "test": 1})
+    monkeypatch.setitem(MC.WARMUP_VARIANTS, "uniloss-top20-warm", ("uniloss-frac20", "uniloss-top20", 6))
+    args = ["train", "mnist-pairs-resnet20", "--loss", "uniloss-top20-warm", "--batch-size", "32",
+            "--threads", "1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main([*args, "--epochs", "2", "--out", str(whole)]) == 0
+    real_save = T.save_checkpoint
+
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(state, path):  # the run dies right after epoch 1's checkpoint
+        real_save(state, path)
+        raise Crash
+
+    monkeypatch.setattr(T, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        main([*args, "--epochs", "2", "--out", str(cut)])
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    steps = -(-len(MC.load_digit_pairs(None, torch.device("cpu")).x_train) // 32)  # 4: the switch (6) is in epoch 2
+    assert steps == 4 and load_checkpoint(cut / "checkpoint.pt")["loss"]["_extra_state"]["calls"] == steps
+    assert main([*args, "--epochs", "2", "--out", str(cut), "--resume"]) == 0
+    assert load_checkpoint(cut / "checkpoint.pt")["loss"]["_extra_state"]["calls"] == 2 * steps
+    a, b = (json.loads((d / "final.json").read_text()) for d in (whole, cut))
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+
+
 # --------------------------------------------------------------------------- the table
 
 

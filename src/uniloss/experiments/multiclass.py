@@ -419,7 +419,56 @@ def _resnet20(loss: str, *, num_classes: int, in_channels: int, mean, std) -> nn
 
 
 #: The UniLoss variants: loss name -> keywords of :class:`uniloss.MulticlassAccuracy`.
-UNILOSS_VARIANTS: Dict[str, dict] = {"uniloss": {}, "uniloss-frac20": {"fraction": 0.2}, "uniloss-top20": {"top_k": 20}}
+UNILOSS_VARIANTS: Dict[str, dict] = {"uniloss": {}, "uniloss-frac20": {"fraction": 0.2}, "uniloss-top20": {"top_k": 20},
+                                     "uniloss-t2": {}, "uniloss-t4": {}}
+#: Warm-up variants: loss name -> (first loss, then loss, steps of the first) (:class:`WarmupLoss`).
+WARMUP_VARIANTS: Dict[str, Tuple[str, str, int]] = {"uniloss-top20-warm": ("uniloss-frac20", "uniloss-top20", 352)}
+#: Keywords of :class:`uniloss.UniLoss` itself where a variant changes them (else the library's defaults).
+UNILOSS_OPTIONS: Dict[str, dict] = {"uniloss-t2": {"temperature": 2.0}, "uniloss-t4": {"temperature": 4.0}}
+
+
+class WarmupLoss(nn.Module):
+    """``first`` for the first ``steps`` training calls, ``then`` afterwards.
+
+    For a loss that does not train from scratch but refines well (``top_k``: see
+    ``docs/results/multiclass/README.md``), warmed up by one that does (``fraction``). Only calls
+    with autograd enabled count; the count is in ``state_dict()`` (extra state), so a run resumed
+    from its checkpoint switches at the same step. :attr:`last` is the active loss's
+    :class:`uniloss.LossInfo`.
+
+    Example::
+
+        >>> w = WarmupLoss(uniloss.UniLoss(uniloss.MulticlassAccuracy(fraction=0.2)),
+        ...                uniloss.UniLoss(uniloss.MulticlassAccuracy(top_k=2)), steps=1)
+        >>> s, y = torch.randn(4, 5, requires_grad=True), torch.tensor([0, 1, 2, 3])
+        >>> _ = w(s, y); _ = w(s, y)
+        >>> w.calls, w.last.num_bits
+        (2, 8)
+    """
+
+    def __init__(self, first: nn.Module, then: nn.Module, steps: int) -> None:
+        super().__init__()
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"Expected `steps` to be an int >= 0, but got {steps!r}")
+        self.first, self.then, self.steps = first, then, steps
+        self.calls = 0
+        self._active = first if steps > 0 else then
+
+    @property
+    def last(self):
+        return self._active.last
+
+    def forward(self, scores: Tensor, target: Tensor) -> Tensor:
+        self._active = self.first if self.calls < self.steps else self.then
+        if torch.is_grad_enabled():
+            self.calls += 1
+        return self._active(scores, target)
+
+    def get_extra_state(self) -> dict:
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls = int(state["calls"])
 
 
 def multiclass_loss(name: str, generator: torch.Generator) -> Tuple[Callable, Optional[nn.Module]]:
@@ -444,10 +493,14 @@ def multiclass_loss(name: str, generator: torch.Generator) -> Tuple[Callable, Op
 
         module = PublishedLoss(uniloss.MulticlassAccuracy(), generator=generator)
         return module, module
+    if name in WARMUP_VARIANTS:
+        first, then, steps = WARMUP_VARIANTS[name]
+        module = WarmupLoss(multiclass_loss(first, generator)[1], multiclass_loss(then, generator)[1], steps)
+        return module, module
     if name not in UNILOSS_VARIANTS:
         raise ValueError(f"unknown loss {name!r}; expected ce, uniloss-published or one of {', '.join(UNILOSS_VARIANTS)}")
     module = uniloss.UniLoss(uniloss.MulticlassAccuracy(**UNILOSS_VARIANTS[name]), generator=generator,
-                             validate_args=False)
+                             validate_args=False, **UNILOSS_OPTIONS.get(name, {}))
     return module, module
 
 
@@ -497,7 +550,7 @@ def _experiment(name: str, description: str, dataset: str, losses: Tuple[str, ..
 
 register(_experiment(
     "fashion-resnet20", "Fashion-MNIST, ResNet-20, accuracy (stand-in for paper sec. 4.3)", "Fashion-MNIST",
-    ("uniloss", "ce", "uniloss-published"), load_fashion_splits, classes=10, channels=1, mean=FASHION_MEAN, std=FASHION_STD,
+    ("uniloss", "ce", "uniloss-published", "uniloss-t2", "uniloss-t4"), load_fashion_splits, classes=10, channels=1, mean=FASHION_MEAN, std=FASHION_STD,
     augment=_crop_flip, datasets=("fashion-mnist",),
     notes="Fashion-MNIST: 54,000 / 6,000 / 10,000 images, crop (4 px) + flip; no paper number exists.",
 ))
@@ -519,7 +572,7 @@ register(_experiment(
 ))
 register(_experiment(
     "mnist-pairs-resnet20", "two-digit numbers 00-99 from MNIST pairs (28x56), ResNet-20, 100-class accuracy",
-    "MNIST pairs 00-99", ("uniloss", "ce", "uniloss-frac20", "uniloss-top20"), load_digit_pairs, classes=100,
+    "MNIST pairs 00-99", ("uniloss", "ce", "uniloss-frac20", "uniloss-top20", "uniloss-top20-warm"), load_digit_pairs, classes=100,
     channels=1, mean=(MNIST_MEAN,), std=(MNIST_STD,), augment=_crop, datasets=("mnist",),
     notes=f"MNIST digit pairs: 45,000 / 5,000 / 10,000 numbers (seed {PAIRS_SEED}; train and validation pairs from "
     "disjoint parts of MNIST's training set, test pairs from its test set), crop (2 px), no flip; every loss trains "

@@ -142,6 +142,8 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if isinstance(ul_module, torch.nn.Module) and "loss" in state:  # a loss with state (e.g. a warm-up's step count)
+            ul_module.load_state_dict(state["loss"])
         for k in _STATE_KEYS:
             gens[k].set_state(state[k])
         history = list(state["history"])
@@ -210,6 +212,8 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
         state = {"config": config, "epoch": epoch + 1, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "history": history, **{k: g.get_state() for k, g in gens.items()}}
+        if isinstance(ul_module, torch.nn.Module):
+            state["loss"] = ul_module.state_dict()
         save_checkpoint(state, ckpt_path)
         with open(out / "log.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
