@@ -283,6 +283,20 @@ def test_smoke_training_run_of_the_100_class_task(tmp_path, monkeypatch):
     assert set(final["test"]) == {"accuracy", "top5"} and final["test"]["top5"] >= final["test"]["accuracy"]
 
 
+def test_gain_variant_scales_the_gradient_and_keeps_the_value():
+    y = torch.randint(0, 10, (16,))
+    scores = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name in ("uniloss", "uniloss-g3"):
+        fn, module = MC.multiclass_loss(name, torch.Generator().manual_seed(1))  # the same anchors
+        s = scores.clone().requires_grad_()
+        value = fn(s, y)
+        value.backward()
+        out[name] = (value.detach(), s.grad, module.last.surrogate)
+    assert torch.equal(out["uniloss"][0], out["uniloss-g3"][0]) and float(out["uniloss"][0]) == -float(out["uniloss"][2])
+    assert torch.allclose(out["uniloss-g3"][1], MC.UNILOSS_GAINS["uniloss-g3"] * out["uniloss"][1], rtol=1e-5, atol=1e-8)
+
+
 def test_warmup_loss_switches_at_its_step_and_keeps_the_count_in_its_state():
     import uniloss
 

@@ -1,0 +1,99 @@
+"""How large and how CE-like UniLoss-accuracy's gradient is on a given ResNet-20, against cross-entropy's.
+
+For one batch of 128 training images (seed 0) through the network in a checkpoint of ``uniloss
+train`` (or a fresh one: ``init``), prints per UniLoss variant, its gradient with respect to the
+logits against cross-entropy's on the same logits:
+
+* ``|g|/|g_ce|``: the ratio of the norms (one anchor draw, averaged over 5 draws);
+* ``cos(mean, ce)``: the cosine between the mean over the draws and cross-entropy's gradient;
+* ``cos(draw, mean)``: how much one draw of anchors varies around that mean (1: not at all);
+* ``push wrong`` / ``push right``: the summed rise of the target logit that each asks for, on the
+  misclassified and on the correctly classified samples, UniLoss over cross-entropy.
+
+Then, for 8 batches, the samples grouped by how many classes score above their target
+(0, 1, 2 or more) and the target push of UniLoss over cross-entropy in each group::
+
+    python benchmarks/multiclass_gradients.py fashion runs/fashion-variants-short-4/uniloss-seed0/checkpoint.pt
+    python benchmarks/multiclass_gradients.py pairs init all frac20 top20
+
+Variants: ``all`` (every comparison, the default), ``frac20``, ``top20``, ``t2``, ``t4`` (temperature).
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import uniloss
+from uniloss.experiments.multiclass import FASHION_MEAN, FASHION_STD, _resnet20, load_digit_pairs, load_fashion_splits
+from uniloss.experiments.registry import MNIST_MEAN, MNIST_STD
+
+VARIANTS = {"all": ({}, {}), "frac20": ({"fraction": 0.2}, {}), "top20": ({"top_k": 20}, {}),
+            "t2": ({}, {"temperature": 2.0}), "t4": ({}, {"temperature": 4.0})}
+
+
+def cos(a, b):
+    return float(a.flatten() @ b.flatten() / a.norm() / b.norm())
+
+
+def grads(z0, y, fn):
+    z = z0.clone().requires_grad_(True)
+    fn(z, y).backward()
+    return z.grad
+
+
+def target_push(g, y, mask):
+    return -g[mask].gather(1, y[mask][:, None]).sum()
+
+
+def main(task, checkpoint, variants):
+    torch.set_num_threads(1)
+    if task == "fashion":
+        splits, classes, norm = load_fashion_splits(None, torch.device("cpu")), 10, (FASHION_MEAN, FASHION_STD)
+    elif task == "pairs":
+        splits, classes, norm = load_digit_pairs(None, torch.device("cpu")), 100, ((MNIST_MEAN,), (MNIST_STD,))
+    else:
+        raise SystemExit(f"task must be fashion or pairs, not {task!r}")
+    model = _resnet20("uniloss", num_classes=classes, in_channels=1, mean=norm[0], std=norm[1])
+    if checkpoint != "init":
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    model.eval()
+    idx = torch.randint(len(splits.x_train), (8 * 128,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(splits.x_train[idx]).float()
+    labels = splits.y_train[idx]
+    z0, y = logits[:128], labels[:128]
+    wrong = z0.argmax(1) != y
+    g_ce = grads(z0, y, F.cross_entropy)
+    print(f"{task}, {checkpoint}: batch accuracy {1 - float(wrong.float().mean()):.3f}")
+    print("variant  |g|/|g_ce|  cos(mean,ce)  cos(draw,mean)  push wrong  push right")
+    for name in variants:
+        metric_kw, loss_kw = VARIANTS[name]
+        draws = torch.stack([grads(z0, y, uniloss.UniLoss(uniloss.MulticlassAccuracy(**metric_kw), **loss_kw,
+                                                          generator=torch.Generator().manual_seed(s)))
+                             for s in range(5)])
+        mean = draws.mean(0)
+        ratio = float(draws.norm(dim=(1, 2)).mean() / g_ce.norm())
+        spread = sum(cos(d, mean) for d in draws) / len(draws)
+        pw = float(target_push(mean, y, wrong) / target_push(g_ce, y, wrong)) if wrong.any() else float("nan")
+        pr = float(target_push(mean, y, ~wrong) / target_push(g_ce, y, ~wrong)) if (~wrong).any() else float("nan")
+        print(f"{name:8s} {ratio:10.3f} {cos(mean, g_ce):13.3f} {spread:15.3f} {pw:11.3f} {pr:11.3f}")
+    above = (logits > logits.gather(1, labels[:, None])).sum(1)
+    sums = {}
+    for b in range(8):
+        z, t, k = logits[b * 128:(b + 1) * 128], labels[b * 128:(b + 1) * 128], above[b * 128:(b + 1) * 128]
+        g_ce = grads(z, t, F.cross_entropy)
+        g_ul = grads(z, t, uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(b)))
+        for group, mask in (("0", k == 0), ("1", k == 1), (">=2", k >= 2)):
+            s = sums.setdefault(group, [0.0, 0.0, 0])
+            s[0] += float(target_push(g_ul, t, mask))
+            s[1] += float(target_push(g_ce, t, mask))
+            s[2] += int(mask.sum())
+    print("classes above the target: samples of 1024, target push UniLoss / cross-entropy")
+    for group, (u, c, n) in sums.items():
+        print(f"  {group:>3s}: {n:4d}, {u / c if n else float('nan'):.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], sys.argv[2], sys.argv[3:] or ["all"])
