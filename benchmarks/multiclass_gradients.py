@@ -8,7 +8,9 @@ logits against cross-entropy's on the same logits:
 * ``cos(mean, ce)``: the cosine between the mean over the draws and cross-entropy's gradient;
 * ``cos(draw, mean)``: how much one draw of anchors varies around that mean (1: not at all);
 * ``push wrong`` / ``push right``: the summed rise of the target logit that each asks for, on the
-  misclassified and on the correctly classified samples, UniLoss over cross-entropy.
+  misclassified and on the correctly classified samples, UniLoss over cross-entropy;
+* ``distance scale``: the factor ``grad_scale="distance"`` (the default) applies, the anchors'
+  harmonic distance: it shrinks as the network grows confident, and the gradient with it.
 
 Then, for 8 batches, the samples grouped by how many classes score above their target
 (0, 1, 2 or more) and the target push of UniLoss over cross-entropy in each group::
@@ -53,6 +55,7 @@ def main(task, checkpoint, variants):
         splits, classes, norm = load_digit_pairs(None, torch.device("cpu")), 100, ((MNIST_MEAN,), (MNIST_STD,))
     else:
         raise SystemExit(f"task must be fashion or pairs, not {task!r}")
+    torch.manual_seed(0)  # the fresh network of `uniloss train --seed 0`
     model = _resnet20("uniloss", num_classes=classes, in_channels=1, mean=norm[0], std=norm[1])
     if checkpoint != "init":
         model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
@@ -65,7 +68,7 @@ def main(task, checkpoint, variants):
     wrong = z0.argmax(1) != y
     g_ce = grads(z0, y, F.cross_entropy)
     print(f"{task}, {checkpoint}: batch accuracy {1 - float(wrong.float().mean()):.3f}")
-    print("variant  |g|/|g_ce|  cos(mean,ce)  cos(draw,mean)  push wrong  push right")
+    print("variant  |g|/|g_ce|  cos(mean,ce)  cos(draw,mean)  push wrong  push right  distance scale")
     for name in variants:
         metric_kw, loss_kw = VARIANTS[name]
         draws = torch.stack([grads(z0, y, uniloss.UniLoss(uniloss.MulticlassAccuracy(**metric_kw), **loss_kw,
@@ -76,7 +79,12 @@ def main(task, checkpoint, variants):
         spread = sum(cos(d, mean) for d in draws) / len(draws)
         pw = float(target_push(mean, y, wrong) / target_push(g_ce, y, wrong)) if wrong.any() else float("nan")
         pr = float(target_push(mean, y, ~wrong) / target_push(g_ce, y, ~wrong)) if (~wrong).any() else float("nan")
-        print(f"{name:8s} {ratio:10.3f} {cos(mean, g_ce):13.3f} {spread:15.3f} {pw:11.3f} {pr:11.3f}")
+        # grad_scale="distance" multiplies the gradient by the anchors' harmonic distance: read it off
+        # as the ratio to the same draw with a unit scale.
+        unit = grads(z0, y, uniloss.UniLoss(uniloss.MulticlassAccuracy(**metric_kw), **loss_kw, grad_scale=1.0,
+                                            generator=torch.Generator().manual_seed(0)))
+        scale = float(draws[0].norm() / unit.norm()) if loss_kw.get("grad_scale", "distance") == "distance" else float("nan")
+        print(f"{name:8s} {ratio:10.3f} {cos(mean, g_ce):13.3f} {spread:15.3f} {pw:11.3f} {pr:11.3f} {scale:14.2f}")
     above = (logits > logits.gather(1, labels[:, None])).sum(1)
     sums = {}
     for b in range(8):

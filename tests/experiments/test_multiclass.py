@@ -375,6 +375,7 @@ def test_multiclass_table_reports_missing_cifar_instead_of_failing(tmp_path, mon
     _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "ce-seed0", 0.93)
     _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-seed0", 0.925)
     _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-published-seed0", 0.92)
+    _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-gs10-seed0", 0.927)
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "table"
@@ -391,5 +392,5 @@ def test_multiclass_table_reports_missing_cifar_instead_of_failing(tmp_path, mon
         assert rows[key]["paper"] == paper and rows[key]["mean"] is None
         assert rows[key]["note"] == "data not available here"
     md = (out / "results.md").read_text()
-    assert md.count("data not available here |") == 9 and "| Fashion-MNIST | uniloss | test accuracy | — | 0.9250" in md
+    assert md.count("data not available here |") == 11 and "| Fashion-MNIST | uniloss | test accuracy | — | 0.9250" in md
     assert (out / "curves.png").exists()

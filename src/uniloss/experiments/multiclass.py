@@ -5,13 +5,18 @@ Experiments, each ``uniloss train NAME --loss LOSS [--schedule paper|short|NAME:
 ========================  ================================================  ===========================
 name                      data                                              losses (first: default)
 ========================  ================================================  ===========================
-``fashion-resnet20``      Fashion-MNIST, 28x28 grey, 10 classes             uniloss, ce, uniloss-published
+``fashion-resnet20``      Fashion-MNIST, 28x28 grey, 10 classes             uniloss, ce, uniloss-published,
+                                                                            uniloss-t2, uniloss-t4,
+                                                                            uniloss-g3, uniloss-gs10
 ``cifar10-resnet20``      CIFAR-10, 32x32 RGB, 10 classes                   uniloss, ce, uniloss-published
 ``cifar100-resnet20``     CIFAR-100, 32x32 RGB, 100 classes                 uniloss-frac20, ce,
-                                                                            uniloss-top20, uniloss
+                                                                            uniloss-top20, uniloss,
+                                                                            uniloss-top20-warm
 ``mnist-pairs-resnet20``  two-digit numbers 00-99 from MNIST digit pairs,   uniloss, ce,
                           28x56 grey, 100 classes (offline many-class task) uniloss-frac20,
-                                                                            uniloss-top20
+                                                                            uniloss-top20,
+                                                                            uniloss-top20-warm,
+                                                                            uniloss-frac20-gs15
 ========================  ================================================  ===========================
 
 Losses: ``ce`` is cross-entropy; ``uniloss`` is ``UniLoss(MulticlassAccuracy())`` on all
@@ -23,6 +28,12 @@ UniLoss variant uses the library's defaults (16 good, 16 nearby, 16 bad anchors,
 (Fashion-MNIST, CIFAR-10) is the published CIFAR-10 script's update
 (:class:`~uniloss.experiments.published.PublishedLoss`: a sigmoid on the outputs and the
 script's backward, whose sign makes every anchor attract the bits), for comparison with the paper.
+
+Variants measured on the offline tasks (``docs/results/multiclass/README.md`` says what each
+showed): ``uniloss-t2`` / ``-t4`` (``temperature`` 2 / 4), ``uniloss-g3`` (UniLoss's gradient
+times 3, its value unchanged), ``uniloss-gs10`` / ``uniloss-frac20-gs15`` (a constant
+``grad_scale`` about the one ``"distance"`` gives a fresh network, :data:`UNILOSS_OPTIONS`), and
+``uniloss-top20-warm`` (:class:`WarmupLoss`: one epoch of ``uniloss-frac20``, then top-20).
 
 Splits: the validation set is the *last tenth* of the publisher's training set, the rest trains
 (CIFAR: 45,000 / 5,000 as in the paper and He et al. 2016, who do not say which 5,000; Fashion-MNIST:
@@ -62,7 +73,7 @@ the data lookup order); without network here, fetch them once with::
 Table ``multiclass`` (``uniloss reproduce multiclass``): Fashion-MNIST, CIFAR-10 and CIFAR-100
 rows beside the paper's numbers; a part whose data is absent is reported as "data not available
 here" instead of failing (:class:`TableGroup`). Table ``mnist-pairs``: the 100-class task, every
-loss.
+loss. Table ``fashion-variants``: the Fashion-MNIST screen of the variants above.
 """
 
 from __future__ import annotations
@@ -544,7 +555,9 @@ SHORT_RECIPE = replace(PAPER_RECIPE, epochs=SHORT_EPOCHS, milestones=(round(0.7 
 _COMMON_NOTES = (
     "ResNet-20 (0.27M parameters, option-A shortcuts), batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 "
     "for every loss; validation = the last tenth of the training set, result on the test set; UniLoss is "
-    "UniLoss(MulticlassAccuracy(...)) with the library's defaults (16/16/16 anchors, grad_scale='distance')."
+    "UniLoss(MulticlassAccuracy(...)) with the library's defaults (16/16/16 anchors, grad_scale='distance') except "
+    "where the loss name says: -t2/-t4 temperature 2/4, -g3 the gradient times 3, -gs10/-gs15 a constant "
+    "grad_scale of 10/15, -top20-warm 352 steps (one epoch of the 100-class task) of -frac20 before top-20."
 )
 
 
@@ -575,7 +588,7 @@ register(_experiment(
 ))
 register(_experiment(
     "cifar100-resnet20", "CIFAR-100, ResNet-20, accuracy (paper sec. 4.3, Table 2)", "CIFAR-100",
-    ("uniloss-frac20", "ce", "uniloss-top20", "uniloss"), partial(load_cifar_splits, "cifar-100"), classes=100,
+    ("uniloss-frac20", "ce", "uniloss-top20", "uniloss", "uniloss-top20-warm"), partial(load_cifar_splits, "cifar-100"), classes=100,
     channels=3, mean=CIFAR100_MEAN, std=CIFAR100_STD, augment=_crop_flip, datasets=("cifar-100",),
     paper={("ce", "accuracy"): 0.6590, ("uniloss-frac20", "accuracy"): 0.6592}, epoch_factor={"uniloss-frac20": 5},
     notes="CIFAR-100: 45,000 / 5,000 / 10,000 images, crop (4 px) + flip. uniloss-frac20 (the paper's UniLoss: a "
@@ -595,7 +608,7 @@ register_table("multiclass", TableGroup(
     parts=(
         Table("fashion-resnet20", ("ce", "uniloss", "uniloss-gs10", "uniloss-published"), ("accuracy",)),
         Table("cifar10-resnet20", ("ce", "uniloss", "uniloss-published"), ("accuracy",)),
-        Table("cifar100-resnet20", ("ce", "uniloss-frac20", "uniloss-top20"), ("accuracy", "top5")),
+        Table("cifar100-resnet20", ("ce", "uniloss-frac20", "uniloss-top20", "uniloss-top20-warm"), ("accuracy", "top5")),
     ),
     title="Multi-class accuracy of ResNet-20, cross-entropy against UniLoss (paper sec. 4.3, Table 2)",
 ))
@@ -606,5 +619,5 @@ register_table("mnist-pairs", Table(
 ))
 register_table("fashion-variants", Table(
     "fashion-resnet20", ("ce", "uniloss", "uniloss-t2", "uniloss-t4", "uniloss-g3", "uniloss-gs10"), ("accuracy",),
-    title="Fashion-MNIST, ResNet-20: UniLoss's temperature and gradient gain against cross-entropy (a short screen)",
+    title="Fashion-MNIST, ResNet-20: UniLoss variants against cross-entropy",
 ))
