@@ -26,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -255,7 +256,8 @@ def _plot(table, plans, path: Path) -> Optional[str]:
             ax.plot(range(1, len(mean) + 1), mean, color=f"C{i}", lw=2, label=f"{loss} (mean of {len(seeds)} seeds)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {METRIC_NAMES.get(metric, metric).replace('test ', '')}")
-        ax.set_title(exp.dataset if hasattr(table, "parts") else table.title or table.experiment, fontsize=10)
+        title = exp.dataset if hasattr(table, "parts") else table.title or table.experiment
+        ax.set_title(textwrap.fill(title, 70), fontsize=10)  # long titles wrap instead of running off the figure
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
