@@ -22,8 +22,8 @@ name                      data                                              loss
 Losses: ``ce`` is cross-entropy; ``uniloss`` is ``UniLoss(MulticlassAccuracy())`` on all
 ``n*(p-1)`` comparisons of a batch; ``uniloss-frac20`` trains a random 20% of them per step
 (``fraction=0.2``, the paper's CIFAR-100 setting); ``uniloss-top20`` keeps the target and the 20
-highest-scoring other classes (``top_k=20``, the published code's CIFAR-100 setting). Every
-UniLoss variant uses the library's defaults (16 good, 16 nearby, 16 bad anchors, temperature 1,
+highest-scoring other classes (``top_k=20``, the published code's CIFAR-100 setting). These
+UniLoss losses use the library's defaults (16 good, 16 nearby, 16 bad anchors, temperature 1,
 ``grad_scale="distance"``) and the same learning rate as cross-entropy. ``uniloss-published``
 (Fashion-MNIST, CIFAR-10) is the published CIFAR-10 script's update
 (:class:`~uniloss.experiments.published.PublishedLoss`: a sigmoid on the outputs and the
@@ -575,7 +575,8 @@ def _experiment(name: str, description: str, dataset: str, losses: Tuple[str, ..
 
 register(_experiment(
     "fashion-resnet20", "Fashion-MNIST, ResNet-20, accuracy (stand-in for paper sec. 4.3)", "Fashion-MNIST",
-    ("uniloss", "ce", "uniloss-published", "uniloss-t2", "uniloss-t4", "uniloss-g3", "uniloss-gs10"), load_fashion_splits, classes=10, channels=1, mean=FASHION_MEAN, std=FASHION_STD,
+    ("uniloss", "ce", "uniloss-published", "uniloss-t2", "uniloss-t4", "uniloss-g3", "uniloss-gs10"),
+    load_fashion_splits, classes=10, channels=1, mean=FASHION_MEAN, std=FASHION_STD,
     augment=_crop_flip, datasets=("fashion-mnist",),
     notes="Fashion-MNIST: 54,000 / 6,000 / 10,000 images, crop (4 px) + flip; no paper number exists.",
 ))
@@ -588,7 +589,8 @@ register(_experiment(
 ))
 register(_experiment(
     "cifar100-resnet20", "CIFAR-100, ResNet-20, accuracy (paper sec. 4.3, Table 2)", "CIFAR-100",
-    ("uniloss-frac20", "ce", "uniloss-top20", "uniloss", "uniloss-top20-warm"), partial(load_cifar_splits, "cifar-100"), classes=100,
+    ("uniloss-frac20", "ce", "uniloss-top20", "uniloss", "uniloss-top20-warm"), partial(load_cifar_splits, "cifar-100"),
+    classes=100,
     channels=3, mean=CIFAR100_MEAN, std=CIFAR100_STD, augment=_crop_flip, datasets=("cifar-100",),
     paper={("ce", "accuracy"): 0.6590, ("uniloss-frac20", "accuracy"): 0.6592}, epoch_factor={"uniloss-frac20": 5},
     notes="CIFAR-100: 45,000 / 5,000 / 10,000 images, crop (4 px) + flip. uniloss-frac20 (the paper's UniLoss: a "
@@ -597,7 +599,8 @@ register(_experiment(
 ))
 register(_experiment(
     "mnist-pairs-resnet20", "two-digit numbers 00-99 from MNIST pairs (28x56), ResNet-20, 100-class accuracy",
-    "MNIST pairs 00-99", ("uniloss", "ce", "uniloss-frac20", "uniloss-top20", "uniloss-top20-warm", "uniloss-frac20-gs15"), load_digit_pairs, classes=100,
+    "MNIST pairs 00-99", ("uniloss", "ce", "uniloss-frac20", "uniloss-top20", "uniloss-top20-warm", "uniloss-frac20-gs15"),
+    load_digit_pairs, classes=100,
     channels=1, mean=(MNIST_MEAN,), std=(MNIST_STD,), augment=_crop, datasets=("mnist",),
     notes=f"MNIST digit pairs: 45,000 / 5,000 / 10,000 numbers (seed {PAIRS_SEED}; train and validation pairs from "
     "disjoint parts of MNIST's training set, test pairs from its test set), crop (2 px), no flip; every loss trains "
