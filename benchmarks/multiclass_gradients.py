@@ -16,9 +16,10 @@ Then, for 8 batches, the samples grouped by how many classes score above their t
 (0, 1, 2 or more) and the target push of UniLoss over cross-entropy in each group::
 
     python benchmarks/multiclass_gradients.py fashion runs/fashion-variants-short-4/uniloss-seed0/checkpoint.pt
-    python benchmarks/multiclass_gradients.py pairs init all frac20 top20
+    python benchmarks/multiclass_gradients.py pairs init uniloss uniloss-frac20 uniloss-top20
 
-Variants: ``all`` (every comparison, the default), ``frac20``, ``top20``, ``t2``, ``t4`` (temperature).
+Losses: the experiments' UniLoss names (``uniloss.experiments.multiclass.UNILOSS_VARIANTS``,
+default ``uniloss``: every comparison).
 """
 import sys
 
@@ -26,11 +27,9 @@ import torch
 import torch.nn.functional as F
 
 import uniloss
-from uniloss.experiments.multiclass import FASHION_MEAN, FASHION_STD, _resnet20, load_digit_pairs, load_fashion_splits
+from uniloss.experiments.multiclass import (FASHION_MEAN, FASHION_STD, UNILOSS_VARIANTS, _resnet20, load_digit_pairs,
+                                             load_fashion_splits, multiclass_loss)
 from uniloss.experiments.registry import MNIST_MEAN, MNIST_STD
-
-VARIANTS = {"all": ({}, {}), "frac20": ({"fraction": 0.2}, {}), "top20": ({"top_k": 20}, {}),
-            "t2": ({}, {"temperature": 2.0}), "t4": ({}, {"temperature": 4.0})}
 
 
 def cos(a, b):
@@ -68,12 +67,9 @@ def main(task, checkpoint, variants):
     wrong = z0.argmax(1) != y
     g_ce = grads(z0, y, F.cross_entropy)
     print(f"{task}, {checkpoint}: batch accuracy {1 - float(wrong.float().mean()):.3f}")
-    print("variant  |g|/|g_ce|  cos(mean,ce)  cos(draw,mean)  push wrong  push right  distance scale")
+    print("loss            |g|/|g_ce|  cos(mean,ce)  cos(draw,mean)  push wrong  push right  distance scale")
     for name in variants:
-        metric_kw, loss_kw = VARIANTS[name]
-        draws = torch.stack([grads(z0, y, uniloss.UniLoss(uniloss.MulticlassAccuracy(**metric_kw), **loss_kw,
-                                                          generator=torch.Generator().manual_seed(s)))
-                             for s in range(5)])
+        draws = torch.stack([grads(z0, y, multiclass_loss(name, torch.Generator().manual_seed(s))[0]) for s in range(5)])
         mean = draws.mean(0)
         ratio = float(draws.norm(dim=(1, 2)).mean() / g_ce.norm())
         spread = sum(cos(d, mean) for d in draws) / len(draws)
@@ -81,10 +77,11 @@ def main(task, checkpoint, variants):
         pr = float(target_push(mean, y, ~wrong) / target_push(g_ce, y, ~wrong)) if (~wrong).any() else float("nan")
         # grad_scale="distance" multiplies the gradient by the anchors' harmonic distance: read it off
         # as the ratio to the same draw with a unit scale.
-        unit = grads(z0, y, uniloss.UniLoss(uniloss.MulticlassAccuracy(**metric_kw), **loss_kw, grad_scale=1.0,
+        variant = UNILOSS_VARIANTS[name]
+        unit = grads(z0, y, uniloss.UniLoss(uniloss.MulticlassAccuracy(**variant.metric), **{**variant.loss, "grad_scale": 1.0},
                                             generator=torch.Generator().manual_seed(0)))
-        scale = float(draws[0].norm() / unit.norm()) if loss_kw.get("grad_scale", "distance") == "distance" else float("nan")
-        print(f"{name:8s} {ratio:10.3f} {cos(mean, g_ce):13.3f} {spread:15.3f} {pw:11.3f} {pr:11.3f} {scale:14.2f}")
+        scale = float(draws[0].norm() / (variant.gain * unit.norm())) if variant.loss.get("grad_scale", "distance") == "distance" else float("nan")
+        print(f"{name:14s} {ratio:10.3f} {cos(mean, g_ce):13.3f} {spread:15.3f} {pw:11.3f} {pr:11.3f} {scale:14.2f}")
     above = (logits > logits.gather(1, labels[:, None])).sum(1)
     sums = {}
     for b in range(8):
@@ -104,4 +101,4 @@ def main(task, checkpoint, variants):
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
-    main(sys.argv[1], sys.argv[2], sys.argv[3:] or ["all"])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:] or ["uniloss"])

@@ -294,7 +294,7 @@ def test_gain_variant_scales_the_gradient_and_keeps_the_value():
         value.backward()
         out[name] = (value.detach(), s.grad, module.last.surrogate)
     assert torch.equal(out["uniloss"][0], out["uniloss-g3"][0]) and float(out["uniloss"][0]) == -float(out["uniloss"][2])
-    assert torch.allclose(out["uniloss-g3"][1], MC.UNILOSS_GAINS["uniloss-g3"] * out["uniloss"][1], rtol=1e-5, atol=1e-8)
+    assert torch.allclose(out["uniloss-g3"][1], MC.UNILOSS_VARIANTS["uniloss-g3"].gain * out["uniloss"][1], rtol=1e-5, atol=1e-8)
 
 
 def test_warmup_loss_switches_at_its_step_and_keeps_the_count_in_its_state():

@@ -32,7 +32,7 @@ script's backward, whose sign makes every anchor attract the bits), for comparis
 Variants measured on the offline tasks (``docs/results/multiclass/README.md`` says what each
 showed): ``uniloss-t2`` / ``-t4`` (``temperature`` 2 / 4), ``uniloss-g3`` (UniLoss's gradient
 times 3, its value unchanged), ``uniloss-gs10`` / ``uniloss-frac20-gs15`` (a constant
-``grad_scale`` about the one ``"distance"`` gives a fresh network, :data:`UNILOSS_OPTIONS`), and
+``grad_scale`` about the one ``"distance"`` gives a fresh network; :data:`UNILOSS_VARIANTS`), and
 ``uniloss-top20-warm`` (:class:`WarmupLoss`: one epoch of ``uniloss-frac20``, then top-20).
 
 Splits: the validation set is the *last tenth* of the publisher's training set, the rest trains
@@ -429,17 +429,29 @@ def _resnet20(loss: str, *, num_classes: int, in_channels: int, mean, std) -> nn
     return ImageClassifier(ResNet20(num_classes, in_channels=in_channels), mean, std)
 
 
-#: The UniLoss variants: loss name -> keywords of :class:`uniloss.MulticlassAccuracy`.
-UNILOSS_VARIANTS: Dict[str, dict] = {"uniloss": {}, "uniloss-frac20": {"fraction": 0.2}, "uniloss-top20": {"top_k": 20},
-                                     "uniloss-t2": {}, "uniloss-t4": {}, "uniloss-g3": {}, "uniloss-gs10": {},
-                                     "uniloss-frac20-gs15": {"fraction": 0.2}}
-#: Warm-up variants: loss name -> (first loss, then loss, steps of the first) (:class:`WarmupLoss`).
+class Variant(NamedTuple):
+    """A UniLoss loss of these experiments: keywords of :class:`uniloss.MulticlassAccuracy` and of
+    :class:`uniloss.UniLoss` (else the library's defaults), and a factor on its gradient (the loss
+    value stays ``-surrogate``)."""
+
+    metric: dict = {}
+    loss: dict = {}
+    gain: float = 1.0
+
+
+#: The UniLoss losses by name.
+UNILOSS_VARIANTS: Dict[str, Variant] = {
+    "uniloss": Variant(),
+    "uniloss-frac20": Variant(metric={"fraction": 0.2}),
+    "uniloss-top20": Variant(metric={"top_k": 20}),
+    "uniloss-t2": Variant(loss={"temperature": 2.0}),
+    "uniloss-t4": Variant(loss={"temperature": 4.0}),
+    "uniloss-g3": Variant(gain=3.0),
+    "uniloss-gs10": Variant(loss={"grad_scale": 10.0}),
+    "uniloss-frac20-gs15": Variant(metric={"fraction": 0.2}, loss={"grad_scale": 15.0}),
+}
+#: Warm-up losses: name -> (first loss, then loss, steps of the first) (:class:`WarmupLoss`).
 WARMUP_VARIANTS: Dict[str, Tuple[str, str, int]] = {"uniloss-top20-warm": ("uniloss-frac20", "uniloss-top20", 352)}
-#: Keywords of :class:`uniloss.UniLoss` itself where a variant changes them (else the library's defaults).
-UNILOSS_OPTIONS: Dict[str, dict] = {"uniloss-t2": {"temperature": 2.0}, "uniloss-t4": {"temperature": 4.0},
-                                    "uniloss-gs10": {"grad_scale": 10.0}, "uniloss-frac20-gs15": {"grad_scale": 15.0}}
-#: Gradient gains: loss name -> the factor on UniLoss's gradient (the loss value stays -surrogate).
-UNILOSS_GAINS: Dict[str, float] = {"uniloss-g3": 3.0}
 
 
 class WarmupLoss(nn.Module):
@@ -513,11 +525,13 @@ def multiclass_loss(name: str, generator: torch.Generator) -> Tuple[Callable, Op
         module = WarmupLoss(multiclass_loss(first, generator)[1], multiclass_loss(then, generator)[1], steps)
         return module, module
     if name not in UNILOSS_VARIANTS:
-        raise ValueError(f"unknown loss {name!r}; expected ce, uniloss-published or one of {', '.join(UNILOSS_VARIANTS)}")
-    module = uniloss.UniLoss(uniloss.MulticlassAccuracy(**UNILOSS_VARIANTS[name]), generator=generator,
-                             validate_args=False, **UNILOSS_OPTIONS.get(name, {}))
-    if name in UNILOSS_GAINS:
-        gain = UNILOSS_GAINS[name]
+        raise ValueError(f"unknown loss {name!r}; expected ce, uniloss-published or one of "
+                         f"{', '.join([*UNILOSS_VARIANTS, *WARMUP_VARIANTS])}")
+    variant = UNILOSS_VARIANTS[name]
+    module = uniloss.UniLoss(uniloss.MulticlassAccuracy(**variant.metric), generator=generator,
+                             validate_args=False, **variant.loss)
+    if variant.gain != 1.0:
+        gain = variant.gain
 
         def scaled(scores: Tensor, target: Tensor) -> Tensor:
             loss = module(scores, target)

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 import uniloss
 from uniloss import LossInfo
+from uniloss.functional import _exact
 
 __all__ = ["PublishedLoss", "PublishedAPLoss", "published_anchors", "published_values", "published_gradient"]
 
@@ -160,6 +161,7 @@ class PublishedLoss(nn.Module):
         self.published_sign = published_sign
         self.generator = generator
         self.last: Optional[LossInfo] = None
+        self._best_checked = False
 
     def anchor_values(self, bits: Tensor, plan) -> Tensor:
         """The metric at anchors ``bits`` ``[t, l]``: the decomposition's ``evaluate``."""
@@ -175,21 +177,22 @@ class PublishedLoss(nn.Module):
             zero = scores.sum() * 0.0
             self.last = LossInfo(nan, nan, zero.detach(), 0, torch.empty(0), ())
             return zero
-        if not bool(dec.best(plan).all()):
-            raise ValueError(f"the published update needs a best configuration of all-right bits; {dec!r} has another")
+        if not self._best_checked:  # once: a check per step would wait for the GPU every step
+            self._best_checked = True
+            if not bool(dec.best(plan).all()):
+                raise ValueError(f"the published update needs a best configuration of all-right bits; {dec!r} has another")
         sig = torch.sigmoid(c.detach())
         u = 2.0 * sig - 1.0
         anchors = published_anchors(torch.sign(u), self.num_each, self.generator).double()
         value = self.anchor_values(torch.cat([anchors > 0, (u > 0)[None]]), plan).double()
         value, metric = value[:-1], value[-1]
-        exact = dec.batch_metric(plan)
-        metric = metric if exact is None else exact
         grad_u, f = _published_step(u, anchors, -value, self.published_sign)
         grad_c = 2.0 * sig * (1.0 - sig) * grad_u
         surrogate = -f
         loss = -surrogate + (grad_c * (c - c.detach())).sum()
         kinds = (("best", 1), ("good", self.num_each), ("nearby", self.num_each), ("bad", self.num_each))
-        self.last = LossInfo(metric.float(), surrogate.float(), loss.detach(), u.numel(), value.float(), kinds)
+        self.last = _exact(LossInfo(metric.float(), surrogate.float(), loss.detach(), u.numel(), value.float(), kinds),
+                           dec, plan)
         return loss.to(scores.dtype)
 
 
