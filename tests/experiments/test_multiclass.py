@@ -372,17 +372,16 @@ def test_multiclass_table_reports_missing_cifar_instead_of_failing(tmp_path, mon
     assert [p.experiment for p in table.parts] == ["fashion-resnet20", "cifar10-resnet20", "cifar100-resnet20"]
     monkeypatch.setattr(get_experiment("fashion-resnet20"), "missing_data", lambda data_dir: None)
     runs = tmp_path / "runs"
-    _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "ce-seed0", 0.93)
-    _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-seed0", 0.925)
-    _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-published-seed0", 0.92)
-    _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-gs10-seed0", 0.927)
+    assert table.parts[0].losses == ("ce", "uniloss")  # the two runs the 90-minute CPU target is about
+    _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "ce-seed0", 0.93, MC.SHORT_EPOCHS)
+    _fake_run(runs / "multiclass-short" / "fashion-resnet20" / "uniloss-seed0", 0.925, MC.SHORT_EPOCHS)
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "table"
     assert main(["reproduce", "multiclass", "--seeds", "0", "--schedule", "short", "--runs-dir", str(runs),
                  "--out", str(out), "--data-dir", str(empty)]) == 0
     report = json.loads((out / "results.json").read_text())
-    assert report["table"] == "multiclass" and report["schedule"] == "short" and report["epochs"] == 2
+    assert report["table"] == "multiclass" and report["schedule"] == "short" and report["epochs"] == MC.SHORT_EPOCHS
     assert report["command"] == "uniloss reproduce multiclass --seeds 0 --schedule short"
     rows = {(r["dataset"], r["loss"], r["metric"]): r for r in report["rows"]}
     assert rows["Fashion-MNIST", "ce", "accuracy"]["mean"] == 0.93 and rows["Fashion-MNIST", "ce", "accuracy"]["paper"] is None
@@ -394,3 +393,31 @@ def test_multiclass_table_reports_missing_cifar_instead_of_failing(tmp_path, mon
     md = (out / "results.md").read_text()
     assert md.count("data not available here |") == 11 and "| Fashion-MNIST | uniloss | test accuracy | — | 0.9250" in md
     assert (out / "curves.png").exists()
+
+
+def test_reproduce_refuses_a_finished_run_of_another_schedule(tmp_path, monkeypatch, capsys):
+    """A run left by an older ``short`` schedule (12 epochs, lr / 10 after 8 and 10) is neither reused
+    under the new schedule's name nor resumed into a mix of the two: the command stops and says why."""
+    import uniloss.experiments.reproduce as R
+
+    monkeypatch.setattr(get_experiment("fashion-resnet20"), "missing_data", lambda data_dir: None)
+    monkeypatch.setattr(R, "_run_all", lambda pending, args: pending and pytest.fail(f"nothing may train: {pending}"))
+    runs = tmp_path / "runs"
+    folder = runs / "fashion-variants-short" / "ce-seed0"
+    _fake_run(folder, 0.93, 12)
+    final = json.loads((folder / "final.json").read_text())
+    old = dict(MC.SHORT_RECIPE.__dict__, epochs=12, milestones=[8, 10])
+    (folder / "final.json").write_text(json.dumps({**final, "config": old}))
+    args = ["reproduce", "fashion-variants", "--seeds", "0", "--schedule", "short", "--losses", "ce",
+            "--runs-dir", str(runs), "--out", str(tmp_path / "table")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ce-seed0 holds a finished run of other settings" in err
+    assert f"epochs 12 (now {MC.SHORT_EPOCHS})" in err and "milestones [8, 10]" in err
+    # the same run under the schedule it was trained with (short squeezed into 12 epochs) is reused
+    squeezed = runs / "fashion-variants-short-12" / "ce-seed0"
+    squeezed.parent.mkdir(parents=True)
+    folder.rename(squeezed)
+    args[args.index("short")] = "short:12"
+    assert main(args) == 0
+    assert json.loads((tmp_path / "table" / "results.json").read_text())["rows"][0]["mean"] == 0.93

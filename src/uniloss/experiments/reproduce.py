@@ -2,7 +2,8 @@
 
 Each run is a ``uniloss train`` subprocess (one thread each, ``--jobs`` at a time) writing to
 ``<runs-dir>/<table>/<loss>-seed<N>/``; finished runs are reused and interrupted ones resumed, so
-the command can be re-run after a crash. The table goes to ``<out>/``: ``results.json`` (the
+the command can be re-run after a crash (a finished run of other settings, e.g. of an older
+``short`` schedule, stops the command with the difference instead of entering the table). The table goes to ``<out>/``: ``results.json`` (the
 schema below), ``results.md`` and ``curves.png``::
 
     {"table": str, "machine": str, "date": str, "command": str,
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -75,12 +76,25 @@ def _run_command(table: Table, loss: str, seed: int, run_dir: Path, args) -> Lis
     return cmd
 
 
-def _finished(run_dir: Path, epochs: Optional[int]) -> bool:
+def _finished(run_dir: Path, recipe) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``recipe``.
+
+    A finished run of another recipe (e.g. one left by an older ``short`` schedule with fewer
+    epochs) is an error, not a result to reuse: its numbers would go into the table under the
+    wrong schedule, and resuming it would mix two schedules.
+    """
     final = run_dir / "final.json"
     if not final.exists():
         return False
     done = json.loads(final.read_text())
-    return epochs is None or done.get("epochs") == epochs
+    want = json.loads(json.dumps(asdict(recipe)))  # tuples as JSON lists, as final.json has them
+    have = done.get("config") or {"epochs": done.get("epochs")}  # a run without its config: its epochs
+    differ = {k: (have[k], want[k]) for k in want if k in have and have[k] != want[k]}
+    if differ:
+        diff = ", ".join(f"{k} {a} (now {b})" for k, (a, b) in differ.items())
+        raise ValueError(f"{run_dir} holds a finished run of other settings: {diff}; "
+                         "move it away or choose another --runs-dir")
+    return True
 
 
 def run_table(name: str, args) -> int:
@@ -116,7 +130,8 @@ def run_table(name: str, args) -> int:
         for loss in part.losses:
             for seed in seeds:
                 run_dir = root / f"{loss}-seed{seed}"
-                if not _finished(run_dir, args.epochs):
+                recipe = _recipe(exp, RunOptions(loss=loss, schedule=schedule, epochs=args.epochs))
+                if not _finished(run_dir, recipe):
                     pending.append((part, loss, seed, run_dir))
     total = sum(len(p.losses) * len(seeds) for p, _, seeds, _, reason in plans if not reason)
     print(f"uniloss reproduce {name}: {total} runs ({len(pending)} to train), {args.jobs} at a time, "
