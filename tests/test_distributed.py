@@ -336,6 +336,44 @@ def test_memory_helps_batches_without_positives():
     assert loss_fn.last.num_bits == 2 * 6 and s.grad.abs().sum() > 0
 
 
+def test_memory_travels_in_the_loss_state_dict():
+    """A UniLoss restored from ``state_dict()`` continues with the memory it had: the next loss and
+    gradient equal the original's (an empty memory would give a loss on the batch alone)."""
+    def make(size=8):
+        return uniloss.UniLoss(GlobalBatch(CrossBatchMemory(uniloss.AveragePrecision(), size=size)),
+                               generator=torch.Generator().manual_seed(0))
+
+    original = make()
+    for seed in range(3):
+        original(*_batch(4, seed, torch.tensor([1, 0, 0, 0])))
+    state = original.state_dict()
+    assert list(state) == ["decomposition"] and state["decomposition"]["scores"].shape == (8,)
+    restored = make()
+    restored.load_state_dict(state)
+    gen_state = original.generator.get_state()
+    losses, grads = [], []
+    for fn in (original, restored, make()):  # the third: a fresh (empty) memory
+        fn.generator.set_state(gen_state)
+        s = _batch(4, 9)[0].requires_grad_(True)
+        loss = fn(s, torch.tensor([0, 1, 0, 0]))
+        losses.append(float(loss.detach()))
+        grads.append(torch.autograd.grad(loss, s)[0])
+    assert losses[0] == losses[1] != losses[2]
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    torch.testing.assert_close(restored.decomposition.decomposition.memory[0], original.decomposition.decomposition.memory[0])
+    # a smaller memory keeps the newest samples; a decomposition without state keeps an empty state_dict
+    small = make(size=3)
+    small.load_state_dict(state)
+    torch.testing.assert_close(small.decomposition.decomposition.memory[0], state["decomposition"]["scores"][-3:])
+    assert uniloss.UniLoss(uniloss.AveragePrecision()).state_dict() == {}
+    with pytest.raises(RuntimeError, match='Missing key.*"decomposition"'):
+        make().load_state_dict({})
+    with pytest.raises(RuntimeError, match="keeps no state"):
+        uniloss.UniLoss(uniloss.AveragePrecision()).load_state_dict(state)
+    with pytest.raises(RuntimeError, match="both stored or both None"):
+        make().load_state_dict({"decomposition": {"scores": torch.zeros(2), "target": None}})
+
+
 def test_memory_checks():
     with pytest.raises(ValueError, match="size"):
         CrossBatchMemory(uniloss.AveragePrecision(), size=-1)

@@ -100,6 +100,17 @@ class Decomposition:
         ``None`` (the default): the engine reports ``evaluate`` of the hard configuration."""
         return None
 
+    def state_dict(self) -> Any:
+        """Optional: state the decomposition carries from call to call (e.g. the memory of
+        :class:`uniloss.distributed.CrossBatchMemory`), for a checkpoint. ``None`` (the default):
+        none. :class:`uniloss.UniLoss` stores a non-``None`` state in its own ``state_dict()``
+        under the key ``"decomposition"`` and hands it back to :meth:`load_state_dict`."""
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        """Optional: restore what :meth:`state_dict` returned."""
+        raise ValueError(f"{type(self).__name__} keeps no state to load, but got {type(state).__name__}")
+
     def segments(self, target: Any) -> Optional[Union[int, Tensor]]:
         """Optional structure: ``None`` (default), or how the ``l`` bits fall into consecutive
         runs on which ``evaluate`` depends only through each run's number of 0-bits: an ``int``

@@ -99,6 +99,29 @@ class UniLoss(nn.Module):
         )
         return loss
 
+    # The decomposition's state (e.g. a cross-batch memory) travels in the module's state_dict
+    # under "decomposition", only for a decomposition that has one (the others' state_dicts stay
+    # empty, so checkpoints written before this key existed still load).
+    _STATE_KEY = "decomposition"
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        state = self.decomposition.state_dict()
+        if state is not None:
+            destination[prefix + self._STATE_KEY] = state
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + self._STATE_KEY
+        if key in state_dict:
+            try:
+                self.decomposition.load_state_dict(state_dict[key])
+            except (TypeError, ValueError) as exc:
+                error_msgs.append(f"While loading {key}: {exc}")
+            state_dict = {k: v for k, v in state_dict.items() if k != key}
+        elif strict and self.decomposition.state_dict() is not None:
+            missing_keys.append(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
     def extra_repr(self) -> str:
         return (
             f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "

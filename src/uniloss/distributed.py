@@ -21,7 +21,7 @@ See ``docs/distributed.md`` for DDP, Lightning and Accelerate recipes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -335,6 +335,14 @@ class GlobalBatch(Decomposition):
         """The wrapped ``num_good_flips`` on the global batch."""
         return self.decomposition.num_good_flips(self._plan(None, target).target, num_bits)
 
+    def state_dict(self) -> Any:
+        """The wrapped decomposition's state (e.g. a :class:`CrossBatchMemory`'s memory)."""
+        return self.decomposition.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restores the wrapped decomposition's state."""
+        self.decomposition.load_state_dict(state)
+
 
 # --------------------------------------------------------------------------- cross-batch memory
 
@@ -402,6 +410,30 @@ class CrossBatchMemory(Decomposition):
     def reset(self) -> None:
         """Empty the memory."""
         self._scores = self._target = None
+
+    def state_dict(self) -> Dict[str, Optional[Tensor]]:
+        """The memory, ``{"scores": ..., "target": ...}`` (``None`` when empty), for a checkpoint.
+
+        :class:`~uniloss.UniLoss` puts it in its own ``state_dict()`` (key ``"decomposition"``),
+        so a resumed run continues with the memory it had, not an empty one.
+        """
+        return {"scores": self._scores, "target": self._target}
+
+    def load_state_dict(self, state: Dict[str, Optional[Tensor]]) -> None:
+        """Restore a memory saved by :meth:`state_dict` (its newest ``size`` samples)."""
+        if not isinstance(state, dict) or set(state) != {"scores", "target"}:
+            raise ValueError(f"Expected a CrossBatchMemory state {{'scores': ..., 'target': ...}}, but got {state!r:.200}")
+        scores, target = state["scores"], state["target"]
+        if (scores is None) != (target is None):
+            raise ValueError("Expected `scores` and `target` both stored or both None")
+        if scores is not None:
+            _check_tensor_rows("scores", scores)
+            _check_tensor_rows("target", target)
+            if scores.shape[0] != target.shape[0]:
+                raise ValueError(f"Expected as many stored scores as targets, but got {scores.shape[0]} and {target.shape[0]}")
+        self.reset()
+        if scores is not None and self.size:
+            self._scores, self._target = scores.detach()[-self.size:], target.detach()[-self.size:]
 
     @property
     def memory(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:

@@ -147,3 +147,18 @@ def test_reproduce_losses_picks_rows(tmp_path):
 def test_demo_runs_quickly(tmp_path):
     assert main(["demo", "--epochs", "2", "--seeds", "0", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "demo.json").exists() and (tmp_path / "demo.png").exists()
+
+
+def test_resumed_memory_run_keeps_its_memory(tmp_path, crash_after_first_checkpoint):
+    """``--loss uniloss-memory``: the cross-batch memory is in the checkpoint, so a run that dies
+    after epoch 1 and resumes ends exactly like an uninterrupted one (with an empty memory after the
+    resume it would not)."""
+    args = ["train", "mnist-ap", "--loss", "uniloss-memory", "--limit-train", "400", "--epochs", "2", "--threads", "1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main([*args, "--out", str(whole)]) == 0
+    crash_after_first_checkpoint(lambda: main([*args, "--out", str(cut)]))
+    memory = load_checkpoint(cut / "checkpoint.pt")["loss"]["decomposition"]
+    assert memory["scores"].shape == (256,) and memory["target"].shape == (256,)
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    a, b = (json.loads((d / "final.json").read_text()) for d in (whole, cut))
+    assert a["test"] == b["test"] and a["val"] == b["val"]

@@ -274,6 +274,21 @@ def test_smoke_training_run(fixture_root, tmp_path, name, loss):
     assert len(log) == 1 and ("train_batch_metric" in log[0]) == (loss != "ce")
 
 
+def test_log_records_the_learning_rate_each_epoch_trained_with(fixture_root, tmp_path):
+    """``short:3`` decays after epochs 2 and 3 (milestones round(2.1), round(2.55)): epochs 1-3 train
+    at 0.1, 0.1, 0.01 (the scheduler's value after an epoch is the next epoch's, not this one's)."""
+    root, _ = fixture_root
+    out = tmp_path / "run"
+    args = SMOKE[2:]  # all but "--epochs 1"
+    assert "--epochs" not in args
+    assert main(["train", "fashion-resnet20", "--loss", "ce", "--schedule", "short:3", "--data-dir", str(root),
+                 "--out", str(out), *args]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["milestones"] == [2, 3] and config["epochs"] == 3
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [h["lr"] for h in log] == pytest.approx([0.1, 0.1, 0.01])
+
+
 @pytest.mark.skipif(not _mnist_available(), reason="needs MNIST in ../shared/data")
 def test_smoke_training_run_of_the_100_class_task(tmp_path, monkeypatch):
     monkeypatch.setattr(MC, "PAIRS_PER_CLASS", {"train": 1, "val": 1, "test": 1})
@@ -324,8 +339,7 @@ def test_warmup_loss_switches_at_its_step_and_keeps_the_count_in_its_state():
 
 
 @pytest.mark.skipif(not _mnist_available(), reason="needs MNIST in ../shared/data")
-def test_warmup_count_is_checkpointed_so_resume_switches_at_the_same_step(tmp_path, monkeypatch):
-    from uniloss.experiments import train as T
+def test_warmup_count_is_checkpointed_so_resume_switches_at_the_same_step(tmp_path, monkeypatch, crash_after_first_checkpoint):
     from uniloss.experiments.checkpoint import load_checkpoint
 
     monkeypatch.setattr(MC, "PAIRS_PER_CLASS", {"train": 1, "val": 1, "test": 1})
@@ -334,19 +348,7 @@ def test_warmup_count_is_checkpointed_so_resume_switches_at_the_same_step(tmp_pa
             "--threads", "1"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main([*args, "--epochs", "2", "--out", str(whole)]) == 0
-    real_save = T.save_checkpoint
-
-    class Crash(Exception):
-        pass
-
-    def save_then_crash(state, path):  # the run dies right after epoch 1's checkpoint
-        real_save(state, path)
-        raise Crash
-
-    monkeypatch.setattr(T, "save_checkpoint", save_then_crash)
-    with pytest.raises(Crash):
-        main([*args, "--epochs", "2", "--out", str(cut)])
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    crash_after_first_checkpoint(lambda: main([*args, "--epochs", "2", "--out", str(cut)]))
     steps = -(-len(MC.load_digit_pairs(None, torch.device("cpu")).x_train) // 32)  # 4: the switch (6) is in epoch 2
     assert steps == 4 and load_checkpoint(cut / "checkpoint.pt")["loss"]["_extra_state"]["calls"] == steps
     assert main([*args, "--epochs", "2", "--out", str(cut), "--resume"]) == 0

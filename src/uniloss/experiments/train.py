@@ -92,6 +92,17 @@ def _outputs(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) -> torc
     return out
 
 
+def _to_device(obj, device: torch.device):
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_device(v, device)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -143,7 +154,7 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if isinstance(ul_module, torch.nn.Module) and "loss" in state:  # a loss with state (e.g. a warm-up's step count)
-            ul_module.load_state_dict(state["loss"])
+            ul_module.load_state_dict(_to_device(state["loss"], device))  # checkpoints load on the CPU
         for k in _STATE_KEYS:
             gens[k].set_state(state[k])
         history = list(state["history"])
@@ -195,11 +206,12 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
                     bar.set_postfix(post)
         if bar is not None:
             bar.close()
+        lr = optimizer.param_groups[0]["lr"]  # the epoch's (before the scheduler moves to the next one's)
         scheduler.step()
         train_time = time.perf_counter() - t0
         record = {
             "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "train_loss": float(loss_sum) / steps,
             "val": exp.evaluate(_outputs(model, data.x_val), data.y_val),
             "test": exp.evaluate(_outputs(model, data.x_test), data.y_test),
