@@ -3,8 +3,8 @@
 Each run is a ``uniloss train`` subprocess (one thread each, ``--jobs`` at a time) writing to
 ``<runs-dir>/<table>/<loss>-seed<N>/``; finished runs are reused and interrupted ones resumed, so
 the command can be re-run after a crash (a finished run of other settings, e.g. of an older
-``short`` schedule, stops the command with the difference instead of entering the table). The table goes to ``<out>/``: ``results.json`` (the
-schema below), ``results.md`` and ``curves.png``::
+``short`` schedule, stops the command with the difference instead of entering the table). The
+table goes to ``<out>/``: ``results.json`` (the schema below), ``results.md`` and ``curves.png``::
 
     {"table": str, "machine": str, "date": str, "command": str,
      "rows": [{"dataset": str, "loss": str, "metric": str, "mean": float, "std": float,
