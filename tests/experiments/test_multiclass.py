@@ -406,20 +406,22 @@ def test_reproduce_refuses_a_finished_run_of_another_schedule(tmp_path, monkeypa
     monkeypatch.setattr(R, "_run_all", lambda pending, args: pending and pytest.fail(f"nothing may train: {pending}"))
     runs = tmp_path / "runs"
     folder = runs / "fashion-variants-short" / "ce-seed0"
-    _fake_run(folder, 0.93, 12)
+    epochs = 12 if MC.SHORT_EPOCHS != 12 else 20  # an older `short`, e.g. the 12 epochs it once had
+    old = get_experiment("fashion-resnet20").recipe_for(f"short:{epochs}", "ce")
+    assert old.milestones == ((8, 10) if epochs == 12 else (14, 17))
+    _fake_run(folder, 0.93, epochs)
     final = json.loads((folder / "final.json").read_text())
-    old = dict(MC.SHORT_RECIPE.__dict__, epochs=12, milestones=[8, 10])
-    (folder / "final.json").write_text(json.dumps({**final, "config": old}))
+    (folder / "final.json").write_text(json.dumps({**final, "config": {**old.__dict__, "milestones": list(old.milestones)}}))
     args = ["reproduce", "fashion-variants", "--seeds", "0", "--schedule", "short", "--losses", "ce",
             "--runs-dir", str(runs), "--out", str(tmp_path / "table")]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "ce-seed0 holds a finished run of other settings" in err
-    assert f"epochs 12 (now {MC.SHORT_EPOCHS})" in err and "milestones [8, 10]" in err
-    # the same run under the schedule it was trained with (short squeezed into 12 epochs) is reused
-    squeezed = runs / "fashion-variants-short-12" / "ce-seed0"
+    assert f"epochs {epochs} (now {MC.SHORT_EPOCHS})" in err and f"milestones {list(old.milestones)}" in err
+    # the same run under the schedule it was trained with (short squeezed into its epochs) is reused
+    squeezed = runs / f"fashion-variants-short-{epochs}" / "ce-seed0"
     squeezed.parent.mkdir(parents=True)
     folder.rename(squeezed)
-    args[args.index("short")] = "short:12"
+    args[args.index("short")] = f"short:{epochs}"
     assert main(args) == 0
     assert json.loads((tmp_path / "table" / "results.json").read_text())["rows"][0]["mean"] == 0.93
