@@ -13,7 +13,11 @@ logits against cross-entropy's on the same logits:
   harmonic distance: it shrinks as the network grows confident, and the gradient with it.
 
 Then, for 8 batches, the samples grouped by how many classes score above their target
-(0, 1, 2 or more) and the target push of UniLoss over cross-entropy in each group::
+(0, 1, 2 or more), the misclassified ones also by their margin (best other logit minus the
+target's: below 1, 1-3, 3 or more), and the target push of UniLoss over cross-entropy in each
+group (a relaxation that saturates on samples wrong by a wide margin shows as a ratio that falls
+with the margin). To regenerate ``docs/results/multiclass/gradients.txt``:
+``bash benchmarks/multiclass_gradients.sh RUNS_DIR`` (the runs of the tables it names)::
 
     python benchmarks/multiclass_gradients.py fashion runs/fashion-variants-short-4/uniloss-seed0/checkpoint.pt
     python benchmarks/multiclass_gradients.py pairs init uniloss uniloss-frac20 uniloss-top20
@@ -82,20 +86,29 @@ def main(task, checkpoint, variants):
                                             generator=torch.Generator().manual_seed(0)))
         scale = float(draws[0].norm() / (variant.gain * unit.norm())) if variant.loss.get("grad_scale", "distance") == "distance" else float("nan")
         print(f"{name:14s} {ratio:10.3f} {cos(mean, g_ce):13.3f} {spread:15.3f} {pw:11.3f} {pr:11.3f} {scale:14.2f}")
-    above = (logits > logits.gather(1, labels[:, None])).sum(1)
-    sums = {}
+    target_logit = logits.gather(1, labels[:, None])
+    above = (logits > target_logit).sum(1)
+    # how far a misclassified sample is from right: the best other class's logit minus the target's
+    margin = logits.scatter(1, labels[:, None], float("-inf")).max(1).values - target_logit[:, 0]
+    groups = {"0": above == 0, "1": above == 1, ">=2": above >= 2,
+              "wrong, margin < 1": (above > 0) & (margin < 1), "wrong, margin 1-3": (above > 0) & (margin >= 1) & (margin < 3),
+              "wrong, margin >= 3": (above > 0) & (margin >= 3)}
+    sums = {group: [0.0, 0.0, 0] for group in groups}
     for b in range(8):
-        z, t, k = logits[b * 128:(b + 1) * 128], labels[b * 128:(b + 1) * 128], above[b * 128:(b + 1) * 128]
+        rows = slice(b * 128, (b + 1) * 128)
+        z, t = logits[rows], labels[rows]
         g_ce = grads(z, t, F.cross_entropy)
         g_ul = grads(z, t, uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(b)))
-        for group, mask in (("0", k == 0), ("1", k == 1), (">=2", k >= 2)):
-            s = sums.setdefault(group, [0.0, 0.0, 0])
-            s[0] += float(target_push(g_ul, t, mask))
-            s[1] += float(target_push(g_ce, t, mask))
-            s[2] += int(mask.sum())
-    print("classes above the target: samples of 1024, target push UniLoss / cross-entropy")
+        for group, mask in groups.items():
+            s = sums[group]
+            s[0] += float(target_push(g_ul, t, mask[rows]))
+            s[1] += float(target_push(g_ce, t, mask[rows]))
+            s[2] += int(mask[rows].sum())
+    print("classes above the target (and the misclassified by margin): samples of 1024, target push UniLoss / "
+          "cross-entropy, and per sample (x 128: UniLoss, cross-entropy)")
     for group, (u, c, n) in sums.items():
-        print(f"  {group:>3s}: {n:4d}, {u / c if n else float('nan'):.3f}")
+        nan = float("nan")
+        print(f"  {group:>18s}: {n:4d}, {u / c if n else nan:.3f}  ({128 * u / n if n else nan:.3f}, {128 * c / n if n else nan:.3f})")
 
 
 if __name__ == "__main__":
