@@ -106,8 +106,8 @@ def main(task, checkpoint, variants):
             s[2] += int(mask[rows].sum())
     print("classes above the target (and the misclassified by margin): samples of 1024, target push UniLoss / "
           "cross-entropy, and per sample (x 128: UniLoss, cross-entropy)")
+    nan = float("nan")
     for group, (u, c, n) in sums.items():
-        nan = float("nan")
         print(f"  {group:>18s}: {n:4d}, {u / c if n else nan:.3f}  ({128 * u / n if n else nan:.3f}, {128 * c / n if n else nan:.3f})")
 
 
