@@ -397,6 +397,11 @@ def test_multiclass_table_reports_missing_cifar_instead_of_failing(tmp_path, mon
     assert (out / "curves.png").exists()
 
 
+def test_curve_legend_names_the_seed_of_a_one_seed_table():
+    assert R._curve_label("ce", [1]) == "ce (seed 1)"
+    assert R._curve_label("uniloss", [0, 1, 2]) == "uniloss (mean of 3 seeds)"
+
+
 def test_reproduce_refuses_a_finished_run_of_another_schedule(tmp_path, monkeypatch, capsys):
     """A run left by an older ``short`` schedule (12 epochs, lr / 10 after 8 and 10) is neither reused
     under the new schedule's name nor resumed into a mix of the two: the command stops and says why."""

@@ -31,7 +31,7 @@ import textwrap
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .registry import TABLES, Table, get_experiment
 from .train import RunOptions, _recipe
@@ -247,6 +247,11 @@ def _markdown(report: Dict, table, plans) -> str:
     return "\n".join(lines)
 
 
+def _curve_label(loss: str, seeds: Sequence[int]) -> str:
+    """Legend text of a loss's bold curve: the seed it is, or the number of seeds it averages."""
+    return f"{loss} (seed {seeds[0]})" if len(seeds) == 1 else f"{loss} (mean of {len(seeds)} seeds)"
+
+
 def _plot(table, plans, path: Path) -> Optional[str]:
     try:
         import matplotlib
@@ -268,7 +273,7 @@ def _plot(table, plans, path: Path) -> Optional[str]:
                 curves.append([json.loads(line)["val"][metric] for line in log.read_text().splitlines() if line])
                 ax.plot(range(1, len(curves[-1]) + 1), curves[-1], color=f"C{i}", alpha=0.25, lw=0.8)
             mean = [statistics.mean(v) for v in zip(*curves)]
-            ax.plot(range(1, len(mean) + 1), mean, color=f"C{i}", lw=2, label=f"{loss} (mean of {len(seeds)} seeds)")
+            ax.plot(range(1, len(mean) + 1), mean, color=f"C{i}", lw=2, label=_curve_label(loss, seeds))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {METRIC_NAMES.get(metric, metric).replace('test ', '')}")
         title = exp.dataset if hasattr(table, "parts") else table.title or table.experiment
