@@ -14,8 +14,8 @@ logits against cross-entropy's on the same logits:
 
 Then, for 8 batches, the samples grouped by how many classes score above their target
 (0, 1, 2 or more), the misclassified ones also by their margin (best other logit minus the
-target's: below 1, 1-3, 3 or more), and the target push of UniLoss over cross-entropy in each
-group (a relaxation that saturates on samples wrong by a wide margin shows as a ratio that falls
+target's: below 1, 1-3, 3 or more), and the target push of the first loss named over
+cross-entropy in each group (a relaxation that saturates on samples wrong by a wide margin shows as a ratio that falls
 with the margin). To regenerate ``docs/results/multiclass/gradients.txt``:
 ``bash benchmarks/multiclass_gradients.sh RUNS_DIR`` (the runs of the tables it names)::
 
@@ -98,14 +98,14 @@ def main(task, checkpoint, variants):
         rows = slice(b * 128, (b + 1) * 128)
         z, t = logits[rows], labels[rows]
         g_ce = grads(z, t, F.cross_entropy)
-        g_ul = grads(z, t, uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(b)))
+        g_ul = grads(z, t, multiclass_loss(variants[0], torch.Generator().manual_seed(b))[0])
         for group, mask in groups.items():
             s = sums[group]
             s[0] += float(target_push(g_ul, t, mask[rows]))
             s[1] += float(target_push(g_ce, t, mask[rows]))
             s[2] += int(mask[rows].sum())
-    print("classes above the target (and the misclassified by margin): samples of 1024, target push UniLoss / "
-          "cross-entropy, and per sample (x 128: UniLoss, cross-entropy)")
+    print(f"classes above the target (and the misclassified by margin): samples of 1024, target push {variants[0]} / "
+          f"cross-entropy, and per sample (x 128: {variants[0]}, cross-entropy)")
     nan = float("nan")
     for group, (u, c, n) in sums.items():
         print(f"  {group:>18s}: {n:4d}, {u / c if n else nan:.3f}  ({128 * u / n if n else nan:.3f}, {128 * c / n if n else nan:.3f})")

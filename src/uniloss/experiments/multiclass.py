@@ -7,7 +7,8 @@ name                      data                                              loss
 ========================  ================================================  ===========================
 ``fashion-resnet20``      Fashion-MNIST, 28x28 grey, 10 classes             uniloss, ce, uniloss-published,
                                                                             uniloss-t2, uniloss-t4,
-                                                                            uniloss-g3, uniloss-gs10
+                                                                            uniloss-t8, uniloss-g3,
+                                                                            uniloss-gs10
 ``cifar10-resnet20``      CIFAR-10, 32x32 RGB, 10 classes                   uniloss, ce, uniloss-published
 ``cifar100-resnet20``     CIFAR-100, 32x32 RGB, 100 classes                 uniloss-frac20, ce,
                                                                             uniloss-top20, uniloss,
@@ -30,7 +31,7 @@ UniLoss losses use the library's defaults (16 good, 16 nearby, 16 bad anchors, t
 script's backward, whose sign makes every anchor attract the bits), for comparison with the paper.
 
 Variants measured on the offline tasks (``docs/results/multiclass/README.md`` says what each
-showed): ``uniloss-t2`` / ``-t4`` (``temperature`` 2 / 4), ``uniloss-g3`` (UniLoss's gradient
+showed): ``uniloss-t2`` / ``-t4`` / ``-t8`` (``temperature`` 2 / 4 / 8), ``uniloss-g3`` (UniLoss's gradient
 times 3, its value unchanged), ``uniloss-gs10`` / ``uniloss-frac20-gs15`` (a constant
 ``grad_scale`` about the one ``"distance"`` gives a fresh network; :data:`UNILOSS_VARIANTS`), and
 ``uniloss-top20-warm`` (:class:`WarmupLoss`: one epoch of ``uniloss-frac20``, then top-20).
@@ -446,6 +447,7 @@ UNILOSS_VARIANTS: Dict[str, Variant] = {
     "uniloss-top20": Variant(metric={"top_k": 20}),
     "uniloss-t2": Variant(loss={"temperature": 2.0}),
     "uniloss-t4": Variant(loss={"temperature": 4.0}),
+    "uniloss-t8": Variant(loss={"temperature": 8.0}),
     "uniloss-g3": Variant(gain=3.0),
     "uniloss-gs10": Variant(loss={"grad_scale": 10.0}),
     "uniloss-frac20-gs15": Variant(metric={"fraction": 0.2}, loss={"grad_scale": 15.0}),
@@ -570,7 +572,7 @@ _COMMON_NOTES = (
     "ResNet-20 (0.27M parameters, option-A shortcuts), batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 "
     "for every loss; validation = the last tenth of the training set, result on the test set; UniLoss is "
     "UniLoss(MulticlassAccuracy(...)) with the library's defaults (16/16/16 anchors, grad_scale='distance') except "
-    "where the loss name says: -t2/-t4 temperature 2/4, -g3 the gradient times 3, -gs10/-gs15 a constant "
+    "where the loss name says: -t2/-t4/-t8 temperature 2/4/8, -g3 the gradient times 3, -gs10/-gs15 a constant "
     "grad_scale of 10/15, -top20-warm 352 steps (one epoch of the 100-class task) of -frac20 before top-20."
 )
 
@@ -589,7 +591,7 @@ def _experiment(name: str, description: str, dataset: str, losses: Tuple[str, ..
 
 register(_experiment(
     "fashion-resnet20", "Fashion-MNIST, ResNet-20, accuracy (stand-in for paper sec. 4.3)", "Fashion-MNIST",
-    ("uniloss", "ce", "uniloss-published", "uniloss-t2", "uniloss-t4", "uniloss-g3", "uniloss-gs10"),
+    ("uniloss", "ce", "uniloss-published", "uniloss-t2", "uniloss-t4", "uniloss-t8", "uniloss-g3", "uniloss-gs10"),
     load_fashion_splits, classes=10, channels=1, mean=FASHION_MEAN, std=FASHION_STD,
     augment=_crop_flip, datasets=("fashion-mnist",),
     notes="Fashion-MNIST: 54,000 / 6,000 / 10,000 images, crop (4 px) + flip; no paper number exists.",
