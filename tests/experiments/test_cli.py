@@ -70,6 +70,23 @@ def test_existing_run_without_resume_and_damaged_checkpoint_are_clear_errors(tmp
     assert "damaged or truncated" in err and str(out / "checkpoint.pt") in err and len(err.strip().splitlines()) == 1
 
 
+def test_resume_names_the_changed_setting_and_ignores_edited_notes(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = ["--limit-train", "200", "--threads", "1"]
+    assert main(["train", "mnist-ap", "--out", str(out), "--epochs", "1", *small]) == 0
+    capsys.readouterr()
+    assert main(["train", "mnist-ap", "--out", str(out), "--resume", "--epochs", "2", *small]) == 2
+    err = capsys.readouterr().err
+    assert "other settings: epochs 1 (now 2);" in err and "notes" not in err  # the difference, not both configs
+    # a checkpoint of the same settings whose experiment description has since been edited (as when
+    # the experiment's notes gain a variant) resumes
+    state = load_checkpoint(out / "checkpoint.pt")
+    state["config"] = {**state["config"], "epochs": 2, "notes": "an older description"}
+    save_checkpoint(state, out / "checkpoint.pt")
+    assert main(["train", "mnist-ap", "--out", str(out), "--resume", "--epochs", "2", *small]) == 0
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_checkpoint_roundtrip_and_foreign_file(tmp_path):
     save_checkpoint({"epoch": 2, "w": torch.arange(3)}, tmp_path / "c.pt")
     state = load_checkpoint(tmp_path / "c.pt")

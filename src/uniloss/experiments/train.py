@@ -54,6 +54,18 @@ class RunOptions:
     amp: bool = False  # bfloat16 autocast of the forward pass (the loss gets float32 outputs)
 
 
+#: Config entries that describe a run without changing it: a checkpoint resumes across edits of them.
+_DESCRIPTIVE = ("notes",)
+
+
+def _settings_differ(old: Dict, new: Dict) -> str:
+    """The settings in which a checkpoint's config ``old`` and a run's ``new`` differ, as text
+    (``"lr 0.1 (now 0.3), ..."``); ``""`` where the run may resume it (only descriptive text differs).
+    """
+    keys = [k for k in dict.fromkeys([*old, *new]) if k not in _DESCRIPTIVE and old.get(k) != new.get(k)]
+    return ", ".join(f"{k} {old.get(k, 'unset')} (now {new.get(k, 'unset')})" for k in keys)
+
+
 def _recipe(exp: Experiment, opts: RunOptions) -> Recipe:
     # An experiment with named schedules has recipe_for(schedule, loss) (multiclass.ScheduledExperiment).
     recipe_for = getattr(exp, "recipe_for", None)
@@ -148,8 +160,10 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
     start_epoch = 0
     if opts.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        if state["config"] != config:
-            raise RunError(f"{ckpt_path} was written with other settings: {state['config']} (now {config})")
+        differ = _settings_differ(state["config"], config)
+        if differ:
+            raise RunError(f"{ckpt_path} was written with other settings: {differ}; "
+                           "resume it with those, or choose another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
