@@ -15,8 +15,8 @@ logits against cross-entropy's on the same logits:
 Then, for 8 batches, the samples grouped by how many classes score above their target
 (0, 1, 2 or more), the misclassified ones also by their margin (best other logit minus the
 target's: below 1, 1-3, 3 or more), and the target push of the first loss named over
-cross-entropy in each group (a relaxation that saturates on samples wrong by a wide margin shows as a ratio that falls
-with the margin). To regenerate ``docs/results/multiclass/gradients.txt``:
+cross-entropy's in each group (a relaxation that saturates on samples wrong by a wide margin
+shows as a ratio that falls with the margin). To regenerate ``docs/results/multiclass/gradients.txt``:
 ``bash benchmarks/multiclass_gradients.sh RUNS_DIR`` (the runs of the tables it names)::
 
     python benchmarks/multiclass_gradients.py fashion runs/fashion-variants-short-4/uniloss-seed0/checkpoint.pt
