@@ -466,7 +466,7 @@ def test_lower_is_better_evaluator():
     metric = uniloss.DecodedMetric(Threshold(0.0), error, higher_is_better=False)
     loss_fn = uniloss.UniLoss(metric, generator=_gen(0))
     loss = loss_fn(scores.clone().requires_grad_(), target).detach()
-    assert float(loss) == pytest.approx(float(loss_fn.last.surrogate)) and float(loss) > 0
+    assert float(loss.detach()) == pytest.approx(float(loss_fn.last.surrogate)) and float(loss.detach()) > 0
 
 
 # ------------------------------------------------------------------ losses: gradients, devices, degenerate batches

@@ -65,7 +65,7 @@ def test_ap_evaluate_on_arbitrary_bits_matches_loop(interpolated):
     bits = torch.rand(20, 3 * 5, generator=g) < 0.5  # inconsistent configurations too
     ours = dec.evaluate(bits, plan)
     for row, value in zip(bits, ours):
-        assert float(value) == pytest.approx(ap_from_bits_loop(row.tolist(), 3, 5, interpolated), abs=1e-6)
+        assert float(value.detach()) == pytest.approx(ap_from_bits_loop(row.tolist(), 3, 5, interpolated), abs=1e-6)
 
 
 def test_ap_all_one_class():
