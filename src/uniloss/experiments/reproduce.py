@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .registry import TABLES, Table, get_experiment
-from .train import RunOptions, _recipe
+from .train import RunOptions, _recipe, _settings_differ
 
 
 METRIC_NAMES = {"ap_interpolated": "test AP (VOC-interpolated)", "ap": "test AP (plain)",
@@ -89,9 +89,9 @@ def _finished(run_dir: Path, recipe) -> bool:
     done = json.loads(final.read_text())
     want = json.loads(json.dumps(asdict(recipe)))  # tuples as JSON lists, as final.json has them
     have = done.get("config") or {"epochs": done.get("epochs")}  # a run without its config: its epochs
-    differ = {k: (have[k], want[k]) for k in want if k in have and have[k] != want[k]}
-    if differ:
-        diff = ", ".join(f"{k} {a} (now {b})" for k, (a, b) in differ.items())
+    shared = [k for k in want if k in have]  # a run's config holds more than its recipe
+    diff = _settings_differ({k: have[k] for k in shared}, {k: want[k] for k in shared})
+    if diff:
         raise ValueError(f"{run_dir} holds a finished run of other settings: {diff}; "
                          "move it away or choose another --runs-dir")
     return True
