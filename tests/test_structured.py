@@ -95,13 +95,14 @@ def regime(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("temperature_scale", [None, "rms"])
 @pytest.mark.parametrize("grad_scale", [1.0, "distance"])
 @pytest.mark.parametrize("name", CASES)
-def test_structured_equals_dense_value_gradient_and_anchor_values(name, grad_scale, regime):
+def test_structured_equals_dense_value_gradient_and_anchor_values(name, grad_scale, temperature_scale, regime):
     dec, scores, target = _case(name)
     anchors, prepared = _anchor_set(dec, scores, target, seed=1)
     assert anchors.is_structured
-    kw = dict(grad_scale=grad_scale, temperature=0.7)
+    kw = dict(grad_scale=grad_scale, temperature=0.7, temperature_scale=temperature_scale)
     structured = _run(scores, prepared, dec, anchors=anchors, **kw)
     dense = _run(scores, prepared, dec, anchors=anchors.dense(), **kw)
     _assert_same(structured, dense)
@@ -151,18 +152,20 @@ def _pck_batch(seed, n=2, j=3, h=9, w=8, dtype=torch.float64):
     return heat, _pck_target(n, j, h, w, g)
 
 
+@pytest.mark.parametrize("temperature_scale", [None, "rms"])
 @pytest.mark.parametrize("chunk_bits", [1, 37, 200])
 @pytest.mark.parametrize("good_flips", [1, 2])
-def test_blocks_equal_one_block(chunk_bits, good_flips, monkeypatch):
+def test_blocks_equal_one_block(chunk_bits, good_flips, temperature_scale, monkeypatch):
     heat, target = _pck_batch(0)
     dec = uniloss.PCK(good_flips=good_flips)
-    whole = _run(heat, target, dec, generator=torch.Generator().manual_seed(2), num_bad=13)
+    kw = dict(num_bad=13, temperature_scale=temperature_scale)
+    whole = _run(heat, target, dec, generator=torch.Generator().manual_seed(2), **kw)
 
     def no_full_comparisons(*args):
         raise AssertionError("the block path must not form all comparisons")
 
     monkeypatch.setattr(uniloss.PCK, "comparisons", no_full_comparisons)
-    blocks = _run(heat, target, dec, generator=torch.Generator().manual_seed(2), num_bad=13, chunk_bits=chunk_bits)
+    blocks = _run(heat, target, dec, generator=torch.Generator().manual_seed(2), chunk_bits=chunk_bits, **kw)
     _assert_same(whole, blocks, rtol=1e-9)
     assert blocks[2].num_bits == whole[2].num_bits > chunk_bits
 

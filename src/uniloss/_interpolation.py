@@ -34,6 +34,21 @@ def relax(comparisons: Tensor, temperature: float = 1.0) -> Tensor:
     return torch.sigmoid(comparisons / temperature)
 
 
+TEMPERATURE_SCALES = (None, "rms")
+
+
+def comparison_scale(comparisons: Tensor, mode: Optional[str]) -> Optional[Tensor]:
+    """The scale the temperature is measured in: ``None`` (absolute, the paper) or the detached
+    root mean square of the comparisons (``"rms"``, floored at the dtype's ``tiny``), a 0-dim
+    tensor on their device (no host synchronisation)."""
+    if mode is None:
+        return None
+    c = comparisons.detach()
+    if c.numel() == 0:
+        return torch.ones((), dtype=c.dtype, device=c.device)
+    return c.square().mean().sqrt().clamp_min(torch.finfo(c.dtype).tiny)
+
+
 def residual(comparisons: Tensor, temperature: float = 1.0) -> Tuple[Tensor, Tensor]:
     """Split the relaxed point into the hard bits and the distance to them.
 

@@ -70,6 +70,7 @@ class UniLoss(nn.Module):
         validate_args: bool = True,
         good_anchors: str = "sample",
         chunk_bits: Optional[int] = None,
+        temperature_scale: Optional[str] = None,
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -77,7 +78,8 @@ class UniLoss(nn.Module):
                 "Expected `decomposition` to be a uniloss.Decomposition, but got "
                 f"{type(decomposition).__name__}"
             )
-        check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits)
+        check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
+                      temperature_scale)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
         self.decomposition = decomposition
@@ -88,6 +90,7 @@ class UniLoss(nn.Module):
         self.validate_args = validate_args
         self.good_anchors = good_anchors
         self.chunk_bits = chunk_bits
+        self.temperature_scale = temperature_scale
         self.last = None
 
     def forward(self, scores: Tensor, target: Any) -> Tensor:
@@ -96,6 +99,7 @@ class UniLoss(nn.Module):
             num_good=self.num_good, num_nearby=self.num_nearby, num_bad=self.num_bad,
             temperature=self.temperature, grad_scale=self.grad_scale, generator=self.generator,
             validate_args=self.validate_args, good_anchors=self.good_anchors, chunk_bits=self.chunk_bits,
+            temperature_scale=self.temperature_scale,
         )
         return loss
 

@@ -189,7 +189,7 @@ def random_lookup(tables: Tensor, codes: Tensor) -> Tensor:
 def residuals(c: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
     """``r = sigmoid(-|c| / tau)`` and ``w = 1 - 2 r`` (no grad)."""
     z = c.abs().neg_()
-    if temperature != 1.0:
+    if isinstance(temperature, Tensor) or temperature != 1.0:
         z.div_(temperature)
     r = torch.sigmoid(z)
     return r, r.mul(-2.0).add_(1.0)
@@ -404,6 +404,7 @@ def chunked_loss(
     temperature: float,
     grad_scale,
     sign: float,
+    temperature_scale: Optional[str] = None,
 ):
     """The loss of :func:`structured_loss` for a huge ``l``, block by block.
 
@@ -427,8 +428,13 @@ def chunked_loss(
     with torch.no_grad():
         s_det = scores.detach()
         hard = torch.empty(num_bits, dtype=torch.bool, device=device)
+        sum_sq = torch.zeros((), dtype=dtype, device=device)
         for block in blocks:
-            torch.gt(comparisons(s_det, block), 0, out=hard[block[2] : block[3]])
+            c_block = comparisons(s_det, block)
+            torch.gt(c_block, 0, out=hard[block[2] : block[3]])
+            sum_sq += c_block.square().sum()
+        if temperature_scale is not None:  # see _interpolation.comparison_scale
+            temperature = temperature * (sum_sq / max(num_bits, 1)).sqrt().clamp_min(torch.finfo(dtype).tiny)
         best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
         anchors = draw_anchors(
             best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,

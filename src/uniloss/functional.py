@@ -14,7 +14,9 @@ from torch import Tensor
 from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
 from ._decomposition import Decomposition, validate_scores
-from ._interpolation import harmonic_distance, idw_from_sq_distances, residual, sq_distances
+from ._interpolation import (
+    TEMPERATURE_SCALES, comparison_scale, harmonic_distance, idw_from_sq_distances, residual, sq_distances,
+)
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy
 from ._structured import Runs, chunked_loss, structured_loss
 
@@ -56,7 +58,7 @@ _GOOD_ANCHORS = ("sample", "all")
 
 def check_options(
     num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
-    good_anchors: object = "sample", chunk_bits: object = None,
+    good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
 ) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
@@ -69,6 +71,8 @@ def check_options(
         raise ValueError(f"Expected `good_anchors` in {_GOOD_ANCHORS}, but got {good_anchors!r}")
     if chunk_bits is not None:
         V.check_count("chunk_bits", chunk_bits, allow_zero=False)
+    if temperature_scale not in TEMPERATURE_SCALES:
+        raise ValueError(f"Expected `temperature_scale` in {TEMPERATURE_SCALES}, but got {temperature_scale!r}")
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
@@ -111,6 +115,7 @@ def uniloss_with_info(
     validate_args: bool = True,
     good_anchors: str = "sample",
     chunk_bits: Optional[int] = None,
+    temperature_scale: Optional[str] = None,
 ) -> "tuple[Tensor, LossInfo]":
     """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
     if not isinstance(decomposition, Decomposition):
@@ -119,7 +124,8 @@ def uniloss_with_info(
             f"{type(decomposition).__name__}"
         )
     if validate_args:
-        check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits)
+        check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
+                      temperature_scale)
         V.check_generator(generator)
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
@@ -145,7 +151,7 @@ def uniloss_with_info(
             loss, values, metric, surrogate, kinds, l = chunked_loss(
                 scores, target, decomposition, segments, chunk_bits=min(limit, BLOCK_BITS), num_good=num_good,
                 num_nearby=num_nearby, num_bad=num_bad, generator=generator,
-                temperature=temperature, grad_scale=grad_scale, sign=sign,
+                temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
             )
             loss = loss.to(scores.dtype)
             return loss, _exact(LossInfo(metric, surrogate, loss.detach(), l, values, kinds), decomposition, target)
@@ -154,6 +160,9 @@ def uniloss_with_info(
         c = c.float()
     l = c.numel()
     hard = c.detach() > 0
+    scale = comparison_scale(c, temperature_scale)
+    if scale is not None:
+        temperature = temperature * scale
     with torch.no_grad():
         if anchors is None:
             best = decomposition.best(target)
@@ -238,6 +247,7 @@ def uniloss(
     validate_args: bool = True,
     good_anchors: str = "sample",
     chunk_bits: Optional[int] = None,
+    temperature_scale: Optional[str] = None,
 ) -> Tensor:
     r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
 
@@ -289,5 +299,6 @@ def uniloss(
         scores, target, decomposition, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
         temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
         validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
+        temperature_scale=temperature_scale,
     )
     return loss

@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", help="every run of one of the paper's tables, then the table",
         description="Run every (loss, seed) of a table as `uniloss train` subprocesses (finished runs "
         "are reused, interrupted ones resumed), then write results.json, results.md (paper, ours "
-        "mean ± std, gap) and curves.png. Tables: " + ", ".join(sorted(TABLES)) + ".",
+        "mean ± std, gap) and curves.png. Tables: " + ", ".join(sorted(TABLES)) + "; and metric-wins, the "
+        "suite that decides the defaults (`uniloss reproduce metric-wins --help`).",
     )
     rep.add_argument("table", choices=sorted(TABLES), help="which table")
     rep.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
@@ -182,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["reproduce", "metric-wins"]:  # its own options (see metric_wins.add_arguments)
+        from .metric_wins import main as metric_wins
+
+        try:
+            metric_wins(argv[2:], prog="uniloss reproduce metric-wins")
+        except ValueError as exc:
+            print(f"uniloss: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -1,0 +1,736 @@
+"""``uniloss reproduce metric-wins``: does UniLoss beat the usual loss on the metric it trains?
+
+The benchmark that decides the library's defaults. Each task trains one network with the usual
+loss (``kind="usual"``: cross-entropy, binary cross-entropy), with the strongest simple thing a
+practitioner would try for that metric (``kind="baseline"``: BCE with ``pos_weight``, a
+validation-tuned threshold, a pairwise logistic ranking loss, class-weighted cross-entropy,
+Lovász-softmax) and with UniLoss at the library's defaults (``kind="uniloss"``), then scores the
+held-out split with the metric UniLoss trains. Extra UniLoss settings can be screened beside the
+defaults (``--variant NAME=JSON``, ``kind="variant"``): ``JSON`` holds keywords of
+:class:`uniloss.UniLoss`.
+
+Tasks (``quick`` / full):
+
+* ``mnist0-ap``: MNIST digit 0 vs rest, VOC-interpolated test AP; the paper's MLP 784-500-300-1
+  and recipe (batch 16, SGD lr 0.01 momentum 0.5); 2 / 30 epochs.
+* ``fashion-acc``: Fashion-MNIST accuracy; quick: MLP 784-256-10, 3 epochs; full: ResNet-20 with
+  crop and flip, 30 epochs (lr 0.1, /10 after 21 and 26); batch 128, SGD lr 0.1 momentum 0.9,
+  weight decay 1e-4.
+* ``pairs-acc``: MNIST digit pairs, 100 classes (45k training images 28x56); MLP 1568-512-100,
+  batch 128, SGD lr 0.1 momentum 0.9; 2 / 8 epochs.
+* ``digits-f1``: scikit-learn's digits, macro-F1 over 10 classes, MLP 64-128-10, batch 128,
+  SGD lr 0.1 momentum 0.9, 30 epochs; UniLoss ``zoo.macro_f1(10)``.
+* ``imb-ap``: ``make_classification`` with 5% positives (10k train, 5k validation, 5k test),
+  MLP 20-64-64-1, batch 128, SGD lr 0.1 momentum 0.9; 10 / 30 epochs; test AP (plain);
+  baselines BCE with ``pos_weight`` and the pairwise logistic loss.
+* ``imb-f1``: same data and network, F1 of the decision ``logit > 0``; baselines BCE with
+  ``pos_weight = negatives / positives`` and BCE with the threshold tuned on the validation split;
+  UniLoss ``zoo.f_beta(1, threshold=0)``.
+* ``bal-acc``: digits made imbalanced (class ``c`` keeps ``0.7 ** c``), balanced accuracy;
+  baseline class-weighted cross-entropy; UniLoss ``zoo.balanced_accuracy(10)``; 40 epochs.
+* ``ndcg5``: digit retrieval on digits (queries of 20 images, 1-6 relevant), NDCG@5; usual
+  pointwise BCE, baseline pairwise logistic (RankNet) within queries; UniLoss
+  ``zoo.ndcg_at_k(5)``; 30 epochs.
+* ``seg-miou``: MNIST digit-vs-background masks from noisy occluded inputs, mean IoU over the two
+  classes; FCN 1-16-16-2, batch 32, SGD lr 0.1 momentum 0.9; usual per-pixel cross-entropy,
+  baseline Lovász-softmax (Berman et al. 2018); 1,000 / 2,000 training images, 3 / 6 epochs.
+
+Every run uses one thread; ``--jobs`` runs go side by side. ``results.json`` follows the
+reproduction schema (``rows`` of dataset, loss, metric, mean, std, seeds, paper) with ``kind``
+added per row, and keeps every run's curve under ``runs``; ``results.md`` has the table and the
+verdict per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import uniloss
+from uniloss import zoo
+from uniloss.decoders import RankingTarget
+
+from .metrics import average_precision
+
+# --------------------------------------------------------------------------- data
+
+
+def digits_split(seed_split: int = 0, test_size: float = 0.3):
+    """scikit-learn's digits as ``(x_train [N, 64] in [0, 1], x_test, y_train, y_test)``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.int64)
+    return train_test_split(x, y, test_size=test_size, random_state=seed_split, stratify=y)
+
+
+def imbalanced_digits(ratio: float = 0.7):
+    """Digits with class ``c`` keeping ``ratio ** c`` of its images (first ones, fixed split):
+    ``(x_train, y_train, x_test, y_test)``."""
+    xtr, xte, ytr, yte = digits_split()
+
+    def subsample(x, y):
+        keep = torch.zeros_like(y, dtype=torch.bool)
+        for c in range(10):  # data preparation, once: not a training hot path
+            idx = (y == c).nonzero().reshape(-1)
+            keep[idx[: max(2, int(round(len(idx) * ratio**c)))]] = True
+        return x[keep], y[keep]
+
+    return subsample(xtr, ytr) + subsample(xte, yte)
+
+
+def retrieval_queries(y: Tensor, num_queries: int, size: int, generator: torch.Generator):
+    """``(items [Q*size] image indices, query digit [Q], relevance [Q*size], query id [Q*size])``:
+    each query is a digit and ``size`` images, 1 to 6 of them showing it (relevance 1)."""
+    q = torch.randint(0, 10, (num_queries,), generator=generator)
+    num_rel = torch.randint(1, 7, (num_queries,), generator=generator)
+    same = y[None, :] == q[:, None]
+    noise = torch.rand(num_queries, y.numel(), generator=generator)
+    rel_pick = torch.where(same, noise, torch.full_like(noise, -1.0)).topk(size, dim=1).indices
+    irr_pick = torch.where(~same, noise, torch.full_like(noise, -1.0)).topk(size, dim=1).indices
+    slot = torch.arange(size)[None, :]
+    relevant = slot < num_rel[:, None]
+    items = torch.where(relevant, rel_pick, irr_pick)
+    query = torch.arange(num_queries)[:, None].expand(-1, size)
+    return items.reshape(-1), q, relevant.reshape(-1).long(), query.reshape(-1)
+
+
+def noisy_masks(split: str, count: int, seed: int, data_dir: Optional[str] = None):
+    """MNIST images with Gaussian noise (sigma 0.8) and a random 10x10 occluding patch, and the
+    clean digits' masks (pixel > 0.5): ``(x [count, 1, 28, 28], mask [count, 28, 28] int64)``."""
+    from .data import load_mnist
+
+    images, _ = load_mnist(split, data_dir=data_dir)
+    g = torch.Generator().manual_seed(seed)
+    clean = images[torch.randperm(images.shape[0], generator=g)[:count]].float()[:, None] / 255.0
+    mask = (clean[:, 0] > 0.5).long()
+    x = clean + 0.8 * torch.randn(clean.shape, generator=g)
+    corner = torch.randint(0, 18, (count, 2), generator=g)
+    rows = torch.arange(28)[None, :, None]
+    cols = torch.arange(28)[None, None, :]
+    patch = ((rows >= corner[:, 0, None, None]) & (rows < corner[:, 0, None, None] + 10)
+             & (cols >= corner[:, 1, None, None]) & (cols < corner[:, 1, None, None] + 10))
+    x = torch.where(patch[:, None], torch.zeros_like(x), x)
+    return x, mask
+
+
+def imbalanced_binary(seed: int = 0):
+    """``make_classification`` with 5% positives, 20 features (5 informative), 2% label noise:
+    ``(x_train [10000, 20], y_train, x_val [5000, 20], y_val, x_test [5000, 20], y_test)``,
+    standardised with the training split's statistics."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=20_000, n_features=20, n_informative=5, n_redundant=5,
+                               weights=[0.95], flip_y=0.02, class_sep=0.8, random_state=seed)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
+    mean, std = x[:10_000].mean(0), x[:10_000].std(0)
+    x = (x - mean) / std
+    return x[:10_000], y[:10_000], x[10_000:15_000], y[10_000:15_000], x[15_000:], y[15_000:]
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def pairwise_logistic(scores: Tensor, target: Tensor, group: Optional[Tensor] = None) -> Tensor:
+    """RankNet's pairwise logistic loss ``mean softplus(s_neg - s_pos)`` over every (relevant,
+    irrelevant) pair, within each ``group`` when one is given. Zero (attached) without a pair."""
+    pos = target.bool()
+    pair = pos[:, None] & ~pos[None, :]
+    if group is not None:
+        pair = pair & (group[:, None] == group[None, :])
+    diff = scores[None, :] - scores[:, None]  # [i, j] = s_j - s_i
+    count = pair.sum()
+    return torch.where(pair, F.softplus(diff), torch.zeros_like(diff)).sum() / count.clamp_min(1)
+
+
+def lovasz_grad(gt_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovász extension of the Jaccard loss for errors sorted descending."""
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_softmax(logits: Tensor, target: Tensor) -> Tensor:
+    """Lovász-softmax (Berman, Triki, Blaschko, CVPR 2018) over the batch's pixels, averaged over
+    the classes present in ``target``. ``logits [n, C, H, W]``, ``target [n, H, W]`` int64.
+
+    On one-hot probabilities it equals ``1 - IoU`` per class (the Lovász extension is tight at
+    the vertices), which the tests check."""
+    probs = logits.softmax(1).movedim(1, -1).reshape(-1, logits.shape[1])
+    labels = target.reshape(-1)
+    losses = []
+    for c in range(logits.shape[1]):
+        fg = (labels == c).to(probs.dtype)
+        if fg.sum() == 0:
+            continue
+        errors = (fg - probs[:, c]).abs()
+        errors_sorted, perm = torch.sort(errors, descending=True)
+        losses.append(torch.dot(errors_sorted, lovasz_grad(fg[perm])))
+    return torch.stack(losses).mean()
+
+
+def f1_at(scores: Tensor, target: Tensor, threshold: float) -> float:
+    """F1 of the decision ``scores > threshold`` (0 without a true positive)."""
+    pred = scores > threshold
+    pos = target.bool()
+    tp = float((pred & pos).sum())
+    return 2 * tp / max(1.0, float(pred.sum()) + float(pos.sum())) if tp > 0 else 0.0
+
+
+def tuned_threshold(scores: Tensor, target: Tensor) -> float:
+    """The threshold among the midpoints of ``scores`` that maximises F1 on ``(scores, target)``."""
+    s, order = torch.sort(scores.reshape(-1), descending=True)
+    pos = target.reshape(-1)[order].double()
+    tp = pos.cumsum(0)
+    f1 = 2 * tp / (torch.arange(1, len(s) + 1, dtype=torch.float64) + pos.sum())
+    k = int(f1.argmax())
+    return float((s[k] + s[k + 1]) / 2) if k + 1 < len(s) else float(s[k]) - 1.0
+
+
+# --------------------------------------------------------------------------- training
+
+
+def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def fit(model: nn.Module, opt: torch.optim.Optimizer, batches: Callable[[int], Any],
+        step_loss: Callable[[nn.Module, Any], Tensor], epochs: int, evaluate: Callable[[nn.Module], float],
+        scheduler: Optional[Any] = None) -> List[float]:
+    """Train ``epochs`` epochs; ``batches(epoch)`` yields the epoch's batches, ``step_loss``
+    turns one into a loss; returns the held-out metric after each epoch."""
+    curve = []
+    for epoch in range(epochs):
+        model.train()
+        for batch in batches(epoch):
+            loss = step_loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            curve.append(float(evaluate(model)))
+    return curve
+
+
+def cosine(opt: torch.optim.Optimizer, epochs: int):
+    """Cosine decay of the learning rate to 0 over ``epochs`` (stepped once an epoch)."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+
+
+def shuffled(n: int, batch: int, generator: torch.Generator):
+    """``batches(epoch)`` over a fresh permutation of ``range(n)`` each epoch (last batch kept)."""
+    def batches(epoch: int):
+        order = torch.randperm(n, generator=generator)
+        return [order[i:i + batch] for i in range(0, n, batch)]
+    return batches
+
+
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(seed)
+    return build()
+
+
+def mlp(*sizes: int) -> nn.Sequential:
+    layers: List[nn.Module] = [nn.Flatten()]
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def fcn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 2, 3, padding=1),
+    )
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class Task:
+    """One benchmark task.
+
+    ``losses`` maps a row label to ``(kind, name)``; ``run(name, seed, quick, options)`` trains
+    with loss ``name`` (``"uniloss"`` takes ``options``, keywords of :class:`uniloss.UniLoss`)
+    and returns the held-out metric per epoch.
+    """
+
+    name: str
+    metric: str
+    data: str
+    run: Callable[[str, int, bool, dict], List[float]]
+    losses: Dict[str, Tuple[str, str]]
+    weight: float = 1.0  # rough relative cost, to start the long runs first
+    saturated: bool = False
+    notes: str = ""
+
+
+def _binary_logits(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x).reshape(-1)
+
+
+def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> uniloss.UniLoss:
+    return uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000), **options)
+
+
+def run_mnist0(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
+    from .data import load_mnist
+
+    train, test = load_mnist("train", data_dir=data_dir), load_mnist("test", data_dir=data_dir)
+    xtr, ytr = train.images.float().reshape(-1, 784) / 255.0, (train.labels == 0).long()
+    xte, yte = test.images.float().reshape(-1, 784) / 255.0, (test.labels == 0).long()
+    model = seeded(seed, lambda: mlp(784, 500, 300, 1))
+    gen = torch.Generator().manual_seed(seed)
+    fn = _binary_loss(loss, uniloss.AveragePrecision(), seed, options, pos_weight=None)
+    return fit(model, sgd(model, 0.01, momentum=0.5), shuffled(len(ytr), 16, gen),
+               lambda m, idx: fn(_binary_logits(m, xtr[idx]), ytr[idx]), 4 if quick else 30,
+               lambda m: average_precision(_binary_logits(m, xte), yte, interpolated=True))
+
+
+def _binary_loss(loss: str, decomposition, seed: int, options: dict, pos_weight: Optional[float]):
+    if loss == "bce":
+        return lambda s, y: F.binary_cross_entropy_with_logits(s, y.float())
+    if loss == "bce-posweight":
+        w = torch.tensor(pos_weight)
+        return lambda s, y: F.binary_cross_entropy_with_logits(s, y.float(), pos_weight=w)
+    if loss == "pairwise":
+        return pairwise_logistic
+    if loss == "uniloss":
+        return _uniloss(decomposition, seed, options)
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def _run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict) -> List[float]:
+    xtr, ytr, xva, yva, xte, yte = imbalanced_binary()
+    model = seeded(seed, lambda: mlp(20, 64, 64, 1))
+    gen = torch.Generator().manual_seed(seed)
+    pos_weight = float((ytr == 0).sum()) / float((ytr == 1).sum())
+    decomposition = uniloss.AveragePrecision() if metric == "ap" else zoo.f_beta(1.0, threshold=0.0)
+    fn = _binary_loss(loss.replace("-tuned", ""), decomposition, seed, options, pos_weight)
+
+    def evaluate(m: nn.Module) -> float:
+        s = _binary_logits(m, xte)
+        if metric == "ap":
+            return average_precision(s, yte)
+        threshold = tuned_threshold(_binary_logits(m, xva), yva) if loss.endswith("-tuned") else 0.0
+        return f1_at(s, yte, threshold)
+
+    epochs = 20 if quick else 40
+    opt = sgd(model, 0.1)
+    return fit(model, opt, shuffled(len(ytr), 128, gen),
+               lambda m, idx: fn(_binary_logits(m, xtr[idx]), ytr[idx]), epochs, evaluate, cosine(opt, epochs))
+
+
+def _run_classes(xtr, ytr, xte, yte, build, metric_fn, loss: str, seed: int, options: dict, *, decomposition,
+                 epochs: int, lr: float = 0.1, batch: int = 128, weight_decay: float = 0.0,
+                 transform: Optional[Callable[[Tensor, torch.Generator], Tensor]] = None,
+                 milestones: Optional[Sequence[int]] = None) -> List[float]:
+    """A classification run: CE (``"ce"``), class-weighted CE (``"ce-weighted"``) or UniLoss;
+    the learning rate drops 10x at ``milestones``, or follows a cosine without them."""
+    model = seeded(seed, build)
+    gen = torch.Generator().manual_seed(seed)
+    if loss == "ce":
+        fn = F.cross_entropy
+    elif loss == "ce-weighted":
+        counts = torch.bincount(ytr, minlength=int(ytr.max()) + 1).float()
+        weight = counts.sum() / (len(counts) * counts)
+        fn = lambda s, y: F.cross_entropy(s, y, weight=weight)  # noqa: E731
+    elif loss == "uniloss":
+        fn = _uniloss(decomposition, seed, options)
+    else:
+        raise ValueError(f"unknown loss {loss!r}")
+    opt = sgd(model, lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), 0.1) if milestones else cosine(opt, epochs)
+
+    def step(m, idx):
+        x = xtr[idx]
+        if transform is not None:
+            x = transform(x, gen)
+        return fn(m(x), ytr[idx])
+
+    def evaluate(m):
+        out = torch.cat([m(xte[i:i + 1000]) for i in range(0, len(xte), 1000)])
+        return float(metric_fn(out, yte))
+
+    return fit(model, opt, shuffled(len(ytr), batch, gen), step, epochs, evaluate, sched)
+
+
+def _accuracy(out: Tensor, y: Tensor) -> Tensor:
+    return (out.argmax(1) == y).double().mean()
+
+
+def run_fashion(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
+    from .data import load_fashion_mnist
+
+    train, test = load_fashion_mnist("train", data_dir=data_dir), load_fashion_mnist("test", data_dir=data_dir)
+    xtr = train.images.float()[:, None] / 255.0
+    xte = test.images.float()[:, None] / 255.0
+    mean, std = float(xtr.mean()), float(xtr.std())
+    xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    if quick:
+        return _run_classes(xtr, train.labels, xte, test.labels, lambda: mlp(784, 256, 10), _accuracy, loss, seed,
+                            options, decomposition=uniloss.MulticlassAccuracy(), epochs=8, weight_decay=1e-4)
+    from .augment import random_crop, random_hflip
+    from .models import ResNet20
+
+    def augment(x: Tensor, g: torch.Generator) -> Tensor:
+        return random_hflip(random_crop(x, 4, generator=g), generator=g)
+
+    return _run_classes(xtr, train.labels, xte, test.labels, lambda: ResNet20(10, in_channels=1), _accuracy, loss,
+                        seed, options, decomposition=uniloss.MulticlassAccuracy(), epochs=30, weight_decay=1e-4,
+                        transform=augment, milestones=(21, 26))
+
+
+def run_pairs(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
+    from .multiclass import load_digit_pairs
+
+    s = load_digit_pairs(data_dir, torch.device("cpu"))
+    xtr, xte = s.x_train.float() / 255.0, s.x_test.float() / 255.0
+    return _run_classes(xtr, s.y_train, xte, s.y_test, lambda: mlp(1568, 512, 100), _accuracy, loss, seed, options,
+                        decomposition=uniloss.MulticlassAccuracy(), epochs=5 if quick else 15)
+
+
+def run_digits_f1(loss: str, seed: int, quick: bool, options: dict) -> List[float]:
+    xtr, xte, ytr, yte = digits_split(test_size=0.25)
+    metric = zoo.macro_f1(10)
+    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(64, 128, 10), metric.metric, loss, seed, options,
+                        decomposition=metric, epochs=30)
+
+
+def imbalanced_mnist(ratio: float = 0.6, data_dir: Optional[str] = None):
+    """MNIST whose training digit ``c`` keeps its first ``ratio ** c`` images (14,858 of 60,000
+    at 0.6), flattened to ``[N, 784]`` in ``[0, 1]``; the test split whole (balanced):
+    ``(x_train, y_train, x_test, y_test)``."""
+    from .data import load_mnist
+
+    train, test = load_mnist("train", data_dir=data_dir), load_mnist("test", data_dir=data_dir)
+    y = train.labels
+    rank = torch.zeros_like(y)
+    for c in range(10):  # data preparation, once
+        idx = (y == c).nonzero().reshape(-1)
+        rank[idx] = torch.arange(len(idx)) - round(len(idx) * ratio**c)
+    keep = rank < 0
+    flat = lambda images: images.float().reshape(len(images), -1) / 255.0  # noqa: E731
+    return flat(train.images[keep]), y[keep], flat(test.images), test.labels
+
+
+def run_balanced(loss: str, seed: int, quick: bool, options: dict) -> List[float]:
+    xtr, ytr, xte, yte = imbalanced_mnist()
+    metric = zoo.balanced_accuracy(10)
+    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, 128, 10), metric.metric, loss, seed, options,
+                        decomposition=metric, epochs=5 if quick else 15)
+
+
+def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, per_batch: int = 8,
+             train_queries: int = 160) -> List[float]:
+    xtr, xte, ytr, yte = digits_split()
+    metric = zoo.ndcg_at_k(5)
+    gen = torch.Generator().manual_seed(seed)
+    test_items, test_q, test_rel, test_query = retrieval_queries(yte, 300, size, torch.Generator().manual_seed(1234))
+    test_target = RankingTarget(test_rel, test_query)
+    model = seeded(seed, lambda: mlp(64, 128, 10))
+    fn = _uniloss(metric, seed, options) if loss == "uniloss" else None
+
+    def scores_of(m, x, items, q):
+        out = m(x[items]).reshape(len(q), -1, 10)
+        return out.gather(2, q[:, None, None].expand(-1, out.shape[1], 1)).reshape(-1)
+
+    def batches(epoch):
+        items, q, rel, query = retrieval_queries(ytr, train_queries, size, gen)
+        n = per_batch * size
+        return [(items[i * n:(i + 1) * n], q[i * per_batch:(i + 1) * per_batch], rel[i * n:(i + 1) * n],
+                 query[i * n:(i + 1) * n]) for i in range(train_queries // per_batch)]
+
+    def step(m, batch):
+        items, q, rel, query = batch
+        s = scores_of(m, xtr, items, q)
+        if loss == "bce":
+            return F.binary_cross_entropy_with_logits(s, rel.float())
+        if loss == "pairwise":
+            return pairwise_logistic(s, rel, query)
+        return fn(s, RankingTarget(rel, query))
+
+    opt = sgd(model, 0.1)
+    return fit(model, opt, batches, step, 30, lambda m: float(metric.metric(scores_of(m, xte, test_items, test_q), test_target)),
+               cosine(opt, 30))
+
+
+def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
+    train, epochs = (2000, 5) if quick else (4000, 10)
+    xtr, mtr = noisy_masks("train", train, seed=0, data_dir=data_dir)
+    xte, mte = noisy_masks("test", 1000, seed=1, data_dir=data_dir)
+    metric = zoo.mean_iou(2)
+    fn = {"ce": F.cross_entropy, "lovasz": lovasz_softmax}.get(loss) or _uniloss(metric, seed, options)
+    model = seeded(seed, fcn)
+    gen = torch.Generator().manual_seed(seed)
+    opt = sgd(model, 0.1)
+    return fit(model, opt, shuffled(train, 32, gen), lambda m, idx: fn(m(xtr[idx]), mtr[idx]), epochs,
+               lambda m: float(metric.metric(m(xte), mte)), cosine(opt, epochs))
+
+
+_UNI = {"UniLoss (defaults)": ("uniloss", "uniloss")}
+
+TASKS: Dict[str, Task] = {t.name: t for t in [
+    Task("mnist0-ap", "test AP (VOC-interpolated)", "MNIST digit 0 vs rest", run_mnist0,
+         {"binary cross-entropy": ("usual", "bce"), "pairwise logistic": ("baseline", "pairwise"), **_UNI},
+         weight=6.0, saturated=True),
+    Task("fashion-acc", "test accuracy", "Fashion-MNIST, 10 classes", run_fashion,
+         {"cross-entropy": ("usual", "ce"), **_UNI}, weight=4.0),
+    Task("pairs-acc", "test accuracy", "MNIST digit pairs, 100 classes", run_pairs,
+         {"cross-entropy": ("usual", "ce"), **_UNI}, weight=4.0),
+    Task("digits-f1", "test macro-F1", "scikit-learn digits, 10 classes", run_digits_f1,
+         {"cross-entropy": ("usual", "ce"), **_UNI}, weight=0.3),
+    Task("imb-ap", "test AP", "make_classification, 5% positives",
+         lambda loss, seed, quick, options: _run_imbalanced("ap", loss, seed, quick, options),
+         {"binary cross-entropy": ("usual", "bce"), "BCE, pos_weight": ("baseline", "bce-posweight"),
+          "pairwise logistic": ("baseline", "pairwise"), **_UNI}, weight=0.5),
+    Task("imb-f1", "test F1 at logit 0 (tuned threshold for its row)", "make_classification, 5% positives",
+         lambda loss, seed, quick, options: _run_imbalanced("f1", loss, seed, quick, options),
+         {"binary cross-entropy": ("usual", "bce"), "BCE, pos_weight": ("baseline", "bce-posweight"),
+          "BCE, validation-tuned threshold": ("baseline", "bce-tuned"), **_UNI}, weight=0.5),
+    Task("bal-acc", "test balanced accuracy", "MNIST, training digit c keeps 0.6^c", run_balanced,
+         {"cross-entropy": ("usual", "ce"), "class-weighted CE": ("baseline", "ce-weighted"), **_UNI}, weight=1.0),
+    Task("ndcg5", "test NDCG@5", "digit retrieval on digits", run_ndcg,
+         {"binary cross-entropy (pointwise)": ("usual", "bce"), "pairwise logistic": ("baseline", "pairwise"), **_UNI},
+         weight=0.8),
+    Task("seg-miou", "test mean IoU", "MNIST masks from noisy occluded digits", run_segmentation,
+         {"per-pixel cross-entropy": ("usual", "ce"), "Lovász-softmax": ("baseline", "lovasz"), **_UNI}, weight=3.0),
+]}
+
+
+# --------------------------------------------------------------------------- running and reporting
+
+
+@dataclass
+class Job:
+    task: str
+    label: str
+    kind: str
+    loss: str
+    seed: int
+    options: dict = field(default_factory=dict)
+
+
+def _run_job(job: Job, quick: bool) -> dict:
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    curve = TASKS[job.task].run(job.loss, job.seed, quick, dict(job.options))
+    return dict(task=job.task, loss=job.label, kind=job.kind, seed=job.seed, final=curve[-1], curve=curve,
+                seconds=time.perf_counter() - t0, options=job.options)
+
+
+def jobs_for(tasks: Sequence[str], seeds: Sequence[int], variants: Dict[str, dict],
+             kinds: Sequence[str] = ("usual", "baseline", "uniloss", "variant")) -> List[Job]:
+    """Every (task, loss, seed) to run, the costliest tasks first."""
+    jobs = []
+    for name in sorted(tasks, key=lambda t: -TASKS[t].weight):
+        task = TASKS[name]
+        rows = [(label, kind, loss, {}) for label, (kind, loss) in task.losses.items()]
+        rows += [(f"UniLoss, {v}", "variant", "uniloss", opts) for v, opts in variants.items()]
+        for label, kind, loss, opts in rows:
+            if kind in kinds:
+                jobs += [Job(name, label, kind, loss, s, opts) for s in seeds]
+    return jobs
+
+
+def summarise(runs: List[dict]) -> List[dict]:
+    """Rows of the results schema (mean, std over seeds, per task and loss, in run order)."""
+    rows: Dict[Tuple[str, str], dict] = {}
+    for r in runs:
+        key = (r["task"], r["loss"])
+        row = rows.setdefault(key, dict(dataset=r["task"], loss=r["loss"], kind=r["kind"],
+                                        metric=TASKS[r["task"]].metric, seeds=[], seed_ids=[], paper=None))
+        row["seeds"].append(r["final"])
+        row["seed_ids"].append(r["seed"])
+    for row in rows.values():
+        row["mean"] = statistics.mean(row["seeds"])
+        row["std"] = statistics.stdev(row["seeds"]) if len(row["seeds"]) > 1 else 0.0
+    return list(rows.values())
+
+
+def verdicts(rows: List[dict]) -> Dict[str, dict]:
+    """Per task and UniLoss row: its difference to the usual loss and to the best baseline, and
+    whether it wins (ahead by more than the larger std), ties (within it) or loses."""
+    out: Dict[str, dict] = {}
+    for task in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == task]
+        usual = [r for r in mine if r["kind"] == "usual"]
+        base = max([r for r in mine if r["kind"] in ("usual", "baseline")], key=lambda r: r["mean"], default=None)
+        for r in mine:
+            if r["kind"] not in ("uniloss", "variant"):
+                continue
+            entry = {}
+            for name, ref in (("usual", usual[0] if usual else None), ("best", base)):
+                if ref is None:
+                    continue
+                diff = r["mean"] - ref["mean"]
+                noise = max(r["std"], ref["std"])
+                entry[name] = dict(ref=ref["loss"], diff=diff,
+                                   verdict="win" if diff > noise else ("tie" if diff >= -noise else "loss"))
+            out.setdefault(task, {})[r["loss"]] = entry
+    return out
+
+
+def write_report(report: dict, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump(report, fh, indent=2)
+    rows = report["rows"]
+    v = verdicts(rows)
+    scale = 100.0
+    lines = [f"# {report['title']}", "",
+             f"Held-out metric (x100), mean ± std over seeds {report['seeds']}; {report['machine']}; "
+             f"{report['date']}; {report['total_seconds'] / 60:.1f} minutes with {report['jobs']} runs at a time. "
+             f"Regenerate: `{report['command']}`.", "",
+             "| task | metric | loss | kind | mean ± std | vs usual | vs best other |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = v.get(r["dataset"], {}).get(r["loss"], {})
+        cells = [f"{e[k]['diff'] * scale:+.2f} ({e[k]['verdict']})" if k in e else "" for k in ("usual", "best")]
+        lines.append(f"| {r['dataset']} | {r['metric']} | {r['loss']} | {r['kind']} | "
+                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {cells[0]} | {cells[1]} |")
+    lines += ["", "`win`: ahead by more than the larger of the two rows' std; `tie`: within it; `loss`: behind.",
+              "'best other' is the best of the usual loss and the baselines."]
+    if report.get("variants"):
+        lines += ["", "Variants (keywords of `uniloss.UniLoss` beside the defaults):", ""]
+        lines += [f"- `{k}`: `{json.dumps(opts)}`" for k, opts in report["variants"].items()]
+    with open(os.path.join(out, "results.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    _plot(report, os.path.join(out, "curves.png"))
+
+
+def _plot(report: dict, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - experiments extra absent
+        return
+    tasks = list(dict.fromkeys(r["task"] for r in report["runs"]))
+    cols = 3
+    fig, axes = plt.subplots(math.ceil(len(tasks) / cols), cols, figsize=(4.2 * cols, 3.2 * math.ceil(len(tasks) / cols)),
+                             squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        labels = list(dict.fromkeys(r["loss"] for r in report["runs"] if r["task"] == task))
+        for label in labels:
+            curves = [r["curve"] for r in report["runs"] if r["task"] == task and r["loss"] == label]
+            n = min(len(c) for c in curves)
+            mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
+            ax.plot(range(1, n + 1), mean, marker="." if n < 12 else None, label=label)
+        ax.set_title(f"{task}: {TASKS[task].metric}", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.suptitle(f"{report['title']} (mean of seeds {report['seeds']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_variant(text: str) -> Tuple[str, dict]:
+    """``NAME=JSON`` -> ``(NAME, dict)``; JSON holds keywords of :class:`uniloss.UniLoss`."""
+    name, sep, body = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"expected --variant NAME=JSON, got {text!r}")
+    try:
+        options = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--variant {name}: {body!r} is not JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--variant {name}: expected a JSON object of UniLoss keywords, got {body!r}")
+    uniloss.UniLoss(uniloss.AveragePrecision(), **options)  # fails here, not in a worker, on a bad keyword
+    return name, options
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the suite described by ``args`` (see :func:`add_arguments`) and write the report."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .reproduce import machine
+
+    variants = dict(parse_variant(v) for v in (args.variant or []))
+    seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+    kinds = ("usual", "baseline", "uniloss", "variant") if not args.variants_only else ("variant",)
+    jobs = jobs_for(args.tasks or list(TASKS), seeds, variants, kinds)
+    start = time.perf_counter()
+    runs: List[dict] = []
+    progress = _progress(len(jobs))
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(_run_job, job, args.quick) for job in jobs]
+        for fut in futures:
+            runs.append(fut.result())
+            r = runs[-1]
+            progress(f"{r['task']:11s} {r['loss']:34s} seed {r['seed']}: {r['final']:.4f} ({r['seconds']:.0f} s)")
+    report = dict(
+        table="metric-wins" + ("-quick" if args.quick else ""),
+        title="Metric wins: UniLoss against the usual loss and the strongest simple baseline"
+        + (" (quick screen)" if args.quick else ""),
+        machine=machine() + f", torch {torch.__version__}, 1 thread a run", date=time.strftime("%Y-%m-%d"),
+        command="uniloss reproduce metric-wins " + " ".join(args.argv), seeds=seeds, jobs=args.jobs,
+        quick=args.quick, variants=variants, rows=summarise(runs), runs=runs,
+        total_seconds=time.perf_counter() - start,
+    )
+    report["verdicts"] = verdicts(report["rows"])
+    write_report(report, args.out or ("docs/results/metric-wins" + ("/quick" if args.quick else "")))
+    return report
+
+
+def _progress(total: int) -> Callable[[str], None]:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    bar = tqdm(total=total, desc="runs", unit="run") if tqdm is not None else None
+
+    def step(line: str) -> None:
+        if bar is not None:
+            bar.write(line)
+            bar.update(1)
+        else:
+            print(line, flush=True)
+    return step
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="the screen: shorter runs (about 10 minutes with 2 jobs)")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="only these tasks (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    parser.add_argument("--variant", action="append", metavar="NAME=JSON",
+                        help='extra UniLoss row with these UniLoss keywords, e.g. t4=\'{"temperature": 4}\'')
+    parser.add_argument("--variants-only", action="store_true", help="run only the --variant rows")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")
+    parser.add_argument("--out", help="where the table goes (default docs/results/metric-wins[/quick])")
+
+
+def main(argv: Optional[List[str]] = None, prog: str = "python -m uniloss.experiments.metric_wins") -> dict:
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
