@@ -95,14 +95,16 @@ def regime(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cross_entropy"])
 @pytest.mark.parametrize("temperature_scale", [None, "rms"])
 @pytest.mark.parametrize("grad_scale", [1.0, "distance"])
 @pytest.mark.parametrize("name", CASES)
-def test_structured_equals_dense_value_gradient_and_anchor_values(name, grad_scale, temperature_scale, regime):
+def test_structured_equals_dense_value_gradient_and_anchor_values(name, grad_scale, temperature_scale, distance,
+                                                                  regime):
     dec, scores, target = _case(name)
     anchors, prepared = _anchor_set(dec, scores, target, seed=1)
     assert anchors.is_structured
-    kw = dict(grad_scale=grad_scale, temperature=0.7, temperature_scale=temperature_scale)
+    kw = dict(grad_scale=grad_scale, temperature=0.7, temperature_scale=temperature_scale, distance=distance)
     structured = _run(scores, prepared, dec, anchors=anchors, **kw)
     dense = _run(scores, prepared, dec, anchors=anchors.dense(), **kw)
     _assert_same(structured, dense)
@@ -152,13 +154,14 @@ def _pck_batch(seed, n=2, j=3, h=9, w=8, dtype=torch.float64):
     return heat, _pck_target(n, j, h, w, g)
 
 
-@pytest.mark.parametrize("temperature_scale", [None, "rms"])
+@pytest.mark.parametrize("options", [{}, dict(temperature_scale="rms"), dict(distance="cross_entropy"),
+                                     dict(temperature_scale="rms", distance="cross_entropy")])
 @pytest.mark.parametrize("chunk_bits", [1, 37, 200])
 @pytest.mark.parametrize("good_flips", [1, 2])
-def test_blocks_equal_one_block(chunk_bits, good_flips, temperature_scale, monkeypatch):
+def test_blocks_equal_one_block(chunk_bits, good_flips, options, monkeypatch):
     heat, target = _pck_batch(0)
     dec = uniloss.PCK(good_flips=good_flips)
-    kw = dict(num_bad=13, temperature_scale=temperature_scale)
+    kw = dict(num_bad=13, **options)
     whole = _run(heat, target, dec, generator=torch.Generator().manual_seed(2), **kw)
 
     def no_full_comparisons(*args):

@@ -35,6 +35,31 @@ def relax(comparisons: Tensor, temperature: float = 1.0) -> Tensor:
 
 
 TEMPERATURE_SCALES = (None, "rms")
+DISTANCES = ("euclidean", "cross_entropy")
+
+
+def bit_costs(comparisons: Tensor, temperature, distance: str = "euclidean") -> Tuple[Tensor, Tensor, Tensor]:
+    r"""The per-bit pieces of the squared distances from the relaxed point to the anchors.
+
+    Every squared distance is ``d(u, a)^2 = sum_k base_k + sum_{k: a_k != h_k} flip_k`` with
+    ``h = [c > 0]`` and ``z_k = |c_k| / tau`` (its sign taken from ``h``):
+
+    * ``"euclidean"`` (the paper): ``(u_k - a_k)^2`` summed, ``base = r^2``, ``flip = 1 - 2 r``
+      with ``r = sigmoid(-z)`` (see the module documentation);
+    * ``"cross_entropy"``: the Bernoulli cross-entropy of each vertex bit under ``u_k``,
+      ``-log u_k`` where ``a_k = 1`` and ``-log(1 - u_k)`` where ``a_k = 0``:
+      ``base = softplus(-z)``, ``flip = z``. Its gradient in ``c`` does not vanish for a
+      comparison that is wrong by a wide margin (the sigmoid's slope cancels, as in logistic
+      regression), where the Euclidean one decays like ``exp(-z)``.
+
+    Differentiable in ``comparisons``. Returns ``(r, base, flip)``, each shaped like ``c``.
+    """
+    hard = comparisons.detach() > 0
+    z = torch.where(hard, comparisons, -comparisons) / temperature
+    r = torch.sigmoid(-z)
+    if distance == "euclidean":
+        return r, r * r, 1.0 - 2.0 * r
+    return r, torch.nn.functional.softplus(-z), z
 
 
 def comparison_scale(comparisons: Tensor, mode: Optional[str]) -> Optional[Tensor]:
@@ -82,6 +107,11 @@ def idw_from_residual(hard: Tensor, r: Tensor, disagreement: Tensor, values: Ten
 def sq_distances(r: Tensor, disagreement: Tensor) -> Tensor:
     """``[t]`` squared distances from the point ``hard +/- r`` to the anchors (see module doc)."""
     return (r * r).sum() + disagreement @ (1.0 - 2.0 * r)
+
+
+def sq_distances_from_costs(base: Tensor, flip: Tensor, disagreement: Tensor) -> Tensor:
+    """``[t]`` squared distances from per-bit costs (:func:`bit_costs`) and ``[t, l]`` disagreement."""
+    return base.sum() + disagreement @ flip
 
 
 def idw_from_sq_distances(sq: Tensor, values: Tensor) -> Tensor:

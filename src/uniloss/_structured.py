@@ -186,19 +186,32 @@ def random_lookup(tables: Tensor, codes: Tensor) -> Tensor:
     return tables.gather(1, codes.long()).sum(0)
 
 
-def residuals(c: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
-    """``r = sigmoid(-|c| / tau)`` and ``w = 1 - 2 r`` (no grad)."""
-    z = c.abs().neg_()
+def residuals(c: Tensor, temperature: float, distance: str = "euclidean") -> Tuple[Tensor, Tensor, Tensor]:
+    """``(r, base, w)`` (no grad): ``r = sigmoid(-|c| / tau)`` and the per-bit costs of
+    :func:`uniloss._interpolation.bit_costs`, ``sum(base)`` and the flip cost ``w``."""
+    z = c.abs()
     if isinstance(temperature, Tensor) or temperature != 1.0:
         z.div_(temperature)
-    r = torch.sigmoid(z)
-    return r, r.mul(-2.0).add_(1.0)
+    r = torch.sigmoid(-z)
+    if distance == "euclidean":
+        return r, r * r, r.mul(-2.0).add_(1.0)
+    return r, torch.nn.functional.softplus(-z), z
 
 
-def grad_comparisons(r: Tensor, hard: Tensor, member: Tensor, total: Tensor) -> Tensor:
-    """``dL/dc`` from ``dL/dr = 2 r total - 2 member`` and ``dr/dc = -/+ r (1 - r) / tau``,
-    where the anchors' gradients (``total``, ``member``) already carry the factor ``2 / tau``."""
-    g = (r * total).sub_(member).mul_(r).mul_(1.0 - r)
+def grad_factor(temperature, distance: str):
+    """The factor of ``d(d^2)/dc`` that :func:`grad_comparisons` leaves to the anchors' gradients."""
+    return (2.0 if distance == "euclidean" else 1.0) / temperature
+
+
+def grad_comparisons(r: Tensor, hard: Tensor, member: Tensor, total: Tensor, distance: str = "euclidean") -> Tensor:
+    """``dL/dc`` from ``dL/d(base_k) = total`` and ``dL/d(flip_k) = member_k``.
+
+    Euclidean: ``dL/dr = 2 r total - 2 member``, ``dr/dc = -/+ r (1 - r) / tau``;
+    cross-entropy: ``d base/dc = -/+ r / tau``, ``d flip/dc = +/- 1 / tau``. The anchors' gradients
+    (``total``, ``member``) already carry :func:`grad_factor`."""
+    g = (r * total).sub_(member)
+    if distance == "euclidean":
+        g.mul_(r).mul_(1.0 - r)
     return torch.where(hard, -g, g)
 
 
@@ -285,6 +298,7 @@ def structured_loss(
     grad_scale,
     sign: float,
     all_good: int = 0,
+    distance: str = "euclidean",
 ):
     """The loss from comparisons ``c`` (attached to them) and a structured anchor set.
 
@@ -293,8 +307,8 @@ def structured_loss(
     module documentation).
     """
     dtype, l = c.dtype, c.numel()
-    r, w = residuals(c.detach(), temperature)
-    R = torch.dot(r, r)
+    r, base, w = residuals(c.detach(), temperature, distance)
+    R = base.sum()
     wrong_f = s_best = zeros_best = None
     if anchors.num_anchors * l <= _DENSE_LIMIT and anchors.flips.shape[1] == 1:
         rows = disagreement_rows(anchors, wrong)
@@ -340,7 +354,7 @@ def structured_loss(
         kinds = kinds[:1] + (("good", l),) + kinds[1:]
     g, dg_dsq, harmonic = idw_closed_form(sq, values, weights)
     # The gradient's scale, and the factor 2 / tau of d(d^2)/dc (see grad_comparisons).
-    coef = (2.0 * sign / temperature) * (harmonic if grad_scale == "distance" else float(grad_scale))
+    coef = sign * grad_factor(temperature, distance) * (harmonic if grad_scale == "distance" else float(grad_scale))
 
     def backward(grad_out: Tensor) -> Tensor:
         G = dg_dsq * (coef * grad_out)
@@ -357,7 +371,7 @@ def structured_loss(
                 rnd.add_membership(member, G[1 + flips.count :])
         if all_good:
             member.add_(wrong_f * G_single.sum()).addcmul_(G_single, single_sign)
-        return grad_comparisons(r, hard, member, total)
+        return grad_comparisons(r, hard, member, total, distance)
 
     loss = _Surrogate.apply(c, sign * g, backward)
     return loss, values, metric, g, kinds
@@ -405,6 +419,7 @@ def chunked_loss(
     grad_scale,
     sign: float,
     temperature_scale: Optional[str] = None,
+    distance: str = "euclidean",
 ):
     """The loss of :func:`structured_loss` for a huge ``l``, block by block.
 
@@ -452,8 +467,8 @@ def chunked_loss(
         for block in blocks:
             s0, s1, b0, b1, width = block
             h = hard[b0:b1]
-            r, w = residuals(comparisons(s_det, block), temperature)
-            R += torch.dot(r, r)
+            r, base, w = residuals(comparisons(s_det, block), temperature, distance)
+            R += base.sum()
             s_best += torch.dot(w, (h != best[b0:b1]).to(dtype))
             rnd = Random(anchors.codes[:, b0:b1], b, dtype)
             inside, at = local(flips.index, b0, b1)
@@ -474,7 +489,7 @@ def chunked_loss(
         values = decomposition.evaluate_zeros(zeros, target).to(dtype)
         metric, values = values[-1], values[:-1]
         g, dg_dsq, harmonic = idw_closed_form(sq, values)
-        coef = (2.0 * sign / temperature) * (harmonic if grad_scale == "distance" else float(grad_scale))
+        coef = sign * grad_factor(temperature, distance) * (harmonic if grad_scale == "distance" else float(grad_scale))
 
     def backward(grad_out: Tensor) -> Tensor:
         G = dg_dsq * (coef * grad_out)
@@ -490,13 +505,13 @@ def chunked_loss(
                 c = comparisons(s, block)
                 h = hard[b0:b1]
                 with torch.no_grad():
-                    r, _ = residuals(c.detach(), temperature)
+                    r = residuals(c.detach(), temperature, distance)[0]
                     member = (h != best[b0:b1]).to(dtype).mul_(from_best)
                     inside, at = local(flips.index, b0, b1)
                     member.index_add_(0, at.reshape(-1), torch.where(inside, flip_coef, 0.0).reshape(-1))
                     if tables is not None:
                         member += random_lookup(tables, anchors.codes[:, b0:b1])
-                    grad_c = grad_comparisons(r, h, member, total)
+                    grad_c = grad_comparisons(r, h, member, total, distance)
                 # A scalar's backward: backward(c, grad_c) would import sympy on first use.
                 torch.dot(c, grad_c).backward()
         return s.grad if s.grad is not None else torch.zeros_like(scores)

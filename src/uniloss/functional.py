@@ -15,7 +15,8 @@ from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
 from ._decomposition import Decomposition, validate_scores
 from ._interpolation import (
-    TEMPERATURE_SCALES, comparison_scale, harmonic_distance, idw_from_sq_distances, residual, sq_distances,
+    DISTANCES, TEMPERATURE_SCALES, bit_costs, comparison_scale, harmonic_distance, idw_from_sq_distances,
+    sq_distances_from_costs,
 )
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy
 from ._structured import Runs, chunked_loss, structured_loss
@@ -59,6 +60,7 @@ _GOOD_ANCHORS = ("sample", "all")
 def check_options(
     num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
     good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
+    distance: object = "euclidean",
 ) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
@@ -73,6 +75,8 @@ def check_options(
         V.check_count("chunk_bits", chunk_bits, allow_zero=False)
     if temperature_scale not in TEMPERATURE_SCALES:
         raise ValueError(f"Expected `temperature_scale` in {TEMPERATURE_SCALES}, but got {temperature_scale!r}")
+    if distance not in DISTANCES:
+        raise ValueError(f"Expected `distance` in {DISTANCES}, but got {distance!r}")
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
@@ -116,6 +120,7 @@ def uniloss_with_info(
     good_anchors: str = "sample",
     chunk_bits: Optional[int] = None,
     temperature_scale: Optional[str] = None,
+    distance: str = "euclidean",
 ) -> "tuple[Tensor, LossInfo]":
     """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
     if not isinstance(decomposition, Decomposition):
@@ -125,7 +130,7 @@ def uniloss_with_info(
         )
     if validate_args:
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale)
+                      temperature_scale, distance)
         V.check_generator(generator)
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
@@ -152,6 +157,7 @@ def uniloss_with_info(
                 scores, target, decomposition, segments, chunk_bits=min(limit, BLOCK_BITS), num_good=num_good,
                 num_nearby=num_nearby, num_bad=num_bad, generator=generator,
                 temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
+                distance=distance,
             )
             loss = loss.to(scores.dtype)
             return loss, _exact(LossInfo(metric, surrogate, loss.detach(), l, values, kinds), decomposition, target)
@@ -184,7 +190,8 @@ def uniloss_with_info(
                 anchor_set = AnchorSet(anchor_set.dense(), anchor_set.kinds)  # drawn for another c
             wrong = hard != anchor_set.best if anchor_set.is_structured else None
     if l == 0 or not anchor_set.is_structured:
-        loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign)
+        loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
+                                 distance)
         return loss, _exact(info, decomposition, target)
     if all_good and decomposition.num_good_flips(target, l) != 1:
         raise ValueError(
@@ -194,7 +201,7 @@ def uniloss_with_info(
     runs = None if segments is None else Runs.of(segments, l, c.device, validate_args)
     loss, values, metric, surrogate, kinds = structured_loss(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
-        grad_scale=grad_scale, sign=sign, all_good=all_good,
+        grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance,
     )
     loss = loss.to(scores.dtype)
     return loss, _exact(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds), decomposition, target)
@@ -208,10 +215,10 @@ def _exact(info: LossInfo, decomposition: Decomposition, target: Any) -> LossInf
     return replace(info, metric=exact.detach().to(info.metric.dtype))
 
 
-def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign):
+def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign, distance):
     """The dense path: anchors as a ``[t, l]`` tensor, interpolation through autograd."""
     l = c.numel()
-    _, r = residual(c, temperature)
+    _, base, flip = bit_costs(c, temperature, distance)
     with torch.no_grad():
         bits = anchor_set.dense()
         # One evaluate call for the anchors and the current configuration (last row).
@@ -221,7 +228,7 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
         surrogate = torch.full((), float("nan"), dtype=c.dtype, device=c.device)
         loss = scores.sum() * 0.0  # attached to the graph, gradient exactly zero
     else:
-        sq = sq_distances(r, (bits != hard).to(c.dtype))
+        sq = sq_distances_from_costs(base, flip, (bits != hard).to(c.dtype))
         g = idw_from_sq_distances(sq, values)
         surrogate = g.detach()
         scale = harmonic_distance(sq) if grad_scale == "distance" else float(grad_scale)
@@ -248,6 +255,7 @@ def uniloss(
     good_anchors: str = "sample",
     chunk_bits: Optional[int] = None,
     temperature_scale: Optional[str] = None,
+    distance: str = "euclidean",
 ) -> Tensor:
     r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
 
@@ -299,6 +307,6 @@ def uniloss(
         scores, target, decomposition, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
         temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
         validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
-        temperature_scale=temperature_scale,
+        temperature_scale=temperature_scale, distance=distance,
     )
     return loss

@@ -1,0 +1,121 @@
+"""``temperature_scale="rms"``: the temperature measured in the comparisons' root mean square."""
+
+import pytest
+import torch
+
+import uniloss
+from uniloss import functional as F
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 6, (10,), generator=g)
+    dec = uniloss.MulticlassAccuracy()
+    prepared = dec.prepare(scores, target, None)
+    c = dec.comparisons(scores, prepared).reshape(-1)
+    anchors = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, num_good=4, num_nearby=4, num_bad=4,
+                                     generator=torch.Generator().manual_seed(1))
+    return dec, scores, target, anchors.dense(), c
+
+
+def _loss_grad(scores, target, dec, **kw):
+    s = scores.clone().requires_grad_()
+    loss = F.uniloss(s, target, dec, **kw)
+    loss.backward()
+    return loss.detach(), s.grad
+
+
+@pytest.mark.parametrize("grad_scale", [1.0, "distance"])
+def test_rms_scale_is_the_absolute_temperature_of_that_value(grad_scale):
+    # The scale is detached: the loss and its gradient are those of the absolute temperature
+    # tau * rms(c), computed by hand here.
+    dec, scores, target, anchors, c = _batch()
+    rms = float(c.square().mean().sqrt())
+    rel = _loss_grad(scores, target, dec, anchors=anchors, temperature=0.5, temperature_scale="rms",
+                     grad_scale=grad_scale)
+    ab = _loss_grad(scores, target, dec, anchors=anchors, temperature=0.5 * rms, grad_scale=grad_scale)
+    torch.testing.assert_close(rel[0], ab[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(rel[1], ab[1], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("k", [0.01, 7.0, 1e4])
+def test_rms_scale_makes_the_loss_invariant_to_the_scores_scale(k):
+    # Absolute temperature: large scores saturate the sigmoid. Relative: the same loss, and a
+    # gradient that scales as 1/k (the loss is a function of scores / rms).
+    dec, scores, target, anchors, _ = _batch(1)
+    base = _loss_grad(scores, target, dec, anchors=anchors, temperature_scale="rms")
+    scaled = _loss_grad(scores * k, target, dec, anchors=anchors, temperature_scale="rms")
+    torch.testing.assert_close(scaled[0], base[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(scaled[1] * k, base[1], rtol=1e-8, atol=1e-14)
+    absolute = _loss_grad(scores * 1e4, target, dec, anchors=anchors)
+    assert absolute[1].abs().max() < 1e-12 < base[1].abs().max()  # saturated: no gradient at all
+
+
+def test_rms_scale_on_an_undefined_batch_and_bad_values():
+    s = torch.randn(5, requires_grad=True)
+    loss = uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="rms")(s, torch.zeros(5, dtype=torch.long))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.equal(s.grad, torch.zeros(5))
+    with pytest.raises(ValueError, match="temperature_scale"):
+        uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="max")
+    with pytest.raises(ValueError, match="temperature_scale"):
+        F.uniloss(s, torch.ones(5, dtype=torch.long), uniloss.AveragePrecision(), temperature_scale=1.0)
+
+
+def _cross_entropy_oracle(scores, target, dec, anchors, temperature):
+    """``-g~`` with d_i^2 = sum_k -log P(a_ik | u_k), u = sigmoid(c / tau), by a loop over anchors
+    and bits (float64 logs of the sigmoid: independent of the engine's softplus form)."""
+    c = dec.comparisons(scores, target).reshape(-1)
+    u = torch.sigmoid(c / temperature)
+    values = dec.evaluate(anchors, target).to(c.dtype)
+    num, den = 0.0, 0.0
+    for i in range(anchors.shape[0]):
+        sq = sum(-torch.log(u[k]) if anchors[i, k] else -torch.log(1 - u[k]) for k in range(c.numel()))
+        num = num + values[i] / sq.sqrt()
+        den = den + 1 / sq.sqrt()
+    return -num / den
+
+
+@pytest.mark.parametrize("name", ["ap", "acc"])
+def test_cross_entropy_distance_equals_its_loop_oracle(name):
+    g = torch.Generator().manual_seed(3)
+    if name == "ap":
+        dec, scores = uniloss.AveragePrecision(), torch.randn(9, generator=g, dtype=torch.float64)
+        target = torch.tensor([1, 0, 0, 1, 0, 0, 1, 0, 0])
+    else:
+        dec, scores = uniloss.MulticlassAccuracy(), torch.randn(4, 3, generator=g, dtype=torch.float64)
+        target = torch.tensor([0, 2, 1, 1])
+    prepared = dec.prepare(scores, target, None)
+    c = dec.comparisons(scores, prepared).reshape(-1)
+    anchors = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, num_good=3, num_nearby=3, num_bad=3,
+                                     generator=torch.Generator().manual_seed(0))
+    for given in (anchors, anchors.dense()):  # the structured and the dense path
+        ours = _loss_grad(scores, prepared, dec, anchors=given, temperature=0.8, distance="cross_entropy",
+                          grad_scale=1.0)
+        s = scores.clone().requires_grad_()
+        ref = _cross_entropy_oracle(s, prepared, dec, anchors.dense(), 0.8)
+        ref.backward()
+        torch.testing.assert_close(ours[0], ref.detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ours[1], s.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_cross_entropy_distance_keeps_pushing_a_comparison_wrong_by_a_wide_margin():
+    # AP of one positive below a negative by a margin m and above two others by 1; anchors best and
+    # two single flips (none is the current configuration). The push on the wrong comparison
+    # decays like exp(-m) with the Euclidean distance and only like 1/m^2 with the cross-entropy.
+    target = torch.tensor([1, 0, 0, 0])
+    anchors = torch.tensor([[True, True, True], [True, False, True], [True, True, False]])
+    grads = {}
+    for distance in ("euclidean", "cross_entropy"):
+        for m in (1.0, 20.0):
+            s = torch.tensor([0.0, m, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
+            F.uniloss(s, target, uniloss.AveragePrecision(), distance=distance, grad_scale=1.0,
+                      anchors=anchors).backward()
+            grads[distance, m] = float(s.grad[1])  # the negative above the positive goes down
+    assert all(g > 0 for g in grads.values())
+    assert grads["euclidean", 20.0] < 1e-8 * grads["euclidean", 1.0]
+    assert grads["cross_entropy", 20.0] > 1e-2 * grads["cross_entropy", 1.0]
+    assert grads["cross_entropy", 20.0] > 1e5 * grads["euclidean", 20.0]
+    with pytest.raises(ValueError, match="distance"):
+        uniloss.UniLoss(uniloss.AveragePrecision(), distance="manhattan")
