@@ -119,3 +119,27 @@ def test_cross_entropy_distance_keeps_pushing_a_comparison_wrong_by_a_wide_margi
     assert grads["cross_entropy", 20.0] > 1e5 * grads["euclidean", 20.0]
     with pytest.raises(ValueError, match="distance"):
         uniloss.UniLoss(uniloss.AveragePrecision(), distance="manhattan")
+
+
+@pytest.mark.parametrize("structured", [True, False])
+@pytest.mark.parametrize("distance", ["euclidean", "cross_entropy"])
+def test_normalized_grad_scale_gives_the_comparisons_a_total_push_of_one(structured, distance):
+    dec, scores, target, anchors, _ = _batch(2)
+    prepared = dec.prepare(scores, target, None)
+    given = uniloss.sample_anchors(dec.best(prepared).reshape(-1), dec.comparisons(scores, prepared).reshape(-1) > 0,
+                                   num_good=4, num_nearby=4, num_bad=4, generator=torch.Generator().manual_seed(1))
+    given = given if structured else given.dense()
+    for weight in (1.0, 3.0):
+        s = scores.clone().requires_grad_()
+        c = dec.comparisons(s, prepared)
+
+        class Given(uniloss.MulticlassAccuracy):  # hands the engine the comparisons computed above
+            def comparisons(self, scores, target):
+                return c
+
+        loss = F.uniloss(s, prepared, Given(), anchors=given, grad_scale="normalized", distance=distance)
+        (grad_c,) = torch.autograd.grad(weight * loss, c)
+        assert float(grad_c.abs().sum()) == pytest.approx(weight, rel=1e-10)
+        plain = F.uniloss(scores.clone().requires_grad_(), prepared, dec, anchors=given, grad_scale=1.0,
+                          distance=distance)
+        assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-12)  # the value is -g~

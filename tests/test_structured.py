@@ -97,7 +97,7 @@ def regime(request, monkeypatch):
 
 @pytest.mark.parametrize("distance", ["euclidean", "cross_entropy"])
 @pytest.mark.parametrize("temperature_scale", [None, "rms"])
-@pytest.mark.parametrize("grad_scale", [1.0, "distance"])
+@pytest.mark.parametrize("grad_scale", [1.0, "distance", "normalized"])
 @pytest.mark.parametrize("name", CASES)
 def test_structured_equals_dense_value_gradient_and_anchor_values(name, grad_scale, temperature_scale, distance,
                                                                   regime):

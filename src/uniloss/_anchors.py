@@ -137,7 +137,8 @@ def unpack_codes(codes: Tensor, num: int) -> Tensor:
     shifts = _SHIFTS.get(key)
     if shifts is None:
         dtype = torch.int64 if l >= 256 else torch.uint8
-        shifts = _SHIFTS[key] = torch.arange(8, dtype=dtype, device=codes.device).view(1, 8, 1)
+        with torch.inference_mode(False):  # cached: no inference tensor (see _metrics._RANKS)
+            shifts = _SHIFTS[key] = torch.arange(8, dtype=dtype, device=codes.device).view(1, 8, 1)
     if l < 256:
         bits = (codes[:, None, :] >> shifts) & 1
         return bits.view(groups * 8, l)[:num]

@@ -170,8 +170,17 @@ def idw_closed_form(
 
     Squared distances are clamped to the smallest normal number, so an exact hit (``d_i = 0``)
     weighs ``1 / sqrt(tiny)`` (``1e19`` in float32, ``1e154`` in float64) against distances of
-    order ``1 .. sqrt(l)``: ``g~`` is then ``g(a_i)`` to the last bit, the gradient vanishes
-    (to ``~sqrt(tiny)``) and so does the harmonic distance.
+    order ``1 .. sqrt(l)``: ``g~`` is then ``g(a_i)`` to the last bit and so the harmonic distance
+    vanishes; the gradient is then zero, as that of :func:`idw_from_sq_distances` at a hit.
+
+    Near a hit (``d_0`` small, not zero) ``d g~ / d d_0^2`` grows like ``1 / d_0`` (the gradient in
+    ``c`` stays finite: ``d d_0^2 / dc`` is ``O(d_0)``), and ``g~ - g(a_0)`` is ``O(d_0)``; taken
+    as the difference of the two, its rounding error (an ulp of ``g~``) over ``d_0^2`` overflowed
+    (NaN gradients on small saturated batches). So it is taken as
+    ``sum_j rho_j (g(a_j) - v_0) / P - (g(a_i) - v_0)`` with ``v_0`` the value of the nearest
+    anchor, whose terms are exactly zero for the anchors that coincide with it (at most one
+    configuration lies within ``1/2`` of the point, and its anchors share one value), and it is
+    divided by ``d_i`` twice, not by ``d_i^2`` once.
 
     Args:
         sq: ``[t]`` squared distances; values: ``[t]`` metric values at the anchors.
@@ -181,13 +190,21 @@ def idw_closed_form(
     Returns:
         ``(g, dg_dsq, harmonic)``.
     """
+    exact = (sq <= 0).any()
     sq = sq.clamp_min(torch.finfo(sq.dtype).tiny)
     rho = sq.rsqrt()  # at most 1 / sqrt(tiny): no overflow in the sums below
     if weights is not None:
         rho = rho * weights
     total = rho.sum()
     g = torch.dot(rho, values) / total
-    # (g - v) first: exactly 0 at a hit, so the division by a tiny d^2 stays finite.
-    grad = (g - values).mul_(rho).div_(sq).div_(2.0 * total)
+    if values.numel():
+        # g - v relative to the nearest anchor's value (see above), then / d * rho / (2 P) / d:
+        # each factor bounded, none a rounding error over a tiny d^2.
+        offset = values - values[torch.argmin(sq)]
+        d = sq.sqrt()
+        grad = (torch.dot(rho, offset) / total - offset).div_(d).mul_(rho / (2.0 * total)).div_(d)
+        grad.masked_fill_(exact, 0.0)
+    else:
+        grad = torch.empty_like(sq)
     mass = float(sq.numel()) if weights is None else weights.sum()
     return g, grad, mass / total

@@ -24,6 +24,9 @@ def _segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     return out.index_add_(1, segment, values)
 
 
+# Caches of tensors, keyed by device. Their tensors are made outside inference mode (see
+# torch.inference_mode(False) below): one made under it (a first call from a validation or sanity
+# step) could not be saved for backward by a later training step.
 _TRUE: dict = {}
 _RANKS: dict = {}
 
@@ -35,7 +38,8 @@ def _ranks(n: int, device, dtype) -> Tensor:
     if out is None:
         if len(_RANKS) > 64:
             _RANKS.clear()
-        out = _RANKS[key] = torch.arange(1, n + 1, device=device, dtype=dtype)
+        with torch.inference_mode(False):
+            out = _RANKS[key] = torch.arange(1, n + 1, device=device, dtype=dtype)
     return out
 
 
@@ -43,7 +47,8 @@ def _all_true(num_bits: int, device) -> Tensor:
     """``[num_bits]`` bool of ones, as an expanded view (no memory per bit)."""
     one = _TRUE.get(device)
     if one is None:
-        one = _TRUE[device] = torch.ones((), dtype=torch.bool, device=device)
+        with torch.inference_mode(False):
+            one = _TRUE[device] = torch.ones((), dtype=torch.bool, device=device)
     return one.expand(num_bits)
 
 

@@ -72,6 +72,7 @@ class UniLoss(nn.Module):
         chunk_bits: Optional[int] = None,
         temperature_scale: Optional[str] = None,
         distance: str = "euclidean",
+        pull: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -80,7 +81,7 @@ class UniLoss(nn.Module):
                 f"{type(decomposition).__name__}"
             )
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance)
+                      temperature_scale, distance, pull)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
         self.decomposition = decomposition
@@ -93,6 +94,7 @@ class UniLoss(nn.Module):
         self.chunk_bits = chunk_bits
         self.temperature_scale = temperature_scale
         self.distance = distance
+        self.pull = pull
         self.last = None
 
     def forward(self, scores: Tensor, target: Any) -> Tensor:
@@ -101,7 +103,7 @@ class UniLoss(nn.Module):
             num_good=self.num_good, num_nearby=self.num_nearby, num_bad=self.num_bad,
             temperature=self.temperature, grad_scale=self.grad_scale, generator=self.generator,
             validate_args=self.validate_args, good_anchors=self.good_anchors, chunk_bits=self.chunk_bits,
-            temperature_scale=self.temperature_scale, distance=self.distance,
+            temperature_scale=self.temperature_scale, distance=self.distance, pull=self.pull,
         )
         return loss
 

@@ -46,8 +46,9 @@ def bit_table(device: torch.device, dtype: torch.dtype) -> Tensor:
     key = (device, dtype)
     table = _TABLES.get(key)
     if table is None:
-        v = torch.arange(256, device=device)
-        table = ((v[:, None] >> torch.arange(8, device=device)) & 1).to(dtype)
+        with torch.inference_mode(False):  # cached: no inference tensor (see _metrics._RANKS)
+            v = torch.arange(256, device=device)
+            table = ((v[:, None] >> torch.arange(8, device=device)) & 1).to(dtype)
         _TABLES[key] = table
     return table
 
@@ -353,12 +354,13 @@ def structured_loss(
         weights[1 : 1 + l] = all_good / l
         kinds = kinds[:1] + (("good", l),) + kinds[1:]
     g, dg_dsq, harmonic = idw_closed_form(sq, values, weights)
-    # The gradient's scale, and the factor 2 / tau of d(d^2)/dc (see grad_comparisons).
-    coef = sign * grad_factor(temperature, distance) * (harmonic if grad_scale == "distance" else float(grad_scale))
+    # The factor 2 / tau (or 1 / tau) of d(d^2)/dc (see grad_comparisons), times the gradient's scale.
+    factor = grad_factor(temperature, distance)
 
-    def backward(grad_out: Tensor) -> Tensor:
-        G = dg_dsq * (coef * grad_out)
+    def grad_c(coef) -> Tensor:
+        G = dg_dsq * coef
         total = G.sum()
+        G_single = None
         if all_good:
             G_single, G = G[1 : 1 + l], torch.cat([G[:1], G[1 + l :]])
         if flips is None:
@@ -369,9 +371,19 @@ def structured_loss(
             flips.add_membership(member, G_flip)
             if rnd.num:
                 rnd.add_membership(member, G[1 + flips.count :])
-        if all_good:
+        if G_single is not None:
             member.add_(wrong_f * G_single.sum()).addcmul_(G_single, single_sign)
         return grad_comparisons(r, hard, member, total, distance)
+
+    if grad_scale == "normalized":
+        push = grad_c(factor).abs().sum()
+        scale = torch.where(push > 0, 1.0 / push.clamp_min(torch.finfo(push.dtype).tiny), torch.ones_like(push))
+    else:
+        scale = harmonic if grad_scale == "distance" else float(grad_scale)
+    coef = sign * factor * scale
+
+    def backward(grad_out: Tensor) -> Tensor:
+        return grad_c(coef * grad_out)
 
     loss = _Surrogate.apply(c, sign * g, backward)
     return loss, values, metric, g, kinds
@@ -489,6 +501,8 @@ def chunked_loss(
         values = decomposition.evaluate_zeros(zeros, target).to(dtype)
         metric, values = values[-1], values[:-1]
         g, dg_dsq, harmonic = idw_closed_form(sq, values)
+        if grad_scale == "normalized":
+            raise ValueError("grad_scale='normalized' is not available block by block (more than chunk_bits comparisons)")
         coef = sign * grad_factor(temperature, distance) * (harmonic if grad_scale == "distance" else float(grad_scale))
 
     def backward(grad_out: Tensor) -> Tensor:

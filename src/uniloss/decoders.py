@@ -157,7 +157,10 @@ def _missing(obj: object, method: str) -> TypeError:
 
 @functools.lru_cache(maxsize=64)
 def _triu_pairs_cached(m: int, device: str) -> Tuple[Tensor, Tensor]:
-    j, k = torch.triu_indices(m, m, 1, device=device)
+    # Made outside inference mode even when first asked for under it (a validation or sanity
+    # step): a cached inference tensor could not be saved for backward in a later training step.
+    with torch.inference_mode(False):
+        j, k = torch.triu_indices(m, m, 1, device=device)
     return j, k
 
 

@@ -55,19 +55,20 @@ DEFAULT_CHUNK_BITS = 1 << 22
 BLOCK_BITS = 1 << 18
 
 _GOOD_ANCHORS = ("sample", "all")
+GRAD_SCALES = ("distance", "normalized")
 
 
 def check_options(
     num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
     good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
-    distance: object = "euclidean",
+    distance: object = "euclidean", pull: object = 0.0,
 ) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
     V.check_count("num_nearby", num_nearby)
     V.check_count("num_bad", num_bad)
     V.check_positive("temperature", temperature)
-    if grad_scale != "distance":
+    if grad_scale not in GRAD_SCALES:
         V.check_positive("grad_scale", grad_scale)
     if good_anchors not in _GOOD_ANCHORS:
         raise ValueError(f"Expected `good_anchors` in {_GOOD_ANCHORS}, but got {good_anchors!r}")
@@ -77,6 +78,8 @@ def check_options(
         raise ValueError(f"Expected `temperature_scale` in {TEMPERATURE_SCALES}, but got {temperature_scale!r}")
     if distance not in DISTANCES:
         raise ValueError(f"Expected `distance` in {DISTANCES}, but got {distance!r}")
+    if pull != 0.0:
+        V.check_positive("pull", pull)
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
@@ -121,6 +124,7 @@ def uniloss_with_info(
     chunk_bits: Optional[int] = None,
     temperature_scale: Optional[str] = None,
     distance: str = "euclidean",
+    pull: float = 0.0,
 ) -> "tuple[Tensor, LossInfo]":
     """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
     if not isinstance(decomposition, Decomposition):
@@ -130,7 +134,7 @@ def uniloss_with_info(
         )
     if validate_args:
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance)
+                      temperature_scale, distance, pull)
         V.check_generator(generator)
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
@@ -159,6 +163,8 @@ def uniloss_with_info(
                 temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
                 distance=distance,
             )
+            if pull:
+                raise ValueError(f"pull is not available block by block (more than chunk_bits={limit} comparisons)")
             loss = loss.to(scores.dtype)
             return loss, _exact(LossInfo(metric, surrogate, loss.detach(), l, values, kinds), decomposition, target)
     c = decomposition.comparisons(scores, target).reshape(-1)
@@ -192,7 +198,7 @@ def uniloss_with_info(
     if l == 0 or not anchor_set.is_structured:
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
                                  distance)
-        return loss, _exact(info, decomposition, target)
+        return _with_pull(loss, c, decomposition, target, temperature, pull), _exact(info, decomposition, target)
     if all_good and decomposition.num_good_flips(target, l) != 1:
         raise ValueError(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
@@ -203,8 +209,21 @@ def uniloss_with_info(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
         grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance,
     )
-    loss = loss.to(scores.dtype)
+    loss = _with_pull(loss.to(scores.dtype), c, decomposition, target, temperature, pull)
     return loss, _exact(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds), decomposition, target)
+
+
+def _with_pull(loss: Tensor, c: Tensor, decomposition: Decomposition, target: Any, temperature, pull: float) -> Tensor:
+    """``loss`` whose gradient also carries ``pull`` times that of the pull toward the best
+    configuration, ``mean_k softplus(-(2 best_k - 1) c_k / tau)`` (the cross-entropy distance from
+    the relaxed bits to best, per bit). The value stays the interpolated metric's."""
+    if not pull or c.numel() == 0:
+        return loss
+    with torch.no_grad():
+        best = decomposition.best(target).reshape(-1).to(device=c.device)
+        direction = best.to(c.dtype) * 2.0 - 1.0
+    cost = torch.nn.functional.softplus(-direction * c / temperature).mean() * pull
+    return loss + (cost - cost.detach()).to(loss.dtype)
 
 
 def _exact(info: LossInfo, decomposition: Decomposition, target: Any) -> LossInfo:
@@ -226,17 +245,39 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
         metric, values = values[-1], values[:-1]
     if l == 0:
         surrogate = torch.full((), float("nan"), dtype=c.dtype, device=c.device)
-        loss = scores.sum() * 0.0  # attached to the graph, gradient exactly zero
+        loss = zero_loss(scores)
     else:
         sq = sq_distances_from_costs(base, flip, (bits != hard).to(c.dtype))
         g = idw_from_sq_distances(sq, values)
         surrogate = g.detach()
-        scale = harmonic_distance(sq) if grad_scale == "distance" else float(grad_scale)
+        if grad_scale == "normalized":
+            scale = _unit_push(g, c)
+        else:
+            scale = harmonic_distance(sq) if grad_scale == "distance" else float(grad_scale)
         signed = sign * g
         # The scale multiplies the gradient only: the value stays -g~ (or g~) so it reads as the metric.
         loss = signed.detach() + (signed - signed.detach()) * scale
         loss = loss.to(scores.dtype)
     return loss, LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds)
+
+
+def zero_loss(scores: Tensor) -> Tensor:
+    """An exact zero of the scores' dtype, attached to their graph with a gradient of exact zeros.
+
+    The sum of an empty slice: it reads no score, so it stays 0 where ``scores.sum() * 0`` is NaN
+    (a sum that overflows, e.g. float16 scores of 5000, or an infinite score).
+    """
+    return scores.reshape(-1)[:0].sum()
+
+
+def _unit_push(g: Tensor, c: Tensor) -> Tensor:
+    """``1 / sum_k |d g / d c_k|`` (detached): the factor that gives the comparisons a total push
+    of one (``grad_scale="normalized"``); 1 where ``c`` needs no gradient or the push is zero."""
+    if not (c.requires_grad and torch.is_grad_enabled()):
+        return torch.ones((), dtype=g.dtype, device=g.device)
+    (grad_c,) = torch.autograd.grad(g, c, retain_graph=True)
+    total = grad_c.abs().sum()
+    return torch.where(total > 0, 1.0 / total.clamp_min(torch.finfo(total.dtype).tiny), torch.ones_like(total))
 
 
 def uniloss(
@@ -256,6 +297,7 @@ def uniloss(
     chunk_bits: Optional[int] = None,
     temperature_scale: Optional[str] = None,
     distance: str = "euclidean",
+    pull: float = 0.0,
 ) -> Tensor:
     r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
 
@@ -307,6 +349,6 @@ def uniloss(
         scores, target, decomposition, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
         temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
         validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
-        temperature_scale=temperature_scale, distance=distance,
+        temperature_scale=temperature_scale, distance=distance, pull=pull,
     )
     return loss

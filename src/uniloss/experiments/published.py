@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 import uniloss
 from uniloss import LossInfo
-from uniloss.functional import _exact
+from uniloss.functional import _exact, zero_loss
 
 __all__ = ["PublishedLoss", "PublishedAPLoss", "published_anchors", "published_values", "published_gradient"]
 
@@ -174,7 +174,7 @@ class PublishedLoss(nn.Module):
         c = dec.comparisons(probs.double(), plan).reshape(-1)  # float64, as the scripts' numpy
         nan = torch.tensor(float("nan"), device=scores.device)
         if c.numel() == 0:
-            zero = scores.sum() * 0.0
+            zero = zero_loss(scores)  # exact 0 even where the scores' sum overflows
             self.last = LossInfo(nan, nan, zero.detach(), 0, torch.empty(0), ())
             return zero
         if not self._best_checked:  # once: a check per step would wait for the GPU every step
