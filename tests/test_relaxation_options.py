@@ -143,3 +143,60 @@ def test_normalized_grad_scale_gives_the_comparisons_a_total_push_of_one(structu
         plain = F.uniloss(scores.clone().requires_grad_(), prepared, dec, anchors=given, grad_scale=1.0,
                           distance=distance)
         assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-12)  # the value is -g~
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_pull_adds_the_gradient_of_the_cross_entropy_to_best_and_keeps_the_value(structured):
+    dec, scores, target, anchors, c = _batch(4)
+    prepared = dec.prepare(scores, target, None)
+    given = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, num_good=4, num_nearby=4, num_bad=4,
+                                   generator=torch.Generator().manual_seed(1))
+    given = given if structured else given.dense()
+    plain = _loss_grad(scores, prepared, dec, anchors=given, temperature=0.7)
+    pulled = _loss_grad(scores, prepared, dec, anchors=given, temperature=0.7, pull=2.5)
+    assert torch.equal(pulled[0], plain[0])  # the loss still reads as -g~
+    # By hand: 2.5 * mean_k log(1 + exp(-(2 b_k - 1) c_k / 0.7)) over the batch's 10 x 5 comparisons.
+    s = scores.clone().requires_grad_()
+    t = target
+    others = torch.ones_like(s, dtype=torch.bool).scatter_(1, t[:, None], False)
+    diff = (s.gather(1, t[:, None]) - s)[others]  # every best bit is 1: the target above the others
+    (2.5 * torch.log1p(torch.exp(-diff / 0.7)).mean()).backward()
+    torch.testing.assert_close(pulled[1], plain[1] + s.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_pull_keeps_pushing_a_comparison_wrong_by_a_wide_margin():
+    target = torch.tensor([1, 0, 0, 0])
+    anchors = torch.tensor([[True, True, True], [True, False, True], [True, True, False]])
+    grads = []
+    for m in (1.0, 50.0):
+        s = torch.tensor([0.0, m, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
+        F.uniloss(s, target, uniloss.AveragePrecision(), anchors=anchors, pull=1.0).backward()
+        grads.append(float(s.grad[1]))
+    assert grads[1] == pytest.approx(1 / 3, rel=1e-6) and grads[0] > 0  # d/dc softplus(c) -> 1, mean of 3 bits
+    with pytest.raises(ValueError, match="pull"):
+        uniloss.UniLoss(uniloss.AveragePrecision(), pull=-1.0)
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_bounded_grad_scale_is_the_distance_scale_capped_at_a_unit_push(structured):
+    # The distance-scaled push grows like sqrt(l) near the centre of the cube: l = 1,800 here.
+    g = torch.Generator().manual_seed(5)
+    dec, scores = uniloss.MulticlassAccuracy(), torch.randn(200, 10, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 10, (200,), generator=g)
+    prepared = dec.prepare(scores, target, None)
+    pushes = {}
+    for scale in ("distance", "bounded"):
+        for k in (0.05, 30.0):  # near the centre of the cube the distance scale is large; far out, small
+            s = (scores * k).clone().requires_grad_()
+            c = dec.comparisons(s, prepared)
+            given = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c.detach().reshape(-1) > 0, num_good=4,
+                                           num_nearby=4, num_bad=4, generator=torch.Generator().manual_seed(1))
+
+            class Given(uniloss.MulticlassAccuracy):
+                def comparisons(self, scores, target):
+                    return c
+
+            loss = F.uniloss(s, prepared, Given(), anchors=given if structured else given.dense(), grad_scale=scale)
+            pushes[scale, k] = float(torch.autograd.grad(loss, c)[0].abs().sum())
+    assert pushes["distance", 0.05] > 1.0 and pushes["bounded", 0.05] == pytest.approx(1.0, rel=1e-9)
+    assert pushes["distance", 30.0] < 1.0 and pushes["bounded", 30.0] == pytest.approx(pushes["distance", 30.0], rel=1e-9)

@@ -97,7 +97,7 @@ def regime(request, monkeypatch):
 
 @pytest.mark.parametrize("distance", ["euclidean", "cross_entropy"])
 @pytest.mark.parametrize("temperature_scale", [None, "rms"])
-@pytest.mark.parametrize("grad_scale", [1.0, "distance", "normalized"])
+@pytest.mark.parametrize("grad_scale", [1.0, "distance", "bounded", "normalized"])
 @pytest.mark.parametrize("name", CASES)
 def test_structured_equals_dense_value_gradient_and_anchor_values(name, grad_scale, temperature_scale, distance,
                                                                   regime):
@@ -155,7 +155,7 @@ def _pck_batch(seed, n=2, j=3, h=9, w=8, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("options", [{}, dict(temperature_scale="rms"), dict(distance="cross_entropy"),
-                                     dict(temperature_scale="rms", distance="cross_entropy")])
+                                     dict(temperature_scale="rms", distance="cross_entropy", pull=0.7)])
 @pytest.mark.parametrize("chunk_bits", [1, 37, 200])
 @pytest.mark.parametrize("good_flips", [1, 2])
 def test_blocks_equal_one_block(chunk_bits, good_flips, options, monkeypatch):

@@ -375,9 +375,11 @@ def structured_loss(
             member.add_(wrong_f * G_single.sum()).addcmul_(G_single, single_sign)
         return grad_comparisons(r, hard, member, total, distance)
 
-    if grad_scale == "normalized":
+    if grad_scale in ("normalized", "bounded"):
         push = grad_c(factor).abs().sum()
         scale = torch.where(push > 0, 1.0 / push.clamp_min(torch.finfo(push.dtype).tiny), torch.ones_like(push))
+        if grad_scale == "bounded":
+            scale = torch.minimum(scale, harmonic)
     else:
         scale = harmonic if grad_scale == "distance" else float(grad_scale)
     coef = sign * factor * scale
@@ -432,8 +434,10 @@ def chunked_loss(
     sign: float,
     temperature_scale: Optional[str] = None,
     distance: str = "euclidean",
+    pull: float = 0.0,
 ):
-    """The loss of :func:`structured_loss` for a huge ``l``, block by block.
+    """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull`` as
+    :func:`uniloss.functional.uniloss` documents it).
 
     Needs :meth:`~uniloss.Decomposition.comparisons_block` and run lengths. Holds ``hard``
     (1 byte a bit) and the random anchors' codes (1 byte a bit per 8 anchors); every other
@@ -501,8 +505,8 @@ def chunked_loss(
         values = decomposition.evaluate_zeros(zeros, target).to(dtype)
         metric, values = values[-1], values[:-1]
         g, dg_dsq, harmonic = idw_closed_form(sq, values)
-        if grad_scale == "normalized":
-            raise ValueError("grad_scale='normalized' is not available block by block (more than chunk_bits comparisons)")
+        if grad_scale in ("normalized", "bounded"):
+            raise ValueError(f"grad_scale={grad_scale!r} is not available block by block (more than chunk_bits comparisons)")
         coef = sign * grad_factor(temperature, distance) * (harmonic if grad_scale == "distance" else float(grad_scale))
 
     def backward(grad_out: Tensor) -> Tensor:
@@ -526,6 +530,10 @@ def chunked_loss(
                     if tables is not None:
                         member += random_lookup(tables, anchors.codes[:, b0:b1])
                     grad_c = grad_comparisons(r, h, member, total, distance)
+                    if pull:  # d/dc of pull * mean softplus(-(2 best - 1) c / tau), see functional._with_pull
+                        direction = best[b0:b1].to(dtype) * 2.0 - 1.0
+                        grad_c -= direction * torch.sigmoid(-direction * c.detach() / temperature) * (
+                            grad_out * pull / (temperature * num_bits))
                 # A scalar's backward: backward(c, grad_c) would import sympy on first use.
                 torch.dot(c, grad_c).backward()
         return s.grad if s.grad is not None else torch.zeros_like(scores)

@@ -55,7 +55,7 @@ DEFAULT_CHUNK_BITS = 1 << 22
 BLOCK_BITS = 1 << 18
 
 _GOOD_ANCHORS = ("sample", "all")
-GRAD_SCALES = ("distance", "normalized")
+GRAD_SCALES = ("distance", "bounded", "normalized")
 
 
 def check_options(
@@ -161,10 +161,8 @@ def uniloss_with_info(
                 scores, target, decomposition, segments, chunk_bits=min(limit, BLOCK_BITS), num_good=num_good,
                 num_nearby=num_nearby, num_bad=num_bad, generator=generator,
                 temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
-                distance=distance,
+                distance=distance, pull=pull,
             )
-            if pull:
-                raise ValueError(f"pull is not available block by block (more than chunk_bits={limit} comparisons)")
             loss = loss.to(scores.dtype)
             return loss, _exact(LossInfo(metric, surrogate, loss.detach(), l, values, kinds), decomposition, target)
     c = decomposition.comparisons(scores, target).reshape(-1)
@@ -252,6 +250,8 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
         surrogate = g.detach()
         if grad_scale == "normalized":
             scale = _unit_push(g, c)
+        elif grad_scale == "bounded":
+            scale = torch.minimum(harmonic_distance(sq), _unit_push(g, c))
         else:
             scale = harmonic_distance(sq) if grad_scale == "distance" else float(grad_scale)
         signed = sign * g
