@@ -1,5 +1,5 @@
-"""Learning-rate sensitivity: UniLoss-accuracy (with and without the gradient scale) against
-cross-entropy on scikit-learn's digits, the same MLP, SGD (momentum 0.9), batch 128, 30 epochs.
+"""Learning-rate sensitivity: UniLoss-accuracy (the paper's gradient, the previous and the current
+defaults) against cross-entropy on scikit-learn's digits, the same MLP, SGD (momentum 0.9), batch 128, 30 epochs.
 
     python benchmarks/lr_sweep.py --out docs/results/lr-sweep
 
@@ -21,8 +21,10 @@ from uniloss.experiments.digits import train_digits
 
 LOSSES = [
     ("cross-entropy", dict(loss="ce")),
-    ("UniLoss, grad_scale=1 (paper's -g~)", dict(loss="uniloss", grad_scale=1.0)),
-    ('UniLoss, grad_scale="distance" (default)', dict(loss="uniloss", grad_scale="distance")),
+    ("UniLoss, the paper's -g~ (grad_scale=1, pull=0)", dict(loss="uniloss", grad_scale=1.0, options={"pull": 0})),
+    ('UniLoss, grad_scale="distance", pull=0 (the defaults before metric-wins)',
+     dict(loss="uniloss", grad_scale="distance", options={"pull": 0})),
+    ('UniLoss, defaults (grad_scale="bounded", pull=1)', dict(loss="uniloss")),
 ]
 
 

@@ -124,7 +124,7 @@ def test_vectorised_loss_and_gradient_equal_the_loop_oracle(seed, kind):
     anchors = uniloss.sample_anchors(dec.best(prepared), dec.comparisons(scores, prepared) > 0,
                                      num_good=4, num_nearby=4, num_bad=4, generator=g).bits
     s1 = scores.clone().requires_grad_()
-    ours = F.uniloss(s1, target, dec, anchors=anchors, grad_scale=1.0, temperature=0.7)
+    ours = F.uniloss(s1, target, dec, anchors=anchors, grad_scale=1.0, pull=0, temperature=0.7)  # the paper
     ours.backward()
     s2 = scores.clone().requires_grad_()
     ref = uniloss_oracle(s2, target, dec, anchors, temperature=0.7)
@@ -141,13 +141,14 @@ def test_gradcheck_float64_fixed_anchors():
     anchors = uniloss.sample_anchors(dec.best(prepared), dec.comparisons(scores, prepared) > 0,
                                      num_good=3, num_nearby=3, num_bad=3,
                                      generator=torch.Generator().manual_seed(0)).bits
-    fn = lambda s: F.uniloss(s, labels, dec, anchors=anchors, grad_scale=1.0)
+    fn = lambda s: F.uniloss(s, labels, dec, anchors=anchors, grad_scale=1.0, pull=0)
     assert torch.autograd.gradcheck(fn, (scores.clone().requires_grad_(),))
     scores = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 3, 1])
     acc = uniloss.MulticlassAccuracy()
     anchors = torch.rand(10, 9, generator=torch.Generator().manual_seed(2)) < 0.5
-    assert torch.autograd.gradcheck(lambda s: F.uniloss(s, target, acc, anchors=anchors, grad_scale=1.0), (scores,))
+    assert torch.autograd.gradcheck(lambda s: F.uniloss(s, target, acc, anchors=anchors, grad_scale=1.0, pull=0),
+                                    (scores,))
 
 
 def test_distance_grad_scale_multiplies_the_gradient_only():
@@ -157,7 +158,7 @@ def test_distance_grad_scale_multiplies_the_gradient_only():
     grads, values = [], []
     for scale in (1.0, "distance", 3.0):
         s = scores.clone().requires_grad_()
-        loss = F.uniloss(s, labels, dec, anchors=anchors, grad_scale=scale)
+        loss = F.uniloss(s, labels, dec, anchors=anchors, grad_scale=scale, pull=0)
         loss.backward()
         grads.append(s.grad)
         values.append(float(loss.detach()))
@@ -284,7 +285,7 @@ def test_fraction_reports_the_exact_metric_and_trains_from_scratch():
         pushed = 0
         for seed in range(6):
             s = scores.clone().requires_grad_(True)
-            loss, info = F.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(seed))
+            loss, info = F.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(seed), pull=0)
             assert float(info.metric) == 0.0  # exact, whatever the anchors assume
             loss.backward()
             pushed += int((s.grad[rows, target] < 0).sum())  # descent raises the target score

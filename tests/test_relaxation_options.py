@@ -20,6 +20,7 @@ def _batch(seed=0):
 
 
 def _loss_grad(scores, target, dec, **kw):
+    kw.setdefault("pull", 0.0)  # the interpolation alone unless a test says otherwise
     s = scores.clone().requires_grad_()
     loss = F.uniloss(s, target, dec, **kw)
     loss.backward()
@@ -44,11 +45,11 @@ def test_rms_scale_makes_the_loss_invariant_to_the_scores_scale(k):
     # Absolute temperature: large scores saturate the sigmoid. Relative: the same loss, and a
     # gradient that scales as 1/k (the loss is a function of scores / rms).
     dec, scores, target, anchors, _ = _batch(1)
-    base = _loss_grad(scores, target, dec, anchors=anchors, temperature_scale="rms")
-    scaled = _loss_grad(scores * k, target, dec, anchors=anchors, temperature_scale="rms")
+    base = _loss_grad(scores, target, dec, anchors=anchors, temperature_scale="rms", grad_scale="distance")
+    scaled = _loss_grad(scores * k, target, dec, anchors=anchors, temperature_scale="rms", grad_scale="distance")
     torch.testing.assert_close(scaled[0], base[0], rtol=1e-10, atol=0)
     torch.testing.assert_close(scaled[1] * k, base[1], rtol=1e-8, atol=1e-14)
-    absolute = _loss_grad(scores * 1e4, target, dec, anchors=anchors)
+    absolute = _loss_grad(scores * 1e4, target, dec, anchors=anchors, grad_scale="distance")
     assert absolute[1].abs().max() < 1e-12 < base[1].abs().max()  # saturated: no gradient at all
 
 
@@ -110,7 +111,7 @@ def test_cross_entropy_distance_keeps_pushing_a_comparison_wrong_by_a_wide_margi
     for distance in ("euclidean", "cross_entropy"):
         for m in (1.0, 20.0):
             s = torch.tensor([0.0, m, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
-            F.uniloss(s, target, uniloss.AveragePrecision(), distance=distance, grad_scale=1.0,
+            F.uniloss(s, target, uniloss.AveragePrecision(), distance=distance, grad_scale=1.0, pull=0,
                       anchors=anchors).backward()
             grads[distance, m] = float(s.grad[1])  # the negative above the positive goes down
     assert all(g > 0 for g in grads.values())
@@ -137,11 +138,11 @@ def test_normalized_grad_scale_gives_the_comparisons_a_total_push_of_one(structu
             def comparisons(self, scores, target):
                 return c
 
-        loss = F.uniloss(s, prepared, Given(), anchors=given, grad_scale="normalized", distance=distance)
+        loss = F.uniloss(s, prepared, Given(), anchors=given, grad_scale="normalized", distance=distance, pull=0)
         (grad_c,) = torch.autograd.grad(weight * loss, c)
         assert float(grad_c.abs().sum()) == pytest.approx(weight, rel=1e-10)
         plain = F.uniloss(scores.clone().requires_grad_(), prepared, dec, anchors=given, grad_scale=1.0,
-                          distance=distance)
+                          distance=distance, pull=0)
         assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-12)  # the value is -g~
 
 
@@ -196,7 +197,8 @@ def test_bounded_grad_scale_is_the_distance_scale_capped_at_a_unit_push(structur
                 def comparisons(self, scores, target):
                     return c
 
-            loss = F.uniloss(s, prepared, Given(), anchors=given if structured else given.dense(), grad_scale=scale)
+            loss = F.uniloss(s, prepared, Given(), anchors=given if structured else given.dense(), grad_scale=scale,
+                             pull=0)
             pushes[scale, k] = float(torch.autograd.grad(loss, c)[0].abs().sum())
     assert pushes["distance", 0.05] > 1.0 and pushes["bounded", 0.05] == pytest.approx(1.0, rel=1e-9)
     assert pushes["distance", 30.0] < 1.0 and pushes["bounded", 30.0] == pytest.approx(pushes["distance", 30.0], rel=1e-9)

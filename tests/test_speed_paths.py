@@ -97,7 +97,8 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("kind,budget", [("ap", 150), ("accuracy", 150)])
+# The defaults' pull and bounded gradient scale cost about 20 operator calls more than the paper's loss.
+@pytest.mark.parametrize("kind,budget", [("ap", 175), ("accuracy", 175)])
 def test_small_step_operation_budget(kind, budget):
     # At small sizes a step costs what its operator calls cost (a few microseconds each): keep
     # their number in check. The dense engine this replaced made about 170.

@@ -115,7 +115,7 @@ def test_structured_equals_dense_value_gradient_and_anchor_values(name, grad_sca
 def test_structured_equals_the_loop_oracle(name):
     dec, scores, target = _case(name, seed=3)
     anchors, prepared = _anchor_set(dec, scores, target, seed=2, num_good=3, num_nearby=3, num_bad=3)
-    ours = _run(scores, prepared, dec, anchors=anchors, grad_scale=1.0)
+    ours = _run(scores, prepared, dec, anchors=anchors, grad_scale=1.0, pull=0)
     s = scores.clone().requires_grad_()
     ref = uniloss_oracle(s, prepared, dec, anchors.dense())
     ref.backward()
@@ -154,7 +154,8 @@ def _pck_batch(seed, n=2, j=3, h=9, w=8, dtype=torch.float64):
     return heat, _pck_target(n, j, h, w, g)
 
 
-@pytest.mark.parametrize("options", [{}, dict(temperature_scale="rms"), dict(distance="cross_entropy"),
+@pytest.mark.parametrize("options", [dict(pull=0, grad_scale="distance"), dict(temperature_scale="rms"),
+                                     dict(distance="cross_entropy", grad_scale="normalized"),
                                      dict(temperature_scale="rms", distance="cross_entropy", pull=0.7)])
 @pytest.mark.parametrize("chunk_bits", [1, 37, 200])
 @pytest.mark.parametrize("good_flips", [1, 2])
@@ -279,7 +280,7 @@ def test_all_single_flip_good_anchors_equal_their_dense_weighted_form(name, grad
     dec, scores, target = _case(name, seed=9)
     prepared = dec.prepare(scores, target)
     ours = _run(scores, prepared, dec, generator=torch.Generator().manual_seed(4), good_anchors="all",
-                num_good=16, grad_scale=grad_scale)
+                num_good=16, grad_scale=grad_scale, pull=0)
     c = dec.comparisons(scores, prepared).reshape(-1)
     best = dec.best(prepared).reshape(-1)
     hard = c > 0

@@ -23,7 +23,7 @@ the weights unchanged.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -127,6 +127,18 @@ def idw_from_sq_distances(sq: Tensor, values: Tensor) -> Tensor:
     return (weights * values).sum() / weights.sum()
 
 
+def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor]):
+    """The factor on the interpolation's gradient for ``grad_scale`` (see
+    :func:`uniloss.functional.uniloss`): the harmonic distance (``"distance"``), ``1 / push`` with
+    ``push = sum_k |d g~ / d c_k|`` from ``total_push()`` (``"normalized"``; 1 where the push is
+    zero), their minimum (``"bounded"``), or the number given."""
+    if grad_scale not in ("normalized", "bounded"):
+        return harmonic if grad_scale == "distance" else float(grad_scale)
+    push = total_push()
+    unit = torch.where(push > 0, 1.0 / push.clamp_min(torch.finfo(push.dtype).tiny), torch.ones_like(push))
+    return torch.minimum(unit, harmonic) if grad_scale == "bounded" else unit
+
+
 def harmonic_distance(sq: Tensor) -> Tensor:
     """The harmonic mean of the anchors' distances ``t / sum_i 1/d_i`` (detached, 0 on a hit)."""
     d = sq.detach().clamp_min(0.0).sqrt()
@@ -200,7 +212,7 @@ def idw_closed_form(
     if values.numel():
         # g - v relative to the nearest anchor's value (see above), then / d * rho / (2 P) / d:
         # each factor bounded, none a rounding error over a tiny d^2.
-        offset = values - values[torch.argmin(sq)]
+        offset = values - values.gather(0, torch.argmin(sq).reshape(1))  # gather: no host synchronisation
         d = sq.sqrt()
         grad = (torch.dot(rho, offset) / total - offset).div_(d).mul_(rho / (2.0 * total)).div_(d)
         grad.masked_fill_(exact, 0.0)

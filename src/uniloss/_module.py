@@ -16,7 +16,9 @@ class UniLoss(nn.Module):
 
     ``loss = UniLoss(decomposition)(scores, target)`` is ``-g~(sigmoid(c / tau))``, the metric
     interpolated by inverse distance weighting over anchors drawn afresh on every call (see
-    :func:`uniloss.functional.uniloss` for the method and every keyword). Options are checked
+    :func:`uniloss.functional.uniloss` for the method and every keyword). The paper's loss is
+    ``UniLoss(decomposition, pull=0, grad_scale=1.0)``; the defaults were chosen on the
+    metric-wins benchmark (``docs/results/metric-wins/``). Options are checked
     once, here; tensors on every call unless ``validate_args=False``.
 
     After each call, :attr:`last` holds a :class:`~uniloss.functional.LossInfo`:
@@ -27,9 +29,13 @@ class UniLoss(nn.Module):
         decomposition: the metric, a :class:`uniloss.Decomposition`.
         num_good, num_nearby, num_bad: anchors of each kind per call (16 each in the paper).
         temperature: ``tau`` of the sigmoid relaxation.
-        grad_scale: ``"distance"`` (default: the gradient is measured in units of the
-            anchors' harmonic-mean distance, which makes cross-entropy's learning rates work) or
-            a constant (``1.0``: the paper's plain ``-g~``).
+        grad_scale: ``"bounded"`` (default: the gradient measured in units of the anchors'
+            harmonic-mean distance, which makes cross-entropy's learning rates work, capped at a
+            total push of one on the comparisons), ``"distance"`` (uncapped), ``"normalized"``
+            or a constant (``1.0``: the paper's plain ``-g~``).
+        pull: weight of the pull toward the best configuration added to the gradient (default
+            1; 0 is the paper); see :func:`uniloss.functional.uniloss`.
+        temperature_scale, distance: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
         good_anchors: ``"sample"`` (default, the paper: ``num_good`` random single-bit flips of
@@ -65,14 +71,14 @@ class UniLoss(nn.Module):
         num_nearby: int = 16,
         num_bad: int = 16,
         temperature: float = 1.0,
-        grad_scale: Union[str, float] = "distance",
+        grad_scale: Union[str, float] = "bounded",
         generator: Optional[torch.Generator] = None,
         validate_args: bool = True,
         good_anchors: str = "sample",
         chunk_bits: Optional[int] = None,
         temperature_scale: Optional[str] = None,
         distance: str = "euclidean",
-        pull: float = 0.0,
+        pull: float = 1.0,
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -133,6 +139,6 @@ class UniLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
-            f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}"
+            f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ._anchors import AnchorSet, draw_anchors, unpack_codes
-from ._interpolation import idw_closed_form
+from ._interpolation import gradient_scale, idw_closed_form
 
 _TABLES: dict = {}
 
@@ -375,14 +375,7 @@ def structured_loss(
             member.add_(wrong_f * G_single.sum()).addcmul_(G_single, single_sign)
         return grad_comparisons(r, hard, member, total, distance)
 
-    if grad_scale in ("normalized", "bounded"):
-        push = grad_c(factor).abs().sum()
-        scale = torch.where(push > 0, 1.0 / push.clamp_min(torch.finfo(push.dtype).tiny), torch.ones_like(push))
-        if grad_scale == "bounded":
-            scale = torch.minimum(scale, harmonic)
-    else:
-        scale = harmonic if grad_scale == "distance" else float(grad_scale)
-    coef = sign * factor * scale
+    coef = sign * factor * gradient_scale(grad_scale, harmonic, lambda: grad_c(factor).abs().sum())
 
     def backward(grad_out: Tensor) -> Tensor:
         return grad_c(coef * grad_out)
@@ -505,32 +498,47 @@ def chunked_loss(
         values = decomposition.evaluate_zeros(zeros, target).to(dtype)
         metric, values = values[-1], values[:-1]
         g, dg_dsq, harmonic = idw_closed_form(sq, values)
-        if grad_scale in ("normalized", "bounded"):
-            raise ValueError(f"grad_scale={grad_scale!r} is not available block by block (more than chunk_bits comparisons)")
-        coef = sign * grad_factor(temperature, distance) * (harmonic if grad_scale == "distance" else float(grad_scale))
 
-    def backward(grad_out: Tensor) -> Tensor:
-        G = dg_dsq * (coef * grad_out)
+    def block_grads(coef, s: Tensor):
+        """``(c, dL/dc)`` of every block, the interpolation's part only, for the gradient ``coef``."""
+        G = dg_dsq * coef
         total = G.sum()
         G_flip, G_rand = G[1 : 1 + flips.count], G[1 + flips.count :]
         from_best = G[0] + G_flip[: flips.num_from_best].sum()
         flip_coef = flips.sign * G_flip[:, None]
         tables = random_tables(G_rand, anchors.codes.shape[0]) if b else None
+        for block in blocks:
+            s0, s1, b0, b1, width = block
+            c = comparisons(s, block)
+            h = hard[b0:b1]
+            with torch.no_grad():
+                r = residuals(c.detach(), temperature, distance)[0]
+                member = (h != best[b0:b1]).to(dtype).mul_(from_best)
+                inside, at = local(flips.index, b0, b1)
+                member.index_add_(0, at.reshape(-1), torch.where(inside, flip_coef, 0.0).reshape(-1))
+                if tables is not None:
+                    member += random_lookup(tables, anchors.codes[:, b0:b1])
+                grad_c = grad_comparisons(r, h, member, total, distance)
+            yield block, c, grad_c  # outside no_grad: the caller differentiates c
+
+    factor = grad_factor(temperature, distance)
+    with torch.no_grad():  # "bounded" and "normalized" take one more pass over the blocks: the total push
+
+        def total_push() -> Tensor:
+            push = torch.zeros((), dtype=dtype, device=device)
+            for _, _, grad_c in block_grads(factor, s_det):
+                push += grad_c.abs().sum()
+            return push
+
+        coef = sign * factor * gradient_scale(grad_scale, harmonic, total_push)
+
+    def backward(grad_out: Tensor) -> Tensor:
         with torch.enable_grad():
             s = scores.detach().requires_grad_(True)
-            for block in blocks:
-                s0, s1, b0, b1, width = block
-                c = comparisons(s, block)
-                h = hard[b0:b1]
-                with torch.no_grad():
-                    r = residuals(c.detach(), temperature, distance)[0]
-                    member = (h != best[b0:b1]).to(dtype).mul_(from_best)
-                    inside, at = local(flips.index, b0, b1)
-                    member.index_add_(0, at.reshape(-1), torch.where(inside, flip_coef, 0.0).reshape(-1))
-                    if tables is not None:
-                        member += random_lookup(tables, anchors.codes[:, b0:b1])
-                    grad_c = grad_comparisons(r, h, member, total, distance)
-                    if pull:  # d/dc of pull * mean softplus(-(2 best - 1) c / tau), see functional._with_pull
+            for block, c, grad_c in block_grads(coef * grad_out, s):
+                b0, b1 = block[2], block[3]
+                if pull:  # d/dc of pull * mean softplus(-(2 best - 1) c / tau), see functional._with_pull
+                    with torch.no_grad():
                         direction = best[b0:b1].to(dtype) * 2.0 - 1.0
                         grad_c -= direction * torch.sigmoid(-direction * c.detach() / temperature) * (
                             grad_out * pull / (temperature * num_bits))

@@ -82,3 +82,11 @@ def test_cli_runs_one_task_and_writes_the_schema(tmp_path):
         assert len(row["seeds"]) == 2 and 0.5 < row["mean"] <= 1.0
     assert "digits-f1" in (out / "results.md").read_text() and (out / "curves.png").stat().st_size > 0
     assert cli(["reproduce", "metric-wins", "--variant", "oops"]) == 2
+
+
+def test_a_diverged_run_is_recorded_and_its_row_is_nan():
+    runs = [dict(task="imb-ap", loss="u", kind="uniloss", seed=s, final=v) for s, v in ((0, 0.7), (1, float("nan")))]
+    runs += [dict(task="imb-ap", loss="b", kind="usual", seed=s, final=0.7) for s in (0, 1)]
+    rows = M.summarise(runs)
+    assert rows[0]["diverged"] == 1 and rows[0]["mean"] != rows[0]["mean"]
+    assert M.verdicts(rows)["imb-ap"]["u"]["usual"]["verdict"] == "diverged"

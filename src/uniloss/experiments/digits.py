@@ -71,7 +71,8 @@ def train_digits(
     batch_size: int = 128,
     momentum: float = 0.9,
     seed: int = 0,
-    grad_scale="distance",
+    grad_scale=None,
+    options: Optional[dict] = None,
     progress: Optional[callable] = None,
 ) -> DigitsResult:
     """Train an MLP 64-128-out with SGD and return the test metric per epoch.
@@ -81,7 +82,8 @@ def train_digits(
         loss: ``"uniloss"`` or ``"ce"`` (cross-entropy; binary cross-entropy for ``"ap"``).
         lr, epochs, batch_size, momentum: plain SGD settings, the same for both losses.
         seed: initialisation, batch order and anchors.
-        grad_scale: passed to :class:`uniloss.UniLoss`.
+        grad_scale: passed to :class:`uniloss.UniLoss` (``None``: the library's default).
+        options: more keywords of :class:`uniloss.UniLoss` (e.g. ``pull=0`` for the paper's loss).
         progress: optional callable ``(epoch, metric)`` called after each epoch.
     """
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -92,7 +94,10 @@ def train_digits(
     decomposition = uniloss.AveragePrecision() if task == "ap" else uniloss.MulticlassAccuracy()
     gen = torch.Generator().manual_seed(seed)
     if loss == "uniloss":
-        loss_fn = uniloss.UniLoss(decomposition, generator=gen, grad_scale=grad_scale)
+        keywords = dict(options or {})
+        if grad_scale is not None:
+            keywords["grad_scale"] = grad_scale
+        loss_fn = uniloss.UniLoss(decomposition, generator=gen, **keywords)
     elif loss == "ce":
         loss_fn = (
             (lambda s, y: nn.functional.binary_cross_entropy_with_logits(s, y.float()))

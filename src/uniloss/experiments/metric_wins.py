@@ -531,11 +531,22 @@ class Job:
 
 
 def _run_job(job: Job, quick: bool) -> dict:
+    """One run; a run whose network diverged (non-finite scores) is recorded with a NaN metric
+    and the error, so the suite goes on and the table shows it."""
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    curve = TASKS[job.task].run(job.loss, job.seed, quick, dict(job.options))
-    return dict(task=job.task, loss=job.label, kind=job.kind, seed=job.seed, final=curve[-1], curve=curve,
-                seconds=time.perf_counter() - t0, options=job.options)
+    error = None
+    try:
+        curve = TASKS[job.task].run(job.loss, job.seed, quick, dict(job.options))
+    except ValueError as exc:
+        if "finite" not in str(exc):
+            raise
+        curve, error = [float("nan")], f"diverged: {exc}"
+    row = dict(task=job.task, loss=job.label, kind=job.kind, seed=job.seed, final=curve[-1], curve=curve,
+               seconds=time.perf_counter() - t0, options=job.options)
+    if error:
+        row["error"] = error
+    return row
 
 
 def jobs_for(tasks: Sequence[str], seeds: Sequence[int], variants: Dict[str, dict],
@@ -561,7 +572,11 @@ def summarise(runs: List[dict]) -> List[dict]:
                                         metric=TASKS[r["task"]].metric, seeds=[], seed_ids=[], paper=None))
         row["seeds"].append(r["final"])
         row["seed_ids"].append(r["seed"])
-    for row in rows.values():
+    for row in rows.values():  # a diverged seed (NaN) makes the row NaN: it is not averaged away
+        row["diverged"] = sum(math.isnan(v) for v in row["seeds"])
+        if row["diverged"]:
+            row["mean"] = row["std"] = float("nan")
+            continue
         row["mean"] = statistics.mean(row["seeds"])
         row["std"] = statistics.stdev(row["seeds"]) if len(row["seeds"]) > 1 else 0.0
     return list(rows.values())
@@ -574,7 +589,8 @@ def verdicts(rows: List[dict]) -> Dict[str, dict]:
     for task in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == task]
         usual = [r for r in mine if r["kind"] == "usual"]
-        base = max([r for r in mine if r["kind"] in ("usual", "baseline")], key=lambda r: r["mean"], default=None)
+        base = max([r for r in mine if r["kind"] in ("usual", "baseline") and not math.isnan(r["mean"])],
+                   key=lambda r: r["mean"], default=None)
         for r in mine:
             if r["kind"] not in ("uniloss", "variant"):
                 continue
@@ -584,8 +600,8 @@ def verdicts(rows: List[dict]) -> Dict[str, dict]:
                     continue
                 diff = r["mean"] - ref["mean"]
                 noise = max(r["std"], ref["std"])
-                entry[name] = dict(ref=ref["loss"], diff=diff,
-                                   verdict="win" if diff > noise else ("tie" if diff >= -noise else "loss"))
+                verdict = "win" if diff > noise else ("tie" if diff >= -noise else "loss")
+                entry[name] = dict(ref=ref["loss"], diff=diff, verdict="diverged" if math.isnan(diff) else verdict)
             out.setdefault(task, {})[r["loss"]] = entry
     return out
 
@@ -699,7 +715,8 @@ def run(args: argparse.Namespace) -> dict:
         futures = {pool.submit(_run_job, job, args.quick): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
             done[futures[fut]] = r = fut.result()
-            progress(f"{r['task']:11s} {r['loss']:34s} seed {r['seed']}: {r['final']:.4f} ({r['seconds']:.0f} s)")
+            progress(f"{r['task']:11s} {r['loss']:34s} seed {r['seed']}: {r['final']:.4f} ({r['seconds']:.0f} s)"
+                     + (" DIVERGED" if "error" in r else ""))
             report(final=False)  # a killed screen keeps what it measured
     return report(final=True)
 

@@ -1,0 +1,76 @@
+"""One table of every metric-wins screen: each UniLoss setting's quick-screen mean per task.
+
+    python benchmarks/metric_wins_screens.py      # writes docs/results/metric-wins/screens.md
+
+Reads ``docs/results/metric-wins/quick-before`` (the usual losses, the baselines and the
+defaults before this work) and every ``docs/results/metric-wins/screens/*/``: a screen's
+``runs.log`` holds one line per finished run as ``uniloss reproduce metric-wins`` printed it
+(``TASK LOSS seed N: VALUE (S s)``), so a screen stopped early still counts what it measured;
+its ``results.json``, where present, records the variants' keywords and the command (a screen
+stopped before its first report has them in ``variants.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "docs" / "results" / "metric-wins"
+LINE = re.compile(r"^(\S+)\s+(.+?)\s+seed (\d+): ([0-9.]+) \(")
+
+
+def read_runs(folder: Path) -> dict:
+    """``{(task, loss): {seed: value}}`` from a folder's runs.log."""
+    runs: dict = {}
+    for line in (folder / "runs.log").read_text().splitlines():
+        m = LINE.match(line.strip())
+        if m:
+            runs.setdefault((m.group(1), m.group(2)), {})[int(m.group(3))] = float(m.group(4))
+    return runs
+
+
+def main() -> str:
+    base = read_runs(ROOT / "quick-before")
+    tasks = list(dict.fromkeys(t for t, _ in base))
+    rows = {loss: {t: v for (t, l), v in base.items() if l == loss} for loss in dict.fromkeys(l for _, l in base)}
+    screens = sorted((ROOT / "screens").iterdir(), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else 0)
+    options = {}
+    for folder in screens:
+        for (task, loss), seeds in read_runs(folder).items():
+            name = f"{loss} [{folder.name}]"
+            rows.setdefault(name, {})[task] = seeds
+        for source in ("results.json", "variants.json"):  # variants.json: a screen stopped before its first report
+            if (folder / source).exists():
+                data = json.loads((folder / source).read_text())
+                for k, v in (data.get("variants", {}) if source == "results.json" else data).items():
+                    options[f"UniLoss, {k} [{folder.name}]"] = v
+    default = rows["UniLoss (defaults)"]
+    lines = ["# Metric-wins screens", "",
+             "Quick-screen test metric (x100), mean over the seeds that finished (count in brackets when fewer "
+             "than 3); the difference to the defaults of the time (`UniLoss (defaults)`) below it. A blank: "
+             "not run (or the screen was stopped first). Regenerate: `python benchmarks/metric_wins_screens.py`.",
+             "", "| loss | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name, per_task in rows.items():
+        cells = []
+        for t in tasks:
+            seeds = per_task.get(t)
+            if not seeds:
+                cells.append("")
+                continue
+            mean = statistics.mean(seeds.values()) * 100
+            cell = f"{mean:.2f}" + (f" ({len(seeds)})" if len(seeds) < 3 else "")
+            if name != "UniLoss (defaults)" and name.startswith("UniLoss") and default.get(t):
+                cell += f"<br>{mean - statistics.mean(default[t].values()) * 100:+.2f}"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if options:
+        lines += ["", "Keywords of the variants:", ""] + [f"- {k}: `{json.dumps(v)}`" for k, v in options.items()]
+    text = "\n".join(lines) + "\n"
+    (ROOT / "screens.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main())

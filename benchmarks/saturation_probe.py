@@ -1,0 +1,132 @@
+"""Why the old defaults lost: the first steps' push and the scores' scale, per loss.
+
+    python benchmarks/saturation_probe.py     # writes docs/results/metric-wins/probe.txt (about 2 minutes)
+
+Three of the metric-wins tasks (``uniloss.experiments.metric_wins``), one seed, one thread:
+
+* segmentation (25,088 comparisons a batch): the total push ``sum |dL/dscores|`` of the first
+  step and the share of pixels predicted foreground over the first 40 steps;
+* imbalanced F1 at logit 0: train and test F1 and the test scores' standard deviation after 20
+  epochs (the scores grow until the sigmoid saturates, then UniLoss stops learning);
+* Fashion-MNIST MLP: the push on the logits over the first steps and after a few hundred.
+
+Losses: the usual one, UniLoss with the paper's gradient (``pull=0, grad_scale=1.0``), the
+previous defaults (``pull=0, grad_scale="distance"``) and the current defaults.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+import uniloss
+from uniloss import zoo
+from uniloss.experiments import metric_wins as M
+
+SETTINGS = {
+    "paper (pull=0, grad_scale=1)": dict(pull=0.0, grad_scale=1.0),
+    "previous defaults (pull=0, distance)": dict(pull=0.0, grad_scale="distance"),
+    "defaults (pull=1, bounded)": {},
+}
+
+
+def step(model, opt, loss_fn, x, y) -> tuple:
+    """One SGD step; returns the logits (before the step) and the total push on them."""
+    logits = model(x)
+    logits.retain_grad()
+    loss = loss_fn(logits, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return logits.detach(), float(logits.grad.abs().sum())
+
+
+def segmentation(out: io.StringIO) -> None:
+    xtr, mtr = M.noisy_masks("train", 2000, seed=0)
+    out.write("segmentation, seed 1, batch 32 (25,088 comparisons), SGD lr 0.1 momentum 0.9\n")
+    out.write("  loss: first-step push on the logits | foreground share predicted at steps 0, 5, 10, 20, 39\n")
+    for name, options in [("per-pixel cross-entropy", None)] + list(SETTINGS.items()):
+        model = M.seeded(1, M.fcn)
+        opt = M.sgd(model, 0.1)
+        lf = F.cross_entropy if options is None else uniloss.UniLoss(
+            zoo.mean_iou(2), generator=torch.Generator().manual_seed(1001), **options)
+        batches = M.shuffled(2000, 32, torch.Generator().manual_seed(1))(0)
+        pushes, shares = [], []
+        for i, idx in enumerate(batches[:40]):
+            logits, push = step(model, opt, lf, xtr[idx], mtr[idx])
+            pushes.append(push)
+            if i in (0, 5, 10, 20, 39):
+                shares.append(float((logits[:, 1] > logits[:, 0]).float().mean()))
+        out.write(f"  {name:38s} {pushes[0]:7.2f} | " + " ".join(f"{s:.2f}" for s in shares) + "\n")
+
+
+def imbalanced_f1(out: io.StringIO) -> None:
+    xtr, ytr, _, _, xte, yte = M.imbalanced_binary()
+    out.write("\nimbalanced F1 at logit 0, seed 0, 20 epochs, cosine lr from 0.1\n")
+    out.write("  loss: train F1 | test F1 | std of the test scores\n")
+    for name, options in [("binary cross-entropy", None)] + list(SETTINGS.items()):
+        model = M.seeded(0, lambda: M.mlp(20, 64, 64, 1))
+        opt = M.sgd(model, 0.1)
+        sched = M.cosine(opt, 20)
+        lf = (lambda s, y: F.binary_cross_entropy_with_logits(s, y.float())) if options is None else uniloss.UniLoss(
+            zoo.f_beta(1.0, threshold=0.0), generator=torch.Generator().manual_seed(1000), **options)
+        batches = M.shuffled(len(ytr), 128, torch.Generator().manual_seed(0))
+        for epoch in range(20):
+            for idx in batches(epoch):
+                loss = lf(model(xtr[idx]).reshape(-1), ytr[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            sched.step()
+        with torch.no_grad():
+            s_tr, s_te = model(xtr).reshape(-1), model(xte).reshape(-1)
+        out.write(f"  {name:38s} {M.f1_at(s_tr, ytr, 0):.3f} | {M.f1_at(s_te, yte, 0):.3f} | {float(s_te.std()):6.1f}\n")
+
+
+def fashion(out: io.StringIO) -> None:
+    from uniloss.experiments.data import load_fashion_mnist
+
+    train = load_fashion_mnist("train")
+    x = train.images.float()[:, None] / 255.0
+    x = (x - x.mean()) / x.std()
+    y = train.labels
+    out.write("\nFashion-MNIST, MLP 784-256-10, seed 0, batch 128, SGD lr 0.1 momentum 0.9\n")
+    out.write("  loss: push on the logits at steps 0, 1, 5 | mean over steps 200-399 | logits' std at step 399\n")
+    for name, options in [("cross-entropy", None)] + list(SETTINGS.items()):
+        model = M.seeded(0, lambda: M.mlp(784, 256, 10))
+        opt = M.sgd(model, 0.1, weight_decay=1e-4)
+        lf = F.cross_entropy if options is None else uniloss.UniLoss(
+            uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(1000), **options)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+        pushes = []
+        for i in range(400):
+            idx = order[i * 128:(i + 1) * 128]
+            logits, push = step(model, opt, lf, x[idx], y[idx])
+            pushes.append(push)
+        late = sum(pushes[200:]) / 200
+        out.write(f"  {name:38s} {pushes[0]:.2f} {pushes[1]:.2f} {pushes[5]:.2f} | {late:.3f} | "
+                  f"{float(logits.std()):.1f}\n")
+
+
+def main() -> str:
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    out = io.StringIO()
+    out.write(f"# {__doc__.strip().splitlines()[0]}\n# {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
+              "1 thread; regenerate: python benchmarks/saturation_probe.py\n\n")
+    segmentation(out)
+    imbalanced_f1(out)
+    fashion(out)
+    out.write(f"\n({time.perf_counter() - start:.0f} s)\n")
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "metric-wins", "probe.txt")
+    with open(path, "w") as fh:
+        fh.write(out.getvalue())
+    return out.getvalue()
+
+
+if __name__ == "__main__":
+    print(main())
