@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "results" / "metric-wins"
-LINE = re.compile(r"^(\S+)\s+(.+?)\s+seed (\d+): ([0-9.]+) \(")
+LINE = re.compile(r"^(\S+)\s+(.+?)\s+seed (\d+): ([0-9.]+|nan) \(")  # nan: a diverged run
 
 
 def read_runs(folder: Path) -> dict:
@@ -60,8 +60,8 @@ def main() -> str:
                 cells.append("")
                 continue
             mean = statistics.mean(seeds.values()) * 100
-            cell = f"{mean:.2f}" + (f" ({len(seeds)})" if len(seeds) < 3 else "")
-            if name != "UniLoss (defaults)" and name.startswith("UniLoss") and default.get(t):
+            cell = ("diverged" if mean != mean else f"{mean:.2f}") + (f" ({len(seeds)})" if len(seeds) < 3 else "")
+            if name != "UniLoss (defaults)" and name.startswith("UniLoss") and default.get(t) and mean == mean:
                 cell += f"<br>{mean - statistics.mean(default[t].values()) * 100:+.2f}"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
