@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._random import rand as _rand, randint as _randint, random_bytes as _random_bytes
+from ._random import randint as _randint, random_bytes as _random_bytes
 
 # Above this many bits, the rank-select of a nearby flip works chunk by chunk (an int64 cumsum
 # over all bits would cost 8 bytes a bit).
@@ -201,8 +201,11 @@ def draw_anchors(
         flips.append(_without_repeats(good) if good_flips > 1 else good)
         kinds.append(("good", num_good))
     if num_nearby and l:
-        u = _rand((num_nearby,), generator, device, torch.float64)
-        near = _pick_true(wrong, u)[:, None]
+        # 53 random bits a draw, the draw as an integer: no float64 (MPS has none). On a CPU
+        # generator these are the bits of float64 ``torch.rand`` (u = r / 2**53), so the
+        # anchors are those drawn before with u.
+        r = _randint(_UNIFORM, (num_nearby,), generator, device)
+        near = _pick_index(wrong, r)[:, None]
         if good_flips > 1:
             near = torch.cat([near, near.new_full((num_nearby, good_flips - 1), -1)], 1)
         flips.append(near)
@@ -236,13 +239,33 @@ def _without_repeats(idx: Tensor) -> Tensor:
 
 def _pick_true(mask: Tensor, u: Tensor) -> Tensor:
     """For each ``u`` in ``[0, 1)``, the index of the ``floor(u * n)``-th set bit of ``mask``
-    (``n`` set bits): a uniform draw among them; ``floor(u * l)`` when none is set."""
+    (``n`` set bits): a uniform draw among them; ``floor(u * l)`` when none is set.
+    :func:`_pick_index` of ``r = u * 2**53`` (a power of two: exact in ``u``'s own dtype)."""
+    return _pick_index(mask, (u * _UNIFORM).long() if u.is_floating_point() else u)
+
+
+_UNIFORM = 1 << 53  # draws r in [0, 2**53) stand for u = r / 2**53 in [0, 1)
+
+
+def _scale(r: Tensor, n, bound: int) -> Tensor:
+    """``floor(r * n / 2**53)`` in ``[0, n)`` for int64 ``r`` in ``[0, 2**53)`` and ``0 <= n <= bound``
+    (``bound < 2**36``, known on the host), exactly, in int64. Below ``2**10``, ``r * n`` fits in
+    int64; above, with ``r = hi * 2**26 + lo``: ``floor((hi * n + floor(lo * n / 2**26)) / 2**27)``."""
+    if bound < (1 << 10):
+        return (r * n) >> 53
+    hi, lo = r >> 26, r & ((1 << 26) - 1)
+    return (hi * n + ((lo * n) >> 26)) >> 27
+
+
+def _pick_index(mask: Tensor, r: Tensor) -> Tensor:
+    """For each int64 ``r`` in ``[0, 2**53)``, the index of the ``floor(r * n / 2**53)``-th set bit
+    of ``mask`` (``n`` set bits): a uniform draw among them; ``floor(r * l / 2**53)`` when none
+    is set. Integer arithmetic only (no float64: MPS has none)."""
     l = mask.numel()
     if l <= _SELECT_BLOCK:
         # None set: draw among all bits (the mask with every bit set).
         cum = torch.cumsum(mask | ~mask.any(), 0)
-        # (A product rounded up to n, p ~ 2^-53, would land past the end: clamped.)
-        return torch.searchsorted(cum, (u * cum[-1]).long(), right=True).clamp_max_(l - 1)
+        return torch.searchsorted(cum, _scale(r, cum[-1], l), right=True).clamp_max_(l - 1)
     # Large l: count the set bits of each chunk of 4096, find each draw's chunk, rank-select in it.
     from ._structured import byte_sum
 
@@ -252,10 +275,10 @@ def _pick_true(mask: Tensor, u: Tensor) -> Tensor:
     if full * size < l:
         counts = torch.cat([counts, mask[full * size :].sum().reshape(1)])
     cum = torch.cumsum(counts, 0)
-    rank = (u * cum[-1]).long()
+    rank = _scale(r, cum[-1], l)
     chunk = torch.searchsorted(cum, rank, right=True).clamp_max(counts.numel() - 1)
     within = rank - (cum[chunk] - counts[chunk])
     index = chunk[:, None] * size + torch.arange(size, device=mask.device)
     rows = torch.where(index < l, mask[index.clamp_max(l - 1)], False)
     pos = torch.searchsorted(torch.cumsum(rows, 1), within[:, None], right=True)[:, 0] + chunk * size
-    return torch.where((rank < cum[-1]) & (pos < l), pos, (u * l).long())
+    return torch.where((rank < cum[-1]) & (pos < l), pos, _scale(r, l, l))

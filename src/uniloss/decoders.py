@@ -88,7 +88,8 @@ class Decoder:
       name the argument;
     * ``prepare(scores, target, generator=None) -> plan``: per call, whatever the other methods
       need (pair indices, the current values of pruned comparisons); ``plan.target`` is what the
-      evaluator receives;
+      evaluator receives (the built-in plans also carry ``plan.dtype``, the floating dtype the
+      zoo computes metric values in: :func:`values_dtype` of the scores);
     * ``comparisons(scores, plan) -> [l]``: the score differences, differentiable in ``scores``;
     * ``best(plan) -> [l] bool``: a configuration that decodes to the ground truth;
     * ``decode(bits, plan) -> outputs``: bits ``[t, l]`` to outputs with a leading ``t``,
@@ -143,6 +144,14 @@ class Decoder:
                 f".prepare(scores, target), but got {type(plan).__name__}"
             )
         return plan
+
+
+def values_dtype(scores: Tensor) -> torch.dtype:
+    """The floating dtype metric values of ``scores`` are computed in: float64 for float64 scores,
+    float32 otherwise. The built-in decoders' plans carry it as ``plan.dtype`` (the zoo's
+    evaluators compute in it), so float32 scores never need float64, which some devices (Apple
+    MPS) lack, and float64 scores keep float64's precision."""
+    return torch.float64 if scores.dtype == torch.float64 else torch.float32
 
 
 def _missing(obj: object, method: str) -> TypeError:
@@ -214,6 +223,7 @@ class _ClassPlan:
     hard: Optional[Tensor] = None  # pairs="all": [G, P] current bits
     cols: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, class order
     ranked: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, best score first
+    dtype: torch.dtype = torch.float32  # values_dtype(scores)
 
 
 class _ClassDecoder(Decoder):
@@ -264,10 +274,10 @@ class _ClassDecoder(Decoder):
         labels = target.reshape(-1).long()
         m = rows.shape[1]
         if self.pairs == "all":
-            return _ClassPlan(target, labels, m, hard=_tournament(rows) > 0)
+            return _ClassPlan(target, labels, m, hard=_tournament(rows) > 0, dtype=values_dtype(scores))
         cols = other_classes(labels, m)
         order = rows.gather(1, cols).sort(dim=1, descending=True, stable=True).indices
-        return _ClassPlan(target, labels, m, cols=cols, ranked=cols.gather(1, order))
+        return _ClassPlan(target, labels, m, cols=cols, ranked=cols.gather(1, order), dtype=values_dtype(scores))
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         plan = self._plan(scores, plan)
@@ -428,6 +438,7 @@ class TopK(_ClassDecoder):
 @dataclass(frozen=True)
 class _ThresholdPlan:
     target: Tensor  # bool, the scores' shape
+    dtype: torch.dtype = torch.float32  # values_dtype(scores)
 
 
 class Threshold(Decoder):
@@ -471,7 +482,7 @@ class Threshold(Decoder):
     def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _ThresholdPlan:
         if isinstance(target, _ThresholdPlan):
             return target
-        return _ThresholdPlan(target != 0)
+        return _ThresholdPlan(target != 0, values_dtype(scores))
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         return (scores - self.threshold).reshape(-1)
@@ -510,6 +521,7 @@ class _RankingPlan:
     grade: Tensor  # [n] int64, 0 = most relevant (pruned modes)
     num_grades: int
     best: Tensor  # [l] bool
+    dtype: torch.dtype = torch.float32  # values_dtype(scores)
 
 
 def _pairs_within(query: Tensor, key: Tensor, num_queries: int) -> Tuple[Tensor, Tensor]:
@@ -673,13 +685,19 @@ class Ranking(Decoder):
             s = self._flat(scores.detach())
             best = torch.where(relevance[a] == relevance[b], s[a] - s[b] > 0, relevance[a] > relevance[b])
         else:
-            key = (relevance > 0).double() if self.pairs == "binary" else relevance.double()
+            # The grades of the relevance as it is (integers as int64, floats in their own dtype):
+            # no float64 copy (MPS has none), the same grades.
+            if self.pairs == "binary":
+                key = (relevance > 0).long()
+            else:
+                key = relevance if relevance.is_floating_point() else relevance.long()
             _, grade = torch.unique(-key, return_inverse=True)  # 0 = most relevant
             grade = grade.reshape(-1)
             a, b = _pairs_within(query, grade, num_queries)
             best = torch.ones(a.numel(), dtype=torch.bool, device=device)
         num_grades = int(grade.max()) + 1 if n else 0
-        return _RankingPlan(RankingTarget(relevance, query), num_queries, a, b, start, grade, num_grades, best)
+        return _RankingPlan(RankingTarget(relevance, query), num_queries, a, b, start, grade, num_grades, best,
+                            values_dtype(scores))
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         plan = self._plan(scores, plan)
@@ -733,6 +751,7 @@ class _SpatialPlan:
     pos_rank: Optional[Tensor] = None  # region: [A] rank of each positive in its joint by current score
     by_rank: Optional[Tensor] = None  # region: [G, H*W] pixels of each joint, positives first, best first
     top_negative: Optional[Tensor] = None  # region: [G] best negative pixel by current score
+    dtype: torch.dtype = torch.float32  # values_dtype(scores)
 
 
 class SpatialArgmax(Decoder):
@@ -797,7 +816,8 @@ class SpatialArgmax(Decoder):
         if self.threshold is None:
             xy = target.keypoints.reshape(n * j, 2)[joints].round().long()
             x, y = xy[:, 0].clamp(0, w - 1), xy[:, 1].clamp(0, h - 1)
-            return _SpatialPlan(target, shape, joints, current, hard=_tournament(rows) > 0, winner=y * w + x)
+            return _SpatialPlan(target, shape, joints, current, hard=_tournament(rows) > 0, winner=y * w + x,
+                                dtype=values_dtype(scores))
         positive = self._pck.positive_mask(shape, target).reshape(n * j, h * w)[joints]
         pos_joint, pos_pix = positive.nonzero(as_tuple=True)
         neg_joint, neg_pix = (~positive).nonzero(as_tuple=True)
@@ -809,7 +829,7 @@ class SpatialArgmax(Decoder):
         return _SpatialPlan(
             target, shape, joints, current, pos_joint=pos_joint, pos_flat=base[pos_joint] + pos_pix,
             neg_flat=base[neg_joint] + neg_pix, ia=ia, ib=ib, pos_rank=rank_of[pos_joint, pos_pix],
-            by_rank=by_rank, top_negative=torch.where(positive, inf, rows).argmax(1),
+            by_rank=by_rank, top_negative=torch.where(positive, inf, rows).argmax(1), dtype=values_dtype(scores),
         )
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:

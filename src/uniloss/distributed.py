@@ -20,8 +20,9 @@ See ``docs/distributed.md`` for DDP, Lightning and Accelerate recipes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -361,12 +362,34 @@ class CrossBatchMemory(Decomposition):
     wrapper appends to each batch the detached scores and targets of up to ``size`` most recent
     samples from earlier calls (a FIFO queue), so the comparisons, anchors and metric cover
     ``n + m`` samples; gradients flow to the current batch's scores only (for AP: to the pairs
-    with at least one current sample). Each loss call then pushes its own batch, detached, into
-    the queue. Stored scores come from older weights (the cross-batch memory of Wang et al.,
-    CVPR 2020); a memory of a few batches keeps them close.
+    with at least one current sample). Stored scores come from older weights (the cross-batch
+    memory of Wang et al., CVPR 2020); a memory of a few batches keeps them close.
 
-    ``metric(scores, target)`` reads the memory without pushing. ``reset()`` empties it (e.g.
-    between epochs or before evaluation on another set).
+    **When a batch enters the memory.** A loss call pushes its batch, detached, into the queue
+    (after computing the loss on the batch plus the memory as it was) *only while autograd
+    records*: ``torch.is_grad_enabled()`` and not in ``torch.inference_mode()``. A call under
+    ``torch.no_grad()`` or ``torch.inference_mode()`` (validation, Lightning's sanity check) reads
+    the memory without changing it; evaluate under one of them, or call ``reset()`` afterwards,
+    since the wrapper cannot see ``model.eval()``. ``metric(scores, target)`` never pushes.
+    ``reset()`` empties the memory (e.g. between epochs or before evaluation on another set).
+
+    **One batch evaluated several times** (an optimizer closure: ``torch.optim.LBFGS`` evaluates
+    it up to ``max_iter`` times per step, SAM twice): without help every evaluation would push
+    the batch again and the next one would compare it with its own copy. Wrap the step in
+    :meth:`same_batch`: every call inside the block sees the memory as it was when the block
+    began, and the batch is stored once, with the scores of its latest evaluation::
+
+        with memory.same_batch():
+            optimizer.step(closure)            # LBFGS: the closure calls the loss several times
+
+    (The wrapper does not guess: a target tensor reused for different batches, e.g. a fixed
+    ``P x K`` label layout in metric learning, is common, so repeated targets do not mean a
+    repeated batch.)
+
+    **Device.** The memory is plain tensors, not module buffers: ``UniLoss(...).to(device)``
+    cannot reach it. It follows the scores instead: a call with scores (and target) on another
+    device moves the memory there first, so a checkpoint loaded on the CPU or a model moved to
+    the GPU just works. A new dtype or row shape still raises (call ``reset()``).
 
     Under DDP, ``GlobalBatch(CrossBatchMemory(dec, size=...))`` stores gathered batches: the
     memory is the same on every rank and costs no communication.
@@ -392,6 +415,10 @@ class CrossBatchMemory(Decomposition):
         (8, 27)
     """
 
+    # Inside same_batch(): [depth, memory at the block's start]; None outside a block (a class
+    # default too, for objects pickled before it existed).
+    _block: Optional[List[Any]] = None
+
     def __init__(self, decomposition: Decomposition, *, size: int) -> None:
         self.decomposition = _check_decomposition(decomposition)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -400,6 +427,7 @@ class CrossBatchMemory(Decomposition):
         self.higher_is_better = decomposition.higher_is_better
         self._scores: Optional[Tensor] = None
         self._target: Optional[Tensor] = None
+        self._block = None
 
     def __repr__(self) -> str:
         return f"CrossBatchMemory({self.decomposition!r}, size={self.size})"
@@ -410,6 +438,59 @@ class CrossBatchMemory(Decomposition):
     def reset(self) -> None:
         """Empty the memory."""
         self._scores = self._target = None
+        if self._block is not None:
+            self._block[1] = (None, None)
+
+    @contextlib.contextmanager
+    def same_batch(self) -> Iterator["CrossBatchMemory"]:
+        """A block in which every loss call evaluates the same batch (an optimizer closure).
+
+        Each call inside sees the memory as it was when the block began (never the batch's own
+        earlier copy); a call that records autograd replaces the batch's entry with its scores
+        instead of pushing it again, so on leaving the block the memory holds the batch once,
+        with its latest scores. Blocks nest (an inner block is part of the outer one)::
+
+            with memory.same_batch():                     # SAM: two passes on one batch
+                loss_fn(model(x), y).backward(); opt.first_step(zero_grad=True)
+                loss_fn(model(x), y).backward(); opt.second_step(zero_grad=True)
+        """
+        outer = self._block is None
+        if outer:
+            self._block = [0, (self._scores, self._target)]
+        self._block[0] += 1
+        try:
+            yield self
+        finally:
+            self._block[0] -= 1
+            if outer:
+                self._block = None
+
+    def _base(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """The memory a call is evaluated against: the current one, or inside :meth:`same_batch`
+        the one at the block's start."""
+        return (self._scores, self._target) if self._block is None else self._block[1]
+
+    def _follow(self, scores: Tensor, target: Any) -> None:
+        """Moves the memory (and a block's start) to the devices of ``scores`` and ``target``."""
+        if self._scores is None and (self._block is None or self._block[1][0] is None):
+            return
+        target_device = target.device if isinstance(target, Tensor) else scores.device
+
+        def move(pair):
+            s, t = pair
+            if s is None:
+                return pair
+            return (s if s.device == scores.device else s.to(scores.device),
+                    t if t.device == target_device else t.to(target_device))
+
+        self._scores, self._target = move((self._scores, self._target))
+        if self._block is not None:
+            self._block[1] = move(self._block[1])
+
+    @staticmethod
+    def _recording() -> bool:
+        """Whether a call pushes its batch: autograd records (not no_grad, not inference mode)."""
+        return torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
     def state_dict(self) -> Dict[str, Optional[Tensor]]:
         """The memory, ``{"scores": ..., "target": ...}`` (``None`` when empty), for a checkpoint.
@@ -434,6 +515,8 @@ class CrossBatchMemory(Decomposition):
         self.reset()
         if scores is not None and self.size:
             self._scores, self._target = scores.detach()[-self.size:], target.detach()[-self.size:]
+            if self._block is not None:
+                self._block[1] = (self._scores, self._target)
 
     @property
     def memory(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -447,42 +530,52 @@ class CrossBatchMemory(Decomposition):
         _check_tensor_rows("scores", scores)
         _check_tensor_rows("target", target)
         self.decomposition.check(scores, target)
-        if self._scores is not None:
-            for name, new, old in (("scores", scores, self._scores), ("target", target, self._target)):
-                if new.shape[1:] != old.shape[1:] or new.dtype != old.dtype or new.device != old.device:
+        stored_scores, stored_target = self._base()
+        if stored_scores is not None:  # (the device may differ: the memory follows the batch)
+            for name, new, old in (("scores", scores, stored_scores), ("target", target, stored_target)):
+                if new.shape[1:] != old.shape[1:] or new.dtype != old.dtype:
                     raise ValueError(
-                        f"Expected `{name}` rows of shape {tuple(old.shape[1:])}, dtype {old.dtype} on "
-                        f"{old.device}, as stored in the memory, but got {tuple(new.shape[1:])}, "
-                        f"{new.dtype} on {new.device}; call reset() to change them"
+                        f"Expected `{name}` rows of shape {tuple(old.shape[1:])} and dtype {old.dtype}, "
+                        f"as stored in the memory, but got {tuple(new.shape[1:])} and {new.dtype}; "
+                        "call reset() to change them"
                     )
 
     def _enlarged(self, scores: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
-        if self._scores is None or not self.size:
+        """The batch followed by the memory it is evaluated against (see :meth:`_base`)."""
+        self._follow(scores, target)
+        stored_scores, stored_target = self._base()
+        if stored_scores is None or not self.size:
             return scores, target
-        return torch.cat([scores, self._scores]), torch.cat([target, self._target])
+        return torch.cat([scores, stored_scores]), torch.cat([target, stored_target])
 
     def push(self, scores: Tensor, target: Tensor) -> None:
-        """Append a batch (detached) and drop the oldest samples beyond ``size``."""
+        """Append a batch (detached) and drop the oldest samples beyond ``size``; inside
+        :meth:`same_batch`, replace the block's batch instead. Pushes whatever the grad mode (the
+        loss calls :meth:`prepare`, which pushes only while autograd records)."""
         if not self.size:
             return
+        self._follow(scores, target)
         scores, target = scores.detach(), target.detach()
-        if self._scores is not None:
-            scores, target = torch.cat([self._scores, scores]), torch.cat([self._target, target])
+        stored_scores, stored_target = self._base()
+        if stored_scores is not None:
+            scores, target = torch.cat([stored_scores, scores]), torch.cat([stored_target, target])
         self._scores, self._target = scores[-self.size:], target[-self.size:]
 
     def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _MemoryPlan:
         """Prepares the wrapped decomposition on the batch plus the memory, then pushes the
-        batch into the memory."""
+        batch into the memory if autograd records (see the class documentation)."""
         if isinstance(target, _MemoryPlan):
             return target
         _check_tensor_rows("target", target)
         all_scores, all_target = self._enlarged(scores, target)
         plan = _MemoryPlan(scores, all_scores, self.decomposition.prepare(all_scores, all_target, generator))
-        self.push(scores, target)
+        if self._recording():
+            self.push(scores, target)
         return plan
 
     def metric(self, scores: Tensor, target: Any) -> Tensor:
-        """The exact metric of the batch plus the memory, without pushing the batch."""
+        """The exact metric of the batch plus the memory (inside :meth:`same_batch`, the memory
+        at the block's start), without pushing the batch."""
         with torch.no_grad():
             all_scores, all_target = self._enlarged(scores, target)
             return self.decomposition.metric(all_scores, all_target)

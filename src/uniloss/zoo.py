@@ -24,6 +24,9 @@ Classes absent from both the target and the prediction are left out of macro ave
 scikit-learn does when ``labels`` is not given; an undefined ratio (``0/0``) counts as 0, as
 scikit-learn's default ``zero_division`` does.
 
+Values are computed in float64 for float64 scores and in float32 otherwise (counts in int64),
+so float32 scores never need float64, which some devices (Apple MPS) lack.
+
 Example::
 
     >>> import torch, uniloss
@@ -43,6 +46,8 @@ from torch import Tensor
 from . import _validation as V
 from ._decoded import DecodedMetric
 from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, _sort_within
+
+_DEFAULT_DTYPE = torch.float32  # values' dtype for a plan without one (a custom decoder's)
 
 __all__ = [
     "top_k_accuracy",
@@ -65,24 +70,35 @@ __all__ = [
 
 
 class _Evaluator:
-    """An evaluator with its options, named for ``repr``: ``macro_f1(num_classes=3)``."""
+    """An evaluator with its options, named for ``repr``: ``macro_f1(num_classes=3)``. It computes
+    its values in ``dtype`` (float32 when called as a plain ``(decoded, target)`` evaluator)."""
 
     def __init__(self, fn: Callable[..., Tensor], name: str, **options: Any) -> None:
         self.fn, self.__name__, self.options = fn, name, options
 
-    def __call__(self, decoded: Any, target: Any) -> Tensor:
-        return self.fn(decoded, target, **self.options)
+    def __call__(self, decoded: Any, target: Any, dtype: torch.dtype = _DEFAULT_DTYPE) -> Tensor:
+        return self.fn(decoded, target, dtype=dtype, **self.options)
 
     def __repr__(self) -> str:
         return f"{self.__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
 
 
+class _ZooMetric(DecodedMetric):
+    """A :class:`DecodedMetric` whose evaluator computes in the plan's ``dtype`` (float64 for
+    float64 scores, float32 otherwise; see :func:`uniloss.decoders.values_dtype`)."""
+
+    def evaluate(self, bits: Tensor, target: Any) -> Tensor:
+        decoded = self.decoder.decode(bits, target)
+        return self.evaluator(decoded, target.target, getattr(target, "dtype", _DEFAULT_DTYPE))
+
+
 def _metric(decoder, fn: Callable[..., Tensor], name: str, **options: Any) -> DecodedMetric:
-    return DecodedMetric(decoder, _Evaluator(fn, name, **options))
+    return _ZooMetric(decoder, _Evaluator(fn, name, **options))
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den``, 0 where ``den == 0`` (scikit-learn's ``zero_division`` default)."""
+    """``num / den`` (floating tensors), 0 where ``den == 0`` (scikit-learn's ``zero_division``
+    default)."""
     return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
 
 
@@ -98,46 +114,47 @@ def _mean_where(values: Tensor, defined: Tensor) -> Tensor:
 
 def _class_counts(pred: Tensor, target: Tensor, num_classes: int):
     """Per-class counts of ``pred [t, N]`` against ``target [N]``: ``(tp [t, C], predicted [t, C],
-    actual [C])`` as float64, from one ``bincount`` of the ``t`` confusion matrices (codes
+    actual [C])`` as int64, from one ``bincount`` of the ``t`` confusion matrices (codes
     ``row * C^2 + pred * C + target`` in int32, about twice as fast as int64 on CPU)."""
     t, c = pred.shape[0], num_classes
     code = torch.addcmul(target.reshape(1, -1).int(), pred.reshape(t, -1).int(),
                          torch.tensor(c, dtype=torch.int32, device=pred.device))
     code += torch.arange(0, t * c * c, c * c, dtype=torch.int32, device=pred.device)[:, None]
-    confusion = torch.bincount(code.reshape(-1), minlength=t * c * c).reshape(t, c, c).double()
+    confusion = torch.bincount(code.reshape(-1), minlength=t * c * c).reshape(t, c, c)
     return confusion.diagonal(dim1=1, dim2=2), confusion.sum(2), confusion[0].sum(0)
 
 
-def _macro_f1(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+def _macro_f1(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     tp, predicted, actual = _class_counts(pred, target, num_classes)
     support = predicted + actual  # 2 tp + fp + fn
-    return _mean_where(_ratio(2 * tp, support), support > 0)
+    return _mean_where(_ratio((2 * tp).to(dtype), support.to(dtype)), support > 0)
 
 
-def _mean_iou(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+def _mean_iou(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     tp, predicted, actual = _class_counts(pred, target, num_classes)
     union = predicted + actual - tp  # tp + fp + fn
-    return _mean_where(_ratio(tp, union), union > 0)
+    return _mean_where(_ratio(tp.to(dtype), union.to(dtype)), union > 0)
 
 
-def _balanced_accuracy(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+def _balanced_accuracy(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     tp, _, actual = _class_counts(pred, target, num_classes)
-    return _mean_where(_ratio(tp, actual.expand_as(tp)), (actual > 0).expand_as(tp))
+    return _mean_where(_ratio(tp.to(dtype), actual.expand_as(tp).to(dtype)), (actual > 0).expand_as(tp))
 
 
-def _matthews(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+def _matthews(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     tp, predicted, actual = _class_counts(pred, target, num_classes)
+    # The covariances exactly in int64 (no overflow below 3e9 samples), then in `dtype`.
     s = actual.sum()
-    cov_yp = tp.sum(-1) * s - predicted @ actual
-    cov_pp = s * s - (predicted * predicted).sum(-1)
-    cov_yy = s * s - (actual * actual).sum()
+    cov_yp = (tp.sum(-1) * s - (predicted * actual).sum(-1)).to(dtype)
+    cov_pp = (s * s - (predicted * predicted).sum(-1)).to(dtype)
+    cov_yy = (s * s - (actual * actual).sum()).to(dtype)
     den = cov_pp * cov_yy
     return torch.where(den > 0, cov_yp / den.clamp_min(1e-30).sqrt(), torch.zeros_like(cov_yp))
 
 
-def _top_k_hit(member: Tensor, target: Tensor) -> Tensor:
+def _top_k_hit(member: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
     t = member.shape[0]
-    return member.gather(2, target.long().reshape(1, -1, 1).expand(t, -1, 1)).reshape(t, -1).double().mean(-1)
+    return member.gather(2, target.long().reshape(1, -1, 1).expand(t, -1, 1)).reshape(t, -1).to(dtype).mean(-1)
 
 
 def _check_classes(num_classes: object) -> int:
@@ -159,7 +176,7 @@ def top_k_accuracy(k: int = 5, *, num_classes: Optional[int] = None) -> DecodedM
         >>> import torch, uniloss
         >>> scores = torch.tensor([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1]])
         >>> uniloss.zoo.top_k_accuracy(2).metric(scores, torch.tensor([2, 2]))
-        tensor(0.5000, dtype=torch.float64)
+        tensor(0.5000)
     """
     dec = TopK(k, pairs="target", num_classes=None if num_classes is None else _check_classes(num_classes))
     return _metric(dec, _top_k_hit, f"top_{dec.k}_accuracy")
@@ -236,26 +253,26 @@ def matthews_corrcoef(num_classes: int, *, pairs: str = "target") -> DecodedMetr
 # --------------------------------------------------------------------------- binary
 
 
-def _binary_counts(pred: Tensor, target: Tensor):
+def _binary_counts(pred: Tensor, target: Tensor, dtype: torch.dtype):
     t = pred.shape[0]
     pred, target = pred.reshape(t, -1), target.reshape(1, -1)
-    tp = (pred & target).sum(-1).double()
-    return tp, pred.sum(-1).double(), target.sum().double().expand(t)
+    tp = (pred & target).sum(-1).to(dtype)
+    return tp, pred.sum(-1).to(dtype), target.sum().to(dtype).expand(t)
 
 
-def _f_beta(pred: Tensor, target: Tensor, beta: float) -> Tensor:
-    tp, predicted, actual = _binary_counts(pred, target)
+def _f_beta(pred: Tensor, target: Tensor, beta: float, dtype: torch.dtype) -> Tensor:
+    tp, predicted, actual = _binary_counts(pred, target, dtype)
     b2 = beta * beta
     return _ratio((1 + b2) * tp, b2 * actual + predicted)
 
 
-def _precision(pred: Tensor, target: Tensor) -> Tensor:
-    tp, predicted, _ = _binary_counts(pred, target)
+def _precision(pred: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
+    tp, predicted, _ = _binary_counts(pred, target, dtype)
     return _ratio(tp, predicted)
 
 
-def _recall(pred: Tensor, target: Tensor) -> Tensor:
-    tp, _, actual = _binary_counts(pred, target)
+def _recall(pred: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
+    tp, _, actual = _binary_counts(pred, target, dtype)
     return _ratio(tp, actual)
 
 
@@ -273,8 +290,8 @@ def f_beta(beta: float = 1.0, threshold: float = 0.0) -> DecodedMetric:
 
         >>> import torch, uniloss
         >>> scores = torch.tensor([1.0, -1.0, 2.0, 0.5])
-        >>> float(uniloss.zoo.f_beta(1.0).metric(scores, torch.tensor([1, 1, 0, 1])))  # tp 2, fp 1, fn 1
-        0.6666666666666666
+        >>> round(float(uniloss.zoo.f_beta(1.0).metric(scores, torch.tensor([1, 1, 0, 1]))), 4)  # tp 2, fp 1, fn 1
+        0.6667
     """
     beta = V.check_positive("beta", beta)
     return _metric(Threshold(threshold), _f_beta, "f_beta", beta=beta)
@@ -318,62 +335,64 @@ def _per_query(values: Tensor, query: Tensor) -> Tensor:
 
 
 def _query_sizes(target: RankingTarget):
-    relevant = (target.relevance > 0).double()
+    """``relevant [n]`` int64 0/1, and per query the relevant and all items ``[G]`` int64."""
+    relevant = (target.relevance > 0).long()
     num_rel = _per_query(relevant[None], target.query)[0]
     num_all = _per_query(torch.ones_like(relevant)[None], target.query)[0]
     return relevant, num_rel, num_all
 
 
-def _precision_at_k(ranks: Tensor, target: RankingTarget, k: int) -> Tensor:
+def _precision_at_k(ranks: Tensor, target: RankingTarget, k: int, dtype: torch.dtype) -> Tensor:
     relevant, _, num_all = _query_sizes(target)
-    hits = _per_query(((ranks < k).double() * relevant), target.query)
+    hits = _per_query((ranks < k).long() * relevant, target.query).to(dtype)
     return _mean_where(hits / k, (num_all > 0).expand_as(hits))
 
 
-def _recall_at_k(ranks: Tensor, target: RankingTarget, k: int) -> Tensor:
+def _recall_at_k(ranks: Tensor, target: RankingTarget, k: int, dtype: torch.dtype) -> Tensor:
     relevant, num_rel, _ = _query_sizes(target)
-    hits = _per_query(((ranks < k).double() * relevant), target.query)
-    return _mean_where(_ratio(hits, num_rel.expand_as(hits)), (num_rel > 0).expand_as(hits))
+    hits = _per_query((ranks < k).long() * relevant, target.query).to(dtype)
+    return _mean_where(_ratio(hits, num_rel.to(dtype).expand_as(hits)), (num_rel > 0).expand_as(hits))
 
 
-def _mrr(ranks: Tensor, target: RankingTarget) -> Tensor:
+def _mrr(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
     relevant, num_rel, _ = _query_sizes(target)
     t, n = ranks.shape
     big = torch.full_like(ranks, n)
     first = torch.full((t, num_rel.numel()), n, dtype=ranks.dtype, device=ranks.device)
     first.scatter_reduce_(1, target.query.expand(t, -1), torch.where(relevant > 0, ranks, big), "amin")
-    return _mean_where(1.0 / (first.double() + 1), (num_rel > 0).expand(t, -1))
+    return _mean_where(1.0 / (first.to(dtype) + 1), (num_rel > 0).expand(t, -1))
 
 
-def _discount(ranks: Tensor, k: Optional[int]) -> Tensor:
-    d = 1.0 / torch.log2(ranks.double() + 2)
+def _discount(ranks: Tensor, k: Optional[int], dtype: torch.dtype) -> Tensor:
+    d = 1.0 / torch.log2(ranks.to(dtype) + 2)
     return d if k is None else torch.where(ranks < k, d, torch.zeros_like(d))
 
 
-def _ndcg_at_k(ranks: Tensor, target: RankingTarget, k: Optional[int]) -> Tensor:
-    gain = target.relevance.double()
+def _ndcg_at_k(ranks: Tensor, target: RankingTarget, k: Optional[int], dtype: torch.dtype) -> Tensor:
+    gain = target.relevance.to(dtype)
     ideal_ranks = _sort_within(-gain[None], target.query)
-    ideal = _per_query(gain * _discount(ideal_ranks, k), target.query)
-    dcg = _per_query(gain * _discount(ranks, k), target.query)
+    ideal = _per_query(gain * _discount(ideal_ranks, k, dtype), target.query)
+    dcg = _per_query(gain * _discount(ranks, k, dtype), target.query)
     return _mean_where(_ratio(dcg, ideal.expand_as(dcg)), (ideal > 0).expand_as(dcg))
 
 
-def _auroc(ranks: Tensor, target: RankingTarget) -> Tensor:
+def _auroc(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
     relevant, num_pos, num_all = _query_sizes(target)
     num_neg = num_all - num_pos
-    rank_sum = _per_query(ranks.double() * relevant, target.query)
-    negatives_above = rank_sum - num_pos * (num_pos - 1) / 2  # positives' ranks are distinct
-    pairs = num_pos * num_neg
-    return _mean_where(1 - _ratio(negatives_above, pairs.expand_as(rank_sum)), (pairs > 0).expand_as(rank_sum))
+    # Exact in int64: the rank sums, and the negatives ranked above each query's positives.
+    rank_sum = _per_query(ranks * relevant, target.query)
+    negatives_above = rank_sum - num_pos * (num_pos - 1) // 2  # positives' ranks are distinct
+    pairs = (num_pos * num_neg).expand_as(rank_sum)
+    return _mean_where(1 - _ratio(negatives_above.to(dtype), pairs.to(dtype)), pairs > 0)
 
 
-def _average_precision(ranks: Tensor, target: RankingTarget) -> Tensor:
+def _average_precision(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
     relevant, num_pos, _ = _query_sizes(target)
     # place of each relevant item among its query's relevant items, by rank
     block = target.query * 2 + (relevant == 0).long()
     place = _sort_within(ranks, block)
-    precision_at = (place + 1).double() / (ranks + 1).double() * relevant
-    ap = _ratio(_per_query(precision_at, target.query), num_pos.expand(ranks.shape[0], -1))
+    precision_at = (place + 1).to(dtype) / (ranks + 1).to(dtype) * relevant.to(dtype)
+    ap = _ratio(_per_query(precision_at, target.query), num_pos.to(dtype).expand(ranks.shape[0], -1))
     return _mean_where(ap, (num_pos > 0).expand_as(ap))
 
 
@@ -416,9 +435,9 @@ def average_precision() -> DecodedMetric:
     Example::
 
         >>> import torch, uniloss
-        >>> float(uniloss.zoo.average_precision().metric(torch.tensor([0.9, 0.8, 0.3, 0.1]),
-        ...                                               torch.tensor([1, 0, 1, 0])))
-        0.8333333333333333
+        >>> round(float(uniloss.zoo.average_precision().metric(torch.tensor([0.9, 0.8, 0.3, 0.1]),
+        ...                                                     torch.tensor([1, 0, 1, 0]))), 4)
+        0.8333
     """
     return _metric(Ranking("binary"), _average_precision, "average_precision")
 
@@ -519,8 +538,8 @@ def mean_iou(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
         >>> scores = torch.zeros(1, 2, 2, 2)
         >>> scores[0, 1, 0], scores[0, 0, 1] = 1.0, 1.0          # top row predicted 1, bottom row 0
         >>> target = torch.tensor([[[1, 1], [1, 0]]])
-        >>> float(uniloss.zoo.mean_iou(2).metric(scores, target))         # (1/2 + 2/3) / 2
-        0.5833333333333333
+        >>> round(float(uniloss.zoo.mean_iou(2).metric(scores, target)), 4)   # (1/2 + 2/3) / 2
+        0.5833
     """
     n = _check_classes(num_classes)
     return _metric(PixelArgmax(pairs, num_classes=n), _mean_iou, "mean_iou", num_classes=n)
@@ -542,8 +561,8 @@ def dice(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
         >>> scores = torch.zeros(1, 2, 2, 2)
         >>> scores[0, 1, 0], scores[0, 0, 1] = 1.0, 1.0
         >>> target = torch.tensor([[[1, 1], [1, 0]]])
-        >>> float(uniloss.zoo.dice(2).metric(scores, target))             # (2/3 + 4/5) / 2
-        0.7333333333333334
+        >>> round(float(uniloss.zoo.dice(2).metric(scores, target)), 4)       # (2/3 + 4/5) / 2
+        0.7333
     """
     n = _check_classes(num_classes)
     return _metric(PixelArgmax(pairs, num_classes=n), _macro_f1, "dice", num_classes=n)
@@ -552,12 +571,12 @@ def dice(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
 # --------------------------------------------------------------------------- keypoints
 
 
-def _pck(xy: Tensor, target, threshold: float) -> Tensor:
+def _pck(xy: Tensor, target, threshold: float, dtype: torch.dtype) -> Tensor:
     keypoints, visible, normalizer = target
     d = xy - keypoints[None]
     radius = threshold * normalizer[None, :, None]
     within = (d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]) <= radius * radius
-    return _mean_where(within.reshape(xy.shape[0], -1).double(), (visible != 0).reshape(1, -1).expand(xy.shape[0], -1))
+    return _mean_where(within.reshape(xy.shape[0], -1).to(dtype), (visible != 0).reshape(1, -1).expand(xy.shape[0], -1))
 
 
 def pck(threshold: float = 0.5) -> DecodedMetric:
