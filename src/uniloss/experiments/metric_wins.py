@@ -617,13 +617,16 @@ def write_report(report: dict, out: str, plot: bool = True) -> None:
              f"Held-out metric (x100), mean ± std over seeds {report['seeds']}; {report['machine']}; "
              f"{report['date']}; {report['total_seconds'] / 60:.1f} minutes with {report['jobs']} runs at a time. "
              f"Regenerate: `{report['command']}`.", "",
-             "| task | metric | loss | kind | mean ± std | vs usual | vs best other |", "|---|---|---|---|---|---|---|"]
+             "| task | metric | loss | kind | mean ± std | seeds | vs usual | vs best other |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e = v.get(r["dataset"], {}).get(r["loss"], {})
         cells = [f"{e[k]['diff'] * scale:+.2f} ({e[k]['verdict']})" if k in e else "" for k in ("usual", "best")]
+        seeds = " ".join(f"{v * scale:.2f}" for v in r["seeds"])
         lines.append(f"| {r['dataset']} | {r['metric']} | {r['loss']} | {r['kind']} | "
-                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {cells[0]} | {cells[1]} |")
-    lines += ["", "`win`: ahead by more than the larger of the two rows' std; `tie`: within it; `loss`: behind.",
+                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {seeds} | {cells[0]} | {cells[1]} |")
+    lines += ["", "`win`: ahead by more than the larger of the two rows' std; `tie`: within it; `loss`: behind "
+              "(a seed that collapsed widens the std: read the seeds).",
               "'best other' is the best of the usual loss and the baselines."]
     if report.get("variants"):
         lines += ["", "Variants (keywords of `uniloss.UniLoss` beside the defaults):", ""]
