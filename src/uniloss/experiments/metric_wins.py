@@ -741,7 +741,7 @@ def _progress(total: int) -> Callable[[str], None]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="the screen: shorter runs (about 10 minutes with 2 jobs)")
+    parser.add_argument("--quick", action="store_true", help="the screen: shorter runs (about 7 minutes with 2 jobs)")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="only these tasks (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     parser.add_argument("--variant", action="append", metavar="NAME=JSON",
