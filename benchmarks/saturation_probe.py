@@ -8,6 +8,8 @@ Three of the metric-wins tasks (``uniloss.experiments.metric_wins``), one seed, 
   step and the share of pixels predicted foreground over the first 40 steps;
 * imbalanced F1 at logit 0: train and test F1 and the test scores' standard deviation after 20
   epochs (the scores grow until the sigmoid saturates, then UniLoss stops learning);
+* imbalanced AP (the full suite's run that collapsed): per epoch, the largest score and the share
+  of each step's push that lands on a single sample;
 * Fashion-MNIST MLP: the push on the logits over the first steps and after a few hundred.
 
 Losses: the usual one, UniLoss with the paper's gradient (``pull=0, grad_scale=1.0``), the
@@ -34,15 +36,21 @@ SETTINGS = {
 }
 
 
+_last_share = 0.0  # the last step's share of the push on its most-pushed sample
+
+
 def step(model, opt, loss_fn, x, y) -> tuple:
     """One SGD step; returns the logits (before the step) and the total push on them."""
+    global _last_share
     logits = model(x)
     logits.retain_grad()
     loss = loss_fn(logits, y)
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return logits.detach(), float(logits.grad.abs().sum())
+    push = logits.grad.abs()
+    _last_share = float(push.reshape(len(push), -1).sum(1).max() / push.sum().clamp_min(1e-30))
+    return logits.detach(), float(push.sum())
 
 
 def segmentation(out: io.StringIO) -> None:
@@ -87,6 +95,31 @@ def imbalanced_f1(out: io.StringIO) -> None:
         out.write(f"  {name:38s} {M.f1_at(s_tr, ytr, 0):.3f} | {M.f1_at(s_te, yte, 0):.3f} | {float(s_te.std()):6.1f}\n")
 
 
+def imbalanced_ap_collapse(out: io.StringIO) -> None:
+    """The full suite's collapsed imbalanced-AP run (defaults, seed 0), epoch by epoch."""
+    xtr, ytr, _, _, xte, yte = M.imbalanced_binary()
+    out.write("\nimbalanced AP, defaults, seed 0 (the full suite's collapsed run), cosine lr from 0.1 over 40 epochs\n")
+    out.write("  epoch: test AP | largest |score| seen | mean share of the step's push on its top sample\n")
+    for name, options in [("binary cross-entropy", None), ("defaults (pull=1, bounded)", {})]:
+        model = M.seeded(0, lambda: M.mlp(20, 64, 64, 1))
+        opt = M.sgd(model, 0.1)
+        sched = M.cosine(opt, 40)
+        lf = (lambda s, y: F.binary_cross_entropy_with_logits(s, y.float())) if options is None else uniloss.UniLoss(
+            uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(1000), **options)
+        batches = M.shuffled(len(ytr), 128, torch.Generator().manual_seed(0))
+        out.write(f"  {name}\n")
+        for epoch in range(8):
+            largest, shares = 0.0, []
+            for idx in batches(epoch):
+                scores, _ = step(model, opt, lambda logits, y: lf(logits.reshape(-1), y), xtr[idx], ytr[idx])
+                largest = max(largest, float(scores.abs().max()))
+                shares.append(_last_share)
+            sched.step()
+            with torch.no_grad():
+                ap = M.average_precision(model(xte).reshape(-1), yte)
+            out.write(f"    {epoch}: {ap:.3f} | {largest:8.1f} | {sum(shares) / len(shares):.2f}\n")
+
+
 def fashion(out: io.StringIO) -> None:
     from uniloss.experiments.data import load_fashion_mnist
 
@@ -120,6 +153,7 @@ def main() -> str:
               "1 thread; regenerate: python benchmarks/saturation_probe.py\n\n")
     segmentation(out)
     imbalanced_f1(out)
+    imbalanced_ap_collapse(out)
     fashion(out)
     out.write(f"\n({time.perf_counter() - start:.0f} s)\n")
     path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "metric-wins", "probe.txt")
