@@ -264,3 +264,13 @@ def test_gradient_steps_on_the_loss_raise_the_metric_of_a_free_score_tensor(metr
         assert torch.isfinite(scores.grad).all()
         opt.step()
     assert float(metric.metric(scores.detach(), target)) > start, (metric, start)
+
+
+@pytest.mark.parametrize("make", [lambda n: zoo.macro_f1(n), lambda n: zoo.balanced_accuracy(n),
+                                  lambda n: zoo.matthews_corrcoef(n), lambda n: zoo.mean_iou(n),
+                                  lambda n: zoo.dice(n), lambda n: zoo.top_k_accuracy(1, num_classes=n)])
+def test_one_class_is_refused_with_the_reason(make):
+    # With one class every argmax is right: the metric is constant and the loss has no gradient.
+    with pytest.raises(ValueError, match="num_classes` >= 2"):
+        make(1)
+    make(2)

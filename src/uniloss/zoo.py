@@ -158,7 +158,11 @@ def _top_k_hit(member: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _check_classes(num_classes: object) -> int:
-    return V.check_count("num_classes", num_classes, allow_zero=False)
+    n = V.check_count("num_classes", num_classes, allow_zero=False)
+    if n < 2:  # one class: every argmax is right, the metric is constant and the loss has no gradient
+        raise ValueError(f"Expected `num_classes` >= 2 (with one class every prediction is right and the loss "
+                         f"has no gradient), but got {n}")
+    return n
 
 
 def top_k_accuracy(k: int = 5, *, num_classes: Optional[int] = None) -> DecodedMetric:
