@@ -42,64 +42,9 @@ from uniloss import zoo
 from uniloss.decoders import RankingTarget
 
 # --------------------------------------------------------------------------- data
-
-
-def _digits(seed_split: int = 0):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.int64)
-    return train_test_split(x, y, test_size=0.3, random_state=seed_split, stratify=y)
-
-
-def imbalanced_digits(ratio: float = 0.7):
-    """Digits with class ``c`` keeping ``ratio ** c`` of its images (first ones, fixed split)."""
-    xtr, xte, ytr, yte = _digits()
-
-    def subsample(x, y):
-        keep = torch.zeros_like(y, dtype=torch.bool)
-        for c in range(10):  # data preparation, once: not a training hot path
-            idx = (y == c).nonzero().reshape(-1)
-            keep[idx[: max(2, int(round(len(idx) * ratio**c)))]] = True
-        return x[keep], y[keep]
-
-    return subsample(xtr, ytr) + subsample(xte, yte)
-
-
-def retrieval_queries(y: torch.Tensor, num_queries: int, size: int, generator: torch.Generator):
-    """``(items [Q*size] image indices, query digit [Q], relevance [Q*size], query id [Q*size])``."""
-    q = torch.randint(0, 10, (num_queries,), generator=generator)
-    num_rel = torch.randint(1, 7, (num_queries,), generator=generator)
-    # For every query draw `size` images of its digit and `size` of other digits, keep num_rel / rest.
-    same = y[None, :] == q[:, None]
-    noise = torch.rand(num_queries, y.numel(), generator=generator)
-    rel_pick = torch.where(same, noise, torch.full_like(noise, -1.0)).topk(size, dim=1).indices
-    irr_pick = torch.where(~same, noise, torch.full_like(noise, -1.0)).topk(size, dim=1).indices
-    slot = torch.arange(size)[None, :]
-    relevant = slot < num_rel[:, None]
-    items = torch.where(relevant, rel_pick, irr_pick)
-    query = torch.arange(num_queries)[:, None].expand(-1, size)
-    return items.reshape(-1), q, relevant.reshape(-1).long(), query.reshape(-1)
-
-
-def noisy_masks(split: str, count: int, seed: int):
-    """MNIST images with noise and an occluding patch, and the clean digit masks."""
-    from uniloss.experiments.data import load_mnist
-
-    images, _ = load_mnist(split)
-    g = torch.Generator().manual_seed(seed)
-    clean = images[torch.randperm(images.shape[0], generator=g)[:count]].float()[:, None] / 255.0
-    mask = (clean[:, 0] > 0.5).long()
-    x = clean + 0.8 * torch.randn(clean.shape, generator=g)
-    corner = torch.randint(0, 18, (count, 2), generator=g)
-    rows = torch.arange(28)[None, :, None]
-    cols = torch.arange(28)[None, None, :]
-    patch = ((rows >= corner[:, 0, None, None]) & (rows < corner[:, 0, None, None] + 10)
-             & (cols >= corner[:, 1, None, None]) & (cols < corner[:, 1, None, None] + 10))
-    x = torch.where(patch[:, None], torch.zeros_like(x), x)
-    return x, mask
+# The tasks' data live in the metric-wins benchmark (the same digits split, queries and masks).
+from uniloss.experiments.metric_wins import digits_split as _digits  # noqa: E402
+from uniloss.experiments.metric_wins import imbalanced_digits, noisy_masks, retrieval_queries  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- models and training
