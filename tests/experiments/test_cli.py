@@ -179,3 +179,16 @@ def test_resumed_memory_run_keeps_its_memory(tmp_path, crash_after_first_checkpo
     assert main([*args, "--out", str(cut), "--resume"]) == 0
     a, b = (json.loads((d / "final.json").read_text()) for d in (whole, cut))
     assert a["test"] == b["test"] and a["val"] == b["val"]
+
+
+def test_a_missing_device_is_one_line_and_makes_no_folder(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    assert main(["train", "mnist-ap", "--device", "cuda", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "sees no CUDA device" in err and "Traceback" not in err and not out.exists()
+    assert main(["train", "mnist-ap", "--device", "nonsense", "--out", str(out)]) == 2
+    assert "not a device torch knows" in capsys.readouterr().err

@@ -121,13 +121,27 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _check_device(name: str) -> torch.device:
+    """``torch.device(name)``, or a :class:`RunError` that says what is missing (before any folder is made)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise RunError(f"--device {name!r} is not a device torch knows ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {name} asks for CUDA, but this torch ({torch.__version__}) sees no CUDA device; "
+                       "use --device cpu")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise RunError(f"--device {name} asks for Apple's MPS, which this machine does not have; use --device cpu")
+    return device
+
+
 def run_training(exp: Experiment, opts: RunOptions) -> Dict:
     """Train ``exp`` with ``opts.loss`` and return the final metrics (also in ``final.json``)."""
     if opts.loss not in exp.losses:
         raise RunError(f"experiment {exp.name} has no loss {opts.loss!r}; choose one of {', '.join(exp.losses)}")
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    device = torch.device(opts.device)
+    device = _check_device(opts.device)
     recipe = _recipe(exp, opts)
     out = Path(opts.out)
     ckpt_path = out / "checkpoint.pt"
