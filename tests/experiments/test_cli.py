@@ -192,3 +192,27 @@ def test_a_missing_device_is_one_line_and_makes_no_folder(tmp_path, capsys):
     assert "sees no CUDA device" in err and "Traceback" not in err and not out.exists()
     assert main(["train", "mnist-ap", "--device", "nonsense", "--out", str(out)]) == 2
     assert "not a device torch knows" in capsys.readouterr().err
+
+
+def test_download_flag_fetches_missing_files_and_the_error_names_it(tmp_path, monkeypatch, capsys):
+    from uniloss.experiments.data import loaders, paths
+
+    monkeypatch.setattr(paths, "repo_root", lambda: None)  # hide ../shared/data of this checkout
+    monkeypatch.setenv("UNILOSS_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(loaders.DOWNLOAD_VAR, "0")  # restored after the test: --download sets it
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "mnist-ap", "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2  # without the flag: the message says how to fetch from the command line
+    assert "--download" in capsys.readouterr().err
+
+    class Fetched(Exception):
+        pass
+
+    def fake_download(*args, **kwargs):  # no network in tests: record the request and stop
+        raise Fetched(args, kwargs)
+
+    monkeypatch.setattr(loaders, "download_file", fake_download)
+    with pytest.raises(Fetched):
+        main(argv + ["--download"])
+    assert os.environ[loaders.DOWNLOAD_VAR] == "1"  # and so for the runs `reproduce` starts

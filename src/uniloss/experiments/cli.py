@@ -114,6 +114,9 @@ _SCHEDULE_HELP = ("training schedule: paper (default: the paper's recipe), a sch
                   "(e.g. short, for a 2-core CPU), or NAME:EPOCHS (NAME squeezed into EPOCHS epochs, milestones in proportion)")
 
 
+_DOWNLOAD_HELP = "fetch missing data files from the publishers' mirrors, checksums verified (needs a network)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uniloss",
@@ -157,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit-train", type=_positive_int, help="train on the first N samples only (smoke tests)")
     train.add_argument("--schedule", help=_SCHEDULE_HELP)
     train.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass (for a GPU)")
+    train.add_argument("--download", action="store_true", help=_DOWNLOAD_HELP)
     train.set_defaults(func=_train)
 
     rep = sub.add_parser(
@@ -178,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--limit-train", type=_positive_int, help=argparse.SUPPRESS)
     rep.add_argument("--schedule", help=_SCHEDULE_HELP)
     rep.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass (for a GPU)")
+    rep.add_argument("--download", action="store_true", help=_DOWNLOAD_HELP)
     rep.set_defaults(func=_reproduce)
     return parser
 
@@ -202,6 +207,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .data import DatasetNotFoundError
     from .train import RunError
 
+    if getattr(args, "download", False):
+        from .data.loaders import DOWNLOAD_VAR
+
+        os.environ[DOWNLOAD_VAR] = "1"  # this process's loaders and the runs it starts
     try:
         return args.func(args)
     except (ValueError, RunError, CheckpointError, DatasetNotFoundError) as exc:

@@ -86,6 +86,11 @@ def _check_split(split: str) -> str:
     return split
 
 
+#: ``UNILOSS_DOWNLOAD=1`` makes every loader fetch missing files, as ``download=True`` does (what the
+#: command line's ``--download`` sets, for its own process and the runs it starts).
+DOWNLOAD_VAR = "UNILOSS_DOWNLOAD"
+
+
 def _not_found(spec: DatasetSpec, missing: Sequence[str], roots: Sequence[DataRoot], *,
                download: bool, target: Optional[DataRoot] = None,
                failures: Sequence[DownloadError] = (), alternative: str = "",
@@ -104,7 +109,8 @@ def _not_found(spec: DatasetSpec, missing: Sequence[str], roots: Sequence[DataRo
     lines.append(
         f"Put the files in {where}{os.sep} (or in DIR{os.sep}{spec.folder}{os.sep} and pass "
         f"data_dir=DIR / --data-dir DIR, or set {ENV_VAR}=DIR)"
-        + ("" if download else ", or call again with download=True to fetch them")
+        + ("" if download else ", or call again with download=True (on the command line: --download) to "
+           "fetch them")
         + "."
     )
     lines.append("Fetch them from:")
@@ -162,6 +168,7 @@ def _ensure_files(spec: DatasetSpec, keys: Optional[Sequence[str]], *,
         return found
     names = [spec.files[k].filename for k in missing]
     target = download_root(data_dir)
+    download = download or os.environ.get(DOWNLOAD_VAR) == "1"
     if not download:
         raise _not_found(spec, names, roots, download=False, target=target,
                          alternative=alternative)
