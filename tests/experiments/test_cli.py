@@ -123,6 +123,7 @@ def test_missing_data_names_files_and_places(tmp_path, monkeypatch, capsys):
     assert main(["train", "mnist-ap", "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("uniloss: error:") and "train-images-idx3-ubyte" in err and str(tmp_path) in err
+    assert not (tmp_path / "r").exists()  # no empty run folder left behind
 
 
 def test_reproduce_writes_the_schema(tmp_path):

@@ -147,7 +147,6 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not opts.resume:
         raise RunError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     config = {**exp.config(), **asdict(recipe),
               "loss": opts.loss, "seed": opts.seed, "device": opts.device, "threads": torch.get_num_threads(),
               "limit_train": opts.limit_train, "notes": exp.notes}
@@ -157,6 +156,7 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
         print("uniloss train " + " ".join(f"{k}={v}" for k, v in config.items() if k != "notes"), file=sys.stderr)
 
     data = exp.load(opts.data_dir, device)
+    out.mkdir(parents=True, exist_ok=True)  # after the data: a run that cannot start leaves no empty folder
     x_train, y_train = data.x_train, data.y_train
     if opts.limit_train:
         x_train, y_train = x_train[: opts.limit_train], y_train[: opts.limit_train]
