@@ -456,7 +456,8 @@ def chunked_loss(
         for block in blocks:
             c_block = comparisons(s_det, block)
             torch.gt(c_block, 0, out=hard[block[2] : block[3]])
-            sum_sq += c_block.square().sum()
+            if temperature_scale is not None:
+                sum_sq += c_block.square().sum()
         if temperature_scale is not None:  # see _interpolation.comparison_scale
             temperature = temperature * (sum_sq / max(num_bits, 1)).sqrt().clamp_min(torch.finfo(dtype).tiny)
         best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
