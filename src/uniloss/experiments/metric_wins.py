@@ -48,6 +48,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -700,7 +701,7 @@ def run(args: argparse.Namespace) -> dict:
         title="Metric wins: UniLoss against the usual loss and the strongest simple baseline"
         + (" (quick screen)" if args.quick else ""),
         machine=machine() + f", torch {torch.__version__}, 1 thread a run", date=time.strftime("%Y-%m-%d"),
-        command="uniloss reproduce metric-wins " + " ".join(args.argv), seeds=seeds, jobs=args.jobs,
+        command="uniloss reproduce metric-wins " + shlex.join(args.argv), seeds=seeds, jobs=args.jobs,
         quick=args.quick, variants=variants,
     )
     done: Dict[int, dict] = {}
