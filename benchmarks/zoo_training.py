@@ -43,6 +43,7 @@ from uniloss.decoders import RankingTarget
 
 # --------------------------------------------------------------------------- data
 # The tasks' data live in the metric-wins benchmark (the same digits split, queries and masks).
+from uniloss.experiments import metric_wins as M  # noqa: E402
 from uniloss.experiments.metric_wins import digits_split as _digits  # noqa: E402
 from uniloss.experiments.metric_wins import imbalanced_digits, noisy_masks, retrieval_queries  # noqa: E402,F401
 
@@ -51,33 +52,18 @@ from uniloss.experiments.metric_wins import imbalanced_digits, noisy_masks, retr
 
 
 def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    return M.seeded(seed, lambda: M.mlp(64, 128, 10))
 
 
 def fcn(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 2, 3, padding=1),
-    )
+    return M.seeded(seed, M.fcn)
 
 
 def fit(model: nn.Module, step_loss: Callable[[nn.Module, int, int], torch.Tensor], steps_per_epoch: int,
         epochs: int, lr: float, evaluate: Callable[[nn.Module], float]) -> List[float]:
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    curve = []
-    for epoch in range(epochs):
-        model.train()
-        for step in range(steps_per_epoch):
-            loss = step_loss(model, epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            curve.append(evaluate(model))
-    return curve
+    """The metric-wins training loop at a constant rate (SGD momentum 0.9); ``step_loss(model, epoch, step)``."""
+    return M.fit(model, M.sgd(model, lr), lambda epoch: [(epoch, step) for step in range(steps_per_epoch)],
+                 lambda m, batch: step_loss(m, *batch), epochs, evaluate)
 
 
 def run_macro_f1(loss: str, seed: int, epochs: int, lr: float, batch: int = 64, metric=None, **options) -> List[float]:

@@ -170,6 +170,7 @@ def uniloss_with_info(
         c = c.float()
     l = c.numel()
     hard = c.detach() > 0
+    best = None  # the best bits, where drawing the anchors computed them (the pull reuses them)
     scale = comparison_scale(c, temperature_scale)
     if scale is not None:
         temperature = temperature * scale
@@ -196,7 +197,7 @@ def uniloss_with_info(
     if l == 0 or not anchor_set.is_structured:
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
                                  distance)
-        return _with_pull(loss, c, decomposition, target, temperature, pull), _exact(info, decomposition, target)
+        return _with_pull(loss, c, best, decomposition, target, temperature, pull), _exact(info, decomposition, target)
     if all_good and decomposition.num_good_flips(target, l) != 1:
         raise ValueError(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
@@ -207,18 +208,21 @@ def uniloss_with_info(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
         grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance,
     )
-    loss = _with_pull(loss.to(scores.dtype), c, decomposition, target, temperature, pull)
+    loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull)
     return loss, _exact(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds), decomposition, target)
 
 
-def _with_pull(loss: Tensor, c: Tensor, decomposition: Decomposition, target: Any, temperature, pull: float) -> Tensor:
+def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
+               temperature, pull: float) -> Tensor:
     """``loss`` whose gradient also carries ``pull`` times that of the pull toward the best
     configuration, ``mean_k softplus(-(2 best_k - 1) c_k / tau)`` (the cross-entropy distance from
-    the relaxed bits to best, per bit). The value stays the interpolated metric's."""
+    the relaxed bits to best, per bit). The value stays the interpolated metric's. ``best``: the
+    ``[l]`` best bits where the caller has them (else ``decomposition.best`` is asked)."""
     if not pull or c.numel() == 0:
         return loss
     with torch.no_grad():
-        best = decomposition.best(target).reshape(-1).to(device=c.device)
+        if best is None:
+            best = decomposition.best(target).reshape(-1).to(device=c.device)
         direction = best.to(c.dtype) * 2.0 - 1.0
     cost = torch.nn.functional.softplus(-direction * c / temperature).mean() * pull
     return loss + (cost - cost.detach()).to(loss.dtype)
