@@ -36,7 +36,7 @@ def main() -> str:
     tasks = list(dict.fromkeys(t for t, _ in base))
     rows = {loss: {t: v for (t, l), v in base.items() if l == loss} for loss in dict.fromkeys(l for _, l in base)}
     screens = sorted((ROOT / "screens").iterdir(), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else 0)
-    options = {}
+    options, notes = {}, []
     for folder in screens:
         for (task, loss), seeds in read_runs(folder).items():
             name = f"{loss} [{folder.name}]"
@@ -46,6 +46,8 @@ def main() -> str:
                 data = json.loads((folder / source).read_text())
                 for k, v in (data.get("variants", {}) if source == "results.json" else data).items():
                     options[f"UniLoss, {k} [{folder.name}]"] = v
+        if (folder / "NOTE.md").exists():  # a screen of an engine change that is not in the library
+            notes.append(f"- {folder.name}: " + " ".join((folder / "NOTE.md").read_text().split()))
     default = rows["UniLoss (defaults)"]
     lines = ["# Metric-wins screens", "",
              "Quick-screen test metric (x100), mean over the seeds that finished (count in brackets when fewer "
@@ -67,6 +69,9 @@ def main() -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if options:
         lines += ["", "Keywords of the variants:", ""] + [f"- {k}: `{json.dumps(v)}`" for k, v in options.items()]
+    if notes:
+        lines += ["", "Screens of engine changes that were not adopted (each folder's patch.diff, against the "
+                  "commit its NOTE.md names, reproduces it):", ""] + notes
     text = "\n".join(lines) + "\n"
     (ROOT / "screens.md").write_text(text)
     return text
