@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import uniloss
-from uniloss.experiments.multiclass import (FASHION_MEAN, FASHION_STD, UNILOSS_VARIANTS, _resnet20, load_digit_pairs,
+from uniloss.experiments.multiclass import (FASHION_MEAN, FASHION_STD, UNILOSS_VARIANTS, resnet20_for, load_digit_pairs,
                                              load_fashion_splits, multiclass_loss)
 from uniloss.experiments.registry import MNIST_MEAN, MNIST_STD
 
@@ -59,7 +59,7 @@ def main(task, checkpoint, variants):
     else:
         raise SystemExit(f"task must be fashion or pairs, not {task!r}")
     torch.manual_seed(0)  # the fresh network of `uniloss train --seed 0`
-    model = _resnet20("uniloss", num_classes=classes, in_channels=1, mean=norm[0], std=norm[1])
+    model = resnet20_for("uniloss", num_classes=classes, in_channels=1, mean=norm[0], std=norm[1])
     if checkpoint != "init":
         model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
     model.eval()

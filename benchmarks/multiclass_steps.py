@@ -51,7 +51,7 @@ class _Variant:
     """One loss in one memory layout, with its model, optimiser, generators and batch order."""
 
     def __init__(self, exp, loss: str, channels_last: bool, device: torch.device, n: int, seed: int = 0) -> None:
-        from uniloss.experiments.train import _optimizer
+        from uniloss.experiments.train import make_optimizer
 
         self.name = f"{loss}/{'channels_last' if channels_last else 'contiguous'}"
         self.loss_name, self.channels_last = loss, channels_last
@@ -63,7 +63,7 @@ class _Variant:
         self.model.to(device)
         recipe = exp.recipe_for("paper", loss) if hasattr(exp, "recipe_for") else exp.recipe
         self.batch = recipe.batch_size
-        self.optimizer = _optimizer(recipe, self.model.parameters())
+        self.optimizer = make_optimizer(recipe, self.model.parameters())
         self.anchor_gen = torch.Generator(device=device).manual_seed(seed + 2)
         self.augment_gen = torch.Generator(device=device).manual_seed(seed + 3)
         self.fn, self.module = exp.loss(loss, self.anchor_gen)

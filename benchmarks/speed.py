@@ -61,7 +61,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn: Callable[[], None], inner: int, device="cpu") -> float:
+def time_call(fn: Callable[[], None], inner: int, device="cpu") -> float:
     """Seconds per call of ``fn``, mean over ``inner`` calls (wall clock, synchronised)."""
     _sync(device)
     start = time.perf_counter()
@@ -74,11 +74,11 @@ def _time(fn: Callable[[], None], inner: int, device="cpu") -> float:
 def _timed(fn: Callable[[], None], inner: int, device) -> tuple:
     """``(wall, cpu)`` seconds per call."""
     cpu = time.process_time()
-    wall = _time(fn, inner, device)
+    wall = time_call(fn, inner, device)
     return wall, (time.process_time() - cpu) / inner
 
 
-def _step(loss_fn, scores, target) -> Callable[[], None]:
+def timed_step(loss_fn, scores, target) -> Callable[[], None]:
     """One loss forward + backward on fresh leaf scores."""
 
     def run():
@@ -171,22 +171,22 @@ def loss_case(kind: str, size: tuple, device) -> Dict:
         scores, labels = ap_inputs(size[0], device)
         dec = uniloss.AveragePrecision()
         return dict(name=f"AP, batch {size[0]}", family="AP", baseline="BCE", bits=_num_bits(dec, scores, labels),
-                    uniloss=_step(uniloss.UniLoss(dec, generator=gen), scores, labels),
-                    base=_step(_bce, scores, labels))
+                    uniloss=timed_step(uniloss.UniLoss(dec, generator=gen), scores, labels),
+                    base=timed_step(_bce, scores, labels))
     if kind == "accuracy":
         scores, labels = accuracy_inputs(*size, device)
         dec = uniloss.MulticlassAccuracy()
         return dict(name=f"accuracy, {size[0]} x {size[1]}", family="accuracy", baseline="CE",
                     bits=_num_bits(dec, scores, labels),
-                    uniloss=_step(uniloss.UniLoss(dec, generator=gen), scores, labels),
-                    base=_step(nnf.cross_entropy, scores, labels))
+                    uniloss=timed_step(uniloss.UniLoss(dec, generator=gen), scores, labels),
+                    base=timed_step(nnf.cross_entropy, scores, labels))
     n, joints, hw = size
     heat, target, gauss = pck_inputs(n, joints, hw, device)
     dec = uniloss.PCK()
     return dict(name=f"PCK, {n} x {joints} joint{'s' if joints > 1 else ''} x {hw}x{hw}", family="PCK",
                 baseline="MSE", bits=_num_bits(dec, heat, target),
-                uniloss=_step(uniloss.UniLoss(dec, generator=gen), heat, target),
-                base=_step(lambda s, t: nnf.mse_loss(s, gauss), heat, target))
+                uniloss=timed_step(uniloss.UniLoss(dec, generator=gen), heat, target),
+                base=timed_step(lambda s, t: nnf.mse_loss(s, gauss), heat, target))
 
 
 # The issue's sizes (and its targets), then the series for the plot.
@@ -388,8 +388,8 @@ def run_oracle(args) -> List[Dict]:
         c = dec.comparisons(scores, prepared)
         anchors = uniloss.sample_anchors(dec.best(prepared), c > 0, generator=torch.Generator().manual_seed(0))
         dense = anchors.dense()
-        engine = _step(lambda s, t: uniloss.functional.uniloss(s, t, dec, anchors=anchors, grad_scale=1.0), scores, prepared)
-        oracle = _step(lambda s, t: uniloss_oracle(s, t, dec, dense), scores, prepared)
+        engine = timed_step(lambda s, t: uniloss.functional.uniloss(s, t, dec, anchors=anchors, grad_scale=1.0), scores, prepared)
+        oracle = timed_step(lambda s, t: uniloss_oracle(s, t, dec, dense), scores, prepared)
         row = dict(case=name, comparisons=c.numel(), anchors=dense.shape[0])
         timing = compare(oracle, engine, repeats=3, inner=1, warmup=1, device="cpu")
         row.update(oracle_ms=timing["uniloss_ms"], engine_ms=timing["baseline_ms"], speedup=timing["ratio"])

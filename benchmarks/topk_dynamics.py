@@ -9,13 +9,13 @@ across classes of the batch-mean logit) and the gradient norm, for each loss nam
 """
 import sys, torch
 import uniloss
-from uniloss.experiments.multiclass import load_digit_pairs, _resnet20, multiclass_loss
+from uniloss.experiments.multiclass import load_digit_pairs, resnet20_for, multiclass_loss
 from uniloss.experiments.registry import MNIST_MEAN, MNIST_STD
 torch.set_num_threads(1)
 splits = load_digit_pairs(None, torch.device("cpu"))
 for name in sys.argv[1:]:
     torch.manual_seed(0)
-    model = _resnet20(name, num_classes=100, in_channels=1, mean=(MNIST_MEAN,), std=(MNIST_STD,))
+    model = resnet20_for(name, num_classes=100, in_channels=1, mean=(MNIST_MEAN,), std=(MNIST_STD,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     fn, mod = multiclass_loss(name, torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)

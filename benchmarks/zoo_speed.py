@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as nnf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import _step, _time  # noqa: E402  (the same timing helpers as the core benchmark)
+from speed import timed_step, time_call  # noqa: E402  (the same timing helpers as the core benchmark)
 
 import uniloss  # noqa: E402
 from uniloss import zoo  # noqa: E402
@@ -124,15 +124,15 @@ def main(argv=None) -> Dict:
         scores, target = data[batch]
         metric = make()
         bits = metric.comparisons(scores, metric.prepare(scores, target)).numel()
-        ul = _step(uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(0)), scores, target)
-        base = _step(base_fn, scores, target)
+        ul = timed_step(uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(0)), scores, target)
+        base = timed_step(base_fn, scores, target)
         for _ in range(args.warmup):
             ul()
             base()
         t_ul, t_base = [], []
         for _ in range(args.repeats):  # interleaved: noise hits both
-            t_ul.append(_time(ul, args.inner))
-            t_base.append(_time(base, args.inner))
+            t_ul.append(time_call(ul, args.inner))
+            t_base.append(time_call(base, args.inner))
         q = lambda xs: statistics.quantiles(xs, n=4)  # noqa: E731
         rows.append(dict(
             metric=name, batch=batch, comparisons=bits, baseline=base_name,

@@ -71,13 +71,17 @@ def main() -> None:
             opt.step()
             if loss_fn.last.metric == loss_fn.last.metric:  # NaN: no positive in the global batch
                 total, steps = total + float(loss_fn.last.metric), steps + 1
-        if rank == 0:
+        if rank == 0:  # the plain module: an evaluation must not enter DDP's (collective) forward
             with torch.no_grad():
-                scores = model(test[0])[:, 0]
+                scores = (model.module if distributed else model)(test[0])[:, 0]
             test_ap = float(uniloss.AveragePrecision().metric(scores, test[1]))
             print(f"epoch {epoch + 1}: global-batch train AP {total / max(steps, 1):.4f}, test AP {test_ap:.4f}"
                   f" ({world} rank{'s' if world > 1 else ''}, {loss_fn.last.num_bits} comparisons in the last step)")
     if distributed:
+        # Every rank waits here until rank 0 has evaluated and printed: a rank that tore its process
+        # group down while another still used it could make that one abort at exit (SIGABRT,
+        # "terminate called without an active exception"), and the launcher would mark the job failed.
+        dist.barrier()
         dist.destroy_process_group()
 
 

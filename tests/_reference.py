@@ -85,3 +85,38 @@ def uniloss_oracle(scores, target, decomposition, anchors, temperature=1.0):
     den = sum(1.0 / d for d in dists)
     g = num / den
     return -g if decomposition.higher_is_better else g
+
+
+class AboveOne(__import__("uniloss").Decomposition):
+    """Recall of ``[s > 1]`` on the positives, from their bits alone (the negatives' bits do not
+    count). No segments(): evaluated densely, distances still structured."""
+
+    def comparisons(self, scores, target):
+        return scores - 1.0
+
+    def best(self, target):
+        return target.bool()
+
+    def evaluate(self, bits, target):
+        pos = target.bool()
+        return (bits & pos).sum(-1) / pos.sum().clamp_min(1)
+
+
+def run_ranks(worker, world: int, folder: str) -> list:
+    """Spawn ``world`` processes of ``worker(rank, port, path)`` (each pickles its results to
+    ``path.rank``) on a free local port and return the ranks' results in rank order."""
+    import pickle
+    import socket
+
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = f"{folder}/out"
+    torch.multiprocessing.spawn(worker, args=(port, path), nprocs=world, join=True)
+    results = []
+    for rank in range(world):
+        with open(f"{path}.{rank}", "rb") as fh:
+            results.append(pickle.load(fh))
+    return results

@@ -4,12 +4,12 @@ memory."""
 
 import os
 import pickle
-import socket
 
 import pytest
 import torch
 
 import uniloss
+from _reference import run_ranks
 from uniloss.distributed import CrossBatchMemory, GlobalBatch
 
 WORLD = 2
@@ -148,23 +148,11 @@ def _worker(rank, port, path):
         pickle.dump(out, fh)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
-    path = str(tmp_path_factory.mktemp("ddp") / "out")
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), path), nprocs=WORLD, join=True)
-    results = []
-    for rank in range(WORLD):
-        with open(f"{path}.{rank}", "rb") as fh:
-            results.append(pickle.load(fh))
-    return results
+    return run_ranks(_worker, WORLD, str(tmp_path_factory.mktemp("ddp")))
 
 
 @pytest.mark.parametrize("name", list(_AP_CASES))

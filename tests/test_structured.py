@@ -8,22 +8,10 @@ import uniloss
 from uniloss import _anchors, _structured
 from uniloss import functional as F
 from uniloss._decomposition import Decomposition
-from _reference import uniloss_oracle
+from _reference import AboveOne, uniloss_oracle
 
 
-class MarginRecall(uniloss.Decomposition):
-    """Recall of ``[s > 1]`` on the positives, from their bits alone (the negatives' bits do not
-    count). No segments(): evaluated densely, distances still structured."""
-
-    def comparisons(self, scores, target):
-        return scores - 1.0
-
-    def best(self, target):
-        return target.bool()
-
-    def evaluate(self, bits, target):
-        pos = target.bool()
-        return (bits & pos).sum(-1) / pos.sum().clamp_min(1)
+MarginRecall = AboveOne  # recall of [s > 1] on the positives; no segments(): evaluated densely
 
 
 def _pck_target(n, j, h, w, g):

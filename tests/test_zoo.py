@@ -95,6 +95,46 @@ def test_binary_metrics_pool_every_element_of_a_multilabel_batch():
     _check(zoo.f_beta(), scores, target, lambda s, y: skm.f1_score(y.numpy(), (s > 0).numpy(), average="micro"))
 
 
+def test_threshold_metrics_take_scores_n_by_1_with_target_n_as_average_precision_does():
+    scores, target = _binary(12, 5, rate=0.5)
+    column = scores[:, None].clone().requires_grad_()  # a network's single output, [n, 1]
+    uniloss.UniLoss(uniloss.AveragePrecision())(column, target)  # accepted there ...
+    for metric in (zoo.f_beta(), zoo.precision(), zoo.recall()):  # ... so here too, with the same values
+        assert float(metric.metric(column, target)) == float(metric.metric(scores, target))
+        loss = uniloss.UniLoss(metric, generator=_gen(0))(column, target)
+        assert float(loss.detach()) == float(uniloss.UniLoss(metric, generator=_gen(0))(scores, target))
+        loss.backward()
+        assert column.grad.shape == (12, 1) and torch.isfinite(column.grad).all()
+        column.grad = None
+    with pytest.raises(ValueError, match=r"Expected `target` of shape \[12, 2\] \(the shape of scores"):
+        uniloss.UniLoss(zoo.f_beta())(torch.randn(12, 2), target)  # [n, L] with L > 1: multi-label, same shape only
+    uniloss.UniLoss(zoo.f_beta())(column, target[:, None])  # the same shape still works
+
+
+def test_an_evaluator_on_a_batch_where_its_metric_is_undefined_behaves_as_documented():
+    """The contract in DecodedMetric's docstring and docs/custom-metrics.md: a decoder with
+    comparisons calls the evaluator on every batch; NaN at an anchor makes loss and gradient NaN,
+    a constant value gives a finite loss whose only push is the pull toward the target."""
+    from uniloss.decoders import Threshold
+
+    def recall(pred, target, undefined):  # pred [t, n], target [n] bool
+        hits = (pred & target).sum(-1).to(torch.float32)
+        return hits / target.sum() if target.any() else torch.full_like(hits, undefined)
+
+    no_positive = torch.zeros(6, dtype=torch.long)
+    for undefined, pull, finite in ((0.0, 1.0, True), (0.0, 0.0, True), (float("nan"), 1.0, False)):
+        metric = uniloss.DecodedMetric(Threshold(), lambda p, t: recall(p, t, undefined))
+        scores = torch.randn(6, generator=_gen(1), requires_grad=True)
+        loss_fn = uniloss.UniLoss(metric, generator=_gen(0), pull=pull)
+        loss = loss_fn(scores, no_positive)
+        loss.backward()
+        loss = loss.detach()
+        assert loss_fn.last.num_bits == 6  # the evaluator was called: Threshold compares every score
+        assert bool(torch.isfinite(loss)) == finite and bool(torch.isfinite(scores.grad).all()) == finite
+        if finite:
+            assert float(loss) == 0.0 and (float(scores.grad.abs().max()) == 0.0) == (pull == 0.0)
+
+
 # ------------------------------------------------------------------ ranking
 
 

@@ -19,6 +19,7 @@ from ._decomposition import Decomposition
 from ._interpolation import interpolate, relax
 from ._metrics import PCK, AveragePrecision, KeypointTarget, MulticlassAccuracy
 from ._module import UniLoss
+from ._traced import TracedMetric, TraceError, from_metric
 from .functional import LossInfo
 
 __version__ = "0.1.0"
@@ -32,9 +33,12 @@ __all__ = [
     "LossInfo",
     "MulticlassAccuracy",
     "PCK",
+    "TraceError",
+    "TracedMetric",
     "UniLoss",
     "decoders",
     "distributed",
+    "from_metric",
     "functional",
     "interpolate",
     "relax",

@@ -217,14 +217,12 @@ def draw_anchors(
         kinds.append(("bad", num_bad))
     else:
         codes, num_bad = torch.zeros(0, l, dtype=torch.uint8, device=device), 0
-    if len(flips) == 1:
-        flips = flips[0]
-    elif flips:
-        flips = torch.cat(flips, 0)
+    if flips:
+        flip_rows = flips[0] if len(flips) == 1 else torch.cat(flips, 0)
     else:
-        flips = torch.zeros(0, max(good_flips, 1), dtype=torch.int64, device=device)
+        flip_rows = torch.zeros(0, max(good_flips, 1), dtype=torch.int64, device=device)
     return AnchorSet(
-        kinds=tuple(kinds), best=best, hard=hard, flips=flips,
+        kinds=tuple(kinds), best=best, hard=hard, flips=flip_rows,
         num_from_best=num_good if num_good and l else 0, codes=codes, num_random=num_bad,
     )
 

@@ -48,8 +48,21 @@ class DecodedMetric(Decomposition):
               documented fallback for evaluators vmap cannot batch; correct but about ``t``
               times slower (49 calls per step with the default anchors).
 
-    Shapes: as the decoder documents. The evaluator's values may be NaN where the metric is
-    undefined; the loss of a batch without comparisons is zero (see :func:`uniloss.functional.uniloss`).
+    Shapes: as the decoder documents.
+
+    Batches where the metric is undefined (recall or F1 without a positive, a macro average over
+    an absent class): the evaluator is called on every batch the decoder finds comparisons in --
+    ``Threshold`` and the argmax decoders always do, one or more per score -- and its values at
+    the anchors are interpolated as they come. So return a finite value for every configuration,
+    the convention you report (the zoo returns 0 for ``0/0``, scikit-learn's ``zero_division``):
+    a NaN or Inf at any anchor makes the loss and every gradient NaN, which an optimiser step
+    then writes into the weights. A value that is the same for every configuration (as on such
+    a batch it usually is) gives a constant loss (minus that value) and no push from the metric;
+    only the pull toward the target's configuration moves the scores (nothing with ``pull=0``).
+    NaN is harmless only where the decoder finds no comparison (``Ranking`` on a batch without
+    a relevant item): the loss is then zero, attached to the graph, with zero gradients, and
+    ``UniLoss.last.metric`` is NaN. ``last.metric`` is always the evaluator's value at the
+    current scores' configuration.
 
     Example -- macro recall (balanced accuracy) in a few lines, checked against a reference::
 
@@ -85,7 +98,7 @@ class DecodedMetric(Decomposition):
         if not (batched is True or batched is False or batched == "loop"):
             raise ValueError(f"Expected `batched` to be True, False or 'loop', but got {batched!r}")
         self.decoder = decoder
-        self.evaluator = evaluator
+        self.evaluator: Callable[..., Any] = evaluator  # subclasses may pass more arguments
         self.higher_is_better = higher_is_better
         self.batched = batched
         self._vmapped = torch.func.vmap(evaluator, in_dims=(0, None)) if batched is False else None
@@ -124,7 +137,7 @@ class DecodedMetric(Decomposition):
     def _call(self, decoded: Any, target: Any, t: int) -> Tensor:
         if self.batched is True:
             values = self.evaluator(decoded, target)
-        elif self.batched is False:
+        elif self.batched is False and self._vmapped is not None:  # (always set for False)
             try:
                 values = self._vmapped(decoded, target)
             except Exception as exc:  # vmap raises RuntimeError, ValueError, TypeError...

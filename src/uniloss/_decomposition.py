@@ -96,8 +96,10 @@ class Decomposition:
     def batch_metric(self, target: Any) -> Optional[Tensor]:
         """Optional: the exact metric of the batch's hard decisions, for a decomposition whose
         ``evaluate`` of the hard configuration is not it (one that trains a subset of its
-        comparisons and scores anchors on that subset, e.g. ``MulticlassAccuracy(fraction=...)``).
-        ``None`` (the default): the engine reports ``evaluate`` of the hard configuration."""
+        comparisons and scores anchors on that subset, e.g. ``MulticlassAccuracy(fraction=...)``,
+        or one that reports tied scores as its reference counts them, e.g.
+        :class:`~uniloss.AveragePrecision`). ``None`` (the default): the engine reports
+        ``evaluate`` of the hard configuration."""
         return None
 
     def state_dict(self) -> Any:

@@ -87,6 +87,7 @@ def _prepared(decomposition: Decomposition, target, plan_type):
 class _APPlan:
     pos: Tensor  # [P] indices of positive samples
     neg: Tensor  # [N] indices of negative samples
+    scores: Optional[Tensor] = None  # [n] the scores prepared with, detached (the reported AP on ties)
 
 
 class AveragePrecision(Decomposition):
@@ -102,6 +103,16 @@ class AveragePrecision(Decomposition):
     ``interpolated=True`` the precision at each positive is replaced by its running maximum from
     the right (VOC-style, what the paper's published evaluation computes).
 
+    **Ties.** The bits count a tie (``c_ij = 0``) as a wrong comparison, the negative above the
+    positive, and ``k`` is the positive's place among the positives: so the anchors' values and
+    the loss do (a tie is a step still to take). The reported metric, :meth:`metric` and
+    ``UniLoss.last.metric`` (:meth:`batch_metric`), is scikit-learn's instead: a run of tied
+    scores is one threshold, and each positive in it counts the precision at the run's end,
+    ``k`` and ``n_k`` the positives and negatives scoring at least as high as it (constant scores:
+    ``P / (P + N)``, where the bits give ``(1/P) sum_k k / (k + N)``). Without ties the two agree
+    to the last bit. With ``interpolated=True`` they always agree: the running maximum already
+    gives every positive of a tied run the precision at the run's end.
+
     Shapes: ``scores`` ``[n]`` or ``[n, 1]`` float; ``target`` ``[n]`` with values in {0, 1}
     (bool, int or float). A batch without a positive has an undefined AP (metric NaN); without a
     negative AP is 1. Either way there are no comparisons and the loss is zero.
@@ -112,6 +123,8 @@ class AveragePrecision(Decomposition):
         >>> ap = uniloss.AveragePrecision()
         >>> ap.metric(torch.tensor([0.9, 0.8, 0.3, 0.1]), torch.tensor([1, 0, 1, 0]))
         tensor(0.8333)
+        >>> ap.metric(torch.zeros(4), torch.tensor([1, 0, 1, 0]))     # all tied: P / (P + N)
+        tensor(0.5000)
     """
 
     def __init__(self, interpolated: bool = False) -> None:
@@ -137,11 +150,42 @@ class AveragePrecision(Decomposition):
         V.check_shape("target", target, (scores.shape[0],), f"[{scores.shape[0]}] (one label per score)")
         _check_binary("target", target)
 
-    def prepare(self, scores: Tensor, target, generator=None) -> _APPlan:
+    def prepare(self, scores: Optional[Tensor], target, generator=None) -> _APPlan:
         if isinstance(target, _APPlan):
             return target
         positive = target != 0
-        return _APPlan(positive.nonzero().reshape(-1), (~positive).nonzero().reshape(-1))
+        flat = None if scores is None else self._flat(scores).detach()
+        return _APPlan(positive.nonzero().reshape(-1), (~positive).nonzero().reshape(-1), flat)
+
+    def metric(self, scores: Tensor, target) -> Tensor:
+        """The AP of ``scores``, tied scores counted as scikit-learn counts them (see the class
+        documentation); float32, NaN without a positive."""
+        if self.interpolated:
+            return super().metric(scores, target)
+        with torch.no_grad():
+            plan = self.prepare(scores, target)
+            return self._tied(plan.pos, plan.neg, self._flat(scores).detach())
+
+    def batch_metric(self, target) -> Optional[Tensor]:
+        """The reported metric of the batch: :meth:`metric` of the scores ``prepare`` saw
+        (``None`` for a plan prepared without scores)."""
+        plan = self.prepare(None, target)
+        if self.interpolated or plan.scores is None:
+            return None  # (interpolated: the bits' AP is already the tied one)
+        return self._tied(plan.pos, plan.neg, plan.scores)
+
+    def _tied(self, pos: Tensor, neg: Tensor, scores: Tensor) -> Tensor:
+        """AP with each run of tied scores one threshold (scikit-learn): each positive, from the
+        top, counts the positives ``k`` and negatives ``n_k`` scoring at least as high (two
+        sorts and two binary searches). In float32 counts as :meth:`evaluate_zeros`: without
+        ties, its value to the last bit."""
+        num_pos = pos.numel()
+        if num_pos == 0:
+            return torch.full((), float("nan"), device=scores.device)
+        down = -scores[pos].sort(descending=True).values  # ascending: the positives from the top
+        k = torch.searchsorted(down, down, right=True)[None].to(torch.float32)  # non-decreasing, as n_k
+        above = torch.searchsorted((-scores[neg]).sort().values, down, right=True)[None].to(torch.float32)
+        return (k / (k + above)).mean(-1)[0]
 
     def comparisons(self, scores: Tensor, target) -> Tensor:
         plan = self.prepare(scores, target)

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from ._decoded import DecodedMetric
 from ._decomposition import Decomposition
+from ._metrics import PCK, MulticlassAccuracy
+from .distributed import CrossBatchMemory, GlobalBatch, PerRankWarning
 from .functional import LossInfo, check_options, uniloss_with_info
+
+# Built-in metrics that are means over samples: per-rank training under DDP optimises the same
+# metric (the zoo's evaluators are named after the zoo function that makes them: top_5_accuracy).
+_PER_SAMPLE = (MulticlassAccuracy, PCK)
+_PER_SAMPLE_ZOO = re.compile(r"top_\d+_accuracy|pck")
+
+
+def _per_rank_set_metric(decomposition: Decomposition) -> bool:
+    """Whether ``decomposition``, called on each rank's batch, computes a set-level metric (AP,
+    AUROC, F1, ...) per rank: not wrapped in :class:`~uniloss.distributed.GlobalBatch` and not a
+    known mean over samples. A user's own metric counts as set-level (the warning says how to
+    silence it)."""
+    while isinstance(decomposition, CrossBatchMemory):
+        decomposition = decomposition.decomposition
+    if isinstance(decomposition, (GlobalBatch,) + _PER_SAMPLE):
+        return False
+    if isinstance(decomposition, DecodedMetric):
+        return not _PER_SAMPLE_ZOO.fullmatch(str(getattr(decomposition.evaluator, "__name__", "")))
+    return True
 
 
 class UniLoss(nn.Module):
@@ -23,7 +47,15 @@ class UniLoss(nn.Module):
 
     After each call, :attr:`last` holds a :class:`~uniloss.functional.LossInfo`:
     ``last.metric`` is the exact metric of the batch's hard decisions and ``last.surrogate`` the
-    interpolated value, both detached, for logging.
+    interpolated value, both detached, for logging. A hard decision is a bit ``[c > 0]``, so a
+    tied comparison counts as wrong (an argmax tied with the target, a positive tied with a
+    negative), except that :class:`~uniloss.AveragePrecision`, ``zoo.auroc`` and
+    ``zoo.average_precision`` report scikit-learn's value on tied scores (the loss is unchanged).
+
+    Under ``torch.distributed`` (an initialised process group of several ranks) the first call
+    warns once (:class:`~uniloss.distributed.PerRankWarning`) when the metric is set-level (AP,
+    AUROC, F1, ...) and not wrapped in :class:`~uniloss.distributed.GlobalBatch`: each rank would
+    optimise the metric of its own batch. Accuracy and PCK, means over samples, do not warn.
 
     Args:
         decomposition: the metric, a :class:`uniloss.Decomposition`.
@@ -103,7 +135,32 @@ class UniLoss(nn.Module):
         self.pull = pull
         self.last = None
 
+    # Whether forward() has seen an initialised process group (a class default, for modules
+    # pickled before it existed).
+    _world_checked = False
+
+    def _check_world(self) -> None:
+        """Warn once (:class:`~uniloss.distributed.PerRankWarning`) when a set-level metric is
+        computed on each rank's batch of a process group of several ranks."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return  # asked again on the next call: the group may be initialised later
+        self._world_checked = True
+        world = dist.get_world_size()
+        if world > 1 and _per_rank_set_metric(self.decomposition):
+            warnings.warn(
+                f"UniLoss({self.decomposition!r}) runs in a process group of {world} ranks but computes the "
+                "metric on each rank's batch only: for a set-level metric (AP, AUROC, F1, NDCG, IoU) that "
+                "optimises a per-rank metric, not the global batch's. Wrap it: UniLoss(GlobalBatch(metric), "
+                "generator=torch.Generator().manual_seed(seed)) with uniloss.distributed.GlobalBatch and the "
+                "same seed on every rank. A mean over samples (accuracy, PCK) is fine per rank: silence this "
+                "with warnings.simplefilter('ignore', uniloss.distributed.PerRankWarning).",
+                PerRankWarning, stacklevel=3,
+            )
+
     def forward(self, scores: Tensor, target: Any) -> Tensor:
+        if not self._world_checked:
+            self._check_world()
         loss, self.last = uniloss_with_info(
             scores, target, self.decomposition,
             num_good=self.num_good, num_nearby=self.num_nearby, num_bad=self.num_bad,

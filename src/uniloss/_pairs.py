@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -86,3 +86,53 @@ def other_classes(labels: Tensor, num_classes: int) -> Tensor:
     """``[n, num_classes - 1]``: for each label, the other classes in class order."""
     others = torch.arange(num_classes - 1, device=labels.device)[None, :]
     return others + (others >= labels[:, None]).long()
+
+
+def at_or_above(scores: Tensor, positive: Tensor, group: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """For every item, how many positive and how many negative items of its group score at least
+    as high, itself included: ``(pos [n], neg [n])`` int64, in ``O(n log n)`` without the pairs.
+
+    Tied scores are at or above each other: these are the counts at the item's score taken as a
+    threshold, as scikit-learn's precision-recall and ROC curves take them (a tie is one
+    threshold). For an untied item, ``pos`` is its place among its group's positives from the
+    top (1-based) and ``pos + neg`` its rank in the group.
+
+    Args:
+        scores: ``[n]`` floating (no NaN).
+        positive: ``[n]`` bool.
+        group: optional ``[n]`` integer group ids (queries); default one group.
+
+    Example::
+
+        >>> import torch
+        >>> at_or_above(torch.tensor([0.9, 0.5, 0.5, 0.1]), torch.tensor([False, True, False, True]))
+        (tensor([0, 1, 1, 2]), tensor([1, 2, 2, 2]))
+    """
+    s = scores.reshape(-1)
+    n = s.numel()
+    device = s.device
+    order = torch.sort(s, descending=True, stable=True).indices
+    if group is not None:
+        order = order[torch.sort(group.reshape(-1)[order], stable=True).indices]
+    s_o, pos_o = s[order], positive.reshape(-1)[order].long()
+    index = torch.arange(n, device=device)
+    cum_pos = torch.cumsum(pos_o, 0)
+    cum_neg = index + 1 - cum_pos
+    # Runs of one group: their counts start after the previous groups' items.
+    new_group = torch.ones(n, dtype=torch.bool, device=device)
+    if group is not None and n:
+        g_o = group.reshape(-1)[order]
+        new_group[1:] = g_o[1:] != g_o[:-1]
+    else:
+        new_group[1:] = False
+    # Runs of one score within a group (a threshold): every item takes the counts at its run's end.
+    new_run = new_group.clone()
+    new_run[1:] |= s_o[1:] != s_o[:-1]
+    run = torch.cumsum(new_run.long(), 0) - 1
+    run_end = torch.zeros(n, dtype=torch.long, device=device).scatter_reduce_(0, run, index, "amax")[run]
+    group_start = torch.cummax(torch.where(new_group, index, torch.zeros_like(index)), 0).values
+    before_pos = cum_pos[group_start] - pos_o[group_start]
+    before_neg = cum_neg[group_start] - (1 - pos_o[group_start])
+    out_pos = torch.empty_like(cum_pos).scatter_(0, order, cum_pos[run_end] - before_pos)
+    out_neg = torch.empty_like(cum_neg).scatter_(0, order, cum_neg[run_end] - before_neg)
+    return out_pos, out_neg

@@ -26,17 +26,23 @@ single-bit flips of ``best``, each weighted ``num_good / l``: the expectation of
 ones (uniform draws), so the interpolation loses their sampling noise. Their distances are
 ``R + S_best -/+ w_k`` and their values depend only on the run of the flipped bit
 (:meth:`~uniloss.Decomposition.evaluate_zeros_plus_one`): ``O(l)`` in all.
+
+Double backward (``torch.autograd.grad(..., create_graph=True)``, e.g. a gradient penalty): the
+closed-form gradient is a constant for autograd, so such a backward pass recomputes the
+interpolation through autograd from the same anchors (:func:`double_backward_grad`), which gives
+the dense path's first and second derivatives. Block by block (:func:`chunked_loss`) it raises,
+naming the ``chunk_bits`` that would avoid the blocks.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union, cast
 
 import torch
 from torch import Tensor
 
 from ._anchors import AnchorSet, draw_anchors, unpack_codes
-from ._interpolation import gradient_scale, idw_closed_form
+from ._interpolation import bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances
 
 _TABLES: dict = {}
 
@@ -253,16 +259,21 @@ class Flips:
 
 
 class _Surrogate(torch.autograd.Function):
-    """Attaches a precomputed loss value to ``x``; the backward pass is a closure."""
+    """Attaches a precomputed loss value to ``x``; the backward pass is a closure
+    ``backward(grad, x)``. Under ``create_graph=True`` (grad mode is then on in the backward pass)
+    ``x`` comes with its graph, so the closure can return a gradient that autograd differentiates
+    again."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, value: Tensor, backward: Callable[[Tensor], Tensor]) -> Tensor:
+    def forward(ctx, x: Tensor, value: Tensor, backward: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         ctx.backward_fn = backward
+        ctx.save_for_backward(x)
         return value.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return ctx.backward_fn(grad), None, None
+        (x,) = ctx.saved_tensors
+        return ctx.backward_fn(grad, x), None, None
 
 
 # Below this many anchors x bits the anchors' disagreement with hard is formed densely (one
@@ -375,13 +386,55 @@ def structured_loss(
             member.add_(wrong_f * G_single.sum()).addcmul_(G_single, single_sign)
         return grad_comparisons(r, hard, member, total, distance)
 
-    coef = sign * factor * gradient_scale(grad_scale, harmonic, lambda: grad_c(factor).abs().sum())
+    scale = gradient_scale(grad_scale, harmonic, lambda: grad_c(factor).abs().sum())
+    coef = sign * factor * scale
 
-    def backward(grad_out: Tensor) -> Tensor:
+    def sq_of(c_in: Tensor) -> Tensor:
+        """``sq`` above as a differentiable function of the comparisons (for double backward)."""
+        _, base_d, flip_d = bit_costs(c_in, temperature, distance)
+        R_d = base_d.sum()
+        if flips is None:
+            out = torch.mv(rows_f, flip_d) + R_d
+        else:
+            s_best_d = torch.dot(flip_d, wrong_f)
+            nb = flips.num_from_best
+            flip_sq = (flips.sign * flip_d[flips.index]).sum(1) + R_d
+            bits_f = rnd.bits_f if rnd.bits_f is not None else unpack_codes(anchors.codes, rnd.num).to(dtype)
+            out = torch.cat([(R_d + s_best_d).reshape(1), flip_sq[:nb] + s_best_d, flip_sq[nb:],
+                             torch.mv(bits_f, flip_d) + R_d])
+        if all_good:
+            single = single_sign * flip_d + (R_d + torch.dot(flip_d, wrong_f))
+            out = torch.cat([out[:1], single, out[1:]])
+        return out
+
+    def backward(grad_out: Tensor, c_in: Tensor) -> Tensor:
+        if torch.is_grad_enabled():  # create_graph=True: see double_backward_grad
+            return double_backward_grad(c_in, sq_of, values, weights, sign * scale * grad_out)
         return grad_c(coef * grad_out)
 
     loss = _Surrogate.apply(c, sign * g, backward)
     return loss, values, metric, g, kinds
+
+
+def double_backward_grad(c: Tensor, sq_of: Callable[[Tensor], Tensor], values: Tensor, weights: Optional[Tensor],
+                         coef) -> Tensor:
+    """``coef * d g~ / dc`` as a differentiable function of ``c`` (with its graph), for a backward
+    pass with ``create_graph=True`` (a gradient penalty, a Hessian-vector product).
+
+    The structured backward pass is a closed form computed without autograd. Here ``g~`` is
+    recomputed through autograd from the squared distances ``sq_of(c)`` with the dense path's
+    interpolation (:func:`uniloss._interpolation.idw_from_sq_distances`; an anchor of weight
+    ``w`` at squared distance ``d^2`` weighs ``w / d``, as one at ``d^2 / w^2``), so the first and
+    second derivatives are the dense path's on the same anchors. The gradient's scale stays the
+    constant of the forward pass, as in the dense path. Costs a float ``[b, l]`` copy of the
+    ``b`` random anchors' bits where they were held packed."""
+    with torch.enable_grad():
+        sq = sq_of(c)
+        if weights is not None:
+            sq = sq / weights.square()
+        g = idw_from_sq_distances(sq, values)
+        (grad,) = torch.autograd.grad(g, c, grad_outputs=coef * torch.ones_like(g), create_graph=True)
+    return grad
 
 
 # ------------------------------------------------------------------------------ block by block
@@ -459,7 +512,8 @@ def chunked_loss(
             if temperature_scale is not None:
                 sum_sq += c_block.square().sum()
         if temperature_scale is not None:  # see _interpolation.comparison_scale
-            temperature = temperature * (sum_sq / max(num_bits, 1)).sqrt().clamp_min(torch.finfo(dtype).tiny)
+            # a 0-dim tensor from here on, used as the scalar it holds (no host sync)
+            temperature = cast(float, temperature * (sum_sq / max(num_bits, 1)).sqrt().clamp_min(torch.finfo(dtype).tiny))
         best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
         anchors = draw_anchors(
             best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
@@ -533,7 +587,13 @@ def chunked_loss(
 
         coef = sign * factor * gradient_scale(grad_scale, harmonic, total_push)
 
-    def backward(grad_out: Tensor) -> Tensor:
+    def backward(grad_out: Tensor, _scores: Tensor) -> Tensor:
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(
+                f"UniLoss cannot differentiate its gradient again (create_graph=True) block by block: this "
+                f"call had {num_bits} comparisons, more than its chunk_bits. Pass chunk_bits={num_bits} or "
+                "more to UniLoss (or uniloss()) to use the one-block engine, which supports it"
+            )
         with torch.enable_grad():
             s = scores.detach().requires_grad_(True)
             for block, c, grad_c in block_grads(coef * grad_out, s):

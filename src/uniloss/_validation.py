@@ -47,6 +47,18 @@ def check_shape(name: str, value: Tensor, expected: Sequence[Optional[int]], wha
         raise ValueError(f"Expected `{name}` of shape {what}, but got shape {tuple(value.shape)}")
 
 
+def check_target_like_scores(name: str, value: Tensor, scores: Tensor) -> None:
+    """Check that ``value`` has the shape of ``scores``, or is ``[n]`` where ``scores`` is ``[n, 1]``
+    (one score per sample, a network's single output: the pair :class:`uniloss.AveragePrecision`
+    takes, so every binary metric takes it)."""
+    shape = tuple(scores.shape)
+    if tuple(value.shape) == shape or (len(shape) == 2 and shape[1] == 1 and tuple(value.shape) == shape[:1]):
+        return
+    column = f" or [{shape[0]}] (one label per score)" if len(shape) == 2 and shape[1] == 1 else ""
+    raise ValueError(f"Expected `{name}` of shape {list(shape)} (the shape of scores){column}, but got "
+                     f"shape {tuple(value.shape)}")
+
+
 def check_same_device(**tensors: Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, Tensor)}
     if len(set(devices.values())) > 1:

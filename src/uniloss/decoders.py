@@ -445,8 +445,9 @@ class Threshold(Decoder):
     r"""Binary predictions ``[s > threshold]``, one comparison ``c = s - threshold`` per score.
 
     Shapes: ``scores`` any shape (``[n]`` for binary classification, ``[n, L]`` for multi-label)
-    float; ``target`` the same shape, values in {0, 1} (bool, int or float). Decodes into a bool
-    tensor ``[t, *scores.shape]``; ``l = scores.numel()``, in row-major order. The best
+    float; ``target`` the same shape, values in {0, 1} (bool, int or float) -- or ``[n]`` with
+    scores ``[n, 1]`` (a network's single output, as :class:`uniloss.AveragePrecision` takes).
+    Decodes into a bool tensor ``[t, *target.shape]``; ``l = scores.numel()``, in row-major order. The best
     configuration is the target itself. A score exactly at the threshold decodes to 0.
 
     Example::
@@ -476,7 +477,7 @@ class Threshold(Decoder):
             return
         V.check_tensor("target", target)
         V.check_same_device(scores=scores, target=target)
-        V.check_shape("target", target, tuple(scores.shape), f"{list(scores.shape)} (the shape of scores)")
+        V.check_target_like_scores("target", target, scores)
         V.check_binary_labels("target", target)
 
     def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _ThresholdPlan:
@@ -522,6 +523,7 @@ class _RankingPlan:
     num_grades: int
     best: Tensor  # [l] bool
     dtype: torch.dtype = torch.float32  # values_dtype(scores)
+    scores: Optional[Tensor] = None  # [n] the scores prepared with, detached (a metric's value on ties)
 
 
 def _pairs_within(query: Tensor, key: Tensor, num_queries: int) -> Tuple[Tensor, Tensor]:
@@ -555,7 +557,7 @@ def _segment_count(values: Tensor, index: Tensor, size: int) -> Tensor:
     return values.new_zeros(values.shape[0], size).index_add_(1, index, values)
 
 
-def _sort_within(key: Tensor, block: Tensor) -> Tensor:
+def sort_within(key: Tensor, block: Tensor) -> Tensor:
     """Per row of ``key [t, n]``: each item's place (0-based) among the items of its block
     (``block [n]``), ordered by key, then by index."""
     t, n = key.shape
@@ -697,7 +699,7 @@ class Ranking(Decoder):
             best = torch.ones(a.numel(), dtype=torch.bool, device=device)
         num_grades = int(grade.max()) + 1 if n else 0
         return _RankingPlan(RankingTarget(relevance, query), num_queries, a, b, start, grade, num_grades, best,
-                            values_dtype(scores))
+                            values_dtype(scores), self._flat(scores).detach())
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         plan = self._plan(scores, plan)
@@ -716,12 +718,26 @@ class Ranking(Decoder):
         a_loses = _segment_count((~bits).long(), plan.a, n)  # less relevant items that beat a
         if self.pairs == "all":
             losses = a_loses + _segment_count(bits.long(), plan.b, n)
-            return _sort_within(losses, query)
+            return sort_within(losses, query)
+        return self.decode_losses(a_loses, plan)
+
+    def decode_losses(self, a_loses: Tensor, plan: Any) -> Tensor:
+        """Ranks ``[t, n]`` from ``a_loses [t, n]``: how many less relevant items beat each item
+        (the 0-bits among its comparisons as ``a``), all that :meth:`decode` reads of the bits
+        with pruned pairs (``"relevance"``, ``"binary"``). Lets a caller that holds those counts
+        (per-run 0-bit counts, see :meth:`uniloss.Decomposition.segments`) skip the bits."""
+        plan = self._prepared(plan)
+        if self.pairs == "all":
+            raise ValueError("Ranking(pairs='all') decodes from wins and losses both: use decode(bits, plan)")
+        t, n = a_loses.shape
+        query = plan.target.query
+        if n == 0:
+            return torch.zeros(t, 0, dtype=torch.long, device=a_loses.device)
         # Grades from the most relevant down: the q-th free slot of the item's query.
-        place = _sort_within(a_loses, query * plan.num_grades + plan.grade)
+        place = sort_within(a_loses, query * plan.num_grades + plan.grade)
         position = a_loses + place
-        free = torch.ones(t, n, dtype=torch.bool, device=bits.device)
-        ranks = torch.empty(t, n, dtype=torch.long, device=bits.device)
+        free = torch.ones(t, n, dtype=torch.bool, device=a_loses.device)
+        ranks = torch.empty(t, n, dtype=torch.long, device=a_loses.device)
         for grade in range(plan.num_grades):
             items = (plan.grade == grade).nonzero().reshape(-1)
             taken = torch.cumsum(free.long(), 1)

@@ -21,6 +21,8 @@ See ``docs/distributed.md`` for DDP, Lightning and Accelerate recipes.
 from __future__ import annotations
 
 import contextlib
+import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -29,7 +31,17 @@ from torch import Tensor
 
 from ._decomposition import Decomposition
 
-__all__ = ["GlobalBatch", "CrossBatchMemory"]
+__all__ = ["GlobalBatch", "CrossBatchMemory", "PerRankWarning"]
+
+
+class PerRankWarning(UserWarning):
+    """Under ``torch.distributed``, a loss that is not the global batch's: a set-level metric
+    computed on each rank's batch (wrap it in :class:`GlobalBatch`), or ranks that draw different
+    anchors (give the loss a generator seeded identically on every rank). Issued once per loss.
+
+    Silence it for a metric you know to be a mean over samples (so per-rank training optimises
+    the same metric) with ``warnings.simplefilter("ignore", uniloss.distributed.PerRankWarning)``.
+    """
 
 _REDUCTIONS = ("mean", "sum")
 
@@ -118,7 +130,11 @@ class GlobalBatch(Decomposition):
     **Same anchors on every rank.** Every rank must draw the same anchors: give the loss a
     generator seeded identically on every rank, ``generator=torch.Generator().manual_seed(s)``
     (advanced in lockstep, since every rank makes the same draws). Then every rank computes the
-    same loss value.
+    same loss value. The first call in a group of several ranks compares the ranks' generators
+    (one all-gather of an int64) and warns once (:class:`PerRankWarning`) when a rank has none
+    (``generator=None`` draws from each rank's global random state, which the ranks do not share)
+    or their states differ. (The wrapper cannot draw the anchors itself: the engine does, from
+    the loss's generator; and a seed broadcast on every step would cost a collective per step.)
 
     **Gradient convention.** Let ``L`` be the loss of the global batch and ``W`` the world size.
 
@@ -271,12 +287,48 @@ class GlobalBatch(Decomposition):
         global_scores = torch.cat([p[:k] for p, k in zip(parts, sizes)])
         return global_scores, global_target, sizes
 
+    # Whether the first multi-rank call has compared the ranks' generators (a class default, for
+    # objects pickled before it existed).
+    _generator_checked = False
+
+    def _check_generator(self, generator: Optional[torch.Generator], device: torch.device, world: int) -> None:
+        """On the first multi-rank call: warn (:class:`PerRankWarning`) when the ranks would draw
+        different anchors, i.e. a loss without a generator on some rank, or generators in different
+        states (e.g. seeded with the rank). Collective: one all-gather of an int64 per rank, once."""
+        self._generator_checked = True
+        code = -1 if generator is None else zlib.crc32(bytes(generator.get_state().tolist()))
+        gathered = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+        torch.distributed.all_gather(gathered, torch.tensor([code], dtype=torch.int64, device=device), group=self.group)
+        codes = [int(c) for c in gathered]
+        missing = sum(c == -1 for c in codes)
+        if missing:
+            warnings.warn(
+                f"GlobalBatch: the loss has no generator (generator=None) on {missing} of the {world} ranks: "
+                "each rank draws its anchors from its own global random state, which the ranks do not share "
+                "(dropout, augmentation and uneven batches consume it differently), so the ranks interpolate "
+                "different anchors and compute different losses. Give the loss a generator seeded identically "
+                "on every rank: UniLoss(GlobalBatch(...), generator=torch.Generator().manual_seed(seed)).",
+                PerRankWarning, stacklevel=4,
+            )
+        elif len(set(codes)) > 1:
+            warnings.warn(
+                f"GlobalBatch: the loss's generators are in {len(set(codes))} different states across the "
+                f"{world} ranks (seeded with the rank?), so the ranks draw different anchors and compute "
+                "different losses. Seed the generator identically on every rank.",
+                PerRankWarning, stacklevel=4,
+            )
+
     def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _GlobalPlan:
         """Gathers the global batch (the step's two collectives) and prepares the wrapped
-        decomposition on it."""
+        decomposition on it. On the first call in a group of several ranks, also checks once that
+        the ranks' generators agree (see :class:`PerRankWarning`)."""
         if isinstance(target, _GlobalPlan):
             return target
         _check_tensor_rows("target", target)
+        if not self._generator_checked:
+            _, world = self.world()
+            if world > 1:
+                self._check_generator(generator, scores.device, world)
         global_scores, global_target, sizes = self.gather(scores, target)
         inner = self.decomposition.prepare(global_scores, global_target, generator)
         return _GlobalPlan(scores, global_scores, inner, sizes)

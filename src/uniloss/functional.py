@@ -6,7 +6,7 @@ The module :class:`uniloss.UniLoss` is a thin wrapper around :func:`uniloss_with
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import Tensor
@@ -29,8 +29,10 @@ class LossInfo:
     """What one loss call saw, for logging. Tensors are detached scalars unless noted.
 
     Attributes:
-        metric: the exact metric of the batch's hard decisions ``g([c > 0])`` (NaN where the
-            metric is undefined on the batch, e.g. AP without a positive).
+        metric: the exact metric of the batch's hard decisions ``g([c > 0])``, or the
+            decomposition's ``batch_metric`` where it has one (AP's equals scikit-learn's on
+            tied scores, where ``[c > 0]`` counts a tie as wrong); NaN where the metric is
+            undefined on the batch, e.g. AP without a positive.
         surrogate: the interpolated value ``g~(u)`` (NaN where undefined).
         loss: the returned loss, detached.
         num_bits: ``l``, the number of comparisons the loss saw.
@@ -164,7 +166,7 @@ def uniloss_with_info(
                 distance=distance, pull=pull,
             )
             loss = loss.to(scores.dtype)
-            return loss, _exact(LossInfo(metric, surrogate, loss.detach(), l, values, kinds), decomposition, target)
+            return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds), decomposition, target)
     c = decomposition.comparisons(scores, target).reshape(-1)
     if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
         c = c.float()
@@ -172,8 +174,8 @@ def uniloss_with_info(
     hard = c.detach() > 0
     best = None  # the best bits, where drawing the anchors computed them (the pull reuses them)
     scale = comparison_scale(c, temperature_scale)
-    if scale is not None:
-        temperature = temperature * scale
+    if scale is not None:  # a 0-dim tensor from here on, used as the scalar it holds (no host sync)
+        temperature = cast(float, temperature * scale)
     with torch.no_grad():
         if anchors is None:
             best = decomposition.best(target)
@@ -197,7 +199,7 @@ def uniloss_with_info(
     if l == 0 or not anchor_set.is_structured:
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
                                  distance)
-        return _with_pull(loss, c, best, decomposition, target, temperature, pull), _exact(info, decomposition, target)
+        return _with_pull(loss, c, best, decomposition, target, temperature, pull), with_exact_metric(info, decomposition, target)
     if all_good and decomposition.num_good_flips(target, l) != 1:
         raise ValueError(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
@@ -209,7 +211,7 @@ def uniloss_with_info(
         grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance,
     )
     loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull)
-    return loss, _exact(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds), decomposition, target)
+    return loss, with_exact_metric(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds), decomposition, target)
 
 
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
@@ -228,7 +230,7 @@ def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: D
     return loss + (cost - cost.detach()).to(loss.dtype)
 
 
-def _exact(info: LossInfo, decomposition: Decomposition, target: Any) -> LossInfo:
+def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any) -> LossInfo:
     """``info`` with the decomposition's exact batch metric where it has one (``batch_metric``)."""
     exact = decomposition.batch_metric(target)
     if exact is None:

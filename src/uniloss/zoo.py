@@ -5,6 +5,14 @@ Every function returns a :class:`uniloss.DecodedMetric` -- a decoder from
 Each is exact: ``metric(scores, target)`` equals scikit-learn's (or the stated reference) on
 untied scores, which the test suite checks on random inputs.
 
+**Ties.** The bits ``[c > 0]`` count an exact tie as a wrong comparison (against the target, the
+relevant item or the threshold; elsewhere toward the lower index, see :mod:`uniloss.decoders`),
+and so do the anchors' values and the loss. The reported value (``metric()`` and
+``UniLoss.last.metric``) of ``auroc`` and ``average_precision`` counts ties as scikit-learn does
+(a tied pair counts half; a run of tied scores is one threshold); that of the other metrics is
+the metric of the bits, so on tied scores it can differ from scikit-learn's (which breaks ties
+by ``argmax``'s first index, or averages over them, as in ``ndcg_score``).
+
 Shapes, by family:
 
 * multi-class (``top_k_accuracy``, ``macro_f1``, ``balanced_accuracy``, ``matthews_corrcoef``):
@@ -45,7 +53,8 @@ from torch import Tensor
 
 from . import _validation as V
 from ._decoded import DecodedMetric
-from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, _sort_within
+from ._pairs import at_or_above
+from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, sort_within
 
 _DEFAULT_DTYPE = torch.float32  # values' dtype for a plan without one (a custom decoder's)
 
@@ -94,6 +103,27 @@ class _ZooMetric(DecodedMetric):
 
 def _metric(decoder, fn: Callable[..., Tensor], name: str, **options: Any) -> DecodedMetric:
     return _ZooMetric(decoder, _Evaluator(fn, name, **options))
+
+
+class _RankingWithTies(_ZooMetric):
+    """A ranking metric whose reported value, :meth:`metric` and ``UniLoss.last.metric``
+    (:meth:`batch_metric`), counts tied scores as scikit-learn does, computed from the scores by
+    ``tied(scores [n], target, dtype)``. The bits, hence the anchors' values and the loss, count a
+    tie as the relevant item below (see :mod:`uniloss.decoders`); without ties the two agree (to the
+    rounding of a sum taken in another order)."""
+
+    def __init__(self, decoder, evaluator: "_Evaluator", tied: Callable[..., Tensor]) -> None:
+        super().__init__(decoder, evaluator)
+        self.tied = tied
+
+    def batch_metric(self, target: Any) -> Optional[Tensor]:
+        scores = getattr(target, "scores", None)
+        return None if scores is None else self.tied(scores, target.target, target.dtype)
+
+    def metric(self, scores: Tensor, target: Any) -> Tensor:
+        with torch.no_grad():
+            plan = self.prepare(scores, target)
+            return self.tied(scores.detach().reshape(-1), plan.target, plan.dtype)
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -288,7 +318,7 @@ def f_beta(beta: float = 1.0, threshold: float = 0.0) -> DecodedMetric:
     comparison ``s - threshold`` per score. Reference: ``sklearn.metrics.fbeta_score``.
 
     Shapes: ``scores [n]`` (or any shape, every element pooled) float; ``target`` the same shape,
-    values in {0, 1}.
+    values in {0, 1} -- or ``[n]`` with scores ``[n, 1]``, as :class:`uniloss.AveragePrecision` takes.
 
     Example::
 
@@ -374,7 +404,7 @@ def _discount(ranks: Tensor, k: Optional[int], dtype: torch.dtype) -> Tensor:
 
 def _ndcg_at_k(ranks: Tensor, target: RankingTarget, k: Optional[int], dtype: torch.dtype) -> Tensor:
     gain = target.relevance.to(dtype)
-    ideal_ranks = _sort_within(-gain[None], target.query)
+    ideal_ranks = sort_within(-gain[None], target.query)
     ideal = _per_query(gain * _discount(ideal_ranks, k, dtype), target.query)
     dcg = _per_query(gain * _discount(ranks, k, dtype), target.query)
     return _mean_where(_ratio(dcg, ideal.expand_as(dcg)), (ideal > 0).expand_as(dcg))
@@ -394,10 +424,33 @@ def _average_precision(ranks: Tensor, target: RankingTarget, dtype: torch.dtype)
     relevant, num_pos, _ = _query_sizes(target)
     # place of each relevant item among its query's relevant items, by rank
     block = target.query * 2 + (relevant == 0).long()
-    place = _sort_within(ranks, block)
+    place = sort_within(ranks, block)
     precision_at = (place + 1).to(dtype) / (ranks + 1).to(dtype) * relevant.to(dtype)
     ap = _ratio(_per_query(precision_at, target.query), num_pos.to(dtype).expand(ranks.shape[0], -1))
     return _mean_where(ap, (num_pos > 0).expand_as(ap))
+
+
+def _auroc_tied(scores: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
+    """:func:`_auroc` of the scores with a tie counted half (``roc_auc_score``): twice the
+    negatives above a positive are those at or above it plus those strictly above, exact in int64."""
+    relevant, num_pos, num_all = _query_sizes(target)
+    num_neg = num_all - num_pos
+    _, at_or_above_neg = at_or_above(scores, relevant > 0, target.query)
+    _, at_or_below_neg = at_or_above(-scores, relevant > 0, target.query)
+    strictly_above = num_neg[target.query] - at_or_below_neg
+    twice_above = _per_query(((at_or_above_neg + strictly_above) * relevant)[None], target.query)
+    pairs = (num_pos * num_neg).expand_as(twice_above)
+    return _mean_where(1 - _ratio(twice_above.to(dtype), (2 * pairs).to(dtype)), pairs > 0)[0]
+
+
+def _average_precision_tied(scores: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
+    """:func:`_average_precision` of the scores with each run of tied scores one threshold
+    (``average_precision_score``): a relevant item counts the relevant and all items at or above it."""
+    relevant, num_pos, _ = _query_sizes(target)
+    above_rel, above_irr = at_or_above(scores, relevant > 0, target.query)
+    precision_at = above_rel.to(dtype) / (above_rel + above_irr).to(dtype) * relevant.to(dtype)
+    ap = _ratio(_per_query(precision_at[None], target.query), num_pos.to(dtype).expand(1, -1))
+    return _mean_where(ap, (num_pos > 0).expand_as(ap))[0]
 
 
 def _check_k(k: object) -> int:
@@ -411,7 +464,9 @@ def auroc() -> DecodedMetric:
     when query ids are given, averaged over queries with both classes. Decoder
     ``Ranking(pairs="binary")``: the ``P*N`` positive x negative pairs of each query (the
     AP layout of the paper). Relevance ``> 0`` is positive. Reference:
-    ``sklearn.metrics.roc_auc_score``.
+    ``sklearn.metrics.roc_auc_score``, also on tied scores: the reported value (``metric()``,
+    ``UniLoss.last.metric``) counts a tied pair half (constant scores: 0.5), where the bits, the
+    anchors' values and the loss count it wrong.
 
     Shapes: ``scores [n]`` float; ``target`` ``[n]`` in {0, 1} or a ``RankingTarget``. A batch
     with one class only has no comparisons: metric NaN, loss zero.
@@ -422,7 +477,7 @@ def auroc() -> DecodedMetric:
         >>> float(uniloss.zoo.auroc().metric(torch.tensor([0.9, 0.3, 0.5, 0.1]), torch.tensor([1, 1, 0, 0])))
         0.75
     """
-    return _metric(Ranking("binary"), _auroc, "auroc")
+    return _RankingWithTies(Ranking("binary"), _Evaluator(_auroc, "auroc"), _auroc_tied)
 
 
 def average_precision() -> DecodedMetric:
@@ -431,7 +486,10 @@ def average_precision() -> DecodedMetric:
     :math:`AP = \frac{1}{P}\sum_{k=1}^{P} \frac{k}{r_k + 1}` with ``r_k`` the 0-based rank of the
     ``k``-th relevant item. Decoder ``Ranking(pairs="binary")``: on one query with 0/1 labels this
     is :class:`uniloss.AveragePrecision` (same comparisons, values and loss). Reference:
-    ``sklearn.metrics.average_precision_score`` (per query).
+    ``sklearn.metrics.average_precision_score`` (per query), also on tied scores: the reported
+    value (``metric()``, ``UniLoss.last.metric``) takes a run of tied scores as one threshold
+    (constant scores: ``P / n``), where the bits, the anchors' values and the loss count a tie as
+    the relevant item below.
 
     Shapes: ``scores [n]`` float; ``target`` ``[n]`` relevance (``> 0`` relevant) or a
     ``RankingTarget``.
@@ -443,7 +501,8 @@ def average_precision() -> DecodedMetric:
         ...                                                     torch.tensor([1, 0, 1, 0]))), 4)
         0.8333
     """
-    return _metric(Ranking("binary"), _average_precision, "average_precision")
+    return _RankingWithTies(Ranking("binary"), _Evaluator(_average_precision, "average_precision"),
+                            _average_precision_tied)
 
 
 def precision_at_k(k: int) -> DecodedMetric:

@@ -217,3 +217,103 @@ def test_download_flag_fetches_missing_files_and_the_error_names_it(tmp_path, mo
     with pytest.raises(Fetched):
         main(argv + ["--download"])
     assert os.environ[loaders.DOWNLOAD_VAR] == "1"  # and so for the runs `reproduce` starts
+
+
+SMALL = ["--limit-train", "64", "--epochs", "1", "--threads", "1"]
+
+
+def test_amp_on_the_cpu_warns_once_what_it_does(tmp_path, capsys):
+    assert main(["train", "mnist-ap", "--amp", "--out", str(tmp_path / "run"), *SMALL]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("uniloss: warning: --amp")]
+    assert len(warned) == 1 and "bfloat16" in warned[0] and "CPU" in warned[0]
+    assert main(["train", "mnist-ap", "--out", str(tmp_path / "plain"), *SMALL]) == 0
+    assert "--amp" not in capsys.readouterr().err
+
+
+def test_progress_bars_convert_no_tensor_that_requires_grad(tmp_path):
+    import warnings
+
+    from uniloss.experiments.registry import get_experiment
+    from uniloss.experiments.train import RunOptions, run_training
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(get_experiment("mnist-ap"), RunOptions(loss="uniloss", epochs=1, limit_train=64,
+                                                            out=str(tmp_path / "run"), progress=True))
+    assert not [w for w in caught if "requires_grad" in str(w.message)]
+
+
+def test_a_corrupt_data_file_is_one_line_naming_it(tmp_path, capsys):
+    import gzip
+
+    from uniloss.experiments.data import clear_verification_cache, find_file
+
+    source = find_file("mnist", "t10k-labels-idx1-ubyte.gz")
+    if source is None:
+        pytest.skip("needs MNIST in ../shared/data")
+    raw = bytearray(gzip.decompress(source.read_bytes()))
+    raw[100] ^= 1  # one label changed: a valid IDX file whose checksum differs
+    bad = tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(gzip.compress(bytes(raw)))  # the other files come from ../shared/data
+    clear_verification_cache()
+    out = tmp_path / "run"
+    assert main(["train", "mnist-ap", "--data-dir", str(tmp_path / "data"), "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("uniloss: error: checksum mismatch for " + str(bad)) and "delete it" in err
+    assert not out.exists()
+
+
+def _one_epoch_run(out, capsys):
+    assert main(["train", "mnist-ap", "--out", str(out), *SMALL]) == 0
+    capsys.readouterr()
+    return out / "checkpoint.pt"
+
+
+def _resume_error(out, capsys) -> str:
+    assert main(["train", "mnist-ap", "--out", str(out), "--resume", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_a_checkpoint_with_missing_keys_or_wrong_shapes_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    path = _one_epoch_run(out, capsys)
+    good = load_checkpoint(path)
+    save_checkpoint({k: v for k, v in good.items() if k != "optimizer"}, path)
+    err = _resume_error(out, capsys)
+    assert str(path) in err and "optimizer" in err
+    name = next(iter(good["model"]))
+    save_checkpoint({**good, "model": {**good["model"], name: torch.zeros(3)}}, path)
+    err = _resume_error(out, capsys)
+    assert str(path) in err and "size mismatch" in err and name in err
+
+
+def test_a_checkpoint_with_damaged_weight_bytes_is_refused_naming_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    path = _one_epoch_run(out, capsys)
+    weight = max(load_checkpoint(path)["model"].values(), key=lambda t: t.numel())
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(weight.numpy().tobytes()[:64])
+    assert at > 0
+    data[at + 8] ^= 0x10  # one bit of one weight: still a readable zip and pickle
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="content does not match its sha256"):
+        load_checkpoint(path)
+    err = _resume_error(out, capsys)
+    assert str(path) in err and "damaged" in err
+
+
+def test_stale_temporary_checkpoints_are_removed_on_the_next_save(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale_old = tmp_path / ".checkpoint.pt.k3j9x2ab.tmp"  # the naming before temporaries carried a pid
+    stale_dead = tmp_path / f".checkpoint.pt.pid{int(dead.stdout)}.q1w2e3r4.tmp"  # its writer was killed
+    live = tmp_path / f".checkpoint.pt.pid{os.getpid()}.a1s2d3f4.tmp"  # a writer still running
+    other = tmp_path / ".other.pt.k3j9x2ab.tmp"  # another file's
+    for p in (stale_old, stale_dead, live, other):
+        p.write_bytes(b"x" * 100)
+    save_checkpoint({"epoch": 1}, tmp_path / "checkpoint.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint.pt", live.name, other.name])

@@ -25,20 +25,42 @@ from uniloss.experiments.augment import random_crop, random_hflip
 from uniloss.experiments.cli import main
 from uniloss.experiments.models import ResNet20, count_parameters
 from uniloss.experiments.registry import TABLES, Table, get_experiment
-from uniloss.experiments.train import RunError, RunOptions, _recipe
+from uniloss.experiments.train import RunError, RunOptions, resolve_recipe
 
 NAMES = ("fashion-resnet20", "cifar10-resnet20", "cifar100-resnet20", "mnist-pairs-resnet20")
 SMOKE = ["--epochs", "1", "--batch-size", "32", "--limit-train", "64", "--threads", "1"]
 
 
+def _isolate_data_environment(tmp_path, monkeypatch):
+    """Whatever the environment's data variables say: no $UNILOSS_DATA, no $UNILOSS_DOWNLOAD (a
+    test expecting missing data would fetch it), the user cache under tmp."""
+    from uniloss.experiments.data.loaders import DOWNLOAD_VAR
+
+    monkeypatch.delenv(D.ENV_VAR, raising=False)
+    monkeypatch.delenv(DOWNLOAD_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """No $UNILOSS_DATA, the user cache under tmp (so no CIFAR is found but the fixtures)."""
-    monkeypatch.delenv("UNILOSS_DATA", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    """No data variables, the user cache under tmp (so no CIFAR is found but the fixtures)."""
+    _isolate_data_environment(tmp_path, monkeypatch)
     D.clear_verification_cache()
     yield
     D.clear_verification_cache()
+
+
+def test_the_data_variables_of_the_environment_do_not_reach_the_tests(tmp_path, monkeypatch):
+    env_root = tmp_path / "env"  # what a user's $UNILOSS_DATA may hold: a (here unreadable) CIFAR-10
+    (env_root / "cifar-10").mkdir(parents=True)
+    (env_root / "cifar-10" / "cifar-10-python.tar.gz").write_bytes(b"not a tar file")
+    monkeypatch.setenv(D.ENV_VAR, str(env_root))
+    monkeypatch.setenv("UNILOSS_DOWNLOAD", "1")
+    monkeypatch.setattr(D.loaders, "download_file", lambda *a, **k: pytest.fail("a test may not download"))
+    monkeypatch.setattr(D.paths, "repo_root", lambda: None)  # hide ../shared/data: MNIST missing too
+    monkeypatch.chdir(tmp_path)
+    _isolate_data_environment(tmp_path, monkeypatch)
+    assert not any(MC._dataset_present(name, None) for name in ("cifar-10", "cifar-100", "mnist"))
 
 
 def _mnist_available() -> bool:
@@ -239,11 +261,11 @@ def test_schedules_paper_short_scaled_and_the_cifar100_factor():
     for bad in ("long", "paper:0", "paper:x"):
         with pytest.raises(ValueError, match="schedule"):
             exp.recipe_for(bad, "ce")
-    r = _recipe(exp, RunOptions(loss="ce", schedule="short", epochs=3))
+    r = resolve_recipe(exp, RunOptions(loss="ce", schedule="short", epochs=3))
     assert r.epochs == 3 and r.milestones == short.milestones  # --epochs keeps the milestones
     with pytest.raises(RunError, match="only the paper's schedule"):
-        _recipe(get_experiment("mnist-ap"), RunOptions(loss="ce", schedule="short"))
-    assert _recipe(get_experiment("mnist-ap"), RunOptions(loss="ce", schedule="paper")) == get_experiment("mnist-ap").recipe
+        resolve_recipe(get_experiment("mnist-ap"), RunOptions(loss="ce", schedule="short"))
+    assert resolve_recipe(get_experiment("mnist-ap"), RunOptions(loss="ce", schedule="paper")) == get_experiment("mnist-ap").recipe
 
 
 def test_schedule_option_reaches_train_and_reproduce(tmp_path, capsys):

@@ -94,6 +94,17 @@ def _train(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from .reproduce import run_table
 
+    if getattr(args, "amp", False):  # once here: each run's own warning goes to its stdout.log
+        import torch
+
+        from .train import amp_warning
+
+        try:
+            note = amp_warning(torch.device(args.device))
+        except RuntimeError:  # an unknown device: the runs say so
+            note = None
+        if note:
+            print(f"uniloss: warning: {note}", file=sys.stderr, flush=True)
     return run_table(args.table, args)
 
 
@@ -204,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     from .checkpoint import CheckpointError
-    from .data import DatasetNotFoundError
+    from .data import ChecksumError, DatasetNotFoundError, DownloadError
     from .train import RunError
 
     if getattr(args, "download", False):
@@ -213,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.environ[DOWNLOAD_VAR] = "1"  # this process's loaders and the runs it starts
     try:
         return args.func(args)
-    except (ValueError, RunError, CheckpointError, DatasetNotFoundError) as exc:
+    except (ValueError, RunError, CheckpointError, DatasetNotFoundError, ChecksumError, DownloadError) as exc:
         print(f"uniloss: error: {exc}", file=sys.stderr)
         return 2
 

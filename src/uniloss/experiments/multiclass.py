@@ -199,12 +199,12 @@ def _dataset_present(name: str, data_dir: Optional[str]) -> bool:
     """Whether data set ``name`` is in the lookup order: its IDX files, or for CIFAR an archive
     or a complete extracted folder holding both splits. Reads no content."""
     from .data import DatasetNotFoundError, dataset_files, get_spec, search_roots
-    from .data.loaders import _find_cifar_folder
+    from .data.loaders import find_cifar_folder
 
     spec = get_spec(name)
     if spec.kind == "cifar":
         roots = search_roots(data_dir)
-        return all(_find_cifar_folder(spec, split, roots) is not None for split in ("train", "test"))
+        return all(find_cifar_folder(spec, split, roots) is not None for split in ("train", "test"))
     try:
         dataset_files(name, data_dir=data_dir)
     except DatasetNotFoundError:
@@ -428,7 +428,7 @@ class ImageClassifier(nn.Module):
         return self.net(x)
 
 
-def _resnet20(loss: str, *, num_classes: int, in_channels: int, mean, std) -> nn.Module:
+def resnet20_for(loss: str, *, num_classes: int, in_channels: int, mean, std) -> nn.Module:
     """ResNet-20 behind :class:`ImageClassifier` (same network for every loss)."""
     return ImageClassifier(ResNet20(num_classes, in_channels=in_channels), mean, std)
 
@@ -587,7 +587,7 @@ def _experiment(name: str, description: str, dataset: str, losses: Tuple[str, ..
                 notes: str = "") -> ScheduledExperiment:
     return ScheduledExperiment(
         name=name, description=description, dataset=dataset, losses=losses, recipe=PAPER_RECIPE, load=load,
-        model=partial(_resnet20, num_classes=classes, in_channels=channels, mean=mean, std=std),
+        model=partial(resnet20_for, num_classes=classes, in_channels=channels, mean=mean, std=std),
         loss=multiclass_loss, evaluate=partial(evaluate_accuracy, top5=classes >= 20), paper=dict(paper or {}),
         augment=augment, notes=" ".join(filter(None, (_COMMON_NOTES, notes))),
         schedules={"short": SHORT_RECIPE}, epoch_factor=dict(epoch_factor or {}), datasets=datasets,

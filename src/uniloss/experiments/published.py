@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 import uniloss
 from uniloss import LossInfo
-from uniloss.functional import _exact, zero_loss
+from uniloss.functional import with_exact_metric, zero_loss
 
 __all__ = ["PublishedLoss", "PublishedAPLoss", "published_anchors", "published_values", "published_gradient"]
 
@@ -191,7 +191,7 @@ class PublishedLoss(nn.Module):
         surrogate = -f
         loss = -surrogate + (grad_c * (c - c.detach())).sum()
         kinds = (("best", 1), ("good", self.num_each), ("nearby", self.num_each), ("bad", self.num_each))
-        self.last = _exact(LossInfo(metric.float(), surrogate.float(), loss.detach(), u.numel(), value.float(), kinds),
+        self.last = with_exact_metric(LossInfo(metric.float(), surrogate.float(), loss.detach(), u.numel(), value.float(), kinds),
                            dec, plan)
         return loss.to(scores.dtype)
 

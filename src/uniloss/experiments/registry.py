@@ -200,7 +200,5 @@ register(Experiment(
 register_table("mnist-ap", Table("mnist-ap", ("uniloss", "uniloss-published", "ce"), ("ap_interpolated", "ap"),
                                  title="MNIST digit 0 vs rest, test AP (paper sec. 4.1)"))
 
-# Experiments defined in their own modules register themselves when imported here.
-# (one import line per module below)
-from . import pose  # noqa: E402,F401
-from . import multiclass  # noqa: E402,F401
+# The experiments defined in their own modules (pose, multiclass) register themselves when the
+# package imports them (uniloss/experiments/__init__.py), so this module imports none of them.

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .registry import TABLES, Table, get_experiment
-from .train import RunOptions, _recipe, _settings_differ
+from .train import RunOptions, resolve_recipe, settings_differ
 
 
 METRIC_NAMES = {"ap_interpolated": "test AP (VOC-interpolated)", "ap": "test AP (plain)",
@@ -90,7 +90,7 @@ def _finished(run_dir: Path, recipe) -> bool:
     want = json.loads(json.dumps(asdict(recipe)))  # tuples as JSON lists, as final.json has them
     have = done.get("config") or {"epochs": done.get("epochs")}  # a run without its config: its epochs
     shared = [k for k in want if k in have]  # a run's config holds more than its recipe
-    diff = _settings_differ({k: have[k] for k in shared}, {k: want[k] for k in shared})
+    diff = settings_differ({k: have[k] for k in shared}, {k: want[k] for k in shared})
     if diff:
         raise ValueError(f"{run_dir} holds a finished run of other settings: {diff}; "
                          "move it away or choose another --runs-dir")
@@ -118,7 +118,7 @@ def run_table(name: str, args) -> int:
                 continue
         exp = get_experiment(part.experiment)
         for loss in part.losses:  # an unknown schedule or loss fails here, before any run starts
-            _recipe(exp, RunOptions(loss=loss, schedule=schedule))
+            resolve_recipe(exp, RunOptions(loss=loss, schedule=schedule))
         seeds = list(args.seeds) if args.seeds else list(part.seeds)
         root = runs_root / part.experiment if grouped else runs_root
         missing = getattr(exp, "missing_data", None)
@@ -130,7 +130,7 @@ def run_table(name: str, args) -> int:
         for loss in part.losses:
             for seed in seeds:
                 run_dir = root / f"{loss}-seed{seed}"
-                recipe = _recipe(exp, RunOptions(loss=loss, schedule=schedule, epochs=args.epochs))
+                recipe = resolve_recipe(exp, RunOptions(loss=loss, schedule=schedule, epochs=args.epochs))
                 if not _finished(run_dir, recipe):
                     pending.append((part, loss, seed, run_dir))
     total = sum(len(p.losses) * len(seeds) for p, _, seeds, _, reason in plans if not reason)

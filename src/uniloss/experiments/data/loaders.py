@@ -269,7 +269,7 @@ def load_fashion_mnist(split: str = "train", *, data_dir: Optional[PathArg] = No
     return load_mnist(split, data_dir=data_dir, download=download, name="fashion-mnist")
 
 
-def _find_cifar_folder(spec: DatasetSpec, split: str, roots: Sequence[DataRoot]):
+def find_cifar_folder(spec: DatasetSpec, split: str, roots: Sequence[DataRoot]):
     """First root (in lookup order) holding the archive or a complete extracted folder.
     Within a root the extracted folder wins (no decompression needed)."""
     needed = [m.filename for m in spec.members[split]] + [spec.meta.filename]
@@ -336,7 +336,7 @@ def load_cifar(name: str = "cifar-10", split: str = "train", *,
         label_key, names_key, n_classes = b"coarse_labels", b"coarse_label_names", 20
 
     members = list(spec.members[split]) + [spec.meta]
-    found = _find_cifar_folder(spec, split, search_roots(data_dir))
+    found = find_cifar_folder(spec, split, search_roots(data_dir))
     if found is not None and found[0] == "folder":
         folder = found[1]
         raw = {m.filename: read_verified(folder / m.filename, m) for m in members}

@@ -1,0 +1,598 @@
+"""uniloss.from_metric: a metric written as plain torch code, traced into a decomposition.
+
+Exact on untied scores (equal to fn itself and to an independent reference), with the very bits
+of the hand-written decompositions (so the same loss and gradient for the same anchors);
+torchmetrics' functional metrics unmodified; clear errors for what cannot be traced; training.
+"""
+
+import functools
+import warnings
+
+import pytest
+import torch
+from sklearn import metrics as skm
+
+import uniloss
+from uniloss import TraceError, from_metric, zoo
+from uniloss.testing import assert_exact_decomposition
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- metrics as plain torch code
+
+
+def accuracy(scores, target):  # [n, C], [n]
+    return (scores.argmax(dim=1) == target).float().mean()
+
+
+def top3_accuracy(scores, target):  # [n, C], [n]
+    return (scores.topk(3, dim=1).indices == target[:, None]).any(dim=1).float().mean()
+
+
+def average_precision(scores, target):  # [n], [n] in {0, 1}; written with argsort
+    order = torch.argsort(scores, descending=True)
+    relevant = target[order].float()
+    precision = relevant.cumsum(0) / torch.arange(1, scores.numel() + 1)
+    return (precision * relevant).sum() / relevant.sum()
+
+
+def f1_at_zero(scores, target):  # [n], [n] in {0, 1}
+    pred = scores > 0.0
+    tp = (pred & (target == 1)).sum()
+    return 2 * tp / (pred.sum() + (target == 1).sum()).clamp_min(1)
+
+
+def ndcg_at_5(scores, relevance):  # [n], [n] graded relevance
+    k = 5
+    top = scores.argsort(descending=True)[:k]
+    discount = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2)
+    dcg = (relevance[top].double() * discount).sum()
+    ideal = (relevance.double().sort(descending=True).values[:k] * discount).sum()
+    return dcg / ideal
+
+
+def mean_iou(scores, target, num_classes=3):  # [n, C, H, W], [n, H, W]; classes in either map
+    pred = scores.argmax(dim=1)
+    ious = []
+    for c in range(num_classes):
+        inter = ((pred == c) & (target == c)).sum()
+        union = ((pred == c) | (target == c)).sum()
+        ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.nan))
+    return torch.stack(ious).nanmean()
+
+
+def pck(heatmaps, target, threshold=0.5):  # [n, J, H, W], KeypointTarget
+    keypoints, visible, normalizer = target
+    width = heatmaps.shape[-1]
+    pixel = heatmaps.flatten(2).argmax(dim=-1)  # [n, J]
+    xy = torch.stack([pixel % width, pixel // width], dim=-1).to(keypoints.dtype)
+    close = ((xy - keypoints) ** 2).sum(-1) <= (threshold * normalizer[:, None]) ** 2
+    return (close & visible).sum() / visible.sum()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _multiclass(seed, n=40, c=6):
+    g = _gen(seed)
+    scores = torch.randn(n, c, generator=g, dtype=torch.float64)
+    target = torch.randint(0, c, (n,), generator=g)
+    scores[: n // 3] += 2 * torch.nn.functional.one_hot(target[: n // 3], c)  # some right
+    return scores, target
+
+
+def _binary(seed, n=50):
+    g = _gen(seed)
+    target = (torch.rand(n, generator=g) < 0.3).long()
+    target[0], target[1] = 1, 0
+    return torch.randn(n, generator=g, dtype=torch.float64) + target, target
+
+
+def _graded(seed, n=30):
+    g = _gen(seed)
+    relevance = torch.randint(0, 4, (n,), generator=g)
+    return torch.randn(n, generator=g, dtype=torch.float64) + 0.5 * relevance, relevance
+
+
+def _segmentation(seed):
+    g = _gen(seed)
+    return torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (2, 5, 6), generator=g)
+
+
+def _keypoints(seed):
+    g = _gen(seed)
+    heat = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    keypoints = torch.rand(2, 3, 2, generator=g, dtype=torch.float64) * 7
+    heat[0, 0, int(keypoints[0, 0, 1].round()), int(keypoints[0, 0, 0].round())] += 5  # one joint right
+    visible = torch.tensor([[True, True, False], [True, True, True]])
+    return heat, uniloss.KeypointTarget(keypoints, visible, torch.tensor([3.0, 4.0], dtype=torch.float64))
+
+
+def _sk_ap(scores, target):
+    return skm.average_precision_score(target.numpy(), scores.numpy())
+
+
+def _sk_ndcg5(scores, relevance):
+    return skm.ndcg_score(relevance[None].numpy(), scores[None].numpy(), k=5)
+
+
+def _sk_miou(scores, target):
+    return skm.jaccard_score(target.reshape(-1).numpy(), scores.argmax(1).reshape(-1).numpy(), average="macro")
+
+
+def _sk_top3(scores, target):
+    return skm.top_k_accuracy_score(target.numpy(), scores.numpy(), k=3, labels=list(range(scores.shape[1])))
+
+
+def _sk_f1(scores, target):
+    return skm.f1_score(target.numpy(), (scores > 0).long().numpy(), zero_division=0)
+
+
+# name: (fn, hand-written decomposition, data, independent reference)
+CASES = {
+    "accuracy": (accuracy, uniloss.MulticlassAccuracy, _multiclass,
+                 lambda s, y: float((s.argmax(1) == y).double().mean())),
+    "top3_accuracy": (top3_accuracy, lambda: zoo.top_k_accuracy(3), _multiclass, _sk_top3),
+    "average_precision": (average_precision, uniloss.AveragePrecision, _binary, _sk_ap),
+    "f1": (f1_at_zero, lambda: zoo.f_beta(1.0), _binary, _sk_f1),
+    "ndcg_at_5": (ndcg_at_5, lambda: zoo.ndcg_at_k(5), _graded, _sk_ndcg5),
+    "mean_iou": (mean_iou, lambda: zoo.mean_iou(3), _segmentation, _sk_miou),
+    "pck": (pck, lambda: uniloss.PCK(0.5), _keypoints, lambda s, t: float(uniloss.PCK(0.5).metric(s, t))),
+}
+
+
+# --------------------------------------------------------------------------- exact, and the hand-written bits
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_traced_metric_is_exact_against_fn_and_a_reference(name, seed):
+    fn, _, data, reference = CASES[name]
+    scores, target = data(seed)
+    traced = from_metric(fn)
+    assert float(traced.metric(scores, target)) == pytest.approx(float(fn(scores, target)), abs=1e-12)
+    assert float(traced.metric(scores, target)) == pytest.approx(reference(scores, target), abs=1e-6)
+    # evaluate() vectorised over configurations, and best() the best of those tried
+    assert_exact_decomposition(traced, scores, target, fn, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_traced_bits_are_the_hand_written_decompositions(name):
+    fn, hand, data, _ = CASES[name]
+    scores, target = data(3)
+    traced, hand = from_metric(fn), hand()
+    plan, hand_plan = traced.prepare(scores, target), hand.prepare(scores, target)
+    c, c_hand = traced.comparisons(scores, plan), hand.comparisons(scores, hand_plan)
+    assert c.shape == c_hand.shape and torch.equal(c, c_hand)
+    assert torch.equal(traced.best(plan), hand.best(hand_plan).reshape(-1))
+    # the same anchors give the same loss and gradient
+    results = []
+    for decomposition in (traced, hand):
+        x = scores.clone().requires_grad_(True)
+        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7))
+        loss = loss_fn(x, target)
+        loss.backward()
+        results.append((loss.detach(), x.grad, loss_fn.last.metric))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)  # fn's float32 values
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+    assert float(results[0][2]) == pytest.approx(float(results[1][2]), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["accuracy", "average_precision", "f1", "pck"])
+def test_on_every_device(name, device):
+    fn, hand, data, _ = CASES[name]
+    scores, target = data(5)
+    scores = scores.to(device)
+    target = tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
+    target = uniloss.KeypointTarget(*target) if name == "pck" else target
+    traced = from_metric(fn)
+    assert float(traced.metric(scores, target)) == pytest.approx(float(fn(scores, target)), abs=1e-6)
+    x = scores.clone().requires_grad_(True)
+    loss_fn = uniloss.UniLoss(traced, generator=_gen(0))
+    loss_fn(x, target).backward()
+    y = scores.clone().requires_grad_(True)
+    uniloss.UniLoss(hand(), generator=_gen(0))(y, target).backward()
+    assert x.grad.device == scores.device and torch.allclose(x.grad, y.grad, atol=1e-6)
+
+
+def test_pck_through_zoo_pck_too():
+    heat, target = _keypoints(4)
+    traced, plan = from_metric(pck), None
+    plan = traced.prepare(heat, target)
+    hand = zoo.pck(0.5)
+    hand_plan = hand.prepare(heat, target)
+    assert torch.equal(traced.comparisons(heat, plan), hand.comparisons(heat, hand_plan))
+
+
+def test_monotone_maps_are_looked_through():
+    """sigmoid(s) > 0.5 compares s with 0; softmax(s).argmax is s.argmax; -s sorted ascending
+    is s sorted descending: the comparisons are in the scores' own units."""
+    scores, target = _binary(5)
+
+    def f1_prob(s, y):
+        pred = torch.sigmoid(2.0 * s + 1.0) > 0.5  # s > -0.5
+        return 2 * (pred & (y == 1)).sum() / (pred.sum() + (y == 1).sum())
+
+    plan = from_metric(f1_prob).prepare(scores, target)
+    assert torch.allclose(plan.sites[0].comparisons(), scores + 0.5)
+
+    def acc_softmax(s, y):
+        return (torch.softmax(s, dim=1).argmax(1) == y).float().mean()
+
+    s, y = _multiclass(5)
+    assert torch.equal(from_metric(acc_softmax).comparisons(s, y), uniloss.MulticlassAccuracy().comparisons(s, y))
+
+    def ap_ascending(s, y):
+        order = (-s).argsort()
+        rel = y[order].float()
+        return (rel.cumsum(0) / torch.arange(1, s.numel() + 1) * rel).sum() / rel.sum()
+
+    traced = from_metric(ap_ascending)
+    assert torch.equal(traced.comparisons(scores, target), uniloss.AveragePrecision().comparisons(scores, target))
+    assert float(traced.metric(scores, target)) == pytest.approx(_sk_ap(scores, target), abs=1e-6)
+
+
+def test_best_output_found_by_probing_when_the_target_holds_none():
+    """A cost-sensitive metric whose target is not the best prediction: the best outputs come
+    from probing fn, one row at a time."""
+    cost = torch.tensor([[0.0, 1.0, 5.0], [1.0, 0.0, 1.0], [10.0, 1.0, 0.0]])
+
+    def shifted(scores, target):  # the right answer is the next class
+        return ((scores.argmax(1) == (target + 1) % 3).float()).mean()
+
+    def neg_cost(scores, target):
+        return -cost[target, scores.argmax(1)].mean()
+
+    s, y = _multiclass(6, c=3)
+    traced = from_metric(shifted)
+    plan = traced.prepare(s, y)
+    assert plan.sites[0].mode == "probe"
+    assert_exact_decomposition(traced, s, y, shifted, atol=1e-9)
+    best = traced.evaluate(traced.best(plan)[None], plan)
+    assert float(best) == 1.0
+    assert_exact_decomposition(from_metric(neg_cost), s, y, neg_cost, atol=1e-6)
+
+
+def test_several_discrete_steps_and_held_control_flow():
+    """Two trained steps (a threshold and a ranking) and one step that only steers control flow."""
+    def precision_at_3_of_confident(scores, relevance):
+        if not torch.all((scores >= 0) * (scores <= 1)):  # held at its current result
+            scores = scores.sigmoid()
+        confident = scores > 0.5
+        top = scores.topk(3).indices
+        return (relevance[top] * confident[top]).float().mean()
+
+    scores, target = _binary(8, n=20)
+    traced = from_metric(precision_at_3_of_confident)
+    plan = traced.prepare(scores, target)
+    assert [type(s).__name__ for s in plan.sites] == ["_CompareSite", "_RankSite"]
+    assert_exact_decomposition(traced, scores, target, precision_at_3_of_confident, atol=1e-9)
+    text = traced.explain(scores, target)
+    assert "held at its current result" in text and "topk" in text
+
+
+def test_degenerate_batch_gives_a_zero_loss_with_finite_gradients():
+    traced = from_metric(average_precision)
+    scores = torch.randn(10, requires_grad=True)
+    loss = uniloss.UniLoss(traced)(scores, torch.zeros(10, dtype=torch.long))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.isfinite(scores.grad).all()
+    assert torch.isnan(traced.metric(scores, torch.zeros(10, dtype=torch.long)))
+
+
+def test_batching_vmap_loop_and_fallback_agree():
+    def f1_masked(scores, target):  # boolean indexing: no vmap
+        pred = scores > 0
+        tp = target[pred].sum()
+        return 2 * tp / (pred.sum() + target.sum())
+
+    scores, target = _binary(9)
+    auto = from_metric(f1_masked)
+    with pytest.warns(UserWarning, match="one anchor at a time"):
+        value = auto.metric(scores, target)
+    assert float(value) == pytest.approx(float(f1_masked(scores, target)))
+    bits = torch.rand(5, scores.numel(), generator=_gen(0)) < 0.5
+    loop = from_metric(f1_masked, batched="loop")
+    assert torch.equal(auto.evaluate(bits, auto.prepare(scores, target)),
+                       loop.evaluate(bits, loop.prepare(scores, target)))
+    with pytest.raises(TraceError, match="batched='loop'"):
+        from_metric(f1_masked, batched="vmap").metric(scores, target)
+    vm = from_metric(f1_at_zero)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vm_values = vm.evaluate(bits, vm.prepare(scores, target))
+    lp = from_metric(f1_at_zero, batched="loop")
+    assert torch.allclose(vm_values, lp.evaluate(bits, lp.prepare(scores, target)))
+
+
+def test_structured_and_dense_engines_agree():
+    scores, target = _binary(10)
+    traced = from_metric(average_precision)
+    x1, x2 = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    plan = traced.prepare(x1, target)
+    assert traced.segments(plan) is not None
+    anchors = torch.rand(20, plan.num_bits, generator=_gen(1)) < 0.5  # dense anchors
+    l1 = uniloss.functional.uniloss(x1, target, traced, anchors=anchors)
+    l2 = uniloss.functional.uniloss(x2, target, uniloss.AveragePrecision(), anchors=anchors)
+    l1.backward(), l2.backward()
+    assert torch.allclose(l1, l2) and torch.allclose(x1.grad, x2.grad)
+
+
+# --------------------------------------------------------------------------- torchmetrics, unmodified
+
+
+def _tm():
+    return pytest.importorskip("torchmetrics")
+
+
+def test_torchmetrics_metric_objects_are_refused_for_their_functional_form():
+    torchmetrics = _tm()
+    with pytest.raises(TypeError, match="functional form"):
+        from_metric(torchmetrics.classification.BinaryF1Score())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_torchmetrics_functional_metrics_work_as_fn(seed):
+    _tm()
+    from torchmetrics.functional.classification import (binary_average_precision, binary_f1_score,
+                                                        multiclass_accuracy)
+    from torchmetrics.functional.retrieval import retrieval_normalized_dcg
+
+    s, y = _multiclass(seed, n=64, c=5)
+    s, y = s.float(), y
+    sb, yb = _binary(seed, n=64)
+    sb = sb.float()
+    sr, rel = _graded(seed)
+    sr = sr.float()
+    cases = [
+        (functools.partial(multiclass_accuracy, num_classes=5), s, y, None),  # macro: mean recall
+        (functools.partial(multiclass_accuracy, num_classes=5, average="micro"), s, y, uniloss.MulticlassAccuracy()),
+        (binary_f1_score, sb, yb, zoo.f_beta(1.0)),  # sigmoid(s) > 0.5 seen as s > 0
+        (binary_average_precision, sb, yb, uniloss.AveragePrecision()),
+        (retrieval_normalized_dcg, sr, rel, zoo.ndcg_at_k()),  # torch.unique(-s) as a ranking
+        (functools.partial(retrieval_normalized_dcg, top_k=5), sr, rel, zoo.ndcg_at_k(5)),
+    ]
+    for fn, scores, target, hand in cases:
+        traced = from_metric(fn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # batched with vmap: no fallback warning
+            value = traced.metric(scores, target)
+        assert torch.allclose(value, fn(scores, target).to(value.dtype), atol=1e-6), fn
+        if hand is not None:
+            plan, hand_plan = traced.prepare(scores, target), hand.prepare(scores, target)
+            assert torch.equal(traced.comparisons(scores, plan), hand.comparisons(scores, hand_plan)), fn
+            assert torch.equal(traced.best(plan), hand.best(hand_plan).reshape(-1)), fn
+        x = scores.clone().requires_grad_()
+        uniloss.UniLoss(traced)(x, target).backward()
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, match", [
+    ("binary_auroc", r"fn reads the result of argsort .* as a Python value"),  # `if fps[-1] <= 0: warn`
+    ("retrieval_reciprocal_rank", r"fn reads the result of gt .* as a Python value"),  # `if not target.sum()`
+    ("binary_matthews_corrcoef", r"fn reads the result of gt .* as a Python value"),  # `if tp + tn != 0 ...`
+])
+def test_torchmetrics_with_python_control_flow_raise_a_clear_error(name, match):
+    _tm()
+    from torchmetrics.functional import classification, retrieval
+
+    fn = getattr(classification, name, None) or getattr(retrieval, name)
+    scores, target = _binary(2, n=32)
+    with pytest.raises(TraceError, match=match) as info:
+        from_metric(fn).metric(scores.float(), target)
+    message = str(info.value)
+    assert "torchmetrics" in message and ".py:" in message and "DecodedMetric" in message
+
+
+# --------------------------------------------------------------------------- what cannot be traced
+
+
+def _item(s, y):
+    return torch.tensor(float(s.max().item() > 0))
+
+
+def _control_flow(s, y):
+    pred = s.argmax(1)
+    if (pred == y).all():
+        return torch.tensor(1.0)
+    return (pred == y).float().mean()
+
+
+def _continuous(s, y):
+    return s.softmax(1).max(1).values.mean()
+
+
+def _rounding(s, y):
+    return (s.round() == 1).float().mean()
+
+
+def _cast(s, y):
+    return (s.long() == y[:, None]).float().mean()
+
+
+def _constant(s, y):
+    return y.float().mean()
+
+
+def _equality(s, y):
+    return (s == s.max(1, keepdim=True).values).float()[torch.arange(len(y)), y].mean()
+
+
+def _python_number(s, y):
+    return torch.tensor(int((s.argmax(1) == y).sum()) / len(y))
+
+
+def _nested(s, y):
+    return (torch.where(s > 0, s, 0.0).argmax(1) == y).float().mean()
+
+
+def _sort_without_relevance(s, y):
+    return (s.sort(dim=1).indices[:, -1] == y).float().mean() + (s[:, 0].argsort()[:2] == 0).float().mean() * 0
+
+
+def _no_grad(s, y):
+    with torch.no_grad():
+        first = s[:, :2] + s[:, 1:]  # not a monotone map of one tensor: not looked through
+    return (first.argmax(1) == y.clamp(max=1)).float().mean()
+
+
+@pytest.mark.parametrize("fn, match", [
+    (_item, r"reads the scores' values as a Python value \(item\).*_item"),
+    (_control_flow, r"reads the result of argmax .* as a Python value .*`if \(pred == y\).all\(\):`"),
+    (_continuous, r"_continuous at .*: its value depends on the scores other than through comparisons"),
+    (_rounding, r"applies `round` to the scores"),
+    (_cast, r"turns the scores into torch.int64 values with `long`"),
+    (_constant, r"_constant at .*: its value does not depend on any discrete step"),
+    (_equality, r"applies `__eq__` to the scores' values"),
+    (_python_number, r"reads discrete results as Python values"),
+    (_nested, r"already depend on another discrete step"),
+    (_sort_without_relevance, r"no tensor to infer the best result from"),
+])
+def test_untraceable_steps_raise_naming_the_operation_and_the_line(fn, match):
+    scores, target = _multiclass(0, n=8, c=3)
+    with pytest.raises(TraceError, match=match) as info:
+        from_metric(fn).metric(scores, target)
+    message = str(info.value)
+    assert "test_from_metric.py:" in message and "DecodedMetric" in message
+
+
+def test_a_step_without_gradient_path_raises():
+    scores, target = _multiclass(0, n=8, c=3)
+    with pytest.raises(TraceError, match="without a gradient path"):
+        uniloss.UniLoss(from_metric(_no_grad))(scores.clone().requires_grad_(), target)
+
+
+def test_probing_beyond_the_limit_raises():
+    def shifted(scores, target):
+        return (scores.argmax(1) == (target + 1) % 3).float().mean()
+
+    s, y = _multiclass(0, c=3)
+    with pytest.raises(TraceError, match="probe_limit=10"):
+        from_metric(shifted, probe_limit=10).metric(s, y)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(fn=3), TypeError, "Expected `fn` to be callable"),
+    (dict(fn=accuracy, batched="x"), ValueError, "Expected `batched`"),
+    (dict(fn=accuracy, higher_is_better=1), TypeError, "Expected `higher_is_better` to be a bool"),
+    (dict(fn=accuracy, probe_limit=-1), ValueError, "probe_limit"),
+])
+def test_bad_arguments_raise_naming_them(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        from_metric(**kwargs)
+
+
+def test_public_names_have_docstrings_and_examples():
+    for obj in (uniloss.from_metric, uniloss.TracedMetric.explain):
+        assert ">>>" in obj.__doc__
+    assert uniloss.TracedMetric.__doc__ and uniloss.TraceError.__doc__
+
+
+# --------------------------------------------------------------------------- it trains
+
+
+def _blobs(seed, n=256, d=8, c=4):
+    centres = torch.randn(c, d, generator=_gen(100)) * 0.7  # the same task for every split
+    g = _gen(seed)
+    y = torch.randint(0, c, (n,), generator=g)
+    return centres[y] + torch.randn(n, d, generator=g), y
+
+
+def _imbalanced(seed, n=512, d=8):
+    direction = torch.randn(d, generator=_gen(100)) * 0.4
+    g = _gen(seed)
+    y = (torch.rand(n, generator=g) < 0.15).long()
+    return torch.randn(n, d, generator=g) + y[:, None] * direction, y
+
+
+@pytest.mark.parametrize("fn, data, out", [
+    (accuracy, _blobs, 4),
+    (average_precision, _imbalanced, 1),
+    (f1_at_zero, _imbalanced, 1),
+])
+def test_a_small_model_trained_with_the_traced_metric_improves_it(fn, data, out):
+    x, y = data(0)
+    xt, yt = data(1)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(x.shape[1], out)
+    with torch.no_grad():
+        model.bias.fill_(-1.0 if out == 1 else 0.0)  # F1 starts from predicting (almost) nothing
+
+    def scores(inputs):
+        s = model(inputs)
+        return s.reshape(-1) if out == 1 else s
+
+    metric = from_metric(fn)
+    loss_fn = uniloss.UniLoss(metric, generator=_gen(0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with torch.no_grad():
+        before = float(metric.metric(scores(xt), yt))
+    g = _gen(1)
+    for _ in range(6):
+        for idx in torch.randperm(len(y), generator=g).split(64):
+            loss = loss_fn(scores(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        after = float(metric.metric(scores(xt), yt))
+    assert after > before + 0.1, (before, after)
+
+
+def test_a_step_repeated_on_the_same_scores_is_compared_once():
+    def precision(s, y):
+        pred = s > 0
+        return (pred & (y == 1)).sum() / pred.sum().clamp_min(1)
+
+    def recall(s, y):
+        pred = s > 0
+        return (pred & (y == 1)).sum() / (y == 1).sum()
+
+    def f1_of_helpers(s, y):  # two helpers each threshold the scores
+        p, r = precision(s, y), recall(s, y)
+        return 2 * p * r / (p + r).clamp_min(1e-12)
+
+    scores, target = _binary(11)
+    traced = from_metric(f1_of_helpers)
+    plan = traced.prepare(scores, target)
+    assert torch.equal(traced.comparisons(scores, plan), zoo.f_beta(1.0).comparisons(scores, target))
+    assert_exact_decomposition(traced, scores, target, f1_of_helpers, atol=1e-6)
+    assert "the same step as gt" in traced.explain(scores, target)
+
+
+def test_rankings_per_row_are_queries():
+    """Scores ``[Q, n]`` sorted along dim 1 with a relevance ``[Q, n]``: one query per row, the
+    general Ranking plan (graded relevance), the layout of zoo.ndcg_at_k with query ids."""
+    def ndcg_rows(scores, relevance, k=4):
+        top = scores.argsort(dim=1, descending=True)[:, :k]
+        discount = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2)
+        dcg = (relevance.gather(1, top).double() * discount).sum(1)
+        ideal = (relevance.double().sort(dim=1, descending=True).values[:, :k] * discount).sum(1)
+        return (dcg / ideal).mean()
+
+    g = _gen(12)
+    relevance = torch.randint(0, 3, (5, 9), generator=g)
+    relevance[:, 0] = 2
+    scores = torch.randn(5, 9, generator=g, dtype=torch.float64) + 0.4 * relevance
+    traced = from_metric(ndcg_rows)
+    assert_exact_decomposition(traced, scores, relevance, ndcg_rows, atol=1e-9)
+    query = torch.arange(5).repeat_interleave(9)
+    target = uniloss.decoders.RankingTarget(relevance.reshape(-1), query)
+    hand = zoo.ndcg_at_k(4)
+    assert torch.equal(traced.comparisons(scores, traced.prepare(scores, relevance)),
+                       hand.comparisons(scores.reshape(-1), hand.prepare(scores.reshape(-1), target)))
+    assert float(traced.metric(scores, relevance)) == pytest.approx(float(hand.metric(scores.reshape(-1), target)))
+
+
+def test_binary_ranking_decodes_as_the_ranking_decoder():
+    """The two-grade fast path decodes every configuration as decoders.Ranking does."""
+    scores, target = _binary(13, n=30)
+    plan = from_metric(average_precision).prepare(scores, target)
+    site = plan.sites[0]
+    decoder = uniloss.decoders.Ranking("relevance")
+    ranking_plan = decoder.prepare(scores, target)
+    bits = torch.rand(16, plan.num_bits, generator=_gen(2)) < 0.5
+    assert torch.equal(site.decode(bits)[1], decoder.decode(bits, ranking_plan))
