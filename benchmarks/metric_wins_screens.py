@@ -49,9 +49,13 @@ def main() -> str:
         if (folder / "NOTE.md").exists():  # a screen of an engine change that is not in the library
             notes.append(f"- {folder.name}: " + " ".join((folder / "NOTE.md").read_text().split()))
     default = rows["UniLoss (defaults)"]
+    # From screen v10 on, the defaults of the time are pull=1, grad_scale="bounded": quick/'s row.
+    current = {t: v for (t, l), v in read_runs(ROOT / "quick").items() if l == "UniLoss (defaults)"}
+    rows["UniLoss (defaults since v10: pull=1, bounded)"] = current
     lines = ["# Metric-wins screens", "",
              "Quick-screen test metric (x100), mean over the seeds that finished (count in brackets when fewer "
-             "than 3); the difference to the defaults of the time (`UniLoss (defaults)`) below it. A blank: "
+             "than 3); the difference to the defaults of the time below it (`UniLoss (defaults)` before screen "
+             "v10, `UniLoss (defaults since v10: ...)` from v10 on). A blank: "
              "not run (or the screen was stopped first). Regenerate: `python benchmarks/metric_wins_screens.py`.",
              "", "| loss | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for name, per_task in rows.items():
@@ -63,8 +67,10 @@ def main() -> str:
                 continue
             mean = statistics.mean(seeds.values()) * 100
             cell = ("diverged" if mean != mean else f"{mean:.2f}") + (f" ({len(seeds)})" if len(seeds) < 3 else "")
-            if name != "UniLoss (defaults)" and name.startswith("UniLoss") and default.get(t) and mean == mean:
-                cell += f"<br>{mean - statistics.mean(default[t].values()) * 100:+.2f}"
+            screen = re.search(r"\[v(\d+)\]$", name)
+            ref = current if screen and int(screen.group(1)) >= 10 else default
+            if not name.startswith("UniLoss (defaults") and name.startswith("UniLoss") and ref.get(t) and mean == mean:
+                cell += f"<br>{mean - statistics.mean(ref[t].values()) * 100:+.2f}"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if options:
