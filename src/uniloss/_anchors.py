@@ -74,6 +74,7 @@ class AnchorSet:
         if bits is not None:
             self.num_bits = bits.shape[-1] if bits.dim() else 0
         else:
+            assert best is not None, "a structured AnchorSet needs best"
             self.num_bits = best.numel()
 
     @property
@@ -84,6 +85,7 @@ class AnchorSet:
     def num_anchors(self) -> int:
         if self._bits is not None:
             return self._bits.shape[0]
+        assert self.flips is not None  # structured form
         return 1 + self.flips.shape[0] + self.num_random
 
     @property
@@ -95,6 +97,8 @@ class AnchorSet:
         """The anchors as a dense ``[t, l]`` bool tensor."""
         if self._bits is not None:
             return self._bits
+        # The structured form: its fields are all set.
+        assert self.best is not None and self.hard is not None and self.flips is not None and self.codes is not None
         l, t_f, nb = self.num_bits, self.flips.shape[0], self.num_from_best
         rows = torch.cat([self.best.expand(1 + nb, l), self.hard.expand(t_f - nb, l)])
         if self.flips.numel() and l:

@@ -94,23 +94,27 @@ class Runs:
         """``[R, L]`` bool -> ``[R, S]``: how many set entries each run holds."""
         if self.width is not None:
             return byte_sum(is_zero.view(torch.uint8).view(is_zero.shape[0], self.num, self.width), dtype)
+        assert self.ids is not None  # the run-length layout
         out = torch.zeros(is_zero.shape[0], self.num, dtype=dtype, device=is_zero.device)
         return out.index_add_(1, self.ids, is_zero.to(dtype))
 
     def run_of(self, index: Tensor) -> Tensor:
         if self.width is not None:
             return torch.div(index, self.width, rounding_mode="floor")
+        assert self.ends is not None  # the run-length layout
         return torch.searchsorted(self.ends, index, right=True)
 
     def lengths(self, device: torch.device) -> Tensor:
         """``[S]`` float run lengths."""
         if self.width is not None:
             return torch.full((self.num,), float(self.width), device=device)
+        assert self.ends is not None  # the run-length layout
         return torch.diff(self.ends, prepend=self.ends.new_zeros(1)).float()
 
     def run_ids(self, num_bits: int, device: torch.device) -> Tensor:
         if self.ids is not None:
             return self.ids
+        assert self.width is not None  # the fixed-width layout
         return torch.div(torch.arange(num_bits, device=device), self.width, rounding_mode="floor")
 
 
@@ -230,6 +234,7 @@ class Flips:
 
     def __init__(self, anchors: AnchorSet, hard: Tensor, dtype: torch.dtype):
         flips = anchors.flips
+        assert flips is not None and anchors.best is not None  # a structured anchor set
         self.count = flips.shape[0]
         self.num_from_best = anchors.num_from_best
         self.index = flips if flips.shape[1] == 1 else flips.clamp_min(0)
@@ -284,6 +289,7 @@ _DENSE_LIMIT = 1 << 17
 def disagreement_rows(anchors: AnchorSet, wrong: Tensor) -> Tensor:
     """``[t + 1, l]`` bool: where each anchor differs from ``hard`` (then a zero row: ``hard``
     itself), from the structured form (single-bit flips)."""
+    assert anchors.flips is not None and anchors.codes is not None  # the structured form
     l, t_f, nb = wrong.numel(), anchors.flips.shape[0], anchors.num_from_best
     parts = [wrong[None]]
     if t_f:
@@ -322,6 +328,8 @@ def structured_loss(
     r, base, w = residuals(c.detach(), temperature, distance)
     R = base.sum()
     wrong_f = s_best = zeros_best = None
+    # The structured form: its fields are all set.
+    assert anchors.flips is not None and anchors.codes is not None and anchors.best is not None
     if anchors.num_anchors * l <= _DENSE_LIMIT and anchors.flips.shape[1] == 1:
         rows = disagreement_rows(anchors, wrong)
         rows_f = rows[:-1].to(dtype)
@@ -357,6 +365,7 @@ def structured_loss(
         if wrong_f is None:
             wrong_f = wrong.to(dtype)
             s_best = torch.dot(w, wrong_f)
+        assert s_best is not None and runs is not None  # all_good needs segments(): runs are given
         single_sign = wrong_f.mul(-2.0).add_(1.0)
         per_run = decomposition.evaluate_zeros_plus_one(zeros_best, target).to(dtype)
         sq = torch.cat([sq[:1], (single_sign * w).add_(R + s_best), sq[1:]])
@@ -377,6 +386,7 @@ def structured_loss(
         if flips is None:
             member = torch.mv(rows_f.T, G)
         else:
+            assert rnd is not None and wrong_f is not None  # set with flips
             G_flip = G[1 : 1 + flips.count]
             member = wrong_f * (G[0] + G_flip[: flips.num_from_best].sum())
             flips.add_membership(member, G_flip)
@@ -396,13 +406,15 @@ def structured_loss(
         if flips is None:
             out = torch.mv(rows_f, flip_d) + R_d
         else:
+            assert rnd is not None and wrong_f is not None  # set with flips
             s_best_d = torch.dot(flip_d, wrong_f)
             nb = flips.num_from_best
             flip_sq = (flips.sign * flip_d[flips.index]).sum(1) + R_d
-            bits_f = rnd.bits_f if rnd.bits_f is not None else unpack_codes(anchors.codes, rnd.num).to(dtype)
+            bits_f = rnd.bits_f if rnd.bits_f is not None else unpack_codes(rnd.codes, rnd.num).to(dtype)
             out = torch.cat([(R_d + s_best_d).reshape(1), flip_sq[:nb] + s_best_d, flip_sq[nb:],
                              torch.mv(bits_f, flip_d) + R_d])
         if all_good:
+            assert wrong_f is not None  # set for all_good
             single = single_sign * flip_d + (R_d + torch.dot(flip_d, wrong_f))
             out = torch.cat([out[:1], single, out[1:]])
         return out
@@ -519,6 +531,7 @@ def chunked_loss(
             best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
             good_flips=decomposition.num_good_flips(target, num_bits), generator=generator,
         )
+        assert anchors.codes is not None  # drawn anchors: the structured form
         flips = Flips(anchors, hard, dtype)
         b = anchors.num_random
         R = torch.zeros((), dtype=dtype, device=device)
@@ -556,6 +569,7 @@ def chunked_loss(
 
     def block_grads(coef, s: Tensor):
         """``(c, dL/dc)`` of every block, the interpolation's part only, for the gradient ``coef``."""
+        assert anchors.codes is not None  # drawn anchors: the structured form
         G = dg_dsq * coef
         total = G.sum()
         G_flip, G_rand = G[1 : 1 + flips.count], G[1 + flips.count :]

@@ -509,10 +509,12 @@ class CrossBatchMemory(Decomposition):
         outer = self._block is None
         if outer:
             self._block = [0, (self._scores, self._target)]
+        assert self._block is not None  # inside a block
         self._block[0] += 1
         try:
             yield self
         finally:
+            assert self._block is not None  # still inside the block
             self._block[0] -= 1
             if outer:
                 self._block = None
@@ -560,12 +562,14 @@ class CrossBatchMemory(Decomposition):
         if (scores is None) != (target is None):
             raise ValueError("Expected `scores` and `target` both stored or both None")
         if scores is not None:
+            assert target is not None  # both stored (checked above)
             _check_tensor_rows("scores", scores)
             _check_tensor_rows("target", target)
             if scores.shape[0] != target.shape[0]:
                 raise ValueError(f"Expected as many stored scores as targets, but got {scores.shape[0]} and {target.shape[0]}")
         self.reset()
         if scores is not None and self.size:
+            assert target is not None  # both stored (checked above)
             self._scores, self._target = scores.detach()[-self.size:], target.detach()[-self.size:]
             if self._block is not None:
                 self._block[1] = (self._scores, self._target)
@@ -584,6 +588,7 @@ class CrossBatchMemory(Decomposition):
         self.decomposition.check(scores, target)
         stored_scores, stored_target = self._base()
         if stored_scores is not None:  # (the device may differ: the memory follows the batch)
+            assert stored_target is not None  # stored together with the scores
             for name, new, old in (("scores", scores, stored_scores), ("target", target, stored_target)):
                 if new.shape[1:] != old.shape[1:] or new.dtype != old.dtype:
                     raise ValueError(
@@ -598,6 +603,7 @@ class CrossBatchMemory(Decomposition):
         stored_scores, stored_target = self._base()
         if stored_scores is None or not self.size:
             return scores, target
+        assert stored_target is not None  # stored together with the scores
         return torch.cat([scores, stored_scores]), torch.cat([target, stored_target])
 
     def push(self, scores: Tensor, target: Tensor) -> None:
@@ -610,6 +616,7 @@ class CrossBatchMemory(Decomposition):
         scores, target = scores.detach(), target.detach()
         stored_scores, stored_target = self._base()
         if stored_scores is not None:
+            assert stored_target is not None  # stored together with the scores
             scores, target = torch.cat([stored_scores, scores]), torch.cat([stored_target, target])
         self._scores, self._target = scores[-self.size:], target[-self.size:]
 

@@ -176,6 +176,7 @@ def uniloss_with_info(
     scale = comparison_scale(c, temperature_scale)
     if scale is not None:  # a 0-dim tensor from here on, used as the scalar it holds (no host sync)
         temperature = cast(float, temperature * scale)
+    wrong: Optional[Tensor]  # hard != best; None for dense anchors
     with torch.no_grad():
         if anchors is None:
             best = decomposition.best(target)
@@ -193,9 +194,9 @@ def uniloss_with_info(
             )
         else:
             anchor_set = _as_anchor_set(anchors, l)
-            if anchor_set.is_structured and not torch.equal(anchor_set.hard, hard):
+            if anchor_set.is_structured and not torch.equal(cast(Tensor, anchor_set.hard), hard):
                 anchor_set = AnchorSet(anchor_set.dense(), anchor_set.kinds)  # drawn for another c
-            wrong = hard != anchor_set.best if anchor_set.is_structured else None
+            wrong = hard != cast(Tensor, anchor_set.best) if anchor_set.is_structured else None
     if l == 0 or not anchor_set.is_structured:
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
                                  distance)
@@ -206,6 +207,7 @@ def uniloss_with_info(
             f"{decomposition.num_good_flips(target, l)} bits per good anchor"
         )
     runs = None if segments is None else Runs.of(segments, l, c.device, validate_args)
+    assert wrong is not None  # structured anchors: set above
     loss, values, metric, surrogate, kinds = structured_loss(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
         grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance,

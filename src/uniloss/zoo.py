@@ -370,6 +370,7 @@ def _per_query(values: Tensor, query: Tensor) -> Tensor:
 
 def _query_sizes(target: RankingTarget):
     """``relevant [n]`` int64 0/1, and per query the relevant and all items ``[G]`` int64."""
+    assert target.query is not None  # a plan's target: the query filled in
     relevant = (target.relevance > 0).long()
     num_rel = _per_query(relevant[None], target.query)[0]
     num_all = _per_query(torch.ones_like(relevant)[None], target.query)[0]
@@ -377,18 +378,21 @@ def _query_sizes(target: RankingTarget):
 
 
 def _precision_at_k(ranks: Tensor, target: RankingTarget, k: int, dtype: torch.dtype) -> Tensor:
+    assert target.query is not None  # a plan's target: the query filled in
     relevant, _, num_all = _query_sizes(target)
     hits = _per_query((ranks < k).long() * relevant, target.query).to(dtype)
     return _mean_where(hits / k, (num_all > 0).expand_as(hits))
 
 
 def _recall_at_k(ranks: Tensor, target: RankingTarget, k: int, dtype: torch.dtype) -> Tensor:
+    assert target.query is not None  # a plan's target: the query filled in
     relevant, num_rel, _ = _query_sizes(target)
     hits = _per_query((ranks < k).long() * relevant, target.query).to(dtype)
     return _mean_where(_ratio(hits, num_rel.to(dtype).expand_as(hits)), (num_rel > 0).expand_as(hits))
 
 
 def _mrr(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
+    assert target.query is not None  # a plan's target: the query filled in
     relevant, num_rel, _ = _query_sizes(target)
     t, n = ranks.shape
     big = torch.full_like(ranks, n)
@@ -403,6 +407,7 @@ def _discount(ranks: Tensor, k: Optional[int], dtype: torch.dtype) -> Tensor:
 
 
 def _ndcg_at_k(ranks: Tensor, target: RankingTarget, k: Optional[int], dtype: torch.dtype) -> Tensor:
+    assert target.query is not None  # a plan's target: the query filled in
     gain = target.relevance.to(dtype)
     ideal_ranks = sort_within(-gain[None], target.query)
     ideal = _per_query(gain * _discount(ideal_ranks, k, dtype), target.query)
@@ -411,6 +416,7 @@ def _ndcg_at_k(ranks: Tensor, target: RankingTarget, k: Optional[int], dtype: to
 
 
 def _auroc(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
+    assert target.query is not None  # a plan's target: the query filled in
     relevant, num_pos, num_all = _query_sizes(target)
     num_neg = num_all - num_pos
     # Exact in int64: the rank sums, and the negatives ranked above each query's positives.
@@ -421,6 +427,7 @@ def _auroc(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
 
 
 def _average_precision(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
+    assert target.query is not None  # a plan's target: the query filled in
     relevant, num_pos, _ = _query_sizes(target)
     # place of each relevant item among its query's relevant items, by rank
     block = target.query * 2 + (relevant == 0).long()
@@ -433,6 +440,7 @@ def _average_precision(ranks: Tensor, target: RankingTarget, dtype: torch.dtype)
 def _auroc_tied(scores: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
     """:func:`_auroc` of the scores with a tie counted half (``roc_auc_score``): twice the
     negatives above a positive are those at or above it plus those strictly above, exact in int64."""
+    assert target.query is not None  # a plan's target: the query filled in
     relevant, num_pos, num_all = _query_sizes(target)
     num_neg = num_all - num_pos
     _, at_or_above_neg = at_or_above(scores, relevant > 0, target.query)
@@ -446,6 +454,7 @@ def _auroc_tied(scores: Tensor, target: RankingTarget, dtype: torch.dtype) -> Te
 def _average_precision_tied(scores: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
     """:func:`_average_precision` of the scores with each run of tied scores one threshold
     (``average_precision_score``): a relevant item counts the relevant and all items at or above it."""
+    assert target.query is not None  # a plan's target: the query filled in
     relevant, num_pos, _ = _query_sizes(target)
     above_rel, above_irr = at_or_above(scores, relevant > 0, target.query)
     precision_at = above_rel.to(dtype) / (above_rel + above_irr).to(dtype) * relevant.to(dtype)

@@ -15,7 +15,7 @@ import re
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 import torch
 
@@ -103,7 +103,7 @@ def remove_stale_temporaries(path: Union[str, Path]) -> list:
     """
     path = Path(path)
     pattern = _temporary_pattern(path)
-    removed = []
+    removed: List[Path] = []
     try:
         names = os.listdir(path.parent)
     except OSError:

@@ -11,7 +11,7 @@ The split is fixed: a stratified 75/25 train/test split with ``random_state=0``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
@@ -73,7 +73,7 @@ def train_digits(
     seed: int = 0,
     grad_scale=None,
     options: Optional[dict] = None,
-    progress: Optional[callable] = None,
+    progress: Optional[Callable[[int, float], None]] = None,
 ) -> DigitsResult:
     """Train an MLP 64-128-out with SGD and return the test metric per epoch.
 
@@ -93,6 +93,7 @@ def train_digits(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     decomposition = uniloss.AveragePrecision() if task == "ap" else uniloss.MulticlassAccuracy()
     gen = torch.Generator().manual_seed(seed)
+    loss_fn: Callable[..., torch.Tensor]
     if loss == "uniloss":
         keywords = dict(options or {})
         if grad_scale is not None:

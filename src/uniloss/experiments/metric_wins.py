@@ -52,7 +52,7 @@ import shlex
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -347,6 +347,7 @@ def _run_classes(xtr, ytr, xte, yte, build, metric_fn, loss: str, seed: int, opt
     the learning rate drops 10x at ``milestones``, or follows a cosine without them."""
     model = seeded(seed, build)
     gen = torch.Generator().manual_seed(seed)
+    fn: Callable[..., Tensor]
     if loss == "ce":
         fn = F.cross_entropy
     elif loss == "ce-weighted":
@@ -392,7 +393,7 @@ def run_fashion(loss: str, seed: int, quick: bool, options: dict, data_dir: Opti
     from .models import ResNet20
 
     def augment(x: Tensor, g: torch.Generator) -> Tensor:
-        return random_hflip(random_crop(x, 4, generator=g), generator=g)
+        return cast(Tensor, random_hflip(cast(Tensor, random_crop(x, 4, generator=g)), generator=g))
 
     return _run_classes(xtr, train.labels, xte, test.labels, lambda: ResNet20(10, in_channels=1), _accuracy, loss,
                         seed, options, decomposition=uniloss.MulticlassAccuracy(), epochs=30, weight_decay=1e-4,
@@ -478,7 +479,8 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
     xtr, mtr = noisy_masks("train", train, seed=0, data_dir=data_dir)
     xte, mte = noisy_masks("test", 1000, seed=1, data_dir=data_dir)
     metric = zoo.mean_iou(2)
-    fn = {"ce": F.cross_entropy, "lovasz": lovasz_softmax}.get(loss) or _uniloss(metric, seed, options)
+    usual: Dict[str, Callable[..., Tensor]] = {"ce": F.cross_entropy, "lovasz": lovasz_softmax}
+    fn = usual.get(loss) or _uniloss(metric, seed, options)
     model = seeded(seed, fcn)
     gen = torch.Generator().manual_seed(seed)
     opt = sgd(model, 0.1)
@@ -554,7 +556,7 @@ def jobs_for(tasks: Sequence[str], seeds: Sequence[int], variants: Dict[str, dic
     jobs = []
     for name in sorted(tasks, key=lambda t: -TASKS[t].weight):
         task = TASKS[name]
-        rows = [(label, kind, loss, {}) for label, (kind, loss) in task.losses.items()]
+        rows: List[Tuple[str, str, str, dict]] = [(label, kind, loss, {}) for label, (kind, loss) in task.losses.items()]
         rows += [(f"UniLoss, {v}", "variant", "uniloss", opts) for v, opts in variants.items()]
         for label, kind, loss, opts in rows:
             if kind in kinds:

@@ -26,7 +26,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -234,7 +234,7 @@ class CifarResNet(nn.Module):
         """Kaiming-normal init of convs and the head (zero bias); BN weight 1, bias 0."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                mode = "fan_out" if isinstance(m, nn.Conv2d) else "fan_in"
+                mode: Literal["fan_in", "fan_out"] = "fan_out" if isinstance(m, nn.Conv2d) else "fan_in"
                 nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

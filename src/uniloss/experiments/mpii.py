@@ -236,7 +236,7 @@ def crop_image(image: Tensor, center: Tensor, side: float, size: int) -> Tensor:
     return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
-def mpii_pckh(pred: Tensor, gt: Tensor, visible: Tensor, headsize: Tensor, threshold: float = 0.5) -> Dict[str, object]:
+def mpii_pckh(pred: Tensor, gt: Tensor, visible: Tensor, headsize: Tensor, threshold: float = 0.5) -> Dict[str, Tensor]:
     """PCKh as MPII's evaluation computes it (``evaluatePCKh.m``; HRNet's ``mpii.evaluate``).
 
     Args:

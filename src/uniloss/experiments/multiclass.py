@@ -84,7 +84,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -379,12 +379,12 @@ def load_digit_pairs(data_dir: Optional[str], device: torch.device) -> Splits:
 def _crop_flip(x: Tensor, generator: torch.Generator, *, padding: int = 4) -> Tensor:
     """The CIFAR augmentation: random crop after ``padding`` pixels of zeros, then a random
     left-right flip, per sample, on ``x``'s device."""
-    return random_hflip(random_crop(x, padding, generator), generator=generator)
+    return cast(Tensor, random_hflip(cast(Tensor, random_crop(x, padding, generator)), generator=generator))
 
 
 def _crop(x: Tensor, generator: torch.Generator, *, padding: int = 2) -> Tensor:
     """Random crop only (a flip would turn "12" into a mirrored "21")."""
-    return random_crop(x, padding, generator)
+    return cast(Tensor, random_crop(x, padding, generator))
 
 
 # --------------------------------------------------------------------------- model, losses, metrics
@@ -410,6 +410,9 @@ class ImageClassifier(nn.Module):
         torch.Size([2, 10])
     """
 
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], *, channels_last: bool = True) -> None:
         super().__init__()
         self.net = net
@@ -417,7 +420,7 @@ class ImageClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
         self.channels_last = channels_last
         if channels_last:
-            self.net.to(memory_format=torch.channels_last)
+            self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
 
     def forward(self, x: Tensor) -> Tensor:
         """``[N, C, H, W]`` uint8 or float -> logits ``[N, classes]``."""
@@ -524,12 +527,14 @@ def multiclass_loss(name: str, generator: torch.Generator) -> Tuple[Callable, Op
     if name == "uniloss-published":  # the published CIFAR script's update (experiments/published.py)
         from .published import PublishedLoss
 
-        module = PublishedLoss(uniloss.MulticlassAccuracy(), generator=generator)
-        return module, module
+        published = PublishedLoss(uniloss.MulticlassAccuracy(), generator=generator)
+        return published, published
     if name in WARMUP_VARIANTS:
         first, then, steps = WARMUP_VARIANTS[name]
-        module = WarmupLoss(multiclass_loss(first, generator)[1], multiclass_loss(then, generator)[1], steps)
-        return module, module
+        first_loss, then_loss = multiclass_loss(first, generator)[1], multiclass_loss(then, generator)[1]
+        assert first_loss is not None and then_loss is not None  # warm-up variants switch between loss modules
+        warmup = WarmupLoss(first_loss, then_loss, steps)
+        return warmup, warmup
     if name not in UNILOSS_VARIANTS:
         raise ValueError(f"unknown loss {name!r}; expected ce, uniloss-published or one of "
                          f"{', '.join([*UNILOSS_VARIANTS, *WARMUP_VARIANTS])}")

@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -334,7 +334,7 @@ def keypoint_target(y: Tensor, stride: int) -> uniloss.KeypointTarget:
     return uniloss.KeypointTarget(to_heatmap(y[..., :2], stride).contiguous(), y[..., 2] > 0, y[:, 0, 3] / stride)
 
 
-def gaussian_heatmaps(keypoints: Tensor, visible: Tensor, shape: Tuple[int, int], sigma: float) -> Tensor:
+def gaussian_heatmaps(keypoints: Tensor, visible: Tensor, shape: Sequence[int], sigma: float) -> Tensor:
     """Gaussian target heatmaps ``exp(-((X - x)^2 + (Y - y)^2) / (2 sigma^2))`` (peak 1 at the
     sub-pixel joint, untruncated), zero for invisible joints.
 
@@ -357,7 +357,7 @@ def gaussian_heatmaps(keypoints: Tensor, visible: Tensor, shape: Tuple[int, int]
     return torch.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)) * (visible != 0)[..., None, None]
 
 
-def exact_heatmaps(keypoints: Tensor, visible: Tensor, shape: Tuple[int, int]) -> Tensor:
+def exact_heatmaps(keypoints: Tensor, visible: Tensor, shape: Sequence[int]) -> Tensor:
     """Target 1 at the heatmap pixel nearest the joint, 0 elsewhere (all 0 for an invisible
     joint or one outside the heatmap). ``[N, J, H, W]``."""
     h, w = shape
@@ -409,6 +409,9 @@ class HeatmapNet(nn.Module):
         >>> net(torch.zeros(2, 1, 64, 64, dtype=torch.uint8)).shape
         torch.Size([2, 1, 1, 16, 16])
     """
+
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
 
     def __init__(self, hourglass: nn.Module, *, mean: Sequence[float] = (MNIST_MEAN,),
                  std: Sequence[float] = (MNIST_STD,), eval_chunk: int = 256) -> None:
@@ -485,7 +488,7 @@ def pose_loss(
         """Sum over stacks of the MSE against the same target heatmaps."""
         t = keypoint_target(y, stride)
         target = make(t.keypoints, t.visible, outputs.shape[-2:])
-        return sum(heatmap_mse(outputs[:, k], target, t.visible) for k in range(outputs.shape[1]))
+        return cast(Tensor, sum(heatmap_mse(outputs[:, k], target, t.visible) for k in range(outputs.shape[1])))
 
     return mse, None
 

@@ -8,7 +8,7 @@ calling :func:`register`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -71,7 +71,7 @@ class Experiment:
     recipe: Recipe
     load: Callable[[Optional[str], torch.device], Splits]
     model: Callable[[str], nn.Module]
-    loss: Callable[[str, torch.Generator], Callable]
+    loss: Callable[[str, torch.Generator], Tuple[Callable, Optional[nn.Module]]]
     evaluate: Callable[[Tensor, Tensor], Dict[str, float]]
     paper: Dict[Tuple[str, str], float] = field(default_factory=dict)
     augment: Optional[Callable[[Tensor, torch.Generator], Tensor]] = None
@@ -104,10 +104,12 @@ class Table:
     paper_dataset: Optional[str] = None
 
 
-TABLES: Dict[str, Table] = {}
+# name -> a Table, or a group of tables with ``parts`` (multiclass.TableGroup, defined above this module)
+TABLES: Dict[str, Any] = {}
+_T = TypeVar("_T")
 
 
-def register_table(name: str, table: Table) -> Table:
+def register_table(name: str, table: _T) -> _T:
     TABLES[name] = table
     return table
 
@@ -146,10 +148,11 @@ def _ap_model(loss: str) -> nn.Module:
     return MLP(784, (500, 300), 2 if loss == "ce" else 1)
 
 
-def _ap_loss(loss: str, generator: torch.Generator) -> Callable:
+def _ap_loss(loss: str, generator: torch.Generator) -> Tuple[Callable, Optional[nn.Module]]:
     if loss in ("uniloss", "uniloss-previous", "uniloss-paper"):
-        options = {"uniloss": {}, "uniloss-previous": dict(pull=0.0, grad_scale="distance"),
-                   "uniloss-paper": dict(pull=0.0, grad_scale=1.0)}[loss]
+        presets: Dict[str, Dict[str, Any]] = {"uniloss": {}, "uniloss-previous": dict(pull=0.0, grad_scale="distance"),
+                                              "uniloss-paper": dict(pull=0.0, grad_scale=1.0)}
+        options = presets[loss]
         ul = uniloss.UniLoss(uniloss.AveragePrecision(), generator=generator, **options)
         return lambda out, y: ul(out[:, 0], y), ul
     if loss == "uniloss-memory":  # the batch plus the 256 most recent training samples
@@ -160,8 +163,8 @@ def _ap_loss(loss: str, generator: torch.Generator) -> Callable:
     if loss in ("uniloss-published", "uniloss-published-truegrad"):  # the published script (published.py)
         from .published import PublishedAPLoss
 
-        ul = PublishedAPLoss(generator=generator, published_sign=loss == "uniloss-published")
-        return lambda out, y: ul(out[:, 0], y), ul
+        published = PublishedAPLoss(generator=generator, published_sign=loss == "uniloss-published")
+        return lambda out, y: published(out[:, 0], y), published
     if loss == "ce":
         return nn.functional.cross_entropy, None
     if loss == "bce":

@@ -22,10 +22,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, cast
 
 import torch
 
+from ..functional import LossInfo
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .registry import Experiment, Recipe
 
@@ -250,7 +251,8 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
             optimizer.step()
             loss_sum += loss.detach()
             if ul_module is not None:
-                m, s = ul_module.last.metric.detach(), ul_module.last.surrogate.detach()
+                info = cast(LossInfo, ul_module.last)  # the loss module's (nn.Module's typing hides it)
+                m, s = info.metric.detach(), info.surrogate.detach()
                 ok = ~torch.isnan(m)
                 metric_sum += torch.where(ok, m, 0.0)
                 surrogate_sum += torch.where(ok, s, 0.0)

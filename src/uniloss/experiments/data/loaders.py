@@ -272,6 +272,7 @@ def load_fashion_mnist(split: str = "train", *, data_dir: Optional[PathArg] = No
 def find_cifar_folder(spec: DatasetSpec, split: str, roots: Sequence[DataRoot]):
     """First root (in lookup order) holding the archive or a complete extracted folder.
     Within a root the extracted folder wins (no decompression needed)."""
+    assert spec.meta is not None and spec.archive_folder is not None  # a CIFAR spec has both
     needed = [m.filename for m in spec.members[split]] + [spec.meta.filename]
     archive_name = spec.files["archive"].filename
     for root in roots:
@@ -335,6 +336,7 @@ def load_cifar(name: str = "cifar-10", split: str = "train", *,
     else:
         label_key, names_key, n_classes = b"coarse_labels", b"coarse_label_names", 20
 
+    assert spec.meta is not None and spec.archive_folder is not None  # a CIFAR spec has both
     members = list(spec.members[split]) + [spec.meta]
     found = find_cifar_folder(spec, split, search_roots(data_dir))
     if found is not None and found[0] == "folder":
