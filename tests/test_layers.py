@@ -135,3 +135,26 @@ def test_no_module_imports_another_modules_private_name():
 def test_the_benchmarks_and_examples_import_no_private_name():
     paths = [(p.stem, p) for folder in ("benchmarks", "examples", "scripts") for p in sorted((ROOT / folder).glob("*.py"))]
     assert _private_imports(paths) == []
+
+
+def test_loss_info_names_the_path_that_ran():
+    """One dispatch, visible: given dense anchors -> dense; sampled -> structured; above
+    chunk_bits comparisons (a decomposition with blocks: PCK) -> chunked."""
+    import torch
+
+    import uniloss
+
+    g = torch.Generator().manual_seed(0)
+    scores, target = torch.randn(12, generator=g), torch.arange(12) % 3 == 0
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=g)
+    loss_fn(scores, target)
+    assert loss_fn.last.path == "structured"
+    anchors = torch.rand(5, 4 * 8, generator=g) < 0.5
+    _, info = uniloss.functional.uniloss_with_info(scores, target, uniloss.AveragePrecision(), anchors=anchors)
+    assert info.path == "dense"
+    heat = torch.randn(2, 3, 8, 8, generator=g)
+    joints = uniloss.KeypointTarget(torch.randint(0, 8, (2, 3, 2), generator=g).float(), torch.ones(2, 3, dtype=torch.bool),
+                                    torch.full((2,), 4.0))
+    info_small = uniloss.functional.uniloss_with_info(heat, joints, uniloss.PCK(), generator=g)[1]
+    info_chunked = uniloss.functional.uniloss_with_info(heat, joints, uniloss.PCK(), generator=g, chunk_bits=8)[1]
+    assert (info_small.path, info_chunked.path) == ("structured", "chunked")

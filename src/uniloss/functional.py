@@ -38,6 +38,9 @@ class LossInfo:
         num_bits: ``l``, the number of comparisons the loss saw.
         anchor_values: ``[t]`` metric values at the anchors, best first.
         kinds: ``(name, count)`` of the anchor rows.
+        path: the engine path that ran: ``"dense"`` (given dense anchors, or no comparison),
+            ``"structured"`` (sampled anchors, the default) or ``"chunked"`` (the structured engine
+            block by block, above ``chunk_bits`` comparisons).
     """
 
     metric: Tensor
@@ -46,6 +49,7 @@ class LossInfo:
     num_bits: int
     anchor_values: Tensor
     kinds: tuple
+    path: str = "dense"
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -166,7 +170,7 @@ def uniloss_with_info(
                 distance=distance, pull=pull,
             )
             loss = loss.to(scores.dtype)
-            return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds), decomposition, target)
+            return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
     c = decomposition.comparisons(scores, target).reshape(-1)
     if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
         c = c.float()
@@ -213,7 +217,8 @@ def uniloss_with_info(
         grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance,
     )
     loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull)
-    return loss, with_exact_metric(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds), decomposition, target)
+    return loss, with_exact_metric(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds, "structured"),
+                                   decomposition, target)
 
 
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
