@@ -144,7 +144,8 @@ def _pck_batch(seed, n=2, j=3, h=9, w=8, dtype=torch.float64):
 
 @pytest.mark.parametrize("options", [dict(pull=0, grad_scale="distance"), dict(temperature_scale="rms"),
                                      dict(distance="cross_entropy", grad_scale="normalized"),
-                                     dict(temperature_scale="rms", distance="cross_entropy", pull=0.7)])
+                                     dict(temperature_scale="rms", distance="cross_entropy", pull=0.7),
+                                     dict(nearby="informative", num_nearby=9)])
 @pytest.mark.parametrize("chunk_bits", [1, 37, 200])
 @pytest.mark.parametrize("good_flips", [1, 2])
 def test_blocks_equal_one_block(chunk_bits, good_flips, options, monkeypatch):
@@ -292,6 +293,7 @@ def test_all_single_flip_good_anchors_equal_their_dense_weighted_form(name, grad
     [
         (dict(good_anchors="every"), "`good_anchors`"),
         (dict(chunk_bits=0), "`chunk_bits`"),
+        (dict(nearby="useful"), "`nearby`"),
         (dict(good_anchors="all", anchors=torch.ones(2, 6, dtype=torch.bool)), "good_anchors='all'"),
     ],
 )
@@ -303,3 +305,35 @@ def test_bad_structured_options_raise(kw, match):
 def test_all_good_anchors_need_segments():
     with pytest.raises(ValueError, match="segments"):
         F.uniloss(torch.randn(6), torch.tensor([1, 0, 0, 1, 0, 1]), MarginRecall(), good_anchors="all")
+
+
+@pytest.mark.parametrize("grad_scale", [1.0, "bounded"])
+@pytest.mark.parametrize("name", CASES)
+def test_informative_nearby_anchors_are_the_anchor_set_without_the_uninformative_ones(name, grad_scale, regime):
+    """nearby="informative" on the structured path equals the dense path on the same anchors,
+    and equals nearby="all" on the anchor set from which the nearby anchors no better than the
+    hard configuration were removed by hand."""
+    dec, scores, target = _case(name)
+    anchors, prepared = _anchor_set(dec, scores, target, seed=1, num_nearby=12)
+    kw = dict(grad_scale=grad_scale, temperature=0.7, pull=0.5)
+    structured = _run(scores, prepared, dec, anchors=anchors, nearby="informative", **kw)
+    dense = _run(scores, prepared, dec, anchors=uniloss.AnchorSet(anchors.dense(), anchors.kinds),
+                 nearby="informative", **kw)
+    _assert_same(structured, dense)
+    # The oracle: drop the uninformative nearby rows and interpolate over the rest, all weighing one.
+    bits = anchors.dense()
+    hard = dec.comparisons(scores, prepared).reshape(-1) > 0
+    values = dec.evaluate(torch.cat([bits, hard[None]]), prepared).double()
+    metric, values = values[-1], values[:-1]
+    better = values > metric if dec.higher_is_better else values < metric
+    keep, kinds, row = [], [], 0
+    for kind, count in anchors.kinds:
+        rows = [i for i in range(row, row + count) if kind != "nearby" or better[i]]
+        keep += rows
+        kinds.append((kind, len(rows)))
+        row += count
+    reduced = _run(scores, prepared, dec, anchors=uniloss.AnchorSet(bits[keep], tuple(kinds)), nearby="all", **kw)
+    torch.testing.assert_close(structured[0], reduced[0], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(structured[1], reduced[1], rtol=1e-10, atol=1e-14)
+    if ("nearby", 12) in anchors.kinds and len(keep) < bits.shape[0]:  # something was dropped: the rule matters
+        assert not torch.equal(structured[1], _run(scores, prepared, dec, anchors=anchors, nearby="all", **kw)[1])

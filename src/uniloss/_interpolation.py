@@ -114,8 +114,9 @@ def sq_distances_from_costs(base: Tensor, flip: Tensor, disagreement: Tensor) ->
     return base.sum() + disagreement @ flip
 
 
-def idw_from_sq_distances(sq: Tensor, values: Tensor) -> Tensor:
-    """Shepard interpolation (power 1) from squared distances ``[t]`` and values ``[t]``."""
+def idw_from_sq_distances(sq: Tensor, values: Tensor, anchor_weights: Optional[Tensor] = None) -> Tensor:
+    """Shepard interpolation (power 1) from squared distances ``[t]`` and values ``[t]``; an
+    anchor of weight ``w`` (``anchor_weights``, default 1 each) counts as ``w`` coinciding ones."""
     sq = sq.clamp_min(0.0)
     hit = sq <= 0
     safe = torch.where(hit, torch.ones_like(sq), sq)
@@ -124,6 +125,8 @@ def idw_from_sq_distances(sq: Tensor, values: Tensor) -> Tensor:
     # weights lie in (0, 1] and cannot overflow when the point nearly sits on an anchor.
     weights = dist.detach().min() / dist
     weights = torch.where(hit.any(), hit.to(weights.dtype), weights)
+    if anchor_weights is not None:
+        weights = weights * anchor_weights
     return (weights * values).sum() / weights.sum()
 
 
@@ -139,10 +142,35 @@ def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor
     return torch.minimum(unit, harmonic) if grad_scale == "bounded" else unit
 
 
-def harmonic_distance(sq: Tensor) -> Tensor:
-    """The harmonic mean of the anchors' distances ``t / sum_i 1/d_i`` (detached, 0 on a hit)."""
+NEARBY = ("all", "informative")
+
+
+def anchor_weights(nearby: str, kinds, values: Tensor, metric: Tensor, sign: float) -> Optional[Tensor]:
+    """``[t]`` weights of the anchors in the interpolation for the ``nearby`` rule (``None``: one
+    each). ``"informative"``: a nearby anchor (the hard configuration with one wrong bit flipped
+    toward best) weighs 0 unless its metric is better than the hard configuration's ``metric``
+    (``sign`` is the loss's: -1 where higher is better). Such an anchor sits at Hamming distance
+    one, the closest of all, and where one flip leaves the metric unchanged (a sample with several
+    wrong comparisons under an argmax) it holds weight without a direction and pushes the flipped
+    comparison back toward wrong (``docs/results/metric-wins/``, the nearby-anchor probe)."""
+    if nearby == "all" or not any(name == "nearby" for name, _ in kinds):
+        return None
+    weights = torch.ones_like(values)
+    row = 0
+    for name, count in kinds:
+        if name == "nearby":
+            weights[row : row + count] = ((values[row : row + count] - metric) * -sign > 0).to(values.dtype)
+        row += count
+    return weights
+
+
+def harmonic_distance(sq: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """The harmonic mean of the anchors' distances ``t / sum_i 1/d_i`` (detached, 0 on a hit;
+    with ``weights``, ``sum_i w_i / sum_i w_i / d_i``)."""
     d = sq.detach().clamp_min(0.0).sqrt()
-    return d.numel() / (1.0 / d).sum()
+    if weights is None:
+        return d.numel() / (1.0 / d).sum()
+    return weights.sum() / (weights / d).sum()
 
 
 def interpolate(u: Tensor, anchors: Tensor, values: Tensor) -> Tensor:

@@ -67,7 +67,7 @@ class UniLoss(nn.Module):
             or a constant (``1.0``: the paper's plain ``-g~``).
         pull: weight of the pull toward the best configuration added to the gradient (default
             1; 0 is the paper); see :func:`uniloss.functional.uniloss`.
-        temperature_scale, distance: see :func:`uniloss.functional.uniloss`.
+        temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
         good_anchors: ``"sample"`` (default, the paper: ``num_good`` random single-bit flips of
@@ -111,6 +111,7 @@ class UniLoss(nn.Module):
         temperature_scale: Optional[str] = None,
         distance: str = "euclidean",
         pull: float = 1.0,
+        nearby: str = "all",
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -119,7 +120,7 @@ class UniLoss(nn.Module):
                 f"{type(decomposition).__name__}"
             )
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull)
+                      temperature_scale, distance, pull, nearby)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
         self.decomposition = decomposition
@@ -133,6 +134,7 @@ class UniLoss(nn.Module):
         self.temperature_scale = temperature_scale
         self.distance = distance
         self.pull = pull
+        self.nearby = nearby
         self.last = None
 
     # Whether forward() has seen an initialised process group (a class default, for modules
@@ -167,6 +169,7 @@ class UniLoss(nn.Module):
             temperature=self.temperature, grad_scale=self.grad_scale, generator=self.generator,
             validate_args=self.validate_args, good_anchors=self.good_anchors, chunk_bits=self.chunk_bits,
             temperature_scale=self.temperature_scale, distance=self.distance, pull=self.pull,
+            nearby=getattr(self, "nearby", "all"),  # modules pickled before the option existed
         )
         return loss
 

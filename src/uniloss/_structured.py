@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ._anchors import AnchorSet, draw_anchors, unpack_codes
-from ._interpolation import bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances
+from ._interpolation import anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances
 
 _TABLES: dict = {}
 
@@ -317,6 +317,7 @@ def structured_loss(
     sign: float,
     all_good: int = 0,
     distance: str = "euclidean",
+    nearby: str = "all",
 ):
     """The loss from comparisons ``c`` (attached to them) and a structured anchor set.
 
@@ -373,6 +374,9 @@ def structured_loss(
         weights = torch.ones_like(sq)
         weights[1 : 1 + l] = all_good / l
         kinds = kinds[:1] + (("good", l),) + kinds[1:]
+    useful = anchor_weights(nearby, kinds, values, metric, sign)
+    if useful is not None:
+        weights = useful if weights is None else weights * useful
     g, dg_dsq, harmonic = idw_closed_form(sq, values, weights)
     # The factor 2 / tau (or 1 / tau) of d(d^2)/dc (see grad_comparisons), times the gradient's scale.
     factor = grad_factor(temperature, distance)
@@ -493,6 +497,7 @@ def chunked_loss(
     temperature_scale: Optional[str] = None,
     distance: str = "euclidean",
     pull: float = 0.0,
+    nearby: str = "all",
 ):
     """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull`` as
     :func:`uniloss.functional.uniloss` documents it).
@@ -565,7 +570,7 @@ def chunked_loss(
         ])
         values = decomposition.evaluate_zeros(zeros, target).to(dtype)
         metric, values = values[-1], values[:-1]
-        g, dg_dsq, harmonic = idw_closed_form(sq, values)
+        g, dg_dsq, harmonic = idw_closed_form(sq, values, anchor_weights(nearby, anchors.kinds, values, metric, sign))
 
     def block_grads(coef, s: Tensor):
         """``(c, dL/dc)`` of every block, the interpolation's part only, for the gradient ``coef``."""

@@ -15,8 +15,8 @@ from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
 from ._decomposition import Decomposition, validate_scores
 from ._interpolation import (
-    DISTANCES, TEMPERATURE_SCALES, bit_costs, comparison_scale, gradient_scale, harmonic_distance,
-    idw_from_sq_distances, sq_distances_from_costs,
+    DISTANCES, NEARBY, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale, gradient_scale,
+    harmonic_distance, idw_from_sq_distances, sq_distances_from_costs,
 )
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy
 from ._structured import Runs, chunked_loss, structured_loss
@@ -67,7 +67,7 @@ GRAD_SCALES = ("distance", "bounded", "normalized")
 def check_options(
     num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
     good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
-    distance: object = "euclidean", pull: object = 0.0,
+    distance: object = "euclidean", pull: object = 0.0, nearby: object = "all",
 ) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
@@ -86,6 +86,8 @@ def check_options(
         raise ValueError(f"Expected `distance` in {DISTANCES}, but got {distance!r}")
     if pull != 0.0:
         V.check_positive("pull", pull)
+    if nearby not in NEARBY:
+        raise ValueError(f"Expected `nearby` in {NEARBY}, but got {nearby!r}")
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
@@ -131,6 +133,7 @@ def uniloss_with_info(
     temperature_scale: Optional[str] = None,
     distance: str = "euclidean",
     pull: float = 1.0,
+    nearby: str = "all",
 ) -> "tuple[Tensor, LossInfo]":
     """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
     if not isinstance(decomposition, Decomposition):
@@ -140,7 +143,7 @@ def uniloss_with_info(
         )
     if validate_args:
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull)
+                      temperature_scale, distance, pull, nearby)
         V.check_generator(generator)
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
@@ -167,7 +170,7 @@ def uniloss_with_info(
                 scores, target, decomposition, segments, chunk_bits=min(limit, BLOCK_BITS), num_good=num_good,
                 num_nearby=num_nearby, num_bad=num_bad, generator=generator,
                 temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
-                distance=distance, pull=pull,
+                distance=distance, pull=pull, nearby=nearby,
             )
             loss = loss.to(scores.dtype)
             return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
@@ -203,7 +206,7 @@ def uniloss_with_info(
             wrong = hard != cast(Tensor, anchor_set.best) if anchor_set.is_structured else None
     if l == 0 or not anchor_set.is_structured:
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
-                                 distance)
+                                 distance, nearby)
         return _with_pull(loss, c, best, decomposition, target, temperature, pull), with_exact_metric(info, decomposition, target)
     if all_good and decomposition.num_good_flips(target, l) != 1:
         raise ValueError(
@@ -214,7 +217,7 @@ def uniloss_with_info(
     assert wrong is not None  # structured anchors: set above
     loss, values, metric, surrogate, kinds = structured_loss(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
-        grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance,
+        grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance, nearby=nearby,
     )
     loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull)
     return loss, with_exact_metric(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds, "structured"),
@@ -245,7 +248,8 @@ def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any)
     return replace(info, metric=exact.detach().to(info.metric.dtype))
 
 
-def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign, distance):
+def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign, distance,
+                nearby="all"):
     """The dense path: anchors as a ``[t, l]`` tensor, interpolation through autograd."""
     l = c.numel()
     _, base, flip = bit_costs(c, temperature, distance)
@@ -259,9 +263,10 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
         loss = zero_loss(scores)
     else:
         sq = sq_distances_from_costs(base, flip, (bits != hard).to(c.dtype))
-        g = idw_from_sq_distances(sq, values)
+        weights = anchor_weights(nearby, anchor_set.kinds, values, metric, sign)
+        g = idw_from_sq_distances(sq, values, weights)
         surrogate = g.detach()
-        scale = gradient_scale(grad_scale, harmonic_distance(sq), lambda: _total_push(g, c))
+        scale = gradient_scale(grad_scale, harmonic_distance(sq, weights), lambda: _total_push(g, c))
         signed = sign * g
         # The scale multiplies the gradient only: the value stays -g~ (or g~) so it reads as the metric.
         loss = signed.detach() + (signed - signed.detach()) * scale
@@ -304,6 +309,7 @@ def uniloss(
     temperature_scale: Optional[str] = None,
     distance: str = "euclidean",
     pull: float = 1.0,
+    nearby: str = "all",
 ) -> Tensor:
     r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
 
@@ -346,6 +352,11 @@ def uniloss(
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
             ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured:
             the scores then grow without bound and training stalls).
+        nearby: ``"all"`` (default, the paper) or ``"informative"``: a nearby anchor weighs 0
+            unless its metric is better than the current configuration's (see
+            :func:`uniloss._interpolation.anchor_weights`; measured on the metric-wins suite:
+            ahead of the default on balanced accuracy, macro-F1 and NDCG, no imbalanced-AP
+            collapse, 0.5 behind on Fashion-MNIST; not the default yet).
         distance: ``"euclidean"`` (default, the paper) or ``"cross_entropy"`` (per bit, the
             Bernoulli cross-entropy of the anchor's bit under ``u``; see
             :func:`uniloss._interpolation.bit_costs`).
@@ -375,6 +386,6 @@ def uniloss(
         scores, target, decomposition, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
         temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
         validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
-        temperature_scale=temperature_scale, distance=distance, pull=pull,
+        temperature_scale=temperature_scale, distance=distance, pull=pull, nearby=nearby,
     )
     return loss
