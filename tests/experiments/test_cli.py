@@ -219,6 +219,50 @@ def test_download_flag_fetches_missing_files_and_the_error_names_it(tmp_path, mo
     assert os.environ[loaders.DOWNLOAD_VAR] == "1"  # and so for the runs `reproduce` starts
 
 
+def test_download_flag_fetches_the_files_from_a_server_on_localhost(tmp_path, monkeypatch, capsys):
+    """End to end: ``--download`` fetches MNIST from an HTTP server on 127.0.0.1 (serving the
+    publishers' files from ../shared/data), verifies the checksums and trains."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from uniloss.experiments.data import loaders, paths, registry
+
+    source = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+    if not (source / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"the MNIST files are not at {source}")
+    requested = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requested.append(self.path)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(source)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        monkeypatch.setitem(registry.DATASETS, "mnist", registry.replace_spec("mnist", mirrors=(url,)))
+        monkeypatch.setattr(paths, "repo_root", lambda: None)  # hide ../shared/data of this checkout
+        monkeypatch.setenv("UNILOSS_DATA", str(tmp_path / "env"))
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        monkeypatch.setenv(loaders.DOWNLOAD_VAR, "0")
+        monkeypatch.chdir(tmp_path)
+        data = tmp_path / "data"
+        data.mkdir()
+        argv = ["train", "mnist-ap", "--data-dir", str(data), "--limit-train", "64", "--epochs", "1",
+                "--threads", "1", "--out", str(tmp_path / "run")]
+        assert main(argv) == 2 and "--download" in capsys.readouterr().err  # not fetched without the flag
+        assert requested == []
+        assert main(argv + ["--download"]) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert sorted(p.rsplit("/", 1)[-1] for p in requested) == sorted(p.name for p in source.glob("*.gz"))
+    fetched = sorted(p.name for p in tmp_path.rglob("*.gz"))
+    assert fetched == sorted(p.name for p in source.glob("*.gz"))
+    assert (tmp_path / "run").exists()
+
+
 SMALL = ["--limit-train", "64", "--epochs", "1", "--threads", "1"]
 
 
