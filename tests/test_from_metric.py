@@ -596,3 +596,169 @@ def test_binary_ranking_decodes_as_the_ranking_decoder():
     ranking_plan = decoder.prepare(scores, target)
     bits = torch.rand(16, plan.num_bits, generator=_gen(2)) < 0.5
     assert torch.equal(site.decode(bits)[1], decoder.decode(bits, ranking_plan))
+
+
+# --------------------------------------------------------------------------- later calls: re-run fn, replay the tape
+
+
+def _torchmetrics_cases():
+    tm = pytest.importorskip("torchmetrics")
+    from torchmetrics.functional.classification import (binary_average_precision, binary_f1_score,
+                                                        multiclass_accuracy)
+    from torchmetrics.functional.retrieval import retrieval_normalized_dcg
+
+    def mc(seed):
+        s, y = _multiclass(seed, n=64, c=5)
+        return s.float(), y
+
+    def binary(seed):
+        s, y = _binary(seed, n=64)
+        return s.float(), y
+
+    def graded(seed):
+        s, r = _graded(seed)
+        return s.float(), r
+
+    del tm
+    return {
+        "tm_multiclass_accuracy_micro": (functools.partial(multiclass_accuracy, num_classes=5, average="micro"), mc),
+        "tm_multiclass_accuracy_macro": (functools.partial(multiclass_accuracy, num_classes=5), mc),
+        "tm_binary_average_precision": (binary_average_precision, binary),
+        "tm_binary_f1_score": (binary_f1_score, binary),
+        "tm_retrieval_normalized_dcg": (functools.partial(retrieval_normalized_dcg, top_k=5), graded),
+    }
+
+
+def _all_cases():
+    cases = {name: (fn, data) for name, (fn, _, data, _) in CASES.items()}
+    try:
+        cases.update(_torchmetrics_cases())
+    except pytest.skip.Exception:
+        pass
+    return cases
+
+
+def _same_decomposition(a, b, scores, target, seed):
+    """Two TracedMetrics of one fn give the same comparisons, best bits, values and loss."""
+    pa, pb = a.prepare(scores, target), b.prepare(scores, target)
+    assert torch.equal(a.comparisons(scores, pa), b.comparisons(scores, pb))
+    assert torch.equal(a.best(pa), b.best(pb))
+    bits = torch.rand(7, pa.num_bits, generator=_gen(seed)) < 0.5
+    assert torch.equal(a.evaluate(bits, pa), b.evaluate(bits, pb))
+    grads = []
+    for metric in (a, b):
+        x = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(metric, generator=_gen(seed))(x, target)
+        loss.backward()
+        grads.append((loss.detach(), x.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("name", sorted(_all_cases()))
+def test_later_calls_rerun_fn_without_tracing_and_match_a_fresh_trace(name, monkeypatch):
+    """After the first call of an input shape, fn runs under a mode that only checks it takes the
+    recorded operations; the discrete steps, comparisons, tape and loss are those a fresh trace
+    finds, bit for bit."""
+    fn, data = _all_cases()[name]
+    traced = from_metric(fn)
+    traced.prepare(*data(0))  # the first call traces
+    traced.metric(*data(0))  # so does the first under no_grad
+    traces = []
+    full = uniloss.TracedMetric._full_trace
+    monkeypatch.setattr(uniloss.TracedMetric, "_full_trace", lambda self, *a: traces.append(1) or full(self, *a))
+    for seed in (1, 2, 3):
+        scores, target = data(seed)
+        fresh = from_metric(fn)
+        _same_decomposition(traced, fresh, scores, target, seed)
+        assert float(traced.metric(scores, target)) == pytest.approx(float(fn(scores, target)), abs=1e-6)
+    assert len(traces) == 3  # the fresh metrics only: `traced` re-ran fn
+
+
+def test_a_branch_that_goes_the_other_way_is_traced_again(monkeypatch):
+    """Python control flow on the target (not on discrete results) may change from call to call:
+    a re-run that meets other operations, other arguments or other shapes traces fn again."""
+    def branching(s, y):
+        pred = s.argmax(1)
+        if int(y.max()) >= 2:  # a Python read of the target, not of a discrete result
+            return (pred == y).float().mean()
+        return (pred != y).float().mean()
+
+    def positives_only(s, y):  # the shapes depend on the target's values
+        keep = (y > 0).nonzero().reshape(-1)
+        return (s[keep].argmax(1) == y[keep]).float().mean()
+
+    for fn in (branching, positives_only):
+        traced = from_metric(fn)
+        traces = []
+        full = uniloss.TracedMetric._full_trace
+        monkeypatch.setattr(uniloss.TracedMetric, "_full_trace", lambda self, *a: traces.append(1) or full(self, *a))
+        for seed in range(6):
+            s, y = _multiclass(seed, n=12, c=3)
+            y = y.clamp(max=1) if seed % 2 else y  # the branch alternates
+            y[0] = 1 if seed % 2 else 2
+            y[1 + seed % 3:] = y[1 + seed % 3:]  # different numbers of positives
+            assert float(traced.metric(s, y)) == pytest.approx(float(fn(s, y)), abs=1e-9)
+            x = s.clone().requires_grad_()
+            uniloss.UniLoss(traced, generator=_gen(seed))(x, y).backward()
+            assert torch.isfinite(x.grad).all()
+        assert len(traces) >= 2  # traced again when the branch changed
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("name", sorted(_all_cases()))
+def test_the_tape_batched_by_hand_under_vmap_and_fn_itself_agree(name):
+    """The anchors' values from the tape batched by hand ("direct"), from the tape under vmap and
+    from fn replayed whole are the same, for every operation these metrics use."""
+    fn, data = _all_cases()[name]
+    scores, target = data(4)
+    traced = from_metric(fn)
+    plan = traced.prepare(scores, target)
+    assert plan.trace.tape is not None and plan.trace.tape.direct, plan.trace.why_no_tape
+    bits = torch.rand(9, plan.num_bits, generator=_gen(5)) < 0.5
+    traced.evaluate(bits, plan)
+    assert traced._tapes[plan.key] == "direct"  # chosen after checks against fn on the first call
+    values = {}
+    for kind in ("direct", "vmap", "off"):
+        plan.tape = kind
+        values[kind] = traced.evaluate(bits, plan)
+    assert torch.allclose(values["direct"], values["off"], atol=1e-6, equal_nan=True)
+    assert torch.allclose(values["vmap"], values["off"], atol=1e-6, equal_nan=True)
+
+
+def test_writes_into_tensors_made_before_the_step_are_replayed_on_copies():
+    """``pred[s > 0] = True`` into a tensor made before the comparison: the tape replays the write
+    on a copy per anchor (vmap cannot batch it; fn replayed whole falls back to a loop)."""
+    def f1_written(s, y):
+        pred = torch.zeros_like(y, dtype=torch.bool)
+        pred[s > 0] = True
+        tp = (pred & (y == 1)).sum()
+        return 2 * tp / (pred.sum() + (y == 1).sum()).clamp_min(1)
+
+    scores, target = _binary(14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the first call's check replays fn whole, one anchor at a time
+        traced = from_metric(f1_written)
+        plan = traced.prepare(scores, target)
+        bits = torch.rand(6, plan.num_bits, generator=_gen(6)) < 0.5
+        values = traced.evaluate(bits, plan)
+    hand = zoo.f_beta(1.0)
+    assert torch.allclose(values, hand.evaluate(bits, hand.prepare(scores, target)).to(values.dtype), atol=1e-6)
+    assert traced._tapes[plan.key] == "direct"
+    scores2, target2 = _binary(15)
+    assert float(traced.metric(scores2, target2)) == pytest.approx(float(f1_written(scores2, target2)))
+
+
+def test_a_cached_trace_keeps_no_tensor_of_its_call_alive():
+    import gc
+    import weakref
+
+    traced = from_metric(average_precision)
+    scores, target = _binary(16)
+    x = scores.clone().requires_grad_()
+    loss = uniloss.UniLoss(traced, generator=_gen(0))(x * 2, target)
+    loss.backward()
+    ref = weakref.ref(x)
+    del x, loss
+    gc.collect()
+    assert ref() is None
+    assert traced._graphs  # cached

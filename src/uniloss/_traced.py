@@ -21,6 +21,23 @@ Monotone maps between the scores and a discrete step are looked through (``sigmo
 compares ``s`` with 0, ``softmax(s).argmax(1)`` is ``s.argmax(1)``), so the comparisons are score
 differences in the scores' own units. What cannot be traced raises :class:`TraceError` naming the
 operation and the line of ``fn``.
+
+What makes it cheap (``benchmarks/from_metric_training.py``):
+
+* **the tape** (:class:`_Recorder`, :class:`_Tape`): the trace also records the operations that
+  depend on the discrete steps. The anchors are evaluated by replaying only those that the
+  trained steps' outputs reach, everything else (argument checks, what ``fn`` computes from the
+  scores or the target alone) held at its traced value; batched by hand over the anchors where
+  every operation has a rule (:func:`_direct_rule`), else under vmap. The first calls of each
+  structure compare the tape with ``fn`` replayed whole on the same configurations and keep the
+  first way that agrees (``fn`` itself when none does).
+* **the re-run** (:class:`_Graph`, :class:`_Rerun`): the trace records every operation ``fn``
+  runs, what its arguments are (numbers, and tensors as the operation that made them) and the
+  shapes it returns. A later call with inputs of the same shapes runs ``fn`` under a mode that
+  only checks each operation against that record and keeps what it returns; where ``fn`` takes
+  the same operations on the same kinds of arguments (only tensor values differ) the discrete
+  steps, their comparisons and the tape are the trace's with this run's tensors. A Python branch
+  that goes the other way, another argument or another shape is traced again.
 """
 
 from __future__ import annotations
@@ -222,6 +239,7 @@ class _Call:
     strict: bool = True  # as traced: output = plus > minus (strict) or plus >= minus
     out_shape: Tuple[int, ...] = ()
     dtype: Optional[torch.dtype] = None  # the scores side's dtype
+    event: int = -1  # the index of the operation in fn's run (see _Mode.events)
 
     @property
     def axis(self) -> int:
@@ -266,17 +284,1084 @@ def _is_const(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, Tensor)
 
 
+# --------------------------------------------------------------------------- the replay tape
+
+# Python values an operation may return about a tensor without carrying its data (shapes,
+# dtypes, flags): under vmap they are the same for every anchor as in the trace.
+_META_TYPES = (bool, int, float, complex, str, type(None), torch.Size, torch.dtype, torch.device, torch.layout,
+               torch.memory_format)
+_MUTATES: Dict[Any, bool] = {}
+
+
+def _mutates(func: Any, name: str) -> bool:
+    """Whether ``func`` writes into its first argument (``add_``, ``x[i] = v``, ``x += y``)."""
+    known = _MUTATES.get(func)
+    if known is None:
+        known = name in _INPLACE_DUNDER or (name[-1:] == "_" and name[:1] != "_") or name == "__set__"
+        if len(_MUTATES) < 4096:
+            _MUTATES[func] = known
+    return known
+
+
+def _storage(t: Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # a tensor without storage (a subclass, a functional wrapper)
+        return -1
+
+
+class _Ref:
+    """A tensor of the tape inside a container argument: the value of slot ``slot`` when the
+    tape is replayed."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+
+class _Step:
+    """One operation of the tape. ``kind``: ``"op"`` (``func(*args, **kwargs)``), ``"inplace"``
+    (``func`` writing into a copy of its first argument), ``"site"`` (the discrete step
+    ``index``: the anchors' decoded outputs, formatted) or ``"bincount"`` (of discrete results).
+    ``outs``: the slot of each tensor the step returns (``None`` for other values); ``fills``:
+    ``(position, slot)`` of the arguments that are tensors of the tape; ``nested``: positions
+    (ints) and keywords (strs) of containers holding some."""
+
+    __slots__ = ("kind", "func", "args", "kwargs", "outs", "single", "fills", "nested", "index", "call", "rule")
+
+    def __init__(self, kind: str, func: Any, args: tuple, kwargs: Dict, outs: tuple, single: bool,
+                 fills: List[Tuple[int, int]], nested: list, index: int = -1,
+                 call: Optional["_Call"] = None) -> None:
+        self.kind, self.func, self.args, self.kwargs, self.outs, self.single = kind, func, args, kwargs, outs, single
+        self.fills, self.nested, self.index, self.call = fills, nested, index, call
+        self.rule: Optional[tuple] = None  # how it runs on the anchors' batch by hand (see _direct_rule)
+
+
+def _walk_tensors(value: Any):
+    """The tensors inside ``value`` (containers, slices), at any depth."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _walk_tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _walk_tensors(v)
+    elif isinstance(value, slice):
+        yield from _walk_tensors((value.start, value.stop, value.step))
+
+
+_SAME_VALUES = {"reshape", "view", "flatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as", "to", "type",
+                "type_as", "float", "double", "long", "int", "bool", "half", "contiguous", "clone", "detach"}
+
+
+def _realias(value: Any, to: Callable[[int], int]) -> Any:
+    if isinstance(value, _Ref):
+        return _Ref(to(value.slot))
+    if isinstance(value, (list, tuple)):
+        items = [_realias(v, to) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        return {k: _realias(v, to) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(_realias(value.start, to), _realias(value.stop, to), _realias(value.step, to))
+    return value
+
+
+def _key_of(value: Any) -> Any:
+    """A hashable stand-in for an argument (tensors by identity), or raise TypeError."""
+    if isinstance(value, Tensor):
+        return ("tensor", id(value))
+    if isinstance(value, (list, tuple)):
+        return (type(value),) + tuple(_key_of(v) for v in value)
+    if isinstance(value, dict):
+        return (dict,) + tuple((k, _key_of(v)) for k, v in value.items())
+    if isinstance(value, slice):
+        return (slice, _key_of(value.start), _key_of(value.stop), _key_of(value.step))
+    hash(value)
+    return (type(value), value)
+
+
+def _step_key_of(s: "_Step") -> Optional[tuple]:
+    """Steps with equal keys compute the same thing: the same operation on the same slots and the
+    same other arguments."""
+    filled = dict(s.fills)
+    try:
+        args = tuple(("slot", filled[i]) if i in filled else _key_of(a) for i, a in enumerate(s.args))
+        return (s.func, args, _key_of(s.kwargs))
+    except TypeError:  # an argument without a stable key
+        return None
+
+
+def _refs(value: Any):
+    """The :class:`_Ref` inside a template."""
+    if isinstance(value, _Ref):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _refs(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _refs(v)
+    elif isinstance(value, slice):
+        yield from _refs((value.start, value.stop, value.step))
+
+
+def _fill(value: Any, env: List[Any]) -> Any:
+    if isinstance(value, _Ref):
+        return env[value.slot]
+    if isinstance(value, (list, tuple)):
+        items = [_fill(v, env) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        return {k: _fill(v, env) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(_fill(value.start, env), _fill(value.stop, env), _fill(value.step, env))
+    return value
+
+
+class _Recorder:
+    """While ``fn`` is traced, records the operations that depend on its discrete steps, so that
+    evaluating the anchors replays only those (a :class:`_Tape`) instead of all of ``fn``: its
+    argument checks and what it computes from the scores or the target alone are the same for
+    every anchor. Kept lean: it runs on every operation of every trace. ``off`` says why a tape
+    cannot stand in for ``fn`` (a write into a tensor the tape holds, a result that is neither a
+    tensor nor a Python scalar...)."""
+
+    def __init__(self) -> None:
+        self.slot_of: Dict[int, int] = {}
+        self.tensors: List[Tensor] = []  # slot -> its tensor in the trace (kept alive: ids stay unique)
+        self.steps: List[_Step] = []
+        self.off: Optional[str] = None
+        self.snapshots: Dict[int, int] = {}  # id of a copy taken before an operation wrote -> the operation
+
+    def stop(self, why: str) -> None:
+        if self.off is None:
+            self.off = why
+        self.steps = []
+
+    def _new(self, t: Tensor) -> int:
+        slot = len(self.tensors)
+        self.tensors.append(t)
+        self.slot_of[id(t)] = slot
+        return slot
+
+    def _holds_slot(self, value: Any) -> bool:
+        slot_of = self.slot_of
+        return any(id(t) in slot_of for t in _walk_tensors(value))
+
+    def _inputs(self, args: Sequence, kwargs: Dict, start: int = 0) -> Tuple[List[Tuple[int, int]], list]:
+        slot_of, fills, nested = self.slot_of, [], []
+        for i in range(start, len(args)):
+            a = args[i]
+            if isinstance(a, Tensor):
+                slot = slot_of.get(id(a))
+                if slot is not None:
+                    fills.append((i, slot))
+            elif isinstance(a, (list, tuple, slice, dict)) and self._holds_slot(a):
+                nested.append(i)
+        if kwargs:
+            for k, a in kwargs.items():
+                if (isinstance(a, Tensor) and id(a) in slot_of) or (
+                        isinstance(a, (list, tuple, slice, dict)) and self._holds_slot(a)):
+                    nested.append(k)
+        return fills, nested
+
+    def _outputs(self, out: Any, name: str) -> Optional[Tuple[tuple, bool]]:
+        if isinstance(out, Tensor):
+            return (self._new(out),), True
+        if isinstance(out, (tuple, list)):
+            slots: List[Optional[int]] = []
+            for o in out:
+                if isinstance(o, Tensor):
+                    slots.append(self._new(o))
+                elif isinstance(o, _META_TYPES):
+                    slots.append(None)
+                else:
+                    self.stop(f"`{name}` returns a {type(o).__name__}")
+                    return None
+            return tuple(slots), False
+        if not isinstance(out, _META_TYPES):
+            self.stop(f"`{name}` returns a {type(out).__name__}")
+        return None
+
+    def op(self, func: Any, name: str, args: Sequence, kwargs: Dict, out: Any) -> None:
+        """An operation whose arguments depend on a discrete step."""
+        fills, nested = self._inputs(args, kwargs)
+        made = self._outputs(out, name)
+        if made is not None and self.off is None:
+            self.steps.append(_Step("op", func, tuple(args), kwargs, made[0], made[1], fills, nested))
+
+    def site(self, index: int, call: "_Call", out: Any) -> None:
+        """Discrete step ``index``: the anchors' decoded outputs stand in for what it returned."""
+        if self.off is None:
+            made = self._outputs(out, call.name)
+            if made is not None and self.off is None:
+                self.steps.append(_Step("site", None, (), {}, made[0], made[1], [], [], index=index, call=call))
+
+    def bincount(self, index: int, call: "_Call", args: Sequence, kwargs: Dict, out: Tensor) -> None:
+        if self.off is None:
+            pair = (args[0], _arg(args, kwargs, 1, "weights", None))
+            fills, nested = self._inputs(pair, {})
+            self.steps.append(_Step("bincount", None, pair, {}, (self._new(out),), True, fills, nested,
+                                    index=index, call=call))
+
+    def _shares(self, t: Tensor, but: Optional[Tensor] = None) -> bool:
+        """Whether a tensor the steps hold (other than ``but`` itself) shares ``t``'s memory."""
+        ptr = _storage(t)
+        if ptr == 0:  # no elements: nothing to write
+            return False
+        held = list(self.tensors)
+        for s in self.steps:
+            held.extend(_walk_tensors((s.args, s.kwargs)))
+        return ptr == -1 or any(h is not but and _storage(h) == ptr for h in held)
+
+    def write(self, name: str, args: Sequence, kwargs: Dict, recorded: bool, event: int = -1) -> Optional[Tensor]:
+        """Before ``func`` writes into ``args[0]``: whether the tape can follow. ``recorded``: the
+        write depends on a discrete step (it becomes an ``"inplace"`` step); otherwise the tape
+        must not hold the tensor at all. Returns a snapshot of a constant about to be written."""
+        if self.off is not None or not (recorded or self.steps):
+            return None
+        if "out" in kwargs:
+            self.stop(f"`{name}` writes into `out=`")
+            return None
+        target = args[0] if args and isinstance(args[0], Tensor) else None
+        if target is None:
+            self.stop(f"`{name}` writes into something other than its first argument")
+            return None
+        slot = self.slot_of.get(id(target))
+        if not recorded:
+            if self._shares(target):
+                self.stop(f"`{name}` writes into a tensor the replay reads")
+            return None
+        if self._shares(target, but=target if slot is not None else None):
+            self.stop(f"`{name}` writes into a tensor that shares memory with another one the replay reads")
+            return None
+        if slot is not None:
+            return None
+        before = target.clone()
+        self.snapshots[id(before)] = event  # a re-run of fn copies the tensor before this operation too
+        return before
+
+    def inplace(self, func: Any, name: str, args: Sequence, kwargs: Dict, before: Optional[Tensor]) -> None:
+        """After a write into ``args[0]`` that depends on a discrete step: replayed on a copy."""
+        if self.off is not None:
+            return
+        target = args[0]
+        slot = self.slot_of.get(id(target))
+        fills, nested = self._inputs(args, kwargs, start=1)
+        if slot is None:  # a constant written with values of the tape: from its snapshot
+            args = (before,) + tuple(args[1:])
+            slot = self._new(target)
+        else:
+            fills.insert(0, (0, slot))
+        self.steps.append(_Step("inplace", func, tuple(args), kwargs, (slot,), True, fills, nested))
+
+    def compile(self, out: Tensor, active: set) -> Optional["_Tape"]:
+        """The steps ``fn``'s value ``out`` needs, given the discrete steps ``active`` (trained,
+        or aliases of trained ones) whose outputs change with the anchors; ``None`` without a
+        tape."""
+        if self.off is not None:
+            return None
+        out_slot = self.slot_of.get(id(out))
+        if out_slot is None:
+            return None
+        slot_of = self.slot_of
+        written = {s.outs[0] for s in self.steps if s.kind == "inplace"}
+        live = [False] * len(self.tensors)
+        kept = []
+        for s in self.steps:
+            if s.kind == "site":
+                on = s.index in active
+            else:
+                on = any(live[slot] for _, slot in s.fills) or bool(written and written.intersection(s.outs))
+                for where in s.nested:
+                    value = s.args[where] if isinstance(where, int) else s.kwargs[where]
+                    on = on or any(live[slot_of[id(t)]] for t in _walk_tensors(value) if id(t) in slot_of)
+            if on:
+                for o in s.outs:
+                    if o is not None:
+                        live[o] = True
+                kept.append(s)
+        if not live[out_slot]:
+            return None
+        needed, program = {out_slot}, []
+        for s in reversed(kept):
+            if any(o in needed for o in s.outs if o is not None):
+                program.append(s)
+                needed.update(slot for _, slot in s.fills if live[slot])
+                for where in s.nested:
+                    value = s.args[where] if isinstance(where, int) else s.kwargs[where]
+                    needed.update(slot_of[id(t)] for t in _walk_tensors(value) if id(t) in slot_of)
+        program.reverse()
+        direct = True
+        for s in program:  # slots that do not change with the anchors stay their traced tensors
+            s.fills = [(i, slot) for i, slot in s.fills if live[slot]]
+            if s.nested:
+                templates = [(where, self._template(s.args[where] if isinstance(where, int) else s.kwargs[where],
+                                                    live)) for where in s.nested]
+                s.nested = [(where, t) for where, t in templates if any(isinstance(v, _Ref) for v in _refs(t))]
+            s.rule = _direct_rule(s, self.tensors.__getitem__)
+            direct = direct and s.rule is not None
+        program, out_slot = self._simplify(program, out_slot)
+        return _Tape(program, self.tensors, out_slot, direct)
+
+    def _simplify(self, program: List[_Step], out_slot: int) -> Tuple[List[_Step], int]:
+        """Drop the steps that return their input unchanged (a reshape to the same shape, a cast
+        to the same dtype) and those that repeat an earlier one on the same arguments (``tp * 2``
+        computed twice): their results alias the earlier slots."""
+        alias: Dict[int, int] = {}
+
+        def to(slot: int) -> int:
+            while slot in alias:
+                slot = alias[slot]
+            return slot
+
+        seen: Dict[tuple, int] = {}
+        kept = []
+        written = {s.outs[0] for s in program if s.kind == "inplace"}  # slots with several versions
+        for s in program:
+            s.fills = [(i, to(slot)) for i, slot in s.fills]
+            if s.nested:
+                s.nested = [(where, _realias(t, to)) for where, t in s.nested]
+            elif s.kind == "op" and s.single and s.outs[0] not in written and \
+                    not any(slot in written for _, slot in s.fills):
+                out = self.tensors[s.outs[0]]
+                if len(s.fills) == 1 and s.fills[0][0] == 0 and _op_name(s.func) in _SAME_VALUES:
+                    x = self.tensors[s.fills[0][1]]
+                    if x.shape == out.shape and x.dtype == out.dtype:
+                        alias[s.outs[0]] = s.fills[0][1]
+                        continue
+                key = _step_key_of(s)
+                if key is not None:
+                    if key in seen:
+                        alias[s.outs[0]] = seen[key]
+                        continue
+                    seen[key] = s.outs[0]
+            kept.append(s)
+        return kept, to(out_slot)
+
+    def _template(self, value: Any, live: List[bool]) -> Any:
+        """``value`` with the tensors the anchors change replaced by a :class:`_Ref` to their slot."""
+        if isinstance(value, Tensor):
+            slot = self.slot_of.get(id(value))
+            return _Ref(slot) if slot is not None and live[slot] else value
+        if isinstance(value, (list, tuple)):
+            items = [self._template(v, live) for v in value]
+            return items if isinstance(value, list) else tuple(items)
+        if isinstance(value, dict):
+            return {k: self._template(v, live) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(self._template(value.start, live), self._template(value.stop, live),
+                         self._template(value.step, live))
+        return value
+
+
+class _Tape:
+    """The part of ``fn`` downstream of its trained discrete steps, as recorded in the trace:
+    replayed on the anchors' decoded outputs (under :func:`torch.func.vmap`), with everything
+    else held at its traced value."""
+
+    def __init__(self, steps: List[_Step], traced: List[Tensor], out: int, direct: bool) -> None:
+        self.steps, self.traced, self.num_slots, self.out = steps, traced, len(traced), out
+        self.direct = direct  # every step has a rule to run on the anchors' batch by hand
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def _inputs(self, s: _Step, env: List[Any]) -> Tuple[Any, Dict]:
+        kwargs = s.kwargs
+        if not (s.fills or s.nested):
+            return s.args, kwargs
+        args = list(s.args)
+        for i, slot in s.fills:
+            args[i] = env[slot]
+        for where, value in s.nested:
+            if isinstance(where, int):
+                args[where] = _fill(value, env)
+            else:
+                kwargs = dict(kwargs)
+                kwargs[where] = _fill(value, env)
+        return args, kwargs
+
+    def run_direct(self, payloads: Dict[int, Any], formatters: Dict[int, Any], batch: int,
+                   check: bool = False) -> Tensor:
+        """The value for each of ``batch`` configurations at once, without vmap: ``payloads`` and
+        the tensors the anchors change hold a leading anchor dimension (``formatters``: each
+        site's ``format_batched``). ``check``: raise where a step's result is not the trace's
+        shape and dtype under the anchor dimension."""
+        env: List[Any] = [None] * self.num_slots
+        for s in self.steps:
+            rule = cast(tuple, s.rule)
+            if s.kind == "site":
+                call = cast(_Call, s.call)
+                if s.index in payloads:
+                    result = formatters[s.index](payloads[s.index], call.x)
+                elif isinstance(call.out, Tensor):
+                    result = _lead(call.out, batch)
+                else:
+                    result = type(call.out)(tuple(_lead(o, batch) for o in call.out))
+            else:
+                args, kwargs = self._inputs(s, env)
+                result = _run_direct(s, rule, list(args), kwargs, batch)
+            outs = (result,) if s.single else result
+            for slot, value in zip(s.outs, outs):
+                if slot is not None:
+                    if check:
+                        ref = self.traced[slot]
+                        if not isinstance(value, Tensor) or value.dtype != ref.dtype or \
+                                tuple(value.shape) != (batch,) + tuple(ref.shape):
+                            raise RuntimeError(f"step {_op_name(s.func) if s.func else s.kind} gave "
+                                               f"{getattr(value, 'shape', type(value))} for {tuple(ref.shape)}")
+                    env[slot] = value
+        out = env[self.out]
+        return out.reshape(batch)
+
+    def run(self, payloads: Dict[int, Any], formatters: Dict[int, Any]) -> Tensor:
+        """One configuration's value (vmapped over the anchors): ``formatters``, each site's
+        ``format``."""
+        env: List[Any] = [None] * self.num_slots
+        for s in self.steps:
+            if s.kind == "site":
+                call = cast(_Call, s.call)
+                result = formatters[s.index](payloads[s.index], call.x) if s.index in payloads else call.out
+            else:
+                args, kwargs = self._inputs(s, env)
+                if s.kind == "op":
+                    result = s.func(*args, **kwargs)
+                elif s.kind == "inplace":
+                    result = args[0].clone()
+                    s.func(result, *args[1:], **kwargs)
+                else:  # bincount: a scatter-add of the traced output's size (bincount has no batching rule)
+                    x, weights = args
+                    ref = cast(_Call, s.call).out
+                    src = torch.ones_like(x, dtype=ref.dtype) if weights is None else weights.to(ref.dtype)
+                    result = torch.zeros(ref.shape, dtype=ref.dtype, device=ref.device).scatter_add(0, x.long(), src)
+            if s.single:
+                env[s.outs[0]] = result
+            else:
+                for slot, value in zip(s.outs, result):
+                    if slot is not None:
+                        env[slot] = value
+        out = env[self.out]
+        return out if isinstance(out, Tensor) else torch.as_tensor(out)
+
+
+# --------------------------------------------------------------------------- re-running fn without tracing it again
+
+_PLAIN = (str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+def _sig(value: Any, produced: Dict[int, tuple], objects: Optional[Dict[int, Any]]) -> Any:
+    """What an argument is, comparable across runs of ``fn``: numbers with their type, tensors as
+    the operation that produced them (``produced``: id -> ``(operation, position)`` or
+    ``("in", k)``), anything else from outside by identity (kept alive in ``objects``)."""
+    kind = type(value)
+    if kind is Tensor:
+        ref = produced.get(id(value))
+        if ref is not None:
+            return ref
+    elif kind is int or kind is float or kind is bool:
+        return (kind, value)
+    elif kind is tuple:
+        return (tuple,) + tuple([_sig(v, produced, objects) for v in value])
+    if isinstance(value, Tensor):
+        ref = produced.get(id(value))
+        if ref is not None:
+            return ref
+    elif isinstance(value, _PLAIN) or value is Ellipsis:
+        return value
+    elif isinstance(value, (bool, int, float, complex)):
+        return (type(value), value)
+    elif isinstance(value, (tuple, list)):
+        return (type(value),) + tuple([_sig(v, produced, objects) for v in value])
+    elif isinstance(value, dict):
+        return (dict,) + tuple([(k, _sig(v, produced, objects)) for k, v in value.items()])
+    elif isinstance(value, slice):
+        return (slice, _sig(value.start, produced, objects), _sig(value.stop, produced, objects),
+                _sig(value.step, produced, objects))
+    if objects is not None:
+        objects[id(value)] = value
+    return ("obj", id(value))
+
+
+class _Static:
+    """A tensor of one call of ``fn`` in a cached tape program, by reference (see :func:`_sig`):
+    ``(operation, position)`` (``-1``: its only output), ``("in", k)``, ``("snap", operation)``
+    or ``("obj", id)``."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: tuple) -> None:
+        self.ref = ref
+
+
+def _has_static(value: Any) -> bool:
+    if isinstance(value, _Static):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_static(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_static(v) for v in value.values())
+    if isinstance(value, slice):
+        return _has_static((value.start, value.stop, value.step))
+    return False
+
+
+def _statics(value: Any, resolve: Callable[[tuple], Any]) -> Any:
+    if isinstance(value, _Static):
+        return resolve(value.ref)
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        items = [_statics(v, resolve) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        return {k: _statics(v, resolve) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(_statics(value.start, resolve), _statics(value.stop, resolve), _statics(value.step, resolve))
+    return value
+
+
+class _TapeProgram:
+    """A compiled tape with its tensors by reference: the tape of a later call of ``fn`` that ran
+    the same operations on the same kinds of arguments (see :class:`_Graph`)."""
+
+    def __init__(self, tape: "_Tape", ref: Callable[[Tensor], tuple]) -> None:
+        self.out, self.direct, self.num_slots = tape.out, tape.direct, tape.num_slots
+        self.steps = []
+        for s in tape.steps:
+            live = {i for i, _ in s.fills}
+            args = [None if i in live else self._static(a, ref) for i, a in enumerate(s.args)]
+            kwargs = {k: self._static(v, ref) for k, v in s.kwargs.items()}
+            nested = [(where, self._static(t, ref)) for where, t in s.nested]
+            direct = [(i, a.ref) for i, a in enumerate(args) if isinstance(a, _Static)]
+            deep = [i for i, a in enumerate(args) if not isinstance(a, _Static) and _has_static(a)]
+            deep_kw = any(_has_static(v) for v in kwargs.values()) or any(_has_static(t) for _, t in nested)
+            # the step without the trace's tensors (a cached program must not keep them alive)
+            bare = _Step(s.kind, s.func, (), {}, s.outs, s.single, s.fills, [], s.index)
+            bare.call = None if s.call is None else s.call.event  # type: ignore[assignment]  # a flag here
+            bare.rule = s.rule
+            self.steps.append((bare, args, kwargs, nested, direct, deep, deep_kw))
+        self.traced = {o: ref(tape.traced[o]) for s in tape.steps for o in s.outs if o is not None}
+
+    @staticmethod
+    def _static(value: Any, ref: Callable[[Tensor], tuple]) -> Any:
+        if isinstance(value, Tensor):
+            return _Static(ref(value))
+        if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+            items = [_TapeProgram._static(v, ref) for v in value]
+            return items if isinstance(value, list) else tuple(items)
+        if isinstance(value, dict):
+            return {k: _TapeProgram._static(v, ref) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(_TapeProgram._static(value.start, ref), _TapeProgram._static(value.stop, ref),
+                         _TapeProgram._static(value.step, ref))
+        return value
+
+    def instantiate(self, resolve: Callable[[tuple], Any], calls: List["_Call"]) -> "_Tape":
+        steps = []
+        for s, args, kwargs, nested, direct, deep, deep_kw in self.steps:
+            bound = list(args)
+            for i, r in direct:
+                bound[i] = resolve(r)
+            for i in deep:
+                bound[i] = _statics(args[i], resolve)
+            if deep_kw:
+                kwargs = _statics(kwargs, resolve)
+                nested = [(where, _statics(t, resolve)) for where, t in nested]
+            step = _Step(s.kind, s.func, tuple(bound), kwargs, s.outs, s.single, s.fills, nested, s.index,
+                         calls[s.index] if s.call is not None else None)
+            step.rule = s.rule
+            steps.append(step)
+        traced: List[Any] = [None] * self.num_slots
+        for slot, r in self.traced.items():
+            traced[slot] = resolve(r)
+        return _Tape(steps, traced, self.out, self.direct)
+
+
+@dataclass
+class _Graph:
+    """What a trace of ``fn`` found, in terms of the operations it ran, so that a later call whose
+    run of ``fn`` is the same sequence of operations on the same kinds of arguments (only tensor
+    values differ) needs no tracing: ``fn`` runs under :class:`_Rerun`, which checks each
+    operation against ``events`` and keeps what it returns, and the discrete steps, their
+    comparisons and the tape are the trace's with this run's tensors."""
+
+    events: List[list]  # [func, signature of the arguments, shapes returned]
+    out: tuple  # the reference of fn's value
+    objects: Dict[int, Any]
+    snapshots: frozenset  # operations whose first argument is copied before they run
+    calls: List[Tuple["_Call", Dict[str, tuple]]]  # each discrete step without tensors, and their references
+    finished: List[int]  # the steps whose monotone maps are looked through (trained and their aliases)
+    chains: List[tuple]  # (reference, score, (op, parent, constant) or None): what looking through reads
+    trained: List[int]
+    guards: Dict[int, str]
+    aliases: Dict[int, int]
+    program: Optional[_TapeProgram]
+    why_no_tape: Optional[str]
+
+
+class _Rerun(TorchFunctionMode):
+    """Runs ``fn`` as a trace found it (see :class:`_Graph`): checks that each operation is the
+    recorded one, on arguments of the recorded kinds, returning tensors of the recorded shapes,
+    and keeps what each returns. A difference sets ``diverged`` (fn then runs on untouched, and
+    the caller traces it)."""
+
+    def __init__(self, graph: _Graph, inputs: Sequence[Tensor]) -> None:
+        super().__init__()
+        self.graph, self.events, self.inputs = graph, graph.events, list(inputs)
+        self.produced: Dict[int, tuple] = {}
+        for k, t in enumerate(self.inputs):
+            self.produced.setdefault(id(t), ("in", k))
+        self.outputs: List[Any] = [None] * len(self.events)
+        self.snapshots: Dict[int, Tensor] = {}
+        self.count = 0
+        self.diverged = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.diverged:
+            return func(*args, **kwargs)
+        index = self.count
+        if index >= len(self.events):
+            self.diverged = True
+            return func(*args, **kwargs)
+        recorded, signature, kw_signature, shapes, writes = self.events[index]
+        produced = self.produced
+        same = recorded == func and len(args) == len(signature)
+        if same:
+            for a, sig in zip(args, signature):
+                if (produced.get(id(a)) if type(a) is Tensor else _sig(a, produced, None)) != sig:
+                    same = False
+                    break
+        if not same or kw_signature != (_sig(kwargs, produced, None) if kwargs else None):
+            self.diverged = True
+            return func(*args, **kwargs)
+        self.count = index + 1
+        if index in self.graph.snapshots:
+            self.snapshots[index] = args[0].clone()
+        out = func(*args, **kwargs)
+        result = args[0] if writes else out
+        if isinstance(result, Tensor):
+            if result.shape != shapes:
+                self.diverged = True
+            produced[id(result)] = (index, -1)
+        elif isinstance(result, (tuple, list)):
+            if not isinstance(shapes, tuple) or len(shapes) != len(result):
+                self.diverged = True
+                return out
+            for pos, (o, shape) in enumerate(zip(result, shapes)):
+                if isinstance(o, Tensor):
+                    if o.shape != shape:
+                        self.diverged = True
+                    produced[id(o)] = (index, pos)
+        self.outputs[index] = result
+        return out
+
+    def resolve(self, ref: tuple) -> Any:
+        """A tensor of this run by reference (see :class:`_Static`); ``(operation, None)``: all
+        that the operation returned."""
+        head = ref[0]
+        if head == "in":
+            return self.inputs[ref[1]]
+        if head == "snap":
+            return self.snapshots[ref[1]]
+        if head == "obj":
+            return self.graph.objects[ref[1]]
+        out = self.outputs[head]
+        return out if ref[1] is None or ref[1] == -1 else out[ref[1]]
+
+
+def _written(func: Any, args: Sequence, out: Any) -> Any:
+    """What an operation leaves behind: its result, or the tensor it wrote into (``x[i] = v``
+    returns nothing; the trace runs it as ``masked_fill_``, which returns ``x``)."""
+    if out is None and args and isinstance(args[0], Tensor) and _mutates(func, _op_name(func)):
+        return args[0]
+    if out is not None and isinstance(out, Tensor) and args and out is args[0] and _op_name(func) == "__setitem__":
+        return args[0]
+    return out
+
+
+def _input_key(inputs: Sequence[Tensor]) -> tuple:
+    """Calls whose inputs have these shapes, dtypes and devices, under this grad mode (``with
+    torch.no_grad()`` in fn restores it on exit), may re-run an earlier trace."""
+    return (torch.is_grad_enabled(),) + tuple((t.shape, t.dtype, t.device) for t in inputs)
+
+
+# --------------------------------------------------------------------------- the tape batched by hand
+
+# How each operation of the tape runs on a batch of anchors without vmap: every tensor the
+# anchors change holds a leading anchor dimension [t, *shape in the trace]; the rest are the
+# trace's. A tape with an operation outside these tables runs under vmap; a tape that runs is
+# checked against fn itself on the first call of each structure (see TracedMetric._tape_values).
+_BINARY = {
+    "eq", "ne", "lt", "le", "gt", "ge", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "greater",
+    "greater_equal", "less", "less_equal", "not_equal", "add", "sub", "mul", "div", "true_divide", "divide",
+    "multiply", "subtract", "rsub", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+    "__truediv__", "__rtruediv__", "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "bitwise_and",
+    "bitwise_or", "bitwise_xor", "logical_and", "logical_or", "logical_xor", "pow", "__pow__", "__rpow__",
+    "minimum", "maximum", "fmin", "fmax", "floor_divide", "__floordiv__", "__rfloordiv__", "remainder", "__mod__",
+    "__rmod__", "fmod", "atan2", "xlogy", "where", "masked_fill", "max", "min",
+}
+_UNARY = {
+    "neg", "__neg__", "negative", "abs", "__abs__", "logical_not", "bitwise_not", "__invert__", "isnan", "isinf",
+    "isfinite", "isposinf", "isneginf", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt",
+    "reciprocal", "sigmoid", "tanh", "square", "float", "double", "half", "long", "int", "bool", "short", "byte",
+    "to", "type", "type_as", "clone", "detach", "contiguous", "zeros_like", "ones_like", "empty_like", "full_like",
+    "nan_to_num", "relu", "clamp", "clip", "clamp_min", "clamp_max", "positive", "__pos__", "sign", "sgn", "floor",
+    "ceil", "round", "trunc", "frac", "logit", "erf",
+}
+_INPLACE_EW = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+               "__iand__", "__ior__", "__ixor__", "add_", "sub_", "mul_", "div_", "masked_fill_", "clamp_",
+               "clamp_min_", "clamp_max_", "fill_", "zero_", "neg_", "abs_", "pow_", "nan_to_num_"}
+_RESHAPES = {"reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as"}
+_EXPANDS = {"expand", "expand_as", "broadcast_to"}
+_REDUCTIONS = {"sum", "mean", "nansum", "nanmean", "prod", "amax", "amin", "any", "all", "count_nonzero", "max",
+               "min", "logsumexp"}
+# operations on one tensor along dimension(s) given at (position, keyword, default; _NO: required)
+_ALONG = {
+    "cumsum": (1, "dim", _NO), "cumprod": (1, "dim", _NO), "cummax": (1, "dim", _NO), "cummin": (1, "dim", _NO),
+    "logcumsumexp": (1, "dim", _NO), "softmax": (1, "dim", _NO), "log_softmax": (1, "dim", _NO),
+    "narrow": (1, "dim", _NO), "select": (1, "dim", _NO), "index_select": (1, "dim", _NO), "unbind": (1, "dim", 0),
+    "sort": (1, "dim", -1), "argsort": (1, "dim", -1), "topk": (2, "dim", -1), "diff": (2, "dim", -1),
+    "split": (2, "dim", 0), "chunk": (2, "dim", 0), "flip": (1, "dims", _NO), "roll": (2, "dims", _NO),
+    "transpose": (1, "dim0", _NO), "swapaxes": (1, "axis0", _NO), "swapdims": (1, "dim0", _NO),
+    "movedim": (1, "source", _NO), "moveaxis": (1, "source", _NO),
+}
+_GATHERS = {"gather": (0, 2, None), "scatter": (0, 2, 3), "scatter_add": (0, 2, 3), "scatter_add_": (0, 2, 3),
+            "scatter_": (0, 2, 3)}  # positions of the input, index, src
+
+
+def _shift(dim: Any) -> Any:
+    """A dimension of one anchor's tensor in the tensor of all anchors (negative ones count from
+    the end and stay)."""
+    if isinstance(dim, (list, tuple)):
+        return type(dim)(_shift(d) for d in dim)
+    return dim + 1 if dim >= 0 else dim
+
+
+def _is_dim(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_dim(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _lead(t: Tensor, batch: int) -> Tensor:
+    """A tensor of the trace, repeated over the anchors (a view)."""
+    return t.expand((batch,) + tuple(t.shape))
+
+
+def _direct_rule(step: _Step, traced: Callable[[int], Tensor]) -> Optional[tuple]:
+    """How ``step`` runs on the anchors' batch by hand, or ``None`` (vmap). ``traced(slot)``: the
+    tensor of a slot in the trace. ``step.nested`` holds only containers with tensors the
+    anchors change."""
+    kind = step.kind
+    if kind == "site":
+        return ("site",)
+    if kind == "bincount":
+        return ("bincount",) if not step.nested else None
+    name = _op_name(step.func)
+    args, kwargs = step.args, step.kwargs
+    batched = {i for i, _ in step.fills}
+    nested = dict(step.nested)
+    if any(not isinstance(w, int) for w in nested):
+        return None  # a tensor of the tape as a keyword
+    outs = [traced(o) for o in step.outs if o is not None]
+
+    def per_sample(i: int) -> Any:  # an argument as one anchor sees it
+        slot = next((s for j, s in step.fills if j == i), None)
+        return traced(slot) if slot is not None else args[i]
+
+    if kind == "inplace":
+        target_shape = tuple(traced(step.outs[0]).shape)
+        if name in _INPLACE_EW and not nested:
+            return ("ew", len(target_shape), _reshapes(step, per_sample, len(target_shape)),
+                    _common_dtype(name, args, per_sample, inplace=True), target_shape)
+        if name in _GATHERS and not nested and _is_dim(_arg(args, kwargs, 1, "dim", None)):
+            return ("gather", _GATHERS[name], target_shape)
+        if name == "__setitem__" and 1 in batched and len(args) == 3 and 2 not in batched and not nested:
+            mask = per_sample(1)  # x[mask] = value with a mask of x's shape: masked_fill
+            if mask.dtype == torch.bool and tuple(mask.shape) == target_shape and (
+                    not isinstance(args[2], Tensor) or args[2].dim() == 0):
+                return ("masked_write", target_shape)
+            return None
+        if name == "__setitem__" and 1 not in batched and len(args) == 3:
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if all(isinstance(i, (int, slice, type(None), type(Ellipsis))) or (
+                    isinstance(i, Tensor) and len(index) == 1) for i in index) and not nested:
+                region = torch.empty(target_shape, device="meta")[args[1]].dim()
+                value_dim = per_sample(2).dim() if isinstance(args[2], Tensor) else 0
+                return ("setitem", region, value_dim, target_shape)
+        return None
+    if not outs:
+        return None
+    out = outs[0]
+    if name in _REDUCTIONS and not (len(args) > 1 and isinstance(args[1], Tensor)):
+        if batched != {0} or nested:
+            return None
+        dim = _arg(args, kwargs, 1, "dim", None)
+        if dim is not None and not _is_dim(dim):
+            return None
+        if per_sample(0).dim() == 0 or dim is None or (isinstance(dim, (list, tuple)) and not dim):
+            if dim is None and _arg(args, kwargs, 2, "keepdim", False):
+                return None
+            return ("reduce_all",)
+        return ("reduce", "dim" in kwargs)
+    if name in _BINARY or name in _UNARY:
+        if name in ("to", "type_as", "type"):
+            return ("ew", 0, [], None, None) if 0 in batched and not nested else None
+        if nested or (name in _UNARY and batched != {0}):
+            return None
+        if name == "masked_fill" and 2 in batched:
+            return None
+        if name == "where" and len(args) != 3:
+            return None
+        nd = out.dim()
+        return ("ew", nd, _reshapes(step, per_sample, nd), _common_dtype(name, args, per_sample), None)
+    if name in _RESHAPES:
+        return ("reshape", tuple(out.shape)) if 0 in batched and not nested else None
+    if name in _EXPANDS:
+        if batched != {0} or nested:
+            return None
+        return ("expand", tuple(out.shape), per_sample(0).dim())
+    if name in ("permute", "t", "T", "mT"):
+        if batched != {0} or nested:
+            return None
+        nd = per_sample(0).dim()
+        if name == "permute":
+            dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
+            if dims is None or not _is_dim(dims):
+                return None
+            return ("permute", (0,) + tuple(d % nd + 1 for d in dims))
+        if name == "t" and nd < 2:
+            return ("reshape", tuple(out.shape))
+        if nd < 2 or (name in ("t", "T") and nd != 2):  # T reverses every dimension
+            return None
+        return ("permute", (0,) + tuple(range(1, nd - 1)) + (nd, nd - 1))
+    if name == "pad":  # F.pad: the last dimensions, constant mode
+        if batched != {0} or nested:
+            return None
+        return ("same",) if _arg(args, kwargs, 2, "mode", "constant") == "constant" else None
+    if name in _ALONG:
+        if batched != {0} or nested:
+            return None
+        position, key, default = _ALONG[name]
+        if name in ("diff",) and (_arg(args, kwargs, 3, "prepend", None) is not None
+                                  or _arg(args, kwargs, 4, "append", None) is not None):
+            return None
+        if name in ("flip", "permute") and len(args) > position + 1:
+            return None  # dims as several arguments
+        dim = _arg(args, kwargs, position, key, default)
+        if dim is _NO or dim is None or not _is_dim(dim):
+            return None
+        second = None
+        if name in ("transpose", "swapaxes", "swapdims", "movedim", "moveaxis"):
+            keys = {"transpose": "dim1", "swapaxes": "axis1", "swapdims": "dim1", "movedim": "destination",
+                    "moveaxis": "destination"}
+            second = _arg(args, kwargs, 2, keys[name], _NO)
+            if second is _NO or not _is_dim(second):
+                return None
+        return ("along", position, key, dim, second)
+    if name in ("diag", "diagonal"):
+        if batched != {0} or nested or (name == "diagonal" and len(args) > 2) or \
+                set(kwargs) - {"offset", "diagonal"}:
+            return None  # diagonal(x, offset, dim1, dim2) with other planes: vmap
+        offset = _arg(args, kwargs, 1, "diagonal" if name == "diag" else "offset", 0)
+        nd = per_sample(0).dim()
+        return ("diag", nd, offset) if isinstance(offset, int) and nd in (1, 2) else None
+    if name in _GATHERS:
+        dim = _arg(args, kwargs, 1, "dim", None)
+        if nested or not _is_dim(dim):
+            return None
+        return ("gather", _GATHERS[name], None)
+    if name in ("cat", "concat", "concatenate", "stack"):
+        items = nested.get(0)
+        if batched or list(nested) != [0] or not isinstance(items, (list, tuple)):
+            return None
+        dim = _arg(args, kwargs, 1, "dim", 0)
+        return ("cat", dim, tuple(isinstance(v, _Ref) for v in items)) if _is_dim(dim) else None
+    if name == "__getitem__" and len(args) == 2:
+        index = args[1]
+        if 1 in batched or 1 in nested:
+            if 1 in batched:
+                t, form = per_sample(1), "plain"
+            else:
+                inner = nested[1]
+                if not (isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], _Ref)):
+                    return None
+                t, form = traced(inner[0].slot), "tuple"
+            if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+                return None
+            return ("index", 0 in batched, form)
+        if nested or 0 not in batched:
+            return None
+        parts = index if isinstance(index, tuple) else (index,)
+        if all(isinstance(p, (int, slice, type(None), type(Ellipsis))) and not isinstance(p, bool) for p in parts):
+            return ("basic",)
+        if len(parts) == 1 and isinstance(parts[0], Tensor):
+            return ("take", parts[0].dtype == torch.bool)
+        return None
+    return None
+
+
+def _reshapes(step: _Step, per_sample: Callable[[int], Any], nd: int) -> List[Tuple[int, int]]:
+    """``(position, dims to add)`` of the anchors' tensors that have fewer dimensions than the
+    result: one anchor's tensor broadcasts from the right, so the anchor dimension needs ones
+    between it and the anchor's own dimensions."""
+    return [(i, nd - per_sample(i).dim()) for i, _ in step.fills if nd > per_sample(i).dim()]
+
+
+def _common_dtype(name: str, args: tuple, per_sample: Callable[[int], Any], inplace: bool = False
+                  ) -> Optional[Tuple[Tuple[int, ...], torch.dtype]]:
+    """Where a zero-dimensional tensor meets a tensor of another dtype, it takes part in type
+    promotion as a number; with an anchor dimension it would not. Cast the operands to the
+    dtype one anchor's operation computes in: ``(positions, dtype)``, or ``None``."""
+    positions = [i for i in range(len(args)) if isinstance(args[i], Tensor)]
+    if name == "where":
+        positions = [i for i in positions if i > 0]
+    elif name == "masked_fill" or name == "masked_fill_":
+        return None
+    if len(positions) != 2:
+        return None
+    a, b = per_sample(positions[0]), per_sample(positions[1])
+    if a.dtype == b.dtype or (a.dim() > 0 and b.dim() > 0):
+        return None
+    dtype = torch.result_type(a, b)
+    return (tuple(positions[1:]) if inplace else tuple(positions)), dtype
+
+
+def _run_direct(step: _Step, rule: tuple, args: list, kwargs: Dict, batch: int) -> Any:
+    """One operation of the tape on the anchors' batch, by hand (see :func:`_direct_rule`)."""
+    kind = rule[0]
+    func = step.func
+    if kind == "ew":
+        _, nd, reshapes, cast_to, target_shape = rule
+        for i, extra in reshapes:
+            a = args[i]
+            args[i] = a.reshape((a.shape[0],) + (1,) * extra + tuple(a.shape[1:]))
+        if cast_to is not None:
+            positions, dtype = cast_to
+            for i in positions:
+                args[i] = args[i].to(dtype)
+        if target_shape is None:
+            return func(*args, **kwargs)
+        target = args[0]
+        result = target.clone() if _batched(step, 0) else _lead(target, batch).clone()
+        func(result, *args[1:], **kwargs)
+        return result
+    if kind == "reduce_all":
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("dim", "keepdim")}
+        result = func(args[0].reshape(batch, -1), 1, **kwargs)
+        return result[0] if isinstance(result, tuple) else result
+    if kind == "reduce":
+        if rule[1]:
+            kwargs = dict(kwargs, dim=_shift(kwargs["dim"]))
+        else:
+            args[1] = _shift(args[1])
+        return func(*args, **kwargs)
+    if kind == "reshape":
+        return args[0].reshape((batch,) + rule[1])
+    if kind == "expand":
+        _, shape, nd = rule
+        x = args[0]
+        return x.reshape((batch,) + (1,) * (len(shape) - nd) + tuple(x.shape[1:])).expand((batch,) + shape)
+    if kind == "permute":
+        return args[0].permute(rule[1])
+    if kind == "diag":  # a vector into a matrix, or a matrix's diagonal
+        _, nd, offset = rule
+        return torch.diag_embed(args[0], offset) if nd == 1 else args[0].diagonal(offset, 1, 2).clone()
+    if kind == "same":
+        return func(*args, **kwargs)
+    if kind == "along":
+        _, position, key, dim, second = rule
+        if key in kwargs:
+            kwargs = dict(kwargs, **{key: _shift(dim)})
+        elif position < len(args):
+            args[position] = _shift(dim)
+        else:
+            kwargs = dict(kwargs, **{key: _shift(dim)})
+        if second is not None:
+            keys = {"transpose": "dim1", "swapaxes": "axis1", "swapdims": "dim1", "movedim": "destination",
+                    "moveaxis": "destination"}
+            k2 = keys[_op_name(func)]
+            if k2 in kwargs:
+                kwargs = dict(kwargs, **{k2: _shift(second)})
+            else:
+                args[2] = _shift(second)
+        return func(*args, **kwargs)
+    if kind == "gather":
+        (xi, ii, si), target_shape = rule[1], rule[2]
+        for i in (xi, ii, si):
+            if i is not None and i < len(args) and isinstance(args[i], Tensor) and not _batched(step, i):
+                args[i] = _lead(args[i], batch)
+        if "dim" in kwargs:
+            kwargs = dict(kwargs, dim=_shift(kwargs["dim"]))
+        else:
+            args[1] = _shift(args[1])
+        if target_shape is None:
+            return func(*args, **kwargs)
+        result = args[xi].clone()
+        func(result, *args[1:], **kwargs)
+        return result
+    if kind == "cat":
+        items = [v if changes else _lead(v, batch) for changes, v in zip(rule[2], args[0])]
+        dim = rule[1]
+        if len(args) > 1:
+            args[1] = _shift(dim)
+        else:
+            kwargs = dict(kwargs, dim=_shift(dim))
+        return func(items, *args[1:], **kwargs)
+    if kind == "basic":
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return args[0][(slice(None),) + index]
+    if kind == "take":  # an anchor's tensor indexed by one tensor of the trace
+        return args[0][:, args[1]]
+    if kind == "index":  # indexed by one tensor per anchor
+        x_batched, form = rule[1], rule[2]
+        index = args[1][0] if form == "tuple" else args[1]
+        if not x_batched:
+            return args[0][index]
+        rows = torch.arange(batch, device=index.device).reshape((batch,) + (1,) * (index.dim() - 1))
+        return args[0][rows, index]
+    if kind == "masked_write":
+        target, mask, value = args
+        result = target.clone() if _batched(step, 0) else _lead(target, batch).clone()
+        return result.masked_fill_(mask, value)
+    if kind == "setitem":
+        _, region, value_dim, target_shape = rule
+        target, index, value = args
+        result = target.clone() if _batched(step, 0) else _lead(target, batch).clone()
+        index = index if isinstance(index, tuple) else (index,)
+        if isinstance(value, Tensor) and _batched(step, 2) and region > value_dim:
+            value = value.reshape((batch,) + (1,) * (region - value_dim) + tuple(value.shape[1:]))
+        result[(slice(None),) + index] = value
+        return result
+    if kind == "bincount":
+        x, weights = args
+        ref = cast(_Call, step.call).out
+        x = x if _batched(step, 0) else _lead(x, batch)
+        src = torch.ones_like(x, dtype=ref.dtype) if weights is None else (
+            weights if _batched(step, 1) else _lead(weights, batch)).to(ref.dtype)
+        return torch.zeros((batch,) + tuple(ref.shape), dtype=ref.dtype, device=ref.device).scatter_add(
+            1, x.long(), src)
+    raise RuntimeError(f"no batched rule {kind!r}")
+
+
+def _batched(step: _Step, position: int) -> bool:
+    return any(i == position for i, _ in step.fills)
+
+
 class _Mode(TorchFunctionMode):
     """Runs ``fn``: traces it (``calls is None``) or replays it with ``payloads`` (site index ->
     decoded output of one anchor) in place of the traced discrete steps."""
 
     def __init__(self, fn: Any, scores: Tensor, calls: Optional[List[_Call]] = None,
                  payloads: Optional[Dict[int, Any]] = None, formatters: Optional[Dict[int, Any]] = None,
-                 vmapped: bool = False) -> None:
+                 vmapped: bool = False, inputs: Sequence[Tensor] = ()) -> None:
         super().__init__()
         self.fn = fn
         self.info: Dict[int, _Info] = {id(scores): _Info(True, frozenset())}
-        self.keep: List[Tensor] = [scores]
+        self.keep: List[Any] = [scores]
         self.tracing = calls is None
         self.calls: List[_Call] = [] if calls is None else calls
         self.payloads = payloads or {}
@@ -284,6 +1369,18 @@ class _Mode(TorchFunctionMode):
         self.vmapped = vmapped
         self.count = 0
         self.guards: Dict[int, str] = {}  # site -> where fn read it as a Python value
+        self.rec: Optional[_Recorder] = _Recorder() if self.tracing else None
+        # A trace also records every operation fn runs (see _Graph): the operation, what its
+        # arguments are (numbers as such, tensors as the operation that made them: _sig) and the
+        # shapes it returns; `produced` maps a tensor to (operation, position) or ("in", k).
+        self.events: Optional[List[list]] = [] if self.tracing else None
+        self.produced: Dict[int, tuple] = {}
+        self.objects: Dict[int, Any] = {}  # what fn used from outside its arguments, by id (kept alive)
+        self.event = -1  # the operation being run
+        if self.tracing:
+            for k, t in enumerate([scores, *inputs]):
+                self.produced.setdefault(id(t), ("in", k))
+                self.keep.append(t)
 
     # -- bookkeeping
     def _get(self, t: Tensor) -> Optional[_Info]:
@@ -323,8 +1420,40 @@ class _Mode(TorchFunctionMode):
     # -- the hook
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        events = self.events
+        if events is None:
+            return self._handle(func, args, kwargs)
+        index = len(events)
+        produced, objects = self.produced, self.objects
+        event = [func, tuple([_sig(a, produced, objects) for a in args]),
+                 _sig(kwargs, produced, objects) if kwargs else None, None, False]
+        events.append(event)
+        self.event = index
+        out = self._handle(func, args, kwargs)
+        result = _written(func, args, out)
+        event[4] = result is not out or (result is not None and _op_name(func) == "__setitem__")
+        if isinstance(result, Tensor):
+            produced[id(result)] = (index, -1)
+            event[3] = result.shape
+        elif isinstance(result, (tuple, list)):
+            shapes = []
+            for pos, o in enumerate(result):
+                if isinstance(o, Tensor):
+                    produced[id(o)] = (index, pos)
+                    shapes.append(o.shape)
+                else:
+                    shapes.append(None)
+            event[3] = tuple(shapes)
+        self.keep.append(result)
+        return out
+
+    def _handle(self, func, args: Sequence, kwargs: Dict) -> Any:
         infos = self._collect(args, kwargs)
+        rec = self.rec
         if not infos:
+            if rec is not None and rec.off is None and rec.steps and (
+                    "out" in kwargs or _mutates(func, _op_name(func))):
+                rec.write(_op_name(func), args, kwargs, recorded=False)
             return func(*args, **kwargs)
         name = _op_name(func)
         score = False
@@ -354,8 +1483,19 @@ class _Mode(TorchFunctionMode):
         if name == "__setitem__" and _mask_fill(args):
             # x[mask] = value with a mask of x's shape: the same as masked_fill_, which vmap batches
             func, args = Tensor.masked_fill_, (args[0], args[1], args[2])
+        if rec is None or rec.off is not None:
+            out = func(*args, **kwargs)
+            self._tag(out, name, args, kwargs, score, sites)
+            return out
+        writes = "out" in kwargs or _mutates(func, name)
+        before = rec.write(name, args, kwargs, recorded=bool(sites), event=self.event) if writes else None
         out = func(*args, **kwargs)
         self._tag(out, name, args, kwargs, score, sites)
+        if sites:
+            if writes:
+                rec.inplace(func, name, args, kwargs, before)
+            else:
+                rec.op(func, name, args, kwargs, out)
         return out
 
     # -- tagging ordinary results
@@ -478,7 +1618,7 @@ class _Mode(TorchFunctionMode):
         if self.tracing:
             out = func(*args, **kwargs)
             self.calls.append(_Call(name, "frozen", tuple(first.shape) if first is not None else (),
-                                    _frames(self.fn), out=out))
+                                    _frames(self.fn), out=out, event=self.event))
             return out
         return call.out
 
@@ -489,7 +1629,9 @@ class _Mode(TorchFunctionMode):
         index, call = self._next("bincount", tuple(x.shape))
         if self.tracing:
             out = func(*args, **kwargs)
-            self.calls.append(_Call("bincount", "bincount", tuple(x.shape), _frames(self.fn), out=out))
+            self.calls.append(_Call("bincount", "bincount", tuple(x.shape), _frames(self.fn), out=out,
+                                    event=self.event))
+            cast(_Recorder, self.rec).bincount(index, self.calls[-1], args, kwargs, out)
         elif self.vmapped:
             weights = _arg(args, kwargs, 1, "weights", None)
             ref = call.out
@@ -576,8 +1718,9 @@ class _Mode(TorchFunctionMode):
         if self.tracing:  # looked through in finish(), for the steps that are trained
             self.calls.append(_Call(
                 name, "rank", tuple(x.shape), _frames(self.fn), out=out, x=x, dim=dim, descending=descending,
-                k=k, keepdim=keepdim, flags=flags,
+                k=k, keepdim=keepdim, flags=flags, event=self.event,
             ))
+            cast(_Recorder, self.rec).site(index, self.calls[-1], out)
         self._tag_site(out, index, values)
         return out
 
@@ -638,7 +1781,8 @@ class _Mode(TorchFunctionMode):
         out = self._site_result(index, call, first, func, args, kwargs)
         if self.tracing:  # looked through in finish(), for the steps that are trained
             self.calls.append(_Call(name, "compare", tuple(first.shape), _frames(self.fn), out=out,
-                                    plus=p, minus=q, strict=strict, out_shape=tuple(out.shape)))
+                                    plus=p, minus=q, strict=strict, out_shape=tuple(out.shape), event=self.event))
+            cast(_Recorder, self.rec).site(index, self.calls[-1], out)
         self._tag_site(out, index, (False,))
         return out
 
@@ -671,29 +1815,50 @@ class _Mode(TorchFunctionMode):
         op, parent, const = info.peel
         # the constant's inverse in float64 (float32 on Apple MPS, which has no float64)
         wide = torch.float32 if parent.device.type == "mps" else torch.float64
+        key = None
+        if type(t) in (int, float) and (const is None or type(const) in (int, float)) and \
+                not torch.is_inference_mode_enabled():  # an inference tensor could not be used by autograd later
+            key = (op, type(t), t, type(const), const, wide, parent.device)
+            if key in _INVERSES:  # the same threshold on every call (sigmoid(s) > 0.5): computed once
+                known = _INVERSES[key]
+                return None if known is None else (parent, known[0], known[1])
+        step = self._invert_constant(op, const, t, parent.device, wide)
+        if key is not None:
+            if len(_INVERSES) >= 1024:
+                _INVERSES.clear()
+            _INVERSES[key] = step
+        return None if step is None else (parent, step[0], step[1])
+
+    @staticmethod
+    def _invert_constant(op: str, const: Any, t: Any, device: torch.device, wide: torch.dtype
+                         ) -> Optional[Tuple[Tensor, bool]]:
+        """``(t0, decreasing)``: the threshold ``t`` of ``op(x, const) > t`` moved onto ``x``."""
         with torch.no_grad():
-            tt = torch.as_tensor(t, dtype=wide, device=parent.device)
+            tt = torch.as_tensor(t, dtype=wide, device=device)
             if op in _IDENTITY_OPS:
-                return parent, tt, False
+                return tt, False
             if op in _INCREASING:
                 inverse, domain = _INCREASING[op]
                 if domain is not None and not bool(domain(tt).all()):
                     return None
-                return parent, inverse(tt), False
+                return inverse(tt), False
             if op in _DECREASING:
-                return parent, -tt, True
-            c = torch.as_tensor(const, dtype=wide, device=parent.device)
+                return -tt, True
+            c = torch.as_tensor(const, dtype=wide, device=device)
             if op == "add":
-                return parent, tt - c, False
+                return tt - c, False
             if op == "sub":
-                return parent, tt + c, False
+                return tt + c, False
             if op == "rsub":
-                return parent, c - tt, True
+                return c - tt, True
             if op in ("mul", "div"):
                 if bool((c == 0).any()) or not (bool((c > 0).all()) or bool((c < 0).all())):
                     return None
-                return parent, (tt / c if op == "mul" else tt * c), bool((c < 0).all())
+                return (tt / c if op == "mul" else tt * c), bool((c < 0).all())
         return None
+
+
+_INVERSES: Dict[tuple, Optional[Tuple[Tensor, bool]]] = {}  # see _Mode._invert
 
 
 def _mask_fill(args: Sequence) -> bool:
@@ -840,6 +2005,10 @@ class _Site:
         """What the intercepted operation returns, from one anchor's payload."""
         raise NotImplementedError
 
+    def format_batched(self, payload: Any, x: Tensor) -> Any:
+        """:meth:`format` for a batch of payloads (a leading anchor dimension)."""
+        return torch.func.vmap(lambda p: self.format(p, x))(payload)
+
 
 def _out_indices(call: _Call) -> Tensor:
     out = call.out
@@ -978,6 +2147,25 @@ class _ClassSite(_Site):
     def format(self, payload: Tensor, x: Tensor) -> Any:
         return _format_class(self.call, payload, x)
 
+    def format_batched(self, payload: Tensor, x: Tensor) -> Any:
+        return _format_class_batched(self.call, payload, x)
+
+
+def _format_class_batched(call: _Call, payload: Tensor, x: Tensor) -> Any:
+    """:func:`_format_class` for payloads with a leading anchor dimension."""
+    t, d = payload.shape[0], call.axis + 1
+    if call.k is not None:
+        idx = payload.movedim(-1, d)
+        return torch.return_types.topk((_lead(x, t).gather(d, idx), idx))
+    if call.name in ("argmax", "argmin"):
+        return payload.reshape((t,) + tuple(call.out.shape))
+    idx = payload.unsqueeze(d)
+    values = _lead(x, t).gather(d, idx)
+    if not call.keepdim:
+        idx, values = idx.squeeze(d), values.squeeze(d)
+    kind = torch.return_types.max if call.name == "max" else torch.return_types.min
+    return kind((values, idx))
+
 
 def _format_class(call: _Call, payload: Tensor, x: Tensor) -> Any:
     """The result of a categorical step (``argmax``, ``max``/``min`` over a dim, ``topk`` with
@@ -1058,7 +2246,7 @@ class _RankSite(_Site):
 
     def decode_zeros(self, zeros: Tensor) -> Tuple[Tensor, Tensor]:
         if self.binary:
-            return self._payload(self._binary_ranks(zeros.to(torch.long)))
+            return self._binary_payload(zeros.to(torch.long))
         a_loses = torch.zeros(zeros.shape[0], self.flat.numel(), dtype=torch.long, device=zeros.device)
         a_loses[:, self.run_items] = zeros.to(torch.long)
         return self._payload(self.decoder.decode_losses(a_loses, self.plan))
@@ -1079,10 +2267,33 @@ class _RankSite(_Site):
         ranks[:, self.neg] = free.nonzero()[:, 1].reshape(t, self.neg.numel())
         return ranks
 
-    def _payload(self, ranks: Tensor) -> Tuple[Tensor, Tensor]:
+    def _binary_payload(self, above: Tensor) -> Tuple[Tensor, Tensor]:
+        """:meth:`_payload` of :meth:`_binary_ranks`, without its search for the free slots: the
+        j-th irrelevant item (index order) follows the relevant ones with at most j irrelevant
+        items above them, so it sits at slot ``j + #{k: count_k <= j}``."""
+        if self.num_bits == 0:
+            return self._payload(self._binary_ranks(above))
+        t, n, device = above.shape[0], self.items, above.device
+        num_pos, num_neg = self.pos.numel(), self.neg.numel()
+        counts, order = above.sort(dim=1, stable=True)
+        pos_items = self.pos[order]
+        pos_slots = counts + torch.arange(num_pos, device=device)
+        js = torch.arange(num_neg, device=device)
+        neg_slots = js + torch.searchsorted(counts, js.expand(t, num_neg).contiguous(), right=True)
+        neg_items = self.neg.expand(t, num_neg)
+        ranks = torch.empty(t, n, dtype=torch.long, device=device)
+        ranks.scatter_(1, pos_items, pos_slots).scatter_(1, neg_items, neg_slots)
+        items = torch.empty(t, n, dtype=torch.long, device=device)
+        items.scatter_(1, pos_slots, pos_items).scatter_(1, neg_slots, neg_items)
+        return self._payload(ranks, items)
+
+    def _payload(self, ranks: Tensor, order: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         t, n = ranks.shape[0], self.items
         ranks = ranks.reshape(t, -1, n)
-        order = torch.empty_like(ranks).scatter_(2, ranks, torch.arange(n, device=ranks.device).expand_as(ranks))
+        if order is None:
+            order = torch.empty_like(ranks).scatter_(2, ranks, torch.arange(n, device=ranks.device).expand_as(ranks))
+        else:
+            order = order.reshape(t, -1, n)
         if self.reverse:
             order, ranks = order.flip(-1), n - 1 - ranks
         shape = (t,) + self.queries_shape + (n,)
@@ -1123,6 +2334,39 @@ class _RankSite(_Site):
         if call.name in ("argmax", "argmin"):
             return top.reshape(call.out.shape)
         values = x.gather(d, top)
+        if not call.keepdim:
+            top, values = top.squeeze(d), values.squeeze(d)
+        kind = torch.return_types.max if call.name == "max" else torch.return_types.min
+        return kind((values, top))
+
+    def format_batched(self, payload: Tuple[Tensor, Tensor], x: Tensor) -> Any:
+        call = self.call
+        order, ranks = payload
+        t = order.shape[0]
+        if call.name == "unique":
+            values = x.reshape(-1)[order.reshape(t, -1)]
+            extra = []
+            if call.flags[0]:
+                extra.append(ranks.reshape((t,) + tuple(x.shape)))
+            if call.flags[1]:
+                extra.append(torch.ones_like(ranks.reshape(t, -1)))
+            return values if not extra else tuple([values] + extra)
+        if call.dim is None:
+            return order.reshape(t, -1)[:, 0].reshape((t,) + tuple(call.out.shape))
+        d = call.dim + 1
+        idx = order.movedim(-1, d)
+        if call.name == "argsort":
+            return idx
+        if call.name in ("sort", "msort"):
+            values = _lead(x, t).gather(d, idx)
+            return values if call.name == "msort" else torch.return_types.sort((values, idx))
+        if call.name == "topk":
+            idx = idx.narrow(d, 0, call.k if call.k is not None else 1)
+            return torch.return_types.topk((_lead(x, t).gather(d, idx), idx))
+        top = idx.narrow(d, 0, 1)
+        if call.name in ("argmax", "argmin"):
+            return top.reshape((t,) + tuple(call.out.shape))
+        values = _lead(x, t).gather(d, top)
         if not call.keepdim:
             top, values = top.squeeze(d), values.squeeze(d)
         kind = torch.return_types.max if call.name == "max" else torch.return_types.min
@@ -1172,6 +2416,9 @@ class _CompareSite(_Site):
     def format(self, payload: Tensor, x: Tensor) -> Tensor:
         return payload
 
+    def format_batched(self, payload: Tensor, x: Tensor) -> Tensor:
+        return payload
+
 
 # --------------------------------------------------------------------------- the decomposition
 
@@ -1183,6 +2430,8 @@ class _Trace:
     trained: List[int]
     guards: Dict[int, str]
     aliases: Dict[int, int]  # a step repeated on the same tensor -> its first occurrence
+    tape: Optional[_Tape] = None  # the part of fn the anchors change, replayed in place of fn
+    why_no_tape: Optional[str] = None
 
 
 def _operand_key(value: Any) -> Any:
@@ -1214,6 +2463,8 @@ class _Plan:
     run_lengths: Optional[Tensor] = None
     width: Optional[int] = None  # every run this long
     structured: bool = False  # every site decodes from its runs' 0-bit counts
+    key: tuple = ()  # the structure of this call (see TracedMetric._signature)
+    tape: str = "off"  # how the tape replays: "direct", "vmap", "check" (each, against fn) or "off"
 
 
 class TracedMetric(Decomposition):
@@ -1267,6 +2518,10 @@ class TracedMetric(Decomposition):
         self.probe_limit = V.check_count("probe_limit", probe_limit)
         self._use_vmap = batched != "loop"
         self._decisions: Dict[tuple, dict] = {}
+        self._tapes: Dict[tuple, str] = {}  # structure -> how its tape replays: "direct", "vmap" or "off"
+        self._graphs: Dict[tuple, _Graph] = {}  # input shapes -> the last trace of fn on them
+        self._unsaid: List[Any] = []  # warnings of fn's replays held while a tape stood in for them
+        self._reruns_failed: Dict[tuple, int] = {}
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.fn, "func", self.fn), "__name__", type(self.fn).__name__)
@@ -1286,7 +2541,59 @@ class TracedMetric(Decomposition):
         return f"fn {code.co_name} at {code.co_filename}:{code.co_firstlineno}"
 
     def _trace(self, scores: Tensor, target: Any) -> _Trace:
-        out, mode = self._run(scores, target)
+        """What ``fn`` does on these tensors: from a re-run of ``fn`` that checks it takes the
+        operations of an earlier trace with the same input shapes (:class:`_Rerun`), else from
+        tracing it."""
+        tensors = _target_tensors(target)
+        inputs = [scores] + tensors
+        key = _input_key(inputs)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            trace = self._rerun(graph, scores, target, inputs)
+            if trace is not None:
+                self._reruns_failed.pop(key, None)
+                return trace
+            self._reruns_failed[key] = self._reruns_failed.get(key, 0) + 1
+        trace, graph = self._full_trace(scores, target, tensors)
+        if self._reruns_failed.get(key, 0) >= 3:  # fn does not repeat itself (e.g. new objects each call)
+            self._graphs.pop(key, None)
+        elif graph is not None:
+            if len(self._graphs) >= 16:
+                self._graphs.clear()
+            self._graphs[key] = graph
+        return trace
+
+    def _rerun(self, graph: _Graph, scores: Tensor, target: Any, inputs: List[Tensor]) -> Optional[_Trace]:
+        mode = _Rerun(graph, inputs)
+        with mode:
+            out = self.fn(scores, target)
+        if mode.diverged or mode.count != len(graph.events) or not isinstance(out, Tensor) or \
+                mode.produced.get(id(out)) != graph.out:
+            return None
+        resolve = mode.resolve
+        calls = []
+        for static, refs in graph.calls:
+            call = copy.copy(static)
+            for field, ref in refs.items():
+                setattr(call, field, resolve(ref))
+            calls.append(call)
+        if graph.finished:
+            looking = _Mode(self.fn, scores, calls=[])
+            for ref, score, peel in graph.chains:
+                t = resolve(ref)
+                if peel is not None:
+                    op, parent, const = peel
+                    peel = (op, resolve(parent), resolve(const.ref) if isinstance(const, _Static) else const)
+                looking.info[id(t)] = _Info(score, frozenset(), peel)
+                looking.keep.append(t)
+            for s in graph.finished:
+                looking.finish(calls[s])
+        tape = graph.program.instantiate(resolve, calls) if graph.program is not None else None
+        return _Trace(calls, out.detach().reshape(()), graph.trained, graph.guards, graph.aliases, tape,
+                      graph.why_no_tape)
+
+    def _full_trace(self, scores: Tensor, target: Any, tensors: List[Tensor]) -> Tuple[_Trace, Optional[_Graph]]:
+        out, mode = self._run(scores, target, inputs=tensors)
         if not isinstance(out, Tensor):
             raise TraceError(f"Expected `fn` to return a tensor, but it returned {type(out).__name__}. {_MANUAL}")
         if out.numel() != 1:
@@ -1313,7 +2620,9 @@ class TracedMetric(Decomposition):
         trained: List[int] = []
         aliases: Dict[int, int] = {}
         first: Dict[tuple, int] = {}
-        for s in sorted(s for s in sites if calls[s].kind in ("rank", "compare")):
+        raw = [(c.out, c.x, c.plus, c.minus) for c in calls]  # before looking through monotone maps
+        finished = sorted(s for s in sites if calls[s].kind in ("rank", "compare"))
+        for s in finished:
             mode.finish(calls[s])
             key = _step_key(calls[s])
             if key in first:
@@ -1330,7 +2639,62 @@ class TracedMetric(Decomposition):
                 f"{self._fn_where()}: its value does not depend on any discrete step on the scores that from_metric traces "
                 f"(argmax, max/min over a dim, topk, sort, argsort, unique, >, <, >=, <=); found: {found()}.{extra} "
                 f"{_MANUAL}")
-        return _Trace(calls, out.detach().reshape(()), trained, mode.guards, aliases)
+        rec = cast(_Recorder, mode.rec)
+        tape = rec.compile(out, set(trained) | set(aliases))
+        why = None if tape is not None else (rec.off or "fn's value is not computed by the recorded operations")
+        trace = _Trace(calls, out.detach().reshape(()), trained, mode.guards, aliases, tape, why)
+        return trace, self._graph(mode, out, trace, raw, finished)
+
+    def _graph(self, mode: _Mode, out: Tensor, trace: _Trace, raw: List[tuple], finished: List[int]
+               ) -> Optional[_Graph]:
+        """The trace in terms of the operations fn ran (see :class:`_Graph`), or ``None``."""
+        produced, objects = mode.produced, dict(mode.objects)
+        snapshots = cast(_Recorder, mode.rec).snapshots
+
+        def ref(t: Tensor) -> tuple:
+            r = produced.get(id(t))
+            if r is not None:
+                return r
+            if id(t) in snapshots:
+                return ("snap", snapshots[id(t)])
+            objects[id(t)] = t
+            return ("obj", id(t))
+
+        out_ref = produced.get(id(out))
+        if out_ref is None or mode.events is None:
+            return None
+        templates = []
+        for call, (c_out, c_x, c_plus, c_minus) in zip(trace.calls, raw):
+            static = copy.copy(call)
+            refs = {"out": (call.event, None)}
+            static.out, static.base = None, None
+            for field, value in (("x", c_x), ("plus", c_plus), ("minus", c_minus)):
+                if isinstance(value, Tensor):
+                    refs[field] = ref(value)
+                    setattr(static, field, None)
+                else:
+                    setattr(static, field, value)
+            templates.append((static, refs))
+        chains: Dict[int, tuple] = {}
+        starts = []
+        for s in finished:
+            starts += [raw[s][1]] if trace.calls[s].kind == "rank" else [raw[s][2], raw[s][3]]
+        while starts:
+            t = starts.pop()
+            if not isinstance(t, Tensor) or id(t) in chains:
+                continue
+            info = mode._get(t)
+            if info is None:
+                continue
+            peel = info.peel
+            if peel is not None:
+                op, parent, const = peel
+                peel = (op, ref(parent), _Static(ref(const)) if isinstance(const, Tensor) else const)
+                starts.append(parent)
+            chains[id(t)] = (ref(t), info.score, peel)
+        program = _TapeProgram(trace.tape, ref) if trace.tape is not None else None
+        return _Graph(mode.events, out_ref, objects, frozenset(snapshots.values()), templates, finished,
+                      list(chains.values()), trace.trained, trace.guards, trace.aliases, program, trace.why_no_tape)
 
     # -- building the sites of one call
     def _build(self, plan: "_Plan", decision: dict) -> List[_Site]:
@@ -1404,17 +2768,89 @@ class TracedMetric(Decomposition):
     def _values(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site]) -> Tensor:
         """``fn`` replayed for ``t`` configurations: ``payloads`` maps a site to its decoded
         outputs ``[t, ...]``; other steps keep their traced results."""
-        formatters = {i: s.format for i, s in sites.items()}
-        scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
+        sites = dict(sites)
+        calls = plan.trace.calls
         if plan.trace.aliases:
             payloads = dict(payloads)
             for alias, original in plan.trace.aliases.items():
                 if original in payloads:
                     twin = copy.copy(sites[original])
                     twin.call, twin.index = calls[alias], alias
-                    payloads[alias], formatters[alias] = payloads[original], twin.format
+                    payloads[alias], sites[alias] = payloads[original], twin
+        formatters = {i: s.format for i, s in sites.items()}
         leaves = [p for v in payloads.values() for p in (v if isinstance(v, tuple) else (v,))]
         t = leaves[0].shape[0] if leaves else 1
+        with torch.no_grad():
+            if self.batched != "loop" and plan.tape != "off" and plan.trace.tape is not None:
+                values = self._tape_values(plan, payloads, sites, t)
+                if values is not None:
+                    return values
+            return self._fn_values(plan, payloads, formatters, t)
+
+    def _tape_values(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site],
+                     t: int) -> Optional[Tensor]:
+        """The configurations' values from the trace's tape (the part of ``fn`` downstream of the
+        trained steps): batched by hand (``"direct"``) or under vmap (``"vmap"``). The first calls
+        of a structure (``plan.tape == "check"``) also replay ``fn`` whole and keep the first way
+        that gives its values on several configurations; where none does, or where a tape fails
+        later, ``fn`` is replayed whole for this structure from then on. ``None``: replay ``fn``."""
+        tape = cast(_Tape, plan.trace.tape)
+
+        def run(kind: str, check: bool) -> Tensor:
+            if kind == "direct":
+                batched = {i: s.format_batched for i, s in sites.items()}
+                step = 4096
+                parts = []
+                for start in range(0, t, step):  # bounded memory, as vmap's chunks
+                    chunk = payloads if t <= step else {
+                        i: (tuple(q[start:start + step] for q in p) if isinstance(p, tuple) else p[start:start + step])
+                        for i, p in payloads.items()}
+                    parts.append(tape.run_direct(chunk, batched, min(step, t - start), check))
+                values = parts[0] if len(parts) == 1 else torch.cat(parts)
+            else:
+                formatters = {i: s.format for i, s in sites.items()}
+                values = torch.func.vmap(lambda chosen: tape.run(chosen, formatters).reshape(()),
+                                         chunk_size=4096 if t > 4096 else None)(payloads)
+            return values if values.is_floating_point() else values.float()
+
+        if plan.tape in ("direct", "vmap"):
+            try:
+                return run(plan.tape, False)
+            except Exception:  # not expected after the check: replay fn whole from now on
+                self._remember_tape(plan, "off")
+                return None
+        formatters = {i: s.format for i, s in sites.items()}
+        with warnings.catch_warnings(record=True) as said:  # fn that vmap cannot batch: said if the tape fails too
+            warnings.simplefilter("always")
+            full = self._fn_values(plan, payloads, formatters, t)
+        self._unsaid += said
+        for kind in ("direct", "vmap") if tape.direct else ("vmap",):
+            try:
+                values = run(kind, True)
+            except Exception:
+                continue
+            if values.shape == full.shape and bool(torch.allclose(values.double(), full.double(), rtol=1e-6,
+                                                                  atol=1e-9, equal_nan=True)):
+                if t >= 2:  # a batch shows the batching right
+                    self._remember_tape(plan, kind)
+                return full
+        self._remember_tape(plan, "off")
+        for w in self._unsaid:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self._unsaid = []
+        return full
+
+    def _remember_tape(self, plan: "_Plan", kind: str) -> None:
+        plan.tape = kind
+        if len(self._tapes) >= 256:
+            self._tapes.clear()
+        self._tapes[plan.key] = kind
+
+    def _fn_values(self, plan: "_Plan", payloads: Dict[int, Any], formatters: Dict[int, Any], t: int) -> Tensor:
+        """The anchors' values from ``fn`` replayed whole, its discrete steps returning the
+        decoded outputs: vmapped, or one anchor at a time where vmap fails."""
+        scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
+        vmapped = True
 
         def one(chosen):
             out, _ = self._run(scores, target, calls=calls, payloads=chosen, formatters=formatters,
@@ -1448,7 +2884,7 @@ class TracedMetric(Decomposition):
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); evaluating "
                         "one anchor at a time (slower). Data-dependent shapes (boolean indexing, nonzero), "
                         ".item() and in-place writes into tensors made before the discrete step stop vmap.",
-                        stacklevel=4)
+                        stacklevel=5)
             vmapped = False
             rows = []
             for i in range(t):
@@ -1471,6 +2907,9 @@ class TracedMetric(Decomposition):
         key = self._signature(trace, _target_tensors(target))
         decision = self._decisions.get(key)
         verified = decision is not None
+        plan.key = key
+        if trace.tape is not None and self.batched != "loop":
+            plan.tape = self._tapes.get(key, "check")
         decision = dict(decision or {})
         sites = self._build(plan, decision)
         if not verified:
@@ -1703,6 +3142,11 @@ class _ProbeSite(_Site):
         if self.kind == "compare":
             return payload
         return _format_class(self.call, payload, x)
+
+    def format_batched(self, payload: Tensor, x: Tensor) -> Any:
+        if self.kind == "compare":
+            return payload
+        return _format_class_batched(self.call, payload, x)
 
 
 def _best_mask(values: Tensor, higher_is_better: bool) -> Tensor:
