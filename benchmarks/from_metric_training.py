@@ -29,7 +29,7 @@ Cost: forward + backward of the loss on one batch of 128 (rows, items or pixels)
 hand-written, interleaved call by call so that machine noise hits both; the medians of the
 calling thread's CPU time (robust to other jobs on the machine) and of wall time, and their
 ratio, measured in one run. ``--baseline FILE`` also times an earlier ``_traced.py`` (e.g.
-``git show HEAD~1:src/uniloss/_traced.py > /tmp/old_traced.py``) in the same interleaving.
+``git show d81d48e:src/uniloss/_traced.py > old_traced.py``, the commit that added ``from_metric``) in the same interleaving.
 
 Writes ``results.json`` (every seed, every epoch's test metric, every timing) and ``README.md``.
 Training runs go ``--jobs`` at a time (one thread each).
@@ -608,7 +608,7 @@ def main(argv=None) -> None:
         date=time.strftime("%Y-%m-%d"), seeds=args.seeds, jobs=args.jobs, training=training,
         summary=verdicts(training), cost=timings,
         baseline=args.baseline and ("the `_traced.py` before the tape and the re-run: `git show "
-                                    "d81d48e:src/uniloss/_traced.py > /tmp/old_traced.py`, the commit that added `from_metric`"),
+                                    "d81d48e:src/uniloss/_traced.py > old_traced.py`, the commit that added `from_metric`"),
         setups={task: dict(data=spec["data"], model=spec["model"],
                            epochs=spec["quick_epochs"] if args.quick else spec["epochs"])
                 for task, spec in tasks.items() if not args.tasks or task in args.tasks},

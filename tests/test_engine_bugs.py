@@ -14,22 +14,6 @@ from uniloss.functional import uniloss as uniloss_fn, zero_loss
 # ---------------------------------------------------------------------------- bug 1: caches
 
 
-@pytest.fixture
-def empty_caches():
-    """The module-level tensor caches emptied, so the first call below is the one that fills them."""
-
-    def clear():
-        decoders._triu_pairs_cached.cache_clear()
-        _metrics._RANKS.clear()
-        _metrics._TRUE.clear()
-        _anchors._SHIFTS.clear()
-        _structured._TABLES.clear()
-
-    clear()
-    yield
-    clear()
-
-
 def _keypoints(n=2, j=1, h=3, w=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     keypoints = torch.stack([torch.randint(0, w, (n, j), generator=g), torch.randint(0, h, (n, j), generator=g)], -1)

@@ -20,7 +20,7 @@ L = pytest.importorskip("lightning")
 from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from uniloss import _anchors, _metrics, _structured, decoders, zoo  # noqa: E402
+from uniloss import zoo  # noqa: E402
 
 # Lightning 2.6 on torch 2.13 (not this code): "`isinstance(treespec, LeafSpec)` is deprecated".
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:DeprecationWarning", "ignore:.*LeafSpec:FutureWarning")
@@ -94,22 +94,6 @@ def _module(batch_size=BATCH, **kw):
 def _trainer(tmp, **kw):
     return L.Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False,
                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp), **kw)
-
-
-@pytest.fixture
-def empty_caches():
-    """Empty the library's tensor caches, so that the sanity check's calls are the first."""
-
-    def clear():
-        decoders._triu_pairs_cached.cache_clear()
-        _metrics._RANKS.clear()
-        _metrics._TRUE.clear()
-        _anchors._SHIFTS.clear()
-        _structured._TABLES.clear()
-
-    clear()
-    yield
-    clear()
 
 
 # --------------------------------------------------------------------------- one process
