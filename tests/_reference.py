@@ -55,6 +55,44 @@ def pck_loop(heatmaps, keypoints, visible, normalizer, threshold):
     return hits / total if total else float("nan")
 
 
+def untied_scores(shape, generator):
+    """Random untied float64 scores: a permutation of the odd multiples of 1/8 centred on 0 (at
+    most 255 of them). None is 0 (the threshold metrics' default), and every score and every
+    difference of two is exact in bfloat16, so float64, float32 and bfloat16 copies make the same
+    decisions and one reference serves them all."""
+    numel = math.prod(shape)
+    assert numel <= 255, "bfloat16 holds odd numerators up to 255 exactly"
+    odd = 2 * torch.randperm(numel, generator=generator).double() + 1 - 2 * (numel // 2)
+    return (odd / 8).reshape(shape)
+
+
+def _relevance_by_rank(scores, relevance):
+    """Relevances from the highest score down (untied scores)."""
+    return np.asarray(relevance)[np.argsort(-np.asarray(scores, dtype=float))]
+
+
+def precision_at_k_ref(scores, relevance, k):
+    """Relevant items among the ``k`` highest scores, over ``k``."""
+    return float(np.count_nonzero(_relevance_by_rank(scores, relevance)[:k] > 0)) / k
+
+
+def recall_at_k_ref(scores, relevance, k):
+    """Relevant items among the ``k`` highest scores, over all relevant items."""
+    hits = _relevance_by_rank(scores, relevance) > 0
+    return float(hits[:k].sum() / hits.sum())
+
+
+def reciprocal_rank_ref(scores, relevance):
+    """1 / (1-based rank of the highest-scoring relevant item)."""
+    return 1.0 / (1 + int(np.flatnonzero(_relevance_by_rank(scores, relevance) > 0)[0]))
+
+
+def mean_over_queries(per_query, scores, relevance, query):
+    """``per_query(scores_q, relevance_q)`` averaged over the query ids (numpy arrays in)."""
+    scores, relevance, query = (np.asarray(a) for a in (scores, relevance, query))
+    return float(np.mean([per_query(scores[query == q], relevance[query == q]) for q in np.unique(query)]))
+
+
 def idw_loop(u, anchors, values):
     """Shepard's inverse distance weighting, one anchor and one bit at a time (float64 lists)."""
     dists = []

@@ -64,7 +64,7 @@ def test_distractors_leave_the_zero_visible():
     ob = pose.ink_boxes(others).float()[lay["other_index"]]
     boxes = torch.stack([lay["left"][:, 1:] + ob[..., 0] * k, lay["top"][:, 1:] + ob[..., 1] * k,
                          lay["left"][:, 1:] + (ob[..., 2] + 1) * k, lay["top"][:, 1:] + (ob[..., 3] + 1) * k], -1)
-    cover = pose._cover(boxes, lay["box"][:, None])
+    cover = pose.cover(boxes, lay["box"][:, None])
     assert bool((cover[lay["present"][:, 1:]] <= spec.max_cover + 1e-6).all())
 
 
@@ -81,7 +81,7 @@ def test_splits_are_deterministic_prefixes_from_disjoint_images():
     used_val, used_tr = set(idx_val[idx_val >= 0].tolist()), set(idx_tr[idx_tr >= 0].tolist())
     assert used_val and used_tr and not used_val & used_tr
     assert max(used_val) < 6000 <= min(used_tr)
-    _, labels = pose._mnist(None, "train")
+    _, labels = pose.mnist_images(None, "train")
     assert bool((labels[idx_tr[:, 0]] == 0).all()) and bool((labels[idx_tr[:, 1:][idx_tr[:, 1:] >= 0]] != 0).all())
 
 
