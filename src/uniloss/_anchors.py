@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._random import randint as _randint, random_bytes as _random_bytes
+from ._random import randint as _randint, random_bytes as _random_bytes  # noqa: F401 (the tests draw bytes with it)
 
 # Above this many bits, the rank-select of a nearby flip works chunk by chunk (an int64 cumsum
 # over all bits would cost 8 bytes a bit).
@@ -179,7 +179,11 @@ def sample_anchors(
         num_bad: uniformly random configurations.
         good_flips: bits flipped per good anchor (drawn with replacement, so a good anchor may
             flip fewer when draws repeat; for 1, exactly one).
-        generator: source of randomness; the same generator state gives the same anchors.
+        generator: source of randomness; the same generator state gives the same anchors. A
+            draw does not depend on how many bits follow the ones it touches (a good flip is bit
+            ``floor(u l)``, ``u = r / 2**53``; a random anchor's bits come from 64-bit words drawn
+            in bit order, see ``_random_codes``), so the engine draws the same anchors over a
+            static layout's first ``l`` bits (see :class:`uniloss._decomposition.StaticLayout`).
 
     Returns:
         A structured :class:`AnchorSet` of ``1 + num_good + num_nearby + num_bad`` rows; the
@@ -194,30 +198,40 @@ def sample_anchors(
 
 def draw_anchors(
     best: Tensor, hard: Tensor, wrong: Tensor, *, num_good: int, num_nearby: int, num_bad: int,
-    good_flips: int, generator: Optional[torch.Generator],
+    good_flips: int, generator: Optional[torch.Generator], num_valid: Optional[Tensor] = None,
+    invalid: Optional[Tensor] = None,
 ) -> AnchorSet:
-    """:func:`sample_anchors` given ``wrong = hard != best`` (which the engine has already)."""
+    """:func:`sample_anchors` given ``wrong = hard != best`` (which the engine has already).
+
+    ``num_valid`` (a 0-dim int64 tensor) and ``invalid`` (``[l]`` bool, ``True`` from bit
+    ``num_valid`` on): a static layout (see :class:`uniloss._decomposition.StaticLayout`) whose
+    first ``num_valid`` bits only are comparisons. The draws are the same as for those
+    ``num_valid`` bits alone: the good and nearby flips scale their uniform draws by the count
+    (on the device: no host synchronisation), the random codes of a bit do not depend on how many
+    bits there are (see :func:`_random_codes`), and the random anchors agree with ``hard`` on the
+    padding."""
     l = best.numel()
     device = best.device
+    count = l if num_valid is None else num_valid
     flips, kinds = [], [("best", 1)]
     if num_good and l:
-        good = _randint(l, (num_good, good_flips), generator, device)
+        # Bit floor(u * l), u = r / 2**53 uniform (53 random bits a draw, as an integer: no
+        # float64, which MPS lacks).
+        good = _scale(_randint(_UNIFORM, (num_good, good_flips), generator, device), count, l)
         flips.append(_without_repeats(good) if good_flips > 1 else good)
         kinds.append(("good", num_good))
     if num_nearby and l:
-        # 53 random bits a draw, the draw as an integer: no float64 (MPS has none). On a CPU
-        # generator these are the bits of float64 ``torch.rand`` (u = r / 2**53), so the
-        # anchors are those drawn before with u.
-        r = _randint(_UNIFORM, (num_nearby,), generator, device)
-        near = _pick_index(wrong, r)[:, None]
+        # On a CPU generator the draws are the bits of float64 ``torch.rand`` (u = r / 2**53), so
+        # the anchors are those drawn before with u.
+        near = _pick_index(wrong, _randint(_UNIFORM, (num_nearby, 1), generator, device), num_valid)
         if good_flips > 1:
             near = torch.cat([near, near.new_full((num_nearby, good_flips - 1), -1)], 1)
         flips.append(near)
         kinds.append(("nearby", num_nearby))
     if num_bad and l:
-        groups = (num_bad + 7) // 8
-        stride = -(-l // 8) * 8  # rows start on 8-byte boundaries, for unpack_codes
-        codes = _random_bytes(groups * stride, generator, device).view(groups, stride)[:, :l]
+        codes = _random_codes((num_bad + 7) // 8, l, generator, device)
+        if invalid is not None:
+            codes.masked_fill_(invalid, 0)
         kinds.append(("bad", num_bad))
     else:
         codes, num_bad = torch.zeros(0, l, dtype=torch.uint8, device=device), 0
@@ -229,6 +243,22 @@ def draw_anchors(
         kinds=tuple(kinds), best=best, hard=hard, flips=flip_rows,
         num_from_best=num_good if num_good and l else 0, codes=codes, num_random=num_bad,
     )
+
+
+def _random_codes(groups: int, l: int, generator: Optional[torch.Generator], device) -> Tensor:
+    """``[groups, l]`` uint8 uniform codes, rows starting on 8-byte boundaries (for
+    :func:`unpack_codes`). Row ``g``'s bytes ``8 w .. 8 w + 7`` are the 64-bit draw ``w groups + g``:
+    the codes of the first ``k`` bits are the same whatever ``l`` (a static layout draws those of
+    its real comparisons). One group: the bytes in the order drawn."""
+    words = -(-l // 8)
+    where = device if generator is None else generator.device
+    drawn = torch.empty(words * groups, dtype=torch.int64, device=where)
+    drawn.random_(-(2**63), None, generator=generator)
+    if groups > 1 and words > 1:
+        drawn = drawn.view(words, groups).t().contiguous()
+    if drawn.device != torch.device(device):
+        drawn = drawn.to(device)
+    return drawn.view(torch.uint8).view(groups, words * 8)[:, :l]
 
 
 def _without_repeats(idx: Tensor) -> Tensor:
@@ -251,23 +281,30 @@ _UNIFORM = 1 << 53  # draws r in [0, 2**53) stand for u = r / 2**53 in [0, 1)
 
 def _scale(r: Tensor, n, bound: int) -> Tensor:
     """``floor(r * n / 2**53)`` in ``[0, n)`` for int64 ``r`` in ``[0, 2**53)`` and ``0 <= n <= bound``
-    (``bound < 2**36``, known on the host), exactly, in int64. Below ``2**10``, ``r * n`` fits in
-    int64; above, with ``r = hi * 2**26 + lo``: ``floor((hi * n + floor(lo * n / 2**26)) / 2**27)``."""
-    if bound < (1 << 10):
+    (an int or a 0-dim int64 tensor; ``bound < 2**36``, known on the host), exactly, in int64. Up
+    to ``2**10``, ``r * n`` fits in int64; above, with ``r = hi * 2**26 + lo``:
+    ``floor((hi * n + floor(lo * n / 2**26)) / 2**27)``."""
+    if bound <= (1 << 10):
         return (r * n) >> 53
     hi, lo = r >> 26, r & ((1 << 26) - 1)
     return (hi * n + ((lo * n) >> 26)) >> 27
 
 
-def _pick_index(mask: Tensor, r: Tensor) -> Tensor:
+def _pick_index(mask: Tensor, r: Tensor, num_valid: Optional[Tensor] = None) -> Tensor:
     """For each int64 ``r`` in ``[0, 2**53)``, the index of the ``floor(r * n / 2**53)``-th set bit
     of ``mask`` (``n`` set bits): a uniform draw among them; ``floor(r * l / 2**53)`` when none
-    is set. Integer arithmetic only (no float64: MPS has none)."""
+    is set (``floor(r * num_valid / 2**53)`` with ``num_valid``, a static layout's count, the set
+    bits among its first ``num_valid``). Integer arithmetic only (no float64: MPS has none), no
+    host synchronisation (below ``2**22`` bits)."""
     l = mask.numel()
+    count = l if num_valid is None else num_valid
     if l <= _SELECT_BLOCK:
-        # None set: draw among all bits (the mask with every bit set).
-        cum = torch.cumsum(mask | ~mask.any(), 0)
-        return torch.searchsorted(cum, _scale(r, cum[-1], l), right=True).clamp_max_(l - 1)
+        cum = torch.cumsum(mask, 0)
+        total = cum[-1]
+        some = total > 0
+        rank = _scale(r, torch.where(some, total, count), l)
+        # None set: the rank itself, a uniform draw among the first `count` bits.
+        return torch.where(some, torch.searchsorted(cum, rank, right=True), rank)
     # Large l: count the set bits of each chunk of 4096, find each draw's chunk, rank-select in it.
     from ._structured import byte_sum
 
@@ -280,7 +317,7 @@ def _pick_index(mask: Tensor, r: Tensor) -> Tensor:
     rank = _scale(r, cum[-1], l)
     chunk = torch.searchsorted(cum, rank, right=True).clamp_max(counts.numel() - 1)
     within = rank - (cum[chunk] - counts[chunk])
-    index = chunk[:, None] * size + torch.arange(size, device=mask.device)
+    index = chunk[..., None] * size + torch.arange(size, device=mask.device)
     rows = torch.where(index < l, mask[index.clamp_max(l - 1)], False)
-    pos = torch.searchsorted(torch.cumsum(rows, 1), within[:, None], right=True)[:, 0] + chunk * size
-    return torch.where((rank < cum[-1]) & (pos < l), pos, _scale(r, l, l))
+    pos = torch.searchsorted(torch.cumsum(rows, -1), within[..., None], right=True)[..., 0] + chunk * size
+    return torch.where((rank < cum[-1]) & (pos < l), pos, _scale(r, count, l))

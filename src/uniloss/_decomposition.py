@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional, Union
 
 import torch
@@ -169,3 +170,106 @@ def validate_scores(scores: object, name: str = "scores") -> Tensor:
     scores = V.check_floating(name, scores)
     V.check_finite(name, scores)
     return scores
+
+
+# --------------------------------------------------------------------------- static layouts
+
+
+class StaticLayout:
+    r"""The engine's offer of a *static layout* to the ``prepare`` it is calling.
+
+    A decomposition whose number of comparisons ``l`` depends on the target's values (AP:
+    ``P*N``; PCK: the pixels of each disc) needs that number on the host to shape its tensors,
+    which on a GPU costs a synchronisation (``nonzero``, ``.item()``) per call. While the engine
+    samples its anchors (no ``anchors`` given) it calls ``prepare`` under :func:`static_layout`,
+    and a decomposition may answer with a layout whose shapes come from the tensors' shapes only:
+
+    * ``num_bits`` comparisons ``L`` (a Python int from shapes, at most :attr:`max_bits`), of which
+      the first ``num_valid`` (a 0-dim int64 tensor, on the device) are the comparisons of the
+      exact layout, in its order, and the rest padding;
+    * every padding comparison is ``+inf`` (so its bit is 1 and its relaxed bit exactly 1), with no
+      gradient; ``best`` is 1 there and ``evaluate``/``evaluate_zeros`` ignore those bits.
+
+    The engine then draws the anchors among the first ``num_valid`` bits only (the same anchors
+    as :func:`uniloss.sample_anchors` draws for the exact layout from the same generator state),
+    keeps every anchor at 1 on the padding and leaves the padding out of every distance, so the
+    loss is the exact layout's, computed on tensors of a fixed size.
+
+    The engine offers at most ``2**22`` comparisons (``chunk_bits`` for a decomposition processed
+    block by block), on accelerators only: a CPU has no synchronisation to avoid and the padding
+    only costs time there (AP lays out ``n^2 / 4`` comparisons whatever its number of positives;
+    1.2-1.8x the exact layout's time per call), so it gets no offer.
+    Given ``anchors`` and ``good_anchors="all"`` get no offer. The offer stands for the
+    decomposition the engine calls and those it delegates to through a ``decomposition`` or
+    ``decoder`` attribute (the wrappers of :mod:`uniloss.distributed`, a
+    :class:`~uniloss.DecodedMetric`'s decoder): one used inside another's ``prepare`` in any other
+    way gets none and lays its comparisons out exactly. The decomposition takes the offer with
+    :meth:`claim` (once; a second claim is refused, and the engine prepares again without the
+    offer, as it does when a wrapper's comparisons are not the static layout's).
+    """
+
+    __slots__ = ("max_bits", "owners", "num_bits", "num_valid", "padding", "claims")
+
+    def __init__(self, max_bits: int, owners: tuple = ()) -> None:
+        self.max_bits = max_bits
+        self.owners = owners
+        self.num_bits = -1
+        self.num_valid: Optional[Tensor] = None
+        self.padding: Optional[Tensor] = None
+        self.claims = 0
+
+    @staticmethod
+    def for_decomposition(max_bits: int, decomposition: "Decomposition") -> "StaticLayout":
+        """The offer for ``decomposition`` and the objects it delegates to."""
+        owners: list = []
+        obj: Optional[object] = decomposition
+        while obj is not None and len(owners) < 16 and not any(obj is o for o in owners):
+            owners.append(obj)
+            inner = getattr(obj, "decomposition", None)  # (not `or`: a wrapper may define __len__)
+            obj = inner if inner is not None else getattr(obj, "decoder", None)
+        return StaticLayout(max_bits, tuple(owners))
+
+    def claim(self, owner: object, num_bits: int) -> bool:
+        """Whether ``owner`` may lay out ``num_bits`` comparisons statically (it then calls
+        :meth:`set_valid` before returning its plan)."""
+        if not any(owner is o for o in self.owners):
+            return False
+        self.claims += 1
+        if self.claims > 1 or num_bits > self.max_bits:
+            return False
+        self.num_bits = num_bits
+        return True
+
+    def set_valid(self, num_valid: Tensor, padding: Optional[Tensor] = None) -> None:
+        """The number of real comparisons, a 0-dim int64 tensor (and, where the decomposition has
+        it, the ``[num_bits]`` bool padding, ``True`` from bit ``num_valid`` on)."""
+        self.num_valid, self.padding = num_valid, padding
+
+    @property
+    def used(self) -> bool:
+        """One claim granted, and its count given (more than one claim: the engine prepares again
+        without the offer)."""
+        return self.claims == 1 and self.num_valid is not None
+
+
+# The offer of the engine call running in this thread (thread-local: nn.DataParallel calls the
+# loss from several threads at once; a ContextVar would also do, but torch.compile breaks its
+# graph on one).
+_OFFER = threading.local()
+
+
+def static_layout() -> Optional[StaticLayout]:
+    """The engine's :class:`StaticLayout` offer while it calls ``prepare`` (``None`` otherwise:
+    a ``prepare`` called by user code lays its comparisons out exactly)."""
+    return getattr(_OFFER, "layout", None)
+
+
+def prepare_with_layout(decomposition: Decomposition, scores: Tensor, target: Any,
+                        generator: Optional[torch.Generator], layout: Optional[StaticLayout]) -> Any:
+    """``decomposition.prepare(scores, target, generator)`` with ``layout`` offered (``None``: not)."""
+    previous = getattr(_OFFER, "layout", None)
+    _OFFER.layout = layout
+    try:
+        return decomposition.prepare(scores, target, generator)
+    finally:
+        _OFFER.layout = previous

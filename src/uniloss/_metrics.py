@@ -11,9 +11,10 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._decomposition import Decomposition, validate_scores
-from ._pairs import grouped_pairs, other_classes, pair_differences, row_differences
+from ._decomposition import Decomposition, static_layout, validate_scores
+from ._pairs import grouped_pairs, other_classes, pair_differences, row_differences, static_pair_differences
 from ._random import randperm
+from ._structured import PREFIX_COUNTS, Runs
 
 __all__ = ["AveragePrecision", "MulticlassAccuracy", "PCK", "KeypointTarget"]
 
@@ -43,6 +44,25 @@ def _ranks(n: int, device, dtype) -> Tensor:
     return out
 
 
+_ARANGE: dict = {}
+# From this many comparisons on, a static layout's indices are spread with repeat_interleave
+# rather than computed by a division per bit (fewer passes, more operator calls).
+_SPREAD_BITS = 1 << 13
+_ENDS_BITS = 1 << 11
+
+
+def _arange(n: int, device) -> Tensor:
+    """``0 .. n - 1`` int64 (cached: the static layouts index with it every step)."""
+    key = (n, device)
+    out = _ARANGE.get(key)
+    if out is None:
+        if len(_ARANGE) > 64:
+            _ARANGE.clear()
+        with torch.inference_mode(False):
+            out = _ARANGE[key] = torch.arange(n, device=device)
+    return out
+
+
 def _all_true(num_bits: int, device) -> Tensor:
     """``[num_bits]`` bool of ones, as an expanded view (no memory per bit)."""
     one = _TRUE.get(device)
@@ -50,6 +70,11 @@ def _all_true(num_bits: int, device) -> Tensor:
         with torch.inference_mode(False):
             one = _TRUE[device] = torch.ones((), dtype=torch.bool, device=device)
     return one.expand(num_bits)
+
+
+def is_all_true(bits: Tensor) -> bool:
+    """Whether ``bits`` is a view made by :func:`_all_true` (every bit 1, known without reading it)."""
+    return bits.dim() == 1 and bits.stride(0) == 0 and bits._base is not None and bits._base is _TRUE.get(bits.device)
 
 
 def _check_scores(scores) -> None:
@@ -90,6 +115,22 @@ class _APPlan:
     scores: Optional[Tensor] = None  # [n] the scores prepared with, detached (the reported AP on ties)
 
 
+@dataclass(frozen=True)
+class _APStatic:
+    """AP's comparisons in a static layout (see :class:`uniloss._decomposition.StaticLayout`):
+    ``L = floor(n^2 / 4)`` bits, the most ``P N`` can be; bit ``k < P N`` is the exact layout's,
+    positive ``k // N`` (in index order) against negative ``k % N``; the rest is padding."""
+
+    positive: Tensor  # [n] bool
+    num_pos: Tensor  # 0-dim int64 P
+    a: Tensor  # [L] the positive sample of each bit (clamped on the padding)
+    b: Tensor  # [L] the negative sample of each bit
+    padding: Tensor  # [L] bool, bits from P N on
+    runs: Runs  # one run per positive slot (n runs, those from P on empty)
+    empty_run: Tensor  # [n] bool, the runs from P on
+    scores: Optional[Tensor] = None  # [n] the scores prepared with (the reported AP on ties)
+
+
 class AveragePrecision(Decomposition):
     r"""Binary average precision over positive x negative pairs (paper sec. 4.1).
 
@@ -116,6 +157,11 @@ class AveragePrecision(Decomposition):
     Shapes: ``scores`` ``[n]`` or ``[n, 1]`` float; ``target`` ``[n]`` with values in {0, 1}
     (bool, int or float). A batch without a positive has an undefined AP (metric NaN); without a
     negative AP is 1. Either way there are no comparisons and the loss is zero.
+
+    Inside a loss call with sampled anchors the comparisons are laid out statically, ``n^2 / 4`` of
+    them with the ``P*N`` real ones first (see :class:`uniloss._decomposition.StaticLayout`): the
+    same loss, with no host synchronisation when ``validate_args=False``.
+    :meth:`prepare` called directly gives the exact ``P*N`` layout.
 
     Example::
 
@@ -150,12 +196,50 @@ class AveragePrecision(Decomposition):
         V.check_shape("target", target, (scores.shape[0],), f"[{scores.shape[0]}] (one label per score)")
         _check_binary("target", target)
 
-    def prepare(self, scores: Optional[Tensor], target, generator=None) -> _APPlan:
-        if isinstance(target, _APPlan):
+    def prepare(self, scores: Optional[Tensor], target, generator=None):
+        if isinstance(target, (_APPlan, _APStatic)):
             return target
         positive = target != 0
+        n = positive.numel()
+        layout = static_layout()
+        if layout is not None and layout.claim(self, n * n // 4):
+            # (the scores as they are: batch_metric reads them without gradient)
+            return self._static(positive, None if scores is None else self._flat(scores), layout)
         flat = None if scores is None else self._flat(scores).detach()
         return _APPlan(positive.nonzero().reshape(-1), (~positive).nonzero().reshape(-1), flat)
+
+    @staticmethod
+    def _static(positive: Tensor, flat: Optional[Tensor], layout) -> _APStatic:
+        """The static layout: the samples sorted positives first (each class in index order), bit
+        ``k`` the pair of positive slot ``k // N`` and negative slot ``P + k % N``."""
+        n, device = positive.numel(), positive.device
+        order = torch.sort(positive, descending=True, stable=True).indices
+        num_pos = positive.sum()
+        num_neg = n - num_pos
+        num_valid = num_pos * num_neg
+        k = _arange(n * n // 4, device)
+        padding = k >= num_valid
+        layout.set_valid(num_valid, padding)
+        slots = _arange(n, device)
+        empty = slots >= num_pos
+        if k.numel() < _SPREAD_BITS:  # few operator calls: what a small batch costs
+            width = num_neg.clamp_min(1)
+            slot = torch.div(k, width, rounding_mode="floor").clamp_max_(n - 1)
+            a = order.index_select(0, slot)
+            b = order.index_select(0, (torch.remainder(k, width) + num_pos).clamp_max_(n - 1))
+            runs = Runs(None, slot, None, n)
+            if k.numel() >= _ENDS_BITS:  # counted from prefix sums where the anchors' rows are large
+                runs.ends = ((slots + 1) * width).clamp_max_(k.numel())
+        else:  # one pass a tensor (a division a bit costs more): each slot's bits spread from it
+            per = torch.where(empty, 0, num_neg)  # bits of each positive's run
+            start = torch.cumsum(per, 0) - per
+            spread = per.clone()
+            spread[-1] += k.numel() - num_valid  # the last slot (empty unless N = 0) takes the padding
+            a = torch.repeat_interleave(order, spread, output_size=k.numel())
+            column = k - torch.repeat_interleave(start, spread, output_size=k.numel())
+            b = order.index_select(0, (column + num_pos).clamp_max_(n - 1))
+            runs = Runs(None, None, start + per, n)  # counted from prefix sums; the empty runs end at P N
+        return _APStatic(positive, num_pos, a, b, padding, runs, empty, flat)
 
     def metric(self, scores: Tensor, target) -> Tensor:
         """The AP of ``scores``, tied scores counted as scikit-learn counts them (see the class
@@ -172,7 +256,25 @@ class AveragePrecision(Decomposition):
         plan = self.prepare(None, target)
         if self.interpolated or plan.scores is None:
             return None  # (interpolated: the bits' AP is already the tied one)
+        if isinstance(plan, _APStatic):
+            return self._tied_static(plan)
         return self._tied(plan.pos, plan.neg, plan.scores)
+
+    @staticmethod
+    def _tied_static(plan: _APStatic) -> Tensor:
+        """:meth:`_tied` with the positives' and negatives' scores sorted in ``[n]`` tensors (the
+        other class's entries ``+inf``, last), the terms of the slots past ``P`` exact zeros (so the
+        value is :meth:`_tied`'s to the last bit)."""
+        assert plan.scores is not None
+        with torch.no_grad():
+            up = -plan.scores
+            inf = torch.full_like(up, float("inf"))
+            down = torch.where(plan.positive, up, inf).sort().values  # the positives from the top, then +inf
+            k = torch.searchsorted(down, down, right=True)
+            above = torch.searchsorted(torch.where(plan.positive, inf, up).sort().values, down, right=True)
+            dtype = torch.float64 if plan.scores.dtype == torch.float64 else torch.float32  # as in _tied
+            precision = (k.to(dtype) / (k + above).to(dtype)).masked_fill_(plan.empty_run, 0.0)
+            return precision.cumsum(0)[-1] / plan.num_pos
 
     def _tied(self, pos: Tensor, neg: Tensor, scores: Tensor) -> Tensor:
         """AP with each run of tied scores one threshold (scikit-learn): each positive, from the
@@ -183,25 +285,35 @@ class AveragePrecision(Decomposition):
         if num_pos == 0:
             return torch.full((), float("nan"), device=scores.device)
         down = -scores[pos].sort(descending=True).values  # ascending: the positives from the top
-        k = torch.searchsorted(down, down, right=True)[None].to(torch.float32)  # non-decreasing, as n_k
-        above = torch.searchsorted((-scores[neg]).sort().values, down, right=True)[None].to(torch.float32)
-        return (k / (k + above)).mean(-1)[0]
+        dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32  # float64 scores: float64 metric
+        k = torch.searchsorted(down, down, right=True).to(dtype)  # non-decreasing, as n_k
+        above = torch.searchsorted((-scores[neg]).sort().values, down, right=True).to(dtype)
+        return (k / (k + above)).cumsum(0)[-1] / num_pos  # summed as evaluate_zeros sums
 
     def comparisons(self, scores: Tensor, target) -> Tensor:
         plan = self.prepare(scores, target)
+        if isinstance(plan, _APStatic):
+            return static_pair_differences(self._flat(scores), plan.a, plan.b, plan.padding)
         return pair_differences(self._flat(scores), plan.pos, plan.neg)
 
     def best(self, target) -> Tensor:
         plan = self.prepare(None, target)
+        if isinstance(plan, _APStatic):
+            return _all_true(plan.a.numel(), plan.a.device)
         return _all_true(plan.pos.numel() * plan.neg.numel(), plan.pos.device)
 
-    def segments(self, target) -> int:
+    def segments(self, target):
         """One run per positive: its ``N`` comparisons with the negatives."""
-        return self.prepare(None, target).neg.numel()
+        plan = self.prepare(None, target)
+        if isinstance(plan, _APStatic):
+            return plan.runs
+        return plan.neg.numel()
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = self.prepare(None, target)
         t = bits.shape[0]
+        if isinstance(plan, _APStatic):
+            return self.evaluate_zeros(plan.runs.zeros(~bits, torch.float32), plan)
         if plan.pos.numel() == 0:
             return torch.full((t,), float("nan"), device=bits.device)
         above = (~bits).reshape(t, plan.pos.numel(), plan.neg.numel()).sum(-1, dtype=torch.float32)
@@ -212,17 +324,23 @@ class AveragePrecision(Decomposition):
         num_pos = zeros.shape[-1]
         if num_pos == 0:
             return torch.full(zeros.shape[:-1], float("nan"), device=zeros.device)
+        plan = target if isinstance(target, _APStatic) else None
+        if plan is not None:  # the runs from P on are empty: +inf, sorted last, their terms 0
+            zeros = zeros.masked_fill(plan.empty_run, float("inf"))
         above = zeros.sort(-1).values  # n_k ascending
         k = _ranks(num_pos, zeros.device, zeros.dtype)
         precision = k / (k + above)
         if self.interpolated:
             precision = precision.flip(-1).cummax(-1).values.flip(-1)
-        return precision.mean(-1)
+        # The sum in order (a CPU cumsum accumulates in float64): the static layout's empty runs add
+        # exact zeros at the end, so both layouts give the same value to the last bit.
+        total = precision.cumsum(-1)[..., -1]
+        return total / (num_pos if plan is None else plan.num_pos)
 
     def evaluate_zeros_plus_one(self, zeros: Tensor, target) -> Tensor:
         """Closed form (plain AP): one more negative above positive ``i`` moves the last of the
         equal counts at sorted position ``k*`` from ``v`` to ``v + 1``, changing one term."""
-        if self.interpolated or zeros.numel() == 0:
+        if self.interpolated or zeros.numel() == 0 or isinstance(target, _APStatic):
             return super().evaluate_zeros_plus_one(zeros, target)
         above = zeros.sort().values
         k = torch.arange(1, zeros.numel() + 1, device=zeros.device, dtype=zeros.dtype)
@@ -350,7 +468,9 @@ class MulticlassAccuracy(Decomposition):
         n, m = plan.cols.shape
         if plan.selected is None:
             return m
-        return torch.bincount(torch.div(plan.selected, m, rounding_mode="floor"), minlength=n)
+        sample = torch.div(plan.selected, m, rounding_mode="floor")
+        # (not bincount: on a GPU it reads the largest value on the host)
+        return torch.zeros(n, dtype=torch.long, device=sample.device).index_add_(0, sample, torch.ones_like(sample))
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
         """A sample is right iff none of its comparisons is 0 (and, with ``undrawn="current"``,
@@ -438,6 +558,23 @@ class _PCKPlan:
         return self.cache["starts"]
 
 
+@dataclass(frozen=True)
+class _PCKStatic:
+    """PCK's comparisons in a static layout (see :class:`uniloss._decomposition.StaticLayout`):
+    ``L = n J floor((H W)^2 / 4)`` bits (the most ``sum_joints P (H W - P)`` can be); the first
+    ``l`` are the exact layout's (visible joints in order, each positive pixel against the joint's
+    negative pixels, both in pixel order), the rest padding. Runs: one per positive pixel, in
+    that order, then empty runs and a last run holding the padding."""
+
+    visible: Tensor  # [G] bool, G = n J
+    num_visible: Tensor  # 0-dim int64
+    a: Tensor  # [L] flat index of the positive pixel of each bit
+    b: Tensor  # [L] flat index of the negative pixel
+    padding: Tensor  # [L] bool
+    runs: Runs  # G H W + 1 runs
+    run_joint: Tensor  # [G H W + 1] joint of each run, G for the empty ones and the padding's
+
+
 class PCK(Decomposition):
     r"""Percentage of correct keypoints from heatmaps (paper sec. 4.2).
 
@@ -454,6 +591,14 @@ class PCK(Decomposition):
 
     Memory: ``l = sum_joints P*(H*W - P)``; this dense implementation suits small heatmaps or
     few joints (a 64x64 heatmap with a 180-pixel disc has about 700k comparisons per joint).
+
+    Host synchronisation: inside a loss call with sampled anchors, heatmaps whose bound
+    ``n J floor((H W)^2 / 4)`` on ``l`` is at most ``chunk_bits`` (default ``2**22``: e.g. 4 x 16
+    heatmaps of 22x22 pixels) are laid out statically (see
+    :class:`uniloss._decomposition.StaticLayout`), with no synchronisation when
+    ``validate_args=False``. Larger ones keep the exact layout, which finds the disc pixels
+    (``nonzero``) and plans the blocks of the block-by-block engine on the host: a few
+    synchronisations per call.
 
     Example::
 
@@ -511,13 +656,16 @@ class PCK(Decomposition):
         radius = (self.threshold * normalizer)[:, None, None, None]
         return dx * dx + dy * dy <= radius * radius
 
-    def prepare(self, scores: Tensor, target, generator=None) -> _PCKPlan:
-        if isinstance(target, _PCKPlan):
+    def prepare(self, scores: Tensor, target, generator=None):
+        if isinstance(target, (_PCKPlan, _PCKStatic)):
             return target
         keypoints, visible, normalizer = target
         n, j, h, w = scores.shape
         pos = self.positive_mask(scores.shape, (keypoints, visible, normalizer)).reshape(n * j, h * w)
         vis = visible.reshape(-1) != 0
+        layout = static_layout()
+        if layout is not None and layout.claim(self, n * j * ((h * w) ** 2 // 4)):
+            return self._static(pos, vis, layout)
         joint_index = vis.nonzero().reshape(-1)  # flat (sample, joint) of each visible joint
         pos = pos[joint_index]
         base = (joint_index * (h * w))[:, None]
@@ -527,8 +675,48 @@ class PCK(Decomposition):
             joint_index.numel(), pos_joint, neg_joint, base[pos_joint, 0] + pos_pix, base[neg_joint, 0] + neg_pix
         )
 
+    @staticmethod
+    def _static(pos: Tensor, vis: Tensor, layout) -> _PCKStatic:
+        """The static layout: bit ``k`` of joint ``g`` (its bits from ``start_g``) pairs the
+        ``(k - start_g) // N_g``-th positive pixel with the ``(k - start_g) % N_g``-th negative one."""
+        num_joints, size = pos.shape
+        device = pos.device
+        pos = pos & vis[:, None]  # an invisible joint has no comparison
+        order = torch.sort(pos, dim=1, descending=True, stable=True).indices  # positives first, in pixel order
+        num_pos = pos.sum(1)
+        num_neg = size - num_pos
+        pairs = num_pos * num_neg
+        ends = torch.cumsum(pairs, 0)
+        num_valid = ends[-1]
+        k = _arange(num_joints * (size * size // 4), device)
+        joint = torch.searchsorted(ends, k, right=True).clamp_max_(num_joints - 1)
+        local = k - (ends - pairs)[joint]
+        width = num_neg.clamp_min(1)[joint]
+        row = torch.div(local, width, rounding_mode="floor").clamp_max_(size - 1)
+        col = (local - row * width + num_pos[joint]).clamp_max_(size - 1)
+        rows = order.reshape(-1)
+        base = joint * size
+        padding = k >= num_valid
+        layout.set_valid(num_valid, padding)
+        # Runs: positive `row` of joint `joint` is run (positives before the joint) + row.
+        first = torch.cumsum(num_pos, 0) - num_pos
+        num_runs = num_joints * size + 1
+        run = torch.where(padding, num_runs - 1, first[joint] + row)
+        run_index = _arange(num_runs, device)
+        run_joint = torch.searchsorted(torch.cumsum(num_pos, 0), run_index, right=True)
+        runs = Runs(None, run, None, num_runs)
+        if k.numel() * 8 >= PREFIX_COUNTS:  # large: the runs' ends too, for counts by prefix sums
+            of = run_joint.clamp_max(num_joints - 1)
+            ends_of_runs = (ends - pairs)[of] + (run_index - first[of] + 1) * num_neg[of]
+            # the empty runs end where the comparisons do, the last (the padding's) at L
+            runs.ends = torch.where(run_joint < num_joints, ends_of_runs, num_valid)
+            runs.ends[-1] = k.numel()
+        return _PCKStatic(vis, vis.sum(), base + rows[base + row], base + rows[base + col], padding, runs, run_joint)
+
     def comparisons(self, scores: Tensor, target) -> Tensor:
         plan = self.prepare(scores, target)
+        if isinstance(plan, _PCKStatic):
+            return static_pair_differences(scores.reshape(-1), plan.a, plan.b, plan.padding)
         ia, ib = plan.pairs()
         flat = scores.reshape(-1)
         return flat[plan.pos_flat][ia] - flat[plan.neg_flat][ib]
@@ -553,15 +741,20 @@ class PCK(Decomposition):
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def best(self, target) -> Tensor:
-        plan = _prepared(self, target, _PCKPlan)
+        plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
+        if isinstance(plan, _PCKStatic):
+            return _all_true(plan.a.numel(), plan.a.device)
         return _all_true(plan.num_bits(), plan.pos_flat.device)
 
-    def segments(self, target) -> Tensor:
+    def segments(self, target):
         """One run per positive pixel: its comparisons with its joint's negatives."""
-        return _prepared(self, target, _PCKPlan).run_lengths()
+        plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
+        return plan.runs if isinstance(plan, _PCKStatic) else plan.run_lengths()
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
-        plan = _prepared(self, target, _PCKPlan)
+        plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
+        if isinstance(plan, _PCKStatic):
+            return self.evaluate_zeros(plan.runs.zeros(~bits, torch.float32), plan)
         if plan.num_joints == 0:
             return torch.full((bits.shape[0],), float("nan"), device=bits.device)
         ia, _ = plan.pairs()
@@ -569,7 +762,12 @@ class PCK(Decomposition):
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
         """A joint is correct iff one of its positives has no 0-bit (beats every negative)."""
-        plan = _prepared(self, target, _PCKPlan)
+        plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
+        if isinstance(plan, _PCKStatic):
+            ok = (zeros == 0).float()
+            num_joints = plan.visible.numel()
+            correct = _segment_sum(ok, plan.run_joint, num_joints + 1)[..., :num_joints] > 0
+            return (correct & plan.visible).sum(-1) / plan.num_visible  # NaN without a visible joint
         if plan.num_joints == 0:
             return torch.full(zeros.shape[:-1], float("nan"), device=zeros.device)
         row_ok = (zeros == 0).float()  # a positive pixel beating every negative
@@ -579,6 +777,8 @@ class PCK(Decomposition):
     def evaluate_zeros_plus_one(self, zeros: Tensor, target) -> Tensor:
         """Closed form: positive ``i`` losing stops its joint being correct iff it was the
         joint's only positive beating every negative."""
+        if isinstance(target, _PCKStatic):
+            return super().evaluate_zeros_plus_one(zeros, target)
         plan = _prepared(self, target, _PCKPlan)
         if plan.num_joints == 0:
             return torch.full_like(zeros, float("nan"))

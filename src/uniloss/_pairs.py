@@ -57,6 +57,32 @@ def pair_differences(s: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return _PairDifferences.apply(s, a, b)
 
 
+class _StaticPairDifferences(torch.autograd.Function):
+    """``c[k] = s[a[k]] - s[b[k]]``, ``+inf`` (no gradient) where ``padding[k]``."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, a: Tensor, b: Tensor, padding: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b, padding)
+        ctx.size = s.shape[0]
+        return (s.index_select(0, a) - s.index_select(0, b)).masked_fill_(padding, float("inf"))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, padding = ctx.saved_tensors
+        grad = grad.masked_fill(padding, 0.0)
+        out = grad.new_zeros(ctx.size)
+        out.index_add_(0, a, grad)
+        out.index_add_(0, b, grad, alpha=-1)
+        return out, None, None, None
+
+
+def static_pair_differences(s: Tensor, a: Tensor, b: Tensor, padding: Tensor) -> Tensor:
+    """``s[a] - s[b]`` for a 1-D ``s``, ``+inf`` where ``padding`` (a static layout's padding, see
+    :class:`uniloss._decomposition.StaticLayout`); differentiable in ``s`` with a single autograd
+    node, the padding's gradient zero."""
+    return _StaticPairDifferences.apply(s, a, b, padding)
+
+
 class _RowDifferences(torch.autograd.Function):
     """``c[i, j] = s[i, y[i]] - s[i, cols[i, j]]`` flattened (``cols[i]`` never holds ``y[i]``)."""
 

@@ -69,10 +69,13 @@ class Runs:
     __slots__ = ("width", "ids", "ends", "num")
 
     def __init__(self, width: Optional[int], ids: Optional[Tensor], ends: Optional[Tensor], num: int):
+        # (a static layout may give only ids, or only ends: see its decomposition)
         self.width, self.ids, self.ends, self.num = width, ids, ends, num
 
     @staticmethod
-    def of(segments: Union[int, Tensor], num_bits: int, device: torch.device, validate: bool) -> "Runs":
+    def of(segments: Union[int, Tensor, "Runs"], num_bits: int, device: torch.device, validate: bool) -> "Runs":
+        if isinstance(segments, Runs):  # a static layout's runs (see _decomposition.StaticLayout)
+            return segments
         if isinstance(segments, int):
             if validate and (segments <= 0 or num_bits % segments):
                 raise ValueError(
@@ -94,6 +97,8 @@ class Runs:
         """``[R, L]`` bool -> ``[R, S]``: how many set entries each run holds."""
         if self.width is not None:
             return byte_sum(is_zero.view(torch.uint8).view(is_zero.shape[0], self.num, self.width), dtype)
+        if self.ends is not None and (self.ids is None or is_zero.numel() >= PREFIX_COUNTS):
+            return _counts_by_ends(is_zero, self.ends).to(dtype)
         assert self.ids is not None  # the run-length layout
         out = torch.zeros(is_zero.shape[0], self.num, dtype=dtype, device=is_zero.device)
         return out.index_add_(1, self.ids, is_zero.to(dtype))
@@ -101,21 +106,55 @@ class Runs:
     def run_of(self, index: Tensor) -> Tensor:
         if self.width is not None:
             return torch.div(index, self.width, rounding_mode="floor")
-        assert self.ends is not None  # the run-length layout
+        if self.ends is None:  # a static layout's runs: the run of every bit
+            assert self.ids is not None
+            return self.ids[index]
         return torch.searchsorted(self.ends, index, right=True)
 
     def lengths(self, device: torch.device) -> Tensor:
         """``[S]`` float run lengths."""
         if self.width is not None:
             return torch.full((self.num,), float(self.width), device=device)
-        assert self.ends is not None  # the run-length layout
+        if self.ends is None:  # a static layout's runs: counted from the run of every bit
+            assert self.ids is not None
+            return torch.zeros(self.num, device=device).index_add_(0, self.ids, torch.ones(self.ids.shape, device=device))
         return torch.diff(self.ends, prepend=self.ends.new_zeros(1)).float()
 
     def run_ids(self, num_bits: int, device: torch.device) -> Tensor:
         if self.ids is not None:
             return self.ids
+        if self.ends is not None:
+            return torch.searchsorted(self.ends, torch.arange(num_bits, device=device), right=True)
         assert self.width is not None  # the fixed-width layout
         return torch.div(torch.arange(num_bits, device=device), self.width, rounding_mode="floor")
+
+
+# From this many entries on, runs of consecutive bits are counted from prefix sums (a scatter into
+# the runs costs several times more on a CPU).
+PREFIX_COUNTS = 1 << 16
+_BYTE_LANES = 0x0101010101010101  # times the word of eight 0/1 bytes: their sum in the top byte
+
+
+def _counts_by_ends(is_zero: Tensor, ends: Tensor) -> Tensor:
+    """``[R, L]`` bool -> ``[R, S]`` int32: the set entries of each run of consecutive bits, run
+    ``s`` ending (exclusive) at ``ends[s]`` (non-decreasing, at most ``L``; the first starts at 0).
+    Prefix sums at the ends: the bits summed eight at a time (the bytes of an int64 word, by one
+    multiplication) and cumulated, plus the bits of each end's own word before it. Exact; no host
+    synchronisation."""
+    rows, num_bits = is_zero.shape
+    words = -(-num_bits // 8)
+    x = is_zero.view(torch.uint8)
+    if words * 8 != num_bits or x.stride(0) != words * 8:
+        x = torch.nn.functional.pad(x, (0, words * 8 - num_bits))
+    per_word = (x.view(torch.int64) * _BYTE_LANES) >> 56  # 0..8, in the top byte: no sign
+    cumulated = torch.cumsum(per_word, 1, dtype=torch.int32)
+    word = torch.div(ends, 8, rounding_mode="floor")
+    offset = torch.arange(8, device=ends.device)
+    window = x.index_select(1, (word[:, None] * 8 + offset).clamp_max_(words * 8 - 1).reshape(-1))
+    within = (window.view(rows, -1, 8) & (offset < (ends - word * 8)[:, None])).sum(-1, dtype=torch.int32)
+    # the words before the end's own: none for word 0
+    prefix = cumulated.index_select(1, (word - 1).clamp_min_(0)).mul_(word > 0).add_(within)
+    return torch.diff(prefix, dim=1, prepend=prefix.new_zeros(rows, 1))
 
 
 def byte_sum(x: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
@@ -270,15 +309,15 @@ class _Surrogate(torch.autograd.Function):
     again."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, value: Tensor, backward: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    def forward(ctx, x: Tensor, value: Tensor, sign: float, backward: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         ctx.backward_fn = backward
         ctx.save_for_backward(x)
-        return value.clone()
+        return value * sign  # (a new tensor: the output is no input)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
-        return ctx.backward_fn(grad, x), None, None
+        return ctx.backward_fn(grad, x), None, None, None
 
 
 # Below this many anchors x bits the anchors' disagreement with hard is formed densely (one
@@ -318,15 +357,24 @@ def structured_loss(
     all_good: int = 0,
     distance: str = "euclidean",
     nearby: str = "all",
+    invalid: Optional[Tensor] = None,
+    undefined: Optional[Tensor] = None,
+    detached: Optional[Tensor] = None,
 ):
     """The loss from comparisons ``c`` (attached to them) and a structured anchor set.
 
     ``wrong`` is ``hard != best``. Returns ``(loss, values [t], metric, surrogate, kinds)``;
     ``all_good`` > 0 adds the ``l`` single-flip good anchors weighted ``all_good / l`` (see the
-    module documentation).
+    module documentation). ``invalid``: the padding of a static layout (``c = +inf`` there, where
+    every anchor is 1), left out of the distances; ``undefined``: its 0-dim bool "no comparison",
+    where the loss is zero. ``detached``: ``c.detach()`` where the caller has it.
     """
     dtype, l = c.dtype, c.numel()
-    r, base, w = residuals(c.detach(), temperature, distance)
+    r, base, w = residuals(c.detach() if detached is None else detached, temperature, distance)
+    if invalid is not None and distance != "euclidean":
+        # At c = +inf base is 0 and no anchor differs from hard: the Euclidean flip cost (1) is
+        # multiplied by 0 wherever it is used, the cross-entropy one (+inf) would give NaN.
+        w.masked_fill_(invalid, 0.0)
     R = base.sum()
     wrong_f = s_best = zeros_best = None
     # The structured form: its fields are all set.
@@ -406,6 +454,8 @@ def structured_loss(
     def sq_of(c_in: Tensor) -> Tensor:
         """``sq`` above as a differentiable function of the comparisons (for double backward)."""
         _, base_d, flip_d = bit_costs(c_in, temperature, distance)
+        if invalid is not None:
+            flip_d = torch.where(invalid, 0.0, flip_d)
         R_d = base_d.sum()
         if flips is None:
             out = torch.mv(rows_f, flip_d) + R_d
@@ -428,7 +478,9 @@ def structured_loss(
             return double_backward_grad(c_in, sq_of, values, weights, sign * scale * grad_out)
         return grad_c(coef * grad_out)
 
-    loss = _Surrogate.apply(c, sign * g, backward)
+    # A static layout without a comparison (e.g. AP without a positive): a zero loss, as the exact
+    # layout's l == 0 gives (its gradient is the padding's: zero).
+    loss = _Surrogate.apply(c, g if undefined is None else g.masked_fill(undefined, 0.0), sign, backward)
     return loss, values, metric, g, kinds
 
 
@@ -626,5 +678,5 @@ def chunked_loss(
                 torch.dot(c, grad_c).backward()
         return s.grad if s.grad is not None else torch.zeros_like(scores)
 
-    loss = _Surrogate.apply(scores, sign * g, backward)
+    loss = _Surrogate.apply(scores, g, sign, backward)
     return loss, values, metric, g, anchors.kinds, num_bits

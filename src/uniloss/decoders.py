@@ -56,9 +56,9 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._decomposition import validate_scores
+from ._decomposition import static_layout, validate_scores
 from ._metrics import PCK, KeypointTarget
-from ._pairs import grouped_pairs, other_classes
+from ._pairs import grouped_pairs, other_classes, static_pair_differences
 
 __all__ = [
     "Decoder",
@@ -524,6 +524,50 @@ class _RankingPlan:
     best: Tensor  # [l] bool
     dtype: torch.dtype = torch.float32  # values_dtype(scores)
     scores: Optional[Tensor] = None  # [n] the scores prepared with, detached (a metric's value on ties)
+    padding: Optional[Tensor] = None  # a static layout's padding (see _decomposition.StaticLayout)
+
+
+def _dense_ids(values: Tensor) -> Tensor:
+    """``torch.unique(values, return_inverse=True)[1]`` (ids ``0..G-1`` in sorted order of the
+    values) without the unique values, whose number a GPU's host would wait for."""
+    ordered, order = torch.sort(values, stable=True)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    return torch.empty_like(order).scatter_(0, order, torch.cumsum(new, 0) - 1)
+
+
+def _block_ends(new_block: Tensor) -> Tensor:
+    """For each position of a sequence cut into blocks (``new_block``: ``True`` at each block's
+    first position), the exclusive end of its block."""
+    n = new_block.numel()
+    index = torch.arange(n, device=new_block.device)
+    last = torch.ones_like(new_block)
+    last[:-1] = new_block[1:]
+    ends = torch.where(last, index + 1, n)
+    return ends.flip(0).cummin(0).values.flip(0)
+
+
+def _pairs_static(query: Tensor, key: Tensor, num_bits: int):
+    """:func:`_pairs_within` in a static layout of ``num_bits`` pairs (see
+    :class:`uniloss._decomposition.StaticLayout`): ``(a, b, padding, number of pairs)``, the pairs
+    first and in :func:`_pairs_within`'s order, the indices of the padding clamped into range."""
+    n = query.numel()
+    device = query.device
+    order = torch.sort(key, stable=True).indices
+    order = order[torch.sort(query[order], stable=True).indices]
+    q, k = query[order], key[order]
+    new_query = torch.ones(n, dtype=torch.bool, device=device)
+    new_query[1:] = q[1:] != q[:-1]
+    new_block = new_query.clone()
+    new_block[1:] |= k[1:] != k[:-1]
+    block_end = _block_ends(new_block)
+    count = _block_ends(new_query) - block_end  # the items of the query after the item's block
+    ends = torch.cumsum(count, 0)
+    num_valid = ends[-1]
+    bit = torch.arange(num_bits, device=device)
+    first = torch.searchsorted(ends, bit, right=True).clamp_max_(n - 1)
+    second = (block_end[first] + bit - (ends - count)[first]).clamp_max_(n - 1)
+    return order[first], order[second], bit >= num_valid, num_valid
 
 
 def _pairs_within(query: Tensor, key: Tensor, num_queries: int) -> Tuple[Tensor, Tensor]:
@@ -559,14 +603,16 @@ def _segment_count(values: Tensor, index: Tensor, size: int) -> Tensor:
 
 def sort_within(key: Tensor, block: Tensor) -> Tensor:
     """Per row of ``key [t, n]``: each item's place (0-based) among the items of its block
-    (``block [n]``), ordered by key, then by index."""
+    (``block [n]``, any integer ids), ordered by key, then by index. No host synchronisation."""
     t, n = key.shape
     order = torch.sort(key, dim=1, stable=True).indices
     order = order.gather(1, torch.sort(block[order], dim=1, stable=True).indices)
-    counts = torch.bincount(block, minlength=int(block.max()) + 1 if n else 0)
-    block_start = (torch.cumsum(counts, 0) - counts)[block]
-    slot = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=key.device).expand(t, n))
-    return slot - block_start[None, :]
+    ordered = block[order]
+    index = torch.arange(n, device=key.device).expand(t, n)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    start = torch.where(new, index, 0).cummax(1).values if n else index  # each sorted position's block start
+    return torch.empty_like(order).scatter_(1, order, index - start)
 
 
 class Ranking(Decoder):
@@ -604,6 +650,12 @@ class Ranking(Decoder):
     paper's AP decomposition on every configuration). Decoding loops in Python over the distinct
     relevance grades (not over items, pairs or anchors): prefer few grades.
 
+    ``num_grades`` (``pairs="relevance"``): the relevance is an integer in ``[0, num_grades)``, so
+    the grades need not be counted. Inside a loss call the pairs are then laid out in a static
+    layout (see :class:`uniloss._decomposition.StaticLayout`; ``"binary"``, ``"all"`` and a bool
+    relevance always are): no host synchronisation with ``validate_args=False``. Graded
+    relevance without it counts its grades and pairs on the host.
+
     Example::
 
         >>> import torch
@@ -620,11 +672,13 @@ class Ranking(Decoder):
 
     _plan_type = _RankingPlan
 
-    def __init__(self, pairs: str = "relevance") -> None:
+    def __init__(self, pairs: str = "relevance", *, num_grades: Optional[int] = None) -> None:
         self.pairs = _check_choice("pairs", pairs, ("relevance", "binary", "all"))
+        self.num_grades = None if num_grades is None else V.check_count("num_grades", num_grades, allow_zero=False)
 
     def __repr__(self) -> str:
-        return f"Ranking(pairs={self.pairs!r})"
+        extra = "" if self.num_grades is None else f", num_grades={self.num_grades}"
+        return f"Ranking(pairs={self.pairs!r}{extra})"
 
     @staticmethod
     def _flat(scores: Tensor) -> Tensor:
@@ -658,6 +712,13 @@ class Ranking(Decoder):
             V.check_finite("target.relevance", relevance)
         if relevance.numel() and float(relevance.min()) < 0:
             raise ValueError(f"Expected `target.relevance` to be >= 0, but got minimum {relevance.min().item()}")
+        if self.num_grades is not None and self.pairs == "relevance" and relevance.numel():
+            whole = relevance == relevance.round() if relevance.is_floating_point() else torch.ones((), dtype=torch.bool)
+            if not bool(whole.all()) or float(relevance.max()) >= self.num_grades:
+                raise ValueError(
+                    f"Expected `target.relevance` to hold integers in [0, {self.num_grades}) (num_grades="
+                    f"{self.num_grades}), but got values up to {relevance.max().item()}"
+                )
         if query is not None:
             V.check_tensor("target.query", query)
             V.check_shape("target.query", query, (n,), f"[{n}] (one query id per score)")
@@ -670,8 +731,14 @@ class Ranking(Decoder):
         relevance, query = self._split(target)
         n = relevance.numel()
         device = relevance.device
-        if relevance.dtype == torch.bool:
+        binary = relevance.dtype == torch.bool
+        if binary:
             relevance = relevance.long()
+        layout = static_layout()
+        grades = self._static_grades(relevance, binary)
+        if n and grades is not None and layout is not None and layout.claim(
+                self, n * n // 4 if self.pairs == "binary" else n * (n - 1) // 2):
+            return self._static(scores, relevance, query, grades, layout)
         if query is None:
             query = torch.zeros(n, dtype=torch.long, device=device)
             num_queries = 1 if n else 0
@@ -701,9 +768,46 @@ class Ranking(Decoder):
         return _RankingPlan(RankingTarget(relevance, query), num_queries, a, b, start, grade, num_grades, best,
                             values_dtype(scores), self._flat(scores).detach())
 
+    def _static_grades(self, relevance: Tensor, binary: bool) -> Optional[Tuple[Tensor, int]]:
+        """``(grade [n], number of grades)`` known without reading the relevance on the host, or
+        ``None`` (graded relevance without ``num_grades``: the grades are counted). ``binary``:
+        the relevance was a bool tensor."""
+        if self.pairs == "all":
+            return torch.zeros_like(relevance, dtype=torch.long), 1
+        if self.pairs == "binary" or binary:
+            return (relevance <= 0).long(), 2  # grade 0: relevant
+        if self.num_grades is not None:
+            return (self.num_grades - 1) - relevance.long(), self.num_grades
+        return None
+
+    def _static(self, scores: Tensor, relevance: Tensor, query: Optional[Tensor], grades: Tuple[Tensor, int],
+                layout) -> _RankingPlan:
+        """The static layout: the pairs of :func:`_pairs_within`, padded to the most there can be
+        (``n^2 / 4`` relevant x irrelevant, ``n (n - 1) / 2`` otherwise); query ids counted up to
+        ``n`` (the evaluators' per-query tensors have ``n`` columns, the absent queries empty)."""
+        n = relevance.numel()
+        device = relevance.device
+        query = torch.zeros(n, dtype=torch.long, device=device) if query is None else _dense_ids(query)
+        counts = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, query, torch.ones_like(query))
+        start = (torch.cumsum(counts, 0) - counts)[query]
+        grade, num_grades = grades
+        s = self._flat(scores.detach())
+        if self.pairs == "all":
+            a, b, padding, num_valid = _pairs_static(query, torch.arange(n, device=device), layout.num_bits)
+            a, b = b, a  # the later item first: c = s_later - s_earlier
+            best = torch.where(relevance[a] == relevance[b], s[a] - s[b] > 0, relevance[a] > relevance[b]) | padding
+        else:
+            a, b, padding, num_valid = _pairs_static(query, grade, layout.num_bits)
+            best = torch.ones(a.numel(), dtype=torch.bool, device=device)
+        layout.set_valid(num_valid, padding)
+        return _RankingPlan(RankingTarget(relevance, query), n, a, b, start, grade, num_grades, best,
+                            values_dtype(scores), self._flat(scores).detach(), padding)
+
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         plan = self._plan(scores, plan)
         s = self._flat(scores)
+        if plan.padding is not None:
+            return static_pair_differences(s, plan.a, plan.b, plan.padding)
         return s[plan.a] - s[plan.b]
 
     def best(self, plan: Any) -> Tensor:
@@ -715,9 +819,10 @@ class Ranking(Decoder):
         query = plan.target.query
         if n == 0:
             return torch.zeros(t, 0, dtype=torch.long, device=bits.device)
-        a_loses = _segment_count((~bits).long(), plan.a, n)  # less relevant items that beat a
+        a_loses = _segment_count((~bits).long(), plan.a, n)  # less relevant items that beat a (padding: 1)
         if self.pairs == "all":
-            losses = a_loses + _segment_count(bits.long(), plan.b, n)
+            wins = bits if plan.padding is None else bits & ~plan.padding
+            losses = a_loses + _segment_count(wins.long(), plan.b, n)
             return sort_within(losses, query)
         return self.decode_losses(a_loses, plan)
 
@@ -733,18 +838,19 @@ class Ranking(Decoder):
         query = plan.target.query
         if n == 0:
             return torch.zeros(t, 0, dtype=torch.long, device=a_loses.device)
-        # Grades from the most relevant down: the q-th free slot of the item's query.
+        # Grades from the most relevant down: the q-th free slot of the item's query. Every item's
+        # slot is searched (no host-side selection of a grade's items); a grade's own are kept.
         place = sort_within(a_loses, query * plan.num_grades + plan.grade)
-        position = a_loses + place
-        free = torch.ones(t, n, dtype=torch.bool, device=a_loses.device)
-        ranks = torch.empty(t, n, dtype=torch.long, device=a_loses.device)
+        position = a_loses + place + 1
+        free = torch.ones(t, n + 1, dtype=torch.bool, device=a_loses.device)  # slot n: the others' scatter
+        ranks = torch.zeros(t, n, dtype=torch.long, device=a_loses.device)
         for grade in range(plan.num_grades):
-            items = (plan.grade == grade).nonzero().reshape(-1)
-            taken = torch.cumsum(free.long(), 1)
-            before = torch.cat([taken.new_zeros(t, 1), taken], 1)[:, plan.start[items]]
-            slot = torch.searchsorted(taken, before + position[:, items] + 1)
-            free.scatter_(1, slot, False)
-            ranks[:, items] = slot - plan.start[items][None, :]
+            member = plan.grade == grade
+            taken = torch.cumsum(free[:, :n], 1)
+            before = torch.cat([taken.new_zeros(t, 1), taken], 1)[:, plan.start]
+            slot = torch.searchsorted(taken, before + position)
+            free.scatter_(1, torch.where(member, slot, n), False)
+            ranks = torch.where(member, slot - plan.start, ranks)
         return ranks
 
 

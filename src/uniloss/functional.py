@@ -13,12 +13,12 @@ from torch import Tensor
 
 from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
-from ._decomposition import Decomposition, validate_scores
+from ._decomposition import Decomposition, StaticLayout, prepare_with_layout, validate_scores
 from ._interpolation import (
     DISTANCES, NEARBY, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale, gradient_scale,
     harmonic_distance, idw_from_sq_distances, sq_distances_from_costs,
 )
-from ._metrics import PCK, AveragePrecision, MulticlassAccuracy
+from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
 from ._structured import Runs, chunked_loss, structured_loss
 
 __all__ = ["uniloss", "uniloss_with_info", "LossInfo"]
@@ -35,7 +35,10 @@ class LossInfo:
             undefined on the batch, e.g. AP without a positive.
         surrogate: the interpolated value ``g~(u)`` (NaN where undefined).
         loss: the returned loss, detached.
-        num_bits: ``l``, the number of comparisons the loss saw.
+        num_bits: ``l``, the number of comparisons the loss saw (a property: on a static layout
+            with ``validate_args=False`` the count stays a 0-dim tensor on the device,
+            :attr:`bit_count`, until this reads it, which then synchronises once).
+        bit_count: ``l`` as an ``int``, or as a 0-dim int64 tensor (see ``num_bits``).
         anchor_values: ``[t]`` metric values at the anchors, best first.
         kinds: ``(name, count)`` of the anchor rows.
         path: the engine path that ran: ``"dense"`` (given dense anchors, or no comparison),
@@ -46,10 +49,15 @@ class LossInfo:
     metric: Tensor
     surrogate: Tensor
     loss: Tensor
-    num_bits: int
+    bit_count: Union[int, Tensor]
     anchor_values: Tensor
     kinds: tuple
     path: str = "dense"
+
+    @property
+    def num_bits(self) -> int:
+        """``l``, the number of comparisons the loss saw, as an ``int``."""
+        return self.bit_count if isinstance(self.bit_count, int) else int(self.bit_count)
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -59,6 +67,16 @@ _HALF = (torch.float16, torch.bfloat16)
 # tensor otherwise.
 DEFAULT_CHUNK_BITS = 1 << 22
 BLOCK_BITS = 1 << 18
+# The most comparisons a static layout (see _decomposition.StaticLayout) may hold (besides
+# chunk_bits for a decomposition processed block by block); a larger one is laid out exactly. A
+# static layout holds the most comparisons the target's shape allows (AP: n^2 / 4, whatever the
+# number of positives), which on a GPU costs little next to a synchronisation per call. On a CPU
+# there is no device to synchronise with (``nonzero`` reads memory the host already has), and the
+# static layout cost 1.2-1.8x the exact one per AP call (batch 16-256, one thread, 2026-11-30), so
+# a CPU lays every problem out exactly. tests/test_no_sync.py checks the accelerators' policy on a
+# CPU by raising this limit to STATIC_MAX_BITS.
+STATIC_MAX_BITS = 1 << 22
+CPU_STATIC_MAX_BITS = 0
 
 _GOOD_ANCHORS = ("sample", "all")
 GRAD_SCALES = ("distance", "bounded", "normalized")
@@ -148,7 +166,25 @@ def uniloss_with_info(
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
         decomposition.check(scores, target)
-    target = decomposition.prepare(scores, target, generator)
+    # Sampled anchors: a decomposition whose number of comparisons depends on the target may lay
+    # them out in a static layout (shapes from shapes, no host synchronisation; see StaticLayout).
+    limit = DEFAULT_CHUNK_BITS if chunk_bits is None else chunk_bits
+    layout = None
+    if anchors is None and good_anchors == "sample":
+        most = CPU_STATIC_MAX_BITS if scores.device.type == "cpu" else STATIC_MAX_BITS
+        layout = StaticLayout.for_decomposition(min(limit, most) if _blockwise(decomposition) else most, decomposition)
+    prepared = prepare_with_layout(decomposition, scores, target, generator, layout)
+    if layout is not None and not layout.used:
+        if layout.claims > 1 and layout.num_bits >= 0:  # two static layouts in one: prepare exactly
+            prepared = prepare_with_layout(decomposition, scores, target, generator, None)
+        layout = None
+    given_c = None  # the comparisons of a static layout, computed early to check their number
+    if layout is not None:
+        given_c = decomposition.comparisons(scores, prepared).reshape(-1)
+        if given_c.numel() != layout.num_bits:  # a wrapper changed the comparisons: lay them out exactly
+            prepared = prepare_with_layout(decomposition, scores, target, generator, None)
+            layout = given_c = None
+    target = prepared
     sign = -1.0 if decomposition.higher_is_better else 1.0
     dense_given = anchors is not None and not (isinstance(anchors, AnchorSet) and anchors.is_structured)
     segments = None if dense_given else decomposition.segments(target)
@@ -159,8 +195,7 @@ def uniloss_with_info(
             f"metric from per-run counts); {type(decomposition).__name__} has none"
             if segments is None else "good_anchors='all' cannot be combined with given `anchors`"
         )
-    if anchors is None and isinstance(segments, Tensor) and _blockwise(decomposition):
-        limit = DEFAULT_CHUNK_BITS if chunk_bits is None else chunk_bits
+    if layout is None and anchors is None and isinstance(segments, Tensor) and _blockwise(decomposition):
         if int(segments.sum()) > limit:
             if all_good:
                 raise ValueError(
@@ -174,13 +209,19 @@ def uniloss_with_info(
             )
             loss = loss.to(scores.dtype)
             return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
-    c = decomposition.comparisons(scores, target).reshape(-1)
+    c = given_c if given_c is not None else decomposition.comparisons(scores, target).reshape(-1)
     if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
         c = c.float()
     l = c.numel()
-    hard = c.detach() > 0
+    static = None  # a static layout: (number of real comparisons, [l] bool padding)
+    if layout is not None:
+        assert layout.num_valid is not None  # layout.used
+        padding = layout.padding if layout.padding is not None else _padding(l, layout.num_valid)
+        static = (layout.num_valid, padding)
+    detached = c.detach()
+    hard = detached > 0
     best = None  # the best bits, where drawing the anchors computed them (the pull reuses them)
-    scale = comparison_scale(c, temperature_scale)
+    scale = comparison_scale(c, temperature_scale) if static is None else _static_scale(c, static, temperature_scale)
     if scale is not None:  # a 0-dim tensor from here on, used as the scalar it holds (no host sync)
         temperature = cast(float, temperature * scale)
     wrong: Optional[Tensor]  # hard != best; None for dense anchors
@@ -198,6 +239,7 @@ def uniloss_with_info(
             anchor_set = draw_anchors(
                 best, hard, wrong, num_good=0 if all_good else num_good, num_nearby=num_nearby,
                 num_bad=num_bad, good_flips=decomposition.num_good_flips(target, l), generator=generator,
+                num_valid=None if static is None else static[0], invalid=None if static is None else static[1],
             )
         else:
             anchor_set = _as_anchor_set(anchors, l)
@@ -213,30 +255,68 @@ def uniloss_with_info(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
             f"{decomposition.num_good_flips(target, l)} bits per good anchor"
         )
-    runs = None if segments is None else Runs.of(segments, l, c.device, validate_args)
+    runs = None if segments is None else Runs.of(segments, l, c.device, validate_args and static is None)
     assert wrong is not None  # structured anchors: set above
     loss, values, metric, surrogate, kinds = structured_loss(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
         grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance, nearby=nearby,
+        invalid=None if static is None else static[1], undefined=None if static is None else static[0] == 0,
+        detached=detached,
     )
-    loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull)
-    return loss, with_exact_metric(LossInfo(metric, surrogate.detach(), loss.detach(), l, values, kinds, "structured"),
-                                   decomposition, target)
+    loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
+                      None if static is None else static[0])
+    count: Union[int, Tensor] = l
+    if static is not None:
+        count = int(static[0]) if validate_args else static[0]
+    return loss, with_exact_metric(LossInfo(metric, _detached(surrogate), loss.detach(), count, values, kinds,
+                                            "structured"), decomposition, target)
+
+
+_PADDING: dict = {}
+
+
+def _padding(num_bits: int, num_valid: Tensor) -> Tensor:
+    """``[num_bits]`` bool: ``True`` from bit ``num_valid`` on (the padding of a static layout)."""
+    key = (num_bits, num_valid.device)
+    index = _PADDING.get(key)
+    if index is None:
+        if len(_PADDING) > 64:
+            _PADDING.clear()
+        with torch.inference_mode(False):  # cached: no inference tensor (see _metrics._RANKS)
+            index = _PADDING[key] = torch.arange(num_bits, device=num_valid.device)
+    return index >= num_valid
+
+
+def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str]) -> Optional[Tensor]:
+    """:func:`uniloss._interpolation.comparison_scale` of the real comparisons of a static layout."""
+    if mode is None:
+        return None
+    num_valid, padding = static
+    square = torch.where(padding, 0.0, c.detach()).square().sum()
+    return (square / num_valid.clamp_min(1)).sqrt().clamp_min(torch.finfo(c.dtype).tiny)
 
 
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
-               temperature, pull: float) -> Tensor:
+               temperature, pull: float, num_valid: Optional[Tensor] = None) -> Tensor:
     """``loss`` whose gradient also carries ``pull`` times that of the pull toward the best
     configuration, ``mean_k softplus(-(2 best_k - 1) c_k / tau)`` (the cross-entropy distance from
     the relaxed bits to best, per bit). The value stays the interpolated metric's. ``best``: the
-    ``[l]`` best bits where the caller has them (else ``decomposition.best`` is asked)."""
+    ``[l]`` best bits where the caller has them (else ``decomposition.best`` is asked).
+    ``num_valid``: a static layout's number of comparisons (its padding, ``c = +inf`` and best 1,
+    costs exactly 0)."""
     if not pull or c.numel() == 0:
         return loss
     with torch.no_grad():
         if best is None:
             best = decomposition.best(target).reshape(-1).to(device=c.device)
-        direction = best.to(c.dtype) * 2.0 - 1.0
-    cost = torch.nn.functional.softplus(-direction * c / temperature).mean() * pull
+        toward = None if is_all_true(best) else 1.0 - best.to(c.dtype) * 2.0  # -(2 best - 1), exactly
+    z = -c if toward is None else toward * c
+    if isinstance(temperature, Tensor) or temperature != 1.0:
+        z = z / temperature
+    cost = torch.nn.functional.softplus(z)
+    cost = cost.mean() if num_valid is None else cost.sum() / num_valid.clamp_min(1)
+    if pull != 1.0:
+        cost = cost * pull
     return loss + (cost - cost.detach()).to(loss.dtype)
 
 
@@ -245,7 +325,12 @@ def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any)
     exact = decomposition.batch_metric(target)
     if exact is None:
         return info
-    return replace(info, metric=exact.detach().to(info.metric.dtype))
+    return replace(info, metric=_detached(exact).to(info.metric.dtype))
+
+
+def _detached(x: Tensor) -> Tensor:
+    """``x.detach()``, or ``x`` itself where it has no graph (one operator call less per step)."""
+    return x.detach() if x.requires_grad else x
 
 
 def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign, distance,
@@ -364,7 +449,14 @@ def uniloss(
         anchors: fixed anchors ``[t, l]`` bool (or an :class:`~uniloss.AnchorSet`) instead of
             sampling, e.g. for tests and gradcheck.
         validate_args: check the arguments and tensors (set ``False`` in a hot loop whose inputs
-            are trusted: it avoids a device synchronisation for the NaN check).
+            are trusted: it avoids a device synchronisation for the NaN check). With ``False`` and
+            sampled anchors the built-in decompositions and the zoo make no host synchronisation
+            per call: those whose number of comparisons depends on the target (AP, AUROC, the
+            ranking metrics, PCK) lay them out in a static layout (see
+            :class:`uniloss._decomposition.StaticLayout`). Exceptions: PCK on heatmaps too large
+            for one (see :class:`uniloss.PCK`), graded relevance without ``num_grades`` (see
+            :func:`uniloss.zoo.ndcg_at_k`), and ``good_anchors="all"`` or given ``anchors``, which
+            use the exact layout.
 
     Returns:
         A scalar tensor (the scores' dtype). Where the metric is undefined on the batch (no

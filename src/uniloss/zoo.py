@@ -144,13 +144,21 @@ def _mean_where(values: Tensor, defined: Tensor) -> Tensor:
 
 def _class_counts(pred: Tensor, target: Tensor, num_classes: int):
     """Per-class counts of ``pred [t, N]`` against ``target [N]``: ``(tp [t, C], predicted [t, C],
-    actual [C])`` as int64, from one ``bincount`` of the ``t`` confusion matrices (codes
-    ``row * C^2 + pred * C + target`` in int32, about twice as fast as int64 on CPU)."""
+    actual [C])`` as int64, from one count of the ``t`` confusion matrices' codes
+    ``row * C^2 + pred * C + target`` (int32, about twice as fast as int64 on CPU). Counted with
+    ``index_add_`` where the device is not the CPU: ``bincount`` reads the largest code on a GPU's
+    host (a synchronisation per call)."""
     t, c = pred.shape[0], num_classes
-    code = torch.addcmul(target.reshape(1, -1).int(), pred.reshape(t, -1).int(),
-                         torch.tensor(c, dtype=torch.int32, device=pred.device))
+    code = pred.reshape(t, -1).int() * c  # (a Python number: a tensor made from one is a copy to the device)
+    code += target.reshape(1, -1).int()
     code += torch.arange(0, t * c * c, c * c, dtype=torch.int32, device=pred.device)[:, None]
-    confusion = torch.bincount(code.reshape(-1), minlength=t * c * c).reshape(t, c, c)
+    code = code.reshape(-1)
+    if code.device.type == "cpu":
+        confusion = torch.bincount(code, minlength=t * c * c)
+    else:
+        ones = torch.ones((), dtype=torch.long, device=code.device).expand(code.numel())
+        confusion = torch.zeros(t * c * c, dtype=torch.long, device=code.device).index_add_(0, code, ones)
+    confusion = confusion.reshape(t, c, c)
     return confusion.diagonal(dim1=1, dim2=2), confusion.sum(2), confusion[0].sum(0)
 
 
@@ -363,9 +371,10 @@ def recall(threshold: float = 0.0) -> DecodedMetric:
 
 
 def _per_query(values: Tensor, query: Tensor) -> Tensor:
-    """``[t, G]`` sums of ``values [t, n]`` per query."""
-    num_queries = int(query.max()) + 1 if query.numel() else 0
-    return values.new_zeros(values.shape[0], num_queries).index_add_(1, query, values)
+    """``[t, n]`` sums of ``values [t, n]`` per query (ids ``0..G-1``, ``G <= n``: the columns from
+    ``G`` on are empty queries, which every average here leaves out). ``n`` columns, not ``G``: no
+    host synchronisation to count the queries."""
+    return values.new_zeros(values.shape[0], query.numel()).index_add_(1, query, values)
 
 
 def _query_sizes(target: RankingTarget):
@@ -550,7 +559,7 @@ def recall_at_k(k: int) -> DecodedMetric:
     return _metric(Ranking("binary"), _recall_at_k, "recall_at_k", k=_check_k(k))
 
 
-def ndcg_at_k(k: Optional[int] = None) -> DecodedMetric:
+def ndcg_at_k(k: Optional[int] = None, *, num_grades: Optional[int] = None) -> DecodedMetric:
     r"""Normalised discounted cumulative gain at ``k`` (all items when ``k`` is ``None``).
 
     :math:`DCG@k = \sum_{i : r_i < k} rel_i / \log_2(r_i + 2)`, divided by the DCG of the ideal
@@ -558,6 +567,11 @@ def ndcg_at_k(k: Optional[int] = None) -> DecodedMetric:
     ``sklearn.metrics.ndcg_score`` (the reference, per query). Decoder
     ``Ranking(pairs="relevance")``: pairs of different relevance within each query, graded
     relevance allowed (decoding loops over the distinct grades).
+
+    ``num_grades``: the relevance is an integer in ``[0, num_grades)`` (grades need not all occur).
+    The decoder then loops over ``num_grades`` grades without counting the distinct ones, so a
+    loss call makes no host synchronisation (with ``validate_args=False``); without it, graded
+    relevance costs one (the number of grades) and the comparisons are laid out exactly.
 
     Shapes as :func:`precision_at_k`.
 
@@ -568,7 +582,8 @@ def ndcg_at_k(k: Optional[int] = None) -> DecodedMetric:
         >>> round(float(uniloss.zoo.ndcg_at_k(3).metric(scores, relevance)), 4)
         0.6199
     """
-    return _metric(Ranking("relevance"), _ndcg_at_k, "ndcg_at_k", k=None if k is None else _check_k(k))
+    return _metric(Ranking("relevance", num_grades=num_grades), _ndcg_at_k, "ndcg_at_k",
+                   k=None if k is None else _check_k(k))
 
 
 def mrr() -> DecodedMetric:

@@ -1,0 +1,166 @@
+"""No host synchronisation per loss call with ``validate_args=False`` (issue #17, "No
+synchronisation"): a forward and backward pass runs none of the operators that make a GPU's host
+wait (``nonzero``, ``item``), counted by the profiler on the CPU and checked under
+``torch.cuda.set_sync_debug_mode("error")`` on CUDA."""
+
+import pytest
+import torch
+
+import uniloss
+from uniloss import zoo
+from uniloss.decoders import RankingTarget
+
+SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense", "aten::item")
+
+
+def _binary(n, g):
+    labels = (torch.rand(n, generator=g) < 0.2).long()
+    labels[0], labels[1] = 1, 0
+    return labels
+
+
+def _case(name):
+    """``(decomposition, scores, target)`` on the CPU."""
+    g = torch.Generator().manual_seed(0)
+    if name == "AP, no positive":
+        return uniloss.AveragePrecision(), torch.randn(12, generator=g), torch.zeros(12, dtype=torch.long)
+    if name.startswith("AP"):
+        n = int(name.split()[-1])
+        dec = uniloss.AveragePrecision(interpolated="interpolated" in name)
+        return dec, torch.randn(n, generator=g), _binary(n, g)
+    multiclass = {
+        "accuracy": uniloss.MulticlassAccuracy(),
+        "accuracy, fraction 0.2": uniloss.MulticlassAccuracy(fraction=0.2),
+        "accuracy, fraction 0.2, undrawn current": uniloss.MulticlassAccuracy(fraction=0.2, undrawn="current"),
+        "accuracy, top_k 3": uniloss.MulticlassAccuracy(top_k=3),
+        "zoo.macro_f1": zoo.macro_f1(10),
+        "zoo.top_k_accuracy(5)": zoo.top_k_accuracy(5),
+        "zoo.balanced_accuracy": zoo.balanced_accuracy(10),
+    }
+    if name in multiclass:
+        return multiclass[name], torch.randn(32, 10, generator=g), torch.randint(0, 10, (32,), generator=g)
+    if name == "PCK":
+        kp = 1 + 6 * torch.rand(2, 2, 2, generator=g)
+        target = uniloss.KeypointTarget(kp, torch.tensor([[True, True], [True, False]]), torch.full((2,), 3.0))
+        return uniloss.PCK(), torch.randn(2, 2, 8, 8, generator=g), target
+    if name == "zoo.f_beta":
+        return zoo.f_beta(1.0), torch.randn(32, generator=g), _binary(32, g)
+    if name == "zoo.auroc":
+        return zoo.auroc(), torch.randn(32, generator=g), _binary(32, g)
+    if name == "zoo.ndcg_at_k":  # graded relevance: with num_grades the grades are not counted on the host
+        return zoo.ndcg_at_k(5, num_grades=3), torch.randn(32, generator=g), torch.randint(0, 3, (32,), generator=g)
+    if name == "zoo.ndcg_at_k, bool relevance":
+        return zoo.ndcg_at_k(5), torch.randn(32, generator=g), _binary(32, g).bool()
+    if name == "zoo.average_precision, queries":
+        relevance, query = _binary(32, g), torch.randint(0, 4, (32,), generator=g) * 10
+        return zoo.average_precision(), torch.randn(32, generator=g), RankingTarget(relevance, query)
+    if name == "zoo.mrr":
+        return zoo.mrr(), torch.randn(32, generator=g), _binary(32, g)
+    if name == "zoo.mean_iou":
+        return zoo.mean_iou(3), torch.randn(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g)
+    raise KeyError(name)
+
+
+CASES = [
+    "AP 16", "AP 128", "AP interpolated 16", "AP, no positive", "accuracy", "accuracy, fraction 0.2",
+    "accuracy, fraction 0.2, undrawn current", "accuracy, top_k 3", "PCK", "zoo.auroc", "zoo.macro_f1", "zoo.f_beta",
+    "zoo.top_k_accuracy(5)", "zoo.ndcg_at_k", "zoo.ndcg_at_k, bool relevance", "zoo.average_precision, queries",
+    "zoo.mrr", "zoo.balanced_accuracy", "zoo.mean_iou",
+]
+
+
+def _step(name, device):
+    dec, scores, target = _case(name)
+    move = (lambda x: x.to(device)) if device != "cpu" else (lambda x: x)
+    target = type(target)(*map(move, target)) if isinstance(target, tuple) else move(target)
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device=device).manual_seed(0), validate_args=False)
+
+    def step():
+        s = move(scores).requires_grad_()
+        loss_fn(s, target).backward()
+        return s.grad
+
+    return step
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_no_synchronising_operator_on_cpu(name, monkeypatch):
+    """The accelerators' layout policy (a CPU lays problems out exactly: it is faster there and
+    has no device to wait for) makes no synchronising operator on a CPU's profiler trace."""
+    monkeypatch.setattr(uniloss.functional, "CPU_STATIC_MAX_BITS", uniloss.functional.STATIC_MAX_BITS)
+    step = _step(name, "cpu")
+    step()  # warm-up: first-call caches may do anything
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        grad = step()
+    counts = {op: sum(1 for e in prof.events() if e.name == op) for op in SYNC_OPS}
+    assert not any(counts.values()), f"{name}: {counts}"
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", CASES)
+def test_no_synchronisation_on_cuda(name):
+    step = _step(name, "cuda")
+    step()  # warm-up: lazy initialisation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+# ------------------------------------------------------------------------------ the static layouts
+
+
+def _float64_case(name, large):
+    g = torch.Generator().manual_seed(1)
+    n = 300 if large else 30
+    labels = _binary(n, g)
+    if name == "AP":
+        return uniloss.AveragePrecision(), torch.randn(n, generator=g, dtype=torch.float64), labels
+    if name == "AP interpolated":
+        return uniloss.AveragePrecision(interpolated=True), torch.randn(n, generator=g, dtype=torch.float64), labels
+    if name == "PCK":
+        h, w = (12, 13) if large else (6, 7)
+        kp = (min(h, w) - 1) * torch.rand(2, 3, 2, generator=g, dtype=torch.float64)
+        vis = torch.tensor([[True, True, False], [True, False, True]])
+        target = uniloss.KeypointTarget(kp, vis, 1 + 3 * torch.rand(2, generator=g, dtype=torch.float64))
+        return uniloss.PCK(good_flips=2), torch.randn(2, 3, h, w, generator=g, dtype=torch.float64), target
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    query = torch.randint(0, 3, (n,), generator=g) * 5
+    if name == "zoo.auroc, queries":
+        return zoo.auroc(), scores, RankingTarget(labels, query)
+    if name == "zoo.ndcg_at_k, graded":
+        return zoo.ndcg_at_k(4, num_grades=3), scores, RankingTarget(torch.randint(0, 3, (n,), generator=g), query)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+@pytest.mark.parametrize("options", [{}, {"distance": "cross_entropy", "temperature_scale": "rms"},
+                                     {"grad_scale": 1.0, "pull": 0.0, "nearby": "informative"}])
+@pytest.mark.parametrize("name", ["AP", "AP interpolated", "PCK", "zoo.auroc, queries", "zoo.ndcg_at_k, graded"])
+def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, large, monkeypatch):
+    """The loss of a static layout (a raw target, sampled anchors) is that of the exact layout
+    (``prepare()`` called directly) with the anchors ``sample_anchors`` draws from the same
+    generator state: the same anchors, values, loss and gradient, under the layout policy of an
+    accelerator (a CPU lays every problem out exactly). Large: with their indices spread and their
+    runs counted from prefix sums."""
+    monkeypatch.setattr(uniloss.functional, "CPU_STATIC_MAX_BITS", uniloss.functional.STATIC_MAX_BITS)
+    dec, scores, target = _float64_case(name, large)
+    s = scores.clone().requires_grad_()
+    loss, info = uniloss.functional.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(7),
+                                                      validate_args=False, **options)
+    loss.backward()
+    assert isinstance(info.bit_count, torch.Tensor)  # counted on the device: a static layout ran
+    prepared = dec.prepare(scores, target)
+    c = dec.comparisons(scores, prepared).reshape(-1)
+    anchors = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, generator=torch.Generator().manual_seed(7),
+                                     good_flips=dec.num_good_flips(prepared, c.numel()))
+    ref = scores.clone().requires_grad_()
+    expected, ref_info = uniloss.functional.uniloss_with_info(ref, prepared, dec, anchors=anchors, **options)
+    expected.backward()
+    assert info.num_bits == c.numel()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(s.grad, ref.grad, rtol=1e-10, atol=1e-14)
+    assert torch.equal(info.anchor_values, ref_info.anchor_values) and torch.equal(info.metric, ref_info.metric)
