@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import uniloss
+from uniloss.experiments.loop import shuffled, train_epoch
 
 LOSSES = ("usual", "sample", "all")
 
@@ -74,15 +75,13 @@ def train(task: str, loss: str, lr: float, seed: int, data) -> float:
     else:
         dec = uniloss.AveragePrecision() if ap else uniloss.MulticlassAccuracy()
         loss_fn = uniloss.UniLoss(dec, generator=gen, good_anchors=loss)
-    for _ in range(cfg["epochs"]):
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), cfg["batch"]):
-            idx = order[start : start + cfg["batch"]]
-            scores = model(x[idx])
-            value = loss_fn(scores.reshape(-1) if ap else scores, y[idx])
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
+    def step_loss(m, idx):
+        scores = m(x[idx])
+        return loss_fn(scores.reshape(-1) if ap else scores, y[idx])
+
+    batches = shuffled(len(x), cfg["batch"], gen)
+    for epoch in range(cfg["epochs"]):
+        train_epoch(model, opt, batches(epoch), step_loss)
     with torch.no_grad():
         scores = model(xt)
     if ap:

@@ -31,6 +31,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from uniloss.experiments.loop import train_epoch
+
 
 def _quartiles(values: List[float]) -> Dict[str, float]:
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
@@ -71,7 +73,8 @@ class _Variant:
         self.cursor = 0
 
     def step(self, exp, x: torch.Tensor, y: torch.Tensor, amp: bool) -> None:
-        """One training step, as ``uniloss train`` makes it (no host synchronisation of its own)."""
+        """One training step, as ``uniloss train`` makes it (its loop, :func:`~uniloss.experiments.loop.train_epoch`,
+        over one batch; no host synchronisation of its own)."""
         if self.cursor + self.batch > len(self.order):
             self.cursor = 0
         idx = self.order[self.cursor : self.cursor + self.batch]
@@ -79,12 +82,10 @@ class _Variant:
         xb, yb = x[idx], y[idx]
         if exp.augment is not None:
             xb = exp.augment(xb, self.augment_gen)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = self.model(xb)
-        loss = self.fn(out.float(), yb)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        train_epoch(self.model, self.optimizer, [(xb, yb)], self.step_loss, autocast=x.device.type if amp else None)
+
+    def step_loss(self, model, batch) -> torch.Tensor:
+        return self.fn(model(batch[0]), batch[1])
 
 
 def _sync(device: torch.device) -> None:

@@ -22,6 +22,7 @@ import torch
 
 import uniloss
 from uniloss._interpolation import bit_costs, sq_distances_from_costs
+from uniloss.experiments.loop import train_epoch
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "metric-wins" / "nearby-probe.txt"
 
@@ -57,11 +58,7 @@ def states_along(model, x, y, loss_fn):
     states, epoch = [], 0
     for target_epoch in (0, 1, 3, 10):
         while epoch < target_epoch:
-            for idx in torch.randperm(len(y)).split(128):
-                loss = loss_fn(model(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            train_epoch(model, opt, torch.randperm(len(y)).split(128), lambda m, idx: loss_fn(m(x[idx]), y[idx]))
             epoch += 1
         with torch.no_grad():
             idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))[:128]

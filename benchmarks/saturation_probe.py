@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import uniloss
 from uniloss import zoo
 from uniloss.experiments import metric_wins as M
+from uniloss.experiments.loop import train_epoch
 
 SETTINGS = {
     "paper (pull=0, grad_scale=1)": dict(pull=0.0, grad_scale=1.0),
@@ -36,21 +37,34 @@ SETTINGS = {
 }
 
 
-_last_share = 0.0  # the last step's share of the push on its most-pushed sample
+class Pushes:
+    """``step_loss`` and ``on_step`` of :func:`~uniloss.experiments.loop.train_epoch` that probe the
+    push on the logits: ``loss_fn(logits, y)`` on each ``(x, y)`` batch, and after each step the
+    logits (before the step), the total push ``sum |dL/dlogits|`` and its share on the most-pushed
+    sample."""
 
+    def __init__(self, loss_fn) -> None:
+        self.loss_fn = loss_fn
+        self.logits: list = []
+        self.pushes: list = []
+        self.shares: list = []
+        self._live = None
 
-def step(model, opt, loss_fn, x, y) -> tuple:
-    """One SGD step; returns the logits (before the step) and the total push on them."""
-    global _last_share
-    logits = model(x)
-    logits.retain_grad()
-    loss = loss_fn(logits, y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    push = logits.grad.abs()
-    _last_share = float(push.reshape(len(push), -1).sum(1).max() / push.sum().clamp_min(1e-30))
-    return logits.detach(), float(push.sum())
+    def step_loss(self, model, batch):
+        x, y = batch
+        self._live = model(x)
+        self._live.retain_grad()
+        return self.loss_fn(self._live, y)
+
+    def on_step(self, step: int, loss) -> None:
+        push = self._live.grad.abs()
+        self.shares.append(float(push.reshape(len(push), -1).sum(1).max() / push.sum().clamp_min(1e-30)))
+        self.logits.append(self._live.detach())
+        self.pushes.append(float(push.sum()))
+
+    def train(self, model, opt, x, y, batches) -> None:
+        """One :func:`~uniloss.experiments.loop.train_epoch` over the index tensors ``batches``."""
+        train_epoch(model, opt, ((x[idx], y[idx]) for idx in batches), self.step_loss, on_step=self.on_step)
 
 
 def segmentation(out: io.StringIO) -> None:
@@ -63,12 +77,10 @@ def segmentation(out: io.StringIO) -> None:
         lf = F.cross_entropy if options is None else uniloss.UniLoss(
             zoo.mean_iou(2), generator=torch.Generator().manual_seed(1001), **options)
         batches = M.shuffled(2000, 32, torch.Generator().manual_seed(1))(0)
-        pushes, shares = [], []
-        for i, idx in enumerate(batches[:40]):
-            logits, push = step(model, opt, lf, xtr[idx], mtr[idx])
-            pushes.append(push)
-            if i in (0, 5, 10, 20, 39):
-                shares.append(float((logits[:, 1] > logits[:, 0]).float().mean()))
+        probe = Pushes(lf)
+        probe.train(model, opt, xtr, mtr, batches[:40])
+        pushes = probe.pushes
+        shares = [float((probe.logits[i][:, 1] > probe.logits[i][:, 0]).float().mean()) for i in (0, 5, 10, 20, 39)]
         out.write(f"  {name:38s} {pushes[0]:7.2f} | " + " ".join(f"{s:.2f}" for s in shares) + "\n")
 
 
@@ -84,11 +96,7 @@ def imbalanced_f1(out: io.StringIO) -> None:
             zoo.f_beta(1.0, threshold=0.0), generator=torch.Generator().manual_seed(1000), **options)
         batches = M.shuffled(len(ytr), 128, torch.Generator().manual_seed(0))
         for epoch in range(20):
-            for idx in batches(epoch):
-                loss = lf(model(xtr[idx]).reshape(-1), ytr[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            train_epoch(model, opt, batches(epoch), lambda m, idx: lf(m(xtr[idx]).reshape(-1), ytr[idx]))
             sched.step()
         with torch.no_grad():
             s_tr, s_te = model(xtr).reshape(-1), model(xte).reshape(-1)
@@ -109,11 +117,9 @@ def imbalanced_ap_collapse(out: io.StringIO) -> None:
         batches = M.shuffled(len(ytr), 128, torch.Generator().manual_seed(0))
         out.write(f"  {name}\n")
         for epoch in range(8):
-            largest, shares = 0.0, []
-            for idx in batches(epoch):
-                scores, _ = step(model, opt, lambda logits, y: lf(logits.reshape(-1), y), xtr[idx], ytr[idx])
-                largest = max(largest, float(scores.abs().max()))
-                shares.append(_last_share)
+            probe = Pushes(lambda logits, y: lf(logits.reshape(-1), y))
+            probe.train(model, opt, xtr, ytr, batches(epoch))
+            largest, shares = max([0.0, *(float(s.abs().max()) for s in probe.logits)]), probe.shares
             sched.step()
             with torch.no_grad():
                 ap = M.average_precision(model(xte).reshape(-1), yte)
@@ -135,11 +141,9 @@ def fashion(out: io.StringIO) -> None:
         lf = F.cross_entropy if options is None else uniloss.UniLoss(
             uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(1000), **options)
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-        pushes = []
-        for i in range(400):
-            idx = order[i * 128:(i + 1) * 128]
-            logits, push = step(model, opt, lf, x[idx], y[idx])
-            pushes.append(push)
+        probe = Pushes(lf)
+        probe.train(model, opt, x, y, order.split(128)[:400])
+        pushes, logits = probe.pushes, probe.logits[-1]
         late = sum(pushes[200:]) / 200
         out.write(f"  {name:38s} {pushes[0]:.2f} {pushes[1]:.2f} {pushes[5]:.2f} | {late:.3f} | "
                   f"{float(logits.std()):.1f}\n")

@@ -18,6 +18,7 @@ from torch import nn
 
 import uniloss
 
+from .loop import shuffled, train_epochs
 from .metrics import average_precision
 
 
@@ -108,28 +109,16 @@ def train_digits(
     else:
         raise ValueError(f"Expected `loss` in ('uniloss', 'ce'), but got {loss!r}")
 
-    def evaluate() -> float:
-        model.eval()
-        with torch.no_grad():
-            s = model(xte)
-        model.train()
+    def evaluate(m: nn.Module) -> float:  # called in evaluation mode, without gradients
+        s = m(xte)
         if task == "ap":
             return average_precision(s, yte)
         return float((s.argmax(1) == yte).float().mean())
 
-    curve = []
-    for epoch in range(epochs):
-        order = torch.randperm(len(xtr), generator=gen)
-        for start in range(0, len(xtr), batch_size):
-            idx = order[start : start + batch_size]
-            scores = model(xtr[idx])
-            if task == "ap":
-                scores = scores.reshape(-1)
-            value = loss_fn(scores, ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-        curve.append(evaluate())
-        if progress is not None:
-            progress(epoch, curve[-1])
+    def step_loss(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        scores = m(xtr[idx])
+        return loss_fn(scores.reshape(-1) if task == "ap" else scores, ytr[idx])
+
+    curve = train_epochs(model, opt, shuffled(len(xtr), batch_size, gen), step_loss, epochs, evaluate,
+                         on_epoch=progress)
     return DigitsResult(task, loss, lr, epochs, seed, curve[-1], curve)

@@ -52,7 +52,7 @@ import shlex
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,12 @@ import uniloss
 from uniloss import zoo
 from uniloss.decoders import RankingTarget
 
+from .loop import shuffled, train_epochs
 from .metrics import average_precision
+
+#: The training loop of every task (:func:`uniloss.experiments.loop.train_epochs`): ``fit(model, opt,
+#: batches, step_loss, epochs, evaluate, scheduler=None)`` returns the held-out metric per epoch.
+fit = train_epochs  # (and shuffled: scripts import both from here)
 
 # --------------------------------------------------------------------------- data
 
@@ -210,38 +215,9 @@ def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float 
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def fit(model: nn.Module, opt: torch.optim.Optimizer, batches: Callable[[int], Any],
-        step_loss: Callable[[nn.Module, Any], Tensor], epochs: int, evaluate: Callable[[nn.Module], float],
-        scheduler: Optional[Any] = None) -> List[float]:
-    """Train ``epochs`` epochs; ``batches(epoch)`` yields the epoch's batches, ``step_loss``
-    turns one into a loss; returns the held-out metric after each epoch."""
-    curve = []
-    for epoch in range(epochs):
-        model.train()
-        for batch in batches(epoch):
-            loss = step_loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if scheduler is not None:
-            scheduler.step()
-        model.eval()
-        with torch.no_grad():
-            curve.append(float(evaluate(model)))
-    return curve
-
-
 def cosine(opt: torch.optim.Optimizer, epochs: int):
     """Cosine decay of the learning rate to 0 over ``epochs`` (stepped once an epoch)."""
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-
-
-def shuffled(n: int, batch: int, generator: torch.Generator):
-    """``batches(epoch)`` over a fresh permutation of ``range(n)`` each epoch (last batch kept)."""
-    def batches(epoch: int):
-        order = torch.randperm(n, generator=generator)
-        return [order[i:i + batch] for i in range(0, n, batch)]
-    return batches
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:

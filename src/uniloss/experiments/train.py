@@ -22,12 +22,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, cast
+from typing import Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 
 from ..functional import LossInfo
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .loop import train_epoch
 from .registry import Experiment, Recipe
 
 _STATE_KEYS = ("batch_generator", "anchor_generator", "augment_generator")
@@ -150,6 +151,43 @@ def amp_warning(device: torch.device) -> Optional[str]:
             "it is meant for a GPU (--device cuda): drop --amp on the CPU")
 
 
+def _batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int,
+             augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]], generator: torch.Generator):
+    """The epoch's ``(inputs, targets)`` batches in ``order``, each augmented when drawn (lazily)."""
+    for idx in order.split(batch_size):
+        xb, yb = x[idx], y[idx]
+        if augment is not None:
+            xb = augment(xb, generator)
+        yield xb, yb
+
+
+class _EpochSums:
+    """``on_step`` of :func:`~uniloss.experiments.loop.train_epoch` for a run: the epoch's sums (on
+    the device: no host synchronisation) of the loss and, with a UniLoss module, of its batch metric
+    and surrogate over the batches where the metric is defined; and the progress bar's updates."""
+
+    def __init__(self, device: torch.device, ul_module, bar) -> None:
+        self.loss, self.metric, self.surrogate, self.count = (torch.zeros((), device=device) for _ in range(4))
+        self.ul_module, self.bar = ul_module, bar
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        self.loss += loss.detach()
+        if self.ul_module is not None:
+            info = cast(LossInfo, self.ul_module.last)  # the loss module's (nn.Module's typing hides it)
+            m, s = info.metric.detach(), info.surrogate.detach()
+            ok = ~torch.isnan(m)
+            self.metric += torch.where(ok, m, 0.0)
+            self.surrogate += torch.where(ok, s, 0.0)
+            self.count += ok.float()
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 50 == 0:
+                post = {"loss": f"{float(loss.detach()):.4f}"}  # float() of a grad tensor warns into the bar
+                if self.ul_module is not None:
+                    post.update(metric=f"{float(m):.3f}", surrogate=f"{float(s):.3f}")
+                self.bar.set_postfix(post)
+
+
 def run_training(exp: Experiment, opts: RunOptions) -> Dict:
     """Train ``exp`` with ``opts.loss`` and return the final metrics (also in ``final.json``)."""
     if opts.loss not in exp.losses:
@@ -226,44 +264,21 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
 
     n = len(x_train)
     steps = math.ceil(n / recipe.batch_size)
+
+    def step_loss(m: torch.nn.Module, batch: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return loss_fn(m(batch[0]), batch[1])  # float32 outputs (train_epoch's autocast casts them back)
+
     for epoch in range(start_epoch, recipe.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gens["batch_generator"]).to(device)
-        loss_sum = torch.zeros((), device=device)
-        metric_sum = torch.zeros((), device=device)
-        surrogate_sum = torch.zeros((), device=device)
-        metric_count = torch.zeros((), device=device)
         bar = None
         if interactive:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, mininterval=0.5, file=sys.stderr)
-        for step in range(steps):
-            idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if exp.augment is not None:
-                xb = exp.augment(xb, gens["augment_generator"])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.amp):
-                outputs = model(xb)
-            loss = loss_fn(outputs.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            if ul_module is not None:
-                info = cast(LossInfo, ul_module.last)  # the loss module's (nn.Module's typing hides it)
-                m, s = info.metric.detach(), info.surrogate.detach()
-                ok = ~torch.isnan(m)
-                metric_sum += torch.where(ok, m, 0.0)
-                surrogate_sum += torch.where(ok, s, 0.0)
-                metric_count += ok.float()
-            if bar is not None:
-                bar.update(1)
-                if step % 50 == 0:
-                    post = {"loss": f"{float(loss.detach()):.4f}"}  # float() of a grad tensor warns into the bar
-                    if ul_module is not None:
-                        post.update(metric=f"{float(m):.3f}", surrogate=f"{float(s):.3f}")
-                    bar.set_postfix(post)
+        sums = _EpochSums(device, ul_module, bar)
+        batches = _batches(x_train, y_train, order, recipe.batch_size, exp.augment, gens["augment_generator"])
+        train_epoch(model, optimizer, batches, step_loss, on_step=sums, autocast=device.type if opts.amp else None)
         if bar is not None:
             bar.close()
         lr = optimizer.param_groups[0]["lr"]  # the epoch's (before the scheduler moves to the next one's)
@@ -272,14 +287,14 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
         record = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": float(loss_sum) / steps,
+            "train_loss": float(sums.loss) / steps,
             "val": exp.evaluate(_outputs(model, data.x_val), data.y_val),
             "test": exp.evaluate(_outputs(model, data.x_test), data.y_test),
             "epoch_time_s": train_time,
         }
-        if ul_module is not None and float(metric_count) > 0:
-            record["train_batch_metric"] = float(metric_sum / metric_count)
-            record["train_surrogate"] = float(surrogate_sum / metric_count)
+        if ul_module is not None and float(sums.count) > 0:
+            record["train_batch_metric"] = float(sums.metric / sums.count)
+            record["train_surrogate"] = float(sums.surrogate / sums.count)
         history.append(record)
         state = {"config": config, "epoch": epoch + 1, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
