@@ -1,5 +1,5 @@
 """Learning-rate sensitivity: UniLoss-accuracy (the paper's gradient, the previous and the current
-defaults) against cross-entropy on scikit-learn's digits, the same MLP, SGD (momentum 0.9), batch 128, 30 epochs.
+defaults, and ``nearby="informative"``) against cross-entropy on scikit-learn's digits, the same MLP, SGD (momentum 0.9), batch 128, 30 epochs.
 
     python benchmarks/lr_sweep.py --out docs/results/lr-sweep
 
@@ -25,6 +25,7 @@ LOSSES = [
     ('UniLoss, grad_scale="distance", pull=0 (the defaults before metric-wins)',
      dict(loss="uniloss", grad_scale="distance", options={"pull": 0})),
     ('UniLoss, defaults (grad_scale="bounded", pull=1)', dict(loss="uniloss")),
+    ('UniLoss, nearby="informative"', dict(loss="uniloss", options={"nearby": "informative"})),
 ]
 
 
