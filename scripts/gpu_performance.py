@@ -13,7 +13,7 @@ Parts, each recorded with the card's name, torch's version and the date in ``res
   synchronising operation is recorded), on a CPU by the profiler's count of ``aten::nonzero``,
   ``aten::_local_scalar_dense`` and ``aten::item`` (the operators that synchronise on a GPU), under
   the accelerators' layout policy (a CPU itself lays every problem out exactly, see
-  ``uniloss.functional.CPU_STATIC_MAX_BITS``);
+  ``uniloss._limits.EngineLimits.cpu_static_max_bits``);
 * ``compile``: ``torch._dynamo.explain`` of a training step with UniLoss (graphs, graph breaks and
   their first reasons) and the step's eager and compiled times;
 * ``graphs``: whether a ResNet-20 step (cross-entropy, then UniLoss) can be captured in a CUDA
@@ -99,16 +99,13 @@ def sync_audit(device: str, tiny: bool) -> List[Dict]:
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         else:
-            import uniloss.functional as functional
+            from uniloss import _limits
 
-            cpu_limit = functional.CPU_STATIC_MAX_BITS
-            functional.CPU_STATIC_MAX_BITS = functional.STATIC_MAX_BITS  # what an accelerator gets
-            try:
+            # what an accelerator gets
+            with _limits.limits(cpu_static_max_bits=_limits.current_limits().static_max_bits):
                 fn(s, t).backward()  # warm-up under that policy
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                     fn(s, t).backward()
-            finally:
-                functional.CPU_STATIC_MAX_BITS = cpu_limit
             counts = {op: sum(1 for e in prof.events() if e.name == op) for op in SYNC_OPS}
             row["synchronising_ops"] = counts
             row["synchronises"] = any(counts.values())

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import uniloss
-from uniloss import _anchors, zoo
+from uniloss import _anchors, _limits, zoo
 from uniloss.decoders import RankingTarget
 from uniloss.distributed import CrossBatchMemory, GlobalBatch
 
@@ -296,8 +296,7 @@ def test_no_float64_with_other_anchor_options(options):
 
 
 def test_no_float64_in_the_rank_select_of_a_huge_mask(monkeypatch):
-    monkeypatch.setattr(_anchors, "_SELECT_BLOCK", 64)
-    monkeypatch.setattr(_anchors, "_SELECT_CHUNK", 96)
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(select_block=64, select_chunk=96))
     mask = torch.rand(1000, generator=torch.Generator().manual_seed(0)) < 0.1
     best = torch.zeros(1000, dtype=torch.bool)
     with _Float64Recorder() as recorder:
@@ -314,8 +313,7 @@ def test_nearby_draws_are_the_float64_draws_of_before(monkeypatch, block, densit
     """The integer draw is the float64 ``torch.rand`` draw of before (u = r / 2**53 on a CPU
     generator): the anchors of a seeded run do not change."""
     if block:
-        monkeypatch.setattr(_anchors, "_SELECT_BLOCK", block[0])
-        monkeypatch.setattr(_anchors, "_SELECT_CHUNK", block[1])
+        monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(select_block=block[0], select_chunk=block[1]))
     g = torch.Generator().manual_seed(3)
     mask = torch.rand(1000, generator=g) < density
     anchors = _anchors.draw_anchors(torch.zeros(1000, dtype=torch.bool), mask, mask, num_good=0, num_nearby=50,

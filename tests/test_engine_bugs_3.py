@@ -11,7 +11,7 @@ import torch
 
 import uniloss
 from _reference import AboveOne, run_ranks
-from uniloss import _structured, zoo
+from uniloss import _limits, zoo
 from uniloss import functional as F
 from uniloss.distributed import CrossBatchMemory, GlobalBatch
 
@@ -68,8 +68,7 @@ def regime(request, monkeypatch):
     """Small problems form the anchors' disagreement densely; larger ones keep it structured (and
     the random anchors packed)."""
     if request.param == "blocks":
-        monkeypatch.setattr(_structured, "_DENSE_LIMIT", 0)
-        monkeypatch.setattr(_structured, "_UNPACK_LIMIT", 0)
+        monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(dense_bits=0, unpack_bits=0))
     return request.param
 
 
@@ -99,7 +98,7 @@ def test_structured_all_good_anchors_second_derivative_equals_its_dense_weighted
     """``good_anchors="all"``: the l single flips of best, weighted num_good / l; the dense
     reference repeats each anchor in proportion to its weight (here num_good = l, weight 1)."""
     if regime_limits is not None:
-        monkeypatch.setattr(_structured, "_DENSE_LIMIT", regime_limits)
+        monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(dense_bits=regime_limits))
     dec, scores, target = _double_case("ap", seed=2)
     prepared = dec.prepare(scores, target)
     c = dec.comparisons(scores, prepared)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import uniloss
-from uniloss import zoo
+from uniloss import _limits, zoo
 from uniloss.decoders import RankingTarget
 
 SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense", "aten::item")
@@ -87,7 +87,7 @@ def _step(name, device):
 def test_no_synchronising_operator_on_cpu(name, monkeypatch):
     """The accelerators' layout policy (a CPU lays problems out exactly: it is faster there and
     has no device to wait for) makes no synchronising operator on a CPU's profiler trace."""
-    monkeypatch.setattr(uniloss.functional, "CPU_STATIC_MAX_BITS", uniloss.functional.STATIC_MAX_BITS)
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
     step = _step(name, "cpu")
     step()  # warm-up: first-call caches may do anything
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -146,7 +146,7 @@ def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, l
     generator state: the same anchors, values, loss and gradient, under the layout policy of an
     accelerator (a CPU lays every problem out exactly). Large: with their indices spread and their
     runs counted from prefix sums."""
-    monkeypatch.setattr(uniloss.functional, "CPU_STATIC_MAX_BITS", uniloss.functional.STATIC_MAX_BITS)
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
     dec, scores, target = _float64_case(name, large)
     s = scores.clone().requires_grad_()
     loss, info = uniloss.functional.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(7),

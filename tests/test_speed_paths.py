@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import uniloss
-from uniloss import _structured
+from uniloss import _limits
 from uniloss import functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def _batch(kind, seed=0):
 @pytest.mark.parametrize("kind", ["ap", "accuracy", "pck"])
 def test_structured_path_never_forms_dense_anchors_or_calls_evaluate(kind, dense_limit, monkeypatch):
     dec, scores, target = _batch(kind)
-    monkeypatch.setattr(_structured, "_DENSE_LIMIT", dense_limit)
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(dense_bits=dense_limit))
 
     def forbidden(*args):
         raise AssertionError("dense anchors or a dense evaluate() on the structured path")
@@ -119,7 +119,7 @@ def test_small_step_operation_budget(kind, budget):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dense_limit", [0, 1 << 30])
 def test_no_host_synchronisation_on_cuda(dense_limit, monkeypatch):
-    monkeypatch.setattr(_structured, "_DENSE_LIMIT", dense_limit)
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(dense_bits=dense_limit))
     dec, scores, target = _batch("accuracy")
     scores, target = scores.cuda().requires_grad_(), target.cuda()
     loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device="cuda").manual_seed(0), validate_args=False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import uniloss
-from uniloss import _anchors, _structured
+from uniloss import _anchors, _limits, _structured
 from uniloss import functional as F
 from uniloss._decomposition import Decomposition
 from _reference import AboveOne, uniloss_oracle
@@ -78,8 +78,7 @@ def _assert_same(a, b, rtol=1e-10):
 def regime(request, monkeypatch):
     """Small problems form the anchors' disagreement densely; larger ones keep it structured."""
     if request.param == "blocks":
-        monkeypatch.setattr(_structured, "_DENSE_LIMIT", 0)
-        monkeypatch.setattr(_structured, "_UNPACK_LIMIT", 0)
+        monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(dense_bits=0, unpack_bits=0))
     return request.param
 
 
@@ -211,8 +210,7 @@ def test_rank_select_by_blocks_equals_one_pass(monkeypatch):
     for density in (0.0, 0.01, 0.5):
         mask = torch.rand(1000, generator=g) < density
         whole = _anchors._pick_true(mask, u)
-        monkeypatch.setattr(_anchors, "_SELECT_BLOCK", 64)
-        monkeypatch.setattr(_anchors, "_SELECT_CHUNK", 96)
+        monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(select_block=64, select_chunk=96))
         blocks = _anchors._pick_true(mask, u)
         monkeypatch.undo()
         assert torch.equal(whole, blocks)

@@ -27,12 +27,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._limits import current_limits
 from ._random import randint as _randint, random_bytes as _random_bytes  # noqa: F401 (the tests draw bytes with it)
-
-# Above this many bits, the rank-select of a nearby flip works chunk by chunk (an int64 cumsum
-# over all bits would cost 8 bytes a bit).
-_SELECT_BLOCK = 1 << 22
-_SELECT_CHUNK = 4096
 
 
 class AnchorSet:
@@ -295,20 +291,21 @@ def _pick_index(mask: Tensor, r: Tensor, num_valid: Optional[Tensor] = None) -> 
     of ``mask`` (``n`` set bits): a uniform draw among them; ``floor(r * l / 2**53)`` when none
     is set (``floor(r * num_valid / 2**53)`` with ``num_valid``, a static layout's count, the set
     bits among its first ``num_valid``). Integer arithmetic only (no float64: MPS has none), no
-    host synchronisation (below ``2**22`` bits)."""
+    host synchronisation (up to ``EngineLimits.select_block`` bits)."""
     l = mask.numel()
     count = l if num_valid is None else num_valid
-    if l <= _SELECT_BLOCK:
+    limits = current_limits()
+    if l <= limits.select_block:
         cum = torch.cumsum(mask, 0)
         total = cum[-1]
         some = total > 0
         rank = _scale(r, torch.where(some, total, count), l)
         # None set: the rank itself, a uniform draw among the first `count` bits.
         return torch.where(some, torch.searchsorted(cum, rank, right=True), rank)
-    # Large l: count the set bits of each chunk of 4096, find each draw's chunk, rank-select in it.
+    # Large l: count the set bits of each chunk (select_chunk bits), find each draw's chunk, rank-select in it.
     from ._structured import byte_sum
 
-    size = _SELECT_CHUNK
+    size = limits.select_chunk
     full = l // size
     counts = byte_sum(mask[: full * size].view(torch.uint8).view(1, full, size))[0].long()
     if full * size < l:

@@ -165,6 +165,16 @@ def _missing(obj: object, method: str) -> TypeError:
     )
 
 
+def has_blocks(decomposition: Decomposition) -> bool:
+    """Whether the engine may run ``decomposition`` block by block: its class overrides
+    ``comparisons_block``, or, for a wrapper (:class:`uniloss._wrapped.WrappedDecomposition`), its
+    ``forwards_blocks()`` says its inner decomposition does."""
+    forwards = getattr(decomposition, "forwards_blocks", None)
+    if callable(forwards):
+        return bool(forwards())
+    return type(decomposition).comparisons_block is not Decomposition.comparisons_block
+
+
 def validate_scores(scores: object, name: str = "scores") -> Tensor:
     """The checks every decomposition's scores get: a finite floating tensor."""
     scores = V.check_floating(name, scores)

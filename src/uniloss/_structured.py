@@ -43,6 +43,7 @@ from torch import Tensor
 
 from ._anchors import AnchorSet, draw_anchors, unpack_codes
 from ._interpolation import anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances
+from ._limits import current_limits
 
 _TABLES: dict = {}
 
@@ -179,12 +180,6 @@ def byte_sum(x: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
 
 # ------------------------------------------------------------------------------ block kernels
 
-# Random anchors x bits up to this many are unpacked once, with a float copy for the distances
-# and the backward pass; above it the distances come from byte histograms of the packed codes
-# and the backward pass from 256-entry tables (no float [b, L] tensor: with the CPU allocator a
-# large temporary costs page faults on every call).
-_UNPACK_LIMIT = 1 << 15
-
 
 class Random:
     """The random anchors over one block of bits."""
@@ -194,7 +189,7 @@ class Random:
     def __init__(self, codes: Tensor, num: int, dtype: torch.dtype):
         self.codes, self.num = codes, num
         self.bits = self.bits_f = None
-        if num and num * codes.shape[-1] <= _UNPACK_LIMIT:
+        if num and num * codes.shape[-1] <= current_limits().unpack_bits:
             self.bits = unpack_codes(codes, num)
             self.bits_f = self.bits.to(dtype)
 
@@ -320,11 +315,6 @@ class _Surrogate(torch.autograd.Function):
         return ctx.backward_fn(grad, x), None, None, None
 
 
-# Below this many anchors x bits the anchors' disagreement with hard is formed densely (one
-# [t, l] bool and its float copy): fewer operations, which is what small problems cost.
-_DENSE_LIMIT = 1 << 17
-
-
 def disagreement_rows(anchors: AnchorSet, wrong: Tensor) -> Tensor:
     """``[t + 1, l]`` bool: where each anchor differs from ``hard`` (then a zero row: ``hard``
     itself), from the structured form (single-bit flips)."""
@@ -379,7 +369,7 @@ def structured_loss(
     wrong_f = s_best = zeros_best = None
     # The structured form: its fields are all set.
     assert anchors.flips is not None and anchors.codes is not None and anchors.best is not None
-    if anchors.num_anchors * l <= _DENSE_LIMIT and anchors.flips.shape[1] == 1:
+    if anchors.num_anchors * l <= current_limits().dense_bits and anchors.flips.shape[1] == 1:
         rows = disagreement_rows(anchors, wrong)
         rows_f = rows[:-1].to(dtype)
         sq = torch.mv(rows_f, w).add_(R)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 import zlib
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ._decomposition import Decomposition
+from ._wrapped import WrappedDecomposition, WrappedPlan, check_rows, map_rows, row_fields
 
 __all__ = ["GlobalBatch", "CrossBatchMemory", "PerRankWarning"]
 
@@ -44,26 +44,6 @@ class PerRankWarning(UserWarning):
     """
 
 _REDUCTIONS = ("mean", "sum")
-
-
-def _check_decomposition(decomposition: object) -> Decomposition:
-    if not isinstance(decomposition, Decomposition):
-        raise TypeError(
-            "Expected `decomposition` to be a uniloss.Decomposition, but got "
-            f"{type(decomposition).__name__}"
-        )
-    return decomposition
-
-
-def _check_tensor_rows(name: str, value: object) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"Expected `{name}` to be a tensor with one row per sample (dim 0), but got "
-            f"{type(value).__name__}"
-        )
-    if value.dim() == 0:
-        raise ValueError(f"Expected `{name}` to have a batch dimension (dim 0), but got a scalar")
-    return value
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -83,25 +63,24 @@ def _scale_grad(x: Tensor, factor: float) -> Tensor:
     return x if factor == 1.0 or not x.requires_grad else _ScaleGrad.apply(x, factor)
 
 
+def _cat_rows(*values: Any) -> Any:
+    """The rows of ``values`` (tensors, or tuples of them) one after the other."""
+    return map_rows(lambda *fields: torch.cat(fields), *values)
+
+
 # --------------------------------------------------------------------------- global batch
 
 
-@dataclass(frozen=True)
-class _GlobalPlan:
-    local: Tensor  # this rank's scores, as the engine passed them
-    scores: Tensor  # [sum n_k, ...] the global batch's scores (grad flows to `local` only)
-    target: Any  # the wrapped decomposition's prepared target of the global batch
-    sizes: Tuple[int, ...]  # n_k of every rank
-
-
-def _encode_rows(target: Tensor, capacity: int) -> Tensor:
-    """``[8 + capacity * row_bytes]`` uint8: the row count (int64) then the rows, zero padded."""
-    n = target.shape[0]
-    header = torch.tensor([n], dtype=torch.int64, device=target.device).view(torch.uint8)
-    body = target.contiguous().reshape(-1).view(torch.uint8)
-    row_bytes = body.numel() // n if n else _row_bytes(target)
-    pad = body.new_zeros((capacity - n) * row_bytes)
-    return torch.cat([header, body, pad])
+def _encode_rows(target: Any, capacity: int) -> Tensor:
+    """``[8 + capacity * row_bytes]`` uint8: the row count (int64) then the rows of each tensor of
+    ``target``, zero padded to ``capacity`` rows."""
+    fields = row_fields(target)
+    n = fields[0].shape[0]
+    parts = [torch.tensor([n], dtype=torch.int64, device=fields[0].device).view(torch.uint8)]
+    for field in fields:
+        body = field.contiguous().reshape(-1).view(torch.uint8)
+        parts += [body, body.new_zeros((capacity - n) * _row_bytes(field))]
+    return torch.cat(parts)
 
 
 def _row_bytes(t: Tensor) -> int:
@@ -111,13 +90,20 @@ def _row_bytes(t: Tensor) -> int:
     return numel * t.element_size()
 
 
-def _decode_rows(buf: Tensor, like: Tensor) -> Tuple[int, Tensor]:
+def _decode_rows(buf: Tensor, like: Any, capacity: int) -> Tuple[int, Any]:
     n = int(buf[:8].clone().view(torch.int64)[0])
-    rows = buf[8:8 + n * _row_bytes(like)].clone().view(like.dtype)
-    return n, rows.reshape(n, *like.shape[1:])
+    start = 8
+
+    def rows(field: Tensor) -> Tensor:
+        nonlocal start
+        out = buf[start:start + n * _row_bytes(field)].clone().view(field.dtype)
+        start += capacity * _row_bytes(field)
+        return out.reshape(n, *field.shape[1:])
+
+    return n, map_rows(rows, like)
 
 
-class GlobalBatch(Decomposition):
+class GlobalBatch(WrappedDecomposition):
     r"""A decomposition evaluated on the global batch of all ranks of a process group.
 
     ``UniLoss(GlobalBatch(AveragePrecision()), generator=g)(scores, target)``, called on every
@@ -162,14 +148,17 @@ class GlobalBatch(Decomposition):
     so plain ``UniLoss`` per rank under DDP already trains on the same metric (with each rank's
     own anchors). Wrapping them still works and then matches single-process training on the
     global batch exactly, at the cost of gathering their scores. Decompositions that process
-    their comparisons block by block (PCK on huge heatmaps) run densely through the wrapper.
+    their comparisons block by block (PCK on huge heatmaps) keep that path through the wrapper,
+    except with ``sync_grads=True`` (whose gradient flows back through the gather: densely).
+    ``metric(scores, target)`` is collective too.
 
     Without an initialised process group (or with a world size of 1) the wrapper is the
     identity: the same script runs on one process.
 
     Args:
         decomposition: the metric, any :class:`uniloss.Decomposition` whose ``scores`` and
-            ``target`` are tensors with one row per sample (dim 0); the other dimensions and
+            ``target`` are tensors (a target may be a tuple of them, e.g. a
+            :class:`~uniloss.KeypointTarget`) with one row per sample (dim 0); the other dimensions and
             the dtypes must agree across ranks.
         group: the process group (default: the global group).
         batch_size: the largest per-rank batch (e.g. the DataLoader's ``batch_size``); saves the
@@ -202,7 +191,6 @@ class GlobalBatch(Decomposition):
         grad_reduction: str = "mean",
         sync_grads: bool = False,
     ) -> None:
-        self.decomposition = _check_decomposition(decomposition)
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
@@ -215,7 +203,7 @@ class GlobalBatch(Decomposition):
         self.batch_size = batch_size
         self.grad_reduction = grad_reduction
         self.sync_grads = sync_grads
-        self.higher_is_better = decomposition.higher_is_better
+        super().__init__(decomposition)
 
     def __repr__(self) -> str:
         return f"GlobalBatch({self.decomposition!r}, grad_reduction={self.grad_reduction!r})"
@@ -227,20 +215,21 @@ class GlobalBatch(Decomposition):
             return 0, 1
         return dist.get_rank(self.group), dist.get_world_size(self.group)
 
+    def forwards_blocks(self) -> bool:
+        """Block by block where the wrapped decomposition is, unless ``sync_grads=True`` (whose
+        gradient flows back through the gather, in one graph)."""
+        return not self.sync_grads and super().forwards_blocks()
+
     def check(self, scores: Tensor, target: Any) -> None:
         """The wrapped decomposition's checks, on this rank's batch."""
-        if isinstance(target, _GlobalPlan):
-            return
-        _check_tensor_rows("scores", scores)
-        _check_tensor_rows("target", target)
-        if self.batch_size is not None and scores.shape[0] > self.batch_size:
+        super().check(scores, target)
+        if not isinstance(target, WrappedPlan) and self.batch_size is not None and scores.shape[0] > self.batch_size:
             raise ValueError(
                 f"Expected at most batch_size={self.batch_size} samples per rank, but got "
                 f"{scores.shape[0]}"
             )
-        self.decomposition.check(scores, target)
 
-    def gather(self, scores: Tensor, target: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, ...]]:
+    def gather(self, scores: Tensor, target: Any) -> Tuple[Tensor, Any, Tuple[int, ...]]:
         """All ranks' ``scores`` and ``target`` concatenated in rank order, and the batch sizes.
 
         Collective: every rank of the group must call it. Gradients flow to this rank's
@@ -250,10 +239,9 @@ class GlobalBatch(Decomposition):
             return scores, target, (scores.shape[0],)
         dist = torch.distributed
         n = scores.shape[0]
-        if target.shape[0] != n:
-            raise ValueError(
-                f"Expected `target` with one row per score ({n}), but got {target.shape[0]} rows"
-            )
+        rows = row_fields(target)[0].shape[0]
+        if rows != n:
+            raise ValueError(f"Expected `target` with one row per score ({n}), but got {rows} rows")
         capacity = self.batch_size
         if capacity is None:
             counts = [torch.zeros(1, dtype=torch.int64, device=scores.device) for _ in range(world)]
@@ -263,16 +251,11 @@ class GlobalBatch(Decomposition):
         buf = _encode_rows(target, capacity)
         bufs = [torch.empty_like(buf) for _ in range(world)]
         dist.all_gather(bufs, buf, group=self.group)
-        decoded = [_decode_rows(b, target) for b in bufs]
+        decoded = [_decode_rows(b, target, capacity) for b in bufs]
         sizes = tuple(k for k, _ in decoded)
-        global_target = torch.cat([rows for _, rows in decoded])
+        global_target = _cat_rows(*[rows for _, rows in decoded])
         # 2. scores, padded to the common size.
-        factor = 1.0
-        if self.sync_grads and self.grad_reduction == "sum":
-            factor = 1.0 / world  # the backward pass sums the W identical gradients
-        elif not self.sync_grads and self.grad_reduction == "mean":
-            factor = float(world)  # DDP divides the parameter gradients by W
-        live = _scale_grad(scores, factor)
+        live = _scale_grad(scores, self._factor(world))
         padded = live
         if capacity > n:
             padded = torch.cat([live, live.new_zeros(capacity - n, *live.shape[1:])])
@@ -286,6 +269,28 @@ class GlobalBatch(Decomposition):
             parts[rank] = padded
         global_scores = torch.cat([p[:k] for p, k in zip(parts, sizes)])
         return global_scores, global_target, sizes
+
+    def _factor(self, world: int) -> float:
+        """The factor on this rank's gradient (see the class documentation)."""
+        if self.sync_grads and self.grad_reduction == "sum":
+            return 1.0 / world  # the backward pass sums the W identical gradients
+        if not self.sync_grads and self.grad_reduction == "mean":
+            return float(world)  # DDP divides the parameter gradients by W
+        return 1.0
+
+    def expand(self, scores: Tensor, target: Any) -> Tuple[Tensor, Any, int]:
+        """The global batch (:meth:`gather`) and where this rank's rows start in it."""
+        global_scores, global_target, sizes = self.gather(scores, target)
+        return global_scores, global_target, sum(sizes[:self.world()[0]])
+
+    def _live(self, scores: Tensor) -> Tensor:
+        _, world = self.world()
+        if self.sync_grads and world > 1:
+            raise ValueError(
+                "GlobalBatch.comparisons() got other scores than those its target was prepared "
+                "with; call prepare(scores, target) with the same scores"
+            )
+        return _scale_grad(scores, self._factor(world))
 
     # Whether the first multi-rank call has compared the ranks' generators (a class default, for
     # objects pickled before it existed).
@@ -318,96 +323,26 @@ class GlobalBatch(Decomposition):
                 PerRankWarning, stacklevel=4,
             )
 
-    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _GlobalPlan:
+    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> WrappedPlan:
         """Gathers the global batch (the step's two collectives) and prepares the wrapped
         decomposition on it. On the first call in a group of several ranks, also checks once that
         the ranks' generators agree (see :class:`PerRankWarning`)."""
-        if isinstance(target, _GlobalPlan):
-            return target
-        _check_tensor_rows("target", target)
-        if not self._generator_checked:
+        if not self._generator_checked and not isinstance(target, WrappedPlan):
             _, world = self.world()
             if world > 1:
                 self._check_generator(generator, scores.device, world)
-        global_scores, global_target, sizes = self.gather(scores, target)
-        inner = self.decomposition.prepare(global_scores, global_target, generator)
-        return _GlobalPlan(scores, global_scores, inner, sizes)
+        return super().prepare(scores, target, generator)
 
-    def _plan(self, scores: Optional[Tensor], target: Any) -> _GlobalPlan:
-        if isinstance(target, _GlobalPlan):
-            return target
-        if scores is None:
-            raise TypeError(
-                "GlobalBatch.best() and .evaluate() take the target returned by "
-                f".prepare(scores, target), but got {type(target).__name__}"
-            )
-        return self.prepare(scores, target)
-
-    def comparisons(self, scores: Tensor, target: Any) -> Tensor:
-        """The wrapped comparisons on the global batch gathered by :meth:`prepare`."""
-        plan = self._plan(scores, target)
-        if scores is not plan.local:
-            raise ValueError(
-                "GlobalBatch.comparisons() got other scores than those its target was prepared "
-                "with; call prepare(scores, target) with the same scores"
-            )
-        return self.decomposition.comparisons(plan.scores, plan.target)
-
-    def metric(self, scores: Tensor, target: Any) -> Tensor:
-        """The exact metric of the global batch (collective: every rank must call it)."""
-        with torch.no_grad():
-            global_scores, global_target, _ = self.gather(_check_tensor_rows("scores", scores),
-                                                          _check_tensor_rows("target", target))
-            return self.decomposition.metric(global_scores, global_target)
-
-    def best(self, target: Any) -> Tensor:
-        """The wrapped ``best`` on the global batch."""
-        return self.decomposition.best(self._plan(None, target).target)
-
-    def evaluate(self, bits: Tensor, target: Any) -> Tensor:
-        """The wrapped ``evaluate`` on the global batch."""
-        return self.decomposition.evaluate(bits, self._plan(None, target).target)
-
-    def batch_metric(self, target: Any) -> Optional[Tensor]:
-        """The wrapped ``batch_metric`` on the global batch."""
-        return self.decomposition.batch_metric(self._plan(None, target).target)
-
-    def segments(self, target: Any):
-        """The wrapped ``segments`` on the global batch."""
-        return self.decomposition.segments(self._plan(None, target).target)
-
-    def evaluate_zeros(self, zeros: Tensor, target: Any) -> Tensor:
-        """The wrapped ``evaluate_zeros`` on the global batch."""
-        return self.decomposition.evaluate_zeros(zeros, self._plan(None, target).target)
-
-    def evaluate_zeros_plus_one(self, zeros: Tensor, target: Any) -> Tensor:
-        """The wrapped ``evaluate_zeros_plus_one`` on the global batch."""
-        return self.decomposition.evaluate_zeros_plus_one(zeros, self._plan(None, target).target)
-
-    def num_good_flips(self, target: Any, num_bits: int) -> int:
-        """The wrapped ``num_good_flips`` on the global batch."""
-        return self.decomposition.num_good_flips(self._plan(None, target).target, num_bits)
-
-    def state_dict(self) -> Any:
-        """The wrapped decomposition's state (e.g. a :class:`CrossBatchMemory`'s memory)."""
-        return self.decomposition.state_dict()
-
-    def load_state_dict(self, state: Any) -> None:
-        """Restores the wrapped decomposition's state."""
-        self.decomposition.load_state_dict(state)
+    def _plan(self, target: Any, scores: Optional[Tensor]) -> WrappedPlan:
+        if scores is not None and not isinstance(target, WrappedPlan):
+            return self.prepare(scores, target)  # comparisons() on a raw target: prepare it here
+        return super()._plan(target, scores)
 
 
 # --------------------------------------------------------------------------- cross-batch memory
 
 
-@dataclass(frozen=True)
-class _MemoryPlan:
-    current: Tensor  # the scores of this call
-    scores: Tensor  # [n + m, ...] this call's scores, then the memory's (detached)
-    target: Any  # the wrapped decomposition's prepared target of the enlarged set
-
-
-class CrossBatchMemory(Decomposition):
+class CrossBatchMemory(WrappedDecomposition):
     r"""A decomposition evaluated on the batch plus a bounded memory of recent batches.
 
     Set-level metrics (AP, AUROC, NDCG) are noisy on small batches with few positives. This
@@ -449,7 +384,8 @@ class CrossBatchMemory(Decomposition):
     every step).
 
     Args:
-        decomposition: the metric; ``scores`` and ``target`` tensors with one row per sample.
+        decomposition: the metric; ``scores`` and ``target`` tensors (or a tuple of them for the
+            target) with one row per sample.
         size: the most samples the memory holds (``0``: the wrapped decomposition alone).
 
     Memory: ``size`` rows of scores and targets, plus the enlarged set's comparisons (for AP,
@@ -472,13 +408,12 @@ class CrossBatchMemory(Decomposition):
     _block: Optional[List[Any]] = None
 
     def __init__(self, decomposition: Decomposition, *, size: int) -> None:
-        self.decomposition = _check_decomposition(decomposition)
+        super().__init__(decomposition)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"Expected `size` to be a non-negative int, but got {size!r}")
         self.size = size
-        self.higher_is_better = decomposition.higher_is_better
         self._scores: Optional[Tensor] = None
-        self._target: Optional[Tensor] = None
+        self._target: Any = None  # a tensor, or a tuple of them (as the targets are)
         self._block = None
 
     def __repr__(self) -> str:
@@ -519,7 +454,7 @@ class CrossBatchMemory(Decomposition):
             if outer:
                 self._block = None
 
-    def _base(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    def _base(self) -> Tuple[Optional[Tensor], Any]:
         """The memory a call is evaluated against: the current one, or inside :meth:`same_batch`
         the one at the block's start."""
         return (self._scores, self._target) if self._block is None else self._block[1]
@@ -528,14 +463,13 @@ class CrossBatchMemory(Decomposition):
         """Moves the memory (and a block's start) to the devices of ``scores`` and ``target``."""
         if self._scores is None and (self._block is None or self._block[1][0] is None):
             return
-        target_device = target.device if isinstance(target, Tensor) else scores.device
+        target_device = row_fields(target)[0].device
 
         def move(pair):
             s, t = pair
             if s is None:
                 return pair
-            return (s if s.device == scores.device else s.to(scores.device),
-                    t if t.device == target_device else t.to(target_device))
+            return s.to(scores.device), map_rows(lambda field: field.to(target_device), t)
 
         self._scores, self._target = move((self._scores, self._target))
         if self._block is not None:
@@ -546,7 +480,7 @@ class CrossBatchMemory(Decomposition):
         """Whether a call pushes its batch: autograd records (not no_grad, not inference mode)."""
         return torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
-    def state_dict(self) -> Dict[str, Optional[Tensor]]:
+    def state_dict(self) -> Dict[str, Any]:
         """The memory, ``{"scores": ..., "target": ...}`` (``None`` when empty), for a checkpoint.
 
         :class:`~uniloss.UniLoss` puts it in its own ``state_dict()`` (key ``"decomposition"``),
@@ -554,7 +488,7 @@ class CrossBatchMemory(Decomposition):
         """
         return {"scores": self._scores, "target": self._target}
 
-    def load_state_dict(self, state: Dict[str, Optional[Tensor]]) -> None:
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore a memory saved by :meth:`state_dict` (its newest ``size`` samples)."""
         if not isinstance(state, dict) or set(state) != {"scores", "target"}:
             raise ValueError(f"Expected a CrossBatchMemory state {{'scores': ..., 'target': ...}}, but got {state!r:.200}")
@@ -563,33 +497,32 @@ class CrossBatchMemory(Decomposition):
             raise ValueError("Expected `scores` and `target` both stored or both None")
         if scores is not None:
             assert target is not None  # both stored (checked above)
-            _check_tensor_rows("scores", scores)
-            _check_tensor_rows("target", target)
-            if scores.shape[0] != target.shape[0]:
-                raise ValueError(f"Expected as many stored scores as targets, but got {scores.shape[0]} and {target.shape[0]}")
+            check_rows("scores", scores)
+            rows = row_fields(check_rows("target", target))[0].shape[0]
+            if scores.shape[0] != rows:
+                raise ValueError(f"Expected as many stored scores as targets, but got {scores.shape[0]} and {rows}")
         self.reset()
         if scores is not None and self.size:
             assert target is not None  # both stored (checked above)
-            self._scores, self._target = scores.detach()[-self.size:], target.detach()[-self.size:]
+            self._scores, self._target = scores.detach()[-self.size:], map_rows(lambda t: t.detach()[-self.size:], target)
             if self._block is not None:
                 self._block[1] = (self._scores, self._target)
 
     @property
-    def memory(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    def memory(self) -> Tuple[Optional[Tensor], Any]:
         """The stored ``(scores, target)``, oldest first (``(None, None)`` when empty)."""
         return self._scores, self._target
 
     def check(self, scores: Tensor, target: Any) -> None:
         """The wrapped decomposition's checks on the batch, and agreement with the memory."""
-        if isinstance(target, _MemoryPlan):
-            return
-        _check_tensor_rows("scores", scores)
-        _check_tensor_rows("target", target)
-        self.decomposition.check(scores, target)
+        super().check(scores, target)
         stored_scores, stored_target = self._base()
-        if stored_scores is not None:  # (the device may differ: the memory follows the batch)
+        # (the device may differ: the memory follows the batch)
+        if stored_scores is not None and not isinstance(target, WrappedPlan):
             assert stored_target is not None  # stored together with the scores
-            for name, new, old in (("scores", scores, stored_scores), ("target", target, stored_target)):
+            pairs = [("scores", scores, stored_scores)] + [
+                ("target", new, old) for new, old in zip(row_fields(target), row_fields(stored_target))]
+            for name, new, old in pairs:
                 if new.shape[1:] != old.shape[1:] or new.dtype != old.dtype:
                     raise ValueError(
                         f"Expected `{name}` rows of shape {tuple(old.shape[1:])} and dtype {old.dtype}, "
@@ -597,88 +530,35 @@ class CrossBatchMemory(Decomposition):
                         "call reset() to change them"
                     )
 
-    def _enlarged(self, scores: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
-        """The batch followed by the memory it is evaluated against (see :meth:`_base`)."""
+    def expand(self, scores: Tensor, target: Any) -> Tuple[Tensor, Any, int]:
+        """The batch followed by the memory it is evaluated against (see :meth:`_base`), and 0."""
         self._follow(scores, target)
         stored_scores, stored_target = self._base()
         if stored_scores is None or not self.size:
-            return scores, target
+            return scores, target, 0
         assert stored_target is not None  # stored together with the scores
-        return torch.cat([scores, stored_scores]), torch.cat([target, stored_target])
+        return torch.cat([scores, stored_scores]), _cat_rows(target, stored_target), 0
 
-    def push(self, scores: Tensor, target: Tensor) -> None:
+    def push(self, scores: Tensor, target: Any) -> None:
         """Append a batch (detached) and drop the oldest samples beyond ``size``; inside
         :meth:`same_batch`, replace the block's batch instead. Pushes whatever the grad mode (the
         loss calls :meth:`prepare`, which pushes only while autograd records)."""
         if not self.size:
             return
         self._follow(scores, target)
-        scores, target = scores.detach(), target.detach()
+        scores, target = scores.detach(), map_rows(Tensor.detach, target)
         stored_scores, stored_target = self._base()
         if stored_scores is not None:
             assert stored_target is not None  # stored together with the scores
-            scores, target = torch.cat([stored_scores, scores]), torch.cat([stored_target, target])
-        self._scores, self._target = scores[-self.size:], target[-self.size:]
+            scores, target = torch.cat([stored_scores, scores]), _cat_rows(stored_target, target)
+        self._scores, self._target = scores[-self.size:], map_rows(lambda t: t[-self.size:], target)
 
-    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _MemoryPlan:
+    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> WrappedPlan:
         """Prepares the wrapped decomposition on the batch plus the memory, then pushes the
         batch into the memory if autograd records (see the class documentation)."""
-        if isinstance(target, _MemoryPlan):
+        if isinstance(target, WrappedPlan):
             return target
-        _check_tensor_rows("target", target)
-        all_scores, all_target = self._enlarged(scores, target)
-        plan = _MemoryPlan(scores, all_scores, self.decomposition.prepare(all_scores, all_target, generator))
+        plan = super().prepare(scores, target, generator)
         if self._recording():
             self.push(scores, target)
         return plan
-
-    def metric(self, scores: Tensor, target: Any) -> Tensor:
-        """The exact metric of the batch plus the memory (inside :meth:`same_batch`, the memory
-        at the block's start), without pushing the batch."""
-        with torch.no_grad():
-            all_scores, all_target = self._enlarged(scores, target)
-            return self.decomposition.metric(all_scores, all_target)
-
-    def _plan(self, target: Any) -> _MemoryPlan:
-        if not isinstance(target, _MemoryPlan):
-            raise TypeError(
-                "CrossBatchMemory.comparisons(), .best() and .evaluate() take the target returned "
-                f"by .prepare(scores, target), but got {type(target).__name__}"
-            )
-        return target
-
-    def comparisons(self, scores: Tensor, target: Any) -> Tensor:
-        """The wrapped comparisons on the batch plus the memory."""
-        plan = self._plan(target)
-        all_scores = plan.scores
-        if scores is not plan.current:  # e.g. another forward pass on the same prepared target
-            all_scores = torch.cat([scores, plan.scores[scores.shape[0]:].detach()])
-        return self.decomposition.comparisons(all_scores, plan.target)
-
-    def best(self, target: Any) -> Tensor:
-        """The wrapped ``best`` on the enlarged set."""
-        return self.decomposition.best(self._plan(target).target)
-
-    def evaluate(self, bits: Tensor, target: Any) -> Tensor:
-        """The wrapped ``evaluate`` on the enlarged set."""
-        return self.decomposition.evaluate(bits, self._plan(target).target)
-
-    def batch_metric(self, target: Any) -> Optional[Tensor]:
-        """The wrapped ``batch_metric`` on the enlarged set."""
-        return self.decomposition.batch_metric(self._plan(target).target)
-
-    def segments(self, target: Any):
-        """The wrapped ``segments`` on the enlarged set."""
-        return self.decomposition.segments(self._plan(target).target)
-
-    def evaluate_zeros(self, zeros: Tensor, target: Any) -> Tensor:
-        """The wrapped ``evaluate_zeros`` on the enlarged set."""
-        return self.decomposition.evaluate_zeros(zeros, self._plan(target).target)
-
-    def evaluate_zeros_plus_one(self, zeros: Tensor, target: Any) -> Tensor:
-        """The wrapped ``evaluate_zeros_plus_one`` on the enlarged set."""
-        return self.decomposition.evaluate_zeros_plus_one(zeros, self._plan(target).target)
-
-    def num_good_flips(self, target: Any, num_bits: int) -> int:
-        """The wrapped ``num_good_flips`` on the enlarged set."""
-        return self.decomposition.num_good_flips(self._plan(target).target, num_bits)

@@ -13,11 +13,12 @@ from torch import Tensor
 
 from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
-from ._decomposition import Decomposition, StaticLayout, prepare_with_layout, validate_scores
+from ._decomposition import Decomposition, StaticLayout, has_blocks, prepare_with_layout, validate_scores
 from ._interpolation import (
     DISTANCES, NEARBY, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale, gradient_scale,
     harmonic_distance, idw_from_sq_distances, sq_distances_from_costs,
 )
+from ._limits import EngineLimits, current_limits
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
 from ._structured import Runs, chunked_loss, structured_loss
 
@@ -43,7 +44,7 @@ class LossInfo:
         kinds: ``(name, count)`` of the anchor rows.
         path: the engine path that ran: ``"dense"`` (given dense anchors, or no comparison),
             ``"structured"`` (sampled anchors, the default) or ``"chunked"`` (the structured engine
-            block by block, above ``chunk_bits`` comparisons).
+            block by block, above ``chunk_bits`` comparisons), as :func:`choose_path` picked it.
     """
 
     metric: Tensor
@@ -61,22 +62,6 @@ class LossInfo:
 
 
 _HALF = (torch.float16, torch.bfloat16)
-
-# Above this many comparisons, a decomposition with comparisons_block() is processed block by
-# block (PCK on large heatmaps), in blocks of about BLOCK_BITS: about 4 bytes a bit per float
-# tensor otherwise.
-DEFAULT_CHUNK_BITS = 1 << 22
-BLOCK_BITS = 1 << 18
-# The most comparisons a static layout (see _decomposition.StaticLayout) may hold (besides
-# chunk_bits for a decomposition processed block by block); a larger one is laid out exactly. A
-# static layout holds the most comparisons the target's shape allows (AP: n^2 / 4, whatever the
-# number of positives), which on a GPU costs little next to a synchronisation per call. On a CPU
-# there is no device to synchronise with (``nonzero`` reads memory the host already has), and the
-# static layout cost 1.2-1.8x the exact one per AP call (batch 16-256, one thread, 2026-11-30), so
-# a CPU lays every problem out exactly. tests/test_no_sync.py checks the accelerators' policy on a
-# CPU by raising this limit to STATIC_MAX_BITS.
-STATIC_MAX_BITS = 1 << 22
-CPU_STATIC_MAX_BITS = 0
 
 _GOOD_ANCHORS = ("sample", "all")
 GRAD_SCALES = ("distance", "bounded", "normalized")
@@ -129,8 +114,102 @@ def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSe
 _CHECKS_SCORES = (AveragePrecision.check, MulticlassAccuracy.check, PCK.check)
 
 
-def _blockwise(decomposition: Decomposition) -> bool:
-    return type(decomposition).comparisons_block is not Decomposition.comparisons_block
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`choose_path` decided, and what it prepared to decide it.
+
+    Attributes:
+        path: the engine path to run (:attr:`LossInfo.path`): ``"dense"`` (given dense anchors,
+            or no comparison), ``"structured"`` (sampled anchors or a given structured
+            :class:`~uniloss.AnchorSet`) or ``"chunked"`` (the structured engine block by block:
+            more than ``chunk_bits`` comparisons and a decomposition with ``comparisons_block()``).
+        static_bits: the static layout offered to ``prepare`` (the most comparisons it may hold:
+            :meth:`EngineLimits.static_bits_for` the device, at most ``chunk_bits`` for a
+            decomposition processed block by block; ``0`` on a CPU, where only an empty layout
+            fits), or ``None``: no offer (given ``anchors``, ``good_anchors="all"``).
+        layout: the static layout the comparisons are in (``None``: the exact layout).
+        target: the prepared target.
+        segments: ``decomposition.segments(target)`` (``None`` for given dense anchors).
+        comparisons: the ``[l]`` comparisons ``c`` (``None`` on the chunked path, which computes
+            them block by block).
+        anchor_set: the given ``anchors`` as an :class:`~uniloss.AnchorSet` (made dense where
+            they were drawn for other comparisons); ``None`` for sampled anchors.
+        chunk_bits: the call's ``chunk_bits`` (its default from the limits).
+        block_bits: the size of a block on the chunked path.
+    """
+
+    path: str
+    static_bits: Optional[int]
+    layout: Optional[StaticLayout]
+    target: Any
+    segments: Any
+    comparisons: Optional[Tensor]
+    anchor_set: Optional[AnchorSet]
+    chunk_bits: int
+    block_bits: int
+
+
+def choose_path(
+    scores: Tensor,
+    target: Any,
+    decomposition: Decomposition,
+    *,
+    anchors: Optional[Union[Tensor, AnchorSet]] = None,
+    good_anchors: str = "sample",
+    chunk_bits: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    limits: Optional[EngineLimits] = None,
+) -> Plan:
+    """The engine's one dispatch: the path of a loss call (see :class:`Plan`), from the limits
+    (``limits``, default those in force: :func:`uniloss._limits.current_limits`), the
+    decomposition's capabilities (``segments()``, ``comparisons_block()``, a static layout), the
+    ``anchors`` argument and the device. It prepares the target on the way (with the static
+    layout offered where anchors are sampled) and computes the comparisons unless the path is
+    ``"chunked"``: the decision needs their number."""
+    limits = current_limits() if limits is None else limits
+    limit = limits.chunk_bits if chunk_bits is None else chunk_bits
+    blockwise = has_blocks(decomposition)
+    # Sampled anchors: a decomposition whose number of comparisons depends on the target may lay
+    # them out in a static layout (shapes from shapes, no host synchronisation; see StaticLayout).
+    offer = None
+    if anchors is None and good_anchors == "sample":
+        most = limits.static_bits_for(scores.device)
+        offer = min(limit, most) if blockwise else most
+    layout = None if offer is None else StaticLayout.for_decomposition(offer, decomposition)
+    prepared = prepare_with_layout(decomposition, scores, target, generator, layout)
+    if layout is not None and not layout.used:
+        if layout.claims > 1 and layout.num_bits >= 0:  # two static layouts in one: prepare exactly
+            prepared = prepare_with_layout(decomposition, scores, target, generator, None)
+        layout = None
+    c = None  # the comparisons of a static layout, computed early to check their number
+    if layout is not None:
+        c = decomposition.comparisons(scores, prepared).reshape(-1)
+        if c.numel() != layout.num_bits:  # a wrapper changed the comparisons: lay them out exactly
+            prepared = prepare_with_layout(decomposition, scores, target, generator, None)
+            layout = c = None
+    dense_given = anchors is not None and not (isinstance(anchors, AnchorSet) and anchors.is_structured)
+    segments = None if dense_given else decomposition.segments(prepared)
+    if good_anchors == "all" and (segments is None or anchors is not None):
+        raise ValueError(
+            "good_anchors='all' needs sampled anchors and a decomposition with segments() (its "
+            f"metric from per-run counts); {type(decomposition).__name__} has none"
+            if segments is None else "good_anchors='all' cannot be combined with given `anchors`"
+        )
+    block_bits = min(limit, limits.block_bits)
+    if layout is None and anchors is None and isinstance(segments, Tensor) and blockwise:
+        if int(segments.sum()) > limit:
+            return Plan("chunked", offer, None, prepared, segments, None, None, limit, block_bits)
+    if c is None:
+        c = decomposition.comparisons(scores, prepared).reshape(-1)
+    anchor_set = None
+    if anchors is not None:
+        with torch.no_grad():
+            anchor_set = _as_anchor_set(anchors, c.numel())
+            if anchor_set.is_structured and not torch.equal(cast(Tensor, anchor_set.hard), c.detach() > 0):
+                anchor_set = AnchorSet(anchor_set.dense(), anchor_set.kinds)  # drawn for another c
+    dense = c.numel() == 0 or (anchor_set is not None and not anchor_set.is_structured)
+    return Plan("dense" if dense else "structured", offer, layout, prepared, segments, c, anchor_set, limit,
+                block_bits)
 
 
 def uniloss_with_info(
@@ -166,54 +245,32 @@ def uniloss_with_info(
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
         decomposition.check(scores, target)
-    # Sampled anchors: a decomposition whose number of comparisons depends on the target may lay
-    # them out in a static layout (shapes from shapes, no host synchronisation; see StaticLayout).
-    limit = DEFAULT_CHUNK_BITS if chunk_bits is None else chunk_bits
-    layout = None
-    if anchors is None and good_anchors == "sample":
-        most = CPU_STATIC_MAX_BITS if scores.device.type == "cpu" else STATIC_MAX_BITS
-        layout = StaticLayout.for_decomposition(min(limit, most) if _blockwise(decomposition) else most, decomposition)
-    prepared = prepare_with_layout(decomposition, scores, target, generator, layout)
-    if layout is not None and not layout.used:
-        if layout.claims > 1 and layout.num_bits >= 0:  # two static layouts in one: prepare exactly
-            prepared = prepare_with_layout(decomposition, scores, target, generator, None)
-        layout = None
-    given_c = None  # the comparisons of a static layout, computed early to check their number
-    if layout is not None:
-        given_c = decomposition.comparisons(scores, prepared).reshape(-1)
-        if given_c.numel() != layout.num_bits:  # a wrapper changed the comparisons: lay them out exactly
-            prepared = prepare_with_layout(decomposition, scores, target, generator, None)
-            layout = given_c = None
-    target = prepared
+    plan = choose_path(scores, target, decomposition, anchors=anchors, good_anchors=good_anchors,
+                       chunk_bits=chunk_bits, generator=generator)
+    target = plan.target
     sign = -1.0 if decomposition.higher_is_better else 1.0
-    dense_given = anchors is not None and not (isinstance(anchors, AnchorSet) and anchors.is_structured)
-    segments = None if dense_given else decomposition.segments(target)
     all_good = num_good if good_anchors == "all" else 0
-    if good_anchors == "all" and (segments is None or anchors is not None):
-        raise ValueError(
-            "good_anchors='all' needs sampled anchors and a decomposition with segments() (its "
-            f"metric from per-run counts); {type(decomposition).__name__} has none"
-            if segments is None else "good_anchors='all' cannot be combined with given `anchors`"
-        )
-    if layout is None and anchors is None and isinstance(segments, Tensor) and _blockwise(decomposition):
-        if int(segments.sum()) > limit:
-            if all_good:
-                raise ValueError(
-                    f"good_anchors='all' is not available block by block (more than chunk_bits={limit} comparisons)"
-                )
-            loss, values, metric, surrogate, kinds, l = chunked_loss(
-                scores, target, decomposition, segments, chunk_bits=min(limit, BLOCK_BITS), num_good=num_good,
-                num_nearby=num_nearby, num_bad=num_bad, generator=generator,
-                temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
-                distance=distance, pull=pull, nearby=nearby,
+    if plan.path == "chunked":
+        if all_good:
+            raise ValueError(
+                f"good_anchors='all' is not available block by block (more than chunk_bits={plan.chunk_bits} comparisons)"
             )
-            loss = loss.to(scores.dtype)
-            return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
-    c = given_c if given_c is not None else decomposition.comparisons(scores, target).reshape(-1)
+        assert isinstance(plan.segments, Tensor)  # the chunked path: set by choose_path
+        loss, values, metric, surrogate, kinds, l = chunked_loss(
+            scores, target, decomposition, plan.segments, chunk_bits=plan.block_bits, num_good=num_good,
+            num_nearby=num_nearby, num_bad=num_bad, generator=generator,
+            temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
+            distance=distance, pull=pull, nearby=nearby,
+        )
+        loss = loss.to(scores.dtype)
+        return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
+    assert plan.comparisons is not None  # every path but the chunked one
+    c = plan.comparisons
     if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
         c = c.float()
     l = c.numel()
     static = None  # a static layout: (number of real comparisons, [l] bool padding)
+    layout = plan.layout
     if layout is not None:
         assert layout.num_valid is not None  # layout.used
         padding = layout.padding if layout.padding is not None else _padding(l, layout.num_valid)
@@ -242,11 +299,10 @@ def uniloss_with_info(
                 num_valid=None if static is None else static[0], invalid=None if static is None else static[1],
             )
         else:
-            anchor_set = _as_anchor_set(anchors, l)
-            if anchor_set.is_structured and not torch.equal(cast(Tensor, anchor_set.hard), hard):
-                anchor_set = AnchorSet(anchor_set.dense(), anchor_set.kinds)  # drawn for another c
+            assert plan.anchor_set is not None  # given anchors: set by choose_path
+            anchor_set = plan.anchor_set
             wrong = hard != cast(Tensor, anchor_set.best) if anchor_set.is_structured else None
-    if l == 0 or not anchor_set.is_structured:
+    if plan.path == "dense":
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
                                  distance, nearby)
         return _with_pull(loss, c, best, decomposition, target, temperature, pull), with_exact_metric(info, decomposition, target)
@@ -255,6 +311,7 @@ def uniloss_with_info(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
             f"{decomposition.num_good_flips(target, l)} bits per good anchor"
         )
+    segments = plan.segments
     runs = None if segments is None else Runs.of(segments, l, c.device, validate_args and static is None)
     assert wrong is not None  # structured anchors: set above
     loss, values, metric, surrogate, kinds = structured_loss(

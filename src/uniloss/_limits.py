@@ -1,0 +1,104 @@
+"""The engine's size limits, in one object: :class:`EngineLimits`.
+
+Every engine module reads its sizes from :func:`current_limits` at call time (no size constant
+lives anywhere else), and :func:`uniloss.functional.choose_path` picks the engine path from them.
+The defaults are :data:`DEFAULT_LIMITS`; the limits in force are held in one place,
+:data:`LIMITS`, which :func:`limits` overrides for a ``with`` block (tests shrink them to reach the
+large-problem code on small problems, ``scripts/gpu_performance.py`` gives a CPU the
+accelerators' static-layout policy; a pytest test may equally
+``monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(dense_bits=0))``)::
+
+    >>> from uniloss._limits import current_limits, limits
+    >>> with limits(dense_bits=0):
+    ...     current_limits().dense_bits
+    0
+    >>> current_limits().dense_bits
+    131072
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator, Union
+
+import torch
+
+__all__ = ["EngineLimits", "DEFAULT_LIMITS", "LIMITS", "current_limits", "limits"]
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Every size the engine decides by. Counts are of comparisons (bits) unless noted.
+
+    Attributes:
+        chunk_bits: ``chunk_bits``'s default: above this many comparisons a decomposition with
+            ``comparisons_block()`` (PCK on large heatmaps) is processed block by block (the
+            ``"chunked"`` path): about 4 bytes a bit per float tensor otherwise.
+        block_bits: the size of those blocks (at most ``chunk_bits``).
+        static_max_bits: the most comparisons a static layout (see
+            :class:`uniloss._decomposition.StaticLayout`) offered on an accelerator may hold
+            (besides ``chunk_bits`` for a decomposition processed block by block); a larger one is
+            laid out exactly. A static layout holds the most comparisons the target's shape allows
+            (AP: ``n^2 / 4``, whatever the number of positives), which on a GPU costs little next
+            to a synchronisation per call.
+        cpu_static_max_bits: the same on a CPU: 0 (no offer but an empty layout). A CPU has no
+            device to synchronise with (``nonzero`` reads memory the host already has), and the
+            static layout cost 1.2-1.8x the exact one per AP call (batch 16-256, one thread,
+            2026-11-30), so a CPU lays every problem out exactly. tests/test_no_sync.py checks the
+            accelerators' policy on a CPU by raising it to ``static_max_bits``.
+        unpack_bits: random anchors x bits up to this many are unpacked once, with a float copy
+            for the distances and the backward pass; above it the distances come from byte
+            histograms of the packed codes and the backward pass from 256-entry tables (no float
+            ``[b, L]`` tensor: with the CPU allocator a large temporary costs page faults on every
+            call).
+        dense_bits: below this many anchors x bits the structured engine forms the anchors'
+            disagreement with ``hard`` densely (one ``[t, l]`` bool and its float copy): fewer
+            operations, which is what small problems cost.
+        select_block: above this many bits, the rank-select of a nearby flip works chunk by chunk
+            (an int64 cumsum over all bits would cost 8 bytes a bit).
+        select_chunk: the bits of one of those chunks.
+    """
+
+    chunk_bits: int = 1 << 22
+    block_bits: int = 1 << 18
+    static_max_bits: int = 1 << 22
+    cpu_static_max_bits: int = 0
+    unpack_bits: int = 1 << 15
+    dense_bits: int = 1 << 17
+    select_block: int = 1 << 22
+    select_chunk: int = 4096
+
+    def static_bits_for(self, device: Union[torch.device, str]) -> int:
+        """The most comparisons a static layout may hold on ``device`` (the device policy)."""
+        return self.cpu_static_max_bits if torch.device(device).type == "cpu" else self.static_max_bits
+
+    def override(self, **changes: int) -> "EngineLimits":
+        """These limits with some fields changed (an unknown field name raises ``TypeError``)."""
+        return replace(self, **changes)
+
+
+DEFAULT_LIMITS = EngineLimits()
+
+# The limits in force: DEFAULT_LIMITS but inside `limits(...)` (process-wide, like the module
+# constants it replaced: an override holds for every thread).
+LIMITS = DEFAULT_LIMITS
+
+
+def current_limits() -> EngineLimits:
+    """The limits in force, :data:`LIMITS`: :data:`DEFAULT_LIMITS`, or those of the innermost
+    :func:`limits`."""
+    return LIMITS
+
+
+@contextmanager
+def limits(**overrides: int) -> Iterator[EngineLimits]:
+    """Overrides some fields of the limits in force for a ``with`` block (nests; restores on
+    exit). An unknown field name raises ``TypeError``."""
+    global LIMITS
+    previous = LIMITS
+    LIMITS = previous.override(**overrides)
+    try:
+        yield LIMITS
+    finally:
+        LIMITS = previous
