@@ -164,3 +164,37 @@ def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, l
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(s.grad, ref.grad, rtol=1e-10, atol=1e-14)
     assert torch.equal(info.anchor_values, ref_info.anchor_values) and torch.equal(info.metric, ref_info.metric)
+
+
+# ------------------------------------------------------------------------------ torch.compile
+
+
+@pytest.mark.slow
+def test_compiled_step_draws_the_eager_anchors():
+    """A compiled loss call (the generator's draws are graph breaks and run eagerly, in order)
+    gives the eager call's loss and gradient for the same generator seed, step after step
+    (docs/performance.md, "Randomness, and a compiled step")."""
+    import warnings
+
+    torch.manual_seed(0)
+    s0, y = torch.randn(32, 10), torch.randint(0, 10, (32,))
+
+    def steps(compiled):
+        loss_fn = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(3),
+                                  validate_args=False)
+        call = torch.compile(lambda s: loss_fn(s, y)) if compiled else (lambda s: loss_fn(s, y))
+        out = []
+        for _ in range(3):
+            s = s0.clone().requires_grad_()
+            loss = call(s)
+            loss.backward()
+            out.append((loss.detach(), s.grad))
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dynamo's notes on the graph breaks
+        eager, compiled = steps(False), steps(True)
+    assert not torch.equal(eager[0][1], eager[1][1])  # the anchors change from step to step
+    for (le, ge), (lc, gc) in zip(eager, compiled):
+        torch.testing.assert_close(lc, le, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(gc, ge, rtol=1e-6, atol=1e-6)
