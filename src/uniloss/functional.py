@@ -125,8 +125,8 @@ class Plan:
             more than ``chunk_bits`` comparisons and a decomposition with ``comparisons_block()``).
         static_bits: the static layout offered to ``prepare`` (the most comparisons it may hold:
             :meth:`EngineLimits.static_bits_for` the device, at most ``chunk_bits`` for a
-            decomposition processed block by block; ``0`` on a CPU, where only an empty layout
-            fits), or ``None``: no offer (given ``anchors``, ``good_anchors="all"``).
+            decomposition processed block by block; ``0`` on a CPU, which then gets no offer), or
+            ``None``: no offer (given ``anchors``, ``good_anchors="all"``).
         layout: the static layout the comparisons are in (``None``: the exact layout).
         target: the prepared target.
         segments: ``decomposition.segments(target)`` (``None`` for given dense anchors).
@@ -175,7 +175,7 @@ def choose_path(
     if anchors is None and good_anchors == "sample":
         most = limits.static_bits_for(scores.device)
         offer = min(limit, most) if blockwise else most
-    layout = None if offer is None else StaticLayout.for_decomposition(offer, decomposition)
+    layout = None if not offer else StaticLayout.for_decomposition(offer, decomposition)  # (0: a CPU's, none)
     prepared = prepare_with_layout(decomposition, scores, target, generator, layout)
     if layout is not None and not layout.used:
         if layout.claims > 1 and layout.num_bits >= 0:  # two static layouts in one: prepare exactly
