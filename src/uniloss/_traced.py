@@ -338,18 +338,23 @@ class _Step:
         self.rule: Optional[tuple] = None  # how it runs on the anchors' batch by hand (see _direct_rule)
 
 
-def _walk_tensors(value: Any):
-    """The tensors inside ``value`` (containers, slices), at any depth."""
-    if isinstance(value, Tensor):
+def _leaves(value: Any, kind: type):
+    """The instances of ``kind`` inside ``value`` (lists, tuples, dicts, slices), at any depth."""
+    if isinstance(value, kind):
         yield value
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _walk_tensors(v)
+            yield from _leaves(v, kind)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _walk_tensors(v)
+            yield from _leaves(v, kind)
     elif isinstance(value, slice):
-        yield from _walk_tensors((value.start, value.stop, value.step))
+        yield from _leaves((value.start, value.stop, value.step), kind)
+
+
+def _walk_tensors(value: Any):
+    """The tensors inside ``value`` (containers, slices), at any depth."""
+    return _leaves(value, Tensor)
 
 
 _SAME_VALUES = {"reshape", "view", "flatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as", "to", "type",
@@ -396,16 +401,7 @@ def _step_key_of(s: "_Step") -> Optional[tuple]:
 
 def _refs(value: Any):
     """The :class:`_Ref` inside a template."""
-    if isinstance(value, _Ref):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _refs(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _refs(v)
-    elif isinstance(value, slice):
-        yield from _refs((value.start, value.stop, value.step))
+    return _leaves(value, _Ref)
 
 
 def _fill(value: Any, env: List[Any]) -> Any:
