@@ -1,7 +1,7 @@
 """All the GPU measurements of the performance issue in one run, for a lent GPU (H100/H200).
 
     pip install --no-deps -e . && python scripts/gpu_performance.py --out "$OUT/performance-gpu"
-    python scripts/gpu_performance.py --tiny --out /tmp/perf     # a CPU smoke run (the test)
+    python scripts/gpu_performance.py --tiny --out perf-smoke    # a CPU smoke run (the test)
 
 Parts, each recorded with the card's name, torch's version and the date in ``results.json`` and
 ``README.md`` under ``--out``:

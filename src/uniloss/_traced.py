@@ -361,17 +361,24 @@ _SAME_VALUES = {"reshape", "view", "flatten", "squeeze", "unsqueeze", "ravel", "
                 "type_as", "float", "double", "long", "int", "bool", "half", "contiguous", "clone", "detach"}
 
 
-def _realias(value: Any, to: Callable[[int], int]) -> Any:
-    if isinstance(value, _Ref):
-        return _Ref(to(value.slot))
-    if isinstance(value, (list, tuple)):
-        items = [_realias(v, to) for v in value]
+def _map_leaves(value: Any, kind: type, fn: Callable[[Any], Any], opaque: tuple = ()) -> Any:
+    """``value`` with each instance of ``kind`` inside it (lists, tuples, dicts, slices, at any
+    depth; not inside an ``opaque`` type) replaced by ``fn`` of it (a tuple comes back a tuple)."""
+    if isinstance(value, kind):
+        return fn(value)
+    if isinstance(value, (list, tuple)) and not isinstance(value, opaque):
+        items = [_map_leaves(v, kind, fn, opaque) for v in value]
         return items if isinstance(value, list) else tuple(items)
     if isinstance(value, dict):
-        return {k: _realias(v, to) for k, v in value.items()}
+        return {k: _map_leaves(v, kind, fn, opaque) for k, v in value.items()}
     if isinstance(value, slice):
-        return slice(_realias(value.start, to), _realias(value.stop, to), _realias(value.step, to))
+        return slice(*(_map_leaves(v, kind, fn, opaque) for v in (value.start, value.stop, value.step)))
     return value
+
+
+def _realias(value: Any, to: Callable[[int], int]) -> Any:
+    """A template with each :class:`_Ref`'s slot renumbered by ``to``."""
+    return _map_leaves(value, _Ref, lambda ref: _Ref(to(ref.slot)))
 
 
 def _key_of(value: Any) -> Any:
@@ -405,16 +412,8 @@ def _refs(value: Any):
 
 
 def _fill(value: Any, env: List[Any]) -> Any:
-    if isinstance(value, _Ref):
-        return env[value.slot]
-    if isinstance(value, (list, tuple)):
-        items = [_fill(v, env) for v in value]
-        return items if isinstance(value, list) else tuple(items)
-    if isinstance(value, dict):
-        return {k: _fill(v, env) for k, v in value.items()}
-    if isinstance(value, slice):
-        return slice(_fill(value.start, env), _fill(value.stop, env), _fill(value.step, env))
-    return value
+    """A template with each :class:`_Ref` replaced by its slot's value in ``env``."""
+    return _map_leaves(value, _Ref, lambda ref: env[ref.slot])
 
 
 class _Recorder:
@@ -806,16 +805,8 @@ def _has_static(value: Any) -> bool:
 
 
 def _statics(value: Any, resolve: Callable[[tuple], Any]) -> Any:
-    if isinstance(value, _Static):
-        return resolve(value.ref)
-    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
-        items = [_statics(v, resolve) for v in value]
-        return items if isinstance(value, list) else tuple(items)
-    if isinstance(value, dict):
-        return {k: _statics(v, resolve) for k, v in value.items()}
-    if isinstance(value, slice):
-        return slice(_statics(value.start, resolve), _statics(value.stop, resolve), _statics(value.step, resolve))
-    return value
+    """``value`` with each :class:`_Static` resolved (a ``torch.Size`` kept as it is)."""
+    return _map_leaves(value, _Static, lambda static: resolve(static.ref), (torch.Size,))
 
 
 class _TapeProgram:
@@ -1945,17 +1936,22 @@ def _binary_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
 
 
 class _Site:
-    """A discrete step whose comparisons are trained. Built per call from its traced ``_Call``."""
+    """A discrete step whose comparisons are trained. Built per call from its traced ``_Call``;
+    each kind of step (class index, ranking, comparison, probe) implements the methods it takes part
+    in (a probe site only formats; a ranking's hard output is never asked for), and the others say
+    so by raising."""
 
     call: _Call
     index: int
     num_bits: int
 
     def comparisons(self) -> Tensor:
-        raise NotImplementedError
+        """The step's ``[num_bits]`` comparisons, differentiable in the scores."""
+        raise NotImplementedError(f"{type(self).__name__} has no comparisons()")
 
     def best(self) -> Tensor:
-        raise NotImplementedError
+        """The ``[num_bits]`` bool best configuration."""
+        raise NotImplementedError(f"{type(self).__name__} has no best()")
 
     def runs(self) -> Optional[Tensor]:
         """``[S]`` run lengths (each > 0) whose 0-bit counts alone decide the decoded output, or
@@ -1976,7 +1972,8 @@ class _Site:
         return lengths
 
     def decode(self, bits: Tensor) -> Any:
-        raise NotImplementedError
+        """The decoded outputs (payloads) of ``[t, num_bits]`` bit configurations."""
+        raise NotImplementedError(f"{type(self).__name__} has no decode()")
 
     def decode_zeros(self, zeros: Tensor) -> Any:
         """Decode from the 0-bit counts of each run ``[t, S]``: bits rebuilt with the counted
@@ -1995,11 +1992,11 @@ class _Site:
 
     def hard_payload(self) -> Any:
         """The decoded output of the traced scores (one configuration, no anchor dimension)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no hard_payload()")
 
     def format(self, payload: Any, x: Tensor) -> Any:
         """What the intercepted operation returns, from one anchor's payload."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no format()")
 
     def format_batched(self, payload: Any, x: Tensor) -> Any:
         """:meth:`format` for a batch of payloads (a leading anchor dimension)."""
