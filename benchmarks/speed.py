@@ -153,9 +153,9 @@ def _bce(s, y):
 
 def _num_bits(dec, scores, target) -> int:
     prepared = dec.prepare(scores, target)
-    segments = dec.segments(prepared)
-    if isinstance(segments, torch.Tensor):
-        return int(segments.sum())
+    structure = dec.structure(prepared)
+    if structure is not None and isinstance(structure.runs, torch.Tensor):
+        return int(structure.runs.sum())
     return dec.comparisons(scores, prepared).numel()
 
 

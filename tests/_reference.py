@@ -127,7 +127,7 @@ def uniloss_oracle(scores, target, decomposition, anchors, temperature=1.0):
 
 class AboveOne(__import__("uniloss").Decomposition):
     """Recall of ``[s > 1]`` on the positives, from their bits alone (the negatives' bits do not
-    count). No segments(): evaluated densely, distances still structured."""
+    count). No structure(): evaluated densely, distances still structured."""
 
     def comparisons(self, scores, target):
         return scores - 1.0
@@ -138,6 +138,12 @@ class AboveOne(__import__("uniloss").Decomposition):
     def evaluate(self, bits, target):
         pos = target.bool()
         return (bits & pos).sum(-1) / pos.sum().clamp_min(1)
+
+
+def good_flips(decomposition, prepared, num_bits: int) -> int:
+    """The bits a good anchor flips, as the engine reads them from ``structure()``."""
+    structure = decomposition.structure(prepared)
+    return 1 if structure is None else min(structure.good_flips, max(num_bits, 1))
 
 
 def run_ranks(worker, world: int, folder: str) -> list:

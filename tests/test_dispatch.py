@@ -46,8 +46,10 @@ CASES = [
     ("PCK, overridden block_bits", _pck, {"chunk_bits": 100}, {"block_bits": 16}, "chunked", 0),
     ("good_anchors='all': no offer", _ap, {"good_anchors": "all"}, {}, "structured", None),
     ("CPU under the accelerators' policy", _ap, {}, {"cpu_static_max_bits": 1 << 22}, "structured", 1 << 22),
-    ("PCK static offer capped at chunk_bits", _pck, {"chunk_bits": 100}, {"cpu_static_max_bits": 1 << 22},
-     "chunked", 100),
+    # PCK can also work block by block: it may claim a static layout of at most chunk_bits
+    ("PCK static claim capped at chunk_bits", _pck, {"chunk_bits": 100}, {"cpu_static_max_bits": 1 << 22},
+     "chunked", 1 << 22),
+    ("PCK static layout within chunk_bits", _pck, {}, {"cpu_static_max_bits": 1 << 22}, "structured", 1 << 22),
 ]
 
 
@@ -63,8 +65,8 @@ def test_dispatch_decides_and_the_call_runs_that_path(name, case, options, overr
     assert info.path == path
     assert plan.block_bits == min(plan.chunk_bits, limits.block_bits)
     assert (plan.comparisons is None) == (path == "chunked")
-    if offer:  # AP lays n^2 / 4 comparisons out statically where offered
-        assert (plan.layout is not None) == (dec.__class__ is uniloss.AveragePrecision)
+    if offer:  # a static layout where offered, but not past chunk_bits for PCK (then chunked)
+        assert (plan.layout is not None) == (path == "structured")
 
 
 def test_cpu_gets_no_static_offer_and_accelerators_do():

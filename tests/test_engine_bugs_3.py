@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import uniloss
-from _reference import AboveOne, run_ranks
+from _reference import AboveOne, good_flips, run_ranks
 from uniloss import _limits, zoo
 from uniloss import functional as F
 from uniloss.distributed import CrossBatchMemory, GlobalBatch
@@ -48,7 +48,7 @@ def _structured_anchors(dec, scores, target, seed=1, **counts):
     c = dec.comparisons(scores, prepared).reshape(-1)
     counts = {"num_good": 6, "num_nearby": 5, "num_bad": 11, **counts}
     anchors = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0,
-                                     good_flips=dec.num_good_flips(prepared, c.numel()),
+                                     good_flips=good_flips(dec, prepared, c.numel()),
                                      generator=torch.Generator().manual_seed(seed), **counts)
     return anchors, prepared
 

@@ -313,7 +313,7 @@ def test_structured_and_dense_engines_agree():
     traced = from_metric(average_precision)
     x1, x2 = scores.clone().requires_grad_(), scores.clone().requires_grad_()
     plan = traced.prepare(x1, target)
-    assert traced.segments(plan) is not None
+    assert traced.structure(plan) is not None
     anchors = torch.rand(20, plan.num_bits, generator=_gen(1)) < 0.5  # dense anchors
     l1 = uniloss.functional.uniloss(x1, target, traced, anchors=anchors)
     l2 = uniloss.functional.uniloss(x2, target, uniloss.AveragePrecision(), anchors=anchors)

@@ -15,7 +15,7 @@ For each metric, dtype and device, :class:`UniLossTester` checks:
    equals ``"structured"`` given the ``AnchorSet`` that ``uniloss.sample_anchors`` draws from the
    same generator state, which equals ``"dense"`` given the same anchors as a ``[t, l]`` tensor
    (``anchors=``); ``"chunked"`` (block by block, a small ``chunk_bits``; decompositions with
-   ``comparisons_block`` only) equals ``"structured"`` for the same generator seed.
+   a structure with ``comparisons_block`` only) equals ``"structured"`` for the same generator seed.
 
 The scores are untied and exact in bfloat16 (``untied_scores``), so all dtypes make the same
 decisions and one float64 reference serves them all; bfloat16 values and gradients are compared
@@ -38,7 +38,7 @@ from uniloss import functional as F
 from uniloss import zoo
 from uniloss.decoders import RankingTarget
 from _reference import (
-    ap_from_scores_loop, mean_over_queries, pck_loop, precision_at_k_ref, recall_at_k_ref, reciprocal_rank_ref,
+    ap_from_scores_loop, good_flips, mean_over_queries, pck_loop, precision_at_k_ref, recall_at_k_ref, reciprocal_rank_ref,
     untied_scores,
 )
 
@@ -142,8 +142,11 @@ class Case:
     reference: Callable[[torch.Tensor, Any], float]
 
     def blockwise(self) -> bool:
-        """Has the chunked path: ``comparisons_block`` overridden."""
-        return type(self.make()).comparisons_block is not uniloss.Decomposition.comparisons_block
+        """Has the chunked path: its structure has ``comparisons_block``."""
+        dec = self.make()
+        scores, target = self.batch(0)
+        structure = dec.structure(dec.prepare(scores, target))
+        return structure is not None and structure.comparisons_block is not None
 
 
 def _accuracy(s, y):
@@ -252,7 +255,7 @@ class UniLossTester:
             plan = dec.prepare(self.scores, self.target, g)
             c = dec.comparisons(self.scores, plan).reshape(-1)
             best = dec.best(plan).reshape(-1).to(device=c.device, dtype=torch.bool)
-            return uniloss.sample_anchors(best, c > 0, good_flips=dec.num_good_flips(plan, c.numel()), generator=g)
+            return uniloss.sample_anchors(best, c > 0, good_flips=good_flips(dec, plan, c.numel()), generator=g)
 
     def run(self, form: str, path: str, seed: int = SEED, anchors=None, **options):
         """``(loss, gradient, LossInfo)``; ``form`` "module", "functional" (uniloss_with_info) or

@@ -9,6 +9,7 @@ import torch
 import uniloss
 from uniloss import _limits, zoo
 from uniloss.decoders import RankingTarget
+from _reference import good_flips
 
 SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense", "aten::item")
 
@@ -156,7 +157,7 @@ def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, l
     prepared = dec.prepare(scores, target)
     c = dec.comparisons(scores, prepared).reshape(-1)
     anchors = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, generator=torch.Generator().manual_seed(7),
-                                     good_flips=dec.num_good_flips(prepared, c.numel()))
+                                     good_flips=good_flips(dec, prepared, c.numel()))
     ref = scores.clone().requires_grad_()
     expected, ref_info = uniloss.functional.uniloss_with_info(ref, prepared, dec, anchors=anchors, **options)
     expected.backward()

@@ -49,7 +49,7 @@ def test_structured_path_never_forms_dense_anchors_or_calls_evaluate(kind, dense
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
 
-def test_decomposition_without_segments_is_evaluated_once_per_step():
+def test_decomposition_without_a_structure_is_evaluated_once_per_step():
     calls = []
 
     class Above(uniloss.Decomposition):
@@ -71,14 +71,14 @@ def test_decomposition_without_segments_is_evaluated_once_per_step():
 def test_blocks_stay_within_chunk_bits(monkeypatch):
     dec, heat, target = _batch("pck", seed=1)
     seen = []
-    block = uniloss.PCK.comparisons_block
+    block = uniloss.PCK._block
 
-    def spy(self, scores, t, start, stop):
-        out = block(self, scores, t, start, stop)
+    def spy(plan, scores, start, stop):
+        out = block(plan, scores, start, stop)
         seen.append(out.numel())
         return out
 
-    monkeypatch.setattr(uniloss.PCK, "comparisons_block", spy)
+    monkeypatch.setattr(uniloss.PCK, "_block", staticmethod(spy))
     s = heat.clone().requires_grad_()
     F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0), chunk_bits=200).backward()
     assert len(seen) > 3 and max(seen) <= 200

@@ -12,7 +12,7 @@ import torch
 
 import uniloss
 from _reference import run_ranks
-from uniloss._decomposition import Decomposition, has_blocks
+from uniloss._decomposition import Decomposition, Structure
 from uniloss._wrapped import WrappedDecomposition, WrappedPlan
 from uniloss.distributed import CrossBatchMemory, GlobalBatch
 
@@ -40,6 +40,9 @@ def _spy():
             targets = [a for a, p in zip(args, list(inspect.signature(getattr(Decomposition, name)).parameters)[1:])
                        if p == "target"]
             calls.append((name, targets[0] if targets else None))
+            if name == "structure":  # its block takes the scores as the inner set holds them
+                return Structure(torch.ones(3, dtype=torch.long), lambda zeros: zeros,
+                                 comparisons_block=lambda s, start, stop: ("block", s, start, stop))
             return WrappedPlan(args[0], args[0], "inner") if name == "prepare" else f"from {name}"
         return hook
 
@@ -59,7 +62,7 @@ def _arguments(name, plan, batch):
 
 
 def test_the_base_forwards_every_hook():
-    assert {"segments", "evaluate_zeros", "comparisons_block", "batch_metric"} <= set(HOOKS)
+    assert {"structure", "batch_metric", "state_dict"} <= set(HOOKS)
     not_forwarded = [name for name in HOOKS if name not in vars(WrappedDecomposition)]
     assert not not_forwarded, f"WrappedDecomposition does not forward {not_forwarded}"
     spy, calls = _spy()
@@ -79,22 +82,29 @@ def test_the_base_forwards_every_hook():
         if name not in {"state_dict", "load_state_dict"}:
             expected = batch[1] if name in ON_THE_BATCH else "inner"
             assert calls[0][1] is expected or calls[0][1] == expected, name
-        if name not in {"check", "load_state_dict"}:
+        if name == "structure":
+            assert isinstance(result, Structure) and result.comparisons_block(batch[0], 0, 1) == ("block", batch[0], 0, 1)
+        elif name not in {"check", "load_state_dict"}:
             assert result == f"from {name}"
 
 
 @pytest.mark.parametrize("make", [GlobalBatch, lambda d: CrossBatchMemory(d, size=4), _Identity,
                                   lambda d: GlobalBatch(CrossBatchMemory(d, size=4))])
 def test_block_hook_exactly_when_the_inner_decomposition_has_it(make):
-    """The engine's test (``has_blocks``) says a wrapper runs block by block exactly when its inner
-    decomposition does, and the chunked path then runs through the wrapper."""
-    for inner, expected in ((uniloss.PCK(), True), (uniloss.AveragePrecision(), False)):
+    """A wrapper's structure has a block hook (the engine may run it block by block) exactly when
+    its inner decomposition's does, also after pickling and copying."""
+
+    def blockwise(dec, name):
+        _, scores, target, _, _ = _case(name)
+        return dec.structure(dec.prepare(scores, target)).comparisons_block is not None
+
+    for inner, name, expected in ((uniloss.PCK(), "pck", True), (uniloss.AveragePrecision(), "ap", False)):
         wrapper = make(inner)
-        assert has_blocks(wrapper) is expected and wrapper.forwards_blocks() is expected
+        assert blockwise(wrapper, name) is expected
         assert type(wrapper).__name__ == type(make(uniloss.AveragePrecision())).__name__  # messages unchanged
         for other in (pickle.loads(pickle.dumps(wrapper)), copy.deepcopy(wrapper)):
-            assert type(other) is type(wrapper) and has_blocks(other) is expected
-    assert not has_blocks(GlobalBatch(uniloss.PCK(), sync_grads=True))  # its gradient goes through the gather
+            assert type(other) is type(wrapper) and blockwise(other, name) is expected
+    assert not blockwise(GlobalBatch(uniloss.PCK(), sync_grads=True), "pck")  # its gradient goes through the gather
     assert isinstance(GlobalBatch(uniloss.PCK()), GlobalBatch) and type(GlobalBatch(uniloss.PCK())).__name__ == "GlobalBatch"
 
 

@@ -15,7 +15,7 @@ inverse distance weighting, giving a differentiable surrogate of the metric itse
 from . import decoders, distributed, functional, testing, zoo
 from ._anchors import AnchorSet, sample_anchors
 from ._decoded import DecodedMetric
-from ._decomposition import Decomposition
+from ._decomposition import Decomposition, Structure
 from ._interpolation import interpolate, relax
 from ._metrics import PCK, AveragePrecision, KeypointTarget, MulticlassAccuracy
 from ._module import UniLoss
@@ -33,6 +33,7 @@ __all__ = [
     "LossInfo",
     "MulticlassAccuracy",
     "PCK",
+    "Structure",
     "TraceError",
     "TracedMetric",
     "UniLoss",

@@ -16,7 +16,7 @@ structured form the sampler produces:
 Measured from ``hard``, a squared distance is a sum over the bits where the anchor differs from
 ``hard`` (see :mod:`uniloss._interpolation`), so the structured form gives every distance in
 ``O(k)`` per flip anchor and ``O(l)`` per byte of random anchors without a ``[t, l]`` tensor, and
-lets a decomposition with :meth:`~uniloss.Decomposition.segments` evaluate the metric at the
+lets a decomposition with a :class:`~uniloss.Structure` evaluate the metric at the
 anchors incrementally. :meth:`AnchorSet.dense` materialises the bits (the dense fallback).
 """
 

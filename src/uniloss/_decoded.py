@@ -118,9 +118,6 @@ class DecodedMetric(Decomposition):
     def best(self, target: Any) -> Tensor:
         return self.decoder.best(target)
 
-    def num_good_flips(self, target: Any, num_bits: int) -> int:
-        return self.decoder.num_good_flips(target, num_bits)
-
     def decode(self, scores: Tensor, target: Any) -> Any:
         """The decoder's output for the scores' own comparisons, without the anchor dimension
         (e.g. ``scores.argmax(1)`` for :class:`~uniloss.decoders.Argmax`)."""

@@ -3,12 +3,88 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from . import _validation as V
+
+
+@dataclass(frozen=True)
+class Structure:
+    r"""How a metric depends on its bits: the one optional description a
+    :class:`Decomposition` gives the engine (:meth:`Decomposition.structure`) for its fast paths.
+
+    The ``l`` bits fall into ``S`` consecutive *runs*, and the metric depends on them only through
+    each run's number of 0-bits (AP: one run per positive, its comparisons with the negatives;
+    accuracy: one per sample, its ``C - 1`` comparisons). The engine then evaluates every anchor
+    from ``[S]`` counts (a flipped bit changes one count by one) instead of ``[t, l]`` bits.
+
+    Attributes:
+        runs: an ``int`` ``w`` (``l // w`` runs of ``w`` bits each) or an int64 tensor ``[S]`` of
+            run lengths summing to ``l``.
+        evaluate_zeros: ``zeros [t, S]`` (float counts of 0-bits per run) -> ``[t]`` metric values,
+            equal to ``evaluate`` on any bits with those counts.
+        evaluate_zeros_plus_one: optional, ``zeros [S]`` -> ``[S]``: the value when run ``s`` gains
+            one more 0-bit, for every ``s`` (``good_anchors="all"``). ``None``: ``S`` one-hot rows
+            through ``evaluate_zeros`` (``O(S^2)``); give it where there is a closed form.
+        comparisons_block: optional, ``(scores, start, stop)`` -> the comparisons of runs
+            ``start .. stop - 1``, flat and in order, differentiable in ``scores`` (``runs`` a
+            tensor): the engine then processes a huge ``l`` (PCK on large heatmaps) block by block
+            in bounded memory, recomputing each block in the backward pass.
+        good_flips: how many bits a good anchor flips away from ``best`` (the paper: 1).
+
+    Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
+
+        >>> import torch, uniloss
+        >>> class Above(uniloss.Decomposition):
+        ...     def comparisons(self, scores, target):
+        ...         return scores - 1.0
+        ...     def best(self, target):
+        ...         return torch.ones_like(target, dtype=torch.bool)
+        ...     def evaluate(self, bits, target):
+        ...         return bits.float().mean(dim=1)
+        ...     def structure(self, target):   # 0-bits per run of one bit: 1 - the bit
+        ...         return uniloss.Structure(runs=1, evaluate_zeros=lambda zeros: 1.0 - zeros.mean(dim=1))
+        >>> scores = torch.tensor([0.5, 2.0, 3.0], requires_grad=True)
+        >>> loss, info = uniloss.functional.uniloss_with_info(scores, torch.zeros(3), Above())
+        >>> info.path, round(float(info.metric), 4)
+        ('structured', 0.6667)
+    """
+
+    runs: Any  # int or Tensor (or a static layout's uniloss._structured.Runs)
+    evaluate_zeros: Callable[[Tensor], Tensor]
+    evaluate_zeros_plus_one: Optional[Callable[[Tensor], Tensor]] = None
+    comparisons_block: Optional[Callable[[Tensor, int, int], Tensor]] = None
+    good_flips: int = 1
+
+    def __post_init__(self) -> None:
+        # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)
+        if not (isinstance(self.runs, (int, Tensor)) or hasattr(self.runs, "run_ids")) or isinstance(self.runs, bool):
+            raise TypeError(f"Expected Structure.runs to be an int or an int64 tensor of run lengths, "
+                            f"but got {type(self.runs).__name__}")
+        if not callable(self.evaluate_zeros):
+            raise TypeError("Expected Structure.evaluate_zeros to be callable: zeros [t, S] -> [t]")
+        if self.comparisons_block is not None and not isinstance(self.runs, Tensor):
+            raise TypeError("Structure.comparisons_block needs run lengths: `runs` as an int64 tensor [S]")
+        V.check_count("good_flips", self.good_flips, allow_zero=False)
+
+    def plus_one(self, zeros: Tensor) -> Tensor:
+        """``[S]`` counts -> ``[S]``: :attr:`evaluate_zeros_plus_one`, or ``S`` one-hot rows
+        through :attr:`evaluate_zeros` where it is not given."""
+        if self.evaluate_zeros_plus_one is not None:
+            return self.evaluate_zeros_plus_one(zeros)
+        num = zeros.numel()
+        step = max(1, (1 << 20) // max(num, 1))
+        out = []
+        for start in range(0, num, step):
+            idx = torch.arange(start, min(num, start + step), device=zeros.device)
+            rows = zeros.expand(idx.numel(), num).clone()
+            rows[torch.arange(idx.numel(), device=zeros.device), idx] += 1
+            out.append(self.evaluate_zeros(rows))
+        return torch.cat(out) if out else zeros.new_zeros(0)
 
 
 class Decomposition:
@@ -38,15 +114,11 @@ class Decomposition:
     * ``check(scores, target)`` validates the tensors (shapes, label ranges); the engine calls it
       unless ``validate_args=False``.
     * ``higher_is_better`` (class attribute): the loss is ``-g~`` when true, ``g~`` otherwise.
-    * ``segments(target)`` / ``evaluate_zeros(zeros, target)``: for a metric that depends on the
-      bits only through how many 0-bits each of ``S`` consecutive runs of bits holds (AP: the
-      negatives above each positive; accuracy: the wrong comparisons of each sample; PCK: of
-      each positive pixel). The engine then evaluates the anchors from per-run counts, without
-      a dense ``[t, l]`` tensor (a flipped bit changes one count by one). Without them it
-      evaluates the anchors densely.
-    * ``comparisons_block(scores, target, start, stop)``: the comparisons of runs
-      ``start .. stop - 1`` alone; lets the engine process a huge ``l`` (PCK on large heatmaps)
-      block by block in bounded memory, recomputing each block in the backward pass.
+    * ``structure(target)``: a :class:`Structure` for a metric that depends on the bits only
+      through how many 0-bits each of ``S`` consecutive runs holds (AP: the negatives above each
+      positive; accuracy: the wrong comparisons of each sample; PCK: of each positive pixel). The
+      engine then evaluates the anchors from per-run counts, without a dense ``[t, l]`` tensor,
+      and where the structure gives ``comparisons_block``, works block by block on a huge ``l``.
 
     A batch on which the metric is undefined (``l == 0`` comparisons, e.g. AP without a positive)
     gives a zero loss that is still attached to the graph.
@@ -66,6 +138,10 @@ class Decomposition:
     """
 
     higher_is_better: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _reject_legacy_hooks(cls)
 
     def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> Any:
         """Per-call hook run before ``comparisons``; returns the target the others receive."""
@@ -114,45 +190,11 @@ class Decomposition:
         """Optional: restore what :meth:`state_dict` returned."""
         raise ValueError(f"{type(self).__name__} keeps no state to load, but got {type(state).__name__}")
 
-    def segments(self, target: Any) -> Optional[Union[int, Tensor]]:
-        """Optional structure: ``None`` (default), or how the ``l`` bits fall into consecutive
-        runs on which ``evaluate`` depends only through each run's number of 0-bits: an ``int``
-        ``w`` (``l // w`` runs of ``w`` bits) or an int64 tensor ``[S]`` of run lengths summing
-        to ``l``. A decomposition that returns one implements :meth:`evaluate_zeros`."""
+    def structure(self, target: Any) -> Optional["Structure"]:
+        """Optional: a :class:`Structure` describing how the metric depends on its bits, for the
+        engine's fast paths (on the target as ``prepare`` returns it). ``None`` (the default): the
+        engine evaluates the anchors densely with :meth:`evaluate`."""
         return None
-
-    def evaluate_zeros(self, zeros: Tensor, target: Any) -> Tensor:
-        """``[t, S]`` counts of 0-bits per run (float) -> ``[t]`` values, equal to
-        :meth:`evaluate` on any bits with those counts. Needed when :meth:`segments` is given."""
-        raise TypeError(
-            f"{type(self).__name__}.segments() describes runs of bits but the class does not "
-            "define evaluate_zeros(zeros, target)"
-        )
-
-    def evaluate_zeros_plus_one(self, zeros: Tensor, target: Any) -> Tensor:
-        """``[S]`` counts -> ``[S]``: the value when run ``s`` gains one more 0-bit, for every
-        ``s`` (the single-flip good anchors of ``good_anchors="all"``). The default evaluates
-        ``S`` one-hot rows with :meth:`evaluate_zeros` (``O(S^2)``); override it with a closed
-        form where there is one."""
-        num = zeros.numel()
-        step = max(1, (1 << 20) // max(num, 1))
-        out = []
-        for start in range(0, num, step):
-            idx = torch.arange(start, min(num, start + step), device=zeros.device)
-            rows = zeros.expand(idx.numel(), num).clone()
-            rows[torch.arange(idx.numel(), device=zeros.device), idx] += 1
-            out.append(self.evaluate_zeros(rows, target))
-        return torch.cat(out) if out else zeros.new_zeros(0)
-
-    def comparisons_block(self, scores: Tensor, target: Any, start: int, stop: int) -> Tensor:
-        """Optional: the comparisons of runs ``start .. stop - 1`` (see :meth:`segments`), flat
-        and in order, differentiable in ``scores``; lets the engine work block by block. The
-        engine calls it only on decompositions that override it."""
-        raise _missing(self, "comparisons_block")
-
-    def num_good_flips(self, target: Any, num_bits: int) -> int:
-        """How many bits a good anchor flips away from ``best`` (the paper: 1)."""
-        return 1
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -165,14 +207,21 @@ def _missing(obj: object, method: str) -> TypeError:
     )
 
 
-def has_blocks(decomposition: Decomposition) -> bool:
-    """Whether the engine may run ``decomposition`` block by block: its class overrides
-    ``comparisons_block``, or, for a wrapper (:class:`uniloss._wrapped.WrappedDecomposition`), its
-    ``forwards_blocks()`` says its inner decomposition does."""
-    forwards = getattr(decomposition, "forwards_blocks", None)
-    if callable(forwards):
-        return bool(forwards())
-    return type(decomposition).comparisons_block is not Decomposition.comparisons_block
+_LEGACY_HOOKS = ("segments", "evaluate_zeros_plus_one", "comparisons_block", "num_good_flips")
+
+
+def _reject_legacy_hooks(cls: type) -> None:
+    """The hooks ``segments``, ``evaluate_zeros_plus_one``, ``comparisons_block`` and
+    ``num_good_flips`` of uniloss 0.1 became the fields of :class:`Structure`: a class that still
+    defines one would silently lose its fast path, so it is refused with the way to port it."""
+    old = [name for name in _LEGACY_HOOKS if name in vars(cls)]
+    if old:
+        raise TypeError(
+            f"{cls.__name__} defines {', '.join(f'{n}()' for n in old)}: these hooks of "
+            "uniloss.Decomposition were replaced by one optional method, structure(target), "
+            "returning uniloss.Structure(runs=..., evaluate_zeros=..., evaluate_zeros_plus_one=..., "
+            "comparisons_block=..., good_flips=...) (see docs/custom-metrics.md)"
+        )
 
 
 def validate_scores(scores: object, name: str = "scores") -> Tensor:
@@ -205,9 +254,9 @@ class StaticLayout:
     keeps every anchor at 1 on the padding and leaves the padding out of every distance, so the
     loss is the exact layout's, computed on tensors of a fixed size.
 
-    The engine offers at most ``2**22`` comparisons (``chunk_bits`` for a decomposition processed
-    block by block), on accelerators only: a CPU has no synchronisation to avoid and the padding
-    only costs time there (AP lays out ``n^2 / 4`` comparisons whatever its number of positives;
+    The engine offers at most ``2**22`` comparisons (``chunk_bits`` for a decomposition that can
+    be processed block by block, which says so when it claims), on accelerators only: a CPU has
+    no synchronisation to avoid and the padding only costs time there (AP lays out ``n^2 / 4`` comparisons whatever its number of positives;
     1.2-1.8x the exact layout's time per call), so it gets no offer.
     Given ``anchors`` and ``good_anchors="all"`` get no offer. The offer stands for the
     decomposition the engine calls and those it delegates to through a ``decomposition`` or
@@ -218,10 +267,11 @@ class StaticLayout:
     offer, as it does when a wrapper's comparisons are not the static layout's).
     """
 
-    __slots__ = ("max_bits", "owners", "num_bits", "num_valid", "padding", "claims")
+    __slots__ = ("max_bits", "block_max_bits", "owners", "num_bits", "num_valid", "padding", "claims")
 
-    def __init__(self, max_bits: int, owners: tuple = ()) -> None:
+    def __init__(self, max_bits: int, owners: tuple = (), block_max_bits: Optional[int] = None) -> None:
         self.max_bits = max_bits
+        self.block_max_bits = max_bits if block_max_bits is None else min(max_bits, block_max_bits)
         self.owners = owners
         self.num_bits = -1
         self.num_valid: Optional[Tensor] = None
@@ -229,23 +279,27 @@ class StaticLayout:
         self.claims = 0
 
     @staticmethod
-    def for_decomposition(max_bits: int, decomposition: "Decomposition") -> "StaticLayout":
-        """The offer for ``decomposition`` and the objects it delegates to."""
+    def for_decomposition(max_bits: int, decomposition: "Decomposition",
+                          block_max_bits: Optional[int] = None) -> "StaticLayout":
+        """The offer for ``decomposition`` and the objects it delegates to (``block_max_bits``:
+        the most a decomposition that can also work block by block may claim, ``chunk_bits``)."""
         owners: list = []
         obj: Optional[object] = decomposition
         while obj is not None and len(owners) < 16 and not any(obj is o for o in owners):
             owners.append(obj)
             inner = getattr(obj, "decomposition", None)  # (not `or`: a wrapper may define __len__)
             obj = inner if inner is not None else getattr(obj, "decoder", None)
-        return StaticLayout(max_bits, tuple(owners))
+        return StaticLayout(max_bits, tuple(owners), block_max_bits)
 
-    def claim(self, owner: object, num_bits: int) -> bool:
+    def claim(self, owner: object, num_bits: int, blockwise: bool = False) -> bool:
         """Whether ``owner`` may lay out ``num_bits`` comparisons statically (it then calls
-        :meth:`set_valid` before returning its plan)."""
+        :meth:`set_valid` before returning its plan). ``blockwise``: the owner's exact layout has a
+        :attr:`Structure.comparisons_block`, and above ``chunk_bits`` it is processed block by
+        block instead."""
         if not any(owner is o for o in self.owners):
             return False
         self.claims += 1
-        if self.claims > 1 or num_bits > self.max_bits:
+        if self.claims > 1 or num_bits > (self.block_max_bits if blockwise else self.max_bits):
             return False
         self.num_bits = num_bits
         return True

@@ -32,9 +32,10 @@ class EngineLimits:
     """Every size the engine decides by. Counts are of comparisons (bits) unless noted.
 
     Attributes:
-        chunk_bits: ``chunk_bits``'s default: above this many comparisons a decomposition with
-            ``comparisons_block()`` (PCK on large heatmaps) is processed block by block (the
-            ``"chunked"`` path): about 4 bytes a bit per float tensor otherwise.
+        chunk_bits: ``chunk_bits``'s default: above this many comparisons a decomposition whose
+            :class:`~uniloss.Structure` has ``comparisons_block`` (PCK on large heatmaps) is
+            processed block by block (the ``"chunked"`` path): about 4 bytes a bit per float
+            tensor otherwise.
         block_bits: the size of those blocks (at most ``chunk_bits``).
         static_max_bits: the most comparisons a static layout (see
             :class:`uniloss._decomposition.StaticLayout`) offered on an accelerator may hold

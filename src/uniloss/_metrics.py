@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._decomposition import Decomposition, static_layout, validate_scores
+from ._decomposition import Decomposition, Structure, static_layout, validate_scores
 from ._pairs import grouped_pairs, other_classes, pair_differences, row_differences, static_pair_differences
 from ._random import randperm
 from ._structured import PREFIX_COUNTS, Runs
@@ -302,12 +302,14 @@ class AveragePrecision(Decomposition):
             return _all_true(plan.a.numel(), plan.a.device)
         return _all_true(plan.pos.numel() * plan.neg.numel(), plan.pos.device)
 
-    def segments(self, target):
-        """One run per positive: its ``N`` comparisons with the negatives."""
+    def structure(self, target) -> Structure:
+        """One run per positive: its ``N`` comparisons with the negatives; AP from the sorted
+        counts (:meth:`evaluate_zeros`), one more negative above a positive in closed form."""
         plan = self.prepare(None, target)
         if isinstance(plan, _APStatic):
-            return plan.runs
-        return plan.neg.numel()
+            return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan))
+        plus_one = None if self.interpolated else self._plus_one
+        return Structure(plan.neg.numel(), lambda zeros: self.evaluate_zeros(zeros, plan), plus_one)
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = self.prepare(None, target)
@@ -337,11 +339,12 @@ class AveragePrecision(Decomposition):
         total = precision.cumsum(-1)[..., -1]
         return total / (num_pos if plan is None else plan.num_pos)
 
-    def evaluate_zeros_plus_one(self, zeros: Tensor, target) -> Tensor:
+    @staticmethod
+    def _plus_one(zeros: Tensor) -> Tensor:
         """Closed form (plain AP): one more negative above positive ``i`` moves the last of the
         equal counts at sorted position ``k*`` from ``v`` to ``v + 1``, changing one term."""
-        if self.interpolated or zeros.numel() == 0 or isinstance(target, _APStatic):
-            return super().evaluate_zeros_plus_one(zeros, target)
+        if zeros.numel() == 0:
+            return zeros.new_zeros(0)
         above = zeros.sort().values
         k = torch.arange(1, zeros.numel() + 1, device=zeros.device, dtype=zeros.dtype)
         ap = (k / (k + above)).mean()
@@ -462,15 +465,18 @@ class MulticlassAccuracy(Decomposition):
         l = plan.cols.numel() if plan.selected is None else plan.selected.numel()
         return _all_true(l, plan.labels.device)
 
-    def segments(self, target):
+    def structure(self, target) -> Structure:
         """One run per sample: its comparisons (the trained ones, with ``fraction``)."""
         plan = _prepared(self, target, _AccuracyPlan)
         n, m = plan.cols.shape
         if plan.selected is None:
-            return m
-        sample = torch.div(plan.selected, m, rounding_mode="floor")
-        # (not bincount: on a GPU it reads the largest value on the host)
-        return torch.zeros(n, dtype=torch.long, device=sample.device).index_add_(0, sample, torch.ones_like(sample))
+            runs: Union[int, Tensor] = m
+        else:
+            sample = torch.div(plan.selected, m, rounding_mode="floor")
+            # (not bincount: on a GPU it reads the largest value on the host)
+            runs = torch.zeros(n, dtype=torch.long, device=sample.device).index_add_(0, sample, torch.ones_like(sample))
+        return Structure(runs, lambda zeros: self.evaluate_zeros(zeros, plan),
+                         lambda zeros: self._plus_one(zeros, plan))
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
         """A sample is right iff none of its comparisons is 0 (and, with ``undrawn="current"``,
@@ -481,9 +487,9 @@ class MulticlassAccuracy(Decomposition):
             ok = ok & plan.fixed_ok
         return ok.float().mean(-1)
 
-    def evaluate_zeros_plus_one(self, zeros: Tensor, target) -> Tensor:
+    @staticmethod
+    def _plus_one(zeros: Tensor, plan: "_AccuracyPlan") -> Tensor:
         """Closed form: one more wrong comparison makes sample ``i`` wrong."""
-        plan = _prepared(self, target, _AccuracyPlan)
         ok = zeros == 0
         if plan.fixed_ok is not None:
             ok = ok & plan.fixed_ok
@@ -617,9 +623,6 @@ class PCK(Decomposition):
     def __repr__(self) -> str:
         return f"PCK(threshold={self.threshold}, good_flips={self.good_flips})"
 
-    def num_good_flips(self, target, num_bits: int) -> int:
-        return min(self.good_flips, max(num_bits, 1))
-
     def check(self, scores: Tensor, target) -> None:
         _check_scores(scores)
         V.check_shape("scores", scores, (None, None, None, None), "[n, J, H, W] (heatmaps)")
@@ -664,7 +667,7 @@ class PCK(Decomposition):
         pos = self.positive_mask(scores.shape, (keypoints, visible, normalizer)).reshape(n * j, h * w)
         vis = visible.reshape(-1) != 0
         layout = static_layout()
-        if layout is not None and layout.claim(self, n * j * ((h * w) ** 2 // 4)):
+        if layout is not None and layout.claim(self, n * j * ((h * w) ** 2 // 4), blockwise=True):
             return self._static(pos, vis, layout)
         joint_index = vis.nonzero().reshape(-1)  # flat (sample, joint) of each visible joint
         pos = pos[joint_index]
@@ -721,10 +724,10 @@ class PCK(Decomposition):
         flat = scores.reshape(-1)
         return flat[plan.pos_flat][ia] - flat[plan.neg_flat][ib]
 
-    def comparisons_block(self, scores: Tensor, target, start: int, stop: int) -> Tensor:
+    @staticmethod
+    def _block(plan: "_PCKPlan", scores: Tensor, start: int, stop: int) -> Tensor:
         """The comparisons of positives ``start .. stop - 1``: per joint, positive scores minus
         that joint's negative scores, ``[rows, N]`` flattened, without an index per pair."""
-        plan = _prepared(self, target, _PCKPlan)
         pos_starts, neg_starts = plan.starts()
         flat = scores.reshape(-1)
         joint = bisect.bisect_right(pos_starts, start) - 1
@@ -746,10 +749,15 @@ class PCK(Decomposition):
             return _all_true(plan.a.numel(), plan.a.device)
         return _all_true(plan.num_bits(), plan.pos_flat.device)
 
-    def segments(self, target):
-        """One run per positive pixel: its comparisons with its joint's negatives."""
+    def structure(self, target) -> Structure:
+        """One run per positive pixel: its comparisons with its joint's negatives (block by
+        block on the exact layout); ``good_flips`` bits per good anchor."""
         plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
-        return plan.runs if isinstance(plan, _PCKStatic) else plan.run_lengths()
+        if isinstance(plan, _PCKStatic):
+            return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan), good_flips=self.good_flips)
+        return Structure(plan.run_lengths(), lambda zeros: self.evaluate_zeros(zeros, plan),
+                         lambda zeros: self._plus_one(zeros, plan),
+                         lambda scores, start, stop: self._block(plan, scores, start, stop), self.good_flips)
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
@@ -774,12 +782,10 @@ class PCK(Decomposition):
         correct = _segment_sum(row_ok, plan.pos_joint, plan.num_joints) > 0
         return correct.float().mean(-1)
 
-    def evaluate_zeros_plus_one(self, zeros: Tensor, target) -> Tensor:
+    @staticmethod
+    def _plus_one(zeros: Tensor, plan: "_PCKPlan") -> Tensor:
         """Closed form: positive ``i`` losing stops its joint being correct iff it was the
         joint's only positive beating every negative."""
-        if isinstance(target, _PCKStatic):
-            return super().evaluate_zeros_plus_one(zeros, target)
-        plan = _prepared(self, target, _PCKPlan)
         if plan.num_joints == 0:
             return torch.full_like(zeros, float("nan"))
         ok = (zeros == 0).float()

@@ -73,10 +73,10 @@ class UniLoss(nn.Module):
         good_anchors: ``"sample"`` (default, the paper: ``num_good`` random single-bit flips of
             best) or ``"all"`` (every one of the ``l`` single-bit flips, each weighted
             ``num_good / l``: the expectation of the sampled ones, in ``O(l)``; for
-            decompositions with :meth:`~uniloss.Decomposition.segments`).
-        chunk_bits: above this many comparisons (default ``2**22``), a decomposition with
-            :meth:`~uniloss.Decomposition.comparisons_block` (PCK) is processed block by block
-            in bounded memory.
+            decompositions with a :class:`~uniloss.Structure`).
+        chunk_bits: above this many comparisons (default ``2**22``), a decomposition whose
+            :class:`~uniloss.Structure` has ``comparisons_block`` (PCK) is processed block by
+            block in bounded memory.
 
     Shapes: as the decomposition documents; the result is a scalar.
 

@@ -17,15 +17,15 @@ gradient in ``d_i^2``, ``dL/dr = 2 r sum_i G_i - 2 M`` where ``M_k = sum_i G_i [
 the same structure (a 256-entry table lookup per byte for the random anchors). Every step is
 ``O(l)`` per block plus ``O(t k)``; no ``[t, l]`` tensor is formed.
 
-Metric values come from per-run zero counts when the decomposition has
-:meth:`~uniloss.Decomposition.segments`: the counts of ``best`` and ``hard``, one count changed
+Metric values come from per-run zero counts when the decomposition has a
+:class:`~uniloss.Structure`: the counts of ``best`` and ``hard``, one count changed
 per flipped bit, and the random anchors' counts from their unpacked bits.
 
 With ``good_anchors="all"`` the ``num_good`` sampled good anchors are replaced by all ``l``
 single-bit flips of ``best``, each weighted ``num_good / l``: the expectation of the sampled
 ones (uniform draws), so the interpolation loses their sampling noise. Their distances are
 ``R + S_best -/+ w_k`` and their values depend only on the run of the flipped bit
-(:meth:`~uniloss.Decomposition.evaluate_zeros_plus_one`): ``O(l)`` in all.
+(:attr:`~uniloss.Structure.evaluate_zeros_plus_one`): ``O(l)`` in all.
 
 Double backward (``torch.autograd.grad(..., create_graph=True)``, e.g. a gradient penalty): the
 closed-form gradient is a constant for autograd, so such a backward pass recomputes the
@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ._anchors import AnchorSet, draw_anchors, unpack_codes
+from ._decomposition import Structure
 from ._interpolation import anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances
 from ._limits import current_limits
 
@@ -61,7 +62,7 @@ def bit_table(device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 class Runs:
-    """How the bits fall into runs (see :meth:`~uniloss.Decomposition.segments`).
+    """How the bits fall into runs (see :attr:`~uniloss.Structure.runs`).
 
     Either every run is ``width`` bits, or ``ids`` ``[l]`` holds the run of each bit and ``ends``
     ``[S]`` the cumulative run lengths. ``num`` is ``S``.
@@ -80,13 +81,13 @@ class Runs:
         if isinstance(segments, int):
             if validate and (segments <= 0 or num_bits % segments):
                 raise ValueError(
-                    f"Expected segments() to give a run width dividing the {num_bits} bits, but got {segments}"
+                    f"Expected Structure.runs to give a run width dividing the {num_bits} bits, but got {segments}"
                 )
             return Runs(segments, None, None, num_bits // segments if segments > 0 else 0)
         lengths = segments.to(device=device, dtype=torch.int64)
         if validate and int(lengths.sum()) != num_bits:
             raise ValueError(
-                f"Expected segments() run lengths to sum to the {num_bits} bits, but they sum to "
+                f"Expected Structure.runs (run lengths) to sum to the {num_bits} bits, but they sum to "
                 f"{int(lengths.sum())}"
             )
         ids = torch.repeat_interleave(
@@ -344,6 +345,7 @@ def structured_loss(
     temperature: float,
     grad_scale,
     sign: float,
+    structure: Optional[Structure] = None,
     all_good: int = 0,
     distance: str = "euclidean",
     nearby: str = "all",
@@ -353,7 +355,9 @@ def structured_loss(
 ):
     """The loss from comparisons ``c`` (attached to them) and a structured anchor set.
 
-    ``wrong`` is ``hard != best``. Returns ``(loss, values [t], metric, surrogate, kinds)``;
+    ``wrong`` is ``hard != best``. With ``runs`` (the :class:`Runs` of ``structure.runs``) the
+    anchors' values come from ``structure.evaluate_zeros``, else from ``decomposition.evaluate``.
+    Returns ``(loss, values [t], metric, surrogate, kinds)``;
     ``all_good`` > 0 adds the ``l`` single-flip good anchors weighted ``all_good / l`` (see the
     module documentation). ``invalid``: the padding of a static layout (``c = +inf`` there, where
     every anchor is 1), left out of the distances; ``undefined``: its 0-dim bool "no comparison",
@@ -378,7 +382,8 @@ def structured_loss(
         else:
             zeros = runs.zeros(rows == hard, torch.float32)
             zeros_best = zeros[0]
-            values = decomposition.evaluate_zeros(zeros, target)
+            assert structure is not None  # runs come from a structure
+            values = structure.evaluate_zeros(zeros)
         flips = rnd = None
     else:
         wrong_f = wrong.to(dtype)
@@ -395,7 +400,8 @@ def structured_loss(
             zeros = torch.cat([
                 zeros_best[None], flips.zeros(zeros_best, zeros_hard, runs), rnd.zeros(hard, runs), zeros_hard[None]
             ])
-            values = decomposition.evaluate_zeros(zeros, target)
+            assert structure is not None  # runs come from a structure
+            values = structure.evaluate_zeros(zeros)
     if values.dtype != dtype:
         values = values.to(dtype)
     metric, values = values[-1], values[:-1]
@@ -404,9 +410,9 @@ def structured_loss(
         if wrong_f is None:
             wrong_f = wrong.to(dtype)
             s_best = torch.dot(w, wrong_f)
-        assert s_best is not None and runs is not None  # all_good needs segments(): runs are given
+        assert s_best is not None and zeros_best is not None and runs is not None and structure is not None
         single_sign = wrong_f.mul(-2.0).add_(1.0)
-        per_run = decomposition.evaluate_zeros_plus_one(zeros_best, target).to(dtype)
+        per_run = structure.plus_one(zeros_best).to(dtype)
         sq = torch.cat([sq[:1], (single_sign * w).add_(R + s_best), sq[1:]])
         values = torch.cat([values[:1], per_run[runs.run_ids(l, c.device)], values[1:]])
         weights = torch.ones_like(sq)
@@ -526,7 +532,7 @@ def chunked_loss(
     scores: Tensor,
     target,
     decomposition,
-    lengths: Tensor,
+    structure: Structure,
     *,
     chunk_bits: int,
     num_good: int,
@@ -544,19 +550,21 @@ def chunked_loss(
     """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull`` as
     :func:`uniloss.functional.uniloss` documents it).
 
-    Needs :meth:`~uniloss.Decomposition.comparisons_block` and run lengths. Holds ``hard``
+    Needs a :class:`~uniloss.Structure` with ``comparisons_block`` and run lengths. Holds ``hard``
     (1 byte a bit) and the random anchors' codes (1 byte a bit per 8 anchors); every other
     tensor is one block's, and the backward pass recomputes each block's comparisons. The
     anchors, values, loss and gradient are those of the one-block engine.
     """
     device = scores.device
     dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+    lengths, block_of = structure.runs, structure.comparisons_block
+    assert isinstance(lengths, Tensor) and block_of is not None  # see choose_path
     blocks = blocks_of(lengths, chunk_bits)
     num_runs = lengths.numel()
     num_bits = blocks[-1][3] if blocks else 0
 
     def comparisons(s: Tensor, block) -> Tensor:
-        return decomposition.comparisons_block(s, target, block[0], block[1]).reshape(-1).to(dtype)
+        return block_of(s, block[0], block[1]).reshape(-1).to(dtype)
 
     def local(index: Tensor, b0: int, b1: int):
         return (index >= b0) & (index < b1), (index - b0).clamp(0, b1 - b0 - 1)
@@ -576,7 +584,7 @@ def chunked_loss(
         best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
         anchors = draw_anchors(
             best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
-            good_flips=decomposition.num_good_flips(target, num_bits), generator=generator,
+            good_flips=min(structure.good_flips, max(num_bits, 1)), generator=generator,
         )
         assert anchors.codes is not None  # drawn anchors: the structured form
         flips = Flips(anchors, hard, dtype)
@@ -610,7 +618,7 @@ def chunked_loss(
         zeros = torch.cat([
             zeros_best[None], flips.zeros(zeros_best, zeros_hard, all_runs), zeros_random, zeros_hard[None]
         ])
-        values = decomposition.evaluate_zeros(zeros, target).to(dtype)
+        values = structure.evaluate_zeros(zeros).to(dtype)
         metric, values = values[-1], values[:-1]
         g, dg_dsq, harmonic = idw_closed_form(sq, values, anchor_weights(nearby, anchors.kinds, values, metric, sign))
 

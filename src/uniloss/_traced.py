@@ -56,7 +56,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from . import _validation as V
-from ._decomposition import Decomposition, validate_scores
+from ._decomposition import Decomposition, Structure, validate_scores
 from ._pairs import grouped_pairs, pair_differences
 from .decoders import Argmax, Ranking, RankingTarget
 
@@ -3052,11 +3052,13 @@ class TracedMetric(Decomposition):
         parts = [s.best().reshape(-1) for s in plan.sites]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def segments(self, target: Any) -> Optional[Union[int, Tensor]]:
+    def structure(self, target: Any) -> Optional[Structure]:
+        """Runs of bits where every traced site decodes from per-run 0-bit counts."""
         plan = self._prepared(target)
         if not plan.structured:
             return None
-        return plan.width if plan.width is not None else plan.run_lengths
+        return Structure(plan.width if plan.width is not None else plan.run_lengths,
+                         lambda zeros: self.evaluate_zeros(zeros, plan))
 
     def evaluate(self, bits: Tensor, target: Any) -> Tensor:
         plan = self._prepared(target)

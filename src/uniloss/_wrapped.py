@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from ._decomposition import Decomposition, has_blocks
+from ._decomposition import Decomposition, Structure
 
 __all__ = ["WrappedDecomposition", "WrappedPlan", "check_rows", "map_rows", "row_fields"]
 
@@ -63,13 +63,9 @@ class WrappedDecomposition(Decomposition):
     A subclass defines :meth:`expand` (the set, for one call's ``scores`` and ``target``, both with
     one row per sample) and whatever else differs (checks, side effects). Every other hook of
     :class:`~uniloss.Decomposition` is forwarded here to the inner decomposition on the prepared
-    set, so a wrapped metric keeps each of its fast paths: ``segments`` and ``evaluate_zeros``
-    (anchors from per-run counts), ``evaluate_zeros_plus_one``, ``batch_metric``,
-    ``num_good_flips``, ``state_dict``.
-
-    ``comparisons_block`` (block by block, PCK on huge heatmaps) is forwarded too; the engine uses
-    it where :func:`uniloss._decomposition.has_blocks` says so, which asks a wrapper's
-    :meth:`forwards_blocks` (its inner decomposition has the hook) instead of its class.
+    set, so a wrapped metric keeps each of its fast paths: its :class:`~uniloss.Structure`
+    (anchors from per-run counts, block by block on huge heatmaps), ``batch_metric``,
+    ``state_dict``.
     """
 
     def __init__(self, decomposition: Decomposition) -> None:
@@ -79,10 +75,6 @@ class WrappedDecomposition(Decomposition):
                 f"{type(decomposition).__name__}"
             )
         self.decomposition = decomposition
-
-    def forwards_blocks(self) -> bool:
-        """Whether this wrapper offers ``comparisons_block``: when its inner decomposition does."""
-        return has_blocks(self.decomposition)
 
     # ------------------------------------------------------------------ what a subclass defines
 
@@ -148,10 +140,6 @@ class WrappedDecomposition(Decomposition):
         """The inner comparisons on the prepared set."""
         return self.decomposition.comparisons(*self.unwrap(target, scores))
 
-    def comparisons_block(self, scores: Tensor, target: Any, start: int, stop: int) -> Tensor:
-        """The inner ``comparisons_block`` on the prepared set (on the classes that forward it)."""
-        return self.decomposition.comparisons_block(*self.unwrap(target, scores), start, stop)
-
     def best(self, target: Any) -> Tensor:
         """The inner ``best`` on the prepared set."""
         return self.decomposition.best(self.unwrap(target)[1])
@@ -164,21 +152,18 @@ class WrappedDecomposition(Decomposition):
         """The inner ``batch_metric`` on the prepared set."""
         return self.decomposition.batch_metric(self.unwrap(target)[1])
 
-    def segments(self, target: Any) -> Optional[Union[int, Tensor]]:
-        """The inner ``segments`` on the prepared set."""
-        return self.decomposition.segments(self.unwrap(target)[1])
+    def structure(self, target: Any) -> Optional[Structure]:
+        """The inner ``structure`` on the prepared set; its ``comparisons_block`` takes this
+        call's scores (placed in the set as :meth:`unwrap` places them)."""
+        inner = self.decomposition.structure(self.unwrap(target)[1])
+        block = None if inner is None else inner.comparisons_block
+        if inner is None or block is None:
+            return inner
 
-    def evaluate_zeros(self, zeros: Tensor, target: Any) -> Tensor:
-        """The inner ``evaluate_zeros`` on the prepared set."""
-        return self.decomposition.evaluate_zeros(zeros, self.unwrap(target)[1])
+        def comparisons_block(scores: Tensor, start: int, stop: int) -> Tensor:
+            return block(self.unwrap(target, scores)[0], start, stop)
 
-    def evaluate_zeros_plus_one(self, zeros: Tensor, target: Any) -> Tensor:
-        """The inner ``evaluate_zeros_plus_one`` on the prepared set."""
-        return self.decomposition.evaluate_zeros_plus_one(zeros, self.unwrap(target)[1])
-
-    def num_good_flips(self, target: Any, num_bits: int) -> int:
-        """The inner ``num_good_flips`` on the prepared set."""
-        return self.decomposition.num_good_flips(self.unwrap(target)[1], num_bits)
+        return replace(inner, comparisons_block=comparisons_block)
 
     def state_dict(self) -> Any:
         """The inner decomposition's state (e.g. a :class:`~uniloss.distributed.CrossBatchMemory`'s)."""

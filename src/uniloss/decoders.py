@@ -93,8 +93,7 @@ class Decoder:
     * ``comparisons(scores, plan) -> [l]``: the score differences, differentiable in ``scores``;
     * ``best(plan) -> [l] bool``: a configuration that decodes to the ground truth;
     * ``decode(bits, plan) -> outputs``: bits ``[t, l]`` to outputs with a leading ``t``,
-      vectorised over ``t``;
-    * ``num_good_flips(plan, num_bits)``: bits a good anchor flips (default 1, the paper's).
+      vectorised over ``t``.
 
     ``comparisons`` also accepts an unprepared target (it prepares it); ``best`` and ``decode``
     need the plan. Use a decoder through :class:`uniloss.DecodedMetric`.
@@ -129,10 +128,6 @@ class Decoder:
     def decode(self, bits: Tensor, plan: Any) -> Any:
         """Decode bits ``[t, l]`` (bool) into outputs with a leading dimension ``t``."""
         raise _missing(self, "decode")
-
-    def num_good_flips(self, plan: Any, num_bits: int) -> int:
-        """Bits a good anchor flips away from ``best`` (the paper: 1)."""
-        return 1
 
     def _plan(self, scores: Tensor, target: Any) -> Any:
         return target if isinstance(target, self._plan_type) else self.prepare(scores, target)
@@ -830,7 +825,7 @@ class Ranking(Decoder):
         """Ranks ``[t, n]`` from ``a_loses [t, n]``: how many less relevant items beat each item
         (the 0-bits among its comparisons as ``a``), all that :meth:`decode` reads of the bits
         with pruned pairs (``"relevance"``, ``"binary"``). Lets a caller that holds those counts
-        (per-run 0-bit counts, see :meth:`uniloss.Decomposition.segments`) skip the bits."""
+        (per-run 0-bit counts, see :class:`uniloss.Structure`) skip the bits."""
         plan = self._prepared(plan)
         if self.pairs == "all":
             raise ValueError("Ranking(pairs='all') decodes from wins and losses both: use decode(bits, plan)")

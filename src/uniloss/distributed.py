@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 import zlib
+from dataclasses import replace
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from ._decomposition import Decomposition
+from ._decomposition import Decomposition, Structure
 from ._wrapped import WrappedDecomposition, WrappedPlan, check_rows, map_rows, row_fields
 
 __all__ = ["GlobalBatch", "CrossBatchMemory", "PerRankWarning"]
@@ -215,10 +216,13 @@ class GlobalBatch(WrappedDecomposition):
             return 0, 1
         return dist.get_rank(self.group), dist.get_world_size(self.group)
 
-    def forwards_blocks(self) -> bool:
-        """Block by block where the wrapped decomposition is, unless ``sync_grads=True`` (whose
-        gradient flows back through the gather, in one graph)."""
-        return not self.sync_grads and super().forwards_blocks()
+    def structure(self, target: Any) -> Optional[Structure]:
+        """The wrapped decomposition's structure; without its ``comparisons_block`` where
+        ``sync_grads=True`` (whose gradient flows back through the gather, in one graph)."""
+        inner = super().structure(target)
+        if inner is None or not self.sync_grads or inner.comparisons_block is None:
+            return inner
+        return replace(inner, comparisons_block=None)
 
     def check(self, scores: Tensor, target: Any) -> None:
         """The wrapped decomposition's checks, on this rank's batch."""

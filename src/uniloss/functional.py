@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
-from ._decomposition import Decomposition, StaticLayout, has_blocks, prepare_with_layout, validate_scores
+from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
 from ._interpolation import (
     DISTANCES, NEARBY, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale, gradient_scale,
     harmonic_distance, idw_from_sq_distances, sq_distances_from_costs,
@@ -122,14 +122,15 @@ class Plan:
         path: the engine path to run (:attr:`LossInfo.path`): ``"dense"`` (given dense anchors,
             or no comparison), ``"structured"`` (sampled anchors or a given structured
             :class:`~uniloss.AnchorSet`) or ``"chunked"`` (the structured engine block by block:
-            more than ``chunk_bits`` comparisons and a decomposition with ``comparisons_block()``).
+            more than ``chunk_bits`` comparisons and a :class:`~uniloss.Structure` with
+            ``comparisons_block``).
         static_bits: the static layout offered to ``prepare`` (the most comparisons it may hold:
             :meth:`EngineLimits.static_bits_for` the device, at most ``chunk_bits`` for a
-            decomposition processed block by block; ``0`` on a CPU, which then gets no offer), or
-            ``None``: no offer (given ``anchors``, ``good_anchors="all"``).
+            decomposition that can be processed block by block; ``0`` on a CPU, which then gets no
+            offer), or ``None``: no offer (given ``anchors``, ``good_anchors="all"``).
         layout: the static layout the comparisons are in (``None``: the exact layout).
         target: the prepared target.
-        segments: ``decomposition.segments(target)`` (``None`` for given dense anchors).
+        structure: ``decomposition.structure(target)`` (``None`` for given dense anchors).
         comparisons: the ``[l]`` comparisons ``c`` (``None`` on the chunked path, which computes
             them block by block).
         anchor_set: the given ``anchors`` as an :class:`~uniloss.AnchorSet` (made dense where
@@ -142,7 +143,7 @@ class Plan:
     static_bits: Optional[int]
     layout: Optional[StaticLayout]
     target: Any
-    segments: Any
+    structure: Optional[Structure]
     comparisons: Optional[Tensor]
     anchor_set: Optional[AnchorSet]
     chunk_bits: int
@@ -162,20 +163,19 @@ def choose_path(
 ) -> Plan:
     """The engine's one dispatch: the path of a loss call (see :class:`Plan`), from the limits
     (``limits``, default those in force: :func:`uniloss._limits.current_limits`), the
-    decomposition's capabilities (``segments()``, ``comparisons_block()``, a static layout), the
+    decomposition's :class:`~uniloss.Structure` (runs, ``comparisons_block``), a static layout, the
     ``anchors`` argument and the device. It prepares the target on the way (with the static
     layout offered where anchors are sampled) and computes the comparisons unless the path is
     ``"chunked"``: the decision needs their number."""
     limits = current_limits() if limits is None else limits
     limit = limits.chunk_bits if chunk_bits is None else chunk_bits
-    blockwise = has_blocks(decomposition)
     # Sampled anchors: a decomposition whose number of comparisons depends on the target may lay
-    # them out in a static layout (shapes from shapes, no host synchronisation; see StaticLayout).
+    # them out in a static layout (shapes from shapes, no host synchronisation; see StaticLayout),
+    # at most `limit` comparisons where it could also be processed block by block.
     offer = None
     if anchors is None and good_anchors == "sample":
-        most = limits.static_bits_for(scores.device)
-        offer = min(limit, most) if blockwise else most
-    layout = None if not offer else StaticLayout.for_decomposition(offer, decomposition)  # (0: a CPU's, none)
+        offer = limits.static_bits_for(scores.device)
+    layout = None if not offer else StaticLayout.for_decomposition(offer, decomposition, limit)  # (0: a CPU's, none)
     prepared = prepare_with_layout(decomposition, scores, target, generator, layout)
     if layout is not None and not layout.used:
         if layout.claims > 1 and layout.num_bits >= 0:  # two static layouts in one: prepare exactly
@@ -188,17 +188,20 @@ def choose_path(
             prepared = prepare_with_layout(decomposition, scores, target, generator, None)
             layout = c = None
     dense_given = anchors is not None and not (isinstance(anchors, AnchorSet) and anchors.is_structured)
-    segments = None if dense_given else decomposition.segments(prepared)
-    if good_anchors == "all" and (segments is None or anchors is not None):
+    structure = None if dense_given else decomposition.structure(prepared)
+    if structure is not None and not isinstance(structure, Structure):
+        raise TypeError(f"Expected {type(decomposition).__name__}.structure() to return a uniloss.Structure "
+                        f"or None, but got {type(structure).__name__}")
+    if good_anchors == "all" and (structure is None or anchors is not None):
         raise ValueError(
-            "good_anchors='all' needs sampled anchors and a decomposition with segments() (its "
+            "good_anchors='all' needs sampled anchors and a decomposition with a structure() (its "
             f"metric from per-run counts); {type(decomposition).__name__} has none"
-            if segments is None else "good_anchors='all' cannot be combined with given `anchors`"
+            if structure is None else "good_anchors='all' cannot be combined with given `anchors`"
         )
     block_bits = min(limit, limits.block_bits)
-    if layout is None and anchors is None and isinstance(segments, Tensor) and blockwise:
-        if int(segments.sum()) > limit:
-            return Plan("chunked", offer, None, prepared, segments, None, None, limit, block_bits)
+    if (layout is None and anchors is None and structure is not None and structure.comparisons_block is not None
+            and isinstance(structure.runs, Tensor) and int(structure.runs.sum()) > limit):
+        return Plan("chunked", offer, None, prepared, structure, None, None, limit, block_bits)
     if c is None:
         c = decomposition.comparisons(scores, prepared).reshape(-1)
     anchor_set = None
@@ -208,7 +211,7 @@ def choose_path(
             if anchor_set.is_structured and not torch.equal(cast(Tensor, anchor_set.hard), c.detach() > 0):
                 anchor_set = AnchorSet(anchor_set.dense(), anchor_set.kinds)  # drawn for another c
     dense = c.numel() == 0 or (anchor_set is not None and not anchor_set.is_structured)
-    return Plan("dense" if dense else "structured", offer, layout, prepared, segments, c, anchor_set, limit,
+    return Plan("dense" if dense else "structured", offer, layout, prepared, structure, c, anchor_set, limit,
                 block_bits)
 
 
@@ -255,9 +258,9 @@ def uniloss_with_info(
             raise ValueError(
                 f"good_anchors='all' is not available block by block (more than chunk_bits={plan.chunk_bits} comparisons)"
             )
-        assert isinstance(plan.segments, Tensor)  # the chunked path: set by choose_path
+        assert plan.structure is not None  # the chunked path: set by choose_path
         loss, values, metric, surrogate, kinds, l = chunked_loss(
-            scores, target, decomposition, plan.segments, chunk_bits=plan.block_bits, num_good=num_good,
+            scores, target, decomposition, plan.structure, chunk_bits=plan.block_bits, num_good=num_good,
             num_nearby=num_nearby, num_bad=num_bad, generator=generator,
             temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
             distance=distance, pull=pull, nearby=nearby,
@@ -293,9 +296,10 @@ def uniloss_with_info(
                     f"comparisons() returned {l}"
                 )
             wrong = hard != best
+            good_flips = 1 if plan.structure is None else min(plan.structure.good_flips, max(l, 1))
             anchor_set = draw_anchors(
                 best, hard, wrong, num_good=0 if all_good else num_good, num_nearby=num_nearby,
-                num_bad=num_bad, good_flips=decomposition.num_good_flips(target, l), generator=generator,
+                num_bad=num_bad, good_flips=good_flips, generator=generator,
                 num_valid=None if static is None else static[0], invalid=None if static is None else static[1],
             )
         else:
@@ -306,17 +310,17 @@ def uniloss_with_info(
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
                                  distance, nearby)
         return _with_pull(loss, c, best, decomposition, target, temperature, pull), with_exact_metric(info, decomposition, target)
-    if all_good and decomposition.num_good_flips(target, l) != 1:
+    structure = plan.structure
+    if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
-            f"{decomposition.num_good_flips(target, l)} bits per good anchor"
+            f"{structure.good_flips} bits per good anchor"
         )
-    segments = plan.segments
-    runs = None if segments is None else Runs.of(segments, l, c.device, validate_args and static is None)
+    runs = None if structure is None else Runs.of(structure.runs, l, c.device, validate_args and static is None)
     assert wrong is not None  # structured anchors: set above
     loss, values, metric, surrogate, kinds = structured_loss(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
-        grad_scale=grad_scale, sign=sign, all_good=all_good, distance=distance, nearby=nearby,
+        grad_scale=grad_scale, sign=sign, structure=structure, all_good=all_good, distance=distance, nearby=nearby,
         invalid=None if static is None else static[1], undefined=None if static is None else static[0] == 0,
         detached=detached,
     )

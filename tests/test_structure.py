@@ -1,0 +1,133 @@
+"""A Decomposition is the metric (prepare, check, comparisons, best, evaluate) plus one optional
+description of its structure, uniloss.Structure: the guide's example with and without it gives the
+same loss, gradient and anchor values, the structure's fields are checked, and a class written to
+the hooks the structure replaced is refused with the way to port it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score
+
+import uniloss
+from uniloss import functional as F
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "custom-metrics.md"
+
+
+def _guide_class():
+    """``BalancedAccuracy`` as docs/custom-metrics.md section 4 writes it (run from the guide)."""
+    text = GUIDE.read_text()
+    block = re.search(r"```python\n(import torch, uniloss\n\nclass BalancedAccuracy.*?)```", text, re.S)
+    assert block, "docs/custom-metrics.md no longer holds the BalancedAccuracy example"
+    namespace: dict = {}
+    exec(compile(block.group(1), str(GUIDE), "exec"), namespace)
+    return namespace["BalancedAccuracy"]
+
+
+def _batch(seed, n=40, classes=5):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n, classes, generator=g, dtype=torch.float64)
+    target = torch.randint(0, classes, (n,), generator=g)
+    target[: classes - 1] = torch.arange(classes - 1)  # the last class may be absent
+    return scores, target
+
+
+def _run(dec, scores, target, seed, **options):
+    s = scores.clone().requires_grad_()
+    loss, info = F.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(seed), **options)
+    loss.backward()
+    return loss.detach(), s.grad, info
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_guides_structure_changes_the_speed_not_the_loss(seed):
+    with_structure = _guide_class()
+    without = type("Dense", (with_structure,), {"structure": uniloss.Decomposition.structure})
+    scores, target = _batch(seed)
+    uniloss.testing.assert_exact_decomposition(
+        with_structure(), scores, target, lambda s, y: balanced_accuracy_score(y, s.argmax(1)))
+    evaluated = []
+    spy = type("Spy", (with_structure,), {"evaluate": lambda self, bits, plan: evaluated.append(bits.shape)
+                                          or with_structure.evaluate(self, bits, plan)})
+    for options in ({}, {"grad_scale": 1.0, "pull": 0.0}):
+        fast = _run(spy(), scores, target, seed, **options)
+        dense = _run(without(), scores, target, seed, **options)
+        torch.testing.assert_close(fast[0], dense[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fast[1], dense[1], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fast[2].anchor_values, dense[2].anchor_values, rtol=0, atol=1e-12)
+        assert fast[2].path == dense[2].path == "structured"
+    assert evaluated == []  # the structure evaluated every anchor from counts
+
+
+def test_good_anchors_all_uses_the_structure():
+    dec = _guide_class()()
+    scores, target = _batch(5)
+    fast = _run(dec, scores, target, 0, good_anchors="all")
+    with pytest.raises(ValueError, match="structure"):
+        _run(type("Dense", (type(dec),), {"structure": uniloss.Decomposition.structure})(), scores, target, 0,
+             good_anchors="all")
+    # its closed form given explicitly equals the generic one-hot evaluation
+    structure = dec.structure(dec.prepare(scores, target))
+    zeros = torch.randint(0, 2, (scores.shape[0],), generator=torch.Generator().manual_seed(1)).double()
+    explicit = dataclasses.replace(structure, evaluate_zeros_plus_one=lambda z: torch.stack(
+        [structure.evaluate_zeros((z + torch.nn.functional.one_hot(torch.tensor(i), z.numel()))[None])[0]
+         for i in range(z.numel())]))
+    torch.testing.assert_close(structure.plus_one(zeros), explicit.plus_one(zeros))
+    assert torch.isfinite(fast[1]).all()
+
+
+def test_a_structure_is_checked():
+    evaluate = lambda zeros: zeros.sum(-1)  # noqa: E731
+    with pytest.raises(TypeError, match="runs"):
+        uniloss.Structure("3", evaluate)
+    with pytest.raises(TypeError, match="runs"):
+        uniloss.Structure(True, evaluate)
+    with pytest.raises(TypeError, match="callable"):
+        uniloss.Structure(3, None)
+    with pytest.raises(TypeError, match="run lengths"):
+        uniloss.Structure(3, evaluate, comparisons_block=lambda s, a, b: s)
+    with pytest.raises(ValueError, match="good_flips"):
+        uniloss.Structure(3, evaluate, good_flips=0)
+
+
+def test_structure_must_return_a_structure_or_none():
+    class Wrong(uniloss.Decomposition):
+        def comparisons(self, scores, target):
+            return scores
+
+        def best(self, target):
+            return torch.ones_like(target, dtype=torch.bool)
+
+        def evaluate(self, bits, target):
+            return bits.float().mean(-1)
+
+        def structure(self, target):
+            return 1
+
+    with pytest.raises(TypeError, match="uniloss.Structure"):
+        F.uniloss(torch.randn(4), torch.ones(4), Wrong())
+
+
+@pytest.mark.parametrize("hook", ["segments", "evaluate_zeros_plus_one", "comparisons_block", "num_good_flips"])
+def test_the_replaced_hooks_are_refused_with_the_way_to_port_them(hook):
+    with pytest.raises(TypeError, match=r"structure\(target\).*uniloss\.Structure"):
+        type("Old", (uniloss.Decomposition,), {hook: lambda self, *args: None})
+
+
+def test_the_interface_a_metric_author_meets():
+    """A new metric needs three methods (comparisons, best, evaluate), five with the optional
+    per-call hooks (prepare, check), plus one optional structure for speed; what else the base
+    offers is derived (metric) or for reporting and wrappers (batch_metric, state_dict,
+    load_state_dict). The guide's full example defines exactly the five and the structure."""
+    public = {name for name, value in vars(uniloss.Decomposition).items()
+              if callable(value) and not name.startswith("_")}
+    assert public == {"prepare", "check", "comparisons", "best", "evaluate", "structure", "metric",
+                      "batch_metric", "state_dict", "load_state_dict"}
+    guide = _guide_class()
+    defined = {name for name in vars(guide) if not name.startswith("_")}
+    assert defined == {"check", "prepare", "comparisons", "best", "evaluate", "structure"}
