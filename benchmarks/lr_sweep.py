@@ -24,7 +24,9 @@ LOSSES = [
     ("UniLoss, the paper's -g~ (grad_scale=1, pull=0)", dict(loss="uniloss", grad_scale=1.0, options={"pull": 0})),
     ('UniLoss, grad_scale="distance", pull=0 (the defaults before metric-wins)',
      dict(loss="uniloss", grad_scale="distance", options={"pull": 0})),
-    ('UniLoss, defaults (grad_scale="bounded", pull=1)', dict(loss="uniloss")),
+    ('UniLoss, pull per comparison (the defaults of 0.1: grad_scale="bounded", pull=1)',
+     dict(loss="uniloss", options={"pull_per": "comparison"})),
+    ('UniLoss, defaults (grad_scale="bounded", pull=1 per run)', dict(loss="uniloss")),
     ('UniLoss, nearby="informative"', dict(loss="uniloss", options={"nearby": "informative"})),
 ]
 

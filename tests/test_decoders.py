@@ -329,12 +329,12 @@ def _accuracy(pred, target):
     return (pred == target).float().mean(-1)
 
 
-def _same_loss(a, b, scores, target, seed=0, atol=0.0):
-    la = F.uniloss(scores.clone().requires_grad_(), target, a, generator=_gen(seed))
-    lb = F.uniloss(scores.clone().requires_grad_(), target, b, generator=_gen(seed))
+def _same_loss(a, b, scores, target, seed=0, atol=0.0, **options):
+    la = F.uniloss(scores.clone().requires_grad_(), target, a, generator=_gen(seed), **options)
+    lb = F.uniloss(scores.clone().requires_grad_(), target, b, generator=_gen(seed), **options)
     sa, sb = scores.clone().requires_grad_(), scores.clone().requires_grad_()
-    F.uniloss(sa, target, a, generator=_gen(seed)).backward()
-    F.uniloss(sb, target, b, generator=_gen(seed)).backward()
+    F.uniloss(sa, target, a, generator=_gen(seed), **options).backward()
+    F.uniloss(sb, target, b, generator=_gen(seed), **options).backward()
     assert torch.allclose(la, lb, atol=atol, rtol=0) and torch.allclose(sa.grad, sb.grad, atol=max(atol, 1e-12))
 
 
@@ -371,13 +371,16 @@ def test_ranking_with_ap_evaluator_is_average_precision(n):
     labels[0], labels[1] = 1, 0
     ours = uniloss.zoo.average_precision()
     _same_decomposition(ours, uniloss.AveragePrecision(), scores, labels)
-    _same_loss(ours, uniloss.AveragePrecision(), scores, labels, atol=1e-6)  # AP evaluates in float32
+    # AP evaluates in float32. Ranking's comparisons have no runs (decoders.Decoder.runs), so the
+    # pull is taken per comparison on both sides (AP's default takes it per positive).
+    _same_loss(ours, uniloss.AveragePrecision(), scores, labels, atol=1e-6, pull_per="comparison")
 
 
 def test_spatial_argmax_with_pck_evaluator_is_pck():
     heat, target = _keypoint_batch(2, 3, 6, 6, 4)
     _same_decomposition(uniloss.zoo.pck(0.7), uniloss.PCK(0.7), heat, target)
-    _same_loss(uniloss.zoo.pck(0.7), uniloss.PCK(0.7), heat, target, atol=1e-6)  # PCK evaluates in float32
+    # PCK evaluates in float32; SpatialArgmax has no runs: the pull per comparison on both sides
+    _same_loss(uniloss.zoo.pck(0.7), uniloss.PCK(0.7), heat, target, atol=1e-6, pull_per="comparison")
 
 
 # ------------------------------------------------------------------ DecodedMetric: evaluators

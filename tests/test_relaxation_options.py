@@ -146,36 +146,81 @@ def test_normalized_grad_scale_gives_the_comparisons_a_total_push_of_one(structu
         assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-12)  # the value is -g~
 
 
+@pytest.mark.parametrize("per", ["comparison", "run"])
 @pytest.mark.parametrize("structured", [True, False])
-def test_pull_adds_the_gradient_of_the_cross_entropy_to_best_and_keeps_the_value(structured):
+def test_pull_adds_the_gradient_of_the_cross_entropy_to_best_and_keeps_the_value(structured, per):
     dec, scores, target, anchors, c = _batch(4)
     prepared = dec.prepare(scores, target, None)
     given = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, num_good=4, num_nearby=4, num_bad=4,
                                    generator=torch.Generator().manual_seed(1))
     given = given if structured else given.dense()
-    plain = _loss_grad(scores, prepared, dec, anchors=given, temperature=0.7)
-    pulled = _loss_grad(scores, prepared, dec, anchors=given, temperature=0.7, pull=2.5)
+    plain = _loss_grad(scores, prepared, dec, anchors=given, temperature=0.7, pull_per=per)
+    pulled = _loss_grad(scores, prepared, dec, anchors=given, temperature=0.7, pull=2.5, pull_per=per)
     assert torch.equal(pulled[0], plain[0])  # the loss still reads as -g~
-    # By hand: 2.5 * mean_k log(1 + exp(-(2 b_k - 1) c_k / 0.7)) over the batch's 10 x 5 comparisons.
     s = scores.clone().requires_grad_()
     t = target
-    others = torch.ones_like(s, dtype=torch.bool).scatter_(1, t[:, None], False)
-    diff = (s.gather(1, t[:, None]) - s)[others]  # every best bit is 1: the target above the others
-    (2.5 * torch.log1p(torch.exp(-diff / 0.7)).mean()).backward()
+    if per == "comparison":
+        # By hand: 2.5 * mean_k log(1 + exp(-(2 b_k - 1) c_k / 0.7)) over the batch's 10 x 5 comparisons.
+        others = torch.ones_like(s, dtype=torch.bool).scatter_(1, t[:, None], False)
+        diff = (s.gather(1, t[:, None]) - s)[others]  # every best bit is 1: the target above the others
+        (2.5 * torch.log1p(torch.exp(-diff / 0.7)).mean()).backward()
+    else:  # per sample (accuracy's runs): cross-entropy on the logits at temperature 0.7
+        (2.5 * torch.nn.functional.cross_entropy(s / 0.7, t)).backward()
     torch.testing.assert_close(pulled[1], plain[1] + s.grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_run_pull_by_hand_for_ap_and_the_zoos_argmax_metrics(seed):
+    """AP's runs are the positives: log(1 + sum_neg exp(-(s_p - s_n))) summed over the positives and
+    divided by the batch size (more samples than positives); the zoo's argmax metrics take
+    cross-entropy per row (sample or pixel); a decomposition without runs keeps the mean over
+    comparisons (F1 at a threshold: per score, the same)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pull_grad(dec, scores, target, per="run"):
+        s = scores.clone().requires_grad_()
+        # a vanishing interpolation: the gradient is the pull's alone
+        F.uniloss(s, target, dec, grad_scale=1e-300, pull_per=per, generator=torch.Generator().manual_seed(0)).backward()
+        return s.grad
+
+    scores = torch.randn(24, generator=g, dtype=torch.float64) * 3
+    labels = torch.arange(24) % 5 == 0
+    s = scores.clone().requires_grad_()
+    pos, neg = s[labels], s[~labels]
+    (torch.log1p(torch.exp(-(pos[:, None] - neg[None, :])).sum(1)).sum() / 24).backward()
+    torch.testing.assert_close(pull_grad(uniloss.AveragePrecision(), scores, labels), s.grad, rtol=1e-10, atol=1e-15)
+
+    logits = torch.randn(12, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 6, (12,), generator=g)
+    for dec in (uniloss.MulticlassAccuracy(), uniloss.zoo.balanced_accuracy(6), uniloss.zoo.macro_f1(6)):
+        s = logits.clone().requires_grad_()
+        torch.nn.functional.cross_entropy(s, y).backward()
+        torch.testing.assert_close(pull_grad(dec, logits, y), s.grad, rtol=1e-10, atol=1e-15)
+    maps, pixels = torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64), torch.randint(0, 4, (2, 3, 5), generator=g)
+    s = maps.clone().requires_grad_()
+    torch.nn.functional.cross_entropy(s, pixels).backward()  # per pixel, averaged over the pixels
+    torch.testing.assert_close(pull_grad(uniloss.zoo.mean_iou(4), maps, pixels), s.grad, rtol=1e-10, atol=1e-15)
+
+    binary = (torch.rand(16, generator=g) < 0.4).long()
+    torch.testing.assert_close(pull_grad(uniloss.zoo.f_beta(1.0), scores[:16], binary),
+                               pull_grad(uniloss.zoo.f_beta(1.0), scores[:16], binary, per="comparison"))
 
 
 def test_pull_keeps_pushing_a_comparison_wrong_by_a_wide_margin():
     target = torch.tensor([1, 0, 0, 0])
     anchors = torch.tensor([[True, True, True], [True, False, True], [True, True, False]])
-    grads = []
-    for m in (1.0, 50.0):
-        s = torch.tensor([0.0, m, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
-        F.uniloss(s, target, uniloss.AveragePrecision(), anchors=anchors, pull=1.0).backward()
-        grads.append(float(s.grad[1]))
-    assert grads[1] == pytest.approx(1 / 3, rel=1e-6) and grads[0] > 0  # d/dc softplus(c) -> 1, mean of 3 bits
+    for per, share in (("comparison", 1 / 3), ("run", 1 / 4)):
+        grads = []
+        for m in (1.0, 50.0):
+            s = torch.tensor([0.0, m, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
+            F.uniloss(s, target, uniloss.AveragePrecision(), anchors=anchors, pull=1.0, pull_per=per).backward()
+            grads.append(float(s.grad[1]))
+        # d/dc softplus(c) -> 1, the mean of 3 bits; per run: the one positive's soft maximum, over 4 samples
+        assert grads[1] == pytest.approx(share, rel=1e-6) and grads[0] > 0
     with pytest.raises(ValueError, match="pull"):
         uniloss.UniLoss(uniloss.AveragePrecision(), pull=-1.0)
+    with pytest.raises(ValueError, match="pull_per"):
+        uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="sample")
 
 
 @pytest.mark.parametrize("structured", [True, False])

@@ -1,7 +1,8 @@
 """A Decomposition is the metric (prepare, check, comparisons, best, evaluate) plus one optional
-description of its structure, uniloss.Structure: the guide's example with and without it gives the
-same loss, gradient and anchor values, the structure's fields are checked, and a class written to
-the hooks the structure replaced is refused with the way to port it."""
+description of its structure, uniloss.Structure: the guide's example with and without its counts
+gives the same loss, gradient and anchor values, without runs the pull is taken per comparison,
+the structure's fields are checked, and a class written to the hooks the structure replaced is
+refused with the way to port it."""
 
 from __future__ import annotations
 
@@ -46,8 +47,11 @@ def _run(dec, scores, target, seed, **options):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_the_guides_structure_changes_the_speed_not_the_loss(seed):
+    """Its counts (``evaluate_zeros``) change the speed, not the loss: the same runs without them
+    give the same loss, gradient and anchor values, evaluated densely."""
     with_structure = _guide_class()
-    without = type("Dense", (with_structure,), {"structure": uniloss.Decomposition.structure})
+    without = type("Dense", (with_structure,), {
+        "structure": lambda self, plan: uniloss.Structure(with_structure.structure(self, plan).runs)})
     scores, target = _batch(seed)
     uniloss.testing.assert_exact_decomposition(
         with_structure(), scores, target, lambda s, y: balanced_accuracy_score(y, s.argmax(1)))
@@ -68,9 +72,9 @@ def test_good_anchors_all_uses_the_structure():
     dec = _guide_class()()
     scores, target = _batch(5)
     fast = _run(dec, scores, target, 0, good_anchors="all")
-    with pytest.raises(ValueError, match="structure"):
-        _run(type("Dense", (type(dec),), {"structure": uniloss.Decomposition.structure})(), scores, target, 0,
-             good_anchors="all")
+    for dense in (uniloss.Decomposition.structure, lambda self, plan: uniloss.Structure(plan["others"].shape[1])):
+        with pytest.raises(ValueError, match="evaluate_zeros"):  # no structure, or runs without counts
+            _run(type("Dense", (type(dec),), {"structure": dense})(), scores, target, 0, good_anchors="all")
     # its closed form given explicitly equals the generic one-hot evaluation
     structure = dec.structure(dec.prepare(scores, target))
     zeros = torch.randint(0, 2, (scores.shape[0],), generator=torch.Generator().manual_seed(1)).double()
@@ -88,7 +92,9 @@ def test_a_structure_is_checked():
     with pytest.raises(TypeError, match="runs"):
         uniloss.Structure(True, evaluate)
     with pytest.raises(TypeError, match="callable"):
-        uniloss.Structure(3, None)
+        uniloss.Structure(3, 5)
+    with pytest.raises(TypeError, match="need evaluate_zeros"):
+        uniloss.Structure(3, evaluate_zeros_plus_one=evaluate)
     with pytest.raises(TypeError, match="run lengths"):
         uniloss.Structure(3, evaluate, comparisons_block=lambda s, a, b: s)
     with pytest.raises(ValueError, match="good_flips"):
@@ -131,3 +137,19 @@ def test_the_interface_a_metric_author_meets():
     guide = _guide_class()
     defined = {name for name in vars(guide) if not name.startswith("_")}
     assert defined == {"check", "prepare", "comparisons", "best", "evaluate", "structure"}
+
+
+def test_without_runs_the_pull_is_per_comparison():
+    """A decomposition without a structure takes the pull per comparison, whatever ``pull_per``;
+    with runs, ``pull_per="comparison"`` gives that same loss and gradient."""
+    guide = _guide_class()
+    none = type("None", (guide,), {"structure": uniloss.Decomposition.structure})
+    scores, target = _batch(9)
+    a = _run(none(), scores, target, 0)
+    b = _run(none(), scores, target, 0, pull_per="comparison")
+    c = _run(guide(), scores, target, 0, pull_per="comparison")
+    for x, y in ((a, b), (a, c)):
+        torch.testing.assert_close(x[0], y[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(x[1], y[1], rtol=1e-10, atol=1e-12)
+    per_run = _run(guide(), scores, target, 0)
+    assert not torch.allclose(per_run[1], c[1])  # the runs change the pull

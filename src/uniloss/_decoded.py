@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from ._decomposition import Decomposition
+from ._decomposition import Decomposition, Structure
 from .decoders import Decoder
 
 __all__ = ["DecodedMetric"]
@@ -117,6 +117,12 @@ class DecodedMetric(Decomposition):
 
     def best(self, target: Any) -> Tensor:
         return self.decoder.best(target)
+
+    def structure(self, target: Any) -> Optional[Structure]:
+        """The decoder's runs (:meth:`uniloss.decoders.Decoder.runs`), for the pull; the anchors
+        are evaluated by decoding them."""
+        runs = self.decoder.runs(target)
+        return None if runs is None else Structure(runs)
 
     def decode(self, scores: Tensor, target: Any) -> Any:
         """The decoder's output for the scores' own comparisons, without the anchor dimension

@@ -17,16 +17,19 @@ class Structure:
     r"""How a metric depends on its bits: the one optional description a
     :class:`Decomposition` gives the engine (:meth:`Decomposition.structure`) for its fast paths.
 
-    The ``l`` bits fall into ``S`` consecutive *runs*, and the metric depends on them only through
-    each run's number of 0-bits (AP: one run per positive, its comparisons with the negatives;
-    accuracy: one per sample, its ``C - 1`` comparisons). The engine then evaluates every anchor
-    from ``[S]`` counts (a flipped bit changes one count by one) instead of ``[t, l]`` bits.
+    The ``l`` bits fall into ``S`` consecutive *runs*, the units the metric is made of (AP: one
+    run per positive, its comparisons with the negatives; accuracy: one per sample, its ``C - 1``
+    comparisons). The pull toward the best configuration is taken per run (``pull_per="run"``,
+    the default: for accuracy's runs, cross-entropy). Where the metric depends on the bits only
+    through each run's number of 0-bits (``evaluate_zeros``), the engine also evaluates every
+    anchor from ``[S]`` counts (a flipped bit changes one count by one) instead of ``[t, l]`` bits.
 
     Attributes:
         runs: an ``int`` ``w`` (``l // w`` runs of ``w`` bits each) or an int64 tensor ``[S]`` of
             run lengths summing to ``l``.
-        evaluate_zeros: ``zeros [t, S]`` (float counts of 0-bits per run) -> ``[t]`` metric values,
-            equal to ``evaluate`` on any bits with those counts.
+        evaluate_zeros: optional, ``zeros [t, S]`` (float counts of 0-bits per run) -> ``[t]``
+            metric values, equal to ``evaluate`` on any bits with those counts. ``None``: the runs
+            group the comparisons (for the pull) and the anchors are evaluated with ``evaluate``.
         evaluate_zeros_plus_one: optional, ``zeros [S]`` -> ``[S]``: the value when run ``s`` gains
             one more 0-bit, for every ``s`` (``good_anchors="all"``). ``None``: ``S`` one-hot rows
             through ``evaluate_zeros`` (``O(S^2)``); give it where there is a closed form.
@@ -55,7 +58,7 @@ class Structure:
     """
 
     runs: Any  # int or Tensor (or a static layout's uniloss._structured.Runs)
-    evaluate_zeros: Callable[[Tensor], Tensor]
+    evaluate_zeros: Optional[Callable[[Tensor], Tensor]] = None
     evaluate_zeros_plus_one: Optional[Callable[[Tensor], Tensor]] = None
     comparisons_block: Optional[Callable[[Tensor, int, int], Tensor]] = None
     good_flips: int = 1
@@ -65,8 +68,10 @@ class Structure:
         if not (isinstance(self.runs, (int, Tensor)) or hasattr(self.runs, "run_ids")) or isinstance(self.runs, bool):
             raise TypeError(f"Expected Structure.runs to be an int or an int64 tensor of run lengths, "
                             f"but got {type(self.runs).__name__}")
-        if not callable(self.evaluate_zeros):
+        if self.evaluate_zeros is not None and not callable(self.evaluate_zeros):
             raise TypeError("Expected Structure.evaluate_zeros to be callable: zeros [t, S] -> [t]")
+        if (self.evaluate_zeros_plus_one is not None or self.comparisons_block is not None) and self.evaluate_zeros is None:
+            raise TypeError("Structure.evaluate_zeros_plus_one and comparisons_block need evaluate_zeros")
         if self.comparisons_block is not None and not isinstance(self.runs, Tensor):
             raise TypeError("Structure.comparisons_block needs run lengths: `runs` as an int64 tensor [S]")
         V.check_count("good_flips", self.good_flips, allow_zero=False)
@@ -76,6 +81,7 @@ class Structure:
         through :attr:`evaluate_zeros` where it is not given."""
         if self.evaluate_zeros_plus_one is not None:
             return self.evaluate_zeros_plus_one(zeros)
+        assert self.evaluate_zeros is not None  # the engine asks only a structure with counts
         num = zeros.numel()
         step = max(1, (1 << 20) // max(num, 1))
         out = []

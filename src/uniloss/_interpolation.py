@@ -23,7 +23,7 @@ the weights unchanged.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -143,6 +143,56 @@ def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor
 
 
 NEARBY = ("all", "informative")
+PULL_PER = ("run", "comparison")
+
+
+def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: int = 1,
+              num_valid: Optional[Tensor] = None) -> Tensor:
+    r"""The pull toward the best configuration: the cost whose gradient the engine adds to the
+    interpolation's (``pull`` of :func:`uniloss.functional.uniloss`). With
+    ``z_k = -(2 best_k - 1) c_k / tau`` (``best`` ``None``: every bit 1),
+
+    * per comparison (``runs`` ``None``): ``sum_k softplus(z_k) / l``: the cross-entropy of each
+      comparison being right;
+    * per run (``runs``: a :class:`uniloss._structured.Runs`):
+      ``sum_s log(1 + sum_{k in run s} exp(z_k)) / max(S, rows)``: the cross-entropy of every
+      comparison of the run being right, a soft maximum over the run's comparisons, averaged over
+      the runs, or over the batch's ``rows`` samples where runs are fewer (AP's positives share
+      the negatives: divided by ``S`` alone, one negative above every positive would take the
+      pull of all runs, up to one per step against cross-entropy's ``1 / n``). For accuracy's
+      runs (a sample's ``C - 1`` comparisons ``s_y - s_j``) it is cross-entropy on the logits,
+      exactly.
+
+    ``num_valid``: a static layout's number of real comparisons (its padding, ``c = +inf`` and
+    best 1, costs exactly 0, and ``l`` and ``S`` count only the real comparisons and the runs that
+    hold one). Differentiable in ``c``; a 0-dim tensor.
+    """
+    z = -c if best is None else (1.0 - best.to(c.dtype) * 2.0) * c
+    if isinstance(temperature, Tensor) or temperature != 1.0:
+        z = z / temperature
+    if runs is None:
+        total = torch.nn.functional.softplus(z).sum()
+        return total / (c.numel() if num_valid is None else num_valid.clamp_min(1))
+    num = runs.num
+    if num == 0:  # no run (a static layout's padding alone): no pull
+        return c.new_zeros(())
+    occupied: Union[int, Tensor] = num
+    if runs.width is not None:  # log(1 + sum exp(z)) per run: a logsumexp with a 0 in front
+        zz = z.view(num, runs.width)
+        total = torch.logsumexp(torch.nn.functional.pad(zz, (1, 0)), 1).sum()
+        if num_valid is not None:
+            occupied = torch.isfinite(zz.detach()).any(1).sum()
+    else:
+        ids = runs.run_ids(c.numel(), c.device).clamp_max(num - 1)  # a static layout's padding: after the runs
+        top = z.new_zeros(num).scatter_reduce(0, ids, z.detach(), "amax", include_self=True)
+        inner = z.new_zeros(num).index_add(0, ids, (z - top[ids]).exp())
+        total = (top + (inner + (-top).exp()).log()).sum()  # the same, stable
+        if num_valid is not None:
+            real = z.new_zeros(num).index_add(0, ids, torch.isfinite(z.detach()).to(z.dtype))
+            occupied = (real > 0).sum()
+    if isinstance(occupied, Tensor):
+        return total / occupied.clamp_min(rows)
+    return total / max(occupied, rows)
 
 
 def anchor_weights(nearby: str, kinds, values: Tensor, metric: Tensor, sign: float) -> Optional[Tensor]:

@@ -67,6 +67,7 @@ class UniLoss(nn.Module):
             or a constant (``1.0``: the paper's plain ``-g~``).
         pull: weight of the pull toward the best configuration added to the gradient (default
             1; 0 is the paper); see :func:`uniloss.functional.uniloss`.
+        pull_per: ``"run"`` (default) or ``"comparison"``; see :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
@@ -112,6 +113,7 @@ class UniLoss(nn.Module):
         distance: str = "euclidean",
         pull: float = 1.0,
         nearby: str = "all",
+        pull_per: str = "run",
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -120,7 +122,7 @@ class UniLoss(nn.Module):
                 f"{type(decomposition).__name__}"
             )
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull, nearby)
+                      temperature_scale, distance, pull, nearby, pull_per)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
         self.decomposition = decomposition
@@ -135,6 +137,7 @@ class UniLoss(nn.Module):
         self.distance = distance
         self.pull = pull
         self.nearby = nearby
+        self.pull_per = pull_per
         self.last = None
 
     # Whether forward() has seen an initialised process group (a class default, for modules
@@ -169,7 +172,8 @@ class UniLoss(nn.Module):
             temperature=self.temperature, grad_scale=self.grad_scale, generator=self.generator,
             validate_args=self.validate_args, good_anchors=self.good_anchors, chunk_bits=self.chunk_bits,
             temperature_scale=self.temperature_scale, distance=self.distance, pull=self.pull,
-            nearby=getattr(self, "nearby", "all"),  # modules pickled before the option existed
+            nearby=getattr(self, "nearby", "all"),  # modules pickled before the options existed
+            pull_per=getattr(self, "pull_per", "comparison"),
         )
         return loss
 
@@ -200,5 +204,6 @@ class UniLoss(nn.Module):
         return (
             f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
             f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
+            + ("" if getattr(self, "pull_per", "comparison") == "run" else f", pull_per={self.pull_per!r}")
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )

@@ -43,7 +43,9 @@ from torch import Tensor
 
 from ._anchors import AnchorSet, draw_anchors, unpack_codes
 from ._decomposition import Structure
-from ._interpolation import anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances
+from ._interpolation import (
+    anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost,
+)
 from ._limits import current_limits
 
 _TABLES: dict = {}
@@ -382,7 +384,7 @@ def structured_loss(
         else:
             zeros = runs.zeros(rows == hard, torch.float32)
             zeros_best = zeros[0]
-            assert structure is not None  # runs come from a structure
+            assert structure is not None and structure.evaluate_zeros is not None  # runs for counts
             values = structure.evaluate_zeros(zeros)
         flips = rnd = None
     else:
@@ -400,7 +402,7 @@ def structured_loss(
             zeros = torch.cat([
                 zeros_best[None], flips.zeros(zeros_best, zeros_hard, runs), rnd.zeros(hard, runs), zeros_hard[None]
             ])
-            assert structure is not None  # runs come from a structure
+            assert structure is not None and structure.evaluate_zeros is not None  # runs for counts
             values = structure.evaluate_zeros(zeros)
     if values.dtype != dtype:
         values = values.to(dtype)
@@ -546,9 +548,12 @@ def chunked_loss(
     distance: str = "euclidean",
     pull: float = 0.0,
     nearby: str = "all",
+    pull_per: str = "run",
+    rows: Optional[int] = None,
 ):
-    """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull`` as
-    :func:`uniloss.functional.uniloss` documents it).
+    """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull`` and
+    ``pull_per`` as :func:`uniloss.functional.uniloss` documents them; each block holds whole
+    runs, so a run's pull is one block's).
 
     Needs a :class:`~uniloss.Structure` with ``comparisons_block`` and run lengths. Holds ``hard``
     (1 byte a bit) and the random anchors' codes (1 byte a bit per 8 anchors); every other
@@ -557,8 +562,8 @@ def chunked_loss(
     """
     device = scores.device
     dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
-    lengths, block_of = structure.runs, structure.comparisons_block
-    assert isinstance(lengths, Tensor) and block_of is not None  # see choose_path
+    lengths, block_of, evaluate_zeros = structure.runs, structure.comparisons_block, structure.evaluate_zeros
+    assert isinstance(lengths, Tensor) and block_of is not None and evaluate_zeros is not None  # see choose_path
     blocks = blocks_of(lengths, chunk_bits)
     num_runs = lengths.numel()
     num_bits = blocks[-1][3] if blocks else 0
@@ -618,7 +623,7 @@ def chunked_loss(
         zeros = torch.cat([
             zeros_best[None], flips.zeros(zeros_best, zeros_hard, all_runs), zeros_random, zeros_hard[None]
         ])
-        values = structure.evaluate_zeros(zeros).to(dtype)
+        values = evaluate_zeros(zeros).to(dtype)
         metric, values = values[-1], values[:-1]
         g, dg_dsq, harmonic = idw_closed_form(sq, values, anchor_weights(nearby, anchors.kinds, values, metric, sign))
 
@@ -646,6 +651,10 @@ def chunked_loss(
             yield block, c, grad_c  # outside no_grad: the caller differentiates c
 
     factor = grad_factor(temperature, distance)
+    # the pull's denominator over all blocks: max(runs, rows) per run, the comparisons per comparison
+    if rows is None:  # the batch size the runs are over (a wrapper's set: see functional._rows)
+        rows = scores.shape[0] if scores.dim() else 1
+    pull_rows = max(num_runs, rows) if pull_per == "run" else num_bits
     with torch.no_grad():  # "bounded" and "normalized" take one more pass over the blocks: the total push
 
         def total_push() -> Tensor:
@@ -667,13 +676,15 @@ def chunked_loss(
             s = scores.detach().requires_grad_(True)
             for block, c, grad_c in block_grads(coef * grad_out, s):
                 b0, b1 = block[2], block[3]
-                if pull:  # d/dc of pull * mean softplus(-(2 best - 1) c / tau), see functional._with_pull
-                    with torch.no_grad():
-                        direction = best[b0:b1].to(dtype) * 2.0 - 1.0
-                        grad_c -= direction * torch.sigmoid(-direction * c.detach() / temperature) * (
-                            grad_out * pull / (temperature * num_bits))
                 # A scalar's backward: backward(c, grad_c) would import sympy on first use.
-                torch.dot(c, grad_c).backward()
+                total = torch.dot(c, grad_c)
+                if pull:  # this block's share of the pull (see functional.Pull)
+                    runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per == "run" else None
+                    cost = pull_cost(c, best[b0:b1], temperature, runs, rows)
+                    # pull_cost divides by this block's count: the whole call's instead
+                    share = (max(block[1] - block[0], rows) if runs is not None else c.numel()) / pull_rows
+                    total = total + cost * (grad_out * pull * share)
+                total.backward()
         return s.grad if s.grad is not None else torch.zeros_like(scores)
 
     loss = _Surrogate.apply(scores, g, sign, backward)

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -93,7 +93,11 @@ class Decoder:
     * ``comparisons(scores, plan) -> [l]``: the score differences, differentiable in ``scores``;
     * ``best(plan) -> [l] bool``: a configuration that decodes to the ground truth;
     * ``decode(bits, plan) -> outputs``: bits ``[t, l]`` to outputs with a leading ``t``,
-      vectorised over ``t``.
+      vectorised over ``t``;
+    * optionally ``runs(plan)``: how the comparisons group into the units they decode (an
+      :class:`Argmax` row's ``C - 1`` comparisons with its label), as
+      :attr:`uniloss.Structure.runs`; the pull toward ``best`` is then taken per unit (for
+      :class:`Argmax`, cross-entropy). ``None`` (the default): no grouping.
 
     ``comparisons`` also accepts an unprepared target (it prepares it); ``best`` and ``decode``
     need the plan. Use a decoder through :class:`uniloss.DecodedMetric`.
@@ -124,6 +128,10 @@ class Decoder:
     def best(self, plan: Any) -> Tensor:
         """An ``[l]`` bool configuration that decodes to the ground truth."""
         raise _missing(self, "best")
+
+    def runs(self, plan: Any) -> Optional[Union[int, Tensor]]:
+        """Optional: the units the comparisons decode, as :attr:`uniloss.Structure.runs`."""
+        return None
 
     def decode(self, bits: Tensor, plan: Any) -> Any:
         """Decode bits ``[t, l]`` (bool) into outputs with a leading dimension ``t``."""
@@ -286,6 +294,11 @@ class _ClassDecoder(Decoder):
         if self.pairs == "all":
             return _tournament_best(plan.hard, plan.labels, plan.num_classes).reshape(-1)
         return torch.ones(plan.cols.numel(), dtype=torch.bool, device=plan.labels.device)
+
+    def runs(self, plan: Any) -> Optional[int]:
+        """``pairs="target"``: one run per row, its ``C - 1`` comparisons with the label."""
+        plan = self._prepared(plan)
+        return None if self.pairs == "all" or plan.num_classes < 2 else plan.num_classes - 1
 
     def _target_losses(self, bits: Tensor, plan: _ClassPlan) -> Tensor:
         """pairs="target": ``[t, G]`` how many other classes beat each row's label."""

@@ -15,12 +15,13 @@ from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
 from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
 from ._interpolation import (
-    DISTANCES, NEARBY, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale, gradient_scale,
-    harmonic_distance, idw_from_sq_distances, sq_distances_from_costs,
+    DISTANCES, NEARBY, PULL_PER, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale, gradient_scale,
+    harmonic_distance, idw_from_sq_distances, pull_cost, sq_distances_from_costs,
 )
 from ._limits import EngineLimits, current_limits
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
 from ._structured import Runs, chunked_loss, structured_loss
+from ._wrapped import WrappedPlan
 
 __all__ = ["uniloss", "uniloss_with_info", "LossInfo"]
 
@@ -70,7 +71,7 @@ GRAD_SCALES = ("distance", "bounded", "normalized")
 def check_options(
     num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
     good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
-    distance: object = "euclidean", pull: object = 0.0, nearby: object = "all",
+    distance: object = "euclidean", pull: object = 0.0, nearby: object = "all", pull_per: object = "run",
 ) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
@@ -91,6 +92,8 @@ def check_options(
         V.check_positive("pull", pull)
     if nearby not in NEARBY:
         raise ValueError(f"Expected `nearby` in {NEARBY}, but got {nearby!r}")
+    if pull_per not in PULL_PER:
+        raise ValueError(f"Expected `pull_per` in {PULL_PER}, but got {pull_per!r}")
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
@@ -130,7 +133,7 @@ class Plan:
             offer), or ``None``: no offer (given ``anchors``, ``good_anchors="all"``).
         layout: the static layout the comparisons are in (``None``: the exact layout).
         target: the prepared target.
-        structure: ``decomposition.structure(target)`` (``None`` for given dense anchors).
+        structure: ``decomposition.structure(target)``.
         comparisons: the ``[l]`` comparisons ``c`` (``None`` on the chunked path, which computes
             them block by block).
         anchor_set: the given ``anchors`` as an :class:`~uniloss.AnchorSet` (made dense where
@@ -187,16 +190,16 @@ def choose_path(
         if c.numel() != layout.num_bits:  # a wrapper changed the comparisons: lay them out exactly
             prepared = prepare_with_layout(decomposition, scores, target, generator, None)
             layout = c = None
-    dense_given = anchors is not None and not (isinstance(anchors, AnchorSet) and anchors.is_structured)
-    structure = None if dense_given else decomposition.structure(prepared)
+    structure = decomposition.structure(prepared)
     if structure is not None and not isinstance(structure, Structure):
         raise TypeError(f"Expected {type(decomposition).__name__}.structure() to return a uniloss.Structure "
                         f"or None, but got {type(structure).__name__}")
-    if good_anchors == "all" and (structure is None or anchors is not None):
+    counts = structure is not None and structure.evaluate_zeros is not None
+    if good_anchors == "all" and (not counts or anchors is not None):
         raise ValueError(
-            "good_anchors='all' needs sampled anchors and a decomposition with a structure() (its "
-            f"metric from per-run counts); {type(decomposition).__name__} has none"
-            if structure is None else "good_anchors='all' cannot be combined with given `anchors`"
+            "good_anchors='all' needs sampled anchors and a decomposition whose structure() has "
+            f"evaluate_zeros (its metric from per-run counts); {type(decomposition).__name__} has none"
+            if not counts else "good_anchors='all' cannot be combined with given `anchors`"
         )
     block_bits = min(limit, limits.block_bits)
     if (layout is None and anchors is None and structure is not None and structure.comparisons_block is not None
@@ -234,6 +237,7 @@ def uniloss_with_info(
     distance: str = "euclidean",
     pull: float = 1.0,
     nearby: str = "all",
+    pull_per: str = "run",
 ) -> "tuple[Tensor, LossInfo]":
     """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
     if not isinstance(decomposition, Decomposition):
@@ -243,7 +247,7 @@ def uniloss_with_info(
         )
     if validate_args:
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull, nearby)
+                      temperature_scale, distance, pull, nearby, pull_per)
         V.check_generator(generator)
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
@@ -263,7 +267,7 @@ def uniloss_with_info(
             scores, target, decomposition, plan.structure, chunk_bits=plan.block_bits, num_good=num_good,
             num_nearby=num_nearby, num_bad=num_bad, generator=generator,
             temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
-            distance=distance, pull=pull, nearby=nearby,
+            distance=distance, pull=pull, nearby=nearby, pull_per=pull_per, rows=_rows(scores, target),
         )
         loss = loss.to(scores.dtype)
         return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
@@ -306,17 +310,21 @@ def uniloss_with_info(
             assert plan.anchor_set is not None  # given anchors: set by choose_path
             anchor_set = plan.anchor_set
             wrong = hard != cast(Tensor, anchor_set.best) if anchor_set.is_structured else None
+    structure = plan.structure
+    runs = None if structure is None or not l else Runs.of(structure.runs, l, c.device, validate_args and static is None)
+    pulled = Pull(pull, pull_per, runs, _rows(scores, target), None if static is None else static[0])
     if plan.path == "dense":
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
                                  distance, nearby)
-        return _with_pull(loss, c, best, decomposition, target, temperature, pull), with_exact_metric(info, decomposition, target)
-    structure = plan.structure
+        loss = pulled.add(loss, c, best, decomposition, target, temperature)
+        return loss, with_exact_metric(info, decomposition, target)
     if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
             f"{structure.good_flips} bits per good anchor"
         )
-    runs = None if structure is None else Runs.of(structure.runs, l, c.device, validate_args and static is None)
+    if structure is not None and structure.evaluate_zeros is None:
+        runs = None  # runs for the pull only: the anchors are evaluated densely
     assert wrong is not None  # structured anchors: set above
     loss, values, metric, surrogate, kinds = structured_loss(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
@@ -324,8 +332,7 @@ def uniloss_with_info(
         invalid=None if static is None else static[1], undefined=None if static is None else static[0] == 0,
         detached=detached,
     )
-    loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
-                      None if static is None else static[0])
+    loss = pulled.add(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature)
     count: Union[int, Tensor] = l
     if static is not None:
         count = int(static[0]) if validate_args else static[0]
@@ -357,28 +364,47 @@ def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str
     return (square / num_valid.clamp_min(1)).sqrt().clamp_min(torch.finfo(c.dtype).tiny)
 
 
-def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
-               temperature, pull: float, num_valid: Optional[Tensor] = None) -> Tensor:
-    """``loss`` whose gradient also carries ``pull`` times that of the pull toward the best
-    configuration, ``mean_k softplus(-(2 best_k - 1) c_k / tau)`` (the cross-entropy distance from
-    the relaxed bits to best, per bit). The value stays the interpolated metric's. ``best``: the
-    ``[l]`` best bits where the caller has them (else ``decomposition.best`` is asked).
-    ``num_valid``: a static layout's number of comparisons (its padding, ``c = +inf`` and best 1,
-    costs exactly 0)."""
-    if not pull or c.numel() == 0:
-        return loss
-    with torch.no_grad():
-        if best is None:
-            best = decomposition.best(target).reshape(-1).to(device=c.device)
-        toward = None if is_all_true(best) else 1.0 - best.to(c.dtype) * 2.0  # -(2 best - 1), exactly
-    z = -c if toward is None else toward * c
-    if isinstance(temperature, Tensor) or temperature != 1.0:
-        z = z / temperature
-    cost = torch.nn.functional.softplus(z)
-    cost = cost.mean() if num_valid is None else cost.sum() / num_valid.clamp_min(1)
-    if pull != 1.0:
-        cost = cost * pull
-    return loss + (cost - cost.detach()).to(loss.dtype)
+def _rows(scores: Tensor, target: Any) -> int:
+    """The batch size the comparisons are over: the scores', or the innermost set a wrapper
+    (:class:`~uniloss.distributed.GlobalBatch`, ``CrossBatchMemory``) prepared its metric on."""
+    rows = scores.shape[0] if scores.dim() else 1
+    while isinstance(target, WrappedPlan):
+        rows = target.inner_scores.shape[0] if target.inner_scores.dim() else 1
+        target = target.target
+    return rows
+
+
+@dataclass(frozen=True)
+class Pull:
+    """The pull toward the best configuration of one call (``pull``, ``pull_per`` of
+    :func:`uniloss`; :func:`uniloss._interpolation.pull_cost`), added to a loss's gradient by
+    :meth:`add` on the dense and structured paths (the chunked one adds it block by block).
+
+    Attributes:
+        weight: ``pull``; per: ``pull_per``; runs: the structure's :class:`Runs` (``None``: none);
+        rows: the scores' batch size; num_valid: a static layout's number of comparisons.
+    """
+
+    weight: float
+    per: str
+    runs: Optional[Runs]
+    rows: int
+    num_valid: Optional[Tensor] = None
+
+    def add(self, loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
+            temperature) -> Tensor:
+        """``loss`` whose gradient also carries the pull's (its value stays the interpolated
+        metric's). ``best``: the ``[l]`` best bits where the caller has them."""
+        if not self.weight or c.numel() == 0:
+            return loss
+        with torch.no_grad():
+            if best is None:
+                best = decomposition.best(target).reshape(-1).to(device=c.device)
+        runs = self.runs if self.per == "run" else None
+        cost = pull_cost(c, None if is_all_true(best) else best, temperature, runs, self.rows, self.num_valid)
+        if self.weight != 1.0:
+            cost = cost * self.weight
+        return loss + (cost - cost.detach()).to(loss.dtype)
 
 
 def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any) -> LossInfo:
@@ -456,6 +482,7 @@ def uniloss(
     distance: str = "euclidean",
     pull: float = 1.0,
     nearby: str = "all",
+    pull_per: str = "run",
 ) -> Tensor:
     r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
 
@@ -467,8 +494,8 @@ def uniloss(
     otherwise), so minimising the loss maximises the interpolated metric.
 
     The defaults add two things to the paper's equations, chosen on the metric-wins benchmark
-    (``docs/results/metric-wins/``): ``pull=1`` and ``grad_scale="bounded"``. The paper's loss is
-    ``pull=0, grad_scale=1.0``.
+    (``docs/results/metric-wins/``): a pull toward the best configuration (``pull=1``, per run)
+    and ``grad_scale="bounded"``. The paper's loss is ``pull=0, grad_scale=1.0``.
 
     Args:
         scores: the network's output, floating point, shape as the decomposition documents.
@@ -489,12 +516,21 @@ def uniloss(
             about two). ``"normalized"`` always sets it to one (measured: unstable).
             A number uses that constant instead (``1.0``: the paper's plain ``-g~``).
         pull: weight of a pull toward the best configuration added to the gradient (not the
-            value): the gradient of ``pull * mean_k softplus(-(2 best_k - 1) c_k / tau)``, the
-            cross-entropy distance from the relaxed bits to best, per comparison. The
+            value), the cross-entropy from the relaxed bits to best (see ``pull_per``). The
             interpolated metric is bounded, so its push on a comparison that is wrong by a wide
             margin vanishes (like ``exp(-|c|/tau)``) and a network can saturate its scores on
             wrong decisions and stop learning from them; the pull's push stays of order one
             there and fades on comparisons that are right by a margin. ``0`` is the paper.
+        pull_per: the unit the pull is taken over (:func:`uniloss._interpolation.pull_cost`),
+            with ``z_k = -(2 best_k - 1) c_k / tau``. ``"run"`` (default): per run of the
+            decomposition's :class:`~uniloss.Structure` (a sample's comparisons for accuracy and
+            the argmax metrics of the zoo, a positive's for AP, a positive pixel's for PCK),
+            ``log(1 + sum_{k in run} exp(z_k))``, summed and divided by the larger of the number
+            of runs and the batch size: for accuracy, cross-entropy on the logits exactly. A
+            decomposition without runs takes it per comparison. ``"comparison"``:
+            ``mean_k softplus(z_k)``, each comparison on its own (for accuracy, each competitor
+            gets ``1 / (C - 1)`` of a sample's pull: diluted on many classes; the default before
+            0.2, measured on the metric-wins suite, ``docs/results/metric-wins/``).
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
             ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured:
             the scores then grow without bound and training stalls).
@@ -539,6 +575,6 @@ def uniloss(
         scores, target, decomposition, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
         temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
         validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
-        temperature_scale=temperature_scale, distance=distance, pull=pull, nearby=nearby,
+        temperature_scale=temperature_scale, distance=distance, pull=pull, nearby=nearby, pull_per=pull_per,
     )
     return loss
