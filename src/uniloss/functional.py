@@ -128,9 +128,9 @@ class Plan:
             more than ``chunk_bits`` comparisons and a :class:`~uniloss.Structure` with
             ``comparisons_block``).
         static_bits: the static layout offered to ``prepare`` (the most comparisons it may hold:
-            :meth:`EngineLimits.static_bits_for` the device, at most ``chunk_bits`` for a
-            decomposition that can be processed block by block; ``0`` on a CPU, which then gets no
-            offer), or ``None``: no offer (given ``anchors``, ``good_anchors="all"``).
+            :meth:`EngineLimits.static_bits_for` the device; a decomposition that can also be
+            processed block by block claims at most ``chunk_bits``; ``0`` on a CPU, which then gets
+            no offer), or ``None``: no offer (given ``anchors``, ``good_anchors="all"``).
         layout: the static layout the comparisons are in (``None``: the exact layout).
         target: the prepared target.
         structure: ``decomposition.structure(target)``.
