@@ -379,8 +379,8 @@ def test_ranking_with_ap_evaluator_is_average_precision(n):
 def test_spatial_argmax_with_pck_evaluator_is_pck():
     heat, target = _keypoint_batch(2, 3, 6, 6, 4)
     _same_decomposition(uniloss.zoo.pck(0.7), uniloss.PCK(0.7), heat, target)
-    # PCK evaluates in float32; SpatialArgmax has no runs: the pull per comparison on both sides
-    _same_loss(uniloss.zoo.pck(0.7), uniloss.PCK(0.7), heat, target, atol=1e-6, pull_per="comparison")
+    # PCK evaluates in float32; SpatialArgmax's region has PCK's runs: the same pull per run
+    _same_loss(uniloss.zoo.pck(0.7), uniloss.PCK(0.7), heat, target, atol=1e-6)
 
 
 # ------------------------------------------------------------------ DecodedMetric: evaluators

@@ -976,6 +976,15 @@ class SpatialArgmax(Decoder):
             return _tournament_best(plan.hard, plan.winner, plan.shape[2] * plan.shape[3]).reshape(-1)
         return torch.ones(plan.ia.numel(), dtype=torch.bool, device=plan.ia.device)
 
+    def runs(self, plan: Any) -> Optional[Tensor]:
+        """With ``threshold`` (the region): one run per positive pixel, its comparisons with its
+        joint's negatives (:class:`uniloss.PCK`'s runs); the tournament of all pixels has none."""
+        plan = self._prepared(plan)
+        if self.threshold is None or plan.ia is None:
+            return None
+        return torch.zeros(plan.pos_flat.numel(), dtype=torch.long, device=plan.ia.device).index_add_(
+            0, plan.ia, torch.ones_like(plan.ia))
+
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)
         n, j, h, w = plan.shape
