@@ -9,7 +9,6 @@ import torch
 import uniloss
 from uniloss import _anchors, _limits, _structured
 from uniloss import functional as F
-from uniloss._decomposition import Decomposition
 from _reference import AboveOne, good_flips, uniloss_oracle
 
 
