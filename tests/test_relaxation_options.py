@@ -247,3 +247,25 @@ def test_bounded_grad_scale_is_the_distance_scale_capped_at_a_unit_push(structur
             pushes[scale, k] = float(torch.autograd.grad(loss, c)[0].abs().sum())
     assert pushes["distance", 0.05] > 1.0 and pushes["bounded", 0.05] == pytest.approx(1.0, rel=1e-9)
     assert pushes["distance", 30.0] < 1.0 and pushes["bounded", 30.0] == pytest.approx(pushes["distance", 30.0], rel=1e-9)
+
+
+def test_pull_per_run_is_the_default_and_old_modules_keep_theirs():
+    """0.2's default is the pull per run; a module pickled before the option existed (no
+    ``pull_per`` attribute) keeps 0.1's pull per comparison, and says which in its repr."""
+    dec, scores, target, _, _ = _batch(6)
+    assert uniloss.UniLoss(dec).pull_per == "run"
+    assert "pull_per" not in repr(uniloss.UniLoss(dec))
+
+    def grad(module):
+        s = scores.clone().requires_grad_()
+        module(s, target).backward()
+        return s.grad
+
+    old = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
+    del old.pull_per  # as unpickled from 0.1
+    assert "pull_per='comparison'" in repr(old)
+    explicit = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3), pull_per="comparison")
+    torch.testing.assert_close(grad(old), grad(explicit), rtol=0, atol=0)
+    assert "pull_per='comparison'" in repr(explicit)
+    per_run = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(grad(per_run), grad(explicit))

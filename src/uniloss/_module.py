@@ -204,6 +204,7 @@ class UniLoss(nn.Module):
         return (
             f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
             f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
-            + ("" if getattr(self, "pull_per", "comparison") == "run" else f", pull_per={self.pull_per!r}")
+            + ("" if getattr(self, "pull_per", "comparison") == "run"
+               else f", pull_per={getattr(self, 'pull_per', 'comparison')!r}")
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )
