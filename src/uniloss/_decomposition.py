@@ -38,6 +38,9 @@ class Structure:
             tensor): the engine then processes a huge ``l`` (PCK on large heatmaps) block by block
             in bounded memory, recomputing each block in the backward pass.
         good_flips: how many bits a good anchor flips away from ``best`` (the paper: 1).
+        rows: the number of samples the runs are drawn from (the pull per run is divided by the
+            larger of it and the number of runs); ``None`` (default): the scores' batch size. A
+            wrapper that evaluates its metric on a larger set (:mod:`uniloss.distributed`) sets it.
 
     Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
 
@@ -62,6 +65,7 @@ class Structure:
     evaluate_zeros_plus_one: Optional[Callable[[Tensor], Tensor]] = None
     comparisons_block: Optional[Callable[[Tensor, int, int], Tensor]] = None
     good_flips: int = 1
+    rows: Optional[int] = None
 
     def __post_init__(self) -> None:
         # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)

@@ -147,7 +147,7 @@ PULL_PER = ("run", "comparison")
 
 
 def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: int = 1,
-              num_valid: Optional[Tensor] = None) -> Tensor:
+              num_valid: Optional[Tensor] = None, denominator: Optional[int] = None) -> Tensor:
     r"""The pull toward the best configuration: the cost whose gradient the engine adds to the
     interpolation's (``pull`` of :func:`uniloss.functional.uniloss`). With
     ``z_k = -(2 best_k - 1) c_k / tau`` (``best`` ``None``: every bit 1),
@@ -165,13 +165,16 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
 
     ``num_valid``: a static layout's number of real comparisons (its padding, ``c = +inf`` and
     best 1, costs exactly 0, and ``l`` and ``S`` count only the real comparisons and the runs that
-    hold one). Differentiable in ``c``; a 0-dim tensor.
+    hold one). ``denominator``: divide by it instead (the block-by-block path, whose ``c`` is one
+    block of a call: the whole call's count). Differentiable in ``c``; a 0-dim tensor.
     """
     z = -c if best is None else (1.0 - best.to(c.dtype) * 2.0) * c
     if isinstance(temperature, Tensor) or temperature != 1.0:
         z = z / temperature
     if runs is None:
         total = torch.nn.functional.softplus(z).sum()
+        if denominator is not None:
+            return total / denominator
         return total / (c.numel() if num_valid is None else num_valid.clamp_min(1))
     num = runs.num
     if num == 0:  # no run (a static layout's padding alone): no pull
@@ -190,6 +193,8 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
         if num_valid is not None:
             real = z.new_zeros(num).index_add(0, ids, torch.isfinite(z.detach()).to(z.dtype))
             occupied = (real > 0).sum()
+    if denominator is not None:
+        return total / denominator
     if isinstance(occupied, Tensor):
         return total / occupied.clamp_min(rows)
     return total / max(occupied, rows)

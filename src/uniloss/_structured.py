@@ -678,12 +678,10 @@ def chunked_loss(
                 b0, b1 = block[2], block[3]
                 # A scalar's backward: backward(c, grad_c) would import sympy on first use.
                 total = torch.dot(c, grad_c)
-                if pull:  # this block's share of the pull (see functional.Pull)
+                if pull:  # this block's part of the pull (see functional._with_pull), over the whole call's count
                     runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per == "run" else None
-                    cost = pull_cost(c, best[b0:b1], temperature, runs, rows)
-                    # pull_cost divides by this block's count: the whole call's instead
-                    share = (max(block[1] - block[0], rows) if runs is not None else c.numel()) / pull_rows
-                    total = total + cost * (grad_out * pull * share)
+                    cost = pull_cost(c, best[b0:b1], temperature, runs, denominator=pull_rows)
+                    total = total + cost * (grad_out * pull)
                 total.backward()
         return s.grad if s.grad is not None else torch.zeros_like(scores)
 

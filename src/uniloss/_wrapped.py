@@ -153,17 +153,22 @@ class WrappedDecomposition(Decomposition):
         return self.decomposition.batch_metric(self.unwrap(target)[1])
 
     def structure(self, target: Any) -> Optional[Structure]:
-        """The inner ``structure`` on the prepared set; its ``comparisons_block`` takes this
-        call's scores (placed in the set as :meth:`unwrap` places them)."""
-        inner = self.decomposition.structure(self.unwrap(target)[1])
-        block = None if inner is None else inner.comparisons_block
-        if inner is None or block is None:
-            return inner
+        """The inner ``structure`` on the prepared set (its ``rows`` the set's); its
+        ``comparisons_block`` takes this call's scores (placed in the set as :meth:`unwrap` places
+        them)."""
+        inner_scores, inner_target = self.unwrap(target)
+        inner = self.decomposition.structure(inner_target)
+        if inner is None:
+            return None
+        rows = inner.rows if inner.rows is not None else (inner_scores.shape[0] if inner_scores.dim() else 1)
+        block = inner.comparisons_block
+        if block is None:
+            return replace(inner, rows=rows)
 
         def comparisons_block(scores: Tensor, start: int, stop: int) -> Tensor:
             return block(self.unwrap(target, scores)[0], start, stop)
 
-        return replace(inner, comparisons_block=comparisons_block)
+        return replace(inner, comparisons_block=comparisons_block, rows=rows)
 
     def state_dict(self) -> Any:
         """The inner decomposition's state (e.g. a :class:`~uniloss.distributed.CrossBatchMemory`'s)."""

@@ -21,7 +21,6 @@ from ._interpolation import (
 from ._limits import EngineLimits, current_limits
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
 from ._structured import Runs, chunked_loss, structured_loss
-from ._wrapped import WrappedPlan
 
 __all__ = ["uniloss", "uniloss_with_info", "LossInfo"]
 
@@ -267,7 +266,7 @@ def uniloss_with_info(
             scores, target, decomposition, plan.structure, chunk_bits=plan.block_bits, num_good=num_good,
             num_nearby=num_nearby, num_bad=num_bad, generator=generator,
             temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
-            distance=distance, pull=pull, nearby=nearby, pull_per=pull_per, rows=_rows(scores, target),
+            distance=distance, pull=pull, nearby=nearby, pull_per=pull_per, rows=_pull_rows(scores, plan.structure),
         )
         loss = loss.to(scores.dtype)
         return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
@@ -312,11 +311,13 @@ def uniloss_with_info(
             wrong = hard != cast(Tensor, anchor_set.best) if anchor_set.is_structured else None
     structure = plan.structure
     runs = None if structure is None or not l else Runs.of(structure.runs, l, c.device, validate_args and static is None)
-    pulled = Pull(pull, pull_per, runs, _rows(scores, target), None if static is None else static[0])
+    pull_runs = runs if pull_per == "run" else None
+    pull_rows = _pull_rows(scores, structure)
+    num_valid = None if static is None else static[0]
     if plan.path == "dense":
         loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
                                  distance, nearby)
-        loss = pulled.add(loss, c, best, decomposition, target, temperature)
+        loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid)
         return loss, with_exact_metric(info, decomposition, target)
     if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
@@ -332,7 +333,8 @@ def uniloss_with_info(
         invalid=None if static is None else static[1], undefined=None if static is None else static[0] == 0,
         detached=detached,
     )
-    loss = pulled.add(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature)
+    loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
+                      pull_runs, pull_rows, num_valid)
     count: Union[int, Tensor] = l
     if static is not None:
         count = int(static[0]) if validate_args else static[0]
@@ -364,47 +366,29 @@ def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str
     return (square / num_valid.clamp_min(1)).sqrt().clamp_min(torch.finfo(c.dtype).tiny)
 
 
-def _rows(scores: Tensor, target: Any) -> int:
-    """The batch size the comparisons are over: the scores', or the innermost set a wrapper
-    (:class:`~uniloss.distributed.GlobalBatch`, ``CrossBatchMemory``) prepared its metric on."""
-    rows = scores.shape[0] if scores.dim() else 1
-    while isinstance(target, WrappedPlan):
-        rows = target.inner_scores.shape[0] if target.inner_scores.dim() else 1
-        target = target.target
-    return rows
+def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
+               temperature, pull: float, runs: Optional[Runs] = None, rows: int = 1,
+               num_valid: Optional[Tensor] = None) -> Tensor:
+    """``loss`` whose gradient also carries ``pull`` times that of
+    :func:`uniloss._interpolation.pull_cost` (per run where ``runs`` are given, else per
+    comparison); the value stays the interpolated metric's. ``best``: the ``[l]`` best bits where
+    the caller has them; ``num_valid``: a static layout's number of comparisons."""
+    if not pull or c.numel() == 0:
+        return loss
+    with torch.no_grad():
+        if best is None:
+            best = decomposition.best(target).reshape(-1).to(device=c.device)
+    cost = pull_cost(c, None if is_all_true(best) else best, temperature, runs, rows, num_valid)
+    if pull != 1.0:
+        cost = cost * pull
+    return loss + (cost - cost.detach()).to(loss.dtype)
 
 
-@dataclass(frozen=True)
-class Pull:
-    """The pull toward the best configuration of one call (``pull``, ``pull_per`` of
-    :func:`uniloss`; :func:`uniloss._interpolation.pull_cost`), added to a loss's gradient by
-    :meth:`add` on the dense and structured paths (the chunked one adds it block by block).
-
-    Attributes:
-        weight: ``pull``; per: ``pull_per``; runs: the structure's :class:`Runs` (``None``: none);
-        rows: the scores' batch size; num_valid: a static layout's number of comparisons.
-    """
-
-    weight: float
-    per: str
-    runs: Optional[Runs]
-    rows: int
-    num_valid: Optional[Tensor] = None
-
-    def add(self, loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
-            temperature) -> Tensor:
-        """``loss`` whose gradient also carries the pull's (its value stays the interpolated
-        metric's). ``best``: the ``[l]`` best bits where the caller has them."""
-        if not self.weight or c.numel() == 0:
-            return loss
-        with torch.no_grad():
-            if best is None:
-                best = decomposition.best(target).reshape(-1).to(device=c.device)
-        runs = self.runs if self.per == "run" else None
-        cost = pull_cost(c, None if is_all_true(best) else best, temperature, runs, self.rows, self.num_valid)
-        if self.weight != 1.0:
-            cost = cost * self.weight
-        return loss + (cost - cost.detach()).to(loss.dtype)
+def _pull_rows(scores: Tensor, structure: Optional[Structure]) -> int:
+    """The samples the runs are drawn from: the structure's ``rows``, else the batch size."""
+    if structure is not None and structure.rows is not None:
+        return structure.rows
+    return scores.shape[0] if scores.dim() else 1
 
 
 def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any) -> LossInfo:
