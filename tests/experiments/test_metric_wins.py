@@ -51,6 +51,34 @@ def test_verdicts_compare_with_the_usual_loss_and_the_best_other_row():
     assert v["v"]["best"]["verdict"] == "tie"
 
 
+def test_learning_rate_grid_compares_at_one_scale_and_each_loss_at_its_best():
+    rows = [dict(dataset="t", loss="usual", kind="usual", mean=0.70, std=0.01, lr_scale=1.0),
+            dict(dataset="t", loss="usual", kind="usual", mean=0.78, std=0.01, lr_scale=2.0),
+            dict(dataset="t", loss="uni", kind="uniloss", mean=0.75, std=0.01, lr_scale=1.0),
+            dict(dataset="t", loss="uni", kind="uniloss", mean=float("nan"), std=float("nan"), lr_scale=2.0),
+            dict(dataset="t", loss="uni", kind="uniloss", mean=0.74, std=0.01, lr_scale=0.5)]
+    v = M.verdicts(rows)["t"]
+    assert v["uni"]["usual"]["verdict"] == "win"  # against the usual loss at lr x1 only
+    assert v["uni @ lr x0.5"] == {}  # no usual row at x0.5
+    assert v["uni @ lr x2"]["usual"]["verdict"] == "diverged"
+    best = M.best_of_grid(rows)
+    assert [(r["loss"], r["lr_scale"]) for r in best] == [("usual", 2.0), ("uni", 1.0)]
+    vb = M.verdicts(best, same_lr=False)["t"]
+    assert vb["uni"]["usual"]["ref"] == "usual" and vb["uni"]["usual"]["diff"] == pytest.approx(-0.03)
+    assert vb["uni"]["usual"]["verdict"] == "loss"
+    jobs = M.jobs_for(["digits-f1"], [0, 1], {}, ("usual",), lr_scales=(0.5, 2.0))
+    assert sorted((j.lr_scale, j.seed) for j in jobs) == [(0.5, 0), (0.5, 1), (2.0, 0), (2.0, 1)]
+
+
+def test_the_learning_rate_scale_reaches_the_recipes_optimiser():
+    model = torch.nn.Linear(2, 1)
+    try:
+        M._LR_SCALE = 3.0
+        assert M.sgd(model, 0.1).param_groups[0]["lr"] == pytest.approx(0.3)
+    finally:
+        M._LR_SCALE = 1.0
+
+
 def test_imbalanced_mnist_keeps_the_stated_share_of_each_digit():
     pytest.importorskip("numpy")
     try:

@@ -40,6 +40,11 @@ Every run uses one thread; ``--jobs`` runs go side by side. ``results.json`` fol
 reproduction schema (``rows`` of dataset, loss, metric, mean, std, seeds, paper) with ``kind``
 added per row, and keeps every run's curve under ``runs``; ``results.md`` has the table and the
 verdict per task.
+
+``--lr-scales 0.5 1 2`` runs every row at each recipe's learning rate times each scale and adds a
+table of each loss at its best scale: at one learning rate, a loss whose gradient is larger than
+the usual loss's also takes larger steps, and a win can be the step's size rather than its
+direction (docs/results/metric-wins/lr-grid/ measures it).
 """
 
 from __future__ import annotations
@@ -211,8 +216,14 @@ def tuned_threshold(scores: Tensor, target: Tensor) -> float:
 # --------------------------------------------------------------------------- training
 
 
+#: The learning-rate multiplier of the run in progress (``--lr-scales``): every recipe's SGD
+#: learning rate is its own times this. Set by :func:`_run_job` in the process that runs the job.
+_LR_SCALE = 1.0
+
+
 def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """The recipes' SGD, at ``lr`` times the suite's learning-rate scale of the run."""
+    return torch.optim.SGD(model.parameters(), lr=lr * _LR_SCALE, momentum=momentum, weight_decay=weight_decay)
 
 
 def cosine(opt: torch.optim.Optimizer, epochs: int):
@@ -505,12 +516,15 @@ class Job:
     loss: str
     seed: int
     options: dict = field(default_factory=dict)
+    lr_scale: float = 1.0
 
 
 def _run_job(job: Job, quick: bool) -> dict:
     """One run; a run whose network diverged (non-finite scores) is recorded with a NaN metric
     and the error, so the suite goes on and the table shows it."""
+    global _LR_SCALE
     torch.set_num_threads(1)
+    _LR_SCALE = job.lr_scale
     t0 = time.perf_counter()
     error = None
     try:
@@ -520,15 +534,16 @@ def _run_job(job: Job, quick: bool) -> dict:
             raise
         curve, error = [float("nan")], f"diverged: {exc}"
     row = dict(task=job.task, loss=job.label, kind=job.kind, seed=job.seed, final=curve[-1], curve=curve,
-               seconds=time.perf_counter() - t0, options=job.options)
+               seconds=time.perf_counter() - t0, options=job.options, lr_scale=job.lr_scale)
     if error:
         row["error"] = error
     return row
 
 
 def jobs_for(tasks: Sequence[str], seeds: Sequence[int], variants: Dict[str, dict],
-             kinds: Sequence[str] = ("usual", "baseline", "uniloss", "variant")) -> List[Job]:
-    """Every (task, loss, seed) to run, the costliest tasks first."""
+             kinds: Sequence[str] = ("usual", "baseline", "uniloss", "variant"),
+             lr_scales: Sequence[float] = (1.0,)) -> List[Job]:
+    """Every (task, loss, learning-rate scale, seed) to run, the costliest tasks first."""
     jobs = []
     for name in sorted(tasks, key=lambda t: -TASKS[t].weight):
         task = TASKS[name]
@@ -536,16 +551,16 @@ def jobs_for(tasks: Sequence[str], seeds: Sequence[int], variants: Dict[str, dic
         rows += [(f"UniLoss, {v}", "variant", "uniloss", opts) for v, opts in variants.items()]
         for label, kind, loss, opts in rows:
             if kind in kinds:
-                jobs += [Job(name, label, kind, loss, s, opts) for s in seeds]
+                jobs += [Job(name, label, kind, loss, s, opts, lr) for lr in lr_scales for s in seeds]
     return jobs
 
 
 def summarise(runs: List[dict]) -> List[dict]:
     """Rows of the results schema (mean, std over seeds, per task and loss, in run order)."""
-    rows: Dict[Tuple[str, str], dict] = {}
+    rows: Dict[Tuple[str, str, float], dict] = {}
     for r in runs:
-        key = (r["task"], r["loss"])
-        row = rows.setdefault(key, dict(dataset=r["task"], loss=r["loss"], kind=r["kind"],
+        key = (r["task"], r["loss"], r.get("lr_scale", 1.0))
+        row = rows.setdefault(key, dict(dataset=r["task"], loss=r["loss"], kind=r["kind"], lr_scale=key[2],
                                         metric=TASKS[r["task"]].metric, seeds=[], seed_ids=[], paper=None))
         row["seeds"].append(r["final"])
         row["seed_ids"].append(r["seed"])
@@ -559,12 +574,28 @@ def summarise(runs: List[dict]) -> List[dict]:
     return list(rows.values())
 
 
-def verdicts(rows: List[dict]) -> Dict[str, dict]:
-    """Per task and UniLoss row: its difference to the usual loss and to the best baseline, and
-    whether it wins (ahead by more than the larger std), ties (within it) or loses."""
+def best_of_grid(rows: List[dict]) -> List[dict]:
+    """Each (task, loss) row at the learning-rate scale of the grid where its mean is highest
+    (selected on the held-out metric itself, the same way for every loss; a diverged scale is
+    never the best). With one scale these are the rows themselves."""
+    best: Dict[Tuple[str, str], dict] = {}
+    for r in rows:
+        key = (r["dataset"], r["loss"])
+        mean = -math.inf if math.isnan(r["mean"]) else r["mean"]
+        if key not in best or mean > (-math.inf if math.isnan(best[key]["mean"]) else best[key]["mean"]):
+            best[key] = r
+    return list(best.values())
+
+
+def verdicts(rows: List[dict], same_lr: bool = True) -> Dict[str, dict]:
+    """Per task and UniLoss row: its difference to the usual loss and to the best baseline at the
+    same learning-rate scale (any scale with ``same_lr=False``: for :func:`best_of_grid`'s rows),
+    and whether it wins (ahead by more than the larger std), ties (within it) or loses. Keyed by
+    task, then by the row's loss label (with `` @ lr xS`` where the scale is not 1)."""
     out: Dict[str, dict] = {}
-    for task in dict.fromkeys(r["dataset"] for r in rows):
-        mine = [r for r in rows if r["dataset"] == task]
+    scale = (lambda r: r.get("lr_scale", 1.0)) if same_lr else (lambda r: None)
+    for task, lr in dict.fromkeys((r["dataset"], scale(r)) for r in rows):
+        mine = [r for r in rows if r["dataset"] == task and scale(r) == lr]
         usual = [r for r in mine if r["kind"] == "usual"]
         base = max([r for r in mine if r["kind"] in ("usual", "baseline") and not math.isnan(r["mean"])],
                    key=lambda r: r["mean"], default=None)
@@ -579,32 +610,35 @@ def verdicts(rows: List[dict]) -> Dict[str, dict]:
                 noise = max(r["std"], ref["std"])
                 verdict = "win" if diff > noise else ("tie" if diff >= -noise else "loss")
                 entry[name] = dict(ref=ref["loss"], diff=diff, verdict="diverged" if math.isnan(diff) else verdict)
-            out.setdefault(task, {})[r["loss"]] = entry
+            out.setdefault(task, {})[_label(r)] = entry
     return out
+
+
+def _label(row: dict) -> str:
+    lr = row.get("lr_scale", 1.0)
+    return row["loss"] if lr == 1.0 else f"{row['loss']} @ lr x{lr:g}"
 
 
 def write_report(report: dict, out: str, plot: bool = True) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(report, fh, indent=2)
-    rows = report["rows"]
-    v = verdicts(rows)
-    scale = 100.0
     lines = [f"# {report['title']}", "",
              f"Held-out metric (x100), mean ± std over seeds {report['seeds']}; {report['machine']}; "
              f"{report['date']}; {report['total_seconds'] / 60:.1f} minutes with {report['jobs']} runs at a time. "
-             f"Regenerate: `{report['command']}`.", "",
-             "| task | metric | loss | kind | mean ± std | seeds | vs usual | vs best other |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        e = v.get(r["dataset"], {}).get(r["loss"], {})
-        cells = [f"{e[k]['diff'] * scale:+.2f} ({e[k]['verdict']})" if k in e else "" for k in ("usual", "best")]
-        seeds = " ".join(f"{v * scale:.2f}" for v in r["seeds"])
-        lines.append(f"| {r['dataset']} | {r['metric']} | {r['loss']} | {r['kind']} | "
-                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {seeds} | {cells[0]} | {cells[1]} |")
+             f"Regenerate: `{report['command']}`.", ""]
+    lines += _table(report["rows"], verdicts(report["rows"]))
     lines += ["", "`win`: ahead by more than the larger of the two rows' std; `tie`: within it; `loss`: behind "
               "(a seed that collapsed widens the std: read the seeds).",
-              "'best other' is the best of the usual loss and the baselines."]
+              "'best other' is the best of the usual loss and the baselines"
+              + (" at the same learning-rate scale." if len(report.get("lr_scales", [1.0])) > 1 else ".")]
+    if len(report.get("lr_scales", [1.0])) > 1:
+        best = best_of_grid(report["rows"])
+        lines += ["", f"## Each loss at its best learning rate of the grid x{report['lr_scales']}", "",
+                  "Every recipe's learning rate times each scale; each row is the scale with the highest mean "
+                  "(chosen on the held-out metric, the same way for every loss, so each row is optimistic by "
+                  "the same selection), compared with the usual loss and the baselines at their own best scale.", ""]
+        lines += _table(best, verdicts(best, same_lr=False))
     if report.get("variants"):
         lines += ["", "Variants (keywords of `uniloss.UniLoss` beside the defaults):", ""]
         lines += [f"- `{k}`: `{json.dumps(opts)}`" for k, opts in report["variants"].items()]
@@ -614,6 +648,19 @@ def write_report(report: dict, out: str, plot: bool = True) -> None:
         fh.write("\n".join(lines) + "\n")
     if plot:
         _plot(report, os.path.join(out, "curves.png"))
+
+
+def _table(rows: List[dict], v: Dict[str, dict]) -> List[str]:
+    scale = 100.0
+    lines = ["| task | metric | loss | kind | lr x | mean ± std | seeds | vs usual | vs best other |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = v.get(r["dataset"], {}).get(_label(r), {})
+        cells = [f"{e[k]['diff'] * scale:+.2f} ({e[k]['verdict']})" if k in e else "" for k in ("usual", "best")]
+        seeds = " ".join(f"{v * scale:.2f}" for v in r["seeds"])
+        lines.append(f"| {r['dataset']} | {r['metric']} | {r['loss']} | {r['kind']} | {r.get('lr_scale', 1.0):g} | "
+                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {seeds} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def _plot(report: dict, path: str) -> None:
@@ -628,9 +675,9 @@ def _plot(report: dict, path: str) -> None:
     fig, axes = plt.subplots(math.ceil(len(tasks) / cols), cols, figsize=(4.2 * cols, 3.2 * math.ceil(len(tasks) / cols)),
                              squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        labels = list(dict.fromkeys(r["loss"] for r in report["runs"] if r["task"] == task))
+        labels = list(dict.fromkeys(_label(r) for r in report["runs"] if r["task"] == task))
         for label in labels:
-            curves = [r["curve"] for r in report["runs"] if r["task"] == task and r["loss"] == label]
+            curves = [r["curve"] for r in report["runs"] if r["task"] == task and _label(r) == label]
             n = min(len(c) for c in curves)
             mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
             ax.plot(range(1, n + 1), mean, marker="." if n < 12 else None, label=label)
@@ -669,7 +716,8 @@ def run(args: argparse.Namespace) -> dict:
     variants = dict(parse_variant(v) for v in (args.variant or []))
     seeds = args.seeds if args.seeds is not None else [0, 1, 2]
     kinds = ("usual", "baseline", "uniloss", "variant") if not args.variants_only else ("variant",)
-    jobs = jobs_for(args.tasks or list(TASKS), seeds, variants, kinds)
+    lr_scales = args.lr_scales or [1.0]
+    jobs = jobs_for(args.tasks or list(TASKS), seeds, variants, kinds, lr_scales)
     start = time.perf_counter()
     out = args.out or ("docs/results/metric-wins" + ("/quick" if args.quick else ""))
     header = dict(
@@ -678,7 +726,7 @@ def run(args: argparse.Namespace) -> dict:
         + (" (quick screen)" if args.quick else ""),
         machine=machine() + f", torch {torch.__version__}, 1 thread a run", date=time.strftime("%Y-%m-%d"),
         command="uniloss reproduce metric-wins " + shlex.join(args.argv), seeds=seeds, jobs=args.jobs,
-        quick=args.quick, variants=variants,
+        quick=args.quick, variants=variants, lr_scales=lr_scales,
     )
     done: Dict[int, dict] = {}
     progress = _progress(len(jobs))
@@ -688,6 +736,9 @@ def run(args: argparse.Namespace) -> dict:
         rep = dict(header, rows=summarise(runs), runs=runs, total_seconds=time.perf_counter() - start,
                    complete=len(done) == len(jobs))
         rep["verdicts"] = verdicts(rep["rows"])
+        if len(lr_scales) > 1:
+            rep["best_lr_rows"] = best = best_of_grid(rep["rows"])
+            rep["best_lr_verdicts"] = verdicts(best, same_lr=False)
         write_report(rep, out, plot=final)
         return rep
 
@@ -695,7 +746,7 @@ def run(args: argparse.Namespace) -> dict:
         futures = {pool.submit(_run_job, job, args.quick): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
             done[futures[fut]] = r = fut.result()
-            progress(f"{r['task']:11s} {r['loss']:34s} seed {r['seed']}: {r['final']:.4f} ({r['seconds']:.0f} s)"
+            progress(f"{r['task']:11s} {_label(r):34s} seed {r['seed']}: {r['final']:.4f} ({r['seconds']:.0f} s)"
                      + (" DIVERGED" if "error" in r else ""))
             report(final=False)  # a killed screen keeps what it measured
     return report(final=True)
@@ -724,8 +775,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", action="append", metavar="NAME=JSON",
                         help='extra UniLoss row with these UniLoss keywords, e.g. t4=\'{"temperature": 4}\'')
     parser.add_argument("--variants-only", action="store_true", help="run only the --variant rows")
+    parser.add_argument("--lr-scales", type=_positive_float, nargs="+", metavar="S",
+                        help="run every row at each recipe's learning rate times each S, and add a table of each "
+                             "loss at its best scale (default: 1)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")
     parser.add_argument("--out", help="where the table goes (default docs/results/metric-wins[/quick])")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "python -m uniloss.experiments.metric_wins") -> dict:
