@@ -168,12 +168,12 @@ def test_traced_bits_are_the_hand_written_decompositions(name):
     c, c_hand = traced.comparisons(scores, plan), hand.comparisons(scores, hand_plan)
     assert c.shape == c_hand.shape and torch.equal(c, c_hand)
     assert torch.equal(traced.best(plan), hand.best(hand_plan).reshape(-1))
-    # the same anchors give the same loss and gradient (the pull per comparison: a traced site
-    # groups its comparisons into runs where the zoo's Ranking decoder has none)
+    # the same anchors give the same loss and gradient, the pull per run included (a traced
+    # ranking site's runs are the zoo's Ranking decoder's: an item's pairs with the less relevant)
     results = []
     for decomposition in (traced, hand):
         x = scores.clone().requires_grad_(True)
-        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7), pull_per="comparison")
+        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7))
         loss = loss_fn(x, target)
         loss.backward()
         results.append((loss.detach(), x.grad, loss_fn.last.metric))

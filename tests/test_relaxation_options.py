@@ -173,7 +173,8 @@ def test_pull_adds_the_gradient_of_the_cross_entropy_to_best_and_keeps_the_value
 def test_run_pull_by_hand_for_ap_and_the_zoos_argmax_metrics(seed):
     """AP's runs are the positives: log(1 + sum_neg exp(-(s_p - s_n))) summed over the positives and
     divided by the batch size (more samples than positives); the zoo's argmax metrics take
-    cross-entropy per row (sample or pixel); a decomposition without runs keeps the mean over
+    cross-entropy per row (sample or pixel); the zoo's ranking metrics one run per item (its pairs
+    with the less relevant items of its query); a decomposition without runs keeps the mean over
     comparisons (F1 at a threshold: per score, the same)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -200,6 +201,19 @@ def test_run_pull_by_hand_for_ap_and_the_zoos_argmax_metrics(seed):
     s = maps.clone().requires_grad_()
     torch.nn.functional.cross_entropy(s, pixels).backward()  # per pixel, averaged over the pixels
     torch.testing.assert_close(pull_grad(uniloss.zoo.mean_iou(4), maps, pixels), s.grad, rtol=1e-10, atol=1e-15)
+
+    # The zoo's ranking metrics (the Ranking decoder, pruned pairs): one run per item, its pairs
+    # with the less relevant items of its query; for 0/1 relevance AP's runs.
+    torch.testing.assert_close(pull_grad(uniloss.zoo.auroc(), scores, labels.long()),
+                               pull_grad(uniloss.AveragePrecision(), scores, labels), rtol=1e-10, atol=1e-15)
+    grades, query = torch.randint(0, 4, (24,), generator=g), torch.randint(0, 3, (24,), generator=g)
+    s = scores.clone().requires_grad_()
+    above = (grades[:, None] > grades[None, :]) & (query[:, None] == query[None, :])  # [i, j]: i more relevant
+    terms = torch.where(above, torch.exp(-(s[:, None] - s[None, :])), torch.zeros(()).double())
+    (torch.log1p(terms.sum(1)).sum() / 24).backward()
+    for dec in (uniloss.zoo.ndcg_at_k(5), uniloss.zoo.ndcg_at_k(5, num_grades=4)):
+        target = uniloss.decoders.RankingTarget(grades, query)
+        torch.testing.assert_close(pull_grad(dec, scores, target), s.grad, rtol=1e-10, atol=1e-15)
 
     binary = (torch.rand(16, generator=g) < 0.4).long()
     torch.testing.assert_close(pull_grad(uniloss.zoo.f_beta(1.0), scores[:16], binary),

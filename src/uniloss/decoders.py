@@ -59,6 +59,7 @@ from . import _validation as V
 from ._decomposition import static_layout, validate_scores
 from ._metrics import PCK, KeypointTarget
 from ._pairs import grouped_pairs, other_classes, static_pair_differences
+from ._structured import Runs
 
 __all__ = [
     "Decoder",
@@ -820,6 +821,16 @@ class Ranking(Decoder):
 
     def best(self, plan: Any) -> Tensor:
         return self._prepared(plan).best
+
+    def runs(self, plan: Any) -> Optional[Runs]:
+        """Pruned pairs (``"relevance"``, ``"binary"``): one run per item, its comparisons with the
+        less relevant items of its query (for 0/1 relevance a positive's with the negatives, as
+        :class:`uniloss.AveragePrecision`'s runs); the items of the least relevant grade have an
+        empty run. ``"all"`` compares items of one grade too: no runs."""
+        plan = self._prepared(plan)
+        if self.pairs == "all":
+            return None
+        return Runs(None, plan.a, None, plan.target.relevance.numel())
 
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)

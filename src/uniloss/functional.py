@@ -508,7 +508,8 @@ def uniloss(
         pull_per: the unit the pull is taken over (:func:`uniloss._interpolation.pull_cost`),
             with ``z_k = -(2 best_k - 1) c_k / tau``. ``"run"`` (default): per run of the
             decomposition's :class:`~uniloss.Structure` (a sample's comparisons for accuracy and
-            the argmax metrics of the zoo, a positive's for AP, a positive pixel's for PCK),
+            the argmax metrics of the zoo, a positive's for AP, a positive pixel's for PCK, an
+            item's with the less relevant items of its query for the zoo's ranking metrics),
             ``log(1 + sum_{k in run} exp(z_k))``, summed and divided by the larger of the number
             of runs and the batch size: for accuracy, cross-entropy on the logits exactly. A
             decomposition without runs takes it per comparison. ``"comparison"``:
