@@ -139,7 +139,7 @@ def _float64_case(name, large):
 
 @pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
 @pytest.mark.parametrize("options", [{}, {"distance": "cross_entropy", "temperature_scale": "rms"},
-                                     {"grad_scale": 1.0, "pull": 0.0, "nearby": "informative"}])
+                                     {"grad_scale": 1.0, "pull": 0.0, "nearby": "informative"}, {"step": "pull"}])
 @pytest.mark.parametrize("name", ["AP", "AP interpolated", "PCK", "zoo.auroc, queries", "zoo.ndcg_at_k, graded"])
 def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, large, monkeypatch):
     """The loss of a static layout (a raw target, sampled anchors) is that of the exact layout

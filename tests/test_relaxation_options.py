@@ -283,3 +283,62 @@ def test_pull_per_run_is_the_default_and_old_modules_keep_theirs():
     assert "pull_per='comparison'" in repr(explicit)
     per_run = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
     assert not torch.allclose(grad(per_run), grad(explicit))
+
+
+# ------------------------------------------------------------------------------ step="pull"
+
+
+@pytest.mark.parametrize("structured", [True, False])
+@pytest.mark.parametrize("grad_scale", ["bounded", 1.0])
+def test_step_pull_is_the_summed_gradient_times_the_pulls_share(structured, grad_scale):
+    """``step="pull"``: the gradient of ``step="sum"`` times ``P / (P + I)``, by hand for accuracy:
+    ``P`` cross-entropy's push on the comparisons ``sum_i (1 - p_{i,y}) / (n tau)``, ``I`` the
+    interpolation's alone (``pull=0``), read off the scores' gradient (for ``c_ij = s_iy - s_ij``,
+    ``|dL/dc_ij| = |dL/ds_ij|`` off the label). The value stays the interpolated metric's."""
+    dec, scores, target, anchors, c = _batch(5)
+    prepared = dec.prepare(scores, target, None)
+    given = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, num_good=4, num_nearby=4, num_bad=4,
+                                   generator=torch.Generator().manual_seed(1))
+    given = given if structured else given.dense()
+    kw = dict(anchors=given, temperature=0.7, grad_scale=grad_scale)
+    interp = _loss_grad(scores, prepared, dec, **kw)
+    summed = _loss_grad(scores, prepared, dec, pull=1.0, **kw)
+    stepped = _loss_grad(scores, prepared, dec, pull=1.0, step="pull", **kw)
+    off_label = torch.ones_like(scores, dtype=torch.bool).scatter_(1, target[:, None], False)
+    push_i = interp[1][off_label].abs().sum()
+    push_p = (1 - torch.softmax(scores / 0.7, 1).gather(1, target[:, None])).sum() / (len(target) * 0.7)
+    assert torch.equal(stepped[0], summed[0]) and torch.equal(stepped[0], interp[0])
+    torch.testing.assert_close(stepped[1], summed[1] * push_p / (push_p + push_i), rtol=1e-10, atol=1e-15)
+    assert 0 < push_i and not torch.allclose(stepped[1], summed[1])
+
+
+def test_step_pull_block_by_block_equals_one_block():
+    """PCK over ``chunk_bits`` (the chunked path measures the pull's push in its pass over the
+    blocks) gives the one-block engine's loss and gradient with ``step="pull"``."""
+    g = torch.Generator().manual_seed(4)
+    kp = 5 * torch.rand(2, 3, 2, generator=g, dtype=torch.float64)
+    target = uniloss.KeypointTarget(kp, torch.ones(2, 3, dtype=torch.bool), 1 + 2 * torch.rand(2, generator=g, dtype=torch.float64))
+    maps = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+    out = {}
+    for chunk_bits in (None, 16):
+        s = maps.clone().requires_grad_()
+        loss, info = F.uniloss_with_info(s, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2),
+                                         chunk_bits=chunk_bits, step="pull")
+        loss.backward()
+        out[info.path] = loss.detach(), s.grad
+    s = maps.clone().requires_grad_()
+    F.uniloss(s, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2)).backward()  # step="sum"
+    assert set(out) == {"structured", "chunked"}
+    torch.testing.assert_close(out["chunked"][0], out["structured"][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out["chunked"][1], out["structured"][1], rtol=1e-9, atol=1e-14)
+    assert not torch.allclose(out["structured"][1], s.grad)  # the step changed the gradient
+
+
+def test_step_option_is_checked_and_shown():
+    dec = uniloss.MulticlassAccuracy()
+    with pytest.raises(ValueError, match="step"):
+        uniloss.UniLoss(dec, step="both")
+    with pytest.raises(ValueError, match="pull=0"):
+        uniloss.UniLoss(dec, pull=0.0, step="pull")
+    assert "step='pull'" in repr(uniloss.UniLoss(dec, step="pull"))
+    assert "step" not in repr(uniloss.UniLoss(dec))

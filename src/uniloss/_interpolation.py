@@ -130,24 +130,39 @@ def idw_from_sq_distances(sq: Tensor, values: Tensor, anchor_weights: Optional[T
     return (weights * values).sum() / weights.sum()
 
 
-def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor]):
+def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor], need_push: bool = False):
     """The factor on the interpolation's gradient for ``grad_scale`` (see
     :func:`uniloss.functional.uniloss`): the harmonic distance (``"distance"``), ``1 / push`` with
     ``push = sum_k |d g~ / d c_k|`` from ``total_push()`` (``"normalized"``; 1 where the push is
-    zero), their minimum (``"bounded"``), or the number given."""
+    zero), their minimum (``"bounded"``), or the number given.
+
+    Returns ``(scale, push)``: ``push`` the interpolation's total push once scaled,
+    ``scale * sum_k |d g~ / d c_k|`` (detached), where ``need_push`` asks for it or the scale
+    measured it anyway, else ``None``."""
     if grad_scale not in ("normalized", "bounded"):
-        return harmonic if grad_scale == "distance" else float(grad_scale)
+        scale = harmonic if grad_scale == "distance" else float(grad_scale)
+        return scale, (total_push() * scale if need_push else None)
     push = total_push()
     unit = torch.where(push > 0, 1.0 / push.clamp_min(torch.finfo(push.dtype).tiny), torch.ones_like(push))
-    return torch.minimum(unit, harmonic) if grad_scale == "bounded" else unit
+    scale = torch.minimum(unit, harmonic) if grad_scale == "bounded" else unit
+    return scale, push * scale
+
+
+def step_factor(pull_push: Tensor, interp_push: Tensor) -> Tensor:
+    """``step="pull"``: the factor ``P / (P + I)`` on the whole gradient (the interpolation's, total
+    push ``I``, and the pull's, ``P``), so that a step has the pull's size and the direction of
+    their sum; 1 where both pushes are zero. Detached, a 0-dim tensor."""
+    total = pull_push + interp_push
+    return torch.where(total > 0, pull_push / total.clamp_min(torch.finfo(total.dtype).tiny), torch.ones_like(total))
 
 
 NEARBY = ("all", "informative")
 PULL_PER = ("run", "comparison")
+STEPS = ("sum", "pull")
 
 
 def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: int = 1,
-              num_valid: Optional[Tensor] = None, denominator: Optional[int] = None) -> Tensor:
+              num_valid: Optional[Tensor] = None, denominator: Optional[int] = None, with_push: bool = False):
     r"""The pull toward the best configuration: the cost whose gradient the engine adds to the
     interpolation's (``pull`` of :func:`uniloss.functional.uniloss`). With
     ``z_k = -(2 best_k - 1) c_k / tau`` (``best`` ``None``: every bit 1),
@@ -167,37 +182,57 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
     best 1, costs exactly 0, and ``l`` and ``S`` count only the real comparisons and the runs that
     hold one). ``denominator``: divide by it instead (the block-by-block path, whose ``c`` is one
     block of a call: the whole call's count). Differentiable in ``c``; a 0-dim tensor.
+
+    ``with_push``: return ``(cost, push)``, ``push = sum_k |d cost / d c_k|`` in closed form
+    (detached): ``sum_k sigmoid(z_k) / (l tau)`` per comparison, ``sum_s (1 - exp(-lse_s)) / (D tau)``
+    per run (``lse_s`` the run's term, ``D`` the denominator).
     """
     z = -c if best is None else (1.0 - best.to(c.dtype) * 2.0) * c
     if isinstance(temperature, Tensor) or temperature != 1.0:
         z = z / temperature
     if runs is None:
         total = torch.nn.functional.softplus(z).sum()
+        if with_push:
+            pushes = torch.sigmoid(z.detach()).sum()
         if denominator is not None:
-            return total / denominator
-        return total / (c.numel() if num_valid is None else num_valid.clamp_min(1))
-    num = runs.num
-    if num == 0:  # no run (a static layout's padding alone): no pull
-        return c.new_zeros(())
-    occupied: Union[int, Tensor] = num
-    if runs.width is not None:  # log(1 + sum exp(z)) per run: a logsumexp with a 0 in front
-        zz = z.view(num, runs.width)
-        total = torch.logsumexp(torch.nn.functional.pad(zz, (1, 0)), 1).sum()
-        if num_valid is not None:
-            occupied = torch.isfinite(zz.detach()).any(1).sum()
+            count: Union[int, Tensor] = denominator
+        else:
+            count = c.numel() if num_valid is None else num_valid.clamp_min(1)
     else:
-        ids = runs.run_ids(c.numel(), c.device).clamp_max(num - 1)  # a static layout's padding: after the runs
-        top = z.new_zeros(num).scatter_reduce(0, ids, z.detach(), "amax", include_self=True)
-        inner = z.new_zeros(num).index_add(0, ids, (z - top[ids]).exp())
-        total = (top + (inner + (-top).exp()).log()).sum()  # the same, stable
-        if num_valid is not None:
-            real = z.new_zeros(num).index_add(0, ids, torch.isfinite(z.detach()).to(z.dtype))
-            occupied = (real > 0).sum()
-    if denominator is not None:
-        return total / denominator
-    if isinstance(occupied, Tensor):
-        return total / occupied.clamp_min(rows)
-    return total / max(occupied, rows)
+        num = runs.num
+        if num == 0:  # no run (a static layout's padding alone): no pull
+            zero = c.new_zeros(())
+            return (zero, zero.detach()) if with_push else zero
+        occupied: Union[int, Tensor] = num
+        if runs.width is not None:  # log(1 + sum exp(z)) per run: a logsumexp with a 0 in front
+            zz = z.view(num, runs.width)
+            per = torch.logsumexp(torch.nn.functional.pad(zz, (1, 0)), 1)
+            if num_valid is not None:
+                occupied = torch.isfinite(zz.detach()).any(1).sum()
+        else:
+            ids = runs.run_ids(c.numel(), c.device).clamp_max(num - 1)  # a static layout's padding: after the runs
+            top = z.new_zeros(num).scatter_reduce(0, ids, z.detach(), "amax", include_self=True)
+            inner = z.new_zeros(num).index_add(0, ids, (z - top[ids]).exp())
+            per = top + (inner + (-top).exp()).log()  # the same, stable
+            if num_valid is not None:
+                real = z.new_zeros(num).index_add(0, ids, torch.isfinite(z.detach()).to(z.dtype))
+                occupied = (real > 0).sum()
+        total = per.sum()
+        if with_push:  # the softmax mass off the run's 0: 1 - exp(-lse) (expm1: exact for a tiny lse)
+            pushes = -torch.expm1(-per.detach()).sum()
+        if denominator is not None:
+            count = denominator
+        elif isinstance(occupied, Tensor):
+            count = occupied.clamp_min(rows)
+        else:
+            count = max(occupied, rows)
+    cost = total / count
+    if not with_push:
+        return cost
+    push = pushes / count
+    if isinstance(temperature, Tensor) or temperature != 1.0:
+        push = push / temperature
+    return cost, push.detach()
 
 
 def anchor_weights(nearby: str, kinds, values: Tensor, metric: Tensor, sign: float) -> Optional[Tensor]:

@@ -68,6 +68,8 @@ class UniLoss(nn.Module):
         pull: weight of the pull toward the best configuration added to the gradient (default
             1; 0 is the paper); see :func:`uniloss.functional.uniloss`.
         pull_per: ``"run"`` (default) or ``"comparison"``; see :func:`uniloss.functional.uniloss`.
+        step: ``"sum"`` (default: the interpolation's push plus the pull's) or ``"pull"`` (every
+            step of the pull's size); see :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
@@ -114,6 +116,7 @@ class UniLoss(nn.Module):
         pull: float = 1.0,
         nearby: str = "all",
         pull_per: str = "run",
+        step: str = "sum",
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -122,7 +125,7 @@ class UniLoss(nn.Module):
                 f"{type(decomposition).__name__}"
             )
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull, nearby, pull_per)
+                      temperature_scale, distance, pull, nearby, pull_per, step)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
         self.decomposition = decomposition
@@ -138,6 +141,7 @@ class UniLoss(nn.Module):
         self.pull = pull
         self.nearby = nearby
         self.pull_per = pull_per
+        self.step = step
         self.last = None
 
     # Whether forward() has seen an initialised process group (a class default, for modules
@@ -173,7 +177,7 @@ class UniLoss(nn.Module):
             validate_args=self.validate_args, good_anchors=self.good_anchors, chunk_bits=self.chunk_bits,
             temperature_scale=self.temperature_scale, distance=self.distance, pull=self.pull,
             nearby=getattr(self, "nearby", "all"),  # modules pickled before the options existed
-            pull_per=getattr(self, "pull_per", "comparison"),
+            pull_per=getattr(self, "pull_per", "comparison"), step=getattr(self, "step", "sum"),
         )
         return loss
 
@@ -206,5 +210,6 @@ class UniLoss(nn.Module):
             f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
             + ("" if getattr(self, "pull_per", "comparison") == "run"
                else f", pull_per={getattr(self, 'pull_per', 'comparison')!r}")
+            + ("" if getattr(self, "step", "sum") == "sum" else f", step={self.step!r}")
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )

@@ -44,7 +44,7 @@ from torch import Tensor
 from ._anchors import AnchorSet, draw_anchors, unpack_codes
 from ._decomposition import Structure
 from ._interpolation import (
-    anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost,
+    anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost, step_factor,
 )
 from ._limits import current_limits
 
@@ -354,12 +354,15 @@ def structured_loss(
     invalid: Optional[Tensor] = None,
     undefined: Optional[Tensor] = None,
     detached: Optional[Tensor] = None,
+    need_push: bool = False,
 ):
     """The loss from comparisons ``c`` (attached to them) and a structured anchor set.
 
     ``wrong`` is ``hard != best``. With ``runs`` (the :class:`Runs` of ``structure.runs``) the
     anchors' values come from ``structure.evaluate_zeros``, else from ``decomposition.evaluate``.
-    Returns ``(loss, values [t], metric, surrogate, kinds)``;
+    Returns ``(loss, values [t], metric, surrogate, kinds, push)``, ``push`` the interpolation's
+    total push on ``c`` where ``need_push`` asks for it or the gradient's scale measured it (see
+    :func:`uniloss._interpolation.gradient_scale`), else ``None``;
     ``all_good`` > 0 adds the ``l`` single-flip good anchors weighted ``all_good / l`` (see the
     module documentation). ``invalid``: the padding of a static layout (``c = +inf`` there, where
     every anchor is 1), left out of the distances; ``undefined``: its 0-dim bool "no comparison",
@@ -446,7 +449,7 @@ def structured_loss(
             member.add_(wrong_f * G_single.sum()).addcmul_(G_single, single_sign)
         return grad_comparisons(r, hard, member, total, distance)
 
-    scale = gradient_scale(grad_scale, harmonic, lambda: grad_c(factor).abs().sum())
+    scale, push = gradient_scale(grad_scale, harmonic, lambda: grad_c(factor).abs().sum(), need_push)
     coef = sign * factor * scale
 
     def sq_of(c_in: Tensor) -> Tensor:
@@ -479,7 +482,7 @@ def structured_loss(
     # A static layout without a comparison (e.g. AP without a positive): a zero loss, as the exact
     # layout's l == 0 gives (its gradient is the padding's: zero).
     loss = _Surrogate.apply(c, g if undefined is None else g.masked_fill(undefined, 0.0), sign, backward)
-    return loss, values, metric, g, kinds
+    return loss, values, metric, g, kinds, push
 
 
 def double_backward_grad(c: Tensor, sq_of: Callable[[Tensor], Tensor], values: Tensor, weights: Optional[Tensor],
@@ -550,10 +553,11 @@ def chunked_loss(
     nearby: str = "all",
     pull_per: str = "run",
     rows: Optional[int] = None,
+    step: str = "sum",
 ):
-    """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull`` and
-    ``pull_per`` as :func:`uniloss.functional.uniloss` documents them; each block holds whole
-    runs, so a run's pull is one block's).
+    """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull``,
+    ``pull_per`` and ``step`` as :func:`uniloss.functional.uniloss` documents them; each block
+    holds whole runs, so a run's pull is one block's).
 
     Needs a :class:`~uniloss.Structure` with ``comparisons_block`` and run lengths. Holds ``hard``
     (1 byte a bit) and the random anchors' codes (1 byte a bit per 8 anchors); every other
@@ -655,15 +659,26 @@ def chunked_loss(
     if rows is None:  # the batch size the runs are over (a wrapper's set: see functional._rows)
         rows = scores.shape[0] if scores.dim() else 1
     pull_rows = max(num_runs, rows) if pull_per == "run" else num_bits
+    pull_weight = pull
     with torch.no_grad():  # "bounded" and "normalized" take one more pass over the blocks: the total push
+        pull_push = torch.zeros((), dtype=dtype, device=device)
 
         def total_push() -> Tensor:
             push = torch.zeros((), dtype=dtype, device=device)
-            for _, _, grad_c in block_grads(factor, s_det):
+            for block, c, grad_c in block_grads(factor, s_det):
                 push += grad_c.abs().sum()
+                if step == "pull":  # the pull's push in the same pass (see pull_cost)
+                    runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per == "run" else None
+                    pull_push.add_(pull_cost(c, best[block[2]:block[3]], temperature, runs, denominator=pull_rows,
+                                             with_push=True)[1] * pull)
             return push
 
-        coef = sign * factor * gradient_scale(grad_scale, harmonic, total_push)
+        scale, push = gradient_scale(grad_scale, harmonic, total_push, step == "pull")
+        coef = sign * factor * scale
+        if step == "pull" and pull:  # every step of the pull's size (see functional._with_pull)
+            assert push is not None  # asked for
+            f = step_factor(pull_push, push)
+            coef, pull_weight = coef * f, f * pull
 
     def backward(grad_out: Tensor, _scores: Tensor) -> Tensor:
         if torch.is_grad_enabled():  # create_graph=True
@@ -681,7 +696,7 @@ def chunked_loss(
                 if pull:  # this block's part of the pull (see functional._with_pull), over the whole call's count
                     runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per == "run" else None
                     cost = pull_cost(c, best[b0:b1], temperature, runs, denominator=pull_rows)
-                    total = total + cost * (grad_out * pull)
+                    total = total + cost * (grad_out * pull_weight)
                 total.backward()
         return s.grad if s.grad is not None else torch.zeros_like(scores)
 

@@ -15,8 +15,8 @@ from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
 from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
 from ._interpolation import (
-    DISTANCES, NEARBY, PULL_PER, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale, gradient_scale,
-    harmonic_distance, idw_from_sq_distances, pull_cost, sq_distances_from_costs,
+    DISTANCES, NEARBY, PULL_PER, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale,
+    gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost, sq_distances_from_costs, step_factor,
 )
 from ._limits import EngineLimits, current_limits
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
@@ -71,6 +71,7 @@ def check_options(
     num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
     good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
     distance: object = "euclidean", pull: object = 0.0, nearby: object = "all", pull_per: object = "run",
+    step: object = "sum",
 ) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
@@ -93,6 +94,11 @@ def check_options(
         raise ValueError(f"Expected `nearby` in {NEARBY}, but got {nearby!r}")
     if pull_per not in PULL_PER:
         raise ValueError(f"Expected `pull_per` in {PULL_PER}, but got {pull_per!r}")
+    if step not in STEPS:
+        raise ValueError(f"Expected `step` in {STEPS}, but got {step!r}")
+    if step == "pull" and pull == 0.0:
+        raise ValueError("step='pull' gives every step the pull's size, and pull=0 has none: pass step='sum' "
+                         "with pull=0 (the paper's loss)")
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
@@ -237,6 +243,7 @@ def uniloss_with_info(
     pull: float = 1.0,
     nearby: str = "all",
     pull_per: str = "run",
+    step: str = "sum",
 ) -> "tuple[Tensor, LossInfo]":
     """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
     if not isinstance(decomposition, Decomposition):
@@ -246,7 +253,7 @@ def uniloss_with_info(
         )
     if validate_args:
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull, nearby, pull_per)
+                      temperature_scale, distance, pull, nearby, pull_per, step)
         V.check_generator(generator)
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
@@ -267,6 +274,7 @@ def uniloss_with_info(
             num_nearby=num_nearby, num_bad=num_bad, generator=generator,
             temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
             distance=distance, pull=pull, nearby=nearby, pull_per=pull_per, rows=_pull_rows(scores, plan.structure),
+            step=step,
         )
         loss = loss.to(scores.dtype)
         return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
@@ -315,9 +323,10 @@ def uniloss_with_info(
     pull_rows = _pull_rows(scores, structure)
     num_valid = None if static is None else static[0]
     if plan.path == "dense":
-        loss, info = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign,
-                                 distance, nearby)
-        loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid)
+        loss, info, push = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale,
+                                       sign, distance, nearby, need_push=step == "pull")
+        loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
+                          push if step == "pull" else None)
         return loss, with_exact_metric(info, decomposition, target)
     if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
@@ -327,14 +336,14 @@ def uniloss_with_info(
     if structure is not None and structure.evaluate_zeros is None:
         runs = None  # runs for the pull only: the anchors are evaluated densely
     assert wrong is not None  # structured anchors: set above
-    loss, values, metric, surrogate, kinds = structured_loss(
+    loss, values, metric, surrogate, kinds, push = structured_loss(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
         grad_scale=grad_scale, sign=sign, structure=structure, all_good=all_good, distance=distance, nearby=nearby,
         invalid=None if static is None else static[1], undefined=None if static is None else static[0] == 0,
-        detached=detached,
+        detached=detached, need_push=step == "pull",
     )
     loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
-                      pull_runs, pull_rows, num_valid)
+                      pull_runs, pull_rows, num_valid, push if step == "pull" else None)
     count: Union[int, Tensor] = l
     if static is not None:
         count = int(static[0]) if validate_args else static[0]
@@ -368,20 +377,29 @@ def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str
 
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
                temperature, pull: float, runs: Optional[Runs] = None, rows: int = 1,
-               num_valid: Optional[Tensor] = None) -> Tensor:
+               num_valid: Optional[Tensor] = None, interp_push: Optional[Tensor] = None) -> Tensor:
     """``loss`` whose gradient also carries ``pull`` times that of
     :func:`uniloss._interpolation.pull_cost` (per run where ``runs`` are given, else per
     comparison); the value stays the interpolated metric's. ``best``: the ``[l]`` best bits where
-    the caller has them; ``num_valid``: a static layout's number of comparisons."""
+    the caller has them; ``num_valid``: a static layout's number of comparisons. ``interp_push``
+    (``step="pull"``): the interpolation's total push ``I`` on ``c``; the whole gradient is then
+    multiplied by ``P / (P + I)``, ``P`` the pull's (:func:`uniloss._interpolation.step_factor`)."""
     if not pull or c.numel() == 0:
         return loss
     with torch.no_grad():
         if best is None:
             best = decomposition.best(target).reshape(-1).to(device=c.device)
-    cost = pull_cost(c, None if is_all_true(best) else best, temperature, runs, rows, num_valid)
-    if pull != 1.0:
-        cost = cost * pull
-    return loss + (cost - cost.detach()).to(loss.dtype)
+    best = None if is_all_true(best) else best
+    if interp_push is None:
+        cost, weight = pull_cost(c, best, temperature, runs, rows, num_valid), pull
+    else:
+        cost, push = pull_cost(c, best, temperature, runs, rows, num_valid, with_push=True)
+        f = step_factor(push * pull, interp_push.to(push.dtype))
+        loss = loss.detach() + (loss - loss.detach()) * f.to(loss.dtype)
+        weight = f * pull
+    if not isinstance(weight, Tensor) and weight == 1.0:
+        return loss + (cost - cost.detach()).to(loss.dtype)
+    return loss + ((cost - cost.detach()) * weight).to(loss.dtype)
 
 
 def _pull_rows(scores: Tensor, structure: Optional[Structure]) -> int:
@@ -405,8 +423,9 @@ def _detached(x: Tensor) -> Tensor:
 
 
 def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale, sign, distance,
-                nearby="all"):
-    """The dense path: anchors as a ``[t, l]`` tensor, interpolation through autograd."""
+                nearby="all", need_push=False):
+    """The dense path: anchors as a ``[t, l]`` tensor, interpolation through autograd. Returns
+    ``(loss, info, push)``, ``push`` as :func:`uniloss._structured.structured_loss` gives it."""
     l = c.numel()
     _, base, flip = bit_costs(c, temperature, distance)
     with torch.no_grad():
@@ -414,6 +433,7 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
         # One evaluate call for the anchors and the current configuration (last row).
         values = decomposition.evaluate(torch.cat([bits, hard[None]], 0), target).to(c.dtype)
         metric, values = values[-1], values[:-1]
+    push = None
     if l == 0:
         surrogate = torch.full((), float("nan"), dtype=c.dtype, device=c.device)
         loss = zero_loss(scores)
@@ -422,12 +442,12 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
         weights = anchor_weights(nearby, anchor_set.kinds, values, metric, sign)
         g = idw_from_sq_distances(sq, values, weights)
         surrogate = g.detach()
-        scale = gradient_scale(grad_scale, harmonic_distance(sq, weights), lambda: _total_push(g, c))
+        scale, push = gradient_scale(grad_scale, harmonic_distance(sq, weights), lambda: _total_push(g, c), need_push)
         signed = sign * g
         # The scale multiplies the gradient only: the value stays -g~ (or g~) so it reads as the metric.
         loss = signed.detach() + (signed - signed.detach()) * scale
         loss = loss.to(scores.dtype)
-    return loss, LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds)
+    return loss, LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds), push
 
 
 def zero_loss(scores: Tensor) -> Tensor:
@@ -467,6 +487,7 @@ def uniloss(
     pull: float = 1.0,
     nearby: str = "all",
     pull_per: str = "run",
+    step: str = "sum",
 ) -> Tensor:
     r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
 
@@ -516,6 +537,13 @@ def uniloss(
             ``mean_k softplus(z_k)``, each comparison on its own (for accuracy, each competitor
             gets ``1 / (C - 1)`` of a sample's pull: diluted on many classes; the default before
             0.2, measured on the metric-wins suite, ``docs/results/metric-wins/``).
+        step: how the interpolation's push and the pull's make one step. ``"sum"`` (default):
+            they add (for accuracy: cross-entropy's gradient plus the interpolation's, whose total
+            push ``I`` on the comparisons is up to one with ``grad_scale="bounded"``). ``"pull"``:
+            the whole gradient is multiplied by ``P / (P + I)``, ``P`` the pull's total push, so a
+            step has the pull's size (for accuracy, cross-entropy's: a learning rate tuned for
+            cross-entropy carries over) and the direction of both
+            (:func:`uniloss._interpolation.step_factor`). Needs ``pull > 0``.
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
             ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured:
             the scores then grow without bound and training stalls).
@@ -561,5 +589,6 @@ def uniloss(
         temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
         validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
         temperature_scale=temperature_scale, distance=distance, pull=pull, nearby=nearby, pull_per=pull_per,
+        step=step,
     )
     return loss
