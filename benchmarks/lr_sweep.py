@@ -1,5 +1,5 @@
 """Learning-rate sensitivity: UniLoss-accuracy (the paper's gradient, the previous and the current
-defaults, and ``nearby="informative"``) against cross-entropy on scikit-learn's digits, the same MLP, SGD (momentum 0.9), batch 128, 30 epochs.
+defaults, ``nearby="informative"`` and ``step="pull"``) against cross-entropy on scikit-learn's digits, the same MLP, SGD (momentum 0.9), batch 128, 30 epochs.
 
     python benchmarks/lr_sweep.py --out docs/results/lr-sweep
 
@@ -28,6 +28,7 @@ LOSSES = [
      dict(loss="uniloss", options={"pull_per": "comparison"})),
     ('UniLoss, defaults (grad_scale="bounded", pull=1 per run)', dict(loss="uniloss")),
     ('UniLoss, nearby="informative"', dict(loss="uniloss", options={"nearby": "informative"})),
+    ('UniLoss, step="pull" (every step of the pull\'s size)', dict(loss="uniloss", options={"step": "pull"})),
 ]
 
 

@@ -1,6 +1,7 @@
 """What the pull per run (``pull_per="run"``, the default since 0.2) costs per loss call against the
-pull per comparison: forward and backward, eager, one thread, both measured interleaved in one
-process (median of 250 calls after 50 warm-up ones), ratio beside the absolute times.
+pull per comparison, and what ``step="pull"`` adds to it: forward and backward, eager, one
+thread, all measured interleaved in one process (median of 250 calls after 50 warm-up ones),
+ratios to the pull per run beside the absolute times.
 
     python benchmarks/pull_cost.py     # writes docs/results/metric-wins/pull-cost.txt
 """
@@ -33,8 +34,9 @@ def main() -> str:
     lines = [f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
              f"{time.strftime('%Y-%m-%d')}. Regenerate: `python benchmarks/pull_cost.py`.", ""]
     for name, (dec, scores, target) in cases.items():
-        fns = {per: uniloss.UniLoss(dec, pull_per=per, validate_args=False, generator=torch.Generator().manual_seed(0))
-               for per in ("comparison", "run")}
+        configs = {"per comparison": dict(pull_per="comparison"), "per run": {}, 'step="pull"': dict(step="pull")}
+        fns = {k: uniloss.UniLoss(dec, validate_args=False, generator=torch.Generator().manual_seed(0), **kw)
+               for k, kw in configs.items()}
         times: dict = {per: [] for per in fns}
         for _ in range(300):
             for per, fn in fns.items():
@@ -42,8 +44,9 @@ def main() -> str:
                 start = time.perf_counter()
                 fn(x, target).backward()
                 times[per].append(time.perf_counter() - start)
-        c, r = (statistics.median(times[p][50:]) for p in ("comparison", "run"))
-        lines.append(f"{name:20s} per comparison {1e3 * c:.3f} ms   per run {1e3 * r:.3f} ms   ratio {r / c:.2f}")
+        med = {k: statistics.median(v[50:]) for k, v in times.items()}
+        lines.append(f"{name:20s} " + "   ".join(
+            f"{k} {1e3 * t:.3f} ms" + ("" if k == "per run" else f" ({t / med['per run']:.2f}x)") for k, t in med.items()))
     text = "\n".join(lines) + "\n"
     OUT.write_text(text)
     return text

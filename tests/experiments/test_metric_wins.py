@@ -118,3 +118,31 @@ def test_a_diverged_run_is_recorded_and_its_row_is_nan():
     rows = M.summarise(runs)
     assert rows[0]["diverged"] == 1 and rows[0]["mean"] != rows[0]["mean"]
     assert M.verdicts(rows)["imb-ap"]["u"]["usual"]["verdict"] == "diverged"
+
+
+def test_merging_reports_pools_their_runs(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "merge_metric_wins.py"
+    spec = importlib.util.spec_from_file_location("merge_metric_wins", path)
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    base = dict(table="t", title="T", machine="m", date="d", seeds=[0, 1], jobs=1, quick=True)
+
+    def part(name, loss, kind, lr, finals):
+        runs = [dict(task="digits-f1", loss=loss, kind=kind, seed=s, final=f, curve=[f], seconds=1.0, options={},
+                     lr_scale=lr) for s, f in enumerate(finals)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(dict(
+            base, runs=runs, command=f"cmd {name}", total_seconds=2.0, variants={}, lr_scales=[lr])))
+        return str(tmp_path / name)
+
+    report = merge.merge([part("a", "cross-entropy", "usual", 1.0, [0.9, 0.92]),
+                          part("b", "cross-entropy", "usual", 2.0, [0.95, 0.97]),
+                          part("c", "UniLoss (defaults)", "uniloss", 2.0, [0.96, 0.96])])
+    assert report["command"] == "cmd a ; cmd b ; cmd c" and report["lr_scales"] == [1.0, 2.0]
+    best = {r["loss"]: (r["lr_scale"], r["mean"]) for r in report["best_lr_rows"]}
+    assert best["cross-entropy"] == (2.0, pytest.approx(0.96)) and best["UniLoss (defaults)"][0] == 2.0
+    assert report["verdicts"]["digits-f1"]["UniLoss (defaults) @ lr x2"]["usual"]["verdict"] == "tie"
