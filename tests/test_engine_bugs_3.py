@@ -121,12 +121,13 @@ def test_structured_all_good_anchors_second_derivative_equals_its_dense_weighted
 @pytest.mark.parametrize("name", ["ap", "acc", "pck"])
 def test_structured_gradgradcheck(name):
     """The second derivative against finite differences of the first (fixed anchors, constant
-    gradient scale)."""
+    gradient scale: ``grad_scale=1.0`` and ``step="sum"``; the step factor, like the bounded
+    scale, is a detached function of the comparisons)."""
     dec, scores, target = _double_case(name, seed=5)
     anchors, prepared = _structured_anchors(dec, scores, target, seed=6)
 
     def loss(s):
-        return F.uniloss(s, prepared, dec, anchors=anchors, grad_scale=1.0, temperature=0.8)
+        return F.uniloss(s, prepared, dec, anchors=anchors, grad_scale=1.0, temperature=0.8, step="sum")
 
     assert torch.autograd.gradgradcheck(loss, (scores.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-4)
 

@@ -21,6 +21,7 @@ def _batch(seed=0):
 
 def _loss_grad(scores, target, dec, **kw):
     kw.setdefault("pull", 0.0)  # the interpolation alone unless a test says otherwise
+    kw.setdefault("step", "sum")  # the pull's gradient added, not the step rescaled (see the step tests)
     s = scores.clone().requires_grad_()
     loss = F.uniloss(s, target, dec, **kw)
     loss.backward()
@@ -227,7 +228,8 @@ def test_pull_keeps_pushing_a_comparison_wrong_by_a_wide_margin():
         grads = []
         for m in (1.0, 50.0):
             s = torch.tensor([0.0, m, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
-            F.uniloss(s, target, uniloss.AveragePrecision(), anchors=anchors, pull=1.0, pull_per=per).backward()
+            F.uniloss(s, target, uniloss.AveragePrecision(), anchors=anchors, pull=1.0, pull_per=per,
+                      step="sum").backward()
             grads.append(float(s.grad[1]))
         # d/dc softplus(c) -> 1, the mean of 3 bits; per run: the one positive's soft maximum, over 4 samples
         assert grads[1] == pytest.approx(share, rel=1e-6) and grads[0] > 0
@@ -327,7 +329,7 @@ def test_step_pull_block_by_block_equals_one_block():
         loss.backward()
         out[info.path] = loss.detach(), s.grad
     s = maps.clone().requires_grad_()
-    F.uniloss(s, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2)).backward()  # step="sum"
+    F.uniloss(s, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2), step="sum").backward()
     assert set(out) == {"structured", "chunked"}
     torch.testing.assert_close(out["chunked"][0], out["structured"][0], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(out["chunked"][1], out["structured"][1], rtol=1e-9, atol=1e-14)
@@ -338,7 +340,9 @@ def test_step_option_is_checked_and_shown():
     dec = uniloss.MulticlassAccuracy()
     with pytest.raises(ValueError, match="step"):
         uniloss.UniLoss(dec, step="both")
-    with pytest.raises(ValueError, match="pull=0"):
-        uniloss.UniLoss(dec, pull=0.0, step="pull")
-    assert "step='pull'" in repr(uniloss.UniLoss(dec, step="pull"))
-    assert "step" not in repr(uniloss.UniLoss(dec))
+    assert "step='sum'" in repr(uniloss.UniLoss(dec, step="sum"))
+    assert "step" not in repr(uniloss.UniLoss(dec))  # "pull", the default since 0.3
+    # pull=0 (the paper's loss): no pull to size the step by, the interpolation's gradient either way
+    dec, scores, target, anchors, c = _batch(2)
+    one, two = (_loss_grad(scores, target, dec, anchors=anchors, pull=0.0, step=s) for s in ("pull", "sum"))
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])

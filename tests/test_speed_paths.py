@@ -100,8 +100,9 @@ class _CountOps(TorchDispatchMode):
 # The defaults' pull and bounded gradient scale cost about 20 operator calls more than the paper's loss
 # (the pull per run, a logsumexp per run, 10 more than per comparison: AP 192 against 182, accuracy
 # 172 against 162); AP's reported metric, scikit-learn's value on tied scores (two sorts and
-# searches), 13 more.
-@pytest.mark.parametrize("kind,budget", [("ap", 195), ("accuracy", 175)])
+# searches), 13 more. step="pull" (the default since 0.3: the pull's push in closed form, the step
+# factor, the rescaled gradient) 14 more: AP 206 against 192, accuracy 186 against 172.
+@pytest.mark.parametrize("kind,budget", [("ap", 206), ("accuracy", 186)])
 def test_small_step_operation_budget(kind, budget):
     # At small sizes a step costs what its operator calls cost (a few microseconds each): keep
     # their number in check. The dense engine this replaced made about 170.

@@ -151,9 +151,9 @@ def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor
 def step_factor(pull_push: Tensor, interp_push: Tensor) -> Tensor:
     """``step="pull"``: the factor ``P / (P + I)`` on the whole gradient (the interpolation's, total
     push ``I``, and the pull's, ``P``), so that a step has the pull's size and the direction of
-    their sum; 1 where both pushes are zero. Detached, a 0-dim tensor."""
+    their sum (0 where both pushes are zero: there is no step to size). Detached, a 0-dim tensor."""
     total = pull_push + interp_push
-    return torch.where(total > 0, pull_push / total.clamp_min(torch.finfo(total.dtype).tiny), torch.ones_like(total))
+    return pull_push / total.clamp_min(torch.finfo(total.dtype).tiny)  # 0 / tiny where both are zero: no step
 
 
 NEARBY = ("all", "informative")
@@ -193,7 +193,8 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
     if runs is None:
         total = torch.nn.functional.softplus(z).sum()
         if with_push:
-            pushes = torch.sigmoid(z.detach()).sum()
+            with torch.no_grad():
+                pushes = torch.sigmoid(z).sum()
         if denominator is not None:
             count: Union[int, Tensor] = denominator
         else:
@@ -219,7 +220,8 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
                 occupied = (real > 0).sum()
         total = per.sum()
         if with_push:  # the softmax mass off the run's 0: 1 - exp(-lse) (expm1: exact for a tiny lse)
-            pushes = -torch.expm1(-per.detach()).sum()
+            with torch.no_grad():
+                pushes = per.neg().expm1_().sum().neg_()
         if denominator is not None:
             count = denominator
         elif isinstance(occupied, Tensor):
@@ -229,10 +231,11 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
     cost = total / count
     if not with_push:
         return cost
-    push = pushes / count
-    if isinstance(temperature, Tensor) or temperature != 1.0:
-        push = push / temperature
-    return cost, push.detach()
+    with torch.no_grad():
+        push = pushes / count
+        if isinstance(temperature, Tensor) or temperature != 1.0:
+            push = push / temperature
+    return cost, push
 
 
 def anchor_weights(nearby: str, kinds, values: Tensor, metric: Tensor, sign: float) -> Optional[Tensor]:

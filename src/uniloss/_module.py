@@ -68,8 +68,8 @@ class UniLoss(nn.Module):
         pull: weight of the pull toward the best configuration added to the gradient (default
             1; 0 is the paper); see :func:`uniloss.functional.uniloss`.
         pull_per: ``"run"`` (default) or ``"comparison"``; see :func:`uniloss.functional.uniloss`.
-        step: ``"sum"`` (default: the interpolation's push plus the pull's) or ``"pull"`` (every
-            step of the pull's size); see :func:`uniloss.functional.uniloss`.
+        step: ``"pull"`` (default: every step of the pull's size) or ``"sum"`` (0.2: the
+            interpolation's push plus the pull's); see :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
@@ -116,7 +116,7 @@ class UniLoss(nn.Module):
         pull: float = 1.0,
         nearby: str = "all",
         pull_per: str = "run",
-        step: str = "sum",
+        step: str = "pull",
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -177,7 +177,7 @@ class UniLoss(nn.Module):
             validate_args=self.validate_args, good_anchors=self.good_anchors, chunk_bits=self.chunk_bits,
             temperature_scale=self.temperature_scale, distance=self.distance, pull=self.pull,
             nearby=getattr(self, "nearby", "all"),  # modules pickled before the options existed
-            pull_per=getattr(self, "pull_per", "comparison"), step=getattr(self, "step", "sum"),
+            pull_per=getattr(self, "pull_per", "comparison"), step=getattr(self, "step", "sum"),  # modules pickled before 0.3 keep theirs
         )
         return loss
 
@@ -210,6 +210,6 @@ class UniLoss(nn.Module):
             f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
             + ("" if getattr(self, "pull_per", "comparison") == "run"
                else f", pull_per={getattr(self, 'pull_per', 'comparison')!r}")
-            + ("" if getattr(self, "step", "sum") == "sum" else f", step={self.step!r}")
+            + ("" if getattr(self, "step", "sum") == "pull" else f", step={getattr(self, 'step', 'sum')!r}")
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )
