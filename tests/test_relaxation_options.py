@@ -346,3 +346,26 @@ def test_step_option_is_checked_and_shown():
     dec, scores, target, anchors, c = _batch(2)
     one, two = (_loss_grad(scores, target, dec, anchors=anchors, pull=0.0, step=s) for s in ("pull", "sum"))
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_step_pull_with_pull_zero_measures_no_push(monkeypatch):
+    """With ``pull=0`` (the paper's loss) and a constant gradient scale, ``step="pull"`` (the
+    default) asks the engine for no total push: no extra pass over the comparisons."""
+    from uniloss import _interpolation
+
+    calls = []
+    real = _interpolation.gradient_scale
+
+    def spy(grad_scale, harmonic, total_push, need_push=False):
+        calls.append(need_push)
+        return real(grad_scale, harmonic, total_push, need_push)
+
+    monkeypatch.setattr(uniloss._structured, "gradient_scale", spy)
+    monkeypatch.setattr(F, "gradient_scale", spy)
+    dec, scores, target, anchors, c = _batch(3)
+    for given in (anchors, None):  # dense, then sampled (structured)
+        F.uniloss(scores.clone().requires_grad_(), target, dec, anchors=given, pull=0.0, grad_scale=1.0,
+                  generator=torch.Generator().manual_seed(0)).backward()
+        F.uniloss(scores.clone().requires_grad_(), target, dec, anchors=given, grad_scale=1.0,
+                  generator=torch.Generator().manual_seed(0)).backward()
+    assert calls == [False, True, False, True]

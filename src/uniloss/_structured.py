@@ -667,13 +667,13 @@ def chunked_loss(
             push = torch.zeros((), dtype=dtype, device=device)
             for block, c, grad_c in block_grads(factor, s_det):
                 push += grad_c.abs().sum()
-                if step == "pull":  # the pull's push in the same pass (see pull_cost)
+                if step == "pull" and pull:  # the pull's push in the same pass (see pull_cost)
                     runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per == "run" else None
                     pull_push.add_(pull_cost(c, best[block[2]:block[3]], temperature, runs, denominator=pull_rows,
                                              with_push=True)[1] * pull)
             return push
 
-        scale, push = gradient_scale(grad_scale, harmonic, total_push, step == "pull")
+        scale, push = gradient_scale(grad_scale, harmonic, total_push, step == "pull" and bool(pull))
         coef = sign * factor * scale
         if step == "pull" and pull:  # every step of the pull's size (see functional._with_pull)
             assert push is not None  # asked for

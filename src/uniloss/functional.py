@@ -319,11 +319,12 @@ def uniloss_with_info(
     pull_runs = runs if pull_per == "run" else None
     pull_rows = _pull_rows(scores, structure)
     num_valid = None if static is None else static[0]
+    stepped = step == "pull" and bool(pull)  # the step rule needs the interpolation's push (pull=0: none)
     if plan.path == "dense":
         loss, info, push = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale,
-                                       sign, distance, nearby, need_push=step == "pull")
+                                       sign, distance, nearby, need_push=stepped)
         loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
-                          push if step == "pull" else None)
+                          push if stepped else None)
         return loss, with_exact_metric(info, decomposition, target)
     if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
@@ -337,10 +338,10 @@ def uniloss_with_info(
         c, hard, wrong, anchor_set, decomposition, target, runs, temperature=temperature,
         grad_scale=grad_scale, sign=sign, structure=structure, all_good=all_good, distance=distance, nearby=nearby,
         invalid=None if static is None else static[1], undefined=None if static is None else static[0] == 0,
-        detached=detached, need_push=step == "pull",
+        detached=detached, need_push=stepped,
     )
     loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
-                      pull_runs, pull_rows, num_valid, push if step == "pull" else None)
+                      pull_runs, pull_rows, num_valid, push if stepped else None)
     count: Union[int, Tensor] = l
     if static is not None:
         count = int(static[0]) if validate_args else static[0]
