@@ -659,7 +659,7 @@ def chunked_loss(
     if rows is None:  # the batch size the runs are over (a wrapper's set: see functional._rows)
         rows = scores.shape[0] if scores.dim() else 1
     pull_rows = max(num_runs, rows) if pull_per == "run" else num_bits
-    pull_weight = pull
+    pull_weight: Union[float, Tensor] = pull
     with torch.no_grad():  # "bounded" and "normalized" take one more pass over the blocks: the total push
         pull_push = torch.zeros((), dtype=dtype, device=device)
 

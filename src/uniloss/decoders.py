@@ -130,8 +130,9 @@ class Decoder:
         """An ``[l]`` bool configuration that decodes to the ground truth."""
         raise _missing(self, "best")
 
-    def runs(self, plan: Any) -> Optional[Union[int, Tensor]]:
-        """Optional: the units the comparisons decode, as :attr:`uniloss.Structure.runs`."""
+    def runs(self, plan: Any) -> Optional[Union[int, Tensor, Runs]]:
+        """Optional: the units the comparisons decode, as :attr:`uniloss.Structure.runs` (a
+        :class:`uniloss._structured.Runs` where the run of each bit is given, e.g. in a static layout)."""
         return None
 
     def decode(self, bits: Tensor, plan: Any) -> Any:
