@@ -553,7 +553,7 @@ def chunked_loss(
     nearby: str = "all",
     pull_per: str = "run",
     rows: Optional[int] = None,
-    step: str = "sum",
+    step: str = "pull",
 ):
     """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull``,
     ``pull_per`` and ``step`` as :func:`uniloss.functional.uniloss` documents them; each block
@@ -660,6 +660,7 @@ def chunked_loss(
         rows = scores.shape[0] if scores.dim() else 1
     pull_rows = max(num_runs, rows) if pull_per == "run" else num_bits
     pull_weight: Union[float, Tensor] = pull
+    stepped = step == "pull" and bool(pull)  # the step rule (pull=0: no pull to size the step by)
     with torch.no_grad():  # "bounded" and "normalized" take one more pass over the blocks: the total push
         pull_push = torch.zeros((), dtype=dtype, device=device)
 
@@ -667,15 +668,15 @@ def chunked_loss(
             push = torch.zeros((), dtype=dtype, device=device)
             for block, c, grad_c in block_grads(factor, s_det):
                 push += grad_c.abs().sum()
-                if step == "pull" and pull:  # the pull's push in the same pass (see pull_cost)
+                if stepped:  # the pull's push in the same pass (see pull_cost)
                     runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per == "run" else None
                     pull_push.add_(pull_cost(c, best[block[2]:block[3]], temperature, runs, denominator=pull_rows,
                                              with_push=True)[1] * pull)
             return push
 
-        scale, push = gradient_scale(grad_scale, harmonic, total_push, step == "pull" and bool(pull))
+        scale, push = gradient_scale(grad_scale, harmonic, total_push, stepped)
         coef = sign * factor * scale
-        if step == "pull" and pull:  # every step of the pull's size (see functional._with_pull)
+        if stepped:  # every step of the pull's size (see functional._with_pull)
             assert push is not None  # asked for
             f = step_factor(pull_push, push)
             coef, pull_weight = coef * f, f * pull

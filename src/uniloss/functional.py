@@ -71,7 +71,7 @@ def check_options(
     num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
     good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
     distance: object = "euclidean", pull: object = 0.0, nearby: object = "all", pull_per: object = "run",
-    step: object = "sum",
+    step: object = "pull",
 ) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
