@@ -138,14 +138,15 @@ def noisy_masks(split: str, count: int, seed: int, data_dir: Optional[str] = Non
     return x, mask
 
 
-def imbalanced_binary(seed: int = 0):
-    """``make_classification`` with 5% positives, 20 features (5 informative), 2% label noise:
+def imbalanced_binary(seed: int = 0, flip_y: float = 0.02, class_sep: float = 0.8):
+    """``make_classification`` with 5% positives, 20 features (5 informative), 2% label noise
+    (``flip_y``: the share of labels drawn at random; ``class_sep``: the classes' separation):
     ``(x_train [10000, 20], y_train, x_val [5000, 20], y_val, x_test [5000, 20], y_test)``,
     standardised with the training split's statistics."""
     from sklearn.datasets import make_classification
 
     x, y = make_classification(n_samples=20_000, n_features=20, n_informative=5, n_redundant=5,
-                               weights=[0.95], flip_y=0.02, class_sep=0.8, random_state=seed)
+                               weights=[0.95], flip_y=flip_y, class_sep=class_sep, random_state=seed)
     x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
     mean, std = x[:10_000].mean(0), x[:10_000].std(0)
     x = (x - mean) / std
@@ -305,8 +306,9 @@ def _binary_loss(loss: str, decomposition, seed: int, options: dict, pos_weight:
     raise ValueError(f"unknown loss {loss!r}")
 
 
-def _run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict) -> List[float]:
-    xtr, ytr, xva, yva, xte, yte = imbalanced_binary()
+def _run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict, **data) -> List[float]:
+    """An ``imb-ap``/``imb-f1`` run; ``data``: keywords of :func:`imbalanced_binary`."""
+    xtr, ytr, xva, yva, xte, yte = imbalanced_binary(**data)
     model = seeded(seed, lambda: mlp(20, 64, 64, 1))
     gen = torch.Generator().manual_seed(seed)
     pos_weight = float((ytr == 0).sum()) / float((ytr == 1).sum())
