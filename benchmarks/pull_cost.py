@@ -1,14 +1,14 @@
-"""What the pull per run (``pull_per="run"``, the default since 0.2) costs per loss call against the
-pull per comparison, and what ``step="pull"`` adds to it: forward and backward, eager, one
-thread, all measured interleaved in one process (median of 250 calls after 50 warm-up ones),
-ratios to the pull per run beside the absolute times.
+"""What the pull per run (``pull_per="run"``, 0.2) costs per loss call against the pull per
+comparison, what ``step="pull"`` (0.3) adds to it, and the defaults of 0.4 (``pull_per="sample"``:
+AP's pull on per-sample margins; accuracy keeps 0.3's): forward and backward, eager, one thread,
+all measured interleaved in one process (median of 250 calls after 50 warm-up ones), ratios to
+the pull per run beside the absolute times.
 
     python benchmarks/pull_cost.py     # writes docs/results/metric-wins/pull-cost.txt
 """
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import uniloss
+from uniloss.experiments.reproduce import machine
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "metric-wins" / "pull-cost.txt"
 
@@ -31,10 +32,11 @@ def main() -> str:
         "accuracy, 128 x 100": (uniloss.MulticlassAccuracy(), torch.randn(128, 100, generator=g),
                                 torch.randint(0, 100, (128,), generator=g)),
     }
-    lines = [f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
+    lines = [f"{machine()}, torch {torch.__version__}, 1 thread, "
              f"{time.strftime('%Y-%m-%d')}. Regenerate: `python benchmarks/pull_cost.py`.", ""]
     for name, (dec, scores, target) in cases.items():
-        configs = {"per comparison": dict(pull_per="comparison"), "per run": {}, 'step="pull"': dict(step="pull")}
+        configs = {"per comparison": dict(pull_per="comparison", step="sum"), "per run": dict(pull_per="run", step="sum"),
+                   'step="pull"': dict(pull_per="run", step="pull"), "0.4 defaults": {}}
         fns = {k: uniloss.UniLoss(dec, validate_args=False, generator=torch.Generator().manual_seed(0), **kw)
                for k, kw in configs.items()}
         times: dict = {per: [] for per in fns}

@@ -511,10 +511,21 @@ def test_generic_evaluator_loss_has_finite_gradient_and_is_deterministic(make_de
 
 def test_ranking_batch_without_comparisons_gives_attached_zero_loss():
     scores = torch.randn(6, requires_grad=True)
-    loss = F.uniloss(scores, torch.ones(6), uniloss.zoo.auroc())
+    loss = F.uniloss(scores, torch.ones(6), uniloss.zoo.auroc(), pull_per="run")
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(scores.grad, torch.zeros(6))
     assert math.isnan(float(uniloss.zoo.auroc().metric(scores, torch.ones(6))))
+
+
+def test_ranking_batch_without_comparisons_keeps_the_margin_pull():
+    # One ranking, every item relevant: no comparison, but the pull on the margins (the default
+    # pull_per="sample") is binary cross-entropy, which still pulls each score up.
+    scores = torch.randn(6, requires_grad=True)
+    loss = F.uniloss(scores, torch.ones(6), uniloss.zoo.auroc())
+    (grad,) = torch.autograd.grad(loss, scores)
+    (bce,) = torch.autograd.grad(torch.nn.functional.binary_cross_entropy_with_logits(scores, torch.ones(6)), scores)
+    assert float(loss.detach()) == 0.0
+    torch.testing.assert_close(grad, bce)
 
 
 # ------------------------------------------------------------------ bad input

@@ -184,11 +184,14 @@ def test_rank_without_positives(ranks):
             assert grad.abs().sum() > 0  # its negatives still train against rank 0's positives
 
 
-def test_global_batch_without_positives_gives_zero(ranks):
+def test_global_batch_without_positives_gives_zero_and_the_margin_pull(ranks):
+    # AP undefined: a zero loss; its gradient the default pull's on the margins, binary
+    # cross-entropy over the global batch of 12 (grad_reduction="sum": the one-process gradient).
+    scores, _ = _batch(12, 0)
     for rank in range(WORLD):
-        _, (loss, grad, metric) = ranks[rank][("ap-global-no-positive",)]
+        rows, (loss, grad, metric) = ranks[rank][("ap-global-no-positive",)]
         assert loss == 0.0 and metric != metric  # NaN: AP undefined
-        assert torch.equal(grad, torch.zeros_like(grad))
+        torch.testing.assert_close(grad, torch.sigmoid(scores[rows]) / 12, **TOL)
 
 
 def test_accuracy_through_wrapper_equals_single_process(ranks):

@@ -217,12 +217,15 @@ def test_lower_is_better_decomposition_gives_plus_g():
 @pytest.mark.parametrize("labels", [torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)])
 def test_ap_undefined_batch_gives_attached_zero_loss(labels):
     scores = torch.randn(6, requires_grad=True)
-    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision())
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="run")
     loss = loss_fn(scores, labels)
     assert float(loss.detach()) == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(scores.grad, torch.zeros(6))
     assert loss_fn.last.num_bits == 0
+    # the default pull on the margins still pulls every score: binary cross-entropy's gradient
+    (grad,) = torch.autograd.grad(uniloss.UniLoss(uniloss.AveragePrecision())(scores, labels), scores)
+    torch.testing.assert_close(grad, (torch.sigmoid(scores.detach()) - labels) / 6)
 
 
 def test_pck_without_visible_joint_gives_attached_zero_loss():

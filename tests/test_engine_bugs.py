@@ -176,20 +176,25 @@ def test_idw_closed_form_matches_autograd_on_ordinary_inputs():
 def test_undefined_batch_loss_is_exact_zero_when_the_sum_overflows(make):
     scores = torch.full((64,), 5000.0, dtype=torch.float16, requires_grad=True)
     assert torch.isinf(scores.detach().sum())  # the old scores.sum() * 0.0 was NaN
-    loss = uniloss_fn(scores, torch.zeros(64, dtype=torch.long), make())
+    loss = uniloss_fn(scores, torch.zeros(64, dtype=torch.long), make(), pull_per="run")
     assert loss.requires_grad
     assert loss.dtype == torch.float16
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(scores.grad, torch.zeros_like(scores))
+    # the default pull on the margins: binary cross-entropy's gradient, sigmoid(5000) / 64, finite
+    (grad,) = torch.autograd.grad(uniloss_fn(scores, torch.zeros(64, dtype=torch.long), make()), scores)
+    assert grad.dtype == torch.float16 and torch.equal(grad, torch.full_like(grad, 1 / 64))
 
 
 def test_undefined_batch_loss_through_the_module():
     scores = torch.full((64,), 5000.0, dtype=torch.float16, requires_grad=True)
-    loss = uniloss.UniLoss(uniloss.AveragePrecision())(scores, torch.zeros(64, dtype=torch.long))
+    loss = uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="run")(scores, torch.zeros(64, dtype=torch.long))
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(scores.grad, torch.zeros_like(scores))
+    loss = uniloss.UniLoss(uniloss.AveragePrecision())(scores, torch.zeros(64, dtype=torch.long))
+    assert loss.item() == 0.0 and torch.isfinite(torch.autograd.grad(loss, scores)[0]).all()
 
 
 def test_zero_loss_reads_no_score():

@@ -169,11 +169,12 @@ def test_traced_bits_are_the_hand_written_decompositions(name):
     assert c.shape == c_hand.shape and torch.equal(c, c_hand)
     assert torch.equal(traced.best(plan), hand.best(hand_plan).reshape(-1))
     # the same anchors give the same loss and gradient, the pull per run included (a traced
-    # ranking site's runs are the zoo's Ranking decoder's: an item's pairs with the less relevant)
+    # ranking site's runs are the zoo's Ranking decoder's: an item's pairs with the less relevant;
+    # a traced function has no margins, so the built-in AP is compared with its pull per run)
     results = []
     for decomposition in (traced, hand):
         x = scores.clone().requires_grad_(True)
-        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7))
+        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7), pull_per="run")
         loss = loss_fn(x, target)
         loss.backward()
         results.append((loss.detach(), x.grad, loss_fn.last.metric))
@@ -195,7 +196,7 @@ def test_on_every_device(name, device):
     loss_fn = uniloss.UniLoss(traced, generator=_gen(0))
     loss_fn(x, target).backward()
     y = scores.clone().requires_grad_(True)
-    uniloss.UniLoss(hand(), generator=_gen(0))(y, target).backward()
+    uniloss.UniLoss(hand(), generator=_gen(0), pull_per="run")(y, target).backward()  # traced: no margins
     assert x.grad.device == scores.device and torch.allclose(x.grad, y.grad, atol=1e-6)
 
 
@@ -316,8 +317,9 @@ def test_structured_and_dense_engines_agree():
     plan = traced.prepare(x1, target)
     assert traced.structure(plan) is not None
     anchors = torch.rand(20, plan.num_bits, generator=_gen(1)) < 0.5  # dense anchors
+    assert traced.structure(plan).margins is None  # a traced function: the pull per run
     l1 = uniloss.functional.uniloss(x1, target, traced, anchors=anchors)
-    l2 = uniloss.functional.uniloss(x2, target, uniloss.AveragePrecision(), anchors=anchors)
+    l2 = uniloss.functional.uniloss(x2, target, uniloss.AveragePrecision(), anchors=anchors, pull_per="run")
     l1.backward(), l2.backward()
     assert torch.allclose(l1, l2) and torch.allclose(x1.grad, x2.grad)
 

@@ -56,9 +56,14 @@ def test_rms_scale_makes_the_loss_invariant_to_the_scores_scale(k):
 
 def test_rms_scale_on_an_undefined_batch_and_bad_values():
     s = torch.randn(5, requires_grad=True)
-    loss = uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="rms")(s, torch.zeros(5, dtype=torch.long))
+    loss = uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="rms", pull_per="run")(
+        s, torch.zeros(5, dtype=torch.long))
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(s.grad, torch.zeros(5))
+    # the default pull on the margins: binary cross-entropy's gradient, no comparison to scale by
+    (grad,) = torch.autograd.grad(uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="rms")(
+        s, torch.zeros(5, dtype=torch.long)), s)
+    torch.testing.assert_close(grad, torch.sigmoid(s.detach()) / 5)
     with pytest.raises(ValueError, match="temperature_scale"):
         uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="max")
     with pytest.raises(ValueError, match="temperature_scale"):
@@ -236,7 +241,7 @@ def test_pull_keeps_pushing_a_comparison_wrong_by_a_wide_margin():
     with pytest.raises(ValueError, match="pull"):
         uniloss.UniLoss(uniloss.AveragePrecision(), pull=-1.0)
     with pytest.raises(ValueError, match="pull_per"):
-        uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="sample")
+        uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="query")
 
 
 @pytest.mark.parametrize("structured", [True, False])
@@ -265,12 +270,14 @@ def test_bounded_grad_scale_is_the_distance_scale_capped_at_a_unit_push(structur
     assert pushes["distance", 30.0] < 1.0 and pushes["bounded", 30.0] == pytest.approx(pushes["distance", 30.0], rel=1e-9)
 
 
-def test_pull_per_run_is_the_default_and_old_modules_keep_theirs():
-    """0.2's default is the pull per run; a module pickled before the option existed (no
-    ``pull_per`` attribute) keeps 0.1's pull per comparison, and says which in its repr."""
+def test_pull_per_sample_is_the_default_and_old_modules_keep_theirs():
+    """0.4's default is the pull per sample (per run for accuracy: 0.2's); a module pickled
+    before the option existed (no ``pull_per`` attribute) keeps 0.1's pull per comparison, and
+    says which in its repr."""
     dec, scores, target, _, _ = _batch(6)
-    assert uniloss.UniLoss(dec).pull_per == "run"
+    assert uniloss.UniLoss(dec).pull_per == "sample"
     assert "pull_per" not in repr(uniloss.UniLoss(dec))
+    assert "pull_per='run'" in repr(uniloss.UniLoss(dec, pull_per="run"))
 
     def grad(module):
         s = scores.clone().requires_grad_()
@@ -369,3 +376,107 @@ def test_step_pull_with_pull_zero_measures_no_push(monkeypatch):
         F.uniloss(scores.clone().requires_grad_(), target, dec, anchors=given, grad_scale=1.0,
                   generator=torch.Generator().manual_seed(0)).backward()
     assert calls == [False, True, False, True]
+
+
+# ------------------------------------------------------------------------------ pull_per="sample"
+
+
+def _ap_batch(seed=0, n=12):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    target = (torch.rand(n, generator=g) < 0.3).long()
+    target[:2] = torch.tensor([1, 0])  # both classes
+    return scores, target
+
+
+@pytest.mark.parametrize("metric", ["ap", "zoo-ap", "zoo-auroc"])
+def test_pull_per_sample_on_one_ranking_is_binary_cross_entropy(metric):
+    """The pull alone (no anchor but best) of a metric ranking one set by binary labels is
+    binary cross-entropy on the scores at ``tau = 1``, and ``mean softplus(-m / tau)`` of the
+    margins at another ``tau``; ``pull_per="run"`` keeps the pull per positive (0.3)."""
+    dec = {"ap": uniloss.AveragePrecision(), "zoo-ap": uniloss.zoo.average_precision(),
+           "zoo-auroc": uniloss.zoo.auroc()}[metric]
+    scores, target = _ap_batch(3)
+    none = dict(num_good=0, num_nearby=0, num_bad=0)
+    bce = scores.clone().requires_grad_()
+    torch.nn.functional.binary_cross_entropy_with_logits(bce, target.double()).backward()
+    torch.testing.assert_close(_loss_grad(scores, target, dec, pull=1.0, **none)[1], bce.grad, rtol=1e-12, atol=1e-15)
+    hot = scores.clone().requires_grad_()
+    margins = torch.where(target.bool(), hot, -hot)
+    torch.nn.functional.softplus(-margins / 0.5).mean().backward()
+    torch.testing.assert_close(_loss_grad(scores, target, dec, pull=1.0, temperature=0.5, **none)[1], hot.grad,
+                               rtol=1e-12, atol=1e-15)
+    per_run = _loss_grad(scores, target, dec, pull=1.0, pull_per="run", **none)[1]
+    assert not torch.allclose(per_run, bce.grad)
+    assert per_run[target == 0].sum() == pytest.approx(-per_run[target == 1].sum())  # pairs: a zero-sum push
+
+
+def test_pull_per_sample_with_queries_stays_per_run():
+    """With query ids a ranking metric ranks each query on its own: no margins, the pull per run."""
+    scores, target = _ap_batch(4)
+    query = torch.arange(12) % 3
+    relevance = uniloss.decoders.RankingTarget(target, query)
+    for dec in (uniloss.zoo.average_precision(), uniloss.zoo.mrr()):
+        default = _loss_grad(scores, relevance, dec, pull=1.0, num_good=0, num_nearby=0, num_bad=0)[1]
+        per_run = _loss_grad(scores, relevance, dec, pull=1.0, pull_per="run", num_good=0, num_nearby=0, num_bad=0)[1]
+        torch.testing.assert_close(default, per_run, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_step_pull_on_margins_by_hand(structured):
+    """AP's default: the interpolation's gradient on the comparisons and binary cross-entropy's on
+    the scores, both times ``P / (P + I)``: ``P = sum_i sigmoid(-m_i) / n`` the margins' push,
+    ``I`` the interpolation's total push on the comparisons (``pull=0``)."""
+    scores, target = _ap_batch(5)
+    dec = uniloss.AveragePrecision()
+    prepared = dec.prepare(scores, target)
+    c0 = dec.comparisons(scores, prepared).detach()
+    given = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c0 > 0, num_good=4, num_nearby=4, num_bad=4,
+                                   generator=torch.Generator().manual_seed(1))
+    given = given if structured else given.dense()
+
+    def grads(**kw):
+        s, c = scores.clone().requires_grad_(), c0.clone().requires_grad_()
+
+        class Given(uniloss.AveragePrecision):  # the comparisons a leaf of their own: their gradient apart
+            def comparisons(self, scores, target):
+                return c
+
+        loss = F.uniloss(s, prepared, Given(), anchors=given, **kw)
+        gs, gc = torch.autograd.grad(loss, (s, c), allow_unused=True)
+        return loss.detach(), (torch.zeros_like(scores) if gs is None else gs), gc
+
+    interp = grads(pull=0.0)
+    default = grads()
+    push_i = interp[2].abs().sum()
+    margins = torch.where(target.bool(), scores, -scores)
+    push_p = torch.sigmoid(-margins).sum() / len(scores)
+    bce = scores.clone().requires_grad_()
+    torch.nn.functional.binary_cross_entropy_with_logits(bce, target.double()).backward()
+    f = push_p / (push_p + push_i)
+    assert torch.equal(default[0], interp[0]) and 0 < float(push_i)
+    torch.testing.assert_close(default[2], interp[2] * f, rtol=1e-10, atol=1e-15)
+    torch.testing.assert_close(default[1], bce.grad * f, rtol=1e-10, atol=1e-15)
+
+
+def test_margins_follow_a_cross_batch_memory():
+    """Through :class:`~uniloss.distributed.CrossBatchMemory` the margins cover the batch and the
+    memory (the memory detached): the pull alone is the mean over both, its gradient on the batch."""
+    from uniloss.distributed import CrossBatchMemory
+
+    scores, target = _ap_batch(6)
+    memory = CrossBatchMemory(uniloss.AveragePrecision(), size=8)
+    loss = uniloss.UniLoss(memory, num_good=0, num_nearby=0, num_bad=0)
+    loss(scores[:6].clone().requires_grad_(), target[:6])  # fills the memory with the first six
+    s = scores[6:].clone().requires_grad_()
+    loss(s, target[6:]).backward()
+    ref = s.detach().clone().requires_grad_()
+    both = torch.cat([ref, scores[:6]])  # the memory after the batch (uniloss.distributed's order)
+    labels = torch.cat([target[6:], target[:6]]).double()
+    (torch.nn.functional.binary_cross_entropy_with_logits(both, labels, reduction="sum") / 12).backward()
+    torch.testing.assert_close(s.grad, ref.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_structure_margins_must_be_callable():
+    with pytest.raises(TypeError, match="margins"):
+        uniloss.Structure(runs=1, margins=torch.zeros(3))

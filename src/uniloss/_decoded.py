@@ -119,10 +119,11 @@ class DecodedMetric(Decomposition):
         return self.decoder.best(target)
 
     def structure(self, target: Any) -> Optional[Structure]:
-        """The decoder's runs (:meth:`uniloss.decoders.Decoder.runs`), for the pull; the anchors
-        are evaluated by decoding them."""
+        """The decoder's runs and margins (:meth:`uniloss.decoders.Decoder.runs`,
+        :meth:`~uniloss.decoders.Decoder.margins`), for the pull; the anchors are evaluated by
+        decoding them."""
         runs = self.decoder.runs(target)
-        return None if runs is None else Structure(runs)
+        return None if runs is None else Structure(runs, margins=self.decoder.margins(target))
 
     def decode(self, scores: Tensor, target: Any) -> Any:
         """The decoder's output for the scores' own comparisons, without the anchor dimension

@@ -19,10 +19,11 @@ class Structure:
 
     The ``l`` bits fall into ``S`` consecutive *runs*, the units the metric is made of (AP: one
     run per positive, its comparisons with the negatives; accuracy: one per sample, its ``C - 1``
-    comparisons). The pull toward the best configuration is taken per run (``pull_per="run"``,
-    the default: for accuracy's runs, cross-entropy). Where the metric depends on the bits only
-    through each run's number of 0-bits (``evaluate_zeros``), the engine also evaluates every
-    anchor from ``[S]`` counts (a flipped bit changes one count by one) instead of ``[t, l]`` bits.
+    comparisons). The pull toward the best configuration is taken per run (for accuracy's runs,
+    cross-entropy), or per sample on the structure's ``margins`` where it gives them (AP: binary
+    cross-entropy). Where the metric depends on the bits only through each run's number of 0-bits
+    (``evaluate_zeros``), the engine also evaluates every anchor from ``[S]`` counts (a flipped
+    bit changes one count by one) instead of ``[t, l]`` bits.
 
     Attributes:
         runs: an ``int`` ``w`` (``l // w`` runs of ``w`` bits each) or an int64 tensor ``[S]`` of
@@ -41,6 +42,13 @@ class Structure:
         rows: the number of samples the runs are drawn from (the pull per run is divided by the
             larger of it and the number of runs); ``None`` (default): the scores' batch size. A
             wrapper that evaluates its metric on a larger set (:mod:`uniloss.distributed`) sets it.
+        margins: optional, ``scores`` -> ``[n]`` one margin per sample, right when ``> 0``, for a
+            metric of one ranking of the whole data set by binary labels (AP, AUROC): ``s`` for a
+            positive, ``-s`` for a negative. The pull (``pull_per="sample"``, the default) is then
+            taken on them, ``mean softplus(-m / tau)``: binary cross-entropy at ``tau = 1``. A
+            ranking of a held-out set compares scores from different batches; in-batch pairs say
+            nothing about those, a margin at 0 does, and it pulls every sample even in a batch
+            without a positive (``docs/results/metric-wins/``, 0.4). ``None``: the pull per run.
 
     Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
 
@@ -66,6 +74,7 @@ class Structure:
     comparisons_block: Optional[Callable[[Tensor, int, int], Tensor]] = None
     good_flips: int = 1
     rows: Optional[int] = None
+    margins: Optional[Callable[[Tensor], Tensor]] = None
 
     def __post_init__(self) -> None:
         # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)
@@ -79,6 +88,8 @@ class Structure:
         if self.comparisons_block is not None and not isinstance(self.runs, Tensor):
             raise TypeError("Structure.comparisons_block needs run lengths: `runs` as an int64 tensor [S]")
         V.check_count("good_flips", self.good_flips, allow_zero=False)
+        if self.margins is not None and not callable(self.margins):
+            raise TypeError("Expected Structure.margins to be callable: scores -> [n] margins")
 
     def plus_one(self, zeros: Tensor) -> Tensor:
         """``[S]`` counts -> ``[S]``: :attr:`evaluate_zeros_plus_one`, or ``S`` one-hot rows

@@ -157,7 +157,7 @@ def step_factor(pull_push: Tensor, interp_push: Tensor) -> Tensor:
 
 
 NEARBY = ("all", "informative")
-PULL_PER = ("run", "comparison")
+PULL_PER = ("sample", "run", "comparison")
 STEPS = ("sum", "pull")
 
 

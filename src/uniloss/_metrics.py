@@ -108,6 +108,14 @@ def _prepared(decomposition: Decomposition, target, plan_type):
 # --------------------------------------------------------------------------- average precision
 
 
+def _margins(flat: Tensor, positive: Tensor) -> Tensor:
+    """``[n]`` margins of binary labels: ``s`` for a positive, ``-s`` for a negative
+    (``positive``: an ``[n]`` bool mask or the positives' indices)."""
+    if positive.dtype == torch.bool:
+        return torch.where(positive, flat, -flat)
+    return flat * flat.new_full(flat.shape, -1.0).index_fill_(0, positive, 1.0)
+
+
 @dataclass(frozen=True)
 class _APPlan:
     pos: Tensor  # [P] indices of positive samples
@@ -304,12 +312,17 @@ class AveragePrecision(Decomposition):
 
     def structure(self, target) -> Structure:
         """One run per positive: its ``N`` comparisons with the negatives; AP from the sorted
-        counts (:meth:`evaluate_zeros`), one more negative above a positive in closed form."""
+        counts (:meth:`evaluate_zeros`), one more negative above a positive in closed form; the
+        margins ``s`` of a positive and ``-s`` of a negative (AP ranks a whole data set)."""
         plan = self.prepare(None, target)
         if isinstance(plan, _APStatic):
-            return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan))
+            positive = plan.positive
+            return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan),
+                             margins=lambda scores: _margins(self._flat(scores), positive))
         plus_one = None if self.interpolated else self._plus_one
-        return Structure(plan.neg.numel(), lambda zeros: self.evaluate_zeros(zeros, plan), plus_one)
+        pos = plan.pos
+        return Structure(plan.neg.numel(), lambda zeros: self.evaluate_zeros(zeros, plan), plus_one,
+                         margins=lambda scores: _margins(self._flat(scores), pos))
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = self.prepare(None, target)

@@ -67,7 +67,9 @@ class UniLoss(nn.Module):
             or a constant (``1.0``: the paper's plain ``-g~``).
         pull: weight of the pull toward the best configuration added to the gradient (default
             1; 0 is the paper); see :func:`uniloss.functional.uniloss`.
-        pull_per: ``"run"`` (default) or ``"comparison"``; see :func:`uniloss.functional.uniloss`.
+        pull_per: ``"sample"`` (default: per run, or per sample on the structure's margins where
+            it gives them: for AP, binary cross-entropy), ``"run"`` (0.3) or ``"comparison"``; see
+            :func:`uniloss.functional.uniloss`.
         step: ``"pull"`` (default: every step of the pull's size) or ``"sum"`` (0.2: the
             interpolation's push plus the pull's); see :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
@@ -115,7 +117,7 @@ class UniLoss(nn.Module):
         distance: str = "euclidean",
         pull: float = 1.0,
         nearby: str = "all",
-        pull_per: str = "run",
+        pull_per: str = "sample",
         step: str = "pull",
     ) -> None:
         super().__init__()
@@ -208,7 +210,7 @@ class UniLoss(nn.Module):
         return (
             f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
             f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
-            + ("" if getattr(self, "pull_per", "comparison") == "run"
+            + ("" if getattr(self, "pull_per", "comparison") == "sample"
                else f", pull_per={getattr(self, 'pull_per', 'comparison')!r}")
             + ("" if getattr(self, "step", "sum") == "pull" else f", step={getattr(self, 'step', 'sum')!r}")
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")

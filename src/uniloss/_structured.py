@@ -551,7 +551,7 @@ def chunked_loss(
     distance: str = "euclidean",
     pull: float = 0.0,
     nearby: str = "all",
-    pull_per: str = "run",
+    pull_per: str = "sample",
     rows: Optional[int] = None,
     step: str = "pull",
 ):
@@ -658,7 +658,7 @@ def chunked_loss(
     # the pull's denominator over all blocks: max(runs, rows) per run, the comparisons per comparison
     if rows is None:  # the batch size the runs are over (a wrapper's set: see functional._rows)
         rows = scores.shape[0] if scores.dim() else 1
-    pull_rows = max(num_runs, rows) if pull_per == "run" else num_bits
+    pull_rows = max(num_runs, rows) if pull_per != "comparison" else num_bits
     pull_weight: Union[float, Tensor] = pull
     stepped = step == "pull" and bool(pull)  # the step rule (pull=0: no pull to size the step by)
     with torch.no_grad():  # "bounded" and "normalized" take one more pass over the blocks: the total push
@@ -669,7 +669,7 @@ def chunked_loss(
             for block, c, grad_c in block_grads(factor, s_det):
                 push += grad_c.abs().sum()
                 if stepped:  # the pull's push in the same pass (see pull_cost)
-                    runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per == "run" else None
+                    runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per != "comparison" else None
                     pull_push.add_(pull_cost(c, best[block[2]:block[3]], temperature, runs, denominator=pull_rows,
                                              with_push=True)[1] * pull)
             return push
@@ -695,7 +695,7 @@ def chunked_loss(
                 # A scalar's backward: backward(c, grad_c) would import sympy on first use.
                 total = torch.dot(c, grad_c)
                 if pull:  # this block's part of the pull (see functional._with_pull), over the whole call's count
-                    runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per == "run" else None
+                    runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per != "comparison" else None
                     cost = pull_cost(c, best[b0:b1], temperature, runs, denominator=pull_rows)
                     total = total + cost * (grad_out * pull_weight)
                 total.backward()

@@ -154,14 +154,16 @@ class WrappedDecomposition(Decomposition):
 
     def structure(self, target: Any) -> Optional[Structure]:
         """The inner ``structure`` on the prepared set (its ``rows`` the set's); its
-        ``comparisons_block`` takes this call's scores (placed in the set as :meth:`unwrap` places
-        them)."""
+        ``comparisons_block`` and ``margins`` take this call's scores (placed in the set as
+        :meth:`unwrap` places them)."""
         inner_scores, inner_target = self.unwrap(target)
         inner = self.decomposition.structure(inner_target)
         if inner is None:
             return None
         rows = inner.rows if inner.rows is not None else (inner_scores.shape[0] if inner_scores.dim() else 1)
-        block = inner.comparisons_block
+        block, margins = inner.comparisons_block, inner.margins
+        if margins is not None:
+            inner = replace(inner, margins=lambda scores: margins(self.unwrap(target, scores)[0]))
         if block is None:
             return replace(inner, rows=rows)
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -133,6 +133,10 @@ class Decoder:
     def runs(self, plan: Any) -> Optional[Union[int, Tensor, Runs]]:
         """Optional: the units the comparisons decode, as :attr:`uniloss.Structure.runs` (a
         :class:`uniloss._structured.Runs` where the run of each bit is given, e.g. in a static layout)."""
+        return None
+
+    def margins(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
+        """Optional: per-sample margins for the pull, as :attr:`uniloss.Structure.margins`."""
         return None
 
     def decode(self, bits: Tensor, plan: Any) -> Any:
@@ -535,6 +539,7 @@ class _RankingPlan:
     dtype: torch.dtype = torch.float32  # values_dtype(scores)
     scores: Optional[Tensor] = None  # [n] the scores prepared with, detached (a metric's value on ties)
     padding: Optional[Tensor] = None  # a static layout's padding (see _decomposition.StaticLayout)
+    one_ranking: bool = False  # no query ids given: one ranking of all the items
 
 
 def _dense_ids(values: Tensor) -> Tensor:
@@ -749,6 +754,7 @@ class Ranking(Decoder):
         if n and grades is not None and layout is not None and layout.claim(
                 self, n * n // 4 if self.pairs == "binary" else n * (n - 1) // 2):
             return self._static(scores, relevance, query, grades, layout)
+        one_ranking = query is None
         if query is None:
             query = torch.zeros(n, dtype=torch.long, device=device)
             num_queries = 1 if n else 0
@@ -776,7 +782,7 @@ class Ranking(Decoder):
             best = torch.ones(a.numel(), dtype=torch.bool, device=device)
         num_grades = int(grade.max()) + 1 if n else 0
         return _RankingPlan(RankingTarget(relevance, query), num_queries, a, b, start, grade, num_grades, best,
-                            values_dtype(scores), self._flat(scores).detach())
+                            values_dtype(scores), self._flat(scores).detach(), one_ranking=one_ranking)
 
     def _static_grades(self, relevance: Tensor, binary: bool) -> Optional[Tuple[Tensor, int]]:
         """``(grade [n], number of grades)`` known without reading the relevance on the host, or
@@ -797,6 +803,7 @@ class Ranking(Decoder):
         ``n`` (the evaluators' per-query tensors have ``n`` columns, the absent queries empty)."""
         n = relevance.numel()
         device = relevance.device
+        one_ranking = query is None
         query = torch.zeros(n, dtype=torch.long, device=device) if query is None else _dense_ids(query)
         counts = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, query, torch.ones_like(query))
         start = (torch.cumsum(counts, 0) - counts)[query]
@@ -811,7 +818,7 @@ class Ranking(Decoder):
             best = torch.ones(a.numel(), dtype=torch.bool, device=device)
         layout.set_valid(num_valid, padding)
         return _RankingPlan(RankingTarget(relevance, query), n, a, b, start, grade, num_grades, best,
-                            values_dtype(scores), self._flat(scores).detach(), padding)
+                            values_dtype(scores), self._flat(scores).detach(), padding, one_ranking)
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         plan = self._plan(scores, plan)
@@ -832,6 +839,15 @@ class Ranking(Decoder):
         if self.pairs == "all":
             return None
         return Runs(None, plan.a, None, plan.target.relevance.numel())
+
+    def margins(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
+        """``pairs="binary"`` without query ids (one ranking of all the items, as a held-out set
+        is ranked): ``s`` for a relevant item, ``-s`` for another (:attr:`uniloss.Structure.margins`)."""
+        plan = self._prepared(plan)
+        if self.pairs != "binary" or not plan.one_ranking:
+            return None
+        relevant = plan.target.relevance > 0
+        return lambda scores: torch.where(relevant, self._flat(scores), -self._flat(scores))
 
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)
