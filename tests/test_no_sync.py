@@ -134,13 +134,16 @@ def _float64_case(name, large):
         return zoo.auroc(), scores, RankingTarget(labels, query)
     if name == "zoo.ndcg_at_k, graded":
         return zoo.ndcg_at_k(4, num_grades=3), scores, RankingTarget(torch.randint(0, 3, (n,), generator=g), query)
+    if name == "zoo.ndcg_at_k, 0/1":  # num_grades=2: the pull on margins in both layouts
+        return zoo.ndcg_at_k(4, num_grades=2), scores, RankingTarget(labels, query)
     raise KeyError(name)
 
 
 @pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
 @pytest.mark.parametrize("options", [{}, {"distance": "cross_entropy", "temperature_scale": "rms"},
                                      {"grad_scale": 1.0, "pull": 0.0, "nearby": "informative"}, {"step": "pull"}])
-@pytest.mark.parametrize("name", ["AP", "AP interpolated", "PCK", "zoo.auroc, queries", "zoo.ndcg_at_k, graded"])
+@pytest.mark.parametrize("name", ["AP", "AP interpolated", "PCK", "zoo.auroc, queries", "zoo.ndcg_at_k, graded",
+                                  "zoo.ndcg_at_k, 0/1"])
 def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, large, monkeypatch):
     """The loss of a static layout (a raw target, sampled anchors) is that of the exact layout
     (``prepare()`` called directly) with the anchors ``sample_anchors`` draws from the same

@@ -411,15 +411,30 @@ def test_pull_per_sample_on_one_ranking_is_binary_cross_entropy(metric):
     assert per_run[target == 0].sum() == pytest.approx(-per_run[target == 1].sum())  # pairs: a zero-sum push
 
 
-def test_pull_per_sample_with_queries_stays_per_run():
-    """With query ids a ranking metric ranks each query on its own: no margins, the pull per run."""
+def test_pull_per_sample_of_ranking_metrics_with_queries():
+    """0/1 relevance, with query ids too: the pull alone is binary cross-entropy (the zoo's binary
+    ranking metrics, NDCG of 0/1 relevance); graded relevance keeps the pull per run."""
+    none = dict(pull=1.0, num_good=0, num_nearby=0, num_bad=0)
     scores, target = _ap_batch(4)
     query = torch.arange(12) % 3
-    relevance = uniloss.decoders.RankingTarget(target, query)
-    for dec in (uniloss.zoo.average_precision(), uniloss.zoo.mrr()):
-        default = _loss_grad(scores, relevance, dec, pull=1.0, num_good=0, num_nearby=0, num_bad=0)[1]
-        per_run = _loss_grad(scores, relevance, dec, pull=1.0, pull_per="run", num_good=0, num_nearby=0, num_bad=0)[1]
+    bce = scores.clone().requires_grad_()
+    torch.nn.functional.binary_cross_entropy_with_logits(bce, target.double()).backward()
+    for dec in (uniloss.zoo.average_precision(), uniloss.zoo.mrr(), uniloss.zoo.ndcg_at_k(3),
+                uniloss.zoo.ndcg_at_k(3, num_grades=2)):
+        for relevance in (target, target.bool(), target.double()):
+            got = _loss_grad(scores, uniloss.decoders.RankingTarget(relevance, query), dec, **none)[1]
+            torch.testing.assert_close(got, bce.grad, rtol=1e-12, atol=1e-15)
+    graded = target * 2 + (torch.arange(12) % 2)  # grades 0-3
+    relevance = uniloss.decoders.RankingTarget(graded, query)
+    for dec in (uniloss.zoo.ndcg_at_k(3), uniloss.zoo.ndcg_at_k(3, num_grades=4)):
+        default = _loss_grad(scores, relevance, dec, **none)[1]
+        per_run = _loss_grad(scores, relevance, dec, pull_per="run", **none)[1]
         torch.testing.assert_close(default, per_run, rtol=0, atol=0)
+    # num_grades=4 decides as a static layout would, whatever this batch holds: per run
+    binary_batch = uniloss.decoders.RankingTarget(target, query)
+    dec = uniloss.zoo.ndcg_at_k(3, num_grades=4)
+    torch.testing.assert_close(_loss_grad(scores, binary_batch, dec, **none)[1],
+                               _loss_grad(scores, binary_batch, dec, pull_per="run", **none)[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("structured", [True, False])

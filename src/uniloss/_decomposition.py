@@ -43,12 +43,13 @@ class Structure:
             larger of it and the number of runs); ``None`` (default): the scores' batch size. A
             wrapper that evaluates its metric on a larger set (:mod:`uniloss.distributed`) sets it.
         margins: optional, ``scores`` -> ``[n]`` one margin per sample, right when ``> 0``, for a
-            metric of one ranking of the whole data set by binary labels (AP, AUROC): ``s`` for a
+            metric of binary labels (AP, AUROC, ranking metrics of 0/1 relevance): ``s`` for a
             positive, ``-s`` for a negative. The pull (``pull_per="sample"``, the default) is then
-            taken on them, ``mean softplus(-m / tau)``: binary cross-entropy at ``tau = 1``. A
-            ranking of a held-out set compares scores from different batches; in-batch pairs say
-            nothing about those, a margin at 0 does, and it pulls every sample even in a batch
-            without a positive (``docs/results/metric-wins/``, 0.4). ``None``: the pull per run.
+            taken on them, ``mean softplus(-m / tau)``: binary cross-entropy at ``tau = 1``, the
+            usual loss of binary labels as cross-entropy is accuracy's pull. It pushes every
+            sample on its own: in-batch pairs tie nothing across batches (a held-out AP ranks the
+            whole test set) and a batch without a positive has none (``docs/results/metric-wins/``,
+            0.4). ``None``: the pull per run.
 
     Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
 

@@ -68,7 +68,8 @@ class UniLoss(nn.Module):
         pull: weight of the pull toward the best configuration added to the gradient (default
             1; 0 is the paper); see :func:`uniloss.functional.uniloss`.
         pull_per: ``"sample"`` (default: per run, or per sample on the structure's margins where
-            it gives them: for AP, binary cross-entropy), ``"run"`` (0.3) or ``"comparison"``; see
+            it gives them: for binary labels, binary cross-entropy), ``"run"`` (0.3) or
+            ``"comparison"``; see
             :func:`uniloss.functional.uniloss`.
         step: ``"pull"`` (default: every step of the pull's size) or ``"sum"`` (0.2: the
             interpolation's push plus the pull's); see :func:`uniloss.functional.uniloss`.

@@ -539,7 +539,7 @@ class _RankingPlan:
     dtype: torch.dtype = torch.float32  # values_dtype(scores)
     scores: Optional[Tensor] = None  # [n] the scores prepared with, detached (a metric's value on ties)
     padding: Optional[Tensor] = None  # a static layout's padding (see _decomposition.StaticLayout)
-    one_ranking: bool = False  # no query ids given: one ranking of all the items
+    binary: bool = False  # relevance that is 0/1 (or read as such: pairs="binary"): margins for the pull
 
 
 def _dense_ids(values: Tensor) -> Tensor:
@@ -754,7 +754,6 @@ class Ranking(Decoder):
         if n and grades is not None and layout is not None and layout.claim(
                 self, n * n // 4 if self.pairs == "binary" else n * (n - 1) // 2):
             return self._static(scores, relevance, query, grades, layout)
-        one_ranking = query is None
         if query is None:
             query = torch.zeros(n, dtype=torch.long, device=device)
             num_queries = 1 if n else 0
@@ -781,8 +780,17 @@ class Ranking(Decoder):
             a, b = _pairs_within(query, grade, num_queries)
             best = torch.ones(a.numel(), dtype=torch.bool, device=device)
         num_grades = int(grade.max()) + 1 if n else 0
+        # 0/1 relevance: margins for the pull. As the static layout decides (pairs="binary", a bool
+        # relevance, num_grades=2), else from the values (this layout reads the grades on the host anyway).
+        if self.pairs == "all":
+            binary = False
+        elif not binary and self.pairs == "relevance":
+            binary = (self.num_grades == 2 if self.num_grades is not None
+                      else num_grades <= 2 and bool(((relevance == 0) | (relevance == 1)).all()))
+        else:
+            binary = True
         return _RankingPlan(RankingTarget(relevance, query), num_queries, a, b, start, grade, num_grades, best,
-                            values_dtype(scores), self._flat(scores).detach(), one_ranking=one_ranking)
+                            values_dtype(scores), self._flat(scores).detach(), binary=binary)
 
     def _static_grades(self, relevance: Tensor, binary: bool) -> Optional[Tuple[Tensor, int]]:
         """``(grade [n], number of grades)`` known without reading the relevance on the host, or
@@ -803,7 +811,6 @@ class Ranking(Decoder):
         ``n`` (the evaluators' per-query tensors have ``n`` columns, the absent queries empty)."""
         n = relevance.numel()
         device = relevance.device
-        one_ranking = query is None
         query = torch.zeros(n, dtype=torch.long, device=device) if query is None else _dense_ids(query)
         counts = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, query, torch.ones_like(query))
         start = (torch.cumsum(counts, 0) - counts)[query]
@@ -817,8 +824,9 @@ class Ranking(Decoder):
             a, b, padding, num_valid = _pairs_static(query, grade, layout.num_bits)
             best = torch.ones(a.numel(), dtype=torch.bool, device=device)
         layout.set_valid(num_valid, padding)
+        binary = self.pairs != "all" and num_grades == 2  # pairs="binary", a bool relevance, or num_grades=2
         return _RankingPlan(RankingTarget(relevance, query), n, a, b, start, grade, num_grades, best,
-                            values_dtype(scores), self._flat(scores).detach(), padding, one_ranking)
+                            values_dtype(scores), self._flat(scores).detach(), padding, binary)
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         plan = self._plan(scores, plan)
@@ -841,10 +849,12 @@ class Ranking(Decoder):
         return Runs(None, plan.a, None, plan.target.relevance.numel())
 
     def margins(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
-        """``pairs="binary"`` without query ids (one ranking of all the items, as a held-out set
-        is ranked): ``s`` for a relevant item, ``-s`` for another (:attr:`uniloss.Structure.margins`)."""
+        """Binary relevance (``pairs="binary"``, which reads relevance ``> 0`` as relevant, or 0/1
+        relevance; a static layout knows it from a bool relevance or ``num_grades=2``): ``s`` for
+        a relevant item, ``-s`` for another (:attr:`uniloss.Structure.margins`: the pull is then
+        binary cross-entropy, the usual loss of binary labels). Graded relevance: ``None``."""
         plan = self._prepared(plan)
-        if self.pairs != "binary" or not plan.one_ranking:
+        if self.pairs == "all" or not plan.binary:
             return None
         relevant = plan.target.relevance > 0
         return lambda scores: torch.where(relevant, self._flat(scores), -self._flat(scores))
