@@ -49,7 +49,8 @@ class Structure:
             usual loss of binary labels as cross-entropy is accuracy's pull. It pushes every
             sample on its own: in-batch pairs tie nothing across batches (a held-out AP ranks the
             whole test set) and a batch without a positive has none (``docs/results/metric-wins/``,
-            0.4). ``None``: the pull per run.
+            0.4). ``None``: the pull per run (also on the block-by-block path, which reads no
+            margins).
 
     Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
 
