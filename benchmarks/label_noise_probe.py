@@ -38,7 +38,7 @@ def _one(job):
 
     torch.set_num_threads(1)
     (flip, sep), (label, loss, options), seed = job
-    return mw._run_imbalanced("ap", loss, seed, True, options, flip_y=flip, class_sep=sep)[-1]
+    return mw.run_imbalanced("ap", loss, seed, True, options, flip_y=flip, class_sep=sep)[-1]
 
 
 def main(argv=None):

@@ -306,8 +306,9 @@ def _binary_loss(loss: str, decomposition, seed: int, options: dict, pos_weight:
     raise ValueError(f"unknown loss {loss!r}")
 
 
-def _run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict, **data) -> List[float]:
-    """An ``imb-ap``/``imb-f1`` run; ``data``: keywords of :func:`imbalanced_binary`."""
+def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict, **data) -> List[float]:
+    """An ``imb-ap`` (``metric="ap"``) or ``imb-f1`` (``"f1"``) run: the held-out metric per epoch;
+    ``data``: keywords of :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them)."""
     xtr, ytr, xva, yva, xte, yte = imbalanced_binary(**data)
     model = seeded(seed, lambda: mlp(20, 64, 64, 1))
     gen = torch.Generator().manual_seed(seed)
@@ -490,11 +491,11 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
     Task("digits-f1", "test macro-F1", "scikit-learn digits, 10 classes", run_digits_f1,
          {"cross-entropy": ("usual", "ce"), **_UNI}, weight=0.3),
     Task("imb-ap", "test AP", "make_classification, 5% positives",
-         lambda loss, seed, quick, options: _run_imbalanced("ap", loss, seed, quick, options),
+         lambda loss, seed, quick, options: run_imbalanced("ap", loss, seed, quick, options),
          {"binary cross-entropy": ("usual", "bce"), "BCE, pos_weight": ("baseline", "bce-posweight"),
           "pairwise logistic": ("baseline", "pairwise"), **_UNI}, weight=0.5),
     Task("imb-f1", "test F1 at logit 0 (tuned threshold for its row)", "make_classification, 5% positives",
-         lambda loss, seed, quick, options: _run_imbalanced("f1", loss, seed, quick, options),
+         lambda loss, seed, quick, options: run_imbalanced("f1", loss, seed, quick, options),
          {"binary cross-entropy": ("usual", "bce"), "BCE, pos_weight": ("baseline", "bce-posweight"),
           "BCE, validation-tuned threshold": ("baseline", "bce-tuned"), **_UNI}, weight=0.5),
     Task("bal-acc", "test balanced accuracy", "MNIST, training digit c keeps 0.6^c", run_balanced,
