@@ -170,11 +170,12 @@ def test_traced_bits_are_the_hand_written_decompositions(name):
     assert torch.equal(traced.best(plan), hand.best(hand_plan).reshape(-1))
     # the same anchors give the same loss and gradient, the pull per run included (a traced
     # ranking site's runs are the zoo's Ranking decoder's: an item's pairs with the less relevant;
-    # a traced function has no margins, so the built-in AP is compared with its pull per run)
+    # a traced function has no margins, so the built-in AP is compared with its pull per run, nor
+    # the runs' drops, so the zoo's argmax metrics with every run alike)
     results = []
     for decomposition in (traced, hand):
         x = scores.clone().requires_grad_(True)
-        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7), pull_per="run")
+        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7), pull_per="run", pull_weights="equal")
         loss = loss_fn(x, target)
         loss.backward()
         results.append((loss.detach(), x.grad, loss_fn.last.metric))

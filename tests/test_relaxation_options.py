@@ -186,8 +186,10 @@ def test_run_pull_by_hand_for_ap_and_the_zoos_argmax_metrics(seed):
 
     def pull_grad(dec, scores, target, per="run"):
         s = scores.clone().requires_grad_()
-        # a vanishing interpolation: the gradient is the pull's alone
-        F.uniloss(s, target, dec, grad_scale=1e-300, pull_per=per, generator=torch.Generator().manual_seed(0)).backward()
+        # a vanishing interpolation: the gradient is the pull's alone; every run alike (the
+        # metric's weights: tests/test_pull_weights.py)
+        F.uniloss(s, target, dec, grad_scale=1e-300, pull_per=per, pull_weights="equal",
+                  generator=torch.Generator().manual_seed(0)).backward()
         return s.grad
 
     scores = torch.randn(24, generator=g, dtype=torch.float64) * 3
@@ -270,14 +272,27 @@ def test_bounded_grad_scale_is_the_distance_scale_capped_at_a_unit_push(structur
     assert pushes["distance", 30.0] < 1.0 and pushes["bounded", 30.0] == pytest.approx(pushes["distance", 30.0], rel=1e-9)
 
 
-def test_pull_per_sample_is_the_default_and_old_modules_keep_theirs():
-    """0.4's default is the pull per sample (per run for accuracy: 0.2's); a module pickled
-    before the option existed (no ``pull_per`` attribute) keeps 0.1's pull per comparison, and
-    says which in its repr."""
-    dec, scores, target, _, _ = _batch(6)
-    assert uniloss.UniLoss(dec).pull_per == "sample"
-    assert "pull_per" not in repr(uniloss.UniLoss(dec))
-    assert "pull_per='run'" in repr(uniloss.UniLoss(dec, pull_per="run"))
+def _imbalanced_classes(seed=6):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, 4, (20,), generator=g)
+    target[:12] = 0
+    return uniloss.zoo.balanced_accuracy(4), torch.randn(20, 4, generator=g, dtype=torch.float64), target
+
+
+# (option, default, another value, the value a module pickled before the option keeps, a batch)
+OLD_MODULES = [("pull_per", "sample", "run", "comparison", lambda: _batch(6)[:3]),
+               ("pull_weights", "metric", "equal", "equal", _imbalanced_classes)]
+
+
+@pytest.mark.parametrize("option, default, other, old_value, batch", OLD_MODULES, ids=[o[0] for o in OLD_MODULES])
+def test_options_defaults_and_old_modules_keep_theirs(option, default, other, old_value, batch):
+    """0.4's default pull is per sample (per run for accuracy: 0.2's), 0.5's weighs the runs by
+    the metric; a module pickled before an option existed (no attribute) keeps the behaviour of
+    its time (0.1's pull per comparison, 0.4's runs alike), and says which in its repr."""
+    dec, scores, target = batch()
+    assert getattr(uniloss.UniLoss(dec), option) == default
+    assert option not in repr(uniloss.UniLoss(dec))
+    assert f"{option}={other!r}" in repr(uniloss.UniLoss(dec, **{option: other}))
 
     def grad(module):
         s = scores.clone().requires_grad_()
@@ -285,13 +300,13 @@ def test_pull_per_sample_is_the_default_and_old_modules_keep_theirs():
         return s.grad
 
     old = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
-    del old.pull_per  # as unpickled from 0.1
-    assert "pull_per='comparison'" in repr(old)
-    explicit = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3), pull_per="comparison")
+    delattr(old, option)  # as unpickled from before the option
+    assert f"{option}={old_value!r}" in repr(old)
+    explicit = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3), **{option: old_value})
     torch.testing.assert_close(grad(old), grad(explicit), rtol=0, atol=0)
-    assert "pull_per='comparison'" in repr(explicit)
-    per_run = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
-    assert not torch.allclose(grad(per_run), grad(explicit))
+    assert f"{option}={old_value!r}" in repr(explicit)
+    current = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(grad(current), grad(explicit))
 
 
 # ------------------------------------------------------------------------------ step="pull"

@@ -51,7 +51,8 @@ def test_the_guides_structure_changes_the_speed_not_the_loss(seed):
     give the same loss, gradient and anchor values, evaluated densely."""
     with_structure = _guide_class()
     without = type("Dense", (with_structure,), {
-        "structure": lambda self, plan: uniloss.Structure(with_structure.structure(self, plan).runs)})
+        "structure": lambda self, plan: uniloss.Structure(with_structure.structure(self, plan).runs,
+                                                          drops=with_structure.structure(self, plan).drops)})
     scores, target = _batch(seed)
     uniloss.testing.assert_exact_decomposition(
         with_structure(), scores, target, lambda s, y: balanced_accuracy_score(y, s.argmax(1)))
@@ -66,6 +67,21 @@ def test_the_guides_structure_changes_the_speed_not_the_loss(seed):
         torch.testing.assert_close(fast[2].anchor_values, dense[2].anchor_values, rtol=0, atol=1e-12)
         assert fast[2].path == dense[2].path == "structured"
     assert evaluated == []  # the structure evaluated every anchor from counts
+
+
+def test_the_guides_drops_make_its_pull_class_weighted_cross_entropy():
+    """The guide's ``drops`` (1 / n_c per sample): its pull alone is class-weighted cross-entropy,
+    as the zoo's balanced accuracy's; without them (``pull_weights="equal"``) cross-entropy."""
+    scores, target = _batch(2)
+    counts = torch.bincount(target, minlength=scores.shape[1]).double()
+    none = dict(num_good=0, num_nearby=0, num_bad=0)
+    for weights, reference in (("metric", 1 / counts.clamp_min(1)), ("equal", None)):
+        s = scores.clone().requires_grad_()
+        torch.nn.functional.cross_entropy(s, target, weight=reference).backward()
+        got = _run(_guide_class()(), scores, target, 0, pull_weights=weights, **none)[1]
+        torch.testing.assert_close(got, s.grad, rtol=1e-6, atol=1e-12)  # the guide counts in float32
+        zoo = _run(uniloss.zoo.balanced_accuracy(scores.shape[1]), scores, target, 0, pull_weights=weights, **none)[1]
+        torch.testing.assert_close(zoo, s.grad, rtol=1e-10, atol=1e-15)
 
 
 def test_good_anchors_all_uses_the_structure():

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._decomposition import Decomposition, Structure
+from ._limits import current_limits
 from .decoders import Decoder
 
 __all__ = ["DecodedMetric"]
@@ -120,10 +121,32 @@ class DecodedMetric(Decomposition):
 
     def structure(self, target: Any) -> Optional[Structure]:
         """The decoder's runs and margins (:meth:`uniloss.decoders.Decoder.runs`,
-        :meth:`~uniloss.decoders.Decoder.margins`), for the pull; the anchors are evaluated by
-        decoding them."""
+        :meth:`~uniloss.decoders.Decoder.margins`) and the runs' drops (where the decoder says
+        what a broken run decodes to, :meth:`~uniloss.decoders.Decoder.broken`), for the pull;
+        the anchors are evaluated by decoding them."""
         runs = self.decoder.runs(target)
-        return None if runs is None else Structure(runs, margins=self.decoder.margins(target))
+        if runs is None:
+            return None
+        return Structure(runs, margins=self.decoder.margins(target), drops=lambda: self._run_drops(target))
+
+    def _run_drops(self, plan: Any) -> Optional[Tensor]:
+        """``[S]`` the metric lost at the best configuration when run ``s`` alone goes wrong
+        (:meth:`uniloss.decoders.Decoder.broken`: one element of the decoded output changed), from
+        ``S`` changed outputs; ``None`` where the decoder has no such change or the ``S`` outputs
+        would hold more than ``drop_outputs`` elements (:mod:`uniloss._limits`)."""
+        with torch.no_grad():
+            wrong = self.decoder.broken(plan)
+            labels = getattr(plan, "labels", None)
+            if wrong is None or labels is None:
+                return None
+            g = labels.numel()
+            if g * g > current_limits().drop_outputs:
+                return None
+            rows = labels.expand(g + 1, g).clone()  # the last row: best
+            run = torch.arange(g, device=labels.device)
+            rows[run, run] = wrong
+            values = self._values(rows.reshape((g + 1,) + tuple(plan.target.shape)), plan, g + 1)
+            return (values[-1] - values[:-1]) if self.higher_is_better else (values[:-1] - values[-1])
 
     def decode(self, scores: Tensor, target: Any) -> Any:
         """The decoder's output for the scores' own comparisons, without the anchor dimension
@@ -134,8 +157,11 @@ class DecodedMetric(Decomposition):
             return _index(self.decoder.decode(bits[None], plan), 0)
 
     def evaluate(self, bits: Tensor, target: Any) -> Tensor:
-        decoded = self.decoder.decode(bits, target)
-        values = self._call(decoded, target.target, bits.shape[0])
+        return self._values(self.decoder.decode(bits, target), target, bits.shape[0])
+
+    def _values(self, decoded: Any, plan: Any, t: int) -> Tensor:
+        """``[t]`` the evaluator's values of decoded outputs with a leading ``t`` (floating)."""
+        values = self._call(decoded, plan.target, t)
         return values if values.is_floating_point() else values.float()
 
     def _call(self, decoded: Any, target: Any, t: int) -> Tensor:

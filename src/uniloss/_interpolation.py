@@ -159,10 +159,12 @@ def step_factor(pull_push: Tensor, interp_push: Tensor) -> Tensor:
 NEARBY = ("all", "informative")
 PULL_PER = ("sample", "run", "comparison")
 STEPS = ("sum", "pull")
+PULL_WEIGHTS = ("metric", "equal")
 
 
 def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: int = 1,
-              num_valid: Optional[Tensor] = None, denominator: Optional[int] = None, with_push: bool = False):
+              num_valid: Optional[Tensor] = None, denominator: Optional[int] = None, with_push: bool = False,
+              weights: Optional[Tensor] = None):
     r"""The pull toward the best configuration: the cost whose gradient the engine adds to the
     interpolation's (``pull`` of :func:`uniloss.functional.uniloss`). With
     ``z_k = -(2 best_k - 1) c_k / tau`` (``best`` ``None``: every bit 1),
@@ -218,10 +220,13 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
             if num_valid is not None:
                 real = z.new_zeros(num).index_add(0, ids, torch.isfinite(z.detach()).to(z.dtype))
                 occupied = (real > 0).sum()
-        total = per.sum()
+        total = per.sum() if weights is None else (per * weights).sum()
         if with_push:  # the softmax mass off the run's 0: 1 - exp(-lse) (expm1: exact for a tiny lse)
             with torch.no_grad():
-                pushes = per.neg().expm1_().sum().neg_()
+                if weights is None:
+                    pushes = per.neg().expm1_().sum().neg_()
+                else:
+                    pushes = (per.neg().expm1_().neg_() * weights).sum()
         if denominator is not None:
             count = denominator
         elif isinstance(occupied, Tensor):

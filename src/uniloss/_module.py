@@ -73,6 +73,9 @@ class UniLoss(nn.Module):
             :func:`uniloss.functional.uniloss`.
         step: ``"pull"`` (default: every step of the pull's size) or ``"sum"`` (0.2: the
             interpolation's push plus the pull's); see :func:`uniloss.functional.uniloss`.
+        pull_weights: ``"metric"`` (default: a run of the pull weighs what the metric loses when
+            it alone goes wrong; balanced accuracy's pull is class-weighted cross-entropy) or
+            ``"equal"`` (0.4); see :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
@@ -120,6 +123,7 @@ class UniLoss(nn.Module):
         nearby: str = "all",
         pull_per: str = "sample",
         step: str = "pull",
+        pull_weights: str = "metric",
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -128,7 +132,7 @@ class UniLoss(nn.Module):
                 f"{type(decomposition).__name__}"
             )
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull, nearby, pull_per, step)
+                      temperature_scale, distance, pull, nearby, pull_per, step, pull_weights)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
         self.decomposition = decomposition
@@ -145,6 +149,7 @@ class UniLoss(nn.Module):
         self.nearby = nearby
         self.pull_per = pull_per
         self.step = step
+        self.pull_weights = pull_weights
         self.last = None
 
     # Whether forward() has seen an initialised process group (a class default, for modules
@@ -181,6 +186,7 @@ class UniLoss(nn.Module):
             temperature_scale=self.temperature_scale, distance=self.distance, pull=self.pull,
             nearby=getattr(self, "nearby", "all"),  # modules pickled before the options existed
             pull_per=getattr(self, "pull_per", "comparison"), step=getattr(self, "step", "sum"),  # modules pickled before 0.3 keep theirs
+            pull_weights=getattr(self, "pull_weights", "equal"),  # and before 0.5
         )
         return loss
 
@@ -214,5 +220,7 @@ class UniLoss(nn.Module):
             + ("" if getattr(self, "pull_per", "comparison") == "sample"
                else f", pull_per={getattr(self, 'pull_per', 'comparison')!r}")
             + ("" if getattr(self, "step", "sum") == "pull" else f", step={getattr(self, 'step', 'sum')!r}")
+            + ("" if getattr(self, "pull_weights", "equal") == "metric"
+               else f", pull_weights={getattr(self, 'pull_weights', 'equal')!r}")
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )

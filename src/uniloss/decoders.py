@@ -139,6 +139,14 @@ class Decoder:
         """Optional: per-sample margins for the pull, as :attr:`uniloss.Structure.margins`."""
         return None
 
+    def broken(self, plan: Any) -> Optional[Tensor]:
+        """Optional, with :meth:`runs`: ``[S]`` what each run's unit decodes to when that run
+        alone goes wrong from ``best`` (its comparison closest to wrong flipped), where a run is
+        one element of the decoded output (:class:`Argmax`: a row's label becomes its
+        highest-scoring other class). :class:`uniloss.DecodedMetric` evaluates these ``S``
+        single changes for the runs' weights in the pull (:attr:`uniloss.Structure.drops`)."""
+        return None
+
     def decode(self, bits: Tensor, plan: Any) -> Any:
         """Decode bits ``[t, l]`` (bool) into outputs with a leading dimension ``t``."""
         raise _missing(self, "decode")
@@ -351,6 +359,14 @@ class Argmax(_ClassDecoder):
         >>> dec.decode(dec.best(plan)[None], plan)                 # best decodes to the target
         tensor([[1, 2]])
     """
+
+    def broken(self, plan: Any) -> Optional[Tensor]:
+        """``pairs="target"``: ``[G]`` each row's highest-scoring other class (the label it decodes
+        to when its run alone goes wrong); ``None`` for ``pairs="all"``."""
+        plan = self._prepared(plan)
+        if self.pairs == "all" or plan.num_classes < 2:
+            return None
+        return plan.ranked[:, 0]
 
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)

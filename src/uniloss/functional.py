@@ -15,7 +15,7 @@ from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
 from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
 from ._interpolation import (
-    DISTANCES, NEARBY, PULL_PER, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale,
+    DISTANCES, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale,
     gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost, sq_distances_from_costs, step_factor,
 )
 from ._limits import EngineLimits, current_limits
@@ -71,7 +71,7 @@ def check_options(
     num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
     good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
     distance: object = "euclidean", pull: object = 0.0, nearby: object = "all", pull_per: object = "sample",
-    step: object = "pull",
+    step: object = "pull", pull_weights: object = "metric",
 ) -> None:
     """Argument checks, run once by the module and on every functional call."""
     V.check_count("num_good", num_good)
@@ -96,6 +96,8 @@ def check_options(
         raise ValueError(f"Expected `pull_per` in {PULL_PER}, but got {pull_per!r}")
     if step not in STEPS:
         raise ValueError(f"Expected `step` in {STEPS}, but got {step!r}")
+    if pull_weights not in PULL_WEIGHTS:
+        raise ValueError(f"Expected `pull_weights` in {PULL_WEIGHTS}, but got {pull_weights!r}")
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
@@ -241,6 +243,7 @@ def uniloss_with_info(
     nearby: str = "all",
     pull_per: str = "sample",
     step: str = "pull",
+    pull_weights: str = "metric",
 ) -> "tuple[Tensor, LossInfo]":
     """:func:`uniloss`, also returning a :class:`LossInfo` for logging."""
     if not isinstance(decomposition, Decomposition):
@@ -250,7 +253,7 @@ def uniloss_with_info(
         )
     if validate_args:
         check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull, nearby, pull_per, step)
+                      temperature_scale, distance, pull, nearby, pull_per, step, pull_weights)
         V.check_generator(generator)
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
@@ -323,13 +326,17 @@ def uniloss_with_info(
         if margins.dtype in _HALF:
             margins = margins.float()
     pull_rows = _pull_rows(scores, structure)
+    run_weights = None  # the runs' weights in the pull: the metric each run's breaking costs
+    if (pull and pull_weights == "metric" and margins is None and pull_runs is not None and structure is not None
+            and structure.drops is not None):
+        run_weights = _run_weights(structure.drops(), pull_runs.num, c.dtype)
     num_valid = None if static is None else static[0]
     stepped = step == "pull" and bool(pull)  # the step rule needs the interpolation's push (pull=0: none)
     if plan.path == "dense":
         loss, info, push = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale,
                                        sign, distance, nearby, need_push=stepped)
         loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
-                          push if stepped else None, margins)
+                          push if stepped else None, margins, run_weights)
         return loss, with_exact_metric(info, decomposition, target)
     if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
@@ -346,7 +353,7 @@ def uniloss_with_info(
         detached=detached, need_push=stepped,
     )
     loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
-                      pull_runs, pull_rows, num_valid, push if stepped else None, margins)
+                      pull_runs, pull_rows, num_valid, push if stepped else None, margins, run_weights)
     count: Union[int, Tensor] = l
     if static is not None:
         count = int(static[0]) if validate_args else static[0]
@@ -381,7 +388,7 @@ def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
                temperature, pull: float, runs: Optional[Runs] = None, rows: int = 1,
                num_valid: Optional[Tensor] = None, interp_push: Optional[Tensor] = None,
-               margins: Optional[Tensor] = None) -> Tensor:
+               margins: Optional[Tensor] = None, weights: Optional[Tensor] = None) -> Tensor:
     """``loss`` whose gradient also carries ``pull`` times that of
     :func:`uniloss._interpolation.pull_cost` (per run where ``runs`` are given, else per
     comparison); the value stays the interpolated metric's. ``best``: the ``[l]`` best bits where
@@ -400,9 +407,9 @@ def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: D
                 best = decomposition.best(target).reshape(-1).to(device=c.device)
         best = None if is_all_true(best) else best
     if interp_push is None:
-        cost, weight = pull_cost(c, best, temperature, runs, rows, num_valid), pull
+        cost, weight = pull_cost(c, best, temperature, runs, rows, num_valid, weights=weights), pull
     else:
-        cost, push = pull_cost(c, best, temperature, runs, rows, num_valid, with_push=True)
+        cost, push = pull_cost(c, best, temperature, runs, rows, num_valid, with_push=True, weights=weights)
         with torch.no_grad():
             f = step_factor(push * pull if pull != 1.0 else push, interp_push)
         value = loss.detach()
@@ -412,6 +419,19 @@ def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: D
     if weight == 1.0:
         return loss + (cost - cost.detach()).to(loss.dtype)
     return loss + ((cost - cost.detach()) * weight).to(loss.dtype)
+
+
+def _run_weights(drops: Optional[Tensor], num: int, dtype: torch.dtype = torch.float32) -> Optional[Tensor]:
+    """``[S]`` weights of the runs in the pull from :attr:`uniloss.Structure.drops`, in ``dtype``
+    (the comparisons'): the drops (negative ones as 0) over their mean; one each where no run's
+    breaking costs anything."""
+    if drops is None:
+        return None
+    drops = drops.reshape(-1).to(dtype).clamp_min(0)
+    if drops.numel() != num:
+        raise ValueError(f"Expected Structure.drops to give one drop per run ({num}), but got {drops.numel()}")
+    mean = drops.mean()
+    return torch.where(mean > 0, drops / mean.clamp_min(torch.finfo(drops.dtype).tiny), torch.ones_like(drops))
 
 
 def _pull_rows(scores: Tensor, structure: Optional[Structure]) -> int:
@@ -500,6 +520,7 @@ def uniloss(
     nearby: str = "all",
     pull_per: str = "sample",
     step: str = "pull",
+    pull_weights: str = "metric",
 ) -> Tensor:
     r"""The UniLoss surrogate of a metric on one batch (Liu, Wang, Deng, ECCV 2020).
 
@@ -556,6 +577,16 @@ def uniloss(
             ``mean_k softplus(z_k)``, each comparison on its own (for accuracy, each competitor
             gets ``1 / (C - 1)`` of a sample's pull: diluted on many classes; the default before
             0.2, measured on the metric-wins suite, ``docs/results/metric-wins/``).
+        pull_weights: how the runs weigh in a pull taken per run. ``"metric"`` (default since
+            0.5): run ``s`` weighs what the metric loses at the best configuration when that run
+            alone goes wrong (:attr:`uniloss.Structure.drops`; over their mean), so the pull
+            weighs the units as the metric does: balanced accuracy's pull is class-weighted
+            cross-entropy, macro-F1's and mean IoU's weigh a rare class's samples up (imbalanced
+            MNIST, at the recipe's rate: balanced accuracy 90.20 against 86.44 with equal
+            weights, class-weighted cross-entropy 90.30; ``docs/results/metric-wins/``, 0.5).
+            The zoo's argmax metrics give drops (:meth:`uniloss.decoders.Decoder.broken`);
+            every other built-in metric weighs its units alike or pulls on margins, and is
+            unchanged. ``"equal"`` (0.4): every run alike. The block-by-block path weighs every run alike.
         step: how the interpolation's push and the pull's make one step. ``"pull"`` (default
             since 0.3): the whole gradient is multiplied by ``P / (P + I)``, ``P`` the pull's total
             push on the comparisons and ``I`` the interpolation's, so a step has the pull's size
@@ -611,6 +642,6 @@ def uniloss(
         temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
         validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
         temperature_scale=temperature_scale, distance=distance, pull=pull, nearby=nearby, pull_per=pull_per,
-        step=step,
+        step=step, pull_weights=pull_weights,
     )
     return loss

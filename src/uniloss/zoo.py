@@ -46,13 +46,14 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _validation as V
 from ._decoded import DecodedMetric
+from ._limits import current_limits
 from ._pairs import at_or_above
 from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, sort_within
 
@@ -84,6 +85,7 @@ class _Evaluator:
 
     def __init__(self, fn: Callable[..., Tensor], name: str, **options: Any) -> None:
         self.fn, self.__name__, self.options = fn, name, options
+        self.counts = _COUNTS.get(fn)  # the same metric of the class counts, where it is one
 
     def __call__(self, decoded: Any, target: Any, dtype: torch.dtype = _DEFAULT_DTYPE) -> Tensor:
         return self.fn(decoded, target, dtype=dtype, **self.options)
@@ -96,9 +98,37 @@ class _ZooMetric(DecodedMetric):
     """A :class:`DecodedMetric` whose evaluator computes in the plan's ``dtype`` (float64 for
     float64 scores, float32 otherwise; see :func:`uniloss.decoders.values_dtype`)."""
 
-    def evaluate(self, bits: Tensor, target: Any) -> Tensor:
-        decoded = self.decoder.decode(bits, target)
-        return self.evaluator(decoded, target.target, getattr(target, "dtype", _DEFAULT_DTYPE))
+    def _values(self, decoded: Any, plan: Any, t: int) -> Tensor:
+        return self.evaluator(decoded, plan.target, getattr(plan, "dtype", _DEFAULT_DTYPE))
+
+    def _run_drops(self, plan: Any) -> Optional[Tensor]:
+        """A metric of the class counts: each run's drop from ``[S, C]`` counts (the run's label
+        one fewer right, its wrong label one more predicted) instead of ``S`` decoded outputs;
+        above ``drop_counts`` of the limits, once per pair (label, wrong label) and looked up."""
+        counts = getattr(self.evaluator, "counts", None)
+        if counts is None:
+            return super()._run_drops(plan)
+        with torch.no_grad():
+            wrong = self.decoder.broken(plan)
+            if wrong is None:
+                return None
+            labels, c = plan.labels, plan.num_classes
+            actual = torch.zeros(c, dtype=torch.long, device=labels.device).index_add_(
+                0, labels, torch.ones((), dtype=torch.long, device=labels.device).expand(labels.numel()))
+            grouped = labels.numel() * c > current_limits().drop_counts
+            if grouped:
+                pair = torch.arange(c * c, device=labels.device)
+                lab, other = pair // c, pair % c
+            else:
+                lab, other = labels, wrong
+            rows = torch.arange(lab.numel(), device=labels.device)
+            tp = actual.expand(lab.numel() + 1, c).clone()  # the last row: best
+            tp[rows, lab] -= 1
+            predicted = tp.clone()
+            predicted[rows, other] += 1
+            values = counts(tp, predicted, actual, plan.dtype)
+            drops = values[-1] - values[:-1]
+            return drops[labels * c + wrong] if grouped else drops
 
 
 def _metric(decoder, fn: Callable[..., Tensor], name: str, **options: Any) -> DecodedMetric:
@@ -142,7 +172,7 @@ def _mean_where(values: Tensor, defined: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- multi-class
 
 
-def _class_counts(pred: Tensor, target: Tensor, num_classes: int):
+def _class_counts(pred: Tensor, target: Tensor, num_classes: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-class counts of ``pred [t, N]`` against ``target [N]``: ``(tp [t, C], predicted [t, C],
     actual [C])`` as int64, from one count of the ``t`` confusion matrices' codes
     ``row * C^2 + pred * C + target`` (int32, about twice as fast as int64 on CPU). Counted with
@@ -162,25 +192,21 @@ def _class_counts(pred: Tensor, target: Tensor, num_classes: int):
     return confusion.diagonal(dim1=1, dim2=2), confusion.sum(2), confusion[0].sum(0)
 
 
-def _macro_f1(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    tp, predicted, actual = _class_counts(pred, target, num_classes)
+def _macro_f1_counts(tp: Tensor, predicted: Tensor, actual: Tensor, dtype: torch.dtype) -> Tensor:
     support = predicted + actual  # 2 tp + fp + fn
     return _mean_where(_ratio((2 * tp).to(dtype), support.to(dtype)), support > 0)
 
 
-def _mean_iou(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    tp, predicted, actual = _class_counts(pred, target, num_classes)
+def _mean_iou_counts(tp: Tensor, predicted: Tensor, actual: Tensor, dtype: torch.dtype) -> Tensor:
     union = predicted + actual - tp  # tp + fp + fn
     return _mean_where(_ratio(tp.to(dtype), union.to(dtype)), union > 0)
 
 
-def _balanced_accuracy(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    tp, _, actual = _class_counts(pred, target, num_classes)
+def _balanced_accuracy_counts(tp: Tensor, predicted: Tensor, actual: Tensor, dtype: torch.dtype) -> Tensor:
     return _mean_where(_ratio(tp.to(dtype), actual.expand_as(tp).to(dtype)), (actual > 0).expand_as(tp))
 
 
-def _matthews(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    tp, predicted, actual = _class_counts(pred, target, num_classes)
+def _matthews_counts(tp: Tensor, predicted: Tensor, actual: Tensor, dtype: torch.dtype) -> Tensor:
     # The covariances exactly in int64 (no overflow below 3e9 samples), then in `dtype`.
     s = actual.sum()
     cov_yp = (tp.sum(-1) * s - (predicted * actual).sum(-1)).to(dtype)
@@ -188,6 +214,28 @@ def _matthews(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype
     cov_yy = (s * s - (actual * actual).sum()).to(dtype)
     den = cov_pp * cov_yy
     return torch.where(den > 0, cov_yp / den.clamp_min(1e-30).sqrt(), torch.zeros_like(cov_yp))
+
+
+def _macro_f1(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    return _macro_f1_counts(*_class_counts(pred, target, num_classes), dtype)
+
+
+def _mean_iou(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    return _mean_iou_counts(*_class_counts(pred, target, num_classes), dtype)
+
+
+def _balanced_accuracy(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    return _balanced_accuracy_counts(*_class_counts(pred, target, num_classes), dtype)
+
+
+def _matthews(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    return _matthews_counts(*_class_counts(pred, target, num_classes), dtype)
+
+
+# The multi-class evaluators that are functions of the class counts ``(tp [t, C], predicted
+# [t, C], actual [C])`` alone, with those functions (see _Evaluator and _ZooMetric._run_drops).
+_COUNTS = {_macro_f1: _macro_f1_counts, _mean_iou: _mean_iou_counts,
+           _balanced_accuracy: _balanced_accuracy_counts, _matthews: _matthews_counts}
 
 
 def _top_k_hit(member: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
