@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ._decomposition import Decomposition, Structure, static_layout, validate_scores
-from ._pairs import grouped_pairs, other_classes, pair_differences, row_differences, static_pair_differences
+from ._pairs import binary_margins, grouped_pairs, other_classes, pair_differences, row_differences, static_pair_differences
 from ._random import randperm
 from ._structured import PREFIX_COUNTS, Runs
 
@@ -106,14 +106,6 @@ def _prepared(decomposition: Decomposition, target, plan_type):
 
 
 # --------------------------------------------------------------------------- average precision
-
-
-def _margins(flat: Tensor, positive: Tensor) -> Tensor:
-    """``[n]`` margins of binary labels: ``s`` for a positive, ``-s`` for a negative
-    (``positive``: an ``[n]`` bool mask or the positives' indices)."""
-    if positive.dtype == torch.bool:
-        return torch.where(positive, flat, -flat)
-    return flat * flat.new_full(flat.shape, -1.0).index_fill_(0, positive, 1.0)
 
 
 @dataclass(frozen=True)
@@ -318,11 +310,11 @@ class AveragePrecision(Decomposition):
         if isinstance(plan, _APStatic):
             positive = plan.positive
             return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan),
-                             margins=lambda scores: _margins(self._flat(scores), positive))
+                             margins=lambda scores: binary_margins(self._flat(scores), positive))
         plus_one = None if self.interpolated else self._plus_one
         pos = plan.pos
         return Structure(plan.neg.numel(), lambda zeros: self.evaluate_zeros(zeros, plan), plus_one,
-                         margins=lambda scores: _margins(self._flat(scores), pos))
+                         margins=lambda scores: binary_margins(self._flat(scores), pos))
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = self.prepare(None, target)

@@ -114,6 +114,15 @@ def other_classes(labels: Tensor, num_classes: int) -> Tensor:
     return others + (others >= labels[:, None]).long()
 
 
+def binary_margins(flat: Tensor, positive: Tensor) -> Tensor:
+    """``[n]`` margins of binary labels, right when ``> 0``: ``s`` for a positive, ``-s`` for a
+    negative (``positive``: an ``[n]`` bool mask or the positives' indices); the pull on them is
+    binary cross-entropy (:attr:`uniloss.Structure.margins`)."""
+    if positive.dtype == torch.bool:
+        return torch.where(positive, flat, -flat)
+    return flat * flat.new_full(flat.shape, -1.0).index_fill_(0, positive, 1.0)
+
+
 def at_or_above(scores: Tensor, positive: Tensor, group: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """For every item, how many positive and how many negative items of its group score at least
     as high, itself included: ``(pos [n], neg [n])`` int64, in ``O(n log n)`` without the pairs.

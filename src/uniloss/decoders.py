@@ -58,7 +58,7 @@ from torch import Tensor
 from . import _validation as V
 from ._decomposition import static_layout, validate_scores
 from ._metrics import PCK, KeypointTarget
-from ._pairs import grouped_pairs, other_classes, static_pair_differences
+from ._pairs import binary_margins, grouped_pairs, other_classes, static_pair_differences
 from ._structured import Runs
 
 __all__ = [
@@ -144,7 +144,9 @@ class Decoder:
         alone goes wrong from ``best`` (its comparison closest to wrong flipped), where a run is
         one element of the decoded output (:class:`Argmax`: a row's label becomes its
         highest-scoring other class). :class:`uniloss.DecodedMetric` evaluates these ``S``
-        single changes for the runs' weights in the pull (:attr:`uniloss.Structure.drops`)."""
+        single changes for the runs' weights in the pull (:attr:`uniloss.Structure.drops`),
+        starting from the plan's ``labels`` (``[S]``, the output at ``best``, flat) in the shape
+        of ``plan.target``; a plan without ``labels`` gives no drops."""
         return None
 
     def decode(self, bits: Tensor, plan: Any) -> Any:
@@ -873,7 +875,7 @@ class Ranking(Decoder):
         if self.pairs == "all" or not plan.binary:
             return None
         relevant = plan.target.relevance > 0
-        return lambda scores: torch.where(relevant, self._flat(scores), -self._flat(scores))
+        return lambda scores: binary_margins(self._flat(scores), relevant)
 
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)
