@@ -1,7 +1,7 @@
 """What the pull per run (``pull_per="run"``, 0.2) costs per loss call against the pull per
 comparison, what ``step="pull"`` (0.3) adds to it, and the defaults of 0.4 (``pull_per="sample"``:
 AP's pull on per-sample margins; accuracy keeps 0.3's), and what 0.5's ``pull_weights="metric"``
-(the runs weighed by the metric's drops) costs the zoo's argmax metrics against every run alike:
+(each run weighed by the metric's change when it alone toggles) costs the zoo's argmax metrics against every run alike:
 forward and backward, eager, one thread, all measured interleaved in one process (median of 250
 calls after 50 warm-up ones; 60 after 10 for the segmentation cases), ratios beside the absolute
 times.

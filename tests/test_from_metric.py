@@ -171,7 +171,7 @@ def test_traced_bits_are_the_hand_written_decompositions(name):
     # the same anchors give the same loss and gradient, the pull per run included (a traced
     # ranking site's runs are the zoo's Ranking decoder's: an item's pairs with the less relevant;
     # a traced function has no margins, so the built-in AP is compared with its pull per run, nor
-    # the runs' drops, so the zoo's argmax metrics with every run alike)
+    # the runs' weights, so the zoo's argmax metrics with every run alike)
     results = []
     for decomposition in (traced, hand):
         x = scores.clone().requires_grad_(True)

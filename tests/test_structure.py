@@ -52,7 +52,7 @@ def test_the_guides_structure_changes_the_speed_not_the_loss(seed):
     with_structure = _guide_class()
     without = type("Dense", (with_structure,), {
         "structure": lambda self, plan: uniloss.Structure(with_structure.structure(self, plan).runs,
-                                                          drops=with_structure.structure(self, plan).drops)})
+                                                          run_weights=with_structure.structure(self, plan).run_weights)})
     scores, target = _batch(seed)
     uniloss.testing.assert_exact_decomposition(
         with_structure(), scores, target, lambda s, y: balanced_accuracy_score(y, s.argmax(1)))
@@ -69,8 +69,8 @@ def test_the_guides_structure_changes_the_speed_not_the_loss(seed):
     assert evaluated == []  # the structure evaluated every anchor from counts
 
 
-def test_the_guides_drops_make_its_pull_class_weighted_cross_entropy():
-    """The guide's ``drops`` (1 / n_c per sample): its pull alone is class-weighted cross-entropy,
+def test_the_guides_run_weights_make_its_pull_class_weighted_cross_entropy():
+    """The guide's ``run_weights`` (1 / n_c per sample): its pull alone is class-weighted cross-entropy,
     as the zoo's balanced accuracy's; without them (``pull_weights="equal"``) cross-entropy."""
     scores, target = _batch(2)
     counts = torch.bincount(target, minlength=scores.shape[1]).double()

@@ -121,32 +121,32 @@ class DecodedMetric(Decomposition):
 
     def structure(self, target: Any) -> Optional[Structure]:
         """The decoder's runs and margins (:meth:`uniloss.decoders.Decoder.runs`,
-        :meth:`~uniloss.decoders.Decoder.margins`) and the runs' drops (where the decoder says
-        what a broken run decodes to, :meth:`~uniloss.decoders.Decoder.broken`), for the pull;
+        :meth:`~uniloss.decoders.Decoder.margins`) and the runs' weights (where the decoder says
+        what a toggled run decodes to, :meth:`~uniloss.decoders.Decoder.toggled`), for the pull;
         the anchors are evaluated by decoding them."""
         runs = self.decoder.runs(target)
         if runs is None:
             return None
-        return Structure(runs, margins=self.decoder.margins(target), drops=lambda: self._run_drops(target))
+        return Structure(runs, margins=self.decoder.margins(target), run_weights=lambda: self._run_weights(target))
 
-    def _run_drops(self, plan: Any) -> Optional[Tensor]:
-        """``[S]`` the metric lost at the best configuration when run ``s`` alone goes wrong
-        (:meth:`uniloss.decoders.Decoder.broken`: one element of the decoded output changed), from
-        ``S`` changed outputs; ``None`` where the decoder has no such change or the ``S`` outputs
-        would hold more than ``drop_outputs`` elements (:mod:`uniloss._limits`)."""
+    def _run_weights(self, plan: Any) -> Optional[Tensor]:
+        """``[S]`` how much the metric changes when run ``s`` alone toggles at the current
+        configuration (:meth:`uniloss.decoders.Decoder.toggled`: one element of the decoded output
+        changed), from ``S`` toggled outputs; ``None`` where the decoder has no such change or the
+        ``S`` outputs would hold more than ``weight_outputs`` elements (:mod:`uniloss._limits`)."""
         with torch.no_grad():
-            wrong = self.decoder.broken(plan)
-            labels = getattr(plan, "labels", None)
-            if wrong is None or labels is None:
+            pair = self.decoder.toggled(plan)
+            if pair is None:
                 return None
-            g = labels.numel()
-            if g * g > current_limits().drop_outputs:
+            current, toggled = pair
+            g = current.numel()
+            if g * g > current_limits().weight_outputs:
                 return None
-            rows = labels.expand(g + 1, g).clone()  # the last row: best
-            run = torch.arange(g, device=labels.device)
-            rows[run, run] = wrong
+            rows = current.expand(g + 1, g).clone()  # the last row: the current output
+            run = torch.arange(g, device=current.device)
+            rows[run, run] = toggled
             values = self._values(rows.reshape((g + 1,) + tuple(plan.target.shape)), plan, g + 1)
-            return (values[-1] - values[:-1]) if self.higher_is_better else (values[:-1] - values[-1])
+            return (values[:-1] - values[-1]).abs()
 
     def decode(self, scores: Tensor, target: Any) -> Any:
         """The decoder's output for the scores' own comparisons, without the anchor dimension

@@ -51,13 +51,16 @@ class Structure:
             whole test set) and a batch without a positive has none (``docs/results/metric-wins/``,
             0.4). ``None``: the pull per run (also on the block-by-block path, which reads no
             margins).
-        drops: optional, ``()`` -> ``[S]`` (or ``None``): what the metric loses at the best
-            configuration when run ``s`` alone goes wrong. With ``pull_weights="metric"`` (the
-            default) a run's term of the pull weighs its drop over the runs' mean, so the pull
-            weighs the units as the metric does (balanced accuracy: class-weighted
-            cross-entropy). Called only where the pull is taken per run; ``None``: every run
-            alike (metrics whose units count alike, accuracy, PCK, need none). The zoo's argmax
-            metrics give them (:meth:`uniloss.DecodedMetric.structure`).
+        run_weights: optional, ``()`` -> ``[S]`` (or ``None``): each run's weight in the pull,
+            any common scale: how much the metric changes when that run alone toggles at the
+            current configuration (a right run goes wrong, a wrong one right). With
+            ``pull_weights="metric"`` (the default) a run's term of the pull weighs it over the
+            runs' mean, so the pull weighs the units as the metric does (balanced accuracy:
+            class-weighted cross-entropy; mean IoU: a missed pixel of a class weighs more than a
+            false one while its IoU is low, as Lovász-softmax weighs them). Called only where
+            the pull is taken per run; ``None``: every run alike (metrics whose units count
+            alike, accuracy, PCK, need none). The zoo's argmax metrics give them
+            (:meth:`uniloss.DecodedMetric.structure`).
 
     Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
 
@@ -84,7 +87,7 @@ class Structure:
     good_flips: int = 1
     rows: Optional[int] = None
     margins: Optional[Callable[[Tensor], Tensor]] = None
-    drops: Optional[Callable[[], Optional[Tensor]]] = None
+    run_weights: Optional[Callable[[], Optional[Tensor]]] = None
 
     def __post_init__(self) -> None:
         # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)
@@ -100,8 +103,8 @@ class Structure:
         V.check_count("good_flips", self.good_flips, allow_zero=False)
         if self.margins is not None and not callable(self.margins):
             raise TypeError("Expected Structure.margins to be callable: scores -> [n] margins")
-        if self.drops is not None and not callable(self.drops):
-            raise TypeError("Expected Structure.drops to be callable: () -> [S] drops (or None)")
+        if self.run_weights is not None and not callable(self.run_weights):
+            raise TypeError("Expected Structure.run_weights to be callable: () -> [S] weights (or None)")
 
     def plus_one(self, zeros: Tensor) -> Tensor:
         """``[S]`` counts -> ``[S]``: :attr:`evaluate_zeros_plus_one`, or ``S`` one-hot rows

@@ -59,12 +59,11 @@ class EngineLimits:
         select_block: above this many bits, the rank-select of a nearby flip works chunk by chunk
             (an int64 cumsum over all bits would cost 8 bytes a bit).
         select_chunk: the bits of one of those chunks.
-        drop_outputs: the most elements the ``S`` changed outputs of a decoded metric's run drops
-            (:attr:`uniloss.Structure.drops`, ``pull_weights="metric"``) may hold; above it its
-            runs weigh alike.
-        drop_counts: above this many ``[S, C]`` class counts, a metric of the class counts (the
-            zoo's argmax metrics) computes its drops once per pair (label, wrong label), ``C^2``
-            rows, and looks them up.
+        weight_outputs: the most elements the ``S`` toggled outputs of a decoded metric's run
+            weights (:attr:`uniloss.Structure.run_weights`, ``pull_weights="metric"``) may hold;
+            above it its runs weigh alike.
+        weight_counts: the most class counts (``[rows, C]``) the run weights of a metric of the
+            class counts (the zoo's argmax metrics) may take; above it its runs weigh alike.
     """
 
     chunk_bits: int = 1 << 22
@@ -75,8 +74,8 @@ class EngineLimits:
     dense_bits: int = 1 << 17
     select_block: int = 1 << 22
     select_chunk: int = 4096
-    drop_outputs: int = 1 << 24
-    drop_counts: int = 1 << 22
+    weight_outputs: int = 1 << 24
+    weight_counts: int = 1 << 22
 
     def static_bits_for(self, device: Union[torch.device, str]) -> int:
         """The most comparisons a static layout may hold on ``device`` (the device policy)."""

@@ -139,14 +139,14 @@ class Decoder:
         """Optional: per-sample margins for the pull, as :attr:`uniloss.Structure.margins`."""
         return None
 
-    def broken(self, plan: Any) -> Optional[Tensor]:
-        """Optional, with :meth:`runs`: ``[S]`` what each run's unit decodes to when that run
-        alone goes wrong from ``best`` (its comparison closest to wrong flipped), where a run is
-        one element of the decoded output (:class:`Argmax`: a row's label becomes its
-        highest-scoring other class). :class:`uniloss.DecodedMetric` evaluates these ``S``
-        single changes for the runs' weights in the pull (:attr:`uniloss.Structure.drops`),
-        starting from the plan's ``labels`` (``[S]``, the output at ``best``, flat) in the shape
-        of ``plan.target``; a plan without ``labels`` gives no drops."""
+    def toggled(self, plan: Any) -> Optional[Tuple[Tensor, Tensor]]:
+        """Optional, with :meth:`runs`, where a run is one element of the decoded output:
+        ``(current, toggled)``, ``[S]`` each, what each run's element decodes to now and when
+        that run alone toggles (a right run's comparison closest to wrong flips; a wrong run's
+        comparisons all go right: :class:`Argmax`, a right row becomes its highest-scoring other
+        class and a wrong one its label). :class:`uniloss.DecodedMetric` evaluates these ``S``
+        single changes, in the shape of ``plan.target``, for the runs' weights in the pull
+        (:attr:`uniloss.Structure.run_weights`). ``None`` (the default): no weights."""
         return None
 
     def decode(self, bits: Tensor, plan: Any) -> Any:
@@ -243,6 +243,7 @@ class _ClassPlan:
     cols: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, class order
     ranked: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, best score first
     dtype: torch.dtype = torch.float32  # values_dtype(scores)
+    right: Optional[Tensor] = None  # pairs="target": [G] bool, the label beats every other class now
 
 
 class _ClassDecoder(Decoder):
@@ -296,7 +297,9 @@ class _ClassDecoder(Decoder):
             return _ClassPlan(target, labels, m, hard=_tournament(rows) > 0, dtype=values_dtype(scores))
         cols = other_classes(labels, m)
         order = rows.gather(1, cols).sort(dim=1, descending=True, stable=True).indices
-        return _ClassPlan(target, labels, m, cols=cols, ranked=cols.gather(1, order), dtype=values_dtype(scores))
+        ranked = cols.gather(1, order)
+        right = (rows.gather(1, labels[:, None]) > rows.gather(1, ranked[:, :1]))[:, 0] if m > 1 else None
+        return _ClassPlan(target, labels, m, cols=cols, ranked=ranked, dtype=values_dtype(scores), right=right)
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         plan = self._plan(scores, plan)
@@ -362,13 +365,15 @@ class Argmax(_ClassDecoder):
         tensor([[1, 2]])
     """
 
-    def broken(self, plan: Any) -> Optional[Tensor]:
-        """``pairs="target"``: ``[G]`` each row's highest-scoring other class (the label it decodes
-        to when its run alone goes wrong); ``None`` for ``pairs="all"``."""
+    def toggled(self, plan: Any) -> Optional[Tuple[Tensor, Tensor]]:
+        """``pairs="target"``: each row's current label and its label when the row alone toggles
+        (right: its highest-scoring other class; wrong: its target); ``None`` for
+        ``pairs="all"``."""
         plan = self._prepared(plan)
-        if self.pairs == "all" or plan.num_classes < 2:
+        if self.pairs == "all" or plan.num_classes < 2 or plan.right is None:
             return None
-        return plan.ranked[:, 0]
+        first = plan.ranked[:, 0]
+        return torch.where(plan.right, plan.labels, first), torch.where(plan.right, first, plan.labels)
 
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)

@@ -101,34 +101,42 @@ class _ZooMetric(DecodedMetric):
     def _values(self, decoded: Any, plan: Any, t: int) -> Tensor:
         return self.evaluator(decoded, plan.target, getattr(plan, "dtype", _DEFAULT_DTYPE))
 
-    def _run_drops(self, plan: Any) -> Optional[Tensor]:
-        """A metric of the class counts: each run's drop from ``[S, C]`` counts (the run's label
-        one fewer right, its wrong label one more predicted) instead of ``S`` decoded outputs;
-        above ``drop_counts`` of the limits, once per pair (label, wrong label) and looked up."""
+    def _run_weights(self, plan: Any) -> Optional[Tensor]:
+        """A metric of the class counts: each run's change from ``[S, C]`` counts (a right row:
+        its label one fewer right and predicted, its highest other class one more predicted; a
+        wrong row the reverse) instead of ``S`` decoded outputs, or where there are fewer, once
+        per (right or wrong, label, other class), ``2 C^2`` rows, looked up; ``None`` above
+        ``weight_counts`` counts (:mod:`uniloss._limits`)."""
         counts = getattr(self.evaluator, "counts", None)
         if counts is None:
-            return super()._run_drops(plan)
+            return super()._run_weights(plan)
         with torch.no_grad():
-            wrong = self.decoder.broken(plan)
-            if wrong is None:
+            pair = self.decoder.toggled(plan)
+            if pair is None:
                 return None
-            labels, c = plan.labels, plan.num_classes
-            actual = torch.zeros(c, dtype=torch.long, device=labels.device).index_add_(
-                0, labels, torch.ones((), dtype=torch.long, device=labels.device).expand(labels.numel()))
-            grouped = labels.numel() * c > current_limits().drop_counts
-            if grouped:
-                pair = torch.arange(c * c, device=labels.device)
-                lab, other = pair // c, pair % c
+            labels, c, right, other = plan.labels, plan.num_classes, plan.right, plan.ranked[:, 0]
+            one = torch.ones((), dtype=torch.long, device=labels.device).expand(labels.numel())
+            actual = torch.zeros(c, dtype=torch.long, device=labels.device).index_add_(0, labels, one)
+            tp_now = torch.zeros(c, dtype=torch.long, device=labels.device).index_add_(0, labels, right.long())
+            predicted_now = torch.zeros(c, dtype=torch.long, device=labels.device).index_add_(0, pair[0], one)
+            grouped = 2 * c * c < labels.numel()
+            if min(2 * c * c, labels.numel()) * c > current_limits().weight_counts:
+                return None
+            if grouped:  # row r * C^2 + y * C + k: a right (r = 1) or wrong row of label y, other class k
+                code = torch.arange(2 * c * c, device=labels.device)
+                is_right, label, k = code >= c * c, (code // c) % c, code % c
             else:
-                lab, other = labels, wrong
-            rows = torch.arange(lab.numel(), device=labels.device)
-            tp = actual.expand(lab.numel() + 1, c).clone()  # the last row: best
-            tp[rows, lab] -= 1
-            predicted = tp.clone()
-            predicted[rows, other] += 1
+                is_right, label, k = right, labels, other
+            now, then = torch.where(is_right, label, k), torch.where(is_right, k, label)
+            rows = torch.arange(label.numel(), device=labels.device)
+            tp = tp_now.expand(label.numel() + 1, c).clone()  # the last row: now
+            tp[rows, label] -= is_right.long() * 2 - 1
+            predicted = predicted_now.expand(label.numel() + 1, c).clone()
+            predicted[rows, now] -= 1
+            predicted[rows, then] += 1
             values = counts(tp, predicted, actual, plan.dtype)
-            drops = values[-1] - values[:-1]
-            return drops[labels * c + wrong] if grouped else drops
+            change = (values[:-1] - values[-1]).abs()
+            return change[right.long() * (c * c) + labels * c + other] if grouped else change
 
 
 def _metric(decoder, fn: Callable[..., Tensor], name: str, **options: Any) -> DecodedMetric:
@@ -233,7 +241,7 @@ def _matthews(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype
 
 
 # The multi-class evaluators that are functions of the class counts ``(tp [t, C], predicted
-# [t, C], actual [C])`` alone, with those functions (see _Evaluator and _ZooMetric._run_drops).
+# [t, C], actual [C])`` alone, with those functions (see _Evaluator and _ZooMetric._run_weights).
 _COUNTS = {_macro_f1: _macro_f1_counts, _mean_iou: _mean_iou_counts,
            _balanced_accuracy: _balanced_accuracy_counts, _matthews: _matthews_counts}
 
