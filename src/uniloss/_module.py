@@ -73,9 +73,10 @@ class UniLoss(nn.Module):
             :func:`uniloss.functional.uniloss`.
         step: ``"pull"`` (default: every step of the pull's size) or ``"sum"`` (0.2: the
             interpolation's push plus the pull's); see :func:`uniloss.functional.uniloss`.
-        pull_weights: ``"metric"`` (default: a run of the pull weighs what the metric loses when
-            it alone goes wrong; balanced accuracy's pull is class-weighted cross-entropy) or
-            ``"equal"`` (0.4); see :func:`uniloss.functional.uniloss`.
+        pull_weights: ``"metric"`` (default: a run of the pull weighs how much the metric
+            changes when it alone toggles at the current configuration; balanced accuracy's pull
+            is class-weighted cross-entropy) or ``"equal"`` (0.4); see
+            :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.

@@ -125,9 +125,9 @@ class _ZooMetric(DecodedMetric):
             if grouped:  # row r * C^2 + y * C + k: a right (r = 1) or wrong row of label y, other class k
                 code = torch.arange(2 * c * c, device=labels.device)
                 is_right, label, k = code >= c * c, (code // c) % c, code % c
+                now, then = torch.where(is_right, label, k), torch.where(is_right, k, label)
             else:
-                is_right, label, k = right, labels, other
-            now, then = torch.where(is_right, label, k), torch.where(is_right, k, label)
+                is_right, label, (now, then) = right, labels, pair
             rows = torch.arange(label.numel(), device=labels.device)
             tp = tp_now.expand(label.numel() + 1, c).clone()  # the last row: now
             tp[rows, label] -= is_right.long() * 2 - 1
