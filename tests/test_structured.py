@@ -163,6 +163,58 @@ def test_blocks_equal_one_block(chunk_bits, good_flips, options, monkeypatch):
     assert blocks[2].num_bits == whole[2].num_bits > chunk_bits
 
 
+@pytest.mark.parametrize("pull", [0.0, 0.4])
+def test_blocks_with_wide_runs_equal_one_block(pull, monkeypatch):
+    """Runs of 64 bits or more: the random anchors' zeros come from byte histograms per run
+    (unpacked bits off), the one-block engine from the unpacked bits."""
+    heat, target = _pck_batch(3, n=2, j=2, h=12, w=12)
+    dec = uniloss.PCK()
+    whole = _run(heat, target, dec, generator=torch.Generator().manual_seed(5), num_bad=21, pull=pull)
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(unpack_bits=0))
+    blocks = _run(heat, target, dec, generator=torch.Generator().manual_seed(5), num_bad=21, pull=pull,
+                  chunk_bits=300)
+    _assert_same(whole, blocks, rtol=1e-9)
+    assert blocks[2].path == "chunked" and blocks[2].num_bits > 300
+
+
+def test_blocks_take_no_pass_in_backward_and_none_for_gradients_under_no_grad(monkeypatch):
+    """With a graph to record, one pass over the blocks after the anchors gives the pushes and
+    both gradients (the backward pass only scales them); under no_grad that pass is skipped."""
+    heat, target = _pck_batch(0)
+    calls = []
+    block = uniloss.PCK._block
+    monkeypatch.setattr(uniloss.PCK, "_block", staticmethod(lambda *a: calls.append(1) or block(*a)))
+    kw = dict(generator=torch.Generator().manual_seed(2), chunk_bits=40)
+    s = heat.clone().requires_grad_()
+    loss, info = F.uniloss_with_info(s, target, uniloss.PCK(), **kw)
+    blocks = len(_structured.blocks_of(uniloss.PCK().structure(uniloss.PCK().prepare(heat, target)).runs, 40))
+    assert info.path == "chunked" and blocks > 2
+    assert len(calls) == 4 * blocks  # hard, squared distances, then the gradients' pass (two leaves: the pull's)
+    calls.clear()
+    loss.backward()
+    assert calls == [] and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    with torch.no_grad():
+        again, _ = F.uniloss_with_info(heat, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2),
+                                       chunk_bits=40)
+    assert len(calls) == 2 * blocks
+    assert torch.equal(again, loss.detach())
+
+
+@pytest.mark.parametrize("num", [5, 8, 16, 21])
+def test_random_anchor_kernels_equal_brute_force(num):
+    g = torch.Generator().manual_seed(num)
+    groups, width, runs = -(-num // 8), 70, 3
+    codes = torch.randint(0, 256, (groups, width * runs), generator=g, dtype=torch.uint8)
+    bits = _anchors.unpack_codes(codes, num).bool()  # [num, L]: D_jk
+    hard = torch.rand(width * runs, generator=g) < 0.6
+    zeros_hard = (~hard).view(runs, width).sum(1).float()
+    expected = (bits == hard[None]).view(num, runs, width).sum(2).float()  # anchor j's bits are hard xor D_j
+    assert torch.equal(_structured.random_zeros(codes, num, hard, width, zeros_hard), expected)
+    grad = torch.randn(num, generator=g, dtype=torch.float64)
+    tables = _structured.random_tables(grad, groups)
+    torch.testing.assert_close(_structured.random_lookup(tables, codes), grad @ bits.double(), rtol=1e-12, atol=1e-12)
+
+
 def test_blocks_in_half_precision_and_same_state_same_loss():
     heat, target = _pck_batch(1, dtype=torch.float32)
     heat = heat.half()

@@ -36,7 +36,10 @@ class EngineLimits:
             :class:`~uniloss.Structure` has ``comparisons_block`` (PCK on large heatmaps) is
             processed block by block (the ``"chunked"`` path): about 4 bytes a bit per float
             tensor otherwise.
-        block_bits: the size of those blocks (at most ``chunk_bits``).
+        block_bits: the size of those blocks (at most ``chunk_bits``): ``2**20``, a few float
+            tensors of 4 MB each at a time; each block's backward also writes a gradient of the
+            scores' size, so smaller blocks cost more where the scores are large (16 x 16 heatmaps
+            of 64 x 64: 1.1x the time at ``2**18``).
         static_max_bits: the most comparisons a static layout (see
             :class:`uniloss._decomposition.StaticLayout`) offered on an accelerator may hold
             (besides ``chunk_bits`` for a decomposition processed block by block); a larger one is
@@ -67,7 +70,7 @@ class EngineLimits:
     """
 
     chunk_bits: int = 1 << 22
-    block_bits: int = 1 << 18
+    block_bits: int = 1 << 20
     static_max_bits: int = 1 << 22
     cpu_static_max_bits: int = 0
     unpack_bits: int = 1 << 15

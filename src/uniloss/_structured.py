@@ -204,8 +204,12 @@ class Random:
             return self.bits_f @ w
         return random_dots(self.codes, w, self.num)
 
-    def zeros(self, hard: Tensor, runs: "Runs") -> Tensor:
-        """``[num, S]``: 0-bits per run of each random anchor ``hard xor D_j``."""
+    def zeros(self, hard: Tensor, runs: "Runs", zeros_hard: Optional[Tensor] = None) -> Tensor:
+        """``[num, S]``: 0-bits per run of each random anchor ``hard xor D_j`` (``zeros_hard``:
+        ``hard``'s own ``[S]``, float32, which the histograms below start from)."""
+        if (zeros_hard is not None and self.bits is None and runs.width is not None
+                and runs.width >= HISTOGRAM_WIDTH and hard.device.type == "cpu"):
+            return random_zeros(self.codes, self.num, hard, runs.width, zeros_hard)
         bits = self.bits if self.bits is not None else unpack_codes(self.codes, self.num)
         return runs.zeros(bits == hard.to(torch.uint8)[None], torch.float32)
 
@@ -223,6 +227,28 @@ def random_dots(codes: Tensor, w: Tensor, num: int) -> Tensor:
     return (hist @ bit_table(w.device, w.dtype)).reshape(-1)[:num]
 
 
+# Runs at least this wide are counted from byte histograms per run on a CPU (see random_zeros).
+HISTOGRAM_WIDTH = 64
+
+
+def random_zeros(codes: Tensor, num: int, hard: Tensor, width: int, zeros_hard: Tensor) -> Tensor:
+    """``[num, S]`` float32: the 0-bits per run (``width`` bits each) of each random anchor
+    ``hard xor D_j``, as ``zeros_hard + sum_k D_jk (2 hard_k - 1)``: a histogram of the code bytes
+    per run weighed by ``+/-1``, then the bits of each byte value (one pass over the bytes per
+    group of 8 anchors, instead of one per anchor). Exact: integer sums below ``2**24``."""
+    groups, num_bits = codes.shape
+    num_runs = num_bits // width
+    sign = hard.to(torch.float32).mul_(2.0).sub_(1.0)
+    base = torch.arange(num_runs, device=codes.device)[:, None] * 256
+    table = bit_table(codes.device, torch.float32)
+    parts = [
+        torch.bincount((codes[g].view(num_runs, width) + base).view(-1), sign, minlength=num_runs * 256)
+        .view(num_runs, 256) @ table
+        for g in range(groups)
+    ]
+    return torch.cat(parts, 1).T[:num] + zeros_hard
+
+
 def random_tables(grad: Tensor, groups: int) -> Tensor:
     """``[groups, 256]``: for each byte value, the sum of ``grad_j`` over its set bits."""
     padded = torch.nn.functional.pad(grad, (0, groups * 8 - grad.numel()))
@@ -230,8 +256,28 @@ def random_tables(grad: Tensor, groups: int) -> Tensor:
 
 
 def random_lookup(tables: Tensor, codes: Tensor) -> Tensor:
-    """``[L]``: ``sum_j grad_j D_jk`` over the random anchors, by table lookup per byte."""
-    return tables.gather(1, codes.long()).sum(0)
+    """``[L]``: ``sum_j grad_j D_jk`` over the random anchors, by table lookup: per pair of code
+    bytes (16 anchors) one lookup in a 65,536-entry table of the pair's sums (an int32 index), a
+    last odd byte alone."""
+    groups = codes.shape[0]
+    out: Optional[Tensor] = None
+    for g in range(0, groups, 2):
+        if g + 1 < groups:
+            table = (tables[g + 1][:, None] + tables[g][None, :]).reshape(-1)
+            part = table.index_select(0, codes[g + 1].to(torch.int32).mul_(256).add_(codes[g]))
+        else:
+            part = tables[g].index_select(0, codes[g].to(torch.int32))
+        out = part if out is None else out.add_(part)
+    assert out is not None  # at least one group
+    return out
+
+
+def residual(c: Tensor, temperature) -> Tensor:
+    """``r = sigmoid(-|c| / tau)`` alone (no grad): the first of :func:`residuals`."""
+    z = c.abs()
+    if isinstance(temperature, Tensor) or temperature != 1.0:
+        z.div_(temperature)
+    return z.neg_().sigmoid_()
 
 
 def residuals(c: Tensor, temperature: float, distance: str = "euclidean") -> Tuple[Tensor, Tensor, Tensor]:
@@ -561,8 +607,11 @@ def chunked_loss(
 
     Needs a :class:`~uniloss.Structure` with ``comparisons_block`` and run lengths. Holds ``hard``
     (1 byte a bit) and the random anchors' codes (1 byte a bit per 8 anchors); every other
-    tensor is one block's, and the backward pass recomputes each block's comparisons. The
-    anchors, values, loss and gradient are those of the one-block engine.
+    tensor is one block's. Three passes over the blocks, each forming its comparisons anew:
+    ``hard``; the anchors' squared distances and zero counts; and, when autograd records (scores
+    that require grad, grad mode on), the gradients of the interpolation and of the pull at unit
+    size with the pushes that size them, so that the backward pass only scales two tensors of
+    the scores' shape. The anchors, values, loss and gradient are those of the one-block engine.
     """
     device = scores.device
     dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
@@ -619,7 +668,7 @@ def chunked_loss(
             zeros_best[s0:s1] = runs.zeros((~best[b0:b1])[None], torch.float32)[0]
             if b:
                 dots += rnd.dots(w)
-                zeros_random[:, s0:s1] = rnd.zeros(h, runs)
+                zeros_random[:, s0:s1] = rnd.zeros(h, runs, zeros_hard[s0:s1])
         all_runs = Runs(None, None, torch.cumsum(lengths, 0), num_runs)
         flip_sq = (flips.sign * w_flip).sum(1).add_(R)
         flip_sq[: flips.num_from_best] += s_best
@@ -645,8 +694,8 @@ def chunked_loss(
             c = comparisons(s, block)
             h = hard[b0:b1]
             with torch.no_grad():
-                r = residuals(c.detach(), temperature, distance)[0]
-                member = (h != best[b0:b1]).to(dtype).mul_(from_best)
+                r = residual(c.detach(), temperature)
+                member = torch.where(h != best[b0:b1], from_best, 0.0)
                 inside, at = local(flips.index, b0, b1)
                 member.index_add_(0, at.reshape(-1), torch.where(inside, flip_coef, 0.0).reshape(-1))
                 if tables is not None:
@@ -659,27 +708,44 @@ def chunked_loss(
     if rows is None:  # the batch size the runs are over (a wrapper's set: see functional._rows)
         rows = scores.shape[0] if scores.dim() else 1
     pull_rows = max(num_runs, rows) if pull_per != "comparison" else num_bits
-    pull_weight: Union[float, Tensor] = pull
     stepped = step == "pull" and bool(pull)  # the step rule (pull=0: no pull to size the step by)
-    with torch.no_grad():  # "bounded" and "normalized" take one more pass over the blocks: the total push
-        pull_push = torch.zeros((), dtype=dtype, device=device)
 
-        def total_push() -> Tensor:
-            push = torch.zeros((), dtype=dtype, device=device)
-            for block, c, grad_c in block_grads(factor, s_det):
-                push += grad_c.abs().sum()
+    def block_runs(block) -> Optional[Runs]:
+        return Runs(block[4], None, None, block[1] - block[0]) if pull_per != "comparison" else None
+
+    # One pass over the blocks gives the interpolation's total push, the pull's, and the gradients
+    # of both at unit size: each is linear in its coefficient, which the totals fix only after the
+    # pass, so the backward pass just scales them. Two leaves (the scores twice) keep the two
+    # gradients apart in one backward call per block. Without a graph to record (no_grad, or
+    # scores without grad) no backward pass can follow: the pass is skipped.
+    record = torch.is_grad_enabled() and scores.requires_grad
+    leaves = [scores.detach().requires_grad_(True) for _ in range(2 if pull else 1)]
+    push = torch.zeros((), dtype=dtype, device=device)
+    pull_push = torch.zeros((), dtype=dtype, device=device)
+    coef: Union[float, Tensor] = sign
+    pull_weight: Union[float, Tensor] = pull
+    with torch.enable_grad():
+        for block, c, grad_c in (block_grads(factor, leaves[0]) if record else ()):
+            b0, b1 = block[2], block[3]
+            push += grad_c.abs().sum()
+            # A scalar's backward: backward(c, grad_c) would import sympy on first use.
+            total = torch.dot(c, grad_c)
+            if pull:  # this block's part of the pull (see functional._with_pull), over the whole call's count
+                cost = pull_cost(comparisons(leaves[1], block), best[b0:b1], temperature, block_runs(block),
+                                 denominator=pull_rows, with_push=stepped)
                 if stepped:  # the pull's push in the same pass (see pull_cost)
-                    runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per != "comparison" else None
-                    pull_push.add_(pull_cost(c, best[block[2]:block[3]], temperature, runs, denominator=pull_rows,
-                                             with_push=True)[1] * pull)
-            return push
-
-        scale, push = gradient_scale(grad_scale, harmonic, total_push, stepped)
-        coef = sign * factor * scale
+                    cost, block_push = cost
+                    pull_push += block_push * pull
+                total = total + cost
+            total.backward()
+    with torch.no_grad():
+        scale, scaled_push = gradient_scale(grad_scale, harmonic, lambda: push, stepped)
+        coef = sign * scale
         if stepped:  # every step of the pull's size (see functional._with_pull)
-            assert push is not None  # asked for
-            f = step_factor(pull_push, push)
+            assert scaled_push is not None  # asked for
+            f = step_factor(pull_push, scaled_push)
             coef, pull_weight = coef * f, f * pull
+    grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(scores) for leaf in leaves] if record else []
 
     def backward(grad_out: Tensor, _scores: Tensor) -> Tensor:
         if torch.is_grad_enabled():  # create_graph=True
@@ -688,18 +754,9 @@ def chunked_loss(
                 f"call had {num_bits} comparisons, more than its chunk_bits. Pass chunk_bits={num_bits} or "
                 "more to UniLoss (or uniloss()) to use the one-block engine, which supports it"
             )
-        with torch.enable_grad():
-            s = scores.detach().requires_grad_(True)
-            for block, c, grad_c in block_grads(coef * grad_out, s):
-                b0, b1 = block[2], block[3]
-                # A scalar's backward: backward(c, grad_c) would import sympy on first use.
-                total = torch.dot(c, grad_c)
-                if pull:  # this block's part of the pull (see functional._with_pull), over the whole call's count
-                    runs = Runs(block[4], None, None, block[1] - block[0]) if pull_per != "comparison" else None
-                    cost = pull_cost(c, best[b0:b1], temperature, runs, denominator=pull_rows)
-                    total = total + cost * (grad_out * pull_weight)
-                total.backward()
-        return s.grad if s.grad is not None else torch.zeros_like(scores)
+        assert record  # a graph was recorded: the forward's scores required grad under grad mode
+        out = grads[0] * (coef * grad_out)
+        return out + grads[1] * (pull_weight * grad_out) if pull else out
 
     loss = _Surrogate.apply(scores, g, sign, backward)
     return loss, values, metric, g, anchors.kinds, num_bits

@@ -86,7 +86,7 @@ class WrappedDecomposition(Decomposition):
 
     def _live(self, scores: Tensor) -> Tensor:
         """``scores`` as they enter the inner set when the engine passes others than those the
-        target was prepared with (the block-by-block backward pass recomputes from a copy)."""
+        target was prepared with (the block-by-block gradient pass works on detached copies)."""
         return scores
 
     # ------------------------------------------------------------------ the hooks, forwarded
