@@ -177,6 +177,35 @@ def test_blocks_with_wide_runs_equal_one_block(pull, monkeypatch):
     assert blocks[2].path == "chunked" and blocks[2].num_bits > 300
 
 
+class _WeighedPCK(uniloss.PCK):
+    """PCK whose structure also gives run weights or per-sample margins (the block path reads both)."""
+
+    def __init__(self, extra):
+        super().__init__()
+        self.extra = extra
+
+    def structure(self, target):
+        s = super().structure(target)
+        if self.extra == "weights":
+            weights = torch.linspace(0.2, 3.0, s.runs.numel(), dtype=torch.float64)
+            return dataclasses.replace(s, run_weights=lambda: weights)
+        return dataclasses.replace(s, margins=lambda scores: scores.flatten(1).amax(1) - 1.0)
+
+
+@pytest.mark.parametrize("extra", ["weights", "margins"])
+@pytest.mark.parametrize("step", ["pull", "sum"])
+def test_blocks_take_the_structures_run_weights_and_margins(extra, step):
+    heat, target = _pck_batch(4)
+    dec = _WeighedPCK(extra)
+    kw = dict(generator=torch.Generator().manual_seed(7), step=step, pull_per="sample")
+    whole = _run(heat, target, dec, **kw)
+    blocks = _run(heat, target, dec, chunk_bits=40, **dict(kw, generator=torch.Generator().manual_seed(7)))
+    assert blocks[2].path == "chunked" and whole[2].path == "structured"
+    _assert_same(whole, blocks, rtol=1e-9)
+    plain = _run(heat, target, uniloss.PCK(), chunk_bits=40, **dict(kw, generator=torch.Generator().manual_seed(7)))
+    assert not torch.allclose(plain[1], blocks[1])  # the weights or margins moved the gradient
+
+
 def test_blocks_take_no_pass_in_backward_and_none_for_gradients_under_no_grad(monkeypatch):
     """With a graph to record, one pass over the blocks after the anchors gives the pushes and
     both gradients (the backward pass only scales them); under no_grad that pass is skipped."""

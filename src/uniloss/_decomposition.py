@@ -37,7 +37,7 @@ class Structure:
         comparisons_block: optional, ``(scores, start, stop)`` -> the comparisons of runs
             ``start .. stop - 1``, flat and in order, differentiable in ``scores`` (``runs`` a
             tensor): the engine then processes a huge ``l`` (PCK on large heatmaps) block by block
-            in bounded memory, recomputing each block in the backward pass.
+            in bounded memory, forming each block anew in each pass over them.
         good_flips: how many bits a good anchor flips away from ``best`` (the paper: 1).
         rows: the number of samples the runs are drawn from (the pull per run is divided by the
             larger of it and the number of runs); ``None`` (default): the scores' batch size. A
@@ -49,8 +49,7 @@ class Structure:
             usual loss of binary labels as cross-entropy is accuracy's pull. It pushes every
             sample on its own: in-batch pairs tie nothing across batches (a held-out AP ranks the
             whole test set) and a batch without a positive has none (``docs/results/metric-wins/``,
-            0.4). ``None``: the pull per run (also on the block-by-block path, which reads no
-            margins).
+            0.4). ``None``: the pull per run.
         run_weights: optional, ``()`` -> ``[S]`` (or ``None``): each run's weight in the pull,
             any common scale: how much the metric changes when that run alone toggles at the
             current configuration (a right run goes wrong, a wrong one right). With

@@ -600,10 +600,14 @@ def chunked_loss(
     pull_per: str = "sample",
     rows: Optional[int] = None,
     step: str = "pull",
+    margins: Optional[Callable[[Tensor], Tensor]] = None,
+    run_weights: Optional[Tensor] = None,
 ):
     """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull``,
     ``pull_per`` and ``step`` as :func:`uniloss.functional.uniloss` documents them; each block
-    holds whole runs, so a run's pull is one block's).
+    holds whole runs, so a run's pull is one block's). ``margins``: the structure's per-sample
+    margins, on which the pull is then taken once (``pull_per="sample"``); ``run_weights``: the
+    runs' ``[S]`` weights in a pull per run, already over their mean.
 
     Needs a :class:`~uniloss.Structure` with ``comparisons_block`` and run lengths. Holds ``hard``
     (1 byte a bit) and the random anchors' codes (1 byte a bit per 8 anchors); every other
@@ -725,14 +729,23 @@ def chunked_loss(
     coef: Union[float, Tensor] = sign
     pull_weight: Union[float, Tensor] = pull
     with torch.enable_grad():
+        if pull and margins is not None and record:  # the pull on the margins, once (see functional._with_pull)
+            m = margins(leaves[1])
+            cost = pull_cost(m.float() if m.dtype in (torch.float16, torch.bfloat16) else m, None, temperature,
+                             with_push=stepped)
+            if stepped:
+                cost, block_push = cost
+                pull_push += block_push * pull
+            cost.backward()
         for block, c, grad_c in (block_grads(factor, leaves[0]) if record else ()):
             b0, b1 = block[2], block[3]
             push += grad_c.abs().sum()
             # A scalar's backward: backward(c, grad_c) would import sympy on first use.
             total = torch.dot(c, grad_c)
-            if pull:  # this block's part of the pull (see functional._with_pull), over the whole call's count
+            if pull and margins is None:  # this block's part of the pull per run, over the whole call's count
+                weights = None if run_weights is None else run_weights[block[0]:block[1]]
                 cost = pull_cost(comparisons(leaves[1], block), best[b0:b1], temperature, block_runs(block),
-                                 denominator=pull_rows, with_push=stepped)
+                                 denominator=pull_rows, with_push=stepped, weights=weights)
                 if stepped:  # the pull's push in the same pass (see pull_cost)
                     cost, block_push = cost
                     pull_push += block_push * pull

@@ -268,13 +268,20 @@ def uniloss_with_info(
             raise ValueError(
                 f"good_anchors='all' is not available block by block (more than chunk_bits={plan.chunk_bits} comparisons)"
             )
-        assert plan.structure is not None  # the chunked path: set by choose_path
+        structure = plan.structure
+        assert structure is not None and isinstance(structure.runs, Tensor)  # the chunked path: set by choose_path
+        margins_of = structure.margins if pull and pull_per == "sample" else None
+        block_weights = None  # as on the structured path below
+        if pull and pull_weights == "metric" and margins_of is None and pull_per != "comparison" \
+                and structure.run_weights is not None:
+            block_weights = _run_weights(structure.run_weights(), structure.runs.numel(),
+                                         torch.float32 if scores.dtype in _HALF else scores.dtype)
         loss, values, metric, surrogate, kinds, l = chunked_loss(
-            scores, target, decomposition, plan.structure, chunk_bits=plan.block_bits, num_good=num_good,
+            scores, target, decomposition, structure, chunk_bits=plan.block_bits, num_good=num_good,
             num_nearby=num_nearby, num_bad=num_bad, generator=generator,
             temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
-            distance=distance, pull=pull, nearby=nearby, pull_per=pull_per, rows=_pull_rows(scores, plan.structure),
-            step=step,
+            distance=distance, pull=pull, nearby=nearby, pull_per=pull_per, rows=_pull_rows(scores, structure),
+            step=step, margins=margins_of, run_weights=block_weights,
         )
         loss = loss.to(scores.dtype)
         return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
@@ -588,7 +595,7 @@ def uniloss(
             ``docs/results/metric-wins/``, 0.5). The zoo's argmax metrics give them
             (:meth:`uniloss.decoders.Decoder.toggled`); every other built-in metric weighs its
             units alike or pulls on margins, and is unchanged. ``"equal"`` (0.4): every run
-            alike. The block-by-block path weighs every run alike.
+            alike.
         step: how the interpolation's push and the pull's make one step. ``"pull"`` (default
             since 0.3): the whole gradient is multiplied by ``P / (P + I)``, ``P`` the pull's total
             push on the comparisons and ``I`` the interpolation's, so a step has the pull's size
