@@ -192,4 +192,15 @@ def test_train_digits_matches_the_loop_it_replaced():
 def test_metric_wins_trains_with_the_shared_loop():
     from uniloss.experiments import metric_wins
 
-    assert metric_wins.fit is train_epochs and metric_wins.shuffled is shuffled
+    assert metric_wins.shuffled is shuffled
+    calls = []
+    metric_wins._ON_EPOCH = lambda epoch, value: calls.append((epoch, value))
+    try:
+        model = torch.nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(8, 2)
+        curve = metric_wins.fit(model, opt, lambda e: [torch.arange(8)], lambda m, i: m(x[i]).square().mean(), 3,
+                                lambda m: float(m(x).square().mean()))
+    finally:
+        metric_wins._ON_EPOCH = None
+    assert [e for e, _ in calls] == [0, 1, 2] and [v for _, v in calls] == curve

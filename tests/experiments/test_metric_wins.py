@@ -99,10 +99,14 @@ def test_bad_variant_fails_before_any_run():
         M.parse_variant('a={"no_such_keyword": 1}')
 
 
-def test_cli_runs_one_task_and_writes_the_schema(tmp_path):
+def test_cli_runs_one_task_and_writes_the_schema(tmp_path, capfd):
     out = tmp_path / "mw"
     assert cli(["reproduce", "metric-wins", "--tasks", "digits-f1", "--seeds", "0", "1", "--jobs", "1",
-                "--variant", 't2={"temperature": 2}', "--out", str(out)]) == 0
+                "--variant", 't2={"temperature": 2}', "--out", str(out), "--progress"]) == 0
+    err = capfd.readouterr().err
+    for seed in (0, 1):  # --progress: every epoch of every run
+        assert sum(f"digits-f1 cross-entropy seed {seed}: epoch " in line for line in err.splitlines()) == 30
+    assert "digits-f1 UniLoss (defaults) seed 0: epoch 30 " in err
     report = json.loads((out / "results.json").read_text())
     assert {r["kind"] for r in report["rows"]} == {"usual", "uniloss", "variant"}
     for row in report["rows"]:
