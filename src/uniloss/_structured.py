@@ -723,7 +723,7 @@ def chunked_loss(
     # gradients apart in one backward call per block. Without a graph to record (no_grad, or
     # scores without grad) no backward pass can follow: the pass is skipped.
     record = torch.is_grad_enabled() and scores.requires_grad
-    leaves = [scores.detach().requires_grad_(True) for _ in range(2 if pull else 1)]
+    leaves = [scores.detach().requires_grad_(True) for _ in range(2 if pull else 1)] if record else []
     push = torch.zeros((), dtype=dtype, device=device)
     pull_push = torch.zeros((), dtype=dtype, device=device)
     coef: Union[float, Tensor] = sign
