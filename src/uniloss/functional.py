@@ -270,12 +270,8 @@ def uniloss_with_info(
             )
         structure = plan.structure
         assert structure is not None and isinstance(structure.runs, Tensor)  # the chunked path: set by choose_path
-        margins_of = structure.margins if pull and pull_per == "sample" else None
-        block_weights = None  # as on the structured path below
-        if pull and pull_weights == "metric" and margins_of is None and pull_per != "comparison" \
-                and structure.run_weights is not None:
-            block_weights = _run_weights(structure.run_weights(), structure.runs.numel(),
-                                         torch.float32 if scores.dtype in _HALF else scores.dtype)
+        margins_of, block_weights = _pull_terms(structure, pull, pull_per, pull_weights, structure.runs.numel(),
+                                                torch.float32 if scores.dtype in _HALF else scores.dtype)
         loss, values, metric, surrogate, kinds, l = chunked_loss(
             scores, target, decomposition, structure, chunk_bits=plan.block_bits, num_good=num_good,
             num_nearby=num_nearby, num_bad=num_bad, generator=generator,
@@ -327,16 +323,12 @@ def uniloss_with_info(
     structure = plan.structure
     runs = None if structure is None or not l else Runs.of(structure.runs, l, c.device, validate_args and static is None)
     pull_runs = runs if pull_per != "comparison" else None
-    margins = None  # the pull's per-sample margins (pull_per="sample" on a structure that has them)
-    if pull and pull_per == "sample" and structure is not None and structure.margins is not None:
-        margins = structure.margins(scores)
-        if margins.dtype in _HALF:
-            margins = margins.float()
+    margins_of, run_weights = _pull_terms(structure, pull, pull_per, pull_weights,
+                                          None if pull_runs is None else pull_runs.num, c.dtype)
+    margins = None if margins_of is None else margins_of(scores)  # the pull's per-sample margins
+    if margins is not None and margins.dtype in _HALF:
+        margins = margins.float()
     pull_rows = _pull_rows(scores, structure)
-    run_weights = None  # the runs' weights in the pull: the metric each run's breaking costs
-    if (pull and pull_weights == "metric" and margins is None and pull_runs is not None and structure is not None
-            and structure.run_weights is not None):
-        run_weights = _run_weights(structure.run_weights(), pull_runs.num, c.dtype)
     num_valid = None if static is None else static[0]
     stepped = step == "pull" and bool(pull)  # the step rule needs the interpolation's push (pull=0: none)
     if plan.path == "dense":
@@ -426,6 +418,22 @@ def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: D
     if weight == 1.0:
         return loss + (cost - cost.detach()).to(loss.dtype)
     return loss + ((cost - cost.detach()) * weight).to(loss.dtype)
+
+
+def _pull_terms(structure: Optional[Structure], pull: float, pull_per: str, pull_weights: str,
+                num_runs: Optional[int], dtype: torch.dtype):
+    """``(margins, run_weights)`` of the pull, each ``None`` where it does not apply: the
+    structure's per-sample margins (a callable, scores -> ``[n]``) where the pull is taken per
+    sample on them, else the runs' ``[S]`` weights over their mean (``pull_weights="metric"``, a
+    pull per run: ``num_runs`` given), in ``dtype``. One rule for the structured and block paths."""
+    if not pull or structure is None:
+        return None, None
+    if pull_per == "sample" and structure.margins is not None:
+        return structure.margins, None
+    if pull_weights == "metric" and num_runs is not None and pull_per != "comparison" \
+            and structure.run_weights is not None:
+        return None, _run_weights(structure.run_weights(), num_runs, dtype)
+    return None, None
 
 
 def _run_weights(weights: Optional[Tensor], num: int, dtype: torch.dtype = torch.float32) -> Optional[Tensor]:
