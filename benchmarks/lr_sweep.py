@@ -1,5 +1,5 @@
-"""Learning-rate sensitivity: UniLoss-accuracy (the paper's gradient, the previous and the current
-defaults, ``nearby="informative"`` and ``step="pull"``) against cross-entropy on scikit-learn's digits, the same MLP, SGD (momentum 0.9), batch 128, 30 epochs.
+"""Learning-rate sensitivity: UniLoss-accuracy (the paper's gradient, the defaults of earlier versions,
+``nearby="informative"`` and today's defaults) against cross-entropy on scikit-learn's digits, the same MLP, SGD (momentum 0.9), batch 128, 30 epochs.
 
     python benchmarks/lr_sweep.py --out docs/results/lr-sweep
 
@@ -19,16 +19,20 @@ import torch
 
 from uniloss.experiments.digits import train_digits
 
+# The earlier defaults are spelled out (they predate `step`, which is "sum" for them); accuracy's
+# loss is the same in 0.3-0.5 (no margins, no run weights), so "defaults" is 0.3's row too.
 LOSSES = [
     ("cross-entropy", dict(loss="ce")),
-    ("UniLoss, the paper's -g~ (grad_scale=1, pull=0)", dict(loss="uniloss", grad_scale=1.0, options={"pull": 0})),
+    ("UniLoss, the paper's -g~ (grad_scale=1, pull=0)",
+     dict(loss="uniloss", grad_scale=1.0, options={"pull": 0, "step": "sum"})),
     ('UniLoss, grad_scale="distance", pull=0 (the defaults before metric-wins)',
-     dict(loss="uniloss", grad_scale="distance", options={"pull": 0})),
+     dict(loss="uniloss", grad_scale="distance", options={"pull": 0, "step": "sum"})),
     ('UniLoss, pull per comparison (the defaults of 0.1: grad_scale="bounded", pull=1)',
-     dict(loss="uniloss", options={"pull_per": "comparison"})),
-    ('UniLoss, defaults (grad_scale="bounded", pull=1 per run)', dict(loss="uniloss")),
-    ('UniLoss, nearby="informative"', dict(loss="uniloss", options={"nearby": "informative"})),
-    ('UniLoss, step="pull" (every step of the pull\'s size)', dict(loss="uniloss", options={"step": "pull"})),
+     dict(loss="uniloss", options={"pull_per": "comparison", "step": "sum"})),
+    ('UniLoss, 0.2\'s defaults (step="sum": the interpolation\'s step plus the pull\'s)',
+     dict(loss="uniloss", options={"step": "sum"})),
+    ('UniLoss, nearby="informative" (with step="sum")', dict(loss="uniloss", options={"nearby": "informative", "step": "sum"})),
+    ('UniLoss, defaults (step="pull": every step of the pull\'s size; 0.3-0.5)', dict(loss="uniloss")),
 ]
 
 

@@ -13,12 +13,15 @@ from ._decoded import DecodedMetric
 from ._decomposition import Decomposition
 from ._metrics import PCK, MulticlassAccuracy
 from .distributed import CrossBatchMemory, GlobalBatch, PerRankWarning
-from .functional import LossInfo, check_options, uniloss_with_info
+from .functional import OPTIONS, LossInfo, check_options, options_of, uniloss_with_info
 
 # Built-in metrics that are means over samples: per-rank training under DDP optimises the same
 # metric (the zoo's evaluators are named after the zoo function that makes them: top_5_accuracy).
 _PER_SAMPLE = (MulticlassAccuracy, PCK)
 _PER_SAMPLE_ZOO = re.compile(r"top_\d+_accuracy|pck")
+# The options a module pickled before they existed keeps (it has no attribute): the behaviour of
+# its version (nearby: before the option; pull_per and step: before 0.3; pull_weights: before 0.5).
+_PICKLED_BEFORE: "dict[str, Any]" = {"nearby": "all", "pull_per": "comparison", "step": "sum", "pull_weights": "equal"}
 
 
 def _per_rank_set_metric(decomposition: Decomposition) -> bool:
@@ -132,25 +135,12 @@ class UniLoss(nn.Module):
                 "Expected `decomposition` to be a uniloss.Decomposition, but got "
                 f"{type(decomposition).__name__}"
             )
-        check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull, nearby, pull_per, step, pull_weights)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}")
+        options = options_of(locals())
+        check_options(options)
+        options["temperature"] = float(temperature)
         self.decomposition = decomposition
-        self.num_good, self.num_nearby, self.num_bad = num_good, num_nearby, num_bad
-        self.temperature = float(temperature)
-        self.grad_scale = grad_scale
-        self.generator = generator
-        self.validate_args = validate_args
-        self.good_anchors = good_anchors
-        self.chunk_bits = chunk_bits
-        self.temperature_scale = temperature_scale
-        self.distance = distance
-        self.pull = pull
-        self.nearby = nearby
-        self.pull_per = pull_per
-        self.step = step
-        self.pull_weights = pull_weights
+        for name, value in options.items():  # one attribute each: loss_fn.temperature = 2.0 works
+            setattr(self, name, value)
         self.last = None
 
     # Whether forward() has seen an initialised process group (a class default, for modules
@@ -179,16 +169,8 @@ class UniLoss(nn.Module):
     def forward(self, scores: Tensor, target: Any) -> Tensor:
         if not self._world_checked:
             self._check_world()
-        loss, self.last = uniloss_with_info(
-            scores, target, self.decomposition,
-            num_good=self.num_good, num_nearby=self.num_nearby, num_bad=self.num_bad,
-            temperature=self.temperature, grad_scale=self.grad_scale, generator=self.generator,
-            validate_args=self.validate_args, good_anchors=self.good_anchors, chunk_bits=self.chunk_bits,
-            temperature_scale=self.temperature_scale, distance=self.distance, pull=self.pull,
-            nearby=getattr(self, "nearby", "all"),  # modules pickled before the options existed
-            pull_per=getattr(self, "pull_per", "comparison"), step=getattr(self, "step", "sum"),  # modules pickled before 0.3 keep theirs
-            pull_weights=getattr(self, "pull_weights", "equal"),  # and before 0.5
-        )
+        options: "dict[str, Any]" = {name: getattr(self, name, _PICKLED_BEFORE.get(name)) for name in OPTIONS}
+        loss, self.last = uniloss_with_info(scores, target, self.decomposition, **options)
         return loss
 
     # The decomposition's state (e.g. a cross-batch memory) travels in the module's state_dict
@@ -218,10 +200,8 @@ class UniLoss(nn.Module):
         return (
             f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
             f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
-            + ("" if getattr(self, "pull_per", "comparison") == "sample"
-               else f", pull_per={getattr(self, 'pull_per', 'comparison')!r}")
-            + ("" if getattr(self, "step", "sum") == "pull" else f", step={getattr(self, 'step', 'sum')!r}")
-            + ("" if getattr(self, "pull_weights", "equal") == "metric"
-               else f", pull_weights={getattr(self, 'pull_weights', 'equal')!r}")
+            + "".join(f", {name}={getattr(self, name, _PICKLED_BEFORE[name])!r}"
+                      for name in ("pull_per", "step", "pull_weights")
+                      if getattr(self, name, _PICKLED_BEFORE[name]) != OPTIONS[name])
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )

@@ -67,37 +67,40 @@ _GOOD_ANCHORS = ("sample", "all")
 GRAD_SCALES = ("distance", "bounded", "normalized")
 
 
-def check_options(
-    num_good: object, num_nearby: object, num_bad: object, temperature: object, grad_scale: object,
-    good_anchors: object = "sample", chunk_bits: object = None, temperature_scale: object = None,
-    distance: object = "euclidean", pull: object = 0.0, nearby: object = "all", pull_per: object = "sample",
-    step: object = "pull", pull_weights: object = "metric",
-) -> None:
-    """Argument checks, run once by the module and on every functional call."""
-    V.check_count("num_good", num_good)
-    V.check_count("num_nearby", num_nearby)
-    V.check_count("num_bad", num_bad)
-    V.check_positive("temperature", temperature)
-    if grad_scale not in GRAD_SCALES:
-        V.check_positive("grad_scale", grad_scale)
-    if good_anchors not in _GOOD_ANCHORS:
-        raise ValueError(f"Expected `good_anchors` in {_GOOD_ANCHORS}, but got {good_anchors!r}")
-    if chunk_bits is not None:
-        V.check_count("chunk_bits", chunk_bits, allow_zero=False)
-    if temperature_scale not in TEMPERATURE_SCALES:
-        raise ValueError(f"Expected `temperature_scale` in {TEMPERATURE_SCALES}, but got {temperature_scale!r}")
-    if distance not in DISTANCES:
-        raise ValueError(f"Expected `distance` in {DISTANCES}, but got {distance!r}")
-    if pull != 0.0:
-        V.check_positive("pull", pull)
-    if nearby not in NEARBY:
-        raise ValueError(f"Expected `nearby` in {NEARBY}, but got {nearby!r}")
-    if pull_per not in PULL_PER:
-        raise ValueError(f"Expected `pull_per` in {PULL_PER}, but got {pull_per!r}")
-    if step not in STEPS:
-        raise ValueError(f"Expected `step` in {STEPS}, but got {step!r}")
-    if pull_weights not in PULL_WEIGHTS:
-        raise ValueError(f"Expected `pull_weights` in {PULL_WEIGHTS}, but got {pull_weights!r}")
+#: The loss's options and their defaults, in signature order: :func:`uniloss`,
+#: :func:`uniloss_with_info` and :class:`uniloss.UniLoss` take exactly these keywords (the two
+#: functions also take ``anchors``, after ``generator``). One table: the module stores, checks and
+#: passes them on through it, and tests/test_options.py compares the three signatures with it.
+OPTIONS: "dict[str, Any]" = dict(
+    num_good=16, num_nearby=16, num_bad=16, temperature=1.0, grad_scale="bounded", generator=None,
+    validate_args=True, good_anchors="sample", chunk_bits=None, temperature_scale=None,
+    distance="euclidean", pull=1.0, nearby="all", pull_per="sample", step="pull", pull_weights="metric",
+)
+
+
+def options_of(values: "dict[str, Any]") -> "dict[str, Any]":
+    """The options among ``values`` (a signature's ``locals()``), in :data:`OPTIONS`' order."""
+    return {name: values[name] for name in OPTIONS}
+
+
+def check_options(options: "dict[str, Any]") -> None:
+    """Argument checks of the options (:data:`OPTIONS`), run once by the module and on every
+    functional call with ``validate_args``."""
+    for name in ("num_good", "num_nearby", "num_bad"):
+        V.check_count(name, options[name])
+    V.check_positive("temperature", options["temperature"])
+    if options["grad_scale"] not in GRAD_SCALES:
+        V.check_positive("grad_scale", options["grad_scale"])
+    if options["chunk_bits"] is not None:
+        V.check_count("chunk_bits", options["chunk_bits"], allow_zero=False)
+    if options["pull"] != 0.0:
+        V.check_positive("pull", options["pull"])
+    V.check_generator(options["generator"])
+    for name, choices in (("good_anchors", _GOOD_ANCHORS), ("temperature_scale", TEMPERATURE_SCALES),
+                          ("distance", DISTANCES), ("nearby", NEARBY), ("pull_per", PULL_PER),
+                          ("step", STEPS), ("pull_weights", PULL_WEIGHTS)):
+        if options[name] not in choices:
+            raise ValueError(f"Expected `{name}` in {choices}, but got {options[name]!r}")
 
 
 def _as_anchor_set(anchors: Union[Tensor, AnchorSet], num_bits: int) -> AnchorSet:
@@ -252,9 +255,7 @@ def uniloss_with_info(
             f"{type(decomposition).__name__}"
         )
     if validate_args:
-        check_options(num_good, num_nearby, num_bad, temperature, grad_scale, good_anchors, chunk_bits,
-                      temperature_scale, distance, pull, nearby, pull_per, step, pull_weights)
-        V.check_generator(generator)
+        check_options(options_of(locals()))
         if type(decomposition).check not in _CHECKS_SCORES:
             validate_scores(scores)
         decomposition.check(scores, target)
@@ -654,11 +655,5 @@ def uniloss(
         >>> bool(loss < 0), scores.grad.shape
         (True, torch.Size([4]))
     """
-    loss, _ = uniloss_with_info(
-        scores, target, decomposition, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
-        temperature=temperature, grad_scale=grad_scale, generator=generator, anchors=anchors,
-        validate_args=validate_args, good_anchors=good_anchors, chunk_bits=chunk_bits,
-        temperature_scale=temperature_scale, distance=distance, pull=pull, nearby=nearby, pull_per=pull_per,
-        step=step, pull_weights=pull_weights,
-    )
+    loss, _ = uniloss_with_info(scores, target, decomposition, anchors=anchors, **options_of(locals()))
     return loss
