@@ -18,15 +18,9 @@ def device(request):
 def empty_caches():
     """The library's module-level tensor caches emptied, so that the test's first call is the one
     that fills them (a first call under inference_mode must not poison them)."""
-    from uniloss import _anchors, _metrics, _structured, decoders
+    from uniloss import _cache
 
-    def clear():
-        decoders._triu_pairs_cached.cache_clear()
-        _metrics._RANKS.clear()
-        _metrics._TRUE.clear()
-        _anchors._SHIFTS.clear()
-        _structured._TABLES.clear()
-
+    clear = _cache.clear_all
     clear()
     yield
     clear()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import uniloss
-from uniloss import _anchors, _metrics, _structured, decoders, zoo
+from uniloss import _anchors, _metrics, _structured, decoders, functional, zoo
 from uniloss._interpolation import idw_closed_form
 from uniloss.decoders import RankingTarget
 from uniloss.functional import uniloss as uniloss_fn, zero_loss
@@ -66,15 +66,14 @@ def test_inference_mode_first_call_then_training_step(empty_caches, name, make, 
 CACHES = {
     # name: (a call that fills the cache, the tensors the cache then holds)
     "triu_pairs": (lambda: decoders._triu_pairs(4, torch.device("cpu")),
-                   lambda: list(decoders._triu_pairs_cached(4, "cpu"))),
-    "ranks": (lambda: _metrics._ranks(5, torch.device("cpu"), torch.float32), lambda: list(_metrics._RANKS.values())),
-    "all_true": (lambda: _metrics._all_true(3, torch.device("cpu")), lambda: list(_metrics._TRUE.values())),
-    "bit_table": (lambda: _structured.bit_table(torch.device("cpu"), torch.float32),
-                  lambda: list(_structured._TABLES.values())),
-    "shifts_bytes": (lambda: _anchors.unpack_codes(torch.zeros(1, 4, dtype=torch.uint8), 8),
-                     lambda: list(_anchors._SHIFTS.values())),
-    "shifts_words": (lambda: _anchors.unpack_codes(torch.zeros(1, 300, dtype=torch.uint8), 8),
-                     lambda: list(_anchors._SHIFTS.values())),
+                   lambda: [t for pair in decoders._TRIU_PAIRS.values() for t in pair]),
+    "ranks": (lambda: _metrics._ranks(5, torch.device("cpu"), torch.float32), _metrics._RANKS.values),
+    "arange": (lambda: _metrics._arange(5, torch.device("cpu")), _metrics._ARANGE.values),
+    "all_true": (lambda: _metrics._all_true(3, torch.device("cpu")), _metrics._TRUE.values),
+    "bit_table": (lambda: _structured.bit_table(torch.device("cpu"), torch.float32), _structured._TABLES.values),
+    "shifts_bytes": (lambda: _anchors.unpack_codes(torch.zeros(1, 4, dtype=torch.uint8), 8), _anchors._SHIFTS.values),
+    "shifts_words": (lambda: _anchors.unpack_codes(torch.zeros(1, 300, dtype=torch.uint8), 8), _anchors._SHIFTS.values),
+    "padding": (lambda: functional._padding(6, torch.tensor(4)), functional._PADDING.values),
 }
 
 

@@ -173,6 +173,87 @@ def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, l
 # ------------------------------------------------------------------------------ torch.compile
 
 
+def _compile_cases():
+    pos = (torch.arange(32) % 4 == 0).long()
+    labels = torch.arange(64) % 10
+    return {
+        "AP": (uniloss.AveragePrecision(), torch.randn(32), pos),
+        "AP, batch 128": (uniloss.AveragePrecision(), torch.randn(128), (torch.arange(128) % 5 == 0).long()),
+        "accuracy": (uniloss.MulticlassAccuracy(), torch.randn(64, 10), labels),
+        "accuracy, fraction": (uniloss.MulticlassAccuracy(fraction=0.2), torch.randn(64, 10), labels),
+        "zoo.macro_f1": (uniloss.zoo.macro_f1(10), torch.randn(64, 10), labels),
+        "zoo.balanced_accuracy": (uniloss.zoo.balanced_accuracy(10), torch.randn(64, 10), labels),
+        "zoo.f_beta": (uniloss.zoo.f_beta(1.0, threshold=0.0), torch.randn(32), pos),
+        "zoo.auroc": (uniloss.zoo.auroc(), torch.randn(32), pos),
+        "zoo.top_k_accuracy": (uniloss.zoo.top_k_accuracy(5), torch.randn(64, 10), labels),
+        "zoo.ndcg_at_k, bool relevance": (uniloss.zoo.ndcg_at_k(5), torch.randn(32), pos.bool()),
+        "PCK": (uniloss.PCK(), torch.randn(2, 4, 16, 16), uniloss.KeypointTarget(
+            torch.tensor([[[3.0, 4.0], [9.0, 1.0], [15.0, 15.0], [0.0, 8.0]]]).expand(2, 4, 2),
+            torch.ones(2, 4, dtype=torch.bool), torch.full((2,), 4.0))),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(_compile_cases()))
+def test_a_compiled_loss_breaks_only_for_a_generators_draws(name):
+    """``torch._dynamo.explain`` of a loss call: one graph without a generator (the draws, the
+    static layout and the counts are all traceable), and with one only the draws' eager regions
+    (``torch.compiler.disable``: a graph cannot hold a generator; one region for the anchors, one
+    more for ``fraction``'s comparisons). Each break on a CPU was a sync or a data-dependent size
+    before 2026-11-30: 12 (accuracy) to 22 (AP)."""
+    import warnings
+
+    metric, scores, target = _compile_cases()[name]
+    for generator in (None, torch.Generator().manual_seed(0)):
+        loss_fn = uniloss.UniLoss(metric, generator=generator, validate_args=False)
+        torch._dynamo.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ex = torch._dynamo.explain(lambda s, y: loss_fn(s, y))(scores.clone().requires_grad_(), target)
+        if generator is None:
+            assert ex.graph_break_count == 0, [b.reason for b in ex.break_reasons]
+        else:
+            assert all("disable" in b.reason for b in ex.break_reasons), [b.reason for b in ex.break_reasons]
+            if "fraction" not in name:  # (its draw is inside prepare, deeper: each frame on the way splits)
+                assert ex.graph_count <= 3
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["AP", "zoo.macro_f1"])
+def test_compiled_step_without_generator_is_the_eager_step(name):
+    """Without a generator the draws are in the graph; with ``fallback_random`` (inductor draws as
+    eager does) a compiled call from the same global seed gives the eager loss and gradient. AP is
+    laid out statically inside a graph (no data-dependent shape) and exactly in eager mode on a CPU:
+    the same loss. The second call runs the same graph (a cache filled while tracing recompiled it)."""
+    import warnings
+
+    import torch._inductor.config as inductor_config
+
+    metric, scores, target = _compile_cases()[name]
+    loss_fn = uniloss.UniLoss(metric, validate_args=False)
+
+    def step(call):
+        s = scores.clone().requires_grad_()
+        torch.manual_seed(5)
+        loss = call(s, target)
+        loss.backward()
+        return loss.detach(), s.grad
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(), inductor_config.patch(fallback_random=True):
+        warnings.simplefilter("ignore")
+        call = torch.compile(lambda s, y: loss_fn(s, y))
+        compiled = step(call)
+        with torch._dynamo.config.patch(error_on_recompile=True):  # the caches filled no guard
+            again = step(call)
+    eager = step(loss_fn)
+    torch.testing.assert_close(again[0], compiled[0], rtol=0, atol=0)
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_compiled_step_draws_the_eager_anchors():
     """A compiled loss call (the generator's draws are graph breaks and run eagerly, in order)
@@ -202,3 +283,18 @@ def test_compiled_step_draws_the_eager_anchors():
     for (le, ge), (lc, gc) in zip(eager, compiled):
         torch.testing.assert_close(lc, le, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(gc, ge, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fixed_size_counts_equal_bincount(monkeypatch, weighted):
+    """``_pairs.counts``' scatter-add (a GPU's, and a compiled graph's) counts as ``bincount`` does."""
+    from uniloss._pairs import counts
+
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 50, (1000,), generator=g).to(torch.uint8)
+    weights = torch.randn(1000, generator=g, dtype=torch.float64) if weighted else None
+    want = torch.bincount(index, weights, minlength=64)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    got = counts(index, 64, weights)
+    assert got.dtype == want.dtype and got.shape == (64,)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -280,6 +280,19 @@ def test_structured_anchor_kinds():
     assert a.num_anchors == bits.shape[0] == 19
 
 
+def test_random_words_are_random_s_full_range_stream():
+    """``random_words`` (a ``randint`` that torch.compile keeps in its graph) draws the values of
+    ``Tensor.random_(-2**63, None)``, the full-range draw the random anchors were made from: the
+    same anchors for the same generator state as before."""
+    from uniloss._random import random_words
+
+    for n in (1, 7, 1000):
+        g_old, g_new = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
+        want = torch.empty(n, dtype=torch.int64).random_(-(2**63), None, generator=g_old)
+        assert torch.equal(random_words(n, g_new, "cpu"), want)
+        assert torch.equal(g_new.get_state(), g_old.get_state())  # and the draws after them too
+
+
 def test_random_codes_are_uniform_bits():
     codes = _anchors._random_bytes(1 << 16, torch.Generator().manual_seed(0), "cpu")
     bits = _anchors.unpack_codes(codes.view(1, -1), 8).float()

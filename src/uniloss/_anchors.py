@@ -27,8 +27,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._cache import TensorCache
 from ._limits import current_limits
-from ._random import randint as _randint, random_bytes as _random_bytes  # noqa: F401 (the tests draw bytes with it)
+from ._random import randint as _randint, random_bytes as _random_bytes, random_words as _random_words  # noqa: F401 (the tests draw bytes with it)
 
 
 class AnchorSet:
@@ -122,7 +123,7 @@ class AnchorSet:
         return f"AnchorSet({form}, num_bits={self.num_bits}, kinds={self.kinds})"
 
 
-_SHIFTS: dict = {}
+_SHIFTS = TensorCache()
 _LOW_BITS = 0x0101010101010101  # bit 0 of each byte of an int64 word
 
 
@@ -133,14 +134,10 @@ def unpack_codes(codes: Tensor, num: int) -> Tensor:
     byte): the same bytes in an eighth of the element operations.
     """
     groups, l = codes.shape
-    key = (codes.device, l >= 256)
-    shifts = _SHIFTS.get(key)
-    if shifts is None:
-        dtype = torch.int64 if l >= 256 else torch.uint8
-        with torch.inference_mode(False):  # cached: no inference tensor (see _metrics._RANKS)
-            shifts = _SHIFTS[key] = torch.arange(8, dtype=dtype, device=codes.device).view(1, 8, 1)
-    if l < 256:
-        bits = (codes[:, None, :] >> shifts) & 1
+    dtype = torch.int64 if l >= 256 else torch.uint8
+    shifts = _SHIFTS.get((codes.device, dtype), lambda: torch.arange(8, dtype=dtype, device=codes.device).view(1, 8, 1))
+    if l < 256 or torch.compiler.is_compiling():  # (compiled: fused anyway; no storage arithmetic)
+        bits = (codes[:, None, :] >> shifts.to(codes.dtype)) & 1
         return bits.view(groups * 8, l)[:num]
     width = -(-l // 8) * 8
     if codes.stride(1) != 1 or codes.stride(0) % 8 or codes.storage_offset() % 8 or (
@@ -209,28 +206,36 @@ def draw_anchors(
     l = best.numel()
     device = best.device
     count = l if num_valid is None else num_valid
+    num_good, num_nearby, num_bad = (num_good, num_nearby, num_bad) if l else (0, 0, 0)
+    # Every draw of the call at once, in the order good, nearby, random (the stream's order): one
+    # eager region where torch.compile meets a generator, which it cannot take into a graph.
+    draw = _draws if generator is None else _draws_eager
+    good_r, near_r, words = draw(num_good, good_flips, num_nearby, (num_bad + 7) // 8, l, generator, device)
     flips, kinds = [], [("best", 1)]
-    if num_good and l:
+    if num_good:
         # Bit floor(u * l), u = r / 2**53 uniform (53 random bits a draw, as an integer: no
         # float64, which MPS lacks).
-        good = _scale(_randint(_UNIFORM, (num_good, good_flips), generator, device), count, l)
+        assert good_r is not None
+        good = _scale(good_r, count, l)
         flips.append(_without_repeats(good) if good_flips > 1 else good)
         kinds.append(("good", num_good))
-    if num_nearby and l:
+    if num_nearby:
+        assert near_r is not None
         # On a CPU generator the draws are the bits of float64 ``torch.rand`` (u = r / 2**53), so
         # the anchors are those drawn before with u.
-        near = _pick_index(wrong, _randint(_UNIFORM, (num_nearby, 1), generator, device), num_valid)
+        near = _pick_index(wrong, near_r, num_valid)
         if good_flips > 1:
             near = torch.cat([near, near.new_full((num_nearby, good_flips - 1), -1)], 1)
         flips.append(near)
         kinds.append(("nearby", num_nearby))
-    if num_bad and l:
-        codes = _random_codes((num_bad + 7) // 8, l, generator, device)
+    if num_bad:
+        assert words is not None  # drawn for num_bad
+        codes = _random_codes(words, (num_bad + 7) // 8, l, device)
         if invalid is not None:
             codes.masked_fill_(invalid, 0)
         kinds.append(("bad", num_bad))
     else:
-        codes, num_bad = torch.zeros(0, l, dtype=torch.uint8, device=device), 0
+        codes = torch.zeros(0, l, dtype=torch.uint8, device=device)
     if flips:
         flip_rows = flips[0] if len(flips) == 1 else torch.cat(flips, 0)
     else:
@@ -241,15 +246,28 @@ def draw_anchors(
     )
 
 
-def _random_codes(groups: int, l: int, generator: Optional[torch.Generator], device) -> Tensor:
-    """``[groups, l]`` uint8 uniform codes, rows starting on 8-byte boundaries (for
-    :func:`unpack_codes`). Row ``g``'s bytes ``8 w .. 8 w + 7`` are the 64-bit draw ``w groups + g``:
-    the codes of the first ``k`` bits are the same whatever ``l`` (a static layout draws those of
-    its real comparisons). One group: the bytes in the order drawn."""
+def _draws(num_good: int, good_flips: int, num_nearby: int, groups: int, l: int,
+           generator: Optional[torch.Generator], device) -> "tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]":
+    """The random draws of one call of :func:`draw_anchors`: the good flips' and the nearby
+    flips' 53-bit integers and the random anchors' 64-bit words (``None`` where none)."""
+    good = _randint(_UNIFORM, (num_good, good_flips), generator, device) if num_good else None
+    near = _randint(_UNIFORM, (num_nearby, 1), generator, device) if num_nearby else None
+    words = _random_words(-(-l // 8) * groups, generator, device) if groups else None
+    return good, near, words
+
+
+# With a generator, torch.compile runs the draws eagerly (a graph cannot hold a generator), in one
+# region rather than three; without one they stay in the graph.
+_draws_eager = torch.compiler.disable(_draws)
+
+
+def _random_codes(drawn: Tensor, groups: int, l: int, device) -> Tensor:
+    """``[groups, l]`` uint8 uniform codes from the ``groups * ceil(l / 8)`` 64-bit words
+    ``drawn``, rows starting on 8-byte boundaries (for :func:`unpack_codes`). Row ``g``'s bytes
+    ``8 w .. 8 w + 7`` are the word ``w groups + g``: the codes of the first ``k`` bits are the same
+    whatever ``l`` (a static layout draws those of its real comparisons). One group: the bytes in
+    the order drawn."""
     words = -(-l // 8)
-    where = device if generator is None else generator.device
-    drawn = torch.empty(words * groups, dtype=torch.int64, device=where)
-    drawn.random_(-(2**63), None, generator=generator)
     if groups > 1 and words > 1:
         drawn = drawn.view(words, groups).t().contiguous()
     if drawn.device != torch.device(device):

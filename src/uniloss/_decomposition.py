@@ -353,20 +353,26 @@ class StaticLayout:
 
 # The offer of the engine call running in this thread (thread-local: nn.DataParallel calls the
 # loss from several threads at once; a ContextVar would also do, but torch.compile breaks its
-# graph on one).
-_OFFER = threading.local()
+# graph on one). Each thread's offer is None from its first use, so the attribute always exists
+# (a compiled graph guarded on its absence was compiled again on the next call).
+class _Offer(threading.local):
+    def __init__(self) -> None:
+        self.layout: Optional[StaticLayout] = None
+
+
+_OFFER = _Offer()
 
 
 def static_layout() -> Optional[StaticLayout]:
     """The engine's :class:`StaticLayout` offer while it calls ``prepare`` (``None`` otherwise:
     a ``prepare`` called by user code lays its comparisons out exactly)."""
-    return getattr(_OFFER, "layout", None)
+    return _OFFER.layout
 
 
 def prepare_with_layout(decomposition: Decomposition, scores: Tensor, target: Any,
                         generator: Optional[torch.Generator], layout: Optional[StaticLayout]) -> Any:
     """``decomposition.prepare(scores, target, generator)`` with ``layout`` offered (``None``: not)."""
-    previous = getattr(_OFFER, "layout", None)
+    previous = _OFFER.layout
     _OFFER.layout = layout
     try:
         return decomposition.prepare(scores, target, generator)

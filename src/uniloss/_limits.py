@@ -81,8 +81,11 @@ class EngineLimits:
     weight_counts: int = 1 << 22
 
     def static_bits_for(self, device: Union[torch.device, str]) -> int:
-        """The most comparisons a static layout may hold on ``device`` (the device policy)."""
-        return self.cpu_static_max_bits if torch.device(device).type == "cpu" else self.static_max_bits
+        """The most comparisons a static layout may hold on ``device`` (the device policy). Inside
+        ``torch.compile`` every device gets the accelerators' (a graph has no data-dependent shape)."""
+        if torch.device(device).type != "cpu" or torch.compiler.is_compiling():
+            return self.static_max_bits
+        return self.cpu_static_max_bits
 
     def override(self, **changes: int) -> "EngineLimits":
         """These limits with some fields changed (an unknown field name raises ``TypeError``)."""

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
+from ._cache import TensorCache
 from ._decomposition import Decomposition, Structure, static_layout, validate_scores
 from ._pairs import binary_margins, grouped_pairs, other_classes, pair_differences, row_differences, static_pair_differences
 from ._random import randperm
@@ -25,26 +26,17 @@ def _segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     return out.index_add_(1, segment, values)
 
 
-# Caches of tensors, keyed by device. Their tensors are made outside inference mode (see
-# torch.inference_mode(False) below): one made under it (a first call from a validation or sanity
-# step) could not be saved for backward by a later training step.
-_TRUE: dict = {}
-_RANKS: dict = {}
+# Cached constant tensors (see uniloss._cache: made outside inference mode, afresh when compiled).
+_TRUE = TensorCache()
+_RANKS = TensorCache()
+_ARANGE = TensorCache()
 
 
 def _ranks(n: int, device, dtype) -> Tensor:
     """``1 .. n`` (cached: AP needs it every step)."""
-    key = (n, device, dtype)
-    out = _RANKS.get(key)
-    if out is None:
-        if len(_RANKS) > 64:
-            _RANKS.clear()
-        with torch.inference_mode(False):
-            out = _RANKS[key] = torch.arange(1, n + 1, device=device, dtype=dtype)
-    return out
+    return _RANKS.get((n, device, dtype), lambda: torch.arange(1, n + 1, device=device, dtype=dtype))
 
 
-_ARANGE: dict = {}
 # From this many comparisons on, a static layout's indices are spread with repeat_interleave
 # rather than computed by a division per bit (fewer passes, more operator calls).
 _SPREAD_BITS = 1 << 13
@@ -53,28 +45,18 @@ _ENDS_BITS = 1 << 11
 
 def _arange(n: int, device) -> Tensor:
     """``0 .. n - 1`` int64 (cached: the static layouts index with it every step)."""
-    key = (n, device)
-    out = _ARANGE.get(key)
-    if out is None:
-        if len(_ARANGE) > 64:
-            _ARANGE.clear()
-        with torch.inference_mode(False):
-            out = _ARANGE[key] = torch.arange(n, device=device)
-    return out
+    return _ARANGE.get((n, device), lambda: torch.arange(n, device=device))
 
 
 def _all_true(num_bits: int, device) -> Tensor:
     """``[num_bits]`` bool of ones, as an expanded view (no memory per bit)."""
-    one = _TRUE.get(device)
-    if one is None:
-        with torch.inference_mode(False):
-            one = _TRUE[device] = torch.ones((), dtype=torch.bool, device=device)
-    return one.expand(num_bits)
+    return _TRUE.get(device, lambda: torch.ones((), dtype=torch.bool, device=device)).expand(num_bits)
 
 
 def is_all_true(bits: Tensor) -> bool:
-    """Whether ``bits`` is a view made by :func:`_all_true` (every bit 1, known without reading it)."""
-    return bits.dim() == 1 and bits.stride(0) == 0 and bits._base is not None and bits._base is _TRUE.get(bits.device)
+    """Whether ``bits`` is a view made by :func:`_all_true` (every bit 1, known without reading it;
+    ``False`` inside ``torch.compile``, where the view is made afresh: the general path)."""
+    return bits.dim() == 1 and bits.stride(0) == 0 and bits._base is not None and bits._base is _TRUE.peek(bits.device)
 
 
 def _check_scores(scores) -> None:

@@ -8,6 +8,18 @@ import torch
 from torch import Tensor
 
 
+def counts(index: Tensor, size: int, weights: Optional[Tensor] = None) -> Tensor:
+    """``bincount(index, weights, minlength=size)`` for ``index`` in ``[0, size)``: ``[size]``, int64
+    (float with ``weights``). ``bincount`` on a CPU in eager mode (the fastest); elsewhere a
+    scatter-add of that fixed size: ``bincount`` reads the largest index on a GPU's host (a
+    synchronisation) and its size is the data's, which ``torch.compile`` cannot put in a graph."""
+    if index.device.type == "cpu" and not torch.compiler.is_compiling():
+        return torch.bincount(index, weights, minlength=size)
+    if weights is None:
+        weights = torch.ones((), dtype=torch.long, device=index.device).expand(index.numel())
+    return weights.new_zeros(size).index_add_(0, index.reshape(-1).long(), weights.reshape(-1))
+
+
 def grouped_pairs(group_a: Tensor, group_b: Tensor, num_groups: int) -> Tuple[Tensor, Tensor]:
     """All pairs ``(i, j)`` with ``group_a[i] == group_b[j]``, without a Python loop.
 

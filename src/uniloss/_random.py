@@ -39,13 +39,32 @@ def multinomial(weights: Tensor, num: int, generator) -> Tensor:
 def randperm(n: int, generator, device) -> Tensor:
     if generator is None:
         return torch.randperm(n, device=device)
-    return _on(torch.randperm(n, generator=generator, device=generator.device), device)
+    return _on(_randperm_eager(n, generator), device)
+
+
+@torch.compiler.disable
+def _randperm_eager(n: int, generator: torch.Generator) -> Tensor:
+    """(torch.compile cannot take a generator into a graph: the draw runs eagerly there.)"""
+    return torch.randperm(n, generator=generator, device=generator.device)
+
+
+_SIGN = -(2**63)
+
+
+def random_words(n: int, generator, device) -> Tensor:
+    """``[n]`` int64, uniform over all ``2**64`` values, drawn where the generator lives.
+
+    The stream of ``Tensor.random_(-2**63, None)`` (one 64-bit draw each), written as a
+    ``torch.randint`` that ``torch.compile`` keeps in its graph (``random_`` breaks it):
+    ``randint(-2**63, 2**63 - 1)`` is the same 64-bit draw modulo ``2**64 - 1`` plus ``-2**63``,
+    that is the draw with its sign bit flipped, except for the one draw ``2**64 - 1`` (probability
+    ``2**-64``); flipping the sign bit back gives ``random_``'s values.
+    """
+    where = device if generator is None else generator.device
+    return torch.randint(_SIGN, -_SIGN - 1, (n,), generator=generator, device=where) ^ _SIGN
 
 
 def random_bytes(n: int, generator, device) -> Tensor:
-    """``[n]`` uint8, uniform over all 256 values: eight per 64-bit draw (full-range ``random_``)."""
-    where = device if generator is None else generator.device
-    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=where)
-    words.random_(-(2**63), None, generator=generator)
-    out = words.view(torch.uint8)
+    """``[n]`` uint8, uniform over all 256 values: eight per 64-bit draw (:func:`random_words`)."""
+    out = random_words((n + 7) // 8, generator, device).view(torch.uint8)
     return _on(out if out.numel() == n else out[:n], device)

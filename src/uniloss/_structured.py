@@ -46,21 +46,20 @@ from ._decomposition import Structure
 from ._interpolation import (
     anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost, step_factor,
 )
+from ._cache import TensorCache
+from ._pairs import counts
 from ._limits import current_limits
 
-_TABLES: dict = {}
+_TABLES = TensorCache()
 
 
 def bit_table(device: torch.device, dtype: torch.dtype) -> Tensor:
     """``[256, 8]``: bit ``j`` of byte value ``v``."""
-    key = (device, dtype)
-    table = _TABLES.get(key)
-    if table is None:
-        with torch.inference_mode(False):  # cached: no inference tensor (see _metrics._RANKS)
-            v = torch.arange(256, device=device)
-            table = ((v[:, None] >> torch.arange(8, device=device)) & 1).to(dtype)
-        _TABLES[key] = table
-    return table
+    def make() -> Tensor:
+        v = torch.arange(256, device=device)
+        return ((v[:, None] >> torch.arange(8, device=device)) & 1).to(dtype)
+
+    return _TABLES.get((device, dtype), make)
 
 
 class Runs:
@@ -208,7 +207,7 @@ class Random:
         """``[num, S]``: 0-bits per run of each random anchor ``hard xor D_j`` (``zeros_hard``:
         ``hard``'s own ``[S]``, float32, which the histograms below start from)."""
         if (zeros_hard is not None and self.bits is None and runs.width is not None
-                and runs.width >= HISTOGRAM_WIDTH and hard.device.type == "cpu"):
+                and runs.width >= HISTOGRAM_WIDTH and hard.device.type == "cpu" and not torch.compiler.is_compiling()):
             return random_zeros(self.codes, self.num, hard, runs.width, zeros_hard)
         bits = self.bits if self.bits is not None else unpack_codes(self.codes, self.num)
         return runs.zeros(bits == hard.to(torch.uint8)[None], torch.float32)
@@ -223,7 +222,7 @@ class Random:
 
 def random_dots(codes: Tensor, w: Tensor, num: int) -> Tensor:
     """``[num]``: ``sum_k D_jk w_k`` of the random anchors, from weighted byte histograms."""
-    hist = torch.stack([torch.bincount(codes[g], weights=w, minlength=256) for g in range(codes.shape[0])])
+    hist = torch.stack([counts(codes[g], 256, w) for g in range(codes.shape[0])])
     return (hist @ bit_table(w.device, w.dtype)).reshape(-1)[:num]
 
 

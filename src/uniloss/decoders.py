@@ -48,7 +48,6 @@ Example -- the argmax decoder on three classes (three pairs per sample)::
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
@@ -56,6 +55,7 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
+from ._cache import TensorCache
 from ._decomposition import static_layout, validate_scores
 from ._metrics import PCK, KeypointTarget
 from ._pairs import binary_margins, grouped_pairs, other_classes, static_pair_differences
@@ -183,17 +183,11 @@ def _missing(obj: object, method: str) -> TypeError:
 # earlier item (as torch.argmax and a stable descending sort break ties).
 
 
-@functools.lru_cache(maxsize=64)
-def _triu_pairs_cached(m: int, device: str) -> Tuple[Tensor, Tensor]:
-    # Made outside inference mode even when first asked for under it (a validation or sanity
-    # step): a cached inference tensor could not be saved for backward in a later training step.
-    with torch.inference_mode(False):
-        j, k = torch.triu_indices(m, m, 1, device=device)
-    return j, k
+_TRIU_PAIRS = TensorCache()
 
 
 def _triu_pairs(m: int, device: torch.device) -> Tuple[Tensor, Tensor]:
-    return _triu_pairs_cached(m, str(device))
+    return _TRIU_PAIRS.get((m, str(device)), lambda: tuple(torch.triu_indices(m, m, 1, device=device)))
 
 
 def _tournament(rows: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ._anchors import AnchorSet, draw_anchors
+from ._cache import TensorCache
 from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
 from ._interpolation import (
     DISTANCES, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale,
@@ -361,18 +362,12 @@ def uniloss_with_info(
                                             "structured"), decomposition, target)
 
 
-_PADDING: dict = {}
+_PADDING = TensorCache()
 
 
 def _padding(num_bits: int, num_valid: Tensor) -> Tensor:
     """``[num_bits]`` bool: ``True`` from bit ``num_valid`` on (the padding of a static layout)."""
-    key = (num_bits, num_valid.device)
-    index = _PADDING.get(key)
-    if index is None:
-        if len(_PADDING) > 64:
-            _PADDING.clear()
-        with torch.inference_mode(False):  # cached: no inference tensor (see _metrics._RANKS)
-            index = _PADDING[key] = torch.arange(num_bits, device=num_valid.device)
+    index = _PADDING.get((num_bits, num_valid.device), lambda: torch.arange(num_bits, device=num_valid.device))
     return index >= num_valid
 
 

@@ -54,7 +54,7 @@ from torch import Tensor
 from . import _validation as V
 from ._decoded import DecodedMetric
 from ._limits import current_limits
-from ._pairs import at_or_above
+from ._pairs import at_or_above, counts
 from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, sort_within
 
 _DEFAULT_DTYPE = torch.float32  # values' dtype for a plan without one (a custom decoder's)
@@ -183,20 +183,14 @@ def _mean_where(values: Tensor, defined: Tensor) -> Tensor:
 def _class_counts(pred: Tensor, target: Tensor, num_classes: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-class counts of ``pred [t, N]`` against ``target [N]``: ``(tp [t, C], predicted [t, C],
     actual [C])`` as int64, from one count of the ``t`` confusion matrices' codes
-    ``row * C^2 + pred * C + target`` (int32, about twice as fast as int64 on CPU). Counted with
-    ``index_add_`` where the device is not the CPU: ``bincount`` reads the largest code on a GPU's
-    host (a synchronisation per call)."""
+    ``row * C^2 + pred * C + target`` (int32, about twice as fast as int64 on CPU;
+    :func:`uniloss._pairs.counts`: no synchronisation, a fixed size)."""
     t, c = pred.shape[0], num_classes
     code = pred.reshape(t, -1).int() * c  # (a Python number: a tensor made from one is a copy to the device)
     code += target.reshape(1, -1).int()
     code += torch.arange(0, t * c * c, c * c, dtype=torch.int32, device=pred.device)[:, None]
     code = code.reshape(-1)
-    if code.device.type == "cpu":
-        confusion = torch.bincount(code, minlength=t * c * c)
-    else:
-        ones = torch.ones((), dtype=torch.long, device=code.device).expand(code.numel())
-        confusion = torch.zeros(t * c * c, dtype=torch.long, device=code.device).index_add_(0, code, ones)
-    confusion = confusion.reshape(t, c, c)
+    confusion = counts(code, t * c * c).reshape(t, c, c)
     return confusion.diagonal(dim1=1, dim2=2), confusion.sum(2), confusion[0].sum(0)
 
 
