@@ -22,6 +22,7 @@ def merge(parts: list) -> dict:
     runs = [r for rep in reports for r in rep["runs"]]
     report = dict(reports[0])
     report["runs"] = runs
+    report["seeds"] = sorted({seed for rep in reports for seed in rep.get("seeds", [])})
     report["rows"] = M.summarise(runs)
     report["verdicts"] = M.verdicts(report["rows"])
     report["lr_scales"] = sorted({s for rep in reports for s in rep.get("lr_scales", [1.0])})

@@ -136,42 +136,55 @@ def _reasons(breaks) -> List[str]:
     return [f"{n}x {line}" for line, n in counts.items()]
 
 
+def _step(fn, model, one_score: bool):
+    def step(x, t):
+        scores = model(x)
+        scores = scores[:, 0] if one_score else scores
+        loss = fn(scores, t)
+        loss.backward()
+        return loss
+    return step
+
+
+def _eager_and_compiled(step, x, t, tiny: bool, device: str) -> Dict:
+    torch._dynamo.reset()
+    compiled = torch.compile(step)
+    repeats = 3 if tiny else 50
+    compiled(x, t)  # compile
+    compiled(x, t)
+    eager, fast = [], []
+    for _ in range(1 if tiny else 3):  # alternating: the machine's load falls on both
+        eager.append(_time(lambda: step(x, t), repeats, device))
+        fast.append(_time(lambda: compiled(x, t), repeats, device))
+    return dict(eager_ms=min(eager), compiled_ms=min(fast))
+
+
 def compile_check(device: str, tiny: bool) -> List[Dict]:
     """``torch.compile`` of a training step (a linear layer and the loss), each case with the
     anchors drawn from a ``torch.Generator`` (its draws run eagerly between graphs) and from the
-    global generator (``generator=None``: the draws are in the graph)."""
+    global generator (``generator=None``: the draws are in the graph), and the usual loss's step
+    (binary cross-entropy or cross-entropy) eager and compiled beside them."""
     out = []
     for name in ("AP", "accuracy", "zoo.macro_f1"):
-        for with_generator in (True, False):
-            build = loss_cases(device, tiny)[name]
-            fn, s, t = build()
-            if not with_generator:
+        one_score = name == "AP"
+        for generator in ("torch.Generator", "None (global)", "usual loss"):
+            fn, s, t = loss_cases(device, tiny)[name]()
+            if generator == "None (global)":
                 fn.generator = None
-            model = torch.nn.Linear(s.shape[-1] if s.dim() > 1 else 1, s.shape[-1] if s.dim() > 1 else 1).to(device)
-            x = s.detach().clone() if s.dim() > 1 else s.detach()[:, None]
-
-            def step(x, t, fn=fn, model=model, s=s):
-                scores = model(x)
-                scores = scores if s.dim() > 1 else scores[:, 0]
-                loss = fn(scores, t)
-                loss.backward()
-                return loss
-
-            row: Dict = dict(case=name, generator="torch.Generator" if with_generator else "None (global)")
+            elif generator == "usual loss":
+                fn = ((lambda z, y: torch.nn.functional.binary_cross_entropy_with_logits(z, y.float())) if one_score
+                      else torch.nn.functional.cross_entropy)
+            width = 1 if one_score else s.shape[-1]
+            model = torch.nn.Linear(width, width).to(device)
+            x = s.detach()[:, None].clone() if one_score else s.detach().clone()
+            step = _step(fn, model, one_score)
+            row: Dict = dict(case=name, generator=generator)
             try:
                 torch._dynamo.reset()
                 ex = torch._dynamo.explain(step)(x, t)
                 row.update(graphs=ex.graph_count, graph_breaks=ex.graph_break_count,
                            reasons=_reasons(ex.break_reasons))
-                torch._dynamo.reset()
-                compiled = torch.compile(step)
-                repeats = 3 if tiny else 50
-                compiled(x, t)  # compile
-                eager, fast = [], []
-                for _ in range(1 if tiny else 3):  # alternating: the machine's load falls on both
-                    eager.append(_time(lambda: step(x, t), repeats, device))
-                    fast.append(_time(lambda: compiled(x, t), repeats, device))
-                row["eager_ms"], row["compiled_ms"] = min(eager), min(fast)
+                row.update(_eager_and_compiled(step, x, t, tiny, device))
             except Exception as exc:  # a failure to compile is a result
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             out.append(row)

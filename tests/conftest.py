@@ -1,8 +1,12 @@
 import os
 import sys
 
-import pytest
-import torch
+# torch.compile's tests compile in this process: inductor's pool of compile workers (spawned
+# processes) once left a full run waiting on a worker for 15 minutes.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))  # the oracle helpers in tests/_reference.py
 

@@ -150,3 +150,28 @@ def test_merging_reports_pools_their_runs(tmp_path):
     best = {r["loss"]: (r["lr_scale"], r["mean"]) for r in report["best_lr_rows"]}
     assert best["cross-entropy"] == (2.0, pytest.approx(0.96)) and best["UniLoss (defaults)"][0] == 2.0
     assert report["verdicts"]["digits-f1"]["UniLoss (defaults) @ lr x2"]["usual"]["verdict"] == "tie"
+
+
+def test_merging_reports_of_other_seeds_lists_them_all(tmp_path):
+    """(The Fashion-MNIST ResNet-20 row: seed 0 and seed 1 were run in separate sessions.)"""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "merge_metric_wins.py"
+    spec = importlib.util.spec_from_file_location("merge_metric_wins", path)
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    parts = []
+    for seed, final in ((0, 0.939), (1, 0.941)):
+        run = dict(task="fashion-acc", loss="cross-entropy", kind="usual", seed=seed, final=final, curve=[final],
+                   seconds=1.0, options={}, lr_scale=1.0)
+        (tmp_path / str(seed)).mkdir()
+        (tmp_path / str(seed) / "results.json").write_text(json.dumps(dict(
+            table="t", title="T", machine="m", date="d", seeds=[seed], jobs=1, quick=False, runs=[run],
+            command=f"cmd {seed}", total_seconds=1.0, variants={}, lr_scales=[1.0])))
+        parts.append(str(tmp_path / str(seed)))
+    report = merge.merge(parts)
+    assert report["seeds"] == [0, 1]
+    (row,) = report["rows"]
+    assert row["seeds"] == [pytest.approx(0.939), pytest.approx(0.941)] and row["mean"] == pytest.approx(0.94)
