@@ -207,10 +207,9 @@ def draw_anchors(
     device = best.device
     count = l if num_valid is None else num_valid
     num_good, num_nearby, num_bad = (num_good, num_nearby, num_bad) if l else (0, 0, 0)
-    # Every draw of the call at once, in the order good, nearby, random (the stream's order): one
-    # eager region where torch.compile meets a generator, which it cannot take into a graph.
-    draw = _draws if generator is None else _draws_eager
-    good_r, near_r, words = draw(num_good, good_flips, num_nearby, (num_bad + 7) // 8, l, generator, device)
+    # Every draw of the call at once, in the order good, nearby, random (the stream's order). A
+    # graph cannot hold a generator: with one, torch.compile breaks at each draw and runs it eagerly.
+    good_r, near_r, words = _draws(num_good, good_flips, num_nearby, (num_bad + 7) // 8, l, generator, device)
     flips, kinds = [], [("best", 1)]
     if num_good:
         # Bit floor(u * l), u = r / 2**53 uniform (53 random bits a draw, as an integer: no
@@ -254,11 +253,6 @@ def _draws(num_good: int, good_flips: int, num_nearby: int, groups: int, l: int,
     near = _randint(_UNIFORM, (num_nearby, 1), generator, device) if num_nearby else None
     words = _random_words(-(-l // 8) * groups, generator, device) if groups else None
     return good, near, words
-
-
-# With a generator, torch.compile runs the draws eagerly (a graph cannot hold a generator), in one
-# region rather than three; without one they stay in the graph.
-_draws_eager = torch.compiler.disable(_draws)
 
 
 def _random_codes(drawn: Tensor, groups: int, l: int, device) -> Tensor:

@@ -39,13 +39,7 @@ def multinomial(weights: Tensor, num: int, generator) -> Tensor:
 def randperm(n: int, generator, device) -> Tensor:
     if generator is None:
         return torch.randperm(n, device=device)
-    return _on(_randperm_eager(n, generator), device)
-
-
-@torch.compiler.disable
-def _randperm_eager(n: int, generator: torch.Generator) -> Tensor:
-    """(torch.compile cannot take a generator into a graph: the draw runs eagerly there.)"""
-    return torch.randperm(n, generator=generator, device=generator.device)
+    return _on(torch.randperm(n, generator=generator, device=generator.device), device)
 
 
 _SIGN = -(2**63)
