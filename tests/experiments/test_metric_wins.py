@@ -175,3 +175,17 @@ def test_merging_reports_of_other_seeds_lists_them_all(tmp_path):
     assert report["seeds"] == [0, 1]
     (row,) = report["rows"]
     assert row["seeds"] == [pytest.approx(0.939), pytest.approx(0.941)] and row["mean"] == pytest.approx(0.94)
+
+
+def test_noisy_labels_redraw_the_stated_share_uniformly():
+    y = torch.arange(20000) % 10
+    assert torch.equal(M.noisy_labels(y, 0.0, 10, torch.Generator().manual_seed(0)), y)
+    noisy = M.noisy_labels(y, 0.4, 10, torch.Generator().manual_seed(0))
+    changed = (noisy != y).float().mean().item()
+    assert abs(changed - 0.4 * 0.9) < 0.015  # a redrawn label keeps its class 1 time in 10
+    # the redrawn labels are uniform over the classes, whatever the true one
+    counts = torch.bincount(noisy[noisy != y], minlength=10).float()
+    assert counts.min() / counts.max() > 0.85
+    # the rates share their draws: every label changed at 20% is changed the same way at 40%
+    low = M.noisy_labels(y, 0.2, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(noisy[low != y], low[low != y])

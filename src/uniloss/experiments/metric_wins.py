@@ -414,6 +414,26 @@ def run_digits_f1(loss: str, seed: int, quick: bool, options: dict) -> List[floa
                         decomposition=metric, epochs=30)
 
 
+def noisy_labels(y: Tensor, noise: float, num_classes: int, generator: torch.Generator) -> Tensor:
+    """``y`` with each label drawn again uniformly over ``num_classes`` with probability ``noise``
+    (symmetric label noise: a redrawn label keeps its class with probability ``1 / num_classes``).
+    One uniform and one class are drawn per sample whatever ``noise``, so rates share their draws."""
+    redraw = torch.rand(len(y), generator=generator) < noise
+    return torch.where(redraw, torch.randint(0, num_classes, (len(y),), generator=generator), y)
+
+
+def run_noisy_digits(loss: str, seed: int, noise: float, options: dict) -> List[float]:
+    """Digits accuracy (the ``digits-f1`` task's split, network and recipe) with a fraction
+    ``noise`` of the training labels drawn again uniformly over the 10 classes (so about
+    ``0.9 noise`` of them wrong; the same labels for every loss and seed: generator 1234); the
+    test labels are clean. ``loss`` ``"ce"`` or ``"uniloss"`` (``MulticlassAccuracy``, with
+    ``options``). ``benchmarks/label_noise_probe.py`` uses it."""
+    xtr, xte, ytr, yte = digits_split(test_size=0.25)
+    ytr = noisy_labels(ytr, noise, 10, torch.Generator().manual_seed(1234))
+    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(64, 128, 10), _accuracy, loss, seed, options,
+                        decomposition=uniloss.MulticlassAccuracy(), epochs=30)
+
+
 def imbalanced_mnist(ratio: float = 0.6, data_dir: Optional[str] = None):
     """MNIST whose training digit ``c`` keeps its first ``ratio ** c`` images (14,858 of 60,000
     at 0.6), flattened to ``[N, 784]`` in ``[0, 1]``; the test split whole (balanced):
