@@ -58,11 +58,19 @@ def main() -> str:
     # From screen v25 on, the defaults of 0.4 (0.3's on every task but MNIST-0, imbalanced AP and NDCG@5): quick-0.4/.
     latest = {t: v for (t, l), v in read_runs(ROOT / "quick-0.4").items() if l == "UniLoss (defaults)"}
     rows["UniLoss (defaults 0.4)"] = latest
+    # From screen v33 on, the defaults of 0.5: 0.4's but on the three tasks whose metric weighs its runs
+    # unequally (segmentation, balanced accuracy, macro-F1), where screen v31's runs at 1x are 0.5's.
+    v31 = read_runs(ROOT / "screens" / "v31")
+    now = dict(latest)
+    now.update({t: v for (t, l), v in v31.items() if l == "UniLoss, dropsnow"})
+    rows["UniLoss (defaults 0.5)"] = now
     lines = ["# Metric-wins screens", "",
              "Quick-screen test metric (x100), mean over the seeds that finished (count in brackets when fewer "
              "than 3); the difference to the defaults of the time below it (`UniLoss (defaults)` before screen "
              "v10, `UniLoss (defaults since v10: ...)` from v10 on, `UniLoss (defaults, anchor draws of v15 on)` "
-             "from v15 on, `UniLoss (defaults 0.4)` from v25 on: 0.3's but on MNIST-0, imbalanced AP and NDCG@5). "
+             "from v15 on, `UniLoss (defaults 0.4)` from v25 on: 0.3's but on MNIST-0, imbalanced AP and NDCG@5; "
+             "`UniLoss (defaults 0.5)` from v33 on: 0.4's but on segmentation, balanced accuracy and macro-F1, from "
+             "screen v31's runs at 1x). "
              "A blank: "
              "not run (or the screen was stopped first). Regenerate: `python benchmarks/metric_wins_screens.py`.",
              "", "| loss | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
@@ -77,7 +85,8 @@ def main() -> str:
             cell = ("diverged" if mean != mean else f"{mean:.2f}") + (f" ({len(seeds)})" if len(seeds) < 3 else "")
             screen = re.search(r"\[v(\d+)\]$", name)
             number = int(screen.group(1)) if screen else 0
-            ref = latest if number >= 25 else drawn if number >= 15 else current if number >= 10 else default
+            ref = now if number >= 33 else latest if number >= 25 else drawn if number >= 15 else current if number >= 10 \
+                else default
             if not name.startswith("UniLoss (defaults") and name.startswith("UniLoss") and ref.get(t) and mean == mean:
                 cell += f"<br>{mean - statistics.mean(ref[t].values()) * 100:+.2f}"
             cells.append(cell)
