@@ -189,3 +189,24 @@ def test_noisy_labels_redraw_the_stated_share_uniformly():
     # the rates share their draws: every label changed at 20% is changed the same way at 40%
     low = M.noisy_labels(y, 0.2, 10, torch.Generator().manual_seed(0))
     assert torch.equal(noisy[low != y], low[low != y])
+
+
+def test_probe_tasks_run_only_when_named():
+    suite = ["mnist0-ap", "fashion-acc", "pairs-acc", "digits-f1", "imb-ap", "imb-f1", "bal-acc", "ndcg5", "seg-miou"]
+    assert M.SUITE == suite
+    probes = [name for name in M.TASKS if name not in suite]
+    assert probes and all(not M.TASKS[name].suite for name in probes)
+    jobs = M.jobs_for(M.SUITE, [0], {})
+    assert {j.task for j in jobs} == set(suite)
+
+
+def test_a_probe_task_trains_and_scores_its_own_metric():
+    # F2 at logit 0 on the imbalanced data without label noise: the run scores what zoo.f_beta(2) gives
+    from uniloss import zoo
+
+    row = M._run_job(M.Job("f2-clean", "UniLoss (defaults)", "uniloss", "uniloss", 0), quick=True)
+    assert len(row["curve"]) == 20 and 0.3 < row["final"] <= 1.0
+    torch.manual_seed(0)
+    s, y = torch.randn(50), (torch.rand(50) < 0.3).long()
+    tp, fp, fn = int(((s > 0) & (y == 1)).sum()), int(((s > 0) & (y == 0)).sum()), int(((s <= 0) & (y == 1)).sum())
+    assert float(zoo.f_beta(2.0, threshold=0.0).metric(s, y)) == pytest.approx(5 * tp / (5 * tp + 4 * fn + fp))

@@ -36,6 +36,19 @@ Tasks (``--quick`` / full; the learning rate follows a cosine to 0 unless a sche
   classes; FCN 1-16-16-2, batch 32, SGD lr 0.1 momentum 0.9; usual per-pixel cross-entropy,
   baseline Lovász-softmax (Berman et al. 2018); 2,000 / 4,000 training images, 5 / 10 epochs.
 
+Probe tasks, run only when ``--tasks`` names them: metrics of the zoo on the suite's data and
+recipes that played no part in choosing the defaults, to check that what the suite decided
+carries over (``docs/results/metric-wins/probe-tasks/``):
+
+* ``auroc`` / ``auroc-clean``: the ``imb-ap`` task (with / without its 2% random labels) on
+  ``zoo.auroc()``; usual BCE, baseline the pairwise logistic loss.
+* ``f1-clean`` / ``f2-clean``: the same data without label noise, F1 / F2 at logit 0
+  (``zoo.f_beta(1)``, ``zoo.f_beta(2)``); usual BCE, baselines BCE with ``pos_weight`` (and, for
+  F1, BCE with a validation-tuned threshold).
+* ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
+* ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
+* ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
+
 Every run uses one thread; ``--jobs`` runs go side by side. ``results.json`` follows the
 reproduction schema (``rows`` of dataset, loss, metric, mean, std, seeds, paper) with ``kind``
 added per row, and keeps every run's curve under ``runs``; ``results.md`` has the table and the
@@ -277,6 +290,7 @@ class Task:
     run: Callable[[str, int, bool, dict], List[float]]
     losses: Dict[str, Tuple[str, str]]
     weight: float = 1.0  # rough relative cost, to start the long runs first
+    suite: bool = True  # False: a probe task (run only when named), not one the defaults were chosen on
 
 
 def _binary_logits(model: nn.Module, x: Tensor) -> Tensor:
@@ -314,20 +328,27 @@ def _binary_loss(loss: str, decomposition, seed: int, options: dict, pos_weight:
     raise ValueError(f"unknown loss {loss!r}")
 
 
+_BINARY: Dict[str, Callable[[], uniloss.Decomposition]] = {"ap": uniloss.AveragePrecision, "f1": lambda: zoo.f_beta(1.0, threshold=0.0),
+           "f2": lambda: zoo.f_beta(2.0, threshold=0.0), "auroc": zoo.auroc}
+
+
 def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict, **data) -> List[float]:
     """An ``imb-ap`` (``metric="ap"``) or ``imb-f1`` (``"f1"``) run: the held-out metric per epoch;
-    ``data``: keywords of :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them)."""
+    ``data``: keywords of :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them).
+    The probe tasks also train and score ``"f2"`` (F2 at logit 0) and ``"auroc"``."""
     xtr, ytr, xva, yva, xte, yte = imbalanced_binary(**data)
     model = seeded(seed, lambda: mlp(20, 64, 64, 1))
     gen = torch.Generator().manual_seed(seed)
     pos_weight = float((ytr == 0).sum()) / float((ytr == 1).sum())
-    decomposition = uniloss.AveragePrecision() if metric == "ap" else zoo.f_beta(1.0, threshold=0.0)
+    decomposition = _BINARY[metric]()
     fn = _binary_loss(loss.replace("-tuned", ""), decomposition, seed, options, pos_weight)
 
     def evaluate(m: nn.Module) -> float:
         s = _binary_logits(m, xte)
         if metric == "ap":
             return average_precision(s, yte)
+        if metric != "f1":
+            return float(decomposition.metric(s, yte))
         threshold = tuned_threshold(_binary_logits(m, xva), yva) if loss.endswith("-tuned") else 0.0
         return f1_at(s, yte, threshold)
 
@@ -407,6 +428,18 @@ def run_pairs(loss: str, seed: int, quick: bool, options: dict, data_dir: Option
                         decomposition=uniloss.MulticlassAccuracy(), epochs=5 if quick else 15)
 
 
+def run_pairs_top5(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
+    """The ``pairs-acc`` task trained and scored on top-5 accuracy (``zoo.top_k_accuracy(5)``;
+    a probe task)."""
+    from .multiclass import load_digit_pairs
+
+    s = load_digit_pairs(data_dir, torch.device("cpu"))
+    xtr, xte = s.x_train.float() / 255.0, s.x_test.float() / 255.0
+    metric = zoo.top_k_accuracy(5)
+    return _run_classes(xtr, s.y_train, xte, s.y_test, lambda: mlp(1568, 512, 100), metric.metric, loss, seed,
+                        options, decomposition=metric, epochs=5 if quick else 15)
+
+
 def run_digits_f1(loss: str, seed: int, quick: bool, options: dict) -> List[float]:
     xtr, xte, ytr, yte = digits_split(test_size=0.25)
     metric = zoo.macro_f1(10)
@@ -466,9 +499,11 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
 
 
 def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, per_batch: int = 8,
-             train_queries: int = 160) -> List[float]:
+             train_queries: int = 160, metric: Optional[uniloss.Decomposition] = None) -> List[float]:
+    """The ``ndcg5`` task; ``metric``: another ranking metric of the zoo to train and score (the
+    probe tasks), NDCG@5 by default."""
     xtr, xte, ytr, yte = digits_split()
-    metric = zoo.ndcg_at_k(5)
+    metric = zoo.ndcg_at_k(5) if metric is None else metric
     gen = torch.Generator().manual_seed(seed)
     test_items, test_q, test_rel, test_query = retrieval_queries(yte, 300, size, torch.Generator().manual_seed(1234))
     test_target = RankingTarget(test_rel, test_query)
@@ -499,11 +534,14 @@ def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, p
                cosine(opt, 30))
 
 
-def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
+def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None,
+                     metric: Optional[uniloss.Decomposition] = None) -> List[float]:
+    """The ``seg-miou`` task; ``metric``: another per-pixel metric of the zoo to train and score
+    (the probe tasks: ``zoo.dice(2)``), mean IoU by default."""
     train, epochs = (2000, 5) if quick else (4000, 10)
     xtr, mtr = noisy_masks("train", train, seed=0, data_dir=data_dir)
     xte, mte = noisy_masks("test", 1000, seed=1, data_dir=data_dir)
-    metric = zoo.mean_iou(2)
+    metric = zoo.mean_iou(2) if metric is None else metric
     usual: Dict[str, Callable[..., Tensor]] = {"ce": F.cross_entropy, "lovasz": lovasz_softmax}
     fn = usual.get(loss) or _uniloss(metric, seed, options)
     model = seeded(seed, fcn)
@@ -514,6 +552,25 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
 
 
 _UNI = {"UniLoss (defaults)": ("uniloss", "uniloss")}
+
+_PAIRWISE = {"pairwise logistic": ("baseline", "pairwise")}
+_POS_WEIGHT = {"BCE, pos_weight": ("baseline", "bce-posweight")}
+
+
+def _binary_probe(name: str, metric: str, label: str, flip_y: float, baselines: Dict[str, Tuple[str, str]]) -> Task:
+    """A probe task on the ``imb-ap`` data (``flip_y``: its share of random labels) scored on ``metric``."""
+    data = "make_classification, 5% positives" + ("" if flip_y else ", no label noise")
+    return Task(name, label, data,
+                lambda loss, seed, quick, options: run_imbalanced(metric, loss, seed, quick, options, flip_y=flip_y),
+                {"binary cross-entropy": ("usual", "bce"), **baselines, **_UNI}, weight=0.5, suite=False)
+
+
+def _retrieval_probe(name: str, label: str, make: Callable[[], uniloss.Decomposition]) -> Task:
+    """A probe task on the ``ndcg5`` task's queries, trained and scored on ``make()``."""
+    return Task(name, label, "digit retrieval on digits",
+                lambda loss, seed, quick, options: run_ndcg(loss, seed, quick, options, metric=make()),
+                {"binary cross-entropy (pointwise)": ("usual", "bce"), **_PAIRWISE, **_UNI}, weight=0.8, suite=False)
+
 
 TASKS: Dict[str, Task] = {t.name: t for t in [
     Task("mnist0-ap", "test AP (VOC-interpolated)", "MNIST digit 0 vs rest", run_mnist0,
@@ -540,7 +597,22 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
          weight=0.8),
     Task("seg-miou", "test mean IoU", "MNIST masks from noisy occluded digits", run_segmentation,
          {"per-pixel cross-entropy": ("usual", "ce"), "Lovász-softmax": ("baseline", "lovasz"), **_UNI}, weight=3.0),
+    # Probe tasks: metrics of the zoo that played no part in choosing the defaults (run when named).
+    _binary_probe("auroc", "auroc", "test AUROC", 0.02, _PAIRWISE),
+    _binary_probe("auroc-clean", "auroc", "test AUROC", 0.0, _PAIRWISE),
+    _binary_probe("f1-clean", "f1", "test F1 at logit 0 (tuned threshold for its row)", 0.0,
+                  {**_POS_WEIGHT, "BCE, validation-tuned threshold": ("baseline", "bce-tuned")}),
+    _binary_probe("f2-clean", "f2", "test F2 at logit 0", 0.0, _POS_WEIGHT),
+    _retrieval_probe("p-at-5", "test precision@5", lambda: zoo.precision_at_k(5)),
+    _retrieval_probe("mrr", "test MRR", zoo.mrr),
+    Task("dice", "test mean Dice", "MNIST masks from noisy occluded digits",
+         lambda loss, seed, quick, options: run_segmentation(loss, seed, quick, options, metric=zoo.dice(2)),
+         {"per-pixel cross-entropy": ("usual", "ce"), "Lovász-softmax": ("baseline", "lovasz"), **_UNI},
+         weight=3.0, suite=False),
+    Task("top5", "test top-5 accuracy", "MNIST digit pairs, 100 classes", run_pairs_top5,
+         {"cross-entropy": ("usual", "ce"), **_UNI}, weight=4.0, suite=False),
 ]}
+SUITE = [name for name, task in TASKS.items() if task.suite]
 
 
 # --------------------------------------------------------------------------- running and reporting
@@ -762,7 +834,7 @@ def run(args: argparse.Namespace) -> dict:
     seeds = args.seeds if args.seeds is not None else [0, 1, 2]
     kinds = ("usual", "baseline", "uniloss", "variant") if not args.variants_only else ("variant",)
     lr_scales = args.lr_scales or [1.0]
-    jobs = jobs_for(args.tasks or list(TASKS), seeds, variants, kinds, lr_scales)
+    jobs = jobs_for(args.tasks or SUITE, seeds, variants, kinds, lr_scales)
     start = time.perf_counter()
     out = args.out or ("docs/results/metric-wins" + ("/quick" if args.quick else ""))
     header = dict(
@@ -815,7 +887,8 @@ def _progress(total: int) -> Callable[[str], None]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the screen: shorter runs (about 7 minutes with 2 jobs)")
-    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="only these tasks (default: all)")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS),
+                        help="only these tasks (default: the suite's nine; the probe tasks run only when named)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     parser.add_argument("--variant", action="append", metavar="NAME=JSON",
                         help='extra UniLoss row with these UniLoss keywords, e.g. t4=\'{"temperature": 4}\'')
