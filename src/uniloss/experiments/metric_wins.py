@@ -328,8 +328,10 @@ def _binary_loss(loss: str, decomposition, seed: int, options: dict, pos_weight:
     raise ValueError(f"unknown loss {loss!r}")
 
 
-_BINARY: Dict[str, Callable[[], uniloss.Decomposition]] = {"ap": uniloss.AveragePrecision, "f1": lambda: zoo.f_beta(1.0, threshold=0.0),
-           "f2": lambda: zoo.f_beta(2.0, threshold=0.0), "auroc": zoo.auroc}
+_BINARY: Dict[str, Callable[[], uniloss.Decomposition]] = {
+    "ap": uniloss.AveragePrecision, "f1": lambda: zoo.f_beta(1.0, threshold=0.0),
+    "f2": lambda: zoo.f_beta(2.0, threshold=0.0), "auroc": zoo.auroc,
+}
 
 
 def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict, **data) -> List[float]:
@@ -419,25 +421,18 @@ def run_fashion(loss: str, seed: int, quick: bool, options: dict, data_dir: Opti
                         transform=augment, milestones=(21, 26))
 
 
-def run_pairs(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
+def run_pairs(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None,
+              metric: Optional[uniloss.Decomposition] = None) -> List[float]:
+    """The ``pairs-acc`` task; ``metric``: another metric of the zoo to train and score (the probe
+    task ``top5``: ``zoo.top_k_accuracy(5)``), accuracy by default."""
     from .multiclass import load_digit_pairs
 
     s = load_digit_pairs(data_dir, torch.device("cpu"))
     xtr, xte = s.x_train.float() / 255.0, s.x_test.float() / 255.0
-    return _run_classes(xtr, s.y_train, xte, s.y_test, lambda: mlp(1568, 512, 100), _accuracy, loss, seed, options,
-                        decomposition=uniloss.MulticlassAccuracy(), epochs=5 if quick else 15)
-
-
-def run_pairs_top5(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
-    """The ``pairs-acc`` task trained and scored on top-5 accuracy (``zoo.top_k_accuracy(5)``;
-    a probe task)."""
-    from .multiclass import load_digit_pairs
-
-    s = load_digit_pairs(data_dir, torch.device("cpu"))
-    xtr, xte = s.x_train.float() / 255.0, s.x_test.float() / 255.0
-    metric = zoo.top_k_accuracy(5)
-    return _run_classes(xtr, s.y_train, xte, s.y_test, lambda: mlp(1568, 512, 100), metric.metric, loss, seed,
-                        options, decomposition=metric, epochs=5 if quick else 15)
+    decomposition = uniloss.MulticlassAccuracy() if metric is None else metric
+    return _run_classes(xtr, s.y_train, xte, s.y_test, lambda: mlp(1568, 512, 100),
+                        _accuracy if metric is None else metric.metric, loss, seed, options,
+                        decomposition=decomposition, epochs=5 if quick else 15)
 
 
 def run_digits_f1(loss: str, seed: int, quick: bool, options: dict) -> List[float]:
@@ -609,7 +604,8 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
          lambda loss, seed, quick, options: run_segmentation(loss, seed, quick, options, metric=zoo.dice(2)),
          {"per-pixel cross-entropy": ("usual", "ce"), "Lovász-softmax": ("baseline", "lovasz"), **_UNI},
          weight=3.0, suite=False),
-    Task("top5", "test top-5 accuracy", "MNIST digit pairs, 100 classes", run_pairs_top5,
+    Task("top5", "test top-5 accuracy", "MNIST digit pairs, 100 classes",
+         lambda loss, seed, quick, options: run_pairs(loss, seed, quick, options, metric=zoo.top_k_accuracy(5)),
          {"cross-entropy": ("usual", "ce"), **_UNI}, weight=4.0, suite=False),
 ]}
 SUITE = [name for name, task in TASKS.items() if task.suite]
