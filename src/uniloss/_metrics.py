@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
+from ._bits import as_float
 from ._cache import TensorCache
 from ._decomposition import Decomposition, Structure, static_layout, validate_scores
 from ._pairs import binary_margins, grouped_pairs, other_classes, pair_differences, row_differences, static_pair_differences
@@ -472,7 +473,7 @@ class MulticlassAccuracy(Decomposition):
         ok = zeros == 0
         if plan.fixed_ok is not None:
             ok = ok & plan.fixed_ok
-        return ok.float().mean(-1)
+        return as_float(ok).mean(-1)
 
     @staticmethod
     def _plus_one(zeros: Tensor, plan: "_AccuracyPlan") -> Tensor:
@@ -488,7 +489,7 @@ class MulticlassAccuracy(Decomposition):
         t = bits.shape[0]
         n, m = plan.cols.shape
         if plan.selected is None:
-            return bits.reshape(t, n, m).all(-1).float().mean(-1)
+            return as_float(bits.reshape(t, n, m).all(-1)).mean(-1)
         sample = torch.div(plan.selected, m, rounding_mode="floor")
         ok = _segment_sum((~bits).float(), sample, n) == 0
         if plan.fixed_ok is not None:

@@ -7,6 +7,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._cache import TensorCache
+
 
 def counts(index: Tensor, size: int, weights: Optional[Tensor] = None) -> Tensor:
     """``bincount(index, weights, minlength=size)`` for ``index`` in ``[0, size)``: ``[size]``, int64
@@ -120,10 +122,14 @@ def row_differences(s: Tensor, y: Tensor, cols: Tensor) -> Tensor:
     return _RowDifferences.apply(s, y[:, None], cols)
 
 
+_OTHERS = TensorCache()
+
+
 def other_classes(labels: Tensor, num_classes: int) -> Tensor:
     """``[n, num_classes - 1]``: for each label, the other classes in class order."""
-    others = torch.arange(num_classes - 1, device=labels.device)[None, :]
-    return others + (others >= labels[:, None]).long()
+    others = _OTHERS.get((num_classes, labels.device),
+                         lambda: torch.arange(num_classes - 1, device=labels.device)[None, :])
+    return others + (others >= labels[:, None])  # (int64 + bool: int64)
 
 
 def binary_margins(flat: Tensor, positive: Tensor) -> Tensor:

@@ -46,6 +46,7 @@ from ._decomposition import Structure
 from ._interpolation import (
     anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost, step_factor,
 )
+from ._bits import as_float
 from ._cache import TensorCache
 from ._pairs import counts
 from ._limits import current_limits
@@ -104,7 +105,7 @@ class Runs:
             return _counts_by_ends(is_zero, self.ends).to(dtype)
         assert self.ids is not None  # the run-length layout
         out = torch.zeros(is_zero.shape[0], self.num, dtype=dtype, device=is_zero.device)
-        return out.index_add_(1, self.ids, is_zero.to(dtype))
+        return out.index_add_(1, self.ids, as_float(is_zero, dtype))
 
     def run_of(self, index: Tensor) -> Tensor:
         if self.width is not None:
@@ -169,6 +170,9 @@ def byte_sum(x: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
     """
     R, S, w = x.shape
     if x.numel() < (1 << 16) or x.device.type != "cpu":
+        if w <= 16 and x.numel() >= (1 << 14) and dtype.is_floating_point and x.device.type == "cpu":
+            # narrow runs (accuracy's C - 1): a product with ones, twice as fast as the reduction
+            return torch.matmul(x.to(dtype), _ones(w, dtype, x.device))
         return x.sum(-1, dtype=dtype)
     words = -(-w // 8)
     groups = -(-words // 255)
@@ -178,6 +182,13 @@ def byte_sum(x: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
     lanes = x.contiguous().view(torch.int64)
     lanes = lanes.view(R, S, groups, 255).sum(-1) if groups > 1 else lanes.sum(-1, keepdim=True)
     return lanes.view(torch.uint8).view(R, S, -1).sum(-1, dtype=dtype)
+
+
+_ONES = TensorCache()
+
+
+def _ones(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return _ONES.get((n, dtype, device), lambda: torch.ones(n, dtype=dtype, device=device))
 
 
 # ------------------------------------------------------------------------------ block kernels
@@ -425,7 +436,7 @@ def structured_loss(
     assert anchors.flips is not None and anchors.codes is not None and anchors.best is not None
     if anchors.num_anchors * l <= current_limits().dense_bits and anchors.flips.shape[1] == 1:
         rows = disagreement_rows(anchors, wrong)
-        rows_f = rows[:-1].to(dtype)
+        rows_f = as_float(rows[:-1], dtype)
         sq = torch.mv(rows_f, w).add_(R)
         if runs is None:
             values = decomposition.evaluate(rows ^ hard, target)
@@ -436,7 +447,7 @@ def structured_loss(
             values = structure.evaluate_zeros(zeros)
         flips = rnd = None
     else:
-        wrong_f = wrong.to(dtype)
+        wrong_f = as_float(wrong, dtype)
         s_best = torch.dot(w, wrong_f)
         flips = Flips(anchors, hard, dtype)
         rnd = Random(anchors.codes, anchors.num_random, dtype)
@@ -458,7 +469,7 @@ def structured_loss(
     kinds, weights = anchors.kinds, None
     if all_good:
         if wrong_f is None:
-            wrong_f = wrong.to(dtype)
+            wrong_f = as_float(wrong, dtype)
             s_best = torch.dot(w, wrong_f)
         assert s_best is not None and zeros_best is not None and runs is not None and structure is not None
         single_sign = wrong_f.mul(-2.0).add_(1.0)

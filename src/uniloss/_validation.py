@@ -71,7 +71,7 @@ def check_integer_labels(name: str, value: Tensor, low: int, high: int) -> None:
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"Expected `{name}` to be an integer tensor, but got dtype {value.dtype}")
     if value.numel():
-        lo, hi = int(value.min()), int(value.max())
+        lo, hi = torch.stack(torch.aminmax(value)).tolist()  # one host synchronisation
         if lo < low or hi >= high:
             raise ValueError(
                 f"Expected `{name}` to hold integers in [{low}, {high}), but got values in "
