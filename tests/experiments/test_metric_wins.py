@@ -40,6 +40,21 @@ def test_f1_and_tuned_threshold_match_brute_force():
     assert M.f1_at(s, y, t) == pytest.approx(best)
 
 
+def test_f_beta_tuned_threshold_matches_brute_force():
+    from sklearn.metrics import fbeta_score
+    from uniloss import zoo
+
+    g = torch.Generator().manual_seed(3)
+    s, y = torch.randn(300, generator=g), (torch.rand(300, generator=g) < 0.1).long()
+    cuts = s.tolist() + [float(s.min()) - 1]
+    for beta in (1.0, 2.0, 0.5):
+        t = M.tuned_threshold(s, y, beta)
+        best = max(fbeta_score(y.numpy(), (s > u).numpy(), beta=beta) for u in cuts)
+        assert float(zoo.f_beta(beta, threshold=0.0).metric(s - t, y)) == pytest.approx(best)
+    assert M.tuned_threshold(s, y) == M.tuned_threshold(s, y, 1.0)  # F1's threshold as before
+    assert M.tuned_threshold(s, y, 2.0) < M.tuned_threshold(s, y, 0.5)  # recall's weight lowers the cut
+
+
 def test_verdicts_compare_with_the_usual_loss_and_the_best_other_row():
     rows = [dict(dataset="t", loss="usual", kind="usual", mean=0.70, std=0.01),
             dict(dataset="t", loss="base", kind="baseline", mean=0.80, std=0.01),
@@ -210,3 +225,20 @@ def test_a_probe_task_trains_and_scores_its_own_metric():
     s, y = torch.randn(50), (torch.rand(50) < 0.3).long()
     tp, fp, fn = int(((s > 0) & (y == 1)).sum()), int(((s > 0) & (y == 0)).sum()), int(((s <= 0) & (y == 1)).sum())
     assert float(zoo.f_beta(2.0, threshold=0.0).metric(s, y)) == pytest.approx(5 * tp / (5 * tp + 4 * fn + fp))
+
+
+def test_a_tuned_probe_scores_each_model_at_its_validation_threshold(monkeypatch):
+    # f2-tuned trains as f2-clean does (same curve up to the threshold) and scores F2 at the cut
+    # that tuned_threshold picks on the validation split, not at logit 0
+    picked = []
+    original = M.tuned_threshold
+
+    def spy(scores, target, beta=1.0):
+        picked.append(beta)
+        return original(scores, target, beta)
+
+    monkeypatch.setattr(M, "tuned_threshold", spy)
+    tuned = M._run_job(M.Job("f2-tuned", "binary cross-entropy", "usual", "bce", 0), quick=True)
+    assert picked and set(picked) == {2.0} and len(picked) == len(tuned["curve"]) == 20
+    plain = M._run_job(M.Job("f2-clean", "binary cross-entropy", "usual", "bce", 0), quick=True)
+    assert tuned["curve"] != plain["curve"] and tuned["final"] >= plain["final"] - 0.05

@@ -45,6 +45,9 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
 * ``f1-clean`` / ``f2-clean``: the same data without label noise, F1 / F2 at logit 0
   (``zoo.f_beta(1)``, ``zoo.f_beta(2)``); usual BCE, baselines BCE with ``pos_weight`` (and, for
   F1, BCE with a validation-tuned threshold).
+* ``f1-tuned`` / ``f2-tuned``: the ``imb-f1`` task (with its label noise) / ``f2-clean``, every
+  loss's model scored at the threshold that maximises its F1 / F2 on the validation split: what a
+  user who tunes the decision after training gets; usual BCE, baseline BCE with ``pos_weight``.
 * ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
 * ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
 * ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
@@ -225,13 +228,14 @@ def f1_at(scores: Tensor, target: Tensor, threshold: float) -> float:
     return 2 * tp / max(1.0, float(pred.sum()) + float(pos.sum())) if tp > 0 else 0.0
 
 
-def tuned_threshold(scores: Tensor, target: Tensor) -> float:
-    """The threshold among the midpoints of ``scores`` that maximises F1 on ``(scores, target)``."""
+def tuned_threshold(scores: Tensor, target: Tensor, beta: float = 1.0) -> float:
+    """The threshold among the midpoints of ``scores`` that maximises F-beta (default F1) on
+    ``(scores, target)``: ``(1 + beta^2) TP / (predicted + beta^2 positives)`` over every cut."""
     s, order = torch.sort(scores.reshape(-1), descending=True)
     pos = target.reshape(-1)[order].double()
     tp = pos.cumsum(0)
-    f1 = 2 * tp / (torch.arange(1, len(s) + 1, dtype=torch.float64) + pos.sum())
-    k = int(f1.argmax())
+    f = (1 + beta**2) * tp / (torch.arange(1, len(s) + 1, dtype=torch.float64) + beta**2 * pos.sum())
+    k = int(f.argmax())
     return float((s[k] + s[k + 1]) / 2) if k + 1 < len(s) else float(s[k]) - 1.0
 
 
@@ -331,13 +335,17 @@ def _binary_loss(loss: str, decomposition, seed: int, options: dict, pos_weight:
 _BINARY: Dict[str, Callable[[], uniloss.Decomposition]] = {
     "ap": uniloss.AveragePrecision, "f1": lambda: zoo.f_beta(1.0, threshold=0.0),
     "f2": lambda: zoo.f_beta(2.0, threshold=0.0), "auroc": zoo.auroc,
+    "f1-tuned": lambda: zoo.f_beta(1.0, threshold=0.0), "f2-tuned": lambda: zoo.f_beta(2.0, threshold=0.0),
 }
+# Scored at a validation-tuned threshold, every loss alike: F-beta's beta.
+_TUNED = {"f1-tuned": 1.0, "f2-tuned": 2.0}
 
 
 def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict, **data) -> List[float]:
     """An ``imb-ap`` (``metric="ap"``) or ``imb-f1`` (``"f1"``) run: the held-out metric per epoch;
     ``data``: keywords of :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them).
-    The probe tasks also train and score ``"f2"`` (F2 at logit 0) and ``"auroc"``."""
+    The probe tasks also train and score ``"f2"`` (F2 at logit 0), ``"auroc"``, and ``"f1-tuned"``
+    / ``"f2-tuned"`` (F1 / F2 at the threshold tuned on the validation split, for every loss)."""
     xtr, ytr, xva, yva, xte, yte = imbalanced_binary(**data)
     model = seeded(seed, lambda: mlp(20, 64, 64, 1))
     gen = torch.Generator().manual_seed(seed)
@@ -349,6 +357,8 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
         s = _binary_logits(m, xte)
         if metric == "ap":
             return average_precision(s, yte)
+        if metric in _TUNED:  # every loss's decision at the threshold that maximises F-beta on the validation split
+            return float(decomposition.metric(s - tuned_threshold(_binary_logits(m, xva), yva, _TUNED[metric]), yte))
         if metric != "f1":
             return float(decomposition.metric(s, yte))
         threshold = tuned_threshold(_binary_logits(m, xva), yva) if loss.endswith("-tuned") else 0.0
@@ -598,6 +608,10 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
     _binary_probe("f1-clean", "f1", "test F1 at logit 0 (tuned threshold for its row)", 0.0,
                   {**_POS_WEIGHT, "BCE, validation-tuned threshold": ("baseline", "bce-tuned")}),
     _binary_probe("f2-clean", "f2", "test F2 at logit 0", 0.0, _POS_WEIGHT),
+    # The same trainings scored at the threshold each model's validation F-beta prefers: what a
+    # user who tunes the decision after training gets (imb-f1's data, with its label noise; F2's).
+    _binary_probe("f1-tuned", "f1-tuned", "test F1 at the validation-tuned threshold", 0.02, _POS_WEIGHT),
+    _binary_probe("f2-tuned", "f2-tuned", "test F2 at the validation-tuned threshold", 0.0, _POS_WEIGHT),
     _retrieval_probe("p-at-5", "test precision@5", lambda: zoo.precision_at_k(5)),
     _retrieval_probe("mrr", "test MRR", zoo.mrr),
     Task("dice", "test mean Dice", "MNIST masks from noisy occluded digits",
