@@ -64,14 +64,23 @@ def bit_costs(comparisons: Tensor, temperature, distance: str = "euclidean") -> 
 
 def comparison_scale(comparisons: Tensor, mode: Optional[str]) -> Optional[Tensor]:
     """The scale the temperature is measured in: ``None`` (absolute, the paper) or the detached
-    root mean square of the comparisons (``"rms"``, floored at the dtype's ``tiny``), a 0-dim
-    tensor on their device (no host synchronisation)."""
+    root mean square of the comparisons (``"rms"``, see :func:`rms_unit`), a 0-dim tensor on their
+    device (no host synchronisation)."""
     if mode is None:
         return None
     c = comparisons.detach()
     if c.numel() == 0:
         return torch.ones((), dtype=c.dtype, device=c.device)
-    return c.square().mean().sqrt().clamp_min(torch.finfo(c.dtype).tiny)
+    return rms_unit(c.square().mean().sqrt())
+
+
+def rms_unit(rms: Tensor) -> Tensor:
+    """The comparisons' root mean square as the temperature's unit: 1 where it is 0 (every
+    comparison a tie, e.g. constant scores: there is no scale to measure, so the temperature is
+    absolute), else at least ``sqrt(tiny)`` of its dtype (``1 / temperature`` and the gradients it
+    multiplies stay finite; a floor at ``tiny`` itself overflowed them to inf and NaN)."""
+    floor = torch.finfo(rms.dtype).tiny ** 0.5
+    return torch.where(rms > 0, rms.clamp_min(floor), torch.ones_like(rms))
 
 
 def residual(comparisons: Tensor, temperature: float = 1.0) -> Tuple[Tensor, Tensor]:
@@ -143,7 +152,10 @@ def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor
         scale = harmonic if grad_scale == "distance" else float(grad_scale)
         return scale, (total_push() * scale if need_push else None)
     push = total_push()
-    unit = torch.where(push > 0, 1.0 / push.clamp_min(torch.finfo(push.dtype).tiny), torch.ones_like(push))
+    # A push below sqrt(tiny) (saturated comparisons: sigmoid tails underflow) counts as none: 1 / push
+    # would reach 1e154 (float64) or more and overflow the gradient's intermediate sums to inf and NaN.
+    floor = torch.finfo(push.dtype).tiny ** 0.5
+    unit = torch.where(push >= floor, 1.0 / push.clamp_min(floor), torch.ones_like(push))
     scale = torch.minimum(unit, harmonic) if grad_scale == "bounded" else unit
     return scale, push * scale
 

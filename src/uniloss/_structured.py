@@ -42,11 +42,12 @@ import torch
 from torch import Tensor
 
 from ._anchors import AnchorSet, draw_anchors, unpack_codes
+from ._bits import as_float
 from ._decomposition import Structure
 from ._interpolation import (
-    anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost, step_factor,
+    anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost, rms_unit,
+    step_factor,
 )
-from ._bits import as_float
 from ._cache import TensorCache
 from ._pairs import counts
 from ._limits import current_limits
@@ -652,7 +653,7 @@ def chunked_loss(
                 sum_sq += c_block.square().sum()
         if temperature_scale is not None:  # see _interpolation.comparison_scale
             # a 0-dim tensor from here on, used as the scalar it holds (no host sync)
-            temperature = cast(float, temperature * (sum_sq / max(num_bits, 1)).sqrt().clamp_min(torch.finfo(dtype).tiny))
+            temperature = cast(float, temperature * rms_unit((sum_sq / max(num_bits, 1)).sqrt()))
         best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
         anchors = draw_anchors(
             best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,

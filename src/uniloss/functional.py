@@ -17,7 +17,7 @@ from ._cache import TensorCache
 from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
 from ._interpolation import (
     DISTANCES, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale,
-    gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost, sq_distances_from_costs, step_factor,
+    gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost, rms_unit, sq_distances_from_costs, step_factor,
 )
 from ._limits import EngineLimits, current_limits
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
@@ -377,7 +377,7 @@ def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str
         return None
     num_valid, padding = static
     square = torch.where(padding, 0.0, c.detach()).square().sum()
-    return (square / num_valid.clamp_min(1)).sqrt().clamp_min(torch.finfo(c.dtype).tiny)
+    return rms_unit((square / num_valid.clamp_min(1)).sqrt())
 
 
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
