@@ -130,6 +130,12 @@ def _float64_case(name, large):
         vis = torch.tensor([[True, True, False], [True, False, True]])
         target = uniloss.KeypointTarget(kp, vis, 1 + 3 * torch.rand(2, generator=g, dtype=torch.float64))
         return uniloss.PCK(good_flips=2), torch.randn(2, 3, h, w, generator=g, dtype=torch.float64), target
+    if name == "PCK, joints without a negative pixel":  # runs without a comparison: the pull counts them
+        h, w = (12, 13) if large else (6, 7)
+        kp = (min(h, w) - 1) * torch.rand(2, 3, 2, generator=g, dtype=torch.float64)
+        vis = torch.tensor([[True, True, False], [True, False, True]])
+        target = uniloss.KeypointTarget(kp, vis, torch.tensor([2.0, 40.0], dtype=torch.float64))  # sample 1: every pixel
+        return uniloss.PCK(1.0), torch.randn(2, 3, h, w, generator=g, dtype=torch.float64), target
     scores = torch.randn(n, generator=g, dtype=torch.float64)
     query = torch.randint(0, 3, (n,), generator=g) * 5
     if name == "zoo.auroc, queries":
@@ -144,8 +150,8 @@ def _float64_case(name, large):
 @pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
 @pytest.mark.parametrize("options", [{}, {"distance": "cross_entropy", "temperature_scale": "rms"},
                                      {"grad_scale": 1.0, "pull": 0.0, "nearby": "informative"}, {"step": "pull"}])
-@pytest.mark.parametrize("name", ["AP", "AP interpolated", "PCK", "zoo.auroc, queries", "zoo.ndcg_at_k, graded",
-                                  "zoo.ndcg_at_k, 0/1"])
+@pytest.mark.parametrize("name", ["AP", "AP interpolated", "PCK", "PCK, joints without a negative pixel",
+                                  "zoo.auroc, queries", "zoo.ndcg_at_k, graded", "zoo.ndcg_at_k, 0/1"])
 def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, large, monkeypatch):
     """The loss of a static layout (a raw target, sampled anchors) is that of the exact layout
     (``prepare()`` called directly) with the anchors ``sample_anchors`` draws from the same

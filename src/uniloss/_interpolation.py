@@ -194,7 +194,8 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
 
     ``num_valid``: a static layout's number of real comparisons (its padding, ``c = +inf`` and
     best 1, costs exactly 0, and ``l`` and ``S`` count only the real comparisons and the runs that
-    hold one). ``denominator``: divide by it instead (the block-by-block path, whose ``c`` is one
+    hold one, or, where the layout's runs say so (``runs.real``), the exact layout's runs, empty
+    ones included: PCK's positive pixels of a joint without a negative one). ``denominator``: divide by it instead (the block-by-block path, whose ``c`` is one
     block of a call: the whole call's count). Differentiable in ``c``; a 0-dim tensor.
 
     ``with_push``: return ``(cost, push)``, ``push = sum_k |d cost / d c_k|`` in closed form
@@ -229,7 +230,9 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
             top = z.new_zeros(num).scatter_reduce(0, ids, z.detach(), "amax", include_self=True)
             inner = z.new_zeros(num).index_add(0, ids, (z - top[ids]).exp())
             per = top + (inner + (-top).exp()).log()  # the same, stable
-            if num_valid is not None:
+            if num_valid is not None and runs.real is not None:
+                occupied = runs.real  # the exact layout's runs, also those without a comparison
+            elif num_valid is not None:
                 real = z.new_zeros(num).index_add(0, ids, torch.isfinite(z.detach()).to(z.dtype))
                 occupied = (real > 0).sum()
         total = per.sum() if weights is None else (per * weights).sum()

@@ -695,7 +695,8 @@ class PCK(Decomposition):
         run = torch.where(padding, num_runs - 1, first[joint] + row)
         run_index = _arange(num_runs, device)
         run_joint = torch.searchsorted(torch.cumsum(num_pos, 0), run_index, right=True)
-        runs = Runs(None, run, None, num_runs)
+        # (the exact layout has a run per positive pixel, also in a joint without a negative pixel)
+        runs = Runs(None, run, None, num_runs, real=num_pos.sum())
         if k.numel() * 8 >= PREFIX_COUNTS:  # large: the runs' ends too, for counts by prefix sums
             of = run_joint.clamp_max(num_joints - 1)
             ends_of_runs = (ends - pairs)[of] + (run_index - first[of] + 1) * num_neg[of]

@@ -68,14 +68,17 @@ class Runs:
     """How the bits fall into runs (see :attr:`~uniloss.Structure.runs`).
 
     Either every run is ``width`` bits, or ``ids`` ``[l]`` holds the run of each bit and ``ends``
-    ``[S]`` the cumulative run lengths. ``num`` is ``S``.
+    ``[S]`` the cumulative run lengths. ``num`` is ``S``. ``real``: for a static layout's runs, the
+    number of the exact layout's runs among them (a 0-dim tensor; the others are padding), where
+    some of those may hold no comparison; ``None``: the runs that hold one.
     """
 
-    __slots__ = ("width", "ids", "ends", "num")
+    __slots__ = ("width", "ids", "ends", "num", "real")
 
-    def __init__(self, width: Optional[int], ids: Optional[Tensor], ends: Optional[Tensor], num: int):
+    def __init__(self, width: Optional[int], ids: Optional[Tensor], ends: Optional[Tensor], num: int,
+                 real: Optional[Tensor] = None):
         # (a static layout may give only ids, or only ends: see its decomposition)
-        self.width, self.ids, self.ends, self.num = width, ids, ends, num
+        self.width, self.ids, self.ends, self.num, self.real = width, ids, ends, num, real
 
     @staticmethod
     def of(segments: Union[int, Tensor, "Runs"], num_bits: int, device: torch.device, validate: bool) -> "Runs":
