@@ -5,8 +5,8 @@
     python benchmarks/fuzz_degenerate.py SECONDS SEED --paths     # structured == dense, same anchors
     python benchmarks/fuzz_degenerate.py SECONDS SEED --chunks    # PCK block by block == in one piece
     python benchmarks/fuzz_degenerate.py SECONDS SEED --wrappers  # GlobalBatch (one process) == plain
-Each case draws a metric (AP, accuracy and its options, PCK, and the zoo's binary, ranking,
-multi-class, segmentation and keypoint metrics), a batch of 1 to 33, scores that are normal,
+Each case draws a metric (AP, accuracy and its options, PCK, the zoo's binary, ranking,
+multi-class, segmentation and keypoint metrics, and three ``uniloss.from_metric`` ones), a batch of 1 to 33, scores that are normal,
 saturated (x30 to x3000), rounded (ties), constant or tiny, float32 / float64 / bfloat16, labels
 that are random, all negative or all positive, and a random subset of the loss's options. An input
 the metric refuses with a ValueError or TypeError is skipped (a clear error is the contract). It
@@ -56,9 +56,34 @@ def scores_of(shape, g, mode, dtype):
     elif mode == "tiny": s = s * 1e-6
     return s.to(dtype)
 
+def _traced_accuracy(s, y):
+    return (s.argmax(1) == y).float().mean()
+
+
+def _traced_f1(s, y):  # through a sigmoid, which the tracer looks through
+    p, t = torch.sigmoid(s) > 0.5, y.bool()
+    return 2 * (p & t).sum().float() / (p.sum() + t.sum()).float().clamp_min(1)
+
+
+def _traced_precision_at_2(s, y):
+    return y[s.topk(min(2, s.numel())).indices].float().mean()
+
+
+TRACED = {"accuracy": uniloss.from_metric(_traced_accuracy), "f1": uniloss.from_metric(_traced_f1),
+          "precision@2": uniloss.from_metric(_traced_precision_at_2)}
+
+
 def case(g):
-    fam = random.choice(["ap", "acc", "pck", "binary", "ranking", "multiclass", "seg", "zpck"])
+    fam = random.choice(["ap", "acc", "pck", "binary", "ranking", "multiclass", "seg", "zpck", "traced"])
     n = random.choice([1, 2, 3, 4, 7, 16, 33])
+    if fam == "traced":  # (exact on untied scores: no ties or constants; float32/64)
+        name = random.choice(list(TRACED))
+        dtype = random.choice([torch.float32, torch.float64])
+        smode = random.choice(["normal", "normal", "sat", "tiny"])
+        if name == "accuracy":
+            C = random.choice([2, 3, 5])
+            return TRACED[name], scores_of((n, C), g, smode, dtype), torch.randint(0, C, (n,), generator=g)
+        return TRACED[name], scores_of((n,), g, smode, dtype), labels_binary(n, g, random.choice(["rand", "none", "all"]))
     smode = random.choice(["normal", "normal", "sat", "tie", "const", "tiny"])
     dtype = random.choice([torch.float32, torch.float32, torch.float64, torch.bfloat16])
     lmode = random.choice(["rand", "rand", "rand", "none", "all"])
