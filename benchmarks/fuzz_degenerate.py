@@ -28,33 +28,52 @@ has one value) the closed form gives exactly 0 and autograd a rounding residue, 
 multiplies up to a unit push (2-3 cases in 16,000 when it was drawn). ``--chunks``: PCK with
 ``chunk_bits`` of 4-64 (block by block) against the default (one piece). ``--wrappers``:
 ``GlobalBatch`` without a process group against the plain metric, and three calls of a
-``CrossBatchMemory``, finite. On 2026-12-01, 120 seconds each with seed 11 (``120 11 [MODE]``), two runs at a
-time on the 2-core CPU, 0 failures in every mode: 27,185 cases (finite), 17,832 (``--static``),
-13,707 (``--paths``), 6,232 PCK cases (``--chunks``) and 7,231 (``--wrappers``). ``tests/test_fuzz_smoke.py`` runs a fixed sample of each
-mode (seed 2026)."""
-import math, random, sys, time, traceback, warnings
-import torch, uniloss
-from uniloss import zoo
+``CrossBatchMemory``, finite. On 2026-12-01, 120 seconds each with seed 11 (``120 11
+[MODE]``), two runs at a time on the 2-core CPU, 0 failures in every mode: 27,185 cases (finite),
+17,832 (``--static``), 13,707 (``--paths``), 6,232 PCK cases (``--chunks``) and 7,231
+(``--wrappers``). ``tests/test_fuzz_smoke.py`` runs a fixed sample of each mode (seed 2026)."""
+
+import math
+import random
+import sys
+import time
+import warnings
+
+import torch
+
+import uniloss
 from uniloss import functional as F
+from uniloss import zoo
 from uniloss._limits import limits
 from uniloss.decoders import RankingTarget
 from uniloss.distributed import CrossBatchMemory, GlobalBatch
+
 torch.set_num_threads(1)
 warnings.simplefilter("ignore")
 
+
 def labels_binary(n, g, mode):
-    if mode == "none": return torch.zeros(n, dtype=torch.long)
-    if mode == "all": return torch.ones(n, dtype=torch.long)
-    y = (torch.rand(n, generator=g) < random.choice([0.05, 0.3, 0.7])).long()
-    return y
+    """``[n]`` 0/1 labels: none positive, all positive, or a random share of 5%, 30% or 70%."""
+    if mode == "none":
+        return torch.zeros(n, dtype=torch.long)
+    if mode == "all":
+        return torch.ones(n, dtype=torch.long)
+    return (torch.rand(n, generator=g) < random.choice([0.05, 0.3, 0.7])).long()
+
 
 def scores_of(shape, g, mode, dtype):
+    """Scores: normal, saturated (x30-x3000), rounded (ties), constant or tiny (x1e-6)."""
     s = torch.randn(*shape, generator=g, dtype=torch.float64)
-    if mode == "sat": s = s * random.choice([30.0, 300.0, 3000.0])
-    elif mode == "tie": s = torch.round(s)
-    elif mode == "const": s = torch.zeros(shape, dtype=torch.float64) + 0.5
-    elif mode == "tiny": s = s * 1e-6
+    if mode == "sat":
+        s = s * random.choice([30.0, 300.0, 3000.0])
+    elif mode == "tie":
+        s = torch.round(s)
+    elif mode == "const":
+        s = torch.zeros(shape, dtype=torch.float64) + 0.5
+    elif mode == "tiny":
+        s = s * 1e-6
     return s.to(dtype)
+
 
 def _traced_accuracy(s, y):
     return (s.argmax(1) == y).float().mean()
@@ -74,27 +93,33 @@ TRACED = {"accuracy": uniloss.from_metric(_traced_accuracy), "f1": uniloss.from_
 
 
 def case(g):
+    """``(decomposition, scores, target)`` of a random family, size, score mode, dtype and labels."""
     fam = random.choice(["ap", "acc", "pck", "binary", "ranking", "multiclass", "seg", "zpck", "traced"])
     n = random.choice([1, 2, 3, 4, 7, 16, 33])
-    if fam == "traced":  # (exact on untied scores: no ties or constants; float32/64)
+    if fam == "traced":  # (exact on untied scores: no ties or constants; float32 and float64)
         name = random.choice(list(TRACED))
         dtype = random.choice([torch.float32, torch.float64])
         smode = random.choice(["normal", "normal", "sat", "tiny"])
         if name == "accuracy":
             C = random.choice([2, 3, 5])
             return TRACED[name], scores_of((n, C), g, smode, dtype), torch.randint(0, C, (n,), generator=g)
-        return TRACED[name], scores_of((n,), g, smode, dtype), labels_binary(n, g, random.choice(["rand", "none", "all"]))
+        scores = scores_of((n,), g, smode, dtype)
+        return TRACED[name], scores, labels_binary(n, g, random.choice(["rand", "none", "all"]))
     smode = random.choice(["normal", "normal", "sat", "tie", "const", "tiny"])
     dtype = random.choice([torch.float32, torch.float32, torch.float64, torch.bfloat16])
     lmode = random.choice(["rand", "rand", "rand", "none", "all"])
     if fam == "ap":
-        return uniloss.AveragePrecision(interpolated=random.random() < 0.3), scores_of((n,), g, smode, dtype), labels_binary(n, g, lmode)
+        dec = uniloss.AveragePrecision(interpolated=random.random() < 0.3)
+        scores = scores_of((n,), g, smode, dtype)
+        return dec, scores, labels_binary(n, g, lmode)
     if fam == "binary":
-        dec = random.choice([zoo.f_beta(random.choice([0.5, 1.0, 2.0]), threshold=random.choice([0.0, 0.5])), zoo.precision(), zoo.recall()])
+        beta, threshold = random.choice([0.5, 1.0, 2.0]), random.choice([0.0, 0.5])
+        dec = random.choice([zoo.f_beta(beta, threshold=threshold), zoo.precision(), zoo.recall()])
         return dec, scores_of((n,), g, smode, dtype), labels_binary(n, g, lmode)
     if fam == "ranking":
-        dec = random.choice([zoo.auroc(), zoo.average_precision(), zoo.precision_at_k(random.choice([1, 3])), zoo.recall_at_k(2),
-                             zoo.ndcg_at_k(random.choice([None, 3])), zoo.mrr()])
+        k_precision, k_ndcg = random.choice([1, 3]), random.choice([None, 3])
+        dec = random.choice([zoo.auroc(), zoo.average_precision(), zoo.precision_at_k(k_precision), zoo.recall_at_k(2),
+                             zoo.ndcg_at_k(k_ndcg), zoo.mrr()])
         rel = labels_binary(n, g, lmode)
         if random.random() < 0.4 and not isinstance(dec, type(zoo.auroc())):
             rel = torch.randint(0, 3, (n,), generator=g)
@@ -107,7 +132,8 @@ def case(g):
     C = random.choice([2, 3, 5, 10])
     if fam == "acc":
         opts = random.choice([{}, {"top_k": 1}, {"fraction": 0.5}, {"fraction": 0.3, "undrawn": "current"}])
-        return uniloss.MulticlassAccuracy(**opts), scores_of((n, C), g, smode, dtype), torch.randint(0, C, (n,), generator=g)
+        scores = scores_of((n, C), g, smode, dtype)
+        return uniloss.MulticlassAccuracy(**opts), scores, torch.randint(0, C, (n,), generator=g)
     if fam == "multiclass":
         pairs = random.choice(["target", "all"])
         dec = random.choice([zoo.top_k_accuracy(random.choice([1, 2]), num_classes=C), zoo.macro_f1(C, pairs=pairs),
@@ -115,17 +141,19 @@ def case(g):
         y = torch.randint(0, C, (n,), generator=g) if lmode == "rand" else torch.zeros(n, dtype=torch.long)
         return dec, scores_of((n, C), g, smode, dtype), y
     if fam == "seg":
-        H = random.choice([1, 3, 4]); nb = random.choice([1, 2])
+        H, nb = random.choice([1, 3, 4]), random.choice([1, 2])
         dec = random.choice([zoo.mean_iou(C), zoo.dice(C)])
         return dec, scores_of((nb, C, H, H), g, smode, dtype), torch.randint(0, C, (nb, H, H), generator=g)
     # pck
-    J = random.choice([1, 2]); H = random.choice([4, 6]); nb = random.choice([1, 2])
+    J, H, nb = random.choice([1, 2]), random.choice([4, 6]), random.choice([1, 2])
     kp = torch.rand(nb, J, 2, generator=g) * (H - 1)
     vis = torch.rand(nb, J, generator=g) < (0.0 if lmode == "none" else 0.8)
     tgt = uniloss.KeypointTarget(kp, vis, torch.full((nb,), float(random.choice([1, 2, 4]))))
     dec = uniloss.PCK(random.choice([0.5, 1.0])) if fam == "pck" else zoo.pck(random.choice([0.5, 1.0]))
     return dec, scores_of((nb, J, H, H), g, smode, dtype), tgt
 
+
+# The loss's options a case may set (each with probability 0.3 in 60% of the cases).
 OPTS = dict(grad_scale=["bounded", "distance", "normalized", 1.0], temperature=[1.0, 0.5, 4.0], pull=[1.0, 0.0, 0.3],
             pull_per=["sample", "run", "comparison"], step=["pull", "sum"], pull_weights=["metric", "equal"],
             nearby=["all", "informative"], distance=["euclidean", "cross_entropy"], temperature_scale=[None, "rms"],

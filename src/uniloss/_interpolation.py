@@ -195,8 +195,9 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
     ``num_valid``: a static layout's number of real comparisons (its padding, ``c = +inf`` and
     best 1, costs exactly 0, and ``l`` and ``S`` count only the real comparisons and the runs that
     hold one, or, where the layout's runs say so (``runs.real``), the exact layout's runs, empty
-    ones included: PCK's positive pixels of a joint without a negative one). ``denominator``: divide by it instead (the block-by-block path, whose ``c`` is one
-    block of a call: the whole call's count). Differentiable in ``c``; a 0-dim tensor.
+    ones included: PCK's positive pixels of a joint without a negative one). ``denominator``:
+    divide by it instead (the block-by-block path, whose ``c`` is one block of a call: the whole
+    call's count). Differentiable in ``c``; a 0-dim tensor.
 
     ``with_push``: return ``(cost, push)``, ``push = sum_k |d cost / d c_k|`` in closed form
     (detached): ``sum_k sigmoid(z_k) / (l tau)`` per comparison, ``sum_s (1 - exp(-lse_s)) / (D tau)``
