@@ -220,20 +220,21 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
         if num == 0:  # no run (a static layout's padding alone): no pull
             zero = c.new_zeros(())
             return (zero, zero.detach()) if with_push else zero
-        occupied: Union[int, Tensor] = num
+        # A static layout's runs count those of the exact layout where it says how many
+        # (``runs.real``), else those that hold a real comparison.
+        occupied: Union[int, Tensor] = num if num_valid is None or runs.real is None else runs.real
+        counted = num_valid is not None and runs.real is None
         if runs.width is not None:  # log(1 + sum exp(z)) per run: a logsumexp with a 0 in front
             zz = z.view(num, runs.width)
             per = torch.logsumexp(torch.nn.functional.pad(zz, (1, 0)), 1)
-            if num_valid is not None:
+            if counted:
                 occupied = torch.isfinite(zz.detach()).any(1).sum()
         else:
             ids = runs.run_ids(c.numel(), c.device).clamp_max(num - 1)  # a static layout's padding: after the runs
             top = z.new_zeros(num).scatter_reduce(0, ids, z.detach(), "amax", include_self=True)
             inner = z.new_zeros(num).index_add(0, ids, (z - top[ids]).exp())
             per = top + (inner + (-top).exp()).log()  # the same, stable
-            if num_valid is not None and runs.real is not None:
-                occupied = runs.real  # the exact layout's runs, also those without a comparison
-            elif num_valid is not None:
+            if counted:
                 real = z.new_zeros(num).index_add(0, ids, torch.isfinite(z.detach()).to(z.dtype))
                 occupied = (real > 0).sum()
         total = per.sum() if weights is None else (per * weights).sum()

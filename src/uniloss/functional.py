@@ -561,7 +561,9 @@ def uniloss(
             first steps (20x cross-entropy's on a 25k-pixel segmentation batch, which then
             collapsed to all-background). ``"bounded"`` (default) is the distance scale capped
             so that this total push is at most one (cross-entropy's, mean-reduced, is at most
-            about two). ``"normalized"`` always sets it to one (measured: unstable).
+            about two). ``"normalized"`` always sets it to one (measured: unstable), except
+            where it is below ``sqrt(tiny)`` of the dtype (saturated scores): then it is left as
+            it is.
             A number uses that constant instead (``1.0``: the paper's plain ``-g~``).
         pull: weight of a pull toward the best configuration added to the gradient (not the
             value), the cross-entropy from the relaxed bits to best (see ``pull_per``). The
@@ -612,7 +614,8 @@ def uniloss(
             to size the step by and both are the interpolation's gradient alone.
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
             ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured:
-            the scores then grow without bound and training stalls).
+            the scores then grow without bound and training stalls). Where every comparison is
+            0 (constant scores) there is no scale to measure and the temperature is absolute.
         nearby: ``"all"`` (default, the paper) or ``"informative"``: a nearby anchor weighs 0
             unless its metric is better than the current configuration's (see
             :func:`uniloss._interpolation.anchor_weights`; measured on the metric-wins suite:

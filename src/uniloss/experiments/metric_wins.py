@@ -335,7 +335,6 @@ def _binary_loss(loss: str, decomposition, seed: int, options: dict, pos_weight:
 _BINARY: Dict[str, Callable[[], uniloss.Decomposition]] = {
     "ap": uniloss.AveragePrecision, "f1": lambda: zoo.f_beta(1.0, threshold=0.0),
     "f2": lambda: zoo.f_beta(2.0, threshold=0.0), "auroc": zoo.auroc,
-    "f1-tuned": lambda: zoo.f_beta(1.0, threshold=0.0), "f2-tuned": lambda: zoo.f_beta(2.0, threshold=0.0),
 }
 # Scored at a validation-tuned threshold, every loss alike: F-beta's beta.
 _TUNED = {"f1-tuned": 1.0, "f2-tuned": 2.0}
@@ -350,7 +349,7 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
     model = seeded(seed, lambda: mlp(20, 64, 64, 1))
     gen = torch.Generator().manual_seed(seed)
     pos_weight = float((ytr == 0).sum()) / float((ytr == 1).sum())
-    decomposition = _BINARY[metric]()
+    decomposition = _BINARY[metric.removesuffix("-tuned")]()  # (a tuned probe trains as its metric at logit 0)
     fn = _binary_loss(loss.replace("-tuned", ""), decomposition, seed, options, pos_weight)
 
     def evaluate(m: nn.Module) -> float:
