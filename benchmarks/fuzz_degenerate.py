@@ -7,14 +7,17 @@
     python benchmarks/fuzz_degenerate.py SECONDS SEED --wrappers  # GlobalBatch (one process) == plain
 Each case draws a metric (AP, accuracy and its options, PCK, the zoo's binary, ranking,
 multi-class, segmentation and keypoint metrics, and three ``uniloss.from_metric`` ones), a batch of 1 to 33, scores that are normal,
-saturated (x30 to x3000), rounded (ties), constant or tiny, float32 / float64 / bfloat16, labels
+saturated (x30 to x3000), rounded (ties), constant or tiny, float32 / float64 / bfloat16 / float16, labels
 that are random, all negative or all positive, and a random subset of the loss's options. An input
 the metric refuses with a ValueError or TypeError is skipped (a clear error is the contract). It
 checks: a 0-dim finite loss, a finite gradient, and ``last.metric`` equal to ``metric()``; prints a
 line per failure with the case and a summary. On 2026-12-01 it found the two bugs that
 ``tests/test_degenerate_scales.py`` holds (``temperature_scale="rms"`` on constant scores,
 ``grad_scale="normalized"`` on saturated ones: 216 failures in 55,980 cases); after the fix,
-0 in 68,750 (``300 3``).
+0 in 68,750 (``300 3``). float16, drawn from 2026-12-01's second session on, found a third: the
+RMS temperature of float16 comparisons of about 1e-6 (relaxed in float32) gave gradients of about
+1e6, beyond float16's range (67 failures in 12,712 float16-only cases, all with ``"rms"``); the
+unit is now floored at the scores' dtype's ``sqrt(tiny)`` too (0 in 19,756 float16-only cases).
 
 ``--static``: each case in float64 twice, under a CPU's exact layout and under the accelerators'
 static layout (``cpu_static_max_bits`` raised), which must give the same loss, gradient, metric
@@ -106,7 +109,7 @@ def case(g):
         scores = scores_of((n,), g, smode, dtype)
         return TRACED[name], scores, labels_binary(n, g, random.choice(["rand", "none", "all"]))
     smode = random.choice(["normal", "normal", "sat", "tie", "const", "tiny"])
-    dtype = random.choice([torch.float32, torch.float32, torch.float64, torch.bfloat16])
+    dtype = random.choice([torch.float32, torch.float32, torch.float64, torch.bfloat16, torch.float16])
     lmode = random.choice(["rand", "rand", "rand", "none", "all"])
     if fam == "ap":
         dec = uniloss.AveragePrecision(interpolated=random.random() < 0.3)

@@ -1,6 +1,7 @@
 """Regressions found by fuzzing every metric on degenerate inputs (2026-12-01): a temperature in
-units of the comparisons' RMS when every comparison is 0, and the normalised gradient scale when
-the interpolation's push underflows. Both gave inf or NaN gradients with a finite loss."""
+units of the comparisons' RMS when every comparison is 0 (and, for float16 scores, when it is
+below float16's ``sqrt(tiny)``), and the normalised gradient scale when the interpolation's push
+underflows. Each gave inf or NaN gradients with a finite loss."""
 
 import pytest
 import torch
@@ -64,6 +65,46 @@ def test_rms_unit(dtype):
     assert float(rms_unit(torch.tensor(0.25, dtype=dtype))) == 0.25  # any realistic scale: itself
     c = torch.tensor([3.0, -4.0], dtype=dtype)
     assert float(comparison_scale(c, "rms")) == pytest.approx((12.5) ** 0.5)
+
+
+def test_rms_unit_floor_follows_the_scores_dtype():
+    # float16 scores are relaxed in float32, but their gradient leaves in float16
+    half = torch.finfo(torch.float16).tiny ** 0.5  # 7.8e-3
+    rms = torch.tensor(1e-6)
+    assert float(rms_unit(rms, torch.float16)) == pytest.approx(half)
+    assert float(rms_unit(rms, torch.float32)) == pytest.approx(1e-6)
+    assert float(rms_unit(rms, torch.bfloat16)) == pytest.approx(1e-6)  # float32's range
+    assert float(rms_unit(torch.tensor(0.25), torch.float16)) == 0.25
+    c = torch.tensor([1e-6, -1e-6])
+    assert float(comparison_scale(c, "rms", torch.float16)) == pytest.approx(half)
+
+
+def _tiny_half_cases():
+    """Found by fuzzing float16 (67 of 12,712 cases, every one with ``temperature_scale="rms"``):
+    comparisons of about 1e-6 made ``1 / temperature`` about 1e6, beyond float16's 65,504."""
+    g = torch.Generator().manual_seed(0)
+    heat = uniloss.KeypointTarget(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[True]]), torch.tensor([2.0]))
+    return [
+        ("accuracy", uniloss.MulticlassAccuracy(), torch.tensor([[6.6e-07, 1.13e-06]]), torch.tensor([1]), {}),
+        ("ap", uniloss.AveragePrecision(), torch.tensor([-4.2e-07, 1.3e-06, -1.8e-06]), torch.tensor([0, 1, 1]), {}),
+        ("ndcg", zoo.ndcg_at_k(3), torch.tensor([-7.7e-07, 7.2e-07, -2.0e-06]), torch.tensor([0, 0, 1]), {}),
+        ("pck", uniloss.PCK(0.5), torch.randn(1, 1, 4, 4, generator=g) * 1e-6, heat, {}),
+        ("pck blocks", uniloss.PCK(0.5), torch.randn(1, 1, 4, 4, generator=g) * 1e-6, heat, {"chunk_bits": 8}),
+    ]
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["exact", "static"])
+@pytest.mark.parametrize("case", _tiny_half_cases(), ids=lambda c: c[0])
+def test_rms_temperature_on_tiny_float16_scores_is_finite(case, static):
+    _, dec, scores, target, opts = case
+    x = scores.to(torch.float16).requires_grad_()
+    loss_fn = uniloss.UniLoss(dec, temperature_scale="rms", pull_per="comparison",
+                              generator=torch.Generator().manual_seed(0), **opts)
+    with _limits.limits(cpu_static_max_bits=1 << 22 if static else 0):
+        loss = loss_fn(x, target)
+    loss.backward()
+    assert torch.isfinite(loss) and x.grad is not None and torch.isfinite(x.grad).all()
+    assert x.grad.abs().max() > 0  # finite because the unit is floored, not because the push vanished
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

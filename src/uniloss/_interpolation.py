@@ -62,24 +62,29 @@ def bit_costs(comparisons: Tensor, temperature, distance: str = "euclidean") -> 
     return r, torch.nn.functional.softplus(-z), z
 
 
-def comparison_scale(comparisons: Tensor, mode: Optional[str]) -> Optional[Tensor]:
+def comparison_scale(comparisons: Tensor, mode: Optional[str], scores_dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
     """The scale the temperature is measured in: ``None`` (absolute, the paper) or the detached
-    root mean square of the comparisons (``"rms"``, see :func:`rms_unit`), a 0-dim tensor on their
-    device (no host synchronisation)."""
+    root mean square of the comparisons (``"rms"``, see :func:`rms_unit`; ``scores_dtype`` the
+    gradient's), a 0-dim tensor on their device (no host synchronisation)."""
     if mode is None:
         return None
     c = comparisons.detach()
     if c.numel() == 0:
         return torch.ones((), dtype=c.dtype, device=c.device)
-    return rms_unit(c.square().mean().sqrt())
+    return rms_unit(c.square().mean().sqrt(), scores_dtype)
 
 
-def rms_unit(rms: Tensor) -> Tensor:
+def rms_unit(rms: Tensor, scores_dtype: Optional[torch.dtype] = None) -> Tensor:
     """The comparisons' root mean square as the temperature's unit: 1 where it is 0 (every
     comparison a tie, e.g. constant scores: there is no scale to measure, so the temperature is
-    absolute), else at least ``sqrt(tiny)`` of its dtype (``1 / temperature`` and the gradients it
-    multiplies stay finite; a floor at ``tiny`` itself overflowed them to inf and NaN)."""
-    floor = torch.finfo(rms.dtype).tiny ** 0.5
+    absolute), else at least ``sqrt(tiny)`` of its dtype and of ``scores_dtype`` (the gradient's:
+    ``1 / temperature`` and the gradients it multiplies stay finite; a floor at ``tiny`` itself
+    overflowed them to inf and NaN, and float16 scores, relaxed in float32, overflowed their
+    gradient below float16's ``sqrt(tiny)``, 7.8e-3)."""
+    tiny = torch.finfo(rms.dtype).tiny
+    if scores_dtype is not None and scores_dtype.is_floating_point:
+        tiny = max(tiny, torch.finfo(scores_dtype).tiny)
+    floor = tiny ** 0.5
     return torch.where(rms > 0, rms.clamp_min(floor), torch.ones_like(rms))
 
 

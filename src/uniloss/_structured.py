@@ -656,7 +656,7 @@ def chunked_loss(
                 sum_sq += c_block.square().sum()
         if temperature_scale is not None:  # see _interpolation.comparison_scale
             # a 0-dim tensor from here on, used as the scalar it holds (no host sync)
-            temperature = cast(float, temperature * rms_unit((sum_sq / max(num_bits, 1)).sqrt()))
+            temperature = cast(float, temperature * rms_unit((sum_sq / max(num_bits, 1)).sqrt(), scores.dtype))
         best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
         anchors = draw_anchors(
             best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,

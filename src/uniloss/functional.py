@@ -5,6 +5,7 @@ The module :class:`uniloss.UniLoss` is a thin wrapper around :func:`uniloss_with
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Union, cast
 
@@ -226,6 +227,33 @@ def choose_path(
                 block_bits)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (``torch.is_autocast_enabled(device_type)`` from
+    torch 2.4 on; CPU and CUDA before)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def _outside_autocast(fn):
+    """Run the loss with autocast off on the scores' device, as PyTorch's own losses run in float32
+    under it: autocast would otherwise take the engine's products and sums (distances, counts,
+    the gradient's closed form) to bfloat16 / float16 and change the loss and gradient (measured:
+    1e-4 relative on the gradient, CPU bfloat16). The scores keep their dtype."""
+
+    @functools.wraps(fn)
+    def wrapper(scores, *args, **kwargs):
+        device_type = scores.device.type if isinstance(scores, Tensor) else "cpu"
+        if _autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return fn(scores, *args, **kwargs)
+        return fn(scores, *args, **kwargs)
+
+    return wrapper
+
+
+@_outside_autocast
 def uniloss_with_info(
     scores: Tensor,
     target: Any,
@@ -285,6 +313,7 @@ def uniloss_with_info(
         return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
     assert plan.comparisons is not None  # every path but the chunked one
     c = plan.comparisons
+    scores_dtype = c.dtype
     if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
         c = c.float()
     l = c.numel()
@@ -297,7 +326,8 @@ def uniloss_with_info(
     detached = c.detach()
     hard = detached > 0
     best = None  # the best bits, where drawing the anchors computed them (the pull reuses them)
-    scale = comparison_scale(c, temperature_scale) if static is None else _static_scale(c, static, temperature_scale)
+    scale = (comparison_scale(c, temperature_scale, scores_dtype) if static is None
+             else _static_scale(c, static, temperature_scale, scores_dtype))
     if scale is not None:  # a 0-dim tensor from here on, used as the scalar it holds (no host sync)
         temperature = cast(float, temperature * scale)
     wrong: Optional[Tensor]  # hard != best; None for dense anchors
@@ -371,13 +401,14 @@ def _padding(num_bits: int, num_valid: Tensor) -> Tensor:
     return index >= num_valid
 
 
-def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str]) -> Optional[Tensor]:
+def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str],
+                  scores_dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
     """:func:`uniloss._interpolation.comparison_scale` of the real comparisons of a static layout."""
     if mode is None:
         return None
     num_valid, padding = static
     square = torch.where(padding, 0.0, c.detach()).square().sum()
-    return rms_unit((square / num_valid.clamp_min(1)).sqrt())
+    return rms_unit((square / num_valid.clamp_min(1)).sqrt(), scores_dtype)
 
 
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
