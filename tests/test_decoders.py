@@ -304,7 +304,8 @@ def test_spatial_argmax_region_on_inconsistent_bits():
     plan, bits = _random_bits(dec, heat, target, t=10)
     ours = dec.decode(bits, plan)
     positive = uniloss.PCK(1.0).positive_mask(heat.shape, target)
-    comparisons = [(a, b) for a, b in zip(plan.pos_flat[plan.ia].tolist(), plan.neg_flat[plan.ib].tolist())]
+    ia, ib = plan.region.pairs()
+    comparisons = [(a, b) for a, b in zip(plan.region.pos_flat[ia].tolist(), plan.region.neg_flat[ib].tolist())]
     flat = heat.reshape(-1)
     for t in range(10):
         beaten = {a for (a, _), bit in zip(comparisons, bits[t].tolist()) if not bit}

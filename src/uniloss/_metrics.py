@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -14,7 +14,9 @@ from . import _validation as V
 from ._bits import as_float
 from ._cache import TensorCache
 from ._decomposition import Decomposition, Structure, static_layout, validate_scores
-from ._pairs import binary_margins, grouped_pairs, other_classes, pair_differences, row_differences, static_pair_differences
+from ._pairs import (
+    SetPairs, binary_margins, other_classes, pair_differences, row_differences, set_pairs, static_pair_differences,
+)
 from ._random import randperm
 from ._structured import PREFIX_COUNTS, Runs
 
@@ -517,42 +519,6 @@ class KeypointTarget(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _PCKPlan:
-    num_joints: int  # visible joints G
-    pos_joint: Tensor  # [A] joint (0..G-1) of each positive pixel, sorted
-    neg_joint: Tensor  # [B] joint of each negative pixel, sorted
-    pos_flat: Tensor  # [A] index into heatmaps.reshape(-1)
-    neg_flat: Tensor  # [B]
-    cache: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def run_lengths(self) -> Tensor:
-        """``[A]``: the negatives each positive is compared with (its joint's)."""
-        if "runs" not in self.cache:
-            self.cache["runs"] = torch.bincount(self.neg_joint, minlength=self.num_joints)[self.pos_joint]
-        return self.cache["runs"]
-
-    def num_bits(self) -> int:
-        if "l" not in self.cache:
-            self.cache["l"] = int(self.run_lengths().sum())
-        return self.cache["l"]
-
-    def pairs(self):
-        """``(ia, ib)`` ``[l]`` each: the positive and the negative of every comparison."""
-        if "pairs" not in self.cache:
-            self.cache["pairs"] = grouped_pairs(self.pos_joint, self.neg_joint, self.num_joints)
-        return self.cache["pairs"]
-
-    def starts(self):
-        """Host lists: where each joint's positives and negatives start (length ``G + 1``)."""
-        if "starts" not in self.cache:
-            g = self.num_joints
-            pos = torch.cumsum(torch.bincount(self.pos_joint, minlength=g), 0).tolist()
-            neg = torch.cumsum(torch.bincount(self.neg_joint, minlength=g), 0).tolist()
-            self.cache["starts"] = ([0] + pos, [0] + neg)
-        return self.cache["starts"]
-
-
-@dataclass(frozen=True)
 class _PCKStatic:
     """PCK's comparisons in a static layout (see :class:`uniloss._decomposition.StaticLayout`):
     ``L = n J floor((H W)^2 / 4)`` bits (the most ``sum_joints P (H W - P)`` can be); the first
@@ -614,7 +580,7 @@ class PCK(Decomposition):
     def check(self, scores: Tensor, target) -> None:
         _check_scores(scores)
         V.check_shape("scores", scores, (None, None, None, None), "[n, J, H, W] (heatmaps)")
-        if isinstance(target, _PCKPlan):
+        if isinstance(target, SetPairs):
             return
         if not isinstance(target, tuple) or len(target) != 3:
             raise TypeError(
@@ -648,7 +614,7 @@ class PCK(Decomposition):
         return dx * dx + dy * dy <= radius * radius
 
     def prepare(self, scores: Tensor, target, generator=None):
-        if isinstance(target, (_PCKPlan, _PCKStatic)):
+        if isinstance(target, (SetPairs, _PCKStatic)):
             return target
         keypoints, visible, normalizer = target
         n, j, h, w = scores.shape
@@ -658,13 +624,7 @@ class PCK(Decomposition):
         if layout is not None and layout.claim(self, n * j * ((h * w) ** 2 // 4), blockwise=True):
             return self._static(pos, vis, layout)
         joint_index = vis.nonzero().reshape(-1)  # flat (sample, joint) of each visible joint
-        pos = pos[joint_index]
-        base = (joint_index * (h * w))[:, None]
-        pos_joint, pos_pix = pos.nonzero(as_tuple=True)
-        neg_joint, neg_pix = (~pos).nonzero(as_tuple=True)
-        return _PCKPlan(
-            joint_index.numel(), pos_joint, neg_joint, base[pos_joint, 0] + pos_pix, base[neg_joint, 0] + neg_pix
-        )
+        return set_pairs(pos[joint_index], joint_index, h * w)
 
     @staticmethod
     def _static(pos: Tensor, vis: Tensor, layout) -> _PCKStatic:
@@ -709,12 +669,10 @@ class PCK(Decomposition):
         plan = self.prepare(scores, target)
         if isinstance(plan, _PCKStatic):
             return static_pair_differences(scores.reshape(-1), plan.a, plan.b, plan.padding)
-        ia, ib = plan.pairs()
-        flat = scores.reshape(-1)
-        return flat[plan.pos_flat][ia] - flat[plan.neg_flat][ib]
+        return plan.comparisons(scores)
 
     @staticmethod
-    def _block(plan: "_PCKPlan", scores: Tensor, start: int, stop: int) -> Tensor:
+    def _block(plan: "SetPairs", scores: Tensor, start: int, stop: int) -> Tensor:
         """The comparisons of positives ``start .. stop - 1``: per joint, positive scores minus
         that joint's negative scores, ``[rows, N]`` flattened, without an index per pair."""
         pos_starts, neg_starts = plan.starts()
@@ -733,7 +691,7 @@ class PCK(Decomposition):
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def best(self, target) -> Tensor:
-        plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
+        plan = _prepared(self, target, (SetPairs, _PCKStatic))
         if isinstance(plan, _PCKStatic):
             return _all_true(plan.a.numel(), plan.a.device)
         return _all_true(plan.num_bits(), plan.pos_flat.device)
@@ -741,7 +699,7 @@ class PCK(Decomposition):
     def structure(self, target) -> Structure:
         """One run per positive pixel: its comparisons with its joint's negatives (block by
         block on the exact layout); ``good_flips`` bits per good anchor."""
-        plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
+        plan = _prepared(self, target, (SetPairs, _PCKStatic))
         if isinstance(plan, _PCKStatic):
             return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan), good_flips=self.good_flips)
         return Structure(plan.run_lengths(), lambda zeros: self.evaluate_zeros(zeros, plan),
@@ -749,36 +707,36 @@ class PCK(Decomposition):
                          lambda scores, start, stop: self._block(plan, scores, start, stop), self.good_flips)
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
-        plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
+        plan = _prepared(self, target, (SetPairs, _PCKStatic))
         if isinstance(plan, _PCKStatic):
             return self.evaluate_zeros(plan.runs.zeros(~bits, torch.float32), plan)
-        if plan.num_joints == 0:
+        if plan.num_rows == 0:
             return torch.full((bits.shape[0],), float("nan"), device=bits.device)
         ia, _ = plan.pairs()
-        return self.evaluate_zeros(_segment_sum((~bits).float(), ia, plan.pos_joint.numel()), plan)
+        return self.evaluate_zeros(_segment_sum((~bits).float(), ia, plan.pos_row.numel()), plan)
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
         """A joint is correct iff one of its positives has no 0-bit (beats every negative)."""
-        plan = _prepared(self, target, (_PCKPlan, _PCKStatic))
+        plan = _prepared(self, target, (SetPairs, _PCKStatic))
         if isinstance(plan, _PCKStatic):
             ok = (zeros == 0).float()
             num_joints = plan.visible.numel()
             correct = _segment_sum(ok, plan.run_joint, num_joints + 1)[..., :num_joints] > 0
             return (correct & plan.visible).sum(-1) / plan.num_visible  # NaN without a visible joint
-        if plan.num_joints == 0:
+        if plan.num_rows == 0:
             return torch.full(zeros.shape[:-1], float("nan"), device=zeros.device)
         row_ok = (zeros == 0).float()  # a positive pixel beating every negative
-        correct = _segment_sum(row_ok, plan.pos_joint, plan.num_joints) > 0
+        correct = _segment_sum(row_ok, plan.pos_row, plan.num_rows) > 0
         return correct.float().mean(-1)
 
     @staticmethod
-    def _plus_one(zeros: Tensor, plan: "_PCKPlan") -> Tensor:
+    def _plus_one(zeros: Tensor, plan: "SetPairs") -> Tensor:
         """Closed form: positive ``i`` losing stops its joint being correct iff it was the
         joint's only positive beating every negative."""
-        if plan.num_joints == 0:
+        if plan.num_rows == 0:
             return torch.full_like(zeros, float("nan"))
         ok = (zeros == 0).float()
-        ok_per_joint = _segment_sum(ok[None], plan.pos_joint, plan.num_joints)[0]
+        ok_per_joint = _segment_sum(ok[None], plan.pos_row, plan.num_rows)[0]
         correct = (ok_per_joint > 0).float()
-        still = ((ok_per_joint[plan.pos_joint] - ok) > 0).float()
-        return (correct.sum() - correct[plan.pos_joint] + still) / plan.num_joints
+        still = ((ok_per_joint[plan.pos_row] - ok) > 0).float()
+        return (correct.sum() - correct[plan.pos_row] + still) / plan.num_rows

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -44,6 +45,97 @@ def grouped_pairs(group_a: Tensor, group_b: Tensor, num_groups: int) -> Tuple[Te
     offset = torch.arange(ia.numel(), device=device) - run_start[ia]
     ib = sb[group_a[ia]] + offset
     return ia, ib
+
+
+@dataclass(frozen=True)
+class SetPairs:
+    """Every positive entry of a row against every negative entry of the same row: the layout of
+    :class:`uniloss.PCK` (a heatmap's disc pixels against the rest), of
+    :class:`uniloss.decoders.SpatialArgmax` with a threshold and of a traced categorical step with
+    a mask of best outputs. Rows ``0 .. num_rows - 1``; the positives and the negatives each
+    sorted by row, then column; comparison ``k`` is ``s[pos_flat[ia[k]]] - s[neg_flat[ib[k]]]``,
+    a run per positive entry (its row's negatives). Made by :func:`set_pairs`."""
+
+    num_rows: int  # G
+    pos_row: Tensor  # [A] row of each positive entry, sorted
+    neg_row: Tensor  # [B] row of each negative entry, sorted
+    pos_col: Tensor  # [A] column of each positive entry
+    pos_flat: Tensor  # [A] index into the scores' flat view
+    neg_flat: Tensor  # [B]
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def pairs(self) -> Tuple[Tensor, Tensor]:
+        """``(ia, ib)`` ``[l]`` each: the positive and the negative of every comparison."""
+        if "pairs" not in self.cache:
+            self.cache["pairs"] = grouped_pairs(self.pos_row, self.neg_row, self.num_rows)
+        return self.cache["pairs"]
+
+    def run_lengths(self) -> Tensor:
+        """``[A]``: the negatives each positive is compared with (its row's)."""
+        if "runs" not in self.cache:
+            self.cache["runs"] = torch.bincount(self.neg_row, minlength=self.num_rows)[self.pos_row]
+        return self.cache["runs"]
+
+    def num_bits(self) -> int:
+        if "l" not in self.cache:
+            self.cache["l"] = int(self.run_lengths().sum())
+        return self.cache["l"]
+
+    def starts(self) -> Tuple[List[int], List[int]]:
+        """Host lists: where each row's positives and negatives start (length ``G + 1``)."""
+        if "starts" not in self.cache:
+            g = self.num_rows
+            pos = torch.cumsum(torch.bincount(self.pos_row, minlength=g), 0).tolist()
+            neg = torch.cumsum(torch.bincount(self.neg_row, minlength=g), 0).tolist()
+            self.cache["starts"] = ([0] + pos, [0] + neg)
+        return self.cache["starts"]
+
+    def comparisons(self, scores: Tensor) -> Tensor:
+        """``[l]``: every positive's score minus each negative's of its row (differentiable)."""
+        ia, ib = self.pairs()
+        flat = scores.reshape(-1)
+        return flat[self.pos_flat][ia] - flat[self.neg_flat][ib]
+
+
+def set_pairs(positive: Tensor, rows: Tensor, width: int) -> SetPairs:
+    """:class:`SetPairs` of ``positive [G, C]`` (bool), row ``g`` being the scores' flat entries
+    ``rows[g] * width .. + C`` (``rows [G]`` int64, e.g. the visible joints of ``[n J, H W]`` heatmaps)."""
+    pos_row, pos_col = positive.nonzero(as_tuple=True)
+    neg_row, neg_col = (~positive).nonzero(as_tuple=True)
+    base = rows * width
+    return SetPairs(positive.shape[0], pos_row, neg_row, pos_col, base[pos_row] + pos_col, base[neg_row] + neg_col)
+
+
+@dataclass(frozen=True)
+class SetRanks:
+    """What decoding a :class:`SetPairs` needs of the current scores (:func:`set_ranks`)."""
+
+    by_rank: Tensor  # [G, C] each row's columns, positives first, each by current score, best first
+    pos_rank: Tensor  # [A] each positive's place in its row's ``by_rank``
+    top_negative: Tensor  # [G] each row's best negative column by current score
+
+
+def set_ranks(rows: Tensor, positive: Tensor, pairs: SetPairs) -> SetRanks:
+    """:class:`SetRanks` of the detached scores ``rows [G, C]`` and their ``positive`` mask."""
+    inf = torch.full_like(rows, float("-inf"))
+    by_rank = torch.where(positive, rows, inf).sort(dim=1, descending=True, stable=True).indices
+    columns = torch.arange(rows.shape[1], device=rows.device).expand_as(by_rank)
+    rank_of = torch.empty_like(by_rank).scatter_(1, by_rank, columns)
+    return SetRanks(by_rank, rank_of[pairs.pos_row, pairs.pos_col], torch.where(positive, inf, rows).argmax(1))
+
+
+def decode_sets(bits: Tensor, pairs: SetPairs, ranks: SetRanks) -> Tensor:
+    """``[t, G]``: the column each row decodes to at each configuration ``bits [t, l]``, the best
+    positive (by the current scores) that beats every negative of its row, else the best negative
+    (the argmax, where the question is only whether it is positive)."""
+    t, width = bits.shape[0], ranks.by_rank.shape[1]
+    ia, _ = pairs.pairs()
+    wrong = torch.zeros(t, pairs.pos_row.numel(), dtype=torch.long, device=bits.device).index_add_(1, ia, (~bits).long())
+    key = torch.where(wrong == 0, ranks.pos_rank[None, :], torch.full_like(wrong, width))
+    rank = torch.full((t, pairs.num_rows), width, dtype=torch.long, device=bits.device)
+    rank.scatter_reduce_(1, pairs.pos_row.expand(t, -1), key, "amin")
+    chosen = ranks.by_rank.gather(1, rank.clamp(max=width - 1).t()).t()
+    return torch.where(rank < width, chosen, ranks.top_negative[None, :])
 
 
 class _PairDifferences(torch.autograd.Function):

@@ -57,7 +57,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import _validation as V
 from ._decomposition import Decomposition, Structure, validate_scores
-from ._pairs import grouped_pairs, pair_differences
+from ._pairs import decode_sets, pair_differences, set_pairs, set_ranks
 from .decoders import Argmax, Ranking, RankingTarget
 
 __all__ = ["TraceError", "TracedMetric", "from_metric"]
@@ -2043,30 +2043,15 @@ class _ClassSite(_Site):
         active = positive.any(1) & ~positive.all(1)
         self.active = active.nonzero().reshape(-1)
         pos = positive[self.active]
-        pos_row, pos_col = pos.nonzero(as_tuple=True)
-        neg_row, neg_col = (~pos).nonzero(as_tuple=True)
-        g = self.active.numel()
-        self.ia, self.ib = grouped_pairs(pos_row, neg_row, g)
-        base = self.active * c
-        self.pos_flat = base[pos_row] + pos_col
-        self.neg_flat = base[neg_row] + neg_col
-        self.pos_row = pos_row
-        self.neg_per_row = torch.bincount(neg_row, minlength=g)
-        self.num_bits = self.ia.numel()
-        sub = rows[self.active]
-        inf = torch.full_like(sub, float("-inf"))
-        self.by_rank = torch.where(pos, sub, inf).sort(dim=1, descending=True, stable=True).indices
-        rank_of = torch.empty_like(self.by_rank).scatter_(
-            1, self.by_rank, torch.arange(c, device=rows.device).expand_as(self.by_rank))
-        self.pos_rank = rank_of[pos_row, pos_col]
-        self.top_negative = torch.where(pos, inf, sub).argmax(1)
+        self.sets = set_pairs(pos, self.active, c)
+        self.num_bits = self.sets.pairs()[0].numel()
+        self.ranks = set_ranks(rows[self.active], pos, self.sets)
         self.current = rows.argmax(1)
 
     def comparisons(self) -> Tensor:
         if self.mode == "label":
             return self.decoder.comparisons(self.rows, self.plan)
-        flat = self.rows.reshape(-1)
-        return flat[self.pos_flat][self.ia] - flat[self.neg_flat][self.ib]
+        return self.sets.comparisons(self.rows)
 
     def best(self) -> Tensor:
         if self.mode == "label":
@@ -2078,7 +2063,7 @@ class _ClassSite(_Site):
             if self.num_bits == 0:
                 return self.rows.new_zeros(0, dtype=torch.long)
             return torch.full((self.num_rows,), self.num_classes - 1, dtype=torch.long, device=self.rows.device)
-        return self.neg_per_row[self.pos_row]
+        return self.sets.run_lengths()
 
     def width(self) -> Optional[int]:
         return self.num_classes - 1 if self.mode == "label" and self.num_bits else None
@@ -2086,7 +2071,7 @@ class _ClassSite(_Site):
     def num_runs(self) -> int:
         if self.mode == "label":
             return self.num_rows if self.num_bits else 0
-        return self.pos_row.numel()
+        return self.sets.pos_row.numel()
 
     def decode_zeros(self, zeros: Tensor) -> Any:
         if self.mode != "label" or self.call.k is not None:
@@ -2104,15 +2089,7 @@ class _ClassSite(_Site):
             if self.num_classes < 2:
                 return self.plan.labels.expand(t, -1)
             return self.decoder.decode(bits, self.plan).reshape(t, -1)
-        c = self.num_classes
-        g = self.active.numel()
-        wrong = torch.zeros(t, self.pos_row.numel(), dtype=torch.long, device=bits.device)
-        wrong.index_add_(1, self.ia, (~bits).long())
-        key = torch.where(wrong == 0, self.pos_rank[None, :], torch.full_like(wrong, c))
-        rank = torch.full((t, g), c, dtype=torch.long, device=bits.device)
-        rank.scatter_reduce_(1, self.pos_row.expand(t, -1), key, "amin")
-        chosen = self.by_rank.gather(1, rank.clamp(max=c - 1).t()).t()
-        label = torch.where(rank < c, chosen, self.top_negative[None, :])
+        label = decode_sets(bits, self.sets, self.ranks)
         out = self.current.expand(t, -1).clone()
         out[:, self.active] = label
         return out

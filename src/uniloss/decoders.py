@@ -58,7 +58,7 @@ from . import _validation as V
 from ._cache import TensorCache
 from ._decomposition import static_layout, validate_scores
 from ._metrics import PCK, KeypointTarget
-from ._pairs import binary_margins, grouped_pairs, other_classes, static_pair_differences
+from ._pairs import SetPairs, SetRanks, binary_margins, decode_sets, other_classes, set_pairs, set_ranks, static_pair_differences
 from ._structured import Runs
 
 __all__ = [
@@ -928,14 +928,8 @@ class _SpatialPlan:
     current: Tensor  # [n*J] current argmax pixel of every heatmap
     hard: Optional[Tensor] = None  # all pixels: [G, P] current bits
     winner: Optional[Tensor] = None  # all pixels: [G] pixel nearest the keypoint
-    pos_joint: Optional[Tensor] = None  # region: [A] joint (0..G-1) of each positive, sorted
-    pos_flat: Optional[Tensor] = None  # region: [A] index into scores.reshape(-1)
-    neg_flat: Optional[Tensor] = None  # region: [B]
-    ia: Optional[Tensor] = None  # region: [l] positive of each comparison
-    ib: Optional[Tensor] = None  # region: [l] negative of each comparison
-    pos_rank: Optional[Tensor] = None  # region: [A] rank of each positive in its joint by current score
-    by_rank: Optional[Tensor] = None  # region: [G, H*W] pixels of each joint, positives first, best first
-    top_negative: Optional[Tensor] = None  # region: [G] best negative pixel by current score
+    region: Optional[SetPairs] = None  # region: the disc's pixels against the rest (PCK's layout)
+    ranks: Optional[SetRanks] = None  # region: the current scores' order, for decoding
     dtype: torch.dtype = torch.float32  # values_dtype(scores)
 
 
@@ -1004,41 +998,30 @@ class SpatialArgmax(Decoder):
             return _SpatialPlan(target, shape, joints, current, hard=_tournament(rows) > 0, winner=y * w + x,
                                 dtype=values_dtype(scores))
         positive = self._pck.positive_mask(shape, target).reshape(n * j, h * w)[joints]
-        pos_joint, pos_pix = positive.nonzero(as_tuple=True)
-        neg_joint, neg_pix = (~positive).nonzero(as_tuple=True)
-        ia, ib = grouped_pairs(pos_joint, neg_joint, joints.numel())
-        base = joints * (h * w)
-        inf = torch.full_like(rows, float("-inf"))
-        by_rank = torch.where(positive, rows, inf).sort(dim=1, descending=True, stable=True).indices
-        rank_of = torch.empty_like(by_rank).scatter_(1, by_rank, torch.arange(h * w, device=rows.device).expand_as(by_rank))
-        return _SpatialPlan(
-            target, shape, joints, current, pos_joint=pos_joint, pos_flat=base[pos_joint] + pos_pix,
-            neg_flat=base[neg_joint] + neg_pix, ia=ia, ib=ib, pos_rank=rank_of[pos_joint, pos_pix],
-            by_rank=by_rank, top_negative=torch.where(positive, inf, rows).argmax(1), dtype=values_dtype(scores),
-        )
+        region = set_pairs(positive, joints, h * w)
+        return _SpatialPlan(target, shape, joints, current, region=region, ranks=set_ranks(rows, positive, region),
+                            dtype=values_dtype(scores))
 
     def comparisons(self, scores: Tensor, plan: Any) -> Tensor:
         plan = self._plan(scores, plan)
         n, j, h, w = plan.shape
         if self.threshold is None:
             return _tournament(scores.reshape(n * j, h * w)[plan.joints]).reshape(-1)
-        flat = scores.reshape(-1)
-        return flat[plan.pos_flat][plan.ia] - flat[plan.neg_flat][plan.ib]
+        return plan.region.comparisons(scores)
 
     def best(self, plan: Any) -> Tensor:
         plan = self._prepared(plan)
         if self.threshold is None:
             return _tournament_best(plan.hard, plan.winner, plan.shape[2] * plan.shape[3]).reshape(-1)
-        return torch.ones(plan.ia.numel(), dtype=torch.bool, device=plan.ia.device)
+        return torch.ones(plan.region.pairs()[0].numel(), dtype=torch.bool, device=plan.joints.device)
 
     def runs(self, plan: Any) -> Optional[Tensor]:
         """With ``threshold`` (the region): one run per positive pixel, its comparisons with its
         joint's negatives (:class:`uniloss.PCK`'s runs); the tournament of all pixels has none."""
         plan = self._prepared(plan)
-        if self.threshold is None or plan.ia is None:
+        if self.threshold is None or plan.region is None:
             return None
-        return torch.zeros(plan.pos_flat.numel(), dtype=torch.long, device=plan.ia.device).index_add_(
-            0, plan.ia, torch.ones_like(plan.ia))
+        return plan.region.run_lengths()
 
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)
@@ -1047,13 +1030,7 @@ class SpatialArgmax(Decoder):
         if self.threshold is None:
             pixel = _first_argmax(_wins(bits, g, h * w))
         else:
-            wrong = _segment_count((~bits).long(), plan.ia, plan.pos_joint.numel())
-            big = h * w
-            key = torch.where(wrong == 0, plan.pos_rank[None, :], torch.full_like(wrong, big))
-            rank = torch.full((t, g), big, dtype=torch.long, device=bits.device)
-            rank.scatter_reduce_(1, plan.pos_joint.expand(t, -1), key, "amin")
-            chosen = plan.by_rank.gather(1, rank.clamp(max=big - 1).t()).t()  # [t, G]
-            pixel = torch.where(rank < big, chosen, plan.top_negative[None, :])
+            pixel = decode_sets(bits, plan.region, plan.ranks)
         pixels = plan.current.expand(t, n * j).clone()
         pixels[:, plan.joints] = pixel
         dtype = plan.target.keypoints.dtype
