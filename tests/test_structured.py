@@ -293,6 +293,36 @@ def test_random_words_are_random_s_full_range_stream():
         assert torch.equal(g_new.get_state(), g_old.get_state())  # and the draws after them too
 
 
+@pytest.mark.parametrize("rows,per_row", [(2, 5000), (3, 4097), (5, 777), (1, 9000), (4, 1)])
+def test_random_word_rows_deal_the_one_draw_out_piece_by_piece(rows, per_row, monkeypatch):
+    """Large draws on a CPU generator are made a piece at a time into the result (the peak memory
+    of PCK's random anchors: the result's, not three times it): the same words as one draw dealt
+    out over the rows, and the generator left where one draw leaves it."""
+    from uniloss import _random
+
+    monkeypatch.setattr(_random, "_PIECE_WORDS", 64)
+    g_one, g_pieces = torch.Generator().manual_seed(rows), torch.Generator().manual_seed(rows)
+    want = _random.random_words(rows * per_row, g_one, "cpu").view(per_row, rows).t()
+    got = _random.random_word_rows(rows, per_row, g_pieces, "cpu")
+    assert got.shape == (rows, per_row) and got.is_contiguous() and torch.equal(got, want)
+    assert torch.equal(g_pieces.get_state(), g_one.get_state())
+    torch.manual_seed(3)  # the global generator too
+    want = _random.random_words(rows * per_row, None, "cpu").view(per_row, rows).t()
+    torch.manual_seed(3)
+    assert torch.equal(_random.random_word_rows(rows, per_row, None, "cpu"), want)
+
+
+@pytest.mark.parametrize("w", [7, 8, 2040, 2041, 4096, 8 * 509, 8 * 256 + 3, 3 * 8 * 1024])
+def test_byte_sum_is_the_sum(w):
+    # wide runs are summed as int64 words in groups of at most 255 (a byte lane's room): 4096
+    # bits (select_chunk) in 4 x 128 words without the zero padding a group of 255 needed
+    from uniloss._structured import byte_sum
+
+    x = (torch.rand(2, 40, w, generator=torch.Generator().manual_seed(w)) < 0.97).to(torch.uint8)
+    assert torch.equal(byte_sum(x), x.sum(-1, dtype=torch.int32))
+    assert torch.equal(byte_sum(x, torch.float32), x.sum(-1, dtype=torch.float32))
+
+
 def test_random_codes_are_uniform_bits():
     codes = _anchors._random_bytes(1 << 16, torch.Generator().manual_seed(0), "cpu")
     bits = _anchors.unpack_codes(codes.view(1, -1), 8).float()

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ._cache import TensorCache
 from ._limits import current_limits
-from ._random import randint as _randint, random_bytes as _random_bytes, random_words as _random_words  # noqa: F401 (the tests draw bytes with it)
+from ._random import randint as _randint, random_bytes as _random_bytes, random_word_rows as _random_word_rows  # noqa: F401 (the tests draw bytes with it)
 
 
 class AnchorSet:
@@ -229,7 +229,7 @@ def draw_anchors(
         kinds.append(("nearby", num_nearby))
     if num_bad:
         assert words is not None  # drawn for num_bad
-        codes = _random_codes(words, (num_bad + 7) // 8, l, device)
+        codes = _random_codes(words, l)
         if invalid is not None:
             codes.masked_fill_(invalid, 0)
         kinds.append(("bad", num_bad))
@@ -251,21 +251,17 @@ def _draws(num_good: int, good_flips: int, num_nearby: int, groups: int, l: int,
     flips' 53-bit integers and the random anchors' 64-bit words (``None`` where none)."""
     good = _randint(_UNIFORM, (num_good, good_flips), generator, device) if num_good else None
     near = _randint(_UNIFORM, (num_nearby, 1), generator, device) if num_nearby else None
-    words = _random_words(-(-l // 8) * groups, generator, device) if groups else None
+    words = _random_word_rows(groups, -(-l // 8), generator, device) if groups else None
     return good, near, words
 
 
-def _random_codes(drawn: Tensor, groups: int, l: int, device) -> Tensor:
-    """``[groups, l]`` uint8 uniform codes from the ``groups * ceil(l / 8)`` 64-bit words
-    ``drawn``, rows starting on 8-byte boundaries (for :func:`unpack_codes`). Row ``g``'s bytes
-    ``8 w .. 8 w + 7`` are the word ``w groups + g``: the codes of the first ``k`` bits are the same
-    whatever ``l`` (a static layout draws those of its real comparisons). One group: the bytes in
-    the order drawn."""
-    words = -(-l // 8)
-    if groups > 1 and words > 1:
-        drawn = drawn.view(words, groups).t().contiguous()
-    if drawn.device != torch.device(device):
-        drawn = drawn.to(device)
+def _random_codes(drawn: Tensor, l: int) -> Tensor:
+    """``[groups, l]`` uint8 uniform codes from the ``[groups, ceil(l / 8)]`` 64-bit words
+    ``drawn`` (:func:`uniloss._random.random_word_rows`), rows starting on 8-byte boundaries (for
+    :func:`unpack_codes`). Row ``g``'s bytes ``8 w .. 8 w + 7`` are the word ``w groups + g`` of the
+    stream: the codes of the first ``k`` bits are the same whatever ``l`` (a static layout draws
+    those of its real comparisons). One group: the bytes in the order drawn."""
+    groups, words = drawn.shape
     return drawn.view(torch.uint8).view(groups, words * 8)[:, :l]
 
 

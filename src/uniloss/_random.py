@@ -55,7 +55,31 @@ def random_words(n: int, generator, device) -> Tensor:
     ``2**-64``); flipping the sign bit back gives ``random_``'s values.
     """
     where = device if generator is None else generator.device
-    return torch.randint(_SIGN, -_SIGN - 1, (n,), generator=generator, device=where) ^ _SIGN
+    return torch.randint(_SIGN, -_SIGN - 1, (n,), generator=generator, device=where).bitwise_xor_(_SIGN)
+
+
+_PIECE_WORDS = 1 << 20  # words a piece of a large draw on a CPU generator (8 MB)
+
+
+def random_word_rows(rows: int, per_row: int, generator, device) -> Tensor:
+    """``[rows, per_row]`` int64: :func:`random_words` of ``rows * per_row``, the stream dealt out
+    over the rows (word ``w * rows + g`` at ``[g, w]``), on ``device``.
+
+    A large draw on a CPU generator (the global one where ``generator`` is ``None``) is made a
+    piece at a time into the result: a CPU generator's stream does not depend on how its draws
+    are split (tested), and the peak memory is the result's instead of three times it (the draw,
+    then its transpose). On another device's generator, or inside ``torch.compile``, one draw."""
+    where = torch.device(device if generator is None else generator.device)
+    n = rows * per_row
+    if rows == 1 or per_row == 1:
+        return _on(random_words(n, generator, where).view(rows, per_row), device)
+    if where.type != "cpu" or n <= 2 * _PIECE_WORDS or torch.compiler.is_compiling():
+        return _on(random_words(n, generator, where).view(per_row, rows).t().contiguous(), device)
+    out = torch.empty(rows, per_row, dtype=torch.int64, device=where)
+    for start in range(0, per_row, _PIECE_WORDS // rows):
+        stop = min(per_row, start + _PIECE_WORDS // rows)
+        out[:, start:stop] = random_words((stop - start) * rows, generator, where).view(stop - start, rows).t()
+    return _on(out, device)
 
 
 def random_bytes(n: int, generator, device) -> Tensor:

@@ -179,12 +179,16 @@ def byte_sum(x: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
             return torch.matmul(x.to(dtype), _ones(w, dtype, x.device))
         return x.sum(-1, dtype=dtype)
     words = -(-w // 8)
-    groups = -(-words // 255)
-    padded = groups * 255 * 8 if groups > 1 else words * 8
+    # the words summed in groups of at most 255 (a lane holds up to 255 ones): the largest such
+    # divisor of `words` where there is a good one (no copy; _pick_index's 4096-bit chunks: 4 x 128),
+    # else 255 and zero padding
+    size = words if words <= 255 else max((d for d in range(128, 256) if words % d == 0), default=255)
+    groups = -(-words // size)
+    padded = groups * size * 8
     if padded != w:
         x = torch.nn.functional.pad(x, (0, padded - w))
     lanes = x.contiguous().view(torch.int64)
-    lanes = lanes.view(R, S, groups, 255).sum(-1) if groups > 1 else lanes.sum(-1, keepdim=True)
+    lanes = lanes.view(R, S, groups, size).sum(-1) if groups > 1 else lanes.sum(-1, keepdim=True)
     return lanes.view(torch.uint8).view(R, S, -1).sum(-1, dtype=dtype)
 
 
