@@ -82,12 +82,7 @@ def _check_binary(name: str, target: Tensor) -> None:
 def _prepared(decomposition: Decomposition, target, plan_type):
     """``best`` and ``evaluate`` of decompositions whose bits depend on the scores take the
     target as ``prepare(scores, target)`` returned it."""
-    if not isinstance(target, plan_type):
-        raise TypeError(
-            f"{type(decomposition).__name__}.best() and .evaluate() take the target returned by "
-            f".prepare(scores, target), but got {type(target).__name__}"
-        )
-    return target
+    return V.check_plan(decomposition, target, plan_type)
 
 
 # --------------------------------------------------------------------------- average precision

@@ -7,7 +7,7 @@ Every error names the argument, what was expected and what came.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -125,3 +125,16 @@ def check_generator(generator: object) -> Optional[torch.Generator]:
             f"{type(generator).__name__}"
         )
     return generator
+
+
+def check_plan(owner: object, plan: Any, plan_type: Union[type, Tuple[type, ...]], methods: str = ".best() and .evaluate()",
+               what: str = "target") -> Any:
+    """``plan`` if it is what ``owner.prepare(scores, target)`` returns (a ``plan_type``), else a
+    TypeError naming ``owner``'s ``methods`` that need it (shared by the paper's metrics, the
+    decoders and the traced metrics)."""
+    if not isinstance(plan, plan_type):
+        raise TypeError(
+            f"{type(owner).__name__}{methods} take the {what} returned by .prepare(scores, target), but got "
+            f"{type(plan).__name__}"
+        )
+    return plan

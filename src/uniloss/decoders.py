@@ -157,12 +157,7 @@ class Decoder:
         return target if isinstance(target, self._plan_type) else self.prepare(scores, target)
 
     def _prepared(self, plan: Any) -> Any:
-        if not isinstance(plan, self._plan_type):
-            raise TypeError(
-                f"{type(self).__name__}.best() and .decode() take the plan returned by "
-                f".prepare(scores, target), but got {type(plan).__name__}"
-            )
-        return plan
+        return V.check_plan(self, plan, self._plan_type, ".best() and .decode()", "plan")
 
 
 def values_dtype(scores: Tensor) -> torch.dtype:
