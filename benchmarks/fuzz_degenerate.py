@@ -99,10 +99,10 @@ def case(g):
     """``(decomposition, scores, target)`` of a random family, size, score mode, dtype and labels."""
     fam = random.choice(["ap", "acc", "pck", "binary", "ranking", "multiclass", "seg", "zpck", "traced"])
     n = random.choice([1, 2, 3, 4, 7, 16, 33])
-    if fam == "traced":  # (exact on untied scores: no ties or constants; float32 and float64)
+    if fam == "traced":  # (float32 and float64; ties and constants since last.metric is fn's own value)
         name = random.choice(list(TRACED))
         dtype = random.choice([torch.float32, torch.float64])
-        smode = random.choice(["normal", "normal", "sat", "tiny"])
+        smode = random.choice(["normal", "normal", "sat", "tiny", "tie", "const"])
         if name == "accuracy":
             C = random.choice([2, 3, 5])
             return TRACED[name], scores_of((n, C), g, smode, dtype), torch.randint(0, C, (n,), generator=g)

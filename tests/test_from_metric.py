@@ -766,3 +766,28 @@ def test_a_cached_trace_keeps_no_tensor_of_its_call_alive():
     gc.collect()
     assert ref() is None
     assert traced._graphs  # cached
+
+
+def _prec_at_3(scores, target):
+    return target[scores.argsort(descending=True)[:3]].float().mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reported_metric_is_fns_own_value_on_ties(dtype):
+    """``metric()`` and ``last.metric`` are ``fn``'s value, tied scores included: constant scores
+    make ``torch.argmax`` pick class 0 and ``argsort`` keep the index order, while the bits count
+    every tied comparison as wrong (accuracy 0 there before 2026-12-01; found by fuzzing)."""
+    y = torch.tensor([0, 2, 0, 1, 0])
+    relevance = torch.tensor([1, 1, 0, 0, 1, 0])
+    for fn, scores, target in [(accuracy, torch.zeros(5, 3, dtype=dtype), y),
+                               (accuracy, torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 0.0, 3.0],
+                                                        [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=dtype), y),
+                               (_prec_at_3, torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=dtype), relevance)]:
+        metric = from_metric(fn)
+        want = float(fn(scores, target))
+        assert float(metric.metric(scores, target)) == pytest.approx(want, abs=1e-7)
+        loss_fn = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(0))
+        x = scores.clone().requires_grad_()
+        loss_fn(x, target).backward()
+        assert float(loss_fn.last.metric) == pytest.approx(want, abs=1e-7)
+        assert torch.isfinite(x.grad).all()

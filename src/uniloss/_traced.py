@@ -3059,11 +3059,24 @@ class TracedMetric(Decomposition):
         return self._values(plan, payloads, {s.index: s for s in plan.sites})
 
     def _prepared(self, target: Any) -> _Plan:
-        if not isinstance(target, _Plan):
-            raise TypeError(
-                "TracedMetric.best() and .evaluate() take the target returned by .prepare(scores, target), but "
-                f"got {type(target).__name__}")
-        return target
+        return V.check_plan(self, target, _Plan)
+
+    def metric(self, scores: Tensor, target: Any) -> Tensor:
+        """``fn(scores, target)`` itself (float32; float64 where ``fn`` returns float64): exact,
+        tied scores included, where the hard configuration's ``evaluate`` counts a tied comparison
+        as wrong (``torch.argmax`` of equal scores picks the first; the comparisons cannot)."""
+        with torch.no_grad():
+            return self._reported(self.prepare(scores, target))
+
+    def batch_metric(self, target: Any) -> Optional[Tensor]:
+        """The value ``fn`` gave on the scores the plan was traced on (the trace computes it): the
+        batch's exact metric, ties included (see :meth:`metric`)."""
+        return self._reported(target) if isinstance(target, _Plan) else None
+
+    @staticmethod
+    def _reported(plan: _Plan) -> Tensor:
+        value = plan.trace.value
+        return value if value.dtype in (torch.float32, torch.float64) else value.float()
 
     def explain(self, scores: Tensor, target: Any) -> str:
         """A description of what tracing ``fn`` on these tensors found: each discrete step, where
@@ -3177,9 +3190,11 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     configuration is checked against probes of ``fn``, and the replay on the current scores against
     ``fn`` itself.
 
-    Exact: on untied scores ``metric(scores, target)`` equals ``fn(scores, target)``, and for the
-    metrics above the bits are the hand-written decompositions' (``tests/test_from_metric.py``).
-    Exact ties (and scores within rounding of a threshold seen through a ``sigmoid``) may differ.
+    Exact: ``metric(scores, target)`` and ``UniLoss.last.metric`` are ``fn``'s own value (the trace
+    computes it), tied scores included; on untied scores the hard configuration's bits give that
+    value too, and for the metrics above the bits are the hand-written decompositions'
+    (``tests/test_from_metric.py``). Exact ties (and scores within rounding of a threshold seen
+    through a ``sigmoid``) count as wrong comparisons in the bits, as in the built-in metrics.
 
     Args:
         fn: ``fn(scores, target) -> scalar tensor``; called once per loss call on the scores and
