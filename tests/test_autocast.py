@@ -64,3 +64,13 @@ def test_model_under_autocast_trains():
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.parameters())
     assert not torch.is_autocast_enabled("cpu")  # the context was left as it was
+
+
+def test_a_device_type_autocast_does_not_know_is_not_autocast():
+    # torch.is_autocast_enabled("meta") raises; the loss's check must not
+    from uniloss.functional import _autocast_enabled
+
+    assert _autocast_enabled("meta") is False
+    assert _autocast_enabled("cpu") is False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _autocast_enabled("cpu") is True
