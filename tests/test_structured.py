@@ -293,7 +293,7 @@ def test_random_words_are_random_s_full_range_stream():
         assert torch.equal(g_new.get_state(), g_old.get_state())  # and the draws after them too
 
 
-@pytest.mark.parametrize("rows,per_row", [(2, 5000), (3, 4097), (5, 777), (1, 9000), (4, 1)])
+@pytest.mark.parametrize("rows,per_row", [(2, 5000), (3, 4097), (5, 777), (1, 9000), (4, 1), (100, 300)])
 def test_random_word_rows_deal_the_one_draw_out_piece_by_piece(rows, per_row, monkeypatch):
     """Large draws on a CPU generator are made a piece at a time into the result (the peak memory
     of PCK's random anchors: the result's, not three times it): the same words as one draw dealt

@@ -67,8 +67,8 @@ def random_word_rows(rows: int, per_row: int, generator, device) -> Tensor:
 
     A large draw on a CPU generator (the global one where ``generator`` is ``None``) is made a
     piece at a time into the result: a CPU generator's stream does not depend on how its draws
-    are split (tested), and the peak memory is the result's instead of three times it (the draw,
-    then its transpose). On another device's generator, or inside ``torch.compile``, one draw."""
+    are split (tested), and the peak memory is the result's instead of twice it (the draw and its
+    transposed copy). On another device's generator, or inside ``torch.compile``, one draw."""
     where = torch.device(device if generator is None else generator.device)
     n = rows * per_row
     if rows == 1 or per_row == 1:
@@ -76,8 +76,9 @@ def random_word_rows(rows: int, per_row: int, generator, device) -> Tensor:
     if where.type != "cpu" or n <= 2 * _PIECE_WORDS or torch.compiler.is_compiling():
         return _on(random_words(n, generator, where).view(per_row, rows).t().contiguous(), device)
     out = torch.empty(rows, per_row, dtype=torch.int64, device=where)
-    for start in range(0, per_row, _PIECE_WORDS // rows):
-        stop = min(per_row, start + _PIECE_WORDS // rows)
+    piece = max(1, _PIECE_WORDS // rows)  # words a row per piece
+    for start in range(0, per_row, piece):
+        stop = min(per_row, start + piece)
         out[:, start:stop] = random_words((stop - start) * rows, generator, where).view(stop - start, rows).t()
     return _on(out, device)
 
