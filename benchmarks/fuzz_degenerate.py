@@ -18,6 +18,10 @@ line per failure with the case and a summary. On 2026-12-01 it found the two bug
 RMS temperature of float16 comparisons of about 1e-6 (relaxed in float32) gave gradients of about
 1e6, beyond float16's range (67 failures in 12,712 float16-only cases, all with ``"rms"``); the
 unit is now floored at the scores' dtype's ``sqrt(tiny)`` too (0 in 19,756 float16-only cases).
+The ``from_metric`` cases draw tied and constant scores too since ``last.metric`` is ``fn``'s own
+value. With both, 90 seconds a mode, seed 31 (``90 31 [MODE]``): 0 failures in 19,704 cases
+(finite), 11,254 (``--static``), 9,802 (``--paths``), 4,378 PCK cases (``--chunks``) and 4,614
+(``--wrappers``).
 
 ``--static``: each case in float64 twice, under a CPU's exact layout and under the accelerators'
 static layout (``cpu_static_max_bits`` raised), which must give the same loss, gradient, metric
