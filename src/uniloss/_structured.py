@@ -36,6 +36,7 @@ naming the ``chunk_bits`` that would avoid the blocks.
 
 from __future__ import annotations
 
+
 from typing import Callable, List, Optional, Tuple, Union, cast
 
 import torch
@@ -179,10 +180,7 @@ def byte_sum(x: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
             return torch.matmul(x.to(dtype), _ones(w, dtype, x.device))
         return x.sum(-1, dtype=dtype)
     words = -(-w // 8)
-    # the words summed in groups of at most 255 (a lane holds up to 255 ones): the largest such
-    # divisor of `words` where there is a good one (no copy; _pick_index's 4096-bit chunks: 4 x 128),
-    # else 255 and zero padding
-    size = words if words <= 255 else max((d for d in range(128, 256) if words % d == 0), default=255)
+    size = _lane_group(words)
     groups = -(-words // size)
     padded = groups * size * 8
     if padded != w:
@@ -190,6 +188,17 @@ def byte_sum(x: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
     lanes = x.contiguous().view(torch.int64)
     lanes = lanes.view(R, S, groups, size).sum(-1) if groups > 1 else lanes.sum(-1, keepdim=True)
     return lanes.view(torch.uint8).view(R, S, -1).sum(-1, dtype=dtype)
+
+
+def _lane_group(words: int) -> int:
+    """How many int64 words :func:`byte_sum` adds per group: at most 255 (a byte lane holds up to
+    255 ones), the largest such divisor of ``words`` where there is a good one (no copy;
+    ``_pick_index``'s 4096-bit chunks: 4 x 128), else 255 and zero padding. (Plain Python on
+    an int, about 10 microseconds, for inputs of 65,536 bytes or more; no cache, which a compiled
+    graph would break at.)"""
+    if words <= 255:
+        return words
+    return max((d for d in range(128, 256) if words % d == 0), default=255)
 
 
 _ONES = TensorCache()

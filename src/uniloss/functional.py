@@ -648,7 +648,9 @@ def uniloss(
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
             ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured:
             the scores then grow without bound and training stalls). Where every comparison is
-            0 (constant scores) there is no scale to measure and the temperature is absolute.
+            0 (constant scores) there is no scale to measure and the temperature is absolute;
+            the unit is at least ``sqrt(tiny)`` of the scores' dtype (float16: 7.8e-3), so the
+            gradient stays within that dtype's range.
         nearby: ``"all"`` (default, the paper) or ``"informative"``: a nearby anchor weighs 0
             unless its metric is better than the current configuration's (see
             :func:`uniloss._interpolation.anchor_weights`; measured on the metric-wins suite:
