@@ -160,7 +160,7 @@ def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor
     # A push below sqrt(tiny) (saturated comparisons: sigmoid tails underflow) counts as none: 1 / push
     # would reach 1e154 (float64) or more and overflow the gradient's intermediate sums to inf and NaN.
     floor = torch.finfo(push.dtype).tiny ** 0.5
-    unit = torch.where(push >= floor, 1.0 / push.clamp_min(floor), torch.ones_like(push))
+    unit = torch.where(push >= floor, push.clamp_min(floor).reciprocal(), 1.0)  # (1.0 / x: reciprocal, then * 1)
     scale = torch.minimum(unit, harmonic) if grad_scale == "bounded" else unit
     return scale, push * scale
 

@@ -522,7 +522,15 @@ def structured_loss(
             member.add_(wrong_f * G_single.sum()).addcmul_(G_single, single_sign)
         return grad_comparisons(r, hard, member, total, distance)
 
-    scale, push = gradient_scale(grad_scale, harmonic, lambda: grad_c(factor).abs().sum(), need_push)
+    # grad_c is linear in its coefficient: the push measured here (grad_c(factor)) is kept, and the
+    # backward pass rescales it instead of running grad_c again (an operator per term fewer).
+    measured: List[Tensor] = []
+
+    def total_push() -> Tensor:
+        measured.append(grad_c(factor))
+        return measured[0].abs().sum()
+
+    scale, push = gradient_scale(grad_scale, harmonic, total_push, need_push)
     coef = sign * factor * scale
 
     def sq_of(c_in: Tensor) -> Tensor:
@@ -550,6 +558,8 @@ def structured_loss(
     def backward(grad_out: Tensor, c_in: Tensor) -> Tensor:
         if torch.is_grad_enabled():  # create_graph=True: see double_backward_grad
             return double_backward_grad(c_in, sq_of, values, weights, sign * scale * grad_out)
+        if measured:
+            return measured[0] * (sign * scale * grad_out)
         return grad_c(coef * grad_out)
 
     # A static layout without a comparison (e.g. AP without a positive): a zero loss, as the exact
