@@ -5,6 +5,7 @@ The module :class:`uniloss.UniLoss` is a thin wrapper around :func:`uniloss_with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Union, cast
@@ -35,7 +36,9 @@ class LossInfo:
         metric: the exact metric of the batch's hard decisions ``g([c > 0])``, or the
             decomposition's ``batch_metric`` where it has one (AP's equals scikit-learn's on
             tied scores, where ``[c > 0]`` counts a tie as wrong); NaN where the metric is
-            undefined on the batch, e.g. AP without a positive.
+            undefined on the batch, e.g. AP without a positive. A ``batch_metric`` of a model's
+            output is computed when this is first read (modifying the scores in place before
+            then raises an error on reading).
         surrogate: the interpolated value ``g~(u)`` (NaN where undefined).
         loss: the returned loss, detached.
         num_bits: ``l``, the number of comparisons the loss saw (a property: on a static layout
@@ -56,6 +59,12 @@ class LossInfo:
     anchor_values: Tensor
     kinds: tuple
     path: str = "dense"
+
+    def __getstate__(self) -> "dict[str, Any]":
+        """Pickling and copying read the metric (a deferred one holds the call's decomposition)."""
+        state = dict(self.__dict__)
+        state["_metric"] = _info_metric(self)
+        return state
 
     @property
     def num_bits(self) -> int:
@@ -312,7 +321,8 @@ def uniloss_with_info(
             step=step, margins=margins_of, run_weights=block_weights,
         )
         loss = loss.to(scores.dtype)
-        return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target)
+        return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target,
+                                       scores)
     assert plan.comparisons is not None  # every path but the chunked one
     c = plan.comparisons
     scores_dtype = c.dtype
@@ -370,7 +380,7 @@ def uniloss_with_info(
                                        sign, distance, nearby, need_push=stepped)
         loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
                           push if stepped else None, margins, run_weights)
-        return loss, with_exact_metric(info, decomposition, target)
+        return loss, with_exact_metric(info, decomposition, target, scores)
     if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
             f"good_anchors='all' takes every single-bit flip of best, but {decomposition!r} flips "
@@ -391,7 +401,7 @@ def uniloss_with_info(
     if static is not None:
         count = int(static[0]) if validate_args else static[0]
     return loss, with_exact_metric(LossInfo(metric, _detached(surrogate), loss.detach(), count, values, kinds,
-                                            "structured"), decomposition, target)
+                                            "structured"), decomposition, target, scores)
 
 
 _PADDING = TensorCache()
@@ -484,12 +494,60 @@ def _pull_rows(scores: Tensor, structure: Optional[Structure]) -> int:
     return scores.shape[0] if scores.dim() else 1
 
 
-def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any) -> LossInfo:
-    """``info`` with the decomposition's exact batch metric where it has one (``batch_metric``)."""
-    exact = decomposition.batch_metric(target)
-    if exact is None:
-        return info
-    return replace(info, metric=_detached(exact).to(info.metric.dtype))
+def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any,
+                      scores: Optional[Tensor] = None) -> LossInfo:
+    """``info`` with the decomposition's exact batch metric where it has one (``batch_metric``),
+    computed when ``info.metric`` is first read where ``scores`` (the call's) are a model's output
+    (a step that does not log it does not pay for it: AP's tied ranking is about a tenth of a small
+    batch's call); their in-place modification before that read is then an error, not a silently
+    different value. Leaf scores (optimised directly, which an optimiser's step modifies in place;
+    or computed without grad), ``scores=None`` and inside ``torch.compile``: computed now."""
+    if type(decomposition).batch_metric is Decomposition.batch_metric:
+        return info  # the default: the hard configuration's value, already in info
+    if scores is None or scores.is_leaf or torch.compiler.is_compiling():  # (compiled: traced in the graph)
+        exact = decomposition.batch_metric(target)
+        return info if exact is None else replace(info, metric=_detached(exact).to(info.metric.dtype))
+    object.__setattr__(info, "_metric", _DeferredMetric(decomposition, target, info.metric, scores))
+    return info
+
+
+class _DeferredMetric:
+    """``LossInfo.metric`` until first read: ``decomposition.batch_metric(target)`` (the prepared
+    target of the call, which holds what it needs), else the hard configuration's value."""
+
+    __slots__ = ("decomposition", "target", "fallback", "scores", "version")
+
+    def __init__(self, decomposition: Decomposition, target: Any, fallback: Tensor, scores: Optional[Tensor]):
+        self.decomposition, self.target, self.fallback = decomposition, target, fallback
+        self.scores = self.version = None
+        if scores is not None and not scores.is_inference():  # (inference tensors have no version counter)
+            self.scores, self.version = scores.detach(), scores._version  # (detached: not the graph)
+
+    def __call__(self) -> Tensor:
+        if self.scores is not None and self.scores._version != self.version:
+            raise RuntimeError(
+                "The scores of this loss call were modified in place after it, before LossInfo.metric "
+                "was first read (it is computed from them then): read it before modifying them"
+            )
+        device_type = self.fallback.device.type
+        with torch.no_grad(), torch.autocast(device_type, enabled=False) if _autocast_enabled(device_type) \
+                else contextlib.nullcontext():
+            exact = self.decomposition.batch_metric(self.target)
+        return self.fallback if exact is None else exact.to(self.fallback.dtype)
+
+
+def _info_metric(info: LossInfo) -> Tensor:
+    value = info.__dict__["_metric"]
+    if isinstance(value, _DeferredMetric):
+        value = info.__dict__["_metric"] = value()
+    return value
+
+
+def _set_info_metric(info: LossInfo, value: Tensor) -> None:
+    info.__dict__["_metric"] = value
+
+
+LossInfo.metric = property(_info_metric, _set_info_metric, doc="The batch's exact metric (see LossInfo).")  # type: ignore[assignment]
 
 
 def _detached(x: Tensor) -> Tensor:
