@@ -10,7 +10,9 @@ multi-class, segmentation and keypoint metrics, and three ``uniloss.from_metric`
 saturated (x30 to x3000), rounded (ties), constant or tiny, float32 / float64 / bfloat16 / float16, labels
 that are random, all negative or all positive, and a random subset of the loss's options. An input
 the metric refuses with a ValueError or TypeError is skipped (a clear error is the contract). It
-checks: a 0-dim finite loss, a finite gradient, and ``last.metric`` equal to ``metric()``; prints a
+checks: a 0-dim finite loss, a finite gradient, and ``last.metric`` equal to ``metric()`` (read after
+the backward pass; every other case's scores are a non-leaf, as a model's output, whose
+``last.metric`` is computed on that first read); prints a
 line per failure with the case and a summary. On 2026-12-01 it found the two bugs that
 ``tests/test_degenerate_scales.py`` holds (``temperature_scale="rms"`` on constant scores,
 ``grad_scale="normalized"`` on saturated ones: 216 failures in 55,980 cases); after the fix,
@@ -202,7 +204,9 @@ def _same(a, b):
 
 
 def _call(dec, s, y, opts, seed, static=False, anchors=None):
-    x = s.clone().requires_grad_()
+    leaf = s.clone().requires_grad_()
+    # Odd seeds: a model's output (a non-leaf), whose last.metric is computed when first read.
+    x = leaf if seed % 2 == 0 else leaf * 1.0
     if anchors is not None:
         loss, info = F.uniloss_with_info(x, y, dec, anchors=anchors, **opts)
     else:
@@ -214,7 +218,7 @@ def _call(dec, s, y, opts, seed, static=False, anchors=None):
             loss = fn(x, y)
         info = fn.last
     loss.backward()
-    return loss.detach(), x.grad, info
+    return loss.detach(), leaf.grad, info
 
 
 def check_finite(dec, s, y, opts, k):
