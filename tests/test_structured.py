@@ -464,3 +464,24 @@ def test_informative_nearby_anchors_are_the_anchor_set_without_the_uninformative
     torch.testing.assert_close(structured[1], reduced[1], rtol=1e-10, atol=1e-14)
     if ("nearby", 12) in anchors.kinds and len(keep) < bits.shape[0]:  # something was dropped: the rule matters
         assert not torch.equal(structured[1], _run(scores, prepared, dec, anchors=anchors, nearby="all", **kw)[1])
+
+
+@pytest.mark.parametrize("grad_scale", ["bounded", "distance", 0.5])
+@pytest.mark.parametrize("name", CASES)
+def test_backward_twice_and_the_reused_push_agree_with_the_dense_path(name, grad_scale):
+    """The structured backward pass rescales the push that the forward pass measured (the
+    interpolation's gradient is linear in its coefficient); a second backward pass
+    (``retain_graph=True``) computes it again. Both equal the dense path's gradient on the same
+    anchors."""
+    dec, scores, target = _case(name)
+    anchors, prepared = _anchor_set(dec, scores, target, seed=3)
+    s = scores.clone().requires_grad_()
+    loss, info = F.uniloss_with_info(s * 1.0, prepared, dec, anchors=anchors, grad_scale=grad_scale)
+    assert info.path == "structured"
+    loss.backward(retain_graph=True)
+    first = s.grad.clone()
+    s.grad = None
+    loss.backward()
+    torch.testing.assert_close(s.grad, first, rtol=1e-12, atol=1e-15)
+    dense = _run(scores, prepared, dec, anchors=uniloss.AnchorSet(anchors.dense(), anchors.kinds), grad_scale=grad_scale)
+    torch.testing.assert_close(first, dense[1], rtol=1e-9, atol=1e-12)

@@ -528,7 +528,7 @@ def structured_loss(
 
     def total_push() -> Tensor:
         measured.append(grad_c(factor))
-        return measured[0].abs().sum()
+        return measured[-1].abs().sum()
 
     scale, push = gradient_scale(grad_scale, harmonic, total_push, need_push)
     coef = sign * factor * scale
@@ -559,7 +559,7 @@ def structured_loss(
         if torch.is_grad_enabled():  # create_graph=True: see double_backward_grad
             return double_backward_grad(c_in, sq_of, values, weights, sign * scale * grad_out)
         if measured:
-            return measured[0] * (sign * scale * grad_out)
+            return measured[-1] * (sign * scale * grad_out)
         return grad_c(coef * grad_out)
 
     # A static layout without a comparison (e.g. AP without a positive): a zero loss, as the exact
