@@ -127,6 +127,13 @@ _SHIFTS = TensorCache()
 _LOW_BITS = 0x0101010101010101  # bit 0 of each byte of an int64 word
 
 
+def is_wrapped(x: Tensor) -> bool:
+    """Whether ``x`` is a ``torch.func`` transform's wrapper (e.g. inside ``torch.func.grad``),
+    whose storage cannot be read: the storage arithmetic below is then skipped."""
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check is not None and check(x))
+
+
 def unpack_codes(codes: Tensor, num: int) -> Tensor:
     """``[num, l]`` uint8 0/1: the random anchors' disagreement bits from ``codes`` ``[g, l]``.
 
@@ -136,7 +143,7 @@ def unpack_codes(codes: Tensor, num: int) -> Tensor:
     groups, l = codes.shape
     dtype = torch.int64 if l >= 256 else torch.uint8
     shifts = _SHIFTS.get((codes.device, dtype), lambda: torch.arange(8, dtype=dtype, device=codes.device).view(1, 8, 1))
-    if l < 256 or torch.compiler.is_compiling():  # (compiled: fused anyway; no storage arithmetic)
+    if l < 256 or torch.compiler.is_compiling() or is_wrapped(codes):  # (compiled: fused anyway; no storage arithmetic)
         bits = (codes[:, None, :] >> shifts.to(codes.dtype)) & 1
         return bits.view(groups * 8, l)[:num]
     width = -(-l // 8) * 8

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ._cache import TensorCache
+from ._function import two_way
 
 
 def counts(index: Tensor, size: int, weights: Optional[Tensor] = None) -> Tensor:
@@ -142,10 +143,14 @@ class _PairDifferences(torch.autograd.Function):
     """``c[i, j] = s[a[i]] - s[b[j]]`` flattened, with a one-node backward (two index sums)."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    def forward(s: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return (s.index_select(0, a)[:, None] - s.index_select(0, b)[None, :]).reshape(-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        s, a, b = inputs
         ctx.save_for_backward(a, b)
         ctx.size = s.shape[0]
-        return (s.index_select(0, a)[:, None] - s.index_select(0, b)[None, :]).reshape(-1)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -157,20 +162,27 @@ class _PairDifferences(torch.autograd.Function):
         return out, None, None
 
 
+_apply_pair_differences = two_way(_PairDifferences)
+
+
 def pair_differences(s: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``(s[a][:, None] - s[b][None, :]).reshape(-1)`` for a 1-D ``s``: every pair of an a-item
     and a b-item, a-major; differentiable in ``s`` with a single autograd node."""
-    return _PairDifferences.apply(s, a, b)
+    return _apply_pair_differences(s, a, b)
 
 
 class _StaticPairDifferences(torch.autograd.Function):
     """``c[k] = s[a[k]] - s[b[k]]``, ``+inf`` (no gradient) where ``padding[k]``."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, a: Tensor, b: Tensor, padding: Tensor) -> Tensor:
+    def forward(s: Tensor, a: Tensor, b: Tensor, padding: Tensor) -> Tensor:
+        return (s.index_select(0, a) - s.index_select(0, b)).masked_fill_(padding, float("inf"))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        s, a, b, padding = inputs
         ctx.save_for_backward(a, b, padding)
         ctx.size = s.shape[0]
-        return (s.index_select(0, a) - s.index_select(0, b)).masked_fill_(padding, float("inf"))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -182,21 +194,28 @@ class _StaticPairDifferences(torch.autograd.Function):
         return out, None, None, None
 
 
+_apply_static_pair_differences = two_way(_StaticPairDifferences)
+
+
 def static_pair_differences(s: Tensor, a: Tensor, b: Tensor, padding: Tensor) -> Tensor:
     """``s[a] - s[b]`` for a 1-D ``s``, ``+inf`` where ``padding`` (a static layout's padding, see
     :class:`uniloss._decomposition.StaticLayout`); differentiable in ``s`` with a single autograd
     node, the padding's gradient zero."""
-    return _StaticPairDifferences.apply(s, a, b, padding)
+    return _apply_static_pair_differences(s, a, b, padding)
 
 
 class _RowDifferences(torch.autograd.Function):
     """``c[i, j] = s[i, y[i]] - s[i, cols[i, j]]`` flattened (``cols[i]`` never holds ``y[i]``)."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, y: Tensor, cols: Tensor) -> Tensor:
+    def forward(s: Tensor, y: Tensor, cols: Tensor) -> Tensor:
+        return (s.gather(1, y) - s.gather(1, cols)).reshape(-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        s, y, cols = inputs
         ctx.save_for_backward(y, cols)
         ctx.shape = s.shape
-        return (s.gather(1, y) - s.gather(1, cols)).reshape(-1)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -208,10 +227,13 @@ class _RowDifferences(torch.autograd.Function):
         return out, None, None
 
 
+_apply_row_differences = two_way(_RowDifferences)
+
+
 def row_differences(s: Tensor, y: Tensor, cols: Tensor) -> Tensor:
     """``(s.gather(1, y[:, None]) - s.gather(1, cols)).reshape(-1)`` for ``s`` ``[n, p]``: each
     row's entry ``y`` against its entries ``cols``; differentiable with a single autograd node."""
-    return _RowDifferences.apply(s, y[:, None], cols)
+    return _apply_row_differences(s, y[:, None], cols)
 
 
 _OTHERS = TensorCache()

@@ -42,9 +42,10 @@ from typing import Callable, List, Optional, Tuple, Union, cast
 import torch
 from torch import Tensor
 
-from ._anchors import AnchorSet, draw_anchors, unpack_codes
+from ._anchors import AnchorSet, draw_anchors, is_wrapped, unpack_codes
 from ._bits import as_float
 from ._decomposition import Structure
+from ._function import two_way
 from ._interpolation import (
     anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost, rms_unit,
     step_factor,
@@ -380,15 +381,22 @@ class _Surrogate(torch.autograd.Function):
     again."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, value: Tensor, sign: float, backward: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    def forward(x: Tensor, value: Tensor, sign: float, backward: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        return value * sign  # (a new tensor: the output is no input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, _, _, backward = inputs
         ctx.backward_fn = backward
         ctx.save_for_backward(x)
-        return value * sign  # (a new tensor: the output is no input)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
         return ctx.backward_fn(grad, x), None, None, None
+
+
+_apply_surrogate = two_way(_Surrogate)
 
 
 def disagreement_rows(anchors: AnchorSet, wrong: Tensor) -> Tensor:
@@ -564,7 +572,7 @@ def structured_loss(
 
     # A static layout without a comparison (e.g. AP without a positive): a zero loss, as the exact
     # layout's l == 0 gives (its gradient is the padding's: zero).
-    loss = _Surrogate.apply(c, g if undefined is None else g.masked_fill(undefined, 0.0), sign, backward)
+    loss = _apply_surrogate(c, g if undefined is None else g.masked_fill(undefined, 0.0), sign, backward)
     return loss, values, metric, g, kinds, push
 
 
@@ -654,6 +662,13 @@ def chunked_loss(
     size with the pushes that size them, so that the backward pass only scales two tensors of
     the scores' shape. The anchors, values, loss and gradient are those of the one-block engine.
     """
+    if is_wrapped(scores):
+        raise RuntimeError(
+            "UniLoss computes its gradient block by block, with autograd passes of its own, above chunk_bits "
+            "comparisons, which a torch.func transform (torch.func.grad, vjp, ...) cannot run inside: pass a "
+            "larger chunk_bits (e.g. the call's number of comparisons) to use the one-block engine, or call "
+            ".backward() instead of the transform"
+        )
     device = scores.device
     dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
     lengths, block_of, evaluate_zeros = structure.runs, structure.comparisons_block, structure.evaluate_zeros
@@ -808,5 +823,5 @@ def chunked_loss(
         out = grads[0] * (coef * grad_out)
         return out + grads[1] * (pull_weight * grad_out) if pull else out
 
-    loss = _Surrogate.apply(scores, g, sign, backward)
+    loss = _apply_surrogate(scores, g, sign, backward)
     return loss, values, metric, g, anchors.kinds, num_bits

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._decomposition import Decomposition, Structure
+from ._function import two_way
 from ._wrapped import WrappedDecomposition, WrappedPlan, check_rows, map_rows, row_fields
 
 __all__ = ["GlobalBatch", "CrossBatchMemory", "PerRankWarning"]
@@ -51,17 +52,23 @@ class _ScaleGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the gradient by ``factor``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, factor: float) -> Tensor:  # type: ignore[override]
-        ctx.factor = factor
+    def forward(x: Tensor, factor: float) -> Tensor:  # type: ignore[override]
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.factor = inputs[1]
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         return grad * ctx.factor, None
 
 
+_apply_scale_grad = two_way(_ScaleGrad)
+
+
 def _scale_grad(x: Tensor, factor: float) -> Tensor:
-    return x if factor == 1.0 or not x.requires_grad else _ScaleGrad.apply(x, factor)
+    return x if factor == 1.0 or not x.requires_grad else _apply_scale_grad(x, factor)
 
 
 def _cat_rows(*values: Any) -> Any:

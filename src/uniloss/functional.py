@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._anchors import AnchorSet, draw_anchors
+from ._anchors import AnchorSet, draw_anchors, is_wrapped
 from ._cache import TensorCache
 from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
 from ._interpolation import (
@@ -501,10 +501,12 @@ def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any,
     (a step that does not log it does not pay for it: AP's tied ranking is about a tenth of a small
     batch's call); their in-place modification before that read is then an error, not a silently
     different value. Leaf scores (optimised directly, which an optimiser's step modifies in place;
-    or computed without grad), ``scores=None`` and inside ``torch.compile``: computed now."""
+    or computed without grad), ``scores=None``, inside ``torch.compile`` and inside a ``torch.func``
+    transform: computed now."""
     if type(decomposition).batch_metric is Decomposition.batch_metric:
         return info  # the default: the hard configuration's value, already in info
-    if scores is None or scores.is_leaf or torch.compiler.is_compiling():  # (compiled: traced in the graph)
+    if scores is None or scores.is_leaf or torch.compiler.is_compiling() or is_wrapped(scores):
+        # (compiled: traced in the graph; a torch.func transform's scores: read while it is live)
         exact = decomposition.batch_metric(target)
         return info if exact is None else replace(info, metric=_detached(exact).to(info.metric.dtype))
     object.__setattr__(info, "_metric", _DeferredMetric(decomposition, target, info.metric, scores))
