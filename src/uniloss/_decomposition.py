@@ -211,7 +211,9 @@ class Decomposition:
         comparisons and scores anchors on that subset, e.g. ``MulticlassAccuracy(fraction=...)``,
         or one that reports tied scores as its reference counts them, e.g.
         :class:`~uniloss.AveragePrecision`). ``None`` (the default): the engine reports
-        ``evaluate`` of the hard configuration."""
+        ``evaluate`` of the hard configuration. Computed from ``target`` alone (the prepared
+        target), possibly after the loss call: the engine calls it when ``LossInfo.metric`` is
+        first read, so it should not read state that a later call changes."""
         return None
 
     def state_dict(self) -> Any:
