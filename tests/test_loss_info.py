@@ -97,3 +97,26 @@ def test_read_under_grad_modes_and_autocast_gives_one_value():
         assert not metric.requires_grad and metric.dtype == torch.float64
         read.append(float(metric))
     assert read == [pytest.approx(average_precision_score(target.numpy(), values))] * 3
+
+
+def _agreement(scores, target):
+    return ((scores > 0) == (target > 0)).float().mean()
+
+
+@pytest.mark.parametrize("make", [lambda: uniloss.MulticlassAccuracy(fraction=0.5), lambda: uniloss.from_metric(_agreement)])
+def test_a_batch_metric_the_plan_already_holds_is_reported_at_once(make):
+    """Accuracy's and from_metric's batch_metric read a value their plan holds: nothing to defer,
+    and the plan is not kept; an in-place change afterwards does not touch the reported value."""
+    dec = make()
+    if isinstance(dec, uniloss.MulticlassAccuracy):
+        _, scores = _model_output([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0], [1.0, 0.0, 2.0]])
+        target = torch.tensor([0, 1, 2])
+    else:
+        _, scores = _model_output([0.5, -0.2, 0.3, -0.7])
+        target = torch.tensor([1, 1, 0, 0])
+    expected = float(dec.metric(scores.detach(), target))
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0))
+    loss_fn(scores, target)
+    with torch.no_grad():
+        scores.mul_(-1.0)
+    assert float(loss_fn.last.metric) == pytest.approx(expected)

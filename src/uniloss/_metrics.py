@@ -380,6 +380,10 @@ class MulticlassAccuracy(Decomposition):
         tensor(0.5000)
     """
 
+    # batch_metric reads a value the plan already holds: the engine reports it at once rather than
+    # keep the plan until last.metric is read (see functional.with_exact_metric).
+    _batch_metric_is_cheap = True
+
     def __init__(self, *, top_k: Optional[int] = None, fraction: Optional[float] = None, undrawn: str = "right") -> None:
         self.top_k = None if top_k is None else V.check_count("top_k", top_k, allow_zero=False)
         self.fraction = None if fraction is None else V.check_fraction("fraction", fraction)

@@ -2469,6 +2469,10 @@ class TracedMetric(Decomposition):
         0.6667
     """
 
+    # batch_metric reads a value the plan already holds: the engine reports it at once rather than
+    # keep the plan until last.metric is read (see functional.with_exact_metric).
+    _batch_metric_is_cheap = True
+
     def __init__(self, fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool = True,
                  batched: str = "auto", probe_limit: int = 1 << 16) -> None:
         if not callable(fn):

@@ -501,11 +501,14 @@ def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any,
     (a step that does not log it does not pay for it: AP's tied ranking is about a tenth of a small
     batch's call); their in-place modification before that read is then an error, not a silently
     different value. Leaf scores (optimised directly, which an optimiser's step modifies in place;
-    or computed without grad), ``scores=None``, inside ``torch.compile`` and inside a ``torch.func``
-    transform: computed now."""
+    or computed without grad), ``scores=None``, inside ``torch.compile``, inside a ``torch.func``
+    transform, and a decomposition whose ``batch_metric`` only reads a value its plan holds
+    (``_batch_metric_is_cheap``: ``from_metric``'s, ``MulticlassAccuracy``'s; nothing to save, and
+    the plan is not kept): computed now."""
     if type(decomposition).batch_metric is Decomposition.batch_metric:
         return info  # the default: the hard configuration's value, already in info
-    if scores is None or scores.is_leaf or torch.compiler.is_compiling() or is_wrapped(scores):
+    if (scores is None or scores.is_leaf or torch.compiler.is_compiling() or is_wrapped(scores)
+            or getattr(decomposition, "_batch_metric_is_cheap", False)):
         # (compiled: traced in the graph; a torch.func transform's scores: read while it is live)
         exact = decomposition.batch_metric(target)
         return info if exact is None else replace(info, metric=_detached(exact).to(info.metric.dtype))
