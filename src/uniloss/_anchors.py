@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ._cache import TensorCache
+from ._function import is_wrapped
 from ._limits import current_limits
 from ._random import randint as _randint, random_bytes as _random_bytes, random_word_rows as _random_word_rows  # noqa: F401 (the tests draw bytes with it)
 
@@ -125,13 +126,6 @@ class AnchorSet:
 
 _SHIFTS = TensorCache()
 _LOW_BITS = 0x0101010101010101  # bit 0 of each byte of an int64 word
-
-
-def is_wrapped(x: Tensor) -> bool:
-    """Whether ``x`` is a ``torch.func`` transform's wrapper (e.g. inside ``torch.func.grad``),
-    whose storage cannot be read: the storage arithmetic below is then skipped."""
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check is not None and check(x))
 
 
 def unpack_codes(codes: Tensor, num: int) -> Tensor:

@@ -1,5 +1,5 @@
 """Custom autograd Functions usable both ways: fast in plain autograd and inside ``torch.func``
-transforms.
+transforms; and :func:`is_wrapped`, which tells a transform's tensors apart.
 
 ``torch.func`` transforms (``grad``, ``vjp``, ...) need a Function written in the
 ``setup_context`` form (``forward`` without ``ctx``); in plain autograd that form costs about
@@ -35,3 +35,10 @@ def two_way(cls: "type[torch.autograd.Function]") -> Callable[..., Any]:
         return twin.apply(*args)
 
     return apply
+
+
+def is_wrapped(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a ``torch.func`` transform's wrapper (e.g. inside ``torch.func.grad``),
+    whose storage cannot be read."""
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check is not None and check(x))

@@ -42,10 +42,10 @@ from typing import Callable, List, Optional, Tuple, Union, cast
 import torch
 from torch import Tensor
 
-from ._anchors import AnchorSet, draw_anchors, is_wrapped, unpack_codes
+from ._anchors import AnchorSet, draw_anchors, unpack_codes
 from ._bits import as_float
 from ._decomposition import Structure
-from ._function import two_way
+from ._function import is_wrapped, two_way
 from ._interpolation import (
     anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost, rms_unit,
     step_factor,

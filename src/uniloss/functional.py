@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._anchors import AnchorSet, draw_anchors, is_wrapped
+from ._anchors import AnchorSet, draw_anchors
 from ._cache import TensorCache
 from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
+from ._function import is_wrapped
 from ._interpolation import (
     DISTANCES, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs, comparison_scale,
     gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost, rms_unit, sq_distances_from_costs, step_factor,
@@ -255,13 +256,15 @@ def _outside_autocast(fn):
 
     @functools.wraps(fn)
     def wrapper(scores, *args, **kwargs):
-        device_type = scores.device.type if isinstance(scores, Tensor) else "cpu"
-        if _autocast_enabled(device_type):
-            with torch.autocast(device_type, enabled=False):
-                return fn(scores, *args, **kwargs)
-        return fn(scores, *args, **kwargs)
+        with _autocast_off(scores.device.type if isinstance(scores, Tensor) else "cpu"):
+            return fn(scores, *args, **kwargs)
 
     return wrapper
+
+
+def _autocast_off(device_type: str):
+    """A context with autocast off on ``device_type`` (nothing to do where it is not on)."""
+    return torch.autocast(device_type, enabled=False) if _autocast_enabled(device_type) else contextlib.nullcontext()
 
 
 @_outside_autocast
@@ -534,9 +537,7 @@ class _DeferredMetric:
                 "The scores of this loss call were modified in place after it, before LossInfo.metric "
                 "was first read (it is computed from them then): read it before modifying them"
             )
-        device_type = self.fallback.device.type
-        with torch.no_grad(), torch.autocast(device_type, enabled=False) if _autocast_enabled(device_type) \
-                else contextlib.nullcontext():
+        with torch.no_grad(), _autocast_off(self.fallback.device.type):
             exact = self.decomposition.batch_metric(self.target)
         return self.fallback if exact is None else exact.to(self.fallback.dtype)
 
