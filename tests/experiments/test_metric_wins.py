@@ -94,6 +94,29 @@ def test_the_learning_rate_scale_reaches_the_recipes_optimiser():
         M._LR_SCALE = 1.0
 
 
+def test_optimizer_adam_reaches_every_run_and_is_recorded(monkeypatch):
+    model = torch.nn.Linear(2, 1)
+    monkeypatch.setattr(M, "_LR_SCALE", 2.0)
+    monkeypatch.setattr(M, "_OPTIMIZER", "adam")
+    opt = M.sgd(model, 0.1, momentum=0.5, weight_decay=1e-4)
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2 * M.ADAM_LR) and opt.param_groups[0]["weight_decay"] == 1e-4
+    jobs = M.jobs_for(["digits-f1"], [0], {}, ("usual",), optimizer="adam")
+    assert [j.optimizer for j in jobs] == ["adam"]
+    # the job sets the optimiser in the process that runs it: the digits run trains with Adam
+    made, original = [], torch.optim.Adam.__init__
+
+    def spy(self, *args, **kwargs):
+        made.append(kwargs.get("lr"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "__init__", spy)
+    monkeypatch.setattr(M, "_OPTIMIZER", "sgd")
+    row = M._run_job(jobs[0], quick=True)
+    assert made == [pytest.approx(M.ADAM_LR)] and row["optimizer"] == "adam" and 0.5 < row["final"] <= 1.0
+    assert "optimizer" not in M._run_job(M.Job("digits-f1", "cross-entropy", "usual", "ce", 0), quick=True)
+
+
 def test_imbalanced_mnist_keeps_the_stated_share_of_each_digit():
     pytest.importorskip("numpy")
     try:

@@ -61,6 +61,11 @@ verdict per task.
 table of each loss at its best scale: at one learning rate, a loss whose gradient is larger than
 the usual loss's also takes larger steps, and a win can be the step's size rather than its
 direction (docs/results/metric-wins/lr-grid/ measures it).
+
+``--optimizer adam`` trains every row with :class:`torch.optim.Adam` at its default learning rate
+``1e-3`` (times ``--lr-scales``; the recipe's weight decay and schedule kept) instead of the
+recipes' SGD: the defaults were chosen with SGD, and a practitioner who does not tune reaches for
+Adam (docs/results/metric-wins/quick-adam/).
 """
 
 from __future__ import annotations
@@ -246,9 +251,23 @@ def tuned_threshold(scores: Tensor, target: Tensor, beta: float = 1.0) -> float:
 #: learning rate is its own times this. Set by :func:`_run_job` in the process that runs the job.
 _LR_SCALE = 1.0
 
+#: The optimiser of the run in progress (``--optimizer``): ``"sgd"``, each recipe's own, or
+#: ``"adam"``, :class:`torch.optim.Adam` at its default learning rate ``1e-3`` for every task and
+#: loss (times the learning-rate scale; the recipe's weight decay and schedule kept, its momentum
+#: unused): what a practitioner who does not tune would try, and a setting the defaults were not
+#: chosen on. Set by :func:`_run_job` in the process that runs the job.
+_OPTIMIZER = "sgd"
 
-def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.SGD:
-    """The recipes' SGD, at ``lr`` times the suite's learning-rate scale of the run."""
+#: Adam's learning rate in ``--optimizer adam`` runs (before the learning-rate scale).
+ADAM_LR = 1e-3
+
+
+def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The recipes' SGD, at ``lr`` times the suite's learning-rate scale of the run; with
+    ``--optimizer adam``, Adam at :data:`ADAM_LR` times that scale instead (``lr`` and ``momentum``
+    unused)."""
+    if _OPTIMIZER == "adam":
+        return torch.optim.Adam(model.parameters(), lr=ADAM_LR * _LR_SCALE, weight_decay=weight_decay)
     return torch.optim.SGD(model.parameters(), lr=lr * _LR_SCALE, momentum=momentum, weight_decay=weight_decay)
 
 
@@ -636,15 +655,17 @@ class Job:
     seed: int
     options: dict = field(default_factory=dict)
     lr_scale: float = 1.0
+    optimizer: str = "sgd"
 
 
 def _run_job(job: Job, quick: bool, progress: bool = False) -> dict:
     """One run; a run whose network diverged (non-finite scores) is recorded with a NaN metric
     and the error, so the suite goes on and the table shows it. ``progress``: a line on stderr
     after each epoch."""
-    global _LR_SCALE, _ON_EPOCH
+    global _LR_SCALE, _ON_EPOCH, _OPTIMIZER
     torch.set_num_threads(1)
     _LR_SCALE = job.lr_scale
+    _OPTIMIZER = job.optimizer
     t0 = time.perf_counter()
 
     def report_epoch(epoch: int, value: float) -> None:
@@ -661,6 +682,8 @@ def _run_job(job: Job, quick: bool, progress: bool = False) -> dict:
         curve, error = [float("nan")], f"diverged: {exc}"
     row = dict(task=job.task, loss=job.label, kind=job.kind, seed=job.seed, final=curve[-1], curve=curve,
                seconds=time.perf_counter() - t0, options=job.options, lr_scale=job.lr_scale)
+    if job.optimizer != "sgd":
+        row["optimizer"] = job.optimizer
     if error:
         row["error"] = error
     return row
@@ -668,7 +691,7 @@ def _run_job(job: Job, quick: bool, progress: bool = False) -> dict:
 
 def jobs_for(tasks: Sequence[str], seeds: Sequence[int], variants: Dict[str, dict],
              kinds: Sequence[str] = ("usual", "baseline", "uniloss", "variant"),
-             lr_scales: Sequence[float] = (1.0,)) -> List[Job]:
+             lr_scales: Sequence[float] = (1.0,), optimizer: str = "sgd") -> List[Job]:
     """Every (task, loss, learning-rate scale, seed) to run, the costliest tasks first."""
     jobs = []
     for name in sorted(tasks, key=lambda t: -TASKS[t].weight):
@@ -677,7 +700,7 @@ def jobs_for(tasks: Sequence[str], seeds: Sequence[int], variants: Dict[str, dic
         rows += [(f"UniLoss, {v}", "variant", "uniloss", opts) for v, opts in variants.items()]
         for label, kind, loss, opts in rows:
             if kind in kinds:
-                jobs += [Job(name, label, kind, loss, s, opts, lr) for lr in lr_scales for s in seeds]
+                jobs += [Job(name, label, kind, loss, s, opts, lr, optimizer) for lr in lr_scales for s in seeds]
     return jobs
 
 
@@ -843,16 +866,17 @@ def run(args: argparse.Namespace) -> dict:
     seeds = args.seeds if args.seeds is not None else [0, 1, 2]
     kinds = ("usual", "baseline", "uniloss", "variant") if not args.variants_only else ("variant",)
     lr_scales = args.lr_scales or [1.0]
-    jobs = jobs_for(args.tasks or SUITE, seeds, variants, kinds, lr_scales)
+    jobs = jobs_for(args.tasks or SUITE, seeds, variants, kinds, lr_scales, args.optimizer)
     start = time.perf_counter()
     out = args.out or ("docs/results/metric-wins" + ("/quick" if args.quick else ""))
     header = dict(
         table="metric-wins" + ("-quick" if args.quick else ""),
         title="Metric wins: UniLoss against the usual loss and the strongest simple baseline"
-        + (" (quick screen)" if args.quick else ""),
+        + (" (quick screen)" if args.quick else "")
+        + ("" if args.optimizer == "sgd" else f", every loss with Adam (lr {ADAM_LR:g})"),
         machine=machine() + f", torch {torch.__version__}, 1 thread a run", date=time.strftime("%Y-%m-%d"),
         command="uniloss reproduce metric-wins " + shlex.join(args.argv), seeds=seeds, jobs=args.jobs,
-        quick=args.quick, variants=variants, lr_scales=lr_scales,
+        quick=args.quick, variants=variants, lr_scales=lr_scales, optimizer=args.optimizer,
     )
     done: Dict[int, dict] = {}
     progress = _progress(len(jobs))
@@ -905,6 +929,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-scales", type=_positive_float, nargs="+", metavar="S",
                         help="run every row at each recipe's learning rate times each S, and add a table of each "
                              "loss at its best scale (default: 1)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="sgd: each recipe's SGD (default); adam: torch.optim.Adam at lr 1e-3 (times "
+                             "--lr-scales) for every task and loss, the recipe's weight decay and schedule kept")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")
     parser.add_argument("--out", help="where the table goes (default docs/results/metric-wins[/quick])")
     parser.add_argument("--progress", action="store_true",
