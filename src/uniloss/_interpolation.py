@@ -368,3 +368,72 @@ def idw_closed_form(
         grad = torch.empty_like(sq)
     mass = float(sq.numel()) if weights is None else weights.sum()
     return g, grad, mass / total
+
+
+INTERPOLATIONS = ("anchors", "chain")
+
+
+def chain_points(num_bits: int, points: int, max_elements: int) -> int:
+    """How many segments the chain of ``num_bits`` comparisons is cut into: ``points`` (the
+    extension is exact where ``num_bits <= points``), fewer where ``(segments + 1) x num_bits``
+    would pass ``max_elements``, at least one and at most ``num_bits``."""
+    return max(1, min(num_bits, points, max_elements // max(num_bits, 1) - 1))
+
+
+def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor], temperature,
+                    segments: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The metric's Lovász extension along the chain of its comparisons (``interpolation="chain"``).
+
+    With ``v_k`` the relaxed bit's agreement with the best configuration (``u_k = sigmoid(c_k /
+    tau)`` where ``best_k`` is 1, ``1 - u_k`` where it is 0), sorted descending, and ``S_j`` the
+    configuration whose first ``j`` comparisons in that order take their best value and the rest
+    the other one,
+
+    .. math:: \tilde g(v) = g(S_0) + \sum_k v_{(k)} \bigl(g(S_k) - g(S_{k-1})\bigr),
+
+    the piecewise-linear interpolation of ``g`` on the simplex of the cube that holds ``v`` (equal
+    to ``g`` at every vertex; for a submodular ``g`` its convex closure, as Lovász-softmax is for
+    IoU): each comparison is pushed by its marginal gain at the current order. ``g`` is evaluated
+    at ``segments + 1`` points of the chain (``j = 0, l / segments, ..., l``) in one ``evaluate``
+    call; within a segment every comparison gets the segment's mean gain (``segments = l``: the
+    exact extension; the gains still sum to ``g(best) - g(S_0)``).
+
+    Args:
+        c: ``[l]`` comparisons (differentiable); best: ``[l]`` bool; evaluate: ``[t, l]`` bool ->
+        ``[t]`` metric values (undefined values count as no gain; it may return more rows than
+        given, e.g. of configurations it appends, which the chain does not use); temperature:
+        ``tau``; segments: how many (``1 .. l``).
+
+    Returns:
+        ``(g, values, gains, u)``: ``g~`` (0-dim, differentiable in ``c``), the values ``evaluate``
+        returned (the first ``segments + 1`` along the chain), each comparison's ``[l]`` gain
+        ``d g~ / d v_k`` and the relaxed bits ``u`` (all detached but ``g``).
+
+    Example::
+
+        >>> import torch
+        >>> from uniloss._interpolation import chain_extension
+        >>> best = torch.tensor([True, True])
+        >>> both = lambda bits: bits.all(1).float()  # 1 when both comparisons are right
+        >>> g, values, gains, _ = chain_extension(torch.tensor([4.0, 0.0]), best, both, 1.0, 2)
+        >>> values, gains  # the less certain comparison carries the whole gain
+        (tensor([0., 0., 1.]), tensor([0., 1.]))
+        >>> round(float(g), 4)  # its relaxed bit, sigmoid(0)
+        0.5
+    """
+    l = c.numel()
+    u = torch.sigmoid(c / temperature)
+    v = torch.where(best, u, 1.0 - u)
+    with torch.no_grad():
+        order = torch.argsort(v.detach(), descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(l, device=c.device)
+        cuts = torch.div(torch.arange(segments + 1, device=c.device) * l, segments, rounding_mode="floor")
+        agree = rank[None, :] < cuts[:, None]  # [segments + 1, l]: S_j agrees with best on its first bits
+        values = evaluate(torch.where(agree, best[None], ~best[None])).to(c.dtype)
+        chain = values[: segments + 1]
+        steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0)
+        segment = torch.bucketize(rank, cuts[1:], right=True).clamp_(max=segments - 1)
+        gains = (steps / (cuts[1:] - cuts[:-1]).to(c.dtype))[segment]
+    g = torch.nan_to_num(chain[0], nan=0.0) + torch.dot(gains, v)
+    return g, values, gains, u.detach()

@@ -21,7 +21,8 @@ _PER_SAMPLE = (MulticlassAccuracy, PCK)
 _PER_SAMPLE_ZOO = re.compile(r"top_\d+_accuracy|pck")
 # The options a module pickled before they existed keeps (it has no attribute): the behaviour of
 # its version (nearby: before the option; pull_per and step: before 0.3; pull_weights: before 0.5).
-_PICKLED_BEFORE: "dict[str, Any]" = {"nearby": "all", "pull_per": "comparison", "step": "sum", "pull_weights": "equal"}
+_PICKLED_BEFORE: "dict[str, Any]" = {"nearby": "all", "pull_per": "comparison", "step": "sum", "pull_weights": "equal",
+                                     "interpolation": "anchors"}
 
 
 def _per_rank_set_metric(decomposition: Decomposition) -> bool:
@@ -80,6 +81,10 @@ class UniLoss(nn.Module):
             changes when it alone toggles at the current configuration; balanced accuracy's pull
             is class-weighted cross-entropy) or ``"equal"`` (0.4); see
             :func:`uniloss.functional.uniloss`.
+        interpolation: ``"anchors"`` (default, the paper: inverse distance weighting over
+            drawn anchors) or ``"chain"`` (the metric's Lovász extension along the chain of its
+            comparisons; opt-in, measured ahead of Lovász-softmax on mean IoU); see
+            :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
@@ -128,6 +133,7 @@ class UniLoss(nn.Module):
         pull_per: str = "sample",
         step: str = "pull",
         pull_weights: str = "metric",
+        interpolation: str = "anchors",
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -201,7 +207,7 @@ class UniLoss(nn.Module):
             f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
             f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
             + "".join(f", {name}={getattr(self, name, _PICKLED_BEFORE[name])!r}"
-                      for name in ("pull_per", "step", "pull_weights")
+                      for name in ("pull_per", "step", "pull_weights", "interpolation")
                       if getattr(self, name, _PICKLED_BEFORE[name]) != OPTIONS[name])
             + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
         )

@@ -1,0 +1,59 @@
+"""What ``interpolation="chain"`` costs per loss call against the anchors' interpolation (the
+default): forward and backward, eager, one thread, the two interleaved in one process (median of
+60 calls after 10 warm-up ones; 20 after 3 for the segmentation batch), ratios beside the
+absolute times.
+
+    python benchmarks/chain_cost.py     # writes docs/results/metric-wins/screens/v39/cost.txt
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import uniloss
+from uniloss import zoo
+from uniloss.experiments.reproduce import machine
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "metric-wins" / "screens" / "v39" / "cost.txt"
+
+
+def main() -> str:
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    cases = {
+        "AP, batch 128 (10% positives)": (uniloss.AveragePrecision(), torch.randn(128, generator=g),
+                                          (torch.rand(128, generator=g) < 0.1).long()),
+        "accuracy, 128 x 10": (uniloss.MulticlassAccuracy(), torch.randn(128, 10, generator=g),
+                               torch.randint(0, 10, (128,), generator=g)),
+        "mean IoU, 32 x 2 x 28 x 28 (the suite's segmentation batch)": (
+            zoo.mean_iou(2), torch.randn(32, 2, 28, 28, generator=g), torch.randint(0, 2, (32, 28, 28), generator=g)),
+    }
+    lines = [f"interpolation='chain' against the anchors' (the default), forward + backward per call, eager; "
+             f"{machine()}, torch {torch.__version__}, 1 thread; {time.strftime('%Y-%m-%d %H:%M')}. "
+             "Regenerate: python benchmarks/chain_cost.py", ""]
+    for name, (dec, scores, target) in cases.items():
+        fns = {kind: uniloss.UniLoss(dec, interpolation=kind) for kind in ("anchors", "chain")}
+        small = scores.numel() < 10_000
+        warm, calls = (10, 60) if small else (3, 20)
+        times: dict = {kind: [] for kind in fns}
+        for i in range(warm + calls):
+            for kind, fn in fns.items():
+                s = scores.clone().requires_grad_(True)
+                t0 = time.perf_counter()
+                fn(s, target).backward()
+                if i >= warm:
+                    times[kind].append(time.perf_counter() - t0)
+        a, c = (statistics.median(times[k]) * 1e3 for k in ("anchors", "chain"))
+        lines.append(f"{name}: anchors {a:.2f} ms, chain {c:.2f} ms ({c / a:.2f}x), "
+                     f"{fns['chain'].last.kinds[0][1]} points of the chain, {fns['chain'].last.num_bits} comparisons")
+    text = "\n".join(lines) + "\n"
+    OUT.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main(), end="")

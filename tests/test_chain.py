@@ -1,0 +1,181 @@
+"""``interpolation="chain"``: the metric's Lovász extension along the chain of its comparisons.
+
+References: a brute-force extension (every prefix of the order evaluated by a hand-written
+metric in a Python loop), the exact metric at the vertices, and the telescoping of the gains.
+"""
+
+import pytest
+import torch
+
+import uniloss
+from uniloss import _limits, zoo
+from uniloss import functional as F
+from uniloss._interpolation import chain_extension, chain_points
+
+
+def _accuracy_by_hand(bits, n, k):
+    """Accuracy from ``[l]`` bits laid out ``[n, k]``: a sample is right when all its bits are."""
+    return sum(all(bool(b) for b in bits[i * k:(i + 1) * k]) for i in range(n)) / n
+
+
+def _brute_force_extension(c, best, metric, temperature):
+    """g(S_0) + sum_k v_(k) (g(S_k) - g(S_(k-1))), every prefix built and evaluated one by one."""
+    u = torch.sigmoid(c / temperature)
+    v = torch.where(best, u, 1 - u)
+    order = sorted(range(len(c)), key=lambda k: -float(v[k].detach()))
+    current = [not bool(b) for b in best]  # S_0: every comparison the other way from best
+    previous = metric(current)
+    total = torch.zeros((), dtype=c.dtype) + previous
+    for k in order:
+        current[k] = bool(best[k])
+        value = metric(current)
+        total = total + v[k] * (value - previous)
+        previous = value
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_accuracy_chain_equals_the_brute_force_extension_value_and_gradient(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, classes = 6, 4
+    scores = torch.randn(n, classes, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, classes, (n,), generator=g)
+    dec = uniloss.MulticlassAccuracy()
+    loss, info = F.uniloss_with_info(scores, target, dec, interpolation="chain", pull=0.0, temperature=0.7)
+    (grad,) = torch.autograd.grad(loss, scores)
+
+    ref_scores = scores.detach().clone().requires_grad_(True)
+    c = dec.comparisons(ref_scores, dec.prepare(ref_scores, target)).reshape(-1)
+    best = dec.best(dec.prepare(ref_scores, target)).reshape(-1)
+    ref = _brute_force_extension(c, best, lambda bits: _accuracy_by_hand(bits, n, classes - 1), 0.7)
+    (ref_grad,) = torch.autograd.grad(-ref, ref_scores)
+    assert info.path == "chain" and info.kinds == (("chain", n * (classes - 1) + 1),)
+    torch.testing.assert_close(loss, -ref)
+    torch.testing.assert_close(grad, ref_grad)
+    assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: (uniloss.AveragePrecision(), torch.randn(30, generator=g), (torch.rand(30, generator=g) < 0.3).long()),
+    lambda g: (uniloss.MulticlassAccuracy(), torch.randn(16, 5, generator=g), torch.randint(0, 5, (16,), generator=g)),
+    lambda g: (zoo.mean_iou(3), torch.randn(2, 3, 5, 5, generator=g), torch.randint(0, 3, (2, 5, 5), generator=g)),
+    lambda g: (zoo.macro_f1(4), torch.randn(20, 4, generator=g), torch.randint(0, 4, (20,), generator=g)),
+])
+def test_at_a_vertex_the_chain_gives_the_exact_metric(make):
+    # a tiny temperature puts the relaxed bits at the hard configuration's vertex; up to
+    # chain_points comparisons the extension is exact there
+    dec, scores, target = make(torch.Generator().manual_seed(3))
+    scores = scores.double()
+    loss, info = F.uniloss_with_info(scores, target, dec, interpolation="chain", temperature=1e-12)
+    assert info.num_bits <= _limits.current_limits().chain_points
+    # (the reported metric may be float32: AP's tie-aware batch metric)
+    torch.testing.assert_close(info.surrogate, info.metric.to(info.surrogate.dtype), atol=1e-6, rtol=0)
+    assert float(loss) == pytest.approx(-float(info.metric), abs=1e-6)
+
+
+def test_a_coarse_chain_keeps_the_ends_and_telescopes():
+    g = torch.Generator().manual_seed(4)
+    c = torch.randn(50, generator=g, dtype=torch.float64)
+    best = torch.rand(50, generator=g) < 0.7
+
+    def share_right(bits):  # any metric of the bits: the share that agree with best, squared
+        return (bits == best).double().mean(1).square()
+
+    for segments in (1, 3, 7, 50):
+        value, values, gains, _ = chain_extension(c, best, share_right, 1.0, segments)
+        assert values.shape == (segments + 1,)
+        assert float(values[0]) == 0.0 and float(values[-1]) == 1.0  # S_0 all wrong, S_l best
+        assert float(gains.sum()) == pytest.approx(1.0)  # the gains telescope to g(best) - g(S_0)
+        assert 0.0 <= float(value) <= 1.0
+    # at best itself every segment's v is ~1: g~ = g(best), whatever the segments
+    value, *_ = chain_extension(torch.where(best, 50.0, -50.0).double(), best, share_right, 1.0, 3)
+    assert float(value) == pytest.approx(1.0)
+
+
+def test_the_number_of_segments_follows_the_limits():
+    assert chain_points(100, 256, 1 << 25) == 100
+    assert chain_points(10_000, 256, 1 << 25) == 256
+    assert chain_points(1 << 22, 256, 1 << 25) == 7  # [8, 4M] bits at most 32M
+    assert chain_points(1 << 26, 256, 1 << 25) == 1
+    s = torch.randn(40, 3)
+    t = torch.randint(0, 3, (40,))
+    with _limits.limits(chain_points=5):
+        _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
+    assert info.kinds == (("chain", 6),)
+
+
+def test_the_step_rule_push_is_the_chain_gradient_total():
+    # with step="pull" the chain's push sizes the step: it must be sum_k |d g~ / d c_k|
+    g = torch.Generator().manual_seed(5)
+    c = torch.randn(40, generator=g, dtype=torch.float64, requires_grad=True)
+    best = torch.rand(40, generator=g) < 0.5
+
+    def metric(bits):
+        return (bits == best).double().mean(1) ** 3
+
+    value, _, gains, u = chain_extension(c, best, metric, 0.5, 40)
+    (grad,) = torch.autograd.grad(value, c)
+    assert float((gains.abs() * u * (1 - u)).sum() / 0.5) == pytest.approx(float(grad.abs().sum()))
+
+
+def test_module_and_functional_forms_agree_and_the_pull_still_applies():
+    g = torch.Generator().manual_seed(6)
+    scores = torch.randn(12, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (12,), generator=g)
+    module = uniloss.UniLoss(zoo.balanced_accuracy(4), interpolation="chain")
+    (a,) = torch.autograd.grad(module(scores, target), scores)
+    (b,) = torch.autograd.grad(F.uniloss(scores, target, zoo.balanced_accuracy(4), interpolation="chain"), scores)
+    torch.testing.assert_close(a, b)
+    (no_pull,) = torch.autograd.grad(F.uniloss(scores, target, zoo.balanced_accuracy(4), interpolation="chain",
+                                               pull=0.0), scores)
+    assert not torch.allclose(a, no_pull)
+    assert "interpolation='chain'" in repr(module)
+    assert "interpolation" not in repr(uniloss.UniLoss(uniloss.MulticlassAccuracy()))
+
+
+def test_training_on_the_chain_raises_average_precision():
+    torch.manual_seed(0)
+    x = torch.randn(400, 5)
+    y = (x[:, 0] + 0.5 * x[:, 1] + 0.3 * torch.randn(400) > 1.0).long()
+    model = torch.nn.Linear(5, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), interpolation="chain")
+    before = float(uniloss.AveragePrecision().metric(model(x).squeeze(1).detach(), y))
+    for _ in range(60):
+        idx = torch.randint(0, 400, (64,))
+        opt.zero_grad()
+        loss_fn(model(x[idx]).squeeze(1), y[idx]).backward()
+        opt.step()
+    after = float(uniloss.AveragePrecision().metric(model(x).squeeze(1).detach(), y))
+    assert after > max(before, 0.8)
+
+
+def test_the_chain_refuses_what_it_cannot_do():
+    s = torch.randn(8, requires_grad=True)
+    y = torch.tensor([1, 0, 0, 1, 0, 0, 0, 1])
+    with pytest.raises(ValueError, match="interpolation"):
+        uniloss.UniLoss(uniloss.AveragePrecision(), interpolation="lovasz")
+    anchors = torch.ones(1, 15, dtype=torch.bool)
+    with pytest.raises(ValueError, match="anchors=None"):
+        F.uniloss(s, y, uniloss.AveragePrecision(), anchors=anchors, interpolation="chain")
+    g = torch.Generator().manual_seed(0)
+    heat = torch.randn(2, 2, 6, 6, generator=g, requires_grad=True)
+    target = uniloss.KeypointTarget(torch.rand(2, 2, 2, generator=g) * 5, torch.ones(2, 2, dtype=torch.bool),
+                                    torch.full((2,), 2.0))
+    with pytest.raises(ValueError, match="chunk_bits=40"):
+        F.uniloss(heat, target, uniloss.PCK(), chunk_bits=40, interpolation="chain")
+    loss = F.uniloss(heat, target, uniloss.PCK(), interpolation="chain")  # below chunk_bits: fine
+    loss.backward()
+    assert heat.grad is not None and torch.isfinite(heat.grad).all()
+
+
+def test_no_comparison_is_the_anchors_path_unchanged():
+    # AP without a positive has no comparison: the zero interpolation plus the pull on the margins
+    s = torch.randn(5, requires_grad=True)
+    y = torch.zeros(5, dtype=torch.long)
+    loss, info = F.uniloss_with_info(s, y, uniloss.AveragePrecision(), interpolation="chain")
+    (grad,) = torch.autograd.grad(loss, s)
+    ref = F.uniloss(s, y, uniloss.AveragePrecision())
+    (ref_grad,) = torch.autograd.grad(ref, s)
+    assert info.num_bits == 0 and float(loss.detach()) == float(ref.detach()) == 0.0
+    torch.testing.assert_close(grad, ref_grad)
