@@ -179,3 +179,21 @@ def test_no_comparison_is_the_anchors_path_unchanged():
     (ref_grad,) = torch.autograd.grad(ref, s)
     assert info.num_bits == 0 and float(loss.detach()) == float(ref.detach()) == 0.0
     torch.testing.assert_close(grad, ref_grad)
+
+
+def test_a_module_pickled_before_the_option_keeps_the_anchors():
+    g = torch.Generator().manual_seed(7)
+    scores = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 4, (16,), generator=g)
+
+    def grad(module):
+        s = scores.clone().requires_grad_()
+        module(s, target).backward()
+        return s.grad
+
+    old = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(3))
+    delattr(old, "interpolation")  # as unpickled from 0.5
+    assert "interpolation" not in repr(old)
+    current = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(grad(old), grad(current), rtol=0, atol=0)
+    assert old.last.path == "structured"

@@ -20,7 +20,8 @@ from .functional import OPTIONS, LossInfo, check_options, options_of, uniloss_wi
 _PER_SAMPLE = (MulticlassAccuracy, PCK)
 _PER_SAMPLE_ZOO = re.compile(r"top_\d+_accuracy|pck")
 # The options a module pickled before they existed keeps (it has no attribute): the behaviour of
-# its version (nearby: before the option; pull_per and step: before 0.3; pull_weights: before 0.5).
+# its version (nearby: before the option; pull_per and step: before 0.3; pull_weights: before 0.5;
+# interpolation: before 0.6).
 _PICKLED_BEFORE: "dict[str, Any]" = {"nearby": "all", "pull_per": "comparison", "step": "sum", "pull_weights": "equal",
                                      "interpolation": "anchors"}
 
