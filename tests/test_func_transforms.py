@@ -35,12 +35,13 @@ def _cases():
 CASES = _cases()
 
 
+@pytest.mark.parametrize("interpolation", ["anchors", "chain"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_func_grad_equals_backward(name):
+def test_func_grad_equals_backward(name, interpolation):
     dec, scores, target = CASES[name]
 
     def loss(s):
-        return F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0))
+        return F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0), interpolation=interpolation)
 
     grad = torch.func.grad(loss)(scores)
     leaf = scores.clone().requires_grad_()
