@@ -10,7 +10,7 @@ import torch
 import uniloss
 from uniloss import _limits, zoo
 from uniloss import functional as F
-from uniloss._interpolation import chain_extension, chain_points
+from uniloss._interpolation import chain_extension, chain_segments
 
 
 def _accuracy_by_hand(bits, n, k):
@@ -63,11 +63,11 @@ def test_accuracy_chain_equals_the_brute_force_extension_value_and_gradient(seed
 ])
 def test_at_a_vertex_the_chain_gives_the_exact_metric(make):
     # a tiny temperature puts the relaxed bits at the hard configuration's vertex; up to
-    # chain_points comparisons the extension is exact there
+    # chain_segments comparisons the extension is exact there
     dec, scores, target = make(torch.Generator().manual_seed(3))
     scores = scores.double()
     loss, info = F.uniloss_with_info(scores, target, dec, interpolation="chain", temperature=1e-12)
-    assert info.num_bits <= _limits.current_limits().chain_points
+    assert info.num_bits <= _limits.current_limits().chain_segments
     # (the reported metric may be float32: AP's tie-aware batch metric)
     torch.testing.assert_close(info.surrogate, info.metric.to(info.surrogate.dtype), atol=1e-6, rtol=0)
     assert float(loss) == pytest.approx(-float(info.metric), abs=1e-6)
@@ -93,13 +93,13 @@ def test_a_coarse_chain_keeps_the_ends_and_telescopes():
 
 
 def test_the_number_of_segments_follows_the_limits():
-    assert chain_points(100, 256, 1 << 25) == 100
-    assert chain_points(10_000, 256, 1 << 25) == 256
-    assert chain_points(1 << 22, 256, 1 << 25) == 7  # [8, 4M] bits at most 32M
-    assert chain_points(1 << 26, 256, 1 << 25) == 1
+    assert chain_segments(100, 256, 1 << 25) == 100
+    assert chain_segments(10_000, 256, 1 << 25) == 256
+    assert chain_segments(1 << 22, 256, 1 << 25) == 7  # [8, 4M] bits at most 32M
+    assert chain_segments(1 << 26, 256, 1 << 25) == 1
     s = torch.randn(40, 3)
     t = torch.randint(0, 3, (40,))
-    with _limits.limits(chain_points=5):
+    with _limits.limits(chain_segments=5):
         _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
     assert info.kinds == (("chain", 6),)
 

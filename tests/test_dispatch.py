@@ -137,4 +137,4 @@ def test_no_module_but_limits_defines_a_limit():
     assert offenders == []
     assert set(_limits.EngineLimits.__dataclass_fields__) == {
         "chunk_bits", "block_bits", "static_max_bits", "cpu_static_max_bits", "unpack_bits", "dense_bits",
-        "select_block", "select_chunk", "weight_outputs", "weight_counts", "chain_points", "chain_elements"}
+        "select_block", "select_chunk", "weight_outputs", "weight_counts", "chain_segments", "chain_elements"}

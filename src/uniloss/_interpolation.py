@@ -373,7 +373,7 @@ def idw_closed_form(
 INTERPOLATIONS = ("anchors", "chain")
 
 
-def chain_points(num_bits: int, points: int, max_elements: int) -> int:
+def chain_segments(num_bits: int, points: int, max_elements: int) -> int:
     """How many segments the chain of ``num_bits`` comparisons is cut into: ``points`` (the
     extension is exact where ``num_bits <= points``), fewer where ``(segments + 1) x num_bits``
     would pass ``max_elements``, at least one and at most ``num_bits``."""

@@ -67,7 +67,7 @@ class EngineLimits:
             above it its runs weigh alike.
         weight_counts: the most class counts (``[rows, C]``) the run weights of a metric of the
             class counts (the zoo's argmax metrics) may take; above it its runs weigh alike.
-        chain_points: the segments ``interpolation="chain"`` cuts the chain of comparisons into
+        chain_segments: how many segments ``interpolation="chain"`` cuts the chain of comparisons into
             (the metric is evaluated at one more point than this; exact up to this many
             comparisons).
         chain_elements: the most bits those evaluations may hold together (``[points, l]``
@@ -84,7 +84,7 @@ class EngineLimits:
     select_chunk: int = 4096
     weight_outputs: int = 1 << 24
     weight_counts: int = 1 << 22
-    chain_points: int = 256
+    chain_segments: int = 256
     chain_elements: int = 1 << 25
 
     def static_bits_for(self, device: Union[torch.device, str]) -> int:

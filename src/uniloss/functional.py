@@ -20,7 +20,7 @@ from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with
 from ._function import is_wrapped
 from ._interpolation import (
     DISTANCES, INTERPOLATIONS, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs,
-    chain_extension, chain_points, comparison_scale, gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost,
+    chain_extension, chain_segments, comparison_scale, gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost,
     rms_unit, sq_distances_from_costs, step_factor,
 )
 from ._limits import EngineLimits, current_limits
@@ -147,9 +147,9 @@ class Plan:
     Attributes:
         path: the engine path to run (:attr:`LossInfo.path`): ``"dense"`` (given dense anchors,
             or no comparison), ``"structured"`` (sampled anchors or a given structured
-            :class:`~uniloss.AnchorSet`) or ``"chunked"`` (the structured engine block by block:
+            :class:`~uniloss.AnchorSet`), ``"chunked"`` (the structured engine block by block:
             more than ``chunk_bits`` comparisons and a :class:`~uniloss.Structure` with
-            ``comparisons_block``).
+            ``comparisons_block``) or ``"chain"`` (``interpolation="chain"``, some comparisons).
         static_bits: the static layout offered to ``prepare`` (the most comparisons it may hold:
             :meth:`EngineLimits.static_bits_for` the device; a decomposition that can also be
             processed block by block claims at most ``chunk_bits``; ``0`` on a CPU, which then gets
@@ -249,8 +249,8 @@ def choose_path(
             if anchor_set.is_structured and not torch.equal(cast(Tensor, anchor_set.hard), c.detach() > 0):
                 anchor_set = AnchorSet(anchor_set.dense(), anchor_set.kinds)  # drawn for another c
     dense = c.numel() == 0 or (anchor_set is not None and not anchor_set.is_structured)
-    return Plan("dense" if dense else "structured", offer, layout, prepared, structure, c, anchor_set, limit,
-                block_bits)
+    path = "dense" if dense else "chain" if chain else "structured"
+    return Plan(path, offer, layout, prepared, structure, c, anchor_set, limit, block_bits)
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -364,7 +364,7 @@ def uniloss_with_info(
         temperature = cast(float, temperature * scale)
     wrong: Optional[Tensor]  # hard != best; None for dense anchors
     anchor_set: Optional[AnchorSet]  # None with interpolation="chain" (no anchors drawn)
-    chained = interpolation == "chain" and l > 0
+    chained = plan.path == "chain"
     with torch.no_grad():
         if anchors is None:
             best = decomposition.best(target)
@@ -624,7 +624,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     :func:`_dense_loss`."""
     limits = current_limits()
     l = c.numel()
-    segments = chain_points(l, limits.chain_points, limits.chain_elements)
+    segments = chain_segments(l, limits.chain_segments, limits.chain_elements)
 
     def evaluate(bits: Tensor) -> Tensor:  # the chain and the current configuration (last row) in one call
         return decomposition.evaluate(torch.cat([bits, hard[None]], 0), target)
