@@ -3,7 +3,7 @@ default): forward and backward, eager, one thread, the two interleaved in one pr
 60 calls after 10 warm-up ones; 20 after 3 for the segmentation batch), ratios beside the
 absolute times.
 
-    python benchmarks/chain_cost.py     # writes docs/results/metric-wins/screens/v39/cost.txt
+    python benchmarks/chain_cost.py     # writes docs/results/metric-wins/screens/v40/cost.txt
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uniloss
 from uniloss import zoo
 from uniloss.experiments.reproduce import machine
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "metric-wins" / "screens" / "v39" / "cost.txt"
+OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "metric-wins" / "screens" / "v40" / "cost.txt"
 
 
 def main() -> str:

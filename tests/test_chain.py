@@ -99,9 +99,84 @@ def test_the_number_of_segments_follows_the_limits():
     assert chain_segments(1 << 26, 256, 1 << 25) == 1
     s = torch.randn(40, 3)
     t = torch.randint(0, 3, (40,))
+    with _limits.limits(chain_segments=5):  # a metric known only through evaluate
+        _, info = F.uniloss_with_info(s, t, _BitsAccuracy(2), interpolation="chain")
+    assert info.kinds == (("chain", 6),)
+    # a metric of the runs' counts: exact up to chain_elements counts ([points, S]), whatever
+    # chain_segments says; above it fewer points
     with _limits.limits(chain_segments=5):
         _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
-    assert info.kinds == (("chain", 6),)
+    assert info.kinds == (("chain", 81),)
+    with _limits.limits(chain_elements=40 * 9):
+        _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
+    assert info.kinds == (("chain", 9),)
+
+
+class _BitsAccuracy(uniloss.Decomposition):
+    """Accuracy of ``[n, C]`` scores with ``C - 1`` comparisons per row, known to the engine only
+    through ``evaluate`` (no structure): the chain evaluates its bits."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def comparisons(self, scores, target):
+        return uniloss.MulticlassAccuracy().comparisons(scores, target)
+
+    def best(self, target):
+        return torch.ones(target.numel() * self.k, dtype=torch.bool)
+
+    def evaluate(self, bits, target):
+        return bits.reshape(bits.shape[0], -1, self.k).all(-1).double().mean(-1)
+
+
+_COUNT_METRICS = [
+    lambda g: (zoo.mean_iou(2), torch.randn(3, 2, 5, 5, generator=g), torch.randint(0, 2, (3, 5, 5), generator=g)),
+    lambda g: (zoo.mean_iou(4), torch.randn(2, 4, 4, 4, generator=g), torch.randint(0, 4, (2, 4, 4), generator=g)),
+    lambda g: (zoo.dice(3), torch.randn(2, 3, 4, 5, generator=g), torch.randint(0, 3, (2, 4, 5), generator=g)),
+    lambda g: (zoo.macro_f1(5), torch.randn(30, 5, generator=g), torch.randint(0, 5, (30,), generator=g)),
+    lambda g: (zoo.balanced_accuracy(4), torch.randn(25, 4, generator=g), torch.randint(0, 4, (25,), generator=g)),
+    lambda g: (zoo.matthews_corrcoef(3), torch.randn(25, 3, generator=g), torch.randint(0, 3, (25,), generator=g)),
+    lambda g: (uniloss.AveragePrecision(), torch.randn(40, generator=g), (torch.rand(40, generator=g) < 0.3).long()),
+    lambda g: (uniloss.MulticlassAccuracy(), torch.randn(20, 6, generator=g), torch.randint(0, 6, (20,), generator=g)),
+    lambda g: (uniloss.MulticlassAccuracy(fraction=0.5, undrawn="current"), torch.randn(20, 6, generator=g),
+               torch.randint(0, 6, (20,), generator=g)),
+]
+
+
+@pytest.mark.parametrize("make", _COUNT_METRICS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_chain_from_counts_equals_the_chain_of_evaluated_bits(make, seed):
+    # The values along the chain from the zoo's closed form (Structure.chain) or from the runs'
+    # counts (evaluate_zeros) against evaluate() of every configuration of the chain, bits and
+    # all; the closed form also block by block (a tiny chain_elements).
+    dec, scores, target = make(torch.Generator().manual_seed(seed))
+    scores = (2 * scores).double()
+    plan = dec.prepare(scores, target, torch.Generator().manual_seed(seed))
+    c = dec.comparisons(scores, plan).reshape(-1)
+    best = dec.best(plan).reshape(-1)
+    l = c.numel()
+    evaluated = chain_extension(c, best, lambda bits: dec.evaluate(bits, plan), 1.0, l)
+    _, info = F.uniloss_with_info(scores.clone().requires_grad_(True), target, dec, interpolation="chain",
+                                  generator=torch.Generator().manual_seed(seed))
+    assert info.kinds == (("chain", l + 1),)
+    torch.testing.assert_close(info.anchor_values, evaluated[1].to(info.anchor_values.dtype), equal_nan=True)
+    structure = dec.structure(plan)
+    if structure.chain is not None:
+        rank = torch.randperm(l, generator=torch.Generator().manual_seed(seed))
+        whole = structure.chain(rank)
+        with _limits.limits(chain_elements=7):
+            torch.testing.assert_close(structure.chain(rank), whole, equal_nan=True)
+
+
+def test_the_closed_form_chain_by_hand():
+    # mean IoU of 2 pixels x 2 classes (one comparison each, label 1 then 0), the second pixel's
+    # comparison first in the chain: S_0 both wrong (IoU 0, 0), then pixel 2 right (class 0: 1/2,
+    # class 1: 0), then both (1, 1)
+    dec = zoo.mean_iou(2)
+    scores = torch.zeros(1, 2, 1, 2)
+    plan = dec.prepare(scores, torch.tensor([[[1, 0]]]))
+    values = dec.structure(plan).chain(torch.tensor([1, 0]))
+    torch.testing.assert_close(values, torch.tensor([0.0, 0.25, 1.0]))
 
 
 def test_the_step_rule_push_is_the_chain_gradient_total():

@@ -60,6 +60,15 @@ class Structure:
             the pull is taken per run; ``None``: every run alike (metrics whose units count
             alike, accuracy, PCK, need none). The zoo's argmax metrics give them
             (:meth:`uniloss.DecodedMetric.structure`).
+        chain: optional, ``rank [l]`` (int64, a permutation of ``0 .. l - 1``) -> ``[l + 1]``
+            values: the metric at every point of the chain ``interpolation="chain"`` walks,
+            ``g(S_j)`` with ``S_j`` the configuration whose comparisons of rank ``< j`` take their
+            ``best`` value and the others the opposite one (NaN where undefined). Give it where the
+            metric along the chain has a closed form cheaper than ``evaluate`` of ``[l + 1, l]``
+            bits: the chain is then exact at every one of its ``l`` steps. ``None``: the engine
+            evaluates up to ``chain_segments + 1`` points of it with ``evaluate``. The zoo's
+            metrics of class counts with one run per row give it
+            (mean IoU, Dice, macro-F1, balanced accuracy: ``O(S C)`` counts from one sort).
 
     Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
 
@@ -87,6 +96,7 @@ class Structure:
     rows: Optional[int] = None
     margins: Optional[Callable[[Tensor], Tensor]] = None
     run_weights: Optional[Callable[[], Optional[Tensor]]] = None
+    chain: Optional[Callable[[Tensor], Tensor]] = None
 
     def __post_init__(self) -> None:
         # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)
@@ -104,6 +114,8 @@ class Structure:
             raise TypeError("Expected Structure.margins to be callable: scores -> [n] margins")
         if self.run_weights is not None and not callable(self.run_weights):
             raise TypeError("Expected Structure.run_weights to be callable: () -> [S] weights (or None)")
+        if self.chain is not None and not callable(self.chain):
+            raise TypeError("Expected Structure.chain to be callable: rank [l] -> [l + 1] values along the chain")
 
     def plus_one(self, zeros: Tensor) -> Tensor:
         """``[S]`` counts -> ``[S]``: :attr:`evaluate_zeros_plus_one`, or ``S`` one-hot rows

@@ -381,7 +381,8 @@ def chain_segments(num_bits: int, points: int, max_elements: int) -> int:
 
 
 def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor], temperature,
-                    segments: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                    segments: int, along: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""The metric's Lovász extension along the chain of its comparisons (``interpolation="chain"``).
 
     With ``v_k`` the relaxed bit's agreement with the best configuration (``u_k = sigmoid(c_k /
@@ -393,21 +394,25 @@ def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor
 
     the piecewise-linear interpolation of ``g`` on the simplex of the cube that holds ``v`` (equal
     to ``g`` at every vertex; for a submodular ``g`` its convex closure, as Lovász-softmax is for
-    IoU): each comparison is pushed by its marginal gain at the current order. ``g`` is evaluated
-    at ``segments + 1`` points of the chain (``j = 0, l / segments, ..., l``) in one ``evaluate``
-    call; within a segment every comparison gets the segment's mean gain (``segments = l``: the
-    exact extension; the gains still sum to ``g(best) - g(S_0)``).
+    IoU): each comparison is pushed by its marginal gain at the current order. ``g`` is known at
+    ``segments + 1`` points of the chain (``j = 0, l / segments, ..., l``); within a segment every
+    comparison gets the segment's mean gain (``segments = l``: the exact extension; the gains
+    still sum to ``g(best) - g(S_0)``). The values come from ``along`` where the metric gives them
+    without its bits (:attr:`uniloss.Structure.chain`, counts per run), else from one
+    ``evaluate`` of the ``[segments + 1, l]`` configurations.
 
     Args:
         c: ``[l]`` comparisons (differentiable); best: ``[l]`` bool; evaluate: ``[t, l]`` bool ->
         ``[t]`` metric values (undefined values count as no gain; it may return more rows than
         given, e.g. of configurations it appends, which the chain does not use); temperature:
-        ``tau``; segments: how many (``1 .. l``).
+        ``tau``; segments: how many (``1 .. l``); along: optional, ``(rank [l], cuts [segments +
+        1])`` -> the values ``g(S_cuts[j])`` (more rows allowed, as for ``evaluate``), in place of
+        ``evaluate``.
 
     Returns:
         ``(g, values, gains, u)``: ``g~`` (0-dim, differentiable in ``c``), the values ``evaluate``
-        returned (the first ``segments + 1`` along the chain), each comparison's ``[l]`` gain
-        ``d g~ / d v_k`` and the relaxed bits ``u`` (all detached but ``g``).
+        (or ``along``) returned (the first ``segments + 1`` along the chain), each comparison's
+        ``[l]`` gain ``d g~ / d v_k`` and the relaxed bits ``u`` (all detached but ``g``).
 
     Example::
 
@@ -429,11 +434,38 @@ def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor
         rank = torch.empty_like(order)
         rank[order] = torch.arange(l, device=c.device)
         cuts = torch.div(torch.arange(segments + 1, device=c.device) * l, segments, rounding_mode="floor")
-        agree = rank[None, :] < cuts[:, None]  # [segments + 1, l]: S_j agrees with best on its first bits
-        values = evaluate(torch.where(agree, best[None], ~best[None])).to(c.dtype)
+        if along is not None:
+            values = along(rank, cuts).to(c.dtype)
+        else:
+            agree = rank[None, :] < cuts[:, None]  # [segments + 1, l]: S_j agrees with best on its first bits
+            values = evaluate(torch.where(agree, best[None], ~best[None])).to(c.dtype)
         chain = values[: segments + 1]
         steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0)
-        segment = torch.bucketize(rank, cuts[1:], right=True).clamp_(max=segments - 1)
-        gains = (steps / (cuts[1:] - cuts[:-1]).to(c.dtype))[segment]
+        if segments == l:  # the exact extension: comparison k's own step
+            gains = steps[rank]
+        else:
+            segment = torch.bucketize(rank, cuts[1:], right=True).clamp_(max=segments - 1)
+            gains = (steps / (cuts[1:] - cuts[:-1]).to(c.dtype))[segment]
     g = torch.nan_to_num(chain[0], nan=0.0) + torch.dot(gains, v)
     return g, values, gains, u.detach()
+
+
+def chain_zeros(runs, best: Tensor, rank: Tensor, cuts: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[P, S]``: how many 0-bits each run holds at the chain's points ``S_cuts[j]``
+    (:func:`chain_extension`), for a metric of the runs' counts (:attr:`uniloss.Structure.evaluate_zeros`).
+
+    ``S_0`` holds the opposite of ``best`` (run ``s`` has as many 0-bits as ``best`` has 1-bits
+    there); the comparison at position ``i`` of the chain changes its run's count by ``1 - 2
+    best`` when it takes its best value. One ``index_add`` of those changes by (segment, run) and
+    a cumulative sum over the segments: ``O(l + P S)``, against ``evaluate`` of ``[P, l]`` bits.
+    ``runs``: :class:`uniloss._structured.Runs` (``run_of``, ``num``)."""
+    # Counted in `dtype` (floating): exact, the counts staying below 2**24 (chunk_bits).
+    l, p, num = rank.numel(), cuts.numel(), runs.num
+    run = runs.run_of(torch.arange(l, device=rank.device))  # the run of each comparison, by index
+    ones = best.to(dtype)
+    start = torch.zeros(num, dtype=dtype, device=rank.device).index_add_(0, run, ones)
+    segment = torch.bucketize(rank, cuts[1:], right=True)  # position rank_k lies in segment i: cuts[i] <= rank_k < cuts[i+1]
+    zeros = torch.zeros(p * num, dtype=dtype, device=rank.device)
+    zeros[:num] = start
+    zeros.index_add_(0, (segment + 1) * num + run, 1.0 - 2.0 * ones)
+    return zeros.view(p, num).cumsum_(0)

@@ -20,7 +20,7 @@ from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with
 from ._function import is_wrapped
 from ._interpolation import (
     DISTANCES, INTERPOLATIONS, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs,
-    chain_extension, chain_segments, comparison_scale, gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost,
+    chain_extension, chain_segments, chain_zeros, comparison_scale, gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost,
     rms_unit, sq_distances_from_costs, step_factor,
 )
 from ._limits import EngineLimits, current_limits
@@ -400,7 +400,7 @@ def uniloss_with_info(
     if chained:
         assert best is not None  # no anchors given (choose_path): computed above
         loss, info, push = _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign,
-                                       need_push=stepped)
+                                       need_push=stepped, structure=structure, runs=runs)
         loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, None,
                           push if stepped else None, margins, run_weights)
         return loss, with_exact_metric(info, decomposition, target, scores)
@@ -616,21 +616,38 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
     return loss, LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds), push
 
 
-def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign, need_push=False):
+def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign, need_push=False,
+                structure=None, runs=None):
     """``interpolation="chain"``: the metric's extension along the chain of the comparisons
-    (:func:`uniloss._interpolation.chain_extension`) at the limits' number of points. A number
+    (:func:`uniloss._interpolation.chain_extension`). Its values along the chain: from the
+    structure's closed form where it gives one (:attr:`uniloss.Structure.chain`, exact), from the
+    runs' counts where the metric is a function of them (``evaluate_zeros``; exact up to
+    ``chain_elements`` counts), else from ``evaluate`` at the limits' number of points. A number
     ``grad_scale`` multiplies its gradient; the anchors' scales (``"bounded"``, ...) do not apply,
     its push being in the metric's own units. Returns ``(loss, info, push)`` as
     :func:`_dense_loss`."""
     limits = current_limits()
     l = c.numel()
-    segments = chain_segments(l, limits.chain_segments, limits.chain_elements)
+    along = None
+    if structure is not None and structure.chain is not None:
+        segments, closed_form = l, structure.chain
+        along = lambda rank, cuts: closed_form(rank)[cuts]  # noqa: E731
+    elif structure is not None and structure.evaluate_zeros is not None and runs is not None:
+        segments = max(1, min(l, limits.chain_elements // max(runs.num, 1) - 1))
+        of_zeros = structure.evaluate_zeros
+        along = lambda rank, cuts: of_zeros(chain_zeros(runs, best, rank, cuts, c.dtype))  # noqa: E731
+    else:
+        segments = chain_segments(l, limits.chain_segments, limits.chain_elements)
 
     def evaluate(bits: Tensor) -> Tensor:  # the chain and the current configuration (last row) in one call
         return decomposition.evaluate(torch.cat([bits, hard[None]], 0), target)
 
-    g, values, gains, u = chain_extension(c, best, evaluate, temperature, segments)
-    metric, values = values[-1], values[:-1]
+    g, values, gains, u = chain_extension(c, best, evaluate, temperature, segments, along)
+    if along is None:
+        metric, values = values[-1], values[:-1]
+    else:
+        with torch.no_grad():
+            metric = decomposition.evaluate(hard[None], target).to(c.dtype)[0]
     scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
     push = (gains.abs() * u * (1.0 - u)).sum() * (scale / temperature) if need_push else None
     signed = sign * g
@@ -766,10 +783,14 @@ def uniloss(
             by how far their relaxed bits agree with the best configuration, the metric evaluated
             where the first ``j`` of them are right, and each pushed by its marginal gain at that
             order, the construction Lovász-softmax applies to IoU. Equal to the metric at every
-            vertex, like the anchors' interpolation; exact up to 256 comparisons, above that the
-            mean gain over 256 segments of the chain (one ``evaluate`` of ``[257, l]`` bits a call:
-            1.5-1.8x the anchors' call on AP and accuracy batches of 128, 5.6x on a segmentation
-            batch of 25,088 pixels; ``benchmarks/chain_cost.py``). The anchor
+            vertex, like the anchors' interpolation. Its values along the chain come from counts
+            where the metric is one of them (:attr:`uniloss.Structure.chain`: the zoo's metrics of
+            class counts, mean IoU, Dice, macro-F1, balanced accuracy; ``evaluate_zeros``: AP,
+            accuracy, PCK), exact at every step for one sort and ``O(l + S C)`` counts (about
+            1.1-1.2x the anchors' call on AP and accuracy batches of 128, 0.6x on a segmentation
+            batch of 25,088 pixels; ``benchmarks/chain_cost.py``); for other metrics from one
+            ``evaluate`` of ``[257, l]`` bits, exact up to 256 comparisons and the mean gain over
+            256 segments of the chain above. The anchor
             keywords do not apply, nor ``grad_scale``'s modes (a number still multiplies the
             gradient); the pull and ``step`` do. Measured (``docs/results/metric-wins/``, screen
             v39): mean IoU on the suite's segmentation task, full schedule, each loss at its best

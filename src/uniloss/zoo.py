@@ -46,6 +46,7 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -53,6 +54,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ._decoded import DecodedMetric
+from ._decomposition import Structure
 from ._limits import current_limits
 from ._pairs import at_or_above, counts
 from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, sort_within
@@ -137,6 +139,53 @@ class _ZooMetric(DecodedMetric):
             values = counts(tp, predicted, actual, plan.dtype)
             change = (values[:-1] - values[-1]).abs()
             return change[right.long() * (c * c) + labels * c + other] if grouped else change
+
+
+    def structure(self, target: Any) -> Optional[Structure]:
+        """:meth:`DecodedMetric.structure`, and for a metric of the class counts decoded with one
+        run per row (``Argmax``/``PixelArgmax`` with ``pairs="target"``) its values along the
+        chain of ``interpolation="chain"`` in closed form (:meth:`_chain_values`)."""
+        structure = super().structure(target)
+        if (structure is None or getattr(self.evaluator, "counts", None) is None
+                or not isinstance(self.decoder, Argmax) or self.decoder.pairs != "target"):
+            return structure
+        return replace(structure, chain=lambda rank: self._chain_values(target, rank))
+
+    def _chain_values(self, plan: Any, rank: Tensor) -> Tensor:
+        """``[l + 1]`` the metric at every point of the chain (:attr:`uniloss.Structure.chain`).
+
+        A row decodes to its label once all its ``C - 1`` comparisons are right and to its
+        highest-scoring other class before, so along the chain it turns right at one point, when
+        the last of its comparisons in ``rank`` order is: its label gains a true positive and a
+        prediction, its other class loses a prediction. One sort of the rows by that point and a
+        cumulative sum give the class counts after each of the ``S`` turns (``[S + 1, C]``, in
+        blocks of at most ``chain_elements`` counts), and the counts give the values; the chain
+        holds each value until the next turn."""
+        of_counts = getattr(self.evaluator, "counts")
+        with torch.no_grad():
+            labels, c, other = plan.labels, plan.num_classes, plan.ranked[:, 0]
+            n, device = labels.numel(), labels.device
+            turn = rank.reshape(n, c - 1).amax(1) + 1  # the chain point at which each row turns right
+            turn, order = turn.sort()
+            label, other = labels[order], other[order]
+            one = torch.ones((), dtype=torch.long, device=device).expand(n)
+            actual = torch.zeros(c, dtype=torch.long, device=device).index_add_(0, labels, one)
+            tp = torch.zeros(c, dtype=torch.long, device=device)  # S_0: every row wrong
+            predicted = torch.zeros(c, dtype=torch.long, device=device).index_add_(0, other, one)
+            values = [of_counts(tp[None], predicted[None], actual, plan.dtype)]
+            step = max(1, current_limits().chain_elements // (2 * c))
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                rows = torch.arange(stop - start, device=device)
+                d_tp = torch.zeros(stop - start, c, dtype=torch.long, device=device)
+                d_tp[rows, label[start:stop]] = 1
+                d_predicted = d_tp.clone()
+                d_predicted[rows, other[start:stop]] = -1
+                tps, predicteds = tp + d_tp.cumsum(0), predicted + d_predicted.cumsum(0)
+                values.append(of_counts(tps, predicteds, actual, plan.dtype))
+                tp, predicted = tps[-1], predicteds[-1]
+            turned = torch.searchsorted(turn, torch.arange(rank.numel() + 1, device=device), right=True)
+            return torch.cat(values)[turned]
 
 
 def _metric(decoder, fn: Callable[..., Tensor], name: str, **options: Any) -> DecodedMetric:
