@@ -102,14 +102,19 @@ def test_the_number_of_segments_follows_the_limits():
     with _limits.limits(chain_segments=5):  # a metric known only through evaluate
         _, info = F.uniloss_with_info(s, t, _BitsAccuracy(2), interpolation="chain")
     assert info.kinds == (("chain", 6),)
-    # a metric of the runs' counts: exact up to chain_elements counts ([points, S]), whatever
-    # chain_segments says; above it fewer points
+    # a metric of the runs' counts (AP: 8 positives, 8 x 32 comparisons): exact up to
+    # chain_elements counts ([points, S]), whatever chain_segments says; above it fewer points
+    ap_target = (torch.arange(40) < 8).long()
     with _limits.limits(chain_segments=5):
+        _, info = F.uniloss_with_info(s[:, 0], ap_target, uniloss.AveragePrecision(), interpolation="chain")
+    assert info.kinds == (("chain", 257),)
+    with _limits.limits(chain_elements=8 * 9):
+        _, info = F.uniloss_with_info(s[:, 0], ap_target, uniloss.AveragePrecision(), interpolation="chain")
+    assert info.kinds == (("chain", 9),)
+    # a closed form along the chain (accuracy): exact whatever the limits
+    with _limits.limits(chain_segments=5, chain_elements=10):
         _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
     assert info.kinds == (("chain", 81),)
-    with _limits.limits(chain_elements=40 * 9):
-        _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
-    assert info.kinds == (("chain", 9),)
 
 
 class _BitsAccuracy(uniloss.Decomposition):
@@ -140,6 +145,9 @@ _COUNT_METRICS = [
     lambda g: (uniloss.MulticlassAccuracy(), torch.randn(20, 6, generator=g), torch.randint(0, 6, (20,), generator=g)),
     lambda g: (uniloss.MulticlassAccuracy(fraction=0.5, undrawn="current"), torch.randn(20, 6, generator=g),
                torch.randint(0, 6, (20,), generator=g)),
+    lambda g: (uniloss.MulticlassAccuracy(fraction=0.1), torch.randn(20, 6, generator=g),
+               torch.randint(0, 6, (20,), generator=g)),  # samples with no comparison drawn: right throughout
+    lambda g: (uniloss.MulticlassAccuracy(top_k=2), torch.randn(20, 6, generator=g), torch.randint(0, 6, (20,), generator=g)),
 ]
 
 

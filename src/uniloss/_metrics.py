@@ -465,7 +465,25 @@ class MulticlassAccuracy(Decomposition):
             # (not bincount: on a GPU it reads the largest value on the host)
             runs = torch.zeros(n, dtype=torch.long, device=sample.device).index_add_(0, sample, torch.ones_like(sample))
         return Structure(runs, lambda zeros: self.evaluate_zeros(zeros, plan),
-                         lambda zeros: self._plus_one(zeros, plan))
+                         lambda zeros: self._plus_one(zeros, plan), chain=lambda rank: self._chain(rank, plan))
+
+    @staticmethod
+    def _chain(rank: Tensor, plan: "_AccuracyPlan") -> Tensor:
+        """The accuracy along the chain of ``interpolation="chain"`` (:attr:`Structure.chain`): a
+        sample turns right when the last of its comparisons in ``rank`` order does (at once where
+        none of its comparisons is drawn; never where, with ``undrawn="current"``, one not drawn
+        is wrong), so the accuracy at point ``j`` counts the samples turned by then."""
+        n, m = plan.cols.shape
+        l = rank.numel()
+        if plan.selected is None:
+            turn = rank.view(n, m).amax(1) + 1
+        else:
+            sample = torch.div(plan.selected, m, rounding_mode="floor")
+            turn = torch.zeros(n, dtype=rank.dtype, device=rank.device).scatter_reduce_(0, sample, rank + 1, "amax")
+        if plan.fixed_ok is not None:
+            turn = torch.where(plan.fixed_ok, turn, l + 1)
+        right = torch.searchsorted(turn.sort().values, torch.arange(l + 1, device=rank.device), right=True)
+        return right.float() / n
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
         """A sample is right iff none of its comparisons is 0 (and, with ``undrawn="current"``,
