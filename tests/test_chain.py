@@ -102,19 +102,22 @@ def test_the_number_of_segments_follows_the_limits():
     with _limits.limits(chain_segments=5):  # a metric known only through evaluate
         _, info = F.uniloss_with_info(s, t, _BitsAccuracy(2), interpolation="chain")
     assert info.kinds == (("chain", 6),)
-    # a metric of the runs' counts (AP: 8 positives, 8 x 32 comparisons): exact up to
+    # a metric of the runs' counts (VOC AP: 8 positives, 8 x 32 comparisons): exact up to
     # chain_elements counts ([points, S]), whatever chain_segments says; above it fewer points
     ap_target = (torch.arange(40) < 8).long()
+    voc = uniloss.AveragePrecision(interpolated=True)
     with _limits.limits(chain_segments=5):
-        _, info = F.uniloss_with_info(s[:, 0], ap_target, uniloss.AveragePrecision(), interpolation="chain")
+        _, info = F.uniloss_with_info(s[:, 0], ap_target, voc, interpolation="chain")
     assert info.kinds == (("chain", 257),)
     with _limits.limits(chain_elements=8 * 9):
-        _, info = F.uniloss_with_info(s[:, 0], ap_target, uniloss.AveragePrecision(), interpolation="chain")
+        _, info = F.uniloss_with_info(s[:, 0], ap_target, voc, interpolation="chain")
     assert info.kinds == (("chain", 9),)
-    # a closed form along the chain (accuracy): exact whatever the limits
+    # a closed form along the chain (accuracy, plain AP): exact whatever the limits
     with _limits.limits(chain_segments=5, chain_elements=10):
         _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
-    assert info.kinds == (("chain", 81),)
+        assert info.kinds == (("chain", 81),)
+        _, info = F.uniloss_with_info(s[:, 0], ap_target, uniloss.AveragePrecision(), interpolation="chain")
+        assert info.kinds == (("chain", 257),)
 
 
 class _BitsAccuracy(uniloss.Decomposition):
@@ -142,6 +145,9 @@ _COUNT_METRICS = [
     lambda g: (zoo.balanced_accuracy(4), torch.randn(25, 4, generator=g), torch.randint(0, 4, (25,), generator=g)),
     lambda g: (zoo.matthews_corrcoef(3), torch.randn(25, 3, generator=g), torch.randint(0, 3, (25,), generator=g)),
     lambda g: (uniloss.AveragePrecision(), torch.randn(40, generator=g), (torch.rand(40, generator=g) < 0.3).long()),
+    lambda g: (uniloss.AveragePrecision(), torch.randn(30, generator=g).round(), (torch.rand(30, generator=g) < 0.5).long()),
+    lambda g: (uniloss.AveragePrecision(interpolated=True), torch.randn(40, generator=g),
+               (torch.rand(40, generator=g) < 0.3).long()),
     lambda g: (uniloss.MulticlassAccuracy(), torch.randn(20, 6, generator=g), torch.randint(0, 6, (20,), generator=g)),
     lambda g: (uniloss.MulticlassAccuracy(fraction=0.5, undrawn="current"), torch.randn(20, 6, generator=g),
                torch.randint(0, 6, (20,), generator=g)),

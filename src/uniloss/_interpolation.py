@@ -435,12 +435,15 @@ def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor
         rank[order] = torch.arange(l, device=c.device)
         cuts = torch.div(torch.arange(segments + 1, device=c.device) * l, segments, rounding_mode="floor")
         if along is not None:
-            values = along(rank, cuts).to(c.dtype)
+            values = along(rank, cuts)
         else:
             agree = rank[None, :] < cuts[:, None]  # [segments + 1, l]: S_j agrees with best on its first bits
-            values = evaluate(torch.where(agree, best[None], ~best[None])).to(c.dtype)
-        chain = values[: segments + 1]
-        steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0)
+            values = evaluate(torch.where(agree, best[None], ~best[None]))
+        # the steps in the wider of the values' and the comparisons' dtypes (float64 where a closed
+        # form gives it: its steps are far smaller than its values)
+        chain = values[: segments + 1].to(torch.promote_types(values.dtype, c.dtype))
+        steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0).to(c.dtype)
+        values, chain = values.to(c.dtype), chain.to(c.dtype)
         if segments == l:  # the exact extension: comparison k's own step
             gains = steps[rank]
         else:
