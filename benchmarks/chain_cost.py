@@ -1,7 +1,7 @@
 """What ``interpolation="chain"`` costs per loss call against the anchors' interpolation (the
 default): forward and backward, eager, one thread, the two interleaved in one process (median of
-60 calls after 10 warm-up ones; 20 after 3 for the segmentation batch), ratios beside the
-absolute times.
+60 calls after 10 warm-up ones; 20 after 3 for the segmentation batch, 8 after 2 for the
+largest cases), ratios beside the absolute times.
 
     python benchmarks/chain_cost.py     # writes docs/results/metric-wins/screens/v40/cost.txt
 """
