@@ -747,7 +747,26 @@ class PCK(Decomposition):
             return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan), good_flips=self.good_flips)
         return Structure(plan.run_lengths(), lambda zeros: self.evaluate_zeros(zeros, plan),
                          lambda zeros: self._plus_one(zeros, plan),
-                         lambda scores, start, stop: self._block(plan, scores, start, stop), self.good_flips)
+                         lambda scores, start, stop: self._block(plan, scores, start, stop), self.good_flips,
+                         chain=lambda rank: self._chain(rank, plan))
+
+    @staticmethod
+    def _chain(rank: Tensor, plan: "SetPairs") -> Tensor:
+        """PCK along the chain of ``interpolation="chain"`` (:attr:`Structure.chain`): a positive
+        pixel beats every negative once the last of its comparisons in ``rank`` order is right (at
+        once without negatives), a joint is correct from its first such positive on, and PCK at
+        point ``j`` counts the joints correct by then."""
+        l = rank.numel()
+        if plan.num_rows == 0:
+            return torch.full((l + 1,), float("nan"), device=rank.device)
+        lengths = plan.run_lengths()
+        run = torch.repeat_interleave(torch.arange(lengths.numel(), device=rank.device), lengths, output_size=l)
+        run_turn = torch.zeros(lengths.numel(), dtype=rank.dtype, device=rank.device)
+        run_turn.scatter_reduce_(0, run, rank + 1, "amax")
+        joint_turn = torch.full((plan.num_rows,), l + 1, dtype=rank.dtype, device=rank.device)
+        joint_turn.scatter_reduce_(0, plan.pos_row, run_turn, "amin")
+        right = torch.searchsorted(joint_turn.sort().values, torch.arange(l + 1, device=rank.device), right=True)
+        return right.float() / plan.num_rows
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, (SetPairs, _PCKStatic))

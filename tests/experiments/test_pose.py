@@ -120,8 +120,8 @@ def test_heatmap_coordinates_and_pck_agree_with_the_pck_decomposition():
 
 
 def test_losses_are_named_as_the_paper_and_give_gradients():
-    assert pose.LOSSES[0] == "uniloss" and len(pose.LOSSES) == 9 and "mse-sigma-0.1" in pose.LOSSES
-    assert pose.LOSSES[-1] == "mse-exact" and {f"mse-sigma-{s:g}" for s in pose.SIGMAS} <= set(pose.LOSSES)
+    assert pose.LOSSES[0] == "uniloss" and len(pose.LOSSES) == 10 and "mse-sigma-0.1" in pose.LOSSES
+    assert pose.LOSSES[-2:] == ("mse-exact", "uniloss-chain") and {f"mse-sigma-{s:g}" for s in pose.SIGMAS} <= set(pose.LOSSES)
     y = pose.pack_keypoints(torch.tensor([[[30.0, 20.0]], [[10.0, 50.0]]]), torch.ones(2, 1), torch.tensor([12.0, 16.0]))
     for name in pose.LOSSES:
         fn, module = pose.pose_loss(name, torch.Generator().manual_seed(0), stride=4)
@@ -129,7 +129,9 @@ def test_losses_are_named_as_the_paper_and_give_gradients():
         loss = fn(out, y)
         loss.backward()
         assert torch.isfinite(loss) and out.grad.abs().sum() > 0
-        assert (module is not None) == (name == "uniloss")
+        assert (module is not None) == name.startswith("uniloss")
+        if module is not None:
+            assert module.last.path == ("chain" if name == "uniloss-chain" else "structured")
     with pytest.raises(ValueError, match="unknown loss"):
         pose.pose_loss("mse-sigma-2", torch.Generator(), stride=4)
 

@@ -1,7 +1,7 @@
 """The pose losses (``--loss``, paper sec. 4.2, Table 1): ``mse-sigma-S`` for the paper's seven
 widths (MSE against Gaussian target heatmaps, sigma in heatmap pixels), ``mse-exact`` (1 at the
-pixel nearest the joint) and ``uniloss`` (:class:`uniloss.UniLoss` over :class:`uniloss.PCK`, no
-target design).
+pixel nearest the joint), ``uniloss`` (:class:`uniloss.UniLoss` over :class:`uniloss.PCK`, no
+target design) and ``uniloss-chain`` (the same with ``interpolation="chain"``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def _sigma_name(sigma: float) -> str:
     return f"mse-sigma-{sigma:g}"
 
 
-#: Loss names: UniLoss first (the training loop's convention), then MSE per sigma, then exact.
-LOSSES: Tuple[str, ...] = ("uniloss",) + tuple(_sigma_name(s) for s in SIGMAS) + ("mse-exact",)
+#: Loss names: UniLoss first (the training loop's convention), then MSE per sigma, then exact,
+#: then UniLoss with the chain's interpolation.
+LOSSES: Tuple[str, ...] = ("uniloss",) + tuple(_sigma_name(s) for s in SIGMAS) + ("mse-exact", "uniloss-chain")
 
 
 def heatmap_mse(heatmaps: Tensor, target: Tensor, visible: Tensor) -> Tensor:
@@ -53,8 +54,9 @@ def pose_loss(
         >>> float(fn(torch.zeros(2, 1, 1, 16, 16), y)) > 0, module is None
         (True, True)
     """
-    if name == "uniloss":
-        module = uniloss.UniLoss(uniloss.PCK(threshold), generator=generator)
+    if name in ("uniloss", "uniloss-chain"):
+        module = uniloss.UniLoss(uniloss.PCK(threshold), generator=generator,
+                                 interpolation="chain" if name == "uniloss-chain" else "anchors")
 
         def ul(outputs: Tensor, y: Tensor) -> Tensor:
             """Sum over stacks of ``-PCK~`` of each stack's heatmaps."""
