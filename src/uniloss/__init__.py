@@ -22,7 +22,7 @@ from ._module import UniLoss
 from ._traced import TracedMetric, TraceError, from_metric
 from .functional import LossInfo
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "AnchorSet",

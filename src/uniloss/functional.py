@@ -784,20 +784,26 @@ def uniloss(
             where the first ``j`` of them are right, and each pushed by its marginal gain at that
             order, the construction Lovász-softmax applies to IoU. Equal to the metric at every
             vertex, like the anchors' interpolation. Its values along the chain come from counts
-            where the metric is one of them (:attr:`uniloss.Structure.chain`: the zoo's metrics of
-            class counts, mean IoU, Dice, macro-F1, balanced accuracy; ``evaluate_zeros``: AP,
-            accuracy, PCK), exact at every step for one sort and ``O(l + S C)`` counts (about
-            1.1-1.2x the anchors' call on AP and accuracy batches of 128, 0.6x on a segmentation
-            batch of 25,088 pixels; ``benchmarks/chain_cost.py``); for other metrics from one
-            ``evaluate`` of ``[257, l]`` bits, exact up to 256 comparisons and the mean gain over
-            256 segments of the chain above. The anchor
+            where the metric is a function of them, exact at every step: in closed form where the
+            structure gives one (:attr:`uniloss.Structure.chain`: AP, accuracy, PCK, the zoo's
+            metrics of class counts, mean IoU, Dice, macro-F1, balanced accuracy), from the runs'
+            counts otherwise (``evaluate_zeros``: VOC AP). For those it costs 0.6-0.9x the anchors'
+            call on AP and accuracy batches of 128 and a segmentation batch of 25,088 pixels, and
+            3.3-3.5x at AP batch 1024 and accuracy 1024 x 1000 (one sort of all the comparisons;
+            ``benchmarks/chain_cost.py``). Other metrics (the ranking metrics, F-beta at a
+            threshold) are evaluated at up to 257 points of the chain (``[257, l]`` bits, 2.8x on
+            NDCG@5): exact up to 256 comparisons, the mean gain over 256 segments above. The anchor
             keywords do not apply, nor ``grad_scale``'s modes (a number still multiplies the
             gradient); the pull and ``step`` do. Measured (``docs/results/metric-wins/``, screen
-            v39): mean IoU on the suite's segmentation task, full schedule, each loss at its best
-            SGD rate, 72.37 +- 0.10 against Lovász-softmax's 72.03 +- 0.16 and the anchors'
-            71.52 +- 0.55; imbalanced AP 72.86 against 72.48; slightly behind the anchors on NDCG@5
-            and, with Adam, on macro-F1 and 100-class accuracy: not the default. Comparisons in
-            the exact layout (no static layout), at most ``chunk_bits`` of them, no ``anchors``.
+            v40, full schedules, each loss at its best SGD rate): mean IoU 72.65 +- 0.22 against
+            Lovász-softmax's 72.03 +- 0.16 and the anchors' 71.52 +- 0.55, Dice 82.80 against
+            82.29 and 82.00, balanced accuracy 90.19 against class-weighted cross-entropy's 90.02
+            and the anchors' 89.99, PCK 96.88 against the anchors' 96.23; behind the anchors on
+            macro-F1 with Adam (97.56 against 98.08) and level elsewhere. Not the default: it has
+            no static layout (a host synchronisation per call on an accelerator, dynamic shapes
+            under ``torch.compile``) and no block-by-block path (at most ``chunk_bits``
+            comparisons), and Fashion-MNIST's ResNet-20 is not yet measured with it. Comparisons
+            in the exact layout, no ``anchors``.
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
             ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured:
             the scores then grow without bound and training stalls). Where every comparison is
