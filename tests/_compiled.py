@@ -71,6 +71,32 @@ def with_generator() -> None:
         torch.testing.assert_close(gc, ge, rtol=1e-6, atol=1e-6)
 
 
+def chain(name: str) -> None:
+    """``interpolation="chain"`` (no anchors drawn) compiled: the eager loss and gradient, and the
+    second call compiles nothing new."""
+    labels = torch.arange(64) % 10
+    metric = {"zoo.macro_f1": uniloss.zoo.macro_f1(10), "accuracy": uniloss.MulticlassAccuracy()}[name]
+    scores = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    loss_fn = uniloss.UniLoss(metric, interpolation="chain", validate_args=False)
+
+    def step(call):
+        s = scores.clone().requires_grad_()
+        loss = call(s, labels)
+        loss.backward()
+        return loss.detach(), s.grad
+
+    call = torch.compile(lambda s, y: loss_fn(s, y))
+    compiled = step(call)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = step(call)
+    eager = step(loss_fn)
+    torch.testing.assert_close(again[0], compiled[0], rtol=0, atol=0)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-6)
+    assert eager[1].abs().sum() > 0
+
+
 if __name__ == "__main__":
     warnings.simplefilter("ignore")  # dynamo's notes on the graph breaks
-    {"without_generator": without_generator, "with_generator": with_generator}[sys.argv[1]](*sys.argv[2:])
+    {"without_generator": without_generator, "with_generator": with_generator,
+     "chain": chain}[sys.argv[1]](*sys.argv[2:])

@@ -255,6 +255,38 @@ def test_compiled_step_draws_the_eager_anchors():
     _run_compiled("with_generator")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["zoo.macro_f1", "accuracy"])
+def test_compiled_chain_is_the_eager_chain(name):
+    """``interpolation="chain"`` compiled gives the eager loss and gradient (its closed forms trace)."""
+    _run_compiled("chain", name)
+
+
+# The chain has no static layout: the metrics whose exact layout needs none (the argmax and
+# threshold metrics) make no synchronising operator with it; AP, PCK and the ranking metrics do
+# (their exact layout counts on the host), which is one reason it is not the default.
+CHAIN_SYNC_FREE = ["accuracy", "accuracy, fraction 0.2", "accuracy, fraction 0.2, undrawn current", "accuracy, top_k 3",
+                   "zoo.macro_f1", "zoo.f_beta", "zoo.top_k_accuracy(5)", "zoo.balanced_accuracy", "zoo.mean_iou"]
+
+
+@pytest.mark.parametrize("name", CHAIN_SYNC_FREE)
+def test_the_chain_synchronises_nothing_where_the_layout_needs_no_count(name):
+    dec, scores, target = _case(name)
+    loss_fn = uniloss.UniLoss(dec, interpolation="chain", validate_args=False)
+
+    def step():
+        s = scores.clone().requires_grad_()
+        loss_fn(s, target).backward()
+        return s.grad
+
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        grad = step()
+    counts = {op: sum(1 for e in prof.events() if e.name == op) for op in SYNC_OPS}
+    assert not any(counts.values()), f"{name}: {counts}"
+    assert loss_fn.last.path == "chain" and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_fixed_size_counts_equal_bincount(monkeypatch, weighted):
     """``_pairs.counts``' scatter-add (a GPU's, and a compiled graph's) counts as ``bincount`` does."""
