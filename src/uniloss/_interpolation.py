@@ -462,8 +462,10 @@ def chain_zeros(runs, best: Tensor, rank: Tensor, cuts: Tensor, dtype: torch.dty
     best`` when it takes its best value. One ``index_add`` of those changes by (segment, run) and
     a cumulative sum over the segments: ``O(l + P S)``, against ``evaluate`` of ``[P, l]`` bits.
     ``runs``: :class:`uniloss._structured.Runs` (``run_of``, ``num``)."""
-    # Counted in `dtype` (floating): exact, the counts staying below 2**24 (chunk_bits).
+    # Counted in `dtype` (floating), exact while the counts stay below 2**24 (float32's integers).
     l, p, num = rank.numel(), cuts.numel(), runs.num
+    if l >= 1 << 24:
+        dtype = torch.float64
     run = runs.run_of(torch.arange(l, device=rank.device))  # the run of each comparison, by index
     ones = best.to(dtype)
     start = torch.zeros(num, dtype=dtype, device=rank.device).index_add_(0, run, ones)

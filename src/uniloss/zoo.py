@@ -140,7 +140,6 @@ class _ZooMetric(DecodedMetric):
             change = (values[:-1] - values[-1]).abs()
             return change[right.long() * (c * c) + labels * c + other] if grouped else change
 
-
     def structure(self, target: Any) -> Optional[Structure]:
         """:meth:`DecodedMetric.structure`, and for a metric of the class counts decoded with one
         run per row (``Argmax``/``PixelArgmax`` with ``pairs="target"``) its values along the
