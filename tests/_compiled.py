@@ -72,11 +72,14 @@ def with_generator() -> None:
 
 
 def chain(name: str) -> None:
-    """``interpolation="chain"`` (no anchors drawn) compiled: the eager loss and gradient, and the
-    second call compiles nothing new."""
-    labels = torch.arange(64) % 10
-    metric = {"zoo.macro_f1": uniloss.zoo.macro_f1(10), "accuracy": uniloss.MulticlassAccuracy()}[name]
-    scores = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    """``interpolation="chain"`` (no anchors drawn) compiled: the eager loss and gradient (AP: the
+    static layout a graph takes against the exact one of eager mode), and the second call compiles
+    nothing new."""
+    g = torch.Generator().manual_seed(0)
+    metric, scores, labels = {
+        "zoo.macro_f1": (uniloss.zoo.macro_f1(10), torch.randn(64, 10, generator=g), torch.arange(64) % 10),
+        "AP": (uniloss.AveragePrecision(), torch.randn(32, generator=g), (torch.arange(32) % 4 == 0).long()),
+    }[name]
     loss_fn = uniloss.UniLoss(metric, interpolation="chain", validate_args=False)
 
     def step(call):

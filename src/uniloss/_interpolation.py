@@ -381,7 +381,8 @@ def chain_segments(num_bits: int, points: int, max_elements: int) -> int:
 
 
 def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor], temperature,
-                    segments: int, along: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+                    segments: int, along: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+                    invalid: Optional[Tensor] = None, num_valid: Optional[Tensor] = None
                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""The metric's Lovász extension along the chain of its comparisons (``interpolation="chain"``).
 
@@ -407,7 +408,10 @@ def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor
         given, e.g. of configurations it appends, which the chain does not use); temperature:
         ``tau``; segments: how many (``1 .. l``); along: optional, ``(rank [l], cuts [segments +
         1])`` -> the values ``g(S_cuts[j])`` (more rows allowed, as for ``evaluate``), in place of
-        ``evaluate``.
+        ``evaluate``; invalid, num_valid: optional, a static layout's ``[l]`` bool padding and
+        0-dim number of real comparisons: the padding comes last in the chain (the metric
+        ignores its bits) with no gain, and the cuts divide the real comparisons as they would
+        the exact layout's.
 
     Returns:
         ``(g, values, gains, u)``: ``g~`` (0-dim, differentiable in ``c``), the values ``evaluate``
@@ -430,10 +434,14 @@ def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor
     u = torch.sigmoid(c / temperature)
     v = torch.where(best, u, 1.0 - u)
     with torch.no_grad():
-        order = torch.argsort(v.detach(), descending=True, stable=True)
+        key = v.detach() if invalid is None else v.detach().masked_fill(invalid, -1.0)  # the padding last
+        order = torch.argsort(key, descending=True, stable=True)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(l, device=c.device)
-        cuts = torch.div(torch.arange(segments + 1, device=c.device) * l, segments, rounding_mode="floor")
+        # (in a static layout from the number of real comparisons, a tensor: repeated cuts where
+        # there are fewer than segments, each real comparison then its own segment, as exactly)
+        cuts = torch.div(torch.arange(segments + 1, device=c.device) * (l if num_valid is None else num_valid),
+                         segments, rounding_mode="floor")
         if along is not None:
             values = along(rank, cuts)
         else:
@@ -444,11 +452,13 @@ def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor
         chain = values[: segments + 1].to(torch.promote_types(values.dtype, c.dtype))
         steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0).to(c.dtype)
         values, chain = values.to(c.dtype), chain.to(c.dtype)
-        if segments == l:  # the exact extension: comparison k's own step
+        if segments == l and num_valid is None:  # the exact extension: comparison k's own step
             gains = steps[rank]
         else:
             segment = torch.bucketize(rank, cuts[1:], right=True).clamp_(max=segments - 1)
-            gains = (steps / (cuts[1:] - cuts[:-1]).to(c.dtype))[segment]
+            gains = (steps / (cuts[1:] - cuts[:-1]).clamp_min(1).to(c.dtype))[segment]  # (a repeated cut: no step)
+        if invalid is not None:
+            gains = gains.masked_fill(invalid, 0.0)
     g = torch.nan_to_num(chain[0], nan=0.0) + torch.dot(gains, v)
     return g, values, gains, u.detach()
 
@@ -469,7 +479,9 @@ def chain_zeros(runs, best: Tensor, rank: Tensor, cuts: Tensor, dtype: torch.dty
     run = runs.run_of(torch.arange(l, device=rank.device))  # the run of each comparison, by index
     ones = best.to(dtype)
     start = torch.zeros(num, dtype=dtype, device=rank.device).index_add_(0, run, ones)
-    segment = torch.bucketize(rank, cuts[1:], right=True)  # position rank_k lies in segment i: cuts[i] <= rank_k < cuts[i+1]
+    # position rank_k lies in segment i: cuts[i] <= rank_k < cuts[i+1] (a static layout's padding,
+    # after the last cut, in the last segment: the metric ignores its bits)
+    segment = torch.bucketize(rank, cuts[1:], right=True).clamp_(max=p - 2)
     zeros = torch.zeros(p * num, dtype=dtype, device=rank.device)
     zeros[:num] = start
     zeros.index_add_(0, (segment + 1) * num + run, 1.0 - 2.0 * ones)

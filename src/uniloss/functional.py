@@ -194,8 +194,8 @@ def choose_path(
     ``anchors`` argument and the device. It prepares the target on the way (with the static
     layout offered where anchors are sampled) and computes the comparisons unless the path is
     ``"chunked"``: the decision needs their number. ``interpolation="chain"`` takes the
-    comparisons in the exact layout and raises where there are more than ``chunk_bits`` of them or
-    ``anchors`` are given."""
+    comparisons as the anchors do (a static layout where offered) and raises where there are
+    more than ``chunk_bits`` of them in the exact layout or ``anchors`` are given."""
     limits = current_limits() if limits is None else limits
     limit = limits.chunk_bits if chunk_bits is None else chunk_bits
     # Sampled anchors: a decomposition whose number of comparisons depends on the target may lay
@@ -206,7 +206,7 @@ def choose_path(
     if chain and anchors is not None:
         raise ValueError("interpolation='chain' evaluates the metric along the chain of the comparisons, not at "
                          "anchors: pass anchors=None (or interpolation='anchors')")
-    if anchors is None and good_anchors == "sample" and not chain:
+    if anchors is None and good_anchors == "sample":
         offer = limits.static_bits_for(scores.device)
     layout = None if not offer else StaticLayout.for_decomposition(offer, decomposition, limit)  # (0: a CPU's, none)
     prepared = prepare_with_layout(decomposition, scores, target, generator, layout)
@@ -400,8 +400,10 @@ def uniloss_with_info(
     if chained:
         assert best is not None  # no anchors given (choose_path): computed above
         loss, info, push = _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign,
-                                       need_push=stepped, structure=structure, runs=runs)
-        loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, None,
+                                       need_push=stepped, structure=structure, runs=runs,
+                                       static=static,
+                                       count=l if static is None else int(static[0]) if validate_args else static[0])
+        loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
                           push if stepped else None, margins, run_weights)
         return loss, with_exact_metric(info, decomposition, target, scores)
     assert anchor_set is not None  # drawn or given: every path but the chain's
@@ -617,14 +619,15 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
 
 
 def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign, need_push=False,
-                structure=None, runs=None):
+                structure=None, runs=None, static=None, count=None):
     """``interpolation="chain"``: the metric's extension along the chain of the comparisons
     (:func:`uniloss._interpolation.chain_extension`). Its values along the chain: from the
     structure's closed form where it gives one (:attr:`uniloss.Structure.chain`, exact), from the
     runs' counts where the metric is a function of them (``evaluate_zeros``; exact up to
     ``chain_elements`` counts), else from ``evaluate`` at the limits' number of points. A number
     ``grad_scale`` multiplies its gradient; the anchors' scales (``"bounded"``, ...) do not apply,
-    its push being in the metric's own units. Returns ``(loss, info, push)`` as
+    its push being in the metric's own units. In a static layout (``static``: the number of real
+    comparisons and the padding) the padding comes last in the chain, with no gain. Returns ``(loss, info, push)`` as
     :func:`_dense_loss`."""
     limits = current_limits()
     l = c.numel()
@@ -642,7 +645,8 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     def evaluate(bits: Tensor) -> Tensor:  # the chain and the current configuration (last row) in one call
         return decomposition.evaluate(torch.cat([bits, hard[None]], 0), target)
 
-    g, values, gains, u = chain_extension(c, best, evaluate, temperature, segments, along)
+    g, values, gains, u = chain_extension(c, best, evaluate, temperature, segments, along,
+                                          *((None, None) if static is None else (static[1], static[0])))
     if along is None:
         metric, values = values[-1], values[:-1]
     else:
@@ -652,7 +656,8 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     push = (gains.abs() * u * (1.0 - u)).sum() * (scale / temperature) if need_push else None
     signed = sign * g
     loss = (signed if scale == 1.0 else signed.detach() + (signed - signed.detach()) * scale).to(scores.dtype)
-    return loss, LossInfo(metric, g.detach(), loss.detach(), l, values, (("chain", segments + 1),), "chain"), push
+    return loss, LossInfo(metric, g.detach(), loss.detach(), l if count is None else count, values,
+                          (("chain", segments + 1),), "chain"), push
 
 
 def zero_loss(scores: Tensor) -> Tensor:
@@ -800,10 +805,10 @@ def uniloss(
             82.29 and 82.00, balanced accuracy 90.19 against class-weighted cross-entropy's 90.02
             and the anchors' 89.99, PCK 96.88 against the anchors' 96.23; behind the anchors on
             macro-F1 with Adam (97.56 against 98.08) and level elsewhere. Not the default: it has
-            no static layout (a host synchronisation per call on an accelerator, dynamic shapes
-            under ``torch.compile``) and no block-by-block path (at most ``chunk_bits``
-            comparisons), and Fashion-MNIST's ResNet-20 is not yet measured with it. Comparisons
-            in the exact layout, no ``anchors``.
+            no block-by-block path (at most ``chunk_bits`` comparisons), and Fashion-MNIST's
+            ResNet-20 is not yet measured with it. It takes the static layouts as the anchors do
+            (no host synchronisation on an accelerator, static shapes under ``torch.compile``);
+            no ``anchors``.
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
             ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured:
             the scores then grow without bound and training stalls). Where every comparison is
