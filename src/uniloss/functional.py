@@ -803,10 +803,10 @@ def uniloss(
             v40, full schedules, each loss at its best SGD rate): mean IoU 72.65 +- 0.22 against
             Lovász-softmax's 72.03 +- 0.16 and the anchors' 71.52 +- 0.55, Dice 82.80 against
             82.29 and 82.00, balanced accuracy 90.19 against class-weighted cross-entropy's 90.02
-            and the anchors' 89.99, PCK 96.88 against the anchors' 96.23; behind the anchors on
-            macro-F1 with Adam (97.56 against 98.08) and level elsewhere. Not the default: it has
-            no block-by-block path (at most ``chunk_bits`` comparisons), and Fashion-MNIST's
-            ResNet-20 is not yet measured with it. It takes the static layouts as the anchors do
+            and the anchors' 89.99, PCK 96.88 against the anchors' 96.23; level elsewhere (with
+            Adam too). Not the default: it has no block-by-block path (at most ``chunk_bits``
+            comparisons), costs 3.3-3.5x the anchors' call at AP batch 1024 or a thousand
+            classes, and Fashion-MNIST's ResNet-20 is not yet measured with it. It takes the static layouts as the anchors do
             (no host synchronisation on an accelerator, static shapes under ``torch.compile``);
             no ``anchors``.
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
