@@ -627,12 +627,13 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     ``chain_elements`` counts), else from ``evaluate`` at the limits' number of points. A number
     ``grad_scale`` multiplies its gradient; the anchors' scales (``"bounded"``, ...) do not apply,
     its push being in the metric's own units. In a static layout (``static``: the number of real
-    comparisons and the padding) the padding comes last in the chain, with no gain. Returns ``(loss, info, push)`` as
+    comparisons and the padding) the padding comes last in the chain, with no gain, and a closed
+    form (written for the exact layout) is not used. Returns ``(loss, info, push)`` as
     :func:`_dense_loss`."""
     limits = current_limits()
     l = c.numel()
     along = None
-    if structure is not None and structure.chain is not None:
+    if structure is not None and structure.chain is not None and static is None:
         segments, closed_form = l, structure.chain
         along = lambda rank, cuts: closed_form(rank)[cuts]  # noqa: E731
     elif structure is not None and structure.evaluate_zeros is not None and runs is not None:
