@@ -291,3 +291,21 @@ def test_a_module_pickled_before_the_option_keeps_the_anchors():
     current = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(grad(old), grad(current), rtol=0, atol=0)
     assert old.last.path == "structured"
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 50_000])
+def test_the_chain_order_is_the_stable_descending_sort(n):
+    # float32 sorts an int64 key (v's bits over the reversed index) without stability; ties
+    # (saturated bits, rounded values) and a static layout's padding must come out as the stable
+    # sort orders them, in float32 and float64 alike
+    from uniloss._interpolation import _chain_order
+
+    g = torch.Generator().manual_seed(n)
+    v = torch.rand(n, generator=g)
+    v = torch.where(torch.rand(n, generator=g) < 0.3, v.round(decimals=2), v)
+    v[: n // 10], v[n // 10: n // 5] = 1.0, 0.0
+    padding = torch.rand(n, generator=g) < 0.2
+    for invalid in (None, padding):
+        reference = torch.argsort(v if invalid is None else v.masked_fill(invalid, -1.0), descending=True, stable=True)
+        assert torch.equal(_chain_order(v, invalid), reference)
+        assert torch.equal(_chain_order(v.double(), invalid), reference)
