@@ -795,7 +795,7 @@ def uniloss(
             metrics of class counts, mean IoU, Dice, macro-F1, balanced accuracy), from the runs'
             counts otherwise (``evaluate_zeros``: VOC AP). For those it costs 0.6-0.9x the anchors'
             call on AP and accuracy batches of 128 and a segmentation batch of 25,088 pixels, and
-            3.3-3.5x at AP batch 1024 and accuracy 1024 x 1000 (one sort of all the comparisons;
+            3.1-3.7x at AP batch 1024 and accuracy 1024 x 1000 (one sort of all the comparisons;
             ``benchmarks/chain_cost.py``). Other metrics (the ranking metrics, F-beta at a
             threshold) are evaluated at up to 257 points of the chain (``[257, l]`` bits, 2.8x on
             NDCG@5): exact up to 256 comparisons, the mean gain over 256 segments above. The anchor
@@ -804,9 +804,9 @@ def uniloss(
             v40, full schedules, each loss at its best SGD rate): mean IoU 72.65 +- 0.22 against
             Lovász-softmax's 72.03 +- 0.16 and the anchors' 71.52 +- 0.55, Dice 82.80 against
             82.29 and 82.00, balanced accuracy 90.19 against class-weighted cross-entropy's 90.02
-            and the anchors' 89.99, PCK 96.88 against the anchors' 96.23; level elsewhere (with
+            and the anchors' 89.99, PCK 96.64 against the anchors' 96.06; level elsewhere (with
             Adam too). Not the default: it has no block-by-block path (at most ``chunk_bits``
-            comparisons), costs 3.3-3.5x the anchors' call at AP batch 1024 or a thousand
+            comparisons), costs 3.1-3.7x the anchors' call at AP batch 1024 or a thousand
             classes, and Fashion-MNIST's ResNet-20 is not yet measured with it. It takes the static layouts as the anchors do
             (no host synchronisation on an accelerator, static shapes under ``torch.compile``);
             no ``anchors``.
