@@ -127,7 +127,13 @@ class DecodedMetric(Decomposition):
         runs = self.decoder.runs(target)
         if runs is None:
             return None
-        return Structure(runs, margins=self.decoder.margins(target), run_weights=lambda: self._run_weights(target))
+        return Structure(runs, margins=self.decoder.margins(target), run_weights=lambda: self._run_weights(target),
+                         chain=self._chain(target))
+
+    def _chain(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
+        """The metric along the chain in closed form (:attr:`uniloss.Structure.chain`), where a
+        subclass knows one; ``None``: the engine evaluates the chain."""
+        return None
 
     def _run_weights(self, plan: Any) -> Optional[Tensor]:
         """``[S]`` how much the metric changes when run ``s`` alone toggles at the current

@@ -62,6 +62,14 @@ def is_all_true(bits: Tensor) -> bool:
     return bits.dim() == 1 and bits.stride(0) == 0 and bits._base is not None and bits._base is _TRUE.peek(bits.device)
 
 
+def _share_turned(turn: Tensor, num_bits: int) -> Tensor:
+    """``[num_bits + 1]``: at each point ``j`` of the chain of ``interpolation="chain"``, the share
+    of the units (samples, joints) right by then, each right from its point ``turn`` on
+    (``num_bits + 1``: never)."""
+    right = torch.searchsorted(turn.sort().values, torch.arange(num_bits + 1, device=turn.device), right=True)
+    return right.float() / turn.numel()
+
+
 def _check_scores(scores) -> None:
     """:func:`validate_scores` with one reduction on the fast path: a NaN or an infinity makes
     the sum non-finite (so can an overflow, which the full check then clears)."""
@@ -508,8 +516,7 @@ class MulticlassAccuracy(Decomposition):
             turn = torch.zeros(n, dtype=rank.dtype, device=rank.device).scatter_reduce_(0, sample, rank + 1, "amax")
         if plan.fixed_ok is not None:
             turn = torch.where(plan.fixed_ok, turn, l + 1)
-        right = torch.searchsorted(turn.sort().values, torch.arange(l + 1, device=rank.device), right=True)
-        return right.float() / n
+        return _share_turned(turn, l)
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
         """A sample is right iff none of its comparisons is 0 (and, with ``undrawn="current"``,
@@ -765,8 +772,7 @@ class PCK(Decomposition):
         run_turn.scatter_reduce_(0, run, rank + 1, "amax")
         joint_turn = torch.full((plan.num_rows,), l + 1, dtype=rank.dtype, device=rank.device)
         joint_turn.scatter_reduce_(0, plan.pos_row, run_turn, "amin")
-        right = torch.searchsorted(joint_turn.sort().values, torch.arange(l + 1, device=rank.device), right=True)
-        return right.float() / plan.num_rows
+        return _share_turned(joint_turn, l)
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, (SetPairs, _PCKStatic))

@@ -402,7 +402,7 @@ def uniloss_with_info(
         loss, info, push = _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign,
                                        need_push=stepped, structure=structure, runs=runs,
                                        static=static,
-                                       count=l if static is None else int(static[0]) if validate_args else static[0])
+                                       count=_bit_count(l, static, validate_args))
         loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
                           push if stepped else None, margins, run_weights)
         return loss, with_exact_metric(info, decomposition, target, scores)
@@ -429,14 +429,20 @@ def uniloss_with_info(
     )
     loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
                       pull_runs, pull_rows, num_valid, push if stepped else None, margins, run_weights)
-    count: Union[int, Tensor] = l
-    if static is not None:
-        count = int(static[0]) if validate_args else static[0]
+    count = _bit_count(l, static, validate_args)
     return loss, with_exact_metric(LossInfo(metric, _detached(surrogate), loss.detach(), count, values, kinds,
                                             "structured"), decomposition, target, scores)
 
 
 _PADDING = TensorCache()
+
+
+def _bit_count(num_bits: int, static: "Optional[tuple[Tensor, Tensor]]", validate_args: bool) -> Union[int, Tensor]:
+    """``LossInfo.bit_count``: the comparisons, or a static layout's real ones (a 0-dim tensor
+    unless ``validate_args``, which reads it on the host anyway)."""
+    if static is None:
+        return num_bits
+    return int(static[0]) if validate_args else static[0]
 
 
 def _padding(num_bits: int, num_valid: Tensor) -> Tensor:

@@ -46,7 +46,6 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -54,7 +53,6 @@ from torch import Tensor
 
 from . import _validation as V
 from ._decoded import DecodedMetric
-from ._decomposition import Structure
 from ._limits import current_limits
 from ._pairs import at_or_above, counts
 from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, sort_within
@@ -140,15 +138,14 @@ class _ZooMetric(DecodedMetric):
             change = (values[:-1] - values[-1]).abs()
             return change[right.long() * (c * c) + labels * c + other] if grouped else change
 
-    def structure(self, target: Any) -> Optional[Structure]:
-        """:meth:`DecodedMetric.structure`, and for a metric of the class counts decoded with one
-        run per row (``Argmax``/``PixelArgmax`` with ``pairs="target"``) its values along the
-        chain of ``interpolation="chain"`` in closed form (:meth:`_chain_values`)."""
-        structure = super().structure(target)
-        if (structure is None or getattr(self.evaluator, "counts", None) is None
-                or not isinstance(self.decoder, Argmax) or self.decoder.pairs != "target"):
-            return structure
-        return replace(structure, chain=lambda rank: self._chain_values(target, rank))
+    def _chain(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
+        """For a metric of the class counts decoded with one run per row (``Argmax``/
+        ``PixelArgmax`` with ``pairs="target"``): its values along the chain of
+        ``interpolation="chain"`` in closed form (:meth:`_chain_values`)."""
+        if (getattr(self.evaluator, "counts", None) is None or not isinstance(self.decoder, Argmax)
+                or self.decoder.pairs != "target"):
+            return None
+        return lambda rank: self._chain_values(plan, rank)
 
     def _chain_values(self, plan: Any, rank: Tensor) -> Tensor:
         """``[l + 1]`` the metric at every point of the chain (:attr:`uniloss.Structure.chain`).
