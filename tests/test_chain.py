@@ -4,13 +4,16 @@ References: a brute-force extension (every prefix of the order evaluated by a ha
 metric in a Python loop), the exact metric at the vertices, and the telescoping of the gains.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
 import uniloss
 from uniloss import _limits, zoo
 from uniloss import functional as F
-from uniloss._interpolation import chain_extension, chain_segments
+from uniloss._interpolation import chain_extension, chain_segments, last_of_runs, run_turns
+from uniloss._structured import Runs
 
 
 def _accuracy_by_hand(bits, n, k):
@@ -49,7 +52,7 @@ def test_accuracy_chain_equals_the_brute_force_extension_value_and_gradient(seed
     best = dec.best(dec.prepare(ref_scores, target)).reshape(-1)
     ref = _brute_force_extension(c, best, lambda bits: _accuracy_by_hand(bits, n, classes - 1), 0.7)
     (ref_grad,) = torch.autograd.grad(-ref, ref_scores)
-    assert info.path == "chain" and info.kinds == (("chain", n * (classes - 1) + 1),)
+    assert info.path == "chain" and info.kinds == (("chain", n + 1),)  # walked by the samples' runs
     torch.testing.assert_close(loss, -ref)
     torch.testing.assert_close(grad, ref_grad)
     assert grad.abs().sum() > 0
@@ -115,7 +118,7 @@ def test_the_number_of_segments_follows_the_limits():
     # a closed form along the chain (accuracy, plain AP): exact whatever the limits
     with _limits.limits(chain_segments=5, chain_elements=10):
         _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
-        assert info.kinds == (("chain", 81),)
+        assert info.kinds == (("chain", 41),)  # by the 40 samples' runs (chain_by_runs)
         _, info = F.uniloss_with_info(s[:, 0], ap_target, uniloss.AveragePrecision(), interpolation="chain")
         assert info.kinds == (("chain", 257),)
 
@@ -159,6 +162,11 @@ _COUNT_METRICS = [
                                       torch.tensor([2.0, 3.0, 0.5]))),
     lambda g: (uniloss.PCK(0.5), torch.randn(2, 1, 3, 3, generator=g),  # sample 0: every pixel positive, no negative
                uniloss.KeypointTarget(torch.ones(2, 1, 2), torch.ones(2, 1), torch.tensor([6.0, 1.0]))),
+    # ties in the relaxed bits (rounded scores): the runs' last comparisons break them as the full chain
+    lambda g: (uniloss.MulticlassAccuracy(), torch.randn(20, 6, generator=g).round(), torch.randint(0, 6, (20,), generator=g)),
+    lambda g: (zoo.mean_iou(3), torch.randn(2, 3, 4, 4, generator=g).round(), torch.randint(0, 3, (2, 4, 4), generator=g)),
+    lambda g: (uniloss.PCK(0.5), torch.randn(3, 2, 5, 5, generator=g).round(),
+               uniloss.KeypointTarget(torch.rand(3, 2, 2, generator=g) * 4, torch.ones(3, 2), torch.tensor([2.0, 3.0, 1.5]))),
 ]
 
 
@@ -175,16 +183,37 @@ def test_the_chain_from_counts_equals_the_chain_of_evaluated_bits(make, seed):
     best = dec.best(plan).reshape(-1)
     l = c.numel()
     evaluated = chain_extension(c, best, lambda bits: dec.evaluate(bits, plan), 1.0, l)
-    _, info = F.uniloss_with_info(scores.clone().requires_grad_(True), target, dec, interpolation="chain",
-                                  generator=torch.Generator().manual_seed(seed))
-    assert info.kinds == (("chain", l + 1),)
-    torch.testing.assert_close(info.anchor_values, evaluated[1].to(info.anchor_values.dtype), equal_nan=True)
     structure = dec.structure(plan)
+    leaf = scores.clone().requires_grad_(True)
+    loss, info = F.uniloss_with_info(leaf, target, dec, interpolation="chain", pull=0.0,
+                                     generator=torch.Generator().manual_seed(seed))
+    if structure.chain_by_runs:
+        # walked by the runs' last comparisons: the same extension and gradient as the full chain
+        # of evaluated bits, in S + 1 points (the values where the first j runs are whole)
+        assert info.kinds == (("chain", Runs.of(structure.runs, l, c.device, True).num + 1),)
+        ref_leaf = scores.clone().requires_grad_(True)
+        ref_plan = dec.prepare(ref_leaf, target, torch.Generator().manual_seed(seed))
+        ref_c = dec.comparisons(ref_leaf, ref_plan).reshape(-1)
+        ref, *_ = chain_extension(ref_c, best, lambda bits: dec.evaluate(bits, plan), 1.0, l)
+        torch.testing.assert_close(loss, -ref.to(loss.dtype))
+        torch.testing.assert_close(torch.autograd.grad(loss, leaf)[0], torch.autograd.grad(-ref, ref_leaf)[0])
+    else:
+        assert info.kinds == (("chain", l + 1),)
+        torch.testing.assert_close(info.anchor_values, evaluated[1].to(info.anchor_values.dtype), equal_nan=True)
     if structure.chain is not None:
         rank = torch.randperm(l, generator=torch.Generator().manual_seed(seed))
-        whole = structure.chain(rank)
+        runs = Runs.of(structure.runs, l, c.device, True)
+
+        def along(rank):
+            return structure.chain(run_turns(rank, runs), l) if structure.chain_by_runs else structure.chain(rank)
+
+        whole = along(rank)
+        # the closed form against evaluate() of every configuration of this chain, bits and all
+        agree = rank[None, :] < torch.arange(l + 1)[:, None]
+        torch.testing.assert_close(whole.double(), dec.evaluate(torch.where(agree, best, ~best), plan).double(),
+                                   equal_nan=True)
         with _limits.limits(chain_elements=7):
-            torch.testing.assert_close(structure.chain(rank), whole, equal_nan=True)
+            torch.testing.assert_close(along(rank), whole, equal_nan=True)
 
 
 def test_the_closed_form_chain_by_hand():
@@ -194,7 +223,7 @@ def test_the_closed_form_chain_by_hand():
     dec = zoo.mean_iou(2)
     scores = torch.zeros(1, 2, 1, 2)
     plan = dec.prepare(scores, torch.tensor([[[1, 0]]]))
-    values = dec.structure(plan).chain(torch.tensor([1, 0]))
+    values = dec.structure(plan).chain(torch.tensor([2, 1]), 2)  # the runs' turns: pixel 2 first
     torch.testing.assert_close(values, torch.tensor([0.0, 0.25, 1.0]))
 
 
@@ -244,6 +273,12 @@ def test_training_on_the_chain_raises_average_precision():
     assert after > max(before, 0.8)
 
 
+class _PCKWithoutClosedForm(uniloss.PCK):
+    """PCK whose structure keeps its blocks but not its chain: the engine must evaluate it."""
+    def structure(self, target):
+        return dataclasses.replace(super().structure(target), chain=None, chain_by_runs=False)
+
+
 def test_the_chain_refuses_what_it_cannot_do():
     s = torch.randn(8, requires_grad=True)
     y = torch.tensor([1, 0, 0, 1, 0, 0, 0, 1])
@@ -256,9 +291,9 @@ def test_the_chain_refuses_what_it_cannot_do():
     heat = torch.randn(2, 2, 6, 6, generator=g, requires_grad=True)
     target = uniloss.KeypointTarget(torch.rand(2, 2, 2, generator=g) * 5, torch.ones(2, 2, dtype=torch.bool),
                                     torch.full((2,), 2.0))
-    with pytest.raises(ValueError, match="chunk_bits=40"):
-        F.uniloss(heat, target, uniloss.PCK(), chunk_bits=40, interpolation="chain")
-    loss = F.uniloss(heat, target, uniloss.PCK(), interpolation="chain")  # below chunk_bits: fine
+    with pytest.raises(ValueError, match="chunk_bits=40"):  # not a metric of whole runs: no blocks
+        F.uniloss(heat, target, _PCKWithoutClosedForm(), chunk_bits=40, interpolation="chain")
+    loss = F.uniloss(heat, target, _PCKWithoutClosedForm(), interpolation="chain")  # below chunk_bits: fine
     loss.backward()
     assert heat.grad is not None and torch.isfinite(heat.grad).all()
 
@@ -309,3 +344,54 @@ def test_the_chain_order_is_the_stable_descending_sort(n):
         reference = torch.argsort(v if invalid is None else v.masked_fill(invalid, -1.0), descending=True, stable=True)
         assert torch.equal(_chain_order(v, invalid), reference)
         assert torch.equal(_chain_order(v.double(), invalid), reference)
+
+
+def _last_by_hand(v, lengths):
+    """Each run's last comparison in the chain's order, a Python loop: the least v, the largest
+    index among equals; (inf, -1) for an empty run."""
+    out, start = [], 0
+    for n in lengths:
+        items = [(float(v[k]), k) for k in range(start, start + n)]
+        out.append(min(items, key=lambda x: (x[0], -x[1])) if items else (float("inf"), -1))
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("layout", ["width", "lengths"])
+def test_the_runs_last_comparisons_by_hand(layout):
+    g = torch.Generator().manual_seed(11)
+    if layout == "width":
+        lengths, runs = [4] * 6, Runs(4, None, None, 6)
+    else:
+        lengths = [3, 0, 5, 1, 0, 4]
+        runs = Runs.of(torch.tensor(lengths), sum(lengths), torch.device("cpu"), True)
+    v = torch.randint(0, 3, (sum(lengths),), generator=g).double() / 2  # many ties
+    least, last = last_of_runs(v, runs)
+    expected = _last_by_hand(v, lengths)
+    assert last.tolist() == [k for _, k in expected]
+    assert least.tolist() == [x for x, _ in expected]
+
+
+@pytest.mark.parametrize("options", [{}, {"pull": 0.0}, {"step": "sum"}, {"grad_scale": 2.5, "temperature": 0.3},
+                                     {"temperature_scale": "rms"}])
+def test_a_huge_metric_of_whole_runs_takes_the_chain_block_by_block(options):
+    # PCK above chunk_bits: the chain by runs block by block gives the one-block chain's loss and
+    # gradient, pull and step rule included
+    g = torch.Generator().manual_seed(12)
+    scores = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
+    target = uniloss.KeypointTarget(torch.rand(3, 2, 2, generator=g) * 5, torch.ones(3, 2), torch.tensor([1.5, 2.0, 1.0]))
+    dec = uniloss.PCK(0.5)
+    results = []
+    for chunk_bits in (None, 40):
+        leaf = scores.clone().requires_grad_(True)
+        loss, info = F.uniloss_with_info(leaf, target, dec, interpolation="chain", chunk_bits=chunk_bits, **options)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        results.append((loss, grad, info))
+    (loss, grad, info), (chunked_loss, chunked_grad, chunked_info) = results
+    assert info.path == "chain" and chunked_info.path == "chunked" and info.num_bits > 40
+    torch.testing.assert_close(chunked_loss, loss)
+    torch.testing.assert_close(chunked_grad, grad)
+    assert grad.abs().sum() > 0
+    assert chunked_info.kinds == info.kinds
+    torch.testing.assert_close(chunked_info.metric, info.metric)
+    torch.testing.assert_close(chunked_info.surrogate, info.surrogate)

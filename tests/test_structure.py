@@ -16,6 +16,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 import uniloss
 from uniloss import functional as F
+from uniloss._interpolation import chain_extension
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "custom-metrics.md"
 
@@ -67,6 +68,25 @@ def test_the_guides_structure_changes_the_speed_not_the_loss(seed):
         torch.testing.assert_close(fast[2].anchor_values, dense[2].anchor_values, rtol=0, atol=1e-12)
         assert fast[2].path == dense[2].path == "structured"
     assert evaluated == []  # the structure evaluated every anchor from counts
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_guides_chain_of_whole_runs_is_the_chain_of_its_evaluated_bits(seed):
+    """The guide's ``chain`` (``chain_by_runs``): the loss and gradient of the chain walked by the
+    samples' runs equal the full chain's, every configuration along it evaluated bit by bit."""
+    dec = _guide_class()()
+    scores, target = _batch(seed, n=24, classes=4)
+    scores = scores.round(decimals=1)  # ties
+    loss, grad, info = _run(dec, scores, target, seed, interpolation="chain", pull=0.0, temperature=0.5)
+    assert info.path == "chain" and info.kinds == (("chain", 25),)
+    leaf = scores.clone().requires_grad_()
+    plan = dec.prepare(leaf, target)
+    ref, *_ = chain_extension(dec.comparisons(leaf, plan), dec.best(plan), lambda bits: dec.evaluate(bits, plan),
+                              0.5, plan["others"].numel())
+    (-ref).backward()
+    torch.testing.assert_close(loss, -ref.detach())
+    torch.testing.assert_close(grad, leaf.grad)
+    assert grad.abs().sum() > 0
 
 
 def test_the_guides_run_weights_make_its_pull_class_weighted_cross_entropy():

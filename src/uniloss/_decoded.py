@@ -127,12 +127,14 @@ class DecodedMetric(Decomposition):
         runs = self.decoder.runs(target)
         if runs is None:
             return None
+        chain = self._chain(target)
         return Structure(runs, margins=self.decoder.margins(target), run_weights=lambda: self._run_weights(target),
-                         chain=self._chain(target))
+                         chain=chain, chain_by_runs=chain is not None)
 
-    def _chain(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
-        """The metric along the chain in closed form (:attr:`uniloss.Structure.chain`), where a
-        subclass knows one; ``None``: the engine evaluates the chain."""
+    def _chain(self, plan: Any) -> Optional[Callable[..., Tensor]]:
+        """The metric along the chain in closed form, a function of the runs' turns
+        (:attr:`uniloss.Structure.chain` with ``chain_by_runs``), where a subclass knows one;
+        ``None``: the engine evaluates the chain."""
         return None
 
     def _run_weights(self, plan: Any) -> Optional[Tensor]:

@@ -70,7 +70,16 @@ class Structure:
             counts, within ``chain_elements``), else up to ``chain_segments + 1`` points of it
             with ``evaluate``. :class:`AveragePrecision`, :class:`MulticlassAccuracy`,
             :class:`PCK` and the zoo's metrics of class counts with one run per row (mean IoU,
-            Dice, macro-F1, balanced accuracy) give it.
+            Dice, macro-F1, balanced accuracy) give it (all but AP with ``chain_by_runs``).
+        chain_by_runs: ``True`` where the metric depends on the bits only through which runs are
+            *whole*, every bit at its ``best`` value (accuracy: a sample is right iff its run is;
+            PCK: a joint iff one of its positive pixels' runs is; the zoo's argmax metrics: a
+            row). ``chain`` then takes ``(turn [S], length)`` instead: ``turn[s]`` (int64) the
+            point of a chain of ``length`` steps from which run ``s`` is whole (``0`` for a run
+            without bits; distinct otherwise), and gives the ``[length + 1]`` values. Along the
+            chain only a run's last comparison changes such a metric, so the engine walks the
+            runs' last comparisons alone: ``O(l)`` and one sort of the ``S`` runs instead of a
+            sort of the ``l`` comparisons, and block by block above ``chunk_bits``.
 
     Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
 
@@ -98,7 +107,8 @@ class Structure:
     rows: Optional[int] = None
     margins: Optional[Callable[[Tensor], Tensor]] = None
     run_weights: Optional[Callable[[], Optional[Tensor]]] = None
-    chain: Optional[Callable[[Tensor], Tensor]] = None
+    chain: Optional[Callable[..., Tensor]] = None
+    chain_by_runs: bool = False
 
     def __post_init__(self) -> None:
         # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)
@@ -118,6 +128,8 @@ class Structure:
             raise TypeError("Expected Structure.run_weights to be callable: () -> [S] weights (or None)")
         if self.chain is not None and not callable(self.chain):
             raise TypeError("Expected Structure.chain to be callable: rank [l] -> [l + 1] values along the chain")
+        if self.chain_by_runs and self.chain is None:
+            raise TypeError("Structure.chain_by_runs needs chain: (turn [S], length) -> [length + 1] values")
 
     def plus_one(self, zeros: Tensor) -> Tensor:
         """``[S]`` counts -> ``[S]``: :attr:`evaluate_zeros_plus_one`, or ``S`` one-hot rows

@@ -501,3 +501,68 @@ def chain_zeros(runs, best: Tensor, rank: Tensor, cuts: Tensor, dtype: torch.dty
     zeros[:num] = start
     zeros.index_add_(0, (segment + 1) * num + run, 1.0 - 2.0 * ones)
     return zeros.view(p, num).cumsum_(0)
+
+
+def last_of_runs(v: Tensor, runs) -> Tuple[Tensor, Tensor]:
+    """Each run's last comparison in the chain's order (``v`` descending, ties by index
+    ascending): ``(v_last [S], last [S])``, its ``v`` (the run's least) and its index (the
+    largest of the run's least ``v``); a run without bits: ``(inf, -1)``. ``O(l)``, no sort.
+    ``runs``: :class:`uniloss._structured.Runs` (``width``, ``num``, ``run_ids``)."""
+    l, num = v.numel(), runs.num
+    index = torch.arange(l, device=v.device)
+    if runs.width is not None:  # runs of equal width: a row each
+        rows = v.view(num, runs.width)
+        least = rows.amin(1)
+        at = torch.where(rows == least[:, None], index.view(num, runs.width), -1).amax(1)
+        return least, at
+    ids = runs.run_ids(l, v.device)
+    least = torch.full((num,), float("inf"), dtype=v.dtype, device=v.device).scatter_reduce_(0, ids, v, "amin")
+    at = torch.full((num,), -1, dtype=torch.long, device=v.device)
+    at.scatter_reduce_(0, ids, torch.where(v == least[ids], index, -1), "amax")
+    return least, at
+
+
+def run_turns(rank: Tensor, runs) -> Tensor:
+    """``[S]`` the point of the chain from which each run is whole (its last comparison's
+    ``rank`` plus one; 0 for a run without bits): a full chain's ``rank`` ``[l]`` in the form
+    :attr:`uniloss.Structure.chain` takes with ``chain_by_runs``."""
+    ids = runs.run_ids(rank.numel(), rank.device)
+    return torch.zeros(runs.num, dtype=rank.dtype, device=rank.device).scatter_reduce_(0, ids, rank + 1, "amax")
+
+
+def run_chain_gains(least: Tensor, last: Tensor, closed_form: Callable[[Tensor, int], Tensor],
+                    dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """The chain of a metric of whole runs (:attr:`uniloss.Structure.chain_by_runs`) from its
+    runs' last comparisons (:func:`last_of_runs`): ``(values [S + 1], gains [S])``, the metric
+    where the first ``j`` runs in the chain's order are whole and each run's last comparison's
+    gain (0 for a run without bits). The runs are ordered as their last comparisons are in the
+    full chain (``v`` descending, index ascending; runs without bits first, whole from the
+    start), so the steps are the full chain's at the points where it changes, and ``g~ = values[0]
+    + sum_s gains_s v_last_s`` is the exact extension. Two sorts of ``S``."""
+    num = last.numel()
+    empty = last < 0
+    by_index = torch.argsort(last)
+    order = by_index[torch.argsort(least[by_index], descending=True, stable=True)]
+    position = torch.empty_like(order)
+    position[order] = torch.arange(1, num + 1, device=last.device)
+    values = closed_form(torch.where(empty, 0, position), num)
+    chain = values[: num + 1].to(torch.promote_types(values.dtype, dtype))
+    steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
+    gains = steps[(position - 1).clamp_min(0)].masked_fill(empty, 0.0) if num else steps
+    return chain.to(dtype), gains
+
+
+def run_chain(c: Tensor, best: Tensor, temperature, runs,
+              closed_form: Callable[[Tensor, int], Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`chain_extension` for a metric of whole runs (:attr:`uniloss.Structure.chain_by_runs`),
+    from its runs' last comparisons alone (:func:`last_of_runs`, :func:`run_chain_gains`): the
+    same ``g~`` and gradient in ``O(l)`` plus two sorts of ``S``. Returns ``(g, values [S + 1],
+    gains [S], u [S])``, the gains and relaxed bits those of the runs' last comparisons."""
+    u = torch.sigmoid(c / temperature)
+    v = torch.where(best, u, 1.0 - u)
+    with torch.no_grad():
+        least, last = last_of_runs(v.detach(), runs)
+        values, gains = run_chain_gains(least, last, closed_form, c.dtype)
+        at = last.clamp_min(0)
+    g = torch.nan_to_num(values[0], nan=0.0) + torch.dot(gains, v[at])
+    return g, values, gains, u.detach()[at]

@@ -499,24 +499,18 @@ class MulticlassAccuracy(Decomposition):
             # (not bincount: on a GPU it reads the largest value on the host)
             runs = torch.zeros(n, dtype=torch.long, device=sample.device).index_add_(0, sample, torch.ones_like(sample))
         return Structure(runs, lambda zeros: self.evaluate_zeros(zeros, plan),
-                         lambda zeros: self._plus_one(zeros, plan), chain=lambda rank: self._chain(rank, plan))
+                         lambda zeros: self._plus_one(zeros, plan),
+                         chain=lambda turn, length: self._chain(turn, length, plan), chain_by_runs=True)
 
     @staticmethod
-    def _chain(rank: Tensor, plan: "_AccuracyPlan") -> Tensor:
-        """The accuracy along the chain of ``interpolation="chain"`` (:attr:`Structure.chain`): a
-        sample turns right when the last of its comparisons in ``rank`` order does (at once where
-        none of its comparisons is drawn; never where, with ``undrawn="current"``, one not drawn
-        is wrong), so the accuracy at point ``j`` counts the samples turned by then."""
-        n, m = plan.cols.shape
-        l = rank.numel()
-        if plan.selected is None:
-            turn = rank.view(n, m).amax(1) + 1
-        else:
-            sample = torch.div(plan.selected, m, rounding_mode="floor")
-            turn = torch.zeros(n, dtype=rank.dtype, device=rank.device).scatter_reduce_(0, sample, rank + 1, "amax")
+    def _chain(turn: Tensor, length: int, plan: "_AccuracyPlan") -> Tensor:
+        """The accuracy along the chain of ``interpolation="chain"`` (:attr:`Structure.chain`,
+        ``chain_by_runs``): a sample is right from its run's turn on (at once where none of its
+        comparisons is drawn; never where, with ``undrawn="current"``, one not drawn is wrong),
+        so the accuracy at point ``j`` counts the samples turned by then."""
         if plan.fixed_ok is not None:
-            turn = torch.where(plan.fixed_ok, turn, l + 1)
-        return _share_turned(turn, l)
+            turn = torch.where(plan.fixed_ok, turn, length + 1)
+        return _share_turned(turn, length)
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
         """A sample is right iff none of its comparisons is 0 (and, with ``undrawn="current"``,
@@ -755,24 +749,19 @@ class PCK(Decomposition):
         return Structure(plan.run_lengths(), lambda zeros: self.evaluate_zeros(zeros, plan),
                          lambda zeros: self._plus_one(zeros, plan),
                          lambda scores, start, stop: self._block(plan, scores, start, stop), self.good_flips,
-                         chain=lambda rank: self._chain(rank, plan))
+                         chain=lambda turn, length: self._chain(turn, length, plan), chain_by_runs=True)
 
     @staticmethod
-    def _chain(rank: Tensor, plan: "SetPairs") -> Tensor:
-        """PCK along the chain of ``interpolation="chain"`` (:attr:`Structure.chain`): a positive
-        pixel beats every negative once the last of its comparisons in ``rank`` order is right (at
-        once without negatives), a joint is correct from its first such positive on, and PCK at
-        point ``j`` counts the joints correct by then."""
-        l = rank.numel()
+    def _chain(turn: Tensor, length: int, plan: "SetPairs") -> Tensor:
+        """PCK along the chain of ``interpolation="chain"`` (:attr:`Structure.chain`,
+        ``chain_by_runs``): a positive pixel beats every negative from its run's turn on (at once
+        without negatives), a joint is correct from its first such positive on, and PCK at point
+        ``j`` counts the joints correct by then."""
         if plan.num_rows == 0:
-            return torch.full((l + 1,), float("nan"), device=rank.device)
-        lengths = plan.run_lengths()
-        run = torch.repeat_interleave(torch.arange(lengths.numel(), device=rank.device), lengths, output_size=l)
-        run_turn = torch.zeros(lengths.numel(), dtype=rank.dtype, device=rank.device)
-        run_turn.scatter_reduce_(0, run, rank + 1, "amax")
-        joint_turn = torch.full((plan.num_rows,), l + 1, dtype=rank.dtype, device=rank.device)
-        joint_turn.scatter_reduce_(0, plan.pos_row, run_turn, "amin")
-        return _share_turned(joint_turn, l)
+            return torch.full((length + 1,), float("nan"), device=turn.device)
+        joint_turn = torch.full((plan.num_rows,), length + 1, dtype=turn.dtype, device=turn.device)
+        joint_turn.scatter_reduce_(0, plan.pos_row, turn, "amin")
+        return _share_turned(joint_turn, length)
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, (SetPairs, _PCKStatic))

@@ -96,7 +96,7 @@ class UniLoss(nn.Module):
             decompositions with a :class:`~uniloss.Structure`).
         chunk_bits: above this many comparisons (default ``2**22``), a decomposition whose
             :class:`~uniloss.Structure` has ``comparisons_block`` (PCK) is processed block by
-            block in bounded memory.
+            block in bounded memory (with ``interpolation="chain"`` too).
 
     Shapes: as the decomposition documents; the result is a scalar.
 

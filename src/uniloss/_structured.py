@@ -47,8 +47,8 @@ from ._bits import as_float
 from ._decomposition import Structure
 from ._function import is_wrapped, two_way
 from ._interpolation import (
-    anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, pull_cost, rms_unit,
-    step_factor,
+    anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, last_of_runs, pull_cost,
+    rms_unit, run_chain_gains, step_factor,
 )
 from ._cache import TensorCache
 from ._pairs import counts
@@ -647,6 +647,7 @@ def chunked_loss(
     step: str = "pull",
     margins: Optional[Callable[[Tensor], Tensor]] = None,
     run_weights: Optional[Tensor] = None,
+    chain: bool = False,
 ):
     """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull``,
     ``pull_per`` and ``step`` as :func:`uniloss.functional.uniloss` documents them; each block
@@ -661,6 +662,11 @@ def chunked_loss(
     that require grad, grad mode on), the gradients of the interpolation and of the pull at unit
     size with the pushes that size them, so that the backward pass only scales two tensors of
     the scores' shape. The anchors, values, loss and gradient are those of the one-block engine.
+
+    ``chain``: ``interpolation="chain"`` for a metric of whole runs (:attr:`Structure.chain_by_runs`)
+    instead of the anchors: the second pass finds each run's last comparison in the chain
+    (:func:`uniloss._interpolation.last_of_runs`), and the gradient's pass puts each run's gain
+    on it; the loss and gradient are :func:`uniloss._interpolation.run_chain`'s.
     """
     if is_wrapped(scores):
         raise RuntimeError(
@@ -687,7 +693,7 @@ def chunked_loss(
         s_det = scores.detach()
         hard = torch.empty(num_bits, dtype=torch.bool, device=device)
         sum_sq = torch.zeros((), dtype=dtype, device=device)
-        for block in blocks:
+        for block in (blocks if not chain or temperature_scale is not None else ()):  # (the chain's pass sees hard)
             c_block = comparisons(s_det, block)
             torch.gt(c_block, 0, out=hard[block[2] : block[3]])
             if temperature_scale is not None:
@@ -696,6 +702,10 @@ def chunked_loss(
             # a 0-dim tensor from here on, used as the scalar it holds (no host sync)
             temperature = cast(float, temperature * rms_unit((sum_sq / max(num_bits, 1)).sqrt(), scores.dtype))
         best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
+    if chain:
+        return _chunked_chain(scores, blocks, comparisons, best, structure, evaluate_zeros, temperature,
+                              grad_scale, sign, pull, pull_per, rows, step, margins, run_weights)
+    with torch.no_grad():
         anchors = draw_anchors(
             best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
             good_flips=min(structure.good_flips, max(num_bits, 1)), generator=generator,
@@ -759,7 +769,23 @@ def chunked_loss(
                 grad_c = grad_comparisons(r, h, member, total, distance)
             yield block, c, grad_c  # outside no_grad: the caller differentiates c
 
-    factor = grad_factor(temperature, distance)
+    loss = _blockwise_loss(
+        scores, g, sign, lambda leaf: block_grads(grad_factor(temperature, distance), leaf), comparisons, best, temperature,
+        lambda push, stepped: gradient_scale(grad_scale, harmonic, lambda: push, stepped), pull, pull_per, rows, step,
+        margins, run_weights, num_runs, num_bits)
+    return loss, values, metric, g, anchors.kinds, num_bits
+
+
+def _blockwise_loss(scores: Tensor, g: Tensor, sign: float, grads_of, comparisons, best: Tensor, temperature,
+                    scale_of, pull: float, pull_per: str, rows: Optional[int], step: str, margins, run_weights,
+                    num_runs: int, num_bits: int) -> Tensor:
+    """The block-by-block loss of value ``sign * g`` (:func:`chunked_loss`): one pass over the
+    blocks gives the interpolation's gradient on each block's comparisons (``grads_of``, a
+    function of the scores' leaf yielding ``(block, c, dg/dc)`` at unit size) and the pull's, with
+    the pushes that size them (``scale_of(push, stepped) -> (scale, scaled push)``: the
+    interpolation's factor); the backward pass then scales two tensors of the scores' shape."""
+    device = scores.device
+    dtype = g.dtype
     # the pull's denominator over all blocks: max(runs, rows) per run, the comparisons per comparison
     if rows is None:  # the batch size the runs are over (a wrapper's set: see functional._rows)
         rows = scores.shape[0] if scores.dim() else 1
@@ -789,7 +815,7 @@ def chunked_loss(
                 cost, block_push = cost
                 pull_push += block_push * pull
             cost.backward()
-        for block, c, grad_c in (block_grads(factor, leaves[0]) if record else ()):
+        for block, c, grad_c in (grads_of(leaves[0]) if record else ()):
             b0, b1 = block[2], block[3]
             push += grad_c.abs().sum()
             # A scalar's backward: backward(c, grad_c) would import sympy on first use.
@@ -804,7 +830,7 @@ def chunked_loss(
                 total = total + cost
             total.backward()
     with torch.no_grad():
-        scale, scaled_push = gradient_scale(grad_scale, harmonic, lambda: push, stepped)
+        scale, scaled_push = scale_of(push, stepped)
         coef = sign * scale
         if stepped:  # every step of the pull's size (see functional._with_pull)
             assert scaled_push is not None  # asked for
@@ -823,5 +849,52 @@ def chunked_loss(
         out = grads[0] * (coef * grad_out)
         return out + grads[1] * (pull_weight * grad_out) if pull else out
 
-    loss = _apply_surrogate(scores, g, sign, backward)
-    return loss, values, metric, g, anchors.kinds, num_bits
+    return _apply_surrogate(scores, g, sign, backward)
+
+
+def _chunked_chain(scores: Tensor, blocks, comparisons, best: Tensor, structure: Structure,
+                   evaluate_zeros, temperature, grad_scale, sign: float, pull: float, pull_per: str,
+                   rows: Optional[int], step: str, margins, run_weights):
+    """:func:`chunked_loss` with ``chain``: :func:`uniloss._interpolation.run_chain` block by block.
+    Each block holds whole runs, so a run's last comparison is found within its block; the
+    gradient's pass puts each run's gain on its last comparison."""
+    device = scores.device
+    dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+    num_runs = structure.runs.numel()
+    num_bits = best.numel()
+    closed_form = structure.chain
+    assert closed_form is not None  # chain_by_runs: see choose_path
+    with torch.no_grad():
+        least = torch.full((num_runs,), float("inf"), dtype=dtype, device=device)  # runs without bits: no block
+        last = torch.full((num_runs,), -1, dtype=torch.long, device=device)
+        zeros_hard = torch.zeros(num_runs, device=device)
+        s_det = scores.detach()
+        for block in blocks:
+            s0, s1, b0, b1, width = block
+            runs = Runs(width, None, None, s1 - s0)
+            c_block = comparisons(s_det, block)
+            u = torch.sigmoid(c_block / temperature)
+            least[s0:s1], at = last_of_runs(torch.where(best[b0:b1], u, 1.0 - u), runs)
+            last[s0:s1] = at + b0
+            zeros_hard[s0:s1] = runs.zeros((~(c_block > 0))[None], torch.float32)[0]
+        metric = evaluate_zeros(zeros_hard[None]).to(dtype)[0]
+        values, gains = run_chain_gains(least, last, closed_form, dtype)
+        g = torch.nan_to_num(values[0], nan=0.0) + torch.dot(gains, least.masked_fill(last < 0, 0.0))
+
+    def block_grads(leaf: Tensor):
+        """``(block, c, d g~ / d c)``: each run's gain on its last comparison, ``dv / dc`` there."""
+        for block in blocks:
+            s0, s1, b0, b1, _ = block
+            c = comparisons(leaf, block)
+            with torch.no_grad():
+                at = last[s0:s1] - b0  # (every run of a block holds bits)
+                u = torch.sigmoid(c.detach()[at] / temperature)
+                slope = torch.where(best[b0:b1][at], 1.0, -1.0) * (u * (1.0 - u) / temperature)
+                grad_c = torch.zeros_like(c).index_put_((at,), gains[s0:s1] * slope)
+            yield block, c, grad_c
+
+    scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
+    loss = _blockwise_loss(scores, g, sign, block_grads, comparisons, best, temperature,
+                           lambda push, stepped: (scale, push * scale if stepped else None), pull, pull_per, rows,
+                           step, margins, run_weights, num_runs, num_bits)
+    return loss, values, metric, g, (("chain", num_runs + 1),), num_bits

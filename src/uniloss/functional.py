@@ -21,7 +21,7 @@ from ._function import is_wrapped
 from ._interpolation import (
     DISTANCES, INTERPOLATIONS, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs,
     chain_extension, chain_segments, chain_zeros, comparison_scale, gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost,
-    rms_unit, sq_distances_from_costs, step_factor,
+    rms_unit, run_chain, sq_distances_from_costs, step_factor,
 )
 from ._limits import EngineLimits, current_limits
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
@@ -53,7 +53,8 @@ class LossInfo:
             ``"structured"`` (sampled anchors, the default) or ``"chunked"`` (the structured engine
             block by block, above ``chunk_bits`` comparisons), as :func:`choose_path` picked it;
             ``"chain"`` with ``interpolation="chain"`` (``anchor_values`` then holds the metric
-            along the chain).
+            along the chain; for a metric of whole runs at the ``S + 1`` points where the first
+            ``j`` runs are whole; block by block the path is ``"chunked"`` with the chain's kinds).
     """
 
     metric: Tensor
@@ -194,8 +195,9 @@ def choose_path(
     ``anchors`` argument and the device. It prepares the target on the way (with the static
     layout offered where anchors are sampled) and computes the comparisons unless the path is
     ``"chunked"``: the decision needs their number. ``interpolation="chain"`` takes the
-    comparisons as the anchors do (a static layout where offered) and raises where there are
-    more than ``chunk_bits`` of them in the exact layout or ``anchors`` are given."""
+    comparisons as the anchors do (a static layout where offered), goes block by block for a
+    metric of whole runs (:attr:`uniloss.Structure.chain_by_runs`), and raises where ``anchors``
+    are given or another metric has more than ``chunk_bits`` comparisons in the exact layout."""
     limits = current_limits() if limits is None else limits
     limit = limits.chunk_bits if chunk_bits is None else chunk_bits
     # Sampled anchors: a decomposition whose number of comparisons depends on the target may lay
@@ -234,9 +236,10 @@ def choose_path(
     block_bits = min(limit, limits.block_bits)
     if (layout is None and anchors is None and structure is not None and structure.comparisons_block is not None
             and isinstance(structure.runs, Tensor) and int(structure.runs.sum()) > limit):
-        if chain:
+        if chain and not structure.chain_by_runs:
             raise ValueError(
-                f"interpolation='chain' evaluates the metric on all the comparisons at once, and there are more than "
+                f"interpolation='chain' evaluates {type(decomposition).__name__} on all the comparisons at once (it "
+                f"is not a metric of whole runs, Structure.chain_by_runs), and there are more than "
                 f"chunk_bits={limit} ({int(structure.runs.sum())}); use interpolation='anchors' (block by block) or "
                 "raise chunk_bits")
         return Plan("chunked", offer, None, prepared, structure, None, None, limit, block_bits)
@@ -338,7 +341,7 @@ def uniloss_with_info(
             num_nearby=num_nearby, num_bad=num_bad, generator=generator,
             temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
             distance=distance, pull=pull, nearby=nearby, pull_per=pull_per, rows=_pull_rows(scores, structure),
-            step=step, margins=margins_of, run_weights=block_weights,
+            step=step, margins=margins_of, run_weights=block_weights, chain=interpolation == "chain",
         )
         loss = loss.to(scores.dtype)
         return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target,
@@ -639,7 +642,13 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     limits = current_limits()
     l = c.numel()
     along = None
-    if structure is not None and structure.chain is not None and static is None:
+    if structure is not None and structure.chain_by_runs and static is None and runs is not None:
+        g, values, gains, u = run_chain(c, best, temperature, runs, structure.chain)
+        with torch.no_grad():
+            metric = decomposition.evaluate(hard[None], target).to(c.dtype)[0]
+        return _chain_result(scores, g, values, gains, u, metric, temperature, grad_scale, sign, need_push,
+                             l if count is None else count, values.numel())
+    if structure is not None and structure.chain is not None and static is None and not structure.chain_by_runs:
         segments, closed_form = l, structure.chain
         along = lambda rank, cuts: closed_form(rank)[cuts]  # noqa: E731
     elif structure is not None and structure.evaluate_zeros is not None and runs is not None:
@@ -659,12 +668,18 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     else:
         with torch.no_grad():
             metric = decomposition.evaluate(hard[None], target).to(c.dtype)[0]
+    return _chain_result(scores, g, values, gains, u, metric, temperature, grad_scale, sign, need_push,
+                         l if count is None else count, segments + 1)
+
+
+def _chain_result(scores, g, values, gains, u, metric, temperature, grad_scale, sign, need_push, count, points):
+    """The chain's loss, info and push from its extension ``g`` and its comparisons' ``gains``
+    and relaxed bits ``u`` (the push, ``sum_k |d g~ / d c_k|``, for ``step="pull"``)."""
     scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
     push = (gains.abs() * u * (1.0 - u)).sum() * (scale / temperature) if need_push else None
     signed = sign * g
     loss = (signed if scale == 1.0 else signed.detach() + (signed - signed.detach()) * scale).to(scores.dtype)
-    return loss, LossInfo(metric, g.detach(), loss.detach(), l if count is None else count, values,
-                          (("chain", segments + 1),), "chain"), push
+    return loss, LossInfo(metric, g.detach(), loss.detach(), count, values, (("chain", points),), "chain"), push
 
 
 def zero_loss(scores: Tensor) -> Tensor:
@@ -799,11 +814,15 @@ def uniloss(
             where the metric is a function of them, exact at every step: in closed form where the
             structure gives one (:attr:`uniloss.Structure.chain`: AP, accuracy, PCK, the zoo's
             metrics of class counts, mean IoU, Dice, macro-F1, balanced accuracy), from the runs'
-            counts otherwise (``evaluate_zeros``: VOC AP). For those it costs 0.6-0.9x the anchors'
-            call on AP and accuracy batches of 128 and a segmentation batch of 25,088 pixels, and
-            3.1-3.7x at AP batch 1024 and accuracy 1024 x 1000 (one sort of all the comparisons;
-            ``benchmarks/chain_cost.py``). Other metrics (the ranking metrics, F-beta at a
-            threshold) are evaluated at up to 257 points of the chain (``[257, l]`` bits, 2.8x on
+            counts otherwise (``evaluate_zeros``: VOC AP). A metric of whole runs (accuracy, PCK,
+            the zoo's argmax metrics; :attr:`uniloss.Structure.chain_by_runs`) changes along the
+            chain only at its runs' last comparisons, so the chain walks those alone (``O(l)`` and
+            a sort of the runs) and goes block by block above ``chunk_bits`` (PCK on large
+            heatmaps). Measured (``benchmarks/chain_cost.py``, screen v41): 0.5-0.9x the anchors'
+            call on AP and accuracy batches of 128, a segmentation batch of 25,088 pixels,
+            accuracy 1024 x 1000 and PCK at 16 x 16 joints x 64 x 64; 3.3x at AP batch 1024 (AP
+            changes at every step: one sort of all the comparisons). Other metrics (the ranking metrics, F-beta at a
+            threshold) are evaluated at up to 257 points of the chain (``[257, l]`` bits, 3.1x on
             NDCG@5): exact up to 256 comparisons, the mean gain over 256 segments above. The anchor
             keywords do not apply, nor ``grad_scale``'s modes (a number still multiplies the
             gradient); the pull and ``step`` do. Measured (``docs/results/metric-wins/``, screen
@@ -811,9 +830,9 @@ def uniloss(
             Lovász-softmax's 72.03 +- 0.16 and the anchors' 71.52 +- 0.55, Dice 82.80 against
             82.29 and 82.00, balanced accuracy 90.19 against class-weighted cross-entropy's 90.02
             and the anchors' 89.99, PCK 96.64 against the anchors' 96.06; level elsewhere (with
-            Adam too). Not the default: it has no block-by-block path (at most ``chunk_bits``
-            comparisons), costs 3.1-3.7x the anchors' call at AP batch 1024 or a thousand
-            classes, and Fashion-MNIST's ResNet-20 is not yet measured with it. It takes the static layouts as the anchors do
+            Adam too). Not the default: Fashion-MNIST's ResNet-20 is not yet measured with it,
+            and a metric that is not one of whole runs (AP's evaluated relatives, VOC AP) still
+            takes at most ``chunk_bits`` comparisons. It takes the static layouts as the anchors do
             (no host synchronisation on an accelerator, static shapes under ``torch.compile``);
             no ``anchors``.
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or

@@ -138,30 +138,29 @@ class _ZooMetric(DecodedMetric):
             change = (values[:-1] - values[-1]).abs()
             return change[right.long() * (c * c) + labels * c + other] if grouped else change
 
-    def _chain(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
+    def _chain(self, plan: Any) -> Optional[Callable[..., Tensor]]:
         """For a metric of the class counts decoded with one run per row (``Argmax``/
         ``PixelArgmax`` with ``pairs="target"``): its values along the chain of
         ``interpolation="chain"`` in closed form (:meth:`_chain_values`)."""
         if (getattr(self.evaluator, "counts", None) is None or not isinstance(self.decoder, Argmax)
                 or self.decoder.pairs != "target"):
             return None
-        return lambda rank: self._chain_values(plan, rank)
+        return lambda turn, length: self._chain_values(plan, turn, length)
 
-    def _chain_values(self, plan: Any, rank: Tensor) -> Tensor:
-        """``[l + 1]`` the metric at every point of the chain (:attr:`uniloss.Structure.chain`).
+    def _chain_values(self, plan: Any, turn: Tensor, length: int) -> Tensor:
+        """``[length + 1]`` the metric at every point of the chain (:attr:`uniloss.Structure.chain`,
+        ``chain_by_runs``).
 
         A row decodes to its label once all its ``C - 1`` comparisons are right and to its
-        highest-scoring other class before, so along the chain it turns right at one point, when
-        the last of its comparisons in ``rank`` order is: its label gains a true positive and a
-        prediction, its other class loses a prediction. One sort of the rows by that point and a
-        cumulative sum give the class counts after each of the ``S`` turns (``[S + 1, C]``, in
-        blocks of at most ``chain_elements`` counts), and the counts give the values; the chain
-        holds each value until the next turn."""
+        highest-scoring other class before, so along the chain it turns right at one point, its
+        run's ``turn``: its label gains a true positive and a prediction, its other class loses a
+        prediction. One sort of the rows by that point and a cumulative sum give the class counts
+        after each of the ``S`` turns (``[S + 1, C]``, in blocks of at most ``chain_elements``
+        counts), and the counts give the values; the chain holds each value until the next turn."""
         of_counts = getattr(self.evaluator, "counts")
         with torch.no_grad():
             labels, c, other = plan.labels, plan.num_classes, plan.ranked[:, 0]
             n, device = labels.numel(), labels.device
-            turn = rank.reshape(n, c - 1).amax(1) + 1  # the chain point at which each row turns right
             turn, order = turn.sort()
             label, other = labels[order], other[order]
             one = torch.ones((), dtype=torch.long, device=device).expand(n)
@@ -180,7 +179,7 @@ class _ZooMetric(DecodedMetric):
                 tps, predicteds = tp + d_tp.cumsum(0), predicted + d_predicted.cumsum(0)
                 values.append(of_counts(tps, predicteds, actual, plan.dtype))
                 tp, predicted = tps[-1], predicteds[-1]
-            turned = torch.searchsorted(turn, torch.arange(rank.numel() + 1, device=device), right=True)
+            turned = torch.searchsorted(turn, torch.arange(length + 1, device=device), right=True)
             return torch.cat(values)[turned]
 
 
