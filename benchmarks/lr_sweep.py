@@ -12,7 +12,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 
 import torch
@@ -33,6 +35,7 @@ LOSSES = [
      dict(loss="uniloss", options={"step": "sum"})),
     ('UniLoss, nearby="informative" (with step="sum")', dict(loss="uniloss", options={"nearby": "informative", "step": "sum"})),
     ('UniLoss, defaults (step="pull": every step of the pull\'s size; 0.3-0.5)', dict(loss="uniloss")),
+    ('UniLoss, interpolation="chain" (0.7, an option)', dict(loss="uniloss", options={"interpolation": "chain"})),
 ]
 
 
@@ -42,16 +45,22 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", default="docs/results/lr-sweep")
+    parser.add_argument("--losses", nargs="+", metavar="TEXT",
+                        help="only the losses whose label contains one of these (default: all)")
     args = parser.parse_args(argv)
+    losses = [(label, kw) for label, kw in LOSSES if not args.losses or any(t in label for t in args.losses)]
+    if not losses:
+        parser.error(f"no loss matches {args.losses}; labels: {[label for label, _ in LOSSES]}")
     rows = []
-    for label, kw in LOSSES:
+    for label, kw in losses:
         for lr in args.lrs:
             accs = [train_digits("accuracy", lr=lr, epochs=args.epochs, seed=s, **kw).test_metric for s in args.seeds]
             rows.append(dict(loss=label, lr=lr, mean=statistics.mean(accs), seeds=accs))
             print(f"{label:45s} lr={lr:<6} {statistics.mean(accs):.4f}", flush=True)
     report = dict(
         table="lr-sweep", machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        date=time.strftime("%Y-%m-%d"), command="python benchmarks/lr_sweep.py " + " ".join(argv or []),
+        date=time.strftime("%Y-%m-%d"),
+        command=" ".join(["python", "benchmarks/lr_sweep.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         seeds=args.seeds, epochs=args.epochs, rows=rows,
     )
     os.makedirs(args.out, exist_ok=True)
@@ -66,7 +75,7 @@ def main(argv=None):
         "| loss | " + " | ".join(f"lr {lr}" for lr in args.lrs) + " |",
         "|---|" + "---|" * len(args.lrs),
     ]
-    for label, _ in LOSSES:
+    for label, _ in losses:
         cells = [f"{r['mean'] * 100:.1f}" for r in rows if r["loss"] == label]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     with open(os.path.join(args.out, "results.md"), "w") as fh:

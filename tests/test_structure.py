@@ -189,3 +189,36 @@ def test_without_runs_the_pull_is_per_comparison():
         torch.testing.assert_close(x[1], y[1], rtol=1e-10, atol=1e-12)
     per_run = _run(guide(), scores, target, 0)
     assert not torch.allclose(per_run[1], c[1])  # the runs change the pull
+
+
+class _PCKPullFromComparisons(uniloss.PCK):
+    """PCK whose pull per run is taken from its comparisons (no closed form, ``run_pull=None``)."""
+    def structure(self, target):
+        return dataclasses.replace(super().structure(target), run_pull=None)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"interpolation": "chain"}, {"chunk_bits": 40}, {"chunk_bits": 40, "interpolation": "chain"},
+    {"step": "sum", "temperature": 0.4}, {"temperature_scale": "rms", "chunk_bits": 40}, {"pull": 2.5},
+])
+def test_pcks_pull_in_closed_form_is_the_pull_of_its_comparisons(options):
+    """``Structure.run_pull``: PCK's positive pixels share their joint's negatives, so each run's
+    term of the pull is one log-sum-exp per joint; the loss and gradient equal those of the pull
+    taken from every comparison, one block or block by block, with a joint without negatives
+    (the disc covers the heatmap) and an invisible joint."""
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
+    target = uniloss.KeypointTarget(torch.rand(3, 2, 2, generator=g) * 5, torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]),
+                                    torch.tensor([1.5, 2.0, 8.0]))
+    results = []
+    for dec in (uniloss.PCK(0.5), _PCKPullFromComparisons(0.5)):
+        leaf = scores.clone().requires_grad_()
+        loss, info = F.uniloss_with_info(leaf, target, dec, generator=torch.Generator().manual_seed(0), **options)
+        loss.backward()
+        results.append((loss.detach(), leaf.grad, info.path))
+    (loss, grad, path), (ref_loss, ref_grad, ref_path) = results
+    expected = "chunked" if "chunk_bits" in options else "chain" if "interpolation" in options else "structured"
+    assert path == ref_path == expected
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(grad, ref_grad)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -218,7 +218,8 @@ def test_blocks_take_no_pass_in_backward_and_none_for_gradients_under_no_grad(mo
     loss, info = F.uniloss_with_info(s, target, uniloss.PCK(), **kw)
     blocks = len(_structured.blocks_of(uniloss.PCK().structure(uniloss.PCK().prepare(heat, target)).runs, 40))
     assert info.path == "chunked" and blocks > 2
-    assert len(calls) == 4 * blocks  # hard, squared distances, then the gradients' pass (two leaves: the pull's)
+    # hard, squared distances, then the gradients' pass (PCK's pull per run in closed form: no block)
+    assert len(calls) == 3 * blocks
     calls.clear()
     loss.backward()
     assert calls == [] and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
@@ -227,6 +228,13 @@ def test_blocks_take_no_pass_in_backward_and_none_for_gradients_under_no_grad(mo
                                        chunk_bits=40)
     assert len(calls) == 2 * blocks
     assert torch.equal(again, loss.detach())
+    # the chain: the runs' last comparisons (hard with them), then the gradients' pass
+    calls.clear()
+    chained = F.uniloss(heat.clone().requires_grad_(), target, uniloss.PCK(), chunk_bits=40, interpolation="chain")
+    assert len(calls) == 2 * blocks
+    calls.clear()
+    chained.backward()
+    assert calls == []
 
 
 @pytest.mark.parametrize("num", [5, 8, 16, 21])

@@ -71,6 +71,13 @@ class Structure:
             with ``evaluate``. :class:`AveragePrecision`, :class:`MulticlassAccuracy`,
             :class:`PCK` and the zoo's metrics of class counts with one run per row (mean IoU,
             Dice, macro-F1, balanced accuracy) give it (all but AP with ``chain_by_runs``).
+        run_pull: optional, ``(scores, temperature) -> [S]``: each run's term of the pull per
+            run, ``log(1 + sum_k exp(z_k))`` with ``z_k = -(2 best_k - 1) c_k / temperature``
+            over the run's comparisons, in closed form and differentiable in ``scores``, where it
+            costs less than forming the comparisons (PCK: a positive pixel's comparisons share
+            their joint's negatives, so its term is ``softplus(LSE_n(s_n / tau) - s_p / tau)``,
+            ``O(pixels)`` against ``O(l)``). Exact layouts only; the engine uses it wherever the
+            pull is taken per run.
         chain_by_runs: ``True`` where the metric depends on the bits only through which runs are
             *whole*, every bit at its ``best`` value (accuracy: a sample is right iff its run is;
             PCK: a joint iff one of its positive pixels' runs is; the zoo's argmax metrics: a
@@ -109,6 +116,7 @@ class Structure:
     run_weights: Optional[Callable[[], Optional[Tensor]]] = None
     chain: Optional[Callable[..., Tensor]] = None
     chain_by_runs: bool = False
+    run_pull: Optional[Callable[[Tensor, Any], Tensor]] = None
 
     def __post_init__(self) -> None:
         # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)
@@ -128,6 +136,8 @@ class Structure:
             raise TypeError("Expected Structure.run_weights to be callable: () -> [S] weights (or None)")
         if self.chain is not None and not callable(self.chain):
             raise TypeError("Expected Structure.chain to be callable: rank [l] -> [l + 1] values along the chain")
+        if self.run_pull is not None and not callable(self.run_pull):
+            raise TypeError("Expected Structure.run_pull to be callable: (scores, temperature) -> [S] terms")
         if self.chain_by_runs and self.chain is None:
             raise TypeError("Structure.chain_by_runs needs chain: (turn [S], length) -> [length + 1] values")
 

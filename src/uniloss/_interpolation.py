@@ -179,9 +179,9 @@ STEPS = ("sum", "pull")
 PULL_WEIGHTS = ("metric", "equal")
 
 
-def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: int = 1,
+def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=None, rows: int = 1,
               num_valid: Optional[Tensor] = None, denominator: Optional[int] = None, with_push: bool = False,
-              weights: Optional[Tensor] = None):
+              weights: Optional[Tensor] = None, per: Optional[Tensor] = None):
     r"""The pull toward the best configuration: the cost whose gradient the engine adds to the
     interpolation's (``pull`` of :func:`uniloss.functional.uniloss`). With
     ``z_k = -(2 best_k - 1) c_k / tau`` (``best`` ``None``: every bit 1),
@@ -207,11 +207,17 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
     ``with_push``: return ``(cost, push)``, ``push = sum_k |d cost / d c_k|`` in closed form
     (detached): ``sum_k sigmoid(z_k) / (l tau)`` per comparison, ``sum_s (1 - exp(-lse_s)) / (D tau)``
     per run (``lse_s`` the run's term, ``D`` the denominator).
+
+    ``per``: the runs' ``[S]`` terms ``log(1 + sum_k exp(z_k))`` in closed form
+    (:attr:`uniloss.Structure.run_pull`; exact layouts only): ``c`` and ``best`` are then not read.
     """
-    z = -c if best is None else (1.0 - best.to(c.dtype) * 2.0) * c
-    if isinstance(temperature, Tensor) or temperature != 1.0:
-        z = z / temperature
+    if per is None:
+        assert c is not None  # the comparisons, where the runs' terms are not given
+        z = -c if best is None else (1.0 - best.to(c.dtype) * 2.0) * c
+        if isinstance(temperature, Tensor) or temperature != 1.0:
+            z = z / temperature
     if runs is None:
+        assert c is not None  # (the runs' terms come with runs)
         total = torch.nn.functional.softplus(z).sum()
         if with_push:
             with torch.no_grad():
@@ -223,18 +229,23 @@ def pull_cost(c: Tensor, best: Optional[Tensor], temperature, runs=None, rows: i
     else:
         num = runs.num
         if num == 0:  # no run (a static layout's padding alone): no pull
-            zero = c.new_zeros(())
+            like = per if per is not None else c
+            assert like is not None
+            zero = like.new_zeros(())
             return (zero, zero.detach()) if with_push else zero
         # A static layout's runs count those of the exact layout where it says how many
         # (``runs.real``), else those that hold a real comparison.
         occupied: Union[int, Tensor] = num if num_valid is None or runs.real is None else runs.real
         counted = num_valid is not None and runs.real is None
-        if runs.width is not None:  # log(1 + sum exp(z)) per run: a logsumexp with a 0 in front
+        if per is not None:  # given in closed form
+            pass
+        elif runs.width is not None:  # log(1 + sum exp(z)) per run: a logsumexp with a 0 in front
             zz = z.view(num, runs.width)
             per = torch.logsumexp(torch.nn.functional.pad(zz, (1, 0)), 1)
             if counted:
                 occupied = torch.isfinite(zz.detach()).any(1).sum()
         else:
+            assert c is not None
             ids = runs.run_ids(c.numel(), c.device).clamp_max(num - 1)  # a static layout's padding: after the runs
             top = z.new_zeros(num).scatter_reduce(0, ids, z.detach(), "amax", include_self=True)
             inner = z.new_zeros(num).index_add(0, ids, (z - top[ids]).exp())

@@ -648,12 +648,14 @@ def chunked_loss(
     margins: Optional[Callable[[Tensor], Tensor]] = None,
     run_weights: Optional[Tensor] = None,
     chain: bool = False,
+    run_pull: Optional[Callable[[Tensor, float], Tensor]] = None,
 ):
     """The loss of :func:`structured_loss` for a huge ``l``, block by block (``pull``,
     ``pull_per`` and ``step`` as :func:`uniloss.functional.uniloss` documents them; each block
     holds whole runs, so a run's pull is one block's). ``margins``: the structure's per-sample
     margins, on which the pull is then taken once (``pull_per="sample"``); ``run_weights``: the
-    runs' ``[S]`` weights in a pull per run, already over their mean.
+    runs' ``[S]`` weights in a pull per run, already over their mean; ``run_pull``: the runs'
+    terms of a pull per run in closed form (:attr:`Structure.run_pull`), then taken once.
 
     Needs a :class:`~uniloss.Structure` with ``comparisons_block`` and run lengths. Holds ``hard``
     (1 byte a bit) and the random anchors' codes (1 byte a bit per 8 anchors); every other
@@ -704,7 +706,7 @@ def chunked_loss(
         best = decomposition.best(target).reshape(-1).to(device=device, dtype=torch.bool)
     if chain:
         return _chunked_chain(scores, blocks, comparisons, best, structure, evaluate_zeros, temperature,
-                              grad_scale, sign, pull, pull_per, rows, step, margins, run_weights)
+                              grad_scale, sign, pull, pull_per, rows, step, margins, run_weights, run_pull)
     with torch.no_grad():
         anchors = draw_anchors(
             best, hard, hard != best, num_good=num_good, num_nearby=num_nearby, num_bad=num_bad,
@@ -772,13 +774,13 @@ def chunked_loss(
     loss = _blockwise_loss(
         scores, g, sign, lambda leaf: block_grads(grad_factor(temperature, distance), leaf), comparisons, best, temperature,
         lambda push, stepped: gradient_scale(grad_scale, harmonic, lambda: push, stepped), pull, pull_per, rows, step,
-        margins, run_weights, num_runs, num_bits)
+        margins, run_weights, num_runs, num_bits, run_pull)
     return loss, values, metric, g, anchors.kinds, num_bits
 
 
 def _blockwise_loss(scores: Tensor, g: Tensor, sign: float, grads_of, comparisons, best: Tensor, temperature,
                     scale_of, pull: float, pull_per: str, rows: Optional[int], step: str, margins, run_weights,
-                    num_runs: int, num_bits: int) -> Tensor:
+                    num_runs: int, num_bits: int, run_pull=None) -> Tensor:
     """The block-by-block loss of value ``sign * g`` (:func:`chunked_loss`): one pass over the
     blocks gives the interpolation's gradient on each block's comparisons (``grads_of``, a
     function of the scores' leaf yielding ``(block, c, dg/dc)`` at unit size) and the pull's, with
@@ -815,12 +817,19 @@ def _blockwise_loss(scores: Tensor, g: Tensor, sign: float, grads_of, comparison
                 cost, block_push = cost
                 pull_push += block_push * pull
             cost.backward()
+        if pull and margins is None and run_pull is not None and record:  # the runs' terms in closed form, once
+            cost = pull_cost(None, None, temperature, Runs(None, None, None, num_runs), denominator=pull_rows,
+                             with_push=stepped, weights=run_weights, per=run_pull(leaves[1], temperature).to(dtype))
+            if stepped:
+                cost, block_push = cost
+                pull_push += block_push * pull
+            cost.backward()
         for block, c, grad_c in (grads_of(leaves[0]) if record else ()):
             b0, b1 = block[2], block[3]
             push += grad_c.abs().sum()
             # A scalar's backward: backward(c, grad_c) would import sympy on first use.
             total = torch.dot(c, grad_c)
-            if pull and margins is None:  # this block's part of the pull per run, over the whole call's count
+            if pull and margins is None and run_pull is None:  # this block's part of the pull per run, over the whole call's count
                 weights = None if run_weights is None else run_weights[block[0]:block[1]]
                 cost = pull_cost(comparisons(leaves[1], block), best[b0:b1], temperature, block_runs(block),
                                  denominator=pull_rows, with_push=stepped, weights=weights)
@@ -854,7 +863,7 @@ def _blockwise_loss(scores: Tensor, g: Tensor, sign: float, grads_of, comparison
 
 def _chunked_chain(scores: Tensor, blocks, comparisons, best: Tensor, structure: Structure,
                    evaluate_zeros, temperature, grad_scale, sign: float, pull: float, pull_per: str,
-                   rows: Optional[int], step: str, margins, run_weights):
+                   rows: Optional[int], step: str, margins, run_weights, run_pull):
     """:func:`chunked_loss` with ``chain``: :func:`uniloss._interpolation.run_chain` block by block.
     Each block holds whole runs, so a run's last comparison is found within its block; the
     gradient's pass puts each run's gain on its last comparison."""
@@ -896,5 +905,5 @@ def _chunked_chain(scores: Tensor, blocks, comparisons, best: Tensor, structure:
     scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
     loss = _blockwise_loss(scores, g, sign, block_grads, comparisons, best, temperature,
                            lambda push, stepped: (scale, push * scale if stepped else None), pull, pull_per, rows,
-                           step, margins, run_weights, num_runs, num_bits)
+                           step, margins, run_weights, num_runs, num_bits, run_pull)
     return loss, values, metric, g, (("chain", num_runs + 1),), num_bits

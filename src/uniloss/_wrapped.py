@@ -154,16 +154,18 @@ class WrappedDecomposition(Decomposition):
 
     def structure(self, target: Any) -> Optional[Structure]:
         """The inner ``structure`` on the prepared set (its ``rows`` the set's); its
-        ``comparisons_block`` and ``margins`` take this call's scores (placed in the set as
-        :meth:`unwrap` places them)."""
+        ``comparisons_block``, ``margins`` and ``run_pull`` take this call's scores (placed in the
+        set as :meth:`unwrap` places them)."""
         inner_scores, inner_target = self.unwrap(target)
         inner = self.decomposition.structure(inner_target)
         if inner is None:
             return None
         rows = inner.rows if inner.rows is not None else (inner_scores.shape[0] if inner_scores.dim() else 1)
-        block, margins = inner.comparisons_block, inner.margins
+        block, margins, run_pull = inner.comparisons_block, inner.margins, inner.run_pull
         if margins is not None:
             inner = replace(inner, margins=lambda scores: margins(self.unwrap(target, scores)[0]))
+        if run_pull is not None:
+            inner = replace(inner, run_pull=lambda scores, tau: run_pull(self.unwrap(target, scores)[0], tau))
         if block is None:
             return replace(inner, rows=rows)
 

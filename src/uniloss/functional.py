@@ -334,14 +334,15 @@ def uniloss_with_info(
             )
         structure = plan.structure
         assert structure is not None and isinstance(structure.runs, Tensor)  # the chunked path: set by choose_path
-        margins_of, block_weights = _pull_terms(structure, pull, pull_per, pull_weights, structure.runs.numel(),
-                                                torch.float32 if scores.dtype in _HALF else scores.dtype)
+        margins_of, block_weights, run_pull = _pull_terms(structure, pull, pull_per, pull_weights,
+                                                          structure.runs.numel(),
+                                                          torch.float32 if scores.dtype in _HALF else scores.dtype)
         loss, values, metric, surrogate, kinds, l = chunked_loss(
             scores, target, decomposition, structure, chunk_bits=plan.block_bits, num_good=num_good,
             num_nearby=num_nearby, num_bad=num_bad, generator=generator,
             temperature=temperature, grad_scale=grad_scale, sign=sign, temperature_scale=temperature_scale,
             distance=distance, pull=pull, nearby=nearby, pull_per=pull_per, rows=_pull_rows(scores, structure),
-            step=step, margins=margins_of, run_weights=block_weights, chain=interpolation == "chain",
+            step=step, margins=margins_of, run_weights=block_weights, chain=interpolation == "chain", run_pull=run_pull,
         )
         loss = loss.to(scores.dtype)
         return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target,
@@ -392,11 +393,12 @@ def uniloss_with_info(
     structure = plan.structure
     runs = None if structure is None or not l else Runs.of(structure.runs, l, c.device, validate_args and static is None)
     pull_runs = runs if pull_per != "comparison" else None
-    margins_of, run_weights = _pull_terms(structure, pull, pull_per, pull_weights,
-                                          None if pull_runs is None else pull_runs.num, c.dtype)
+    margins_of, run_weights, run_pull = _pull_terms(structure, pull, pull_per, pull_weights,
+                                                    None if pull_runs is None else pull_runs.num, c.dtype)
     margins = None if margins_of is None else margins_of(scores)  # the pull's per-sample margins
     if margins is not None and margins.dtype in _HALF:
         margins = margins.float()
+    per_run = None if run_pull is None or not l else run_pull(scores, temperature).to(c.dtype)  # its terms per run
     pull_rows = _pull_rows(scores, structure)
     num_valid = None if static is None else static[0]
     stepped = step == "pull" and bool(pull)  # the step rule needs the interpolation's push (pull=0: none)
@@ -407,14 +409,14 @@ def uniloss_with_info(
                                        static=static,
                                        count=_bit_count(l, static, validate_args))
         loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
-                          push if stepped else None, margins, run_weights)
+                          push if stepped else None, margins, run_weights, per_run)
         return loss, with_exact_metric(info, decomposition, target, scores)
     assert anchor_set is not None  # drawn or given: every path but the chain's
     if plan.path == "dense":
         loss, info, push = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale,
                                        sign, distance, nearby, need_push=stepped)
         loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
-                          push if stepped else None, margins, run_weights)
+                          push if stepped else None, margins, run_weights, per_run)
         return loss, with_exact_metric(info, decomposition, target, scores)
     if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
@@ -431,7 +433,7 @@ def uniloss_with_info(
         detached=detached, need_push=stepped,
     )
     loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
-                      pull_runs, pull_rows, num_valid, push if stepped else None, margins, run_weights)
+                      pull_runs, pull_rows, num_valid, push if stepped else None, margins, run_weights, per_run)
     count = _bit_count(l, static, validate_args)
     return loss, with_exact_metric(LossInfo(metric, _detached(surrogate), loss.detach(), count, values, kinds,
                                             "structured"), decomposition, target, scores)
@@ -467,7 +469,8 @@ def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
                temperature, pull: float, runs: Optional[Runs] = None, rows: int = 1,
                num_valid: Optional[Tensor] = None, interp_push: Optional[Tensor] = None,
-               margins: Optional[Tensor] = None, weights: Optional[Tensor] = None) -> Tensor:
+               margins: Optional[Tensor] = None, weights: Optional[Tensor] = None,
+               per_run: Optional[Tensor] = None) -> Tensor:
     """``loss`` whose gradient also carries ``pull`` times that of
     :func:`uniloss._interpolation.pull_cost` (per run where ``runs`` are given, else per
     comparison); the value stays the interpolated metric's. ``best``: the ``[l]`` best bits where
@@ -475,20 +478,21 @@ def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: D
     (``step="pull"``): the interpolation's total push ``I`` on ``c``; the whole gradient is then
     multiplied by ``P / (P + I)``, ``P`` the pull's (:func:`uniloss._interpolation.step_factor`).
     ``margins``: ``[n]`` per-sample margins (:attr:`uniloss.Structure.margins`): the pull is
-    taken on them instead, per margin, every one right when ``> 0``."""
+    taken on them instead, per margin, every one right when ``> 0``. ``per_run``: the runs'
+    terms in closed form (:attr:`uniloss.Structure.run_pull`), in place of the comparisons'."""
     if margins is not None:  # the pull on the margins (binary cross-entropy at tau = 1), also without a comparison
-        c, best, runs, num_valid = margins, None, None, None
+        c, best, runs, num_valid, per_run = margins, None, None, None, None
     if not pull or c.numel() == 0:
         return loss
-    if margins is None:
+    if margins is None and per_run is None:
         with torch.no_grad():
             if best is None:
                 best = decomposition.best(target).reshape(-1).to(device=c.device)
         best = None if is_all_true(best) else best
     if interp_push is None:
-        cost, weight = pull_cost(c, best, temperature, runs, rows, num_valid, weights=weights), pull
+        cost, weight = pull_cost(c, best, temperature, runs, rows, num_valid, weights=weights, per=per_run), pull
     else:
-        cost, push = pull_cost(c, best, temperature, runs, rows, num_valid, with_push=True, weights=weights)
+        cost, push = pull_cost(c, best, temperature, runs, rows, num_valid, with_push=True, weights=weights, per=per_run)
         with torch.no_grad():
             f = step_factor(push * pull if pull != 1.0 else push, interp_push)
         value = loss.detach()
@@ -502,18 +506,21 @@ def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: D
 
 def _pull_terms(structure: Optional[Structure], pull: float, pull_per: str, pull_weights: str,
                 num_runs: Optional[int], dtype: torch.dtype):
-    """``(margins, run_weights)`` of the pull, each ``None`` where it does not apply: the
-    structure's per-sample margins (a callable, scores -> ``[n]``) where the pull is taken per
+    """``(margins, run_weights, run_pull)`` of the pull, each ``None`` where it does not apply:
+    the structure's per-sample margins (a callable, scores -> ``[n]``) where the pull is taken per
     sample on them, else the runs' ``[S]`` weights over their mean (``pull_weights="metric"``, a
-    pull per run: ``num_runs`` given), in ``dtype``. One rule for the structured and block paths."""
+    pull per run: ``num_runs`` given), in ``dtype``, and the runs' terms in closed form
+    (:attr:`uniloss.Structure.run_pull`, a callable). One rule for the structured and block paths."""
     if not pull or structure is None:
-        return None, None
+        return None, None, None
     if pull_per == "sample" and structure.margins is not None:
-        return structure.margins, None
-    if pull_weights == "metric" and num_runs is not None and pull_per != "comparison" \
-            and structure.run_weights is not None:
-        return None, _run_weights(structure.run_weights(), num_runs, dtype)
-    return None, None
+        return structure.margins, None, None
+    if num_runs is None or pull_per == "comparison":
+        return None, None, None
+    weights = None
+    if pull_weights == "metric" and structure.run_weights is not None:
+        weights = _run_weights(structure.run_weights(), num_runs, dtype)
+    return None, weights, structure.run_pull
 
 
 def _run_weights(weights: Optional[Tensor], num: int, dtype: torch.dtype = torch.float32) -> Optional[Tensor]:
