@@ -331,11 +331,11 @@ def _accuracy(pred, target):
 
 
 def _same_loss(a, b, scores, target, seed=0, atol=0.0, **options):
-    la = F.uniloss(scores.clone().requires_grad_(), target, a, generator=_gen(seed), **options)
-    lb = F.uniloss(scores.clone().requires_grad_(), target, b, generator=_gen(seed), **options)
+    la = F.uniloss(scores.clone().requires_grad_(), target, a, generator=_gen(seed), **options, interpolation="anchors")
+    lb = F.uniloss(scores.clone().requires_grad_(), target, b, generator=_gen(seed), **options, interpolation="anchors")
     sa, sb = scores.clone().requires_grad_(), scores.clone().requires_grad_()
-    F.uniloss(sa, target, a, generator=_gen(seed), **options).backward()
-    F.uniloss(sb, target, b, generator=_gen(seed), **options).backward()
+    F.uniloss(sa, target, a, generator=_gen(seed), **options, interpolation="anchors").backward()
+    F.uniloss(sb, target, b, generator=_gen(seed), **options, interpolation="anchors").backward()
     assert torch.allclose(la, lb, atol=atol, rtol=0) and torch.allclose(sa.grad, sb.grad, atol=max(atol, 1e-12))
 
 
@@ -414,7 +414,7 @@ def test_single_prediction_evaluator_batched_by_vmap_and_by_loop():
     for how, fn in ((False, _f1_one), ("loop", _f1_one), ("loop", _f1_one_with_item)):
         metric = uniloss.DecodedMetric(Threshold(0.0), fn, batched=how)
         assert torch.allclose(metric.evaluate(bits, plan).double(), reference, atol=1e-6)
-        loss = uniloss.UniLoss(metric, generator=_gen(0))(scores.clone().requires_grad_(), target)
+        loss = uniloss.UniLoss(metric, generator=_gen(0), interpolation="anchors")(scores.clone().requires_grad_(), target)
         assert torch.isfinite(loss)
 
 
@@ -446,7 +446,7 @@ def test_torchmetrics_functional_evaluator_works_unchanged():
         bits = torch.rand(8, 40, generator=_gen(2)) < 0.5
         assert torch.allclose(metric.evaluate(bits, plan).double(), uniloss.zoo.f_beta().evaluate(bits, plan).double(), atol=1e-6)
         scores_ = scores.clone().requires_grad_()
-        uniloss.UniLoss(metric, generator=_gen(0))(scores_, target).backward()
+        uniloss.UniLoss(metric, generator=_gen(0), interpolation="anchors")(scores_, target).backward()
         assert torch.isfinite(scores_.grad).all()
     multiclass = functools.partial(classification.multiclass_f1_score, num_classes=4, average="macro")
     scores, labels = torch.randn(30, 4, generator=_gen(4)), torch.randint(0, 4, (30,), generator=_gen(5))
@@ -468,7 +468,7 @@ def test_lower_is_better_evaluator():
         return (pred != y.bool()).float().mean(-1)
 
     metric = uniloss.DecodedMetric(Threshold(0.0), error, higher_is_better=False)
-    loss_fn = uniloss.UniLoss(metric, generator=_gen(0))
+    loss_fn = uniloss.UniLoss(metric, generator=_gen(0), interpolation="anchors")
     loss = loss_fn(scores.clone().requires_grad_(), target).detach()
     assert float(loss.detach()) == pytest.approx(float(loss_fn.last.surrogate)) and float(loss.detach()) > 0
 
@@ -503,16 +503,16 @@ def test_generic_evaluator_loss_has_finite_gradient_and_is_deterministic(make_de
 
     metric = uniloss.DecodedMetric(make_decoder(), agreement)
     s = scores.detach().clone().requires_grad_()
-    loss = F.uniloss(s, target, metric, generator=_gen(1))
+    loss = F.uniloss(s, target, metric, generator=_gen(1), interpolation="anchors")
     loss.backward()
     assert torch.isfinite(s.grad).all() and loss.device == s.device
-    again = F.uniloss(scores, target, metric, generator=_gen(1))
+    again = F.uniloss(scores, target, metric, generator=_gen(1), interpolation="anchors")
     assert float(again.detach()) == float(loss.detach())
 
 
 def test_ranking_batch_without_comparisons_gives_attached_zero_loss():
     scores = torch.randn(6, requires_grad=True)
-    loss = F.uniloss(scores, torch.ones(6), uniloss.zoo.auroc(), pull_per="run")
+    loss = F.uniloss(scores, torch.ones(6), uniloss.zoo.auroc(), pull_per="run", interpolation="anchors")
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(scores.grad, torch.zeros(6))
     assert math.isnan(float(uniloss.zoo.auroc().metric(scores, torch.ones(6))))
@@ -522,7 +522,7 @@ def test_ranking_batch_without_comparisons_keeps_the_margin_pull():
     # One ranking, every item relevant: no comparison, but the pull on the margins (the default
     # pull_per="sample") is binary cross-entropy, which still pulls each score up.
     scores = torch.randn(6, requires_grad=True)
-    loss = F.uniloss(scores, torch.ones(6), uniloss.zoo.auroc())
+    loss = F.uniloss(scores, torch.ones(6), uniloss.zoo.auroc(), interpolation="anchors")
     (grad,) = torch.autograd.grad(loss, scores)
     (bce,) = torch.autograd.grad(torch.nn.functional.binary_cross_entropy_with_logits(scores, torch.ones(6)), scores)
     assert float(loss.detach()) == 0.0
@@ -535,19 +535,19 @@ def test_ranking_batch_without_comparisons_keeps_the_margin_pull():
 @pytest.mark.parametrize(
     "call,error,match",
     [
-        (lambda: F.uniloss(torch.randn(4), torch.zeros(4, dtype=torch.long), uniloss.zoo.macro_f1(3)), ValueError, r"`scores` of shape \[n, C\]"),
-        (lambda: F.uniloss(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), uniloss.zoo.macro_f1(3)), ValueError, r"`scores` with 3 classes"),
-        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 3, 0]), uniloss.zoo.macro_f1(3)), ValueError, r"`target` to hold integers in \[0, 3\)"),
-        (lambda: F.uniloss(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long), uniloss.zoo.mean_iou(3)), ValueError, r"`target` of shape \[2, 4, 4\]"),
-        (lambda: F.uniloss(torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.long), uniloss.zoo.mean_iou(3)), ValueError, r"`scores` of shape \[n, C, H, W\]"),
-        (lambda: F.uniloss(torch.randn(5), torch.tensor([0, 2, 1, 0, 1]), uniloss.zoo.f_beta()), ValueError, r"`target` to hold only 0 and 1"),
-        (lambda: F.uniloss(torch.randn(5), torch.ones(4), uniloss.zoo.recall()), ValueError, r"`target` of shape \[5\]"),
-        (lambda: F.uniloss(torch.randn(5, 2), torch.ones(5), uniloss.zoo.mrr()), ValueError, r"`scores` of shape \[n\] or \[n, 1\]"),
-        (lambda: F.uniloss(torch.randn(5), torch.tensor([1.0, -1, 0, 0, 1]), uniloss.zoo.ndcg_at_k(3)), ValueError, r"`target.relevance` to be >= 0"),
-        (lambda: F.uniloss(torch.randn(5), RankingTarget(torch.ones(5), torch.zeros(4, dtype=torch.long)), uniloss.zoo.mrr()), ValueError, r"`target.query` of shape \[5\]"),
-        (lambda: F.uniloss(torch.randn(5), RankingTarget(torch.ones(5), torch.zeros(5)), uniloss.zoo.mrr()), TypeError, r"`target.query` to be an integer tensor"),
-        (lambda: F.uniloss(torch.randn(5), (torch.ones(5), None, None), uniloss.zoo.mrr()), TypeError, r"`target` to be a RankingTarget"),
-        (lambda: F.uniloss(torch.randn(1, 2, 4, 4), (torch.zeros(1, 2, 2),), uniloss.zoo.pck()), TypeError, r"`target` to be a KeypointTarget"),
+        (lambda: F.uniloss(torch.randn(4), torch.zeros(4, dtype=torch.long), uniloss.zoo.macro_f1(3), interpolation="anchors"), ValueError, r"`scores` of shape \[n, C\]"),
+        (lambda: F.uniloss(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), uniloss.zoo.macro_f1(3), interpolation="anchors"), ValueError, r"`scores` with 3 classes"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 3, 0]), uniloss.zoo.macro_f1(3), interpolation="anchors"), ValueError, r"`target` to hold integers in \[0, 3\)"),
+        (lambda: F.uniloss(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long), uniloss.zoo.mean_iou(3), interpolation="anchors"), ValueError, r"`target` of shape \[2, 4, 4\]"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.long), uniloss.zoo.mean_iou(3), interpolation="anchors"), ValueError, r"`scores` of shape \[n, C, H, W\]"),
+        (lambda: F.uniloss(torch.randn(5), torch.tensor([0, 2, 1, 0, 1]), uniloss.zoo.f_beta(), interpolation="anchors"), ValueError, r"`target` to hold only 0 and 1"),
+        (lambda: F.uniloss(torch.randn(5), torch.ones(4), uniloss.zoo.recall(), interpolation="anchors"), ValueError, r"`target` of shape \[5\]"),
+        (lambda: F.uniloss(torch.randn(5, 2), torch.ones(5), uniloss.zoo.mrr(), interpolation="anchors"), ValueError, r"`scores` of shape \[n\] or \[n, 1\]"),
+        (lambda: F.uniloss(torch.randn(5), torch.tensor([1.0, -1, 0, 0, 1]), uniloss.zoo.ndcg_at_k(3), interpolation="anchors"), ValueError, r"`target.relevance` to be >= 0"),
+        (lambda: F.uniloss(torch.randn(5), RankingTarget(torch.ones(5), torch.zeros(4, dtype=torch.long)), uniloss.zoo.mrr(), interpolation="anchors"), ValueError, r"`target.query` of shape \[5\]"),
+        (lambda: F.uniloss(torch.randn(5), RankingTarget(torch.ones(5), torch.zeros(5)), uniloss.zoo.mrr(), interpolation="anchors"), TypeError, r"`target.query` to be an integer tensor"),
+        (lambda: F.uniloss(torch.randn(5), (torch.ones(5), None, None), uniloss.zoo.mrr(), interpolation="anchors"), TypeError, r"`target` to be a RankingTarget"),
+        (lambda: F.uniloss(torch.randn(1, 2, 4, 4), (torch.zeros(1, 2, 2),), uniloss.zoo.pck(), interpolation="anchors"), TypeError, r"`target` to be a KeypointTarget"),
         (lambda: Argmax("some"), ValueError, r"`pairs` to be one of \('all', 'target'\), but got 'some'"),
         (lambda: Ranking("target"), ValueError, r"`pairs` to be one of"),
         (lambda: TopK(0), ValueError, r"`k` > 0, but got 0"),

@@ -59,8 +59,8 @@ def test_dispatch_decides_and_the_call_runs_that_path(name, case, options, overr
     if options == "dense":
         options = {"anchors": _dense_anchors(dec, scores, target)}
     with _limits.limits(**overrides) as limits:
-        plan = F.choose_path(scores, target, dec, generator=torch.Generator().manual_seed(0), **options)
-        _, info = F.uniloss_with_info(scores, target, dec, generator=torch.Generator().manual_seed(0), **options)
+        plan = F.choose_path(scores, target, dec, generator=torch.Generator().manual_seed(0), **options, interpolation="anchors")
+        _, info = F.uniloss_with_info(scores, target, dec, generator=torch.Generator().manual_seed(0), **options, interpolation="anchors")
     assert (plan.path, plan.static_bits) == (path, offer)
     assert info.path == path
     assert plan.block_bits == min(plan.chunk_bits, limits.block_bits)
@@ -75,21 +75,21 @@ def test_cpu_gets_no_static_offer_and_accelerators_do():
     assert limits.static_bits_for("cuda") == limits.static_max_bits == 1 << 22
     assert limits.static_bits_for("mps") == 1 << 22
     dec, scores, target = _ap()
-    plan = F.choose_path(scores, target, dec)
+    plan = F.choose_path(scores, target, dec, interpolation="anchors")
     assert plan.static_bits == 0 and plan.layout is None
-    _, info = F.uniloss_with_info(scores, target, dec, validate_args=False)
+    _, info = F.uniloss_with_info(scores, target, dec, validate_args=False, interpolation="anchors")
     assert isinstance(info.bit_count, int)  # laid out exactly (a static layout counts on the device)
 
 
 def test_an_overridden_limit_changes_the_decision_and_is_restored():
     dec, scores, target = _pck()
-    l = F.uniloss_with_info(scores, target, dec)[1].num_bits
-    assert F.choose_path(scores, target, dec).path == "structured"
+    l = F.uniloss_with_info(scores, target, dec, interpolation="anchors")[1].num_bits
+    assert F.choose_path(scores, target, dec, interpolation="anchors").path == "structured"
     with _limits.limits(chunk_bits=l - 1):
-        assert F.choose_path(scores, target, dec).path == "chunked"
-        assert F.uniloss_with_info(scores, target, dec)[1].path == "chunked"
+        assert F.choose_path(scores, target, dec, interpolation="anchors").path == "chunked"
+        assert F.uniloss_with_info(scores, target, dec, interpolation="anchors")[1].path == "chunked"
         with _limits.limits(chunk_bits=l):  # nests
-            assert F.choose_path(scores, target, dec).path == "structured"
+            assert F.choose_path(scores, target, dec, interpolation="anchors").path == "structured"
         assert _limits.current_limits().chunk_bits == l - 1
     assert _limits.current_limits() is _limits.DEFAULT_LIMITS
     with pytest.raises(TypeError):
@@ -100,7 +100,7 @@ def test_an_overridden_limit_changes_the_decision_and_is_restored():
 
 def test_dispatch_takes_explicit_limits():
     dec, scores, target = _pck()
-    plan = F.choose_path(scores, target, dec, limits=_limits.DEFAULT_LIMITS.override(chunk_bits=8))
+    plan = F.choose_path(scores, target, dec, limits=_limits.DEFAULT_LIMITS.override(chunk_bits=8), interpolation="anchors")
     assert plan.path == "chunked" and plan.chunk_bits == 8
     assert _limits.current_limits() is _limits.DEFAULT_LIMITS
 
@@ -110,11 +110,11 @@ def test_given_structured_anchors_for_other_comparisons_run_dense():
     prepared = dec.prepare(scores, target)
     c = dec.comparisons(scores, prepared).reshape(-1)
     anchors = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, generator=torch.Generator().manual_seed(0))
-    assert F.choose_path(scores, target, dec, anchors=anchors).path == "structured"
+    assert F.choose_path(scores, target, dec, anchors=anchors, interpolation="anchors").path == "structured"
     other = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c <= 0, generator=torch.Generator().manual_seed(0))
-    plan = F.choose_path(scores, target, dec, anchors=other)
+    plan = F.choose_path(scores, target, dec, anchors=other, interpolation="anchors")
     assert plan.path == "dense" and not plan.anchor_set.is_structured
-    assert F.uniloss_with_info(scores, target, dec, anchors=other)[1].path == "dense"
+    assert F.uniloss_with_info(scores, target, dec, anchors=other, interpolation="anchors")[1].path == "dense"
 
 
 # The sizes the engine decides by: the fields of EngineLimits, and the names they once had.

@@ -53,7 +53,7 @@ def test_nearby_flips_a_random_bit_when_hard_is_best():
 def test_zero_counts_allowed(counts):
     scores, labels = _ap_batch()
     g, n, b = counts
-    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), num_good=g, num_nearby=n, num_bad=b)
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), num_good=g, num_nearby=n, num_bad=b, interpolation="anchors")
     loss = loss_fn(scores.requires_grad_(), labels)
     loss.backward()
     assert loss_fn.last.anchor_values.shape == (1 + g + n + b,)
@@ -93,7 +93,7 @@ def test_residual_form_keeps_precision_where_sigmoid_rounds():
 def test_saturated_scores_give_finite_zero_gradient():
     scores = torch.tensor([200.0, -200.0, 150.0, -150.0], requires_grad=True)
     labels = torch.tensor([1, 0, 1, 0])
-    loss = F.uniloss(scores, labels, uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(0))
+    loss = F.uniloss(scores, labels, uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(0), interpolation="anchors")
     loss.backward()
     assert float(loss.detach()) == -1.0  # sits on the best anchor: exact
     assert torch.isfinite(scores.grad).all()
@@ -124,7 +124,7 @@ def test_vectorised_loss_and_gradient_equal_the_loop_oracle(seed, kind):
     anchors = uniloss.sample_anchors(dec.best(prepared), dec.comparisons(scores, prepared) > 0,
                                      num_good=4, num_nearby=4, num_bad=4, generator=g).bits
     s1 = scores.clone().requires_grad_()
-    ours = F.uniloss(s1, target, dec, anchors=anchors, grad_scale=1.0, pull=0, temperature=0.7)  # the paper
+    ours = F.uniloss(s1, target, dec, anchors=anchors, grad_scale=1.0, pull=0, temperature=0.7, interpolation="anchors")  # the paper
     ours.backward()
     s2 = scores.clone().requires_grad_()
     ref = uniloss_oracle(s2, target, dec, anchors, temperature=0.7)
@@ -141,13 +141,13 @@ def test_gradcheck_float64_fixed_anchors():
     anchors = uniloss.sample_anchors(dec.best(prepared), dec.comparisons(scores, prepared) > 0,
                                      num_good=3, num_nearby=3, num_bad=3,
                                      generator=torch.Generator().manual_seed(0)).bits
-    fn = lambda s: F.uniloss(s, labels, dec, anchors=anchors, grad_scale=1.0, pull=0)
+    fn = lambda s: F.uniloss(s, labels, dec, anchors=anchors, grad_scale=1.0, pull=0, interpolation="anchors")
     assert torch.autograd.gradcheck(fn, (scores.clone().requires_grad_(),))
     scores = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 3, 1])
     acc = uniloss.MulticlassAccuracy()
     anchors = torch.rand(10, 9, generator=torch.Generator().manual_seed(2)) < 0.5
-    assert torch.autograd.gradcheck(lambda s: F.uniloss(s, target, acc, anchors=anchors, grad_scale=1.0, pull=0),
+    assert torch.autograd.gradcheck(lambda s: F.uniloss(s, target, acc, anchors=anchors, grad_scale=1.0, pull=0, interpolation="anchors"),
                                     (scores,))
 
 
@@ -158,7 +158,7 @@ def test_distance_grad_scale_multiplies_the_gradient_only():
     grads, values = [], []
     for scale in (1.0, "distance", 3.0):
         s = scores.clone().requires_grad_()
-        loss = F.uniloss(s, labels, dec, anchors=anchors, grad_scale=scale, pull=0)
+        loss = F.uniloss(s, labels, dec, anchors=anchors, grad_scale=scale, pull=0, interpolation="anchors")
         loss.backward()
         grads.append(s.grad)
         values.append(float(loss.detach()))
@@ -174,17 +174,17 @@ def test_distance_grad_scale_multiplies_the_gradient_only():
 
 def test_module_and_functional_agree():
     scores, labels = _ap_batch(20, 3)
-    m = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(5))
-    f = F.uniloss(scores, labels, uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(5))
+    m = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(5), interpolation="anchors")
+    f = F.uniloss(scores, labels, uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(5), interpolation="anchors")
     assert float(m(scores, labels)) == float(f)
 
 
 def test_same_generator_state_same_loss_and_different_state_differs():
     scores, labels = _ap_batch(40, 4)
     dec = uniloss.AveragePrecision()
-    a = F.uniloss(scores, labels, dec, generator=torch.Generator().manual_seed(7))
-    b = F.uniloss(scores, labels, dec, generator=torch.Generator().manual_seed(7))
-    c = F.uniloss(scores, labels, dec, generator=torch.Generator().manual_seed(8))
+    a = F.uniloss(scores, labels, dec, generator=torch.Generator().manual_seed(7), interpolation="anchors")
+    b = F.uniloss(scores, labels, dec, generator=torch.Generator().manual_seed(7), interpolation="anchors")
+    c = F.uniloss(scores, labels, dec, generator=torch.Generator().manual_seed(8), interpolation="anchors")
     assert float(a) == float(b)
     assert float(a) != float(c)
 
@@ -192,7 +192,7 @@ def test_same_generator_state_same_loss_and_different_state_differs():
 def test_last_reports_exact_metric_and_surrogate():
     scores = torch.randn(32, 10, requires_grad=True)
     target = torch.randint(0, 10, (32,))
-    loss_fn = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(0))
+    loss_fn = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(0), interpolation="anchors")
     loss = loss_fn(scores, target)
     assert float(loss_fn.last.metric) == float((scores.argmax(1) == target).float().mean())
     assert float(loss_fn.last.surrogate) == pytest.approx(-float(loss.detach()))
@@ -206,8 +206,8 @@ def test_lower_is_better_decomposition_gives_plus_g():
         higher_is_better = False
 
     scores, target = torch.randn(8, 3), torch.randint(0, 3, (8,))
-    a = F.uniloss(scores, target, uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(0))
-    b = F.uniloss(scores, target, Error(), generator=torch.Generator().manual_seed(0))
+    a = F.uniloss(scores, target, uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(0), interpolation="anchors")
+    b = F.uniloss(scores, target, Error(), generator=torch.Generator().manual_seed(0), interpolation="anchors")
     assert float(a) == -float(b)
 
 
@@ -217,21 +217,21 @@ def test_lower_is_better_decomposition_gives_plus_g():
 @pytest.mark.parametrize("labels", [torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)])
 def test_ap_undefined_batch_gives_attached_zero_loss(labels):
     scores = torch.randn(6, requires_grad=True)
-    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="run")
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="run", interpolation="anchors")
     loss = loss_fn(scores, labels)
     assert float(loss.detach()) == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(scores.grad, torch.zeros(6))
     assert loss_fn.last.num_bits == 0
     # the default pull on the margins still pulls every score: binary cross-entropy's gradient
-    (grad,) = torch.autograd.grad(uniloss.UniLoss(uniloss.AveragePrecision())(scores, labels), scores)
+    (grad,) = torch.autograd.grad(uniloss.UniLoss(uniloss.AveragePrecision(), interpolation="anchors")(scores, labels), scores)
     torch.testing.assert_close(grad, (torch.sigmoid(scores.detach()) - labels) / 6)
 
 
 def test_pck_without_visible_joint_gives_attached_zero_loss():
     heat = torch.randn(2, 3, 5, 5, requires_grad=True)
     target = uniloss.KeypointTarget(torch.ones(2, 3, 2), torch.zeros(2, 3, dtype=torch.bool), torch.ones(2))
-    loss_fn = uniloss.UniLoss(uniloss.PCK())
+    loss_fn = uniloss.UniLoss(uniloss.PCK(), interpolation="anchors")
     loss = loss_fn(heat, target)
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(heat.grad, torch.zeros_like(heat))
@@ -246,13 +246,13 @@ def test_dtypes_give_finite_loss_and_gradient(dtype, device):
     g = torch.Generator().manual_seed(0)
     scores = (torch.randn(64, 10, generator=g) * 20).to(device=device, dtype=dtype).requires_grad_()
     target = torch.randint(0, 10, (64,), generator=g).to(device)
-    loss = F.uniloss(scores, target, uniloss.MulticlassAccuracy(), generator=g)
+    loss = F.uniloss(scores, target, uniloss.MulticlassAccuracy(), generator=g, interpolation="anchors")
     loss.backward()
     assert loss.dtype == dtype and loss.device == scores.device
     assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()
     ap_scores = (torch.randn(32, generator=g) * 50).to(device=device, dtype=dtype).requires_grad_()
     labels = (torch.arange(32) % 3 == 0).to(device)
-    loss = F.uniloss(ap_scores, labels, uniloss.AveragePrecision(), generator=g)
+    loss = F.uniloss(ap_scores, labels, uniloss.AveragePrecision(), generator=g, interpolation="anchors")
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(ap_scores.grad).all()
 
@@ -260,16 +260,16 @@ def test_dtypes_give_finite_loss_and_gradient(dtype, device):
 def test_runs_on_device_with_cpu_generator(device):
     scores, labels = _ap_batch(16, 0, torch.float32)
     scores, labels = scores.to(device), labels.to(device)
-    a = F.uniloss(scores, labels, uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(1))
-    b = F.uniloss(scores.cpu(), labels.cpu(), uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(1))
+    a = F.uniloss(scores, labels, uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(1), interpolation="anchors")
+    b = F.uniloss(scores.cpu(), labels.cpu(), uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(1), interpolation="anchors")
     assert float(a) == pytest.approx(float(b), rel=1e-5)
 
 
 def test_fraction_draws_come_from_the_generator():
     scores, target = torch.randn(16, 20), torch.randint(0, 20, (16,))
     dec = uniloss.MulticlassAccuracy(fraction=0.2)
-    a = F.uniloss(scores, target, dec, generator=torch.Generator().manual_seed(3))
-    b = F.uniloss(scores, target, dec, generator=torch.Generator().manual_seed(3))
+    a = F.uniloss(scores, target, dec, generator=torch.Generator().manual_seed(3), interpolation="anchors")
+    b = F.uniloss(scores, target, dec, generator=torch.Generator().manual_seed(3), interpolation="anchors")
     assert float(a) == float(b)
 
 
@@ -288,7 +288,7 @@ def test_fraction_reports_the_exact_metric_and_trains_from_scratch():
         pushed = 0
         for seed in range(6):
             s = scores.clone().requires_grad_(True)
-            loss, info = F.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(seed), pull=0)
+            loss, info = F.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(seed), pull=0, interpolation="anchors")
             assert float(info.metric) == 0.0  # exact, whatever the anchors assume
             loss.backward()
             pushed += int((s.grad[rows, target] < 0).sum())  # descent raises the target score
@@ -302,7 +302,7 @@ def test_fraction_reports_the_exact_metric_and_trains_from_scratch():
     dec = uniloss.MulticlassAccuracy(fraction=0.2)
     plan = dec.prepare(scores, target, torch.Generator().manual_seed(0))
     bits = torch.rand(3, plan.selected.numel(), generator=g) < 0.5
-    _, info = F.uniloss_with_info(scores, plan, dec, anchors=bits)
+    _, info = F.uniloss_with_info(scores, plan, dec, anchors=bits, interpolation="anchors")
     assert float(info.metric) == pytest.approx(4 / 32)
 
 
@@ -314,7 +314,7 @@ def test_fraction_exact_metric_through_cross_batch_memory():
     first, y1 = torch.randn(8, 30, generator=g), torch.randint(0, 30, (8,), generator=g)
     second, y2 = torch.randn(8, 30, generator=g), torch.randint(0, 30, (8,), generator=g)
     second[:5] += 10 * torch.nn.functional.one_hot(y2[:5], 30)
-    F.uniloss_with_info(first, y1, dec, generator=g)
-    _, info = F.uniloss_with_info(second, y2, dec, generator=g)  # the batch plus the first in memory
+    F.uniloss_with_info(first, y1, dec, generator=g, interpolation="anchors")
+    _, info = F.uniloss_with_info(second, y2, dec, generator=g, interpolation="anchors")  # the batch plus the first in memory
     both, labels = torch.cat([second, first]), torch.cat([y2, y1])
     assert float(info.metric) == pytest.approx(float((both.argmax(1) == labels).float().mean()))

@@ -26,7 +26,7 @@ def _ap_batch(n, seed, dtype=torch.float64):
 
 def _memory_loss(size=16):
     memory = CrossBatchMemory(uniloss.AveragePrecision(), size=size)
-    return memory, uniloss.UniLoss(memory, generator=torch.Generator().manual_seed(0))
+    return memory, uniloss.UniLoss(memory, generator=torch.Generator().manual_seed(0), interpolation="anchors")
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
@@ -115,7 +115,7 @@ def test_memory_same_batch_two_passes_sam_style():
     reference = torch.Generator().set_state(state)
     for got, s in ((first, scores), (second, scores + 0.5)):
         expected = uniloss.functional.uniloss(torch.cat([s, before_s]), torch.cat([target, before_t]),
-                                              uniloss.AveragePrecision(), generator=reference)
+                                              uniloss.AveragePrecision(), generator=reference, interpolation="anchors")
         assert float(got.detach()) == float(expected)
     loss_fn(*_ap_batch(4, 2))  # after the block, calls push again
     assert len(memory) == 16
@@ -134,7 +134,7 @@ def test_memory_same_batch_second_pass_sees_the_memory_of_the_block_start():
             uniloss.AveragePrecision().metric(torch.cat([scores, before_s]), torch.cat([target, before_t])))
     full_s, full_t = torch.cat([scores + 0.5, before_s]), torch.cat([target, before_t])
     expected = uniloss.functional.uniloss(full_s, full_t, uniloss.AveragePrecision(),
-                                          generator=torch.Generator().set_state(state))
+                                          generator=torch.Generator().set_state(state), interpolation="anchors")
     assert float(second.detach()) == float(expected)
 
 
@@ -214,12 +214,12 @@ def test_memory_follows_a_loss_moved_to_cuda():
     assert memory.memory[0].device.type == "cuda" and len(memory) == 12
     ref = scores.clone().requires_grad_()
     expected = uniloss.functional.uniloss(torch.cat([ref, stored_s]), torch.cat([target, stored_t]),
-                                          uniloss.AveragePrecision(), generator=torch.Generator().set_state(state))
+                                          uniloss.AveragePrecision(), generator=torch.Generator().set_state(state), interpolation="anchors")
     expected.backward()
     assert float(loss) == pytest.approx(float(expected), abs=1e-10)
     torch.testing.assert_close(s.grad.cpu(), ref.grad, rtol=0, atol=1e-10)
     # and through GlobalBatch (one process: the identity)
-    wrapped = uniloss.UniLoss(GlobalBatch(CrossBatchMemory(uniloss.AveragePrecision(), size=8)))
+    wrapped = uniloss.UniLoss(GlobalBatch(CrossBatchMemory(uniloss.AveragePrecision(), size=8)), interpolation="anchors")
     wrapped(*_ap_batch(6, 2))
     wrapped(scores.cuda(), target.cuda())
     assert wrapped.decomposition.decomposition.memory[0].device.type == "cuda"
@@ -275,7 +275,7 @@ def _float32_cases():
 
 @pytest.mark.parametrize("name,make,shape,target", _float32_cases(), ids=[c[0] for c in _float32_cases()])
 def test_no_float64_inside_a_loss_call_on_float32_scores(name, make, shape, target):
-    loss_fn = uniloss.UniLoss(make(), generator=torch.Generator().manual_seed(0))
+    loss_fn = uniloss.UniLoss(make(), generator=torch.Generator().manual_seed(0), interpolation="anchors")
     scores = torch.randn(shape, generator=torch.Generator().manual_seed(1), requires_grad=True)
     with _Float64Recorder() as recorder:
         loss = loss_fn(scores, target)
@@ -288,7 +288,7 @@ def test_no_float64_inside_a_loss_call_on_float32_scores(name, make, shape, targ
 
 @pytest.mark.parametrize("options", [{"good_anchors": "all"}, {"num_nearby": 64}])
 def test_no_float64_with_other_anchor_options(options):
-    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(0), **options)
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(0), **options, interpolation="anchors")
     scores = torch.randn(40, generator=torch.Generator().manual_seed(1), requires_grad=True)
     with _Float64Recorder() as recorder:
         loss_fn(scores, torch.tensor([1, 0] * 20)).backward()
@@ -348,7 +348,7 @@ def test_zoo_values_follow_the_scores_dtype(dtype):
     relevance = torch.randint(0, 3, (24,), generator=g)
     for metric in (zoo.ndcg_at_k(5), zoo.auroc(), zoo.average_precision(), zoo.mrr()):
         assert metric.metric(scores[:, 0], relevance).dtype == dtype
-    loss_fn = uniloss.UniLoss(zoo.auroc(), generator=torch.Generator().manual_seed(0))
+    loss_fn = uniloss.UniLoss(zoo.auroc(), generator=torch.Generator().manual_seed(0), interpolation="anchors")
     loss_fn(scores[:, 0].clone().requires_grad_(), relevance)
     assert loss_fn.last.metric.dtype == loss_fn.last.anchor_values.dtype == dtype
 

@@ -56,7 +56,7 @@ def _structured_anchors(dec, scores, target, seed=1, **counts):
 def _hessian_vector(scores, target, dec, vector, **kw):
     """``(d loss / ds, d (grad . vector) / ds)``: a Hessian-vector product through ``create_graph``."""
     s = scores.clone().requires_grad_(True)
-    loss = F.uniloss(s, target, dec, **kw)
+    loss = F.uniloss(s, target, dec, **kw, interpolation="anchors")
     (grad,) = torch.autograd.grad(loss, s, create_graph=True)
     assert grad.requires_grad  # the structured engine's gradient was a constant for autograd
     (hv,) = torch.autograd.grad((grad * vector).sum(), s)
@@ -89,7 +89,7 @@ def test_structured_second_derivative_equals_the_dense_one(name, options, regime
     assert hv.abs().sum() > 0
     # without create_graph the closed form still runs, and gives the same first derivative
     s = scores.clone().requires_grad_(True)
-    (closed,) = torch.autograd.grad(F.uniloss(s, prepared, dec, anchors=anchors, **options), s)
+    (closed,) = torch.autograd.grad(F.uniloss(s, prepared, dec, anchors=anchors, **options, interpolation="anchors"), s)
     torch.testing.assert_close(closed, ref_grad, rtol=1e-9, atol=1e-13)
 
 
@@ -127,7 +127,7 @@ def test_structured_gradgradcheck(name):
     anchors, prepared = _structured_anchors(dec, scores, target, seed=6)
 
     def loss(s):
-        return F.uniloss(s, prepared, dec, anchors=anchors, grad_scale=1.0, temperature=0.8, step="sum")
+        return F.uniloss(s, prepared, dec, anchors=anchors, grad_scale=1.0, temperature=0.8, step="sum", interpolation="anchors")
 
     assert torch.autograd.gradgradcheck(loss, (scores.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-4)
 
@@ -149,7 +149,7 @@ def test_gradient_penalty_through_the_module_equals_the_dense_path():
         total = loss + 10.0 * gx.square().sum()
         return torch.autograd.grad(total, list(model.parameters()))
 
-    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(7))
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(7), interpolation="anchors")
     ours = penalty_grads(lambda s: loss_fn(s, y))
     with torch.no_grad():
         s = model(x)[:, 0]
@@ -157,7 +157,7 @@ def test_gradient_penalty_through_the_module_equals_the_dense_path():
         prepared = dec.prepare(s, y)
         c = dec.comparisons(s, prepared)
         anchors = uniloss.sample_anchors(dec.best(prepared), c > 0, generator=torch.Generator().manual_seed(7))
-    ref = penalty_grads(lambda s: F.uniloss(s, y, dec, anchors=anchors.dense()))
+    ref = penalty_grads(lambda s: F.uniloss(s, y, dec, anchors=anchors.dense(), interpolation="anchors"))
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
 
@@ -167,7 +167,7 @@ def test_block_by_block_double_backward_raises_naming_chunk_bits():
     heat = torch.randn(2, 2, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
     target = uniloss.KeypointTarget(torch.rand(2, 2, 2, generator=g, dtype=torch.float64) * 5,
                                     torch.ones(2, 2, dtype=torch.bool), torch.full((2,), 2.0))
-    loss_fn = uniloss.UniLoss(uniloss.PCK(), chunk_bits=40, generator=torch.Generator().manual_seed(1))
+    loss_fn = uniloss.UniLoss(uniloss.PCK(), chunk_bits=40, generator=torch.Generator().manual_seed(1), interpolation="anchors")
     loss = loss_fn(heat, target)
     num_bits = loss_fn.last.num_bits
     assert num_bits > 40
@@ -176,7 +176,7 @@ def test_block_by_block_double_backward_raises_naming_chunk_bits():
     with pytest.raises(RuntimeError, match=f"chunk_bits={num_bits}"):
         torch.autograd.grad(loss, heat, create_graph=True)
     # the advice works: the one-block engine on the same anchors differentiates twice
-    loss_fn = uniloss.UniLoss(uniloss.PCK(), chunk_bits=num_bits, generator=torch.Generator().manual_seed(1))
+    loss_fn = uniloss.UniLoss(uniloss.PCK(), chunk_bits=num_bits, generator=torch.Generator().manual_seed(1), interpolation="anchors")
     loss2 = loss_fn(heat, target)
     assert float(loss2.detach()) == pytest.approx(float(loss.detach()), rel=1e-10)
     (grad2,) = torch.autograd.grad(loss2, heat, create_graph=True)
@@ -222,26 +222,26 @@ def _warning_worker(rank, port, path):
     torch.set_num_threads(1)
     out = {}
     # before the process group exists: the plain loss cannot know, and warns later
-    early = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(SEED))
+    early = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(SEED), interpolation="anchors")
     out["before-init"] = _calls(early, rank, times=1)[0]
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         seeded = torch.Generator().manual_seed(SEED)
         out["early-after-init"] = _calls(early, rank)[0]
-        out["ap"] = _calls(uniloss.UniLoss(uniloss.AveragePrecision(), generator=seeded), rank)[0]
-        out["auroc"] = _calls(uniloss.UniLoss(zoo.auroc(), generator=seeded), rank)[0]
+        out["ap"] = _calls(uniloss.UniLoss(uniloss.AveragePrecision(), generator=seeded, interpolation="anchors"), rank)[0]
+        out["auroc"] = _calls(uniloss.UniLoss(zoo.auroc(), generator=seeded, interpolation="anchors"), rank)[0]
         out["memory"] = _calls(uniloss.UniLoss(CrossBatchMemory(uniloss.AveragePrecision(), size=8),
-                                               generator=seeded), rank)[0]
-        out["accuracy"] = _accuracy_calls(uniloss.UniLoss(uniloss.MulticlassAccuracy()), rank)
-        out["top_k"] = _accuracy_calls(uniloss.UniLoss(zoo.top_k_accuracy(2)), rank)
+                                               generator=seeded, interpolation="anchors"), rank)[0]
+        out["accuracy"] = _accuracy_calls(uniloss.UniLoss(uniloss.MulticlassAccuracy(), interpolation="anchors"), rank)
+        out["top_k"] = _accuracy_calls(uniloss.UniLoss(zoo.top_k_accuracy(2), interpolation="anchors"), rank)
         out["global-seeded"] = _calls(uniloss.UniLoss(GlobalBatch(uniloss.AveragePrecision()),
-                                                      generator=torch.Generator().manual_seed(SEED)), rank)
-        out["global-none"] = _calls(uniloss.UniLoss(GlobalBatch(uniloss.AveragePrecision())), rank)
+                                                      generator=torch.Generator().manual_seed(SEED), interpolation="anchors"), rank)
+        out["global-none"] = _calls(uniloss.UniLoss(GlobalBatch(uniloss.AveragePrecision()), interpolation="anchors"), rank)
         out["global-rank-seeded"] = _calls(uniloss.UniLoss(GlobalBatch(uniloss.AveragePrecision()),
-                                                           generator=torch.Generator().manual_seed(SEED + rank)), rank)
+                                                           generator=torch.Generator().manual_seed(SEED + rank), interpolation="anchors"), rank)
         out["global-memory-seeded"] = _calls(uniloss.UniLoss(
             GlobalBatch(CrossBatchMemory(uniloss.AveragePrecision(), size=8)),
-            generator=torch.Generator().manual_seed(SEED)), rank)[0]
+            generator=torch.Generator().manual_seed(SEED), interpolation="anchors"), rank)[0]
     finally:
         torch.distributed.destroy_process_group()
     with open(f"{path}.{rank}", "wb") as fh:
@@ -310,7 +310,7 @@ def test_no_warning_without_a_process_group():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for dec in (uniloss.AveragePrecision(), GlobalBatch(uniloss.AveragePrecision())):
-            uniloss.UniLoss(dec)(torch.randn(6, requires_grad=True), torch.tensor([1, 0, 0, 1, 0, 0]))
+            uniloss.UniLoss(dec, interpolation="anchors")(torch.randn(6, requires_grad=True), torch.tensor([1, 0, 0, 1, 0, 0]))
 
 
 # ---------------------------------------------------------------------------- bug 8: ties
@@ -361,7 +361,7 @@ def test_constant_scores_hand_case():
     for dec, expected in ((uniloss.AveragePrecision(), 0.25), (zoo.auroc(), 0.5), (zoo.average_precision(), 0.25),
                           (GlobalBatch(uniloss.AveragePrecision()), 0.25),
                           (CrossBatchMemory(zoo.auroc(), size=4), 0.5)):
-        loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0))
+        loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0), interpolation="anchors")
         loss_fn(scores.clone().requires_grad_(True), target)
         assert float(loss_fn.last.metric) == pytest.approx(expected), dec
         assert float(loss_fn.last.anchor_values[0]) == 1.0  # best is still every comparison right
@@ -396,7 +396,7 @@ def test_reported_ap_matches_sklearn_on_tied_scores(case, dtype):
     interpolated = voc_average_precision(scores, target, interpolated=True)
     assert float(uniloss.AveragePrecision(interpolated=True).metric(scores, target)) == pytest.approx(
         interpolated, abs=1e-6)
-    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(0))
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(0), interpolation="anchors")
     loss_fn(scores.clone().requires_grad_(True), target)
     assert float(loss_fn.last.metric) == pytest.approx(expected, abs=1e-6)
     assert loss_fn.last.metric.dtype == dtype
@@ -415,7 +415,7 @@ def test_reported_zoo_auroc_and_ap_match_sklearn_per_query_on_tied_scores(case):
         got = float(metric.metric(scores, target))
         assert got == pytest.approx(expected, abs=1e-12, nan_ok=True), metric
         if metric.comparisons(scores, metric.prepare(scores, target)).numel():
-            loss_fn = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(0))
+            loss_fn = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(0), interpolation="anchors")
             loss_fn(scores.clone().requires_grad_(True), target)
             assert float(loss_fn.last.metric) == pytest.approx(expected, abs=1e-12, nan_ok=True)
 
@@ -434,7 +434,7 @@ def test_the_loss_and_gradient_do_not_change_on_ties(interpolated):
     out = []
     for dec in (uniloss.AveragePrecision(interpolated=interpolated), _BitsAP(interpolated=interpolated)):
         s = scores.clone().requires_grad_(True)
-        loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
+        loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3), interpolation="anchors")
         loss = loss_fn(s, target)
         loss.backward()
         out.append((loss.detach(), s.grad, loss_fn.last))

@@ -175,7 +175,7 @@ def test_traced_bits_are_the_hand_written_decompositions(name):
     results = []
     for decomposition in (traced, hand):
         x = scores.clone().requires_grad_(True)
-        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7), pull_per="run", pull_weights="equal")
+        loss_fn = uniloss.UniLoss(decomposition, generator=_gen(7), pull_per="run", pull_weights="equal", interpolation="anchors")
         loss = loss_fn(x, target)
         loss.backward()
         results.append((loss.detach(), x.grad, loss_fn.last.metric))
@@ -194,10 +194,10 @@ def test_on_every_device(name, device):
     traced = from_metric(fn)
     assert float(traced.metric(scores, target)) == pytest.approx(float(fn(scores, target)), abs=1e-6)
     x = scores.clone().requires_grad_(True)
-    loss_fn = uniloss.UniLoss(traced, generator=_gen(0))
+    loss_fn = uniloss.UniLoss(traced, generator=_gen(0), interpolation="anchors")
     loss_fn(x, target).backward()
     y = scores.clone().requires_grad_(True)
-    uniloss.UniLoss(hand(), generator=_gen(0), pull_per="run")(y, target).backward()  # traced: no margins
+    uniloss.UniLoss(hand(), generator=_gen(0), pull_per="run", interpolation="anchors")(y, target).backward()  # traced: no margins
     assert x.grad.device == scores.device and torch.allclose(x.grad, y.grad, atol=1e-6)
 
 
@@ -280,7 +280,7 @@ def test_several_discrete_steps_and_held_control_flow():
 def test_degenerate_batch_gives_a_zero_loss_with_finite_gradients():
     traced = from_metric(average_precision)
     scores = torch.randn(10, requires_grad=True)
-    loss = uniloss.UniLoss(traced)(scores, torch.zeros(10, dtype=torch.long))
+    loss = uniloss.UniLoss(traced, interpolation="anchors")(scores, torch.zeros(10, dtype=torch.long))
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.isfinite(scores.grad).all()
     assert torch.isnan(traced.metric(scores, torch.zeros(10, dtype=torch.long)))
@@ -319,8 +319,8 @@ def test_structured_and_dense_engines_agree():
     assert traced.structure(plan) is not None
     anchors = torch.rand(20, plan.num_bits, generator=_gen(1)) < 0.5  # dense anchors
     assert traced.structure(plan).margins is None  # a traced function: the pull per run
-    l1 = uniloss.functional.uniloss(x1, target, traced, anchors=anchors)
-    l2 = uniloss.functional.uniloss(x2, target, uniloss.AveragePrecision(), anchors=anchors, pull_per="run")
+    l1 = uniloss.functional.uniloss(x1, target, traced, anchors=anchors, interpolation="anchors")
+    l2 = uniloss.functional.uniloss(x2, target, uniloss.AveragePrecision(), anchors=anchors, pull_per="run", interpolation="anchors")
     l1.backward(), l2.backward()
     assert torch.allclose(l1, l2) and torch.allclose(x1.grad, x2.grad)
 
@@ -370,7 +370,7 @@ def test_torchmetrics_functional_metrics_work_as_fn(seed):
             assert torch.equal(traced.comparisons(scores, plan), hand.comparisons(scores, hand_plan)), fn
             assert torch.equal(traced.best(plan), hand.best(hand_plan).reshape(-1)), fn
         x = scores.clone().requires_grad_()
-        uniloss.UniLoss(traced)(x, target).backward()
+        uniloss.UniLoss(traced, interpolation="anchors")(x, target).backward()
         assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
@@ -466,7 +466,7 @@ def test_untraceable_steps_raise_naming_the_operation_and_the_line(fn, match):
 def test_a_step_without_gradient_path_raises():
     scores, target = _multiclass(0, n=8, c=3)
     with pytest.raises(TraceError, match="without a gradient path"):
-        uniloss.UniLoss(from_metric(_no_grad))(scores.clone().requires_grad_(), target)
+        uniloss.UniLoss(from_metric(_no_grad), interpolation="anchors")(scores.clone().requires_grad_(), target)
 
 
 def test_probing_beyond_the_limit_raises():
@@ -530,7 +530,7 @@ def test_a_small_model_trained_with_the_traced_metric_improves_it(fn, data, out)
         return s.reshape(-1) if out == 1 else s
 
     metric = from_metric(fn)
-    loss_fn = uniloss.UniLoss(metric, generator=_gen(0))
+    loss_fn = uniloss.UniLoss(metric, generator=_gen(0), interpolation="anchors")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     with torch.no_grad():
         before = float(metric.metric(scores(xt), yt))
@@ -652,7 +652,7 @@ def _same_decomposition(a, b, scores, target, seed):
     grads = []
     for metric in (a, b):
         x = scores.clone().requires_grad_()
-        loss = uniloss.UniLoss(metric, generator=_gen(seed))(x, target)
+        loss = uniloss.UniLoss(metric, generator=_gen(seed), interpolation="anchors")(x, target)
         loss.backward()
         grads.append((loss.detach(), x.grad))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
@@ -703,7 +703,7 @@ def test_a_branch_that_goes_the_other_way_is_traced_again(monkeypatch):
             y[1 + seed % 3:] = y[1 + seed % 3:]  # different numbers of positives
             assert float(traced.metric(s, y)) == pytest.approx(float(fn(s, y)), abs=1e-9)
             x = s.clone().requires_grad_()
-            uniloss.UniLoss(traced, generator=_gen(seed))(x, y).backward()
+            uniloss.UniLoss(traced, generator=_gen(seed), interpolation="anchors")(x, y).backward()
             assert torch.isfinite(x.grad).all()
         assert len(traces) >= 2  # traced again when the branch changed
         monkeypatch.undo()
@@ -759,7 +759,7 @@ def test_a_cached_trace_keeps_no_tensor_of_its_call_alive():
     traced = from_metric(average_precision)
     scores, target = _binary(16)
     x = scores.clone().requires_grad_()
-    loss = uniloss.UniLoss(traced, generator=_gen(0))(x * 2, target)
+    loss = uniloss.UniLoss(traced, generator=_gen(0), interpolation="anchors")(x * 2, target)
     loss.backward()
     ref = weakref.ref(x)
     del x, loss
@@ -786,7 +786,7 @@ def test_reported_metric_is_fns_own_value_on_ties(dtype):
         metric = from_metric(fn)
         want = float(fn(scores, target))
         assert float(metric.metric(scores, target)) == pytest.approx(want, abs=1e-7)
-        loss_fn = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(0))
+        loss_fn = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(0), interpolation="anchors")
         x = scores.clone().requires_grad_()
         loss_fn(x, target).backward()
         assert float(loss_fn.last.metric) == pytest.approx(want, abs=1e-7)

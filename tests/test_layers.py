@@ -146,15 +146,15 @@ def test_loss_info_names_the_path_that_ran():
 
     g = torch.Generator().manual_seed(0)
     scores, target = torch.randn(12, generator=g), torch.arange(12) % 3 == 0
-    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=g)
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), generator=g, interpolation="anchors")
     loss_fn(scores, target)
     assert loss_fn.last.path == "structured"
     anchors = torch.rand(5, 4 * 8, generator=g) < 0.5
-    _, info = uniloss.functional.uniloss_with_info(scores, target, uniloss.AveragePrecision(), anchors=anchors)
+    _, info = uniloss.functional.uniloss_with_info(scores, target, uniloss.AveragePrecision(), anchors=anchors, interpolation="anchors")
     assert info.path == "dense"
     heat = torch.randn(2, 3, 8, 8, generator=g)
     joints = uniloss.KeypointTarget(torch.randint(0, 8, (2, 3, 2), generator=g).float(), torch.ones(2, 3, dtype=torch.bool),
                                     torch.full((2,), 4.0))
-    info_small = uniloss.functional.uniloss_with_info(heat, joints, uniloss.PCK(), generator=g)[1]
-    info_chunked = uniloss.functional.uniloss_with_info(heat, joints, uniloss.PCK(), generator=g, chunk_bits=8)[1]
+    info_small = uniloss.functional.uniloss_with_info(heat, joints, uniloss.PCK(), generator=g, interpolation="anchors")[1]
+    info_chunked = uniloss.functional.uniloss_with_info(heat, joints, uniloss.PCK(), generator=g, chunk_bits=8, interpolation="anchors")[1]
     assert (info_small.path, info_chunked.path) == ("structured", "chunked")

@@ -9,7 +9,7 @@ For each metric, dtype and device, :class:`UniLossTester` checks:
    ``tests/_reference.py``;
 2. the loss is a finite scalar of the scores' dtype with a finite, non-zero gradient of the
    scores' shape, and ``LossInfo.path`` names the path asked for;
-3. the module ``UniLoss(dec, generator=g)`` and the functional ``uniloss`` and
+3. the module ``UniLoss(dec, generator=g, interpolation="anchors")`` and the functional ``uniloss`` and
    ``uniloss_with_info`` give the same value and gradient for the same generator seed;
 4. the paths agree on value and gradient: ``"structured"`` (the default, sampling its anchors)
    equals ``"structured"`` given the ``AnchorSet`` that ``uniloss.sample_anchors`` draws from the
@@ -272,12 +272,12 @@ class UniLossTester:
         scores = self.scores.clone().requires_grad_()
         info = None
         if form == "module":
-            module = uniloss.UniLoss(dec, generator=g, **kw)
+            module = uniloss.UniLoss(dec, generator=g, **kw, interpolation="anchors")
             loss, info = module(scores, self.target), module.last
         elif form == "loss-only":
-            loss = F.uniloss(scores, self.target, dec, generator=g, **kw)
+            loss = F.uniloss(scores, self.target, dec, generator=g, **kw, interpolation="anchors")
         else:
-            loss, info = F.uniloss_with_info(scores, self.target, dec, generator=g, **kw)
+            loss, info = F.uniloss_with_info(scores, self.target, dec, generator=g, **kw, interpolation="anchors")
         loss.backward()
         return loss.detach(), scores.grad, info
 

@@ -76,7 +76,7 @@ def _step(name, device):
     dec, scores, target = _case(name)
     move = (lambda x: x.to(device)) if device != "cpu" else (lambda x: x)
     target = type(target)(*map(move, target)) if isinstance(target, tuple) else move(target)
-    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device=device).manual_seed(0), validate_args=False)
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device=device).manual_seed(0), validate_args=False, interpolation="anchors")
 
     def step():
         s = move(scores).requires_grad_()
@@ -162,7 +162,7 @@ def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, l
     dec, scores, target = _float64_case(name, large)
     s = scores.clone().requires_grad_()
     loss, info = uniloss.functional.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(7),
-                                                      validate_args=False, **options)
+                                                      validate_args=False, **options, interpolation="anchors")
     loss.backward()
     assert isinstance(info.bit_count, torch.Tensor)  # counted on the device: a static layout ran
     prepared = dec.prepare(scores, target)
@@ -170,7 +170,7 @@ def test_static_layout_gives_the_exact_layouts_anchors_and_loss(name, options, l
     anchors = uniloss.sample_anchors(dec.best(prepared).reshape(-1), c > 0, generator=torch.Generator().manual_seed(7),
                                      good_flips=good_flips(dec, prepared, c.numel()))
     ref = scores.clone().requires_grad_()
-    expected, ref_info = uniloss.functional.uniloss_with_info(ref, prepared, dec, anchors=anchors, **options)
+    expected, ref_info = uniloss.functional.uniloss_with_info(ref, prepared, dec, anchors=anchors, **options, interpolation="anchors")
     expected.backward()
     assert info.num_bits == c.numel()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
@@ -212,7 +212,7 @@ def test_a_compiled_loss_breaks_only_for_a_generators_draws(name):
 
     metric, scores, target = _compile_cases()[name]
     for generator in (None, torch.Generator().manual_seed(0)):
-        loss_fn = uniloss.UniLoss(metric, generator=generator, validate_args=False)
+        loss_fn = uniloss.UniLoss(metric, generator=generator, validate_args=False, interpolation="anchors")
         torch._dynamo.reset()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

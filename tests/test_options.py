@@ -36,6 +36,7 @@ _OTHER = dict(num_good=3, num_nearby=2, num_bad=5, temperature=2.5, grad_scale=3
               good_anchors="all", temperature_scale="rms", distance="cross_entropy", pull=0.5,
               nearby="informative", pull_per="run", step="sum", pull_weights="equal", chunk_bits=1 << 30,
               validate_args=False)
+_OTHER["interpolation"] = "chain" if OPTIONS["interpolation"] == "anchors" else "anchors"
 
 
 @pytest.mark.parametrize("name", sorted(_OTHER))
@@ -46,12 +47,15 @@ def test_module_forwards_each_option(name):
     scores = torch.randn(12, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     target = torch.arange(12) % 4
     metric: uniloss.Decomposition = uniloss.MulticlassAccuracy()
-    base = {"step": "sum"} if name == "grad_scale" else {}  # the step's size is the pull's by default
+    # the anchors' options on the anchors' interpolation; the step's size is the pull's by default
+    base = {} if name == "interpolation" else {"interpolation": "anchors"}
+    if name == "grad_scale":
+        base["step"] = "sum"
     if name == "pull_weights":  # classes of unequal counts, which balanced accuracy weighs unequally
         metric, target = uniloss.zoo.balanced_accuracy(4), torch.tensor([0] * 6 + [1, 1, 1, 2, 2, 3])
     if name == "pull_per":  # binary labels, which the default pulls per sample
         metric, scores, target = uniloss.AveragePrecision(), scores[:, 0], target % 2
-    kw = {name: _OTHER[name], **base}
+    kw = {**base, name: _OTHER[name]}
 
     def loss_and_grad(call):
         s = scores.clone().requires_grad_(True)

@@ -15,7 +15,7 @@ NONE = dict(num_good=0, num_nearby=0, num_bad=0)  # best alone: a constant inter
 
 def _pull_grad(dec, scores, target, **kw):
     s = scores.clone().requires_grad_()
-    F.uniloss(s, target, dec, **NONE, **kw).backward()
+    F.uniloss(s, target, dec, **NONE, **kw, interpolation="anchors").backward()
     return s.grad
 
 
@@ -150,7 +150,7 @@ def test_metrics_whose_runs_weigh_alike_are_unchanged():
         out = []
         for weights in ("metric", "equal"):
             s = x.clone().requires_grad_()
-            loss = F.uniloss(s, y, dec, pull_weights=weights, generator=torch.Generator().manual_seed(4))
+            loss = F.uniloss(s, y, dec, pull_weights=weights, generator=torch.Generator().manual_seed(4), interpolation="anchors")
             loss.backward()
             out.append((loss.detach(), s.grad))
         assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1]), dec
@@ -193,6 +193,6 @@ def test_the_option_is_checked():
     """(Its default, repr and modules pickled before it: tests/test_relaxation_options.py.)"""
     dec = zoo.balanced_accuracy(4)
     with pytest.raises(ValueError, match="pull_weights"):
-        uniloss.UniLoss(dec, pull_weights="class")
+        uniloss.UniLoss(dec, pull_weights="class", interpolation="anchors")
     with pytest.raises(ValueError, match="pull_weights"):
-        F.uniloss(torch.randn(4, 4), torch.arange(4), dec, pull_weights=None)
+        F.uniloss(torch.randn(4, 4), torch.arange(4), dec, pull_weights=None, interpolation="anchors")

@@ -23,7 +23,7 @@ def _loss_grad(scores, target, dec, **kw):
     kw.setdefault("pull", 0.0)  # the interpolation alone unless a test says otherwise
     kw.setdefault("step", "sum")  # the pull's gradient added, not the step rescaled (see the step tests)
     s = scores.clone().requires_grad_()
-    loss = F.uniloss(s, target, dec, **kw)
+    loss = F.uniloss(s, target, dec, **kw, interpolation="anchors")
     loss.backward()
     return loss.detach(), s.grad
 
@@ -56,18 +56,18 @@ def test_rms_scale_makes_the_loss_invariant_to_the_scores_scale(k):
 
 def test_rms_scale_on_an_undefined_batch_and_bad_values():
     s = torch.randn(5, requires_grad=True)
-    loss = uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="rms", pull_per="run")(
+    loss = uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="rms", pull_per="run", interpolation="anchors")(
         s, torch.zeros(5, dtype=torch.long))
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(s.grad, torch.zeros(5))
     # the default pull on the margins: binary cross-entropy's gradient, no comparison to scale by
-    (grad,) = torch.autograd.grad(uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="rms")(
+    (grad,) = torch.autograd.grad(uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="rms", interpolation="anchors")(
         s, torch.zeros(5, dtype=torch.long)), s)
     torch.testing.assert_close(grad, torch.sigmoid(s.detach()) / 5)
     with pytest.raises(ValueError, match="temperature_scale"):
-        uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="max")
+        uniloss.UniLoss(uniloss.AveragePrecision(), temperature_scale="max", interpolation="anchors")
     with pytest.raises(ValueError, match="temperature_scale"):
-        F.uniloss(s, torch.ones(5, dtype=torch.long), uniloss.AveragePrecision(), temperature_scale=1.0)
+        F.uniloss(s, torch.ones(5, dtype=torch.long), uniloss.AveragePrecision(), temperature_scale=1.0, interpolation="anchors")
 
 
 def _cross_entropy_oracle(scores, target, dec, anchors, temperature):
@@ -118,14 +118,14 @@ def test_cross_entropy_distance_keeps_pushing_a_comparison_wrong_by_a_wide_margi
         for m in (1.0, 20.0):
             s = torch.tensor([0.0, m, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
             F.uniloss(s, target, uniloss.AveragePrecision(), distance=distance, grad_scale=1.0, pull=0,
-                      anchors=anchors).backward()
+                      anchors=anchors, interpolation="anchors").backward()
             grads[distance, m] = float(s.grad[1])  # the negative above the positive goes down
     assert all(g > 0 for g in grads.values())
     assert grads["euclidean", 20.0] < 1e-8 * grads["euclidean", 1.0]
     assert grads["cross_entropy", 20.0] > 1e-2 * grads["cross_entropy", 1.0]
     assert grads["cross_entropy", 20.0] > 1e5 * grads["euclidean", 20.0]
     with pytest.raises(ValueError, match="distance"):
-        uniloss.UniLoss(uniloss.AveragePrecision(), distance="manhattan")
+        uniloss.UniLoss(uniloss.AveragePrecision(), distance="manhattan", interpolation="anchors")
 
 
 @pytest.mark.parametrize("structured", [True, False])
@@ -144,11 +144,11 @@ def test_normalized_grad_scale_gives_the_comparisons_a_total_push_of_one(structu
             def comparisons(self, scores, target):
                 return c
 
-        loss = F.uniloss(s, prepared, Given(), anchors=given, grad_scale="normalized", distance=distance, pull=0)
+        loss = F.uniloss(s, prepared, Given(), anchors=given, grad_scale="normalized", distance=distance, pull=0, interpolation="anchors")
         (grad_c,) = torch.autograd.grad(weight * loss, c)
         assert float(grad_c.abs().sum()) == pytest.approx(weight, rel=1e-10)
         plain = F.uniloss(scores.clone().requires_grad_(), prepared, dec, anchors=given, grad_scale=1.0,
-                          distance=distance, pull=0)
+                          distance=distance, pull=0, interpolation="anchors")
         assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-12)  # the value is -g~
 
 
@@ -189,7 +189,7 @@ def test_run_pull_by_hand_for_ap_and_the_zoos_argmax_metrics(seed):
         # a vanishing interpolation: the gradient is the pull's alone; every run alike (the
         # metric's weights: tests/test_pull_weights.py)
         F.uniloss(s, target, dec, grad_scale=1e-300, pull_per=per, pull_weights="equal",
-                  generator=torch.Generator().manual_seed(0)).backward()
+                  generator=torch.Generator().manual_seed(0), interpolation="anchors").backward()
         return s.grad
 
     scores = torch.randn(24, generator=g, dtype=torch.float64) * 3
@@ -236,14 +236,14 @@ def test_pull_keeps_pushing_a_comparison_wrong_by_a_wide_margin():
         for m in (1.0, 50.0):
             s = torch.tensor([0.0, m, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
             F.uniloss(s, target, uniloss.AveragePrecision(), anchors=anchors, pull=1.0, pull_per=per,
-                      step="sum").backward()
+                      step="sum", interpolation="anchors").backward()
             grads.append(float(s.grad[1]))
         # d/dc softplus(c) -> 1, the mean of 3 bits; per run: the one positive's soft maximum, over 4 samples
         assert grads[1] == pytest.approx(share, rel=1e-6) and grads[0] > 0
     with pytest.raises(ValueError, match="pull"):
-        uniloss.UniLoss(uniloss.AveragePrecision(), pull=-1.0)
+        uniloss.UniLoss(uniloss.AveragePrecision(), pull=-1.0, interpolation="anchors")
     with pytest.raises(ValueError, match="pull_per"):
-        uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="query")
+        uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="query", interpolation="anchors")
 
 
 @pytest.mark.parametrize("structured", [True, False])
@@ -266,7 +266,7 @@ def test_bounded_grad_scale_is_the_distance_scale_capped_at_a_unit_push(structur
                     return c
 
             loss = F.uniloss(s, prepared, Given(), anchors=given if structured else given.dense(), grad_scale=scale,
-                             pull=0)
+                             pull=0, interpolation="anchors")
             pushes[scale, k] = float(torch.autograd.grad(loss, c)[0].abs().sum())
     assert pushes["distance", 0.05] > 1.0 and pushes["bounded", 0.05] == pytest.approx(1.0, rel=1e-9)
     assert pushes["distance", 30.0] < 1.0 and pushes["bounded", 30.0] == pytest.approx(pushes["distance", 30.0], rel=1e-9)
@@ -290,22 +290,22 @@ def test_options_defaults_and_old_modules_keep_theirs(option, default, other, ol
     the metric; a module pickled before an option existed (no attribute) keeps the behaviour of
     its time (0.1's pull per comparison, 0.4's runs alike), and says which in its repr."""
     dec, scores, target = batch()
-    assert getattr(uniloss.UniLoss(dec), option) == default
-    assert option not in repr(uniloss.UniLoss(dec))
-    assert f"{option}={other!r}" in repr(uniloss.UniLoss(dec, **{option: other}))
+    assert getattr(uniloss.UniLoss(dec, interpolation="anchors"), option) == default
+    assert option not in repr(uniloss.UniLoss(dec, interpolation="anchors"))
+    assert f"{option}={other!r}" in repr(uniloss.UniLoss(dec, **{option: other}, interpolation="anchors"))
 
     def grad(module):
         s = scores.clone().requires_grad_()
         module(s, target).backward()
         return s.grad
 
-    old = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
+    old = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3), interpolation="anchors")
     delattr(old, option)  # as unpickled from before the option
     assert f"{option}={old_value!r}" in repr(old)
-    explicit = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3), **{option: old_value})
+    explicit = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3), **{option: old_value}, interpolation="anchors")
     torch.testing.assert_close(grad(old), grad(explicit), rtol=0, atol=0)
     assert f"{option}={old_value!r}" in repr(explicit)
-    current = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3))
+    current = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(3), interpolation="anchors")
     assert not torch.allclose(grad(current), grad(explicit))
 
 
@@ -347,11 +347,11 @@ def test_step_pull_block_by_block_equals_one_block():
     for chunk_bits in (None, 16):
         s = maps.clone().requires_grad_()
         loss, info = F.uniloss_with_info(s, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2),
-                                         chunk_bits=chunk_bits, step="pull")
+                                         chunk_bits=chunk_bits, step="pull", interpolation="anchors")
         loss.backward()
         out[info.path] = loss.detach(), s.grad
     s = maps.clone().requires_grad_()
-    F.uniloss(s, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2), step="sum").backward()
+    F.uniloss(s, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2), step="sum", interpolation="anchors").backward()
     assert set(out) == {"structured", "chunked"}
     torch.testing.assert_close(out["chunked"][0], out["structured"][0], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(out["chunked"][1], out["structured"][1], rtol=1e-9, atol=1e-14)
@@ -361,9 +361,9 @@ def test_step_pull_block_by_block_equals_one_block():
 def test_step_option_is_checked_and_shown():
     dec = uniloss.MulticlassAccuracy()
     with pytest.raises(ValueError, match="step"):
-        uniloss.UniLoss(dec, step="both")
-    assert "step='sum'" in repr(uniloss.UniLoss(dec, step="sum"))
-    assert "step" not in repr(uniloss.UniLoss(dec))  # "pull", the default since 0.3
+        uniloss.UniLoss(dec, step="both", interpolation="anchors")
+    assert "step='sum'" in repr(uniloss.UniLoss(dec, step="sum", interpolation="anchors"))
+    assert "step" not in repr(uniloss.UniLoss(dec, interpolation="anchors"))  # "pull", the default since 0.3
     # pull=0 (the paper's loss): no pull to size the step by, the interpolation's gradient either way
     dec, scores, target, anchors, c = _batch(2)
     one, two = (_loss_grad(scores, target, dec, anchors=anchors, pull=0.0, step=s) for s in ("pull", "sum"))
@@ -387,9 +387,9 @@ def test_step_pull_with_pull_zero_measures_no_push(monkeypatch):
     dec, scores, target, anchors, c = _batch(3)
     for given in (anchors, None):  # dense, then sampled (structured)
         F.uniloss(scores.clone().requires_grad_(), target, dec, anchors=given, pull=0.0, grad_scale=1.0,
-                  generator=torch.Generator().manual_seed(0)).backward()
+                  generator=torch.Generator().manual_seed(0), interpolation="anchors").backward()
         F.uniloss(scores.clone().requires_grad_(), target, dec, anchors=given, grad_scale=1.0,
-                  generator=torch.Generator().manual_seed(0)).backward()
+                  generator=torch.Generator().manual_seed(0), interpolation="anchors").backward()
     assert calls == [False, True, False, True]
 
 
@@ -472,7 +472,7 @@ def test_step_pull_on_margins_by_hand(structured):
             def comparisons(self, scores, target):
                 return c
 
-        loss = F.uniloss(s, prepared, Given(), anchors=given, **kw)
+        loss = F.uniloss(s, prepared, Given(), anchors=given, **kw, interpolation="anchors")
         gs, gc = torch.autograd.grad(loss, (s, c), allow_unused=True)
         return loss.detach(), (torch.zeros_like(scores) if gs is None else gs), gc
 
@@ -496,7 +496,7 @@ def test_margins_follow_a_cross_batch_memory():
 
     scores, target = _ap_batch(6)
     memory = CrossBatchMemory(uniloss.AveragePrecision(), size=8)
-    loss = uniloss.UniLoss(memory, num_good=0, num_nearby=0, num_bad=0)
+    loss = uniloss.UniLoss(memory, num_good=0, num_nearby=0, num_bad=0, interpolation="anchors")
     loss(scores[:6].clone().requires_grad_(), target[:6])  # fills the memory with the first six
     s = scores[6:].clone().requires_grad_()
     loss(s, target[6:]).backward()

@@ -44,7 +44,7 @@ def test_structured_path_never_forms_dense_anchors_or_calls_evaluate(kind, dense
     monkeypatch.setattr(uniloss.AnchorSet, "dense", forbidden)
     monkeypatch.setattr(type(dec), "evaluate", forbidden)
     s = scores.clone().requires_grad_()
-    loss = F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0))
+    loss = F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0), interpolation="anchors")
     loss.backward()
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
@@ -64,7 +64,7 @@ def test_decomposition_without_a_structure_is_evaluated_once_per_step():
             return bits.float().mean(-1)
 
     s = torch.randn(20, requires_grad=True)
-    F.uniloss(s, torch.zeros(20), Above(), generator=torch.Generator().manual_seed(0)).backward()
+    F.uniloss(s, torch.zeros(20), Above(), generator=torch.Generator().manual_seed(0), interpolation="anchors").backward()
     assert calls == [(50, 20)]  # 49 anchors and the current configuration, one call
 
 
@@ -80,7 +80,7 @@ def test_blocks_stay_within_chunk_bits(monkeypatch):
 
     monkeypatch.setattr(uniloss.PCK, "_block", staticmethod(spy))
     s = heat.clone().requires_grad_()
-    F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0), chunk_bits=200).backward()
+    F.uniloss(s, target, dec, generator=torch.Generator().manual_seed(0), chunk_bits=200, interpolation="anchors").backward()
     assert len(seen) > 3 and max(seen) <= 200
     assert torch.isfinite(s.grad).all()
 
@@ -111,7 +111,7 @@ def test_small_step_operation_budget(kind, budget):
     # At small sizes a step costs what its operator calls cost (a few microseconds each): keep
     # their number in check. The dense engine this replaced made about 170.
     dec, scores, target = _batch(kind)
-    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0), validate_args=False)
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0), validate_args=False, interpolation="anchors")
 
     def step():
         s = scores.clone().requires_grad_()
@@ -129,7 +129,7 @@ def test_no_host_synchronisation_on_cuda(dense_limit, monkeypatch):
     monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(dense_bits=dense_limit))
     dec, scores, target = _batch("accuracy")
     scores, target = scores.cuda().requires_grad_(), target.cuda()
-    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device="cuda").manual_seed(0), validate_args=False)
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device="cuda").manual_seed(0), validate_args=False, interpolation="anchors")
     loss_fn(scores, target).backward()  # warm-up: lazy initialisation may synchronise
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -41,7 +41,8 @@ def _batch(seed, n=40, classes=5):
 
 def _run(dec, scores, target, seed, **options):
     s = scores.clone().requires_grad_()
-    loss, info = F.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(seed), **options)
+    loss, info = F.uniloss_with_info(s, target, dec, generator=torch.Generator().manual_seed(seed),
+                                     **{"interpolation": "anchors", **options})
     loss.backward()
     return loss.detach(), s.grad, info
 
@@ -152,7 +153,7 @@ def test_structure_must_return_a_structure_or_none():
             return 1
 
     with pytest.raises(TypeError, match="uniloss.Structure"):
-        F.uniloss(torch.randn(4), torch.ones(4), Wrong())
+        F.uniloss(torch.randn(4), torch.ones(4), Wrong(), interpolation="anchors")
 
 
 @pytest.mark.parametrize("hook", ["segments", "evaluate_zeros_plus_one", "comparisons_block", "num_good_flips"])
@@ -213,7 +214,8 @@ def test_pcks_pull_in_closed_form_is_the_pull_of_its_comparisons(options):
     results = []
     for dec in (uniloss.PCK(0.5), _PCKPullFromComparisons(0.5)):
         leaf = scores.clone().requires_grad_()
-        loss, info = F.uniloss_with_info(leaf, target, dec, generator=torch.Generator().manual_seed(0), **options)
+        loss, info = F.uniloss_with_info(leaf, target, dec, generator=torch.Generator().manual_seed(0),
+                                         **{"interpolation": "anchors", **options})
         loss.backward()
         results.append((loss.detach(), leaf.grad, info.path))
     (loss, grad, path), (ref_loss, ref_grad, ref_path) = results

@@ -62,7 +62,7 @@ def _anchor_set(dec, scores, target, seed, **counts):
 
 def _run(scores, target, dec, **kw):
     s = scores.clone().requires_grad_()
-    loss, info = F.uniloss_with_info(s, target, dec, **kw)
+    loss, info = F.uniloss_with_info(s, target, dec, **kw, interpolation="anchors")
     loss.backward()
     return loss.detach(), s.grad, info
 
@@ -215,7 +215,7 @@ def test_blocks_take_no_pass_in_backward_and_none_for_gradients_under_no_grad(mo
     monkeypatch.setattr(uniloss.PCK, "_block", staticmethod(lambda *a: calls.append(1) or block(*a)))
     kw = dict(generator=torch.Generator().manual_seed(2), chunk_bits=40)
     s = heat.clone().requires_grad_()
-    loss, info = F.uniloss_with_info(s, target, uniloss.PCK(), **kw)
+    loss, info = F.uniloss_with_info(s, target, uniloss.PCK(), **kw, interpolation="anchors")
     blocks = len(_structured.blocks_of(uniloss.PCK().structure(uniloss.PCK().prepare(heat, target)).runs, 40))
     assert info.path == "chunked" and blocks > 2
     # hard, squared distances, then the gradients' pass (PCK's pull per run in closed form: no block)
@@ -225,7 +225,7 @@ def test_blocks_take_no_pass_in_backward_and_none_for_gradients_under_no_grad(mo
     assert calls == [] and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
     with torch.no_grad():
         again, _ = F.uniloss_with_info(heat, target, uniloss.PCK(), generator=torch.Generator().manual_seed(2),
-                                       chunk_bits=40)
+                                       chunk_bits=40, interpolation="anchors")
     assert len(calls) == 2 * blocks
     assert torch.equal(again, loss.detach())
     # the chain: the runs' last comparisons (hard with them), then the gradients' pass
@@ -434,12 +434,12 @@ def test_all_single_flip_good_anchors_equal_their_dense_weighted_form(name, grad
 )
 def test_bad_structured_options_raise(kw, match):
     with pytest.raises(ValueError, match=match):
-        F.uniloss(torch.randn(5), torch.tensor([1, 0, 0, 1, 0]), uniloss.AveragePrecision(), **kw)
+        F.uniloss(torch.randn(5), torch.tensor([1, 0, 0, 1, 0]), uniloss.AveragePrecision(), **kw, interpolation="anchors")
 
 
 def test_all_good_anchors_need_a_structure():
     with pytest.raises(ValueError, match="structure"):
-        F.uniloss(torch.randn(6), torch.tensor([1, 0, 0, 1, 0, 1]), MarginRecall(), good_anchors="all")
+        F.uniloss(torch.randn(6), torch.tensor([1, 0, 0, 1, 0, 1]), MarginRecall(), good_anchors="all", interpolation="anchors")
 
 
 @pytest.mark.parametrize("grad_scale", [1.0, "bounded"])
@@ -484,7 +484,7 @@ def test_backward_twice_and_the_reused_push_agree_with_the_dense_path(name, grad
     dec, scores, target = _case(name)
     anchors, prepared = _anchor_set(dec, scores, target, seed=3)
     s = scores.clone().requires_grad_()
-    loss, info = F.uniloss_with_info(s * 1.0, prepared, dec, anchors=anchors, grad_scale=grad_scale)
+    loss, info = F.uniloss_with_info(s * 1.0, prepared, dec, anchors=anchors, grad_scale=grad_scale, interpolation="anchors")
     assert info.path == "structured"
     loss.backward(retain_graph=True)
     first = s.grad.clone()

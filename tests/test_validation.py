@@ -17,32 +17,32 @@ def _kp(n=2, j=3):
 @pytest.mark.parametrize(
     "call,error,match",
     [
-        (lambda: F.uniloss(torch.randn(5, 2), torch.ones(5), AP), ValueError, r"`scores` of shape \[n\] or \[n, 1\]"),
-        (lambda: F.uniloss(torch.randn(5), torch.ones(4), AP), ValueError, r"`target` of shape \[5\].*got shape \(4,\)"),
-        (lambda: F.uniloss(torch.randn(5), torch.tensor([0, 1, 2, 0, 1]), AP), ValueError, r"`target` to hold only 0 and 1.*2"),
-        (lambda: F.uniloss(torch.tensor([1.0, float("nan")]), torch.tensor([0, 1]), AP), ValueError, r"`scores` to hold finite.*NaN"),
-        (lambda: F.uniloss(torch.tensor([1.0, float("inf")]), torch.tensor([0, 1]), AP), ValueError, r"`scores` to hold finite"),
-        (lambda: F.uniloss(torch.tensor([1, 2]), torch.tensor([0, 1]), AP), TypeError, r"`scores` to be a floating-point.*int64"),
-        (lambda: F.uniloss([1.0, 2.0], torch.tensor([0, 1]), AP), TypeError, r"`scores` to be a torch.Tensor.*list"),
-        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 3, 0]), ACC), ValueError, r"`target` to hold integers in \[0, 3\), but got values in \[0, 3\]"),
-        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, -1, 2, 0]), ACC), ValueError, r"`target` to hold integers in \[0, 3\)"),
-        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0.0, 1, 2, 0]), ACC), TypeError, r"`target` to be an integer tensor"),
-        (lambda: F.uniloss(torch.randn(4), torch.tensor([0, 1, 2, 0]), ACC), ValueError, r"`scores` of shape \[n, p\]"),
-        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 2]), ACC), ValueError, r"`target` of shape \[4\]"),
-        (lambda: F.uniloss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ACC), ValueError, r"one device.*`scores` on cpu.*`target` on meta"),
-        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, temperature=0), ValueError, r"`temperature`.*> 0, but got 0"),
-        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, temperature=-1.0), ValueError, r"`temperature`"),
-        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_good=-1), ValueError, r"`num_good` >= 0, but got -1"),
-        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_nearby=-2), ValueError, r"`num_nearby`"),
-        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_bad=1.5), TypeError, r"`num_bad` to be an int"),
-        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, grad_scale=-1.0), ValueError, r"`grad_scale`"),
-        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, generator=3), TypeError, r"`generator`"),
-        (lambda: F.uniloss(torch.randn(4), torch.ones(4), "ap"), TypeError, r"`decomposition`"),
-        (lambda: F.uniloss(torch.randn(4), torch.tensor([1, 0, 1, 0]), AP, anchors=torch.ones(3, 5, dtype=torch.bool)), ValueError, r"`anchors` of shape \[t, 4\]"),
-        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), _kp(2, 2), uniloss.PCK()), ValueError, r"`target.keypoints` of shape \[2, 3, 2\]"),
-        (lambda: F.uniloss(torch.randn(2, 3, 5), _kp(), uniloss.PCK()), ValueError, r"`scores` of shape \[n, J, H, W\]"),
-        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), (torch.zeros(2, 3, 2),), uniloss.PCK()), TypeError, r"`target` to be a KeypointTarget"),
-        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), uniloss.KeypointTarget(torch.zeros(2, 3, 2), torch.ones(2, 3), torch.tensor([1.0, 0.0])), uniloss.PCK()), ValueError, r"`target.normalizer` to be finite and > 0"),
+        (lambda: F.uniloss(torch.randn(5, 2), torch.ones(5), AP, interpolation="anchors"), ValueError, r"`scores` of shape \[n\] or \[n, 1\]"),
+        (lambda: F.uniloss(torch.randn(5), torch.ones(4), AP, interpolation="anchors"), ValueError, r"`target` of shape \[5\].*got shape \(4,\)"),
+        (lambda: F.uniloss(torch.randn(5), torch.tensor([0, 1, 2, 0, 1]), AP, interpolation="anchors"), ValueError, r"`target` to hold only 0 and 1.*2"),
+        (lambda: F.uniloss(torch.tensor([1.0, float("nan")]), torch.tensor([0, 1]), AP, interpolation="anchors"), ValueError, r"`scores` to hold finite.*NaN"),
+        (lambda: F.uniloss(torch.tensor([1.0, float("inf")]), torch.tensor([0, 1]), AP, interpolation="anchors"), ValueError, r"`scores` to hold finite"),
+        (lambda: F.uniloss(torch.tensor([1, 2]), torch.tensor([0, 1]), AP, interpolation="anchors"), TypeError, r"`scores` to be a floating-point.*int64"),
+        (lambda: F.uniloss([1.0, 2.0], torch.tensor([0, 1]), AP, interpolation="anchors"), TypeError, r"`scores` to be a torch.Tensor.*list"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 3, 0]), ACC, interpolation="anchors"), ValueError, r"`target` to hold integers in \[0, 3\), but got values in \[0, 3\]"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, -1, 2, 0]), ACC, interpolation="anchors"), ValueError, r"`target` to hold integers in \[0, 3\)"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0.0, 1, 2, 0]), ACC, interpolation="anchors"), TypeError, r"`target` to be an integer tensor"),
+        (lambda: F.uniloss(torch.randn(4), torch.tensor([0, 1, 2, 0]), ACC, interpolation="anchors"), ValueError, r"`scores` of shape \[n, p\]"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.tensor([0, 1, 2]), ACC, interpolation="anchors"), ValueError, r"`target` of shape \[4\]"),
+        (lambda: F.uniloss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ACC, interpolation="anchors"), ValueError, r"one device.*`scores` on cpu.*`target` on meta"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, temperature=0, interpolation="anchors"), ValueError, r"`temperature`.*> 0, but got 0"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, temperature=-1.0, interpolation="anchors"), ValueError, r"`temperature`"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_good=-1, interpolation="anchors"), ValueError, r"`num_good` >= 0, but got -1"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_nearby=-2, interpolation="anchors"), ValueError, r"`num_nearby`"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, num_bad=1.5, interpolation="anchors"), TypeError, r"`num_bad` to be an int"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, grad_scale=-1.0, interpolation="anchors"), ValueError, r"`grad_scale`"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), AP, generator=3, interpolation="anchors"), TypeError, r"`generator`"),
+        (lambda: F.uniloss(torch.randn(4), torch.ones(4), "ap", interpolation="anchors"), TypeError, r"`decomposition`"),
+        (lambda: F.uniloss(torch.randn(4), torch.tensor([1, 0, 1, 0]), AP, anchors=torch.ones(3, 5, dtype=torch.bool), interpolation="anchors"), ValueError, r"`anchors` of shape \[t, 4\]"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), _kp(2, 2), uniloss.PCK(), interpolation="anchors"), ValueError, r"`target.keypoints` of shape \[2, 3, 2\]"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5), _kp(), uniloss.PCK(), interpolation="anchors"), ValueError, r"`scores` of shape \[n, J, H, W\]"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), (torch.zeros(2, 3, 2),), uniloss.PCK(), interpolation="anchors"), TypeError, r"`target` to be a KeypointTarget"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), uniloss.KeypointTarget(torch.zeros(2, 3, 2), torch.ones(2, 3), torch.tensor([1.0, 0.0])), uniloss.PCK(), interpolation="anchors"), ValueError, r"`target.normalizer` to be finite and > 0"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, error, match):
@@ -53,11 +53,11 @@ def test_bad_input_raises_naming_the_argument(call, error, match):
 @pytest.mark.parametrize(
     "make,error,match",
     [
-        (lambda: uniloss.UniLoss(AP, num_good=-1), ValueError, "`num_good`"),
-        (lambda: uniloss.UniLoss(AP, temperature=0.0), ValueError, "`temperature`"),
-        (lambda: uniloss.UniLoss(AP, temperature=float("nan")), ValueError, "`temperature`"),
-        (lambda: uniloss.UniLoss(AP, generator="seed"), TypeError, "`generator`"),
-        (lambda: uniloss.UniLoss(lambda s, t: s), TypeError, "`decomposition`"),
+        (lambda: uniloss.UniLoss(AP, num_good=-1, interpolation="anchors"), ValueError, "`num_good`"),
+        (lambda: uniloss.UniLoss(AP, temperature=0.0, interpolation="anchors"), ValueError, "`temperature`"),
+        (lambda: uniloss.UniLoss(AP, temperature=float("nan"), interpolation="anchors"), ValueError, "`temperature`"),
+        (lambda: uniloss.UniLoss(AP, generator="seed", interpolation="anchors"), TypeError, "`generator`"),
+        (lambda: uniloss.UniLoss(lambda s, t: s, interpolation="anchors"), TypeError, "`decomposition`"),
         (lambda: uniloss.MulticlassAccuracy(top_k=0), ValueError, "`top_k`"),
         (lambda: uniloss.MulticlassAccuracy(fraction=1.5), ValueError, "`fraction`"),
         (lambda: uniloss.MulticlassAccuracy(fraction=0), ValueError, "`fraction`"),
@@ -72,7 +72,7 @@ def test_bad_options_raise_at_construction(make, error, match):
 
 def test_validate_args_false_skips_checks():
     scores = torch.tensor([1.0, float("nan"), 0.0])
-    loss = F.uniloss(scores, torch.tensor([1, 0, 0]), AP, validate_args=False)
+    loss = F.uniloss(scores, torch.tensor([1, 0, 0]), AP, validate_args=False, interpolation="anchors")
     assert loss.shape == ()
 
 
@@ -82,7 +82,7 @@ def test_incomplete_user_decomposition_says_what_is_missing():
             return scores
 
     with pytest.raises(TypeError, match=r"does not define best\(\)"):
-        F.uniloss(torch.randn(3), torch.ones(3), Half())
+        F.uniloss(torch.randn(3), torch.ones(3), Half(), interpolation="anchors")
 
 
 def test_public_names_have_docstrings():

@@ -132,7 +132,7 @@ def _case(name, seed=0):
 
 def _loss(dec, scores, target, options, generator_seed=SEED):
     s = scores.clone().requires_grad_(True)
-    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(generator_seed), **options)
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(generator_seed), **options, interpolation="anchors")
     loss = loss_fn(s, target)
     loss.backward()
     return loss.detach(), s.grad, loss_fn.last

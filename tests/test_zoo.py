@@ -98,17 +98,17 @@ def test_binary_metrics_pool_every_element_of_a_multilabel_batch():
 def test_threshold_metrics_take_scores_n_by_1_with_target_n_as_average_precision_does():
     scores, target = _binary(12, 5, rate=0.5)
     column = scores[:, None].clone().requires_grad_()  # a network's single output, [n, 1]
-    uniloss.UniLoss(uniloss.AveragePrecision())(column, target)  # accepted there ...
+    uniloss.UniLoss(uniloss.AveragePrecision(), interpolation="anchors")(column, target)  # accepted there ...
     for metric in (zoo.f_beta(), zoo.precision(), zoo.recall()):  # ... so here too, with the same values
         assert float(metric.metric(column, target)) == float(metric.metric(scores, target))
-        loss = uniloss.UniLoss(metric, generator=_gen(0))(column, target)
-        assert float(loss.detach()) == float(uniloss.UniLoss(metric, generator=_gen(0))(scores, target))
+        loss = uniloss.UniLoss(metric, generator=_gen(0), interpolation="anchors")(column, target)
+        assert float(loss.detach()) == float(uniloss.UniLoss(metric, generator=_gen(0), interpolation="anchors")(scores, target))
         loss.backward()
         assert column.grad.shape == (12, 1) and torch.isfinite(column.grad).all()
         column.grad = None
     with pytest.raises(ValueError, match=r"Expected `target` of shape \[12, 2\] \(the shape of scores"):
-        uniloss.UniLoss(zoo.f_beta())(torch.randn(12, 2), target)  # [n, L] with L > 1: multi-label, same shape only
-    uniloss.UniLoss(zoo.f_beta())(column, target[:, None])  # the same shape still works
+        uniloss.UniLoss(zoo.f_beta(), interpolation="anchors")(torch.randn(12, 2), target)  # [n, L] with L > 1: multi-label, same shape only
+    uniloss.UniLoss(zoo.f_beta(), interpolation="anchors")(column, target[:, None])  # the same shape still works
 
 
 def test_an_evaluator_on_a_batch_where_its_metric_is_undefined_behaves_as_documented():
@@ -125,7 +125,7 @@ def test_an_evaluator_on_a_batch_where_its_metric_is_undefined_behaves_as_docume
     for undefined, pull, finite in ((0.0, 1.0, True), (0.0, 0.0, True), (float("nan"), 1.0, False)):
         metric = uniloss.DecodedMetric(Threshold(), lambda p, t: recall(p, t, undefined))
         scores = torch.randn(6, generator=_gen(1), requires_grad=True)
-        loss_fn = uniloss.UniLoss(metric, generator=_gen(0), pull=pull)
+        loss_fn = uniloss.UniLoss(metric, generator=_gen(0), pull=pull, interpolation="anchors")
         loss = loss_fn(scores, no_positive)
         loss.backward()
         loss = loss.detach()
@@ -294,7 +294,7 @@ def test_gradient_steps_on_the_loss_raise_the_metric_of_a_free_score_tensor(metr
     # raise the exact metric (a direct check that the sign and the scale of the gradient are right).
     scores, target = batch()
     scores = scores.clone().requires_grad_()
-    loss_fn = uniloss.UniLoss(metric, generator=_gen(0))
+    loss_fn = uniloss.UniLoss(metric, generator=_gen(0), interpolation="anchors")
     opt = torch.optim.SGD([scores], lr=10.0)
     start = float(metric.metric(scores.detach(), target))
     for _ in range(30):
