@@ -388,7 +388,7 @@ def run_oracle(args) -> List[Dict]:
         c = dec.comparisons(scores, prepared)
         anchors = uniloss.sample_anchors(dec.best(prepared), c > 0, generator=torch.Generator().manual_seed(0))
         dense = anchors.dense()
-        engine = timed_step(lambda s, t: uniloss.functional.uniloss(s, t, dec, anchors=anchors, grad_scale=1.0), scores, prepared)
+        engine = timed_step(lambda s, t: uniloss.functional.uniloss(s, t, dec, anchors=anchors, grad_scale=1.0, interpolation="anchors"), scores, prepared)
         oracle = timed_step(lambda s, t: uniloss_oracle(s, t, dec, dense), scores, prepared)
         row = dict(case=name, comparisons=c.numel(), anchors=dense.shape[0])
         timing = compare(oracle, engine, repeats=3, inner=1, warmup=1, device="cpu")

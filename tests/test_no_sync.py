@@ -291,6 +291,28 @@ def test_the_chain_synchronises_nothing_and_its_static_layout_is_the_exact_one(n
     torch.testing.assert_close(static[1], exact[1], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("dec, scores, target", [
+    (uniloss.AveragePrecision(), torch.tensor([-1.5, 2.0, 0.25, -3.0]), torch.ones(4, dtype=torch.long)),
+    (uniloss.zoo.precision_at_k(1), torch.tensor([0.0, -1.0]), torch.tensor([2, 2])),
+])
+def test_the_chain_without_a_real_comparison_is_zero_in_the_static_layout_too(dec, scores, target, monkeypatch):
+    """A batch without a comparison (AP with every label positive, a ranking with no pair) has
+    the exact layout's zero loss also in a static layout, where padding alone makes the chain
+    (the fuzz finding of 0.8: ``g(S_0)``, the metric of the padding's configuration, was returned)."""
+    def call():
+        s = scores.double().requires_grad_()
+        loss, info = uniloss.functional.uniloss_with_info(s, target, dec, interpolation="chain", validate_args=False)
+        loss.backward()
+        return loss.detach(), s.grad, info.path
+
+    exact = call()
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
+    static = call()
+    assert exact[2] == "dense" and static[2] == "chain"  # (the static layout holds padding: the chain runs)
+    assert float(exact[0]) == float(static[0]) == 0.0
+    torch.testing.assert_close(static[1], exact[1], rtol=0, atol=1e-12)  # the pull's alone (on the margins)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_fixed_size_counts_equal_bincount(monkeypatch, weighted):
     """``_pairs.counts``' scatter-add (a GPU's, and a compiled graph's) counts as ``bincount`` does."""

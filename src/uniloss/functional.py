@@ -670,6 +670,8 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
 
     g, values, gains, u = chain_extension(c, best, evaluate, temperature, segments, along,
                                           *((None, None) if static is None else (static[1], static[0])))
+    if static is not None:  # no real comparison (padding alone): the exact layout's zero loss, not g(S_0)
+        g = g.masked_fill(static[0] == 0, 0.0)
     if along is None:
         metric, values = values[-1], values[:-1]
     else:
@@ -825,9 +827,9 @@ def uniloss(
             the zoo's argmax metrics; :attr:`uniloss.Structure.chain_by_runs`) changes along the
             chain only at its runs' last comparisons, so the chain walks those alone (``O(l)`` and
             a sort of the runs) and goes block by block above ``chunk_bits`` (PCK on large
-            heatmaps). Measured (``benchmarks/chain_cost.py``, screen v41): 0.5-0.9x the anchors'
+            heatmaps). Measured (``benchmarks/chain_cost.py``, screen v41): 0.3-0.9x the anchors'
             call on AP and accuracy batches of 128, a segmentation batch of 25,088 pixels,
-            accuracy 1024 x 1000 and PCK at 16 x 16 joints x 64 x 64; 3.3x at AP batch 1024 (AP
+            accuracy 1024 x 1000 and PCK at 16 x 16 joints x 64 x 64; 3.1x at AP batch 1024 (AP
             changes at every step: one sort of all the comparisons). Other metrics (the ranking metrics, F-beta at a
             threshold) are evaluated at up to 257 points of the chain (``[257, l]`` bits, 3.1x on
             NDCG@5): exact up to 256 comparisons, the mean gain over 256 segments above. The anchor
