@@ -166,7 +166,7 @@ def case(g):
 OPTS = dict(grad_scale=["bounded", "distance", "normalized", 1.0], temperature=[1.0, 0.5, 4.0], pull=[1.0, 0.0, 0.3],
             pull_per=["sample", "run", "comparison"], step=["pull", "sum"], pull_weights=["metric", "equal"],
             nearby=["all", "informative"], distance=["euclidean", "cross_entropy"], temperature_scale=[None, "rms"],
-            num_good=[16, 0, 2], num_nearby=[16, 0], num_bad=[16, 0, 3])
+            num_good=[16, 0, 2], num_nearby=[16, 0], num_bad=[16, 0, 3], interpolation=["anchors", "chain"])
 
 def _options():
     return {} if random.random() < 0.4 else {n: random.choice(v) for n, v in OPTS.items() if random.random() < 0.3}
@@ -238,6 +238,7 @@ def check_static(dec, s, y, opts, k):
 def check_paths(dec, s, y, opts, k):
     s = s.double()
     opts = {n: v for n, v in opts.items() if n not in ("num_good", "num_nearby", "num_bad") and v != "normalized"}
+    opts["interpolation"] = "anchors"  # (given anchors are the anchors' interpolation's)
     prepared = dec.prepare(s, y, torch.Generator().manual_seed(1))
     c = dec.comparisons(s, prepared).reshape(-1)
     if c.numel() == 0:

@@ -54,7 +54,7 @@ def with_generator() -> None:
 
     def steps(compiled):
         loss_fn = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(3),
-                                  validate_args=False)
+                                  validate_args=False, interpolation="anchors")
         call = torch.compile(lambda s: loss_fn(s, y)) if compiled else (lambda s: loss_fn(s, y))
         out = []
         for _ in range(3):
