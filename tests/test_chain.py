@@ -120,7 +120,7 @@ def test_the_number_of_segments_follows_the_limits():
         _, info = F.uniloss_with_info(s, t, uniloss.MulticlassAccuracy(), interpolation="chain")
         assert info.kinds == (("chain", 41),)  # by the 40 samples' runs (chain_by_runs)
         _, info = F.uniloss_with_info(s[:, 0], ap_target, uniloss.AveragePrecision(), interpolation="chain")
-        assert info.kinds == (("chain", 257),)
+        assert info.kinds == (("chain", 2),)  # its gains without the order: the chain's two ends
 
 
 class _BitsAccuracy(uniloss.Decomposition):
@@ -187,10 +187,12 @@ def test_the_chain_from_counts_equals_the_chain_of_evaluated_bits(make, seed):
     leaf = scores.clone().requires_grad_(True)
     loss, info = F.uniloss_with_info(leaf, target, dec, interpolation="chain", pull=0.0,
                                      generator=torch.Generator().manual_seed(seed))
-    if structure.chain_by_runs:
-        # walked by the runs' last comparisons: the same extension and gradient as the full chain
-        # of evaluated bits, in S + 1 points (the values where the first j runs are whole)
-        assert info.kinds == (("chain", Runs.of(structure.runs, l, c.device, True).num + 1),)
+    if structure.chain_by_runs or structure.chain_gains is not None:
+        # walked by the runs' last comparisons (S + 1 points: the values where the first j runs are
+        # whole) or given its gains without the order (the chain's two ends reported): the same
+        # extension and gradient as the full chain of evaluated bits
+        points = 2 if structure.chain_gains is not None else Runs.of(structure.runs, l, c.device, True).num + 1
+        assert info.kinds == (("chain", points),)
         ref_leaf = scores.clone().requires_grad_(True)
         ref_plan = dec.prepare(ref_leaf, target, torch.Generator().manual_seed(seed))
         ref_c = dec.comparisons(ref_leaf, ref_plan).reshape(-1)
@@ -395,3 +397,26 @@ def test_a_huge_metric_of_whole_runs_takes_the_chain_block_by_block(options):
     assert chunked_info.kinds == info.kinds
     torch.testing.assert_close(chunked_info.metric, info.metric)
     torch.testing.assert_close(chunked_info.surrogate, info.surrogate)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_aps_gains_without_the_order_are_the_closed_form_chains(seed, ties):
+    # Structure.chain_gains (a sort of each row and column) against the closed form along the full
+    # chain (Structure.chain of the global order), in float64: the same start, the same gain for
+    # every comparison, hence the same loss and gradient
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(40, generator=g, dtype=torch.float64)
+    scores = scores.round() if ties else scores
+    target = (torch.rand(40, generator=g) < 0.35).long()
+    dec = uniloss.AveragePrecision()
+    plan = dec.prepare(scores, target)
+    structure = dec.structure(plan)
+    c = dec.comparisons(scores, plan).reshape(-1)
+    v = torch.sigmoid(c / 0.8)  # (best: every comparison 1)
+    start, gains = structure.chain_gains(v)
+    _, values, ref_gains, _ = chain_extension(c, dec.best(plan).reshape(-1), None, 0.8, c.numel(),
+                                              along=lambda rank, cuts: structure.chain(rank)[cuts])
+    torch.testing.assert_close(start, values[0].double())
+    torch.testing.assert_close(gains, ref_gains.double())
+    assert float(start + gains.sum()) == pytest.approx(1.0)  # the chain ends at best: AP 1

@@ -71,6 +71,12 @@ class Structure:
             with ``evaluate``. :class:`AveragePrecision`, :class:`MulticlassAccuracy`,
             :class:`PCK` and the zoo's metrics of class counts with one run per row (mean IoU,
             Dice, macro-F1, balanced accuracy) give it (all but AP with ``chain_by_runs``).
+        chain_gains: optional, ``v [l] -> (start, gains [l])``: the metric's value at the chain's
+            start ``g(S_0)`` (0-dim) and every comparison's gain ``g(S_k) - g(S_{k-1})`` at its
+            place ``k`` in the chain of the relaxed agreements ``v`` (descending, ties by index),
+            where the metric gives them without the chain's order (plain AP: a sort of each
+            positive's row and of each column instead of a sort of all the comparisons). The
+            engine then takes ``g~ = start + sum_k gains_k v_k`` and reports the chain's two ends.
         run_pull: optional, ``(scores, temperature) -> [S]``: each run's term of the pull per
             run, ``log(1 + sum_k exp(z_k))`` with ``z_k = -(2 best_k - 1) c_k / temperature``
             over the run's comparisons, in closed form and differentiable in ``scores``, where it
@@ -117,6 +123,7 @@ class Structure:
     chain: Optional[Callable[..., Tensor]] = None
     chain_by_runs: bool = False
     run_pull: Optional[Callable[[Tensor, Any], Tensor]] = None
+    chain_gains: Optional[Callable[[Tensor], Any]] = None
 
     def __post_init__(self) -> None:
         # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)
@@ -136,6 +143,8 @@ class Structure:
             raise TypeError("Expected Structure.run_weights to be callable: () -> [S] weights (or None)")
         if self.chain is not None and not callable(self.chain):
             raise TypeError("Expected Structure.chain to be callable: rank [l] -> [l + 1] values along the chain")
+        if self.chain_gains is not None and not callable(self.chain_gains):
+            raise TypeError("Expected Structure.chain_gains to be callable: v [l] -> (start, gains [l])")
         if self.run_pull is not None and not callable(self.run_pull):
             raise TypeError("Expected Structure.run_pull to be callable: (scores, temperature) -> [S] terms")
         if self.chain_by_runs and self.chain is None:

@@ -303,8 +303,29 @@ class AveragePrecision(Decomposition):
         pos = plan.pos
         num_neg = plan.neg.numel()
         chain = None if self.interpolated else (lambda rank: self._chain(rank, pos.numel(), num_neg))
+        gains = None if self.interpolated else (lambda v: self._chain_gains(v, pos.numel(), num_neg))
         return Structure(num_neg, lambda zeros: self.evaluate_zeros(zeros, plan), plus_one,
-                         margins=lambda scores: binary_margins(self._flat(scores), pos), chain=chain)
+                         margins=lambda scores: binary_margins(self._flat(scores), pos), chain=chain,
+                         chain_gains=gains)
+
+    @staticmethod
+    def _chain_gains(v: Tensor, num_pos: int, num_neg: int) -> "tuple[Tensor, Tensor]":
+        """Plain AP's chain without its order (:attr:`Structure.chain_gains`): :meth:`_chain`'s
+        steps need of the order only each positive's ``m``-th step (its comparisons sorted by
+        ``v``, a sort of each row) and that step's place among the ``m``-th steps (the rank of
+        its ``v`` in its column of the row-sorted ``v``, ties to the earlier positive): two sorts
+        of ``[P, N]`` along its axes instead of a sort of all ``P N`` comparisons."""
+        dtype = torch.float64 if v.device.type == "cpu" else torch.float32
+        ordered, column = v.view(num_pos, num_neg).sort(dim=1, descending=True, stable=True)
+        order = ordered.argsort(dim=0, descending=True, stable=True)  # column m: the m-th steps in chain order
+        place = torch.empty_like(order).scatter_(
+            0, order, torch.arange(num_pos, device=v.device)[:, None].expand(num_pos, num_neg)).to(dtype) + 1
+        before = num_neg - torch.arange(num_neg, device=v.device, dtype=dtype)  # the count before the m-th step
+        change = (place / (place + before - 1) - place / (place + before)) / num_pos
+        k = _ranks(num_pos, v.device, dtype)
+        start = (k / (k + num_neg)).sum() / num_pos
+        gains = torch.empty(num_pos, num_neg, dtype=dtype, device=v.device).scatter_(1, column, change)
+        return start, gains.reshape(-1)
 
     @staticmethod
     def _chain(rank: Tensor, num_pos: int, num_neg: int) -> Tensor:

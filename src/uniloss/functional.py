@@ -649,6 +649,16 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     limits = current_limits()
     l = c.numel()
     along = None
+    if structure is not None and structure.chain_gains is not None and static is None:
+        u = torch.sigmoid(c / temperature)
+        v = torch.where(best, u, 1.0 - u)
+        with torch.no_grad():
+            start, gains = structure.chain_gains(v.detach())
+            ends = torch.stack([start, start + gains.sum()]).to(c.dtype)  # the chain's two ends
+            metric = decomposition.evaluate(hard[None], target).to(c.dtype)[0]
+        g = torch.nan_to_num(start, nan=0.0).to(c.dtype) + torch.dot(gains.to(c.dtype), v)
+        return _chain_result(scores, g, ends, gains.to(c.dtype), u.detach(), metric, temperature, grad_scale, sign,
+                             need_push, l if count is None else count, 2)
     if structure is not None and structure.chain_by_runs and static is None and runs is not None:
         g, values, gains, u = run_chain(c, best, temperature, runs, structure.chain)
         with torch.no_grad():
