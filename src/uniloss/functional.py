@@ -839,9 +839,10 @@ def uniloss(
             a sort of the runs) and goes block by block above ``chunk_bits`` (PCK on large
             heatmaps). Measured (``benchmarks/chain_cost.py``, screen v41): 0.3-0.9x the anchors'
             call on AP and accuracy batches of 128, a segmentation batch of 25,088 pixels,
-            accuracy 1024 x 1000 and PCK at 16 x 16 joints x 64 x 64; 3.1x at AP batch 1024 (AP
-            changes at every step: one sort of all the comparisons). Other metrics (the ranking metrics, F-beta at a
-            threshold) are evaluated at up to 257 points of the chain (``[257, l]`` bits, 3.1x on
+            accuracy 1024 x 1000 and PCK at 16 x 16 joints x 64 x 64; 1.5x at AP batch 1024 (AP
+            changes at every step: its gains from a sort of each positive's row and of each
+            column, :attr:`uniloss.Structure.chain_gains`). Other metrics (the ranking metrics, F-beta at a
+            threshold) are evaluated at up to 257 points of the chain (``[257, l]`` bits, 2.7x on
             NDCG@5): exact up to 256 comparisons, the mean gain over 256 segments above. The anchor
             keywords do not apply, nor ``grad_scale``'s modes (a number still multiplies the
             gradient); the pull and ``step`` do. Measured (``docs/results/metric-wins/``, screen
