@@ -26,16 +26,17 @@ from uniloss.experiments.digits import train_digits
 LOSSES = [
     ("cross-entropy", dict(loss="ce")),
     ("UniLoss, the paper's -g~ (grad_scale=1, pull=0)",
-     dict(loss="uniloss", grad_scale=1.0, options={"pull": 0, "step": "sum"})),
+     dict(loss="uniloss", grad_scale=1.0, options={"pull": 0, "step": "sum", "interpolation": "anchors"})),
     ('UniLoss, grad_scale="distance", pull=0 (the defaults before metric-wins)',
-     dict(loss="uniloss", grad_scale="distance", options={"pull": 0, "step": "sum"})),
+     dict(loss="uniloss", grad_scale="distance", options={"pull": 0, "step": "sum", "interpolation": "anchors"})),
     ('UniLoss, pull per comparison (the defaults of 0.1: grad_scale="bounded", pull=1)',
-     dict(loss="uniloss", options={"pull_per": "comparison", "step": "sum"})),
+     dict(loss="uniloss", options={"pull_per": "comparison", "step": "sum", "interpolation": "anchors"})),
     ('UniLoss, 0.2\'s defaults (step="sum": the interpolation\'s step plus the pull\'s)',
-     dict(loss="uniloss", options={"step": "sum"})),
-    ('UniLoss, nearby="informative" (with step="sum")', dict(loss="uniloss", options={"nearby": "informative", "step": "sum"})),
-    ('UniLoss, defaults (step="pull": every step of the pull\'s size; 0.3-0.5)', dict(loss="uniloss")),
-    ('UniLoss, interpolation="chain" (0.7, an option)', dict(loss="uniloss", options={"interpolation": "chain"})),
+     dict(loss="uniloss", options={"step": "sum", "interpolation": "anchors"})),
+    ('UniLoss, nearby="informative" (with step="sum")', dict(loss="uniloss", options={"nearby": "informative", "step": "sum", "interpolation": "anchors"})),
+    ('UniLoss, 0.3-0.7\'s defaults (step="pull": every step of the pull\'s size; the anchors)',
+     dict(loss="uniloss", options={"interpolation": "anchors"})),
+    ('UniLoss, defaults (0.8: interpolation="chain")', dict(loss="uniloss")),
 ]
 
 

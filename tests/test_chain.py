@@ -254,8 +254,9 @@ def test_module_and_functional_forms_agree_and_the_pull_still_applies():
     (no_pull,) = torch.autograd.grad(F.uniloss(scores, target, zoo.balanced_accuracy(4), interpolation="chain",
                                                pull=0.0), scores)
     assert not torch.allclose(a, no_pull)
-    assert "interpolation='chain'" in repr(module)
-    assert "interpolation" not in repr(uniloss.UniLoss(uniloss.MulticlassAccuracy()))
+    assert "interpolation" not in repr(module) and "num_good" not in repr(module)  # the default: no anchors
+    anchors = repr(uniloss.UniLoss(uniloss.MulticlassAccuracy(), interpolation="anchors"))
+    assert "interpolation='anchors'" in anchors and "num_good=16" in anchors and "grad_scale='bounded'" in anchors
 
 
 def test_training_on_the_chain_raises_average_precision():
@@ -324,8 +325,9 @@ def test_a_module_pickled_before_the_option_keeps_the_anchors():
 
     old = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(3))
     delattr(old, "interpolation")  # as unpickled from 0.5
-    assert "interpolation" not in repr(old)
-    current = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(3))
+    assert "interpolation='anchors'" in repr(old)  # its own (0.8's default is the chain)
+    current = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(3),
+                              interpolation="anchors")
     torch.testing.assert_close(grad(old), grad(current), rtol=0, atol=0)
     assert old.last.path == "structured"
 

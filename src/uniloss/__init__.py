@@ -2,8 +2,10 @@
 
 UniLoss (Liu, Wang, Deng, ECCV 2020) re-expresses a metric on a mini-batch as
 ``e = g(h(f(s)))``: score differences ``c = f(s)``, bits ``b = [c > 0]``, any function ``g`` of
-the bits. It relaxes the bits with a sigmoid and interpolates ``g`` over anchor configurations by
-inverse distance weighting, giving a differentiable surrogate of the metric itself.
+the bits. It relaxes the bits with a sigmoid and interpolates ``g`` between configurations of the
+bits, giving a differentiable surrogate of the metric itself: by default (0.8) along the chain of
+the comparisons (the metric's Lovász extension), or as the paper does, by inverse distance
+weighting over anchor configurations (``interpolation="anchors"``).
 
     >>> import torch, uniloss
     >>> loss_fn = uniloss.UniLoss(uniloss.AveragePrecision())
@@ -22,7 +24,7 @@ from ._module import UniLoss
 from ._traced import TracedMetric, TraceError, from_metric
 from .functional import LossInfo
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
     "AnchorSet",

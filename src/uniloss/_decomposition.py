@@ -109,7 +109,7 @@ class Structure:
         >>> scores = torch.tensor([0.5, 2.0, 3.0], requires_grad=True)
         >>> loss, info = uniloss.functional.uniloss_with_info(scores, torch.zeros(3), Above())
         >>> info.path, round(float(info.metric), 4)
-        ('structured', 0.6667)
+        ('chain', 0.6667)
     """
 
     runs: Any  # int or Tensor (or a static layout's uniloss._structured.Runs)

@@ -44,10 +44,11 @@ class UniLoss(nn.Module):
     r"""UniLoss: a metric turned into a differentiable training loss (Liu, Wang, Deng, ECCV 2020).
 
     ``loss = UniLoss(decomposition)(scores, target)`` is ``-g~(sigmoid(c / tau))``, the metric
-    interpolated by inverse distance weighting over anchors drawn afresh on every call (see
-    :func:`uniloss.functional.uniloss` for the method and every keyword). The paper's loss is
-    ``UniLoss(decomposition, pull=0, grad_scale=1.0)``; the defaults were chosen on the
-    metric-wins benchmark (``docs/results/metric-wins/``). Options are checked
+    interpolated along the chain of its comparisons (its Lovász extension; 0.8) or, with
+    ``interpolation="anchors"``, by inverse distance weighting over anchors drawn afresh on every
+    call (see :func:`uniloss.functional.uniloss` for the method and every keyword). The paper's
+    loss is ``UniLoss(decomposition, interpolation="anchors", pull=0, grad_scale=1.0)``; the
+    defaults were chosen on the metric-wins benchmark (``docs/results/metric-wins/``). Options are checked
     once, here; tensors on every call unless ``validate_args=False``.
 
     After each call, :attr:`last` holds a :class:`~uniloss.functional.LossInfo`:
@@ -82,11 +83,11 @@ class UniLoss(nn.Module):
             changes when it alone toggles at the current configuration; balanced accuracy's pull
             is class-weighted cross-entropy) or ``"equal"`` (0.4); see
             :func:`uniloss.functional.uniloss`.
-        interpolation: ``"anchors"`` (default, the paper: inverse distance weighting over
-            drawn anchors) or ``"chain"`` (the metric's Lovász extension along the chain of its
-            comparisons, exact for the metrics of counts; opt-in, measured ahead of the strongest
-            baseline on mean IoU, balanced accuracy, NDCG@5 and PCK); see
-            :func:`uniloss.functional.uniloss`.
+        interpolation: ``"chain"`` (default since 0.8: the metric's Lovász extension along the
+            chain of its comparisons, exact for the metrics of counts; measured ahead of the
+            strongest baseline on mean IoU, balanced accuracy, NDCG@5 and PCK) or ``"anchors"``
+            (the paper: inverse distance weighting over drawn anchors; the anchor keywords and
+            ``grad_scale``'s modes apply to it alone); see :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
         validate_args: check tensors on every call.
@@ -135,7 +136,7 @@ class UniLoss(nn.Module):
         pull_per: str = "sample",
         step: str = "pull",
         pull_weights: str = "metric",
-        interpolation: str = "anchors",
+        interpolation: str = "chain",
     ) -> None:
         super().__init__()
         if not isinstance(decomposition, Decomposition):
@@ -205,11 +206,14 @@ class UniLoss(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
+        # the anchors' keywords where the anchors interpolate (a number grad_scale applies to both)
+        anchors = getattr(self, "interpolation", _PICKLED_BEFORE["interpolation"]) == "anchors"
+        counts = f"num_good={self.num_good}, num_nearby={self.num_nearby}, num_bad={self.num_bad}, " if anchors else ""
+        scale = f", grad_scale={self.grad_scale!r}" if anchors or not isinstance(self.grad_scale, str) else ""
         return (
-            f"{self.decomposition!r}, num_good={self.num_good}, num_nearby={self.num_nearby}, "
-            f"num_bad={self.num_bad}, temperature={self.temperature}, grad_scale={self.grad_scale!r}, pull={self.pull}"
+            f"{self.decomposition!r}, {counts}temperature={self.temperature}{scale}, pull={self.pull}"
             + "".join(f", {name}={getattr(self, name, _PICKLED_BEFORE[name])!r}"
                       for name in ("pull_per", "step", "pull_weights", "interpolation")
                       if getattr(self, name, _PICKLED_BEFORE[name]) != OPTIONS[name])
-            + ("" if self.good_anchors == "sample" else f", good_anchors={self.good_anchors!r}")
+            + ("" if self.good_anchors == "sample" or not anchors else f", good_anchors={self.good_anchors!r}")
         )

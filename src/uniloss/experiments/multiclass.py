@@ -24,10 +24,11 @@ Losses: ``ce`` is cross-entropy; ``uniloss`` is ``UniLoss(MulticlassAccuracy())`
 ``n*(p-1)`` comparisons of a batch; ``uniloss-frac20`` trains a random 20% of them per step
 (``fraction=0.2``, the paper's CIFAR-100 setting); ``uniloss-top20`` keeps the target and the 20
 highest-scoring other classes (``top_k=20``, the published code's CIFAR-100 setting). These
-UniLoss losses use the library's defaults (16 good, 16 nearby, 16 bad anchors, temperature 1,
-``grad_scale="bounded"``, ``pull=1``) and the same learning rate as cross-entropy;
-``uniloss-previous`` is the defaults before the metric-wins benchmark (``pull=0``,
-``grad_scale="distance"``), with which the committed multiclass tables' ``uniloss`` rows were
+UniLoss losses use the library's defaults (0.8: ``interpolation="chain"``, temperature 1,
+``pull=1``; the committed tables predate it: 16 good, 16 nearby, 16 bad anchors,
+``grad_scale="bounded"``) and the same learning rate as cross-entropy;
+``uniloss-previous`` is the defaults before the metric-wins benchmark (``interpolation="anchors"``,
+``pull=0``, ``grad_scale="distance"``), with which the committed multiclass tables' ``uniloss`` rows were
 measured. ``uniloss-published``
 (Fashion-MNIST, CIFAR-10) is the published CIFAR-10 script's update
 (:class:`~uniloss.experiments.published.PublishedLoss`: a sigmoid on the outputs and the
@@ -449,7 +450,7 @@ class Variant(NamedTuple):
 #: The UniLoss losses by name.
 UNILOSS_VARIANTS: Dict[str, Variant] = {
     "uniloss": Variant(),
-    "uniloss-previous": Variant(loss={"pull": 0.0, "grad_scale": "distance"}),
+    "uniloss-previous": Variant(loss={"pull": 0.0, "grad_scale": "distance", "interpolation": "anchors"}),
     "uniloss-frac20": Variant(metric={"fraction": 0.2}),
     "uniloss-top20": Variant(metric={"top_k": 20}),
     "uniloss-t2": Variant(loss={"temperature": 2.0}),
@@ -580,8 +581,9 @@ SHORT_RECIPE = replace(PAPER_RECIPE, epochs=SHORT_EPOCHS, milestones=(round(0.7 
 _COMMON_NOTES = (
     "ResNet-20 (0.27M parameters, option-A shortcuts), batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 "
     "for every loss; validation = the last tenth of the training set, result on the test set; UniLoss is "
-    "UniLoss(MulticlassAccuracy(...)) with the library's defaults (16/16/16 anchors, grad_scale='bounded', pull=1; "
-    "-previous: pull=0, grad_scale='distance', the defaults the committed tables' uniloss rows used) except "
+    "UniLoss(MulticlassAccuracy(...)) with the library's defaults (0.8: interpolation='chain', pull=1; before 0.8 "
+    "16/16/16 anchors, grad_scale='bounded'; -previous: interpolation='anchors', pull=0, grad_scale='distance', the "
+    "defaults the committed tables' uniloss rows used) except "
     "where the loss name says: -t2/-t4/-t8 temperature 2/4/8, -g3 the gradient times 3, -gs10/-gs15 a constant "
     "grad_scale of 10/15, -top20-warm 352 steps (one epoch of the 100-class task) of -frac20 before top-20."
 )

@@ -150,8 +150,8 @@ def _ap_model(loss: str) -> nn.Module:
 
 def _ap_loss(loss: str, generator: torch.Generator) -> Tuple[Callable, Optional[nn.Module]]:
     if loss in ("uniloss", "uniloss-previous", "uniloss-paper"):
-        presets: Dict[str, Dict[str, Any]] = {"uniloss": {}, "uniloss-previous": dict(pull=0.0, grad_scale="distance"),
-                                              "uniloss-paper": dict(pull=0.0, grad_scale=1.0)}
+        presets: Dict[str, Dict[str, Any]] = {"uniloss": {}, "uniloss-previous": dict(pull=0.0, grad_scale="distance", interpolation="anchors"),
+                                              "uniloss-paper": dict(pull=0.0, grad_scale=1.0, interpolation="anchors")}
         options = presets[loss]
         ul = uniloss.UniLoss(uniloss.AveragePrecision(), generator=generator, **options)
         return lambda out, y: ul(out[:, 0], y), ul
@@ -190,10 +190,10 @@ register(Experiment(
     evaluate=_ap_evaluate,
     paper={("uniloss", "ap_interpolated"): 0.9988, ("ce", "ap_interpolated"): 0.9989,
            ("uniloss-published", "ap_interpolated"): 0.9988},
-    notes="`uniloss` is the library's loss at its defaults (the paper's interpolation differentiated exactly, "
-    "pull=1, grad_scale='bounded') on the raw score of a one-output MLP; `uniloss-paper` the paper's equations "
-    "alone (pull=0, grad_scale=1); `uniloss-previous` the defaults before the metric-wins benchmark (pull=0, "
-    "grad_scale='distance'), with which the committed table's `uniloss` row was measured. `uniloss-published` is the published training "
+    notes="`uniloss` is the library's loss at its defaults (0.8: AP's Lovász extension along the chain of its "
+    "comparisons, with the pull) on the raw score of a one-output MLP; `uniloss-paper` the paper's equations "
+    "alone (interpolation='anchors', pull=0, grad_scale=1); `uniloss-previous` the defaults before the metric-wins "
+    "benchmark (interpolation='anchors', pull=0, grad_scale='distance'), with which the committed table's `uniloss` row was measured. `uniloss-published` is the published training "
     "script's update (uniloss.experiments.published): a sigmoid on the output, AP 0 for contradictory "
     "anchors, and its hand-written backward, whose quotient-rule term has the opposite sign, so that "
     "every anchor attracts the bits, the better ones more. Cross-entropy uses a two-class head, as "

@@ -55,8 +55,9 @@ def pose_loss(
         (True, True)
     """
     if name in ("uniloss", "uniloss-chain"):
-        module = uniloss.UniLoss(uniloss.PCK(threshold), generator=generator,
-                                 interpolation="chain" if name == "uniloss-chain" else "anchors")
+        # "uniloss": the library's defaults (the chain from 0.8; the tables before it: the anchors)
+        module = (uniloss.UniLoss(uniloss.PCK(threshold), generator=generator, interpolation="chain")
+                  if name == "uniloss-chain" else uniloss.UniLoss(uniloss.PCK(threshold), generator=generator))
 
         def ul(outputs: Tensor, y: Tensor) -> Tensor:
             """Sum over stacks of ``-PCK~`` of each stack's heatmaps."""
