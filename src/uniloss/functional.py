@@ -669,7 +669,10 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         segments, closed_form = l, structure.chain
         along = lambda rank, cuts: closed_form(rank)[cuts]  # noqa: E731
     elif structure is not None and structure.evaluate_zeros is not None and runs is not None:
-        segments = max(1, min(l, limits.chain_elements // max(runs.num, 1) - 1))
+        # as many points as evaluate's chain (the [points, S] counts cost O(l S) at l + 1 points); in a
+        # static layout every point, which a closed form gives the exact layout (AP, PCK: the same chain)
+        cap = l if static is not None else limits.chain_segments
+        segments = max(1, min(l, cap, limits.chain_elements // max(runs.num, 1) - 1))
         of_zeros = structure.evaluate_zeros
         along = lambda rank, cuts: of_zeros(chain_zeros(runs, best, rank, cuts, c.dtype))  # noqa: E731
     else:
@@ -836,7 +839,8 @@ def uniloss(
             where the metric is a function of them, exact at every step: in closed form where the
             structure gives one (:attr:`uniloss.Structure.chain`: AP, accuracy, PCK, the zoo's
             metrics of class counts, mean IoU, Dice, macro-F1, balanced accuracy), from the runs'
-            counts otherwise (``evaluate_zeros``: VOC AP). A metric of whole runs (accuracy, PCK,
+            counts otherwise (``evaluate_zeros``: VOC AP, the traced metrics of :func:`uniloss.from_metric`;
+            at up to 257 points, exact up to 256 comparisons). A metric of whole runs (accuracy, PCK,
             the zoo's argmax metrics; :attr:`uniloss.Structure.chain_by_runs`) changes along the
             chain only at its runs' last comparisons, so the chain walks those alone (``O(l)`` and
             a sort of the runs) and goes block by block above ``chunk_bits`` (PCK on large
