@@ -65,7 +65,8 @@ class UniLoss(nn.Module):
 
     Args:
         decomposition: the metric, a :class:`uniloss.Decomposition`.
-        num_good, num_nearby, num_bad: anchors of each kind per call (16 each in the paper).
+        num_good, num_nearby, num_bad: anchors of each kind per call (16 each in the paper), with
+            ``interpolation="anchors"``.
         temperature: ``tau`` of the sigmoid relaxation.
         grad_scale: ``"bounded"`` (default: the gradient measured in units of the anchors'
             harmonic-mean distance, which makes cross-entropy's learning rates work, capped at a

@@ -766,9 +766,11 @@ def uniloss(
         scores: the network's output, floating point, shape as the decomposition documents.
         target: the ground truth, as the decomposition documents.
         decomposition: a :class:`uniloss.Decomposition`.
-        num_good, num_nearby, num_bad: anchors of each kind (0 allowed), 16 each in the paper.
+        num_good, num_nearby, num_bad: anchors of each kind (0 allowed), 16 each in the paper;
+            with ``interpolation="anchors"`` (the chain draws none).
         temperature: ``tau`` of the sigmoid relaxation (> 0).
-        grad_scale: multiplies the gradient (not the value) of the interpolation. The
+        grad_scale: multiplies the gradient (not the value) of the interpolation (the chain takes
+            a number only, its modes being the anchors'). The
             interpolation's gradient is a weighted sum of ``(g(a_i) - g~) (a_i - u) / d_i^2``: it
             has units of metric per unit distance and shrinks as the anchors lie farther apart
             (``d ~ sqrt(l)`` early in training, ``~1`` later). ``"distance"`` multiplies it by the
