@@ -693,9 +693,10 @@ def chunked_loss(
 
     with torch.no_grad():
         s_det = scores.detach()
-        hard = torch.empty(num_bits, dtype=torch.bool, device=device)
+        first_pass = not chain or temperature_scale is not None  # (the chain's own pass sees hard)
+        hard = torch.empty(num_bits if first_pass else 0, dtype=torch.bool, device=device)
         sum_sq = torch.zeros((), dtype=dtype, device=device)
-        for block in (blocks if not chain or temperature_scale is not None else ()):  # (the chain's pass sees hard)
+        for block in (blocks if first_pass else ()):
             c_block = comparisons(s_det, block)
             torch.gt(c_block, 0, out=hard[block[2] : block[3]])
             if temperature_scale is not None:
