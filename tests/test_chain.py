@@ -427,3 +427,134 @@ def test_aps_gains_without_the_order_are_the_closed_form_chains(seed, ties):
     torch.testing.assert_close(start, values[0].double())
     torch.testing.assert_close(gains, ref_gains.double())
     assert float(start + gains.sum()) == pytest.approx(1.0)  # the chain ends at best: AP 1
+
+
+# ------------------------------------------------------------- one node: the gradient in closed form
+
+def _chain_cases(dtype=torch.float64):
+    g = torch.Generator().manual_seed(11)
+    heat = torch.randn(2, 3, 6, 6, generator=g, dtype=dtype)
+    keypoints = uniloss.KeypointTarget(torch.rand(2, 3, 2, generator=g, dtype=dtype) * 5,
+                                       torch.ones(2, 3, dtype=torch.bool), torch.full((2,), 2.0, dtype=dtype))
+    labels = (torch.rand(14, generator=g) < 0.4).long()
+    labels[:2] = torch.tensor([1, 0])
+    return {
+        "ap": (uniloss.AveragePrecision(), torch.randn(14, generator=g, dtype=dtype), labels),  # pull on the margins
+        "acc": (uniloss.MulticlassAccuracy(), torch.randn(9, 4, generator=g, dtype=dtype), torch.randint(0, 4, (9,), generator=g)),
+        "pck": (uniloss.PCK(), heat, keypoints),  # the runs' terms in closed form
+        "macro_f1": (zoo.macro_f1(3), torch.randn(10, 3, generator=g, dtype=dtype), torch.randint(0, 3, (10,), generator=g)),
+        "ndcg": (zoo.ndcg_at_k(3), torch.randn(12, generator=g, dtype=dtype),
+                 zoo.RankingTarget(torch.randint(0, 3, (12,), generator=g), torch.arange(12) // 6)),
+    }
+
+
+@pytest.mark.parametrize("options", [dict(), dict(step="sum"), dict(pull_per="comparison"), dict(pull_per="run"),
+                                     dict(grad_scale=2.0, temperature=0.6), dict(temperature_scale="rms", pull=0.4),
+                                     dict(pull=0.0)], ids=["defaults", "sum", "per-comparison", "per-run", "scaled",
+                                                           "rms", "no-pull"])
+@pytest.mark.parametrize("name", ["ap", "acc", "pck", "macro_f1", "ndcg"])
+def test_the_closed_form_gradient_equals_autograd_through_the_same_terms(name, options):
+    """The chain's node returns its gradient in closed form; with ``create_graph=True`` it takes
+    the extension and the pull through autograd instead: the two first derivatives agree."""
+    dec, scores, target = _chain_cases()[name]
+    s = scores.clone().requires_grad_(True)
+    loss = F.uniloss(s, target, dec, **options)
+    (closed,) = torch.autograd.grad(loss, s, retain_graph=True)
+    (traced,) = torch.autograd.grad(loss, s, create_graph=True)
+    assert traced.requires_grad
+    torch.testing.assert_close(closed, traced.detach(), rtol=1e-10, atol=1e-14)
+    assert closed.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["ap", "acc", "pck", "macro_f1"])
+def test_the_chain_gradgradcheck(name):
+    """The second derivative against finite differences of the first (``step="sum"``: the step
+    factor is a detached function of the comparisons; the gains are fixed by the order, which a
+    small step does not change)."""
+    dec, scores, target = _chain_cases()[name]
+
+    def loss(s):
+        return F.uniloss(s, target, dec, step="sum", temperature=0.8)
+
+    assert torch.autograd.gradgradcheck(loss, (scores.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_the_hard_metric_is_evaluated_only_when_read():
+    """The chain's closed forms do not evaluate the hard configuration: ``info.metric`` does when
+    read, and not at all where ``batch_metric`` gives the value (AP's tied ranking)."""
+
+    class Counting(uniloss.MulticlassAccuracy):
+        calls = 0
+
+        def evaluate(self, bits, target):
+            Counting.calls += 1
+            return super().evaluate(bits, target)
+
+    g = torch.Generator().manual_seed(3)
+    scores, target = torch.randn(8, 4, generator=g, requires_grad=True), torch.randint(0, 4, (8,), generator=g)
+    loss, info = F.uniloss_with_info(scores * 1.0, target, Counting())
+    loss.backward()
+    assert Counting.calls == 0
+    expected = (scores.detach().argmax(1) == target).float().mean()
+    assert float(info.metric) == pytest.approx(float(expected))
+
+    class CountingAP(uniloss.AveragePrecision):
+        calls = 0
+
+        def evaluate(self, bits, target):
+            CountingAP.calls += 1
+            return super().evaluate(bits, target)
+
+    labels = torch.tensor([1, 0, 1, 0, 0, 1])
+    s = torch.tensor([0.5, 0.5, 2.0, -1.0, 0.5, 0.1], requires_grad=True)  # a tie: batch_metric's value differs
+    _, info = F.uniloss_with_info(s * 1.0, labels, CountingAP())
+    from sklearn.metrics import average_precision_score
+    assert float(info.metric) == pytest.approx(average_precision_score(labels.numpy(), s.detach().numpy()), rel=1e-6)
+    assert CountingAP.calls == 0
+
+
+def _pull_grads(c, best, temperature, runs, rows, num_valid, weights, per, denominator):
+    """``pull_cost``'s ``(cost, push, gradient)`` through autograd and in closed form (``with_grad``)."""
+    from uniloss._interpolation import pull_cost
+    leaf = (per if per is not None else c).detach().clone().requires_grad_(True)
+    kw = dict(with_push=True, weights=weights, per=leaf if per is not None else None)
+    cost, push = pull_cost(None if per is not None else leaf, best, temperature, runs, rows, num_valid, denominator, **kw)
+    (grad,) = torch.autograd.grad(cost, leaf)
+    with torch.no_grad():
+        kw["per"] = leaf.detach() if per is not None else None
+        closed = pull_cost(None if per is not None else leaf.detach(), best, temperature, runs, rows, num_valid,
+                           denominator, with_grad=True, **kw)
+    return (cost.detach(), push, grad), closed
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, "tensor"])
+@pytest.mark.parametrize("form", ["comparison", "width", "width-weights", "ids", "ids-weights", "ids-denominator",
+                                  "per", "per-weights", "static-comparison", "static-ids"])
+def test_the_pulls_closed_form_gradient_equals_autograd(form, temperature):
+    g = torch.Generator().manual_seed(4)
+    temperature = torch.tensor(1.3, dtype=torch.float64) if temperature == "tensor" else temperature
+    c = torch.randn(12, generator=g, dtype=torch.float64) * 3
+    best = torch.rand(12, generator=g) < 0.7
+    weights = torch.rand(4, generator=g, dtype=torch.float64)
+    ids = Runs(None, torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 3, 3]), torch.tensor([3, 5, 10, 12]), 4)
+    per = torch.rand(3, generator=g, dtype=torch.float64) + 0.1
+    static_c, static_best = c.clone(), best.clone()
+    static_c[9:], static_best[9:] = float("inf"), True  # a static layout's padding
+    static_runs = Runs(None, torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3]), None, 4)
+    args = {  # c, best, runs, rows, num_valid, weights, per, denominator
+        "comparison": (c, best, None, 1, None, None, None, None),
+        "width": (c, best, Runs(4, None, None, 3), 5, None, None, None, None),
+        "width-weights": (c, None, Runs(4, None, None, 3), 2, None, weights[:3], None, None),
+        "ids": (c, best, ids, 2, None, None, None, None),
+        "ids-weights": (c, best, ids, 2, None, weights, None, None),
+        "ids-denominator": (c, best, ids, 2, None, None, None, 7),
+        "per": (None, None, Runs(None, None, None, 3), 5, None, None, per, None),
+        "per-weights": (None, None, Runs(None, None, None, 3), 5, None, weights[:3], per, None),
+        "static-comparison": (static_c, static_best, None, 1, torch.tensor(9), None, None, None),
+        "static-ids": (static_c, static_best, static_runs, 2, torch.tensor(9), None, None, None),
+    }[form]
+    c_, best_, runs, rows, num_valid, w, per_, den = args
+    reference, closed = _pull_grads(c_, best_, temperature, runs, rows, num_valid, w, per_, den)
+    for a, b in zip(closed, reference):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert reference[2].abs().sum() > 0

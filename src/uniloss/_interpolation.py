@@ -23,7 +23,7 @@ the weights unchanged.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union, cast
 
 import torch
 from torch import Tensor
@@ -181,7 +181,7 @@ PULL_WEIGHTS = ("metric", "equal")
 
 def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=None, rows: int = 1,
               num_valid: Optional[Tensor] = None, denominator: Optional[int] = None, with_push: bool = False,
-              weights: Optional[Tensor] = None, per: Optional[Tensor] = None):
+              weights: Optional[Tensor] = None, per: Optional[Tensor] = None, with_grad: bool = False):
     r"""The pull toward the best configuration: the cost whose gradient the engine adds to the
     interpolation's (``pull`` of :func:`uniloss.functional.uniloss`). With
     ``z_k = -(2 best_k - 1) c_k / tau`` (``best`` ``None``: every bit 1),
@@ -210,6 +210,11 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
 
     ``per``: the runs' ``[S]`` terms ``log(1 + sum_k exp(z_k))`` in closed form
     (:attr:`uniloss.Structure.run_pull`; exact layouts only): ``c`` and ``best`` are then not read.
+
+    ``with_grad`` (with ``with_push``; call it under ``torch.no_grad()``): return ``(cost, push,
+    grad)``, ``grad`` the cost's gradient in closed form, in ``c`` (``[l]``: ``sigmoid(z_k)`` per
+    comparison, the run's softmax ``exp(z_k - lse_s)`` per run, times ``dz_k / dc_k`` over the
+    denominator), or in ``per`` where it is given (``[S]``: the weights over the denominator).
     """
     if per is None:
         assert c is not None  # the comparisons, where the runs' terms are not given
@@ -221,7 +226,8 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
         total = torch.nn.functional.softplus(z).sum()
         if with_push:
             with torch.no_grad():
-                pushes = torch.sigmoid(z).sum()
+                soft = torch.sigmoid(z)
+                pushes = soft.sum()
         if denominator is not None:
             count: Union[int, Tensor] = denominator
         else:
@@ -232,11 +238,14 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
             like = per if per is not None else c
             assert like is not None
             zero = like.new_zeros(())
+            if with_grad:
+                return zero, zero.detach(), torch.zeros_like(like)
             return (zero, zero.detach()) if with_push else zero
         # A static layout's runs count those of the exact layout where it says how many
         # (``runs.real``), else those that hold a real comparison.
         occupied: Union[int, Tensor] = num if num_valid is None or runs.real is None else runs.real
         counted = num_valid is not None and runs.real is None
+        given = per is not None
         if per is not None:  # given in closed form
             pass
         elif runs.width is not None:  # log(1 + sum exp(z)) per run: a logsumexp with a 0 in front
@@ -269,11 +278,30 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
     cost = total / count
     if not with_push:
         return cost
+    scaled = isinstance(temperature, Tensor) or temperature != 1.0
     with torch.no_grad():
         push = pushes / count
-        if isinstance(temperature, Tensor) or temperature != 1.0:
+        if scaled:
             push = push / temperature
-    return cost, push
+    if not with_grad:
+        return cost, push
+    if runs is None:
+        dz = soft  # softplus' = sigmoid
+    else:
+        terms = cast(Tensor, per)  # (per run: computed above, or given)
+        if given:  # d cost / d per: the weights
+            grad = (torch.ones_like(terms) if weights is None else weights.to(terms.dtype)) / count
+            return cost, push, grad
+        if runs.width is not None:
+            dz = (zz - terms[:, None]).exp_().mul_(1.0 if weights is None else weights[:, None]).view(-1)
+        else:
+            dz = (z - terms[ids]).exp_()
+            if weights is not None:
+                dz = dz.mul_(weights[ids])
+    # dz / dc: -1 / tau (best 1), +1 / tau (best 0)
+    grad = dz.neg_() if best is None else dz.mul_(1.0 - best.to(dz.dtype) * 2.0)
+    grad = grad / count
+    return cost, push, (grad / temperature if scaled else grad)
 
 
 def anchor_weights(nearby: str, kinds, values: Tensor, metric: Tensor, sign: float) -> Optional[Tensor]:
@@ -441,36 +469,47 @@ def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor
         >>> round(float(g), 4)  # its relaxed bit, sigmoid(0)
         0.5
     """
-    l = c.numel()
     u = torch.sigmoid(c / temperature)
     v = torch.where(best, u, 1.0 - u)
     with torch.no_grad():
-        order = _chain_order(v.detach(), invalid)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(l, device=c.device)
-        # (in a static layout from the number of real comparisons, a tensor: repeated cuts where
-        # there are fewer than segments, each real comparison then its own segment, as exactly)
-        cuts = torch.div(torch.arange(segments + 1, device=c.device) * (l if num_valid is None else num_valid),
-                         segments, rounding_mode="floor")
-        if along is not None:
-            values = along(rank, cuts)
-        else:
-            agree = rank[None, :] < cuts[:, None]  # [segments + 1, l]: S_j agrees with best on its first bits
-            values = evaluate(torch.where(agree, best[None], ~best[None]))
-        # the steps in the wider of the values' and the comparisons' dtypes (float64 where a closed
-        # form gives it: its steps are far smaller than its values)
-        chain = values[: segments + 1].to(torch.promote_types(values.dtype, c.dtype))
-        steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0).to(c.dtype)
-        values, chain = values.to(c.dtype), chain.to(c.dtype)
-        if segments == l and num_valid is None:  # the exact extension: comparison k's own step
-            gains = steps[rank]
-        else:
-            segment = torch.bucketize(rank, cuts[1:], right=True).clamp_(max=segments - 1)
-            gains = (steps / (cuts[1:] - cuts[:-1]).clamp_min(1).to(c.dtype))[segment]  # (a repeated cut: no step)
-        if invalid is not None:
-            gains = gains.masked_fill(invalid, 0.0)
-    g = torch.nan_to_num(chain[0], nan=0.0) + torch.dot(gains, v)
+        values, start, gains = chain_steps(v.detach(), best, evaluate, segments, along, invalid, num_valid)
+    g = torch.nan_to_num(start, nan=0.0) + torch.dot(gains, v)
     return g, values, gains, u.detach()
+
+
+def chain_steps(v: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor], segments: int,
+                along: Optional[Callable[[Tensor, Tensor], Tensor]] = None, invalid: Optional[Tensor] = None,
+                num_valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`chain_extension`'s chain from the relaxed bits' agreements ``v`` ``[l]`` (detached;
+    the other arguments as there): ``(values, start, gains)``, the values ``evaluate`` (or
+    ``along``) returned, ``g(S_0)`` and each comparison's ``[l]`` gain, in ``v``'s dtype; then
+    ``g~ = start + gains . v`` (``start`` NaN-free)."""
+    l = v.numel()
+    order = _chain_order(v, invalid)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(l, device=v.device)
+    # (in a static layout from the number of real comparisons, a tensor: repeated cuts where
+    # there are fewer than segments, each real comparison then its own segment, as exactly)
+    cuts = torch.div(torch.arange(segments + 1, device=v.device) * (l if num_valid is None else num_valid),
+                     segments, rounding_mode="floor")
+    if along is not None:
+        values = along(rank, cuts)
+    else:
+        agree = rank[None, :] < cuts[:, None]  # [segments + 1, l]: S_j agrees with best on its first bits
+        values = evaluate(torch.where(agree, best[None], ~best[None]))
+    # the steps in the wider of the values' and the comparisons' dtypes (float64 where a closed
+    # form gives it: its steps are far smaller than its values)
+    chain = values[: segments + 1].to(torch.promote_types(values.dtype, v.dtype))
+    steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0).to(v.dtype)
+    values, chain = values.to(v.dtype), chain.to(v.dtype)
+    if segments == l and num_valid is None:  # the exact extension: comparison k's own step
+        gains = steps[rank]
+    else:
+        segment = torch.bucketize(rank, cuts[1:], right=True).clamp_(max=segments - 1)
+        gains = (steps / (cuts[1:] - cuts[:-1]).clamp_min(1).to(v.dtype))[segment]  # (a repeated cut: no step)
+    if invalid is not None:
+        gains = gains.masked_fill(invalid, 0.0)
+    return values, chain[0], gains
 
 
 def _chain_order(v: Tensor, invalid: Optional[Tensor] = None) -> Tensor:

@@ -40,6 +40,21 @@ def _ranks(n: int, device, dtype) -> Tensor:
     return _RANKS.get((n, device, dtype), lambda: torch.arange(1, n + 1, device=device, dtype=dtype))
 
 
+_DOWN = TensorCache()
+_AP_START = TensorCache()
+
+
+def _down(n: int, device, dtype) -> Tensor:
+    """``n .. 1`` (cached: AP's chain needs it every step)."""
+    return _DOWN.get((n, device, dtype), lambda: torch.arange(n, 0, -1, device=device, dtype=dtype))
+
+
+def _ap_start(num_pos: int, num_neg: int, device, dtype) -> Tensor:
+    """AP with every negative above every positive: ``sum_k k / (k + N) / P``."""
+    k = _ranks(num_pos, device, dtype)
+    return (k / (k + num_neg)).sum() / num_pos
+
+
 # From this many comparisons on, a static layout's indices are spread with repeat_interleave
 # rather than computed by a division per bit (fewer passes, more operator calls).
 _SPREAD_BITS = 1 << 13
@@ -318,14 +333,14 @@ class AveragePrecision(Decomposition):
         dtype = torch.float64 if v.device.type == "cpu" else torch.float32
         ordered, column = v.view(num_pos, num_neg).sort(dim=1, descending=True, stable=True)
         order = ordered.argsort(dim=0, descending=True, stable=True)  # column m: the m-th steps in chain order
-        place = torch.empty_like(order).scatter_(
-            0, order, torch.arange(num_pos, device=v.device)[:, None].expand(num_pos, num_neg)).to(dtype) + 1
-        before = num_neg - torch.arange(num_neg, device=v.device, dtype=dtype)  # the count before the m-th step
-        change = (place / (place + before - 1) - place / (place + before)) / num_pos
-        k = _ranks(num_pos, v.device, dtype)
-        start = (k / (k + num_neg)).sum() / num_pos
+        # k: each m-th step's place among the m-th steps (1-based); v: the count before it, N - m
+        place = torch.empty(num_pos, num_neg, dtype=dtype, device=v.device).scatter_(
+            0, order, _ranks(num_pos, v.device, dtype)[:, None].expand(num_pos, num_neg))
+        q = place + _down(num_neg, v.device, dtype)  # k + v
+        change = place.div_(q * (q - 1.0) * num_pos)  # (k / (k + v - 1) - k / (k + v)) / P
+        start = _AP_START.get((num_pos, num_neg, v.device, dtype), lambda: _ap_start(num_pos, num_neg, v.device, dtype))
         gains = torch.empty(num_pos, num_neg, dtype=dtype, device=v.device).scatter_(1, column, change)
-        return start, gains.reshape(-1)
+        return start, gains.view(-1)
 
     @staticmethod
     def _chain(rank: Tensor, num_pos: int, num_neg: int) -> Tensor:

@@ -375,28 +375,31 @@ class Flips:
 
 
 class _Surrogate(torch.autograd.Function):
-    """Attaches a precomputed loss value to ``x``; the backward pass is a closure
-    ``backward(grad, x)``. Under ``create_graph=True`` (grad mode is then on in the backward pass)
-    ``x`` comes with its graph, so the closure can return a gradient that autograd differentiates
-    again."""
+    """Attaches a precomputed loss value to ``x`` (and ``y``, optional: a second input, e.g. the
+    pull's margins); the backward pass is a closure ``backward(grad, x, y) -> (dx, dy)`` (``dy``
+    ``None`` without ``y``). Under ``create_graph=True`` (grad mode is then on in the backward
+    pass) ``x`` and ``y`` come with their graph, so the closure can return a gradient that
+    autograd differentiates again."""
 
     @staticmethod
-    def forward(x: Tensor, value: Tensor, sign: float, backward: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    def forward(x: Tensor, y: Optional[Tensor], value: Tensor, sign: float,
+                backward: Callable[[Tensor, Tensor, Optional[Tensor]], Tuple[Tensor, Optional[Tensor]]]) -> Tensor:
         return value * sign  # (a new tensor: the output is no input)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, _, _, backward = inputs
+        x, y, _, _, backward = inputs
         ctx.backward_fn = backward
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, y)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (x,) = ctx.saved_tensors
-        return ctx.backward_fn(grad, x), None, None, None
+        x, y = ctx.saved_tensors
+        dx, dy = ctx.backward_fn(grad, x, y)
+        return dx, dy, None, None, None
 
 
-_apply_surrogate = two_way(_Surrogate)
+apply_surrogate = two_way(_Surrogate)
 
 
 def disagreement_rows(anchors: AnchorSet, wrong: Tensor) -> Tensor:
@@ -563,16 +566,16 @@ def structured_loss(
             out = torch.cat([out[:1], single, out[1:]])
         return out
 
-    def backward(grad_out: Tensor, c_in: Tensor) -> Tensor:
+    def backward(grad_out: Tensor, c_in: Tensor, _: None) -> "tuple[Tensor, None]":
         if torch.is_grad_enabled():  # create_graph=True: see double_backward_grad
-            return double_backward_grad(c_in, sq_of, values, weights, sign * scale * grad_out)
+            return double_backward_grad(c_in, sq_of, values, weights, sign * scale * grad_out), None
         if measured:
-            return measured[-1] * (sign * scale * grad_out)
-        return grad_c(coef * grad_out)
+            return measured[-1] * (sign * scale * grad_out), None
+        return grad_c(coef * grad_out), None
 
     # A static layout without a comparison (e.g. AP without a positive): a zero loss, as the exact
     # layout's l == 0 gives (its gradient is the padding's: zero).
-    loss = _apply_surrogate(c, g if undefined is None else g.masked_fill(undefined, 0.0), sign, backward)
+    loss = apply_surrogate(c, None, g if undefined is None else g.masked_fill(undefined, 0.0), sign, backward)
     return loss, values, metric, g, kinds, push
 
 
@@ -848,7 +851,7 @@ def _blockwise_loss(scores: Tensor, g: Tensor, sign: float, grads_of, comparison
             coef, pull_weight = coef * f, f * pull
     grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(scores) for leaf in leaves] if record else []
 
-    def backward(grad_out: Tensor, _scores: Tensor) -> Tensor:
+    def backward(grad_out: Tensor, _scores: Tensor, _: None) -> "tuple[Tensor, None]":
         if torch.is_grad_enabled():  # create_graph=True
             raise RuntimeError(
                 f"UniLoss cannot differentiate its gradient again (create_graph=True) block by block: this "
@@ -857,9 +860,9 @@ def _blockwise_loss(scores: Tensor, g: Tensor, sign: float, grads_of, comparison
             )
         assert record  # a graph was recorded: the forward's scores required grad under grad mode
         out = grads[0] * (coef * grad_out)
-        return out + grads[1] * (pull_weight * grad_out) if pull else out
+        return (out + grads[1] * (pull_weight * grad_out) if pull else out), None
 
-    return _apply_surrogate(scores, g, sign, backward)
+    return apply_surrogate(scores, None, g, sign, backward)
 
 
 def _chunked_chain(scores: Tensor, blocks, comparisons, best: Tensor, structure: Structure,

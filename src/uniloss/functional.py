@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Union, cast
+from typing import Any, NamedTuple, Optional, Union, cast
 
 import torch
 from torch import Tensor
@@ -20,12 +20,12 @@ from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with
 from ._function import is_wrapped
 from ._interpolation import (
     DISTANCES, INTERPOLATIONS, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs,
-    chain_extension, chain_segments, chain_zeros, comparison_scale, gradient_scale, harmonic_distance, idw_from_sq_distances, pull_cost,
-    rms_unit, run_chain, sq_distances_from_costs, step_factor,
+    chain_segments, chain_steps, chain_zeros, comparison_scale, gradient_scale, harmonic_distance, idw_from_sq_distances,
+    last_of_runs, pull_cost, rms_unit, run_chain_gains, sq_distances_from_costs, step_factor,
 )
 from ._limits import EngineLimits, current_limits
 from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
-from ._structured import Runs, chunked_loss, structured_loss
+from ._structured import Runs, apply_surrogate, chunked_loss, structured_loss
 
 __all__ = ["uniloss", "uniloss_with_info", "LossInfo"]
 
@@ -404,12 +404,12 @@ def uniloss_with_info(
     stepped = step == "pull" and bool(pull)  # the step rule needs the interpolation's push (pull=0: none)
     if chained:
         assert best is not None  # no anchors given (choose_path): computed above
-        loss, info, push = _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign,
-                                       need_push=stepped, structure=structure, runs=runs,
-                                       static=static,
-                                       count=_bit_count(l, static, validate_args))
-        loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
-                          push if stepped else None, margins, run_weights, per_run)
+        pull_input = margins if margins is not None else per_run  # the pull's input where it is not c
+        loss, info = _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign,
+                                 structure=structure, runs=runs, static=static,
+                                 count=_bit_count(l, static, validate_args),
+                                 pull=_ChainPull(pull, stepped, pull_input, margins is not None, pull_runs, pull_rows,
+                                                 num_valid, run_weights))
         return loss, with_exact_metric(info, decomposition, target, scores)
     assert anchor_set is not None  # drawn or given: every path but the chain's
     if plan.path == "dense":
@@ -554,24 +554,41 @@ def with_exact_metric(info: LossInfo, decomposition: Decomposition, target: Any,
     (``_batch_metric_is_cheap``: ``from_metric``'s, ``MulticlassAccuracy``'s; nothing to save, and
     the plan is not kept): computed now."""
     if type(decomposition).batch_metric is Decomposition.batch_metric:
-        return info  # the default: the hard configuration's value, already in info
+        return info  # the default: the hard configuration's value, already in info (or when read)
+    fallback = info.__dict__["_metric"]  # (a _Deferred: not computed unless batch_metric has no value)
     if (scores is None or scores.is_leaf or torch.compiler.is_compiling() or is_wrapped(scores)
             or getattr(decomposition, "_batch_metric_is_cheap", False)):
         # (compiled: traced in the graph; a torch.func transform's scores: read while it is live)
         exact = decomposition.batch_metric(target)
-        return info if exact is None else replace(info, metric=_detached(exact).to(info.metric.dtype))
-    object.__setattr__(info, "_metric", _DeferredMetric(decomposition, target, info.metric, scores))
+        if exact is not None:
+            _set_info_metric(info, _detached(exact).to(info.surrogate.dtype))
+        return info
+    object.__setattr__(info, "_metric", _DeferredMetric(decomposition, target, fallback, scores, info.surrogate))
     return info
+
+
+class _Deferred:
+    """A value computed when first read (``LossInfo.metric``): ``fn()``."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self) -> Tensor:
+        return self.fn()
 
 
 class _DeferredMetric:
     """``LossInfo.metric`` until first read: ``decomposition.batch_metric(target)`` (the prepared
     target of the call, which holds what it needs), else the hard configuration's value."""
 
-    __slots__ = ("decomposition", "target", "fallback", "scores", "version")
+    __slots__ = ("decomposition", "target", "fallback", "scores", "version", "like")
 
-    def __init__(self, decomposition: Decomposition, target: Any, fallback: Tensor, scores: Optional[Tensor]):
-        self.decomposition, self.target, self.fallback = decomposition, target, fallback
+    def __init__(self, decomposition: Decomposition, target: Any, fallback: "Union[Tensor, _Deferred]",
+                 scores: Optional[Tensor], like: Tensor):
+        # like: a tensor of the metric's dtype and device (the call's surrogate)
+        self.decomposition, self.target, self.fallback, self.like = decomposition, target, fallback, like
         self.scores = self.version = None
         if scores is not None and not scores.is_inference():  # (inference tensors have no version counter)
             self.scores, self.version = scores.detach(), scores._version  # (detached: not the graph)
@@ -582,14 +599,16 @@ class _DeferredMetric:
                 "The scores of this loss call were modified in place after it, before LossInfo.metric "
                 "was first read (it is computed from them then): read it before modifying them"
             )
-        with torch.no_grad(), _autocast_off(self.fallback.device.type):
+        with torch.no_grad(), _autocast_off(self.like.device.type):
             exact = self.decomposition.batch_metric(self.target)
-        return self.fallback if exact is None else exact.to(self.fallback.dtype)
+            if exact is None:
+                return self.fallback() if isinstance(self.fallback, _Deferred) else self.fallback
+        return exact.to(self.like.dtype)
 
 
 def _info_metric(info: LossInfo) -> Tensor:
     value = info.__dict__["_metric"]
-    if isinstance(value, _DeferredMetric):
+    if isinstance(value, (_DeferredMetric, _Deferred)):
         value = info.__dict__["_metric"] = value()
     return value
 
@@ -634,74 +653,149 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
     return loss, LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds), push
 
 
-def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign, need_push=False,
-                structure=None, runs=None, static=None, count=None):
+class _ChainPull(NamedTuple):
+    """The pull of a chain call (see :func:`_with_pull`): its weight, whether it sizes the step
+    (``step="pull"``), its input where it is not the comparisons (the per-sample margins, or the
+    runs' terms in closed form: ``margins`` says which), and the runs, rows, static layout's
+    count and run weights of :func:`uniloss._interpolation.pull_cost`."""
+
+    weight: float
+    stepped: bool
+    input: Optional[Tensor]
+    margins: bool
+    runs: Optional[Runs]
+    rows: int
+    num_valid: Optional[Tensor]
+    run_weights: Optional[Tensor]
+
+    def cost(self, c: Tensor, best: Tensor, temperature, pulled: Optional[Tensor], with_grad: bool = False):
+        """:func:`uniloss._interpolation.pull_cost` of the comparisons ``c`` (``best`` theirs),
+        or of ``pulled``, the pull's own input."""
+        if self.margins:
+            return pull_cost(pulled, None, temperature, with_push=with_grad, with_grad=with_grad)
+        if pulled is not None:  # the runs' terms
+            return pull_cost(None, None, temperature, self.runs, self.rows, self.num_valid, with_push=with_grad,
+                             weights=self.run_weights, per=pulled, with_grad=with_grad)
+        return pull_cost(c, None if is_all_true(best) else best, temperature, self.runs, self.rows, self.num_valid,
+                         with_push=with_grad, weights=self.run_weights, with_grad=with_grad)
+
+
+def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign, *, structure=None,
+                runs=None, static=None, count=None, pull: Optional[_ChainPull] = None):
     """``interpolation="chain"``: the metric's extension along the chain of the comparisons
-    (:func:`uniloss._interpolation.chain_extension`). Its values along the chain: from the
-    structure's closed form where it gives one (:attr:`uniloss.Structure.chain`, exact), from the
-    runs' counts where the metric is a function of them (``evaluate_zeros``; exact up to
-    ``chain_elements`` counts), else from ``evaluate`` at the limits' number of points. A number
-    ``grad_scale`` multiplies its gradient; the anchors' scales (``"bounded"``, ...) do not apply,
-    its push being in the metric's own units. In a static layout (``static``: the number of real
-    comparisons and the padding) the padding comes last in the chain, with no gain, and a closed
-    form (written for the exact layout) is not used. Returns ``(loss, info, push)`` as
-    :func:`_dense_loss`."""
-    limits = current_limits()
+    (:func:`uniloss._interpolation.chain_extension`) and the pull (:func:`_with_pull`), one
+    autograd node with the gradient in closed form. The extension is ``g~ = g(S_0) + sum_k
+    gain_k v_k``, linear in the relaxed bits' agreements ``v`` with gains fixed by their order,
+    so its gradient is ``gain_k dv_k / dc_k``; the pull's comes from
+    :func:`uniloss._interpolation.pull_cost` (``with_grad``). Under ``create_graph=True`` the
+    backward pass recomputes both through autograd, which differentiates them again.
+
+    The chain's values: from the structure's closed form where it gives one
+    (:attr:`uniloss.Structure.chain_gains`, :attr:`~uniloss.Structure.chain` with
+    :attr:`~uniloss.Structure.chain_by_runs`: the runs' last comparisons alone, or ``chain``
+    along the sorted comparisons), from the runs' counts where the metric is a function of them
+    (``evaluate_zeros``; exact up to ``chain_segments`` points), else from ``evaluate`` at the
+    limits' number of points. A number ``grad_scale`` multiplies the extension's gradient; the
+    anchors' scales (``"bounded"``, ...) do not apply, its push being in the metric's own units.
+    In a static layout (``static``: the number of real comparisons and the padding) the padding
+    comes last in the chain, with no gain, and a closed form (written for the exact layout) is not
+    used. Returns ``(loss, info)``; ``info.metric`` is the hard configuration's value, computed
+    when read unless the chain's evaluation gives it."""
     l = c.numel()
-    along = None
-    if structure is not None and structure.chain_gains is not None and static is None:
-        u = torch.sigmoid(c / temperature)
-        v = torch.where(best, u, 1.0 - u)
-        with torch.no_grad():
-            start, gains = structure.chain_gains(v.detach())
-            ends = torch.stack([start, start + gains.sum()]).to(c.dtype)  # the chain's two ends
-            metric = decomposition.evaluate(hard[None], target).to(c.dtype)[0]
-        g = torch.nan_to_num(start, nan=0.0).to(c.dtype) + torch.dot(gains.to(c.dtype), v)
-        return _chain_result(scores, g, ends, gains.to(c.dtype), u.detach(), metric, temperature, grad_scale, sign,
-                             need_push, l if count is None else count, 2)
-    if structure is not None and structure.chain_by_runs and static is None and runs is not None:
-        g, values, gains, u = run_chain(c, best, temperature, runs, structure.chain)
-        with torch.no_grad():
-            metric = decomposition.evaluate(hard[None], target).to(c.dtype)[0]
-        return _chain_result(scores, g, values, gains, u, metric, temperature, grad_scale, sign, need_push,
-                             l if count is None else count, values.numel())
-    if structure is not None and structure.chain is not None and static is None and not structure.chain_by_runs:
-        segments, closed_form = l, structure.chain
-        along = lambda rank, cuts: closed_form(rank)[cuts]  # noqa: E731
-    elif structure is not None and structure.evaluate_zeros is not None and runs is not None:
-        # as many points as evaluate's chain (the [points, S] counts cost O(l S) at l + 1 points); in a
-        # static layout every point, which a closed form gives the exact layout (AP, PCK: the same chain)
-        cap = l if static is not None else limits.chain_segments
-        segments = max(1, min(l, cap, limits.chain_elements // max(runs.num, 1) - 1))
-        of_zeros = structure.evaluate_zeros
-        along = lambda rank, cuts: of_zeros(chain_zeros(runs, best, rank, cuts, c.dtype))  # noqa: E731
-    else:
-        segments = chain_segments(l, limits.chain_segments, limits.chain_elements)
+    dtype = c.dtype
+    metric = None
+    at = None  # the comparisons the gains are on, where not every one (a metric of whole runs: each run's last)
+    unit = not isinstance(temperature, Tensor) and temperature == 1.0
+    all_best = is_all_true(best)  # (AP's: v is u, and every slope positive)
+    with torch.no_grad():
+        u = torch.sigmoid(c.detach() if unit else c.detach() / temperature)
+        w = 1.0 - u
+        v = u if all_best else torch.where(best, u, w)
+        if structure is not None and structure.chain_gains is not None and static is None:
+            start, gains = structure.chain_gains(v)
+            values = torch.stack([start, start + gains.sum()]).to(dtype)  # the chain's two ends
+            start, gains, points = start.to(dtype), gains.to(dtype), 2
+        elif structure is not None and structure.chain_by_runs and static is None and runs is not None:
+            least, last = last_of_runs(v, runs)
+            values, gains = run_chain_gains(least, last, structure.chain, dtype)
+            start, at, points = values[0], last.clamp_min(0), values.numel()
+        else:
+            limits = current_limits()
+            along = None
+            if structure is not None and structure.chain is not None and static is None and not structure.chain_by_runs:
+                segments, closed_form = l, structure.chain
+                along = lambda rank, cuts: closed_form(rank)[cuts]  # noqa: E731
+            elif structure is not None and structure.evaluate_zeros is not None and runs is not None:
+                # as many points as evaluate's chain (the [points, S] counts cost O(l S) at l + 1 points); in a
+                # static layout every point, which a closed form gives the exact layout (AP, PCK: the same chain)
+                cap = l if static is not None else limits.chain_segments
+                segments = max(1, min(l, cap, limits.chain_elements // max(runs.num, 1) - 1))
+                of_zeros = structure.evaluate_zeros
+                along = lambda rank, cuts: of_zeros(chain_zeros(runs, best, rank, cuts, dtype))  # noqa: E731
+            else:
+                segments = chain_segments(l, limits.chain_segments, limits.chain_elements)
 
-    def evaluate(bits: Tensor) -> Tensor:  # the chain and the current configuration (last row) in one call
-        return decomposition.evaluate(torch.cat([bits, hard[None]], 0), target)
+            def evaluate(bits: Tensor) -> Tensor:  # the chain and the current configuration (last row) in one call
+                return decomposition.evaluate(torch.cat([bits, hard[None]], 0), target)
 
-    g, values, gains, u = chain_extension(c, best, evaluate, temperature, segments, along,
-                                          *((None, None) if static is None else (static[1], static[0])))
-    if static is not None:  # no real comparison (padding alone): the exact layout's zero loss, not g(S_0)
-        g = g.masked_fill(static[0] == 0, 0.0)
-    if along is None:
-        metric, values = values[-1], values[:-1]
-    else:
-        with torch.no_grad():
-            metric = decomposition.evaluate(hard[None], target).to(c.dtype)[0]
-    return _chain_result(scores, g, values, gains, u, metric, temperature, grad_scale, sign, need_push,
-                         l if count is None else count, segments + 1)
+            values, start, gains = chain_steps(v, best, evaluate, segments, along,
+                                               *((None, None) if static is None else (static[1], static[0])))
+            if along is None:
+                metric, values = values[-1], values[:-1]
+            points = segments + 1
+        on = v if at is None else v[at]
+        g = torch.nan_to_num(start, nan=0.0) + torch.dot(gains, on)
+        if static is not None:  # no real comparison (padding alone): the exact layout's zero loss, not g(S_0)
+            g = g.masked_fill(static[0] == 0, 0.0)
+        # d g~ / d c: each gain times dv / dc = +-u (1 - u) / tau (a number grad_scale times it)
+        slope = u * w if unit else u * w / temperature
+        push = gains * (slope if at is None else slope[at])
+        grad_c = push if all_best else torch.where(best if at is None else best[at], push, -push)
+        if at is not None:
+            grad_c = torch.zeros_like(c).index_add_(0, at, grad_c)
+        scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
+        coef: Union[float, Tensor] = sign * scale
+        grad_p = None
+        if pull is not None and pull.weight:
+            _, pull_push, grad_pull = pull.cost(c.detach(), best, temperature, pull.input, with_grad=True)
+            weight: Union[float, Tensor] = pull.weight
+            if pull.stepped:  # every step of the pull's size (see _with_pull)
+                f = step_factor(pull_push * pull.weight if pull.weight != 1.0 else pull_push,
+                                push.abs().sum() * scale)
+                coef, weight = coef * f, f * pull.weight
+            if pull.input is None:
+                grad_c = grad_c * coef + grad_pull * weight
+            else:
+                grad_c, grad_p = grad_c * coef, grad_pull * weight
+        else:
+            grad_c = grad_c * coef
+        reported: Union[Tensor, _Deferred]
+        if metric is not None:
+            reported = metric
+        elif torch.compiler.is_compiling():
+            reported = decomposition.evaluate(hard[None], target).to(dtype)[0]
+        else:  # read when asked (a batch_metric, or no logging, may never ask)
+            reported = _Deferred(lambda: decomposition.evaluate(hard[None], target).to(dtype)[0])
+    pulled = pull.input if pull is not None and pull.weight else None
 
+    def backward(grad_out: Tensor, c_in: Tensor, pulled_in: Optional[Tensor]) -> "tuple[Tensor, Optional[Tensor]]":
+        if not torch.is_grad_enabled():
+            return grad_c * grad_out, None if grad_p is None else grad_p * grad_out
+        # create_graph=True: the same gradient through autograd, differentiable again
+        u_in = torch.sigmoid(c_in / temperature)
+        v_in = torch.where(best, u_in, 1.0 - u_in)
+        total = torch.dot(gains, v_in if at is None else v_in[at]) * coef
+        if pull is not None and pull.weight:
+            total = total + pull.cost(c_in, best, temperature, pulled_in) * weight
+        inputs = [c_in] if pulled_in is None else [c_in, pulled_in]
+        found = torch.autograd.grad(total, inputs, grad_out, create_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(x) if d is None else d for x, d in zip(inputs, found)]
+        return grads[0], (grads[1] if pulled_in is not None else None)
 
-def _chain_result(scores, g, values, gains, u, metric, temperature, grad_scale, sign, need_push, count, points):
-    """The chain's loss, info and push from its extension ``g`` and its comparisons' ``gains``
-    and relaxed bits ``u`` (the push, ``sum_k |d g~ / d c_k|``, for ``step="pull"``)."""
-    scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
-    push = (gains.abs() * u * (1.0 - u)).sum() * (scale / temperature) if need_push else None
-    signed = sign * g
-    loss = (signed if scale == 1.0 else signed.detach() + (signed - signed.detach()) * scale).to(scores.dtype)
-    return loss, LossInfo(metric, g.detach(), loss.detach(), count, values, (("chain", points),), "chain"), push
+    loss = apply_surrogate(c, pulled, g, sign, backward).to(scores.dtype)
+    info = LossInfo(cast(Tensor, reported), g, loss.detach(), l if count is None else count, values,
+                    (("chain", points),), "chain")  # (a _Deferred: the LossInfo.metric property reads it)
+    return loss, info
 
 
 def zero_loss(scores: Tensor) -> Tensor:
