@@ -581,18 +581,22 @@ def run_turns(rank: Tensor, runs) -> Tensor:
 
 
 def run_chain_gains(least: Tensor, last: Tensor, closed_form: Callable[[Tensor, int], Tensor],
-                    dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+                    dtype: torch.dtype, in_order: bool = False) -> Tuple[Tensor, Tensor]:
     """The chain of a metric of whole runs (:attr:`uniloss.Structure.chain_by_runs`) from its
     runs' last comparisons (:func:`last_of_runs`): ``(values [S + 1], gains [S])``, the metric
     where the first ``j`` runs in the chain's order are whole and each run's last comparison's
     gain (0 for a run without bits). The runs are ordered as their last comparisons are in the
     full chain (``v`` descending, index ascending; runs without bits first, whole from the
     start), so the steps are the full chain's at the points where it changes, and ``g~ = values[0]
-    + sum_s gains_s v_last_s`` is the exact extension. Two sorts of ``S``."""
+    + sum_s gains_s v_last_s`` is the exact extension. Two sorts of ``S`` (one where ``in_order``:
+    ``last`` is increasing, as for runs of equal width, none without bits)."""
     num = last.numel()
     empty = last < 0
-    by_index = torch.argsort(last)
-    order = by_index[torch.argsort(least[by_index], descending=True, stable=True)]
+    if in_order:  # the runs' last comparisons already in index order (runs of equal width)
+        order = torch.argsort(least, descending=True, stable=True)
+    else:
+        by_index = torch.argsort(last)
+        order = by_index[torch.argsort(least[by_index], descending=True, stable=True)]
     position = torch.empty_like(order)
     position[order] = torch.arange(1, num + 1, device=last.device)
     values = closed_form(torch.where(empty, 0, position), num)
@@ -612,7 +616,7 @@ def run_chain(c: Tensor, best: Tensor, temperature, runs,
     v = torch.where(best, u, 1.0 - u)
     with torch.no_grad():
         least, last = last_of_runs(v.detach(), runs)
-        values, gains = run_chain_gains(least, last, closed_form, c.dtype)
+        values, gains = run_chain_gains(least, last, closed_form, c.dtype, runs.width is not None)
         at = last.clamp_min(0)
     g = torch.nan_to_num(values[0], nan=0.0) + torch.dot(gains, v[at])
     return g, values, gains, u.detach()[at]

@@ -379,10 +379,10 @@ def uniloss_with_info(
                     f"{type(decomposition).__name__}.best() returned {best.numel()} bits but "
                     f"comparisons() returned {l}"
                 )
-            wrong = hard != best
+            wrong = None if chained else hard != best
             good_flips = 1 if plan.structure is None else min(plan.structure.good_flips, max(l, 1))
             anchor_set = None if chained else draw_anchors(
-                best, hard, wrong, num_good=0 if all_good else num_good, num_nearby=num_nearby,
+                best, hard, cast(Tensor, wrong), num_good=0 if all_good else num_good, num_nearby=num_nearby,
                 num_bad=num_bad, good_flips=good_flips, generator=generator,
                 num_valid=None if static is None else static[0], invalid=None if static is None else static[1],
             )
@@ -717,7 +717,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
             start, gains, points = start.to(dtype), gains.to(dtype), 2
         elif structure is not None and structure.chain_by_runs and static is None and runs is not None:
             least, last = last_of_runs(v, runs)
-            values, gains = run_chain_gains(least, last, structure.chain, dtype)
+            values, gains = run_chain_gains(least, last, structure.chain, dtype, runs.width is not None)
             start, at, points = values[0], last.clamp_min(0), values.numel()
         else:
             limits = current_limits()
