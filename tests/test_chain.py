@@ -429,6 +429,37 @@ def test_aps_gains_without_the_order_are_the_closed_form_chains(seed, ties):
     assert float(start + gains.sum()) == pytest.approx(1.0)  # the chain ends at best: AP 1
 
 
+@pytest.mark.parametrize("labels", ["mixed", "ties", "no positive", "no negative", "one negative"])
+def test_aps_gains_in_the_static_layout_are_the_exact_layouts(labels):
+    # the static layout's chain_gains (stable sorts of all L = n^2/4 bits, P and N tensors) against
+    # the exact layout's on its first P N bits; the padding gains nothing
+    from uniloss._decomposition import StaticLayout, prepare_with_layout
+
+    g = torch.Generator().manual_seed(3)
+    n = 23
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    target = (torch.rand(n, generator=g) < 0.35).long()
+    if labels == "ties":
+        scores = scores.round()
+    target = {"no positive": torch.zeros_like(target), "no negative": torch.ones_like(target),
+              "one negative": (torch.arange(n) != 5).long()}.get(labels, target)
+    dec = uniloss.AveragePrecision()
+    layout = StaticLayout.for_decomposition(1 << 20, dec, 1 << 20)
+    static = prepare_with_layout(dec, scores, target, None, layout)
+    c = dec.comparisons(scores, static).reshape(-1)
+    assert c.numel() == n * n // 4
+    num_valid = int(layout.num_valid)
+    v = torch.sigmoid(torch.where(layout.padding, 0.0, c) / 0.8)
+    start, gains = dec.structure(static).chain_gains(v)
+    assert torch.equal(gains[num_valid:], torch.zeros(c.numel() - num_valid, dtype=gains.dtype))
+    if num_valid == 0:
+        return
+    exact = dec.prepare(scores, target)
+    ref_start, ref_gains = dec.structure(exact).chain_gains(v[:num_valid])
+    torch.testing.assert_close(start, ref_start)
+    torch.testing.assert_close(gains[:num_valid], ref_gains)
+
+
 # ------------------------------------------------------------- one node: the gradient in closed form
 
 def _chain_cases(dtype=torch.float64):

@@ -225,6 +225,23 @@ def test_a_compiled_loss_breaks_only_for_a_generators_draws(name):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["AP", "accuracy"])
+def test_the_compiled_chain_is_one_graph_even_with_a_generator(name):
+    """The default interpolation (the chain) draws nothing: a loss call is one graph, backward
+    included, also with a generator (the anchors break at each draw, above)."""
+    import warnings
+
+    metric, scores, target = _compile_cases()[name]
+    loss_fn = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(0), validate_args=False)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex = torch._dynamo.explain(lambda s, y: loss_fn(s, y))(scores.clone().requires_grad_(), target)
+    assert ex.graph_count == 1 and ex.graph_break_count == 0, [b.reason for b in ex.break_reasons]
+    torch._dynamo.reset()
+
+
 # The two tests that compile with inductor run in a fresh interpreter (tests/_compiled.py): inductor's
 # C++ kernels bring their own OpenMP threads into the process, and a later test in the same run once
 # waited on a futex for 15 minutes after them (twice in three full runs on this 2-core machine).

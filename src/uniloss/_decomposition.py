@@ -77,6 +77,9 @@ class Structure:
             where the metric gives them without the chain's order (plain AP: a sort of each
             positive's row and of each column instead of a sort of all the comparisons). The
             engine then takes ``g~ = start + sum_k gains_k v_k`` and reports the chain's two ends.
+            Unlike ``chain``, it is also used in a static layout, where the structure gives it
+            for that layout (its padding last in the chain, without gain: AP's, in shapes from
+            the layout's).
         run_pull: optional, ``(scores, temperature) -> [S]``: each run's term of the pull per
             run, ``log(1 + sum_k exp(z_k))`` with ``z_k = -(2 best_k - 1) c_k / temperature``
             over the run's comparisons, in closed form and differentiable in ``scores``, where it

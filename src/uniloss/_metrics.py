@@ -312,8 +312,10 @@ class AveragePrecision(Decomposition):
         plan = self.prepare(None, target)
         if isinstance(plan, _APStatic):
             positive = plan.positive
+            static_gains = None if self.interpolated else (lambda v: self._static_chain_gains(v, plan))
             return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan),
-                             margins=lambda scores: binary_margins(self._flat(scores), positive))
+                             margins=lambda scores: binary_margins(self._flat(scores), positive),
+                             chain_gains=static_gains)
         plus_one = None if self.interpolated else self._plus_one
         pos = plan.pos
         num_neg = plan.neg.numel()
@@ -341,6 +343,39 @@ class AveragePrecision(Decomposition):
         start = _AP_START.get((num_pos, num_neg, v.device, dtype), lambda: _ap_start(num_pos, num_neg, v.device, dtype))
         gains = torch.empty(num_pos, num_neg, dtype=dtype, device=v.device).scatter_(1, column, change)
         return start, gains.view(-1)
+
+    @staticmethod
+    def _static_chain_gains(v: Tensor, plan: _APStatic) -> "tuple[Tensor, Tensor]":
+        """:meth:`_chain_gains` in the static layout, whose first ``P N`` bits are the exact
+        layout's ``[P, N]`` row by row and the rest padding (no gain), in shapes from the
+        layout's (``P`` and ``N`` stay tensors: no host synchronisation, one graph under
+        ``torch.compile``). The two sorts along the axes of ``[P, N]`` become two pairs of stable
+        sorts of the ``L`` bits: by ``v`` (descending), then by row (each row's comparisons in
+        the chain's order, a step's ``m``), then of those by ``v`` and by ``m`` (the ``m``-th
+        steps in the chain's order, a step's place)."""
+        l, n, device = v.numel(), plan.positive.numel(), v.device
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
+        num_pos = plan.num_pos
+        num_neg = n - num_pos
+        k = _arange(l, device)
+        valid = ~plan.padding
+        width = num_neg.clamp_min(1)
+        row = torch.where(valid, torch.div(k, width, rounding_mode="floor"), n)  # the padding's row after the last
+        by_v = torch.sort(v, descending=True, stable=True).indices
+        ordered = by_v.gather(0, torch.sort(row.gather(0, by_v), stable=True).indices)  # (row, v desc, index)
+        at_row = row.gather(0, ordered)
+        real = at_row < n
+        m = torch.where(real, k - at_row * width, l)  # the step's number in its row (0-based), the padding's last
+        by_v = torch.sort(v.gather(0, ordered), descending=True, stable=True).indices  # ties: by row
+        steps = by_v.gather(0, torch.sort(m.gather(0, by_v), stable=True).indices)  # (m, v desc, row)
+        place = torch.empty(l, dtype=dtype, device=device).scatter_(
+            0, steps, (k - m.gather(0, steps) * num_pos + 1).to(dtype))  # 1-based among the m-th steps
+        q = place + (num_neg - m).to(dtype)  # k + v, v = N - m the count before the step
+        change = torch.where(real, place / (q * (q - 1.0)).clamp_min(1.0), 0.0) / num_pos.clamp_min(1).to(dtype)
+        gains = torch.empty(l, dtype=dtype, device=device).scatter_(0, ordered, change)
+        ranks = _ranks(n, device, dtype)
+        start = torch.where(ranks <= num_pos, ranks / (ranks + num_neg.to(dtype)), 0.0).sum() / num_pos.clamp_min(1).to(dtype)
+        return start, gains
 
     @staticmethod
     def _chain(rank: Tensor, num_pos: int, num_neg: int) -> Tensor:

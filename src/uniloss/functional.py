@@ -711,7 +711,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         u = torch.sigmoid(c.detach() if unit else c.detach() / temperature)
         w = 1.0 - u
         v = u if all_best else torch.where(best, u, w)
-        if structure is not None and structure.chain_gains is not None and static is None:
+        if structure is not None and structure.chain_gains is not None:  # (a static layout's structure gives its own)
             start, gains = structure.chain_gains(v)
             values = torch.stack([start, start + gains.sum()]).to(dtype)  # the chain's two ends
             start, gains, points = start.to(dtype), gains.to(dtype), 2
