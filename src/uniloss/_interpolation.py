@@ -412,6 +412,26 @@ def idw_closed_form(
 INTERPOLATIONS = ("anchors", "chain")
 
 
+def agreement(c: Tensor, best: Tensor, temperature, all_best: bool = False) -> Tuple[Tensor, Tensor]:
+    """The chain's relaxation: ``(u, v)``, the relaxed bits ``u = sigmoid(c / tau)`` and their
+    agreement with the best configuration, ``v = u`` where ``best`` is 1 and ``1 - u`` where it is
+    0 (``v`` is ``u`` itself where ``all_best``: every best bit 1, as AP's). Differentiable in
+    ``c``. The one place the chain relaxes its comparisons (with :func:`agreement_slope`, its
+    derivative); the anchors' relaxation is :func:`bit_costs`."""
+    unit = not isinstance(temperature, Tensor) and temperature == 1.0
+    u = torch.sigmoid(c if unit else c / temperature)
+    return u, (u if all_best else torch.where(best, u, 1.0 - u))
+
+
+def agreement_slope(u: Tensor, best: Tensor, temperature, all_best: bool = False) -> Tensor:
+    """``dv / dc`` of :func:`agreement` at its relaxed bits ``u``: ``+-u (1 - u) / tau``, positive
+    where ``best`` is 1."""
+    slope = u * (1.0 - u)
+    if isinstance(temperature, Tensor) or temperature != 1.0:
+        slope = slope / temperature
+    return slope if all_best else torch.where(best, slope, -slope)
+
+
 def chain_segments(num_bits: int, points: int, max_elements: int) -> int:
     """How many segments the chain of ``num_bits`` comparisons is cut into: ``points`` (the
     extension is exact where ``num_bits <= points``), fewer where ``(segments + 1) x num_bits``
@@ -469,8 +489,7 @@ def chain_extension(c: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor
         >>> round(float(g), 4)  # its relaxed bit, sigmoid(0)
         0.5
     """
-    u = torch.sigmoid(c / temperature)
-    v = torch.where(best, u, 1.0 - u)
+    u, v = agreement(c, best, temperature)
     with torch.no_grad():
         values, start, gains = chain_steps(v.detach(), best, evaluate, segments, along, invalid, num_valid)
     g = torch.nan_to_num(start, nan=0.0) + torch.dot(gains, v)
@@ -612,8 +631,7 @@ def run_chain(c: Tensor, best: Tensor, temperature, runs,
     from its runs' last comparisons alone (:func:`last_of_runs`, :func:`run_chain_gains`): the
     same ``g~`` and gradient in ``O(l)`` plus two sorts of ``S``. Returns ``(g, values [S + 1],
     gains [S], u [S])``, the gains and relaxed bits those of the runs' last comparisons."""
-    u = torch.sigmoid(c / temperature)
-    v = torch.where(best, u, 1.0 - u)
+    u, v = agreement(c, best, temperature)
     with torch.no_grad():
         least, last = last_of_runs(v.detach(), runs)
         values, gains = run_chain_gains(least, last, closed_form, c.dtype, runs.width is not None)

@@ -47,7 +47,7 @@ from ._bits import as_float
 from ._decomposition import Structure
 from ._function import is_wrapped, two_way
 from ._interpolation import (
-    anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, last_of_runs, pull_cost,
+    agreement, agreement_slope, anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, last_of_runs, pull_cost,
     rms_unit, run_chain_gains, step_factor,
 )
 from ._cache import TensorCache
@@ -886,8 +886,8 @@ def _chunked_chain(scores: Tensor, blocks, comparisons, best: Tensor, structure:
             s0, s1, b0, b1, width = block
             runs = Runs(width, None, None, s1 - s0)
             c_block = comparisons(s_det, block)
-            u = torch.sigmoid(c_block / temperature)
-            least[s0:s1], at = last_of_runs(torch.where(best[b0:b1], u, 1.0 - u), runs)
+            _, v = agreement(c_block, best[b0:b1], temperature)
+            least[s0:s1], at = last_of_runs(v, runs)
             last[s0:s1] = at + b0
             zeros_hard[s0:s1] = runs.zeros((~(c_block > 0))[None], torch.float32)[0]
         metric = evaluate_zeros(zeros_hard[None]).to(dtype)[0]
@@ -901,9 +901,9 @@ def _chunked_chain(scores: Tensor, blocks, comparisons, best: Tensor, structure:
             c = comparisons(leaf, block)
             with torch.no_grad():
                 at = last[s0:s1] - b0  # (every run of a block holds bits)
-                u = torch.sigmoid(c.detach()[at] / temperature)
-                slope = torch.where(best[b0:b1][at], 1.0, -1.0) * (u * (1.0 - u) / temperature)
-                grad_c = torch.zeros_like(c).index_put_((at,), gains[s0:s1] * slope)
+                chosen = best[b0:b1][at]
+                u, _ = agreement(c.detach()[at], chosen, temperature)
+                grad_c = torch.zeros_like(c).index_put_((at,), gains[s0:s1] * agreement_slope(u, chosen, temperature))
             yield block, c, grad_c
 
     scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)

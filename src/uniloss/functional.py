@@ -19,7 +19,8 @@ from ._cache import TensorCache
 from ._decomposition import Decomposition, StaticLayout, Structure, prepare_with_layout, validate_scores
 from ._function import is_wrapped
 from ._interpolation import (
-    DISTANCES, INTERPOLATIONS, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, anchor_weights, bit_costs,
+    DISTANCES, INTERPOLATIONS, NEARBY, PULL_PER, PULL_WEIGHTS, STEPS, TEMPERATURE_SCALES, agreement, agreement_slope,
+    anchor_weights, bit_costs,
     chain_segments, chain_steps, chain_zeros, comparison_scale, gradient_scale, harmonic_distance, idw_from_sq_distances,
     last_of_runs, pull_cost, rms_unit, run_chain_gains, sq_distances_from_costs, step_factor,
 )
@@ -705,12 +706,9 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     dtype = c.dtype
     metric = None
     at = None  # the comparisons the gains are on, where not every one (a metric of whole runs: each run's last)
-    unit = not isinstance(temperature, Tensor) and temperature == 1.0
     all_best = is_all_true(best)  # (AP's: v is u, and every slope positive)
     with torch.no_grad():
-        u = torch.sigmoid(c.detach() if unit else c.detach() / temperature)
-        w = 1.0 - u
-        v = u if all_best else torch.where(best, u, w)
+        u, v = agreement(c.detach(), best, temperature, all_best)
         if structure is not None and structure.chain_gains is not None:  # (a static layout's structure gives its own)
             start, gains = structure.chain_gains(v)
             values = torch.stack([start, start + gains.sum()]).to(dtype)  # the chain's two ends
@@ -748,11 +746,10 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         if static is not None:  # no real comparison (padding alone): the exact layout's zero loss, not g(S_0)
             g = g.masked_fill(static[0] == 0, 0.0)
         # d g~ / d c: each gain times dv / dc = +-u (1 - u) / tau (a number grad_scale times it)
-        slope = u * w if unit else u * w / temperature
-        push = gains * (slope if at is None else slope[at])
-        grad_c = push if all_best else torch.where(best if at is None else best[at], push, -push)
-        if at is not None:
-            grad_c = torch.zeros_like(c).index_add_(0, at, grad_c)
+        if at is None:
+            grad_c = gains * agreement_slope(u, best, temperature, all_best)
+        else:
+            grad_c = torch.zeros_like(c).index_add_(0, at, gains * agreement_slope(u[at], best[at], temperature, all_best))
         scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
         coef: Union[float, Tensor] = sign * scale
         grad_p = None
@@ -761,7 +758,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
             weight: Union[float, Tensor] = pull.weight
             if pull.stepped:  # every step of the pull's size (see _with_pull)
                 f = step_factor(pull_push * pull.weight if pull.weight != 1.0 else pull_push,
-                                push.abs().sum() * scale)
+                                grad_c.abs().sum() * scale)  # (the interpolation's push)
                 coef, weight = coef * f, f * pull.weight
             if pull.input is None:
                 grad_c = grad_c * coef + grad_pull * weight
@@ -782,8 +779,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         if not torch.is_grad_enabled():
             return grad_c * grad_out, None if grad_p is None else grad_p * grad_out
         # create_graph=True: the same gradient through autograd, differentiable again
-        u_in = torch.sigmoid(c_in / temperature)
-        v_in = torch.where(best, u_in, 1.0 - u_in)
+        _, v_in = agreement(c_in, best, temperature)
         total = torch.dot(gains, v_in if at is None else v_in[at]) * coef
         if pull is not None and pull.weight:
             total = total + pull.cost(c_in, best, temperature, pulled_in) * weight
