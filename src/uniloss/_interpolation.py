@@ -285,23 +285,23 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
             push = push / temperature
     if not with_grad:
         return cost, push
+    # d cost / dz_k over the denominator, times dz_k / dc_k = -1 / tau where best_k is 1 (+1 where 0):
+    # the scalars folded into one factor, a pass over the comparisons each
+    if runs is not None and given:  # d cost / d per: the weights
+        terms = cast(Tensor, per)
+        return cost, push, (torch.ones_like(terms) if weights is None else weights.to(terms.dtype)) / count
+    factor = -1.0 / (count if isinstance(count, int) else count.to(z.dtype))
+    if scaled:
+        factor = factor / temperature
     if runs is None:
-        dz = soft  # softplus' = sigmoid
+        grad = soft.mul_(factor)  # softplus' = sigmoid
     else:
-        terms = cast(Tensor, per)  # (per run: computed above, or given)
-        if given:  # d cost / d per: the weights
-            grad = (torch.ones_like(terms) if weights is None else weights.to(terms.dtype)) / count
-            return cost, push, grad
-        if runs.width is not None:
-            dz = (zz - terms[:, None]).exp_().mul_(1.0 if weights is None else weights[:, None]).view(-1)
+        terms = cast(Tensor, per)  # (per run: computed above)
+        if runs.width is not None:  # the run's softmax
+            grad = (zz - terms[:, None]).exp_().mul_(factor if weights is None else weights[:, None] * factor).view(-1)
         else:
-            dz = (z - terms[ids]).exp_()
-            if weights is not None:
-                dz = dz.mul_(weights[ids])
-    # dz / dc: -1 / tau (best 1), +1 / tau (best 0)
-    grad = dz.neg_() if best is None else dz.mul_(1.0 - best.to(dz.dtype) * 2.0)
-    grad = grad / count
-    return cost, push, (grad / temperature if scaled else grad)
+            grad = (z - terms[ids]).exp_().mul_(factor if weights is None else weights[ids] * factor)
+    return cost, push, (grad if best is None else torch.where(best, grad, grad.neg()))
 
 
 def anchor_weights(nearby: str, kinds, values: Tensor, metric: Tensor, sign: float) -> Optional[Tensor]:

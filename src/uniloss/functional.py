@@ -746,26 +746,30 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         if static is not None:  # no real comparison (padding alone): the exact layout's zero loss, not g(S_0)
             g = g.masked_fill(static[0] == 0, 0.0)
         # d g~ / d c: each gain times dv / dc = +-u (1 - u) / tau (a number grad_scale times it)
-        if at is None:
-            grad_c = gains * agreement_slope(u, best, temperature, all_best)
-        else:
-            grad_c = torch.zeros_like(c).index_add_(0, at, gains * agreement_slope(u[at], best[at], temperature, all_best))
+        # (on the comparisons `at` only, where given: a metric of whole runs, each run's last)
+        chained = gains * (agreement_slope(u, best, temperature, all_best) if at is None
+                           else agreement_slope(u[at], best[at], temperature, all_best))
         scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
         coef: Union[float, Tensor] = sign * scale
         grad_p = None
+        pulled_c = None  # the pull's gradient where it is on the comparisons
         if pull is not None and pull.weight:
             _, pull_push, grad_pull = pull.cost(c.detach(), best, temperature, pull.input, with_grad=True)
             weight: Union[float, Tensor] = pull.weight
             if pull.stepped:  # every step of the pull's size (see _with_pull)
                 f = step_factor(pull_push * pull.weight if pull.weight != 1.0 else pull_push,
-                                grad_c.abs().sum() * scale)  # (the interpolation's push)
+                                chained.abs().sum() * scale)  # (the interpolation's push)
                 coef, weight = coef * f, f * pull.weight
             if pull.input is None:
-                grad_c = grad_c * coef + grad_pull * weight
+                pulled_c = grad_pull.mul_(weight)
             else:
-                grad_c, grad_p = grad_c * coef, grad_pull * weight
+                grad_p = grad_pull.mul_(weight)
+        # the two gradients on the comparisons in one tensor, a pass over them each
+        chained = chained.mul_(coef)
+        if at is not None:
+            grad_c = (torch.zeros_like(c) if pulled_c is None else pulled_c).index_add_(0, at, chained)
         else:
-            grad_c = grad_c * coef
+            grad_c = chained if pulled_c is None else pulled_c.add_(chained)
         reported: Union[Tensor, _Deferred]
         if metric is not None:
             reported = metric
