@@ -589,3 +589,17 @@ def test_the_pulls_closed_form_gradient_equals_autograd(form, temperature):
     for a, b in zip(closed, reference):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     assert reference[2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["ap", "acc", "pck", "macro_f1", "ndcg"])
+def test_without_a_graph_the_value_alone_is_the_same_loss(name):
+    """Under ``no_grad``/``inference_mode`` (or for scores without grad) the chain computes its
+    value alone, no gradient: the same loss and metric as a recorded call."""
+    dec, scores, target = _chain_cases()[name]
+    recorded, info = F.uniloss_with_info(scores.clone().requires_grad_(True), target, dec)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            value, quiet = F.uniloss_with_info(scores.clone(), target, dec)
+        assert torch.equal(value, recorded.detach()) and torch.equal(quiet.metric, info.metric)
+    value, _ = F.uniloss_with_info(scores.clone(), target, dec)  # grad mode on, nothing requires grad
+    assert torch.equal(value, recorded.detach()) and not value.requires_grad

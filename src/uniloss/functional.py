@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Union, cast
 
 import torch
@@ -699,14 +699,19 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     limits' number of points. A number ``grad_scale`` multiplies the extension's gradient; the
     anchors' scales (``"bounded"``, ...) do not apply, its push being in the metric's own units.
     In a static layout (``static``: the number of real comparisons and the padding) the padding
-    comes last in the chain, with no gain, and a closed form (written for the exact layout) is not
-    used. Returns ``(loss, info)``; ``info.metric`` is the hard configuration's value, computed
-    when read unless the chain's evaluation gives it."""
+    comes last in the chain, with no gain; of the closed forms only ``chain_gains`` applies there,
+    a static layout's structure giving its own. Where no gradient can be asked for (grad mode off,
+    or no input that requires it) only the value is computed. Returns ``(loss, info)``;
+    ``info.metric`` is the hard configuration's value, computed when read unless the chain's
+    evaluation gives it."""
     l = c.numel()
     dtype = c.dtype
     metric = None
     at = None  # the comparisons the gains are on, where not every one (a metric of whole runs: each run's last)
     all_best = is_all_true(best)  # (AP's: v is u, and every slope positive)
+    pulled = pull.input if pull is not None and pull.weight else None
+    # whether autograd records this call's node (else no gradient can be asked for: the value alone)
+    recorded = torch.is_grad_enabled() and (c.requires_grad or (pulled is not None and pulled.requires_grad))
     with torch.no_grad():
         u, v = agreement(c.detach(), best, temperature, all_best)
         if structure is not None and structure.chain_gains is not None:  # (a static layout's structure gives its own)
@@ -745,31 +750,33 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         g = torch.nan_to_num(start, nan=0.0) + torch.dot(gains, on)
         if static is not None:  # no real comparison (padding alone): the exact layout's zero loss, not g(S_0)
             g = g.masked_fill(static[0] == 0, 0.0)
-        # d g~ / d c: each gain times dv / dc = +-u (1 - u) / tau (a number grad_scale times it)
-        # (on the comparisons `at` only, where given: a metric of whole runs, each run's last)
-        chained = gains * (agreement_slope(u, best, temperature, all_best) if at is None
-                           else agreement_slope(u[at], best[at], temperature, all_best))
         scale = 1.0 if isinstance(grad_scale, str) else float(grad_scale)
         coef: Union[float, Tensor] = sign * scale
-        grad_p = None
-        pulled_c = None  # the pull's gradient where it is on the comparisons
-        if pull is not None and pull.weight:
-            _, pull_push, grad_pull = pull.cost(c.detach(), best, temperature, pull.input, with_grad=True)
-            weight: Union[float, Tensor] = pull.weight
-            if pull.stepped:  # every step of the pull's size (see _with_pull)
-                f = step_factor(pull_push * pull.weight if pull.weight != 1.0 else pull_push,
-                                chained.abs().sum() * scale)  # (the interpolation's push)
-                coef, weight = coef * f, f * pull.weight
-            if pull.input is None:
-                pulled_c = grad_pull.mul_(weight)
+        weight: Union[float, Tensor] = 0.0 if pull is None else pull.weight
+        grad_c: Optional[Tensor] = None
+        grad_p: Optional[Tensor] = None
+        if recorded:
+            # d g~ / d c: each gain times dv / dc = +-u (1 - u) / tau (a number grad_scale times it)
+            # (on the comparisons `at` only, where given: a metric of whole runs, each run's last)
+            chained = gains * (agreement_slope(u, best, temperature, all_best) if at is None
+                               else agreement_slope(u[at], best[at], temperature, all_best))
+            pulled_c = None  # the pull's gradient where it is on the comparisons
+            if pull is not None and pull.weight:
+                _, pull_push, grad_pull = pull.cost(c.detach(), best, temperature, pull.input, with_grad=True)
+                if pull.stepped:  # every step of the pull's size (see _with_pull)
+                    f = step_factor(pull_push * pull.weight if pull.weight != 1.0 else pull_push,
+                                    chained.abs().sum() * scale)  # (the interpolation's push)
+                    coef, weight = coef * f, f * pull.weight
+                if pull.input is None:
+                    pulled_c = grad_pull.mul_(weight)
+                else:
+                    grad_p = grad_pull.mul_(weight)
+            # the two gradients on the comparisons in one tensor, a pass over them each
+            chained = chained.mul_(coef)
+            if at is not None:
+                grad_c = (torch.zeros_like(c) if pulled_c is None else pulled_c).index_add_(0, at, chained)
             else:
-                grad_p = grad_pull.mul_(weight)
-        # the two gradients on the comparisons in one tensor, a pass over them each
-        chained = chained.mul_(coef)
-        if at is not None:
-            grad_c = (torch.zeros_like(c) if pulled_c is None else pulled_c).index_add_(0, at, chained)
-        else:
-            grad_c = chained if pulled_c is None else pulled_c.add_(chained)
+                grad_c = chained if pulled_c is None else pulled_c.add_(chained)
         reported: Union[Tensor, _Deferred]
         if metric is not None:
             reported = metric
@@ -777,10 +784,10 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
             reported = decomposition.evaluate(hard[None], target).to(dtype)[0]
         else:  # read when asked (a batch_metric, or no logging, may never ask)
             reported = _Deferred(lambda: decomposition.evaluate(hard[None], target).to(dtype)[0])
-    pulled = pull.input if pull is not None and pull.weight else None
 
     def backward(grad_out: Tensor, c_in: Tensor, pulled_in: Optional[Tensor]) -> "tuple[Tensor, Optional[Tensor]]":
         if not torch.is_grad_enabled():
+            assert grad_c is not None  # computed: the forward pass recorded this node
             return grad_c * grad_out, None if grad_p is None else grad_p * grad_out
         # create_graph=True: the same gradient through autograd, differentiable again
         _, v_in = agreement(c_in, best, temperature)
