@@ -429,14 +429,14 @@ def test_aps_gains_without_the_order_are_the_closed_form_chains(seed, ties):
     assert float(start + gains.sum()) == pytest.approx(1.0)  # the chain ends at best: AP 1
 
 
+@pytest.mark.parametrize("n", [23, 200])  # (200: the layout spreads its indices from each slot, _SPREAD_BITS)
 @pytest.mark.parametrize("labels", ["mixed", "ties", "no positive", "no negative", "one negative"])
-def test_aps_gains_in_the_static_layout_are_the_exact_layouts(labels):
+def test_aps_gains_in_the_static_layout_are_the_exact_layouts(labels, n):
     # the static layout's chain_gains (stable sorts of all L = n^2/4 bits, P and N tensors) against
     # the exact layout's on its first P N bits; the padding gains nothing
     from uniloss._decomposition import StaticLayout, prepare_with_layout
 
     g = torch.Generator().manual_seed(3)
-    n = 23
     scores = torch.randn(n, generator=g, dtype=torch.float64)
     target = (torch.rand(n, generator=g) < 0.35).long()
     if labels == "ties":

@@ -502,7 +502,7 @@ def chain_steps(v: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor], s
     """:func:`chain_extension`'s chain from the relaxed bits' agreements ``v`` ``[l]`` (detached;
     the other arguments as there): ``(values, start, gains)``, the values ``evaluate`` (or
     ``along``) returned, ``g(S_0)`` and each comparison's ``[l]`` gain, in ``v``'s dtype; then
-    ``g~ = start + gains . v`` (``start`` NaN-free)."""
+    ``g~ = start + gains . v``, an undefined ``start`` (NaN) counted as 0."""
     l = v.numel()
     order = _chain_order(v, invalid)
     rank = torch.empty_like(order)
