@@ -610,18 +610,24 @@ def run_chain_gains(least: Tensor, last: Tensor, closed_form: Callable[[Tensor, 
     + sum_s gains_s v_last_s`` is the exact extension. Two sorts of ``S`` (one where ``in_order``:
     ``last`` is increasing, as for runs of equal width, none without bits)."""
     num = last.numel()
-    empty = last < 0
-    if in_order:  # the runs' last comparisons already in index order (runs of equal width)
+    if in_order:  # the runs' last comparisons already in index order (runs of equal width: none empty)
         order = torch.argsort(least, descending=True, stable=True)
+        empty = None
     else:
         by_index = torch.argsort(last)
         order = by_index[torch.argsort(least[by_index], descending=True, stable=True)]
+        empty = last < 0
     position = torch.empty_like(order)
     position[order] = torch.arange(1, num + 1, device=last.device)
-    values = closed_form(torch.where(empty, 0, position), num)
+    values = closed_form(position if empty is None else torch.where(empty, 0, position), num)
     chain = values[: num + 1].to(torch.promote_types(values.dtype, dtype))
     steps = torch.nan_to_num(chain[1:] - chain[:-1], nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
-    gains = steps[(position - 1).clamp_min(0)].masked_fill(empty, 0.0) if num else steps
+    if not num:
+        gains = steps
+    elif empty is None:
+        gains = steps[position - 1]
+    else:
+        gains = steps[(position - 1).clamp_min(0)].masked_fill(empty, 0.0)
     return chain.to(dtype), gains
 
 
