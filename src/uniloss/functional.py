@@ -403,21 +403,20 @@ def uniloss_with_info(
     pull_rows = _pull_rows(scores, structure)
     num_valid = None if static is None else static[0]
     stepped = step == "pull" and bool(pull)  # the step rule needs the interpolation's push (pull=0: none)
+    # the pull's input where it is not c: the per-sample margins, or the runs' terms in closed form
+    pulling = _Pull(pull, stepped, margins if margins is not None else per_run, margins is not None, pull_runs,
+                    pull_rows, num_valid, run_weights)
     if chained:
         assert best is not None  # no anchors given (choose_path): computed above
-        pull_input = margins if margins is not None else per_run  # the pull's input where it is not c
         loss, info = _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign,
                                  structure=structure, runs=runs, static=static,
-                                 count=_bit_count(l, static, validate_args),
-                                 pull=_ChainPull(pull, stepped, pull_input, margins is not None, pull_runs, pull_rows,
-                                                 num_valid, run_weights))
+                                 count=_bit_count(l, static, validate_args), pull=pulling)
         return loss, with_exact_metric(info, decomposition, target, scores)
     assert anchor_set is not None  # drawn or given: every path but the chain's
     if plan.path == "dense":
         loss, info, push = _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature, grad_scale,
                                        sign, distance, nearby, need_push=stepped)
-        loss = _with_pull(loss, c, best, decomposition, target, temperature, pull, pull_runs, pull_rows, num_valid,
-                          push if stepped else None, margins, run_weights, per_run)
+        loss = _with_pull(loss, c, best, decomposition, target, temperature, pulling, push if stepped else None)
         return loss, with_exact_metric(info, decomposition, target, scores)
     if all_good and structure is not None and min(structure.good_flips, max(l, 1)) != 1:
         raise ValueError(
@@ -433,8 +432,8 @@ def uniloss_with_info(
         invalid=None if static is None else static[1], undefined=None if static is None else static[0] == 0,
         detached=detached, need_push=stepped,
     )
-    loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pull,
-                      pull_runs, pull_rows, num_valid, push if stepped else None, margins, run_weights, per_run)
+    loss = _with_pull(loss.to(scores.dtype), c, anchor_set.best, decomposition, target, temperature, pulling,
+                      push if stepped else None)
     count = _bit_count(l, static, validate_args)
     return loss, with_exact_metric(LossInfo(metric, _detached(surrogate), loss.detach(), count, values, kinds,
                                             "structured"), decomposition, target, scores)
@@ -467,38 +466,62 @@ def _static_scale(c: Tensor, static: "tuple[Tensor, Tensor]", mode: Optional[str
     return rms_unit((square / num_valid.clamp_min(1)).sqrt(), scores_dtype)
 
 
+class _Pull(NamedTuple):
+    """The pull of a loss call, one description for every path (:func:`_with_pull` and the
+    chain's node): its weight, whether it sizes the step (``step="pull"``), its input where it is
+    not the comparisons (the per-sample margins, or the runs' terms in closed form: ``margins``
+    says which), and the runs, rows, static layout's count and run weights of
+    :func:`uniloss._interpolation.pull_cost`."""
+
+    weight: float
+    stepped: bool
+    input: Optional[Tensor]
+    margins: bool
+    runs: Optional[Runs]
+    rows: int
+    num_valid: Optional[Tensor]
+    run_weights: Optional[Tensor]
+
+    def cost(self, c: Tensor, best: Tensor, temperature, pulled: Optional[Tensor], with_push: bool = False,
+             with_grad: bool = False):
+        """:func:`uniloss._interpolation.pull_cost` of the comparisons ``c`` (``best`` theirs),
+        or of ``pulled``, the pull's own input (``with_grad`` implies ``with_push``)."""
+        with_push = with_push or with_grad
+        if self.margins:
+            return pull_cost(pulled, None, temperature, with_push=with_push, with_grad=with_grad)
+        if pulled is not None:  # the runs' terms
+            return pull_cost(None, None, temperature, self.runs, self.rows, self.num_valid, with_push=with_push,
+                             weights=self.run_weights, per=pulled, with_grad=with_grad)
+        return pull_cost(c, None if is_all_true(best) else best, temperature, self.runs, self.rows, self.num_valid,
+                         with_push=with_push, weights=self.run_weights, with_grad=with_grad)
+
+
 def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: Decomposition, target: Any,
-               temperature, pull: float, runs: Optional[Runs] = None, rows: int = 1,
-               num_valid: Optional[Tensor] = None, interp_push: Optional[Tensor] = None,
-               margins: Optional[Tensor] = None, weights: Optional[Tensor] = None,
-               per_run: Optional[Tensor] = None) -> Tensor:
-    """``loss`` whose gradient also carries ``pull`` times that of
-    :func:`uniloss._interpolation.pull_cost` (per run where ``runs`` are given, else per
-    comparison); the value stays the interpolated metric's. ``best``: the ``[l]`` best bits where
-    the caller has them; ``num_valid``: a static layout's number of comparisons. ``interp_push``
-    (``step="pull"``): the interpolation's total push ``I`` on ``c``; the whole gradient is then
-    multiplied by ``P / (P + I)``, ``P`` the pull's (:func:`uniloss._interpolation.step_factor`).
-    ``margins``: ``[n]`` per-sample margins (:attr:`uniloss.Structure.margins`): the pull is
-    taken on them instead, per margin, every one right when ``> 0``. ``per_run``: the runs'
-    terms in closed form (:attr:`uniloss.Structure.run_pull`), in place of the comparisons'."""
-    if margins is not None:  # the pull on the margins (binary cross-entropy at tau = 1), also without a comparison
-        c, best, runs, num_valid, per_run = margins, None, None, None, None
-    if not pull or c.numel() == 0:
+               temperature, pull: _Pull, interp_push: Optional[Tensor] = None) -> Tensor:
+    """``loss`` whose gradient also carries ``pull.weight`` times that of
+    :func:`uniloss._interpolation.pull_cost` (:meth:`_Pull.cost`: on the comparisons ``c``, per run
+    where the pull has runs, else per comparison; or on its own input, the per-sample margins of
+    :attr:`uniloss.Structure.margins`, every one right when ``> 0``, or the runs' terms of
+    :attr:`uniloss.Structure.run_pull`); the value stays the interpolated metric's. ``best``: the
+    ``[l]`` best bits where the caller has them. ``interp_push`` (``step="pull"``): the
+    interpolation's total push ``I`` on ``c``; the whole gradient is then multiplied by
+    ``P / (P + I)``, ``P`` the pull's (:func:`uniloss._interpolation.step_factor`)."""
+    on = pull.input if pull.margins else c  # (the margins' pull applies also without a comparison)
+    assert on is not None  # (margins: given)
+    if not pull.weight or on.numel() == 0:
         return loss
-    if margins is None and per_run is None:
+    if pull.input is None and best is None:
         with torch.no_grad():
-            if best is None:
-                best = decomposition.best(target).reshape(-1).to(device=c.device)
-        best = None if is_all_true(best) else best
+            best = decomposition.best(target).reshape(-1).to(device=c.device)
     if interp_push is None:
-        cost, weight = pull_cost(c, best, temperature, runs, rows, num_valid, weights=weights, per=per_run), pull
+        cost, weight = pull.cost(c, cast(Tensor, best), temperature, pull.input), pull.weight
     else:
-        cost, push = pull_cost(c, best, temperature, runs, rows, num_valid, with_push=True, weights=weights, per=per_run)
+        cost, push = pull.cost(c, cast(Tensor, best), temperature, pull.input, with_push=True)
         with torch.no_grad():
-            f = step_factor(push * pull if pull != 1.0 else push, interp_push)
+            f = step_factor(push * pull.weight if pull.weight != 1.0 else push, interp_push)
         value = loss.detach()
         pulled = cost - cost.detach()
-        total = (loss - value) + (pulled if pull == 1.0 else pulled * pull).to(loss.dtype)
+        total = (loss - value) + (pulled if pull.weight == 1.0 else pulled * pull.weight).to(loss.dtype)
         return value + total * (f if f.dtype == loss.dtype else f.to(loss.dtype))
     if weight == 1.0:
         return loss + (cost - cost.detach()).to(loss.dtype)
@@ -654,35 +677,8 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
     return loss, LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds), push
 
 
-class _ChainPull(NamedTuple):
-    """The pull of a chain call (see :func:`_with_pull`): its weight, whether it sizes the step
-    (``step="pull"``), its input where it is not the comparisons (the per-sample margins, or the
-    runs' terms in closed form: ``margins`` says which), and the runs, rows, static layout's
-    count and run weights of :func:`uniloss._interpolation.pull_cost`."""
-
-    weight: float
-    stepped: bool
-    input: Optional[Tensor]
-    margins: bool
-    runs: Optional[Runs]
-    rows: int
-    num_valid: Optional[Tensor]
-    run_weights: Optional[Tensor]
-
-    def cost(self, c: Tensor, best: Tensor, temperature, pulled: Optional[Tensor], with_grad: bool = False):
-        """:func:`uniloss._interpolation.pull_cost` of the comparisons ``c`` (``best`` theirs),
-        or of ``pulled``, the pull's own input."""
-        if self.margins:
-            return pull_cost(pulled, None, temperature, with_push=with_grad, with_grad=with_grad)
-        if pulled is not None:  # the runs' terms
-            return pull_cost(None, None, temperature, self.runs, self.rows, self.num_valid, with_push=with_grad,
-                             weights=self.run_weights, per=pulled, with_grad=with_grad)
-        return pull_cost(c, None if is_all_true(best) else best, temperature, self.runs, self.rows, self.num_valid,
-                         with_push=with_grad, weights=self.run_weights, with_grad=with_grad)
-
-
 def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign, *, structure=None,
-                runs=None, static=None, count=None, pull: Optional[_ChainPull] = None):
+                runs=None, static=None, count=None, pull: Optional[_Pull] = None):
     """``interpolation="chain"``: the metric's extension along the chain of the comparisons
     (:func:`uniloss._interpolation.chain_extension`) and the pull (:func:`_with_pull`), one
     autograd node with the gradient in closed form. The extension is ``g~ = g(S_0) + sum_k
