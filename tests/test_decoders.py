@@ -355,6 +355,16 @@ def test_argmax_target_with_accuracy_is_multiclass_accuracy(n, c):
     _same_decomposition(ours, uniloss.MulticlassAccuracy(), scores, target)
     _same_decomposition(uniloss.zoo.top_k_accuracy(1), uniloss.MulticlassAccuracy(), scores, target)
     _same_loss(ours, uniloss.MulticlassAccuracy(), scores, target, atol=1e-12)
+    # one kernel for the label against the other classes: the comparisons' gradient to the bit
+    for metric in (ours, uniloss.MulticlassAccuracy()):
+        s = scores.float().requires_grad_()
+        comparisons = metric.comparisons(s, metric.prepare(s, target))
+        cotangent = torch.randn(comparisons.shape, generator=_gen(5))
+        (grad,) = torch.autograd.grad(comparisons, s, cotangent)
+        others = torch.tensor([[j for j in range(c) if j != y] for y in target.tolist()])  # class order
+        expected = torch.zeros(n, c).scatter_(1, others, -cotangent.view(n, c - 1))
+        expected[torch.arange(n), target] = cotangent.view(n, c - 1).sum(1)
+        assert torch.equal(grad, expected)
 
 
 def test_argmax_all_pairs_with_accuracy_gives_the_same_metric():

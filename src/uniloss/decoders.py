@@ -58,7 +58,8 @@ from . import _validation as V
 from ._cache import TensorCache
 from ._decomposition import static_layout, validate_scores
 from ._metrics import PCK, KeypointTarget
-from ._pairs import SetPairs, SetRanks, binary_margins, decode_sets, other_classes, set_pairs, set_ranks, static_pair_differences
+from ._pairs import (SetPairs, SetRanks, binary_margins, decode_sets, other_classes, row_differences, set_pairs, set_ranks,
+                     static_pair_differences)
 from ._structured import Runs
 
 __all__ = [
@@ -295,7 +296,7 @@ class _ClassDecoder(Decoder):
         rows = self._rows(scores)
         if self.pairs == "all":
             return _tournament(rows).reshape(-1)
-        return (rows.gather(1, plan.labels[:, None]) - rows.gather(1, plan.cols)).reshape(-1)
+        return row_differences(rows, plan.labels, plan.cols)  # MulticlassAccuracy's layout and kernel
 
     def best(self, plan: Any) -> Tensor:
         plan = self._prepared(plan)
