@@ -265,3 +265,28 @@ def test_a_tuned_probe_scores_each_model_at_its_validation_threshold(monkeypatch
     assert picked and set(picked) == {2.0} and len(picked) == len(tuned["curve"]) == 20
     plain = M._run_job(M.Job("f2-clean", "binary cross-entropy", "usual", "bce", 0), quick=True)
     assert tuned["curve"] != plain["curve"] and tuned["final"] >= plain["final"] - 0.05
+
+
+def test_the_validation_ap_of_each_epoch_leaves_the_run_unchanged():
+    # benchmarks/early_stopping_probe.py: one validation AP per epoch, the split's AP of the model
+    # as that epoch left it (scikit-learn's), and the test curve the same with or without it
+    from sklearn.metrics import average_precision_score
+
+    models = []  # the run's model (trained in place: after the run, as its last epoch left it)
+    original = M._binary_logits
+
+    def spy(model, x):
+        models.append(model)
+        return original(model, x)
+
+    validation: list = []
+    plain = M.run_imbalanced("ap", "bce", 0, True, {})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(M, "_binary_logits", spy)
+        seen = M.run_imbalanced("ap", "bce", 0, True, {}, validation=validation)
+    assert seen == plain and len(validation) == len(plain) == 20
+    _, _, xva, yva, _, _ = M.imbalanced_binary()
+    model = models[-1]
+    with torch.no_grad():
+        expected = average_precision_score(yva.numpy(), model(xva).reshape(-1).numpy())
+    assert validation[-1] == pytest.approx(expected, abs=1e-6)

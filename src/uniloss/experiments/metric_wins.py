@@ -359,9 +359,12 @@ _BINARY: Dict[str, Callable[[], uniloss.Decomposition]] = {
 _TUNED = {"f1-tuned": 1.0, "f2-tuned": 2.0}
 
 
-def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict, **data) -> List[float]:
+def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict,
+                   validation: Optional[List[float]] = None, **data) -> List[float]:
     """An ``imb-ap`` (``metric="ap"``) or ``imb-f1`` (``"f1"``) run: the held-out metric per epoch;
     ``data``: keywords of :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them).
+    ``validation``: a list that receives the validation split's AP after each epoch (the epoch a
+    practitioner's early stopping would keep; ``benchmarks/early_stopping_probe.py``).
     The probe tasks also train and score ``"f2"`` (F2 at logit 0), ``"auroc"``, and ``"f1-tuned"``
     / ``"f2-tuned"`` (F1 / F2 at the threshold tuned on the validation split, for every loss)."""
     xtr, ytr, xva, yva, xte, yte = imbalanced_binary(**data)
@@ -373,6 +376,8 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
 
     def evaluate(m: nn.Module) -> float:
         s = _binary_logits(m, xte)
+        if validation is not None:
+            validation.append(average_precision(_binary_logits(m, xva), yva))
         if metric == "ap":
             return average_precision(s, yte)
         if metric in _TUNED:  # every loss's decision at the threshold that maximises F-beta on the validation split
