@@ -94,8 +94,7 @@ class SetPairs:
     def comparisons(self, scores: Tensor) -> Tensor:
         """``[l]``: every positive's score minus each negative's of its row (differentiable)."""
         ia, ib = self.pairs()
-        flat = scores.reshape(-1)
-        return flat[self.pos_flat][ia] - flat[self.neg_flat][ib]
+        return index_differences(scores.reshape(-1), self.pos_flat[ia], self.neg_flat[ib])
 
 
 def set_pairs(positive: Tensor, rows: Tensor, width: int) -> SetPairs:
@@ -171,12 +170,13 @@ def pair_differences(s: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return _apply_pair_differences(s, a, b)
 
 
-class _StaticPairDifferences(torch.autograd.Function):
-    """``c[k] = s[a[k]] - s[b[k]]``, ``+inf`` (no gradient) where ``padding[k]``."""
+class _IndexDifferences(torch.autograd.Function):
+    """``c[k] = s[a[k]] - s[b[k]]``, ``+inf`` (no gradient) where ``padding[k]`` (``None``: none)."""
 
     @staticmethod
-    def forward(s: Tensor, a: Tensor, b: Tensor, padding: Tensor) -> Tensor:
-        return (s.index_select(0, a) - s.index_select(0, b)).masked_fill_(padding, float("inf"))
+    def forward(s: Tensor, a: Tensor, b: Tensor, padding: Optional[Tensor]) -> Tensor:
+        c = s.index_select(0, a) - s.index_select(0, b)
+        return c if padding is None else c.masked_fill_(padding, float("inf"))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -187,21 +187,28 @@ class _StaticPairDifferences(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, b, padding = ctx.saved_tensors
-        grad = grad.masked_fill(padding, 0.0)
+        if padding is not None:
+            grad = grad.masked_fill(padding, 0.0)
         out = grad.new_zeros(ctx.size)
         out.index_add_(0, a, grad)
         out.index_add_(0, b, grad, alpha=-1)
         return out, None, None, None
 
 
-_apply_static_pair_differences = two_way(_StaticPairDifferences)
+_apply_index_differences = two_way(_IndexDifferences)
+
+
+def index_differences(s: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``s[a] - s[b]`` for a 1-D ``s`` and index tensors ``a``, ``b`` of one shape (pairs listed
+    one by one: a ranking's, a set-against-set layout's); differentiable in ``s`` with a single
+    autograd node (where plain indexing makes three)."""
+    return _apply_index_differences(s, a, b, None)
 
 
 def static_pair_differences(s: Tensor, a: Tensor, b: Tensor, padding: Tensor) -> Tensor:
-    """``s[a] - s[b]`` for a 1-D ``s``, ``+inf`` where ``padding`` (a static layout's padding, see
-    :class:`uniloss._decomposition.StaticLayout`); differentiable in ``s`` with a single autograd
-    node, the padding's gradient zero."""
-    return _apply_static_pair_differences(s, a, b, padding)
+    """:func:`index_differences`, ``+inf`` where ``padding`` (a static layout's padding, see
+    :class:`uniloss._decomposition.StaticLayout`); the padding's gradient zero."""
+    return _apply_index_differences(s, a, b, padding)
 
 
 class _RowDifferences(torch.autograd.Function):

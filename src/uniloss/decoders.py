@@ -58,8 +58,8 @@ from . import _validation as V
 from ._cache import TensorCache
 from ._decomposition import static_layout, validate_scores
 from ._metrics import PCK, KeypointTarget
-from ._pairs import (SetPairs, SetRanks, binary_margins, decode_sets, other_classes, row_differences, set_pairs, set_ranks,
-                     static_pair_differences)
+from ._pairs import (SetPairs, SetRanks, binary_margins, decode_sets, index_differences, other_classes, row_differences,
+                     set_pairs, set_ranks, static_pair_differences)
 from ._structured import Runs
 
 __all__ = [
@@ -846,7 +846,7 @@ class Ranking(Decoder):
         s = self._flat(scores)
         if plan.padding is not None:
             return static_pair_differences(s, plan.a, plan.b, plan.padding)
-        return s[plan.a] - s[plan.b]
+        return index_differences(s, plan.a, plan.b)
 
     def best(self, plan: Any) -> Tensor:
         return self._prepared(plan).best
