@@ -59,16 +59,21 @@ def _case(name):
         return zoo.average_precision(), torch.randn(32, generator=g), RankingTarget(relevance, query)
     if name == "zoo.mrr":
         return zoo.mrr(), torch.randn(32, generator=g), _binary(32, g)
+    if name == "zoo.precision_at_k, a relevant item alone in its query":
+        # (the fuzz finding of 0.8.1: the padding's pairs fall on the last item in query order, here
+        # item 0, whose query holds it alone; the chain evaluated them wrong, so item 0 lost its place)
+        target = RankingTarget(torch.tensor([2, 1, 0, 0, 1, 0]), torch.tensor([5, 1, 1, 0, 1, 0]))
+        return zoo.precision_at_k(1), torch.randn(6, generator=g), target
     if name == "zoo.mean_iou":
         return zoo.mean_iou(3), torch.randn(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g)
     raise KeyError(name)
 
 
 CASES = [
-    "AP 16", "AP 128", "AP interpolated 16", "AP, no positive", "accuracy", "accuracy, fraction 0.2",
+    "AP 16", "AP 128", "AP interpolated 16", "AP interpolated 64", "AP, no positive", "accuracy", "accuracy, fraction 0.2",
     "accuracy, fraction 0.2, undrawn current", "accuracy, top_k 3", "PCK", "zoo.auroc", "zoo.macro_f1", "zoo.f_beta",
     "zoo.top_k_accuracy(5)", "zoo.ndcg_at_k", "zoo.ndcg_at_k, bool relevance", "zoo.average_precision, queries",
-    "zoo.mrr", "zoo.balanced_accuracy", "zoo.mean_iou",
+    "zoo.mrr", "zoo.precision_at_k, a relevant item alone in its query", "zoo.balanced_accuracy", "zoo.mean_iou",
 ]
 
 

@@ -66,9 +66,9 @@ class Structure:
             ``best`` value and the others the opposite one (NaN where undefined). Give it where the
             metric along the chain has a closed form cheaper than ``evaluate`` of ``[l + 1, l]``
             bits: the chain is then exact at every one of its ``l`` steps. ``None``: the engine
-            evaluates up to ``chain_segments + 1`` points of it, from the runs' counts where
-            ``evaluate_zeros`` is given (``[points, S]`` counts, within ``chain_elements``), else
-            with ``evaluate``. :class:`AveragePrecision`, :class:`MulticlassAccuracy`,
+            evaluates it from the runs' counts where ``evaluate_zeros`` is given (every point,
+            ``[l + 1, S]`` counts, fewer points beyond ``chain_elements``), else with ``evaluate``
+            at up to ``chain_segments + 1`` points. :class:`AveragePrecision`, :class:`MulticlassAccuracy`,
             :class:`PCK` and the zoo's metrics of class counts with one run per row (mean IoU,
             Dice, macro-F1, balanced accuracy) give it (all but AP with ``chain_by_runs``).
         chain_gains: optional, ``v [l] -> (start, gains [l])``: the metric's value at the chain's

@@ -515,6 +515,8 @@ def chain_steps(v: Tensor, best: Tensor, evaluate: Callable[[Tensor], Tensor], s
         values = along(rank, cuts)
     else:
         agree = rank[None, :] < cuts[:, None]  # [segments + 1, l]: S_j agrees with best on its first bits
+        if invalid is not None:
+            agree = agree | invalid  # a static layout's padding at its best value at every point, as in the anchors
         values = evaluate(torch.where(agree, best[None], ~best[None]))
     # the steps in the wider of the values' and the comparisons' dtypes (float64 where a closed
     # form gives it: its steps are far smaller than its values)

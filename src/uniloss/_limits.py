@@ -68,10 +68,10 @@ class EngineLimits:
         weight_counts: the most class counts (``[rows, C]``) the run weights of a metric of the
             class counts (the zoo's argmax metrics) may take; above it its runs weigh alike.
         chain_segments: how many segments ``interpolation="chain"`` cuts the chain of comparisons into
-            for a metric without a closed form along it (evaluated at one more point than this,
-            from ``evaluate`` or from the runs' counts of ``evaluate_zeros``; exact up to this many
-            comparisons). Metrics with ``Structure.chain`` or ``chain_gains`` are exact whatever
-            it says.
+            for a metric known only through ``evaluate`` (evaluated at one more point than this;
+            exact up to this many comparisons). Metrics with ``Structure.chain`` or
+            ``chain_gains`` are exact whatever it says, and so are metrics of the runs' counts
+            (``Structure.evaluate_zeros``: every point, up to ``chain_elements``).
         chain_elements: the most elements the chain's evaluations may hold together: the
             ``[points, l]`` bits of ``evaluate``, the ``[points, S]`` counts of
             ``evaluate_zeros``, the class counts of a block of the zoo's closed form; above it

@@ -691,7 +691,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     (:attr:`uniloss.Structure.chain_gains`, :attr:`~uniloss.Structure.chain` with
     :attr:`~uniloss.Structure.chain_by_runs`: the runs' last comparisons alone, or ``chain``
     along the sorted comparisons), from the runs' counts where the metric is a function of them
-    (``evaluate_zeros``; exact up to ``chain_segments`` points), else from ``evaluate`` at the
+    (``evaluate_zeros``; every point, within ``chain_elements``), else from ``evaluate`` at the
     limits' number of points. A number ``grad_scale`` multiplies the extension's gradient; the
     anchors' scales (``"bounded"``, ...) do not apply, its push being in the metric's own units.
     In a static layout (``static``: the number of real comparisons and the padding) the padding
@@ -725,10 +725,10 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
                 segments, closed_form = l, structure.chain
                 along = lambda rank, cuts: closed_form(rank)[cuts]  # noqa: E731
             elif structure is not None and structure.evaluate_zeros is not None and runs is not None:
-                # as many points as evaluate's chain (the [points, S] counts cost O(l S) at l + 1 points); in a
-                # static layout every point, which a closed form gives the exact layout (AP, PCK: the same chain)
-                cap = l if static is not None else limits.chain_segments
-                segments = max(1, min(l, cap, limits.chain_elements // max(runs.num, 1) - 1))
+                # every point, the exact extension, as a closed form gives it (the [points, S] counts: O(l S),
+                # fewer points above chain_elements); in both layouts alike (a static layout's cuts over its real
+                # comparisons: the exact layout's points)
+                segments = max(1, min(l, limits.chain_elements // max(runs.num, 1) - 1))
                 of_zeros = structure.evaluate_zeros
                 along = lambda rank, cuts: of_zeros(chain_zeros(runs, best, rank, cuts, dtype))  # noqa: E731
             else:
