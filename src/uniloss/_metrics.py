@@ -816,7 +816,8 @@ class PCK(Decomposition):
         block on the exact layout); ``good_flips`` bits per good anchor."""
         plan = _prepared(self, target, (SetPairs, _PCKStatic))
         if isinstance(plan, _PCKStatic):
-            return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan), good_flips=self.good_flips)
+            return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan), good_flips=self.good_flips,
+                             chain=lambda turn, length: self._static_chain(turn, length, plan), chain_by_runs=True)
         return Structure(plan.run_lengths(), lambda zeros: self.evaluate_zeros(zeros, plan),
                          lambda zeros: self._plus_one(zeros, plan),
                          lambda scores, start, stop: self._block(plan, scores, start, stop), self.good_flips,
@@ -850,6 +851,20 @@ class PCK(Decomposition):
         joint_turn = torch.full((plan.num_rows,), length + 1, dtype=turn.dtype, device=turn.device)
         joint_turn.scatter_reduce_(0, plan.pos_row, turn, "amin")
         return _share_turned(joint_turn, length)
+
+    @staticmethod
+    def _static_chain(turn: Tensor, length: int, plan: _PCKStatic) -> Tensor:
+        """:meth:`_chain` in the static layout: its runs are the exact layout's positive pixels,
+        then empty slots and the padding's run, whose joint (``run_joint``) is none of the
+        ``G`` joints; an invisible joint is never correct, and PCK counts the visible ones (NaN
+        without one, as :meth:`evaluate_zeros`)."""
+        num_joints = plan.visible.numel()
+        joint_turn = torch.full((num_joints + 1,), length + 1, dtype=turn.dtype, device=turn.device)
+        joint_turn = joint_turn.scatter_reduce_(0, plan.run_joint, turn, "amin")[:num_joints]
+        joint_turn = torch.where(plan.visible, joint_turn, length + 1)
+        points = torch.arange(length + 1, device=turn.device)
+        right = torch.searchsorted(joint_turn.sort().values, points, right=True)
+        return right.float() / plan.num_visible
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, (SetPairs, _PCKStatic))

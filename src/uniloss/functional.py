@@ -695,8 +695,9 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     limits' number of points. A number ``grad_scale`` multiplies the extension's gradient; the
     anchors' scales (``"bounded"``, ...) do not apply, its push being in the metric's own units.
     In a static layout (``static``: the number of real comparisons and the padding) the padding
-    comes last in the chain, with no gain; of the closed forms only ``chain_gains`` applies there,
-    a static layout's structure giving its own. Where no gradient can be asked for (grad mode off,
+    comes last in the chain, with no gain; of the closed forms ``chain_gains`` and ``chain`` with
+    ``chain_by_runs`` apply there, a static layout's structure giving its own (AP's gains, PCK's
+    runs: its padding a run of no joint). Where no gradient can be asked for (grad mode off,
     or no input that requires it) only the value is computed. Returns ``(loss, info)``;
     ``info.metric`` is the hard configuration's value, computed when read unless the chain's
     evaluation gives it."""
@@ -714,7 +715,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
             start, gains = structure.chain_gains(v)
             values = torch.stack([start, start + gains.sum()]).to(dtype)  # the chain's two ends
             start, gains, points = start.to(dtype), gains.to(dtype), 2
-        elif structure is not None and structure.chain_by_runs and static is None and runs is not None:
+        elif structure is not None and structure.chain_by_runs and runs is not None:  # (a static layout's own too)
             least, last = last_of_runs(v, runs)
             values, gains = run_chain_gains(least, last, structure.chain, dtype, runs.width is not None)
             start, at, points = values[0], last.clamp_min(0), values.numel()
