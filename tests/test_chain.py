@@ -105,15 +105,15 @@ def test_the_number_of_segments_follows_the_limits():
     with _limits.limits(chain_segments=5):  # a metric known only through evaluate
         _, info = F.uniloss_with_info(s, t, _BitsAccuracy(2), interpolation="chain")
     assert info.kinds == (("chain", 6),)
-    # a metric of the runs' counts (VOC AP: 8 positives, 8 x 32 comparisons): as many points as
-    # evaluate's chain (chain_segments), fewer where [points, S] counts would pass chain_elements
+    # a metric of the runs' counts (VOC AP: 8 positives, 8 x 32 comparisons): every point, whatever
+    # chain_segments says, fewer where [points, S] counts would pass chain_elements
     ap_target = (torch.arange(40) < 8).long()
     voc = uniloss.AveragePrecision(interpolated=True)
     _, info = F.uniloss_with_info(s[:, 0], ap_target, voc, interpolation="chain")
     assert info.kinds == (("chain", 257),)  # exact: 256 comparisons
     with _limits.limits(chain_segments=5):
         _, info = F.uniloss_with_info(s[:, 0], ap_target, voc, interpolation="chain")
-    assert info.kinds == (("chain", 6),)
+    assert info.kinds == (("chain", 257),)
     with _limits.limits(chain_elements=8 * 9):
         _, info = F.uniloss_with_info(s[:, 0], ap_target, voc, interpolation="chain")
     assert info.kinds == (("chain", 9),)
@@ -201,9 +201,10 @@ def test_the_chain_from_counts_equals_the_chain_of_evaluated_bits(make, seed):
         ref, *_ = chain_extension(ref_c, best, lambda bits: dec.evaluate(bits, plan), 1.0, l)
         torch.testing.assert_close(loss, -ref.to(loss.dtype))
         torch.testing.assert_close(torch.autograd.grad(loss, leaf)[0], torch.autograd.grad(-ref, ref_leaf)[0])
-    else:  # the runs' counts at as many points as evaluate's chain takes (every one up to 256 comparisons)
-        segments = chain_segments(l, _limits.current_limits().chain_segments, _limits.current_limits().chain_elements)
-        assert info.kinds == (("chain", segments + 1),)
+    else:  # the runs' counts at every point (fewer where [points, S] counts would pass chain_elements)
+        runs = Runs.of(structure.runs, l, c.device, True).num
+        segments = max(1, min(l, _limits.current_limits().chain_elements // max(runs, 1) - 1))
+        assert segments == l and info.kinds == (("chain", l + 1),)
         expected = evaluated if segments == l else chain_extension(c, best, lambda bits: dec.evaluate(bits, plan), 1.0,
                                                                    segments)
         torch.testing.assert_close(info.anchor_values, expected[1].to(info.anchor_values.dtype), equal_nan=True)
