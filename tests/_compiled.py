@@ -79,6 +79,9 @@ def chain(name: str) -> None:
     metric, scores, labels = {
         "zoo.macro_f1": (uniloss.zoo.macro_f1(10), torch.randn(64, 10, generator=g), torch.arange(64) % 10),
         "AP": (uniloss.AveragePrecision(), torch.randn(32, generator=g), (torch.arange(32) % 4 == 0).long()),
+        "PCK": (uniloss.PCK(), torch.randn(2, 3, 8, 8, generator=g),  # (a static layout in the graph, its runs' chain)
+                uniloss.KeypointTarget(torch.rand(2, 3, 2, generator=g) * 7, torch.tensor([[1, 1, 0], [1, 1, 1]]).bool(),
+                                       torch.full((2,), 4.0))),
     }[name]
     loss_fn = uniloss.UniLoss(metric, interpolation="chain", validate_args=False)
 

@@ -278,10 +278,10 @@ def test_compiled_step_draws_the_eager_anchors():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["zoo.macro_f1", "AP"])
+@pytest.mark.parametrize("name", ["zoo.macro_f1", "AP", "PCK"])
 def test_compiled_chain_is_the_eager_chain(name):
     """``interpolation="chain"`` compiled gives the eager loss and gradient (its closed forms trace;
-    AP in the static layout inside the graph)."""
+    AP and PCK in the static layout inside the graph, PCK by its runs' closed form)."""
     _run_compiled("chain", name)
 
 
