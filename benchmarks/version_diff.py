@@ -84,19 +84,25 @@ def main(argv=None) -> dict:
     summary: dict = {}
     for key in ref:
         dtype = key[0]
-        row = summary.setdefault(dtype, {"calls": 0, "loss": 0, "metric": 0, "worst": 0.0, "differ": []})
+        row = summary.setdefault(dtype, {"calls": 0, "loss": 0, "metric": 0, "grad": 0, "worst": 0.0, "differ": [],
+                                         "moved": set()})
         (loss_a, metric_a, grad_a), (loss_b, metric_b, grad_b) = ref[key], now[key]
         tolerance = 1e-5 if dtype == "torch.float32" else 1e-11
         worst = float((grad_a - grad_b).abs().max() / grad_a.abs().max().clamp_min(1e-30))
         row["calls"] += 1
         row["loss"] += bool(torch.equal(loss_a, loss_b))
         row["metric"] += bool(torch.equal(metric_a, metric_b))
+        row["grad"] += bool(torch.equal(grad_a, grad_b))
+        if not torch.equal(grad_a, grad_b):
+            row["moved"].add(key[2])
         row["worst"] = max(row["worst"], worst)
         if worst > tolerance or not torch.allclose(loss_a, loss_b, rtol=tolerance, atol=0):
             row["differ"].append((key, float(loss_a), float(loss_b), worst))
     for dtype, row in summary.items():
-        print(f"{dtype}: {row['calls']} calls; loss equal to the bit {row['loss']}, metric {row['metric']}; "
-              f"largest relative gradient difference {row['worst']:.2e}; beyond tolerance: {len(row['differ'])}")
+        print(f"{dtype}: {row['calls']} calls; loss equal to the bit {row['loss']}, metric {row['metric']}, gradient "
+              f"{row['grad']}; largest relative gradient difference {row['worst']:.2e}; beyond tolerance: "
+              f"{len(row['differ'])}" + (f"; gradients not equal to the bit: {', '.join(sorted(map(str, row['moved'])))}"
+                                         if row["moved"] else ""))
         for key, a, b, worst in row["differ"]:
             print(f"  {key}: loss {a!r} (ref) vs {b!r}, gradient {worst:.2e}")
     return summary

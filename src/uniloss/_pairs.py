@@ -187,8 +187,10 @@ class _IndexDifferences(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, b, padding = ctx.saved_tensors
-        if padding is not None:
-            grad = grad.masked_fill(padding, 0.0)
+        if padding is None:  # each side summed apart, then their difference: plain indexing's gradient to the bit
+            above = grad.new_zeros(ctx.size).index_add_(0, a, grad)
+            return above - grad.new_zeros(ctx.size).index_add_(0, b, grad), None, None, None
+        grad = grad.masked_fill(padding, 0.0)
         out = grad.new_zeros(ctx.size)
         out.index_add_(0, a, grad)
         out.index_add_(0, b, grad, alpha=-1)
