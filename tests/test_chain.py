@@ -159,6 +159,9 @@ _COUNT_METRICS = [
     lambda g: (uniloss.MulticlassAccuracy(fraction=0.1), torch.randn(20, 6, generator=g),
                torch.randint(0, 6, (20,), generator=g)),  # samples with no comparison drawn: right throughout
     lambda g: (uniloss.MulticlassAccuracy(top_k=2), torch.randn(20, 6, generator=g), torch.randint(0, 6, (20,), generator=g)),
+    lambda g: (uniloss.MulticlassAccuracy(), torch.randn(20, 2, generator=g),  # a comparison a run: the turns are 1 .. n
+               torch.randint(0, 2, (20,), generator=g)),
+    lambda g: (uniloss.MulticlassAccuracy(top_k=1), torch.randn(20, 6, generator=g), torch.randint(0, 6, (20,), generator=g)),
     lambda g: (uniloss.PCK(0.5), torch.randn(3, 2, 5, 5, generator=g),
                uniloss.KeypointTarget(torch.rand(3, 2, 2, generator=g) * 4, torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]),
                                       torch.tensor([2.0, 3.0, 0.5]))),

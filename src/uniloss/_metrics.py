@@ -77,6 +77,14 @@ def is_all_true(bits: Tensor) -> bool:
     return bits.dim() == 1 and bits.stride(0) == 0 and bits._base is not None and bits._base is _TRUE.peek(bits.device)
 
 
+_FLOAT_RANGE = TensorCache()
+
+
+def _float_range(n: int, device) -> Tensor:
+    """``0 .. n - 1`` float32 (cached)."""
+    return _FLOAT_RANGE.get((n, device), lambda: torch.arange(n, device=device, dtype=torch.float32))
+
+
 def _share_turned(turn: Tensor, num_bits: int) -> Tensor:
     """``[num_bits + 1]``: at each point ``j`` of the chain of ``interpolation="chain"``, the share
     of the units (samples, joints) right by then, each right from its point ``turn`` on
@@ -579,6 +587,11 @@ class MulticlassAccuracy(Decomposition):
         ``chain_by_runs``): a sample is right from its run's turn on (at once where none of its
         comparisons is drawn; never where, with ``undrawn="current"``, one not drawn is wrong),
         so the accuracy at point ``j`` counts the samples turned by then."""
+        if plan.selected is None and length == turn.numel():
+            # the chain of the runs' last comparisons (run_chain_gains): every sample a run, each turning at its own
+            # point (a chain turns one comparison a step), so the turns are 1 .. n and j samples are right at point j:
+            # _share_turned's values without its sort
+            return _float_range(length + 1, turn.device) / turn.numel()
         if plan.fixed_ok is not None:
             turn = torch.where(plan.fixed_ok, turn, length + 1)
         return _share_turned(turn, length)
