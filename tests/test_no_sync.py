@@ -70,7 +70,7 @@ def _case(name):
 
 
 CASES = [
-    "AP 16", "AP 128", "AP interpolated 16", "AP interpolated 64", "AP, no positive", "accuracy", "accuracy, fraction 0.2",
+    "AP 16", "AP 128", "AP interpolated 16", "AP interpolated 64", "AP interpolated 300", "AP, no positive", "accuracy", "accuracy, fraction 0.2",
     "accuracy, fraction 0.2, undrawn current", "accuracy, top_k 3", "PCK", "zoo.auroc", "zoo.macro_f1", "zoo.f_beta",
     "zoo.top_k_accuracy(5)", "zoo.ndcg_at_k", "zoo.ndcg_at_k, bool relevance", "zoo.average_precision, queries",
     "zoo.mrr", "zoo.precision_at_k, a relevant item alone in its query", "zoo.balanced_accuracy", "zoo.mean_iou",
