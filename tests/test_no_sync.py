@@ -372,3 +372,32 @@ def test_pcks_chain_in_the_static_layout_is_exact_where_counts_at_every_point_wo
     assert isinstance(static[2].bit_count, torch.Tensor) and int(static[2].bit_count) == exact[2].bit_count == 138658
     torch.testing.assert_close(static[0], exact[0], rtol=0, atol=1e-12)
     torch.testing.assert_close(static[1], exact[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("labels, options", [
+    ("random", {"num_bad": 0}),  # no random anchor: nothing to count by the runs' ends
+    ("none", {}),  # no positive: every bit padding, past every run's end
+    ("random", {"interpolation": "chain"}),
+], ids=["no random anchor", "no positive", "chain"])
+def test_aps_static_layout_of_182_samples_and_more_gives_the_exact_loss(labels, options, monkeypatch):
+    """From 182 samples (``n^2 / 4 >= 8192`` bits) AP's static layout counts its runs by their
+    ends, and its padding lies past them; a sweep at these sizes (``fuzz_degenerate.py --large``)
+    found three calls that raised there: an empty kind of anchor, a batch without a positive and
+    AP interpolated's chain. Each now gives the exact layout's loss and gradient."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(182, generator=g, dtype=torch.float64)
+    target = (torch.rand(182, generator=g) < 0.3).long() if labels == "random" else torch.zeros(182, dtype=torch.long)
+    dec = uniloss.AveragePrecision(interpolated=options.get("interpolation") == "chain")
+    options = {"interpolation": "anchors", **options}
+
+    def call():
+        s = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(1), **options)(s, target)
+        loss.backward()
+        return loss.detach(), s.grad
+
+    exact = call()
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
+    static = call()
+    torch.testing.assert_close(static[0], exact[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(static[1], exact[1], rtol=1e-10, atol=1e-14)

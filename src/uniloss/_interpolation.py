@@ -562,9 +562,7 @@ def chain_zeros(runs, best: Tensor, rank: Tensor, cuts: Tensor, dtype: torch.dty
     l, p, num = rank.numel(), cuts.numel(), runs.num
     if l >= 1 << 24:
         dtype = torch.float64
-    # the run of each comparison, by index (a static layout's padding past the runs' ends: the last run's, whose
-    # count the metric ignores there, as the pull per run counts it; AP's empty slots)
-    run = runs.run_of(torch.arange(l, device=rank.device)).clamp_max_(num - 1)
+    run = runs.run_of(torch.arange(l, device=rank.device))  # the run of each comparison, by index
     ones = best.to(dtype)
     start = torch.zeros(num, dtype=dtype, device=rank.device).index_add_(0, run, ones)
     # position rank_k lies in segment i: cuts[i] <= rank_k < cuts[i+1] (a static layout's padding,

@@ -119,7 +119,13 @@ class Runs:
         if self.ends is None:  # a static layout's runs: the run of every bit
             assert self.ids is not None
             return self.ids[index]
-        return torch.searchsorted(self.ends, index, right=True)
+        return self._past_ends(torch.searchsorted(self.ends, index, right=True))
+
+    def _past_ends(self, run: Tensor) -> Tensor:
+        """A static layout's padding past the runs' ends (AP's, counted by their ends) in the last
+        run, whose count the metric ignores there: an empty slot, or, without a real comparison,
+        a layout whose loss is zero."""
+        return run.clamp_max_(self.num - 1) if self.num else run
 
     def lengths(self, device: torch.device) -> Tensor:
         """``[S]`` float run lengths."""
@@ -134,7 +140,7 @@ class Runs:
         if self.ids is not None:
             return self.ids
         if self.ends is not None:
-            return torch.searchsorted(self.ends, torch.arange(num_bits, device=device), right=True)
+            return self._past_ends(torch.searchsorted(self.ends, torch.arange(num_bits, device=device), right=True))
         assert self.width is not None  # the fixed-width layout
         return torch.div(torch.arange(num_bits, device=device), self.width, rounding_mode="floor")
 
@@ -152,6 +158,8 @@ def _counts_by_ends(is_zero: Tensor, ends: Tensor) -> Tensor:
     multiplication) and cumulated, plus the bits of each end's own word before it. Exact; no host
     synchronisation."""
     rows, num_bits = is_zero.shape
+    if rows == 0:  # (no anchor of a kind: nothing to count)
+        return torch.zeros(0, ends.numel(), dtype=torch.int32, device=ends.device)
     words = -(-num_bits // 8)
     x = is_zero.view(torch.uint8)
     if words * 8 != num_bits or x.stride(0) != words * 8:
