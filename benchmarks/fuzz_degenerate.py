@@ -71,7 +71,8 @@ every run's end) and a call with no random anchor (nothing to count by the runs'
 AP interpolated's chain found by a hand-made sweep the same day, fixed (the padding counted in
 the last run, an empty count of nothing), ``tests/test_no_sync.py``. After: ``240 71 --static
 --large`` 0 failures in 14,134 cases, ``300 72 --large`` (finite) 0 in 57,721, ``240 73 --chain
---large`` 0 in 1,991."""
+--large`` 0 in 1,991, ``200 81 --paths --large`` 0 in 38,753, ``200 82 --wrappers --large`` 0 in
+7,180, ``200 83 --chunks --large`` 0 in 18,681 PCK cases, ``200 84 --static`` 0 in 62,810."""
 
 import math
 import random
