@@ -255,7 +255,7 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
                 occupied = torch.isfinite(zz.detach()).any(1).sum()
         else:
             assert c is not None
-            ids = runs.run_ids(c.numel(), c.device).clamp_max(num - 1)  # a static layout's padding: after the runs
+            ids = runs.run_ids(c.numel(), c.device)  # (a static layout's padding past the runs' ends: in the last)
             top = z.new_zeros(num).scatter_reduce(0, ids, z.detach(), "amax", include_self=True)
             inner = z.new_zeros(num).index_add(0, ids, (z - top[ids]).exp())
             per = top + (inner + (-top).exp()).log()  # the same, stable

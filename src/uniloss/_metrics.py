@@ -85,12 +85,12 @@ def _float_range(n: int, device) -> Tensor:
     return _FLOAT_RANGE.get((n, device), lambda: torch.arange(n, device=device, dtype=torch.float32))
 
 
-def _share_turned(turn: Tensor, num_bits: int) -> Tensor:
+def _share_turned(turn: Tensor, num_bits: int, units: Optional[Tensor] = None) -> Tensor:
     """``[num_bits + 1]``: at each point ``j`` of the chain of ``interpolation="chain"``, the share
     of the units (samples, joints) right by then, each right from its point ``turn`` on
-    (``num_bits + 1``: never)."""
+    (``num_bits + 1``: never); ``units``: how many count (a 0-dim tensor), where not all of ``turn``."""
     right = torch.searchsorted(turn.sort().values, torch.arange(num_bits + 1, device=turn.device), right=True)
-    return right.float() / turn.numel()
+    return right.float() / (turn.numel() if units is None else units)
 
 
 def _check_scores(scores) -> None:
@@ -874,10 +874,7 @@ class PCK(Decomposition):
         num_joints = plan.visible.numel()
         joint_turn = torch.full((num_joints + 1,), length + 1, dtype=turn.dtype, device=turn.device)
         joint_turn = joint_turn.scatter_reduce_(0, plan.run_joint, turn, "amin")[:num_joints]
-        joint_turn = torch.where(plan.visible, joint_turn, length + 1)
-        points = torch.arange(length + 1, device=turn.device)
-        right = torch.searchsorted(joint_turn.sort().values, points, right=True)
-        return right.float() / plan.num_visible
+        return _share_turned(torch.where(plan.visible, joint_turn, length + 1), length, plan.num_visible)
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, (SetPairs, _PCKStatic))

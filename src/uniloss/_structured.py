@@ -47,8 +47,8 @@ from ._bits import as_float
 from ._decomposition import Structure
 from ._function import is_wrapped, two_way
 from ._interpolation import (
-    agreement, agreement_slope, anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances, last_of_runs, pull_cost,
-    rms_unit, run_chain_gains, step_factor,
+    agreement, agreement_slope, anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances,
+    last_of_runs, pull_cost, rms_unit, run_chain_gains, step_factor,
 )
 from ._cache import TensorCache
 from ._pairs import counts
