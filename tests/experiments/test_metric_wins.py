@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import statistics
 
 import pytest
 import torch
@@ -64,6 +65,22 @@ def test_verdicts_compare_with_the_usual_loss_and_the_best_other_row():
     assert v["uni"]["usual"]["verdict"] == "win" and v["uni"]["best"]["verdict"] == "loss"
     assert v["uni"]["best"]["ref"] == "base" and v["uni"]["best"]["diff"] == pytest.approx(-0.05)
     assert v["v"]["best"]["verdict"] == "tie"
+
+
+def test_the_seed_by_seed_difference_pairs_the_seeds_by_their_ids():
+    # seeds far apart (a data set per seed) hide a difference that every seed shows: the rows' std
+    # say tie, the seed-by-seed differences say ahead on each; seeds listed in another order pair by id
+    usual = dict(dataset="t", loss="usual", kind="usual", seeds=[0.60, 0.90, 0.70], seed_ids=[0, 1, 2])
+    uni = dict(dataset="t", loss="uni", kind="uniloss", seeds=[0.91, 0.71, 0.62], seed_ids=[1, 2, 0])
+    rows = M.summarise([dict(task="imb-ap-draws", loss=r["loss"], kind=r["kind"], seed=i, final=v)
+                        for r in (usual, uni) for i, v in zip(r["seed_ids"], r["seeds"])])
+    e = M.verdicts(rows)["imb-ap-draws"]["uni"]["usual"]
+    assert e["verdict"] == "tie"
+    assert e["paired"]["mean"] == pytest.approx((0.02 + 0.01 + 0.01) / 3)
+    assert e["paired"]["ahead"] == 3 and e["paired"]["seeds"] == 3
+    assert e["paired"]["std"] == pytest.approx(statistics.stdev([0.02, 0.01, 0.01]))
+    other = dict(rows[0], seed_ids=[3, 4, 5])  # other seeds: nothing to pair
+    assert "paired" not in M.verdicts([other, rows[1]])["imb-ap-draws"]["uni"]["usual"]
 
 
 def test_learning_rate_grid_compares_at_one_scale_and_each_loss_at_its_best():
@@ -290,3 +307,22 @@ def test_the_validation_ap_of_each_epoch_leaves_the_run_unchanged():
     with torch.no_grad():
         expected = average_precision_score(yva.numpy(), model(xva).reshape(-1).numpy())
     assert validation[-1] == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_draws_probes_draw_the_data_of_each_seed_and_the_suite_keeps_draw_0(monkeypatch):
+    # imb-ap-draws / imb-f1-draws: make_classification's random_state is the seed; imb-ap's is 0
+    # whatever the seed (its seeds vary the network and the batches)
+    drawn = []
+    original = M.imbalanced_binary
+
+    def spy(seed=0, **kwargs):
+        drawn.append(seed)
+        return original(seed, **kwargs)
+
+    monkeypatch.setattr(M, "imbalanced_binary", spy)
+    for task in ("imb-ap-draws", "imb-f1-draws", "imb-ap"):
+        M._run_job(M.Job(task, "binary cross-entropy", "usual", "bce", 3), quick=True)
+    assert drawn == [3, 3, 0]
+    first, other = original(0), original(3)
+    assert first[0].shape == other[0].shape and not torch.equal(first[0], other[0])
+    assert 0.03 < float(other[1].float().mean()) < 0.08  # ~5% positives, plus the random labels

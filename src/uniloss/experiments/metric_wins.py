@@ -48,6 +48,9 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
 * ``f1-tuned`` / ``f2-tuned``: the ``imb-f1`` task (with its label noise) / ``f2-clean``, every
   loss's model scored at the threshold that maximises its F1 / F2 on the validation split: what a
   user who tunes the decision after training gets; usual BCE, baseline BCE with ``pos_weight``.
+* ``imb-ap-draws`` / ``imb-f1-draws``: the ``imb-ap`` / ``imb-f1`` tasks with the data set drawn
+  again for each seed (``make_classification``'s ``random_state`` the seed; the suite's tasks fix
+  draw 0, so their seeds vary the network's initialisation and the batches, not the data).
 * ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
 * ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
 * ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
@@ -360,14 +363,16 @@ _TUNED = {"f1-tuned": 1.0, "f2-tuned": 2.0}
 
 
 def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict,
-                   validation: Optional[List[float]] = None, **data) -> List[float]:
+                   validation: Optional[List[float]] = None, draw: int = 0, **data) -> List[float]:
     """An ``imb-ap`` (``metric="ap"``) or ``imb-f1`` (``"f1"``) run: the held-out metric per epoch;
-    ``data``: keywords of :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them).
+    ``draw``: the data set's draw (``make_classification``'s ``random_state``; the suite's tasks
+    fix draw 0, the ``-draws`` probes draw one per seed); ``data``: other keywords of
+    :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them).
     ``validation``: a list that receives the validation split's AP after each epoch (the epoch a
     practitioner's early stopping would keep; ``benchmarks/early_stopping_probe.py``).
     The probe tasks also train and score ``"f2"`` (F2 at logit 0), ``"auroc"``, and ``"f1-tuned"``
     / ``"f2-tuned"`` (F1 / F2 at the threshold tuned on the validation split, for every loss)."""
-    xtr, ytr, xva, yva, xte, yte = imbalanced_binary(**data)
+    xtr, ytr, xva, yva, xte, yte = imbalanced_binary(draw, **data)
     model = seeded(seed, lambda: mlp(20, 64, 64, 1))
     gen = torch.Generator().manual_seed(seed)
     pos_weight = float((ytr == 0).sum()) / float((ytr == 1).sum())
@@ -585,11 +590,16 @@ _PAIRWISE = {"pairwise logistic": ("baseline", "pairwise")}
 _POS_WEIGHT = {"BCE, pos_weight": ("baseline", "bce-posweight")}
 
 
-def _binary_probe(name: str, metric: str, label: str, flip_y: float, baselines: Dict[str, Tuple[str, str]]) -> Task:
-    """A probe task on the ``imb-ap`` data (``flip_y``: its share of random labels) scored on ``metric``."""
-    data = "make_classification, 5% positives" + ("" if flip_y else ", no label noise")
+def _binary_probe(name: str, metric: str, label: str, flip_y: float, baselines: Dict[str, Tuple[str, str]],
+                  draws: bool = False) -> Task:
+    """A probe task on the ``imb-ap`` data (``flip_y``: its share of random labels) scored on ``metric``;
+    ``draws``: the data drawn again for each seed (``make_classification``'s ``random_state`` the
+    seed) instead of the suite's one draw."""
+    data = ("make_classification, 5% positives" + ("" if flip_y else ", no label noise")
+            + (", a draw per seed" if draws else ""))
     return Task(name, label, data,
-                lambda loss, seed, quick, options: run_imbalanced(metric, loss, seed, quick, options, flip_y=flip_y),
+                lambda loss, seed, quick, options: run_imbalanced(metric, loss, seed, quick, options, flip_y=flip_y,
+                                                                  draw=seed if draws else 0),
                 {"binary cross-entropy": ("usual", "bce"), **baselines, **_UNI}, weight=0.5, suite=False)
 
 
@@ -635,6 +645,11 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
     # user who tunes the decision after training gets (imb-f1's data, with its label noise; F2's).
     _binary_probe("f1-tuned", "f1-tuned", "test F1 at the validation-tuned threshold", 0.02, _POS_WEIGHT),
     _binary_probe("f2-tuned", "f2-tuned", "test F2 at the validation-tuned threshold", 0.0, _POS_WEIGHT),
+    # imb-ap and imb-f1 with the data set drawn again for each seed: the suite's tasks fix one draw,
+    # so their seeds' spread leaves out the data's (docs/results/metric-wins/data-draws.md).
+    _binary_probe("imb-ap-draws", "ap", "test AP", 0.02, {**_POS_WEIGHT, **_PAIRWISE}, draws=True),
+    _binary_probe("imb-f1-draws", "f1", "test F1 at logit 0 (tuned threshold for its row)", 0.02,
+                  {**_POS_WEIGHT, "BCE, validation-tuned threshold": ("baseline", "bce-tuned")}, draws=True),
     _retrieval_probe("p-at-5", "test precision@5", lambda: zoo.precision_at_k(5)),
     _retrieval_probe("mrr", "test MRR", zoo.mrr),
     Task("dice", "test mean Dice", "MNIST masks from noisy occluded digits",
@@ -764,8 +779,28 @@ def verdicts(rows: List[dict], same_lr: bool = True) -> Dict[str, dict]:
                 noise = max(r["std"], ref["std"])
                 verdict = "win" if diff > noise else ("tie" if diff >= -noise else "loss")
                 entry[name] = dict(ref=ref["loss"], diff=diff, verdict="diverged" if math.isnan(diff) else verdict)
+                paired = _paired(r, ref)
+                if paired is not None:
+                    entry[name]["paired"] = paired
             out.setdefault(task, {})[_label(r)] = entry
     return out
+
+
+def _paired(row: dict, ref: dict) -> Optional[dict]:
+    """``row`` minus ``ref`` seed by seed, where both ran the same seeds (a seed fixes the network's
+    initialisation, the batches and, in the ``-draws`` probes, the data: the comparison the rows'
+    own std cannot make when seeds differ more than losses): the differences' mean and std and the
+    number of seeds ``row`` is ahead on. ``None`` without the seeds' ids, with other seeds, or with
+    a diverged seed."""
+    ids, ref_ids = row.get("seed_ids"), ref.get("seed_ids")
+    if not ids or ref_ids is None or sorted(ids) != sorted(ref_ids) or len(set(ids)) != len(ids):
+        return None
+    theirs = dict(zip(ref_ids, ref["seeds"]))
+    diffs = [v - theirs[i] for i, v in zip(ids, row["seeds"])]
+    if any(math.isnan(d) for d in diffs):
+        return None
+    return dict(mean=statistics.mean(diffs), std=statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                ahead=sum(d > 0 for d in diffs), seeds=len(diffs))
 
 
 def _label(row: dict) -> str:
@@ -783,7 +818,9 @@ def write_report(report: dict, out: str, plot: bool = True) -> None:
              f"Regenerate: `{report['command']}`.", ""]
     lines += _table(report["rows"], verdicts(report["rows"]))
     lines += ["", "`win`: ahead by more than the larger of the two rows' std; `tie`: within it; `loss`: behind "
-              "(a seed that collapsed widens the std: read the seeds).",
+              "(a seed that collapsed widens the std: read the seeds). 'seed by seed': the differences to the usual "
+              "loss on each seed (same initialisation and batches; in the `-draws` probes the same data too), their "
+              "mean ± std and the seeds ahead on.",
               "'best other' is the best of the usual loss and the baselines"
               + (" at the same learning-rate scale." if len(report.get("lr_scales", [1.0])) > 1 else ".")]
     if len(report.get("lr_scales", [1.0])) > 1:
@@ -806,14 +843,17 @@ def write_report(report: dict, out: str, plot: bool = True) -> None:
 
 def _table(rows: List[dict], v: Dict[str, dict]) -> List[str]:
     scale = 100.0
-    lines = ["| task | metric | loss | kind | lr x | mean ± std | seeds | vs usual | vs best other |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | metric | loss | kind | lr x | mean ± std | seeds | vs usual | vs best other | vs usual, seed by seed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e = v.get(r["dataset"], {}).get(_label(r), {})
         cells = [f"{e[k]['diff'] * scale:+.2f} ({e[k]['verdict']})" if k in e else "" for k in ("usual", "best")]
+        p = e.get("usual", {}).get("paired")
+        paired = "" if p is None else (f"{p['mean'] * scale:+.2f} ± {p['std'] * scale:.2f}, "
+                                       f"ahead on {p['ahead']} of {p['seeds']}")
         seeds = " ".join(f"{v * scale:.2f}" for v in r["seeds"])
         lines.append(f"| {r['dataset']} | {r['metric']} | {r['loss']} | {r['kind']} | {r.get('lr_scale', 1.0):g} | "
-                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {seeds} | {cells[0]} | {cells[1]} |")
+                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {seeds} | {cells[0]} | {cells[1]} | {paired} |")
     return lines
 
 
