@@ -326,3 +326,15 @@ def test_the_draws_probes_draw_the_data_of_each_seed_and_the_suite_keeps_draw_0(
     first, other = original(0), original(3)
     assert first[0].shape == other[0].shape and not torch.equal(first[0], other[0])
     assert 0.03 < float(other[1].float().mean()) < 0.08  # ~5% positives, plus the random labels
+    splits = []
+    original_split = M.digits_split
+
+    def spy_split(seed_split=0, **kwargs):
+        splits.append(seed_split)
+        return original_split(seed_split, **kwargs)
+
+    monkeypatch.setattr(M, "digits_split", spy_split)
+    monkeypatch.setattr(M, "_run_classes", lambda *args, **kwargs: [0.5])  # (the split is what is asked)
+    for task in ("digits-f1-draws", "digits-f1"):
+        M._run_job(M.Job(task, "cross-entropy", "usual", "ce", 4), quick=True)
+    assert splits == [4, 0]

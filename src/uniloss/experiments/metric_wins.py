@@ -51,6 +51,7 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
 * ``imb-ap-draws`` / ``imb-f1-draws``: the ``imb-ap`` / ``imb-f1`` tasks with the data set drawn
   again for each seed (``make_classification``'s ``random_state`` the seed; the suite's tasks fix
   draw 0, so their seeds vary the network's initialisation and the batches, not the data).
+* ``digits-f1-draws``: the ``digits-f1`` task with its train/test split drawn again for each seed.
 * ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
 * ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
 * ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
@@ -473,8 +474,10 @@ def run_pairs(loss: str, seed: int, quick: bool, options: dict, data_dir: Option
                         decomposition=decomposition, epochs=5 if quick else 15)
 
 
-def run_digits_f1(loss: str, seed: int, quick: bool, options: dict) -> List[float]:
-    xtr, xte, ytr, yte = digits_split(test_size=0.25)
+def run_digits_f1(loss: str, seed: int, quick: bool, options: dict, draw: int = 0) -> List[float]:
+    """The ``digits-f1`` task; ``draw``: the train/test split's (the suite's task fixes 0, the
+    ``digits-f1-draws`` probe splits again for each seed)."""
+    xtr, xte, ytr, yte = digits_split(draw, test_size=0.25)
     metric = zoo.macro_f1(10)
     return _run_classes(xtr, ytr, xte, yte, lambda: mlp(64, 128, 10), metric.metric, loss, seed, options,
                         decomposition=metric, epochs=30)
@@ -650,6 +653,9 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
     _binary_probe("imb-ap-draws", "ap", "test AP", 0.02, {**_POS_WEIGHT, **_PAIRWISE}, draws=True),
     _binary_probe("imb-f1-draws", "f1", "test F1 at logit 0 (tuned threshold for its row)", 0.02,
                   {**_POS_WEIGHT, "BCE, validation-tuned threshold": ("baseline", "bce-tuned")}, draws=True),
+    Task("digits-f1-draws", "test macro-F1", "scikit-learn digits, 10 classes, a split per seed",
+         lambda loss, seed, quick, options: run_digits_f1(loss, seed, quick, options, draw=seed),
+         {"cross-entropy": ("usual", "ce"), **_UNI}, weight=0.3, suite=False),
     _retrieval_probe("p-at-5", "test precision@5", lambda: zoo.precision_at_k(5)),
     _retrieval_probe("mrr", "test MRR", zoo.mrr),
     Task("dice", "test mean Dice", "MNIST masks from noisy occluded digits",
