@@ -631,18 +631,3 @@ def run_chain_gains(least: Tensor, last: Tensor, closed_form: Callable[[Tensor, 
     else:
         gains = steps[(position - 1).clamp_min(0)].masked_fill(empty, 0.0)
     return chain.to(dtype), gains
-
-
-def run_chain(c: Tensor, best: Tensor, temperature, runs,
-              closed_form: Callable[[Tensor, int], Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`chain_extension` for a metric of whole runs (:attr:`uniloss.Structure.chain_by_runs`),
-    from its runs' last comparisons alone (:func:`last_of_runs`, :func:`run_chain_gains`): the
-    same ``g~`` and gradient in ``O(l)`` plus two sorts of ``S``. Returns ``(g, values [S + 1],
-    gains [S], u [S])``, the gains and relaxed bits those of the runs' last comparisons."""
-    u, v = agreement(c, best, temperature)
-    with torch.no_grad():
-        least, last = last_of_runs(v.detach(), runs)
-        values, gains = run_chain_gains(least, last, closed_form, c.dtype, runs.width is not None)
-        at = last.clamp_min(0)
-    g = torch.nan_to_num(values[0], nan=0.0) + torch.dot(gains, v[at])
-    return g, values, gains, u.detach()[at]

@@ -679,7 +679,8 @@ def chunked_loss(
     ``chain``: ``interpolation="chain"`` for a metric of whole runs (:attr:`Structure.chain_by_runs`)
     instead of the anchors: the second pass finds each run's last comparison in the chain
     (:func:`uniloss._interpolation.last_of_runs`), and the gradient's pass puts each run's gain
-    on it; the loss and gradient are :func:`uniloss._interpolation.run_chain`'s.
+    on it; the loss and gradient are the one-block chain's (the runs' gains of
+    :func:`uniloss._interpolation.run_chain_gains`).
     """
     if is_wrapped(scores):
         raise RuntimeError(
@@ -876,7 +877,8 @@ def _blockwise_loss(scores: Tensor, g: Tensor, sign: float, grads_of, comparison
 def _chunked_chain(scores: Tensor, blocks, comparisons, best: Tensor, structure: Structure,
                    evaluate_zeros, temperature, grad_scale, sign: float, pull: float, pull_per: str,
                    rows: Optional[int], step: str, margins, run_weights, run_pull):
-    """:func:`chunked_loss` with ``chain``: :func:`uniloss._interpolation.run_chain` block by block.
+    """:func:`chunked_loss` with ``chain``: the chain of a metric of whole runs
+    (:func:`uniloss._interpolation.run_chain_gains`) block by block.
     Each block holds whole runs, so a run's last comparison is found within its block; the
     gradient's pass puts each run's gain on its last comparison."""
     device = scores.device
