@@ -340,11 +340,12 @@ def test_random_codes_are_uniform_bits():
 def test_rank_select_by_blocks_equals_one_pass(monkeypatch):
     g = torch.Generator().manual_seed(0)
     u = torch.rand(64, generator=g, dtype=torch.float64)
+    r = (u * _anchors._UNIFORM).long()  # the draws r in [0, 2**53) of u in [0, 1)
     for density in (0.0, 0.01, 0.5):
         mask = torch.rand(1000, generator=g) < density
-        whole = _anchors._pick_true(mask, u)
+        whole = _anchors._pick_index(mask, r)
         monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(select_block=64, select_chunk=96))
-        blocks = _anchors._pick_true(mask, u)
+        blocks = _anchors._pick_index(mask, r)
         monkeypatch.undo()
         assert torch.equal(whole, blocks)
         assert bool(mask[whole].all()) if density else bool((whole == (u * 1000).long()).all())

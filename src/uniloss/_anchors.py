@@ -274,13 +274,6 @@ def _without_repeats(idx: Tensor) -> Tensor:
     return torch.cat([idx[:, :1], torch.where(repeat, -1, idx[:, 1:])], 1)
 
 
-def _pick_true(mask: Tensor, u: Tensor) -> Tensor:
-    """For each ``u`` in ``[0, 1)``, the index of the ``floor(u * n)``-th set bit of ``mask``
-    (``n`` set bits): a uniform draw among them; ``floor(u * l)`` when none is set.
-    :func:`_pick_index` of ``r = u * 2**53`` (a power of two: exact in ``u``'s own dtype)."""
-    return _pick_index(mask, (u * _UNIFORM).long() if u.is_floating_point() else u)
-
-
 _UNIFORM = 1 << 53  # draws r in [0, 2**53) stand for u = r / 2**53 in [0, 1)
 
 
