@@ -338,3 +338,16 @@ def test_the_draws_probes_draw_the_data_of_each_seed_and_the_suite_keeps_draw_0(
     for task in ("digits-f1-draws", "digits-f1"):
         M._run_job(M.Job(task, "cross-entropy", "usual", "ce", 4), quick=True)
     assert splits == [4, 0]
+    subsets = []
+    monkeypatch.setattr(M, "imbalanced_mnist", lambda ratio=0.6, data_dir=None, draw=None: subsets.append(draw) or
+                        (torch.zeros(20, 784), torch.arange(20) % 10, torch.zeros(10, 784), torch.arange(10)))
+    for task in ("bal-acc-draws", "bal-acc"):
+        M._run_job(M.Job(task, "cross-entropy", "usual", "ce", 5), quick=True)
+    assert subsets == [5, None]
+
+
+def test_imbalanced_mnist_draws_keep_each_digits_count_and_change_its_images():
+    first, drawn, again = M.imbalanced_mnist(), M.imbalanced_mnist(draw=3), M.imbalanced_mnist(draw=3)
+    assert torch.equal(torch.bincount(first[1]), torch.bincount(drawn[1]))  # the same share of each digit
+    assert torch.equal(drawn[0], again[0]) and not torch.equal(first[0], drawn[0])
+    assert torch.equal(first[2], drawn[2])  # the test split whole

@@ -52,6 +52,8 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
   again for each seed (``make_classification``'s ``random_state`` the seed; the suite's tasks fix
   draw 0, so their seeds vary the network's initialisation and the batches, not the data).
 * ``digits-f1-draws``: the ``digits-f1`` task with its train/test split drawn again for each seed.
+* ``bal-acc-draws``: the ``bal-acc`` task with the images each digit keeps drawn at random for
+  each seed (the suite's task keeps the first ones).
 * ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
 * ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
 * ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
@@ -503,32 +505,38 @@ def run_noisy_digits(loss: str, seed: int, noise: float, options: dict) -> List[
                         decomposition=uniloss.MulticlassAccuracy(), epochs=30)
 
 
-def imbalanced_mnist(ratio: float = 0.6, data_dir: Optional[str] = None):
-    """MNIST whose training digit ``c`` keeps its first ``ratio ** c`` images (14,858 of 60,000
-    at 0.6), flattened to ``[N, 784]`` in ``[0, 1]``; the test split whole (balanced):
+def imbalanced_mnist(ratio: float = 0.6, data_dir: Optional[str] = None, draw: Optional[int] = None):
+    """MNIST whose training digit ``c`` keeps its first ``ratio ** c`` images (15,225 of 60,000
+    at 0.6; ``draw``: as many drawn at random with that seed instead, the ``bal-acc-draws``
+    probe), flattened to ``[N, 784]`` in ``[0, 1]``; the test split whole (balanced):
     ``(x_train, y_train, x_test, y_test)``."""
     from .data import load_mnist
 
     train, test = load_mnist("train", data_dir=data_dir), load_mnist("test", data_dir=data_dir)
     y = train.labels
     rank = torch.zeros_like(y)
+    gen = None if draw is None else torch.Generator().manual_seed(draw)
     for c in range(10):  # data preparation, once
         idx = (y == c).nonzero().reshape(-1)
+        if gen is not None:
+            idx = idx[torch.randperm(len(idx), generator=gen)]
         rank[idx] = torch.arange(len(idx)) - round(len(idx) * ratio**c)
     keep = rank < 0
     flat = lambda images: images.float().reshape(len(images), -1) / 255.0  # noqa: E731
     return flat(train.images[keep]), y[keep], flat(test.images), test.labels
 
 
-def run_balanced(loss: str, seed: int, quick: bool, options: dict) -> List[float]:
-    return run_imbalanced_mnist("balanced_accuracy", loss, seed, quick, options)
+def run_balanced(loss: str, seed: int, quick: bool, options: dict, draw: Optional[int] = None) -> List[float]:
+    return run_imbalanced_mnist("balanced_accuracy", loss, seed, quick, options, draw=draw)
 
 
-def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict) -> List[float]:
-    """The ``bal-acc`` task's data, model and recipe (:func:`imbalanced_mnist`) trained and scored
-    on the zoo's ``metric_name`` (``"balanced_accuracy"``, ``"macro_f1"``, ``"matthews_corrcoef"``
-    of 10 classes); ``loss`` ``"ce"``, ``"ce-weighted"`` or ``"uniloss"`` (with ``options``)."""
-    xtr, ytr, xte, yte = imbalanced_mnist()
+def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict,
+                         draw: Optional[int] = None) -> List[float]:
+    """The ``bal-acc`` task's data, model and recipe (:func:`imbalanced_mnist`; ``draw``: its
+    images drawn at random) trained and scored on the zoo's ``metric_name``
+    (``"balanced_accuracy"``, ``"macro_f1"``, ``"matthews_corrcoef"`` of 10 classes); ``loss``
+    ``"ce"``, ``"ce-weighted"`` or ``"uniloss"`` (with ``options``)."""
+    xtr, ytr, xte, yte = imbalanced_mnist(draw=draw)
     metric = getattr(zoo, metric_name)(10)
     return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, 128, 10), metric.metric, loss, seed, options,
                         decomposition=metric, epochs=5 if quick else 15)
@@ -653,6 +661,10 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
     _binary_probe("imb-ap-draws", "ap", "test AP", 0.02, {**_POS_WEIGHT, **_PAIRWISE}, draws=True),
     _binary_probe("imb-f1-draws", "f1", "test F1 at logit 0 (tuned threshold for its row)", 0.02,
                   {**_POS_WEIGHT, "BCE, validation-tuned threshold": ("baseline", "bce-tuned")}, draws=True),
+    Task("bal-acc-draws", "test balanced accuracy", "MNIST, training digit c keeps 0.6^c, drawn per seed",
+         lambda loss, seed, quick, options: run_balanced(loss, seed, quick, options, draw=seed),
+         {"cross-entropy": ("usual", "ce"), "class-weighted CE": ("baseline", "ce-weighted"), **_UNI},
+         weight=1.0, suite=False),
     Task("digits-f1-draws", "test macro-F1", "scikit-learn digits, 10 classes, a split per seed",
          lambda loss, seed, quick, options: run_digits_f1(loss, seed, quick, options, draw=seed),
          {"cross-entropy": ("usual", "ce"), **_UNI}, weight=0.3, suite=False),
@@ -825,8 +837,8 @@ def write_report(report: dict, out: str, plot: bool = True) -> None:
     lines += _table(report["rows"], verdicts(report["rows"]))
     lines += ["", "`win`: ahead by more than the larger of the two rows' std; `tie`: within it; `loss`: behind "
               "(a seed that collapsed widens the std: read the seeds). 'seed by seed': the differences to the usual "
-              "loss on each seed (same initialisation and batches; in the `-draws` probes the same data too), their "
-              "mean ± std and the seeds ahead on.",
+              "loss (and the best other row) on each seed (same initialisation and batches; in the `-draws` probes the "
+              "same data too), their mean ± std and the seeds ahead on.",
               "'best other' is the best of the usual loss and the baselines"
               + (" at the same learning-rate scale." if len(report.get("lr_scales", [1.0])) > 1 else ".")]
     if len(report.get("lr_scales", [1.0])) > 1:
@@ -849,17 +861,19 @@ def write_report(report: dict, out: str, plot: bool = True) -> None:
 
 def _table(rows: List[dict], v: Dict[str, dict]) -> List[str]:
     scale = 100.0
-    lines = ["| task | metric | loss | kind | lr x | mean ± std | seeds | vs usual | vs best other | vs usual, seed by seed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | metric | loss | kind | lr x | mean ± std | seeds | vs usual | vs best other "
+             "| vs usual, seed by seed | vs best other, seed by seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e = v.get(r["dataset"], {}).get(_label(r), {})
         cells = [f"{e[k]['diff'] * scale:+.2f} ({e[k]['verdict']})" if k in e else "" for k in ("usual", "best")]
-        p = e.get("usual", {}).get("paired")
-        paired = "" if p is None else (f"{p['mean'] * scale:+.2f} ± {p['std'] * scale:.2f}, "
-                                       f"ahead on {p['ahead']} of {p['seeds']}")
+        for k in ("usual", "best"):
+            p = e.get(k, {}).get("paired")
+            cells.append("" if p is None else f"{p['mean'] * scale:+.2f} ± {p['std'] * scale:.2f}, "
+                                              f"ahead on {p['ahead']} of {p['seeds']}")
         seeds = " ".join(f"{v * scale:.2f}" for v in r["seeds"])
         lines.append(f"| {r['dataset']} | {r['metric']} | {r['loss']} | {r['kind']} | {r.get('lr_scale', 1.0):g} | "
-                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {seeds} | {cells[0]} | {cells[1]} | {paired} |")
+                     f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} | {seeds} | " + " | ".join(cells) + " |")
     return lines
 
 
