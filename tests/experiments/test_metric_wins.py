@@ -344,6 +344,13 @@ def test_the_draws_probes_draw_the_data_of_each_seed_and_the_suite_keeps_draw_0(
     for task in ("bal-acc-draws", "bal-acc"):
         M._run_job(M.Job(task, "cross-entropy", "usual", "ce", 5), quick=True)
     assert subsets == [5, None]
+    masks = []
+    monkeypatch.setattr(M, "noisy_masks", lambda split, count, seed, data_dir=None: masks.append((split, seed)) or
+                        (torch.zeros(4, 1, 28, 28), torch.zeros(4, 28, 28, dtype=torch.long)))
+    monkeypatch.setattr(M, "fit", lambda *args, **kwargs: [0.5])
+    for task in ("seg-miou-draws", "seg-miou"):
+        M._run_job(M.Job(task, "per-pixel cross-entropy", "usual", "ce", 3), quick=True)
+    assert masks == [("train", 6), ("test", 7), ("train", 0), ("test", 1)]  # the suite's: seeds 0 and 1
 
 
 def test_imbalanced_mnist_draws_keep_each_digits_count_and_change_its_images():
