@@ -338,6 +338,15 @@ def test_the_draws_probes_draw_the_data_of_each_seed_and_the_suite_keeps_draw_0(
     for task in ("digits-f1-draws", "digits-f1"):
         M._run_job(M.Job(task, "cross-entropy", "usual", "ce", 4), quick=True)
     assert splits == [4, 0]
+    queries = []
+    original_queries = M.retrieval_queries
+    monkeypatch.setattr(M, "retrieval_queries", lambda y, n, size, generator: queries.append(generator.initial_seed())
+                        or original_queries(y, n, size, generator))
+    monkeypatch.setattr(M, "train_epochs", lambda *args, **kwargs: [0.5], raising=False)
+    splits.clear()
+    for task in ("ndcg5-draws", "ndcg5"):
+        M._run_job(M.Job(task, "pairwise logistic", "baseline", "pairwise", 2), quick=True)
+    assert splits == [2, 0] and queries[0] == 1236 and 1234 in queries
     subsets = []
     monkeypatch.setattr(M, "imbalanced_mnist", lambda ratio=0.6, data_dir=None, draw=None: subsets.append(draw) or
                         (torch.zeros(20, 784), torch.arange(20) % 10, torch.zeros(10, 784), torch.arange(10)))

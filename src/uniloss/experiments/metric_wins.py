@@ -55,6 +55,7 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
 * ``bal-acc-draws``: the ``bal-acc`` task with the images each digit keeps drawn at random for
   each seed (the suite's task keeps the first ones).
 * ``seg-miou-draws``: the ``seg-miou`` task with its images, noise and patches drawn for each seed.
+* ``ndcg5-draws``: the ``ndcg5`` task with digits' split and its test queries drawn for each seed.
 * ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
 * ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
 * ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
@@ -544,13 +545,15 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
 
 
 def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, per_batch: int = 8,
-             train_queries: int = 160, metric: Optional[uniloss.Decomposition] = None) -> List[float]:
+             train_queries: int = 160, metric: Optional[uniloss.Decomposition] = None, draw: int = 0) -> List[float]:
     """The ``ndcg5`` task; ``metric``: another ranking metric of the zoo to train and score (the
-    probe tasks), NDCG@5 by default."""
-    xtr, xte, ytr, yte = digits_split()
+    probe tasks), NDCG@5 by default; ``draw``: digits' split and the test queries (the suite's task
+    fixes 0, the ``ndcg5-draws`` probe draws them for each seed)."""
+    xtr, xte, ytr, yte = digits_split(draw)
     metric = zoo.ndcg_at_k(5) if metric is None else metric
     gen = torch.Generator().manual_seed(seed)
-    test_items, test_q, test_rel, test_query = retrieval_queries(yte, 300, size, torch.Generator().manual_seed(1234))
+    test_items, test_q, test_rel, test_query = retrieval_queries(yte, 300, size,
+                                                                 torch.Generator().manual_seed(1234 + draw))
     test_target = RankingTarget(test_rel, test_query)
     model = seeded(seed, lambda: mlp(64, 128, 10))
     fn = _uniloss(metric, seed, options) if loss == "uniloss" else None
@@ -672,6 +675,9 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
          lambda loss, seed, quick, options: run_segmentation(loss, seed, quick, options, draw=seed),
          {"per-pixel cross-entropy": ("usual", "ce"), "Lovász-softmax": ("baseline", "lovasz"), **_UNI},
          weight=3.0, suite=False),
+    Task("ndcg5-draws", "test NDCG@5", "digit retrieval on digits, a split and test queries per seed",
+         lambda loss, seed, quick, options: run_ndcg(loss, seed, quick, options, draw=seed),
+         {"binary cross-entropy (pointwise)": ("usual", "bce"), **_PAIRWISE, **_UNI}, weight=0.8, suite=False),
     Task("digits-f1-draws", "test macro-F1", "scikit-learn digits, 10 classes, a split per seed",
          lambda loss, seed, quick, options: run_digits_f1(loss, seed, quick, options, draw=seed),
          {"cross-entropy": ("usual", "ce"), **_UNI}, weight=0.3, suite=False),
