@@ -14,9 +14,9 @@ A second table asks whether the cost is AP's alone: 10-class accuracy on scikit-
 drawn again at random (``metric_wins.run_noisy_digits``), cross-entropy against UniLoss
 (``MulticlassAccuracy``) at its defaults, seeds 0-4 (``--class-seeds``).
 
-Read the first table with ``benchmarks/data_draws_probe.py``: ``make_classification`` shuffles
-after drawing its random labels, so at the task's one ``random_state`` each noise level here is
-also another split of the data; that probe compares the noise levels over eight draws.
+Read the first table with ``benchmarks/data_draws_probe.py``: ``make_classification`` draws from
+one random stream whose use depends on ``flip_y``, so at the task's one ``random_state`` each noise
+level here is also another data set; that probe compares the noise levels over eight draws.
 """
 
 from __future__ import annotations
