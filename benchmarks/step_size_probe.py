@@ -37,12 +37,12 @@ LOSSES = [("binary cross-entropy", "bce"), ("UniLoss (defaults)", "uniloss"),
           ("UniLoss, the step rescaled to BCE's L2 norm on the scores", "uniloss-l2")]
 
 
-def _norms(model, loss) -> "tuple[float, float, Tensor]":
-    """``(L1 on the scores, L2 on the scores, parameter gradient)`` of ``loss(scores)``."""
+def _norms(model, logits, loss, x, y) -> "tuple[float, float, torch.Tensor]":
+    """``(L1 on the scores, L2 on the scores, parameter gradient)`` of ``loss(logits(x), y)``."""
     model.zero_grad()
-    scores, value = loss()
+    scores = logits(x)
     scores.retain_grad()
-    value.backward()
+    loss(scores, y).backward()
     g = scores.grad
     return float(g.abs().sum()), float(g.norm()), torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
@@ -60,15 +60,15 @@ def step_sizes(task: str) -> list:
         ul = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(1))
         usual = lambda s, y: F.binary_cross_entropy_with_logits(s, y.float())  # noqa: E731
         logits = lambda x: model(x).reshape(-1)  # noqa: E731
-        epochs, sched = 40, True
+        epochs = 40
     else:
         xtr, _, ytr, _ = mw.digits_split(0, test_size=0.25)
         model = mw.seeded(0, lambda: mw.mlp(64, 128, 10))
         ul = uniloss.UniLoss(zoo.macro_f1(10), generator=torch.Generator().manual_seed(1))
         usual, logits = F.cross_entropy, model
-        epochs, sched = 30, True
+        epochs = 30
     opt = mw.sgd(model, 0.1)
-    scheduler = mw.cosine(opt, epochs) if sched else None
+    scheduler = mw.cosine(opt, epochs)
     batches = mw.shuffled(len(ytr), 128, torch.Generator().manual_seed(0))
     rows = []
     for epoch in range(epochs):
@@ -76,8 +76,8 @@ def step_sizes(task: str) -> list:
             per = []
             for idx in batches(1000 + epoch)[:20]:
                 x, y = xtr[idx], ytr[idx]
-                l1u, l2u, gu = _norms(model, lambda: (lambda s: (s, usual(s, y)))(logits(x)))
-                l1m, l2m, gm = _norms(model, lambda: (lambda s: (s, ul(s, y)))(logits(x)))
+                l1u, l2u, gu = _norms(model, logits, usual, x, y)
+                l1m, l2m, gm = _norms(model, logits, ul, x, y)
                 per.append(dict(l1=l1m / l1u, l2=l2m / l2u, params=float(gm.norm() / gu.norm()),
                                 cosine=float(gm @ gu / (gm.norm() * gu.norm()).clamp_min(1e-30))))
             rows.append(dict(task=task, epoch=epoch + 1, **{k: statistics.mean(p[k] for p in per) for k in per[0]}))
@@ -85,8 +85,7 @@ def step_sizes(task: str) -> list:
             opt.zero_grad()
             usual(logits(xtr[idx]), ytr[idx]).backward()
             opt.step()
-        if scheduler is not None:
-            scheduler.step()
+        scheduler.step()
     return rows
 
 

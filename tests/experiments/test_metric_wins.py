@@ -309,31 +309,30 @@ def test_the_validation_ap_of_each_epoch_leaves_the_run_unchanged():
     assert validation[-1] == pytest.approx(expected, abs=1e-6)
 
 
+def _spy_first_argument(monkeypatch, name):
+    """Replace ``M.<name>`` by a spy that records its first argument (the draw; 0 when not given)
+    and calls the original: ``(seen, original)``."""
+    seen, original = [], getattr(M, name)
+
+    def spy(first=0, *args, **kwargs):
+        seen.append(first)
+        return original(first, *args, **kwargs)
+
+    monkeypatch.setattr(M, name, spy)
+    return seen, original
+
+
 def test_the_draws_probes_draw_the_data_of_each_seed_and_the_suite_keeps_draw_0(monkeypatch):
     # imb-ap-draws / imb-f1-draws: make_classification's random_state is the seed; imb-ap's is 0
     # whatever the seed (its seeds vary the network and the batches)
-    drawn = []
-    original = M.imbalanced_binary
-
-    def spy(seed=0, **kwargs):
-        drawn.append(seed)
-        return original(seed, **kwargs)
-
-    monkeypatch.setattr(M, "imbalanced_binary", spy)
+    drawn, original = _spy_first_argument(monkeypatch, "imbalanced_binary")
     for task in ("imb-ap-draws", "imb-f1-draws", "imb-ap"):
         M._run_job(M.Job(task, "binary cross-entropy", "usual", "bce", 3), quick=True)
     assert drawn == [3, 3, 0]
     first, other = original(0), original(3)
     assert first[0].shape == other[0].shape and not torch.equal(first[0], other[0])
     assert 0.03 < float(other[1].float().mean()) < 0.08  # ~5% positives, plus the random labels
-    splits = []
-    original_split = M.digits_split
-
-    def spy_split(seed_split=0, **kwargs):
-        splits.append(seed_split)
-        return original_split(seed_split, **kwargs)
-
-    monkeypatch.setattr(M, "digits_split", spy_split)
+    splits, _ = _spy_first_argument(monkeypatch, "digits_split")
     monkeypatch.setattr(M, "_run_classes", lambda *args, **kwargs: [0.5])  # (the split is what is asked)
     for task in ("digits-f1-draws", "digits-f1"):
         M._run_job(M.Job(task, "cross-entropy", "usual", "ce", 4), quick=True)
