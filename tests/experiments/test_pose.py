@@ -85,6 +85,19 @@ def test_splits_are_deterministic_prefixes_from_disjoint_images():
     assert bool((labels[idx_tr[:, 0]] == 0).all()) and bool((labels[idx_tr[:, 1:][idx_tr[:, 1:] >= 0]] != 0).all())
 
 
+def test_other_draws_render_other_canvases_from_the_same_images():
+    base, keep = pose.digits_pose_split("val", size=20), pose.digits_pose_split("val", size=20, draw=0)
+    assert torch.equal(base[0], keep[0]) and torch.equal(base[1], keep[1])  # draw 0: the benchmark's data
+    _, _, _, one = pose.digits_pose_split("val", size=20, draw=1, return_sources=True)
+    _, _, _, two = pose.digits_pose_split("val", size=20, draw=2, return_sources=True)
+    x1, y1 = pose.digits_pose_split("val", size=20, draw=1)
+    assert not torch.equal(x1, base[0]) and not torch.equal(y1, base[1]) and not torch.equal(one, two)
+    assert int(one[one >= 0].max()) < 6000  # still the validation split's images
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="draw"):
+            pose.digits_pose_split("val", size=2, draw=bad)
+
+
 # --------------------------------------------------------------------------- targets and metric
 
 

@@ -197,7 +197,7 @@ def mnist_images(data_dir: Optional[str], split: str) -> Tuple[Tensor, Tensor]:
 
 def digits_pose_split(
     split: str, data_dir: Optional[str] = None, *, size: Optional[int] = None, spec: CanvasSpec = CanvasSpec(),
-    return_sources: bool = False,
+    return_sources: bool = False, draw: int = 0,
 ):
     """One split of ``digits-pose``: ``(canvases uint8 [k, 1, 64, 64], targets [k, 1, 4])``.
 
@@ -207,6 +207,10 @@ def digits_pose_split(
         size: render only the first ``size`` canvases (a prefix of the full split).
         return_sources: also return the MNIST split name and ``[n, D]`` indices into it of the
             images drawn (slot 0 the 0, -1 for an absent distractor), for all ``n`` canvases.
+        draw: which draw of the canvases (``0``: the benchmark's; another draws them with the
+            split's seed plus ``10000 x draw``, from the same MNIST images): the data's own
+            spread, which a run's seed (the network and the batches) leaves out
+            (``benchmarks/pose_draws_probe.py``).
 
     Example::
 
@@ -216,13 +220,15 @@ def digits_pose_split(
     """
     if split not in DIGITS_POSE:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(DIGITS_POSE)}")
+    if not isinstance(draw, int) or isinstance(draw, bool) or draw < 0:
+        raise ValueError(f"draw must be a non-negative int, got {draw!r}")
     n, seed, source, (lo, hi) = DIGITS_POSE[split]
     if size is not None and not 0 < size <= n:
         raise ValueError(f"size must be in 1..{n} for split {split!r}, got {size}")
     images, labels = mnist_images(data_dir, source)
     images, labels = images[lo:hi], labels[lo:hi]
     zero = labels == 0
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 10_000 * draw)
     x, y, layout = make_canvases(images[zero], images[~zero], n, g, spec, render=size)
     if not return_sources:
         return x, y
@@ -233,11 +239,12 @@ def digits_pose_split(
 
 def load_digits_pose(
     data_dir: Optional[str], device: torch.device, *, train: int, val: int = DIGITS_POSE["val"][0],
-    test: int = DIGITS_POSE["test"][0],
+    test: int = DIGITS_POSE["test"][0], draw: int = 0,
 ) -> Splits:
     """The benchmark's splits (the first ``train`` / ``val`` / ``test`` canvases of each) as
-    uint8 canvases and packed targets on ``device``; :class:`HeatmapNet` normalises them."""
-    parts = [digits_pose_split(s, data_dir, size=k) for s, k in (("train", train), ("val", val), ("test", test))]
+    uint8 canvases and packed targets on ``device``; :class:`HeatmapNet` normalises them.
+    ``draw``: of the canvases (:func:`digits_pose_split`)."""
+    parts = [digits_pose_split(s, data_dir, size=k, draw=draw) for s, k in (("train", train), ("val", val), ("test", test))]
     return Splits(*(t.to(device) for part in parts for t in part))
 
 
