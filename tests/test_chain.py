@@ -431,15 +431,29 @@ def test_aps_gains_without_the_order_are_the_closed_form_chains(seed, ties):
     assert float(start + gains.sum()) == pytest.approx(1.0)  # the chain ends at best: AP 1
 
 
+def test_the_static_layouts_float_division_is_integer_division_up_to_its_limit():
+    # floor((k + 0.5) / w) in float32 against int64 floor division, every k below the limit, at
+    # widths where the quotient sits nearest a rounding error (large k / w, w near powers of 2)
+    from uniloss._metrics import _FLOAT_DIV_BITS, _floor_div
+
+    k = torch.arange(_FLOAT_DIV_BITS)
+    for w in (1, 2, 3, 7, 255, 4093, 4096, 65_537, (1 << 22) + 1, _FLOAT_DIV_BITS):
+        width = torch.tensor(w)
+        assert torch.equal(_floor_div(k, width), torch.div(k, width, rounding_mode="floor")), w
+    above = torch.arange((1 << 24) + 16)  # above the limit integer division (float32's would miss 1.4M here)
+    assert torch.equal(_floor_div(above, torch.tensor(3)), above // 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # (float32: one sort of int64 keys a pair)
 @pytest.mark.parametrize("n", [23, 200])  # (200: the layout spreads its indices from each slot, _SPREAD_BITS)
 @pytest.mark.parametrize("labels", ["mixed", "ties", "no positive", "no negative", "one negative"])
-def test_aps_gains_in_the_static_layout_are_the_exact_layouts(labels, n):
+def test_aps_gains_in_the_static_layout_are_the_exact_layouts(labels, n, dtype):
     # the static layout's chain_gains (stable sorts of all L = n^2/4 bits, P and N tensors) against
     # the exact layout's on its first P N bits; the padding gains nothing
     from uniloss._decomposition import StaticLayout, prepare_with_layout
 
     g = torch.Generator().manual_seed(3)
-    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    scores = torch.randn(n, generator=g, dtype=dtype)
     target = (torch.rand(n, generator=g) < 0.35).long()
     if labels == "ties":
         scores = scores.round()

@@ -61,6 +61,35 @@ _SPREAD_BITS = 1 << 13
 _ENDS_BITS = 1 << 11
 
 
+_ONE_BITS = 0x3F800000  # float32 1.0's bit pattern
+_KEY_SPAN = 1 << 30  # above _ONE_BITS: a key's high part (a row, a step number) times it, plus _descending_key
+
+
+def _descending_key(v: Tensor) -> Optional[Tensor]:
+    """``[l]`` int64 keys that sort float32 ``v`` in ``[0, 1]`` descending (``1 - v``'s order, to
+    the last bit: a non-negative float's bit pattern is monotone in it), each below
+    :data:`_KEY_SPAN`; ``None`` for another dtype. ``hi * _KEY_SPAN + key`` sorts by ``hi``, then
+    by ``v`` descending, in one stable sort instead of two."""
+    if v.dtype != torch.float32:
+        return None
+    return (_ONE_BITS - v.view(torch.int32).to(torch.int64)).clamp_(0, _ONE_BITS)
+
+
+_FLOAT_DIV_BITS = (1 << 23) - 1  # k + 0.5 exact in float32, its quotient's error below 0.5 / width
+
+
+def _floor_div(k: Tensor, width: Tensor) -> Tensor:
+    """``k // width`` of the static layouts' bit numbers ``k = 0 .. l - 1`` (int64) and a 0-dim
+    ``width >= 1``. Below :data:`_FLOAT_DIV_BITS` bits as ``floor((k + 0.5) / width)`` in
+    float32, exact there (``k + 0.5`` is exact, lies at least ``0.5 / width`` from a multiple of
+    ``width``, and the division's rounding error is at most ``(k + 0.5) / width x 2^-24``, less) and
+    a vector division where an int64 one is a loop of scalar ones (a CPU kernel of
+    ``torch.compile``, a GPU); above, integer division."""
+    if k.numel() > _FLOAT_DIV_BITS:
+        return torch.div(k, width, rounding_mode="floor")
+    return ((k.to(torch.float32) + 0.5) / width.to(torch.float32)).to(torch.int64)  # (positive: truncation is floor)
+
+
 def _arange(n: int, device) -> Tensor:
     """``0 .. n - 1`` int64 (cached: the static layouts index with it every step)."""
     return _ARANGE.get((n, device), lambda: torch.arange(n, device=device))
@@ -235,9 +264,10 @@ class AveragePrecision(Decomposition):
         empty = slots >= num_pos
         if k.numel() < _SPREAD_BITS:  # few operator calls: what a small batch costs
             width = num_neg.clamp_min(1)
-            slot = torch.div(k, width, rounding_mode="floor").clamp_max_(n - 1)
+            quotient = _floor_div(k, width)
+            slot = quotient.clamp_max(n - 1)
             a = order.index_select(0, slot)
-            b = order.index_select(0, (torch.remainder(k, width) + num_pos).clamp_max_(n - 1))
+            b = order.index_select(0, (k - quotient * width + num_pos).clamp_max_(n - 1))
             runs = Runs(None, slot, None, n)
             if k.numel() >= _ENDS_BITS:  # counted from prefix sums where the anchors' rows are large
                 runs.ends = ((slots + 1) * width).clamp_max_(k.numel())
@@ -368,14 +398,21 @@ class AveragePrecision(Decomposition):
         k = _arange(l, device)
         valid = ~plan.padding
         width = num_neg.clamp_min(1)
-        row = torch.where(valid, torch.div(k, width, rounding_mode="floor"), n)  # the padding's row after the last
-        by_v = torch.sort(v, descending=True, stable=True).indices
-        ordered = by_v.gather(0, torch.sort(row.gather(0, by_v), stable=True).indices)  # (row, v desc, index)
+        row = torch.where(valid, _floor_div(k, width), n)  # the padding's row after the last
+        down = _descending_key(v)  # float32: one stable sort of an int64 key a pair of sorts
+        if down is not None:
+            ordered = torch.sort(row * _KEY_SPAN + down, stable=True).indices  # (row, v desc, index)
+        else:
+            by_v = torch.sort(v, descending=True, stable=True).indices
+            ordered = by_v.gather(0, torch.sort(row.gather(0, by_v), stable=True).indices)  # (row, v desc, index)
         at_row = row.gather(0, ordered)
         real = at_row < n
         m = torch.where(real, k - at_row * width, l)  # the step's number in its row (0-based), the padding's last
-        by_v = torch.sort(v.gather(0, ordered), descending=True, stable=True).indices  # ties: by row
-        steps = by_v.gather(0, torch.sort(m.gather(0, by_v), stable=True).indices)  # (m, v desc, row)
+        if down is not None:
+            steps = torch.sort(m * _KEY_SPAN + down.gather(0, ordered), stable=True).indices  # (m, v desc, row)
+        else:
+            by_v = torch.sort(v.gather(0, ordered), descending=True, stable=True).indices  # ties: by row
+            steps = by_v.gather(0, torch.sort(m.gather(0, by_v), stable=True).indices)  # (m, v desc, row)
         place = torch.empty(l, dtype=dtype, device=device).scatter_(
             0, steps, (k - m.gather(0, steps) * num_pos + 1).to(dtype))  # 1-based among the m-th steps
         q = place + (num_neg - m).to(dtype)  # k + v, v = N - m the count before the step
