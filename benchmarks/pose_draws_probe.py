@@ -26,7 +26,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
-import torch
 
 from uniloss.experiments.reproduce import machine
 
@@ -81,7 +80,7 @@ def main(argv=None):
              + (f", the first {args.limit_train} training canvases" if args.limit_train else "")
              + f". Test PCK@0.5 x100. {report['machine']}; {report['date']}; {report['minutes']} minutes. "
              f"Regenerate: `{command}`.", "",
-             f"| loss | mean ± std over draws | " + " | ".join(f"draw {d}" for d in args.draws) + " |",
+             "| loss | mean ± std over draws | " + " | ".join(f"draw {d}" for d in args.draws) + " |",
              "|---|---|" + "---|" * len(args.draws)]
     for label, _ in LOSSES:
         lines.append(f"| {label} | {report['mean'][label]:.2f} ± {report['std'][label]:.2f} | "
