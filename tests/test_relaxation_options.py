@@ -456,7 +456,9 @@ def test_pull_per_sample_of_ranking_metrics_with_queries():
 def test_step_pull_on_margins_by_hand(structured):
     """AP's default: the interpolation's gradient on the comparisons and binary cross-entropy's on
     the scores, both times ``P / (P + I)``: ``P = sum_i sigmoid(-m_i) / n`` the margins' push,
-    ``I`` the interpolation's total push on the comparisons (``pull=0``)."""
+    ``I`` twice the interpolation's total push on the comparisons (``pull=0``; 0.9, the pull's
+    units: each comparison a positive's score minus a negative's moves two scores; the bound of
+    its push carried to the scores, which the anchors' pushes of both signs keep below it)."""
     scores, target = _ap_batch(5)
     dec = uniloss.AveragePrecision()
     prepared = dec.prepare(scores, target)
@@ -478,7 +480,10 @@ def test_step_pull_on_margins_by_hand(structured):
 
     interp = grads(pull=0.0)
     default = grads()
-    push_i = interp[2].abs().sum()
+    gc = interp[2].view(len(prepared.pos), len(prepared.neg))  # through c = s_pos - s_neg onto the scores
+    on_scores = torch.zeros_like(scores).index_add_(0, prepared.pos, gc.sum(1)).index_add_(0, prepared.neg, -gc.sum(0))
+    push_i = 2 * interp[2].abs().sum()
+    assert 0 < float(on_scores.abs().sum()) < float(push_i)  # (pushes of both signs on one score cancel)
     margins = torch.where(target.bool(), scores, -scores)
     push_p = torch.sigmoid(-margins).sum() / len(scores)
     bce = scores.clone().requires_grad_()
@@ -487,6 +492,41 @@ def test_step_pull_on_margins_by_hand(structured):
     assert torch.equal(default[0], interp[0]) and 0 < float(push_i)
     torch.testing.assert_close(default[2], interp[2] * f, rtol=1e-10, atol=1e-15)
     torch.testing.assert_close(default[1], bce.grad * f, rtol=1e-10, atol=1e-15)
+
+
+def test_the_chains_step_on_margins_has_binary_cross_entropys_units():
+    """The default (chain, pull on the margins): ``I`` is the interpolation's push carried to the
+    scores, the pull's units, computed here through ``c = s_pos - s_neg`` by hand; AP's chain
+    pushes every comparison one way, so it is twice the push on the comparisons exactly."""
+    scores, target = _ap_batch(7)
+    dec = uniloss.AveragePrecision()
+    prepared = dec.prepare(scores, target)
+    c0 = dec.comparisons(scores, prepared).detach()
+
+    def grads(**kw):
+        s, c = scores.clone().requires_grad_(), c0.clone().requires_grad_()
+
+        class Given(uniloss.AveragePrecision):  # the comparisons a leaf of their own
+            def comparisons(self, scores, target):
+                return c
+
+        loss = F.uniloss(s, prepared, Given(), **kw)
+        gs, gc = torch.autograd.grad(loss, (s, c), allow_unused=True)
+        return (torch.zeros_like(scores) if gs is None else gs), gc
+
+    _, interp = grads(pull=0.0)
+    on_comparisons = interp.view(len(prepared.pos), len(prepared.neg))
+    on_scores = (torch.zeros_like(scores).index_add_(0, prepared.pos, on_comparisons.sum(1))
+                 .index_add_(0, prepared.neg, -on_comparisons.sum(0)))
+    push_i = on_scores.abs().sum()
+    torch.testing.assert_close(push_i, 2 * interp.abs().sum(), rtol=1e-12, atol=0)
+    push_p = torch.sigmoid(-torch.where(target.bool(), scores, -scores)).sum() / len(scores)
+    bce = scores.clone().requires_grad_()
+    torch.nn.functional.binary_cross_entropy_with_logits(bce, target.double()).backward()
+    f = push_p / (push_p + push_i)
+    default_s, default_c = grads()
+    torch.testing.assert_close(default_c, interp * f, rtol=1e-10, atol=1e-15)
+    torch.testing.assert_close(default_s, bce.grad * f, rtol=1e-10, atol=1e-15)
 
 
 def test_margins_follow_a_cross_batch_memory():

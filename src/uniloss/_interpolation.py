@@ -165,10 +165,22 @@ def gradient_scale(grad_scale, harmonic: Tensor, total_push: Callable[[], Tensor
     return scale, push * scale
 
 
-def step_factor(pull_push: Tensor, interp_push: Tensor) -> Tensor:
+def step_factor(pull_push: Tensor, interp_push: Tensor, margins: bool = False) -> Tensor:
     """``step="pull"``: the factor ``P / (P + I)`` on the whole gradient (the interpolation's, total
     push ``I``, and the pull's, ``P``), so that a step has the pull's size and the direction of
-    their sum (0 where both pushes are zero: there is no step to size). Detached, a 0-dim tensor."""
+    their sum (0 where both pushes are zero: there is no step to size). Detached, a 0-dim tensor.
+
+    Both pushes are measured on the variables the pull is taken on. ``interp_push`` is the
+    interpolation's push on the comparisons; a pull per run or per comparison is on them too.
+    ``margins``: the pull is on per-sample margins (:attr:`uniloss.Structure.margins`: binary
+    labels, whose comparisons are each a positive's score minus a negative's), so ``P`` is a push
+    on the scores, and a comparison's push moves two scores: ``I`` is then twice
+    ``interp_push``, its push on the scores (exactly, where no two pushes on one score cancel: AP's
+    and AUROC's all push a positive up and a negative down). Before 0.9 ``I`` was the push on the
+    comparisons there too, so a step on AP was 1.4-1.6x binary cross-entropy's at the same rate
+    (``docs/results/metric-wins/step-size.md``)."""
+    if margins:
+        interp_push = interp_push * 2.0
     total = pull_push + interp_push
     return pull_push / total.clamp_min(torch.finfo(total.dtype).tiny)  # 0 / tiny where both are zero: no step
 

@@ -856,7 +856,7 @@ def _blockwise_loss(scores: Tensor, g: Tensor, sign: float, grads_of, comparison
         coef = sign * scale
         if stepped:  # every step of the pull's size (see functional._with_pull)
             assert scaled_push is not None  # asked for
-            f = step_factor(pull_push, scaled_push)
+            f = step_factor(pull_push, scaled_push, margins is not None)
             coef, pull_weight = coef * f, f * pull
     grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(scores) for leaf in leaves] if record else []
 

@@ -518,7 +518,7 @@ def _with_pull(loss: Tensor, c: Tensor, best: Optional[Tensor], decomposition: D
     else:
         cost, push = pull.cost(c, cast(Tensor, best), temperature, pull.input, with_push=True)
         with torch.no_grad():
-            f = step_factor(push * pull.weight if pull.weight != 1.0 else push, interp_push)
+            f = step_factor(push * pull.weight if pull.weight != 1.0 else push, interp_push, pull.margins)
         value = loss.detach()
         pulled = cost - cost.detach()
         total = (loss - value) + (pulled if pull.weight == 1.0 else pulled * pull.weight).to(loss.dtype)
@@ -762,7 +762,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
                 _, pull_push, grad_pull = pull.cost(c.detach(), best, temperature, pull.input, with_grad=True)
                 if pull.stepped:  # every step of the pull's size (see _with_pull)
                     f = step_factor(pull_push * pull.weight if pull.weight != 1.0 else pull_push,
-                                    chained.abs().sum() * scale)  # (the interpolation's push)
+                                    chained.abs().sum() * scale, pull.margins)  # (the interpolation's push)
                     coef, weight = coef * f, f * pull.weight
                 if pull.input is None:
                     pulled_c = grad_pull.mul_(weight)
@@ -921,9 +921,15 @@ def uniloss(
             alike.
         step: how the interpolation's push and the pull's make one step. ``"pull"`` (default
             since 0.3): the whole gradient is multiplied by ``P / (P + I)``, ``P`` the pull's total
-            push on the comparisons and ``I`` the interpolation's, so a step has the pull's size
-            (for accuracy, cross-entropy's: a learning rate tuned for cross-entropy carries over)
-            and the direction of both (:func:`uniloss._interpolation.step_factor`). ``"sum"``
+            push and ``I`` the interpolation's, both on the variables the pull is taken on, so a
+            step has the pull's size (for accuracy, cross-entropy's; for AP, binary
+            cross-entropy's: a learning rate tuned for the usual loss carries over) and the
+            direction of both (:func:`uniloss._interpolation.step_factor`). A pull per run or per
+            comparison is on the comparisons; a pull on per-sample margins (AP, AUROC, the
+            rankings of 0/1 relevance) is on the scores, where a comparison, a positive's score
+            minus a negative's, pushes two of them: ``I`` is twice its push on the comparisons
+            (0.9; before, the push on the comparisons, and a step on AP 1.4-1.6x binary
+            cross-entropy's at the same rate: ``docs/results/metric-wins/``, screen v45). ``"sum"``
             (0.2): they add (for accuracy, cross-entropy's gradient plus the interpolation's, whose
             total push is up to one with ``grad_scale="bounded"``): a larger step than
             cross-entropy's at the same learning rate (measured on the metric-wins suite over a
