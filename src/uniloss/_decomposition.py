@@ -44,7 +44,9 @@ class Structure:
             wrapper that evaluates its metric on a larger set (:mod:`uniloss.distributed`) sets it.
         margins: optional, ``scores`` -> ``[n]`` one margin per sample, right when ``> 0``, for a
             metric of binary labels (AP, AUROC, ranking metrics of 0/1 relevance): ``s`` for a
-            positive, ``-s`` for a negative. The pull (``pull_per="sample"``, the default) is then
+            positive, ``-s`` for a negative; its comparisons each a positive's score minus a
+            negative's (the step rule, ``step="pull"``, counts each as pushing two scores). The
+            pull (``pull_per="sample"``, the default) is then
             taken on them, ``mean softplus(-m / tau)``: binary cross-entropy at ``tau = 1``, the
             usual loss of binary labels as cross-entropy is accuracy's pull. It pushes every
             sample on its own: in-batch pairs tie nothing across batches (a held-out AP ranks the
