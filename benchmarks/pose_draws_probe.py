@@ -26,7 +26,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
-
 from uniloss.experiments.reproduce import machine
 
 LOSSES = [("MSE, sigma 1", "mse-sigma-1"), ("UniLoss (defaults)", "uniloss")]
