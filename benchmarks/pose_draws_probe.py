@@ -1,7 +1,7 @@
 """Does UniLoss's PCK win on digits-pose hold on other draws of the data?
 
     python benchmarks/pose_draws_probe.py          # writes docs/results/pose/draws.{md,json}
-    python benchmarks/pose_draws_probe.py --draws 0 1 --epochs 1 --limit-train 64 --out /tmp/pose-draws  # a smoke run
+    python benchmarks/pose_draws_probe.py --draws 0 1 --epochs 1 --limit-train 64 --out pose-draws-smoke  # a smoke run (writes pose-draws-smoke.{md,json} here)
 
 The pose reproduction's reduced task (``uniloss reproduce pose``: find the 0 on 64x64 MNIST
 canvases, hourglass width 32, 1,280 training canvases, 10 epochs of RMSProp) renders its canvases
