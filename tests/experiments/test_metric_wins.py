@@ -1,6 +1,7 @@
 """The metric-wins benchmark: its baselines against brute force, its verdicts, and one tiny run."""
 
 import itertools
+import math
 import json
 import statistics
 
@@ -366,3 +367,68 @@ def test_imbalanced_mnist_draws_keep_each_digits_count_and_change_its_images():
     assert torch.equal(torch.bincount(first[1]), torch.bincount(drawn[1]))  # the same share of each digit
     assert torch.equal(drawn[0], again[0]) and not torch.equal(first[0], drawn[0])
     assert torch.equal(first[2], drawn[2])  # the test split whole
+
+
+def test_pairwise_logistic_on_graded_relevance_takes_every_pair_of_different_grades():
+    g = torch.Generator().manual_seed(3)
+    s, r, q = torch.randn(15, generator=g), torch.randint(0, 4, (15,), generator=g), torch.arange(15) // 6
+    terms = [torch.nn.functional.softplus(s[j] - s[i]) for i, j in itertools.product(range(15), range(15))
+             if r[i] > r[j] and q[i] == q[j]]
+    torch.testing.assert_close(M.pairwise_logistic(s, r, q), torch.stack(terms).mean())
+
+
+def test_listnet_is_the_cross_entropy_of_the_softmaxes_per_query():
+    g = torch.Generator().manual_seed(4)
+    s, r = torch.randn(3 * 7, generator=g, dtype=torch.float64), torch.randint(0, 5, (3 * 7,), generator=g)
+    per_query = []
+    for i in range(3):
+        p = [math.exp(float(v)) for v in r[7 * i:7 * i + 7]]
+        z = [math.exp(float(v)) for v in s[7 * i:7 * i + 7]]
+        per_query.append(-sum(pk / sum(p) * math.log(zk / sum(z)) for pk, zk in zip(p, z)))
+    assert float(M.listnet(s, r, 7)) == pytest.approx(sum(per_query) / 3, rel=1e-12)
+
+
+def test_lambdarank_weighs_each_pair_by_the_ndcg_change_of_swapping_it():
+    # brute force: scikit-learn's NDCG (linear gains, as the zoo's) before and after swapping two scores
+    from sklearn.metrics import ndcg_score
+
+    g = torch.Generator().manual_seed(5)
+    size = 6
+    s, r = torch.randn(2 * size, generator=g, dtype=torch.float64), torch.randint(0, 4, (2 * size,), generator=g)
+    weighted, total = 0.0, 0.0
+    for q in range(2):
+        sq, rq = s[q * size:(q + 1) * size], r[q * size:(q + 1) * size]
+        base = ndcg_score([rq.tolist()], [sq.tolist()])
+        for i, j in itertools.product(range(size), range(size)):
+            if rq[i] > rq[j]:
+                swapped = sq.clone()
+                swapped[i], swapped[j] = sq[j], sq[i]
+                w = abs(ndcg_score([rq.tolist()], [swapped.tolist()]) - base)
+                weighted += w * math.log1p(math.exp(float(sq[j] - sq[i])))
+                total += w
+    assert float(M.lambdarank(s, r, size)) == pytest.approx(weighted / total, rel=1e-9)
+    flat = M.lambdarank(torch.zeros(size, requires_grad=True), torch.zeros(size, dtype=torch.long), size)
+    assert float(flat.detach()) == 0.0 and flat.requires_grad  # no pair of different grades
+
+
+def test_graded_queries_keep_their_shares_and_draw_apart():
+    from sklearn.metrics import ndcg_score
+
+    x, r, q = M.graded_queries(0, 200, split=1)
+    assert x.shape == (6000, 20) and r.min() >= 0 and r.max() <= 4 and torch.equal(q, torch.arange(6000) // 30)
+    shares = torch.bincount(r, minlength=5).double() / len(r)
+    assert torch.allclose(shares, torch.tensor(M.GRADE_SHARES, dtype=torch.float64), atol=0.03)
+    per_query = (r.reshape(200, 30) > 0).sum(1)
+    assert per_query.min() < 8 and per_query.max() > 22  # queries differ in how many relevant items they hold
+    again, other_split, other_draw = M.graded_queries(0, 200, split=1), M.graded_queries(0, 200), M.graded_queries(1, 200, split=1)
+    assert torch.equal(again[0], x) and torch.equal(again[1], r)
+    assert not torch.equal(other_split[0], x) and not torch.equal(other_draw[1], r)
+    # the task's score is scikit-learn's NDCG@10, averaged over the queries with a relevant item
+    from uniloss import zoo
+    from uniloss.decoders import RankingTarget
+
+    s = torch.randn(6000, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    expected = [ndcg_score([r[30 * i:30 * i + 30].tolist()], [s[30 * i:30 * i + 30].tolist()], k=10)
+                for i in range(200) if r[30 * i:30 * i + 30].any()]
+    got = float(zoo.ndcg_at_k(10, num_grades=5).metric(s, RankingTarget(r, q)))
+    assert got == pytest.approx(sum(expected) / len(expected), rel=1e-6)

@@ -57,6 +57,11 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
 * ``seg-miou-draws``: the ``seg-miou`` task with its images, noise and patches drawn for each seed.
 * ``ndcg5-draws``: the ``ndcg5`` task with digits' split and its test queries drawn for each seed.
 * ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
+* ``ndcg10-graded``: learning to rank with graded relevance (grades 0-4, half the items
+  irrelevant; :func:`graded_queries`, drawn per seed), MLP 20-64-64-1, batches of 8 queries of
+  30 items, 15 / 30 epochs; test NDCG@10; usual MSE on the grade, baselines the pairwise logistic
+  loss over pairs of different grades, ListNet and LambdaRank; UniLoss
+  ``zoo.ndcg_at_k(10, num_grades=5)``. The only task with graded relevance (the suite's are 0/1).
 * ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
 * ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
 
@@ -156,6 +161,39 @@ def retrieval_queries(y: Tensor, num_queries: int, size: int, generator: torch.G
     return items.reshape(-1), q, relevant.reshape(-1).long(), query.reshape(-1)
 
 
+GRADE_SHARES = (0.5, 0.25, 0.13, 0.08, 0.04)  # of grades 0-4 in graded_queries
+
+
+def graded_queries(draw: int, num_queries: int, size: int = 30, *, split: int = 0):
+    """A learning-to-rank set with graded relevance, in the shape of the web-search benchmarks
+    (query-item feature vectors, grades 0-4, most items irrelevant): ``(x [Q*size, 20], relevance
+    [Q*size] int64 in [0, 5), query id [Q*size])``. Each query draws a context (4 features shared
+    by its items) and each item 16 features of its own; a fixed random teacher network of the
+    ``draw`` (20-32-1, tanh; the context at twice the items' spread, so queries differ in how many
+    relevant items they hold) scores the pair, noise of a third of the teacher's spread is added,
+    and the grades cut the noisy utility at fixed values (the quantiles of :data:`GRADE_SHARES`
+    over a large sample of the draw), so some queries have no relevant item and some many.
+    ``split`` picks independent queries of the same draw (0 training, 1 test)."""
+    teacher = torch.Generator().manual_seed(7919 * draw + 17)
+    w1 = torch.randn(20, 32, generator=teacher) / 20 ** 0.5
+    b1 = 0.5 * torch.randn(32, generator=teacher)
+    w2 = torch.randn(32, generator=teacher) / 32 ** 0.5
+
+    def sample(count: int, g: torch.Generator):
+        context = 2.0 * torch.randn(count, 1, 4, generator=g).expand(count, size, 4)
+        x = torch.cat([torch.randn(count, size, 16, generator=g), context], 2).reshape(-1, 20)
+        return x, torch.tanh(x @ w1 + b1) @ w2, torch.randn(count * size, generator=g)
+
+    _, reference, noise = sample(2000, torch.Generator().manual_seed(7919 * draw + 18))
+    spread = reference.std() / 3.0
+    cuts = torch.quantile(reference + spread * noise, torch.tensor(GRADE_SHARES).cumsum(0)[:-1])
+    x, utility, noise = sample(num_queries, torch.Generator().manual_seed(7919 * draw + 19 + split))
+    noisy = utility + spread * noise
+    relevance = torch.bucketize(noisy, cuts, right=True)
+    query = torch.arange(num_queries)[:, None].expand(-1, size).reshape(-1)
+    return x, relevance, query
+
+
 def noisy_masks(split: str, count: int, seed: int, data_dir: Optional[str] = None):
     """MNIST images with Gaussian noise (sigma 0.8) and a random 10x10 occluding patch, and the
     clean digits' masks (pixel > 0.5): ``(x [count, 1, 28, 28], mask [count, 28, 28] int64)``."""
@@ -194,15 +232,43 @@ def imbalanced_binary(seed: int = 0, flip_y: float = 0.02, class_sep: float = 0.
 
 
 def pairwise_logistic(scores: Tensor, target: Tensor, group: Optional[Tensor] = None) -> Tensor:
-    """RankNet's pairwise logistic loss ``mean softplus(s_neg - s_pos)`` over every (relevant,
-    irrelevant) pair, within each ``group`` when one is given. Zero (attached) without a pair."""
-    pos = target.bool()
-    pair = pos[:, None] & ~pos[None, :]
+    """RankNet's pairwise logistic loss ``mean softplus(s_j - s_i)`` over every pair whose item
+    ``i`` is more relevant than item ``j`` (binary relevance: every (relevant, irrelevant) pair;
+    graded: every pair of different grades), within each ``group`` when one is given. Zero
+    (attached) without a pair."""
+    pair = target[:, None] > target[None, :]
     if group is not None:
         pair = pair & (group[:, None] == group[None, :])
     diff = scores[None, :] - scores[:, None]  # [i, j] = s_j - s_i
     count = pair.sum()
     return torch.where(pair, F.softplus(diff), torch.zeros_like(diff)).sum() / count.clamp_min(1)
+
+
+def listnet(scores: Tensor, relevance: Tensor, size: int) -> Tensor:
+    """ListNet's top-one loss (Cao et al. 2007): per query of ``size`` consecutive items, the
+    cross-entropy of the scores' softmax against the relevance grades' softmax, averaged over the
+    queries."""
+    s, r = scores.reshape(-1, size), relevance.reshape(-1, size).to(scores.dtype)
+    return -(torch.softmax(r, 1) * torch.log_softmax(s, 1)).sum(1).mean()
+
+
+def lambdarank(scores: Tensor, relevance: Tensor, size: int) -> Tensor:
+    """LambdaRank for NDCG (Burges et al. 2006; LightGBM's ``lambdarank`` objective without
+    truncation): the pairwise logistic loss of every pair of different grades within a query of
+    ``size`` consecutive items, each pair weighted by ``|delta NDCG|``, the change of the query's
+    NDCG (linear gains, as :func:`uniloss.zoo.ndcg_at_k`) if the two swapped places in the current
+    ranking; a weighted mean over the pairs, so its scale is :func:`pairwise_logistic`'s. Zero
+    (attached) without a pair."""
+    s, r = scores.reshape(-1, size), relevance.reshape(-1, size).to(scores.dtype)
+    with torch.no_grad():
+        rank = s.argsort(1, descending=True).argsort(1).to(s.dtype)
+        discount = 1.0 / torch.log2(rank + 2.0)
+        ideal = (r.sort(1, descending=True).values / torch.log2(torch.arange(size, dtype=s.dtype) + 2.0)).sum(1)
+        weight = ((r[:, :, None] - r[:, None, :]).abs() * (discount[:, :, None] - discount[:, None, :]).abs()
+                  / ideal.clamp_min(1e-12)[:, None, None])
+        weight = weight * (r[:, :, None] > r[:, None, :])
+    terms = F.softplus(s[:, None, :] - s[:, :, None]) * weight  # [q, i, j]: i more relevant than j
+    return terms.sum() / weight.sum().clamp_min(1e-12)
 
 
 def lovasz_grad(gt_sorted: Tensor) -> Tensor:
@@ -582,6 +648,47 @@ def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, p
                cosine(opt, 30))
 
 
+def run_graded_ranking(loss: str, seed: int, quick: bool, options: dict, k: int = 10, size: int = 30,
+                       per_batch: int = 8, train_queries: int = 400) -> List[float]:
+    """The ``ndcg10-graded`` probe: :func:`graded_queries` of draw ``seed`` (400 training queries
+    of 30 items, 300 test queries), MLP 20-64-64-1 scoring each item, batches of 8 queries, SGD lr
+    0.1 momentum 0.9 with a cosine over 15 (quick) / 30 epochs; test NDCG@``k`` of grades 0-4.
+    ``loss``: ``"mse"`` (regression on the grade, the usual pointwise loss), ``"pairwise"``
+    (:func:`pairwise_logistic` over pairs of different grades), ``"listnet"``, ``"lambdarank"``
+    or ``"uniloss"`` (``zoo.ndcg_at_k(k, num_grades=5)``)."""
+    xtr, rtr, _ = graded_queries(seed, train_queries, size)
+    xte, rte, qte = graded_queries(seed, 300, size, split=1)
+    metric = zoo.ndcg_at_k(k, num_grades=len(GRADE_SHARES))
+    test_target = RankingTarget(rte, qte)
+    model = seeded(seed, lambda: mlp(20, 64, 64, 1))
+    gen = torch.Generator().manual_seed(seed)
+    fn = _uniloss(metric, seed, options) if loss == "uniloss" else None
+    local = torch.arange(per_batch)[:, None].expand(-1, size).reshape(-1)  # a batch's query ids
+
+    def batches(epoch):
+        order = torch.randperm(train_queries, generator=gen)
+        return [order[i:i + per_batch] for i in range(0, train_queries - per_batch + 1, per_batch)]
+
+    def step(m, queries):
+        items = (queries[:, None] * size + torch.arange(size)).reshape(-1)
+        s, rel = m(xtr[items]).reshape(-1), rtr[items]
+        if loss == "mse":
+            return F.mse_loss(s, rel.to(s.dtype))
+        if loss == "pairwise":
+            return pairwise_logistic(s, rel, local)
+        if loss == "listnet":
+            return listnet(s, rel, size)
+        if loss == "lambdarank":
+            return lambdarank(s, rel, size)
+        assert fn is not None, f"unknown loss {loss!r}"
+        return fn(s, RankingTarget(rel, local))
+
+    epochs = 15 if quick else 30
+    opt = sgd(model, 0.1)
+    return fit(model, opt, batches, step, epochs, lambda m: float(metric.metric(m(xte).reshape(-1), test_target)),
+               cosine(opt, epochs))
+
+
 def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None,
                      metric: Optional[uniloss.Decomposition] = None, draw: int = 0) -> List[float]:
     """The ``seg-miou`` task; ``metric``: another per-pixel metric of the zoo to train and score
@@ -681,6 +788,10 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
     Task("digits-f1-draws", "test macro-F1", "scikit-learn digits, 10 classes, a split per seed",
          lambda loss, seed, quick, options: run_digits_f1(loss, seed, quick, options, draw=seed),
          {"cross-entropy": ("usual", "ce"), **_UNI}, weight=0.3, suite=False),
+    Task("ndcg10-graded", "test NDCG@10", "synthetic learning to rank, grades 0-4, a draw per seed",
+         run_graded_ranking,
+         {"MSE on the grade (pointwise)": ("usual", "mse"), **_PAIRWISE, "ListNet": ("baseline", "listnet"),
+          "LambdaRank": ("baseline", "lambdarank"), **_UNI}, weight=0.5, suite=False),
     _retrieval_probe("p-at-5", "test precision@5", lambda: zoo.precision_at_k(5)),
     _retrieval_probe("mrr", "test MRR", zoo.mrr),
     Task("dice", "test mean Dice", "MNIST masks from noisy occluded digits",
