@@ -432,3 +432,40 @@ def test_graded_queries_keep_their_shares_and_draw_apart():
                 for i in range(200) if r[30 * i:30 * i + 30].any()]
     got = float(zoo.ndcg_at_k(10, num_grades=5).metric(s, RankingTarget(r, q)))
     assert got == pytest.approx(sum(expected) / len(expected), rel=1e-6)
+
+
+def test_graded_retrieval_queries_grade_the_digit_its_neighbours_and_the_rest():
+    neighbours = M.digit_neighbours()
+    assert neighbours.shape == (10, 2) and not (neighbours == torch.arange(10)[:, None]).any()
+    assert int(neighbours[3, 0]) == 9  # 3 and 9 share most of their strokes
+    _, _, _, y = M.digits_split(0)
+    items, q, rel, query = M.graded_retrieval_queries(y, 50, 20, torch.Generator().manual_seed(2))
+    digit, rel, items = y[items].reshape(50, 20), rel.reshape(50, 20), items.reshape(50, 20)
+    near = (digit[:, :, None] == neighbours[q][:, None, :]).any(2)
+    assert torch.equal(rel == 2, digit == q[:, None]) and torch.equal(rel == 1, near)
+    exact, close = (rel == 2).sum(1), (rel == 1).sum(1)
+    assert exact.min() >= 1 and exact.max() <= 4 and close.min() >= 2 and close.max() <= 6
+    assert all(len(set(row.tolist())) == 20 for row in items)  # no image twice in a query
+    assert torch.equal(query, torch.arange(1000) // 20)
+
+
+def test_the_ordinal_pull_probe_gives_one_margin_per_item_and_grade_boundary():
+    from uniloss import zoo
+    from uniloss.decoders import RankingTarget
+
+    s = torch.randn(12, generator=torch.Generator().manual_seed(7))
+    rel, q = torch.tensor([0, 1, 2, 0, 0, 3, 1, 0, 2, 0, 0, 1]), torch.arange(12) // 6
+    metric = zoo.ndcg_at_k(3, num_grades=4)
+    ordinal = M.with_ordinal_pull(metric)
+    target = RankingTarget(rel, q)
+    margins = ordinal.structure(ordinal.prepare(s, target)).margins(s)
+    expected = [float(s[i]) - (b - 1) if rel[i] >= b else (b - 1) - float(s[i]) for i in range(12) for b in (1, 2, 3)]
+    torch.testing.assert_close(margins, torch.tensor(expected))
+    assert metric.structure(metric.prepare(s, target)).margins is None  # the metric itself keeps its pull per run
+    assert float(ordinal.metric(s, target)) == float(metric.metric(s, target))
+    binary = RankingTarget((rel > 0).long(), q)  # 0/1 relevance: binary cross-entropy's margins, as before
+    torch.testing.assert_close(ordinal.structure(ordinal.prepare(s, binary)).margins(s),
+                               torch.where(rel > 0, s, -s))
+    assert M.parse_variant('o={"ordinal_pull": true, "pull": 2.0}') == ("o", {"ordinal_pull": True, "pull": 2.0})
+    with pytest.raises(ValueError, match="not a ranking metric"):
+        M.with_ordinal_pull(zoo.macro_f1(3))

@@ -61,7 +61,11 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
   irrelevant; :func:`graded_queries`, drawn per seed), MLP 20-64-64-1, batches of 8 queries of
   30 items, 15 / 30 epochs; test NDCG@10; usual MSE on the grade, baselines the pairwise logistic
   loss over pairs of different grades, ListNet and LambdaRank; UniLoss
-  ``zoo.ndcg_at_k(10, num_grades=5)``. The only task with graded relevance (the suite's are 0/1).
+  ``zoo.ndcg_at_k(10, num_grades=5)``.
+* ``ndcg5-graded``: the ``ndcg5`` task's digit retrieval with graded relevance (2: the query's
+  digit, 1 to 4 images; 1: its two most similar digits, 2 to 6; 0: the rest;
+  :func:`graded_retrieval_queries`), digits' split and test queries drawn per seed; NDCG@5 of
+  grades 0-2; the losses of ``ndcg10-graded``. The suite's rankings have 0/1 relevance.
 * ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
 * ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
 
@@ -92,7 +96,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +104,7 @@ from torch import Tensor, nn
 
 import uniloss
 from uniloss import zoo
-from uniloss.decoders import RankingTarget
+from uniloss.decoders import Ranking, RankingTarget
 
 from .loop import shuffled, train_epochs
 from .metrics import average_precision
@@ -159,6 +163,38 @@ def retrieval_queries(y: Tensor, num_queries: int, size: int, generator: torch.G
     items = torch.where(relevant, rel_pick, irr_pick)
     query = torch.arange(num_queries)[:, None].expand(-1, size)
     return items.reshape(-1), q, relevant.reshape(-1).long(), query.reshape(-1)
+
+
+def digit_neighbours() -> Tensor:
+    """``[10, 2]``: each digit's two most similar other digits, by the cosine of the centred
+    class-mean images of scikit-learn's whole digits set (e.g. 3's are 9 and 5's 9; fixed, no draw)."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y)
+    means = torch.stack([x[y == c].mean(0) for c in range(10)])
+    unit = F.normalize(means - means.mean(0), dim=1)
+    return (unit @ unit.T).fill_diagonal_(-2.0).topk(2, dim=1).indices
+
+
+def graded_retrieval_queries(y: Tensor, num_queries: int, size: int, generator: torch.Generator):
+    """:func:`retrieval_queries` with graded relevance: ``(items, query digit [Q], relevance [Q*size]
+    in {0, 1, 2}, query id)``; each query is a digit with 1 to 4 images of it (grade 2), 2 to 6 of
+    its two most similar digits (grade 1, :func:`digit_neighbours`) and other digits' (grade 0)."""
+    q = torch.randint(0, 10, (num_queries,), generator=generator)
+    num_exact = torch.randint(1, 5, (num_queries,), generator=generator)
+    num_near = torch.randint(2, 7, (num_queries,), generator=generator)
+    near_digits = digit_neighbours()[q]  # [Q, 2]
+    exact = y[None, :] == q[:, None]
+    near = (y[None, :, None] == near_digits[:, None, :]).any(2)
+    noise = torch.rand(num_queries, y.numel(), generator=generator)
+    pick = [torch.where(kind, noise, torch.full_like(noise, -1.0)).topk(size, dim=1).indices
+            for kind in (exact, near, ~(exact | near))]
+    slot = torch.arange(size)[None, :]
+    grade = torch.where(slot < num_exact[:, None], 2, torch.where(slot < (num_exact + num_near)[:, None], 1, 0))
+    items = torch.where(grade == 2, pick[0], torch.where(grade == 1, pick[1], pick[2]))
+    query = torch.arange(num_queries)[:, None].expand(-1, size)
+    return items.reshape(-1), q, grade.reshape(-1), query.reshape(-1)
 
 
 GRADE_SHARES = (0.5, 0.25, 0.13, 0.08, 0.04)  # of grades 0-4 in graded_queries
@@ -395,7 +431,52 @@ def _binary_logits(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> uniloss.UniLoss:
+    options = dict(options)
+    if options.pop(ORDINAL_PULL, False):
+        metric = with_ordinal_pull(metric)
     return uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000), **options)
+
+
+# A probe keyword of --variant beside UniLoss's own (a prototype, not a library option).
+ORDINAL_PULL = "ordinal_pull"
+
+
+class _OrdinalRanking(Ranking):
+    """:class:`uniloss.decoders.Ranking` whose graded relevance has per-sample margins for the pull
+    (the ``ordinal_pull`` probe): for each grade boundary ``b = 1 .. max grade``, ``s - (b - 1)`` for
+    an item of grade ``>= b`` and ``(b - 1) - s`` for the others, so the pull is the all-threshold
+    ordinal logistic loss (Rennie and Srebro 2005) with thresholds ``0, 1, 2, ...``, averaged over
+    the ``n x boundaries`` margins: binary cross-entropy for 0/1 relevance, which keeps its own
+    margins here. Integer grades only (the relevance values themselves are the levels)."""
+
+    def margins(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
+        plan = self._prepared(plan)
+        if self.pairs == "all" or plan.binary:
+            return super().margins(plan)
+        relevance = plan.target.relevance.long()
+        levels = torch.arange(1, int(relevance.max()) + 1, device=relevance.device)
+        above = relevance[:, None] >= levels[None, :]
+
+        def margins(scores: Tensor) -> Tensor:
+            flat = self._flat(scores)
+            m = flat[:, None] - (levels - 1).to(flat.dtype)[None, :]
+            return torch.where(above, m, -m).reshape(-1)
+
+        return margins
+
+
+def with_ordinal_pull(metric: uniloss.Decomposition) -> uniloss.Decomposition:
+    """``metric`` (a zoo ranking metric of graded relevance) with :class:`_OrdinalRanking` as its
+    decoder: a copy, the metric itself unchanged."""
+    decoder = getattr(metric, "decoder", None)
+    if not isinstance(decoder, Ranking):
+        raise ValueError(f"--variant {ORDINAL_PULL}: {metric!r} is not a ranking metric of the zoo")
+    copy = cast(Any, metric.__class__.__new__(metric.__class__))
+    copy.__dict__.update(metric.__dict__)
+    ordinal = _OrdinalRanking.__new__(_OrdinalRanking)
+    ordinal.__dict__.update(decoder.__dict__)
+    copy.decoder = ordinal
+    return copy
 
 
 def run_mnist0(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None) -> List[float]:
@@ -611,15 +692,18 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
 
 
 def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, per_batch: int = 8,
-             train_queries: int = 160, metric: Optional[uniloss.Decomposition] = None, draw: int = 0) -> List[float]:
+             train_queries: int = 160, metric: Optional[uniloss.Decomposition] = None, draw: int = 0,
+             graded: bool = False) -> List[float]:
     """The ``ndcg5`` task; ``metric``: another ranking metric of the zoo to train and score (the
     probe tasks), NDCG@5 by default; ``draw``: digits' split and the test queries (the suite's task
-    fixes 0, the ``ndcg5-draws`` probe draws them for each seed)."""
+    fixes 0, the ``ndcg5-draws`` probe draws them for each seed); ``graded``: the queries of
+    :func:`graded_retrieval_queries` (the ``ndcg5-graded`` probe: NDCG@5 of grades 0-2, the usual
+    loss ``"mse"`` on the grade)."""
     xtr, xte, ytr, yte = digits_split(draw)
-    metric = zoo.ndcg_at_k(5) if metric is None else metric
+    metric = (zoo.ndcg_at_k(5, num_grades=3) if graded else zoo.ndcg_at_k(5)) if metric is None else metric
+    queries = graded_retrieval_queries if graded else retrieval_queries
     gen = torch.Generator().manual_seed(seed)
-    test_items, test_q, test_rel, test_query = retrieval_queries(yte, 300, size,
-                                                                 torch.Generator().manual_seed(1234 + draw))
+    test_items, test_q, test_rel, test_query = queries(yte, 300, size, torch.Generator().manual_seed(1234 + draw))
     test_target = RankingTarget(test_rel, test_query)
     model = seeded(seed, lambda: mlp(64, 128, 10))
     fn = _uniloss(metric, seed, options) if loss == "uniloss" else None
@@ -629,7 +713,7 @@ def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, p
         return out.gather(2, q[:, None, None].expand(-1, out.shape[1], 1)).reshape(-1)
 
     def batches(epoch):
-        items, q, rel, query = retrieval_queries(ytr, train_queries, size, gen)
+        items, q, rel, query = queries(ytr, train_queries, size, gen)
         n = per_batch * size
         return [(items[i * n:(i + 1) * n], q[i * per_batch:(i + 1) * per_batch], rel[i * n:(i + 1) * n],
                  query[i * n:(i + 1) * n]) for i in range(train_queries // per_batch)]
@@ -639,8 +723,14 @@ def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, p
         s = scores_of(m, xtr, items, q)
         if loss == "bce":
             return F.binary_cross_entropy_with_logits(s, rel.float())
+        if loss == "mse":
+            return F.mse_loss(s, rel.to(s.dtype))
         if loss == "pairwise":
             return pairwise_logistic(s, rel, query)
+        if loss == "listnet":
+            return listnet(s, rel, size)
+        if loss == "lambdarank":
+            return lambdarank(s, rel, size)
         return fn(s, RankingTarget(rel, query))
 
     opt = sgd(model, 0.1)
@@ -792,6 +882,10 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
          run_graded_ranking,
          {"MSE on the grade (pointwise)": ("usual", "mse"), **_PAIRWISE, "ListNet": ("baseline", "listnet"),
           "LambdaRank": ("baseline", "lambdarank"), **_UNI}, weight=0.5, suite=False),
+    Task("ndcg5-graded", "test NDCG@5", "digit retrieval on digits, grades 0-2 (the digit, its two nearest digits)",
+         lambda loss, seed, quick, options: run_ndcg(loss, seed, quick, options, draw=seed, graded=True),
+         {"MSE on the grade (pointwise)": ("usual", "mse"), **_PAIRWISE, "ListNet": ("baseline", "listnet"),
+          "LambdaRank": ("baseline", "lambdarank"), **_UNI}, weight=0.8, suite=False),
     _retrieval_probe("p-at-5", "test precision@5", lambda: zoo.precision_at_k(5)),
     _retrieval_probe("mrr", "test MRR", zoo.mrr),
     Task("dice", "test mean Dice", "MNIST masks from noisy occluded digits",
@@ -1031,7 +1125,8 @@ def _plot(report: dict, path: str) -> None:
 
 
 def parse_variant(text: str) -> Tuple[str, dict]:
-    """``NAME=JSON`` -> ``(NAME, dict)``; JSON holds keywords of :class:`uniloss.UniLoss`."""
+    """``NAME=JSON`` -> ``(NAME, dict)``; JSON holds keywords of :class:`uniloss.UniLoss`, and
+    the probe keyword ``"ordinal_pull": true`` (:func:`with_ordinal_pull`, graded rankings)."""
     name, sep, body = text.partition("=")
     if not sep or not name:
         raise ValueError(f"expected --variant NAME=JSON, got {text!r}")
@@ -1041,7 +1136,8 @@ def parse_variant(text: str) -> Tuple[str, dict]:
         raise ValueError(f"--variant {name}: {body!r} is not JSON ({exc})") from None
     if not isinstance(options, dict):
         raise ValueError(f"--variant {name}: expected a JSON object of UniLoss keywords, got {body!r}")
-    uniloss.UniLoss(uniloss.AveragePrecision(), **options)  # fails here, not in a worker, on a bad keyword
+    checked = {k: v for k, v in options.items() if k != ORDINAL_PULL}
+    uniloss.UniLoss(uniloss.AveragePrecision(), **checked)  # fails here, not in a worker, on a bad keyword
     return name, options
 
 
