@@ -539,6 +539,49 @@ def test_ranking_batch_without_comparisons_keeps_the_margin_pull():
     torch.testing.assert_close(grad, bce)
 
 
+def _all_threshold_logistic(scores, relevance, boundaries):
+    """The all-threshold ordinal logistic loss by hand: for every item the logistic losses of
+    ``s > b - 1`` (grade >= b) or ``s < b - 1`` (grade < b) summed over the boundaries b = 1..B,
+    averaged over the items."""
+    terms = [torch.nn.functional.softplus(-(s - (b - 1)) if int(r) >= b else -((b - 1) - s))
+             for s, r in zip(scores, relevance) for b in range(1, boundaries + 1)]
+    return torch.stack(terms).sum() / len(scores)
+
+
+@pytest.mark.parametrize("num_grades", [None, 5])
+def test_graded_relevance_pulls_with_the_all_threshold_ordinal_logistic_loss(num_grades):
+    # step="sum" adds the pull's gradient to the interpolation's: the difference of pull=1 and
+    # pull=0 is the pull's own gradient, here the ordinal logistic loss's (num_grades: 4 boundaries
+    # although the batch's highest grade is 3; without it, the batch's 3)
+    g = torch.Generator().manual_seed(11)
+    scores = (2 * torch.randn(16, generator=g, dtype=torch.float64)).requires_grad_()
+    relevance = torch.tensor([0, 1, 2, 3, 0, 0, 1, 2, 0, 3, 1, 0, 0, 2, 1, 0])
+    target = RankingTarget(relevance, torch.arange(16) // 8)
+    metric = uniloss.zoo.ndcg_at_k(5, num_grades=num_grades)
+    with_pull, without = (torch.autograd.grad(F.uniloss(scores, target, metric, pull=p, step="sum"), scores)[0]
+                          for p in (1.0, 0.0))
+    (expected,) = torch.autograd.grad(_all_threshold_logistic(scores, relevance, 4 if num_grades else 3), scores)
+    torch.testing.assert_close(with_pull - without, expected)
+
+
+def test_ordinal_margins_reduce_to_binary_cross_entropys_and_need_integer_grades():
+    from uniloss._pairs import binary_margins, ordinal_margins
+
+    s = torch.randn(7, generator=torch.Generator().manual_seed(12))
+    level = torch.tensor([0, 2, 1, 0, 2, 2, 0])
+    assert torch.equal(ordinal_margins(s, level.clamp_max(1), 1), binary_margins(s, level > 0)[:, None])
+    expected = torch.stack([torch.stack([s[i] if level[i] >= 1 else -s[i], s[i] - 1 if level[i] >= 2 else 1 - s[i]])
+                            for i in range(7)])
+    torch.testing.assert_close(ordinal_margins(s, level, 2), expected)
+    # relevance that is not a whole number has no levels: the pull per run (its item's comparisons)
+    fractional = RankingTarget(torch.tensor([0.0, 0.5, 1.5, 0.0]))
+    assert uniloss.zoo.ndcg_at_k(2).structure(uniloss.zoo.ndcg_at_k(2).prepare(s[:4], fractional)).margins is None
+    whole = RankingTarget(torch.tensor([0.0, 1.0, 2.0, 0.0]))
+    metric = uniloss.zoo.ndcg_at_k(2)
+    torch.testing.assert_close(metric.structure(metric.prepare(s[:4], whole)).margins(s[:4]),
+                               ordinal_margins(s[:4], torch.tensor([0, 1, 2, 0]), 2))
+
+
 # ------------------------------------------------------------------ bad input
 
 

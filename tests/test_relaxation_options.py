@@ -426,9 +426,21 @@ def test_pull_per_sample_on_one_ranking_is_binary_cross_entropy(metric):
     assert per_run[target == 0].sum() == pytest.approx(-per_run[target == 1].sum())  # pairs: a zero-sum push
 
 
+def _ordinal_logistic_grad(scores, relevance, boundaries):
+    """The gradient of the all-threshold ordinal logistic loss by hand: per item, the logistic
+    losses of ``s > b - 1`` (grade >= b) or ``s < b - 1`` summed over b = 1..boundaries; averaged."""
+    s = scores.clone().requires_grad_()
+    terms = [torch.nn.functional.softplus((b - 1) - s[i]) if int(relevance[i]) >= b
+             else torch.nn.functional.softplus(s[i] - (b - 1))
+             for i in range(len(s)) for b in range(1, boundaries + 1)]
+    (torch.stack(terms).sum() / len(s)).backward()
+    return s.grad
+
+
 def test_pull_per_sample_of_ranking_metrics_with_queries():
     """0/1 relevance, with query ids too: the pull alone is binary cross-entropy (the zoo's binary
-    ranking metrics, NDCG of 0/1 relevance); graded relevance keeps the pull per run."""
+    ranking metrics, NDCG of 0/1 relevance); graded relevance (0.10) the all-threshold ordinal
+    logistic loss, binary cross-entropy's extension to grades (0.9 and ``pull_per="run"``: per run)."""
     none = dict(pull=1.0, num_good=0, num_nearby=0, num_bad=0)
     scores, target = _ap_batch(4)
     query = torch.arange(12) % 3
@@ -443,13 +455,14 @@ def test_pull_per_sample_of_ranking_metrics_with_queries():
     relevance = uniloss.decoders.RankingTarget(graded, query)
     for dec in (uniloss.zoo.ndcg_at_k(3), uniloss.zoo.ndcg_at_k(3, num_grades=4)):
         default = _loss_grad(scores, relevance, dec, **none)[1]
+        torch.testing.assert_close(default, _ordinal_logistic_grad(scores, graded, 3), rtol=1e-12, atol=1e-15)
         per_run = _loss_grad(scores, relevance, dec, pull_per="run", **none)[1]
-        torch.testing.assert_close(default, per_run, rtol=0, atol=0)
-    # num_grades=4 decides as a static layout would, whatever this batch holds: per run
+        assert not torch.allclose(default, per_run)
+    # num_grades=4 decides as a static layout would, whatever this batch holds: three boundaries
     binary_batch = uniloss.decoders.RankingTarget(target, query)
     dec = uniloss.zoo.ndcg_at_k(3, num_grades=4)
     torch.testing.assert_close(_loss_grad(scores, binary_batch, dec, **none)[1],
-                               _loss_grad(scores, binary_batch, dec, pull_per="run", **none)[1], rtol=0, atol=0)
+                               _ordinal_logistic_grad(scores, target, 3), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("structured", [True, False])

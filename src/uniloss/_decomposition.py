@@ -48,7 +48,10 @@ class Structure:
             negative's (the step rule, ``step="pull"``, counts each as pushing two scores). The
             pull (``pull_per="sample"``, the default) is then
             taken on them, ``mean softplus(-m / tau)``: binary cross-entropy at ``tau = 1``, the
-            usual loss of binary labels as cross-entropy is accuracy's pull. It pushes every
+            usual loss of binary labels as cross-entropy is accuracy's pull. Or ``[n, B]``,
+            ``B`` margins a sample whose terms add, averaged over the samples (the zoo's ranking
+            metrics of integer grades: one per grade boundary, the all-threshold ordinal logistic
+            loss, binary cross-entropy's extension to grades; 0.10). It pushes every
             sample on its own: in-batch pairs tie nothing across batches (a held-out AP ranks the
             whole test set) and a batch without a positive has none (``docs/results/metric-wins/``,
             0.4). ``None``: the pull per run.

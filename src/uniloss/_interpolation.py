@@ -199,7 +199,7 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
     ``z_k = -(2 best_k - 1) c_k / tau`` (``best`` ``None``: every bit 1),
 
     * per comparison (``runs`` ``None``): ``sum_k softplus(z_k) / l``: the cross-entropy of each
-      comparison being right;
+      comparison being right (per-sample margins ``[n, B]``, several a sample: divided by ``n``);
     * per run (``runs``: a :class:`uniloss._structured.Runs`):
       ``sum_s log(1 + sum_{k in run s} exp(z_k)) / max(S, rows)``: the cross-entropy of every
       comparison of the run being right, a soft maximum over the run's comparisons, averaged over
@@ -243,7 +243,8 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
         if denominator is not None:
             count: Union[int, Tensor] = denominator
         else:
-            count = c.numel() if num_valid is None else num_valid.clamp_min(1)
+            # (margins [n, B], several a sample: their terms add, averaged over the samples)
+            count = (c.shape[0] if c.dim() == 2 else c.numel()) if num_valid is None else num_valid.clamp_min(1)
     else:
         num = runs.num
         if num == 0:  # no run (a static layout's padding alone): no pull

@@ -264,6 +264,18 @@ def binary_margins(flat: Tensor, positive: Tensor) -> Tensor:
     return flat * flat.new_full(flat.shape, -1.0).index_fill_(0, positive, 1.0)
 
 
+def ordinal_margins(flat: Tensor, level: Tensor, boundaries: int) -> Tensor:
+    """``[n, boundaries]`` margins of integer grades, right when ``> 0``: for item ``i`` and grade
+    boundary ``b = 1 .. boundaries``, ``s_i - (b - 1)`` where ``level_i >= b`` and ``(b - 1) - s_i``
+    otherwise. The pull on them (:attr:`uniloss.Structure.margins`) is the all-threshold ordinal
+    logistic loss with thresholds ``0, 1, 2, ...``, summed over the boundaries and averaged over
+    the items; with one boundary, binary cross-entropy on :func:`binary_margins`."""
+    threshold = torch.arange(boundaries, device=flat.device)
+    above = level[:, None] > threshold[None, :]  # level >= b, b = threshold + 1
+    m = flat[:, None] - threshold.to(flat.dtype)[None, :]
+    return torch.where(above, m, -m)
+
+
 def at_or_above(scores: Tensor, positive: Tensor, group: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """For every item, how many positive and how many negative items of its group score at least
     as high, itself included: ``(pos [n], neg [n])`` int64, in ``O(n log n)`` without the pairs.

@@ -58,8 +58,8 @@ from . import _validation as V
 from ._cache import TensorCache
 from ._decomposition import static_layout, validate_scores
 from ._metrics import PCK, KeypointTarget
-from ._pairs import (SetPairs, SetRanks, binary_margins, decode_sets, index_differences, other_classes, row_differences,
-                     set_pairs, set_ranks, static_pair_differences)
+from ._pairs import (SetPairs, SetRanks, binary_margins, decode_sets, index_differences, ordinal_margins, other_classes,
+                     row_differences, set_pairs, set_ranks, static_pair_differences)
 from ._structured import Runs
 
 __all__ = [
@@ -865,12 +865,27 @@ class Ranking(Decoder):
         """Binary relevance (``pairs="binary"``, which reads relevance ``> 0`` as relevant, or 0/1
         relevance; a static layout knows it from a bool relevance or ``num_grades=2``): ``s`` for
         a relevant item, ``-s`` for another (:attr:`uniloss.Structure.margins`: the pull is then
-        binary cross-entropy, the usual loss of binary labels). Graded relevance: ``None``."""
+        binary cross-entropy, the usual loss of binary labels). Graded relevance of integer
+        grades: one margin per item and grade boundary, :func:`uniloss._pairs.ordinal_margins`
+        (the pull is then the all-threshold ordinal logistic loss, binary cross-entropy's
+        extension to grades; ``num_grades - 1`` boundaries where ``num_grades`` is given, else up
+        to the batch's highest grade). Grades that are not integers, and ``pairs="all"``:
+        ``None`` (the pull per run)."""
         plan = self._prepared(plan)
-        if self.pairs == "all" or not plan.binary:
+        if self.pairs == "all":
             return None
-        relevant = plan.target.relevance > 0
-        return lambda scores: binary_margins(self._flat(scores), relevant)
+        relevance = plan.target.relevance
+        if plan.binary:
+            relevant = relevance > 0
+            return lambda scores: binary_margins(self._flat(scores), relevant)
+        if self.num_grades is not None:
+            boundaries = self.num_grades - 1
+        elif relevance.is_floating_point() and not bool((relevance == relevance.round()).all()):
+            return None  # (this layout reads the grades on the host anyway)
+        else:
+            boundaries = int(relevance.max()) if relevance.numel() else 0
+        level = relevance.long().clamp_min(0)
+        return lambda scores: ordinal_margins(self._flat(scores), level, boundaries)
 
     def decode(self, bits: Tensor, plan: Any) -> Tensor:
         plan = self._prepared(plan)

@@ -892,14 +892,16 @@ def uniloss(
             with ``z_k = -(2 best_k - 1) c_k / tau``. ``"sample"`` (default since 0.4): per
             sample on the margins of a decomposition whose :class:`~uniloss.Structure` gives them
             (binary labels: AP, and the zoo's ranking metrics of 0/1 relevance; ``mean
-            softplus(-m / tau)``, binary cross-entropy, also in a batch without a comparison),
-            else per run. In-batch pairs tie nothing across batches, which a held-out AP compares
+            softplus(-m / tau)``, binary cross-entropy, also in a batch without a comparison;
+            integer grades of relevance, 0.10: one margin per grade boundary, the all-threshold
+            ordinal logistic loss, :func:`uniloss._pairs.ordinal_margins`), else per run. In-batch pairs tie nothing across batches, which a held-out AP compares
             (MNIST 0-vs-rest, batch 16: AP 99.74 against 99.16 per run, BCE 99.74; NDCG@5 of 0/1
             relevance at each loss's best rate 99.95 against 99.86 per run and BCE's 99.86;
             ``docs/results/metric-wins/``). ``"run"``: per run of the
             decomposition's :class:`~uniloss.Structure` (a sample's comparisons for accuracy and
             the argmax metrics of the zoo, a positive's for AP, a positive pixel's for PCK, an
-            item's with the less relevant items of its query for the zoo's ranking metrics),
+            item's with the less relevant items of its query for the zoo's ranking metrics: 0.9's
+            pull of graded relevance),
             ``log(1 + sum_{k in run} exp(z_k))``, summed and divided by the larger of the number
             of runs and the batch size: for accuracy, cross-entropy on the logits exactly. A
             decomposition without runs takes it per comparison. ``"comparison"``:

@@ -662,6 +662,9 @@ def ndcg_at_k(k: Optional[int] = None, *, num_grades: Optional[int] = None) -> D
     ``Ranking(pairs="relevance")``: pairs of different relevance within each query, graded
     relevance allowed (decoding loops over the distinct grades).
 
+    The pull (0.10): binary cross-entropy for 0/1 relevance; for integer grades the all-threshold
+    ordinal logistic loss, one margin per grade boundary (:attr:`uniloss.Structure.margins`).
+
     ``num_grades``: the relevance is an integer in ``[0, num_grades)`` (grades need not all occur).
     The decoder then loops over ``num_grades`` grades without counting the distinct ones, so a
     loss call makes no host synchronisation (with ``validate_args=False``); without it, graded

@@ -449,7 +449,7 @@ def test_graded_retrieval_queries_grade_the_digit_its_neighbours_and_the_rest():
     assert torch.equal(query, torch.arange(1000) // 20)
 
 
-def test_the_ordinal_pull_probe_gives_one_margin_per_item_and_grade_boundary():
+def test_the_ordinal_pull_probe_averages_the_ordinal_margins_over_items_and_boundaries():
     from uniloss import zoo
     from uniloss.decoders import RankingTarget
 
@@ -461,10 +461,12 @@ def test_the_ordinal_pull_probe_gives_one_margin_per_item_and_grade_boundary():
     margins = ordinal.structure(ordinal.prepare(s, target)).margins(s)
     expected = [float(s[i]) - (b - 1) if rel[i] >= b else (b - 1) - float(s[i]) for i in range(12) for b in (1, 2, 3)]
     torch.testing.assert_close(margins, torch.tensor(expected))
-    assert metric.structure(metric.prepare(s, target)).margins is None  # the metric itself keeps its pull per run
+    # the library's own (0.10): the same margins per item and boundary, their terms summed per item
+    torch.testing.assert_close(metric.structure(metric.prepare(s, target)).margins(s).reshape(-1), margins)
+    assert metric.structure(metric.prepare(s, target)).margins(s).shape == (12, 3)
     assert float(ordinal.metric(s, target)) == float(metric.metric(s, target))
-    binary = RankingTarget((rel > 0).long(), q)  # 0/1 relevance: binary cross-entropy's margins, as before
-    torch.testing.assert_close(ordinal.structure(ordinal.prepare(s, binary)).margins(s),
+    binary, plain = RankingTarget((rel > 0).long(), q), M.with_ordinal_pull(zoo.ndcg_at_k(3))
+    torch.testing.assert_close(plain.structure(plain.prepare(s, binary)).margins(s),  # 0/1: binary cross-entropy's
                                torch.where(rel > 0, s, -s))
     assert M.parse_variant('o={"ordinal_pull": true, "pull": 2.0}') == ("o", {"ordinal_pull": True, "pull": 2.0})
     with pytest.raises(ValueError, match="not a ranking metric"):

@@ -442,27 +442,17 @@ ORDINAL_PULL = "ordinal_pull"
 
 
 class _OrdinalRanking(Ranking):
-    """:class:`uniloss.decoders.Ranking` whose graded relevance has per-sample margins for the pull
-    (the ``ordinal_pull`` probe): for each grade boundary ``b = 1 .. max grade``, ``s - (b - 1)`` for
-    an item of grade ``>= b`` and ``(b - 1) - s`` for the others, so the pull is the all-threshold
-    ordinal logistic loss (Rennie and Srebro 2005) with thresholds ``0, 1, 2, ...``, averaged over
-    the ``n x boundaries`` margins: binary cross-entropy for 0/1 relevance, which keeps its own
-    margins here. Integer grades only (the relevance values themselves are the levels)."""
+    """:class:`uniloss.decoders.Ranking` whose graded relevance's ordinal margins (0.10's, see
+    :func:`uniloss._pairs.ordinal_margins`) come flattened to ``[n x boundaries]``, so the pull
+    averages its terms over all of them instead of summing them per item and averaging over the
+    items: the form the ``ordinal_pull`` probe measured before 0.10 took the summed one (each step
+    smaller by the number of boundaries where the pull dominates). 0/1 relevance is unchanged."""
 
     def margins(self, plan: Any) -> Optional[Callable[[Tensor], Tensor]]:
-        plan = self._prepared(plan)
-        if self.pairs == "all" or plan.binary:
-            return super().margins(plan)
-        relevance = plan.target.relevance.long()
-        levels = torch.arange(1, int(relevance.max()) + 1, device=relevance.device)
-        above = relevance[:, None] >= levels[None, :]
-
-        def margins(scores: Tensor) -> Tensor:
-            flat = self._flat(scores)
-            m = flat[:, None] - (levels - 1).to(flat.dtype)[None, :]
-            return torch.where(above, m, -m).reshape(-1)
-
-        return margins
+        margins = super().margins(plan)
+        if margins is None or self._prepared(plan).binary:
+            return margins
+        return lambda scores: margins(scores).reshape(-1)
 
 
 def with_ordinal_pull(metric: uniloss.Decomposition) -> uniloss.Decomposition:
