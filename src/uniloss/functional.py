@@ -894,7 +894,8 @@ def uniloss(
             (binary labels: AP, and the zoo's ranking metrics of 0/1 relevance; ``mean
             softplus(-m / tau)``, binary cross-entropy, also in a batch without a comparison;
             integer grades of relevance, 0.10: one margin per grade boundary, the all-threshold
-            ordinal logistic loss, :func:`uniloss._pairs.ordinal_margins`), else per run. In-batch pairs tie nothing across batches, which a held-out AP compares
+            ordinal logistic loss, :func:`uniloss._pairs.ordinal_margins`), else per run.
+            In-batch pairs tie nothing across batches, which a held-out AP compares
             (MNIST 0-vs-rest, batch 16: AP 99.74 against 99.16 per run, BCE 99.74; NDCG@5 of 0/1
             relevance at each loss's best rate 99.95 against 99.86 per run and BCE's 99.86;
             ``docs/results/metric-wins/``). ``"run"``: per run of the
