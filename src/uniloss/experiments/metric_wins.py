@@ -289,8 +289,8 @@ def listnet(scores: Tensor, relevance: Tensor, size: int) -> Tensor:
 
 
 def lambdarank(scores: Tensor, relevance: Tensor, size: int) -> Tensor:
-    """LambdaRank for NDCG (Burges et al. 2006; LightGBM's ``lambdarank`` objective without
-    truncation): the pairwise logistic loss of every pair of different grades within a query of
+    """LambdaRank for NDCG (Burges et al. 2006), without truncation or per-query normalisation
+    (LightGBM's ``lambdarank`` adds both): the pairwise logistic loss of every pair of different grades within a query of
     ``size`` consecutive items, each pair weighted by ``|delta NDCG|``, the change of the query's
     NDCG (linear gains, as :func:`uniloss.zoo.ndcg_at_k`) if the two swapped places in the current
     ranking; a weighted mean over the pairs, so its scale is :func:`pairwise_logistic`'s. Zero
