@@ -88,6 +88,7 @@ Adam (docs/results/metric-wins/quick-adam/).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -165,9 +166,11 @@ def retrieval_queries(y: Tensor, num_queries: int, size: int, generator: torch.G
     return items.reshape(-1), q, relevant.reshape(-1).long(), query.reshape(-1)
 
 
+@functools.lru_cache(maxsize=1)
 def digit_neighbours() -> Tensor:
     """``[10, 2]``: each digit's two most similar other digits, by the cosine of the centred
-    class-mean images of scikit-learn's whole digits set (e.g. 3's are 9 and 5's 9; fixed, no draw)."""
+    class-mean images of scikit-learn's whole digits set (e.g. 3's are 9 and 5's 9; fixed, no draw;
+    computed once)."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -681,6 +684,26 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
                         decomposition=metric, epochs=5 if quick else 15)
 
 
+def _ranking_loss(loss: str, fn: Optional[Callable[..., Tensor]], s: Tensor, rel: Tensor, query: Tensor,
+                  size: int) -> Tensor:
+    """One batch's loss of the ranking tasks: ``s`` ``[Q * size]`` scores of queries of ``size``
+    consecutive items, ``rel`` their relevance, ``query`` their query ids; ``loss`` ``"bce"``,
+    ``"mse"``, ``"pairwise"``, ``"listnet"``, ``"lambdarank"``, else ``fn`` (UniLoss)."""
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(s, rel.float())
+    if loss == "mse":
+        return F.mse_loss(s, rel.to(s.dtype))
+    if loss == "pairwise":
+        return pairwise_logistic(s, rel, query)
+    if loss == "listnet":
+        return listnet(s, rel, size)
+    if loss == "lambdarank":
+        return lambdarank(s, rel, size)
+    if fn is None:
+        raise ValueError(f"unknown loss {loss!r}")
+    return fn(s, RankingTarget(rel, query))
+
+
 def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, per_batch: int = 8,
              train_queries: int = 160, metric: Optional[uniloss.Decomposition] = None, draw: int = 0,
              graded: bool = False) -> List[float]:
@@ -710,18 +733,7 @@ def run_ndcg(loss: str, seed: int, quick: bool, options: dict, size: int = 20, p
 
     def step(m, batch):
         items, q, rel, query = batch
-        s = scores_of(m, xtr, items, q)
-        if loss == "bce":
-            return F.binary_cross_entropy_with_logits(s, rel.float())
-        if loss == "mse":
-            return F.mse_loss(s, rel.to(s.dtype))
-        if loss == "pairwise":
-            return pairwise_logistic(s, rel, query)
-        if loss == "listnet":
-            return listnet(s, rel, size)
-        if loss == "lambdarank":
-            return lambdarank(s, rel, size)
-        return fn(s, RankingTarget(rel, query))
+        return _ranking_loss(loss, fn, scores_of(m, xtr, items, q), rel, query, size)
 
     opt = sgd(model, 0.1)
     return fit(model, opt, batches, step, 30, lambda m: float(metric.metric(scores_of(m, xte, test_items, test_q), test_target)),
@@ -751,17 +763,7 @@ def run_graded_ranking(loss: str, seed: int, quick: bool, options: dict, k: int 
 
     def step(m, queries):
         items = (queries[:, None] * size + torch.arange(size)).reshape(-1)
-        s, rel = m(xtr[items]).reshape(-1), rtr[items]
-        if loss == "mse":
-            return F.mse_loss(s, rel.to(s.dtype))
-        if loss == "pairwise":
-            return pairwise_logistic(s, rel, local)
-        if loss == "listnet":
-            return listnet(s, rel, size)
-        if loss == "lambdarank":
-            return lambdarank(s, rel, size)
-        assert fn is not None, f"unknown loss {loss!r}"
-        return fn(s, RankingTarget(rel, local))
+        return _ranking_loss(loss, fn, m(xtr[items]).reshape(-1), rtr[items], local, size)
 
     epochs = 15 if quick else 30
     opt = sgd(model, 0.1)
