@@ -52,7 +52,8 @@ def test_accuracy_chain_equals_the_brute_force_extension_value_and_gradient(seed
     best = dec.best(dec.prepare(ref_scores, target)).reshape(-1)
     ref = _brute_force_extension(c, best, lambda bits: _accuracy_by_hand(bits, n, classes - 1), 0.7)
     (ref_grad,) = torch.autograd.grad(-ref, ref_scores)
-    assert info.path == "chain" and info.kinds == (("chain", n + 1),)  # walked by the samples' runs
+    # walked by the samples' runs, on each one's least comparison (Structure.run_least)
+    assert info.path == "runs" and info.kinds == (("chain", n + 1),)
     torch.testing.assert_close(loss, -ref)
     torch.testing.assert_close(grad, ref_grad)
     assert grad.abs().sum() > 0
@@ -283,10 +284,16 @@ def test_training_on_the_chain_raises_average_precision():
     assert after > max(before, 0.8)
 
 
+class _PCKWithoutLeast(uniloss.PCK):
+    """PCK whose structure does not give its runs' least comparisons: the chain forms them all."""
+    def structure(self, target):
+        return dataclasses.replace(super().structure(target), run_least=None)
+
+
 class _PCKWithoutClosedForm(uniloss.PCK):
     """PCK whose structure keeps its blocks but not its chain: the engine must evaluate it."""
     def structure(self, target):
-        return dataclasses.replace(super().structure(target), chain=None, chain_by_runs=False)
+        return dataclasses.replace(super().structure(target), chain=None, chain_by_runs=False, run_least=None)
 
 
 def test_the_chain_refuses_what_it_cannot_do():
@@ -391,7 +398,7 @@ def test_a_huge_metric_of_whole_runs_takes_the_chain_block_by_block(options):
     g = torch.Generator().manual_seed(12)
     scores = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
     target = uniloss.KeypointTarget(torch.rand(3, 2, 2, generator=g) * 5, torch.ones(3, 2), torch.tensor([1.5, 2.0, 1.0]))
-    dec = uniloss.PCK(0.5)
+    dec = _PCKWithoutLeast(0.5)  # (with run_least both take the path "runs": see test_runs.py)
     results = []
     for chunk_bits in (None, 40):
         leaf = scores.clone().requires_grad_(True)

@@ -69,7 +69,7 @@ CACHES = {
                    lambda: [t for pair in decoders._TRIU_PAIRS.values() for t in pair]),
     "ranks": (lambda: _metrics._ranks(5, torch.device("cpu"), torch.float32), _metrics._RANKS.values),
     "arange": (lambda: _metrics._arange(5, torch.device("cpu")), _metrics._ARANGE.values),
-    "all_true": (lambda: _metrics._all_true(3, torch.device("cpu")), _metrics._TRUE.values),
+    "all_true": (lambda: _metrics.all_true(3, torch.device("cpu")), _metrics._TRUE.values),
     "bit_table": (lambda: _structured.bit_table(torch.device("cpu"), torch.float32), _structured._TABLES.values),
     "shifts_bytes": (lambda: _anchors.unpack_codes(torch.zeros(1, 4, dtype=torch.uint8), 8), _anchors._SHIFTS.values),
     "shifts_words": (lambda: _anchors.unpack_codes(torch.zeros(1, 300, dtype=torch.uint8), 8), _anchors._SHIFTS.values),

@@ -73,4 +73,12 @@ def test_functional_call_of_a_model_with_the_module():
 def test_block_by_block_path_refuses_a_transform_clearly():
     dec, heat, joints = CASES["pck"]
     with pytest.raises(RuntimeError, match="chunk_bits"):
-        torch.func.grad(lambda s: F.uniloss(s, joints, dec, chunk_bits=64))(heat)
+        torch.func.grad(lambda s: F.uniloss(s, joints, dec, chunk_bits=64, interpolation="anchors"))(heat)
+    # the chain of PCK's runs forms no block at any size (the path "runs"): a transform runs it
+    gen = torch.Generator()
+    grad = torch.func.grad(lambda s: F.uniloss(s, joints, dec, chunk_bits=64, generator=gen))(heat)
+    leaf = heat.clone().requires_grad_(True)
+    loss, info = F.uniloss_with_info(leaf, joints, dec, chunk_bits=64)
+    loss.backward()
+    assert info.path == "runs" and info.num_bits > 64
+    torch.testing.assert_close(grad, leaf.grad)

@@ -228,13 +228,22 @@ def test_blocks_take_no_pass_in_backward_and_none_for_gradients_under_no_grad(mo
                                        chunk_bits=40, interpolation="anchors")
     assert len(calls) == 2 * blocks
     assert torch.equal(again, loss.detach())
-    # the chain: the runs' last comparisons (hard with them), then the gradients' pass
+    # the chain: the runs' last comparisons (hard with them), then the gradients' pass; with the
+    # runs' least comparisons in closed form (Structure.run_least, PCK's default) no block at all
     calls.clear()
-    chained = F.uniloss(heat.clone().requires_grad_(), target, uniloss.PCK(), chunk_bits=40, interpolation="chain")
+    chained = F.uniloss(heat.clone().requires_grad_(), target, _PCKWithoutLeast(), chunk_bits=40, interpolation="chain")
     assert len(calls) == 2 * blocks
     calls.clear()
     chained.backward()
     assert calls == []
+    loss, info = F.uniloss_with_info(heat.clone().requires_grad_(), target, uniloss.PCK(), chunk_bits=40)
+    loss.backward()
+    assert calls == [] and info.path == "runs"
+
+
+class _PCKWithoutLeast(uniloss.PCK):
+    def structure(self, target):
+        return dataclasses.replace(super().structure(target), run_least=None)
 
 
 @pytest.mark.parametrize("num", [5, 8, 16, 21])

@@ -101,6 +101,16 @@ class Structure:
             chain only a run's last comparison changes such a metric, so the engine walks the
             runs' last comparisons alone: ``O(l)`` and one sort of the ``S`` runs instead of a
             sort of the ``l`` comparisons, and block by block above ``chunk_bits``.
+        run_least: optional, with ``chain_by_runs``, ``run_pull`` and ``evaluate_zeros``, for runs
+            whose every ``best`` bit is 1: ``scores -> [S]``, each run's least comparison
+            ``min_k c_k`` (``+inf`` for a run without bits), differentiable in ``scores`` (where
+            several comparisons tie for the least, through the one of largest index), in closed
+            form where it costs less than forming the comparisons (PCK: a positive pixel's score
+            minus its joint's best negative one, ``O(pixels)`` against ``O(l)``). A run is whole
+            iff its least comparison is ``> 0``, and the chain of such a metric turns on these
+            alone, so ``interpolation="chain"`` then never forms the comparisons (path ``"runs"``:
+            the same loss, gradient and chain as the comparisons give; not with
+            ``pull_per="comparison"`` or ``temperature_scale``, which read every comparison).
 
     Example -- accuracy over ``n`` samples with one threshold comparison each (runs of 1 bit)::
 
@@ -132,6 +142,7 @@ class Structure:
     chain_by_runs: bool = False
     run_pull: Optional[Callable[[Tensor, Any], Tensor]] = None
     chain_gains: Optional[Callable[[Tensor], Any]] = None
+    run_least: Optional[Callable[[Tensor], Tensor]] = None
 
     def __post_init__(self) -> None:
         # (or a static layout's runs, uniloss._structured.Runs, which has run_ids)
@@ -155,6 +166,10 @@ class Structure:
             raise TypeError("Expected Structure.chain_gains to be callable: v [l] -> (start, gains [l])")
         if self.run_pull is not None and not callable(self.run_pull):
             raise TypeError("Expected Structure.run_pull to be callable: (scores, temperature) -> [S] terms")
+        if self.run_least is not None and not (callable(self.run_least) and self.chain_by_runs
+                                                and self.run_pull is not None and self.evaluate_zeros is not None):
+            raise TypeError("Structure.run_least must be callable (scores -> [S] least comparisons) and needs "
+                            "chain_by_runs, run_pull and evaluate_zeros")
         if self.chain_by_runs and self.chain is None:
             raise TypeError("Structure.chain_by_runs needs chain: (turn [S], length) -> [length + 1] values")
 
@@ -355,11 +370,22 @@ class StaticLayout:
     way gets none and lays its comparisons out exactly. The decomposition takes the offer with
     :meth:`claim` (once; a second claim is refused, and the engine prepares again without the
     offer, as it does when a wrapper's comparisons are not the static layout's).
+
+    ``runs_only``: the engine will take the path ``"runs"`` (:attr:`Structure.run_least`) if the
+    structure allows it, so it never asks for the comparisons: a decomposition may then claim a
+    layout of its *runs* (``claim(..., runs=True)``, at most :attr:`max_bits` of them), shaped
+    by the tensors' shapes, whose structure gives ``run_least``, ``run_pull``, ``chain`` and
+    ``evaluate_zeros`` on them (runs of no comparison where the exact layout has none; its
+    ``runs`` a :class:`uniloss._structured.Runs` with ``ends``, the comparisons' count, and
+    ``real``, the exact layout's runs) and whose ``comparisons`` need not exist. It gives
+    ``set_valid`` the number of comparisons.
     """
 
-    __slots__ = ("max_bits", "block_max_bits", "owners", "num_bits", "num_valid", "padding", "claims")
+    __slots__ = ("max_bits", "block_max_bits", "owners", "num_bits", "num_valid", "padding", "claims", "runs_only",
+                 "runs")
 
-    def __init__(self, max_bits: int, owners: tuple = (), block_max_bits: Optional[int] = None) -> None:
+    def __init__(self, max_bits: int, owners: tuple = (), block_max_bits: Optional[int] = None,
+                 runs_only: bool = False) -> None:
         self.max_bits = max_bits
         self.block_max_bits = max_bits if block_max_bits is None else min(max_bits, block_max_bits)
         self.owners = owners
@@ -367,31 +393,35 @@ class StaticLayout:
         self.num_valid: Optional[Tensor] = None
         self.padding: Optional[Tensor] = None
         self.claims = 0
+        self.runs_only = runs_only
+        self.runs = False  # a layout of runs was claimed
 
     @staticmethod
     def for_decomposition(max_bits: int, decomposition: "Decomposition",
-                          block_max_bits: Optional[int] = None) -> "StaticLayout":
+                          block_max_bits: Optional[int] = None, runs_only: bool = False) -> "StaticLayout":
         """The offer for ``decomposition`` and the objects it delegates to (``block_max_bits``:
-        the most a decomposition that can also work block by block may claim, ``chunk_bits``)."""
+        the most a decomposition that can also work block by block may claim, ``chunk_bits``;
+        ``runs_only``: a layout of runs may be claimed)."""
         owners: list = []
         obj: Optional[object] = decomposition
         while obj is not None and len(owners) < 16 and not any(obj is o for o in owners):
             owners.append(obj)
             inner = getattr(obj, "decomposition", None)  # (not `or`: a wrapper may define __len__)
             obj = inner if inner is not None else getattr(obj, "decoder", None)
-        return StaticLayout(max_bits, tuple(owners), block_max_bits)
+        return StaticLayout(max_bits, tuple(owners), block_max_bits, runs_only)
 
-    def claim(self, owner: object, num_bits: int, blockwise: bool = False) -> bool:
+    def claim(self, owner: object, num_bits: int, blockwise: bool = False, runs: bool = False) -> bool:
         """Whether ``owner`` may lay out ``num_bits`` comparisons statically (it then calls
         :meth:`set_valid` before returning its plan). ``blockwise``: the owner's exact layout has a
         :attr:`Structure.comparisons_block`, and above ``chunk_bits`` it is processed block by
-        block instead."""
-        if not any(owner is o for o in self.owners):
+        block instead. ``runs``: ``num_bits`` runs instead, where :attr:`runs_only` (see the
+        class)."""
+        if not any(owner is o for o in self.owners) or (runs and not self.runs_only):
             return False
         self.claims += 1
-        if self.claims > 1 or num_bits > (self.block_max_bits if blockwise else self.max_bits):
+        if self.claims > 1 or num_bits > (self.max_bits if runs or not blockwise else self.block_max_bits):
             return False
-        self.num_bits = num_bits
+        self.num_bits, self.runs = num_bits, runs
         return True
 
     def set_valid(self, num_valid: Tensor, padding: Optional[Tensor] = None) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from . import _validation as V
@@ -95,13 +96,13 @@ def _arange(n: int, device) -> Tensor:
     return _ARANGE.get((n, device), lambda: torch.arange(n, device=device))
 
 
-def _all_true(num_bits: int, device) -> Tensor:
+def all_true(num_bits: int, device) -> Tensor:
     """``[num_bits]`` bool of ones, as an expanded view (no memory per bit)."""
     return _TRUE.get(device, lambda: torch.ones((), dtype=torch.bool, device=device)).expand(num_bits)
 
 
 def is_all_true(bits: Tensor) -> bool:
-    """Whether ``bits`` is a view made by :func:`_all_true` (every bit 1, known without reading it;
+    """Whether ``bits`` is a view made by :func:`all_true` (every bit 1, known without reading it;
     ``False`` inside ``torch.compile``, where the view is made afresh: the general path)."""
     return bits.dim() == 1 and bits.stride(0) == 0 and bits._base is not None and bits._base is _TRUE.peek(bits.device)
 
@@ -340,8 +341,8 @@ class AveragePrecision(Decomposition):
     def best(self, target) -> Tensor:
         plan = self.prepare(None, target)
         if isinstance(plan, _APStatic):
-            return _all_true(plan.a.numel(), plan.a.device)
-        return _all_true(plan.pos.numel() * plan.neg.numel(), plan.pos.device)
+            return all_true(plan.a.numel(), plan.a.device)
+        return all_true(plan.pos.numel() * plan.neg.numel(), plan.pos.device)
 
     def structure(self, target) -> Structure:
         """One run per positive: its ``N`` comparisons with the negatives; AP from the sorted
@@ -602,7 +603,7 @@ class MulticlassAccuracy(Decomposition):
     def best(self, target) -> Tensor:
         plan = _prepared(self, target, _AccuracyPlan)
         l = plan.cols.numel() if plan.selected is None else plan.selected.numel()
-        return _all_true(l, plan.labels.device)
+        return all_true(l, plan.labels.device)
 
     def structure(self, target) -> Structure:
         """One run per sample: its comparisons (the trained ones, with ``fraction``)."""
@@ -614,9 +615,30 @@ class MulticlassAccuracy(Decomposition):
             sample = torch.div(plan.selected, m, rounding_mode="floor")
             # (not bincount: on a GPU it reads the largest value on the host)
             runs = torch.zeros(n, dtype=torch.long, device=sample.device).index_add_(0, sample, torch.ones_like(sample))
+        every = plan.selected is None and self.top_k is None and m > 0  # compared with every other class
         return Structure(runs, lambda zeros: self.evaluate_zeros(zeros, plan),
                          lambda zeros: self._plus_one(zeros, plan),
-                         chain=lambda turn, length: self._chain(turn, length, plan), chain_by_runs=True)
+                         chain=lambda turn, length: self._chain(turn, length, plan), chain_by_runs=True,
+                         run_pull=(lambda scores, temperature: self._run_pull(plan, scores, temperature)) if every else None,
+                         run_least=(lambda scores: self._least(plan, scores)) if every else None)
+
+    @staticmethod
+    def _run_pull(plan: "_AccuracyPlan", scores: Tensor, temperature) -> Tensor:
+        """``[n]`` each sample's term of the pull per run (:attr:`Structure.run_pull`) where it
+        is compared with every other class: ``log(1 + sum_j exp((s_j - s_y) / tau))``, the
+        cross-entropy of ``scores / tau``."""
+        unit = not isinstance(temperature, Tensor) and temperature == 1.0
+        return nnf.cross_entropy(scores if unit else scores / temperature, plan.labels, reduction="none")
+
+    @staticmethod
+    def _least(plan: "_AccuracyPlan", scores: Tensor) -> Tensor:
+        """``[n]`` each sample's least comparison (:attr:`Structure.run_least`), where it is
+        compared with every other class: its target's score minus the best other score (of
+        those tied for it, the last class: its run's comparison of largest index)."""
+        with torch.no_grad():
+            others = scores.detach().scatter(1, plan.labels[:, None], float("-inf"))
+            last = (others.shape[1] - 1) - others.flip(1).argmax(1)
+        return row_differences(scores, plan.labels, last[:, None]).reshape(-1)
 
     @staticmethod
     def _chain(turn: Tensor, length: int, plan: "_AccuracyPlan") -> Tensor:
@@ -700,6 +722,29 @@ class _PCKStatic:
     run_joint: Tensor  # [G H W + 1] joint of each run, G for the empty ones and the padding's
 
 
+def _laid_out(plan):
+    """``plan`` where it lays out comparisons (not :class:`_PCKPixels`, which has none)."""
+    if isinstance(plan, _PCKPixels):
+        raise RuntimeError("This PCK plan lays out runs, not comparisons (the engine's path 'runs' asked for it): "
+                           "call prepare() outside a loss call for a plan with comparisons")
+    return plan
+
+
+@dataclass(frozen=True)
+class _PCKPixels:
+    """PCK's runs in a layout of runs (see :class:`uniloss._decomposition.StaticLayout`,
+    ``runs_only``): one run per pixel of every joint, ``G H W``, those of the exact layout (the
+    positive pixels of the visible joints, in its order) among them and the others without
+    comparisons, in no joint. For the path ``"runs"`` alone: no comparison is laid out."""
+
+    visible: Tensor  # [G] bool
+    num_visible: Tensor  # 0-dim int64
+    positive: Tensor  # [G, H W] bool: the exact layout's runs (positive pixels of visible joints)
+    has_negative: Tensor  # [G] bool
+    runs: Runs  # G H W runs: `ends` the comparisons' cumulative count, `real` the exact layout's runs
+    run_joint: Tensor  # [G H W] joint of each run, G for the pixels that are none
+
+
 class PCK(Decomposition):
     r"""Percentage of correct keypoints from heatmaps (paper sec. 4.2).
 
@@ -714,16 +759,19 @@ class PCK(Decomposition):
     (or a tuple ``(keypoints [n, J, 2], visible [n, J], normalizer [n])``). With no visible
     joint the metric is undefined (NaN) and the loss is zero.
 
-    Memory: ``l = sum_joints P*(H*W - P)``; this dense implementation suits small heatmaps or
-    few joints (a 64x64 heatmap with a 180-pixel disc has about 700k comparisons per joint).
+    Memory: ``l = sum_joints P*(H*W - P)`` (a 64x64 heatmap with a 180-pixel disc has about 700k
+    comparisons per joint). The default ``interpolation="chain"`` forms none of them: a joint's
+    runs turn on each positive pixel's least comparison, its score minus the joint's best
+    negative one (:attr:`Structure.run_least`, path ``"runs"``), ``O(n J H W)`` time and memory.
+    The anchors (``interpolation="anchors"``), ``pull_per="comparison"`` and
+    ``temperature_scale`` form them, block by block above ``chunk_bits``.
 
     Host synchronisation: inside a loss call with sampled anchors, heatmaps whose bound
     ``n J floor((H W)^2 / 4)`` on ``l`` is at most ``chunk_bits`` (default ``2**22``: e.g. 4 x 16
     heatmaps of 22x22 pixels) are laid out statically (see
     :class:`uniloss._decomposition.StaticLayout`), with no synchronisation when
     ``validate_args=False``. Larger ones keep the exact layout, which finds the disc pixels
-    (``nonzero``) and plans the blocks of the block-by-block engine on the host: a few
-    synchronisations per call.
+    (``nonzero``, three calls); block by block it also plans the blocks on the host.
 
     Example::
 
@@ -779,17 +827,63 @@ class PCK(Decomposition):
         return dx * dx + dy * dy <= radius * radius
 
     def prepare(self, scores: Tensor, target, generator=None):
-        if isinstance(target, (SetPairs, _PCKStatic)):
+        if isinstance(target, (SetPairs, _PCKStatic, _PCKPixels)):
             return target
         keypoints, visible, normalizer = target
         n, j, h, w = scores.shape
         pos = self.positive_mask(scores.shape, (keypoints, visible, normalizer)).reshape(n * j, h * w)
         vis = visible.reshape(-1) != 0
         layout = static_layout()
-        if layout is not None and layout.claim(self, n * j * ((h * w) ** 2 // 4), blockwise=True):
+        if layout is not None and layout.runs_only and n * j * h * w <= layout.max_bits:
+            if layout.claim(self, n * j * h * w, runs=True):
+                return self._pixels(pos, vis, layout)
+        elif layout is not None and layout.claim(self, n * j * ((h * w) ** 2 // 4), blockwise=True):
             return self._static(pos, vis, layout)
         joint_index = vis.nonzero().reshape(-1)  # flat (sample, joint) of each visible joint
         return set_pairs(pos[joint_index], joint_index, h * w)
+
+    @staticmethod
+    def _pixels(pos: Tensor, vis: Tensor, layout) -> _PCKPixels:
+        """The layout of runs: a run per pixel, each positive pixel of a visible joint against
+        its joint's negatives, the other pixels runs of no comparison and no joint."""
+        num_joints, size = pos.shape
+        positive = pos & vis[:, None]
+        num_pos = positive.sum(1)
+        lengths = torch.where(positive, (size - num_pos)[:, None], 0).reshape(-1)
+        ends = torch.cumsum(lengths, 0)
+        layout.set_valid(ends[-1])
+        joint = torch.arange(num_joints, device=pos.device)[:, None].expand(num_joints, size)
+        run_joint = torch.where(positive, joint, num_joints).reshape(-1)
+        return _PCKPixels(vis, vis.sum(), positive, num_pos < size, Runs(None, None, ends, num_joints * size,
+                          real=num_pos.sum()), run_joint)
+
+    @staticmethod
+    def _pixels_least(plan: _PCKPixels, scores: Tensor) -> Tensor:
+        """``[G H W]`` :attr:`Structure.run_least` of :meth:`_pixels`: each positive pixel's score
+        minus its joint's best negative one (the last of those tied for it, as
+        :meth:`uniloss._pairs.SetPairs.least`), ``+inf`` for a run without comparisons."""
+        rows = scores.reshape(plan.positive.shape)
+        size = rows.shape[1]
+        with torch.no_grad():
+            negatives = rows.detach().masked_fill(plan.positive, float("-inf"))
+            top = negatives.amax(1, keepdim=True)
+            index = torch.arange(size, device=rows.device)
+            last = torch.where((negatives == top) & ~plan.positive, index, 0).amax(1, keepdim=True)
+            empty = ~(plan.positive & plan.has_negative[:, None])
+        return (rows - rows.gather(1, last)).masked_fill(empty, float("inf")).reshape(-1)
+
+    @staticmethod
+    def _pixels_pull(plan: _PCKPixels, scores: Tensor, temperature) -> Tensor:
+        """``[G H W]`` :attr:`Structure.run_pull` of :meth:`_pixels`, :meth:`_run_pull`'s terms
+        on the positive pixels of visible joints, 0 elsewhere."""
+        rows = scores.reshape(plan.positive.shape) / temperature
+        negatives = rows.masked_fill(plan.positive, float("-inf"))
+        top = negatives.detach().amax(1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        total = (negatives - top).exp().sum(1, keepdim=True)
+        joint = torch.where(total > 0, total.clamp_min(torch.finfo(total.dtype).tiny).log() + top, float("-inf"))
+        lse = joint - rows
+        return torch.where(plan.positive, torch.logaddexp(torch.zeros_like(lse), lse), 0.0).reshape(-1)
 
     @staticmethod
     def _static(pos: Tensor, vis: Tensor, layout) -> _PCKStatic:
@@ -831,7 +925,7 @@ class PCK(Decomposition):
         return _PCKStatic(vis, vis.sum(), base + rows[base + row], base + rows[base + col], padding, runs, run_joint)
 
     def comparisons(self, scores: Tensor, target) -> Tensor:
-        plan = self.prepare(scores, target)
+        plan = _laid_out(self.prepare(scores, target))
         if isinstance(plan, _PCKStatic):
             return static_pair_differences(scores.reshape(-1), plan.a, plan.b, plan.padding)
         return plan.comparisons(scores)
@@ -856,15 +950,20 @@ class PCK(Decomposition):
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def best(self, target) -> Tensor:
-        plan = _prepared(self, target, (SetPairs, _PCKStatic))
+        plan = _laid_out(_prepared(self, target, (SetPairs, _PCKStatic, _PCKPixels)))
         if isinstance(plan, _PCKStatic):
-            return _all_true(plan.a.numel(), plan.a.device)
-        return _all_true(plan.num_bits(), plan.pos_flat.device)
+            return all_true(plan.a.numel(), plan.a.device)
+        return all_true(plan.num_bits(), plan.pos_flat.device)
 
     def structure(self, target) -> Structure:
         """One run per positive pixel: its comparisons with its joint's negatives (block by
         block on the exact layout); ``good_flips`` bits per good anchor."""
-        plan = _prepared(self, target, (SetPairs, _PCKStatic))
+        plan = _prepared(self, target, (SetPairs, _PCKStatic, _PCKPixels))
+        if isinstance(plan, _PCKPixels):
+            return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan), good_flips=self.good_flips,
+                             chain=lambda turn, length: self._static_chain(turn, length, plan), chain_by_runs=True,
+                             run_pull=lambda scores, temperature: self._pixels_pull(plan, scores, temperature),
+                             run_least=lambda scores: self._pixels_least(plan, scores))
         if isinstance(plan, _PCKStatic):
             return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan), good_flips=self.good_flips,
                              chain=lambda turn, length: self._static_chain(turn, length, plan), chain_by_runs=True)
@@ -872,7 +971,8 @@ class PCK(Decomposition):
                          lambda zeros: self._plus_one(zeros, plan),
                          lambda scores, start, stop: self._block(plan, scores, start, stop), self.good_flips,
                          chain=lambda turn, length: self._chain(turn, length, plan), chain_by_runs=True,
-                         run_pull=lambda scores, temperature: self._run_pull(plan, scores, temperature))
+                         run_pull=lambda scores, temperature: self._run_pull(plan, scores, temperature),
+                         run_least=plan.least)
 
     @staticmethod
     def _run_pull(plan: "SetPairs", scores: Tensor, temperature) -> Tensor:
@@ -903,7 +1003,7 @@ class PCK(Decomposition):
         return _share_turned(joint_turn, length)
 
     @staticmethod
-    def _static_chain(turn: Tensor, length: int, plan: _PCKStatic) -> Tensor:
+    def _static_chain(turn: Tensor, length: int, plan: Union[_PCKStatic, _PCKPixels]) -> Tensor:
         """:meth:`_chain` in the static layout: its runs are the exact layout's positive pixels,
         then empty slots and the padding's run, whose joint (``run_joint``) is none of the
         ``G`` joints; an invisible joint is never correct, and PCK counts the visible ones (NaN
@@ -914,7 +1014,7 @@ class PCK(Decomposition):
         return _share_turned(torch.where(plan.visible, joint_turn, length + 1), length, plan.num_visible)
 
     def evaluate(self, bits: Tensor, target) -> Tensor:
-        plan = _prepared(self, target, (SetPairs, _PCKStatic))
+        plan = _laid_out(_prepared(self, target, (SetPairs, _PCKStatic, _PCKPixels)))
         if isinstance(plan, _PCKStatic):
             return self.evaluate_zeros(plan.runs.zeros(~bits, torch.float32), plan)
         if plan.num_rows == 0:
@@ -924,8 +1024,8 @@ class PCK(Decomposition):
 
     def evaluate_zeros(self, zeros: Tensor, target) -> Tensor:
         """A joint is correct iff one of its positives has no 0-bit (beats every negative)."""
-        plan = _prepared(self, target, (SetPairs, _PCKStatic))
-        if isinstance(plan, _PCKStatic):
+        plan = _prepared(self, target, (SetPairs, _PCKStatic, _PCKPixels))
+        if isinstance(plan, (_PCKStatic, _PCKPixels)):  # (a run in no joint: joint G, left out)
             ok = (zeros == 0).float()
             num_joints = plan.visible.numel()
             correct = _segment_sum(ok, plan.run_joint, num_joints + 1)[..., :num_joints] > 0

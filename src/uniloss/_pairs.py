@@ -91,6 +91,23 @@ class SetPairs:
             self.cache["starts"] = ([0] + pos, [0] + neg)
         return self.cache["starts"]
 
+    def least(self, scores: Tensor) -> Tensor:
+        """``[A]``: each run's least comparison, a positive's score minus the best negative score
+        of its row (of those tied for it, the last: the run's comparison of largest index), or
+        ``+inf`` in a row without negatives (:attr:`uniloss.Structure.run_least`). Differentiable
+        in ``scores``; ``O(A + B)``, no comparison formed."""
+        flat = scores.reshape(-1)
+        with torch.no_grad():
+            held = flat.detach()[self.neg_flat]
+            top = held.new_full((self.num_rows,), float("-inf")).scatter_reduce(0, self.neg_row, held, "amax")
+            index = torch.arange(held.numel(), device=held.device)
+            at = torch.full((self.num_rows,), -1, dtype=torch.long, device=held.device).scatter_reduce(
+                0, self.neg_row, torch.where(held == top[self.neg_row], index, -1), "amax")[self.pos_row]
+            # (a row without negatives: the positive against itself, then +inf)
+            partner = self.neg_flat[at.clamp_min(0)] if held.numel() else self.pos_flat
+            partner = torch.where(at >= 0, partner, self.pos_flat)
+        return index_differences(flat, self.pos_flat, partner).masked_fill(at < 0, float("inf"))
+
     def comparisons(self, scores: Tensor) -> Tensor:
         """``[l]``: every positive's score minus each negative's of its row (differentiable)."""
         ia, ib = self.pairs()

@@ -154,18 +154,20 @@ class WrappedDecomposition(Decomposition):
 
     def structure(self, target: Any) -> Optional[Structure]:
         """The inner ``structure`` on the prepared set (its ``rows`` the set's); its
-        ``comparisons_block``, ``margins`` and ``run_pull`` take this call's scores (placed in the
+        ``comparisons_block``, ``margins``, ``run_pull`` and ``run_least`` take this call's scores (placed in the
         set as :meth:`unwrap` places them)."""
         inner_scores, inner_target = self.unwrap(target)
         inner = self.decomposition.structure(inner_target)
         if inner is None:
             return None
         rows = inner.rows if inner.rows is not None else (inner_scores.shape[0] if inner_scores.dim() else 1)
-        block, margins, run_pull = inner.comparisons_block, inner.margins, inner.run_pull
+        block, margins, run_pull, run_least = inner.comparisons_block, inner.margins, inner.run_pull, inner.run_least
         if margins is not None:
             inner = replace(inner, margins=lambda scores: margins(self.unwrap(target, scores)[0]))
         if run_pull is not None:
             inner = replace(inner, run_pull=lambda scores, tau: run_pull(self.unwrap(target, scores)[0], tau))
+        if run_least is not None:
+            inner = replace(inner, run_least=lambda scores: run_least(self.unwrap(target, scores)[0]))
         if block is None:
             return replace(inner, rows=rows)
 

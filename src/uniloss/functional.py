@@ -25,7 +25,7 @@ from ._interpolation import (
     last_of_runs, pull_cost, rms_unit, run_chain_gains, sq_distances_from_costs, step_factor,
 )
 from ._limits import EngineLimits, current_limits
-from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, is_all_true
+from ._metrics import PCK, AveragePrecision, MulticlassAccuracy, all_true, is_all_true
 from ._structured import Runs, apply_surrogate, chunked_loss, structured_loss
 
 __all__ = ["uniloss", "uniloss_with_info", "LossInfo"]
@@ -55,7 +55,9 @@ class LossInfo:
             block by block, above ``chunk_bits`` comparisons), as :func:`choose_path` picked it;
             ``"chain"`` with ``interpolation="chain"`` (``anchor_values`` then holds the metric
             along the chain; for a metric of whole runs at the ``S + 1`` points where the first
-            ``j`` runs are whole; block by block the path is ``"chunked"`` with the chain's kinds).
+            ``j`` runs are whole; block by block the path is ``"chunked"`` with the chain's kinds),
+            ``"runs"`` where that chain took each run's least comparison alone, at any size
+            (:attr:`uniloss.Structure.run_least`: accuracy, PCK).
     """
 
     metric: Tensor
@@ -151,7 +153,8 @@ class Plan:
             or no comparison), ``"structured"`` (sampled anchors or a given structured
             :class:`~uniloss.AnchorSet`), ``"chunked"`` (the structured engine block by block:
             more than ``chunk_bits`` comparisons and a :class:`~uniloss.Structure` with
-            ``comparisons_block``) or ``"chain"`` (``interpolation="chain"``, some comparisons).
+            ``comparisons_block``), ``"chain"`` (``interpolation="chain"``, some comparisons) or
+            ``"runs"`` (the chain on the runs' least comparisons, :attr:`uniloss.Structure.run_least`).
         static_bits: the static layout offered to ``prepare`` (the most comparisons it may hold:
             :meth:`EngineLimits.static_bits_for` the device; a decomposition that can also be
             processed block by block claims at most ``chunk_bits``; ``0`` on a CPU, which then gets
@@ -160,7 +163,7 @@ class Plan:
         target: the prepared target.
         structure: ``decomposition.structure(target)``.
         comparisons: the ``[l]`` comparisons ``c`` (``None`` on the chunked path, which computes
-            them block by block).
+            them block by block; the runs' ``[S]`` least ones on the path ``"runs"``).
         anchor_set: the given ``anchors`` as an :class:`~uniloss.AnchorSet` (made dense where
             they were drawn for other comparisons); ``None`` for sampled anchors.
         chunk_bits: the call's ``chunk_bits`` (its default from the limits).
@@ -189,6 +192,8 @@ def choose_path(
     generator: Optional[torch.Generator] = None,
     limits: Optional[EngineLimits] = None,
     interpolation: str = "chain",
+    temperature_scale: Optional[str] = None,
+    pull_per: str = "sample",
 ) -> Plan:
     """The engine's one dispatch: the path of a loss call (see :class:`Plan`), from the limits
     (``limits``, default those in force: :func:`uniloss._limits.current_limits`), the
@@ -198,7 +203,11 @@ def choose_path(
     ``"chunked"``: the decision needs their number. ``interpolation="chain"`` takes the
     comparisons as the anchors do (a static layout where offered), goes block by block for a
     metric of whole runs (:attr:`uniloss.Structure.chain_by_runs`), and raises where ``anchors``
-    are given or another metric has more than ``chunk_bits`` comparisons in the exact layout."""
+    are given or another metric has more than ``chunk_bits`` comparisons in the exact layout. A
+    metric of whole runs whose structure gives each run's least comparison
+    (:attr:`uniloss.Structure.run_least`) takes the path ``"runs"`` with the chain, at any size:
+    ``comparisons`` are then those ``[S]``, unless ``temperature_scale`` or
+    ``pull_per="comparison"``, which read every comparison, are asked for."""
     limits = current_limits() if limits is None else limits
     limit = limits.chunk_bits if chunk_bits is None else chunk_bits
     # Sampled anchors: a decomposition whose number of comparisons depends on the target may lay
@@ -211,8 +220,17 @@ def choose_path(
                          "anchors: pass anchors=None (or interpolation='anchors')")
     if anchors is None and good_anchors == "sample":
         offer = limits.static_bits_for(scores.device)
-    layout = None if not offer else StaticLayout.for_decomposition(offer, decomposition, limit)  # (0: a CPU's, none)
+    # the path "runs" (if the structure gives run_least) reads no comparison: a layout of runs may be claimed
+    runs_only = chain and temperature_scale is None and pull_per != "comparison"
+    layout = None if not offer else StaticLayout.for_decomposition(offer, decomposition, limit, runs_only)  # (0: a CPU's, none)
     prepared = prepare_with_layout(decomposition, scores, target, generator, layout)
+    if layout is not None and layout.used and layout.runs:  # a layout of runs: the path "runs", or exactly
+        structure = decomposition.structure(prepared)
+        least = None if structure is None or structure.run_least is None else structure.run_least(scores).reshape(-1)
+        if least is not None and least.numel() == layout.num_bits:
+            return Plan("runs", offer, layout, prepared, structure, least, None, limit, min(limit, limits.block_bits))
+        prepared = prepare_with_layout(decomposition, scores, target, generator, None)  # (a wrapper changed them)
+        layout = None
     if layout is not None and not layout.used:
         if layout.claims > 1 and layout.num_bits >= 0:  # two static layouts in one: prepare exactly
             prepared = prepare_with_layout(decomposition, scores, target, generator, None)
@@ -235,6 +253,9 @@ def choose_path(
             if not counts else "good_anchors='all' cannot be combined with given `anchors`"
         )
     block_bits = min(limit, limits.block_bits)
+    if runs_only and anchors is None and layout is None and structure is not None and structure.run_least is not None:
+        return Plan("runs", offer, None, prepared, structure, structure.run_least(scores).reshape(-1), None, limit,
+                    block_bits)
     if (layout is None and anchors is None and structure is not None and structure.comparisons_block is not None
             and isinstance(structure.runs, Tensor) and int(structure.runs.sum()) > limit):
         if chain and not structure.chain_by_runs:
@@ -324,7 +345,8 @@ def uniloss_with_info(
             validate_scores(scores)
         decomposition.check(scores, target)
     plan = choose_path(scores, target, decomposition, anchors=anchors, good_anchors=good_anchors,
-                       chunk_bits=chunk_bits, generator=generator, interpolation=interpolation)
+                       chunk_bits=chunk_bits, generator=generator, interpolation=interpolation,
+                       temperature_scale=temperature_scale, pull_per=pull_per)
     target = plan.target
     sign = -1.0 if decomposition.higher_is_better else 1.0
     all_good = num_good if good_anchors == "all" else 0
@@ -349,6 +371,10 @@ def uniloss_with_info(
         return loss, with_exact_metric(LossInfo(metric, surrogate, loss.detach(), l, values, kinds, "chunked"), decomposition, target,
                                        scores)
     assert plan.comparisons is not None  # every path but the chunked one
+    if plan.path == "runs":
+        loss, info = _runs_loss(scores, plan, decomposition, target, temperature, grad_scale, sign, pull=pull,
+                                pull_per=pull_per, pull_weights=pull_weights, step=step, validate_args=validate_args)
+        return loss, with_exact_metric(info, decomposition, target, scores)
     c = plan.comparisons
     scores_dtype = c.dtype
     if c.dtype in _HALF:  # relax and interpolate in float32: sigmoid tails and sums need it
@@ -677,8 +703,47 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
     return loss, LossInfo(metric, surrogate, loss.detach(), l, values, anchor_set.kinds), push
 
 
+def _runs_loss(scores, plan: Plan, decomposition, target, temperature, grad_scale, sign, *, pull: float,
+               pull_per: str, pull_weights: str, step: str, validate_args: bool):
+    """The path ``"runs"``: :func:`_chain_loss` on the runs' least comparisons
+    (:attr:`uniloss.Structure.run_least`, ``plan.comparisons``), one a run of one bit, every
+    best bit 1. A metric of whole runs changes along its chain only where a run's least
+    comparison takes its best value, and a run is whole iff that one is ``> 0``, so the chain,
+    its gains and the current value are those of all the comparisons; the pull is the
+    structure's (per run in closed form, or on the margins). Returns ``(loss, info)``."""
+    structure = plan.structure
+    assert structure is not None and plan.comparisons is not None  # the path "runs": set by choose_path
+    c = plan.comparisons
+    if c.dtype in _HALF:
+        c = c.float()
+    num = c.numel()
+    lengths, real = structure.runs, None
+    count: Union[int, Tensor]
+    if isinstance(lengths, Runs):  # a layout of runs (see StaticLayout): its comparisons' count and real runs
+        assert lengths.ends is not None and lengths.real is not None
+        count, real = lengths.ends[-1], lengths.real
+    else:
+        count = lengths * num if isinstance(lengths, int) else lengths.sum()
+    runs = Runs(1, None, None, num, real)
+    margins_of, run_weights, run_pull = _pull_terms(structure, pull, pull_per, pull_weights, num, c.dtype)
+    margins = None if margins_of is None else margins_of(scores)
+    if margins is not None and margins.dtype in _HALF:
+        margins = margins.float()
+    per_run = None if run_pull is None or not num else run_pull(scores, temperature).to(c.dtype)
+    stepped = step == "pull" and bool(pull)
+    # (a layout of runs: the pull over the exact layout's runs, runs.real, as pull_cost counts a static layout's)
+    pulling = _Pull(pull, stepped, margins if margins is not None else per_run, margins is not None, runs,
+                    _pull_rows(scores, structure), None if real is None else cast(Tensor, count), run_weights)
+    if validate_args or not isinstance(count, Tensor):
+        count = int(count)
+    with torch.no_grad():
+        best = all_true(num, c.device)
+    return _chain_loss(scores, c, c.detach() > 0, best, decomposition, target, temperature, grad_scale, sign,
+                       structure=structure, runs=runs, count=count, pull=pulling, least=True)
+
+
 def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign, *, structure=None,
-                runs=None, static=None, count=None, pull: Optional[_Pull] = None):
+                runs=None, static=None, count=None, pull: Optional[_Pull] = None, least: bool = False):
     """``interpolation="chain"``: the metric's extension along the chain of the comparisons
     (:func:`uniloss._interpolation.chain_extension`) and the pull (:func:`_with_pull`), one
     autograd node with the gradient in closed form. The extension is ``g~ = g(S_0) + sum_k
@@ -700,7 +765,9 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     runs: its padding a run of no joint). Where no gradient can be asked for (grad mode off,
     or no input that requires it) only the value is computed. Returns ``(loss, info)``;
     ``info.metric`` is the hard configuration's value, computed when read unless the chain's
-    evaluation gives it."""
+    evaluation gives it. ``least`` (:func:`_runs_loss`): ``c`` holds each run's least comparison,
+    a run of one bit each (``+inf``: a run without bits); the metric is then evaluated from the
+    runs' wholeness (``evaluate_zeros``)."""
     l = c.numel()
     dtype = c.dtype
     metric = None
@@ -711,13 +778,23 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     recorded = torch.is_grad_enabled() and (c.requires_grad or (pulled is not None and pulled.requires_grad))
     with torch.no_grad():
         u, v = agreement(c.detach(), best, temperature, all_best)
-        if structure is not None and structure.chain_gains is not None:  # (a static layout's structure gives its own)
+        if least:  # each run's least comparison, given (the path "runs"): a run without bits is +inf
+            # (the chain's order, v descending, from c itself: v is monotone in it, and c does not tie
+            # where sigmoid rounds two values alike)
+            held = c.detach()
+            if isinstance(structure.runs, int):  # runs of equal width: every one holds bits, in index order
+                values, gains = run_chain_gains(held, held, structure.chain, dtype, in_order=True)
+            else:
+                last = torch.where(torch.isposinf(held), -1, torch.arange(l, device=c.device))
+                values, gains = run_chain_gains(held, last, structure.chain, dtype)
+            start, points = values[0], values.numel()
+        elif structure is not None and structure.chain_gains is not None:  # (a static layout's structure gives its own)
             start, gains = structure.chain_gains(v)
             values = torch.stack([start, start + gains.sum()]).to(dtype)  # the chain's two ends
             start, gains, points = start.to(dtype), gains.to(dtype), 2
         elif structure is not None and structure.chain_by_runs and runs is not None:  # (a static layout's own too)
-            least, last = last_of_runs(v, runs)
-            values, gains = run_chain_gains(least, last, structure.chain, dtype, runs.width is not None)
+            least_v, last = last_of_runs(v, runs)
+            values, gains = run_chain_gains(least_v, last, structure.chain, dtype, runs.width is not None)
             start, at, points = values[0], last.clamp_min(0), values.numel()
         else:
             limits = current_limits()
@@ -777,6 +854,9 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         reported: Union[Tensor, _Deferred]
         if metric is not None:
             reported = metric
+        elif least:  # a run whole iff its least comparison is right (read when asked, as below)
+            of_zeros = structure.evaluate_zeros
+            reported = _Deferred(lambda: of_zeros((~hard)[None].to(dtype)).to(dtype)[0])
         elif torch.compiler.is_compiling():
             reported = decomposition.evaluate(hard[None], target).to(dtype)[0]
         else:  # read when asked (a batch_metric, or no logging, may never ask)
@@ -798,7 +878,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
 
     loss = apply_surrogate(c, pulled, g, sign, backward).to(scores.dtype)
     info = LossInfo(cast(Tensor, reported), g, loss.detach(), l if count is None else count, values,
-                    (("chain", points),), "chain")  # (a _Deferred: the LossInfo.metric property reads it)
+                    (("chain", points),), "runs" if least else "chain")  # (a _Deferred: the LossInfo.metric property reads it)
     return loss, info
 
 
