@@ -351,11 +351,14 @@ def test_fixed_size_counts_equal_bincount(monkeypatch, weighted):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_pcks_chain_in_the_static_layout_is_exact_where_counts_at_every_point_would_not_fit(monkeypatch):
+@pytest.mark.parametrize("options", [{}, {"pull_per": "comparison"}], ids=["layout of runs", "static comparisons"])
+def test_pcks_chain_in_the_static_layout_is_exact_where_counts_at_every_point_would_not_fit(options, monkeypatch):
     """PCK's static layout walks its runs' last comparisons with its own closed form (the padding a
     run of no joint), as the exact layout does: equal loss and gradient on 3 x 32 x 32 heatmaps,
     138,658 comparisons of 3 x 262,144, where the runs' counts at every point of the chain pass
-    ``chain_elements`` (before: fewer points, and a gradient 0.05 off)."""
+    ``chain_elements`` (before: fewer points, and a gradient 0.05 off). With the defaults (0.11)
+    the chain takes the runs' least comparisons in a layout of a run per pixel; a pull per
+    comparison reads them all, in the static layout of comparisons."""
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(1, 3, 32, 32, generator=g, dtype=torch.float64)
     target = uniloss.KeypointTarget(torch.rand(1, 3, 2, generator=g) * 31, torch.ones(1, 3, dtype=torch.bool),
@@ -363,7 +366,7 @@ def test_pcks_chain_in_the_static_layout_is_exact_where_counts_at_every_point_wo
 
     def call():
         s = scores.clone().requires_grad_()
-        loss, info = uniloss.functional.uniloss_with_info(s, target, uniloss.PCK(), validate_args=False)
+        loss, info = uniloss.functional.uniloss_with_info(s, target, uniloss.PCK(), validate_args=False, **options)
         loss.backward()
         return loss.detach(), s.grad, info
 
