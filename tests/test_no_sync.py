@@ -109,7 +109,11 @@ def test_no_synchronising_operator_on_cpu(name, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", CASES)
 def test_no_synchronisation_on_cuda(name):
-    step = _step(name, "cuda")
+    _without_synchronisation(_step(name, "cuda"))
+
+
+def _without_synchronisation(step):
+    """``step()`` under ``torch.cuda.set_sync_debug_mode("error")`` after a warm-up call."""
     step()  # warm-up: lazy initialisation may synchronise
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -117,6 +121,19 @@ def test_no_synchronisation_on_cuda(name):
         step()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_chain_of_pck_on_large_heatmaps_does_not_synchronise_on_cuda():
+    """0.11: a run per pixel (``Structure.run_least``), 2 x 16 joints x 64 x 64, far above the
+    ``2**22`` comparisons of a static layout of comparisons."""
+    g = torch.Generator().manual_seed(0)
+    target = uniloss.KeypointTarget((torch.rand(2, 16, 2, generator=g) * 63).cuda(),
+                                    torch.ones(2, 16, dtype=torch.bool, device="cuda"), torch.full((2,), 16.0, device="cuda"))
+    scores = torch.randn(2, 16, 64, 64, generator=g).cuda()
+    fn = uniloss.UniLoss(uniloss.PCK(0.5), validate_args=False)
+    _without_synchronisation(lambda: fn(scores.clone().requires_grad_(True), target).backward())
+    assert fn.last.path == "runs"
 
 
 # ------------------------------------------------------------------------------ the static layouts
