@@ -301,3 +301,11 @@ def test_pck_layout_of_runs_through_a_wrapper():
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(grad, ref_grad)
 
+
+
+def test_no_run_is_the_dense_paths_zero_loss():
+    # an empty batch (no run, no comparison): the dense path's exact zero, as before the runs
+    scores = torch.zeros(0, 5, requires_grad=True)
+    loss, info = F.uniloss_with_info(scores, torch.zeros(0, dtype=torch.long), uniloss.MulticlassAccuracy())
+    loss.backward()
+    assert info.path == "dense" and str(float(loss.detach())) == "0.0" and torch.isnan(info.metric)

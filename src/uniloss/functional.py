@@ -254,8 +254,9 @@ def choose_path(
         )
     block_bits = min(limit, limits.block_bits)
     if runs_only and anchors is None and layout is None and structure is not None and structure.run_least is not None:
-        return Plan("runs", offer, None, prepared, structure, structure.run_least(scores).reshape(-1), None, limit,
-                    block_bits)
+        least = structure.run_least(scores).reshape(-1)
+        if least.numel():  # (no run: no comparison, the dense path's zero loss)
+            return Plan("runs", offer, None, prepared, structure, least, None, limit, block_bits)
     if (layout is None and anchors is None and structure is not None and structure.comparisons_block is not None
             and isinstance(structure.runs, Tensor) and int(structure.runs.sum()) > limit):
         if chain and not structure.chain_by_runs:
