@@ -626,3 +626,50 @@ def test_without_a_graph_the_value_alone_is_the_same_loss(name):
         assert torch.equal(value, recorded.detach()) and torch.equal(quiet.metric, info.metric)
     value, _ = F.uniloss_with_info(scores.clone(), target, dec)  # grad mode on, nothing requires grad
     assert torch.equal(value, recorded.detach()) and not value.requires_grad
+
+
+# ------------------------------------------------------------------ AP's chain ordered by the scores
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["exact layout", "static layout"])
+@pytest.mark.parametrize("seed, ties, n", [(0, False, 9), (1, False, 64), (2, True, 40), (3, True, 300), (4, False, 301)])
+def test_aps_gains_from_the_scores_are_the_gains_of_the_comparisons_order(seed, ties, n, static):
+    # v = sigmoid((s_p - s_q) / tau) orders every positive's comparisons by its negative's score
+    # and every column of m-th steps by the positive's score: two sorts of the scores give the
+    # gains the two sorts of [P, N] give (float64, where v does not round distinct scores alike)
+    from uniloss._decomposition import StaticLayout, prepare_with_layout
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    scores = scores.round() if ties else scores
+    target = (torch.rand(n, generator=g) < 0.3).long()
+    target[:2] = torch.tensor([1, 0])
+    dec = uniloss.AveragePrecision()
+    layout = StaticLayout(1 << 22, (dec,)) if static else None
+    plan = prepare_with_layout(dec, scores, target, None, layout)
+    v = torch.sigmoid(dec.comparisons(scores, plan) / 0.7)
+    start, gains = dec.structure(plan).chain_gains(v)  # from the scores
+    if static:
+        ref_start, ref_gains = uniloss.AveragePrecision._static_chain_gains(v, plan)
+    else:
+        ref_start, ref_gains = uniloss.AveragePrecision._chain_gains(v, plan.pos.numel(), plan.neg.numel())
+    assert torch.equal(start, ref_start) and torch.equal(gains, ref_gains)
+    assert (gains > 0).any()
+
+
+def test_aps_gains_from_the_scores_order_comparisons_sigmoid_rounds_alike():
+    # float32, tau 0.3: sigmoid rounds distinct comparisons near 1 to one value (and the same
+    # comparison to two, by its place in a vector); the scores' order is the comparisons' own,
+    # the gradient the same wherever sigmoid's slope is not below float32's resolution
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(200, generator=g)
+    target = (torch.rand(200, generator=g) < 0.3).long()
+    dec = uniloss.AveragePrecision()
+    plan = dec.prepare(scores, target)
+    c = dec.comparisons(scores, plan)
+    start, gains = dec.structure(plan).chain_gains(torch.sigmoid(c / 0.3))
+    # the reference: the order of c itself, through v computed without rounding (float64)
+    ref_start, ref_gains = uniloss.AveragePrecision._chain_gains(torch.sigmoid(c.double() / 0.3),
+                                                                 plan.pos.numel(), plan.neg.numel())
+    torch.testing.assert_close(gains, ref_gains, rtol=0, atol=0)
+    torch.testing.assert_close(start, ref_start)

@@ -309,3 +309,4 @@ def test_no_run_is_the_dense_paths_zero_loss():
     loss, info = F.uniloss_with_info(scores, torch.zeros(0, dtype=torch.long), uniloss.MulticlassAccuracy())
     loss.backward()
     assert info.path == "dense" and str(float(loss.detach())) == "0.0" and torch.isnan(info.metric)
+

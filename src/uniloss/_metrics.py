@@ -351,7 +351,12 @@ class AveragePrecision(Decomposition):
         plan = self.prepare(None, target)
         if isinstance(plan, _APStatic):
             positive = plan.positive
-            static_gains = None if self.interpolated else (lambda v: self._static_chain_gains(v, plan))
+            if self.interpolated:
+                static_gains = None
+            elif plan.scores is None:  # (a plan prepared without scores: the order from v)
+                static_gains = lambda v: self._static_chain_gains(v, plan)  # noqa: E731
+            else:
+                static_gains = lambda v: self._static_chain_gains_by_scores(plan)  # noqa: E731
             return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan),
                              margins=lambda scores: binary_margins(self._flat(scores), positive),
                              chain_gains=static_gains)
@@ -359,7 +364,13 @@ class AveragePrecision(Decomposition):
         pos = plan.pos
         num_neg = plan.neg.numel()
         chain = None if self.interpolated else (lambda rank: self._chain(rank, pos.numel(), num_neg))
-        gains = None if self.interpolated else (lambda v: self._chain_gains(v, pos.numel(), num_neg))
+        scores = plan.scores
+        if self.interpolated:
+            gains = None
+        elif scores is None:  # (a plan prepared without scores: the order from v)
+            gains = lambda v: self._chain_gains(v, pos.numel(), num_neg)  # noqa: E731
+        else:
+            gains = lambda v: self._chain_gains_by_scores(scores[pos], scores[plan.neg], v.dtype)  # noqa: E731
         return Structure(num_neg, lambda zeros: self.evaluate_zeros(zeros, plan), plus_one,
                          margins=lambda scores: binary_margins(self._flat(scores), pos), chain=chain,
                          chain_gains=gains)
@@ -381,6 +392,28 @@ class AveragePrecision(Decomposition):
         change = place.div_(q * (q - 1.0) * num_pos)  # (k / (k + v - 1) - k / (k + v)) / P
         start = _AP_START.get((num_pos, num_neg, v.device, dtype), lambda: _ap_start(num_pos, num_neg, v.device, dtype))
         gains = torch.empty(num_pos, num_neg, dtype=dtype, device=v.device).scatter_(1, column, change)
+        return start, gains.view(-1)
+
+    @staticmethod
+    def _chain_gains_by_scores(positives: Tensor, negatives: Tensor, like: torch.dtype) -> "tuple[Tensor, Tensor]":
+        """:meth:`_chain_gains` from the scores the plan was prepared with (``[P]`` and ``[N]``),
+        the relaxed bits ``v`` those of their comparisons: ``v = sigmoid((s_p - s_q) / tau)`` falls
+        with ``s_q`` and rises with ``s_p``, so every positive's comparisons take the same order,
+        the negatives by score ascending (ties by index), and every column of ``m``-th steps the
+        same order, the positives by score descending (ties by index). Two sorts of ``P`` and ``N``
+        scores instead of two of ``[P, N]``; the same gains where ``v`` orders as the scores do
+        (it cannot tell apart comparisons its sigmoid rounds to one value, 1 or a subnormal, whose
+        slope, and so gradient, is 0 or below float32's smallest normal, and which the scores
+        order by their differences)."""
+        num_pos, num_neg, device = positives.numel(), negatives.numel(), positives.device
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
+        place = torch.empty(num_pos, dtype=dtype, device=device).scatter_(
+            0, positives.argsort(descending=True, stable=True), _ranks(num_pos, device, dtype))  # 1-based
+        down = torch.empty(num_neg, dtype=dtype, device=device).scatter_(
+            0, negatives.argsort(stable=True), _down(num_neg, device, dtype))  # N - m: the count before the step
+        q = place[:, None] + down[None, :]  # k + v
+        gains = place[:, None] / (q * (q - 1.0) * num_pos)  # (k / (k + v - 1) - k / (k + v)) / P
+        start = _AP_START.get((num_pos, num_neg, device, dtype), lambda: _ap_start(num_pos, num_neg, device, dtype))
         return start, gains.view(-1)
 
     @staticmethod
@@ -422,6 +455,31 @@ class AveragePrecision(Decomposition):
         ranks = _ranks(n, device, dtype)
         start = torch.where(ranks <= num_pos, ranks / (ranks + num_neg.to(dtype)), 0.0).sum() / num_pos.clamp_min(1).to(dtype)
         return start, gains
+
+    @staticmethod
+    def _static_chain_gains_by_scores(plan: _APStatic) -> "tuple[Tensor, Tensor]":
+        """:meth:`_static_chain_gains` from the scores the plan was prepared with, as
+        :meth:`_chain_gains_by_scores` takes them: each bit's positive's place among the positives
+        (by score, descending) and its negative's step among the negatives (by score, ascending),
+        from two stable sorts of the ``n`` scores (the other class last) instead of two of the
+        ``L`` bits; shapes from the layout's."""
+        assert plan.scores is not None  # (see structure)
+        n, device = plan.positive.numel(), plan.a.device
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
+        scores, positive = plan.scores.detach(), plan.positive
+        num_pos = plan.num_pos
+        num_neg = n - num_pos
+        ranks = _ranks(n, device, dtype)
+        inf = torch.full_like(scores, float("inf"))
+        # each sample's place among its class: positives from the highest score, negatives from the lowest
+        by_class = torch.empty(n, dtype=dtype, device=device)
+        by_class.scatter_(0, torch.where(positive, -scores, inf).sort(stable=True).indices, ranks)  # positives first
+        place = by_class.gather(0, plan.a)  # 1-based among the positives
+        by_class.scatter_(0, torch.where(positive, inf, scores).sort(stable=True).indices, ranks)  # negatives first
+        q = place + (num_neg.to(dtype) + 1.0 - by_class.gather(0, plan.b))  # k + v, v = N - m the count before the step
+        change = torch.where(plan.padding, 0.0, place / (q * (q - 1.0)).clamp_min(1.0)) / num_pos.clamp_min(1).to(dtype)
+        start = torch.where(ranks <= num_pos, ranks / (ranks + num_neg.to(dtype)), 0.0).sum() / num_pos.clamp_min(1).to(dtype)
+        return start, change
 
     @staticmethod
     def _chain(rank: Tensor, num_pos: int, num_neg: int) -> Tensor:
