@@ -370,7 +370,7 @@ class AveragePrecision(Decomposition):
         elif scores is None:  # (a plan prepared without scores: the order from v)
             gains = lambda v: self._chain_gains(v, pos.numel(), num_neg)  # noqa: E731
         else:
-            gains = lambda v: self._chain_gains_by_scores(scores[pos], scores[plan.neg], v.dtype)  # noqa: E731
+            gains = lambda v: self._chain_gains_by_scores(scores[pos], scores[plan.neg])  # noqa: E731
         return Structure(num_neg, lambda zeros: self.evaluate_zeros(zeros, plan), plus_one,
                          margins=lambda scores: binary_margins(self._flat(scores), pos), chain=chain,
                          chain_gains=gains)
@@ -395,16 +395,16 @@ class AveragePrecision(Decomposition):
         return start, gains.view(-1)
 
     @staticmethod
-    def _chain_gains_by_scores(positives: Tensor, negatives: Tensor, like: torch.dtype) -> "tuple[Tensor, Tensor]":
+    def _chain_gains_by_scores(positives: Tensor, negatives: Tensor) -> "tuple[Tensor, Tensor]":
         """:meth:`_chain_gains` from the scores the plan was prepared with (``[P]`` and ``[N]``),
         the relaxed bits ``v`` those of their comparisons: ``v = sigmoid((s_p - s_q) / tau)`` falls
         with ``s_q`` and rises with ``s_p``, so every positive's comparisons take the same order,
         the negatives by score ascending (ties by index), and every column of ``m``-th steps the
         same order, the positives by score descending (ties by index). Two sorts of ``P`` and ``N``
-        scores instead of two of ``[P, N]``; the same gains where ``v`` orders as the scores do
-        (it cannot tell apart comparisons its sigmoid rounds to one value, 1 or a subnormal, whose
-        slope, and so gradient, is 0 or below float32's smallest normal, and which the scores
-        order by their differences)."""
+        scores instead of two of ``[P, N]``; the same gains where ``v`` orders as the scores do.
+        Where it does not, ``v`` is at fault: float32's sigmoid rounds distinct comparisons to one
+        value near 1 (its resolution there is ``6e-8``) and may round one comparison two ways
+        (by its place in a vector); the scores keep the comparisons' own order, ties by index."""
         num_pos, num_neg, device = positives.numel(), negatives.numel(), positives.device
         dtype = torch.float64 if device.type == "cpu" else torch.float32
         place = torch.empty(num_pos, dtype=dtype, device=device).scatter_(

@@ -857,7 +857,10 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
             reported = metric
         elif least:  # a run whole iff its least comparison is right (read when asked, as below)
             of_zeros = structure.evaluate_zeros
-            reported = _Deferred(lambda: of_zeros((~hard)[None].to(dtype)).to(dtype)[0])
+            if torch.compiler.is_compiling():
+                reported = of_zeros((~hard)[None].to(dtype)).to(dtype)[0]
+            else:
+                reported = _Deferred(lambda: of_zeros((~hard)[None].to(dtype)).to(dtype)[0])
         elif torch.compiler.is_compiling():
             reported = decomposition.evaluate(hard[None], target).to(dtype)[0]
         else:  # read when asked (a batch_metric, or no logging, may never ask)
