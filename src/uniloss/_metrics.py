@@ -62,20 +62,6 @@ _SPREAD_BITS = 1 << 13
 _ENDS_BITS = 1 << 11
 
 
-_ONE_BITS = 0x3F800000  # float32 1.0's bit pattern
-_KEY_SPAN = 1 << 30  # above _ONE_BITS: a key's high part (a row, a step number) times it, plus _descending_key
-
-
-def _descending_key(v: Tensor) -> Optional[Tensor]:
-    """``[l]`` int64 keys that sort float32 ``v`` in ``[0, 1]`` descending (``1 - v``'s order, to
-    the last bit: a non-negative float's bit pattern is monotone in it), each below
-    :data:`_KEY_SPAN`; ``None`` for another dtype. ``hi * _KEY_SPAN + key`` sorts by ``hi``, then
-    by ``v`` descending, in one stable sort instead of two."""
-    if v.dtype != torch.float32:
-        return None
-    return (_ONE_BITS - v.view(torch.int32).to(torch.int64)).clamp_(0, _ONE_BITS)
-
-
 _FLOAT_DIV_BITS = (1 << 23) - 1  # k + 0.5 exact in float32, its quotient's error below 0.5 / width
 
 
@@ -351,12 +337,9 @@ class AveragePrecision(Decomposition):
         plan = self.prepare(None, target)
         if isinstance(plan, _APStatic):
             positive = plan.positive
-            if self.interpolated:
-                static_gains = None
-            elif plan.scores is None:  # (a plan prepared without scores: the order from v)
-                static_gains = lambda v: self._static_chain_gains(v, plan)  # noqa: E731
-            else:
-                static_gains = lambda v: self._static_chain_gains_by_scores(plan)  # noqa: E731
+            # (a plan prepared without scores has no order to give: the engine evaluates the chain)
+            static_gains = (None if self.interpolated or plan.scores is None
+                            else lambda v: self._static_chain_gains_by_scores(plan))
             return Structure(plan.runs, lambda zeros: self.evaluate_zeros(zeros, plan),
                              margins=lambda scores: binary_margins(self._flat(scores), positive),
                              chain_gains=static_gains)
@@ -364,47 +347,29 @@ class AveragePrecision(Decomposition):
         pos = plan.pos
         num_neg = plan.neg.numel()
         chain = None if self.interpolated else (lambda rank: self._chain(rank, pos.numel(), num_neg))
-        scores = plan.scores
-        if self.interpolated:
-            gains = None
-        elif scores is None:  # (a plan prepared without scores: the order from v)
-            gains = lambda v: self._chain_gains(v, pos.numel(), num_neg)  # noqa: E731
-        else:
-            gains = lambda v: self._chain_gains_by_scores(scores[pos], scores[plan.neg])  # noqa: E731
+        scores = plan.scores  # (a plan prepared without scores: the closed form along the sorted chain)
+        gains = (None if self.interpolated or scores is None
+                 else lambda v: self._chain_gains_by_scores(scores[pos], scores[plan.neg]))
         return Structure(num_neg, lambda zeros: self.evaluate_zeros(zeros, plan), plus_one,
                          margins=lambda scores: binary_margins(self._flat(scores), pos), chain=chain,
                          chain_gains=gains)
 
     @staticmethod
-    def _chain_gains(v: Tensor, num_pos: int, num_neg: int) -> "tuple[Tensor, Tensor]":
-        """Plain AP's chain without its order (:attr:`Structure.chain_gains`): :meth:`_chain`'s
-        steps need of the order only each positive's ``m``-th step (its comparisons sorted by
-        ``v``, a sort of each row) and that step's place among the ``m``-th steps (the rank of
-        its ``v`` in its column of the row-sorted ``v``, ties to the earlier positive): two sorts
-        of ``[P, N]`` along its axes instead of a sort of all ``P N`` comparisons."""
-        dtype = torch.float64 if v.device.type == "cpu" else torch.float32
-        ordered, column = v.view(num_pos, num_neg).sort(dim=1, descending=True, stable=True)
-        order = ordered.argsort(dim=0, descending=True, stable=True)  # column m: the m-th steps in chain order
-        # k: each m-th step's place among the m-th steps (1-based); v: the count before it, N - m
-        place = torch.empty(num_pos, num_neg, dtype=dtype, device=v.device).scatter_(
-            0, order, _ranks(num_pos, v.device, dtype)[:, None].expand(num_pos, num_neg))
-        q = place + _down(num_neg, v.device, dtype)  # k + v
-        change = place.div_(q * (q - 1.0) * num_pos)  # (k / (k + v - 1) - k / (k + v)) / P
-        start = _AP_START.get((num_pos, num_neg, v.device, dtype), lambda: _ap_start(num_pos, num_neg, v.device, dtype))
-        gains = torch.empty(num_pos, num_neg, dtype=dtype, device=v.device).scatter_(1, column, change)
-        return start, gains.view(-1)
-
-    @staticmethod
     def _chain_gains_by_scores(positives: Tensor, negatives: Tensor) -> "tuple[Tensor, Tensor]":
-        """:meth:`_chain_gains` from the scores the plan was prepared with (``[P]`` and ``[N]``),
-        the relaxed bits ``v`` those of their comparisons: ``v = sigmoid((s_p - s_q) / tau)`` falls
-        with ``s_q`` and rises with ``s_p``, so every positive's comparisons take the same order,
-        the negatives by score ascending (ties by index), and every column of ``m``-th steps the
-        same order, the positives by score descending (ties by index). Two sorts of ``P`` and ``N``
-        scores instead of two of ``[P, N]``; the same gains where ``v`` orders as the scores do.
-        Where it does not, ``v`` is at fault: float32's sigmoid rounds distinct comparisons to one
-        value near 1 (its resolution there is ``6e-8``) and may round one comparison two ways
-        (by its place in a vector); the scores keep the comparisons' own order, ties by index."""
+        """Plain AP's chain without its order (:attr:`Structure.chain_gains`), from the scores the
+        plan was prepared with (``[P]`` and ``[N]``): ``(start, gains [P N])``.
+
+        :meth:`_chain`'s steps need of the order only each positive's ``m``-th step (its
+        comparisons in the chain's order) and that step's place ``k`` among the ``m``-th steps;
+        the change is then ``(k / (k + v - 1) - k / (k + v)) / P`` with ``v = N - m + 1``. The
+        relaxed bits ``v = sigmoid((s_p - s_q) / tau)`` fall with ``s_q`` and rise with ``s_p``,
+        so every positive's comparisons take one order, the negatives by score ascending (ties by
+        index), and every column of ``m``-th steps one order, the positives by score descending
+        (ties by index): two sorts of ``P`` and ``N`` scores, where sorting the ``v`` would take
+        two sorts of ``[P, N]`` along its axes (0.10). The same gains in float64; in float32 the
+        ``v`` themselves order less well (the sigmoid rounds distinct comparisons to one value near
+        1, its resolution there ``6e-8``, and may round one comparison two ways by its place in a
+        vector), the scores as the comparisons do."""
         num_pos, num_neg, device = positives.numel(), negatives.numel(), positives.device
         dtype = torch.float64 if device.type == "cpu" else torch.float32
         place = torch.empty(num_pos, dtype=dtype, device=device).scatter_(
@@ -417,52 +382,13 @@ class AveragePrecision(Decomposition):
         return start, gains.view(-1)
 
     @staticmethod
-    def _static_chain_gains(v: Tensor, plan: _APStatic) -> "tuple[Tensor, Tensor]":
-        """:meth:`_chain_gains` in the static layout, whose first ``P N`` bits are the exact
-        layout's ``[P, N]`` row by row and the rest padding (no gain), in shapes from the
-        layout's (``P`` and ``N`` stay tensors: no host synchronisation, one graph under
-        ``torch.compile``). The two sorts along the axes of ``[P, N]`` become two pairs of stable
-        sorts of the ``L`` bits: by ``v`` (descending), then by row (each row's comparisons in
-        the chain's order, a step's ``m``), then of those by ``v`` and by ``m`` (the ``m``-th
-        steps in the chain's order, a step's place)."""
-        l, n, device = v.numel(), plan.positive.numel(), v.device
-        dtype = torch.float64 if device.type == "cpu" else torch.float32
-        num_pos = plan.num_pos
-        num_neg = n - num_pos
-        k = _arange(l, device)
-        valid = ~plan.padding
-        width = num_neg.clamp_min(1)
-        row = torch.where(valid, _floor_div(k, width), n)  # the padding's row after the last
-        down = _descending_key(v)  # float32: one stable sort of an int64 key a pair of sorts
-        if down is not None:
-            ordered = torch.sort(row * _KEY_SPAN + down, stable=True).indices  # (row, v desc, index)
-        else:
-            by_v = torch.sort(v, descending=True, stable=True).indices
-            ordered = by_v.gather(0, torch.sort(row.gather(0, by_v), stable=True).indices)  # (row, v desc, index)
-        at_row = row.gather(0, ordered)
-        real = at_row < n
-        m = torch.where(real, k - at_row * width, l)  # the step's number in its row (0-based), the padding's last
-        if down is not None:
-            steps = torch.sort(m * _KEY_SPAN + down.gather(0, ordered), stable=True).indices  # (m, v desc, row)
-        else:
-            by_v = torch.sort(v.gather(0, ordered), descending=True, stable=True).indices  # ties: by row
-            steps = by_v.gather(0, torch.sort(m.gather(0, by_v), stable=True).indices)  # (m, v desc, row)
-        place = torch.empty(l, dtype=dtype, device=device).scatter_(
-            0, steps, (k - m.gather(0, steps) * num_pos + 1).to(dtype))  # 1-based among the m-th steps
-        q = place + (num_neg - m).to(dtype)  # k + v, v = N - m the count before the step
-        change = torch.where(real, place / (q * (q - 1.0)).clamp_min(1.0), 0.0) / num_pos.clamp_min(1).to(dtype)
-        gains = torch.empty(l, dtype=dtype, device=device).scatter_(0, ordered, change)
-        ranks = _ranks(n, device, dtype)
-        start = torch.where(ranks <= num_pos, ranks / (ranks + num_neg.to(dtype)), 0.0).sum() / num_pos.clamp_min(1).to(dtype)
-        return start, gains
-
-    @staticmethod
     def _static_chain_gains_by_scores(plan: _APStatic) -> "tuple[Tensor, Tensor]":
-        """:meth:`_static_chain_gains` from the scores the plan was prepared with, as
-        :meth:`_chain_gains_by_scores` takes them: each bit's positive's place among the positives
-        (by score, descending) and its negative's step among the negatives (by score, ascending),
-        from two stable sorts of the ``n`` scores (the other class last) instead of two of the
-        ``L`` bits; shapes from the layout's."""
+        """:meth:`_chain_gains_by_scores` in the static layout, whose first ``P N`` bits are the
+        exact layout's ``[P, N]`` row by row and the rest padding (no gain), in shapes from the
+        layout's (``P`` and ``N`` stay tensors: no host synchronisation, one graph under
+        ``torch.compile``): each bit's positive's place among the positives (by score, descending)
+        and its negative's step among the negatives (by score, ascending), from two stable sorts
+        of the ``n`` scores (the other class last)."""
         assert plan.scores is not None  # (see structure)
         n, device = plan.positive.numel(), plan.a.device
         dtype = torch.float64 if device.type == "cpu" else torch.float32
