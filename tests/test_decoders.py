@@ -2,6 +2,7 @@
 documented rule on inconsistent bits (against loop references), the paper's decompositions
 reproduced bit for bit, evaluators batched by vmap or a loop, and errors naming the argument."""
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -628,3 +629,28 @@ def test_public_names_have_docstrings_and_examples():
             assert doc and doc.strip(), f"{module.__name__}.{name} has no docstring"
     for name in uniloss.zoo.__all__:
         assert ">>>" in getattr(uniloss.zoo, name).__doc__, f"uniloss.zoo.{name} has no example"
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_argmax_plans_hold_the_best_other_class_the_full_ranking_would_put_first(ties):
+    # Argmax reads only each row's best other class: an argmax of the others (the first of those
+    # tied), the first column of the stable descending sort TopK keeps; the same decoded labels
+    from uniloss._pairs import other_classes
+    from uniloss.decoders import ranked_others
+
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randn(200, 7, generator=g)
+    rows = rows.round() if ties else rows
+    labels = torch.randint(0, 7, (200,), generator=g)
+    cols = other_classes(labels, 7)
+    full, best = ranked_others(rows, cols), ranked_others(rows, cols, everyone=False)
+    assert best.shape == (200, 1) and torch.equal(best[:, 0], full[:, 0])
+    if ties:
+        assert (rows.gather(1, cols).max(1).values[:, None] == rows.gather(1, cols)).sum(1).max() > 1
+    bits = torch.rand(5, 200 * 6, generator=g) < 0.7
+    argmax = Argmax(pairs="target")
+    plan = argmax.prepare(rows, labels)
+    assert plan.ranked.shape == (200, 1) and TopK(2, pairs="target").prepare(rows, labels).ranked.shape == (200, 6)
+    ranked_fully = dataclasses.replace(plan, ranked=full)
+    assert torch.equal(argmax.decode(bits, plan), argmax.decode(bits, ranked_fully))
+    assert all(torch.equal(a, b) for a, b in zip(argmax.toggled(plan), argmax.toggled(ranked_fully)))

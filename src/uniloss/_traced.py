@@ -48,7 +48,7 @@ import math
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
@@ -58,7 +58,7 @@ from torch.overrides import TorchFunctionMode
 from . import _validation as V
 from ._decomposition import Decomposition, Structure, validate_scores
 from ._pairs import decode_sets, pair_differences, set_pairs, set_ranks
-from .decoders import Argmax, Ranking, RankingTarget
+from .decoders import Argmax, Ranking, RankingTarget, ranked_others
 
 __all__ = ["TraceError", "TracedMetric", "from_metric"]
 
@@ -2032,6 +2032,8 @@ class _ClassSite(_Site):
         if labels is not None:
             self.decoder = Argmax(pairs="target")
             self.plan = self.decoder.prepare(detached, labels.reshape(-1))
+            if call.k is not None and self.plan.cols is not None:  # topk: every other class, ranked
+                self.plan = replace(self.plan, ranked=ranked_others(detached, self.plan.cols))
             self.num_bits = self.num_rows * (self.num_classes - 1)
         elif positive is not None:
             self._prepare_sets(detached, positive)

@@ -231,13 +231,25 @@ class _ClassPlan:
     num_classes: int
     hard: Optional[Tensor] = None  # pairs="all": [G, P] current bits
     cols: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, class order
-    ranked: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, best score first
+    ranked: Optional[Tensor] = None  # pairs="target": [G, m-1] other classes, best score first ([G, 1] for Argmax)
     dtype: torch.dtype = torch.float32  # values_dtype(scores)
     right: Optional[Tensor] = None  # pairs="target": [G] bool, the label beats every other class now
 
 
+def ranked_others(rows: Tensor, cols: Tensor, everyone: bool = True) -> Tensor:
+    """``[G, m - 1]``: each row's other classes ``cols`` by its scores ``rows [G, m]``, best first
+    (ties in ``cols``' order); or, without ``everyone``, ``[G, 1]`` the best alone, the same
+    class (an argmax of the others, the first of those tied), without sorting them."""
+    others = rows.gather(1, cols)
+    if everyone or cols.shape[1] < 2:
+        return cols.gather(1, others.sort(dim=1, descending=True, stable=True).indices)
+    return cols.gather(1, others.argmax(1, keepdim=True))
+
+
 class _ClassDecoder(Decoder):
     """Shared by :class:`Argmax`, :class:`TopK` and :class:`PixelArgmax`: class scores on dim 1."""
+
+    _ranks_every_class = True  # (pairs="target") the plan ranks every other class; Argmax reads only the best
 
     _plan_type = _ClassPlan
     _spatial: bool = False  # PixelArgmax: scores [n, C, *spatial]
@@ -286,8 +298,7 @@ class _ClassDecoder(Decoder):
         if self.pairs == "all":
             return _ClassPlan(target, labels, m, hard=_tournament(rows) > 0, dtype=values_dtype(scores))
         cols = other_classes(labels, m)
-        order = rows.gather(1, cols).sort(dim=1, descending=True, stable=True).indices
-        ranked = cols.gather(1, order)
+        ranked = ranked_others(rows, cols, everyone=self._ranks_every_class)
         right = (rows.gather(1, labels[:, None]) > rows.gather(1, ranked[:, :1]))[:, 0] if m > 1 else None
         return _ClassPlan(target, labels, m, cols=cols, ranked=ranked, dtype=values_dtype(scores), right=right)
 
@@ -354,6 +365,8 @@ class Argmax(_ClassDecoder):
         >>> dec.decode(dec.best(plan)[None], plan)                 # best decodes to the target
         tensor([[1, 2]])
     """
+
+    _ranks_every_class = False  # (its plan's `ranked` holds each row's best other class alone)
 
     def toggled(self, plan: Any) -> Optional[Tuple[Tensor, Tensor]]:
         """``pairs="target"``: each row's current label and its label when the row alone toggles
