@@ -279,9 +279,8 @@ def test_pck_layout_of_runs_is_not_asked_where_comparisons_are_read():
         # a plan of runs has no comparisons to give
         from uniloss._decomposition import StaticLayout, prepare_with_layout
 
-        layout = StaticLayout(1 << 22, (uniloss.PCK,), runs_only=True)
         dec = uniloss.PCK(0.5)
-        layout.owners = (dec,)
+        layout = StaticLayout.for_decomposition(1 << 22, dec, runs_only=True)
         plan = prepare_with_layout(dec, scores, target, None, layout)
         assert layout.used and layout.runs
         with pytest.raises(RuntimeError, match="lays out runs"):
