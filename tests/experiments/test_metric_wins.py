@@ -471,3 +471,23 @@ def test_the_ordinal_pull_probe_averages_the_ordinal_margins_over_items_and_boun
     assert M.parse_variant('o={"ordinal_pull": true, "pull": 2.0}') == ("o", {"ordinal_pull": True, "pull": 2.0})
     with pytest.raises(ValueError, match="not a ranking metric"):
         M.with_ordinal_pull(zoo.macro_f1(3))
+
+
+def test_the_memory_probe_scales_the_memorys_loss_back_to_the_batchs_share():
+    import uniloss
+    from uniloss.distributed import CrossBatchMemory
+
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, generator=g), torch.tensor([1, 0, 0, 1, 0, 0, 0, 0])) for _ in range(3)]
+    probe = M._uniloss(uniloss.AveragePrecision(), 0, {"memory": 12})
+    reference = uniloss.UniLoss(CrossBatchMemory(uniloss.AveragePrecision(), size=12),
+                                generator=torch.Generator().manual_seed(1000))
+    for call, (s, y) in enumerate(batches):
+        a, b = s.clone().requires_grad_(), s.clone().requires_grad_()
+        got, want = probe(a, y), reference(b, y)
+        m = min(8 * call, 12)  # the memory's length before the call
+        torch.testing.assert_close(got, want * ((8 + m) / 8))
+        got.backward(), want.backward()
+        torch.testing.assert_close(a.grad, b.grad * ((8 + m) / 8))
+    assert isinstance(M._uniloss(uniloss.AveragePrecision(), 0, {"memory": 0}), uniloss.UniLoss)
+    assert M.parse_variant('m={"memory": 256}') == ("m", {"memory": 256})

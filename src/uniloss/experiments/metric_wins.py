@@ -433,11 +433,30 @@ def _binary_logits(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).reshape(-1)
 
 
-def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> uniloss.UniLoss:
+def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callable[..., Tensor]:
     options = dict(options)
     if options.pop(ORDINAL_PULL, False):
         metric = with_ordinal_pull(metric)
-    return uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000), **options)
+    size = options.pop(MEMORY, 0)
+    if not size:
+        return uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000), **options)
+    from ..distributed import CrossBatchMemory
+
+    memory = CrossBatchMemory(metric, size=int(size))
+    fn = uniloss.UniLoss(memory, generator=torch.Generator().manual_seed(seed + 1000), **options)
+
+    def loss(scores: Tensor, target: Tensor) -> Tensor:
+        # The engine averages over batch + memory, whose rows carry no gradient: scaled back
+        # to the batch's share, so a step keeps the batch's size (the probe's assumption).
+        n, m = scores.shape[0], len(memory)
+        return fn(scores, target) * ((n + m) / n)
+
+    return loss
+
+
+# A probe keyword of --variant: the metric over the batch plus the last N samples' detached
+# scores (uniloss.distributed.CrossBatchMemory), the loss scaled by (n + m) / n.
+MEMORY = "memory"
 
 
 # A probe keyword of --variant beside UniLoss's own (a prototype, not a library option).
@@ -1128,7 +1147,7 @@ def parse_variant(text: str) -> Tuple[str, dict]:
         raise ValueError(f"--variant {name}: {body!r} is not JSON ({exc})") from None
     if not isinstance(options, dict):
         raise ValueError(f"--variant {name}: expected a JSON object of UniLoss keywords, got {body!r}")
-    checked = {k: v for k, v in options.items() if k != ORDINAL_PULL}
+    checked = {k: v for k, v in options.items() if k not in (ORDINAL_PULL, MEMORY)}
     uniloss.UniLoss(uniloss.AveragePrecision(), **checked)  # fails here, not in a worker, on a bad keyword
     return name, options
 
