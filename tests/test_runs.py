@@ -309,3 +309,114 @@ def test_no_run_is_the_dense_paths_zero_loss():
     loss.backward()
     assert info.path == "dense" and str(float(loss.detach())) == "0.0" and torch.isnan(info.metric)
 
+
+
+# ---------------------------------------------------------------- the zoo's metrics of class counts
+
+from uniloss import zoo  # noqa: E402
+from uniloss._decoded import DecodedMetric  # noqa: E402
+
+ZOO = {
+    "macro_f1": (lambda: zoo.macro_f1(5), (12, 5)),
+    "balanced_accuracy": (lambda: zoo.balanced_accuracy(5), (12, 5)),
+    "matthews_corrcoef": (lambda: zoo.matthews_corrcoef(5), (12, 5)),
+    "mean_iou": (lambda: zoo.mean_iou(4), (2, 4, 3, 3)),
+    "dice": (lambda: zoo.dice(4), (2, 4, 3, 3)),
+    "macro_f1, two classes": (lambda: zoo.macro_f1(2), (12, 2)),
+}
+
+
+def _all_comparisons(metric):
+    """The zoo metric with the structure of any decoded metric (its runs, chain and weights, no
+    run_least, run_pull or evaluate_zeros): the chain on every comparison, anchors decoded."""
+    metric.structure = lambda target: DecodedMetric.structure(metric, target)
+    return metric
+
+
+def _zoo_case(shape, seed, dtype=torch.float64, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(*shape, generator=g, dtype=dtype) * 2
+    target = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
+    return (scores.round() if ties else scores), target
+
+
+@pytest.mark.parametrize("options", OPTIONS + [{"pull_weights": "equal"}])
+@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("seed, ties", [(0, False), (1, True)])
+def test_zoo_runs_equal_the_chain_on_every_comparison(name, seed, ties, options):
+    make, shape = ZOO[name]
+    scores, target = _zoo_case(shape, seed, ties=ties)
+    loss, grad, info = _call(make(), scores, target, **options)
+    ref_loss, ref_grad, ref_info = _call(_all_comparisons(make()), scores, target, **options)
+    assert info.path == "runs" and ref_info.path == "chain"
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    assert torch.equal(info.metric, ref_info.metric)
+    assert torch.equal(info.metric, make().metric(scores, target).to(info.metric.dtype))
+    torch.testing.assert_close(info.anchor_values, ref_info.anchor_values, rtol=1e-12, atol=1e-12)
+    rows = target.numel()
+    assert info.num_bits == ref_info.num_bits == rows * (shape[1] - 1) and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["macro_f1", "mean_iou"])
+def test_zoo_runs_in_float32_and_twice_differentiated(name):
+    make, shape = ZOO[name]
+    scores, target = _zoo_case(shape, 5, dtype=torch.float32)
+    (loss, grad, info), (ref_loss, ref_grad, _) = (_call(d, scores, target) for d in (make(), _all_comparisons(make())))
+    assert info.path == "runs"
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    scores = scores.double()
+    direction = torch.randn(scores.shape, generator=torch.Generator().manual_seed(0), dtype=scores.dtype)
+    out = []
+    for dec in (make(), _all_comparisons(make())):
+        leaf = scores.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.uniloss(leaf, target, dec), leaf, create_graph=True)
+        out.append(torch.autograd.grad((g * direction).sum(), leaf)[0])
+    torch.testing.assert_close(out[0], out[1])
+    assert out[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_metric_from_the_runs_counts_is_the_decoded_metrics(name):
+    # brute force: random bits decoded and evaluated against evaluate_zeros of their runs' counts
+    make, shape = ZOO[name]
+    scores, target = _zoo_case(shape, 2)
+    metric = make()
+    plan = metric.prepare(scores, target)
+    structure = metric.structure(plan)
+    bits = torch.rand(64, metric.comparisons(scores, plan).numel(), generator=torch.Generator().manual_seed(1)) < 0.9
+    bits[0] = True  # every row right
+    zeros = (~bits).reshape(64, target.numel(), shape[1] - 1).sum(-1).float()
+    assert torch.equal(structure.evaluate_zeros(zeros), metric.evaluate(bits, plan))
+    assert float(structure.evaluate_zeros(zeros[:1])) == 1.0
+
+
+@pytest.mark.parametrize("name", ["macro_f1", "mean_iou"])
+def test_zoo_anchors_unchanged_by_the_runs_counts(name):
+    # interpolation="anchors": the anchors' values now come from the runs' counts (the same values,
+    # the same loss) and the pull per run from cross-entropy (the same gradient to rounding)
+    make, shape = ZOO[name]
+    scores, target = _zoo_case(shape, 3)
+    out = [_call(d, scores, target, interpolation="anchors", generator=torch.Generator().manual_seed(0))
+           for d in (make(), _all_comparisons(make()))]
+    assert out[0][2].path == out[1][2].path == "structured"
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][2].anchor_values, out[1][2].anchor_values)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-12, atol=1e-15)
+
+
+def test_zoo_runs_least_takes_the_last_tied_class_of_each_pixel():
+    scores = torch.zeros(1, 3, 1, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([[[0, 2]]])
+    metric = zoo.mean_iou(3)
+    least = metric.structure(metric.prepare(scores, target)).run_least(scores)
+    (grad,) = torch.autograd.grad(least.sum(), scores)
+    assert least.tolist() == [0.0, 0.0]
+    assert grad[0, :, 0, :].tolist() == [[1.0, 0.0], [0.0, -1.0], [-1.0, 1.0]]
+
+
+def test_zoo_metrics_that_are_not_of_the_class_counts_keep_their_comparisons():
+    scores, target = _zoo_case((12, 5), 0)
+    for metric in (zoo.top_k_accuracy(2), uniloss.DecodedMetric(uniloss.decoders.Argmax(pairs="target"),
+                                                                lambda pred, y: (pred == y).float().mean(-1))):
+        assert F.uniloss_with_info(scores, target, metric)[1].path == "chain"

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor
 
 from . import _validation as V
@@ -16,7 +15,8 @@ from ._bits import as_float
 from ._cache import TensorCache
 from ._decomposition import Decomposition, Structure, static_layout, validate_scores
 from ._pairs import (
-    SetPairs, binary_margins, other_classes, pair_differences, row_differences, set_pairs, static_pair_differences,
+    SetPairs, binary_margins, least_differences, other_classes, pair_differences, row_differences, set_pairs,
+    softmax_pull, static_pair_differences,
 )
 from ._random import randperm
 from ._structured import PREFIX_COUNTS, Runs
@@ -603,26 +603,9 @@ class MulticlassAccuracy(Decomposition):
         return Structure(runs, lambda zeros: self.evaluate_zeros(zeros, plan),
                          lambda zeros: self._plus_one(zeros, plan),
                          chain=lambda turn, length: self._chain(turn, length, plan), chain_by_runs=True,
-                         run_pull=(lambda scores, temperature: self._run_pull(plan, scores, temperature)) if every else None,
-                         run_least=(lambda scores: self._least(plan, scores)) if every else None)
+                         run_pull=(lambda scores, temperature: softmax_pull(scores, plan.labels, temperature)) if every else None,
+                         run_least=(lambda scores: least_differences(scores, plan.labels)) if every else None)
 
-    @staticmethod
-    def _run_pull(plan: "_AccuracyPlan", scores: Tensor, temperature) -> Tensor:
-        """``[n]`` each sample's term of the pull per run (:attr:`Structure.run_pull`) where it
-        is compared with every other class: ``log(1 + sum_j exp((s_j - s_y) / tau))``, the
-        cross-entropy of ``scores / tau``."""
-        unit = not isinstance(temperature, Tensor) and temperature == 1.0
-        return nnf.cross_entropy(scores if unit else scores / temperature, plan.labels, reduction="none")
-
-    @staticmethod
-    def _least(plan: "_AccuracyPlan", scores: Tensor) -> Tensor:
-        """``[n]`` each sample's least comparison (:attr:`Structure.run_least`), where it is
-        compared with every other class: its target's score minus the best other score (of
-        those tied for it, the last class: its run's comparison of largest index)."""
-        with torch.no_grad():
-            others = scores.detach().scatter(1, plan.labels[:, None], float("-inf"))
-            last = (others.shape[1] - 1) - others.flip(1).argmax(1)
-        return row_differences(scores, plan.labels, last[:, None]).reshape(-1)
 
     @staticmethod
     def _chain(turn: Tensor, length: int, plan: "_AccuracyPlan") -> Tensor:

@@ -262,6 +262,30 @@ def row_differences(s: Tensor, y: Tensor, cols: Tensor) -> Tensor:
     return _apply_row_differences(s, y[:, None], cols)
 
 
+def least_differences(rows: Tensor, labels: Tensor) -> Tensor:
+    """``[G]`` each row's least comparison of its label with the other classes, ``s[y] - max_{j !=
+    y} s[j]`` (:attr:`uniloss.Structure.run_least` of a run of ``C - 1`` comparisons ``s_y - s_j``
+    in class order, ``rows [G, C]``, ``C >= 2``): of the other classes tied for the best, the last,
+    its run's comparison of largest index, so the gradient goes where the chain on every
+    comparison sends it (ties in the chain's order by index). Differentiable in ``rows``."""
+    with torch.no_grad():
+        others = rows.detach().scatter(1, labels[:, None], float("-inf"))
+        last = (others.shape[1] - 1) - others.flip(1).argmax(1)
+    return row_differences(rows, labels, last[:, None])
+
+
+def softmax_pull(scores: Tensor, labels: Tensor, temperature) -> Tensor:
+    """Each row's term of the pull per run (:attr:`uniloss.Structure.run_pull`) of the runs of
+    :func:`least_differences`: ``log(1 + sum_{j != y} exp((s_j - s_y) / tau))``, the
+    cross-entropy of ``scores / tau``; ``scores [n, C]`` or ``[n, C, *spatial]`` with ``labels``
+    ``[n]`` or ``[n, *spatial]`` (in any shape with their elements: rows in ``[n, *spatial]``
+    order), ``[G]`` terms."""
+    unit = not isinstance(temperature, Tensor) and temperature == 1.0
+    shape = (scores.shape[0],) + tuple(scores.shape[2:])
+    return torch.nn.functional.cross_entropy(scores if unit else scores / temperature, labels.reshape(shape),
+                                             reduction="none").reshape(-1)
+
+
 _OTHERS = TensorCache()
 
 

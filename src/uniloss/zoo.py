@@ -46,6 +46,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -53,8 +54,9 @@ from torch import Tensor
 
 from . import _validation as V
 from ._decoded import DecodedMetric
+from ._decomposition import Structure
 from ._limits import current_limits
-from ._pairs import at_or_above, counts
+from ._pairs import at_or_above, counts, least_differences, softmax_pull
 from .decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK, sort_within
 
 _DEFAULT_DTYPE = torch.float32  # values' dtype for a plan without one (a custom decoder's)
@@ -137,6 +139,34 @@ class _ZooMetric(DecodedMetric):
             values = counts(tp, predicted, actual, plan.dtype)
             change = (values[:-1] - values[-1]).abs()
             return change[right.long() * (c * c) + labels * c + other] if grouped else change
+
+    def structure(self, target: Any) -> Optional[Structure]:
+        """:meth:`DecodedMetric.structure`, and for a metric of the class counts decoded with one
+        run per row (``Argmax``/``PixelArgmax`` with ``pairs="target"``, where :meth:`_chain`
+        gives the chain in closed form) what the path ``"runs"`` needs
+        (:attr:`uniloss.Structure.run_least`): each row's least comparison (its label's score
+        minus the best other class's), its pull per run (cross-entropy of the scores over the
+        temperature) and the metric from the runs' counts of wrong comparisons (a row decodes to
+        its label iff it has none, else to its best other class, as :meth:`Argmax.decode`), so the
+        engine forms ``[G]`` comparisons instead of ``[G, C - 1]``, with the same loss."""
+        structure = super().structure(target)
+        if structure is None or structure.chain is None:
+            return structure
+        plan = target
+
+        def least(scores: Tensor) -> Tensor:  # (the rows of [n, C, *spatial] scores, pixel-major: a copy)
+            return least_differences(scores.movedim(1, -1).reshape(-1, scores.shape[1]), plan.labels)
+
+        return dataclasses.replace(structure, evaluate_zeros=lambda zeros: self._of_zeros(plan, zeros),
+                                   run_pull=lambda scores, temperature: softmax_pull(scores, plan.labels, temperature),
+                                   run_least=least)
+
+    def _of_zeros(self, plan: Any, zeros: Tensor) -> Tensor:
+        """``[t]`` the metric where row ``s`` has ``zeros[:, s]`` wrong comparisons (:attr:`uniloss.
+        Structure.evaluate_zeros`): the evaluator's values of the labels decoded from them."""
+        t = zeros.shape[0]
+        labels = torch.where(zeros == 0, plan.labels, plan.ranked[:, 0])
+        return self._values(labels.reshape((t,) + tuple(plan.target.shape)), plan, t)
 
     def _chain(self, plan: Any) -> Optional[Callable[..., Tensor]]:
         """For a metric of the class counts decoded with one run per row (``Argmax``/
