@@ -22,7 +22,6 @@ import torch
 
 import uniloss
 from uniloss import zoo
-from uniloss._decoded import DecodedMetric
 
 
 def _times(fn, x, y, reps):
@@ -54,7 +53,7 @@ def main() -> None:
     for name, make, x, y, reps in cases:
         metrics = [make(), make(), make()]
         for old in metrics[1:]:  # the structure of any decoded metric: the chain on every comparison
-            old.structure = lambda target, m=old: DecodedMetric.structure(m, target)  # type: ignore[method-assign]
+            old.structure = lambda target, m=old: uniloss.DecodedMetric.structure(m, target)  # type: ignore[method-assign]
         metrics[2].decoder._ranks_every_class = True  # the plan before 0.11
         fns = [uniloss.UniLoss(m, validate_args=False) for m in metrics]
         losses = [fn(x, y) for fn in fns]

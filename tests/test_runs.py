@@ -314,7 +314,6 @@ def test_no_run_is_the_dense_paths_zero_loss():
 # ---------------------------------------------------------------- the zoo's metrics of class counts
 
 from uniloss import zoo  # noqa: E402
-from uniloss._decoded import DecodedMetric  # noqa: E402
 
 ZOO = {
     "macro_f1": (lambda: zoo.macro_f1(5), (12, 5)),
@@ -329,7 +328,7 @@ ZOO = {
 def _all_comparisons(metric):
     """The zoo metric with the structure of any decoded metric (its runs, chain and weights, no
     run_least, run_pull or evaluate_zeros): the chain on every comparison, anchors decoded."""
-    metric.structure = lambda target: DecodedMetric.structure(metric, target)
+    metric.structure = lambda target: uniloss.DecodedMetric.structure(metric, target)
     return metric
 
 
