@@ -491,3 +491,35 @@ def test_the_memory_probe_scales_the_memorys_loss_back_to_the_batchs_share():
         torch.testing.assert_close(a.grad, b.grad * ((8 + m) / 8))
     assert isinstance(M._uniloss(uniloss.AveragePrecision(), 0, {"memory": 0}), uniloss.UniLoss)
     assert M.parse_variant('m={"memory": 256}') == ("m", {"memory": 256})
+
+
+def test_the_plug_in_probe_weighs_positives_1_plus_beta2_minus_f_and_negatives_f_at_running_counts():
+    # step="sum": the probe's gradient minus f_beta's own is the pull's weighted part alone
+    from uniloss import functional as F
+    from uniloss import zoo
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(40, generator=g, dtype=torch.float64) * 2, (torch.rand(40, generator=g) < 0.25).long())
+               for _ in range(2)]
+    probe = M._PlugInWeights(zoo.f_beta(2.0), 0.75)
+    counts = []
+    for s, y in batches:
+        decided, truth = s > 0, y != 0
+        counts.append(torch.tensor([float((decided & truth).sum()), float((decided & ~truth).sum()),
+                                    float((~decided & truth).sum())], dtype=torch.float64))
+        grads = []
+        for metric in (probe, zoo.f_beta(2.0)):
+            leaf = s.clone().requires_grad_(True)
+            grads.append(torch.autograd.grad(F.uniloss(leaf, y, metric, step="sum"), leaf)[0])
+        tp, fp, fn = (counts[0] if len(counts) == 1 else 0.75 * counts[0] + 0.25 * counts[1]).tolist()
+        f = 5 * tp / (5 * tp + 4 * fn + fp)
+        w = torch.where(truth, 5 - f, f).double()
+        sign = (2 * y - 1).double()
+        expected = (w / w.mean() - 1) * -sign * torch.sigmoid(-sign * s) / len(s)
+        torch.testing.assert_close(grads[0] - grads[1], expected, rtol=1e-6, atol=1e-9)
+    with torch.no_grad():
+        F.uniloss(batches[0][0], batches[0][1], probe)  # no training call: the counts stay
+    torch.testing.assert_close(probe.counts, 0.75 * counts[0] + 0.25 * counts[1])
+    assert M.parse_variant('p={"plug_in": 0.99}') == ("p", {"plug_in": 0.99})
+    with pytest.raises(ValueError, match="f_beta"):
+        M._PlugInWeights(zoo.macro_f1(3), 0.9)

@@ -48,6 +48,8 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
 * ``f1-tuned`` / ``f2-tuned``: the ``imb-f1`` task (with its label noise) / ``f2-clean``, every
   loss's model scored at the threshold that maximises its F1 / F2 on the validation split: what a
   user who tunes the decision after training gets; usual BCE, baseline BCE with ``pos_weight``.
+* ``f1-clean-draws`` / ``f2-clean-draws``: ``f1-clean`` / ``f2-clean`` with the data set drawn
+  again for each seed, as the ``-draws`` probes below.
 * ``imb-ap-draws`` / ``imb-f1-draws``: the ``imb-ap`` / ``imb-f1`` tasks with the data set drawn
   again for each seed (``make_classification``'s ``random_state`` the seed; the suite's tasks fix
   draw 0, so their seeds vary the network's initialisation and the batches, not the data).
@@ -437,6 +439,9 @@ def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callabl
     options = dict(options)
     if options.pop(ORDINAL_PULL, False):
         metric = with_ordinal_pull(metric)
+    momentum = options.pop(PLUG_IN, None)
+    if momentum is not None:
+        metric = _PlugInWeights(metric, float(momentum))
     size = options.pop(MEMORY, 0)
     if not size:
         return uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000), **options)
@@ -452,6 +457,65 @@ def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callabl
         return fn(scores, target) * ((n + m) / n)
 
     return loss
+
+
+# A probe keyword of --variant: F-beta at a threshold with its pull's samples weighed by the
+# plug-in rule at running counts (_PlugInWeights; the value: the counts' momentum per call;
+# screen v51, not adopted).
+PLUG_IN = "plug_in"
+
+
+class _PlugInWeights(uniloss.Decomposition):
+    """A zoo F-beta at a threshold (:func:`uniloss.zoo.f_beta`) whose pull takes each sample as a
+    run of its one comparison, weighed by F's change when that sample alone flips at counts
+    averaged over calls: a positive ``1 + beta^2 - F``, a negative ``F`` (over their mean), so
+    the weighted binary cross-entropy decides at ``P(y = 1 | x) > F / (1 + beta^2)``, the plug-in
+    threshold that maximises F of a calibrated model. ``F`` comes from an exponential average of
+    the training batches' ``TP``, ``FP`` and ``FN`` at their current decisions (``momentum`` per
+    call), not from one batch's (screen v37 took the batch's: about 6 positives, noisy)."""
+
+    def __init__(self, metric: uniloss.Decomposition, momentum: float) -> None:
+        decoder, evaluator = getattr(metric, "decoder", None), getattr(metric, "evaluator", None)
+        if not isinstance(decoder, uniloss.decoders.Threshold) or "beta" not in getattr(evaluator, "options", {}):
+            raise ValueError(f"--variant {PLUG_IN}: {metric!r} is not the zoo's f_beta")
+        self.inner, self.momentum = metric, momentum
+        self.beta2 = float(evaluator.options["beta"]) ** 2  # type: ignore[union-attr]
+        self.threshold = decoder.threshold
+        self.counts: Optional[Tensor] = None  # [TP, FP, FN], averaged
+
+    def check(self, scores: Tensor, target: Any) -> None:
+        self.inner.check(scores, target)
+
+    def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> Any:
+        plan = self.inner.prepare(scores, target, generator)
+        if scores is not None and isinstance(target, Tensor) and torch.is_grad_enabled():
+            with torch.no_grad():
+                pred, truth = scores.detach().reshape(-1) > self.threshold, target.reshape(-1) != 0
+                batch = torch.stack([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()]).double()
+                self.counts = batch if self.counts is None else self.momentum * self.counts + (1 - self.momentum) * batch
+        return plan
+
+    def comparisons(self, scores: Tensor, target: Any) -> Tensor:
+        return self.inner.comparisons(scores, target)
+
+    def best(self, target: Any) -> Tensor:
+        return self.inner.best(target)
+
+    def evaluate(self, bits: Tensor, target: Any) -> Tensor:
+        return self.inner.evaluate(bits, target)
+
+    def metric(self, scores: Tensor, target: Any) -> Tensor:
+        return self.inner.metric(scores, target)
+
+    def structure(self, target: Any) -> Optional[uniloss.Structure]:
+        truth = target.target.reshape(-1) != 0  # (the Threshold plan's target: a bool tensor)
+        if self.counts is None:
+            return None
+        tp, fp, fn = self.counts
+        den = (1 + self.beta2) * tp + self.beta2 * fn + fp
+        f = float((1 + self.beta2) * tp / den) if float(den) > 0 else 0.0
+        weights = torch.where(truth, 1 + self.beta2 - f, f)
+        return uniloss.Structure(1, run_weights=lambda: weights)
 
 
 # A probe keyword of --variant: the metric over the batch plus the last N samples' detached
@@ -875,6 +939,10 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
     _binary_probe("imb-ap-draws", "ap", "test AP", 0.02, {**_POS_WEIGHT, **_PAIRWISE}, draws=True),
     _binary_probe("imb-f1-draws", "f1", "test F1 at logit 0 (tuned threshold for its row)", 0.02,
                   {**_POS_WEIGHT, "BCE, validation-tuned threshold": ("baseline", "bce-tuned")}, draws=True),
+    # F1 and F2 without label noise on a draw per seed (screen v51 measured its probe with them)
+    _binary_probe("f1-clean-draws", "f1", "test F1 at logit 0 (tuned threshold for its row)", 0.0,
+                  {**_POS_WEIGHT, "BCE, validation-tuned threshold": ("baseline", "bce-tuned")}, draws=True),
+    _binary_probe("f2-clean-draws", "f2", "test F2 at logit 0", 0.0, _POS_WEIGHT, draws=True),
     Task("bal-acc-draws", "test balanced accuracy", "MNIST, training digit c keeps 0.6^c, drawn per seed",
          lambda loss, seed, quick, options: run_balanced(loss, seed, quick, options, draw=seed),
          {"cross-entropy": ("usual", "ce"), "class-weighted CE": ("baseline", "ce-weighted"), **_UNI},
@@ -1147,7 +1215,7 @@ def parse_variant(text: str) -> Tuple[str, dict]:
         raise ValueError(f"--variant {name}: {body!r} is not JSON ({exc})") from None
     if not isinstance(options, dict):
         raise ValueError(f"--variant {name}: expected a JSON object of UniLoss keywords, got {body!r}")
-    checked = {k: v for k, v in options.items() if k not in (ORDINAL_PULL, MEMORY)}
+    checked = {k: v for k, v in options.items() if k not in (ORDINAL_PULL, MEMORY, PLUG_IN)}
     uniloss.UniLoss(uniloss.AveragePrecision(), **checked)  # fails here, not in a worker, on a bad keyword
     return name, options
 
