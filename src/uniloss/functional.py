@@ -226,7 +226,7 @@ def choose_path(
     prepared = prepare_with_layout(decomposition, scores, target, generator, layout)
     if layout is not None and layout.used and layout.runs:  # a layout of runs: the path "runs", or exactly
         structure = decomposition.structure(prepared)
-        least = None if structure is None or structure.run_least is None else structure.run_least(scores).reshape(-1)
+        least = _runs_least(structure, scores)
         if least is not None and least.numel() == layout.num_bits:
             return Plan("runs", offer, layout, prepared, structure, least, None, limit, min(limit, limits.block_bits))
         prepared = prepare_with_layout(decomposition, scores, target, generator, None)  # (a wrapper changed them)
@@ -253,10 +253,9 @@ def choose_path(
             if not counts else "good_anchors='all' cannot be combined with given `anchors`"
         )
     block_bits = min(limit, limits.block_bits)
-    if runs_only and anchors is None and layout is None and structure is not None and structure.run_least is not None:
-        least = structure.run_least(scores).reshape(-1)
-        if least.numel():  # (no run: no comparison, the dense path's zero loss)
-            return Plan("runs", offer, None, prepared, structure, least, None, limit, block_bits)
+    least = _runs_least(structure, scores) if runs_only and anchors is None and layout is None else None
+    if least is not None and least.numel():  # (no run: no comparison, the dense path's zero loss)
+        return Plan("runs", offer, None, prepared, structure, least, None, limit, block_bits)
     if (layout is None and anchors is None and structure is not None and structure.comparisons_block is not None
             and isinstance(structure.runs, Tensor) and int(structure.runs.sum()) > limit):
         if chain and not structure.chain_by_runs:
@@ -277,6 +276,12 @@ def choose_path(
     dense = c.numel() == 0 or (anchor_set is not None and not anchor_set.is_structured)
     path = "dense" if dense else "chain" if chain else "structured"
     return Plan(path, offer, layout, prepared, structure, c, anchor_set, limit, block_bits)
+
+
+def _runs_least(structure: Optional[Structure], scores: Tensor) -> Optional[Tensor]:
+    """The path ``"runs"``'s comparisons: each run's least one (:attr:`uniloss.Structure.run_least`),
+    flat, where the structure gives them; else ``None``."""
+    return None if structure is None or structure.run_least is None else structure.run_least(scores).reshape(-1)
 
 
 def _autocast_enabled(device_type: str) -> bool:
