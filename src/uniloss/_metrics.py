@@ -15,8 +15,8 @@ from ._bits import as_float
 from ._cache import TensorCache
 from ._decomposition import Decomposition, Structure, static_layout, validate_scores
 from ._pairs import (
-    SetPairs, binary_margins, least_differences, other_classes, pair_differences, row_differences, set_pairs,
-    softmax_pull, static_pair_differences,
+    SetPairs, binary_margins, least_differences, other_classes, pair_differences, row_differences, set_least,
+    set_pairs, set_pull, softmax_pull, static_pair_differences,
 )
 from ._random import randperm
 from ._structured import PREFIX_COUNTS, Runs
@@ -707,7 +707,6 @@ class _PCKPixels:
     visible: Tensor  # [G] bool
     num_visible: Tensor  # 0-dim int64
     positive: Tensor  # [G, H W] bool: the exact layout's runs (positive pixels of visible joints)
-    has_negative: Tensor  # [G] bool
     runs: Runs  # G H W runs: `ends` the comparisons' cumulative count, `real` the exact layout's runs
     run_joint: Tensor  # [G H W] joint of each run, G for the pixels that are none
 
@@ -821,36 +820,20 @@ class PCK(Decomposition):
         layout.set_valid(ends[-1])
         joint = torch.arange(num_joints, device=pos.device)[:, None].expand(num_joints, size)
         run_joint = torch.where(positive, joint, num_joints).reshape(-1)
-        return _PCKPixels(vis, vis.sum(), positive, num_pos < size, Runs(None, None, ends, num_joints * size,
+        return _PCKPixels(vis, vis.sum(), positive, Runs(None, None, ends, num_joints * size,
                           real=num_pos.sum()), run_joint)
 
     @staticmethod
     def _pixels_least(plan: _PCKPixels, scores: Tensor) -> Tensor:
-        """``[G H W]`` :attr:`Structure.run_least` of :meth:`_pixels`: each positive pixel's score
-        minus its joint's best negative one (the last of those tied for it, as
-        :meth:`uniloss._pairs.SetPairs.least`), ``+inf`` for a run without comparisons."""
-        rows = scores.reshape(plan.positive.shape)
-        size = rows.shape[1]
-        with torch.no_grad():
-            negatives = rows.detach().masked_fill(plan.positive, float("-inf"))
-            top = negatives.amax(1, keepdim=True)
-            index = torch.arange(size, device=rows.device)
-            last = torch.where((negatives == top) & ~plan.positive, index, 0).amax(1, keepdim=True)
-            empty = ~(plan.positive & plan.has_negative[:, None])
-        return (rows - rows.gather(1, last)).masked_fill(empty, float("inf")).reshape(-1)
+        """``[G H W]`` :attr:`Structure.run_least` of :meth:`_pixels` (:func:`uniloss._pairs.set_least`
+        of each joint's pixels, as the exact layout's :meth:`uniloss._pairs.SetPairs.least`)."""
+        return set_least(scores.reshape(plan.positive.shape), plan.positive).reshape(-1)
 
     @staticmethod
     def _pixels_pull(plan: _PCKPixels, scores: Tensor, temperature) -> Tensor:
-        """``[G H W]`` :attr:`Structure.run_pull` of :meth:`_pixels`, :meth:`_run_pull`'s terms
-        on the positive pixels of visible joints, 0 elsewhere."""
-        rows = scores.reshape(plan.positive.shape) / temperature
-        negatives = rows.masked_fill(plan.positive, float("-inf"))
-        top = negatives.detach().amax(1, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, 0.0)
-        total = (negatives - top).exp().sum(1, keepdim=True)
-        joint = torch.where(total > 0, total.clamp_min(torch.finfo(total.dtype).tiny).log() + top, float("-inf"))
-        lse = joint - rows
-        return torch.where(plan.positive, torch.logaddexp(torch.zeros_like(lse), lse), 0.0).reshape(-1)
+        """``[G H W]`` :attr:`Structure.run_pull` of :meth:`_pixels`: :meth:`_run_pull`'s terms on
+        the positive pixels of visible joints, 0 elsewhere."""
+        return set_pull(scores.reshape(plan.positive.shape), plan.positive, temperature).reshape(-1)
 
     @staticmethod
     def _static(pos: Tensor, vis: Tensor, layout) -> _PCKStatic:
@@ -944,18 +927,9 @@ class PCK(Decomposition):
     @staticmethod
     def _run_pull(plan: "SetPairs", scores: Tensor, temperature) -> Tensor:
         """``[A]`` each positive pixel's term of the pull per run (:attr:`Structure.run_pull`),
-        ``log(1 + sum_n exp((s_n - s_p) / tau))`` over its joint's negatives ``n``: the negatives'
-        log-sum-exp once per joint, ``O(pixels)`` instead of one term per comparison."""
-        flat = scores.reshape(-1)
-        negatives = flat[plan.neg_flat] / temperature
-        g = plan.num_rows
-        top = negatives.new_full((g,), float("-inf")).scatter_reduce(0, plan.neg_row, negatives.detach(), "amax")
-        top = torch.where(torch.isfinite(top), top, 0.0)  # (a joint without negatives: its sum is 0)
-        total = negatives.new_zeros(g).index_add(0, plan.neg_row, (negatives - top[plan.neg_row]).exp())
-        # a joint without negatives: -inf, its positives' terms 0 (and their gradient 0, not NaN)
-        joint = torch.where(total > 0, total.clamp_min(torch.finfo(total.dtype).tiny).log() + top, float("-inf"))
-        lse = joint[plan.pos_row] - flat[plan.pos_flat] / temperature
-        return torch.logaddexp(torch.zeros_like(lse), lse)
+        ``log(1 + sum_n exp((s_n - s_p) / tau))`` over its joint's negatives ``n``
+        (:func:`uniloss._pairs.set_pull` of the visible joints, at the positives)."""
+        return set_pull(plan.rows_of(scores), plan.mask, temperature)[plan.pos_row, plan.pos_col]
 
     @staticmethod
     def _chain(turn: Tensor, length: int, plan: "SetPairs") -> Tensor:

@@ -63,6 +63,9 @@ class SetPairs:
     pos_col: Tensor  # [A] column of each positive entry
     pos_flat: Tensor  # [A] index into the scores' flat view
     neg_flat: Tensor  # [B]
+    mask: Tensor  # [G, C] bool, the positive entries (set_pairs's `positive`)
+    rows: Tensor  # [G] row g's entries are the scores' flat rows[g] * width + 0 .. C - 1
+    width: int
     cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def pairs(self) -> Tuple[Tensor, Tensor]:
@@ -91,22 +94,17 @@ class SetPairs:
             self.cache["starts"] = ([0] + pos, [0] + neg)
         return self.cache["starts"]
 
+    def rows_of(self, scores: Tensor) -> Tensor:
+        """``[G, C]``: the scores of the rows, in the layout of ``mask`` (differentiable)."""
+        flat, size = scores.reshape(-1), self.mask.shape[1]
+        if size == self.width and flat.numel() % size == 0:  # whole rows of the scores (PCK's heatmaps)
+            return flat.view(-1, size).index_select(0, self.rows)
+        return flat[self.rows[:, None] * self.width + torch.arange(size, device=self.rows.device)]
+
     def least(self, scores: Tensor) -> Tensor:
-        """``[A]``: each run's least comparison, a positive's score minus the best negative score
-        of its row (of those tied for it, the last: the run's comparison of largest index), or
-        ``+inf`` in a row without negatives (:attr:`uniloss.Structure.run_least`). Differentiable
-        in ``scores``; ``O(A + B)``, no comparison formed."""
-        flat = scores.reshape(-1)
-        with torch.no_grad():
-            held = flat.detach()[self.neg_flat]
-            top = held.new_full((self.num_rows,), float("-inf")).scatter_reduce(0, self.neg_row, held, "amax")
-            index = torch.arange(held.numel(), device=held.device)
-            at = torch.full((self.num_rows,), -1, dtype=torch.long, device=held.device).scatter_reduce(
-                0, self.neg_row, torch.where(held == top[self.neg_row], index, -1), "amax")[self.pos_row]
-            # (a row without negatives: the positive against itself, then +inf)
-            partner = self.neg_flat[at.clamp_min(0)] if held.numel() else self.pos_flat
-            partner = torch.where(at >= 0, partner, self.pos_flat)
-        return index_differences(flat, self.pos_flat, partner).masked_fill(at < 0, float("inf"))
+        """``[A]``: each run's least comparison (:func:`set_least` at the positives, in their
+        order; :attr:`uniloss.Structure.run_least`). ``O(G C)``, no comparison formed."""
+        return set_least(self.rows_of(scores), self.mask)[self.pos_row, self.pos_col]
 
     def comparisons(self, scores: Tensor) -> Tensor:
         """``[l]``: every positive's score minus each negative's of its row (differentiable)."""
@@ -120,7 +118,39 @@ def set_pairs(positive: Tensor, rows: Tensor, width: int) -> SetPairs:
     pos_row, pos_col = positive.nonzero(as_tuple=True)
     neg_row, neg_col = (~positive).nonzero(as_tuple=True)
     base = rows * width
-    return SetPairs(positive.shape[0], pos_row, neg_row, pos_col, base[pos_row] + pos_col, base[neg_row] + neg_col)
+    return SetPairs(positive.shape[0], pos_row, neg_row, pos_col, base[pos_row] + pos_col, base[neg_row] + neg_col,
+                    positive, rows, width)
+
+
+def set_least(rows: Tensor, positive: Tensor) -> Tensor:
+    """``[G, C]``: each positive entry's score minus the best negative score of its row (of those
+    tied for it, the last: its run's comparison of largest index in the set-against-set layout),
+    ``+inf`` at the negative entries and in a row without negatives: each run's least comparison
+    (:attr:`uniloss.Structure.run_least`) with ``rows [G, C]`` the scores and ``positive [G, C]``
+    bool. Differentiable in ``rows``."""
+    size = rows.shape[1]
+    with torch.no_grad():
+        negatives = rows.detach().masked_fill(positive, float("-inf"))
+        top = negatives.amax(1, keepdim=True)
+        index = torch.arange(size, device=rows.device)
+        last = torch.where((negatives == top) & ~positive, index, 0).amax(1, keepdim=True)
+        empty = ~(positive & (~positive).any(1, keepdim=True))
+    return (rows - rows.gather(1, last)).masked_fill(empty, float("inf"))
+
+
+def set_pull(rows: Tensor, positive: Tensor, temperature) -> Tensor:
+    """``[G, C]``: each positive entry's term of the pull per run (:attr:`uniloss.Structure.run_pull`),
+    ``log(1 + sum_n exp((s_n - s_p) / tau))`` over its row's negatives ``n`` (0 without any: the
+    entries' gradient 0, not NaN), 0 at the negative entries: the negatives' log-sum-exp once per
+    row, ``O(G C)`` instead of one term per comparison. ``rows``, ``positive`` as :func:`set_least`."""
+    rows = rows / temperature
+    negatives = rows.masked_fill(positive, float("-inf"))
+    top = negatives.detach().amax(1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    total = (negatives - top).exp().sum(1, keepdim=True)
+    joint = torch.where(total > 0, total.clamp_min(torch.finfo(total.dtype).tiny).log() + top, float("-inf"))
+    lse = joint - rows
+    return torch.where(positive, torch.logaddexp(torch.zeros_like(lse), lse), 0.0)
 
 
 @dataclass(frozen=True)
