@@ -606,7 +606,6 @@ class MulticlassAccuracy(Decomposition):
                          run_pull=(lambda scores, temperature: softmax_pull(scores, plan.labels, temperature)) if every else None,
                          run_least=(lambda scores: least_differences(scores, plan.labels)) if every else None)
 
-
     @staticmethod
     def _chain(turn: Tensor, length: int, plan: "_AccuracyPlan") -> Tensor:
         """The accuracy along the chain of ``interpolation="chain"`` (:attr:`Structure.chain`,
