@@ -419,3 +419,18 @@ def test_zoo_metrics_that_are_not_of_the_class_counts_keep_their_comparisons():
     for metric in (zoo.top_k_accuracy(2), uniloss.DecodedMetric(uniloss.decoders.Argmax(pairs="target"),
                                                                 lambda pred, y: (pred == y).float().mean(-1))):
         assert F.uniloss_with_info(scores, target, metric)[1].path == "chain"
+
+
+@pytest.mark.parametrize("name", ["macro_f1", "mean_iou"])
+def test_zoo_good_anchors_all_takes_every_single_bit_flip(name):
+    # good_anchors="all" needs the metric from the runs' counts (evaluate_zeros), which 0.11's zoo
+    # had not: it raised; now every single-bit flip of the best configuration is a good anchor
+    make, shape = ZOO[name]
+    scores, target = _zoo_case(shape, 4)
+    loss, grad, info = _call(make(), scores, target, interpolation="anchors", good_anchors="all",
+                             generator=torch.Generator().manual_seed(0))
+    assert dict(info.kinds)["good"] == info.num_bits == target.numel() * (shape[1] - 1)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="evaluate_zeros"):
+        _call(_all_comparisons(make()), scores, target, interpolation="anchors", good_anchors="all",
+              generator=torch.Generator().manual_seed(0))
