@@ -541,6 +541,10 @@ class _OrdinalRanking(Ranking):
         return lambda scores: margins(scores).reshape(-1)
 
 
+# The --variant keywords that _uniloss takes before UniLoss sees the rest.
+PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, PLUG_IN)
+
+
 def with_ordinal_pull(metric: uniloss.Decomposition) -> uniloss.Decomposition:
     """``metric`` (a zoo ranking metric of graded relevance) with :class:`_OrdinalRanking` as its
     decoder: a copy, the metric itself unchanged."""
@@ -1205,7 +1209,10 @@ def _plot(report: dict, path: str) -> None:
 
 def parse_variant(text: str) -> Tuple[str, dict]:
     """``NAME=JSON`` -> ``(NAME, dict)``; JSON holds keywords of :class:`uniloss.UniLoss`, and
-    the probe keyword ``"ordinal_pull": true`` (:func:`with_ordinal_pull`, graded rankings)."""
+    the probe keywords (:data:`PROBE_KEYWORDS`, prototypes, not library options):
+    ``"ordinal_pull": true`` (:func:`with_ordinal_pull`, graded rankings), ``"memory": N`` (the
+    metric over the batch plus the last ``N`` samples, screen v49) and ``"plug_in": momentum``
+    (:class:`_PlugInWeights`, the zoo's F-beta at a threshold, screen v51)."""
     name, sep, body = text.partition("=")
     if not sep or not name:
         raise ValueError(f"expected --variant NAME=JSON, got {text!r}")
@@ -1215,7 +1222,7 @@ def parse_variant(text: str) -> Tuple[str, dict]:
         raise ValueError(f"--variant {name}: {body!r} is not JSON ({exc})") from None
     if not isinstance(options, dict):
         raise ValueError(f"--variant {name}: expected a JSON object of UniLoss keywords, got {body!r}")
-    checked = {k: v for k, v in options.items() if k not in (ORDINAL_PULL, MEMORY, PLUG_IN)}
+    checked = {k: v for k, v in options.items() if k not in PROBE_KEYWORDS}
     uniloss.UniLoss(uniloss.AveragePrecision(), **checked)  # fails here, not in a worker, on a bad keyword
     return name, options
 
@@ -1288,7 +1295,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these tasks (default: the suite's nine; the probe tasks run only when named)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     parser.add_argument("--variant", action="append", metavar="NAME=JSON",
-                        help='extra UniLoss row with these UniLoss keywords, e.g. t4=\'{"temperature": 4}\'')
+                        help='extra UniLoss row with these UniLoss keywords, e.g. t4=\'{"temperature": 4}\' '
+                             '(and the probe keywords ordinal_pull, memory, plug_in: see parse_variant)')
     parser.add_argument("--variants-only", action="store_true", help="run only the --variant rows")
     parser.add_argument("--lr-scales", type=_positive_float, nargs="+", metavar="S",
                         help="run every row at each recipe's learning rate times each S, and add a table of each "
