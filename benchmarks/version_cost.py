@@ -7,6 +7,7 @@ interpreters alternating between the two versions (``--rounds`` each, one thread
 two small cases with each version's default loss: the MNIST MLP training step (784-500-300-1,
 batch 16, SGD lr 0.01 momentum 0.5; ``UniLoss(AveragePrecision())`` against binary
 cross-entropy) and an accuracy loss call at 128 x 10 (forward and backward, against
+cross-entropy), and an AP loss call at batch 16 (leaf scores, about 30% positives; against binary
 cross-entropy). Prints each round's medians and ratios, then the median over rounds per version.
 The machine is shared and noisy: read the ratios, measured side by side, not the milliseconds.
 """
@@ -62,8 +63,17 @@ def call(loss):
         s = xa.detach().requires_grad_()
         loss(s, ya).backward()
     return run
+xb = torch.randn(16, generator=g)
+yb = (torch.rand(16, generator=g) < 0.3).long()
+yb[0], yb[1] = 1, 0
+def call_ap(loss):
+    def run():
+        s = xb.detach().requires_grad_()
+        loss(s, yb).backward()
+    return run
 r = dict(mlp_uniloss=med(stepper(ap)), mlp_bce=med(stepper(lambda s, t: F.binary_cross_entropy_with_logits(s, t.float()))),
-         acc_uniloss=med(call(acc)), acc_ce=med(call(F.cross_entropy)))
+         acc_uniloss=med(call(acc)), acc_ce=med(call(F.cross_entropy)),
+         ap_uniloss=med(call_ap(ap)), ap_bce=med(call_ap(lambda s, t: F.binary_cross_entropy_with_logits(s, t.float()))))
 print(" ".join(f"{k}={v:.4f}" for k, v in r.items()))
 """
 
@@ -75,6 +85,7 @@ def measure(src: Path) -> dict:
     r = {k: float(v) for k, v in values.items()}
     r["mlp_ratio"] = r["mlp_uniloss"] / r["mlp_bce"]
     r["acc_ratio"] = r["acc_uniloss"] / r["acc_ce"]
+    r["ap_ratio"] = r["ap_uniloss"] / r["ap_bce"]
     return r
 
 
@@ -94,13 +105,16 @@ def main(argv=None) -> dict:
                 results[name].append(r)
                 print(f"round {i + 1} {name:3s} ({args.ref if name == 'ref' else 'this checkout'}): MLP step "
                       f"{r['mlp_uniloss']:.2f} ms vs BCE {r['mlp_bce']:.2f} ms = {r['mlp_ratio']:.2f}x; accuracy 128 x 10 "
-                      f"{r['acc_uniloss']:.3f} ms vs CE {r['acc_ce']:.3f} ms = {r['acc_ratio']:.1f}x", flush=True)
+                      f"{r['acc_uniloss']:.3f} ms vs CE {r['acc_ce']:.3f} ms = {r['acc_ratio']:.1f}x; AP batch 16 "
+                      f"{r['ap_uniloss']:.3f} ms vs BCE {r['ap_bce']:.3f} ms = {r['ap_ratio']:.1f}x", flush=True)
     for name in ("ref", "now"):
         rows = results[name]
         print(f"median over {len(rows)} rounds, {args.ref if name == 'ref' else 'this checkout'}: MLP step "
               f"{statistics.median(r['mlp_ratio'] for r in rows):.2f}x BCE's, accuracy loss call "
               f"{statistics.median(r['acc_uniloss'] for r in rows):.3f} ms = "
-              f"{statistics.median(r['acc_ratio'] for r in rows):.1f}x CE's")
+              f"{statistics.median(r['acc_ratio'] for r in rows):.1f}x CE's, AP batch 16 loss call "
+              f"{statistics.median(r['ap_uniloss'] for r in rows):.3f} ms = "
+              f"{statistics.median(r['ap_ratio'] for r in rows):.1f}x BCE's")
     return results
 
 

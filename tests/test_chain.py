@@ -568,7 +568,8 @@ def test_the_hard_metric_is_evaluated_only_when_read():
 
 
 def _pull_grads(c, best, temperature, runs, rows, num_valid, weights, per, denominator):
-    """``pull_cost``'s ``(cost, push, gradient)`` through autograd and in closed form (``with_grad``)."""
+    """``pull_cost``'s ``(push, gradient)`` through autograd and in closed form (``with_grad``, which
+    computes no cost), and the cost of both ways (``with_push``)."""
     from uniloss._interpolation import pull_cost
     leaf = (per if per is not None else c).detach().clone().requires_grad_(True)
     kw = dict(with_push=True, weights=weights, per=leaf if per is not None else None)
@@ -578,7 +579,9 @@ def _pull_grads(c, best, temperature, runs, rows, num_valid, weights, per, denom
         kw["per"] = leaf.detach() if per is not None else None
         closed = pull_cost(None if per is not None else leaf.detach(), best, temperature, runs, rows, num_valid,
                            denominator, with_grad=True, **kw)
-    return (cost.detach(), push, grad), closed
+        again, _ = pull_cost(None if per is not None else leaf.detach(), best, temperature, runs, rows, num_valid,
+                             denominator, **kw)
+    return (cost.detach(), push, grad), (again, *closed)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, "tensor"])

@@ -120,3 +120,23 @@ def test_a_batch_metric_the_plan_already_holds_is_reported_at_once(make):
     with torch.no_grad():
         scores.mul_(-1.0)
     assert float(loss_fn.last.metric) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("positives, negatives", [(1, 1), (2, 3), (5, 11)])
+def test_aps_chain_ends_are_read_when_asked(positives, negatives):
+    """AP's chain takes its gains without the order (``Structure.chain_gains``); ``anchor_values``
+    then holds the chain's two ends, computed when read: AP with every negative above every
+    positive, ``sum_k k / (N + k) / P`` (by hand), and 1 where every comparison is right. Pickling
+    and copying read them too."""
+    import dataclasses
+
+    target = torch.tensor([1] * positives + [0] * negatives)
+    _, scores = _model_output(torch.randn(positives + negatives, generator=torch.Generator().manual_seed(3)).tolist())
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision())
+    loss_fn(scores, target).backward()
+    info = loss_fn.last
+    start = sum(k / (negatives + k) for k in range(1, positives + 1)) / positives
+    assert info.path == "chain" and info.kinds == (("chain", 2),)
+    for other in (pickle.loads(pickle.dumps(info)), copy.deepcopy(info), dataclasses.replace(info, path="x"), info):
+        assert other.anchor_values.dtype == torch.float64
+        torch.testing.assert_close(other.anchor_values, torch.tensor([start, 1.0], dtype=torch.float64))

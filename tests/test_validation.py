@@ -91,3 +91,19 @@ def test_public_names_have_docstrings():
         assert obj.__doc__ and obj.__doc__.strip(), f"uniloss.{name} has no docstring"
     for name in F.__all__:
         assert getattr(F, name).__doc__, f"uniloss.functional.{name} has no docstring"
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.float16,
+                                   torch.float32, torch.bool])
+@pytest.mark.parametrize("bad", [2, -1, -2, 3, 127])
+def test_binary_targets_of_every_dtype_are_checked(dtype, bad):
+    """Binary labels are checked by one reduction whatever their dtype (a signed integer by ``t &
+    -2``): 0 and 1 pass; any other value, negative ones and odd ones above 1 included, is named."""
+    good = torch.tensor([0, 1, 1, 0, 1]).to(dtype)
+    for make in (uniloss.AveragePrecision, uniloss.zoo.f_beta):
+        F.uniloss(torch.randn(5), good, make())
+        if dtype == torch.bool or (bad < 0 and dtype == torch.uint8):
+            continue  # (not representable)
+        target = torch.tensor([0, 1, bad, 0, 1]).to(dtype)
+        with pytest.raises(ValueError, match=rf"`target` to hold only 0 and 1, but got value {bad}"):
+            F.uniloss(torch.randn(5), target, make())

@@ -179,9 +179,8 @@ def step_factor(pull_push: Tensor, interp_push: Tensor, margins: bool = False) -
     and AUROC's all push a positive up and a negative down). Before 0.9 ``I`` was the push on the
     comparisons there too, so a step on AP was 1.4-1.6x binary cross-entropy's at the same rate
     (``docs/results/metric-wins/step-size.md``)."""
-    if margins:
-        interp_push = interp_push * 2.0
-    total = pull_push + interp_push
+    # (P + 2 I in one call: 2 I is exact, so the sum rounds once either way)
+    total = torch.add(pull_push, interp_push, alpha=2.0) if margins else pull_push + interp_push
     return pull_push / total.clamp_min(torch.finfo(total.dtype).tiny)  # 0 / tiny where both are zero: no step
 
 
@@ -223,10 +222,12 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
     ``per``: the runs' ``[S]`` terms ``log(1 + sum_k exp(z_k))`` in closed form
     (:attr:`uniloss.Structure.run_pull`; exact layouts only): ``c`` and ``best`` are then not read.
 
-    ``with_grad`` (with ``with_push``; call it under ``torch.no_grad()``): return ``(cost, push,
-    grad)``, ``grad`` the cost's gradient in closed form, in ``c`` (``[l]``: ``sigmoid(z_k)`` per
-    comparison, the run's softmax ``exp(z_k - lse_s)`` per run, times ``dz_k / dc_k`` over the
-    denominator), or in ``per`` where it is given (``[S]``: the weights over the denominator).
+    ``with_grad`` (with ``with_push``; call it under ``torch.no_grad()``): return ``(push, grad)``
+    without the cost (the chain's node, its one caller, reports the metric's value, not the
+    pull's: three operator calls a step less), ``grad`` the cost's gradient in closed form, in
+    ``c`` (``[l]``: ``sigmoid(z_k)`` per comparison, the run's softmax ``exp(z_k - lse_s)`` per
+    run, times ``dz_k / dc_k`` over the denominator), or in ``per`` where it is given (``[S]``:
+    the weights over the denominator).
     """
     if per is None:
         assert c is not None  # the comparisons, where the runs' terms are not given
@@ -235,8 +236,8 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
             z = z / temperature
     if runs is None:
         assert c is not None  # (the runs' terms come with runs)
-        total = torch.nn.functional.softplus(z).sum()
-        if with_push:
+        total = None if with_grad else torch.nn.functional.softplus(z).sum()
+        if with_push or with_grad:
             with torch.no_grad():
                 soft = torch.sigmoid(z)
                 pushes = soft.sum()
@@ -252,7 +253,7 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
             assert like is not None
             zero = like.new_zeros(())
             if with_grad:
-                return zero, zero.detach(), torch.zeros_like(like)
+                return zero.detach(), torch.zeros_like(like)
             return (zero, zero.detach()) if with_push else zero
         # A static layout's runs count those of the exact layout where it says how many
         # (``runs.real``), else those that hold a real comparison.
@@ -275,8 +276,8 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
             if counted:
                 real = z.new_zeros(num).index_add(0, ids, torch.isfinite(z.detach()).to(z.dtype))
                 occupied = (real > 0).sum()
-        total = per.sum() if weights is None else (per * weights).sum()
-        if with_push:  # the softmax mass off the run's 0: 1 - exp(-lse) (expm1: exact for a tiny lse)
+        total = None if with_grad else per.sum() if weights is None else (per * weights).sum()
+        if with_push or with_grad:  # the softmax mass off the run's 0: 1 - exp(-lse) (expm1: exact for a tiny lse)
             with torch.no_grad():
                 if weights is None:
                     pushes = per.neg().expm1_().sum().neg_()
@@ -288,8 +289,8 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
             count = occupied.clamp_min(rows)
         else:
             count = max(occupied, rows)
-    cost = total / count
-    if not with_push:
+    cost = None if total is None else total / count
+    if not (with_push or with_grad):
         return cost
     scaled = isinstance(temperature, Tensor) or temperature != 1.0
     with torch.no_grad():
@@ -302,7 +303,7 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
     # the scalars folded into one factor, a pass over the comparisons each
     if runs is not None and given:  # d cost / d per: the weights
         terms = cast(Tensor, per)
-        return cost, push, (torch.ones_like(terms) if weights is None else weights.to(terms.dtype)) / count
+        return push, (torch.ones_like(terms) if weights is None else weights.to(terms.dtype)) / count
     factor = -1.0 / (count if isinstance(count, int) else count.to(z.dtype))
     if scaled:
         factor = factor / temperature
@@ -314,7 +315,7 @@ def pull_cost(c: Optional[Tensor], best: Optional[Tensor], temperature, runs=Non
             grad = (zz - terms[:, None]).exp_().mul_(factor if weights is None else weights[:, None] * factor).view(-1)
         else:
             grad = (z - terms[ids]).exp_().mul_(factor if weights is None else weights[ids] * factor)
-    return cost, push, (grad if best is None else torch.where(best, grad, grad.neg()))
+    return push, (grad if best is None else torch.where(best, grad, grad.neg()))
 
 
 def anchor_weights(nearby: str, kinds, values: Tensor, metric: Tensor, sign: float) -> Optional[Tensor]:

@@ -118,12 +118,18 @@ def _check_scores(scores) -> None:
     validate_scores(scores)
 
 
+_SIGNED = (torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def _check_binary(name: str, target: Tensor) -> None:
-    """``V.check_binary_labels`` with one reduction on the fast path (``t (1 - t) == 0`` exactly
-    for 0 and 1, also in int64 arithmetic modulo 2**64)."""
-    if target.dtype == torch.bool or not target.numel() or not bool((target * (1 - target)).any()):
+    """``V.check_binary_labels`` with one reduction on the fast path: signed integers hold only 0
+    and 1 iff no bit but the lowest is set (``t & -2 == 0``; two's complement: a negative has its
+    sign bit), other dtypes iff ``t (1 - t) == 0`` exactly (three operator calls)."""
+    if target.dtype == torch.bool or not target.numel():
         return
-    V.check_binary_labels(name, target)
+    extra = target.bitwise_and(-2) if target.dtype in _SIGNED else target * (1 - target)
+    if bool(extra.any()):
+        V.check_binary_labels(name, target)
 
 
 def _prepared(decomposition: Decomposition, target, plan_type):

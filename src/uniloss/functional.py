@@ -72,6 +72,7 @@ class LossInfo:
         """Pickling and copying read the metric (a deferred one holds the call's decomposition)."""
         state = dict(self.__dict__)
         state["_metric"] = _info_metric(self)
+        state["_anchor_values"] = _info_values(self)
         return state
 
     @property
@@ -392,8 +393,10 @@ def uniloss_with_info(
         assert layout.num_valid is not None  # layout.used
         padding = layout.padding if layout.padding is not None else _padding(l, layout.num_valid)
         static = (layout.num_valid, padding)
-    detached = c.detach()
-    hard = detached > 0
+    chained = plan.path == "chain"
+    # the hard bits: the chain computes them where it needs them (its value alone does not)
+    detached = cast(Tensor, None) if chained else c.detach()
+    hard = cast(Tensor, None) if chained else detached > 0
     best = None  # the best bits, where drawing the anchors computed them (the pull reuses them)
     scale = (comparison_scale(c, temperature_scale, scores_dtype) if static is None
              else _static_scale(c, static, temperature_scale, scores_dtype))
@@ -401,7 +404,6 @@ def uniloss_with_info(
         temperature = cast(float, temperature * scale)
     wrong: Optional[Tensor]  # hard != best; None for dense anchors
     anchor_set: Optional[AnchorSet]  # None with interpolation="chain" (no anchors drawn)
-    chained = plan.path == "chain"
     with torch.no_grad():
         if anchors is None:
             best = decomposition.best(target)
@@ -440,7 +442,7 @@ def uniloss_with_info(
                     pull_rows, num_valid, run_weights)
     if chained:
         assert best is not None  # no anchors given (choose_path): computed above
-        loss, info = _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_scale, sign,
+        loss, info = _chain_loss(scores, c, None, best, decomposition, target, temperature, grad_scale, sign,
                                  structure=structure, runs=runs, static=static,
                                  count=_bit_count(l, static, validate_args), pull=pulling)
         return loss, with_exact_metric(info, decomposition, target, scores)
@@ -517,7 +519,7 @@ class _Pull(NamedTuple):
     def cost(self, c: Tensor, best: Tensor, temperature, pulled: Optional[Tensor], with_push: bool = False,
              with_grad: bool = False):
         """:func:`uniloss._interpolation.pull_cost` of the comparisons ``c`` (``best`` theirs),
-        or of ``pulled``, the pull's own input (``with_grad`` implies ``with_push``)."""
+        or of ``pulled``, the pull's own input (``with_grad``: ``(push, grad)``, no cost)."""
         with_push = with_push or with_grad
         if self.margins:
             return pull_cost(pulled, None, temperature, with_push=with_push, with_grad=with_grad)
@@ -676,6 +678,22 @@ def _set_info_metric(info: LossInfo, value: Tensor) -> None:
 LossInfo.metric = property(_info_metric, _set_info_metric, doc="The batch's exact metric (see LossInfo).")  # type: ignore[assignment]
 
 
+def _info_values(info: LossInfo) -> Tensor:
+    value = info.__dict__["_anchor_values"]
+    if isinstance(value, _Deferred):
+        value = info.__dict__["_anchor_values"] = value()
+    return value
+
+
+def _set_info_values(info: LossInfo, value: "Union[Tensor, _Deferred]") -> None:
+    info.__dict__["_anchor_values"] = value
+
+
+# (a _Deferred where the values cost operator calls the loss does not need: read when asked)
+LossInfo.anchor_values = property(_info_values, _set_info_values,  # type: ignore[assignment]
+                                  doc="The metric at the anchors, or along the chain (see LossInfo).")
+
+
 def _detached(x: Tensor) -> Tensor:
     """``x.detach()``, or ``x`` itself where it has no graph (one operator call less per step)."""
     return x.detach() if x.requires_grad else x
@@ -744,7 +762,7 @@ def _runs_loss(scores, plan: Plan, decomposition, target, temperature, grad_scal
         count = int(count)
     with torch.no_grad():
         best = all_true(num, c.device)
-    return _chain_loss(scores, c, c.detach() > 0, best, decomposition, target, temperature, grad_scale, sign,
+    return _chain_loss(scores, c, None, best, decomposition, target, temperature, grad_scale, sign,
                        structure=structure, runs=runs, count=count, pull=pulling, least=True)
 
 
@@ -773,7 +791,8 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     ``info.metric`` is the hard configuration's value, computed when read unless the chain's
     evaluation gives it. ``least`` (:func:`_runs_loss`): ``c`` holds each run's least comparison,
     a run of one bit each (``+inf``: a run without bits); the metric is then evaluated from the
-    runs' wholeness (``evaluate_zeros``)."""
+    runs' wholeness (``evaluate_zeros``). ``hard``: ``c > 0``, or ``None`` to compute it where it
+    is read."""
     l = c.numel()
     dtype = c.dtype
     metric = None
@@ -796,7 +815,8 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
             start, points = values[0], values.numel()
         elif structure is not None and structure.chain_gains is not None:  # (a static layout's structure gives its own)
             start, gains = structure.chain_gains(v)
-            values = torch.stack([start, start + gains.sum()]).to(dtype)  # the chain's two ends
+            ends = (start, gains)  # the chain's two ends, computed when read (info.anchor_values)
+            values = cast(Tensor, _Deferred(lambda: torch.stack([ends[0], ends[0] + ends[1].sum()]).to(dtype)))
             start, gains, points = start.to(dtype), gains.to(dtype), 2
         elif structure is not None and structure.chain_by_runs and runs is not None:  # (a static layout's own too)
             least_v, last = last_of_runs(v, runs)
@@ -818,8 +838,10 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
             else:
                 segments = chain_segments(l, limits.chain_segments, limits.chain_elements)
 
+            current = c.detach() > 0 if hard is None else hard
+
             def evaluate(bits: Tensor) -> Tensor:  # the chain and the current configuration (last row) in one call
-                return decomposition.evaluate(torch.cat([bits, hard[None]], 0), target)
+                return decomposition.evaluate(torch.cat([bits, current[None]], 0), target)
 
             values, start, gains = chain_steps(v, best, evaluate, segments, along,
                                                *((None, None) if static is None else (static[1], static[0])))
@@ -842,11 +864,12 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
                                else agreement_slope(u[at], best[at], temperature, all_best))
             pulled_c = None  # the pull's gradient where it is on the comparisons
             if pull is not None and pull.weight:
-                _, pull_push, grad_pull = pull.cost(c.detach(), best, temperature, pull.input, with_grad=True)
+                pull_push, grad_pull = pull.cost(c.detach(), best, temperature, pull.input, with_grad=True)
                 if pull.stepped:  # every step of the pull's size (see _with_pull)
+                    push = chained.abs().sum()  # the interpolation's
                     f = step_factor(pull_push * pull.weight if pull.weight != 1.0 else pull_push,
-                                    chained.abs().sum() * scale, pull.margins)  # (the interpolation's push)
-                    coef, weight = coef * f, f * pull.weight
+                                    push if scale == 1.0 else push * scale, pull.margins)
+                    coef, weight = coef * f, (f if pull.weight == 1.0 else f * pull.weight)
                 if pull.input is None:
                     pulled_c = grad_pull.mul_(weight)
                 else:
@@ -860,16 +883,20 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         reported: Union[Tensor, _Deferred]
         if metric is not None:
             reported = metric
-        elif least:  # a run whole iff its least comparison is right (read when asked, as below)
-            of_zeros = structure.evaluate_zeros
-            if torch.compiler.is_compiling():
-                reported = of_zeros((~hard)[None].to(dtype)).to(dtype)[0]
-            else:
-                reported = _Deferred(lambda: of_zeros((~hard)[None].to(dtype)).to(dtype)[0])
-        elif torch.compiler.is_compiling():
-            reported = decomposition.evaluate(hard[None], target).to(dtype)[0]
-        else:  # read when asked (a batch_metric, or no logging, may never ask)
-            reported = _Deferred(lambda: decomposition.evaluate(hard[None], target).to(dtype)[0])
+        else:
+            def bits() -> Tensor:  # (from c when read: the call's own tensor, never modified; c > 0 has no graph)
+                return c > 0 if hard is None else hard
+
+            if least:  # a run whole iff its least comparison is right (read when asked, as below)
+                of_zeros = structure.evaluate_zeros
+                if torch.compiler.is_compiling():
+                    reported = of_zeros((~bits())[None].to(dtype)).to(dtype)[0]
+                else:
+                    reported = _Deferred(lambda: of_zeros((~bits())[None].to(dtype)).to(dtype)[0])
+            elif torch.compiler.is_compiling():
+                reported = decomposition.evaluate(bits()[None], target).to(dtype)[0]
+            else:  # read when asked (a batch_metric, or no logging, may never ask)
+                reported = _Deferred(lambda: decomposition.evaluate(bits()[None], target).to(dtype)[0])
 
     def backward(grad_out: Tensor, c_in: Tensor, pulled_in: Optional[Tensor]) -> "tuple[Tensor, Optional[Tensor]]":
         if not torch.is_grad_enabled():
