@@ -126,8 +126,10 @@ def test_small_step_operation_budget(kind, budget):
 # The defaults (interpolation="chain", validate_args=True): 0.12.0 made AP 109 and accuracy 91 calls
 # a step. 0.12.1: the chain's node computes the pull's push and gradient without its unused value
 # (three calls fewer), AP's two chain ends and the hard bits only when read, P + 2I in one call, no
-# "* 1.0" on a push, a signed integer target checked by one bitwise AND: AP 96, accuracy 85.
-@pytest.mark.parametrize("kind,budget", [("ap", 96), ("accuracy", 85)])
+# "* 1.0" on a push, a signed integer target checked by one bitwise AND, accuracy's other classes
+# formed only where read (not on the path "runs"), AP's gains broadcast without two unsqueezes:
+# AP 94, accuracy 82.
+@pytest.mark.parametrize("kind,budget", [("ap", 94), ("accuracy", 82)])
 def test_default_step_operation_budget(kind, budget):
     dec, scores, target = _batch(kind)
     loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0))

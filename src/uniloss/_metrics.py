@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Union, cast
 
 import torch
 from torch import Tensor
@@ -382,8 +382,9 @@ class AveragePrecision(Decomposition):
             0, positives.argsort(descending=True, stable=True), _ranks(num_pos, device, dtype))  # 1-based
         down = torch.empty(num_neg, dtype=dtype, device=device).scatter_(
             0, negatives.argsort(stable=True), _down(num_neg, device, dtype))  # N - m: the count before the step
-        q = place[:, None] + down[None, :]  # k + v
-        gains = place[:, None] / (q * (q - 1.0) * num_pos)  # (k / (k + v - 1) - k / (k + v)) / P
+        k = place[:, None]
+        q = k + down  # k + v
+        gains = k / (q * (q - 1.0) * num_pos)  # (k / (k + v - 1) - k / (k + v)) / P
         start = _AP_START.get((num_pos, num_neg, device, dtype), lambda: _ap_start(num_pos, num_neg, device, dtype))
         return start, gains.view(-1)
 
@@ -484,10 +485,26 @@ class AveragePrecision(Decomposition):
 @dataclass(frozen=True)
 class _AccuracyPlan:
     labels: Tensor  # [n]
-    cols: Tensor  # [n, m] the other classes each sample's target is compared with
+    given_cols: Optional[Tensor]  # [n, m] the other classes each sample's target is compared with (None: every one)
     selected: Optional[Tensor] = None  # [l] flat indices into [n*m] trained this step
     fixed_ok: Optional[Tensor] = None  # [n] bool: every bit not selected is currently right
     exact: Optional[Tensor] = None  # with undrawn="right": the batch's exact accuracy
+    num_classes: int = 0  # p, where every other class is compared (given_cols None)
+
+    @property
+    def cols(self) -> Tensor:
+        """``[n, m]`` the other classes compared; every one in class order, formed when first read
+        (the path "runs" never reads them: three operator calls a step)."""
+        if self.given_cols is None:
+            object.__setattr__(self, "given_cols", other_classes(self.labels, self.num_classes))
+        return cast(Tensor, self.given_cols)
+
+    @property
+    def shape(self) -> "tuple[int, int]":
+        """``(n, m)``: the shape of :attr:`cols`, without forming them."""
+        if self.given_cols is None:
+            return self.labels.numel(), max(self.num_classes - 1, 0)
+        return self.given_cols.shape[0], self.given_cols.shape[1]
 
 
 class MulticlassAccuracy(Decomposition):
@@ -553,11 +570,12 @@ class MulticlassAccuracy(Decomposition):
         n, p = scores.shape
         if self.top_k is not None and self.top_k < p - 1:
             masked = scores.detach().scatter(1, labels[:, None], float("-inf"))
-            cols = masked.topk(self.top_k, dim=1).indices
-        else:  # every other class, in class order
-            cols = other_classes(labels, p)
+            cols: Optional[Tensor] = masked.topk(self.top_k, dim=1).indices
+        else:  # every other class, in class order (formed when read: _AccuracyPlan.cols)
+            cols = None
         if self.fraction is None:
-            return _AccuracyPlan(labels, cols)
+            return _AccuracyPlan(labels, cols, num_classes=p)
+        cols = _AccuracyPlan(labels, cols, num_classes=p).cols
         total = cols.numel()
         keep = max(1, round(self.fraction * total)) if total else 0
         selected = randperm(total, generator, scores.device)[:keep].sort().values
@@ -592,13 +610,14 @@ class MulticlassAccuracy(Decomposition):
 
     def best(self, target) -> Tensor:
         plan = _prepared(self, target, _AccuracyPlan)
-        l = plan.cols.numel() if plan.selected is None else plan.selected.numel()
+        n, m = plan.shape
+        l = n * m if plan.selected is None else plan.selected.numel()
         return all_true(l, plan.labels.device)
 
     def structure(self, target) -> Structure:
         """One run per sample: its comparisons (the trained ones, with ``fraction``)."""
         plan = _prepared(self, target, _AccuracyPlan)
-        n, m = plan.cols.shape
+        n, m = plan.shape
         if plan.selected is None:
             runs: Union[int, Tensor] = m
         else:
@@ -648,7 +667,7 @@ class MulticlassAccuracy(Decomposition):
     def evaluate(self, bits: Tensor, target) -> Tensor:
         plan = _prepared(self, target, _AccuracyPlan)
         t = bits.shape[0]
-        n, m = plan.cols.shape
+        n, m = plan.shape
         if plan.selected is None:
             return as_float(bits.reshape(t, n, m).all(-1)).mean(-1)
         sample = torch.div(plan.selected, m, rounding_mode="floor")
