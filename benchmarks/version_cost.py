@@ -10,6 +10,13 @@ cross-entropy) and an accuracy loss call at 128 x 10 (forward and backward, agai
 cross-entropy), and an AP loss call at batch 16 (leaf scores, about 30% positives; against binary
 cross-entropy). Prints each round's medians and ratios, then the median over rounds per version.
 The machine is shared and noisy: read the ratios, measured side by side, not the milliseconds.
+
+``--interleaved`` instead loads ``--ref``'s package under another name (``uniloss_ref``; the core
+imports itself relatively) into this process and alternates the two versions and the usual loss
+call by call, ``--calls`` times per case: machine noise between processes then hits every row
+alike. It prints each case's median per version, the usual loss's, and the ratios::
+
+    python benchmarks/version_cost.py --ref 2df9b5b --interleaved
 """
 
 from __future__ import annotations
@@ -24,26 +31,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs in a fresh interpreter with one version of the package on its path; prints one line of
-# `key=value` medians (milliseconds).
-PROBE = r"""
-import statistics, time, torch, torch.nn.functional as F, uniloss
+# The cases, shared by both modes: data, the MLP step and a loss call (run in a fresh interpreter
+# below, or exec'd into a namespace by --interleaved).
+SETUP = r"""
+import statistics, time, torch, torch.nn.functional as F
 from torch import nn
 torch.set_num_threads(1)
-def med(f, inner=50, reps=15):
-    for _ in range(10):
-        f()
-    ts = []
-    for _ in range(reps):
-        a = time.perf_counter()
-        for _ in range(inner):
-            f()
-        ts.append((time.perf_counter() - a) / inner * 1e3)
-    return statistics.median(ts)
 g = torch.Generator().manual_seed(0)
 x = torch.randn(16, 1, 28, 28, generator=g)
 y = (torch.rand(16, generator=g) < 0.1).long()
 y[0] = 1
+xa = torch.randn(128, 10, generator=g)
+ya = torch.randint(0, 10, (128,), generator=g)
+xb = torch.randn(16, generator=g)
+yb = (torch.rand(16, generator=g) < 0.3).long()
+yb[0], yb[1] = 1, 0
+def bce(s, t):
+    return F.binary_cross_entropy_with_logits(s, t.float())
 def stepper(loss):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 300), nn.ReLU(), nn.Linear(300, 1))
@@ -54,28 +58,51 @@ def stepper(loss):
         value.backward()
         opt.step()
     return run
+def call(loss, scores, target):
+    def run():
+        loss(scores.detach().requires_grad_(), target).backward()
+    return run
+"""
+
+# Runs in a fresh interpreter with one version of the package on its path; prints one line of
+# `key=value` medians (milliseconds).
+PROBE = SETUP + r"""
+import uniloss
+def med(f, inner=50, reps=15):
+    for _ in range(10):
+        f()
+    ts = []
+    for _ in range(reps):
+        a = time.perf_counter()
+        for _ in range(inner):
+            f()
+        ts.append((time.perf_counter() - a) / inner * 1e3)
+    return statistics.median(ts)
 ap = uniloss.UniLoss(uniloss.AveragePrecision(), generator=torch.Generator().manual_seed(0))
-xa = torch.randn(128, 10, generator=g)
-ya = torch.randint(0, 10, (128,), generator=g)
 acc = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(0))
-def call(loss):
-    def run():
-        s = xa.detach().requires_grad_()
-        loss(s, ya).backward()
-    return run
-xb = torch.randn(16, generator=g)
-yb = (torch.rand(16, generator=g) < 0.3).long()
-yb[0], yb[1] = 1, 0
-def call_ap(loss):
-    def run():
-        s = xb.detach().requires_grad_()
-        loss(s, yb).backward()
-    return run
-r = dict(mlp_uniloss=med(stepper(ap)), mlp_bce=med(stepper(lambda s, t: F.binary_cross_entropy_with_logits(s, t.float()))),
-         acc_uniloss=med(call(acc)), acc_ce=med(call(F.cross_entropy)),
-         ap_uniloss=med(call_ap(ap)), ap_bce=med(call_ap(lambda s, t: F.binary_cross_entropy_with_logits(s, t.float()))))
+r = dict(mlp_uniloss=med(stepper(ap)), mlp_bce=med(stepper(bce)),
+         acc_uniloss=med(call(acc, xa, ya)), acc_ce=med(call(F.cross_entropy, xa, ya)),
+         ap_uniloss=med(call(ap, xb, yb)), ap_bce=med(call(bce, xb, yb)))
 print(" ".join(f"{k}={v:.4f}" for k, v in r.items()))
 """
+
+
+def alternate(runs: "dict", calls: int, warmup: int = 20) -> "dict[str, float]":
+    """The median time (ms) of each of ``runs`` (name -> callable), called in turn ``calls`` times,
+    the first of each turn rotating, after ``warmup`` calls each."""
+    import time
+
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {k: [] for k in runs}
+    names = list(runs)
+    for i in range(calls):
+        for k in names[i % len(names):] + names[:i % len(names)]:
+            start = time.perf_counter()
+            runs[k]()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def measure(src: Path) -> dict:
@@ -89,11 +116,63 @@ def measure(src: Path) -> dict:
     return r
 
 
+def _load_ref(tmp: str, ref: str):
+    """``--ref``'s package, imported as ``uniloss_ref`` from ``tmp``."""
+    import importlib
+
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src/uniloss"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+    os.rename(Path(tmp) / "src" / "uniloss", Path(tmp) / "src" / "uniloss_ref")
+    sys.path.insert(0, str(Path(tmp) / "src"))
+    return importlib.import_module("uniloss_ref")
+
+
+def interleaved(ref: str, calls: int) -> dict:
+    """The three cases of :data:`PROBE`, both versions and the usual loss in this process, call by call."""
+    import torch
+
+    import uniloss
+
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        old = _load_ref(tmp, ref)
+        ns: dict = {}
+        exec(SETUP, ns)  # (sets one thread)
+        stepper, call, bce, F = ns["stepper"], ns["call"], ns["bce"], ns["F"]
+
+        def versions(make):
+            return {"ref": old.UniLoss(make(old), generator=torch.Generator().manual_seed(0)),
+                    "now": uniloss.UniLoss(make(uniloss), generator=torch.Generator().manual_seed(0))}
+
+        ap, acc = versions(lambda u: u.AveragePrecision()), versions(lambda u: u.MulticlassAccuracy())
+        cases = {
+            "MLP step, batch 16 (AP vs BCE)": dict({k: stepper(v) for k, v in ap.items()}, base=stepper(bce)),
+            "accuracy 128 x 10 (vs CE)": dict({k: call(v, ns["xa"], ns["ya"]) for k, v in acc.items()},
+                                              base=call(F.cross_entropy, ns["xa"], ns["ya"])),
+            "AP batch 16 (vs BCE)": dict({k: call(v, ns["xb"], ns["yb"]) for k, v in ap.items()},
+                                         base=call(bce, ns["xb"], ns["yb"])),
+        }
+        out = {}
+        try:
+            for name, runs in cases.items():
+                med = out[name] = alternate(runs, calls)
+                print(f"{name}: {ref} {med['ref']:.3f} ms = {med['ref'] / med['base']:.2f}x, this checkout "
+                      f"{med['now']:.3f} ms = {med['now'] / med['base']:.2f}x the usual loss's {med['base']:.3f} ms; "
+                      f"this checkout / {ref}: {med['now'] / med['ref']:.2f}x", flush=True)
+        finally:
+            torch.set_num_threads(threads)
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ref", default="c54ecf7", help="the earlier commit (default: docs/performance's table)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--interleaved", action="store_true", help="both versions in this process, call by call")
+    parser.add_argument("--calls", type=int, default=3000, help="--interleaved: timed calls per version and case")
     args = parser.parse_args(argv)
+    if args.interleaved:
+        return interleaved(args.ref, args.calls)
     results: dict = {"ref": [], "now": []}
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.ref, "src"], capture_output=True, check=True)

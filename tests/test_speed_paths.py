@@ -174,3 +174,13 @@ def test_benchmark_suite_smoke_run(tmp_path):
     assert all(r["ratio"] > 0 and r["uniloss_iqr_ms"][0] <= r["uniloss_iqr_ms"][1] for r in report["losses"])
     assert report["oracle"][0]["speedup"] > 1
     assert (tmp_path / "speed.png").stat().st_size > 0 and "| case |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("n", [2, 16, 128])
+def test_the_eager_floor_benchmark_times_the_librarys_own_loss(n):
+    """``benchmarks/eager_floor.py`` times a hand-written AP loss as the floor of the library's
+    eager call: it must be the same loss, value and gradient, or the comparison says nothing."""
+    spec = importlib.util.spec_from_file_location("eager_floor", os.path.join(ROOT, "benchmarks", "eager_floor.py"))
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    assert floor.check_equal(n) <= 1e-6
