@@ -81,6 +81,26 @@ def test_pck_runs_equal_the_chain_on_every_comparison(seed, ties, wide, options)
     assert 0.0 < float(info.metric) < 1.0 and grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("options", [{}, {"pull_per": "run"}, {"grad_scale": 2.5, "temperature": 0.3}])
+@pytest.mark.parametrize("seed, ties", [(0, False), (1, True)])
+def test_pck_with_every_joint_visible_reads_the_heatmaps_in_place(seed, ties, options):
+    # every joint visible: the plan's rows are the heatmaps themselves (a view, no copy), the same
+    # loss and gradient as the chain on every comparison
+    scores, target = _pck_case(seed, ties=ties)
+    target = target._replace(visible=torch.ones_like(target.visible))
+    plan = uniloss.PCK(0.5).prepare(scores, target)
+    assert plan.whole and plan.rows_of(scores).data_ptr() == scores.data_ptr()
+    torch.testing.assert_close(plan.rows_of(scores), scores.reshape(plan.num_rows, -1), rtol=0, atol=0)
+    loss, grad, info = _call(uniloss.PCK(0.5), scores, target, **options)
+    ref_loss, ref_grad, ref_info = _call(_PCKAllComparisons(0.5), scores, target, **options)
+    assert info.path == "runs" and ref_info.path == "chain"
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    assert torch.equal(info.metric, ref_info.metric) and grad.abs().sum() > 0
+    partial = uniloss.PCK(0.5).prepare(scores, target._replace(visible=target.visible.clone().index_fill_(1, torch.tensor([1]), False)))
+    assert not partial.whole  # (a joint not visible: its rows are copied out)
+
+
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("seed, ties", [(0, False), (1, True), (2, False)])
 def test_accuracy_runs_equal_the_chain_on_every_comparison(seed, ties, options):

@@ -830,6 +830,8 @@ class PCK(Decomposition):
         elif layout is not None and layout.claim(self, n * j * ((h * w) ** 2 // 4), blockwise=True):
             return self._static(pos, vis, layout)
         joint_index = vis.nonzero().reshape(-1)  # flat (sample, joint) of each visible joint
+        if joint_index.numel() == n * j:  # every joint visible: its rows are the heatmaps themselves
+            return set_pairs(pos, joint_index, h * w, whole=True)
         return set_pairs(pos[joint_index], joint_index, h * w)
 
     @staticmethod

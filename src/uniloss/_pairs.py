@@ -66,6 +66,7 @@ class SetPairs:
     mask: Tensor  # [G, C] bool, the positive entries (set_pairs's `positive`)
     rows: Tensor  # [G] row g's entries are the scores' flat rows[g] * width + 0 .. C - 1
     width: int
+    whole: bool = False  # rows is 0 .. G - 1 and the scores hold G rows of C (PCK with every joint visible)
     cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def pairs(self) -> Tuple[Tensor, Tensor]:
@@ -95,8 +96,11 @@ class SetPairs:
         return self.cache["starts"]
 
     def rows_of(self, scores: Tensor) -> Tensor:
-        """``[G, C]``: the scores of the rows, in the layout of ``mask`` (differentiable)."""
+        """``[G, C]``: the scores of the rows, in the layout of ``mask`` (differentiable; a view of
+        the scores where the rows are all of them, ``whole``)."""
         flat, size = scores.reshape(-1), self.mask.shape[1]
+        if self.whole and flat.numel() == self.num_rows * size:  # every row, in order: no copy
+            return flat.view(-1, size)
         if size == self.width and flat.numel() % size == 0:  # whole rows of the scores (PCK's heatmaps)
             return flat.view(-1, size).index_select(0, self.rows)
         return flat[self.rows[:, None] * self.width + torch.arange(size, device=self.rows.device)]
@@ -112,14 +116,15 @@ class SetPairs:
         return index_differences(scores.reshape(-1), self.pos_flat[ia], self.neg_flat[ib])
 
 
-def set_pairs(positive: Tensor, rows: Tensor, width: int) -> SetPairs:
+def set_pairs(positive: Tensor, rows: Tensor, width: int, whole: bool = False) -> SetPairs:
     """:class:`SetPairs` of ``positive [G, C]`` (bool), row ``g`` being the scores' flat entries
-    ``rows[g] * width .. + C`` (``rows [G]`` int64, e.g. the visible joints of ``[n J, H W]`` heatmaps)."""
+    ``rows[g] * width .. + C`` (``rows [G]`` int64, e.g. the visible joints of ``[n J, H W]`` heatmaps);
+    ``whole``: the caller knows ``rows`` is ``0 .. G - 1`` and ``width`` is ``C`` (every joint visible)."""
     pos_row, pos_col = positive.nonzero(as_tuple=True)
     neg_row, neg_col = (~positive).nonzero(as_tuple=True)
     base = rows * width
     return SetPairs(positive.shape[0], pos_row, neg_row, pos_col, base[pos_row] + pos_col, base[neg_row] + neg_col,
-                    positive, rows, width)
+                    positive, rows, width, whole and width == positive.shape[1])
 
 
 def set_least(rows: Tensor, positive: Tensor) -> Tensor:
