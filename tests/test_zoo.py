@@ -314,3 +314,40 @@ def test_one_class_is_refused_with_the_reason(make):
     with pytest.raises(ValueError, match="num_classes` >= 2"):
         make(1)
     make(2)
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("n, queries, share", [(2, 1, 0.5), (40, 1, 0.1), (60, 4, 0.3), (30, 5, 0.5)])
+def test_aurocs_chain_in_closed_form_equals_the_evaluated_chain(n, queries, share, static, monkeypatch):
+    """zoo.auroc's chain gains in closed form (each pair ``1 / (Q P_q N_q)``: AUROC is linear in the
+    bits) give the loss, gradient and metric of the chain the engine evaluates by decoding, in
+    float64, on one query and several, also in a static layout (the accelerators' policy); and the
+    decoded metric is linear in the bits on random, inconsistent configurations too."""
+    from uniloss import _limits
+
+    if static:
+        monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
+    g = torch.Generator().manual_seed(n + queries)
+    relevance = (torch.rand(n, generator=g) < share).long()
+    relevance[0], relevance[1] = 1, 0
+    query = torch.randint(0, queries, (n,), generator=g)
+    query[1] = query[0]
+    target = RankingTarget(relevance, query) if queries > 1 else relevance
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    closed, evaluated = zoo.auroc(), zoo.auroc()
+    evaluated.structure = lambda t, m=evaluated: zoo._RankingWithTies.structure(m, t)  # the engine's evaluated chain
+    out = []
+    for metric in (closed, evaluated):
+        leaf = scores.clone().requires_grad_(True)
+        loss, info = uniloss.functional.uniloss_with_info(leaf, target, metric)
+        out.append((loss.detach(), torch.autograd.grad(loss, leaf)[0], info))
+    (loss, grad, info), (ref_loss, ref_grad, ref_info) = out
+    assert info.path == ref_info.path == "chain" and info.kinds == (("chain", 2),)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
+    assert torch.equal(info.metric, ref_info.metric) and grad.abs().sum() > 0
+    torch.testing.assert_close(info.anchor_values, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    plan = closed.prepare(scores, target)
+    bits = torch.rand(20, plan.a.numel(), generator=g) < 0.5
+    _, gains = zoo._auroc_gains(plan)
+    torch.testing.assert_close(closed.evaluate(bits, plan), (bits.double() * gains).sum(1), rtol=1e-12, atol=1e-14)

@@ -238,6 +238,42 @@ class _RankingWithTies(_ZooMetric):
             return self.tied(scores.detach().reshape(-1), plan.target, plan.dtype)
 
 
+class _Auroc(_RankingWithTies):
+    """:func:`auroc`, whose chain (``interpolation="chain"``) is in closed form: AUROC is linear in
+    the bits, a query's right pairs over its ``P_q N_q`` averaged over the ``Q`` queries with both
+    classes, for every configuration (the decoder counts a positive's negatives above it by its
+    wrong comparisons, consistent or not), so the chain's gains do not depend on its order, each
+    comparison ``1 / (Q P_q N_q)``, from ``g(S_0) = 0`` (every pair wrong). The engine otherwise
+    evaluates the chain by decoding ``[points, l]`` configurations (15 ms a call at 128 scores, 2,247
+    pairs, on a CPU core, against the closed form's 1)."""
+
+    def structure(self, target: Any) -> Optional[Structure]:
+        structure = super().structure(target)
+        plan = target  # (the Ranking decoder's plan: the target, num_queries, the pairs a and b, the padding)
+        if structure is None:
+            return structure
+        return dataclasses.replace(structure, chain_gains=lambda v: _auroc_gains(plan))
+
+
+def _auroc_gains(plan: Any) -> Tuple[Tensor, Tensor]:
+    """``(start, gains [l])`` of :class:`_Auroc`'s chain (:attr:`uniloss.Structure.chain_gains`):
+    0, and each pair's ``1 / (Q P_q N_q)`` (0 on a static layout's padding), in float64 on a CPU
+    (float32 elsewhere), as AP's; no host synchronisation."""
+    target = plan.target
+    assert target.query is not None  # a plan's target: the query filled in
+    device = plan.a.device
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    relevant = (target.relevance > 0).to(dtype)
+    positives = torch.zeros(plan.num_queries, dtype=dtype, device=device).index_add_(0, target.query, relevant)
+    negatives = torch.zeros(plan.num_queries, dtype=dtype, device=device).index_add_(0, target.query, 1.0 - relevant)
+    pairs = positives * negatives
+    queries = (pairs > 0).sum()
+    gains = 1.0 / (pairs.clamp_min(1.0) * queries.clamp_min(1))[target.query[plan.a]]
+    if plan.padding is not None:
+        gains = gains.masked_fill(plan.padding, 0.0)
+    return torch.zeros((), dtype=dtype, device=device), gains
+
+
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` (floating tensors), 0 where ``den == 0`` (scikit-learn's ``zero_division``
     default)."""
@@ -619,7 +655,7 @@ def auroc() -> DecodedMetric:
         >>> float(uniloss.zoo.auroc().metric(torch.tensor([0.9, 0.3, 0.5, 0.1]), torch.tensor([1, 1, 0, 0])))
         0.75
     """
-    return _RankingWithTies(Ranking("binary"), _Evaluator(_auroc, "auroc"), _auroc_tied)
+    return _Auroc(Ranking("binary"), _Evaluator(_auroc, "auroc"), _auroc_tied)
 
 
 def average_precision() -> DecodedMetric:
