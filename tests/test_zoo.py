@@ -317,16 +317,21 @@ def test_one_class_is_refused_with_the_reason(make):
 
 
 @pytest.mark.parametrize("static", [False, True])
-@pytest.mark.parametrize("n, queries, share", [(2, 1, 0.5), (40, 1, 0.1), (60, 4, 0.3), (30, 5, 0.5)])
-def test_aurocs_chain_in_closed_form_equals_the_evaluated_chain(n, queries, share, static, monkeypatch):
-    """zoo.auroc's chain gains in closed form (each pair ``1 / (Q P_q N_q)``: AUROC is linear in the
-    bits) give the loss, gradient and metric of the chain the engine evaluates by decoding, in
-    float64, on one query and several, also in a static layout (the accelerators' policy); and the
-    decoded metric is linear in the bits on random, inconsistent configurations too."""
+@pytest.mark.parametrize("n, queries, share, ties", [(2, 1, 0.5, False), (40, 1, 0.1, False), (60, 4, 0.3, False),
+                                                     (30, 5, 0.5, False), (40, 3, 0.4, True)])
+@pytest.mark.parametrize("name", ["auroc", "average_precision"])
+def test_ranking_chains_in_closed_form_equal_the_evaluated_chain(name, n, queries, share, ties, static, monkeypatch):
+    """zoo.auroc's and zoo.average_precision's chain gains in closed form (AUROC: each pair ``1 /
+    (Q P_q N_q)``, linear in the bits; AP: each query's gains from the order of its scores, as
+    uniloss.AveragePrecision's) give the loss, gradient and metric of the chain the engine
+    evaluates by decoding at every point, in float64, on one query and several, with tied scores,
+    also in a static layout (the accelerators' policy)."""
     from uniloss import _limits
 
+    limits = _limits.LIMITS.override(chain_segments=100_000, chain_elements=1 << 30)  # the evaluated chain exact
     if static:
-        monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
+        limits = limits.override(cpu_static_max_bits=limits.static_max_bits)
+    monkeypatch.setattr(_limits, "LIMITS", limits)
     g = torch.Generator().manual_seed(n + queries)
     relevance = (torch.rand(n, generator=g) < share).long()
     relevance[0], relevance[1] = 1, 0
@@ -334,8 +339,10 @@ def test_aurocs_chain_in_closed_form_equals_the_evaluated_chain(n, queries, shar
     query[1] = query[0]
     target = RankingTarget(relevance, query) if queries > 1 else relevance
     scores = torch.randn(n, generator=g, dtype=torch.float64)
-    closed, evaluated = zoo.auroc(), zoo.auroc()
-    evaluated.structure = lambda t, m=evaluated: zoo._RankingWithTies.structure(m, t)  # the engine's evaluated chain
+    if ties:
+        scores = (scores * 2).round()
+    closed, evaluated = getattr(zoo, name)(), getattr(zoo, name)()
+    evaluated.gains = None  # the engine's evaluated chain
     out = []
     for metric in (closed, evaluated):
         leaf = scores.clone().requires_grad_(True)
@@ -346,8 +353,35 @@ def test_aurocs_chain_in_closed_form_equals_the_evaluated_chain(n, queries, shar
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
     assert torch.equal(info.metric, ref_info.metric) and grad.abs().sum() > 0
-    torch.testing.assert_close(info.anchor_values, torch.tensor([0.0, 1.0], dtype=torch.float64))
-    plan = closed.prepare(scores, target)
-    bits = torch.rand(20, plan.a.numel(), generator=g) < 0.5
+    torch.testing.assert_close(info.anchor_values, ref_info.anchor_values[[0, -1]])  # the chain's two ends
+
+
+def test_auroc_is_linear_in_the_bits_on_every_configuration():
+    """The closed form's premise: the decoded AUROC of any bits, consistent or not, is the sum of
+    the right pairs' ``1 / (Q P_q N_q)``."""
+    g = torch.Generator().manual_seed(0)
+    relevance = (torch.rand(50, generator=g) < 0.3).long()
+    query = torch.randint(0, 4, (50,), generator=g)
+    metric = zoo.auroc()
+    plan = metric.prepare(torch.randn(50, generator=g, dtype=torch.float64), RankingTarget(relevance, query))
+    bits = torch.rand(30, plan.a.numel(), generator=g) < 0.5
     _, gains = zoo._auroc_gains(plan)
-    torch.testing.assert_close(closed.evaluate(bits, plan), (bits.double() * gains).sum(1), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(metric.evaluate(bits, plan), (bits.double() * gains).sum(1), rtol=1e-12, atol=1e-14)
+
+
+def test_zoo_average_precision_on_one_query_is_the_built_in_loss_at_any_size():
+    """On one query of 0/1 labels zoo.average_precision is uniloss.AveragePrecision: the same
+    comparisons, values, and now the same chain at any size (above 256 comparisons the evaluated
+    chain had averaged its gains over segments)."""
+    g = torch.Generator().manual_seed(1)
+    target = (torch.rand(128, generator=g) < 0.2).long()
+    scores = torch.randn(128, generator=g, dtype=torch.float64)
+    out = []
+    for metric in (zoo.average_precision(), uniloss.AveragePrecision()):
+        leaf = scores.clone().requires_grad_(True)
+        loss, info = uniloss.functional.uniloss_with_info(leaf, target, metric)
+        out.append((loss.detach(), torch.autograd.grad(loss, leaf)[0], info))
+    assert out[0][2].num_bits == out[1][2].num_bits > 256
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(out[0][2].metric, out[1][2].metric, rtol=1e-12, atol=1e-14)
