@@ -385,3 +385,27 @@ def test_zoo_average_precision_on_one_query_is_the_built_in_loss_at_any_size():
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(out[0][2].metric, out[1][2].metric, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("visible", ["all", "some"])
+def test_zoo_pck_is_the_built_in_pck_loss(dtype, visible):
+    """zoo.pck's evaluator asks only whether the decoded pixel lies within the radius: its values
+    are uniloss.PCK's on the same layout, and it takes PCK's structure (the path "runs"), so the
+    loss, gradient and reported metric are PCK's to the bit; the decoded metric agrees."""
+    g = torch.Generator().manual_seed(2)
+    heat = torch.randn(2, 3, 12, 12, generator=g, dtype=dtype)
+    keypoints = 2 + 8 * torch.rand(2, 3, 2, generator=g)
+    shown = torch.ones(2, 3, dtype=torch.bool) if visible == "all" else torch.tensor([[True, False, True], [True, True, False]])
+    target = uniloss.KeypointTarget(keypoints, shown, torch.tensor([3.0, 4.0]))
+    out = []
+    for metric in (zoo.pck(0.5), uniloss.PCK(0.5)):
+        leaf = heat.clone().requires_grad_(True)
+        loss, info = uniloss.functional.uniloss_with_info(leaf, target, metric)
+        out.append((loss.detach(), torch.autograd.grad(loss, leaf)[0], info))
+    assert out[0][2].path == out[1][2].path == "runs"
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert torch.equal(out[0][2].metric, out[1][2].metric)
+    assert float(zoo.pck(0.5).metric(heat, target)) == pytest.approx(float(out[1][2].metric), abs=1e-6)
+    with pytest.raises(TypeError, match="returned by .prepare"):
+        zoo.pck(0.5).structure(target)
