@@ -140,3 +140,33 @@ def test_aps_chain_ends_are_read_when_asked(positives, negatives):
     for other in (pickle.loads(pickle.dumps(info)), copy.deepcopy(info), dataclasses.replace(info, path="x"), info):
         assert other.anchor_values.dtype == torch.float64
         torch.testing.assert_close(other.anchor_values, torch.tensor([start, 1.0], dtype=torch.float64))
+
+
+class _PositiveShare(uniloss.Decomposition):
+    """The share of positive scores, whose comparisons are the scores themselves (a view of them:
+    a custom metric may return that), a run each, its metric from the runs' counts."""
+
+    def comparisons(self, scores, target):
+        return scores.reshape(-1)
+
+    def best(self, target):
+        return torch.ones(target.numel(), dtype=torch.bool)
+
+    def evaluate(self, bits, target):
+        return bits.float().mean(-1)
+
+    def structure(self, target):
+        return uniloss.Structure(1, lambda zeros: (zeros == 0).float().mean(-1))
+
+
+def test_comparisons_that_are_the_leaf_scores_keep_the_calls_metric():
+    """The chain computes the hard bits ``c > 0`` when the metric is read; where the comparisons
+    share the scores' storage (a metric whose comparisons are the scores), an optimiser's in-place
+    step before that read would change them, so they are taken at the call."""
+    target = torch.ones(4)
+    scores = torch.tensor([0.5, 0.4, -0.3, -0.2], requires_grad=True)
+    loss_fn = uniloss.UniLoss(_PositiveShare())
+    loss_fn(scores, target).backward()
+    with torch.no_grad():
+        scores.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0]))  # in place, as an optimiser's step
+    assert loss_fn.last.path == "chain" and float(loss_fn.last.metric) == 0.5  # the call's, not 1.0

@@ -694,6 +694,15 @@ LossInfo.anchor_values = property(_info_values, _set_info_values,  # type: ignor
                                   doc="The metric at the anchors, or along the chain (see LossInfo).")
 
 
+def _shares_storage(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are views of one storage (``True`` where it cannot be read, e.g. a
+    ``torch.func`` transform's wrapper)."""
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return True
+
+
 def _detached(x: Tensor) -> Tensor:
     """``x.detach()``, or ``x`` itself where it has no graph (one operator call less per step)."""
     return x.detach() if x.requires_grad else x
@@ -795,6 +804,8 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
     is read."""
     l = c.numel()
     dtype = c.dtype
+    if hard is None and not torch.compiler.is_compiling() and _shares_storage(c, scores):
+        hard = c.detach() > 0  # (comparisons that are the scores, which may change in place before a read: now)
     metric = None
     at = None  # the comparisons the gains are on, where not every one (a metric of whole runs: each run's last)
     all_best = is_all_true(best)  # (AP's: v is u, and every slope positive)
@@ -884,7 +895,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
         if metric is not None:
             reported = metric
         else:
-            def bits() -> Tensor:  # (from c when read: the call's own tensor, never modified; c > 0 has no graph)
+            def bits() -> Tensor:  # (from c when read: c is the call's own tensor where hard is None; no graph)
                 return c > 0 if hard is None else hard
 
             if least:  # a run whole iff its least comparison is right (read when asked, as below)
