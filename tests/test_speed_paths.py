@@ -97,6 +97,21 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _step_operations(kind: str, **options) -> "list[str]":
+    """The operator calls of one loss step (forward and backward) on :func:`_batch`'s ``kind``,
+    after a first step (caches filled)."""
+    dec, scores, target = _batch(kind)
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0), **options)
+
+    def step():
+        loss_fn(scores.clone().requires_grad_(), target).backward()
+
+    step()
+    with _CountOps() as count:
+        step()
+    return count.names
+
+
 # The defaults' pull and bounded gradient scale cost about 20 operator calls more than the paper's loss
 # (the pull per run, a logsumexp per run, 10 more than per comparison: AP 192 against 182, accuracy
 # 172 against 162); AP's reported metric, scikit-learn's value on tied scores (two sorts and
@@ -110,17 +125,8 @@ class _CountOps(TorchDispatchMode):
 def test_small_step_operation_budget(kind, budget):
     # At small sizes a step costs what its operator calls cost (a few microseconds each): keep
     # their number in check. The dense engine this replaced made about 170.
-    dec, scores, target = _batch(kind)
-    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0), validate_args=False, interpolation="anchors")
-
-    def step():
-        s = scores.clone().requires_grad_()
-        loss_fn(s, target).backward()
-
-    step()
-    with _CountOps() as count:
-        step()
-    assert len(count.names) <= budget, f"{len(count.names)} operator calls: {count.names}"
+    names = _step_operations(kind, validate_args=False, interpolation="anchors")
+    assert len(names) <= budget, f"{len(names)} operator calls: {names}"
 
 
 # The defaults (interpolation="chain", validate_args=True): 0.12.0 made AP 109 and accuracy 91 calls
@@ -131,17 +137,8 @@ def test_small_step_operation_budget(kind, budget):
 # AP 94, accuracy 82.
 @pytest.mark.parametrize("kind,budget", [("ap", 94), ("accuracy", 82)])
 def test_default_step_operation_budget(kind, budget):
-    dec, scores, target = _batch(kind)
-    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator().manual_seed(0))
-
-    def step():
-        s = scores.clone().requires_grad_()
-        loss_fn(s, target).backward()
-
-    step()
-    with _CountOps() as count:
-        step()
-    assert len(count.names) <= budget, f"{len(count.names)} operator calls: {count.names}"
+    names = _step_operations(kind)
+    assert len(names) <= budget, f"{len(names)} operator calls: {names}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
