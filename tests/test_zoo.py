@@ -316,22 +316,55 @@ def test_one_class_is_refused_with_the_reason(make):
     make(2)
 
 
-@pytest.mark.parametrize("static", [False, True])
-@pytest.mark.parametrize("n, queries, share, ties", [(2, 1, 0.5, False), (40, 1, 0.1, False), (60, 4, 0.3, False),
-                                                     (30, 5, 0.5, False), (40, 3, 0.4, True)])
-@pytest.mark.parametrize("name", ["auroc", "average_precision"])
-def test_ranking_chains_in_closed_form_equal_the_evaluated_chain(name, n, queries, share, ties, static, monkeypatch):
-    """zoo.auroc's and zoo.average_precision's chain gains in closed form (AUROC: each pair ``1 /
-    (Q P_q N_q)``, linear in the bits; AP: each query's gains from the order of its scores, as
-    uniloss.AveragePrecision's) give the loss, gradient and metric of the chain the engine
-    evaluates by decoding at every point, in float64, on one query and several, with tied scores,
-    also in a static layout (the accelerators' policy)."""
+def _exact_chains(monkeypatch, static: bool = False) -> None:
+    """Limits under which the engine evaluates a decoded metric's chain at every point (and, with
+    ``static``, lays the comparisons out statically on a CPU, the accelerators' policy)."""
     from uniloss import _limits
 
-    limits = _limits.LIMITS.override(chain_segments=100_000, chain_elements=1 << 30)  # the evaluated chain exact
+    limits = _limits.LIMITS.override(chain_segments=100_000, chain_elements=1 << 30)
     if static:
         limits = limits.override(cpu_static_max_bits=limits.static_max_bits)
     monkeypatch.setattr(_limits, "LIMITS", limits)
+
+
+def _closed_and_evaluated(make, scores, target):
+    """``(loss, grad, info)`` of ``make()`` as it is and with the chain the engine evaluates by
+    decoding (:class:`uniloss.DecodedMetric`'s own structure), on leaf scores."""
+    closed, evaluated = make(), make()
+    evaluated.structure = lambda plan: uniloss.DecodedMetric.structure(evaluated, plan)
+    out = []
+    for metric in (closed, evaluated):
+        leaf = scores.clone().requires_grad_(True)
+        loss, info = uniloss.functional.uniloss_with_info(leaf, target, metric)
+        out.append((loss.detach(), torch.autograd.grad(loss, leaf)[0], info))
+    (loss, grad, _), (ref_loss, ref_grad, _) = out
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
+    assert torch.equal(out[0][2].metric, out[1][2].metric)
+    return out
+
+
+_RANKING_CHAINS = {"auroc()": zoo.auroc, "average_precision()": zoo.average_precision,
+                   "precision_at_k(3)": lambda: zoo.precision_at_k(3), "precision_at_k(1)": lambda: zoo.precision_at_k(1),
+                   "recall_at_k(4)": lambda: zoo.recall_at_k(4), "mrr()": zoo.mrr,
+                   "ndcg_at_k(5)": lambda: zoo.ndcg_at_k(5), "ndcg_at_k()": lambda: zoo.ndcg_at_k(),
+                   "ndcg_at_k(3, num_grades=2)": lambda: zoo.ndcg_at_k(3, num_grades=2)}
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("n, queries, share, ties", [(2, 1, 0.5, False), (40, 1, 0.1, False), (60, 4, 0.3, False),
+                                                     (30, 5, 0.5, False), (40, 3, 0.4, True), (50, 2, 0.8, False)])
+@pytest.mark.parametrize("name", list(_RANKING_CHAINS))
+def test_ranking_chains_in_closed_form_equal_the_evaluated_chain(name, n, queries, share, ties, static, monkeypatch):
+    """The zoo's ranking chains in closed form (:attr:`uniloss.Structure.chain_gains`) give the
+    loss, gradient, metric and chain ends of the chain the engine evaluates by decoding at every
+    point, in float64, on one query and several, with tied scores, queries where most items are
+    relevant, also in a static layout: AUROC (each pair ``1 / (Q P_q N_q)``, linear in the bits),
+    AP (each query's gains from the order of its scores, as uniloss.AveragePrecision's), and
+    precision@k, recall@k, MRR and NDCG of 0/1 relevance (a comparison that comes right lowers
+    one relevant item's rank by one, at the place its query's relevant items already that far up
+    give it; 0.12.2)."""
+    _exact_chains(monkeypatch, static)
     g = torch.Generator().manual_seed(n + queries)
     relevance = (torch.rand(n, generator=g) < share).long()
     relevance[0], relevance[1] = 1, 0
@@ -341,19 +374,43 @@ def test_ranking_chains_in_closed_form_equal_the_evaluated_chain(name, n, querie
     scores = torch.randn(n, generator=g, dtype=torch.float64)
     if ties:
         scores = (scores * 2).round()
-    closed, evaluated = getattr(zoo, name)(), getattr(zoo, name)()
-    evaluated.gains = None  # the engine's evaluated chain
-    out = []
-    for metric in (closed, evaluated):
-        leaf = scores.clone().requires_grad_(True)
-        loss, info = uniloss.functional.uniloss_with_info(leaf, target, metric)
-        out.append((loss.detach(), torch.autograd.grad(loss, leaf)[0], info))
-    (loss, grad, info), (ref_loss, ref_grad, ref_info) = out
+    (_, grad, info), (_, _, ref_info) = _closed_and_evaluated(_RANKING_CHAINS[name], scores, target)
     assert info.path == ref_info.path == "chain" and info.kinds == (("chain", 2),)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
-    assert torch.equal(info.metric, ref_info.metric) and grad.abs().sum() > 0
+    assert grad.abs().sum() > 0 or name.startswith(("precision", "recall")) and n == 2
     torch.testing.assert_close(info.anchor_values, ref_info.anchor_values[[0, -1]])  # the chain's two ends
+
+
+def test_graded_ndcg_keeps_the_evaluated_chain():
+    """The closed form assumes 0/1 relevance (a relevant item's rank from its own wrong
+    comparisons); graded relevance keeps the chain evaluated by decoding."""
+    metric = zoo.ndcg_at_k(5)
+    scores, relevance = torch.randn(12), torch.tensor([0, 1, 2, 3] * 3)
+    assert metric.structure(metric.prepare(scores, relevance)).chain_gains is None
+    assert metric.structure(metric.prepare(scores, relevance.clamp_max(1))).chain_gains is not None
+
+
+@pytest.mark.parametrize("k, n, c, ties", [(1, 20, 5, False), (3, 30, 10, False), (5, 16, 100, False),
+                                         (2, 40, 3, True), (9, 8, 10, False), (12, 8, 10, False)])
+def test_top_k_accuracy_chain_in_closed_form_equals_the_evaluated_chain(k, n, c, ties, monkeypatch):
+    """zoo.top_k_accuracy's chain in closed form (a row turns at its ``C - k``-th comparison to come
+    right) and its metric of the runs' counts give the loss, gradient and metric of the chain the
+    engine evaluates by decoding ``TopK`` masks at every point, in float64: k = 1 (accuracy), k of
+    C - 1 and k >= C (every row a hit: a constant chain), tied scores."""
+    _exact_chains(monkeypatch)
+    g = torch.Generator().manual_seed(k * 100 + c)
+    scores = torch.randn(n, c, generator=g, dtype=torch.float64)
+    if ties:
+        scores = scores.round()
+    target = torch.randint(0, c, (n,), generator=g)
+    (_, _, info), (_, _, ref_info) = _closed_and_evaluated(lambda: zoo.top_k_accuracy(k), scores, target)
+    assert info.path == ref_info.path == "chain" and info.kinds == ref_info.kinds == (("chain", n * (c - 1) + 1),)
+    torch.testing.assert_close(info.anchor_values, ref_info.anchor_values)
+    assert info.metric == skm.top_k_accuracy_score(target.numpy(), scores.numpy(), k=k, labels=np.arange(c)) or ties
+    closed = zoo.top_k_accuracy(k)
+    plan = closed.prepare(scores, target)  # the counts' metric on any bits, consistent or not
+    bits = torch.rand(25, n * (c - 1), generator=g) < 0.7
+    zeros = (~bits).view(25, n, c - 1).sum(-1).double()
+    torch.testing.assert_close(closed.structure(plan).evaluate_zeros(zeros), closed.evaluate(bits, plan))
 
 
 def test_auroc_is_linear_in_the_bits_on_every_configuration():

@@ -310,6 +310,66 @@ def _average_precision_gains(plan: Any) -> Tuple[Tensor, Tensor]:
     return start, gains
 
 
+class _RanksOfRelevant(_ZooMetric):
+    """A ranking metric of 0/1 relevance that sums, per query, a function of its relevant items'
+    ranks, ``sum_i F(i, r_(i))`` over its relevant items in rank order (``i`` 0-based), averaged
+    over queries (precision@k, recall@k, MRR, NDCG): its chain's gains in closed form
+    (:func:`_ranks_of_relevant_gains`), where the engine had decoded ``[257, l]`` configurations
+    and averaged the gains over segments. ``term(i, r, positives, k)`` gives ``F`` (floating
+    tensors, ``positives`` each item's query's relevant items); ``every_query``: the average is
+    over every query (precision@k), else over the queries with a relevant item."""
+
+    def __init__(self, decoder, evaluator: "_Evaluator", term: Callable[..., Tensor], every_query: bool) -> None:
+        super().__init__(decoder, evaluator)
+        self.term, self.every_query, self.k = term, every_query, evaluator.options.get("k")
+
+    def structure(self, target: Any) -> Optional[Structure]:
+        structure = super().structure(target)
+        if structure is None or not getattr(target, "binary", False):
+            return structure
+        k = self.k
+        return dataclasses.replace(structure, chain_gains=lambda v: _ranks_of_relevant_gains(
+            target, v, lambda i, r, positives: self.term(i, r, positives, k), self.every_query))
+
+
+def _ranks_of_relevant_gains(plan: Any, v: Tensor, term: Callable[..., Tensor],
+                             every_query: bool) -> Tuple[Tensor, Tensor]:
+    """``(start, gains [l])`` of the chain (:attr:`uniloss.Structure.chain_gains`) of a metric
+    ``mean_q sum_i F(i, r_(i))`` over each query's relevant items in rank order, decoded by
+    ``Ranking`` from 0/1 relevance: a relevant item with ``z`` wrong comparisons (irrelevant items
+    above it) is placed by ``(z, index)`` among its query's relevant items, ``i``-th at rank
+    ``r_(i) = z_(i) + i``.
+
+    Along the chain (``v`` descending, ties by index, a static layout's padding last) each
+    comparison that comes right takes its relevant item from ``z = m + 1`` wrong comparisons to
+    ``m``, ``m = N_q - 1 -`` its place among its item's comparisons by the chain's order. Of the
+    sorted ``z`` this lowers the first ``m + 1``, at place ``i = `` the number of the query's
+    relevant items already at ``m`` or below, which is the comparison's place by the chain's order
+    among the query's comparisons of the same ``m`` (one per relevant item): the rank ``m + 1 + i``
+    becomes ``m + i``, a gain of ``F(i, m + i) - F(i, m + 1 + i)``. At the start (every comparison
+    wrong, ``z = N_q``) the ``i``-th relevant item is at ``N_q + i``. Three sorts of ``l`` (two per
+    :func:`uniloss.decoders.sort_within`, one the chain's order), no host synchronisation."""
+    relevant, positives, negatives, dtype = _class_sizes(plan)
+    query, a, n = plan.target.query, plan.a, relevant.numel()
+    key = v if plan.padding is None else v.masked_fill(plan.padding, -1.0)  # (v in [0, 1]: the padding last)
+    order = torch.argsort(key, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=v.device)
+    q = query[a]
+    m = negatives.long()[q] - 1 - sort_within(rank[None], a)[0]  # wrong comparisons left once it is right
+    i = sort_within(rank[None], q * (n + 1) + m)[0].to(dtype)  # (the padding, last, below every real one)
+    held = positives[q]
+    gains = term(i, m.to(dtype) + i, held) - term(i, m.to(dtype) + 1.0 + i, held)
+    counted = (positives + negatives > 0) if every_query else positives > 0
+    queries = counted.sum().clamp_min(1)
+    if plan.padding is not None:
+        gains = gains.masked_fill(plan.padding, 0.0)
+    place = sort_within(torch.arange(n, device=v.device)[None], query * 2 + (~relevant).long())[0].to(dtype)
+    at_start = term(place, negatives[query] + place, positives[query])
+    start = torch.where(relevant, at_start, 0.0).sum() / queries
+    return start, gains / queries
+
+
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` (floating tensors), 0 where ``den == 0`` (scikit-learn's ``zero_division``
     default)."""
@@ -417,7 +477,46 @@ def top_k_accuracy(k: int = 5, *, num_classes: Optional[int] = None) -> DecodedM
         tensor(0.5000)
     """
     dec = TopK(k, pairs="target", num_classes=None if num_classes is None else _check_classes(num_classes))
-    return _metric(dec, _top_k_hit, f"top_{dec.k}_accuracy")
+    return _TopKAccuracy(dec, _Evaluator(_top_k_hit, f"top_{dec.k}_accuracy"))
+
+
+class _TopKAccuracy(_ZooMetric):
+    """:func:`top_k_accuracy`: a row is a hit iff fewer than ``k`` of its ``C - 1`` comparisons
+    (its label's score minus each other class's) are wrong, so the metric is a function of the
+    runs' counts of wrong comparisons (``evaluate_zeros``), and along the chain a row turns at its
+    ``(C - k)``-th comparison to come right, its ``k``-th least agreement (:meth:`_chain_values`):
+    the chain in closed form, ``O(l)`` after the engine's sort, where the engine had decoded
+    ``[points, n, C]`` masks at 257 points."""
+
+    def __init__(self, decoder: TopK, evaluator: "_Evaluator") -> None:
+        super().__init__(decoder, evaluator)
+        self.k = decoder.k
+
+    def structure(self, target: Any) -> Optional[Structure]:
+        structure = super().structure(target)
+        if structure is None:
+            return structure
+        plan, k = target, self.k
+        return dataclasses.replace(
+            structure, evaluate_zeros=lambda zeros: (zeros < k).to(plan.dtype).mean(-1),
+            chain=lambda rank: self._chain_of_ranks(plan, rank))
+
+    def _chain_of_ranks(self, plan: Any, rank: Tensor) -> Tensor:
+        """``[l + 1]`` the metric at every point of the chain (:attr:`uniloss.Structure.chain`):
+        row ``g`` is a hit from the point after its ``C - k``-th smallest ``rank`` (``need`` right
+        comparisons leave at most ``k - 1`` wrong; from the start where ``k >= C``), so the values
+        are the share of rows turned by each point: a count of the turns and a cumulative sum."""
+        with torch.no_grad():
+            n, width = plan.labels.numel(), plan.num_classes - 1
+            need = width - self.k + 1
+            l = rank.numel()
+            if need <= 0:
+                turn = torch.zeros(n, dtype=torch.long, device=rank.device)
+            else:
+                turn = rank.view(n, width).kthvalue(need, dim=1).values + 1
+            one = torch.ones((), dtype=plan.dtype, device=rank.device).expand(n)
+            turned = torch.zeros(l + 1, dtype=plan.dtype, device=rank.device).index_add_(0, turn, one)
+            return turned.cumsum(0) / max(n, 1)
 
 
 def macro_f1(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
@@ -620,6 +719,29 @@ def _ndcg_at_k(ranks: Tensor, target: RankingTarget, k: Optional[int], dtype: to
     return _mean_where(_ratio(dcg, ideal.expand_as(dcg)), (ideal > 0).expand_as(dcg))
 
 
+# The per-item terms F(i, r, P) of the metrics of the relevant items' ranks (_RanksOfRelevant):
+# i the item's place among its query's relevant items, r its rank, P their number (floating).
+
+
+def _hit_at_k_term(divide_by_k: bool) -> Callable[..., Tensor]:
+    def term(i: Tensor, r: Tensor, positives: Tensor, k: int) -> Tensor:  # precision@k, recall@k
+        return (r < k).to(r.dtype) / (k if divide_by_k else positives.clamp_min(1.0))
+    return term
+
+
+def _first_reciprocal_term(i: Tensor, r: Tensor, positives: Tensor, k: None) -> Tensor:  # MRR
+    return (i == 0).to(r.dtype) / (r + 1.0)
+
+
+def _binary_ndcg_term(i: Tensor, r: Tensor, positives: Tensor, k: Optional[int]) -> Tensor:
+    """NDCG@k of 0/1 relevance: ``1 / log2(r + 2)`` within the top ``k``, over the ideal DCG of
+    ``min(P, k)`` relevant items at the top."""
+    ideal_at = torch.arange(r.numel() + 1, device=r.device, dtype=r.dtype)
+    ideal = torch.cat([ideal_at.new_zeros(1), (1.0 / torch.log2(ideal_at + 2.0)).cumsum(0)])
+    top = positives if k is None else positives.clamp_max(k)
+    return _discount(r, k, r.dtype) / ideal[top.long().clamp_max(r.numel())].clamp_min(1e-30)
+
+
 def _auroc(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
     assert target.query is not None  # a plan's target: the query filled in
     relevant, num_pos, num_all = _query_sizes(target)
@@ -738,7 +860,8 @@ def precision_at_k(k: int) -> DecodedMetric:
         >>> float(uniloss.zoo.precision_at_k(2).metric(scores, target))     # (1/2 + 1/2) / 2
         0.5
     """
-    return _metric(Ranking("binary"), _precision_at_k, "precision_at_k", k=_check_k(k))
+    return _RanksOfRelevant(Ranking("binary"), _Evaluator(_precision_at_k, "precision_at_k", k=_check_k(k)),
+                            _hit_at_k_term(divide_by_k=True), every_query=True)
 
 
 def recall_at_k(k: int) -> DecodedMetric:
@@ -752,7 +875,8 @@ def recall_at_k(k: int) -> DecodedMetric:
         >>> float(uniloss.zoo.recall_at_k(1).metric(torch.tensor([0.9, 0.8, 0.1]), torch.tensor([1, 0, 1])))
         0.5
     """
-    return _metric(Ranking("binary"), _recall_at_k, "recall_at_k", k=_check_k(k))
+    return _RanksOfRelevant(Ranking("binary"), _Evaluator(_recall_at_k, "recall_at_k", k=_check_k(k)),
+                            _hit_at_k_term(divide_by_k=False), every_query=False)
 
 
 def ndcg_at_k(k: Optional[int] = None, *, num_grades: Optional[int] = None) -> DecodedMetric:
@@ -781,8 +905,9 @@ def ndcg_at_k(k: Optional[int] = None, *, num_grades: Optional[int] = None) -> D
         >>> round(float(uniloss.zoo.ndcg_at_k(3).metric(scores, relevance)), 4)
         0.6199
     """
-    return _metric(Ranking("relevance", num_grades=num_grades), _ndcg_at_k, "ndcg_at_k",
-                   k=None if k is None else _check_k(k))
+    return _RanksOfRelevant(Ranking("relevance", num_grades=num_grades),
+                            _Evaluator(_ndcg_at_k, "ndcg_at_k", k=None if k is None else _check_k(k)),
+                            _binary_ndcg_term, every_query=False)
 
 
 def mrr() -> DecodedMetric:
@@ -796,7 +921,7 @@ def mrr() -> DecodedMetric:
         >>> float(uniloss.zoo.mrr().metric(torch.tensor([0.9, 0.8, 0.1]), torch.tensor([0, 1, 1])))
         0.5
     """
-    return _metric(Ranking("binary"), _mrr, "mrr")
+    return _RanksOfRelevant(Ranking("binary"), _Evaluator(_mrr, "mrr"), _first_reciprocal_term, every_query=False)
 
 
 # --------------------------------------------------------------------------- segmentation
