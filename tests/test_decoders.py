@@ -654,3 +654,26 @@ def test_argmax_plans_hold_the_best_other_class_the_full_ranking_would_put_first
     ranked_fully = dataclasses.replace(plan, ranked=full)
     assert torch.equal(argmax.decode(bits, plan), argmax.decode(bits, ranked_fully))
     assert all(torch.equal(a, b) for a, b in zip(argmax.toggled(plan), argmax.toggled(ranked_fully)))
+
+
+@pytest.mark.parametrize("decoder, shape, c", [(Argmax(pairs="target"), (9,), 2), (Argmax(pairs="target"), (9,), 5),
+                                               (PixelArgmax(pairs="target"), (2, 3, 4), 4)])
+def test_argmax_decode_losses_is_decode_of_any_bits(decoder, shape, c):
+    """Argmax's labels from each row's lost comparisons (what the zoo's metrics of counts read)
+    equal decode of bits with those counts, consistent or not, tied scores included (the best
+    other class the first of those tied)."""
+    g = torch.Generator().manual_seed(c)
+    scores = torch.randint(0, 3, (shape[0], c) + shape[1:], generator=g).float()  # ties
+    target = torch.randint(0, c, shape, generator=g)
+    plan = decoder.prepare(scores, target)
+    rows = plan.labels.numel()
+    bits = torch.rand(20, rows * (c - 1), generator=g) < 0.6
+    losses = (~bits).view(20, rows, c - 1).sum(-1)
+    assert torch.equal(decoder.decode_losses(losses, plan), decoder.decode(bits, plan))
+
+
+def test_argmax_decode_losses_needs_the_target_pairs():
+    tournament = Argmax(pairs="all")
+    plan = tournament.prepare(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="tournament"):
+        tournament.decode_losses(torch.zeros(1, 4), plan)

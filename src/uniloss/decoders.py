@@ -390,10 +390,21 @@ class Argmax(_ClassDecoder):
         elif m == 2:  # the label if its one comparison is won, else the other class
             labels = (plan.labels.bool()[None] ^ ~bits.reshape(t, -1)).long()
         else:
-            right = self._target_losses(bits, plan) == 0
-            fallback = plan.ranked[:, 0] if m > 1 else plan.labels
-            labels = torch.where(right, plan.labels, fallback)
+            return self.decode_losses(self._target_losses(bits, plan), plan)
         return labels.reshape((t,) + tuple(plan.target.shape))
+
+    def decode_losses(self, losses: Tensor, plan: Any) -> Tensor:
+        """``pairs="target"``: the labels ``[t, *target.shape]`` from ``losses [t, G]``, each row's
+        number of lost comparisons (its run's 0-bits), all that :meth:`decode` reads of the bits:
+        a row without a loss decodes to its label, any other to its highest-scoring other class
+        now (the first of those tied). Lets a caller that holds those counts (per-run 0-bit counts,
+        see :class:`uniloss.Structure`) skip the bits."""
+        plan = self._prepared(plan)
+        if self.pairs == "all":
+            raise ValueError("Argmax(pairs='all') decodes from the tournament's wins: use decode(bits, plan)")
+        fallback = plan.ranked[:, 0] if plan.num_classes > 1 else plan.labels
+        labels = torch.where(losses == 0, plan.labels, fallback)
+        return labels.reshape((losses.shape[0],) + tuple(plan.target.shape))
 
 
 class PixelArgmax(Argmax):

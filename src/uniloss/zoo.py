@@ -164,10 +164,11 @@ class _ZooMetric(DecodedMetric):
 
     def _of_zeros(self, plan: Any, zeros: Tensor) -> Tensor:
         """``[t]`` the metric where row ``s`` has ``zeros[:, s]`` wrong comparisons (:attr:`uniloss.
-        Structure.evaluate_zeros`): the evaluator's values of the labels decoded from them."""
-        t = zeros.shape[0]
-        labels = torch.where(zeros == 0, plan.labels, plan.ranked[:, 0])
-        return self._values(labels.reshape((t,) + tuple(plan.target.shape)), plan, t)
+        Structure.evaluate_zeros`): the evaluator's values of the labels decoded from them
+        (:meth:`uniloss.decoders.Argmax.decode_losses`)."""
+        decoder = self.decoder
+        assert isinstance(decoder, Argmax)  # (see _chain: the structure gives this for Argmax alone)
+        return self._values(decoder.decode_losses(zeros, plan), plan, zeros.shape[0])
 
     def _chain(self, plan: Any) -> Optional[Callable[..., Tensor]]:
         """For a metric of the class counts decoded with one run per row (``Argmax``/
