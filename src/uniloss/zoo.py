@@ -350,25 +350,24 @@ def _ranks_of_relevant_gains(plan: Any, v: Tensor, term: Callable[..., Tensor],
     relevant items already at ``m`` or below, which is the comparison's place by the chain's order
     among the query's comparisons of the same ``m`` (one per relevant item): the rank ``m + 1 + i``
     becomes ``m + i``, a gain of ``F(i, m + i) - F(i, m + 1 + i)``. At the start (every comparison
-    wrong, ``z = N_q``) the ``i``-th relevant item is at ``N_q + i``. Three sorts of ``l`` (two per
-    :func:`uniloss.decoders.sort_within`, one the chain's order), no host synchronisation."""
+    wrong, ``z = N_q``) the ``i``-th relevant item is at ``N_q + i``. Five sorts of ``l`` (the
+    chain's order, two per :func:`uniloss.decoders.sort_within`), no host synchronisation."""
     relevant, positives, negatives, dtype = _class_sizes(plan)
     query, a, n = plan.target.query, plan.a, relevant.numel()
     key = v if plan.padding is None else v.masked_fill(plan.padding, -1.0)  # (v in [0, 1]: the padding last)
     order = torch.argsort(key, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=v.device)
-    q = query[a]
-    m = negatives.long()[q] - 1 - sort_within(rank[None], a)[0]  # wrong comparisons left once it is right
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=v.device))
+    q = query.index_select(0, a)
+    m = negatives.long().index_select(0, q) - 1 - sort_within(rank[None], a)[0]  # wrong comparisons left once it is right
     i = sort_within(rank[None], q * (n + 1) + m)[0].to(dtype)  # (the padding, last, below every real one)
-    held = positives[q]
+    held = positives.index_select(0, q)
     gains = term(i, m.to(dtype) + i, held) - term(i, m.to(dtype) + 1.0 + i, held)
     counted = (positives + negatives > 0) if every_query else positives > 0
     queries = counted.sum().clamp_min(1)
     if plan.padding is not None:
         gains = gains.masked_fill(plan.padding, 0.0)
     place = sort_within(torch.arange(n, device=v.device)[None], query * 2 + (~relevant).long())[0].to(dtype)
-    at_start = term(place, negatives[query] + place, positives[query])
+    at_start = term(place, negatives.index_select(0, query) + place, positives.index_select(0, query))
     start = torch.where(relevant, at_start, 0.0).sum() / queries
     return start, gains / queries
 
@@ -487,7 +486,7 @@ class _TopKAccuracy(_ZooMetric):
     """:func:`top_k_accuracy`: a row is a hit iff fewer than ``k`` of its ``C - 1`` comparisons
     (its label's score minus each other class's) are wrong, so the metric is a function of the
     runs' counts of wrong comparisons (``evaluate_zeros``), and along the chain a row turns at its
-    ``(C - k)``-th comparison to come right, its ``k``-th least agreement (:meth:`_chain_values`):
+    ``(C - k)``-th comparison to come right, its ``k``-th least agreement (:meth:`_chain_of_ranks`):
     the chain in closed form, ``O(l)`` after the engine's sort, where the engine had decoded
     ``[points, n, C]`` masks at 257 points."""
 
