@@ -174,14 +174,17 @@ def interleaved(ref: str, calls: int, zoo_names=None) -> dict:
             return {"ref": old.UniLoss(make(old), generator=torch.Generator().manual_seed(0)),
                     "now": uniloss.UniLoss(make(uniloss), generator=torch.Generator().manual_seed(0))}
 
-        ap, acc = versions(lambda u: u.AveragePrecision()), versions(lambda u: u.MulticlassAccuracy())
-        cases = _zoo_cases(old, zoo_names, call) if zoo_names else {
-            "MLP step, batch 16 (AP vs BCE)": dict({k: stepper(v) for k, v in ap.items()}, base=stepper(bce)),
-            "accuracy 128 x 10 (vs CE)": dict({k: call(v, ns["xa"], ns["ya"]) for k, v in acc.items()},
-                                              base=call(F.cross_entropy, ns["xa"], ns["ya"])),
-            "AP batch 16 (vs BCE)": dict({k: call(v, ns["xb"], ns["yb"]) for k, v in ap.items()},
-                                         base=call(bce, ns["xb"], ns["yb"])),
-        }
+        if zoo_names:
+            cases = _zoo_cases(old, zoo_names, call)
+        else:
+            ap, acc = versions(lambda u: u.AveragePrecision()), versions(lambda u: u.MulticlassAccuracy())
+            cases = {
+                "MLP step, batch 16 (AP vs BCE)": dict({k: stepper(v) for k, v in ap.items()}, base=stepper(bce)),
+                "accuracy 128 x 10 (vs CE)": dict({k: call(v, ns["xa"], ns["ya"]) for k, v in acc.items()},
+                                                  base=call(F.cross_entropy, ns["xa"], ns["ya"])),
+                "AP batch 16 (vs BCE)": dict({k: call(v, ns["xb"], ns["yb"]) for k, v in ap.items()},
+                                             base=call(bce, ns["xb"], ns["yb"])),
+            }
         out = {}
         try:
             for name, runs in cases.items():

@@ -318,27 +318,30 @@ class _RanksOfRelevant(_ZooMetric):
     ranks, ``sum_i F(i, r_(i))`` over its relevant items in rank order (``i`` 0-based), averaged
     over queries (precision@k, recall@k, MRR, NDCG): its chain's gains in closed form
     (:func:`_ranks_of_relevant_gains`), where the engine had decoded ``[257, l]`` configurations
-    and averaged the gains over segments. ``term(i, r, positives, k)`` gives ``F`` (floating
-    tensors, ``positives`` each item's query's relevant items); ``every_query``: the average is
-    over every query (precision@k), else over the queries with a relevant item."""
+    and averaged the gains over segments. ``F = weight_q * term(i, r)``: ``term(i, r, k)`` per
+    item (floating tensors), ``weight(positives [Q], k, n)`` per query, from its number of
+    relevant items, computed once a call (``n`` the items); ``every_query``: the average is over
+    every query (precision@k), else over the queries with a relevant item."""
 
-    def __init__(self, decoder, evaluator: "_Evaluator", term: Callable[..., Tensor], every_query: bool) -> None:
+    def __init__(self, decoder, evaluator: "_Evaluator", term: Callable[..., Tensor],
+                 weight: Callable[..., Tensor], every_query: bool) -> None:
         super().__init__(decoder, evaluator)
-        self.term, self.every_query, self.k = term, every_query, evaluator.options.get("k")
+        self.term, self.weight, self.every_query = term, weight, every_query
+        self.k = evaluator.options.get("k")
 
     def structure(self, target: Any) -> Optional[Structure]:
         structure = super().structure(target)
         if structure is None or not getattr(target, "binary", False):
             return structure
-        k = self.k
+        k, term, weight = self.k, self.term, self.weight
         return dataclasses.replace(structure, chain_gains=lambda v: _ranks_of_relevant_gains(
-            target, v, lambda i, r, positives: self.term(i, r, positives, k), self.every_query))
+            target, v, lambda i, r: term(i, r, k), lambda positives, n: weight(positives, k, n), self.every_query))
 
 
-def _ranks_of_relevant_gains(plan: Any, v: Tensor, term: Callable[..., Tensor],
+def _ranks_of_relevant_gains(plan: Any, v: Tensor, term: Callable[..., Tensor], weight: Callable[..., Tensor],
                              every_query: bool) -> Tuple[Tensor, Tensor]:
     """``(start, gains [l])`` of the chain (:attr:`uniloss.Structure.chain_gains`) of a metric
-    ``mean_q sum_i F(i, r_(i))`` over each query's relevant items in rank order, decoded by
+    ``mean_q weight_q sum_i term(i, r_(i))`` over each query's relevant items in rank order, decoded by
     ``Ranking`` from 0/1 relevance: a relevant item with ``z`` wrong comparisons (irrelevant items
     above it) is placed by ``(z, index)`` among its query's relevant items, ``i``-th at rank
     ``r_(i) = z_(i) + i``.
@@ -349,7 +352,7 @@ def _ranks_of_relevant_gains(plan: Any, v: Tensor, term: Callable[..., Tensor],
     sorted ``z`` this lowers the first ``m + 1``, at place ``i = `` the number of the query's
     relevant items already at ``m`` or below, which is the comparison's place by the chain's order
     among the query's comparisons of the same ``m`` (one per relevant item): the rank ``m + 1 + i``
-    becomes ``m + i``, a gain of ``F(i, m + i) - F(i, m + 1 + i)``. At the start (every comparison
+    becomes ``m + i``, a gain of ``weight_q (term(i, m + i) - term(i, m + 1 + i))``. At the start (every comparison
     wrong, ``z = N_q``) the ``i``-th relevant item is at ``N_q + i``. Five sorts of ``l`` (the
     chain's order, two per :func:`uniloss.decoders.sort_within`), no host synchronisation."""
     relevant, positives, negatives, dtype = _class_sizes(plan)
@@ -360,16 +363,14 @@ def _ranks_of_relevant_gains(plan: Any, v: Tensor, term: Callable[..., Tensor],
     q = query.index_select(0, a)
     m = negatives.long().index_select(0, q) - 1 - sort_within(rank[None], a)[0]  # wrong comparisons left once it is right
     i = sort_within(rank[None], q * (n + 1) + m)[0].to(dtype)  # (the padding, last, below every real one)
-    held = positives.index_select(0, q)
-    gains = term(i, m.to(dtype) + i, held) - term(i, m.to(dtype) + 1.0 + i, held)
     counted = (positives + negatives > 0) if every_query else positives > 0
-    queries = counted.sum().clamp_min(1)
+    per_query = weight(positives, n) / counted.sum().clamp_min(1)  # [Q]: each query's share of the mean
+    gains = (term(i, m.to(dtype) + i) - term(i, m.to(dtype) + 1.0 + i)) * per_query.index_select(0, q)
     if plan.padding is not None:
         gains = gains.masked_fill(plan.padding, 0.0)
     place = sort_within(torch.arange(n, device=v.device)[None], query * 2 + (~relevant).long())[0].to(dtype)
-    at_start = term(place, negatives.index_select(0, query) + place, positives.index_select(0, query))
-    start = torch.where(relevant, at_start, 0.0).sum() / queries
-    return start, gains / queries
+    at_start = term(place, negatives.index_select(0, query) + place) * per_query.index_select(0, query)
+    return torch.where(relevant, at_start, 0.0).sum(), gains
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -721,27 +722,41 @@ def _ndcg_at_k(ranks: Tensor, target: RankingTarget, k: Optional[int], dtype: to
     return _mean_where(_ratio(dcg, ideal.expand_as(dcg)), (ideal > 0).expand_as(dcg))
 
 
-# The per-item terms F(i, r, P) of the metrics of the relevant items' ranks (_RanksOfRelevant):
-# i the item's place among its query's relevant items, r its rank, P their number (floating).
+# The metrics of the relevant items' ranks (_RanksOfRelevant): a term per relevant item, of its
+# place i among its query's relevant items and its rank r (floating), and a weight per query, of
+# its number of relevant items P ([Q], floating; n the items).
 
 
-def _hit_at_k_term(divide_by_k: bool) -> Callable[..., Tensor]:
-    def term(i: Tensor, r: Tensor, positives: Tensor, k: int) -> Tensor:  # precision@k, recall@k
-        return (r < k).to(r.dtype) / (k if divide_by_k else positives.clamp_min(1.0))
-    return term
+def _hit_at_k(i: Tensor, r: Tensor, k: int) -> Tensor:  # precision@k, recall@k
+    return (r < k).to(r.dtype)
 
 
-def _first_reciprocal_term(i: Tensor, r: Tensor, positives: Tensor, k: None) -> Tensor:  # MRR
+def _over_k(positives: Tensor, k: int, n: int) -> Tensor:  # precision@k
+    return torch.full_like(positives, 1.0 / k)
+
+
+def _over_relevant(positives: Tensor, k: Optional[int], n: int) -> Tensor:  # recall@k
+    return 1.0 / positives.clamp_min(1.0)
+
+
+def _first_reciprocal(i: Tensor, r: Tensor, k: None) -> Tensor:  # MRR
     return (i == 0).to(r.dtype) / (r + 1.0)
 
 
-def _binary_ndcg_term(i: Tensor, r: Tensor, positives: Tensor, k: Optional[int]) -> Tensor:
-    """NDCG@k of 0/1 relevance: ``1 / log2(r + 2)`` within the top ``k``, over the ideal DCG of
-    ``min(P, k)`` relevant items at the top."""
-    ideal_at = torch.arange(r.numel() + 1, device=r.device, dtype=r.dtype)
-    ideal = torch.cat([ideal_at.new_zeros(1), (1.0 / torch.log2(ideal_at + 2.0)).cumsum(0)])
+def _unweighted(positives: Tensor, k: Optional[int], n: int) -> Tensor:  # MRR
+    return torch.ones_like(positives)
+
+
+def _discounted(i: Tensor, r: Tensor, k: Optional[int]) -> Tensor:  # NDCG@k
+    return _discount(r, k, r.dtype)
+
+
+def _over_ideal_dcg(positives: Tensor, k: Optional[int], n: int) -> Tensor:
+    """NDCG@k of 0/1 relevance: one over the ideal DCG, ``min(P, k)`` relevant items at the top."""
+    places = torch.arange(n, device=positives.device, dtype=positives.dtype)
+    ideal = torch.cat([places.new_zeros(1), (1.0 / torch.log2(places + 2.0)).cumsum(0)])  # [n + 1]
     top = positives if k is None else positives.clamp_max(k)
-    return _discount(r, k, r.dtype) / ideal[top.long().clamp_max(r.numel())].clamp_min(1e-30)
+    return 1.0 / ideal.index_select(0, top.long()).clamp_min(1e-30)
 
 
 def _auroc(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tensor:
@@ -863,7 +878,7 @@ def precision_at_k(k: int) -> DecodedMetric:
         0.5
     """
     return _RanksOfRelevant(Ranking("binary"), _Evaluator(_precision_at_k, "precision_at_k", k=_check_k(k)),
-                            _hit_at_k_term(divide_by_k=True), every_query=True)
+                            _hit_at_k, _over_k, every_query=True)
 
 
 def recall_at_k(k: int) -> DecodedMetric:
@@ -878,7 +893,7 @@ def recall_at_k(k: int) -> DecodedMetric:
         0.5
     """
     return _RanksOfRelevant(Ranking("binary"), _Evaluator(_recall_at_k, "recall_at_k", k=_check_k(k)),
-                            _hit_at_k_term(divide_by_k=False), every_query=False)
+                            _hit_at_k, _over_relevant, every_query=False)
 
 
 def ndcg_at_k(k: Optional[int] = None, *, num_grades: Optional[int] = None) -> DecodedMetric:
@@ -909,7 +924,7 @@ def ndcg_at_k(k: Optional[int] = None, *, num_grades: Optional[int] = None) -> D
     """
     return _RanksOfRelevant(Ranking("relevance", num_grades=num_grades),
                             _Evaluator(_ndcg_at_k, "ndcg_at_k", k=None if k is None else _check_k(k)),
-                            _binary_ndcg_term, every_query=False)
+                            _discounted, _over_ideal_dcg, every_query=False)
 
 
 def mrr() -> DecodedMetric:
@@ -923,7 +938,7 @@ def mrr() -> DecodedMetric:
         >>> float(uniloss.zoo.mrr().metric(torch.tensor([0.9, 0.8, 0.1]), torch.tensor([0, 1, 1])))
         0.5
     """
-    return _RanksOfRelevant(Ranking("binary"), _Evaluator(_mrr, "mrr"), _first_reciprocal_term, every_query=False)
+    return _RanksOfRelevant(Ranking("binary"), _Evaluator(_mrr, "mrr"), _first_reciprocal, _unweighted, every_query=False)
 
 
 # --------------------------------------------------------------------------- segmentation
