@@ -310,6 +310,18 @@ def test_the_validation_ap_of_each_epoch_leaves_the_run_unchanged():
     assert validation[-1] == pytest.approx(expected, abs=1e-6)
 
 
+def test_the_imbalanced_tasks_model_is_the_suites_mlp_unless_hidden_widths_are_given(monkeypatch):
+    # benchmarks/capacity_probe.py varies the model; the suite keeps 20-64-64-1
+    built = []
+    monkeypatch.setattr(M, "fit", lambda model, *args, **kwargs: built.append(model) or [0.5])
+    for hidden in ((64, 64), (), (8,)):
+        kwargs = {} if hidden == (64, 64) else {"hidden": hidden}
+        assert M.run_imbalanced("ap", "bce", 0, True, {}, **kwargs) == [0.5]
+    widths = [[(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+              for model in built]
+    assert widths == [[(20, 64), (64, 64), (64, 1)], [(20, 1)], [(20, 8), (8, 1)]]
+
+
 def _spy_first_argument(monkeypatch, name):
     """Replace ``M.<name>`` by a spy that records its first argument (the draw; 0 when not given)
     and calls the original: ``(seen, original)``."""

@@ -595,17 +595,19 @@ _TUNED = {"f1-tuned": 1.0, "f2-tuned": 2.0}
 
 
 def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict,
-                   validation: Optional[List[float]] = None, draw: int = 0, **data) -> List[float]:
+                   validation: Optional[List[float]] = None, draw: int = 0, hidden: Sequence[int] = (64, 64),
+                   **data) -> List[float]:
     """An ``imb-ap`` (``metric="ap"``) or ``imb-f1`` (``"f1"``) run: the held-out metric per epoch;
     ``draw``: the data set's draw (``make_classification``'s ``random_state``; the suite's tasks
     fix draw 0, the ``-draws`` probes draw one per seed); ``data``: other keywords of
-    :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them).
+    :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them); ``hidden``: the
+    MLP's hidden widths (``()``: a linear model; ``benchmarks/capacity_probe.py`` varies them).
     ``validation``: a list that receives the validation split's AP after each epoch (the epoch a
     practitioner's early stopping would keep; ``benchmarks/early_stopping_probe.py``).
     The probe tasks also train and score ``"f2"`` (F2 at logit 0), ``"auroc"``, and ``"f1-tuned"``
     / ``"f2-tuned"`` (F1 / F2 at the threshold tuned on the validation split, for every loss)."""
     xtr, ytr, xva, yva, xte, yte = imbalanced_binary(draw, **data)
-    model = seeded(seed, lambda: mlp(20, 64, 64, 1))
+    model = seeded(seed, lambda: mlp(20, *hidden, 1))
     gen = torch.Generator().manual_seed(seed)
     pos_weight = float((ytr == 0).sum()) / float((ytr == 1).sum())
     decomposition = _BINARY[metric.removesuffix("-tuned")]()  # (a tuned probe trains as its metric at logit 0)
