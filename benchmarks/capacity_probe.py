@@ -1,4 +1,4 @@
-"""Where the usual loss is already right: UniLoss against binary cross-entropy as the model grows.
+"""Where the usual loss is already right: UniLoss against the usual loss as the model grows.
 
     python benchmarks/capacity_probe.py      # writes docs/results/metric-wins/capacity.{md,json,png}
 
@@ -7,20 +7,30 @@ posterior ``P(y = 1 | x)``, and for F1 at a threshold the best decision threshol
 (at ``F1* / 2``): binary cross-entropy estimates that posterior (it is a proper scoring rule), so
 with a model that can represent it the usual loss, with a tuned threshold for F1, is already
 consistent for the metric and a metric-trained loss has only finite-sample effects to gain
-from. Where the model cannot represent the posterior, the best model for the metric within the
-family is not the likelihood's, and a loss that follows the metric can be ahead. The prediction:
-UniLoss's lead over binary cross-entropy (and over the strongest baseline) shrinks as the model
-grows.
+from. The same holds for macro-F1 of balanced classes (close to accuracy's argmax of the
+posterior: cross-entropy) and for balanced accuracy (the argmax of the posterior over the class
+prior: class-weighted cross-entropy). Where the model cannot represent the posterior, the best
+model for the metric within the family is not the likelihood's, and a loss that follows the
+metric can be ahead. The prediction: UniLoss's lead over the usual loss (and over the strongest
+baseline) shrinks as the model grows.
 
-The metric-wins tasks ``imb-ap`` and ``imb-f1`` (``make_classification``, 5% positives, 2% random
-labels, 20 features, two clusters a class; SGD lr 0.1, momentum 0.9, batch 128, cosine, the
-quick schedule of 20 epochs) with the model varied (``--models``: hidden widths; ``linear``: none)
-and the data set drawn again (``--draws``: ``make_classification``'s ``random_state``, network seed
-``--seed``), so the spread is the data's and the initialisation's. AP: binary cross-entropy, the
-pairwise logistic loss and UniLoss (``AveragePrecision()``, defaults); F1 at logit 0: binary
-cross-entropy at logit 0 and at the threshold tuned on the validation split, UniLoss
-(``zoo.f_beta(1, threshold=0)``, defaults) at logit 0. Test metric x100; differences draw by draw
-(same initialisation and batches).
+Four metric-wins tasks, at their quick schedules and recipes (SGD, momentum 0.9, batch 128), with
+the model's hidden widths varied (``--models``: names; ``linear``: none) and the data drawn again
+(``--draws``; network seed ``--seed``), so the spread is the data's and the initialisation's:
+
+* ``ap``, ``f1``: the ``imb-ap`` / ``imb-f1`` data (``make_classification``, 5% positives, 2%
+  random labels, 20 features, two clusters a class, ``random_state`` the draw; 20 epochs, lr
+  0.1, cosine). AP: binary cross-entropy, the pairwise logistic loss, UniLoss
+  (``AveragePrecision()``); F1 at logit 0: binary cross-entropy at logit 0 and at the threshold
+  tuned on the validation split, UniLoss (``zoo.f_beta(1, threshold=0)``) at logit 0.
+* ``macro-f1``: the ``digits-f1`` task (scikit-learn's digits, the train/test split of the draw;
+  30 epochs): cross-entropy, UniLoss (``zoo.macro_f1(10)``).
+* ``bal-acc``: the ``bal-acc`` task's imbalanced MNIST (digit ``c`` keeps ``0.6 ** c`` of its
+  images, drawn at random with the draw as seed, as the ``bal-acc-draws`` probe; 5 epochs):
+  cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.balanced_accuracy(10)``).
+
+UniLoss at its defaults everywhere. Test metric x100; differences draw by draw (same
+initialisation and batches).
 """
 
 from __future__ import annotations
@@ -36,21 +46,32 @@ import torch
 
 from uniloss.experiments.reproduce import machine
 
-MODELS = {"linear": (), "8": (8,), "64-64": (64, 64), "256-256": (256, 256)}  # hidden widths; 64-64: the suite's
-LOSSES = {  # metric -> [(row, loss)]; the first is the usual loss, the last UniLoss
-    "ap": [("binary cross-entropy", "bce"), ("pairwise logistic", "pairwise"), ("UniLoss (defaults)", "uniloss")],
-    "f1": [("binary cross-entropy", "bce"), ("BCE, validation-tuned threshold", "bce-tuned"),
-           ("UniLoss (defaults)", "uniloss")],
+BINARY_MODELS = {"linear": (), "8": (8,), "64-64": (64, 64), "256-256": (256, 256)}  # hidden widths
+CLASS_MODELS = {"linear": (), "8": (8,), "128": (128,), "512": (512,)}
+TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first the usual loss, the last UniLoss
+    "ap": ("imb-ap: test AP", BINARY_MODELS, "64-64",
+           [("binary cross-entropy", "bce"), ("pairwise logistic", "pairwise"), ("UniLoss (defaults)", "uniloss")]),
+    "f1": ("imb-f1: test F1 at logit 0", BINARY_MODELS, "64-64",
+           [("binary cross-entropy", "bce"), ("BCE, validation-tuned threshold", "bce-tuned"),
+            ("UniLoss (defaults)", "uniloss")]),
+    "macro-f1": ("digits-f1: test macro-F1", CLASS_MODELS, "128",
+                 [("cross-entropy", "ce"), ("UniLoss (defaults)", "uniloss")]),
+    "bal-acc": ("bal-acc (random images): test balanced accuracy", CLASS_MODELS, "128",
+                [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"), ("UniLoss (defaults)", "uniloss")]),
 }
-TITLES = {"ap": "test AP", "f1": "test F1 at logit 0"}
 
 
 def _one(job):
     from uniloss.experiments import metric_wins as mw
 
     torch.set_num_threads(1)
-    metric, model, loss, draw, seed = job
-    return mw.run_imbalanced(metric, loss, seed, True, {}, draw=draw, hidden=MODELS[model])[-1]
+    metric, model, loss, draw, seed, options = job
+    hidden, options = TASKS[metric][1][model], json.loads(options)
+    if metric == "macro-f1":
+        return mw.run_digits_f1(loss, seed, True, options, draw=draw, hidden=hidden)[-1]
+    if metric == "bal-acc":
+        return mw.run_imbalanced_mnist("balanced_accuracy", loss, seed, True, options, draw=draw, hidden=hidden)[-1]
+    return mw.run_imbalanced(metric, loss, seed, True, options, draw=draw, hidden=hidden)[-1]
 
 
 def _spread(values):
@@ -65,21 +86,26 @@ def _plot(rows, out):
         import matplotlib.pyplot as plt
     except ImportError:  # the table is the result; the figure is a reading aid
         return None
-    fig, axes = plt.subplots(1, len(LOSSES), figsize=(5 * len(LOSSES), 3.6))
-    for ax, metric in zip(axes, LOSSES):
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    cols = min(2, len(metrics))
+    fig, axes = plt.subplots((len(metrics) + cols - 1) // cols, cols, figsize=(5.5 * cols, 3.6 * ((len(metrics) + 1) // 2)),
+                             squeeze=False)
+    for ax, metric in zip(axes.reshape(-1), metrics):
         per = [r for r in rows if r["metric"] == metric]
         xs = list(range(len(per)))
-        for key, label, marker in (("vs_usual", "UniLoss - binary cross-entropy", "o"),
-                                   ("vs_best", "UniLoss - strongest other row", "s")):
+        for key, label, marker in (("vs_usual", "the usual loss", "o"),
+                                   ("vs_best", "the strongest other row", "s")):
             means = [r[key]["mean"] for r in per]
             stds = [r[key]["std"] for r in per]
             ax.errorbar(xs, means, yerr=stds, marker=marker, capsize=3, label=label)
         ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xticks(xs, [r["model"] for r in per])
+        ax.set_xticks(xs, [r["model"] + (" (suite)" if r["model"] == TASKS[metric][2] else "") for r in per])
         ax.set_xlabel("model (hidden widths)")
-        ax.set_ylabel(f"{TITLES[metric]} x100, difference")
-        ax.set_title(f"imb-{metric} data, mean ± std over draws")
+        ax.set_ylabel("x100, UniLoss minus")
+        ax.set_title(f"{TASKS[metric][0]}, mean ± std over draws", fontsize=9)
         ax.legend(fontsize=8)
+    for ax in axes.reshape(-1)[len(metrics):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(out + ".png", dpi=110)
     plt.close(fig)
@@ -88,36 +114,46 @@ def _plot(rows, out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--metrics", nargs="+", default=list(LOSSES), choices=list(LOSSES))
+    parser.add_argument("--models", nargs="+", default=None, help="names of the models to train (default: all)")
+    parser.add_argument("--metrics", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--draws", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--seed", type=int, default=1, help="network seed on every draw")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                        help="also train UniLoss with these keywords (a row 'UniLoss, NAME' beside the defaults)")
     parser.add_argument("--out", default="docs/results/metric-wins/capacity")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     start = time.time()
-    jobs = [(m, h, loss, d, args.seed) for m in args.metrics for h in args.models for _, loss in LOSSES[m]
-            for d in args.draws]
+    models = {m: [h for h in TASKS[m][1] if args.models is None or h in args.models] for m in args.metrics}
+    variants = [(f"UniLoss, {name}", "uniloss", json.dumps(json.loads(options), sort_keys=True))
+                for name, options in (v.split("=", 1) for v in args.variant)]
+    losses = {m: [(label, loss, "{}") for label, loss in TASKS[m][3]] + variants for m in args.metrics}
+    jobs = [(m, h, loss, d, args.seed, options) for m in args.metrics for h in models[m]
+            for _, loss, options in losses[m] for d in args.draws]
     with ProcessPoolExecutor(args.jobs) as pool:
         values = dict(zip(jobs, pool.map(_one, jobs)))
     rows = []
     for metric in args.metrics:
-        for model in args.models:
-            per = {label: [100 * values[(metric, model, loss, d, args.seed)] for d in args.draws]
-                   for label, loss in LOSSES[metric]}
-            labels = [label for label, _ in LOSSES[metric]]
+        for model in models[metric]:
+            per = {label: [100 * values[(metric, model, loss, d, args.seed, options)] for d in args.draws]
+                   for label, loss, options in losses[metric]}
+            labels = [label for label, _ in TASKS[metric][3]]  # (the variants' rows: after these)
             uni, usual, others = per[labels[-1]], per[labels[0]], labels[:-1]
             best = max(others, key=lambda k: statistics.mean(per[k]))  # the strongest other row on this model
-            row = dict(metric=metric, model=model, hidden=list(MODELS[model]), per_draw=per,
+            row = dict(metric=metric, model=model, hidden=list(TASKS[metric][1][model]), per_draw=per,
                        mean={k: statistics.mean(v) for k, v in per.items()},
                        std={k: _spread(v) for k, v in per.items()}, strongest=best)
             for key, ref in (("vs_usual", usual), ("vs_best", per[best])):
                 diff = [u - r for u, r in zip(uni, ref)]
                 row[key] = dict(per_draw=diff, mean=statistics.mean(diff), std=_spread(diff),
                                 ahead=sum(d > 0 for d in diff))
+            for label, _, _ in variants:  # each variant minus the defaults, draw by draw
+                diff = [v - u for v, u in zip(per[label], uni)]
+                row.setdefault("variants_vs_defaults", {})[label] = dict(
+                    per_draw=diff, mean=statistics.mean(diff), std=_spread(diff), ahead=sum(d > 0 for d in diff))
             rows.append(row)
-            print(f"{metric} {model:8s} " + "  ".join(f"{k} {row['mean'][k]:.2f}" for k in labels)
+            print(f"{metric} {model:8s} " + "  ".join(f"{k} {row['mean'][k]:.2f}" for k in per)
                   + f"  UniLoss - {best}: {row['vs_best']['mean']:+.2f} ± {row['vs_best']['std']:.2f}"
                   + f" ({row['vs_best']['ahead']}/{len(args.draws)})", flush=True)
     command = "python benchmarks/capacity_probe.py" + ("" if not argv else " " + " ".join(argv))
@@ -128,23 +164,28 @@ def main(argv=None):
         json.dump(report, f, indent=1)
     figure = _plot(rows, args.out)
     lines = ["# UniLoss against the usual loss as the model grows", "",
-             f"The metric-wins tasks `imb-ap` and `imb-f1` (quick schedule, 20 epochs) with the model varied "
-             f"(hidden widths; `64-64` is the suite's) on draws {args.draws} of the data "
-             f"(`make_classification(random_state=draw)`), network seed {args.seed}. Test metric x100, mean ± "
+             f"Four metric-wins tasks (quick schedules) with the model's hidden widths varied (the suite's model "
+             f"marked) on draws {args.draws} of their data, network seed {args.seed}; the tasks, losses and "
+             f"data draws: `python benchmarks/capacity_probe.py --help`. Test metric x100, mean ± "
              f"std over the draws; UniLoss minus the usual loss and minus the strongest other row (the one "
-             f"with the best mean on that model), draw by draw. {report['machine']}; {report['date']}; "
-             f"{report['minutes']} minutes. Regenerate: `{command}`.", ""]
+             f"with the best mean on that model), draw by draw, and the draws where UniLoss is ahead. "
+             f"{report['machine']}; {report['date']}; {report['minutes']} minutes. Regenerate: `{command}`.", ""]
     for metric in args.metrics:
-        labels = [label for label, _ in LOSSES[metric]]
-        lines += [f"## {TITLES[metric]}", "",
-                  "| model | " + " | ".join(labels) + " | UniLoss - usual | UniLoss - strongest other (which) |",
-                  "|---|" + "---|" * (len(labels) + 2)]
+        labels = [label for label, _, _ in losses[metric]]
+        extra = [f"{label} - defaults" for label, _, _ in variants]
+        lines += [f"## {TASKS[metric][0]}", "",
+                  "| model | " + " | ".join(labels) + " | UniLoss - usual | UniLoss - strongest other (which) |"
+                  + "".join(f" {e} |" for e in extra),
+                  "|---|" + "---|" * (len(labels) + 2 + len(extra))]
         for r in (r for r in rows if r["metric"] == metric):
             n = len(r["vs_usual"]["per_draw"])
-            lines.append(f"| {r['model']} | " + " | ".join(f"{r['mean'][k]:.2f} ± {r['std'][k]:.2f}" for k in labels)
+            mark = " (the suite's)" if r["model"] == TASKS[metric][2] else ""
+            lines.append(f"| {r['model']}{mark} | " + " | ".join(f"{r['mean'][k]:.2f} ± {r['std'][k]:.2f}" for k in labels)
                          + f" | {r['vs_usual']['mean']:+.2f} ± {r['vs_usual']['std']:.2f} ({r['vs_usual']['ahead']} of {n})"
                          + f" | {r['vs_best']['mean']:+.2f} ± {r['vs_best']['std']:.2f} ({r['vs_best']['ahead']} of {n};"
-                         + f" {r['strongest']}) |")
+                         + f" {r['strongest']}) |"
+                         + "".join(f" {d['mean']:+.2f} ± {d['std']:.2f} ({d['ahead']} of {n}) |"
+                                   for d in r.get("variants_vs_defaults", {}).values()))
         lines.append("")
     if figure:
         name = figure.rsplit("/", 1)[-1]

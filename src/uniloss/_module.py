@@ -82,8 +82,8 @@ class UniLoss(nn.Module):
             interpolation's push plus the pull's); see :func:`uniloss.functional.uniloss`.
         pull_weights: ``"metric"`` (default: a run of the pull weighs how much the metric
             changes when it alone toggles at the current configuration; balanced accuracy's pull
-            is class-weighted cross-entropy) or ``"equal"`` (0.4); see
-            :func:`uniloss.functional.uniloss`.
+            is class-weighted cross-entropy) or ``"equal"`` (0.4; better on balanced classes
+            with a model too small for them); see :func:`uniloss.functional.uniloss`.
         interpolation: ``"chain"`` (default since 0.8: the metric's Lovász extension along the
             chain of its comparisons, exact for the metrics of counts; measured ahead of the
             strongest baseline on mean IoU, balanced accuracy, NDCG@5 and PCK) or ``"anchors"``

@@ -310,7 +310,7 @@ def test_the_validation_ap_of_each_epoch_leaves_the_run_unchanged():
     assert validation[-1] == pytest.approx(expected, abs=1e-6)
 
 
-def test_the_imbalanced_tasks_model_is_the_suites_mlp_unless_hidden_widths_are_given(monkeypatch):
+def test_the_binary_digits_and_bal_acc_models_are_the_suites_unless_hidden_widths_are_given(monkeypatch):
     # benchmarks/capacity_probe.py varies the model; the suite keeps 20-64-64-1
     built = []
     monkeypatch.setattr(M, "fit", lambda model, *args, **kwargs: built.append(model) or [0.5])
@@ -320,6 +320,19 @@ def test_the_imbalanced_tasks_model_is_the_suites_mlp_unless_hidden_widths_are_g
     widths = [[(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
               for model in built]
     assert widths == [[(20, 64), (64, 64), (64, 1)], [(20, 1)], [(20, 8), (8, 1)]]
+    # the digits-f1 and bal-acc tasks the same way (the suite's: one hidden layer of 128)
+    builds = []
+    monkeypatch.setattr(M, "_run_classes", lambda xtr, ytr, xte, yte, build, *args, **kwargs: builds.append(build())
+                        or [0.5])
+    monkeypatch.setattr(M, "imbalanced_mnist", lambda draw=None: (torch.zeros(4, 784), torch.arange(4),
+                                                                  torch.zeros(2, 784), torch.arange(2)))
+    M.run_digits_f1("ce", 0, True, {})
+    M.run_digits_f1("ce", 0, True, {}, hidden=())
+    M.run_balanced("ce", 0, True, {})
+    M.run_imbalanced_mnist("balanced_accuracy", "ce", 0, True, {}, hidden=(8,))
+    widths = [[(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+              for model in builds]
+    assert widths == [[(64, 128), (128, 10)], [(64, 10)], [(784, 128), (128, 10)], [(784, 8), (8, 10)]]
 
 
 def _spy_first_argument(monkeypatch, name):

@@ -707,12 +707,14 @@ def run_pairs(loss: str, seed: int, quick: bool, options: dict, data_dir: Option
                         decomposition=decomposition, epochs=5 if quick else 15)
 
 
-def run_digits_f1(loss: str, seed: int, quick: bool, options: dict, draw: int = 0) -> List[float]:
+def run_digits_f1(loss: str, seed: int, quick: bool, options: dict, draw: int = 0,
+                  hidden: Sequence[int] = (128,)) -> List[float]:
     """The ``digits-f1`` task; ``draw``: the train/test split's (the suite's task fixes 0, the
-    ``digits-f1-draws`` probe splits again for each seed)."""
+    ``digits-f1-draws`` probe splits again for each seed); ``hidden``: the MLP's hidden widths
+    (``()``: linear; ``benchmarks/capacity_probe.py``)."""
     xtr, xte, ytr, yte = digits_split(draw, test_size=0.25)
     metric = zoo.macro_f1(10)
-    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(64, 128, 10), metric.metric, loss, seed, options,
+    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(64, *hidden, 10), metric.metric, loss, seed, options,
                         decomposition=metric, epochs=30)
 
 
@@ -762,14 +764,15 @@ def run_balanced(loss: str, seed: int, quick: bool, options: dict, draw: Optiona
 
 
 def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict,
-                         draw: Optional[int] = None) -> List[float]:
+                         draw: Optional[int] = None, hidden: Sequence[int] = (128,)) -> List[float]:
     """The ``bal-acc`` task's data, model and recipe (:func:`imbalanced_mnist`; ``draw``: its
     images drawn at random) trained and scored on the zoo's ``metric_name``
     (``"balanced_accuracy"``, ``"macro_f1"``, ``"matthews_corrcoef"`` of 10 classes); ``loss``
-    ``"ce"``, ``"ce-weighted"`` or ``"uniloss"`` (with ``options``)."""
+    ``"ce"``, ``"ce-weighted"`` or ``"uniloss"`` (with ``options``); ``hidden``: the MLP's hidden
+    widths (``()``: linear; ``benchmarks/capacity_probe.py``)."""
     xtr, ytr, xte, yte = imbalanced_mnist(draw=draw)
     metric = getattr(zoo, metric_name)(10)
-    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, 128, 10), metric.metric, loss, seed, options,
+    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, *hidden, 10), metric.metric, loss, seed, options,
                         decomposition=metric, epochs=5 if quick else 15)
 
 
