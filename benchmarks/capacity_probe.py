@@ -47,7 +47,7 @@ import torch
 from uniloss.experiments.reproduce import machine
 
 BINARY_MODELS = {"linear": (), "8": (8,), "64-64": (64, 64), "256-256": (256, 256)}  # hidden widths
-CLASS_MODELS = {"linear": (), "8": (8,), "128": (128,), "512": (512,)}
+CLASS_MODELS = {"linear": (), "8": (8,), "32": (32,), "128": (128,), "512": (512,)}
 TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first the usual loss, the last UniLoss
     "ap": ("imb-ap: test AP", BINARY_MODELS, "64-64",
            [("binary cross-entropy", "bce"), ("pairwise logistic", "pairwise"), ("UniLoss (defaults)", "uniloss")]),
