@@ -83,7 +83,7 @@ class UniLoss(nn.Module):
         pull_weights: ``"metric"`` (default: a run of the pull weighs how much the metric
             changes when it alone toggles at the current configuration; balanced accuracy's pull
             is class-weighted cross-entropy) or ``"equal"`` (0.4; better on balanced classes
-            with a model too small for them); see :func:`uniloss.functional.uniloss`.
+            with fewer hidden units than classes); see :func:`uniloss.functional.uniloss`.
         interpolation: ``"chain"`` (default since 0.8: the metric's Lovász extension along the
             chain of its comparisons, exact for the metrics of counts; measured ahead of the
             strongest baseline on mean IoU, balanced accuracy, NDCG@5 and PCK) or ``"anchors"``

@@ -1048,13 +1048,13 @@ def uniloss(
             ``docs/results/metric-wins/``, 0.5). The zoo's argmax metrics give them
             (:meth:`uniloss.decoders.Decoder.toggled`); every other built-in metric weighs its
             units alike or pulls on margins, and is unchanged. ``"equal"`` (0.4): every run
-            alike. The weights follow the model's predictions (a class predicted less weighs
-            more), which costs a model too small for balanced classes: an MLP of 8 hidden units on
-            scikit-learn's 10 digits scores macro-F1 2.6 points below cross-entropy with
-            ``"metric"`` and 0.3 below with ``"equal"`` (level at 128 hidden units;
-            ``docs/results/metric-wins/capacity-pull-weights.md``). On balanced classes and a
-            small model, prefer ``"equal"``; on imbalanced ones keep ``"metric"`` (``"equal"``
-            loses about 2 points of balanced accuracy there).
+            alike. The weights follow the model's predictions (for macro-F1, a class predicted
+            less weighs more), which costs a model with fewer hidden units than balanced classes:
+            an MLP of 8 hidden units on scikit-learn's 10 digits scores macro-F1 2.6 points below
+            cross-entropy with ``"metric"`` and 0.3 below with ``"equal"`` (both level with it
+            from 32 hidden units; ``docs/results/metric-wins/capacity-pull-weights.md``). There,
+            prefer ``"equal"``; on imbalanced classes keep ``"metric"`` (``"equal"`` loses about 2
+            points of balanced accuracy there at every size).
         step: how the interpolation's push and the pull's make one step. ``"pull"`` (default
             since 0.3): the whole gradient is multiplied by ``P / (P + I)``, ``P`` the pull's total
             push and ``I`` the interpolation's, both on the variables the pull is taken on, so a
