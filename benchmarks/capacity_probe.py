@@ -88,8 +88,8 @@ def _plot(rows, out):
         return None
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     cols = min(2, len(metrics))
-    fig, axes = plt.subplots((len(metrics) + cols - 1) // cols, cols, figsize=(5.5 * cols, 3.6 * ((len(metrics) + 1) // 2)),
-                             squeeze=False)
+    grid = (len(metrics) + cols - 1) // cols
+    fig, axes = plt.subplots(grid, cols, figsize=(5.5 * cols, 3.6 * grid), squeeze=False)
     for ax, metric in zip(axes.reshape(-1), metrics):
         per = [r for r in rows if r["metric"] == metric]
         xs = list(range(len(per)))
