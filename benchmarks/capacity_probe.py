@@ -16,7 +16,10 @@ baseline) shrinks as the model grows.
 
 Four metric-wins tasks, at their quick schedules and recipes (SGD, momentum 0.9, batch 128), with
 the model's hidden widths varied (``--models``: names; ``linear``: none) and the data drawn again
-(``--draws``; network seed ``--seed``), so the spread is the data's and the initialisation's:
+(``--draws``; network seed ``--seed``), so the spread is the data's and the initialisation's;
+``--batches`` trains each model with other batch sizes too, at the recipes' learning rates and
+epochs (so a smaller batch takes more, noisier steps, and holds fewer positives or samples of a
+class: the metric of a batch is then a coarser estimate of the data set's):
 
 * ``ap``, ``f1``: the ``imb-ap`` / ``imb-f1`` data (``make_classification``, 5% positives, 2%
   random labels, 20 features, two clusters a class, ``random_state`` the draw; 20 epochs, lr
@@ -25,6 +28,9 @@ the model's hidden widths varied (``--models``: names; ``linear``: none) and the
   tuned on the validation split, UniLoss (``zoo.f_beta(1, threshold=0)``) at logit 0.
 * ``macro-f1``: the ``digits-f1`` task (scikit-learn's digits, the train/test split of the draw;
   30 epochs): cross-entropy, UniLoss (``zoo.macro_f1(10)``).
+* ``pairs-f1``: the ``pairs-f1`` probe task (MNIST digit pairs, 100 balanced classes, 5 epochs;
+  not in the default ``--metrics``): cross-entropy, UniLoss (``zoo.macro_f1(100)``). Its data set
+  is fixed, so there a draw seeds the network and the batches (``--seed`` plus the draw).
 * ``bal-acc``: the ``bal-acc`` task's imbalanced MNIST (digit ``c`` keeps ``0.6 ** c`` of its
   images, drawn at random with the draw as seed, as the ``bal-acc-draws`` probe; 5 epochs):
   cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.balanced_accuracy(10)``).
@@ -40,7 +46,7 @@ import json
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 
@@ -48,6 +54,7 @@ from uniloss.experiments.reproduce import machine
 
 BINARY_MODELS = {"linear": (), "8": (8,), "64-64": (64, 64), "256-256": (256, 256)}  # hidden widths
 CLASS_MODELS = {"linear": (), "8": (8,), "32": (32,), "128": (128,), "512": (512,)}
+PAIRS_MODELS = {"32": (32,), "64": (64,), "128": (128,), "512": (512,)}
 TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first the usual loss, the last UniLoss
     "ap": ("imb-ap: test AP", BINARY_MODELS, "64-64",
            [("binary cross-entropy", "bce"), ("pairwise logistic", "pairwise"), ("UniLoss (defaults)", "uniloss")]),
@@ -58,20 +65,34 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
                  [("cross-entropy", "ce"), ("UniLoss (defaults)", "uniloss")]),
     "bal-acc": ("bal-acc (random images): test balanced accuracy", CLASS_MODELS, "128",
                 [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"), ("UniLoss (defaults)", "uniloss")]),
+    "pairs-f1": ("pairs-f1: test macro-F1, 100 classes", PAIRS_MODELS, "512",
+                 [("cross-entropy", "ce"), ("UniLoss (defaults)", "uniloss")]),
 }
 
 
 def _one(job):
+    from uniloss import zoo
     from uniloss.experiments import metric_wins as mw
 
     torch.set_num_threads(1)
-    metric, model, loss, draw, seed, options = job
+    metric, (model, batch), loss, draw, seed, options, scale = job
     hidden, options = TASKS[metric][1][model], json.loads(options)
+    mw._LR_SCALE = scale  # (the suite's --lr-scales)
     if metric == "macro-f1":
-        return mw.run_digits_f1(loss, seed, True, options, draw=draw, hidden=hidden)[-1]
+        return mw.run_digits_f1(loss, seed, True, options, draw=draw, hidden=hidden, batch=batch)[-1]
+    if metric == "pairs-f1":  # one data set (MNIST's pairs): the draw seeds the network and the batches
+        return mw.run_pairs(loss, seed + draw, True, options, metric=zoo.macro_f1(100), hidden=hidden,
+                            batch=batch)[-1]
     if metric == "bal-acc":
-        return mw.run_imbalanced_mnist("balanced_accuracy", loss, seed, True, options, draw=draw, hidden=hidden)[-1]
-    return mw.run_imbalanced(metric, loss, seed, True, options, draw=draw, hidden=hidden)[-1]
+        return mw.run_imbalanced_mnist("balanced_accuracy", loss, seed, True, options, draw=draw, hidden=hidden,
+                                       batch=batch)[-1]
+    return mw.run_imbalanced(metric, loss, seed, True, options, draw=draw, hidden=hidden, batch=batch)[-1]
+
+
+def _name(setting):
+    """A setting's label: the model's name, and its batch size where it is not the suite's 128."""
+    model, batch = setting
+    return model if batch == 128 else f"{model}, batch {batch}"
 
 
 def _spread(values):
@@ -99,8 +120,10 @@ def _plot(rows, out):
             stds = [r[key]["std"] for r in per]
             ax.errorbar(xs, means, yerr=stds, marker=marker, capsize=3, label=label)
         ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xticks(xs, [r["model"] + (" (suite)" if r["model"] == TASKS[metric][2] else "") for r in per])
-        ax.set_xlabel("model (hidden widths)")
+        ax.set_xticks(xs, [_name((r["model"], r["batch"]))
+                           + (" (suite)" if (r["model"], r["batch"]) == (TASKS[metric][2], 128) else "") for r in per],
+                      rotation=20 if len(per) > 5 else 0, fontsize=8)
+        ax.set_xlabel("model (hidden widths)" + (", batch size" if any(r["batch"] != 128 for r in per) else ""))
         ax.set_ylabel("x100, UniLoss minus")
         ax.set_title(f"{TASKS[metric][0]}, mean ± std over draws", fontsize=9)
         ax.legend(fontsize=8)
@@ -115,35 +138,63 @@ def _plot(rows, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=None, help="names of the models to train (default: all)")
-    parser.add_argument("--metrics", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--metrics", nargs="+", default=[m for m in TASKS if m != "pairs-f1"], choices=list(TASKS))
+    parser.add_argument("--batches", type=int, nargs="+", default=[128],
+                        help="batch sizes to train each model with (the suite's: 128; the learning rate stays the recipe's)")
+    parser.add_argument("--lr-scales", type=float, nargs="+", default=[1.0],
+                        help="train at each recipe's learning rate times each scale; each loss is then reported at "
+                             "the scale with its best mean over the draws (chosen on the test metric, alike for all)")
     parser.add_argument("--draws", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--seed", type=int, default=1, help="network seed on every draw")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (1: in this process)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="also train UniLoss with these keywords (a row 'UniLoss, NAME' beside the defaults)")
     parser.add_argument("--out", default="docs/results/metric-wins/capacity")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     start = time.time()
-    models = {m: [h for h in TASKS[m][1] if args.models is None or h in args.models] for m in args.metrics}
+    models = {m: [(h, b) for h in TASKS[m][1] if args.models is None or h in args.models for b in args.batches]
+              for m in args.metrics}
     variants = [(f"UniLoss, {name}", "uniloss", json.dumps(json.loads(options), sort_keys=True))
                 for name, options in (v.split("=", 1) for v in args.variant)]
     losses = {m: [(label, loss, "{}") for label, loss in TASKS[m][3]] + variants for m in args.metrics}
-    jobs = [(m, h, loss, d, args.seed, options) for m in args.metrics for h in models[m]
-            for _, loss, options in losses[m] for d in args.draws]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        values = dict(zip(jobs, pool.map(_one, jobs)))
+    jobs = [(m, h, loss, d, args.seed, options, x) for m in args.metrics for h in models[m]
+            for _, loss, options in losses[m] for x in args.lr_scales for d in args.draws]
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is a convenience
+        tqdm = None
+    bar = tqdm(total=len(jobs), desc="runs", unit="run") if tqdm is not None else None
+    values = {}
+    if args.jobs <= 1:  # in this process
+        for job in jobs:
+            values[job] = _one(job)
+            if bar is not None:
+                bar.update(1)
+    else:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(_one, job): job for job in jobs}
+            for future in as_completed(futures):
+                values[futures[future]] = future.result()
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
     rows = []
     for metric in args.metrics:
         for model in models[metric]:
-            per = {label: [100 * values[(metric, model, loss, d, args.seed, options)] for d in args.draws]
-                   for label, loss, options in losses[metric]}
+            at = {(label, x): [100 * values[(metric, model, loss, d, args.seed, options, x)] for d in args.draws]
+                  for label, loss, options in losses[metric] for x in args.lr_scales}
+            scale = {label: max(args.lr_scales, key=lambda x: statistics.mean(at[(label, x)]))
+                     for label, _, _ in losses[metric]}  # each loss at its best scale (the only one by default)
+            per = {label: at[(label, scale[label])] for label, _, _ in losses[metric]}
             labels = [label for label, _ in TASKS[metric][3]]  # (the variants' rows: after these)
             uni, usual, others = per[labels[-1]], per[labels[0]], labels[:-1]
             best = max(others, key=lambda k: statistics.mean(per[k]))  # the strongest other row on this model
-            row = dict(metric=metric, model=model, hidden=list(TASKS[metric][1][model]), per_draw=per,
+            row = dict(metric=metric, model=model[0], batch=model[1], hidden=list(TASKS[metric][1][model[0]]), per_draw=per,
                        mean={k: statistics.mean(v) for k, v in per.items()},
-                       std={k: _spread(v) for k, v in per.items()}, strongest=best)
+                       std={k: _spread(v) for k, v in per.items()}, strongest=best, lr_scale=scale,
+                       per_scale={f"{k} x{x:g}": v for (k, x), v in at.items()} if len(args.lr_scales) > 1 else None)
             for key, ref in (("vs_usual", usual), ("vs_best", per[best])):
                 diff = [u - r for u, r in zip(uni, ref)]
                 row[key] = dict(per_draw=diff, mean=statistics.mean(diff), std=_spread(diff),
@@ -153,19 +204,24 @@ def main(argv=None):
                 row.setdefault("variants_vs_defaults", {})[label] = dict(
                     per_draw=diff, mean=statistics.mean(diff), std=_spread(diff), ahead=sum(d > 0 for d in diff))
             rows.append(row)
-            print(f"{metric} {model:8s} " + "  ".join(f"{k} {row['mean'][k]:.2f}" for k in per)
+            print(f"{metric} {_name(model):8s} " + "  ".join(f"{k} {row['mean'][k]:.2f}" for k in per)
                   + f"  UniLoss - {best}: {row['vs_best']['mean']:+.2f} ± {row['vs_best']['std']:.2f}"
                   + f" ({row['vs_best']['ahead']}/{len(args.draws)})", flush=True)
     command = "python benchmarks/capacity_probe.py" + ("" if not argv else " " + " ".join(argv))
     report = dict(table="capacity", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
-                  date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, seed=args.seed, epochs=20,
+                  date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, seed=args.seed, batches=args.batches,
+                  lr_scales=args.lr_scales,
                   minutes=round((time.time() - start) / 60, 1), rows=rows)
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
     figure = _plot(rows, args.out)
-    lines = ["# UniLoss against the usual loss as the model grows", "",
+    batches = "" if args.batches == [128] else f" and batch sizes {args.batches}"
+    batches += ("" if args.lr_scales == [1.0] else f", each loss at its best of the recipes' learning rates times "
+                f"{args.lr_scales} (the scale in brackets; chosen on the mean test metric over the draws, alike for "
+                f"every loss)")
+    lines = ["# UniLoss against the usual loss as the model grows" + (" and the batch size varies" if batches else ""), "",
              f"Four metric-wins tasks (quick schedules) with the model's hidden widths varied (the suite's model "
-             f"marked) on draws {args.draws} of their data, network seed {args.seed}; the tasks, losses and "
+             f"marked){batches} on draws {args.draws} of their data, network seed {args.seed}; the tasks, losses and "
              f"data draws: `python benchmarks/capacity_probe.py --help`. Test metric x100, mean ± "
              f"std over the draws; UniLoss minus the usual loss and minus the strongest other row (the one "
              f"with the best mean on that model), draw by draw, and the draws where UniLoss is ahead. "
@@ -179,8 +235,10 @@ def main(argv=None):
                   "|---|" + "---|" * (len(labels) + 2 + len(extra))]
         for r in (r for r in rows if r["metric"] == metric):
             n = len(r["vs_usual"]["per_draw"])
-            mark = " (the suite's)" if r["model"] == TASKS[metric][2] else ""
-            lines.append(f"| {r['model']}{mark} | " + " | ".join(f"{r['mean'][k]:.2f} ± {r['std'][k]:.2f}" for k in labels)
+            mark = " (the suite's)" if (r["model"], r["batch"]) == (TASKS[metric][2], 128) else ""
+            lines.append(f"| {_name((r['model'], r['batch']))}{mark} | " + " | ".join(f"{r['mean'][k]:.2f} ± {r['std'][k]:.2f}"
+                                                                            + ("" if len(args.lr_scales) == 1 else f" (x{r['lr_scale'][k]:g})")
+                                                                            for k in labels)
                          + f" | {r['vs_usual']['mean']:+.2f} ± {r['vs_usual']['std']:.2f} ({r['vs_usual']['ahead']} of {n})"
                          + f" | {r['vs_best']['mean']:+.2f} ± {r['vs_best']['std']:.2f} ({r['vs_best']['ahead']} of {n};"
                          + f" {r['strongest']}) |"

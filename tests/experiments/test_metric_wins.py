@@ -4,6 +4,7 @@ import itertools
 import math
 import json
 import statistics
+import types
 
 import pytest
 import torch
@@ -310,6 +311,12 @@ def test_the_validation_ap_of_each_epoch_leaves_the_run_unchanged():
     assert validation[-1] == pytest.approx(expected, abs=1e-6)
 
 
+def _fake_pairs():
+    """A stand-in for the digit pairs' data set: four training and two test images of 28 x 56."""
+    return types.SimpleNamespace(x_train=torch.zeros(4, 1568), y_train=torch.arange(4), x_test=torch.zeros(2, 1568),
+                                 y_test=torch.arange(2))
+
+
 def test_the_binary_digits_and_bal_acc_models_are_the_suites_unless_hidden_widths_are_given(monkeypatch):
     # benchmarks/capacity_probe.py varies the model; the suite keeps 20-64-64-1
     built = []
@@ -330,9 +337,39 @@ def test_the_binary_digits_and_bal_acc_models_are_the_suites_unless_hidden_width
     M.run_digits_f1("ce", 0, True, {}, hidden=())
     M.run_balanced("ce", 0, True, {})
     M.run_imbalanced_mnist("balanced_accuracy", "ce", 0, True, {}, hidden=(8,))
+    from uniloss.experiments import multiclass  # and the pairs (the suite's: one hidden layer of 512)
+
+    monkeypatch.setattr(multiclass, "load_digit_pairs", lambda data_dir, device: _fake_pairs())
+    M.run_pairs("ce", 0, True, {})
+    M.run_pairs("ce", 0, True, {}, hidden=(64,))
     widths = [[(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
               for model in builds]
-    assert widths == [[(64, 128), (128, 10)], [(64, 10)], [(784, 128), (128, 10)], [(784, 8), (8, 10)]]
+    assert widths == [[(64, 128), (128, 10)], [(64, 10)], [(784, 128), (128, 10)], [(784, 8), (8, 10)],
+                      [(1568, 512), (512, 100)], [(1568, 64), (64, 100)]]
+
+
+def test_the_batch_size_is_the_suites_128_unless_given(monkeypatch):
+    # benchmarks/capacity_probe.py --batches varies it; the recipe's learning rate stays
+    sizes = []
+    monkeypatch.setattr(M, "shuffled", lambda n, batch, gen: sizes.append(batch) or [])
+    monkeypatch.setattr(M, "fit", lambda *args, **kwargs: [0.5])
+    M.run_imbalanced("f1", "bce", 0, True, {})
+    M.run_imbalanced("f1", "bce", 0, True, {}, batch=16)
+    assert sizes == [128, 16]
+    given = []
+    monkeypatch.setattr(M, "_run_classes", lambda *args, batch=128, **kwargs: given.append(batch) or [0.5])
+    monkeypatch.setattr(M, "imbalanced_mnist", lambda draw=None: (torch.zeros(4, 784), torch.arange(4),
+                                                                  torch.zeros(2, 784), torch.arange(2)))
+    M.run_digits_f1("ce", 0, True, {})
+    M.run_digits_f1("ce", 0, True, {}, batch=32)
+    M.run_balanced("ce", 0, True, {})
+    M.run_imbalanced_mnist("balanced_accuracy", "ce", 0, True, {}, batch=512)
+    from uniloss.experiments import multiclass
+
+    monkeypatch.setattr(multiclass, "load_digit_pairs", lambda data_dir, device: _fake_pairs())
+    M.run_pairs("ce", 0, True, {})
+    M.run_pairs("ce", 0, True, {}, batch=64)
+    assert given == [128, 32, 128, 512, 128, 64]
 
 
 def _spy_first_argument(monkeypatch, name):
@@ -548,3 +585,36 @@ def test_the_plug_in_probe_weighs_positives_1_plus_beta2_minus_f_and_negatives_f
     assert M.parse_variant('p={"plug_in": 0.99}') == ("p", {"plug_in": 0.99})
     with pytest.raises(ValueError, match="f_beta"):
         M._PlugInWeights(zoo.macro_f1(3), 0.9)
+
+
+def test_the_capacity_probe_reports_each_loss_at_its_best_scale_and_the_differences_draw_by_draw(tmp_path, monkeypatch):
+    # benchmarks/capacity_probe.py's bookkeeping, with the trainings replaced by a known table
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "capacity_probe.py"
+    spec = importlib.util.spec_from_file_location("capacity_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    final = {("ce", 0.5): 0.90, ("ce", 1.0): 0.92, ("ce-weighted", 0.5): 0.95, ("ce-weighted", 1.0): 0.93,
+             ("uniloss", 0.5): 0.96, ("uniloss", 1.0): 0.91}
+
+    def fake(job):
+        metric, (model, batch), loss, draw, seed, options, scale = job
+        assert metric == "bal-acc" and model == "8" and seed == 1 and options == "{}"
+        return final[(loss, scale)] + 0.01 * draw + (0.001 if batch == 16 else 0.0)
+
+    monkeypatch.setattr(probe, "_one", fake)
+    report = probe.main(["--metrics", "bal-acc", "--models", "8", "--batches", "16", "128", "--lr-scales", "0.5", "1",
+                         "--draws", "0", "1", "--jobs", "1", "--out", str(tmp_path / "probe")])
+    small, suite = report["rows"]
+    assert (small["batch"], suite["batch"]) == (16, 128) and report["lr_scales"] == [0.5, 1.0]
+    assert suite["lr_scale"] == {"cross-entropy": 1.0, "class-weighted CE": 0.5, "UniLoss (defaults)": 0.5}
+    assert suite["mean"]["UniLoss (defaults)"] == pytest.approx(96.5)
+    assert suite["strongest"] == "class-weighted CE"
+    assert suite["vs_best"]["per_draw"] == pytest.approx([1.0, 1.0]) and suite["vs_best"]["ahead"] == 2
+    assert suite["vs_usual"]["mean"] == pytest.approx(4.0)
+    assert small["mean"]["cross-entropy"] == pytest.approx(92.6)  # (every run of batch 16: +0.1)
+    table = (tmp_path / "probe.md").read_text()
+    assert "| 8, batch 16 | 92.60 ± 0.71 (x1) | 95.60 ± 0.71 (x0.5) | 96.60 ± 0.71 (x0.5) |" in table
+    assert "| 8 | 92.50 ± 0.71 (x1) |" in table

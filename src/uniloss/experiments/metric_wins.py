@@ -70,6 +70,8 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
   grades 0-2; the losses of ``ndcg10-graded``. The suite's rankings have 0/1 relevance.
 * ``dice``: the ``seg-miou`` task on ``zoo.dice(2)``.
 * ``top5``: the ``pairs-acc`` task on ``zoo.top_k_accuracy(5)``.
+* ``pairs-f1``: the ``pairs-acc`` task on ``zoo.macro_f1(100)`` (about one sample of a class in a
+  batch of 128).
 
 Every run uses one thread; ``--jobs`` runs go side by side. ``results.json`` follows the
 reproduction schema (``rows`` of dataset, loss, metric, mean, std, seeds, paper) with ``kind``
@@ -596,12 +598,13 @@ _TUNED = {"f1-tuned": 1.0, "f2-tuned": 2.0}
 
 def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict,
                    validation: Optional[List[float]] = None, draw: int = 0, hidden: Sequence[int] = (64, 64),
-                   **data) -> List[float]:
+                   batch: int = 128, **data) -> List[float]:
     """An ``imb-ap`` (``metric="ap"``) or ``imb-f1`` (``"f1"``) run: the held-out metric per epoch;
     ``draw``: the data set's draw (``make_classification``'s ``random_state``; the suite's tasks
     fix draw 0, the ``-draws`` probes draw one per seed); ``data``: other keywords of
     :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them); ``hidden``: the
-    MLP's hidden widths (``()``: a linear model; ``benchmarks/capacity_probe.py`` varies them).
+    MLP's hidden widths (``()``: a linear model; ``benchmarks/capacity_probe.py`` varies them, and
+    ``batch``, the batch size).
     ``validation``: a list that receives the validation split's AP after each epoch (the epoch a
     practitioner's early stopping would keep; ``benchmarks/early_stopping_probe.py``).
     The probe tasks also train and score ``"f2"`` (F2 at logit 0), ``"auroc"``, and ``"f1-tuned"``
@@ -628,7 +631,7 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
 
     epochs = 20 if quick else 40
     opt = sgd(model, 0.1)
-    return fit(model, opt, shuffled(len(ytr), 128, gen),
+    return fit(model, opt, shuffled(len(ytr), batch, gen),
                lambda m, idx: fn(_binary_logits(m, xtr[idx]), ytr[idx]), epochs, evaluate, cosine(opt, epochs))
 
 
@@ -694,28 +697,31 @@ def run_fashion(loss: str, seed: int, quick: bool, options: dict, data_dir: Opti
 
 
 def run_pairs(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None,
-              metric: Optional[uniloss.Decomposition] = None) -> List[float]:
+              metric: Optional[uniloss.Decomposition] = None, hidden: Sequence[int] = (512,),
+              batch: int = 128) -> List[float]:
     """The ``pairs-acc`` task; ``metric``: another metric of the zoo to train and score (the probe
-    task ``top5``: ``zoo.top_k_accuracy(5)``), accuracy by default."""
+    tasks ``top5``: ``zoo.top_k_accuracy(5)``, ``pairs-f1``: ``zoo.macro_f1(100)``), accuracy by
+    default; ``hidden``: the MLP's hidden widths and ``batch`` the batch size
+    (``benchmarks/capacity_probe.py`` varies them)."""
     from .multiclass import load_digit_pairs
 
     s = load_digit_pairs(data_dir, torch.device("cpu"))
     xtr, xte = s.x_train.float() / 255.0, s.x_test.float() / 255.0
     decomposition = uniloss.MulticlassAccuracy() if metric is None else metric
-    return _run_classes(xtr, s.y_train, xte, s.y_test, lambda: mlp(1568, 512, 100),
+    return _run_classes(xtr, s.y_train, xte, s.y_test, lambda: mlp(1568, *hidden, 100),
                         _accuracy if metric is None else metric.metric, loss, seed, options,
-                        decomposition=decomposition, epochs=5 if quick else 15)
+                        decomposition=decomposition, epochs=5 if quick else 15, batch=batch)
 
 
 def run_digits_f1(loss: str, seed: int, quick: bool, options: dict, draw: int = 0,
-                  hidden: Sequence[int] = (128,)) -> List[float]:
+                  hidden: Sequence[int] = (128,), batch: int = 128) -> List[float]:
     """The ``digits-f1`` task; ``draw``: the train/test split's (the suite's task fixes 0, the
     ``digits-f1-draws`` probe splits again for each seed); ``hidden``: the MLP's hidden widths
-    (``()``: linear; ``benchmarks/capacity_probe.py``)."""
+    (``()``: linear) and ``batch`` the batch size (``benchmarks/capacity_probe.py``)."""
     xtr, xte, ytr, yte = digits_split(draw, test_size=0.25)
     metric = zoo.macro_f1(10)
     return _run_classes(xtr, ytr, xte, yte, lambda: mlp(64, *hidden, 10), metric.metric, loss, seed, options,
-                        decomposition=metric, epochs=30)
+                        decomposition=metric, epochs=30, batch=batch)
 
 
 def noisy_labels(y: Tensor, noise: float, num_classes: int, generator: torch.Generator) -> Tensor:
@@ -764,16 +770,16 @@ def run_balanced(loss: str, seed: int, quick: bool, options: dict, draw: Optiona
 
 
 def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict,
-                         draw: Optional[int] = None, hidden: Sequence[int] = (128,)) -> List[float]:
+                         draw: Optional[int] = None, hidden: Sequence[int] = (128,), batch: int = 128) -> List[float]:
     """The ``bal-acc`` task's data, model and recipe (:func:`imbalanced_mnist`; ``draw``: its
     images drawn at random) trained and scored on the zoo's ``metric_name``
     (``"balanced_accuracy"``, ``"macro_f1"``, ``"matthews_corrcoef"`` of 10 classes); ``loss``
     ``"ce"``, ``"ce-weighted"`` or ``"uniloss"`` (with ``options``); ``hidden``: the MLP's hidden
-    widths (``()``: linear; ``benchmarks/capacity_probe.py``)."""
+    widths (``()``: linear) and ``batch`` the batch size (``benchmarks/capacity_probe.py``)."""
     xtr, ytr, xte, yte = imbalanced_mnist(draw=draw)
     metric = getattr(zoo, metric_name)(10)
     return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, *hidden, 10), metric.metric, loss, seed, options,
-                        decomposition=metric, epochs=5 if quick else 15)
+                        decomposition=metric, epochs=5 if quick else 15, batch=batch)
 
 
 def _ranking_loss(loss: str, fn: Optional[Callable[..., Tensor]], s: Tensor, rel: Tensor, query: Tensor,
@@ -982,6 +988,9 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
          weight=3.0, suite=False),
     Task("top5", "test top-5 accuracy", "MNIST digit pairs, 100 classes",
          lambda loss, seed, quick, options: run_pairs(loss, seed, quick, options, metric=zoo.top_k_accuracy(5)),
+         {"cross-entropy": ("usual", "ce"), **_UNI}, weight=4.0, suite=False),
+    Task("pairs-f1", "test macro-F1", "MNIST digit pairs, 100 classes",
+         lambda loss, seed, quick, options: run_pairs(loss, seed, quick, options, metric=zoo.macro_f1(100)),
          {"cross-entropy": ("usual", "ce"), **_UNI}, weight=4.0, suite=False),
 ]}
 SUITE = [name for name, task in TASKS.items() if task.suite]
