@@ -555,6 +555,12 @@ def balanced_accuracy(num_classes: int, *, pairs: str = "target") -> DecodedMetr
     right, so the default decoder ``Argmax(pairs="target")`` needs ``C-1`` comparisons per sample.
     Reference: ``sklearn.metrics.balanced_accuracy_score``.
 
+    As a loss, the batch's balanced accuracy weighs a sample by one over its class's count in the
+    batch: a class expected less than once a batch is weighted only when it appears, so with small
+    batches (16-32 on imbalanced MNIST) it corrects the class prior less than class-weighted
+    cross-entropy and, like it, wants a lower learning rate; batches of 128 or more avoid both
+    (``docs/results/metric-wins/batch-size.md``).
+
     Shapes: ``scores [n, num_classes]`` float, ``target [n]`` int64 in ``[0, num_classes)``.
 
     Example::
