@@ -215,12 +215,14 @@ def main(argv=None):
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
     figure = _plot(rows, args.out)
-    batches = "" if args.batches == [128] else f" and batch sizes {args.batches}"
-    batches += ("" if args.lr_scales == [1.0] else f", each loss at its best of the recipes' learning rates times "
-                f"{args.lr_scales} (the scale in brackets; chosen on the mean test metric over the draws, alike for "
-                f"every loss)")
-    lines = ["# UniLoss against the usual loss as the model grows" + (" and the batch size varies" if batches else ""), "",
-             f"Four metric-wins tasks (quick schedules) with the model's hidden widths varied (the suite's model "
+    batches = "" if args.batches == [128] else f" and batch sizes {args.batches} (the recipes' learning rates)"
+    if args.lr_scales != [1.0]:
+        batches = (batches.replace(" (the recipes' learning rates)", "") + f", each loss at its best of the recipes' "
+                   f"learning rates times {args.lr_scales} (the scale in brackets; chosen on the mean test metric "
+                   f"over the draws, alike for every loss)")
+    varied = args.batches != [128]
+    lines = ["# UniLoss against the usual loss as the model grows" + (" and the batch size varies" if varied else ""), "",
+             f"Metric-wins tasks (quick schedules) with the model's hidden widths varied (the suite's model "
              f"marked){batches} on draws {args.draws} of their data, network seed {args.seed}; the tasks, losses and "
              f"data draws: `python benchmarks/capacity_probe.py --help`. Test metric x100, mean ± "
              f"std over the draws; UniLoss minus the usual loss and minus the strongest other row (the one "

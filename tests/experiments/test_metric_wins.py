@@ -317,6 +317,11 @@ def _fake_pairs():
                                  y_test=torch.arange(2))
 
 
+def _fake_imbalanced_mnist(draw=None):
+    """A stand-in for :func:`imbalanced_mnist`: four training and two test images of 784 pixels."""
+    return torch.zeros(4, 784), torch.arange(4), torch.zeros(2, 784), torch.arange(2)
+
+
 def test_the_binary_digits_and_bal_acc_models_are_the_suites_unless_hidden_widths_are_given(monkeypatch):
     # benchmarks/capacity_probe.py varies the model; the suite keeps 20-64-64-1
     built = []
@@ -331,8 +336,7 @@ def test_the_binary_digits_and_bal_acc_models_are_the_suites_unless_hidden_width
     builds = []
     monkeypatch.setattr(M, "_run_classes", lambda xtr, ytr, xte, yte, build, *args, **kwargs: builds.append(build())
                         or [0.5])
-    monkeypatch.setattr(M, "imbalanced_mnist", lambda draw=None: (torch.zeros(4, 784), torch.arange(4),
-                                                                  torch.zeros(2, 784), torch.arange(2)))
+    monkeypatch.setattr(M, "imbalanced_mnist", _fake_imbalanced_mnist)
     M.run_digits_f1("ce", 0, True, {})
     M.run_digits_f1("ce", 0, True, {}, hidden=())
     M.run_balanced("ce", 0, True, {})
@@ -358,8 +362,7 @@ def test_the_batch_size_is_the_suites_128_unless_given(monkeypatch):
     assert sizes == [128, 16]
     given = []
     monkeypatch.setattr(M, "_run_classes", lambda *args, batch=128, **kwargs: given.append(batch) or [0.5])
-    monkeypatch.setattr(M, "imbalanced_mnist", lambda draw=None: (torch.zeros(4, 784), torch.arange(4),
-                                                                  torch.zeros(2, 784), torch.arange(2)))
+    monkeypatch.setattr(M, "imbalanced_mnist", _fake_imbalanced_mnist)
     M.run_digits_f1("ce", 0, True, {})
     M.run_digits_f1("ce", 0, True, {}, batch=32)
     M.run_balanced("ce", 0, True, {})

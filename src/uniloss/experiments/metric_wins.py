@@ -603,8 +603,8 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
     ``draw``: the data set's draw (``make_classification``'s ``random_state``; the suite's tasks
     fix draw 0, the ``-draws`` probes draw one per seed); ``data``: other keywords of
     :func:`imbalanced_binary` (``benchmarks/label_noise_probe.py`` varies them); ``hidden``: the
-    MLP's hidden widths (``()``: a linear model; ``benchmarks/capacity_probe.py`` varies them, and
-    ``batch``, the batch size).
+    MLP's hidden widths (``()``: a linear model) and ``batch`` the batch size
+    (``benchmarks/capacity_probe.py`` varies them).
     ``validation``: a list that receives the validation split's AP after each epoch (the epoch a
     practitioner's early stopping would keep; ``benchmarks/early_stopping_probe.py``).
     The probe tasks also train and score ``"f2"`` (F2 at logit 0), ``"auroc"``, and ``"f1-tuned"``
