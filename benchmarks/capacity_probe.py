@@ -34,6 +34,8 @@ class: the metric of a batch is then a coarser estimate of the data set's):
 * ``bal-acc``: the ``bal-acc`` task's imbalanced MNIST (digit ``c`` keeps ``0.6 ** c`` of its
   images, drawn at random with the draw as seed, as the ``bal-acc-draws`` probe; 5 epochs):
   cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.balanced_accuracy(10)``).
+* ``imb-macro-f1``: the same data scored by macro-F1 (no suite task; not in the default
+  ``--metrics``): cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.macro_f1(10)``).
 
 UniLoss at its defaults everywhere. Test metric x100; differences draw by draw (same
 initialisation and batches).
@@ -67,7 +69,10 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
                 [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"), ("UniLoss (defaults)", "uniloss")]),
     "pairs-f1": ("pairs-f1: test macro-F1, 100 classes", PAIRS_MODELS, "512",
                  [("cross-entropy", "ce"), ("UniLoss (defaults)", "uniloss")]),
+    "imb-macro-f1": ("imbalanced MNIST (random images): test macro-F1", CLASS_MODELS, None,  # no suite task
+                     [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"), ("UniLoss (defaults)", "uniloss")]),
 }
+PROBES_ONLY = ("pairs-f1", "imb-macro-f1")  # not in the default --metrics
 
 
 def _one(job):
@@ -83,8 +88,8 @@ def _one(job):
     if metric == "pairs-f1":  # one data set (MNIST's pairs): the draw seeds the network and the batches
         return mw.run_pairs(loss, seed + draw, True, options, metric=zoo.macro_f1(100), hidden=hidden,
                             batch=batch)[-1]
-    if metric == "bal-acc":
-        return mw.run_imbalanced_mnist("balanced_accuracy", loss, seed, True, options, draw=draw, hidden=hidden,
+    if metric in ("bal-acc", "imb-macro-f1"):
+        return mw.run_imbalanced_mnist("balanced_accuracy" if metric == "bal-acc" else "macro_f1", loss, seed, True, options, draw=draw, hidden=hidden,
                                        batch=batch)[-1]
     return mw.run_imbalanced(metric, loss, seed, True, options, draw=draw, hidden=hidden, batch=batch)[-1]
 
@@ -138,7 +143,7 @@ def _plot(rows, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=None, help="names of the models to train (default: all)")
-    parser.add_argument("--metrics", nargs="+", default=[m for m in TASKS if m != "pairs-f1"], choices=list(TASKS))
+    parser.add_argument("--metrics", nargs="+", default=[m for m in TASKS if m not in PROBES_ONLY], choices=list(TASKS))
     parser.add_argument("--batches", type=int, nargs="+", default=[128],
                         help="batch sizes to train each model with (the suite's: 128; the learning rate stays the recipe's)")
     parser.add_argument("--lr-scales", type=float, nargs="+", default=[1.0],
@@ -199,10 +204,11 @@ def main(argv=None):
                 diff = [u - r for u, r in zip(uni, ref)]
                 row[key] = dict(per_draw=diff, mean=statistics.mean(diff), std=_spread(diff),
                                 ahead=sum(d > 0 for d in diff))
-            for label, _, _ in variants:  # each variant minus the defaults, draw by draw
-                diff = [v - u for v, u in zip(per[label], uni)]
-                row.setdefault("variants_vs_defaults", {})[label] = dict(
-                    per_draw=diff, mean=statistics.mean(diff), std=_spread(diff), ahead=sum(d > 0 for d in diff))
+            for label, _, _ in variants:  # each variant minus the defaults and the strongest other, draw by draw
+                for key, ref in (("variants_vs_defaults", uni), ("variants_vs_best", per[best])):
+                    diff = [v - u for v, u in zip(per[label], ref)]
+                    row.setdefault(key, {})[label] = dict(
+                        per_draw=diff, mean=statistics.mean(diff), std=_spread(diff), ahead=sum(d > 0 for d in diff))
             rows.append(row)
             print(f"{metric} {_name(model):8s} " + "  ".join(f"{k} {row['mean'][k]:.2f}" for k in per)
                   + f"  UniLoss - {best}: {row['vs_best']['mean']:+.2f} ± {row['vs_best']['std']:.2f}"
@@ -230,7 +236,7 @@ def main(argv=None):
              f"{report['machine']}; {report['date']}; {report['minutes']} minutes. Regenerate: `{command}`.", ""]
     for metric in args.metrics:
         labels = [label for label, _, _ in losses[metric]]
-        extra = [f"{label} - defaults" for label, _, _ in variants]
+        extra = [f"{label} - {ref}" for label, _, _ in variants for ref in ("defaults", "strongest other")]
         lines += [f"## {TASKS[metric][0]}", "",
                   "| model | " + " | ".join(labels) + " | UniLoss - usual | UniLoss - strongest other (which) |"
                   + "".join(f" {e} |" for e in extra),
@@ -245,7 +251,8 @@ def main(argv=None):
                          + f" | {r['vs_best']['mean']:+.2f} ± {r['vs_best']['std']:.2f} ({r['vs_best']['ahead']} of {n};"
                          + f" {r['strongest']}) |"
                          + "".join(f" {d['mean']:+.2f} ± {d['std']:.2f} ({d['ahead']} of {n}) |"
-                                   for d in r.get("variants_vs_defaults", {}).values()))
+                                   for label in r.get("variants_vs_defaults", {})
+                                   for d in (r["variants_vs_defaults"][label], r["variants_vs_best"][label])))
         lines.append("")
     if figure:
         name = figure.rsplit("/", 1)[-1]

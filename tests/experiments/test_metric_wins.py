@@ -10,6 +10,18 @@ import pytest
 import torch
 
 from uniloss.experiments import metric_wins as M
+
+
+def _benchmark(name):
+    """A script of benchmarks/ loaded as a module (they are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 from uniloss.experiments.cli import main as cli
 
 
@@ -182,14 +194,9 @@ def test_a_diverged_run_is_recorded_and_its_row_is_nan():
 
 
 def test_merging_reports_pools_their_runs(tmp_path):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "merge_metric_wins.py"
-    spec = importlib.util.spec_from_file_location("merge_metric_wins", path)
-    merge = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(merge)
+    merge = _benchmark("merge_metric_wins")
     base = dict(table="t", title="T", machine="m", date="d", seeds=[0, 1], jobs=1, quick=True)
 
     def part(name, loss, kind, lr, finals):
@@ -211,14 +218,9 @@ def test_merging_reports_pools_their_runs(tmp_path):
 
 def test_merging_reports_of_other_seeds_lists_them_all(tmp_path):
     """(The Fashion-MNIST ResNet-20 row: seed 0 and seed 1 were run in separate sessions.)"""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "merge_metric_wins.py"
-    spec = importlib.util.spec_from_file_location("merge_metric_wins", path)
-    merge = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(merge)
+    merge = _benchmark("merge_metric_wins")
     parts = []
     for seed, final in ((0, 0.939), (1, 0.941)):
         run = dict(task="fashion-acc", loss="cross-entropy", kind="usual", seed=seed, final=final, curve=[final],
@@ -592,27 +594,27 @@ def test_the_plug_in_probe_weighs_positives_1_plus_beta2_minus_f_and_negatives_f
 
 def test_the_capacity_probe_reports_each_loss_at_its_best_scale_and_the_differences_draw_by_draw(tmp_path, monkeypatch):
     # benchmarks/capacity_probe.py's bookkeeping, with the trainings replaced by a known table
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "capacity_probe.py"
-    spec = importlib.util.spec_from_file_location("capacity_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = _benchmark("capacity_probe")
     final = {("ce", 0.5): 0.90, ("ce", 1.0): 0.92, ("ce-weighted", 0.5): 0.95, ("ce-weighted", 1.0): 0.93,
              ("uniloss", 0.5): 0.96, ("uniloss", 1.0): 0.91}
 
     def fake(job):
         metric, (model, batch), loss, draw, seed, options, scale = job
-        assert metric == "bal-acc" and model == "8" and seed == 1 and options == "{}"
+        assert metric == "bal-acc" and model == "8" and seed == 1
+        if options != "{}":  # the variant: the defaults' run plus 0.002, minus 0.004 on draw 1
+            assert json.loads(options) == {"memory": 16} and loss == "uniloss"
+            return final[(loss, scale)] + 0.01 * draw + (0.001 if batch == 16 else 0.0) + 0.002 - 0.004 * draw
         return final[(loss, scale)] + 0.01 * draw + (0.001 if batch == 16 else 0.0)
 
     monkeypatch.setattr(probe, "_one", fake)
     report = probe.main(["--metrics", "bal-acc", "--models", "8", "--batches", "16", "128", "--lr-scales", "0.5", "1",
-                         "--draws", "0", "1", "--jobs", "1", "--out", str(tmp_path / "probe")])
+                         "--draws", "0", "1", "--jobs", "1", "--variant", 'm={"memory": 16}',
+                         "--out", str(tmp_path / "probe")])
     small, suite = report["rows"]
     assert (small["batch"], suite["batch"]) == (16, 128) and report["lr_scales"] == [0.5, 1.0]
-    assert suite["lr_scale"] == {"cross-entropy": 1.0, "class-weighted CE": 0.5, "UniLoss (defaults)": 0.5}
+    assert suite["lr_scale"] == {"cross-entropy": 1.0, "class-weighted CE": 0.5, "UniLoss (defaults)": 0.5,
+                                 "UniLoss, m": 0.5}
     assert suite["mean"]["UniLoss (defaults)"] == pytest.approx(96.5)
     assert suite["strongest"] == "class-weighted CE"
     assert suite["vs_best"]["per_draw"] == pytest.approx([1.0, 1.0]) and suite["vs_best"]["ahead"] == 2
@@ -621,3 +623,20 @@ def test_the_capacity_probe_reports_each_loss_at_its_best_scale_and_the_differen
     table = (tmp_path / "probe.md").read_text()
     assert "| 8, batch 16 | 92.60 ± 0.71 (x1) | 95.60 ± 0.71 (x0.5) | 96.60 ± 0.71 (x0.5) |" in table
     assert "| 8 | 92.50 ± 0.71 (x1) |" in table
+    # the variant draw by draw: minus the defaults (+0.2, -0.2) and minus class-weighted CE (+1.2, +0.8)
+    assert suite["variants_vs_defaults"]["UniLoss, m"]["per_draw"] == pytest.approx([0.2, -0.2])
+    assert suite["variants_vs_best"]["UniLoss, m"]["per_draw"] == pytest.approx([1.2, 0.8])
+    assert "| +0.00 ± 0.28 (1 of 2) | +1.00 ± 0.28 (2 of 2) |" in table
+
+
+def test_the_capacity_probe_scores_imbalanced_mnist_by_macro_f1(monkeypatch):
+    # the probe-only metric imb-macro-f1: the bal-acc data, trained and scored on the zoo's macro_f1
+
+    probe = _benchmark("capacity_probe")
+    calls = []
+    monkeypatch.setattr(M, "run_imbalanced_mnist", lambda *a, **k: calls.append((a, k)) or [0.5, 0.7])
+    for metric in ("imb-macro-f1", "bal-acc"):
+        assert probe._one((metric, ("32", 16), "ce-weighted", 3, 1, "{}", 1.0)) == 0.7
+    assert [a[:2] for a, _ in calls] == [("macro_f1", "ce-weighted"), ("balanced_accuracy", "ce-weighted")]
+    assert calls[0][1] == dict(draw=3, hidden=(32,), batch=16)
+    assert set(probe.PROBES_ONLY) <= set(probe.TASKS) and probe.TASKS["imb-macro-f1"][2] is None
