@@ -36,6 +36,11 @@ class: the metric of a batch is then a coarser estimate of the data set's):
   cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.balanced_accuracy(10)``).
 * ``imb-macro-f1``: the same data scored by macro-F1 (no suite task; not in the default
   ``--metrics``): cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.macro_f1(10)``).
+  The test split is balanced and the training split is not, so this is macro-F1 under a shift
+  of the class prior. ``imb-macro-f1-train-prior``: the same runs, the test macro-F1 at the
+  training split's class shares (each test sample weighed by its class's training share over
+  its test share: ``metric_wins.prior_weighted_macro_f1``), so the held-out data differ from
+  the training data by the sample only.
 
 UniLoss at its defaults everywhere. Test metric x100; differences draw by draw (same
 initialisation and batches).
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -71,8 +77,12 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
                  [("cross-entropy", "ce"), ("UniLoss (defaults)", "uniloss")]),
     "imb-macro-f1": ("imbalanced MNIST (random images): test macro-F1", CLASS_MODELS, None,  # no suite task
                      [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"), ("UniLoss (defaults)", "uniloss")]),
+    "imb-macro-f1-train-prior": ("imbalanced MNIST (random images): test macro-F1 at the training split's class shares",
+                                 CLASS_MODELS, None,
+                                 [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"),
+                                  ("UniLoss (defaults)", "uniloss")]),
 }
-PROBES_ONLY = ("pairs-f1", "imb-macro-f1")  # not in the default --metrics
+PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior")  # not in the default --metrics
 
 
 def _one(job):
@@ -88,9 +98,10 @@ def _one(job):
     if metric == "pairs-f1":  # one data set (MNIST's pairs): the draw seeds the network and the batches
         return mw.run_pairs(loss, seed + draw, True, options, metric=zoo.macro_f1(100), hidden=hidden,
                             batch=batch)[-1]
-    if metric in ("bal-acc", "imb-macro-f1"):
-        return mw.run_imbalanced_mnist("balanced_accuracy" if metric == "bal-acc" else "macro_f1", loss, seed, True, options, draw=draw, hidden=hidden,
-                                       batch=batch)[-1]
+    if metric in ("bal-acc", "imb-macro-f1", "imb-macro-f1-train-prior"):
+        return mw.run_imbalanced_mnist("balanced_accuracy" if metric == "bal-acc" else "macro_f1", loss, seed, True,
+                                       options, draw=draw, hidden=hidden, batch=batch,
+                                       test_prior="train" if metric.endswith("train-prior") else "balanced")[-1]
     return mw.run_imbalanced(metric, loss, seed, True, options, draw=draw, hidden=hidden, batch=batch)[-1]
 
 
@@ -124,6 +135,10 @@ def _plot(rows, out):
             means = [r[key]["mean"] for r in per]
             stds = [r[key]["std"] for r in per]
             ax.errorbar(xs, means, yerr=stds, marker=marker, capsize=3, label=label)
+        for variant in per[0].get("variants_vs_best", {}):  # a variant minus the strongest other row
+            ax.errorbar(xs, [r["variants_vs_best"][variant]["mean"] for r in per],
+                        yerr=[r["variants_vs_best"][variant]["std"] for r in per], marker="^", capsize=3,
+                        ls="--", label=f"{variant} minus the strongest other row")
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xticks(xs, [_name((r["model"], r["batch"]))
                            + (" (suite)" if (r["model"], r["batch"]) == (TASKS[metric][2], 128) else "") for r in per],
@@ -213,7 +228,7 @@ def main(argv=None):
             print(f"{metric} {_name(model):8s} " + "  ".join(f"{k} {row['mean'][k]:.2f}" for k in per)
                   + f"  UniLoss - {best}: {row['vs_best']['mean']:+.2f} ± {row['vs_best']['std']:.2f}"
                   + f" ({row['vs_best']['ahead']}/{len(args.draws)})", flush=True)
-    command = "python benchmarks/capacity_probe.py" + ("" if not argv else " " + " ".join(argv))
+    command = "python benchmarks/capacity_probe.py" + ("" if not argv else " " + shlex.join(argv))  # (shell-ready)
     report = dict(table="capacity", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, seed=args.seed, batches=args.batches,
                   lr_scales=args.lr_scales,

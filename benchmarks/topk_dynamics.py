@@ -8,7 +8,6 @@ across classes of the batch-mean logit) and the gradient norm, for each loss nam
     python benchmarks/topk_dynamics.py uniloss-top20 uniloss-frac20
 """
 import sys, torch
-import uniloss
 from uniloss.experiments.loop import train_epoch
 from uniloss.experiments.multiclass import load_digit_pairs, resnet20_for, multiclass_loss
 from uniloss.experiments.registry import MNIST_MEAN, MNIST_STD

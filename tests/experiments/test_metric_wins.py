@@ -627,6 +627,7 @@ def test_the_capacity_probe_reports_each_loss_at_its_best_scale_and_the_differen
     assert suite["variants_vs_defaults"]["UniLoss, m"]["per_draw"] == pytest.approx([0.2, -0.2])
     assert suite["variants_vs_best"]["UniLoss, m"]["per_draw"] == pytest.approx([1.2, 0.8])
     assert "| +0.00 ± 0.28 (1 of 2) | +1.00 ± 0.28 (2 of 2) |" in table
+    assert """--variant 'm={"memory": 16}' --out""" in report["command"]  # a command the shell takes as it is
 
 
 def test_the_capacity_probe_scores_imbalanced_mnist_by_macro_f1(monkeypatch):
@@ -635,8 +636,33 @@ def test_the_capacity_probe_scores_imbalanced_mnist_by_macro_f1(monkeypatch):
     probe = _benchmark("capacity_probe")
     calls = []
     monkeypatch.setattr(M, "run_imbalanced_mnist", lambda *a, **k: calls.append((a, k)) or [0.5, 0.7])
-    for metric in ("imb-macro-f1", "bal-acc"):
+    for metric in ("imb-macro-f1", "bal-acc", "imb-macro-f1-train-prior"):
         assert probe._one((metric, ("32", 16), "ce-weighted", 3, 1, "{}", 1.0)) == 0.7
-    assert [a[:2] for a, _ in calls] == [("macro_f1", "ce-weighted"), ("balanced_accuracy", "ce-weighted")]
-    assert calls[0][1] == dict(draw=3, hidden=(32,), batch=16)
+    assert [a[:2] for a, _ in calls] == [("macro_f1", "ce-weighted"), ("balanced_accuracy", "ce-weighted"),
+                                         ("macro_f1", "ce-weighted")]
+    assert calls[0][1] == dict(draw=3, hidden=(32,), batch=16, test_prior="balanced")
+    assert calls[2][1]["test_prior"] == "train"
     assert set(probe.PROBES_ONLY) <= set(probe.TASKS) and probe.TASKS["imb-macro-f1"][2] is None
+
+
+def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():
+    # macro-F1 at other class shares: each sample weighs prior[c] / share[c]
+    from sklearn.metrics import f1_score
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        y = torch.randint(0, 5, (300,), generator=gen)
+        scores = torch.randn(300, 5, generator=gen) + 1.5 * torch.nn.functional.one_hot(y, 5)
+        prior = torch.rand(5, generator=gen) + 0.05
+        prior = prior / prior.sum()
+        weight = (prior.double() / (torch.bincount(y, minlength=5).double() / 300))[y]
+        expected = f1_score(y.numpy(), scores.argmax(1).numpy(), average="macro", sample_weight=weight.numpy())
+        assert float(M.prior_weighted_macro_f1(scores, y, prior)) == pytest.approx(expected, rel=1e-12)
+    # at the sample's own shares it is the plain macro-F1
+    share = torch.bincount(y, minlength=5).double() / 300
+    assert float(M.prior_weighted_macro_f1(scores, y, share)) == pytest.approx(
+        f1_score(y.numpy(), scores.argmax(1).numpy(), average="macro"), rel=1e-12)
+    with pytest.raises(ValueError, match="every class present"):
+        M.prior_weighted_macro_f1(scores[y != 0], y[y != 0], share)
+    with pytest.raises(ValueError, match="test_prior"):
+        M.run_imbalanced_mnist("balanced_accuracy", "ce", 0, True, {}, test_prior="train")

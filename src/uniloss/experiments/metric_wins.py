@@ -769,16 +769,51 @@ def run_balanced(loss: str, seed: int, quick: bool, options: dict, draw: Optiona
     return run_imbalanced_mnist("balanced_accuracy", loss, seed, quick, options, draw=draw)
 
 
+def prior_weighted_macro_f1(scores: Tensor, target: Tensor, prior: Tensor) -> Tensor:
+    """Macro-F1 of ``argmax scores`` as it would be on data whose classes have the shares
+    ``prior`` (``[C]``, summing to 1), estimated from a sample with other shares: each sample of
+    class ``c`` weighs ``prior[c] / share[c]`` (its class's share in ``target``) in the counts
+    ``TP``, ``FP`` and ``FN`` -- the confusion matrix expected under the new shares where only
+    the classes' frequencies change (prior shift). Reference:
+    ``sklearn.metrics.f1_score(average="macro", sample_weight=...)``. Shapes: ``scores [n, C]``,
+    ``target [n]`` int64 with every class present, ``prior`` positive."""
+    num = prior.numel()
+    share = torch.bincount(target, minlength=num).double() / len(target)
+    if bool((prior <= 0).any()) or bool((share == 0).any()):
+        raise ValueError("prior must be positive, and every class present in target")
+    w = (prior.double() / share.clamp_min(1e-300))[target]
+    pred = scores.argmax(1)
+    tp = torch.bincount(target[pred == target], weights=w[pred == target], minlength=num)
+    predicted = torch.bincount(pred, weights=w, minlength=num)
+    actual = torch.bincount(target, weights=w, minlength=num)
+    present = (predicted + actual) > 0
+    return (2 * tp / (predicted + actual).clamp_min(1e-300))[present].mean()
+
+
 def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict,
-                         draw: Optional[int] = None, hidden: Sequence[int] = (128,), batch: int = 128) -> List[float]:
+                         draw: Optional[int] = None, hidden: Sequence[int] = (128,), batch: int = 128,
+                         test_prior: str = "balanced") -> List[float]:
     """The ``bal-acc`` task's data, model and recipe (:func:`imbalanced_mnist`; ``draw``: its
     images drawn at random) trained and scored on the zoo's ``metric_name``
     (``"balanced_accuracy"``, ``"macro_f1"``, ``"matthews_corrcoef"`` of 10 classes); ``loss``
     ``"ce"``, ``"ce-weighted"`` or ``"uniloss"`` (with ``options``); ``hidden``: the MLP's hidden
-    widths (``()``: linear) and ``batch`` the batch size (``benchmarks/capacity_probe.py``)."""
+    widths (``()``: linear) and ``batch`` the batch size (``benchmarks/capacity_probe.py``).
+
+    ``test_prior``: ``"balanced"`` scores the (balanced) test split as it is; ``"train"`` scores
+    macro-F1 as on test data with the training split's class shares
+    (:func:`prior_weighted_macro_f1`), so held-out and training data differ by the sample only,
+    not by the classes' shares (``metric_name`` must be ``"macro_f1"``)."""
     xtr, ytr, xte, yte = imbalanced_mnist(draw=draw)
     metric = getattr(zoo, metric_name)(10)
-    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, *hidden, 10), metric.metric, loss, seed, options,
+    score = metric.metric
+    if test_prior == "train":
+        if metric_name != "macro_f1":
+            raise ValueError(f"test_prior='train' scores macro_f1 only, not {metric_name!r}")
+        prior = torch.bincount(ytr, minlength=10).double() / len(ytr)
+        score = functools.partial(prior_weighted_macro_f1, prior=prior)
+    elif test_prior != "balanced":
+        raise ValueError(f"test_prior must be 'balanced' or 'train', not {test_prior!r}")
+    return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, *hidden, 10), score, loss, seed, options,
                         decomposition=metric, epochs=5 if quick else 15, batch=batch)
 
 
