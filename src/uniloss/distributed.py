@@ -363,6 +363,14 @@ class CrossBatchMemory(WrappedDecomposition):
     with at least one current sample). Stored scores come from older weights (the cross-batch
     memory of Wang et al., CVPR 2020); a memory of a few batches keeps them close.
 
+    **The step.** The loss averages its terms over the ``n + m`` rows, of which the batch's ``n``
+    carry the gradient, so the batch's gradient is about ``n / (n + m)`` of the unwrapped loss's:
+    a memory lowers the effective learning rate (multiply the loss by ``(n + m) / n``, ``m =
+    len(memory)`` before the call, to keep it). For balanced accuracy at batches of 16-32 with a
+    memory up to 128 samples, that lower step was the one it needed: unscaled, at the recipe's
+    rate, level with class-weighted cross-entropy at its own best rate
+    (``docs/results/metric-wins/small-batch-memory.md``).
+
     **When a batch enters the memory.** A loss call pushes its batch, detached, into the queue
     (after computing the loss on the batch plus the memory as it was) *only while autograd
     records*: ``torch.is_grad_enabled()`` and not in ``torch.inference_mode()``. A call under

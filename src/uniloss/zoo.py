@@ -560,10 +560,11 @@ def balanced_accuracy(num_classes: int, *, pairs: str = "target") -> DecodedMetr
     batches (16-32 on imbalanced MNIST) it corrects the class prior less than class-weighted
     cross-entropy and, like it, wants a lower learning rate; batches of 128 or more avoid both
     (``docs/results/metric-wins/batch-size.md``). With small batches, a memory of recent samples
-    gives the class counts of a larger set: ``CrossBatchMemory(balanced_accuracy(C), size=128 -
-    batch)`` (:class:`uniloss.distributed.CrossBatchMemory`) was level with class-weighted
-    cross-entropy at batches of 16-32, both at the low rate that cross-entropy weighted by the
-    classes wants (``docs/results/metric-wins/small-batch-memory.md``).
+    gives the class counts of a larger set: ``UniLoss(CrossBatchMemory(balanced_accuracy(C),
+    size=128 - batch))`` (:class:`uniloss.distributed.CrossBatchMemory`), at the recipe's
+    learning rate, was level with class-weighted cross-entropy at its best (8x lower) rate at
+    batches of 16-32; the memory's average over more rows gives the smaller step
+    (``docs/results/metric-wins/small-batch-memory.md``).
 
     Shapes: ``scores [n, num_classes]`` float, ``target [n]`` int64 in ``[0, num_classes)``.
 

@@ -558,6 +558,12 @@ def test_the_memory_probe_scales_the_memorys_loss_back_to_the_batchs_share():
         torch.testing.assert_close(a.grad, b.grad * ((8 + m) / 8))
     assert isinstance(M._uniloss(uniloss.AveragePrecision(), 0, {"memory": 0}), uniloss.UniLoss)
     assert M.parse_variant('m={"memory": 256}') == ("m", {"memory": 256})
+    # "memory_as_is": the wrapper as a user writes it, the loss unscaled
+    as_is = M._uniloss(uniloss.AveragePrecision(), 0, {"memory_as_is": 12})
+    assert isinstance(as_is, uniloss.UniLoss) and repr(as_is.decomposition) == repr(reference.decomposition)
+    assert M.parse_variant('m={"memory_as_is": 112}') == ("m", {"memory_as_is": 112})
+    with pytest.raises(ValueError, match="not both"):
+        M._uniloss(uniloss.AveragePrecision(), 0, {"memory": 12, "memory_as_is": 12})
 
 
 def test_the_plug_in_probe_weighs_positives_1_plus_beta2_minus_f_and_negatives_f_at_running_counts():

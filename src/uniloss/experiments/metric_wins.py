@@ -444,13 +444,17 @@ def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callabl
     momentum = options.pop(PLUG_IN, None)
     if momentum is not None:
         metric = _PlugInWeights(metric, float(momentum))
-    size = options.pop(MEMORY, 0)
-    if not size:
+    size, as_is = options.pop(MEMORY, 0), options.pop(MEMORY_AS_IS, 0)
+    if size and as_is:
+        raise ValueError(f"give {MEMORY!r} or {MEMORY_AS_IS!r}, not both")
+    if not (size or as_is):
         return uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000), **options)
     from ..distributed import CrossBatchMemory
 
-    memory = CrossBatchMemory(metric, size=int(size))
+    memory = CrossBatchMemory(metric, size=int(size or as_is))
     fn = uniloss.UniLoss(memory, generator=torch.Generator().manual_seed(seed + 1000), **options)
+    if as_is:  # as a user writes it: the step shrinks with the batch's share n / (n + m)
+        return fn
 
     def loss(scores: Tensor, target: Tensor) -> Tensor:
         # The engine averages over batch + memory, whose rows carry no gradient: scaled back
@@ -523,6 +527,9 @@ class _PlugInWeights(uniloss.Decomposition):
 # A probe keyword of --variant: the metric over the batch plus the last N samples' detached
 # scores (uniloss.distributed.CrossBatchMemory), the loss scaled by (n + m) / n.
 MEMORY = "memory"
+# The same memory as a user writes it, the loss not scaled (the batch's gradient then shrinks by
+# about n / (n + m), a lower step).
+MEMORY_AS_IS = "memory_as_is"
 
 
 # A probe keyword of --variant beside UniLoss's own (a prototype, not a library option).
@@ -544,7 +551,7 @@ class _OrdinalRanking(Ranking):
 
 
 # The --variant keywords that _uniloss takes before UniLoss sees the rest.
-PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, PLUG_IN)
+PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN)
 
 
 def with_ordinal_pull(metric: uniloss.Decomposition) -> uniloss.Decomposition:
@@ -1260,7 +1267,9 @@ def parse_variant(text: str) -> Tuple[str, dict]:
     """``NAME=JSON`` -> ``(NAME, dict)``; JSON holds keywords of :class:`uniloss.UniLoss`, and
     the probe keywords (:data:`PROBE_KEYWORDS`, prototypes, not library options):
     ``"ordinal_pull": true`` (:func:`with_ordinal_pull`, graded rankings), ``"memory": N`` (the
-    metric over the batch plus the last ``N`` samples, screen v49) and ``"plug_in": momentum``
+    metric over the batch plus the last ``N`` samples, the loss scaled to the batch's share,
+    screen v49; ``"memory_as_is": N``: the same memory as a user writes it, unscaled) and
+    ``"plug_in": momentum``
     (:class:`_PlugInWeights`, the zoo's F-beta at a threshold, screen v51)."""
     name, sep, body = text.partition("=")
     if not sep or not name:
