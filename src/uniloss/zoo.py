@@ -562,7 +562,7 @@ def balanced_accuracy(num_classes: int, *, pairs: str = "target") -> DecodedMetr
     (``docs/results/metric-wins/batch-size.md``). With small batches, a memory of recent samples
     gives the class counts of a larger set: ``UniLoss(CrossBatchMemory(balanced_accuracy(C),
     size=128 - batch))`` (:class:`uniloss.distributed.CrossBatchMemory`), at the recipe's
-    learning rate, was level with class-weighted cross-entropy at its best (8x lower) rate at
+    learning rate, was level with class-weighted cross-entropy at its best (8x and 4x lower) rate at
     batches of 16-32; the memory's average over more rows gives the smaller step
     (``docs/results/metric-wins/small-batch-memory.md``).
 
