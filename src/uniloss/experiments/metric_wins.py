@@ -788,13 +788,13 @@ def prior_weighted_macro_f1(scores: Tensor, target: Tensor, prior: Tensor) -> Te
     share = torch.bincount(target, minlength=num).double() / len(target)
     if bool((prior <= 0).any()) or bool((share == 0).any()):
         raise ValueError("prior must be positive, and every class present in target")
-    w = (prior.double() / share.clamp_min(1e-300))[target]
+    w = (prior.double() / share)[target]
     pred = scores.argmax(1)
-    tp = torch.bincount(target[pred == target], weights=w[pred == target], minlength=num)
+    hit = pred == target
+    tp = torch.bincount(target[hit], weights=w[hit], minlength=num)
     predicted = torch.bincount(pred, weights=w, minlength=num)
-    actual = torch.bincount(target, weights=w, minlength=num)
-    present = (predicted + actual) > 0
-    return (2 * tp / (predicted + actual).clamp_min(1e-300))[present].mean()
+    actual = torch.bincount(target, weights=w, minlength=num)  # > 0 for every class (all present)
+    return (2 * tp / (predicted + actual)).mean()
 
 
 def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict,
