@@ -22,9 +22,10 @@ LINE = re.compile(r"^(\S+)\s+(.+?)\s+seed (\d+): ([0-9.]+|nan) \(")  # nan: a di
 
 
 def read_runs(folder: Path) -> dict:
-    """``{(task, loss): {seed: value}}`` from a folder's runs.log."""
+    """``{(task, loss): {seed: value}}`` from a folder's runs.log (empty where a screen ran a probe instead)."""
     runs: dict = {}
-    for line in (folder / "runs.log").read_text().splitlines():
+    log = folder / "runs.log"
+    for line in (log.read_text().splitlines() if log.exists() else ()):
         m = LINE.match(line.strip())
         if m:
             runs.setdefault((m.group(1), m.group(2)), {})[int(m.group(3))] = float(m.group(4))
