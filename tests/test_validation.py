@@ -63,6 +63,20 @@ def test_bad_input_raises_naming_the_argument(call, error, match):
         (lambda: uniloss.MulticlassAccuracy(fraction=0), ValueError, "`fraction`"),
         (lambda: uniloss.PCK(threshold=-0.5), ValueError, "`threshold`"),
         (lambda: uniloss.AveragePrecision(interpolated="yes"), TypeError, "`interpolated`"),
+        (lambda: uniloss.MulticlassAccuracy(fraction="half"), TypeError, "`fraction` to be a number"),
+        (lambda: uniloss.PCK(threshold=True), TypeError, "`threshold` to be a number"),
+        (lambda: uniloss.zoo.f_beta("2"), TypeError, "`beta` to be a number"),
+        (lambda: uniloss.UniLoss(AP, pull=None, interpolation="anchors"), TypeError, "`pull` to be a number"),
+        (lambda: uniloss.Structure(4, chain=3), TypeError, "Structure.chain to be callable"),
+        (lambda: uniloss.Structure(4, chain_gains="gains"), TypeError, "Structure.chain_gains to be callable"),
+        (lambda: uniloss.Structure(4, run_pull=1.0), TypeError, "Structure.run_pull to be callable"),
+        (lambda: uniloss.Structure(4, chain_by_runs=True), TypeError, "chain_by_runs needs chain"),
+        (lambda: uniloss.UniLoss(uniloss.distributed.CrossBatchMemory(AP, size=4))(torch.randn(3), torch.tensor(1)), ValueError,
+         "`target` to have a batch dimension"),
+        (lambda: uniloss.UniLoss(uniloss.distributed.CrossBatchMemory(uniloss.PCK(), size=4))(
+            torch.randn(2, 3, 5, 5), uniloss.KeypointTarget(torch.rand(2, 3, 2), torch.ones(2, 3, dtype=torch.bool),
+                                                            torch.ones(3))),
+         ValueError, "as many rows each, but got \\[2, 2, 3\\]"),
     ],
 )
 def test_bad_options_raise_at_construction(make, error, match):

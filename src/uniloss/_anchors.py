@@ -107,10 +107,6 @@ class AnchorSet:
         random = self.hard[None] ^ unpack_codes(self.codes, self.num_random).bool()
         return torch.cat([rows, random], 0)
 
-    def disagreement(self, hard: Tensor) -> Tensor:
-        """``[t, l]`` float: 1 where an anchor's bit differs from ``hard``, else 0."""
-        return (self.dense() != hard).to(torch.get_default_dtype())
-
     def kind_slices(self) -> dict:
         """Row ranges of each kind, e.g. ``{"best": slice(0, 1), ...}``."""
         out, start = {}, 0

@@ -22,20 +22,6 @@ def randint(high: int, size: Tuple[int, ...], generator, device) -> Tensor:
     return _on(torch.randint(high, size, generator=generator, device=generator.device), device)
 
 
-def rand(size: Tuple[int, ...], generator, device, dtype=None) -> Tensor:
-    if generator is None:
-        return torch.rand(size, device=device, dtype=dtype)
-    return _on(torch.rand(size, generator=generator, device=generator.device, dtype=dtype), device)
-
-
-def multinomial(weights: Tensor, num: int, generator) -> Tensor:
-    if generator is None or generator.device == weights.device:
-        return torch.multinomial(weights, num, replacement=True, generator=generator)
-    return torch.multinomial(
-        weights.to(generator.device), num, replacement=True, generator=generator
-    ).to(weights.device)
-
-
 def randperm(n: int, generator, device) -> Tensor:
     if generator is None:
         return torch.randperm(n, device=device)

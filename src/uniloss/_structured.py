@@ -127,15 +127,6 @@ class Runs:
         a layout whose loss is zero."""
         return run.clamp_max_(self.num - 1) if self.num else run
 
-    def lengths(self, device: torch.device) -> Tensor:
-        """``[S]`` float run lengths."""
-        if self.width is not None:
-            return torch.full((self.num,), float(self.width), device=device)
-        if self.ends is None:  # a static layout's runs: counted from the run of every bit
-            assert self.ids is not None
-            return torch.zeros(self.num, device=device).index_add_(0, self.ids, torch.ones(self.ids.shape, device=device))
-        return torch.diff(self.ends, prepend=self.ends.new_zeros(1)).float()
-
     def run_ids(self, num_bits: int, device: torch.device) -> Tensor:
         if self.ids is not None:
             return self.ids
