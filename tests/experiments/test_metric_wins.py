@@ -672,3 +672,37 @@ def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():
         M.prior_weighted_macro_f1(scores[y != 0], y[y != 0], share)
     with pytest.raises(ValueError, match="test_prior"):
         M.run_imbalanced_mnist("balanced_accuracy", "ce", 0, True, {}, test_prior="train")
+
+
+def test_fashion_binary_keeps_five_percent_shirts_in_each_split_drawn_per_draw():
+    try:
+        a = M.fashion_binary(0)
+    except Exception as exc:  # data absent: the loader's own tests cover the message
+        pytest.skip(str(exc))
+    xtr, ytr, xva, yva, xte, yte = a
+    from uniloss.experiments.data import load_fashion_mnist
+
+    negatives = int((load_fashion_mnist("train").labels != 6).sum())
+    assert len(ytr) + len(yva) == negatives + round(0.05 / 0.95 * negatives) and len(yva) == (len(ytr) + len(yva)) // 10
+    assert len(yte) == 9000 + round(0.05 / 0.95 * 9000) and float(yte.float().mean()) == pytest.approx(0.05, abs=1e-3)
+    for y in (ytr, yva):  # the validation split is drawn at random: both near 5%
+        assert float(y.float().mean()) == pytest.approx(0.05, abs=0.005)
+    assert xtr.shape[1] == 784 and float(xtr.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(xtr.std()) == pytest.approx(1.0, abs=1e-3)
+    b, again = M.fashion_binary(1), M.fashion_binary(0)
+    assert torch.equal(again[5], yte) and torch.equal(again[4], xte)  # a draw is reproducible
+    assert not torch.equal(b[4], xte)  # another draw keeps other shirts (and orders the images otherwise)
+    with pytest.raises(ValueError, match="unknown source"):
+        M.run_imbalanced("ap", "bce", 0, True, {}, source="cifar")
+
+
+def test_the_capacity_probe_trains_fashion_shirts_on_the_binary_runner(monkeypatch):
+    probe = _benchmark("capacity_probe")
+    calls = []
+    monkeypatch.setattr(M, "run_imbalanced", lambda *a, **k: calls.append((a, k)) or [0.5, 0.6])
+    assert probe._one(("fashion-f1", ("16", 128), "bce-tuned", 2, 1, "{}", 1.0)) == 0.6
+    assert probe._one(("ap", ("8", 128), "bce", 2, 1, "{}", 1.0)) == 0.6
+    assert [a[:2] for a, _ in calls] == [("f1", "bce-tuned"), ("ap", "bce")]
+    assert calls[0][1] == dict(draw=2, hidden=(16,), batch=128, source="fashion")
+    assert calls[1][1]["source"] == "synthetic"
+    assert {"fashion-ap", "fashion-f1"} <= set(probe.PROBES_ONLY)

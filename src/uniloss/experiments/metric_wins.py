@@ -603,9 +603,35 @@ _BINARY: Dict[str, Callable[[], uniloss.Decomposition]] = {
 _TUNED = {"f1-tuned": 1.0, "f2-tuned": 2.0}
 
 
+def fashion_binary(draw: int = 0, positive: int = 6, share: float = 0.05, data_dir: Optional[str] = None):
+    """Fashion-MNIST, one class (``positive``, default 6: shirt, the class most confused with
+    others) against the rest, its images kept at random (``draw`` the seed) so that they are
+    ``share`` of each split: ``(x_train, y_train, x_val, y_val, x_test, y_test)``, images flattened
+    to ``[n, 784]`` and standardised with the training split's statistics; the validation split
+    is a random tenth of the training images (about 51k / 5.7k / 9.5k images at 5%)."""
+    from .data import load_fashion_mnist
+
+    g = torch.Generator().manual_seed(draw)
+
+    def kept(split: str) -> Tuple[Tensor, Tensor]:
+        data = load_fashion_mnist(split, data_dir=data_dir)
+        y = (data.labels == positive).long()
+        pos, neg = torch.nonzero(y == 1).flatten(), torch.nonzero(y == 0).flatten()
+        keep = round(share / (1 - share) * len(neg))
+        index = torch.cat([neg, pos[torch.randperm(len(pos), generator=g)[:keep]]])
+        index = index[torch.randperm(len(index), generator=g)]
+        return data.images[index].float().reshape(-1, 784) / 255.0, y[index]
+
+    (x, y), (xte, yte) = kept("train"), kept("test")
+    nva = len(y) // 10
+    xva, yva, xtr, ytr = x[:nva], y[:nva], x[nva:], y[nva:]
+    mean, std = xtr.mean(), xtr.std()
+    return (xtr - mean) / std, ytr, (xva - mean) / std, yva, (xte - mean) / std, yte
+
+
 def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict,
                    validation: Optional[List[float]] = None, draw: int = 0, hidden: Sequence[int] = (64, 64),
-                   batch: int = 128, **data) -> List[float]:
+                   batch: int = 128, source: str = "synthetic", **data) -> List[float]:
     """An ``imb-ap`` (``metric="ap"``) or ``imb-f1`` (``"f1"``) run: the held-out metric per epoch;
     ``draw``: the data set's draw (``make_classification``'s ``random_state``; the suite's tasks
     fix draw 0, the ``-draws`` probes draw one per seed); ``data``: other keywords of
@@ -615,9 +641,16 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
     ``validation``: a list that receives the validation split's AP after each epoch (the epoch a
     practitioner's early stopping would keep; ``benchmarks/early_stopping_probe.py``).
     The probe tasks also train and score ``"f2"`` (F2 at logit 0), ``"auroc"``, and ``"f1-tuned"``
-    / ``"f2-tuned"`` (F1 / F2 at the threshold tuned on the validation split, for every loss)."""
-    xtr, ytr, xva, yva, xte, yte = imbalanced_binary(draw, **data)
-    model = seeded(seed, lambda: mlp(20, *hidden, 1))
+    / ``"f2-tuned"`` (F1 / F2 at the threshold tuned on the validation split, for every loss).
+    ``source="fashion"``: the data of :func:`fashion_binary` (``data``: its keywords) instead, 5
+    epochs (``benchmarks/capacity_probe.py``'s ``fashion-ap`` and ``fashion-f1``)."""
+    if source == "fashion":
+        xtr, ytr, xva, yva, xte, yte = fashion_binary(draw, **data)
+    elif source == "synthetic":
+        xtr, ytr, xva, yva, xte, yte = imbalanced_binary(draw, **data)
+    else:
+        raise ValueError(f"unknown source {source!r}: 'synthetic' or 'fashion'")
+    model = seeded(seed, lambda: mlp(xtr.shape[1], *hidden, 1))
     gen = torch.Generator().manual_seed(seed)
     pos_weight = float((ytr == 0).sum()) / float((ytr == 1).sum())
     decomposition = _BINARY[metric.removesuffix("-tuned")]()  # (a tuned probe trains as its metric at logit 0)
@@ -636,7 +669,7 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
         threshold = tuned_threshold(_binary_logits(m, xva), yva) if loss.endswith("-tuned") else 0.0
         return f1_at(s, yte, threshold)
 
-    epochs = 20 if quick else 40
+    epochs = 5 if source == "fashion" else 20 if quick else 40
     opt = sgd(model, 0.1)
     return fit(model, opt, shuffled(len(ytr), batch, gen),
                lambda m, idx: fn(_binary_logits(m, xtr[idx]), ytr[idx]), epochs, evaluate, cosine(opt, epochs))
