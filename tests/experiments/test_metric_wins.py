@@ -692,6 +692,8 @@ def test_fashion_binary_keeps_five_percent_shirts_in_each_split_drawn_per_draw()
     b, again = M.fashion_binary(1), M.fashion_binary(0)
     assert torch.equal(again[5], yte) and torch.equal(again[4], xte)  # a draw is reproducible
     assert not torch.equal(b[4], xte)  # another draw keeps other shirts (and orders the images otherwise)
+    with pytest.raises(ValueError, match="share=0.5: .* which has 6000"):
+        M.fashion_binary(0, share=0.5)
     with pytest.raises(ValueError, match="unknown source"):
         M.run_imbalanced("ap", "bce", 0, True, {}, source="cifar")
 

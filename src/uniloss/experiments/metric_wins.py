@@ -618,6 +618,9 @@ def fashion_binary(draw: int = 0, positive: int = 6, share: float = 0.05, data_d
         y = (data.labels == positive).long()
         pos, neg = torch.nonzero(y == 1).flatten(), torch.nonzero(y == 0).flatten()
         keep = round(share / (1 - share) * len(neg))
+        if not 0 < keep <= len(pos):
+            raise ValueError(f"share={share}: {keep} images of class {positive} wanted in the {split} split, "
+                             f"which has {len(pos)}")
         index = torch.cat([neg, pos[torch.randperm(len(pos), generator=g)[:keep]]])
         index = index[torch.randperm(len(index), generator=g)]
         return data.images[index].float().reshape(-1, 784) / 255.0, y[index]
