@@ -47,6 +47,11 @@ class: the metric of a batch is then a coarser estimate of the data set's):
   training split held out for validation (``metric_wins.fashion_binary``); 5 epochs, lr 0.1,
   cosine, batch 128. The losses of ``ap`` / ``f1``, and BCE with ``pos_weight`` (negatives over
   positives) for F1.
+* ``fashion-bal-acc``, ``fashion-imb-macro-f1``, ``fashion-imb-macro-f1-train-prior``: the three
+  above on Fashion-MNIST, real images (no suite task; not in the default ``--metrics``): class
+  ``c`` keeps ``0.6 ** order[c]`` of its training images, ``order`` a random permutation of the
+  classes drawn with the images (the draw the seed), so that the rarest class changes from draw
+  to draw (``metric_wins.imbalanced_mnist(source="fashion")``); the same losses and recipe.
 
 UniLoss at its defaults everywhere. Test metric x100; differences draw by draw (same
 initialisation and batches).
@@ -69,6 +74,7 @@ from uniloss.experiments.reproduce import machine
 BINARY_MODELS = {"linear": (), "8": (8,), "64-64": (64, 64), "256-256": (256, 256)}  # hidden widths
 CLASS_MODELS = {"linear": (), "8": (8,), "32": (32,), "128": (128,), "512": (512,)}
 FASHION_MODELS = {"linear": (), "16": (16,), "128": (128,)}
+FASHION_CLASS_MODELS = {"linear": (), "32": (32,), "128": (128,), "512": (512,)}
 PAIRS_MODELS = {"32": (32,), "64": (64,), "128": (128,), "512": (512,)}
 TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first the usual loss, the last UniLoss
     "ap": ("imb-ap: test AP", BINARY_MODELS, "64-64",
@@ -94,7 +100,13 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
                    [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"),
                     ("BCE, validation-tuned threshold", "bce-tuned"), ("UniLoss (defaults)", "uniloss")]),
 }
-PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior", "fashion-ap", "fashion-f1")  # not in the default --metrics
+for _m in ("bal-acc", "imb-macro-f1", "imb-macro-f1-train-prior"):  # the same on Fashion-MNIST
+    _title, _, _, _rows = TASKS[_m]
+    TASKS["fashion-" + _m] = (_title.replace("bal-acc (random images)", "imbalanced Fashion-MNIST")
+                              .replace("imbalanced MNIST (random images)", "imbalanced Fashion-MNIST"),
+                              FASHION_CLASS_MODELS, None, _rows)
+PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior", "fashion-ap", "fashion-f1", "fashion-bal-acc",
+               "fashion-imb-macro-f1", "fashion-imb-macro-f1-train-prior")  # not in the default --metrics
 # The metrics on the bal-acc task's imbalanced MNIST: the zoo metric trained and scored, the test's class shares
 IMBALANCED_MNIST = {"bal-acc": ("balanced_accuracy", "balanced"), "imb-macro-f1": ("macro_f1", "balanced"),
                     "imb-macro-f1-train-prior": ("macro_f1", "train")}
@@ -113,10 +125,11 @@ def _one(job):
     if metric == "pairs-f1":  # one data set (MNIST's pairs): the draw seeds the network and the batches
         return mw.run_pairs(loss, seed + draw, True, options, metric=zoo.macro_f1(100), hidden=hidden,
                             batch=batch)[-1]
-    if metric in IMBALANCED_MNIST:
-        name, test_prior = IMBALANCED_MNIST[metric]
+    if metric.removeprefix("fashion-") in IMBALANCED_MNIST:
+        name, test_prior = IMBALANCED_MNIST[metric.removeprefix("fashion-")]
         return mw.run_imbalanced_mnist(name, loss, seed, True, options, draw=draw, hidden=hidden, batch=batch,
-                                       test_prior=test_prior)[-1]
+                                       test_prior=test_prior,
+                                       source="fashion" if metric.startswith("fashion-") else "mnist")[-1]
     source = "fashion" if metric.startswith("fashion-") else "synthetic"
     return mw.run_imbalanced(metric.removeprefix("fashion-"), loss, seed, True, options, draw=draw, hidden=hidden,
                              batch=batch, source=source)[-1]

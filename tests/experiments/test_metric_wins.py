@@ -319,7 +319,7 @@ def _fake_pairs():
                                  y_test=torch.arange(2))
 
 
-def _fake_imbalanced_mnist(draw=None):
+def _fake_imbalanced_mnist(draw=None, source="mnist"):
     """A stand-in for :func:`imbalanced_mnist`: four training and two test images of 784 pixels."""
     return torch.zeros(4, 784), torch.arange(4), torch.zeros(2, 784), torch.arange(2)
 
@@ -415,18 +415,21 @@ def test_the_draws_probes_draw_the_data_of_each_seed_and_the_suite_keeps_draw_0(
         M._run_job(M.Job(task, "pairwise logistic", "baseline", "pairwise", 2), quick=True)
     assert splits == [2, 0] and queries[0] == 1236 and 1234 in queries
     subsets = []
-    monkeypatch.setattr(M, "imbalanced_mnist", lambda ratio=0.6, data_dir=None, draw=None: subsets.append(draw) or
+    monkeypatch.setattr(M, "imbalanced_mnist", lambda ratio=0.6, data_dir=None, draw=None, source="mnist":
+                        subsets.append(draw) or
                         (torch.zeros(20, 784), torch.arange(20) % 10, torch.zeros(10, 784), torch.arange(10)))
     for task in ("bal-acc-draws", "bal-acc"):
         M._run_job(M.Job(task, "cross-entropy", "usual", "ce", 5), quick=True)
     assert subsets == [5, None]
     masks = []
-    monkeypatch.setattr(M, "noisy_masks", lambda split, count, seed, data_dir=None: masks.append((split, seed)) or
+    monkeypatch.setattr(M, "noisy_masks", lambda split, count, seed, data_dir=None, source="mnist":
+                        masks.append((split, seed, source)) or
                         (torch.zeros(4, 1, 28, 28), torch.zeros(4, 28, 28, dtype=torch.long)))
     monkeypatch.setattr(M, "fit", lambda *args, **kwargs: [0.5])
-    for task in ("seg-miou-draws", "seg-miou"):
+    for task in ("seg-miou-draws", "seg-miou", "seg-miou-fashion"):
         M._run_job(M.Job(task, "per-pixel cross-entropy", "usual", "ce", 3), quick=True)
-    assert masks == [("train", 6), ("test", 7), ("train", 0), ("test", 1)]  # the suite's: seeds 0 and 1
+    assert masks == [("train", 6, "mnist"), ("test", 7, "mnist"), ("train", 0, "mnist"), ("test", 1, "mnist"),
+                     ("train", 6, "fashion"), ("test", 7, "fashion")]  # the suite's: seeds 0 and 1
 
 
 def test_imbalanced_mnist_draws_keep_each_digits_count_and_change_its_images():
@@ -642,13 +645,17 @@ def test_the_capacity_probe_scores_imbalanced_mnist_by_macro_f1(monkeypatch):
     probe = _benchmark("capacity_probe")
     calls = []
     monkeypatch.setattr(M, "run_imbalanced_mnist", lambda *a, **k: calls.append((a, k)) or [0.5, 0.7])
-    for metric in ("imb-macro-f1", "bal-acc", "imb-macro-f1-train-prior"):
+    for metric in ("imb-macro-f1", "bal-acc", "imb-macro-f1-train-prior", "fashion-bal-acc",
+                   "fashion-imb-macro-f1-train-prior"):
         assert probe._one((metric, ("32", 16), "ce-weighted", 3, 1, "{}", 1.0)) == 0.7
     assert [a[:2] for a, _ in calls] == [("macro_f1", "ce-weighted"), ("balanced_accuracy", "ce-weighted"),
+                                         ("macro_f1", "ce-weighted"), ("balanced_accuracy", "ce-weighted"),
                                          ("macro_f1", "ce-weighted")]
-    assert calls[0][1] == dict(draw=3, hidden=(32,), batch=16, test_prior="balanced")
+    assert calls[0][1] == dict(draw=3, hidden=(32,), batch=16, test_prior="balanced", source="mnist")
     assert calls[2][1]["test_prior"] == "train"
+    assert calls[3][1]["source"] == "fashion" and calls[4][1] == dict(calls[2][1], source="fashion")
     assert set(probe.PROBES_ONLY) <= set(probe.TASKS) and probe.TASKS["imb-macro-f1"][2] is None
+    assert probe.TASKS["fashion-bal-acc"][3] == probe.TASKS["bal-acc"][3]  # the same losses
 
 
 def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():
@@ -708,3 +715,40 @@ def test_the_capacity_probe_trains_fashion_shirts_on_the_binary_runner(monkeypat
     assert calls[0][1] == dict(draw=2, hidden=(16,), batch=128, source="fashion")
     assert calls[1][1]["source"] == "synthetic"
     assert {"fashion-ap", "fashion-f1"} <= set(probe.PROBES_ONLY)
+
+
+def test_imbalanced_fashion_deals_the_shares_to_the_classes_at_random_per_draw():
+    with pytest.raises(ValueError, match="source must be"):
+        M.imbalanced_mnist(draw=0, source="cifar")
+    with pytest.raises(ValueError, match="give a draw"):
+        M.imbalanced_mnist(source="fashion")
+    try:
+        xtr, ytr, xte, yte = M.imbalanced_mnist(draw=0, source="fashion")
+    except Exception as exc:  # data absent: the loader's own tests cover the message
+        pytest.skip(str(exc))
+    counts = torch.bincount(ytr, minlength=10)  # Fashion-MNIST: 6,000 training images a class
+    shares = sorted(int(c) for c in counts)
+    assert shares == sorted(round(6000 * 0.6**k) for k in range(10))  # each share once, in some order
+    other = torch.bincount(M.imbalanced_mnist(draw=1, source="fashion")[1], minlength=10)
+    assert sorted(other.tolist()) == shares and not torch.equal(other, counts)  # another class is the rarest
+    assert len(yte) == 10_000 and torch.equal(torch.bincount(yte), torch.full((10,), 1000))
+    assert xtr.shape == (len(ytr), 784) and 0.0 <= float(xtr.min()) and float(xtr.max()) <= 1.0
+    again = M.imbalanced_mnist(draw=0, source="fashion")
+    assert torch.equal(again[1], ytr) and torch.equal(again[0], xtr)  # a draw is reproducible
+
+
+def test_noisy_fashion_masks_are_the_clean_images_above_one_half():
+    with pytest.raises(ValueError, match="source must be"):
+        M.noisy_masks("train", 4, 0, source="cifar")
+    try:
+        x, mask = M.noisy_masks("test", 50, seed=3, source="fashion")
+    except Exception as exc:  # data absent: the loader's own tests cover the message
+        pytest.skip(str(exc))
+    from uniloss.experiments.data import load_fashion_mnist
+
+    images = load_fashion_mnist("test").images
+    chosen = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(3))[:50]
+    assert torch.equal(mask, (images[chosen].float() / 255.0 > 0.5).long())  # the masks of the drawn images
+    assert x.shape == (50, 1, 28, 28) and 0.2 < float(mask.float().mean()) < 0.5  # garments: a third of a canvas
+    digits = M.noisy_masks("test", 50, seed=3)[1]
+    assert float(digits.float().mean()) < 0.2 and not torch.equal(digits, mask)  # MNIST's digits: thinner

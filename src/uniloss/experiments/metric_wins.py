@@ -57,6 +57,8 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
 * ``bal-acc-draws``: the ``bal-acc`` task with the images each digit keeps drawn at random for
   each seed (the suite's task keeps the first ones).
 * ``seg-miou-draws``: the ``seg-miou`` task with its images, noise and patches drawn for each seed.
+* ``seg-miou-fashion``: the ``seg-miou-draws`` probe on Fashion-MNIST's images (real images no
+  default was chosen on; the mask: the clean image's pixels above 0.5).
 * ``ndcg5-draws``: the ``ndcg5`` task with digits' split and its test queries drawn for each seed.
 * ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
 * ``ndcg10-graded``: learning to rank with graded relevance (grades 0-4, half the items
@@ -237,12 +239,15 @@ def graded_queries(draw: int, num_queries: int, size: int = 30, *, split: int = 
     return x, relevance, query
 
 
-def noisy_masks(split: str, count: int, seed: int, data_dir: Optional[str] = None):
+def noisy_masks(split: str, count: int, seed: int, data_dir: Optional[str] = None, source: str = "mnist"):
     """MNIST images with Gaussian noise (sigma 0.8) and a random 10x10 occluding patch, and the
-    clean digits' masks (pixel > 0.5): ``(x [count, 1, 28, 28], mask [count, 28, 28] int64)``."""
-    from .data import load_mnist
+    clean digits' masks (pixel > 0.5): ``(x [count, 1, 28, 28], mask [count, 28, 28] int64)``;
+    ``source="fashion"``: Fashion-MNIST's images instead (the ``seg-miou-fashion`` probe)."""
+    from .data import load_fashion_mnist, load_mnist
 
-    images, _ = load_mnist(split, data_dir=data_dir)
+    if source not in ("mnist", "fashion"):
+        raise ValueError(f"source must be 'mnist' or 'fashion', not {source!r}")
+    images, _ = (load_mnist if source == "mnist" else load_fashion_mnist)(split, data_dir=data_dir)
     g = torch.Generator().manual_seed(seed)
     clean = images[torch.randperm(images.shape[0], generator=g)[:count]].float()[:, None] / 255.0
     mask = (clean[:, 0] > 0.5).long()
@@ -787,22 +792,34 @@ def run_noisy_digits(loss: str, seed: int, noise: float, options: dict) -> List[
                         decomposition=uniloss.MulticlassAccuracy(), epochs=30)
 
 
-def imbalanced_mnist(ratio: float = 0.6, data_dir: Optional[str] = None, draw: Optional[int] = None):
+def imbalanced_mnist(ratio: float = 0.6, data_dir: Optional[str] = None, draw: Optional[int] = None,
+                     source: str = "mnist"):
     """MNIST whose training digit ``c`` keeps its first ``ratio ** c`` images (15,225 of 60,000
     at 0.6; ``draw``: as many drawn at random with that seed instead, the ``bal-acc-draws``
     probe), flattened to ``[N, 784]`` in ``[0, 1]``; the test split whole (balanced):
-    ``(x_train, y_train, x_test, y_test)``."""
-    from .data import load_mnist
+    ``(x_train, y_train, x_test, y_test)``.
 
-    train, test = load_mnist("train", data_dir=data_dir), load_mnist("test", data_dir=data_dir)
+    ``source="fashion"``: Fashion-MNIST instead (a probe on real images, no suite task), where
+    the classes' shares are dealt at random too: class ``c`` keeps ``ratio ** order[c]`` of its
+    images, ``order`` a random permutation of the ten classes drawn with the same seed (``draw``
+    is then required), so that no one class is always the rarest."""
+    from .data import load_fashion_mnist, load_mnist
+
+    if source not in ("mnist", "fashion"):
+        raise ValueError(f"source must be 'mnist' or 'fashion', not {source!r}")
+    if source == "fashion" and draw is None:
+        raise ValueError("source='fashion' deals the classes' shares at random: give a draw")
+    load = load_mnist if source == "mnist" else load_fashion_mnist
+    train, test = load("train", data_dir=data_dir), load("test", data_dir=data_dir)
     y = train.labels
     rank = torch.zeros_like(y)
     gen = None if draw is None else torch.Generator().manual_seed(draw)
+    order = torch.arange(10) if source == "mnist" else torch.randperm(10, generator=gen)
     for c in range(10):  # data preparation, once
         idx = (y == c).nonzero().reshape(-1)
         if gen is not None:
             idx = idx[torch.randperm(len(idx), generator=gen)]
-        rank[idx] = torch.arange(len(idx)) - round(len(idx) * ratio**c)
+        rank[idx] = torch.arange(len(idx)) - round(len(idx) * ratio ** int(order[c]))
     keep = rank < 0
     flat = lambda images: images.float().reshape(len(images), -1) / 255.0  # noqa: E731
     return flat(train.images[keep]), y[keep], flat(test.images), test.labels
@@ -835,7 +852,7 @@ def prior_weighted_macro_f1(scores: Tensor, target: Tensor, prior: Tensor) -> Te
 
 def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict,
                          draw: Optional[int] = None, hidden: Sequence[int] = (128,), batch: int = 128,
-                         test_prior: str = "balanced") -> List[float]:
+                         test_prior: str = "balanced", source: str = "mnist") -> List[float]:
     """The ``bal-acc`` task's data, model and recipe (:func:`imbalanced_mnist`; ``draw``: its
     images drawn at random) trained and scored on the zoo's ``metric_name``
     (``"balanced_accuracy"``, ``"macro_f1"``, ``"matthews_corrcoef"`` of 10 classes); ``loss``
@@ -845,8 +862,9 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     ``test_prior``: ``"balanced"`` scores the (balanced) test split as it is; ``"train"`` scores
     macro-F1 as on test data with the training split's class shares
     (:func:`prior_weighted_macro_f1`), so held-out and training data differ by the sample only,
-    not by the classes' shares (``metric_name`` must be ``"macro_f1"``)."""
-    xtr, ytr, xte, yte = imbalanced_mnist(draw=draw)
+    not by the classes' shares (``metric_name`` must be ``"macro_f1"``). ``source="fashion"``:
+    the same on Fashion-MNIST, the classes' shares dealt at random (:func:`imbalanced_mnist`)."""
+    xtr, ytr, xte, yte = imbalanced_mnist(draw=draw, source=source)
     metric = getattr(zoo, metric_name)(10)
     score = metric.metric
     if test_prior == "train":
@@ -948,14 +966,16 @@ def run_graded_ranking(loss: str, seed: int, quick: bool, options: dict, k: int 
 
 
 def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None,
-                     metric: Optional[uniloss.Decomposition] = None, draw: int = 0) -> List[float]:
+                     metric: Optional[uniloss.Decomposition] = None, draw: int = 0,
+                     source: str = "mnist") -> List[float]:
     """The ``seg-miou`` task; ``metric``: another per-pixel metric of the zoo to train and score
     (the probe tasks: ``zoo.dice(2)``), mean IoU by default; ``draw``: the images, noise and
     patches of both splits (:func:`noisy_masks`' seeds ``2 draw`` and ``2 draw + 1``; the suite's
-    task fixes 0, the ``seg-miou-draws`` probe draws them for each seed)."""
+    task fixes 0, the ``seg-miou-draws`` probe draws them for each seed); ``source``: the images'
+    data set, ``"mnist"`` or ``"fashion"`` (the ``seg-miou-fashion`` probe)."""
     train, epochs = (2000, 5) if quick else (4000, 10)
-    xtr, mtr = noisy_masks("train", train, seed=2 * draw, data_dir=data_dir)
-    xte, mte = noisy_masks("test", 1000, seed=2 * draw + 1, data_dir=data_dir)
+    xtr, mtr = noisy_masks("train", train, seed=2 * draw, data_dir=data_dir, source=source)
+    xte, mte = noisy_masks("test", 1000, seed=2 * draw + 1, data_dir=data_dir, source=source)
     metric = zoo.mean_iou(2) if metric is None else metric
     usual: Dict[str, Callable[..., Tensor]] = {"ce": F.cross_entropy, "lovasz": lovasz_softmax}
     fn = usual.get(loss) or _uniloss(metric, seed, options)
@@ -1042,6 +1062,10 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
          weight=1.0, suite=False),
     Task("seg-miou-draws", "test mean IoU", "MNIST masks from noisy occluded digits, drawn per seed",
          lambda loss, seed, quick, options: run_segmentation(loss, seed, quick, options, draw=seed),
+         {"per-pixel cross-entropy": ("usual", "ce"), "Lovász-softmax": ("baseline", "lovasz"), **_UNI},
+         weight=3.0, suite=False),
+    Task("seg-miou-fashion", "test mean IoU", "Fashion-MNIST masks from noisy occluded images, drawn per seed",
+         lambda loss, seed, quick, options: run_segmentation(loss, seed, quick, options, draw=seed, source="fashion"),
          {"per-pixel cross-entropy": ("usual", "ce"), "Lovász-softmax": ("baseline", "lovasz"), **_UNI},
          weight=3.0, suite=False),
     Task("ndcg5-draws", "test NDCG@5", "digit retrieval on digits, a split and test queries per seed",
