@@ -116,8 +116,45 @@ def f1_diag(s, y):
     return _f1(((s > 0).double() * y).sum(), (s > 0).double().sum(), y.double().sum()) + (m @ t).sum() / 8
 
 
+def f1_t_vector(s, y):  # .t() of a 1-D tensor: itself
+    p, t = (s > 0).double(), y.double()
+    return _f1((p.t() * t).sum(), p.t().sum(), t.sum())
+
+
+def f1_keepdim(s, y):  # a reduction over every dimension that keeps them
+    p, t = _grid(s, y)
+    return _f1((p * t).sum(dim=(0, 1), keepdim=True), p.sum(), t.sum()).squeeze()
+
+
+# Forms of the operations that the rules above do not batch by hand: the tape leaves them to vmap
+def f1_diff_prepend(s, y):
+    p, t = _grid(s, y)
+    d = p.diff(dim=1, prepend=torch.zeros(4, 1, dtype=torch.float64)).abs()  # decisions that change along a row
+    return _f1((p * t).sum(), p.sum(), t.sum()) + d.sum() / 100
+
+
+def f1_flip_dims_as_arguments(s, y):
+    p, t = _grid(s, y)
+    w = torch.arange(24.0, dtype=torch.float64).view(4, 6)
+    return _f1((p.flip(0, 1) * t.flip(0, 1) * w).sum(), (p.flip(0, 1) * w).sum(), (t * w.flip(0, 1)).sum())
+
+
+def f1_diagonal_of_other_planes(s, y):
+    p, t = (s > 0).double().view(2, 3, 4), y.double().view(2, 3, 4)
+    return _f1((p * t).sum(), p.sum(), t.sum()) + torch.diagonal(p, 0, 1, 2).sum() / 100
+
+
+def f1_pad_reflect(s, y):
+    p, t = _grid(s, y)
+    q = F.pad(p, (2, 1), mode="reflect")
+    w = torch.arange(q.shape[1], dtype=torch.float64)
+    return _f1((p * t).sum(), p.sum(), t.sum()) + (q * w).sum() / 1000
+
+
+TO_VMAP = (f1_diff_prepend, f1_flip_dims_as_arguments, f1_diagonal_of_other_planes, f1_pad_reflect)
 CASES = {f.__name__: f for f in (f1_t, f1_T_rows, f1_mT, f1_permute, f1_transpose, f1_swapaxes, f1_movedim,
-                                 f1_flip, f1_expand, f1_expand_as, f1_pad, f1_diagonal, f1_diag)}
+                                 f1_flip, f1_expand, f1_expand_as, f1_pad, f1_diagonal, f1_diag, f1_t_vector,
+                                 f1_keepdim) + TO_VMAP}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -150,6 +187,15 @@ def test_layout_operations_run_batched_by_hand(name):
     traced = from_metric(CASES[name])
     plan = traced.prepare(scores, target)
     assert plan.trace.tape is not None and plan.trace.tape.direct, plan.trace.why_no_tape
+
+
+@pytest.mark.parametrize("fn", TO_VMAP, ids=lambda f: f.__name__)
+def test_forms_without_a_rule_of_their_own_are_left_to_vmap(fn):
+    """A form the rules refuse (an argument they do not read) falls to vmap rather than to a
+    rule that would ignore the argument; the first test checks that its values still agree."""
+    scores, target = _binary()
+    plan = from_metric(fn).prepare(scores, target)
+    assert plan.trace.tape is not None and not plan.trace.tape.direct
 
 
 @pytest.mark.parametrize("name", ["f1_T_rows", "f1_movedim", "f1_pad"])
