@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import typing
 
 import pytest
 import torch
@@ -677,3 +678,61 @@ def test_argmax_decode_losses_needs_the_target_pairs():
     plan = tournament.prepare(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
     with pytest.raises(ValueError, match="tournament"):
         tournament.decode_losses(torch.zeros(1, 4), plan)
+
+
+class _Decision(typing.NamedTuple):
+    pred: torch.Tensor  # [..., n] bool
+    count: torch.Tensor  # [...] how many predicted positive
+
+
+class _ThresholdAndCount(Threshold):
+    """A decoder whose output is a named tuple, and one whose output is a plain tuple."""
+
+    def __init__(self, named=True):
+        super().__init__(0.0)
+        self.named = named
+
+    def decode(self, bits, plan):
+        pred = super().decode(bits, plan)
+        return _Decision(pred, pred.sum(-1)) if self.named else (pred, pred.sum(-1))
+
+
+def _f1_from_parts(decoded, target):  # works on one output or on a leading anchor dimension
+    pred, count = decoded
+    tp = (pred & target.bool()).sum(-1).double()
+    return 2 * tp / (count.double() + target.sum().double())
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_decoder_that_returns_a_tuple_is_indexed_per_anchor_when_looped(named):
+    """batched='loop' hands the evaluator one anchor's output at a time: each part of a tuple
+    (named or not) indexed, the named tuple's type kept; batched=True gets the whole batch."""
+    scores, target = _binary_batch(30, 2)
+    seen = []
+
+    def one(decoded, y):
+        seen.append(type(decoded))
+        assert decoded[0].shape == (30,) and decoded[1].shape == ()
+        return _f1_from_parts(decoded, y)
+
+    looped = uniloss.DecodedMetric(_ThresholdAndCount(named), one, batched="loop")
+    whole = uniloss.DecodedMetric(_ThresholdAndCount(named), _f1_from_parts, batched=True)
+    plan = whole.prepare(scores, target)
+    bits = torch.rand(6, 30, generator=_gen(1)) < 0.5
+    torch.testing.assert_close(looped.evaluate(bits, plan), whole.evaluate(bits, plan))
+    assert seen == [_Decision if named else tuple] * 6
+    reference = uniloss.zoo.f_beta().evaluate(bits, plan).double()
+    torch.testing.assert_close(whole.evaluate(bits, plan), reference)  # the same F1 as the zoo's
+    decoded = looped.decode(scores, target)  # the convenience: no anchor dimension
+    assert type(decoded) is (_Decision if named else tuple) and torch.equal(decoded[0], scores > 0)
+
+
+def test_a_decoder_output_that_is_neither_a_tensor_nor_a_tuple_is_named():
+    class Listed(Threshold):
+        def decode(self, bits, plan):
+            return [super().decode(bits, plan)]
+
+    scores, target = _binary_batch(10, 0)
+    metric = uniloss.DecodedMetric(Listed(0.0), lambda d, y: d[0].float().mean(), batched="loop")
+    with pytest.raises(TypeError, match="tensor or a tuple of tensors, but got list"):
+        metric.metric(scores, target)
