@@ -1,5 +1,6 @@
 """The metric-wins benchmark: its baselines against brute force, its verdicts, and one tiny run."""
 
+import functools
 import itertools
 import math
 import json
@@ -9,6 +10,7 @@ import types
 import pytest
 import torch
 
+import uniloss
 from uniloss.experiments import metric_wins as M
 
 
@@ -656,6 +658,9 @@ def test_the_capacity_probe_scores_imbalanced_mnist_by_macro_f1(monkeypatch):
     assert calls[3][1]["source"] == "fashion" and calls[4][1] == dict(calls[2][1], source="fashion")
     assert set(probe.PROBES_ONLY) <= set(probe.TASKS) and probe.TASKS["imb-macro-f1"][2] is None
     assert probe.TASKS["fashion-bal-acc"][3] == probe.TASKS["bal-acc"][3]  # the same losses
+    assert probe._one(("fashion-imb-macro-f1", ("128", 128), "uniloss-test-prior", 0, 1, "{}", 1.0)) == 0.7
+    assert calls[-1][0][:2] == ("macro_f1", "uniloss-test-prior") and calls[-1][1]["source"] == "fashion"
+    assert [loss for _, loss, _ in probe.EXTRA["imb-macro-f1"]] == ["uniloss-test-prior"]
 
 
 def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():
@@ -679,6 +684,31 @@ def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():
         M.prior_weighted_macro_f1(scores[y != 0], y[y != 0], share)
     with pytest.raises(ValueError, match="test_prior"):
         M.run_imbalanced_mnist("balanced_accuracy", "ce", 0, True, {}, test_prior="train")
+    with pytest.raises(ValueError, match="trains macro_f1 only"):
+        M.run_imbalanced_mnist("balanced_accuracy", "uniloss-test-prior", 0, True, {})
+
+
+def test_class_weighted_macro_f1_matches_scikit_learn_and_traces_into_a_loss():
+    from sklearn.metrics import f1_score
+
+    gen = torch.Generator().manual_seed(1)
+    for n in (7, 64, 300):  # small batches leave classes out of the target and the prediction
+        y = torch.randint(0, 6, (n,), generator=gen)
+        scores = torch.randn(n, 6, generator=gen, dtype=torch.float64) + torch.nn.functional.one_hot(y, 6)
+        weight = torch.rand(6, generator=gen, dtype=torch.float64) * 10 + 0.1
+        pred = scores.argmax(1)
+        labels = sorted(set(y.tolist()) | set(pred.tolist()))
+        expected = f1_score(y.numpy(), pred.numpy(), average="macro", labels=labels,
+                            sample_weight=weight[y].numpy())
+        assert float(M.class_weighted_macro_f1(scores, y, weight)) == pytest.approx(expected, rel=1e-12)
+        # through from_metric: the traced metric is the function, and its best bits score 1
+        traced = uniloss.from_metric(functools.partial(M.class_weighted_macro_f1, weight=weight))
+        assert float(traced.metric(scores, y)) == pytest.approx(expected, rel=1e-12)
+        plan = traced.prepare(scores, y)
+        assert float(traced.evaluate(traced.best(plan)[None], plan)[0]) == pytest.approx(1.0)
+    # equal weights: the zoo's macro-F1
+    assert float(M.class_weighted_macro_f1(scores, y, torch.ones(6))) == pytest.approx(
+        float(uniloss.zoo.macro_f1(6).metric(scores, y)), rel=1e-12)
 
 
 def test_fashion_binary_keeps_five_percent_shirts_in_each_split_drawn_per_draw():

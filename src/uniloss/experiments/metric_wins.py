@@ -829,6 +829,23 @@ def run_balanced(loss: str, seed: int, quick: bool, options: dict, draw: Optiona
     return run_imbalanced_mnist("balanced_accuracy", loss, seed, quick, options, draw=draw)
 
 
+def class_weighted_macro_f1(scores: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Macro-F1 of ``argmax scores`` with each sample of class ``c`` weighing ``weight[c]`` in the
+    counts ``TP``, ``FP`` and ``FN``, averaged over the classes in the target or the prediction.
+    Written with one-hot counts, no data-dependent shapes, so :func:`uniloss.from_metric` takes it
+    as it is (a loss for macro-F1 at other class shares: ``weight`` the test's share of a class
+    over its training share). Reference: ``sklearn.metrics.f1_score(average="macro",
+    sample_weight=weight[target])``. Shapes: ``scores [n, C]``, ``target [n]`` int64, ``weight [C]``
+    positive."""
+    num = scores.shape[1]
+    w = weight.to(scores.dtype)[target][:, None]
+    pred = F.one_hot(scores.argmax(1), num).to(scores.dtype)
+    true = F.one_hot(target, num).to(scores.dtype)
+    tp, support = (pred * true * w).sum(0), ((pred + true) * w).sum(0)  # support: 2 TP + FP + FN
+    present = support > 0
+    return torch.where(present, 2 * tp / support.clamp_min(1e-30), 0.0).sum() / present.sum()
+
+
 def prior_weighted_macro_f1(scores: Tensor, target: Tensor, prior: Tensor) -> Tensor:
     """Macro-F1 of ``argmax scores`` as it would be on data whose classes have the shares
     ``prior`` (``[C]``, summing to 1), estimated from a sample with other shares: each sample of
@@ -841,13 +858,7 @@ def prior_weighted_macro_f1(scores: Tensor, target: Tensor, prior: Tensor) -> Te
     share = torch.bincount(target, minlength=num).double() / len(target)
     if bool((prior <= 0).any()) or bool((share == 0).any()):
         raise ValueError("prior must be positive, and every class present in target")
-    w = (prior.double() / share)[target]
-    pred = scores.argmax(1)
-    hit = pred == target
-    tp = torch.bincount(target[hit], weights=w[hit], minlength=num)
-    predicted = torch.bincount(pred, weights=w, minlength=num)
-    actual = torch.bincount(target, weights=w, minlength=num)  # > 0 for every class (all present)
-    return (2 * tp / (predicted + actual)).mean()
+    return class_weighted_macro_f1(scores.double(), target, prior.double() / share)
 
 
 def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict,
@@ -856,7 +867,10 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     """The ``bal-acc`` task's data, model and recipe (:func:`imbalanced_mnist`; ``draw``: its
     images drawn at random) trained and scored on the zoo's ``metric_name``
     (``"balanced_accuracy"``, ``"macro_f1"``, ``"matthews_corrcoef"`` of 10 classes); ``loss``
-    ``"ce"``, ``"ce-weighted"`` or ``"uniloss"`` (with ``options``); ``hidden``: the MLP's hidden
+    ``"ce"``, ``"ce-weighted"``, ``"uniloss"`` (with ``options``) or, for ``"macro_f1"``,
+    ``"uniloss-test-prior"``: UniLoss on macro-F1 at the class shares it is scored at (each sample
+    weighed by its class's share there over its training share,
+    :func:`class_weighted_macro_f1` through :func:`uniloss.from_metric`); ``hidden``: the MLP's hidden
     widths (``()``: linear) and ``batch`` the batch size (``benchmarks/capacity_probe.py``).
 
     ``test_prior``: ``"balanced"`` scores the (balanced) test split as it is; ``"train"`` scores
@@ -866,6 +880,17 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     the same on Fashion-MNIST, the classes' shares dealt at random (:func:`imbalanced_mnist`)."""
     xtr, ytr, xte, yte = imbalanced_mnist(draw=draw, source=source)
     metric = getattr(zoo, metric_name)(10)
+    if loss == "uniloss-test-prior":  # UniLoss on macro-F1 at the test split's class shares
+        if metric_name != "macro_f1":
+            raise ValueError(f"loss 'uniloss-test-prior' trains macro_f1 only, not {metric_name!r}")
+        train_share = torch.bincount(ytr, minlength=10).double() / len(ytr)
+        test_share = torch.bincount(yte, minlength=10).double() / len(yte)  # known to the user: the prior
+        prior = test_share if test_prior == "balanced" else train_share
+        decomposition: uniloss.Decomposition = uniloss.from_metric(
+            functools.partial(class_weighted_macro_f1, weight=prior / train_share))
+        loss = "uniloss"
+    else:
+        decomposition = metric
     score = metric.metric
     if test_prior == "train":
         if metric_name != "macro_f1":
@@ -875,7 +900,7 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     elif test_prior != "balanced":
         raise ValueError(f"test_prior must be 'balanced' or 'train', not {test_prior!r}")
     return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, *hidden, 10), score, loss, seed, options,
-                        decomposition=metric, epochs=5 if quick else 15, batch=batch)
+                        decomposition=decomposition, epochs=5 if quick else 15, batch=batch)
 
 
 def _ranking_loss(loss: str, fn: Optional[Callable[..., Tensor]], s: Tensor, rel: Tensor, query: Tensor,
