@@ -37,7 +37,10 @@ class: the metric of a batch is then a coarser estimate of the data set's):
 * ``imb-macro-f1``: the same data scored by macro-F1 (no suite task; not in the default
   ``--metrics``): cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.macro_f1(10)``).
   The test split is balanced and the training split is not, so this is macro-F1 under a shift
-  of the class prior. ``imb-macro-f1-train-prior``: the same runs, the test macro-F1 at the
+  of the class prior; beside the defaults, UniLoss on macro-F1 at the test split's class shares
+  (each sample weighed by its class's test share over its training share,
+  ``metric_wins.class_weighted_macro_f1`` through ``from_metric``), the metric as it is scored.
+  ``imb-macro-f1-train-prior``: the same runs, the test macro-F1 at the
   training split's class shares (each test sample weighed by its class's training share over
   its test share: ``metric_wins.prior_weighted_macro_f1``), so the held-out data differ from
   the training data by the sample only.
