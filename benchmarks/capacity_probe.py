@@ -113,8 +113,10 @@ PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior", "fashion-
 # Rows beside the defaults on some metrics, reported as the variants are: UniLoss on macro-F1 at the
 # test split's class shares (``metric_wins.class_weighted_macro_f1`` through ``from_metric``)
 # and its control, the same path (from_metric) on the plain macro-F1
+# (from_metric), and the same metric as the zoo's macro_f1(class_weights=...)
 EXTRA = {m: [("UniLoss, macro-F1 at the test's class shares", "uniloss-test-prior", "{}"),
-             ("UniLoss, macro-F1 through from_metric", "uniloss-traced", "{}")]
+             ("UniLoss, macro-F1 through from_metric", "uniloss-traced", "{}"),
+             ("UniLoss, zoo.macro_f1(class_weights=test share / training share)", "uniloss-class-weights", "{}")]
          for m in ("imb-macro-f1", "fashion-imb-macro-f1")}
 # The metrics on the bal-acc task's imbalanced MNIST: the zoo metric trained and scored, the test's class shares
 IMBALANCED_MNIST = {"bal-acc": ("balanced_accuracy", "balanced"), "imb-macro-f1": ("macro_f1", "balanced"),

@@ -148,6 +148,8 @@ _COUNT_METRICS = [
     lambda g: (zoo.mean_iou(4), torch.randn(2, 4, 4, 4, generator=g), torch.randint(0, 4, (2, 4, 4), generator=g)),
     lambda g: (zoo.dice(3), torch.randn(2, 3, 4, 5, generator=g), torch.randint(0, 3, (2, 4, 5), generator=g)),
     lambda g: (zoo.macro_f1(5), torch.randn(30, 5, generator=g), torch.randint(0, 5, (30,), generator=g)),
+    lambda g: (zoo.macro_f1(5, class_weights=torch.tensor([0.2, 1.0, 2.5, 4.0, 9.0])), torch.randn(30, 5, generator=g),
+               torch.randint(0, 5, (30,), generator=g)),  # counts weighted by the target's class
     lambda g: (zoo.balanced_accuracy(4), torch.randn(25, 4, generator=g), torch.randint(0, 4, (25,), generator=g)),
     lambda g: (zoo.matthews_corrcoef(3), torch.randn(25, 3, generator=g), torch.randint(0, 3, (25,), generator=g)),
     lambda g: (uniloss.AveragePrecision(), torch.randn(40, generator=g), (torch.rand(40, generator=g) < 0.3).long()),

@@ -53,9 +53,10 @@ def _accuracy_by_row(pred, target):  # exchangeable, but a user's: evaluated onc
 
 
 @pytest.mark.parametrize("grouped", [False, True])  # from [S, C] counts, or once per (right, label, other class)
-@pytest.mark.parametrize("name", ["balanced_accuracy", "macro_f1", "matthews", "custom"])
+@pytest.mark.parametrize("name", ["balanced_accuracy", "macro_f1", "macro_f1_weighted", "matthews", "custom"])
 def test_run_weights_are_the_metrics_change_when_each_run_alone_toggles(name, grouped):
     metric = {"balanced_accuracy": zoo.balanced_accuracy(4), "macro_f1": zoo.macro_f1(4),
+              "macro_f1_weighted": zoo.macro_f1(4, class_weights=torch.tensor([0.5, 2.0, 3.0, 7.0])),
               "matthews": zoo.matthews_corrcoef(4),
               "custom": uniloss.DecodedMetric(Argmax(pairs="target"), _accuracy_by_row)}[name]
     n = 40 if grouped else 30  # more rows than 2 C^2 = 32: once per (right, label, other class)

@@ -60,6 +60,31 @@ def test_macro_f1_balanced_accuracy_and_mcc_equal_sklearn(n, c, pairs, seed):
     _check(zoo.matthews_corrcoef(c, pairs=pairs), scores, target, lambda s, y: skm.matthews_corrcoef(y.numpy(), pred(s)))
 
 
+@pytest.mark.parametrize("n,c", MULTICLASS)
+@pytest.mark.parametrize("pairs", ["all", "target"])
+def test_class_weighted_macro_f1_equals_sklearn_with_sample_weights(n, c, pairs):
+    scores, target = _multiclass(n, c, 3)
+    weights = torch.rand(c, generator=_gen(4), dtype=torch.float64) * 5 + 0.1
+
+    def reference(s, y):  # the classes in the target or the prediction, as the zoo's macro-F1
+        pred = s.argmax(1).numpy()
+        labels = sorted(set(y.tolist()) | set(pred.tolist()))
+        return skm.f1_score(y.numpy(), pred, average="macro", labels=labels, sample_weight=weights[y].numpy())
+
+    _check(zoo.macro_f1(c, pairs=pairs, class_weights=weights), scores, target, reference)
+    # equal weights: the plain macro-F1, any scale
+    plain = zoo.macro_f1(c, pairs=pairs)
+    torch.testing.assert_close(zoo.macro_f1(c, pairs=pairs, class_weights=torch.full((c,), 3.0)).metric(scores, target),
+                               plain.metric(scores, target))
+
+
+def test_class_weights_are_checked():
+    for bad in (torch.ones(4), torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1, 2, 3]),
+                torch.tensor([1.0, float("inf"), 1.0])):
+        with pytest.raises(ValueError, match="class_weights"):
+            zoo.macro_f1(3, class_weights=bad)
+
+
 def test_macro_metrics_on_a_batch_with_one_class():
     scores = torch.randn(6, 3, generator=_gen(0), dtype=torch.float64)
     target = torch.ones(6, dtype=torch.long)

@@ -118,10 +118,12 @@ class _ZooMetric(DecodedMetric):
             if pair is None:
                 return None
             labels, c, right, other = plan.labels, plan.num_classes, plan.right, plan.ranked[:, 0]
-            one = torch.ones((), dtype=torch.long, device=labels.device).expand(labels.numel())
-            actual = torch.zeros(c, dtype=torch.long, device=labels.device).index_add_(0, labels, one)
-            tp_now = torch.zeros(c, dtype=torch.long, device=labels.device).index_add_(0, labels, right.long())
-            predicted_now = torch.zeros(c, dtype=torch.long, device=labels.device).index_add_(0, pair[0], one)
+            w = self._class_weights(labels.device)  # a row counts its label's weight (1 without)
+            kind = torch.long if w is None else torch.float64
+            one = torch.ones((), dtype=kind, device=labels.device).expand(labels.numel()) if w is None else w[labels]
+            actual = torch.zeros(c, dtype=kind, device=labels.device).index_add_(0, labels, one)
+            tp_now = torch.zeros(c, dtype=kind, device=labels.device).index_add_(0, labels, one * right)
+            predicted_now = torch.zeros(c, dtype=kind, device=labels.device).index_add_(0, pair[0], one)
             grouped = 2 * c * c < labels.numel()
             if min(2 * c * c, labels.numel()) * c > current_limits().weight_counts:
                 return None
@@ -132,14 +134,20 @@ class _ZooMetric(DecodedMetric):
             else:
                 is_right, label, (now, then) = right, labels, pair
             rows = torch.arange(label.numel(), device=labels.device)
+            unit = 1 if w is None else w[label]  # the toggled row's count
             tp = tp_now.expand(label.numel() + 1, c).clone()  # the last row: now
-            tp[rows, label] -= is_right.long() * 2 - 1
+            tp[rows, label] -= (is_right.long() * 2 - 1) * unit
             predicted = predicted_now.expand(label.numel() + 1, c).clone()
-            predicted[rows, now] -= 1
-            predicted[rows, then] += 1
+            predicted[rows, now] -= unit
+            predicted[rows, then] += unit
             values = counts(tp, predicted, actual, plan.dtype)
             change = (values[:-1] - values[-1]).abs()
             return change[right.long() * (c * c) + labels * c + other] if grouped else change
+
+    def _class_weights(self, device: torch.device) -> Optional[Tensor]:
+        """``[C]`` float64 the evaluator's ``class_weights`` (a row counts its label's), or ``None``."""
+        w = getattr(self.evaluator, "options", {}).get("class_weights")
+        return None if w is None else w.to(device=device, dtype=torch.float64)
 
     def structure(self, target: Any) -> Optional[Structure]:
         """:meth:`DecodedMetric.structure`, and for a metric of the class counts decoded with one
@@ -196,22 +204,26 @@ class _ZooMetric(DecodedMetric):
             labels, c, other = plan.labels, plan.num_classes, plan.ranked[:, 0]
             n, device = labels.numel(), labels.device
             one = torch.ones((), dtype=torch.long, device=device).expand(n)
+            w = self._class_weights(device)  # a row counts its label's weight (1 without)
+            kind = torch.long if w is None else torch.float64
             turned = torch.zeros(length + 1, dtype=torch.long, device=device).index_add_(0, turn, one).cumsum_(0)
             first = turn == 0
             place = torch.where(first, first.long().cumsum(0), turned.index_select(0, turn)) - 1  # each row's place by turn
             order = torch.empty_like(place).scatter_(0, place, torch.arange(n, device=device))
             label, other = labels.index_select(0, order), other.index_select(0, order)  # (index_select: a gather's speed)
-            actual = torch.zeros(c, dtype=torch.long, device=device).index_add_(0, labels, one)
-            tp = torch.zeros(c, dtype=torch.long, device=device)  # S_0: every row wrong
-            predicted = torch.zeros(c, dtype=torch.long, device=device).index_add_(0, other, one)
+            count = one if w is None else w[label]  # (in the turns' order, as label and other)
+            actual = torch.zeros(c, dtype=kind, device=device).index_add_(0, label, count)
+            tp = torch.zeros(c, dtype=kind, device=device)  # S_0: every row wrong
+            predicted = torch.zeros(c, dtype=kind, device=device).index_add_(0, other, count)
             values = [of_counts(tp[None], predicted[None], actual, plan.dtype)]
             classes = torch.arange(c, device=device)
             step = max(1, current_limits().chain_elements // (2 * c))
             for start in range(0, n, step):
                 stop = min(n, start + step)
-                gained = (label[start:stop, None] == classes).cumsum(0)  # each turned row: its label
+                unit = 1 if w is None else w[label[start:stop], None]  # each turned row's count
+                gained = ((label[start:stop, None] == classes) * unit).cumsum(0)  # each turned row: its label
                 tps = tp + gained
-                predicteds = predicted + gained - (other[start:stop, None] == classes).cumsum(0)  # not its other class
+                predicteds = predicted + gained - ((other[start:stop, None] == classes) * unit).cumsum(0)  # not its other class
                 values.append(of_counts(tps, predicteds, actual, plan.dtype))
                 tp, predicted = tps[-1], predicteds[-1]
             return torch.cat(values).index_select(0, turned)  # (at point j: the rows turned by j)
@@ -389,17 +401,21 @@ def _mean_where(values: Tensor, defined: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- multi-class
 
 
-def _class_counts(pred: Tensor, target: Tensor, num_classes: int) -> Tuple[Tensor, Tensor, Tensor]:
+def _class_counts(pred: Tensor, target: Tensor, num_classes: int,
+                  class_weights: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-class counts of ``pred [t, N]`` against ``target [N]``: ``(tp [t, C], predicted [t, C],
     actual [C])`` as int64, from one count of the ``t`` confusion matrices' codes
     ``row * C^2 + pred * C + target`` (int32, about twice as fast as int64 on CPU;
-    :func:`uniloss._pairs.counts`: no synchronisation, a fixed size)."""
+    :func:`uniloss._pairs.counts`: no synchronisation, a fixed size). ``class_weights`` ``[C]``:
+    each sample counts its target class's weight instead of 1 (float64 counts)."""
     t, c = pred.shape[0], num_classes
     code = pred.reshape(t, -1).int() * c  # (a Python number: a tensor made from one is a copy to the device)
     code += target.reshape(1, -1).int()
     code += torch.arange(0, t * c * c, c * c, dtype=torch.int32, device=pred.device)[:, None]
     code = code.reshape(-1)
     confusion = counts(code, t * c * c).reshape(t, c, c)
+    if class_weights is not None:  # confusion[row, predicted class, target class]
+        confusion = confusion * class_weights.to(device=pred.device, dtype=torch.float64)
     return confusion.diagonal(dim1=1, dim2=2), confusion.sum(2), confusion[0].sum(0)
 
 
@@ -427,8 +443,9 @@ def _matthews_counts(tp: Tensor, predicted: Tensor, actual: Tensor, dtype: torch
     return torch.where(den > 0, cov_yp / den.clamp_min(1e-30).sqrt(), torch.zeros_like(cov_yp))
 
 
-def _macro_f1(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    return _macro_f1_counts(*_class_counts(pred, target, num_classes), dtype)
+def _macro_f1(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype,
+              class_weights: Optional[Tensor] = None) -> Tensor:
+    return _macro_f1_counts(*_class_counts(pred, target, num_classes, class_weights), dtype)
 
 
 def _mean_iou(pred: Tensor, target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
@@ -522,7 +539,7 @@ class _TopKAccuracy(_ZooMetric):
             return turned.cumsum(0) / max(n, 1)
 
 
-def macro_f1(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
+def macro_f1(num_classes: int, *, pairs: str = "target", class_weights: Optional[Tensor] = None) -> DecodedMetric:
     r"""Macro-averaged F1 of multi-class predictions ``argmax_j s_ij``.
 
     :math:`F_1 = \mathrm{mean}_c\, \frac{2\,TP_c}{2\,TP_c + FP_c + FN_c}` over the classes present
@@ -535,6 +552,15 @@ def macro_f1(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
     flatten the inverse-distance weights; see ``docs/custom-metrics.md``).
     Reference: ``sklearn.metrics.f1_score(average="macro")``.
 
+    ``class_weights`` ``[num_classes]`` (positive): each sample counts its target class's weight
+    in ``TP``, ``FP`` and ``FN`` instead of 1 (scikit-learn's ``sample_weight=class_weights[y]``),
+    e.g. a class's share in the data the model will be scored on over its share in the training
+    data, for macro-F1 under that class prior. Measured, it does not make up for a shift of the
+    prior: on imbalanced Fashion-MNIST scored on its balanced test split, UniLoss on macro-F1 at the
+    test's shares stayed about 5 points behind class-weighted cross-entropy
+    (``docs/results/metric-wins/README.md``, session 35) -- train on ``balanced_accuracy`` or with
+    class weights in the usual loss there.
+
     Shapes: ``scores [n, num_classes]`` float, ``target [n]`` int64 in ``[0, num_classes)``.
 
     Example::
@@ -545,7 +571,13 @@ def macro_f1(num_classes: int, *, pairs: str = "target") -> DecodedMetric:
         0.5556
     """
     n = _check_classes(num_classes)
-    return _metric(Argmax(pairs, num_classes=n), _macro_f1, "macro_f1", num_classes=n)
+    if class_weights is None:
+        return _metric(Argmax(pairs, num_classes=n), _macro_f1, "macro_f1", num_classes=n)
+    w = torch.as_tensor(class_weights)
+    if w.shape != (n,) or not w.is_floating_point() or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"Expected `class_weights` to be a floating tensor of {n} positive finite weights, one per "
+                         f"class, but got {tuple(w.shape)} {w.dtype}")
+    return _metric(Argmax(pairs, num_classes=n), _macro_f1, "macro_f1", num_classes=n, class_weights=w)
 
 
 def balanced_accuracy(num_classes: int, *, pairs: str = "target") -> DecodedMetric:

@@ -660,7 +660,8 @@ def test_the_capacity_probe_scores_imbalanced_mnist_by_macro_f1(monkeypatch):
     assert probe.TASKS["fashion-bal-acc"][3] == probe.TASKS["bal-acc"][3]  # the same losses
     assert probe._one(("fashion-imb-macro-f1", ("128", 128), "uniloss-test-prior", 0, 1, "{}", 1.0)) == 0.7
     assert calls[-1][0][:2] == ("macro_f1", "uniloss-test-prior") and calls[-1][1]["source"] == "fashion"
-    assert [loss for _, loss, _ in probe.EXTRA["imb-macro-f1"]] == ["uniloss-test-prior", "uniloss-traced"]
+    assert [loss for _, loss, _ in probe.EXTRA["imb-macro-f1"]] == ["uniloss-test-prior", "uniloss-traced",
+                                                                 "uniloss-class-weights"]
 
 
 def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():

@@ -871,7 +871,9 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     ``"uniloss-test-prior"``: UniLoss on macro-F1 at the class shares it is scored at (each sample
     weighed by its class's share there over its training share,
     :func:`class_weighted_macro_f1` through :func:`uniloss.from_metric`), and ``"uniloss-traced"``,
-    its control: the same path on the plain macro-F1 (every weight 1); ``hidden``: the MLP's hidden
+    its control: the same path on the plain macro-F1 (every weight 1); ``"uniloss-class-weights"``:
+    the test-prior metric as the zoo's ``macro_f1(10, class_weights=...)`` (its fast path and the
+    pull of :func:`uniloss.zoo.macro_f1`); ``hidden``: the MLP's hidden
     widths (``()``: linear) and ``batch`` the batch size (``benchmarks/capacity_probe.py``).
 
     ``test_prior``: ``"balanced"`` scores the (balanced) test split as it is; ``"train"`` scores
@@ -881,15 +883,16 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     the same on Fashion-MNIST, the classes' shares dealt at random (:func:`imbalanced_mnist`)."""
     xtr, ytr, xte, yte = imbalanced_mnist(draw=draw, source=source)
     metric = getattr(zoo, metric_name)(10)
-    if loss in ("uniloss-test-prior", "uniloss-traced"):  # UniLoss on macro-F1 at the test's class shares
+    if loss in ("uniloss-test-prior", "uniloss-traced", "uniloss-class-weights"):
         if metric_name != "macro_f1":
             raise ValueError(f"loss {loss!r} trains macro_f1 only, not {metric_name!r}")
         train_share = torch.bincount(ytr, minlength=10).double() / len(ytr)
         test_share = torch.bincount(yte, minlength=10).double() / len(yte)  # known to the user: the prior
         # ("uniloss-traced": the same path at the training shares, the plain macro-F1: its control)
-        prior = test_share if test_prior == "balanced" and loss == "uniloss-test-prior" else train_share
-        decomposition: uniloss.Decomposition = uniloss.from_metric(
-            functools.partial(class_weighted_macro_f1, weight=prior / train_share))
+        prior = test_share if test_prior == "balanced" and loss != "uniloss-traced" else train_share
+        decomposition: uniloss.Decomposition = (
+            zoo.macro_f1(10, class_weights=prior / train_share) if loss == "uniloss-class-weights"
+            else uniloss.from_metric(functools.partial(class_weighted_macro_f1, weight=prior / train_share)))
         loss = "uniloss"
     else:
         decomposition = metric
