@@ -154,6 +154,8 @@ def _accuracy(s, y):
     return skm.accuracy_score(*_labels(s, y))
 
 
+_CLASS_WEIGHTS = torch.tensor([0.3, 1.0, 2.0, 5.0, 0.7], dtype=torch.float64)
+
 CASES = [
     # the paper's decompositions, with their options
     Case("AveragePrecision", uniloss.AveragePrecision, lambda: uniloss.AveragePrecision(), _binary,
@@ -176,6 +178,9 @@ CASES = [
          lambda s, y: skm.f1_score(*_labels(s, y), average="macro")),
     Case("macro_f1-all-pairs", zoo.macro_f1, lambda: zoo.macro_f1(5, pairs="all"), _multiclass,
          lambda s, y: skm.f1_score(*_labels(s, y), average="macro")),
+    Case("macro_f1-class_weights", zoo.macro_f1, lambda: zoo.macro_f1(5, class_weights=_CLASS_WEIGHTS), _multiclass,
+         lambda s, y: skm.f1_score(*_labels(s, y), average="macro", labels=sorted(set(_labels(s, y)[0]) | set(_labels(s, y)[1])),
+                                   sample_weight=_CLASS_WEIGHTS[y].numpy())),
     Case("balanced_accuracy", zoo.balanced_accuracy, lambda: zoo.balanced_accuracy(5), _multiclass,
          lambda s, y: skm.balanced_accuracy_score(*_labels(s, y))),
     Case("matthews_corrcoef", zoo.matthews_corrcoef, lambda: zoo.matthews_corrcoef(5, pairs="all"), _multiclass,
