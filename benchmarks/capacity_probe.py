@@ -39,7 +39,9 @@ class: the metric of a batch is then a coarser estimate of the data set's):
   The test split is balanced and the training split is not, so this is macro-F1 under a shift
   of the class prior; beside the defaults, UniLoss on macro-F1 at the test split's class shares
   (each sample weighed by its class's test share over its training share,
-  ``metric_wins.class_weighted_macro_f1`` through ``from_metric``), the metric as it is scored.
+  ``metric_wins.class_weighted_macro_f1`` through ``from_metric``), the metric as it is scored;
+  the same path on the plain macro-F1 (its control); and the test-prior metric as the zoo's
+  ``macro_f1(10, class_weights=...)`` (``--extras`` keeps some of these rows only).
   ``imb-macro-f1-train-prior``: the same runs, the test macro-F1 at the
   training split's class shares (each test sample weighed by its class's training share over
   its test share: ``metric_wins.prior_weighted_macro_f1``), so the held-out data differ from
@@ -210,6 +212,9 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (1: in this process)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="also train UniLoss with these keywords (a row 'UniLoss, NAME' beside the defaults)")
+    parser.add_argument("--extras", nargs="*", default=None, metavar="LOSS",
+                        help="of the rows beside the defaults that some metrics have (EXTRA), only these losses "
+                             "(default: all of them; none: no extra row)")
     parser.add_argument("--out", default="docs/results/metric-wins/capacity")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -218,7 +223,8 @@ def main(argv=None):
               for m in args.metrics}
     variants = [(f"UniLoss, {name}", "uniloss", json.dumps(json.loads(options), sort_keys=True))
                 for name, options in (v.split("=", 1) for v in args.variant)]
-    extra = {m: EXTRA.get(m, []) + variants for m in args.metrics}  # rows beside the defaults
+    extra = {m: [row for row in EXTRA.get(m, []) if args.extras is None or row[1] in args.extras] + variants
+             for m in args.metrics}  # rows beside the defaults
     losses = {m: [(label, loss, "{}") for label, loss in TASKS[m][3]] + extra[m] for m in args.metrics}
     jobs = [(m, h, loss, d, args.seed, options, x) for m in args.metrics for h in models[m]
             for _, loss, options in losses[m] for x in args.lr_scales for d in args.draws]

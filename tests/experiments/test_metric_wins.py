@@ -783,3 +783,29 @@ def test_noisy_fashion_masks_are_the_clean_images_above_one_half():
     assert x.shape == (50, 1, 28, 28) and 0.2 < float(mask.float().mean()) < 0.5  # garments: a third of a canvas
     digits = M.noisy_masks("test", 50, seed=3)[1]
     assert float(digits.float().mean()) < 0.2 and not torch.equal(digits, mask)  # MNIST's digits: thinner
+
+
+def test_the_capacity_probe_adds_the_extra_rows_of_a_metric_and_filters_them(tmp_path, monkeypatch):
+    probe = _benchmark("capacity_probe")
+    runs = []
+
+    def fake(job):
+        runs.append(job[2])
+        return {"ce": 0.80, "ce-weighted": 0.90, "uniloss": 0.85, "uniloss-test-prior": 0.86,
+                "uniloss-traced": 0.84, "uniloss-class-weights": 0.88}[job[2]] + 0.01 * job[3]
+
+    monkeypatch.setattr(probe, "_one", fake)
+    argv = ["--metrics", "imb-macro-f1", "--models", "128", "--draws", "0", "1", "--jobs", "1"]
+    row, = probe.main(argv + ["--extras", "uniloss-class-weights", "--out", str(tmp_path / "a")])["rows"]
+    assert set(runs) == {"ce", "ce-weighted", "uniloss", "uniloss-class-weights"}  # the filter
+    label = "UniLoss, zoo.macro_f1(class_weights=test share / training share)"
+    assert row["variants_vs_defaults"][label]["per_draw"] == pytest.approx([3.0, 3.0])
+    assert row["variants_vs_best"][label]["per_draw"] == pytest.approx([-2.0, -2.0])  # class-weighted CE
+    assert row["strongest"] == "class-weighted CE"  # the extra rows are not among the others
+    runs.clear()
+    row, = probe.main(argv + ["--out", str(tmp_path / "b")])["rows"]
+    assert set(runs) == {"ce", "ce-weighted", "uniloss", "uniloss-test-prior", "uniloss-traced",
+                         "uniloss-class-weights"} and len(row["variants_vs_best"]) == 3
+    runs.clear()
+    row, = probe.main(argv + ["--extras", "--out", str(tmp_path / "c")])["rows"]
+    assert "uniloss-class-weights" not in runs and "variants_vs_best" not in row
