@@ -32,8 +32,9 @@ Classes absent from both the target and the prediction are left out of macro ave
 scikit-learn does when ``labels`` is not given; an undefined ratio (``0/0``) counts as 0, as
 scikit-learn's default ``zero_division`` does.
 
-Values are computed in float64 for float64 scores and in float32 otherwise (counts in int64),
-so float32 scores never need float64, which some devices (Apple MPS) lack.
+Values are computed in float64 for float64 scores and in float32 otherwise (counts in int64;
+``macro_f1``'s class-weighted counts in float64, in float32 on MPS), so float32 scores never need
+float64 on a device that lacks it (Apple MPS).
 
 Example::
 
@@ -119,7 +120,7 @@ class _ZooMetric(DecodedMetric):
                 return None
             labels, c, right, other = plan.labels, plan.num_classes, plan.right, plan.ranked[:, 0]
             w = self._class_weights(labels.device)  # a row counts its label's weight (1 without)
-            kind = torch.long if w is None else torch.float64
+            kind = torch.long if w is None else w.dtype
             one = torch.ones((), dtype=kind, device=labels.device).expand(labels.numel()) if w is None else w[labels]
             actual = torch.zeros(c, dtype=kind, device=labels.device).index_add_(0, labels, one)
             tp_now = torch.zeros(c, dtype=kind, device=labels.device).index_add_(0, labels, one * right)
@@ -145,9 +146,10 @@ class _ZooMetric(DecodedMetric):
             return change[right.long() * (c * c) + labels * c + other] if grouped else change
 
     def _class_weights(self, device: torch.device) -> Optional[Tensor]:
-        """``[C]`` float64 the evaluator's ``class_weights`` (a row counts its label's), or ``None``."""
+        """``[C]`` the evaluator's ``class_weights`` (a row counts its label's) in the weighted
+        counts' dtype (:func:`_weighted_dtype`), or ``None``."""
         w = getattr(self.evaluator, "options", {}).get("class_weights")
-        return None if w is None else w.to(device=device, dtype=torch.float64)
+        return None if w is None else w.to(device=device, dtype=_weighted_dtype(device))
 
     def structure(self, target: Any) -> Optional[Structure]:
         """:meth:`DecodedMetric.structure`, and for a metric of the class counts decoded with one
@@ -205,7 +207,7 @@ class _ZooMetric(DecodedMetric):
             n, device = labels.numel(), labels.device
             one = torch.ones((), dtype=torch.long, device=device).expand(n)
             w = self._class_weights(device)  # a row counts its label's weight (1 without)
-            kind = torch.long if w is None else torch.float64
+            kind = torch.long if w is None else w.dtype
             turned = torch.zeros(length + 1, dtype=torch.long, device=device).index_add_(0, turn, one).cumsum_(0)
             first = turn == 0
             place = torch.where(first, first.long().cumsum(0), turned.index_select(0, turn)) - 1  # each row's place by turn
@@ -401,13 +403,18 @@ def _mean_where(values: Tensor, defined: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- multi-class
 
 
+def _weighted_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of weighted class counts: float64, float32 where the device has no float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _class_counts(pred: Tensor, target: Tensor, num_classes: int,
                   class_weights: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-class counts of ``pred [t, N]`` against ``target [N]``: ``(tp [t, C], predicted [t, C],
     actual [C])`` as int64, from one count of the ``t`` confusion matrices' codes
     ``row * C^2 + pred * C + target`` (int32, about twice as fast as int64 on CPU;
     :func:`uniloss._pairs.counts`: no synchronisation, a fixed size). ``class_weights`` ``[C]``:
-    each sample counts its target class's weight instead of 1 (float64 counts)."""
+    each sample counts its target class's weight instead of 1 (float counts, :func:`_weighted_dtype`)."""
     t, c = pred.shape[0], num_classes
     code = pred.reshape(t, -1).int() * c  # (a Python number: a tensor made from one is a copy to the device)
     code += target.reshape(1, -1).int()
@@ -415,7 +422,7 @@ def _class_counts(pred: Tensor, target: Tensor, num_classes: int,
     code = code.reshape(-1)
     confusion = counts(code, t * c * c).reshape(t, c, c)
     if class_weights is not None:  # confusion[row, predicted class, target class]
-        confusion = confusion * class_weights.to(device=pred.device, dtype=torch.float64)
+        confusion = confusion * class_weights.to(device=pred.device, dtype=_weighted_dtype(pred.device))
     return confusion.diagonal(dim1=1, dim2=2), confusion.sum(2), confusion[0].sum(0)
 
 
