@@ -41,7 +41,8 @@ class: the metric of a batch is then a coarser estimate of the data set's):
   (each sample weighed by its class's test share over its training share,
   ``metric_wins.class_weighted_macro_f1`` through ``from_metric``), the metric as it is scored;
   the same path on the plain macro-F1 (its control); and the test-prior metric as the zoo's
-  ``macro_f1(10, class_weights=...)`` (``--extras`` keeps some of these rows only).
+  ``macro_f1(10, class_weights=...)``, alone and in a ``CrossBatchMemory`` of 896 samples (the
+  loss scaled back to the batch's step; ``--extras`` keeps some of these rows only).
   ``imb-macro-f1-train-prior``: the same runs, the test macro-F1 at the
   training split's class shares (each test sample weighed by its class's training share over
   its test share: ``metric_wins.prior_weighted_macro_f1``), so the held-out data differ from
@@ -118,7 +119,8 @@ PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior", "fashion-
 # (from_metric), and the same metric as the zoo's macro_f1(class_weights=...)
 EXTRA = {m: [("UniLoss, macro-F1 at the test's class shares", "uniloss-test-prior", "{}"),
              ("UniLoss, macro-F1 through from_metric", "uniloss-traced", "{}"),
-             ("UniLoss, zoo.macro_f1(class_weights=test share / training share)", "uniloss-class-weights", "{}")]
+             ("UniLoss, zoo.macro_f1(class_weights=test share / training share)", "uniloss-class-weights", "{}"),
+             ("UniLoss, class_weights, a memory of 896 samples", "uniloss-class-weights-memory", '{"memory": 896}')]
          for m in ("imb-macro-f1", "fashion-imb-macro-f1")}
 # The metrics on the bal-acc task's imbalanced MNIST: the zoo metric trained and scored, the test's class shares
 IMBALANCED_MNIST = {"bal-acc": ("balanced_accuracy", "balanced"), "imb-macro-f1": ("macro_f1", "balanced"),
@@ -132,6 +134,7 @@ def _one(job):
     torch.set_num_threads(1)
     metric, (model, batch), loss, draw, seed, options, scale = job
     hidden, options = TASKS[metric][1][model], json.loads(options)
+    loss = loss.removesuffix("-memory")  # (an extra row's name: the memory is in its options)
     mw._LR_SCALE = scale  # (the suite's --lr-scales)
     if metric == "macro-f1":
         return mw.run_digits_f1(loss, seed, True, options, draw=draw, hidden=hidden, batch=batch)[-1]

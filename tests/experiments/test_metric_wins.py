@@ -660,8 +660,10 @@ def test_the_capacity_probe_scores_imbalanced_mnist_by_macro_f1(monkeypatch):
     assert probe.TASKS["fashion-bal-acc"][3] == probe.TASKS["bal-acc"][3]  # the same losses
     assert probe._one(("fashion-imb-macro-f1", ("128", 128), "uniloss-test-prior", 0, 1, "{}", 1.0)) == 0.7
     assert calls[-1][0][:2] == ("macro_f1", "uniloss-test-prior") and calls[-1][1]["source"] == "fashion"
+    probe._one(("imb-macro-f1", ("128", 128), "uniloss-class-weights-memory", 0, 1, '{"memory": 896}', 1.0))
+    assert calls[-1][0][:2] == ("macro_f1", "uniloss-class-weights") and calls[-1][0][4] == {"memory": 896}
     assert [loss for _, loss, _ in probe.EXTRA["imb-macro-f1"]] == ["uniloss-test-prior", "uniloss-traced",
-                                                                 "uniloss-class-weights"]
+                                                                 "uniloss-class-weights", "uniloss-class-weights-memory"]
 
 
 def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():
@@ -792,12 +794,14 @@ def test_the_capacity_probe_adds_the_extra_rows_of_a_metric_and_filters_them(tmp
     def fake(job):
         runs.append(job[2])
         return {"ce": 0.80, "ce-weighted": 0.90, "uniloss": 0.85, "uniloss-test-prior": 0.86,
-                "uniloss-traced": 0.84, "uniloss-class-weights": 0.88}[job[2]] + 0.01 * job[3]
+                "uniloss-traced": 0.84, "uniloss-class-weights": 0.88,
+                "uniloss-class-weights-memory": 0.89}[job[2]] + 0.01 * job[3]
 
     monkeypatch.setattr(probe, "_one", fake)
     argv = ["--metrics", "imb-macro-f1", "--models", "128", "--draws", "0", "1", "--jobs", "1"]
     row, = probe.main(argv + ["--extras", "uniloss-class-weights", "--out", str(tmp_path / "a")])["rows"]
     assert set(runs) == {"ce", "ce-weighted", "uniloss", "uniloss-class-weights"}  # the filter
+    assert runs.count("uniloss-class-weights") == 2  # two draws; the memory's row is filtered out
     label = "UniLoss, zoo.macro_f1(class_weights=test share / training share)"
     assert row["variants_vs_defaults"][label]["per_draw"] == pytest.approx([3.0, 3.0])
     assert row["variants_vs_best"][label]["per_draw"] == pytest.approx([-2.0, -2.0])  # class-weighted CE
@@ -805,7 +809,7 @@ def test_the_capacity_probe_adds_the_extra_rows_of_a_metric_and_filters_them(tmp
     runs.clear()
     row, = probe.main(argv + ["--out", str(tmp_path / "b")])["rows"]
     assert set(runs) == {"ce", "ce-weighted", "uniloss", "uniloss-test-prior", "uniloss-traced",
-                         "uniloss-class-weights"} and len(row["variants_vs_best"]) == 3
+                         "uniloss-class-weights", "uniloss-class-weights-memory"} and len(row["variants_vs_best"]) == 4
     runs.clear()
     row, = probe.main(argv + ["--extras", "--out", str(tmp_path / "c")])["rows"]
     assert "uniloss-class-weights" not in runs and "variants_vs_best" not in row
