@@ -114,9 +114,9 @@ for _m in ("bal-acc", "imb-macro-f1", "imb-macro-f1-train-prior"):  # the same o
 PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior", "fashion-ap", "fashion-f1", "fashion-bal-acc",
                "fashion-imb-macro-f1", "fashion-imb-macro-f1-train-prior")  # not in the default --metrics
 # Rows beside the defaults on some metrics, reported as the variants are: UniLoss on macro-F1 at the
-# test split's class shares (``metric_wins.class_weighted_macro_f1`` through ``from_metric``)
-# and its control, the same path (from_metric) on the plain macro-F1
-# (from_metric), and the same metric as the zoo's macro_f1(class_weights=...)
+# test split's class shares through from_metric (metric_wins.class_weighted_macro_f1), its control
+# (the same path on the plain macro-F1), and the same metric as the zoo's macro_f1(class_weights=...),
+# alone and in a memory
 EXTRA = {m: [("UniLoss, macro-F1 at the test's class shares", "uniloss-test-prior", "{}"),
              ("UniLoss, macro-F1 through from_metric", "uniloss-traced", "{}"),
              ("UniLoss, zoo.macro_f1(class_weights=test share / training share)", "uniloss-class-weights", "{}"),
