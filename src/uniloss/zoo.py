@@ -222,10 +222,12 @@ class _ZooMetric(DecodedMetric):
             step = max(1, current_limits().chain_elements // (2 * c))
             for start in range(0, n, step):
                 stop = min(n, start + step)
-                unit = 1 if w is None else w[label[start:stop], None]  # each turned row's count
-                gained = ((label[start:stop, None] == classes) * unit).cumsum(0)  # each turned row: its label
+                hit, lost = label[start:stop, None] == classes, other[start:stop, None] == classes
+                if w is not None:  # each turned row counts its label's weight
+                    hit, lost = hit * w[label[start:stop], None], lost * w[label[start:stop], None]
+                gained = hit.cumsum(0)  # each turned row: its label
                 tps = tp + gained
-                predicteds = predicted + gained - ((other[start:stop, None] == classes) * unit).cumsum(0)  # not its other class
+                predicteds = predicted + gained - lost.cumsum(0)  # not its other class
                 values.append(of_counts(tps, predicteds, actual, plan.dtype))
                 tp, predicted = tps[-1], predicteds[-1]
             return torch.cat(values).index_select(0, turned)  # (at point j: the rows turned by j)

@@ -239,15 +239,21 @@ def graded_queries(draw: int, num_queries: int, size: int = 30, *, split: int = 
     return x, relevance, query
 
 
+def _image_loader(source: str) -> Callable[..., Any]:
+    """The loader of ``source``'s images: ``"mnist"`` or ``"fashion"`` (Fashion-MNIST)."""
+    from .data import load_fashion_mnist, load_mnist
+
+    loaders = {"mnist": load_mnist, "fashion": load_fashion_mnist}
+    if source not in loaders:
+        raise ValueError(f"source must be 'mnist' or 'fashion', not {source!r}")
+    return loaders[source]
+
+
 def noisy_masks(split: str, count: int, seed: int, data_dir: Optional[str] = None, source: str = "mnist"):
     """MNIST images with Gaussian noise (sigma 0.8) and a random 10x10 occluding patch, and the
     clean digits' masks (pixel > 0.5): ``(x [count, 1, 28, 28], mask [count, 28, 28] int64)``;
     ``source="fashion"``: Fashion-MNIST's images instead (the ``seg-miou-fashion`` probe)."""
-    from .data import load_fashion_mnist, load_mnist
-
-    if source not in ("mnist", "fashion"):
-        raise ValueError(f"source must be 'mnist' or 'fashion', not {source!r}")
-    images, _ = (load_mnist if source == "mnist" else load_fashion_mnist)(split, data_dir=data_dir)
+    images, _ = _image_loader(source)(split, data_dir=data_dir)
     g = torch.Generator().manual_seed(seed)
     clean = images[torch.randperm(images.shape[0], generator=g)[:count]].float()[:, None] / 255.0
     mask = (clean[:, 0] > 0.5).long()
@@ -803,13 +809,9 @@ def imbalanced_mnist(ratio: float = 0.6, data_dir: Optional[str] = None, draw: O
     the classes' shares are dealt at random too: class ``c`` keeps ``ratio ** order[c]`` of its
     images, ``order`` a random permutation of the ten classes drawn with the same seed (``draw``
     is then required), so that no one class is always the rarest."""
-    from .data import load_fashion_mnist, load_mnist
-
-    if source not in ("mnist", "fashion"):
-        raise ValueError(f"source must be 'mnist' or 'fashion', not {source!r}")
+    load = _image_loader(source)
     if source == "fashion" and draw is None:
         raise ValueError("source='fashion' deals the classes' shares at random: give a draw")
-    load = load_mnist if source == "mnist" else load_fashion_mnist
     train, test = load("train", data_dir=data_dir), load("test", data_dir=data_dir)
     y = train.labels
     rank = torch.zeros_like(y)
