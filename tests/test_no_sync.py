@@ -3,6 +3,7 @@ synchronisation"): a forward and backward pass runs none of the operators that m
 wait (``nonzero``, ``item``), counted by the profiler on the CPU and checked under
 ``torch.cuda.set_sync_debug_mode("error")`` on CUDA."""
 
+import linecache
 import os
 
 import pytest
@@ -245,6 +246,29 @@ def test_a_compiled_loss_breaks_only_for_a_generators_draws(name):
         else:
             draws = [f for b in ex.break_reasons for f in b.user_stack[-1:]]
             assert all(f.filename.endswith("_random.py") for f in draws), [b.reason for b in ex.break_reasons]
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["AP", "accuracy", "PCK"])
+def test_the_default_checks_are_the_only_graph_breaks(name):
+    """With ``validate_args=True`` (the default) a compiled call breaks where a check reads the
+    inputs' values on the host, or where ``LossInfo.bit_count`` becomes an int, and nowhere else
+    (docs/performance.md: "pass ``validate_args=False`` in a compiled step")."""
+    import warnings
+
+    metric, scores, target = _compile_cases()[name]
+    loss_fn = uniloss.UniLoss(metric)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex = torch._dynamo.explain(lambda s, y: loss_fn(s, y))(scores.clone().requires_grad_(), target)
+    sites = {(f.filename.rsplit(os.sep, 1)[-1], f.name, linecache.getline(f.filename, f.lineno).strip())
+             for b in ex.break_reasons for f in b.user_stack[-1:]}
+    assert ex.graph_break_count > 0 and sites, "the checks read values: at least one break"
+    assert all(file == "_validation.py" or name in ("check", "_check_scores", "_check_binary")
+               or line.startswith(("count = int(count)", "return int(static[0]) if validate_args"))
+               for file, name, line in sites), sites
     torch._dynamo.reset()
 
 

@@ -91,7 +91,9 @@ class UniLoss(nn.Module):
             ``grad_scale``'s modes apply to it alone); see :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.
         generator: a ``torch.Generator`` for the anchors (same state, same loss).
-        validate_args: check tensors on every call.
+        validate_args: check tensors on every call (their values are read on the host: a
+            synchronisation on an accelerator and a graph break under ``torch.compile``; pass
+            ``False`` for trusted inputs in a compiled step).
         good_anchors: ``"sample"`` (default, the paper: ``num_good`` random single-bit flips of
             best) or ``"all"`` (every one of the ``l`` single-bit flips, each weighted
             ``num_good / l``: the expectation of the sampled ones, in ``O(l)``; for
