@@ -254,6 +254,46 @@ def test_pckh_hand_computed():
     assert float(pose.keypoint_pck(crop_pred, y[..., :2], y[..., 2], y[:, 0, 3])) == pytest.approx(float(r["all"]))
 
 
+def test_mpii_evaluate_reads_the_last_stack_and_scores_pckh_in_crop_pixels():
+    # stride 4: heatmap pixel (x, y) is crop pixel (4x + 1.5, 4y + 1.5); head size 12: radius 6 px
+    n, joints, h = 2, 16, 16
+    heat = torch.zeros(n, 2, joints, h, h)
+    heat[:, 0, :, 0, 0] = 10.0  # the first stack points elsewhere: only the last one is read
+    peak = torch.tensor([[3, 5], [8, 2]])  # (x, y) per person, every joint of a person alike
+    for i, (x, y) in enumerate(peak.tolist()):
+        heat[i, 1, :, y, x] = 1.0
+    pred = peak.float() * 4 + 1.5
+    gt = pred[:, None, :].repeat(1, joints, 1)
+    gt[0, :8, 0] += 6.0  # distance 6: right (inclusive)
+    gt[0, 8:, 0] += 6.5  # 6.5: wrong, the head top (9) among them
+    gt[1, :, 1] += 2.0  # every joint of person 2 right
+    vis = torch.ones(n, joints)
+    vis[1, 0] = 0
+    y = pose.pack_keypoints(gt, vis, torch.tensor([12.0, 12.0]))
+    r = pose.mpii_evaluate(heat, y, stride=4)
+    assert r["pckh_head"] == pytest.approx(0.5)  # person 1's head top is wrong, person 2's right
+    assert r["pckh_all"] == pytest.approx((8 + 15) / 31)
+    # the benchmark's mean leaves out pelvis (6) and thorax (7), both right for person 1
+    assert r["pckh"] == pytest.approx((6 + 13) / 27)  # person 2: 13 of these visible
+    # one joint (mpii-head): every figure is that joint's PCKh
+    one = pose.mpii_evaluate(heat[:, :, :1], y[:, :1], stride=4)
+    assert one == {"pckh": 1.0, "pckh_head": 1.0, "pckh_all": 1.0}
+
+
+def test_plot_examples_draws_the_canvases_and_their_heatmaps(tmp_path):
+    pytest.importorskip("matplotlib")
+    from uniloss.experiments.pose.plots import plot_examples
+
+    try:
+        path = plot_examples(str(tmp_path / "examples.png"), count=3, sigmas=(1.0, 3.0))
+    except Exception as exc:  # MNIST absent: the loaders' own tests cover the message
+        pytest.skip(f"needs MNIST: {exc}")
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > image.shape[1] / 2 and image.std() > 0.05  # 4 rows of 3 panels, not blank
+
+
 def test_mpii_experiment_loads_the_fixture_and_says_when_mpii_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     _write_mpii(tmp_path / "data" / "mpii", headbox_file=False)
