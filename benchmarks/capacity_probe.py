@@ -47,15 +47,19 @@ class: the metric of a batch is then a coarser estimate of the data set's):
   training split's class shares (each test sample weighed by its class's training share over
   its test share: ``metric_wins.prior_weighted_macro_f1``), so the held-out data differ from
   the training data by the sample only.
+* ``imb-mcc``: the same data scored by the multi-class Matthews correlation (no suite task, not
+  in the default ``--metrics``; no default was chosen on it): cross-entropy, class-weighted
+  cross-entropy, UniLoss (``zoo.matthews_corrcoef(10)``). ``imb-mcc-train-prior``: the same
+  runs scored at the training split's class shares (``metric_wins.prior_weighted_mcc``).
 * ``fashion-ap``, ``fashion-f1``: real images, no suite task (not in the default ``--metrics``):
   Fashion-MNIST's shirts (class 6, the class most confused with others) against the rest, the
   shirts kept at random (the draw the seed) so that they are 5% of each split, a tenth of the
   training split held out for validation (``metric_wins.fashion_binary``); 5 epochs, lr 0.1,
   cosine, batch 128. The losses of ``ap`` / ``f1``, and BCE with ``pos_weight`` (negatives over
   positives) for F1.
-* ``fashion-bal-acc``, ``fashion-imb-macro-f1``, ``fashion-imb-macro-f1-train-prior``: the three
-  above on Fashion-MNIST, real images (no suite task; not in the default ``--metrics``): class
-  ``c`` keeps ``0.6 ** order[c]`` of its training images, ``order`` a random permutation of the
+* ``fashion-bal-acc``, ``fashion-imb-macro-f1``, ``fashion-imb-macro-f1-train-prior``,
+  ``fashion-imb-mcc``, ``fashion-imb-mcc-train-prior``: the five above on Fashion-MNIST, real images (no suite task; not in the
+  default ``--metrics``): class ``c`` keeps ``0.6 ** order[c]`` of its training images, ``order`` a random permutation of the
   classes drawn with the images (the draw the seed), so that the rarest class changes from draw
   to draw (``metric_wins.imbalanced_mnist(source="fashion")``); the same losses and recipe.
 
@@ -96,6 +100,12 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
                  [("cross-entropy", "ce"), ("UniLoss (defaults)", "uniloss")]),
     "imb-macro-f1": ("imbalanced MNIST (random images): test macro-F1", CLASS_MODELS, None,  # no suite task
                      [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"), ("UniLoss (defaults)", "uniloss")]),
+    "imb-mcc": ("imbalanced MNIST (random images): test Matthews correlation", CLASS_MODELS, None,  # no suite task
+                [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"), ("UniLoss (defaults)", "uniloss")]),
+    "imb-mcc-train-prior": ("imbalanced MNIST (random images): test Matthews correlation at the training split's "
+                            "class shares", CLASS_MODELS, None,
+                            [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"),
+                             ("UniLoss (defaults)", "uniloss")]),
     "imb-macro-f1-train-prior": ("imbalanced MNIST (random images): test macro-F1 at the training split's class shares",
                                  CLASS_MODELS, None,
                                  [("cross-entropy", "ce"), ("class-weighted CE", "ce-weighted"),
@@ -106,13 +116,14 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
                    [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"),
                     ("BCE, validation-tuned threshold", "bce-tuned"), ("UniLoss (defaults)", "uniloss")]),
 }
-for _m in ("bal-acc", "imb-macro-f1", "imb-macro-f1-train-prior"):  # the same on Fashion-MNIST
+for _m in ("bal-acc", "imb-macro-f1", "imb-macro-f1-train-prior", "imb-mcc", "imb-mcc-train-prior"):  # the same on Fashion-MNIST
     _title, _, _, _rows = TASKS[_m]
     TASKS["fashion-" + _m] = (_title.replace("bal-acc (random images)", "imbalanced Fashion-MNIST")
                               .replace("imbalanced MNIST (random images)", "imbalanced Fashion-MNIST"),
                               FASHION_CLASS_MODELS, None, _rows)
-PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior", "fashion-ap", "fashion-f1", "fashion-bal-acc",
-               "fashion-imb-macro-f1", "fashion-imb-macro-f1-train-prior")  # not in the default --metrics
+PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior", "imb-mcc", "imb-mcc-train-prior",  # not in
+               "fashion-ap", "fashion-f1", "fashion-bal-acc", "fashion-imb-macro-f1",  # the default --metrics
+               "fashion-imb-macro-f1-train-prior", "fashion-imb-mcc", "fashion-imb-mcc-train-prior")
 # Rows beside the defaults on some metrics, reported as the variants are: UniLoss on macro-F1 at the
 # test split's class shares through from_metric (metric_wins.class_weighted_macro_f1), its control
 # (the same path on the plain macro-F1), and the same metric as the zoo's macro_f1(class_weights=...),
@@ -124,7 +135,8 @@ EXTRA = {m: [("UniLoss, macro-F1 at the test's class shares", "uniloss-test-prio
          for m in ("imb-macro-f1", "fashion-imb-macro-f1")}
 # The metrics on the bal-acc task's imbalanced MNIST: the zoo metric trained and scored, the test's class shares
 IMBALANCED_MNIST = {"bal-acc": ("balanced_accuracy", "balanced"), "imb-macro-f1": ("macro_f1", "balanced"),
-                    "imb-macro-f1-train-prior": ("macro_f1", "train")}
+                    "imb-macro-f1-train-prior": ("macro_f1", "train"), "imb-mcc": ("matthews_corrcoef", "balanced"),
+                    "imb-mcc-train-prior": ("matthews_corrcoef", "train")}
 
 
 def _one(job):

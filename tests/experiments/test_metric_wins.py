@@ -664,6 +664,12 @@ def test_the_capacity_probe_scores_imbalanced_mnist_by_macro_f1(monkeypatch):
     assert calls[-1][0][:2] == ("macro_f1", "uniloss-class-weights") and calls[-1][0][4] == {"memory": 896}
     assert [loss for _, loss, _ in probe.EXTRA["imb-macro-f1"]] == ["uniloss-test-prior", "uniloss-traced",
                                                                  "uniloss-class-weights", "uniloss-class-weights-memory"]
+    # the Matthews correlation's probes: the zoo's metric, scored as it is and at the training shares
+    for metric, prior, source in (("imb-mcc", "balanced", "mnist"), ("imb-mcc-train-prior", "train", "mnist"),
+                                  ("fashion-imb-mcc-train-prior", "train", "fashion")):
+        probe._one((metric, ("linear", 128), "uniloss", 2, 1, "{}", 1.0))
+        assert calls[-1][0][:2] == ("matthews_corrcoef", "uniloss")
+        assert calls[-1][1] == dict(draw=2, hidden=(), batch=128, test_prior=prior, source=source)
 
 
 def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():
@@ -685,10 +691,36 @@ def test_prior_weighted_macro_f1_matches_scikit_learn_with_sample_weights():
         f1_score(y.numpy(), scores.argmax(1).numpy(), average="macro"), rel=1e-12)
     with pytest.raises(ValueError, match="every class present"):
         M.prior_weighted_macro_f1(scores[y != 0], y[y != 0], share)
-    with pytest.raises(ValueError, match="test_prior"):
+    with pytest.raises(ValueError, match="test_prior='train' scores macro_f1 and matthews_corrcoef only"):
         M.run_imbalanced_mnist("balanced_accuracy", "ce", 0, True, {}, test_prior="train")
     with pytest.raises(ValueError, match="trains macro_f1 only"):
         M.run_imbalanced_mnist("balanced_accuracy", "uniloss-test-prior", 0, True, {})
+
+
+def test_prior_weighted_mcc_matches_scikit_learn_with_sample_weights():
+    # Gorodkin's R_K at other class shares: each sample weighs prior[c] / share[c]
+    from sklearn.metrics import matthews_corrcoef
+
+    gen = torch.Generator().manual_seed(2)
+    for n, c in ((300, 5), (40, 3), (500, 10)):
+        y = torch.randint(0, c, (n,), generator=gen)
+        y[:c] = torch.arange(c)  # every class present
+        scores = torch.randn(n, c, generator=gen) + 1.5 * torch.nn.functional.one_hot(y, c)
+        prior = torch.rand(c, generator=gen) + 0.05
+        prior = prior / prior.sum()
+        weight = (prior.double() / (torch.bincount(y, minlength=c).double() / n))[y]
+        expected = matthews_corrcoef(y.numpy(), scores.argmax(1).numpy(), sample_weight=weight.numpy())
+        assert float(M.prior_weighted_mcc(scores, y, prior)) == pytest.approx(expected, rel=1e-10)
+        # at the sample's own shares it is the zoo's (unweighted) Matthews correlation
+        share = torch.bincount(y, minlength=c).double() / n
+        assert float(M.prior_weighted_mcc(scores.double(), y, share)) == pytest.approx(
+            float(uniloss.zoo.matthews_corrcoef(c).metric(scores.double(), y)), rel=1e-10)
+    # one class predicted for every sample: the denominator is 0, and so is the metric (scikit-learn's 0)
+    const = torch.zeros(n, c)
+    const[:, 0] = 1.0
+    assert float(M.prior_weighted_mcc(const, y, prior)) == 0.0 == matthews_corrcoef(y.numpy(), const.argmax(1).numpy())
+    with pytest.raises(ValueError, match="every class present"):
+        M.prior_weighted_mcc(scores[y != 0], y[y != 0], prior)
 
 
 def test_class_weighted_macro_f1_matches_scikit_learn_and_traces_into_a_loss():

@@ -848,6 +848,16 @@ def class_weighted_macro_f1(scores: Tensor, target: Tensor, weight: Tensor) -> T
     return torch.where(present, 2 * tp / support.clamp_min(1e-30), 0.0).sum() / present.sum()
 
 
+def _prior_weights(target: Tensor, prior: Tensor) -> Tensor:
+    """``[C]`` float64: ``prior[c] / share[c]``, each class's weight that moves a sample with the
+    class shares ``share`` of ``target`` to the shares ``prior`` (prior shift)."""
+    num = prior.numel()
+    share = torch.bincount(target, minlength=num).double() / len(target)
+    if bool((prior <= 0).any()) or bool((share == 0).any()):
+        raise ValueError("prior must be positive, and every class present in target")
+    return prior.double() / share
+
+
 def prior_weighted_macro_f1(scores: Tensor, target: Tensor, prior: Tensor) -> Tensor:
     """Macro-F1 of ``argmax scores`` as it would be on data whose classes have the shares
     ``prior`` (``[C]``, summing to 1), estimated from a sample with other shares: each sample of
@@ -856,11 +866,30 @@ def prior_weighted_macro_f1(scores: Tensor, target: Tensor, prior: Tensor) -> Te
     the classes' frequencies change (prior shift). Reference:
     ``sklearn.metrics.f1_score(average="macro", sample_weight=...)``. Shapes: ``scores [n, C]``,
     ``target [n]`` int64 with every class present, ``prior`` positive."""
-    num = prior.numel()
-    share = torch.bincount(target, minlength=num).double() / len(target)
-    if bool((prior <= 0).any()) or bool((share == 0).any()):
-        raise ValueError("prior must be positive, and every class present in target")
-    return class_weighted_macro_f1(scores.double(), target, prior.double() / share)
+    return class_weighted_macro_f1(scores.double(), target, _prior_weights(target, prior))
+
+
+def prior_weighted_mcc(scores: Tensor, target: Tensor, prior: Tensor) -> Tensor:
+    r"""The multi-class Matthews correlation (Gorodkin's :math:`R_K`, as
+    :func:`uniloss.zoo.matthews_corrcoef`) of ``argmax scores`` at the class shares ``prior``:
+    each sample weighs ``prior[c] / share[c]`` in the confusion matrix, as in
+    :func:`prior_weighted_macro_f1`; 0 where the denominator is 0. Reference:
+    ``sklearn.metrics.matthews_corrcoef(sample_weight=...)``. Shapes: those of
+    :func:`prior_weighted_macro_f1`."""
+    weight = _prior_weights(target, prior)
+    num = weight.numel()
+    w = weight[target]
+    pred = scores.argmax(1)
+    true_counts = torch.zeros(num, dtype=torch.float64).index_add_(0, target, w)
+    pred_counts = torch.zeros(num, dtype=torch.float64).index_add_(0, pred, w)
+    correct, total = (w * (pred == target)).sum(), w.sum()
+    cov = correct * total - (pred_counts * true_counts).sum()
+    den = ((total ** 2 - (pred_counts ** 2).sum()) * (total ** 2 - (true_counts ** 2).sum())).sqrt()
+    return torch.where(den > 0, cov / den.clamp_min(1e-300), 0.0)
+
+
+# test_prior="train": the metrics of run_imbalanced_mnist scored at the training split's class shares
+_PRIOR_WEIGHTED = {"macro_f1": prior_weighted_macro_f1, "matthews_corrcoef": prior_weighted_mcc}
 
 
 def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, options: dict,
@@ -879,9 +908,9 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     widths (``()``: linear) and ``batch`` the batch size (``benchmarks/capacity_probe.py``).
 
     ``test_prior``: ``"balanced"`` scores the (balanced) test split as it is; ``"train"`` scores
-    macro-F1 as on test data with the training split's class shares
-    (:func:`prior_weighted_macro_f1`), so held-out and training data differ by the sample only,
-    not by the classes' shares (``metric_name`` must be ``"macro_f1"``). ``source="fashion"``:
+    macro-F1 or the Matthews correlation as on test data with the training split's class shares
+    (:func:`prior_weighted_macro_f1`, :func:`prior_weighted_mcc`), so held-out and training data
+    differ by the sample only, not by the classes' shares. ``source="fashion"``:
     the same on Fashion-MNIST, the classes' shares dealt at random (:func:`imbalanced_mnist`)."""
     xtr, ytr, xte, yte = imbalanced_mnist(draw=draw, source=source)
     metric = getattr(zoo, metric_name)(10)
@@ -900,10 +929,10 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
         decomposition = metric
     score = metric.metric
     if test_prior == "train":
-        if metric_name != "macro_f1":
-            raise ValueError(f"test_prior='train' scores macro_f1 only, not {metric_name!r}")
+        if metric_name not in _PRIOR_WEIGHTED:
+            raise ValueError(f"test_prior='train' scores {' and '.join(_PRIOR_WEIGHTED)} only, not {metric_name!r}")
         prior = torch.bincount(ytr, minlength=10).double() / len(ytr)
-        score = functools.partial(prior_weighted_macro_f1, prior=prior)
+        score = functools.partial(_PRIOR_WEIGHTED[metric_name], prior=prior)
     elif test_prior != "balanced":
         raise ValueError(f"test_prior must be 'balanced' or 'train', not {test_prior!r}")
     return _run_classes(xtr, ytr, xte, yte, lambda: mlp(784, *hidden, 10), score, loss, seed, options,
