@@ -58,10 +58,11 @@ class: the metric of a batch is then a coarser estimate of the data set's):
   cosine, batch 128. The losses of ``ap`` / ``f1``, and BCE with ``pos_weight`` (negatives over
   positives) for F1.
 * ``fashion-bal-acc``, ``fashion-imb-macro-f1``, ``fashion-imb-macro-f1-train-prior``,
-  ``fashion-imb-mcc``, ``fashion-imb-mcc-train-prior``: the five above on Fashion-MNIST, real images (no suite task; not in the
-  default ``--metrics``): class ``c`` keeps ``0.6 ** order[c]`` of its training images, ``order`` a random permutation of the
-  classes drawn with the images (the draw the seed), so that the rarest class changes from draw
-  to draw (``metric_wins.imbalanced_mnist(source="fashion")``); the same losses and recipe.
+  ``fashion-imb-mcc``, ``fashion-imb-mcc-train-prior``: the five above on Fashion-MNIST, real
+  images (no suite task; not in the default ``--metrics``): class ``c`` keeps ``0.6 ** order[c]``
+  of its training images, ``order`` a random permutation of the classes drawn with the images
+  (the draw the seed), so that the rarest class changes from draw to draw
+  (``metric_wins.imbalanced_mnist(source="fashion")``); the same losses and recipe.
 
 UniLoss at its defaults everywhere. Test metric x100; differences draw by draw (same
 initialisation and batches).
@@ -116,7 +117,8 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
                    [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"),
                     ("BCE, validation-tuned threshold", "bce-tuned"), ("UniLoss (defaults)", "uniloss")]),
 }
-for _m in ("bal-acc", "imb-macro-f1", "imb-macro-f1-train-prior", "imb-mcc", "imb-mcc-train-prior"):  # the same on Fashion-MNIST
+# the same on Fashion-MNIST
+for _m in ("bal-acc", "imb-macro-f1", "imb-macro-f1-train-prior", "imb-mcc", "imb-mcc-train-prior"):
     _title, _, _, _rows = TASKS[_m]
     TASKS["fashion-" + _m] = (_title.replace("bal-acc (random images)", "imbalanced Fashion-MNIST")
                               .replace("imbalanced MNIST (random images)", "imbalanced Fashion-MNIST"),

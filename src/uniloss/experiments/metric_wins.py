@@ -880,8 +880,8 @@ def prior_weighted_mcc(scores: Tensor, target: Tensor, prior: Tensor) -> Tensor:
     num = weight.numel()
     w = weight[target]
     pred = scores.argmax(1)
-    true_counts = torch.zeros(num, dtype=torch.float64).index_add_(0, target, w)
-    pred_counts = torch.zeros(num, dtype=torch.float64).index_add_(0, pred, w)
+    true_counts = w.new_zeros(num).index_add_(0, target, w)
+    pred_counts = w.new_zeros(num).index_add_(0, pred.to(target.device), w)
     correct, total = (w * (pred == target)).sum(), w.sum()
     cov = correct * total - (pred_counts * true_counts).sum()
     den = ((total ** 2 - (pred_counts ** 2).sum()) * (total ** 2 - (true_counts ** 2).sum())).sqrt()
@@ -930,7 +930,8 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     score = metric.metric
     if test_prior == "train":
         if metric_name not in _PRIOR_WEIGHTED:
-            raise ValueError(f"test_prior='train' scores {' and '.join(_PRIOR_WEIGHTED)} only, not {metric_name!r}")
+            raise ValueError(f"test_prior='train' scores {' and '.join(_PRIOR_WEIGHTED)} only, "
+                             f"not {metric_name!r}")
         prior = torch.bincount(ytr, minlength=10).double() / len(ytr)
         score = functools.partial(_PRIOR_WEIGHTED[metric_name], prior=prior)
     elif test_prior != "balanced":
