@@ -845,3 +845,24 @@ def test_the_capacity_probe_adds_the_extra_rows_of_a_metric_and_filters_them(tmp
     runs.clear()
     row, = probe.main(argv + ["--extras", "--out", str(tmp_path / "c")])["rows"]
     assert "uniloss-class-weights" not in runs and "variants_vs_best" not in row
+
+
+def test_retrieval_probes_train_and_score_their_own_zoo_metric(monkeypatch):
+    # p-at-5, r-at-5 and mrr run the ndcg5 task on their metric, beside the pointwise and pairwise losses
+    from uniloss.decoders import RankingTarget
+
+    metrics = []
+    monkeypatch.setattr(M, "run_ndcg", lambda *a, **k: metrics.append(k["metric"]) or [0.5])
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(40, generator=gen)
+    target = RankingTarget(torch.rand(40, generator=gen) < 0.3, torch.arange(40) // 20)
+    values = {}
+    for name, ref in (("p-at-5", uniloss.zoo.precision_at_k(5)), ("r-at-5", uniloss.zoo.recall_at_k(5)),
+                      ("mrr", uniloss.zoo.mrr())):
+        task = M.TASKS[name]
+        assert task.run("uniloss", 0, True, {}) == [0.5] and not task.suite
+        assert task.losses["pairwise logistic"] == ("baseline", "pairwise")
+        assert task.losses["binary cross-entropy (pointwise)"] == ("usual", "bce")
+        values[name] = float(metrics[-1].metric(scores, target))
+        assert values[name] == pytest.approx(float(ref.metric(scores, target)))
+    assert len(set(values.values())) == 3  # three different metrics on this ranking

@@ -60,7 +60,8 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
 * ``seg-miou-fashion``: the ``seg-miou-draws`` probe on Fashion-MNIST's images (real images no
   default was chosen on; the mask: the clean image's pixels above 0.5).
 * ``ndcg5-draws``: the ``ndcg5`` task with digits' split and its test queries drawn for each seed.
-* ``p-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` / ``zoo.mrr()``.
+* ``p-at-5`` / ``r-at-5`` / ``mrr``: the ``ndcg5`` task on ``zoo.precision_at_k(5)`` /
+  ``zoo.recall_at_k(5)`` / ``zoo.mrr()``.
 * ``ndcg10-graded``: learning to rank with graded relevance (grades 0-4, half the items
   irrelevant; :func:`graded_queries`, drawn per seed), MLP 20-64-64-1, batches of 8 queries of
   30 items, 15 / 30 epochs; test NDCG@10; usual MSE on the grade, baselines the pairwise logistic
@@ -1146,6 +1147,7 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
           "LambdaRank": ("baseline", "lambdarank"), **_UNI}, weight=0.8, suite=False),
     _retrieval_probe("p-at-5", "test precision@5", lambda: zoo.precision_at_k(5)),
     _retrieval_probe("mrr", "test MRR", zoo.mrr),
+    _retrieval_probe("r-at-5", "test recall@5", lambda: zoo.recall_at_k(5)),
     Task("dice", "test mean Dice", "MNIST masks from noisy occluded digits",
          lambda loss, seed, quick, options: run_segmentation(loss, seed, quick, options, metric=zoo.dice(2)),
          {"per-pixel cross-entropy": ("usual", "ce"), "Lovász-softmax": ("baseline", "lovasz"), **_UNI},
