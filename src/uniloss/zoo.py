@@ -569,8 +569,9 @@ def macro_f1(num_classes: int, *, pairs: str = "target", class_weights: Optional
     those weights recover 0.3-4.3 points of macro-F1 over the plain metric at batch 128, where
     UniLoss stays 0.7-2.4 points behind cross-entropy with class weights: a batch of 128 holds
     the rarest classes less than once. In batches of 512 it is level with it on Fashion-MNIST
-    (+0.10 ± 0.45) and 0.59 ± 0.56 behind on MNIST. Where the class prior shifts, use batches that hold the rare classes, or
-    class weights in the usual loss (or ``balanced_accuracy``, level with it there).
+    (+0.10 ± 0.45) and 0.59 ± 0.56 behind on MNIST. Where the class prior shifts, use batches
+    that hold the rare classes, or class weights in the usual loss (or ``balanced_accuracy``,
+    level with it there).
 
     Shapes: ``scores [n, num_classes]`` float, ``target [n]`` int64 in ``[0, num_classes)``.
 
