@@ -70,6 +70,15 @@ def _binary(seed, n=24):
     return untied_scores((n,), g), labels
 
 
+def _multilabel(seed, n=8, labels=4):
+    """Multi-label ``[n, L]`` scores and 0/1 targets; one label never present (scikit-learn's
+    ``zero_division=0`` for it unless predicted)."""
+    g = _gen(seed)
+    target = (torch.rand(n, labels, generator=g) < 0.4).long()
+    target[:, -1] = 0
+    return untied_scores((n, labels), g), target
+
+
 def _multiclass(seed, n=24, c=5):
     g = _gen(seed)
     scores = untied_scores((n, c), g)
@@ -191,6 +200,12 @@ CASES = [
          lambda s, y: skm.precision_score(y.numpy(), s.numpy() > 0, zero_division=0)),
     Case("recall", zoo.recall, lambda: zoo.recall(), _binary,
          lambda s, y: skm.recall_score(y.numpy(), s.numpy() > 0, zero_division=0)),
+    Case("f_beta-macro", zoo.f_beta, lambda: zoo.f_beta(2.0, average="macro"), _multilabel,
+         lambda s, y: skm.fbeta_score(y.numpy(), s.numpy() > 0, beta=2.0, average="macro", zero_division=0)),
+    Case("precision-macro", zoo.precision, lambda: zoo.precision(average="macro"), _multilabel,
+         lambda s, y: skm.precision_score(y.numpy(), s.numpy() > 0, average="macro", zero_division=0)),
+    Case("recall-macro", zoo.recall, lambda: zoo.recall(average="macro"), _multilabel,
+         lambda s, y: skm.recall_score(y.numpy(), s.numpy() > 0, average="macro", zero_division=0)),
     Case("auroc", zoo.auroc, lambda: zoo.auroc(), _queries,
          _per_query(lambda s, r: skm.roc_auc_score(r > 0, s))),
     Case("average_precision", zoo.average_precision, lambda: zoo.average_precision(), _queries,

@@ -120,6 +120,56 @@ def test_binary_metrics_pool_every_element_of_a_multilabel_batch():
     _check(zoo.f_beta(), scores, target, lambda s, y: skm.f1_score(y.numpy(), (s > 0).numpy(), average="micro"))
 
 
+@pytest.mark.parametrize("n, labels", [(1, 3), (7, 4), (50, 10)])
+def test_binary_metrics_average_macro_over_the_labels_as_sklearn(n, labels):
+    # multi-label: each label's (last axis's) metric averaged over every label, 0 for a label with
+    # neither a positive nor a positive decision, as scikit-learn's label-indicator macro average
+    scores, target = _binary(n * labels, n, rate=0.3, shape=(n, labels))
+    scores[:, 0] = -1.0  # a label never decided positive
+    target[:, -1] = 0  # and one never present
+    pred = lambda s: (s > 0).numpy()  # noqa: E731
+    for beta in (0.5, 1.0, 2.0):
+        _check(zoo.f_beta(beta, average="macro"), scores, target,
+               lambda s, y: skm.fbeta_score(y.numpy(), pred(s), beta=beta, average="macro", zero_division=0))
+    _check(zoo.precision(average="macro"), scores, target,
+           lambda s, y: skm.precision_score(y.numpy(), pred(s), average="macro", zero_division=0))
+    _check(zoo.recall(average="macro"), scores, target,
+           lambda s, y: skm.recall_score(y.numpy(), pred(s), average="macro", zero_division=0))
+    # three dimensions: the labels are the last axis, the others pooled
+    cube = scores.reshape(1, n, labels).expand(2, n, labels)
+    assert float(zoo.f_beta(average="macro").metric(cube, target.expand(2, n, labels))) == pytest.approx(
+        float(zoo.f_beta(average="macro").metric(scores, target)))
+
+
+def test_macro_f_beta_trains_as_the_same_metric_written_in_torch():
+    # an independent route: the metric's plain torch code, traced; below the chain's segment count
+    # both evaluate every point, so loss and gradient agree (to float32: the torch code divides
+    # integer counts, which gives float32 values)
+    def macro_f1(scores, target):
+        pred, pos = scores > 0, target == 1
+        tp = (pred & pos).sum(0)
+        return (2 * tp / (pred.sum(0) + pos.sum(0)).clamp_min(1)).mean()
+
+    scores, target = _binary(48, 6, rate=0.3, shape=(12, 4))
+    grads = []
+    for metric in (zoo.f_beta(average="macro"), uniloss.from_metric(macro_f1)):
+        s = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(metric)(s, target)
+        loss.backward()
+        grads.append((float(loss.detach()), s.grad))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-8)
+
+
+def test_average_is_checked():
+    with pytest.raises(ValueError, match="average must be 'micro' .* or 'macro' .* not 'weighted'"):
+        zoo.f_beta(average="weighted")
+    for metric in (zoo.f_beta(average="macro"), zoo.precision(average="macro"), zoo.recall(average="macro")):
+        with pytest.raises(ValueError, match=r"average='macro' averages over the last axis .* shape \(5,\)"):
+            metric.metric(torch.randn(5), torch.tensor([1, 0, 1, 0, 0]))
+    assert repr(zoo.f_beta()) == "DecodedMetric(Threshold(0.0), f_beta(beta=1.0), higher_is_better=True, batched=True)"
+
+
 def test_threshold_metrics_take_scores_n_by_1_with_target_n_as_average_precision_does():
     scores, target = _binary(12, 5, rate=0.5)
     column = scores[:, None].clone().requires_grad_()  # a network's single output, [n, 1]

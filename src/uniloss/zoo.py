@@ -19,6 +19,7 @@ Shapes, by family:
   ``scores [n, C]`` float, ``target [n]`` int64 in ``[0, C)``;
 * binary (``f_beta``, ``precision``, ``recall``): ``scores [n]`` (or any shape: every element is
   a decision, pooled, as multi-label micro averaging) float, ``target`` the same shape in {0, 1};
+  with ``average="macro"``, multi-label ``[n, L]``: each label's metric, averaged over the labels;
 * ranking (``auroc``, ``average_precision``, ``precision_at_k``, ``recall_at_k``, ``ndcg_at_k``,
   ``mrr``): ``scores [n]`` (or ``[n, 1]``) float; ``target`` a
   :class:`uniloss.decoders.RankingTarget` ``(relevance [n] >= 0, query [n] integer ids)`` or
@@ -648,30 +649,51 @@ def matthews_corrcoef(num_classes: int, *, pairs: str = "target") -> DecodedMetr
 # --------------------------------------------------------------------------- binary
 
 
-def _binary_counts(pred: Tensor, target: Tensor, dtype: torch.dtype):
+def _binary_counts(pred: Tensor, target: Tensor, dtype: torch.dtype, average: str):
+    """``(tp, predicted, actual)``: ``[t]`` counts pooled over every element (``"micro"``), or
+    ``[t, L]`` per label, the target's last axis (``"macro"``)."""
     t = pred.shape[0]
-    pred, target = pred.reshape(t, -1), target.reshape(1, -1)
-    tp = (pred & target).sum(-1).to(dtype)
-    return tp, pred.sum(-1).to(dtype), target.sum().to(dtype).expand(t)
+    if average == "micro":
+        pred, target = pred.reshape(t, -1), target.reshape(1, -1)
+        tp = (pred & target).sum(-1).to(dtype)
+        return tp, pred.sum(-1).to(dtype), target.sum().to(dtype).expand(t)
+    if target.dim() < 2:
+        raise ValueError(f"average='macro' averages over the last axis of the target, the labels: give scores and "
+                         f"target [n, L], not a target of shape {tuple(target.shape)}")
+    labels = target.shape[-1]
+    pred, target = pred.reshape(t, -1, labels), target.reshape(1, -1, labels)
+    tp = (pred & target).sum(1).to(dtype)
+    return tp, pred.sum(1).to(dtype), target.sum(1).to(dtype).expand(t, labels)
 
 
-def _f_beta(pred: Tensor, target: Tensor, beta: float, dtype: torch.dtype) -> Tensor:
-    tp, predicted, actual = _binary_counts(pred, target, dtype)
+def _averaged(values: Tensor, average: str) -> Tensor:
+    return values if average == "micro" else values.mean(-1)
+
+
+def _f_beta(pred: Tensor, target: Tensor, beta: float, dtype: torch.dtype, average: str = "micro") -> Tensor:
+    tp, predicted, actual = _binary_counts(pred, target, dtype, average)
     b2 = beta * beta
-    return _ratio((1 + b2) * tp, b2 * actual + predicted)
+    return _averaged(_ratio((1 + b2) * tp, b2 * actual + predicted), average)
 
 
-def _precision(pred: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
-    tp, predicted, _ = _binary_counts(pred, target, dtype)
-    return _ratio(tp, predicted)
+def _precision(pred: Tensor, target: Tensor, dtype: torch.dtype, average: str = "micro") -> Tensor:
+    tp, predicted, _ = _binary_counts(pred, target, dtype, average)
+    return _averaged(_ratio(tp, predicted), average)
 
 
-def _recall(pred: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
-    tp, _, actual = _binary_counts(pred, target, dtype)
-    return _ratio(tp, actual)
+def _recall(pred: Tensor, target: Tensor, dtype: torch.dtype, average: str = "micro") -> Tensor:
+    tp, _, actual = _binary_counts(pred, target, dtype, average)
+    return _averaged(_ratio(tp, actual), average)
 
 
-def f_beta(beta: float = 1.0, threshold: float = 0.0) -> DecodedMetric:
+def _check_average(average: str) -> str:
+    if average not in ("micro", "macro"):
+        raise ValueError(f"average must be 'micro' (every decision pooled) or 'macro' (the mean over the labels, the "
+                         f"last axis), not {average!r}")
+    return average
+
+
+def f_beta(beta: float = 1.0, threshold: float = 0.0, average: str = "micro") -> DecodedMetric:
     r"""F-beta score of binary decisions ``[s > threshold]`` (``beta=1``: F1).
 
     :math:`F_\beta = \frac{(1+\beta^2)\,TP}{(1+\beta^2)\,TP + \beta^2 FN + FP}`, 0 when there is
@@ -681,21 +703,36 @@ def f_beta(beta: float = 1.0, threshold: float = 0.0) -> DecodedMetric:
     Shapes: ``scores [n]`` (or any shape, every element pooled) float; ``target`` the same shape,
     values in {0, 1} -- or ``[n]`` with scores ``[n, 1]``, as :class:`uniloss.AveragePrecision` takes.
 
+    ``average="macro"``: multi-label, ``scores`` and ``target`` ``[n, L]`` (or ``[..., L]``):
+    each label's F-beta (the last axis), averaged over the ``L`` labels, a label with no positive
+    in the target nor in the decisions counting 0, as scikit-learn's
+    ``fbeta_score(average="macro")`` on a label indicator matrix does. The default ``"micro"``
+    pools every decision.
+
     Example::
 
         >>> import torch, uniloss
         >>> scores = torch.tensor([1.0, -1.0, 2.0, 0.5])
         >>> round(float(uniloss.zoo.f_beta(1.0).metric(scores, torch.tensor([1, 1, 0, 1]))), 4)  # tp 2, fp 1, fn 1
         0.6667
+        >>> multi = torch.tensor([[1.0, -1.0], [2.0, 1.0], [-1.0, -2.0]])  # 3 samples, 2 labels
+        >>> labels = torch.tensor([[1, 0], [0, 1], [1, 0]])  # label 0: tp 1, fp 1, fn 1; label 1: tp 1
+        >>> float(uniloss.zoo.f_beta(1.0, average="macro").metric(multi, labels))  # (1/2 + 1) / 2
+        0.75
     """
     beta = V.check_positive("beta", beta)
-    return _metric(Threshold(threshold), _f_beta, "f_beta", beta=beta)
+    return _metric(Threshold(threshold), _f_beta, "f_beta", beta=beta, **_average(average))
 
 
-def precision(threshold: float = 0.0) -> DecodedMetric:
+def _average(average: str) -> dict:
+    """The evaluator's options for ``average`` (none for the default, so its ``repr`` is unchanged)."""
+    return {} if _check_average(average) == "micro" else {"average": average}
+
+
+def precision(threshold: float = 0.0, average: str = "micro") -> DecodedMetric:
     r"""Precision ``TP / (TP + FP)`` of binary decisions ``[s > threshold]`` (0 with no predicted
     positive). Decoder ``Threshold(threshold)``, one comparison per score. Reference:
-    ``sklearn.metrics.precision_score``. Shapes as :func:`f_beta`.
+    ``sklearn.metrics.precision_score``. Shapes and ``average`` as :func:`f_beta`.
 
     Example::
 
@@ -703,13 +740,13 @@ def precision(threshold: float = 0.0) -> DecodedMetric:
         >>> float(uniloss.zoo.precision().metric(torch.tensor([1.0, 2.0, -1.0]), torch.tensor([1, 0, 1])))
         0.5
     """
-    return _metric(Threshold(threshold), _precision, "precision")
+    return _metric(Threshold(threshold), _precision, "precision", **_average(average))
 
 
-def recall(threshold: float = 0.0) -> DecodedMetric:
+def recall(threshold: float = 0.0, average: str = "micro") -> DecodedMetric:
     r"""Recall ``TP / (TP + FN)`` of binary decisions ``[s > threshold]`` (0 with no positive in
     the target). Decoder ``Threshold(threshold)``, one comparison per score. Reference:
-    ``sklearn.metrics.recall_score``. Shapes as :func:`f_beta`.
+    ``sklearn.metrics.recall_score``. Shapes and ``average`` as :func:`f_beta`.
 
     Example::
 
@@ -717,7 +754,7 @@ def recall(threshold: float = 0.0) -> DecodedMetric:
         >>> float(uniloss.zoo.recall().metric(torch.tensor([1.0, 2.0, -1.0]), torch.tensor([1, 0, 1])))
         0.5
     """
-    return _metric(Threshold(threshold), _recall, "recall")
+    return _metric(Threshold(threshold), _recall, "recall", **_average(average))
 
 
 # --------------------------------------------------------------------------- ranking

@@ -924,9 +924,10 @@ def test_run_multilabel_scores_each_loss_and_the_tuned_thresholds(monkeypatch):
     data = (x[:1200], y[:1200], x[1200:1600], y[1200:1600], x[1600:], y[1600:])
     monkeypatch.setattr(M, "multilabel_mnist", lambda draw, source="mnist": data)
     results = {loss: M.run_multilabel(loss, 0, True, {}, hidden=()) for loss in
-               ("bce", "bce-posweight", "bce-tuned", "uniloss")}
+               ("bce", "bce-posweight", "bce-tuned", "uniloss", "uniloss-zoo")}
     assert all(len(r) == 5 and 0.0 <= min(r) and max(r) <= 1.0 for r in results.values())
     assert results["uniloss"][-1] > 0.85  # the labels are linear in the inputs: the loss learns them
+    assert results["uniloss-zoo"][-1] > 0.85  # and so does the zoo's macro F1
     # the same training as BCE, scored at each label's F1-tuned threshold: better on labels of 16%
     assert results["bce-tuned"][-1] > results["bce"][-1] + 0.05
     with pytest.raises(ValueError, match="unknown loss 'ce'"):
@@ -936,6 +937,8 @@ def test_run_multilabel_scores_each_loss_and_the_tuned_thresholds(monkeypatch):
     monkeypatch.setattr(M, "run_multilabel", lambda *a, **k: calls.append((a, k)) or [0.5, 0.7])
     assert probe._one(("fashion-mlabel-f1", ("128", 128), "bce-tuned", 3, 1, "{}", 1.0)) == 0.7
     assert calls[0][0][:2] == ("bce-tuned", 1) and calls[0][1] == dict(draw=3, hidden=(128,), batch=128,
-                                                                       source="fashion")
-    assert {"mlabel-f1", "fashion-mlabel-f1"} <= set(probe.PROBES_ONLY)
+                                                                       source="fashion", epochs=5)
+    assert probe._one(("mlabel-f1-15", ("512-512", 128), "uniloss", 0, 1, "{}", 1.0)) == 0.7
+    assert calls[1][1] == dict(draw=0, hidden=(512, 512), batch=128, source="mnist", epochs=15)
+    assert {"mlabel-f1", "fashion-mlabel-f1", "mlabel-f1-15"} <= set(probe.PROBES_ONLY)
     assert not M.TASKS["mlabel-f1"].suite
