@@ -8,9 +8,10 @@ logit 0 through :func:`uniloss.from_metric` on the metric's plain torch code
 ``zoo.f_beta(1, average="macro")``. This times one loss call (forward and backward, library
 defaults, on a model's output ``x * w``, one thread) of each route and of binary cross-entropy,
 interleaved call by call, at the probe's batch (``[128, 10]``) and a smaller and a larger one.
-The traced route evaluates its chain at every one of its ``l + 1`` points (the exact extension);
-the zoo's, a metric without a closed-form chain, at up to 257 points above 256 comparisons (the
-chain's gains averaged over segments: the same loss as the traced route's below that size).
+Both routes give the chain at every one of its ``l + 1`` points (the exact extension, the same
+loss up to the traced metric's float32 rounding): the traced route evaluates the metric's code on
+``[l + 1, l]`` configurations' counts (quadratic in the scores), the zoo's takes the gains in
+closed form (a sort and a cumulative sum).
 """
 
 from __future__ import annotations

@@ -455,6 +455,64 @@ def test_ranking_chains_in_closed_form_equal_the_evaluated_chain(name, n, querie
     torch.testing.assert_close(info.anchor_values, ref_info.anchor_values[[0, -1]])  # the chain's two ends
 
 
+_THRESHOLD_CHAINS = {"f_beta(1)": lambda: zoo.f_beta(1.0), "f_beta(2, 0.3)": lambda: zoo.f_beta(2.0, 0.3),
+                     "precision()": zoo.precision, "recall(-0.2)": lambda: zoo.recall(-0.2),
+                     "f_beta(0.5, macro)": lambda: zoo.f_beta(0.5, average="macro"),
+                     "precision(macro)": lambda: zoo.precision(average="macro"),
+                     "recall(macro)": lambda: zoo.recall(average="macro")}
+
+
+@pytest.mark.parametrize("shape, share, ties", [((2,), 0.5, False), ((300,), 0.1, False), ((40, 8), 0.3, False),
+                                                ((6, 5, 7), 0.4, True), ((50, 3), 0.9, False), ((30, 4), 0.0, False)])
+@pytest.mark.parametrize("name", list(_THRESHOLD_CHAINS))
+def test_threshold_chains_in_closed_form_equal_the_evaluated_chain(name, shape, share, ties, monkeypatch):
+    """F-beta, precision and recall at a threshold, pooled and averaged over labels: the chain's
+    gains in closed form (a comparison that comes right changes its label's counts by one) give the
+    loss, gradient, metric and chain ends of the chain evaluated by decoding at every point, at
+    sizes above the engine's 256 segments too (300 and 320 scores), with tied scores, labels
+    without a positive, and a label where most are positive."""
+    _exact_chains(monkeypatch)
+    if "macro" in name and len(shape) == 1:
+        shape = shape + (1,)  # one label: the macro average is the pooled metric
+    g = torch.Generator().manual_seed(len(shape) + int(10 * share))
+    target = (torch.rand(shape, generator=g) < share).long()
+    scores = torch.randn(shape, generator=g, dtype=torch.float64)
+    if ties:
+        scores = (scores * 2).round() / 2
+    (_, grad, info), (_, _, ref_info) = _closed_and_evaluated(_THRESHOLD_CHAINS[name], scores, target)
+    assert info.path == ref_info.path == "chain" and info.kinds == (("chain", 2),)
+    torch.testing.assert_close(info.anchor_values, ref_info.anchor_values[[0, -1]], equal_nan=True)
+
+
+def test_threshold_chains_in_closed_form_keep_the_loss_below_the_segments_and_make_it_exact_above():
+    """At the library's limits: below 257 comparisons the closed form is the loss the evaluated
+    chain gave (every point); above, where the evaluated chain averaged its gains over 256
+    segments, it is the chain evaluated at every point (the multi-label probe's [128, 10])."""
+    from uniloss import _limits
+
+    g = torch.Generator().manual_seed(5)
+    for shape in ((128,), (16, 10), (128, 10)):
+        target = (torch.rand(shape, generator=g) < 0.2).long()
+        scores = torch.randn(shape, generator=g, dtype=torch.float64)
+        evaluated = zoo.f_beta(1.0, average="macro" if len(shape) > 1 else "micro")
+        evaluated.structure = lambda plan, m=evaluated: uniloss.DecodedMetric.structure(m, plan)
+        closed = zoo.f_beta(1.0, average="macro" if len(shape) > 1 else "micro")
+        with _limits.limits(chain_segments=100_000, chain_elements=1 << 30):
+            exact = _loss_and_grad(evaluated, scores, target)
+        segmented = _loss_and_grad(evaluated, scores, target)
+        got = _loss_and_grad(closed, scores, target)
+        torch.testing.assert_close(got[0], exact[0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got[1], exact[1], rtol=1e-10, atol=1e-14)
+        if scores.numel() > 256:  # the segments' average was another gradient
+            assert not torch.allclose(segmented[1], exact[1], rtol=1e-3, atol=0)
+
+
+def _loss_and_grad(metric, scores, target):
+    leaf = scores.clone().requires_grad_(True)
+    loss = uniloss.UniLoss(metric)(leaf, target)
+    return loss.detach(), torch.autograd.grad(loss, leaf)[0]
+
+
 def test_graded_ndcg_keeps_the_evaluated_chain():
     """The closed form assumes 0/1 relevance (a relevant item's rank from its own wrong
     comparisons); graded relevance keeps the chain evaluated by decoding."""

@@ -80,7 +80,9 @@ class Structure:
             start ``g(S_0)`` (0-dim) and every comparison's gain ``g(S_k) - g(S_{k-1})`` at its
             place ``k`` in the chain of the relaxed agreements ``v`` (descending, ties by index),
             where the metric gives them without the chain's order (plain AP: a sort of each
-            positive's row and of each column instead of a sort of all the comparisons). The
+            positive's row and of each column instead of a sort of all the comparisons; the zoo's
+            F-beta, precision and recall: a comparison that comes right changes one label's
+            counts by one, a sort by label and place and a cumulative sum). The
             engine then takes ``g~ = start + sum_k gains_k v_k`` and reports the chain's two ends.
             Unlike ``chain``, it is also used in a static layout, where the structure gives it
             for that layout (its padding last in the chain, without gain: AP's, in shapes from
