@@ -731,14 +731,14 @@ class _ThresholdCounts(_ZooMetric):
             pos = positive.index_select(0, by).to(dtype)
             neg = 1 - pos
             lab = label.index_select(0, by)
-            sizes = torch.bincount(label, minlength=labels)
-            first = torch.cumsum(sizes, 0) - sizes  # each label's first position in `by`
+            size = l // labels  # comparisons a label ([..., L] row-major: every label alike)
+            first = torch.arange(labels, device=device) * size  # each label's first position in `by`
             seen_pos, seen_neg = pos.cumsum(0), neg.cumsum(0)
             zero = seen_pos.new_zeros(1)
             seen_pos = seen_pos - torch.cat([zero, seen_pos])[first].index_select(0, lab)  # within the label
             seen_neg = seen_neg - torch.cat([zero, seen_neg])[first].index_select(0, lab)
             actual = torch.zeros(labels, dtype=dtype, device=device).index_add_(0, label, positive.to(dtype))
-            negatives = sizes.to(dtype) - actual  # predicted at the start: every negative
+            negatives = size - actual  # predicted at the start: every negative
             act = actual.index_select(0, lab)
             predicted = negatives.index_select(0, lab) + seen_pos - seen_neg
             after = of_counts(seen_pos, predicted, act, **options)
