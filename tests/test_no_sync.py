@@ -216,6 +216,7 @@ def _compile_cases():
         "zoo.macro_f1": (uniloss.zoo.macro_f1(10), torch.randn(64, 10), labels),
         "zoo.balanced_accuracy": (uniloss.zoo.balanced_accuracy(10), torch.randn(64, 10), labels),
         "zoo.f_beta": (uniloss.zoo.f_beta(1.0, threshold=0.0), torch.randn(32), pos),
+        "zoo.f_beta, macro": (uniloss.zoo.f_beta(1.0, average="macro"), torch.randn(32, 10), (torch.rand(32, 10) < 0.3).long()),
         "zoo.auroc": (uniloss.zoo.auroc(), torch.randn(32), pos),
         "zoo.top_k_accuracy": (uniloss.zoo.top_k_accuracy(5), torch.randn(64, 10), labels),
         "zoo.ndcg_at_k, bool relevance": (uniloss.zoo.ndcg_at_k(5), torch.randn(32), pos.bool()),
@@ -273,7 +274,7 @@ def test_the_default_checks_are_the_only_graph_breaks(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["AP", "accuracy"])
+@pytest.mark.parametrize("name", ["AP", "accuracy", "zoo.f_beta", "zoo.f_beta, macro"])
 def test_the_compiled_chain_is_one_graph_even_with_a_generator(name):
     """The default interpolation (the chain) draws nothing: a loss call is one graph, backward
     included, also with a generator (the anchors break at each draw, above)."""
