@@ -80,8 +80,8 @@ carries over (``docs/results/metric-wins/probe-tasks/``):
   seed), MLP 784-128-10, batch 128, SGD lr 0.1 momentum 0.9, 5 epochs; test macro-F1 over the ten
   labels at logit 0; usual BCE, baselines BCE with each label's ``pos_weight`` and BCE at each
   label's validation-tuned threshold; UniLoss on the metric's plain torch code through
-  :func:`uniloss.from_metric` (:func:`multilabel_macro_f1`, the route of a metric the zoo lacks;
-  the zoo has it too, as ``zoo.f_beta(1, average="macro")``, added after 0.12.2).
+  :func:`uniloss.from_metric` (:func:`multilabel_macro_f1`, the route of a metric the zoo lacked;
+  the zoo has it now, as ``zoo.f_beta(1, average="macro")``, added after 0.12.2).
 
 Every run uses one thread; ``--jobs`` runs go side by side. ``results.json`` follows the
 reproduction schema (``rows`` of dataset, loss, metric, mean, std, seeds, paper) with ``kind``
