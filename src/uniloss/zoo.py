@@ -727,7 +727,8 @@ class _ThresholdCounts(_ZooMetric):
             order = torch.sort(v, descending=True, stable=True).indices  # the chain's (ties by index)
             place = torch.empty_like(order).scatter_(0, order, torch.arange(l, device=device))
             label = torch.arange(l, device=device) % labels  # (row-major [..., L]: the last axis)
-            by = torch.argsort(label * l + place)  # by label, then by place in the chain
+            # by label, then by place in the chain (one label: the chain's order itself, no second sort)
+            by = order if labels == 1 else torch.argsort(label * l + place)
             pos = positive.index_select(0, by).to(dtype)
             neg = 1 - pos
             lab = label.index_select(0, by)
