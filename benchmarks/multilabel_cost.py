@@ -9,9 +9,11 @@ logit 0 through :func:`uniloss.from_metric` on the metric's plain torch code
 defaults, on a model's output ``x * w``, one thread) of each route and of binary cross-entropy,
 interleaved call by call, at the probe's batch (``[128, 10]``) and a smaller and a larger one.
 Both routes give the chain at every one of its ``l + 1`` points (the exact extension, the same
-loss up to the traced metric's float32 rounding): the traced route evaluates the metric's code on
-``[l + 1, l]`` configurations' counts (quadratic in the scores), the zoo's takes the gains in
-closed form (a sort and a cumulative sum).
+loss up to the traced metric's float32 rounding). The zoo's takes the gains in closed form (a
+sort and a cumulative sum). The traced route evaluated the metric's code on ``[l + 1, l]``
+configurations' counts (quadratic in the scores) until its chain through sums: the metric's
+mask reaches its value only through sums, so the ``l + 1`` points' sums come from each
+element's change and a cumulative sum, and the metric's code after the sums runs on those.
 """
 
 from __future__ import annotations

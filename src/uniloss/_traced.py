@@ -31,6 +31,12 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   every operation has a rule (:func:`_direct_rule`), else under vmap. The first calls of each
   structure compare the tape with ``fn`` replayed whole on the same configurations and keep the
   first way that agrees (``fn`` itself when none does).
+* **the chain through sums** (:func:`_split_at_sums`): where the one trained step is a comparison
+  whose mask reaches ``fn``'s value only through elementwise operations and sums (F-beta's,
+  precision's and recall's counts, pooled or per label), the chain's ``l + 1`` values come from
+  each element's change and a cumulative sum, ``O(l S)`` for sums of ``S`` elements, instead of
+  the tape replayed at every point, ``O(l^2)``; checked against the tape at nine points of a
+  chain on the first call of each structure.
 * **the re-run** (:class:`_Graph`, :class:`_Rerun`): the trace records every operation ``fn``
   runs, what its arguments are (numbers, and tensors as the operation that made them) and the
   shapes it returns. A later call with inputs of the same shapes runs ``fn`` under a mode that
@@ -57,6 +63,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import _validation as V
 from ._decomposition import Decomposition, Structure, validate_scores
+from ._limits import current_limits
 from ._pairs import decode_sets, pair_differences, set_pairs, set_ranks
 from .decoders import Argmax, Ranking, RankingTarget, ranked_others
 
@@ -741,6 +748,117 @@ class _Tape:
                         env[slot] = value
         out = env[self.out]
         return out if isinstance(out, Tensor) else torch.as_tensor(out)
+
+
+# --------------------------------------------------------------------------- the chain through sums
+
+# The chain of ``interpolation="chain"`` walks ``l + 1`` configurations; replaying the tape on
+# each costs ``O(l)``, ``O(l^2)`` in all. Where the one trained step is a comparison whose mask
+# reaches fn's value only through elementwise operations and then sums (the counts of F-beta,
+# precision, recall: ``(pred & pos).sum(0)``), every point's sums follow from the previous
+# point's: a comparison that takes its best value changes its element's terms alone. The tape
+# is then split there (:func:`_split_at_sums`): its elementwise part runs on two masks (every
+# comparison at its best value, every one at the other), the sums take the per-element changes
+# in the chain's order (a cumulative sum), and the rest runs on the ``l + 1`` points' sums.
+_SUMS = {"sum", "mean"}
+
+
+@dataclass
+class _SumSplit:
+    """A tape cut at the sums of a comparison's mask: ``sources``, the slots of the mask (the site
+    and its repeats); ``elementwise``, the steps whose every element follows the mask's element at
+    the same place (in flat order); ``sums``, the sums of those; ``rest``, the steps after."""
+
+    sources: List[int]
+    elementwise: List[_Step]
+    sums: List[_Step]
+    rest: List[_Step]
+
+
+def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]:
+    """:class:`_SumSplit` of a tape batched by hand whose trained steps are one comparison
+    (``indices``: the site and its repeats, ``numel`` elements), or ``None`` where its mask
+    reaches the value any other way."""
+    elem: set = set()
+    split = _SumSplit([], [], [], [])
+    for s in tape.steps:
+        if s.kind == "site":
+            if s.index not in indices or not s.single:
+                return None
+            split.sources.append(cast(int, s.outs[0]))
+            elem.add(s.outs[0])
+            continue
+        reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
+        if s.rule is None or not reads:
+            return None
+        inside = [slot in elem for slot in reads]
+        if not any(inside):
+            split.rest.append(s)
+            continue
+        out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
+        if not all(inside) or s.nested or out is None or out.is_complex():
+            return None
+        kind = s.rule[0]
+        if kind in ("ew", "reshape") and out.numel() == numel and (
+                kind == "reshape" or all(tape.traced[slot].shape == out.shape for slot in reads)):
+            elem.add(s.outs[0])
+            split.elementwise.append(s)
+        elif kind in ("reduce", "reduce_all") and _op_name(s.func) in _SUMS and [i for i, _ in s.fills] == [0] \
+                and s.outs[0] not in elem:
+            split.sums.append(s)
+        else:
+            return None
+    return split if split.sources and split.sums and tape.out not in elem else None
+
+
+def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, int]:
+    """Which element of a sum's result each element of its input ``[*shape]`` (flat order) adds
+    to, and how many add to each."""
+    nd = len(shape)
+    dim = None if s.rule is not None and s.rule[0] == "reduce_all" else _arg(s.args, s.kwargs, 1, "dim", None)
+    dims = set(range(nd)) if dim is None else {d % max(nd, 1) for d in ((dim,) if isinstance(dim, int) else dim)}
+    kept = [1 if d in dims else shape[d] for d in range(nd)]
+    cells = torch.arange(math.prod(kept), device=device).reshape(kept).expand(shape).reshape(-1)
+    return cells, math.prod(shape[d] for d in dims)
+
+
+def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_CompareSite", rank: Tensor, best: Tensor) -> Tensor:
+    """fn's value at every point of the chain (:attr:`uniloss.Structure.chain`): ``rank [l]`` the
+    chain's place of each comparison -> ``[l + 1]``, from a tape cut by :func:`_split_at_sums`."""
+    l = rank.numel()
+    masks = site.decode(torch.stack([~best, best]))  # [2, *shape]: every comparison wrong, every one right
+    env: List[Any] = [None] * tape.num_slots
+    for slot in split.sources:
+        env[slot] = masks
+    for s in split.elementwise:
+        args, kwargs = tape._inputs(s, env)
+        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 2)
+    points: List[Any] = [None] * tape.num_slots
+    for s in split.sums:
+        x = env[s.fills[0][1]]
+        args, kwargs = tape._inputs(s, env)
+        args = list(args)
+        args[0] = x[:1]
+        start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1)  # the sum at S_0, as fn takes it
+        ref = tape.traced[cast(int, s.outs[0])]
+        acc = torch.float64 if ref.is_floating_point() or _op_name(s.func) == "mean" else torch.int64
+        delta = (x[1].to(acc) - x[0].to(acc)).reshape(-1)  # each element's change as its comparison comes right
+        cells, count = _sum_cells(s, tuple(x.shape[1:]), rank.device)
+        width = ref.numel()
+        steps = torch.zeros(l, width, dtype=acc, device=rank.device).index_put_((rank, cells), delta)
+        run = torch.cat([steps.new_zeros(1, width), steps.cumsum(0)])
+        if _op_name(s.func) == "mean":
+            run = run / count
+        points[cast(int, s.outs[0])] = (start.reshape(1, width).to(acc) + run).to(ref.dtype).reshape(
+            (l + 1,) + tuple(ref.shape))
+    for s in split.rest:
+        args, kwargs = tape._inputs(s, points)
+        result = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, l + 1)
+        for slot, value in zip(s.outs, (result,) if s.single else result):
+            if slot is not None:
+                points[slot] = value
+    values = points[tape.out].reshape(l + 1)
+    return values if values.is_floating_point() else values.float()
 
 
 # --------------------------------------------------------------------------- re-running fn without tracing it again
@@ -2495,6 +2613,7 @@ class TracedMetric(Decomposition):
         self._use_vmap = batched != "loop"
         self._decisions: Dict[tuple, dict] = {}
         self._tapes: Dict[tuple, str] = {}  # structure -> how its tape replays: "direct", "vmap" or "off"
+        self._sums: Dict[tuple, bool] = {}  # structure -> whether its chain through sums gave fn's values
         self._graphs: Dict[tuple, _Graph] = {}  # input shapes -> the last trace of fn on them
         self._unsaid: List[Any] = []  # warnings of fn's replays held while a tape stood in for them
         self._reruns_failed: Dict[tuple, int] = {}
@@ -3041,7 +3160,58 @@ class TracedMetric(Decomposition):
         if not plan.structured:
             return None
         return Structure(plan.width if plan.width is not None else plan.run_lengths,
-                         lambda zeros: self.evaluate_zeros(zeros, plan))
+                         lambda zeros: self.evaluate_zeros(zeros, plan), chain=self._chain_by_sums(plan))
+
+    def _chain_by_sums(self, plan: _Plan) -> Optional[Callable[[Tensor], Tensor]]:
+        """The chain's values in ``O(l S)`` (:func:`_chain_by_sums`) where the one trained step is a
+        comparison whose mask reaches ``fn``'s value only through sums, on a tape checked against
+        ``fn`` (``plan.tape == "direct"``), within ``chain_elements``; else ``None`` (every point
+        through the tape, ``O(l^2)``). The first call of each structure checks it against the
+        tape at nine points of a chain and keeps the verdict."""
+        if len(plan.sites) != 1 or not isinstance(plan.sites[0], _CompareSite) or plan.tape != "direct" or \
+                self._sums.get(plan.key) is False:
+            return None
+        site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
+        indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
+        split = _split_at_sums(tape, indices, site.num_bits)
+        l = site.num_bits
+        if split is None or (l + 1) * sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums) > \
+                current_limits().chain_elements:
+            return None
+        best = site.best()
+
+        def along(rank: Tensor) -> Tensor:
+            try:
+                return _chain_by_sums(split, tape, site, rank, best)
+            except Exception:  # not expected after the check: the tape at every point from now on
+                self._remember_sums(plan, False)
+                return self._chain_points(plan, best, rank, torch.arange(l + 1, device=best.device))
+
+        if plan.key not in self._sums:
+            rank = torch.randperm(l, generator=torch.Generator().manual_seed(0)).to(best.device)
+            at = torch.linspace(0, l, 9, device=best.device).round().long().unique()
+            try:
+                with torch.no_grad():
+                    ok = _same(_chain_by_sums(split, tape, site, rank, best)[at],
+                               self._chain_points(plan, best, rank, at))
+            except Exception:  # an operation the cut cannot take: the tape at every point
+                ok = False
+            self._remember_sums(plan, ok)
+            if not ok:
+                return None
+        return along
+
+    def _remember_sums(self, plan: _Plan, ok: bool) -> None:
+        if len(self._sums) >= 256:
+            self._sums.clear()
+        self._sums[plan.key] = ok
+
+    def _chain_points(self, plan: _Plan, best: Tensor, rank: Tensor, at: Tensor) -> Tensor:
+        """The tape at the chain's points ``at``: comparisons of ``rank < j`` at their ``best``
+        value, the others at the opposite one, in blocks within ``chain_elements``."""
+        step = max(1, current_limits().chain_elements // max(best.numel(), 1))
+        return torch.cat([self.evaluate(torch.where(rank[None] < j[:, None], best[None], ~best[None]), plan)
+                          for j in at.split(step)])
 
     def evaluate(self, bits: Tensor, target: Any) -> Tensor:
         plan = self._prepared(target)
