@@ -942,3 +942,42 @@ def test_run_multilabel_scores_each_loss_and_the_tuned_thresholds(monkeypatch):
     assert calls[1][1] == dict(draw=0, hidden=(512, 512), batch=128, source="mnist", epochs=15)
     assert {"mlabel-f1", "fashion-mlabel-f1", "mlabel-f1-15"} <= set(probe.PROBES_ONLY)
     assert not M.TASKS["mlabel-f1"].suite
+
+
+def test_multilabel_map_matches_scikit_learn_and_its_losses_rank_within_each_label(monkeypatch):
+    from sklearn.metrics import average_precision_score
+    gen = torch.Generator().manual_seed(1)
+    for n, labels in ((50, 3), (200, 10)):
+        scores = torch.randn(n, labels, generator=gen).round(decimals=1)  # ties too
+        y = (torch.rand(n, labels, generator=gen) < 0.3).long()
+        y[0] = 1
+        assert M.multilabel_map(scores, y) == pytest.approx(
+            average_precision_score(y.numpy(), scores.numpy(), average="macro"), rel=1e-12)
+    # each label a query: the items of label j are column j, and pairs never cross labels
+    scores, y = torch.randn(6, 2, generator=gen), torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0], [0, 1], [1, 0]])
+    flat, relevance, query = M._by_label(scores, y)
+    assert torch.equal(flat, torch.cat([scores[:, 0], scores[:, 1]]))
+    assert torch.equal(relevance, torch.cat([y[:, 0], y[:, 1]])) and query.tolist() == [0] * 6 + [1] * 6
+    both = M.pairwise_logistic(flat, relevance, query)
+    pairs = [(i, j, c) for c in range(2) for i in range(6) for j in range(6) if y[i, c] > y[j, c]]
+    expected = sum(float(torch.nn.functional.softplus(scores[j, c] - scores[i, c])) for i, j, c in pairs) / len(pairs)
+    assert float(both) == pytest.approx(expected, rel=1e-6)
+    # training on labels read from the inputs: every loss learns them
+    x = torch.randn(2000, 784, generator=gen)
+    x[:, 10:] = 0.0
+    y = (x[:, :10] > 1.0).long()
+    data = (x[:1200], y[:1200], x[1200:1600], y[1200:1600], x[1600:], y[1600:])
+    monkeypatch.setattr(M, "multilabel_mnist", lambda draw, source="mnist": data)
+    for loss in ("bce", "bce-posweight", "pairwise", "uniloss"):
+        result = M.run_multilabel(loss, 0, True, {}, hidden=(), metric="map")
+        assert len(result) == 5 and result[-1] > 0.95, loss  # AP of a label linear in one input
+    with pytest.raises(ValueError, match="unknown loss 'bce-tuned' for the labels' mean AP"):
+        M.run_multilabel("bce-tuned", 0, True, {}, metric="map")
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        M.run_multilabel("bce", 0, True, {}, metric="auc")
+    probe = _benchmark("capacity_probe")
+    calls = []
+    monkeypatch.setattr(M, "run_multilabel", lambda *a, **k: calls.append((a, k)) or [0.5, 0.8])
+    assert probe._one(("mlabel-map", ("linear", 128), "pairwise", 2, 1, "{}", 1.0)) == 0.8
+    assert calls[0][0][:2] == ("pairwise", 1) and calls[0][1] == dict(draw=2, hidden=(), batch=128, metric="map")
+    assert "mlabel-map" in probe.PROBES_ONLY
