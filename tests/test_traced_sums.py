@@ -1,5 +1,6 @@
 """from_metric's chain through sums: a traced comparison whose mask reaches the metric only
-through elementwise operations and sums (F-beta's, precision's, recall's counts) gives the
+through elementwise operations and sums or counts (F-beta's, precision's, recall's counts,
+``count_nonzero``, ``any``, ``all``: subset accuracy) gives the
 chain's ``l + 1`` values from per-element changes and a cumulative sum (``O(l S)``) instead of
 replaying the tape at every point (``O(l^2)``).
 
@@ -65,12 +66,22 @@ def repeated_step(s, y):
     return (a & (y == 1)).sum() / (b.sum() + (y == 1).sum()).clamp_min(1)
 
 
-SUMMED = [macro_f1, micro_f1, precision_of_means, flat_keepdim_dtype, row_recall, negated_with_weights,
-          repeated_step]
-
-
 def subset_accuracy(s, y):
-    return ((s > 0) == (y == 1)).all(1).float().mean()  # `all`: not a sum
+    return ((s > 0) == (y == 1)).all(1).float().mean()  # `all`: no element of a row at zero
+
+
+def any_and_counted(s, y):
+    hit = (s > 0) & (y == 1)
+    some = hit.any(dim=0).float().mean()  # `any`: a nonzero element in a column
+    return some + torch.count_nonzero(hit, dim=1).float().mean() / 10 + hit.all().float()
+
+
+SUMMED = [macro_f1, micro_f1, precision_of_means, flat_keepdim_dtype, row_recall, negated_with_weights,
+          repeated_step, subset_accuracy, any_and_counted]
+
+
+def largest_per_row(s, y):
+    return ((s > 0).float() * y).amax(1).mean()  # `amax`: not a count
 
 
 def running_count(s, y):
@@ -86,7 +97,7 @@ def two_thresholds(s, y):
     return (((s > 0) & (y == 1)).sum() + ((s > 1) & (y == 1)).sum()).float()  # two trained steps
 
 
-NOT_SUMMED = [subset_accuracy, running_count, gated_by_own_sum, two_thresholds]
+NOT_SUMMED = [largest_per_row, running_count, gated_by_own_sum, two_thresholds]
 
 
 def _checked(fn, scores, target):

@@ -32,8 +32,9 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   structure compare the tape with ``fn`` replayed whole on the same configurations and keep the
   first way that agrees (``fn`` itself when none does).
 * **the chain through sums** (:func:`_split_at_sums`): where the one trained step is a comparison
-  whose mask reaches ``fn``'s value only through elementwise operations and sums (F-beta's,
-  precision's and recall's counts, pooled or per label), the chain's ``l + 1`` values come from
+  whose mask reaches ``fn``'s value only through elementwise operations and sums or counts
+  (F-beta's, precision's and recall's counts, pooled or per label; ``count_nonzero``, ``any``,
+  ``all``: subset accuracy), the chain's ``l + 1`` values come from
   each element's change and a cumulative sum, ``O(l S)`` for sums of ``S`` elements, instead of
   the tape replayed at every point, ``O(l^2)``; checked against the tape at nine points of a
   chain on the first call of each structure.
@@ -759,8 +760,10 @@ class _Tape:
 # point's: a comparison that takes its best value changes its element's terms alone. The tape
 # is then split there (:func:`_split_at_sums`): its elementwise part runs on two masks (every
 # comparison at its best value, every one at the other), the sums take the per-element changes
-# in the chain's order (a cumulative sum), and the rest runs on the ``l + 1`` points' sums.
-_SUMS = {"sum", "mean"}
+# in the chain's order (a cumulative sum), and the rest runs on the ``l + 1`` points' sums. Counts
+# of the same kind: ``count_nonzero``, and ``any``/``all`` (a count of nonzero/zero elements
+# above zero/at zero).
+_SUMS = {"sum", "mean", "count_nonzero", "any", "all"}
 
 
 @dataclass
@@ -836,21 +839,30 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_CompareSite", rank: Te
     points: List[Any] = [None] * tape.num_slots
     for s in split.sums:
         x = env[s.fills[0][1]]
-        args, kwargs = tape._inputs(s, env)
-        args = list(args)
-        args[0] = x[:1]
-        start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1)  # the sum at S_0, as fn takes it
+        name = _op_name(s.func)
         ref = tape.traced[cast(int, s.outs[0])]
-        acc = torch.float64 if ref.is_floating_point() or _op_name(s.func) == "mean" else torch.int64
-        delta = (x[1].to(acc) - x[0].to(acc)).reshape(-1)  # each element's change as its comparison comes right
         cells, count = _sum_cells(s, tuple(x.shape[1:]), rank.device)
         width = ref.numel()
+        if name in ("sum", "mean"):
+            args, kwargs = tape._inputs(s, env)
+            args = list(args)
+            args[0] = x[:1]
+            start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1)  # the sum at S_0, as fn takes it
+            acc = torch.float64 if ref.is_floating_point() or name == "mean" else torch.int64
+            terms = x.to(acc)
+        else:  # a count: of nonzero elements (count_nonzero, any) or of zero ones (all)
+            acc = torch.int64
+            terms = ((x == 0) if name == "all" else (x != 0)).to(acc)
+            start = torch.zeros(width, dtype=acc, device=rank.device).index_add_(0, cells, terms[0].reshape(-1))
+        delta = (terms[1] - terms[0]).reshape(-1)  # each element's change as its comparison comes right
         steps = torch.zeros(l, width, dtype=acc, device=rank.device).index_put_((rank, cells), delta)
         run = torch.cat([steps.new_zeros(1, width), steps.cumsum(0)])
-        if _op_name(s.func) == "mean":
+        if name == "mean":
             run = run / count
-        points[cast(int, s.outs[0])] = (start.reshape(1, width).to(acc) + run).to(ref.dtype).reshape(
-            (l + 1,) + tuple(ref.shape))
+        value = start.reshape(1, width).to(acc) + run
+        if name in ("any", "all"):
+            value = value > 0 if name == "any" else value == 0
+        points[cast(int, s.outs[0])] = value.to(ref.dtype).reshape((l + 1,) + tuple(ref.shape))
     for s in split.rest:
         args, kwargs = tape._inputs(s, points)
         result = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, l + 1)
