@@ -139,8 +139,8 @@ def test_a_mask_that_reaches_the_value_otherwise_takes_the_tape_at_every_point(f
     assert structure is None or structure.chain is None
 
 
-def _loss_and_grad(metric, scores, target, calls=3):
-    loss = uniloss.UniLoss(metric)
+def _loss_and_grad(metric, scores, target, calls=3, **options):
+    loss = uniloss.UniLoss(metric, **options)
     for _ in range(calls):  # the first call checks the tape, the second the cut
         s = scores.clone().requires_grad_()
         value = loss(s, target)
@@ -150,7 +150,10 @@ def _loss_and_grad(metric, scores, target, calls=3):
 
 @pytest.mark.parametrize("fn", SUMMED, ids=lambda f: f.__name__)
 def test_the_loss_and_gradient_are_those_without_the_cut(fn, monkeypatch):
-    scores, target = _multilabel(n=40, seed=1)
+    _same_as_without_the_cut(fn, *_multilabel(n=40, seed=1), monkeypatch)
+
+
+def _same_as_without_the_cut(fn, scores, target, monkeypatch):
     with_cut = from_metric(fn)
     loss, grad = _loss_and_grad(with_cut, scores, target)
     assert with_cut._sums and all(with_cut._sums.values())
@@ -221,3 +224,96 @@ def test_torchmetrics_thresholded_metrics_take_the_cut(name):
     rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6,
                                atol=1e-7, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- an argmax with a label per row
+
+C = 4
+
+
+def accuracy(s, y):
+    return (s.argmax(1) == y).float().mean()
+
+
+def macro_f1_by_class(s, y):
+    pred = s.argmax(dim=1)
+    scores = [2 * ((pred == c) & (y == c)).sum() / ((pred == c).sum() + (y == c).sum()).clamp_min(1)
+              for c in range(C)]
+    return torch.stack(scores).mean()
+
+
+def mean_iou_by_bincount(s, y):  # s [n, C, H, W], y [n, H, W]: the confusion matrix of every pixel
+    pred = s.argmax(1)
+    confusion = torch.bincount((y * C + pred).reshape(-1), minlength=C * C).reshape(C, C)
+    inter = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    return (inter / union.clamp_min(1)).mean()
+
+
+def _classes(n=30, seed=0, spatial=()):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, C, (n,) + spatial, generator=g)
+    scores = torch.randn((n, C) + spatial, generator=g) + 1.5 * torch.nn.functional.one_hot(target, C).movedim(-1, 1)
+    return scores, target
+
+
+def weighted_macro_f1_by_one_hot(s, y):  # metric_wins.class_weighted_macro_f1: each class a column of one_hot
+    from uniloss.experiments.metric_wins import class_weighted_macro_f1
+    return class_weighted_macro_f1(s, y, torch.tensor([0.5, 1.0, 2.0, 4.0]))
+
+
+CLASS_CASES = [(accuracy, {}), (macro_f1_by_class, {}), (mean_iou_by_bincount, {"n": 3, "spatial": (6, 5)}),
+               (weighted_macro_f1_by_one_hot, {})]
+
+
+@pytest.mark.parametrize("fn, shape", CLASS_CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_an_argmax_chain_through_sums_is_the_tape_at_every_point(fn, shape):
+    scores, target = _classes(**shape)
+    metric, plan = _checked(fn, scores, target)
+    structure = metric.structure(plan)
+    assert structure.chain is not None and structure.chain_by_runs  # a row turns once: when its run is whole
+    rows = target.numel()
+    for seed in range(2):
+        turn = torch.randperm(rows, generator=torch.Generator().manual_seed(seed)) + 1
+        at = torch.arange(rows + 1)
+        # the runs' counts of wrong comparisons: none once a row's run is whole, all C - 1 before
+        zeros = torch.where(turn[None] <= at[:, None], 0.0, float(C - 1))
+        torch.testing.assert_close(structure.chain(turn, rows).double(), metric.evaluate_zeros(zeros, plan).double(),
+                                   rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fn, shape", CLASS_CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_an_argmax_cut_gives_the_loss_and_gradient_without_it(fn, shape, monkeypatch):
+    _same_as_without_the_cut(fn, *_classes(seed=1, **shape), monkeypatch)
+
+
+@pytest.mark.parametrize("fn, zoo_metric", [(macro_f1_by_class, zoo.macro_f1(C)),
+                                            (mean_iou_by_bincount, zoo.mean_iou(C))], ids=["macro_f1", "mean_iou"])
+def test_an_argmax_cut_is_the_zoos_exact_chain_where_the_tape_took_segments(fn, zoo_metric, monkeypatch):
+    # 2 x 16 x 16 pixels (512 rows, 1,536 comparisons): within 12,000 elements the runs' counts through
+    # the tape take 22 points of the chain, the cut (counts of at most 16 elements) every one of them
+    scores, target = _classes(n=2, seed=2, spatial=(16, 16))
+    if fn is macro_f1_by_class:
+        scores, target = scores.movedim(1, -1).reshape(-1, C), target.reshape(-1)
+    with _limits.limits(chain_elements=12000):
+        loss, grad = _loss_and_grad(from_metric(fn), scores, target)
+        # the zoo's metric of class counts: its chain in closed form; its pull's runs alike, as the traced one's
+        loss_zoo, grad_zoo = _loss_and_grad(zoo_metric, scores, target, calls=1, pull_weights="equal")
+        monkeypatch.setattr(traced.TracedMetric, "_chain_by_sums", lambda self, plan: None)
+        segmented, _ = _loss_and_grad(from_metric(fn), scores, target)
+    torch.testing.assert_close(loss, loss_zoo, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, grad_zoo, rtol=1e-4, atol=1e-7)
+    assert abs(float(segmented) - float(loss)) > 1e-4  # the segments were another loss
+
+
+def test_one_hot_of_the_labels_runs_batched_by_hand_only_with_its_number_of_classes():
+    scores, target = _classes()
+    metric, plan = _checked(weighted_macro_f1_by_one_hot, scores, target)
+    assert plan.tape == "direct"  # one_hot(labels, C) batched as it is
+    inferred = lambda s, y: (torch.nn.functional.one_hot(s.argmax(1)) * torch.nn.functional.one_hot(y, C)).sum() \
+        / y.numel()  # noqa: E731  (num_classes inferred from the labels: not batched by hand)
+    with pytest.warns(UserWarning, match="one anchor at a time"):  # vmap wants the number too
+        metric, plan = _checked(inferred, scores, target)
+    assert plan.tape != "direct"
+    assert metric.structure(plan).chain is None
+    torch.testing.assert_close(metric.metric(scores, target), inferred(scores, target))

@@ -75,9 +75,9 @@ class EngineLimits:
         chain_elements: the most elements the chain's evaluations may hold together: the
             ``[points, l]`` bits of ``evaluate``, the ``[points, S]`` counts of
             ``evaluate_zeros``, the class counts of a block of the zoo's closed form; above it
-            fewer points (fewer rows per block). A traced comparison's chain through sums
-            (:func:`uniloss.from_metric`) holds ``[l + 1]`` rows of its sums' elements; above it
-            the chain is evaluated at its points. A static layout counts the runs and bits of its
+            fewer points (fewer rows per block). A traced step's chain through sums
+            (:func:`uniloss.from_metric`) holds a row of its sums' elements per point; above it
+            the chain is evaluated through the traced code. A static layout counts the runs and bits of its
             shapes (AP: ``n`` runs and ``n^2 / 4`` bits, where the exact layout has ``P`` and
             ``P N``), so on large batches it may take fewer points than the exact layout (AP
             interpolated from about ``n = 600``).

@@ -32,12 +32,14 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   structure compare the tape with ``fn`` replayed whole on the same configurations and keep the
   first way that agrees (``fn`` itself when none does).
 * **the chain through sums** (:func:`_split_at_sums`): where the one trained step is a comparison
-  whose mask reaches ``fn``'s value only through elementwise operations and sums or counts
-  (F-beta's, precision's and recall's counts, pooled or per label; ``count_nonzero``, ``any``,
-  ``all``: subset accuracy), the chain's ``l + 1`` values come from
-  each element's change and a cumulative sum, ``O(l S)`` for sums of ``S`` elements, instead of
-  the tape replayed at every point, ``O(l^2)``; checked against the tape at nine points of a
-  chain on the first call of each structure.
+  or an argmax with a label per row whose output reaches ``fn``'s value only through elementwise
+  operations and sums or counts (F-beta's, precision's and recall's counts, pooled or per label;
+  ``count_nonzero``, ``any``, ``all``: subset accuracy; per-class counts of ``argmax == c``;
+  ``bincount``: a confusion matrix), the chain's values come from each element's change and a
+  cumulative sum, ``O(P C)`` for ``P`` points and sums of ``C`` elements, instead of the tape
+  replayed at every point (a comparison's mask: ``O(l^2)``; an argmax's rows, every one of them
+  at each point, and beyond ``chain_elements`` fewer points, segment-averaged); checked against
+  the tape at nine points of a chain on the first call of each structure.
 * **the re-run** (:class:`_Graph`, :class:`_Rerun`): the trace records every operation ``fn``
   runs, what its arguments are (numbers, and tensors as the operation that made them) and the
   shapes it returns. A later call with inputs of the same shapes runs ``fn`` under a mode that
@@ -753,65 +755,85 @@ class _Tape:
 
 # --------------------------------------------------------------------------- the chain through sums
 
-# The chain of ``interpolation="chain"`` walks ``l + 1`` configurations; replaying the tape on
-# each costs ``O(l)``, ``O(l^2)`` in all. Where the one trained step is a comparison whose mask
+# The chain of ``interpolation="chain"`` walks the configurations of the comparisons from all
+# wrong to all right; replaying the tape at each point costs a pass over the step's output. Where
+# the one trained step's output (a comparison's mask, an argmax's labels with a label per row)
 # reaches fn's value only through elementwise operations and then sums (the counts of F-beta,
-# precision, recall: ``(pred & pos).sum(0)``), every point's sums follow from the previous
-# point's: a comparison that takes its best value changes its element's terms alone. The tape
-# is then split there (:func:`_split_at_sums`): its elementwise part runs on two masks (every
-# comparison at its best value, every one at the other), the sums take the per-element changes
-# in the chain's order (a cumulative sum), and the rest runs on the ``l + 1`` points' sums. Counts
-# of the same kind: ``count_nonzero``, and ``any``/``all`` (a count of nonzero/zero elements
-# above zero/at zero).
+# precision, recall: ``(pred & pos).sum(0)``; per-class counts ``(pred == c).sum()``; a confusion
+# matrix by ``bincount``), every point's sums follow from the previous point's: an element that
+# takes its best value (a comparison; a row whose run of comparisons is whole) changes its own
+# terms alone. The tape is then split there (:func:`_split_at_sums`): its elementwise part runs on
+# the two ends (every element at its best value, every one at its value with every comparison
+# wrong), the sums take the per-element changes in the chain's order (a cumulative sum), and the
+# rest runs on the points' sums. Counts of the same kind: ``count_nonzero``, ``any``/``all`` (a
+# count of nonzero/zero elements above zero/at zero), ``bincount`` (an element moves from the count
+# of one value to another's).
 _SUMS = {"sum", "mean", "count_nonzero", "any", "all"}
 
 
 @dataclass
 class _SumSplit:
-    """A tape cut at the sums of a comparison's mask: ``sources``, the slots of the mask (the site
-    and its repeats); ``elementwise``, the steps whose every element follows the mask's element at
-    the same place (in flat order); ``sums``, the sums of those; ``rest``, the steps after."""
+    """A tape cut at the sums of a trained step's output: ``sources``, the slots of the output (the
+    site and its repeats); ``elementwise``, the steps whose every element follows the output's
+    element at the same place (in flat order); ``sums``, the sums and counts of those; ``rest``,
+    the steps after; ``block``, how many consecutive elements (flat order) of each elementwise
+    slot follow one element of the output (``one_hot`` makes ``C``).
+
+    """
 
     sources: List[int]
     elementwise: List[_Step]
     sums: List[_Step]
     rest: List[_Step]
+    block: Dict[int, int]  # slot -> how many consecutive elements each element of the output makes
 
 
 def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]:
-    """:class:`_SumSplit` of a tape batched by hand whose trained steps are one comparison
-    (``indices``: the site and its repeats, ``numel`` elements), or ``None`` where its mask
-    reaches the value any other way."""
-    elem: set = set()
-    split = _SumSplit([], [], [], [])
+    """:class:`_SumSplit` of a tape batched by hand whose trained steps are one comparison or one
+    argmax (``indices``: the site and its repeats, ``numel`` elements of output), or ``None``
+    where its output reaches the value any other way (``bincount`` counts as a sum; ``one_hot``
+    as elementwise, each element becoming a block of ``C``)."""
+    block: Dict[int, int] = {}  # slot -> how many consecutive elements (flat order) each output element makes
+    split = _SumSplit([], [], [], [], block)
     for s in tape.steps:
         if s.kind == "site":
-            if s.index not in indices or not s.single:
+            if s.index not in indices or not s.single or tape.traced[cast(int, s.outs[0])].numel() != numel:
                 return None
             split.sources.append(cast(int, s.outs[0]))
-            elem.add(s.outs[0])
+            block[cast(int, s.outs[0])] = 1
             continue
         reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
         if s.rule is None or not reads:
             return None
-        inside = [slot in elem for slot in reads]
+        inside = [slot in block for slot in reads]
         if not any(inside):
             split.rest.append(s)
             continue
         out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
-        if not all(inside) or s.nested or out is None or out.is_complex():
+        if not all(inside) or s.nested or out is None or out.is_complex() or s.outs[0] in block and \
+                s.kind != "inplace":
             return None
-        kind = s.rule[0]
-        if kind in ("ew", "reshape") and out.numel() == numel and (
-                kind == "reshape" or all(tape.traced[slot].shape == out.shape for slot in reads)):
-            elem.add(s.outs[0])
+        kind, blocks = s.rule[0], {block[slot] for slot in reads}
+        if len(blocks) != 1:
+            return None
+        size = blocks.pop()
+        if kind == "ew" and all(tape.traced[slot].shape == out.shape for slot in reads) or \
+                kind == "reshape" and out.numel() == tape.traced[reads[0]].numel():
+            block[cast(int, s.outs[0])] = size
             split.elementwise.append(s)
-        elif kind in ("reduce", "reduce_all") and _op_name(s.func) in _SUMS and [i for i, _ in s.fills] == [0] \
-                and s.outs[0] not in elem:
+        elif kind == "same" and _op_name(s.func) == "one_hot" and out.dim() >= 1 and \
+                out.numel() == tape.traced[reads[0]].numel() * out.shape[-1]:
+            block[cast(int, s.outs[0])] = size * out.shape[-1]
+            split.elementwise.append(s)
+        elif (kind in ("reduce", "reduce_all") and _op_name(s.func) in _SUMS or
+              kind == "bincount" and s.args[1] is None) and [i for i, _ in s.fills] == [0]:
             split.sums.append(s)
         else:
             return None
-    return split if split.sources and split.sums and tape.out not in elem else None
+    outs = {cast(int, s.outs[0]) for s in split.sums}
+    if not split.sources or not split.sums or tape.out in block or outs & set(block):
+        return None
+    return split
 
 
 def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, int]:
@@ -825,51 +847,66 @@ def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[
     return cells, math.prod(shape[d] for d in dims)
 
 
-def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_CompareSite", rank: Tensor, best: Tensor) -> Tensor:
-    """fn's value at every point of the chain (:attr:`uniloss.Structure.chain`): ``rank [l]`` the
-    chain's place of each comparison -> ``[l + 1]``, from a tape cut by :func:`_split_at_sums`."""
-    l = rank.numel()
-    masks = site.decode(torch.stack([~best, best]))  # [2, *shape]: every comparison wrong, every one right
+def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", ends: Tensor, place: Tensor, points: int) -> Tensor:
+    """fn's value at every point ``0 .. points`` of a chain from a tape cut by
+    :func:`_split_at_sums`: ``ends [2, S]``, the 0-bit counts of the step's runs with every
+    comparison wrong and every one right; ``place [S]``, the point from which each run holds its
+    best configuration (``0``: from the start), a run being one element of the step's output in
+    flat order (a comparison's; an argmax's row). ``[points + 1]``."""
+    payload = site.decode_zeros(ends)
     env: List[Any] = [None] * tape.num_slots
     for slot in split.sources:
-        env[slot] = masks
+        env[slot] = site.format_batched(payload, site.call.x)
     for s in split.elementwise:
         args, kwargs = tape._inputs(s, env)
         env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 2)
-    points: List[Any] = [None] * tape.num_slots
+    at: List[Any] = [None] * tape.num_slots
+    device = place.device
     for s in split.sums:
         x = env[s.fills[0][1]]
-        name = _op_name(s.func)
         ref = tape.traced[cast(int, s.outs[0])]
-        cells, count = _sum_cells(s, tuple(x.shape[1:]), rank.device)
         width = ref.numel()
-        if name in ("sum", "mean"):
-            args, kwargs = tape._inputs(s, env)
-            args = list(args)
-            args[0] = x[:1]
-            start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1)  # the sum at S_0, as fn takes it
-            acc = torch.float64 if ref.is_floating_point() or name == "mean" else torch.int64
-            terms = x.to(acc)
-        else:  # a count: of nonzero elements (count_nonzero, any) or of zero ones (all)
+        size = split.block[s.fills[0][1]]
+        where = place if size == 1 else place.repeat_interleave(size)  # each element's point, in flat order
+        if s.kind == "bincount":  # an element adds one to the count of its value: it moves from one to another
             acc = torch.int64
-            terms = ((x == 0) if name == "all" else (x != 0)).to(acc)
-            start = torch.zeros(width, dtype=acc, device=rank.device).index_add_(0, cells, terms[0].reshape(-1))
-        delta = (terms[1] - terms[0]).reshape(-1)  # each element's change as its comparison comes right
-        steps = torch.zeros(l, width, dtype=acc, device=rank.device).index_put_((rank, cells), delta)
-        run = torch.cat([steps.new_zeros(1, width), steps.cumsum(0)])
-        if name == "mean":
-            run = run / count
-        value = start.reshape(1, width).to(acc) + run
-        if name in ("any", "all"):
-            value = value > 0 if name == "any" else value == 0
-        points[cast(int, s.outs[0])] = value.to(ref.dtype).reshape((l + 1,) + tuple(ref.shape))
+            wrong, right = x[0].reshape(-1).long(), x[1].reshape(-1).long()
+            start = torch.zeros(width, dtype=acc, device=device).index_add_(0, wrong, torch.ones_like(wrong))
+            one = torch.ones_like(wrong)
+            steps = torch.zeros(points + 1, width, dtype=acc, device=device)
+            steps.index_put_((where, wrong), -one, accumulate=True).index_put_((where, right), one, accumulate=True)
+            value = start.reshape(1, width) + steps.cumsum(0)
+        else:
+            name = _op_name(s.func)
+            cells, count = _sum_cells(s, tuple(x.shape[1:]), device)
+            if name in ("sum", "mean"):
+                args, kwargs = tape._inputs(s, env)
+                args = list(args)
+                args[0] = x[:1]
+                start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1)  # the sum at the start, as fn takes it
+                acc = torch.float64 if ref.is_floating_point() or name == "mean" else torch.int64
+                terms = x.to(acc)
+            else:  # a count: of nonzero elements (count_nonzero, any) or of zero ones (all)
+                acc = torch.int64
+                terms = ((x == 0) if name == "all" else (x != 0)).to(acc)
+                start = torch.zeros(width, dtype=acc, device=device).index_add_(0, cells, terms[0].reshape(-1))
+            delta = (terms[1] - terms[0]).reshape(-1)  # each element's change as its run comes right
+            steps = torch.zeros(points + 1, width, dtype=acc, device=device).index_put_((where, cells), delta,
+                                                                                        accumulate=True)
+            run = steps.cumsum(0)
+            if name == "mean":
+                run = run / count
+            value = start.reshape(1, width).to(acc) + run
+            if name in ("any", "all"):
+                value = value > 0 if name == "any" else value == 0
+        at[cast(int, s.outs[0])] = value.to(ref.dtype).reshape((points + 1,) + tuple(ref.shape))
     for s in split.rest:
-        args, kwargs = tape._inputs(s, points)
-        result = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, l + 1)
+        args, kwargs = tape._inputs(s, at)
+        result = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, points + 1)
         for slot, value in zip(s.outs, (result,) if s.single else result):
             if slot is not None:
-                points[slot] = value
-    values = points[tape.out].reshape(l + 1)
+                at[slot] = value
+    values = at[tape.out].reshape(points + 1)
     return values if values.is_floating_point() else values.float()
 
 
@@ -1255,6 +1292,9 @@ def _direct_rule(step: _Step, traced: Callable[[int], Tensor]) -> Optional[tuple
         if nd < 2 or (name in ("t", "T") and nd != 2):  # T reverses every dimension
             return None
         return ("permute", (0,) + tuple(range(1, nd - 1)) + (nd, nd - 1))
+    if name == "one_hot":  # a class per element -> [*shape, C]: the anchors' dimension leads as it is
+        classes = _arg(args, kwargs, 1, "num_classes", -1)
+        return ("same",) if batched == {0} and not nested and isinstance(classes, int) and classes > 0 else None
     if name == "pad":  # F.pad: the last dimensions, constant mode
         if batched != {0} or nested:
             return None
@@ -3167,62 +3207,80 @@ class TracedMetric(Decomposition):
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def structure(self, target: Any) -> Optional[Structure]:
-        """Runs of bits where every traced site decodes from per-run 0-bit counts."""
+        """Runs of bits where every traced site decodes from per-run 0-bit counts; with the chain
+        through sums where :meth:`_chain_by_sums` gives it."""
         plan = self._prepared(target)
         if not plan.structured:
             return None
-        return Structure(plan.width if plan.width is not None else plan.run_lengths,
-                         lambda zeros: self.evaluate_zeros(zeros, plan), chain=self._chain_by_sums(plan))
+        structure = Structure(plan.width if plan.width is not None else plan.run_lengths,
+                              lambda zeros: self.evaluate_zeros(zeros, plan))
+        cut = self._chain_by_sums(plan)
+        return structure if cut is None else replace(structure, chain=cut[0], chain_by_runs=cut[1])
 
-    def _chain_by_sums(self, plan: _Plan) -> Optional[Callable[[Tensor], Tensor]]:
-        """The chain's values in ``O(l S)`` (:func:`_chain_by_sums`) where the one trained step is a
-        comparison whose mask reaches ``fn``'s value only through sums, on a tape checked against
-        ``fn`` (``plan.tape == "direct"``), within ``chain_elements``; else ``None`` (every point
-        through the tape, ``O(l^2)``). The first call of each structure checks it against the
-        tape at nine points of a chain and keeps the verdict."""
-        if len(plan.sites) != 1 or not isinstance(plan.sites[0], _CompareSite) or plan.tape != "direct" or \
-                self._sums.get(plan.key) is False:
+    def _chain_by_sums(self, plan: _Plan) -> Optional[Tuple[Callable[..., Tensor], bool]]:
+        """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the sums' elements)
+        where the one trained step's output reaches ``fn``'s value only through elementwise
+        operations and sums: a comparison (``Structure.chain``, a run per comparison) or an
+        argmax with a label per row (``chain_by_runs``: a row decodes to its label once its run is
+        whole, to its best other class before). Only on a tape checked against ``fn``
+        (``plan.tape == "direct"``) and within ``chain_elements``; ``None`` otherwise (the runs'
+        counts through the tape at every point: ``O(l S)``). The first call of each structure
+        checks it against the tape at nine points of a chain and keeps the verdict."""
+        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
+        if isinstance(site, _CompareSite):
+            by_runs = False
+        elif isinstance(site, _ClassSite) and site.mode == "label" and site.call.k is None:
+            by_runs = True
+        else:
+            return None
+        num = site.num_runs()
         indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
-        split = _split_at_sums(tape, indices, site.num_bits)
-        l = site.num_bits
-        if split is None or (l + 1) * sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums) > \
+        split = _split_at_sums(tape, indices, num)
+        if split is None or (num + 1) * sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums) > \
                 current_limits().chain_elements:
             return None
         best = site.best()
+        lengths = site._lengths().to(torch.float32)  # the runs' 0-bit counts at the chain's two ends:
+        ones = torch.zeros(num, device=best.device).index_add_(  # every comparison wrong, every one right
+            0, torch.repeat_interleave(torch.arange(num, device=best.device), site._lengths()), best.float())
+        ends = torch.stack([ones, lengths - ones])
 
-        def along(rank: Tensor) -> Tensor:
+        def values(place: Tensor) -> Tensor:
             try:
-                return _chain_by_sums(split, tape, site, rank, best)
+                return _chain_by_sums(split, tape, site, ends, place, num)
             except Exception:  # not expected after the check: the tape at every point from now on
                 self._remember_sums(plan, False)
-                return self._chain_points(plan, best, rank, torch.arange(l + 1, device=best.device))
+                return self._chain_points(plan, ends, place, torch.arange(num + 1, device=place.device))
 
         if plan.key not in self._sums:
-            rank = torch.randperm(l, generator=torch.Generator().manual_seed(0)).to(best.device)
-            at = torch.linspace(0, l, 9, device=best.device).round().long().unique()
+            place = torch.randperm(num, generator=torch.Generator().manual_seed(0)).to(best.device) + 1
+            at = torch.linspace(0, num, 9, device=best.device).round().long().unique()
             try:
                 with torch.no_grad():
-                    ok = _same(_chain_by_sums(split, tape, site, rank, best)[at],
-                               self._chain_points(plan, best, rank, at))
+                    ok = _same(_chain_by_sums(split, tape, site, ends, place, num)[at],
+                               self._chain_points(plan, ends, place, at))
             except Exception:  # an operation the cut cannot take: the tape at every point
                 ok = False
             self._remember_sums(plan, ok)
             if not ok:
                 return None
-        return along
+        if by_runs:
+            return (lambda turn, length: values(turn)), True
+        return (lambda rank: values(rank + 1)), False
 
     def _remember_sums(self, plan: _Plan, ok: bool) -> None:
         if len(self._sums) >= 256:
             self._sums.clear()
         self._sums[plan.key] = ok
 
-    def _chain_points(self, plan: _Plan, best: Tensor, rank: Tensor, at: Tensor) -> Tensor:
-        """The tape at the chain's points ``at``: comparisons of ``rank < j`` at their ``best``
-        value, the others at the opposite one, in blocks within ``chain_elements``."""
-        step = max(1, current_limits().chain_elements // max(best.numel(), 1))
-        return torch.cat([self.evaluate(torch.where(rank[None] < j[:, None], best[None], ~best[None]), plan)
+    def _chain_points(self, plan: _Plan, ends: Tensor, place: Tensor, at: Tensor) -> Tensor:
+        """The tape at the chain's points ``at``: the runs of ``place <= j`` with their 0-bit
+        counts at ``ends[1]`` (every comparison right), the others at ``ends[0]``, in blocks
+        within ``chain_elements``."""
+        step = max(1, current_limits().chain_elements // max(place.numel(), 1))
+        return torch.cat([self.evaluate_zeros(torch.where(place[None] <= j[:, None], ends[1], ends[0]), plan)
                           for j in at.split(step)])
 
     def evaluate(self, bits: Tensor, target: Any) -> Tensor:

@@ -1,0 +1,92 @@
+"""What from_metric's chain through sums saves: traced metrics with and without it, against the zoo's.
+
+    python benchmarks/traced_chain_cost.py          # a table on stdout (a few minutes)
+
+``interpolation="chain"`` (the default) walks ``l + 1`` configurations of the comparisons. A
+metric traced by :func:`uniloss.from_metric` was evaluated at those points through its recorded
+code (the tape): the runs' counts of each point decoded and replayed, ``O(l S)`` for ``S`` runs,
+and beyond ``chain_elements`` (``[points, S]`` counts) at fewer points with each segment's gains
+averaged, another loss. Where the one trained step's output (a comparison's mask, an argmax's
+labels) reaches the metric only through elementwise operations and sums or counts, the cut
+(``_traced._split_at_sums``) gives every point from each element's change and a cumulative sum.
+This times one loss call (forward and backward, library defaults, on a model's output ``x * w``,
+one thread) of each metric traced with the cut, traced without it (the path before it), the zoo's
+decomposition of the same metric and the usual loss, interleaved call by call in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as nnf
+
+import uniloss
+from uniloss import zoo
+from uniloss.experiments.metric_wins import multilabel_macro_f1
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from version_cost import alternate  # noqa: E402  (calls in turn, the first rotating)
+
+
+def subset_accuracy(scores, target):
+    """Multi-label exact match: every label of a row right (``all``, a count of wrong ones)."""
+    return ((scores > 0) == (target == 1)).all(1).float().mean()
+
+
+def macro_f1(scores, target, num_classes=10):
+    """Multi-class macro-F1 of ``argmax``, one class at a time."""
+    pred = scores.argmax(1)
+    per_class = [2 * ((pred == c) & (target == c)).sum() / ((pred == c).sum() + (target == c).sum()).clamp_min(1)
+                 for c in range(num_classes)]
+    return torch.stack(per_class).mean()
+
+
+def mean_iou(scores, target, num_classes=21):
+    """Mean IoU of ``argmax`` over the pixels, from the confusion matrix (``bincount``)."""
+    pred = scores.argmax(1)
+    confusion = torch.bincount((target * num_classes + pred).reshape(-1),
+                               minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    inter = confusion.diag()
+    return (inter / (confusion.sum(0) + confusion.sum(1) - inter).clamp_min(1)).mean()
+
+
+def _cases(g):
+    x = torch.randn(512, 10, generator=g)
+    y = (torch.rand(512, 10, generator=g) < 0.2).long()
+    bce = lambda s, t: nnf.binary_cross_entropy_with_logits(s, t.float())  # noqa: E731
+    yield "multi-label macro-F1, [512, 10]", multilabel_macro_f1, zoo.f_beta(1.0, average="macro"), bce, x, y
+    yield "multi-label subset accuracy, [512, 10]", subset_accuracy, None, bce, x, y
+    y = torch.randint(0, 10, (128,), generator=g)
+    x = torch.randn(128, 10, generator=g) + 2.0 * nnf.one_hot(y, 10)
+    yield "macro-F1 of 10 classes, [128, 10]", macro_f1, zoo.macro_f1(10), nnf.cross_entropy, x, y
+    y = torch.randint(0, 21, (4, 32, 32), generator=g)
+    x = torch.randn(4, 21, 32, 32, generator=g) + 2.0 * nnf.one_hot(y, 21).movedim(-1, 1)
+    yield "mean IoU of 21 classes, [4, 21, 32, 32]", mean_iou, zoo.mean_iou(21), nnf.cross_entropy, x, y
+
+
+def main(calls: int = 20) -> None:
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.ones(1))
+    print("| case | traced, cut (ms) | traced, no cut (ms) | zoo (ms) | usual (ms) | cut / no cut | cut / zoo | "
+          "cut / usual |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, fn, zoo_metric, usual, x, y in _cases(g):
+        uncut = uniloss.from_metric(fn)
+        uncut._chain_by_sums = lambda plan: None  # type: ignore[method-assign]  # the path before the cut
+        losses = {"cut": uniloss.UniLoss(uniloss.from_metric(fn)), "uncut": uniloss.UniLoss(uncut),
+                  "usual": usual}
+        if zoo_metric is not None:
+            losses["zoo"] = uniloss.UniLoss(zoo_metric)
+        runs = {k: (lambda f=f, x=x, y=y: f(x * w, y).backward()) for k, f in losses.items()}
+        med = alternate(runs, calls, warmup=3)
+        zoo_ms = f"{med['zoo']:.2f}" if "zoo" in med else "-"
+        zoo_ratio = f"{med['cut'] / med['zoo']:.2f}x" if "zoo" in med else "-"
+        print(f"| {name} | {med['cut']:.2f} | {med['uncut']:.2f} | {zoo_ms} | {med['usual']:.3f} | "
+              f"{med['cut'] / med['uncut']:.3f}x | {zoo_ratio} | {med['cut'] / med['usual']:.0f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
