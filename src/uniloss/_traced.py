@@ -3247,12 +3247,12 @@ class TracedMetric(Decomposition):
             0, torch.repeat_interleave(torch.arange(num, device=best.device), site._lengths()), best.float())
         ends = torch.stack([ones, lengths - ones])
 
-        def values(place: Tensor) -> Tensor:
+        def values(place: Tensor, points: int = num) -> Tensor:
             try:
-                return _chain_by_sums(split, tape, site, ends, place, num)
+                return _chain_by_sums(split, tape, site, ends, place, points)
             except Exception:  # not expected after the check: the tape at every point from now on
                 self._remember_sums(plan, False)
-                return self._chain_points(plan, ends, place, torch.arange(num + 1, device=place.device))
+                return self._chain_points(plan, ends, place, torch.arange(points + 1, device=place.device))
 
         if plan.key not in self._sums:
             place = torch.randperm(num, generator=torch.Generator().manual_seed(0)).to(best.device) + 1
@@ -3267,7 +3267,7 @@ class TracedMetric(Decomposition):
             if not ok:
                 return None
         if by_runs:
-            return (lambda turn, length: values(turn)), True
+            return (lambda turn, length: values(turn, length)), True
         return (lambda rank: values(rank + 1)), False
 
     def _remember_sums(self, plan: _Plan, ok: bool) -> None:
