@@ -198,6 +198,27 @@ def _one(job):
                              batch=batch, source=source)[-1]
 
 
+def _only(args, models, losses, values, command, start) -> dict:
+    """``--only``: each trained row's test metric (x100) per model and learning-rate scale, mean and
+    std over the draws, printed and written to ``OUT.json``."""
+    rows = []
+    for metric in args.metrics:
+        for model in models[metric]:
+            for label, loss, options in losses[metric]:
+                for x in args.lr_scales:
+                    v = [100 * values[(metric, model, loss, d, args.seed, options, x)] for d in args.draws]
+                    rows.append(dict(metric=metric, model=model[0], batch=model[1], loss=label, lr_scale=x,
+                                     per_draw=v, mean=statistics.mean(v), std=_spread(v)))
+                    print(f"{metric} {_name(model):8s} {label} x{x:g}: {rows[-1]['mean']:.2f} ± {rows[-1]['std']:.2f}",
+                          flush=True)
+    report = dict(table="capacity, --only", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
+                  date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, seed=args.seed,
+                  minutes=round((time.time() - start) / 60, 1), rows=rows)
+    with open(args.out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
 def _name(setting):
     """A setting's label: the model's name, and its batch size where it is not the suite's 128."""
     model, batch = setting
@@ -265,6 +286,9 @@ def main(argv=None):
     parser.add_argument("--extras", nargs="*", default=None, metavar="LOSS",
                         help="of the rows beside the defaults that some metrics have (EXTRA), only these losses "
                              "(default: all of them; none: no extra row)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="LOSS",
+                        help="train only these rows' losses (e.g. a row best at the grid's edge, at more scales): "
+                             "writes each one's test metric per model and scale (OUT.json), no comparison table")
     parser.add_argument("--out", default="docs/results/metric-wins/capacity")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -276,6 +300,8 @@ def main(argv=None):
     extra = {m: [row for row in EXTRA.get(m, []) if args.extras is None or row[1] in args.extras] + variants
              for m in args.metrics}  # rows beside the defaults
     losses = {m: [(label, loss, "{}") for label, loss in TASKS[m][3]] + extra[m] for m in args.metrics}
+    if args.only is not None:
+        losses = {m: [row for row in rows if row[1] in args.only] for m, rows in losses.items()}
     jobs = [(m, h, loss, d, args.seed, options, x) for m in args.metrics for h in models[m]
             for _, loss, options in losses[m] for x in args.lr_scales for d in args.draws]
     try:
@@ -298,6 +324,9 @@ def main(argv=None):
                     bar.update(1)
     if bar is not None:
         bar.close()
+    command = "python benchmarks/capacity_probe.py" + ("" if not argv else " " + shlex.join(argv))  # (shell-ready)
+    if args.only is not None:
+        return _only(args, models, losses, values, command, start)
     rows = []
     for metric in args.metrics:
         for model in models[metric]:
@@ -326,7 +355,6 @@ def main(argv=None):
             print(f"{metric} {_name(model):8s} " + "  ".join(f"{k} {row['mean'][k]:.2f}" for k in per)
                   + f"  UniLoss - {best}: {row['vs_best']['mean']:+.2f} ± {row['vs_best']['std']:.2f}"
                   + f" ({row['vs_best']['ahead']}/{len(args.draws)})", flush=True)
-    command = "python benchmarks/capacity_probe.py" + ("" if not argv else " " + shlex.join(argv))  # (shell-ready)
     report = dict(table="capacity", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, seed=args.seed, batches=args.batches,
                   lr_scales=args.lr_scales,

@@ -847,6 +847,26 @@ def test_the_capacity_probe_adds_the_extra_rows_of_a_metric_and_filters_them(tmp
     assert "uniloss-class-weights" not in runs and "variants_vs_best" not in row
 
 
+def test_the_capacity_probe_trains_only_the_rows_asked_for_at_more_scales(tmp_path, monkeypatch):
+    probe = _benchmark("capacity_probe")
+    runs = []
+
+    def fake(job):
+        metric, (model, _), loss, draw, _, _, scale = job
+        runs.append((model, loss, scale))
+        return 0.5 + 0.1 * scale + 0.01 * draw
+
+    monkeypatch.setattr(probe, "_one", fake)
+    report = probe.main(["--metrics", "mlabel-map", "--models", "linear", "128", "--only", "bce-posweight",
+                         "--lr-scales", "0.25", "0.5", "--draws", "0", "1", "--jobs", "1", "--out", str(tmp_path / "o")])
+    assert {loss for _, loss, _ in runs} == {"bce-posweight"} and len(runs) == 2 * 2 * 2
+    assert [(r["model"], r["lr_scale"]) for r in report["rows"]] == [("linear", 0.25), ("linear", 0.5),
+                                                                     ("128", 0.25), ("128", 0.5)]
+    assert report["rows"][1]["mean"] == pytest.approx(55.5) and report["rows"][1]["per_draw"] == pytest.approx([55, 56])
+    assert json.loads((tmp_path / "o.json").read_text())["command"].endswith("--out " + str(tmp_path / "o"))
+    assert not (tmp_path / "o.md").exists()  # no comparison table
+
+
 def test_retrieval_probes_train_and_score_their_own_zoo_metric(monkeypatch):
     # p-at-5, r-at-5 and mrr run the ndcg5 task on their metric, beside the pointwise and pairwise losses
     from uniloss.decoders import RankingTarget
