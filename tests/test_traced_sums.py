@@ -317,3 +317,42 @@ def test_one_hot_of_the_labels_runs_batched_by_hand_only_with_its_number_of_clas
     assert plan.tape != "direct"
     assert metric.structure(plan).chain is None
     torch.testing.assert_close(metric.metric(scores, target), inferred(scores, target))
+
+
+def running_accuracy(s, y):
+    return ((s.argmax(1) == y).float().cumsum(0) / torch.arange(1, len(y) + 1)).mean()  # a cumulative sum: no cut
+
+
+class _Plain(uniloss.Decomposition):
+    """A traced metric's comparisons and values alone: the engine's chain through ``evaluate``."""
+
+    def __init__(self, metric):
+        self.inner = metric
+
+    def prepare(self, scores, target, generator=None):
+        return self.inner.prepare(scores, target)
+
+    def comparisons(self, scores, plan):
+        return self.inner.comparisons(scores, plan)
+
+    def best(self, plan):
+        return self.inner.best(plan)
+
+    def evaluate(self, bits, plan):
+        return self.inner.evaluate(bits, plan)
+
+
+def test_counts_that_decode_to_more_bits_than_chain_elements_take_the_chain_through_evaluate():
+    # 30 rows of 3 comparisons: within 600 elements the runs' counts would take 20 points, each decoded to 90
+    # bits (1,800 elements); the chain through evaluate takes 5 points of 90 bits instead
+    scores, target = _classes(seed=4)
+    metric, plan = _checked(running_accuracy, scores, target)
+    assert metric.structure(plan).evaluate_zeros is not None
+    with _limits.limits(chain_elements=600):
+        structure = metric.structure(plan)
+        assert structure.evaluate_zeros is None and structure.chain is None
+        assert torch.equal(torch.as_tensor(structure.runs), torch.as_tensor(3))  # the runs stay, for the pull
+        loss, grad = _loss_and_grad(from_metric(running_accuracy), scores, target, pull=0.0)
+        loss_ref, grad_ref = _loss_and_grad(_Plain(from_metric(running_accuracy)), scores, target, pull=0.0)
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(grad, grad_ref)

@@ -3212,10 +3212,18 @@ class TracedMetric(Decomposition):
         plan = self._prepared(target)
         if not plan.structured:
             return None
-        structure = Structure(plan.width if plan.width is not None else plan.run_lengths,
-                              lambda zeros: self.evaluate_zeros(zeros, plan))
+        runs = plan.width if plan.width is not None else plan.run_lengths
+        structure = Structure(runs, lambda zeros: self.evaluate_zeros(zeros, plan))
         cut = self._chain_by_sums(plan)
-        return structure if cut is None else replace(structure, chain=cut[0], chain_by_runs=cut[1])
+        if cut is not None:
+            return replace(structure, chain=cut[0], chain_by_runs=cut[1])
+        # The chain through the runs' counts takes as many points as chain_elements holds of [S] counts, but
+        # the traced code decodes each point's counts to its [l] bits: where those pass chain_elements (a
+        # probed argmax over a heatmap's pixels), the chain through evaluate instead, at fewer points.
+        limits, l = current_limits(), plan.num_bits
+        num = l // runs if isinstance(runs, int) else int(cast(Tensor, runs).numel())
+        points = min(l, limits.chain_elements // max(num, 1) - 1) + 1
+        return structure if points * l <= limits.chain_elements else Structure(runs)
 
     def _chain_by_sums(self, plan: _Plan) -> Optional[Tuple[Callable[..., Tensor], bool]]:
         """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the sums' elements)
