@@ -515,10 +515,12 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {r['task']} | {r['route']} | {values} | {r['mean']:.2f} ± {r['std']:.2f} | {diff} | "
                      f"{verdict} | {r['seconds']:.1f} |")
     if any(r["task"].endswith("PCK@0.5") for r in summary):
-        lines += ["", "Seconds per run include each epoch's test evaluation. The traced PCK runs take about twice "
-                  "the hand-written ones: its target holds keypoints rather than the pixel the `argmax` should "
+        lines += ["", "Seconds per run include each epoch's test evaluation. The traced PCK runs take longer "
+                  "than the hand-written ones: its target holds keypoints rather than the pixel the `argmax` should "
                   "return, so every call probes `fn` for each joint's best pixels (16 heatmaps x 256 pixels a "
-                  "batch), where `uniloss.PCK` computes them from the keypoints."]
+                  "batch), where `uniloss.PCK` computes them from the keypoints, and its chain is evaluated at "
+                  "fewer points (the probed pixels' sets decode to more bits than `chain_elements` holds at every "
+                  "point) where `uniloss.PCK` gives it in closed form."]
     lines += ["", "Set-ups (`benchmarks/from_metric_training.py`; data and models of "
               "`uniloss.experiments.metric_wins` where they fit):", "",
               "| task | data | model | epochs |", "|---|---|---|---|"]
