@@ -777,9 +777,7 @@ class _SumSplit:
     site and its repeats); ``elementwise``, the steps whose every element follows the output's
     element at the same place (in flat order); ``sums``, the sums and counts of those; ``rest``,
     the steps after; ``block``, how many consecutive elements (flat order) of each elementwise
-    slot follow one element of the output (``one_hot`` makes ``C``).
-
-    """
+    slot follow one element of the output (``one_hot`` makes ``C``)."""
 
     sources: List[int]
     elementwise: List[_Step]
@@ -871,8 +869,8 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", ends: Tensor, p
         if s.kind == "bincount":  # an element adds one to the count of its value: it moves from one to another
             acc = torch.int64
             wrong, right = x[0].reshape(-1).long(), x[1].reshape(-1).long()
-            start = torch.zeros(width, dtype=acc, device=device).index_add_(0, wrong, torch.ones_like(wrong))
             one = torch.ones_like(wrong)
+            start = torch.zeros(width, dtype=acc, device=device).index_add_(0, wrong, one)
             steps = torch.zeros(points + 1, width, dtype=acc, device=device)
             steps.index_put_((where, wrong), -one, accumulate=True).index_put_((where, right), one, accumulate=True)
             value = start.reshape(1, width) + steps.cumsum(0)
@@ -3246,7 +3244,10 @@ class TracedMetric(Decomposition):
         num = site.num_runs()
         indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
         split = _split_at_sums(tape, indices, num)
-        if split is None or (num + 1) * sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums) > \
+        if split is None:  # the tape's form: the same for every call of this structure
+            self._remember_sums(plan, False)
+            return None
+        if (num + 1) * sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums) > \
                 current_limits().chain_elements:
             return None
         best = site.best()
