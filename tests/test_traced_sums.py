@@ -268,6 +268,10 @@ CLASS_CASES = [(accuracy, {}), (macro_f1_by_class, {}), (mean_iou_by_bincount, {
 
 @pytest.mark.parametrize("fn, shape", CLASS_CASES, ids=lambda c: getattr(c, "__name__", ""))
 def test_an_argmax_chain_through_sums_is_the_tape_at_every_point(fn, shape):
+    _argmax_chain_is_the_tape(fn, **shape)
+
+
+def _argmax_chain_is_the_tape(fn, **shape):
     scores, target = _classes(**shape)
     metric, plan = _checked(fn, scores, target)
     structure = metric.structure(plan)
@@ -356,3 +360,96 @@ def test_counts_that_decode_to_more_bits_than_chain_elements_take_the_chain_thro
         loss_ref, grad_ref = _loss_and_grad(_Plain(from_metric(running_accuracy)), scores, target, pull=0.0)
     torch.testing.assert_close(loss, loss_ref)
     torch.testing.assert_close(grad, grad_ref)
+
+
+# --------------------------------------------------------------------------- a sum per row, then their mean: the rest cut again
+
+def samples_f1(s, y):  # scikit-learn's average="samples": F1 of each row's labels, then their mean
+    pred, pos = s > 0, y == 1
+    tp, fp, fn = (pred & pos).sum(1), (pred & ~pos).sum(1), (~pred & pos).sum(1)
+    return (2 * tp / (2 * tp + fp + fn).clamp_min(1)).float().mean()
+
+
+def samples_jaccard_weighted(s, y):  # each row's IoU, rows weighed by a tensor of fn's own
+    pred, pos = s > 0, y == 1
+    weights = torch.linspace(1.0, 2.0, s.shape[0])
+    inter, union = (pred & pos).float().sum(dim=1), (pred | pos).float().sum(dim=1)
+    return ((inter / union.clamp_min(1)) * weights).sum() / weights.sum()
+
+
+def groups_mostly_exact(s, y):  # three sums deep: rows exact, the share of exact rows per group, groups above half
+    exact = ((s > 0) == (y == 1)).all(1).float()
+    share = exact.reshape(4, -1).mean(1)
+    return (share >= 0.5).float().mean() + share.mean()
+
+
+def per_image_accuracy(s, y):  # s [n, C, H, W]: each image's pixel accuracy, then the images above 0.8 and the mean
+    correct = (s.argmax(1) == y).float().mean(dim=(1, 2))
+    return (correct >= 0.8).float().mean() + correct.sqrt().mean()
+
+
+NESTED = [subset_accuracy, row_recall, any_and_counted, samples_f1, samples_jaccard_weighted, groups_mostly_exact]
+
+
+def test_the_rest_is_cut_again_where_it_is_elementwise_in_sums_then_sums():
+    for fn, depth in [(samples_f1, 2), (samples_jaccard_weighted, 2), (groups_mostly_exact, 3),
+                      (subset_accuracy, 2), (macro_f1, 2), (micro_f1, 1), (flat_keepdim_dtype, 1)]:
+        scores, target = _multilabel(n=24)
+        metric, plan = _checked(fn, scores, target)
+        tape = plan.trace.tape
+        site = plan.sites[0]
+        indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
+        split = traced._split_at_sums(tape, indices, site.num_runs())
+        levels = 1
+        while split.more is not None:
+            split, levels = split.more, levels + 1
+        assert levels == depth, fn.__name__
+
+
+@pytest.mark.parametrize("nest", [0, traced._NEST, float("inf")], ids=["always", "default", "never"])
+@pytest.mark.parametrize("fn", NESTED, ids=lambda f: f.__name__)
+def test_the_chain_cut_again_is_the_tape_at_every_point(fn, nest, monkeypatch):
+    monkeypatch.setattr(traced, "_NEST", nest)
+    scores, target = _multilabel(n=24)
+    metric, plan = _checked(fn, scores, target)
+    chain = metric.structure(plan).chain
+    assert chain is not None and list(metric._sums.values()) == [True]
+    l = scores.numel()
+    for seed in range(3):
+        rank = torch.randperm(l, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6,
+                                   atol=1e-7, equal_nan=True)
+
+
+def test_rows_cut_again_take_the_nested_path_at_the_defaults(monkeypatch):
+    scores, target = _multilabel(n=200, labels=6, seed=4)
+    metric, plan = _checked(samples_f1, scores, target)
+    calls = []
+    nested = traced._nested
+    monkeypatch.setattr(traced, "_nested", lambda *args: calls.append(1) or nested(*args))
+    rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(0))
+    values = metric.structure(plan).chain(rank)
+    assert calls  # a [1201, 200] count of each row at every point would be 200 times the 1,200 elements
+    at = torch.arange(0, scores.numel() + 1, 97)
+    torch.testing.assert_close(values[at].double(), _every_point(metric, plan, rank)[at].double(), rtol=1e-6,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("fn", [samples_f1, groups_mostly_exact], ids=lambda f: f.__name__)
+def test_a_cut_again_gives_the_loss_and_gradient_without_the_cut(fn, monkeypatch):
+    monkeypatch.setattr(traced, "_NEST", 0)
+    _same_as_without_the_cut(fn, *_multilabel(n=40, seed=1), monkeypatch)
+
+
+def test_samples_f1_through_the_cut_is_scikit_learns_on_the_hard_scores():
+    sklearn = pytest.importorskip("sklearn.metrics")
+    scores, target = _multilabel(n=60, labels=5, seed=5)
+    metric = from_metric(samples_f1)
+    reference = sklearn.f1_score(target.numpy(), (scores > 0).long().numpy(), average="samples", zero_division=0)
+    assert abs(float(metric.metric(scores, target)) - reference) < 1e-6
+
+
+@pytest.mark.parametrize("nest", [0, float("inf")], ids=["always", "never"])
+def test_an_argmax_per_image_is_cut_again_and_is_the_tape_at_every_point(nest, monkeypatch):
+    monkeypatch.setattr(traced, "_NEST", nest)
+    _argmax_chain_is_the_tape(per_image_accuracy, n=5, seed=3, spatial=(4, 3))

@@ -39,7 +39,10 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   cumulative sum, ``O(P C)`` for ``P`` points and sums of ``C`` elements, instead of the tape
   replayed at every point (a comparison's mask: ``O(l^2)``; an argmax's rows, every one of them
   at each point, and beyond ``chain_elements`` fewer points, segment-averaged); checked against
-  the tape at nine points of a chain on the first call of each structure.
+  the tape at nine points of a chain on the first call of each structure. Where the sums are
+  per row and the code after them is elementwise in them and then sums again (subset accuracy,
+  F1 of each row's labels then their mean), the rest is cut again (:func:`_split_again`): each
+  point changes one row's sums, so the next sums take the rows' changes, not ``[P, n]`` rows.
 * **the re-run** (:class:`_Graph`, :class:`_Rerun`): the trace records every operation ``fn``
   runs, what its arguments are (numbers, and tensors as the operation that made them) and the
   shapes it returns. A later call with inputs of the same shapes runs ``fn`` under a mode that
@@ -767,23 +770,33 @@ class _Tape:
 # wrong), the sums take the per-element changes in the chain's order (a cumulative sum), and the
 # rest runs on the points' sums. Counts of the same kind: ``count_nonzero``, ``any``/``all`` (a
 # count of nonzero/zero elements above zero/at zero), ``bincount`` (an element moves from the count
-# of one value to another's).
+# of one value to another's). Where those sums are per row (``[n]``) and the rest takes them
+# elementwise into sums again (``.all(1).float().mean()``; each row's F1, then their mean), the
+# ``[P, n]`` sums at every point would be quadratic again; the rest is then cut the same way
+# (:func:`_split_again`): the elements that change are the (row, point) pairs at which a row's sum
+# changes, each taken through the elementwise steps from its value before to its value after.
 _SUMS = {"sum", "mean", "count_nonzero", "any", "all"}
+_NEST = 16  # cut the rest again where its sums at every point would hold more than this many times the elements
 
 
 @dataclass
 class _SumSplit:
     """A tape cut at the sums of a trained step's output: ``sources``, the slots of the output (the
-    site and its repeats); ``elementwise``, the steps whose every element follows the output's
-    element at the same place (in flat order); ``sums``, the sums and counts of those; ``rest``,
-    the steps after; ``block``, how many consecutive elements (flat order) of each elementwise
-    slot follow one element of the output (``one_hot`` makes ``C``)."""
+    site and its repeats; in a nested cut, the sums before it); ``elementwise``, the steps whose
+    every element follows the output's element at the same place (in flat order); ``sums``, the
+    sums and counts of those; ``rest``, the steps after; ``block``, how many consecutive elements
+    (flat order) of each elementwise slot follow one element of the output (``one_hot`` makes
+    ``C``); ``more``, ``rest`` cut again where it is elementwise in these sums and then sums
+    (a sum per row, then their mean: subset accuracy, per-sample F1); ``elements``, how many
+    elements the first cut's sums take."""
 
     sources: List[int]
     elementwise: List[_Step]
     sums: List[_Step]
     rest: List[_Step]
-    block: Dict[int, int]  # slot -> how many consecutive elements each element of the output makes
+    block: Dict[int, int]  # slot -> how many consecutive elements each output element makes
+    more: Optional["_SumSplit"] = None
+    elements: int = 0
 
 
 def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]:
@@ -823,15 +836,58 @@ def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]
                 out.numel() == tape.traced[reads[0]].numel() * out.shape[-1]:
             block[cast(int, s.outs[0])] = size * out.shape[-1]
             split.elementwise.append(s)
-        elif (kind in ("reduce", "reduce_all") and _op_name(s.func) in _SUMS or
-              kind == "bincount" and s.args[1] is None) and [i for i, _ in s.fills] == [0]:
+        elif _is_sum(s):
             split.sums.append(s)
         else:
             return None
     outs = {cast(int, s.outs[0]) for s in split.sums}
     if not split.sources or not split.sums or tape.out in block or outs & set(block):
         return None
+    split.elements = sum(tape.traced[s.fills[0][1]].numel() * (2 if s.kind == "bincount" else 1)
+                         for s in split.sums)
+    split.more = _split_again(tape, split)
     return split
+
+
+def _is_sum(s: _Step) -> bool:
+    return (s.rule is not None and s.rule[0] in ("reduce", "reduce_all") and _op_name(s.func) in _SUMS or
+            s.kind == "bincount" and s.args[1] is None) and [i for i, _ in s.fills] == [0]
+
+
+def _split_again(tape: _Tape, split: _SumSplit) -> Optional[_SumSplit]:
+    """``split.rest`` cut at its sums (:class:`_SumSplit`, sources: ``split``'s sums) where it
+    takes them, all of one shape, through elementwise operations (the same shape, tensors of
+    ``fn``'s own broadcast into it) and reshapes to sums or counts; else ``None``."""
+    sources = [cast(int, s.outs[0]) for s in split.sums]
+    shapes = {tuple(tape.traced[slot].shape) for slot in sources}
+    if len(shapes) != 1 or not next(iter(shapes)):
+        return None
+    numel = tape.traced[sources[0]].numel()
+    inside = set(sources)
+    nested = _SumSplit(sources, [], [], [], {}, elements=split.elements)
+    for s in split.rest:
+        reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
+        if not any(slot in inside for slot in reads):
+            nested.rest.append(s)
+            continue
+        out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
+        if not all(slot in inside for slot in reads) or s.nested or s.kind != "op" or out is None or \
+                out.is_complex() or s.rule is None:
+            return None
+        kind = s.rule[0]
+        if kind == "ew" and not s.rule[2] and s.rule[4] is None and out.numel() == numel and \
+                all(tape.traced[slot].shape == out.shape for slot in reads) or \
+                kind == "reshape" and out.numel() == numel:
+            inside.add(cast(int, s.outs[0]))
+            nested.elementwise.append(s)
+        elif _is_sum(s) and s.kind == "op":
+            nested.sums.append(s)
+        else:
+            return None
+    if not nested.sums or tape.out in inside or {cast(int, s.outs[0]) for s in nested.sums} & inside:
+        return None
+    nested.more = _split_again(tape, nested)
+    return nested
 
 
 def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, int]:
@@ -843,6 +899,110 @@ def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[
     kept = [1 if d in dims else shape[d] for d in range(nd)]
     cells = torch.arange(math.prod(kept), device=device).reshape(kept).expand(shape).reshape(-1)
     return cells, math.prod(shape[d] for d in dims)
+
+
+@dataclass
+class _Changes:
+    """A sum along the chain: its value before the chain's first point (``start``, flat, in the
+    accumulating dtype) and its changes, ``delta`` to element ``cells`` at point ``where``
+    (``count``: the divisor of a mean; ``name``: the reduction)."""
+
+    slot: int
+    start: Tensor
+    cells: Tensor
+    where: Tensor
+    delta: Tensor
+    name: str
+    count: int
+
+    def finish(self, value: Tensor, ref: Tensor) -> Tensor:
+        """The sum's value, in ``fn``'s dtype, from its running total (``start`` plus the changes)."""
+        if self.name in ("any", "all"):
+            value = value > 0 if self.name == "any" else value == 0
+        return value.to(ref.dtype)
+
+
+def _sum_changes(s: _Step, tape: _Tape, env: List[Any], first: Tensor, before: Tensor, after: Tensor,
+                 where: Tensor, flat: Optional[Tensor]) -> _Changes:
+    """:class:`_Changes` of the sum ``s`` whose input is ``first`` (``[1, *shape]``) before the
+    chain and changes at elements ``flat`` (``None``: each element, in flat order) from
+    ``before`` to ``after`` at points ``where``."""
+    ref = tape.traced[cast(int, s.outs[0])]
+    width, device = ref.numel(), first.device
+    if s.kind == "bincount":  # an element adds one to the count of its value: it moves from one to another
+        one = torch.ones_like(before, dtype=torch.int64)
+        start = torch.zeros(width, dtype=torch.int64, device=device).index_add_(
+            0, first.reshape(-1).long(), torch.ones(first.numel(), dtype=torch.int64, device=device))
+        return _Changes(cast(int, s.outs[0]), start, torch.cat([before.long(), after.long()]),
+                        torch.cat([where, where]), torch.cat([-one, one]), "bincount", 1)
+    name = _op_name(s.func)
+    cells, count = _sum_cells(s, tuple(first.shape[1:]), device)
+    if name in ("sum", "mean"):
+        args, kwargs = tape._inputs(s, env)
+        args = list(args)
+        args[0] = first
+        acc = torch.float64 if ref.is_floating_point() or name == "mean" else torch.int64
+        start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1).reshape(width).to(acc)  # as fn takes it
+        terms = before.to(acc), after.to(acc)
+    else:  # a count: of nonzero elements (count_nonzero, any) or of zero ones (all)
+        acc = torch.int64
+        counted = (lambda x: (x == 0).to(acc)) if name == "all" else (lambda x: (x != 0).to(acc))
+        start = torch.zeros(width, dtype=acc, device=device).index_add_(0, cells, counted(first.reshape(-1)))
+        terms = counted(before), counted(after)
+        count = 1
+    return _Changes(cast(int, s.outs[0]), start, cells if flat is None else cells[flat], where,
+                    terms[1] - terms[0], name, count if name == "mean" else 1)
+
+
+def _at_every_point(changes: _Changes, ref: Tensor, points: int) -> Tensor:
+    """The sum at points ``0 .. points``: ``[points + 1, *ref.shape]``."""
+    width = changes.start.numel()
+    steps = changes.start.new_zeros(points + 1, width).index_put_((changes.where, changes.cells), changes.delta,
+                                                                  accumulate=True)
+    run = steps.cumsum(0)
+    if changes.count != 1:
+        run = run / changes.count
+    value = changes.start.reshape(1, width) + run
+    return changes.finish(value, ref).reshape((points + 1,) + tuple(ref.shape))
+
+
+def _nested(split: _SumSplit, tape: _Tape, changes: List[_Changes], points: int) -> List[_Changes]:
+    """The changes of a nested cut's sums (``split``, :func:`_split_again`) from those of the sums
+    before it: the elements that change are the pairs (element, point) at which a sum before it
+    changes, each taken through the elementwise steps from its value before to its value after."""
+    span = points + 1
+    keys, inverse = torch.unique(torch.cat([c.cells * span + c.where for c in changes]), return_inverse=True)
+    cell, point = keys // span, keys % span  # in order of cell, then point
+    head = torch.searchsorted(cell, cell)  # each change's cell's first change
+    first: List[Any] = [None] * tape.num_slots  # the values before the chain (batch 1, fn's shapes)
+    pair: List[Any] = [None] * tape.num_slots  # each change's value before and after: [2, changes]
+    offset = 0
+    for c in changes:
+        ref = tape.traced[c.slot]
+        index = inverse[offset: offset + c.cells.numel()]
+        offset += c.cells.numel()
+        delta = c.delta.new_zeros(keys.numel()).index_add_(0, index, c.delta)
+        total = delta.cumsum(0)
+        upto = total - (total[head] - delta[head])  # the cell's changes up to this point, this one included
+        both = torch.stack([upto - delta, upto])
+        if c.count != 1:
+            both = both / c.count
+        pair[c.slot] = c.finish(c.start[cell][None] + both, ref)
+        first[c.slot] = c.finish(c.start, ref).reshape((1,) + tuple(ref.shape))
+    for s in split.elementwise:
+        out = cast(int, s.outs[0])
+        args, kwargs = tape._inputs(s, first)
+        first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
+        if s.rule is not None and s.rule[0] == "reshape":
+            pair[out] = pair[s.fills[0][1]]
+            continue
+        shape, filled = tape.traced[out].shape, {i for i, _ in s.fills}
+        picked = lambda v: v.expand(shape).reshape(-1)[cell] if isinstance(v, Tensor) and v.dim() else v  # noqa: E731
+        args, kwargs = tape._inputs(s, pair)
+        args = [a if i in filled else picked(a) for i, a in enumerate(args)]
+        pair[out] = _run_direct(s, cast(tuple, s.rule), args, {k: picked(v) for k, v in kwargs.items()}, 2)
+    return [_sum_changes(s, tape, first, first[s.fills[0][1]], pair[s.fills[0][1]][0], pair[s.fills[0][1]][1],
+                         point, cell) for s in split.sums]
 
 
 def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", ends: Tensor, place: Tensor, points: int) -> Tensor:
@@ -858,46 +1018,18 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", ends: Tensor, p
     for s in split.elementwise:
         args, kwargs = tape._inputs(s, env)
         env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 2)
-    at: List[Any] = [None] * tape.num_slots
-    device = place.device
+    changes = []
     for s in split.sums:
         x = env[s.fills[0][1]]
-        ref = tape.traced[cast(int, s.outs[0])]
-        width = ref.numel()
         size = split.block[s.fills[0][1]]
         where = place if size == 1 else place.repeat_interleave(size)  # each element's point, in flat order
-        if s.kind == "bincount":  # an element adds one to the count of its value: it moves from one to another
-            acc = torch.int64
-            wrong, right = x[0].reshape(-1).long(), x[1].reshape(-1).long()
-            one = torch.ones_like(wrong)
-            start = torch.zeros(width, dtype=acc, device=device).index_add_(0, wrong, one)
-            steps = torch.zeros(points + 1, width, dtype=acc, device=device)
-            steps.index_put_((where, wrong), -one, accumulate=True).index_put_((where, right), one, accumulate=True)
-            value = start.reshape(1, width) + steps.cumsum(0)
-        else:
-            name = _op_name(s.func)
-            cells, count = _sum_cells(s, tuple(x.shape[1:]), device)
-            if name in ("sum", "mean"):
-                args, kwargs = tape._inputs(s, env)
-                args = list(args)
-                args[0] = x[:1]
-                start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1)  # the sum at the start, as fn takes it
-                acc = torch.float64 if ref.is_floating_point() or name == "mean" else torch.int64
-                terms = x.to(acc)
-            else:  # a count: of nonzero elements (count_nonzero, any) or of zero ones (all)
-                acc = torch.int64
-                terms = ((x == 0) if name == "all" else (x != 0)).to(acc)
-                start = torch.zeros(width, dtype=acc, device=device).index_add_(0, cells, terms[0].reshape(-1))
-            delta = (terms[1] - terms[0]).reshape(-1)  # each element's change as its run comes right
-            steps = torch.zeros(points + 1, width, dtype=acc, device=device).index_put_((where, cells), delta,
-                                                                                        accumulate=True)
-            run = steps.cumsum(0)
-            if name == "mean":
-                run = run / count
-            value = start.reshape(1, width).to(acc) + run
-            if name in ("any", "all"):
-                value = value > 0 if name == "any" else value == 0
-        at[cast(int, s.outs[0])] = value.to(ref.dtype).reshape((points + 1,) + tuple(ref.shape))
+        changes.append(_sum_changes(s, tape, env, x[:1], x[0].reshape(-1), x[1].reshape(-1), where, None))
+    while split.more is not None and _nests(split, tape, points):
+        split = split.more
+        changes = _nested(split, tape, changes, points)
+    at: List[Any] = [None] * tape.num_slots
+    for c in changes:
+        at[c.slot] = _at_every_point(c, tape.traced[c.slot], points)
     for s in split.rest:
         args, kwargs = tape._inputs(s, at)
         result = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, points + 1)
@@ -906,6 +1038,23 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", ends: Tensor, p
                 at[slot] = value
     values = at[tape.out].reshape(points + 1)
     return values if values.is_floating_point() else values.float()
+
+
+def _nests(split: _SumSplit, tape: _Tape, points: int) -> bool:
+    """Whether to cut ``split.rest`` again: its sums at every point would hold more than
+    ``_NEST`` times the first cut's elements (a sum per row of a mask)."""
+    return (points + 1) * _width(split, tape) > _NEST * split.elements
+
+
+def _width(split: _SumSplit, tape: _Tape) -> int:
+    return sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums)
+
+
+def _final_width(split: _SumSplit, tape: _Tape, points: int) -> int:
+    """The elements of the sums :func:`_chain_by_sums` holds at every one of ``points + 1`` points."""
+    while split.more is not None and _nests(split, tape, points):
+        split = split.more
+    return _width(split, tape)
 
 
 # --------------------------------------------------------------------------- re-running fn without tracing it again
@@ -3224,7 +3373,8 @@ class TracedMetric(Decomposition):
         return structure if points * l <= limits.chain_elements else Structure(runs)
 
     def _chain_by_sums(self, plan: _Plan) -> Optional[Tuple[Callable[..., Tensor], bool]]:
-        """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the sums' elements)
+        """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the elements of the
+        sums it holds at every point: the last cut's, :func:`_split_again`)
         where the one trained step's output reaches ``fn``'s value only through elementwise
         operations and sums: a comparison (``Structure.chain``, a run per comparison) or an
         argmax with a label per row (``chain_by_runs``: a row decodes to its label once its run is
@@ -3247,8 +3397,7 @@ class TracedMetric(Decomposition):
         if split is None:  # the tape's form: the same for every call of this structure
             self._remember_sums(plan, False)
             return None
-        if (num + 1) * sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums) > \
-                current_limits().chain_elements:
+        if (num + 1) * _final_width(split, tape, num) > current_limits().chain_elements:
             return None
         best = site.best()
         lengths = site._lengths().to(torch.float32)  # the runs' 0-bit counts at the chain's two ends:
