@@ -518,9 +518,9 @@ def _markdown(report: dict) -> str:
         lines += ["", "Seconds per run include each epoch's test evaluation. The traced PCK runs take longer "
                   "than the hand-written ones: its target holds keypoints rather than the pixel the `argmax` should "
                   "return, so every call probes `fn` for each joint's best pixels (16 heatmaps x 256 pixels a "
-                  "batch), where `uniloss.PCK` computes them from the keypoints, and its chain is evaluated at "
-                  "fewer points (the probed pixels' sets decode to more bits than `chain_elements` holds at every "
-                  "point) where `uniloss.PCK` gives it in closed form."]
+                  "batch), where `uniloss.PCK` computes them from the keypoints. Its chain goes through the "
+                  "sums of `fn` (each joint's distance, a count of the joints within reach), as exact as "
+                  "`uniloss.PCK`'s closed form."]
     lines += ["", "Set-ups (`benchmarks/from_metric_training.py`; data and models of "
               "`uniloss.experiments.metric_wins` where they fit):", "",
               "| task | data | model | epochs |", "|---|---|---|---|"]

@@ -14,6 +14,7 @@ import torch
 
 import uniloss
 import uniloss._traced as traced
+from test_from_metric import pck  # PCK in torch: x and y by torch.stack; a target of keypoints, so probed
 from uniloss import _limits
 from uniloss import from_metric, zoo
 
@@ -453,3 +454,66 @@ def test_samples_f1_through_the_cut_is_scikit_learns_on_the_hard_scores():
 def test_an_argmax_per_image_is_cut_again_and_is_the_tape_at_every_point(nest, monkeypatch):
     monkeypatch.setattr(traced, "_NEST", nest)
     _argmax_chain_is_the_tape(per_image_accuracy, n=5, seed=3, spatial=(4, 3))
+
+
+# --------------------------------------------------------------------------- stacks, and an argmax with probed best outputs
+
+def counts_stacked(s, y):  # each label's true and false positives side by side: stack along a new last dim
+    pred, pos = s > 0, y == 1
+    counts = torch.stack([pred & pos, pred & ~pos], dim=-1).sum(0)  # [labels, 2]
+    return (counts[:, 0] / counts.sum(1).clamp_min(1)).mean()
+
+
+def stacked_first(s, y):  # stack along dim 0: its elements are not one block per element
+    pred, pos = s > 0, y == 1
+    return torch.stack([pred & pos, pred & ~pos]).sum((1, 2)).float().softmax(0)[0]
+
+
+def test_a_stack_along_a_new_last_dim_is_a_block_of_the_cut():
+    scores, target = _multilabel()
+    for fn, cut in [(counts_stacked, True), (stacked_first, False)]:
+        metric, plan = _checked(fn, scores, target)
+        chain = metric.structure(plan).chain
+        assert (chain is not None) == cut, fn.__name__
+    rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(1))
+    metric, plan = _checked(counts_stacked, scores, target)
+    torch.testing.assert_close(metric.structure(plan).chain(rank).double(),
+                               _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)
+
+
+def _heatmaps(n=6, joints=2, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    keypoints = torch.rand(n, joints, 2, generator=g) * (size - 1)
+    visible = torch.rand(n, joints, generator=g) < 0.8
+    visible[0, 0] = True
+    normalizer = 2.0 + 2.0 * torch.rand(n, generator=g)
+    return torch.randn(n, joints, size, size, generator=g), uniloss.KeypointTarget(keypoints, visible, normalizer)
+
+
+def test_a_probed_argmax_chain_through_sums_is_the_tape_at_every_point():
+    heat, target = _heatmaps()
+    metric, plan = _checked(pck, heat, target)
+    assert plan.sites[0].mode == "probe"  # the target holds keypoints: the best pixels are found by probing
+    structure = metric.structure(plan)
+    assert structure.chain is not None and structure.chain_by_runs  # a run per best pixel
+    lengths = torch.as_tensor(structure.runs)  # every bit's best value is 1: a run is whole with no 0-bit
+    runs = int(lengths.numel())
+    assert metric.best(plan).all()
+    for seed in range(3):
+        turn = torch.randperm(runs, generator=torch.Generator().manual_seed(seed)) + 1
+        at = torch.arange(runs + 1)
+        zeros = torch.where(turn[None] <= at[:, None], 0.0, lengths[None].float())  # a run whole from its turn
+        torch.testing.assert_close(structure.chain(turn, runs).double(), metric.evaluate_zeros(zeros, plan).double(),
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_pck_through_the_cut_is_uniloss_pck():
+    heat, target = _heatmaps(n=8, seed=1)
+    loss, grad = _loss_and_grad(from_metric(pck), heat, target)
+    loss_ref, grad_ref = _loss_and_grad(uniloss.PCK(0.5), heat, target, calls=1)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_a_probed_cut_gives_the_loss_and_gradient_without_it(monkeypatch):
+    _same_as_without_the_cut(pck, *_heatmaps(n=5, seed=2), monkeypatch)

@@ -32,11 +32,13 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   structure compare the tape with ``fn`` replayed whole on the same configurations and keep the
   first way that agrees (``fn`` itself when none does).
 * **the chain through sums** (:func:`_split_at_sums`): where the one trained step is a comparison
-  or an argmax with a label per row whose output reaches ``fn``'s value only through elementwise
-  operations and sums or counts (F-beta's, precision's and recall's counts, pooled or per label;
-  ``count_nonzero``, ``any``, ``all``: subset accuracy; per-class counts of ``argmax == c``;
-  ``bincount``: a confusion matrix), the chain's values come from each element's change and a
-  cumulative sum, ``O(P C)`` for ``P`` points and sums of ``C`` elements, instead of the tape
+  or an argmax with a label per row (or with best outputs found by probing: PCK's pixels within
+  reach of a keypoint) whose output reaches ``fn``'s value only through elementwise operations
+  (``torch.stack`` along a new last dim among them) and sums or counts (F-beta's, precision's and
+  recall's counts, pooled or per label; ``count_nonzero``, ``any``, ``all``: subset accuracy;
+  per-class counts of ``argmax == c``; ``bincount``: a confusion matrix), the chain's values
+  come from each element's change and a cumulative sum, ``O(P C)`` for ``P`` points and sums of
+  ``C`` elements, instead of the tape
   replayed at every point (a comparison's mask: ``O(l^2)``; an argmax's rows, every one of them
   at each point, and beyond ``chain_elements`` fewer points, segment-averaged); checked against
   the tape at nine points of a chain on the first call of each structure. Where the sums are
@@ -770,7 +772,8 @@ class _Tape:
 # wrong), the sums take the per-element changes in the chain's order (a cumulative sum), and the
 # rest runs on the points' sums. Counts of the same kind: ``count_nonzero``, ``any``/``all`` (a
 # count of nonzero/zero elements above zero/at zero), ``bincount`` (an element moves from the count
-# of one value to another's). Where those sums are per row (``[n]``) and the rest takes them
+# of one value to another's). ``torch.stack`` of such tensors along a new last dim makes each
+# element a block of as many consecutive elements (a pixel's x and y). Where those sums are per row (``[n]``) and the rest takes them
 # elementwise into sums again (``.all(1).float().mean()``; each row's F1, then their mean), the
 # ``[P, n]`` sums at every point would be quadratic again; the rest is then cut the same way
 # (:func:`_split_again`): the elements that change are the (row, point) pairs at which a row's sum
@@ -821,14 +824,22 @@ def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]
             split.rest.append(s)
             continue
         out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
-        if not all(inside) or s.nested or out is None or out.is_complex() or s.outs[0] in block and \
-                s.kind != "inplace":
+        if not all(inside) or out is None or out.is_complex() or s.outs[0] in block and s.kind != "inplace":
             return None
         kind, blocks = s.rule[0], {block[slot] for slot in reads}
         if len(blocks) != 1:
             return None
         size = blocks.pop()
-        if kind == "ew" and all(tape.traced[slot].shape == out.shape for slot in reads) or \
+        if s.nested:  # torch.stack of the output's own tensors along a new last dim: a block of one per tensor
+            items = s.nested[0][1] if s.kind == "op" and [w for w, _ in s.nested] == [0] else None
+            if kind != "cat" or _op_name(s.func) != "stack" or not isinstance(items, (list, tuple)) or \
+                    not all(isinstance(v, _Ref) for v in items) or \
+                    len({tuple(tape.traced[v.slot].shape) for v in items}) != 1 or \
+                    s.rule[1] % out.dim() != out.dim() - 1:
+                return None
+            block[cast(int, s.outs[0])] = size * len(items)
+            split.elementwise.append(s)
+        elif kind == "ew" and all(tape.traced[slot].shape == out.shape for slot in reads) or \
                 kind == "reshape" and out.numel() == tape.traced[reads[0]].numel():
             block[cast(int, s.outs[0])] = size
             split.elementwise.append(s)
@@ -1005,13 +1016,12 @@ def _nested(split: _SumSplit, tape: _Tape, changes: List[_Changes], points: int)
                          point, cell) for s in split.sums]
 
 
-def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", ends: Tensor, place: Tensor, points: int) -> Tensor:
+def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, place: Tensor, points: int) -> Tensor:
     """fn's value at every point ``0 .. points`` of a chain from a tape cut by
-    :func:`_split_at_sums`: ``ends [2, S]``, the 0-bit counts of the step's runs with every
-    comparison wrong and every one right; ``place [S]``, the point from which each run holds its
-    best configuration (``0``: from the start), a run being one element of the step's output in
-    flat order (a comparison's; an argmax's row). ``[points + 1]``."""
-    payload = site.decode_zeros(ends)
+    :func:`_split_at_sums`: ``payload``, the step's decoded output with every comparison wrong
+    and with every one right (a leading dimension of 2); ``place``, the point from which each
+    element of the output (in flat order: a comparison's; an argmax's row) holds its value with
+    every comparison right (``0``: from the start). ``[points + 1]``."""
     env: List[Any] = [None] * tape.num_slots
     for slot in split.sources:
         env[slot] = site.format_batched(payload, site.call.x)
@@ -3374,26 +3384,34 @@ class TracedMetric(Decomposition):
 
     def _chain_by_sums(self, plan: _Plan) -> Optional[Tuple[Callable[..., Tensor], bool]]:
         """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the elements of the
-        sums it holds at every point: the last cut's, :func:`_split_again`)
-        where the one trained step's output reaches ``fn``'s value only through elementwise
-        operations and sums: a comparison (``Structure.chain``, a run per comparison) or an
-        argmax with a label per row (``chain_by_runs``: a row decodes to its label once its run is
-        whole, to its best other class before). Only on a tape checked against ``fn``
-        (``plan.tape == "direct"``) and within ``chain_elements``; ``None`` otherwise (the runs'
-        counts through the tape at every point: ``O(l S)``). The first call of each structure
-        checks it against the tape at nine points of a chain and keeps the verdict."""
+        sums it holds at every point: the last cut's, :func:`_split_again`) where the one trained
+        step's output reaches ``fn``'s value only through elementwise operations and sums: a
+        comparison (``Structure.chain``, a run per comparison), an argmax with a label per row
+        (``chain_by_runs``: a row decodes to its label once its run is whole, to its best other
+        class before) or an argmax with probed best outputs (a run per best output: a row decodes
+        to a best output from its first whole run on, to its best other output before; which of
+        its best outputs is taken as the one at the chain's end, the same value wherever the
+        probe's outputs are equally good, which the check below tests). Only on a tape checked
+        against ``fn`` (``plan.tape == "direct"``) and within ``chain_elements``; ``None``
+        otherwise (the runs' counts through the tape at every point: ``O(l S)``). The first call
+        of each structure checks it against the tape at nine points of a chain and keeps the
+        verdict."""
         if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
+        probed = isinstance(site, _ClassSite) and site.mode == "probe"
         if isinstance(site, _CompareSite):
             by_runs = False
-        elif isinstance(site, _ClassSite) and site.mode == "label" and site.call.k is None:
+        elif isinstance(site, _ClassSite) and site.call.k is None and \
+                (site.mode == "label" or probed and site.call.name in ("argmax", "argmin")):
             by_runs = True
         else:
             return None
         num = site.num_runs()
+        if not num:
+            return None
         indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
-        split = _split_at_sums(tape, indices, num)
+        split = _split_at_sums(tape, indices, cast(_ClassSite, site).num_rows if probed else num)
         if split is None:  # the tape's form: the same for every call of this structure
             self._remember_sums(plan, False)
             return None
@@ -3404,10 +3422,20 @@ class TracedMetric(Decomposition):
         ones = torch.zeros(num, device=best.device).index_add_(  # every comparison wrong, every one right
             0, torch.repeat_interleave(torch.arange(num, device=best.device), site._lengths()), best.float())
         ends = torch.stack([ones, lengths - ones])
+        if probed:  # every comparison wrong, every one right; a row turns at its first whole run
+            probe = cast(_ClassSite, site)
+            payload = probe.decode(torch.stack([~best, best]))
+            rows = probe.active[probe.sets.pos_row]
+
+            def element_place(place: Tensor) -> Tensor:
+                return place.new_zeros(probe.num_rows).scatter_reduce_(0, rows, place, "amin", include_self=False)
+        else:
+            payload = site.decode_zeros(ends)
+            element_place = lambda place: place  # noqa: E731  (a run per element of the output)
 
         def values(place: Tensor, points: int = num) -> Tensor:
             try:
-                return _chain_by_sums(split, tape, site, ends, place, points)
+                return _chain_by_sums(split, tape, site, payload, element_place(place), points)
             except Exception:  # not expected after the check: the tape at every point from now on
                 self._remember_sums(plan, False)
                 return self._chain_points(plan, ends, place, torch.arange(points + 1, device=place.device))
@@ -3417,7 +3445,7 @@ class TracedMetric(Decomposition):
             at = torch.linspace(0, num, 9, device=best.device).round().long().unique()
             try:
                 with torch.no_grad():
-                    ok = _same(_chain_by_sums(split, tape, site, ends, place, num)[at],
+                    ok = _same(_chain_by_sums(split, tape, site, payload, element_place(place), num)[at],
                                self._chain_points(plan, ends, place, at))
             except Exception:  # an operation the cut cannot take: the tape at every point
                 ok = False
