@@ -70,6 +70,15 @@ def _cases(g):
     yield "multi-label macro-F1, [512, 10]", multilabel_macro_f1, zoo.f_beta(1.0, average="macro"), bce, x, y
     yield "multi-label subset accuracy, [512, 10]", subset_accuracy, None, bce, x, y
     yield "multi-label samples-F1, [512, 10]", samples_f1, None, bce, x, y
+    try:  # torchmetrics (optional): its multi-label functions move the mask (movedim, reshapes) before counting
+        from torchmetrics.functional.classification import multilabel_exact_match, multilabel_jaccard_index
+    except ImportError:
+        pass
+    else:
+        yield ("torchmetrics multilabel_exact_match, [512, 10]",
+               lambda s, t: multilabel_exact_match(s, t, num_labels=10), None, bce, x, y)  # logits: sigmoid, 0.5
+        yield ("torchmetrics multilabel_jaccard_index, [512, 10]",  # a filter x[x >= 0] before its bincount
+               lambda s, t: multilabel_jaccard_index(s, t, num_labels=10), None, bce, x, y)
     y = torch.randint(0, 10, (128,), generator=g)
     x = torch.randn(128, 10, generator=g) + 2.0 * nnf.one_hot(y, 10)
     yield "macro-F1 of 10 classes, [128, 10]", macro_f1, zoo.macro_f1(10), nnf.cross_entropy, x, y

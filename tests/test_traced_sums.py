@@ -464,21 +464,52 @@ def counts_stacked(s, y):  # each label's true and false positives side by side:
     return (counts[:, 0] / counts.sum(1).clamp_min(1)).mean()
 
 
-def stacked_first(s, y):  # stack along dim 0: its elements are not one block per element
+def stacked_first(s, y):  # stack along dim 0
     pred, pos = s > 0, y == 1
     return torch.stack([pred & pos, pred & ~pos]).sum((1, 2)).float().softmax(0)[0]
 
 
-def test_a_stack_along_a_new_last_dim_is_a_block_of_the_cut():
+def moved_and_indexed(s, y):  # as torchmetrics' multilabel functions: movedim, reshape, indexing by constants
+    pred = (s > 0).reshape(s.shape[0], -1, 1).movedim(1, -1).reshape(s.shape[0], -1)
+    keep = (torch.arange(s.shape[1]) != 2).nonzero().reshape(-1)  # constant indices: label 2 ignored
+    exact = (pred == (y == 1)).index_select(1, keep).t().expand(2, -1, -1).all(1)  # [2, n]: each row, twice
+    return exact.float().mean() + pred[::2, 1:].sum() / pred.numel()
+
+
+def concatenated_with_a_constant(s, y):  # cat with a tensor not from the step: its elements follow no comparison
+    pred = (s > 0).float()
+    both = torch.cat([pred, torch.ones(1, s.shape[1])])
+    return (both * torch.cat([y.float(), torch.zeros(1, s.shape[1])])).sum() / y.sum()
+
+
+def along_the_diagonal(s, y):  # diag_embed makes zeros that follow no comparison
+    return (torch.diag_embed((s[:, 0] > 0).float()) * y[:, :1]).sum() / y.numel()
+
+
+@pytest.mark.parametrize("fn, cut", [(counts_stacked, True), (stacked_first, True), (moved_and_indexed, True),
+                                     (concatenated_with_a_constant, False), (along_the_diagonal, False)],
+                         ids=lambda c: getattr(c, "__name__", str(c)))
+def test_operations_that_move_elements_are_followed_by_the_cut(fn, cut):
     scores, target = _multilabel()
-    for fn, cut in [(counts_stacked, True), (stacked_first, False)]:
-        metric, plan = _checked(fn, scores, target)
-        chain = metric.structure(plan).chain
-        assert (chain is not None) == cut, fn.__name__
-    rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(1))
-    metric, plan = _checked(counts_stacked, scores, target)
-    torch.testing.assert_close(metric.structure(plan).chain(rank).double(),
-                               _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)
+    metric, plan = _checked(fn, scores, target)
+    chain = metric.structure(plan).chain
+    assert (chain is not None) == cut
+    if cut:
+        rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6,
+                                   atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["multilabel_exact_match", "multilabel_hamming_distance"])
+def test_torchmetrics_multilabel_functions_that_move_their_mask_take_the_cut(name):
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    scores, target = _multilabel(n=30, labels=4, seed=6)
+    fn = lambda s, y: getattr(classification, name)(s, y, num_labels=4)  # noqa: E731
+    metric, plan = _checked(fn, scores, target)
+    chain = metric.structure(plan).chain
+    assert chain is not None  # movedim and reshapes between the thresholded mask and its counts
+    rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)
 
 
 def _heatmaps(n=6, joints=2, size=8, seed=0):
@@ -517,3 +548,48 @@ def test_pck_through_the_cut_is_uniloss_pck():
 
 def test_a_probed_cut_gives_the_loss_and_gradient_without_it(monkeypatch):
     _same_as_without_the_cut(pck, *_heatmaps(n=5, seed=2), monkeypatch)
+
+
+# --------------------------------------------------------------------------- a boolean mask from the step
+
+def kept_by_a_filter(s, y):  # torchmetrics' confusion matrices: x[x >= 0] drops ignore_index, here never
+    code = ((s > 0).long() * 2 + y).reshape(-1)
+    code = code[code >= 0]
+    return torch.bincount(code, minlength=4)[3] / torch.bincount(code, minlength=4)[1:].sum().clamp_min(1)
+
+
+def selected_by_the_step(s, y):  # a mask that differs between configurations: another shape for each
+    return y.float()[s > 0].sum() / y.sum()
+
+
+def test_a_filter_that_keeps_every_element_is_batched_and_cut():
+    scores, target = _multilabel()
+    metric, plan = _checked(kept_by_a_filter, scores, target)
+    assert plan.tape == "direct"
+    chain = metric.structure(plan).chain
+    assert chain is not None
+    rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_mask_that_differs_between_configurations_replays_fn():
+    scores, target = _multilabel()
+    with pytest.warns(UserWarning, match="one anchor at a time"):
+        metric, plan = _checked(selected_by_the_step, scores, target)
+    assert plan.tape == "off"
+    bits = torch.rand(6, scores.numel(), generator=torch.Generator().manual_seed(0)) < 0.5
+    expected = torch.stack([selected_by_the_step(torch.where(b.reshape(scores.shape), 1.0, -1.0), target)
+                            for b in bits])  # a bit: a score above 0
+    torch.testing.assert_close(metric.evaluate(bits, plan).double(), expected.double())
+
+
+def test_torchmetrics_multilabel_jaccard_takes_the_cut():
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    scores, target = _multilabel(n=30, labels=4, seed=7)
+    fn = lambda s, y: classification.multilabel_jaccard_index(s, y, num_labels=4)  # noqa: E731
+    metric, plan = _checked(fn, scores, target)
+    assert plan.tape == "direct"  # its filter of ignore_index keeps every element
+    chain = metric.structure(plan).chain
+    assert chain is not None
+    rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)

@@ -33,18 +33,19 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   first way that agrees (``fn`` itself when none does).
 * **the chain through sums** (:func:`_split_at_sums`): where the one trained step is a comparison
   or an argmax with a label per row (or with best outputs found by probing: PCK's pixels within
-  reach of a keypoint) whose output reaches ``fn``'s value only through elementwise operations
-  (``torch.stack`` along a new last dim among them) and sums or counts (F-beta's, precision's and
-  recall's counts, pooled or per label; ``count_nonzero``, ``any``, ``all``: subset accuracy;
-  per-class counts of ``argmax == c``; ``bincount``: a confusion matrix), the chain's values
-  come from each element's change and a cumulative sum, ``O(P C)`` for ``P`` points and sums of
-  ``C`` elements, instead of the tape
-  replayed at every point (a comparison's mask: ``O(l^2)``; an argmax's rows, every one of them
-  at each point, and beyond ``chain_elements`` fewer points, segment-averaged); checked against
-  the tape at nine points of a chain on the first call of each structure. Where the sums are
-  per row and the code after them is elementwise in them and then sums again (subset accuracy,
-  F1 of each row's labels then their mean), the rest is cut again (:func:`_split_again`): each
-  point changes one row's sums, so the next sums take the rows' changes, not ``[P, n]`` rows.
+  reach of a keypoint) whose output reaches ``fn``'s value only through elementwise operations,
+  operations that move elements (reshapes, ``movedim``, indexing by constants, ``torch.stack``)
+  and filters that keep the same elements at both ends of the chain, and then sums or counts
+  (F-beta's, precision's and recall's counts, pooled or per label; ``count_nonzero``, ``any``,
+  ``all``: subset accuracy; per-class counts of ``argmax == c``; ``bincount``: a confusion
+  matrix), the chain's values come from each element's change and a cumulative sum, ``O(P C)``
+  for ``P`` points and sums of ``C`` elements, instead of the tape replayed at every point (a
+  comparison's mask: ``O(l^2)``; an argmax's rows, every one of them at each point, and beyond
+  ``chain_elements`` fewer points, segment-averaged); checked against the tape at nine points of
+  a chain on the first call of each structure. Where the sums are per row and the code after
+  them is elementwise in them and then sums again (subset accuracy, F1 of each row's labels then
+  their mean), the rest is cut again (:func:`_split_again`): each point changes one row's sums,
+  so the next sums take the rows' changes, not ``[P, n]`` rows.
 * **the re-run** (:class:`_Graph`, :class:`_Rerun`): the trace records every operation ``fn``
   runs, what its arguments are (numbers, and tensors as the operation that made them) and the
   shapes it returns. A later call with inputs of the same shapes runs ``fn`` under a mode that
@@ -772,8 +773,10 @@ class _Tape:
 # wrong), the sums take the per-element changes in the chain's order (a cumulative sum), and the
 # rest runs on the points' sums. Counts of the same kind: ``count_nonzero``, ``any``/``all`` (a
 # count of nonzero/zero elements above zero/at zero), ``bincount`` (an element moves from the count
-# of one value to another's). ``torch.stack`` of such tensors along a new last dim makes each
-# element a block of as many consecutive elements (a pixel's x and y). Where those sums are per row (``[n]``) and the rest takes them
+# of one value to another's). Between the output and the sums, operations that only move elements
+# (reshapes, ``permute``, ``movedim``, ``expand``, indexing by constants, ``torch.stack``/``cat``: a
+# pixel's x and y) and ``one_hot`` are followed too: each slot keeps which output element each of
+# its elements follows. Where those sums are per row (``[n]``) and the rest takes them
 # elementwise into sums again (``.all(1).float().mean()``; each row's F1, then their mean), the
 # ``[P, n]`` sums at every point would be quadratic again; the rest is then cut the same way
 # (:func:`_split_again`): the elements that change are the (row, point) pairs at which a row's sum
@@ -786,10 +789,9 @@ _NEST = 16  # cut the rest again where its sums at every point would hold more t
 class _SumSplit:
     """A tape cut at the sums of a trained step's output: ``sources``, the slots of the output (the
     site and its repeats; in a nested cut, the sums before it); ``elementwise``, the steps whose
-    every element follows the output's element at the same place (in flat order); ``sums``, the
-    sums and counts of those; ``rest``, the steps after; ``block``, how many consecutive elements
-    (flat order) of each elementwise slot follow one element of the output (``one_hot`` makes
-    ``C``); ``more``, ``rest`` cut again where it is elementwise in these sums and then sums
+    every element follows one element of the output; ``sums``, the sums and counts of those;
+    ``rest``, the steps after; ``source_of``, which element of the output each element of those
+    steps' results follows; ``more``, ``rest`` cut again where it is elementwise in these sums and then sums
     (a sum per row, then their mean: subset accuracy, per-sample F1); ``elements``, how many
     elements the first cut's sums take."""
 
@@ -797,7 +799,7 @@ class _SumSplit:
     elementwise: List[_Step]
     sums: List[_Step]
     rest: List[_Step]
-    block: Dict[int, int]  # slot -> how many consecutive elements each output element makes
+    source_of: Dict[int, Tensor]  # slot -> [*its shape]: the output element each of its elements follows
     more: Optional["_SumSplit"] = None
     elements: int = 0
 
@@ -805,59 +807,86 @@ class _SumSplit:
 def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]:
     """:class:`_SumSplit` of a tape batched by hand whose trained steps are one comparison or one
     argmax (``indices``: the site and its repeats, ``numel`` elements of output), or ``None``
-    where its output reaches the value any other way (``bincount`` counts as a sum; ``one_hot``
-    as elementwise, each element becoming a block of ``C``)."""
-    block: Dict[int, int] = {}  # slot -> how many consecutive elements (flat order) each output element makes
-    split = _SumSplit([], [], [], [], block)
+    where its output reaches the value any other way. Each slot between the output and the sums
+    keeps which element of the output each of its elements follows (``sources_of``): elementwise
+    operations keep it (their inputs from the output following the same elements), operations
+    that move elements (reshapes, ``permute``, ``movedim``, ``expand``, indexing by constants,
+    ``torch.stack``/``cat``) move it, ``one_hot`` repeats it along its classes; ``bincount`` counts
+    as a sum."""
+    source_of: Dict[int, Tensor] = {}  # slot -> [*its shape], the output element each of its elements follows
+    split = _SumSplit([], [], [], [], source_of)
     for s in tape.steps:
         if s.kind == "site":
-            if s.index not in indices or not s.single or tape.traced[cast(int, s.outs[0])].numel() != numel:
+            out = tape.traced[cast(int, s.outs[0])] if s.single else None
+            if s.index not in indices or out is None or out.numel() != numel:
                 return None
             split.sources.append(cast(int, s.outs[0]))
-            block[cast(int, s.outs[0])] = 1
+            source_of[cast(int, s.outs[0])] = torch.arange(numel, device=out.device).reshape(out.shape)
             continue
         reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
         if s.rule is None or not reads:
             return None
-        inside = [slot in block for slot in reads]
+        inside = [slot in source_of for slot in reads]
         if not any(inside):
             split.rest.append(s)
             continue
         out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
-        if not all(inside) or out is None or out.is_complex() or s.outs[0] in block and s.kind != "inplace":
+        if not all(inside) or out is None or out.is_complex() or s.outs[0] in source_of and s.kind != "inplace":
             return None
-        kind, blocks = s.rule[0], {block[slot] for slot in reads}
-        if len(blocks) != 1:
-            return None
-        size = blocks.pop()
-        if s.nested:  # torch.stack of the output's own tensors along a new last dim: a block of one per tensor
-            items = s.nested[0][1] if s.kind == "op" and [w for w, _ in s.nested] == [0] else None
-            if kind != "cat" or _op_name(s.func) != "stack" or not isinstance(items, (list, tuple)) or \
-                    not all(isinstance(v, _Ref) for v in items) or \
-                    len({tuple(tape.traced[v.slot].shape) for v in items}) != 1 or \
-                    s.rule[1] % out.dim() != out.dim() - 1:
-                return None
-            block[cast(int, s.outs[0])] = size * len(items)
-            split.elementwise.append(s)
-        elif kind == "ew" and all(tape.traced[slot].shape == out.shape for slot in reads) or \
-                kind == "reshape" and out.numel() == tape.traced[reads[0]].numel():
-            block[cast(int, s.outs[0])] = size
-            split.elementwise.append(s)
-        elif kind == "same" and _op_name(s.func) == "one_hot" and out.dim() >= 1 and \
-                out.numel() == tape.traced[reads[0]].numel() * out.shape[-1]:
-            block[cast(int, s.outs[0])] = size * out.shape[-1]
-            split.elementwise.append(s)
-        elif _is_sum(s):
+        if _is_sum(s):
             split.sums.append(s)
-        else:
+            continue
+        follows = _follows(s, tape, source_of, reads, out)
+        if follows is None:
             return None
+        source_of[cast(int, s.outs[0])] = follows
+        split.elementwise.append(s)
     outs = {cast(int, s.outs[0]) for s in split.sums}
-    if not split.sources or not split.sums or tape.out in block or outs & set(block):
+    if not split.sources or not split.sums or tape.out in source_of or outs & set(source_of):
         return None
     split.elements = sum(tape.traced[s.fills[0][1]].numel() * (2 if s.kind == "bincount" else 1)
                          for s in split.sums)
     split.more = _split_again(tape, split)
     return split
+
+
+def _follows(s: _Step, tape: _Tape, source_of: Dict[int, Tensor], reads: List[int], out: Tensor) -> Optional[Tensor]:
+    """Which element of the trained step's output each element of ``s``'s result follows
+    (``[*out.shape]``), where each follows one; else ``None``."""
+    kind, name = cast(tuple, s.rule)[0], _op_name(s.func) if s.func is not None else ""
+    if kind == "ew" and not s.nested:  # every input from the output follows the same element at each place
+        try:
+            maps = [torch.broadcast_to(source_of[slot], out.shape) for slot in reads]
+        except RuntimeError:
+            return None
+        return maps[0] if all(m is maps[0] or torch.equal(m, maps[0]) for m in maps[1:]) else None
+    if s.kind != "op":
+        return None
+    if kind == "mask" and [i for i, _ in s.fills] == [0, 1]:  # a boolean mask from the output: the same at
+        return source_of[reads[0]][tape.traced[reads[1]]]  # both ends of the chain, so at every point (else it raises)
+    if kind == "same" and name == "one_hot" and not s.nested and out.dim() >= 1:
+        follows = source_of[reads[0]]
+        return follows[..., None].expand(tuple(follows.shape) + (out.shape[-1],))
+    items = s.nested[0][1] if kind == "cat" and [w for w, _ in s.nested] == [0] else None
+    if isinstance(items, (list, tuple)) and all(isinstance(v, _Ref) for v in items) or \
+            name in _MOVES and [i for i, _ in s.fills] == [0] and not s.nested:
+        try:  # the operation itself on the elements' indices
+            args, kwargs = tape._inputs(s, _source_env(source_of, tape.num_slots))
+            follows = s.func(*args, **kwargs)
+        except Exception:
+            return None
+        if isinstance(follows, Tensor) and tuple(follows.shape) == tuple(out.shape) and \
+                follows.dtype == torch.int64:
+            return follows
+    return None
+
+
+def _source_env(source_of: Dict[int, Tensor], num_slots: int) -> List[Any]:
+    """The tape's slots holding, where known, which output element each element follows."""
+    env: List[Any] = [None] * num_slots
+    for slot, follows in source_of.items():
+        env[slot] = follows
+    return env
 
 
 def _is_sum(s: _Step) -> bool:
@@ -1031,8 +1060,7 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, p
     changes = []
     for s in split.sums:
         x = env[s.fills[0][1]]
-        size = split.block[s.fills[0][1]]
-        where = place if size == 1 else place.repeat_interleave(size)  # each element's point, in flat order
+        where = place[split.source_of[s.fills[0][1]].reshape(-1)]  # each element's point, in flat order
         changes.append(_sum_changes(s, tape, env, x[:1], x[0].reshape(-1), x[1].reshape(-1), where, None))
     while split.more is not None and _nests(split, tape, points):
         split = split.more
@@ -1327,6 +1355,10 @@ _INPLACE_EW = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv_
                "clamp_min_", "clamp_max_", "fill_", "zero_", "neg_", "abs_", "pow_", "nan_to_num_"}
 _RESHAPES = {"reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as"}
 _EXPANDS = {"expand", "expand_as", "broadcast_to"}
+# Operations that only move, copy or drop elements: each element of the result is one element of
+# the input, so the result's elements follow what the operation applied to the input's follow.
+_MOVES = _RESHAPES | _EXPANDS | {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "flip",
+                                 "roll", "narrow", "select", "index_select", "diagonal", "__getitem__", "t"}
 _REDUCTIONS = {"sum", "mean", "nansum", "nanmean", "prod", "amax", "amin", "any", "all", "count_nonzero", "max",
                "min", "logsumexp"}
 # operations on one tensor along dimension(s) given at (position, keyword, default; _NO: required)
@@ -1504,6 +1536,8 @@ def _direct_rule(step: _Step, traced: Callable[[int], Tensor]) -> Optional[tuple
                 if not (isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], _Ref)):
                     return None
                 t, form = traced(inner[0].slot), "tuple"
+            if t.dtype == torch.bool and form == "plain":  # batched where every anchor's mask is the same
+                return ("mask", 0 in batched)
             if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
                 return None
             return ("index", 0 in batched, form)
@@ -1630,6 +1664,11 @@ def _run_direct(step: _Step, rule: tuple, args: list, kwargs: Dict, batch: int) 
         return args[0][(slice(None),) + index]
     if kind == "take":  # an anchor's tensor indexed by one tensor of the trace
         return args[0][:, args[1]]
+    if kind == "mask":  # a boolean mask per anchor: the same for every anchor (a filter that keeps all:
+        mask = args[1]  # torchmetrics' `x[x >= 0]` of ignore_index), else a result of another shape each
+        if not bool((mask == mask[:1]).all()):
+            raise RuntimeError("a boolean mask that differs between configurations cannot be batched")
+        return (args[0] if rule[1] else _lead(args[0], batch))[:, mask[0]]
     if kind == "index":  # indexed by one tensor per anchor
         x_batched, form = rule[1], rule[2]
         index = args[1][0] if form == "tuple" else args[1]
