@@ -354,6 +354,7 @@ def test_torchmetrics_functional_metrics_work_as_fn(seed):
     cases = [
         (functools.partial(multiclass_accuracy, num_classes=5), s, y, None),  # macro: mean recall
         (functools.partial(multiclass_accuracy, num_classes=5, average="micro"), s, y, uniloss.MulticlassAccuracy()),
+        (functools.partial(multiclass_accuracy, num_classes=5, top_k=2, average="micro"), s, y, None),  # batched
         (binary_f1_score, sb, yb, zoo.f_beta(1.0)),  # sigmoid(s) > 0.5 seen as s > 0
         (binary_average_precision, sb, yb, uniloss.AveragePrecision()),
         (retrieval_normalized_dcg, sr, rel, zoo.ndcg_at_k()),  # torch.unique(-s) as a ranking
