@@ -29,6 +29,7 @@ import uniloss
 import uniloss._traced as traced
 from uniloss import zoo
 from uniloss.experiments.metric_wins import multilabel_macro_f1
+from uniloss.experiments.metric_wins import multilabel_samples_f1 as samples_f1
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from version_cost import alternate  # noqa: E402  (calls in turn, the first rotating)
@@ -37,13 +38,6 @@ from version_cost import alternate  # noqa: E402  (calls in turn, the first rota
 def subset_accuracy(scores, target):
     """Multi-label exact match: every label of a row right (``all``, a count of wrong ones)."""
     return ((scores > 0) == (target == 1)).all(1).float().mean()
-
-
-def samples_f1(scores, target):
-    """Multi-label F1 of each row's labels, then their mean (scikit-learn's ``average="samples"``)."""
-    pred, pos = scores > 0, target == 1
-    tp, fp, fn = (pred & pos).sum(1), (pred & ~pos).sum(1), (~pred & pos).sum(1)
-    return (2 * tp / (2 * tp + fp + fn).clamp_min(1)).float().mean()
 
 
 def macro_f1(scores, target, num_classes=10):

@@ -17,6 +17,7 @@ import uniloss._traced as traced
 from test_from_metric import pck  # PCK in torch: x and y by torch.stack; a target of keypoints, so probed
 from uniloss import _limits
 from uniloss import from_metric, zoo
+from uniloss.experiments.metric_wins import multilabel_samples_f1 as samples_f1  # F1 of each row, their mean
 
 
 def _multilabel(n=24, labels=5, seed=0):
@@ -364,12 +365,6 @@ def test_counts_that_decode_to_more_bits_than_chain_elements_take_the_chain_thro
 
 
 # --------------------------------------------------------------------------- a sum per row, then their mean: the rest cut again
-
-def samples_f1(s, y):  # scikit-learn's average="samples": F1 of each row's labels, then their mean
-    pred, pos = s > 0, y == 1
-    tp, fp, fn = (pred & pos).sum(1), (pred & ~pos).sum(1), (~pred & pos).sum(1)
-    return (2 * tp / (2 * tp + fp + fn).clamp_min(1)).float().mean()
-
 
 def samples_jaccard_weighted(s, y):  # each row's IoU, rows weighed by a tensor of fn's own
     pred, pos = s > 0, y == 1

@@ -1001,3 +1001,44 @@ def test_multilabel_map_matches_scikit_learn_and_its_losses_rank_within_each_lab
     assert probe._one(("mlabel-map", ("linear", 128), "pairwise", 2, 1, "{}", 1.0)) == 0.8
     assert calls[0][0][:2] == ("pairwise", 1) and calls[0][1] == dict(draw=2, hidden=(), batch=128, metric="map")
     assert "mlabel-map" in probe.PROBES_ONLY
+
+
+def test_multilabel_samples_f1_matches_scikit_learn_and_its_probe_tunes_one_threshold(monkeypatch):
+    from sklearn.metrics import f1_score
+
+    gen = torch.Generator().manual_seed(4)
+    for n, labels in ((7, 3), (100, 10)):
+        y = (torch.rand(n, labels, generator=gen) < 0.25).long()
+        y[0] = 0  # a row with no label
+        scores = torch.randn(n, labels, generator=gen) + y
+        expected = f1_score(y.numpy(), (scores > 0).numpy(), average="samples", zero_division=0)
+        assert float(M.multilabel_samples_f1(scores, y)) == pytest.approx(expected, rel=1e-6)
+    # the tuned threshold: the best of its candidates, at least as good as logit 0
+    scores, y = torch.randn(300, 10, generator=gen) - 1.0, (torch.rand(300, 10, generator=gen) < 0.2).long()
+    scores = scores + 0.8 * y
+    t = M.tuned_samples_threshold(scores, y)
+    assert float(M.multilabel_samples_f1(scores - t, y)) >= float(M.multilabel_samples_f1(scores, y))
+    grid = torch.linspace(float(scores.min()), float(scores.max()), 400)
+    best = max(float(M.multilabel_samples_f1(scores - g, y)) for g in grid)
+    assert float(M.multilabel_samples_f1(scores - t, y)) >= best - 0.01  # quantiles: as good as a fine grid
+    # training on labels read from the inputs
+    x = torch.randn(2000, 784, generator=gen)
+    x[:, 10:] = 0.0
+    y = (x[:, :10] > 1.0).long()
+    data = (x[:1200], y[:1200], x[1200:1600], y[1200:1600], x[1600:], y[1600:])
+    monkeypatch.setattr(M, "multilabel_mnist", lambda draw, source="mnist": data)
+    results = {loss: M.run_multilabel(loss, 0, True, {}, hidden=(), metric="samples-f1")
+               for loss in ("bce", "bce-posweight", "bce-tuned", "uniloss")}
+    assert all(len(r) == 5 and 0.0 <= min(r) and max(r) <= 1.0 for r in results.values())
+    # through from_metric (a sum per row, then their mean); a row without a label scores 0 whatever is
+    # predicted (zero_division=0, 17% of these rows), and BCE at logit 0 predicts too few labels of 16%
+    assert results["uniloss"][-1] > 0.65 and results["uniloss"][-1] > results["bce"][-1] + 0.1
+    assert results["bce-tuned"][-1] > results["bce"][-1] + 0.1
+    with pytest.raises(ValueError, match="unknown loss 'uniloss-zoo'"):
+        M.run_multilabel("uniloss-zoo", 0, True, {}, metric="samples-f1")
+    probe = _benchmark("capacity_probe")
+    calls = []
+    monkeypatch.setattr(M, "run_multilabel", lambda *a, **k: calls.append((a, k)) or [0.5, 0.6])
+    assert probe._one(("mlabel-samples-f1", ("128", 128), "bce-tuned", 2, 1, "{}", 1.0)) == 0.6
+    assert calls[0][1] == dict(draw=2, hidden=(128,), batch=128, metric="samples-f1")
+    assert "mlabel-samples-f1" in probe.PROBES_ONLY

@@ -1001,6 +1001,27 @@ def multilabel_macro_f1(scores: Tensor, target: Tensor) -> Tensor:
     return (2 * tp / (pred.sum(0) + pos.sum(0)).clamp_min(1)).mean()
 
 
+def multilabel_samples_f1(scores: Tensor, target: Tensor) -> Tensor:
+    """F1 per sample of multi-label decisions ``scores > 0``: each row's F1 between its predicted
+    and its true labels (0 where it has neither, as scikit-learn's ``zero_division=0``), averaged
+    over the rows (``f1_score(average="samples")``). Plain torch, the metric
+    :func:`uniloss.from_metric` traces for the ``mlabel-samples-f1`` probe: a sum per row, then
+    their mean. Shapes: ``scores [n, L]`` float, ``target [n, L]`` in {0, 1}."""
+    pred, pos = scores > 0, target == 1
+    tp, fp, fn = (pred & pos).sum(1), (pred & ~pos).sum(1), (~pred & pos).sum(1)
+    return (2 * tp / (2 * tp + fp + fn).clamp_min(1)).float().mean()
+
+
+def tuned_samples_threshold(scores: Tensor, target: Tensor, candidates: int = 199) -> float:
+    """One threshold for every label, among ``0`` and ``candidates`` quantiles of ``scores``,
+    that maximises :func:`multilabel_samples_f1` of ``scores - threshold`` on ``(scores,
+    target)`` (the validation mosaics)."""
+    at = torch.cat([torch.zeros(1), torch.quantile(scores.reshape(-1).float(),
+                                                   torch.linspace(0.005, 0.995, candidates))])
+    values = torch.stack([multilabel_samples_f1(scores - t, target) for t in at])
+    return float(at[int(values.argmax())])
+
+
 def multilabel_map(scores: Tensor, target: Tensor) -> float:
     """Mean over the labels of each label's average precision (scikit-learn's
     ``average_precision_score(target, scores, average="macro")``; a label without a positive is
@@ -1029,9 +1050,13 @@ def run_multilabel(loss: str, seed: int, quick: bool, options: dict, draw: int =
     ``hidden``: the MLP's hidden widths (``()``: linear). ``metric="map"``: the ``mlabel-map``
     probe, the same data and model scored by the labels' mean AP (:func:`multilabel_map`);
     ``"pairwise"``, the pairwise logistic loss within each label; ``"uniloss"``,
-    ``zoo.average_precision()`` with each label a query."""
-    if metric not in ("f1", "map"):
-        raise ValueError(f"unknown metric {metric!r}: 'f1' or 'map'")
+    ``zoo.average_precision()`` with each label a query. ``metric="samples-f1"``: the
+    ``mlabel-samples-f1`` probe, scored by F1 per sample at logit 0
+    (:func:`multilabel_samples_f1`); ``"bce-tuned"`` at one threshold for every label tuned on
+    the validation mosaics (:func:`tuned_samples_threshold`); ``"uniloss"``, the metric's plain
+    torch code through :func:`uniloss.from_metric`."""
+    if metric not in ("f1", "map", "samples-f1"):
+        raise ValueError(f"unknown metric {metric!r}: 'f1', 'map' or 'samples-f1'")
     xtr, ytr, xva, yva, xte, yte = multilabel_mnist(draw, source=source)
     model = seeded(seed, lambda: mlp(784, *hidden, 10))
     gen = torch.Generator().manual_seed(seed)
@@ -1053,8 +1078,9 @@ def run_multilabel(loss: str, seed: int, quick: bool, options: dict, draw: int =
         w = ((len(ytr) - positives) / positives.clamp_min(1)).float()
         fn = lambda s, y: F.binary_cross_entropy_with_logits(s, y.float(), pos_weight=w)  # noqa: E731
     elif loss == "uniloss":
-        fn = _uniloss(uniloss.from_metric(multilabel_macro_f1), seed, options)
-    elif loss == "uniloss-zoo":  # the same metric from the zoo
+        traced = multilabel_samples_f1 if metric == "samples-f1" else multilabel_macro_f1
+        fn = _uniloss(uniloss.from_metric(traced), seed, options)
+    elif loss == "uniloss-zoo" and metric == "f1":  # the same metric from the zoo
         fn = _uniloss(zoo.f_beta(1.0, average="macro"), seed, options)
     else:
         raise ValueError(f"unknown loss {loss!r}")
@@ -1064,10 +1090,12 @@ def run_multilabel(loss: str, seed: int, quick: bool, options: dict, draw: int =
             s = m(xte)
             if metric == "map":
                 return multilabel_map(s, yte)
-            if loss == "bce-tuned":
+            if loss == "bce-tuned" and metric == "samples-f1":
+                s = s - tuned_samples_threshold(m(xva), yva)
+            elif loss == "bce-tuned":
                 sv = m(xva)
                 s = s - torch.tensor([tuned_threshold(sv[:, j], yva[:, j]) for j in range(sv.shape[1])])
-        return float(multilabel_macro_f1(s, yte))
+        return float((multilabel_samples_f1 if metric == "samples-f1" else multilabel_macro_f1)(s, yte))
 
     opt = sgd(model, 0.1)
     return fit(model, opt, shuffled(len(ytr), batch, gen), lambda m, idx: fn(m(xtr[idx]), ytr[idx]), epochs,
