@@ -364,7 +364,7 @@ def test_counts_that_decode_to_more_bits_than_chain_elements_take_the_chain_thro
     torch.testing.assert_close(grad, grad_ref)
 
 
-# --------------------------------------------------------------------------- a sum per row, then their mean: the rest cut again
+# ------------------------------------------------------------- a sum per row, then their mean: the rest cut again
 
 def samples_jaccard_weighted(s, y):  # each row's IoU, rows weighed by a tensor of fn's own
     pred, pos = s > 0, y == 1
@@ -451,7 +451,7 @@ def test_an_argmax_per_image_is_cut_again_and_is_the_tape_at_every_point(nest, m
     _argmax_chain_is_the_tape(per_image_accuracy, n=5, seed=3, spatial=(4, 3))
 
 
-# --------------------------------------------------------------------------- stacks, and an argmax with probed best outputs
+# ------------------------------------------------------------- stacks, and an argmax with probed best outputs
 
 def counts_stacked(s, y):  # each label's true and false positives side by side: stack along a new last dim
     pred, pos = s > 0, y == 1

@@ -791,9 +791,9 @@ class _SumSplit:
     site and its repeats; in a nested cut, the sums before it); ``elementwise``, the steps whose
     every element follows one element of the output; ``sums``, the sums and counts of those;
     ``rest``, the steps after; ``source_of``, which element of the output each element of those
-    steps' results follows; ``more``, ``rest`` cut again where it is elementwise in these sums and then sums
-    (a sum per row, then their mean: subset accuracy, per-sample F1); ``elements``, how many
-    elements the first cut's sums take."""
+    steps' results follows; ``more``, ``rest`` cut again where it is elementwise in these sums
+    and then sums (a sum per row, then their mean: subset accuracy, per-sample F1);
+    ``elements``, how many elements the first cut's sums take."""
 
     sources: List[int]
     elementwise: List[_Step]
@@ -808,7 +808,7 @@ def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]
     """:class:`_SumSplit` of a tape batched by hand whose trained steps are one comparison or one
     argmax (``indices``: the site and its repeats, ``numel`` elements of output), or ``None``
     where its output reaches the value any other way. Each slot between the output and the sums
-    keeps which element of the output each of its elements follows (``sources_of``): elementwise
+    keeps which element of the output each of its elements follows (``source_of``): elementwise
     operations keep it (their inputs from the output following the same elements), operations
     that move elements (reshapes, ``permute``, ``movedim``, ``expand``, indexing by constants,
     ``torch.stack``/``cat``) move it, ``one_hot`` repeats it along its classes; ``bincount`` counts
