@@ -989,7 +989,6 @@ def _sum_changes(s: _Step, tape: _Tape, env: List[Any], first: Tensor, before: T
         counted = (lambda x: (x == 0).to(acc)) if name == "all" else (lambda x: (x != 0).to(acc))
         start = torch.zeros(width, dtype=acc, device=device).index_add_(0, cells, counted(first.reshape(-1)))
         terms = counted(before), counted(after)
-        count = 1
     return _Changes(cast(int, s.outs[0]), start, cells if flat is None else cells[flat], where,
                     terms[1] - terms[0], name, count if name == "mean" else 1)
 
@@ -1033,7 +1032,7 @@ def _nested(split: _SumSplit, tape: _Tape, changes: List[_Changes], points: int)
         out = cast(int, s.outs[0])
         args, kwargs = tape._inputs(s, first)
         first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
-        if s.rule is not None and s.rule[0] == "reshape":
+        if cast(tuple, s.rule)[0] == "reshape":  # the flat order, and so each change's element, kept
             pair[out] = pair[s.fills[0][1]]
             continue
         shape, filled = tape.traced[out].shape, {i for i, _ in s.fills}
@@ -3492,7 +3491,7 @@ class TracedMetric(Decomposition):
             if not ok:
                 return None
         if by_runs:
-            return (lambda turn, length: values(turn, length)), True
+            return values, True  # (turn, length)
         return (lambda rank: values(rank + 1)), False
 
     def _remember_sums(self, plan: _Plan, ok: bool) -> None:

@@ -936,13 +936,27 @@ def test_multilabel_mosaics_show_the_classes_their_labels_name():
     assert not torch.allclose(fashion, expected, atol=0.012)  # in another order
 
 
-def test_run_multilabel_scores_each_loss_and_the_tuned_thresholds(monkeypatch):
-    gen = torch.Generator().manual_seed(0)
+def _labels_read_from_inputs(monkeypatch, gen):
+    """Stands in for the mosaics: ten labels, each read from one input (about 16% positives),
+    1,200 training, 400 validation and 400 test samples."""
     x = torch.randn(2000, 784, generator=gen)
     x[:, 10:] = 0.0
-    y = (x[:, :10] > 1.0).long()  # ten labels, each read from one input: about 16% positives
+    y = (x[:, :10] > 1.0).long()
     data = (x[:1200], y[:1200], x[1200:1600], y[1200:1600], x[1600:], y[1600:])
     monkeypatch.setattr(M, "multilabel_mnist", lambda draw, source="mnist": data)
+
+
+def _probe_calls(monkeypatch, job, result):
+    """``capacity_probe._one(job)`` with ``run_multilabel`` recorded (returning ``[0.5, result]``):
+    its value and the calls' ``(args, kwargs)``."""
+    probe = _benchmark("capacity_probe")
+    calls = []
+    monkeypatch.setattr(M, "run_multilabel", lambda *a, **k: calls.append((a, k)) or [0.5, result])
+    return probe._one(job), calls, probe
+
+
+def test_run_multilabel_scores_each_loss_and_the_tuned_thresholds(monkeypatch):
+    _labels_read_from_inputs(monkeypatch, torch.Generator().manual_seed(0))
     results = {loss: M.run_multilabel(loss, 0, True, {}, hidden=()) for loss in
                ("bce", "bce-posweight", "bce-tuned", "uniloss", "uniloss-zoo")}
     assert all(len(r) == 5 and 0.0 <= min(r) and max(r) <= 1.0 for r in results.values())
@@ -983,11 +997,7 @@ def test_multilabel_map_matches_scikit_learn_and_its_losses_rank_within_each_lab
     expected = sum(float(torch.nn.functional.softplus(scores[j, c] - scores[i, c])) for i, j, c in pairs) / len(pairs)
     assert float(both) == pytest.approx(expected, rel=1e-6)
     # training on labels read from the inputs: every loss learns them
-    x = torch.randn(2000, 784, generator=gen)
-    x[:, 10:] = 0.0
-    y = (x[:, :10] > 1.0).long()
-    data = (x[:1200], y[:1200], x[1200:1600], y[1200:1600], x[1600:], y[1600:])
-    monkeypatch.setattr(M, "multilabel_mnist", lambda draw, source="mnist": data)
+    _labels_read_from_inputs(monkeypatch, gen)
     for loss in ("bce", "bce-posweight", "pairwise", "uniloss"):
         result = M.run_multilabel(loss, 0, True, {}, hidden=(), metric="map")
         assert len(result) == 5 and result[-1] > 0.95, loss  # AP of a label linear in one input
@@ -995,10 +1005,8 @@ def test_multilabel_map_matches_scikit_learn_and_its_losses_rank_within_each_lab
         M.run_multilabel("bce-tuned", 0, True, {}, metric="map")
     with pytest.raises(ValueError, match="unknown metric 'auc'"):
         M.run_multilabel("bce", 0, True, {}, metric="auc")
-    probe = _benchmark("capacity_probe")
-    calls = []
-    monkeypatch.setattr(M, "run_multilabel", lambda *a, **k: calls.append((a, k)) or [0.5, 0.8])
-    assert probe._one(("mlabel-map", ("linear", 128), "pairwise", 2, 1, "{}", 1.0)) == 0.8
+    value, calls, probe = _probe_calls(monkeypatch, ("mlabel-map", ("linear", 128), "pairwise", 2, 1, "{}", 1.0), 0.8)
+    assert value == 0.8
     assert calls[0][0][:2] == ("pairwise", 1) and calls[0][1] == dict(draw=2, hidden=(), batch=128, metric="map")
     assert "mlabel-map" in probe.PROBES_ONLY
 
@@ -1022,11 +1030,7 @@ def test_multilabel_samples_f1_matches_scikit_learn_and_its_probe_tunes_one_thre
     best = max(float(M.multilabel_samples_f1(scores - g, y)) for g in grid)
     assert float(M.multilabel_samples_f1(scores - t, y)) >= best - 0.01  # quantiles: as good as a fine grid
     # training on labels read from the inputs
-    x = torch.randn(2000, 784, generator=gen)
-    x[:, 10:] = 0.0
-    y = (x[:, :10] > 1.0).long()
-    data = (x[:1200], y[:1200], x[1200:1600], y[1200:1600], x[1600:], y[1600:])
-    monkeypatch.setattr(M, "multilabel_mnist", lambda draw, source="mnist": data)
+    _labels_read_from_inputs(monkeypatch, gen)
     results = {loss: M.run_multilabel(loss, 0, True, {}, hidden=(), metric="samples-f1")
                for loss in ("bce", "bce-posweight", "bce-tuned", "uniloss")}
     assert all(len(r) == 5 and 0.0 <= min(r) and max(r) <= 1.0 for r in results.values())
@@ -1036,9 +1040,8 @@ def test_multilabel_samples_f1_matches_scikit_learn_and_its_probe_tunes_one_thre
     assert results["bce-tuned"][-1] > results["bce"][-1] + 0.1
     with pytest.raises(ValueError, match="unknown loss 'uniloss-zoo'"):
         M.run_multilabel("uniloss-zoo", 0, True, {}, metric="samples-f1")
-    probe = _benchmark("capacity_probe")
-    calls = []
-    monkeypatch.setattr(M, "run_multilabel", lambda *a, **k: calls.append((a, k)) or [0.5, 0.6])
-    assert probe._one(("mlabel-samples-f1", ("128", 128), "bce-tuned", 2, 1, "{}", 1.0)) == 0.6
+    value, calls, probe = _probe_calls(monkeypatch, ("mlabel-samples-f1", ("128", 128), "bce-tuned", 2, 1, "{}", 1.0),
+                                       0.6)
+    assert value == 0.6
     assert calls[0][1] == dict(draw=2, hidden=(128,), batch=128, metric="samples-f1")
     assert "mlabel-samples-f1" in probe.PROBES_ONLY
