@@ -11,7 +11,8 @@ labels) reaches the metric only through elementwise operations and sums or count
 (``_traced._split_at_sums``) gives every point from each element's change and a cumulative sum.
 Where the sums are per row and the rest takes them elementwise into more sums (subset accuracy,
 scikit-learn's ``average="samples"``), the rest is cut again (``_traced._split_again``): each
-point's change is one row's. This times one loss call (forward and backward, library defaults, on
+point's change is one row's. A binary ranking read as ``target[order]`` into a cumulative sum (AP
+with ``argsort``) changes two neighbouring slots a point (``_traced._split_at_ranks``). This times one loss call (forward and backward, library defaults, on
 a model's output ``x * w``, one thread) of each metric traced with the cut, with the cut once
 (never again), without it (the tape at every point), the zoo's decomposition of the same metric
 and the usual loss, interleaved call by call in one process.
@@ -32,6 +33,7 @@ from uniloss.experiments.metric_wins import multilabel_macro_f1
 from uniloss.experiments.metric_wins import multilabel_samples_f1 as samples_f1
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from from_metric_training import average_precision  # noqa: E402  (AP with an argsort)
 from version_cost import alternate  # noqa: E402  (calls in turn, the first rotating)
 
 
@@ -79,6 +81,10 @@ def _cases(g):
     y = torch.randint(0, 21, (4, 32, 32), generator=g)
     x = torch.randn(4, 21, 32, 32, generator=g) + 2.0 * nnf.one_hot(y, 21).movedim(-1, 1)
     yield "mean IoU of 21 classes, [4, 21, 32, 32]", mean_iou, zoo.mean_iou(21), nnf.cross_entropy, x, y
+    for n in (128, 512):  # a ranking read as target[order] into a cumsum: the chain through the ranking
+        y = (torch.rand(n, generator=g) < 0.3).long()
+        x = torch.randn(n, generator=g) + y
+        yield f"AP with argsort, [{n}], 30% relevant", average_precision, uniloss.AveragePrecision(), bce, x, y
 
 
 def main(calls: int = 20) -> None:
@@ -91,6 +97,7 @@ def main(calls: int = 20) -> None:
     for name, fn, zoo_metric, usual, x, y in _cases(g):
         uncut = uniloss.from_metric(fn)
         uncut._chain_by_sums = lambda plan: None  # type: ignore[method-assign]  # the path before the cut
+        uncut._chain_by_ranks = lambda plan: None  # type: ignore[method-assign]
         losses = {"cut": uniloss.UniLoss(uniloss.from_metric(fn)), "once": uniloss.UniLoss(uniloss.from_metric(fn)),
                   "uncut": uniloss.UniLoss(uncut), "usual": usual}
         if zoo_metric is not None:

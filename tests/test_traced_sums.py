@@ -135,7 +135,10 @@ def test_the_chain_through_sums_is_the_tape_at_every_point(fn):
 
 @pytest.mark.parametrize("fn", NOT_SUMMED, ids=lambda f: f.__name__)
 def test_a_mask_that_reaches_the_value_otherwise_takes_the_tape_at_every_point(fn):
-    scores, target = _multilabel()
+    _takes_no_cut(fn, *_multilabel())
+
+
+def _takes_no_cut(fn, scores, target):
     metric, plan = _checked(fn, scores, target)
     structure = metric.structure(plan)
     assert structure is None or structure.chain is None
@@ -155,11 +158,12 @@ def test_the_loss_and_gradient_are_those_without_the_cut(fn, monkeypatch):
     _same_as_without_the_cut(fn, *_multilabel(n=40, seed=1), monkeypatch)
 
 
-def _same_as_without_the_cut(fn, scores, target, monkeypatch):
+def _same_as_without_the_cut(fn, scores, target, monkeypatch, name="_chain_by_sums"):
+    """The loss and gradient with the cut (``TracedMetric.<name>``) and with it turned off."""
     with_cut = from_metric(fn)
     loss, grad = _loss_and_grad(with_cut, scores, target)
     assert with_cut._sums and all(with_cut._sums.values())
-    monkeypatch.setattr(traced.TracedMetric, "_chain_by_sums", lambda self, plan: None)
+    monkeypatch.setattr(traced.TracedMetric, name, lambda self, plan: None)
     loss_ref, grad_ref = _loss_and_grad(from_metric(fn), scores, target)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
@@ -174,11 +178,16 @@ def test_macro_f1_through_the_cut_is_the_zoos_macro_f1():
 
 
 def test_a_cut_that_disagrees_with_the_tape_is_dropped(monkeypatch):
-    scores, target = _multilabel()
-    reference = _loss_and_grad(from_metric(macro_f1), scores, target)
-    wrong = traced._chain_by_sums
-    monkeypatch.setattr(traced, "_chain_by_sums", lambda *args: wrong(*args) + 0.01)
-    metric = from_metric(macro_f1)
+    _a_wrong_cut_is_dropped(macro_f1, *_multilabel(), "_chain_by_sums", monkeypatch)
+
+
+def _a_wrong_cut_is_dropped(fn, scores, target, name, monkeypatch):
+    """A cut (``traced.<name>``) whose values are off fails its check: the tape's loss and
+    gradient, and the verdict kept."""
+    reference = _loss_and_grad(from_metric(fn), scores, target)
+    wrong = getattr(traced, name)
+    monkeypatch.setattr(traced, name, lambda *args: wrong(*args) + 0.01)
+    metric = from_metric(fn)
     loss, grad = _loss_and_grad(metric, scores, target)
     assert list(metric._sums.values()) == [False]
     assert metric.structure(metric.prepare(scores, target)).chain is None
@@ -195,16 +204,21 @@ def test_the_cut_stays_within_chain_elements():
 
 
 def test_a_cut_that_fails_later_falls_back_to_the_tape(monkeypatch):
-    scores, target = _multilabel()
-    reference = _loss_and_grad(from_metric(macro_f1), scores, target)
-    metric = from_metric(macro_f1)
+    _a_failing_cut_falls_back(macro_f1, *_multilabel(), "_chain_by_sums", monkeypatch)
+
+
+def _a_failing_cut_falls_back(fn, scores, target, name, monkeypatch):
+    """A checked cut (``traced.<name>``) that raises on a later call: that call and the next
+    take the tape, with its loss and gradient."""
+    reference = _loss_and_grad(from_metric(fn), scores, target)
+    metric = from_metric(fn)
     _loss_and_grad(metric, scores, target, calls=2)  # checked: the cut is taken
     assert list(metric._sums.values()) == [True]
 
     def broken(*args):
         raise RuntimeError("an operation the cut did not foresee")
 
-    monkeypatch.setattr(traced, "_chain_by_sums", broken)
+    monkeypatch.setattr(traced, name, broken)
     loss, grad = _loss_and_grad(metric, scores, target, calls=1)
     assert list(metric._sums.values()) == [False]
     torch.testing.assert_close(loss, reference[0])

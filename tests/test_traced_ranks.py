@@ -1,0 +1,182 @@
+"""from_metric's chain through a ranking: a traced ranking of one query with 0/1 relevance, read
+as ``t[order]`` and then through elementwise operations, cumulative sums and sums (AP and AUROC
+written with ``argsort`` or ``sort``), gives the chain's ``l + 1`` values from the swap of two
+neighbouring slots at each point (``O(l log l)``) instead of replaying the tape at every point
+(``O(l n)``).
+
+The reference is the tape itself, replayed on every one of the ``l + 1`` configurations of a
+chain (the engine's path without the cut), and the loss and gradient of the same metric with
+the cut turned off; a metric the cut cannot take must fall back to that path.
+"""
+
+import pytest
+import torch
+
+import uniloss
+import uniloss._traced as traced
+from test_traced_sums import (_a_failing_cut_falls_back, _a_wrong_cut_is_dropped, _checked, _every_point,
+                              _same_as_without_the_cut, _takes_no_cut)
+from uniloss import _limits
+from uniloss import from_metric
+
+
+def _binary(n=13, seed=0, tie=False):
+    g = torch.Generator().manual_seed(seed)
+    target = (torch.rand(n, generator=g) < 0.35).long()
+    target[0], target[1] = 1, 0
+    scores = torch.randn(n, generator=g) + target
+    if tie:
+        scores[2] = scores[0]  # a relevant item tied with another item
+    return scores, target
+
+
+def ap_argsort(s, y):
+    relevant = y[torch.argsort(s, descending=True)].float()
+    precision = relevant.cumsum(0) / torch.arange(1, s.numel() + 1)
+    return (precision * relevant).sum() / relevant.sum()
+
+
+def ap_sort_bool(s, y):
+    relevant = (y == 1)[s.sort(descending=True).indices]  # a bool table; cumsum of bools is int64
+    hits = relevant.cumsum(0)
+    return (hits / torch.arange(1, s.numel() + 1) * relevant).sum() / relevant.sum()
+
+
+def ap_negated(s, y):
+    relevant = y[(-s).argsort()].double()  # ascending of -s: descending of s, looked through
+    return (relevant.cumsum(0) * relevant / torch.arange(1.0, s.numel() + 1)).sum() / relevant.sum()
+
+
+def auroc_ascending(s, y):
+    relevant = y[s.argsort()].double()  # worst first: the slots counted from the other end
+    below = (1 - relevant).cumsum(0)
+    return (below * relevant).sum() / (relevant.sum() * (1 - relevant).sum())
+
+
+def ap_of_a_table(s, y):
+    table = 2 * y + 3  # 5 on the relevant items, 3 on the others
+    read = table[s.argsort(descending=True)]
+    relevant = (read - 3) / 2
+    return (relevant.cumsum(0) / torch.arange(1, s.numel() + 1) * relevant).mean() * s.numel() / y.sum()
+
+
+def counted_hits(s, y):
+    relevant = y[s.argsort(descending=True)]
+    hits = relevant.cumsum(0) * relevant  # each relevant item's count of relevant items at or above it
+    return torch.count_nonzero(hits > 2).float() + (hits == 1).any().float() + (hits < 5).all().float()
+
+
+RANKED = [ap_argsort, ap_sort_bool, ap_negated, auroc_ascending, ap_of_a_table, counted_hits]
+
+
+def precision_at_3(s, y):
+    return y[s.argsort(descending=True)].float().cumsum(0)[2] / 3  # an index after the cumsum
+
+
+def weighted_table(s, y):
+    weights = torch.linspace(1.0, 2.0, s.numel()) * y  # relevant items weigh differently
+    return weights[s.argsort(descending=True)].cumsum(0).sum()
+
+
+def order_read_twice(s, y):
+    order = s.argsort(descending=True)
+    return (y[order].float().cumsum(0) * (order < 5)).sum()  # the order itself read again
+
+
+def sorted_values_read(s, y):
+    values, order = s.sort(descending=True)
+    return (y[order].float() * (values.detach() > 0)).sum()  # sort's values: the scores, read
+
+
+def discounted_cumsum(s, y):
+    discount = 1.0 / torch.arange(1, s.numel() + 1)
+    return (y[s.argsort(descending=True)].float() * discount).cumsum(0).sum()  # changes that do not cancel
+
+
+NOT_RANKED = [precision_at_3, weighted_table, order_read_twice, sorted_values_read, discounted_cumsum]
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("fn", RANKED, ids=lambda f: f.__name__)
+def test_the_chain_through_a_ranking_is_the_tape_at_every_point(fn, tie):
+    scores, target = _binary(tie=tie)
+    metric, plan = _checked(fn, scores, target)
+    assert plan.tape == "direct"
+    chain = metric.structure(plan).chain
+    assert chain is not None, "the cut should take this metric"
+    assert list(metric._sums.values()) == [True]
+    l = metric.best(plan).numel()
+    for seed in range(3):
+        rank = torch.randperm(l, generator=torch.Generator().manual_seed(seed))
+        values, reference = chain(rank), _every_point(metric, plan, rank)
+        assert values.shape == (l + 1,)
+        torch.testing.assert_close(values.double(), reference.double(), rtol=1e-6, atol=1e-7)
+
+
+def test_the_chain_of_ap_ends_at_one_and_starts_at_the_worst_ranking():
+    scores, target = _binary(n=9, seed=3)
+    metric, plan = _checked(ap_argsort, scores, target)
+    num_pos, n = int(target.sum()), target.numel()
+    l = num_pos * (n - num_pos)
+    values = metric.structure(plan).chain(torch.randperm(l, generator=torch.Generator().manual_seed(0)))
+    worst = sum((k + 1) / (n - num_pos + k + 1) for k in range(num_pos)) / num_pos  # every relevant item last
+    torch.testing.assert_close(values[0].double(), torch.tensor(worst, dtype=torch.float64))
+    assert float(values[-1]) == 1.0
+
+
+@pytest.mark.parametrize("fn", NOT_RANKED, ids=lambda f: f.__name__)
+def test_a_ranking_read_otherwise_takes_the_tape_at_every_point(fn):
+    _takes_no_cut(fn, *_binary())
+
+
+def test_changes_that_do_not_cancel_fail_the_check_and_are_remembered():
+    scores, target = _binary()
+    metric, plan = _checked(discounted_cumsum, scores, target)
+    assert traced._split_at_ranks(plan.trace.tape, {plan.sites[0].index}, plan.sites[0]) is not None
+    assert list(metric._sums.values()) == [False]  # its check raised: the tape at every point
+
+
+@pytest.mark.parametrize("fn", RANKED, ids=lambda f: f.__name__)
+def test_the_loss_and_gradient_are_those_without_the_cut(fn, monkeypatch):
+    _same_as_without_the_cut(fn, *_binary(n=40, seed=1), monkeypatch, name="_chain_by_ranks")
+
+
+def test_a_cut_that_disagrees_with_the_tape_is_dropped(monkeypatch):
+    _a_wrong_cut_is_dropped(ap_argsort, *_binary(), "_chain_by_ranks", monkeypatch)
+
+
+def test_a_cut_that_fails_later_falls_back_to_the_tape(monkeypatch):
+    _a_failing_cut_falls_back(ap_argsort, *_binary(), "_chain_by_ranks", monkeypatch)
+
+
+def test_the_cut_stays_within_chain_elements():
+    scores, target = _binary()
+    metric, plan = _checked(ap_argsort, scores, target)
+    l = metric.best(plan).numel()
+    with _limits.limits(chain_elements=(l + 1) * 2 - 1):  # two sums of one element at every point
+        assert metric.structure(plan).chain is None
+    assert metric.structure(plan).chain is not None
+
+
+def test_the_cut_is_exact_where_the_tape_at_every_point_would_pass_chain_elements():
+    """Where the tape at every point (``[l + 1, n]``) passes ``chain_elements`` the engine takes
+    fewer points, segment-averaged; the cut holds two sums at every point and stays exact."""
+    scores, target = _binary(n=120, seed=4)
+    metric, plan = _checked(ap_argsort, scores, target)
+    l = metric.best(plan).numel()
+    rank = torch.randperm(l, generator=torch.Generator().manual_seed(0))
+    with _limits.limits(chain_elements=(l + 1) * 4):
+        assert (l + 1) * scores.numel() > _limits.current_limits().chain_elements
+        values = metric.structure(plan).chain(rank)
+    torch.testing.assert_close(values.double(), _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)
+
+
+def test_ap_through_the_cut_is_scikit_learns_on_the_hard_scores():
+    sklearn = pytest.importorskip("sklearn.metrics")
+    scores, target = _binary(n=300, seed=5)
+    metric = from_metric(ap_argsort)
+    loss = uniloss.UniLoss(metric)
+    loss(scores.clone().requires_grad_(), target).backward()
+    assert list(metric._sums.values()) == [True]
+    reference = sklearn.average_precision_score(target.numpy(), scores.numpy())
+    assert float(loss.last.metric) == pytest.approx(reference, abs=1e-6)
