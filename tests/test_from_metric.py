@@ -210,6 +210,49 @@ def test_pck_through_zoo_pck_too():
     assert torch.equal(traced.comparisons(heat, plan), hand.comparisons(heat, hand_plan))
 
 
+def _f1_of_probabilities(s, y):
+    pred = torch.sigmoid(s) > 0.5  # seen as s > 0; sigmoid rounds a score within eps of 0 to 0.5 exactly
+    return 2 * (pred & (y == 1)).sum() / (pred.sum() + (y == 1).sum()).clamp_min(1)
+
+
+def _accuracy_of_probabilities(s, y):
+    return (torch.softmax(s, dim=1).argmax(1) == y).float().mean()  # seen as s.argmax(1)
+
+
+@pytest.mark.parametrize("dtype, tiny", [(torch.float32, 1e-9), (torch.float64, 1e-18), (torch.bfloat16, 1e-3),
+                                         (torch.float16, 1e-4)])
+def test_a_score_that_fns_map_rounds_to_the_threshold_is_not_an_error(dtype, tiny):
+    """A score above 0 by less than the map's rounding: fn's sigmoid says 0.5, not above it, where
+    the comparison says right; the first call's check takes it as fn counts it (wrong)."""
+    y = torch.tensor([1, 0, 1, 0, 1, 0, 0, 1])
+    s = torch.tensor([tiny, -0.7, 0.9, 0.3, -1.2, -0.2, 0.5, -0.4], dtype=dtype)
+    assert bool(torch.sigmoid(s[:1]) == 0.5) and bool(s[0] > 0)
+    loss = uniloss.UniLoss(from_metric(_f1_of_probabilities))
+    value = loss(s.clone().requires_grad_(), y)
+    assert torch.isfinite(value)
+    assert float(loss.last.metric) == pytest.approx(float(_f1_of_probabilities(s, y)))
+    s2, y2 = torch.tensor([[0.0, 1e-7, -1.0], [2.0, 0.0, 0.1]]), torch.tensor([1, 0])  # softmax rounds row 0 to a tie
+    loss = uniloss.UniLoss(from_metric(_accuracy_of_probabilities))
+    loss(s2.clone().requires_grad_(), y2)
+    assert float(loss.last.metric) == pytest.approx(float(_accuracy_of_probabilities(s2, y2)))
+
+
+def test_a_replay_that_disagrees_with_fn_raises_unless_a_comparison_is_within_rounding(monkeypatch):
+    """The first call's check: a replay of fn on the comparisons' configuration that differs from
+    fn's value raises (fn depends on something the trace misses: here a replay made wrong); with
+    a comparison within rounding of a tie it stays undecided and a later call decides."""
+    y = torch.tensor([1, 0, 1, 0, 1, 0, 0, 1])
+    wrong = uniloss.TracedMetric._values
+    monkeypatch.setattr(uniloss.TracedMetric, "_values", lambda self, *args: wrong(self, *args) + 0.25)
+    s = torch.tensor([0.4, -0.7, 0.9, 0.3, -1.2, -0.2, 0.5, -0.4])
+    with pytest.raises(TraceError, match="do not capture"):
+        from_metric(_f1_of_probabilities).prepare(s, y)
+    s[0] = 1e-9
+    metric = from_metric(_f1_of_probabilities)
+    metric.prepare(s, y)  # undecided, not kept
+    assert not metric._decisions
+
+
 def test_monotone_maps_are_looked_through():
     """sigmoid(s) > 0.5 compares s with 0; softmax(s).argmax is s.argmax; -s sorted ascending
     is s sorted descending: the comparisons are in the scores' own units."""

@@ -3535,11 +3535,20 @@ class TracedMetric(Decomposition):
         # exactness on the current scores (undecided where comparisons tie)
         if any(bool((s.comparisons().detach() == 0).any()) for s in sites):
             return sites, decision, False
+        # within rounding of a tie: fn's own maps (a sigmoid, a softmax) may round those scores to a tie
+        tolerance = 4 * torch.finfo(plan.scores.dtype).eps * max(1.0, float(plan.scores.detach().abs().max())) \
+            if plan.scores.is_floating_point() and plan.scores.numel() else 0.0
+        near = [s.comparisons().detach().abs() <= tolerance for s in sites]
         for attempt in range(2):
-            payloads = {s.index: s.decode((s.comparisons().detach() > 0)[None]) for s in sites}
-            value = self._values(plan, payloads, {s.index: s for s in sites})[0]
-            if _same(value, plan.trace.value):
-                return sites, decision, True
+            right = [s.comparisons().detach() > 0 for s in sites]
+            # as the scores say; then near ties wrong, as fn's rounding to a tie counts them; then flipped
+            for bits in (right, [r & ~m for r, m in zip(right, near)], [r ^ m for r, m in zip(right, near)]):
+                payloads = {s.index: s.decode(b[None]) for s, b in zip(sites, bits)}
+                value = self._values(plan, payloads, {s.index: s for s in sites})[0]
+                if _same(value, plan.trace.value):
+                    return sites, decision, True
+                if not any(bool(m.any()) for m in near):
+                    break
             ranks = [p for p, s in enumerate(sites) if isinstance(s, _RankSite) and s.pairs != "all"]
             if attempt or not ranks:
                 break
@@ -3548,6 +3557,9 @@ class TracedMetric(Decomposition):
                 decision[s.index] = dict(decision.get(s.index, {}), pairs="all")
                 sites[p] = _RankSite(s.call, s.index, _relevance_candidates(s.call, tensors)[0],
                                      orient=decision[s.index].get("orient", 1), pairs="all")
+            near = [s.comparisons().detach().abs() <= tolerance for s in sites]
+        if any(bool(m.any()) for m in near):  # undecided: a later call decides
+            return sites, decision, False
         raise TraceError(
             f"replaying fn with its discrete steps ({', '.join(s.call.describe() for s in sites)}) decoded from "
             f"the comparisons of the scores gives {float(value):.6g}, but fn gives {float(plan.trace.value):.6g}: "
@@ -3938,8 +3950,10 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     Exact: ``metric(scores, target)`` and ``UniLoss.last.metric`` are ``fn``'s own value (the trace
     computes it), tied scores included; on untied scores the hard configuration's bits give that
     value too, and for the metrics above the bits are the hand-written decompositions'
-    (``tests/test_from_metric.py``). Exact ties (and scores within rounding of a threshold seen
-    through a ``sigmoid``) count as wrong comparisons in the bits, as in the built-in metrics.
+    (``tests/test_from_metric.py``). Exact ties count as wrong comparisons in the bits, as in the
+    built-in metrics. A score within rounding of a threshold that ``fn``'s own map rounds to a tie
+    (``sigmoid(s) > 0.5`` at ``s = 1e-9``: ``sigmoid`` gives 0.5) is right in the bits and wrong in
+    ``fn``; the reported metric is ``fn``'s, and the first call's check accepts it.
 
     Args:
         fn: ``fn(scores, target) -> scalar tensor``; called once per loss call on the scores and
