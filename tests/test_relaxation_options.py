@@ -240,8 +240,13 @@ def test_pull_keeps_pushing_a_comparison_wrong_by_a_wide_margin():
             grads.append(float(s.grad[1]))
         # d/dc softplus(c) -> 1, the mean of 3 bits; per run: the one positive's soft maximum, over 4 samples
         assert grads[1] == pytest.approx(share, rel=1e-6) and grads[0] > 0
-    with pytest.raises(ValueError, match="pull"):
+    with pytest.raises(ValueError, match=r"`pull` to be a finite number >= 0"):  # 0 is the paper's loss
         uniloss.UniLoss(uniloss.AveragePrecision(), pull=-1.0, interpolation="anchors")
+    uniloss.UniLoss(uniloss.AveragePrecision(), pull=0.0, interpolation="anchors")
+    with pytest.raises(ValueError, match=r"`grad_scale` in \('distance', 'bounded', 'normalized'\)"):
+        uniloss.UniLoss(uniloss.AveragePrecision(), grad_scale="Bounded")  # a typo names the modes
+    with pytest.raises(ValueError, match=r"`grad_scale` to be a finite number > 0"):
+        uniloss.UniLoss(uniloss.AveragePrecision(), grad_scale=-2.0)
     with pytest.raises(ValueError, match="pull_per"):
         uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="query", interpolation="anchors")
 

@@ -99,6 +99,25 @@ def test_incomplete_user_decomposition_says_what_is_missing():
         F.uniloss(torch.randn(3), torch.ones(3), Half(), interpolation="anchors")
 
 
+@pytest.mark.parametrize("options", [{}, {"interpolation": "anchors"}, {"interpolation": "anchors", "chunk_bits": 8}],
+                         ids=["chain", "anchors", "chunked"])
+def test_an_evaluate_that_reduces_every_dimension_is_told_so(options):
+    class Agreement(uniloss.Decomposition):  # evaluate written for one configuration: .mean(), not .mean(-1)
+        def comparisons(self, scores, target):
+            return scores
+
+        def best(self, target):
+            return target.bool()
+
+        def evaluate(self, bits, target):
+            return (bits == target.bool()).float().mean()
+
+    target = torch.tensor([1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0])
+    with pytest.raises(ValueError, match=r"Agreement.evaluate\(bits, target\) to return \[\d+\] values, one per "
+                                         r"configuration .* but got shape \(\): reduce over the last dimension"):
+        uniloss.UniLoss(Agreement(), **options)(torch.randn(16, requires_grad=True), target)
+
+
 def test_public_names_have_docstrings():
     for name in uniloss.__all__:
         obj = getattr(uniloss, name)

@@ -50,6 +50,7 @@ from ._interpolation import (
     agreement, agreement_slope, anchor_weights, bit_costs, gradient_scale, idw_closed_form, idw_from_sq_distances,
     last_of_runs, pull_cost, rms_unit, run_chain_gains, step_factor,
 )
+from . import _validation as V
 from ._cache import TensorCache
 from ._pairs import counts
 from ._limits import current_limits
@@ -466,7 +467,7 @@ def structured_loss(
         rows_f = as_float(rows[:-1], dtype)
         sq = torch.mv(rows_f, w).add_(R)
         if runs is None:
-            values = decomposition.evaluate(rows ^ hard, target)
+            values = V.evaluated(decomposition, rows ^ hard, target)
         else:
             zeros = runs.zeros(rows == hard, torch.float32)
             zeros_best = zeros[0]
@@ -480,7 +481,7 @@ def structured_loss(
         rnd = Random(anchors.codes, anchors.num_random, dtype)
         sq = torch.cat([(R + s_best).reshape(1), flips.sq(R, s_best, w), rnd.dots(w).add_(R)])
         if runs is None:
-            values = decomposition.evaluate(torch.cat([anchors.dense(), hard[None]]), target)
+            values = V.evaluated(decomposition, torch.cat([anchors.dense(), hard[None]]), target)
         else:
             # Counts in float32 (exact below 2**24 a run), as evaluate() counts them.
             zeros_hard = runs.zeros((~hard)[None], torch.float32)[0]

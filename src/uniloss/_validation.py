@@ -102,11 +102,13 @@ def check_count(name: str, value: object, *, allow_zero: bool = True) -> int:
     return value
 
 
-def check_positive(name: str, value: object) -> float:
+def check_positive(name: str, value: object, bound: str = "> 0") -> float:
+    """``value`` as a float where it is a finite number > 0; ``bound``: how the message states
+    what is accepted (``pull`` takes 0 too, checked by its caller)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"Expected `{name}` to be a number, but got {type(value).__name__}")
     if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {value}")
+        raise ValueError(f"Expected `{name}` to be a finite number {bound}, but got {value}")
     return float(value)
 
 
@@ -138,3 +140,20 @@ def check_plan(owner: object, plan: Any, plan_type: Union[type, Tuple[type, ...]
             f"{type(plan).__name__}"
         )
     return plan
+
+
+def evaluated(decomposition: Any, bits: Tensor, target: Any) -> Tensor:
+    """``decomposition.evaluate(bits, target)``, checked to hold one value per configuration
+    (``bits [t, l]`` -> ``[t]``): a metric written for one configuration (a mean over every
+    element, a 0-d result) is told so instead of failing inside the engine."""
+    values = decomposition.evaluate(bits, target)
+    t = bits.shape[0]
+    if not isinstance(values, Tensor) or tuple(values.shape) != (t,):
+        got = f"shape {tuple(values.shape)}" if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(
+            f"Expected {type(decomposition).__name__}.evaluate(bits, target) to return [{t}] values, one per "
+            f"configuration (a row of bits [{t}, {bits.shape[1]}]), but got {got}: reduce over the last "
+            "dimension only (e.g. .mean(-1), not .mean())"
+        )
+    return values
+

@@ -110,12 +110,15 @@ def check_options(options: "dict[str, Any]") -> None:
     for name in ("num_good", "num_nearby", "num_bad"):
         V.check_count(name, options[name])
     V.check_positive("temperature", options["temperature"])
+    if isinstance(options["grad_scale"], str) and options["grad_scale"] not in GRAD_SCALES:
+        raise ValueError(f"Expected `grad_scale` in {GRAD_SCALES} or a finite number > 0, but got "
+                         f"{options['grad_scale']!r}")
     if options["grad_scale"] not in GRAD_SCALES:
         V.check_positive("grad_scale", options["grad_scale"])
     if options["chunk_bits"] is not None:
         V.check_count("chunk_bits", options["chunk_bits"], allow_zero=False)
     if options["pull"] != 0.0:
-        V.check_positive("pull", options["pull"])
+        V.check_positive("pull", options["pull"], bound=">= 0 (0: no pull, the paper's loss)")
     V.check_generator(options["generator"])
     for name, choices in (("good_anchors", _GOOD_ANCHORS), ("temperature_scale", TEMPERATURE_SCALES),
                           ("distance", DISTANCES), ("nearby", NEARBY), ("pull_per", PULL_PER),
@@ -717,7 +720,7 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
     with torch.no_grad():
         bits = anchor_set.dense()
         # One evaluate call for the anchors and the current configuration (last row).
-        values = decomposition.evaluate(torch.cat([bits, hard[None]], 0), target).to(c.dtype)
+        values = V.evaluated(decomposition, torch.cat([bits, hard[None]], 0), target).to(c.dtype)
         metric, values = values[-1], values[:-1]
     push = None
     if l == 0:
@@ -852,7 +855,7 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
             current = c.detach() > 0 if hard is None else hard
 
             def evaluate(bits: Tensor) -> Tensor:  # the chain and the current configuration (last row) in one call
-                return decomposition.evaluate(torch.cat([bits, current[None]], 0), target)
+                return V.evaluated(decomposition, torch.cat([bits, current[None]], 0), target)
 
             values, start, gains = chain_steps(v, best, evaluate, segments, along,
                                                *((None, None) if static is None else (static[1], static[0])))
@@ -905,9 +908,9 @@ def _chain_loss(scores, c, hard, best, decomposition, target, temperature, grad_
                 else:
                     reported = _Deferred(lambda: of_zeros((~bits())[None].to(dtype)).to(dtype)[0])
             elif torch.compiler.is_compiling():
-                reported = decomposition.evaluate(bits()[None], target).to(dtype)[0]
+                reported = V.evaluated(decomposition, bits()[None], target).to(dtype)[0]
             else:  # read when asked (a batch_metric, or no logging, may never ask)
-                reported = _Deferred(lambda: decomposition.evaluate(bits()[None], target).to(dtype)[0])
+                reported = _Deferred(lambda: V.evaluated(decomposition, bits()[None], target).to(dtype)[0])
 
     def backward(grad_out: Tensor, c_in: Tensor, pulled_in: Optional[Tensor]) -> "tuple[Tensor, Optional[Tensor]]":
         if not torch.is_grad_enabled():
