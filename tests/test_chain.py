@@ -6,6 +6,8 @@ metric in a Python loop), the exact metric at the vertices, and the telescoping 
 
 import dataclasses
 
+import math
+
 import pytest
 import torch
 
@@ -327,6 +329,25 @@ def test_no_comparison_is_the_anchors_path_unchanged():
     (ref_grad,) = torch.autograd.grad(ref, s)
     assert info.num_bits == 0 and float(loss.detach()) == float(ref.detach()) == 0.0
     torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("labels", ["no positive", "no negative"])
+def test_a_batch_without_a_comparison_is_as_the_readme_says(labels):
+    """README/getting-started: zero loss; zero gradients but the pull on the margins (none with
+    pull_per="run"); last.metric NaN where AP is undefined, scikit-learn's value (1) where not."""
+    sklearn = pytest.importorskip("sklearn.metrics")
+    y = torch.zeros(6, dtype=torch.long) if labels == "no positive" else torch.ones(6, dtype=torch.long)
+    s = torch.randn(6, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    loss = uniloss.UniLoss(uniloss.AveragePrecision())
+    value = loss(s, y)
+    (grad,) = torch.autograd.grad(value, s)
+    assert float(value.detach()) == 0.0 and grad.abs().sum() > 0  # binary cross-entropy's push
+    if labels == "no positive":
+        assert math.isnan(float(loss.last.metric))
+    else:
+        assert float(loss.last.metric) == sklearn.average_precision_score(y.numpy(), s.detach().numpy()) == 1.0
+    (grad,) = torch.autograd.grad(uniloss.UniLoss(uniloss.AveragePrecision(), pull_per="run")(s, y), s)
+    assert torch.equal(grad, torch.zeros_like(grad))
 
 
 def test_a_module_pickled_before_the_option_keeps_the_anchors():
