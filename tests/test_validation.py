@@ -43,6 +43,8 @@ def _kp(n=2, j=3):
         (lambda: F.uniloss(torch.randn(2, 3, 5), _kp(), uniloss.PCK(), interpolation="anchors"), ValueError, r"`scores` of shape \[n, J, H, W\]"),
         (lambda: F.uniloss(torch.randn(2, 3, 5, 5), (torch.zeros(2, 3, 2),), uniloss.PCK(), interpolation="anchors"), TypeError, r"`target` to be a KeypointTarget"),
         (lambda: F.uniloss(torch.randn(2, 3, 5, 5), uniloss.KeypointTarget(torch.zeros(2, 3, 2), torch.ones(2, 3), torch.tensor([1.0, 0.0])), uniloss.PCK(), interpolation="anchors"), ValueError, r"`target.normalizer` to be finite and > 0"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), uniloss.KeypointTarget(torch.full((2, 3, 2), float("nan")), torch.ones(2, 3), torch.ones(2)), uniloss.PCK()), ValueError, r"`target.keypoints` to hold finite values, but got 12 NaN"),
+        (lambda: F.uniloss(torch.randn(2, 3, 5, 5), uniloss.KeypointTarget(torch.zeros(2, 3, 2).index_fill_(1, torch.tensor([1]), float("nan")), torch.tensor([[1, 0, 1], [1, 0, 1]]), torch.ones(2)), uniloss.PCK()), ValueError, r"all at joints marked invisible.*torch.nan_to_num"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, error, match):

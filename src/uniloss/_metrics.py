@@ -794,10 +794,16 @@ class PCK(Decomposition):
         n, j = scores.shape[:2]
         V.check_floating("target.keypoints", keypoints)
         V.check_shape("target.keypoints", keypoints, (n, j, 2), f"[{n}, {j}, 2] ((x, y) per joint)")
-        V.check_finite("target.keypoints", keypoints)
         V.check_tensor("target.visible", visible)
         V.check_shape("target.visible", visible, (n, j), f"[{n}, {j}]")
         V.check_binary_labels("target.visible", visible)
+        if keypoints.numel() and not bool(torch.isfinite(keypoints).all()):
+            hidden = bool((torch.isfinite(keypoints).all(-1) | (visible == 0)).all())
+            raise ValueError(
+                "Expected `target.keypoints` to hold finite values"
+                + (": the NaN or Inf coordinates are all at joints marked invisible, which are not scored but "
+                   "still take part in the plan; give them any finite value (torch.nan_to_num(keypoints))"
+                   if hidden else f", but got {int((~torch.isfinite(keypoints)).sum())} NaN or Inf value(s)"))
         V.check_floating("target.normalizer", normalizer)
         V.check_shape("target.normalizer", normalizer, (n,), f"[{n}] (one length per sample)")
         if normalizer.numel() and not bool((normalizer > 0).all() & torch.isfinite(normalizer).all()):
