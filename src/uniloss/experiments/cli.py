@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mean ± std, gap) and curves.png. Tables: " + ", ".join(sorted(TABLES)) + "; and metric-wins, the "
         "suite that decides the defaults (`uniloss reproduce metric-wins --help`).",
     )
-    rep.add_argument("table", choices=sorted(TABLES), help="which table")
+    rep.add_argument("table", choices=sorted(TABLES), help="which table (metric-wins: `uniloss reproduce metric-wins --help`)")
     rep.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     rep.add_argument("--epochs", type=_positive_int, help="epochs per run (default: the paper's)")
     rep.add_argument("--losses", nargs="+", metavar="LOSS", help="only these rows of the table (default: all its losses)")

@@ -33,7 +33,7 @@ PAPER_PCKH: Dict[str, float] = {
 def _experiment(name: str, config: PoseConfig, recipe: Recipe, what: str) -> Experiment:
     return Experiment(
         name=name,
-        description=f"digits-pose: find the 0 on 64x64 MNIST canvases, single-stack hourglass width "
+        description=f"find the 0 on 64x64 MNIST canvases, single-stack hourglass width "
         f"{config.width}, PCK@0.5 ({what}; paper sec. 4.2)",
         dataset="digits-pose (MNIST canvases; paper column: MPII head)",
         losses=LOSSES,
