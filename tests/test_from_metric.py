@@ -281,6 +281,7 @@ def test_monotone_maps_are_looked_through():
     assert float(traced.metric(scores, target)) == pytest.approx(_sk_ap(scores, target), abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:from_metric.*fn is lowest where a row")  # labels not best by design
 def test_best_output_found_by_probing_when_the_target_holds_none():
     """A cost-sensitive metric whose target is not the best prediction: the best outputs come
     from probing fn, one row at a time."""
@@ -513,6 +514,23 @@ def test_a_step_without_gradient_path_raises():
         uniloss.UniLoss(from_metric(_no_grad), interpolation="anchors")(scores.clone().requires_grad_(), target)
 
 
+def test_an_error_rate_without_higher_is_better_false_is_warned_about():
+    """fn lowest wherever a row takes its label: an error rate passed as a score, which probing
+    would train away from the labels without a word."""
+    s, y = _multiclass(0, c=4)
+
+    def error(scores, target):
+        return (scores.argmax(1) != target).float().mean()
+
+    with pytest.warns(UserWarning, match="Pass higher_is_better=False for an error rate"):
+        from_metric(error).prepare(s, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_metric(error, higher_is_better=False).prepare(s, y)
+        from_metric(lambda a, b: (a.argmax(1) == b).float().mean()).prepare(s, y)
+
+
+@pytest.mark.filterwarnings("ignore:from_metric.*fn is lowest where a row")  # labels not best by design
 def test_probing_beyond_the_limit_raises():
     def shifted(scores, target):
         return (scores.argmax(1) == (target + 1) % 3).float().mean()

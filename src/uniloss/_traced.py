@@ -3585,6 +3585,18 @@ class TracedMetric(Decomposition):
                               {site.index: probe})
         grid, at_label = values[: r.numel()].reshape(rows.numel(), -1), values[r.numel():]
         best = grid.amax(1) if self.higher_is_better else grid.amin(1)
+        worst = grid.amin(1) if self.higher_is_better else grid.amax(1)
+        if bool(_close_or_better(worst, at_label, self.higher_is_better).all()) and \
+                not bool(_close_or_better(at_label, best, self.higher_is_better).all()):
+            # fn at its worst wherever a row takes its label: an error rate or a cost passed without
+            # higher_is_better=False, which probing would then train away from the labels, silently
+            direction, flag = ("lowest", "higher_is_better=False for an error rate or a cost") if \
+                self.higher_is_better else ("highest", "higher_is_better=True for a score")
+            warnings.warn(
+                f"from_metric({self._fn_where()}): fn is {direction} where a row's output is its label in the "
+                f"target, on every row probed. Pass {flag}; as it is, the loss trains each row toward the outputs "
+                f"fn scores best, found by probing fn (right only where the labels are not the best outputs by "
+                f"design).", stacklevel=6)
         return bool(_close_or_better(at_label, best, self.higher_is_better).all())
 
     def _spot_check_compare(self, plan: _Plan, site: "_CompareSite") -> bool:
