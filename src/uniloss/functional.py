@@ -299,6 +299,12 @@ def _autocast_enabled(device_type: str) -> bool:
         return False
 
 
+def _wide(scores: Tensor) -> Tensor:
+    """Half-precision scores in float32, as the comparisons are relaxed (``scores / temperature``
+    in float16 overflows at small temperatures: a NaN pull); others as they are."""
+    return scores.float() if scores.dtype in _HALF else scores
+
+
 def _outside_autocast(fn):
     """Run the loss with autocast off on the scores' device, as PyTorch's own losses run in float32
     under it: autocast would otherwise take the engine's products and sums (distances, counts,
@@ -436,7 +442,7 @@ def uniloss_with_info(
     margins = None if margins_of is None else margins_of(scores)  # the pull's per-sample margins
     if margins is not None and margins.dtype in _HALF:
         margins = margins.float()
-    per_run = None if run_pull is None or not l else run_pull(scores, temperature).to(c.dtype)  # its terms per run
+    per_run = None if run_pull is None or not l else run_pull(_wide(scores), temperature).to(c.dtype)  # its terms per run
     pull_rows = _pull_rows(scores, structure)
     num_valid = None if static is None else static[0]
     stepped = step == "pull" and bool(pull)  # the step rule needs the interpolation's push (pull=0: none)
@@ -765,7 +771,7 @@ def _runs_loss(scores, plan: Plan, decomposition, target, temperature, grad_scal
     margins = None if margins_of is None else margins_of(scores)
     if margins is not None and margins.dtype in _HALF:
         margins = margins.float()
-    per_run = None if run_pull is None or not num else run_pull(scores, temperature).to(c.dtype)
+    per_run = None if run_pull is None or not num else run_pull(_wide(scores), temperature).to(c.dtype)
     stepped = step == "pull" and bool(pull)
     # (a layout of runs: the pull over the exact layout's runs, runs.real, as pull_cost counts a static layout's)
     pulling = _Pull(pull, stepped, margins if margins is not None else per_run, margins is not None, runs,
