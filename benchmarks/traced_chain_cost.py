@@ -1,6 +1,7 @@
 """What from_metric's chain through sums saves: traced metrics with and without it, against the zoo's.
 
     python benchmarks/traced_chain_cost.py          # a table on stdout (a few minutes)
+    python benchmarks/traced_chain_cost.py 20 AP    # the cases whose name holds "AP"
 
 ``interpolation="chain"`` (the default) walks ``l + 1`` configurations of the comparisons. A
 metric traced by :func:`uniloss.from_metric` was evaluated at those points through its recorded
@@ -12,7 +13,8 @@ labels) reaches the metric only through elementwise operations and sums or count
 Where the sums are per row and the rest takes them elementwise into more sums (subset accuracy,
 scikit-learn's ``average="samples"``), the rest is cut again (``_traced._split_again``): each
 point's change is one row's. A binary ranking read as ``target[order]`` into a cumulative sum (AP
-with ``argsort``) changes two neighbouring slots a point (``_traced._split_at_ranks``). This times one loss call (forward and backward, library defaults, on
+with ``argsort``; torchmetrics' ``binary_average_precision``, whose curve also slices, flips and
+appends) changes two neighbouring slots a point (``_traced._split_at_ranks``). This times one loss call (forward and backward, library defaults, on
 a model's output ``x * w``, one thread) of each metric traced with the cut, with the cut once
 (never again), without it (the tape at every point), the zoo's decomposition of the same metric
 and the usual loss, interleaved call by call in one process.
@@ -81,13 +83,20 @@ def _cases(g):
     y = torch.randint(0, 21, (4, 32, 32), generator=g)
     x = torch.randn(4, 21, 32, 32, generator=g) + 2.0 * nnf.one_hot(y, 21).movedim(-1, 1)
     yield "mean IoU of 21 classes, [4, 21, 32, 32]", mean_iou, zoo.mean_iou(21), nnf.cross_entropy, x, y
+    try:
+        from torchmetrics.functional.classification import binary_average_precision
+    except ImportError:
+        binary_average_precision = None
     for n in (128, 512):  # a ranking read as target[order] into a cumsum: the chain through the ranking
         y = (torch.rand(n, generator=g) < 0.3).long()
         x = torch.randn(n, generator=g) + y
         yield f"AP with argsort, [{n}], 30% relevant", average_precision, uniloss.AveragePrecision(), bce, x, y
+        if binary_average_precision is not None:  # its curve: slices, flips, cat with its end
+            yield (f"torchmetrics binary_average_precision, [{n}]", binary_average_precision,
+                   uniloss.AveragePrecision(), bce, x, y)
 
 
-def main(calls: int = 20) -> None:
+def main(calls: int = 20, only: str = "") -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     w = torch.nn.Parameter(torch.ones(1))
@@ -95,6 +104,8 @@ def main(calls: int = 20) -> None:
           "cut / no cut | cut / zoo | cut / usual |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, fn, zoo_metric, usual, x, y in _cases(g):
+        if only not in name:
+            continue
         uncut = uniloss.from_metric(fn)
         uncut._chain_by_sums = lambda plan: None  # type: ignore[method-assign]  # the path before the cut
         uncut._chain_by_ranks = lambda plan: None  # type: ignore[method-assign]
@@ -122,4 +133,4 @@ def _call(loss, scores, target, once):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20, sys.argv[2] if len(sys.argv) > 2 else "")

@@ -15,7 +15,7 @@ import torch
 import uniloss
 import uniloss._traced as traced
 from test_traced_sums import (_a_failing_cut_falls_back, _a_wrong_cut_is_dropped, _checked, _every_point,
-                              _same_as_without_the_cut, _takes_no_cut)
+                              _loss_and_grad, _same_as_without_the_cut, _takes_no_cut)
 from uniloss import _limits
 from uniloss import from_metric
 
@@ -66,7 +66,29 @@ def counted_hits(s, y):
     return torch.count_nonzero(hits > 2).float() + (hits == 1).any().float() + (hits < 5).all().float()
 
 
-RANKED = [ap_argsort, ap_sort_bool, ap_negated, auroc_ascending, ap_of_a_table, counted_hits]
+def ap_from_its_curve(s, y):
+    relevant = y[s.argsort(descending=True)].float()
+    tps = relevant.cumsum(0)
+    precision, recall = tps / torch.arange(1, s.numel() + 1), tps / tps[-1]  # tps[-1]: a number that holds
+    precision = torch.cat([precision.flip(0), torch.ones(1)])  # the curve's end, as scikit-learn's
+    recall = torch.cat([recall.flip(0), torch.zeros(1)])
+    return -torch.sum((recall[1:] - recall[:-1]) * precision[:-1])
+
+
+def moved_items(s, y):
+    relevant = y[s.argsort(descending=True)].float()
+    first = relevant.narrow(0, 0, s.numel() - 1)
+    reversed_ = relevant.index_select(0, torch.arange(s.numel() - 1, -1, -1))
+    return (first.cumsum(0) * relevant[1:]).sum() + (reversed_ * relevant[torch.arange(s.numel())]).sum()
+
+
+def discounted_cumsum(s, y):
+    discount = 1.0 / torch.arange(1, s.numel() + 1)
+    return (y[s.argsort(descending=True)].float() * discount).cumsum(0).sum()  # changes that do not cancel
+
+
+RANKED = [ap_argsort, ap_sort_bool, ap_negated, auroc_ascending, ap_of_a_table, counted_hits, ap_from_its_curve,
+          moved_items, discounted_cumsum]
 
 
 def precision_at_3(s, y):
@@ -88,12 +110,18 @@ def sorted_values_read(s, y):
     return (y[order].float() * (values.detach() > 0)).sum()  # sort's values: the scores, read
 
 
-def discounted_cumsum(s, y):
-    discount = 1.0 / torch.arange(1, s.numel() + 1)
-    return (y[s.argsort(descending=True)].float() * discount).cumsum(0).sum()  # changes that do not cancel
+def expanded(s, y):
+    relevant = y[s.argsort(descending=True)].float()
+    return (relevant[:, None].expand(-1, 2) * torch.tensor([1.0, 2.0])).sum()  # a matrix of the items
 
 
-NOT_RANKED = [precision_at_3, weighted_table, order_read_twice, sorted_values_read, discounted_cumsum]
+def changing_number_broadcast(s, y):
+    relevant = y[s.argsort(descending=True)].float()
+    hits = relevant.cumsum(0)
+    return (relevant * hits[3]).sum()  # hits[3] changes along the chain: every element would
+
+
+NOT_RANKED = [precision_at_3, weighted_table, order_read_twice, sorted_values_read, expanded]
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -129,16 +157,40 @@ def test_a_ranking_read_otherwise_takes_the_tape_at_every_point(fn):
     _takes_no_cut(fn, *_binary())
 
 
-def test_changes_that_do_not_cancel_fail_the_check_and_are_remembered():
-    scores, target = _binary()
-    metric, plan = _checked(discounted_cumsum, scores, target)
+@pytest.mark.parametrize("fn, n", [(discounted_cumsum, 60), (changing_number_broadcast, 13)],
+                         ids=["changes that do not cancel, past the budget", "a changing number broadcast"])
+def test_a_cut_that_cannot_follow_the_changes_is_dropped_and_remembered(fn, n, monkeypatch):
+    """Taken by the split, refused when run (a cumulative sum whose changes reach more than a few
+    times the points' elements; a number that changes, broadcast over the items): the first
+    call's check keeps the tape, with its loss and gradient."""
+    scores, target = _binary(n=n)
+    metric, plan = _checked(fn, scores, target)
     assert traced._split_at_ranks(plan.trace.tape, {plan.sites[0].index}, plan.sites[0]) is not None
-    assert list(metric._sums.values()) == [False]  # its check raised: the tape at every point
+    assert list(metric._sums.values()) == [False]
+    _, grad = _loss_and_grad(metric, scores, target)
+    monkeypatch.setattr(traced.TracedMetric, "_chain_by_ranks", lambda self, plan: None)
+    torch.testing.assert_close(grad, _loss_and_grad(from_metric(fn), scores, target)[1])
+
+
+def test_torchmetrics_binary_average_precision_takes_the_cut(monkeypatch):
+    """Its curve: ``target[order] == 1``, a cumulative sum, indexing by its distinct scores' places
+    (held: every place, for untied scores), ``tps[-1]``, flips, ``cat`` with the curve's end,
+    slices and ``isnan``/``where``: exact at every point, and the loss and gradient without it."""
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    fn = classification.binary_average_precision
+    scores, target = _binary(n=30, seed=2)
+    metric, plan = _checked(fn, scores, target)
+    chain = metric.structure(plan).chain
+    assert chain is not None and list(metric._sums.values()) == [True]
+    rank = torch.randperm(metric.best(plan).numel(), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)
+    _same_as_without_the_cut(fn, scores, target, monkeypatch, name="_chain_by_ranks")
 
 
 @pytest.mark.parametrize("fn", RANKED, ids=lambda f: f.__name__)
 def test_the_loss_and_gradient_are_those_without_the_cut(fn, monkeypatch):
-    _same_as_without_the_cut(fn, *_binary(n=40, seed=1), monkeypatch, name="_chain_by_ranks")
+    n = 16 if fn is discounted_cumsum else 40  # its changes pass the budget at 40 (the test below)
+    _same_as_without_the_cut(fn, *_binary(n=n, seed=1), monkeypatch, name="_chain_by_ranks")
 
 
 def test_a_cut_that_disagrees_with_the_tape_is_dropped(monkeypatch):

@@ -49,10 +49,12 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
 * **the chain through a ranking** (:func:`_split_at_ranks`): where the one trained step is a
   ranking of one query with 0/1 relevance (``argsort``, ``sort``) read only as ``t[order]`` of a
   tensor that takes one value on the relevant items and one on the others, and then through
-  elementwise operations and cumulative sums into sums (AP, AUROC), each point of the chain swaps
-  two neighbouring slots of what it reads, and a cumulative sum of the swap changes one element:
-  the chain's values take ``O(l log l)`` instead of the tape at every point's ``O(l n)``;
-  checked against the tape at nine points as the cut through sums is.
+  elementwise operations, cumulative sums and moves of elements (slices, ``flip``, ``cat`` with
+  constants: torchmetrics' precision-recall curve) into sums (AP, AUROC), each point of the chain
+  swaps two neighbouring slots of what it reads, and a cumulative sum of the swap changes one
+  element: every vector is held as its changes (:class:`_Events`), and the chain's values take
+  ``O(l log l)`` instead of the tape at every point's ``O(l n)``; checked against the tape at
+  nine points as the cut through sums is.
 * **the re-run** (:class:`_Graph`, :class:`_Rerun`): the trace records every operation ``fn``
   runs, what its arguments are (numbers, and tensors as the operation that made them) and the
   shapes it returns. A later call with inputs of the same shapes runs ``fn`` under a mode that
@@ -1140,7 +1142,9 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_RankSite") -> Optional[_R
     """:class:`_RankSplit` of a tape batched by hand whose trained step is one binary ranking
     (``indices``: the site and its repeats) read only as ``t[order]`` of a tensor ``t`` of ``fn``'s
     own that takes one value on the relevant items and one on the others, and then only through
-    elementwise operations and ``cumsum`` (one element per item) into sums; else ``None``."""
+    elementwise operations, ``cumsum`` and operations that move elements (slices, ``flip``,
+    indexing by constants, ``cat`` with constants: a precision-recall curve), on vectors, into
+    sums; else ``None``."""
     n = site.items
     sources: set = set()
     region: set = set()
@@ -1181,18 +1185,19 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_RankSite") -> Optional[_R
         if not any(inside):
             rest.append(s)
             continue
-        if not all(inside) or s.nested or s.kind != "op" or out is None or out.is_complex():
-            return None
-        kind = s.rule[0]
-        one_per_item = tuple(out.shape) == (n,) and all(tuple(tape.traced[slot].shape) == (n,) for slot in reads)
-        if kind == "ew" and not s.rule[2] and s.rule[4] is None and one_per_item or \
-                kind == "along" and _op_name(s.func) == "cumsum" and s.rule[3] in (0, -1) and one_per_item:
-            steps.append(s)
-            region.add(cast(int, s.outs[0]))
-        elif _is_sum(s) and s.kind == "op":
+        kind, name = s.rule[0], _op_name(s.func) if s.func is not None else ""
+        if not all(inside) or s.nested and kind != "cat" or s.kind != "op" or out is None or out.is_complex() or \
+                out.dim() > 1 or any(tape.traced[slot].dim() > 1 for slot in reads):
+            return None  # vectors (and numbers) of the items alone
+        if _is_sum(s):
             sums.append(s)
-        else:
+            continue
+        if not (kind == "ew" and s.rule[4] is None or
+                kind == "along" and name in ("cumsum", "flip", "narrow", "index_select") or
+                kind in ("take", "basic", "cat") and not (kind == "take" and s.rule[1])):
             return None
+        steps.append(s)
+        region.add(cast(int, s.outs[0]))
     if lookup is None or not sums or tape.out in region or {cast(int, s.outs[0]) for s in sums} & region:
         return None
     return _RankSplit(lookup, cast(Tensor, high), cast(Tensor, low), steps, sums, rest)
@@ -1216,60 +1221,154 @@ def _swaps(site: "_RankSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return slot, slot + 1, point
 
 
+@dataclass
+class _Events:
+    """A vector along the chain: its value at point 0 (``start``, flat, ``fn``'s dtype) and its
+    changes, ``delta`` (float64 or int64) at ``code = element * span + point``, sorted and unique
+    (``span``: the chain's points plus one)."""
+
+    start: Tensor
+    code: Tensor
+    delta: Tensor
+
+    @staticmethod
+    def of(start: Tensor, cell: Tensor, point: Tensor, delta: Tensor, span: int) -> "_Events":
+        code, inverse = torch.unique(cell * span + point, return_inverse=True)
+        merged = delta.new_zeros(code.numel()).index_add_(0, inverse, delta)
+        keep = merged != 0
+        return _Events(start, code[keep], merged[keep])
+
+    def at(self, keys: Tensor, span: int, memo: Dict[int, Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+        """Its values before and after the changes at ``keys`` (sorted codes holding its own),
+        in the accumulating dtype; ``memo``: each key set's elements and first changes, by ``id``."""
+        if keys is self.code:
+            delta = self.delta
+        else:
+            delta = self.delta.new_zeros(keys.numel())
+            delta[torch.searchsorted(keys, self.code)] = self.delta
+        if id(keys) not in memo:
+            cell = keys // span
+            first = torch.ones_like(cell, dtype=torch.bool)
+            first[1:] = cell[1:] != cell[:-1]
+            memo[id(keys)] = cell, torch.cummax(torch.where(first, torch.arange(cell.numel(), device=cell.device), 0),
+                                                0).values  # each element's first change
+        cell, head = memo[id(keys)]
+        total = delta.cumsum(0)
+        upto = self.start.to(delta.dtype)[cell] + total - (total[head] - delta[head])
+        return upto - delta, upto
+
+
 def _acc(t: Tensor) -> torch.dtype:
     return torch.float64 if t.is_floating_point() else torch.int64
 
 
-class _Keys:
-    """The (element, point) pairs at which the relevance a ranking reads changes along its chain:
-    at point ``point[i]`` the slots ``up[i]`` and ``down[i]`` of a swap (``points`` points, one
-    swap each), held in order of element then point (``cell``, ``point``; ``order`` takes the
-    pairs ``[up, down]`` as given into it), and ``by_point``, that order's positions in order of
-    point then element. Every tensor between the lookup and the sums changes at these alone (the
-    check of cumulative sums below keeps it so): it is held as its value at point 0 and its change
-    at each of them."""
+def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int) -> _Events:
+    """The changes of ``cumsum`` of a vector that changes by ``e``: at each point the input's
+    changes, in order, add their running total to every element from theirs to the next one's;
+    nothing where they cancel (a swap of neighbours changes one element). Raises past ``budget``
+    changes (changes that do not cancel at once)."""
+    m = e.start.numel()
+    cell, point = e.code // span, e.code % span
+    order = (point * m + cell).argsort()
+    cell, point, delta = cell[order], point[order], e.delta[order]
+    last = torch.ones_like(point, dtype=torch.bool)
+    last[:-1] = point[1:] != point[:-1]
+    first = torch.ones_like(point, dtype=torch.bool)
+    first[1:] = point[1:] != point[:-1]
+    head = torch.cummax(torch.where(first, torch.arange(point.numel(), device=point.device), 0), 0).values
+    total = delta.cumsum(0)
+    running = total - (total[head] - delta[head])
+    length = torch.where(last, m - cell, cell.roll(-1) - cell)
+    keep = running != 0
+    if not bool((keep & (length != 1)).any()):  # every change stays at an element that changes: the same keys
+        return _Events(start, e.code, torch.empty_like(running).scatter_(0, order, running))
+    cell, point, running, length = cell[keep], point[keep], running[keep], length[keep]
+    count = int(length.sum())
+    if count > budget:
+        raise RuntimeError("a cumulative sum whose changes do not cancel")
+    offset = torch.arange(count, device=cell.device) - torch.repeat_interleave(length.cumsum(0) - length, length)
+    return _Events.of(start, torch.repeat_interleave(cell, length) + offset, torch.repeat_interleave(point, length),
+                      torch.repeat_interleave(running, length), span)
 
-    def __init__(self, up: Tensor, down: Tensor, point: Tensor, n: int) -> None:
-        cell, points = torch.cat([up, down]), torch.cat([point, point])
-        count = cell.numel()
-        order = (cell * (point.numel() + 1) + points).argsort()
-        self.cell, self.point, self.order = cell[order], points[order], order
-        first = torch.ones_like(self.cell, dtype=torch.bool)
-        first[1:] = self.cell[1:] != self.cell[:-1]
-        index = torch.arange(count, device=cell.device)
-        self.head = torch.cummax(torch.where(first, index, 0), 0).values  # each element's first change
-        # a point's two slots, the lower first: its place in order of point, then element
-        lower = torch.cat([up < down, down < up])
-        at_point = 2 * (points - points.min()) + (~lower).long()
-        self.by_point = torch.empty_like(order).scatter_(0, at_point, torch.empty_like(order).scatter_(0, order, index))
-        c = self.cell[self.by_point]
-        low, high = c[0::2], c[1::2]
-        self.length = torch.stack([high - low, n - high], 1).reshape(-1)  # to the point's next change, or the end
 
-    def pair(self, start: Tensor, delta: Tensor, dtype: torch.dtype) -> Tensor:
-        """``[2, K]``: a tensor's value before and after each change."""
-        total = delta.cumsum(0)
-        upto = start.to(delta.dtype)[self.cell] + total - (total[self.head] - delta[self.head])
-        return torch.stack([upto - delta, upto]).to(dtype)
+def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: int) -> _Events:
+    """The changes of an operation that moves elements (a slice, ``flip``, indexing by a constant,
+    ``cat`` with constants): the operation applied to each input's element indices says where
+    each element comes from. Raises where one element goes to two places."""
+    reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
+    env: List[Any] = [None] * tape.num_slots
+    for slot in reads:
+        env[slot] = torch.arange(events[slot].start.numel(), device=start.device).reshape(tape.traced[slot].shape)
+    args, kwargs = tape._inputs(s, env)
+    if s.nested:  # cat: the constants' elements come from nowhere
+        args = list(args)
+        args[0] = _fill(_map_leaves(s.nested[0][1], Tensor, lambda t: torch.full(t.shape, -1, device=t.device)), env)
+    if len(set(reads)) != 1:
+        raise RuntimeError("a move of two changing tensors")
+    source = s.func(*args, **kwargs).reshape(-1)
+    e = events[reads[0]]
+    target = torch.full((e.start.numel(),), -1, dtype=torch.long, device=start.device)
+    taken = source >= 0
+    if bool((torch.bincount(source[taken], minlength=e.start.numel()) > 1).any()):
+        raise RuntimeError("an element moved to two places")
+    target[source[taken]] = torch.arange(source.numel(), device=start.device)[taken]
+    cell, point = e.code // span, e.code % span
+    moved = target[cell]
+    kept = moved >= 0
+    code, delta = moved[kept] * span + point[kept], e.delta[kept]
+    if code.numel() == e.code.numel() and bool((code == e.code).all()):
+        return _Events(start, e.code, delta)  # the elements that change stay in place: the same keys
+    if code.numel() > 1 and not bool((code[1:] > code[:-1]).all()):  # a move that reorders (flip)
+        order = code.argsort()
+        code, delta = code[order], delta[order]
+    return _Events(start, code, delta)
 
-    def cumsum(self, delta: Tensor) -> Tensor:
-        """The changes of a cumulative sum over the elements whose input changes by ``delta``: at
-        each point the input's changes, in order, add their running total to every element from
-        theirs to the next one's. Raises where that reaches an element that does not change
-        there (changes that do not cancel at once, as a swap of neighbours does)."""
-        d = delta[self.by_point].reshape(-1, 2)
-        running = torch.stack([d[:, 0], d[:, 0] + d[:, 1]], 1).reshape(-1)
-        if bool(((running != 0) & (self.length != 1)).any()):
-            raise RuntimeError("a cumulative sum whose changes reach elements that do not change")
-        return torch.empty_like(running).scatter_(0, self.by_point, running)
+
+def _events_elementwise(s: _Step, tape: _Tape, first: List[Any], events: List[Any], start: Tensor,
+                        span: int, memo: Dict[int, Tuple[Tensor, Tensor]]) -> _Events:
+    """The changes of an elementwise operation: at every (element, point) at which one of its
+    changing inputs changes, the operation on their values before and after. A number among the
+    inputs that never changes is taken as it is; one that changes would change every element."""
+    shape = tuple(tape.traced[cast(int, s.outs[0])].shape)
+    reads = [slot for _, slot in s.fills]
+    moving = [slot for slot in dict.fromkeys(reads) if tuple(tape.traced[slot].shape) == shape]
+    for slot in set(reads) - set(moving):
+        if bool((events[slot].delta != 0).any()) or tape.traced[slot].numel() != 1:
+            raise RuntimeError("a changing input broadcast over the elements")
+    if not moving:
+        raise RuntimeError("no changing input of the result's shape")
+    codes = [events[slot].code for slot in moving]
+    keys = codes[0] if all(c is codes[0] for c in codes[1:]) else torch.unique(torch.cat(codes))
+    cell = keys // span
+    env: List[Any] = [None] * tape.num_slots
+    for slot in reads:
+        if slot in moving:
+            before, after = events[slot].at(keys, span, memo)
+            env[slot] = torch.stack([before, after]).to(tape.traced[slot].dtype)
+        else:
+            env[slot] = first[slot].reshape(tape.traced[slot].shape)  # a number held
+    filled = {i for i, slot in s.fills if slot in moving}
+    numel = max(1, math.prod(shape))
+    picked = lambda v: v.expand(shape).reshape(numel)[cell] if isinstance(v, Tensor) and v.dim() else v  # noqa: E731
+    args, kwargs = tape._inputs(s, env)
+    args = [a if i in filled else picked(a) for i, a in enumerate(args)]
+    cast_to = cast(tuple, s.rule)[3]
+    if cast_to is not None:
+        for i in cast_to[0]:
+            args[i] = args[i].to(cast_to[1])
+    both = s.func(*args, **{k: picked(v) for k, v in kwargs.items()})
+    if both.is_floating_point() and not bool(torch.isfinite(both).all()):
+        raise RuntimeError("a change to or from a value that is not finite")
+    acc = _acc(both)
+    return _Events(start, keys, (both[1].to(acc) - both[0].to(acc)).reshape(-1))  # at every key, zeros kept
 
 
 def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_RankSite", rank: Tensor) -> Tensor:
     """fn's value at every point ``0 .. l`` of the chain of ``rank`` (comparison ``k`` right from
     point ``rank[k] + 1``) from a tape cut by :func:`_split_at_ranks`. ``[l + 1]``."""
-    points, n = rank.numel(), site.items
+    points, span = rank.numel(), rank.numel() + 1
     first: List[Any] = [None] * tape.num_slots  # every slot at point 0 (batch 1)
-    delta: List[Any] = [None] * tape.num_slots  # its change at each of the keys
+    events: List[Any] = [None] * tape.num_slots  # the changes of every slot between the lookup and the sums
     every_wrong = torch.zeros(1, site.num_bits, dtype=torch.bool, device=rank.device)
     for s in tape.steps:
         if s.kind == "site":
@@ -1282,36 +1381,35 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_RankSite", rank: Ten
     out = cast(int, lookup.outs[0])
     first[out] = _run_direct(lookup, cast(tuple, lookup.rule), list(args), kwargs, 1)
     up, down, point = _swaps(site, rank)
-    keys = _Keys(up, down, point, n)
     acc = _acc(split.high)
     rise = (split.high.to(acc) - split.low.to(acc)).reshape(1)
-    delta[out] = torch.cat([rise.expand(points), -rise.expand(points)])[keys.order]
+    events[out] = _Events.of(first[out].reshape(-1), torch.cat([up, down]), torch.cat([point, point]),
+                             torch.cat([rise.expand(points), -rise.expand(points)]), span)
+    budget = 8 * (points + site.items)
+    memo: Dict[int, Tuple[Tensor, Tensor]] = {}  # the key sets' elements, by id: their tensors live in `events`
     for s in split.steps:
         out = cast(int, s.outs[0])
         args, kwargs = tape._inputs(s, first)
         first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
-        reads = [slot for _, slot in s.fills]
-        if cast(tuple, s.rule)[0] == "along":  # cumsum
-            delta[out] = keys.cumsum(delta[reads[0]]).to(_acc(first[out]))
-            continue
-        env: List[Any] = [None] * tape.num_slots
-        for slot in reads:
-            env[slot] = keys.pair(first[slot].reshape(-1), delta[slot], tape.traced[slot].dtype)
-        filled = {i for i, _ in s.fills}
-        picked = lambda v: v.expand(n)[keys.cell] if isinstance(v, Tensor) and v.dim() else v  # noqa: E731
-        args, kwargs = tape._inputs(s, env)
-        args = [a if i in filled else picked(a) for i, a in enumerate(args)]
-        both = _run_direct(s, cast(tuple, s.rule), args, {k: picked(v) for k, v in kwargs.items()}, 2)
-        acc = _acc(both)
-        delta[out] = both[1].to(acc) - both[0].to(acc)
+        start = first[out].reshape(-1)
+        kind, name = cast(tuple, s.rule)[0], _op_name(s.func)
+        if name == "cumsum":
+            events[out] = _events_cumsum(events[s.fills[0][1]], start, span, budget)
+        elif kind == "ew":
+            events[out] = _events_elementwise(s, tape, first, events, start, span, memo)
+        else:
+            events[out] = _events_move(s, tape, events, start, span)
     changes = []
     for s in split.sums:
         x = s.fills[0][1]
-        if _op_name(s.func) in ("sum", "mean") and s.kind == "op":  # a sum takes the changes alone
-            before, after = torch.zeros_like(delta[x]), delta[x]
+        e = events[x]
+        cell, where = e.code // span, e.code % span
+        if _op_name(s.func) in ("sum", "mean"):  # a sum takes the changes alone
+            before, after = torch.zeros_like(e.delta), e.delta
         else:  # a count: of the values before and after
-            before, after = keys.pair(first[x].reshape(-1), delta[x], tape.traced[x].dtype)
-        changes.append(_sum_changes(s, tape, first, first[x], before, after, keys.point, keys.cell))
+            before, after = e.at(e.code, span, memo)
+            before, after = before.to(tape.traced[x].dtype), after.to(tape.traced[x].dtype)
+        changes.append(_sum_changes(s, tape, first, first[x], before, after, where, cell))
     return _rest_at_every_point(split.rest, tape, changes, points)
 
 
