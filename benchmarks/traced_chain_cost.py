@@ -14,7 +14,8 @@ Where the sums are per row and the rest takes them elementwise into more sums (s
 scikit-learn's ``average="samples"``), the rest is cut again (``_traced._split_again``): each
 point's change is one row's. A binary ranking read as ``target[order]`` into a cumulative sum (AP
 with ``argsort``; torchmetrics' ``binary_average_precision``, whose curve also slices, flips and
-appends) changes two neighbouring slots a point (``_traced._split_at_ranks``). This times one loss call (forward and backward, library defaults, on
+appends) changes two neighbouring slots a point (``_traced._split_at_ranks``), as ``topk`` with a
+label per row does at each of a row's last ``k`` turns. This times one loss call (forward and backward, library defaults, on
 a model's output ``x * w``, one thread) of each metric traced with the cut, with the cut once
 (never again), without it (the tape at every point), the zoo's decomposition of the same metric
 and the usual loss, interleaved call by call in one process.
@@ -35,7 +36,7 @@ from uniloss.experiments.metric_wins import multilabel_macro_f1
 from uniloss.experiments.metric_wins import multilabel_samples_f1 as samples_f1
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from from_metric_training import average_precision  # noqa: E402  (AP with an argsort)
+from from_metric_training import average_precision, top2_accuracy  # noqa: E402  (AP with an argsort; topk)
 from version_cost import alternate  # noqa: E402  (calls in turn, the first rotating)
 
 
@@ -83,6 +84,10 @@ def _cases(g):
     y = torch.randint(0, 21, (4, 32, 32), generator=g)
     x = torch.randn(4, 21, 32, 32, generator=g) + 2.0 * nnf.one_hot(y, 21).movedim(-1, 1)
     yield "mean IoU of 21 classes, [4, 21, 32, 32]", mean_iou, zoo.mean_iou(21), nnf.cross_entropy, x, y
+    for n in (128, 1024):  # topk with labels: the label climbs a slot at each of its row's last k turns
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = torch.randn(n, 10, generator=g) + nnf.one_hot(y, 10)
+        yield f"top-2 accuracy with topk, [{n}, 10]", top2_accuracy, zoo.top_k_accuracy(2), nnf.cross_entropy, x, y
     try:
         from torchmetrics.functional.classification import binary_average_precision
     except ImportError:

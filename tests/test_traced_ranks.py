@@ -232,3 +232,52 @@ def test_ap_through_the_cut_is_scikit_learns_on_the_hard_scores():
     assert list(metric._sums.values()) == [True]
     reference = sklearn.average_precision_score(target.numpy(), scores.numpy())
     assert float(loss.last.metric) == pytest.approx(reference, abs=1e-6)
+
+
+def _classes(n=12, c=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, c, (n,), generator=g)
+    return torch.randn(n, c, generator=g) + torch.nn.functional.one_hot(target, c), target
+
+
+def top2_accuracy(s, y):
+    return (s.topk(2, dim=1).indices == y[:, None]).any(dim=1).float().mean()
+
+
+def top_all_but_none(s, y):  # k = C: the label always in; its slot changes
+    idx = s.topk(s.shape[1], dim=1).indices
+    return ((idx == y[:, None]).float() * torch.arange(s.shape[1], 0, -1)).sum() / y.numel()
+
+
+def top2_columns(s, y):  # topk along dim 0 of the transposed scores: the output's elements in another order
+    return (s.t().topk(2, dim=0).indices == y[None, :]).any(dim=0).float().mean()
+
+
+def top3_weighted_slots(s, y):
+    hit = s.topk(3, dim=1).indices == y[:, None]
+    return (hit.float() * torch.tensor([1.0, 0.5, 0.25])).sum(1).mean()  # reciprocal-rank-like, per row
+
+
+TOPK = [top2_accuracy, top_all_but_none, top2_columns, top3_weighted_slots]
+
+
+@pytest.mark.parametrize("fn", TOPK, ids=lambda f: f.__name__)
+def test_the_chain_through_topk_with_labels_is_the_tape_at_every_point(fn, monkeypatch):
+    """topk with a label per row: the label climbs one slot at each of its row's last k turns,
+    swapping with the class it passes; read through elementwise steps and sums per row."""
+    scores, target = _classes()
+    metric, plan = _checked(fn, scores, target)
+    chain = metric.structure(plan).chain
+    assert chain is not None and list(metric._sums.values()) == [True]
+    l = metric.best(plan).numel()
+    for seed in range(3):
+        rank = torch.randperm(l, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6,
+                                   atol=1e-7)
+    _same_as_without_the_cut(fn, *_classes(n=30, seed=1), monkeypatch, name="_chain_by_ranks")
+
+
+def test_topk_read_by_a_cumulative_sum_of_rows_takes_the_tape():
+    """A cumulative sum along the rows of a matrix: the cut's cumsum runs along a vector only."""
+    _takes_no_cut(lambda s, y: (s.topk(3, dim=1).indices == y[:, None]).float().cumsum(1).sum(), *_classes())
+

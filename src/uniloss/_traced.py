@@ -54,7 +54,8 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   swaps two neighbouring slots of what it reads, and a cumulative sum of the swap changes one
   element: every vector is held as its changes (:class:`_Events`), and the chain's values take
   ``O(l log l)`` instead of the tape at every point's ``O(l n)``; checked against the tape at
-  nine points as the cut through sums is.
+  nine points as the cut through sums is. ``topk`` with a label per row takes the same path: a
+  row's output changes only at its last ``k`` turns (:func:`_topk_changes`).
 * **the re-run** (:class:`_Graph`, :class:`_Rerun`): the trace records every operation ``fn``
   runs, what its arguments are (numbers, and tensors as the operation that made them) and the
   shapes it returns. A later call with inputs of the same shapes runs ``fn`` under a mode that
@@ -1124,57 +1125,62 @@ def _final_width(split: _SumSplit, tape: _Tape, points: int) -> int:
 
 @dataclass
 class _RankSplit:
-    """A tape cut after a binary ranking's lookup (:func:`_split_at_ranks`): ``lookup``, the step
-    that reads a tensor of ``fn``'s own in the ranking's order (``target[order]``), whose values
-    are ``high`` on every relevant item and ``low`` on every other one; ``steps``, the
-    elementwise operations and cumulative sums that follow it (every result one element per
-    item); ``sums``, the sums and counts of those; ``rest``, the steps after."""
+    """A tape cut after a ranking's output (:func:`_split_at_ranks`): ``lookup``, for a binary
+    ranking, the step that reads a tensor of ``fn``'s own in the ranking's order
+    (``target[order]``), whose values are ``high`` on every relevant item and ``low`` on every
+    other one (``None`` for ``topk`` with labels: its indices change themselves, ``source``);
+    ``steps``, the elementwise operations, cumulative sums and moves that follow; ``cut``, their
+    sums and the steps after them (:class:`_SumSplit`'s ``sums``, ``rest`` and ``more``: the rest
+    cut again where it takes the sums elementwise into sums)."""
 
-    lookup: _Step
-    high: Tensor
-    low: Tensor
+    lookup: Optional[_Step]
+    source: int
+    high: Optional[Tensor]
+    low: Optional[Tensor]
     steps: List[_Step]
-    sums: List[_Step]
-    rest: List[_Step]
+    cut: _SumSplit
 
 
-def _split_at_ranks(tape: _Tape, indices: set, site: "_RankSite") -> Optional[_RankSplit]:
-    """:class:`_RankSplit` of a tape batched by hand whose trained step is one binary ranking
-    (``indices``: the site and its repeats) read only as ``t[order]`` of a tensor ``t`` of ``fn``'s
-    own that takes one value on the relevant items and one on the others, and then only through
-    elementwise operations, ``cumsum`` and operations that move elements (slices, ``flip``,
-    indexing by constants, ``cat`` with constants: a precision-recall curve), on vectors, into
-    sums; else ``None``."""
-    n = site.items
+def _split_at_ranks(tape: _Tape, indices: set, site: "_Site") -> Optional[_RankSplit]:
+    """:class:`_RankSplit` of a tape batched by hand whose trained step is one binary ranking read
+    only as ``t[order]`` of a tensor ``t`` of ``fn``'s own that takes one value on the relevant
+    items and one on the others, or one ``topk`` with labels (its indices; ``indices``: the site
+    and its repeats), and then only through elementwise operations, ``cumsum`` (of a vector) and
+    operations that move elements (slices, ``flip``, indexing by constants, ``cat`` with
+    constants: a precision-recall curve) into sums; else ``None``."""
+    ranked = isinstance(site, _RankSite)
     sources: set = set()
     region: set = set()
     lookup: Optional[_Step] = None
     high = low = None
     steps: List[_Step] = []
-    sums: List[_Step] = []
-    rest: List[_Step] = []
-    unread: set = set()  # sort's values: the scores in the ranking's order, not to be read
+    cut = _SumSplit([], [], [], [], {})
+    unread: set = set()  # sort's and topk's values: the scores in the output's order, not to be read
     for s in tape.steps:
         if s.kind == "site":
-            order = s.outs[0] if s.single else s.outs[1] if len(s.outs) == 2 and s.call is not None and \
-                s.call.name == "sort" else None
-            if s.index not in indices or order is None or tuple(tape.traced[order].shape) != (n,):
+            name = s.call.name if s.call is not None else ""
+            order = s.outs[0] if s.single else s.outs[1] if len(s.outs) == 2 and name in ("sort", "topk") else None
+            if s.index not in indices or order is None or \
+                    ranked and tuple(tape.traced[order].shape) != (cast(_RankSite, site).items,):
                 return None
             sources.add(order)
             unread.update(slot for slot in s.outs if slot is not None and slot != order)
+            if not ranked:  # topk's indices change themselves
+                region.add(order)
             continue
         reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
         if s.rule is None or not reads or unread.intersection(reads):
             return None
         out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
-        if any(slot in sources for slot in reads):  # the lookup, t[order], and nothing else
+        if ranked and any(slot in sources for slot in reads):  # the lookup, t[order], and nothing else
+            n = cast(_RankSite, site).items
             table = s.args[0] if s.args else None
             if lookup is not None or s.kind != "op" or s.rule != ("index", False, "plain") or s.nested or \
                     [i for i, _ in s.fills] != [1] or not isinstance(table, Tensor) or \
                     tuple(table.shape) != (n,) or out is None or tuple(out.shape) != (n,):
                 return None
             values = table.detach()
-            high, low = values[site.pos], values[site.neg]
+            high, low = values[cast(_RankSite, site).pos], values[cast(_RankSite, site).neg]
             if not (bool((high == high[0]).all()) and bool((low == low[0]).all())):
                 return None  # the ranking's relevance alone does not say what each slot reads
             high, low = high[0], low[0]
@@ -1183,24 +1189,28 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_RankSite") -> Optional[_R
             continue
         inside = [slot in region for slot in reads]
         if not any(inside):
-            rest.append(s)
+            cut.rest.append(s)
             continue
         kind, name = s.rule[0], _op_name(s.func) if s.func is not None else ""
-        if not all(inside) or s.nested and kind != "cat" or s.kind != "op" or out is None or out.is_complex() or \
-                out.dim() > 1 or any(tape.traced[slot].dim() > 1 for slot in reads):
-            return None  # vectors (and numbers) of the items alone
+        if not all(inside) or s.nested and kind != "cat" or s.kind != "op" or out is None or out.is_complex():
+            return None
         if _is_sum(s):
-            sums.append(s)
+            cut.sums.append(s)
             continue
         if not (kind == "ew" and s.rule[4] is None or
-                kind == "along" and name in ("cumsum", "flip", "narrow", "index_select") or
+                kind == "along" and name in ("flip", "narrow", "index_select") or
+                kind == "along" and name == "cumsum" and out.dim() == 1 or
                 kind in ("take", "basic", "cat") and not (kind == "take" and s.rule[1])):
             return None
         steps.append(s)
         region.add(cast(int, s.outs[0]))
-    if lookup is None or not sums or tape.out in region or {cast(int, s.outs[0]) for s in sums} & region:
+    sums = {cast(int, s.outs[0]) for s in cut.sums}
+    if ranked and lookup is None or not sources or not cut.sums or tape.out in region or sums & region:
         return None
-    return _RankSplit(lookup, cast(Tensor, high), cast(Tensor, low), steps, sums, rest)
+    cut.elements = sum(tape.traced[s.fills[0][1]].numel() for s in cut.sums)
+    cut.more = _split_again(tape, cut)
+    source = cast(int, lookup.outs[0]) if lookup is not None else next(iter(sources))
+    return _RankSplit(lookup, source, high, low, steps, cut)
 
 
 def _swaps(site: "_RankSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -1363,7 +1373,7 @@ def _events_elementwise(s: _Step, tape: _Tape, first: List[Any], events: List[An
     return _Events(start, keys, (both[1].to(acc) - both[0].to(acc)).reshape(-1))  # at every key, zeros kept
 
 
-def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_RankSite", rank: Tensor) -> Tensor:
+def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor) -> Tensor:
     """fn's value at every point ``0 .. l`` of the chain of ``rank`` (comparison ``k`` right from
     point ``rank[k] + 1``) from a tape cut by :func:`_split_at_ranks`. ``[l + 1]``."""
     points, span = rank.numel(), rank.numel() + 1
@@ -1376,16 +1386,19 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_RankSite", rank: Ten
             for slot, value in zip(s.outs, (result,) if s.single else result):
                 if slot is not None:
                     first[slot] = value
-    lookup = split.lookup
-    args, kwargs = tape._inputs(lookup, first)
-    out = cast(int, lookup.outs[0])
-    first[out] = _run_direct(lookup, cast(tuple, lookup.rule), list(args), kwargs, 1)
-    up, down, point = _swaps(site, rank)
-    acc = _acc(split.high)
-    rise = (split.high.to(acc) - split.low.to(acc)).reshape(1)
-    events[out] = _Events.of(first[out].reshape(-1), torch.cat([up, down]), torch.cat([point, point]),
-                             torch.cat([rise.expand(points), -rise.expand(points)]), span)
-    budget = 8 * (points + site.items)
+    out = split.source
+    if split.lookup is not None:  # a binary ranking: two slots of what it reads swap at each point
+        lookup = split.lookup
+        args, kwargs = tape._inputs(lookup, first)
+        first[out] = _run_direct(lookup, cast(tuple, lookup.rule), list(args), kwargs, 1)
+        up, down, point = _swaps(cast(_RankSite, site), rank)
+        acc = _acc(cast(Tensor, split.high))
+        rise = (cast(Tensor, split.high).to(acc) - cast(Tensor, split.low).to(acc)).reshape(1)
+        events[out] = _Events.of(first[out].reshape(-1), torch.cat([up, down]), torch.cat([point, point]),
+                                 torch.cat([rise.expand(points), -rise.expand(points)]), span)
+    else:  # topk with labels: the label climbs one slot at each of its row's last k turns
+        events[out] = _Events.of(first[out].reshape(-1), *_topk_changes(cast(_ClassSite, site), rank), span)
+    budget = 8 * (points + first[out].numel())
     memo: Dict[int, Tuple[Tensor, Tensor]] = {}  # the key sets' elements, by id: their tensors live in `events`
     for s in split.steps:
         out = cast(int, s.outs[0])
@@ -1400,7 +1413,7 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_RankSite", rank: Ten
         else:
             events[out] = _events_move(s, tape, events, start, span)
     changes = []
-    for s in split.sums:
+    for s in split.cut.sums:
         x = s.fills[0][1]
         e = events[x]
         cell, where = e.code // span, e.code % span
@@ -1410,7 +1423,35 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_RankSite", rank: Ten
             before, after = e.at(e.code, span, memo)
             before, after = before.to(tape.traced[x].dtype), after.to(tape.traced[x].dtype)
         changes.append(_sum_changes(s, tape, first, first[x], before, after, where, cell))
-    return _rest_at_every_point(split.rest, tape, changes, points)
+    cut = split.cut
+    while cut.more is not None and _nests(cut, tape, points):
+        cut = cut.more
+        changes = _nested(cut, tape, changes, points)
+    return _rest_at_every_point(cut.rest, tape, changes, points)
+
+
+def _topk_changes(site: "_ClassSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Where ``topk`` with labels changes along the chain of ``rank``: a row's label is at slot
+    ``z``, the count of its classes above it, while ``z < k`` (the best other classes of the
+    current scores fill the other slots in order); its ``j``-th last turn (``z``: ``j`` ->
+    ``j - 1``) puts the label at slot ``j - 1`` and that slot's class at slot ``j``. Returns
+    ``(element, point, delta)`` of the output's indices (int64)."""
+    rows, c, k = site.num_rows, site.num_classes, cast(int, site.call.k)
+    labels, ranked = site.plan.labels, cast(Tensor, site.plan.ranked)  # [N], [N, C - 1]
+    turns = (rank.reshape(rows, c - 1) + 1).sort(dim=1).values  # each row's comparisons' turns, in order
+    j = torch.arange(1, min(k, c - 1) + 1, device=rank.device)  # z: j -> j - 1, at the row's (C - j)-th turn
+    point = turns[:, c - 1 - j]  # [N, J]
+    other = ranked[:, j - 1]  # the class the label passes
+    row = torch.arange(rows, device=rank.device)[:, None].expand_as(point)
+    payload = torch.arange(rows * k, device=rank.device).reshape((1,) + site.rows_shape + (k,))
+    element = torch.empty(rows * k, dtype=torch.long, device=rank.device)  # payload (row, slot) -> output element
+    element[payload.movedim(-1, site.call.axis + 1).reshape(-1)] = torch.arange(rows * k, device=rank.device)
+    up = element[row * k + (j - 1)]  # slot j - 1: from the passed class to the label
+    gain = labels[:, None] - other
+    below = j < k  # slot j, where there is one: from the label to the passed class
+    down = element[(row * k + j.clamp(max=k - 1))][:, below]
+    return (torch.cat([up.reshape(-1), down.reshape(-1)]), torch.cat([point.reshape(-1), point[:, below].reshape(-1)]),
+            torch.cat([gain.reshape(-1), -gain[:, below].reshape(-1)]))
 
 
 # --------------------------------------------------------------------------- re-running fn without tracing it again
@@ -3843,14 +3884,17 @@ class TracedMetric(Decomposition):
     def _chain_by_ranks(self, plan: _Plan) -> Optional[Callable[[Tensor], Tensor]]:
         """The chain's values in ``O(l log l)`` (:func:`_chain_by_ranks`) where the one trained
         step is a binary ranking of one query read as ``t[order]`` into cumulative sums,
-        elementwise operations and sums (AP, AUROC written with ``argsort``); ``None`` otherwise
+        elementwise operations, moves and sums (AP, AUROC written with ``argsort``), or ``topk``
+        with a label per row read the same way (top-k accuracy); ``None`` otherwise
         (the runs' counts through the tape at every point: ``O(l n)``). Only on a tape checked
         against ``fn`` and within ``chain_elements``; the first call of each structure checks it
         against the tape at nine points of a chain and keeps the verdict."""
         if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
-        if not isinstance(site, _RankSite) or not site.binary or not site.num_bits:
+        topk = isinstance(site, _ClassSite) and site.mode == "label" and site.call.name == "topk" and \
+            site.call.k is not None and site.num_classes > 1
+        if not (isinstance(site, _RankSite) and site.binary or topk) or not site.num_bits:
             return None
         indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
         split = _split_at_ranks(tape, indices, site)
@@ -3858,8 +3902,7 @@ class TracedMetric(Decomposition):
             self._remember_sums(plan, False)
             return None
         num = site.num_bits
-        if (num + 1) * sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums) > \
-                current_limits().chain_elements:
+        if (num + 1) * _final_width(split.cut, tape, num) > current_limits().chain_elements:
             return None
 
         def values(rank: Tensor) -> Tensor:
@@ -3870,7 +3913,7 @@ class TracedMetric(Decomposition):
                 return self._ranked_points(plan, rank, torch.arange(num + 1, device=rank.device))
 
         if plan.key not in self._sums:
-            device = site.flat.device
+            device = plan.scores.device
             rank = torch.randperm(num, generator=torch.Generator().manual_seed(0)).to(device)
             at = torch.linspace(0, num, 9, device=device).round().long().unique()
             try:
