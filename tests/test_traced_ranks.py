@@ -87,7 +87,13 @@ def discounted_cumsum(s, y):
     return (y[s.argsort(descending=True)].float() * discount).cumsum(0).sum()  # changes that do not cancel
 
 
-RANKED = [ap_argsort, ap_sort_bool, ap_negated, auroc_ascending, ap_of_a_table, counted_hits, ap_from_its_curve,
+def ap_cumsum_in_float64(s, y):
+    relevant = (y == 1)[s.argsort(descending=True)]
+    hits = relevant.cumsum(0, dtype=torch.float64)  # bools summed into another dtype
+    return (hits / torch.arange(1, s.numel() + 1) * relevant).sum() / relevant.sum()
+
+
+RANKED = [ap_cumsum_in_float64, ap_argsort, ap_sort_bool, ap_negated, auroc_ascending, ap_of_a_table, counted_hits, ap_from_its_curve,
           moved_items, discounted_cumsum]
 
 

@@ -1221,8 +1221,9 @@ def _swaps(site: "_RankSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     in the order of ``fn``'s ranking."""
     num_pos, num_neg, n = site.pos.numel(), site.neg.numel(), site.items
     turns = (rank.reshape(num_pos, num_neg) + 1).sort(dim=1).values  # [P, N]: each item's f-th pass
-    earlier = turns.argsort(dim=0)  # items whose f-th pass came earlier: each item's place in its column
-    before = torch.empty_like(earlier).scatter_(0, earlier, torch.arange(num_pos, device=rank.device)[:, None].expand_as(earlier))
+    earlier = turns.argsort(dim=0)  # each item's place in its column: the items whose f-th pass came earlier
+    place = torch.arange(num_pos, device=rank.device)[:, None].expand_as(earlier)
+    before = torch.empty_like(earlier).scatter_(0, earlier, place)
     passes = torch.arange(num_neg, device=rank.device)
     slot = (num_neg - 1 - passes) + before  # c - 1 irrelevant items, then the relevant ones at most c - 1 below them
     slot, point = slot.reshape(-1), turns.reshape(-1)
@@ -1287,7 +1288,7 @@ def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int) -> _Events
     first[1:] = point[1:] != point[:-1]
     head = torch.cummax(torch.where(first, torch.arange(point.numel(), device=point.device), 0), 0).values
     total = delta.cumsum(0)
-    running = total - (total[head] - delta[head])
+    running = (total - (total[head] - delta[head])).to(_acc(start))  # in the result's dtype (cumsum(dtype=...))
     length = torch.where(last, m - cell, cell.roll(-1) - cell)
     keep = running != 0
     if not bool((keep & (length != 1)).any()):  # every change stays at an element that changes: the same keys
@@ -1379,7 +1380,7 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor)
     points, span = rank.numel(), rank.numel() + 1
     first: List[Any] = [None] * tape.num_slots  # every slot at point 0 (batch 1)
     events: List[Any] = [None] * tape.num_slots  # the changes of every slot between the lookup and the sums
-    every_wrong = torch.zeros(1, site.num_bits, dtype=torch.bool, device=rank.device)
+    every_wrong = ~site.best().reshape(1, -1)
     for s in tape.steps:
         if s.kind == "site":
             result = site.format_batched(site.decode(every_wrong), site.call.x)
