@@ -3902,8 +3902,9 @@ class TracedMetric(Decomposition):
         if split is None:
             self._remember_sums(plan, False)
             return None
-        num = site.num_bits
-        if (num + 1) * _final_width(split.cut, tape, num) > current_limits().chain_elements:
+        num, limit = site.num_bits, current_limits().chain_elements
+        # its sums at every point, and the changes it holds (two or so a point for each step's result)
+        if (num + 1) * _final_width(split.cut, tape, num) > limit or 2 * (num + 1) * max(1, len(split.steps)) > limit:
             return None
 
         def values(rank: Tensor) -> Tensor:
