@@ -156,4 +156,3 @@ def evaluated(decomposition: Any, bits: Tensor, target: Any) -> Tensor:
             "dimension only (e.g. .mean(-1), not .mean())"
         )
     return values
-
