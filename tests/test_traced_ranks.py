@@ -1,8 +1,9 @@
 """from_metric's chain through a ranking: a traced ranking of one query with 0/1 relevance, read
-as ``t[order]`` and then through elementwise operations, cumulative sums and sums (AP and AUROC
-written with ``argsort`` or ``sort``), gives the chain's ``l + 1`` values from the swap of two
-neighbouring slots at each point (``O(l log l)``) instead of replaying the tape at every point
-(``O(l n)``).
+as ``t[order]`` and then through elementwise operations, cumulative sums, moves (slices, flips,
+``cat`` with constants: torchmetrics' precision-recall curve) and sums (AP and AUROC written with
+``argsort`` or ``sort``), gives the chain's ``l + 1`` values from the swap of two neighbouring
+slots at each point (``O(l log l)``) instead of replaying the tape at every point (``O(l n)``);
+``topk`` with a label per row likewise, from each row's last ``k`` turns.
 
 The reference is the tape itself, replayed on every one of the ``l + 1`` configurations of a
 chain (the engine's path without the cut), and the loss and gradient of the same metric with
