@@ -432,6 +432,11 @@ def _step_key_of(s: "_Step") -> Optional[tuple]:
         return None
 
 
+def _reads(s: "_Step") -> List[int]:
+    """The slots of the tape a step reads: its arguments' and those inside its containers."""
+    return [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
+
+
 def _refs(value: Any):
     """The :class:`_Ref` inside a template."""
     return _leaves(value, _Ref)
@@ -833,7 +838,7 @@ def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]
             split.sources.append(cast(int, s.outs[0]))
             source_of[cast(int, s.outs[0])] = torch.arange(numel, device=out.device).reshape(out.shape)
             continue
-        reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
+        reads = _reads(s)
         if s.rule is None or not reads:
             return None
         inside = [slot in source_of for slot in reads]
@@ -916,7 +921,7 @@ def _split_again(tape: _Tape, split: _SumSplit) -> Optional[_SumSplit]:
     inside = set(sources)
     nested = _SumSplit(sources, [], [], [], {}, elements=split.elements)
     for s in split.rest:
-        reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
+        reads = _reads(s)
         if not any(slot in inside for slot in reads):
             nested.rest.append(s)
             continue
@@ -1168,7 +1173,7 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_Site") -> Optional[_RankS
             if not ranked:  # topk's indices change themselves
                 region.add(order)
             continue
-        reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
+        reads = _reads(s)
         if s.rule is None or not reads or unread.intersection(reads):
             return None
         out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
@@ -1249,28 +1254,32 @@ class _Events:
         keep = merged != 0
         return _Events(start, code[keep], merged[keep])
 
-    def at(self, keys: Tensor, span: int, memo: Dict[int, Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+    def at(self, keys: Tensor, span: int, memo: Dict[int, Tensor]) -> Tuple[Tensor, Tensor]:
         """Its values before and after the changes at ``keys`` (sorted codes holding its own),
-        in the accumulating dtype; ``memo``: each key set's elements and first changes, by ``id``."""
+        in the accumulating dtype; ``memo``: each key set's elements, by ``id``."""
         if keys is self.code:
             delta = self.delta
         else:
             delta = self.delta.new_zeros(keys.numel())
             delta[torch.searchsorted(keys, self.code)] = self.delta
         if id(keys) not in memo:
-            cell = keys // span
-            first = torch.ones_like(cell, dtype=torch.bool)
-            first[1:] = cell[1:] != cell[:-1]
-            memo[id(keys)] = cell, torch.cummax(torch.where(first, torch.arange(cell.numel(), device=cell.device), 0),
-                                                0).values  # each element's first change
-        cell, head = memo[id(keys)]
-        total = delta.cumsum(0)
-        upto = self.start.to(delta.dtype)[cell] + total - (total[head] - delta[head])
+            memo[id(keys)] = keys // span
+        cell = memo[id(keys)]
+        upto = self.start.to(delta.dtype)[cell] + _running(cell, delta)
         return upto - delta, upto
 
 
 def _acc(t: Tensor) -> torch.dtype:
     return torch.float64 if t.is_floating_point() else torch.int64
+
+
+def _running(key: Tensor, delta: Tensor) -> Tensor:
+    """``delta``'s running total within each group of equal ``key`` (sorted), this entry included."""
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] != key[:-1]
+    head = torch.cummax(torch.where(first, torch.arange(key.numel(), device=key.device), 0), 0).values
+    total = delta.cumsum(0)
+    return total - (total[head] - delta[head])
 
 
 def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int) -> _Events:
@@ -1282,13 +1291,9 @@ def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int) -> _Events
     cell, point = e.code // span, e.code % span
     order = (point * m + cell).argsort()
     cell, point, delta = cell[order], point[order], e.delta[order]
+    running = _running(point, delta).to(_acc(start))  # in the result's dtype (cumsum(dtype=...))
     last = torch.ones_like(point, dtype=torch.bool)
     last[:-1] = point[1:] != point[:-1]
-    first = torch.ones_like(point, dtype=torch.bool)
-    first[1:] = point[1:] != point[:-1]
-    head = torch.cummax(torch.where(first, torch.arange(point.numel(), device=point.device), 0), 0).values
-    total = delta.cumsum(0)
-    running = (total - (total[head] - delta[head])).to(_acc(start))  # in the result's dtype (cumsum(dtype=...))
     length = torch.where(last, m - cell, cell.roll(-1) - cell)
     keep = running != 0
     if not bool((keep & (length != 1)).any()):  # every change stays at an element that changes: the same keys
@@ -1306,7 +1311,7 @@ def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: 
     """The changes of an operation that moves elements (a slice, ``flip``, indexing by a constant,
     ``cat`` with constants): the operation applied to each input's element indices says where
     each element comes from. Raises where one element goes to two places."""
-    reads = [slot for _, slot in s.fills] + [r.slot for _, t in s.nested for r in _refs(t)]
+    reads = _reads(s)
     env: List[Any] = [None] * tape.num_slots
     for slot in reads:
         env[slot] = torch.arange(events[slot].start.numel(), device=start.device).reshape(tape.traced[slot].shape)
@@ -1336,7 +1341,7 @@ def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: 
 
 
 def _events_elementwise(s: _Step, tape: _Tape, first: List[Any], events: List[Any], start: Tensor,
-                        span: int, memo: Dict[int, Tuple[Tensor, Tensor]]) -> _Events:
+                        span: int, memo: Dict[int, Tensor]) -> _Events:
     """The changes of an elementwise operation: at every (element, point) at which one of its
     changing inputs changes, the operation on their values before and after. A number among the
     inputs that never changes is taken as it is; one that changes would change every element."""
@@ -1400,7 +1405,7 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor)
     else:  # topk with labels: the label climbs one slot at each of its row's last k turns
         events[out] = _Events.of(first[out].reshape(-1), *_topk_changes(cast(_ClassSite, site), rank), span)
     budget = 8 * (points + first[out].numel())
-    memo: Dict[int, Tuple[Tensor, Tensor]] = {}  # the key sets' elements, by id: their tensors live in `events`
+    memo: Dict[int, Tensor] = {}  # the key sets' elements, by id: their tensors live in `events`
     for s in split.steps:
         out = cast(int, s.outs[0])
         args, kwargs = tape._inputs(s, first)
@@ -3866,18 +3871,10 @@ class TracedMetric(Decomposition):
                 self._remember_sums(plan, False)
                 return self._chain_points(plan, ends, place, torch.arange(points + 1, device=place.device))
 
-        if plan.key not in self._sums:
-            place = torch.randperm(num, generator=torch.Generator().manual_seed(0)).to(best.device) + 1
-            at = torch.linspace(0, num, 9, device=best.device).round().long().unique()
-            try:
-                with torch.no_grad():
-                    ok = _same(_chain_by_sums(split, tape, site, payload, element_place(place), num)[at],
-                               self._chain_points(plan, ends, place, at))
-            except Exception:  # an operation the cut cannot take: the tape at every point
-                ok = False
-            self._remember_sums(plan, ok)
-            if not ok:
-                return None
+        if not self._cut_agrees(plan, num,
+                                lambda order: _chain_by_sums(split, tape, site, payload, element_place(order + 1), num),
+                                lambda order, at: self._chain_points(plan, ends, order + 1, at)):
+            return None
         if by_runs:
             return values, True  # (turn, length)
         return (lambda rank: values(rank + 1)), False
@@ -3914,19 +3911,28 @@ class TracedMetric(Decomposition):
                 self._remember_sums(plan, False)
                 return self._ranked_points(plan, rank, torch.arange(num + 1, device=rank.device))
 
+        if not self._cut_agrees(plan, num, lambda order: _chain_by_ranks(split, tape, site, order),
+                                lambda order, at: self._ranked_points(plan, order, at)):
+            return None
+        return values
+
+    def _cut_agrees(self, plan: _Plan, num: int, cut: Callable[[Tensor], Tensor],
+                    tape_at: Callable[[Tensor, Tensor], Tensor]) -> bool:
+        """Whether a cut's chain (``cut(order)``, ``order`` a permutation of the ``num``
+        comparisons or runs) equals the tape's (``tape_at(order, at)``) at nine points of a chain;
+        decided on the first call of each structure and kept (an operation the cut cannot take
+        counts as a disagreement: the tape at every point)."""
         if plan.key not in self._sums:
             device = plan.scores.device
-            rank = torch.randperm(num, generator=torch.Generator().manual_seed(0)).to(device)
+            order = torch.randperm(num, generator=torch.Generator().manual_seed(0)).to(device)
             at = torch.linspace(0, num, 9, device=device).round().long().unique()
             try:
                 with torch.no_grad():
-                    ok = _same(_chain_by_ranks(split, tape, site, rank)[at], self._ranked_points(plan, rank, at))
-            except Exception:  # an operation the cut cannot take: the tape at every point
+                    ok = _same(cut(order)[at], tape_at(order, at))
+            except Exception:
                 ok = False
             self._remember_sums(plan, ok)
-            if not ok:
-                return None
-        return values
+        return bool(self._sums.get(plan.key, False))
 
     def _ranked_points(self, plan: _Plan, rank: Tensor, at: Tensor) -> Tensor:
         """The tape at the chain's points ``at`` (comparison ``k`` right from point ``rank[k] +
