@@ -94,8 +94,15 @@ def ap_cumsum_in_float64(s, y):
     return (hits / torch.arange(1, s.numel() + 1) * relevant).sum() / relevant.sum()
 
 
+def through_a_nan(s, y):
+    relevant = y[s.argsort(descending=True)].float()
+    hits = relevant.cumsum(0)
+    seen = torch.nan_to_num(hits / hits)  # 0/0 above the first relevant item: NaN on the way, then 0
+    return (seen * relevant * hits / torch.arange(1, s.numel() + 1)).sum()
+
+
 RANKED = [ap_cumsum_in_float64, ap_argsort, ap_sort_bool, ap_negated, auroc_ascending, ap_of_a_table, counted_hits, ap_from_its_curve,
-          moved_items, discounted_cumsum]
+          moved_items, discounted_cumsum, through_a_nan]
 
 
 def precision_at_3(s, y):

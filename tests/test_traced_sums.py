@@ -435,8 +435,8 @@ def test_rows_cut_again_take_the_nested_path_at_the_defaults(monkeypatch):
     scores, target = _multilabel(n=200, labels=6, seed=4)
     metric, plan = _checked(samples_f1, scores, target)
     calls = []
-    nested = traced._nested
-    monkeypatch.setattr(traced, "_nested", lambda *args: calls.append(1) or nested(*args))
+    nested = traced._events_sums  # on this path, the sums of a cut again only
+    monkeypatch.setattr(traced, "_events_sums", lambda *args: calls.append(1) or nested(*args))
     rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(0))
     values = metric.structure(plan).chain(rank)
     assert calls  # a [1201, 200] count of each row at every point would be 200 times the 1,200 elements

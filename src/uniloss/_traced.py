@@ -52,7 +52,8 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   elementwise operations, cumulative sums and moves of elements (slices, ``flip``, ``cat`` with
   constants: torchmetrics' precision-recall curve) into sums (AP, AUROC), each point of the chain
   swaps two neighbouring slots of what it reads, and a cumulative sum of the swap changes one
-  element: every vector is held as its changes (:class:`_Events`), and the chain's values take
+  element: every vector is held as its value at each change (:class:`_Events`, which the cut
+  through sums also uses for its sums and a nested cut's steps), and the chain's values take
   ``O(l log l)`` instead of the tape at every point's ``O(l n)``; checked against the tape at
   nine points as the cut through sums is. ``topk`` with a label per row takes the same path: a
   row's output changes only at its last ``k`` turns (:func:`_topk_changes`).
@@ -956,40 +957,143 @@ def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[
     return cells, math.prod(shape[d] for d in dims)
 
 
-@dataclass
-class _Changes:
-    """A sum along the chain: its value before the chain's first point (``start``, flat, in the
-    accumulating dtype) and its changes, ``delta`` to element ``cells`` at point ``where``
-    (``count``: the divisor of a mean; ``name``: the reduction)."""
-
-    slot: int
-    start: Tensor
-    cells: Tensor
-    where: Tensor
-    delta: Tensor
-    name: str
-    count: int
-
-    def finish(self, value: Tensor, ref: Tensor) -> Tensor:
-        """The sum's value, in ``fn``'s dtype, from its running total (``start`` plus the changes)."""
-        if self.name in ("any", "all"):
-            value = value > 0 if self.name == "any" else value == 0
-        return value.to(ref.dtype)
+_Memo = Dict[int, Tuple[Tensor, Tensor]]  # codes by id -> (the codes, their elements): :func:`_cells`
 
 
-def _sum_changes(s: _Step, tape: _Tape, env: List[Any], first: Tensor, before: Tensor, after: Tensor,
-                 where: Tensor, flat: Optional[Tensor]) -> _Changes:
-    """:class:`_Changes` of the sum ``s`` whose input is ``first`` (``[1, *shape]``) before the
-    chain and changes at elements ``flat`` (``None``: each element, in flat order) from
-    ``before`` to ``after`` at points ``where``."""
+class _Events:
+    """A tensor along the chain, flat: its value at point 0 (``start``) and, at ``code = element *
+    span + point`` (sorted, unique; ``span``: the chain's points plus one), the value it holds
+    from that point on (``value``, ``start``'s dtype). Both cuts hold every tensor between the
+    trained step and the steps after the last sums so: a ranking's relevance and what follows it,
+    the sums, and what a nested cut takes from them. Made from changes (:meth:`of`), it keeps
+    them and orders them only when ``code`` or ``value`` is read: the last sums are only
+    added up at every point (:meth:`dense`)."""
+
+    def __init__(self, start: Tensor, code: Optional[Tensor], value: Optional[Tensor],
+                 changes: Optional[tuple] = None) -> None:
+        self.start = start
+        self._code, self._value, self._changes = code, value, changes
+
+    @staticmethod
+    def of(start: Tensor, cell: Tensor, point: Tensor, delta: Tensor, span: int,
+           finish: Optional[Callable[[Tensor], Tensor]] = None) -> "_Events":
+        """From changes ``delta`` (float64 or int64, summed where they meet) to the elements
+        ``cell`` at ``point``, from ``start`` (in ``delta``'s dtype where ``finish`` is given):
+        the running totals, through ``finish`` (a sum's reduction and dtype; by default
+        ``start``'s dtype)."""
+        done: Callable[[Tensor], Tensor] = finish or (lambda total: total.to(start.dtype))
+        return _Events(done(start), None, None, (start, cell, point, delta, span, done))
+
+    def _ordered(self) -> None:
+        start, cell, point, delta, span, finish = cast(tuple, self._changes)
+        code, inverse = torch.unique(cell * span + point, return_inverse=True)
+        merged = delta.new_zeros(code.numel()).index_add_(0, inverse, delta)
+        keep = merged != 0
+        code, merged = code[keep], merged[keep]
+        cell = code // span
+        self._code, self._value = code, finish(start.to(merged.dtype)[cell] + _running(cell, merged))
+        self._changes = None
+
+    @property
+    def code(self) -> Tensor:
+        if self._code is None:
+            self._ordered()
+        return cast(Tensor, self._code)
+
+    @property
+    def value(self) -> Tensor:
+        if self._value is None:
+            self._ordered()
+        return cast(Tensor, self._value)
+
+    def at(self, keys: Tensor, span: int, memo: _Memo) -> Tuple[Tensor, Tensor]:
+        """Its values before and after the changes at ``keys`` (sorted codes holding its own);
+        ``memo``: each key set's elements (:func:`_cells`)."""
+        if keys is self.code and self.code.numel():  # before a change: the one before it where it is the same element's
+            own = _cells(self.code, span, memo)
+            earlier = torch.zeros_like(own, dtype=torch.bool)
+            earlier[1:] = own[1:] == own[:-1]
+            return torch.where(earlier, self.value.roll(1), self.start[own]), self.value
+        return self._held(keys, False, span, memo), self.after(keys, span, memo)
+
+    def after(self, keys: Tensor, span: int, memo: _Memo) -> Tensor:
+        """Its values after the changes at ``keys``."""
+        return self.value if keys is self.code else self._held(keys, True, span, memo)
+
+    def _held(self, keys: Tensor, right: bool, span: int, memo: _Memo) -> Tensor:
+        cell = _cells(keys, span, memo)
+        held = self.start[cell]
+        if not self.code.numel():
+            return held
+        i = torch.searchsorted(self.code, keys, right=right) - 1  # its last change before (or at) each key
+        j = i.clamp_min(0)
+        return torch.where((i >= 0) & (_cells(self.code, span, memo)[j] == cell), self.value[j], held)
+
+    def changes(self, span: int, memo: _Memo, acc: torch.dtype) -> Tensor:
+        """Its change at each of its codes, in ``acc``. Raises where a value is not finite (its
+        change would not say what follows)."""
+        before, after = self.at(self.code, span, memo)
+        delta = after.to(acc) - before.to(acc)
+        if delta.is_floating_point() and not bool(torch.isfinite(delta).all()):
+            raise RuntimeError("a change to or from a value that is not finite")
+        return delta
+
+    def dense(self, points: int, memo: _Memo) -> Tensor:
+        """Its values at points ``0 .. points``: ``[points + 1, elements]`` (its changes added up
+        in float64 or int64: the values themselves, which the changes of values in ``fn``'s
+        dtype give back)."""
+        span, width, acc = points + 1, self.start.numel(), _acc(self.start)
+        if self._changes is not None:  # the changes as they came: their running totals
+            start, cell, point, delta, _, finish = self._changes
+            steps = delta.new_zeros(span, width).index_put_((point, cell), delta, accumulate=True)
+            return finish(steps.cumsum(0) + start.to(delta.dtype))
+        steps = torch.zeros(span, width, dtype=acc, device=self.start.device)
+        if self.code.numel():
+            steps[self.code % span, self.code // span] = self.changes(span, memo, acc)
+        return (steps.cumsum(0) + self.start.to(acc)).to(self.start.dtype)
+
+
+def _cells(code: Tensor, span: int, memo: _Memo) -> Tensor:
+    """The elements of codes, kept in ``memo`` by the codes' ``id`` with the codes themselves (so
+    that no other tensor takes that ``id`` while the memo lives)."""
+    if id(code) not in memo:
+        memo[id(code)] = code, code // span
+    return memo[id(code)][1]
+
+
+def _acc(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.is_floating_point() else torch.int64
+
+
+def _heads(key: Tensor) -> Tensor:
+    """Each entry's group's first entry, in groups of equal ``key`` (sorted)."""
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] != key[:-1]
+    return torch.cummax(torch.where(first, torch.arange(key.numel(), device=key.device), 0), 0).values
+
+
+def _running(key: Tensor, delta: Tensor, head: Optional[Tensor] = None) -> Tensor:
+    """``delta``'s running total within each group of equal ``key`` (sorted; ``head``: its
+    :func:`_heads`, where known), this entry included."""
+    head = _heads(key) if head is None else head
+    total = delta.cumsum(0)
+    return total - (total[head] - delta[head])
+
+
+def _sum_events(s: _Step, tape: _Tape, env: List[Any], first: Tensor, before: Tensor, after: Tensor,
+                flat: Optional[Tensor], point: Tensor, span: int) -> _Events:
+    """:class:`_Events` of the sum ``s`` whose input is ``first`` (``[1, *shape]``) at point 0 and
+    changes at elements ``flat`` (``None``: each element, in flat order) from ``before`` to
+    ``after`` at ``point``."""
     ref = tape.traced[cast(int, s.outs[0])]
     width, device = ref.numel(), first.device
+    finish = lambda total: total.to(ref.dtype)  # noqa: E731
     if s.kind == "bincount":  # an element adds one to the count of its value: it moves from one to another
         one = torch.ones_like(before, dtype=torch.int64)
         start = torch.zeros(width, dtype=torch.int64, device=device).index_add_(
             0, first.reshape(-1).long(), torch.ones(first.numel(), dtype=torch.int64, device=device))
-        return _Changes(cast(int, s.outs[0]), start, torch.cat([before.long(), after.long()]),
-                        torch.cat([where, where]), torch.cat([-one, one]), "bincount", 1)
+        return _Events.of(start, torch.cat([before.long(), after.long()]), torch.cat([point, point]),
+                          torch.cat([-one, one]), span, finish)
     name = _op_name(s.func)
     cells, count = _sum_cells(s, tuple(first.shape[1:]), device)
     if name in ("sum", "mean"):
@@ -998,65 +1102,55 @@ def _sum_changes(s: _Step, tape: _Tape, env: List[Any], first: Tensor, before: T
         args[0] = first
         acc = torch.float64 if ref.is_floating_point() or name == "mean" else torch.int64
         start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1).reshape(width).to(acc)  # as fn takes it
-        terms = before.to(acc), after.to(acc)
+        delta = after.to(acc) - before.to(acc)
+        if acc == torch.float64 and not bool(torch.isfinite(delta).all()):
+            raise RuntimeError("a change to or from a value that is not finite")
+        if name == "mean":
+            delta = delta / count
     else:  # a count: of nonzero elements (count_nonzero, any) or of zero ones (all)
-        acc = torch.int64
-        counted = (lambda x: (x == 0).to(acc)) if name == "all" else (lambda x: (x != 0).to(acc))
-        start = torch.zeros(width, dtype=acc, device=device).index_add_(0, cells, counted(first.reshape(-1)))
-        terms = counted(before), counted(after)
-    return _Changes(cast(int, s.outs[0]), start, cells if flat is None else cells[flat], where,
-                    terms[1] - terms[0], name, count if name == "mean" else 1)
+        counted = (lambda x: (x == 0).long()) if name == "all" else (lambda x: (x != 0).long())
+        start = torch.zeros(width, dtype=torch.int64, device=device).index_add_(0, cells, counted(first.reshape(-1)))
+        delta = counted(after) - counted(before)
+        if name in ("any", "all"):
+            finish = lambda total: (total > 0 if name == "any" else total == 0).to(ref.dtype)  # noqa: E731
+    return _Events.of(start, cells if flat is None else cells[flat], point, delta, span, finish)
 
 
-def _at_every_point(changes: _Changes, ref: Tensor, points: int) -> Tensor:
-    """The sum at points ``0 .. points``: ``[points + 1, *ref.shape]``."""
-    width = changes.start.numel()
-    steps = changes.start.new_zeros(points + 1, width).index_put_((changes.where, changes.cells), changes.delta,
-                                                                  accumulate=True)
-    run = steps.cumsum(0)
-    if changes.count != 1:
-        run = run / changes.count
-    value = changes.start.reshape(1, width) + run
-    return changes.finish(value, ref).reshape((points + 1,) + tuple(ref.shape))
+def _events_sums(sums: List[_Step], tape: _Tape, first: List[Any], events: List[Any], span: int,
+                 memo: _Memo) -> None:
+    """The sums' :class:`_Events` from their inputs' (``events``), and their values at point 0
+    (``first``, batch 1)."""
+    for s in sums:
+        x = s.fills[0][1]
+        e = events[x]
+        before, after = e.at(e.code, span, memo)
+        _hold_sum(s, tape, first, events, _sum_events(s, tape, first, first[x], before, after,
+                                                      _cells(e.code, span, memo), e.code % span, span))
 
 
-def _nested(split: _SumSplit, tape: _Tape, changes: List[_Changes], points: int) -> List[_Changes]:
-    """The changes of a nested cut's sums (``split``, :func:`_split_again`) from those of the sums
-    before it: the elements that change are the pairs (element, point) at which a sum before it
-    changes, each taken through the elementwise steps from its value before to its value after."""
-    span = points + 1
-    keys, inverse = torch.unique(torch.cat([c.cells * span + c.where for c in changes]), return_inverse=True)
-    cell, point = keys // span, keys % span  # in order of cell, then point
-    head = torch.searchsorted(cell, cell)  # each change's cell's first change
-    first: List[Any] = [None] * tape.num_slots  # the values before the chain (batch 1, fn's shapes)
-    pair: List[Any] = [None] * tape.num_slots  # each change's value before and after: [2, changes]
-    offset = 0
-    for c in changes:
-        ref = tape.traced[c.slot]
-        index = inverse[offset: offset + c.cells.numel()]
-        offset += c.cells.numel()
-        delta = c.delta.new_zeros(keys.numel()).index_add_(0, index, c.delta)
-        total = delta.cumsum(0)
-        upto = total - (total[head] - delta[head])  # the cell's changes up to this point, this one included
-        both = torch.stack([upto - delta, upto])
-        if c.count != 1:
-            both = both / c.count
-        pair[c.slot] = c.finish(c.start[cell][None] + both, ref)
-        first[c.slot] = c.finish(c.start, ref).reshape((1,) + tuple(ref.shape))
-    for s in split.elementwise:
-        out = cast(int, s.outs[0])
-        args, kwargs = tape._inputs(s, first)
-        first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
-        if cast(tuple, s.rule)[0] == "reshape":  # the flat order, and so each change's element, kept
-            pair[out] = pair[s.fills[0][1]]
-            continue
-        shape, filled = tape.traced[out].shape, {i for i, _ in s.fills}
-        picked = lambda v: v.expand(shape).reshape(-1)[cell] if isinstance(v, Tensor) and v.dim() else v  # noqa: E731
-        args, kwargs = tape._inputs(s, pair)
-        args = [a if i in filled else picked(a) for i, a in enumerate(args)]
-        pair[out] = _run_direct(s, cast(tuple, s.rule), args, {k: picked(v) for k, v in kwargs.items()}, 2)
-    return [_sum_changes(s, tape, first, first[s.fills[0][1]], pair[s.fills[0][1]][0], pair[s.fills[0][1]][1],
-                         point, cell) for s in split.sums]
+def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
+    """The same tensors at one set of codes (the union of theirs): one sort of all their changes
+    where they are held as changes (sums)."""
+    if all(e._changes is not None for e in events):
+        changes = [cast(tuple, e._changes) for e in events]
+        keys, inverse = torch.unique(torch.cat([cell * span + point for _, cell, point, _, _, _ in changes]),
+                                     return_inverse=True)
+        cell, aligned, offset = _cells(keys, span, memo), [], 0
+        head = _heads(cell)
+        for e, (start, cells, _, delta, _, finish) in zip(events, changes):
+            merged = delta.new_zeros(keys.numel()).index_add_(0, inverse[offset: offset + cells.numel()], delta)
+            offset += cells.numel()
+            aligned.append(_Events(e.start, keys, finish(start.to(delta.dtype)[cell] + _running(cell, merged, head))))
+        return aligned
+    codes = [e.code for e in events]
+    keys = codes[0] if all(c is codes[0] for c in codes[1:]) else torch.unique(torch.cat(codes))
+    return [_Events(e.start, keys, e.after(keys, span, memo)) for e in events]
+
+
+def _hold_sum(s: _Step, tape: _Tape, first: List[Any], events: List[Any], e: _Events) -> None:
+    out = cast(int, s.outs[0])
+    events[out] = e
+    first[out] = e.start.reshape((1,) + tuple(tape.traced[out].shape))
 
 
 def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, place: Tensor, points: int) -> Tensor:
@@ -1065,36 +1159,46 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, p
     and with every one right (a leading dimension of 2); ``place``, the point from which each
     element of the output (in flat order: a comparison's; an argmax's row) holds its value with
     every comparison right (``0``: from the start). ``[points + 1]``."""
-    env: List[Any] = [None] * tape.num_slots
+    env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at both ends of the chain
     for slot in split.sources:
         env[slot] = site.format_batched(payload, site.call.x)
     for s in split.elementwise:
         args, kwargs = tape._inputs(s, env)
         env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 2)
-    changes = []
-    for s in split.sums:
+    first: List[Any] = [None] * tape.num_slots
+    events: List[Any] = [None] * tape.num_slots
+    for s in split.sums:  # each element changes once, at its point
         x = env[s.fills[0][1]]
-        where = place[split.source_of[s.fills[0][1]].reshape(-1)]  # each element's point, in flat order
-        changes.append(_sum_changes(s, tape, env, x[:1], x[0].reshape(-1), x[1].reshape(-1), where, None))
+        where = place[split.source_of[s.fills[0][1]].reshape(-1)]
+        _hold_sum(s, tape, first, events,
+                  _sum_events(s, tape, env, x[:1], x[0].reshape(-1), x[1].reshape(-1), None, where, points + 1))
+    return _after_sums(split, tape, first, events, points, {})
+
+
+def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[Any], points: int,
+                memo: _Memo) -> Tensor:
+    """fn's value at points ``0 .. points`` from its sums' :class:`_Events`: the rest cut again
+    while its sums at every point would be large (:func:`_nests`; each nested cut's steps take the
+    sums' values at one set of (row, point) keys), then the steps after the last sums run on those
+    at every point. ``[points + 1]``."""
+    span = points + 1
     while split.more is not None and _nests(split, tape, points):
         split = split.more
-        changes = _nested(split, tape, changes, points)
-    return _rest_at_every_point(split.rest, tape, changes, points)
-
-
-def _rest_at_every_point(rest: List[_Step], tape: _Tape, changes: List[_Changes], points: int) -> Tensor:
-    """fn's value at points ``0 .. points`` from its sums' changes: the steps after the sums
-    (``rest``) run on the sums at every point. ``[points + 1]``."""
+        for slot, e in zip(split.sources, _aligned([events[slot] for slot in split.sources], span, memo)):
+            events[slot] = e  # one key set: each step takes them as they are
+        _events_steps(split.elementwise, tape, first, events, span, memo, 0)
+        _events_sums(split.sums, tape, first, events, span, memo)
     at: List[Any] = [None] * tape.num_slots
-    for c in changes:
-        at[c.slot] = _at_every_point(c, tape.traced[c.slot], points)
-    for s in rest:
+    for s in split.sums:
+        out = cast(int, s.outs[0])
+        at[out] = events[out].dense(points, memo).reshape((span,) + tuple(tape.traced[out].shape))
+    for s in split.rest:
         args, kwargs = tape._inputs(s, at)
-        result = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, points + 1)
+        result = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, span)
         for slot, value in zip(s.outs, (result,) if s.single else result):
             if slot is not None:
                 at[slot] = value
-    values = at[tape.out].reshape(points + 1)
+    values = at[tape.out].reshape(span)
     return values if values.is_floating_point() else values.float()
 
 
@@ -1237,67 +1341,25 @@ def _swaps(site: "_RankSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return slot, slot + 1, point
 
 
-@dataclass
-class _Events:
-    """A vector along the chain: its value at point 0 (``start``, flat, ``fn``'s dtype) and its
-    changes, ``delta`` (float64 or int64) at ``code = element * span + point``, sorted and unique
-    (``span``: the chain's points plus one)."""
-
-    start: Tensor
-    code: Tensor
-    delta: Tensor
-
-    @staticmethod
-    def of(start: Tensor, cell: Tensor, point: Tensor, delta: Tensor, span: int) -> "_Events":
-        code, inverse = torch.unique(cell * span + point, return_inverse=True)
-        merged = delta.new_zeros(code.numel()).index_add_(0, inverse, delta)
-        keep = merged != 0
-        return _Events(start, code[keep], merged[keep])
-
-    def at(self, keys: Tensor, span: int, memo: Dict[int, Tensor]) -> Tuple[Tensor, Tensor]:
-        """Its values before and after the changes at ``keys`` (sorted codes holding its own),
-        in the accumulating dtype; ``memo``: each key set's elements, by ``id``."""
-        if keys is self.code:
-            delta = self.delta
-        else:
-            delta = self.delta.new_zeros(keys.numel())
-            delta[torch.searchsorted(keys, self.code)] = self.delta
-        if id(keys) not in memo:
-            memo[id(keys)] = keys // span
-        cell = memo[id(keys)]
-        upto = self.start.to(delta.dtype)[cell] + _running(cell, delta)
-        return upto - delta, upto
-
-
-def _acc(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.is_floating_point() else torch.int64
-
-
-def _running(key: Tensor, delta: Tensor) -> Tensor:
-    """``delta``'s running total within each group of equal ``key`` (sorted), this entry included."""
-    first = torch.ones_like(key, dtype=torch.bool)
-    first[1:] = key[1:] != key[:-1]
-    head = torch.cummax(torch.where(first, torch.arange(key.numel(), device=key.device), 0), 0).values
-    total = delta.cumsum(0)
-    return total - (total[head] - delta[head])
-
-
-def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int) -> _Events:
-    """The changes of ``cumsum`` of a vector that changes by ``e``: at each point the input's
+def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int, memo: _Memo) -> _Events:
+    """The :class:`_Events` of ``cumsum`` of a vector held by ``e``: at each point the input's
     changes, in order, add their running total to every element from theirs to the next one's;
     nothing where they cancel (a swap of neighbours changes one element). Raises past ``budget``
     changes (changes that do not cancel at once)."""
-    m = e.start.numel()
-    cell, point = e.code // span, e.code % span
+    m, acc = e.start.numel(), _acc(start)  # the changes in the result's dtype (cumsum(dtype=...))
+    change = e.changes(span, memo, acc)
+    cell, point = _cells(e.code, span, memo), e.code % span
     order = (point * m + cell).argsort()
-    cell, point, delta = cell[order], point[order], e.delta[order]
-    running = _running(point, delta).to(_acc(start))  # in the result's dtype (cumsum(dtype=...))
+    cell, point, delta = cell[order], point[order], change[order]
+    running = _running(point, delta)
     last = torch.ones_like(point, dtype=torch.bool)
     last[:-1] = point[1:] != point[:-1]
     length = torch.where(last, m - cell, cell.roll(-1) - cell)
     keep = running != 0
     if not bool((keep & (length != 1)).any()):  # every change stays at an element that changes: the same keys
-        return _Events(start, e.code, torch.empty_like(running).scatter_(0, order, running))
+        own = _cells(e.code, span, memo)
+        total = start.to(acc)[own] + _running(own, torch.empty_like(running).scatter_(0, order, running))
+        return _Events(start, e.code, total.to(start.dtype))
     cell, point, running, length = cell[keep], point[keep], running[keep], length[keep]
     count = int(length.sum())
     if count > budget:
@@ -1308,9 +1370,9 @@ def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int) -> _Events
 
 
 def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: int) -> _Events:
-    """The changes of an operation that moves elements (a slice, ``flip``, indexing by a constant,
-    ``cat`` with constants): the operation applied to each input's element indices says where
-    each element comes from. Raises where one element goes to two places."""
+    """The :class:`_Events` of an operation that moves elements (a reshape, a slice, ``flip``,
+    indexing by a constant, ``cat`` with constants): the operation applied to each input's element
+    indices says where each element comes from. Raises where one element goes to two places."""
     reads = _reads(s)
     env: List[Any] = [None] * tape.num_slots
     for slot in reads:
@@ -1331,38 +1393,38 @@ def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: 
     cell, point = e.code // span, e.code % span
     moved = target[cell]
     kept = moved >= 0
-    code, delta = moved[kept] * span + point[kept], e.delta[kept]
+    code, value = moved[kept] * span + point[kept], e.value[kept]
     if code.numel() == e.code.numel() and bool((code == e.code).all()):
-        return _Events(start, e.code, delta)  # the elements that change stay in place: the same keys
+        return _Events(start, e.code, value)  # the elements that change stay in place: the same keys
     if code.numel() > 1 and not bool((code[1:] > code[:-1]).all()):  # a move that reorders (flip)
         order = code.argsort()
-        code, delta = code[order], delta[order]
-    return _Events(start, code, delta)
+        code, value = code[order], value[order]
+    return _Events(start, code, value)
 
 
 def _events_elementwise(s: _Step, tape: _Tape, first: List[Any], events: List[Any], start: Tensor,
-                        span: int, memo: Dict[int, Tensor]) -> _Events:
-    """The changes of an elementwise operation: at every (element, point) at which one of its
-    changing inputs changes, the operation on their values before and after. A number among the
+                        span: int, memo: _Memo) -> _Events:
+    """The :class:`_Events` of an elementwise operation: at every (element, point) at which one
+    of its changing inputs changes, the operation on their values there. A number among the
     inputs that never changes is taken as it is; one that changes would change every element."""
     shape = tuple(tape.traced[cast(int, s.outs[0])].shape)
     reads = [slot for _, slot in s.fills]
     moving = [slot for slot in dict.fromkeys(reads) if tuple(tape.traced[slot].shape) == shape]
     for slot in set(reads) - set(moving):
-        if bool((events[slot].delta != 0).any()) or tape.traced[slot].numel() != 1:
+        e = events[slot]
+        if tape.traced[slot].numel() != 1 or bool((e.value != e.start[e.code // span]).any()):
             raise RuntimeError("a changing input broadcast over the elements")
     if not moving:
         raise RuntimeError("no changing input of the result's shape")
     codes = [events[slot].code for slot in moving]
     keys = codes[0] if all(c is codes[0] for c in codes[1:]) else torch.unique(torch.cat(codes))
-    cell = keys // span
     env: List[Any] = [None] * tape.num_slots
     for slot in reads:
         if slot in moving:
-            before, after = events[slot].at(keys, span, memo)
-            env[slot] = torch.stack([before, after]).to(tape.traced[slot].dtype)
+            env[slot] = events[slot].after(keys, span, memo).to(tape.traced[slot].dtype)
         else:
             env[slot] = first[slot].reshape(tape.traced[slot].shape)  # a number held
+    cell = _cells(keys, span, memo)
     filled = {i for i, slot in s.fills if slot in moving}
     numel = max(1, math.prod(shape))
     picked = lambda v: v.expand(shape).reshape(numel)[cell] if isinstance(v, Tensor) and v.dim() else v  # noqa: E731
@@ -1372,11 +1434,26 @@ def _events_elementwise(s: _Step, tape: _Tape, first: List[Any], events: List[An
     if cast_to is not None:
         for i in cast_to[0]:
             args[i] = args[i].to(cast_to[1])
-    both = s.func(*args, **{k: picked(v) for k, v in kwargs.items()})
-    if both.is_floating_point() and not bool(torch.isfinite(both).all()):
-        raise RuntimeError("a change to or from a value that is not finite")
-    acc = _acc(both)
-    return _Events(start, keys, (both[1].to(acc) - both[0].to(acc)).reshape(-1))  # at every key, zeros kept
+    value = s.func(*args, **{k: picked(v) for k, v in kwargs.items()})
+    return _Events(start, keys, value.reshape(-1).to(start.dtype))  # at every key, unchanged ones kept
+
+
+def _events_steps(steps: List[_Step], tape: _Tape, first: List[Any], events: List[Any], span: int,
+                  memo: _Memo, budget: int) -> None:
+    """Elementwise operations, cumulative sums and moves on :class:`_Events` (``events``), and
+    their values at point 0 (``first``, batch 1)."""
+    for s in steps:
+        out = cast(int, s.outs[0])
+        args, kwargs = tape._inputs(s, first)
+        first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
+        start = first[out].reshape(-1)
+        kind, name = cast(tuple, s.rule)[0], _op_name(s.func)
+        if name == "cumsum":
+            events[out] = _events_cumsum(events[s.fills[0][1]], start, span, budget, memo)
+        elif kind == "ew":
+            events[out] = _events_elementwise(s, tape, first, events, start, span, memo)
+        else:
+            events[out] = _events_move(s, tape, events, start, span)
 
 
 def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor) -> Tensor:
@@ -1384,7 +1461,7 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor)
     point ``rank[k] + 1``) from a tape cut by :func:`_split_at_ranks`. ``[l + 1]``."""
     points, span = rank.numel(), rank.numel() + 1
     first: List[Any] = [None] * tape.num_slots  # every slot at point 0 (batch 1)
-    events: List[Any] = [None] * tape.num_slots  # the changes of every slot between the lookup and the sums
+    events: List[Any] = [None] * tape.num_slots  # every slot from the lookup on along the chain
     every_wrong = ~site.best().reshape(1, -1)
     for s in tape.steps:
         if s.kind == "site":
@@ -1404,36 +1481,10 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor)
                                  torch.cat([rise.expand(points), -rise.expand(points)]), span)
     else:  # topk with labels: the label climbs one slot at each of its row's last k turns
         events[out] = _Events.of(first[out].reshape(-1), *_topk_changes(cast(_ClassSite, site), rank), span)
-    budget = 8 * (points + first[out].numel())
-    memo: Dict[int, Tensor] = {}  # the key sets' elements, by id: their tensors live in `events`
-    for s in split.steps:
-        out = cast(int, s.outs[0])
-        args, kwargs = tape._inputs(s, first)
-        first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
-        start = first[out].reshape(-1)
-        kind, name = cast(tuple, s.rule)[0], _op_name(s.func)
-        if name == "cumsum":
-            events[out] = _events_cumsum(events[s.fills[0][1]], start, span, budget)
-        elif kind == "ew":
-            events[out] = _events_elementwise(s, tape, first, events, start, span, memo)
-        else:
-            events[out] = _events_move(s, tape, events, start, span)
-    changes = []
-    for s in split.cut.sums:
-        x = s.fills[0][1]
-        e = events[x]
-        cell, where = e.code // span, e.code % span
-        if _op_name(s.func) in ("sum", "mean"):  # a sum takes the changes alone
-            before, after = torch.zeros_like(e.delta), e.delta
-        else:  # a count: of the values before and after
-            before, after = e.at(e.code, span, memo)
-            before, after = before.to(tape.traced[x].dtype), after.to(tape.traced[x].dtype)
-        changes.append(_sum_changes(s, tape, first, first[x], before, after, where, cell))
-    cut = split.cut
-    while cut.more is not None and _nests(cut, tape, points):
-        cut = cut.more
-        changes = _nested(cut, tape, changes, points)
-    return _rest_at_every_point(cut.rest, tape, changes, points)
+    memo: _Memo = {}  # the key sets' elements (_cells)
+    _events_steps(split.steps, tape, first, events, span, memo, 8 * (points + first[out].numel()))
+    _events_sums(split.cut.sums, tape, first, events, span, memo)
+    return _after_sums(split.cut, tape, first, events, points, memo)
 
 
 def _topk_changes(site: "_ClassSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
