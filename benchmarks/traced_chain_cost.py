@@ -2,6 +2,7 @@
 
     python benchmarks/traced_chain_cost.py          # a table on stdout (a few minutes)
     python benchmarks/traced_chain_cost.py 20 AP    # the cases whose name holds "AP"
+    python benchmarks/traced_chain_cost.py 30 "" bfa6f31   # each case traced by this checkout and by a commit's
 
 ``interpolation="chain"`` (the default) walks ``l + 1`` configurations of the comparisons. A
 metric traced by :func:`uniloss.from_metric` was evaluated at those points through its recorded
@@ -11,8 +12,9 @@ averaged, another loss. Where the one trained step's output (a comparison's mask
 labels) reaches the metric only through elementwise operations and sums or counts, the cut
 (``_traced._split_at_sums``) gives every point from each element's change and a cumulative sum.
 Where the sums are per row and the rest takes them elementwise into more sums (subset accuracy,
-scikit-learn's ``average="samples"``), the rest is cut again (``_traced._split_again``): each
-point's change is one row's. A binary ranking read as ``target[order]`` into a cumulative sum (AP
+scikit-learn's ``average="samples"``) or a confusion matrix's diagonal and sums into each class's
+IoU, the steps after the sums are taken on their changes too (``_traced._walks``, as far as
+``_traced._boundary`` finds it pays): each point's change is one row's. A binary ranking read as ``target[order]`` into a cumulative sum (AP
 with ``argsort``; torchmetrics' ``binary_average_precision``, whose curve also slices, flips and
 appends) changes two neighbouring slots a point (``_traced._split_at_ranks``), as ``topk`` with a
 label per row does at each of a row's last ``k`` turns. This times one loss call (forward and backward, library defaults, on
@@ -37,7 +39,7 @@ from uniloss.experiments.metric_wins import multilabel_samples_f1 as samples_f1
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from from_metric_training import average_precision, top2_accuracy  # noqa: E402  (AP with an argsort; topk)
-from version_cost import alternate  # noqa: E402  (calls in turn, the first rotating)
+from version_cost import load_ref, alternate  # noqa: E402  (a commit's package; calls in turn, the first rotating)
 
 
 def subset_accuracy(scores, target):
@@ -127,8 +129,29 @@ def main(calls: int = 20, only: str = "") -> None:
               f"{med['cut'] / med['usual']:.0f}x |", flush=True)
 
 
+def against(ref: str, calls: int = 30, only: str = "") -> None:
+    """Each case traced with this checkout's ``from_metric`` and with ``ref``'s (its package loaded
+    as ``uniloss_ref``), calls interleaved in one process: the ratio is the change's."""
+    import tempfile
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.ones(1))
+    print(f"| case | {ref} (ms) | this checkout (ms) | this / {ref} |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        old = load_ref(tmp, ref)
+        for name, fn, _, _, x, y in _cases(g):
+            if only not in name:
+                continue
+            losses = {"ref": old.UniLoss(old.from_metric(fn)), "this": uniloss.UniLoss(uniloss.from_metric(fn))}
+            med = alternate({k: (lambda f=f, x=x, y=y: f(x * w, y).backward()) for k, f in losses.items()}, calls,
+                            warmup=3)
+            print(f"| {name} | {med['ref']:.2f} | {med['this']:.2f} | {med['this'] / med['ref']:.2f}x |", flush=True)
+
+
 def _call(loss, scores, target, once):
-    """One loss call and its backward; ``once``: the sums cut once, not again."""
+    """One loss call and its backward; ``once``: nothing after the sums taken on their changes."""
     nest = traced._NEST
     traced._NEST = float("inf") if once else nest
     try:
@@ -138,4 +161,7 @@ def _call(loss, scores, target, once):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20, sys.argv[2] if len(sys.argv) > 2 else "")
+    if len(sys.argv) > 3:
+        against(sys.argv[3], int(sys.argv[1]), sys.argv[2])
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 20, sys.argv[2] if len(sys.argv) > 2 else "")

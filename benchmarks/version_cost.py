@@ -122,7 +122,7 @@ def measure(src: Path) -> dict:
     return r
 
 
-def _load_ref(tmp: str, ref: str):
+def load_ref(tmp: str, ref: str):
     """``--ref``'s package, imported as ``uniloss_ref`` from ``tmp``."""
     import importlib
 
@@ -165,7 +165,7 @@ def interleaved(ref: str, calls: int, zoo_names=None) -> dict:
 
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        old = _load_ref(tmp, ref)
+        old = load_ref(tmp, ref)
         ns: dict = {}
         exec(SETUP, ns)  # (sets one thread)
         stepper, call, bce, F = ns["stepper"], ns["call"], ns["bce"], ns["F"]

@@ -398,22 +398,33 @@ def per_image_accuracy(s, y):  # s [n, C, H, W]: each image's pixel accuracy, th
     return (correct >= 0.8).float().mean() + correct.sqrt().mean()
 
 
-NESTED = [subset_accuracy, row_recall, any_and_counted, samples_f1, samples_jaccard_weighted, groups_mostly_exact]
+def row_shares(s, y):  # each row's hits over all hits: a changing total broadcast over the rows, then a max
+    hits = ((s > 0) & (y == 1)).float().sum(1)
+    return (hits / hits.sum().clamp_min(1)).max()
 
 
-def test_the_rest_is_cut_again_where_it_is_elementwise_in_sums_then_sums():
-    for fn, depth in [(samples_f1, 2), (samples_jaccard_weighted, 2), (groups_mostly_exact, 3),
-                      (subset_accuracy, 2), (macro_f1, 2), (micro_f1, 1), (flat_keepdim_dtype, 1)]:
+def repeated_rows(s, y):  # each row's sum read twice (an element in two places): its changes stop there, its values go on
+    hits = ((s > 0) & (y == 1)).sum(1)
+    return hits[torch.arange(s.shape[0]).repeat_interleave(2)].float().mean()
+
+
+NESTED = [subset_accuracy, row_recall, any_and_counted, samples_f1, samples_jaccard_weighted, groups_mostly_exact,
+          row_shares, repeated_rows]
+
+
+def test_the_steps_after_the_sums_are_taken_on_their_changes_up_to_a_changing_number_broadcast():
+    for fn, walk, rest in [(samples_f1, 6, 6), (samples_jaccard_weighted, 5, 5), (groups_mostly_exact, 8, 8),
+                           (subset_accuracy, 2, 2), (macro_f1, 5, 5), (micro_f1, 3, 3), (flat_keepdim_dtype, 5, 5),
+                           (row_shares, 2, 4),  # hits.sum(), its clamp_min; not hits / that, nor the max after it
+                           (repeated_rows, 3, 3)]:  # its index is a move until it runs (a row in two places)
         scores, target = _multilabel(n=24)
         metric, plan = _checked(fn, scores, target)
         tape = plan.trace.tape
         site = plan.sites[0]
         indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
         split = traced._split_at_sums(tape, indices, site.num_runs())
-        levels = 1
-        while split.more is not None:
-            split, levels = split.more, levels + 1
-        assert levels == depth, fn.__name__
+        assert (split.walk, len(split.rest)) == (walk, rest), fn.__name__
+        assert len(split.widths) == walk + 1 and split.widths[-1] >= 1
 
 
 @pytest.mark.parametrize("nest", [0, traced._NEST, float("inf")], ids=["always", "default", "never"])
@@ -431,11 +442,11 @@ def test_the_chain_cut_again_is_the_tape_at_every_point(fn, nest, monkeypatch):
                                    atol=1e-7, equal_nan=True)
 
 
-def test_rows_cut_again_take_the_nested_path_at_the_defaults(monkeypatch):
+def test_rows_sums_are_taken_on_their_changes_at_the_defaults(monkeypatch):
     scores, target = _multilabel(n=200, labels=6, seed=4)
     metric, plan = _checked(samples_f1, scores, target)
     calls = []
-    nested = traced._events_sums  # on this path, the sums of a cut again only
+    nested = traced._events_sums  # on this path, the sums after the first ones only
     monkeypatch.setattr(traced, "_events_sums", lambda *args: calls.append(1) or nested(*args))
     rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(0))
     values = metric.structure(plan).chain(rank)
@@ -460,9 +471,40 @@ def test_samples_f1_through_the_cut_is_scikit_learns_on_the_hard_scores():
 
 
 @pytest.mark.parametrize("nest", [0, float("inf")], ids=["always", "never"])
-def test_an_argmax_per_image_is_cut_again_and_is_the_tape_at_every_point(nest, monkeypatch):
-    monkeypatch.setattr(traced, "_NEST", nest)
-    _argmax_chain_is_the_tape(per_image_accuracy, n=5, seed=3, spatial=(4, 3))
+@pytest.mark.parametrize("fn", [per_image_accuracy, mean_iou_by_bincount], ids=lambda f: f.__name__)
+def test_an_argmax_through_sums_and_on_is_the_tape_at_every_point(fn, nest, monkeypatch):
+    monkeypatch.setattr(traced, "_NEST", nest)  # a confusion matrix: its diagonal, its sums, each class's IoU
+    _argmax_chain_is_the_tape(fn, n=5, seed=3, spatial=(4, 3))
+
+
+def test_the_steps_taken_on_the_changes_are_those_that_cost_least():
+    split = traced._SumSplit([], [], [], [], {}, elements=10 ** 6, walk=3, widths=[50, 50, 10, 1])
+    step = traced._STEP + 4 * 10 ** 6  # each step on the changes, in elements of values at every point
+    assert traced._boundary(split, 9) == 0  # 10 points: 500 elements at every point, against a step
+    points = 2 * step // 40  # 40 elements fewer at every point pay for two steps: b = 2 just does
+    costs = [b * step + (points + 1) * w for b, w in enumerate(split.widths)]
+    assert traced._boundary(split, points) == costs.index(min(costs)) == 2
+    assert traced._boundary(split, 100 * step) == 3  # the last step's single value at every point
+
+
+def test_a_confusion_matrix_is_taken_on_its_changes_at_the_defaults():
+    g = torch.Generator().manual_seed(0)  # the benchmark's mean IoU: 4,096 pixels, 21 classes
+    y = torch.randint(0, 21, (4, 32, 32), generator=g)
+    x = torch.randn(4, 21, 32, 32, generator=g) + 2.0 * torch.nn.functional.one_hot(y, 21).movedim(-1, 1)
+
+    def mean_iou(s, y):
+        pred = s.argmax(1)
+        confusion = torch.bincount((y * 21 + pred).reshape(-1), minlength=21 * 21).reshape(21, 21)
+        inter = confusion.diag()
+        return (inter / (confusion.sum(0) + confusion.sum(1) - inter).clamp_min(1)).mean()
+
+    metric = from_metric(mean_iou)
+    plan = metric.prepare(x, y)
+    site = plan.sites[0]
+    split = traced._split_at_sums(plan.trace.tape, {site.index}, site.num_runs())
+    assert split.walk == len(split.rest) == 9  # reshape, diag, two sums, the IoU's four steps, the mean
+    b = traced._boundary(split, site.num_runs())  # not [4,097, 441] counts at every point, but the IoU's
+    assert b >= 4 and split.widths[b] <= 42  # numerator and denominator, or fewer
 
 
 # ------------------------------------------------------------- stacks, and an argmax with probed best outputs

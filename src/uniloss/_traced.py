@@ -42,10 +42,11 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   for ``P`` points and sums of ``C`` elements, instead of the tape replayed at every point (a
   comparison's mask: ``O(l^2)``; an argmax's rows, every one of them at each point, and beyond
   ``chain_elements`` fewer points, segment-averaged); checked against the tape at nine points of
-  a chain on the first call of each structure. Where the sums are per row and the code after
-  them is elementwise in them and then sums again (subset accuracy, F1 of each row's labels then
-  their mean), the rest is cut again (:func:`_split_again`): each point changes one row's sums,
-  so the next sums take the rows' changes, not ``[P, n]`` rows.
+  a chain on the first call of each structure. Where the code after the sums is elementwise in
+  them, moves their elements and sums again (subset accuracy, F1 of each row's labels then their
+  mean; a confusion matrix's diagonal and sums, then each class's IoU), those steps take the
+  sums' changes too (:func:`_walks`, as far as :func:`_boundary` finds it pays): each point
+  changes one row's sums, so the next sums take the rows' changes, not ``[P, n]`` rows.
 * **the chain through a ranking** (:func:`_split_at_ranks`): where the one trained step is a
   ranking of one query with 0/1 relevance (``argsort``, ``sort``) read only as ``t[order]`` of a
   tensor that takes one value on the relevant items and one on the others, and then through
@@ -74,6 +75,7 @@ import math
 import os
 import sys
 import warnings
+import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
@@ -794,11 +796,12 @@ class _Tape:
 # pixel's x and y) and ``one_hot`` are followed too: each slot keeps which output element each of
 # its elements follows. Where those sums are per row (``[n]``) and the rest takes them
 # elementwise into sums again (``.all(1).float().mean()``; each row's F1, then their mean), the
-# ``[P, n]`` sums at every point would be quadratic again; the rest is then cut the same way
-# (:func:`_split_again`): the elements that change are the (row, point) pairs at which a row's sum
-# changes, each taken through the elementwise steps from its value before to its value after.
+# ``[P, n]`` sums at every point would be quadratic again; the steps after them then take their
+# changes (:func:`_walks`): the elements that change are the (row, point) pairs at which a row's
+# sum changes, each step the operation on the values there.
 _SUMS = {"sum", "mean", "count_nonzero", "any", "all"}
-_NEST = 16  # cut the rest again where its sums at every point would hold more than this many times the elements
+_NEST = 1.0  # the weight of a step after the sums taken on their changes (0: every one it can; inf: none)
+_STEP = 1 << 14  # such a step costs about this many elements of values at every point, and 4 more a change
 
 
 @dataclass
@@ -807,17 +810,20 @@ class _SumSplit:
     site and its repeats; in a nested cut, the sums before it); ``elementwise``, the steps whose
     every element follows one element of the output; ``sums``, the sums and counts of those;
     ``rest``, the steps after; ``source_of``, which element of the output each element of those
-    steps' results follows; ``more``, ``rest`` cut again where it is elementwise in these sums
-    and then sums (a sum per row, then their mean: subset accuracy, per-sample F1);
-    ``elements``, how many elements the first cut's sums take."""
+    steps' results follows; ``elements``, how many elements the sums take; ``walk``, how many
+    of ``rest``'s first steps the sums' changes can be taken through (:func:`_walks`: a sum per
+    row, then each row's F1, then their mean; a confusion matrix, its diagonal and sums, each
+    class's IoU, their mean); ``widths[b]``, the elements of the tensors held as changes that
+    ``rest[b:]`` reads, which run on their values at every point from step ``b`` on."""
 
     sources: List[int]
     elementwise: List[_Step]
     sums: List[_Step]
     rest: List[_Step]
     source_of: Dict[int, Tensor]  # slot -> [*its shape]: the output element each of its elements follows
-    more: Optional["_SumSplit"] = None
     elements: int = 0
+    walk: int = 0
+    widths: List[int] = dataclasses.field(default_factory=list)
 
 
 def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]:
@@ -862,7 +868,7 @@ def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]
         return None
     split.elements = sum(tape.traced[s.fills[0][1]].numel() * (2 if s.kind == "bincount" else 1)
                          for s in split.sums)
-    split.more = _split_again(tape, split)
+    _walks(tape, split)
     return split
 
 
@@ -910,40 +916,63 @@ def _is_sum(s: _Step) -> bool:
             s.kind == "bincount" and s.args[1] is None) and [i for i, _ in s.fills] == [0]
 
 
-def _split_again(tape: _Tape, split: _SumSplit) -> Optional[_SumSplit]:
-    """``split.rest`` cut at its sums (:class:`_SumSplit`, sources: ``split``'s sums) where it
-    takes them, all of one shape, through elementwise operations (the same shape, tensors of
-    ``fn``'s own broadcast into it) and reshapes to sums or counts; else ``None``."""
-    sources = [cast(int, s.outs[0]) for s in split.sums]
-    shapes = {tuple(tape.traced[slot].shape) for slot in sources}
-    if len(shapes) != 1 or not next(iter(shapes)):
-        return None
-    numel = tape.traced[sources[0]].numel()
-    inside = set(sources)
-    nested = _SumSplit(sources, [], [], [], {}, elements=split.elements)
+def _walks(tape: _Tape, split: _SumSplit) -> None:
+    """``split.walk`` and ``split.widths``: the first steps after the sums that their changes can
+    be taken through (:func:`_takes`), and at each of those steps the elements of the held
+    tensors that the steps from there on read (and ``fn``'s value, where it is one of them)."""
+    held = {cast(int, s.outs[0]) for s in split.sums}
+    walk = 0
     for s in split.rest:
-        reads = _reads(s)
-        if not any(slot in inside for slot in reads):
-            nested.rest.append(s)
-            continue
-        out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
-        if not all(slot in inside for slot in reads) or s.nested or s.kind != "op" or out is None or \
-                out.is_complex() or s.rule is None:
-            return None
-        kind = s.rule[0]
-        if kind == "ew" and not s.rule[2] and s.rule[4] is None and out.numel() == numel and \
-                all(tape.traced[slot].shape == out.shape for slot in reads) or \
-                kind == "reshape" and out.numel() == numel:
-            inside.add(cast(int, s.outs[0]))
-            nested.elementwise.append(s)
-        elif _is_sum(s) and s.kind == "op":
-            nested.sums.append(s)
-        else:
-            return None
-    if not nested.sums or tape.out in inside or {cast(int, s.outs[0]) for s in nested.sums} & inside:
-        return None
-    nested.more = _split_again(tape, nested)
-    return nested
+        if not _takes(s, tape, held):
+            break
+        held.add(cast(int, s.outs[0]))
+        walk += 1
+    later = {tape.out}.union(*(_reads(s) for s in split.rest[walk:]))  # read by the steps from b on
+    width = sum(tape.traced[slot].numel() for slot in later & held)  # of those, held at b
+    widths = [width]
+    for s in reversed(split.rest[:walk]):  # b - 1: its step's result not held yet, its reads read
+        out = cast(int, s.outs[0])
+        if out in later:
+            width -= tape.traced[out].numel()
+        held.discard(out)
+        for slot in set(_reads(s)) - later:
+            later.add(slot)
+            width += tape.traced[slot].numel()  # held: the sums or an earlier step's result
+        widths.append(width)
+    split.walk, split.widths = walk, widths[::-1]
+
+
+def _takes(s: _Step, tape: _Tape, held: set) -> bool:
+    """Whether a step can be taken on tensors held as changes (:class:`_Events`): every tensor
+    it reads is (``held``), and it is a sum or a count (:func:`_is_sum`) or :func:`_moves_along`."""
+    reads = _reads(s)
+    out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
+    if s.rule is None or not reads or not held.issuperset(reads) or s.kind != "op" or out is None or \
+            out.is_complex():
+        return False
+    if _is_sum(s):
+        return True
+    kind = s.rule[0]
+    if kind == "ew" and any(tuple(tape.traced[slot].shape) != tuple(out.shape) for slot in reads):
+        return False  # a held tensor broadcast: a changing number would change every element
+    return _moves_along(s, out)
+
+
+def _moves_along(s: _Step, out: Tensor) -> bool:
+    """Whether :func:`_events_steps` takes a step: an elementwise operation, a cumulative sum of a
+    vector, or an operation that moves elements (a reshape, a slice, ``flip``, ``narrow``,
+    ``index_select``, a matrix's diagonal, a transpose, indexing by constants, ``cat`` with
+    constants)."""
+    rule = cast(tuple, s.rule)
+    kind, name = rule[0], _op_name(s.func) if s.func is not None else ""
+    if s.nested and kind != "cat":
+        return False
+    if [i for i, _ in s.fills] == [0] and (name in _MOVES - _EXPANDS or kind == "diag" and rule[1] == 2):
+        return True  # each element of the result is one of the input's (one element in two places: raises)
+    return (kind == "ew" and rule[4] is None or kind == "reshape" or
+            kind == "along" and name in ("flip", "narrow", "index_select") or
+            kind == "along" and name == "cumsum" and out.dim() == 1 or
+            kind in ("take", "basic", "cat") and not (kind == "take" and rule[1]))
 
 
 def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, int]:
@@ -1172,27 +1201,37 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, p
         where = place[split.source_of[s.fills[0][1]].reshape(-1)]
         _hold_sum(s, tape, first, events,
                   _sum_events(s, tape, env, x[:1], x[0].reshape(-1), x[1].reshape(-1), None, where, points + 1))
-    return _after_sums(split, tape, first, events, points, {})
+    return _after_sums(split, tape, first, events, points, {}, 0)
 
 
 def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[Any], points: int,
-                memo: _Memo) -> Tensor:
-    """fn's value at points ``0 .. points`` from its sums' :class:`_Events`: the rest cut again
-    while its sums at every point would be large (:func:`_nests`; each nested cut's steps take the
-    sums' values at one set of (row, point) keys), then the steps after the last sums run on those
-    at every point. ``[points + 1]``."""
+                memo: _Memo, budget: int) -> Tensor:
+    """fn's value at points ``0 .. points`` from its sums' :class:`_Events`: the steps after them
+    taken on their changes while the values they read at every point would be large
+    (:func:`_boundary`: a sum per row; a confusion matrix), then the others on those values at
+    every point. ``[points + 1]``."""
     span = points + 1
-    while split.more is not None and _nests(split, tape, points):
-        split = split.more
-        for slot, e in zip(split.sources, _aligned([events[slot] for slot in split.sources], span, memo)):
-            events[slot] = e  # one key set: each step takes them as they are
-        _events_steps(split.elementwise, tape, first, events, span, memo, 0)
-        _events_sums(split.sums, tape, first, events, span, memo)
+    stop = _boundary(split, points)
+    if stop:  # the sums of one shape at one set of codes: one sort of all their changes
+        shapes: Dict[tuple, List[int]] = {}
+        for s in split.sums:
+            shapes.setdefault(tuple(tape.traced[cast(int, s.outs[0])].shape), []).append(cast(int, s.outs[0]))
+        for slots in shapes.values():
+            for slot, e in zip(slots, _aligned([events[slot] for slot in slots], span, memo) if len(slots) > 1 else ()):
+                events[slot] = e
+    for i, s in enumerate(split.rest[:stop]):
+        try:
+            _events_step(s, tape, first, events, span, memo, budget)
+        except RuntimeError:  # one this chain's changes cannot take (an element to two places): values from here
+            if span * split.widths[i] > current_limits().chain_elements:
+                raise
+            stop = i
+            break
     at: List[Any] = [None] * tape.num_slots
-    for s in split.sums:
-        out = cast(int, s.outs[0])
-        at[out] = events[out].dense(points, memo).reshape((span,) + tuple(tape.traced[out].shape))
-    for s in split.rest:
+    for slot in {slot for s in split.rest[stop:] for slot in _reads(s)} | {tape.out}:
+        if events[slot] is not None:
+            at[slot] = events[slot].dense(points, memo).reshape((span,) + tuple(tape.traced[slot].shape))
+    for s in split.rest[stop:]:
         args, kwargs = tape._inputs(s, at)
         result = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, span)
         for slot, value in zip(s.outs, (result,) if s.single else result):
@@ -1202,21 +1241,36 @@ def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[An
     return values if values.is_floating_point() else values.float()
 
 
-def _nests(split: _SumSplit, tape: _Tape, points: int) -> bool:
-    """Whether to cut ``split.rest`` again: its sums at every point would hold more than
-    ``_NEST`` times the first cut's elements (a sum per row of a mask)."""
-    return (points + 1) * _width(split, tape) > _NEST * split.elements
+def _events_step(s: _Step, tape: _Tape, first: List[Any], events: List[Any], span: int, memo: _Memo,
+                 budget: int) -> None:
+    """One step after the sums on :class:`_Events`: a sum, or :func:`_events_steps`' (the tensors
+    it reads at one set of codes first)."""
+    if _is_sum(s):
+        _events_sums([s], tape, first, events, span, memo)
+        return
+    reads = list(dict.fromkeys(_reads(s)))
+    if len(reads) > 1 and not all(events[slot].code is events[reads[0]].code for slot in reads[1:]):
+        for slot, e in zip(reads, _aligned([events[slot] for slot in reads], span, memo)):
+            events[slot] = e  # one key set, sorted once
+    _events_steps([s], tape, first, events, span, memo, budget)
 
 
-def _width(split: _SumSplit, tape: _Tape) -> int:
-    return sum(tape.traced[cast(int, s.outs[0])].numel() for s in split.sums)
+def _boundary(split: _SumSplit, points: int) -> int:
+    """How many steps after the sums to take on their changes: the number ``b`` that costs least,
+    ``b`` steps on the changes (each about ``_STEP`` elements' work and four a change: the sums'
+    elements, each changing once along a chain through sums; about two a point through a
+    ranking) and the held tensors that the steps from there on read, at every one of
+    ``points + 1`` points (the first ``b`` where two cost the same)."""
+    if _NEST == 0 or math.isinf(_NEST):
+        return split.walk if _NEST == 0 else 0
+    step = _NEST * (_STEP + 4 * max(split.elements, 2 * points))
+    costs = [b * step + (points + 1) * width for b, width in enumerate(split.widths)]
+    return costs.index(min(costs))
 
 
-def _final_width(split: _SumSplit, tape: _Tape, points: int) -> int:
-    """The elements of the sums :func:`_chain_by_sums` holds at every one of ``points + 1`` points."""
-    while split.more is not None and _nests(split, tape, points):
-        split = split.more
-    return _width(split, tape)
+def _dense_width(split: _SumSplit, points: int) -> int:
+    """The elements :func:`_after_sums` holds at every one of ``points + 1`` points."""
+    return split.widths[_boundary(split, points)]
 
 
 # --------------------------------------------------------------------------- the chain through a ranking
@@ -1300,16 +1354,12 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_Site") -> Optional[_RankS
         if not any(inside):
             cut.rest.append(s)
             continue
-        kind, name = s.rule[0], _op_name(s.func) if s.func is not None else ""
-        if not all(inside) or s.nested and kind != "cat" or s.kind != "op" or out is None or out.is_complex():
+        if not all(inside) or s.kind != "op" or out is None or out.is_complex():
             return None
         if _is_sum(s):
             cut.sums.append(s)
             continue
-        if not (kind == "ew" and s.rule[4] is None or
-                kind == "along" and name in ("flip", "narrow", "index_select") or
-                kind == "along" and name == "cumsum" and out.dim() == 1 or
-                kind in ("take", "basic", "cat") and not (kind == "take" and s.rule[1])):
+        if not _moves_along(s, out):
             return None
         steps.append(s)
         region.add(cast(int, s.outs[0]))
@@ -1317,7 +1367,7 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_Site") -> Optional[_RankS
     if ranked and lookup is None or not sources or not cut.sums or tape.out in region or sums & region:
         return None
     cut.elements = sum(tape.traced[s.fills[0][1]].numel() for s in cut.sums)
-    cut.more = _split_again(tape, cut)
+    _walks(tape, cut)
     source = cast(int, lookup.outs[0]) if lookup is not None else next(iter(sources))
     return _RankSplit(lookup, source, high, low, steps, cut)
 
@@ -1482,9 +1532,10 @@ def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor)
     else:  # topk with labels: the label climbs one slot at each of its row's last k turns
         events[out] = _Events.of(first[out].reshape(-1), *_topk_changes(cast(_ClassSite, site), rank), span)
     memo: _Memo = {}  # the key sets' elements (_cells)
-    _events_steps(split.steps, tape, first, events, span, memo, 8 * (points + first[out].numel()))
+    budget = 8 * (points + first[out].numel())
+    _events_steps(split.steps, tape, first, events, span, memo, budget)
     _events_sums(split.cut.sums, tape, first, events, span, memo)
-    return _after_sums(split.cut, tape, first, events, points, memo)
+    return _after_sums(split.cut, tape, first, events, points, memo, budget)
 
 
 def _topk_changes(site: "_ClassSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -3866,7 +3917,7 @@ class TracedMetric(Decomposition):
 
     def _chain_by_sums(self, plan: _Plan) -> Optional[Tuple[Callable[..., Tensor], bool]]:
         """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the elements of the
-        sums it holds at every point: the last cut's, :func:`_split_again`) where the one trained
+        tensors it holds at every point, :func:`_dense_width`) where the one trained
         step's output reaches ``fn``'s value only through elementwise operations and sums: a
         comparison (``Structure.chain``, a run per comparison), an argmax with a label per row
         (``chain_by_runs``: a row decodes to its label once its run is whole, to its best other
@@ -3897,7 +3948,7 @@ class TracedMetric(Decomposition):
         if split is None:  # the tape's form: the same for every call of this structure
             self._remember_sums(plan, False)
             return None
-        if (num + 1) * _final_width(split, tape, num) > current_limits().chain_elements:
+        if (num + 1) * _dense_width(split, num) > current_limits().chain_elements:
             return None
         best = site.best()
         lengths = site._lengths().to(torch.float32)  # the runs' 0-bit counts at the chain's two ends:
@@ -3952,7 +4003,8 @@ class TracedMetric(Decomposition):
             return None
         num, limit = site.num_bits, current_limits().chain_elements
         # its sums at every point, and the changes it holds (two or so a point for each step's result)
-        if (num + 1) * _final_width(split.cut, tape, num) > limit or 2 * (num + 1) * max(1, len(split.steps)) > limit:
+        steps = len(split.steps) + _boundary(split.cut, num)
+        if (num + 1) * _dense_width(split.cut, num) > limit or 2 * (num + 1) * max(1, steps) > limit:
             return None
 
         def values(rank: Tensor) -> Tensor:
