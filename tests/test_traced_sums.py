@@ -408,8 +408,13 @@ def repeated_rows(s, y):  # each row's sum read twice (an element in two places)
     return hits[torch.arange(s.shape[0]).repeat_interleave(2)].float().mean()
 
 
+def cumulative_label_counts(s, y):  # each label's hits, then their running total: a cumsum after the sums
+    hits = ((s > 0) & (y == 1)).sum(0)
+    return hits.cumsum(0).float().mean()
+
+
 NESTED = [subset_accuracy, row_recall, any_and_counted, samples_f1, samples_jaccard_weighted, groups_mostly_exact,
-          row_shares, repeated_rows]
+          row_shares, repeated_rows, cumulative_label_counts]
 
 
 def test_the_steps_after_the_sums_are_taken_on_their_changes_up_to_a_changing_number_broadcast():

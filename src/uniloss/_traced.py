@@ -1201,7 +1201,7 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, p
         where = place[split.source_of[s.fills[0][1]].reshape(-1)]
         _hold_sum(s, tape, first, events,
                   _sum_events(s, tape, env, x[:1], x[0].reshape(-1), x[1].reshape(-1), None, where, points + 1))
-    return _after_sums(split, tape, first, events, points, {}, 0)
+    return _after_sums(split, tape, first, events, points, {}, 8 * (points + split.elements))
 
 
 def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[Any], points: int,
