@@ -54,7 +54,7 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   constants: torchmetrics' precision-recall curve) into sums (AP, AUROC), each point of the chain
   swaps two neighbouring slots of what it reads, and a cumulative sum of the swap changes one
   element: every vector is held as its value at each change (:class:`_Events`, which the cut
-  through sums also uses for its sums and a nested cut's steps), and the chain's values take
+  through sums also uses for its sums and the steps after them), and the chain's values take
   ``O(l log l)`` instead of the tape at every point's ``O(l n)``; checked against the tape at
   nine points as the cut through sums is. ``topk`` with a label per row takes the same path: a
   row's output changes only at its last ``k`` turns (:func:`_topk_changes`).
@@ -70,12 +70,12 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import linecache
 import math
 import os
 import sys
 import warnings
-import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
@@ -807,7 +807,7 @@ _STEP = 1 << 14  # such a step costs about this many elements of values at every
 @dataclass
 class _SumSplit:
     """A tape cut at the sums of a trained step's output: ``sources``, the slots of the output (the
-    site and its repeats; in a nested cut, the sums before it); ``elementwise``, the steps whose
+    site and its repeats); ``elementwise``, the steps whose
     every element follows one element of the output; ``sums``, the sums and counts of those;
     ``rest``, the steps after; ``source_of``, which element of the output each element of those
     steps' results follows; ``elements``, how many elements the sums take; ``walk``, how many
@@ -970,7 +970,6 @@ def _moves_along(s: _Step, out: Tensor) -> bool:
     if [i for i, _ in s.fills] == [0] and (name in _MOVES - _EXPANDS or kind == "diag" and rule[1] == 2):
         return True  # each element of the result is one of the input's (one element in two places: raises)
     return (kind == "ew" and rule[4] is None or kind == "reshape" or
-            kind == "along" and name in ("flip", "narrow", "index_select") or
             kind == "along" and name == "cumsum" and out.dim() == 1 or
             kind in ("take", "basic", "cat") and not (kind == "take" and rule[1]))
 
@@ -993,8 +992,8 @@ class _Events:
     """A tensor along the chain, flat: its value at point 0 (``start``) and, at ``code = element *
     span + point`` (sorted, unique; ``span``: the chain's points plus one), the value it holds
     from that point on (``value``, ``start``'s dtype). Both cuts hold every tensor between the
-    trained step and the steps after the last sums so: a ranking's relevance and what follows it,
-    the sums, and what a nested cut takes from them. Made from changes (:meth:`of`), it keeps
+    trained step and the steps that run at every point so: a ranking's relevance and what follows
+    it, the sums, and the steps after them that take their changes. Made from changes (:meth:`of`), it keeps
     them and orders them only when ``code`` or ``value`` is read: the last sums are only
     added up at every point (:meth:`dense`)."""
 
@@ -1019,8 +1018,7 @@ class _Events:
         merged = delta.new_zeros(code.numel()).index_add_(0, inverse, delta)
         keep = merged != 0
         code, merged = code[keep], merged[keep]
-        cell = code // span
-        self._code, self._value = code, finish(start.to(merged.dtype)[cell] + _running(cell, merged))
+        self._code, self._value = code, _totals(start, code // span, merged, finish)
         self._changes = None
 
     @property
@@ -1062,10 +1060,7 @@ class _Events:
         """Its change at each of its codes, in ``acc``. Raises where a value is not finite (its
         change would not say what follows)."""
         before, after = self.at(self.code, span, memo)
-        delta = after.to(acc) - before.to(acc)
-        if delta.is_floating_point() and not bool(torch.isfinite(delta).all()):
-            raise RuntimeError("a change to or from a value that is not finite")
-        return delta
+        return _finite(after.to(acc) - before.to(acc))
 
     def dense(self, points: int, memo: _Memo) -> Tensor:
         """Its values at points ``0 .. points``: ``[points + 1, elements]`` (its changes added up
@@ -1088,6 +1083,20 @@ def _cells(code: Tensor, span: int, memo: _Memo) -> Tensor:
     if id(code) not in memo:
         memo[id(code)] = code, code // span
     return memo[id(code)][1]
+
+
+def _totals(start: Tensor, cell: Tensor, merged: Tensor, finish: Callable[[Tensor], Tensor],
+            head: Optional[Tensor] = None) -> Tensor:
+    """The values after changes ``merged`` to the elements ``cell`` (sorted codes' elements):
+    ``start`` plus their running totals, through ``finish``."""
+    return finish(start.to(merged.dtype)[cell] + _running(cell, merged, head))
+
+
+def _finite(delta: Tensor) -> Tensor:
+    """``delta``; raises where a change is not finite (it would not say what follows)."""
+    if delta.is_floating_point() and not bool(torch.isfinite(delta).all()):
+        raise RuntimeError("a change to or from a value that is not finite")
+    return delta
 
 
 def _acc(t: Tensor) -> torch.dtype:
@@ -1131,9 +1140,7 @@ def _sum_events(s: _Step, tape: _Tape, env: List[Any], first: Tensor, before: Te
         args[0] = first
         acc = torch.float64 if ref.is_floating_point() or name == "mean" else torch.int64
         start = _run_direct(s, cast(tuple, s.rule), args, kwargs, 1).reshape(width).to(acc)  # as fn takes it
-        delta = after.to(acc) - before.to(acc)
-        if acc == torch.float64 and not bool(torch.isfinite(delta).all()):
-            raise RuntimeError("a change to or from a value that is not finite")
+        delta = _finite(after.to(acc) - before.to(acc))
         if name == "mean":
             delta = delta / count
     else:  # a count: of nonzero elements (count_nonzero, any) or of zero ones (all)
@@ -1169,7 +1176,7 @@ def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
         for e, (start, cells, _, delta, _, finish) in zip(events, changes):
             merged = delta.new_zeros(keys.numel()).index_add_(0, inverse[offset: offset + cells.numel()], delta)
             offset += cells.numel()
-            aligned.append(_Events(e.start, keys, finish(start.to(delta.dtype)[cell] + _running(cell, merged, head))))
+            aligned.append(_Events(e.start, keys, _totals(start, cell, merged, finish, head)))
         return aligned
     codes = [e.code for e in events]
     keys = codes[0] if all(c is codes[0] for c in codes[1:]) else torch.unique(torch.cat(codes))
@@ -1221,7 +1228,7 @@ def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[An
                 events[slot] = e
     for i, s in enumerate(split.rest[:stop]):
         try:
-            _events_step(s, tape, first, events, span, memo, budget)
+            _events_steps([s], tape, first, events, span, memo, budget)
         except RuntimeError:  # one this chain's changes cannot take (an element to two places): values from here
             if span * split.widths[i] > current_limits().chain_elements:
                 raise
@@ -1239,20 +1246,6 @@ def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[An
                 at[slot] = value
     values = at[tape.out].reshape(span)
     return values if values.is_floating_point() else values.float()
-
-
-def _events_step(s: _Step, tape: _Tape, first: List[Any], events: List[Any], span: int, memo: _Memo,
-                 budget: int) -> None:
-    """One step after the sums on :class:`_Events`: a sum, or :func:`_events_steps`' (the tensors
-    it reads at one set of codes first)."""
-    if _is_sum(s):
-        _events_sums([s], tape, first, events, span, memo)
-        return
-    reads = list(dict.fromkeys(_reads(s)))
-    if len(reads) > 1 and not all(events[slot].code is events[reads[0]].code for slot in reads[1:]):
-        for slot, e in zip(reads, _aligned([events[slot] for slot in reads], span, memo)):
-            events[slot] = e  # one key set, sorted once
-    _events_steps([s], tape, first, events, span, memo, budget)
 
 
 def _boundary(split: _SumSplit, points: int) -> int:
@@ -1490,10 +1483,19 @@ def _events_elementwise(s: _Step, tape: _Tape, first: List[Any], events: List[An
 
 def _events_steps(steps: List[_Step], tape: _Tape, first: List[Any], events: List[Any], span: int,
                   memo: _Memo, budget: int) -> None:
-    """Elementwise operations, cumulative sums and moves on :class:`_Events` (``events``), and
-    their values at point 0 (``first``, batch 1)."""
+    """Elementwise operations, cumulative sums, moves and sums on :class:`_Events` (``events``; the
+    tensors a step reads at one set of codes first), and their values at point 0 (``first``,
+    batch 1)."""
     for s in steps:
+        if _is_sum(s):
+            _events_sums([s], tape, first, events, span, memo)
+            continue
         out = cast(int, s.outs[0])
+        shape = tape.traced[out].shape  # its inputs of its shape (not a number broadcast)
+        reads = [slot for slot in dict.fromkeys(_reads(s)) if tape.traced[slot].shape == shape]
+        if len(reads) > 1 and not all(events[slot].code is events[reads[0]].code for slot in reads[1:]):
+            for slot, e in zip(reads, _aligned([events[slot] for slot in reads], span, memo)):
+                events[slot] = e  # one key set, sorted once
         args, kwargs = tape._inputs(s, first)
         first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
         start = first[out].reshape(-1)
