@@ -101,8 +101,22 @@ def through_a_nan(s, y):
     return (seen * relevant * hits / torch.arange(1, s.numel() + 1)).sum()
 
 
+def auroc_flipped(s, y):
+    relevant = y[s.argsort(descending=True)].double()
+    below = (1 - relevant).flip(0).cumsum(0).flip(0)  # the irrelevant items at or below each slot
+    return (below * relevant).sum() / (relevant.sum() * (1 - relevant).sum())
+
+
+def inner_slots_from_the_bottom(s, y):
+    relevant = y[s.argsort(descending=True)].double()
+    precision = relevant.cumsum(0) / torch.arange(1, s.numel() + 1)
+    picked = torch.arange(s.numel() - 2, 0, -1)  # reorders the slots and drops both ends
+    above = relevant[picked].flip(0).cumsum(0)  # a cumsum after the move: a swap's changes cancel
+    return (precision[picked] * above).sum() / relevant.sum()
+
+
 RANKED = [ap_cumsum_in_float64, ap_argsort, ap_sort_bool, ap_negated, auroc_ascending, ap_of_a_table, counted_hits, ap_from_its_curve,
-          moved_items, discounted_cumsum, through_a_nan]
+          moved_items, discounted_cumsum, through_a_nan, auroc_flipped, inner_slots_from_the_bottom]
 
 
 def precision_at_3(s, y):
@@ -298,3 +312,31 @@ def test_topk_read_by_a_cumulative_sum_of_rows_takes_the_tape():
     """A cumulative sum along the rows of a matrix: the cut's cumsum runs along a vector only."""
     _takes_no_cut(lambda s, y: (s.topk(3, dim=1).indices == y[:, None]).float().cumsum(1).sum(), *_classes())
 
+
+
+def _values_by_hand(e, span):
+    """Each element's value at every point ``0 .. span - 1``, a loop over its changes."""
+    out = e.start.repeat(span, 1).clone()
+    for code, value in zip(e.code.tolist(), e.value.tolist()):
+        out[code % span:, code // span] = value
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tensors_aligned_to_one_key_set_keep_their_values_at_every_point(seed):
+    """``_aligned`` puts tensors held at different codes on the union of them: each keeps its
+    value at every point (a loop over its changes), elements with no change included."""
+    g = torch.Generator().manual_seed(seed)
+    span, width = 11, 6
+    events = []
+    for count in (9, 14, 0, 5):
+        code = torch.unique(torch.randint(0, width, (count,), generator=g) * span +
+                            torch.randint(1, span, (count,), generator=g))
+        events.append(traced._Events(torch.randn(width, generator=g, dtype=torch.float64), code,
+                                     torch.randn(code.numel(), generator=g, dtype=torch.float64)))
+    aligned = traced._aligned(events, span, {})
+    keys = aligned[0].code
+    assert all(a.code is keys for a in aligned)
+    assert torch.equal(keys, torch.unique(torch.cat([e.code for e in events])))
+    for a, e in zip(aligned, events):
+        torch.testing.assert_close(_values_by_hand(a, span), _values_by_hand(e, span), rtol=0, atol=0)

@@ -1033,34 +1033,20 @@ class _Events:
             self._ordered()
         return cast(Tensor, self._value)
 
-    def at(self, keys: Tensor, span: int, memo: _Memo) -> Tuple[Tensor, Tensor]:
-        """Its values before and after the changes at ``keys`` (sorted codes holding its own);
-        ``memo``: each key set's elements (:func:`_cells`)."""
-        if keys is self.code and self.code.numel():  # before a change: the one before it where it is the same element's
-            own = _cells(self.code, span, memo)
-            earlier = torch.zeros_like(own, dtype=torch.bool)
-            earlier[1:] = own[1:] == own[:-1]
-            return torch.where(earlier, self.value.roll(1), self.start[own]), self.value
-        return self._held(keys, False, span, memo), self.after(keys, span, memo)
-
-    def after(self, keys: Tensor, span: int, memo: _Memo) -> Tensor:
-        """Its values after the changes at ``keys``."""
-        return self.value if keys is self.code else self._held(keys, True, span, memo)
-
-    def _held(self, keys: Tensor, right: bool, span: int, memo: _Memo) -> Tensor:
-        cell = _cells(keys, span, memo)
-        held = self.start[cell]
-        if not self.code.numel():
-            return held
-        i = torch.searchsorted(self.code, keys, right=right) - 1  # its last change before (or at) each key
-        j = i.clamp_min(0)
-        return torch.where((i >= 0) & (_cells(self.code, span, memo)[j] == cell), self.value[j], held)
+    def before(self, span: int, memo: _Memo) -> Tensor:
+        """Its values just before each of its changes: the change before it where that is the
+        same element's, its start otherwise; ``memo``: each key set's elements (:func:`_cells`)."""
+        own = _cells(self.code, span, memo)
+        if not own.numel():
+            return self.value
+        earlier = torch.zeros_like(own, dtype=torch.bool)
+        earlier[1:] = own[1:] == own[:-1]
+        return torch.where(earlier, self.value.roll(1), self.start[own])
 
     def changes(self, span: int, memo: _Memo, acc: torch.dtype) -> Tensor:
         """Its change at each of its codes, in ``acc``. Raises where a value is not finite (its
         change would not say what follows)."""
-        before, after = self.at(self.code, span, memo)
-        return _finite(after.to(acc) - before.to(acc))
+        return _finite(self.value.to(acc) - self.before(span, memo).to(acc))
 
     def dense(self, points: int, memo: _Memo) -> Tensor:
         """Its values at points ``0 .. points``: ``[points + 1, elements]`` (its changes added up
@@ -1159,14 +1145,16 @@ def _events_sums(sums: List[_Step], tape: _Tape, first: List[Any], events: List[
     for s in sums:
         x = s.fills[0][1]
         e = events[x]
-        before, after = e.at(e.code, span, memo)
-        _hold_sum(s, tape, first, events, _sum_events(s, tape, first, first[x], before, after,
+        _hold_sum(s, tape, first, events, _sum_events(s, tape, first, first[x], e.before(span, memo), e.value,
                                                       _cells(e.code, span, memo), e.code % span, span))
 
 
 def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
     """The same tensors at one set of codes (the union of theirs): one sort of all their changes
-    where they are held as changes (sums)."""
+    where they are held as changes (sums), else each key's value from the tensor's last change at
+    or before it (a running maximum over the union, no search)."""
+    if len(events) == 1:
+        return list(events)
     if all(e._changes is not None for e in events):
         changes = [cast(tuple, e._changes) for e in events]
         keys, inverse = torch.unique(torch.cat([cell * span + point for _, cell, point, _, _, _ in changes]),
@@ -1179,8 +1167,22 @@ def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
             aligned.append(_Events(e.start, keys, _totals(start, cell, merged, finish, head)))
         return aligned
     codes = [e.code for e in events]
-    keys = codes[0] if all(c is codes[0] for c in codes[1:]) else torch.unique(torch.cat(codes))
-    return [_Events(e.start, keys, e.after(keys, span, memo)) for e in events]
+    if all(c is codes[0] for c in codes[1:]):
+        return list(events)
+    keys, key_of = torch.unique(torch.cat(codes), return_inverse=True)  # each code's place among the keys
+    cell, offset, aligned = _cells(keys, span, memo), 0, []
+    first_code = cell * span  # each key's element's first code
+    for e, code in zip(events, codes):  # each key's value: its last change at or before it, on the key's element
+        last = torch.full((keys.numel(),), -1, dtype=torch.long, device=keys.device)
+        last[key_of[offset: offset + code.numel()]] = torch.arange(code.numel(), device=keys.device)
+        offset += code.numel()
+        last = torch.cummax(last, 0).values
+        j = last.clamp_min(0)
+        held = e.start[cell]
+        if code.numel():
+            held = torch.where((last >= 0) & (code[j] >= first_code), e.value[j], held)
+        aligned.append(_Events(e.start, keys, held))
+    return aligned
 
 
 def _hold_sum(s: _Step, tape: _Tape, first: List[Any], events: List[Any], e: _Events) -> None:
@@ -1412,10 +1414,12 @@ def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int, memo: _Mem
                       torch.repeat_interleave(running, length), span)
 
 
-def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: int) -> _Events:
+def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: int, memo: _Memo) -> _Events:
     """The :class:`_Events` of an operation that moves elements (a reshape, a slice, ``flip``,
     indexing by a constant, ``cat`` with constants): the operation applied to each input's element
-    indices says where each element comes from. Raises where one element goes to two places."""
+    indices says where each element comes from. Raises where one element goes to two places.
+    What the move does to the elements that change is decided on the elements (a few hundred),
+    not on their changes (one or two a point)."""
     reads = _reads(s)
     env: List[Any] = [None] * tape.num_slots
     for slot in reads:
@@ -1433,15 +1437,20 @@ def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: 
     if bool((torch.bincount(source[taken], minlength=e.start.numel()) > 1).any()):
         raise RuntimeError("an element moved to two places")
     target[source[taken]] = torch.arange(source.numel(), device=start.device)[taken]
-    cell, point = e.code // span, e.code % span
+    cell = _cells(e.code, span, memo)
+    changing = torch.bincount(cell, minlength=e.start.numel()).nonzero().reshape(-1)  # in order
+    to = target[changing]
+    if bool((to == changing).all()):
+        return _Events(start, e.code, e.value)  # the elements that change stay in place: the same keys
     moved = target[cell]
-    kept = moved >= 0
-    code, value = moved[kept] * span + point[kept], e.value[kept]
-    if code.numel() == e.code.numel() and bool((code == e.code).all()):
-        return _Events(start, e.code, value)  # the elements that change stay in place: the same keys
-    if code.numel() > 1 and not bool((code[1:] > code[:-1]).all()):  # a move that reorders (flip)
+    code, value = moved * span + (e.code - cell * span), e.value
+    if not bool((to >= 0).all()):  # some are dropped (a slice)
+        kept = moved >= 0
+        code, value, moved, to = code[kept], value[kept], moved[kept], to[to >= 0]
+    if to.numel() > 1 and not bool((to[1:] > to[:-1]).all()):  # a move that reorders them (flip)
         order = code.argsort()
-        code, value = code[order], value[order]
+        code, value, moved = code[order], value[order], moved[order]
+    memo[id(code)] = code, moved
     return _Events(start, code, value)
 
 
@@ -1459,12 +1468,13 @@ def _events_elementwise(s: _Step, tape: _Tape, first: List[Any], events: List[An
             raise RuntimeError("a changing input broadcast over the elements")
     if not moving:
         raise RuntimeError("no changing input of the result's shape")
-    codes = [events[slot].code for slot in moving]
-    keys = codes[0] if all(c is codes[0] for c in codes[1:]) else torch.unique(torch.cat(codes))
+    for slot, e in zip(moving, _aligned([events[slot] for slot in moving], span, memo)):
+        events[slot] = e  # one key set, sorted once (a later step reading them again finds it)
+    keys = events[moving[0]].code
     env: List[Any] = [None] * tape.num_slots
     for slot in reads:
         if slot in moving:
-            env[slot] = events[slot].after(keys, span, memo).to(tape.traced[slot].dtype)
+            env[slot] = events[slot].value.to(tape.traced[slot].dtype)
         else:
             env[slot] = first[slot].reshape(tape.traced[slot].shape)  # a number held
     cell = _cells(keys, span, memo)
@@ -1483,19 +1493,13 @@ def _events_elementwise(s: _Step, tape: _Tape, first: List[Any], events: List[An
 
 def _events_steps(steps: List[_Step], tape: _Tape, first: List[Any], events: List[Any], span: int,
                   memo: _Memo, budget: int) -> None:
-    """Elementwise operations, cumulative sums, moves and sums on :class:`_Events` (``events``; the
-    tensors a step reads at one set of codes first), and their values at point 0 (``first``,
-    batch 1)."""
+    """Elementwise operations, cumulative sums, moves and sums on :class:`_Events` (``events``),
+    and their values at point 0 (``first``, batch 1)."""
     for s in steps:
         if _is_sum(s):
             _events_sums([s], tape, first, events, span, memo)
             continue
         out = cast(int, s.outs[0])
-        shape = tape.traced[out].shape  # its inputs of its shape (not a number broadcast)
-        reads = [slot for slot in dict.fromkeys(_reads(s)) if tape.traced[slot].shape == shape]
-        if len(reads) > 1 and not all(events[slot].code is events[reads[0]].code for slot in reads[1:]):
-            for slot, e in zip(reads, _aligned([events[slot] for slot in reads], span, memo)):
-                events[slot] = e  # one key set, sorted once
         args, kwargs = tape._inputs(s, first)
         first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
         start = first[out].reshape(-1)
@@ -1505,7 +1509,7 @@ def _events_steps(steps: List[_Step], tape: _Tape, first: List[Any], events: Lis
         elif kind == "ew":
             events[out] = _events_elementwise(s, tape, first, events, start, span, memo)
         else:
-            events[out] = _events_move(s, tape, events, start, span)
+            events[out] = _events_move(s, tape, events, start, span, memo)
 
 
 def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor) -> Tensor:
