@@ -3522,7 +3522,8 @@ class TracedMetric(Decomposition):
         if call.kind == "compare":
             candidates = _binary_candidates(call, tensors)
             if mode != "probe" and candidates:
-                return _CompareSite(call, index, candidates[choice.get("which", 0) % len(candidates)])
+                best = candidates[choice.get("which", 0) % len(candidates)]
+                return _CompareSite(call, index, best == 0 if choice.get("complement") else best)
             return _CompareSite(call, index, self._probe_compare(plan, call, index))
         relevance = _relevance_candidates(call, tensors)
         if relevance and mode != "probe" and (call.name not in ("argmax", "argmin", "max", "min") or
@@ -3771,9 +3772,13 @@ class TracedMetric(Decomposition):
                     choice["mode"] = "probe"
                     out_sites[pos] = self._site(plan, site.call, site.index, tensors, choice)
             elif isinstance(site, _CompareSite) and _binary_candidates(site.call, tensors):
-                if not self._spot_check_compare(plan, site):
-                    choice["mode"] = "probe"
+                if not self._spot_check_compare(plan, site):  # best where it is not the target (s < t for y == 0)?
+                    choice["complement"] = True
                     out_sites[pos] = self._site(plan, site.call, site.index, tensors, choice)
+                    if not self._spot_check_compare(plan, cast(_CompareSite, out_sites[pos])):
+                        choice = {k: v for k, v in choice.items() if k != "complement"}
+                        choice["mode"] = "probe"  # neither: the best output of each element, probed every call
+                        out_sites[pos] = self._site(plan, site.call, site.index, tensors, choice)
             elif isinstance(site, _RankSite):
                 flipped = _RankSite(site.call, site.index, _relevance_candidates(site.call, tensors)[0], orient=-1,
                                     pairs=site.pairs)
