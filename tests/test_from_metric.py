@@ -328,6 +328,31 @@ def test_a_comparison_best_where_the_target_is_zero_takes_its_complement_not_pro
     torch.testing.assert_close(scores.grad, sign * reference.grad)
 
 
+def test_a_target_of_minus_one_and_one_labels_gives_the_best_output_without_probing(monkeypatch):
+    """Labels in {-1, +1} (the margin losses' convention): ``t > 0`` is the best output of ``s > 0``,
+    not found by probing each element every call; the loss and gradient of the same metric on 0/1
+    labels."""
+    import uniloss._traced as traced
+
+    g = torch.Generator().manual_seed(1)
+    positive = torch.rand(40, generator=g) < 0.3
+    s = torch.randn(40, generator=g) + positive
+    signed = torch.where(positive, 1, -1)
+    monkeypatch.setattr(traced.TracedMetric, "_probe_compare", lambda self, *a: pytest.fail("probed"))
+    values, grads = [], []
+    for fn, y in ((lambda a, b: ((a > 0) == (b > 0)).float().mean(), signed), (_accuracy, positive.long())):
+        scores = s.clone().requires_grad_()
+        loss = uniloss.UniLoss(from_metric(fn))
+        for _ in range(2):
+            scores.grad = None
+            value = loss(scores, y)
+            value.backward()
+        values.append(value)
+        grads.append(scores.grad)
+    torch.testing.assert_close(values[0], values[1])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 @pytest.mark.filterwarnings("ignore:from_metric.*fn is lowest where a row")  # labels not best by design
 def test_best_output_found_by_probing_when_the_target_holds_none():
     """A cost-sensitive metric whose target is not the best prediction: the best outputs come

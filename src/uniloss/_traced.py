@@ -2757,7 +2757,8 @@ def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
 
 def _binary_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
     """0/1 tensors of the output's shape, then those whose shape begins it (one target per
-    sample, compared with several thresholds), expanded to it."""
+    sample, compared with several thresholds), expanded to it; a target of -1/+1 labels (the
+    margin losses' convention) as ``t > 0``."""
     exact, prefix = [], []
     shape = call.out_shape
     for t in tensors:
@@ -2766,7 +2767,9 @@ def _binary_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
         if t.is_complex() or t.dim() == 0 or tuple(t.shape) != shape[: t.dim()]:
             continue
         if not (t.dtype == torch.bool or t.numel() == 0 or bool(((t == 0) | (t == 1)).all())):
-            continue
+            if not bool(((t == -1) | (t == 1)).all()):
+                continue
+            t = t > 0
         if t.dim() == len(shape):
             exact.append(t)
         else:
