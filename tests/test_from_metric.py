@@ -353,6 +353,49 @@ def test_a_target_of_minus_one_and_one_labels_gives_the_best_output_without_prob
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def _macro_recall_of_rows(scores, target):  # target [n, C]: one row per sample, its class highest
+    hits = torch.nn.functional.one_hot(scores.argmax(1), target.shape[1]) * (target == target.amax(1, keepdim=True))
+    return (hits.sum(0) / (target == target.amax(1, keepdim=True)).sum(0).clamp_min(1)).mean()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("fn", [lambda s, y: (s.argmax(1) == y.argmax(1)).float().mean(), _macro_recall_of_rows],
+                         ids=["accuracy", "macro_recall"])
+def test_one_hot_and_smoothed_targets_give_the_labels_loss(fn, smoothing):
+    """``y`` one-hot or label-smoothed ``[n, C]``, read as ``y.argmax(1)`` or by its row maxima:
+    the argmax takes each row's highest entry as its label (the fast path of the labels; it had
+    been a ranking by relevance through the tape at every point, 2 s a call at 256 x 10), with
+    the loss and gradient of the same metric on the integer labels."""
+    scores, labels = _multiclass(3)
+    rows = torch.nn.functional.one_hot(labels, scores.shape[1]).double() * (1 - smoothing) + smoothing / scores.shape[1]
+    metric = from_metric(fn)
+    assert [(type(s).__name__, s.mode) for s in metric.prepare(scores, rows).sites] == [("_ClassSite", "label")]
+    on_labels = from_metric(lambda s, y: fn(s, torch.nn.functional.one_hot(y, s.shape[1])))
+    results = []
+    for m, y in ((metric, rows), (on_labels, labels)):
+        s = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(m)
+        for _ in range(2):
+            s.grad = None
+            value = loss(s, y)
+            value.backward()
+        results.append((value, s.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_graded_relevance_rows_stay_a_ranking():
+    """Rows of graded relevance (more than two values in a row), or a row whose highest entry is
+    shared, are not read as labels: the argmax stays a ranking by relevance."""
+    scores, labels = _multiclass(4, n=12, c=5)
+    graded = torch.nn.functional.one_hot(labels, 5).double() * 2 + torch.linspace(0, 1, 5)  # three values or more
+    shared = torch.nn.functional.one_hot(labels, 5).double()
+    shared[0] = 1.0  # one row all highest
+    fn = lambda s, y: y.gather(1, s.argmax(1, keepdim=True)).mean()  # noqa: E731  (relevance of the pick)
+    for y in (graded, shared):
+        assert [type(s).__name__ for s in from_metric(fn).prepare(scores, y).sites] == ["_RankSite"]
+
+
 @pytest.mark.filterwarnings("ignore:from_metric.*fn is lowest where a row")  # labels not best by design
 def test_best_output_found_by_probing_when_the_target_holds_none():
     """A cost-sensitive metric whose target is not the best prediction: the best outputs come

@@ -181,3 +181,26 @@ def test_the_eager_floor_benchmark_times_the_librarys_own_loss(n):
     floor = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(floor)
     assert floor.check_equal(n) <= 1e-6
+
+
+def test_the_target_forms_benchmark_times_its_metrics_on_the_targets_paths():
+    """``benchmarks/target_forms.py``: each case is the metric its name says (scikit-learn on the
+    hard decisions) and, in this checkout, reads its best output from the target (a label per row,
+    the target or its complement), not from probes of ``fn``."""
+    from sklearn import metrics as skm
+
+    import uniloss._traced as traced
+
+    spec = importlib.util.spec_from_file_location("target_forms", os.path.join(ROOT, "benchmarks", "target_forms.py"))
+    forms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(forms)
+    references = {forms.specificity: lambda x, y: skm.recall_score(y == 0, x < 0),
+                  forms.signed_accuracy: lambda x, y: skm.accuracy_score(y > 0, x > 0),
+                  forms.rows_accuracy: lambda x, y: skm.accuracy_score(y.argmax(1), x.argmax(1))}
+    for name, fn, x, y in forms._cases(torch.Generator().manual_seed(0)):
+        assert float(fn(x, y)) == pytest.approx(references[fn](x.numpy(), y.numpy()), abs=1e-6), name
+        metric = traced.TracedMetric(fn)
+        sites = metric.prepare(x, y).sites
+        assert len(sites) == 1 and not isinstance(sites[0], traced._RankSite), name
+        assert all(d.get("mode") != "probe" for ds in metric._decisions.values() for d in ds.values()), name
+        assert getattr(sites[0], "mode", "label") == "label", name

@@ -2730,15 +2730,24 @@ def _fits(t: Tensor, shape: Tuple[int, ...]) -> bool:
 
 
 def _label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
-    """Integer tensors shaped like one label per row, with values among the classes."""
+    """Integer tensors shaped like one label per row, with values among the classes; then, from
+    a tensor shaped like the scores whose every row is one entry above all the others, equal
+    (one-hot or label-smoothed targets, read as ``y.argmax(1)``), that entry's place. Graded
+    relevance is left to the ranking's site."""
     rows, num = _rows_shape(call), (call.shape[call.dim] if call.dim is not None else math.prod(call.shape))
-    out = []
+    out, rowwise = [], []
     for t in tensors:
+        if call.dim is not None and t.numel() and not t.is_complex() and _fits(t, call.shape):
+            v = t.reshape(call.shape).to(torch.float64)
+            high, low = v.amax(call.dim, keepdim=True), v.amin(call.dim, keepdim=True)
+            if bool(torch.isfinite(v).all()) and bool(((v == high) | (v == low)).all()) and \
+                    bool(((v == high).sum(call.dim) == 1).all()) and bool((high > low).all()):
+                rowwise.append(v.argmax(call.dim))
         if not _fits(t, rows) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             continue
         if t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < num):
             out.append(t.reshape(rows))
-    return out
+    return out + rowwise
 
 
 def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:

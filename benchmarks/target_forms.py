@@ -1,0 +1,75 @@
+"""What the form of the target costs a traced metric: the same metrics with the best output read
+from the target as it is written, against a commit's ``from_metric``.
+
+    python benchmarks/target_forms.py 10 eb4a642^      # each case by this checkout and by a commit's
+
+``from_metric`` takes a step's best output from the target: a label per row for an ``argmax``, a
+0/1 tensor for a comparison. Where it finds none, it probes ``fn`` for each element's best
+output on every call (a comparison: ``O(n^2)``), or, for an ``argmax`` whose target has the
+scores' shape, ranks the classes by it, through the tape at every point of the chain. Written
+naturally, specificity (``s < 0`` scored where ``y == 0``: the target's complement), accuracy on
+-1/+1 labels and accuracy on one-hot or label-smoothed targets took those slow paths. Each case
+times one loss call (forward and backward, library defaults, one thread) of this checkout and of
+the commit's, interleaved call by call in one process (medians).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as nnf
+
+import uniloss
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from version_cost import alternate, load_ref  # noqa: E402  (a commit's package; calls in turn)
+
+
+def specificity(scores, target):
+    """The negatives predicted negative: ``s < 0`` where ``y == 0``."""
+    return ((scores < 0) & (target == 0)).sum() / (target == 0).sum().clamp_min(1)
+
+
+def signed_accuracy(scores, target):
+    """Accuracy on -1/+1 labels."""
+    return ((scores > 0) == (target > 0)).float().mean()
+
+
+def rows_accuracy(scores, target):
+    """Accuracy on a one-hot (or smoothed) ``[n, C]`` target."""
+    return (scores.argmax(1) == target.argmax(1)).float().mean()
+
+
+def _cases(g):
+    for n in (2000, 8000):
+        y = (torch.rand(n, generator=g) < 0.3).long()
+        yield f"specificity with s < 0, [{n}]", specificity, torch.randn(n, generator=g) - y, y
+    n = 4000
+    y = torch.where(torch.rand(n, generator=g) < 0.3, 1, -1)
+    yield f"accuracy on -1/+1 labels, [{n}]", signed_accuracy, torch.randn(n, generator=g) + y, y
+    for n in (64, 256):
+        labels = torch.randint(0, 10, (n,), generator=g)
+        x = torch.randn(n, 10, generator=g) + nnf.one_hot(labels, 10)
+        yield f"accuracy on one-hot targets, [{n}, 10]", rows_accuracy, x, nnf.one_hot(labels, 10).float()
+        yield (f"accuracy on smoothed targets (0.1), [{n}, 10]", rows_accuracy, x,
+               nnf.one_hot(labels, 10).float() * 0.9 + 0.01)
+
+
+def main(calls: int, ref: str) -> None:
+    torch.set_num_threads(1)
+    w = torch.nn.Parameter(torch.ones(1))
+    print(f"| case | {ref} (ms) | this checkout (ms) | this / {ref} |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        old = load_ref(tmp, ref)
+        for name, fn, x, y in _cases(torch.Generator().manual_seed(0)):
+            losses = {"ref": old.UniLoss(old.from_metric(fn)), "this": uniloss.UniLoss(uniloss.from_metric(fn))}
+            med = alternate({k: (lambda f=f: f(x * w, y).backward()) for k, f in losses.items()}, calls, warmup=2)
+            print(f"| {name} | {med['ref']:.2f} | {med['this']:.2f} | {med['this'] / med['ref']:.3f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10, sys.argv[2] if len(sys.argv) > 2 else "HEAD")
