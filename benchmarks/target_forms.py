@@ -8,7 +8,8 @@ from the target as it is written, against a commit's ``from_metric``.
 output on every call (a comparison: ``O(n^2)``), or, for an ``argmax`` whose target has the
 scores' shape, ranks the classes by it, through the tape at every point of the chain. Written
 naturally, specificity (``s < 0`` scored where ``y == 0``: the target's complement), accuracy on
--1/+1 labels and accuracy on one-hot or label-smoothed targets took those slow paths. Each case
+-1/+1 or smoothed 0.1/0.9 labels, on class indices stored as floats and on one-hot or
+label-smoothed targets took those slow paths. Each case
 times one loss call (forward and backward, library defaults, one thread) of this checkout and of
 the commit's, interleaved call by call in one process (medians).
 """
@@ -43,6 +44,16 @@ def rows_accuracy(scores, target):
     return (scores.argmax(1) == target.argmax(1)).float().mean()
 
 
+def accuracy(scores, target):
+    """Accuracy on class indices (here stored as floats)."""
+    return (scores.argmax(1) == target).float().mean()
+
+
+def smoothed_binary_accuracy(scores, target):
+    """Binary accuracy on smoothed labels (0.1 and 0.9), thresholded at 0.5."""
+    return ((scores > 0) == (target > 0.5)).float().mean()
+
+
 def _cases(g):
     for n in (2000, 8000):
         y = (torch.rand(n, generator=g) < 0.3).long()
@@ -50,6 +61,11 @@ def _cases(g):
     n = 4000
     y = torch.where(torch.rand(n, generator=g) < 0.3, 1, -1)
     yield f"accuracy on -1/+1 labels, [{n}]", signed_accuracy, torch.randn(n, generator=g) + y, y
+    y = torch.where(torch.rand(n, generator=g) < 0.3, 0.9, 0.1)
+    yield f"accuracy on 0.1/0.9 labels, [{n}]", smoothed_binary_accuracy, torch.randn(n, generator=g) + y, y
+    labels = torch.randint(0, 10, (1024,), generator=g)
+    yield ("accuracy on class indices stored as floats, [1024, 10]", accuracy,
+           torch.randn(1024, 10, generator=g) + nnf.one_hot(labels, 10), labels.float())
     for n in (64, 256):
         labels = torch.randint(0, 10, (n,), generator=g)
         x = torch.randn(n, 10, generator=g) + nnf.one_hot(labels, 10)

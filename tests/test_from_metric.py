@@ -384,6 +384,42 @@ def test_one_hot_and_smoothed_targets_give_the_labels_loss(fn, smoothing):
     torch.testing.assert_close(results[0][1], results[1][1])
 
 
+def test_class_indices_stored_as_floats_are_labels():
+    """Labels loaded as floats (``y.float()``, whole numbers): the labels' path and loss, not a
+    probe of each row and class on every call."""
+    scores, labels = _multiclass(5)
+    results = []
+    for y in (labels.double(), labels):
+        metric = from_metric(lambda s, t: (s.argmax(1) == t).double().mean())
+        assert [(type(x).__name__, x.mode) for x in metric.prepare(scores, y).sites] == [("_ClassSite", "label")]
+        s = scores.clone().requires_grad_()
+        value = uniloss.UniLoss(metric)(s, y)
+        value.backward()
+        results.append((value, s.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_a_target_of_two_other_values_is_read_as_where_it_holds_the_higher(monkeypatch):
+    """Smoothed binary labels (0.1 and 0.9) thresholded inside ``fn``: the target where it holds
+    the higher value is the best output of ``s > 0``, not found by probing every call; the loss
+    and gradient of the same metric on 0/1 labels."""
+    import uniloss._traced as traced
+
+    g = torch.Generator().manual_seed(2)
+    positive = torch.rand(40, generator=g) < 0.3
+    s = torch.randn(40, generator=g) + positive
+    monkeypatch.setattr(traced.TracedMetric, "_probe_compare", lambda self, *a: pytest.fail("probed"))
+    results = []
+    for y in (torch.where(positive, 0.9, 0.1), positive.double()):
+        scores = s.clone().requires_grad_()
+        value = uniloss.UniLoss(from_metric(lambda a, b: ((a > 0) == (b > 0.5)).float().mean()))(scores, y)
+        value.backward()
+        results.append((value, scores.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
 def test_graded_relevance_rows_stay_a_ranking():
     """Rows of graded relevance (more than two values in a row), or a row whose highest entry is
     shared, are not read as labels: the argmax stays a ranking by relevance."""

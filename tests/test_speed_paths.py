@@ -196,7 +196,9 @@ def test_the_target_forms_benchmark_times_its_metrics_on_the_targets_paths():
     spec.loader.exec_module(forms)
     references = {forms.specificity: lambda x, y: skm.recall_score(y == 0, x < 0),
                   forms.signed_accuracy: lambda x, y: skm.accuracy_score(y > 0, x > 0),
-                  forms.rows_accuracy: lambda x, y: skm.accuracy_score(y.argmax(1), x.argmax(1))}
+                  forms.rows_accuracy: lambda x, y: skm.accuracy_score(y.argmax(1), x.argmax(1)),
+                  forms.accuracy: lambda x, y: skm.accuracy_score(y, x.argmax(1)),
+                  forms.smoothed_binary_accuracy: lambda x, y: skm.accuracy_score(y > 0.5, x > 0)}
     for name, fn, x, y in forms._cases(torch.Generator().manual_seed(0)):
         assert float(fn(x, y)) == pytest.approx(references[fn](x.numpy(), y.numpy()), abs=1e-6), name
         metric = traced.TracedMetric(fn)

@@ -2743,8 +2743,12 @@ def _label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
             if bool(torch.isfinite(v).all()) and bool(((v == high) | (v == low)).all()) and \
                     bool(((v == high).sum(call.dim) == 1).all()) and bool((high > low).all()):
                 rowwise.append(v.argmax(call.dim))
-        if not _fits(t, rows) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        if not _fits(t, rows) or t.is_complex() or t.dtype == torch.bool:
             continue
+        if t.is_floating_point():  # class indices stored as floats (loaded from an array): whole numbers
+            if not bool((torch.isfinite(t) & (t == t.round())).all()):
+                continue
+            t = t.long()
         if t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < num):
             out.append(t.reshape(rows))
     return out + rowwise
@@ -2767,7 +2771,8 @@ def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
 def _binary_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
     """0/1 tensors of the output's shape, then those whose shape begins it (one target per
     sample, compared with several thresholds), expanded to it; a target of -1/+1 labels (the
-    margin losses' convention) as ``t > 0``."""
+    margin losses' convention) as ``t > 0``, and one of two other values (smoothed labels, 0.1
+    and 0.9) as where it holds the higher."""
     exact, prefix = [], []
     shape = call.out_shape
     for t in tensors:
@@ -2776,9 +2781,13 @@ def _binary_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
         if t.is_complex() or t.dim() == 0 or tuple(t.shape) != shape[: t.dim()]:
             continue
         if not (t.dtype == torch.bool or t.numel() == 0 or bool(((t == 0) | (t == 1)).all())):
-            if not bool(((t == -1) | (t == 1)).all()):
-                continue
-            t = t > 0
+            if bool(((t == -1) | (t == 1)).all()):
+                t = t > 0
+            else:
+                values = torch.unique(t)
+                if values.numel() != 2 or not bool(torch.isfinite(values).all()):
+                    continue
+                t = t == values[1]
         if t.dim() == len(shape):
             exact.append(t)
         else:
