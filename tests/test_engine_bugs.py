@@ -88,6 +88,27 @@ def test_cached_tensors_are_not_inference_tensors(empty_caches, name):
     assert len(contents()) == len(held) and all(a is b for a, b in zip(contents(), held))
 
 
+@pytest.mark.parametrize("name", sorted(CACHES))
+def test_a_cache_is_not_filled_inside_a_func_transform(empty_caches, name):
+    """A first call inside ``torch.func.grad`` (or ``vmap``) makes its constants afresh: kept,
+    they would be the transform's wrapped tensors after it ends (AP's every-bit-one view was then
+    no longer recognised, and every later step took the general path)."""
+    fill, contents = CACHES[name]
+    torch.func.grad(lambda x: (fill(), x.sum())[1])(torch.ones(2))
+    assert not contents()
+    fill()
+    held = contents()
+    assert held and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in held)
+
+
+def test_ap_keeps_its_fast_path_after_a_func_transform(empty_caches):
+    """The every-bit-one view of AP's best configuration is recognised after ``torch.func.grad``
+    ran the loss first."""
+    scores, target = torch.randn(12, dtype=torch.float64), (torch.arange(12) % 3 == 0).long()
+    torch.func.grad(lambda s: uniloss.functional.uniloss(s, target, uniloss.AveragePrecision()))(scores)
+    assert _metrics.is_all_true(_metrics.all_true(12, torch.device("cpu")))
+
+
 # ---------------------------------------------------------------------------- bug 2: saturated batches
 
 

@@ -7,7 +7,11 @@ call the first one). Two rules hold for every cached tensor:
 * it is made outside inference mode: a tensor made under ``torch.inference_mode`` (a first call
   from a validation or sanity step) could not be saved for backward by a later training step;
 * inside ``torch.compile`` it is made afresh, a constant of the graph: a cache filled while
-  tracing would fail the graph's guards on the next call and compile it again.
+  tracing would fail the graph's guards on the next call and compile it again;
+* inside a ``torch.func`` transform (``grad``, ``vmap``) it is made afresh too: a tensor made
+  there is wrapped for the transform, and kept it would stand for the constant after the
+  transform ends (AP's every-bit-one view was then no longer recognised: four more operator calls
+  a step, each later step).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class TensorCache:
         _ALL.append(self)
 
     def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or _in_func_transform():
             return make()
         value = self._items.get(key)
         if value is None:
@@ -49,6 +53,13 @@ class TensorCache:
 
     def clear(self) -> None:
         self._items.clear()
+
+
+def _in_func_transform() -> bool:
+    """Whether a ``torch.func`` transform is running (its interpreter stack is not empty)."""
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def clear_all() -> None:
