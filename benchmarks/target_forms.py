@@ -9,7 +9,7 @@ output on every call (a comparison: ``O(n^2)``), or, for an ``argmax`` whose tar
 scores' shape, ranks the classes by it, through the tape at every point of the chain. Written
 naturally, specificity (``s < 0`` scored where ``y == 0``: the target's complement), accuracy on
 -1/+1 or smoothed 0.1/0.9 labels, on class indices stored as floats and on one-hot or
-label-smoothed targets took those slow paths. Each case
+label-smoothed targets, and pixel accuracy with an ignore index took those slow paths. Each case
 times one loss call (forward and backward, library defaults, one thread) of this checkout and of
 the commit's, interleaved call by call in one process (medians).
 """
@@ -54,6 +54,12 @@ def smoothed_binary_accuracy(scores, target):
     return ((scores > 0) == (target > 0.5)).float().mean()
 
 
+def pixel_accuracy(scores, target):
+    """Pixel accuracy of ``[b, C, H, W]`` scores, pixels labelled 255 left out."""
+    valid = target != 255
+    return ((scores.argmax(1) == target) & valid).sum() / valid.sum()
+
+
 def _cases(g):
     for n in (2000, 8000):
         y = (torch.rand(n, generator=g) < 0.3).long()
@@ -72,6 +78,10 @@ def _cases(g):
         yield f"accuracy on one-hot targets, [{n}, 10]", rows_accuracy, x, nnf.one_hot(labels, 10).float()
         yield (f"accuracy on smoothed targets (0.1), [{n}, 10]", rows_accuracy, x,
                nnf.one_hot(labels, 10).float() * 0.9 + 0.01)
+    labels = torch.randint(0, 5, (2, 32, 32), generator=g)  # past 65,536 pixel-classes the probe raises
+    x = torch.randn(2, 5, 32, 32, generator=g) + nnf.one_hot(labels, 5).movedim(-1, 1)
+    labels[:, :4] = 255
+    yield "pixel accuracy, ignore index 255, [2, 5, 32, 32]", pixel_accuracy, x, labels
 
 
 def main(calls: int, ref: str) -> None:

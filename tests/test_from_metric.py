@@ -420,6 +420,58 @@ def test_a_target_of_two_other_values_is_read_as_where_it_holds_the_higher(monke
     torch.testing.assert_close(results[0][1], results[1][1])
 
 
+def _pixels(seed, ignore):
+    g = _gen(seed)
+    labels = torch.randint(0, 4, (2, 6, 6), generator=g)
+    scores = torch.randn(2, 4, 6, 6, generator=g, dtype=torch.float64) + torch.nn.functional.one_hot(labels, 4).movedim(-1, 1)
+    labels[:, :2] = ignore
+    labels[1, 3, 3] = ignore
+    return scores, labels
+
+
+@pytest.mark.parametrize("ignore", [255, -100])
+def test_an_ignore_index_leaves_its_pixels_out_without_probing(ignore, monkeypatch):
+    """Segmentation labels with an ignore index (VOC's 255, PyTorch's -100) left out by ``fn``:
+    the labelled pixels' labels are their best outputs and the ignored pixels have no
+    comparisons, read from the target, not probed each call (each pixel and class: past
+    ``probe_limit`` at 4 x 64 x 64 pixels of 21 classes, a TraceError). The loss and gradient
+    are those of the metric on the labelled pixels alone; the ignored pixels get none."""
+    import uniloss._traced as traced
+
+    def pixel_accuracy(s, y):
+        valid = y != ignore
+        return ((s.argmax(1) == y) & valid).sum() / valid.sum()
+
+    scores, labels = _pixels(6, ignore)
+    valid = labels != ignore
+    metric = from_metric(pixel_accuracy)
+    loss = uniloss.UniLoss(metric)
+    loss(scores, labels)  # the first call checks
+    monkeypatch.setattr(traced.TracedMetric, "_probe_class", lambda self, *a: pytest.fail("probed"))
+    x = scores.clone().requires_grad_()
+    value = loss(x, labels)
+    value.backward()
+    kept = scores.movedim(1, -1)[valid].clone().requires_grad_()
+    expected = uniloss.UniLoss(from_metric(lambda s, y: (s.argmax(1) == y).double().mean()))(kept, labels[valid])
+    expected.backward()
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-9)
+    grad = x.grad.movedim(1, -1)
+    assert bool((grad[~valid] == 0).all())
+    torch.testing.assert_close(grad[valid], kept.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_an_out_of_range_label_the_metric_reads_is_probed():
+    """A label outside the classes that ``fn`` does score (here: as the last class) is not an
+    ignore index; the first call's spot check finds it and the best outputs are probed."""
+    scores, labels = _pixels(7, 255)
+    fn = lambda s, y: (s.argmax(1) == y.clamp(max=3)).double().mean()  # noqa: E731
+    metric = from_metric(fn)
+    sites = metric.prepare(scores, labels).sites
+    assert [d[0] for d in metric._decisions.values()] == [{"mode": "probe"}]
+    assert sites[0].ignoring is None
+    assert_exact_decomposition(metric, scores, labels, fn, atol=1e-9)
+
+
 def test_graded_relevance_rows_stay_a_ranking():
     """Rows of graded relevance (more than two values in a row), or a row whose highest entry is
     shared, are not read as labels: the argmax stays a ranking by relevance."""

@@ -2754,6 +2754,22 @@ def _label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
     return out + rowwise
 
 
+def _ignored_label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tuple[Tensor, Tensor]]:
+    """Integer tensors shaped like one label per row whose values are among the classes but for
+    one other value (an ignore index: 255, -100): ``(labels, ignored)``, the ignored rows' labels
+    set to 0."""
+    rows, num = _rows_shape(call), (call.shape[call.dim] if call.dim is not None else math.prod(call.shape))
+    out = []
+    for t in tensors:
+        if not _fits(t, rows) or t.numel() == 0 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            continue
+        t = t.reshape(rows)
+        ignored = (t < 0) | (t >= num)
+        if bool(ignored.any()) and not bool(ignored.all()) and torch.unique(t[ignored]).numel() == 1:
+            out.append((torch.where(ignored, 0, t), ignored))
+    return out
+
+
 def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
     """Tensors shaped like the ranked scores, >= 0 and finite: a relevance per item."""
     varied: List[Tensor] = []
@@ -2874,6 +2890,8 @@ class _ClassSite(_Site):
     ``pairs="target"`` (the label against every other class); with ``positive`` (a ``[N, C]``
     mask of the outputs best for each row, found by probing): every positive against every
     negative of its row, as :class:`uniloss.PCK`."""
+
+    ignoring: Optional[Tuple[Tensor, Tensor]] = None  # (labels, ignored rows) where built from an ignore index
 
     def __init__(self, call: _Call, index: int, labels: Optional[Tensor] = None,
                  positive: Optional[Tensor] = None) -> None:
@@ -3555,6 +3573,13 @@ class TracedMetric(Decomposition):
             labels = _label_candidates(call, tensors)
             if labels and mode != "probe":
                 return _ClassSite(call, index, labels=labels[choice.get("which", 0) % len(labels)])
+            ignoring = _ignored_label_candidates(call, tensors)
+            if ignoring and mode != "probe" and call.name != "topk":  # a row's label, or every output where ignored
+                labels_, ignored = ignoring[0]
+                positive = torch.nn.functional.one_hot(labels_.reshape(-1), call.shape[cast(int, call.dim)]).bool()
+                site = _ClassSite(call, index, positive=positive | ignored.reshape(-1, 1))
+                site.ignoring = ignoring[0]
+                return site
             if call.name != "topk":
                 return _ClassSite(call, index, positive=self._probe_class(plan, call, index))
         raise TraceError(
@@ -3792,6 +3817,10 @@ class TracedMetric(Decomposition):
                 if not self._spot_check_class(plan, site):
                     choice["mode"] = "probe"
                     out_sites[pos] = self._site(plan, site.call, site.index, tensors, choice)
+            elif isinstance(site, _ClassSite) and site.ignoring is not None:
+                if not self._spot_check_ignored(plan, site):
+                    choice["mode"] = "probe"
+                    out_sites[pos] = self._site(plan, site.call, site.index, tensors, choice)
             elif isinstance(site, _CompareSite) and _binary_candidates(site.call, tensors):
                 if not self._spot_check_compare(plan, site):  # best where it is not the target (s < t for y == 0)?
                     choice["complement"] = True
@@ -3877,6 +3906,26 @@ class TracedMetric(Decomposition):
                 f"fn scores best, found by probing fn (right only where the labels are not the best outputs by "
                 f"design).", stacklevel=6)
         return bool(_close_or_better(at_label, best, self.higher_is_better).all())
+
+    def _spot_check_ignored(self, plan: _Plan, site: "_ClassSite") -> bool:
+        """For a few rows of each kind, every output: a labelled row's label must be among its
+        best outputs, an ignored row's outputs all equally good (``fn`` leaves it out)."""
+        labels, ignored = cast(Tuple[Tensor, Tensor], site.ignoring)
+        labels, ignored = labels.reshape(-1), ignored.reshape(-1)
+        hard = site.hard_payload().reshape(-1)
+        n, c = hard.numel(), site.num_classes
+        rows = torch.cat([(~ignored).nonzero().reshape(-1)[:8], ignored.nonzero().reshape(-1)[:8]])
+        cols = torch.arange(0, c, max(1, -(-c // 256)), device=hard.device)  # at most 256 outputs a row
+        r, v = rows.repeat_interleave(cols.numel()), cols.repeat(rows.numel())
+        variants = hard.expand(r.numel(), n).clone()
+        variants[torch.arange(r.numel(), device=hard.device), r] = v
+        probe = _ProbeSite(site.call, site.index, "class")
+        values = self._values(plan, {site.index: variants.reshape((r.numel(),) + site.rows_shape)},
+                              {site.index: probe})
+        best = _best_mask(values.reshape(rows.numel(), -1), self.higher_is_better)
+        at_label = best.gather(1, (labels[rows][:, None] // max(1, -(-c // 256))).clamp(max=cols.numel() - 1))[:, 0]
+        on_grid = labels[rows] % max(1, -(-c // 256)) == 0
+        return bool((at_label | ~on_grid | ignored[rows]).all()) and bool(best[ignored[rows]].all())
 
     def _spot_check_compare(self, plan: _Plan, site: "_CompareSite") -> bool:
         hard = site.call.out.reshape(-1)
