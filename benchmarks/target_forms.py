@@ -1,7 +1,7 @@
 """What the form of the target costs a traced metric: the same metrics with the best output read
 from the target as it is written, against a commit's ``from_metric``.
 
-    python benchmarks/target_forms.py 10 eb4a642^      # each case by this checkout and by a commit's
+    python benchmarks/target_forms.py 7 d762a79     # each case by this checkout and by a commit's
 
 ``from_metric`` takes a step's best output from the target: a label per row for an ``argmax``, a
 0/1 tensor for a comparison. Where it finds none, it probes ``fn`` for each element's best
