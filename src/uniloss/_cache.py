@@ -55,11 +55,12 @@ class TensorCache:
         self._items.clear()
 
 
+_PEEK = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)  # looked up once
+
+
 def _in_func_transform() -> bool:
     """Whether a ``torch.func`` transform is running (its interpreter stack is not empty)."""
-    functorch = getattr(torch._C, "_functorch", None)
-    peek = getattr(functorch, "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
+    return _PEEK is not None and _PEEK() is not None
 
 
 def clear_all() -> None:

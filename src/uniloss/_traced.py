@@ -2729,12 +2729,17 @@ def _fits(t: Tensor, shape: Tuple[int, ...]) -> bool:
         t.numel() == math.prod(shape) and [d for d in t.shape if d != 1] == [d for d in shape if d != 1])
 
 
+def _num_outputs(call: _Call) -> int:
+    """How many outputs a row of a categorical step chooses among."""
+    return call.shape[call.dim] if call.dim is not None else math.prod(call.shape)
+
+
 def _label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
     """Integer tensors shaped like one label per row, with values among the classes; then, from
     a tensor shaped like the scores whose every row is one entry above all the others, equal
     (one-hot or label-smoothed targets, read as ``y.argmax(1)``), that entry's place. Graded
     relevance is left to the ranking's site."""
-    rows, num = _rows_shape(call), (call.shape[call.dim] if call.dim is not None else math.prod(call.shape))
+    rows, num = _rows_shape(call), _num_outputs(call)
     out, rowwise = [], []
     for t in tensors:
         if call.dim is not None and t.numel() and not t.is_complex() and _fits(t, call.shape):
@@ -2758,7 +2763,7 @@ def _ignored_label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tuple[
     """Integer tensors shaped like one label per row whose values are among the classes but for
     one other value (an ignore index: 255, -100): ``(labels, ignored)``, the ignored rows' labels
     set to 0."""
-    rows, num = _rows_shape(call), (call.shape[call.dim] if call.dim is not None else math.prod(call.shape))
+    rows, num = _rows_shape(call), _num_outputs(call)
     out = []
     for t in tensors:
         if not _fits(t, rows) or t.numel() == 0 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
@@ -2889,13 +2894,12 @@ class _ClassSite(_Site):
     categorical output per row. With ``labels``: :class:`~uniloss.decoders.Argmax` with
     ``pairs="target"`` (the label against every other class); with ``positive`` (a ``[N, C]``
     mask of the outputs best for each row, found by probing): every positive against every
-    negative of its row, as :class:`uniloss.PCK`."""
-
-    ignoring: Optional[Tuple[Tensor, Tensor]] = None  # (labels, ignored rows) where built from an ignore index
+    negative of its row, as :class:`uniloss.PCK`. ``ignoring``: ``(labels, ignored)`` where that
+    mask was built from labels with an ignore index instead (spot-checked on the first call)."""
 
     def __init__(self, call: _Call, index: int, labels: Optional[Tensor] = None,
-                 positive: Optional[Tensor] = None) -> None:
-        self.call, self.index = call, index
+                 positive: Optional[Tensor] = None, ignoring: Optional[Tuple[Tensor, Tensor]] = None) -> None:
+        self.call, self.index, self.ignoring = call, index, ignoring
         key = call.base * call.key_sign
         if call.dim is None:
             rows = key.reshape(1, -1)
@@ -3577,9 +3581,7 @@ class TracedMetric(Decomposition):
             if ignoring and mode != "probe" and call.name != "topk":  # a row's label, or every output where ignored
                 labels_, ignored = ignoring[0]
                 positive = torch.nn.functional.one_hot(labels_.reshape(-1), call.shape[cast(int, call.dim)]).bool()
-                site = _ClassSite(call, index, positive=positive | ignored.reshape(-1, 1))
-                site.ignoring = ignoring[0]
-                return site
+                return _ClassSite(call, index, positive=positive | ignored.reshape(-1, 1), ignoring=ignoring[0])
             if call.name != "topk":
                 return _ClassSite(call, index, positive=self._probe_class(plan, call, index))
         raise TraceError(
@@ -3605,7 +3607,7 @@ class TracedMetric(Decomposition):
         rows_shape = _rows_shape(call)
         hard = hard.reshape(-1)
         n = hard.numel()
-        c = call.shape[call.dim] if call.dim is not None else math.prod(call.shape)
+        c = _num_outputs(call)
         self._probe_budget(n * c, call, f"{n} rows x {c} outputs")
         variants = hard.expand(n * c, n).clone()
         rows = torch.arange(n, device=hard.device).repeat_interleave(c)
@@ -3877,21 +3879,11 @@ class TracedMetric(Decomposition):
         """For a few rows, every output: the label must be among the best ones."""
         hard = site.hard_payload().reshape(-1)
         labels = site.plan.labels
-        n, c = hard.numel(), site.num_classes
-        if n == 0 or c < 2:
+        if hard.numel() == 0 or site.num_classes < 2:
             return True
         wrong = (hard != labels).nonzero().reshape(-1)
         rows = torch.cat([wrong, (hard == labels).nonzero().reshape(-1)])[:8]
-        cols = torch.arange(0, c, max(1, -(-c // 256)), device=hard.device)  # at most 256 outputs a row
-        r = rows.repeat_interleave(cols.numel())
-        v = cols.repeat(rows.numel())
-        variants = hard.expand(r.numel() + rows.numel(), n).clone()
-        variants[torch.arange(r.numel(), device=hard.device), r] = v
-        variants[r.numel() + torch.arange(rows.numel(), device=hard.device), rows] = labels[rows]
-        probe = _ProbeSite(site.call, site.index, "class")
-        values = self._values(plan, {site.index: variants.reshape((variants.shape[0],) + site.rows_shape)},
-                              {site.index: probe})
-        grid, at_label = values[: r.numel()].reshape(rows.numel(), -1), values[r.numel():]
+        grid, at_label = self._row_values(plan, site, rows, labels[rows])
         best = grid.amax(1) if self.higher_is_better else grid.amin(1)
         worst = grid.amin(1) if self.higher_is_better else grid.amax(1)
         if bool(_close_or_better(worst, at_label, self.higher_is_better).all()) and \
@@ -3907,25 +3899,31 @@ class TracedMetric(Decomposition):
                 f"design).", stacklevel=6)
         return bool(_close_or_better(at_label, best, self.higher_is_better).all())
 
+    def _row_values(self, plan: _Plan, site: "_ClassSite", rows: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
+        """``fn`` with each of ``rows`` set to each output (at most 256 a row, evenly spaced), the
+        others held, and with each set to its ``labels``: ``([rows, outputs], [rows])``."""
+        hard = site.hard_payload().reshape(-1)
+        n, c = hard.numel(), site.num_classes
+        cols = torch.arange(0, c, max(1, -(-c // 256)), device=hard.device)
+        r = rows.repeat_interleave(cols.numel())
+        variants = hard.expand(r.numel() + rows.numel(), n).clone()
+        variants[torch.arange(r.numel(), device=hard.device), r] = cols.repeat(rows.numel())
+        variants[r.numel() + torch.arange(rows.numel(), device=hard.device), rows] = labels
+        probe = _ProbeSite(site.call, site.index, "class")
+        values = self._values(plan, {site.index: variants.reshape((variants.shape[0],) + site.rows_shape)},
+                              {site.index: probe})
+        return values[: r.numel()].reshape(rows.numel(), -1), values[r.numel():]
+
     def _spot_check_ignored(self, plan: _Plan, site: "_ClassSite") -> bool:
         """For a few rows of each kind, every output: a labelled row's label must be among its
         best outputs, an ignored row's outputs all equally good (``fn`` leaves it out)."""
-        labels, ignored = cast(Tuple[Tensor, Tensor], site.ignoring)
-        labels, ignored = labels.reshape(-1), ignored.reshape(-1)
-        hard = site.hard_payload().reshape(-1)
-        n, c = hard.numel(), site.num_classes
+        labels, ignored = (t.reshape(-1) for t in cast(Tuple[Tensor, Tensor], site.ignoring))
         rows = torch.cat([(~ignored).nonzero().reshape(-1)[:8], ignored.nonzero().reshape(-1)[:8]])
-        cols = torch.arange(0, c, max(1, -(-c // 256)), device=hard.device)  # at most 256 outputs a row
-        r, v = rows.repeat_interleave(cols.numel()), cols.repeat(rows.numel())
-        variants = hard.expand(r.numel(), n).clone()
-        variants[torch.arange(r.numel(), device=hard.device), r] = v
-        probe = _ProbeSite(site.call, site.index, "class")
-        values = self._values(plan, {site.index: variants.reshape((r.numel(),) + site.rows_shape)},
-                              {site.index: probe})
-        best = _best_mask(values.reshape(rows.numel(), -1), self.higher_is_better)
-        at_label = best.gather(1, (labels[rows][:, None] // max(1, -(-c // 256))).clamp(max=cols.numel() - 1))[:, 0]
-        on_grid = labels[rows] % max(1, -(-c // 256)) == 0
-        return bool((at_label | ~on_grid | ignored[rows]).all()) and bool(best[ignored[rows]].all())
+        grid, at_label = self._row_values(plan, site, rows, labels[rows])
+        kept = ~ignored[rows]
+        best = grid[kept].amax(1) if self.higher_is_better else grid[kept].amin(1)
+        return bool(_close_or_better(at_label[kept], best, self.higher_is_better).all()) and \
+            bool(_best_mask(grid[~kept], self.higher_is_better).all())
 
     def _spot_check_compare(self, plan: _Plan, site: "_CompareSite") -> bool:
         hard = site.call.out.reshape(-1)
