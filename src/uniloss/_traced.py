@@ -464,6 +464,8 @@ class _Recorder:
         self.steps: List[_Step] = []
         self.off: Optional[str] = None
         self.snapshots: Dict[int, int] = {}  # id of a copy taken before an operation wrote -> the operation
+        self.guards: List[int] = []  # slots fn read as Python values (bool(), .item()...): checked at each point
+        self.unchecked: Optional[str] = None  # why a value fn read cannot be checked so
 
     def stop(self, why: str) -> None:
         if self.off is None:
@@ -514,6 +516,19 @@ class _Recorder:
         if not isinstance(out, _META_TYPES):
             self.stop(f"`{name}` returns a {type(out).__name__}")
         return None
+
+    def guard(self, name: str, tensors: List[Tensor]) -> None:
+        """``fn`` reads tensors that depend on a discrete step as Python values (``bool()`` of an
+        ``if``, ``.item()``): the tape keeps them, so that every configuration whose tensors there
+        equal the trace's takes the trace's path, and the others replay ``fn`` itself."""
+        if self.off is not None:
+            return
+        for t in tensors:
+            slot = self.slot_of.get(id(t))
+            if slot is None:
+                self.unchecked = self.unchecked or f"`{name}` reads a tensor the tape does not compute"
+            elif slot not in self.guards:
+                self.guards.append(slot)
 
     def op(self, func: Any, name: str, args: Sequence, kwargs: Dict, out: Any) -> None:
         """An operation whose arguments depend on a discrete step."""
@@ -615,7 +630,10 @@ class _Recorder:
                 kept.append(s)
         if not live[out_slot]:
             return None
-        needed, program = {out_slot}, []
+        guards = [g for g in self.guards if live[g]]  # the others do not change with the anchors
+        if written.intersection(guards):  # the tape holds the value after the write, not the one read
+            self.unchecked = self.unchecked or "fn writes in place into a tensor it read as a Python value"
+        needed, program = {out_slot, *guards}, []
         for s in reversed(kept):
             if any(o in needed for o in s.outs if o is not None):
                 program.append(s)
@@ -633,13 +651,14 @@ class _Recorder:
                 s.nested = [(where, t) for where, t in templates if any(isinstance(v, _Ref) for v in _refs(t))]
             s.rule = _direct_rule(s, self.tensors.__getitem__)
             direct = direct and s.rule is not None
-        program, out_slot = self._simplify(program, out_slot)
-        return _Tape(program, self.tensors, out_slot, direct)
+        program, (out_slot, *guards) = self._simplify(program, [out_slot, *guards])
+        return _Tape(program, self.tensors, out_slot, direct, guards=list(dict.fromkeys(guards)))
 
-    def _simplify(self, program: List[_Step], out_slot: int) -> Tuple[List[_Step], int]:
+    def _simplify(self, program: List[_Step], slots: List[int]) -> Tuple[List[_Step], List[int]]:
         """Drop the steps that return their input unchanged (a reshape to the same shape, a cast
         to the same dtype) and those that repeat an earlier one on the same arguments (``tp * 2``
-        computed twice): their results alias the earlier slots."""
+        computed twice): their results alias the earlier slots. Returns the steps kept and ``slots``
+        (the value's, the guards') as the slots that now hold them."""
         alias: Dict[int, int] = {}
 
         def to(slot: int) -> int:
@@ -669,7 +688,7 @@ class _Recorder:
                         continue
                     seen[key] = s.outs[0]
             kept.append(s)
-        return kept, to(out_slot)
+        return kept, [to(slot) for slot in slots]
 
     def _template(self, value: Any, live: List[bool]) -> Any:
         """``value`` with the tensors the anchors change replaced by a :class:`_Ref` to their slot."""
@@ -692,9 +711,11 @@ class _Tape:
     replayed on the anchors' decoded outputs (under :func:`torch.func.vmap`), with everything
     else held at its traced value."""
 
-    def __init__(self, steps: List[_Step], traced: List[Tensor], out: int, direct: bool) -> None:
+    def __init__(self, steps: List[_Step], traced: List[Tensor], out: int, direct: bool,
+                 guards: Sequence[int] = ()) -> None:
         self.steps, self.traced, self.num_slots, self.out = steps, traced, len(traced), out
         self.direct = direct  # every step has a rule to run on the anchors' batch by hand
+        self.guards = list(guards)  # slots fn reads as Python values: the trace's path holds where they do
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -719,7 +740,8 @@ class _Tape:
         """The value for each of ``batch`` configurations at once, without vmap: ``payloads`` and
         the tensors the anchors change hold a leading anchor dimension (``formatters``: each
         site's ``format_batched``). ``check``: raise where a step's result is not the trace's
-        shape and dtype under the anchor dimension."""
+        shape and dtype under the anchor dimension. With guards, ``[batch]`` booleans follow: the
+        configurations at which every guard holds its traced value (see :meth:`held`)."""
         env: List[Any] = [None] * self.num_slots
         for s in self.steps:
             rule = cast(tuple, s.rule)
@@ -744,8 +766,23 @@ class _Tape:
                             raise RuntimeError(f"step {_op_name(s.func) if s.func else s.kind} gave "
                                                f"{getattr(value, 'shape', type(value))} for {tuple(ref.shape)}")
                     env[slot] = value
-        out = env[self.out]
-        return out.reshape(batch)
+        out = env[self.out].reshape(batch)
+        if self.guards:
+            return out, self.held([env[g] for g in self.guards], batch)  # type: ignore[return-value]
+        return out
+
+    def held(self, values: List[Tensor], batch: int) -> Tensor:
+        """``[batch]``: where each guard's value (``values``, ``[batch, ...]``) equals the trace's,
+        so that ``fn`` took the trace's path there."""
+        same = torch.ones(batch, dtype=torch.bool, device=values[0].device if values else None)
+        for g, v in zip(self.guards, values):
+            ref = self.traced[g]
+            v = v.reshape((batch,) + tuple(ref.shape))
+            eq = v == ref
+            if ref.is_floating_point() or ref.is_complex():
+                eq = eq | (v.isnan() & ref.isnan())
+            same = same & eq.reshape(batch, -1).all(1)
+        return same
 
     def run(self, payloads: Dict[int, Any], formatters: Dict[int, Any]) -> Tensor:
         """One configuration's value (vmapped over the anchors): ``formatters``, each site's
@@ -774,7 +811,10 @@ class _Tape:
                     if slot is not None:
                         env[slot] = value
         out = env[self.out]
-        return out if isinstance(out, Tensor) else torch.as_tensor(out)
+        out = out if isinstance(out, Tensor) else torch.as_tensor(out)
+        if self.guards:  # with the guards' values (the caller compares them: see held)
+            return (out, *[env[g] for g in self.guards])  # type: ignore[return-value]
+        return out
 
 
 # --------------------------------------------------------------------------- the chain through sums
@@ -1639,7 +1679,7 @@ class _TapeProgram:
     the same operations on the same kinds of arguments (see :class:`_Graph`)."""
 
     def __init__(self, tape: "_Tape", ref: Callable[[Tensor], tuple]) -> None:
-        self.out, self.direct, self.num_slots = tape.out, tape.direct, tape.num_slots
+        self.out, self.direct, self.num_slots, self.guards = tape.out, tape.direct, tape.num_slots, tape.guards
         self.steps = []
         for s in tape.steps:
             live = {i for i, _ in s.fills}
@@ -1688,7 +1728,7 @@ class _TapeProgram:
         traced: List[Any] = [None] * self.num_slots
         for slot, r in self.traced.items():
             traced[slot] = resolve(r)
-        return _Tape(steps, traced, self.out, self.direct)
+        return _Tape(steps, traced, self.out, self.direct, guards=self.guards)
 
 
 @dataclass
@@ -2299,6 +2339,8 @@ class _Mode(TorchFunctionMode):
                     if s not in self.guards:
                         where = where or _location(self.fn)
                         self.guards[s] = where
+                if rec is not None:
+                    rec.guard(name, [t for t in _walk_tensors((args, kwargs)) if getattr(self._get(t), "sites", None)])
             return func(*args, **kwargs)
         if score:
             special = self._special(func, name, args, kwargs)
@@ -3470,12 +3512,6 @@ class TracedMetric(Decomposition):
                 f"or sums score values: e.g. a loss, not a metric); discrete steps found: {found()}. {_MANUAL}")
         sites = set(info.sites) if info is not None else set()
         both = sorted(s for s in sites if s in mode.guards)
-        if both:
-            s = both[0]
-            raise TraceError(
-                f"fn reads the result of {calls[s].describe()} as a Python value (bool(), .item(), int()... at "
-                f"{mode.guards[s]}) and also computes its value from it; Python control flow on the results of "
-                f"discrete steps cannot be traced (use torch.where). {_MANUAL}")
         trained: List[int] = []
         aliases: Dict[int, int] = {}
         first: Dict[tuple, int] = {}
@@ -3500,6 +3536,16 @@ class TracedMetric(Decomposition):
                 f"{_MANUAL}")
         rec = cast(_Recorder, mode.rec)
         tape = rec.compile(out, set(trained) | set(aliases))
+        if both and (tape is None or rec.unchecked):
+            # Python control flow on a step that feeds the value: exact only where the tape checks
+            # at each configuration that fn takes the trace's path (Tape.held)
+            s = both[0]
+            reason = rec.off or rec.unchecked or "fn's value is not computed by the recorded operations"
+            raise TraceError(
+                f"fn reads the result of {calls[s].describe()} as a Python value (bool(), .item(), int()... at "
+                f"{mode.guards[s]}) and also computes its value from it; Python control flow on the results of "
+                f"discrete steps can be traced only where from_metric records what fn computes from them, and "
+                f"here {reason} (use torch.where). {_MANUAL}")
         why = None if tape is not None else (rec.off or "fn's value is not computed by the recorded operations")
         trace = _Trace(calls, out.detach().reshape(()), trained, mode.guards, aliases, tape, why)
         return trace, self._graph(mode, out, trace, raw, finished)
@@ -3662,6 +3708,7 @@ class TracedMetric(Decomposition):
         tape = cast(_Tape, plan.trace.tape)
 
         def run(kind: str, check: bool) -> Tensor:
+            held: Optional[Tensor] = None
             if kind == "direct":
                 batched = {i: s.format_batched for i, s in sites.items()}
                 step = 4096
@@ -3671,12 +3718,30 @@ class TracedMetric(Decomposition):
                         i: (tuple(q[start:start + step] for q in p) if isinstance(p, tuple) else p[start:start + step])
                         for i, p in payloads.items()}
                     parts.append(tape.run_direct(chunk, batched, min(step, t - start), check))
+                if tape.guards:
+                    held = torch.cat([h for _, h in parts])
+                    parts = [v for v, _ in parts]
                 values = parts[0] if len(parts) == 1 else torch.cat(parts)
             else:
                 formatters = {i: s.format for i, s in sites.items()}
-                values = torch.func.vmap(lambda chosen: tape.run(chosen, formatters).reshape(()),
-                                         chunk_size=4096 if t > 4096 else None)(payloads)
-            return values if values.is_floating_point() else values.float()
+
+                def one(chosen):
+                    out = tape.run(chosen, formatters)
+                    return (out[0].reshape(()), *out[1:]) if tape.guards else out.reshape(())
+
+                values = torch.func.vmap(one, chunk_size=4096 if t > 4096 else None)(payloads)
+                if tape.guards:
+                    held = tape.held(list(values[1:]), t)
+                    values = values[0]
+            values = values if values.is_floating_point() else values.float()
+            if held is not None and not bool(held.all()):  # fn takes another path there: replay it
+                where = (~held).nonzero().flatten()
+                chosen = {i: (tuple(q[where] for q in p) if isinstance(p, tuple) else p[where])
+                          for i, p in payloads.items()}
+                formatters = {i: s.format for i, s in sites.items()}
+                values = values.clone()
+                values[where] = self._fn_values(plan, chosen, formatters, len(where), loop=True).to(values.dtype)
+            return values
 
         if plan.tape in ("direct", "vmap"):
             try:
@@ -3711,9 +3776,11 @@ class TracedMetric(Decomposition):
             self._tapes.clear()
         self._tapes[plan.key] = kind
 
-    def _fn_values(self, plan: "_Plan", payloads: Dict[int, Any], formatters: Dict[int, Any], t: int) -> Tensor:
+    def _fn_values(self, plan: "_Plan", payloads: Dict[int, Any], formatters: Dict[int, Any], t: int,
+                   loop: bool = False) -> Tensor:
         """The anchors' values from ``fn`` replayed whole, its discrete steps returning the
-        decoded outputs: vmapped, or one anchor at a time where vmap fails."""
+        decoded outputs: vmapped, or one anchor at a time where vmap fails (or ``loop``: where
+        ``fn``'s Python control flow reads the decoded outputs)."""
         scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
         vmapped = True
 
@@ -3725,7 +3792,7 @@ class TracedMetric(Decomposition):
             return out.reshape(())
 
         with torch.no_grad():
-            if self._use_vmap:
+            if self._use_vmap and not loop:
                 vmapped = True
                 try:
                     batched = torch.func.vmap(one, chunk_size=4096 if t > 4096 else None)
@@ -4008,7 +4075,8 @@ class TracedMetric(Decomposition):
         otherwise (the runs' counts through the tape at every point: ``O(l S)``). The first call
         of each structure checks it against the tape at nine points of a chain and keeps the
         verdict."""
-        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
+        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False or \
+                cast(_Tape, plan.trace.tape).guards:  # fn's path checked at every point instead
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
         probed = isinstance(site, _ClassSite) and site.mode == "probe"
@@ -4068,7 +4136,8 @@ class TracedMetric(Decomposition):
         (the runs' counts through the tape at every point: ``O(l n)``). Only on a tape checked
         against ``fn`` and within ``chain_elements``; the first call of each structure checks it
         against the tape at nine points of a chain and keeps the verdict."""
-        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
+        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False or \
+                cast(_Tape, plan.trace.tape).guards:  # fn's path checked at every point instead
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
         topk = isinstance(site, _ClassSite) and site.mode == "label" and site.call.name == "topk" and \
@@ -4214,6 +4283,12 @@ class TracedMetric(Decomposition):
                              "above (its comparisons, once)")
             elif i not in trained and call.kind in ("rank", "compare", "frozen"):
                 lines.append(f"  {call.describe(short=True)}: held at its current result (not trained)")
+        tape = plan.trace.tape
+        if tape is not None and tape.guards:
+            where = sorted({plan.trace.guards[s] for s in trained if s in plan.trace.guards})
+            lines.append(f"  Python control flow on the trained steps (at {'; '.join(where)}): {len(tape.guards)} "
+                         "values read are computed at every configuration, fn replayed where one differs "
+                         "from this trace's")
         return "\n".join(lines)
 
 
@@ -4286,9 +4361,11 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     anchor's bits, batched with :func:`torch.func.vmap` (or one call per anchor where ``fn`` cannot
     be vmapped: a warning says so once). Steps whose results only steer Python control flow
     (``if not torch.all((s >= 0) * (s <= 1)): s = s.sigmoid()``) and tie tests on sorted scores
-    are held at their current results. On the first call of each input structure the inferred best
-    configuration is checked against probes of ``fn``, and the replay on the current scores against
-    ``fn`` itself.
+    are held at their current results. Python control flow on results that also feed the value
+    (``if tp == 0:``, ``int(pred.sum())``) is followed: each tensor ``fn`` reads as a Python value is
+    computed at every configuration, and where it differs from the trace's, ``fn`` itself is
+    replayed there. On the first call of each input structure the inferred best configuration is
+    checked against probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
     Exact: ``metric(scores, target)`` and ``UniLoss.last.metric`` are ``fn``'s own value (the trace
     computes it), tied scores included; on untied scores the hard configuration's bits give that
@@ -4313,7 +4390,8 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     Raises:
         TraceError: when ``fn`` takes a step that cannot be traced (an operation that turns scores
             into integers other than the ones above, ``.item()`` on scores, Python control flow on a
-            result that also feeds the value, a value that depends on the scores continuously),
+            result that also feeds the value where the trace cannot record what ``fn`` computes
+            from it, a value that depends on the scores continuously),
             naming the operation and the line, and pointing to :class:`uniloss.DecodedMetric`.
 
     Shapes: those ``fn`` takes; ``target`` a tensor, a tuple, a list or a dict of tensors.

@@ -1,0 +1,179 @@
+"""from_metric on metrics whose Python control flow reads their discrete steps (``if tp == 0:``,
+``int(pred.sum())``): the tape computes each value read at every configuration, and where one
+differs from the trace's, ``fn`` itself is replayed there. Checked against ``fn`` on scores that
+give each configuration, against an independent decomposition (``zoo.auroc``), and the cases
+that still cannot be checked raise.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+import uniloss
+from uniloss import TraceError, from_metric, zoo
+
+
+def branchy(s, y):  # [n], [n] in {0, 1}: a different formula on each side of two branches
+    pred, pos = s > 0, y == 1
+    tp, npred = (pred & pos).sum(), pred.sum()
+    if npred == 0:
+        return torch.tensor(0.5)
+    if 2 * tp > pos.sum():  # more than half the positives found: F1, else precision
+        return 2 * tp / (npred + pos.sum())
+    return tp / npred
+
+
+def python_count(s, y):  # the count of predictions as a Python number, then used in the value
+    pred = s > 0
+    k = int(pred.sum())
+    return (pred & (y == 1)).sum() / max(k, 1)
+
+
+def _data(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = (torch.rand(n, generator=g) < 0.4).long()
+    target[0], target[1] = 1, 0
+    return torch.randn(n, generator=g, dtype=torch.float64) + target, target
+
+
+def _configurations(n, seed=0):
+    """Random bits and every point of a chain: many configurations on each side of the branches."""
+    g = torch.Generator().manual_seed(seed)
+    bits = torch.rand(40, n, generator=g) < torch.rand(40, 1, generator=g)
+    rank = torch.randperm(n, generator=g)
+    chain = rank[None] < torch.arange(n + 1)[:, None]
+    return torch.cat([bits, chain, torch.zeros(1, n, dtype=torch.bool), torch.ones(1, n, dtype=torch.bool)])
+
+
+@pytest.mark.parametrize("fn", [branchy, python_count], ids=lambda f: f.__name__)
+def test_each_configuration_takes_fns_own_path(fn):
+    scores, target = _data()
+    metric = from_metric(fn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tape stands in for fn: no fallback to replaying fn whole
+        uniloss.UniLoss(metric)(scores.clone().requires_grad_(), target)
+    plan = metric.prepare(scores, target)
+    assert plan.tape == "direct" and plan.trace.tape.guards
+    bits = _configurations(scores.numel())
+    expected = torch.stack([fn(torch.where(b, 1.0, -1.0), target) for b in bits])  # a bit: a score above 0
+    paths = {(bool(b.sum() == 0), bool(2 * (b & (target == 1)).sum() > (target == 1).sum())) for b in bits}
+    assert len(paths) == 3  # every branch of branchy is taken somewhere
+    torch.testing.assert_close(metric.evaluate(bits, plan).double(), expected.double())
+
+
+@pytest.mark.parametrize("fn", [branchy, python_count], ids=lambda f: f.__name__)
+def test_the_loss_is_the_one_of_fn_replayed_at_every_point(fn):
+    scores, target = _data(seed=1)
+    losses, grads = [], []
+    for batched in ("auto", "loop"):  # "loop": fn itself at every configuration
+        x = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(from_metric(fn, batched=batched))(x, target)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(x.grad)
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_torchmetrics_binary_auroc_is_zoo_auroc():
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    for seed in range(3):
+        scores, target = _data(n=48, seed=seed)
+        scores = scores.float()
+        x, y = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+        # `if fps[-1] <= 0: warn`; no pull: the zoo's is binary cross-entropy, a traced metric's per run
+        traced = uniloss.UniLoss(from_metric(classification.binary_auroc), pull=0)
+        hand = uniloss.UniLoss(zoo.auroc(), pull=0)
+        a, b = traced(x, target), hand(y, target)
+        a.backward()
+        b.backward()
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-7)
+        assert abs(float(traced.last.metric) - float(classification.binary_auroc(scores, target))) < 1e-6
+
+
+def test_torchmetrics_matthews_corrcoef_branches_on_its_counts():
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    fn = classification.binary_matthews_corrcoef  # `if tp + tn != 0 and fp + fn == 0:`, `if denom == 0`
+    scores, target = _data(n=16, seed=2)
+    metric = from_metric(fn)
+    uniloss.UniLoss(metric)(scores.clone().requires_grad_(), target)
+    plan = metric.prepare(scores, target)
+    assert plan.tape in ("direct", "vmap")  # the tape, not fn whole
+    bits = _configurations(scores.numel(), seed=3)  # all right: 1.0 by its own branch; all wrong...
+    expected = torch.stack([fn(torch.where(b, 1.0, -1.0), target) for b in bits])  # sigmoid(s) > 0.5: s > 0
+    torch.testing.assert_close(metric.evaluate(bits, plan).double(), expected.double())
+
+
+def test_torchmetrics_reciprocal_rank_traces_and_is_exact():
+    retrieval = pytest.importorskip("torchmetrics.functional.retrieval")
+    scores, target = _data(n=16, seed=4)
+    fn = retrieval.retrieval_reciprocal_rank  # `if not target.sum():` after masking by preds > 0
+    x = scores.float().clone().requires_grad_()
+    with pytest.warns(UserWarning, match="one anchor at a time"):  # nonzero: vmap cannot batch it
+        loss = uniloss.UniLoss(from_metric(fn))
+        loss(x, target).backward()
+    assert float(loss.last.metric) == pytest.approx(float(fn(scores.float(), target)))
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def _read_then_written(s, y):
+    hits = (s.argmax(1) == y).float().sum()
+    if hits:
+        pass
+    hits += 1  # the value read is no longer the one the tape holds
+    return hits / (len(y) + 1)
+
+
+def _read_then_out(s, y):
+    hits = (s.argmax(1) == y).float()
+    total = torch.empty(())
+    torch.sum(hits, 0, out=total)  # out=: the recorder stops
+    if total > 1:
+        return total / len(y)
+    return total * 0
+
+
+@pytest.mark.parametrize("fn, match", [
+    (_read_then_written, r"reads the result of argmax .* writes in place into a tensor it read"),
+    (_read_then_out, r"reads the result of argmax .* writes into `out=`"),
+])
+def test_control_flow_that_cannot_be_checked_raises(fn, match):
+    g = torch.Generator().manual_seed(0)
+    scores, target = torch.randn(8, 3, generator=g), torch.randint(0, 3, (8,), generator=g)
+    with pytest.raises(TraceError, match=match) as info:
+        from_metric(fn).metric(scores, target)
+    assert "test_traced_guards.py:" in str(info.value)
+
+
+def test_explain_names_the_control_flow():
+    scores, target = _data()
+    text = from_metric(branchy).explain(scores, target)
+    assert "Python control flow on the trained steps" in text and "test_traced_guards.py:" in text
+    plain = from_metric(lambda s, y: ((s > 0) == (y == 1)).float().mean())
+    assert "values read are computed" not in plain.explain(scores, target)
+
+
+def test_torchmetrics_multiclass_matthews_and_auroc():
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    g = torch.Generator().manual_seed(5)
+    target = torch.randint(0, 4, (20,), generator=g)
+    scores = torch.randn(20, 4, generator=g) + torch.nn.functional.one_hot(target, 4)
+    mcc = lambda s, y: classification.multiclass_matthews_corrcoef(s, y, num_classes=4)  # noqa: E731
+    grads = []
+    for batched in ("auto", "loop"):  # the tape against fn at every configuration
+        x = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(from_metric(mcc, batched=batched))
+        loss(x, target).backward()
+        assert float(loss.last.metric) == pytest.approx(float(mcc(scores, target)), abs=1e-6)
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    auroc = lambda s, y: classification.multiclass_auroc(s, y, num_classes=4)  # noqa: E731
+    x = scores.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fn replayed one configuration at a time
+        loss = uniloss.UniLoss(from_metric(auroc))
+        loss(x, target).backward()
+    assert float(loss.last.metric) == pytest.approx(float(auroc(scores, target)), abs=1e-6)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
