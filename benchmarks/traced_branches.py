@@ -1,21 +1,24 @@
 """What a traced metric that branches in Python on its own counts costs, against the zoo's
 decomposition of the same metric.
 
-    python benchmarks/traced_branches.py 15      # medians of 15 calls, interleaved
+    python benchmarks/traced_branches.py 15            # medians of 15 calls, interleaved
+    python benchmarks/traced_branches.py 15 eb61167    # also traced by a commit's from_metric
 
 torchmetrics' ``binary_auroc`` (``if fps[-1] <= 0:``) and the Matthews correlation (``if tp + tn
 != 0 and fp + fn == 0:``, ``if denom == 0:``) read their counts as Python values. ``from_metric``
 computes each value read at every configuration through the tape, replays ``fn`` where one
 differs from the trace's, and skips the chain's cuts through sums and rankings for them. Each
 case times one loss call (forward and backward, library defaults, one thread) of the traced
-torchmetrics function and of the zoo's metric, interleaved call by call in one process (medians),
-and checks before timing that the traced metric's value is torchmetrics' own.
+torchmetrics function and of the zoo's metric (and, given a commit, of the function traced by
+that commit's ``from_metric``), interleaved call by call in one process (medians), and checks
+before timing that the traced metric's value is torchmetrics' own.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import torch
 
@@ -23,7 +26,7 @@ import uniloss
 from uniloss import zoo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from version_cost import alternate  # noqa: E402  (calls in turn, medians)
+from version_cost import alternate, load_ref  # noqa: E402  (a commit's package; calls in turn, medians)
 
 
 def _cases(g):
@@ -38,21 +41,29 @@ def _cases(g):
             torch.stack([-s / 2, s / 2], 1)
 
 
-def main(calls: int) -> None:
+def main(calls: int, ref: str = "") -> None:
     torch.set_num_threads(1)
     w = torch.nn.Parameter(torch.ones(1))
-    print("| case | zoo (ms) | torchmetrics traced (ms) | traced / zoo |")
-    print("|---|---|---|---|")
-    for name, fn, hand, x, y, x_hand in _cases(torch.Generator().manual_seed(0)):
-        traced = uniloss.from_metric(fn)
-        value = float(traced.metric(x, y))
-        if abs(value - float(fn(x, y))) > 1e-6:
-            raise AssertionError(f"{name}: the traced metric {value} is not torchmetrics' {float(fn(x, y))}")
-        losses = {"zoo": (uniloss.UniLoss(hand), x_hand), "traced": (uniloss.UniLoss(traced), x)}
-        med = alternate({k: (lambda f=f, a=a: f(a * w, y).backward()) for k, (f, a) in losses.items()},
-                        calls, warmup=2)
-        print(f"| {name} | {med['zoo']:.2f} | {med['traced']:.2f} | {med['traced'] / med['zoo']:.1f}x |", flush=True)
+    extra = f" {ref} traced (ms) | this / {ref} |" if ref else ""
+    print(f"| case | zoo (ms) | traced (ms) | traced / zoo |{extra}")
+    print("|---|---|---|---|" + ("---|---|" if ref else ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        old = load_ref(tmp, ref) if ref else None
+        for name, fn, hand, x, y, x_hand in _cases(torch.Generator().manual_seed(0)):
+            traced = uniloss.from_metric(fn)
+            value = float(traced.metric(x, y))
+            if abs(value - float(fn(x, y))) > 1e-6:
+                raise AssertionError(f"{name}: the traced metric {value} is not torchmetrics' {float(fn(x, y))}")
+            losses = {"zoo": (uniloss.UniLoss(hand), x_hand), "traced": (uniloss.UniLoss(traced), x)}
+            if old is not None:
+                losses["ref"] = (old.UniLoss(old.from_metric(fn)), x)
+            med = alternate({k: (lambda f=f, a=a: f(a * w, y).backward()) for k, (f, a) in losses.items()},
+                            calls, warmup=2)
+            row = f"| {name} | {med['zoo']:.2f} | {med['traced']:.2f} | {med['traced'] / med['zoo']:.1f}x |"
+            if old is not None:
+                row += f" {med['ref']:.2f} | {med['traced'] / med['ref']:.2f}x |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10, sys.argv[2] if len(sys.argv) > 2 else "")

@@ -177,3 +177,72 @@ def test_torchmetrics_multiclass_matthews_and_auroc():
         loss(x, target).backward()
     assert float(loss.last.metric) == pytest.approx(float(auroc(scores, target)), abs=1e-6)
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- the chain's cuts with branches
+
+
+def _chain_points(metric, plan, rank):
+    """The configurations of the chain of ``rank``: comparison ``k`` right from point ``rank[k] + 1``."""
+    best = metric.best(plan)
+    return torch.where(rank[None] < torch.arange(best.numel() + 1)[:, None], best[None], ~best[None])
+
+
+@pytest.mark.parametrize("name", ["branchy", "matthews"])
+def test_the_chain_through_sums_follows_fns_branches(name):
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    fn = branchy if name == "branchy" else classification.binary_matthews_corrcoef
+    scores, target = _data(n=24, seed=6)
+    metric = from_metric(fn)
+    uniloss.UniLoss(metric)(scores.clone().requires_grad_(), target)
+    plan = metric.prepare(scores, target)
+    chain = metric.structure(plan).chain
+    assert plan.tape == "direct" and plan.trace.tape.guards and chain is not None  # the cut, with its checks
+    for seed in range(3):
+        rank = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(seed))
+        bits = _chain_points(metric, plan, rank)
+        expected = torch.stack([fn(torch.where(b, 1.0, -1.0), target) for b in bits])  # fn's own path at each
+        torch.testing.assert_close(chain(rank).double(), expected.double(), rtol=1e-6, atol=1e-7)
+
+
+def test_torchmetrics_auroc_takes_the_cut_through_rankings():
+    """Its `trapz` recorded as moves, products and a sum; AUROC along a chain of pairs is the share of
+    pairs right: point k of l is k / l."""
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    scores, target = _data(n=30, seed=7)
+    scores = scores.float()
+    metric = from_metric(classification.binary_auroc)
+    uniloss.UniLoss(metric)(scores.clone().requires_grad_(), target)
+    plan = metric.prepare(scores, target)
+    chain = metric.structure(plan).chain
+    assert plan.tape == "direct" and plan.trace.tape.guards and chain is not None
+    l = plan.num_bits
+    rank = torch.randperm(l, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(chain(rank).double(), torch.arange(l + 1, dtype=torch.float64) / l)
+
+
+def area_to_a_target_scale(s, y):
+    """The area under a recall curve whose x axis the target sets (it differs from call to call)."""
+    order = s.argsort(descending=True)
+    relevant = y[order].float()
+    recall = relevant.cumsum(0) / relevant.sum()
+    x = torch.linspace(0, 1, len(y)) * (1 + y.float().mean())
+    return torch.trapz(recall, x)
+
+
+def test_a_trapezoid_of_a_curve_on_another_calls_axis():
+    """trapz's parts over an x the target gives, constant along the chain: each call's own x (a re-run
+    that reused the first call's parts would be wrong)."""
+    metric = from_metric(area_to_a_target_scale)
+    loss = uniloss.UniLoss(metric)
+    for seed in range(3):
+        scores, target = _data(n=20, seed=10 + seed)
+        x = scores.float().clone().requires_grad_()
+        loss(x, target).backward()
+        assert float(loss.last.metric) == pytest.approx(float(area_to_a_target_scale(scores.float(), target)))
+        plan = metric.prepare(scores.float(), target)
+        assert plan.tape == "direct"
+        bits = _configurations(plan.num_bits, seed=seed)[:8]
+        reference = uniloss.from_metric(area_to_a_target_scale, batched="loop")  # fn (torch.trapz) at each
+        expected = reference.evaluate(bits, reference.prepare(scores.float(), target))
+        torch.testing.assert_close(metric.evaluate(bits, plan).double(), expected.double())

@@ -465,6 +465,7 @@ class _Recorder:
         self.off: Optional[str] = None
         self.snapshots: Dict[int, int] = {}  # id of a copy taken before an operation wrote -> the operation
         self.guards: List[int] = []  # slots fn read as Python values (bool(), .item()...): checked at each point
+        self.derived: set = set()  # ids of the tensors of operations recorded as their parts (not fn's own)
         self.unchecked: Optional[str] = None  # why a value fn read cannot be checked so
 
     def stop(self, why: str) -> None:
@@ -532,10 +533,50 @@ class _Recorder:
 
     def op(self, func: Any, name: str, args: Sequence, kwargs: Dict, out: Any) -> None:
         """An operation whose arguments depend on a discrete step."""
+        if name in ("trapz", "trapezoid") and self._trapezoid(args, kwargs, out):
+            return
         fills, nested = self._inputs(args, kwargs)
         made = self._outputs(out, name)
         if made is not None and self.off is None:
             self.steps.append(_Step("op", func, tuple(args), kwargs, made[0], made[1], fills, nested))
+
+    def _trapezoid(self, args: Sequence, kwargs: Dict, out: Any) -> bool:
+        """``trapz(y, x)`` of vectors recorded as what it computes, ``((x[1:] - x[:-1]) * (y[1:] +
+        y[:-1]) / 2).sum()`` (``dx`` for ``x - x``): moves, elementwise operations and a sum,
+        which the chain's cut through rankings takes (an ROC curve's area). Whether it did."""
+        y = args[0] if args else None
+        x = args[1] if len(args) > 1 else None
+        dx = kwargs.get("dx", 1)
+        if not isinstance(y, Tensor) or y.dim() != 1 or len(args) > 2 or set(kwargs) - {"dim", "dx"} or \
+                kwargs.get("dim", -1) not in (-1, 0) or not isinstance(out, Tensor) or out.dim() != 0 or \
+                (x is not None and (not isinstance(x, Tensor) or x.shape != y.shape or "dx" in kwargs)) or \
+                not isinstance(dx, (int, float)) or y.numel() < 2 or not y.is_floating_point():
+            return False
+        getitem = Tensor.__getitem__
+
+        def record(func: Any, name: str, operands: tuple, value: Tensor) -> Tensor:
+            fills, nested = self._inputs(operands, {})
+            made = self._outputs(value, name)
+            if made is not None and self.off is None:
+                self.steps.append(_Step("op", func, operands, {}, made[0], made[1], fills, nested))
+            self.derived.add(id(value))
+            return value
+
+        after, before = slice(1, None), slice(None, -1)
+        heights = record(torch.add, "add", (record(getitem, "__getitem__", (y, after), y[after]),
+                                            record(getitem, "__getitem__", (y, before), y[before])), y[after] + y[:-1])
+        if x is not None:
+            x1 = record(getitem, "__getitem__", (x, after), x[after])
+            x0 = record(getitem, "__getitem__", (x, before), x[before])
+            widths: Any = record(torch.sub, "sub", (x1, x0), x1 - x0)
+        else:
+            widths = dx
+        areas = record(torch.mul, "mul", (heights, widths), heights * widths)
+        halves = record(torch.mul, "mul", (areas, 0.5), areas * 0.5)
+        fills, nested = self._inputs((halves,), {})
+        if self.off is None:  # the sum is the trapezoid's own result: later steps read it
+            self.steps.append(_Step("op", torch.sum, (halves,), {}, (self._new(out),), True, fills, nested))
+        return True
 
     def site(self, index: int, call: "_Call", out: Any) -> None:
         """Discrete step ``index``: the anchors' decoded outputs stand in for what it returned."""
@@ -1209,6 +1250,8 @@ def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
     codes = [e.code for e in events]
     if all(c is codes[0] for c in codes[1:]):
         return list(events)
+    if all(c.shape == codes[0].shape for c in codes[1:]) and all(torch.equal(c, codes[0]) for c in codes[1:]):
+        return [_Events(e.start, codes[0], e.value) for e in events]  # the same codes (an ROC curve's two axes)
     keys, key_of = torch.unique(torch.cat(codes), return_inverse=True)  # each code's place among the keys
     cell, offset, aligned = _cells(keys, span, memo), 0, []
     first_code = cell * span  # each key's element's first code
@@ -1258,7 +1301,9 @@ def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[An
     """fn's value at points ``0 .. points`` from its sums' :class:`_Events`: the steps after them
     taken on their changes while the values they read at every point would be large
     (:func:`_boundary`: a sum per row; a confusion matrix), then the others on those values at
-    every point. ``[points + 1]``."""
+    every point. ``[points + 1]``; with the tape's guards, also ``[points + 1]`` booleans: where
+    each value ``fn`` reads as a Python value is the trace's (``RuntimeError`` where one is read
+    before the sums)."""
     span = points + 1
     stop = _boundary(split, points)
     if stop:  # the sums of one shape at one set of codes: one sort of all their changes
@@ -1287,7 +1332,16 @@ def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[An
             if slot is not None:
                 at[slot] = value
     values = at[tape.out].reshape(span)
-    return values if values.is_floating_point() else values.float()
+    values = values if values.is_floating_point() else values.float()
+    if not tape.guards:
+        return values
+    read = []  # the values fn reads as Python values, at every point (Tape.held)
+    for g in tape.guards:
+        if at[g] is None and events[g] is None:
+            raise RuntimeError("fn reads a value before the sums")  # the tape at every point instead
+        v = at[g] if at[g] is not None else events[g].dense(points, memo)
+        read.append(v.reshape((span,) + tuple(tape.traced[g].shape)))
+    return values, tape.held(read, span)  # type: ignore[return-value]
 
 
 def _boundary(split: _SumSplit, points: int) -> int:
@@ -2021,6 +2075,13 @@ def _direct_rule(step: _Step, traced: Callable[[int], Tensor]) -> Optional[tuple
             if second is _NO or not _is_dim(second):
                 return None
         return ("along", position, key, dim, second)
+    if name == "trace":  # a matrix's trace: its diagonal's sum
+        return ("trace",) if batched == {0} and not nested and not kwargs else None
+    if name in ("trapz", "trapezoid"):  # along dim (keyword only), of y (and x, or a spacing dx)
+        dim = kwargs.get("dim", -1)
+        if nested or not batched <= {0, 1} or not _is_dim(dim) or set(kwargs) - {"dim", "dx"}:
+            return None
+        return ("trapz", dim)
     if name in ("diag", "diagonal"):
         if batched != {0} or nested or (name == "diagonal" and len(args) > 2) or \
                 set(kwargs) - {"offset", "diagonal"}:
@@ -2133,6 +2194,13 @@ def _run_direct(step: _Step, rule: tuple, args: list, kwargs: Dict, batch: int) 
         return torch.diag_embed(args[0], offset) if nd == 1 else args[0].diagonal(offset, 1, 2).clone()
     if kind == "same":
         return func(*args, **kwargs)
+    if kind == "trace":
+        return args[0].diagonal(0, 1, 2).sum(-1)
+    if kind == "trapz":
+        for i in range(len(args)):
+            if isinstance(args[i], Tensor) and not _batched(step, i):
+                args[i] = _lead(args[i], batch)
+        return func(*args, **dict(kwargs, dim=_shift(rule[1])))
     if kind == "along":
         _, position, key, dim, second = rule
         if key in kwargs:
@@ -3597,6 +3665,13 @@ class TracedMetric(Decomposition):
                 peel = (op, ref(parent), _Static(ref(const)) if isinstance(const, Tensor) else const)
                 starts.append(parent)
             chains[id(t)] = (ref(t), info.score, peel)
+        derived = cast(_Recorder, mode.rec).derived
+        for step in trace.tape.steps if trace.tape is not None and derived else ():
+            live = {i for i, _ in step.fills}
+            held = [a for i, a in enumerate(step.args) if i not in live] + list(step.kwargs.values()) + \
+                [t for _, t in step.nested]
+            if any(id(t) in derived for t in _walk_tensors(held)):
+                return None  # a part of a recorded operation (_Recorder._trapezoid) held: no reference to it
         program = _TapeProgram(trace.tape, ref) if trace.tape is not None else None
         return _Graph(mode.events, out_ref, objects, frozenset(snapshots.values()), templates, finished,
                       list(chains.values()), trace.trained, trace.guards, trace.aliases, program, trace.why_no_tape)
@@ -4075,8 +4150,7 @@ class TracedMetric(Decomposition):
         otherwise (the runs' counts through the tape at every point: ``O(l S)``). The first call
         of each structure checks it against the tape at nine points of a chain and keeps the
         verdict."""
-        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False or \
-                cast(_Tape, plan.trace.tape).guards:  # fn's path checked at every point instead
+        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
         probed = isinstance(site, _ClassSite) and site.mode == "probe"
@@ -4113,15 +4187,18 @@ class TracedMetric(Decomposition):
             payload = site.decode_zeros(ends)
             element_place = lambda place: place  # noqa: E731  (a run per element of the output)
 
+        def cut(place: Tensor, points: int) -> Tensor:
+            return self._held_or_tape(_chain_by_sums(split, tape, site, payload, element_place(place), points),
+                                      lambda at: self._chain_points(plan, ends, place, at))
+
         def values(place: Tensor, points: int = num) -> Tensor:
             try:
-                return _chain_by_sums(split, tape, site, payload, element_place(place), points)
+                return cut(place, points)
             except Exception:  # not expected after the check: the tape at every point from now on
                 self._remember_sums(plan, False)
                 return self._chain_points(plan, ends, place, torch.arange(points + 1, device=place.device))
 
-        if not self._cut_agrees(plan, num,
-                                lambda order: _chain_by_sums(split, tape, site, payload, element_place(order + 1), num),
+        if not self._cut_agrees(plan, num, lambda order: cut(order + 1, num),
                                 lambda order, at: self._chain_points(plan, ends, order + 1, at)):
             return None
         if by_runs:
@@ -4136,8 +4213,7 @@ class TracedMetric(Decomposition):
         (the runs' counts through the tape at every point: ``O(l n)``). Only on a tape checked
         against ``fn`` and within ``chain_elements``; the first call of each structure checks it
         against the tape at nine points of a chain and keeps the verdict."""
-        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False or \
-                cast(_Tape, plan.trace.tape).guards:  # fn's path checked at every point instead
+        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
         topk = isinstance(site, _ClassSite) and site.mode == "label" and site.call.name == "topk" and \
@@ -4155,16 +4231,33 @@ class TracedMetric(Decomposition):
         if (num + 1) * _dense_width(split.cut, num) > limit or 2 * (num + 1) * max(1, steps) > limit:
             return None
 
+        def cut(rank: Tensor) -> Tensor:
+            return self._held_or_tape(_chain_by_ranks(split, tape, site, rank),
+                                      lambda at: self._ranked_points(plan, rank, at))
+
         def values(rank: Tensor) -> Tensor:
             try:
-                return _chain_by_ranks(split, tape, site, rank)
+                return cut(rank)
             except Exception:  # not expected after the check: the tape at every point from now on
                 self._remember_sums(plan, False)
                 return self._ranked_points(plan, rank, torch.arange(num + 1, device=rank.device))
 
-        if not self._cut_agrees(plan, num, lambda order: _chain_by_ranks(split, tape, site, order),
-                                lambda order, at: self._ranked_points(plan, order, at)):
+        if not self._cut_agrees(plan, num, cut, lambda order, at: self._ranked_points(plan, order, at)):
             return None
+        return values
+
+    @staticmethod
+    def _held_or_tape(result: Any, tape_at: Callable[[Tensor], Tensor]) -> Tensor:
+        """A cut's chain; where ``fn`` reads values as Python values (the cut then also says at
+        which points each is the trace's), the points where one is not from the tape, which
+        replays ``fn`` there (``tape_at(points)``)."""
+        if not isinstance(result, tuple):
+            return result
+        values, held = result
+        if not bool(held.all()):
+            where = (~held).nonzero().flatten()
+            values = values.clone()
+            values[where] = tape_at(where).to(values.dtype)
         return values
 
     def _cut_agrees(self, plan: _Plan, num: int, cut: Callable[[Tensor], Tensor],
