@@ -6,14 +6,16 @@
 Training: every metric of issue #18 (accuracy, top-k accuracy, AP written with argsort, F1 at a
 threshold, NDCG@k, mean IoU with a pixel argmax, PCK with a spatial argmax, and torchmetrics'
 ``multiclass_accuracy``, ``binary_f1_score``, ``binary_average_precision``,
-``retrieval_normalized_dcg``) trained through ``uniloss.from_metric`` and through the library's
+``retrieval_normalized_dcg``, and ``binary_auroc`` and ``multiclass_matthews_corrcoef``, which
+branch in Python on their counts) trained through ``uniloss.from_metric`` and through the library's
 hand-written decomposition of the same metric, on a small task that uses it. Within a task every
 route shares the model, optimiser, learning rate, batches, epochs, seeds and anchor generator;
-only the decomposition differs. Seven small tasks, each judged on its test split by the metric
+only the decomposition differs. Small tasks, each judged on its test split by the metric
 trained (``TASKS`` below; the metric-wins suite's data and models where they fit):
 
 * digits accuracy, digits top-2 accuracy: scikit-learn's digits, MLP 64-128-10, batch 128;
-* imbalanced AP, F1 at threshold 0: ``make_classification`` with 5% positives, MLP 20-64-64-1;
+* digits Matthews correlation: the same data and model;
+* imbalanced AP, F1 at threshold 0, AUROC: ``make_classification`` with 5% positives, MLP 20-64-64-1;
 * digit retrieval NDCG@5: the metric-wins ``ndcg5`` task (queries of 20 digits images);
 * mean IoU: the metric-wins ``seg-miou`` task (noisy occluded MNIST masks, FCN), shortened;
 * PCK: ``digits-pose`` canvases (a 0 among distractor digits, 64 x 64), a small stride-4 CNN.
@@ -120,8 +122,9 @@ def pck(heatmaps, target, threshold=0.5):
 def _torchmetrics():
     """torchmetrics' functional metrics (an optional extra): name -> fn, or {} without it."""
     try:
-        from torchmetrics.functional.classification import (binary_average_precision, binary_f1_score,
-                                                            multiclass_accuracy)
+        from torchmetrics.functional.classification import (binary_auroc, binary_average_precision,
+                                                            binary_f1_score, multiclass_accuracy,
+                                                            multiclass_matthews_corrcoef)
         from torchmetrics.functional.retrieval import retrieval_normalized_dcg
     except ImportError:
         return {}
@@ -130,6 +133,8 @@ def _torchmetrics():
         "multiclass_accuracy": functools.partial(multiclass_accuracy, num_classes=10, average="micro"),
         "binary_average_precision": binary_average_precision,
         "binary_f1_score": binary_f1_score,
+        "binary_auroc": binary_auroc,  # Python branches on its counts: followed (tests/test_traced_guards.py)
+        "multiclass_matthews_corrcoef": functools.partial(multiclass_matthews_corrcoef, num_classes=10),
         "retrieval_normalized_dcg": functools.partial(retrieval_normalized_dcg, top_k=5),
         "retrieval_normalized_dcg (all items)": retrieval_normalized_dcg,
     }
@@ -294,6 +299,15 @@ def _tasks() -> Dict[str, Dict[str, Any]]:
             routes={"hand-written: zoo.f_beta(1.0)": lambda: zoo.f_beta(1.0), **traced("f1", f1),
                     **tm_route("binary_f1_score")},
             run=lambda dec, seed, epochs: _binary_run(dec, seed, epochs, f1)),
+        "imbalanced AUROC": dict(
+            data="the same", model="the same", epochs=20, quick_epochs=1,
+            routes={"hand-written: zoo.auroc()": zoo.auroc, **tm_route("binary_auroc")},
+            run=lambda dec, seed, epochs: _binary_run(dec, seed, epochs, zoo.auroc().metric)),
+        "digits Matthews correlation": dict(
+            data="scikit-learn's digits, 10 classes", model="MLP 64-128-10, batch 128", epochs=30, quick_epochs=3,
+            routes={"hand-written: zoo.matthews_corrcoef(10)": lambda: zoo.matthews_corrcoef(10),
+                    **tm_route("multiclass_matthews_corrcoef")},
+            run=lambda dec, seed, epochs: _digits_run(dec, seed, epochs, zoo.matthews_corrcoef(10).metric)),
         "digit retrieval NDCG@5": dict(
             data="the metric-wins `ndcg5` task: queries of 20 digits images (1-6 relevant), 160 fresh "
                  "training queries an epoch, 300 test queries",
@@ -420,6 +434,9 @@ def _cost_cases() -> List[tuple]:
              sb, yb),
             ("torchmetrics retrieval_normalized_dcg, [128] (one query)", tm["retrieval_normalized_dcg (all items)"],
              zoo.ndcg_at_k(), "zoo.ndcg_at_k()", sr, rr),
+            ("torchmetrics binary_auroc, [128]", tm["binary_auroc"], zoo.auroc(), "zoo.auroc()", sb, yb),
+            ("torchmetrics multiclass_matthews_corrcoef, [128, 10]", tm["multiclass_matthews_corrcoef"],
+             zoo.matthews_corrcoef(10), "zoo.matthews_corrcoef(10)", s10, y10),
         ]
     return cases
 
