@@ -673,10 +673,6 @@ def _equality(s, y):
     return (s == s.max(1, keepdim=True).values).float()[torch.arange(len(y)), y].mean()
 
 
-def _python_number(s, y):
-    return torch.tensor(int((s.argmax(1) == y).sum()) / len(y))
-
-
 def _nested(s, y):
     return (torch.where(s > 0, s, 0.0).argmax(1) == y).float().mean()
 
@@ -698,7 +694,6 @@ def _no_grad(s, y):
     (_cast, r"turns the scores into torch.int64 values with `long`"),
     (_constant, r"_constant at .*: its value does not depend on any discrete step"),
     (_equality, r"applies `__eq__` to the scores' values"),
-    (_python_number, r"reads discrete results as Python values"),
     (_nested, r"already depend on another discrete step"),
     (_sort_without_relevance, r"no tensor to infer the best result from"),
 ])

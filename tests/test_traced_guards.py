@@ -1,8 +1,9 @@
 """from_metric on metrics whose Python control flow reads their discrete steps (``if tp == 0:``,
 ``int(pred.sum())``): the tape computes each value read at every configuration, and where one
 differs from the trace's, ``fn`` itself is replayed there. Checked against ``fn`` on scores that
-give each configuration, against an independent decomposition (``zoo.auroc``), and the cases
-that still cannot be checked raise.
+give each configuration, against an independent decomposition (``zoo.auroc``) and against the
+same metric written without its branches; where the tape cannot check a value read, ``fn`` is
+replayed at every configuration, with a warning.
 """
 
 import warnings
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import uniloss
-from uniloss import TraceError, from_metric, zoo
+from uniloss import from_metric, zoo
 
 
 def branchy(s, y):  # [n], [n] in {0, 1}: a different formula on each side of two branches
@@ -111,7 +112,7 @@ def test_torchmetrics_reciprocal_rank_traces_and_is_exact():
     scores, target = _data(n=16, seed=4)
     fn = retrieval.retrieval_reciprocal_rank  # `if not target.sum():` after masking by preds > 0
     x = scores.float().clone().requires_grad_()
-    with pytest.warns(UserWarning, match="one anchor at a time"):  # nonzero: vmap cannot batch it
+    with pytest.warns(UserWarning, match="one at a time"):  # nonzero: neither the tape nor vmap batches it
         loss = uniloss.UniLoss(from_metric(fn))
         loss(x, target).backward()
     assert float(loss.last.metric) == pytest.approx(float(fn(scores.float(), target)))
@@ -126,6 +127,10 @@ def _read_then_written(s, y):
     return hits / (len(y) + 1)
 
 
+def _read_then_written_plain(s, y):
+    return ((s.argmax(1) == y).float().sum() + 1) / (len(y) + 1)
+
+
 def _read_then_out(s, y):
     hits = (s.argmax(1) == y).float()
     total = torch.empty(())
@@ -135,16 +140,78 @@ def _read_then_out(s, y):
     return total * 0
 
 
-@pytest.mark.parametrize("fn, match", [
-    (_read_then_written, r"reads the result of argmax .* writes in place into a tensor it read"),
-    (_read_then_out, r"reads the result of argmax .* writes into `out=`"),
+def _read_then_out_plain(s, y):
+    total = (s.argmax(1) == y).float().sum()
+    return torch.where(total > 1, total / len(y), total * 0)
+
+
+def _python_number(s, y):  # a value made from a Python number read from the step
+    return torch.tensor(int((s.argmax(1) == y).sum()) / len(y))
+
+
+def _accuracy(s, y):
+    return (s.argmax(1) == y).float().mean()
+
+
+def perfect_is_one(s, y):  # F1 with a special case: a batch all right returns a constant
+    pred, pos = s > 0, y == 1
+    tp = (pred & pos).sum()
+    if tp == pos.sum() and pred.sum() == tp:
+        return torch.tensor(1.0)
+    return 2 * tp / (pred.sum() + pos.sum())
+
+
+def _f1(s, y):
+    pred, pos = s > 0, y == 1
+    return 2 * (pred & pos).sum() / (pred.sum() + pos.sum())
+
+
+def _same_loss(fn, plain, scores, target):
+    """fn's loss and gradient equal those of ``plain``, the same metric without its branches."""
+    out = []
+    for f in (fn, plain):
+        x = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(from_metric(f))
+        value = loss(x, target)
+        value.backward()
+        out.append((value.detach(), x.grad, float(loss.last.metric)))
+    torch.testing.assert_close(out[0][0], out[1][0])
+    torch.testing.assert_close(out[0][1], out[1][1])
+    assert out[0][2] == pytest.approx(out[1][2])
+
+
+@pytest.mark.parametrize("fn, plain, match", [
+    (_read_then_written, _read_then_written_plain, r"reads the result of argmax .* writes in place into a tensor it read"),
+    (_read_then_out, _read_then_out_plain, r"reads the result of argmax .* writes into `out=`"),
+    (_python_number, _accuracy, r"reads the result of argmax .* comes from a branch"),
 ])
-def test_control_flow_that_cannot_be_checked_raises(fn, match):
+def test_control_flow_the_tape_cannot_check_replays_fn(fn, plain, match):
     g = torch.Generator().manual_seed(0)
     scores, target = torch.randn(8, 3, generator=g), torch.randint(0, 3, (8,), generator=g)
-    with pytest.raises(TraceError, match=match) as info:
-        from_metric(fn).metric(scores, target)
-    assert "test_traced_guards.py:" in str(info.value)
+    with pytest.warns(UserWarning, match=match):
+        _same_loss(fn, plain, scores, target)
+
+
+def test_a_batch_all_right_through_a_special_case():
+    """`return tensor(1.0)` on a perfect batch (torchmetrics' Matthews correlation does it): the
+    value no longer depends on the step, but fn's branch does, and fn replayed at each
+    configuration gives the chain; the loss is the metric's without the special case."""
+    scores, target = _data(n=10, seed=8)
+    scores = torch.where(target == 1, 1.0, -1.0) + 0.01 * torch.arange(10)
+    assert float(perfect_is_one(scores, target)) == 1.0
+    with pytest.warns(UserWarning, match="comes from a branch"):
+        _same_loss(perfect_is_one, _f1, scores, target)
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    mcc = uniloss.from_metric(classification.binary_matthews_corrcoef)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said once above for the other metric
+        loss = uniloss.UniLoss(mcc)
+        x = scores.float().clone().requires_grad_()
+        loss(x, target).backward()
+    assert float(loss.last.metric) == 1.0 and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    plan = mcc.prepare(scores.float(), target)
+    assert [mcc.explain(scores.float(), target).count("one comparison per element")] == [1]  # gt, not the checks
+    torch.testing.assert_close(mcc.comparisons(scores.float(), plan), scores.float())
 
 
 def test_explain_names_the_control_flow():
@@ -170,13 +237,20 @@ def test_torchmetrics_multiclass_matthews_and_auroc():
         grads.append(x.grad)
     torch.testing.assert_close(grads[0], grads[1])
     auroc = lambda s, y: classification.multiclass_auroc(s, y, num_classes=4)  # noqa: E731
-    x = scores.clone().requires_grad_()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fn replayed one configuration at a time
-        loss = uniloss.UniLoss(from_metric(auroc))
-        loss(x, target).backward()
-    assert float(loss.last.metric) == pytest.approx(float(auroc(scores, target)), abs=1e-6)
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    grads = []
+    for batched in ("auto", "loop"):  # its curves' trapz recorded as their parts: the tape, against fn
+        x = scores.clone().requires_grad_()
+        metric = from_metric(auroc, batched=batched)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "loop": one configuration at a time
+            loss = uniloss.UniLoss(metric)
+            loss(x, target).backward()
+        assert float(loss.last.metric) == pytest.approx(float(auroc(scores, target)), abs=1e-6)
+        grads.append(x.grad)
+    assert metric.batched == "loop" and torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+    plan = from_metric(auroc).prepare(scores, target)
+    assert plan.tape in ("direct", "vmap")  # the tape stands in for fn (checked against it on this call)
 
 
 # --------------------------------------------------------------------------- the chain's cuts with branches

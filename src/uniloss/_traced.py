@@ -2303,6 +2303,7 @@ class _Mode(TorchFunctionMode):
         self.vmapped = vmapped
         self.count = 0
         self.guards: Dict[int, str] = {}  # site -> where fn read it as a Python value
+        self.last_read: frozenset = frozenset()  # the sites of the last value fn read so
         self.rec: Optional[_Recorder] = _Recorder() if self.tracing else None
         # A trace also records every operation fn runs (see _Graph): the operation, what its
         # arguments are (numbers as such, tensors as the operation that made them: _sig) and the
@@ -2407,6 +2408,7 @@ class _Mode(TorchFunctionMode):
                     if s not in self.guards:
                         where = where or _location(self.fn)
                         self.guards[s] = where
+                self.last_read = sites
                 if rec is not None:
                     rec.guard(name, [t for t in _walk_tensors((args, kwargs)) if getattr(self._get(t), "sites", None)])
             return func(*args, **kwargs)
@@ -3397,6 +3399,11 @@ class _Trace:
     tape: Optional[_Tape] = None  # the part of fn the anchors change, replayed in place of fn
     why_no_tape: Optional[str] = None
 
+    @property
+    def branches(self) -> bool:
+        """Whether fn reads a trained step's results as Python values (vmap cannot batch it)."""
+        return any(s in self.guards for s in self.trained)
+
 
 def _operand_key(value: Any) -> Any:
     if isinstance(value, Tensor) and value.numel() != 1:
@@ -3491,6 +3498,7 @@ class TracedMetric(Decomposition):
         self._graphs: Dict[tuple, _Graph] = {}  # input shapes -> the last trace of fn on them
         self._unsaid: List[Any] = []  # warnings of fn's replays held while a tape stood in for them
         self._reruns_failed: Dict[tuple, int] = {}
+        self._warned_branches = False  # fn's branches on its steps replayed whole: said once
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.fn, "func", self.fn), "__name__", type(self.fn).__name__)
@@ -3579,6 +3587,13 @@ class TracedMetric(Decomposition):
                 f"{self._fn_where()}: its value depends on the scores other than through comparisons (it returns "
                 f"or sums score values: e.g. a loss, not a metric); discrete steps found: {found()}. {_MANUAL}")
         sites = set(info.sites) if info is not None else set()
+        if not sites and mode.guards:
+            # A value chosen by Python control flow on discrete steps without computing it from them
+            # (the Matthews correlation's `return tensor(1.0)` on a batch all right; a count read
+            # with int()): it depends on the steps of the last value read so, through the branch
+            # taken there (earlier reads: validation, `if not torch.all((s >= 0) * (s <= 1))`, held);
+            # fn replayed gives it at each configuration.
+            sites = {s for s in mode.last_read if calls[s].kind in ("rank", "compare")}
         both = sorted(s for s in sites if s in mode.guards)
         trained: List[int] = []
         aliases: Dict[int, int] = {}
@@ -3604,17 +3619,20 @@ class TracedMetric(Decomposition):
                 f"{_MANUAL}")
         rec = cast(_Recorder, mode.rec)
         tape = rec.compile(out, set(trained) | set(aliases))
-        if both and (tape is None or rec.unchecked):
-            # Python control flow on a step that feeds the value: exact only where the tape checks
-            # at each configuration that fn takes the trace's path (Tape.held)
-            s = both[0]
-            reason = rec.off or rec.unchecked or "fn's value is not computed by the recorded operations"
-            raise TraceError(
-                f"fn reads the result of {calls[s].describe()} as a Python value (bool(), .item(), int()... at "
-                f"{mode.guards[s]}) and also computes its value from it; Python control flow on the results of "
-                f"discrete steps can be traced only where from_metric records what fn computes from them, and "
-                f"here {reason} (use torch.where). {_MANUAL}")
         why = None if tape is not None else (rec.off or "fn's value is not computed by the recorded operations")
+        if both and (tape is None or rec.unchecked):
+            # Python control flow on a step that feeds the value, which the tape cannot check at each
+            # configuration (Tape.held): fn itself replayed there, its branches taken anew
+            if info is None or not info.sites:
+                why = "on these scores fn's value comes from a branch that does not compute it from its steps"
+            tape, why = None, rec.unchecked or why
+            if not self._warned_branches:
+                self._warned_branches = True
+                s = both[0]
+                warnings.warn(
+                    f"from_metric: fn reads the result of {calls[s].describe()} as a Python value (at "
+                    f"{mode.guards[s]}) and {why}: each configuration replays fn one at a time (slower; "
+                    "torch.where in place of the branch keeps the fast path)", stacklevel=6)
         trace = _Trace(calls, out.detach().reshape(()), trained, mode.guards, aliases, tape, why)
         return trace, self._graph(mode, out, trace, raw, finished)
 
@@ -3843,6 +3861,12 @@ class TracedMetric(Decomposition):
         for w in self._unsaid:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self._unsaid = []
+        if plan.trace.branches and not self._warned_branches:  # fn cannot be vmapped either: say so once
+            self._warned_branches = True
+            warnings.warn("from_metric: fn reads its discrete steps' results as Python values, which vmap cannot "
+                          "batch, and its recorded operations cannot stand in for it (data-dependent shapes such "
+                          "as boolean indexing or nonzero): each configuration replays fn one at a time (slower)",
+                          stacklevel=7)
         return full
 
     def _remember_tape(self, plan: "_Plan", kind: str) -> None:
@@ -3854,9 +3878,10 @@ class TracedMetric(Decomposition):
     def _fn_values(self, plan: "_Plan", payloads: Dict[int, Any], formatters: Dict[int, Any], t: int,
                    loop: bool = False) -> Tensor:
         """The anchors' values from ``fn`` replayed whole, its discrete steps returning the
-        decoded outputs: vmapped, or one anchor at a time where vmap fails (or ``loop``: where
+        decoded outputs: vmapped, or one anchor at a time where vmap fails (or ``loop``, or where
         ``fn``'s Python control flow reads the decoded outputs)."""
         scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
+        loop = loop or plan.trace.branches
         vmapped = True
 
         def one(chosen):
@@ -4457,7 +4482,7 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     are held at their current results. Python control flow on results that also feed the value
     (``if tp == 0:``, ``int(pred.sum())``) is followed: each tensor ``fn`` reads as a Python value is
     computed at every configuration, and where it differs from the trace's, ``fn`` itself is
-    replayed there. On the first call of each input structure the inferred best configuration is
+    replayed there (where the trace cannot compute it, at every configuration, with a warning). On the first call of each input structure the inferred best configuration is
     checked against probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
     Exact: ``metric(scores, target)`` and ``UniLoss.last.metric`` are ``fn``'s own value (the trace
@@ -4482,9 +4507,8 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
 
     Raises:
         TraceError: when ``fn`` takes a step that cannot be traced (an operation that turns scores
-            into integers other than the ones above, ``.item()`` on scores, Python control flow on a
-            result that also feeds the value where the trace cannot record what ``fn`` computes
-            from it, a value that depends on the scores continuously),
+            into integers other than the ones above, ``.item()`` on scores, a value that depends
+            on the scores continuously),
             naming the operation and the line, and pointing to :class:`uniloss.DecodedMetric`.
 
     Shapes: those ``fn`` takes; ``target`` a tensor, a tuple, a list or a dict of tensors.
