@@ -210,7 +210,9 @@ def test_a_batch_all_right_through_a_special_case():
         loss(x, target).backward()
     assert float(loss.last.metric) == 1.0 and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     plan = mcc.prepare(scores.float(), target)
-    assert [mcc.explain(scores.float(), target).count("one comparison per element")] == [1]  # gt, not the checks
+    text = mcc.explain(scores.float(), target)
+    assert text.count("one comparison per element") == 1  # gt, not the checks of the input
+    assert "fn replayed at every configuration (on these scores fn's value comes from a branch" in text
     torch.testing.assert_close(mcc.comparisons(scores.float(), plan), scores.float())
 
 

@@ -4402,11 +4402,14 @@ class TracedMetric(Decomposition):
             elif i not in trained and call.kind in ("rank", "compare", "frozen"):
                 lines.append(f"  {call.describe(short=True)}: held at its current result (not trained)")
         tape = plan.trace.tape
+        where = "; ".join(sorted({plan.trace.guards[s] for s in trained if s in plan.trace.guards}))
         if tape is not None and tape.guards:
-            where = sorted({plan.trace.guards[s] for s in trained if s in plan.trace.guards})
-            lines.append(f"  Python control flow on the trained steps (at {'; '.join(where)}): {len(tape.guards)} "
+            lines.append(f"  Python control flow on the trained steps (at {where}): {len(tape.guards)} "
                          "values read are computed at every configuration, fn replayed where one differs "
                          "from this trace's")
+        elif plan.trace.branches:
+            lines.append(f"  Python control flow on the trained steps (at {where}): fn replayed at every "
+                         f"configuration ({plan.trace.why_no_tape})")
         return "\n".join(lines)
 
 
