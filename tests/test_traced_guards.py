@@ -322,3 +322,42 @@ def test_a_trapezoid_of_a_curve_on_another_calls_axis():
         reference = uniloss.from_metric(area_to_a_target_scale, batched="loop")  # fn (torch.trapz) at each
         expected = reference.evaluate(bits, reference.prepare(scores.float(), target))
         torch.testing.assert_close(metric.evaluate(bits, plan).double(), expected.double())
+
+
+@pytest.mark.parametrize("name", ["binary_matthews_corrcoef", "binary_auroc", "branchy", "perfect_is_one",
+                                  "multiclass_matthews_corrcoef"])
+def test_every_kind_of_batch_gives_fns_loss(name):
+    """Batches mixed, well separated, all wrong, all right and all predicted positive: the loss and
+    gradient of the tape, the cuts and the replays equal those of fn replayed at every
+    configuration (``batched="loop"``), and the metric reported is fn's own."""
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    fn = {"branchy": branchy, "perfect_is_one": perfect_is_one,
+          "multiclass_matthews_corrcoef": lambda s, y: classification.multiclass_matthews_corrcoef(s, y, num_classes=3),
+          }.get(name) or getattr(classification, name)
+    multiclass = name.startswith("multiclass")
+    losses = [uniloss.UniLoss(from_metric(fn)), uniloss.UniLoss(from_metric(fn, batched="loop"))]
+    for mode, shift in enumerate([0.0, 0.5, 5.0, -5.0, None]):
+        g = torch.Generator().manual_seed(mode)
+        n = 12 + 3 * mode
+        if multiclass:
+            target = torch.randint(0, 3, (n,), generator=g)
+            scores = torch.randn(n, 3, generator=g) + torch.nn.functional.one_hot(target, 3) * (shift or 0.0)
+            if shift is None:
+                scores[:, 0] += 10  # every sample in class 0
+        else:
+            target = (torch.rand(n, generator=g) < 0.4).long()
+            target[0], target[1] = 1, 0
+            scores = torch.randn(n, generator=g) + (2 * target - 1) * (shift or 0.0)
+            if shift is None:
+                scores = scores.abs() + 0.1  # every sample predicted positive
+        out = []
+        for loss in losses:
+            x = scores.clone().requires_grad_()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # replays said once
+                value = loss(x, target)
+            value.backward()
+            out.append((value.detach(), x.grad))
+            assert float(loss.last.metric) == pytest.approx(float(fn(scores, target)), abs=1e-6)
+        torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-6)
