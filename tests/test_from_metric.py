@@ -646,6 +646,62 @@ def test_torchmetrics_with_python_control_flow_on_their_steps_trace(name):
     assert grads[0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("name, kind, higher", [
+    ("binary_fbeta_score", "binary", True), ("binary_jaccard_index", "binary", True),
+    ("binary_hamming_distance", "binary", False), ("multiclass_specificity", "multiclass", True),
+    ("retrieval_hit_rate", "retrieval", True), ("retrieval_fall_out", "retrieval", False),
+    ("retrieval_r_precision", "retrieval", True), ("multiclass_average_precision", "multiclass", True),
+    ("binary_cohen_kappa", "binary", True), ("multiclass_cohen_kappa", "multiclass", True),
+    ("binary_specificity_at_sensitivity", "binary", True),
+])
+def test_more_torchmetrics_functions_give_their_value_and_a_gradient(name, kind, higher):
+    _tm()
+    from torchmetrics.functional import classification, retrieval
+
+    fn = getattr(classification, name, None) or getattr(retrieval, name)
+    if kind == "multiclass":
+        fn = functools.partial(fn, num_classes=4)
+    elif name == "binary_fbeta_score":
+        fn = functools.partial(fn, beta=2.0)
+    elif name == "binary_specificity_at_sensitivity":
+        fn = lambda s, y, f=fn: f(s, y, min_sensitivity=0.5)[0]  # noqa: E731
+    if kind == "multiclass":
+        scores, target = _multiclass(3, n=24, c=4)
+    else:
+        scores, target = _binary(3, n=24)
+    scores = scores.float()
+    x = scores.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the last one replays fn one configuration at a time
+        loss = uniloss.UniLoss(from_metric(fn, higher_is_better=higher))
+        loss(x, target).backward()
+    assert float(loss.last.metric) == pytest.approx(float(fn(scores, target)), abs=1e-6)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, match", [
+    ("multilabel_auroc", r"fn sorts the scores .* no tensor to infer the best result from"),  # a column's ranking
+    ("multilabel_average_precision", r"fn sorts the scores .* no tensor to infer the best result from"),
+    ("binary_recall_at_fixed_precision", r"depend on the scores and on another discrete step"),
+])
+def test_torchmetrics_functions_that_still_raise_say_why(name, match):
+    """docs/custom-metrics.md lists them: the relevance of a column of [n, L] scores is not followed
+    back to the target's column; a threshold on a curve of the ranking is a step on another's result."""
+    _tm()
+    from torchmetrics.functional import classification
+
+    fn = getattr(classification, name)
+    if name.startswith("multilabel"):
+        g = _gen(4)
+        target = (torch.rand(24, 3, generator=g) < 0.4).long()
+        scores, fn = torch.randn(24, 3, generator=g) + target, functools.partial(fn, num_labels=3)
+    else:
+        scores, target = _binary(4, n=24)
+        fn = lambda s, y, f=fn: f(s, y, min_precision=0.5)[0]  # noqa: E731
+    with pytest.raises(TraceError, match=match):
+        uniloss.UniLoss(from_metric(fn))(scores.float().clone().requires_grad_(), target)
+
+
 # --------------------------------------------------------------------------- what cannot be traced
 
 
