@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 import uniloss
 from uniloss import TraceError, from_metric, zoo
+from uniloss.decoders import RankingTarget
 from uniloss.testing import assert_exact_decomposition
 
 
@@ -679,27 +680,69 @@ def test_more_torchmetrics_functions_give_their_value_and_a_gradient(name, kind,
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name, match", [
-    ("multilabel_auroc", r"fn sorts the scores .* no tensor to infer the best result from"),  # a column's ranking
-    ("multilabel_average_precision", r"fn sorts the scores .* no tensor to infer the best result from"),
-    ("binary_recall_at_fixed_precision", r"depend on the scores and on another discrete step"),
-])
-def test_torchmetrics_functions_that_still_raise_say_why(name, match):
-    """docs/custom-metrics.md lists them: the relevance of a column of [n, L] scores is not followed
-    back to the target's column; a threshold on a curve of the ranking is a step on another's result."""
+def test_torchmetrics_recall_at_fixed_precision_raises_saying_why():
+    """A threshold on a curve of the ranking is a step on another step's result (docs/custom-metrics.md)."""
+    _tm()
+    from torchmetrics.functional.classification import binary_recall_at_fixed_precision
+
+    scores, target = _binary(4, n=24)
+    with pytest.raises(TraceError, match=r"depend on the scores and on another discrete step"):
+        uniloss.UniLoss(from_metric(lambda s, y: binary_recall_at_fixed_precision(s, y, min_precision=0.5)[0]))(
+            scores.float().clone().requires_grad_(), target)
+
+
+def _multilabel(seed, n=24, labels=3):
+    g = _gen(seed)
+    target = (torch.rand(n, labels, generator=g) < 0.4).long()
+    target[0], target[1] = 1, 0  # every label has both
+    return torch.randn(n, labels, generator=g, dtype=torch.float64) + target, target
+
+
+def column_mean_ap(scores, target):  # [n, L], [n, L]: each label's AP (written with argsort), their mean
+    return torch.stack([average_precision(scores[:, i], target[:, i]) for i in range(scores.shape[1])]).mean()
+
+
+def test_a_ranking_of_a_column_takes_the_targets_column_as_relevance():
+    """s[:, i] ranked: its relevance is y[:, i] (the scores' moves applied to the target), so the
+    mean of the columns' AP is the zoo's AP with each label a query: the same comparisons, loss and
+    gradient (no pull: the zoo's is per sample)."""
+    scores, target = _multilabel(5)
+    n, labels = scores.shape
+    x, z = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    traced = uniloss.UniLoss(from_metric(column_mean_ap), pull=0)
+    hand = uniloss.UniLoss(zoo.average_precision(), pull=0)
+    query = torch.arange(labels).repeat_interleave(n)
+    a = traced(x, target)
+    b = hand(z.T.reshape(-1), RankingTarget(target.T.reshape(-1), query))
+    a.backward()
+    b.backward()
+    assert float(traced.last.metric) == pytest.approx(float(column_mean_ap(scores, target)))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(x.grad, z.grad)
+
+
+@pytest.mark.parametrize("name", ["multilabel_auroc", "multilabel_average_precision"])
+def test_torchmetrics_multilabel_rankings_trace(name):
+    """Each label's curve ranks a column of sigmoid(scores): relevance the target's column."""
     _tm()
     from torchmetrics.functional import classification
 
-    fn = getattr(classification, name)
-    if name.startswith("multilabel"):
-        g = _gen(4)
-        target = (torch.rand(24, 3, generator=g) < 0.4).long()
-        scores, fn = torch.randn(24, 3, generator=g) + target, functools.partial(fn, num_labels=3)
-    else:
-        scores, target = _binary(4, n=24)
-        fn = lambda s, y, f=fn: f(s, y, min_precision=0.5)[0]  # noqa: E731
-    with pytest.raises(TraceError, match=match):
-        uniloss.UniLoss(from_metric(fn))(scores.float().clone().requires_grad_(), target)
+    fn = functools.partial(getattr(classification, name), num_labels=3)
+    scores, target = _multilabel(6)
+    scores = scores.float()
+    grads = []
+    for batched in ("auto", "loop"):  # "loop": fn itself at every configuration
+        x = scores.clone().requires_grad_()
+        metric = from_metric(fn, batched=batched)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loss = uniloss.UniLoss(metric)
+            loss(x, target).backward()
+        assert float(loss.last.metric) == pytest.approx(float(fn(scores, target)), abs=1e-6)
+        grads.append(x.grad)
+    pairs = sum(int(target[:, i].sum()) * int((1 - target[:, i]).sum()) for i in range(3))
+    assert metric.prepare(scores, target).num_bits == pairs  # each label's positives against its negatives
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 # --------------------------------------------------------------------------- what cannot be traced

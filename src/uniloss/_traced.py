@@ -167,6 +167,10 @@ _DECREASING = {"neg", "negative", "__neg__"}
 _AFFINE = {"add", "__add__", "__radd__", "sub", "__sub__", "subtract", "rsub", "__rsub__", "mul", "__mul__",
            "__rmul__", "multiply", "div", "__truediv__", "divide", "true_divide"}
 _SOFTMAX = {"softmax", "log_softmax", "special_softmax", "special_log_softmax"}
+# Moves of a tensor's elements by constants, followed from a ranked tensor back to the scores' shape
+# (_Mode._views) to line a target of that shape up with the ranked items.
+_VIEWS = {"__getitem__", "select", "narrow", "transpose", "swapaxes", "swapdims", "t", "permute", "movedim",
+          "moveaxis", "reshape", "view", "flatten", "ravel", "squeeze", "unsqueeze", "contiguous"}
 
 
 _NAMES: Dict[Any, str] = {}
@@ -234,12 +238,14 @@ def _frame_text(file: str, line: int, function: str) -> str:
 class _Info:
     """What a tensor met during a run: the scores' values (``score``), discrete results
     (``sites``: indices of the discrete steps it depends on), and, for a monotone map of a score
-    tensor, ``peel = (op, parent, constant)``."""
+    tensor, ``peel = (op, parent, constant)``; for a score tensor that moves another's elements
+    by constants (a column ``s[:, i]``, a transpose), ``view = (parent, func, args, kwargs)``."""
 
-    __slots__ = ("score", "sites", "peel")
+    __slots__ = ("score", "sites", "peel", "view")
 
-    def __init__(self, score: bool, sites: frozenset, peel: Optional[tuple] = None) -> None:
-        self.score, self.sites, self.peel = score, sites, peel
+    def __init__(self, score: bool, sites: frozenset, peel: Optional[tuple] = None,
+                 view: Optional[tuple] = None) -> None:
+        self.score, self.sites, self.peel, self.view = score, sites, peel, view
 
 
 @dataclass
@@ -254,6 +260,7 @@ class _Call:
     out: Any = None  # the traced result
     # rank steps
     x: Any = None  # the step's input (a tensor)
+    views: tuple = ()  # (shape, moves): how a tensor of that shape becomes x's shape (see _Mode._views)
     dim: Optional[int] = None  # None: over every element
     descending: bool = True
     k: Optional[int] = None
@@ -2465,7 +2472,11 @@ class _Mode(TorchFunctionMode):
                                   "from_metric does not know")
             else:
                 peel = self._peel_info(name, args, kwargs, o) if len(outs) == 1 else None
-                self._set(o, _Info(True, sites, peel))
+                view = None
+                if peel is None and len(outs) == 1 and name in _VIEWS and args and isinstance(args[0], Tensor) \
+                        and not any(True for _ in _walk_tensors((args[1:], kwargs))):
+                    view = (args[0], getattr(Tensor, name), tuple(args[1:]), dict(kwargs))
+                self._set(o, _Info(True, sites, peel, view))
 
     def _peel_info(self, name: str, args: Sequence, kwargs: Dict, out: Tensor) -> Optional[tuple]:
         """``(op, parent, constant)`` when ``out`` is a monotone map of one score tensor."""
@@ -2656,11 +2667,34 @@ class _Mode(TorchFunctionMode):
         if self.tracing:  # looked through in finish(), for the steps that are trained
             self.calls.append(_Call(
                 name, "rank", tuple(x.shape), _frames(self.fn), out=out, x=x, dim=dim, descending=descending,
-                k=k, keepdim=keepdim, flags=flags, event=self.event,
+                k=k, keepdim=keepdim, flags=flags, event=self.event, views=self._views(x),
             ))
             cast(_Recorder, self.rec).site(index, self.calls[-1], out)
         self._tag_site(out, index, values)
         return out
+
+    def _views(self, x: Tensor) -> tuple:
+        """How ``x`` came from larger score tensors by moves with constants (``s.sigmoid()[:, i]``,
+        a column of ``[n, L]`` scores, as torchmetrics' multi-label curves take it), through
+        elementwise maps: ``((shape, moves), ...)``, each the moves that turn a tensor of that
+        shape into ``x``'s, so that a target of the scores' shape gives each item's relevance."""
+        out: List[tuple] = []
+        moves: List[tuple] = []
+        t = x
+        for _ in range(64):
+            info = self._get(t)
+            if info is None:
+                break
+            if info.view is not None:
+                parent, func, rest, kw = info.view
+                moves.insert(0, (func, rest, kw))
+                t = parent
+                out.append((tuple(t.shape), tuple(moves)))
+            elif info.peel is not None and isinstance(info.peel[1], Tensor) and info.peel[1].shape == t.shape:
+                t = info.peel[1]  # an elementwise map: the same places
+            else:
+                break
+        return tuple(out)
 
     def finish(self, call: _Call) -> None:
         """After the trace, for a step that is trained: look through the monotone maps between
@@ -2888,11 +2922,23 @@ def _ignored_label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tuple[
 
 
 def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
-    """Tensors shaped like the ranked scores, >= 0 and finite: a relevance per item."""
+    """Tensors shaped like the ranked scores, >= 0 and finite: a relevance per item; where none
+    is, the target's tensors moved as the scores were before the ranking (``call.views``: a
+    label's column of a multi-label target)."""
     varied: List[Tensor] = []
     constant: List[Tensor] = []
-    for t in tensors:
-        if not _fits(t, call.shape) or t.is_complex() or t.numel() == 0:
+    fitting = [t for t in tensors if _fits(t, call.shape)]
+    if not fitting:
+        for shape, moves in call.views:
+            for t in tensors:
+                if tuple(t.shape) != shape:
+                    continue
+                for func, rest, kw in moves:
+                    t = func(t, *rest, **kw)
+                if isinstance(t, Tensor) and _fits(t, call.shape):
+                    fitting.append(t)
+    for t in fitting:
+        if t.is_complex() or t.numel() == 0:
             continue
         v = t.double() if t.dtype != torch.bool else t.long()
         if bool(torch.isfinite(v).all()) and float(v.min()) >= 0:
@@ -4470,8 +4516,10 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
       others (:class:`uniloss.PCK`'s layout);
     * ``topk`` over classes: as ``argmax``, with a label per row;
     * ``sort``/``argsort``/``topk``/``unique`` of items with a relevance each (a tensor of the
-      target shaped like the scores; more relevant = higher score): pairs of items of different
-      relevance (``decoders.Ranking``, :class:`uniloss.AveragePrecision`'s layout for 0/1);
+      target shaped like the scores, or, for items moved out of larger scores by constants such
+      as a label's column ``s[:, i]``, shaped like those and moved the same way; more relevant =
+      higher score): pairs of items of different relevance (``decoders.Ranking``,
+      :class:`uniloss.AveragePrecision`'s layout for 0/1);
     * ``s > t``, ``s < t``, ``>=``, ``<=`` (``t`` a constant, a tensor of the target or other
       scores): one comparison per element; best, a 0/1 tensor of the target of the output's shape
       (or of its leading dimensions), else probing.
