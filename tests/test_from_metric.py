@@ -721,6 +721,15 @@ def test_a_ranking_of_a_column_takes_the_targets_column_as_relevance():
     torch.testing.assert_close(x.grad, z.grad)
 
 
+def test_a_target_the_scores_moves_cannot_take_is_no_relevance():
+    """`view` of a transposed (non-contiguous) target fails: no relevance from it, a TraceError
+    (not the view's RuntimeError)."""
+    scores, target = _multilabel(7)
+    fn = lambda s, y: average_precision(s.view(-1)[::3], y.reshape(-1)[::3])  # noqa: E731  (label 0)
+    with pytest.raises(TraceError, match="no tensor to infer the best result from"):
+        from_metric(fn).metric(scores, target.T.contiguous().T)
+
+
 @pytest.mark.parametrize("name", ["multilabel_auroc", "multilabel_average_precision"])
 def test_torchmetrics_multilabel_rankings_trace(name):
     """Each label's curve ranks a column of sigmoid(scores): relevance the target's column."""

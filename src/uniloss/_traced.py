@@ -2933,10 +2933,14 @@ def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
             for t in tensors:
                 if tuple(t.shape) != shape:
                     continue
-                for func, rest, kw in moves:
-                    t = func(t, *rest, **kw)
-                if isinstance(t, Tensor) and _fits(t, call.shape):
-                    fitting.append(t)
+                moved: Any = t
+                try:
+                    for func, rest, kw in moves:
+                        moved = func(moved, *rest, **kw)
+                except (RuntimeError, IndexError, TypeError):  # e.g. view() of a non-contiguous target
+                    continue
+                if isinstance(moved, Tensor) and _fits(moved, call.shape):
+                    fitting.append(moved)
     for t in fitting:
         if t.is_complex() or t.numel() == 0:
             continue
