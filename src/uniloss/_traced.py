@@ -562,10 +562,7 @@ class _Recorder:
         getitem = Tensor.__getitem__
 
         def record(func: Any, name: str, operands: tuple, value: Tensor) -> Tensor:
-            fills, nested = self._inputs(operands, {})
-            made = self._outputs(value, name)
-            if made is not None and self.off is None:
-                self.steps.append(_Step("op", func, operands, {}, made[0], made[1], fills, nested))
+            self.op(func, name, operands, {}, value)
             self.derived.add(id(value))
             return value
 
@@ -580,9 +577,7 @@ class _Recorder:
             widths = dx
         areas = record(torch.mul, "mul", (heights, widths), heights * widths)
         halves = record(torch.mul, "mul", (areas, 0.5), areas * 0.5)
-        fills, nested = self._inputs((halves,), {})
-        if self.off is None:  # the sum is the trapezoid's own result: later steps read it
-            self.steps.append(_Step("op", torch.sum, (halves,), {}, (self._new(out),), True, fills, nested))
+        self.op(torch.sum, "sum", (halves,), {}, out)  # the trapezoid's own result: later steps read it
         return True
 
     def site(self, index: int, call: "_Call", out: Any) -> None:
@@ -2473,8 +2468,8 @@ class _Mode(TorchFunctionMode):
             else:
                 peel = self._peel_info(name, args, kwargs, o) if len(outs) == 1 else None
                 view = None
-                if peel is None and len(outs) == 1 and name in _VIEWS and args and isinstance(args[0], Tensor) \
-                        and not any(True for _ in _walk_tensors((args[1:], kwargs))):
+                if self.tracing and peel is None and len(outs) == 1 and name in _VIEWS and args and \
+                        isinstance(args[0], Tensor) and not any(True for _ in _walk_tensors((args[1:], kwargs))):
                     view = (args[0], getattr(Tensor, name), tuple(args[1:]), dict(kwargs))
                 self._set(o, _Info(True, sites, peel, view))
 
@@ -3877,14 +3872,15 @@ class TracedMetric(Decomposition):
                     held = tape.held(list(values[1:]), t)
                     values = values[0]
             values = values if values.is_floating_point() else values.float()
-            if held is not None and not bool(held.all()):  # fn takes another path there: replay it
-                where = (~held).nonzero().flatten()
+            if held is None:
+                return values
+
+            def replayed(where: Tensor) -> Tensor:  # fn takes another path there: replay it
                 chosen = {i: (tuple(q[where] for q in p) if isinstance(p, tuple) else p[where])
                           for i, p in payloads.items()}
-                formatters = {i: s.format for i, s in sites.items()}
-                values = values.clone()
-                values[where] = self._fn_values(plan, chosen, formatters, len(where), loop=True).to(values.dtype)
-            return values
+                return self._fn_values(plan, chosen, {i: s.format for i, s in sites.items()}, len(where), loop=True)
+
+            return self._held_or_tape((values, held), replayed)
 
         if plan.tape in ("direct", "vmap"):
             try:
@@ -4323,9 +4319,9 @@ class TracedMetric(Decomposition):
 
     @staticmethod
     def _held_or_tape(result: Any, tape_at: Callable[[Tensor], Tensor]) -> Tensor:
-        """A cut's chain; where ``fn`` reads values as Python values (the cut then also says at
-        which points each is the trace's), the points where one is not from the tape, which
-        replays ``fn`` there (``tape_at(points)``)."""
+        """Values from a tape or a cut; where ``fn`` reads values as Python values (``result`` is
+        then ``(values, held)``: where each is the trace's), the others from ``tape_at(points)``,
+        which replays ``fn`` there."""
         if not isinstance(result, tuple):
             return result
         values, held = result
@@ -4537,8 +4533,9 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     are held at their current results. Python control flow on results that also feed the value
     (``if tp == 0:``, ``int(pred.sum())``) is followed: each tensor ``fn`` reads as a Python value is
     computed at every configuration, and where it differs from the trace's, ``fn`` itself is
-    replayed there (where the trace cannot compute it, at every configuration, with a warning). On the first call of each input structure the inferred best configuration is
-    checked against probes of ``fn``, and the replay on the current scores against ``fn`` itself.
+    replayed there (where the trace cannot compute it, at every configuration, with a warning). On
+    the first call of each input structure the inferred best configuration is checked against
+    probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
     Exact: ``metric(scores, target)`` and ``UniLoss.last.metric`` are ``fn``'s own value (the trace
     computes it), tied scores included; on untied scores the hard configuration's bits give that
