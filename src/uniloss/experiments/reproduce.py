@@ -209,6 +209,9 @@ def _collect(name: str, plans, args) -> Dict:
         command += f" --losses {' '.join(args.losses)}"
     if args.epochs is not None:
         command += f" --epochs {args.epochs}"
+    out = getattr(args, "out", None)
+    if out and Path(out) != Path("docs/results") / name:  # regenerating writes where this table is
+        command += f" --out {out}"
     return {"table": name, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": command,
             "schedule": schedule or "paper", "epochs": epochs, "seeds_used": seeds_used or plans[0][2], "rows": rows}
 
