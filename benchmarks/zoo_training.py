@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List
 
@@ -194,7 +195,7 @@ def main(argv=None) -> Dict:
                                  seconds=time.perf_counter() - t0))
                 print(f"{task:9s} {label:45s} seed {seed}: {curve[-1]:.4f}  ({rows[-1]['seconds']:.1f} s)", flush=True)
     report = dict(
-        table="zoo-training", command="python benchmarks/zoo_training.py " + " ".join(argv or []),
+        table="zoo-training", command="python benchmarks/zoo_training.py " + " ".join(sys.argv[1:] if argv is None else argv),
         machine=f"{platform.machine()}, 1 thread, torch {torch.__version__}", date=time.strftime("%Y-%m-%d"),
         seeds=args.seeds, optimiser="SGD momentum 0.9, same lr / batch / epochs for both losses",
         tasks={t: {k: (list(v) if k == "variants" else v) for k, v in TASKS[t].items() if k != "run"} for t in args.tasks},

@@ -406,7 +406,7 @@ def test_multiclass_table_reports_missing_cifar_instead_of_failing(tmp_path, mon
                  "--out", str(out), "--data-dir", str(empty)]) == 0
     report = json.loads((out / "results.json").read_text())
     assert report["table"] == "multiclass" and report["schedule"] == "short" and report["epochs"] == MC.SHORT_EPOCHS
-    assert report["command"] == "uniloss reproduce multiclass --seeds 0 --schedule short"
+    assert report["command"] == f"uniloss reproduce multiclass --seeds 0 --schedule short --out {out}"
     rows = {(r["dataset"], r["loss"], r["metric"]): r for r in report["rows"]}
     assert rows["Fashion-MNIST", "ce", "accuracy"]["mean"] == 0.93 and rows["Fashion-MNIST", "ce", "accuracy"]["paper"] is None
     for key, paper in [(("CIFAR-10", "ce", "accuracy"), 0.9149), (("CIFAR-10", "uniloss", "accuracy"), 0.9164),
