@@ -6,8 +6,10 @@ decomposition of the same metric.
 
 torchmetrics' ``binary_auroc`` (``if fps[-1] <= 0:``) and the Matthews correlation (``if tp + tn
 != 0 and fp + fn == 0:``, ``if denom == 0:``) read their counts as Python values. ``from_metric``
-computes each value read at every configuration through the tape, replays ``fn`` where one
-differs from the trace's, and skips the chain's cuts through sums and rankings for them. Each
+computes each value read at every configuration through the tape; where one differs from the
+trace's, it traces ``fn`` again on that other path and takes that tape there, replaying ``fn``
+where neither holds. Batches all right and all predicted positive put the Matthews correlation's
+trace on a rare path (its special cases), where nearly every configuration takes another. Each
 case times one loss call (forward and backward, library defaults, one thread) of the traced
 torchmetrics function and of the zoo's metric (and, given a commit, of the function traced by
 that commit's ``from_metric``), interleaved call by call in one process (medians), and checks
@@ -39,6 +41,14 @@ def _cases(g):
         # the zoo's Matthews correlation takes two columns of scores: s > 0 is column 1 above column 0
         yield f"Matthews correlation, [{n}]", binary_matthews_corrcoef, zoo.matthews_corrcoef(2), s, y, \
             torch.stack([-s / 2, s / 2], 1)
+    # batches on a rare path of the Matthews correlation's branches: all right (`return tensor(1.0)`),
+    # every score above 0 (`denom == 0`); nearly every configuration takes another path than the trace
+    for n in (64, 256, 1024):
+        y = (torch.rand(n, generator=g) < 0.3).long()
+        noise = 1 + torch.rand(n, generator=g)
+        for name, s in (("all right", (2 * y - 1) * noise), ("all predicted positive", noise)):
+            yield f"Matthews correlation, {name}, [{n}]", binary_matthews_corrcoef, zoo.matthews_corrcoef(2), s, y, \
+                torch.stack([-s / 2, s / 2], 1)
 
 
 def main(calls: int, ref: str = "") -> None:

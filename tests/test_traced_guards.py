@@ -1,8 +1,9 @@
 """from_metric on metrics whose Python control flow reads their discrete steps (``if tp == 0:``,
 ``int(pred.sum())``): the tape computes each value read at every configuration, and where one
-differs from the trace's, ``fn`` itself is replayed there. Checked against ``fn`` on scores that
-give each configuration, against an independent decomposition (``zoo.auroc``) and against the
-same metric written without its branches; where the tape cannot check a value read, ``fn`` is
+differs from the trace's, ``fn`` is traced again on that other path (its tape stands in where
+its values read hold) or replayed there. Checked against ``fn`` on scores that give each
+configuration, against an independent decomposition (``zoo.auroc``) and against the same metric
+written without its branches; where no trace gives a tape that can check a value read, ``fn`` is
 replayed at every configuration, with a warning.
 """
 
@@ -194,12 +195,14 @@ def test_control_flow_the_tape_cannot_check_replays_fn(fn, plain, match):
 
 def test_a_batch_all_right_through_a_special_case():
     """`return tensor(1.0)` on a perfect batch (torchmetrics' Matthews correlation does it): the
-    value no longer depends on the step, but fn's branch does, and fn replayed at each
-    configuration gives the chain; the loss is the metric's without the special case."""
+    value no longer depends on the step, but fn's branch does; fn traced again at a configuration
+    on the other side of the branch gives the chain, without a warning; the loss is the metric's
+    without the special case."""
     scores, target = _data(n=10, seed=8)
     scores = torch.where(target == 1, 1.0, -1.0) + 0.01 * torch.arange(10)
     assert float(perfect_is_one(scores, target)) == 1.0
-    with pytest.warns(UserWarning, match="comes from a branch"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         _same_loss(perfect_is_one, _f1, scores, target)
     classification = pytest.importorskip("torchmetrics.functional.classification")
     mcc = uniloss.from_metric(classification.binary_matthews_corrcoef)
@@ -212,7 +215,8 @@ def test_a_batch_all_right_through_a_special_case():
     plan = mcc.prepare(scores.float(), target)
     text = mcc.explain(scores.float(), target)
     assert text.count("one comparison per element") == 1  # gt, not the checks of the input
-    assert "fn replayed at every configuration (on these scores fn's value comes from a branch" in text
+    assert "without a tape of this trace (on these scores fn's value comes from a branch" in text
+    assert "fn traced again at a configuration on another path" in text
     torch.testing.assert_close(mcc.comparisons(scores.float(), plan), scores.float())
 
 
@@ -361,3 +365,51 @@ def test_every_kind_of_batch_gives_fns_loss(name):
             assert float(loss.last.metric) == pytest.approx(float(fn(scores, target)), abs=1e-6)
         torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["perfect", "all positive"])
+def test_a_batch_on_a_rare_path_replays_fn_at_few_configurations(kind, monkeypatch):
+    """torchmetrics' Matthews correlation on a batch all right (``return tensor(1.0)``) or all
+    predicted positive (its ``denom == 0`` case): nearly every configuration of the chain and the
+    anchors takes another path than the trace's. fn is traced again at one of them
+    (``_forced_tape``) and that tape gives the rest: after the first calls of a structure (its
+    checks against fn), a call replays fn at a handful of configurations (the chain's two ends,
+    whose paths are the special cases), not at every one; the loss equals fn replayed everywhere."""
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    from uniloss import _traced
+
+    replays = []
+    original = _traced.TracedMetric._fn_values
+
+    def counted(self, plan, payloads, formatters, t, loop=False):
+        replays.append(t)
+        return original(self, plan, payloads, formatters, t, loop)
+
+    monkeypatch.setattr(_traced.TracedMetric, "_fn_values", counted)
+    n = 64
+    g = torch.Generator().manual_seed(3)
+    target = (torch.rand(n, generator=g) < 0.3).long()
+    noise = 1 + torch.rand(n, generator=g)
+    scores = (2 * target - 1) * noise if kind == "perfect" else noise
+    losses = [uniloss.UniLoss(from_metric(classification.binary_matthews_corrcoef, batched=b),
+                              generator=torch.Generator().manual_seed(0)) for b in ("auto", "loop")]
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no replay of fn at every configuration, so no warning
+        for loss in losses[:1]:
+            for _ in range(4):  # the structure's first calls check the forced traces against fn
+                replays.clear()
+                x = scores.clone().requires_grad_()
+                value = loss(x, target)
+                value.backward()
+    assert 0 < sum(replays) <= 4
+    out.append((value.detach(), x.grad))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = scores.clone().requires_grad_()
+        value = losses[1](x, target)
+        value.backward()
+    out.append((value.detach(), x.grad))
+    assert float(losses[0].last.metric) == pytest.approx(float(classification.binary_matthews_corrcoef(scores, target)))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-6)

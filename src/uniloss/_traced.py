@@ -882,6 +882,11 @@ class _Tape:
 # ``[P, n]`` sums at every point would be quadratic again; the steps after them then take their
 # changes (:func:`_walks`): the elements that change are the (row, point) pairs at which a row's
 # sum changes, each step the operation on the values there.
+# Where fn's Python branches on its trained steps take other paths at many configurations than
+# the trace's (TracedMetric._other_paths): fn traced again at one of them, up to this many times a
+# call, when at least this many are left.
+_OTHER_TRACES = 3
+_OTHER_MIN = 4
 _SUMS = {"sum", "mean", "count_nonzero", "any", "all"}
 _NEST = 1.0  # the weight of a step after the sums taken on their changes (0: every one it can; inf: none)
 _STEP = 1 << 14  # such a step costs about this many elements of values at every point, and 4 more a change
@@ -2293,9 +2298,11 @@ class _Mode(TorchFunctionMode):
 
     def __init__(self, fn: Any, scores: Tensor, calls: Optional[List[_Call]] = None,
                  payloads: Optional[Dict[int, Any]] = None, formatters: Optional[Dict[int, Any]] = None,
-                 vmapped: bool = False, inputs: Sequence[Tensor] = ()) -> None:
+                 vmapped: bool = False, inputs: Sequence[Tensor] = (),
+                 force: Optional[Dict[int, Tuple[Any, Callable[[Any, Tensor], Any]]]] = None) -> None:
         super().__init__()
         self.fn = fn
+        self.force = force or {}  # a trace's step -> (payload, format): it returns that configuration's output
         self.info: Dict[int, _Info] = {id(scores): _Info(True, frozenset())}
         self.keep: List[Any] = [scores]
         self.tracing = calls is None
@@ -2588,6 +2595,9 @@ class _Mode(TorchFunctionMode):
 
     def _site_result(self, index: int, call: Optional[_Call], x: Tensor, func, args, kwargs) -> Any:
         if self.tracing or call is None:
+            if index in self.force:  # traced on another configuration (TracedMetric._forced_tape)
+                payload, format = self.force[index]
+                return format(payload, x)
             return func(*args, **kwargs)
         if index in self.payloads:
             return self.formatters[index](self.payloads[index], x)
@@ -3540,6 +3550,7 @@ class TracedMetric(Decomposition):
         self._decisions: Dict[tuple, dict] = {}
         self._tapes: Dict[tuple, str] = {}  # structure -> how its tape replays: "direct", "vmap" or "off"
         self._sums: Dict[tuple, bool] = {}  # structure -> whether its chain through sums gave fn's values
+        self._others: Dict[tuple, Any] = {}  # structure -> its forced traces' checks: a count, True or False
         self._graphs: Dict[tuple, _Graph] = {}  # input shapes -> the last trace of fn on them
         self._unsaid: List[Any] = []  # warnings of fn's replays held while a tape stood in for them
         self._reruns_failed: Dict[tuple, int] = {}
@@ -3667,17 +3678,11 @@ class TracedMetric(Decomposition):
         why = None if tape is not None else (rec.off or "fn's value is not computed by the recorded operations")
         if both and (tape is None or rec.unchecked):
             # Python control flow on a step that feeds the value, which the tape cannot check at each
-            # configuration (Tape.held): fn itself replayed there, its branches taken anew
+            # configuration (Tape.held): fn traced again on the other side of the branch, or replayed
+            # there (_other_paths, which warns where it replays many)
             if info is None or not info.sites:
                 why = "on these scores fn's value comes from a branch that does not compute it from its steps"
             tape, why = None, rec.unchecked or why
-            if not self._warned_branches:
-                self._warned_branches = True
-                s = both[0]
-                warnings.warn(
-                    f"from_metric: fn reads the result of {calls[s].describe()} as a Python value (at "
-                    f"{mode.guards[s]}) and {why}: each configuration replays fn one at a time (slower; "
-                    "torch.where in place of the branch keeps the fast path)", stacklevel=6)
         trace = _Trace(calls, out.detach().reshape(()), trained, mode.guards, aliases, tape, why)
         return trace, self._graph(mode, out, trace, raw, finished)
 
@@ -3834,7 +3839,99 @@ class TracedMetric(Decomposition):
                 values = self._tape_values(plan, payloads, sites, t)
                 if values is not None:
                     return values
+            if plan.trace.branches:  # no tape, or one fn's path through a Python branch ends in a constant
+                return self._other_paths(plan, payloads, sites, t)
             return self._fn_values(plan, payloads, formatters, t)
+
+    def _other_paths(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site], t: int) -> Tensor:
+        """``fn``'s values at ``t`` configurations where it takes another path through its Python
+        branches on the trained steps than the trace did (or where the trace gave no tape: a branch
+        that returns a constant, as the Matthews correlation's on a batch all right). Replaying
+        ``fn`` at each costs a call of ``fn`` each; instead ``fn`` is traced again with its steps
+        returning the middle one's outputs (:meth:`_forced_tape`), that trace's tape gives the
+        values wherever its guards hold, and so on for what is left, up to ``_OTHER_TRACES``
+        traces; ``fn`` is replayed at the configurations left (and where a tape fails). Each such
+        tape is checked against ``fn``'s value where it was traced; the first ones of each
+        structure against ``fn`` replayed at two more configurations."""
+        formatters = {i: s.format for i, s in sites.items()}
+        left = torch.arange(t)
+        if self.batched == "loop" or t < _OTHER_MIN:
+            return self._fn_values(plan, payloads, formatters, t, loop=True)
+        values: Optional[Tensor] = None
+        failed = self._others.get(plan.key) is False
+        misses = 0  # configurations whose path gave no tape (fn returns a constant there): the next one tried
+        for _ in range(0 if failed else _OTHER_TRACES):
+            if len(left) < _OTHER_MIN:
+                break
+            middle = len(left) * (1 + 2 * misses) // 4 if misses else len(left) // 2
+            try:
+                forced = self._forced_tape(plan, _pick(payloads, int(left[middle])), sites)
+                if forced is None:
+                    misses += 1
+                    continue
+                tape, value = forced
+                chosen = _pick(payloads, left)
+                got, guarded = self._run_tape(tape, "direct" if tape.direct else "vmap", chosen, sites, len(left),
+                                              False)
+                held = torch.ones(len(left), dtype=torch.bool) if guarded is None else guarded.cpu()
+                ok = bool(held[middle]) and bool(torch.allclose(got[middle].double().cpu(), value.double().cpu(),
+                                                                rtol=1e-6, atol=1e-9, equal_nan=True))
+                checks = self._others.get(plan.key, 0)
+                if ok and checks is not True:  # the structure's first tapes: against fn at two more points
+                    at = held.nonzero().flatten()
+                    at = at[at != middle][:: max(1, (len(at) - 1) // 2)][:2]
+                    if len(at):
+                        replayed = self._fn_values(plan, _pick(chosen, at), formatters, len(at), loop=True)
+                        ok = bool(torch.allclose(got[at].double().cpu(), replayed.double().cpu(), rtol=1e-6,
+                                                 atol=1e-9, equal_nan=True))
+                    self._others[plan.key] = True if ok and int(checks) >= 2 else int(checks) + 1 if ok else False
+            except Exception:  # a trace or a tape that fails: fn replayed instead
+                ok = False
+            if not ok:
+                if len(self._others) >= 256:
+                    self._others.clear()
+                self._others[plan.key], failed = False, True
+                break
+            if values is None:
+                values = torch.empty(t, dtype=got.dtype, device=got.device)
+            values[left[held].to(values.device)] = got[held.to(got.device)].to(values.dtype)
+            left = left[~held]
+            if int(held.sum()) < _OTHER_MIN:  # paths too many to trace each (a count read as a Python number)
+                break
+        if values is None and plan.trace.tape is None and len(left) >= _OTHER_MIN and not self._warned_branches:
+            self._warned_branches = True
+            trace = plan.trace
+            s = next(i for i in trace.trained if i in trace.guards)
+            why = trace.why_no_tape or "on these scores fn takes other paths, which tracing it again did not give a tape"
+            warnings.warn(
+                f"from_metric: fn reads the result of {trace.calls[s].describe()} as a Python value (at "
+                f"{trace.guards[s]}) and {why}: {len(left)} of {t} configurations replay fn one at a time (slower; "
+                "torch.where in place of the branch keeps the fast path)", stacklevel=2)
+        rest = self._fn_values(plan, _pick(payloads, left), formatters, len(left), loop=True) if len(left) else None
+        if values is None:
+            return cast(Tensor, rest)
+        if rest is not None:
+            values[left.to(values.device)] = rest.to(values.dtype)
+        return values
+
+    def _forced_tape(self, plan: "_Plan", chosen: Dict[int, Any], sites: Dict[int, _Site]
+                     ) -> Optional[Tuple[_Tape, Tensor]]:
+        """``fn`` traced again with its trained steps returning one configuration's outputs
+        (``chosen``: site -> payload): the tape of the path ``fn`` takes there and its value there;
+        ``None`` where that trace takes other discrete steps than the plan's or gives no tape."""
+        force = {i: (p, sites[i].format) for i, p in chosen.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out, mode = self._run(plan.scores.detach(), plan.target, inputs=_target_tensors(plan.target), force=force)
+        calls = plan.trace.calls
+        if not isinstance(out, Tensor) or out.numel() != 1 or len(mode.calls) != len(calls) or any(
+                a.name != b.name or a.shape != b.shape for a, b in zip(mode.calls, calls)):
+            return None
+        rec = cast(_Recorder, mode.rec)
+        tape = rec.compile(out, set(plan.trace.trained) | set(plan.trace.aliases))
+        if tape is None or rec.unchecked:
+            return None
+        return tape, out.detach().reshape(())
 
     def _tape_values(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site],
                      t: int) -> Optional[Tensor]:
@@ -3846,41 +3943,11 @@ class TracedMetric(Decomposition):
         tape = cast(_Tape, plan.trace.tape)
 
         def run(kind: str, check: bool) -> Tensor:
-            held: Optional[Tensor] = None
-            if kind == "direct":
-                batched = {i: s.format_batched for i, s in sites.items()}
-                step = 4096
-                parts = []
-                for start in range(0, t, step):  # bounded memory, as vmap's chunks
-                    chunk = payloads if t <= step else {
-                        i: (tuple(q[start:start + step] for q in p) if isinstance(p, tuple) else p[start:start + step])
-                        for i, p in payloads.items()}
-                    parts.append(tape.run_direct(chunk, batched, min(step, t - start), check))
-                if tape.guards:
-                    held = torch.cat([h for _, h in parts])
-                    parts = [v for v, _ in parts]
-                values = parts[0] if len(parts) == 1 else torch.cat(parts)
-            else:
-                formatters = {i: s.format for i, s in sites.items()}
-
-                def one(chosen):
-                    out = tape.run(chosen, formatters)
-                    return (out[0].reshape(()), *out[1:]) if tape.guards else out.reshape(())
-
-                values = torch.func.vmap(one, chunk_size=4096 if t > 4096 else None)(payloads)
-                if tape.guards:
-                    held = tape.held(list(values[1:]), t)
-                    values = values[0]
-            values = values if values.is_floating_point() else values.float()
+            values, held = self._run_tape(tape, kind, payloads, sites, t, check)
             if held is None:
                 return values
-
-            def replayed(where: Tensor) -> Tensor:  # fn takes another path there: replay it
-                chosen = {i: (tuple(q[where] for q in p) if isinstance(p, tuple) else p[where])
-                          for i, p in payloads.items()}
-                return self._fn_values(plan, chosen, {i: s.format for i, s in sites.items()}, len(where), loop=True)
-
-            return self._held_or_tape((values, held), replayed)
+            return self._held_or_tape((values, held), lambda where: self._other_paths(
+                plan, _pick(payloads, where), sites, len(where)))
 
         if plan.tape in ("direct", "vmap"):
             try:
@@ -3914,6 +3981,37 @@ class TracedMetric(Decomposition):
                           "as boolean indexing or nonzero): each configuration replays fn one at a time (slower)",
                           stacklevel=7)
         return full
+
+    @staticmethod
+    def _run_tape(tape: _Tape, kind: str, payloads: Dict[int, Any], sites: Dict[int, _Site], t: int,
+                  check: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``t`` configurations' values from ``tape``, batched by hand (``"direct"``) or under vmap
+        (``"vmap"``), and, where the tape has guards, ``[t]`` booleans: where fn takes the tape's
+        path (see :meth:`_Tape.held`); ``None`` without guards."""
+        held: Optional[Tensor] = None
+        if kind == "direct":
+            batched = {i: s.format_batched for i, s in sites.items()}
+            step = 4096
+            parts = []
+            for start in range(0, t, step):  # bounded memory, as vmap's chunks
+                chunk = payloads if t <= step else _pick(payloads, slice(start, start + step))
+                parts.append(tape.run_direct(chunk, batched, min(step, t - start), check))
+            if tape.guards:
+                held = torch.cat([h for _, h in parts])
+                parts = [v for v, _ in parts]
+            values = parts[0] if len(parts) == 1 else torch.cat(parts)
+        else:
+            formatters = {i: s.format for i, s in sites.items()}
+
+            def one(chosen):
+                out = tape.run(chosen, formatters)
+                return (out[0].reshape(()), *out[1:]) if tape.guards else out.reshape(())
+
+            values = torch.func.vmap(one, chunk_size=4096 if t > 4096 else None)(payloads)
+            if tape.guards:
+                held = tape.held(list(values[1:]), t)
+                values = values[0]
+        return (values if values.is_floating_point() else values.float()), held
 
     def _remember_tape(self, plan: "_Plan", kind: str) -> None:
         plan.tape = kind
@@ -4451,11 +4549,12 @@ class TracedMetric(Decomposition):
         where = "; ".join(sorted({plan.trace.guards[s] for s in trained if s in plan.trace.guards}))
         if tape is not None and tape.guards:
             lines.append(f"  Python control flow on the trained steps (at {where}): {len(tape.guards)} "
-                         "values read are computed at every configuration, fn replayed where one differs "
-                         "from this trace's")
+                         "values read are computed at every configuration; where one differs from this trace's, "
+                         "fn traced again on that path, or replayed")
         elif plan.trace.branches:
-            lines.append(f"  Python control flow on the trained steps (at {where}): fn replayed at every "
-                         f"configuration ({plan.trace.why_no_tape})")
+            lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
+                         f"({plan.trace.why_no_tape}): fn traced again at a configuration on another path, its "
+                         "tape used where the values read are that trace's, fn replayed where none is")
         return "\n".join(lines)
 
 
@@ -4474,6 +4573,11 @@ class _ProbeSite(_Site):
         if self.kind == "compare":
             return payload
         return _format_class_batched(self.call, payload, x)
+
+
+def _pick(payloads: Dict[int, Any], where: Any) -> Dict[int, Any]:
+    """The sites' payloads at some configurations (``where`` indexes their leading dimension)."""
+    return {i: (tuple(q[where] for q in p) if isinstance(p, tuple) else p[where]) for i, p in payloads.items()}
 
 
 def _best_mask(values: Tensor, higher_is_better: bool) -> Tensor:
@@ -4532,8 +4636,10 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     (``if not torch.all((s >= 0) * (s <= 1)): s = s.sigmoid()``) and tie tests on sorted scores
     are held at their current results. Python control flow on results that also feed the value
     (``if tp == 0:``, ``int(pred.sum())``) is followed: each tensor ``fn`` reads as a Python value is
-    computed at every configuration, and where it differs from the trace's, ``fn`` itself is
-    replayed there (where the trace cannot compute it, at every configuration, with a warning). On
+    computed at every configuration, and where it differs from the trace's, ``fn`` is traced again
+    on that path (its steps returning one such configuration's outputs) and that tape gives the
+    values where it holds, ``fn`` itself replayed at the rest (where no trace can compute the values
+    read, at every configuration, with a warning). On
     the first call of each input structure the inferred best configuration is checked against
     probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
