@@ -215,8 +215,9 @@ def test_a_batch_all_right_through_a_special_case():
     plan = mcc.prepare(scores.float(), target)
     text = mcc.explain(scores.float(), target)
     assert text.count("one comparison per element") == 1  # gt, not the checks of the input
-    assert "without a tape of this trace (on these scores fn's value comes from a branch" in text
-    assert "fn traced again at a configuration on another path" in text
+    assert "on a rare path of this trace (on these scores fn's value comes from a branch" in text
+    assert "the tape of fn traced again halfway along" in text
+    assert plan.trace.forced and plan.trace.tape is not None
     torch.testing.assert_close(mcc.comparisons(scores.float(), plan), scores.float())
 
 
@@ -391,8 +392,9 @@ def test_a_batch_on_a_rare_path_replays_fn_at_few_configurations(kind, monkeypat
     target = (torch.rand(n, generator=g) < 0.3).long()
     noise = 1 + torch.rand(n, generator=g)
     scores = (2 * target - 1) * noise if kind == "perfect" else noise
-    losses = [uniloss.UniLoss(from_metric(classification.binary_matthews_corrcoef, batched=b),
-                              generator=torch.Generator().manual_seed(0)) for b in ("auto", "loop")]
+    metric = from_metric(classification.binary_matthews_corrcoef)
+    losses = [uniloss.UniLoss(m, generator=torch.Generator().manual_seed(0))
+              for m in (metric, from_metric(classification.binary_matthews_corrcoef, batched="loop"))]
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no replay of fn at every configuration, so no warning
@@ -403,6 +405,10 @@ def test_a_batch_on_a_rare_path_replays_fn_at_few_configurations(kind, monkeypat
                 value = loss(x, target)
                 value.backward()
     assert 0 < sum(replays) <= 4
+    plan = metric.prepare(scores, target)  # the tape of fn traced halfway along stands in for the trace's
+    assert plan.trace.forced and plan.tape == "direct"
+    # a mixed batch keeps its own trace's tape
+    assert not metric.prepare(torch.randn(n, generator=g), target).trace.forced
     out.append((value.detach(), x.grad))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -3453,6 +3453,7 @@ class _Trace:
     aliases: Dict[int, int]  # a step repeated on the same tensor -> its first occurrence
     tape: Optional[_Tape] = None  # the part of fn the anchors change, replayed in place of fn
     why_no_tape: Optional[str] = None
+    forced: bool = False  # the tape is that of fn traced again halfway along (TracedMetric._adopt_forced_tape)
 
     @property
     def branches(self) -> bool:
@@ -3822,15 +3823,7 @@ class TracedMetric(Decomposition):
     def _values(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site]) -> Tensor:
         """``fn`` replayed for ``t`` configurations: ``payloads`` maps a site to its decoded
         outputs ``[t, ...]``; other steps keep their traced results."""
-        sites = dict(sites)
-        calls = plan.trace.calls
-        if plan.trace.aliases:
-            payloads = dict(payloads)
-            for alias, original in plan.trace.aliases.items():
-                if original in payloads:
-                    twin = copy.copy(sites[original])
-                    twin.call, twin.index = calls[alias], alias
-                    payloads[alias], sites[alias] = payloads[original], twin
+        payloads, sites = self._with_aliases(plan, payloads, sites)
         formatters = {i: s.format for i, s in sites.items()}
         leaves = [p for v in payloads.values() for p in (v if isinstance(v, tuple) else (v,))]
         t = leaves[0].shape[0] if leaves else 1
@@ -3842,6 +3835,59 @@ class TracedMetric(Decomposition):
             if plan.trace.branches:  # no tape, or one fn's path through a Python branch ends in a constant
                 return self._other_paths(plan, payloads, sites, t)
             return self._fn_values(plan, payloads, formatters, t)
+
+    @staticmethod
+    def _with_aliases(plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site]
+                      ) -> Tuple[Dict[int, Any], Dict[int, _Site]]:
+        """The payloads and sites with each alias of a step (the same step repeated) given its
+        original's."""
+        sites = dict(sites)
+        calls = plan.trace.calls
+        if plan.trace.aliases:
+            payloads = dict(payloads)
+            for alias, original in plan.trace.aliases.items():
+                if original in payloads:
+                    twin = copy.copy(sites[original])
+                    twin.call, twin.index = calls[alias], alias
+                    payloads[alias], sites[alias] = payloads[original], twin
+        return payloads, sites
+
+    def _adopt_forced_tape(self, plan: "_Plan") -> None:
+        """A trace whose ``fn`` reads its trained steps' results as Python values and whose path
+        is a rare one: without a tape (a batch all right, whose value a special case returns as a
+        constant), or whose values read differ halfway along (every other comparison of each step
+        wrong: a batch all predicted positive). ``fn`` is traced again halfway along and that tape
+        stands in for the trace's, the chain's cuts through sums and rankings included, ``fn``
+        taking its own path (:meth:`_other_paths`) wherever that tape's values read differ. The
+        tape is checked against ``fn``'s value where it was traced, and, as every tape, on the
+        first calls of a structure against ``fn`` replayed whole."""
+        kind = self._tapes.get(plan.key, "check")
+        if kind == "off" or self._others.get(plan.key) is False:
+            return
+        payloads = {}
+        for site in plan.sites:
+            bits = site.best().reshape(-1).clone()
+            bits[::2] = ~bits[::2]
+            payloads[site.index] = site.decode(bits[None])
+        payloads, sites = self._with_aliases(plan, payloads, {site.index: site for site in plan.sites})
+        try:
+            if plan.trace.tape is not None:  # the trace's own path holds halfway along: it stays
+                _, held = self._run_tape(plan.trace.tape, "direct" if plan.trace.tape.direct else "vmap", payloads,
+                                         sites, 1, False)
+                if held is None or bool(held[0]):
+                    return
+            forced = self._forced_tape(plan, _pick(payloads, 0), sites)
+            if forced is None:
+                return
+            tape, value = forced
+            kind = "vmap" if kind == "direct" and not tape.direct else kind
+            got, held = self._run_tape(tape, "direct" if tape.direct else "vmap", payloads, sites, 1, False)
+            if (held is not None and not bool(held[0])) or not bool(torch.allclose(
+                    got[0].double().cpu(), value.double().cpu(), rtol=1e-6, atol=1e-9, equal_nan=True)):
+                return
+        except Exception:  # fn that this configuration breaks: the trace's replays stay
+            return
+        plan.trace.tape, plan.trace.forced, plan.tape = tape, True, kind
 
     def _other_paths(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site], t: int) -> Tensor:
         """``fn``'s values at ``t`` configurations where it takes another path through its Python
@@ -4094,7 +4140,10 @@ class TracedMetric(Decomposition):
                 if len(self._decisions) >= 256:  # shapes that change every call: keep the cache bounded
                     self._decisions.clear()
                 self._decisions[key] = decision
-        return self._finish(plan, sites)
+        plan = self._finish(plan, sites)
+        if trace.branches and self.batched != "loop" and plan.num_bits:
+            self._adopt_forced_tape(plan)
+        return plan
 
     def _finish(self, plan: _Plan, sites: List[_Site]) -> _Plan:
         offsets, total = [], 0
@@ -4547,7 +4596,12 @@ class TracedMetric(Decomposition):
                 lines.append(f"  {call.describe(short=True)}: held at its current result (not trained)")
         tape = plan.trace.tape
         where = "; ".join(sorted({plan.trace.guards[s] for s in trained if s in plan.trace.guards}))
-        if tape is not None and tape.guards:
+        if tape is not None and plan.trace.forced:
+            why = plan.trace.why_no_tape or "its values read differ halfway along"
+            lines.append(f"  Python control flow on the trained steps (at {where}) on a rare path of this trace "
+                         f"({why}): the tape of fn traced again halfway along (every other "
+                         "comparison wrong) stands in where its values read hold; fn takes its own path at the others")
+        elif tape is not None and tape.guards:
             lines.append(f"  Python control flow on the trained steps (at {where}): {len(tape.guards)} "
                          "values read are computed at every configuration; where one differs from this trace's, "
                          "fn traced again on that path, or replayed")
