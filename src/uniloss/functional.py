@@ -1115,8 +1115,9 @@ def uniloss(
             inverse distance weighting over the drawn anchors (or the ``anchors`` given, which
             only it takes); the anchor keywords and ``grad_scale``'s modes apply to it alone.
         temperature_scale: ``None`` (default: ``temperature`` in the comparisons' units) or
-            ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured:
-            the scores then grow without bound and training stalls). Where every comparison is
+            ``"rms"`` (in units of the batch's root-mean-square comparison, detached; measured,
+            with the anchors and with the chain (metric-wins screen v57): the scores then grow
+            without bound and training stalls). Where every comparison is
             0 (constant scores) there is no scale to measure and the temperature is absolute;
             the unit is at least ``sqrt(tiny)`` of the scores' dtype (float16: 7.8e-3), so the
             gradient stays within that dtype's range.
