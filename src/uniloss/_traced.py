@@ -3864,12 +3864,16 @@ class TracedMetric(Decomposition):
         kind = self._tapes.get(plan.key, "check")
         if kind == "off" or self._others.get(plan.key) is False:
             return
-        payloads = {}
-        for site in plan.sites:
-            bits = site.best().reshape(-1).clone()
-            bits[::2] = ~bits[::2]
-            payloads[site.index] = site.decode(bits[None])
-        payloads, sites = self._with_aliases(plan, payloads, {site.index: site for site in plan.sites})
+        def flipped(every: int) -> Dict[int, Any]:  # every `every`-th comparison of each step wrong
+            chosen = {}
+            for site in plan.sites:
+                bits = site.best().reshape(-1).clone()
+                bits[::every] = ~bits[::every]
+                chosen[site.index] = site.decode(bits[None])
+            return self._with_aliases(plan, chosen, sites)[0]
+
+        sites = self._with_aliases(plan, {}, {site.index: site for site in plan.sites})[1]
+        payloads = flipped(2)
         try:
             if plan.trace.tape is not None:  # the trace's own path holds halfway along: it stays
                 _, held = self._run_tape(plan.trace.tape, "direct" if plan.trace.tape.direct else "vmap", payloads,
@@ -3885,6 +3889,18 @@ class TracedMetric(Decomposition):
             if (held is not None and not bool(held[0])) or not bool(torch.allclose(
                     got[0].double().cpu(), value.double().cpu(), rtol=1e-6, atol=1e-9, equal_nan=True)):
                 return
+            checks = self._others.get(plan.key, 0)
+            if checks is not True:  # the structure's first such tapes: against fn at another configuration
+                other = flipped(3)
+                got, held = self._run_tape(tape, "direct" if tape.direct else "vmap", other, sites, 1, False)
+                if held is None or bool(held[0]):
+                    replayed = self._fn_values(plan, other, {i: site.format for i, site in sites.items()}, 1,
+                                               loop=True)
+                    if not bool(torch.allclose(got.double().cpu(), replayed.double().cpu(), rtol=1e-6, atol=1e-9,
+                                               equal_nan=True)):
+                        self._others[plan.key] = False
+                        return
+                self._others[plan.key] = True if int(checks) >= 2 else int(checks) + 1
         except Exception:  # fn that this configuration breaks: the trace's replays stay
             return
         plan.trace.tape, plan.trace.forced, plan.tape = tape, True, kind
