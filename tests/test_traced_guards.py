@@ -419,3 +419,34 @@ def test_a_batch_on_a_rare_path_replays_fn_at_few_configurations(kind, monkeypat
     assert float(losses[0].last.metric) == pytest.approx(float(classification.binary_matthews_corrcoef(scores, target)))
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-6)
+
+
+def _best_running_count(s, y):  # a Python branch on every element: nearly a path per configuration
+    hits = ((s > 0) & (y == 1)).cumsum(0)
+    best = torch.tensor(0.0)
+    for h in hits:
+        if h > best:
+            best = h.float()
+    return best / (y == 1).sum()
+
+
+def test_a_path_per_configuration_is_replayed_with_a_warning():
+    """Where fn's path turns at more configurations than a few more traces cover (a Python
+    branch on every element of a running count, as torchmetrics' ``*_at_fixed_*`` metrics loop
+    over their curve), fn is replayed at each, exact, and a warning says so once, though the
+    trace has a tape."""
+    g = torch.Generator().manual_seed(2)
+    target = (torch.rand(80, generator=g) < 0.5).long()
+    scores = torch.randn(80, generator=g)
+    out = []
+    for batched in ("auto", "loop"):
+        x = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(from_metric(_best_running_count, batched=batched))
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            value = loss(x, target)
+        value.backward()
+        out.append((value.detach(), x.grad, [str(w.message) for w in said]))
+    assert any("its path turns at more configurations than tracing it again covers" in m for m in out[0][2])
+    torch.testing.assert_close(out[0][0], out[1][0])
+    torch.testing.assert_close(out[0][1], out[1][1])

@@ -887,6 +887,7 @@ class _Tape:
 # call, when at least this many are left.
 _OTHER_TRACES = 3
 _OTHER_MIN = 4
+_OTHER_WARN = 64  # more configurations than this replayed one at a time: said once (with a tape too)
 _SUMS = {"sum", "mean", "count_nonzero", "any", "all"}
 _NEST = 1.0  # the weight of a step after the sums taken on their changes (0: every one it can; inf: none)
 _STEP = 1 << 14  # such a step costs about this many elements of values at every point, and 4 more a change
@@ -3960,11 +3961,14 @@ class TracedMetric(Decomposition):
             left = left[~held]
             if int(held.sum()) < _OTHER_MIN:  # paths too many to trace each (a count read as a Python number)
                 break
-        if values is None and plan.trace.tape is None and len(left) >= _OTHER_MIN and not self._warned_branches:
+        no_tape = values is None and plan.trace.tape is None
+        if (no_tape and len(left) >= _OTHER_MIN or len(left) > _OTHER_WARN) and not self._warned_branches:
             self._warned_branches = True
             trace = plan.trace
             s = next(i for i in trace.trained if i in trace.guards)
-            why = trace.why_no_tape or "on these scores fn takes other paths, which tracing it again did not give a tape"
+            why = (trace.why_no_tape or "on these scores fn takes other paths, which tracing it again did not give a "
+                   "tape") if no_tape else ("its path turns at more configurations than tracing it again covers (a "
+                                            "Python loop or branch on each element of a curve or a count)")
             warnings.warn(
                 f"from_metric: fn reads the result of {trace.calls[s].describe()} as a Python value (at "
                 f"{trace.guards[s]}) and {why}: {len(left)} of {t} configurations replay fn one at a time (slower; "
