@@ -340,3 +340,48 @@ def test_tensors_aligned_to_one_key_set_keep_their_values_at_every_point(seed):
     assert torch.equal(keys, torch.unique(torch.cat([e.code for e in events])))
     for a, e in zip(aligned, events):
         torch.testing.assert_close(_values_by_hand(a, span), _values_by_hand(e, span), rtol=0, atol=0)
+
+
+def _ranking_loss_batch(seed, skipped):
+    """[12, 4] scores and 0/1 labels whose rows ``skipped`` hold no relevant label (torchmetrics'
+    label ranking loss filters those rows out before it ranks)."""
+    g = torch.Generator().manual_seed(seed)
+    target = (torch.rand(12, 4, generator=g) < 0.4).long()
+    target[:, 0] = 1  # every row has a relevant label and an irrelevant one ...
+    target[:, 1] = 0
+    target[list(skipped)] = 0  # ... but the skipped rows
+    return torch.randn(12, 4, generator=g) + target, target
+
+
+def test_a_ranking_after_a_row_filter_takes_the_filtered_target_as_its_relevance():
+    """torchmetrics' ``multilabel_ranking_loss`` ranks ``preds[mask]``, the rows with some but not
+    every label relevant, a mask from the target: the relevance is the target under the same
+    filter (it raised a ``TraceError`` before). The loss and gradient are those of fn replayed at
+    every configuration; the best configuration (each row's relevant labels first) scores 0; and
+    a second batch of the same shapes whose filter keeps other rows is traced anew, not given the
+    first batch's filter."""
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+
+    def fn(s, y):
+        return classification.multilabel_ranking_loss(s, y, num_labels=4)
+
+    metric = from_metric(fn, higher_is_better=False)
+    for seed, skipped in ((0, (2, 7)), (1, (0, 5))):  # the same number of rows kept, other rows
+        scores, target = _ranking_loss_batch(seed, skipped)
+        out = []
+        for m in (metric, from_metric(fn, higher_is_better=False, batched="loop")):
+            x = scores.clone().requires_grad_()
+            loss = uniloss.UniLoss(m, generator=torch.Generator().manual_seed(0))
+            value = loss(x, target)
+            value.backward()
+            out.append((value.detach(), x.grad))
+            assert float(loss.last.metric) == pytest.approx(float(fn(scores, target)), abs=1e-6)
+        torch.testing.assert_close(out[0][0], out[1][0])
+        torch.testing.assert_close(out[0][1], out[1][1])
+        plan = metric.prepare(scores, target)
+        keep = torch.ones(12, dtype=torch.bool)
+        keep[list(skipped)] = False
+        site = plan.sites[0]
+        relevance = traced._relevance_candidates(site.call, [target])
+        torch.testing.assert_close(relevance[0].reshape(-1, 4).long(), target[keep])
+        assert float(metric.evaluate(metric.best(plan)[None], plan)) == pytest.approx(0.0, abs=1e-6)

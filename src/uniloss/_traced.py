@@ -2477,7 +2477,8 @@ class _Mode(TorchFunctionMode):
                 peel = self._peel_info(name, args, kwargs, o) if len(outs) == 1 else None
                 view = None
                 if self.tracing and peel is None and len(outs) == 1 and name in _VIEWS and args and \
-                        isinstance(args[0], Tensor) and not any(True for _ in _walk_tensors((args[1:], kwargs))):
+                        isinstance(args[0], Tensor) and not any(self._get(t) is not None
+                                                                for t in _walk_tensors((args[1:], kwargs))):
                     view = (args[0], getattr(Tensor, name), tuple(args[1:]), dict(kwargs))
                 self._set(o, _Info(True, sites, peel, view))
 
@@ -3706,6 +3707,9 @@ class TracedMetric(Decomposition):
         out_ref = produced.get(id(out))
         if out_ref is None or mode.events is None:
             return None
+        if any(True for call in trace.calls for _, moves in call.views for move in moves
+               for _ in _walk_tensors(move[1:])):
+            return None  # a move by a tensor of this call (a row filter from the target): traced anew each call
         templates = []
         for call, (c_out, c_x, c_plus, c_minus) in zip(trace.calls, raw):
             static = copy.copy(call)
