@@ -3869,6 +3869,7 @@ class TracedMetric(Decomposition):
         kind = self._tapes.get(plan.key, "check")
         if kind == "off" or self._others.get(plan.key) is False:
             return
+
         def flipped(every: int) -> Dict[int, Any]:  # every `every`-th comparison of each step wrong
             chosen = {}
             for site in plan.sites:
@@ -3925,9 +3926,8 @@ class TracedMetric(Decomposition):
         if self.batched == "loop" or t < _OTHER_MIN:
             return self._fn_values(plan, payloads, formatters, t, loop=True)
         values: Optional[Tensor] = None
-        failed = self._others.get(plan.key) is False
         misses = 0  # configurations whose path gave no tape (fn returns a constant there): the next one tried
-        for _ in range(0 if failed else _OTHER_TRACES):
+        for _ in range(0 if self._others.get(plan.key) is False else _OTHER_TRACES):
             if len(left) < _OTHER_MIN:
                 break
             middle = len(left) * (1 + 2 * misses) // 4 if misses else len(left) // 2
@@ -3957,7 +3957,7 @@ class TracedMetric(Decomposition):
             if not ok:
                 if len(self._others) >= 256:
                     self._others.clear()
-                self._others[plan.key], failed = False, True
+                self._others[plan.key] = False
                 break
             if values is None:
                 values = torch.empty(t, dtype=got.dtype, device=got.device)
