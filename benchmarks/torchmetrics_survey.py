@@ -50,22 +50,21 @@ _PARAMS = {"fbeta_score": {"beta": 2.0}, "precision_at_fixed_recall": {"min_reca
            "specificity_at_sensitivity": {"min_sensitivity": 0.5}}
 
 
+def _bce(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(s, t.float())
+
+
 def _inputs(kind: str, g: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, Callable]:
-    if kind == "binary":
-        y = (torch.rand(N, generator=g) < 0.3).long()
-        y[:2] = torch.tensor([1, 0])
-        return torch.randn(N, generator=g) + 1.5 * y, y, \
-            lambda s, t: F.binary_cross_entropy_with_logits(s, t.float())
+    """Scores, labels and the usual loss for a function of ``kind``."""
     if kind == "multiclass":
         y = torch.randint(0, K, (N,), generator=g)
         return torch.randn(N, K, generator=g) + 1.5 * F.one_hot(y, K), y, F.cross_entropy
     if kind == "multilabel":
         y = (torch.rand(N, K, generator=g) < 0.3).long()
-        return torch.randn(N, K, generator=g) + 1.5 * y, y, \
-            lambda s, t: F.binary_cross_entropy_with_logits(s, t.float())
-    y = (torch.rand(N, generator=g) < 0.2).long()
+        return torch.randn(N, K, generator=g) + 1.5 * y, y, _bce
+    y = (torch.rand(N, generator=g) < (0.3 if kind == "binary" else 0.2)).long()  # binary, or one query
     y[:2] = torch.tensor([1, 0])
-    return torch.randn(N, generator=g) + 1.5 * y, y, lambda s, t: F.binary_cross_entropy_with_logits(s, t.float())
+    return torch.randn(N, generator=g) + 1.5 * y, y, _bce
 
 
 def _functions() -> List[Tuple[str, str, Callable]]:
@@ -89,14 +88,13 @@ def _functions() -> List[Tuple[str, str, Callable]]:
 def _bound(f: Callable, params: dict) -> Callable:
     def fn(s: torch.Tensor, t: torch.Tensor) -> Any:
         value = f(s, t, **params)
-        return value[0] if isinstance(value, tuple) and name_returns_pair(value) else value
+        # the binary ``*_at_fixed_*`` metrics return ``(value, threshold)``: two scalars
+        pair = isinstance(value, tuple) and len(value) == 2 and all(
+            isinstance(v, torch.Tensor) and v.numel() == 1 for v in value)
+        return value[0] if pair else value
+
     fn.__name__ = f.__name__
     return fn
-
-
-def name_returns_pair(value: tuple) -> bool:
-    """The ``*_at_fixed_*`` metrics return ``(value, threshold)``: two scalars."""
-    return len(value) == 2 and all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in value)
 
 
 def _median_ms(call: Callable[[], Any], times: int = 5) -> float:
@@ -112,9 +110,9 @@ def survey(names: Optional[List[str]] = None) -> List[Tuple[str, str, str, str]]
     rows = []
     g = torch.Generator().manual_seed(0)
     for name, kind, fn in _functions():
+        scores, target, usual = _inputs(kind, g)  # drawn for every function: --only sees the same data
         if names and name not in names:
             continue
-        scores, target, usual = _inputs(kind, g)
         try:
             ref = fn(scores, target)
         except Exception as exc:  # noqa: BLE001 (a survey: every failure is a row)
@@ -148,7 +146,7 @@ def survey(names: Optional[List[str]] = None) -> List[Tuple[str, str, str, str]]
             ms = _median_ms(call)
         usual_ms = _median_ms(lambda: usual(scores.clone().requires_grad_(), target).backward())
         value = float(loss.last.metric)
-        exact = abs(value - float(ref)) <= 1e-5 and bool(torch.isfinite(cast_grad(x)).all())
+        exact = abs(value - float(ref)) <= 1e-5 and x.grad is not None and bool(torch.isfinite(x.grad).all())
         notes = sorted({_note(str(w.message)) for w in said if str(w.message).startswith("from_metric")})
         status = "trains" if exact else f"value {value:.4f}, fn {float(ref):.4f}"
         rows.append((name, status, f"{ms:.1f} ms ({ms / usual_ms:.0f}x the usual loss)"
@@ -166,10 +164,6 @@ def _note(message: str) -> str:
     if "one at a time" in message:
         return "Python branches: fn replayed one configuration at a time"
     return message.split(":", 1)[1].strip()[:100]
-
-
-def cast_grad(x: torch.Tensor) -> torch.Tensor:
-    return x.grad if x.grad is not None else torch.zeros(1)
 
 
 def _cpu() -> str:

@@ -3879,36 +3879,22 @@ class TracedMetric(Decomposition):
             return self._with_aliases(plan, chosen, sites)[0]
 
         sites = self._with_aliases(plan, {}, {site.index: site for site in plan.sites})[1]
-        payloads = flipped(2)
+        halfway = flipped(2)
         try:
             if plan.trace.tape is not None:  # the trace's own path holds halfway along: it stays
-                _, held = self._run_tape(plan.trace.tape, "direct" if plan.trace.tape.direct else "vmap", payloads,
-                                         sites, 1, False)
+                _, held = self._run_tape(plan.trace.tape, _tape_kind(plan.trace.tape), halfway, sites, 1, False)
                 if held is None or bool(held[0]):
                     return
-            forced = self._forced_tape(plan, _pick(payloads, 0), sites)
-            if forced is None:
-                return
-            tape, value = forced
-            kind = "vmap" if kind == "direct" and not tape.direct else kind
-            got, held = self._run_tape(tape, "direct" if tape.direct else "vmap", payloads, sites, 1, False)
-            if (held is not None and not bool(held[0])) or not bool(torch.allclose(
-                    got[0].double().cpu(), value.double().cpu(), rtol=1e-6, atol=1e-9, equal_nan=True)):
-                return
-            checks = self._others.get(plan.key, 0)
-            if checks is not True:  # the structure's first such tapes: against fn at another configuration
-                other = flipped(3)
-                got, held = self._run_tape(tape, "direct" if tape.direct else "vmap", other, sites, 1, False)
-                if held is None or bool(held[0]):
-                    replayed = self._fn_values(plan, other, {i: site.format for i, site in sites.items()}, 1,
-                                               loop=True)
-                    if not bool(torch.allclose(got.double().cpu(), replayed.double().cpu(), rtol=1e-6, atol=1e-9,
-                                               equal_nan=True)):
-                        self._others[plan.key] = False
-                        return
-                self._others[plan.key] = True if int(checks) >= 2 else int(checks) + 1
+            # halfway along, and every third comparison wrong for the structure's first checks
+            third = flipped(3)
+            both = {i: _cat_payloads([halfway[i], third[i]]) for i in halfway}
+            forced = self._checked_forced_tape(plan, both, sites, 0)
         except Exception:  # fn that this configuration breaks: the trace's replays stay
             return
+        if forced is None:
+            return
+        tape = forced[0]
+        kind = "vmap" if kind == "direct" and not tape.direct else kind
         plan.trace.tape, plan.trace.forced, plan.tape = tape, True, kind
 
     def _other_paths(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site], t: int) -> Tensor:
@@ -3932,33 +3918,14 @@ class TracedMetric(Decomposition):
                 break
             middle = len(left) * (1 + 2 * misses) // 4 if misses else len(left) // 2
             try:
-                forced = self._forced_tape(plan, _pick(payloads, int(left[middle])), sites)
-                if forced is None:
-                    misses += 1
-                    continue
-                tape, value = forced
-                chosen = _pick(payloads, left)
-                got, guarded = self._run_tape(tape, "direct" if tape.direct else "vmap", chosen, sites, len(left),
-                                              False)
-                held = torch.ones(len(left), dtype=torch.bool) if guarded is None else guarded.cpu()
-                ok = bool(held[middle]) and bool(torch.allclose(got[middle].double().cpu(), value.double().cpu(),
-                                                                rtol=1e-6, atol=1e-9, equal_nan=True))
-                checks = self._others.get(plan.key, 0)
-                if ok and checks is not True:  # the structure's first tapes: against fn at two more points
-                    at = held.nonzero().flatten()
-                    at = at[at != middle][:: max(1, (len(at) - 1) // 2)][:2]
-                    if len(at):
-                        replayed = self._fn_values(plan, _pick(chosen, at), formatters, len(at), loop=True)
-                        ok = bool(torch.allclose(got[at].double().cpu(), replayed.double().cpu(), rtol=1e-6,
-                                                 atol=1e-9, equal_nan=True))
-                    self._others[plan.key] = True if ok and int(checks) >= 2 else int(checks) + 1 if ok else False
-            except Exception:  # a trace or a tape that fails: fn replayed instead
-                ok = False
-            if not ok:
-                if len(self._others) >= 256:
-                    self._others.clear()
+                forced = self._checked_forced_tape(plan, _pick(payloads, left), sites, middle)
+            except Exception:  # a trace or a tape that fails, or disagrees with fn: fn replayed instead
                 self._others[plan.key] = False
                 break
+            if forced is None:
+                misses += 1
+                continue
+            _, got, held = forced
             if values is None:
                 values = torch.empty(t, dtype=got.dtype, device=got.device)
             values[left[held].to(values.device)] = got[held.to(got.device)].to(values.dtype)
@@ -3983,6 +3950,39 @@ class TracedMetric(Decomposition):
         if rest is not None:
             values[left.to(values.device)] = rest.to(values.dtype)
         return values
+
+    def _checked_forced_tape(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site], at: int
+                             ) -> Optional[Tuple[_Tape, Tensor, Tensor]]:
+        """``fn`` traced again at configuration ``at`` of ``payloads`` (:meth:`_forced_tape`):
+        its tape, that tape's values at every configuration of ``payloads`` and ``[t]`` booleans,
+        where its path holds; ``None`` where the trace gives no tape. Raises where the tape does
+        not give ``fn``'s value at ``at``, or, for the first three such tapes of a structure, at
+        up to two more configurations where it holds, ``fn`` replayed there (the structure then
+        takes no more forced tapes)."""
+        forced = self._forced_tape(plan, _pick(payloads, at), sites)
+        if forced is None:
+            return None
+        tape, value = forced
+        leaves = [p for v in payloads.values() for p in (v if isinstance(v, tuple) else (v,))]
+        t = leaves[0].shape[0]
+        got, guarded = self._run_tape(tape, _tape_kind(tape), payloads, sites, t, False)
+        held = torch.ones(t, dtype=torch.bool) if guarded is None else guarded.cpu()
+        ok = bool(held[at]) and _agrees(got[at], value)
+        checks = self._others.get(plan.key, 0)
+        if ok and checks is not True:  # the structure's first tapes: against fn at two more points
+            more = held.nonzero().flatten()
+            more = more[more != at][:: max(1, (len(more) - 1) // 2)][:2]
+            if len(more):
+                formatters = {i: s.format for i, s in sites.items()}
+                ok = _agrees(got[more], self._fn_values(plan, _pick(payloads, more), formatters, len(more), loop=True))
+            if ok:
+                self._others[plan.key] = True if int(checks) >= 2 else int(checks) + 1
+        if not ok:
+            if len(self._others) >= 256:
+                self._others.clear()
+            self._others[plan.key] = False
+            raise RuntimeError("a forced trace's tape does not give fn's values")
+        return tape, got, held
 
     def _forced_tape(self, plan: "_Plan", chosen: Dict[int, Any], sites: Dict[int, _Site]
                      ) -> Optional[Tuple[_Tape, Tensor]]:
@@ -4035,8 +4035,7 @@ class TracedMetric(Decomposition):
                 values = run(kind, True)
             except Exception:
                 continue
-            if values.shape == full.shape and bool(torch.allclose(values.double(), full.double(), rtol=1e-6,
-                                                                  atol=1e-9, equal_nan=True)):
+            if values.shape == full.shape and _agrees(values, full):
                 if t >= 2:  # a batch shows the batching right
                     self._remember_tape(plan, kind)
                 return full
@@ -4651,6 +4650,17 @@ class _ProbeSite(_Site):
         if self.kind == "compare":
             return payload
         return _format_class_batched(self.call, payload, x)
+
+
+def _tape_kind(tape: _Tape) -> str:
+    """How a tape runs on a batch of configurations: by hand where every step can, else vmapped."""
+    return "direct" if tape.direct else "vmap"
+
+
+def _agrees(values: Tensor, reference: Tensor) -> bool:
+    """Whether a tape's values are ``fn``'s (the tolerance of every tape's check)."""
+    return bool(torch.allclose(values.double().cpu(), reference.double().cpu(), rtol=1e-6, atol=1e-9,
+                               equal_nan=True))
 
 
 def _pick(payloads: Dict[int, Any], where: Any) -> Dict[int, Any]:
