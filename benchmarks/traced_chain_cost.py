@@ -16,7 +16,7 @@ scikit-learn's ``average="samples"``) or a confusion matrix's diagonal and sums 
 IoU, the steps after the sums are taken on their changes too (``_traced._walks``, as far as
 ``_traced._boundary`` finds it pays): each point's change is one row's. A binary ranking read as ``target[order]`` into a cumulative sum (AP
 with ``argsort``; torchmetrics' ``binary_average_precision``, whose curve also slices, flips and
-appends) changes two neighbouring slots a point (``_traced._split_at_ranks``), as ``topk`` with a
+appends, and ``binary_auroc``, whose trapezoids add and subtract shifted copies of its curve) changes two neighbouring slots a point (``_traced._split_at_ranks``), as ``topk`` with a
 label per row does at each of a row's last ``k`` turns. This times one loss call (forward and backward, library defaults, on
 a model's output ``x * w``, one thread) of each metric traced with the cut, with the cut once
 (never again), without it (the tape at every point), the zoo's decomposition of the same metric
@@ -91,16 +91,18 @@ def _cases(g):
         x = torch.randn(n, 10, generator=g) + nnf.one_hot(y, 10)
         yield f"top-2 accuracy with topk, [{n}, 10]", top2_accuracy, zoo.top_k_accuracy(2), nnf.cross_entropy, x, y
     try:
-        from torchmetrics.functional.classification import binary_average_precision
+        from torchmetrics.functional.classification import binary_auroc, binary_average_precision
     except ImportError:
-        binary_average_precision = None
-    for n in (128, 512):  # a ranking read as target[order] into a cumsum: the chain through the ranking
+        binary_auroc = binary_average_precision = None
+    for n in (128, 512, 1024):  # a ranking read as target[order] into a cumsum: the chain through the ranking
         y = (torch.rand(n, generator=g) < 0.3).long()
         x = torch.randn(n, generator=g) + y
         yield f"AP with argsort, [{n}], 30% relevant", average_precision, uniloss.AveragePrecision(), bce, x, y
         if binary_average_precision is not None:  # its curve: slices, flips, cat with its end
             yield (f"torchmetrics binary_average_precision, [{n}]", binary_average_precision,
                    uniloss.AveragePrecision(), bce, x, y)
+            # its ROC curve: cat with its start, the trapezoids of two shifted copies (trapz)
+            yield f"torchmetrics binary_auroc, [{n}]", binary_auroc, zoo.auroc(), bce, x, y
 
 
 def main(calls: int = 20, only: str = "") -> None:

@@ -385,3 +385,42 @@ def test_a_ranking_after_a_row_filter_takes_the_filtered_target_as_its_relevance
         relevance = traced._relevance_candidates(site.call, [target])
         torch.testing.assert_close(relevance[0].reshape(-1, 4).long(), target[keep])
         assert float(metric.evaluate(metric.best(plan)[None], plan)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("bound", [1_000, 2 ** 31 - 1, 2 ** 31, 2 ** 40])
+def test_codes_sort_in_int32_where_they_fit_and_give_torchs_order(bound):
+    """The codes' unique keys, their places and their order are ``torch.unique``'s and
+    ``argsort``'s, on both sides of int32's range (int64 keys back either way)."""
+    g = torch.Generator().manual_seed(0)
+    code = torch.randint(0, min(bound, 2 ** 62), (500,), generator=g)
+    keys, where = traced._unique_codes(code, bound, inverse=True)
+    want_keys, want_where = torch.unique(code, return_inverse=True)
+    assert keys.dtype == torch.int64 and torch.equal(keys, want_keys) and torch.equal(where, want_where)
+    assert torch.equal(traced._unique_codes(code, bound), want_keys)
+    distinct = want_keys[torch.randperm(want_keys.numel(), generator=g)]
+    assert torch.equal(distinct[traced._argsort_codes(distinct, bound)], want_keys)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_cumulative_sum_of_swaps_holds_only_the_changes_of_its_values(seed):
+    """A swap of neighbours changes one element of a cumulative sum: its events hold that one
+    (half the input's codes), and its values at every point are the cumulative sums of the
+    input's."""
+    g = torch.Generator().manual_seed(seed)
+    width, points = 9, 12
+    span = points + 1
+    start = (torch.rand(width, generator=g) < 0.5).long()
+    codes, values, now = [], [], start.clone()
+    for p in range(1, span):  # at each point a 1 moves one slot down, where there is one to move
+        at = [i for i in range(width - 1) if now[i] == 1 and now[i + 1] == 0]
+        if not at:
+            continue
+        i = at[int(torch.randint(0, len(at), (1,), generator=g))]
+        now[i], now[i + 1] = 0, 1
+        codes += [i * span + p, (i + 1) * span + p]
+        values += [0, 1]
+    order = torch.tensor(codes).argsort()
+    e = traced._Events(start, torch.tensor(codes)[order], torch.tensor(values)[order])
+    out = traced._events_cumsum(e, start.cumsum(0), span, 10_000, {})
+    assert out.code.numel() == len(codes) // 2
+    torch.testing.assert_close(_values_by_hand(out, span), _values_by_hand(e, span).cumsum(1), rtol=0, atol=0)

@@ -1074,6 +1074,25 @@ def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[
     return cells, math.prod(shape[d] for d in dims)
 
 
+_INT32_MAX = 2 ** 31 - 1
+
+
+def _unique_codes(code: Tensor, bound: int, inverse: bool = False) -> Any:
+    """``torch.unique(code, return_inverse=inverse)`` of codes below ``bound``: sorted in int32
+    where they fit (half the time of int64's sort on a CPU), the keys back in int64."""
+    if bound > _INT32_MAX:
+        return torch.unique(code, return_inverse=inverse)
+    if not inverse:
+        return torch.unique(code.to(torch.int32)).long()
+    keys, where = torch.unique(code.to(torch.int32), return_inverse=True)
+    return keys.long(), where
+
+
+def _argsort_codes(code: Tensor, bound: int) -> Tensor:
+    """``code.argsort()`` of distinct codes below ``bound``, sorted in int32 where they fit."""
+    return (code.to(torch.int32) if bound <= _INT32_MAX else code).argsort()
+
+
 _Memo = Dict[int, Tuple[Tensor, Tensor]]  # codes by id -> (the codes, their elements): :func:`_cells`
 
 
@@ -1103,7 +1122,7 @@ class _Events:
 
     def _ordered(self) -> None:
         start, cell, point, delta, span, finish = cast(tuple, self._changes)
-        code, inverse = torch.unique(cell * span + point, return_inverse=True)
+        code, inverse = _unique_codes(cell * span + point, start.numel() * span, inverse=True)
         merged = delta.new_zeros(code.numel()).index_add_(0, inverse, delta)
         keep = merged != 0
         code, merged = code[keep], merged[keep]
@@ -1246,8 +1265,9 @@ def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
         return list(events)
     if all(e._changes is not None for e in events):
         changes = [cast(tuple, e._changes) for e in events]
-        keys, inverse = torch.unique(torch.cat([cell * span + point for _, cell, point, _, _, _ in changes]),
-                                     return_inverse=True)
+        bound = max(c[0].numel() for c in changes) * span
+        keys, inverse = _unique_codes(torch.cat([cell * span + point for _, cell, point, _, _, _ in changes]),
+                                      bound, inverse=True)
         cell, aligned, offset = _cells(keys, span, memo), [], 0
         head = _heads(cell)
         for e, (start, cells, _, delta, _, finish) in zip(events, changes):
@@ -1260,7 +1280,8 @@ def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
         return list(events)
     if all(c.shape == codes[0].shape for c in codes[1:]) and all(torch.equal(c, codes[0]) for c in codes[1:]):
         return [_Events(e.start, codes[0], e.value) for e in events]  # the same codes (an ROC curve's two axes)
-    keys, key_of = torch.unique(torch.cat(codes), return_inverse=True)  # each code's place among the keys
+    keys, key_of = _unique_codes(torch.cat(codes), max(e.start.numel() for e in events) * span,
+                                 inverse=True)  # each code's place among the keys
     cell, offset, aligned = _cells(keys, span, memo), 0, []
     first_code = cell * span  # each key's element's first code
     for e, code in zip(events, codes):  # each key's value: its last change at or before it, on the key's element
@@ -1476,37 +1497,47 @@ def _swaps(site: "_RankSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     relevant and the next one irrelevant. Returns ``(up, down, point)``, each ``[l]``, the slots
     in the order of ``fn``'s ranking."""
     num_pos, num_neg, n = site.pos.numel(), site.neg.numel(), site.items
-    turns = (rank.reshape(num_pos, num_neg) + 1).sort(dim=1).values  # [P, N]: each item's f-th pass
+    narrow = torch.int32 if rank.numel() < _INT32_MAX else rank.dtype  # sorted in int32 where the points fit
+    turns = (rank.reshape(num_pos, num_neg) + 1).to(narrow).sort(dim=1).values  # [P, N]: each item's f-th pass
     earlier = turns.argsort(dim=0)  # each item's place in its column: the items whose f-th pass came earlier
     place = torch.arange(num_pos, device=rank.device)[:, None].expand_as(earlier)
     before = torch.empty_like(earlier).scatter_(0, earlier, place)
     passes = torch.arange(num_neg, device=rank.device)
     slot = (num_neg - 1 - passes) + before  # c - 1 irrelevant items, then the relevant ones at most c - 1 below them
-    slot, point = slot.reshape(-1), turns.reshape(-1)
+    slot, point = slot.reshape(-1), turns.reshape(-1).long()
     if site.reverse:  # the slots counted from the other end
         return n - 1 - slot, n - 2 - slot, point
     return slot, slot + 1, point
 
 
-def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int, memo: _Memo) -> _Events:
+def _events_cumsum(e: _Events, start: Tensor, span: int, budget: int, memo: _Memo,
+                   own_keys: bool = True) -> _Events:
     """The :class:`_Events` of ``cumsum`` of a vector held by ``e``: at each point the input's
     changes, in order, add their running total to every element from theirs to the next one's;
-    nothing where they cancel (a swap of neighbours changes one element). Raises past ``budget``
-    changes (changes that do not cancel at once)."""
+    nothing where they cancel (a swap of neighbours changes one element). Where every change stays
+    at its element, the result keeps only the keys at which it changes (``own_keys``: half of a
+    swap's, and half the work of every step after it) or, else, ``e``'s keys (the same object:
+    nothing to align where a later step reads the input too). Raises past ``budget`` changes
+    (changes that do not cancel at once)."""
     m, acc = e.start.numel(), _acc(start)  # the changes in the result's dtype (cumsum(dtype=...))
     change = e.changes(span, memo, acc)
     cell, point = _cells(e.code, span, memo), e.code % span
-    order = (point * m + cell).argsort()
+    order = _argsort_codes(point * m + cell, span * m)
     cell, point, delta = cell[order], point[order], change[order]
     running = _running(point, delta)
     last = torch.ones_like(point, dtype=torch.bool)
     last[:-1] = point[1:] != point[:-1]
     length = torch.where(last, m - cell, cell.roll(-1) - cell)
     keep = running != 0
-    if not bool((keep & (length != 1)).any()):  # every change stays at an element that changes: the same keys
-        own = _cells(e.code, span, memo)
-        total = start.to(acc)[own] + _running(own, torch.empty_like(running).scatter_(0, order, running))
-        return _Events(start, e.code, total.to(start.dtype))
+    if not bool((keep & (length != 1)).any()):  # every change stays at an element that changes
+        own, code = _cells(e.code, span, memo), e.code
+        change = torch.empty_like(running).scatter_(0, order, running)  # in the codes' order
+        if own_keys and not bool(keep.all()):  # the keys where the result changes (a swap: one of two)
+            moves = change != 0
+            code, own, change = code[moves], own[moves], change[moves]
+            memo[id(code)] = code, own
+        total = start.to(acc)[own] + _running(own, change)
+        return _Events(start, code, total.to(start.dtype))
     cell, point, running, length = cell[keep], point[keep], running[keep], length[keep]
     count = int(length.sum())
     if count > budget:
@@ -1550,7 +1581,7 @@ def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: 
         kept = moved >= 0
         code, value, moved, to = code[kept], value[kept], moved[kept], to[to >= 0]
     if to.numel() > 1 and not bool((to[1:] > to[:-1]).all()):  # a move that reorders them (flip)
-        order = code.argsort()
+        order = _argsort_codes(code, start.numel() * span)
         code, value, moved = code[order], value[order], moved[order]
     memo[id(code)] = code, moved
     return _Events(start, code, value)
@@ -1606,8 +1637,10 @@ def _events_steps(steps: List[_Step], tape: _Tape, first: List[Any], events: Lis
         first[out] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1)
         start = first[out].reshape(-1)
         kind, name = cast(tuple, s.rule)[0], _op_name(s.func)
-        if name == "cumsum":
-            events[out] = _events_cumsum(events[s.fills[0][1]], start, span, budget, memo)
+        if name == "cumsum":  # its own keys where no other step reads its input (then none to align with)
+            x = s.fills[0][1]
+            alone = sum(slot == x for t in tape.steps for slot in _reads(t)) == 1
+            events[out] = _events_cumsum(events[x], start, span, budget, memo, own_keys=alone)
         elif kind == "ew":
             events[out] = _events_elementwise(s, tape, first, events, start, span, memo)
         else:
