@@ -10,6 +10,8 @@ chain (the engine's path without the cut), and the loss and gradient of the same
 the cut turned off; a metric the cut cannot take must fall back to that path.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -424,3 +426,52 @@ def test_a_cumulative_sum_of_swaps_holds_only_the_changes_of_its_values(seed):
     out = traced._events_cumsum(e, start.cumsum(0), span, 10_000, {})
     assert out.code.numel() == len(codes) // 2
     torch.testing.assert_close(_values_by_hand(out, span), _values_by_hand(e, span).cumsum(1), rtol=0, atol=0)
+
+
+def _best_value(metric, scores, target):
+    plan = metric.prepare(scores, target)
+    return float(metric.evaluate(metric.best(plan)[None], plan)[0]), plan
+
+
+@pytest.mark.parametrize("name", ["multiclass_auroc", "multiclass_average_precision"])
+def test_a_curve_per_class_ranks_its_class_on_top(name):
+    """torchmetrics' one-vs-rest curves rank each class's column and read ``target[order] == c``:
+    each ranking's relevance is its class against the others (not the labels' order), so the best
+    configuration scores 1 and each class's comparisons are its items against the others'."""
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    fn = functools.partial(getattr(classification, name), num_classes=4)
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (32,), generator=g)
+    value, plan = _best_value(from_metric(fn), torch.randn(32, 4, generator=g), target)
+    assert value == pytest.approx(1.0)
+    counts = torch.bincount(target, minlength=4)
+    assert [s.num_bits for s in plan.sites] == [int(c * (32 - c)) for c in counts]
+
+
+def test_a_metric_of_one_grade_against_the_rest_ranks_that_grade_alone():
+    """Precision@3 of the items of grade 3: one grade on top, the others' order reads nothing."""
+    g = torch.Generator().manual_seed(1)
+    relevance = torch.randint(0, 4, (20,), generator=g)
+    fn = lambda s, r: (r[s.argsort(descending=True)][:3] == 3).float().mean()  # noqa: E731
+    value, plan = _best_value(from_metric(fn), torch.randn(20, generator=g), relevance)
+    assert value == 1.0
+    assert plan.num_bits == int((relevance == 3).sum() * (relevance != 3).sum())
+
+
+@pytest.mark.parametrize("top", [1, 5])
+def test_a_graded_metric_keeps_its_grades(top):
+    """DCG@3 of four grades reads the order below the top grade too (with ``top`` items of the top
+    grade, more than three of them included): its best configuration is the ideal ranking's."""
+    g = torch.Generator().manual_seed(2)
+    relevance = torch.cat([torch.full((top,), 3), torch.randint(0, 3, (20 - top,), generator=g)])
+    relevance = relevance[torch.randperm(20, generator=g)]
+
+    def dcg3(s, r):
+        gains = r[s.argsort(descending=True)][:3].float()
+        return (gains / torch.log2(torch.arange(2, 5, dtype=torch.float32))).sum()
+
+    value, plan = _best_value(from_metric(dcg3), torch.randn(20, generator=g), relevance)
+    ideal = relevance.sort(descending=True).values[:3].float()
+    assert value == pytest.approx(float((ideal / torch.log2(torch.arange(2, 5, dtype=torch.float32))).sum()))
+    pairs = sum(int((relevance == a).sum() * (relevance == b).sum()) for a in range(4) for b in range(a))
+    assert plan.num_bits == pairs  # every pair of different grades

@@ -2991,6 +2991,15 @@ def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
     return varied + constant
 
 
+_GRADES = 64  # the most grades of a relevance whose each grade alone on top the first call tries
+
+
+def _graded(relevance: Tensor, choice: dict) -> Tensor:
+    """A ranking's relevance as its site's decision reads it: one grade on top and the others
+    alike (``relevance == grade``) where the first call found that better, else as it is."""
+    return relevance == choice["grade"] if "grade" in choice else relevance
+
+
 def _binary_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
     """0/1 tensors of the output's shape, then those whose shape begins it (one target per
     sample, compared with several thresholds), expanded to it; a target of -1/+1 labels (the
@@ -3799,7 +3808,7 @@ class TracedMetric(Decomposition):
         relevance = _relevance_candidates(call, tensors)
         if relevance and mode != "probe" and (call.name not in ("argmax", "argmin", "max", "min") or
                                                not _label_candidates(call, tensors)):
-            return _RankSite(call, index, relevance[choice.get("which", 0) % len(relevance)],
+            return _RankSite(call, index, _graded(relevance[choice.get("which", 0) % len(relevance)], choice),
                              orient=choice.get("orient", 1), pairs=choice.get("pairs", "relevance"))
         if call.name in ("argmax", "argmin", "max", "min", "topk"):
             labels = _label_candidates(call, tensors)
@@ -4222,11 +4231,13 @@ class TracedMetric(Decomposition):
         shapes = tuple((tuple(t.shape), t.dtype) for t in tensors)
         return tuple((i, trace.calls[i].name, trace.calls[i].shape) for i in trace.trained) + shapes
 
-    def _verify(self, plan: _Plan, sites: List[_Site], decision: dict):
+    def _verify(self, plan: _Plan, sites: List[_Site], decision: dict, graded: bool = True):
         """First call of a new structure: check the best configuration inferred from the target
-        against probes of fn, the rankings' orientation, and that replaying fn on the decoded
-        outputs of the current scores gives fn's value. Returns ``(sites, decision, done)``;
-        ``done`` is false when ties in the scores left the check undecided."""
+        against probes of fn, the rankings' orientation (and, for a relevance of several grades,
+        whether one grade on top, the others alike, is better: torchmetrics' per-class curves read
+        ``target == c``; not with ``graded=False``), and that replaying fn on the decoded outputs of
+        the current scores gives fn's value. Returns ``(sites, decision, done)``; ``done`` is false
+        when ties in the scores left the check undecided."""
         tensors = _target_tensors(plan.target)
         out_sites = list(sites)
         for pos, site in enumerate(sites):
@@ -4248,14 +4259,35 @@ class TracedMetric(Decomposition):
                         choice["mode"] = "probe"  # neither: the best output of each element, probed every call
                         out_sites[pos] = self._site(plan, site.call, site.index, tensors, choice)
             elif isinstance(site, _RankSite):
-                flipped = _RankSite(site.call, site.index, _relevance_candidates(site.call, tensors)[0], orient=-1,
-                                    pairs=site.pairs)
-                best = [s.decode(s.best()[None]) for s in (site, flipped)]
+                relevance = _relevance_candidates(site.call, tensors)[0]
+                options = [({}, site), ({"orient": -1}, _RankSite(site.call, site.index, relevance, orient=-1,
+                                                                   pairs=site.pairs))]
+                grades = torch.unique(relevance) if graded else relevance.new_zeros(0)
+                if 2 < grades.numel() <= _GRADES:  # one grade on top, the others alike (`target[order] == c`)
+                    top, rel = grades[-1] + 1, relevance.to(grades.dtype)
+                    for g in grades:  # each grade on top alone; on top and at the bottom of the others in order,
+                        options.append(({"grade": g.item()}, _RankSite(site.call, site.index, rel == g,  # and reversed
+                                                                       pairs=site.pairs)))
+                        options += [({}, _RankSite(site.call, site.index, torch.where(rel == g, end, r),
+                                                   pairs=site.pairs))
+                                    for end, r in ((top, rel), (top, grades[-1] - rel), (0, rel + 1), (0, top - rel))]
+                best = [s.decode(s.best()[None]) for _, s in options]
                 values = self._values(plan, {site.index: _cat_payloads(best)}, {site.index: site})
-                worse = values[0] < values[1] if self.higher_is_better else values[0] > values[1]
-                if bool(worse):
-                    choice["orient"] = -1
-                    out_sites[pos] = flipped
+                values = values if self.higher_is_better else -values
+                pick = int(values[:2].argmax())  # the relevance as it is, or reversed (the first where they tie)
+                for k in range(2, len(options), 5):
+                    # a grade alone on top where fn reads that grade against the others only (the others'
+                    # order moves nothing, with the grade on top or at the bottom) and that ranks best:
+                    # the fewest comparisons for that value
+                    alone = bool(values[k] == values[k + 1]) and bool(values[k] == values[k + 2]) and \
+                        bool(values[k + 3] == values[k + 4])
+                    better = pick < 2 or bool(values[k] > values[pick]) or \
+                        options[k][1].num_bits < options[pick][1].num_bits
+                    if alone and bool(values[k] >= values[pick]) and better:
+                        pick = k
+                if pick:
+                    choice.update(options[pick][0])
+                    out_sites[pos] = options[pick][1]
             decision[site.index] = choice
         sites = out_sites
         # exactness on the current scores (undecided where comparisons tie)
@@ -4281,11 +4313,15 @@ class TracedMetric(Decomposition):
             for p in ranks:
                 s = sites[p]
                 decision[s.index] = dict(decision.get(s.index, {}), pairs="all")
-                sites[p] = _RankSite(s.call, s.index, _relevance_candidates(s.call, tensors)[0],
+                sites[p] = _RankSite(s.call, s.index, _graded(_relevance_candidates(s.call, tensors)[0],
+                                                              decision[s.index]),
                                      orient=decision[s.index].get("orient", 1), pairs="all")
             near = [s.comparisons().detach().abs() <= tolerance for s in sites]
         if any(bool(m.any()) for m in near):  # undecided: a later call decides
             return sites, decision, False
+        if graded and any("grade" in choice for choice in decision.values()):  # a grade on top is not what fn reads
+            plain = {i: {k: v for k, v in choice.items() if k != "grade"} for i, choice in decision.items()}
+            return self._verify(plan, self._build(plan, plain), plain, graded=False)
         raise TraceError(
             f"replaying fn with its discrete steps ({', '.join(s.call.describe() for s in sites)}) decoded from "
             f"the comparisons of the scores gives {float(value):.6g}, but fn gives {float(plan.trace.value):.6g}: "

@@ -1,0 +1,162 @@
+"""torchmetrics' one-vs-rest curves of several classes through ``from_metric``: the best
+configuration the trace infers, the cost of a loss call and what training on them gives.
+
+    python benchmarks/traced_class_curves.py c95936b            # against a commit's from_metric
+    python benchmarks/traced_class_curves.py c95936b --quick    # a smoke run (2 epochs, 1 seed)
+
+``multiclass_auroc`` and ``multiclass_average_precision`` rank each class's column of the scores
+with its own ``argsort`` and read ``target[order] == c``: the relevance of class ``c``'s ranking
+is the label vector with one grade, ``c``, on top and the others alike. From the label vector
+alone a trace inferred its grades in order (label ``C - 1`` above ``C - 2`` ...), or reversed,
+whose best ranking is the best of class ``c``'s only for the first and the last class. Three
+parts, each against ``REF``'s ``from_metric`` in the same process:
+
+* the metric at each trace's best configuration (1 where it is the best ranking of every class),
+  on a batch of 128 digits with random scores;
+* the cost of one loss call (forward and backward, library defaults, one thread), interleaved
+  call by call, medians;
+* training: scikit-learn's digits (10 classes, 1,257 train, 540 test images), MLP 64-128-10,
+  batch 128, SGD lr 0.1 momentum 0.9, the rate on a cosine to 0 over 20 epochs, seeds 0-2 (the
+  model's initialisation and the batches), cross-entropy, UniLoss at its defaults on the zoo's
+  form of the metric (``zoo.auroc()``, ``zoo.average_precision()``, each class a query) and on
+  the traced metric of each version; the test metric of the metric trained after the last epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import uniloss
+from uniloss.experiments import metric_wins as M
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from version_cost import alternate, load_ref  # noqa: E402  (a commit's package; calls in turn, medians)
+
+C = 10
+
+
+def _metrics():
+    from torchmetrics.functional.classification import multiclass_auroc, multiclass_average_precision
+
+    return {"multiclass_auroc": functools.partial(multiclass_auroc, num_classes=C),
+            "multiclass_average_precision": functools.partial(multiclass_average_precision, num_classes=C)}
+
+
+def _zoo_route(name: str, seed: int):
+    """The zoo's form of the same metric: each class a query of the ``[n, C]`` scores (one-vs-rest)."""
+    from uniloss import zoo
+    from uniloss.decoders import RankingTarget
+
+    metric = zoo.auroc() if name == "multiclass_auroc" else zoo.average_precision()
+    loss = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000))
+
+    def route(scores, target):
+        queries = torch.arange(C).repeat(scores.shape[0])  # item (i, c) of the row-major scores: query c
+        return loss(scores.reshape(-1), RankingTarget(F.one_hot(target, C).reshape(-1), queries))
+
+    return route
+
+
+def _batch(n: int, seed: int = 0):
+    xtr, _, ytr, _ = M.digits_split()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ytr), generator=g)[:n]
+    return torch.randn(n, C, generator=g), ytr[idx]
+
+
+def best_values(packages: dict) -> list:
+    """The metric at each version's inferred best configuration, on 128 labels."""
+    scores, target = _batch(128)
+    rows = []
+    for name, fn in _metrics().items():
+        row = [name]
+        for pkg in packages.values():
+            metric = pkg.from_metric(fn)
+            plan = metric.prepare(scores, target)
+            row.append(float(metric.evaluate(metric.best(plan)[None], plan)[0]))
+            row.append(int(plan.num_bits))
+        rows.append(row)
+    return rows
+
+
+def costs(packages: dict, calls: int) -> list:
+    w = torch.nn.Parameter(torch.ones(1))
+    rows = []
+    for n in (128, 512):
+        scores, target = _batch(n, seed=1)
+        for name, fn in _metrics().items():
+            losses = {k: pkg.UniLoss(pkg.from_metric(fn)) for k, pkg in packages.items()}
+            med = alternate({k: (lambda f=f: f(scores * w, target).backward()) for k, f in losses.items()},
+                            calls, warmup=2)
+            rows.append([f"{name}, [{n}, {C}]"] + [med[k] for k in packages])
+    return rows
+
+
+def train(loss_fn, seed: int, epochs: int, metric) -> float:
+    xtr, xte, ytr, yte = M.digits_split()
+    model = M.seeded(seed, lambda: M.mlp(64, 128, C))
+    gen = torch.Generator().manual_seed(seed)
+    opt = M.sgd(model, 0.1)
+    test = M.fit(model, opt, M.shuffled(len(ytr), 128, gen), lambda m, idx: loss_fn(m(xtr[idx]), ytr[idx]), epochs,
+                 lambda m: float(metric(m(xte), yte)), M.cosine(opt, epochs))
+    return 100 * test[-1]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ref", help="a commit whose from_metric to compare with")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, seed 0, few timed calls")
+    parser.add_argument("--calls", type=int, default=9, help="timed loss calls per case and version")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    epochs, seeds = (2, [0]) if args.quick else (20, [0, 1, 2])
+    calls = 3 if args.quick else args.calls
+    with tempfile.TemporaryDirectory() as tmp:
+        packages = {args.ref: load_ref(tmp, args.ref), "this checkout": uniloss}
+        print(f"# torchmetrics' per-class curves through from_metric: this checkout against {args.ref}\n")
+        print(f"`python benchmarks/traced_class_curves.py {args.ref}{' --quick' if args.quick else ''}`; "
+              f"torch {torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}.\n")
+        print("## The metric at the inferred best configuration (128 digits' labels, random scores)\n")
+        print(f"| metric | {args.ref} | its comparisons | this checkout | its comparisons |")
+        print("|---|---|---|---|---|")
+        for row in best_values(packages):
+            print(f"| `{row[0]}` | {row[1]:.4f} | {row[2]:,} | {row[3]:.4f} | {row[4]:,} |", flush=True)
+        print(f"\n## A loss call (forward and backward), medians of {calls}, interleaved\n")
+        print(f"| case | {args.ref} (ms) | this checkout (ms) | this / {args.ref} |")
+        print("|---|---|---|---|")
+        for row in costs(packages, calls):
+            print(f"| {row[0]} | {row[1]:.1f} | {row[2]:.1f} | {row[2] / row[1]:.2f}x |", flush=True)
+        print(f"\n## Training on digits, {epochs} epochs, seeds {seeds}: test metric x100\n")
+        print(f"| metric trained and tested | cross-entropy | UniLoss, the zoo's form | UniLoss, {args.ref} | "
+              f"UniLoss, this checkout | this - {args.ref}, seed by seed |")
+        print("|---|---|---|---|---|---|")
+        for name, fn in _metrics().items():
+            results = {"ce": [], "zoo": [], "ref": [], "this": []}
+            for seed in seeds:
+                gen = lambda: torch.Generator().manual_seed(seed + 1000)  # noqa: E731
+                results["ce"].append(train(F.cross_entropy, seed, epochs, fn))
+                results["zoo"].append(train(_zoo_route(name, seed), seed, epochs, fn))
+                results["ref"].append(train(packages[args.ref].UniLoss(packages[args.ref].from_metric(fn),
+                                                                       generator=gen()), seed, epochs, fn))
+                results["this"].append(train(uniloss.UniLoss(uniloss.from_metric(fn), generator=gen()), seed,
+                                             epochs, fn))
+            diff = [a - b for a, b in zip(results["this"], results["ref"])]
+            cell = lambda v: f"{statistics.mean(v):.2f} ± {statistics.pstdev(v):.2f}"  # noqa: E731
+            ahead = sum(d > 0 for d in diff)
+            print(f"| `{name}` | {cell(results['ce'])} | {cell(results['zoo'])} | {cell(results['ref'])} | "
+                  f"{cell(results['this'])} | "
+                  f"{statistics.mean(diff):+.2f} ± {statistics.pstdev(diff):.2f} (ahead on {ahead} of {len(diff)}) |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
