@@ -195,7 +195,7 @@ def test_a_cut_that_cannot_follow_the_changes_is_dropped_and_remembered(fn, n, m
     call's check keeps the tape, with its loss and gradient."""
     scores, target = _binary(n=n)
     metric, plan = _checked(fn, scores, target)
-    assert traced._split_at_ranks(plan.trace.tape, {plan.sites[0].index}, plan.sites[0]) is not None
+    assert traced._split_at_ranks(plan.trace.tape, {plan.sites[0].index: plan.sites[0]}) is not None
     assert list(metric._sums.values()) == [False]
     _, grad = _loss_and_grad(metric, scores, target)
     monkeypatch.setattr(traced.TracedMetric, "_chain_by_ranks", lambda self, plan: None)
@@ -475,3 +475,42 @@ def test_a_graded_metric_keeps_its_grades(top):
     assert value == pytest.approx(float((ideal / torch.log2(torch.arange(2, 5, dtype=torch.float32))).sum()))
     pairs = sum(int((relevance == a).sum() * (relevance == b).sum()) for a in range(4) for b in range(a))
     assert plan.num_bits == pairs  # every pair of different grades
+
+
+def _classes_batch(n=24, classes=3, absent=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.arange(n) % (classes - 1 if absent else classes)  # every class present, or the last absent
+    target = target[torch.randperm(n, generator=g)]
+    return torch.randn(n, classes, generator=g) + torch.nn.functional.one_hot(target, classes), target
+
+
+def _per_class_ap(s, y):
+    """Mean over the classes of each class's AP, its column ranked by its own ``argsort``: the
+    ranking reads the labels (``y[order]``), not a 0/1 relevance, and compares them with the class."""
+    aps = []
+    for c in range(s.shape[1]):
+        hits = (y[s[:, c].argsort(descending=True)] == c).float()
+        aps.append(((hits.cumsum(0) / torch.arange(1, len(y) + 1)) * hits).sum() / hits.sum().clamp_min(1))
+    return torch.stack(aps).mean()
+
+
+@pytest.mark.parametrize("absent", [False, True], ids=["every class", "a class absent"])
+@pytest.mark.parametrize("name", ["multiclass_auroc", "multiclass_average_precision", "per_class_ap"])
+def test_a_ranking_per_class_takes_the_chain_through_its_swaps(name, absent, monkeypatch):
+    """One binary ranking per class, each reading the labels in its order: each point's swap is of
+    one of its class's items with another item, whose labels say what the two slots read, so the
+    chain is exact at every point (the tape at every point) through every class's curve, a class
+    without comparisons included; the same loss and gradient as without the cut."""
+    if name == "per_class_ap":
+        fn = _per_class_ap
+    else:
+        classification = pytest.importorskip("torchmetrics.functional.classification")
+        fn = functools.partial(getattr(classification, name), num_classes=3)
+    scores, target = _classes_batch(absent=absent)
+    metric, plan = _checked(fn, scores, target)
+    assert len(plan.sites) == 3 and all(s.binary for s in plan.sites)
+    chain = metric.structure(plan).chain
+    assert chain is not None and list(metric._sums.values()) == [True]
+    rank = torch.randperm(plan.num_bits, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)
+    _same_as_without_the_cut(fn, scores, target, monkeypatch, name="_chain_by_ranks")

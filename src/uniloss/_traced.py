@@ -1406,34 +1406,32 @@ def _dense_width(split: _SumSplit, points: int) -> int:
 
 @dataclass
 class _RankSplit:
-    """A tape cut after a ranking's output (:func:`_split_at_ranks`): ``lookup``, for a binary
-    ranking, the step that reads a tensor of ``fn``'s own in the ranking's order
-    (``target[order]``), whose values are ``high`` on every relevant item and ``low`` on every
-    other one (``None`` for ``topk`` with labels: its indices change themselves, ``source``);
-    ``steps``, the elementwise operations, cumulative sums and moves that follow; ``cut``, their
-    sums and the steps after them (:class:`_SumSplit`'s ``sums``, ``rest`` and ``more``: the rest
-    cut again where it takes the sums elementwise into sums)."""
+    """A tape cut after rankings' outputs (:func:`_split_at_ranks`): ``lookups``, for binary
+    rankings, each step that reads a tensor of ``fn``'s own in a ranking's order
+    (``target[order]``), the index of its site and that tensor (``None`` for a ranking without
+    comparisons: nothing it reads changes); ``source``, for ``topk`` with labels, its indices,
+    which change themselves; ``steps``, the elementwise operations, cumulative sums and moves that
+    follow; ``cut``, their sums and the steps after them (:class:`_SumSplit`'s ``sums``, ``rest``
+    and ``more``: the rest cut again where it takes the sums elementwise into sums)."""
 
-    lookup: Optional[_Step]
+    lookups: List[Tuple[_Step, int, Optional[Tensor]]]
     source: int
-    high: Optional[Tensor]
-    low: Optional[Tensor]
     steps: List[_Step]
     cut: _SumSplit
 
 
-def _split_at_ranks(tape: _Tape, indices: set, site: "_Site") -> Optional[_RankSplit]:
-    """:class:`_RankSplit` of a tape batched by hand whose trained step is one binary ranking read
-    only as ``t[order]`` of a tensor ``t`` of ``fn``'s own that takes one value on the relevant
-    items and one on the others, or one ``topk`` with labels (its indices; ``indices``: the site
-    and its repeats), and then only through elementwise operations, ``cumsum`` (of a vector) and
-    operations that move elements (slices, ``flip``, indexing by constants, ``cat`` with
-    constants: a precision-recall curve) into sums; else ``None``."""
-    ranked = isinstance(site, _RankSite)
-    sources: set = set()
+def _split_at_ranks(tape: _Tape, indices: Dict[int, "_Site"]) -> Optional[_RankSplit]:
+    """:class:`_RankSplit` of a tape batched by hand whose trained steps are binary rankings, each
+    read only as ``t[order]`` of a tensor ``t`` of ``fn``'s own that takes one value on its
+    relevant items and one on the others (one ranking, or one per class's curve), or one ``topk``
+    with labels (its indices; ``indices``: each site and its repeats, by step index), and then
+    only through elementwise operations, ``cumsum`` (of a vector) and operations that move
+    elements (slices, ``flip``, indexing by constants, ``cat`` with constants: a precision-recall
+    curve) into sums; else ``None``."""
+    ranked = all(isinstance(site, _RankSite) for site in indices.values())
+    sources: Dict[int, _Site] = {}  # each ranking's order -> its site
     region: set = set()
-    lookup: Optional[_Step] = None
-    high = low = None
+    lookups: Dict[int, Tuple[_Step, int, Optional[Tensor]]] = {}  # by the slot each fills
     steps: List[_Step] = []
     cut = _SumSplit([], [], [], [], {})
     unread: set = set()  # sort's and topk's values: the scores in the output's order, not to be read
@@ -1441,10 +1439,11 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_Site") -> Optional[_RankS
         if s.kind == "site":
             name = s.call.name if s.call is not None else ""
             order = s.outs[0] if s.single else s.outs[1] if len(s.outs) == 2 and name in ("sort", "topk") else None
-            if s.index not in indices or order is None or \
+            site = indices.get(s.index)
+            if site is None or order is None or \
                     ranked and tuple(tape.traced[order].shape) != (cast(_RankSite, site).items,):
                 return None
-            sources.add(order)
+            sources[order] = site
             unread.update(slot for slot in s.outs if slot is not None and slot != order)
             if not ranked:  # topk's indices change themselves
                 region.add(order)
@@ -1454,18 +1453,16 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_Site") -> Optional[_RankS
             return None
         out = tape.traced[s.outs[0]] if s.single and s.outs[0] is not None else None
         if ranked and any(slot in sources for slot in reads):  # the lookup, t[order], and nothing else
-            n = cast(_RankSite, site).items
+            site = sources.get(reads[0]) if [i for i, _ in s.fills] == [1] else None
+            n = cast(_RankSite, site).items if site is not None else -1
             table = s.args[0] if s.args else None
-            if lookup is not None or s.kind != "op" or s.rule != ("index", False, "plain") or s.nested or \
-                    [i for i, _ in s.fills] != [1] or not isinstance(table, Tensor) or \
-                    tuple(table.shape) != (n,) or out is None or tuple(out.shape) != (n,):
+            if site is None or s.kind != "op" or s.rule != ("index", False, "plain") or \
+                    s.nested or not isinstance(table, Tensor) or tuple(table.shape) != (n,) or out is None or \
+                    tuple(out.shape) != (n,):
                 return None
-            values = table.detach()
-            high, low = values[cast(_RankSite, site).pos], values[cast(_RankSite, site).neg]
-            if not (bool((high == high[0]).all()) and bool((low == low[0]).all())):
-                return None  # the ranking's relevance alone does not say what each slot reads
-            high, low = high[0], low[0]
-            lookup = s
+            # each point's swap is of one relevant and one irrelevant item, both known: what each of
+            # the two slots reads then is that item's value (one per relevant item, or per class)
+            lookups[cast(int, s.outs[0])] = (s, site.index, table.detach() if site.num_bits else None)
             region.add(cast(int, s.outs[0]))
             continue
         inside = [slot in region for slot in reads]
@@ -1482,12 +1479,14 @@ def _split_at_ranks(tape: _Tape, indices: set, site: "_Site") -> Optional[_RankS
         steps.append(s)
         region.add(cast(int, s.outs[0]))
     sums = {cast(int, s.outs[0]) for s in cut.sums}
-    if ranked and lookup is None or not sources or not cut.sums or tape.out in region or sums & region:
+    sites = {site.index for site in indices.values()}
+    if ranked and {index for _, index, _ in lookups.values()} != sites or not ranked and len(sites) != 1 or \
+            not sources or not cut.sums or \
+            tape.out in region or sums & region:
         return None
     cut.elements = sum(tape.traced[s.fills[0][1]].numel() for s in cut.sums)
     _walks(tape, cut)
-    source = cast(int, lookup.outs[0]) if lookup is not None else next(iter(sources))
-    return _RankSplit(lookup, source, high, low, steps, cut)
+    return _RankSplit(list(lookups.values()), next(iter(sources)), steps, cut)
 
 
 def _swaps(site: "_RankSite", rank: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -1647,33 +1646,46 @@ def _events_steps(steps: List[_Step], tape: _Tape, first: List[Any], events: Lis
             events[out] = _events_move(s, tape, events, start, span, memo)
 
 
-def _chain_by_ranks(split: _RankSplit, tape: _Tape, site: "_Site", rank: Tensor) -> Tensor:
+def _chain_by_ranks(split: _RankSplit, tape: _Tape, sites: Dict[int, Tuple["_Site", int]], rank: Tensor) -> Tensor:
     """fn's value at every point ``0 .. l`` of the chain of ``rank`` (comparison ``k`` right from
-    point ``rank[k] + 1``) from a tape cut by :func:`_split_at_ranks`. ``[l + 1]``."""
+    point ``rank[k] + 1``) from a tape cut by :func:`_split_at_ranks`; ``sites``: each site and
+    the place of its first comparison among the ``l``, by step index (its repeats too). ``[l + 1]``."""
     points, span = rank.numel(), rank.numel() + 1
     first: List[Any] = [None] * tape.num_slots  # every slot at point 0 (batch 1)
     events: List[Any] = [None] * tape.num_slots  # every slot from the lookup on along the chain
-    every_wrong = ~site.best().reshape(1, -1)
     for s in tape.steps:
         if s.kind == "site":
-            result = site.format_batched(site.decode(every_wrong), site.call.x)
+            site = sites[s.index][0]
+            result = site.format_batched(site.decode(~site.best().reshape(1, -1)), site.call.x)
             for slot, value in zip(s.outs, (result,) if s.single else result):
                 if slot is not None:
                     first[slot] = value
-    out = split.source
-    if split.lookup is not None:  # a binary ranking: two slots of what it reads swap at each point
-        lookup = split.lookup
+    width, swaps = 0, {}
+    for lookup, index, table in split.lookups:  # binary rankings: two slots of what each reads swap at each point
+        site, offset = sites[index]
+        out = cast(int, lookup.outs[0])
         args, kwargs = tape._inputs(lookup, first)
         first[out] = _run_direct(lookup, cast(tuple, lookup.rule), list(args), kwargs, 1)
-        up, down, point = _swaps(cast(_RankSite, site), rank)
-        acc = _acc(cast(Tensor, split.high))
-        rise = (cast(Tensor, split.high).to(acc) - cast(Tensor, split.low).to(acc)).reshape(1)
+        width += first[out].numel()
+        if table is None:  # a ranking without comparisons: nothing changes
+            events[out] = _Events(first[out].reshape(-1), rank.new_zeros(0), first[out].reshape(-1)[:0])
+            continue
+        rank_site = cast(_RankSite, site)
+        if index not in swaps:  # the ranking's swaps, for each tensor it reads in its order
+            swaps[index] = _swaps(rank_site, rank[offset: offset + site.num_bits])
+        up, down, point = swaps[index]
+        # the f-th pass of relevant item i is of the (N - f)-th irrelevant one (index order): slot `up`
+        # turns from that one's value to item i's, slot `down` back
+        values = table.reshape(-1).to(_acc(table))
+        rise = (values[rank_site.pos][:, None] - values[rank_site.neg].flip(0)[None, :]).reshape(-1)
         events[out] = _Events.of(first[out].reshape(-1), torch.cat([up, down]), torch.cat([point, point]),
-                                 torch.cat([rise.expand(points), -rise.expand(points)]), span)
-    else:  # topk with labels: the label climbs one slot at each of its row's last k turns
+                                 torch.cat([rise, -rise]), span)
+    if not split.lookups:  # topk with labels: the label climbs one slot at each of its row's last k turns
+        out, site = split.source, next(iter(sites.values()))[0]
         events[out] = _Events.of(first[out].reshape(-1), *_topk_changes(cast(_ClassSite, site), rank), span)
+        width = first[out].numel()
     memo: _Memo = {}  # the key sets' elements (_cells)
-    budget = 8 * (points + first[out].numel())
+    budget = 8 * (points + width)
     _events_steps(split.steps, tape, first, events, span, memo, budget)
     _events_sums(split.cut.sums, tape, first, events, span, memo)
     return _after_sums(split.cut, tape, first, events, points, memo, budget)
@@ -4516,33 +4528,37 @@ class TracedMetric(Decomposition):
         return (lambda rank: values(rank + 1)), False
 
     def _chain_by_ranks(self, plan: _Plan) -> Optional[Callable[[Tensor], Tensor]]:
-        """The chain's values in ``O(l log l)`` (:func:`_chain_by_ranks`) where the one trained
-        step is a binary ranking of one query read as ``t[order]`` into cumulative sums,
-        elementwise operations, moves and sums (AP, AUROC written with ``argsort``), or ``topk``
-        with a label per row read the same way (top-k accuracy); ``None`` otherwise
+        """The chain's values in ``O(l log l)`` (:func:`_chain_by_ranks`) where the trained steps
+        are binary rankings of one query each (one, or one per class's curve: torchmetrics'
+        ``multiclass_auroc``) read as ``t[order]`` into cumulative sums, elementwise operations,
+        moves and sums (AP, AUROC written with ``argsort``), or one ``topk`` with a label per row
+        read the same way (top-k accuracy); ``None`` otherwise
         (the runs' counts through the tape at every point: ``O(l n)``). Only on a tape checked
         against ``fn`` and within ``chain_elements``; the first call of each structure checks it
         against the tape at nine points of a chain and keeps the verdict."""
-        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
+        if not plan.sites or plan.tape != "direct" or self._sums.get(plan.key) is False:
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
-        topk = isinstance(site, _ClassSite) and site.mode == "label" and site.call.name == "topk" and \
-            site.call.k is not None and site.num_classes > 1
-        if not (isinstance(site, _RankSite) and site.binary or topk) or not site.num_bits:
+        topk = len(plan.sites) == 1 and isinstance(site, _ClassSite) and site.mode == "label" and \
+            site.call.name == "topk" and site.call.k is not None and site.num_classes > 1
+        if not (all(isinstance(s, _RankSite) and s.binary for s in plan.sites) or topk) or not plan.num_bits:
             return None
-        indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
-        split = _split_at_ranks(tape, indices, site)
+        sites = {}  # each site and its first comparison's place, by step index (its repeats too)
+        for s, offset in zip(plan.sites, plan.offsets):
+            for index in {s.index} | {a for a, o in plan.trace.aliases.items() if o == s.index}:
+                sites[index] = (s, offset)
+        split = _split_at_ranks(tape, {index: s for index, (s, _) in sites.items()})
         if split is None:
             self._remember_sums(plan, False)
             return None
-        num, limit = site.num_bits, current_limits().chain_elements
+        num, limit = plan.num_bits, current_limits().chain_elements
         # its sums at every point, and the changes it holds (two or so a point for each step's result)
         steps = len(split.steps) + _boundary(split.cut, num)
         if (num + 1) * _dense_width(split.cut, num) > limit or 2 * (num + 1) * max(1, steps) > limit:
             return None
 
         def cut(rank: Tensor) -> Tensor:
-            return self._held_or_tape(_chain_by_ranks(split, tape, site, rank),
+            return self._held_or_tape(_chain_by_ranks(split, tape, sites, rank),
                                       lambda at: self._ranked_points(plan, rank, at))
 
         def values(rank: Tensor) -> Tensor:
@@ -4591,7 +4607,7 @@ class TracedMetric(Decomposition):
     def _ranked_points(self, plan: _Plan, rank: Tensor, at: Tensor) -> Tensor:
         """The tape at the chain's points ``at`` (comparison ``k`` right from point ``rank[k] +
         1``), in blocks within ``chain_elements``."""
-        best = plan.sites[0].best()
+        best = torch.cat([s.best().reshape(-1) for s in plan.sites])
         step = max(1, current_limits().chain_elements // max(rank.numel(), 1))
         return torch.cat([self.evaluate(torch.where(rank[None] < j[:, None], best, ~best), plan)
                           for j in at.split(step)])
