@@ -14,7 +14,8 @@ parts, each against ``REF``'s ``from_metric`` in the same process:
 * the metric at each trace's best configuration (1 where it is the best ranking of every class),
   on a batch of 128 digits with random scores;
 * the cost of one loss call (forward and backward, library defaults, one thread), interleaved
-  call by call, medians;
+  call by call, medians; also this checkout's with its chain through the rankings' swaps turned
+  off (the tape at 257 points or fewer, segment-averaged, as before that chain took these);
 * training: scikit-learn's digits (10 classes, 1,257 train, 540 test images), MLP 64-128-10,
   batch 128, SGD lr 0.1 momentum 0.9, the rate on a cosine to 0 over 20 epochs, seeds 0-2 (the
   model's initialisation and the batches), cross-entropy, UniLoss at its defaults on the zoo's
@@ -89,15 +90,20 @@ def best_values(packages: dict) -> list:
 
 
 def costs(packages: dict, calls: int) -> list:
+    """Each case's medians (ms): ``REF``'s, this checkout's, and this checkout's with the chain
+    through the rankings' swaps turned off (the tape at fewer points, segment-averaged)."""
     w = torch.nn.Parameter(torch.ones(1))
     rows = []
     for n in (128, 512):
         scores, target = _batch(n, seed=1)
         for name, fn in _metrics().items():
             losses = {k: pkg.UniLoss(pkg.from_metric(fn)) for k, pkg in packages.items()}
+            untaken = uniloss.from_metric(fn)
+            untaken._chain_by_ranks = lambda plan: None  # type: ignore[method-assign]
+            losses["tape"] = uniloss.UniLoss(untaken)
             med = alternate({k: (lambda f=f: f(scores * w, target).backward()) for k, f in losses.items()},
                             calls, warmup=2)
-            rows.append([f"{name}, [{n}, {C}]"] + [med[k] for k in packages])
+            rows.append([f"{name}, [{n}, {C}]"] + [med[k] for k in packages] + [med["tape"]])
     return rows
 
 
@@ -116,6 +122,7 @@ def main(argv=None) -> None:
     parser.add_argument("ref", help="a commit whose from_metric to compare with")
     parser.add_argument("--quick", action="store_true", help="2 epochs, seed 0, few timed calls")
     parser.add_argument("--calls", type=int, default=9, help="timed loss calls per case and version")
+    parser.add_argument("--costs-only", action="store_true", help="the best configurations and the costs only")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     epochs, seeds = (2, [0]) if args.quick else (20, [0, 1, 2])
@@ -131,10 +138,14 @@ def main(argv=None) -> None:
         for row in best_values(packages):
             print(f"| `{row[0]}` | {row[1]:.4f} | {row[2]:,} | {row[3]:.4f} | {row[4]:,} |", flush=True)
         print(f"\n## A loss call (forward and backward), medians of {calls}, interleaved\n")
-        print(f"| case | {args.ref} (ms) | this checkout (ms) | this / {args.ref} |")
-        print("|---|---|---|---|")
+        print(f"| case | {args.ref} (ms) | this checkout (ms) | this / {args.ref} | this, the chain through the "
+              "swaps off (ms) | this / that |")
+        print("|---|---|---|---|---|---|")
         for row in costs(packages, calls):
-            print(f"| {row[0]} | {row[1]:.1f} | {row[2]:.1f} | {row[2] / row[1]:.2f}x |", flush=True)
+            print(f"| {row[0]} | {row[1]:.1f} | {row[2]:.1f} | {row[2] / row[1]:.2f}x | {row[3]:.1f} | "
+                  f"{row[2] / row[3]:.2f}x |", flush=True)
+        if args.costs_only:
+            return
         print(f"\n## Training on digits, {epochs} epochs, seeds {seeds}: test metric x100\n")
         print(f"| metric trained and tested | cross-entropy | UniLoss, the zoo's form | UniLoss, {args.ref} | "
               f"UniLoss, this checkout | this - {args.ref}, seed by seed |")

@@ -69,6 +69,7 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import linecache
@@ -762,6 +763,13 @@ class _Tape:
 
     def __len__(self) -> int:
         return len(self.steps)
+
+    def readers(self, slot: int) -> int:
+        """How many times the steps read ``slot`` (counted once per tape)."""
+        counts = getattr(self, "_readers", None)
+        if counts is None:
+            counts = self._readers = collections.Counter(r for s in self.steps for r in _reads(s))
+        return counts[slot]
 
     def _inputs(self, s: _Step, env: List[Any]) -> Tuple[Any, Dict]:
         kwargs = s.kwargs
@@ -1638,7 +1646,7 @@ def _events_steps(steps: List[_Step], tape: _Tape, first: List[Any], events: Lis
         kind, name = cast(tuple, s.rule)[0], _op_name(s.func)
         if name == "cumsum":  # its own keys where no other step reads its input (then none to align with)
             x = s.fills[0][1]
-            alone = sum(slot == x for t in tape.steps for slot in _reads(t)) == 1
+            alone = tape.readers(x) == 1
             events[out] = _events_cumsum(events[x], start, span, budget, memo, own_keys=alone)
         elif kind == "ew":
             events[out] = _events_elementwise(s, tape, first, events, start, span, memo)
