@@ -16,6 +16,8 @@ parts, each against ``REF``'s ``from_metric`` in the same process:
 * the cost of one loss call (forward and backward, library defaults, one thread), interleaved
   call by call, medians; also this checkout's with its chain through the rankings' swaps turned
   off (the tape at 257 points or fewer, segment-averaged, as before that chain took these);
+  also ``multilabel_auroc`` and ``multilabel_average_precision`` (a ranking per label's column,
+  20% of the labels relevant), whose relevance was right before;
 * training: scikit-learn's digits (10 classes, 1,257 train, 540 test images), MLP 64-128-10,
   batch 128, SGD lr 0.1 momentum 0.9, the rate on a cosine to 0 over 20 epochs, seeds 0-2 (the
   model's initialisation and the batches), cross-entropy, UniLoss at its defaults on the zoo's
@@ -50,6 +52,15 @@ def _metrics():
 
     return {"multiclass_auroc": functools.partial(multiclass_auroc, num_classes=C),
             "multiclass_average_precision": functools.partial(multiclass_average_precision, num_classes=C)}
+
+
+def _multilabel_metrics():
+    """The same curves of a multi-label target, a ranking per label's column (its relevance that
+    column: binary already), timed only."""
+    from torchmetrics.functional.classification import multilabel_auroc, multilabel_average_precision
+
+    return {"multilabel_auroc": functools.partial(multilabel_auroc, num_labels=C),
+            "multilabel_average_precision": functools.partial(multilabel_average_precision, num_labels=C)}
 
 
 def _zoo_route(name: str, seed: int):
@@ -94,14 +105,18 @@ def costs(packages: dict, calls: int) -> list:
     through the rankings' swaps turned off (the tape at fewer points, segment-averaged)."""
     w = torch.nn.Parameter(torch.ones(1))
     rows = []
-    for n in (128, 512):
+    for n in (64, 128, 512):  # at 64 the tape is exact at every point too
         scores, target = _batch(n, seed=1)
-        for name, fn in _metrics().items():
+        g = torch.Generator().manual_seed(2)
+        labels = (torch.rand(n, C, generator=g) < 0.2).long()  # 20% of the labels relevant
+        cases = [(name, fn, scores, target) for name, fn in _metrics().items()] + \
+            [(name, fn, scores, labels) for name, fn in _multilabel_metrics().items()]
+        for name, fn, scores, target in cases:
             losses = {k: pkg.UniLoss(pkg.from_metric(fn)) for k, pkg in packages.items()}
             untaken = uniloss.from_metric(fn)
             untaken._chain_by_ranks = lambda plan: None  # type: ignore[method-assign]
             losses["tape"] = uniloss.UniLoss(untaken)
-            med = alternate({k: (lambda f=f: f(scores * w, target).backward()) for k, f in losses.items()},
+            med = alternate({k: (lambda f=f, x=scores, y=target: f(x * w, y).backward()) for k, f in losses.items()},
                             calls, warmup=2)
             rows.append([f"{name}, [{n}, {C}]"] + [med[k] for k in packages] + [med["tape"]])
     return rows
