@@ -3,6 +3,8 @@ configuration the trace infers, the cost of a loss call and what training on the
 
     python benchmarks/traced_class_curves.py c95936b            # against a commit's from_metric
     python benchmarks/traced_class_curves.py c95936b --quick    # a smoke run (2 epochs, 1 seed)
+    python benchmarks/traced_class_curves.py c95936b --costs-only   # the best configurations and costs
+    python benchmarks/traced_class_curves.py c95936b --pull-probe   # the per-class AP, the pull varied
 
 ``multiclass_auroc`` and ``multiclass_average_precision`` rank each class's column of the scores
 with its own ``argsort`` and read ``target[order] == c``: the relevance of class ``c``'s ranking
@@ -63,13 +65,42 @@ def _multilabel_metrics():
             "multilabel_average_precision": functools.partial(multilabel_average_precision, num_labels=C)}
 
 
-def _zoo_route(name: str, seed: int):
+def pull_probe(epochs: int, seeds: list) -> None:
+    """``--pull-probe``: the traced route's gap to the zoo's form on the per-class AP, with the
+    pull's options that differ between them varied on both (the zoo's structure gives the pull
+    each item's margin and the metric's weights; a traced metric's gives neither)."""
+    name = "multiclass_average_precision"
+    fn = _metrics()[name]
+    variants = [("the zoo's form", {}), ("the zoo's form", {"pull_per": "run"}),
+                ("the zoo's form", {"pull_per": "comparison"}), ("the zoo's form", {"pull_weights": "equal"}),
+                ("traced", {}), ("traced", {"pull_per": "run"}), ("traced", {"pull_per": "comparison"}),
+                ("traced", {"pull_weights": "equal"}), ("traced, float64 scores", {})]
+    print(f"\n## The pull's options on `{name}`, {epochs} epochs, seeds {seeds}: test AP x100\n")
+    print("| route | options | test AP | seeds |")
+    print("|---|---|---|---|")
+    for route, options in variants:
+        results = []
+        for seed in seeds:
+            if route.startswith("traced"):
+                traced = uniloss.UniLoss(uniloss.from_metric(fn), generator=torch.Generator().manual_seed(seed + 1000),
+                                         **options)
+                wide = route.endswith("float64 scores")  # torchmetrics' curve then computed in float64
+                loss = (lambda x, y, f=traced: f(x.double(), y)) if wide else traced
+            else:
+                loss = _zoo_route(name, seed, **options)
+            results.append(train(loss, seed, epochs, fn))
+        mean, std = statistics.mean(results), statistics.pstdev(results)
+        seeds_text = " ".join(f"{r:.2f}" for r in results)
+        print(f"| {route} | {options or 'defaults'} | {mean:.2f} ± {std:.2f} | {seeds_text} |", flush=True)
+
+
+def _zoo_route(name: str, seed: int, **options):
     """The zoo's form of the same metric: each class a query of the ``[n, C]`` scores (one-vs-rest)."""
     from uniloss import zoo
     from uniloss.decoders import RankingTarget
 
     metric = zoo.auroc() if name == "multiclass_auroc" else zoo.average_precision()
-    loss = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000))
+    loss = uniloss.UniLoss(metric, generator=torch.Generator().manual_seed(seed + 1000), **options)
 
     def route(scores, target):
         queries = torch.arange(C).repeat(scores.shape[0])  # item (i, c) of the row-major scores: query c
@@ -138,10 +169,17 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="2 epochs, seed 0, few timed calls")
     parser.add_argument("--calls", type=int, default=9, help="timed loss calls per case and version")
     parser.add_argument("--costs-only", action="store_true", help="the best configurations and the costs only")
+    parser.add_argument("--pull-probe", action="store_true",
+                        help="only the training of the per-class AP with the pull's options varied")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     epochs, seeds = (2, [0]) if args.quick else (20, [0, 1, 2])
     calls = 3 if args.quick else args.calls
+    if args.pull_probe:
+        print(f"`python benchmarks/traced_class_curves.py {args.ref} --pull-probe{' --quick' if args.quick else ''}`; "
+              f"torch {torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}.")
+        pull_probe(epochs, seeds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         packages = {args.ref: load_ref(tmp, args.ref), "this checkout": uniloss}
         print(f"# torchmetrics' per-class curves through from_metric: this checkout against {args.ref}\n")
