@@ -1429,13 +1429,13 @@ class _RankSplit:
 
 
 def _split_at_ranks(tape: _Tape, indices: Dict[int, "_Site"]) -> Optional[_RankSplit]:
-    """:class:`_RankSplit` of a tape batched by hand whose trained steps are binary rankings, each
-    read only as ``t[order]`` of a tensor ``t`` of ``fn``'s own that takes one value on its
-    relevant items and one on the others (one ranking, or one per class's curve), or one ``topk``
-    with labels (its indices; ``indices``: each site and its repeats, by step index), and then
-    only through elementwise operations, ``cumsum`` (of a vector) and operations that move
-    elements (slices, ``flip``, indexing by constants, ``cat`` with constants: a precision-recall
-    curve) into sums; else ``None``."""
+    """:class:`_RankSplit` of a tape batched by hand whose trained steps are binary rankings (one,
+    or one per class's curve), each read only as ``t[order]`` of tensors ``t`` of ``fn``'s own (a
+    0/1 relevance, or the labels that a curve then compares with its class), or one ``topk`` with
+    labels (its indices; ``indices``: each site and its repeats, by step index), and then only
+    through elementwise operations, ``cumsum`` (of a vector) and operations that move elements
+    (slices, ``flip``, indexing by constants, ``cat`` with constants: a precision-recall curve)
+    into sums; else ``None``."""
     ranked = all(isinstance(site, _RankSite) for site in indices.values())
     sources: Dict[int, _Site] = {}  # each ranking's order -> its site
     region: set = set()
