@@ -760,16 +760,16 @@ class _Tape:
         self.steps, self.traced, self.num_slots, self.out = steps, traced, len(traced), out
         self.direct = direct  # every step has a rule to run on the anchors' batch by hand
         self.guards = list(guards)  # slots fn reads as Python values: the trace's path holds where they do
+        self._readers: Optional[collections.Counter] = None  # how many steps read each slot (readers())
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def readers(self, slot: int) -> int:
         """How many times the steps read ``slot`` (counted once per tape)."""
-        counts = getattr(self, "_readers", None)
-        if counts is None:
-            counts = self._readers = collections.Counter(r for s in self.steps for r in _reads(s))
-        return counts[slot]
+        if self._readers is None:
+            self._readers = collections.Counter(r for s in self.steps for r in _reads(s))
+        return self._readers[slot]
 
     def _inputs(self, s: _Step, env: List[Any]) -> Tuple[Any, Dict]:
         kwargs = s.kwargs
@@ -1085,13 +1085,11 @@ def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[
 _INT32_MAX = 2 ** 31 - 1
 
 
-def _unique_codes(code: Tensor, bound: int, inverse: bool = False) -> Any:
-    """``torch.unique(code, return_inverse=inverse)`` of codes below ``bound``: sorted in int32
+def _unique_codes(code: Tensor, bound: int) -> Tuple[Tensor, Tensor]:
+    """``torch.unique(code, return_inverse=True)`` of codes below ``bound``: sorted in int32
     where they fit (half the time of int64's sort on a CPU), the keys back in int64."""
     if bound > _INT32_MAX:
-        return torch.unique(code, return_inverse=inverse)
-    if not inverse:
-        return torch.unique(code.to(torch.int32)).long()
+        return torch.unique(code, return_inverse=True)
     keys, where = torch.unique(code.to(torch.int32), return_inverse=True)
     return keys.long(), where
 
@@ -1130,7 +1128,7 @@ class _Events:
 
     def _ordered(self) -> None:
         start, cell, point, delta, span, finish = cast(tuple, self._changes)
-        code, inverse = _unique_codes(cell * span + point, start.numel() * span, inverse=True)
+        code, inverse = _unique_codes(cell * span + point, start.numel() * span)
         merged = delta.new_zeros(code.numel()).index_add_(0, inverse, delta)
         keep = merged != 0
         code, merged = code[keep], merged[keep]
@@ -1274,8 +1272,7 @@ def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
     if all(e._changes is not None for e in events):
         changes = [cast(tuple, e._changes) for e in events]
         bound = max(c[0].numel() for c in changes) * span
-        keys, inverse = _unique_codes(torch.cat([cell * span + point for _, cell, point, _, _, _ in changes]),
-                                      bound, inverse=True)
+        keys, inverse = _unique_codes(torch.cat([cell * span + point for _, cell, point, _, _, _ in changes]), bound)
         cell, aligned, offset = _cells(keys, span, memo), [], 0
         head = _heads(cell)
         for e, (start, cells, _, delta, _, finish) in zip(events, changes):
@@ -1288,8 +1285,7 @@ def _aligned(events: List[_Events], span: int, memo: _Memo) -> List[_Events]:
         return list(events)
     if all(c.shape == codes[0].shape for c in codes[1:]) and all(torch.equal(c, codes[0]) for c in codes[1:]):
         return [_Events(e.start, codes[0], e.value) for e in events]  # the same codes (an ROC curve's two axes)
-    keys, key_of = _unique_codes(torch.cat(codes), max(e.start.numel() for e in events) * span,
-                                 inverse=True)  # each code's place among the keys
+    keys, key_of = _unique_codes(torch.cat(codes), max(e.start.numel() for e in events) * span)  # each code's place
     cell, offset, aligned = _cells(keys, span, memo), 0, []
     first_code = cell * span  # each key's element's first code
     for e, code in zip(events, codes):  # each key's value: its last change at or before it, on the key's element
