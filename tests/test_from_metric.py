@@ -754,6 +754,52 @@ def test_torchmetrics_multilabel_rankings_trace(name):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def _softmax_column_ap(s, y, log=False):
+    """Each class's AP, its column of ``softmax(s, 1)`` (or of ``log_softmax``) ranked over the
+    samples, as torchmetrics' one-vs-rest curves take logits."""
+    p = s.log_softmax(1) if log else s.softmax(1)
+    return torch.stack([average_precision(p[:, c], (y == c).long()) for c in range(s.shape[1])]).mean()
+
+
+@pytest.mark.parametrize("fn", ["hand", "multiclass_average_precision"])
+def test_a_softmax_column_ranked_is_compared_in_the_scores_units(fn, monkeypatch):
+    """A column of ``softmax(s, 1)`` ranked over the samples is not a monotone map of ``s[:, c]``,
+    but its log is ``log_softmax``'s column: the same order, in the scores' units. The comparisons,
+    loss and gradient are those of the same metric written with ``log_softmax`` (whose values are
+    the scores' less each row's log-sum-exp, not probabilities' differences of at most 1), on the
+    first call and on the re-runs after it; the metric itself is fn's."""
+    if fn == "hand":
+        fn = _softmax_column_ap
+    else:
+        _tm()
+        from torchmetrics.functional.classification import multiclass_average_precision
+
+        fn = functools.partial(multiclass_average_precision, num_classes=4)
+    reference = functools.partial(_softmax_column_ap, log=True)
+    traced, written = from_metric(fn), from_metric(reference)
+    traces = []
+    full = uniloss.TracedMetric._full_trace
+    monkeypatch.setattr(uniloss.TracedMetric, "_full_trace", lambda self, *a: traces.append(1) or full(self, *a))
+    for seed in range(3):
+        s, y = _multiclass(seed, n=24, c=4)
+        s = 3 * s.float()
+        assert float(traced.metric(s, y)) == pytest.approx(float(fn(s, y)), abs=1e-6)
+        plan = traced.prepare(s, y)
+        comparisons = traced.comparisons(s, plan)
+        torch.testing.assert_close(comparisons, written.comparisons(s, written.prepare(s, y)))
+        assert float(comparisons.abs().max()) > 1.5  # logits' units: a probabilities' difference is at most 1
+        grads = []
+        for metric in (traced, written):
+            x = s.clone().requires_grad_()
+            loss = uniloss.UniLoss(metric, generator=_gen(seed))(x, y)
+            loss.backward()
+            grads.append((loss.detach(), x.grad))
+        torch.testing.assert_close(grads[0], grads[1])
+        if seed == 0:
+            traces.clear()  # the first calls traced
+    assert not traces  # the later calls re-ran fn and looked through the softmax again
+
+
 # --------------------------------------------------------------------------- what cannot be traced
 
 

@@ -18,8 +18,9 @@ a function of their discrete results. :func:`from_metric` runs ``fn`` once per l
    one anchor at a time where ``fn`` cannot be vmapped).
 
 Monotone maps between the scores and a discrete step are looked through (``sigmoid(s) > 0.5``
-compares ``s`` with 0, ``softmax(s).argmax(1)`` is ``s.argmax(1)``), so the comparisons are score
-differences in the scores' own units. What cannot be traced raises :class:`TraceError` naming the
+compares ``s`` with 0, ``softmax(s).argmax(1)`` is ``s.argmax(1)``, a column of ``softmax(s, 1)``
+ranked over the samples is ranked by ``log_softmax``'s), so the comparisons are score differences in
+the scores' own units. What cannot be traced raises :class:`TraceError` naming the
 operation and the line of ``fn``.
 
 What makes it cheap (``benchmarks/from_metric_training.py``):
@@ -1856,7 +1857,7 @@ class _Graph:
     snapshots: frozenset  # operations whose first argument is copied before they run
     calls: List[Tuple["_Call", Dict[str, tuple]]]  # each discrete step without tensors, and their references
     finished: List[int]  # the steps whose monotone maps are looked through (trained and their aliases)
-    chains: List[tuple]  # (reference, score, (op, parent, constant) or None): what looking through reads
+    chains: List[tuple]  # (reference, score, (op, parent, constant) or None, view or None): what looking through reads
     trained: List[int]
     guards: Dict[int, str]
     aliases: Dict[int, int]
@@ -2355,6 +2356,7 @@ class _Mode(TorchFunctionMode):
         self.force = force or {}  # a trace's step -> (payload, format): it returns that configuration's output
         self.info: Dict[int, _Info] = {id(scores): _Info(True, frozenset())}
         self.keep: List[Any] = [scores]
+        self.logged: Dict[tuple, Tensor] = {}  # see _log_of_softmax: one tensor per ranked input
         self.tracing = calls is None
         self.calls: List[_Call] = [] if calls is None else calls
         self.payloads = payloads or {}
@@ -2769,7 +2771,7 @@ class _Mode(TorchFunctionMode):
         while True:
             info = self._get(x)
             if info is None or info.peel is None:
-                return x, sign
+                return self._log_of_softmax(x), sign
             op, parent, const = info.peel
             if op in _INCREASING or op in _IDENTITY_OPS:
                 pass
@@ -2787,10 +2789,48 @@ class _Mode(TorchFunctionMode):
                     sign = -sign
             elif op in _SOFTMAX:
                 if dim is None or const % x.dim() != dim:
-                    return x, sign
+                    return self._log_of_softmax(x), sign
             else:
                 return x, sign
             x = parent
+
+    def _log_of_softmax(self, x: Tensor) -> Tensor:
+        """``x`` itself, or, where it is a softmax's output over another dimension than the
+        ranking's (a class's column of ``softmax(s, 1)`` ranked over the samples, as torchmetrics'
+        one-vs-rest curves take it), moved by constants, the same moves of ``log_softmax``: the log
+        is increasing, so the order is the same, and the comparisons are in the scores' units
+        (``s_ic - s_jc`` less the rows' log-sum-exps) instead of probabilities', whose differences
+        are at most 1 and vanish where a row saturates."""
+        moves: List[tuple] = []
+        t = x
+        for _ in range(64):
+            info = self._get(t)
+            if info is None:
+                return x
+            if info.view is not None:
+                parent, func, rest, kw = info.view
+                if any(True for _ in _walk_tensors((rest, kw))):
+                    return x  # the same moves on every call only (see _Graph's chains)
+                moves.insert(0, (func, rest, kw))
+                t = parent
+            elif info.peel is not None and info.peel[0] in _IDENTITY_OPS:
+                t = info.peel[1]  # a copy or a cast: the same values in the same places
+            elif info.peel is not None and info.peel[0] in ("softmax", "special_softmax") and \
+                    isinstance(info.peel[2], int):
+                break
+            else:
+                return x
+        else:
+            return x
+        _, parent, dim = cast(tuple, cast(_Info, self._get(t)).peel)
+        key = (id(x), "log")
+        if key not in self.logged:
+            out = torch.log_softmax(parent, dim)
+            for func, rest, kw in moves:
+                out = func(out, *rest, **kw)
+            self.logged[key] = out.to(x.dtype) if out.dtype != x.dtype else out
+            self.keep.append(x)
+        return self.logged[key]
 
     def _compare(self, func, name: str, args: Sequence, kwargs: Dict) -> Any:
         if len(args) < 2:
@@ -3673,12 +3713,14 @@ class TracedMetric(Decomposition):
             calls.append(call)
         if graph.finished:
             looking = _Mode(self.fn, scores, calls=[])
-            for ref, score, peel in graph.chains:
+            for ref, score, peel, view in graph.chains:
                 t = resolve(ref)
                 if peel is not None:
                     op, parent, const = peel
                     peel = (op, resolve(parent), resolve(const.ref) if isinstance(const, _Static) else const)
-                looking.info[id(t)] = _Info(score, frozenset(), peel)
+                if view is not None:
+                    view = (resolve(view[0]),) + tuple(view[1:])
+                looking.info[id(t)] = _Info(score, frozenset(), peel, view)
                 looking.keep.append(t)
             for s in graph.finished:
                 looking.finish(calls[s])
@@ -3791,12 +3833,18 @@ class TracedMetric(Decomposition):
             info = mode._get(t)
             if info is None:
                 continue
-            peel = info.peel
+            peel, view = info.peel, info.view
             if peel is not None:
                 op, parent, const = peel
                 peel = (op, ref(parent), _Static(ref(const)) if isinstance(const, Tensor) else const)
                 starts.append(parent)
-            chains[id(t)] = (ref(t), info.score, peel)
+            if view is not None and any(True for _ in _walk_tensors(view[2:])):
+                view = None  # a move by a tensor: _log_of_softmax does not look through it either
+            if view is not None:  # moves by constants: a softmax's column (_log_of_softmax)
+                parent, func, rest, kw = view
+                view = (ref(parent), func, rest, kw)
+                starts.append(parent)
+            chains[id(t)] = (ref(t), info.score, peel, view)
         derived = cast(_Recorder, mode.rec).derived
         for step in trace.tape.steps if trace.tape is not None and derived else ():
             live = {i for i, _ in step.fills}
@@ -4806,7 +4854,9 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
       (or of its leading dimensions), else probing.
 
     Monotone maps before a step are looked through (``sigmoid(s) > 0.5`` is ``s > 0``;
-    ``softmax(s, 1).argmax(1)`` is ``s.argmax(1)``), so the comparisons are in the scores' units. The
+    ``softmax(s, 1).argmax(1)`` is ``s.argmax(1)``; a class's column of ``softmax(s, 1)`` ranked over
+    the samples, as torchmetrics' one-vs-rest curves rank logits, is ranked by ``log_softmax``'s),
+    so the comparisons are in the scores' units. The
     anchors are evaluated by replaying ``fn`` with each step returning the outputs decoded from the
     anchor's bits, batched with :func:`torch.func.vmap` (or one call per anchor where ``fn`` cannot
     be vmapped: a warning says so once). Steps whose results only steer Python control flow
