@@ -5,6 +5,7 @@ configuration the trace infers, the cost of a loss call and what training on the
     python benchmarks/traced_class_curves.py c95936b --quick    # a smoke run (2 epochs, 1 seed)
     python benchmarks/traced_class_curves.py c95936b --costs-only   # the best configurations and costs
     python benchmarks/traced_class_curves.py c95936b --pull-probe   # the per-class AP, the pull varied
+    python benchmarks/traced_class_curves.py 8b3393e --multilabel   # torchmetrics' per-label AP, trained
 
 ``multiclass_auroc`` and ``multiclass_average_precision`` rank each class's column of the scores
 with its own ``argsort`` and read ``target[order] == c``: the relevance of class ``c``'s ranking
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import os
 import statistics
 import sys
@@ -94,6 +96,47 @@ def pull_probe(epochs: int, seeds: list) -> None:
         print(f"| {route} | {options or 'defaults'} | {mean:.2f} ± {std:.2f} | {seeds_text} |", flush=True)
 
 
+def multilabel(packages: dict, draws: list, epochs: int) -> None:
+    """``--multilabel``: torchmetrics' ``multilabel_average_precision`` (each label's column of
+    ``sigmoid(preds)`` ranked) trained through each version's ``from_metric`` on the multi-label
+    MNIST mosaics of ``benchmarks/capacity_probe.py``'s ``mlabel-map`` (MLP 784-128-10, batch 128,
+    SGD lr 0.1 momentum 0.9, cosine over the epochs; ``draw`` the data's draw and the seed),
+    beside binary cross-entropy and the zoo's form (``zoo.average_precision()``, each label a
+    query); the test split's mean AP over the labels."""
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    from uniloss import zoo
+    from uniloss.decoders import RankingTarget
+
+    fn = functools.partial(multilabel_average_precision, num_labels=C)
+    routes = {"binary cross-entropy": lambda seed: lambda s, y: F.binary_cross_entropy_with_logits(s, y.float())}
+
+    def zoo_route(seed):
+        loss = uniloss.UniLoss(zoo.average_precision(), generator=torch.Generator().manual_seed(seed + 1000))
+        return lambda s, y: loss(*(lambda f, r, q: (f, RankingTarget(r, q)))(*M._by_label(s, y)))
+
+    routes["UniLoss, the zoo's form"] = zoo_route
+    for name, pkg in packages.items():
+        routes[f"UniLoss, traced, {name}"] = (lambda pkg: lambda seed: pkg.UniLoss(
+            pkg.from_metric(fn), generator=torch.Generator().manual_seed(seed + 1000)))(pkg)
+    print(f"\n## torchmetrics' `multilabel_average_precision` on MNIST mosaics, {epochs} epochs, draws {draws}: "
+          "test mean AP x100\n")
+    print("| loss | test mean AP | draws |")
+    print("|---|---|---|")
+    for route, make in routes.items():
+        results = []
+        for draw in draws:
+            xtr, ytr, _, _, xte, yte = M.multilabel_mnist(draw)
+            model = M.seeded(draw, lambda: M.mlp(784, 128, C))
+            gen = torch.Generator().manual_seed(draw)
+            opt, loss = M.sgd(model, 0.1), make(draw)
+            test = M.fit(model, opt, M.shuffled(len(ytr), 128, gen), lambda m, idx: loss(m(xtr[idx]), ytr[idx]),
+                         epochs, lambda m: 100 * M.multilabel_map(m(xte), yte), M.cosine(opt, epochs))
+            results.append(test[-1])
+        cell = f"{statistics.mean(results):.2f} ± {statistics.pstdev(results):.2f}"
+        print(f"| {route} | {cell} | {' '.join(f'{r:.2f}' for r in results)} |", flush=True)
+
+
 def _zoo_route(name: str, seed: int, **options):
     """The zoo's form of the same metric: each class a query of the ``[n, C]`` scores (one-vs-rest)."""
     from uniloss import zoo
@@ -153,11 +196,11 @@ def costs(packages: dict, calls: int) -> list:
     return rows
 
 
-def train(loss_fn, seed: int, epochs: int, metric) -> float:
+def train(loss_fn, seed: int, epochs: int, metric, lr: float = 0.1) -> float:
     xtr, xte, ytr, yte = M.digits_split()
     model = M.seeded(seed, lambda: M.mlp(64, 128, C))
     gen = torch.Generator().manual_seed(seed)
-    opt = M.sgd(model, 0.1)
+    opt = M.sgd(model, lr)
     test = M.fit(model, opt, M.shuffled(len(ytr), 128, gen), lambda m, idx: loss_fn(m(xtr[idx]), ytr[idx]), epochs,
                  lambda m: float(metric(m(xte), yte)), M.cosine(opt, epochs))
     return 100 * test[-1]
@@ -171,6 +214,10 @@ def main(argv=None) -> None:
     parser.add_argument("--costs-only", action="store_true", help="the best configurations and the costs only")
     parser.add_argument("--pull-probe", action="store_true",
                         help="only the training of the per-class AP with the pull's options varied")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.1],
+                        help="the training table at each of these SGD rates (default: the recipe's 0.1)")
+    parser.add_argument("--multilabel", action="store_true",
+                        help="only torchmetrics' multi-label AP trained on MNIST mosaics, REF against this checkout")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     epochs, seeds = (2, [0]) if args.quick else (20, [0, 1, 2])
@@ -182,8 +229,15 @@ def main(argv=None) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         packages = {args.ref: load_ref(tmp, args.ref), "this checkout": uniloss}
+        if args.multilabel:
+            quick = " --quick" if args.quick else ""
+            print(f"`python benchmarks/traced_class_curves.py {args.ref} --multilabel{quick}`; "
+                  f"torch {torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}.")
+            multilabel(packages, [0] if args.quick else [0, 1, 2], 1 if args.quick else 5)
+            return
         print(f"# torchmetrics' per-class curves through from_metric: this checkout against {args.ref}\n")
-        print(f"`python benchmarks/traced_class_curves.py {args.ref}{' --quick' if args.quick else ''}`; "
+        lrs = "" if args.lrs == [0.1] else " --lrs " + " ".join(f"{lr:g}" for lr in args.lrs)
+        print(f"`python benchmarks/traced_class_curves.py {args.ref}{' --quick' if args.quick else ''}{lrs}`; "
               f"torch {torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}.\n")
         print("## The metric at the inferred best configuration (128 digits' labels, random scores)\n")
         print(f"| metric | {args.ref} | its comparisons | this checkout | its comparisons |")
@@ -200,23 +254,23 @@ def main(argv=None) -> None:
         if args.costs_only:
             return
         print(f"\n## Training on digits, {epochs} epochs, seeds {seeds}: test metric x100\n")
-        print(f"| metric trained and tested | cross-entropy | UniLoss, the zoo's form | UniLoss, {args.ref} | "
-              f"UniLoss, this checkout | this - {args.ref}, seed by seed |")
-        print("|---|---|---|---|---|---|")
-        for name, fn in _metrics().items():
+        print(f"| metric trained and tested | SGD rate | cross-entropy | UniLoss, the zoo's form | "
+              f"UniLoss, {args.ref} | UniLoss, this checkout | this - {args.ref}, seed by seed |")
+        print("|---|---|---|---|---|---|---|")
+        for (name, fn), lr in itertools.product(_metrics().items(), args.lrs):
             results = {"ce": [], "zoo": [], "ref": [], "this": []}
             for seed in seeds:
                 gen = lambda: torch.Generator().manual_seed(seed + 1000)  # noqa: E731
-                results["ce"].append(train(F.cross_entropy, seed, epochs, fn))
-                results["zoo"].append(train(_zoo_route(name, seed), seed, epochs, fn))
+                results["ce"].append(train(F.cross_entropy, seed, epochs, fn, lr))
+                results["zoo"].append(train(_zoo_route(name, seed), seed, epochs, fn, lr))
                 results["ref"].append(train(packages[args.ref].UniLoss(packages[args.ref].from_metric(fn),
-                                                                       generator=gen()), seed, epochs, fn))
+                                                                       generator=gen()), seed, epochs, fn, lr))
                 results["this"].append(train(uniloss.UniLoss(uniloss.from_metric(fn), generator=gen()), seed,
-                                             epochs, fn))
+                                             epochs, fn, lr))
             diff = [a - b for a, b in zip(results["this"], results["ref"])]
             cell = lambda v: f"{statistics.mean(v):.2f} ± {statistics.pstdev(v):.2f}"  # noqa: E731
             ahead = sum(d > 0 for d in diff)
-            print(f"| `{name}` | {cell(results['ce'])} | {cell(results['zoo'])} | {cell(results['ref'])} | "
+            print(f"| `{name}` | {lr:g} | {cell(results['ce'])} | {cell(results['zoo'])} | {cell(results['ref'])} | "
                   f"{cell(results['this'])} | "
                   f"{statistics.mean(diff):+.2f} ± {statistics.pstdev(diff):.2f} (ahead on {ahead} of {len(diff)}) |",
                   flush=True)

@@ -721,6 +721,25 @@ def test_a_ranking_of_a_column_takes_the_targets_column_as_relevance():
     torch.testing.assert_close(x.grad, z.grad)
 
 
+def test_a_ranking_per_column_pulls_as_the_zoos_form_of_its_items():
+    """The pull per run of a ranking per label's column is divided by the items ranked (``n L``),
+    as the zoo's form of the same metric divides it, each label a query of the flattened scores
+    (binary cross-entropy's mean over the ``[n, L]`` elements): the same loss and gradient with the
+    pull on, where dividing by the scores' first dimension ``n`` pulled ``L`` times as hard."""
+    scores, target = _multilabel(5)
+    n, labels = scores.shape
+    x, z = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    traced = uniloss.UniLoss(from_metric(column_mean_ap), pull_weights="equal")
+    hand = uniloss.UniLoss(zoo.average_precision(), pull_per="run", pull_weights="equal")
+    query = torch.arange(labels).repeat_interleave(n)
+    a = traced(x, target)
+    b = hand(z.T.reshape(-1), RankingTarget(target.T.reshape(-1), query))
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(x.grad, z.grad)
+
+
 def test_a_target_the_scores_moves_cannot_take_is_no_relevance():
     """`view` of a transposed (non-contiguous) target fails: no relevance from it, a TraceError
     (not the view's RuntimeError)."""
@@ -752,6 +771,50 @@ def test_torchmetrics_multilabel_rankings_trace(name):
     pairs = sum(int(target[:, i].sum()) * int((1 - target[:, i]).sum()) for i in range(3))
     assert metric.prepare(scores, target).num_bits == pairs  # each label's positives against its negatives
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("name", ["hand", "multilabel_average_precision", "multilabel_ranking_average_precision",
+                                  "multilabel_ranking_loss"])
+def test_a_ranking_under_moves_of_a_sigmoid_compares_the_scores(name, monkeypatch):
+    """A column (or a row) of ``s.sigmoid()`` ranked: the sigmoid is looked through under the move,
+    as without one, so the comparisons are the scores' differences, linear in the scores (a
+    probabilities' difference is at most 1 and flattens as the scores grow); by hand, those of
+    the same metric on the raw scores' columns, with its loss and gradient, on the first call and
+    on the re-runs after it. torchmetrics' multi-label curves take a column of ``sigmoid(preds)``,
+    its label rankings a row of ``-sigmoid(preds)`` (the ranking loss after a row filter from the
+    target, a move by a tensor)."""
+    if name == "hand":
+        fn = lambda s, y: column_mean_ap(s.sigmoid(), y)  # noqa: E731
+    else:
+        _tm()
+        from torchmetrics.functional import classification
+
+        fn = functools.partial(getattr(classification, name), num_labels=3)
+    traced = from_metric(fn, higher_is_better=name != "multilabel_ranking_loss")
+    written = from_metric(column_mean_ap)
+    traces = []
+    full = uniloss.TracedMetric._full_trace
+    monkeypatch.setattr(uniloss.TracedMetric, "_full_trace", lambda self, *a: traces.append(1) or full(self, *a))
+    for seed in range(3):
+        scores, target = _multilabel(seed)
+        scores = scores.float()
+        if seed == 1:
+            traces.clear()  # the first calls traced
+        assert float(traced.metric(scores, target)) == pytest.approx(float(fn(scores, target)), abs=1e-6)
+        comparisons = [traced.comparisons(k * scores, traced.prepare(k * scores, target)) for k in (1, 4)]
+        torch.testing.assert_close(comparisons[1], 4 * comparisons[0])
+        if name != "hand":
+            continue
+        torch.testing.assert_close(comparisons[0], written.comparisons(scores, written.prepare(scores, target)))
+        grads = []
+        for metric in (traced, written):
+            x = scores.clone().requires_grad_()
+            loss = uniloss.UniLoss(metric, generator=_gen(seed))(x, target)
+            loss.backward()
+            grads.append((loss.detach(), x.grad))
+        torch.testing.assert_close(grads[0], grads[1])
+    if name == "hand":
+        assert not traces  # the later calls re-ran fn and looked through the sigmoid under the move again
 
 
 def _softmax_column_ap(s, y, log=False):

@@ -2356,7 +2356,7 @@ class _Mode(TorchFunctionMode):
         self.force = force or {}  # a trace's step -> (payload, format): it returns that configuration's output
         self.info: Dict[int, _Info] = {id(scores): _Info(True, frozenset())}
         self.keep: List[Any] = [scores]
-        self.logged: Dict[tuple, Tensor] = {}  # see _log_of_softmax: one tensor per ranked input
+        self.logged: Dict[tuple, Tensor] = {}  # see _peel_rank: the tensors it makes, by what they look through
         self.tracing = calls is None
         self.calls: List[_Call] = [] if calls is None else calls
         self.payloads = payloads or {}
@@ -2766,70 +2766,73 @@ class _Mode(TorchFunctionMode):
 
     def _peel_rank(self, x: Tensor, dim: Optional[int]) -> Tuple[Tensor, int]:
         """Look through order-preserving maps: ``x`` is increasing (``sign`` 1) or decreasing
-        (-1) in the returned tensor, elementwise (or along ``dim``, for softmax)."""
-        sign = 1
-        while True:
-            info = self._get(x)
-            if info is None or info.peel is None:
-                return self._log_of_softmax(x), sign
+        (-1) in the returned tensor, elementwise (or along ``dim``, for softmax), so that a ranking
+        compares the scores in their own units. Also under moves by constants (a column
+        ``s.sigmoid()[:, i]``, a row of ``-s.sigmoid()``, as torchmetrics' multi-label curves and
+        label rankings take logits): the returned tensor is then the same moves of the tensor
+        looked through to, made here once per ``x``. A softmax over another dimension than the
+        ranking's (a class's column of ``softmax(s, 1)`` ranked over the samples: torchmetrics'
+        one-vs-rest curves), or under moves, is not monotone in its input, but its log is:
+        ``log_softmax``, the scores less each row's log-sum-exp, instead of probabilities, whose
+        differences are at most 1 and vanish where a row saturates."""
+        moves: List[tuple] = []
+        sign, peeled, t = 1, False, x
+        for _ in range(256):
+            info = self._get(t)
+            if info is None:
+                break
+            if info.view is not None:
+                parent, func, rest, kw = info.view
+                if parent is t:
+                    break  # `contiguous` returning itself
+                # (a move by a tensor, a row filter from the target, is this run's: such a trace is
+                # not re-run (_Graph), so its rankings are looked through anew each call)
+                moves.insert(0, (func, rest, kw))
+                t = parent
+                continue
+            if info.peel is None:
+                break
             op, parent, const = info.peel
             if op in _INCREASING or op in _IDENTITY_OPS:
                 pass
             elif op in _DECREASING or op == "rsub":
                 if op == "rsub" and not _scalar(const):
-                    return x, sign
+                    break
                 sign = -sign
             elif op in ("add", "sub"):
                 if not _scalar(const):
-                    return x, sign
+                    break
             elif op in ("mul", "div"):
                 if not _scalar(const) or float(const) == 0:
-                    return x, sign
+                    break
                 if float(const) < 0:
                     sign = -sign
             elif op in _SOFTMAX:
-                if dim is None or const % x.dim() != dim:
-                    return self._log_of_softmax(x), sign
+                if moves or dim is None or const % t.dim() != dim:
+                    if op in ("softmax", "special_softmax"):
+                        logged = lambda: torch.log_softmax(parent, const)  # noqa: E731
+                        t, peeled = self._cached(("log_softmax", id(t)), t, logged), True
+                    break
             else:
-                return x, sign
-            x = parent
-
-    def _log_of_softmax(self, x: Tensor) -> Tensor:
-        """``x`` itself, or, where it is a softmax's output over another dimension than the
-        ranking's (a class's column of ``softmax(s, 1)`` ranked over the samples, as torchmetrics'
-        one-vs-rest curves take it), moved by constants, the same moves of ``log_softmax``: the log
-        is increasing, so the order is the same, and the comparisons are in the scores' units
-        (``s_ic - s_jc`` less the rows' log-sum-exps) instead of probabilities', whose differences
-        are at most 1 and vanish where a row saturates."""
-        moves: List[tuple] = []
-        t = x
-        for _ in range(64):
-            info = self._get(t)
-            if info is None:
-                return x
-            if info.view is not None:
-                parent, func, rest, kw = info.view
-                if any(True for _ in _walk_tensors((rest, kw))):
-                    return x  # the same moves on every call only (see _Graph's chains)
-                moves.insert(0, (func, rest, kw))
-                t = parent
-            elif info.peel is not None and info.peel[0] in _IDENTITY_OPS:
-                t = info.peel[1]  # a copy or a cast: the same values in the same places
-            elif info.peel is not None and info.peel[0] in ("softmax", "special_softmax") and \
-                    isinstance(info.peel[2], int):
                 break
-            else:
-                return x
-        else:
-            return x
-        _, parent, dim = cast(tuple, cast(_Info, self._get(t)).peel)
-        key = (id(x), "log")
-        if key not in self.logged:
-            out = torch.log_softmax(parent, dim)
+            t, peeled = parent, True
+        if not moves or not peeled:
+            return (x if moves else t), sign
+
+        def moved() -> Tensor:
+            out = t
             for func, rest, kw in moves:
                 out = func(out, *rest, **kw)
-            self.logged[key] = out.to(x.dtype) if out.dtype != x.dtype else out
-            self.keep.append(x)
+            return out
+
+        return self._cached(("moved", id(x)), x, moved), sign
+
+    def _cached(self, key: tuple, holder: Tensor, make: Callable[[], Tensor]) -> Tensor:
+        """One tensor per key in a run (a ranking's base made by looking through: the same object
+        for every step that ranks ``holder``, whose id the key holds and which is kept alive)."""
+        if key not in self.logged:
+            self.logged[key] = make()
+            self.keep.append(holder)
         return self.logged[key]
 
     def _compare(self, func, name: str, args: Sequence, kwargs: Dict) -> Any:
@@ -3113,6 +3116,12 @@ class _Site:
     def num_runs(self) -> int:
         return self._lengths().numel()
 
+    def samples(self) -> Optional[int]:
+        """How many samples the step's runs are drawn from (the pull per run is divided by the
+        larger of this, summed over the steps, and the runs), ``None`` where unknown (the batch size
+        then)."""
+        return None
+
     def _lengths(self) -> Tensor:
         lengths = self.runs()
         if lengths is None:
@@ -3223,6 +3232,9 @@ class _ClassSite(_Site):
         if self.mode == "label":
             return self.num_rows if self.num_bits else 0
         return self.sets.pos_row.numel()
+
+    def samples(self) -> int:
+        return self.num_runs()  # the rows with comparisons (not those an ignore index leaves out): cross-entropy's count
 
     def decode_zeros(self, zeros: Tensor) -> Any:
         if self.mode != "label" or self.call.k is not None:
@@ -3364,6 +3376,9 @@ class _RankSite(_Site):
         if self.binary:
             return self.pos.numel() if self.num_bits else 0
         return self._lengths().numel()
+
+    def samples(self) -> int:
+        return self.flat.numel()  # the items of every query (a column per label: n L, as the zoo's form counts)
 
     def decode_zeros(self, zeros: Tensor) -> Tuple[Tensor, Tensor]:
         if self.binary:
@@ -3523,6 +3538,9 @@ class _CompareSite(_Site):
 
     def num_runs(self) -> int:
         return self.num_bits
+
+    def samples(self) -> int:
+        return self.num_bits  # each element compared
 
     def decode_zeros(self, zeros: Tensor) -> Tensor:
         return self.decode(zeros == 0)
@@ -3839,8 +3857,8 @@ class TracedMetric(Decomposition):
                 peel = (op, ref(parent), _Static(ref(const)) if isinstance(const, Tensor) else const)
                 starts.append(parent)
             if view is not None and any(True for _ in _walk_tensors(view[2:])):
-                view = None  # a move by a tensor: _log_of_softmax does not look through it either
-            if view is not None:  # moves by constants: a softmax's column (_log_of_softmax)
+                view = None  # a move by a tensor: not re-run (checked above), nothing to refer to
+            if view is not None:  # moves by constants: a column of sigmoid(s) or of softmax(s, 1) (_peel_rank)
                 parent, func, rest, kw = view
                 view = (ref(parent), func, rest, kw)
                 starts.append(parent)
@@ -4495,7 +4513,13 @@ class TracedMetric(Decomposition):
         if not plan.structured:
             return None
         runs = plan.width if plan.width is not None else plan.run_lengths
-        structure = Structure(runs, lambda zeros: self.evaluate_zeros(zeros, plan))
+        # the pull per run over the samples the steps compare, not the scores' first dimension: a
+        # ranking per label's column of [n, L] scores draws its runs from n L items, as the zoo's form
+        # of the same metric counts them and binary cross-entropy averages (over n, the pull was L
+        # times the zoo's: torchmetrics' multi-label AP at lr 0.1 blew the scores up)
+        samples = [s.samples() for s in plan.sites if s.num_bits]
+        rows = sum(cast(List[int], samples)) if None not in samples else None
+        structure = Structure(runs, lambda zeros: self.evaluate_zeros(zeros, plan), rows=rows)
         cut = self._chain_by_sums(plan)
         if cut is not None:
             return replace(structure, chain=cut[0], chain_by_runs=cut[1])
@@ -4508,7 +4532,7 @@ class TracedMetric(Decomposition):
         limits, l = current_limits(), plan.num_bits
         num = l // runs if isinstance(runs, int) else int(cast(Tensor, runs).numel())
         points = min(l, limits.chain_elements // max(num, 1) - 1) + 1
-        return structure if points * l <= limits.chain_elements else Structure(runs)
+        return structure if points * l <= limits.chain_elements else Structure(runs, rows=rows)
 
     def _chain_by_sums(self, plan: _Plan) -> Optional[Tuple[Callable[..., Tensor], bool]]:
         """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the elements of the
