@@ -3234,7 +3234,7 @@ class _ClassSite(_Site):
         return self.sets.pos_row.numel()
 
     def samples(self) -> int:
-        return self.num_runs()  # the rows with comparisons (not those an ignore index leaves out): cross-entropy's count
+        return self.num_runs()  # the rows with comparisons (not those an ignore index leaves out), as CE counts
 
     def decode_zeros(self, zeros: Tensor) -> Any:
         if self.mode != "label" or self.call.k is not None:
@@ -4878,9 +4878,12 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
       (or of its leading dimensions), else probing.
 
     Monotone maps before a step are looked through (``sigmoid(s) > 0.5`` is ``s > 0``;
-    ``softmax(s, 1).argmax(1)`` is ``s.argmax(1)``; a class's column of ``softmax(s, 1)`` ranked over
-    the samples, as torchmetrics' one-vs-rest curves rank logits, is ranked by ``log_softmax``'s),
-    so the comparisons are in the scores' units. The
+    ``softmax(s, 1).argmax(1)`` is ``s.argmax(1)``; a column ``s.sigmoid()[:, i]`` ranked is
+    ``s[:, i]`` ranked; a class's column of ``softmax(s, 1)`` ranked over the samples, as
+    torchmetrics' one-vs-rest curves rank logits, is ranked by ``log_softmax``'s), so the
+    comparisons are in the scores' units. The pull per run is divided by the larger of the runs and
+    the samples the steps compare (a ranking's items over all its queries, as the zoo's form of the
+    same metric counts them). The
     anchors are evaluated by replaying ``fn`` with each step returning the outputs decoded from the
     anchor's bits, batched with :func:`torch.func.vmap` (or one call per anchor where ``fn`` cannot
     be vmapped: a warning says so once). Steps whose results only steer Python control flow
