@@ -113,7 +113,12 @@ def multilabel(packages: dict, draws: list, epochs: int) -> None:
 
     def zoo_route(seed):
         loss = uniloss.UniLoss(zoo.average_precision(), generator=torch.Generator().manual_seed(seed + 1000))
-        return lambda s, y: loss(*(lambda f, r, q: (f, RankingTarget(r, q)))(*M._by_label(s, y)))
+
+        def route(s, y):  # each label's column a query of the flattened, label-major scores
+            query = torch.arange(s.shape[1]).repeat_interleave(s.shape[0])
+            return loss(s.T.reshape(-1), RankingTarget(y.T.reshape(-1), query))
+
+        return route
 
     routes["UniLoss, the zoo's form"] = zoo_route
     for name, pkg in packages.items():
