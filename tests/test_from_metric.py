@@ -773,6 +773,17 @@ def test_torchmetrics_multilabel_rankings_trace(name):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def _same_loss_and_gradient(a, b, scores, target, seed):
+    """UniLoss at its defaults on two decompositions of one metric: the same loss and gradient."""
+    grads = []
+    for metric in (a, b):
+        x = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(metric, generator=_gen(seed))(x, target)
+        loss.backward()
+        grads.append((loss.detach(), x.grad))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 @pytest.mark.parametrize("name", ["hand", "multilabel_average_precision", "multilabel_ranking_average_precision",
                                   "multilabel_ranking_loss"])
 def test_a_ranking_under_moves_of_a_sigmoid_compares_the_scores(name, monkeypatch):
@@ -806,13 +817,7 @@ def test_a_ranking_under_moves_of_a_sigmoid_compares_the_scores(name, monkeypatc
         if name != "hand":
             continue
         torch.testing.assert_close(comparisons[0], written.comparisons(scores, written.prepare(scores, target)))
-        grads = []
-        for metric in (traced, written):
-            x = scores.clone().requires_grad_()
-            loss = uniloss.UniLoss(metric, generator=_gen(seed))(x, target)
-            loss.backward()
-            grads.append((loss.detach(), x.grad))
-        torch.testing.assert_close(grads[0], grads[1])
+        _same_loss_and_gradient(traced, written, scores, target, seed)
     if name == "hand":
         assert not traces  # the later calls re-ran fn and looked through the sigmoid under the move again
 
@@ -851,13 +856,7 @@ def test_a_softmax_column_ranked_is_compared_in_the_scores_units(fn, monkeypatch
         comparisons = traced.comparisons(s, plan)
         torch.testing.assert_close(comparisons, written.comparisons(s, written.prepare(s, y)))
         assert float(comparisons.abs().max()) > 1.5  # logits' units: a probabilities' difference is at most 1
-        grads = []
-        for metric in (traced, written):
-            x = s.clone().requires_grad_()
-            loss = uniloss.UniLoss(metric, generator=_gen(seed))(x, y)
-            loss.backward()
-            grads.append((loss.detach(), x.grad))
-        torch.testing.assert_close(grads[0], grads[1])
+        _same_loss_and_gradient(traced, written, s, y, seed)
         if seed == 0:
             traces.clear()  # the first calls traced
     assert not traces  # the later calls re-ran fn and looked through the softmax again
