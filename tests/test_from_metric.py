@@ -6,6 +6,7 @@ torchmetrics' functional metrics unmodified; clear errors for what cannot be tra
 """
 
 import functools
+import math
 import warnings
 
 import pytest
@@ -822,20 +823,26 @@ def test_a_ranking_under_moves_of_a_sigmoid_compares_the_scores(name, monkeypatc
         assert not traces  # the later calls re-ran fn and looked through the sigmoid under the move again
 
 
+def _one_vs_rest(s):
+    """Each entry of ``[n, C]`` logits less the log-sum-exp of its row's others: the logit of
+    ``softmax(s, 1)``'s entry, ``log(p / (1 - p))``."""
+    return torch.stack([s[:, c] - torch.cat([s[:, :c], s[:, c + 1:]], 1).logsumexp(1) for c in range(s.shape[1])], 1)
+
+
 def _softmax_column_ap(s, y, log=False):
-    """Each class's AP, its column of ``softmax(s, 1)`` (or of ``log_softmax``) ranked over the
-    samples, as torchmetrics' one-vs-rest curves take logits."""
-    p = s.log_softmax(1) if log else s.softmax(1)
+    """Each class's AP, its column of ``softmax(s, 1)`` (or of its one-vs-rest logits) ranked over
+    the samples, as torchmetrics' one-vs-rest curves take logits."""
+    p = _one_vs_rest(s) if log else s.softmax(1)
     return torch.stack([average_precision(p[:, c], (y == c).long()) for c in range(s.shape[1])]).mean()
 
 
 @pytest.mark.parametrize("fn", ["hand", "multiclass_average_precision"])
 def test_a_softmax_column_ranked_is_compared_in_the_scores_units(fn, monkeypatch):
     """A column of ``softmax(s, 1)`` ranked over the samples is not a monotone map of ``s[:, c]``,
-    but its log is ``log_softmax``'s column: the same order, in the scores' units. The comparisons,
-    loss and gradient are those of the same metric written with ``log_softmax`` (whose values are
-    the scores' less each row's log-sum-exp, not probabilities' differences of at most 1), on the
-    first call and on the re-runs after it; the metric itself is fn's."""
+    but it is the sigmoid of the one-vs-rest logits (each logit less its row's others' log-sum-exp):
+    the same order, in the scores' units. The comparisons, loss and gradient are those of the same
+    metric written on those logits (not probabilities' differences of at most 1), on the first call
+    and on the re-runs after it; the metric itself is fn's."""
     if fn == "hand":
         fn = _softmax_column_ap
     else:
@@ -843,23 +850,62 @@ def test_a_softmax_column_ranked_is_compared_in_the_scores_units(fn, monkeypatch
         from torchmetrics.functional.classification import multiclass_average_precision
 
         fn = functools.partial(multiclass_average_precision, num_classes=4)
-    reference = functools.partial(_softmax_column_ap, log=True)
-    traced, written = from_metric(fn), from_metric(reference)
+    batches = [(3 * s.float(), y) for s, y in (_multiclass(seed, n=24, c=4) for seed in range(3))]
+    _compared_as_written(fn, functools.partial(_softmax_column_ap, log=True), batches, monkeypatch)
+
+
+def _compared_as_written(fn, reference, batches, monkeypatch, higher_is_better=True):
+    """``fn`` through ``from_metric`` gives its own value, and the comparisons, loss and gradient
+    of ``reference``, the same decisions written on the scores' units (a comparison beyond a
+    probabilities' difference of 1), on the first call and on the re-runs after it, which look
+    through again without tracing."""
+    traced, written = (from_metric(f, higher_is_better=higher_is_better) for f in (fn, reference))
     traces = []
     full = uniloss.TracedMetric._full_trace
     monkeypatch.setattr(uniloss.TracedMetric, "_full_trace", lambda self, *a: traces.append(1) or full(self, *a))
-    for seed in range(3):
-        s, y = _multiclass(seed, n=24, c=4)
-        s = 3 * s.float()
+    for i, (s, y) in enumerate(batches):
         assert float(traced.metric(s, y)) == pytest.approx(float(fn(s, y)), abs=1e-6)
-        plan = traced.prepare(s, y)
-        comparisons = traced.comparisons(s, plan)
+        comparisons = traced.comparisons(s, traced.prepare(s, y))
         torch.testing.assert_close(comparisons, written.comparisons(s, written.prepare(s, y)))
-        assert float(comparisons.abs().max()) > 1.5  # logits' units: a probabilities' difference is at most 1
-        _same_loss_and_gradient(traced, written, s, y, seed)
-        if seed == 0:
+        assert float(comparisons.abs().max()) > 1.5
+        _same_loss_and_gradient(traced, written, s, y, i)
+        if i == 0:
             traces.clear()  # the first calls traced
-    assert not traces  # the later calls re-ran fn and looked through the softmax again
+    assert not traces
+
+
+def _column_threshold(s, y, log=False):
+    """Accuracy of "class 1 has probability above 0.3" against a binary target: a threshold on a
+    column of ``softmax(s, 1)`` (or on its one-vs-rest logits against ``logit(0.3)``)."""
+    p = _one_vs_rest(s)[:, 1] > math.log(0.3 / 0.7) if log else s.softmax(1)[:, 1] > 0.3
+    return (p.long() == y).float().mean()
+
+
+_THRESHOLDS = {  # fn, and the same decisions written on the scores' own units
+    "sigmoid column": (lambda s, y: ((s.sigmoid()[:, 0] > 0.5).long() == y).float().mean(),
+                       lambda s, y: ((s[:, 0] > 0).long() == y).float().mean()),
+    "scaled sigmoid row": (lambda s, y: ((2 * s).sigmoid().t()[0] >= 0.25).float().sub(y).abs().mean(),
+                           lambda s, y: ((2 * s)[:, 0] >= -math.log(3)).float().sub(y).abs().mean()),
+    "softmax column": (_column_threshold, functools.partial(_column_threshold, log=True)),
+    "softmax, a tensor threshold": (
+        lambda s, y: (s.softmax(1) > torch.tensor(0.3)).eq(torch.nn.functional.one_hot(y, 3).bool()).float().mean(),
+        lambda s, y: (_one_vs_rest(s) > math.log(0.3 / 0.7)).eq(torch.nn.functional.one_hot(y, 3).bool()).float().mean()),
+    "two classes": (lambda s, y: ((s[:, :2].softmax(1)[:, 1] > 0.5).long() == y).float().mean(),
+                    lambda s, y: ((s[:, 1] - s[:, 0] > 0).long() == y).float().mean()),
+}
+
+
+@pytest.mark.parametrize("name", list(_THRESHOLDS))
+def test_a_threshold_under_moves_or_on_a_softmax_compares_the_scores(name, monkeypatch):
+    """A threshold on a column of ``s.sigmoid()`` (or a row of its transpose) looks through the
+    sigmoid under the move, as without one; a threshold ``t`` on ``softmax(s, 1)`` compares the
+    one-vs-rest logits with ``logit(t)`` (the same decisions, in the scores' units, where
+    probabilities differ by at most 1; of two classes, ``s1 - s0``). The comparisons, loss and
+    gradient are those of the same decisions written on those units, on the first call and on the
+    re-runs after it."""
+    batches = [(3 * _multiclass(seed, n=24, c=3)[0].float(), torch.randint(0, 2, (24,), generator=_gen(seed)))
+               for seed in range(3)]
+    _compared_as_written(*_THRESHOLDS[name], batches, monkeypatch, higher_is_better=name != "scaled sigmoid row")
 
 
 # --------------------------------------------------------------------------- what cannot be traced

@@ -19,8 +19,8 @@ a function of their discrete results. :func:`from_metric` runs ``fn`` once per l
 
 Monotone maps between the scores and a discrete step are looked through (``sigmoid(s) > 0.5``
 compares ``s`` with 0, ``softmax(s).argmax(1)`` is ``s.argmax(1)``, a column of ``softmax(s, 1)``
-ranked over the samples is ranked by ``log_softmax``'s), so the comparisons are score differences in
-the scores' own units. What cannot be traced raises :class:`TraceError` naming the
+ranked over the samples or thresholded is its one-vs-rest logits', of which it is the sigmoid), so
+the comparisons are score differences in the scores' own units. What cannot be traced raises :class:`TraceError` naming the
 operation and the line of ``fn``.
 
 What makes it cheap (``benchmarks/from_metric_training.py``):
@@ -2772,25 +2772,17 @@ class _Mode(TorchFunctionMode):
         label rankings take logits): the returned tensor is then the same moves of the tensor
         looked through to, made here once per ``x``. A softmax over another dimension than the
         ranking's (a class's column of ``softmax(s, 1)`` ranked over the samples: torchmetrics'
-        one-vs-rest curves), or under moves, is not monotone in its input, but its log is:
-        ``log_softmax``, the scores less each row's log-sum-exp, instead of probabilities, whose
-        differences are at most 1 and vanish where a row saturates."""
+        one-vs-rest curves), or under moves, is not monotone in its input, but each entry is the
+        sigmoid of its one-vs-rest logit (:func:`_one_vs_rest`), which ranks the same in the
+        scores' units, instead of probabilities, whose differences are at most 1 and vanish where
+        a row saturates."""
         moves: List[tuple] = []
         sign, peeled, t = 1, False, x
         for _ in range(256):
-            info = self._get(t)
-            if info is None:
-                break
-            if info.view is not None:
-                parent, func, rest, kw = info.view
-                if parent is t:
-                    break  # `contiguous` returning itself
-                # (a move by a tensor, a row filter from the target, is this run's: such a trace is
-                # not re-run (_Graph), so its rankings are looked through anew each call)
-                moves.insert(0, (func, rest, kw))
-                t = parent
-                continue
-            if info.peel is None:
+            # (a move by a tensor, a row filter from the target, is this run's: such a trace is not
+            # re-run (_Graph), so its rankings are looked through anew each call)
+            t, info = self._up(t, moves, by_tensors=True)
+            if info is None or info.view is not None or info.peel is None:
                 break
             op, parent, const = info.peel
             if op in _INCREASING or op in _IDENTITY_OPS:
@@ -2809,23 +2801,46 @@ class _Mode(TorchFunctionMode):
                     sign = -sign
             elif op in _SOFTMAX:
                 if moves or dim is None or const % t.dim() != dim:
-                    if op in ("softmax", "special_softmax"):
-                        logged = lambda: torch.log_softmax(parent, const)  # noqa: E731
-                        t, peeled = self._cached(("log_softmax", id(t)), t, logged), True
+                    if op in ("softmax", "special_softmax") and parent.shape[const] > 1:
+                        t, peeled = self._one_vs_rest(t, parent, const), True
                     break
             else:
                 break
             t, peeled = parent, True
         if not moves or not peeled:
             return (x if moves else t), sign
+        return self._replay(x, t, moves, "moved"), sign
 
+    def _up(self, t: Tensor, moves: List[tuple], by_tensors: bool) -> Tuple[Tensor, Optional[_Info]]:
+        """From ``t`` up through the moves that made it (each put in front of ``moves``) to a
+        tensor that is not a move, and its info; stops at a move by a tensor unless ``by_tensors``,
+        and at ``contiguous`` returning itself (the info returned is then still a view's)."""
+        for _ in range(256):
+            info = self._get(t)
+            if info is None or info.view is None:
+                return t, info
+            parent, func, rest, kw = info.view
+            if parent is t or (not by_tensors and any(True for _ in _walk_tensors((rest, kw)))):
+                return t, info
+            moves.insert(0, (func, rest, kw))
+            t = parent
+        return t, None
+
+    def _replay(self, x: Tensor, base: Tensor, moves: List[tuple], key: str) -> Tensor:
+        """``moves`` (from :meth:`_up`) replayed on ``base``: made once per ``x`` and ``key``."""
         def moved() -> Tensor:
-            out = t
+            out = base
             for func, rest, kw in moves:
                 out = func(out, *rest, **kw)
             return out
 
-        return self._cached(("moved", id(x)), x, moved), sign
+        return self._cached((key, id(x)), x, moved)
+
+    def _one_vs_rest(self, probs: Tensor, logits: Tensor, dim: int) -> Tensor:
+        """``probs = softmax(logits, dim)`` in the scores' units: each entry's one-vs-rest logit
+        ``log(p / (1 - p))``, the logit less the log-sum-exp of the others along ``dim``, of which
+        the probability is the sigmoid (two classes: ``s1 - s0``). Made once per ``probs``."""
+        return self._cached(("one_vs_rest", id(probs)), probs, lambda: _one_vs_rest(logits, dim))
 
     def _cached(self, key: tuple, holder: Tensor, make: Callable[[], Tensor]) -> Tensor:
         """One tensor per key in a run (a ranking's base made by looking through: the same object
@@ -2880,25 +2895,72 @@ class _Mode(TorchFunctionMode):
                 p, q = t0, x0
 
     def _invert(self, x: Tensor, t: Any) -> Optional[Tuple[Tensor, Tensor, bool]]:
+        """``x > t``, ``t`` a constant, as ``x0 > t0`` (``x0 < t0`` where decreasing): the map from
+        ``x0`` to ``x`` moved onto ``t``. A direct map one at a time (the caller loops); under moves
+        by constants (``s.sigmoid()[:, c] > 0.5``) or for a softmax, :meth:`_invert_through`."""
         info = self._get(x)
-        if info is None or info.peel is None:
+        if info is None:
             return None
-        op, parent, const = info.peel
-        # the constant's inverse in float64 (float32 on Apple MPS, which has no float64)
-        wide = torch.float32 if parent.device.type == "mps" else torch.float64
+        if info.view is None and info.peel is not None and info.peel[0] not in _SOFTMAX:
+            op, parent, const = info.peel
+            step = self._inverse(op, const, t, parent.device)
+            return None if step is None else (parent, step[0], step[1])
+        return self._invert_through(x, t)
+
+    def _invert_through(self, x: Tensor, t: Any) -> Optional[Tuple[Tensor, Tensor, bool]]:
+        """:meth:`_invert` through moves by constants and invertible maps together, the moves
+        replayed on what the walk reaches (elementwise maps commute with them; a map by a tensor
+        constant does not, and stops it), so that a threshold on a column of ``s.sigmoid()`` compares
+        the scores, as without the move. A softmax is not elementwise, but its entry is the sigmoid
+        of its one-vs-rest logit (:func:`_one_vs_rest`), so ``softmax(y) > t`` is that logit against
+        ``logit(t)`` for ``0 < t < 1``: in the scores' units (of two classes, ``y1 - y0``), where
+        probabilities differ by at most 1 and not at all where a row saturates, and where
+        ``log_softmax`` would bound a right decision's comparison by ``-log t``. A move by a tensor
+        (a row filter from the target) stops the walk, as it stops a re-run's."""
+        moves: List[tuple] = []
+        cur, tt, decreasing, peeled = x, t, False, False
+        for _ in range(256):
+            cur, info = self._up(cur, moves, by_tensors=False)
+            if info is None or info.view is not None or info.peel is None:
+                break
+            op, parent, const = info.peel
+            if op in ("softmax", "special_softmax"):
+                with torch.no_grad():
+                    p = torch.as_tensor(tt, dtype=_wide(parent.device), device=parent.device)
+                if parent.shape[const] < 2 or not bool(((p > 0) & (p < 1)).all()):
+                    break  # (a threshold every probability is on one side of)
+                cur, tt, peeled = self._one_vs_rest(cur, parent, const), torch.logit(p), True
+                break
+            if op in _SOFTMAX or (moves and not (const is None or _scalar(const))):
+                break
+            step = self._inverse(op, const, tt, parent.device)
+            if step is None:
+                break
+            cur, (tt, flip), peeled = parent, step, True
+            decreasing ^= flip
+        if not peeled:
+            return None
+        if moves:
+            cur = self._replay(x, cur, moves, "compared")
+        if self._get(cur) is None:  # made here: a score tensor with nothing more to look through
+            self._set(cur, _Info(True, frozenset()))
+        return cur, torch.as_tensor(tt), decreasing
+
+    def _inverse(self, op: str, const: Any, t: Any, device: torch.device) -> Optional[Tuple[Tensor, bool]]:
+        """:meth:`_invert_constant`, kept for a threshold and constant given as Python numbers."""
+        wide = _wide(device)
         key = None
         if type(t) in (int, float) and (const is None or type(const) in (int, float)) and \
                 not torch.is_inference_mode_enabled():  # an inference tensor could not be used by autograd later
-            key = (op, type(t), t, type(const), const, wide, parent.device)
+            key = (op, type(t), t, type(const), const, wide, device)
             if key in _INVERSES:  # the same threshold on every call (sigmoid(s) > 0.5): computed once
-                known = _INVERSES[key]
-                return None if known is None else (parent, known[0], known[1])
-        step = self._invert_constant(op, const, t, parent.device, wide)
+                return _INVERSES[key]
+        step = self._invert_constant(op, const, t, device, wide)
         if key is not None:
             if len(_INVERSES) >= 1024:
                 _INVERSES.clear()
             _INVERSES[key] = step
-        return None if step is None else (parent, step[0], step[1])
+        return step
 
     @staticmethod
     def _invert_constant(op: str, const: Any, t: Any, device: torch.device, wide: torch.dtype
@@ -2929,7 +2991,24 @@ class _Mode(TorchFunctionMode):
         return None
 
 
-_INVERSES: Dict[tuple, Optional[Tuple[Tensor, bool]]] = {}  # see _Mode._invert
+_INVERSES: Dict[tuple, Optional[Tuple[Tensor, bool]]] = {}  # see _Mode._inverse
+
+
+def _one_vs_rest(y: Tensor, dim: int) -> Tensor:
+    """``log(p / (1 - p))`` of ``p = softmax(y, dim)``, stably: ``y`` less the log-sum-exp of the
+    others along ``dim``. Every entry but a row's largest has ``p <= 1/2``, where ``log p -
+    log(1 - p)`` loses nothing; the largest takes the others' log-sum-exp directly (its ``1 - p``
+    rounds to 0 where the row saturates)."""
+    ls = torch.log_softmax(y, dim).clamp(max=-math.log(2.0))  # the largest's replaced below
+    out = ls - torch.log1p(-ls.exp())
+    top = y.argmax(dim, keepdim=True)
+    rest = y.scatter(dim, top, float("-inf")).logsumexp(dim, keepdim=True)
+    return out.scatter(dim, top, y.gather(dim, top) - rest)
+
+
+def _wide(device: torch.device) -> torch.dtype:
+    """The dtype of a threshold moved through a map: float64, float32 on Apple MPS (no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _mask_fill(args: Sequence) -> bool:
@@ -4879,8 +4958,10 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
 
     Monotone maps before a step are looked through (``sigmoid(s) > 0.5`` is ``s > 0``;
     ``softmax(s, 1).argmax(1)`` is ``s.argmax(1)``; a column ``s.sigmoid()[:, i]`` ranked is
-    ``s[:, i]`` ranked; a class's column of ``softmax(s, 1)`` ranked over the samples, as
-    torchmetrics' one-vs-rest curves rank logits, is ranked by ``log_softmax``'s), so the
+    ``s[:, i]`` ranked, and ``s.sigmoid()[:, i] > 0.5`` is ``s[:, i] > 0``; a class's column of
+    ``softmax(s, 1)``, ranked over the samples as torchmetrics' one-vs-rest curves rank logits, or
+    thresholded (``softmax(s, 1)[:, c] > t``), is ranked or thresholded by its one-vs-rest logits
+    ``s_c - logsumexp_{j != c} s_j``, whose sigmoid it is: of two classes, ``s1 - s0``), so the
     comparisons are in the scores' units. The pull per run is divided by the larger of the runs and
     the samples the steps compare (a ranking's items over all its queries, as the zoo's form of the
     same metric counts them). The
