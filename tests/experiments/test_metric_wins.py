@@ -1045,3 +1045,17 @@ def test_multilabel_samples_f1_matches_scikit_learn_and_its_probe_tunes_one_thre
     assert value == 0.6
     assert calls[0][1] == dict(draw=2, hidden=(128,), batch=128, metric="samples-f1")
     assert "mlabel-samples-f1" in probe.PROBES_ONLY
+
+
+def test_the_softmax_threshold_benchmark_scores_f1_of_the_positive_class_as_scikit_learn():
+    """benchmarks/traced_softmax_threshold.py: its metric, written on probabilities and on the
+    logits' difference, is scikit-learn's F1 of the decision "class 1 above 1/2"."""
+    from sklearn.metrics import f1_score
+
+    bench = _benchmark("traced_softmax_threshold")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        s, y = 2 * torch.randn(64, 2, generator=g), (torch.rand(64, generator=g) < 0.2).long()
+        expected = f1_score(y.numpy(), (s[:, 1] > s[:, 0]).long().numpy(), zero_division=0)
+        assert float(bench.f1(s, y)) == pytest.approx(expected, abs=1e-6)
+        assert float(bench.f1_on_logits(s, y)) == pytest.approx(expected, abs=1e-6)
