@@ -908,6 +908,43 @@ def test_a_threshold_under_moves_or_on_a_softmax_compares_the_scores(name, monke
     _compared_as_written(*_THRESHOLDS[name], batches, monkeypatch, higher_is_better=name != "scaled sigmoid row")
 
 
+def _agree(pred, y):
+    return (pred.long() == y).float().mean()
+
+
+_BOTH_SIDES = {  # fn comparing two maps of the scores, and the same decisions on the scores themselves
+    "one row of a softmax": (lambda s, y: _agree(s.softmax(1)[:, 1] > s.softmax(1)[:, 0], y),
+                             lambda s, y: _agree(s[:, 1] > s[:, 0], y)),
+    "a sigmoid each side": (lambda s, y: _agree(s[:, 1].sigmoid() > s[:, 0].sigmoid(), y),
+                            lambda s, y: _agree(s[:, 1] > s[:, 0], y)),
+    "a decreasing map, >=": (lambda s, y: _agree((-s.sigmoid())[:, 0] >= (-s.sigmoid())[:, 1], y),
+                             lambda s, y: _agree(s[:, 1] >= s[:, 0], y)),
+    "an affine map by one number": (lambda s, y: _agree((2 * s - 1)[:, 2] > (2 * s - 1)[:, 0], y),
+                                    lambda s, y: _agree(s[:, 2] > s[:, 0], y)),
+}
+
+
+@pytest.mark.parametrize("name", list(_BOTH_SIDES))
+def test_a_comparison_of_two_maps_of_the_scores_compares_the_scores(name, monkeypatch):
+    """Both sides the same monotone map (elementwise, or two entries of one softmax row, whose
+    normaliser cancels): the comparisons, loss and gradient of the same decisions written on the
+    scores, on the first call and on the re-runs after it."""
+    batches = [(3 * _multiclass(seed, n=24, c=3)[0].float(), torch.randint(0, 2, (24,), generator=_gen(seed)))
+               for seed in range(3)]
+    _compared_as_written(*_BOTH_SIDES[name], batches, monkeypatch)
+
+
+def test_entries_of_different_softmax_rows_are_compared_as_probabilities():
+    """Entries of two rows of a softmax have two normalisers: their order is not their logits',
+    so they are compared as they are (the metric exact, the comparisons within a probability's range)."""
+    fn = lambda s, y: _agree(s.softmax(1)[:8, 1] > s.softmax(1)[8:, 0], y[:8])  # noqa: E731
+    s, y = 3 * _multiclass(0, n=16, c=3)[0].float(), torch.randint(0, 2, (16,), generator=_gen(0))
+    traced = from_metric(fn)
+    assert float(traced.metric(s, y)) == pytest.approx(float(fn(s, y)))
+    comparisons = traced.comparisons(s, traced.prepare(s, y))
+    torch.testing.assert_close(comparisons, s.softmax(1)[:8, 1] - s.softmax(1)[8:, 0])
+
+
 # --------------------------------------------------------------------------- what cannot be traced
 
 

@@ -169,6 +169,7 @@ _DECREASING = {"neg", "negative", "__neg__"}
 _AFFINE = {"add", "__add__", "__radd__", "sub", "__sub__", "subtract", "rsub", "__rsub__", "mul", "__mul__",
            "__rmul__", "multiply", "div", "__truediv__", "divide", "true_divide"}
 _SOFTMAX = {"softmax", "log_softmax", "special_softmax", "special_log_softmax"}
+_AFFINE_OPS = {"add", "sub", "rsub", "mul", "div"}  # the names _Mode._peel_info gives the affine maps
 # Moves of a tensor's elements by constants, followed from a ranked tensor back to the scores' shape
 # (_Mode._views) to line a target of that shape up with the ranked items.
 _VIEWS = {"__getitem__", "select", "narrow", "transpose", "swapaxes", "swapdims", "t", "permute", "movedim",
@@ -2878,7 +2879,14 @@ class _Mode(TorchFunctionMode):
 
     def _peel_compare(self, p: Any, q: Any, strict: bool) -> Tuple[Any, Any, bool]:
         """``p > q`` (or ``>=``) with one side a monotone map of the scores and the other a
-        constant: move the map onto the constant while it has an inverse there."""
+        constant: move the map onto the constant while it has an inverse there. Both sides the
+        same map of the scores: look through it on both (:meth:`_peel_both`)."""
+        if self._score(p) and self._score(q):
+            both = self._peel_both(p, q)
+            if both is None:
+                return p, q, strict
+            p0, q0, decreasing = both
+            return (q0, p0, strict) if decreasing else (p0, q0, strict)
         while True:
             left = self._score(p) and not self._score(q)
             right = self._score(q) and not self._score(p)
@@ -2893,6 +2901,64 @@ class _Mode(TorchFunctionMode):
                 p, q = x0, t0
             else:
                 p, q = t0, x0
+
+    def _peel_both(self, p: Tensor, q: Tensor) -> Optional[Tuple[Tensor, Tensor, bool]]:
+        """``p > q`` with both sides the same strictly monotone elementwise map (``sigmoid(a) >
+        sigmoid(b)``, also under moves by constants, and affine maps by the same number) as ``a > b``
+        (``b > a`` where the maps decrease: ``decreasing``), and two entries of one row of a softmax
+        (``softmax(s, 1)[:, 1] > softmax(s, 1)[:, 0]``, one normaliser) as the logits'. The moves are
+        replayed on what the walk reaches, and a move by a tensor stops it."""
+        moves_p: List[tuple] = []
+        moves_q: List[tuple] = []
+        a, b, decreasing, peeled = p, q, False, False
+        for _ in range(256):
+            a, ia = self._up(a, moves_p, by_tensors=False)
+            b, ib = self._up(b, moves_q, by_tensors=False)
+            if ia is None or ib is None or ia.view is not None or ib.view is not None or ia.peel is None \
+                    or ib.peel is None or ia.peel[0] != ib.peel[0]:
+                break
+            (op, pa, ca), (_, pb, cb) = ia.peel, ib.peel
+            if op in _SOFTMAX:
+                if pa is not pb or ca != cb or not self._same_rows(pa, ca, moves_p, moves_q):
+                    break
+            elif op in _DECREASING:
+                decreasing = not decreasing
+            elif op in _AFFINE_OPS:
+                if not (_scalar(ca) and _scalar(cb)) or float(ca) != float(cb) or \
+                        (op in ("mul", "div") and float(ca) == 0):
+                    break
+                decreasing ^= op == "rsub" or (op in ("mul", "div") and float(ca) < 0)
+            elif not (op in _INCREASING or op in _IDENTITY_OPS):
+                break
+            a, b, peeled = pa, pb, True
+        if not peeled:
+            return None
+        sides = []
+        for x, base, moves, key in ((p, a, moves_p, "left"), (q, b, moves_q, "right")):
+            if moves:
+                base = self._replay(x, base, moves, key)
+            if self._get(base) is None:
+                self._set(base, _Info(True, frozenset()))
+            sides.append(base)
+        return sides[0], sides[1], decreasing
+
+    @staticmethod
+    def _same_rows(probs: Tensor, dim: int, *moves: List[tuple]) -> bool:
+        """Each set of ``moves`` takes the elements of ``probs`` from the same rows along ``dim``
+        (rows of one softmax, whose entries order as its logits do) at each place."""
+        rows = torch.arange(probs.numel(), device=probs.device).reshape(probs.shape).narrow(dim, 0, 1)
+        rows = rows.expand(probs.shape)
+        taken = []
+        for sequence in moves:
+            out = rows
+            for func, rest, kw in sequence:
+                out = func(out, *rest, **kw)
+            taken.append(out)
+        try:
+            left, right = torch.broadcast_tensors(*taken)
+        except RuntimeError:
+            return False
+        return bool(torch.equal(left, right))
 
     def _invert(self, x: Tensor, t: Any) -> Optional[Tuple[Tensor, Tensor, bool]]:
         """``x > t``, ``t`` a constant, as ``x0 > t0`` (``x0 < t0`` where decreasing): the map from
@@ -4961,8 +5027,9 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     ``s[:, i]`` ranked, and ``s.sigmoid()[:, i] > 0.5`` is ``s[:, i] > 0``; a class's column of
     ``softmax(s, 1)``, ranked over the samples as torchmetrics' one-vs-rest curves rank logits, or
     thresholded (``softmax(s, 1)[:, c] > t``), is ranked or thresholded by its one-vs-rest logits
-    ``s_c - logsumexp_{j != c} s_j``, whose sigmoid it is: of two classes, ``s1 - s0``), so the
-    comparisons are in the scores' units. The pull per run is divided by the larger of the runs and
+    ``s_c - logsumexp_{j != c} s_j``, whose sigmoid it is: of two classes, ``s1 - s0``; the same map
+    on both sides of a comparison, ``sigmoid(a) > sigmoid(b)`` or two entries of one softmax row,
+    compares what it maps), so the comparisons are in the scores' units. The pull per run is divided by the larger of the runs and
     the samples the steps compare (a ranking's items over all its queries, as the zoo's form of the
     same metric counts them). The
     anchors are evaluated by replaying ``fn`` with each step returning the outputs decoded from the
