@@ -881,6 +881,10 @@ def _column_threshold(s, y, log=False):
     return (p.long() == y).float().mean()
 
 
+def _one_hot(y):
+    return torch.nn.functional.one_hot(y, 3).bool()
+
+
 _THRESHOLDS = {  # fn, and the same decisions written on the scores' own units
     "sigmoid column": (lambda s, y: ((s.sigmoid()[:, 0] > 0.5).long() == y).float().mean(),
                        lambda s, y: ((s[:, 0] > 0).long() == y).float().mean()),
@@ -888,8 +892,8 @@ _THRESHOLDS = {  # fn, and the same decisions written on the scores' own units
                            lambda s, y: ((2 * s)[:, 0] >= -math.log(3)).float().sub(y).abs().mean()),
     "softmax column": (_column_threshold, functools.partial(_column_threshold, log=True)),
     "softmax, a tensor threshold": (
-        lambda s, y: (s.softmax(1) > torch.tensor(0.3)).eq(torch.nn.functional.one_hot(y, 3).bool()).float().mean(),
-        lambda s, y: (_one_vs_rest(s) > math.log(0.3 / 0.7)).eq(torch.nn.functional.one_hot(y, 3).bool()).float().mean()),
+        lambda s, y: (s.softmax(1) > torch.tensor(0.3)).eq(_one_hot(y)).float().mean(),
+        lambda s, y: (_one_vs_rest(s) > math.log(0.3 / 0.7)).eq(_one_hot(y)).float().mean()),
     "two classes": (lambda s, y: ((s[:, :2].softmax(1)[:, 1] > 0.5).long() == y).float().mean(),
                     lambda s, y: ((s[:, 1] - s[:, 0] > 0).long() == y).float().mean()),
 }
@@ -943,6 +947,87 @@ def test_entries_of_different_softmax_rows_are_compared_as_probabilities():
     assert float(traced.metric(s, y)) == pytest.approx(float(fn(s, y)))
     comparisons = traced.comparisons(s, traced.prepare(s, y))
     torch.testing.assert_close(comparisons, s.softmax(1)[:8, 1] - s.softmax(1)[8:, 0])
+
+
+def _replayed_ap(s, y):
+    """AP with boolean indexing (a data-dependent shape): neither vmap nor the recorded tape can
+    stand in for it, so each configuration is a call of it."""
+    hits = y[s.argsort(descending=True)]
+    positions = torch.arange(1, len(hits) + 1, dtype=torch.float32)[hits > 0]
+    return (torch.arange(1, len(positions) + 1, dtype=torch.float32) / positions).mean()
+
+
+class _Plain(uniloss.Decomposition):
+    """A metric's comparisons and values alone: the engine's chain through ``evaluate``."""
+
+    def __init__(self, metric):
+        self.inner = metric
+
+    def prepare(self, scores, target, generator=None):
+        return self.inner.prepare(scores, target)
+
+    def comparisons(self, scores, plan):
+        return self.inner.comparisons(scores, plan)
+
+    def best(self, plan):
+        return self.inner.best(plan)
+
+    def evaluate(self, bits, plan):
+        return self.inner.evaluate(bits, plan)
+
+
+class _APWithoutCounts(_Plain):
+    """The built-in AP without its counts (``evaluate_zeros``) or margins: its chain goes through
+    ``evaluate`` at ``chain_segments + 1`` points, segment-averaged, and its pull is per run."""
+
+    def __init__(self):
+        super().__init__(uniloss.AveragePrecision())
+
+    def structure(self, plan):
+        return uniloss.Structure(self.inner.structure(plan).runs)
+
+
+@pytest.mark.parametrize("segments", [None, 4096])
+def test_a_metric_replayed_per_configuration_takes_the_chain_at_chain_segments_points(segments):
+    """Where fn is called once per configuration, the chain takes ``chain_segments + 1`` points
+    (segment-averaged, as for a metric evaluated without counts), not all ``l + 1``: the loss and
+    gradient of the built-in AP without its counts, a few hundred calls of fn where the exact chain
+    took one per comparison, and the same value on a second call; with ``chain_segments`` at least
+    ``l``, the exact chain of every point again."""
+    from uniloss._limits import limits
+
+    g = _gen(0)
+    y = (torch.rand(64, generator=g) < 0.2).long()
+    y[0] = 1
+    s = torch.randn(64, generator=g) + 1.5 * y
+    calls = []
+    traced = from_metric(lambda a, b: calls.append(1) or _replayed_ap(a, b))
+    with warnings.catch_warnings(), limits(**({} if segments is None else {"chain_segments": segments})):
+        warnings.simplefilter("ignore")  # the replays' warning
+        results = []
+        for metric in (traced, traced, _APWithoutCounts()):
+            x = s.clone().requires_grad_()
+            calls.clear()
+            loss = uniloss.UniLoss(metric, generator=_gen(0), pull_per="run")
+            value = loss(x, y)
+            value.backward()
+            results.append((value.detach(), x.grad, len(calls), loss.last.bit_count))
+    (first, g1, _, bits), (second, g2, count, _), (reference, g3, _, _) = results
+    assert bits > 256
+    torch.testing.assert_close((first, g1), (second, g2))
+    torch.testing.assert_close((second, g2), (reference, g3))
+    if segments is None:
+        assert count <= 256 + 8  # the chain's 257 points and the hard configuration's few
+    else:
+        assert count > bits  # every point of the chain
+    looped = from_metric(lambda a, b: calls.append(1) or _replayed_ap(a, b), batched="loop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = uniloss.UniLoss(looped, generator=_gen(0), pull_per="run")
+        loss(s, y)
+        calls.clear()
+        loss(s, y)
+    assert len(calls) > bits  # batched="loop", the check of the other modes: every point, by request
 
 
 # --------------------------------------------------------------------------- what cannot be traced

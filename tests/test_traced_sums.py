@@ -14,6 +14,7 @@ import torch
 
 import uniloss
 import uniloss._traced as traced
+from test_from_metric import _Plain  # a metric's comparisons and values alone
 from test_from_metric import pck  # PCK in torch: x and y by torch.stack; a target of keypoints, so probed
 from uniloss import _limits
 from uniloss import from_metric, zoo
@@ -342,24 +343,6 @@ def test_one_hot_of_the_labels_runs_batched_by_hand_only_with_its_number_of_clas
 def running_accuracy(s, y):
     return ((s.argmax(1) == y).float().cumsum(0) / torch.arange(1, len(y) + 1)).mean()  # a cumulative sum: no cut
 
-
-class _Plain(uniloss.Decomposition):
-    """A traced metric's comparisons and values alone: the engine's chain through ``evaluate``."""
-
-    def __init__(self, metric):
-        self.inner = metric
-
-    def prepare(self, scores, target, generator=None):
-        return self.inner.prepare(scores, target)
-
-    def comparisons(self, scores, plan):
-        return self.inner.comparisons(scores, plan)
-
-    def best(self, plan):
-        return self.inner.best(plan)
-
-    def evaluate(self, bits, plan):
-        return self.inner.evaluate(bits, plan)
 
 
 def test_counts_that_decode_to_more_bits_than_chain_elements_take_the_chain_through_evaluate():

@@ -20,8 +20,8 @@ a function of their discrete results. :func:`from_metric` runs ``fn`` once per l
 Monotone maps between the scores and a discrete step are looked through (``sigmoid(s) > 0.5``
 compares ``s`` with 0, ``softmax(s).argmax(1)`` is ``s.argmax(1)``, a column of ``softmax(s, 1)``
 ranked over the samples or thresholded is its one-vs-rest logits', of which it is the sigmoid), so
-the comparisons are score differences in the scores' own units. What cannot be traced raises :class:`TraceError` naming the
-operation and the line of ``fn``.
+the comparisons are score differences in the scores' own units. What cannot be traced raises
+:class:`TraceError` naming the operation and the line of ``fn``.
 
 What makes it cheap (``benchmarks/from_metric_training.py``):
 
@@ -4675,9 +4675,23 @@ class TracedMetric(Decomposition):
         # the traced code decodes each point's counts to its [l] bits: where those pass chain_elements (a
         # probed argmax over a heatmap's pixels), the chain through evaluate instead, at fewer points.
         limits, l = current_limits(), plan.num_bits
+        if l > limits.chain_segments and self._replays(plan):
+            # a call of fn per point: the chain through evaluate, at chain_segments + 1 points,
+            # segment-averaged (as for any metric without counts), instead of all l + 1
+            return Structure(runs, rows=rows)
         num = l // runs if isinstance(runs, int) else int(cast(Tensor, runs).numel())
         points = min(l, limits.chain_elements // max(num, 1) - 1) + 1
         return structure if points * l <= limits.chain_elements else Structure(runs, rows=rows)
+
+    def _replays(self, plan: _Plan) -> bool:
+        """Whether ``fn`` has to be called once per configuration: no tape stands in for it (none
+        recorded, or its check against ``fn`` failed: data-dependent shapes such as boolean
+        indexing), and ``fn`` cannot be vmapped or reads its steps' results in Python branches
+        (torchmetrics' retrieval AP, its LogAUC). Not with ``batched="loop"``, which calls ``fn``
+        once per configuration by request: the check of the other modes, at every point."""
+        if self.batched == "loop" or (plan.trace.tape is not None and plan.tape != "off"):
+            return False
+        return not self._use_vmap or bool(plan.trace.branches)
 
     def _chain_by_sums(self, plan: _Plan) -> Optional[Tuple[Callable[..., Tensor], bool]]:
         """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the elements of the
@@ -5029,12 +5043,13 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     thresholded (``softmax(s, 1)[:, c] > t``), is ranked or thresholded by its one-vs-rest logits
     ``s_c - logsumexp_{j != c} s_j``, whose sigmoid it is: of two classes, ``s1 - s0``; the same map
     on both sides of a comparison, ``sigmoid(a) > sigmoid(b)`` or two entries of one softmax row,
-    compares what it maps), so the comparisons are in the scores' units. The pull per run is divided by the larger of the runs and
-    the samples the steps compare (a ranking's items over all its queries, as the zoo's form of the
-    same metric counts them). The
-    anchors are evaluated by replaying ``fn`` with each step returning the outputs decoded from the
-    anchor's bits, batched with :func:`torch.func.vmap` (or one call per anchor where ``fn`` cannot
-    be vmapped: a warning says so once). Steps whose results only steer Python control flow
+    compares what it maps), so the comparisons are in the scores' units. The pull per run is
+    divided by the larger of the runs and the samples the steps compare (a ranking's items over all
+    its queries, as the zoo's form of the same metric counts them). The anchors are evaluated by
+    replaying ``fn`` with each step returning the outputs decoded from the anchor's bits, batched
+    with :func:`torch.func.vmap` (or one call per anchor where ``fn`` cannot be vmapped: a warning
+    says so once; the chain then takes ``chain_segments + 1`` points, segment-averaged, where it
+    would take one per comparison, unless ``batched="loop"``). Steps whose results only steer Python control flow
     (``if not torch.all((s >= 0) * (s <= 1)): s = s.sigmoid()``) and tie tests on sorted scores
     are held at their current results. Python control flow on results that also feed the value
     (``if tp == 0:``, ``int(pred.sum())``) is followed: each tensor ``fn`` reads as a Python value is
