@@ -4684,12 +4684,14 @@ class TracedMetric(Decomposition):
         return structure if points * l <= limits.chain_elements else Structure(runs, rows=rows)
 
     def _replays(self, plan: _Plan) -> bool:
-        """Whether ``fn`` has to be called once per configuration: no tape stands in for it (none
-        recorded, or its check against ``fn`` failed: data-dependent shapes such as boolean
-        indexing), and ``fn`` cannot be vmapped or reads its steps' results in Python branches
-        (torchmetrics' retrieval AP, its LogAUC). Not with ``batched="loop"``, which calls ``fn``
-        once per configuration by request: the check of the other modes, at every point."""
-        if self.batched == "loop" or (plan.trace.tape is not None and plan.tape != "off"):
+        """Whether ``fn`` has to be called once per configuration: the tape it recorded failed its
+        check against ``fn`` (data-dependent shapes such as boolean indexing), and ``fn`` cannot be
+        vmapped or reads its steps' results in Python branches (torchmetrics' retrieval AP, its
+        LogAUC). Known from the first call of a structure on (the check tries vmap too), so every
+        call of it takes the same chain. Not with ``batched="loop"``, which calls ``fn`` once per
+        configuration by request, the check of the other modes at every point; nor without a tape
+        (then nothing has tried vmap yet, and a later call would decide otherwise)."""
+        if self.batched == "loop" or plan.trace.tape is None or plan.tape != "off":
             return False
         return not self._use_vmap or bool(plan.trace.branches)
 
