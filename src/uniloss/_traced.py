@@ -5101,5 +5101,19 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
         tensor(0.5000)
         >>> loss = uniloss.UniLoss(metric)(scores.requires_grad_(), torch.tensor([0, 1]))
         >>> loss.backward()
+
+    Example -- a threshold on a probability is compared in the scores' units (of two classes, the
+    logits' difference, not the probability's distance to the threshold)::
+
+        >>> def positive_f1(scores, target):                  # scores [n, 2], target [n] in {0, 1}
+        ...     pred = scores.softmax(dim=1)[:, 1] > 0.5
+        ...     tp = (pred & (target == 1)).sum()
+        ...     return 2 * tp / (pred.sum() + (target == 1).sum())
+        >>> f1 = uniloss.from_metric(positive_f1)
+        >>> logits, labels = torch.tensor([[0.0, 3.0], [1.0, -1.0], [0.0, 0.5]]), torch.tensor([1, 0, 0])
+        >>> f1.comparisons(logits, labels)                    # s1 - s0
+        tensor([ 3.0000, -2.0000,  0.5000])
+        >>> f1.metric(logits, labels)                         # tp 1, fp 1, fn 0
+        tensor(0.6667)
     """
     return TracedMetric(fn, higher_is_better=higher_is_better, batched=batched, probe_limit=probe_limit)
