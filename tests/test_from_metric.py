@@ -836,7 +836,7 @@ def _softmax_column_ap(s, y, log=False):
     return torch.stack([average_precision(p[:, c], (y == c).long()) for c in range(s.shape[1])]).mean()
 
 
-@pytest.mark.parametrize("fn", ["hand", "multiclass_average_precision"])
+@pytest.mark.parametrize("fn", ["hand", "hand, log_softmax", "multiclass_average_precision"])
 def test_a_softmax_column_ranked_is_compared_in_the_scores_units(fn, monkeypatch):
     """A column of ``softmax(s, 1)`` ranked over the samples is not a monotone map of ``s[:, c]``,
     but it is the sigmoid of the one-vs-rest logits (each logit less its row's others' log-sum-exp):
@@ -845,6 +845,9 @@ def test_a_softmax_column_ranked_is_compared_in_the_scores_units(fn, monkeypatch
     and on the re-runs after it; the metric itself is fn's."""
     if fn == "hand":
         fn = _softmax_column_ap
+    elif fn == "hand, log_softmax":  # the same order, in log units: ranked by the same logits
+        fn = lambda s, y: torch.stack([average_precision(s.log_softmax(1)[:, c], (y == c).long())  # noqa: E731
+                                       for c in range(s.shape[1])]).mean()
     else:
         _tm()
         from torchmetrics.functional.classification import multiclass_average_precision
@@ -891,6 +894,8 @@ _THRESHOLDS = {  # fn, and the same decisions written on the scores' own units
     "scaled sigmoid row": (lambda s, y: ((2 * s).sigmoid().t()[0] >= 0.25).float().sub(y).abs().mean(),
                            lambda s, y: ((2 * s)[:, 0] >= -math.log(3)).float().sub(y).abs().mean()),
     "softmax column": (_column_threshold, functools.partial(_column_threshold, log=True)),
+    "log_softmax column": (lambda s, y: ((s.log_softmax(1)[:, 1] > math.log(0.3)).long() == y).float().mean(),
+                           functools.partial(_column_threshold, log=True)),
     "softmax, a tensor threshold": (
         lambda s, y: (s.softmax(1) > torch.tensor(0.3)).eq(_one_hot(y)).float().mean(),
         lambda s, y: (_one_vs_rest(s) > math.log(0.3 / 0.7)).eq(_one_hot(y)).float().mean()),

@@ -2776,7 +2776,7 @@ class _Mode(TorchFunctionMode):
         one-vs-rest curves), or under moves, is not monotone in its input, but each entry is the
         sigmoid of its one-vs-rest logit (:func:`_one_vs_rest`), which ranks the same in the
         scores' units, instead of probabilities, whose differences are at most 1 and vanish where
-        a row saturates."""
+        a row saturates (a ``log_softmax``'s too: its differences vanish where ``p`` nears 1)."""
         moves: List[tuple] = []
         sign, peeled, t = 1, False, x
         for _ in range(256):
@@ -2802,7 +2802,7 @@ class _Mode(TorchFunctionMode):
                     sign = -sign
             elif op in _SOFTMAX:
                 if moves or dim is None or const % t.dim() != dim:
-                    if op in ("softmax", "special_softmax") and parent.shape[const] > 1:
+                    if parent.shape[const] > 1:  # softmax or log_softmax: the same order
                         t, peeled = self._one_vs_rest(t, parent, const), True
                     break
             else:
@@ -2838,9 +2838,10 @@ class _Mode(TorchFunctionMode):
         return self._cached((key, id(x)), x, moved)
 
     def _one_vs_rest(self, probs: Tensor, logits: Tensor, dim: int) -> Tensor:
-        """``probs = softmax(logits, dim)`` in the scores' units: each entry's one-vs-rest logit
-        ``log(p / (1 - p))``, the logit less the log-sum-exp of the others along ``dim``, of which
-        the probability is the sigmoid (two classes: ``s1 - s0``). Made once per ``probs``."""
+        """``probs = softmax(logits, dim)`` (or its log) in the scores' units: each entry's
+        one-vs-rest logit ``log(p / (1 - p))``, the logit less the log-sum-exp of the others along
+        ``dim``, of which the probability is the sigmoid (two classes: ``s1 - s0``). Made once per
+        ``probs``."""
         return self._cached(("one_vs_rest", id(probs)), probs, lambda: _one_vs_rest(logits, dim))
 
     def _cached(self, key: tuple, holder: Tensor, make: Callable[[], Tensor]) -> Tensor:
@@ -2979,10 +2980,11 @@ class _Mode(TorchFunctionMode):
         constant does not, and stops it), so that a threshold on a column of ``s.sigmoid()`` compares
         the scores, as without the move. A softmax is not elementwise, but its entry is the sigmoid
         of its one-vs-rest logit (:func:`_one_vs_rest`), so ``softmax(y) > t`` is that logit against
-        ``logit(t)`` for ``0 < t < 1``: in the scores' units (of two classes, ``y1 - y0``), where
-        probabilities differ by at most 1 and not at all where a row saturates, and where
-        ``log_softmax`` would bound a right decision's comparison by ``-log t``. A move by a tensor
-        (a row filter from the target) stops the walk, as it stops a re-run's."""
+        ``logit(t)`` for ``0 < t < 1`` (``log_softmax(y) > u``: against ``logit(exp(u))``): in the
+        scores' units (of two classes, ``y1 - y0``), where probabilities differ by at most 1 and not
+        at all where a row saturates, and where ``log_softmax`` would bound a right decision's
+        comparison by ``-log t``. A move by a tensor (a row filter from the target) stops the walk,
+        as it stops a re-run's."""
         moves: List[tuple] = []
         cur, tt, decreasing, peeled = x, t, False, False
         for _ in range(256):
@@ -2990,14 +2992,15 @@ class _Mode(TorchFunctionMode):
             if info is None or info.view is not None or info.peel is None:
                 break
             op, parent, const = info.peel
-            if op in ("softmax", "special_softmax"):
-                with torch.no_grad():
+            if op in _SOFTMAX:
+                with torch.no_grad():  # the threshold as a probability
                     p = torch.as_tensor(tt, dtype=_wide(parent.device), device=parent.device)
+                    p = p.exp() if "log" in op else p
                 if parent.shape[const] < 2 or not bool(((p > 0) & (p < 1)).all()):
                     break  # (a threshold every probability is on one side of)
                 cur, tt, peeled = self._one_vs_rest(cur, parent, const), torch.logit(p), True
                 break
-            if op in _SOFTMAX or (moves and not (const is None or _scalar(const))):
+            if moves and not (const is None or _scalar(const)):
                 break
             step = self._inverse(op, const, tt, parent.device)
             if step is None:
@@ -5043,15 +5046,16 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     ``s[:, i]`` ranked, and ``s.sigmoid()[:, i] > 0.5`` is ``s[:, i] > 0``; a class's column of
     ``softmax(s, 1)``, ranked over the samples as torchmetrics' one-vs-rest curves rank logits, or
     thresholded (``softmax(s, 1)[:, c] > t``), is ranked or thresholded by its one-vs-rest logits
-    ``s_c - logsumexp_{j != c} s_j``, whose sigmoid it is: of two classes, ``s1 - s0``; the same map
-    on both sides of a comparison, ``sigmoid(a) > sigmoid(b)`` or two entries of one softmax row,
-    compares what it maps), so the comparisons are in the scores' units. The pull per run is
-    divided by the larger of the runs and the samples the steps compare (a ranking's items over all
-    its queries, as the zoo's form of the same metric counts them). The anchors are evaluated by
-    replaying ``fn`` with each step returning the outputs decoded from the anchor's bits, batched
-    with :func:`torch.func.vmap` (or one call per anchor where ``fn`` cannot be vmapped: a warning
-    says so once; the chain then takes ``chain_segments + 1`` points, segment-averaged, where it
-    would take one per comparison, unless ``batched="loop"``). Steps whose results only steer Python control flow
+    ``s_c - logsumexp_{j != c} s_j``, whose sigmoid it is: of two classes, ``s1 - s0``; a
+    ``log_softmax``'s column too; the same map on both sides of a comparison, ``sigmoid(a) >
+    sigmoid(b)`` or two entries of one softmax row, compares what it maps), so the comparisons are
+    in the scores' units. The pull per run is divided by the larger of the runs and the samples the
+    steps compare (a ranking's items over all its queries, as the zoo's form of the same metric
+    counts them). The anchors are evaluated by replaying ``fn`` with each step returning the outputs
+    decoded from the anchor's bits, batched with :func:`torch.func.vmap` (or one call per anchor
+    where ``fn`` cannot be vmapped: a warning says so once; the chain then takes
+    ``chain_segments + 1`` points, segment-averaged, where it would take one per comparison, unless
+    ``batched="loop"``). Steps whose results only steer Python control flow
     (``if not torch.all((s >= 0) * (s <= 1)): s = s.sigmoid()``) and tie tests on sorted scores
     are held at their current results. Python control flow on results that also feed the value
     (``if tp == 0:``, ``int(pred.sum())``) is followed: each tensor ``fn`` reads as a Python value is
