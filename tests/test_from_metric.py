@@ -943,6 +943,16 @@ def test_a_comparison_of_two_maps_of_the_scores_compares_the_scores(name, monkey
     _compared_as_written(*_BOTH_SIDES[name], batches, monkeypatch)
 
 
+def test_a_map_with_a_domain_is_not_looked_through_on_both_sides():
+    """``log(a) > log(b)`` is False where ``a`` is negative, where ``a > b`` may be True: compared
+    as it is, so the hard bits are fn's decisions."""
+    fn = lambda s, y: _agree(s[:, 1].log() > s[:, 0].log(), y)  # noqa: E731
+    s, y = _multiclass(0, n=16, c=3)[0].float().abs() + 0.1, torch.randint(0, 2, (16,), generator=_gen(0))
+    traced = from_metric(fn)
+    comparisons = traced.comparisons(s, traced.prepare(s, y))
+    torch.testing.assert_close(comparisons, s[:, 1].log() - s[:, 0].log())
+
+
 def test_entries_of_different_softmax_rows_are_compared_as_probabilities():
     """Entries of two rows of a softmax have two normalisers: their order is not their logits',
     so they are compared as they are (the metric exact, the comparisons within a probability's range)."""

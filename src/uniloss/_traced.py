@@ -166,6 +166,7 @@ _INCREASING: Dict[str, Tuple[Callable[[Tensor], Tensor], Optional[Callable[[Tens
     "logsigmoid": (lambda t: torch.logit(torch.exp(t)), lambda t: t < 0),
 }
 _DECREASING = {"neg", "negative", "__neg__"}
+_PARTIAL = {"log", "log2", "log10", "log1p", "sqrt"}  # increasing maps with NaN outside their domain
 _AFFINE = {"add", "__add__", "__radd__", "sub", "__sub__", "subtract", "rsub", "__rsub__", "mul", "__mul__",
            "__rmul__", "multiply", "div", "__truediv__", "divide", "true_divide"}
 _SOFTMAX = {"softmax", "log_softmax", "special_softmax", "special_log_softmax"}
@@ -2929,8 +2930,8 @@ class _Mode(TorchFunctionMode):
                         (op in ("mul", "div") and float(ca) == 0):
                     break
                 decreasing ^= op == "rsub" or (op in ("mul", "div") and float(ca) < 0)
-            elif not (op in _INCREASING or op in _IDENTITY_OPS):
-                break
+            elif op in _PARTIAL or not (op in _INCREASING or op in _IDENTITY_OPS):
+                break  # (log(a) > log(b) is False where a is negative, a > b need not be)
             a, b, peeled = pa, pb, True
         if not peeled:
             return None
