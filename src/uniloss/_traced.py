@@ -2787,27 +2787,16 @@ class _Mode(TorchFunctionMode):
             if info is None or info.view is not None or info.peel is None:
                 break
             op, parent, const = info.peel
-            if op in _INCREASING or op in _IDENTITY_OPS:
-                pass
-            elif op in _DECREASING or op == "rsub":
-                if op == "rsub" and not _scalar(const):
-                    break
-                sign = -sign
-            elif op in ("add", "sub"):
-                if not _scalar(const):
-                    break
-            elif op in ("mul", "div"):
-                if not _scalar(const) or float(const) == 0:
-                    break
-                if float(const) < 0:
-                    sign = -sign
-            elif op in _SOFTMAX:
+            if op in _SOFTMAX:
                 if moves or dim is None or const % t.dim() != dim:
                     if parent.shape[const] > 1:  # softmax or log_softmax: the same order
                         t, peeled = self._one_vs_rest(t, parent, const), True
                     break
             else:
-                break
+                direction = _direction(op, const)
+                if not direction:
+                    break
+                sign *= direction
             t, peeled = parent, True
         if not moves or not peeled:
             return (x if moves else t), sign
@@ -2830,13 +2819,7 @@ class _Mode(TorchFunctionMode):
 
     def _replay(self, x: Tensor, base: Tensor, moves: List[tuple], key: str) -> Tensor:
         """``moves`` (from :meth:`_up`) replayed on ``base``: made once per ``x`` and ``key``."""
-        def moved() -> Tensor:
-            out = base
-            for func, rest, kw in moves:
-                out = func(out, *rest, **kw)
-            return out
-
-        return self._cached((key, id(x)), x, moved)
+        return self._cached((key, id(x)), x, lambda: _moved(base, moves))
 
     def _one_vs_rest(self, probs: Tensor, logits: Tensor, dim: int) -> Tensor:
         """``probs = softmax(logits, dim)`` (or its log) in the scores' units: each entry's
@@ -2889,20 +2872,14 @@ class _Mode(TorchFunctionMode):
                 return p, q, strict
             p0, q0, decreasing = both
             return (q0, p0, strict) if decreasing else (p0, q0, strict)
-        while True:
-            left = self._score(p) and not self._score(q)
-            right = self._score(q) and not self._score(p)
-            if not (left or right):
-                return p, q, strict
-            x, t = (p, q) if left else (q, p)
-            step = self._invert(x, t)
-            if step is None:
-                return p, q, strict
-            x0, t0, decreasing = step
-            if left != decreasing:  # x0 on the left
-                p, q = x0, t0
-            else:
-                p, q = t0, x0
+        left = self._score(p) and not self._score(q)
+        if not (left or (self._score(q) and not self._score(p))):
+            return p, q, strict
+        step = self._invert(*((p, q) if left else (q, p)))
+        if step is None:
+            return p, q, strict
+        x0, t0, decreasing = step
+        return (x0, t0, strict) if left != decreasing else (t0, x0, strict)  # where x0 goes
 
     def _peel_both(self, p: Tensor, q: Tensor) -> Optional[Tuple[Tensor, Tensor, bool]]:
         """``p > q`` with both sides the same strictly monotone elementwise map (``sigmoid(a) >
@@ -2923,15 +2900,12 @@ class _Mode(TorchFunctionMode):
             if op in _SOFTMAX:
                 if pa is not pb or ca != cb or not self._same_rows(pa, ca, moves_p, moves_q):
                     break
-            elif op in _DECREASING:
-                decreasing = not decreasing
-            elif op in _AFFINE_OPS:
-                if not (_scalar(ca) and _scalar(cb)) or float(ca) != float(cb) or \
-                        (op in ("mul", "div") and float(ca) == 0):
+            else:
+                # (not log or sqrt: log(a) > log(b) is False where a is negative, a > b need not be)
+                direction = 0 if op in _PARTIAL else _direction(op, ca)
+                if not direction or (op in _AFFINE_OPS and not (_scalar(cb) and float(ca) == float(cb))):
                     break
-                decreasing ^= op == "rsub" or (op in ("mul", "div") and float(ca) < 0)
-            elif op in _PARTIAL or not (op in _INCREASING or op in _IDENTITY_OPS):
-                break  # (log(a) > log(b) is False where a is negative, a > b need not be)
+                decreasing ^= direction < 0
             a, b, peeled = pa, pb, True
         if not peeled:
             return None
@@ -2950,36 +2924,18 @@ class _Mode(TorchFunctionMode):
         (rows of one softmax, whose entries order as its logits do) at each place."""
         rows = torch.arange(probs.numel(), device=probs.device).reshape(probs.shape).narrow(dim, 0, 1)
         rows = rows.expand(probs.shape)
-        taken = []
-        for sequence in moves:
-            out = rows
-            for func, rest, kw in sequence:
-                out = func(out, *rest, **kw)
-            taken.append(out)
         try:
-            left, right = torch.broadcast_tensors(*taken)
+            left, right = torch.broadcast_tensors(*(_moved(rows, sequence) for sequence in moves))
         except RuntimeError:
             return False
         return bool(torch.equal(left, right))
 
     def _invert(self, x: Tensor, t: Any) -> Optional[Tuple[Tensor, Tensor, bool]]:
-        """``x > t``, ``t`` a constant, as ``x0 > t0`` (``x0 < t0`` where decreasing): the map from
-        ``x0`` to ``x`` moved onto ``t``. A direct map one at a time (the caller loops); under moves
-        by constants (``s.sigmoid()[:, c] > 0.5``) or for a softmax, :meth:`_invert_through`."""
-        info = self._get(x)
-        if info is None:
-            return None
-        if info.view is None and info.peel is not None and info.peel[0] not in _SOFTMAX:
-            op, parent, const = info.peel
-            step = self._inverse(op, const, t, parent.device)
-            return None if step is None else (parent, step[0], step[1])
-        return self._invert_through(x, t)
-
-    def _invert_through(self, x: Tensor, t: Any) -> Optional[Tuple[Tensor, Tensor, bool]]:
-        """:meth:`_invert` through moves by constants and invertible maps together, the moves
-        replayed on what the walk reaches (elementwise maps commute with them; a map by a tensor
-        constant does not, and stops it), so that a threshold on a column of ``s.sigmoid()`` compares
-        the scores, as without the move. A softmax is not elementwise, but its entry is the sigmoid
+        """``x > t``, ``t`` a constant, as ``x0 > t0`` (``x0 < t0`` where decreasing): the maps from
+        ``x0`` to ``x`` moved onto ``t``, through moves by constants and invertible maps together,
+        the moves replayed on what the walk reaches (elementwise maps commute with them; a map by a
+        tensor constant does not, and stops it), so that a threshold on a column of ``s.sigmoid()``
+        compares the scores, as without the move. A softmax is not elementwise, but its entry is the sigmoid
         of its one-vs-rest logit (:func:`_one_vs_rest`), so ``softmax(y) > t`` is that logit against
         ``logit(t)`` for ``0 < t < 1`` (``log_softmax(y) > u``: against ``logit(exp(u))``): in the
         scores' units (of two classes, ``y1 - y0``), where probabilities differ by at most 1 and not
@@ -3074,6 +3030,30 @@ def _one_vs_rest(y: Tensor, dim: int) -> Tensor:
     top = y.argmax(dim, keepdim=True)
     rest = y.scatter(dim, top, float("-inf")).logsumexp(dim, keepdim=True)
     return out.scatter(dim, top, y.gather(dim, top) - rest)
+
+
+def _direction(op: str, const: Any) -> int:
+    """1 (-1) where ``op`` (with ``const``, a number for an affine map) is a strictly increasing
+    (decreasing) elementwise map, 0 where it is neither or not known to be."""
+    if op in _INCREASING or op in _IDENTITY_OPS:
+        return 1
+    if op in _DECREASING:
+        return -1
+    if op not in _AFFINE_OPS or not _scalar(const):
+        return 0
+    if op in ("add", "sub"):
+        return 1
+    if op == "rsub":
+        return -1
+    c = float(const)  # mul, div
+    return 0 if c == 0 else 1 if c > 0 else -1
+
+
+def _moved(t: Tensor, moves: List[tuple]) -> Tensor:
+    """``moves`` (``(func, args, kwargs)``, in order) applied to ``t``."""
+    for func, rest, kw in moves:
+        t = func(t, *rest, **kw)
+    return t
 
 
 def _wide(device: torch.device) -> torch.dtype:
