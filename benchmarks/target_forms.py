@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 import torch
 import torch.nn.functional as nnf
@@ -26,7 +25,7 @@ import torch.nn.functional as nnf
 import uniloss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from version_cost import alternate, load_ref  # noqa: E402  (a commit's package; calls in turn)
+from version_cost import traced_table  # noqa: E402  (this checkout against a commit, call by call)
 
 
 def specificity(scores, target):
@@ -85,16 +84,7 @@ def _cases(g):
 
 
 def main(calls: int, ref: str) -> None:
-    torch.set_num_threads(1)
-    w = torch.nn.Parameter(torch.ones(1))
-    print(f"| case | {ref} (ms) | this checkout (ms) | this / {ref} |")
-    print("|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
-        old = load_ref(tmp, ref)
-        for name, fn, x, y in _cases(torch.Generator().manual_seed(0)):
-            losses = {"ref": old.UniLoss(old.from_metric(fn)), "this": uniloss.UniLoss(uniloss.from_metric(fn))}
-            med = alternate({k: (lambda f=f: f(x * w, y).backward()) for k, f in losses.items()}, calls, warmup=2)
-            print(f"| {name} | {med['ref']:.2f} | {med['this']:.2f} | {med['this'] / med['ref']:.3f}x |", flush=True)
+    traced_table(_cases(torch.Generator().manual_seed(0)), calls, ref)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,49 @@ def alternate(runs: "dict", calls: int, warmup: int = 20) -> "dict[str, float]":
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+def traced_table(cases, calls: int, ref: str, same: bool = False) -> None:
+    """Prints a markdown table: each case ``(name, fn, scores, target)`` traced by ``from_metric``
+    of this checkout and of commit ``ref``, a loss call (forward and backward, library defaults)
+    on ``scores`` times a parameter, calls alternating, medians of ``calls``. ``same``: after three
+    calls of each, both give the same loss and gradient (checked); a case the commit refuses with
+    a ``TraceError`` past ``probe_limit`` is timed in this checkout alone."""
+    import tempfile
+
+    import torch
+
+    import uniloss
+
+    torch.set_num_threads(1)
+    w = torch.nn.Parameter(torch.ones(1))
+    print(f"| case | {ref} (ms) | this checkout (ms) | this / {ref} |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        old = load_ref(tmp, ref)
+        for name, fn, x, y in cases:
+            losses = {"ref": old.UniLoss(old.from_metric(fn)), "this": uniloss.UniLoss(uniloss.from_metric(fn))}
+            ends, refused = {}, ""
+            for key, loss in losses.items():  # the first calls check the tape and the probes
+                try:
+                    for _ in range(3 if same else 1):
+                        s = x.clone().requires_grad_()
+                        value = loss(s, y)
+                        value.backward()
+                except old.TraceError as error:  # past probe_limit: the commit refuses it
+                    if key != "ref" or ", and probing it costs " not in str(error):
+                        raise
+                    refused = str(error).split(", and probing it costs ")[1].split(" per call")[0]
+                    del losses["ref"]
+                    break
+                ends[key] = (value.detach(), s.grad)
+            if same and "ref" in ends:
+                torch.testing.assert_close(ends["ref"], ends["this"], rtol=1e-5, atol=1e-7)
+            med = alternate({k: (lambda f=f: f(x * w, y).backward()) for k, f in losses.items()}, calls, warmup=2)
+            if refused:
+                print(f"| {name} | refused ({refused}, above probe_limit) | {med['this']:.2f} | |", flush=True)
+            else:
+                print(f"| {name} | {med['ref']:.2f} | {med['this']:.2f} | {med['this'] / med['ref']:.3f}x |", flush=True)
+
+
 def measure(src: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)

@@ -14,6 +14,7 @@ import torch
 from sklearn import metrics as skm
 
 import uniloss
+import uniloss._traced as traced
 from uniloss import TraceError, from_metric, zoo
 from uniloss.decoders import RankingTarget
 from uniloss.testing import assert_exact_decomposition
@@ -1086,8 +1087,13 @@ def _no_grad(s, y):
     return (first.argmax(1) == y.clamp(max=1)).float().mean()
 
 
+def _kendall_by_sign(s, y):
+    return (torch.sign(s[:, 0, None] - s[None, :, 0]) * torch.sign(y[:, None] - y[None, :]).float()).mean()
+
+
 @pytest.mark.parametrize("fn, match", [
     (_item, r"reads the scores' values as a Python value \(item\).*_item"),
+    (_kendall_by_sign, r"applies `sign` to the scores.*\(x > 0\).float\(\) - \(x < 0\).float\(\)"),
     (_continuous, r"_continuous at .*: its value depends on the scores other than through comparisons"),
     (_rounding, r"applies `round` to the scores"),
     (_cast, r"turns the scores into torch.int64 values with `long`"),
@@ -1102,6 +1108,29 @@ def test_untraceable_steps_raise_naming_the_operation_and_the_line(fn, match):
         from_metric(fn).metric(scores, target)
     message = str(info.value)
     assert "test_from_metric.py:" in message and "DecodedMetric" in message
+
+
+def _kendall(s, y):  # tau-a: sign(x) written as two comparisons, as the error above suggests
+    def sign(x):
+        return (x > 0).float() - (x < 0).float()
+
+    n = s.numel()
+    return (sign(s[:, None] - s[None, :]) * sign(y[:, None] - y[None, :]).float()).sum() / (n * (n - 1))
+
+
+def test_kendalls_tau_with_sign_as_two_comparisons_is_its_value_and_trains():
+    g = torch.Generator().manual_seed(0)
+    scores, target = torch.randn(24, generator=g), torch.randint(0, 3, (24,), generator=g)
+    scores[1] = scores[0]  # a tie in the scores: a pair counted neither concordant nor discordant
+    concordant = sum((float(scores[i] - scores[j]) * float(target[i] - target[j]) > 0) -
+                     (float(scores[i] - scores[j]) * float(target[i] - target[j]) < 0)
+                     for i in range(24) for j in range(24) if i != j)
+    loss = uniloss.UniLoss(from_metric(_kendall))
+    s = scores.clone().requires_grad_()
+    loss(s, target).backward()
+    assert float(loss.last.metric) == pytest.approx(concordant / (24 * 23), abs=1e-6)
+    centred = target.float() - target.float().mean()  # a descent step raises the higher grades' scores
+    assert torch.isfinite(s.grad).all() and float((-s.grad * centred).sum()) > 0
 
 
 def test_a_step_without_gradient_path_raises():
@@ -1128,12 +1157,33 @@ def test_an_error_rate_without_higher_is_better_false_is_warned_about():
 
 @pytest.mark.filterwarnings("ignore:from_metric.*fn is lowest where a row")  # labels not best by design
 def test_probing_beyond_the_limit_raises():
-    def shifted(scores, target):
-        return (scores.argmax(1) == (target + 1) % 3).float().mean()
+    def shifted(scores, target):  # logsumexp, not a sum: the probes replay fn, one configuration each
+        return (scores.argmax(1) == (target + 1) % 3).float().logsumexp(0)
 
     s, y = _multiclass(0, c=3)
     with pytest.raises(TraceError, match="probe_limit=10"):
         from_metric(shifted, probe_limit=10).metric(s, y)
+
+
+@pytest.mark.filterwarnings("ignore:from_metric.*fn is lowest where a row")  # labels not best by design
+def test_probes_through_the_sums_replay_a_few_configurations_whatever_the_limit(monkeypatch):
+    def shifted(scores, target):  # a mean: each probe's change goes through the sum, fn replayed for a check
+        return (scores.argmax(1) == (target + 1) % 3).float().mean()
+
+    s, y = _multiclass(0, n=40, c=3)
+    monkeypatch.setattr(traced, "_PROBES_CUT", 0)  # 121 configurations of 40 rows: taken through the sums at any size
+    replayed = []
+    values = traced.TracedMetric._values
+    monkeypatch.setattr(traced.TracedMetric, "_values", lambda self, plan, payloads, sites: replayed.append(
+        next(iter(payloads.values())).shape[0]) or values(self, plan, payloads, sites))
+    metric = from_metric(shifted, probe_limit=10)
+    loss = uniloss.UniLoss(metric)
+    loss(s.clone().requires_grad_(), y)
+    assert max(replayed) <= 2 * 32 + 1  # the first call's check: 120 probes and the current output before
+    replayed.clear()
+    loss(s.clone().requires_grad_(), y)
+    assert replayed == [] and float(loss.last.metric) == pytest.approx(float(shifted(s, y)))
+    torch.testing.assert_close(metric.best(metric.prepare(s, y)).reshape(40, 2), torch.ones(40, 2, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

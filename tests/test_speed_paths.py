@@ -207,3 +207,38 @@ def test_the_target_forms_benchmark_times_its_metrics_on_the_targets_paths():
         assert len(sites) == 1 and not isinstance(sites[0], traced._RankSite), name
         assert all(d.get("mode") != "probe" for ds in metric._decisions.values() for d in ds.values()), name
         assert getattr(sites[0], "mode", "label") == "label" or sites[0].ignoring is not None, name
+
+
+def test_the_probe_cost_benchmark_times_its_metrics_and_probes_them_through_the_sums():
+    """``benchmarks/probe_cost.py``: each case is the metric its name says (a loop over the pairs,
+    scikit-learn's AUROC for two grades, the count of thresholds passed) and, in this checkout,
+    probes its best output through the sums, PCK's small probes aside."""
+    from sklearn import metrics as skm
+
+    import uniloss._traced as traced
+
+    spec = importlib.util.spec_from_file_location("probe_cost", os.path.join(ROOT, "benchmarks", "probe_cost.py"))
+    probes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probes)
+
+    def pairs(x, y, weigh):  # over the ordered pairs i != j
+        return [weigh(float(x[i] - x[j]), float(y[i] - y[j])) for i in range(len(x)) for j in range(len(x)) if i != j]
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, generator=g), torch.randint(0, 3, (30,), generator=g)
+    ordered = pairs(x, y, lambda ds, dy: (dy > 0, ds > 0))
+    assert float(probes.concordance(x, y)) == pytest.approx(sum(s for o, s in ordered if o) / sum(o for o, _ in ordered))
+    binary = y.clamp(max=1)
+    assert float(probes.concordance(x, binary)) == pytest.approx(skm.roc_auc_score(binary, x))
+    tau = sum(pairs(x, y, lambda ds, dy: ((ds > 0) - (ds < 0)) * ((dy > 0) - (dy < 0)))) / (30 * 29)  # tau-a
+    assert float(probes.kendall_tau(x, y)) == pytest.approx(tau)
+    passed = [sum(float(v) > t for t in (-1.0, 0.0, 1.0)) for v in x]
+    assert float(probes.thresholds_counted(x, y)) == pytest.approx(sum(p == int(t) for p, t in zip(passed, y)) / 30)
+    for name, fn, scores, target in probes._cases(torch.Generator().manual_seed(0)):
+        if "[256]" in name:
+            continue  # as [128], four times the pairs
+        metric = traced.TracedMetric(fn)
+        loss = uniloss.UniLoss(metric)
+        for _ in range(2):
+            loss(scores.clone().requires_grad_(), target)
+        assert list(metric._probes.values()) == ([] if fn is probes.pck else [True]), name

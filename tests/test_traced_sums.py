@@ -644,3 +644,97 @@ def test_torchmetrics_matthews_branches_on_its_counts_and_is_fns_value():
     two = torch.cat([-scores, scores], dim=1)  # a binary task as two classes: zoo's MCC is torchmetrics' value
     expected = classification.binary_matthews_corrcoef((scores.reshape(-1) > 0).long(), target.reshape(-1))
     assert abs(float(zoo.matthews_corrcoef(2).metric(two, target.reshape(-1))) - float(expected)) < 1e-6
+
+
+# --------------------------------------------------------------------------- probes through the sums
+
+def concordance(s, y):  # of the pairs the target orders, those the scores order alike: a pair's best not in y
+    ordered = (y[:, None] > y[None, :]).float()
+    return ((s[:, None] > s[None, :]).float() * ordered).sum() / ordered.sum()
+
+
+def thresholds_counted(s, y):  # the thresholds a sample passes, against a target count
+    passed = (s[:, None] > torch.tensor([-1.0, 0.0, 1.0])).sum(1)
+    return (passed == y).float().mean()
+
+
+def _graded(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+PROBED = [(concordance, _graded), (thresholds_counted, _graded), (pck, lambda seed=0: _heatmaps(n=5, seed=seed))]
+
+
+def _cut_probes(monkeypatch):
+    """Counts the probes taken through the sums (``traced._probe_by_sums``), at any size."""
+    monkeypatch.setattr(traced, "_PROBES_CUT", 0)
+    calls = []
+    original = traced._probe_by_sums
+
+    def counted(*args, **kwargs):
+        calls.append(args[-2].numel())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(traced, "_probe_by_sums", counted)
+    return calls
+
+
+def test_a_pair_probed_through_the_sums_is_best_where_the_target_orders_it(monkeypatch):
+    calls = _cut_probes(monkeypatch)
+    monkeypatch.setattr(traced, "_PROBES_CUT", 1 << 20)  # the default: 4,097 replays of 4,096 pairs are past it
+    metric = from_metric(concordance)
+    loss = uniloss.UniLoss(metric)
+    for seed in range(3):  # the first call checks the cut against the replays, the others take it alone
+        scores, target = _graded(n=64, seed=seed)
+        loss(scores.requires_grad_(), target)
+    assert calls == [64 * 64] * 3 and list(metric._probes.values()) == [True]
+    replays = []
+    monkeypatch.setattr(traced.TracedMetric, "_values", lambda self, plan, payloads, sites: replays.append(
+        next(iter(payloads.values())).shape[0]))
+    plan = metric.prepare(scores, target)
+    assert replays == []  # no configuration replayed: 4,096 of them before
+    ordered = target[:, None] > target[None, :]
+    hard = scores[:, None] > scores[None, :]  # a pair the target does not order: flipping it changes nothing
+    torch.testing.assert_close(metric.best(plan), torch.where(ordered, True, hard).reshape(-1))
+
+
+@pytest.mark.parametrize("fn, data", PROBED, ids=lambda f: getattr(f, "__name__", ""))
+def test_probes_through_the_sums_give_the_loss_and_gradient_of_the_replays(fn, data, monkeypatch):
+    scores, target = data(seed=3)
+    calls = _cut_probes(monkeypatch)
+    with_cut = from_metric(fn)
+    loss, grad = _loss_and_grad(with_cut, scores, target)
+    assert len(calls) == 3 and list(with_cut._probes.values()) == [True]
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("no cut")
+
+    monkeypatch.setattr(traced, "_probe_by_sums", refused)
+    without = from_metric(fn)
+    loss_ref, grad_ref = _loss_and_grad(without, scores, target)
+    assert list(without._probes.values()) == [False]
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_probes_through_the_sums_that_disagree_with_the_replays_are_dropped(monkeypatch):
+    original = traced._probe_by_sums
+    monkeypatch.setattr(traced, "_probe_by_sums", lambda *a, **k: 1.0 - original(*a, **k))  # every verdict reversed
+    scores, target = _graded(seed=4)
+    metric = from_metric(concordance)
+    loss, grad = _loss_and_grad(metric, scores, target)
+    assert list(metric._probes.values()) == [False]
+    monkeypatch.setattr(traced, "_probe_by_sums", original)
+    loss_ref, grad_ref = _loss_and_grad(from_metric(concordance), scores, target)
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(grad, grad_ref)
+
+
+def test_small_probes_are_replayed_in_one_batch(monkeypatch):
+    calls = _cut_probes(monkeypatch)
+    monkeypatch.setattr(traced, "_PROBES_CUT", 1 << 20)  # the default: 5 x 2 heatmaps of 8 x 8 pixels fall short
+    heat, target = _heatmaps(n=5, seed=3)
+    metric = from_metric(pck)
+    _loss_and_grad(metric, heat, target)
+    assert calls == [] and metric._probes == {}

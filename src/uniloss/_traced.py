@@ -1086,6 +1086,7 @@ def _sum_cells(s: _Step, shape: Tuple[int, ...], device: torch.device) -> Tuple[
 
 
 _INT32_MAX = 2 ** 31 - 1
+_PROBES_CUT = 1 << 20  # the fewest elements of a probe's replays (its sums' inputs) it takes through the sums
 
 
 def _unique_codes(code: Tensor, bound: int) -> Tuple[Tensor, Tensor]:
@@ -1330,6 +1331,48 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, p
         _hold_sum(s, tape, first, events,
                   _sum_events(s, tape, env, x[:1], x[0].reshape(-1), x[1].reshape(-1), None, where, points + 1))
     return _after_sums(split, tape, first, events, points, {}, 8 * (points + split.elements))
+
+
+def _probe_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, element: Tensor,
+                   variant: Tensor) -> Any:
+    """fn's value with one element of a trained step's output changed at a time, from a tape cut
+    by :func:`_split_at_sums`: ``payload``, the step's decoded outputs (a leading dimension of
+    ``V``: the current one first, then whole outputs to take elements from); probe ``p`` takes
+    element ``element[p]`` (in flat order: a comparison's; an argmax's row) from output
+    ``variant[p]``, every other from the current one. Each probe is two points of a chain through
+    the sums, the change and its undoing, so all ``P`` cost ``O(P + E)`` (``E`` the elements the
+    sums take) and the steps after the sums at ``2 P + 1`` points. ``[P + 1]``: the probes', then
+    the current output's value; with the tape's guards, also where each is the trace's."""
+    env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at every output of the payload
+    for slot in split.sources:
+        env[slot] = site.format_batched(payload, site.call.x)
+    for s in split.elementwise:
+        args, kwargs = tape._inputs(s, env)
+        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, payload.shape[0])
+    probes, span = element.numel(), 2 * element.numel() + 1
+    outputs = split.source_of[split.sources[0]].numel()
+    first: List[Any] = [None] * tape.num_slots
+    events: List[Any] = [None] * tape.num_slots
+    for s in split.sums:  # the elements that follow each probe's element change at its point and back at the next
+        fed = env[s.fills[0][1]]
+        x = fed.reshape(fed.shape[0], -1)
+        source = split.source_of[s.fills[0][1]].reshape(-1)
+        order = source.argsort(stable=True)
+        counts = torch.bincount(source, minlength=outputs)
+        starts = counts.cumsum(0) - counts
+        each = counts[element]  # the sum's elements each probe changes
+        probe = torch.repeat_interleave(torch.arange(probes, device=element.device), each)
+        within = torch.arange(probe.numel(), device=element.device) - (each.cumsum(0) - each)[probe]
+        flat = order[starts[element][probe] + within]
+        before, after = x[0, flat], x[variant[probe], flat]
+        point = 2 * probe + 1
+        _hold_sum(s, tape, first, events, _sum_events(
+            s, tape, env, fed[:1], torch.cat([before, after]),
+            torch.cat([after, before]), torch.cat([flat, flat]), torch.cat([point, point + 1]), span))
+    result = _after_sums(split, tape, first, events, span - 1, {}, 8 * (span + split.elements))
+    values, held = result if isinstance(result, tuple) else (result, None)
+    picked = torch.cat([torch.arange(1, span, 2, device=values.device), values.new_zeros(1, dtype=torch.long)])
+    return values[picked] if held is None else (values[picked], held[picked])
 
 
 def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[Any], points: int,
@@ -2591,7 +2634,9 @@ class _Mode(TorchFunctionMode):
                                   "only orderings and comparisons of scores can be traced")
             return self._frozen(func, name, args, kwargs)
         if name in _DISCRETE_FLOAT_OPS:
-            raise self._error(f"fn applies `{name}` to the scores, a discrete step from_metric does not know")
+            hint = " (write sign(x) as `(x > 0).float() - (x < 0).float()`: two comparisons)" \
+                if name in ("sign", "sgn") else ""
+            raise self._error(f"fn applies `{name}` to the scores, a discrete step from_metric does not know{hint}")
         return _NO
 
     def _permuted_scores(self, args: Sequence, kwargs: Dict) -> bool:
@@ -3798,6 +3843,7 @@ class TracedMetric(Decomposition):
         self._decisions: Dict[tuple, dict] = {}
         self._tapes: Dict[tuple, str] = {}  # structure -> how its tape replays: "direct", "vmap" or "off"
         self._sums: Dict[tuple, bool] = {}  # structure -> whether its chain through sums gave fn's values
+        self._probes: Dict[tuple, bool] = {}  # (structure, step) -> whether its probes through sums did
         self._others: Dict[tuple, Any] = {}  # structure -> its forced traces' checks: a count, True or False
         self._graphs: Dict[tuple, _Graph] = {}  # input shapes -> the last trace of fn on them
         self._unsaid: List[Any] = []  # warnings of fn's replays held while a tape stood in for them
@@ -4056,26 +4102,96 @@ class TracedMetric(Decomposition):
         hard = hard.reshape(-1)
         n = hard.numel()
         c = _num_outputs(call)
-        self._probe_budget(n * c, call, f"{n} rows x {c} outputs")
-        variants = hard.expand(n * c, n).clone()
         rows = torch.arange(n, device=hard.device).repeat_interleave(c)
-        variants[torch.arange(n * c, device=hard.device), rows] = torch.arange(c, device=hard.device).repeat(n)
+        outputs = torch.arange(c, device=hard.device).repeat(n)
         site = _ProbeSite(call, index, "class")
-        values = self._values(plan, {index: variants.reshape((n * c,) + rows_shape)}, {index: site})
-        return _best_mask(values.reshape(n, c), self.higher_is_better)
+
+        def replayed(which: Tensor) -> Tensor:
+            probe = which[which < n * c]
+            variants = hard.expand(which.numel(), n).clone()
+            variants[(which < n * c).nonzero().reshape(-1), rows[probe]] = outputs[probe]
+            return self._values(plan, {index: variants.reshape((which.numel(),) + rows_shape)}, {index: site})
+
+        whole = torch.cat([hard[None], torch.arange(c, device=hard.device)[:, None].expand(c, n)])  # every row at c
+        values = self._probed(plan, call, site, whole.reshape((c + 1,) + rows_shape), rows, outputs + 1, replayed,
+                              f"{n} rows x {c} outputs", current=False)
+        return _best_mask(values[:n * c].reshape(n, c), self.higher_is_better)
 
     def _probe_compare(self, plan: "_Plan", call: _Call, index: int) -> Tensor:
         hard = call.out.reshape(-1)
         m = hard.numel()
-        self._probe_budget(m + 1, call, f"{m} elements")
-        variants = hard.expand(m + 1, m).clone()
         idx = torch.arange(m, device=hard.device)
-        variants[idx, idx] = ~variants[idx, idx]
         site = _ProbeSite(call, index, "compare")
-        values = self._values(plan, {index: variants.reshape((m + 1,) + call.out_shape)}, {index: site})
+
+        def replayed(which: Tensor) -> Tensor:
+            variants = hard.expand(which.numel(), m).clone()
+            at, probe = (which < m).nonzero().reshape(-1), which[which < m]
+            variants[at, probe] = ~variants[at, probe]
+            return self._values(plan, {index: variants.reshape((which.numel(),) + call.out_shape)}, {index: site})
+
+        values = self._probed(plan, call, site, torch.stack([hard, ~hard]).reshape((2,) + call.out_shape),
+                              idx, torch.ones_like(idx), replayed, f"{m} elements")
         flipped, current = values[:m], values[m]
         better = flipped > current if self.higher_is_better else flipped < current
         return torch.where(better & ~torch.isnan(flipped), ~hard, hard).reshape(call.out_shape)
+
+    _PROBES_CHECKED = 32  # of the probes that gain and of those that do not, the most the first call replays
+
+    def _probed(self, plan: "_Plan", call: _Call, site: "_ProbeSite", whole: Tensor, element: Tensor,
+                variant: Tensor, replayed: Callable[[Tensor], Tensor], what: str, current: bool = True) -> Tensor:
+        """A probe's values, ``[P + 1]``: ``fn`` with element ``element[p]`` of the step's output
+        taken from ``whole[variant[p]]`` and the others from ``whole[0]``, the current output, then
+        ``fn`` at the current output. Through the sums (:func:`_probe_by_sums`, ``O(P)``) where
+        the step reaches ``fn``'s value only through elementwise operations and sums, ``fn``
+        reads no value as a Python one, and the replays would hold more than ``2^20`` elements of the
+        sums' inputs and more than the cut holds of what follows the sums (pairs of ``n`` scores
+        summed to one number), within ``chain_elements``; else ``replayed(which)``,
+        the configurations ``which`` (``P``: the current output; its value NaN unless ``current``)
+        replayed, within ``probe_limit``.
+        The first call of a structure checks the cut against replays of the current output and
+        of up to 32 probes that gain and 32 that do not, and keeps the verdict."""
+        probes = element.numel()
+        verdict = self._probes.get((plan.key, site.index))
+        split = None
+        tape = plan.trace.tape
+        if verdict is not False and tape is not None and not tape.guards and (probes + 1) * max(
+                [t.numel() for t in tape.traced if isinstance(t, Tensor)] + [0]) >= _PROBES_CUT:  # the largest sum
+            indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
+            split = _split_at_sums(tape, indices, int(whole[0].numel()))
+            held = (2 * probes + 1) * _dense_width(split, 2 * probes) if split is not None else 0
+            replays = (probes + 1) * split.elements if split is not None else 0
+            # the cut holds what follows the sums at 2 P + 1 points, the replays the sums' inputs at P + 1:
+            # the cut where that is more and large (below, the replays' few batched operations cost less)
+            if split is not None and (held > current_limits().chain_elements or held >= replays or
+                                      replays < _PROBES_CUT):
+                split = None
+        checked = plan.tape == "direct" if verdict else plan.tape in ("check", "direct")  # the tape's verdict
+        if split is not None and checked:
+            try:
+                with torch.no_grad():
+                    values = _probe_by_sums(split, cast(_Tape, tape), site, whole, element, variant)
+                values = values if values.is_floating_point() else values.float()
+                if verdict is None:  # the first call: the cut against fn's replays where it gains and where not
+                    gains = values[:-1] > values[-1] if self.higher_is_better else values[:-1] < values[-1]
+                    which = torch.cat([_spread(gains.nonzero().reshape(-1), self._PROBES_CHECKED),
+                                       _spread((~gains).nonzero().reshape(-1), self._PROBES_CHECKED),
+                                       torch.tensor([probes], device=values.device)])
+                    ok = _same(values[which], replayed(which)) and plan.tape == "direct"
+                    self._remember_probes(plan, site.index, ok)
+                    if not ok:
+                        raise RuntimeError("probes through the sums are not fn's")
+                return values
+            except Exception:  # not expected after the check: the replays from now on
+                self._remember_probes(plan, site.index, False)
+        replays = probes + 1 if current else probes
+        self._probe_budget(replays, call, what)
+        values = replayed(torch.arange(replays, device=element.device))
+        return values if current else torch.cat([values, values.new_full((1,), math.nan)])
+
+    def _remember_probes(self, plan: "_Plan", index: int, ok: bool) -> None:
+        if len(self._probes) >= 256:
+            self._probes.clear()
+        self._probes[(plan.key, index)] = ok
 
     # -- evaluating configurations by replaying fn
     def _values(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site]) -> Tensor:
@@ -4987,6 +5103,13 @@ def _close_or_better(a: Tensor, b: Tensor, higher_is_better: bool) -> Tensor:
     tol = 1e-6 * torch.maximum(a.abs(), b.abs()).clamp_min(1.0)
     ok = a >= b - tol if higher_is_better else a <= b + tol
     return ok | (torch.isnan(a) & torch.isnan(b))
+
+
+def _spread(index: Tensor, most: int) -> Tensor:
+    """At most ``most`` entries of ``index``, evenly spread over it (its ends included)."""
+    if index.numel() <= most:
+        return index
+    return index[torch.linspace(0, index.numel() - 1, most, device=index.device).round().long()]
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
