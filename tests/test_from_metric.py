@@ -1093,7 +1093,7 @@ def _kendall_by_sign(s, y):
 
 @pytest.mark.parametrize("fn, match", [
     (_item, r"reads the scores' values as a Python value \(item\).*_item"),
-    (_kendall_by_sign, r"applies `sign` to the scores.*\(x > 0\).float\(\) - \(x < 0\).float\(\)"),
+    (_kendall_by_sign, r"applies `sign` to the scores.*`2 \* \(x > 0\).float\(\) - 1`.*\(x > 0\).float\(\) - \(x < 0\)"),
     (_continuous, r"_continuous at .*: its value depends on the scores other than through comparisons"),
     (_rounding, r"applies `round` to the scores"),
     (_cast, r"turns the scores into torch.int64 values with `long`"),

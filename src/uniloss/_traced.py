@@ -2634,8 +2634,8 @@ class _Mode(TorchFunctionMode):
                                   "only orderings and comparisons of scores can be traced")
             return self._frozen(func, name, args, kwargs)
         if name in _DISCRETE_FLOAT_OPS:
-            hint = " (write sign(x) as `(x > 0).float() - (x < 0).float()`: two comparisons)" \
-                if name in ("sign", "sgn") else ""
+            hint = (" (write sign(x) as `2 * (x > 0).float() - 1`, one comparison, where x is never 0, or as "
+                    "`(x > 0).float() - (x < 0).float()`, two comparisons, slower)") if name in ("sign", "sgn") else ""
             raise self._error(f"fn applies `{name}` to the scores, a discrete step from_metric does not know{hint}")
         return _NO
 

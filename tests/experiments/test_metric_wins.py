@@ -1059,3 +1059,23 @@ def test_the_softmax_threshold_benchmark_scores_f1_of_the_positive_class_as_scik
         expected = f1_score(y.numpy(), (s[:, 1] > s[:, 0]).long().numpy(), zero_division=0)
         assert float(bench.f1(s, y)) == pytest.approx(expected, abs=1e-6)
         assert float(bench.f1_on_logits(s, y)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_concordance_benchmark_scores_harrells_c_and_ranknets_loss_by_hand():
+    """benchmarks/traced_concordance.py: the traced metric and the test metric are the share of the
+    target's ordered pairs the scores order alike (scikit-learn's AUROC for two grades; a tie in the
+    scores counted half), the pairwise loss RankNet's over those pairs, each against a loop."""
+    from sklearn.metrics import roc_auc_score
+
+    bench = _benchmark("traced_concordance")
+    g = torch.Generator().manual_seed(0)
+    s, y = torch.randn(40, generator=g), torch.randint(0, 4, (40,), generator=g).float()
+    s[3] = s[5]  # a tie
+    pairs = [(i, j) for i in range(40) for j in range(40) if y[i] > y[j]]
+    won = sum(float(s[i] > s[j]) + 0.5 * float(s[i] == s[j]) for i, j in pairs) / len(pairs)
+    assert bench.harrell_c(s, y) == pytest.approx(won)
+    assert float(bench.concordance(s, y)) == pytest.approx(sum(float(s[i] > s[j]) for i, j in pairs) / len(pairs))
+    binary = (y > 1).float()
+    assert bench.harrell_c(s, binary) == pytest.approx(roc_auc_score(binary.numpy(), s.numpy()))
+    ranknet = sum(math.log1p(math.exp(float(s[j] - s[i]))) for i, j in pairs) / len(pairs)
+    assert float(bench.pairwise_logistic(s, y)) == pytest.approx(ranknet, rel=1e-5)
