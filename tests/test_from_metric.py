@@ -1133,6 +1133,30 @@ def test_kendalls_tau_with_sign_as_two_comparisons_is_its_value_and_trains():
     assert torch.isfinite(s.grad).all() and float((-s.grad * centred).sum()) > 0
 
 
+def _spearman(s, y):  # Spearman's rho: the correlation of the ranks (no ties)
+    r = s.argsort().argsort().float()
+    q = y.argsort().argsort().float()
+    r, q = r - r.mean(), q - q.mean()
+    return (r * q).sum() / (r.norm() * q.norm())
+
+
+def test_a_regression_target_with_negative_values_ranks_the_scores():
+    from scipy.stats import spearmanr
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(24, generator=g)  # a regression target: negative values too, only its order counts
+    scores = target + torch.randn(24, generator=g)
+    loss = uniloss.UniLoss(from_metric(_spearman))
+    s = scores.clone().requires_grad_()
+    loss(s, target).backward()
+    assert float(loss.last.metric) == pytest.approx(spearmanr(scores.numpy(), target.numpy()).statistic, abs=1e-6)
+    centred = target - target.mean()  # a descent step raises the scores of the higher targets
+    assert torch.isfinite(s.grad).all() and float((-s.grad * centred).sum()) > 0
+    metric = loss.decomposition
+    plan = metric.prepare(scores, target)
+    assert float(metric.evaluate(metric.best(plan)[None], plan)) == pytest.approx(1.0)  # the target's order
+
+
 def test_a_step_without_gradient_path_raises():
     scores, target = _multiclass(0, n=8, c=3)
     with pytest.raises(TraceError, match="without a gradient path"):

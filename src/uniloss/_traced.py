@@ -3195,7 +3195,8 @@ def _ignored_label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tuple[
 
 
 def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
-    """Tensors shaped like the ranked scores, >= 0 and finite: a relevance per item; where none
+    """Tensors shaped like the ranked scores and finite: a relevance per item (moved to a least
+    value of 0 where it is negative somewhere: a regression target, whose order alone counts); where none
     is, the target's tensors moved as the scores were before the ranking (``call.views``: a
     label's column of a multi-label target)."""
     varied: List[Tensor] = []
@@ -3218,9 +3219,11 @@ def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
         if t.is_complex() or t.numel() == 0:
             continue
         v = t.double() if t.dtype != torch.bool else t.long()
-        if bool(torch.isfinite(v).all()) and float(v.min()) >= 0:
+        if bool(torch.isfinite(v).all()):
+            low = float(v.min())
+            t = t if low >= 0 else t - t.min()  # only its order counts: a regression target, moved to >= 0
             # a constant relevance (a batch without positives) ranks nothing: no comparisons
-            (varied if float(v.max()) > float(v.min()) else constant).append(t.reshape(call.shape))
+            (varied if float(v.max()) > low else constant).append(t.reshape(call.shape))
     return varied + constant
 
 
@@ -4081,7 +4084,7 @@ class TracedMetric(Decomposition):
         raise TraceError(
             f"fn {'sorts' if call.name != 'topk' else 'takes the top k of'} the scores ({call.describe()}) but the "
             f"target holds no tensor to infer the best result from: a relevance per item of shape "
-            f"{list(call.shape)} (>= 0, more relevant = higher score)"
+            f"{list(call.shape)} (more relevant = higher score)"
             + (f" or a label per row of shape {list(_rows_shape(call))}" if call.name == "topk" else "")
             + f". {_MANUAL}")
 
