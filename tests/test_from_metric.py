@@ -1157,6 +1157,25 @@ def test_a_regression_target_with_negative_values_ranks_the_scores():
     assert float(metric.evaluate(metric.best(plan)[None], plan)) == pytest.approx(1.0)  # the target's order
 
 
+def _ap_of_signed_labels(s, y):  # AP by argsort, on -1/+1 labels
+    relevant = (y[s.argsort(descending=True)] > 0).float()
+    hits = relevant.cumsum(0)
+    return (hits / torch.arange(1, len(s) + 1) * relevant).sum() / relevant.sum()
+
+
+def test_a_ranking_of_minus_one_plus_one_labels_is_a_binary_ranking():
+    g = torch.Generator().manual_seed(2)
+    target = torch.where(torch.rand(40, generator=g) < 0.3, 1, -1)
+    scores = torch.randn(40, generator=g) + target
+    metric = from_metric(_ap_of_signed_labels)
+    loss = uniloss.UniLoss(metric)
+    loss(scores.clone().requires_grad_(), target)
+    assert float(loss.last.metric) == pytest.approx(skm.average_precision_score(target > 0, scores), abs=1e-6)
+    plan = metric.prepare(scores, target)
+    assert plan.sites[0].binary and plan.sites[0].num_bits == int((target > 0).sum() * (target < 0).sum())
+    assert float(metric.evaluate(metric.best(plan)[None], plan)) == pytest.approx(1.0)
+
+
 def test_a_step_without_gradient_path_raises():
     scores, target = _multiclass(0, n=8, c=3)
     with pytest.raises(TraceError, match="without a gradient path"):

@@ -1342,7 +1342,8 @@ def _probe_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, e
     ``variant[p]``, every other from the current one. Each probe is two points of a chain through
     the sums, the change and its undoing, so all ``P`` cost ``O(P + E)`` (``E`` the elements the
     sums take) and the steps after the sums at ``2 P + 1`` points. ``[P + 1]``: the probes', then
-    the current output's value; with the tape's guards, also where each is the trace's."""
+    the current output's value. Raises on a tape with guards (``fn`` reads values as Python
+    numbers, which may differ from probe to probe: replay those)."""
     env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at every output of the payload
     for slot in split.sources:
         env[slot] = site.format_batched(payload, site.call.x)
@@ -1369,10 +1370,10 @@ def _probe_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, e
         _hold_sum(s, tape, first, events, _sum_events(
             s, tape, env, fed[:1], torch.cat([before, after]),
             torch.cat([after, before]), torch.cat([flat, flat]), torch.cat([point, point + 1]), span))
-    result = _after_sums(split, tape, first, events, span - 1, {}, 8 * (span + split.elements))
-    values, held = result if isinstance(result, tuple) else (result, None)
-    picked = torch.cat([torch.arange(1, span, 2, device=values.device), values.new_zeros(1, dtype=torch.long)])
-    return values[picked] if held is None else (values[picked], held[picked])
+    values = _after_sums(split, tape, first, events, span - 1, {}, 8 * (span + split.elements))
+    if isinstance(values, tuple):
+        raise RuntimeError("a tape with guards: replay fn where the values it reads differ")
+    return values[torch.cat([torch.arange(1, span, 2, device=values.device), values.new_zeros(1, dtype=torch.long)])]
 
 
 def _after_sums(split: _SumSplit, tape: _Tape, first: List[Any], events: List[Any], points: int,
@@ -3195,8 +3196,9 @@ def _ignored_label_candidates(call: _Call, tensors: List[Tensor]) -> List[Tuple[
 
 
 def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
-    """Tensors shaped like the ranked scores and finite: a relevance per item (moved to a least
-    value of 0 where it is negative somewhere: a regression target, whose order alone counts); where none
+    """Tensors shaped like the ranked scores and finite: a relevance per item (where it is
+    negative somewhere, only its order counts: two values as 0/1, -1/+1 labels; more, a regression
+    target, moved to a least value of 0); where none
     is, the target's tensors moved as the scores were before the ranking (``call.views``: a
     label's column of a multi-label target)."""
     varied: List[Tensor] = []
@@ -3221,7 +3223,8 @@ def _relevance_candidates(call: _Call, tensors: List[Tensor]) -> List[Tensor]:
         v = t.double() if t.dtype != torch.bool else t.long()
         if bool(torch.isfinite(v).all()):
             low = float(v.min())
-            t = t if low >= 0 else t - t.min()  # only its order counts: a regression target, moved to >= 0
+            if low < 0:  # only its order counts: -1/+1 labels as 0/1 (a binary ranking), else moved to >= 0
+                t = (t == t.max()).to(t.dtype) if torch.unique(v).numel() == 2 else t - t.min()
             # a constant relevance (a batch without positives) ranks nothing: no comparisons
             (varied if float(v.max()) > low else constant).append(t.reshape(call.shape))
     return varied + constant
@@ -4158,7 +4161,7 @@ class TracedMetric(Decomposition):
         split = None
         tape = plan.trace.tape
         if verdict is not False and tape is not None and not tape.guards and (probes + 1) * max(
-                [t.numel() for t in tape.traced if isinstance(t, Tensor)] + [0]) >= _PROBES_CUT:  # the largest sum
+                [t.numel() for t in tape.traced if isinstance(t, Tensor)] + [0]) >= _PROBES_CUT:  # a cheap bound first
             indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
             split = _split_at_sums(tape, indices, int(whole[0].numel()))
             held = (2 * probes + 1) * _dense_width(split, 2 * probes) if split is not None else 0
