@@ -561,6 +561,43 @@ def test_batching_vmap_loop_and_fallback_agree():
     assert torch.allclose(vm_values, lp.evaluate(bits, lp.prepare(scores, target)))
 
 
+def _kappa_counted_by_index_put(s, y):  # a confusion matrix by index_put_(accumulate=True): the anchors' rows
+    c = s.shape[1]
+    observed = torch.zeros(c, c, dtype=s.dtype).index_put_((y, s.argmax(1)), torch.ones(len(y), dtype=s.dtype),
+                                                           accumulate=True)
+    weights = (torch.arange(c)[:, None] - torch.arange(c)[None, :]).to(s.dtype) ** 2
+    expected = observed.sum(1, keepdim=True) * observed.sum(0, keepdim=True) / observed.sum()
+    return 1 - (weights * observed).sum() / (weights * expected).sum()
+
+
+def _hits_put_per_class(s, y):  # the values change with the step, the indices are the target's
+    hits = torch.zeros(s.shape[1], dtype=s.dtype).index_put_((y,), (s.argmax(1) == y).to(s.dtype), accumulate=True)
+    return (hits / torch.bincount(y, minlength=s.shape[1]).clamp_min(1)).mean()
+
+
+def _written(s, y):  # without accumulate: each row's prediction written twice, by 2-D indices
+    n = len(y)
+    put = torch.full((n, 3), -1).index_put_((torch.arange(n)[:, None], torch.tensor([[0, 2]])),
+                                            s.argmax(1)[:, None].expand(-1, 2))
+    return ((put[:, 0] == y) & (put[:, 1] == -1) & (put[:, 2] == y)).to(s.dtype).mean()
+
+
+@pytest.mark.parametrize("fn", [_kappa_counted_by_index_put, _hits_put_per_class, _written],
+                         ids=lambda f: f.__name__)
+def test_index_put_runs_on_the_anchors_batch_by_hand_as_fn_one_at_a_time(fn):
+    scores, target = _multiclass(3, n=30, c=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "one anchor at a time": the tape takes index_put_
+        metric = from_metric(fn)
+        plan = metric.prepare(scores, target)
+        assert plan.tape == "direct"
+        bits = torch.rand(7, plan.num_bits, generator=_gen(1)) < 0.5
+        values = metric.evaluate(bits, plan)
+    loop = from_metric(fn, batched="loop")
+    torch.testing.assert_close(values, loop.evaluate(bits, loop.prepare(scores, target)))
+    assert float(metric.metric(scores, target)) == pytest.approx(float(fn(scores, target)))
+
+
 def test_structured_and_dense_engines_agree():
     scores, target = _binary(10)
     traced = from_metric(average_precision)

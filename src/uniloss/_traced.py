@@ -2099,6 +2099,14 @@ def _direct_rule(step: _Step, traced: Callable[[int], Tensor]) -> Optional[tuple
                     not isinstance(args[2], Tensor) or args[2].dim() == 0):
                 return ("masked_write", target_shape)
             return None
+        if name == "index_put_" and 1 not in batched and set(nested) <= {1} and len(args) >= 3:
+            items = nested.get(1, args[1])  # a confusion matrix counted by index_put_(..., accumulate=True)
+            if isinstance(items, (list, tuple)) and items and all(
+                    isinstance(v, _Ref) or isinstance(v, Tensor) for v in items) and all(
+                    not (traced(v.slot) if isinstance(v, _Ref) else v).is_floating_point() and
+                    (traced(v.slot) if isinstance(v, _Ref) else v).dtype != torch.bool for v in items):
+                return ("index_put", tuple(isinstance(v, _Ref) for v in items), target_shape)
+            return None
         if name == "__setitem__" and 1 not in batched and len(args) == 3:
             index = args[1] if isinstance(args[1], tuple) else (args[1],)
             if all(isinstance(i, (int, slice, type(None), type(Ellipsis))) or (
@@ -2361,6 +2369,20 @@ def _run_direct(step: _Step, rule: tuple, args: list, kwargs: Dict, batch: int) 
             return args[0][index]
         rows = torch.arange(batch, device=index.device).reshape((batch,) + (1,) * (index.dim() - 1))
         return args[0][rows, index]
+    if kind == "index_put":  # each anchor's indices, prefixed by its row of the batch
+        _, changes, target_shape = rule
+        result = args[0].clone() if _batched(step, 0) else _lead(args[0], batch).clone()
+        cores = [i.dim() - 1 if c else i.dim() for i, c in zip(args[1], changes)]
+        dims = max(cores)
+        where = [i.reshape((batch if c else 1,) + (1,) * (dims - core) + tuple(i.shape[1 if c else 0:]))
+                 for i, c, core in zip(args[1], changes, cores)]
+        rows = torch.arange(batch, device=result.device).reshape((batch,) + (1,) * dims)
+        value = args[2]
+        if isinstance(value, Tensor) and _batched(step, 2):  # aligned after the anchors' dimension
+            full = dims + len(target_shape) - len(where)
+            value = value.reshape((batch,) + (1,) * (full - value.dim() + 1) + tuple(value.shape[1:]))
+        accumulate = kwargs.get("accumulate", args[3] if len(args) > 3 else False)
+        return result.index_put_((rows, *where), value, accumulate)
     if kind == "masked_write":
         target, mask, value = args
         result = target.clone() if _batched(step, 0) else _lead(target, batch).clone()
