@@ -1,0 +1,356 @@
+"""Metrics as a user writes them in plain torch, each through ``uniloss.from_metric``: does it
+train, is its value the metric's, what does a loss call cost.
+
+    python benchmarks/plain_code_gallery.py                       # prints a markdown table
+    python benchmarks/plain_code_gallery.py --out docs/performance/plain-code-gallery.md
+
+The torchmetrics survey (``benchmarks/torchmetrics_survey.py``) runs a library's functions; this
+gallery runs the metrics people write themselves, in the forms they write them (a confusion
+matrix by ``bincount`` or ``index_put_``, a Python loop over classes or queries, ranks by
+``argsort`` twice, pairs by broadcasting). Each metric is first
+checked against an independent reference on the hard scores (scikit-learn or scipy, else a loop
+written in Python). A row is ``trains`` when ``UniLoss(from_metric(fn))`` ran a loss call and its
+backward, ``last.metric`` equals ``fn`` (within 1e-5) and the gradient is finite; the cost is the
+median of 5 loss calls (forward and backward, library defaults, one thread) after two that fill
+the caches, and its ratio to the usual loss on the same scores (binary cross-entropy,
+cross-entropy or mean squared error), measured alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from typing import Callable, List, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from sklearn import metrics as skm
+
+import uniloss
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torchmetrics_survey import _median_ms  # noqa: E402  (the median of a few calls, in ms)
+
+
+# --------------------------------------------------------------------------- the metrics, as written
+
+def quadratic_kappa(s, y):
+    """Cohen's kappa with quadratic weights of ``[n, C]`` scores' argmax (ordinal grades)."""
+    c = s.shape[1]
+    pred = s.argmax(1)
+    observed = torch.zeros(c, c).index_put_((y, pred), torch.ones(len(y)), accumulate=True)
+    weights = (torch.arange(c)[:, None] - torch.arange(c)[None, :]).float() ** 2 / (c - 1) ** 2
+    expected = observed.sum(1, keepdim=True) * observed.sum(0, keepdim=True) / observed.sum()
+    return 1 - (weights * observed).sum() / (weights * expected).sum()
+
+
+def recall_at_10(s, y):
+    """The share of the relevant items among the 10 highest scores."""
+    return y[s.topk(10).indices].sum() / y.sum().clamp_min(1)
+
+
+def precision_at_top_tenth(s, y):
+    """Precision of the highest tenth of the scores, by a descending ``argsort``."""
+    k = max(1, s.numel() // 10)
+    return y[s.argsort(descending=True)][:k].float().mean()
+
+
+def reciprocal_rank(s, y):
+    """One over the rank of the first relevant item (``nonzero`` of the ranked relevance)."""
+    first = torch.nonzero(y[torch.argsort(s, descending=True)])[0, 0]
+    return 1.0 / (first + 1)
+
+
+def top3_accuracy(s, y):
+    """A hit where the label is among a row's three highest scores."""
+    return (s.topk(3, dim=1).indices == y[:, None]).any(1).float().mean()
+
+
+def balanced_accuracy_loop(s, y):
+    """The mean over classes of each class's recall, a Python loop over the classes."""
+    pred = s.argmax(1)
+    recalls = [((pred == c) & (y == c)).sum() / (y == c).sum().clamp_min(1) for c in range(s.shape[1])]
+    return torch.stack(recalls).mean()
+
+
+def macro_f1_bincount(s, y):
+    """Macro-F1 from a confusion matrix counted by ``bincount``."""
+    c = s.shape[1]
+    cm = torch.bincount(y * c + s.argmax(1), minlength=c * c).reshape(c, c).float()
+    return (2 * cm.diag() / (cm.sum(0) + cm.sum(1)).clamp_min(1)).mean()
+
+
+def weighted_f1(s, y):
+    """Each class's F1 weighted by its support."""
+    pred = s.argmax(1)
+    f1, support = [], []
+    for c in range(s.shape[1]):
+        tp = ((pred == c) & (y == c)).sum()
+        f1.append(2 * tp / ((pred == c).sum() + (y == c).sum()).clamp_min(1))
+        support.append((y == c).sum())
+    weights = torch.stack(support).float()
+    return (torch.stack(f1) * weights).sum() / weights.sum()
+
+
+def iou_at_half(s, y):
+    """Jaccard index of "probability above 1/2" (a sigmoid, looked through to ``s > 0``)."""
+    pred, truth = torch.sigmoid(s) > 0.5, y.bool()
+    return (pred & truth).sum() / (pred | truth).sum().clamp_min(1)
+
+
+def ordinal_mae(s, y):
+    """Mean absolute error of an ordinal prediction, the number of cut points a score passes."""
+    pred = (s[:, None] > torch.tensor([-1.0, 0.0, 1.0])).sum(1)
+    return (pred - y).abs().float().mean()
+
+
+def concordance(s, y):
+    """Of the pairs the target orders, the share the scores order alike (Harrell's C, no censoring)."""
+    ordered = (y[:, None] > y[None, :]).float()
+    return ((s[:, None] > s[None, :]).float() * ordered).sum() / ordered.sum()
+
+
+def kendall_tau(s, y):
+    """Kendall's tau of untied scores, each pair's sign of the scores as ``2 [s_i > s_j] - 1``."""
+    n = s.numel()
+    return ((2 * (s[:, None] > s[None, :]).float() - 1) * torch.sign(y[:, None] - y[None, :])).sum() / (n * (n - 1))
+
+
+def spearman_rho(s, y):
+    """The correlation of the ranks (``argsort`` twice), against a regression target."""
+    r, q = s.argsort().argsort().float(), y.argsort().argsort().float()
+    r, q = r - r.mean(), q - q.mean()
+    return (r * q).sum() / (r.norm() * q.norm())
+
+
+def auroc_by_ranks(s, y):
+    """AUROC by the Mann-Whitney statistic of the ranks."""
+    ranks = s.argsort().argsort().float() + 1
+    positive = y == 1
+    p, n = positive.sum(), (~positive).sum()
+    return (ranks[positive].sum() - p * (p + 1) / 2) / (p * n)
+
+
+def map_of_queries(s, y):
+    """Mean AP over queries of 8 consecutive items, a Python loop over the queries."""
+    aps = []
+    for i in range(0, s.numel(), 8):
+        relevant = y[i:i + 8][s[i:i + 8].argsort(descending=True)].float()
+        precision = relevant.cumsum(0) / torch.arange(1, len(relevant) + 1)
+        aps.append((precision * relevant).sum() / relevant.sum().clamp_min(1))
+    return torch.stack(aps).mean()
+
+
+def ndcg_at_10(s, y):
+    """NDCG@10 of graded relevance (linear gains), one query."""
+    discount = 1 / torch.log2(torch.arange(2, s.numel() + 2).float())
+    dcg = (y[s.argsort(descending=True)] * discount)[:10].sum()
+    return dcg / (y.sort(descending=True).values * discount)[:10].sum()
+
+
+def dice_per_class(s, y):
+    """Mean over classes of the Dice score of a segmentation's per-pixel argmax, ``[b, C, H, W]``."""
+    pred = s.argmax(1)
+    dice = [2 * ((pred == c) & (y == c)).sum() / ((pred == c).sum() + (y == c).sum()).clamp_min(1)
+            for c in range(s.shape[1])]
+    return torch.stack(dice).mean()
+
+
+def precision_at_recall_80(s, y):
+    """The best precision of a cut of the ranking whose recall is at least 0.8."""
+    relevant = y[s.argsort(descending=True)].float()
+    hits = relevant.cumsum(0)
+    precision, recall = hits / torch.arange(1, s.numel() + 1), hits / relevant.sum()
+    return (precision * (recall >= 0.8).float()).max()
+
+
+def multilabel_hamming(s, y):
+    """The share of labels predicted wrong at probability 1/2 (lower is better)."""
+    return ((torch.sigmoid(s) > 0.5) != y.bool()).float().mean()
+
+
+# --------------------------------------------------------------------------- inputs and references
+
+def _binary(g, n=128, share=0.3):
+    y = (torch.rand(n, generator=g) < share).long()
+    y[:2] = torch.tensor([0, 1])  # both classes present
+    return torch.randn(n, generator=g) + 0.7 * y, y
+
+
+def _classes(g, n=128, c=5):
+    y = torch.randint(0, c, (n,), generator=g)
+    return torch.randn(n, c, generator=g) + F.one_hot(y, c), y
+
+
+def _grades(g, n=128, grades=4):
+    y = torch.randint(0, grades, (n,), generator=g)
+    return torch.randn(n, generator=g) + 0.5 * y, y
+
+
+def _continuous(g, n=128):
+    y = torch.randn(n, generator=g)
+    return y + torch.randn(n, generator=g), y
+
+
+def _segmentation(g, b=4, c=3, size=16):
+    y = torch.randint(0, c, (b, size, size), generator=g)
+    return torch.randn(b, c, size, size, generator=g) + 2 * F.one_hot(y, c).movedim(-1, 1), y
+
+
+def _multilabel(g, n=64, labels=6):
+    y = (torch.rand(n, labels, generator=g) < 0.3).long()
+    return torch.randn(n, labels, generator=g) + 2 * y - 1, y
+
+
+def _reciprocal_rank(s, y):
+    ranked = y[np.argsort(-s, kind="stable")]
+    return 1 / (np.flatnonzero(ranked)[0] + 1)
+
+
+def _pairs(s, y, weigh):
+    return sum(weigh(s[i] - s[j], y[i] - y[j]) for i in range(len(s)) for j in range(len(s)) if i != j)
+
+
+def _recall_at(s, y, k):
+    return y[np.argsort(-s, kind="stable")[:k]].sum() / max(y.sum(), 1)
+
+
+def _precision_at_recall(s, y, least):
+    precision, recall, _ = skm.precision_recall_curve(y, s)
+    return precision[recall >= least].max()
+
+
+def _map_of_queries(s, y):
+    return np.mean([skm.average_precision_score(y[i:i + 8], s[i:i + 8]) if y[i:i + 8].any() else 0.0
+                    for i in range(0, len(s), 8)])
+
+
+class Case(NamedTuple):
+    name: str
+    fn: Callable
+    inputs: Callable  # generator -> (scores, target)
+    reference: Callable  # numpy scores, numpy target -> the metric, computed independently
+    usual: Callable  # the usual loss on (scores, target)
+    higher_is_better: bool = True
+
+
+def _bce(s, y):
+    return F.binary_cross_entropy_with_logits(s, y.float())
+
+
+def _mse(s, y):
+    return F.mse_loss(s, y.float())
+
+
+CASES: List[Case] = [
+    Case("quadratic weighted kappa", quadratic_kappa, _classes,
+         lambda s, y: skm.cohen_kappa_score(y, s.argmax(1), weights="quadratic"), F.cross_entropy),
+    Case("recall@10", recall_at_10, _binary, lambda s, y: _recall_at(s, y, 10), _bce),
+    Case("precision of the top tenth", precision_at_top_tenth, _binary,
+         lambda s, y: y[np.argsort(-s, kind="stable")[:len(s) // 10]].mean(), _bce),
+    Case("reciprocal rank", reciprocal_rank, lambda g: _binary(g, share=0.05), _reciprocal_rank, _bce),
+    Case("top-3 accuracy", top3_accuracy, _classes,
+         lambda s, y: skm.top_k_accuracy_score(y, s, k=3, labels=range(s.shape[1])), F.cross_entropy),
+    Case("balanced accuracy, a loop over classes", balanced_accuracy_loop, _classes,
+         lambda s, y: skm.balanced_accuracy_score(y, s.argmax(1)), F.cross_entropy),
+    Case("macro-F1 from a bincount confusion matrix", macro_f1_bincount, _classes,
+         lambda s, y: skm.f1_score(y, s.argmax(1), average="macro"), F.cross_entropy),
+    Case("support-weighted F1", weighted_f1, _classes,
+         lambda s, y: skm.f1_score(y, s.argmax(1), average="weighted"), F.cross_entropy),
+    Case("IoU at probability 1/2", iou_at_half, _binary, lambda s, y: skm.jaccard_score(y, s > 0), _bce),
+    Case("ordinal MAE, cut points passed", ordinal_mae, _grades,
+         lambda s, y: skm.mean_absolute_error(y, (s[:, None] > np.array([-1.0, 0.0, 1.0])).sum(1)), _mse, False),
+    Case("concordance index, all pairs", concordance, _grades,
+         lambda s, y: _pairs(s, y, lambda ds, dy: float(dy > 0 and ds > 0)) / _pairs(s, y, lambda ds, dy: float(dy > 0)),
+         _mse),
+    Case("Kendall's tau, all pairs", kendall_tau, _continuous, lambda s, y: stats.kendalltau(s, y).statistic, _mse),
+    Case("Spearman's rho, ranks by argsort", spearman_rho, _continuous,
+         lambda s, y: stats.spearmanr(s, y).statistic, _mse),
+    Case("AUROC by Mann-Whitney ranks", auroc_by_ranks, _binary, lambda s, y: skm.roc_auc_score(y, s), _bce),
+    Case("mean AP of queries, a loop", map_of_queries, _binary, _map_of_queries, _bce),
+    Case("NDCG@10, graded", ndcg_at_10, _grades, lambda s, y: skm.ndcg_score(y[None], s[None], k=10), _mse),
+    Case("Dice per class, segmentation", dice_per_class, _segmentation,
+         lambda s, y: skm.f1_score(y.reshape(-1), s.argmax(1).reshape(-1), average="macro"), F.cross_entropy),
+    Case("precision at recall 0.8", precision_at_recall_80, _binary, lambda s, y: _precision_at_recall(s, y, 0.8),
+         _bce),
+    Case("multi-label Hamming loss", multilabel_hamming, _multilabel,
+         lambda s, y: skm.hamming_loss(y, s > 0), _bce, False),
+]
+
+
+# --------------------------------------------------------------------------- the gallery
+
+def run(case: Case, seed: int = 0, times: int = 5) -> dict:
+    """One case: its reference check, whether it trains, and its cost."""
+    scores, target = case.inputs(torch.Generator().manual_seed(seed))
+    value = float(case.fn(scores, target))
+    reference = float(case.reference(scores.numpy(), target.numpy()))
+    row = {"name": case.name, "fn": case.fn.__name__, "value": value, "reference": reference,
+           "as the reference": abs(value - reference) <= 1e-5}
+    loss = uniloss.UniLoss(uniloss.from_metric(case.fn, higher_is_better=case.higher_is_better))
+
+    def call() -> torch.Tensor:
+        x = scores.clone().requires_grad_()
+        loss(x, target).backward()
+        return x
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            x = call()
+        except uniloss.TraceError as error:
+            return dict(row, result="refused", why=str(error).split(". ")[0])
+        call()
+        ms = _median_ms(call, times)
+    usual_ms = _median_ms(lambda: case.usual(scores.clone().requires_grad_(), target).backward(), times)
+    exact = abs(float(loss.last.metric) - value) <= 1e-5 and bool(torch.isfinite(_grad_or_nan(x)).all())
+    return dict(row, result="trains" if exact else f"last.metric {float(loss.last.metric):.4f}", ms=ms,
+                ratio=ms / usual_ms, warnings=sorted({str(w.message).split(":", 1)[1].split(" (")[0].strip()
+                                                      for w in said if str(w.message).startswith("from_metric")}))
+
+
+def _grad_or_nan(x: torch.Tensor) -> torch.Tensor:
+    return x.grad if x.grad is not None else torch.tensor([float("nan")])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="write the table there (markdown) as well")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.time()
+    rows = []
+    for case in CASES:
+        rows.append(run(case))
+        print(f"{case.name}: {rows[-1]['result']}", flush=True)
+    trains = sum(r["result"] == "trains" for r in rows)
+    lines = ["# Metrics as plain code through `from_metric`", "",
+             " ".join((__doc__ or "").split("\n\n")[2].split()).replace("``", "`"), "",
+             f"`python benchmarks/plain_code_gallery.py --out docs/performance/plain-code-gallery.md`; AMD EPYC "
+             f"2-core, torch {torch.__version__}, uniloss {uniloss.__version__}, one thread, "
+             f"{time.strftime('%Y-%m-%d')}, {time.time() - start:.0f} seconds. {trains} of {len(rows)} train.",
+             "", "| metric | function | inputs | reference | result | cost of a loss call | from_metric said |",
+             "|---|---|---|---|---|---|---|"]
+    for case, r in zip(CASES, rows):
+        scores, target = case.inputs(torch.Generator().manual_seed(0))
+        inputs = f"scores {list(scores.shape)}, target {list(target.shape)}"
+        check = f"{r['reference']:.4f} ({'equal' if r['as the reference'] else 'differs: ' + format(r['value'], '.4f')})"
+        cost = f"{r['ms']:.1f} ms ({r['ratio']:.0f}x the usual loss)" if "ms" in r else r.get("why", "")
+        if not case.higher_is_better:
+            cost += "; higher_is_better=False"
+        lines.append(f"| {case.name} | `{r['fn']}` | {inputs} | {check} | {r['result']} | {cost} | "
+                     f"{'; '.join(r.get('warnings', []))} |")
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
