@@ -34,7 +34,7 @@ from sklearn import metrics as skm
 import uniloss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torchmetrics_survey import _median_ms  # noqa: E402  (the median of a few calls, in ms)
+from torchmetrics_survey import median_ms  # noqa: E402  (the median of a few calls, in ms)
 
 
 # --------------------------------------------------------------------------- the metrics, as written
@@ -306,8 +306,8 @@ def run(case: Case, seed: int = 0, times: int = 5) -> dict:
         except uniloss.TraceError as error:
             return dict(row, result="refused", why=str(error).split(". ")[0])
         call()
-        ms = _median_ms(call, times)
-    usual_ms = _median_ms(lambda: case.usual(scores.clone().requires_grad_(), target).backward(), times)
+        ms = median_ms(call, times)
+    usual_ms = median_ms(lambda: case.usual(scores.clone().requires_grad_(), target).backward(), times)
     exact = abs(float(loss.last.metric) - value) <= 1e-5 and bool(torch.isfinite(_grad_or_nan(x)).all())
     return dict(row, result="trains" if exact else f"last.metric {float(loss.last.metric):.4f}", ms=ms,
                 ratio=ms / usual_ms, warnings=sorted({str(w.message).split(":", 1)[1].split(" (")[0].strip()

@@ -97,7 +97,8 @@ def _bound(f: Callable, params: dict) -> Callable:
     return fn
 
 
-def _median_ms(call: Callable[[], Any], times: int = 5) -> float:
+def median_ms(call: Callable[[], Any], times: int = 5) -> float:
+    """The median wall time of ``times`` calls of ``call``, in milliseconds."""
     out = []
     for _ in range(times):
         t = time.perf_counter()
@@ -143,8 +144,8 @@ def survey(names: Optional[List[str]] = None) -> List[Tuple[str, str, str, str]]
             except Exception as exc:  # noqa: BLE001
                 rows.append((name, "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}", ""))
                 continue
-            ms = _median_ms(call)
-        usual_ms = _median_ms(lambda: usual(scores.clone().requires_grad_(), target).backward())
+            ms = median_ms(call)
+        usual_ms = median_ms(lambda: usual(scores.clone().requires_grad_(), target).backward())
         value = float(loss.last.metric)
         exact = abs(value - float(ref)) <= 1e-5 and x.grad is not None and bool(torch.isfinite(x.grad).all())
         notes = sorted({_note(str(w.message)) for w in said if str(w.message).startswith("from_metric")})
