@@ -19,6 +19,7 @@ cross-entropy or mean squared error), measured alongside.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -174,6 +175,54 @@ def multilabel_hamming(s, y):
     return ((torch.sigmoid(s) > 0.5) != y.bool()).float().mean()
 
 
+def mean_iou_ignoring(s, y):
+    """Mean IoU of a segmentation's per-pixel argmax over the pixels not labelled 255 (boolean indexing)."""
+    valid = y != 255
+    pred, truth = s.argmax(1)[valid], y[valid]
+    ious = [((pred == c) & (truth == c)).sum() / ((pred == c) | (truth == c)).sum().clamp_min(1)
+            for c in range(s.shape[1])]
+    return torch.stack(ious).mean()
+
+
+def precision_at_3_per_row(s, y):
+    """Multi-label: the share of each row's three highest scores that are its labels, averaged."""
+    return y.gather(1, s.topk(3, dim=1).indices).float().mean(1).mean()
+
+
+def f2_at_probability(s, y):
+    """F2 of "probability above 0.3" (a sigmoid, compared in the scores' units)."""
+    pred, truth = torch.sigmoid(s) > 0.3, y == 1
+    tp, fp, fn = (pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()
+    return 5 * tp / (5 * tp + 4 * fn + fp).clamp_min(1)
+
+
+def mrr_of_rows(s, y):
+    """Mean reciprocal rank of ``[queries, items]``: each row's first relevant item, by ``cumsum``."""
+    relevant = y.gather(1, s.argsort(1, descending=True))
+    first = (relevant.cumsum(1) > 0).float().argmax(1)
+    return (1.0 / (first + 1).float() * (relevant.sum(1) > 0).float()).mean()
+
+
+def map_at_5_of_rows(s, y):
+    """Mean AP@5 of ``[queries, items]`` (each row's AP over its five highest, over min(relevant, 5))."""
+    relevant = y.gather(1, s.topk(5, 1).indices).float()
+    precision = relevant.cumsum(1) / torch.arange(1, 6)
+    return ((precision * relevant).sum(1) / y.sum(1).clamp(1, 5)).mean()
+
+
+def coral_accuracy(s, y):
+    """Ordinal accuracy of cumulative logits ``[n, K - 1]`` (CORAL): the grade is the logits above 0."""
+    return ((s > 0).long().sum(1) == y).float().mean()
+
+
+def matthews_by_hand(s, y):
+    """Matthews' correlation of ``s > 0``, from the four counts."""
+    p, t = s > 0, y == 1
+    tp, tn = (p & t).sum().float(), (~p & ~t).sum().float()
+    fp, fn = (p & ~t).sum().float(), (~p & t).sum().float()
+    return (tp * tn - fp * fn) / torch.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)).clamp_min(1e-8)
+
+
 # --------------------------------------------------------------------------- inputs and references
 
 def _binary(g, n=128, share=0.3):
@@ -205,6 +254,32 @@ def _segmentation(g, b=4, c=3, size=16):
 def _multilabel(g, n=64, labels=6):
     y = (torch.rand(n, labels, generator=g) < 0.3).long()
     return torch.randn(n, labels, generator=g) + 2 * y - 1, y
+
+
+def _segmentation_ignoring(g):
+    s, y = _segmentation(g)
+    y[:, :3] = 255  # the top rows unlabelled
+    return s, y
+
+
+def _queries(g, q=8, items=20):
+    y = (torch.rand(q, items, generator=g) < 0.2).long()
+    y[:, 0] = 1  # every query has a relevant item
+    return torch.randn(q, items, generator=g) + y, y
+
+
+def _cumulative(g, n=128, grades=5):
+    y = torch.randint(0, grades, (n,), generator=g)
+    return torch.randn(n, grades - 1, generator=g) + 2 * (torch.arange(grades - 1)[None, :] < y[:, None]) - 1, y
+
+
+def _rows_ranked(s, y, score):
+    return np.mean([score(y[i][np.argsort(-s[i], kind="stable")], y[i]) for i in range(len(s))])
+
+
+def _ap_at_5(ranked, labels):
+    hits = np.cumsum(ranked[:5])
+    return (hits / np.arange(1, 6) * ranked[:5]).sum() / min(max(labels.sum(), 1), 5)
 
 
 def _reciprocal_rank(s, y):
@@ -280,6 +355,21 @@ CASES: List[Case] = [
          _bce),
     Case("multi-label Hamming loss", multilabel_hamming, _multilabel,
          lambda s, y: skm.hamming_loss(y, s > 0), _bce, False),
+    Case("mean IoU, pixels labelled 255 left out", mean_iou_ignoring, _segmentation_ignoring,
+         lambda s, y: skm.jaccard_score(y[y != 255], s.argmax(1)[y != 255], average="macro", labels=range(3),
+                                        zero_division=0), lambda s, y: F.cross_entropy(s, y, ignore_index=255)),
+    Case("multi-label precision@3 per row", precision_at_3_per_row, _multilabel,
+         lambda s, y: _rows_ranked(s, y, lambda ranked, labels: ranked[:3].mean()), _bce),
+    Case("F2 at probability 0.3", f2_at_probability, _binary,
+         lambda s, y: skm.fbeta_score(y, s > math.log(0.3 / 0.7), beta=2), _bce),
+    Case("MRR of query rows, by cumsum", mrr_of_rows, _queries,
+         lambda s, y: _rows_ranked(s, y, lambda ranked, labels: 1 / (np.flatnonzero(ranked)[0] + 1)), _bce),
+    Case("mAP@5 of query rows", map_at_5_of_rows, _queries, lambda s, y: _rows_ranked(s, y, _ap_at_5), _bce),
+    Case("CORAL ordinal accuracy", coral_accuracy, _cumulative,
+         lambda s, y: skm.accuracy_score(y, (s > 0).sum(1)),
+         lambda s, y: F.binary_cross_entropy_with_logits(s, (torch.arange(s.shape[1])[None, :] < y[:, None]).float())),
+    Case("Matthews' correlation by hand", matthews_by_hand, _binary,
+         lambda s, y: skm.matthews_corrcoef(y, s > 0), _bce),
 ]
 
 

@@ -23,6 +23,9 @@ def test_each_metric_of_the_gallery_is_its_reference(case):
         scores, target = case.inputs(torch.Generator().manual_seed(seed))
         assert float(case.fn(scores, target)) == pytest.approx(case.reference(scores.numpy(), target.numpy()),
                                                                abs=1e-6), seed
+    x = scores.clone().requires_grad_()
+    case.usual(x, target).backward()  # the usual loss the cost is compared with runs on the same inputs
+    assert torch.isfinite(x.grad).all()
 
 
 @pytest.mark.filterwarnings("ignore:from_metric")  # those that vmap cannot batch say so
