@@ -513,3 +513,31 @@ def test_a_ranking_per_class_takes_the_chain_through_its_swaps(name, absent, mon
     rank = torch.randperm(plan.num_bits, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6, atol=1e-7)
     _same_as_without_the_cut(fn, scores, target, monkeypatch, name="_chain_by_ranks")
+
+
+def _ap_at_the_positives(s, y):  # the curve read at places given by the target: another index each call
+    relevant = y[s.argsort(descending=True)].float()
+    precision = relevant.cumsum(0) / torch.arange(1, len(s) + 1)
+    at = torch.nonzero(y).reshape(-1)
+    return (precision * relevant)[at].sum() / y.sum() + precision[1:].mean() / 100
+
+
+def test_a_move_keeps_what_its_constants_decide_across_calls_and_nothing_else():
+    """A move by slices (``precision[1:]``) keeps its map of elements in the program across calls;
+    one by a tensor of the call (``[at]``) decides it again: each call's loss and gradient are a
+    fresh metric's."""
+    kept = uniloss.UniLoss(uniloss.from_metric(_ap_at_the_positives))
+    g = torch.Generator().manual_seed(0)
+    for call in range(4):  # the same shapes and number of positives, the positives elsewhere
+        y = torch.zeros(24, dtype=torch.long)
+        y[torch.randperm(24, generator=g)[:6]] = 1
+        s = torch.randn(24, generator=g) + y
+        x, fresh = s.clone().requires_grad_(), s.clone().requires_grad_()
+        loss = kept(x, y)
+        loss.backward()
+        reference = uniloss.UniLoss(uniloss.from_metric(_ap_at_the_positives))(fresh, y)
+        reference.backward()
+        torch.testing.assert_close(loss, reference)
+        torch.testing.assert_close(x.grad, fresh.grad)
+    tape = kept.decomposition.prepare(s, y).trace.tape
+    assert any(step.memo for step in tape.steps) and any(step.memo is None for step in tape.steps if step.kind == "op")

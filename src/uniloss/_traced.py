@@ -368,7 +368,8 @@ class _Step:
     ``(position, slot)`` of the arguments that are tensors of the tape; ``nested``: positions
     (ints) and keywords (strs) of containers holding some."""
 
-    __slots__ = ("kind", "func", "args", "kwargs", "outs", "single", "fills", "nested", "index", "call", "rule")
+    __slots__ = ("kind", "func", "args", "kwargs", "outs", "single", "fills", "nested", "index", "call", "rule",
+                 "memo")
 
     def __init__(self, kind: str, func: Any, args: tuple, kwargs: Dict, outs: tuple, single: bool,
                  fills: List[Tuple[int, int]], nested: list, index: int = -1,
@@ -376,6 +377,8 @@ class _Step:
         self.kind, self.func, self.args, self.kwargs, self.outs, self.single = kind, func, args, kwargs, outs, single
         self.fills, self.nested, self.index, self.call = fills, nested, index, call
         self.rule: Optional[tuple] = None  # how it runs on the anchors' batch by hand (see _direct_rule)
+        # what the step's constant arguments decide, kept across the calls of one program (_events_move)
+        self.memo: Optional[Dict[Any, Any]] = None
 
 
 def _leaves(value: Any, kind: type):
@@ -1604,22 +1607,28 @@ def _events_move(s: _Step, tape: _Tape, events: List[Any], start: Tensor, span: 
     What the move does to the elements that change is decided on the elements (a few hundred),
     not on their changes (one or two a point)."""
     reads = _reads(s)
-    env: List[Any] = [None] * tape.num_slots
-    for slot in reads:
-        env[slot] = torch.arange(events[slot].start.numel(), device=start.device).reshape(tape.traced[slot].shape)
-    args, kwargs = tape._inputs(s, env)
-    if s.nested:  # cat: the constants' elements come from nowhere
-        args = list(args)
-        args[0] = _fill(_map_leaves(s.nested[0][1], Tensor, lambda t: torch.full(t.shape, -1, device=t.device)), env)
     if len(set(reads)) != 1:
         raise RuntimeError("a move of two changing tensors")
-    source = s.func(*args, **kwargs).reshape(-1)
     e = events[reads[0]]
-    target = torch.full((e.start.numel(),), -1, dtype=torch.long, device=start.device)
-    taken = source >= 0
-    if bool((torch.bincount(source[taken], minlength=e.start.numel()) > 1).any()):
-        raise RuntimeError("an element moved to two places")
-    target[source[taken]] = torch.arange(source.numel(), device=start.device)[taken]
+    key = (tuple(tape.traced[reads[0]].shape), start.device)
+    target = s.memo.get(key) if s.memo is not None else None
+    if target is None:  # where each input element goes (-1: dropped), from the move on the elements' indices
+        env: List[Any] = [None] * tape.num_slots
+        for slot in reads:
+            env[slot] = torch.arange(events[slot].start.numel(), device=start.device).reshape(tape.traced[slot].shape)
+        args, kwargs = tape._inputs(s, env)
+        if s.nested:  # cat: the constants' elements come from nowhere
+            args = list(args)
+            args[0] = _fill(_map_leaves(s.nested[0][1], Tensor, lambda t: torch.full(t.shape, -1, device=t.device)),
+                            env)
+        source = s.func(*args, **kwargs).reshape(-1)
+        target = torch.full((e.start.numel(),), -1, dtype=torch.long, device=start.device)
+        taken = source >= 0
+        if bool((torch.bincount(source[taken], minlength=e.start.numel()) > 1).any()):
+            raise RuntimeError("an element moved to two places")
+        target[source[taken]] = torch.arange(source.numel(), device=start.device)[taken]
+        if s.memo is not None:
+            s.memo[key] = target
     cell = _cells(e.code, span, memo)
     changing = torch.bincount(cell, minlength=e.start.numel()).nonzero().reshape(-1)  # in order
     to = target[changing]
@@ -1851,6 +1860,11 @@ class _TapeProgram:
             bare = _Step(s.kind, s.func, (), {}, s.outs, s.single, s.fills, [], s.index)
             bare.call = None if s.call is None else s.call.event  # type: ignore[assignment]  # a flag here
             bare.rule = s.rule
+            # a step whose constants are the same at every call (no tensor of the trace among them; cat's
+            # tensors, which a move reads only for their shapes) keeps what they decide across calls
+            fixed = not direct and not any(_has_static(v) for v in kwargs.values()) and (
+                not deep and not deep_kw or _op_name(s.func) in ("cat", "concat", "concatenate") and deep == [0])
+            bare.memo = {} if fixed else None
             self.steps.append((bare, args, kwargs, nested, direct, deep, deep_kw))
         self.traced = {o: ref(tape.traced[o]) for s in tape.steps for o in s.outs if o is not None}
 
@@ -1881,7 +1895,7 @@ class _TapeProgram:
                 nested = [(where, _statics(t, resolve)) for where, t in nested]
             step = _Step(s.kind, s.func, tuple(bound), kwargs, s.outs, s.single, s.fills, nested, s.index,
                          calls[s.index] if s.call is not None else None)
-            step.rule = s.rule
+            step.rule, step.memo = s.rule, s.memo
             steps.append(step)
         traced: List[Any] = [None] * self.num_slots
         for slot, r in self.traced.items():
