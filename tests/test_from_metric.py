@@ -1124,6 +1124,14 @@ def _no_grad(s, y):
     return (first.argmax(1) == y.clamp(max=1)).float().mean()
 
 
+def _bucketized(s, y):
+    return (torch.bucketize(s[:, 0], torch.tensor([-1.0, 0.0, 1.0])) == y).float().mean()
+
+
+def _rounded(s, y):
+    return (s[:, 0].round().clamp(0, 2) == y).float().mean()
+
+
 def _kendall_by_sign(s, y):
     return (torch.sign(s[:, 0, None] - s[None, :, 0]) * torch.sign(y[:, None] - y[None, :]).float()).mean()
 
@@ -1131,6 +1139,8 @@ def _kendall_by_sign(s, y):
 @pytest.mark.parametrize("fn, match", [
     (_item, r"reads the scores' values as a Python value \(item\).*_item"),
     (_kendall_by_sign, r"applies `sign` to the scores.*`2 \* \(x > 0\).float\(\) - 1`.*\(x > 0\).float\(\) - \(x < 0\)"),
+    (_bucketized, r"applies `bucketize` to the scores.*`\(x\[\.\.\., None\] > b\).sum\(-1\)`"),
+    (_rounded, r"applies `round` to the scores.*`lo \+ \(x\[\.\.\., None\] > torch.arange\(lo, hi\) \+ 0.5\).sum\(-1\)`"),
     (_continuous, r"_continuous at .*: its value depends on the scores other than through comparisons"),
     (_rounding, r"applies `round` to the scores"),
     (_cast, r"turns the scores into torch.int64 values with `long`"),
@@ -1211,6 +1221,25 @@ def test_a_ranking_of_minus_one_plus_one_labels_is_a_binary_ranking():
     plan = metric.prepare(scores, target)
     assert plan.sites[0].binary and plan.sites[0].num_bits == int((target > 0).sum() * (target < 0).sum())
     assert float(metric.evaluate(metric.best(plan)[None], plan)) == pytest.approx(1.0)
+
+
+def test_the_rewrites_the_errors_suggest_are_the_same_metric_and_train():
+    cuts = torch.tensor([-1.0, 0.0, 1.0])
+    g = torch.Generator().manual_seed(4)
+    scores, target = 2 * torch.randn(60, generator=g), torch.randint(0, 4, (60,), generator=g)
+    rewrites = [(lambda s, y: (torch.bucketize(s, cuts) == y).float().mean(),
+                 lambda s, y: ((s[..., None] > cuts).sum(-1) == y).float().mean()),
+                (lambda s, y: (torch.bucketize(s, cuts, right=True) == y).float().mean(),
+                 lambda s, y: ((s[..., None] >= cuts).sum(-1) == y).float().mean()),
+                (lambda s, y: (s.round().clamp(0, 3) == y).float().mean(),
+                 lambda s, y: (0 + (s[..., None] > torch.arange(0, 3) + 0.5).sum(-1) == y).float().mean())]
+    for written, rewritten in rewrites:
+        assert float(rewritten(scores, target)) == float(written(scores, target))
+        loss = uniloss.UniLoss(from_metric(rewritten))
+        x = scores.clone().requires_grad_()
+        loss(x, target).backward()
+        assert float(loss.last.metric) == pytest.approx(float(written(scores, target)))
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_a_step_without_gradient_path_raises():

@@ -134,6 +134,15 @@ _DISCRETE_FLOAT_OPS = {
     "bucketize", "searchsorted", "histc", "histogram", "kthvalue", "median", "nanmedian", "mode",
     "cummax", "cummin", "bincount",
 }
+_REWRITES = {  # how a discrete step from_metric does not know is written with comparisons it does
+    "sign": " (write sign(x) as `2 * (x > 0).float() - 1`, one comparison, where x is never 0, or as "
+            "`(x > 0).float() - (x < 0).float()`, two comparisons, slower)",
+    "bucketize": " (write bucketize(x, b) as `(x[..., None] > b).sum(-1)`, or with `>=` for right=True: a "
+                 "comparison with each boundary, counted)",
+    "round": " (write a rounded score in a known range [lo, hi] as "
+             "`lo + (x[..., None] > torch.arange(lo, hi) + 0.5).sum(-1)`: a comparison with each half-way point)",
+}
+_REWRITES.update(sgn=_REWRITES["sign"], searchsorted=_REWRITES["bucketize"])
 _PYTHON_OPS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__",
                "__complex__", "__contains__"}
 _CREATION_OPS = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
@@ -2671,8 +2680,7 @@ class _Mode(TorchFunctionMode):
                                   "only orderings and comparisons of scores can be traced")
             return self._frozen(func, name, args, kwargs)
         if name in _DISCRETE_FLOAT_OPS:
-            hint = (" (write sign(x) as `2 * (x > 0).float() - 1`, one comparison, where x is never 0, or as "
-                    "`(x > 0).float() - (x < 0).float()`, two comparisons, slower)") if name in ("sign", "sgn") else ""
+            hint = _REWRITES.get(name, "")
             raise self._error(f"fn applies `{name}` to the scores, a discrete step from_metric does not know{hint}")
         return _NO
 
