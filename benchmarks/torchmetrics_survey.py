@@ -139,6 +139,7 @@ def survey(names: Optional[List[str]] = None) -> List[Tuple[str, str, str, str]]
                 why = re.split(r"\. (?=[A-Z])", re.sub(r"^fn \S+ at \S+: ", "", str(exc)))[0]
                 why = re.sub(r"\s*\(at \S+ in .*$|; discrete steps found:.*$", "", why)  # the place in torchmetrics
                 why = re.sub(r"/\S*/site-packages/", "", why)
+                why = why.split(" (write ")[0]  # the rewrite a user's own code could take, not torchmetrics'
                 rows.append((name, "refused", why[:240].replace("|", "/"), ""))
                 continue
             except Exception as exc:  # noqa: BLE001

@@ -719,6 +719,7 @@ def test_probes_through_the_sums_give_the_loss_and_gradient_of_the_replays(fn, d
 
 
 def test_probes_through_the_sums_that_disagree_with_the_replays_are_dropped(monkeypatch):
+    monkeypatch.setattr(traced, "_PROBES_CUT", 0)  # the cut tried at any size
     original = traced._probe_by_sums
     monkeypatch.setattr(traced, "_probe_by_sums", lambda *a, **k: 1.0 - original(*a, **k))  # every verdict reversed
     scores, target = _graded(seed=4)
