@@ -68,25 +68,33 @@ def _task(name: str, seed: int):
             tensor((yte - centre) / scale))
 
 
-def run(task: str, loss_name: str, lr: float, seed: int, epochs: int) -> float:
-    xtr, ytr, xte, yte = _task(task, seed)
+def fit(x: torch.Tensor, y: torch.Tensor, outputs: int, loss_fn, lr: float, seed: int, epochs: int) -> torch.nn.Module:
+    """An MLP ``d``-64-``outputs`` trained on ``(x, y)`` by ``loss_fn(scores, y)`` (scores squeezed to
+    ``[n]`` for one output), batch 64, SGD momentum 0.9; the initialisation and batches by ``seed``."""
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(xtr.shape[1], 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(), torch.nn.Linear(64, outputs))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    loss_fn = {"mse": F.mse_loss, "pairwise": pairwise_logistic,
-               "uniloss": uniloss.UniLoss(uniloss.from_metric(concordance),
-                                          generator=torch.Generator().manual_seed(seed))}[loss_name]
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        order = torch.randperm(len(xtr), generator=g)
-        for i in range(0, len(xtr), 64):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 64):
             batch = order[i:i + 64]
             if len(batch) < 8:  # a last batch of a few samples
                 continue
-            loss = loss_fn(net(xtr[batch]).squeeze(1), ytr[batch])
+            scores = net(x[batch])
+            loss = loss_fn(scores.squeeze(1) if outputs == 1 else scores, y[batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
+    return net
+
+
+def run(task: str, loss_name: str, lr: float, seed: int, epochs: int) -> float:
+    xtr, ytr, xte, yte = _task(task, seed)
+    loss_fn = {"mse": F.mse_loss, "pairwise": pairwise_logistic,
+               "uniloss": uniloss.UniLoss(uniloss.from_metric(concordance),
+                                          generator=torch.Generator().manual_seed(seed))}[loss_name]
+    net = fit(xtr, ytr, 1, loss_fn, lr, seed, epochs)
     with torch.no_grad():
         scores = net(xte).squeeze(1)
     return harrell_c(scores, yte) if bool(torch.isfinite(scores).all()) else float("nan")  # nan: diverged
@@ -96,49 +104,68 @@ ROWS = [("mse", "mean squared error"), ("pairwise", "pairwise logistic (RankNet)
         ("uniloss", "UniLoss, from_metric(concordance)")]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="write the markdown table there as well")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: one seed, one rate, 2 epochs")
-    args = parser.parse_args()
-    tasks = {"diabetes": 60, "digits": 20}  # epochs
-    torch.set_num_threads(1)
-    lrs, seeds = ([0.03], [0]) if args.quick else ([0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], [0, 1, 2, 3, 4])
-    start = time.time()
+def rate_grid(tasks: dict, rows: list, run, lrs: list, seeds: list, quick: bool) -> tuple:
+    """Each of ``rows`` (``(key, label)``, the UniLoss row keyed ``"uniloss"``) on each of ``tasks``
+    (name -> epochs) at each rate of ``lrs`` and seed of ``seeds``, ``run(task, key, lr, seed, epochs)``
+    giving the test metric (NaN: diverged): the markdown table's lines and, per task, UniLoss against
+    the stronger other row at each one's best rate, seed by seed."""
     lines = ["| task | loss | " + " | ".join(f"lr {lr}" for lr in lrs) + " | best rate | seeds at the best rate |",
              "|---|---|" + "---|" * len(lrs) + "---|---|"]
     verdicts = []
     for task, epochs in tasks.items():
         at_best = {}
-        for key, label in ROWS:
-            scores = {lr: [100 * run(task, key, lr, seed, 2 if args.quick else epochs) for seed in seeds] for lr in lrs}
+        for key, label in rows:
+            scores = {lr: [100 * run(task, key, lr, seed, 2 if quick else epochs) for seed in seeds] for lr in lrs}
             diverged = {lr: sum(x != x for x in v) for lr, v in scores.items()}
             mean = {lr: statistics.mean(v) if not diverged[lr] else math.nan for lr, v in scores.items()}
             std = {lr: statistics.stdev(v) if len(v) > 1 and not diverged[lr] else 0.0 for lr, v in scores.items()}
-            best = max(lrs, key=lambda lr: mean[lr] if mean[lr] == mean[lr] else -1.0)
+            best = max(lrs, key=lambda lr: mean[lr] if mean[lr] == mean[lr] else -1e9)
             cells = " | ".join(f"{mean[lr]:.2f} ± {std[lr]:.2f}" if mean[lr] == mean[lr] else
                                f"diverged ({diverged[lr]} of {len(seeds)})" for lr in lrs)
             lines.append(f"| {task} | {label} | {cells} | {best} | {' '.join(f'{v:.2f}' for v in scores[best])} |")
             print(lines[-1], flush=True)
             at_best[key] = scores[best]
-        other = max(("mse", "pairwise"), key=lambda k: statistics.mean(at_best[k]))
+        other = max((k for k, _ in rows if k != "uniloss"), key=lambda k: statistics.mean(at_best[k]))
         gap = [u - o for u, o in zip(at_best["uniloss"], at_best[other])]
         spread = statistics.stdev(gap) if len(gap) > 1 else 0.0
         verdicts.append(f"- **{task}**, each loss at its best rate: UniLoss minus the stronger other row "
-                        f"({dict(ROWS)[other]}) {statistics.mean(gap):+.2f} ± {spread:.2f} seed by seed, ahead on "
+                        f"({dict(rows)[other]}) {statistics.mean(gap):+.2f} ± {spread:.2f} seed by seed, ahead on "
                         f"{sum(d > 0 for d in gap)} of {len(gap)} seeds.")
+    return lines, verdicts
+
+
+def write_results(out: str, title: str, doc: str, start_at: str, unit: str, seeds: list, minutes: float,
+                  command: str, lines: list, verdicts: list) -> None:
+    """The results page: ``title``, ``doc`` from ``start_at`` on, the machine and date, the table and the verdicts."""
+    text = doc[doc.index(start_at):].replace("``", "`").replace("::", ":").strip()
+    with open(out, "w") as f:
+        f.write(f"# {title}\n\n{text}\n\n{unit}, mean ± std over seeds {seeds}; AMD EPYC 2-core, torch "
+                f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: "
+                f"`{command}`.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n")
+
+
+def grid_main(doc: str, rows: list, run, lrs: list, title: str, start_at: str, unit: str, command: str) -> None:
+    """The command line of a grid benchmark (``--out``, ``--quick``): :func:`rate_grid` on diabetes
+    (60 epochs) and digits (20) at ``lrs`` and seeds 0-4, its page by :func:`write_results`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", help="write the markdown table there as well")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one seed, one rate, 2 epochs")
+    args = parser.parse_args()
+    quick, out = args.quick, args.out
+    torch.set_num_threads(1)
+    lrs, seeds = ([0.03], [0]) if quick else (lrs, [0, 1, 2, 3, 4])
+    start = time.time()
+    lines, verdicts = rate_grid({"diabetes": 60, "digits": 20}, rows, run, lrs, seeds, quick)
     minutes = (time.time() - start) / 60
-    table = "\n".join(lines)
     print("\n".join(verdicts) + f"\n\n{minutes:.1f} minutes")
-    if args.out:
-        with open(args.out, "w") as f:
-            text = cast(str, __doc__)
-            text = text[text.index("The metric is"):].replace("``", "`").replace("::", ":").strip()
-            f.write(f"# A concordance index trained through `from_metric`\n\n{text}"
-                    f"\n\nTest concordance x100, mean ± std over seeds {seeds}; AMD EPYC 2-core, torch "
-                    f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: "
-                    f"`python benchmarks/traced_concordance.py --out docs/results/from-metric/concordance.md`.\n\n"
-                    f"{table}\n\n" + "\n".join(verdicts) + "\n")
+    if out:
+        write_results(out, title, doc, start_at, unit, seeds, minutes, command, lines, verdicts)
+
+
+def main() -> None:
+    grid_main(cast(str, __doc__), ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+              "A concordance index trained through `from_metric`", "The metric is", "Test concordance x100",
+              "python benchmarks/traced_concordance.py --out docs/results/from-metric/concordance.md")
 
 
 if __name__ == "__main__":

@@ -1079,3 +1079,20 @@ def test_the_concordance_benchmark_scores_harrells_c_and_ranknets_loss_by_hand()
     assert bench.harrell_c(s, binary) == pytest.approx(roc_auc_score(binary.numpy(), s.numpy()))
     ranknet = sum(math.log1p(math.exp(float(s[j] - s[i]))) for i, j in pairs) / len(pairs)
     assert float(bench.pairwise_logistic(s, y)) == pytest.approx(ranknet, rel=1e-5)
+
+
+def test_the_kappa_benchmark_scores_quadratic_kappa_as_scikit_learn_and_cuts_diabetes_into_quintiles():
+    """benchmarks/traced_kappa.py: its traced metric is scikit-learn's quadratic weighted kappa of
+    the argmax, and its diabetes task has five grades of about a fifth of the training split each."""
+    from sklearn.metrics import cohen_kappa_score
+
+    bench = _benchmark("traced_kappa")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        y = torch.randint(0, 5, (60,), generator=g)
+        s = torch.randn(60, 5, generator=g) + torch.nn.functional.one_hot(y, 5)
+        expected = cohen_kappa_score(y.numpy(), s.argmax(1).numpy(), weights="quadratic")
+        assert float(bench.quadratic_kappa(s, y)) == pytest.approx(expected, abs=1e-6)
+    xtr, ytr, xte, yte, grades = bench.load("diabetes", 0)
+    assert grades == 5 and xtr.shape[1] == 10 and len(xtr) + len(xte) == 442
+    assert torch.bincount(ytr, minlength=5).min() >= 0.18 * len(ytr) and set(yte.tolist()) <= set(range(5))
