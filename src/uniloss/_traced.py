@@ -2124,10 +2124,10 @@ def _direct_rule(step: _Step, traced: Callable[[int], Tensor]) -> Optional[tuple
             return None
         if name == "index_put_" and 1 not in batched and set(nested) <= {1} and len(args) >= 3:
             items = nested.get(1, args[1])  # a confusion matrix counted by index_put_(..., accumulate=True)
-            if isinstance(items, (list, tuple)) and items and all(
-                    isinstance(v, _Ref) or isinstance(v, Tensor) for v in items) and all(
-                    not (traced(v.slot) if isinstance(v, _Ref) else v).is_floating_point() and
-                    (traced(v.slot) if isinstance(v, _Ref) else v).dtype != torch.bool for v in items):
+            if not isinstance(items, (list, tuple)) or not items:
+                return None
+            seen = [traced(v.slot) if isinstance(v, _Ref) else v for v in items]  # each as one anchor sees it
+            if all(isinstance(i, Tensor) and not i.is_floating_point() and i.dtype != torch.bool for i in seen):
                 return ("index_put", tuple(isinstance(v, _Ref) for v in items), target_shape)
             return None
         if name == "__setitem__" and 1 not in batched and len(args) == 3:
@@ -4202,24 +4202,13 @@ class TracedMetric(Decomposition):
         of up to 32 probes that gain and 32 that do not, and keeps the verdict."""
         probes = element.numel()
         verdict = self._probes.get((plan.key, site.index))
-        split = None
-        tape = plan.trace.tape
-        if verdict is not False and tape is not None and not tape.guards and (probes + 1) * max(
-                [t.numel() for t in tape.traced if isinstance(t, Tensor)] + [0]) >= _PROBES_CUT:  # a cheap bound first
-            indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
-            split = _split_at_sums(tape, indices, int(whole[0].numel()))
-            held = (2 * probes + 1) * _dense_width(split, 2 * probes) if split is not None else 0
-            replays = (probes + 1) * split.elements if split is not None else 0
-            # the cut holds what follows the sums at 2 P + 1 points, the replays the sums' inputs at P + 1:
-            # the cut where that is more and large (below, the replays' few batched operations cost less)
-            if split is not None and (held > current_limits().chain_elements or held >= replays or
-                                      replays < _PROBES_CUT):
-                split = None
         checked = plan.tape == "direct" if verdict else plan.tape in ("check", "direct")  # the tape's verdict
-        if split is not None and checked:
+        split = self._probe_cut(plan, site.index, probes, int(whole[0].numel())) if verdict is not False and \
+            checked else None
+        if split is not None:
             try:
                 with torch.no_grad():
-                    values = _probe_by_sums(split, cast(_Tape, tape), site, whole, element, variant)
+                    values = _probe_by_sums(split, cast(_Tape, plan.trace.tape), site, whole, element, variant)
                 values = values if values.is_floating_point() else values.float()
                 if verdict is None:  # the first call: the cut against fn's replays where it gains and where not
                     gains = values[:-1] > values[-1] if self.higher_is_better else values[:-1] < values[-1]
@@ -4237,6 +4226,25 @@ class TracedMetric(Decomposition):
         self._probe_budget(replays, call, what)
         values = replayed(torch.arange(replays, device=element.device))
         return values if current else torch.cat([values, values.new_full((1,), math.nan)])
+
+    @staticmethod
+    def _probe_cut(plan: "_Plan", index: int, probes: int, outputs: int) -> Optional[_SumSplit]:
+        """The tape cut at the sums of step ``index`` (``outputs`` elements) for ``probes`` probes,
+        where the cut is worth it: the cut holds what follows the sums at ``2 P + 1`` points, the
+        replays the sums' inputs at ``P + 1``; the cut where that is more and at least
+        ``_PROBES_CUT`` (below, the replays' few batched operations cost less), within
+        ``chain_elements``. ``None`` otherwise, or on a tape with guards."""
+        tape = plan.trace.tape
+        if tape is None or tape.guards or (probes + 1) * max(  # a cheap bound first: the largest tensor
+                [t.numel() for t in tape.traced if isinstance(t, Tensor)] + [0]) < _PROBES_CUT:
+            return None
+        indices = {index} | {a for a, o in plan.trace.aliases.items() if o == index}
+        split = _split_at_sums(tape, indices, outputs)
+        if split is None:
+            return None
+        held, replayed = (2 * probes + 1) * _dense_width(split, 2 * probes), (probes + 1) * split.elements
+        return split if held <= current_limits().chain_elements and held < replayed and \
+            replayed >= _PROBES_CUT else None
 
     def _remember_probes(self, plan: "_Plan", index: int, ok: bool) -> None:
         if len(self._probes) >= 256:
