@@ -35,7 +35,7 @@ from sklearn import metrics as skm
 import uniloss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torchmetrics_survey import median_ms  # noqa: E402  (the median of a few calls, in ms)
+from torchmetrics_survey import median_ms, print_page  # noqa: E402  (a few calls' median in ms; a page out)
 
 
 # --------------------------------------------------------------------------- the metrics, as written
@@ -117,9 +117,14 @@ def concordance(s, y):
 
 
 def kendall_tau(s, y):
-    """Kendall's tau of untied scores, each pair's sign of the scores as ``2 [s_i > s_j] - 1``."""
-    n = s.numel()
-    return ((2 * (s[:, None] > s[None, :]).float() - 1) * torch.sign(y[:, None] - y[None, :])).sum() / (n * (n - 1))
+    """Kendall's tau-b: the signs of all pairs' differences, ties in either counted out."""
+    a, b = torch.sign(s[:, None] - s[None, :]), torch.sign(y[:, None] - y[None, :])
+    return (a * b).sum() / (a.abs().sum() * b.abs().sum()).sqrt()
+
+
+def directional_accuracy(s, y):
+    """The share of predictions on the target's side of zero (a forecast's direction)."""
+    return (torch.sign(s) == torch.sign(y)).float().mean()
 
 
 def spearman_rho(s, y):
@@ -343,7 +348,10 @@ CASES: List[Case] = [
     Case("concordance index, all pairs", concordance, _grades,
          lambda s, y: _pairs(s, y, lambda ds, dy: float(dy > 0 and ds > 0)) / _pairs(s, y, lambda ds, dy: float(dy > 0)),
          _mse),
-    Case("Kendall's tau, all pairs", kendall_tau, _continuous, lambda s, y: stats.kendalltau(s, y).statistic, _mse),
+    Case("Kendall's tau-b by torch.sign, all pairs", kendall_tau, _continuous,
+         lambda s, y: stats.kendalltau(s, y).statistic, _mse),
+    Case("directional accuracy, torch.sign", directional_accuracy, _continuous,
+         lambda s, y: np.mean(np.sign(s) == np.sign(y)), _mse),
     Case("Spearman's rho, ranks by argsort", spearman_rho, _continuous,
          lambda s, y: stats.spearmanr(s, y).statistic, _mse),
     Case("AUROC by Mann-Whitney ranks", auroc_by_ranks, _binary, lambda s, y: skm.roc_auc_score(y, s), _bce),
@@ -435,11 +443,7 @@ def main() -> None:
             cost += "; higher_is_better=False"
         lines.append(f"| {case.name} | `{r['fn']}` | {inputs} | {check} | {r['result']} | {cost} | "
                      f"{'; '.join(r.get('warnings', []))} |")
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text, end="")
+    print_page(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,15 @@ def median_ms(call: Callable[[], Any], times: int = 5) -> float:
     return statistics.median(out)
 
 
+def print_page(lines: List[str], out: Optional[str]) -> None:
+    """Prints a markdown page given as lines, and writes it to ``out`` too where given."""
+    text = "\n".join(lines) + "\n"
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    print(text, end="")
+
+
 def survey(names: Optional[List[str]] = None) -> List[Tuple[str, str, str, str]]:
     rows = []
     g = torch.Generator().manual_seed(0)

@@ -1132,13 +1132,8 @@ def _rounded(s, y):
     return (s[:, 0].round().clamp(0, 2) == y).float().mean()
 
 
-def _kendall_by_sign(s, y):
-    return (torch.sign(s[:, 0, None] - s[None, :, 0]) * torch.sign(y[:, None] - y[None, :]).float()).mean()
-
-
 @pytest.mark.parametrize("fn, match", [
     (_item, r"reads the scores' values as a Python value \(item\).*_item"),
-    (_kendall_by_sign, r"applies `sign` to the scores.*`2 \* \(x > 0\).float\(\) - 1`.*\(x > 0\).float\(\) - \(x < 0\)"),
     (_bucketized, r"applies `bucketize` to the scores.*`\(x\[\.\.\., None\] > b\).sum\(-1\)`"),
     (_rounded, r"applies `round` to the scores.*`lo \+ \(x\[\.\.\., None\] > torch.arange\(lo, hi\) \+ 0.5\).sum\(-1\)`"),
     (_continuous, r"_continuous at .*: its value depends on the scores other than through comparisons"),
@@ -1157,7 +1152,78 @@ def test_untraceable_steps_raise_naming_the_operation_and_the_line(fn, match):
     assert "test_from_metric.py:" in message and "DecodedMetric" in message
 
 
-def _kendall(s, y):  # tau-a: sign(x) written as two comparisons, as the error above suggests
+def _sign_of_a_score_and_a_step(s, y):
+    return torch.sign(s[:, 0] * (s[:, 1] > 0)).mean()
+
+
+def test_the_sign_of_scores_masked_by_a_comparison_raises():
+    scores, target = _multiclass(0, n=8, c=3)
+    with pytest.raises(TraceError, match=r"takes the sign \(sign\) of values that depend on the scores and on "
+                                         r"another discrete step"):
+        from_metric(_sign_of_a_score_and_a_step).metric(scores, target)
+
+
+def _directional(s, y):  # the share of predictions on the target's side of 0
+    return (torch.sign(s) == torch.sign(y)).float().mean()
+
+
+def test_the_sign_of_the_scores_is_two_comparisons_with_zero_per_element():
+    s = torch.tensor([0.5, -2.0, 3.0, 0.0, -1.0, 0.7])
+    y = torch.tensor([1.0, 1.0, -1.0, 0.0, -2.0, 0.0])  # the second and third: two flips from the best sign
+    forms = [_directional, lambda s, y: (s.sgn() == y.sign()).float().mean(),  # sgn, and the method
+             lambda s, y: (torch.sign(s.sigmoid() - 0.5) == torch.sign(y)).float().mean()]  # looked through
+    for fn in forms:
+        metric = from_metric(fn)
+        plan = metric.prepare(s, y)
+        assert float(metric.metric(s, y)) == pytest.approx(3 / 6)  # a tie of the scores counts as sign 0
+        torch.testing.assert_close(metric.comparisons(s, y), torch.cat([s, -s]))  # s > 0, then s < 0
+        best = metric.best(plan).reshape(2, -1)
+        torch.testing.assert_close(best[0].float() - best[1].float(), torch.sign(y))  # neither bit for a 0
+        assert float(metric.evaluate(metric.best(plan)[None], plan)) == 1.0
+        assert "the sign of each element as two comparisons with 0" in metric.explain(s, y)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):  # against a loop, ties of the scores with 0 included
+        s, y = torch.randn(30, generator=g).round(decimals=1), torch.randn(30, generator=g)
+        expected = sum((a > 0) - (a < 0) == (b > 0) - (b < 0) for a, b in zip(s.tolist(), y.tolist())) / 30
+        assert float(from_metric(_directional).metric(s, y)) == pytest.approx(expected)
+
+
+def test_a_sign_trains_toward_the_targets_side():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(64, generator=g)
+    scores = (y + torch.randn(64, generator=g)).requires_grad_()
+    loss = uniloss.UniLoss(from_metric(_directional))
+    loss(scores, y).backward()
+    wrong = torch.sign(scores.detach()) != torch.sign(y)
+    assert bool(wrong.any()) and torch.isfinite(scores.grad).all()
+    assert bool((-scores.grad[wrong] * y[wrong] > 0).all())  # a descent step moves each wrong one toward y's side
+
+
+def _kendall_b(s, y):  # Kendall's tau-b as people write it: the signs of all pairs
+    a, b = torch.sign(s[:, None] - s[None, :]), torch.sign(y[:, None] - y[None, :])
+    return (a * b).sum() / (a.abs().sum() * b.abs().sum()).sqrt()
+
+
+def test_kendalls_tau_by_torch_sign_is_scipys_and_the_two_comparison_forms_loss():
+    from scipy.stats import kendalltau
+
+    g = torch.Generator().manual_seed(0)
+    scores, target = torch.randn(24, generator=g), torch.randint(0, 3, (24,), generator=g).float()
+    scores[1] = scores[0]  # a tie in the scores: a pair neither concordant nor discordant
+    by_sign = from_metric(_kendall_b)
+    assert float(by_sign.metric(scores, target)) == pytest.approx(kendalltau(scores, target).statistic, abs=1e-6)
+    tau_a = lambda s, y: (torch.sign(s[:, None] - s[None, :]) * torch.sign(y[:, None] - y[None, :])).sum() / (24 * 23)
+    losses = []
+    for fn in (tau_a, _kendall):  # torch.sign, one step; and (x > 0) - (x < 0), two steps: the same loss
+        s = scores.clone().requires_grad_()
+        value = uniloss.UniLoss(from_metric(fn))(s, target)
+        value.backward()
+        losses.append((value.detach(), s.grad))
+    torch.testing.assert_close(losses[0][0], losses[1][0])
+    torch.testing.assert_close(losses[0][1], losses[1][1])
+
+
+def _kendall(s, y):  # tau-a: sign(x) written as two comparisons
     def sign(x):
         return (x > 0).float() - (x < 0).float()
 

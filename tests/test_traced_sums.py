@@ -663,7 +663,42 @@ def _graded(n=40, seed=0):
     return torch.randn(n, generator=g), torch.randint(0, 4, (n,), generator=g)
 
 
-PROBED = [(concordance, _graded), (thresholds_counted, _graded), (pck, lambda seed=0: _heatmaps(n=5, seed=seed))]
+def kendall_by_sign(s, y):  # tau-b: torch.sign of all pairs, two comparisons with 0 each
+    a, b = torch.sign(s[:, None] - s[None, :]), torch.sign(y[:, None] - y[None, :]).float()
+    return (a * b).sum() / (a.abs().sum() * b.abs().sum()).sqrt()
+
+
+def directional(s, y):  # the sign of each score against the target's
+    return (torch.sign(s) == torch.sign(y - 1.5)).float().mean()
+
+
+def sign_error(s, y):  # elementwise after the sign, not linear in it; moved by a constant flip; best 0 for grade 1
+    aim = torch.where(y == 1, 0.3, torch.sign(y - 1.5))  # (a sign of 0 best: -1 and 1 not alike on the way)
+    return -((torch.sign(s).flip(0) - aim.flip(0)) ** 2).mean()
+
+
+SIGNS = [kendall_by_sign, directional, sign_error]
+PROBED = [(concordance, _graded), (thresholds_counted, _graded), (pck, lambda seed=0: _heatmaps(n=5, seed=seed)),
+          (kendall_by_sign, _graded), (directional, _graded)]
+
+
+@pytest.mark.parametrize("fn", SIGNS, ids=lambda f: f.__name__)
+def test_a_sign_chain_through_sums_is_the_tape_at_every_point(fn):
+    scores, target = _graded(n=12, seed=1)
+    scores[3] = 0.0  # a sign of 0 now: both comparisons wrong, or neither
+    metric, plan = _checked(fn, scores, target)
+    chain = metric.structure(plan).chain
+    assert chain is not None and list(metric._sums.values()) == [True]
+    l = metric.best(plan).numel()  # each element's two comparisons turn at two points
+    for seed in range(3):
+        rank = torch.randperm(l, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6,
+                                   atol=1e-7)
+
+
+@pytest.mark.parametrize("fn", SIGNS, ids=lambda f: f.__name__)
+def test_a_sign_cut_gives_the_loss_and_gradient_without_it(fn, monkeypatch):
+    _same_as_without_the_cut(fn, *_graded(n=16, seed=2), monkeypatch)
 
 
 def _cut_probes(monkeypatch):

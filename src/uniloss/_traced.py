@@ -2,8 +2,9 @@ r"""Any metric code as a decomposition: :func:`from_metric` traces the discrete 
 
 A metric written as plain torch code, ``fn(scores, target) -> scalar``, takes its discrete steps on
 the scores with a handful of operations: ``argmax``/``argmin``/``max``/``min`` over a dimension,
-``topk``, ``sort``/``argsort``, ``unique`` (as sklearn-style tie handling does), and comparisons of
-scores with a constant or with each other (``>``, ``<``, ``>=``, ``<=``). Everything after them is
+``topk``, ``sort``/``argsort``, ``unique`` (as sklearn-style tie handling does), comparisons of
+scores with a constant or with each other (``>``, ``<``, ``>=``, ``<=``), and ``torch.sign`` (two
+comparisons with 0 per element). Everything after them is
 a function of their discrete results. :func:`from_metric` runs ``fn`` once per loss call under a
 :class:`torch.overrides.TorchFunctionMode` that
 
@@ -128,21 +129,20 @@ _CMP_OPS = {
 _EQ_OPS = {"eq", "__eq__", "ne", "__ne__", "equal", "not_equal", "isclose", "allclose"}
 _NONZERO_OPS = {"nonzero", "argwhere", "count_nonzero", "unique_consecutive", "nonzero_static"}
 _CHECK_OPS = {"isnan", "isinf", "isfinite", "isposinf", "isneginf", "isreal", "is_nonzero"}
+_SIGN_OPS = {"sign", "sgn"}  # two comparisons with 0 per element (_SignSite)
 _DISCRETE_FLOAT_OPS = {
-    "round", "floor", "ceil", "trunc", "fix", "sign", "sgn", "signbit", "heaviside", "frac",
+    "round", "floor", "ceil", "trunc", "fix", "signbit", "heaviside", "frac",
     "floor_divide", "__floordiv__", "__rfloordiv__", "remainder", "fmod", "__mod__", "__rmod__",
     "bucketize", "searchsorted", "histc", "histogram", "kthvalue", "median", "nanmedian", "mode",
     "cummax", "cummin", "bincount",
 }
 _REWRITES = {  # how a discrete step from_metric does not know is written with comparisons it does
-    "sign": " (write sign(x) as `2 * (x > 0).float() - 1`, one comparison, where x is never 0, or as "
-            "`(x > 0).float() - (x < 0).float()`, two comparisons, slower)",
     "bucketize": " (write bucketize(x, b) as `(x[..., None] > b).sum(-1)`, or with `>=` for right=True: a "
                  "comparison with each boundary, counted)",
     "round": " (write a rounded score in a known range [lo, hi] as "
              "`lo + (x[..., None] > torch.arange(lo, hi) + 0.5).sum(-1)`: a comparison with each half-way point)",
 }
-_REWRITES.update(sgn=_REWRITES["sign"], searchsorted=_REWRITES["bucketize"])
+_REWRITES.update(searchsorted=_REWRITES["bucketize"])
 _PYTHON_OPS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__",
                "__complex__", "__contains__"}
 _CREATION_OPS = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
@@ -289,6 +289,7 @@ class _Call:
     out_shape: Tuple[int, ...] = ()
     dtype: Optional[torch.dtype] = None  # the scores side's dtype
     event: int = -1  # the index of the operation in fn's run (see _Mode.events)
+    two_sided: bool = False  # torch.sign: output = [plus > minus] - [plus < minus] (two comparisons per element)
 
     @property
     def axis(self) -> int:
@@ -1325,23 +1326,37 @@ def _hold_sum(s: _Step, tape: _Tape, first: List[Any], events: List[Any], e: _Ev
 
 def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, place: Tensor, points: int) -> Tensor:
     """fn's value at every point ``0 .. points`` of a chain from a tape cut by
-    :func:`_split_at_sums`: ``payload``, the step's decoded output with every comparison wrong
-    and with every one right (a leading dimension of 2); ``place``, the point from which each
-    element of the output (in flat order: a comparison's; an argmax's row) holds its value with
-    every comparison right (``0``: from the start). ``[points + 1]``."""
-    env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at both ends of the chain
+    :func:`_split_at_sums`: ``place``, ``[B, outputs]``, the point from which each of the ``B``
+    comparisons of each element of the output (in flat order: a comparison's; an argmax's row;
+    ``B = 2`` for a sign's ``> 0`` and ``< 0``) is right (``0``: from the start; ``[outputs]``:
+    ``B = 1``); ``payload``, the step's decoded output at the ``2^B`` configurations of those
+    (row ``r``: comparison ``b`` right where bit ``b`` of ``r`` is set; ``B = 1``: every comparison
+    wrong, every one right). ``[points + 1]``."""
+    place = place.reshape(1, -1) if place.dim() == 1 else place
+    bits = place.shape[0]
+    env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at each configuration of an element
     for slot in split.sources:
         env[slot] = site.format_batched(payload, site.call.x)
     for s in split.elementwise:
         args, kwargs = tape._inputs(s, env)
-        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 2)
+        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1 << bits)
     first: List[Any] = [None] * tape.num_slots
     events: List[Any] = [None] * tape.num_slots
-    for s in split.sums:  # each element changes once, at its point
+    for s in split.sums:  # each element changes once per comparison, at its point
         x = env[s.fills[0][1]]
-        where = place[split.source_of[s.fills[0][1]].reshape(-1)]
-        _hold_sum(s, tape, first, events,
-                  _sum_events(s, tape, env, x[:1], x[0].reshape(-1), x[1].reshape(-1), None, where, points + 1))
+        values = x.reshape(x.shape[0], -1)
+        where = place[:, split.source_of[s.fills[0][1]].reshape(-1)]  # [B, E]
+        if bits == 1:
+            _hold_sum(s, tape, first, events,
+                      _sum_events(s, tape, env, x[:1], values[0], values[1], None, where[0], points + 1))
+            continue
+        when, which = where.sort(dim=0, stable=True)  # each element's comparisons in the order they turn right
+        state = torch.cumsum(torch.ones_like(which) << which, 0)  # the configuration after each of them
+        row = torch.arange(values.shape[1], device=values.device)
+        after = values[state, row]
+        before = torch.cat([values[:1], after[:-1]])
+        _hold_sum(s, tape, first, events, _sum_events(s, tape, env, x[:1], before.reshape(-1), after.reshape(-1),
+                                                      row.repeat(bits), when.reshape(-1), points + 1))
     return _after_sums(split, tape, first, events, points, {}, 8 * (points + split.elements))
 
 
@@ -2674,6 +2689,8 @@ class _Mode(TorchFunctionMode):
             return self._rank(func, name, args, kwargs)
         if name in _CMP_OPS:
             return self._compare(func, name, args, kwargs)
+        if name in _SIGN_OPS:
+            return self._sign(func, name, args, kwargs)
         if name in _EQ_OPS or name in _NONZERO_OPS or (name == "where" and len(args) + len(kwargs) == 1):
             if not self._permuted_scores(args, kwargs):
                 raise self._error(f"fn applies `{name}` to the scores' values (an equality or nonzero test); "
@@ -2944,6 +2961,27 @@ class _Mode(TorchFunctionMode):
         if self.tracing:  # looked through in finish(), for the steps that are trained
             self.calls.append(_Call(name, "compare", tuple(first.shape), _frames(self.fn), out=out,
                                     plus=p, minus=q, strict=strict, out_shape=tuple(out.shape), event=self.event))
+            cast(_Recorder, self.rec).site(index, self.calls[-1], out)
+        self._tag_site(out, index, (False,))
+        return out
+
+    def _sign(self, func, name: str, args: Sequence, kwargs: Dict) -> Any:
+        """``torch.sign(x)`` of the scores: the two comparisons ``x > 0`` and ``x < 0`` of each
+        element, one step (:class:`_SignSite`); its output ``[x > 0] - [x < 0]`` as ``torch.sign``
+        returns it, 0 where ``x`` is 0."""
+        x = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("input")
+        if not isinstance(x, Tensor) or x.is_complex() or "out" in kwargs:
+            raise self._error(f"fn applies `{name}` to the scores in a form from_metric does not know "
+                              "(a complex tensor, or out=)")
+        i = self._get(x)
+        if i is not None and i.sites:
+            raise self._error(f"fn takes the sign ({name}) of values that depend on the scores and on another "
+                              "discrete step (e.g. scores masked by a comparison)")
+        index, call = self._next(name, tuple(x.shape))
+        out = self._site_result(index, call, x, func, args, kwargs)
+        if self.tracing:  # looked through in finish(), as a comparison with 0
+            self.calls.append(_Call(name, "compare", tuple(x.shape), _frames(self.fn), out=out, plus=x, minus=0.0,
+                                    strict=True, out_shape=tuple(out.shape), event=self.event, two_sided=True))
             cast(_Recorder, self.rec).site(index, self.calls[-1], out)
         self._tag_site(out, index, (False,))
         return out
@@ -3733,18 +3771,20 @@ class _RankSite(_Site):
         return kind((values, top))
 
 
-class _CompareSite(_Site):
-    """``p > q`` (or ``>=``, ``<``, ``<=``) with the scores on one side or both: one comparison
-    per element of the (broadcast) output; the best output from a 0/1 tensor of the target of
-    that shape, or from probing."""
+class _ElementSite(_Site):
+    """A step with comparisons of each element of its (broadcast) output, ``p - q`` (``call.plus``,
+    ``call.minus``; ``> 0`` right), each a run of its own, its output the decoded bits as they are
+    (:class:`_CompareSite`, :class:`_SignSite`)."""
 
-    def __init__(self, call: _Call, index: int, best_out: Tensor) -> None:
+    def __init__(self, call: _Call, index: int, num_bits: int, best_bits: Tensor) -> None:
         self.call, self.index = call, index
         self.shape = call.out_shape
-        self.num_bits = math.prod(self.shape)
-        self.best_bits = (best_out.reshape(-1) != 0) ^ call.negate
+        self.size = math.prod(self.shape)
+        self.num_bits = num_bits
+        self.best_bits = best_bits
 
-    def comparisons(self) -> Tensor:
+    def differences(self) -> Tensor:
+        """``[size]``: ``p - q`` of each element, in the scores' dtype."""
         call = self.call
         plus, minus = call.plus, call.minus
         plus = plus.to(call.dtype) if isinstance(plus, Tensor) else plus
@@ -3764,14 +3804,10 @@ class _CompareSite(_Site):
         return self.num_bits
 
     def samples(self) -> int:
-        return self.num_bits  # each element compared
+        return self.size  # each element compared
 
     def decode_zeros(self, zeros: Tensor) -> Tensor:
         return self.decode(zeros == 0)
-
-    def decode(self, bits: Tensor) -> Tensor:
-        out = bits ^ self.call.negate
-        return out.reshape((bits.shape[0],) + self.shape)
 
     def hard_payload(self) -> Tensor:
         return self.call.out
@@ -3781,6 +3817,43 @@ class _CompareSite(_Site):
 
     def format_batched(self, payload: Tensor, x: Tensor) -> Tensor:
         return payload
+
+
+class _CompareSite(_ElementSite):
+    """``p > q`` (or ``>=``, ``<``, ``<=``) with the scores on one side or both: one comparison
+    per element of the (broadcast) output; the best output from a 0/1 tensor of the target of
+    that shape, or from probing."""
+
+    def __init__(self, call: _Call, index: int, best_out: Tensor) -> None:
+        super().__init__(call, index, math.prod(call.out_shape), (best_out.reshape(-1) != 0) ^ call.negate)
+
+    def comparisons(self) -> Tensor:
+        return self.differences()
+
+    def decode(self, bits: Tensor) -> Tensor:
+        out = bits ^ self.call.negate
+        return out.reshape((bits.shape[0],) + self.shape)
+
+
+class _SignSite(_ElementSite):
+    """``torch.sign(p - q)`` of the scores (``sign(x)``: ``p = x``, ``q = 0``): two comparisons per
+    element of the output, ``p > q`` then ``p < q`` (the first ``m`` bits, then the next ``m``),
+    decoded to ``[p > q] - [p < q]`` in the output's dtype: ``-1``, ``0`` (both bits or neither;
+    a tie) or ``1``, as ``torch.sign`` returns it. The best output of each element, found by
+    probing ``fn`` at each of the three values, decides both bits (``1``: ``(1, 0)``; ``-1``:
+    ``(0, 1)``; ``0``: ``(0, 0)``)."""
+
+    def __init__(self, call: _Call, index: int, best_bits: Tensor) -> None:
+        super().__init__(call, index, 2 * math.prod(call.out_shape), best_bits)
+
+    def comparisons(self) -> Tensor:
+        c = self.differences()
+        return torch.cat([c, -c])
+
+    def decode(self, bits: Tensor) -> Tensor:
+        dtype = self.call.out.dtype
+        out = bits[:, : self.size].to(dtype) - bits[:, self.size:].to(dtype)
+        return out.reshape((bits.shape[0],) + self.shape)
 
 
 # --------------------------------------------------------------------------- the decomposition
@@ -3814,7 +3887,8 @@ def _operand_key(value: Any) -> Any:
 def _step_key(call: _Call) -> tuple:
     """Steps with equal keys take the same decision on the same values (``s.argmax(1)`` twice)."""
     if call.kind == "compare":
-        return ("compare", _operand_key(call.plus), _operand_key(call.minus), call.negate, call.out_shape)
+        return ("compare", _operand_key(call.plus), _operand_key(call.minus), call.negate, call.out_shape,
+                call.two_sided)
     return (call.kind, call.name, id(call.base), call.sign, call.descending, call.dim, call.k, call.keepdim,
             call.flags, call.shape)
 
@@ -4106,6 +4180,8 @@ class TracedMetric(Decomposition):
 
     def _site(self, plan: "_Plan", call: _Call, index: int, tensors: List[Tensor], choice: dict) -> _Site:
         mode = choice.get("mode", "auto")
+        if call.two_sided:
+            return _SignSite(call, index, self._probe_sign(plan, call, index))
         if call.kind == "compare":
             candidates = _binary_candidates(call, tensors)
             if mode != "probe" and candidates:
@@ -4184,6 +4260,36 @@ class TracedMetric(Decomposition):
         flipped, current = values[:m], values[m]
         better = flipped > current if self.higher_is_better else flipped < current
         return torch.where(better & ~torch.isnan(flipped), ~hard, hard).reshape(call.out_shape)
+
+    def _probe_sign(self, plan: "_Plan", call: _Call, index: int) -> Tensor:
+        """The best bits of a :class:`_SignSite`: each element of the output set alone to -1, 0
+        and 1, ``fn`` at each (through the sums where it pays, as a comparison's probes); an element
+        keeps its current sign where that is among its best, else takes the best of 1, -1, 0 in
+        that order (a side before a tie)."""
+        hard = call.out.reshape(-1)
+        m = hard.numel()
+        signs = torch.tensor([1.0, -1.0, 0.0], dtype=hard.dtype, device=hard.device)
+        element = torch.arange(m, device=hard.device).repeat(3)
+        site = _ProbeSite(call, index, "compare")
+
+        def replayed(which: Tensor) -> Tensor:
+            variants = hard.expand(which.numel(), m).clone()
+            at, probe = (which < 3 * m).nonzero().reshape(-1), which[which < 3 * m]
+            variants[at, element[probe]] = signs[probe // m]
+            return self._values(plan, {index: variants.reshape((which.numel(),) + call.out_shape)}, {index: site})
+
+        whole = torch.cat([hard[None], signs[:, None].expand(3, m)])
+        values = self._probed(plan, call, site, whole.reshape((4,) + call.out_shape), element,
+                              torch.arange(1, 4, device=hard.device).repeat_interleave(m), replayed,
+                              f"{m} elements x 3 signs")
+        at = values[:3 * m].reshape(3, m)
+        at = torch.where(torch.isnan(at), values[3 * m], at)  # (fn undefined there: no better than now)
+        best = at.amax(0) if self.higher_is_better else at.amin(0)
+        tol = 1e-6 * best.abs().clamp_min(1.0)
+        good = (at >= best - tol) if self.higher_is_better else (at <= best + tol)
+        current = good[0] & (hard == 1) | good[1] & (hard == -1) | good[2] & (hard == 0)
+        chosen = torch.where(current, hard, signs[good.float().argmax(0)])  # argmax: the first best of 1, -1, 0
+        return torch.cat([chosen > 0, chosen < 0])
 
     _PROBES_CHECKED = 32  # of the probes that gain and of those that do not, the most the first call replays
 
@@ -4871,7 +4977,7 @@ class TracedMetric(Decomposition):
             return None
         site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
         probed = isinstance(site, _ClassSite) and site.mode == "probe"
-        if isinstance(site, _CompareSite):
+        if isinstance(site, (_CompareSite, _SignSite)):
             by_runs = False
         elif isinstance(site, _ClassSite) and site.call.k is None and \
                 (site.mode == "label" or probed and site.call.name in ("argmax", "argmin")):
@@ -4882,7 +4988,8 @@ class TracedMetric(Decomposition):
         if not num:
             return None
         indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
-        split = _split_at_sums(tape, indices, cast(_ClassSite, site).num_rows if probed else num)
+        outputs = cast(_ClassSite, site).num_rows if probed else site.size if isinstance(site, _SignSite) else num
+        split = _split_at_sums(tape, indices, outputs)
         if split is None:  # the tape's form: the same for every call of this structure
             self._remember_sums(plan, False)
             return None
@@ -4900,6 +5007,13 @@ class TracedMetric(Decomposition):
 
             def element_place(place: Tensor) -> Tensor:
                 return place.new_zeros(probe.num_rows).scatter_reduce_(0, rows, place, "amin", include_self=False)
+        elif isinstance(site, _SignSite):  # an element's two comparisons at its four configurations
+            right = torch.tensor([[r & 1, r >> 1] for r in range(4)], dtype=torch.bool, device=best.device)
+            m = site.size
+            payload = site.decode(torch.where(right.repeat_interleave(m, 1), best, ~best))
+
+            def element_place(place: Tensor) -> Tensor:
+                return place.reshape(2, m)
         else:
             payload = site.decode_zeros(ends)
             element_place = lambda place: place  # noqa: E731  (a run per element of the output)
@@ -5083,6 +5197,9 @@ class TracedMetric(Decomposition):
             elif isinstance(site, _ClassSite):
                 how = (f"best outputs per row found by probing fn, every best output against every other: "
                        f"{site.num_bits} comparisons")
+            elif isinstance(site, _SignSite):
+                how = (f"the sign of each element as two comparisons with 0 (> 0, < 0), best signs found by "
+                       f"probing fn: {site.num_bits} comparisons")
             elif isinstance(site, _RankSite):
                 how = (f"ranking by the target's relevance, {site.num_bits} comparisons "
                        f"(uniloss.decoders.Ranking(pairs={site.pairs!r}))")
@@ -5201,7 +5318,11 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
       :class:`uniloss.AveragePrecision`'s layout for 0/1);
     * ``s > t``, ``s < t``, ``>=``, ``<=`` (``t`` a constant, a tensor of the target or other
       scores): one comparison per element; best, a 0/1 tensor of the target of the output's shape
-      (or of its leading dimensions), else probing.
+      (or of its leading dimensions), else probing;
+    * ``torch.sign(x)`` (``sgn``; ``x`` the scores or a difference of them, ``s[:, None] -
+      s[None, :]``): two comparisons per element, ``x > 0`` and ``x < 0``, decoded to ``[x > 0] -
+      [x < 0]`` (0 where ``x`` is 0, as ``torch.sign`` gives); the best sign of each element
+      found by probing ``fn`` at each of its three values.
 
     Monotone maps before a step are looked through (``sigmoid(s) > 0.5`` is ``s > 0``;
     ``softmax(s, 1).argmax(1)`` is ``s.argmax(1)``; a column ``s.sigmoid()[:, i]`` ranked is
