@@ -96,11 +96,55 @@ def gated_by_own_sum(s, y):
     return (pred & (pred.sum(0, keepdim=True) > 2) & (y == 1)).sum().float()  # the mask meets its own sum
 
 
+def five_thresholds(s, y):  # five trained steps: past the tracks a cut follows at once
+    return sum(((s > t) & (y == 1)).sum() for t in (-1.0, -0.5, 0.0, 0.5, 1.0)).float()
+
+
+NOT_SUMMED = [largest_per_row, running_count, gated_by_own_sum, five_thresholds]
+
+
 def two_thresholds(s, y):
-    return (((s > 0) & (y == 1)).sum() + ((s > 1) & (y == 1)).sum()).float()  # two trained steps
+    return (((s > 0) & (y == 1)).sum() + ((s > 1) & (y == 1)).sum()).float()  # two trained steps, summed apart
 
 
-NOT_SUMMED = [largest_per_row, running_count, gated_by_own_sum, two_thresholds]
+def within_a_band(s, y):  # two steps meeting in each element: above the lower edge and below the upper
+    inside = (s > -0.4) & (s < 0.6)
+    return (inside == (y == 0)).float().mean()
+
+
+def f1_at_three_thresholds(s, y):  # a loop over thresholds: a step each, their F1s averaged
+    pos, total = y == 1, 0.0
+    for t in (-0.5, 0.0, 0.5):
+        pred = s > t
+        total = total + 2 * (pred & pos).sum() / (pred.sum() + pos.sum()).clamp_min(1)
+    return total / 3
+
+
+def sign_and_threshold(s, y):  # a sign (two comparisons) and a comparison, per element
+    return ((torch.sign(s[:, 0] - 0.2) + (s[:, 1] > 0).float()) * (y[:, 0] - y[:, 1]).float()).mean()
+
+
+SEVERAL = [two_thresholds, within_a_band, f1_at_three_thresholds, sign_and_threshold]
+
+
+@pytest.mark.parametrize("fn", SEVERAL, ids=lambda f: f.__name__)
+def test_a_chain_of_several_steps_through_sums_is_the_tape_at_every_point(fn):
+    scores, target = _multilabel(n=12, labels=3, seed=4)
+    scores[1, 0] = 0.2  # a tie at a sign's zero
+    metric, plan = _checked(fn, scores, target)
+    assert len(plan.sites) > 1
+    chain = metric.structure(plan).chain
+    assert chain is not None and list(metric._sums.values()) == [True]
+    l = metric.best(plan).numel()
+    for seed in range(3):  # the comparisons of the steps interleaved along the chain
+        rank = torch.randperm(l, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6,
+                                   atol=1e-7)
+
+
+@pytest.mark.parametrize("fn", SEVERAL, ids=lambda f: f.__name__)
+def test_a_cut_of_several_steps_gives_the_loss_and_gradient_without_it(fn, monkeypatch):
+    _same_as_without_the_cut(fn, *_multilabel(n=20, labels=3, seed=5), monkeypatch)
 
 
 def _checked(fn, scores, target):
@@ -410,7 +454,7 @@ def test_the_steps_after_the_sums_are_taken_on_their_changes_up_to_a_changing_nu
         tape = plan.trace.tape
         site = plan.sites[0]
         indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
-        split = traced._split_at_sums(tape, indices, site.num_runs())
+        split = traced._split_at_sums(tape, [(indices, site.num_runs())])
         assert (split.walk, len(split.rest)) == (walk, rest), fn.__name__
         assert len(split.widths) == walk + 1 and split.widths[-1] >= 1
 
@@ -489,7 +533,7 @@ def test_a_confusion_matrix_is_taken_on_its_changes_at_the_defaults():
     metric = from_metric(mean_iou)
     plan = metric.prepare(x, y)
     site = plan.sites[0]
-    split = traced._split_at_sums(plan.trace.tape, {site.index}, site.num_runs())
+    split = traced._split_at_sums(plan.trace.tape, [({site.index}, site.num_runs())])
     assert split.walk == len(split.rest) == 9  # reshape, diag, two sums, the IoU's four steps, the mean
     b = traced._boundary(split, site.num_runs())  # not [4,097, 441] counts at every point, but the IoU's
     assert b >= 4 and split.widths[b] <= 42  # numerator and denominator, or fewer
@@ -751,6 +795,32 @@ def test_probes_through_the_sums_give_the_loss_and_gradient_of_the_replays(fn, d
     assert list(without._probes.values()) == [False]
     torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
+
+
+def within_the_grade(s, y):  # two steps, both probed (no 0/1 tensor of the target fits): the others held
+    return ((s > y - 0.5) & (s < y + 0.5)).float().mean()
+
+
+def edges_counted(s, y):  # the same two steps' outputs side by side in one sum: each element follows one
+    return torch.cat([s > y - 0.5, s < y + 0.5]).float().mean()
+
+
+@pytest.mark.parametrize("fn", [within_the_grade, edges_counted], ids=lambda f: f.__name__)
+def test_probes_of_several_steps_through_the_sums_give_the_loss_and_gradient_of_the_replays(fn, monkeypatch):
+    scores, target = _graded(seed=5)
+    scores = scores + target
+    calls = _cut_probes(monkeypatch)
+    with_cut = from_metric(fn)
+    loss, grad = _loss_and_grad(with_cut, scores, target)
+    assert len(calls) == 2 * 3 and list(with_cut._probes.values()) == [True, True]
+    monkeypatch.setattr(traced, "_probe_by_sums", lambda *args, **kwargs: 1 / 0)
+    without = from_metric(fn)
+    loss_ref, grad_ref = _loss_and_grad(without, scores, target)
+    assert list(without._probes.values()) == [False, False]
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
+    low, high = scores < target - 0.5, scores > target + 0.5
+    assert bool((grad[low] < 0).all() and (grad[high] > 0).all())  # each pushed into its band
 
 
 def test_probes_through_the_sums_that_disagree_with_the_replays_are_dropped(monkeypatch):

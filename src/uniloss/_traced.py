@@ -33,8 +33,8 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   every operation has a rule (:func:`_direct_rule`), else under vmap. The first calls of each
   structure compare the tape with ``fn`` replayed whole on the same configurations and keep the
   first way that agrees (``fn`` itself when none does).
-* **the chain through sums** (:func:`_split_at_sums`): where the one trained step is a comparison
-  or an argmax with a label per row (or with best outputs found by probing: PCK's pixels within
+* **the chain through sums** (:func:`_split_at_sums`): where the trained steps are comparisons
+  (up to four, or signs: two comparisons each, per element), or one argmax with a label per row (or with best outputs found by probing: PCK's pixels within
   reach of a keypoint) whose output reaches ``fn``'s value only through elementwise operations,
   operations that move elements (reshapes, ``movedim``, indexing by constants, ``torch.stack``)
   and filters that keep the same elements at both ends of the chain, and then sums or counts
@@ -888,8 +888,8 @@ class _Tape:
 
 # The chain of ``interpolation="chain"`` walks the configurations of the comparisons from all
 # wrong to all right; replaying the tape at each point costs a pass over the step's output. Where
-# the one trained step's output (a comparison's mask, an argmax's labels with a label per row)
-# reaches fn's value only through elementwise operations and then sums (the counts of F-beta,
+# the trained steps' outputs (comparisons' masks and signs, each element following at most one
+# element of each; one argmax's labels with a label per row) reach fn's value only through elementwise operations and then sums (the counts of F-beta,
 # precision, recall: ``(pred & pos).sum(0)``; per-class counts ``(pred == c).sum()``; a confusion
 # matrix by ``bincount``), every point's sums follow from the previous point's: an element that
 # takes its best value (a comparison; a row whose run of comparisons is whole) changes its own
@@ -919,11 +919,13 @@ _STEP = 1 << 14  # such a step costs about this many elements of values at every
 
 @dataclass
 class _SumSplit:
-    """A tape cut at the sums of a trained step's output: ``sources``, the slots of the output (the
-    site and its repeats); ``elementwise``, the steps whose
-    every element follows one element of the output; ``sums``, the sums and counts of those;
-    ``rest``, the steps after; ``source_of``, which element of the output each element of those
-    steps' results follows; ``elements``, how many elements the sums take; ``walk``, how many
+    """A tape cut at the sums of trained steps' outputs: ``sources``, the slots of the outputs (each
+    site and its repeats), ``track`` the step (its place in the tracks given) each holds and
+    ``numels`` each track's elements; ``elementwise``, the steps whose every element follows at
+    most one element of each output; ``sums``, the sums and counts of those; ``rest``, the steps
+    after; ``source_of``, which element of each track's output each element of those steps'
+    results follows (``[K, *shape]``, ``-1`` where none); ``elements``, how many elements the sums
+    take; ``walk``, how many
     of ``rest``'s first steps the sums' changes can be taken through (:func:`_walks`: a sum per
     row, then each row's F1, then their mean; a confusion matrix, its diagonal and sums, each
     class's IoU, their mean); ``widths[b]``, the elements of the tensors held as changes that
@@ -933,30 +935,51 @@ class _SumSplit:
     elementwise: List[_Step]
     sums: List[_Step]
     rest: List[_Step]
-    source_of: Dict[int, Tensor]  # slot -> [*its shape]: the output element each of its elements follows
+    source_of: Dict[int, Tensor]  # slot -> [K, *its shape]: the element of each output each of its elements follows
+    track: Dict[int, int] = dataclasses.field(default_factory=dict)  # source slot -> its track
+    numels: List[int] = dataclasses.field(default_factory=list)
     elements: int = 0
     walk: int = 0
     widths: List[int] = dataclasses.field(default_factory=list)
 
 
-def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]:
-    """:class:`_SumSplit` of a tape batched by hand whose trained steps are one comparison or one
-    argmax (``indices``: the site and its repeats, ``numel`` elements of output), or ``None``
-    where its output reaches the value any other way. Each slot between the output and the sums
-    keeps which element of the output each of its elements follows (``source_of``): elementwise
-    operations keep it (their inputs from the output following the same elements), operations
-    that move elements (reshapes, ``permute``, ``movedim``, ``expand``, indexing by constants,
-    ``torch.stack``/``cat``) move it, ``one_hot`` repeats it along its classes; ``bincount`` counts
-    as a sum."""
-    source_of: Dict[int, Tensor] = {}  # slot -> [*its shape], the output element each of its elements follows
+_TRACKS = 4  # the most trained steps (or comparisons per element) a cut through sums follows at once
+
+
+def _split_at_sums(tape: _Tape, tracks: Sequence[Tuple[set, int]], others: bool = False) -> Optional[_SumSplit]:
+    """:class:`_SumSplit` of a tape batched by hand whose trained steps are comparisons (or one
+    argmax): ``tracks``, each step's indices (the site and its repeats) and elements of output
+    (with ``others``, every other step of the tape a track of its own, held where probes change
+    one), or ``None`` where an output reaches the value any other way. Each slot between the
+    outputs and the sums keeps which element of each output each of its elements follows
+    (``source_of``): elementwise operations keep it (their inputs following the same elements of
+    the outputs they follow), operations that move elements (reshapes, ``permute``, ``movedim``,
+    ``expand``, indexing by constants, ``torch.stack``/``cat``) move it, ``one_hot`` repeats it
+    along its classes; ``bincount`` counts as a sum."""
+    source_of: Dict[int, Tensor] = {}  # slot -> [K, *its shape]: the element of each output each element follows
     split = _SumSplit([], [], [], [], source_of)
+    groups = [set(indices) for indices, _ in tracks]
+    split.numels = [numel for _, numel in tracks]
+    sites = [s for s in tape.steps if s.kind == "site"]
+    for s in sites:
+        if not s.single:
+            return None
+        if others and not any(s.index in g for g in groups):
+            groups.append({s.index})
+            split.numels.append(tape.traced[cast(int, s.outs[0])].numel())
+    if len(groups) > _TRACKS:
+        return None
     for s in tape.steps:
         if s.kind == "site":
-            out = tape.traced[cast(int, s.outs[0])] if s.single else None
-            if s.index not in indices or out is None or out.numel() != numel:
+            made = tape.traced[cast(int, s.outs[0])]
+            k = next((k for k, g in enumerate(groups) if s.index in g), None)
+            if k is None or made.numel() != split.numels[k]:
                 return None
+            ids = torch.full((len(groups),) + tuple(made.shape), -1, dtype=torch.long, device=made.device)
+            ids[k] = torch.arange(made.numel(), device=made.device).reshape(made.shape)
             split.sources.append(cast(int, s.outs[0]))
-            source_of[cast(int, s.outs[0])] = torch.arange(numel, device=out.device).reshape(out.shape)
+            split.track[cast(int, s.outs[0])] = k
+            source_of[cast(int, s.outs[0])] = ids
             continue
         reads = _reads(s)
         if s.rule is None or not reads:
@@ -986,41 +1009,51 @@ def _split_at_sums(tape: _Tape, indices: set, numel: int) -> Optional[_SumSplit]
 
 
 def _follows(s: _Step, tape: _Tape, source_of: Dict[int, Tensor], reads: List[int], out: Tensor) -> Optional[Tensor]:
-    """Which element of the trained step's output each element of ``s``'s result follows
-    (``[*out.shape]``), where each follows one; else ``None``."""
+    """Which element of each trained step's output each element of ``s``'s result follows
+    (``[K, *out.shape]``, ``-1`` where none), where each follows at most one of each; else
+    ``None``."""
     kind, name = cast(tuple, s.rule)[0], _op_name(s.func) if s.func is not None else ""
-    if kind == "ew" and not s.nested:  # every input from the output follows the same element at each place
+    if kind == "ew" and not s.nested:  # the inputs from one output follow the same element of it at each place
+        num = source_of[reads[0]].shape[0]
         try:
-            maps = [torch.broadcast_to(source_of[slot], out.shape) for slot in reads]
+            maps = [torch.broadcast_to(source_of[slot], (num,) + tuple(out.shape)) for slot in reads]
         except RuntimeError:
             return None
-        return maps[0] if all(m is maps[0] or torch.equal(m, maps[0]) for m in maps[1:]) else None
+        if all(m is maps[0] for m in maps[1:]):
+            return maps[0]
+        both = torch.stack(maps).amax(0)
+        return both if all(bool(((m == both) | (m < 0)).all()) for m in maps) else None
     if s.kind != "op":
         return None
     if kind == "mask" and [i for i, _ in s.fills] == [0, 1]:  # a boolean mask from the output: the same at
-        return source_of[reads[0]][tape.traced[reads[1]]]  # both ends of the chain, so at every point (else it raises)
+        return source_of[reads[0]][:, tape.traced[reads[1]]]  # both ends of the chain, so at every point (else it raises)
     if kind == "same" and name == "one_hot" and not s.nested and out.dim() >= 1:
         follows = source_of[reads[0]]
         return follows[..., None].expand(tuple(follows.shape) + (out.shape[-1],))
     items = s.nested[0][1] if kind == "cat" and [w for w, _ in s.nested] == [0] else None
     if isinstance(items, (list, tuple)) and all(isinstance(v, _Ref) for v in items) or \
             name in _MOVES and [i for i, _ in s.fills] == [0] and not s.nested:
-        try:  # the operation itself on the elements' indices
-            args, kwargs = tape._inputs(s, _source_env(source_of, tape.num_slots))
-            follows = s.func(*args, **kwargs)
-        except Exception:
-            return None
-        if isinstance(follows, Tensor) and tuple(follows.shape) == tuple(out.shape) and \
-                follows.dtype == torch.int64:
-            return follows
+        tracks = []
+        for k in range(source_of[reads[0]].shape[0]):
+            try:  # the operation itself on the elements' indices, those of each output in turn
+                args, kwargs = tape._inputs(s, _source_env(source_of, tape.num_slots, k))
+                follows = s.func(*args, **kwargs)
+            except Exception:
+                return None
+            if not (isinstance(follows, Tensor) and tuple(follows.shape) == tuple(out.shape) and
+                    follows.dtype == torch.int64):
+                return None
+            tracks.append(follows)
+        return torch.stack(tracks)
     return None
 
 
-def _source_env(source_of: Dict[int, Tensor], num_slots: int) -> List[Any]:
-    """The tape's slots holding, where known, which output element each element follows."""
+def _source_env(source_of: Dict[int, Tensor], num_slots: int, track: int) -> List[Any]:
+    """The tape's slots holding, where known, which element of output ``track`` each element
+    follows."""
     env: List[Any] = [None] * num_slots
     for slot, follows in source_of.items():
-        env[slot] = follows
+        env[slot] = follows[track]
     return env
 
 
@@ -1324,32 +1357,45 @@ def _hold_sum(s: _Step, tape: _Tape, first: List[Any], events: List[Any], e: _Ev
     first[out] = e.start.reshape((1,) + tuple(tape.traced[out].shape))
 
 
-def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, place: Tensor, points: int) -> Tensor:
+def _chain_by_sums(split: _SumSplit, tape: _Tape, parts: Sequence[Tuple["_Site", Any, Tensor]], points: int) -> Tensor:
     """fn's value at every point ``0 .. points`` of a chain from a tape cut by
-    :func:`_split_at_sums`: ``place``, ``[B, outputs]``, the point from which each of the ``B``
-    comparisons of each element of the output (in flat order: a comparison's; an argmax's row;
-    ``B = 2`` for a sign's ``> 0`` and ``< 0``) is right (``0``: from the start; ``[outputs]``:
-    ``B = 1``); ``payload``, the step's decoded output at the ``2^B`` configurations of those
-    (row ``r``: comparison ``b`` right where bit ``b`` of ``r`` is set; ``B = 1``: every comparison
-    wrong, every one right). ``[points + 1]``."""
-    place = place.reshape(1, -1) if place.dim() == 1 else place
-    bits = place.shape[0]
+    :func:`_split_at_sums`: ``parts``, for each track, its site, ``payload`` and ``place``:
+    ``place``, ``[B, outputs]``, the point from which each of the ``B`` comparisons of each element
+    of the output (in flat order: a comparison's; an argmax's row; ``B = 2`` for a sign's ``> 0``
+    and ``< 0``) is right (``0``: from the start; ``[outputs]``: ``B = 1``); ``payload``, the
+    step's decoded output at the ``2^B`` configurations of those (row ``r``: comparison ``b``
+    right where bit ``b`` of ``r`` is set; ``B = 1``: every comparison wrong, every one right).
+    The elementwise part runs at every configuration of an element's comparisons over all the
+    tracks (``2^G`` for ``G`` of them), and each sum takes an element's change at each of its
+    comparisons' points. ``[points + 1]``."""
+    places = [place.reshape(1, -1) if place.dim() == 1 else place for _, _, place in parts]
+    bits = sum(p.shape[0] for p in places)
+    rows = torch.arange(1 << bits, device=places[0].device)
     env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at each configuration of an element
+    offset = 0
+    offsets = []
+    for (site, payload, _), place in zip(parts, places):
+        offsets.append(offset)
+        offset += place.shape[0]
     for slot in split.sources:
-        env[slot] = site.format_batched(payload, site.call.x)
+        k = split.track[slot]
+        site, payload, _ = parts[k]
+        local = (rows >> offsets[k]) & ((1 << places[k].shape[0]) - 1)  # this track's configuration in each row
+        env[slot] = site.format_batched(payload if bits == places[k].shape[0] else payload[local], site.call.x)
     for s in split.elementwise:
         args, kwargs = tape._inputs(s, env)
         env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1 << bits)
     first: List[Any] = [None] * tape.num_slots
     events: List[Any] = [None] * tape.num_slots
-    for s in split.sums:  # each element changes once per comparison, at its point
+    for s in split.sums:  # each element changes once per comparison it follows, at its point
         x = env[s.fills[0][1]]
         values = x.reshape(x.shape[0], -1)
-        where = place[:, split.source_of[s.fills[0][1]].reshape(-1)]  # [B, E]
+        follows = split.source_of[s.fills[0][1]].reshape(len(parts), -1)  # [K, E]
         if bits == 1:
-            _hold_sum(s, tape, first, events,
-                      _sum_events(s, tape, env, x[:1], values[0], values[1], None, where[0], points + 1))
+            _hold_sum(s, tape, first, events, _sum_events(s, tape, env, x[:1], values[0], values[1], None,
+                                                          places[0][0, follows[0]], points + 1))
             continue
+        where = torch.cat([torch.where(f >= 0, p[:, f.clamp_min(0)], 0) for f, p in zip(follows, places)])  # [G, E]
         when, which = where.sort(dim=0, stable=True)  # each element's comparisons in the order they turn right
         state = torch.cumsum(torch.ones_like(which) << which, 0)  # the configuration after each of them
         row = torch.arange(values.shape[1], device=values.device)
@@ -1363,31 +1409,35 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, p
 def _probe_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, element: Tensor,
                    variant: Tensor) -> Any:
     """fn's value with one element of a trained step's output changed at a time, from a tape cut
-    by :func:`_split_at_sums`: ``payload``, the step's decoded outputs (a leading dimension of
-    ``V``: the current one first, then whole outputs to take elements from); probe ``p`` takes
-    element ``element[p]`` (in flat order: a comparison's; an argmax's row) from output
-    ``variant[p]``, every other from the current one. Each probe is two points of a chain through
-    the sums, the change and its undoing, so all ``P`` cost ``O(P + E)`` (``E`` the elements the
-    sums take) and the steps after the sums at ``2 P + 1`` points. ``[P + 1]``: the probes', then
-    the current output's value. Raises on a tape with guards (``fn`` reads values as Python
-    numbers, which may differ from probe to probe: replay those)."""
+    by :func:`_split_at_sums` (the step its first track, any others held at their traced
+    outputs): ``payload``, the step's decoded outputs (a leading dimension of ``V``: the current
+    one first, then whole outputs to take elements from); probe ``p`` takes element
+    ``element[p]`` (in flat order: a comparison's; an argmax's row) from output ``variant[p]``,
+    every other from the current one. Each probe is two points of a chain through the sums, the
+    change and its undoing, so all ``P`` cost ``O(P + E)`` (``E`` the elements the sums take)
+    and the steps after the sums at ``2 P + 1`` points. ``[P + 1]``: the probes', then the
+    current output's value. Raises on a tape with guards (``fn`` reads values as Python numbers,
+    which may differ from probe to probe: replay those)."""
     env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at every output of the payload
+    size = payload.shape[0]
     for slot in split.sources:
-        env[slot] = site.format_batched(payload, site.call.x)
+        held = tape.traced[slot]
+        env[slot] = site.format_batched(payload, site.call.x) if split.track[slot] == 0 else \
+            held.expand((size,) + tuple(held.shape))
     for s in split.elementwise:
         args, kwargs = tape._inputs(s, env)
-        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, payload.shape[0])
+        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, size)
     probes, span = element.numel(), 2 * element.numel() + 1
-    outputs = split.source_of[split.sources[0]].numel()
+    outputs = split.numels[0]
     first: List[Any] = [None] * tape.num_slots
     events: List[Any] = [None] * tape.num_slots
     for s in split.sums:  # the elements that follow each probe's element change at its point and back at the next
         fed = env[s.fills[0][1]]
         x = fed.reshape(fed.shape[0], -1)
-        source = split.source_of[s.fills[0][1]].reshape(-1)
+        source = split.source_of[s.fills[0][1]][0].reshape(-1)
         order = source.argsort(stable=True)
-        counts = torch.bincount(source, minlength=outputs)
-        starts = counts.cumsum(0) - counts
+        counts = torch.bincount(source + 1, minlength=outputs + 1)[1:]  # (-1: follows no element of the step)
+        starts = counts.cumsum(0) - counts + (source < 0).sum()
         each = counts[element]  # the sum's elements each probe changes
         probe = torch.repeat_interleave(torch.arange(probes, device=element.device), each)
         within = torch.arange(probe.numel(), device=element.device) - (each.cumsum(0) - each)[probe]
@@ -3818,6 +3868,16 @@ class _ElementSite(_Site):
     def format_batched(self, payload: Tensor, x: Tensor) -> Tensor:
         return payload
 
+    def configurations(self) -> Tensor:
+        """The output at each configuration of an element's ``B`` comparisons (``2^B`` rows, row
+        ``r``: comparison ``b`` right where bit ``b`` of ``r`` is set, wrong elsewhere), every
+        element alike: what :func:`_chain_by_sums` takes with the comparisons' places as
+        ``[B, size]``."""
+        per = self.num_bits // self.size
+        device = self.best_bits.device
+        right = (torch.arange(1 << per, device=device)[:, None] >> torch.arange(per, device=device)) & 1
+        return self.decode(torch.where(right.bool().repeat_interleave(self.size, 1), self.best_bits, ~self.best_bits))
+
 
 class _CompareSite(_ElementSite):
     """``p > q`` (or ``>=``, ``<``, ``<=``) with the scores on one side or both: one comparison
@@ -4345,7 +4405,7 @@ class TracedMetric(Decomposition):
                 [t.numel() for t in tape.traced if isinstance(t, Tensor)] + [0]) < _PROBES_CUT:
             return None
         indices = {index} | {a for a, o in plan.trace.aliases.items() if o == index}
-        split = _split_at_sums(tape, indices, outputs)
+        split = _split_at_sums(tape, [(indices, outputs)], others=True)
         if split is None:
             return None
         held, replayed = (2 * probes + 1) * _dense_width(split, 2 * probes), (probes + 1) * split.elements
@@ -4961,9 +5021,10 @@ class TracedMetric(Decomposition):
 
     def _chain_by_sums(self, plan: _Plan) -> Optional[Tuple[Callable[..., Tensor], bool]]:
         """The chain's values in ``O(l + S C)`` (:func:`_chain_by_sums`, ``C`` the elements of the
-        tensors it holds at every point, :func:`_dense_width`) where the one trained
-        step's output reaches ``fn``'s value only through elementwise operations and sums: a
-        comparison (``Structure.chain``, a run per comparison), an argmax with a label per row
+        tensors it holds at every point, :func:`_dense_width`) where the trained steps' outputs
+        reach ``fn``'s value only through elementwise operations and sums: comparisons and signs,
+        one or several (``Structure.chain``, a run per comparison; an element of the cut
+        following an element of each, changing at each of its comparisons' points), an argmax with a label per row
         (``chain_by_runs``: a row decodes to its label once its run is whole, to its best other
         class before) or an argmax with probed best outputs (a run per best output: a row decodes
         to a best output from its first whole run on, to its best other output before; which of
@@ -4973,53 +5034,67 @@ class TracedMetric(Decomposition):
         otherwise (the runs' counts through the tape at every point: ``O(l S)``). The first call
         of each structure checks it against the tape at nine points of a chain and keeps the
         verdict."""
-        if len(plan.sites) != 1 or plan.tape != "direct" or self._sums.get(plan.key) is False:
+        if not plan.sites or plan.tape != "direct" or self._sums.get(plan.key) is False:
             return None
-        site, tape = plan.sites[0], cast(_Tape, plan.trace.tape)
+        sites, tape = plan.sites, cast(_Tape, plan.trace.tape)
+        site = sites[0]
+        elementwise = all(isinstance(s, _ElementSite) for s in sites)  # comparisons, signs: one or several
         probed = isinstance(site, _ClassSite) and site.mode == "probe"
-        if isinstance(site, (_CompareSite, _SignSite)):
+        if elementwise:
             by_runs = False
-        elif isinstance(site, _ClassSite) and site.call.k is None and \
+        elif len(sites) == 1 and isinstance(site, _ClassSite) and site.call.k is None and \
                 (site.mode == "label" or probed and site.call.name in ("argmax", "argmin")):
             by_runs = True
         else:
             return None
-        num = site.num_runs()
+        num = sum(s.num_runs() for s in sites)
         if not num:
             return None
-        indices = {site.index} | {a for a, o in plan.trace.aliases.items() if o == site.index}
-        outputs = cast(_ClassSite, site).num_rows if probed else site.size if isinstance(site, _SignSite) else num
-        split = _split_at_sums(tape, indices, outputs)
+
+        def repeats(s: _Site) -> set:
+            return {s.index} | {a for a, o in plan.trace.aliases.items() if o == s.index}
+
+        if elementwise:
+            sizes = [cast(_ElementSite, s).size for s in sites]
+            if 0 in sizes or sum(s.num_bits // size for s, size in zip(sites, sizes)) > _TRACKS:  # 2^G configurations
+                return None
+            tracks = [(repeats(s), cast(_ElementSite, s).size) for s in sites]
+        else:
+            tracks = [(repeats(site), cast(_ClassSite, site).num_rows if probed else num)]
+        split = _split_at_sums(tape, tracks)
         if split is None:  # the tape's form: the same for every call of this structure
             self._remember_sums(plan, False)
             return None
         if (num + 1) * _dense_width(split, num) > current_limits().chain_elements:
             return None
-        best = site.best()
-        lengths = site._lengths().to(torch.float32)  # the runs' 0-bit counts at the chain's two ends:
+        best = torch.cat([s.best() for s in sites])
+        runs = torch.cat([s._lengths() for s in sites])
+        lengths = runs.to(torch.float32)  # the runs' 0-bit counts at the chain's two ends:
         ones = torch.zeros(num, device=best.device).index_add_(  # every comparison wrong, every one right
-            0, torch.repeat_interleave(torch.arange(num, device=best.device), site._lengths()), best.float())
+            0, torch.repeat_interleave(torch.arange(num, device=best.device), runs), best.float())
         ends = torch.stack([ones, lengths - ones])
-        if probed:  # every comparison wrong, every one right; a row turns at its first whole run
+        if elementwise:  # each element's comparisons at their configurations; places by site, [B, size]
+            element_sites = [cast(_ElementSite, s) for s in sites]
+            payloads = [s.configurations() for s in element_sites]
+            starts = torch.tensor([0] + [s.num_bits for s in element_sites]).cumsum(0).tolist()
+
+            def parts(place: Tensor) -> List[Tuple[_Site, Any, Tensor]]:
+                return [(s, p, place[a:b].reshape(-1, s.size))
+                        for s, p, a, b in zip(element_sites, payloads, starts, starts[1:])]
+        elif probed:  # every comparison wrong, every one right; a row turns at its first whole run
             probe = cast(_ClassSite, site)
             payload = probe.decode(torch.stack([~best, best]))
             rows = probe.active[probe.sets.pos_row]
 
-            def element_place(place: Tensor) -> Tensor:
-                return place.new_zeros(probe.num_rows).scatter_reduce_(0, rows, place, "amin", include_self=False)
-        elif isinstance(site, _SignSite):  # an element's two comparisons at its four configurations
-            right = torch.tensor([[r & 1, r >> 1] for r in range(4)], dtype=torch.bool, device=best.device)
-            m = site.size
-            payload = site.decode(torch.where(right.repeat_interleave(m, 1), best, ~best))
-
-            def element_place(place: Tensor) -> Tensor:
-                return place.reshape(2, m)
+            def parts(place: Tensor) -> List[Tuple[_Site, Any, Tensor]]:
+                first = place.new_zeros(probe.num_rows).scatter_reduce_(0, rows, place, "amin", include_self=False)
+                return [(site, payload, first)]
         else:
-            payload = site.decode_zeros(ends)
-            element_place = lambda place: place  # noqa: E731  (a run per element of the output)
+            by_label = site.decode_zeros(ends)
+            parts = lambda place: [(site, by_label, place)]  # noqa: E731  (a run per row of the output)
 
         def cut(place: Tensor, points: int) -> Tensor:
-            return self._held_or_tape(_chain_by_sums(split, tape, site, payload, element_place(place), points),
+            return self._held_or_tape(_chain_by_sums(split, tape, parts(place), points),
                                       lambda at: self._chain_points(plan, ends, place, at))
 
         def values(place: Tensor, points: int = num) -> Tensor:
