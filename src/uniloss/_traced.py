@@ -975,8 +975,10 @@ def _split_at_sums(tape: _Tape, tracks: Sequence[Tuple[set, int]], others: bool 
             k = next((k for k, g in enumerate(groups) if s.index in g), None)
             if k is None or made.numel() != split.numels[k]:
                 return None
-            ids = torch.full((len(groups),) + tuple(made.shape), -1, dtype=torch.long, device=made.device)
-            ids[k] = torch.arange(made.numel(), device=made.device).reshape(made.shape)
+            ids = torch.arange(made.numel(), device=made.device).reshape((1,) + tuple(made.shape))
+            if len(groups) > 1:
+                ids = torch.cat([ids.new_full(ids.shape, -1)] * k + [ids] + [ids.new_full(ids.shape, -1)] *
+                                (len(groups) - k - 1))
             split.sources.append(cast(int, s.outs[0]))
             split.track[cast(int, s.outs[0])] = k
             source_of[cast(int, s.outs[0])] = ids
@@ -1019,8 +1021,8 @@ def _follows(s: _Step, tape: _Tape, source_of: Dict[int, Tensor], reads: List[in
             maps = [torch.broadcast_to(source_of[slot], (num,) + tuple(out.shape)) for slot in reads]
         except RuntimeError:
             return None
-        if all(m is maps[0] for m in maps[1:]):
-            return maps[0]
+        if num == 1 or all(m is maps[0] for m in maps[1:]):  # (one output: every element follows it)
+            return maps[0] if all(m is maps[0] or torch.equal(m, maps[0]) for m in maps[1:]) else None
         both = torch.stack(maps).amax(0)
         return both if all(bool(((m == both) | (m < 0)).all()) for m in maps) else None
     if s.kind != "op":
@@ -1369,19 +1371,16 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, parts: Sequence[Tuple["_Site",
     tracks (``2^G`` for ``G`` of them), and each sum takes an element's change at each of its
     comparisons' points. ``[points + 1]``."""
     places = [place.reshape(1, -1) if place.dim() == 1 else place for _, _, place in parts]
-    bits = sum(p.shape[0] for p in places)
-    rows = torch.arange(1 << bits, device=places[0].device)
+    widths = [p.shape[0] for p in places]
+    bits = sum(widths)
     env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at each configuration of an element
-    offset = 0
-    offsets = []
-    for (site, payload, _), place in zip(parts, places):
-        offsets.append(offset)
-        offset += place.shape[0]
     for slot in split.sources:
         k = split.track[slot]
         site, payload, _ = parts[k]
-        local = (rows >> offsets[k]) & ((1 << places[k].shape[0]) - 1)  # this track's configuration in each row
-        env[slot] = site.format_batched(payload if bits == places[k].shape[0] else payload[local], site.call.x)
+        if len(parts) > 1:  # this track's configuration in each row
+            rows = torch.arange(1 << bits, device=places[0].device)
+            payload = payload[(rows >> sum(widths[:k])) & ((1 << widths[k]) - 1)]
+        env[slot] = site.format_batched(payload, site.call.x)
     for s in split.elementwise:
         args, kwargs = tape._inputs(s, env)
         env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1 << bits)
@@ -1390,11 +1389,12 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, parts: Sequence[Tuple["_Site",
     for s in split.sums:  # each element changes once per comparison it follows, at its point
         x = env[s.fills[0][1]]
         values = x.reshape(x.shape[0], -1)
-        follows = split.source_of[s.fills[0][1]].reshape(len(parts), -1)  # [K, E]
+        follows = split.source_of[s.fills[0][1]]
         if bits == 1:
             _hold_sum(s, tape, first, events, _sum_events(s, tape, env, x[:1], values[0], values[1], None,
-                                                          places[0][0, follows[0]], points + 1))
+                                                          places[0][0, follows.reshape(-1)], points + 1))
             continue
+        follows = follows.reshape(len(parts), -1)  # [K, E]
         where = torch.cat([torch.where(f >= 0, p[:, f.clamp_min(0)], 0) for f, p in zip(follows, places)])  # [G, E]
         when, which = where.sort(dim=0, stable=True)  # each element's comparisons in the order they turn right
         state = torch.cumsum(torch.ones_like(which) << which, 0)  # the configuration after each of them
@@ -5067,21 +5067,13 @@ class TracedMetric(Decomposition):
             return None
         if (num + 1) * _dense_width(split, num) > current_limits().chain_elements:
             return None
-        best = torch.cat([s.best() for s in sites])
-        runs = torch.cat([s._lengths() for s in sites])
+        best = site.best() if len(sites) == 1 else torch.cat([s.best() for s in sites])
+        runs = site._lengths() if len(sites) == 1 else torch.cat([s._lengths() for s in sites])
         lengths = runs.to(torch.float32)  # the runs' 0-bit counts at the chain's two ends:
         ones = torch.zeros(num, device=best.device).index_add_(  # every comparison wrong, every one right
             0, torch.repeat_interleave(torch.arange(num, device=best.device), runs), best.float())
         ends = torch.stack([ones, lengths - ones])
-        if elementwise:  # each element's comparisons at their configurations; places by site, [B, size]
-            element_sites = [cast(_ElementSite, s) for s in sites]
-            payloads = [s.configurations() for s in element_sites]
-            starts = torch.tensor([0] + [s.num_bits for s in element_sites]).cumsum(0).tolist()
-
-            def parts(place: Tensor) -> List[Tuple[_Site, Any, Tensor]]:
-                return [(s, p, place[a:b].reshape(-1, s.size))
-                        for s, p, a, b in zip(element_sites, payloads, starts, starts[1:])]
-        elif probed:  # every comparison wrong, every one right; a row turns at its first whole run
+        if probed:  # every comparison wrong, every one right; a row turns at its first whole run
             probe = cast(_ClassSite, site)
             payload = probe.decode(torch.stack([~best, best]))
             rows = probe.active[probe.sets.pos_row]
@@ -5089,9 +5081,19 @@ class TracedMetric(Decomposition):
             def parts(place: Tensor) -> List[Tuple[_Site, Any, Tensor]]:
                 first = place.new_zeros(probe.num_rows).scatter_reduce_(0, rows, place, "amin", include_self=False)
                 return [(site, payload, first)]
-        else:
-            by_label = site.decode_zeros(ends)
-            parts = lambda place: [(site, by_label, place)]  # noqa: E731  (a run per row of the output)
+        elif elementwise and not (len(sites) == 1 and isinstance(site, _CompareSite)):
+            element_sites = [cast(_ElementSite, s) for s in sites]  # each element's comparisons at their
+            payloads = [s.configurations() for s in element_sites]  # configurations; places by site, [B, size]
+            starts = torch.tensor([0] + [s.num_bits for s in element_sites]).cumsum(0).tolist()
+
+            def parts(place: Tensor) -> List[Tuple[_Site, Any, Tensor]]:
+                return [(s, p, place[a:b].reshape(-1, s.size))
+                        for s, p, a, b in zip(element_sites, payloads, starts, starts[1:])]
+        else:  # a run per element of the output (a comparison) or per row (an argmax with labels)
+            at_ends = site.decode_zeros(ends)
+
+            def parts(place: Tensor) -> List[Tuple[_Site, Any, Tensor]]:
+                return [(site, at_ends, place)]
 
         def cut(place: Tensor, points: int) -> Tensor:
             return self._held_or_tape(_chain_by_sums(split, tape, parts(place), points),
