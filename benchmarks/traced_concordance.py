@@ -58,7 +58,9 @@ def pairwise_logistic(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (F.softplus(s[None, :] - s[:, None]) * ordered).sum() / ordered.sum().clamp_min(1)
 
 
-def _task(name: str, seed: int):
+def standardised_split(name: str, seed: int):
+    """``diabetes`` or ``digits`` split 70/30 by ``seed``: features and target standardised on the
+    training split, ``(x_train, y_train, x_test, y_test)``."""
     x, y = load_diabetes(return_X_y=True) if name == "diabetes" else load_digits(return_X_y=True)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=seed)
     mean, std = xtr.mean(0), xtr.std(0) + 1e-8
@@ -90,7 +92,7 @@ def fit(x: torch.Tensor, y: torch.Tensor, outputs: int, loss_fn, lr: float, seed
 
 
 def run(task: str, loss_name: str, lr: float, seed: int, epochs: int) -> float:
-    xtr, ytr, xte, yte = _task(task, seed)
+    xtr, ytr, xte, yte = standardised_split(task, seed)
     loss_fn = {"mse": F.mse_loss, "pairwise": pairwise_logistic,
                "uniloss": uniloss.UniLoss(uniloss.from_metric(concordance),
                                           generator=torch.Generator().manual_seed(seed))}[loss_name]
