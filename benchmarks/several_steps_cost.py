@@ -56,7 +56,8 @@ def _cases(g, large: bool):
         yield f"F1 at three thresholds, [{n}]", f1_at_three_thresholds, torch.randn(n, generator=g) + y, y
     for n in ((64, 128) if large else (24,)):
         y = torch.randint(0, 4, (n,), generator=g).float()
-        yield f"Kendall's tau, sign as two comparisons, [{n}]", kendall_two_comparisons, torch.randn(n, generator=g) + y, y
+        scores = torch.randn(n, generator=g) + y
+        yield f"Kendall's tau, sign as two comparisons, [{n}]", kendall_two_comparisons, scores, y
 
 
 def main(calls: int, ref: str) -> None:

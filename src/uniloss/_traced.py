@@ -34,17 +34,18 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   structure compare the tape with ``fn`` replayed whole on the same configurations and keep the
   first way that agrees (``fn`` itself when none does).
 * **the chain through sums** (:func:`_split_at_sums`): where the trained steps are comparisons
-  (up to four, or signs: two comparisons each, per element), or one argmax with a label per row (or with best outputs found by probing: PCK's pixels within
-  reach of a keypoint) whose output reaches ``fn``'s value only through elementwise operations,
-  operations that move elements (reshapes, ``movedim``, indexing by constants, ``torch.stack``)
-  and filters that keep the same elements at both ends of the chain, and then sums or counts
-  (F-beta's, precision's and recall's counts, pooled or per label; ``count_nonzero``, ``any``,
-  ``all``: subset accuracy; per-class counts of ``argmax == c``; ``bincount``: a confusion
-  matrix), the chain's values come from each element's change and a cumulative sum, ``O(P C)``
-  for ``P`` points and sums of ``C`` elements, instead of the tape replayed at every point (a
-  comparison's mask: ``O(l^2)``; an argmax's rows, every one of them at each point, and beyond
-  ``chain_elements`` fewer points, segment-averaged); checked against the tape at nine points of
-  a chain on the first call of each structure. Where the code after the sums is elementwise in
+  (up to four per element; a sign is two), or one argmax with a label per row (or with best
+  outputs found by probing: PCK's pixels within reach of a keypoint) whose outputs reach
+  ``fn``'s value only through elementwise operations, operations that move elements (reshapes,
+  ``movedim``, indexing by constants, ``torch.stack``) and filters that keep the same elements at
+  both ends of the chain, and then sums or counts (F-beta's, precision's and recall's counts,
+  pooled or per label; ``count_nonzero``, ``any``, ``all``: subset accuracy; per-class counts of
+  ``argmax == c``; ``bincount``: a confusion matrix), the chain's values come from each
+  element's change and a cumulative sum, ``O(P C)`` for ``P`` points and sums of ``C``
+  elements, instead of the tape replayed at every point (a comparison's mask: ``O(l^2)``; an
+  argmax's rows, every one of them at each point, and beyond ``chain_elements`` fewer points,
+  segment-averaged); checked against the tape at nine points of a chain on the first call of
+  each structure. Where the code after the sums is elementwise in
   them, moves their elements and sums again (subset accuracy, F1 of each row's labels then their
   mean; a confusion matrix's diagonal and sums, then each class's IoU), those steps take the
   sums' changes too (:func:`_walks`, as far as :func:`_boundary` finds it pays): each point
@@ -889,9 +890,10 @@ class _Tape:
 # The chain of ``interpolation="chain"`` walks the configurations of the comparisons from all
 # wrong to all right; replaying the tape at each point costs a pass over the step's output. Where
 # the trained steps' outputs (comparisons' masks and signs, each element following at most one
-# element of each; one argmax's labels with a label per row) reach fn's value only through elementwise operations and then sums (the counts of F-beta,
-# precision, recall: ``(pred & pos).sum(0)``; per-class counts ``(pred == c).sum()``; a confusion
-# matrix by ``bincount``), every point's sums follow from the previous point's: an element that
+# element of each; one argmax's labels with a label per row) reach fn's value only through
+# elementwise operations and then sums (the counts of F-beta, precision, recall:
+# ``(pred & pos).sum(0)``; per-class counts ``(pred == c).sum()``; a confusion matrix by
+# ``bincount``), every point's sums follow from the previous point's: an element that
 # takes its best value (a comparison; a row whose run of comparisons is whole) changes its own
 # terms alone. The tape is then split there (:func:`_split_at_sums`): its elementwise part runs on
 # the two ends (every element at its best value, every one at its value with every comparison
@@ -1027,8 +1029,8 @@ def _follows(s: _Step, tape: _Tape, source_of: Dict[int, Tensor], reads: List[in
         return both if all(bool(((m == both) | (m < 0)).all()) for m in maps) else None
     if s.kind != "op":
         return None
-    if kind == "mask" and [i for i, _ in s.fills] == [0, 1]:  # a boolean mask from the output: the same at
-        return source_of[reads[0]][:, tape.traced[reads[1]]]  # both ends of the chain, so at every point (else it raises)
+    if kind == "mask" and [i for i, _ in s.fills] == [0, 1]:  # a boolean mask from the output: the same at both
+        return source_of[reads[0]][:, tape.traced[reads[1]]]  # ends of the chain, so at every point (else it raises)
     if kind == "same" and name == "one_hot" and not s.nested and out.dim() >= 1:
         follows = source_of[reads[0]]
         return follows[..., None].expand(tuple(follows.shape) + (out.shape[-1],))
@@ -5058,7 +5060,7 @@ class TracedMetric(Decomposition):
             sizes = [cast(_ElementSite, s).size for s in sites]
             if 0 in sizes or sum(s.num_bits // size for s, size in zip(sites, sizes)) > _TRACKS:  # 2^G configurations
                 return None
-            tracks = [(repeats(s), cast(_ElementSite, s).size) for s in sites]
+            tracks = [(repeats(s), size) for s, size in zip(sites, sizes)]
         else:
             tracks = [(repeats(site), cast(_ClassSite, site).num_rows if probed else num)]
         split = _split_at_sums(tape, tracks)
