@@ -127,6 +127,20 @@ def directional_accuracy(s, y):
     return (torch.sign(s) == torch.sign(y)).float().mean()
 
 
+def interval_coverage(s, y):
+    """The share of targets inside a predicted interval, ``s[:, 0]`` to ``s[:, 1]``: two comparisons."""
+    return ((y > s[:, 0]) & (y < s[:, 1])).float().mean()
+
+
+def f1_over_thresholds(s, y):
+    """F1 at five thresholds, averaged (a loop: a comparison at each)."""
+    pos, total = y == 1, 0.0
+    for t in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        pred = s > t
+        total = total + 2 * (pred & pos).sum() / (pred.sum() + pos.sum()).clamp_min(1)
+    return total / 5
+
+
 def spearman_rho(s, y):
     """The correlation of the ranks (``argsort`` twice), against a regression target."""
     r, q = s.argsort().argsort().float(), y.argsort().argsort().float()
@@ -251,6 +265,13 @@ def _continuous(g, n=128):
     return y + torch.randn(n, generator=g), y
 
 
+def _intervals(g, n=128):
+    y = torch.randn(n, generator=g)
+    middle = y + 0.5 * torch.randn(n, generator=g)
+    return torch.stack([middle - 1 + 0.3 * torch.randn(n, generator=g), middle + 1 + 0.3 * torch.randn(n, generator=g)],
+                       1), y
+
+
 def _segmentation(g, b=4, c=3, size=16):
     y = torch.randint(0, c, (b, size, size), generator=g)
     return torch.randn(b, c, size, size, generator=g) + 2 * F.one_hot(y, c).movedim(-1, 1), y
@@ -327,6 +348,13 @@ def _mse(s, y):
     return F.mse_loss(s, y.float())
 
 
+def _pinball(s, y):
+    """The quantile losses of the 5% and 95% quantiles, the usual loss for an interval's ends."""
+    q = torch.tensor([0.05, 0.95])
+    diff = y[:, None] - s
+    return torch.maximum(q * diff, (q - 1) * diff).mean()
+
+
 CASES: List[Case] = [
     Case("quadratic weighted kappa", quadratic_kappa, _classes,
          lambda s, y: skm.cohen_kappa_score(y, s.argmax(1), weights="quadratic"), F.cross_entropy),
@@ -352,6 +380,10 @@ CASES: List[Case] = [
          lambda s, y: stats.kendalltau(s, y).statistic, _mse),
     Case("directional accuracy, torch.sign", directional_accuracy, _continuous,
          lambda s, y: np.mean(np.sign(s) == np.sign(y)), _mse),
+    Case("interval coverage, two comparisons", interval_coverage, _intervals,
+         lambda s, y: np.mean((y > s[:, 0]) & (y < s[:, 1])), _pinball),
+    Case("F1 averaged over five thresholds, a loop", f1_over_thresholds, _binary,
+         lambda s, y: np.mean([skm.f1_score(y, s > t) for t in (-1.0, -0.5, 0.0, 0.5, 1.0)]), _bce),
     Case("Spearman's rho, ranks by argsort", spearman_rho, _continuous,
          lambda s, y: stats.spearmanr(s, y).statistic, _mse),
     Case("AUROC by Mann-Whitney ranks", auroc_by_ranks, _binary, lambda s, y: skm.roc_auc_score(y, s), _bce),

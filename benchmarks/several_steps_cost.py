@@ -8,9 +8,10 @@ loop over thresholds; a sign written as ``(x > 0) - (x < 0)``), the chain throug
 only one trained step: several went through the tape at every point, ``O(l^2)``, and beyond
 ``chain_elements`` at fewer points, segment-averaged; and the probes of a step whose best output
 no target holds replayed ``fn`` at every probe. Each element of the cut now follows at most one
-element of each step's output (up to four steps or comparisons per element), the elementwise part
-runs at every configuration of an element's comparisons, and each sum takes an element's change
-at each of its comparisons' points; a probe holds the other steps at their outputs. Each case
+element of each step's output (up to 64 steps, up to four comparisons meeting in an element),
+each slot of the elementwise part holds its values at every configuration of the comparisons it
+follows, and each sum takes an element's change at each of its comparisons' points; a probe
+holds the other steps at their outputs. Each case
 times one loss call (forward and backward, library defaults, one thread) of this checkout and of
 the commit's, interleaved call by call in one process (medians); the first table's cases, whose
 chain the commit took at every point, give the same loss and gradient in both (checked in the
@@ -42,6 +43,15 @@ def f1_at_three_thresholds(s, y):
     return total / 3
 
 
+def f1_at_ten_thresholds(s, y):
+    """F1 at ten thresholds from -1 to 1, averaged: ten steps, each summed apart."""
+    pos, total = y == 1, 0.0
+    for t in torch.linspace(-1.0, 1.0, 10).tolist():
+        pred = s > t
+        total = total + 2 * (pred & pos).sum() / (pred.sum() + pos.sum()).clamp_min(1)
+    return total / 10
+
+
 def kendall_two_comparisons(s, y):
     """Kendall's tau-a, the scores' sign written as two comparisons."""
     n, d = s.numel(), s[:, None] - s[None, :]
@@ -54,6 +64,7 @@ def _cases(g, large: bool):
         yield f"within half a grade, [{n}]", within_the_grade, y + torch.randn(n, generator=g) * 0.6, y
         y = (torch.rand(n, generator=g) < 0.3).long()
         yield f"F1 at three thresholds, [{n}]", f1_at_three_thresholds, torch.randn(n, generator=g) + y, y
+        yield f"F1 at ten thresholds, [{n}]", f1_at_ten_thresholds, torch.randn(n, generator=g) + y, y
     for n in ((64, 128) if large else (24,)):
         y = torch.randint(0, 4, (n,), generator=g).float()
         scores = torch.randn(n, generator=g) + y

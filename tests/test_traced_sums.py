@@ -96,11 +96,12 @@ def gated_by_own_sum(s, y):
     return (pred & (pred.sum(0, keepdim=True) > 2) & (y == 1)).sum().float()  # the mask meets its own sum
 
 
-def five_thresholds(s, y):  # five trained steps: past the tracks a cut follows at once
-    return sum(((s > t) & (y == 1)).sum() for t in (-1.0, -0.5, 0.0, 0.5, 1.0)).float()
+def five_thresholds_counted(s, y):  # each element meets five trained steps: past the comparisons a cut follows
+    passed = sum((s > t).long() for t in (-1.0, -0.5, 0.0, 0.5, 1.0))
+    return (passed == 2 * y).float().mean()
 
 
-NOT_SUMMED = [largest_per_row, running_count, gated_by_own_sum, five_thresholds]
+NOT_SUMMED = [largest_per_row, running_count, gated_by_own_sum, five_thresholds_counted]
 
 
 def two_thresholds(s, y):
@@ -124,7 +125,16 @@ def sign_and_threshold(s, y):  # a sign (two comparisons) and a comparison, per 
     return ((torch.sign(s[:, 0] - 0.2) + (s[:, 1] > 0).float()) * (y[:, 0] - y[:, 1]).float()).mean()
 
 
-SEVERAL = [two_thresholds, within_a_band, f1_at_three_thresholds, sign_and_threshold]
+def five_thresholds(s, y):  # five trained steps, each summed apart: an element follows one
+    return sum(((s > t) & (y == 1)).sum() for t in (-1.0, -0.5, 0.0, 0.5, 1.0)).float()
+
+
+def band_and_sign(s, y):  # a band of two steps beside a sign of a column: four comparisons meet in an element
+    inside = ((s[:, 0] > -0.4) & (s[:, 0] < 0.6)).float()
+    return (inside * torch.sign(s[:, 1]) * (y[:, 0] - y[:, 1]).float()).mean()
+
+
+SEVERAL = [two_thresholds, within_a_band, f1_at_three_thresholds, sign_and_threshold, five_thresholds, band_and_sign]
 
 
 @pytest.mark.parametrize("fn", SEVERAL, ids=lambda f: f.__name__)

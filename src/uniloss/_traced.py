@@ -945,7 +945,8 @@ class _SumSplit:
     widths: List[int] = dataclasses.field(default_factory=list)
 
 
-_TRACKS = 4  # the most trained steps (or comparisons per element) a cut through sums follows at once
+_TRACKS = 4  # the most comparisons an element of a cut through sums follows (2^4 configurations of each)
+_STEPS = 64  # the most trained steps a cut through sums follows
 
 
 def _split_at_sums(tape: _Tape, tracks: Sequence[Tuple[set, int]], others: bool = False) -> Optional[_SumSplit]:
@@ -969,7 +970,7 @@ def _split_at_sums(tape: _Tape, tracks: Sequence[Tuple[set, int]], others: bool 
         if others and not any(s.index in g for g in groups):
             groups.append({s.index})
             split.numels.append(tape.traced[cast(int, s.outs[0])].numel())
-    if len(groups) > _TRACKS:
+    if len(groups) > _STEPS:
         return None
     for s in tape.steps:
         if s.kind == "site":
@@ -1369,35 +1370,45 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, parts: Sequence[Tuple["_Site",
     and ``< 0``) is right (``0``: from the start; ``[outputs]``: ``B = 1``); ``payload``, the
     step's decoded output at the ``2^B`` configurations of those (row ``r``: comparison ``b``
     right where bit ``b`` of ``r`` is set; ``B = 1``: every comparison wrong, every one right).
-    The elementwise part runs at every configuration of an element's comparisons over all the
-    tracks (``2^G`` for ``G`` of them), and each sum takes an element's change at each of its
-    comparisons' points. ``[points + 1]``."""
+    Each slot of the elementwise part holds its values at every configuration of the comparisons
+    of the tracks it follows (``2^W`` rows for ``W`` of them, at most ``_TRACKS``: a loop over
+    many thresholds, each summed apart, keeps two rows a slot), and each sum takes an element's
+    change at each of its comparisons' points. ``[points + 1]``."""
     places = [place.reshape(1, -1) if place.dim() == 1 else place for _, _, place in parts]
     widths = [p.shape[0] for p in places]
-    bits = sum(widths)
-    env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at each configuration of an element
+    env: List[Any] = [None] * tape.num_slots  # the slots before the sums, at each configuration of their steps
+    steps: Dict[int, Tuple[int, ...]] = {}  # slot -> the tracks its values follow (its rows: their configurations)
     for slot in split.sources:
         k = split.track[slot]
         site, payload, _ = parts[k]
-        if len(parts) > 1:  # this track's configuration in each row
-            rows = torch.arange(1 << bits, device=places[0].device)
-            payload = payload[(rows >> sum(widths[:k])) & ((1 << widths[k]) - 1)]
-        env[slot] = site.format_batched(payload, site.call.x)
+        env[slot], steps[slot] = site.format_batched(payload, site.call.x), (k,)
     for s in split.elementwise:
-        args, kwargs = tape._inputs(s, env)
-        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1 << bits)
+        reads = _reads(s)
+        tracks = tuple(sorted({k for slot in reads for k in steps[slot]}))
+        if sum(widths[k] for k in tracks) > _TRACKS:
+            raise RuntimeError("an element follows more comparisons than the cut takes")
+        local = list(env)
+        for slot in set(reads):
+            local[slot] = _spread_rows(env[slot], steps[slot], tracks, widths)
+        args, kwargs = tape._inputs(s, local)
+        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1 << sum(widths[k] for k in tracks))
+        steps[s.outs[0]] = tracks
     first: List[Any] = [None] * tape.num_slots
     events: List[Any] = [None] * tape.num_slots
     for s in split.sums:  # each element changes once per comparison it follows, at its point
         x = env[s.fills[0][1]]
         values = x.reshape(x.shape[0], -1)
+        tracks = steps[s.fills[0][1]]
         follows = split.source_of[s.fills[0][1]]
+        bits = sum(widths[k] for k in tracks)
         if bits == 1:
             _hold_sum(s, tape, first, events, _sum_events(s, tape, env, x[:1], values[0], values[1], None,
-                                                          places[0][0, follows.reshape(-1)], points + 1))
+                                                          places[tracks[0]][0, follows[tracks[0]].reshape(-1)],
+                                                          points + 1))
             continue
-        follows = follows.reshape(len(parts), -1)  # [K, E]
-        where = torch.cat([torch.where(f >= 0, p[:, f.clamp_min(0)], 0) for f, p in zip(follows, places)])  # [G, E]
+        follows = follows.reshape(follows.shape[0], -1)  # [K, E]
+        where = torch.cat([torch.where(follows[k] >= 0, places[k][:, follows[k].clamp_min(0)], 0)
+                           for k in tracks])  # [bits, E]: the point at which each comparison an element follows turns
         when, which = where.sort(dim=0, stable=True)  # each element's comparisons in the order they turn right
         state = torch.cumsum(torch.ones_like(which) << which, 0)  # the configuration after each of them
         row = torch.arange(values.shape[1], device=values.device)
@@ -1406,6 +1417,24 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, parts: Sequence[Tuple["_Site",
         _hold_sum(s, tape, first, events, _sum_events(s, tape, env, x[:1], before.reshape(-1), after.reshape(-1),
                                                       row.repeat(bits), when.reshape(-1), points + 1))
     return _after_sums(split, tape, first, events, points, {}, 8 * (points + split.elements))
+
+
+def _spread_rows(value: Tensor, have: Tuple[int, ...], want: Tuple[int, ...], widths: List[int]) -> Tensor:
+    """``value`` at the configurations of the tracks ``have`` (its leading dimension: ``2^W`` rows,
+    row ``r`` holding each track's comparisons at its bits of ``r``, the tracks in order from the
+    lowest bits, each ``widths[k]`` wide) at those of ``want``, a superset: each row of ``want``
+    takes the row of ``have`` with the same comparisons of ``have``'s tracks."""
+    if have == want:
+        return value
+    offsets, at = {}, 0
+    for k in want:
+        offsets[k], at = at, at + widths[k]
+    rows = torch.arange(1 << at, device=value.device)
+    index, shift = torch.zeros_like(rows), 0
+    for k in have:
+        index |= ((rows >> offsets[k]) & ((1 << widths[k]) - 1)) << shift
+        shift += widths[k]
+    return value[index]
 
 
 def _probe_by_sums(split: _SumSplit, tape: _Tape, site: "_Site", payload: Any, element: Tensor,
@@ -5058,7 +5087,7 @@ class TracedMetric(Decomposition):
 
         if elementwise:
             sizes = [cast(_ElementSite, s).size for s in sites]
-            if 0 in sizes or sum(s.num_bits // size for s, size in zip(sites, sizes)) > _TRACKS:  # 2^G configurations
+            if 0 in sizes:
                 return None
             tracks = [(repeats(s), size) for s, size in zip(sites, sizes)]
         else:
