@@ -8,7 +8,7 @@ loop over thresholds; a sign written as ``(x > 0) - (x < 0)``), the chain throug
 only one trained step: several went through the tape at every point, ``O(l^2)``, and beyond
 ``chain_elements`` at fewer points, segment-averaged; and the probes of a step whose best output
 no target holds replayed ``fn`` at every probe. Each element of the cut now follows at most one
-element of each step's output (up to 64 steps, up to four comparisons meeting in an element),
+element of each step's output (up to 64 steps, up to eight comparisons meeting in an element),
 each slot of the elementwise part holds its values at every configuration of the comparisons it
 follows, and each sum takes an element's change at each of its comparisons' points; a probe
 holds the other steps at their outputs. Each case
@@ -52,6 +52,13 @@ def f1_at_ten_thresholds(s, y):
     return total / 10
 
 
+def ordinal_by_a_loop(s, y):
+    """The grade predicted as the thresholds passed, counted in a loop (each element meets five
+    steps), against the target's grade."""
+    passed = sum((s > t).long() for t in (-1.5, -0.5, 0.5, 1.5, 2.5))
+    return (passed == y).float().mean()
+
+
 def kendall_two_comparisons(s, y):
     """Kendall's tau-a, the scores' sign written as two comparisons."""
     n, d = s.numel(), s[:, None] - s[None, :]
@@ -65,6 +72,8 @@ def _cases(g, large: bool):
         y = (torch.rand(n, generator=g) < 0.3).long()
         yield f"F1 at three thresholds, [{n}]", f1_at_three_thresholds, torch.randn(n, generator=g) + y, y
         yield f"F1 at ten thresholds, [{n}]", f1_at_ten_thresholds, torch.randn(n, generator=g) + y, y
+        y = torch.randint(0, 6, (n,), generator=g)
+        yield f"grade by five thresholds in a loop, [{n}]", ordinal_by_a_loop, y - 1 + torch.randn(n, generator=g), y
     for n in ((64, 128) if large else (24,)):
         y = torch.randint(0, 4, (n,), generator=g).float()
         scores = torch.randn(n, generator=g) + y

@@ -96,12 +96,12 @@ def gated_by_own_sum(s, y):
     return (pred & (pred.sum(0, keepdim=True) > 2) & (y == 1)).sum().float()  # the mask meets its own sum
 
 
-def five_thresholds_counted(s, y):  # each element meets five trained steps: past the comparisons a cut follows
-    passed = sum((s > t).long() for t in (-1.0, -0.5, 0.0, 0.5, 1.0))
-    return (passed == 2 * y).float().mean()
+def nine_thresholds_counted(s, y):  # each element meets nine trained steps: past the comparisons a cut follows
+    passed = sum((s > t).long() for t in torch.linspace(-1.0, 1.0, 9).tolist())
+    return (passed == 4 * y).float().mean()
 
 
-NOT_SUMMED = [largest_per_row, running_count, gated_by_own_sum, five_thresholds_counted]
+NOT_SUMMED = [largest_per_row, running_count, gated_by_own_sum, nine_thresholds_counted]
 
 
 def two_thresholds(s, y):
@@ -134,7 +134,13 @@ def band_and_sign(s, y):  # a band of two steps beside a sign of a column: four 
     return (inside * torch.sign(s[:, 1]) * (y[:, 0] - y[:, 1]).float()).mean()
 
 
-SEVERAL = [two_thresholds, within_a_band, f1_at_three_thresholds, sign_and_threshold, five_thresholds, band_and_sign]
+def five_thresholds_counted(s, y):  # an ordinal prediction by a loop: each element meets five steps
+    passed = sum((s > t).long() for t in (-1.0, -0.5, 0.0, 0.5, 1.0))
+    return (passed == 2 * y).float().mean()
+
+
+SEVERAL = [two_thresholds, within_a_band, f1_at_three_thresholds, sign_and_threshold, five_thresholds, band_and_sign,
+           five_thresholds_counted]
 
 
 @pytest.mark.parametrize("fn", SEVERAL, ids=lambda f: f.__name__)
@@ -150,6 +156,15 @@ def test_a_chain_of_several_steps_through_sums_is_the_tape_at_every_point(fn):
         rank = torch.randperm(l, generator=torch.Generator().manual_seed(seed))
         torch.testing.assert_close(chain(rank).double(), _every_point(metric, plan, rank).double(), rtol=1e-6,
                                    atol=1e-7)
+
+
+def test_an_element_at_every_configuration_of_its_comparisons_stays_within_chain_elements():
+    scores, target = _multilabel(n=24, labels=5, seed=4)  # 120 elements, each at 2^5 configurations
+    metric = from_metric(five_thresholds_counted)
+    with _limits.limits(chain_elements=1000):  # the chain's 601 points fit, the elements' 3,840 rows do not
+        uniloss.UniLoss(metric)(scores.clone().requires_grad_(), target)
+        assert metric.structure(metric.prepare(scores, target)).chain is None
+    assert list(metric._sums.values()) == [False]
 
 
 @pytest.mark.parametrize("fn", SEVERAL, ids=lambda f: f.__name__)

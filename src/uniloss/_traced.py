@@ -34,7 +34,7 @@ What makes it cheap (``benchmarks/from_metric_training.py``):
   structure compare the tape with ``fn`` replayed whole on the same configurations and keep the
   first way that agrees (``fn`` itself when none does).
 * **the chain through sums** (:func:`_split_at_sums`): where the trained steps are comparisons
-  (up to four per element; a sign is two), or one argmax with a label per row (or with best
+  (up to eight per element; a sign is two), or one argmax with a label per row (or with best
   outputs found by probing: PCK's pixels within reach of a keypoint) whose outputs reach
   ``fn``'s value only through elementwise operations, operations that move elements (reshapes,
   ``movedim``, indexing by constants, ``torch.stack``) and filters that keep the same elements at
@@ -945,7 +945,7 @@ class _SumSplit:
     widths: List[int] = dataclasses.field(default_factory=list)
 
 
-_TRACKS = 4  # the most comparisons an element of a cut through sums follows (2^4 configurations of each)
+_TRACKS = 8  # the most comparisons an element of a cut through sums follows (2^8 configurations of each)
 _STEPS = 64  # the most trained steps a cut through sums follows
 
 
@@ -1371,8 +1371,9 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, parts: Sequence[Tuple["_Site",
     step's decoded output at the ``2^B`` configurations of those (row ``r``: comparison ``b``
     right where bit ``b`` of ``r`` is set; ``B = 1``: every comparison wrong, every one right).
     Each slot of the elementwise part holds its values at every configuration of the comparisons
-    of the tracks it follows (``2^W`` rows for ``W`` of them, at most ``_TRACKS``: a loop over
-    many thresholds, each summed apart, keeps two rows a slot), and each sum takes an element's
+    of the tracks it follows (``2^W`` rows for ``W`` of them, at most ``_TRACKS`` and within
+    ``chain_elements``; else it raises: a loop over many thresholds, each summed apart, keeps two
+    rows a slot; five counted per element, 32), and each sum takes an element's
     change at each of its comparisons' points. ``[points + 1]``."""
     places = [place.reshape(1, -1) if place.dim() == 1 else place for _, _, place in parts]
     widths = [p.shape[0] for p in places]
@@ -1385,7 +1386,8 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, parts: Sequence[Tuple["_Site",
     for s in split.elementwise:
         reads = _reads(s)
         tracks = tuple(sorted({k for slot in reads for k in steps[slot]}))
-        if sum(widths[k] for k in tracks) > _TRACKS:
+        width = sum(widths[k] for k in tracks)
+        if width > _TRACKS or (1 << width) * tape.traced[cast(int, s.outs[0])].numel() > current_limits().chain_elements:
             raise RuntimeError("an element follows more comparisons than the cut takes")
         local = list(env)
         for slot in set(reads):
