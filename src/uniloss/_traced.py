@@ -1389,11 +1389,12 @@ def _chain_by_sums(split: _SumSplit, tape: _Tape, parts: Sequence[Tuple["_Site",
         width = sum(widths[k] for k in tracks)
         if width > _TRACKS or (1 << width) * tape.traced[cast(int, s.outs[0])].numel() > current_limits().chain_elements:
             raise RuntimeError("an element follows more comparisons than the cut takes")
-        local = list(env)
-        for slot in set(reads):
+        spread = {slot for slot in reads if steps[slot] != tracks}  # inputs of fewer steps than their union
+        local = list(env) if spread else env
+        for slot in spread:
             local[slot] = _spread_rows(env[slot], steps[slot], tracks, widths)
         args, kwargs = tape._inputs(s, local)
-        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1 << sum(widths[k] for k in tracks))
+        env[s.outs[0]] = _run_direct(s, cast(tuple, s.rule), list(args), kwargs, 1 << width)
         steps[s.outs[0]] = tracks
     first: List[Any] = [None] * tape.num_slots
     events: List[Any] = [None] * tape.num_slots
@@ -1426,8 +1427,6 @@ def _spread_rows(value: Tensor, have: Tuple[int, ...], want: Tuple[int, ...], wi
     row ``r`` holding each track's comparisons at its bits of ``r``, the tracks in order from the
     lowest bits, each ``widths[k]`` wide) at those of ``want``, a superset: each row of ``want``
     takes the row of ``have`` with the same comparisons of ``have``'s tracks."""
-    if have == want:
-        return value
     offsets, at = {}, 0
     for k in want:
         offsets[k], at = at, at + widths[k]
