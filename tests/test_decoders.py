@@ -13,6 +13,7 @@ import torch
 
 import uniloss
 from uniloss import functional as F
+from uniloss._decomposition import StaticLayout, prepare_with_layout
 from uniloss.decoders import Argmax, PixelArgmax, Ranking, RankingTarget, SpatialArgmax, Threshold, TopK
 
 
@@ -235,6 +236,46 @@ def test_pruned_ranking_on_inconsistent_bits_follows_the_grade_fill_rule(pairs, 
     grade, query = plan.grade.tolist(), plan.target.query.tolist()
     for t in range(8):
         assert ours[t].tolist() == grade_fill_loop(bits[t].tolist(), plan.a.tolist(), plan.b.tolist(), grade, query)
+
+
+@pytest.mark.parametrize("n,num_queries", [(2, 1), (37, 1), (64, 3), (50, 50)])
+@pytest.mark.parametrize("static", [False, True])
+def test_pruned_ranking_of_many_grades_follows_the_grade_fill_rule(n, num_queries, static):
+    """A continuous relevance (every item its own grade; Spearman's rho through from_metric) and
+    integer grades up to n, dynamic and static layouts: the merged decode against the loop."""
+    g = _gen(n + num_queries)
+    scores = torch.randn(n, generator=g, dtype=torch.float64)
+    relevance = torch.randint(0, n, (n,), generator=g) if static else torch.randn(n, generator=g)
+    target = RankingTarget(relevance, torch.randint(0, num_queries, (n,), generator=g))
+    dec = Ranking("relevance", num_grades=n if static else None)
+    layout = StaticLayout(1 << 20, (dec,)) if static else None
+    plan = prepare_with_layout(dec, scores, target, None, layout)
+    assert (layout is not None and layout.used) == static
+    bits = torch.rand(9, dec.comparisons(scores, plan).numel(), generator=_gen(n)) < 0.5
+    grade, query, a = plan.grade.tolist(), plan.target.query.tolist(), plan.a.tolist()
+    if static:  # the padding pairs, 1 as the comparisons give them (an item against itself): none in the loop
+        bits = bits | layout.padding
+        keep = ~layout.padding
+        ours, bits, a = dec.decode(bits, plan), bits[:, keep], plan.a[keep].tolist()
+    else:
+        ours = dec.decode(bits, plan)
+    for t in range(9):
+        assert ours[t].tolist() == grade_fill_loop(bits[t].tolist(), a, None, grade, query)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 13, 64, 100])
+def test_free_slots_decodes_an_inversion_table(n):
+    """Each item, in order, takes the (skip + 1)-th free slot: a loop, against log2(n) merges."""
+    from uniloss.decoders import _free_slots
+    g = _gen(n)
+    skip = torch.stack([torch.stack([torch.randint(0, n - k, (), generator=g) for k in range(n)]) for _ in range(7)])
+    ours = _free_slots(skip)
+    for row, mine in zip(skip.tolist(), ours.tolist()):
+        free, slots = list(range(n)), []
+        for k in row:
+            slots.append(free.pop(k))
+        assert mine == slots
+    assert torch.equal(ours.sort(1).values, torch.arange(n).expand(7, n))  # a permutation
 
 
 def test_ranking_all_pairs_on_inconsistent_bits_most_wins_then_index():

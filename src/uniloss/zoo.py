@@ -1058,15 +1058,16 @@ def ndcg_at_k(k: Optional[int] = None, *, num_grades: Optional[int] = None) -> D
     ranking of the query, averaged over queries with a relevant item. Linear gains, as
     ``sklearn.metrics.ndcg_score`` (the reference, per query). Decoder
     ``Ranking(pairs="relevance")``: pairs of different relevance within each query, graded
-    relevance allowed (decoding loops over the distinct grades).
+    relevance allowed (any number of grades: the decode takes ``log2(n)`` merges, not a pass per
+    grade).
 
     The pull (0.10): binary cross-entropy for 0/1 relevance; for integer grades the all-threshold
     ordinal logistic loss, one margin per grade boundary (:attr:`uniloss.Structure.margins`).
 
     ``num_grades``: the relevance is an integer in ``[0, num_grades)`` (grades need not all occur).
-    The decoder then loops over ``num_grades`` grades without counting the distinct ones, so a
-    loss call makes no host synchronisation (with ``validate_args=False``); without it, graded
-    relevance costs one (the number of grades) and the comparisons are laid out exactly.
+    The decoder then takes the grades without counting the distinct ones, so a loss call makes no
+    host synchronisation (with ``validate_args=False``); without it, graded relevance costs one
+    (the number of grades) and the comparisons are laid out exactly.
 
     Shapes as :func:`precision_at_k`.
 
