@@ -1090,8 +1090,9 @@ def uniloss(
             where the metric is a function of them, exact at every step: in closed form where the
             structure gives one (:attr:`uniloss.Structure.chain`: AP, accuracy, PCK, the zoo's
             metrics of class counts, mean IoU, Dice, macro-F1, balanced accuracy), from the runs'
-            counts otherwise (``evaluate_zeros``: VOC AP, the traced metrics of :func:`uniloss.from_metric`;
-            at up to 257 points, exact up to 256 comparisons). A metric of whole runs (accuracy, PCK,
+            counts otherwise (``evaluate_zeros``: VOC AP, at every point while the ``[l + 1, S]`` counts
+            fit in ``chain_elements``; the traced metrics of :func:`uniloss.from_metric` through their own
+            sums or rankings, or their counts where every point's bits fit). A metric of whole runs (accuracy, PCK,
             the zoo's argmax metrics; :attr:`uniloss.Structure.chain_by_runs`) changes along the
             chain only at its runs' last comparisons, so the chain walks those alone (``O(l)`` and
             a sort of the runs) and goes block by block above ``chunk_bits`` (PCK on large
