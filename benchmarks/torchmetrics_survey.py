@@ -1,14 +1,17 @@
-"""Every functional metric of torchmetrics' classification and retrieval modules through
-``uniloss.from_metric``, unmodified: does it train, is its value torchmetrics' own, what does a
-loss call cost.
+"""Every functional metric of torchmetrics' classification and retrieval modules, and the rank
+correlations of its regression module, through ``uniloss.from_metric``, unmodified: does it
+train, is its value torchmetrics' own, what does a loss call cost.
 
     python benchmarks/torchmetrics_survey.py                       # prints a markdown table
     python benchmarks/torchmetrics_survey.py --out docs/performance/torchmetrics-survey.md
 
 Each function gets the inputs its name asks for: binary ``[64]`` scores and 0/1 labels (about
 30% positive), multi-class ``[64, 4]`` scores and labels, multi-label ``[64, 4]`` scores and 0/1
-labels, and for the retrieval functions one query of 64 items (about 20% relevant); scores are
-logits that rank most of the positives first. Functions that need a parameter get a usual one
+labels, for the retrieval functions one query of 64 items (about 20% relevant), and for the rank
+correlations (``spearman_corrcoef``, ``kendall_rank_corrcoef``: the regression metrics computed
+from the scores' order alone) a continuous target of 64 values, against mean squared error;
+scores are logits that rank most of the positives first (for the correlations, the target plus
+as much noise). Functions that need a parameter get a usual one
 (``beta=2``; a recall, precision, sensitivity or specificity of 0.5); those that return a
 tuple (the ``*_at_fixed_*`` ones) are traced through their first output. Metrics where lower
 is better (distances, errors, losses) are passed ``higher_is_better=False``. A row is:
@@ -62,6 +65,9 @@ def _inputs(kind: str, g: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, 
     if kind == "multilabel":
         y = (torch.rand(N, K, generator=g) < 0.3).long()
         return torch.randn(N, K, generator=g) + 1.5 * y, y, _bce
+    if kind == "regression":
+        y = torch.randn(N, generator=g)
+        return y + torch.randn(N, generator=g), y, F.mse_loss
     y = (torch.rand(N, generator=g) < (0.3 if kind == "binary" else 0.2)).long()  # binary, or one query
     y[:2] = torch.tensor([1, 0])
     return torch.randn(N, generator=g) + 1.5 * y, y, _bce
@@ -82,6 +88,10 @@ def _functions() -> List[Tuple[str, str, Callable]]:
                 size = "num_classes" if kind == "multiclass" else "num_labels"
                 params = {size: K, **params}
             out.append((name, kind, _bound(f, params)))
+    from torchmetrics.functional import regression
+
+    out += [(name, "regression", _bound(getattr(regression, name), {}))
+            for name in ("spearman_corrcoef", "kendall_rank_corrcoef")]
     return out
 
 
@@ -201,7 +211,8 @@ def main() -> None:
         "# torchmetrics' functional metrics through `from_metric`",
         "",
         "`python benchmarks/torchmetrics_survey.py --out docs/performance/torchmetrics-survey.md`: every "
-        "functional metric of torchmetrics' classification and retrieval modules through `uniloss.from_metric`, "
+        "functional metric of torchmetrics' classification and retrieval modules, and the rank correlations of "
+        "its regression module, through `uniloss.from_metric`, "
         "unmodified. " + " ".join(__doc__.split(chr(10) * 2)[2].split()).replace("``", "`"),
         "",
     ] + [("- " + " ".join(item.split())).replace("``", "`") for item in __doc__.split(chr(10) * 2)[3].split("* ")[1:]] + ["",

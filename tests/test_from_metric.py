@@ -586,16 +586,64 @@ def _written(s, y):  # without accumulate: each row's prediction written twice, 
                          ids=lambda f: f.__name__)
 def test_index_put_runs_on_the_anchors_batch_by_hand_as_fn_one_at_a_time(fn):
     scores, target = _multiclass(3, n=30, c=4)
+    _assert_batched_by_hand(fn, scores, target, 7)
+
+
+def _assert_batched_by_hand(fn, scores, target, t):
+    """``fn``'s tape runs on ``t`` random configurations by hand (no warning of one anchor at a
+    time), each value as ``fn`` replayed alone gives it."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "one anchor at a time": the tape takes index_put_
+        warnings.simplefilter("error")  # no "one anchor at a time"
         metric = from_metric(fn)
         plan = metric.prepare(scores, target)
         assert plan.tape == "direct"
-        bits = torch.rand(7, plan.num_bits, generator=_gen(1)) < 0.5
+        bits = torch.rand(t, plan.num_bits, generator=_gen(1)) < 0.5
         values = metric.evaluate(bits, plan)
     loop = from_metric(fn, batched="loop")
     torch.testing.assert_close(values, loop.evaluate(bits, loop.prepare(scores, target)))
     assert float(metric.metric(scores, target)) == pytest.approx(float(fn(scores, target)))
+
+
+def _spearman_by_scatter(s, y):  # ranks written by `r[order] = arange` (torchmetrics' _rank_data)
+    r = torch.empty(len(s), dtype=s.dtype)
+    r[s.argsort()] = torch.arange(len(s), dtype=s.dtype)
+    q = y.argsort().argsort().to(s.dtype)
+    r, q = r - r.mean(), q - q.mean()
+    return (r * q).sum() / (r.norm() * q.norm())
+
+
+def _running_target_written_back(s, y):  # a value per anchor (the target in its rank order, summed) written back
+    order = s.argsort(descending=True)
+    back = torch.zeros(len(s), dtype=s.dtype)
+    back[order] = y[order].to(s.dtype).cumsum(0)
+    return (back * y).sum() / (y.sum() * len(s))
+
+
+def _rows_written(s, y):  # rows of a 2-D tensor written by each anchor's order, a value of the row's shape
+    n = len(s)
+    table = torch.zeros(n, 2, dtype=s.dtype)
+    table[s.argsort()] = torch.stack([torch.arange(n), torch.arange(n) % 3], 1).to(s.dtype)
+    return (table[:, 0] * y + table[:, 1]).sum() / n ** 2
+
+
+def _rank_distances(s, y):  # Spearman's footrule and the largest displacement, by norms of the ranks' difference
+    r = torch.empty(len(s), dtype=s.dtype)
+    r[s.argsort()] = torch.arange(len(s), dtype=s.dtype)
+    d = r - y.argsort().argsort().to(s.dtype)
+    return torch.linalg.vector_norm(d, ord=1) / len(s) ** 2 + d.norm(p=float("inf")) / len(s) + torch.norm(d) / 100
+
+
+@pytest.mark.parametrize("fn", [_spearman_by_scatter, _running_target_written_back, _rows_written, _rank_distances],
+                         ids=lambda f: f.__name__)
+def test_a_write_at_an_integer_index_per_anchor_runs_on_the_batch_by_hand(fn):
+    """``x[i] = value`` with ``i`` from a ranking: vmap cannot batch it (its ``x`` is not batched),
+    so ``fn`` was replayed one configuration at a time; the tape writes each anchor's row."""
+    g = _gen(4)
+    target = torch.randn(24, generator=g, dtype=torch.float64)
+    if fn in (_running_target_written_back, _rows_written):
+        target = (target > 0).long()
+    scores = torch.randn(24, generator=g, dtype=torch.float64) + target
+    _assert_batched_by_hand(fn, scores, target, 9)
 
 
 def test_structured_and_dense_engines_agree():

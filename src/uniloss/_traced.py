@@ -628,7 +628,7 @@ class _Recorder:
         must not hold the tensor at all. Returns a snapshot of a constant about to be written."""
         if self.off is not None or not (recorded or self.steps):
             return None
-        if "out" in kwargs:
+        if kwargs.get("out") is not None:
             self.stop(f"`{name}` writes into `out=`")
             return None
         target = args[0] if args and isinstance(args[0], Tensor) else None
@@ -2213,11 +2213,18 @@ def _direct_rule(step: _Step, traced: Callable[[int], Tensor]) -> Optional[tuple
                     _common_dtype(name, args, per_sample, inplace=True), target_shape)
         if name in _GATHERS and not nested and _is_dim(_arg(args, kwargs, 1, "dim", None)):
             return ("gather", _GATHERS[name], target_shape)
-        if name == "__setitem__" and 1 in batched and len(args) == 3 and 2 not in batched and not nested:
-            mask = per_sample(1)  # x[mask] = value with a mask of x's shape: masked_fill
-            if mask.dtype == torch.bool and tuple(mask.shape) == target_shape and (
-                    not isinstance(args[2], Tensor) or args[2].dim() == 0):
-                return ("masked_write", target_shape)
+        if name == "__setitem__" and 1 in batched and len(args) == 3 and not nested:
+            index = per_sample(1)
+            if not isinstance(index, Tensor):
+                return None
+            if index.dtype == torch.bool:  # x[mask] = value with a mask of x's shape: masked_fill
+                if 2 not in batched and tuple(index.shape) == target_shape and (
+                        not isinstance(args[2], Tensor) or args[2].dim() == 0):
+                    return ("masked_write", target_shape)
+                return None
+            if not index.is_floating_point() and len(target_shape) >= 1:  # x[i] = value, i an integer tensor
+                value_dim = per_sample(2).dim() if isinstance(args[2], Tensor) else 0  # (ranks by `r[order] = arange`)
+                return ("index_write", index.dim() + len(target_shape) - 1, value_dim)
             return None
         if name == "index_put_" and 1 not in batched and set(nested) <= {1} and len(args) >= 3:
             items = nested.get(1, args[1])  # a confusion matrix counted by index_put_(..., accumulate=True)
@@ -2238,6 +2245,13 @@ def _direct_rule(step: _Step, traced: Callable[[int], Tensor]) -> Optional[tuple
     if not outs:
         return None
     out = outs[0]
+    if name in ("norm", "linalg_vector_norm") and batched == {0} and not nested:  # the norm of all the elements
+        order = _arg(args, kwargs, 1, "p" if name == "norm" else "ord", "fro" if name == "norm" else 2)
+        order = 2 if order == "fro" or order is None else order
+        if _arg(args, kwargs, 2, "dim", None) is not None or _arg(args, kwargs, 3, "keepdim", False) or \
+                _arg(args, kwargs, 4, "dtype", None) is not None or not isinstance(order, (int, float)):
+            return None
+        return ("norm_all", order)
     if name in _REDUCTIONS and not (len(args) > 1 and isinstance(args[1], Tensor)):
         if batched != {0} or nested:
             return None
@@ -2403,6 +2417,8 @@ def _run_direct(step: _Step, rule: tuple, args: list, kwargs: Dict, batch: int) 
         result = target.clone() if _batched(step, 0) else _lead(target, batch).clone()
         func(result, *args[1:], **kwargs)
         return result
+    if kind == "norm_all":
+        return torch.linalg.vector_norm(args[0].reshape(batch, -1), ord=rule[1], dim=1)
     if kind == "reduce_all":
         kwargs = {k: v for k, v in kwargs.items() if k not in ("dim", "keepdim")}
         result = func(args[0].reshape(batch, -1), 1, **kwargs)
@@ -2503,6 +2519,15 @@ def _run_direct(step: _Step, rule: tuple, args: list, kwargs: Dict, batch: int) 
             value = value.reshape((batch,) + (1,) * (full - value.dim() + 1) + tuple(value.shape[1:]))
         accumulate = kwargs.get("accumulate", args[3] if len(args) > 3 else False)
         return result.index_put_((rows, *where), value, accumulate)
+    if kind == "index_write":  # each anchor's integer index along the first dimension, prefixed by its row
+        _, region, value_dim = rule
+        target, index, value = args
+        result = target.clone() if _batched(step, 0) else _lead(target, batch).clone()
+        rows = torch.arange(batch, device=result.device).reshape((batch,) + (1,) * (index.dim() - 1))
+        if isinstance(value, Tensor) and _batched(step, 2):  # aligned after the anchors' dimension
+            value = value.reshape((batch,) + (1,) * (region - value_dim) + tuple(value.shape[1:]))
+        result[rows, index] = value
+        return result
     if kind == "masked_write":
         target, mask, value = args
         result = target.clone() if _batched(step, 0) else _lead(target, batch).clone()
@@ -2636,7 +2661,7 @@ class _Mode(TorchFunctionMode):
         rec = self.rec
         if not infos:
             if rec is not None and rec.off is None and rec.steps and (
-                    "out" in kwargs or _mutates(func, _op_name(func))):
+                    kwargs.get("out") is not None or _mutates(func, _op_name(func))):
                 rec.write(_op_name(func), args, kwargs, recorded=False)
             return func(*args, **kwargs)
         name = _op_name(func)
@@ -2674,7 +2699,7 @@ class _Mode(TorchFunctionMode):
             out = func(*args, **kwargs)
             self._tag(out, name, args, kwargs, score, sites)
             return out
-        writes = "out" in kwargs or _mutates(func, name)
+        writes = kwargs.get("out") is not None or _mutates(func, name)  # (torch.norm passes out=None on)
         before = rec.write(name, args, kwargs, recorded=bool(sites), event=self.event) if writes else None
         out = func(*args, **kwargs)
         self._tag(out, name, args, kwargs, score, sites)
@@ -3052,7 +3077,7 @@ class _Mode(TorchFunctionMode):
         element, one step (:class:`_SignSite`); its output ``[x > 0] - [x < 0]`` as ``torch.sign``
         returns it, 0 where ``x`` is 0."""
         x = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("input")
-        if not isinstance(x, Tensor) or x.is_complex() or "out" in kwargs:
+        if not isinstance(x, Tensor) or x.is_complex() or kwargs.get("out") is not None:
             raise self._error(f"fn applies `{name}` to the scores in a form from_metric does not know "
                               "(a complex tensor, or out=)")
         i = self._get(x)
