@@ -107,10 +107,11 @@ ROWS = [("mse", "mean squared error"), ("pairwise", "pairwise logistic (RankNet)
 
 
 def rate_grid(tasks: dict, rows: list, run, lrs: list, seeds: list, quick: bool) -> tuple:
-    """Each of ``rows`` (``(key, label)``, the UniLoss row keyed ``"uniloss"``) on each of ``tasks``
+    """Each of ``rows`` (``(key, label)``, the UniLoss row keyed ``"uniloss"``, variants of it keyed
+    ``"uniloss-..."``) on each of ``tasks``
     (name -> epochs) at each rate of ``lrs`` and seed of ``seeds``, ``run(task, key, lr, seed, epochs)``
-    giving the test metric (NaN: diverged): the markdown table's lines and, per task, UniLoss against
-    the stronger other row at each one's best rate, seed by seed."""
+    giving the test metric (NaN: diverged): the markdown table's lines and, per task, UniLoss (and
+    each variant) against the stronger of the other rows at each one's best rate, seed by seed."""
     lines = ["| task | loss | " + " | ".join(f"lr {lr}" for lr in lrs) + " | best rate | seeds at the best rate |",
              "|---|---|" + "---|" * len(lrs) + "---|---|"]
     verdicts = []
@@ -127,12 +128,14 @@ def rate_grid(tasks: dict, rows: list, run, lrs: list, seeds: list, quick: bool)
             lines.append(f"| {task} | {label} | {cells} | {best} | {' '.join(f'{v:.2f}' for v in scores[best])} |")
             print(lines[-1], flush=True)
             at_best[key] = scores[best]
-        other = max((k for k, _ in rows if k != "uniloss"), key=lambda k: statistics.mean(at_best[k]))
-        gap = [u - o for u, o in zip(at_best["uniloss"], at_best[other])]
-        spread = statistics.stdev(gap) if len(gap) > 1 else 0.0
-        verdicts.append(f"- **{task}**, each loss at its best rate: UniLoss minus the stronger other row "
-                        f"({dict(rows)[other]}) {statistics.mean(gap):+.2f} ± {spread:.2f} seed by seed, ahead on "
-                        f"{sum(d > 0 for d in gap)} of {len(gap)} seeds.")
+        other = max((k for k, _ in rows if not k.startswith("uniloss")), key=lambda k: statistics.mean(at_best[k]))
+        for key in (k for k, _ in rows if k.startswith("uniloss")):  # the defaults' row, then any variant's
+            gap = [u - o for u, o in zip(at_best[key], at_best[other])]
+            spread = statistics.stdev(gap) if len(gap) > 1 else 0.0
+            name = "UniLoss" if key == "uniloss" else dict(rows)[key]
+            verdicts.append(f"- **{task}**, each loss at its best rate: {name} minus the stronger other row "
+                            f"({dict(rows)[other]}) {statistics.mean(gap):+.2f} ± {spread:.2f} seed by seed, ahead "
+                            f"on {sum(d > 0 for d in gap)} of {len(gap)} seeds.")
     return lines, verdicts
 
 
