@@ -91,15 +91,31 @@ def fit(x: torch.Tensor, y: torch.Tensor, outputs: int, loss_fn, lr: float, seed
     return net
 
 
-def run(task: str, loss_name: str, lr: float, seed: int, epochs: int) -> float:
+def held_out(task: str, loss_fn, lr: float, seed: int, epochs: int, metric) -> float:
+    """``metric(scores, y)`` on ``task``'s test split (:func:`standardised_split` by ``seed``) of the
+    MLP :func:`fit` by ``loss_fn``; NaN where the run diverged (scores not finite on the test set, or
+    in training, which UniLoss refuses with a ``ValueError``)."""
     xtr, ytr, xte, yte = standardised_split(task, seed)
-    loss_fn = {"mse": F.mse_loss, "pairwise": pairwise_logistic,
-               "uniloss": uniloss.UniLoss(uniloss.from_metric(concordance),
-                                          generator=torch.Generator().manual_seed(seed))}[loss_name]
-    net = fit(xtr, ytr, 1, loss_fn, lr, seed, epochs)
+    try:
+        net = fit(xtr, ytr, 1, loss_fn, lr, seed, epochs)
+    except ValueError as error:
+        if "finite" not in str(error):
+            raise
+        return float("nan")
     with torch.no_grad():
         scores = net(xte).squeeze(1)
-    return harrell_c(scores, yte) if bool(torch.isfinite(scores).all()) else float("nan")  # nan: diverged
+    return float(metric(scores, yte)) if bool(torch.isfinite(scores).all()) else float("nan")
+
+
+def seeded(metric, seed: int, **options) -> uniloss.UniLoss:
+    """``UniLoss(from_metric(metric), **options)`` with its anchors' generator seeded by ``seed``."""
+    return uniloss.UniLoss(uniloss.from_metric(metric), generator=torch.Generator().manual_seed(seed), **options)
+
+
+def run(task: str, loss_name: str, lr: float, seed: int, epochs: int) -> float:
+    loss_fn = seeded(concordance, seed) if loss_name == "uniloss" else \
+        {"mse": F.mse_loss, "pairwise": pairwise_logistic}[loss_name]
+    return held_out(task, loss_fn, lr, seed, epochs, harrell_c)
 
 
 ROWS = [("mse", "mean squared error"), ("pairwise", "pairwise logistic (RankNet)"),

@@ -34,10 +34,9 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-import uniloss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from traced_concordance import fit, grid_main, standardised_split  # noqa: E402  (the MLP, the grid, the tasks)
+from traced_concordance import grid_main, held_out, seeded  # noqa: E402  (the MLP, the grid, the tasks)
 
 
 def directional(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -51,19 +50,8 @@ def side_bce(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def run(task: str, loss_name: str, lr: float, seed: int, epochs: int) -> float:
-    xtr, ytr, xte, yte = standardised_split(task, seed)
-    loss_fn = {"mse": F.mse_loss, "bce": side_bce,
-               "uniloss": uniloss.UniLoss(uniloss.from_metric(directional),
-                                          generator=torch.Generator().manual_seed(seed))}[loss_name]
-    try:
-        net = fit(xtr, ytr, 1, loss_fn, lr, seed, epochs)
-    except ValueError as error:  # UniLoss refuses scores that are not finite: the run diverged
-        if "finite" not in str(error):
-            raise
-        return float("nan")
-    with torch.no_grad():
-        scores = net(xte).squeeze(1)
-    return float(directional(scores, yte)) if bool(torch.isfinite(scores).all()) else float("nan")  # nan: diverged
+    loss_fn = seeded(directional, seed) if loss_name == "uniloss" else {"mse": F.mse_loss, "bce": side_bce}[loss_name]
+    return held_out(task, loss_fn, lr, seed, epochs, directional)
 
 
 ROWS = [("mse", "mean squared error"), ("bce", "binary cross-entropy of the side"),

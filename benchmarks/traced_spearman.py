@@ -40,10 +40,9 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-import uniloss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from traced_concordance import fit, grid_main, pairwise_logistic, standardised_split  # noqa: E402
+from traced_concordance import grid_main, held_out, pairwise_logistic, seeded  # noqa: E402
 
 
 def spearman(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -54,24 +53,17 @@ def spearman(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (r * q).sum() / (r.norm() * q.norm())
 
 
+def _spearmanr(scores: torch.Tensor, y: torch.Tensor) -> float:
+    """The test metric: scipy's ``spearmanr`` (tied values at their average rank, both sides)."""
+    return float(stats.spearmanr(scores.numpy(), y.numpy()).statistic)
+
+
 def run(task: str, loss_name: str, lr: float, seed: int, epochs: int) -> float:
-    xtr, ytr, xte, yte = standardised_split(task, seed)
-    loss_fn = {"mse": F.mse_loss, "pairwise": pairwise_logistic,
-               "uniloss": uniloss.UniLoss(uniloss.from_metric(spearman),
-                                          generator=torch.Generator().manual_seed(seed)),
-               "uniloss-comparison": uniloss.UniLoss(uniloss.from_metric(spearman), pull_per="comparison",
-                                                     generator=torch.Generator().manual_seed(seed))}[loss_name]
-    try:
-        net = fit(xtr, ytr, 1, loss_fn, lr, seed, epochs)
-    except ValueError as error:  # UniLoss refuses scores that are not finite: the run diverged
-        if "finite" not in str(error):
-            raise
-        return float("nan")
-    with torch.no_grad():
-        scores = net(xte).squeeze(1)
-    if not bool(torch.isfinite(scores).all()):
-        return float("nan")  # diverged
-    return float(stats.spearmanr(scores.numpy(), yte.numpy()).statistic)
+    if loss_name.startswith("uniloss"):  # the defaults, or the pull per comparison
+        loss_fn = seeded(spearman, seed, **({"pull_per": "comparison"} if loss_name == "uniloss-comparison" else {}))
+    else:
+        loss_fn = {"mse": F.mse_loss, "pairwise": pairwise_logistic}[loss_name]
+    return held_out(task, loss_fn, lr, seed, epochs, _spearmanr)
 
 
 ROWS = [("mse", "mean squared error"), ("pairwise", "pairwise logistic (RankNet)"),

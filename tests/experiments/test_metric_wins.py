@@ -1081,6 +1081,20 @@ def test_the_concordance_benchmark_scores_harrells_c_and_ranknets_loss_by_hand()
     assert float(bench.pairwise_logistic(s, y)) == pytest.approx(ranknet, rel=1e-5)
 
 
+def test_the_spearman_benchmark_trains_scipys_rho_with_the_targets_ties_at_their_average_rank():
+    """benchmarks/traced_spearman.py: the traced metric (scores ranked by ``argsort`` twice, the
+    target's ties at their average rank) is scipy's ``spearmanr`` on untied scores, tied targets too."""
+    from scipy import stats
+
+    bench = _benchmark("traced_spearman")
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(40, generator=g)
+    for y in (torch.randn(40, generator=g), torch.randint(0, 5, (40,), generator=g).float()):
+        expected = stats.spearmanr(s.numpy(), y.numpy()).statistic
+        assert float(bench.spearman(s, y)) == pytest.approx(expected, abs=1e-6)
+        assert bench._spearmanr(s, y) == pytest.approx(expected, abs=1e-12)
+
+
 def test_the_kappa_benchmark_scores_quadratic_kappa_as_scikit_learn_and_cuts_diabetes_into_quintiles():
     """benchmarks/traced_kappa.py: its traced metric is scikit-learn's quadratic weighted kappa of
     the argmax, and its diabetes task has five grades of about a fifth of the training split each."""
