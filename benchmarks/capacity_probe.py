@@ -81,6 +81,13 @@ class: the metric of a batch is then a coarser estimate of the data set's):
   mosaics scored by F1 per sample at logit 0 (``metric_wins.multilabel_samples_f1``, scikit-learn's
   ``average="samples"``); BCE, BCE with ``pos_weight``, BCE at one threshold tuned on the
   validation mosaics, and UniLoss on the metric's plain torch code through ``from_metric``.
+* ``recall-at-p80``, ``precision-at-r60``: the ``imb-ap`` data scored at one operating point of
+  the precision-recall curve (no suite task; not in the default ``--metrics``): the largest recall
+  at a precision of at least 0.8, and the largest precision at a recall of at least 0.6
+  (``metric_wins.operating_point``, scikit-learn's curve). Binary cross-entropy, BCE with
+  ``pos_weight``, the pairwise logistic loss, UniLoss on the metric
+  (``zoo.recall_at_precision(0.8)``, ``zoo.precision_at_recall(0.6)``) and, an extra row, UniLoss
+  on ``zoo.average_precision()`` (the whole curve instead of the point).
 
 UniLoss at its defaults everywhere. Test metric x100; differences draw by draw (same
 initialisation and batches).
@@ -140,6 +147,10 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
                   [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"),
                    ("BCE, validation-tuned thresholds", "bce-tuned"), ("UniLoss (defaults)", "uniloss")]),
 }
+for _m, _title in (("recall-at-p80", "recall at precision >= 0.8"), ("precision-at-r60", "precision at recall >= 0.6")):
+    TASKS[_m] = (f"imb-ap's data: test {_title}", BINARY_MODELS, None,
+                 [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"), ("pairwise logistic", "pairwise"),
+                  ("UniLoss (defaults)", "uniloss")])
 TASKS["mlabel-f1-15"] = (TASKS["mlabel-f1"][0] + ", 15 epochs", MLABEL_MODELS, None, TASKS["mlabel-f1"][3])
 TASKS["mlabel-map"] = ("multi-label MNIST mosaics: test mean AP over 10 labels", MLABEL_MODELS, None,
                        [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"),
@@ -157,7 +168,8 @@ for _m in ("bal-acc", "imb-macro-f1", "imb-macro-f1-train-prior", "imb-mcc", "im
 PROBES_ONLY = ("pairs-f1", "imb-macro-f1", "imb-macro-f1-train-prior", "imb-mcc", "imb-mcc-train-prior",  # not in
                "fashion-ap", "fashion-f1", "fashion-bal-acc", "fashion-imb-macro-f1",  # the default --metrics
                "fashion-imb-macro-f1-train-prior", "fashion-imb-mcc", "fashion-imb-mcc-train-prior",
-               "mlabel-f1", "fashion-mlabel-f1", "mlabel-f1-15", "mlabel-map", "mlabel-samples-f1")
+               "mlabel-f1", "fashion-mlabel-f1", "mlabel-f1-15", "mlabel-map", "mlabel-samples-f1",
+               "recall-at-p80", "precision-at-r60")
 # Rows beside the defaults on some metrics, reported as the variants are: UniLoss on macro-F1 at the
 # test split's class shares through from_metric (metric_wins.class_weighted_macro_f1), its control
 # (the same path on the plain macro-F1), and the same metric as the zoo's macro_f1(class_weights=...),
@@ -168,6 +180,8 @@ EXTRA = {m: [("UniLoss, macro-F1 at the test's class shares", "uniloss-test-prio
              ("UniLoss, class_weights, a memory of 896 samples", "uniloss-class-weights-memory", '{"memory": 896}')]
          for m in ("imb-macro-f1", "fashion-imb-macro-f1")}
 EXTRA["mlabel-f1"] = [("UniLoss, zoo.f_beta(1, average='macro')", "uniloss-zoo", "{}")]  # the zoo's, not traced
+for _m in ("recall-at-p80", "precision-at-r60"):  # UniLoss on AP, the operating point's ranking metric of the zoo
+    EXTRA[_m] = [("UniLoss on zoo.average_precision()", "uniloss-ap", "{}")]
 # The metrics on the bal-acc task's imbalanced MNIST: the zoo metric trained and scored, the test's class shares
 IMBALANCED_MNIST = {"bal-acc": ("balanced_accuracy", "balanced"), "imb-macro-f1": ("macro_f1", "balanced"),
                     "imb-macro-f1-train-prior": ("macro_f1", "train"), "imb-mcc": ("matthews_corrcoef", "balanced"),

@@ -87,6 +87,28 @@ def reciprocal_rank_ref(scores, relevance):
     return 1.0 / (1 + int(np.flatnonzero(_relevance_by_rank(scores, relevance) > 0)[0]))
 
 
+def operating_points_loop(scores, relevance):
+    """``(precision, recall)`` of every threshold on the scores, each distinct score one (every
+    item at or above it predicted relevant), by a loop over the thresholds."""
+    scores, relevant = np.asarray(scores, dtype=float), np.asarray(relevance) > 0
+    points = []
+    for threshold in np.unique(scores):
+        kept = scores >= threshold
+        hits = int(np.count_nonzero(relevant & kept))
+        points.append((hits / int(np.count_nonzero(kept)), hits / int(np.count_nonzero(relevant))))
+    return points
+
+
+def recall_at_precision_ref(scores, relevance, min_precision):
+    """The largest recall of a threshold whose precision is at least ``min_precision`` (0 if none)."""
+    return max([r for p, r in operating_points_loop(scores, relevance) if p >= min_precision], default=0.0)
+
+
+def precision_at_recall_ref(scores, relevance, min_recall):
+    """The largest precision of a threshold whose recall is at least ``min_recall``."""
+    return max(p for p, r in operating_points_loop(scores, relevance) if r >= min_recall)
+
+
 def mean_over_queries(per_query, scores, relevance, query):
     """``per_query(scores_q, relevance_q)`` averaged over the query ids (numpy arrays in)."""
     scores, relevance, query = (np.asarray(a) for a in (scores, relevance, query))

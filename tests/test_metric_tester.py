@@ -39,8 +39,8 @@ from uniloss import functional as F
 from uniloss import zoo
 from uniloss.decoders import RankingTarget
 from _reference import (
-    ap_from_scores_loop, good_flips, mean_over_queries, pck_loop, precision_at_k_ref, recall_at_k_ref, reciprocal_rank_ref,
-    untied_scores,
+    ap_from_scores_loop, good_flips, mean_over_queries, pck_loop, precision_at_k_ref, precision_at_recall_ref,
+    recall_at_k_ref, recall_at_precision_ref, reciprocal_rank_ref, untied_scores,
 )
 
 SEED = 7  # the anchors' generator seed in every run
@@ -217,6 +217,10 @@ CASES = [
     Case("ndcg_at_k", zoo.ndcg_at_k, lambda: zoo.ndcg_at_k(3), lambda seed: _queries(seed, grades=4),
          _per_query(lambda s, r: skm.ndcg_score(r[None], s[None], k=3))),
     Case("mrr", zoo.mrr, lambda: zoo.mrr(), _queries, _per_query(reciprocal_rank_ref)),
+    Case("recall_at_precision", zoo.recall_at_precision, lambda: zoo.recall_at_precision(0.6), _queries,
+         _per_query(lambda s, r: recall_at_precision_ref(s, r, 0.6))),
+    Case("precision_at_recall", zoo.precision_at_recall, lambda: zoo.precision_at_recall(0.5), _queries,
+         _per_query(lambda s, r: precision_at_recall_ref(s, r, 0.5))),
     Case("mean_iou", zoo.mean_iou, lambda: zoo.mean_iou(3), _segmentation,
          lambda s, y: skm.jaccard_score(*_pixels(s, y), average="macro")),
     Case("mean_iou-all-pairs", zoo.mean_iou, lambda: zoo.mean_iou(3, pairs="all"), _segmentation,

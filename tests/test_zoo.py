@@ -306,6 +306,58 @@ def test_ranking_metrics_equal_torchmetrics_retrieval():
         _check(metric, scores, target, _per_query(lambda s, r: float(reference(s, r)), defined))
 
 
+def _operating_point(scores, rel, alpha, of_recall):
+    """scikit-learn's precision-recall curve: the largest recall at precision >= alpha
+    (``of_recall``), or the largest precision at recall >= alpha, leaving out the curve's end point
+    (recall 0, precision 1: no threshold; torchmetrics leaves it out too)."""
+    precision, recall, _ = skm.precision_recall_curve(rel.numpy() > 0, scores.numpy())
+    if of_recall:
+        return max([r for p, r in zip(precision, recall) if p >= alpha], default=0.0)
+    return max(p for p, r in zip(precision[:-1], recall[:-1]) if r >= alpha)
+
+
+@pytest.mark.parametrize("n,num_queries", RANKING)
+@pytest.mark.parametrize("seed", range(2))
+def test_recall_at_precision_and_precision_at_recall_equal_sklearn_per_query(n, num_queries, seed):
+    scores, target = _queries(n, num_queries, 2, seed, rate=0.4)
+    for alpha in (0.25, 0.5, 0.8, 1.0):
+        _check(zoo.recall_at_precision(alpha), scores, target,
+               _per_query(lambda s, r: _operating_point(s, r, alpha, of_recall=True)))
+        _check(zoo.precision_at_recall(alpha), scores, target,
+               _per_query(lambda s, r: _operating_point(s, r, alpha, of_recall=False)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_recall_at_precision_and_precision_at_recall_equal_torchmetrics_on_tied_float32_scores(seed):
+    # torchmetrics computes the curve in the scores' dtype and takes a run of tied scores as one
+    # threshold: the reported value (metric(), last.metric) does the same; the loss trains.
+    classification = pytest.importorskip("torchmetrics.functional.classification")
+    g = _gen(seed)
+    scores = (torch.randn(80, generator=g) * 2).round() / 2  # many ties
+    labels = (torch.rand(80, generator=g) < 0.25).long()
+    probabilities = torch.sigmoid(scores)  # (torchmetrics reads scores outside [0, 1] as logits)
+    for alpha in (0.3, 0.5, 0.7, 0.9):
+        expected = float(classification.binary_recall_at_fixed_precision(probabilities, labels, alpha)[0])
+        assert float(zoo.recall_at_precision(alpha).metric(scores, labels)) == pytest.approx(expected, abs=1e-6)
+        expected = float(classification.binary_precision_at_fixed_recall(probabilities, labels, alpha)[0])
+        assert float(zoo.precision_at_recall(alpha).metric(scores, labels)) == pytest.approx(expected, abs=1e-6)
+        for metric in (zoo.recall_at_precision(alpha), zoo.precision_at_recall(alpha)):
+            free = scores.clone().requires_grad_()
+            loss_fn = uniloss.UniLoss(metric)
+            loss_fn(free, labels).backward()
+            assert float(loss_fn.last.metric) == float(metric.metric(scores, labels))
+            assert torch.isfinite(free.grad).all() and free.grad.abs().sum() > 0
+
+
+def test_operating_point_metrics_check_their_level():
+    for make, name in ((zoo.recall_at_precision, "min_precision"), (zoo.precision_at_recall, "min_recall")):
+        for bad in (0.0, -0.1, 1.5):
+            with pytest.raises(ValueError, match=rf"`{name}` in \(0, 1\]"):
+                make(bad)
+        with pytest.raises(TypeError, match=f"`{name}` to be a number"):
+            make(True)
+
+
 def test_queries_without_a_relevant_item_are_left_out():
     scores = torch.tensor([0.5, 0.1, 0.9, 0.3])
     target = RankingTarget(torch.tensor([0, 0, 1, 0]), torch.tensor([0, 0, 1, 1]))
@@ -358,6 +410,8 @@ ZOO = [
     (zoo.recall_at_k(3), lambda: _queries(32, 3, 2, 0)),
     (zoo.ndcg_at_k(3), lambda: _queries(32, 3, 4, 0)),
     (zoo.mrr(), lambda: _queries(32, 3, 2, 0)),
+    (zoo.recall_at_precision(0.5), lambda: _queries(32, 3, 2, 0)),
+    (zoo.precision_at_recall(0.5), lambda: _queries(32, 3, 2, 0)),
     (zoo.mean_iou(3), lambda: (torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randint(0, 3, (2, 4, 4)))),
     (zoo.dice(3), lambda: (torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randint(0, 3, (2, 4, 4)))),
 ]

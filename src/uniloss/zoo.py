@@ -8,8 +8,9 @@ untied scores, which the test suite checks on random inputs.
 **Ties.** The bits ``[c > 0]`` count an exact tie as a wrong comparison (against the target, the
 relevant item or the threshold; elsewhere toward the lower index, see :mod:`uniloss.decoders`),
 and so do the anchors' values and the loss. The reported value (``metric()`` and
-``UniLoss.last.metric``) of ``auroc`` and ``average_precision`` counts ties as scikit-learn does
-(a tied pair counts half; a run of tied scores is one threshold); that of the other metrics is
+``UniLoss.last.metric``) of ``auroc``, ``average_precision``, ``recall_at_precision`` and
+``precision_at_recall`` counts ties as scikit-learn does (a tied pair counts half; a run of tied
+scores is one threshold); that of the other metrics is
 the metric of the bits, so on tied scores it can differ from scikit-learn's (which breaks ties
 by ``argmax``'s first index, or averages over them, as in ``ndcg_score``).
 
@@ -21,7 +22,7 @@ Shapes, by family:
   a decision, pooled, as multi-label micro averaging) float, ``target`` the same shape in {0, 1};
   with ``average="macro"``, multi-label ``[n, L]``: each label's metric, averaged over the labels;
 * ranking (``auroc``, ``average_precision``, ``precision_at_k``, ``recall_at_k``, ``ndcg_at_k``,
-  ``mrr``): ``scores [n]`` (or ``[n, 1]``) float; ``target`` a
+  ``mrr``, ``recall_at_precision``, ``precision_at_recall``): ``scores [n]`` (or ``[n, 1]``) float; ``target`` a
   :class:`uniloss.decoders.RankingTarget` ``(relevance [n] >= 0, query [n] integer ids)`` or
   just ``relevance [n]`` (the batch is one query). Per-query values are averaged over the
   queries where the metric is defined (NaN if none);
@@ -78,6 +79,8 @@ __all__ = [
     "recall_at_k",
     "ndcg_at_k",
     "mrr",
+    "recall_at_precision",
+    "precision_at_recall",
     "mean_iou",
     "dice",
     "pck",
@@ -961,6 +964,59 @@ def _average_precision_tied(scores: Tensor, target: RankingTarget, dtype: torch.
     return _mean_where(ap, (num_pos > 0).expand_as(ap))[0]
 
 
+def _at_relevant(ranks: Tensor, target: RankingTarget, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The operating points of a ranking that end at a relevant item (the others add an irrelevant
+    item to one of them, which lowers its precision at the same recall): ``(relevant [n] bool,
+    precision [t, n], recall [t, n], num_rel [n])``, the cut just below each relevant item (its
+    place ``k`` among its query's relevant items, 1-based, over its rank, and over the query's
+    relevant items), ``num_rel`` per query (:func:`_query_sizes`)."""
+    assert target.query is not None  # a plan's target: the query filled in
+    relevant, num_rel, _ = _query_sizes(target)
+    k = sort_within(ranks, target.query * 2 + (relevant == 0).long()) + 1
+    recall = _ratio(k.to(dtype), num_rel.index_select(0, target.query).to(dtype).expand_as(k))
+    return relevant > 0, k.to(dtype) / (ranks + 1).to(dtype), recall, num_rel
+
+
+def _best_cut(relevant: Tensor, precision: Tensor, recall: Tensor, num_rel: Tensor, target: RankingTarget,
+              dtype: torch.dtype, *, min_precision: Optional[float] = None,
+              min_recall: Optional[float] = None) -> Tensor:
+    """Per query the largest recall of the cuts at a precision ``>= min_precision``, or the largest
+    precision of those at a recall ``>= min_recall`` (0 where none is), averaged over the queries
+    with a relevant item: ``[t]``, from :func:`_at_relevant`'s ``[t, n]`` cuts."""
+    assert target.query is not None  # a plan's target: the query filled in
+    if min_precision is not None:
+        value, allowed = recall, relevant & (precision >= min_precision)
+    else:
+        value, allowed = precision, relevant & (recall >= cast(float, min_recall))
+    best = torch.zeros(value.shape[0], target.query.numel(), dtype=dtype, device=value.device)
+    best.scatter_reduce_(1, target.query.expand_as(value), torch.where(allowed, value.to(dtype), 0.0), "amax")
+    return _mean_where(best, (num_rel > 0).expand_as(best))
+
+
+def _operating_point(ranks: Tensor, target: RankingTarget, dtype: torch.dtype, **level: float) -> Tensor:
+    """:func:`recall_at_precision` (``min_precision=``) or :func:`precision_at_recall`
+    (``min_recall=``) of decoded ranks ``[t, n]``."""
+    relevant, precision, recall, num_rel = _at_relevant(ranks, target, dtype)
+    return _best_cut(relevant, precision, recall, num_rel, target, dtype, **level)
+
+
+def _operating_point_tied(scores: Tensor, target: RankingTarget, dtype: torch.dtype, **level: float) -> Tensor:
+    """:func:`_operating_point` of the scores with each run of tied scores one threshold
+    (scikit-learn's ``precision_recall_curve``): the cut at a relevant item's score keeps every
+    item at or above it."""
+    assert target.query is not None  # a plan's target: the query filled in
+    relevant, num_rel, _ = _query_sizes(target)
+    above_rel, above_irr = at_or_above(scores, relevant > 0, target.query)
+    precision = _ratio(above_rel.to(dtype), (above_rel + above_irr).to(dtype))
+    recall = _ratio(above_rel.to(dtype), num_rel.index_select(0, target.query).to(dtype))
+    return _best_cut(relevant[None] > 0, precision[None], recall[None], num_rel, target, dtype, **level)[0]
+
+
+def _operating_point_metric(name: str, **level: float) -> DecodedMetric:
+    return _RankingWithTies(Ranking("binary"), _Evaluator(_operating_point, name, **level),
+                            lambda scores, target, dtype: _operating_point_tied(scores, target, dtype, **level))
+
+
 def _check_k(k: object) -> int:
     return V.check_count("k", k, allow_zero=False)
 
@@ -1095,6 +1151,70 @@ def mrr() -> DecodedMetric:
         0.5
     """
     return _RanksOfRelevant(Ranking("binary"), _Evaluator(_mrr, "mrr"), _first_reciprocal, _unweighted, every_query=False)
+
+
+def recall_at_precision(min_precision: float) -> DecodedMetric:
+    r"""Recall at a precision of at least ``min_precision``: the largest recall of a threshold on
+    the scores whose precision is at least ``min_precision`` (0 where none is), per query, averaged
+    over the queries with a relevant item. The operating point of a detector that must keep its
+    false alarms below a share (Eban et al., "Scalable learning of non-decomposable objectives",
+    2017).
+
+    :math:`\max \{k / P : k / (r_k + 1) \ge lpha\}` over the ``k``-th relevant item by rank, at
+    0-based rank ``r_k``, of the ``P`` relevant items (a threshold that ends at an irrelevant item
+    has the recall of the relevant one above it and less precision). Decoder
+    ``Ranking(pairs="binary")``. References: the largest recall of
+    ``sklearn.metrics.precision_recall_curve`` with precision ``>= min_precision``, and
+    ``torchmetrics.functional.classification.binary_recall_at_fixed_precision`` (its first output).
+    The reported value (``metric()``, ``UniLoss.last.metric``) takes a run of tied scores as one
+    threshold, as those do; the bits, the anchors' values and the loss count a tie as the relevant
+    item below. Precision is compared in the metric's dtype (float32 for float32 scores), as
+    torchmetrics does.
+
+    Args:
+        min_precision: the least precision, in ``(0, 1]``.
+
+    Shapes: ``scores [n]`` (or ``[n, 1]``) float; ``target`` ``[n]`` relevance (``> 0`` relevant)
+    or a ``RankingTarget`` with query ids.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+        >>> float(uniloss.zoo.recall_at_precision(0.6).metric(scores, torch.tensor([1, 0, 1, 0, 1])))
+        1.0
+        >>> round(float(uniloss.zoo.recall_at_precision(0.7).metric(scores, torch.tensor([1, 0, 1, 0, 1]))), 4)
+        0.3333
+    """
+    return _operating_point_metric("recall_at_precision",
+                                   min_precision=V.check_fraction("min_precision", min_precision))
+
+
+def precision_at_recall(min_recall: float) -> DecodedMetric:
+    r"""Precision at a recall of at least ``min_recall``: the largest precision of a threshold on
+    the scores whose recall is at least ``min_recall``, per query, averaged over the queries with a
+    relevant item (the counterpart of :func:`recall_at_precision`).
+
+    :math:`\max \{k / (r_k + 1) : k / P \ge eta\}` over the ``k``-th relevant item by rank, at
+    0-based rank ``r_k``, of the ``P`` relevant items. Decoder ``Ranking(pairs="binary")``.
+    References: the largest precision of ``sklearn.metrics.precision_recall_curve`` with recall
+    ``>= min_recall`` (leaving out the curve's last point, recall 0 at precision 1, as
+    torchmetrics does), and ``torchmetrics.functional.classification.binary_precision_at_fixed_recall``
+    (its first output). Ties and dtype as :func:`recall_at_precision`.
+
+    Args:
+        min_recall: the least recall, in ``(0, 1]``.
+
+    Shapes: as :func:`recall_at_precision`.
+
+    Example::
+
+        >>> import torch, uniloss
+        >>> scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+        >>> round(float(uniloss.zoo.precision_at_recall(0.5).metric(scores, torch.tensor([1, 0, 1, 0, 1]))), 4)
+        0.6667
+    """
+    return _operating_point_metric("precision_at_recall", min_recall=V.check_fraction("min_recall", min_recall))
 
 
 # --------------------------------------------------------------------------- segmentation

@@ -1110,3 +1110,37 @@ def test_the_kappa_benchmark_scores_quadratic_kappa_as_scikit_learn_and_cuts_dia
     xtr, ytr, xte, yte, grades = bench.load("diabetes", 0)
     assert grades == 5 and xtr.shape[1] == 10 and len(xtr) + len(xte) == 442
     assert torch.bincount(ytr, minlength=5).min() >= 0.18 * len(ytr) and set(yte.tolist()) <= set(range(5))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_operating_point_score_is_the_zoo_metric_it_trains(seed):
+    # metric_wins.operating_point reads scikit-learn's curve; the zoo's metrics decode ranks
+    # (tests/test_zoo.py checks them against a loop over thresholds): one value on untied scores.
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(300, generator=g, dtype=torch.float64)
+    labels = (torch.rand(300, generator=g) < 0.1 + 0.3 * torch.sigmoid(2 * scores)).long()
+    for level in (0.3, 0.6, 0.8):
+        assert M.operating_point(scores, labels, level, of_recall=True) == pytest.approx(
+            float(uniloss.zoo.recall_at_precision(level).metric(scores, labels)), abs=1e-12)
+        assert M.operating_point(scores, labels, level, of_recall=False) == pytest.approx(
+            float(uniloss.zoo.precision_at_recall(level).metric(scores, labels)), abs=1e-12)
+    # by hand: the cuts below the 1st, 2nd and 3rd positive have precision 1, 2/3, 3/5 and recall 1/3, 2/3, 1
+    scores, labels = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]), torch.tensor([1, 0, 1, 0, 1])
+    assert M.operating_point(scores, labels, 0.6, of_recall=True) == 1.0
+    assert M.operating_point(scores, labels, 0.7, of_recall=True) == pytest.approx(1 / 3)
+    assert M.operating_point(scores, labels, 0.5, of_recall=False) == pytest.approx(2 / 3)
+    assert M.operating_point(scores, torch.tensor([0, 0, 0, 1, 0]), 0.5, of_recall=True) == 0.0  # best cut: 1/4
+
+
+def test_the_operating_point_probes_train_their_metric_or_ap_and_score_the_point(monkeypatch):
+    # the probe's UniLoss row trains the operating point's zoo metric, its extra row ("uniloss-ap")
+    # the zoo's AP; both are scored by operating_point on the test split
+    trained = []
+    monkeypatch.setattr(M, "_uniloss", lambda decomposition, *args: trained.append(decomposition) or (lambda s, y: s.sum()))
+    monkeypatch.setattr(M, "fit", lambda model, opt, batches, step, epochs, evaluate, sched: [evaluate(model)])
+    scored = []
+    monkeypatch.setattr(M, "operating_point", lambda s, y, level, of_recall: scored.append((level, of_recall)) or 0.5)
+    assert M.run_imbalanced("recall-at-p80", "uniloss", 0, True, {}) == [0.5]
+    assert M.run_imbalanced("precision-at-r60", "uniloss-ap", 0, True, {}) == [0.5]
+    assert [repr(d.evaluator) for d in trained] == ["recall_at_precision(min_precision=0.8)", "average_precision()"]
+    assert scored == [(0.8, True), (0.6, False)]

@@ -369,6 +369,21 @@ def f1_at(scores: Tensor, target: Tensor, threshold: float) -> float:
     return 2 * tp / max(1.0, float(pred.sum()) + float(pos.sum())) if tp > 0 else 0.0
 
 
+def operating_point(scores: Tensor, target: Tensor, level: float, of_recall: bool) -> float:
+    """scikit-learn's precision-recall curve of ``(scores, target)`` read at one operating point:
+    the largest recall at a precision ``>= level`` (``of_recall``; 0 where none is), or the largest
+    precision at a recall ``>= level`` (leaving out the curve's end point, recall 0 at precision 1,
+    which no threshold gives; torchmetrics leaves it out too). The held-out score of the
+    ``recall-at-p80`` and ``precision-at-r60`` probes; ``uniloss.zoo.recall_at_precision`` and
+    ``precision_at_recall`` train them."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(target.reshape(-1).numpy(), scores.reshape(-1).double().numpy())
+    if of_recall:
+        return float(max([r for p, r in zip(precision, recall) if p >= level], default=0.0))
+    return float(max(p for p, r in zip(precision[:-1], recall[:-1]) if r >= level))
+
+
 def tuned_threshold(scores: Tensor, target: Tensor, beta: float = 1.0) -> float:
     """The threshold among the midpoints of ``scores`` that maximises F-beta (default F1) on
     ``(scores, target)``: ``(1 + beta^2) TP / (predicted + beta^2 positives)`` over every cut."""
@@ -617,7 +632,10 @@ def _binary_loss(loss: str, decomposition, seed: int, options: dict, pos_weight:
 _BINARY: Dict[str, Callable[[], uniloss.Decomposition]] = {
     "ap": uniloss.AveragePrecision, "f1": lambda: zoo.f_beta(1.0, threshold=0.0),
     "f2": lambda: zoo.f_beta(2.0, threshold=0.0), "auroc": zoo.auroc,
+    "recall-at-p80": lambda: zoo.recall_at_precision(0.8), "precision-at-r60": lambda: zoo.precision_at_recall(0.6),
 }
+# The operating-point probes: (level, of_recall) of metric_wins.operating_point.
+_OPERATING_POINTS = {"recall-at-p80": (0.8, True), "precision-at-r60": (0.6, False)}
 # Scored at a validation-tuned threshold, every loss alike: F-beta's beta.
 _TUNED = {"f1-tuned": 1.0, "f2-tuned": 2.0}
 
@@ -663,7 +681,11 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
     ``validation``: a list that receives the validation split's AP after each epoch (the epoch a
     practitioner's early stopping would keep; ``benchmarks/early_stopping_probe.py``).
     The probe tasks also train and score ``"f2"`` (F2 at logit 0), ``"auroc"``, and ``"f1-tuned"``
-    / ``"f2-tuned"`` (F1 / F2 at the threshold tuned on the validation split, for every loss).
+    / ``"f2-tuned"`` (F1 / F2 at the threshold tuned on the validation split, for every loss);
+    ``benchmarks/capacity_probe.py`` ``"recall-at-p80"`` (recall at precision >= 0.8) and
+    ``"precision-at-r60"`` (precision at recall >= 0.6), scored by :func:`operating_point`, where
+    the loss ``"uniloss-ap"`` is UniLoss on ``uniloss.zoo.average_precision()`` instead of the
+    metric scored.
     ``source="fashion"``: the data of :func:`fashion_binary` (``data``: its keywords) instead, 5
     epochs (``benchmarks/capacity_probe.py``'s ``fashion-ap`` and ``fashion-f1``)."""
     if source == "fashion":
@@ -676,6 +698,8 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
     gen = torch.Generator().manual_seed(seed)
     pos_weight = float((ytr == 0).sum()) / float((ytr == 1).sum())
     decomposition = _BINARY[metric.removesuffix("-tuned")]()  # (a tuned probe trains as its metric at logit 0)
+    if loss == "uniloss-ap":  # UniLoss on AP, whatever the metric scored (the operating-point probes)
+        decomposition, loss = zoo.average_precision(), "uniloss"
     fn = _binary_loss(loss.replace("-tuned", ""), decomposition, seed, options, pos_weight)
 
     def evaluate(m: nn.Module) -> float:
@@ -684,6 +708,8 @@ def run_imbalanced(metric: str, loss: str, seed: int, quick: bool, options: dict
             validation.append(average_precision(_binary_logits(m, xva), yva))
         if metric == "ap":
             return average_precision(s, yte)
+        if metric in _OPERATING_POINTS:
+            return operating_point(s, yte, *_OPERATING_POINTS[metric])
         if metric in _TUNED:  # every loss's decision at the threshold that maximises F-beta on the validation split
             return float(decomposition.metric(s - tuned_threshold(_binary_logits(m, xva), yva, _TUNED[metric]), yte))
         if metric != "f1":
