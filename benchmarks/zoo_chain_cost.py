@@ -1,6 +1,7 @@
 """What the zoo's closed-form chains save (0.12.1, 0.12.2), measured in one run.
 
     python benchmarks/zoo_chain_cost.py            # a table on stdout (about a minute)
+    python benchmarks/zoo_chain_cost.py 200 recall_at_precision precision_at_recall   # those cases only
 
 ``zoo.auroc`` and ``zoo.average_precision`` take their chain's gains in closed form
 (:attr:`uniloss.Structure.chain_gains`) and ``zoo.pck`` takes ``uniloss.PCK``'s structure on its
@@ -9,7 +10,8 @@ region; before 0.12.1 the engine evaluated their chain by decoding ``[points, l]
 (:attr:`uniloss.Structure.chain`, a row turning at its ``C - k``-th comparison to come right) and
 its metric of the runs' counts since 0.12.2, and ``precision_at_k``, ``recall_at_k``, ``mrr`` and
 ``ndcg_at_k`` of 0/1 relevance their chain's gains (a comparison that comes right lowers one
-relevant item's rank by one). This times one loss call (forward and backward, library
+relevant item's rank by one); ``recall_at_precision`` and ``precision_at_recall`` (0.14) their
+chain's gains too (a running maximum per query of the cuts each step makes). This times one loss call (forward and backward, library
 defaults, on a model's output ``x * w``, one thread) of each both ways in one process,
 interleaved call by call with the usual loss: as they are, and with the decoded metric's own
 evaluation (``gains=None``; for PCK :class:`uniloss.DecodedMetric`'s ``structure`` and
@@ -38,7 +40,9 @@ from version_cost import alternate  # noqa: E402  (calls in turn, the first rota
 _MAKE = {"pck": lambda: zoo.pck(0.5), "top_k_accuracy": lambda: zoo.top_k_accuracy(5),
          "precision_at_k": lambda: zoo.precision_at_k(5), "recall_at_k": lambda: zoo.recall_at_k(5),
          "ndcg_at_k": lambda: zoo.ndcg_at_k(5)}
-_GAINS = ("auroc", "average_precision")  # the zoo's own chain evaluated where `gains` is None
+_MAKE.update({"recall_at_precision": lambda: zoo.recall_at_precision(0.8),
+              "precision_at_recall": lambda: zoo.precision_at_recall(0.5)})
+_GAINS = ("auroc", "average_precision", "recall_at_precision", "precision_at_recall")  # evaluated where `gains` is None
 
 
 def _make(name: str):
@@ -57,7 +61,8 @@ def _evaluated(name: str):
     return metric
 
 
-def main(calls: int = 200) -> None:
+def main(calls: int = 200, only: tuple = ()) -> None:
+    """``only``: the cases of these metrics alone (all where empty)."""
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(128, generator=g)
@@ -79,6 +84,16 @@ def main(calls: int = 200) -> None:
     for name in ("precision_at_k", "recall_at_k", "mrr", "ndcg_at_k"):
         label = f"zoo.{name}({'' if name == 'mrr' else '5'}), 8 queries x 32 (0/1)"
         cases.append((label, name, items, relevant, bce, max(calls // 4, 5)))
+    wide = torch.randn(512, generator=g)
+    rare = (torch.rand(512, generator=g) < 0.05).long()
+    rare[0] = 1
+    for name, level in (("recall_at_precision", "0.8"), ("precision_at_recall", "0.5")):
+        for size, scores, target in ((128, x, y), (512, wide, rare)):
+            share = "10%" if size == 128 else "5%"
+            cases.append((f"zoo.{name}({level}), binary {size}, {share} positive", name, scores, target,
+                          lambda s, t: nnf.binary_cross_entropy_with_logits(s, t.float()), max(calls // 4, 5)))
+    if only:
+        cases = [case for case in cases if case[1] in only]
     print("| case | closed form (ms) | evaluated chain (ms) | usual loss (ms) | closed / evaluated "
           "| closed / usual |")
     print("|---|---|---|---|---|---|")
@@ -93,4 +108,4 @@ def main(calls: int = 200) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200, tuple(sys.argv[2:]))

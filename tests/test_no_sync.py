@@ -60,6 +60,11 @@ def _case(name):
         return zoo.average_precision(), torch.randn(32, generator=g), RankingTarget(relevance, query)
     if name == "zoo.mrr":
         return zoo.mrr(), torch.randn(32, generator=g), _binary(32, g)
+    if name == "zoo.recall_at_precision":
+        return zoo.recall_at_precision(0.6), torch.randn(32, generator=g), _binary(32, g)
+    if name == "zoo.precision_at_recall, queries":
+        relevance, query = _binary(32, g), torch.randint(0, 4, (32,), generator=g) * 10
+        return zoo.precision_at_recall(0.5), torch.randn(32, generator=g), RankingTarget(relevance, query)
     if name == "zoo.precision_at_k, a relevant item alone in its query":
         # (the fuzz finding of 0.8.1: the padding's pairs fall on the last item in query order, here
         # item 0, whose query holds it alone; the chain evaluated them wrong, so item 0 lost its place)
@@ -76,14 +81,15 @@ CASES = [
     "zoo.auroc", "zoo.macro_f1", "zoo.f_beta",
     "zoo.top_k_accuracy(5)", "zoo.ndcg_at_k", "zoo.ndcg_at_k, bool relevance", "zoo.average_precision, queries",
     "zoo.mrr", "zoo.precision_at_k, a relevant item alone in its query", "zoo.balanced_accuracy", "zoo.mean_iou",
+    "zoo.recall_at_precision", "zoo.precision_at_recall, queries",
 ]
 
-
-def _step(name, device):
+def _step(name, device, interpolation="anchors"):
     dec, scores, target = _case(name)
     move = (lambda x: x.to(device)) if device != "cpu" else (lambda x: x)
     target = type(target)(*map(move, target)) if isinstance(target, tuple) else move(target)
-    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device=device).manual_seed(0), validate_args=False, interpolation="anchors")
+    loss_fn = uniloss.UniLoss(dec, generator=torch.Generator(device=device).manual_seed(0), validate_args=False,
+                              interpolation=interpolation)
 
     def step():
         s = move(scores).requires_grad_()
@@ -105,6 +111,21 @@ def test_no_synchronising_operator_on_cpu(name, monkeypatch):
     counts = {op: sum(1 for e in prof.events() if e.name == op) for op in SYNC_OPS}
     assert not any(counts.values()), f"{name}: {counts}"
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("name", ["zoo.auroc", "zoo.average_precision, queries", "zoo.mrr", "zoo.recall_at_precision",
+                                  "zoo.precision_at_recall, queries"])
+def test_the_ranking_chains_in_closed_form_make_no_synchronising_operator_on_cpu(name, monkeypatch):
+    """The default interpolation's closed-form chains of the zoo's rankings (their gains from the
+    chain's order; the operating points' running maximum per query) in a static layout."""
+    monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
+    step = _step(name, "cpu", interpolation="chain")
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        grad = step()
+    counts = {op: sum(1 for e in prof.events() if e.name == op) for op in SYNC_OPS}
+    assert not any(counts.values()), f"{name}: {counts}"
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -477,7 +477,11 @@ _RANKING_CHAINS = {"auroc()": zoo.auroc, "average_precision()": zoo.average_prec
                    "precision_at_k(3)": lambda: zoo.precision_at_k(3), "precision_at_k(1)": lambda: zoo.precision_at_k(1),
                    "recall_at_k(4)": lambda: zoo.recall_at_k(4), "mrr()": zoo.mrr,
                    "ndcg_at_k(5)": lambda: zoo.ndcg_at_k(5), "ndcg_at_k()": lambda: zoo.ndcg_at_k(),
-                   "ndcg_at_k(3, num_grades=2)": lambda: zoo.ndcg_at_k(3, num_grades=2)}
+                   "ndcg_at_k(3, num_grades=2)": lambda: zoo.ndcg_at_k(3, num_grades=2),
+                   "recall_at_precision(0.6)": lambda: zoo.recall_at_precision(0.6),
+                   "recall_at_precision(1)": lambda: zoo.recall_at_precision(1.0),
+                   "precision_at_recall(0.5)": lambda: zoo.precision_at_recall(0.5),
+                   "precision_at_recall(0.2)": lambda: zoo.precision_at_recall(0.2)}
 
 
 @pytest.mark.parametrize("static", [False, True])

@@ -249,22 +249,23 @@ class _RankingWithTies(_ZooMetric):
     rounding of a sum taken in another order)."""
 
     def __init__(self, decoder, evaluator: "_Evaluator", tied: Callable[..., Tensor],
-                 gains: Optional[Callable[[Any], Tuple[Tensor, Tensor]]] = None) -> None:
+                 gains: Optional[Callable[[Any, Tensor], Tuple[Tensor, Tensor]]] = None) -> None:
         super().__init__(decoder, evaluator)
         self.tied = tied
         self.gains = gains
 
     def structure(self, target: Any) -> Optional[Structure]:
         """:meth:`DecodedMetric.structure`, with the chain's gains in closed form where the metric
-        gives them (``gains(plan)``: :attr:`uniloss.Structure.chain_gains`, from the plan and the
-        scores it was prepared with; AUROC and AP). The engine otherwise evaluates the chain by
+        gives them (``gains(plan, v)``: :attr:`uniloss.Structure.chain_gains`, from the plan, the
+        scores it was prepared with and the relaxed agreements ``v``; AUROC, AP and the operating
+        points of the precision-recall curve). The engine otherwise evaluates the chain by
         decoding ``[points, l]`` configurations (AUROC at 128 scores, 2,247 pairs: 10.2 ms a call on
         a CPU core against 2.7 ms)."""
         structure = super().structure(target)
         gains = self.gains
         if structure is None or gains is None or getattr(target, "scores", None) is None:
             return structure
-        return dataclasses.replace(structure, chain_gains=lambda v: gains(target))
+        return dataclasses.replace(structure, chain_gains=lambda v: gains(target, v))
 
     def batch_metric(self, target: Any) -> Optional[Tensor]:
         scores = getattr(target, "scores", None)
@@ -358,6 +359,24 @@ class _RanksOfRelevant(_ZooMetric):
             target, v, lambda i, r: term(i, r, k), lambda positives, n: weight(positives, k, n), self.every_query))
 
 
+def _chain_steps(plan: Any, v: Tensor, negatives: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The steps of the chain of a ranking decoded by ``Ranking`` from 0/1 relevance
+    (:func:`_ranks_of_relevant_gains` derives them): ``(order [l], q [l], m [l], i [l])``, the
+    comparisons in the chain's order (``v`` descending, ties by index, a static layout's padding
+    last), and for each comparison its query, the wrong comparisons ``m`` its relevant item has
+    left once it comes right, and the place ``i`` (0-based) among its query's relevant items
+    sorted by their wrong comparisons whose count it lowers from ``m + 1`` to ``m`` (int64).
+    ``negatives``: each query's irrelevant items (:func:`_class_sizes`)."""
+    key = v if plan.padding is None else v.masked_fill(plan.padding, -1.0)  # (v in [0, 1]: the padding last)
+    order = torch.argsort(key, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=v.device))
+    q = plan.target.query.index_select(0, plan.a)
+    m = negatives.long().index_select(0, q) - 1 - sort_within(rank[None], plan.a)[0]  # wrong ones left once it is right
+    n = plan.target.query.numel()
+    i = sort_within(rank[None], q * (n + 1) + m)[0]  # (the padding, last, below every real one)
+    return order, q, m, i
+
+
 def _ranks_of_relevant_gains(plan: Any, v: Tensor, term: Callable[..., Tensor], weight: Callable[..., Tensor],
                              every_query: bool) -> Tuple[Tensor, Tensor]:
     """``(start, gains [l])`` of the chain (:attr:`uniloss.Structure.chain_gains`) of a metric
@@ -376,13 +395,9 @@ def _ranks_of_relevant_gains(plan: Any, v: Tensor, term: Callable[..., Tensor], 
     wrong, ``z = N_q``) the ``i``-th relevant item is at ``N_q + i``. Five sorts of ``l`` (the
     chain's order, two per :func:`uniloss.decoders.sort_within`), no host synchronisation."""
     relevant, positives, negatives, dtype = _class_sizes(plan)
-    query, a, n = plan.target.query, plan.a, relevant.numel()
-    key = v if plan.padding is None else v.masked_fill(plan.padding, -1.0)  # (v in [0, 1]: the padding last)
-    order = torch.argsort(key, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=v.device))
-    q = query.index_select(0, a)
-    m = negatives.long().index_select(0, q) - 1 - sort_within(rank[None], a)[0]  # wrong comparisons left once it is right
-    i = sort_within(rank[None], q * (n + 1) + m)[0].to(dtype)  # (the padding, last, below every real one)
+    query, n = plan.target.query, relevant.numel()
+    _, q, m, i_steps = _chain_steps(plan, v, negatives)
+    i = i_steps.to(dtype)
     counted = (positives + negatives > 0) if every_query else positives > 0
     per_query = weight(positives, n) / counted.sum().clamp_min(1)  # [Q]: each query's share of the mean
     gains = (term(i, m.to(dtype) + i) - term(i, m.to(dtype) + 1.0 + i)) * per_query.index_select(0, q)
@@ -1012,9 +1027,60 @@ def _operating_point_tied(scores: Tensor, target: RankingTarget, dtype: torch.dt
     return _best_cut(relevant[None] > 0, precision[None], recall[None], num_rel, target, dtype, **level)[0]
 
 
+def _operating_point_gains(plan: Any, v: Tensor, *, min_precision: Optional[float] = None,
+                           min_recall: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+    """``(start, gains [l])`` of :func:`recall_at_precision`'s or :func:`precision_at_recall`'s chain
+    (:attr:`uniloss.Structure.chain_gains`), from the steps of :func:`_chain_steps`.
+
+    A query's value is the best of its cuts below a relevant item: the ``k``-th of them by rank,
+    with ``z_(k)`` irrelevant items above it, has precision ``k / (z_(k) + k)`` and recall
+    ``k / P_q``. Along the chain each step lowers one ``z_(k)`` by one (``k = i + 1``, to ``m``), so
+    every cut's precision only grows, a cut allowed once stays allowed, and the query's value
+    after a step is the largest of its value at the start (every comparison wrong, ``z = N_q``) and
+    the values its steps so far made: a running maximum over each query's steps in the chain's
+    order (one sort by query; exact integer keys, no host synchronisation). The gains are its
+    increases over the ``Q`` queries with a relevant item; the allowed test in the plan's
+    ``dtype``, as the evaluator's."""
+    relevant, positives, negatives, dtype = _class_sizes(plan)
+    query, values_dtype = plan.target.query, plan.dtype
+
+    def value(k: Tensor, z: Tensor, of: Tensor) -> Tensor:  # a cut's value where it is allowed, else 0
+        precision = k.to(values_dtype) / (z + k).to(values_dtype)
+        recall = _ratio(k.to(values_dtype), positives.index_select(0, of).to(values_dtype))
+        if min_precision is not None:
+            return torch.where(precision >= min_precision, k.to(dtype) / positives.index_select(0, of).clamp_min(1), 0.0)
+        return torch.where(recall >= cast(float, min_recall), k.to(dtype) / (z + k).to(dtype), 0.0)
+
+    # at the start: every relevant item below every irrelevant one of its query, in index order
+    place = sort_within(torch.arange(query.numel(), device=v.device)[None], query * 2 + (~relevant).long())[0]
+    at_start = torch.where(relevant, value(place + 1, negatives.long().index_select(0, query), query), 0.0)
+    start = torch.zeros_like(positives).scatter_reduce_(0, query, at_start, "amax")  # [Q]
+    queries = (positives > 0).sum().clamp_min(1)
+    order, q, m, i = _chain_steps(plan, v, negatives)
+    made = value(i + 1, m, q)
+    if plan.padding is not None:
+        made = made.masked_fill(plan.padding, 0.0)
+    # each query's steps in the chain's order, its running maximum over integer keys (a value's place)
+    q_chain = q.index_select(0, order)
+    grouped = order.index_select(0, torch.argsort(q_chain, stable=True))  # comparisons: by query, then by chain
+    q_grouped = q.index_select(0, grouped)
+    after = torch.maximum(made.index_select(0, grouped), start.index_select(0, q_grouped))
+    ascending = torch.argsort(after, stable=True)
+    place_of = torch.empty_like(ascending).scatter_(0, ascending, torch.arange(ascending.numel(), device=v.device))
+    steps = ascending.numel()
+    best = torch.cummax(q_grouped * steps + place_of, 0).values - q_grouped * steps  # (each query's keys above the last's)
+    after = after.index_select(0, ascending.index_select(0, best))
+    first = torch.ones_like(q_grouped, dtype=torch.bool)
+    first[1:] = q_grouped[1:] != q_grouped[:-1]
+    before = torch.where(first, start.index_select(0, q_grouped), after.roll(1))
+    gains = torch.zeros_like(made).index_copy_(0, grouped, (after - before) / queries)
+    return start.sum() / queries, gains
+
+
 def _operating_point_metric(name: str, **level: float) -> DecodedMetric:
     return _RankingWithTies(Ranking("binary"), _Evaluator(_operating_point, name, **level),
-                            lambda scores, target, dtype: _operating_point_tied(scores, target, dtype, **level))
+                            lambda scores, target, dtype: _operating_point_tied(scores, target, dtype, **level),
+                            lambda plan, v: _operating_point_gains(plan, v, **level))
 
 
 def _check_k(k: object) -> int:
@@ -1041,7 +1107,8 @@ def auroc() -> DecodedMetric:
         >>> float(uniloss.zoo.auroc().metric(torch.tensor([0.9, 0.3, 0.5, 0.1]), torch.tensor([1, 1, 0, 0])))
         0.75
     """
-    return _RankingWithTies(Ranking("binary"), _Evaluator(_auroc, "auroc"), _auroc_tied, _auroc_gains)
+    return _RankingWithTies(Ranking("binary"), _Evaluator(_auroc, "auroc"), _auroc_tied,
+                            lambda plan, v: _auroc_gains(plan))
 
 
 def average_precision() -> DecodedMetric:
@@ -1066,7 +1133,7 @@ def average_precision() -> DecodedMetric:
         0.8333
     """
     return _RankingWithTies(Ranking("binary"), _Evaluator(_average_precision, "average_precision"),
-                            _average_precision_tied, _average_precision_gains)
+                            _average_precision_tied, lambda plan, v: _average_precision_gains(plan))
 
 
 def precision_at_k(k: int) -> DecodedMetric:
@@ -1171,6 +1238,13 @@ def recall_at_precision(min_precision: float) -> DecodedMetric:
     item below. Precision is compared in the metric's dtype (float32 for float32 scores), as
     torchmetrics does.
 
+    Training for the point: measured on an imbalanced task (``docs/results/metric-wins/``,
+    "One operating point of the precision-recall curve"), UniLoss on this metric is level with
+    binary cross-entropy and collapses from 4x the recipe's learning rate (its chain changes only
+    where a step makes a new best cut, so its push falls on a few scores), while UniLoss on
+    :func:`average_precision` is ahead of both at the point with 64 or more hidden units. Train
+    with that and monitor this one (``metric()``).
+
     Args:
         min_precision: the least precision, in ``(0, 1]``.
 
@@ -1200,7 +1274,7 @@ def precision_at_recall(min_recall: float) -> DecodedMetric:
     References: the largest precision of ``sklearn.metrics.precision_recall_curve`` with recall
     ``>= min_recall`` (leaving out the curve's last point, recall 0 at precision 1, as
     torchmetrics does), and ``torchmetrics.functional.classification.binary_precision_at_fixed_recall``
-    (its first output). Ties and dtype as :func:`recall_at_precision`.
+    (its first output). Ties, dtype and what trains the point best as :func:`recall_at_precision`.
 
     Args:
         min_recall: the least recall, in ``(0, 1]``.

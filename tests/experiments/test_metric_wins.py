@@ -1144,3 +1144,17 @@ def test_the_operating_point_probes_train_their_metric_or_ap_and_score_the_point
     assert M.run_imbalanced("precision-at-r60", "uniloss-ap", 0, True, {}) == [0.5]
     assert [repr(d.evaluator) for d in trained] == ["recall_at_precision(min_precision=0.8)", "average_precision()"]
     assert scored == [(0.8, True), (0.6, False)]
+
+
+def test_the_push_probe_finds_every_loss_at_the_pulls_total_push(tmp_path):
+    # benchmarks/push_concentration.py: the step rule gives UniLoss's step the pull's total push,
+    # binary cross-entropy's on these margins, so every row's total equals BCE's; what differs is
+    # the largest push on one score, BCE's own row 1.0x
+    out = tmp_path / "push.md"
+    _benchmark("push_concentration").main(["--batches", "128", "--samples", "2", "--out", str(out)])
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| 128 |")]
+    assert [row[1] for row in rows] == ["binary cross-entropy", "UniLoss, zoo.average_precision()",
+                                        "UniLoss, zoo.recall_at_precision(0.8)", "UniLoss, zoo.precision_at_recall(0.6)"]
+    totals = [float(row[2]) for row in rows]
+    assert all(t == pytest.approx(totals[0], rel=0.02) for t in totals)
+    assert rows[0][4] == "1.0x" and float(rows[2][4].rstrip("x")) > 1.0
