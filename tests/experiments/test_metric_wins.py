@@ -1158,3 +1158,31 @@ def test_the_push_probe_finds_every_loss_at_the_pulls_total_push(tmp_path):
     totals = [float(row[2]) for row in rows]
     assert all(t == pytest.approx(totals[0], rel=0.02) for t in totals)
     assert rows[0][4] == "1.0x" and float(rows[2][4].rstrip("x")) > 1.0
+
+
+@pytest.mark.parametrize("make, batch", [
+    (lambda: uniloss.zoo.recall_at_precision(0.8), "binary"), (lambda: uniloss.AveragePrecision(), "binary"),
+    (lambda: uniloss.MulticlassAccuracy(), "classes")])
+def test_the_euclidean_step_probe_keeps_the_direction_at_the_pulls_euclidean_size(make, batch):
+    # --variant '{"euclidean_step": true}': the defaults' gradient, rescaled so that its norm on the
+    # scores is the pull's (binary cross-entropy, cross-entropy: the defaults' pulls here)
+    g = torch.Generator().manual_seed(3)
+    if batch == "binary":
+        base, target = torch.randn(128, generator=g), (torch.rand(128, generator=g) < 0.1).long()
+        target[0] = 1
+        usual = lambda s: torch.nn.functional.binary_cross_entropy_with_logits(s, target.float())  # noqa: E731
+    else:
+        base, target = torch.randn(32, 10, generator=g), torch.randint(0, 10, (32,), generator=g)
+        usual = lambda s: torch.nn.functional.cross_entropy(s, target)  # noqa: E731
+    w = torch.nn.Parameter(torch.ones(()))
+    probe = M._uniloss(make(), 0, {M.EUCLIDEAN_STEP: True})
+    scores = base * w
+    step = torch.autograd.grad(probe(scores, target), scores)[0]
+    leaf = base.clone().requires_grad_()
+    default = torch.autograd.grad(uniloss.UniLoss(make())(leaf, target), leaf)[0]
+    leaf = base.clone().requires_grad_()
+    pull = torch.autograd.grad(usual(leaf), leaf)[0]
+    assert float(torch.nn.functional.cosine_similarity(step.reshape(-1), default.reshape(-1), 0)) > 1 - 1e-6
+    assert float(step.norm()) == pytest.approx(float(pull.norm()), rel=1e-5)
+    assert float(default.abs().sum()) == pytest.approx(float(pull.abs().sum()), rel=1e-3)  # the step rule's size
+    assert M.parse_variant('e={"euclidean_step": true}') == ("e", {"euclidean_step": True})

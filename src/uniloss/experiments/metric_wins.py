@@ -473,6 +473,9 @@ def _binary_logits(model: nn.Module, x: Tensor) -> Tensor:
 
 def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callable[..., Tensor]:
     options = dict(options)
+    if options.pop(EUCLIDEAN_STEP, False):
+        return _euclidean_step(_uniloss(metric, seed, options),
+                               _uniloss(metric, seed, {**options, "grad_scale": _PULL_ALONE}))
     if options.pop(ORDINAL_PULL, False):
         metric = with_ordinal_pull(metric)
     momentum = options.pop(PLUG_IN, None)
@@ -495,6 +498,35 @@ def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callabl
         # to the batch's share, so a step keeps the batch's size (the probe's assumption).
         n, m = scores.shape[0], len(memory)
         return fn(scores, target) * ((n + m) / n)
+
+    return loss
+
+
+# A probe keyword of --variant (benchmarks/push_concentration.py's question; not adopted): the
+# defaults' step direction, its size the pull's Euclidean norm on the scores instead of its total
+# push (_euclidean_step).
+EUCLIDEAN_STEP = "euclidean_step"
+# grad_scale that leaves the pull's gradient alone: the chain's push times it is below float32's
+# resolution of the pull's, and the step rule then sizes the step by the pull alone (tested)
+_PULL_ALONE = 1e-12
+
+
+def _euclidean_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A loss whose gradient on the scores is ``loss_fn``'s, rescaled to the Euclidean norm of
+    ``pull_fn``'s (the defaults' pull alone, ``grad_scale`` :data:`_PULL_ALONE`). The step rule
+    (``step="pull"``) matches the pull's total push ``sum |g|``, which a direction concentrated on
+    a few scores meets with a few large entries; matching ``||g||_2`` instead shrinks such a step
+    by how concentrated it is. Its value is a surrogate whose gradient is that step (two loss calls
+    a step: a probe)."""
+
+    def loss(scores: Tensor, target: Any) -> Tensor:
+        leaf = scores.detach().requires_grad_()
+        step = torch.autograd.grad(loss_fn(leaf, target), leaf)[0]
+        leaf = scores.detach().requires_grad_()
+        pull = torch.autograd.grad(pull_fn(leaf, target), leaf)[0]
+        size = torch.linalg.vector_norm(step)
+        scale = torch.where(size > 0, torch.linalg.vector_norm(pull) / size.clamp_min(torch.finfo(size.dtype).tiny), 0.0)
+        return (scores * (step * scale).detach()).sum()
 
     return loss
 
@@ -585,7 +617,7 @@ class _OrdinalRanking(Ranking):
 
 
 # The --variant keywords that _uniloss takes before UniLoss sees the rest.
-PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN)
+PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN, EUCLIDEAN_STEP)
 
 
 def with_ordinal_pull(metric: uniloss.Decomposition) -> uniloss.Decomposition:
@@ -1586,7 +1618,9 @@ def parse_variant(text: str) -> Tuple[str, dict]:
     metric over the batch plus the last ``N`` samples, the loss scaled to the batch's share,
     screen v49; ``"memory_as_is": N``: the same memory as a user writes it, unscaled) and
     ``"plug_in": momentum``
-    (:class:`_PlugInWeights`, the zoo's F-beta at a threshold, screen v51)."""
+    (:class:`_PlugInWeights`, the zoo's F-beta at a threshold, screen v51) and
+    ``"euclidean_step": true`` (:func:`_euclidean_step`: the defaults' step sized by the pull's
+    Euclidean norm on the scores)."""
     name, sep, body = text.partition("=")
     if not sep or not name:
         raise ValueError(f"expected --variant NAME=JSON, got {text!r}")
