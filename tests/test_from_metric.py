@@ -1722,3 +1722,35 @@ def test_reported_metric_is_fns_own_value_on_ties(dtype):
         loss_fn(x, target).backward()
         assert float(loss_fn.last.metric) == pytest.approx(want, abs=1e-7)
         assert torch.isfinite(x.grad).all()
+
+
+def test_a_loop_that_writes_on_every_pass_looks_up_the_tapes_tensors_once_each(monkeypatch):
+    """A write checks whether the tape holds a tensor sharing its memory. The held tensors are
+    indexed as they come, so a loop of ``fn`` writing on every pass (torchmetrics'
+    ``multilabel_ranking_average_precision``: ``score += ...`` per sample) walks each step's
+    arguments once, not once per write (twice the passes: about twice the walks, not four times)."""
+    walked = []
+    walk = traced._walk_tensors
+    monkeypatch.setattr(traced, "_walk_tensors", lambda value: walked.append(1) or walk(value))
+
+    def per_row_hits(s, y):  # a running sum, written into on every row
+        total = torch.zeros(())
+        order = s.argsort(1, descending=True)
+        for i in range(s.shape[0]):
+            total += y[i][order[i][0]].float()
+        return total / s.shape[0]
+
+    counts = []
+    for n in (20, 40):
+        g = _gen(n)
+        scores, target = torch.randn(n, 4, generator=g), (torch.rand(n, 4, generator=g) < 0.5).long()
+        metric = from_metric(per_row_hits)
+        walked.clear()
+        metric.prepare(scores, target)
+        counts.append(len(walked))
+        plan = metric.prepare(scores, target)
+        bits = torch.rand(3, plan.num_bits, generator=g) < 0.5
+        assert torch.isfinite(metric.evaluate(bits, plan)).all()
+    assert counts[1] < 2.5 * counts[0], counts
+    hard = metric.evaluate((metric.comparisons(scores, plan) > 0)[None], plan)
+    assert float(hard[0]) == pytest.approx(float(per_row_hits(scores, target)))

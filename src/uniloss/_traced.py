@@ -492,6 +492,10 @@ class _Recorder:
         self.guards: List[int] = []  # slots fn read as Python values (bool(), .item()...): checked at each point
         self.derived: set = set()  # ids of the tensors of operations recorded as their parts (not fn's own)
         self.unchecked: Optional[str] = None  # why a value fn read cannot be checked so
+        # storage pointer -> the held tensors (slots, and the steps' arguments) on it, as of
+        # (tensors, steps) seen: extended as they grow (both only grow; a stop empties the steps)
+        self._held: Dict[int, List[Tensor]] = {}
+        self._seen = (0, 0)
 
     def stop(self, why: str) -> None:
         if self.off is None:
@@ -613,14 +617,27 @@ class _Recorder:
                                     index=index, call=call))
 
     def _shares(self, t: Tensor, but: Optional[Tensor] = None) -> bool:
-        """Whether a tensor the steps hold (other than ``but`` itself) shares ``t``'s memory."""
+        """Whether a tensor the steps hold (other than ``but`` itself) shares ``t``'s memory. The
+        held tensors are indexed by storage as they come (:meth:`_held_storages`): a loop of
+        ``fn`` that writes on every pass costs the writes, not the writes times the tape."""
         ptr = _storage(t)
         if ptr == 0:  # no elements: nothing to write
             return False
-        held = list(self.tensors)
-        for s in self.steps:
-            held.extend(_walk_tensors((s.args, s.kwargs)))
-        return ptr == -1 or any(h is not but and _storage(h) == ptr for h in held)
+        return ptr == -1 or any(h is not but for h in self._held_storages().get(ptr, ()))
+
+    def _held_storages(self) -> Dict[int, List[Tensor]]:
+        """Storage pointer -> the tensors the tape holds on it (slots and the steps' arguments)."""
+        tensors, steps = self._seen
+        if steps > len(self.steps):  # (a stop emptied the steps: from the start)
+            self._held, tensors, steps = {}, 0, 0
+        held = self._held
+        for h in self.tensors[tensors:]:
+            held.setdefault(_storage(h), []).append(h)
+        for step in self.steps[steps:]:
+            for h in _walk_tensors((step.args, step.kwargs)):
+                held.setdefault(_storage(h), []).append(h)
+        self._seen = (len(self.tensors), len(self.steps))
+        return held
 
     def write(self, name: str, args: Sequence, kwargs: Dict, recorded: bool, event: int = -1) -> Optional[Tensor]:
         """Before ``func`` writes into ``args[0]``: whether the tape can follow. ``recorded``: the
