@@ -149,8 +149,8 @@ TASKS = {  # metric -> title, models, suite's model, [(row, loss)]: the first th
 }
 for _m, _title in (("recall-at-p80", "recall at precision >= 0.8"), ("precision-at-r60", "precision at recall >= 0.6")):
     TASKS[_m] = (f"imb-ap's data: test {_title}", BINARY_MODELS, None,
-                 [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"), ("pairwise logistic", "pairwise"),
-                  ("UniLoss (defaults)", "uniloss")])
+                 [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"),
+                  ("pairwise logistic", "pairwise"), ("UniLoss (defaults)", "uniloss")])
 TASKS["mlabel-f1-15"] = (TASKS["mlabel-f1"][0] + ", 15 epochs", MLABEL_MODELS, None, TASKS["mlabel-f1"][3])
 TASKS["mlabel-map"] = ("multi-label MNIST mosaics: test mean AP over 10 labels", MLABEL_MODELS, None,
                        [("binary cross-entropy", "bce"), ("BCE, pos_weight", "bce-posweight"),

@@ -47,8 +47,8 @@ def main(argv=None) -> None:
     losses = {"binary cross-entropy": bce, "UniLoss, zoo.average_precision()": uniloss.UniLoss(zoo.average_precision()),
               "UniLoss, zoo.recall_at_precision(0.8)": uniloss.UniLoss(zoo.recall_at_precision(0.8)),
               "UniLoss, zoo.precision_at_recall(0.6)": uniloss.UniLoss(zoo.precision_at_recall(0.6))}
-    lines = ["| batch | loss | total push | largest push on one score | its ratio to BCE's | share of the two largest |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| batch | loss | total push | largest push on one score | its ratio to BCE's "
+             "| share of the two largest |", "|---|---|---|---|---|---|"]
     for size in args.batches:
         stats = {}
         for name, fn in losses.items():

@@ -84,6 +84,7 @@ CASES = [
     "zoo.recall_at_precision", "zoo.precision_at_recall, queries",
 ]
 
+
 def _step(name, device, interpolation="anchors"):
     dec, scores, target = _case(name)
     move = (lambda x: x.to(device)) if device != "cpu" else (lambda x: x)
@@ -104,13 +105,18 @@ def test_no_synchronising_operator_on_cpu(name, monkeypatch):
     """The accelerators' layout policy (a CPU lays problems out exactly: it is faster there and
     has no device to wait for) makes no synchronising operator on a CPU's profiler trace."""
     monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
-    step = _step(name, "cpu")
+    grad = _without_synchronising_operators(name, _step(name, "cpu"))
+    assert torch.isfinite(grad).all()
+
+
+def _without_synchronising_operators(name, step):
+    """``step()``'s gradient, after a warm-up call, checked to run no synchronising operator."""
     step()  # warm-up: first-call caches may do anything
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         grad = step()
     counts = {op: sum(1 for e in prof.events() if e.name == op) for op in SYNC_OPS}
     assert not any(counts.values()), f"{name}: {counts}"
-    assert torch.isfinite(grad).all()
+    return grad
 
 
 @pytest.mark.parametrize("name", ["zoo.auroc", "zoo.average_precision, queries", "zoo.mrr", "zoo.recall_at_precision",
@@ -119,12 +125,7 @@ def test_the_ranking_chains_in_closed_form_make_no_synchronising_operator_on_cpu
     """The default interpolation's closed-form chains of the zoo's rankings (their gains from the
     chain's order; the operating points' running maximum per query) in a static layout."""
     monkeypatch.setattr(_limits, "LIMITS", _limits.LIMITS.override(cpu_static_max_bits=_limits.LIMITS.static_max_bits))
-    step = _step(name, "cpu", interpolation="chain")
-    step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        grad = step()
-    counts = {op: sum(1 for e in prof.events() if e.name == op) for op in SYNC_OPS}
-    assert not any(counts.values()), f"{name}: {counts}"
+    grad = _without_synchronising_operators(name, _step(name, "cpu", interpolation="chain"))
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 

@@ -1045,10 +1045,10 @@ def _operating_point_gains(plan: Any, v: Tensor, *, min_precision: Optional[floa
     query, values_dtype = plan.target.query, plan.dtype
 
     def value(k: Tensor, z: Tensor, of: Tensor) -> Tensor:  # a cut's value where it is allowed, else 0
-        precision = k.to(values_dtype) / (z + k).to(values_dtype)
-        recall = _ratio(k.to(values_dtype), positives.index_select(0, of).to(values_dtype))
         if min_precision is not None:
-            return torch.where(precision >= min_precision, k.to(dtype) / positives.index_select(0, of).clamp_min(1), 0.0)
+            allowed = k.to(values_dtype) / (z + k).to(values_dtype) >= min_precision
+            return torch.where(allowed, k.to(dtype) / positives.index_select(0, of).clamp_min(1), 0.0)
+        recall = _ratio(k.to(values_dtype), positives.index_select(0, of).to(values_dtype))
         return torch.where(recall >= cast(float, min_recall), k.to(dtype) / (z + k).to(dtype), 0.0)
 
     # at the start: every relevant item below every irrelevant one of its query, in index order
@@ -1068,7 +1068,8 @@ def _operating_point_gains(plan: Any, v: Tensor, *, min_precision: Optional[floa
     ascending = torch.argsort(after, stable=True)
     place_of = torch.empty_like(ascending).scatter_(0, ascending, torch.arange(ascending.numel(), device=v.device))
     steps = ascending.numel()
-    best = torch.cummax(q_grouped * steps + place_of, 0).values - q_grouped * steps  # (each query's keys above the last's)
+    # (each query's keys lie above the previous query's: the running maximum restarts per query)
+    best = torch.cummax(q_grouped * steps + place_of, 0).values - q_grouped * steps
     after = after.index_select(0, ascending.index_select(0, best))
     first = torch.ones_like(q_grouped, dtype=torch.bool)
     first[1:] = q_grouped[1:] != q_grouped[:-1]
@@ -1227,9 +1228,10 @@ def recall_at_precision(min_precision: float) -> DecodedMetric:
     false alarms below a share (Eban et al., "Scalable learning of non-decomposable objectives",
     2017).
 
-    :math:`\max \{k / P : k / (r_k + 1) \ge lpha\}` over the ``k``-th relevant item by rank, at
-    0-based rank ``r_k``, of the ``P`` relevant items (a threshold that ends at an irrelevant item
-    has the recall of the relevant one above it and less precision). Decoder
+    :math:`\max \{k / P : k / (r_k + 1) \ge \alpha\}` over the ``k``-th relevant item by rank, at
+    0-based rank ``r_k``, of the ``P`` relevant items, :math:`\alpha` = ``min_precision`` (a
+    threshold that ends at an irrelevant item has the recall of the relevant one above it and less
+    precision). Decoder
     ``Ranking(pairs="binary")``. References: the largest recall of
     ``sklearn.metrics.precision_recall_curve`` with precision ``>= min_precision``, and
     ``torchmetrics.functional.classification.binary_recall_at_fixed_precision`` (its first output).
@@ -1269,12 +1271,13 @@ def precision_at_recall(min_recall: float) -> DecodedMetric:
     the scores whose recall is at least ``min_recall``, per query, averaged over the queries with a
     relevant item (the counterpart of :func:`recall_at_precision`).
 
-    :math:`\max \{k / (r_k + 1) : k / P \ge eta\}` over the ``k``-th relevant item by rank, at
-    0-based rank ``r_k``, of the ``P`` relevant items. Decoder ``Ranking(pairs="binary")``.
-    References: the largest precision of ``sklearn.metrics.precision_recall_curve`` with recall
-    ``>= min_recall`` (leaving out the curve's last point, recall 0 at precision 1, as
-    torchmetrics does), and ``torchmetrics.functional.classification.binary_precision_at_fixed_recall``
-    (its first output). Ties, dtype and what trains the point best as :func:`recall_at_precision`.
+    :math:`\max \{k / (r_k + 1) : k / P \ge \beta\}` over the ``k``-th relevant item by rank, at
+    0-based rank ``r_k``, of the ``P`` relevant items, :math:`\beta` = ``min_recall``. Decoder
+    ``Ranking(pairs="binary")``. References: the largest precision of
+    ``sklearn.metrics.precision_recall_curve`` with recall ``>= min_recall`` (leaving out the
+    curve's last point, recall 0 at precision 1, as torchmetrics does), and
+    ``torchmetrics.functional.classification.binary_precision_at_fixed_recall`` (its first
+    output). Ties, dtype and what trains the point best as :func:`recall_at_precision`.
 
     Args:
         min_recall: the least recall, in ``(0, 1]``.

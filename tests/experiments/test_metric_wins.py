@@ -1115,7 +1115,8 @@ def test_the_kappa_benchmark_scores_quadratic_kappa_as_scikit_learn_and_cuts_dia
 @pytest.mark.parametrize("seed", range(3))
 def test_the_operating_point_score_is_the_zoo_metric_it_trains(seed):
     # metric_wins.operating_point reads scikit-learn's curve; the zoo's metrics decode ranks
-    # (tests/test_zoo.py checks them against a loop over thresholds): one value on untied scores.
+    # (tests/test_zoo.py and the shared tester check them against scikit-learn and a loop over
+    # thresholds): one value on untied scores.
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(300, generator=g, dtype=torch.float64)
     labels = (torch.rand(300, generator=g) < 0.1 + 0.3 * torch.sigmoid(2 * scores)).long()
@@ -1136,7 +1137,8 @@ def test_the_operating_point_probes_train_their_metric_or_ap_and_score_the_point
     # the probe's UniLoss row trains the operating point's zoo metric, its extra row ("uniloss-ap")
     # the zoo's AP; both are scored by operating_point on the test split
     trained = []
-    monkeypatch.setattr(M, "_uniloss", lambda decomposition, *args: trained.append(decomposition) or (lambda s, y: s.sum()))
+    monkeypatch.setattr(M, "_uniloss",
+                        lambda decomposition, *args: trained.append(decomposition) or (lambda s, y: s.sum()))
     monkeypatch.setattr(M, "fit", lambda model, opt, batches, step, epochs, evaluate, sched: [evaluate(model)])
     scored = []
     monkeypatch.setattr(M, "operating_point", lambda s, y, level, of_recall: scored.append((level, of_recall)) or 0.5)
@@ -1153,8 +1155,9 @@ def test_the_push_probe_finds_every_loss_at_the_pulls_total_push(tmp_path):
     out = tmp_path / "push.md"
     _benchmark("push_concentration").main(["--batches", "128", "--samples", "2", "--out", str(out)])
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| 128 |")]
-    assert [row[1] for row in rows] == ["binary cross-entropy", "UniLoss, zoo.average_precision()",
-                                        "UniLoss, zoo.recall_at_precision(0.8)", "UniLoss, zoo.precision_at_recall(0.6)"]
+    assert [row[1] for row in rows] == [
+        "binary cross-entropy", "UniLoss, zoo.average_precision()", "UniLoss, zoo.recall_at_precision(0.8)",
+        "UniLoss, zoo.precision_at_recall(0.6)"]
     totals = [float(row[2]) for row in rows]
     assert all(t == pytest.approx(totals[0], rel=0.02) for t in totals)
     assert rows[0][4] == "1.0x" and float(rows[2][4].rstrip("x")) > 1.0

@@ -525,7 +525,8 @@ def _euclidean_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tenso
         leaf = scores.detach().requires_grad_()
         pull = torch.autograd.grad(pull_fn(leaf, target), leaf)[0]
         size = torch.linalg.vector_norm(step)
-        scale = torch.where(size > 0, torch.linalg.vector_norm(pull) / size.clamp_min(torch.finfo(size.dtype).tiny), 0.0)
+        tiny = torch.finfo(size.dtype).tiny
+        scale = torch.where(size > 0, torch.linalg.vector_norm(pull) / size.clamp_min(tiny), 0.0)
         return (scores * (step * scale).detach()).sum()
 
     return loss
