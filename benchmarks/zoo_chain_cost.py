@@ -10,7 +10,7 @@ region; before 0.12.1 the engine evaluated their chain by decoding ``[points, l]
 (:attr:`uniloss.Structure.chain`, a row turning at its ``C - k``-th comparison to come right) and
 its metric of the runs' counts since 0.12.2, and ``precision_at_k``, ``recall_at_k``, ``mrr`` and
 ``ndcg_at_k`` of 0/1 relevance their chain's gains (a comparison that comes right lowers one
-relevant item's rank by one); ``recall_at_precision`` and ``precision_at_recall`` (after 0.13.0)
+relevant item's rank by one); ``recall_at_precision`` and ``precision_at_recall`` (0.14.0)
 their chain's gains too (a running maximum per query of the cuts each step makes). This times one
 loss call (forward and backward, library defaults, on a model's output ``x * w``, one thread) of
 each both ways in one process,

@@ -24,7 +24,7 @@ from ._module import UniLoss
 from ._traced import TracedMetric, TraceError, from_metric
 from .functional import LossInfo
 
-__version__ = "0.13.0"
+__version__ = "0.14.0"
 
 __all__ = [
     "AnchorSet",
