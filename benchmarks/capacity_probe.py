@@ -102,10 +102,10 @@ import statistics
 import sys
 import textwrap
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 
+from uniloss.experiments.loop import run_jobs
 from uniloss.experiments.reproduce import machine
 
 BINARY_MODELS = {"linear": (), "8": (8,), "64-64": (64, 64), "256-256": (256, 256)}  # hidden widths
@@ -325,26 +325,7 @@ def main(argv=None):
         losses = {m: [row for row in rows if row[1] in args.only] for m, rows in losses.items()}
     jobs = [(m, h, loss, d, args.seed, options, x) for m in args.metrics for h in models[m]
             for _, loss, options in losses[m] for x in args.lr_scales for d in args.draws]
-    try:
-        from tqdm import tqdm
-    except ImportError:  # the bar is a convenience
-        tqdm = None
-    bar = tqdm(total=len(jobs), desc="runs", unit="run") if tqdm is not None else None
-    values = {}
-    if args.jobs <= 1:  # in this process
-        for job in jobs:
-            values[job] = _one(job)
-            if bar is not None:
-                bar.update(1)
-    else:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(_one, job): job for job in jobs}
-            for future in as_completed(futures):
-                values[futures[future]] = future.result()
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+    values = run_jobs(_one, jobs, args.jobs)
     command = "python benchmarks/capacity_probe.py" + ("" if not argv else " " + shlex.join(argv))  # (shell-ready)
     if args.only is not None:
         return _only(args, models, losses, values, command, start)

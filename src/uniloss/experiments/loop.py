@@ -182,3 +182,41 @@ def shuffled(n: int, batch: int, generator: torch.Generator) -> Callable[[int], 
         order = torch.randperm(n, generator=generator)
         return [order[i:i + batch] for i in range(0, n, batch)]
     return batches
+
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], processes: int = 2, desc: str = "runs") -> "dict[J, R]":
+    """``{job: fn(job)}`` for each of ``jobs`` (hashable), ``processes`` at a time in processes of
+    their own (``1``: one after the other in this one), with a progress bar where tqdm is
+    installed: the benchmarks' grids of runs. ``fn`` must be a module-level function (pickled to
+    the processes) and should set its own thread count.
+
+    >>> run_jobs(abs, [-2, 3], processes=1, desc="")
+    {-2: 2, 3: 3}
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is a convenience
+        tqdm = None
+    bar = tqdm(total=len(jobs), desc=desc, unit="run") if tqdm is not None and desc else None
+    values = {}
+    if processes <= 1:
+        for job in jobs:
+            values[job] = fn(job)
+            if bar is not None:
+                bar.update(1)
+    else:
+        with ProcessPoolExecutor(processes) as pool:
+            futures = {pool.submit(fn, job): job for job in jobs}
+            for future in as_completed(futures):
+                values[futures[future]] = future.result()
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return values

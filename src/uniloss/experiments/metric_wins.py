@@ -1269,6 +1269,71 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
                lambda m: float(metric.metric(m(xte), mte)), cosine(opt, epochs))
 
 
+#: The similarities' scale for the pairwise logistic loss and UniLoss in :func:`run_metric_learning`:
+#: cosines over the normalised softmax's temperature 0.05 (``"uniloss-cos"``: the cosines as they are).
+SIMILARITY_SCALE = 20.0
+
+
+def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: int = 0,
+                        hidden: Sequence[int] = (256,), batch: int = 128, dim: int = 64, epochs: int = 5,
+                        source: str = "fashion", metric: str = "map", record: Optional[list] = None) -> List[float]:
+    """Deep metric learning on classes held out (``benchmarks/metric_learning_probe.py``): an MLP
+    784-``hidden``-``dim`` whose output is L2-normalised (:class:`metric_learning.Embedder`),
+    trained on five classes of Fashion-MNIST and scored by retrieval among the test images of the
+    other five (:func:`metric_learning.unseen_classes`, ``draw`` the deal); batch 128, SGD lr 0.1
+    momentum 0.9, cosine over ``epochs`` (5, also with ``quick``). Held out, each test image
+    querying the others (:func:`metric_learning.retrieval_metrics`): mAP (``metric="map"``) or
+    recall@1 (``"r1"``) among the held-out classes, or the same among the training classes' test
+    images (``"map-seen"``, ``"r1-seen"``); ``record``: a list that receives each epoch's four, a dict.
+    ``loss``: ``"contrastive"`` (:func:`metric_learning.contrastive`), ``"normsoftmax"``
+    (:func:`metric_learning.normalized_softmax`, temperature 0.05), ``"smooth-ap"``
+    (:func:`metric_learning.smooth_ap`, temperature 0.01), ``"pairwise"``
+    (:func:`metric_learning.pairwise_logistic_per_query`, RankNet's loss within each query of the batch,
+    on the cosines times :data:`SIMILARITY_SCALE`), ``"uniloss"`` (``zoo.average_precision()`` with
+    each sample a query of the batch's others, on the same scaled cosines) or ``"uniloss-cos"`` (the
+    same on the cosines as they are)."""
+    from .metric_learning import (Embedder, contrastive, normalized_softmax, pairwise_logistic_per_query, query_pairs,
+                                  retrieval_metrics, smooth_ap, unseen_classes)
+
+    metrics = ("map", "r1", "map-seen", "r1-seen")
+    if metric not in metrics:
+        raise ValueError(f"unknown metric {metric!r}: one of {metrics}")
+    if loss not in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos"):
+        raise ValueError(f"unknown loss {loss!r}")
+    split = unseen_classes(draw, source=source)
+    xtr, ytr = split.x_train, split.y_train
+    model = seeded(seed, lambda: Embedder(mlp(784, *hidden, dim), 5, dim))
+    gen = torch.Generator().manual_seed(seed)
+    ranked = _uniloss(zoo.average_precision(), seed, options) if loss.startswith("uniloss") else None
+
+    def step(m: nn.Module, idx: Tensor) -> Tensor:
+        e, y = m(xtr[idx]), ytr[idx]
+        if loss == "contrastive":
+            return contrastive(e, y)
+        if loss == "normsoftmax":
+            return normalized_softmax(e, cast(Tensor, m.proxies), y)
+        if loss == "smooth-ap":
+            return smooth_ap(e, y)
+        if ranked is None:
+            return pairwise_logistic_per_query(e, y, SIMILARITY_SCALE)
+        s, relevance, query = query_pairs(e, y)
+        return ranked(s if loss == "uniloss-cos" else s * SIMILARITY_SCALE, RankingTarget(relevance, query))
+
+    def evaluate(m: nn.Module) -> float:
+        values = {}
+        for suffix, x, y in (("", split.x_unseen, split.y_unseen), ("-seen", split.x_seen, split.y_seen)):
+            with torch.no_grad():
+                e = torch.cat([m(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+            finite = bool(torch.isfinite(e).all())
+            values["map" + suffix], values["r1" + suffix] = retrieval_metrics(e, y) if finite else (math.nan, math.nan)
+        if record is not None:
+            record.append(values)
+        return values[metric]
+
+    opt = sgd(model, 0.1)
+    return fit(model, opt, shuffled(len(ytr), batch, gen), step, epochs, evaluate, cosine(opt, epochs))
+
+
 _UNI = {"UniLoss (defaults)": ("uniloss", "uniloss")}
 
 _PAIRWISE = {"pairwise logistic": ("baseline", "pairwise")}

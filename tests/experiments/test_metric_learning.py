@@ -1,0 +1,150 @@
+"""The metric-learning probe's pieces (uniloss.experiments.metric_learning and
+metric_wins.run_metric_learning) against scikit-learn and loops over the pairs."""
+
+import importlib.util
+import itertools
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uniloss.experiments import metric_learning as ML
+from uniloss.experiments import metric_wins as M
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+
+def _batch(seed, n=12, dim=5, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, dim, generator=g), dim=1), torch.randint(0, classes, (n,), generator=g)
+
+
+def _ap_per_query(e, y):
+    """Each sample's AP of the others by cosine similarity (scikit-learn), over queries with a relevant other."""
+    s = (e @ e.T).double().numpy()
+    aps, hits = [], []
+    for q in range(len(y)):
+        others = [j for j in range(len(y)) if j != q]
+        relevant = [int(y[j] == y[q]) for j in others]
+        if sum(relevant):
+            aps.append(sklearn_metrics.average_precision_score(relevant, s[q, others]))
+            hits.append(relevant[max(range(len(others)), key=lambda k: s[q, others[k]])])
+    return sum(aps) / len(aps), sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_retrieval_metrics_are_scikit_learns_ap_and_the_nearest_others_label(seed):
+    e, y = _batch(seed, n=30)
+    ap, r1 = ML.retrieval_metrics(e, y, chunk=7)  # in chunks that do not divide the queries
+    want_ap, want_r1 = _ap_per_query(e, y)
+    assert ap == pytest.approx(want_ap, abs=1e-12) and r1 == pytest.approx(want_r1, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_smooth_ap_at_a_tiny_temperature_is_one_minus_the_exact_mean_ap(seed):
+    e, y = _batch(seed)
+    e = e.double()
+    assert float(ML.smooth_ap(e, y, temperature=1e-9)) == pytest.approx(1 - _ap_per_query(e, y)[0], abs=1e-9)
+
+
+def test_smooth_ap_follows_its_formula_at_its_temperature():
+    e, y = _batch(7, n=7)
+    e = e.double()
+    s, n, tau = e @ e.T, len(y), 0.01
+    terms = []
+    for q in range(n):
+        pos = [i for i in range(n) if i != q and y[i] == y[q]]
+        if not pos:
+            continue
+        ap = 0.0
+        for i in pos:
+            step = {j: torch.sigmoid((s[q, j] - s[q, i]) / tau) for j in range(n) if j not in (q, i)}
+            ap += (1 + sum(step[j] for j in pos if j != i)) / (1 + sum(step.values()))
+        terms.append(ap / len(pos))
+    assert float(ML.smooth_ap(e, y)) == pytest.approx(1 - float(sum(terms) / len(terms)), abs=1e-12)
+
+
+def test_query_pairs_list_each_queries_others_in_order():
+    e, y = _batch(1, n=5)
+    s, rel, q = ML.query_pairs(e, y)
+    want = [(float(e[a] @ e[b]), int(y[a] == y[b]), a) for a in range(5) for b in range(5) if a != b]
+    assert q.tolist() == [w[2] for w in want] and rel.tolist() == [w[1] for w in want]
+    torch.testing.assert_close(s, torch.tensor([w[0] for w in want]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_pairwise_loss_per_query_is_the_suites_pairwise_logistic_grouped_by_query(seed):
+    e, y = _batch(seed)
+    s, rel, q = ML.query_pairs(e, y)
+    torch.testing.assert_close(ML.pairwise_logistic_per_query(e, y, 20.0), M.pairwise_logistic(20.0 * s, rel, q))
+
+
+def test_contrastive_and_normalised_softmax_follow_their_formulas():
+    e, y = _batch(2)
+    pairs = [(float(e[a] @ e[b]), bool(y[a] == y[b])) for a, b in itertools.permutations(range(len(y)), 2)]
+    pos = [max(0.0, 1 - s) for s, same in pairs if same]
+    neg = [max(0.0, s - 0.25) for s, same in pairs if not same]
+    assert float(ML.contrastive(e, y, neg_margin=0.25)) == pytest.approx(sum(pos) / len(pos) + sum(neg) / len(neg),
+                                                                        abs=1e-6)
+    proxies = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    logits = torch.stack([torch.stack([e[i] @ p / p.norm() for p in proxies]) for i in range(len(y))]) / 0.05
+    torch.testing.assert_close(ML.normalized_softmax(e, proxies, y), F.cross_entropy(logits, y))
+
+
+def test_unseen_classes_deal_five_classes_to_training_and_hold_the_other_five_out():
+    try:
+        a, b = ML.unseen_classes(0), ML.unseen_classes(1)
+    except Exception as exc:  # data absent: the loader's own tests cover the message
+        pytest.skip(str(exc))
+    from uniloss.experiments.data import load_fashion_mnist
+
+    test = load_fashion_mnist("test")
+    for split in (a, b):
+        assert sorted(set(split.y_train.tolist())) == [0, 1, 2, 3, 4] and len(split.y_train) == 30_000
+        unseen, seen = set(split.y_unseen.tolist()), set(split.y_seen.tolist())
+        assert len(unseen) == len(seen) == 5 and not unseen & seen and len(split.y_unseen) == len(split.y_seen) == 5000
+        first = test.images[test.labels == split.y_unseen[0]][0].float().reshape(-1) / 255.0
+        mean, std = first.mean(), first.std()  # (the standardisation is an affine map of the pixels)
+        torch.testing.assert_close(F.normalize(split.x_unseen[0] - split.x_unseen[0].mean(), dim=0),
+                                   F.normalize((first - mean) / std, dim=0))
+    assert set(a.y_unseen.tolist()) != set(b.y_unseen.tolist())  # another deal
+
+
+def test_run_metric_learning_trains_each_loss_and_records_the_four_scores(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 10
+    x = torch.randn(60, 784, generator=g) + 3 * F.one_hot(y, 784).float()  # each class a direction of its own
+    split = ML.ClassSplit(x[:40][y[:40] < 5], y[:40][y[:40] < 5], x[40:][y[40:] >= 5], y[40:][y[40:] >= 5],
+                          x[40:][y[40:] < 5], y[40:][y[40:] < 5])
+    monkeypatch.setattr(ML, "unseen_classes", lambda draw, source="fashion": split)
+    for loss in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos"):
+        record = []
+        curve = M.run_metric_learning(loss, 0, True, {}, epochs=2, batch=8, record=record)
+        assert len(curve) == 2 and [r["map"] for r in record] == curve
+        assert set(record[-1]) == {"map", "r1", "map-seen", "r1-seen"}
+        assert all(0 <= v <= 1 for v in record[-1].values()), (loss, record)
+    with pytest.raises(ValueError, match="unknown loss"):
+        M.run_metric_learning("triplet", 0, True, {})
+
+
+def test_the_probe_reports_each_loss_at_its_best_rate_for_each_score(tmp_path, monkeypatch):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("metric_learning_probe",
+                                                  os.path.join(root, "benchmarks", "metric_learning_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    # a loss's scores: the rate's scale for the held-out mAP, its reverse for recall@1
+    fake = {"contrastive": 0.1, "normsoftmax": 0.2, "smooth-ap": 0.3, "pairwise": 0.4, "uniloss": 0.5,
+            "uniloss-cos": 0.6}
+    monkeypatch.setattr(probe, "_one", lambda job: {"map": fake[job[0]] + job[1] / 10 + job[2] / 100,
+                                                    "r1": fake[job[0]] - job[1] / 10, "map-seen": 0.5, "r1-seen": 0.5})
+    monkeypatch.setattr(probe, "_pixels", lambda draw: {"map": 0.3, "r1": 0.4, "map-seen": 0.5, "r1-seen": 0.6})
+    out = str(tmp_path / "ml")
+    report = probe.main(["--jobs", "1", "--draws", "0", "1", "--lr-scales", "0.5", "1", "--out", out])
+    assert report["best_scale"]["map"]["uniloss"] == 1.0 and report["best_scale"]["r1"]["uniloss"] == 0.5
+    cell = report["per_scale"]["uniloss"]["1.0"]["map"]
+    assert cell["per_draw"] == pytest.approx([0.6, 0.61]) and cell["mean"] == pytest.approx(0.605)
+    text = open(out + ".md").read()
+    assert "| contrastive | 20.50 ± 0.71 (x1) | 20.00 21.00 | +40.00 ± 0.00 (2 of 2 ahead) |" in text
+    assert "raw pixels (no training) | 30.00 ± 0.00" in text
