@@ -1,7 +1,7 @@
 """Deep metric learning: UniLoss on the retrieval AP of an embedding, against the field's losses.
 
     python benchmarks/metric_learning_probe.py      # writes docs/results/metric-wins/metric-learning.{md,json,png}
-    python benchmarks/metric_learning_probe.py --quick --out /tmp/ml   # a smoke run
+    python benchmarks/metric_learning_probe.py --quick --out ml-smoke   # a smoke run, ml-smoke.{md,json,png}
 
 A task no default was chosen on, and the one where UniLoss's own sales pitch is loudest: Smooth-AP
 (Brown et al. 2020) relaxes the ranks of retrieval AP with a sigmoid at a hand-set temperature,
@@ -50,10 +50,10 @@ def _one(job):
     from uniloss.experiments import metric_wins as mw
 
     torch.set_num_threads(1)
-    loss, scale, draw, epochs = job
+    _, scale, draw, epochs, loss, options = job
     mw._LR_SCALE = scale  # (the suite's --lr-scales, as benchmarks/capacity_probe.py sets it)
     record: list = []
-    mw.run_metric_learning(loss, draw, True, {}, draw=draw, epochs=epochs, record=record)
+    mw.run_metric_learning(loss, draw, True, json.loads(options), draw=draw, epochs=epochs, record=record)
     return record[-1]
 
 
@@ -87,7 +87,7 @@ def _plot(report, out):
     fig, axes = plt.subplots(1, len(SCORES), figsize=(4.4 * len(SCORES), 3.6), squeeze=False)
     scales = report["lr_scales"]
     for ax, (key, title) in zip(axes[0], SCORES):
-        for loss, label in ROWS:
+        for loss, label in report["rows"]:
             means = [report["per_scale"][loss][str(x)][key]["mean"] for x in scales]
             ax.plot(scales, [100 * m for m in means], marker="o", label=label,
                     ls="-" if loss.startswith("uniloss") else "--")
@@ -109,6 +109,10 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--lr-scales", type=float, nargs="+", default=[0.0625, 0.125, 0.25, 0.5, 1.0])
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--losses", nargs="+", choices=[k for k, _ in ROWS], default=None,
+                        help="train only these rows (e.g. those best at an edge of the rates, at more rates)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                        help="also train UniLoss on the cosines over 0.05 with these keywords (a row 'UniLoss, NAME')")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (1: in this process)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: draw 0, the recipe's rate, 1 epoch")
     parser.add_argument("--out", default="docs/results/metric-wins/metric-learning")
@@ -117,18 +121,24 @@ def main(argv=None):
     if args.quick:
         args.draws, args.lr_scales, args.epochs = [0], [1.0], 1
     start = time.time()
-    jobs = [(loss, x, d, args.epochs) for loss, _ in ROWS for x in args.lr_scales for d in args.draws]
+    rows = [row for row in ROWS if args.losses is None or row[0] in args.losses]
+    spec = {key: (key, "{}") for key, _ in rows}  # a row's loss and UniLoss keywords
+    for name, options in (v.split("=", 1) for v in args.variant):
+        rows.append((name, f"UniLoss, {name} (scores cos / 0.05)"))
+        spec[name] = ("uniloss", json.dumps(json.loads(options), sort_keys=True))
+    jobs = [(key, x, d, args.epochs, *spec[key]) for key, _ in rows for x in args.lr_scales for d in args.draws]
     values = run_jobs(_one, jobs, args.jobs)
     pixels = [_pixels(d) for d in args.draws]
     per_scale = {loss: {str(x): {key: dict(per_draw=v, mean=statistics.mean(v), std=_spread(v))
                                  for key, _ in SCORES
-                                 for v in [[values[(loss, x, d, args.epochs)][key] for d in args.draws]]}
-                        for x in args.lr_scales} for loss, _ in ROWS}
-    best = {key: {loss: max(args.lr_scales, key=lambda x: per_scale[loss][str(x)][key]["mean"]) for loss, _ in ROWS}
+                                 for v in [[values[(loss, x, d, args.epochs, *spec[loss])][key] for d in args.draws]]}
+                        for x in args.lr_scales} for loss, _ in rows}
+    best = {key: {loss: max(args.lr_scales, key=lambda x: per_scale[loss][str(x)][key]["mean"]) for loss, _ in rows}
             for key, _ in SCORES}
     command = "python benchmarks/metric_learning_probe.py" + ("" if not argv else " " + shlex.join(argv))
     report = dict(table="metric learning", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, lr_scales=args.lr_scales,
+                  rows=rows, options={key: json.loads(spec[key][1]) for key, _ in rows},
                   epochs=args.epochs, minutes=round((time.time() - start) / 60, 1), per_scale=per_scale, best_scale=best,
                   pixels={key: dict(per_draw=[p[key] for p in pixels], mean=statistics.mean(p[key] for p in pixels),
                                     std=_spread([p[key] for p in pixels])) for key, _ in SCORES})
@@ -143,12 +153,12 @@ def main(argv=None):
     for key, name in SCORES:
         lines += [f"## {name}", "", "| loss | at its best rate | seeds | UniLoss (cos / 0.05) minus it, draw by draw |",
                   "|---|---|---|---|"]
-        uni = per_scale["uniloss"][str(best[key]["uniloss"])][key]["per_draw"]
-        for loss, label in ROWS:
+        uni = per_scale["uniloss"][str(best[key]["uniloss"])][key]["per_draw"] if "uniloss" in per_scale else None
+        for loss, label in rows:
             cell = per_scale[loss][str(best[key][loss])][key]
-            diff = [100 * (u - v) for u, v in zip(uni, cell["per_draw"])]
-            versus = "" if loss == "uniloss" else (f"{statistics.mean(diff):+.2f} ± {_spread(diff):.2f} "
-                                                   f"({sum(x > 0 for x in diff)} of {len(diff)} ahead)")
+            diff = [100 * (u - v) for u, v in zip(uni or [], cell["per_draw"])]
+            versus = "" if loss == "uniloss" or not diff else (f"{statistics.mean(diff):+.2f} ± {_spread(diff):.2f} "
+                                                               f"({sum(x > 0 for x in diff)} of {len(diff)} ahead)")
             lines.append(f"| {label} | {100 * cell['mean']:.2f} ± {100 * cell['std']:.2f} (x{best[key][loss]:g}) | "
                          + " ".join(f"{100 * v:.2f}" for v in cell["per_draw"]) + f" | {versus} |")
         pix = report["pixels"][key]
@@ -157,7 +167,7 @@ def main(argv=None):
     lines += ["## Every rate", "", "| loss | " + " | ".join(f"x{x:g}" for x in args.lr_scales) + " |",
               "|---|" + "---|" * len(args.lr_scales)]
     for key, name in SCORES[:1] + SCORES[2:3]:
-        for loss, label in ROWS:
+        for loss, label in rows:
             lines.append(f"| {label}, {name} | " + " | ".join(
                 f"{100 * per_scale[loss][str(x)][key]['mean']:.2f}" for x in args.lr_scales) + " |")
     if figure:

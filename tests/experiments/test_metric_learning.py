@@ -15,6 +15,16 @@ from uniloss.experiments import metric_wins as M
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 
+def _probe():
+    """benchmarks/metric_learning_probe.py as a fresh module (its globals patched per test)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("metric_learning_probe",
+                                                  os.path.join(root, "benchmarks", "metric_learning_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    return probe
+
+
 def _batch(seed, n=12, dim=5, classes=3):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(n, dim, generator=g), dim=1), torch.randint(0, classes, (n,), generator=g)
@@ -129,11 +139,7 @@ def test_run_metric_learning_trains_each_loss_and_records_the_four_scores(monkey
 
 
 def test_the_probe_reports_each_loss_at_its_best_rate_for_each_score(tmp_path, monkeypatch):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("metric_learning_probe",
-                                                  os.path.join(root, "benchmarks", "metric_learning_probe.py"))
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = _probe()
     # a loss's scores: the rate's scale for the held-out mAP, its reverse for recall@1
     fake = {"contrastive": 0.1, "normsoftmax": 0.2, "smooth-ap": 0.3, "pairwise": 0.4, "uniloss": 0.5,
             "uniloss-cos": 0.6}
@@ -148,3 +154,26 @@ def test_the_probe_reports_each_loss_at_its_best_rate_for_each_score(tmp_path, m
     text = open(out + ".md").read()
     assert "| contrastive | 20.50 ± 0.71 (x1) | 20.00 21.00 | +40.00 ± 0.00 (2 of 2 ahead) |" in text
     assert "raw pixels (no training) | 30.00 ± 0.00" in text
+
+
+def test_the_probe_trains_only_the_rows_asked_for(tmp_path, monkeypatch):
+    probe = _probe()
+    trained = []
+    monkeypatch.setattr(probe, "_one", lambda job: trained.append(job[0]) or dict.fromkeys(("map", "r1", "map-seen",
+                                                                                              "r1-seen"), 0.5))
+    monkeypatch.setattr(probe, "_pixels", lambda draw: dict.fromkeys(("map", "r1", "map-seen", "r1-seen"), 0.5))
+    report = probe.main(["--jobs", "1", "--draws", "0", "--lr-scales", "2", "--losses", "smooth-ap", "uniloss-cos",
+                         "--variant", 'cmp={"pull_per": "comparison"}', "--out", str(tmp_path / "edges")])
+    assert sorted(set(trained)) == ["cmp", "smooth-ap", "uniloss-cos"] and sorted(report["per_scale"]) == sorted(set(trained))
+    assert report["options"]["cmp"] == {"pull_per": "comparison"} and report["options"]["smooth-ap"] == {}
+    text = open(tmp_path / "edges.md").read()
+    assert "| Smooth-AP | 50.00 ± 0.00 (x2) | 50.00 |  |" in text and "| UniLoss, cmp (scores cos / 0.05) |" in text
+
+
+def test_a_variants_keywords_reach_uniloss(monkeypatch):
+    probe = _probe()
+    seen = []
+    monkeypatch.setattr(M, "run_metric_learning", lambda loss, seed, quick, options, **kw: seen.append(
+        (loss, options, kw["draw"], M._LR_SCALE)) or kw["record"].append({"map": 0.5}))
+    assert probe._one(("cmp", 0.25, 3, 5, "uniloss", '{"pull_per": "comparison"}')) == {"map": 0.5}
+    assert seen == [("uniloss", {"pull_per": "comparison"}, 3, 0.25)]

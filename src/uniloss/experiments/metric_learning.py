@@ -6,7 +6,7 @@ ranks them. Each image is embedded on the unit sphere and every test image queri
 others by cosine similarity; relevant are the images of its class. Scored by the mean over the
 queries of average precision (mAP) and by recall@1 (the nearest other image is of the class).
 
-The pieces the ``embed-map`` probe of ``benchmarks/capacity_probe.py`` trains with
+The pieces ``benchmarks/metric_learning_probe.py`` trains with
 (:func:`uniloss.experiments.metric_wins.run_metric_learning`):
 
 * :func:`unseen_classes`: Fashion-MNIST (or MNIST) with its ten classes dealt at random into five
