@@ -145,7 +145,7 @@ def main(argv=None):
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
     figure = _plot(report, args.out)
-    title, _, rest = cast_doc().partition("\n\n")
+    title, _, rest = (__doc__ or "").partition("\n\n")
     lines = [f"# {title.rstrip('.')}", "", rest.split("\n\n", 1)[1].replace("``", "`").strip(), "",
              f"Test score x100, mean ± std over draws {args.draws}, each loss at its best learning-rate scale of "
              f"{args.lr_scales} for that score (in brackets). {report['machine']}; torch {torch.__version__}; "
@@ -176,10 +176,6 @@ def main(argv=None):
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return report
-
-
-def cast_doc() -> str:
-    return __doc__ or ""
 
 
 if __name__ == "__main__":
