@@ -42,6 +42,7 @@ from uniloss.experiments.reproduce import machine
 ROWS = [("contrastive", "contrastive"), ("normsoftmax", "normalised softmax"), ("smooth-ap", "Smooth-AP"),
         ("pairwise", "pairwise logistic"), ("uniloss", "UniLoss (defaults), scores cos / 0.05"),
         ("uniloss-cos", "UniLoss (defaults), scores cos")]
+EXTRA_ROWS = [("uniloss-offset", "UniLoss (defaults), scores cos / 0.05 minus a learnt offset")]  # only when named
 SCORES = [("map", "mAP, held-out classes"), ("r1", "recall@1, held-out classes"),
           ("map-seen", "mAP, the training classes' test images"), ("r1-seen", "recall@1, the same")]
 
@@ -109,8 +110,9 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--lr-scales", type=float, nargs="+", default=[0.0625, 0.125, 0.25, 0.5, 1.0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--losses", nargs="+", choices=[k for k, _ in ROWS], default=None,
-                        help="train only these rows (e.g. those best at an edge of the rates, at more rates)")
+    parser.add_argument("--losses", nargs="+", choices=[k for k, _ in ROWS + EXTRA_ROWS], default=None,
+                        help="train only these rows (e.g. those best at an edge of the rates, at more rates); "
+                             "uniloss-offset only when named")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="also train UniLoss on the cosines over 0.05 with these keywords (a row 'UniLoss, NAME')")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (1: in this process)")
@@ -121,7 +123,7 @@ def main(argv=None):
     if args.quick:
         args.draws, args.lr_scales, args.epochs = [0], [1.0], 1
     start = time.time()
-    rows = [row for row in ROWS if args.losses is None or row[0] in args.losses]
+    rows = list(ROWS) if args.losses is None else [row for row in ROWS + EXTRA_ROWS if row[0] in args.losses]
     spec = {key: (key, "{}") for key, _ in rows}  # a row's loss and UniLoss keywords
     for name, options in (v.split("=", 1) for v in args.variant):
         rows.append((name, f"UniLoss, {name} (scores cos / 0.05)"))

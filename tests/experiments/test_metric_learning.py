@@ -5,6 +5,7 @@ import importlib.util
 import itertools
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,11 +16,10 @@ from uniloss.experiments import metric_wins as M
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 
-def _probe():
-    """benchmarks/metric_learning_probe.py as a fresh module (its globals patched per test)."""
+def _probe(name="metric_learning_probe"):
+    """benchmarks/``name``.py as a fresh module (its globals patched per test)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("metric_learning_probe",
-                                                  os.path.join(root, "benchmarks", "metric_learning_probe.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "benchmarks", f"{name}.py"))
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     return probe
@@ -128,12 +128,15 @@ def test_run_metric_learning_trains_each_loss_and_records_the_four_scores(monkey
     split = ML.ClassSplit(x[:40][y[:40] < 5], y[:40][y[:40] < 5], x[40:][y[40:] >= 5], y[40:][y[40:] >= 5],
                           x[40:][y[40:] < 5], y[40:][y[40:] < 5])
     monkeypatch.setattr(ML, "unseen_classes", lambda draw, source="fashion": split)
-    for loss in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos"):
+    built = []
+    for loss in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos", "uniloss-offset"):
         record = []
-        curve = M.run_metric_learning(loss, 0, True, {}, epochs=2, batch=8, record=record)
+        curve = M.run_metric_learning(loss, 0, True, {}, epochs=2, batch=8, record=record, trained=built)
         assert len(curve) == 2 and [r["map"] for r in record] == curve
         assert set(record[-1]) == {"map", "r1", "map-seen", "r1-seen"}
         assert all(0 <= v <= 1 for v in record[-1].values()), (loss, record)
+        # the learnt threshold moves only where it is subtracted from the scores
+        assert (float(built[-1].offset.detach()) != 0.0) == (loss == "uniloss-offset"), loss
     with pytest.raises(ValueError, match="unknown loss"):
         M.run_metric_learning("triplet", 0, True, {})
 
@@ -163,8 +166,9 @@ def test_the_probe_trains_only_the_rows_asked_for(tmp_path, monkeypatch):
                                                                                               "r1-seen"), 0.5))
     monkeypatch.setattr(probe, "_pixels", lambda draw: dict.fromkeys(("map", "r1", "map-seen", "r1-seen"), 0.5))
     report = probe.main(["--jobs", "1", "--draws", "0", "--lr-scales", "2", "--losses", "smooth-ap", "uniloss-cos",
-                         "--variant", 'cmp={"pull_per": "comparison"}', "--out", str(tmp_path / "edges")])
-    assert sorted(set(trained)) == ["cmp", "smooth-ap", "uniloss-cos"] and sorted(report["per_scale"]) == sorted(set(trained))
+                         "uniloss-offset", "--variant", 'cmp={"pull_per": "comparison"}', "--out", str(tmp_path / "edges")])
+    assert sorted(set(trained)) == ["cmp", "smooth-ap", "uniloss-cos", "uniloss-offset"]
+    assert sorted(report["per_scale"]) == sorted(set(trained))
     assert report["options"]["cmp"] == {"pull_per": "comparison"} and report["options"]["smooth-ap"] == {}
     text = open(tmp_path / "edges.md").read()
     assert "| Smooth-AP | 50.00 ± 0.00 (x2) | 50.00 |  |" in text and "| UniLoss, cmp (scores cos / 0.05) |" in text
@@ -177,3 +181,32 @@ def test_a_variants_keywords_reach_uniloss(monkeypatch):
         (loss, options, kw["draw"], M._LR_SCALE)) or kw["record"].append({"map": 0.5}))
     assert probe._one(("cmp", 0.25, 3, 5, "uniloss", '{"pull_per": "comparison"}')) == {"map": 0.5}
     assert seen == [("uniloss", {"pull_per": "comparison"}, 3, 0.25)]
+
+
+def test_the_geometry_script_reads_the_trained_embeddings_cosines(tmp_path, monkeypatch):
+    geometry = _probe("metric_learning_geometry")
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(30) % 3
+    x = torch.randn(30, 784, generator=g)
+    split = ML.ClassSplit(x, y, x, y, x, y)
+    monkeypatch.setattr(ML, "unseen_classes", lambda draw, source="fashion": split)
+    model = ML.Embedder(torch.nn.Linear(784, 4), 3, 4)
+    with torch.no_grad():
+        model.offset.fill_(3.0)
+    seen = []
+    monkeypatch.setattr(M, "run_metric_learning", lambda loss, seed, quick, options, **kw: seen.append(
+        (loss, options, kw["draw"], kw["epochs"], M._LR_SCALE)) or kw["trained"].append(model))
+    report = geometry.main(["--runs", "uniloss-offset@0.5", 'uniloss@2@{"pull_per": "comparison"}', "--jobs", "1",
+                            "--draw", "3", "--epochs", "1", "--out", str(tmp_path / "geo")])
+    assert seen == [("uniloss-offset", {}, 3, 1, 0.5), ("uniloss", {"pull_per": "comparison"}, 3, 1, 2.0)]
+    with torch.no_grad():
+        e = model(x)
+    cos = e @ e.T  # every ordered pair of distinct images, split by whether they share a class
+    relevant = [float(cos[i, j]) for i in range(30) for j in range(30) if i != j and y[i] == y[j]]
+    irrelevant = [float(cos[i, j]) for i in range(30) for j in range(30) if y[i] != y[j]]
+    run = report["runs"][0]
+    assert run["offset"] == 3.0 and run["map_seen"] == pytest.approx(ML.retrieval_metrics(e, y)[0])
+    assert run["relevant"] == pytest.approx(list(np.quantile(relevant, [0.05, 0.5, 0.95])), abs=1e-5)
+    assert run["irrelevant"] == pytest.approx(list(np.quantile(irrelevant, [0.05, 0.5, 0.95])), abs=1e-5)
+    text = open(tmp_path / "geo.md").read()
+    assert "| uniloss | 2 | {\"pull_per\": \"comparison\"} |" in text and "| 3.00 (0.150) |" in text

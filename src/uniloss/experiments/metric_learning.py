@@ -85,12 +85,15 @@ def unseen_classes(draw: int = 0, source: str = "fashion", data_dir: Optional[st
 class Embedder(nn.Module):
     """``net``'s output L2-normalised (``[n, dim]`` on the unit sphere), and ``proxies`` ``[classes,
     dim]``: one learnt vector per training class, used by :func:`normalized_softmax` only (the
-    other losses leave it untouched)."""
+    other losses leave it untouched), and ``offset`` ``[]``: a learnt threshold on the scaled
+    similarities, used by the ``uniloss-offset`` row of
+    :func:`uniloss.experiments.metric_wins.run_metric_learning` only."""
 
     def __init__(self, net: nn.Module, classes: int, dim: int) -> None:
         super().__init__()
         self.net = net
         self.proxies = nn.Parameter(torch.randn(classes, dim) / dim ** 0.5)
+        self.offset = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(self.net(x), dim=1)

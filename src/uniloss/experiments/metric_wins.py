@@ -1276,7 +1276,8 @@ SIMILARITY_SCALE = 20.0
 
 def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: int = 0,
                         hidden: Sequence[int] = (256,), batch: int = 128, dim: int = 64, epochs: int = 5,
-                        source: str = "fashion", metric: str = "map", record: Optional[list] = None) -> List[float]:
+                        source: str = "fashion", metric: str = "map", record: Optional[list] = None,
+                        trained: Optional[list] = None) -> List[float]:
     """Deep metric learning on classes held out (``benchmarks/metric_learning_probe.py``): an MLP
     784-``hidden``-``dim`` whose output is L2-normalised (:class:`metric_learning.Embedder`),
     trained on five classes of Fashion-MNIST and scored by retrieval among the test images of the
@@ -1284,21 +1285,25 @@ def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: 
     momentum 0.9, cosine over ``epochs`` (5, also with ``quick``). Held out, each test image
     querying the others (:func:`metric_learning.retrieval_metrics`): mAP (``metric="map"``) or
     recall@1 (``"r1"``) among the held-out classes, or the same among the training classes' test
-    images (``"map-seen"``, ``"r1-seen"``); ``record``: a list that receives each epoch's four, a dict.
+    images (``"map-seen"``, ``"r1-seen"``); ``record``: a list that receives each epoch's four, a dict;
+    ``trained``: a list that receives the trained :class:`metric_learning.Embedder`.
     ``loss``: ``"contrastive"`` (:func:`metric_learning.contrastive`), ``"normsoftmax"``
     (:func:`metric_learning.normalized_softmax`, temperature 0.05), ``"smooth-ap"``
     (:func:`metric_learning.smooth_ap`, temperature 0.01), ``"pairwise"``
     (:func:`metric_learning.pairwise_logistic_per_query`, RankNet's loss within each query of the batch,
     on the cosines times :data:`SIMILARITY_SCALE`), ``"uniloss"`` (``zoo.average_precision()`` with
-    each sample a query of the batch's others, on the same scaled cosines) or ``"uniloss-cos"`` (the
-    same on the cosines as they are)."""
+    each sample a query of the batch's others, on the same scaled cosines), ``"uniloss-cos"`` (the
+    same on the cosines as they are) or ``"uniloss-offset"`` (the scaled cosines minus a learnt
+    threshold, :class:`metric_learning.Embedder`'s ``offset``: a similarity has no threshold at 0
+    of its own, which the default pull of binary labels, binary cross-entropy on each score,
+    assumes)."""
     from .metric_learning import (Embedder, contrastive, normalized_softmax, pairwise_logistic_per_query, query_pairs,
                                   retrieval_metrics, smooth_ap, unseen_classes)
 
     metrics = ("map", "r1", "map-seen", "r1-seen")
     if metric not in metrics:
         raise ValueError(f"unknown metric {metric!r}: one of {metrics}")
-    if loss not in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos"):
+    if loss not in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos", "uniloss-offset"):
         raise ValueError(f"unknown loss {loss!r}")
     split = unseen_classes(draw, source=source)
     xtr, ytr = split.x_train, split.y_train
@@ -1317,7 +1322,11 @@ def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: 
         if ranked is None:
             return pairwise_logistic_per_query(e, y, SIMILARITY_SCALE)
         s, relevance, query = query_pairs(e, y)
-        return ranked(s if loss == "uniloss-cos" else s * SIMILARITY_SCALE, RankingTarget(relevance, query))
+        if loss == "uniloss-offset":
+            s = s * SIMILARITY_SCALE - cast(Tensor, m.offset)
+        elif loss == "uniloss":
+            s = s * SIMILARITY_SCALE
+        return ranked(s, RankingTarget(relevance, query))
 
     def evaluate(m: nn.Module) -> float:
         values = {}
@@ -1331,7 +1340,10 @@ def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: 
         return values[metric]
 
     opt = sgd(model, 0.1)
-    return fit(model, opt, shuffled(len(ytr), batch, gen), step, epochs, evaluate, cosine(opt, epochs))
+    curve = fit(model, opt, shuffled(len(ytr), batch, gen), step, epochs, evaluate, cosine(opt, epochs))
+    if trained is not None:
+        trained.append(model)
+    return curve
 
 
 _UNI = {"UniLoss (defaults)": ("uniloss", "uniloss")}
