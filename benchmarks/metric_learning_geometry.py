@@ -28,7 +28,7 @@ from uniloss.experiments.reproduce import machine
 
 QUANTILES = (0.05, 0.5, 0.95)
 RUNS = ["uniloss@0.0625", "uniloss@1", "uniloss@1@{\"pull_per\": \"comparison\"}", "uniloss-offset@0.0625",
-        "uniloss-offset@1"]
+        "uniloss-offset@1", "uniloss-centred@1"]
 
 
 def _one(job):

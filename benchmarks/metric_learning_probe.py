@@ -42,7 +42,8 @@ from uniloss.experiments.reproduce import machine
 ROWS = [("contrastive", "contrastive"), ("normsoftmax", "normalised softmax"), ("smooth-ap", "Smooth-AP"),
         ("pairwise", "pairwise logistic"), ("uniloss", "UniLoss (defaults), scores cos / 0.05"),
         ("uniloss-cos", "UniLoss (defaults), scores cos")]
-EXTRA_ROWS = [("uniloss-offset", "UniLoss (defaults), scores cos / 0.05 minus a learnt offset")]  # only when named
+EXTRA_ROWS = [("uniloss-offset", "UniLoss (defaults), scores cos / 0.05 minus a learnt offset"),  # only when named
+              ("uniloss-centred", "UniLoss (defaults), scores cos / 0.05 minus their query's mean")]
 SCORES = [("map", "mAP, held-out classes"), ("r1", "recall@1, held-out classes"),
           ("map-seen", "mAP, the training classes' test images"), ("r1-seen", "recall@1, the same")]
 
@@ -112,7 +113,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--losses", nargs="+", choices=[k for k, _ in ROWS + EXTRA_ROWS], default=None,
                         help="train only these rows (e.g. those best at an edge of the rates, at more rates); "
-                             "uniloss-offset only when named")
+                             "uniloss-offset and uniloss-centred only when named")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="also train UniLoss on the cosines over 0.05 with these keywords (a row 'UniLoss, NAME')")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (1: in this process)")

@@ -129,7 +129,8 @@ def test_run_metric_learning_trains_each_loss_and_records_the_four_scores(monkey
                           x[40:][y[40:] < 5], y[40:][y[40:] < 5])
     monkeypatch.setattr(ML, "unseen_classes", lambda draw, source="fashion": split)
     built = []
-    for loss in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos", "uniloss-offset"):
+    for loss in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos", "uniloss-offset",
+                 "uniloss-centred"):
         record = []
         curve = M.run_metric_learning(loss, 0, True, {}, epochs=2, batch=8, record=record, trained=built)
         assert len(curve) == 2 and [r["map"] for r in record] == curve
@@ -210,3 +211,30 @@ def test_the_geometry_script_reads_the_trained_embeddings_cosines(tmp_path, monk
     assert run["irrelevant"] == pytest.approx(list(np.quantile(irrelevant, [0.05, 0.5, 0.95])), abs=1e-5)
     text = open(tmp_path / "geo.md").read()
     assert "| uniloss | 2 | {\"pull_per\": \"comparison\"} |" in text and "| 3.00 (0.150) |" in text
+
+
+def test_the_centred_row_takes_each_querys_mean_out_of_the_scores(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(24) % 3
+    x = torch.randn(24, 784, generator=g)
+    split = ML.ClassSplit(x[:16], y[:16], x[16:], y[16:], x[16:], y[16:])
+    monkeypatch.setattr(ML, "unseen_classes", lambda draw, source="fashion": split)
+    fed = []
+
+    def recorder(metric, seed, options):
+        def loss(scores, target):
+            fed.append((scores.detach(), target.query))
+            return (scores - 1).pow(2).mean()
+        return loss
+
+    monkeypatch.setattr(M, "_uniloss", recorder)
+    for loss in ("uniloss", "uniloss-centred"):
+        fed.clear()
+        M.run_metric_learning(loss, 0, True, {}, epochs=1, batch=8)
+        assert fed
+        for scores, query in fed:
+            means = torch.zeros(int(query.max()) + 1).index_add_(0, query, scores) / torch.bincount(query)
+            if loss == "uniloss-centred":
+                torch.testing.assert_close(means, torch.zeros_like(means), atol=1e-5, rtol=0)
+            else:
+                assert means.abs().max() > 1e-3  # the scaled cosines keep their level

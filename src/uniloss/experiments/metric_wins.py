@@ -1293,17 +1293,19 @@ def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: 
     (:func:`metric_learning.pairwise_logistic_per_query`, RankNet's loss within each query of the batch,
     on the cosines times :data:`SIMILARITY_SCALE`), ``"uniloss"`` (``zoo.average_precision()`` with
     each sample a query of the batch's others, on the same scaled cosines), ``"uniloss-cos"`` (the
-    same on the cosines as they are) or ``"uniloss-offset"`` (the scaled cosines minus a learnt
+    same on the cosines as they are), ``"uniloss-offset"`` (the scaled cosines minus a learnt
     threshold, :class:`metric_learning.Embedder`'s ``offset``: a similarity has no threshold at 0
     of its own, which the default pull of binary labels, binary cross-entropy on each score,
-    assumes)."""
+    assumes) or ``"uniloss-centred"`` (the scaled cosines minus their query's mean, gradient
+    included: each query's own level, which the metric ignores, taken out of the pull)."""
     from .metric_learning import (Embedder, contrastive, normalized_softmax, pairwise_logistic_per_query, query_pairs,
                                   retrieval_metrics, smooth_ap, unseen_classes)
 
     metrics = ("map", "r1", "map-seen", "r1-seen")
     if metric not in metrics:
         raise ValueError(f"unknown metric {metric!r}: one of {metrics}")
-    if loss not in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos", "uniloss-offset"):
+    if loss not in ("contrastive", "normsoftmax", "smooth-ap", "pairwise", "uniloss", "uniloss-cos", "uniloss-offset",
+                    "uniloss-centred"):
         raise ValueError(f"unknown loss {loss!r}")
     split = unseen_classes(draw, source=source)
     xtr, ytr = split.x_train, split.y_train
@@ -1324,6 +1326,9 @@ def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: 
         s, relevance, query = query_pairs(e, y)
         if loss == "uniloss-offset":
             s = s * SIMILARITY_SCALE - cast(Tensor, m.offset)
+        elif loss == "uniloss-centred":  # (query_pairs lists each query's n - 1 others in a row)
+            s = s * SIMILARITY_SCALE
+            s = (s.reshape(len(y), -1) - s.reshape(len(y), -1).mean(1, keepdim=True)).reshape(-1)
         elif loss == "uniloss":
             s = s * SIMILARITY_SCALE
         return ranked(s, RankingTarget(relevance, query))
