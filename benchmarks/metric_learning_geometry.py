@@ -50,6 +50,8 @@ def _one(job):
 
 
 def main(argv=None):
+    from uniloss.experiments.metric_wins import SIMILARITY_SCALE
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=RUNS, metavar="LOSS@SCALE[@JSON]")
     parser.add_argument("--draw", type=int, default=0)
@@ -72,8 +74,6 @@ def main(argv=None):
                   runs=[dict(loss=j[0], lr_scale=j[1], options=json.loads(j[2]), **values[j]) for j in jobs])
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    from uniloss.experiments.metric_wins import SIMILARITY_SCALE
-
     title, _, rest = (__doc__ or "").partition("\n\n")
     q = " / ".join(f"{x:g}" for x in QUANTILES)
     lines = [f"# {title.rstrip('.')}", "", rest.split("\n\n", 1)[1].strip(), "",

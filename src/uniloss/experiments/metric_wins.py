@@ -1294,10 +1294,11 @@ def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: 
     on the cosines times :data:`SIMILARITY_SCALE`), ``"uniloss"`` (``zoo.average_precision()`` with
     each sample a query of the batch's others, on the same scaled cosines), ``"uniloss-cos"`` (the
     same on the cosines as they are), ``"uniloss-offset"`` (the scaled cosines minus a learnt
-    threshold, :class:`metric_learning.Embedder`'s ``offset``: a similarity has no threshold at 0
-    of its own, which the default pull of binary labels, binary cross-entropy on each score,
-    assumes) or ``"uniloss-centred"`` (the scaled cosines minus their query's mean, gradient
-    included: each query's own level, which the metric ignores, taken out of the pull)."""
+    threshold, :class:`metric_learning.Embedder`'s ``offset``, in place of the threshold at 0 that
+    the default pull of binary labels, binary cross-entropy on each score, sets) or
+    ``"uniloss-centred"`` (the scaled cosines minus their query's mean, gradient included: each
+    query's own level, which the metric ignores, taken out of the pull). The last two test why the
+    defaults trail ``pull_per="comparison"`` here (``docs/results/metric-wins/``)."""
     from .metric_learning import (Embedder, contrastive, normalized_softmax, pairwise_logistic_per_query, query_pairs,
                                   retrieval_metrics, smooth_ap, unseen_classes)
 
