@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import uniloss
+from uniloss import zoo
+from uniloss.decoders import RankingTarget
 from uniloss.experiments import metric_wins as M
 
 
@@ -1189,3 +1191,32 @@ def test_the_euclidean_step_probe_keeps_the_direction_at_the_pulls_euclidean_siz
     assert float(step.norm()) == pytest.approx(float(pull.norm()), rel=1e-5)
     assert float(default.abs().sum()) == pytest.approx(float(pull.abs().sum()), rel=1e-3)  # the step rule's size
     assert M.parse_variant('e={"euclidean_step": true}') == ("e", {"euclidean_step": True})
+
+
+def test_the_centred_queries_probe_takes_each_querys_mean_out_of_the_scores():
+    seen = []
+    fn = M._centred_queries(lambda scores, target: seen.append(scores) or scores.sum())
+    scores = torch.tensor([1.0, 3.0, 10.0, 2.0, 20.0], requires_grad=True)
+    query = torch.tensor([7, 7, -2, 7, -2])  # ids of any values, items of a query not contiguous
+    fn(scores, RankingTarget(torch.tensor([1, 0, 1, 0, 0]), query)).backward()
+    torch.testing.assert_close(seen[-1], torch.tensor([-1.0, 1.0, -5.0, 0.0, 5.0]))
+    torch.testing.assert_close(scores.grad, torch.zeros(5))  # the sum of centred scores has no level
+    fn(torch.tensor([1.0, 2.0, 6.0]), RankingTarget(torch.tensor([1, 0, 0])))  # no query ids: one query
+    torch.testing.assert_close(seen[-1], torch.tensor([-2.0, -1.0, 3.0]))
+    with pytest.raises(TypeError, match="RankingTarget"):
+        fn(torch.zeros(3), torch.zeros(3))
+    # through the suite's loss factory: the keyword is taken before UniLoss sees the rest
+    assert M.parse_variant('c={"centred_queries": true}') == ("c", {"centred_queries": True})
+    loss = M._uniloss(zoo.ndcg_at_k(2), 0, {"centred_queries": True})
+    plain = M._uniloss(zoo.ndcg_at_k(2), 0, {})
+    target = RankingTarget(torch.tensor([1, 0, 0, 1]), torch.tensor([0, 0, 1, 1]))
+    shifted = torch.tensor([4.5, 3.0, -1.0, -2.7], requires_grad=True)  # [0.5, -1, 2, 0.3] moved per query
+    centred = torch.tensor([0.75, -0.75, 0.85, -0.85], requires_grad=True)
+    loss(shifted, target).backward()
+    plain(centred, target).backward()
+    # the pull (binary cross-entropy on each score) reads the level: the gradient is the plain
+    # loss's at the centred scores, itself centred per query
+    g = centred.grad
+    torch.testing.assert_close(shifted.grad, g - torch.stack([g[:2].mean()] * 2 + [g[2:].mean()] * 2))
+    assert not torch.allclose(shifted.grad, (lambda x: torch.autograd.grad(plain(x, target), x)[0])(
+        shifted.detach().requires_grad_()))

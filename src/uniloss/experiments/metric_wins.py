@@ -481,6 +481,8 @@ def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callabl
     momentum = options.pop(PLUG_IN, None)
     if momentum is not None:
         metric = _PlugInWeights(metric, float(momentum))
+    if options.pop(CENTRED_QUERIES, False):
+        return _centred_queries(_uniloss(metric, seed, options))
     size, as_is = options.pop(MEMORY, 0), options.pop(MEMORY_AS_IS, 0)
     if size and as_is:
         raise ValueError(f"give {MEMORY!r} or {MEMORY_AS_IS!r}, not both")
@@ -617,8 +619,30 @@ class _OrdinalRanking(Ranking):
         return lambda scores: margins(scores).reshape(-1)
 
 
+# A probe keyword of --variant: each query's mean score taken out before the loss (the metric
+# learning probe's uniloss-centred row, on any ranking task).
+CENTRED_QUERIES = "centred_queries"
+
+
+def _centred_queries(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``fn`` on scores minus the mean score of their query (``target.query``), gradient included:
+    a pull that can no longer move a query's level, which a ranking metric ignores."""
+
+    def loss(scores: Tensor, target: RankingTarget) -> Tensor:
+        if not isinstance(target, RankingTarget):
+            raise TypeError(f"--variant {CENTRED_QUERIES}: needs a RankingTarget, got {type(target).__name__}")
+        if target.query is None:  # one query
+            return fn(scores - scores.mean(), target)
+        query = torch.unique(target.query, return_inverse=True)[1]  # ids as 0 .. Q - 1
+        count = torch.bincount(query).to(scores.dtype)
+        mean = torch.zeros(len(count), dtype=scores.dtype, device=scores.device).index_add(0, query, scores) / count
+        return fn(scores - mean[query], target)
+
+    return loss
+
+
 # The --variant keywords that _uniloss takes before UniLoss sees the rest.
-PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN, EUCLIDEAN_STEP)
+PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN, EUCLIDEAN_STEP, CENTRED_QUERIES)
 
 
 def with_ordinal_pull(metric: uniloss.Decomposition) -> uniloss.Decomposition:
@@ -1704,7 +1728,8 @@ def parse_variant(text: str) -> Tuple[str, dict]:
     ``"plug_in": momentum``
     (:class:`_PlugInWeights`, the zoo's F-beta at a threshold, screen v51) and
     ``"euclidean_step": true`` (:func:`_euclidean_step`: the defaults' step sized by the pull's
-    Euclidean norm on the scores)."""
+    Euclidean norm on the scores) and ``"centred_queries": true`` (:func:`_centred_queries`: each
+    query's mean score taken out of the scores, the ranking tasks)."""
     name, sep, body = text.partition("=")
     if not sep or not name:
         raise ValueError(f"expected --variant NAME=JSON, got {text!r}")
@@ -1788,7 +1813,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     parser.add_argument("--variant", action="append", metavar="NAME=JSON",
                         help='extra UniLoss row with these UniLoss keywords, e.g. t4=\'{"temperature": 4}\' '
-                             '(and the probe keywords ordinal_pull, memory, plug_in: see parse_variant)')
+                             '(and the probe keywords ordinal_pull, memory, memory_as_is, plug_in, euclidean_step, '
+                             'centred_queries: see parse_variant)')
     parser.add_argument("--variants-only", action="store_true", help="run only the --variant rows")
     parser.add_argument("--lr-scales", type=_positive_float, nargs="+", metavar="S",
                         help="run every row at each recipe's learning rate times each S, and add a table of each "
