@@ -228,6 +228,18 @@ def test_ap_undefined_batch_gives_attached_zero_loss(labels):
     torch.testing.assert_close(grad, (torch.sigmoid(scores.detach()) - labels) / 6)
 
 
+@pytest.mark.parametrize("interpolation", ["chain", "anchors"])
+def test_no_comparison_logs_the_metric_as_the_surrogate(interpolation):
+    # One class: every argmax is right and there is no comparison to relax, so the interpolated
+    # value is the metric at the one configuration (1), not NaN; AP without a positive stays NaN.
+    loss_fn = uniloss.UniLoss(uniloss.MulticlassAccuracy(), interpolation=interpolation)
+    loss_fn(torch.randn(4, 1, requires_grad=True), torch.zeros(4, dtype=torch.long))
+    assert loss_fn.last.num_bits == 0
+    assert float(loss_fn.last.metric) == float(loss_fn.last.surrogate) == 1.0
+    loss_fn = uniloss.UniLoss(uniloss.AveragePrecision(), interpolation=interpolation)
+    loss_fn(torch.randn(4, requires_grad=True), torch.zeros(4, dtype=torch.long))
+    assert torch.isnan(loss_fn.last.metric) and torch.isnan(loss_fn.last.surrogate)
+
 def test_pck_without_visible_joint_gives_attached_zero_loss():
     heat = torch.randn(2, 3, 5, 5, requires_grad=True)
     target = uniloss.KeypointTarget(torch.ones(2, 3, 2), torch.zeros(2, 3, dtype=torch.bool), torch.ones(2))

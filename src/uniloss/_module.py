@@ -86,7 +86,8 @@ class UniLoss(nn.Module):
             with fewer hidden units than classes); see :func:`uniloss.functional.uniloss`.
         interpolation: ``"chain"`` (default since 0.8: the metric's Lovász extension along the
             chain of its comparisons, exact for the metrics of counts; measured ahead of the
-            strongest baseline on mean IoU, balanced accuracy, NDCG@5 and PCK) or ``"anchors"``
+            strongest baseline on mean IoU and PCK, by a hair on balanced accuracy, level
+            elsewhere) or ``"anchors"``
             (the paper: inverse distance weighting over drawn anchors; the anchor keywords and
             ``grad_scale``'s modes apply to it alone); see :func:`uniloss.functional.uniloss`.
         temperature_scale, distance, nearby: see :func:`uniloss.functional.uniloss`.

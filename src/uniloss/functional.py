@@ -42,7 +42,8 @@ class LossInfo:
             undefined on the batch, e.g. AP without a positive. A ``batch_metric`` of a model's
             output is computed when this is first read (modifying the scores in place before
             then raises an error on reading).
-        surrogate: the interpolated value ``g~(u)`` (NaN where undefined).
+        surrogate: the interpolated value ``g~(u)`` (NaN where undefined); with no comparison
+            in the batch (one class), the metric itself.
         loss: the returned loss, detached.
         num_bits: ``l``, the number of comparisons the loss saw (a property: on a static layout
             with ``validate_args=False`` the count stays a 0-dim tensor on the device,
@@ -730,7 +731,7 @@ def _dense_loss(scores, c, hard, anchor_set, decomposition, target, temperature,
         metric, values = values[-1], values[:-1]
     push = None
     if l == 0:
-        surrogate = torch.full((), float("nan"), dtype=c.dtype, device=c.device)
+        surrogate = metric  # no comparison to relax: g~ is g at the one configuration (NaN where undefined)
         loss = zero_loss(scores)
     else:
         sq = sq_distances_from_costs(base, flip, (bits != hard).to(c.dtype))
