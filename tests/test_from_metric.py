@@ -1247,6 +1247,75 @@ def test_a_sign_trains_toward_the_targets_side():
     assert bool((-scores.grad[wrong] * y[wrong] > 0).all())  # a descent step moves each wrong one toward y's side
 
 
+# Binary accuracy as tutorials write it: the rounded probability against the label.
+_ROUNDED = {
+    "round": lambda s, y: (torch.round(torch.sigmoid(s)) == y).float().mean(),
+    "method": lambda s, y: (s.sigmoid().float().round() == y).float().mean(),  # looked through .float()
+    "expit": lambda s, y: (torch.special.expit(s).round() == y).float().mean(),
+    "softmax": lambda s, y: (torch.softmax(torch.stack([-s, s], 1) / 2, 1)[:, 1].round() == y).float().mean(),
+    # its float output in arithmetic, which a bool mask would refuse: 1 - p
+    "specificity": lambda s, y: ((1 - s.sigmoid().round()) * (1 - y)).sum() / (1 - y).sum(),
+}
+_AS_COMPARISONS = {"specificity": lambda s, y: ((s <= 0) & (y == 0)).sum() / (y == 0).sum()}
+
+
+@pytest.mark.parametrize("form", sorted(_ROUNDED))
+def test_the_round_of_a_probability_is_one_comparison_per_element(form):
+    fn = _ROUNDED[form]
+    as_comparisons = _AS_COMPARISONS.get(form, lambda s, y: ((s > 0) == (y == 1)).float().mean())
+    g = _gen(5)
+    for _ in range(3):  # against a loop, ties of the scores with 0 included (0.5 rounds to 0)
+        s, y = torch.randn(40, generator=g, dtype=torch.float64).round(decimals=1), (torch.rand(40, generator=g) < 0.4).long()
+        right = [(a > 0) == (b == 1) for a, b in zip(s.tolist(), y.tolist())]
+        expected = sum(right) / 40 if form not in _AS_COMPARISONS else \
+            sum(r for r, b in zip(right, y.tolist()) if b == 0) / (40 - sum(y.tolist()))
+        assert float(from_metric(fn).metric(s, y)) == pytest.approx(expected)
+    s, y = _binary(2)
+    metric = from_metric(fn)
+    torch.testing.assert_close(metric.comparisons(s, y), s)  # in the scores' units, the sigmoid looked through
+    assert "one comparison per element (p > 0.5, as 0. or 1.)" in metric.explain(s, y)
+    # the same loss, value and gradient, as the metric written with `s > 0`
+    grads = []
+    for f in (fn, as_comparisons):
+        scores = s.clone().requires_grad_()
+        loss_fn = uniloss.UniLoss(from_metric(f))
+        loss_fn(scores, y).backward()
+        grads.append((scores.grad, loss_fn.last.metric))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert float(grads[0][1]) == pytest.approx(float(grads[1][1]))
+    assert bool(grads[0][0].abs().sum() > 0)
+
+
+@pytest.mark.parametrize("value, strict", [(0.0, True), (1.0, False)])
+def test_heaviside_with_a_constant_zero_or_one_is_a_comparison_with_zero(value, strict):
+    fn = lambda s, y: (torch.heaviside(s, torch.tensor(value, dtype=s.dtype)) == y).float().mean()
+    s = torch.tensor([0.5, -2.0, 0.0, 0.0, -1.0, 0.7], dtype=torch.float64)
+    y = torch.tensor([1, 1, 0, 1, 0, 0])
+    expected = sum((a > 0 if strict else a >= 0) == (b == 1) for a, b in zip(s.tolist(), y.tolist())) / 6
+    metric = from_metric(fn)
+    assert float(metric.metric(s, y)) == pytest.approx(expected)
+    written = from_metric(lambda s, y: ((s > 0 if strict else s >= 0) == (y == 1)).float().mean())
+    torch.testing.assert_close(metric.comparisons(s, y), written.comparisons(s, y))  # (s >= 0: -s, negated)
+    torch.testing.assert_close(metric.comparisons(s, y), s if strict else -s)
+    plan = metric.prepare(s, y)
+    assert bool((metric.best(plan) == written.best(written.prepare(s, y))).all())
+    assert float(metric.evaluate(metric.best(plan)[None], plan)) == 1.0
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda s, y: (s.round() == y).float().mean(), r"applies `round` to the scores.*sigmoid's or a softmax's"),
+    (lambda s, y: (s.sigmoid().round(decimals=1) == y).float().mean(), r"applies `round` to the scores"),
+    (lambda s, y: (torch.tanh(s).round() == y).float().mean(), r"applies `round` to the scores"),
+    (lambda s, y: (torch.heaviside(s, torch.tensor(0.5, dtype=s.dtype)) == y).float().mean(), r"`heaviside`"),
+    (lambda s, y: (s.sigmoid().round_() == y).float().mean(), r"`round_` to the scores in place; write it out of "),
+    (lambda s, y: (s.clone().sign_() == y).float().mean(), r"`sign_` to the scores in place"),
+    (lambda s, y: ((s.sigmoid() + 0.5).floor_() == y).float().mean(), r"applies `floor` to the scores, a discrete"),
+], ids=["unbounded", "decimals", "tanh", "heaviside-half", "round_", "sign_", "floor_"])
+def test_rounding_that_is_not_one_comparison_raises(fn, match):
+    s, y = _binary(0)
+    with pytest.raises(TraceError, match=match):
+        from_metric(fn).metric(s, y)
+
 def _kendall_b(s, y):  # Kendall's tau-b as people write it: the signs of all pairs
     a, b = torch.sign(s[:, None] - s[None, :]), torch.sign(y[:, None] - y[None, :])
     return (a * b).sum() / (a.abs().sum() * b.abs().sum()).sqrt()

@@ -3,8 +3,9 @@ r"""Any metric code as a decomposition: :func:`from_metric` traces the discrete 
 A metric written as plain torch code, ``fn(scores, target) -> scalar``, takes its discrete steps on
 the scores with a handful of operations: ``argmax``/``argmin``/``max``/``min`` over a dimension,
 ``topk``, ``sort``/``argsort``, ``unique`` (as sklearn-style tie handling does), comparisons of
-scores with a constant or with each other (``>``, ``<``, ``>=``, ``<=``), and ``torch.sign`` (two
-comparisons with 0 per element). Everything after them is
+scores with a constant or with each other (``>``, ``<``, ``>=``, ``<=``), ``torch.sign`` (two
+comparisons with 0 per element), ``torch.round`` of a sigmoid's or a softmax's output (``p > 0.5``)
+and ``torch.heaviside`` with a constant 0 or 1 (``x > 0``, ``x >= 0``). Everything after them is
 a function of their discrete results. :func:`from_metric` runs ``fn`` once per loss call under a
 :class:`torch.overrides.TorchFunctionMode` that
 
@@ -114,7 +115,7 @@ class TraceError(ValueError):
         >>> rounded.metric(torch.randn(4), torch.ones(4))
         Traceback (most recent call last):
             ...
-        uniloss._traced.TraceError: fn applies `round` to the scores, a discrete step ... (write ... (at ...
+        uniloss._traced.TraceError: fn applies `round` to the scores, a discrete step ... (it takes ... (at ...
     """
 
 
@@ -131,6 +132,9 @@ _EQ_OPS = {"eq", "__eq__", "ne", "__ne__", "equal", "not_equal", "isclose", "all
 _NONZERO_OPS = {"nonzero", "argwhere", "count_nonzero", "unique_consecutive", "nonzero_static"}
 _CHECK_OPS = {"isnan", "isinf", "isfinite", "isposinf", "isneginf", "isreal", "is_nonzero"}
 _SIGN_OPS = {"sign", "sgn"}  # two comparisons with 0 per element (_SignSite)
+_INPLACE_STEPS = {"sign_", "sgn_", "round_", "floor_", "ceil_", "trunc_", "fix_", "frac_", "heaviside_"}
+# Maps of the scores into [0, 1], whose round is one comparison with 0.5 (_Mode._unit_step).
+_PROBABILITY_OPS = {"sigmoid", "special_expit", "softmax", "special_softmax"}
 _DISCRETE_FLOAT_OPS = {
     "round", "floor", "ceil", "trunc", "fix", "signbit", "heaviside", "frac",
     "floor_divide", "__floordiv__", "__rfloordiv__", "remainder", "fmod", "__mod__", "__rmod__",
@@ -140,8 +144,9 @@ _DISCRETE_FLOAT_OPS = {
 _REWRITES = {  # how a discrete step from_metric does not know is written with comparisons it does
     "bucketize": " (write bucketize(x, b) as `(x[..., None] > b).sum(-1)`, or with `>=` for right=True: a "
                  "comparison with each boundary, counted)",
-    "round": " (write a rounded score in a known range [lo, hi] as "
-             "`lo + (x[..., None] > torch.arange(lo, hi) + 0.5).sum(-1)`: a comparison with each half-way point)",
+    "round": " (it takes the round of a sigmoid's or a softmax's output, as `p > 0.5`; write a rounded score in "
+             "another known range [lo, hi] as `lo + (x[..., None] > torch.arange(lo, hi) + 0.5).sum(-1)`: a "
+             "comparison with each half-way point)",
 }
 _REWRITES.update(searchsorted=_REWRITES["bucketize"])
 _PYTHON_OPS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__",
@@ -291,6 +296,7 @@ class _Call:
     dtype: Optional[torch.dtype] = None  # the scores side's dtype
     event: int = -1  # the index of the operation in fn's run (see _Mode.events)
     two_sided: bool = False  # torch.sign: output = [plus > minus] - [plus < minus] (two comparisons per element)
+    out_dtype: Optional[torch.dtype] = None  # round, heaviside, sign: the output's dtype (round's 0., 1.), not bool
 
     @property
     def axis(self) -> int:
@@ -2820,6 +2826,15 @@ class _Mode(TorchFunctionMode):
                 raise self._error(f"fn applies `{name}` to the scores' values (an equality or nonzero test); "
                                   "only orderings and comparisons of scores can be traced")
             return self._frozen(func, name, args, kwargs)
+        if name in ("round", "heaviside"):
+            stepped = self._unit_step(func, name, args, kwargs)
+            if stepped is not _NO:
+                return stepped
+        if name in _INPLACE_STEPS and name[:-1] in _SIGN_OPS | {"round", "heaviside"}:
+            raise self._error(f"fn applies `{name}` to the scores in place; write it out of place "
+                              f"(`y = x.{name[:-1]}(...)` instead of `x.{name}(...)`)")
+        if name in _INPLACE_STEPS:
+            name = name[:-1]
         if name in _DISCRETE_FLOAT_OPS:
             hint = _REWRITES.get(name, "")
             raise self._error(f"fn applies `{name}` to the scores, a discrete step from_metric does not know{hint}")
@@ -3079,12 +3094,20 @@ class _Mode(TorchFunctionMode):
                 if i is not None and i.sites:
                     raise self._error(f"fn compares ({name}) values that depend on the scores and on another "
                                       "discrete step (e.g. scores masked by a comparison)")
-        first = next(_tensors(args))
+        return self._element_step(func, name, args, kwargs, next(_tensors(args)), p, q, strict)
+
+    def _element_step(self, func, name: str, args: Sequence, kwargs: Dict, first: Tensor, plus: Any, minus: Any,
+                      strict: bool, **fields: Any) -> Any:
+        """A step of comparisons per element (``plus > minus``, or ``>=``; ``fields``: the sign's
+        two sides): its call recorded while tracing (looked through in ``finish()``, for the steps
+        that are trained; an output that is not bool, round's or a sign's, keeps its dtype), its
+        result ``fn``'s or a replay's."""
         index, call = self._next(name, tuple(first.shape))
         out = self._site_result(index, call, first, func, args, kwargs)
-        if self.tracing:  # looked through in finish(), for the steps that are trained
-            self.calls.append(_Call(name, "compare", tuple(first.shape), _frames(self.fn), out=out,
-                                    plus=p, minus=q, strict=strict, out_shape=tuple(out.shape), event=self.event))
+        if self.tracing:
+            self.calls.append(_Call(name, "compare", tuple(first.shape), _frames(self.fn), out=out, plus=plus,
+                                    minus=minus, strict=strict, out_shape=tuple(out.shape), event=self.event,
+                                    out_dtype=None if out.dtype == torch.bool else out.dtype, **fields))
             cast(_Recorder, self.rec).site(index, self.calls[-1], out)
         self._tag_site(out, index, (False,))
         return out
@@ -3101,14 +3124,53 @@ class _Mode(TorchFunctionMode):
         if i is not None and i.sites:
             raise self._error(f"fn takes the sign ({name}) of values that depend on the scores and on another "
                               "discrete step (e.g. scores masked by a comparison)")
-        index, call = self._next(name, tuple(x.shape))
-        out = self._site_result(index, call, x, func, args, kwargs)
-        if self.tracing:  # looked through in finish(), as a comparison with 0
-            self.calls.append(_Call(name, "compare", tuple(x.shape), _frames(self.fn), out=out, plus=x, minus=0.0,
-                                    strict=True, out_shape=tuple(out.shape), event=self.event, two_sided=True))
-            cast(_Recorder, self.rec).site(index, self.calls[-1], out)
-        self._tag_site(out, index, (False,))
-        return out
+        return self._element_step(func, name, args, kwargs, x, x, 0.0, True, two_sided=True)
+
+    def _unit_step(self, func, name: str, args: Sequence, kwargs: Dict) -> Any:
+        """``torch.round(p)`` of a probability of the scores (a sigmoid's or a softmax's output,
+        in ``[0, 1]``): ``p > 0.5`` of each element (round half to even takes 0.5 to 0); and
+        ``torch.heaviside(x, v)`` of the scores with a constant ``v`` of 0 or 1: ``x > 0`` or
+        ``x >= 0``. One comparison per element (:class:`_CompareSite`), its output as the op
+        returns it: 0. or 1. in ``x``'s dtype. ``_NO`` for any other form (the caller refuses it)."""
+        x = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("input")
+        if not isinstance(x, Tensor) or not x.is_floating_point() or not self._score(x) or \
+                kwargs.get("out") is not None:
+            return _NO
+        if name == "round":
+            # (a replay takes the trace's decision: it does not follow the maps)
+            if _arg(args, kwargs, 1, "decimals", 0) != 0 or (self.tracing and not self._probability(x)):
+                return _NO
+            threshold, strict = 0.5, True
+        else:
+            v = _arg(args, kwargs, 1, "values", None)
+            if not isinstance(v, Tensor) or v.dim() != 0 or self._get(v) is not None or float(v) not in (0.0, 1.0):
+                return _NO
+            threshold, strict = 0.0, float(v) == 0.0
+        i = self._get(x)
+        if i is not None and i.sites:
+            raise self._error(f"fn applies `{name}` to values that depend on the scores and on another discrete "
+                              "step (e.g. scores masked by a comparison)")
+        return self._element_step(func, name, args, kwargs, x, x, threshold, strict)
+
+    def _probability(self, x: Tensor) -> bool:
+        """Whether ``x`` is a sigmoid's or a softmax's output of the scores (looked through
+        ``.float()``, ``.clone()`` and the like, and moves of its elements: a column
+        ``softmax(s, 1)[:, 1]``): values in ``[0, 1]``."""
+        t: Any = x
+        for _ in range(64):
+            info = self._get(t)
+            if info is not None and info.view is not None:
+                t = info.view[0]
+                continue
+            if info is None or info.peel is None:
+                return False
+            op, parent, _ = info.peel
+            if op in _PROBABILITY_OPS:
+                return True
+            if op not in _IDENTITY_OPS:
+                return False
+            t = parent
+        return False
 
     def _score(self, value: Any) -> bool:
         i = self._get(value) if isinstance(value, Tensor) else None
@@ -3937,10 +3999,10 @@ class _ElementSite(_Site):
         return self.call.out
 
     def format(self, payload: Tensor, x: Tensor) -> Tensor:
-        return payload
+        return _as_output(self.call, payload)
 
     def format_batched(self, payload: Tensor, x: Tensor) -> Tensor:
-        return payload
+        return _as_output(self.call, payload)
 
     def configurations(self) -> Tensor:
         """The output at each configuration of an element's ``B`` comparisons (``2^B`` rows, row
@@ -3951,6 +4013,13 @@ class _ElementSite(_Site):
         device = self.best_bits.device
         right = (torch.arange(1 << per, device=device)[:, None] >> torch.arange(per, device=device)) & 1
         return self.decode(torch.where(right.bool().repeat_interleave(self.size, 1), self.best_bits, ~self.best_bits))
+
+
+def _as_output(call: _Call, payload: Tensor) -> Tensor:
+    """A comparison's decoded output as ``fn``'s step returned it: bool, or 0./1. in the dtype of
+    ``torch.round``'s and ``torch.heaviside``'s results (``call.out_dtype``; a sign's decodes to its
+    dtype already)."""
+    return payload if call.out_dtype is None else payload.to(call.out_dtype)
 
 
 class _CompareSite(_ElementSite):
@@ -4022,7 +4091,7 @@ def _step_key(call: _Call) -> tuple:
     """Steps with equal keys take the same decision on the same values (``s.argmax(1)`` twice)."""
     if call.kind == "compare":
         return ("compare", _operand_key(call.plus), _operand_key(call.minus), call.negate, call.out_shape,
-                call.two_sided)
+                call.two_sided, call.out_dtype)
     return (call.kind, call.name, id(call.base), call.sign, call.descending, call.dim, call.k, call.keepdim,
             call.flags, call.shape)
 
@@ -4378,7 +4447,7 @@ class TracedMetric(Decomposition):
         return _best_mask(values[:n * c].reshape(n, c), self.higher_is_better)
 
     def _probe_compare(self, plan: "_Plan", call: _Call, index: int) -> Tensor:
-        hard = call.out.reshape(-1)
+        hard = call.out.reshape(-1) != 0  # (bool, or round's 0./1.)
         m = hard.numel()
         idx = torch.arange(m, device=hard.device)
         site = _ProbeSite(call, index, "compare")
@@ -5003,7 +5072,7 @@ class TracedMetric(Decomposition):
             bool(_best_mask(grid[~kept], self.higher_is_better).all())
 
     def _spot_check_compare(self, plan: _Plan, site: "_CompareSite") -> bool:
-        hard = site.call.out.reshape(-1)
+        hard = site.call.out.reshape(-1) != 0  # (bool, or round's 0./1.)
         best_out = site.best_bits ^ site.call.negate
         m = hard.numel()
         differ = (hard != best_out).nonzero().reshape(-1)
@@ -5354,6 +5423,9 @@ class TracedMetric(Decomposition):
             elif isinstance(site, _RankSite):
                 how = (f"ranking by the target's relevance, {site.num_bits} comparisons "
                        f"(uniloss.decoders.Ranking(pairs={site.pairs!r}))")
+            elif call.name in ("round", "heaviside"):
+                how = (f"one comparison per element ({'p > 0.5' if call.name == 'round' else 'x > 0 or x >= 0'}, "
+                       f"as 0. or 1.), {site.num_bits} in all")
             else:
                 how = f"one comparison per element, {site.num_bits} in all"
             lines.append(f"  {call.describe(short=True)}: {how}")
@@ -5391,12 +5463,12 @@ class _ProbeSite(_Site):
 
     def format(self, payload: Tensor, x: Tensor) -> Any:
         if self.kind == "compare":
-            return payload
+            return _as_output(self.call, payload)
         return _format_class(self.call, payload, x)
 
     def format_batched(self, payload: Tensor, x: Tensor) -> Any:
         if self.kind == "compare":
-            return payload
+            return _as_output(self.call, payload)
         return _format_class_batched(self.call, payload, x)
 
 
@@ -5473,7 +5545,13 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     * ``torch.sign(x)`` (``sgn``; ``x`` the scores or a difference of them, ``s[:, None] -
       s[None, :]``): two comparisons per element, ``x > 0`` and ``x < 0``, decoded to ``[x > 0] -
       [x < 0]`` (0 where ``x`` is 0, as ``torch.sign`` gives); the best sign of each element
-      found by probing ``fn`` at each of its three values.
+      found by probing ``fn`` at each of its three values;
+    * ``torch.round(p)`` of a sigmoid's or a softmax's output ``p`` (binary accuracy written as
+      ``(torch.sigmoid(s).round() == y)``): ``p > 0.5``, one comparison per element (round half to
+      even takes 0.5 to 0), its output 0. or 1. in ``p``'s dtype as ``round`` gives; best as for
+      ``>``. ``torch.heaviside(x, v)`` with a constant ``v`` of 0 or 1: ``x > 0`` or ``x >= 0``, the
+      same way. Other rounding (of unbounded scores, ``floor``, ``ceil``) raises, with how to
+      write it as comparisons.
 
     Monotone maps before a step are looked through (``sigmoid(s) > 0.5`` is ``s > 0``;
     ``softmax(s, 1).argmax(1)`` is ``s.argmax(1)``; a column ``s.sigmoid()[:, i]`` ranked is
