@@ -1247,6 +1247,31 @@ def test_a_sign_trains_toward_the_targets_side():
     assert bool((-scores.grad[wrong] * y[wrong] > 0).all())  # a descent step moves each wrong one toward y's side
 
 
+def _tutorial_accuracy(outputs, labels):  # the PyTorch CIFAR-10 tutorial's accuracy, as written there
+    _, predicted = torch.max(outputs.data, 1)
+    total = labels.size(0)
+    correct = (predicted == labels).sum().item()
+    return torch.tensor(correct / total)
+
+
+def test_accuracy_through_data_is_accuracy_through_the_scores():
+    # `.data` is the scores' values without their graph, as `.detach()`: looked through, so the
+    # argmax's comparisons are the scores' and train them; the count read with .item() replays fn.
+    scores, target = _multiclass(1)
+    expected = sum(max(range(6), key=lambda c: row[c]) == label for row, label in zip(scores.tolist(), target.tolist()))
+    grads = []
+    for fn in (lambda s, y: (torch.max(s.data, 1)[1] == y).float().mean(), _tutorial_accuracy, accuracy):
+        s = scores.clone().requires_grad_()
+        loss_fn = uniloss.UniLoss(from_metric(fn))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="from_metric: fn reads the result of max")
+            loss_fn(s, target).backward()
+        assert float(loss_fn.last.metric) == pytest.approx(expected / 40)
+        grads.append(s.grad)
+    torch.testing.assert_close(grads[0], grads[2])
+    torch.testing.assert_close(grads[1], grads[2])
+    assert bool(grads[2].abs().sum() > 0)
+
 # Binary accuracy as tutorials write it: the rounded probability against the label.
 _ROUNDED = {
     "round": lambda s, y: (torch.round(torch.sigmoid(s)) == y).float().mean(),

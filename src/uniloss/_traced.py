@@ -155,8 +155,8 @@ _CREATION_OPS = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_lik
                  "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
 _INPLACE_DUNDER = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
-_IDENTITY_OPS = {"clone", "detach", "contiguous", "positive", "__pos__", "float", "double", "half",
-                 "bfloat16", "to", "type_as"}
+_IDENTITY_OPS = {"clone", "detach", "data", "contiguous", "positive", "__pos__", "float", "double", "half",
+                 "bfloat16", "to", "type_as"}  # (data: `torch.max(outputs.data, 1)`, as tutorials write accuracy)
 # Strictly increasing elementwise maps, with their inverse and the inverse's domain (for
 # looking through them in a comparison with a constant).
 _INCREASING: Dict[str, Tuple[Callable[[Tensor], Tensor], Optional[Callable[[Tensor], Tensor]]]] = {
@@ -4679,7 +4679,8 @@ class TracedMetric(Decomposition):
             warnings.warn(
                 f"from_metric: fn reads the result of {trace.calls[s].describe()} as a Python value (at "
                 f"{trace.guards[s]}) and {why}: {len(left)} of {t} configurations replay fn one at a time (slower; "
-                "torch.where in place of the branch keeps the fast path)", stacklevel=2)
+                "keeping what fn reads a tensor keeps the fast path: torch.where in place of a branch, a count "
+                "without .item() or int())", stacklevel=2)
         rest = self._fn_values(plan, _pick(payloads, left), formatters, len(left), loop=True) if len(left) else None
         if values is None:
             return cast(Tensor, rest)
