@@ -384,6 +384,74 @@ def test_mean_iou_and_dice_equal_sklearn_on_flattened_maps(shape, pairs, seed):
            lambda s, y: skm.f1_score(y.reshape(-1).numpy(), pred(s), average="macro"))
 
 
+def _void_pixels(seed, shape=(2, 3, 5, 6), void=255):
+    g = _gen(seed)
+    scores = torch.randn(shape, generator=g, dtype=torch.float64)
+    target = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.3] = void  # a void border, scattered
+    return scores, target
+
+
+@pytest.mark.parametrize("pairs", ["all", "target"])
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("void", [255, -100])
+def test_mean_iou_and_dice_ignore_the_void_pixels_as_sklearn_on_the_others(pairs, seed, void):
+    scores, target = _void_pixels(seed, void=void)
+    keep = target != void
+    pred = lambda s: s.argmax(1)[keep].numpy()  # noqa: E731
+    _check(zoo.mean_iou(3, pairs=pairs, ignore_index=void), scores, target,
+           lambda s, y: skm.jaccard_score(y[keep].numpy(), pred(s), average="macro"))
+    _check(zoo.dice(3, pairs=pairs, ignore_index=void), scores, target,
+           lambda s, y: skm.f1_score(y[keep].numpy(), pred(s), average="macro"))
+
+
+@pytest.mark.parametrize("interpolation", ["chain", "anchors"])
+def test_ignored_pixels_get_no_gradient_and_the_others_their_rows_loss(interpolation):
+    scores, target = _void_pixels(3)
+    keep = target != 255
+    rows = scores.movedim(1, -1)[keep][..., None]  # [P, C, 1]: the kept pixels, row-major, as one-pixel maps
+    grads, losses = [], []
+    for metric, s, y in ((zoo.mean_iou(3, ignore_index=255), scores, target),
+                         (zoo.mean_iou(3), rows, target[keep][:, None])):
+        x = s.clone().requires_grad_()
+        loss_fn = uniloss.UniLoss(metric, interpolation=interpolation, generator=torch.Generator().manual_seed(0))
+        loss = loss_fn(x, y)
+        loss.backward()
+        grads.append(x.grad)
+        losses.append((float(loss.detach()), float(loss_fn.last.metric)))
+    assert losses[0] == pytest.approx(losses[1])
+    assert bool((grads[0].movedim(1, -1)[~keep] == 0).all())
+    torch.testing.assert_close(grads[0].movedim(1, -1)[keep], grads[1][..., 0])
+    # without a void pixel, the label maps' own loss
+    plain = target.masked_fill(~keep, 0)
+    for metric in (zoo.mean_iou(3), zoo.mean_iou(3, ignore_index=255)):
+        x = scores.clone().requires_grad_()
+        loss = uniloss.UniLoss(metric, interpolation=interpolation, generator=torch.Generator().manual_seed(0))(x, plain)
+        loss.backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[2], grads[3])
+
+
+def test_ignore_index_errors_and_an_all_void_batch():
+    with pytest.raises(ValueError, match=r"`ignore_index` to be an int outside \[0, 3\)"):
+        zoo.mean_iou(3, ignore_index=2)
+    with pytest.raises(ValueError, match="`ignore_index`"):
+        zoo.dice(3, ignore_index=True)
+    scores, target = _void_pixels(0)
+    loss_fn = uniloss.UniLoss(zoo.mean_iou(3, ignore_index=255))
+    with pytest.raises(ValueError, match=r"`target` to hold integers in \[0, 3\)"):
+        loss_fn(scores, target.masked_fill(target == 0, 7))  # a label that is neither a class nor void
+    with pytest.raises(ValueError, match="shape"):
+        loss_fn(scores, target[:, :-1])
+    x = scores.clone().requires_grad_()
+    loss = loss_fn(x, torch.full_like(target, 255))  # nothing to score: undefined, a zero loss on the graph
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and loss.requires_grad and bool((x.grad == 0).all())
+    assert math.isnan(float(loss_fn.last.metric))
+    # the distributed wrapper composes (without a process group it is the metric itself)
+    gathered = uniloss.UniLoss(uniloss.distributed.GlobalBatch(zoo.mean_iou(3, ignore_index=255)))
+    assert float(gathered(scores, target)) == pytest.approx(float(loss_fn(scores, target)))
+
 def test_pck_equals_the_paper_decomposition():
     g = _gen(3)
     heat = torch.randn(3, 2, 6, 7, generator=g, dtype=torch.float64)
