@@ -244,6 +244,18 @@ def matthews_by_hand(s, y):
 
 # --------------------------------------------------------------------------- inputs and references
 
+def rounded_accuracy(s, y):
+    """Binary accuracy as tutorials write it: the rounded probability against the label."""
+    return (torch.round(torch.sigmoid(s)) == y).float().mean()
+
+
+def tutorial_accuracy(s, y):
+    """Accuracy as the PyTorch CIFAR-10 tutorial writes it: ``torch.max(outputs.data, 1)``, the
+    count read with ``.item()`` (a Python number, so fn is replayed one configuration at a time)."""
+    _, predicted = torch.max(s.data, 1)
+    correct = (predicted == y).sum().item()
+    return torch.tensor(correct / y.size(0))
+
 def _binary(g, n=128, share=0.3):
     y = (torch.rand(n, generator=g) < share).long()
     y[:2] = torch.tensor([0, 1])  # both classes present
@@ -410,6 +422,10 @@ CASES: List[Case] = [
          lambda s, y: F.binary_cross_entropy_with_logits(s, (torch.arange(s.shape[1])[None, :] < y[:, None]).float())),
     Case("Matthews' correlation by hand", matthews_by_hand, _binary,
          lambda s, y: skm.matthews_corrcoef(y, s > 0), _bce),
+    Case("binary accuracy, rounded probability", rounded_accuracy, _binary,
+         lambda s, y: skm.accuracy_score(y, s > 0), _bce),
+    Case("accuracy as the PyTorch tutorial writes it", tutorial_accuracy, _classes,
+         lambda s, y: skm.accuracy_score(y, s.argmax(1)), F.cross_entropy),
 ]
 
 
@@ -440,8 +456,13 @@ def run(case: Case, seed: int = 0, times: int = 5) -> dict:
     usual_ms = median_ms(lambda: case.usual(scores.clone().requires_grad_(), target).backward(), times)
     exact = abs(float(loss.last.metric) - value) <= 1e-5 and bool(torch.isfinite(_grad_or_nan(x)).all())
     return dict(row, result="trains" if exact else f"last.metric {float(loss.last.metric):.4f}", ms=ms,
-                ratio=ms / usual_ms, warnings=sorted({str(w.message).split(":", 1)[1].split(" (")[0].strip()
+                ratio=ms / usual_ms, warnings=sorted({_relative(str(w.message).split(":", 1)[1].split(" (")[0].strip())
                                                       for w in said if str(w.message).startswith("from_metric")}))
+
+
+def _relative(text: str) -> str:
+    """A warning's text with this checkout's folder left out of the file names it gives."""
+    return text.replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, "")
 
 
 def _grad_or_nan(x: torch.Tensor) -> torch.Tensor:
