@@ -1,0 +1,46 @@
+"""benchmarks/long_schedule_summary.py: the phases of a schedule from runs' logs, on hand-made logs."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("long_schedule_summary",
+                                               os.path.join(ROOT, "benchmarks", "long_schedule_summary.py"))
+summary = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summary)
+
+
+def _write(folder, run, accuracies, drop_at, batch=None):
+    os.makedirs(folder / run)
+    with open(folder / run / "log.jsonl", "w") as f:
+        for epoch, acc in enumerate(accuracies, 1):
+            row = {"epoch": epoch, "lr": 0.1 if epoch < drop_at else 0.01, "test": {"accuracy": acc}}
+            if batch is not None:
+                row["train_batch_metric"] = batch
+            f.write(json.dumps(row) + "\n")
+        f.write(json.dumps({"final": {"accuracy": accuracies[-1]}}) + "\n")
+
+
+def test_phases_by_hand(tmp_path, capsys, monkeypatch):
+    ce = [0.5 + 0.01 * e for e in range(8)]  # epochs 1-8: 0.50 .. 0.57
+    uni = [0.6] * 9  # one epoch further: left out, the runs compared on their common epochs
+    _write(tmp_path, "ce-seed0", ce, drop_at=5)
+    _write(tmp_path, "uniloss-seed0", uni, drop_at=5, batch=0.9)
+    rows = summary.read_log(str(tmp_path / "ce-seed0"))
+    assert [r["epoch"] for r in rows] == list(range(1, 9)) and summary.drops(rows) == [5]
+    table = summary.phases(rows, 4)
+    assert table["epochs 1-4"] == pytest.approx(51.5) and table["epochs 5-8"] == pytest.approx(55.5)
+    assert table["before the drop at 5 (1-4)"] == pytest.approx(51.5)
+    assert table["after it (5-8)"] == pytest.approx(55.5)
+    assert table["final (epoch 8)"] == pytest.approx(57.0) and table["best epoch (8 for this run)"] == pytest.approx(57.0)
+    out = tmp_path / "page.md"
+    monkeypatch.setattr("sys.argv", ["long_schedule_summary.py", str(tmp_path), "--block", "4", "--out", str(out)])
+    summary.main()
+    page = out.read_text()
+    assert "epochs 1-8 (those every run has finished)" in page
+    assert "| epochs 1-4 | 51.50 | 60.00 | +8.50 |" in page  # the usual loss first, then the difference
+    assert "| final (epoch 8) | 57.00 | 60.00 | +3.00 |" in page
+    assert "mean of the last epoch (8): 90.00%" in page
