@@ -6,7 +6,9 @@ torchmetrics' functional metrics unmodified; clear errors for what cannot be tra
 """
 
 import functools
+import importlib
 import math
+import re
 import warnings
 
 import pytest
@@ -667,10 +669,23 @@ def _tm():
     return pytest.importorskip("torchmetrics")
 
 
+@pytest.mark.filterwarnings("ignore:Metric `SpearmanCorrcoef` will save")  # its buffer, unused here
 def test_torchmetrics_metric_objects_are_refused_for_their_functional_form():
     torchmetrics = _tm()
-    with pytest.raises(TypeError, match="functional form"):
-        from_metric(torchmetrics.classification.BinaryF1Score())
+    named = {  # the message names the function where the class's name gives it, and it exists
+        torchmetrics.classification.BinaryF1Score(): "torchmetrics.functional.classification.binary_f1_score",
+        torchmetrics.classification.BinaryAUROC(): "torchmetrics.functional.classification.binary_auroc",
+        torchmetrics.classification.MulticlassAccuracy(num_classes=3):
+            "torchmetrics.functional.classification.multiclass_accuracy",
+        torchmetrics.regression.SpearmanCorrCoef(): "torchmetrics.functional.regression.spearman_corrcoef",
+    }
+    for metric, functional in named.items():
+        module, name = functional.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), name))
+        with pytest.raises(TypeError, match=re.escape(f"functools.partial({functional}, ...)")):
+            from_metric(metric)
+    with pytest.raises(TypeError, match=r"functional form \(e\.g\."):  # no function of its name: an example
+        from_metric(torchmetrics.retrieval.RetrievalMAP())
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -76,9 +76,11 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import importlib
 import linecache
 import math
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, replace
@@ -4154,10 +4156,12 @@ class TracedMetric(Decomposition):
         if not callable(fn):
             raise TypeError(f"Expected `fn` to be callable (scores, target) -> scalar tensor, but got {type(fn).__name__}")
         if isinstance(fn, torch.nn.Module) and hasattr(fn, "update") and hasattr(fn, "compute"):
+            functional = _functional_form(fn)
             raise TypeError(
                 f"Expected `fn` to be a stateless function (scores, target) -> scalar tensor, but got the stateful "
                 f"metric object {type(fn).__name__}, which from_metric's replays would update: pass its functional "
-                "form (e.g. torchmetrics.functional.classification.multiclass_accuracy)")
+                + (f"form with the object's arguments, functools.partial({functional}, ...)" if functional else
+                   "form (e.g. torchmetrics.functional.classification.multiclass_accuracy)"))
         if not isinstance(higher_is_better, bool):
             raise TypeError(f"Expected `higher_is_better` to be a bool, but got {type(higher_is_better).__name__}")
         if batched not in ("auto", "vmap", "loop"):
@@ -5520,6 +5524,22 @@ def _cat_payloads(payloads: List[Any]) -> Any:
     if isinstance(payloads[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*payloads))
     return torch.cat(payloads)
+
+
+def _functional_form(metric: object) -> str:
+    """The functional form of a torchmetrics metric object where its name gives it
+    (``BinaryF1Score``: ``torchmetrics.functional.classification.binary_f1_score``), else ``""``."""
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", type(metric).__name__).lower()
+    name = name.replace("_corr_coef", "_corrcoef")  # SpearmanCorrCoef: spearman_corrcoef
+    parts = type(metric).__module__.split(".")
+    if len(parts) < 2 or parts[0] != "torchmetrics":
+        return ""
+    where = f"torchmetrics.functional.{parts[1]}"
+    try:
+        found = callable(getattr(importlib.import_module(where), name, None))
+    except ImportError:
+        return ""
+    return f"{where}.{name}" if found else ""
 
 
 def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool = True, batched: str = "auto",
