@@ -119,7 +119,7 @@ def check_options(options: "dict[str, Any]") -> None:
     if options["chunk_bits"] is not None:
         V.check_count("chunk_bits", options["chunk_bits"], allow_zero=False)
     if options["pull"] != 0.0:
-        V.check_positive("pull", options["pull"], bound=">= 0 (0: no pull, the paper's loss)")
+        V.check_positive("pull", options["pull"], bound=">= 0 (0: no pull, as in the paper's loss)")
     V.check_generator(options["generator"])
     for name, choices in (("good_anchors", _GOOD_ANCHORS), ("temperature_scale", TEMPERATURE_SCALES),
                           ("distance", DISTANCES), ("nearby", NEARBY), ("pull_per", PULL_PER),

@@ -21,6 +21,13 @@ def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "uniloss.experiments.cli", *args], capture_output=True, text=True, **kw)
 
 
+def test_python_dash_m_uniloss_is_the_command():
+    r = subprocess.run([sys.executable, "-m", "uniloss", "reproduce", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: uniloss reproduce")
+    import uniloss.__main__  # noqa: F401  (importing it runs nothing)
+
+
 def test_train_writes_log_checkpoint_and_final_json(tmp_path):
     out = tmp_path / "run"
     r = _cli("train", "mnist-ap", "--loss", "uniloss", "--out", str(out), *TINY)

@@ -84,7 +84,8 @@ def train_digits(
         lr, epochs, batch_size, momentum: plain SGD settings, the same for both losses.
         seed: initialisation, batch order and anchors.
         grad_scale: passed to :class:`uniloss.UniLoss` (``None``: the library's default).
-        options: more keywords of :class:`uniloss.UniLoss` (e.g. ``pull=0`` for the paper's loss).
+        options: more keywords of :class:`uniloss.UniLoss` (e.g. ``interpolation="anchors", pull=0`` with
+            ``grad_scale=1.0`` for the paper's loss).
         progress: optional callable ``(epoch, metric)`` called after each epoch.
     """
     torch.set_num_threads(min(2, torch.get_num_threads()))
