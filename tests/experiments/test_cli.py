@@ -28,6 +28,16 @@ def test_python_dash_m_uniloss_is_the_command():
     import uniloss.__main__  # noqa: F401  (importing it runs nothing)
 
 
+def test_python_dash_m_uniloss_without_the_experiments_extra_names_it(monkeypatch):
+    import runpy
+
+    monkeypatch.setitem(sys.modules, "uniloss.experiments.cli", None)  # as if its packages were missing
+    monkeypatch.delitem(sys.modules, "uniloss.__main__", raising=False)  # (imported by the test above)
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("uniloss", run_name="__main__")
+    assert 'pip install "uniloss[experiments]"' in str(exit_.value.code)
+
+
 def test_train_writes_log_checkpoint_and_final_json(tmp_path):
     out = tmp_path / "run"
     r = _cli("train", "mnist-ap", "--loss", "uniloss", "--out", str(out), *TINY)
