@@ -648,8 +648,21 @@ def test_graded_ndcg_keeps_the_evaluated_chain():
     assert metric.structure(metric.prepare(scores, relevance.clamp_max(1))).chain_gains is not None
 
 
+def test_top_k_accuracy_with_k_of_every_class_warns_once_at_the_users_call():
+    scores, target = _multiclass(8, 5, 0)
+    loss_fn = uniloss.UniLoss(zoo.top_k_accuracy(5))
+    with pytest.warns(UserWarning, match=r"top_k_accuracy\(5\) of scores with 5 classes: every sample is a hit") as said:
+        loss_fn(scores.clone().requires_grad_(), target)
+    assert [w.filename for w in said] == [__file__]  # the user's line, not the library's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(scores.clone().requires_grad_(), target)  # once per metric
+        uniloss.UniLoss(zoo.top_k_accuracy(4))(scores.clone().requires_grad_(), target)  # k < C: no warning
+
+
 @pytest.mark.parametrize("k, n, c, ties", [(1, 20, 5, False), (3, 30, 10, False), (5, 16, 100, False),
                                          (2, 40, 3, True), (9, 8, 10, False), (12, 8, 10, False)])
+@pytest.mark.filterwarnings("ignore:top_k_accuracy.*every sample is a hit")  # k >= C, on purpose
 def test_top_k_accuracy_chain_in_closed_form_equals_the_evaluated_chain(k, n, c, ties, monkeypatch):
     """zoo.top_k_accuracy's chain in closed form (a row turns at its ``C - k``-th comparison to come
     right) and its metric of the runs' counts give the loss, gradient and metric of the chain the

@@ -7,10 +7,23 @@ Every error names the argument, what was expected and what came.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+_INSIDE = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(os.path.abspath(torch.nn.__file__)) + os.sep)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a warning raised by the caller of this function that points at the
+    first frame outside this package and ``torch.nn`` (the user's call of the loss)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_tensor(name: str, value: object) -> Tensor:

@@ -51,6 +51,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import torch
@@ -517,7 +518,9 @@ def top_k_accuracy(k: int = 5, *, num_classes: Optional[int] = None) -> DecodedM
     class, :class:`uniloss.MulticlassAccuracy`'s layout; ``k=1`` is exactly that decomposition).
     Reference: ``sklearn.metrics.top_k_accuracy_score``.
 
-    Shapes: ``scores [n, C]`` float, ``target [n]`` int64 in ``[0, C)``.
+    Shapes: ``scores [n, C]`` float, ``target [n]`` int64 in ``[0, C)``. With ``k >= C`` every
+    sample is a hit: the metric is 1, the loss has no gradient, and the first call warns (as
+    scikit-learn does).
 
     Example::
 
@@ -541,6 +544,14 @@ class _TopKAccuracy(_ZooMetric):
     def __init__(self, decoder: TopK, evaluator: "_Evaluator") -> None:
         super().__init__(decoder, evaluator)
         self.k = decoder.k
+
+    def check(self, scores: Tensor, target: Any) -> None:
+        super().check(scores, target)
+        if scores.dim() == 2 and self.k >= scores.shape[1] and not getattr(self, "_warned_k", False):
+            self._warned_k = True
+            warnings.warn(f"top_k_accuracy({self.k}) of scores with {scores.shape[1]} classes: every sample is a "
+                          "hit, so the metric is 1 and the loss has no gradient (k must be below the number of "
+                          "classes to train)", UserWarning, stacklevel=V.user_stacklevel())
 
     def structure(self, target: Any) -> Optional[Structure]:
         structure = super().structure(target)
