@@ -1287,6 +1287,18 @@ def test_accuracy_through_data_is_accuracy_through_the_scores():
     torch.testing.assert_close(grads[1], grads[2])
     assert bool(grads[2].abs().sum() > 0)
 
+
+def test_from_metric_warnings_point_at_the_users_loss_call():
+    scores, target = _multiclass(2)
+    calls = [(lambda: uniloss.UniLoss(from_metric(lambda s, y: 1 - (s.argmax(1) == y).float().mean())),
+              "fn is lowest where a row's output is its label"),
+             (lambda: uniloss.UniLoss(from_metric(_tutorial_accuracy)), "as a Python value")]
+    for make, match in calls:
+        loss_fn = make()
+        with pytest.warns(UserWarning, match=match) as said:
+            loss_fn(scores.clone().requires_grad_(), target)
+        assert {w.filename for w in said if match in str(w.message)} == {__file__}
+
 # Binary accuracy as tutorials write it: the rounded probability against the label.
 _ROUNDED = {
     "round": lambda s, y: (torch.round(torch.sigmoid(s)) == y).float().mean(),

@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from . import _validation as V
 from ._decoded import DecodedMetric
 from ._decomposition import Decomposition
 from ._metrics import PCK, MulticlassAccuracy
@@ -176,7 +177,7 @@ class UniLoss(nn.Module):
                 "generator=torch.Generator().manual_seed(seed)) with uniloss.distributed.GlobalBatch and the "
                 "same seed on every rank. A mean over samples (accuracy, PCK) is fine per rank: silence this "
                 "with warnings.simplefilter('ignore', uniloss.distributed.PerRankWarning).",
-                PerRankWarning, stacklevel=3,
+                PerRankWarning, stacklevel=V.user_stacklevel(),
             )
 
     def forward(self, scores: Tensor, target: Any) -> Tensor:

@@ -4684,7 +4684,7 @@ class TracedMetric(Decomposition):
                 f"from_metric: fn reads the result of {trace.calls[s].describe()} as a Python value (at "
                 f"{trace.guards[s]}) and {why}: {len(left)} of {t} configurations replay fn one at a time (slower; "
                 "keeping what fn reads a tensor keeps the fast path: torch.where in place of a branch, a count "
-                "without .item() or int())", stacklevel=2)
+                "without .item() or int())", stacklevel=V.user_stacklevel())
         rest = self._fn_values(plan, _pick(payloads, left), formatters, len(left), loop=True) if len(left) else None
         if values is None:
             return cast(Tensor, rest)
@@ -4789,7 +4789,7 @@ class TracedMetric(Decomposition):
             warnings.warn("from_metric: fn reads its discrete steps' results as Python values, which vmap cannot "
                           "batch, and its recorded operations cannot stand in for it (data-dependent shapes such "
                           "as boolean indexing or nonzero): each configuration replays fn one at a time (slower)",
-                          stacklevel=7)
+                          stacklevel=V.user_stacklevel())
         return full
 
     @staticmethod
@@ -4870,7 +4870,7 @@ class TracedMetric(Decomposition):
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); evaluating "
                         "one anchor at a time (slower). Data-dependent shapes (boolean indexing, nonzero), "
                         ".item() and in-place writes into tensors made before the discrete step stop vmap.",
-                        stacklevel=5)
+                        stacklevel=V.user_stacklevel())
             vmapped = False
             rows = []
             for i in range(t):
@@ -5047,7 +5047,7 @@ class TracedMetric(Decomposition):
                 f"from_metric({self._fn_where()}): fn is {direction} where a row's output is its label in the "
                 f"target, on every row probed. Pass {flag}; as it is, the loss trains each row toward the outputs "
                 f"fn scores best, found by probing fn (right only where the labels are not the best outputs by "
-                f"design).", stacklevel=6)
+                f"design).", stacklevel=V.user_stacklevel())
         return bool(_close_or_better(at_label, best, self.higher_is_better).all())
 
     def _row_values(self, plan: _Plan, site: "_ClassSite", rows: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import _validation as V
 from ._decomposition import Decomposition, Structure
 from ._function import two_way
 from ._wrapped import WrappedDecomposition, WrappedPlan, check_rows, map_rows, row_fields
@@ -324,14 +325,14 @@ class GlobalBatch(WrappedDecomposition):
                 "(dropout, augmentation and uneven batches consume it differently), so the ranks interpolate "
                 "different anchors and compute different losses. Give the loss a generator seeded identically "
                 "on every rank: UniLoss(GlobalBatch(...), generator=torch.Generator().manual_seed(seed)).",
-                PerRankWarning, stacklevel=4,
+                PerRankWarning, stacklevel=V.user_stacklevel(),
             )
         elif len(set(codes)) > 1:
             warnings.warn(
                 f"GlobalBatch: the loss's generators are in {len(set(codes))} different states across the "
                 f"{world} ranks (seeded with the rank?), so the ranks draw different anchors and compute "
                 "different losses. Seed the generator identically on every rank.",
-                PerRankWarning, stacklevel=4,
+                PerRankWarning, stacklevel=V.user_stacklevel(),
             )
 
     def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> WrappedPlan:
