@@ -1413,9 +1413,9 @@ class _IgnoredPixels(WrappedDecomposition):
     def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> WrappedPlan:
         if isinstance(target, WrappedPlan):
             return target
-        rows, labels, _ = self.expand(scores, target)
-        return _KeptPlan(scores, rows, self.decomposition.prepare(rows, labels, generator), 0,
-                         target != self.ignore_index)
+        keep = target != self.ignore_index  # (expand's, kept in the plan for unwrap)
+        rows, labels = scores.movedim(1, -1)[keep], target[keep]
+        return _KeptPlan(scores, rows, self.decomposition.prepare(rows, labels, generator), 0, keep)
 
     def unwrap(self, target: Any, scores: Optional[Tensor] = None) -> Tuple[Tensor, Any]:
         plan = cast(_KeptPlan, self._plan(target, scores))
