@@ -256,6 +256,43 @@ def tutorial_accuracy(s, y):
     correct = (predicted == y).sum().item()
     return torch.tensor(correct / y.size(0))
 
+def accuracy_as_a_number(output, target):
+    """Accuracy as evaluation loops write it: the count read with ``.item()``, a Python float
+    returned (fn replayed at every configuration)."""
+    pred = output.argmax(dim=1)
+    correct = pred.eq(target).sum().item()
+    return correct / len(target)
+
+
+def imagenet_accuracy(output, target, topk=(1,)):
+    """Top-1 accuracy in percent as the PyTorch ImageNet example writes it (topk, a transpose,
+    ``mul_`` in place, under ``no_grad``)."""
+    with torch.no_grad():
+        maxk = max(topk)
+        batch_size = target.size(0)
+        _, pred = output.topk(maxk, 1, True, True)
+        pred = pred.t()
+        correct = pred.eq(target.view(1, -1).expand_as(pred))
+        res = []
+        for k in topk:
+            correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
+            res.append(correct_k.mul_(100.0 / batch_size))
+        return res[0]
+
+
+def sklearn_macro_f1(output, target):
+    """scikit-learn's macro-F1 of the argmax, through ``.numpy()`` (a NumPy float returned)."""
+    return skm.f1_score(target.numpy(), output.argmax(1).numpy(), average="macro", zero_division=0)
+
+
+def _macro_f1_loop(s, y):
+    pred, f1 = s.argmax(1), []
+    for c in sorted(set(y.tolist()) | set(pred.tolist())):
+        tp, fp, fn = np.sum((pred == c) & (y == c)), np.sum((pred == c) & (y != c)), np.sum((pred != c) & (y == c))
+        f1.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1))
+
+
 def _binary(g, n=128, share=0.3):
     y = (torch.rand(n, generator=g) < share).long()
     y[:2] = torch.tensor([0, 1])  # both classes present
@@ -426,6 +463,11 @@ CASES: List[Case] = [
          lambda s, y: skm.accuracy_score(y, s > 0), _bce),
     Case("accuracy as the PyTorch tutorial writes it", tutorial_accuracy, _classes,
          lambda s, y: skm.accuracy_score(y, s.argmax(1)), F.cross_entropy),
+    Case("accuracy returned as a Python number", accuracy_as_a_number, _classes,
+         lambda s, y: np.mean(s.argmax(1) == y), F.cross_entropy),
+    Case("top-1 accuracy as the PyTorch ImageNet example writes it", imagenet_accuracy, _classes,
+         lambda s, y: 100 * np.mean(s.argmax(1) == y), F.cross_entropy),
+    Case("scikit-learn's macro-F1 of the argmax", sklearn_macro_f1, _classes, _macro_f1_loop, F.cross_entropy),
 ]
 
 

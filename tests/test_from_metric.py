@@ -1288,6 +1288,82 @@ def test_accuracy_through_data_is_accuracy_through_the_scores():
     assert bool(grads[2].abs().sum() > 0)
 
 
+def _accuracy_as_a_number(output, target):  # returns a Python float, as evaluation loops write it
+    pred = output.argmax(dim=1)
+    correct = pred.eq(target).sum().item()
+    return correct / len(target)
+
+
+def _top_k_transposed(k):  # the top k of each row as rows of k (as the PyTorch ImageNet example), in percent
+    def fn(output, target):
+        pred = output.topk(k, 1, True, True).indices.t()
+        return pred.eq(target.view(1, -1).expand_as(pred)).float().sum().mul_(100.0 / target.size(0))
+    return fn
+
+
+def test_a_metric_returning_a_python_number_trains_as_the_tensor_form():
+    # `correct / total` of a count read with .item(): the value a Python float (kept as a double),
+    # fn replayed where its count turns; the same loss and gradient as accuracy written in tensors
+    scores, target = _multiclass(4)
+    results = []
+    for fn in (_accuracy_as_a_number, accuracy):
+        s = scores.clone().requires_grad_()
+        loss_fn = uniloss.UniLoss(from_metric(fn))
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            loss = loss_fn(s, target)
+        loss.backward()
+        results.append((loss.detach(), s.grad, loss_fn.last.metric, said))
+    expected = float((scores.argmax(1) == target).double().mean())
+    assert float(results[0][2]) == expected and results[0][2].dtype == torch.float64
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert bool(results[1][1].abs().sum() > 0)
+    assert any("as a Python value" in str(w.message) for w in results[0][3])  # slower: said
+    with pytest.raises(TraceError, match=r"to return a tensor or a Python number, but it returned str"):
+        from_metric(lambda s, y: "0.5").metric(scores, target)
+
+
+def test_a_numpy_metric_evaluates_as_the_zoos_form():
+    # scikit-learn's macro-F1 on the argmax: its comparisons and its value at every configuration
+    # are zoo.macro_f1's (the same layout), a NumPy float turned into a tensor at each replay
+    skm = pytest.importorskip("sklearn.metrics")
+
+    def sk_macro_f1(output, target):
+        return skm.f1_score(target.numpy(), output.argmax(1).numpy(), average="macro", labels=list(range(4)),
+                            zero_division=0)
+
+    g = torch.Generator().manual_seed(0)
+    scores, target = torch.randn(40, 4, generator=g), torch.randint(0, 4, (40,), generator=g)
+    traced, zoo_f1 = from_metric(sk_macro_f1), zoo.macro_f1(4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="from_metric: fn")
+        plan, zoo_plan = traced.prepare(scores, target), zoo_f1.prepare(scores, target)
+        assert torch.equal(traced.comparisons(scores, plan), zoo_f1.comparisons(scores, zoo_plan))
+        bits = torch.rand(12, plan.num_bits, generator=g) < 0.7
+        bits[0] = traced.best(plan)
+        torch.testing.assert_close(traced.evaluate(bits, plan), zoo_f1.evaluate(bits, zoo_plan).double())
+        assert float(traced.metric(scores, target)) == pytest.approx(sk_macro_f1(scores, target), abs=1e-12)
+
+
+def test_top_k_from_counts_is_top_k_from_bits():
+    # a top-k step decodes from each row's count of classes above its label (the chain's counts)
+    # as from bits holding that count; top-k accuracy so written is zoo.top_k_accuracy's
+    scores, target = _multiclass(5)
+    for fn, k in ((_top_k_transposed(1), 1), (top3_accuracy, 3), (_top_k_transposed(2), 2)):
+        traced = from_metric(fn)
+        plan = traced.prepare(scores, target)
+        assert plan.width == 5
+        zeros = torch.randint(0, 6, (9, plan.num_bits // 5), generator=torch.Generator().manual_seed(k)).float()
+        bits = (torch.arange(5)[None, None, :] >= zeros[..., None]).reshape(9, -1)  # the 0-bits first in each run
+        torch.testing.assert_close(traced.evaluate_zeros(zeros, plan), traced.evaluate(bits, plan))
+        hand = zoo.top_k_accuracy(k)
+        scale = 100.0 if fn is not top3_accuracy else 1.0
+        hand_plan = hand.prepare(scores, target)
+        assert torch.equal(traced.comparisons(scores, plan), hand.comparisons(scores, hand_plan))
+        torch.testing.assert_close(traced.evaluate(bits, plan), scale * hand.evaluate(bits, hand_plan), check_dtype=False)
+
+
 def test_from_metric_warnings_point_at_the_users_loss_call():
     scores, target = _multiclass(2)
     calls = [(lambda: uniloss.UniLoss(from_metric(lambda s, y: 1 - (s.argmax(1) == y).float().mean())),

@@ -79,6 +79,7 @@ import dataclasses
 import importlib
 import linecache
 import math
+import numbers
 import os
 import re
 import sys
@@ -3610,6 +3611,18 @@ class _Site:
         return torch.func.vmap(lambda p: self.format(p, x))(payload)
 
 
+def _is_number(x: Any) -> bool:
+    """A real Python or NumPy number other than a bool: what ``fn`` returns where it reads its
+    counts with ``.item()`` (``correct / total``) or calls a NumPy metric."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and not isinstance(x, Tensor) and \
+        type(x).__name__ != "bool_"
+
+
+def _number_value(x: Any) -> Tensor:
+    """``fn``'s Python number as a float64 scalar (a Python float is a double: nothing rounded)."""
+    return torch.tensor(float(x), dtype=torch.float64)
+
+
 def _out_indices(call: _Call) -> Tensor:
     out = call.out
     return out[1] if isinstance(out, tuple) else out
@@ -3687,6 +3700,8 @@ class _ClassSite(_Site):
         return self.num_runs()  # the rows with comparisons (not those an ignore index leaves out), as CE counts
 
     def decode_zeros(self, zeros: Tensor) -> Any:
+        if self.mode == "label" and self.call.k is not None:
+            return self._top_k(zeros.to(torch.long))  # a run's 0-bit count is its label's losses
         if self.mode != "label" or self.call.k is not None:
             return super().decode_zeros(zeros)
         # Argmax(pairs="target"): the label where it beats every other class, else the best
@@ -3708,14 +3723,18 @@ class _ClassSite(_Site):
         return out
 
     def decode(self, bits: Tensor) -> Tensor:
-        labels = self.labels(bits)
         if self.call.k is None:
-            return labels.reshape((bits.shape[0],) + self.rows_shape)
-        # topk with labels: the label at its place among the current ranking of the others
-        t, k = bits.shape[0], self.call.k
-        losses = (~bits).reshape(t, self.num_rows, self.num_classes - 1).sum(-1)  # classes above the label
+            return self.labels(bits).reshape((bits.shape[0],) + self.rows_shape)
+        t = bits.shape[0]
+        return self._top_k((~bits).reshape(t, self.num_rows, self.num_classes - 1).sum(-1))
+
+    def _top_k(self, losses: Tensor) -> Tensor:
+        """``topk`` with labels, ``[t, *rows, k]`` indices from ``losses [t, N]`` (how many other
+        classes beat each row's label): the label at its place among the current ranking of the
+        others."""
+        t, k = losses.shape[0], cast(int, self.call.k)
         ranked = cast(Tensor, self.plan.ranked)  # [N, C-1], best first by the current scores
-        slot = torch.arange(k, device=bits.device)
+        slot = torch.arange(k, device=losses.device)
         other = torch.where(slot[None, None, :] < losses[..., None], slot, slot - 1).clamp(min=0)
         idx = ranked[None].expand(t, -1, -1).gather(2, other.clamp(max=self.num_classes - 2))
         idx = torch.where(slot[None, None, :] == losses[..., None], self.plan.labels[None, :, None], idx)
@@ -4254,8 +4273,11 @@ class TracedMetric(Decomposition):
 
     def _full_trace(self, scores: Tensor, target: Any, tensors: List[Tensor]) -> Tuple[_Trace, Optional[_Graph]]:
         out, mode = self._run(scores, target, inputs=tensors)
-        if not isinstance(out, Tensor):
-            raise TraceError(f"Expected `fn` to return a tensor, but it returned {type(out).__name__}. {_MANUAL}")
+        if _is_number(out):  # `correct / total` of a count read with .item(): fn replayed where it turns
+            out = _number_value(out)
+        elif not isinstance(out, Tensor):
+            raise TraceError(f"Expected `fn` to return a tensor or a Python number, but it returned "
+                             f"{type(out).__name__}. {_MANUAL}")
         if out.numel() != 1:
             raise TraceError(f"Expected `fn` to return a scalar tensor, but it returned shape {tuple(out.shape)}. "
                              f"{_MANUAL}")
@@ -4632,6 +4654,8 @@ class TracedMetric(Decomposition):
         except Exception:  # fn that this configuration breaks: the trace's replays stay
             return
         if forced is None:
+            if plan.trace.tape is None:  # no tape halfway either (a value made from Python numbers,
+                self._others[plan.key] = False  # `correct / total`): fn at every configuration (_replays)
             return
         tape = forced[0]
         kind = "vmap" if kind == "direct" and not tape.direct else kind
@@ -4841,7 +4865,9 @@ class TracedMetric(Decomposition):
         def one(chosen):
             out, _ = self._run(scores, target, calls=calls, payloads=chosen, formatters=formatters,
                                vmapped=vmapped)
-            if not isinstance(out, Tensor):
+            if _is_number(out):
+                out = _number_value(out)
+            elif not isinstance(out, Tensor):
                 out = torch.as_tensor(out)
             return out.reshape(())
 
@@ -5162,8 +5188,15 @@ class TracedMetric(Decomposition):
         LogAUC). Known from the first call of a structure on (the check tries vmap too), so every
         call of it takes the same chain. Not with ``batched="loop"``, which calls ``fn`` once per
         configuration by request, the check of the other modes at every point; nor without a tape
-        (then nothing has tried vmap yet, and a later call would decide otherwise)."""
-        if self.batched == "loop" or plan.trace.tape is None or plan.tape != "off":
+        (then nothing has tried vmap yet, and a later call would decide otherwise), unless ``fn``
+        traced again halfway along gave none either (:meth:`_adopt_forced_tape`: a value made from
+        numbers read in Python, ``correct / total`` of a count read with ``.item()``), on the
+        structure's first call as on every later one."""
+        if self.batched == "loop":
+            return False
+        if plan.trace.tape is None:
+            return plan.trace.branches and self._others.get(plan.key) is False
+        if plan.tape != "off":
             return False
         return not self._use_vmap or bool(plan.trace.branches)
 
@@ -5595,7 +5628,10 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     computed at every configuration, and where it differs from the trace's, ``fn`` is traced again
     on that path (its steps returning one such configuration's outputs) and that tape gives the
     values where it holds, ``fn`` itself replayed at the rest (where no trace can compute the values
-    read, at every configuration, with a warning). On
+    read, at every configuration, with a warning). ``fn`` may return a Python or NumPy number
+    (``correct / total`` of a count read with ``.item()``, a scikit-learn metric of ``.numpy()`` of
+    a step's output): it is taken as a float64 tensor, and ``fn`` is replayed at every
+    configuration (exact and slow; a count kept a tensor keeps the fast path). On
     the first call of each input structure the inferred best configuration is checked against
     probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
@@ -5608,8 +5644,8 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     ``fn``; the reported metric is ``fn``'s, and the first call's check accepts it.
 
     Args:
-        fn: ``fn(scores, target) -> scalar tensor``; called once per loss call on the scores and
-            once (vmapped) per evaluation of the anchors.
+        fn: ``fn(scores, target) -> scalar tensor`` (or a number, above); called once per loss
+            call on the scores and once (vmapped) per evaluation of the anchors.
         higher_is_better: the loss is ``-g~`` when true, ``g~`` otherwise (``False`` for an error
             rate or a cost).
         batched: ``"auto"`` (default), ``"vmap"`` or ``"loop"``: see :class:`TracedMetric`.
