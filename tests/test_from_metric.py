@@ -1319,7 +1319,12 @@ def test_a_metric_returning_a_python_number_trains_as_the_tensor_form():
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
     assert bool(results[1][1].abs().sum() > 0)
-    assert any("as a Python value" in str(w.message) for w in results[0][3])  # slower: said
+    assert any("as a Python value" in str(w.message) and "fn returns a Python number (float)" in str(w.message)
+               for w in results[0][3])  # slower: said, and why
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="from_metric: fn reads")
+        text = from_metric(_accuracy_as_a_number).explain(scores, target)
+    assert "fn returns a Python number (float)" in text and "fn replayed at every configuration" in text
     with pytest.raises(TraceError, match=r"to return a tensor or a Python number, but it returned str"):
         from_metric(lambda s, y: "0.5").metric(scores, target)
 
@@ -1344,6 +1349,22 @@ def test_a_numpy_metric_evaluates_as_the_zoos_form():
         bits[0] = traced.best(plan)
         torch.testing.assert_close(traced.evaluate(bits, plan), zoo_f1.evaluate(bits, zoo_plan).double())
         assert float(traced.metric(scores, target)) == pytest.approx(sk_macro_f1(scores, target), abs=1e-12)
+
+
+def test_a_numpy_metric_of_the_scores_themselves_names_the_ways_out():
+    # roc_auc_score of the scores' values cannot be traced: the error names the zoo's form and
+    # the ranks as a step's output, which is exact (fn replayed at each configuration)
+    skm = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(1)
+    scores, target = torch.randn(32, generator=g), (torch.rand(32, generator=g) < 0.3).long()
+    with pytest.raises(TraceError, match=r"scores' values as a Python value \(numpy\).*uniloss.zoo.auroc\(\).*"
+                                         r"s.argsort\(\).argsort\(\).numpy\(\)"):
+        from_metric(lambda s, y: skm.roc_auc_score(y.numpy(), s.detach().numpy())).metric(scores, target)
+    by_ranks = from_metric(lambda s, y: skm.roc_auc_score(y.numpy(), s.argsort().argsort().numpy()))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="from_metric: fn reads")
+        value = float(by_ranks.metric(scores, target))
+    assert value == pytest.approx(skm.roc_auc_score(target.numpy(), scores.numpy()), abs=1e-12)
 
 
 def test_top_k_from_counts_is_top_k_from_bits():

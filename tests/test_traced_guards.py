@@ -184,7 +184,7 @@ def _same_loss(fn, plain, scores, target):
 @pytest.mark.parametrize("fn, plain, match", [
     (_read_then_written, _read_then_written_plain, r"reads the result of argmax .* writes in place into a tensor it read"),
     (_read_then_out, _read_then_out_plain, r"reads the result of argmax .* writes into `out=`"),
-    (_python_number, _accuracy, r"reads the result of argmax .* comes from a branch"),
+    (_python_number, _accuracy, r"reads the result of argmax .* not computed from its steps in tensors"),
 ])
 def test_control_flow_the_tape_cannot_check_replays_fn(fn, plain, match):
     g = torch.Generator().manual_seed(0)
@@ -215,7 +215,7 @@ def test_a_batch_all_right_through_a_special_case():
     plan = mcc.prepare(scores.float(), target)
     text = mcc.explain(scores.float(), target)
     assert text.count("one comparison per element") == 1  # gt, not the checks of the input
-    assert "on a rare path of this trace (on these scores fn's value comes from a branch" in text
+    assert "on a rare path of this trace (on these scores fn's value is not computed from its steps" in text
     assert "the tape of fn traced again halfway along" in text
     assert plan.trace.forced and plan.trace.tape is not None
     torch.testing.assert_close(mcc.comparisons(scores.float(), plan), scores.float())

@@ -2700,8 +2700,14 @@ class _Mode(TorchFunctionMode):
                 sites = sites | i.sites
         if name in _PYTHON_OPS:
             if score:
+                hint = ""
+                if name in ("numpy", "__array__", "tolist"):
+                    hint = ("; a NumPy or scikit-learn metric of the scores themselves (roc_auc_score, "
+                            "average_precision_score) has a zoo form (uniloss.zoo.auroc(), zoo.average_precision()), "
+                            "or pass NumPy a step's output instead, `(s > 0).numpy()` or the ranks "
+                            "`s.argsort().argsort().numpy()`, which from_metric follows by replaying fn (slow)")
                 raise self._error(f"fn reads the scores' values as a Python value ({name}); only comparisons "
-                                  "of scores can be traced")
+                                  f"of scores can be traced{hint}")
             if self.tracing and sites:
                 where = None
                 for s in sites:
@@ -4273,7 +4279,8 @@ class TracedMetric(Decomposition):
 
     def _full_trace(self, scores: Tensor, target: Any, tensors: List[Tensor]) -> Tuple[_Trace, Optional[_Graph]]:
         out, mode = self._run(scores, target, inputs=tensors)
-        if _is_number(out):  # `correct / total` of a count read with .item(): fn replayed where it turns
+        number = type(out).__name__ if _is_number(out) else None
+        if number:  # `correct / total` of a count read with .item(): fn replayed where it turns
             out = _number_value(out)
         elif not isinstance(out, Tensor):
             raise TraceError(f"Expected `fn` to return a tensor or a Python number, but it returned "
@@ -4329,8 +4336,11 @@ class TracedMetric(Decomposition):
             # Python control flow on a step that feeds the value, which the tape cannot check at each
             # configuration (Tape.held): fn traced again on the other side of the branch, or replayed
             # there (_other_paths, which warns where it replays many)
-            if info is None or not info.sites:
-                why = "on these scores fn's value comes from a branch that does not compute it from its steps"
+            if number:
+                why = f"fn returns a Python number ({number}), made from values it read in Python"
+            elif info is None or not info.sites:
+                why = ("on these scores fn's value is not computed from its steps in tensors (a constant a branch "
+                       "returns, or a tensor made from numbers read in Python)")
             tape, why = None, rec.unchecked or why
         trace = _Trace(calls, out.detach().reshape(()), trained, mode.guards, aliases, tape, why)
         return trace, self._graph(mode, out, trace, raw, finished)
@@ -5486,6 +5496,11 @@ class TracedMetric(Decomposition):
             lines.append(f"  Python control flow on the trained steps (at {where}): {len(tape.guards)} "
                          "values read are computed at every configuration; where one differs from this trace's, "
                          "fn traced again on that path, or replayed")
+        elif plan.trace.branches and self._others.get(plan.key) is False:
+            lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
+                         f"({plan.trace.why_no_tape}), nor of fn traced again halfway along: fn replayed at every "
+                         "configuration the loss evaluates, one at a time (the chain at no more than "
+                         "chain_segments + 1 points)")
         elif plan.trace.branches:
             lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
                          f"({plan.trace.why_no_tape}): fn traced again at a configuration on another path, its "
