@@ -1319,14 +1319,68 @@ def test_a_metric_returning_a_python_number_trains_as_the_tensor_form():
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
     assert bool(results[1][1].abs().sum() > 0)
-    assert any("as a Python value" in str(w.message) and "fn returns a Python number (float)" in str(w.message)
-               for w in results[0][3])  # slower: said, and why
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="from_metric: fn reads")
-        text = from_metric(_accuracy_as_a_number).explain(scores, target)
-    assert "fn returns a Python number (float)" in text and "fn replayed at every configuration" in text
+    assert not [w for w in results[0][3] if "from_metric" in str(w.message)]  # its count batched: nothing to say
+    text = from_metric(_accuracy_as_a_number).explain(scores, target)
+    assert "fn returns a Python number (float)" in text and "each number it reads with .item() carried" in text
     with pytest.raises(TraceError, match=r"to return a tensor or a Python number, but it returned str"):
         from_metric(lambda s, y: "0.5").metric(scores, target)
+
+
+def _python_arithmetic(s, y):  # ints and floats mixed as Python mixes them, reflected operands too
+    c = (s.argmax(1) == y).sum().item()
+    w = (s.argmax(1) == 0).sum().item()
+    return ((3 * c - 7) // 2 % 5 + 1.5 * c / len(y) - abs(-w) + (2 - c) * 0.25 - 10 / (c + 1)) / (1 - 0.1 * -w)
+
+
+def _precision_by_items(s, y):  # Python raises where nothing is predicted positive: fn's own fallback
+    pred = s[:, 1] > s[:, 0]
+    tp, fp = (pred & (y == 1)).sum().item(), (pred & (y != 1)).sum().item()
+    try:
+        return tp / (tp + fp)
+    except ZeroDivisionError:
+        return 0.0
+
+
+def _branch_on_a_count(s, y):  # a branch on the number: fn replayed one configuration at a time
+    c = (s.argmax(1) == y).sum().item()
+    return torch.tensor(c / len(y) if c > 3 else 0.0)
+
+
+def _swallowed(s, y):  # the batched replay's number escapes into math.sqrt, and fn catches it
+    c = (s.argmax(1) == y).sum().item()
+    try:
+        r = math.sqrt(c)
+    except Exception:
+        r = -1.0
+    return r / len(y)
+
+
+@pytest.mark.parametrize("fn, batched", [(_python_arithmetic, True), (_precision_by_items, True),
+                                         (_branch_on_a_count, False), (_swallowed, False),
+                                         (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],
+                         ids=lambda x: getattr(x, "__name__", str(x)))
+def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
+    # The numbers fn reads with .item() carried as tensors through Python's arithmetic: the values
+    # at every configuration those of fn called at each (batched="loop"), to the bit, a divisor of
+    # 0 where Python raises included; a branch on a number, or one that escapes into math.sqrt even
+    # where fn catches that, leaves fn replayed one configuration at a time, as exact
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, 3, (24,), generator=g)
+    scores = torch.randn(24, 3, generator=g) + 2 * torch.nn.functional.one_hot(target, 3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="from_metric: fn reads")
+        metric, loop = from_metric(fn), from_metric(fn, batched="loop")
+        plan, loop_plan = metric.prepare(scores, target), loop.prepare(scores, target)
+        bits = torch.rand(40, plan.num_bits, generator=g) < torch.linspace(0, 1, 40)[:, None]
+        bits[0], bits[-1] = False, True  # every comparison wrong (nothing predicted right), every one right
+        got, expected = metric.evaluate(bits, plan), loop.evaluate(bits, loop_plan)
+        text = metric.explain(scores, target)
+    assert torch.equal(got.double(), expected.double())
+    assert ("each number it reads with .item() carried as a tensor" in text) == batched
+    x = scores.clone().requires_grad_()
+    loss_fn = uniloss.UniLoss(metric)
+    loss_fn(x, target).backward()
+    assert float(loss_fn.last.metric) == pytest.approx(float(fn(scores, target))) and torch.isfinite(x.grad).all()
 
 
 def test_a_numpy_metric_evaluates_as_the_zoos_form():
@@ -1385,11 +1439,15 @@ def test_top_k_from_counts_is_top_k_from_bits():
         torch.testing.assert_close(traced.evaluate(bits, plan), scale * hand.evaluate(bits, hand_plan), check_dtype=False)
 
 
+def _accuracy_by_lists(s, y):  # labels compared as Python lists: fn replayed one configuration at a time
+    return sum(int(p == q) for p, q in zip(s.argmax(1).tolist(), y.tolist())) / len(y)
+
+
 def test_from_metric_warnings_point_at_the_users_loss_call():
     scores, target = _multiclass(2)
     calls = [(lambda: uniloss.UniLoss(from_metric(lambda s, y: 1 - (s.argmax(1) == y).float().mean())),
               "fn is lowest where a row's output is its label"),
-             (lambda: uniloss.UniLoss(from_metric(_tutorial_accuracy)), "as a Python value")]
+             (lambda: uniloss.UniLoss(from_metric(_accuracy_by_lists)), "as a Python value")]
     for make, match in calls:
         loss_fn = make()
         with pytest.warns(UserWarning, match=match) as said:

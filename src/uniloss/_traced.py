@@ -80,6 +80,7 @@ import importlib
 import linecache
 import math
 import numbers
+import operator
 import os
 import re
 import sys
@@ -2582,6 +2583,188 @@ def _batched(step: _Step, position: int) -> bool:
     return any(i == position for i, _ in step.fills)
 
 
+def _has_number(args: Sequence, kwargs: Dict) -> bool:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, _Number) or (type(a) in (list, tuple) and any(isinstance(b, _Number) for b in a)):
+            return True
+    return False
+
+
+class _Escape(TypeError):
+    """A number read with ``.item()`` used other than in arithmetic during a batched replay."""
+
+
+class _Number:
+    """A number ``fn`` reads with ``.item()`` from a tensor its steps made, in a replay batched
+    over configurations (:meth:`TracedMetric._number_values`): ``t`` holds its value at each, as
+    float64 or int64 for the Python float or int it stands for, and Python arithmetic on it
+    (``+ - * /``, ``//`` and ``%`` of ints, ``-x``, ``abs``) is that arithmetic on ``t``, in
+    Python's types, so that each configuration's value is the one Python computes. ``fn`` may
+    return it or hand it to ``torch.tensor``. Any other use (a branch, ``float()``, a comparison,
+    formatting, another torch function) raises :class:`_Escape` and marks the replay, whose
+    values are then not used. A divisor that is 0 at a configuration, where Python raises, is
+    recorded, and ``fn`` replayed there."""
+
+    __slots__ = ("t", "mode")
+
+    def __init__(self, t: Tensor, mode: "_Mode") -> None:
+        self.t, self.mode = t, mode
+
+    def _escape(self, what: str) -> Any:
+        self.mode.escaped = True
+        raise _Escape(f"a number read with .item() used in {what}")
+
+    def _wrap(self, t: Tensor) -> "_Number":
+        return _Number(t, self.mode)
+
+    def _operands(self, other: Any, op: str) -> Optional[Tuple[Any, Any, bool]]:
+        """Both operands in the type of the result (int64 or float64 tensors, Python numbers)
+        and whether it is an int; ``None`` for an operand that is not a number."""
+        o: Any
+        if isinstance(other, _Number):
+            o, o_int = other.t, not other.t.is_floating_point()
+        elif isinstance(other, (bool, int)):
+            o, o_int = int(other), True
+        elif isinstance(other, float):
+            o, o_int = float(other), False
+        else:
+            return None
+        as_int = o_int and not self.t.is_floating_point() and op != "truediv"
+        a = self.t if as_int or self.t.is_floating_point() else self.t.double()
+        if not as_int and isinstance(o, Tensor) and not o.is_floating_point():
+            o = o.double()
+        elif not as_int and isinstance(o, int):
+            o = float(o)
+        return a, o, as_int
+
+    def _binary(self, other: Any, op: str, reflected: bool) -> Any:
+        both = self._operands(other, op)
+        if both is None:
+            return NotImplemented
+        a, b, as_int = both
+        if reflected:
+            a, b = b, a
+        if op in ("floordiv", "mod") and not as_int:
+            return self._escape(f"float `{op}`")
+        if op in ("truediv", "floordiv", "mod"):
+            if isinstance(b, Tensor):
+                self.mode.zero_divisors.append(b == 0)
+            elif b == 0:
+                raise ZeroDivisionError("division by zero")
+        # Python's operators on the tensors (one of a and b is one): floor division and remainder
+        # of ints floor as Python's do; true division of float64 rounds as Python's float
+        out = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "truediv": operator.truediv,
+               "floordiv": operator.floordiv, "mod": operator.mod}[op](a, b)
+        return self._wrap(out)
+
+    def __add__(self, other: Any) -> Any:
+        return self._binary(other, "add", False)
+
+    def __radd__(self, other: Any) -> Any:
+        return self._binary(other, "add", True)
+
+    def __sub__(self, other: Any) -> Any:
+        return self._binary(other, "sub", False)
+
+    def __rsub__(self, other: Any) -> Any:
+        return self._binary(other, "sub", True)
+
+    def __mul__(self, other: Any) -> Any:
+        return self._binary(other, "mul", False)
+
+    def __rmul__(self, other: Any) -> Any:
+        return self._binary(other, "mul", True)
+
+    def __truediv__(self, other: Any) -> Any:
+        return self._binary(other, "truediv", False)
+
+    def __rtruediv__(self, other: Any) -> Any:
+        return self._binary(other, "truediv", True)
+
+    def __floordiv__(self, other: Any) -> Any:
+        return self._binary(other, "floordiv", False)
+
+    def __rfloordiv__(self, other: Any) -> Any:
+        return self._binary(other, "floordiv", True)
+
+    def __mod__(self, other: Any) -> Any:
+        return self._binary(other, "mod", False)
+
+    def __rmod__(self, other: Any) -> Any:
+        return self._binary(other, "mod", True)
+
+    def __neg__(self) -> "_Number":
+        return self._wrap(-self.t)
+
+    def __pos__(self) -> "_Number":
+        return self
+
+    def __abs__(self) -> "_Number":
+        return self._wrap(self.t.abs())
+
+    def tensor(self, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """``torch.tensor(number)``: the dtype Python's float or int would take."""
+        if dtype is None:
+            dtype = torch.get_default_dtype() if self.t.is_floating_point() else torch.int64
+        return self.t.to(dtype)
+
+    def __bool__(self) -> bool:
+        return self._escape("a branch or `bool`")
+
+    def __float__(self) -> float:
+        return self._escape("`float()`")
+
+    def __int__(self) -> int:
+        return self._escape("`int()`")
+
+    def __index__(self) -> int:
+        return self._escape("an index")
+
+    def __complex__(self) -> complex:
+        return self._escape("`complex()`")
+
+    def __round__(self, ndigits: Any = None) -> Any:
+        return self._escape("`round()`")
+
+    def __pow__(self, other: Any) -> Any:
+        return self._escape("`**`")
+
+    def __rpow__(self, other: Any) -> Any:
+        return self._escape("`**`")
+
+    def __eq__(self, other: Any) -> Any:  # type: ignore[override]
+        return self._escape("a comparison")
+
+    def __ne__(self, other: Any) -> Any:  # type: ignore[override]
+        return self._escape("a comparison")
+
+    def __lt__(self, other: Any) -> Any:
+        return self._escape("a comparison")
+
+    def __le__(self, other: Any) -> Any:
+        return self._escape("a comparison")
+
+    def __gt__(self, other: Any) -> Any:
+        return self._escape("a comparison")
+
+    def __ge__(self, other: Any) -> Any:
+        return self._escape("a comparison")
+
+    def __hash__(self) -> int:
+        return self._escape("a hash")
+
+    def __format__(self, spec: str) -> str:
+        return self._escape("formatting")
+
+    def __repr__(self) -> str:
+        return "<a number read with .item(), batched over configurations>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._escape(f"`.{name}`")
+
+
 class _Mode(TorchFunctionMode):
     """Runs ``fn``: traces it (``calls is None``) or replays it with ``payloads`` (site index ->
     decoded output of one anchor) in place of the traced discrete steps."""
@@ -2589,9 +2772,13 @@ class _Mode(TorchFunctionMode):
     def __init__(self, fn: Any, scores: Tensor, calls: Optional[List[_Call]] = None,
                  payloads: Optional[Dict[int, Any]] = None, formatters: Optional[Dict[int, Any]] = None,
                  vmapped: bool = False, inputs: Sequence[Tensor] = (),
-                 force: Optional[Dict[int, Tuple[Any, Callable[[Any, Tensor], Any]]]] = None) -> None:
+                 force: Optional[Dict[int, Tuple[Any, Callable[[Any, Tensor], Any]]]] = None,
+                 numbers: bool = False) -> None:
         super().__init__()
         self.fn = fn
+        self.numbers = numbers  # a batched replay: .item() of the steps' results gives a _Number
+        self.escaped = False  # a _Number used other than in arithmetic (its replay's values unused)
+        self.zero_divisors: List[Tensor] = []  # where a _Number divisor is 0 (Python raises there)
         self.force = force or {}  # a trace's step -> (payload, format): it returns that configuration's output
         self.info: Dict[int, _Info] = {id(scores): _Info(True, frozenset())}
         self.keep: List[Any] = [scores]
@@ -2683,6 +2870,8 @@ class _Mode(TorchFunctionMode):
         return out
 
     def _handle(self, func, args: Sequence, kwargs: Dict) -> Any:
+        if self.numbers and _has_number(args, kwargs):
+            return self._number_call(func, args, kwargs)
         infos = self._collect(args, kwargs)
         rec = self.rec
         if not infos:
@@ -2699,6 +2888,9 @@ class _Mode(TorchFunctionMode):
             if i.sites and i.sites is not sites:
                 sites = sites | i.sites
         if name in _PYTHON_OPS:
+            if self.numbers and name == "item" and sites and not score and args[0].numel() == 1:
+                x = args[0]
+                return _Number(x.to(torch.float64 if x.is_floating_point() else torch.int64), self)
             if score:
                 hint = ""
                 if name in ("numpy", "__array__", "tolist"):
@@ -2741,6 +2933,18 @@ class _Mode(TorchFunctionMode):
             else:
                 rec.op(func, name, args, kwargs, out)
         return out
+
+    def _number_call(self, func, args: Sequence, kwargs: Dict) -> Any:
+        """A torch function given a :class:`_Number`: ``torch.tensor(number)`` (and ``as_tensor``,
+        ``scalar_tensor``) is its tensor in the dtype the Python number would take; anything else
+        escapes (Python scalars and tensors promote differently)."""
+        name = _op_name(func)
+        if name in ("tensor", "as_tensor", "scalar_tensor") and len(args) == 1 and isinstance(args[0], _Number) \
+                and set(kwargs) <= {"dtype", "device", "requires_grad"}:
+            out = args[0].tensor(kwargs.get("dtype"))
+            return out if kwargs.get("device") is None else out.to(kwargs["device"])
+        self.escaped = True
+        raise _Escape(f"a number read with .item() given to `{name}`")
 
     # -- tagging ordinary results
     def _tag(self, out: Any, name: str, args: Sequence, kwargs: Dict, score: bool, sites: frozenset) -> None:
@@ -4201,10 +4405,14 @@ class TracedMetric(Decomposition):
         self._sums: Dict[tuple, bool] = {}  # structure -> whether its chain through sums gave fn's values
         self._probes: Dict[tuple, bool] = {}  # (structure, step) -> whether its probes through sums did
         self._others: Dict[tuple, Any] = {}  # structure -> its forced traces' checks: a count, True or False
+        # structure (replayed at every configuration) -> whether one replay batched with vmap, the
+        # numbers fn reads with .item() carried as tensors (_Number), gives fn's values
+        self._numbers: Dict[tuple, bool] = {}
         self._graphs: Dict[tuple, _Graph] = {}  # input shapes -> the last trace of fn on them
         self._unsaid: List[Any] = []  # warnings of fn's replays held while a tape stood in for them
         self._reruns_failed: Dict[tuple, int] = {}
         self._warned_branches = False  # fn's branches on its steps replayed whole: said once
+        self._held_warnings: Optional[List[str]] = None  # while preparing: what _other_paths would say
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.fn, "func", self.fn), "__name__", type(self.fn).__name__)
@@ -4629,6 +4837,31 @@ class TracedMetric(Decomposition):
                     payloads[alias], sites[alias] = payloads[original], twin
         return payloads, sites
 
+    def _flipped(self, plan: "_Plan", sites: Dict[int, _Site], every: int) -> Dict[int, Any]:
+        """The payloads of one configuration: every ``every``-th comparison of each step wrong."""
+        chosen = {}
+        for site in plan.sites:
+            bits = site.best().reshape(-1).clone()
+            bits[::every] = ~bits[::every]
+            chosen[site.index] = site.decode(bits[None])
+        return self._with_aliases(plan, chosen, sites)[0]
+
+    def _decide_numbers(self, plan: "_Plan") -> None:
+        """For a structure whose ``fn`` is replayed at every configuration (no tape, not even
+        halfway along), whether one replay batched with vmap, the numbers it reads with
+        ``.item()`` carried as tensors (:class:`_Number`), gives ``fn``'s values: checked once,
+        on its first call, against ``fn`` at two configurations (every other comparison wrong,
+        every third)."""
+        if len(self._numbers) >= 256:
+            self._numbers.clear()
+        sites = self._with_aliases(plan, {}, {site.index: site for site in plan.sites})[1]
+        try:
+            two = [self._flipped(plan, sites, 2), self._flipped(plan, sites, 3)]
+            both = {i: _cat_payloads([two[0][i], two[1][i]]) for i in two[0]}
+            self._numbers[plan.key] = self._numbers_agree(plan, both, sites)
+        except Exception:
+            self._numbers[plan.key] = False
+
     def _adopt_forced_tape(self, plan: "_Plan") -> None:
         """A trace whose ``fn`` reads its trained steps' results as Python values and whose path
         is a rare one: without a tape (a batch all right, whose value a special case returns as a
@@ -4642,23 +4875,15 @@ class TracedMetric(Decomposition):
         if kind == "off" or self._others.get(plan.key) is False:
             return
 
-        def flipped(every: int) -> Dict[int, Any]:  # every `every`-th comparison of each step wrong
-            chosen = {}
-            for site in plan.sites:
-                bits = site.best().reshape(-1).clone()
-                bits[::every] = ~bits[::every]
-                chosen[site.index] = site.decode(bits[None])
-            return self._with_aliases(plan, chosen, sites)[0]
-
         sites = self._with_aliases(plan, {}, {site.index: site for site in plan.sites})[1]
-        halfway = flipped(2)
+        halfway = self._flipped(plan, sites, 2)
         try:
             if plan.trace.tape is not None:  # the trace's own path holds halfway along: it stays
                 _, held = self._run_tape(plan.trace.tape, _tape_kind(plan.trace.tape), halfway, sites, 1, False)
                 if held is None or bool(held[0]):
                     return
             # halfway along, and every third comparison wrong for the structure's first checks
-            third = flipped(3)
+            third = self._flipped(plan, sites, 3)
             both = {i: _cat_payloads([halfway[i], third[i]]) for i in halfway}
             forced = self._checked_forced_tape(plan, both, sites, 0)
         except Exception:  # fn that this configuration breaks: the trace's replays stay
@@ -4706,25 +4931,92 @@ class TracedMetric(Decomposition):
             left = left[~held]
             if int(held.sum()) < _OTHER_MIN:  # paths too many to trace each (a count read as a Python number)
                 break
+        if len(left) and self._numbers.get(plan.key):
+            batched = self._number_values(plan, _pick(payloads, left), formatters, len(left))
+            if batched is None:  # not expected after the structure's check: fn replayed from now on
+                self._numbers[plan.key] = False
+            else:
+                got, bad = batched
+                if values is None:
+                    values = torch.empty(t, dtype=got.dtype, device=got.device)
+                values[left[~bad].to(values.device)] = got[~bad].to(values.dtype)
+                left = left[bad]  # a divisor 0 there, where Python raises: fn itself
         no_tape = values is None and plan.trace.tape is None
         if (no_tape and len(left) >= _OTHER_MIN or len(left) > _OTHER_WARN) and not self._warned_branches:
-            self._warned_branches = True
             trace = plan.trace
             s = next(i for i in trace.trained if i in trace.guards)
             why = (trace.why_no_tape or "on these scores fn takes other paths, which tracing it again did not give a "
                    "tape") if no_tape else ("its path turns at more configurations than tracing it again covers (a "
                                             "Python loop or branch on each element of a curve or a count)")
-            warnings.warn(
+            message = (
                 f"from_metric: fn reads the result of {trace.calls[s].describe()} as a Python value (at "
                 f"{trace.guards[s]}) and {why}: {len(left)} of {t} configurations replay fn one at a time (slower; "
                 "keeping what fn reads a tensor keeps the fast path: torch.where in place of a branch, a count "
-                "without .item() or int())", stacklevel=V.user_stacklevel())
+                "without .item() or int())")
+            if self._held_warnings is not None and plan.key not in self._numbers:
+                self._held_warnings.append(message)  # a structure's first call: said if its replays stay one at a time
+            else:
+                self._warned_branches = True
+                warnings.warn(message, stacklevel=V.user_stacklevel())
         rest = self._fn_values(plan, _pick(payloads, left), formatters, len(left), loop=True) if len(left) else None
         if values is None:
             return cast(Tensor, rest)
         if rest is not None:
             values[left.to(values.device)] = rest.to(values.dtype)
         return values
+
+    def _number_values(self, plan: "_Plan", payloads: Dict[int, Any], formatters: Dict[int, Any], t: int
+                       ) -> Optional[Tuple[Tensor, Tensor]]:
+        """``fn``'s values at ``t`` configurations from one replay batched with vmap, each number
+        it reads with ``.item()`` from its steps' results carried as a tensor of its values
+        (:class:`_Number`), and ``[t]`` booleans where a divisor was 0 (Python raises there: ``fn``
+        itself is replayed there). ``None`` where ``fn`` uses such a number other than in
+        arithmetic, returns something else, or vmap fails otherwise."""
+        scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
+        escaped: List[bool] = []
+
+        def one(chosen: Dict[int, Any]) -> Tuple[Tensor, Tensor]:
+            out, mode = self._run(scores, target, calls=calls, payloads=chosen, formatters=formatters,
+                                  vmapped=True, numbers=True)
+            if mode.escaped:
+                escaped.append(True)
+            if isinstance(out, _Number):
+                out = out.t.double()
+            elif _is_number(out):
+                out = _number_value(out)
+            elif not isinstance(out, Tensor):
+                raise _Escape(f"fn returned {type(out).__name__}")
+            zero = [z.reshape(()) for z in mode.zero_divisors]
+            bad = torch.stack(zero).any() if zero else torch.zeros((), dtype=torch.bool, device=out.device)
+            return out.reshape(()), bad
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                values, bad = torch.func.vmap(one, chunk_size=4096 if t > 4096 else None)(payloads)
+            except Exception:  # a number branched on, formatted, given to torch; or fn not batchable
+                return None
+        if escaped:  # fn caught the escape and went on: its values are not fn's
+            return None
+        values = values if values.is_floating_point() else values.float()
+        return values, bad.reshape(t).to(torch.bool)
+
+    def _numbers_agree(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site]) -> bool:
+        """Whether :meth:`_number_values` gives ``fn``'s own values at these configurations (the
+        check of a structure's first call)."""
+        formatters = {i: s.format for i, s in sites.items()}
+        leaves = [p for v in payloads.values() for p in (v if isinstance(v, tuple) else (v,))]
+        t = leaves[0].shape[0]
+        batched = self._number_values(plan, payloads, formatters, t)
+        if batched is None or bool(batched[1].any()):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                reference = self._fn_values(plan, payloads, formatters, t, loop=True)
+            except Exception:
+                return False
+        return _agrees(batched[0], reference)
 
     def _checked_forced_tape(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site], at: int
                              ) -> Optional[Tuple[_Tape, Tensor, Tensor]]:
@@ -4924,6 +5216,21 @@ class TracedMetric(Decomposition):
     def prepare(self, scores: Tensor, target: Any, generator: Optional[torch.Generator] = None) -> _Plan:
         if isinstance(target, _Plan):
             return target
+        # A structure's first call probes and checks fn by replaying it; that fn's replays are
+        # one at a time is said once it is known that they stay so (not where its numbers read
+        # with .item() batch, _decide_numbers)
+        held: List[str] = []
+        outer, self._held_warnings = self._held_warnings, held
+        try:
+            plan = self._prepare(scores, target)
+        finally:
+            self._held_warnings = outer
+        if held and not self._numbers.get(plan.key) and not self._warned_branches:
+            self._warned_branches = True
+            warnings.warn(held[0], stacklevel=V.user_stacklevel())
+        return plan
+
+    def _prepare(self, scores: Tensor, target: Any) -> _Plan:
         trace = self._trace(scores, target)
         plan = _Plan(target, scores, trace, [], [], 0)
         key = self._signature(trace, _target_tensors(target))
@@ -4943,6 +5250,8 @@ class TracedMetric(Decomposition):
         plan = self._finish(plan, sites)
         if trace.branches and self.batched != "loop" and plan.num_bits:
             self._adopt_forced_tape(plan)
+            if plan.trace.tape is None and self._others.get(plan.key) is False and plan.key not in self._numbers:
+                self._decide_numbers(plan)
         return plan
 
     def _finish(self, plan: _Plan, sites: List[_Site]) -> _Plan:
@@ -5205,7 +5514,7 @@ class TracedMetric(Decomposition):
         if self.batched == "loop":
             return False
         if plan.trace.tape is None:
-            return plan.trace.branches and self._others.get(plan.key) is False
+            return plan.trace.branches and self._others.get(plan.key) is False and not self._numbers.get(plan.key)
         if plan.tape != "off":
             return False
         return not self._use_vmap or bool(plan.trace.branches)
@@ -5496,6 +5805,10 @@ class TracedMetric(Decomposition):
             lines.append(f"  Python control flow on the trained steps (at {where}): {len(tape.guards)} "
                          "values read are computed at every configuration; where one differs from this trace's, "
                          "fn traced again on that path, or replayed")
+        elif plan.trace.branches and self._others.get(plan.key) is False and self._numbers.get(plan.key):
+            lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
+                         f"({plan.trace.why_no_tape}): fn replayed once, batched over the configurations with "
+                         "vmap, each number it reads with .item() carried as a tensor of its values")
         elif plan.trace.branches and self._others.get(plan.key) is False:
             lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
                          f"({plan.trace.why_no_tape}), nor of fn traced again halfway along: fn replayed at every "
@@ -5645,8 +5958,10 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     values where it holds, ``fn`` itself replayed at the rest (where no trace can compute the values
     read, at every configuration, with a warning). ``fn`` may return a Python or NumPy number
     (``correct / total`` of a count read with ``.item()``, a scikit-learn metric of ``.numpy()`` of
-    a step's output): it is taken as a float64 tensor, and ``fn`` is replayed at every
-    configuration (exact and slow; a count kept a tensor keeps the fast path). On
+    a step's output), taken as a float64 tensor. A number read with ``.item()`` and used only in
+    Python's arithmetic, then returned or given to ``torch.tensor``, is carried as a tensor of its
+    values at every configuration, so ``fn`` is replayed once, batched; used otherwise (a branch on
+    it, ``math``, NumPy), ``fn`` is replayed at every configuration (exact and slow). On
     the first call of each input structure the inferred best configuration is checked against
     probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
