@@ -1303,7 +1303,8 @@ def _top_k_transposed(k):  # the top k of each row as rows of k (as the PyTorch 
 
 def test_a_metric_returning_a_python_number_trains_as_the_tensor_form():
     # `correct / total` of a count read with .item(): the value a Python float (kept as a double),
-    # fn replayed where its count turns; the same loss and gradient as accuracy written in tensors
+    # the count carried through the division as a tensor (one batched replay, nothing to warn
+    # about); the same loss and gradient as accuracy written in tensors
     scores, target = _multiclass(4)
     results = []
     for fn in (_accuracy_as_a_number, accuracy):

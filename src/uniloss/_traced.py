@@ -5509,8 +5509,9 @@ class TracedMetric(Decomposition):
         configuration by request, the check of the other modes at every point; nor without a tape
         (then nothing has tried vmap yet, and a later call would decide otherwise), unless ``fn``
         traced again halfway along gave none either (:meth:`_adopt_forced_tape`: a value made from
-        numbers read in Python, ``correct / total`` of a count read with ``.item()``), on the
-        structure's first call as on every later one."""
+        numbers read in Python, ``correct / total`` of a count read with ``.item()``) and those
+        numbers do not batch (:meth:`_decide_numbers`), on the structure's first call as on every
+        later one."""
         if self.batched == "loop":
             return False
         if plan.trace.tape is None:
