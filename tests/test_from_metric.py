@@ -11,6 +11,7 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from sklearn import metrics as skm
@@ -1356,7 +1357,18 @@ def _swallowed(s, y):  # the batched replay's number escapes into math.sqrt, and
     return r / len(y)
 
 
+def _recall_per_class_by_numpy(s, y):  # NumPy's mean of Python numbers (it asks them for a dtype first)
+    pred = s.argmax(1)
+    return np.mean([((pred == c) & (y == c)).sum().item() / max((y == c).sum().item(), 1) for c in range(3)])
+
+
+def _hits_as_a_tensor_of_a_list(s, y):  # torch.tensor of a list of numbers, then tensor arithmetic
+    pred = s.argmax(1)
+    return torch.tensor([((pred == c) & (y == c)).sum().item() for c in range(3)] + [0.5]).mean() / len(y)
+
+
 @pytest.mark.parametrize("fn, batched", [(_python_arithmetic, True), (_precision_by_items, True),
+                                         (_recall_per_class_by_numpy, True), (_hits_as_a_tensor_of_a_list, True),
                                          (_branch_on_a_count, False), (_swallowed, False),
                                          (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],
                          ids=lambda x: getattr(x, "__name__", str(x)))

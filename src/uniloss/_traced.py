@@ -2600,10 +2600,13 @@ class _Number:
     float64 or int64 for the Python float or int it stands for, and Python arithmetic on it
     (``+ - * /``, ``//`` and ``%`` of ints, ``-x``, ``abs``) is that arithmetic on ``t``, in
     Python's types, so that each configuration's value is the one Python computes. ``fn`` may
-    return it or hand it to ``torch.tensor``. Any other use (a branch, ``float()``, a comparison,
-    formatting, another torch function) raises :class:`_Escape` and marks the replay, whose
-    values are then not used. A divisor that is 0 at a configuration, where Python raises, is
-    recorded, and ``fn`` replayed there."""
+    return it or hand it to ``torch.tensor`` (alone, or in a flat list of numbers); code that adds
+    such numbers itself (NumPy's ``mean`` of a list of them) does so in its own order, which on a
+    list of floats may differ in the last bits. Any other use (a branch, ``float()``, a comparison,
+    formatting, another torch function, an attribute a Python number has) raises :class:`_Escape`
+    and marks the replay, whose values are then not used; an attribute it lacks raises
+    ``AttributeError``, as a Python number's would. A divisor that is 0 at a configuration, where
+    Python raises, is recorded, and ``fn`` replayed there."""
 
     __slots__ = ("t", "mode")
 
@@ -2760,7 +2763,8 @@ class _Number:
         return "<a number read with .item(), batched over configurations>"
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        # what a Python number lacks, it lacks (NumPy asks for `dtype`); what it has escapes
+        if name.startswith("__") or not hasattr(float if self.t.is_floating_point() else int, name):
             raise AttributeError(name)
         return self._escape(f"`.{name}`")
 
@@ -2939,10 +2943,25 @@ class _Mode(TorchFunctionMode):
         ``scalar_tensor``) is its tensor in the dtype the Python number would take; anything else
         escapes (Python scalars and tensors promote differently)."""
         name = _op_name(func)
-        if name in ("tensor", "as_tensor", "scalar_tensor") and len(args) == 1 and isinstance(args[0], _Number) \
+        if name in ("tensor", "as_tensor", "scalar_tensor") and len(args) == 1 \
                 and set(kwargs) <= {"dtype", "device", "requires_grad"}:
-            out = args[0].tensor(kwargs.get("dtype"))
-            return out if kwargs.get("device") is None else out.to(kwargs["device"])
+            x, dtype = args[0], kwargs.get("dtype")
+            out: Optional[Tensor] = None
+            if isinstance(x, _Number):
+                out = x.tensor(dtype)
+            elif type(x) in (list, tuple) and x and name != "scalar_tensor" and \
+                    all(isinstance(e, (_Number, int, float)) for e in x):
+                # a flat list of numbers, as torch.tensor infers its dtype: a float among them gives
+                # the default float dtype, else int64 (a list of bools alone stays Python's)
+                floats = any(isinstance(e, float) or (isinstance(e, _Number) and e.t.is_floating_point())
+                             for e in x)
+                if dtype is None and not all(type(e) is bool for e in x):
+                    dtype = torch.get_default_dtype() if floats else torch.int64
+                if dtype is not None:
+                    out = torch.stack([e.tensor(dtype) if isinstance(e, _Number) else torch.tensor(e, dtype=dtype)
+                                       for e in x])
+            if out is not None:
+                return out if kwargs.get("device") is None else out.to(kwargs["device"])
         self.escaped = True
         raise _Escape(f"a number read with .item() given to `{name}`")
 
