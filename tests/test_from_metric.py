@@ -1367,7 +1367,15 @@ def _hits_as_a_tensor_of_a_list(s, y):  # torch.tensor of a list of numbers, the
     return torch.tensor([((pred == c) & (y == c)).sum().item() for c in range(3)] + [0.5]).mean() / len(y)
 
 
+def _bools_read_with_item(s, y):  # Python bools: torch.tensor of them is bool, their sum an int
+    every = (s.argmax(1) == y).all().item()
+    most = ((s.argmax(1) == y).sum() > len(y) // 2).item()
+    return (~torch.tensor(every)).float() * 0.25 + torch.tensor([most, True]).float().mean() + \
+        torch.tensor((most + most) / 4)
+
+
 @pytest.mark.parametrize("fn, batched", [(_python_arithmetic, True), (_precision_by_items, True),
+                                         (_bools_read_with_item, True),
                                          (_recall_per_class_by_numpy, True), (_hits_as_a_tensor_of_a_list, True),
                                          (_branch_on_a_count, False), (_swallowed, False),
                                          (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],

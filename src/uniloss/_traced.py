@@ -2597,7 +2597,8 @@ class _Escape(TypeError):
 class _Number:
     """A number ``fn`` reads with ``.item()`` from a tensor its steps made, in a replay batched
     over configurations (:meth:`TracedMetric._number_values`): ``t`` holds its value at each, as
-    float64 or int64 for the Python float or int it stands for, and Python arithmetic on it
+    float64, int64 or bool for the Python float, int or bool it stands for (a bool's arithmetic that
+    of an int, as Python's), and Python arithmetic on it
     (``+ - * /``, ``//`` and ``%`` of ints, ``-x``, ``abs``) is that arithmetic on ``t``, in
     Python's types, so that each configuration's value is the one Python computes. ``fn`` may
     return it or hand it to ``torch.tensor`` (alone, or in a flat list of numbers); code that adds
@@ -2625,7 +2626,7 @@ class _Number:
         and whether it is an int; ``None`` for an operand that is not a number."""
         o: Any
         if isinstance(other, _Number):
-            o, o_int = other.t, not other.t.is_floating_point()
+            o, o_int = other.int_or_float(), not other.t.is_floating_point()
         elif isinstance(other, (bool, int)):
             o, o_int = int(other), True
         elif isinstance(other, float):
@@ -2633,7 +2634,8 @@ class _Number:
         else:
             return None
         as_int = o_int and not self.t.is_floating_point() and op != "truediv"
-        a = self.t if as_int or self.t.is_floating_point() else self.t.double()
+        a = self.int_or_float()
+        a = a if as_int or a.is_floating_point() else a.double()
         if not as_int and isinstance(o, Tensor) and not o.is_floating_point():
             o = o.double()
         elif not as_int and isinstance(o, int):
@@ -2696,19 +2698,23 @@ class _Number:
     def __rmod__(self, other: Any) -> Any:
         return self._binary(other, "mod", True)
 
+    def int_or_float(self) -> Tensor:
+        """The values as arithmetic sees them: a bool as an int (``True + True == 2``)."""
+        return self.t.long() if self.t.dtype == torch.bool else self.t
+
     def __neg__(self) -> "_Number":
-        return self._wrap(-self.t)
+        return self._wrap(-self.int_or_float())
 
     def __pos__(self) -> "_Number":
-        return self
+        return self._wrap(self.int_or_float())
 
     def __abs__(self) -> "_Number":
-        return self._wrap(self.t.abs())
+        return self._wrap(self.int_or_float().abs())
 
     def tensor(self, dtype: Optional[torch.dtype] = None) -> Tensor:
-        """``torch.tensor(number)``: the dtype Python's float or int would take."""
+        """``torch.tensor(number)``: the dtype Python's float, int or bool would take."""
         if dtype is None:
-            dtype = torch.get_default_dtype() if self.t.is_floating_point() else torch.int64
+            dtype = torch.get_default_dtype() if self.t.is_floating_point() else self.t.dtype
         return self.t.to(dtype)
 
     def __bool__(self) -> bool:
@@ -2894,7 +2900,8 @@ class _Mode(TorchFunctionMode):
         if name in _PYTHON_OPS:
             if self.numbers and name == "item" and sites and not score and args[0].numel() == 1:
                 x = args[0]
-                return _Number(x.to(torch.float64 if x.is_floating_point() else torch.int64), self)
+                kind = torch.float64 if x.is_floating_point() else torch.bool if x.dtype == torch.bool else torch.int64
+                return _Number(x.to(kind), self)
             if score:
                 hint = ""
                 if name in ("numpy", "__array__", "tolist"):
@@ -2951,15 +2958,15 @@ class _Mode(TorchFunctionMode):
                 out = x.tensor(dtype)
             elif type(x) in (list, tuple) and x and name != "scalar_tensor" and \
                     all(isinstance(e, (_Number, int, float)) for e in x):
-                # a flat list of numbers, as torch.tensor infers its dtype: a float among them gives
-                # the default float dtype, else int64 (a list of bools alone stays Python's)
-                floats = any(isinstance(e, float) or (isinstance(e, _Number) and e.t.is_floating_point())
-                             for e in x)
-                if dtype is None and not all(type(e) is bool for e in x):
-                    dtype = torch.get_default_dtype() if floats else torch.int64
-                if dtype is not None:
-                    out = torch.stack([e.tensor(dtype) if isinstance(e, _Number) else torch.tensor(e, dtype=dtype)
-                                       for e in x])
+                # a flat list of numbers, in the dtype torch.tensor infers: a float among them gives
+                # the default float dtype, else int64, bools alone bool
+                if dtype is None:
+                    kinds = [e.t.dtype if isinstance(e, _Number) else torch.bool if type(e) is bool else
+                             torch.float64 if isinstance(e, float) else torch.int64 for e in x]
+                    dtype = torch.get_default_dtype() if torch.float64 in kinds else \
+                        torch.bool if all(k == torch.bool for k in kinds) else torch.int64
+                out = torch.stack([e.tensor(dtype) if isinstance(e, _Number) else torch.tensor(e, dtype=dtype)
+                                   for e in x])
             if out is not None:
                 return out if kwargs.get("device") is None else out.to(kwargs["device"])
         self.escaped = True
