@@ -1326,6 +1326,9 @@ def test_a_metric_returning_a_python_number_trains_as_the_tensor_form():
     assert "fn returns a Python number (float)" in text and "each number it reads with .item() carried" in text
     with pytest.raises(TraceError, match=r"to return a tensor or a Python number, but it returned str"):
         from_metric(lambda s, y: "0.5").metric(scores, target)
+    for flag in (True, np.bool_(True)):  # a bool (Python's or NumPy's) is not a metric's value
+        with pytest.raises(TraceError, match=r"but it returned (bool|bool_)"):
+            from_metric(lambda s, y, flag=flag: flag).metric(scores, target)
 
 
 def _python_arithmetic(s, y):  # ints and floats mixed as Python mixes them, reflected operands too
@@ -1343,9 +1346,33 @@ def _precision_by_items(s, y):  # Python raises where nothing is predicted posit
         return 0.0
 
 
-def _branch_on_a_count(s, y):  # a branch on the number: fn replayed one configuration at a time
+def _branch_on_a_count(s, y):  # a branch on the number: each path batched on its own
     c = (s.argmax(1) == y).sum().item()
     return torch.tensor(c / len(y) if c > 3 else 0.0)
+
+
+def _f1_with_zero_division_guards(s, y):  # per-class F1 as written by hand, guarded as scikit-learn's zero_division
+    pred, total = s.argmax(1), 0.0
+    for c in range(3):
+        tp = ((pred == c) & (y == c)).sum().item()
+        pp, ap = (pred == c).sum().item(), (y == c).sum().item()
+        precision = tp / pp if pp > 0 else 0.0
+        recall = tp / max(ap, 1)
+        if not (precision or recall) or tp == 0 and pp != 0:
+            continue
+        total += 2 * precision * recall / (precision + recall)
+    return total / 3
+
+
+def _many_paths(s, y):  # a Python loop run as many times as a count: more paths than are batched
+    c, k = (s.argmax(1) == y).sum().item(), 0
+    while c >= 2:
+        c, k = c - 2, k + 1
+    return k / len(y) + c
+
+
+def _rounded(s, y):  # round() of a number: fn replayed one configuration at a time
+    return round((s.argmax(1) == y).sum().item() / len(y), 3)
 
 
 def _swallowed(s, y):  # the batched replay's number escapes into math.sqrt, and fn catches it
@@ -1377,14 +1404,16 @@ def _bools_read_with_item(s, y):  # Python bools: torch.tensor of them is bool, 
 @pytest.mark.parametrize("fn, batched", [(_python_arithmetic, True), (_precision_by_items, True),
                                          (_bools_read_with_item, True),
                                          (_recall_per_class_by_numpy, True), (_hits_as_a_tensor_of_a_list, True),
-                                         (_branch_on_a_count, False), (_swallowed, False),
+                                         (_branch_on_a_count, True), (_f1_with_zero_division_guards, True),
+                                         (_many_paths, True), (_rounded, False), (_swallowed, False),
                                          (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],
                          ids=lambda x: getattr(x, "__name__", str(x)))
 def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
     # The numbers fn reads with .item() carried as tensors through Python's arithmetic: the values
     # at every configuration those of fn called at each (batched="loop"), to the bit, a divisor of
-    # 0 where Python raises included; a branch on a number, or one that escapes into math.sqrt even
-    # where fn catches that, leaves fn replayed one configuration at a time, as exact
+    # 0 where Python raises included, and branches on the numbers (each path batched, the paths
+    # beyond the first few replayed one at a time); round(), or a number that escapes into
+    # math.sqrt even where fn catches that, leaves fn replayed one configuration at a time, as exact
     g = torch.Generator().manual_seed(2)
     target = torch.randint(0, 3, (24,), generator=g)
     scores = torch.randn(24, 3, generator=g) + 2 * torch.nn.functional.one_hot(target, 3)

@@ -941,6 +941,10 @@ class _Tape:
 _OTHER_TRACES = 3
 _OTHER_MIN = 4
 _OTHER_WARN = 64  # more configurations than this replayed one at a time: said once (with a tape too)
+# Paths through fn's branches on the numbers it reads with .item() that one call follows batched,
+# each in one replay (TracedMetric._number_values), while each gives at least _OTHER_MIN
+# configurations; configurations on the others replay fn one at a time
+_NUMBER_PATHS = 16
 _SUMS = {"sum", "mean", "count_nonzero", "any", "all"}
 _NEST = 1.0  # the weight of a step after the sums taken on their changes (0: every one it can; inf: none)
 _STEP = 1 << 14  # such a step costs about this many elements of values at every point, and 4 more a change
@@ -2600,14 +2604,18 @@ class _Number:
     float64, int64 or bool for the Python float, int or bool it stands for (a bool's arithmetic that
     of an int, as Python's), and Python arithmetic on it
     (``+ - * /``, ``//`` and ``%`` of ints, ``-x``, ``abs``) is that arithmetic on ``t``, in
-    Python's types, so that each configuration's value is the one Python computes. ``fn`` may
-    return it or hand it to ``torch.tensor`` (alone, or in a flat list of numbers); code that adds
-    such numbers itself (NumPy's ``mean`` of a list of them) does so in its own order, which on a
-    list of floats may differ in the last bits. Any other use (a branch, ``float()``, a comparison,
-    formatting, another torch function, an attribute a Python number has) raises :class:`_Escape`
-    and marks the replay, whose values are then not used; an attribute it lacks raises
-    ``AttributeError``, as a Python number's would. A divisor that is 0 at a configuration, where
-    Python raises, is recorded, and ``fn`` replayed there."""
+    Python's types, so that each configuration's value is the one Python computes; a comparison
+    (``<``, ``==``...) is a bool number. ``fn`` may return it or hand it to ``torch.tensor``
+    (alone, or in a flat list of numbers); code that adds such numbers itself (NumPy's ``mean`` of
+    a list of them) does so in its own order, which on a list of floats may differ in the last
+    bits. Its truth value (``if n > 0:``, ``x if n else 0``, ``max(n, 1)``) is the one ``fn`` took
+    at a reference configuration, replayed unbatched first (``mode.path is None``: the values read
+    are recorded in ``mode.reads``); in the batched replay each configuration whose own truth value
+    differs is recorded (``mode.off_path``) and replayed on its own path later. Any other use
+    (``float()``, ``round()``, ``**``, formatting, another torch function, an attribute a Python
+    number has) raises :class:`_Escape` and marks the replay, whose values are then not used; an
+    attribute it lacks raises ``AttributeError``, as a Python number's would. A divisor that is 0
+    at a configuration, where Python raises, is recorded, and ``fn`` replayed there."""
 
     __slots__ = ("t", "mode")
 
@@ -2718,7 +2726,25 @@ class _Number:
         return self.t.to(dtype)
 
     def __bool__(self) -> bool:
-        return self._escape("a branch or `bool`")
+        truth = self.t if self.t.dtype == torch.bool else self.t != 0  # NaN is true, as Python's
+        mode = self.mode
+        if mode.path is None:  # the reference configuration, unbatched: its truth values recorded
+            value = bool(truth)
+            mode.reads.append(value)
+            return value
+        k = len(mode.off_path)
+        if k >= len(mode.path):
+            return self._escape("a branch the reference configuration did not take")
+        value = mode.path[k]
+        mode.off_path.append(truth != value)
+        return value
+
+    def _compare(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
+        both = self._operands(other, "compare")
+        if both is None:
+            return NotImplemented
+        a, b, _ = both
+        return self._wrap(op(a, b))
 
     def __float__(self) -> float:
         return self._escape("`float()`")
@@ -2742,22 +2768,22 @@ class _Number:
         return self._escape("`**`")
 
     def __eq__(self, other: Any) -> Any:  # type: ignore[override]
-        return self._escape("a comparison")
+        return self._compare(other, operator.eq)
 
     def __ne__(self, other: Any) -> Any:  # type: ignore[override]
-        return self._escape("a comparison")
+        return self._compare(other, operator.ne)
 
     def __lt__(self, other: Any) -> Any:
-        return self._escape("a comparison")
+        return self._compare(other, operator.lt)
 
     def __le__(self, other: Any) -> Any:
-        return self._escape("a comparison")
+        return self._compare(other, operator.le)
 
     def __gt__(self, other: Any) -> Any:
-        return self._escape("a comparison")
+        return self._compare(other, operator.gt)
 
     def __ge__(self, other: Any) -> Any:
-        return self._escape("a comparison")
+        return self._compare(other, operator.ge)
 
     def __hash__(self) -> int:
         return self._escape("a hash")
@@ -2783,12 +2809,17 @@ class _Mode(TorchFunctionMode):
                  payloads: Optional[Dict[int, Any]] = None, formatters: Optional[Dict[int, Any]] = None,
                  vmapped: bool = False, inputs: Sequence[Tensor] = (),
                  force: Optional[Dict[int, Tuple[Any, Callable[[Any, Tensor], Any]]]] = None,
-                 numbers: bool = False) -> None:
+                 numbers: bool = False, path: Optional[List[bool]] = None) -> None:
         super().__init__()
         self.fn = fn
         self.numbers = numbers  # a batched replay: .item() of the steps' results gives a _Number
         self.escaped = False  # a _Number used other than in arithmetic (its replay's values unused)
         self.zero_divisors: List[Tensor] = []  # where a _Number divisor is 0 (Python raises there)
+        # a _Number's truth values: None, the reference configuration's replay (recorded in reads);
+        # else the ones it read, which the batched replay takes (off_path: where each differs)
+        self.path: Optional[List[bool]] = path
+        self.reads: List[bool] = []
+        self.off_path: List[Tensor] = []
         self.force = force or {}  # a trace's step -> (payload, format): it returns that configuration's output
         self.info: Dict[int, _Info] = {id(scores): _Info(True, frozenset())}
         self.keep: List[Any] = [scores]
@@ -3850,8 +3881,7 @@ class _Site:
 def _is_number(x: Any) -> bool:
     """A real Python or NumPy number other than a bool: what ``fn`` returns where it reads its
     counts with ``.item()`` (``correct / total``) or calls a NumPy metric."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and not isinstance(x, Tensor) and \
-        type(x).__name__ != "bool_"
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and not isinstance(x, Tensor)
 
 
 def _number_value(x: Any) -> Tensor:
@@ -4993,17 +5023,23 @@ class TracedMetric(Decomposition):
 
     def _number_values(self, plan: "_Plan", payloads: Dict[int, Any], formatters: Dict[int, Any], t: int
                        ) -> Optional[Tuple[Tensor, Tensor]]:
-        """``fn``'s values at ``t`` configurations from one replay batched with vmap, each number
+        """``fn``'s values at ``t`` configurations from replays batched with vmap, each number
         it reads with ``.item()`` from its steps' results carried as a tensor of its values
-        (:class:`_Number`), and ``[t]`` booleans where a divisor was 0 (Python raises there: ``fn``
-        itself is replayed there). ``None`` where ``fn`` uses such a number other than in
-        arithmetic, returns something else, or vmap fails otherwise."""
+        (:class:`_Number`), and ``[t]`` booleans where they are not given: a divisor was 0 (Python
+        raises there), or the configuration's path through ``fn``'s branches on such numbers is
+        none of those batched (up to ``_NUMBER_PATHS``, while each gives ``_OTHER_MIN``
+        configurations: ``fn`` itself is replayed at the others). Each batched replay
+        takes the path ``fn`` takes at a reference configuration, the middle one of those left
+        (replayed unbatched first, the truth values it reads recorded), and gives the values of the
+        configurations whose truth values are the same. ``None`` where ``fn`` uses such a number
+        other than in arithmetic, comparisons and branches, returns something else, or vmap fails
+        otherwise."""
         scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
         escaped: List[bool] = []
 
-        def one(chosen: Dict[int, Any]) -> Tuple[Tensor, Tensor]:
+        def one(chosen: Dict[int, Any], path: Optional[List[bool]]) -> Tuple[Tensor, Tensor, Tensor, List[bool]]:
             out, mode = self._run(scores, target, calls=calls, payloads=chosen, formatters=formatters,
-                                  vmapped=True, numbers=True)
+                                  vmapped=True, numbers=True, path=path)
             if mode.escaped:
                 escaped.append(True)
             if isinstance(out, _Number):
@@ -5012,20 +5048,39 @@ class TracedMetric(Decomposition):
                 out = _number_value(out)
             elif not isinstance(out, Tensor):
                 raise _Escape(f"fn returned {type(out).__name__}")
-            zero = [z.reshape(()) for z in mode.zero_divisors]
-            bad = torch.stack(zero).any() if zero else torch.zeros((), dtype=torch.bool, device=out.device)
-            return out.reshape(()), bad
+            false = torch.zeros((), dtype=torch.bool, device=out.device)
+            zero = torch.stack([z.reshape(()) for z in mode.zero_divisors]).any() if mode.zero_divisors else false
+            off = torch.stack([o.reshape(()) for o in mode.off_path]).any() if mode.off_path else false
+            return out.reshape(()), zero, off, mode.reads
 
+        values: Optional[Tensor] = None
+        given = torch.zeros(t, dtype=torch.bool)
+        left = torch.arange(t)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                values, bad = torch.func.vmap(one, chunk_size=4096 if t > 4096 else None)(payloads)
-            except Exception:  # a number branched on, formatted, given to torch; or fn not batchable
-                return None
-        if escaped:  # fn caught the escape and went on: its values are not fn's
-            return None
-        values = values if values.is_floating_point() else values.float()
-        return values, bad.reshape(t).to(torch.bool)
+            for _ in range(_NUMBER_PATHS):
+                part = payloads if len(left) == t else _pick(payloads, left)
+                middle = len(left) // 2
+                try:
+                    path = one(_pick(part, middle), None)[3]
+                    got, zero, off = torch.func.vmap(lambda chosen: one(chosen, path)[:3],
+                                                     chunk_size=4096 if len(left) > 4096 else None)(part)
+                except Exception:  # a number formatted, given to torch; or fn not batchable
+                    return None
+                if escaped:  # fn caught the escape and went on: its values are not fn's
+                    return None
+                zero, off = zero.reshape(-1).cpu(), off.reshape(-1).cpu()
+                if bool(off[middle]):  # the reference's own path differs in the batch: not expected
+                    return None
+                here = ~(zero | off)
+                values = torch.zeros(t, dtype=got.dtype) if values is None else values
+                values[left[here]] = got.reshape(-1).cpu()[here].to(values.dtype)
+                given[left[here]] = True
+                left = left[off]  # a divisor 0 off this path is not one fn meets there
+                if not len(left) or int(here.sum()) < _OTHER_MIN:  # paths too many to batch each
+                    break
+        values = cast(Tensor, values)
+        return (values if values.is_floating_point() else values.float()), ~given
 
     def _numbers_agree(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site]) -> bool:
         """Whether :meth:`_number_values` gives ``fn``'s own values at these configurations (the
@@ -5034,15 +5089,16 @@ class TracedMetric(Decomposition):
         leaves = [p for v in payloads.values() for p in (v if isinstance(v, tuple) else (v,))]
         t = leaves[0].shape[0]
         batched = self._number_values(plan, payloads, formatters, t)
-        if batched is None or bool(batched[1].any()):
+        if batched is None or bool(batched[1].all()):
             return False
+        given = ~batched[1]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                reference = self._fn_values(plan, payloads, formatters, t, loop=True)
+                reference = self._fn_values(plan, _pick(payloads, given), formatters, int(given.sum()), loop=True)
             except Exception:
                 return False
-        return _agrees(batched[0], reference)
+        return _agrees(batched[0][given], reference)
 
     def _checked_forced_tape(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site], at: int
                              ) -> Optional[Tuple[_Tape, Tensor, Tensor]]:
@@ -5834,8 +5890,9 @@ class TracedMetric(Decomposition):
                          "fn traced again on that path, or replayed")
         elif plan.trace.branches and self._others.get(plan.key) is False and self._numbers.get(plan.key):
             lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
-                         f"({plan.trace.why_no_tape}): fn replayed once, batched over the configurations with "
-                         "vmap, each number it reads with .item() carried as a tensor of its values")
+                         f"({plan.trace.why_no_tape}): fn replayed batched over the configurations with vmap, "
+                         "each number it reads with .item() carried as a tensor of its values (one replay for "
+                         "each path through its branches on them)")
         elif plan.trace.branches and self._others.get(plan.key) is False:
             lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
                          f"({plan.trace.why_no_tape}), nor of fn traced again halfway along: fn replayed at every "
@@ -5987,8 +6044,10 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     (``correct / total`` of a count read with ``.item()``, a scikit-learn metric of ``.numpy()`` of
     a step's output), taken as a float64 tensor. A number read with ``.item()`` and used only in
     Python's arithmetic, then returned or given to ``torch.tensor``, is carried as a tensor of its
-    values at every configuration, so ``fn`` is replayed once, batched; used otherwise (a branch on
-    it, ``math``, NumPy), ``fn`` is replayed at every configuration (exact and slow). On
+    values at every configuration, so ``fn`` is replayed once, batched; comparisons of such
+    numbers and branches on them (``tp / pp if pp > 0 else 0.0``, ``max(pp, 1)``) are followed
+    path by path, each path's configurations in one batched replay; used otherwise (``math``,
+    ``round()``, NumPy), ``fn`` is replayed at every configuration (exact and slow). On
     the first call of each input structure the inferred best configuration is checked against
     probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
