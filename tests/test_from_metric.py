@@ -1371,7 +1371,20 @@ def _many_paths(s, y):  # a Python loop run as many times as a count: more paths
     return k / len(y) + c
 
 
-def _rounded(s, y):  # round() of a number: fn replayed one configuration at a time
+def _f1_by_tolist(s, y):  # a confusion matrix's cells unpacked from .tolist()
+    p = s.argmax(1) == 1
+    tp, fp, fn, tn = torch.stack([(p & (y == 1)).sum(), (p & (y != 1)).sum(), (~p & (y == 1)).sum(),
+                                  (~p & (y != 1)).sum()]).tolist()
+    return 2 * tp / max(2 * tp + fp + fn, 1) + 0 * tn
+
+
+def _recall_by_nested_tolist(s, y):  # hits per class from a 2-d .tolist(), summed in Python
+    hits = ((s.argmax(1) == y)[:, None] & (y[:, None] == torch.arange(3))).reshape(-1, 3, 1).sum(0).tolist()
+    counts = torch.bincount(y, minlength=3).tolist()
+    return sum(h[0] / n for h, n in zip(hits, counts) if n) / 3
+
+
+def _rounded_number(s, y):  # round() of a number: fn replayed one configuration at a time
     return round((s.argmax(1) == y).sum().item() / len(y), 3)
 
 
@@ -1405,7 +1418,8 @@ def _bools_read_with_item(s, y):  # Python bools: torch.tensor of them is bool, 
                                          (_bools_read_with_item, True),
                                          (_recall_per_class_by_numpy, True), (_hits_as_a_tensor_of_a_list, True),
                                          (_branch_on_a_count, True), (_f1_with_zero_division_guards, True),
-                                         (_many_paths, True), (_rounded, False), (_swallowed, False),
+                                         (_many_paths, True), (_f1_by_tolist, True), (_recall_by_nested_tolist, True),
+                                         (_rounded_number, False), (_swallowed, False),
                                          (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],
                          ids=lambda x: getattr(x, "__name__", str(x)))
 def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):

@@ -2599,8 +2599,8 @@ class _Escape(TypeError):
 
 
 class _Number:
-    """A number ``fn`` reads with ``.item()`` from a tensor its steps made, in a replay batched
-    over configurations (:meth:`TracedMetric._number_values`): ``t`` holds its value at each, as
+    """A number ``fn`` reads with ``.item()`` (or ``.tolist()``) from a tensor its steps made, in a
+    replay batched over configurations (:meth:`TracedMetric._number_values`): ``t`` holds its value at each, as
     float64, int64 or bool for the Python float, int or bool it stands for (a bool's arithmetic that
     of an int, as Python's), and Python arithmetic on it
     (``+ - * /``, ``//`` and ``%`` of ints, ``-x``, ``abs``) is that arithmetic on ``t``, in
@@ -2929,10 +2929,9 @@ class _Mode(TorchFunctionMode):
             if i.sites and i.sites is not sites:
                 sites = sites | i.sites
         if name in _PYTHON_OPS:
-            if self.numbers and name == "item" and sites and not score and args[0].numel() == 1:
-                x = args[0]
-                kind = torch.float64 if x.is_floating_point() else torch.bool if x.dtype == torch.bool else torch.int64
-                return _Number(x.to(kind), self)
+            if self.numbers and name in ("item", "tolist") and sites and not score and len(args) == 1 and \
+                    not kwargs and not args[0].is_complex() and (name == "tolist" or args[0].numel() == 1):
+                return self._numbers_of(args[0], name == "item")
             if score:
                 hint = ""
                 if name in ("numpy", "__array__", "tolist"):
@@ -2975,6 +2974,19 @@ class _Mode(TorchFunctionMode):
             else:
                 rec.op(func, name, args, kwargs, out)
         return out
+
+    def _numbers_of(self, x: Tensor, item: bool) -> Any:
+        """``x.item()`` (``item``) or ``x.tolist()`` in a batched number replay: a :class:`_Number`,
+        or nested lists of them, each in the dtype of the Python number it stands for."""
+        kind = torch.float64 if x.is_floating_point() else torch.bool if x.dtype == torch.bool else torch.int64
+        x = x.to(kind)
+        if item or x.dim() == 0:
+            return _Number(x, self)
+
+        def nest(t: Tensor) -> Any:
+            return [_Number(e, self) if e.dim() == 0 else nest(e) for e in t.unbind(0)]
+
+        return nest(x)
 
     def _number_call(self, func, args: Sequence, kwargs: Dict) -> Any:
         """A torch function given a :class:`_Number`: ``torch.tensor(number)`` (and ``as_tensor``,
@@ -6042,9 +6054,9 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     values where it holds, ``fn`` itself replayed at the rest (where no trace can compute the values
     read, at every configuration, with a warning). ``fn`` may return a Python or NumPy number
     (``correct / total`` of a count read with ``.item()``, a scikit-learn metric of ``.numpy()`` of
-    a step's output), taken as a float64 tensor. A number read with ``.item()`` and used only in
-    Python's arithmetic, then returned or given to ``torch.tensor``, is carried as a tensor of its
-    values at every configuration, so ``fn`` is replayed once, batched; comparisons of such
+    a step's output), taken as a float64 tensor. A number read with ``.item()`` (or a list of them
+    from ``.tolist()``) and used only in Python's arithmetic, then returned or given to
+    ``torch.tensor``, is carried as a tensor of its values at every configuration, so ``fn`` is replayed once, batched; comparisons of such
     numbers and branches on them (``tp / pp if pp > 0 else 0.0``, ``max(pp, 1)``) are followed
     path by path, each path's configurations in one batched replay; used otherwise (``math``,
     ``round()``, NumPy), ``fn`` is replayed at every configuration (exact and slow). On
