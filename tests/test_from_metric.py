@@ -1323,7 +1323,7 @@ def test_a_metric_returning_a_python_number_trains_as_the_tensor_form():
     assert bool(results[1][1].abs().sum() > 0)
     assert not [w for w in results[0][3] if "from_metric" in str(w.message)]  # its count batched: nothing to say
     text = from_metric(_accuracy_as_a_number).explain(scores, target)
-    assert "fn returns a Python number (float)" in text and "each number it reads with .item() carried" in text
+    assert "fn returns a Python number (float)" in text and "each value it reads with .item() or .tolist() carried" in text
     with pytest.raises(TraceError, match=r"to return a tensor or a Python number, but it returned str"):
         from_metric(lambda s, y: "0.5").metric(scores, target)
     for flag in (True, np.bool_(True)):  # a bool (Python's or NumPy's) is not a metric's value
@@ -1384,6 +1384,13 @@ def _recall_by_nested_tolist(s, y):  # hits per class from a 2-d .tolist(), summ
     return sum(h[0] / n for h, n in zip(hits, counts) if n) / 3
 
 
+def _tensor_branch_and_item(s, y):  # a branch on a tensor beside a number: followed as on a number
+    correct = (s.argmax(1) == y).sum()
+    if correct < 9:
+        return 0.0
+    return correct.item() / len(y)
+
+
 def _rounded_number(s, y):  # round() of a number: fn replayed one configuration at a time
     return round((s.argmax(1) == y).sum().item() / len(y), 3)
 
@@ -1419,7 +1426,8 @@ def _bools_read_with_item(s, y):  # Python bools: torch.tensor of them is bool, 
                                          (_recall_per_class_by_numpy, True), (_hits_as_a_tensor_of_a_list, True),
                                          (_branch_on_a_count, True), (_f1_with_zero_division_guards, True),
                                          (_many_paths, True), (_f1_by_tolist, True), (_recall_by_nested_tolist, True),
-                                         (_rounded_number, False), (_swallowed, False),
+                                         (_tensor_branch_and_item, True), (_rounded_number, False),
+                                         (_swallowed, False),
                                          (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],
                          ids=lambda x: getattr(x, "__name__", str(x)))
 def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
@@ -1440,7 +1448,7 @@ def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
         got, expected = metric.evaluate(bits, plan), loop.evaluate(bits, loop_plan)
         text = metric.explain(scores, target)
     assert torch.equal(got.double(), expected.double())
-    assert ("each number it reads with .item() carried as a tensor" in text) == batched
+    assert ("each value it reads with .item() or .tolist() carried as a tensor" in text) == batched
     x = scores.clone().requires_grad_()
     loss_fn = uniloss.UniLoss(metric)
     loss_fn(x, target).backward()

@@ -2932,6 +2932,8 @@ class _Mode(TorchFunctionMode):
             if self.numbers and name in ("item", "tolist") and sites and not score and len(args) == 1 and \
                     not kwargs and not args[0].is_complex() and (name == "tolist" or args[0].numel() == 1):
                 return self._numbers_of(args[0], name == "item")
+            if self.numbers and name == "__bool__" and sites and not score and args[0].numel() == 1:
+                return bool(self._numbers_of(args[0], True))  # a branch on a tensor: followed as on a number
             if score:
                 hint = ""
                 if name in ("numpy", "__array__", "tolist"):
@@ -2979,7 +2981,7 @@ class _Mode(TorchFunctionMode):
         """``x.item()`` (``item``) or ``x.tolist()`` in a batched number replay: a :class:`_Number`,
         or nested lists of them, each in the dtype of the Python number it stands for."""
         kind = torch.float64 if x.is_floating_point() else torch.bool if x.dtype == torch.bool else torch.int64
-        x = x.to(kind)
+        x = x.detach().to(kind)  # a tensor of its own, untracked: its truth value is read once (__bool__)
         if item or x.dim() == 0:
             return _Number(x, self)
 
@@ -5903,8 +5905,8 @@ class TracedMetric(Decomposition):
         elif plan.trace.branches and self._others.get(plan.key) is False and self._numbers.get(plan.key):
             lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
                          f"({plan.trace.why_no_tape}): fn replayed batched over the configurations with vmap, "
-                         "each number it reads with .item() carried as a tensor of its values (one replay for "
-                         "each path through its branches on them)")
+                         "each value it reads with .item() or .tolist() carried as a tensor of its values, one "
+                         "replay for each path through its branches")
         elif plan.trace.branches and self._others.get(plan.key) is False:
             lines.append(f"  Python control flow on the trained steps (at {where}) without a tape of this trace "
                          f"({plan.trace.why_no_tape}), nor of fn traced again halfway along: fn replayed at every "
