@@ -285,6 +285,28 @@ def sklearn_macro_f1(output, target):
     return skm.f1_score(target.numpy(), output.argmax(1).numpy(), average="macro", zero_division=0)
 
 
+def macro_f1_guarded(output, target, num_classes=5):
+    """Macro-F1 by hand from counts read with ``.item()``, each division guarded as scikit-learn's
+    ``zero_division=0`` does (branches on the counts: each path batched)."""
+    pred, total = output.argmax(1), 0.0
+    for c in range(num_classes):
+        tp = ((pred == c) & (target == c)).sum().item()
+        pp, ap = (pred == c).sum().item(), (target == c).sum().item()
+        precision = tp / pp if pp > 0 else 0.0
+        recall = tp / ap if ap > 0 else 0.0
+        total += 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return total / num_classes
+
+
+def f1_from_tolist(output, target):
+    """F1 at logit 0 from the confusion's cells unpacked from ``.tolist()``, the division guarded
+    by ``max``."""
+    pred = output > 0
+    tp, fp, fn = torch.stack([(pred & (target == 1)).sum(), (pred & (target == 0)).sum(),
+                              (~pred & (target == 1)).sum()]).tolist()
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
 def _macro_f1_loop(s, y):
     pred, f1 = s.argmax(1), []
     for c in sorted(set(y.tolist()) | set(pred.tolist())):
@@ -468,6 +490,10 @@ CASES: List[Case] = [
     Case("top-1 accuracy as the PyTorch ImageNet example writes it", imagenet_accuracy, _classes,
          lambda s, y: 100 * np.mean(s.argmax(1) == y), F.cross_entropy),
     Case("scikit-learn's macro-F1 of the argmax", sklearn_macro_f1, _classes, _macro_f1_loop, F.cross_entropy),
+    Case("macro-F1 by hand, .item() counts, divisions guarded", macro_f1_guarded, _classes,
+         lambda s, y: skm.f1_score(y, s.argmax(1), average="macro", labels=range(5), zero_division=0),
+         F.cross_entropy),
+    Case("F1 from a confusion's .tolist()", f1_from_tolist, _binary, lambda s, y: skm.f1_score(y, s > 0), _bce),
 ]
 
 
