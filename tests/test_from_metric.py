@@ -1455,6 +1455,44 @@ def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
     assert float(loss_fn.last.metric) == pytest.approx(float(fn(scores, target))) and torch.isfinite(x.grad).all()
 
 
+def _guarded_for_some_targets(s, y):  # a truth value read on some calls only (the target decides)
+    c = (s.argmax(1) == y).sum().item()
+    if int(y[0]) == 0:
+        return c / len(y)
+    return c / len(y) if c > 3 else 0.0
+
+
+def test_a_structure_without_branches_on_numbers_skips_the_reference_replay_until_one_is_read():
+    # A structure whose numbers were read without a branch replays them batched without a
+    # reference configuration; a later call that reads a truth value redoes the replay with one:
+    # the values are fn's at every configuration on both calls, to the bit
+    g = torch.Generator().manual_seed(5)
+    target = torch.randint(1, 3, (24,), generator=g)
+    scores = torch.randn(24, 3, generator=g) + 2 * torch.nn.functional.one_hot(target, 3)
+    calls = [0]
+
+    def counted(s, y):
+        calls[0] += 1
+        return _guarded_for_some_targets(s, y)
+
+    metric, loop = from_metric(counted), from_metric(_guarded_for_some_targets, batched="loop")
+    straight, replays = [], []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="from_metric: fn reads")
+        for first in (0, 1):  # the first label decides whether fn branches on the count
+            y = target.clone()
+            y[0] = first
+            plan, loop_plan = metric.prepare(scores, y), loop.prepare(scores, y)
+            bits = torch.rand(40, plan.num_bits, generator=g) < torch.linspace(0, 1, 40)[:, None]
+            calls[0] = 0
+            assert torch.equal(metric.evaluate(bits, plan).double(), loop.evaluate(bits, loop_plan).double())
+            straight.append(dict(metric._straight))
+            replays.append(calls[0])
+    assert True in straight[0].values() and replays[0] == 1  # no truth value read: one batched replay alone
+    assert straight[1] != straight[0] and False in straight[1].values()
+    assert 3 <= replays[1] < 10  # the straight replay, then a reference and a batched replay a path
+
+
 def test_a_numpy_metric_evaluates_as_the_zoos_form():
     # scikit-learn's macro-F1 on the argmax: its comparisons and its value at every configuration
     # are zoo.macro_f1's (the same layout), a NumPy float turned into a tensor at each replay

@@ -4478,6 +4478,7 @@ class TracedMetric(Decomposition):
         # structure (replayed at every configuration) -> whether one replay batched with vmap, the
         # numbers fn reads with .item() carried as tensors (_Number), gives fn's values
         self._numbers: Dict[tuple, bool] = {}
+        self._straight: Dict[tuple, bool] = {}  # structure -> its last reference replay read no truth value
         self._graphs: Dict[tuple, _Graph] = {}  # input shapes -> the last trace of fn on them
         self._unsaid: List[Any] = []  # warnings of fn's replays held while a tape stood in for them
         self._reruns_failed: Dict[tuple, int] = {}
@@ -5045,9 +5046,11 @@ class TracedMetric(Decomposition):
         configurations: ``fn`` itself is replayed at the others). Each batched replay
         takes the path ``fn`` takes at a reference configuration, the middle one of those left
         (replayed unbatched first, the truth values it reads recorded), and gives the values of the
-        configurations whose truth values are the same. ``None`` where ``fn`` uses such a number
-        other than in arithmetic, comparisons and branches, returns something else, or vmap fails
-        otherwise."""
+        configurations whose truth values are the same. Where the last reference read none, the
+        reference replay is left out; a truth value read (or any escape) then redoes the replay
+        with one. ``None``
+        where ``fn`` uses such a number other than in arithmetic, comparisons and branches, returns
+        something else, or vmap fails otherwise."""
         scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
         escaped: List[bool] = []
 
@@ -5067,18 +5070,35 @@ class TracedMetric(Decomposition):
             off = torch.stack([o.reshape(()) for o in mode.off_path]).any() if mode.off_path else false
             return out.reshape(()), zero, off, mode.reads
 
+        def batch(part: Dict[int, Any], n: int, path: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+            return torch.func.vmap(lambda chosen: one(chosen, path)[:3], chunk_size=4096 if n > 4096 else None)(part)
+
         values: Optional[Tensor] = None
         given = torch.zeros(t, dtype=torch.bool)
         left = torch.arange(t)
+        straight = self._straight.get(plan.key, False)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(_NUMBER_PATHS):
                 part = payloads if len(left) == t else _pick(payloads, left)
                 middle = len(left) // 2
                 try:
-                    path = one(_pick(part, middle), None)[3]
-                    got, zero, off = torch.func.vmap(lambda chosen: one(chosen, path)[:3],
-                                                     chunk_size=4096 if len(left) > 4096 else None)(part)
+                    batched: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+                    if straight:  # no truth value read last time: no reference replay
+                        try:
+                            batched = batch(part, len(left), [])
+                        except Exception:
+                            batched = None
+                        if batched is None or escaped:  # one read now (or another escape): with a reference
+                            batched, straight = None, False
+                            escaped.clear()
+                    if batched is None:
+                        path = one(_pick(part, middle), None)[3]
+                        batched = batch(part, len(left), path)
+                        if len(self._straight) >= 256:
+                            self._straight.clear()
+                        self._straight[plan.key] = not path
+                    got, zero, off = batched
                 except Exception:  # a number formatted, given to torch; or fn not batchable
                     return None
                 if escaped:  # fn caught the escape and went on: its values are not fn's
@@ -5087,6 +5107,10 @@ class TracedMetric(Decomposition):
                 if bool(off[middle]):  # the reference's own path differs in the batch: not expected
                     return None
                 here = ~(zero | off)
+                if values is None and bool(here.all()):  # one path, no divisor 0: every value at once
+                    values = got.reshape(-1).cpu()
+                    given.fill_(True)
+                    break
                 values = torch.zeros(t, dtype=got.dtype) if values is None else values
                 values[left[here]] = got.reshape(-1).cpu()[here].to(values.dtype)
                 given[left[here]] = True
