@@ -1323,7 +1323,8 @@ def test_a_metric_returning_a_python_number_trains_as_the_tensor_form():
     assert bool(results[1][1].abs().sum() > 0)
     assert not [w for w in results[0][3] if "from_metric" in str(w.message)]  # its count batched: nothing to say
     text = from_metric(_accuracy_as_a_number).explain(scores, target)
-    assert "fn returns a Python number (float)" in text and "each value it reads with .item() or .tolist() carried" in text
+    assert "fn returns a Python number (float)" in text
+    assert "each value it reads with .item() or .tolist() carried" in text
     with pytest.raises(TraceError, match=r"to return a tensor or a Python number, but it returned str"):
         from_metric(lambda s, y: "0.5").metric(scores, target)
     for flag in (True, np.bool_(True)):  # a bool (Python's or NumPy's) is not a metric's value

@@ -2600,9 +2600,9 @@ class _Escape(TypeError):
 
 class _Number:
     """A number ``fn`` reads with ``.item()`` (or ``.tolist()``) from a tensor its steps made, in a
-    replay batched over configurations (:meth:`TracedMetric._number_values`): ``t`` holds its value at each, as
-    float64, int64 or bool for the Python float, int or bool it stands for (a bool's arithmetic that
-    of an int, as Python's), and Python arithmetic on it
+    replay batched over configurations (:meth:`TracedMetric._number_values`): ``t`` holds its
+    value at each, as float64, int64 or bool for the Python float, int or bool it stands for (a
+    bool's arithmetic that of an int, as Python's), and Python arithmetic on it
     (``+ - * /``, ``//`` and ``%`` of ints, ``-x``, ``abs``) is that arithmetic on ``t``, in
     Python's types, so that each configuration's value is the one Python computes; a comparison
     (``<``, ``==``...) is a bool number. ``fn`` may return it or hand it to ``torch.tensor``
@@ -5048,9 +5048,8 @@ class TracedMetric(Decomposition):
         (replayed unbatched first, the truth values it reads recorded), and gives the values of the
         configurations whose truth values are the same. Where the last reference read none, the
         reference replay is left out; a truth value read (or any escape) then redoes the replay
-        with one. ``None``
-        where ``fn`` uses such a number other than in arithmetic, comparisons and branches, returns
-        something else, or vmap fails otherwise."""
+        with one. ``None`` where ``fn`` uses such a number other than in arithmetic, comparisons
+        and branches, returns something else, or vmap fails otherwise."""
         scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
         escaped: List[bool] = []
 
@@ -6082,10 +6081,11 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     (``correct / total`` of a count read with ``.item()``, a scikit-learn metric of ``.numpy()`` of
     a step's output), taken as a float64 tensor. A number read with ``.item()`` (or a list of them
     from ``.tolist()``) and used only in Python's arithmetic, then returned or given to
-    ``torch.tensor``, is carried as a tensor of its values at every configuration, so ``fn`` is replayed once, batched; comparisons of such
-    numbers and branches on them (``tp / pp if pp > 0 else 0.0``, ``max(pp, 1)``) are followed
-    path by path, each path's configurations in one batched replay; used otherwise (``math``,
-    ``round()``, NumPy), ``fn`` is replayed at every configuration (exact and slow). On
+    ``torch.tensor``, is carried as a tensor of its values at every configuration, so ``fn`` is
+    replayed once, batched; comparisons of such numbers and branches on them (``tp / pp if pp > 0
+    else 0.0``, ``max(pp, 1)``) are followed path by path, each path's configurations in one
+    batched replay; used otherwise (``math``, ``round()``, NumPy), ``fn`` is replayed at every
+    configuration (exact and slow). On
     the first call of each input structure the inferred best configuration is checked against
     probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
