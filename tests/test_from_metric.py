@@ -1456,6 +1456,19 @@ def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
     assert float(loss_fn.last.metric) == pytest.approx(float(fn(scores, target))) and torch.isfinite(x.grad).all()
 
 
+def test_the_warning_names_what_stopped_the_batched_replay():
+    # round() of a number, or math.sqrt (which asks for float()), even where fn catches that:
+    # the warning that fn is replayed one configuration at a time says which use it was
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, 3, (24,), generator=g)
+    scores = torch.randn(24, 3, generator=g) + 2 * torch.nn.functional.one_hot(target, 3)
+    for fn, use in ((_rounded_number, "`round()`"), (_swallowed, "`float()`")):
+        with pytest.warns(UserWarning, match="one at a time") as said:
+            uniloss.UniLoss(from_metric(fn))(scores.clone().requires_grad_(), target)
+        assert any(str(w.message).endswith(f"batched replay stopped at a number read with .item() used in {use})")
+                   for w in said)
+
+
 def _guarded_for_some_targets(s, y):  # a truth value read on some calls only (the target decides)
     c = (s.argmax(1) == y).sum().item()
     if int(y[0]) == 0:

@@ -2623,8 +2623,7 @@ class _Number:
         self.t, self.mode = t, mode
 
     def _escape(self, what: str) -> Any:
-        self.mode.escaped = True
-        raise _Escape(f"a number read with .item() used in {what}")
+        return self.mode.escape(f"a number read with .item() used in {what}")
 
     def _wrap(self, t: Tensor) -> "_Number":
         return _Number(t, self.mode)
@@ -2814,6 +2813,7 @@ class _Mode(TorchFunctionMode):
         self.fn = fn
         self.numbers = numbers  # a batched replay: .item() of the steps' results gives a _Number
         self.escaped = False  # a _Number used other than in arithmetic (its replay's values unused)
+        self.why = ""  # the first such use
         self.zero_divisors: List[Tensor] = []  # where a _Number divisor is 0 (Python raises there)
         # a _Number's truth values: None, the reference configuration's replay (recorded in reads);
         # else the ones it read, which the batched replay takes (off_path: where each differs)
@@ -3014,8 +3014,14 @@ class _Mode(TorchFunctionMode):
                                    for e in x])
             if out is not None:
                 return out if kwargs.get("device") is None else out.to(kwargs["device"])
+        return self.escape(f"a number read with .item() given to `{name}`")
+
+    def escape(self, why: str) -> Any:
+        """A :class:`_Number` used other than in arithmetic, comparisons and branches: the replay
+        is marked (its values are not used, even where ``fn`` catches this) and says why."""
         self.escaped = True
-        raise _Escape(f"a number read with .item() given to `{name}`")
+        self.why = self.why or why
+        raise _Escape(why)
 
     # -- tagging ordinary results
     def _tag(self, out: Any, name: str, args: Sequence, kwargs: Dict, score: bool, sites: frozenset) -> None:
@@ -4479,6 +4485,7 @@ class TracedMetric(Decomposition):
         # numbers fn reads with .item() carried as tensors (_Number), gives fn's values
         self._numbers: Dict[tuple, bool] = {}
         self._straight: Dict[tuple, bool] = {}  # structure -> its last reference replay read no truth value
+        self._escapes: Dict[tuple, str] = {}  # structure -> what stopped its numbers' batched replay
         self._graphs: Dict[tuple, _Graph] = {}  # input shapes -> the last trace of fn on them
         self._unsaid: List[Any] = []  # warnings of fn's replays held while a tape stood in for them
         self._reruns_failed: Dict[tuple, int] = {}
@@ -5051,13 +5058,13 @@ class TracedMetric(Decomposition):
         with one. ``None`` where ``fn`` uses such a number other than in arithmetic, comparisons
         and branches, returns something else, or vmap fails otherwise."""
         scores, target, calls = plan.scores.detach(), plan.target, plan.trace.calls
-        escaped: List[bool] = []
+        escaped: List[str] = []
 
         def one(chosen: Dict[int, Any], path: Optional[List[bool]]) -> Tuple[Tensor, Tensor, Tensor, List[bool]]:
             out, mode = self._run(scores, target, calls=calls, payloads=chosen, formatters=formatters,
                                   vmapped=True, numbers=True, path=path)
             if mode.escaped:
-                escaped.append(True)
+                escaped.append(mode.why)
             if isinstance(out, _Number):
                 out = out.t.double()
             elif _is_number(out):
@@ -5098,9 +5105,12 @@ class TracedMetric(Decomposition):
                             self._straight.clear()
                         self._straight[plan.key] = not path
                     got, zero, off = batched
-                except Exception:  # a number formatted, given to torch; or fn not batchable
+                except Exception as exc:  # a number formatted, given to torch; or fn not batchable
+                    if isinstance(exc, _Escape):
+                        self._escaped(plan, str(exc))
                     return None
                 if escaped:  # fn caught the escape and went on: its values are not fn's
+                    self._escaped(plan, escaped[0])
                     return None
                 zero, off = zero.reshape(-1).cpu(), off.reshape(-1).cpu()
                 if bool(off[middle]):  # the reference's own path differs in the batch: not expected
@@ -5118,6 +5128,11 @@ class TracedMetric(Decomposition):
                     break
         values = cast(Tensor, values)
         return (values if values.is_floating_point() else values.float()), ~given
+
+    def _escaped(self, plan: "_Plan", why: str) -> None:
+        if len(self._escapes) >= 256:
+            self._escapes.clear()
+        self._escapes[plan.key] = why
 
     def _numbers_agree(self, plan: "_Plan", payloads: Dict[int, Any], sites: Dict[int, _Site]) -> bool:
         """Whether :meth:`_number_values` gives ``fn``'s own values at these configurations (the
@@ -5346,7 +5361,10 @@ class TracedMetric(Decomposition):
             self._held_warnings = outer
         if held and not self._numbers.get(plan.key) and not self._warned_branches:
             self._warned_branches = True
-            warnings.warn(held[0], stacklevel=V.user_stacklevel())
+            message, why = held[0], self._escapes.get(plan.key)  # what kept the numbers from batching
+            if why and message.endswith(")"):
+                message = f"{message[:-1]}; here the batched replay stopped at {why})"
+            warnings.warn(message, stacklevel=V.user_stacklevel())
         return plan
 
     def _prepare(self, scores: Tensor, target: Any) -> _Plan:
