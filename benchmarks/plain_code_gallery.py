@@ -307,6 +307,17 @@ def f1_from_tolist(output, target):
     return 2 * tp / max(2 * tp + fp + fn, 1)
 
 
+def kappa_by_hand(output, target, num_classes=5):
+    """Cohen's kappa by hand from a confusion matrix of counts read with ``.item()``: the agreement
+    expected by chance over ``n ** 2`` (an int's power), the division guarded."""
+    pred = output.argmax(1)
+    cm = [[((target == i) & (pred == j)).sum().item() for j in range(num_classes)] for i in range(num_classes)]
+    n = sum(map(sum, cm))
+    agree = sum(cm[i][i] for i in range(num_classes)) / n
+    chance = sum(sum(cm[i]) * sum(row[i] for row in cm) for i in range(num_classes)) / n ** 2
+    return (agree - chance) / (1 - chance) if chance < 1 else 0.0
+
+
 def _macro_f1_loop(s, y):
     pred, f1 = s.argmax(1), []
     for c in sorted(set(y.tolist()) | set(pred.tolist())):
@@ -494,6 +505,8 @@ CASES: List[Case] = [
          lambda s, y: skm.f1_score(y, s.argmax(1), average="macro", labels=range(5), zero_division=0),
          F.cross_entropy),
     Case("F1 from a confusion's .tolist()", f1_from_tolist, _binary, lambda s, y: skm.f1_score(y, s > 0), _bce),
+    Case("Cohen's kappa by hand, .item() counts, n ** 2", kappa_by_hand, _classes,
+         lambda s, y: skm.cohen_kappa_score(y, s.argmax(1)), F.cross_entropy),
 ]
 
 

@@ -1392,8 +1392,23 @@ def _tensor_branch_and_item(s, y):  # a branch on a tensor beside a number: foll
     return correct.item() / len(y)
 
 
-def _rounded_number(s, y):  # round() of a number: fn replayed one configuration at a time
+def _rounded_number(s, y):  # round() of a float to digits: fn replayed one configuration at a time
     return round((s.argmax(1) == y).sum().item() / len(y), 3)
+
+
+def _rounded_to_ints(s, y):  # round(), math.floor/ceil/trunc and an int's power: Python ints, batched
+    c = (s.argmax(1) == y).sum().item()
+    share = c / len(y)
+    return (round(share * 10) + math.floor(share * 7.5) - math.ceil(-share * 3.3) + math.trunc(-share * 2.5)
+            + round(c / 2) + c ** 2 / len(y) ** 2 + round(c, 1) + round(c > 5) + c ** 13 / 24 ** 13) / 30
+
+
+def _rounded_where_python_raises(s, y):  # round() of inf or NaN, a power past 2**53: fn itself there
+    c = (s.argmax(1) == y).sum().item()
+    try:
+        return round(c * (math.inf if c < 3 else 1.0)) / 100 + c ** 14 / 10 ** 19
+    except (ValueError, OverflowError):
+        return -c / len(y)
 
 
 def _swallowed(s, y):  # the batched replay's number escapes into math.sqrt, and fn catches it
@@ -1427,7 +1442,8 @@ def _bools_read_with_item(s, y):  # Python bools: torch.tensor of them is bool, 
                                          (_recall_per_class_by_numpy, True), (_hits_as_a_tensor_of_a_list, True),
                                          (_branch_on_a_count, True), (_f1_with_zero_division_guards, True),
                                          (_many_paths, True), (_f1_by_tolist, True), (_recall_by_nested_tolist, True),
-                                         (_tensor_branch_and_item, True), (_rounded_number, False),
+                                         (_tensor_branch_and_item, True), (_rounded_to_ints, True),
+                                         (_rounded_where_python_raises, True), (_rounded_number, False),
                                          (_swallowed, False),
                                          (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],
                          ids=lambda x: getattr(x, "__name__", str(x)))
@@ -1435,8 +1451,9 @@ def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
     # The numbers fn reads with .item() carried as tensors through Python's arithmetic: the values
     # at every configuration those of fn called at each (batched="loop"), to the bit, a divisor of
     # 0 where Python raises included, and branches on the numbers (each path batched, the paths
-    # beyond the first few replayed one at a time); round(), or a number that escapes into
-    # math.sqrt even where fn catches that, leaves fn replayed one configuration at a time, as exact
+    # beyond the first few replayed one at a time), round() and math.floor to Python ints (where
+    # Python raises, fn itself); round() to digits, or a number that escapes into math.sqrt even
+    # where fn catches that, leaves fn replayed one configuration at a time, as exact
     g = torch.Generator().manual_seed(2)
     target = torch.randint(0, 3, (24,), generator=g)
     scores = torch.randn(24, 3, generator=g) + 2 * torch.nn.functional.one_hot(target, 3)
@@ -1457,12 +1474,12 @@ def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
 
 
 def test_the_warning_names_what_stopped_the_batched_replay():
-    # round() of a number, or math.sqrt (which asks for float()), even where fn catches that:
+    # round() of a float to digits, or math.sqrt (which asks for float()), even where fn catches that:
     # the warning that fn is replayed one configuration at a time says which use it was
     g = torch.Generator().manual_seed(2)
     target = torch.randint(0, 3, (24,), generator=g)
     scores = torch.randn(24, 3, generator=g) + 2 * torch.nn.functional.one_hot(target, 3)
-    for fn, use in ((_rounded_number, "`round()`"), (_swallowed, "`float()`")):
+    for fn, use in ((_rounded_number, "`round()` with digits"), (_swallowed, "`float()`")):
         with pytest.warns(UserWarning, match="one at a time") as said:
             uniloss.UniLoss(from_metric(fn))(scores.clone().requires_grad_(), target)
         assert any(str(w.message).endswith(f"batched replay stopped at a number read with .item() used in {use})")

@@ -2603,7 +2603,8 @@ class _Number:
     replay batched over configurations (:meth:`TracedMetric._number_values`): ``t`` holds its
     value at each, as float64, int64 or bool for the Python float, int or bool it stands for (a
     bool's arithmetic that of an int, as Python's), and Python arithmetic on it
-    (``+ - * /``, ``//`` and ``%`` of ints, ``-x``, ``abs``) is that arithmetic on ``t``, in
+    (``+ - * /``, ``//`` and ``%`` of ints, ``-x``, ``abs``, an int's ``**`` of a Python int,
+    ``round()`` and ``math.floor``/``ceil``/``trunc`` to an int) is that arithmetic on ``t``, in
     Python's types, so that each configuration's value is the one Python computes; a comparison
     (``<``, ``==``...) is a bool number. ``fn`` may return it or hand it to ``torch.tensor``
     (alone, or in a flat list of numbers); code that adds such numbers itself (NumPy's ``mean`` of
@@ -2612,10 +2613,12 @@ class _Number:
     at a reference configuration, replayed unbatched first (``mode.path is None``: the values read
     are recorded in ``mode.reads``); in the batched replay each configuration whose own truth value
     differs is recorded (``mode.off_path``) and replayed on its own path later. Any other use
-    (``float()``, ``round()``, ``**``, formatting, another torch function, an attribute a Python
-    number has) raises :class:`_Escape` and marks the replay, whose values are then not used; an
-    attribute it lacks raises ``AttributeError``, as a Python number's would. A divisor that is 0
-    at a configuration, where Python raises, is recorded, and ``fn`` replayed there."""
+    (``float()``, ``int()``, ``math.sqrt``, ``round(x, digits)`` of a float, a float's ``**``,
+    formatting, another torch function, an attribute a Python number has) raises :class:`_Escape`
+    and marks the replay, whose values are then not used; an attribute it lacks raises
+    ``AttributeError``, as a Python number's would. Where Python raises at a configuration (a
+    divisor 0, ``round()`` of NaN), or a power or a rounded float is too large for its tensor, that
+    is recorded (``mode.raising``), and ``fn`` replayed there."""
 
     __slots__ = ("t", "mode")
 
@@ -2660,7 +2663,7 @@ class _Number:
             return self._escape(f"float `{op}`")
         if op in ("truediv", "floordiv", "mod"):
             if isinstance(b, Tensor):
-                self.mode.zero_divisors.append(b == 0)
+                self.mode.raising.append(b == 0)
             elif b == 0:
                 raise ZeroDivisionError("division by zero")
         # Python's operators on the tensors (one of a and b is one): floor division and remainder
@@ -2757,11 +2760,45 @@ class _Number:
     def __complex__(self) -> complex:
         return self._escape("`complex()`")
 
-    def __round__(self, ndigits: Any = None) -> Any:
-        return self._escape("`round()`")
+    def _integral(self, op: Callable[[Tensor], Tensor]) -> "_Number":
+        """``round()``, ``math.floor``, ``math.ceil``, ``math.trunc``: Python's int. An int (or a
+        bool) is itself; a float is rounded in float64 (``torch.round`` halves to even, as
+        ``round()`` does), and where it is NaN or infinite (Python raises) or beyond int64 (a
+        Python int holds it) ``fn`` is replayed on its own."""
+        if not self.t.is_floating_point():
+            return self._wrap(self.int_or_float())
+        r = op(self.t)
+        held = r.abs() < 2.0 ** 62  # false at NaN too
+        self.mode.raising.append(~held)
+        return self._wrap(torch.where(held, r, torch.zeros_like(r)).long())
 
-    def __pow__(self, other: Any) -> Any:
-        return self._escape("`**`")
+    def __round__(self, ndigits: Any = None) -> Any:
+        if ndigits is None:
+            return self._integral(torch.round)
+        if not self.t.is_floating_point() and type(ndigits) is int and ndigits >= 0:
+            return self._wrap(self.int_or_float())  # an int rounded to digits after the point: itself
+        return self._escape("`round()` with digits")  # Python rounds a float's decimal digits exactly
+
+    def __floor__(self) -> "_Number":
+        return self._integral(torch.floor)
+
+    def __ceil__(self) -> "_Number":
+        return self._integral(torch.ceil)
+
+    def __trunc__(self) -> "_Number":
+        return self._integral(torch.trunc)
+
+    def __pow__(self, other: Any, mod: Any = None) -> Any:
+        # an int to a power that is a Python int >= 0 is an int: exact in int64, and kept below 2**53
+        # so that a division of it converts it to a float exactly, as Python's division of ints
+        # rounds once (beyond, fn is replayed on its own); floats' powers round as C's pow does,
+        # which torch's need not: those escape
+        if mod is not None or self.t.is_floating_point() or type(other) not in (int, bool) or other < 0:
+            return self._escape("`**`")
+        a = self.int_or_float()
+        held = a.double().abs() ** int(other) < 2.0 ** 53
+        self.mode.raising.append(~held)
+        return self._wrap(torch.where(held, a, torch.zeros_like(a)) ** int(other))
 
     def __rpow__(self, other: Any) -> Any:
         return self._escape("`**`")
@@ -2814,7 +2851,7 @@ class _Mode(TorchFunctionMode):
         self.numbers = numbers  # a batched replay: .item() of the steps' results gives a _Number
         self.escaped = False  # a _Number used other than in arithmetic (its replay's values unused)
         self.why = ""  # the first such use
-        self.zero_divisors: List[Tensor] = []  # where a _Number divisor is 0 (Python raises there)
+        self.raising: List[Tensor] = []  # where Python raises on a _Number (a divisor 0, round() of NaN)
         # a _Number's truth values: None, the reference configuration's replay (recorded in reads);
         # else the ones it read, which the batched replay takes (off_path: where each differs)
         self.path: Optional[List[bool]] = path
@@ -5072,7 +5109,7 @@ class TracedMetric(Decomposition):
             elif not isinstance(out, Tensor):
                 raise _Escape(f"fn returned {type(out).__name__}")
             false = torch.zeros((), dtype=torch.bool, device=out.device)
-            zero = torch.stack([z.reshape(()) for z in mode.zero_divisors]).any() if mode.zero_divisors else false
+            zero = torch.stack([z.reshape(()) for z in mode.raising]).any() if mode.raising else false
             off = torch.stack([o.reshape(()) for o in mode.off_path]).any() if mode.off_path else false
             return out.reshape(()), zero, off, mode.reads
 
@@ -6102,8 +6139,9 @@ def from_metric(fn: Callable[[Tensor, Any], Tensor], *, higher_is_better: bool =
     ``torch.tensor``, is carried as a tensor of its values at every configuration, so ``fn`` is
     replayed once, batched; comparisons of such numbers and branches on them (``tp / pp if pp > 0
     else 0.0``, ``max(pp, 1)``) are followed path by path, each path's configurations in one
-    batched replay; used otherwise (``math``, ``round()``, NumPy), ``fn`` is replayed at every
-    configuration (exact and slow). On
+    batched replay, as are ``round()`` and ``math.floor`` of them to ints; used otherwise
+    (``math.sqrt``, ``round()`` to digits, NumPy), ``fn`` is replayed at every configuration
+    (exact and slow). On
     the first call of each input structure the inferred best configuration is checked against
     probes of ``fn``, and the replay on the current scores against ``fn`` itself.
 
