@@ -1392,6 +1392,16 @@ def _tensor_branch_and_item(s, y):  # a branch on a tensor beside a number: foll
     return correct.item() / len(y)
 
 
+def _ints_past_int64(s, y):  # Python's ints are unbounded: int64 would wrap (at 23 wrong), fn itself there
+    w = (s.argmax(1) != y).sum().item()
+    return (len(y) - w) / len(y) - (w // 23) * 2 ** 62 * 2 / 1e19
+
+
+def _int_division_past_2_53(s, y):  # Python divides two ints rounding once; float64 would round twice
+    x = ((s.argmax(1) == y).sum() * 2 ** 49 + 1).item()  # read past 2**53 from 16 right
+    return x / 3 / 2 ** 49
+
+
 def _rounded_number(s, y):  # round() of a float to digits: fn replayed one configuration at a time
     return round((s.argmax(1) == y).sum().item() / len(y), 3)
 
@@ -1400,13 +1410,13 @@ def _rounded_to_ints(s, y):  # round(), math.floor/ceil/trunc and an int's power
     c = (s.argmax(1) == y).sum().item()
     share = c / len(y)
     return (round(share * 10) + math.floor(share * 7.5) - math.ceil(-share * 3.3) + math.trunc(-share * 2.5)
-            + round(c / 2) + c ** 2 / len(y) ** 2 + round(c, 1) + round(c > 5) + c ** 13 / 24 ** 13) / 30
+            + round(c / 2) + c ** 2 / len(y) ** 2 + round(c, 1) + round(c > 5) + c ** 11 / 24 ** 11) / 30
 
 
-def _rounded_where_python_raises(s, y):  # round() of inf or NaN, a power past 2**53: fn itself there
+def _rounded_where_python_raises(s, y):  # round() of inf or NaN, a power past int64: fn itself there
     c = (s.argmax(1) == y).sum().item()
     try:
-        return round(c * (math.inf if c < 3 else 1.0)) / 100 + c ** 14 / 10 ** 19
+        return round(c * (math.inf if c < 3 else 1.0)) / 100 + c ** 14 / 1e19
     except (ValueError, OverflowError):
         return -c / len(y)
 
@@ -1443,7 +1453,9 @@ def _bools_read_with_item(s, y):  # Python bools: torch.tensor of them is bool, 
                                          (_branch_on_a_count, True), (_f1_with_zero_division_guards, True),
                                          (_many_paths, True), (_f1_by_tolist, True), (_recall_by_nested_tolist, True),
                                          (_tensor_branch_and_item, True), (_rounded_to_ints, True),
-                                         (_rounded_where_python_raises, True), (_rounded_number, False),
+                                         (_rounded_where_python_raises, True), (_ints_past_int64, True),
+                                         (_int_division_past_2_53, True),
+                                         (_rounded_number, False),
                                          (_swallowed, False),
                                          (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],
                          ids=lambda x: getattr(x, "__name__", str(x)))
@@ -1452,7 +1464,8 @@ def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
     # at every configuration those of fn called at each (batched="loop"), to the bit, a divisor of
     # 0 where Python raises included, and branches on the numbers (each path batched, the paths
     # beyond the first few replayed one at a time), round() and math.floor to Python ints (where
-    # Python raises, fn itself); round() to digits, or a number that escapes into math.sqrt even
+    # Python raises, or an int passes int64 or 2**53 in a division, fn itself); round() to digits,
+    # or a number that escapes into math.sqrt even
     # where fn catches that, leaves fn replayed one configuration at a time, as exact
     g = torch.Generator().manual_seed(2)
     target = torch.randint(0, 3, (24,), generator=g)

@@ -2598,6 +2598,11 @@ class _Escape(TypeError):
     """A number read with ``.item()`` used other than in arithmetic during a batched replay."""
 
 
+_ARITHMETIC: Dict[str, Callable[[Any, Any], Any]] = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "truediv": operator.truediv,
+    "floordiv": operator.floordiv, "mod": operator.mod}
+
+
 class _Number:
     """A number ``fn`` reads with ``.item()`` (or ``.tolist()``) from a tensor its steps made, in a
     replay batched over configurations (:meth:`TracedMetric._number_values`): ``t`` holds its
@@ -2617,8 +2622,10 @@ class _Number:
     formatting, another torch function, an attribute a Python number has) raises :class:`_Escape`
     and marks the replay, whose values are then not used; an attribute it lacks raises
     ``AttributeError``, as a Python number's would. Where Python raises at a configuration (a
-    divisor 0, ``round()`` of NaN), or a power or a rounded float is too large for its tensor, that
-    is recorded (``mode.raising``), and ``fn`` replayed there."""
+    divisor 0, ``round()`` of NaN), or an int is 2**53 or more in a product, a power or a division
+    of ints (Python's ints are unbounded, and its division of two rounds once), that is recorded
+    (``mode.raising``, ``mode.products``, ``mode.bounded``), and ``fn`` replayed there. Sums are
+    not checked: to leave int64 from below 2**53 takes about a thousand terms."""
 
     __slots__ = ("t", "mode")
 
@@ -2668,9 +2675,19 @@ class _Number:
                 raise ZeroDivisionError("division by zero")
         # Python's operators on the tensors (one of a and b is one): floor division and remainder
         # of ints floor as Python's do; true division of float64 rounds as Python's float
-        out = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "truediv": operator.truediv,
-               "floordiv": operator.floordiv, "mod": operator.mod}[op](a, b)
-        return self._wrap(out)
+        apply = _ARITHMETIC[op]
+        # Python's ints are unbounded, and its division of two ints rounds once: a product of ints
+        # past 2**53 (where int64 may wrap), or a division of such an int by an int (which float64
+        # rounds twice), is left to fn itself at that configuration (checked once, at the end:
+        # mode.products, mode.bounded)
+        if as_int and op == "mul":
+            self.mode.products.append((a, b))
+        elif op == "truediv" and not self.t.is_floating_point() and (
+                isinstance(other, int) or isinstance(other, _Number) and not other.t.is_floating_point()):
+            self.mode.bounded.extend(v for v in (a, b) if isinstance(v, Tensor))
+            if any(not isinstance(v, Tensor) and abs(v) >= 2.0 ** 53 for v in (a, b)):
+                self.mode.raising.append(torch.ones_like(self.t, dtype=torch.bool))
+        return self._wrap(apply(a, b))
 
     def __add__(self, other: Any) -> Any:
         return self._binary(other, "add", False)
@@ -2852,6 +2869,8 @@ class _Mode(TorchFunctionMode):
         self.escaped = False  # a _Number used other than in arithmetic (its replay's values unused)
         self.why = ""  # the first such use
         self.raising: List[Tensor] = []  # where Python raises on a _Number (a divisor 0, round() of NaN)
+        self.products: List[Tuple[Any, Any]] = []  # products of int _Numbers, to be below 2**53
+        self.bounded: List[Tensor] = []  # ints divided by ints, to be below 2**53
         # a _Number's truth values: None, the reference configuration's replay (recorded in reads);
         # else the ones it read, which the batched replay takes (off_path: where each differs)
         self.path: Optional[List[bool]] = path
@@ -3933,6 +3952,25 @@ class _Site:
     def format_batched(self, payload: Any, x: Tensor) -> Any:
         """:meth:`format` for a batch of payloads (a leading anchor dimension)."""
         return torch.func.vmap(lambda p: self.format(p, x))(payload)
+
+
+def _past_2_53(products: List[Tuple[Any, Any]], bounded: List[Tensor]) -> Tensor:
+    """Whether one of ``products`` (pairs of int tensors or Python ints), or of ``bounded``, is
+    2**53 or more in magnitude: where int64 may have wrapped, or a division rounded twice."""
+    device = next(v for v in [*bounded, *(v for pair in products for v in pair)] if isinstance(v, Tensor)).device \
+        if products or bounded else None
+
+    def double(v: Any) -> Tensor:
+        return v.double().reshape(()) if isinstance(v, Tensor) else torch.tensor(float(v), dtype=torch.float64,
+                                                                                 device=device)
+
+    big = torch.zeros((), dtype=torch.bool, device=device)
+    if products:
+        wide = torch.stack([double(a) for a, _ in products]) * torch.stack([double(b) for _, b in products])
+        big = big | (wide.abs() >= 2.0 ** 53).any()
+    if bounded:
+        big = big | (torch.stack([v.double().reshape(()) for v in bounded]).abs() >= 2.0 ** 53).any()
+    return big
 
 
 def _is_number(x: Any) -> bool:
@@ -5109,7 +5147,11 @@ class TracedMetric(Decomposition):
             elif not isinstance(out, Tensor):
                 raise _Escape(f"fn returned {type(out).__name__}")
             false = torch.zeros((), dtype=torch.bool, device=out.device)
+            if path is None:  # the reference replay: only the truth values it read are used
+                return out.reshape(()), false, false, mode.reads
             zero = torch.stack([z.reshape(()) for z in mode.raising]).any() if mode.raising else false
+            if mode.products or mode.bounded:
+                zero = zero | _past_2_53(mode.products, mode.bounded)
             off = torch.stack([o.reshape(()) for o in mode.off_path]).any() if mode.off_path else false
             return out.reshape(()), zero, off, mode.reads
 
