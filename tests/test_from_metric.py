@@ -1402,6 +1402,12 @@ def _int_division_past_2_53(s, y):  # Python divides two ints rounding once; flo
     return x / 3 / 2 ** 49
 
 
+def _int_against_float_past_2_53(s, y):  # Python compares an int with a float exactly; float64 would not
+    c = (s.argmax(1) == y).sum()
+    x = (c * 2 ** 49 + 1).item()  # read past 2**53 from 16 right
+    return (x > c.item() * 2.0 ** 49) * 0.5 + c.item() / len(y)
+
+
 def _rounded_number(s, y):  # round() of a float to digits: fn replayed one configuration at a time
     return round((s.argmax(1) == y).sum().item() / len(y), 3)
 
@@ -1454,7 +1460,7 @@ def _bools_read_with_item(s, y):  # Python bools: torch.tensor of them is bool, 
                                          (_many_paths, True), (_f1_by_tolist, True), (_recall_by_nested_tolist, True),
                                          (_tensor_branch_and_item, True), (_rounded_to_ints, True),
                                          (_rounded_where_python_raises, True), (_ints_past_int64, True),
-                                         (_int_division_past_2_53, True),
+                                         (_int_division_past_2_53, True), (_int_against_float_past_2_53, True),
                                          (_rounded_number, False),
                                          (_swallowed, False),
                                          (_accuracy_as_a_number, True), (_tutorial_accuracy, True)],

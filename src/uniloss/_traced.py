@@ -2623,7 +2623,8 @@ class _Number:
     and marks the replay, whose values are then not used; an attribute it lacks raises
     ``AttributeError``, as a Python number's would. Where Python raises at a configuration (a
     divisor 0, ``round()`` of NaN), or an int is 2**53 or more in a product, a power or a division
-    of ints (Python's ints are unbounded, and its division of two rounds once), that is recorded
+    of ints or compared with a float (Python's ints are unbounded, its division of two rounds
+    once, and it compares an int with a float exactly), that is recorded
     (``mode.raising``, ``mode.products``, ``mode.bounded``), and ``fn`` replayed there. Sums are
     not checked: to leave int64 from below 2**53 takes about a thousand terms."""
 
@@ -2762,7 +2763,12 @@ class _Number:
         both = self._operands(other, "compare")
         if both is None:
             return NotImplemented
-        a, b, _ = both
+        a, b, as_int = both
+        if not as_int:  # Python compares an int with a float exactly, float64 only below 2**53
+            self.mode.bounded.extend(v.int_or_float() for v in (self, other)
+                                     if isinstance(v, _Number) and not v.t.is_floating_point())
+            if isinstance(other, int) and abs(other) >= 2.0 ** 53:
+                self.mode.raising.append(torch.ones_like(self.t, dtype=torch.bool))
         return self._wrap(op(a, b))
 
     def __float__(self) -> float:
@@ -2870,7 +2876,7 @@ class _Mode(TorchFunctionMode):
         self.why = ""  # the first such use
         self.raising: List[Tensor] = []  # where Python raises on a _Number (a divisor 0, round() of NaN)
         self.products: List[Tuple[Any, Any]] = []  # products of int _Numbers, to be below 2**53
-        self.bounded: List[Tensor] = []  # ints divided by ints, to be below 2**53
+        self.bounded: List[Tensor] = []  # ints divided by ints or compared with floats, to be below 2**53
         # a _Number's truth values: None, the reference configuration's replay (recorded in reads);
         # else the ones it read, which the batched replay takes (off_path: where each differs)
         self.path: Optional[List[bool]] = path
