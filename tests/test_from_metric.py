@@ -1471,8 +1471,8 @@ def test_numbers_read_with_item_batch_as_python_computes_them(fn, batched):
     # 0 where Python raises included, and branches on the numbers (each path batched, the paths
     # beyond the first few replayed one at a time), round() and math.floor to Python ints (where
     # Python raises, or an int passes int64 or 2**53 in a division, fn itself); round() to digits,
-    # or a number that escapes into math.sqrt even
-    # where fn catches that, leaves fn replayed one configuration at a time, as exact
+    # or a number that escapes into math.sqrt even where fn catches that, leaves fn replayed one
+    # configuration at a time, as exact
     g = torch.Generator().manual_seed(2)
     target = torch.randint(0, 3, (24,), generator=g)
     scores = torch.randn(24, 3, generator=g) + 2 * torch.nn.functional.one_hot(target, 3)

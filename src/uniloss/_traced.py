@@ -2786,8 +2786,8 @@ class _Number:
     def _integral(self, op: Callable[[Tensor], Tensor]) -> "_Number":
         """``round()``, ``math.floor``, ``math.ceil``, ``math.trunc``: Python's int. An int (or a
         bool) is itself; a float is rounded in float64 (``torch.round`` halves to even, as
-        ``round()`` does), and where it is NaN or infinite (Python raises) or beyond int64 (a
-        Python int holds it) ``fn`` is replayed on its own."""
+        ``round()`` does), and where it is NaN or infinite (Python raises) or 2**62 or more (near
+        the end of int64, where a Python int still holds it) ``fn`` is replayed on its own."""
         if not self.t.is_floating_point():
             return self._wrap(self.int_or_float())
         r = op(self.t)
