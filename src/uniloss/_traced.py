@@ -2685,9 +2685,7 @@ class _Number:
             self.mode.products.append((a, b))
         elif op == "truediv" and not self.t.is_floating_point() and (
                 isinstance(other, int) or isinstance(other, _Number) and not other.t.is_floating_point()):
-            self.mode.bounded.extend(v for v in (a, b) if isinstance(v, Tensor))
-            if any(not isinstance(v, Tensor) and abs(v) >= 2.0 ** 53 for v in (a, b)):
-                self.mode.raising.append(torch.ones_like(self.t, dtype=torch.bool))
+            self.mode.bounded.extend((a, b))
         return self._wrap(apply(a, b))
 
     def __add__(self, other: Any) -> Any:
@@ -2765,10 +2763,8 @@ class _Number:
             return NotImplemented
         a, b, as_int = both
         if not as_int:  # Python compares an int with a float exactly, float64 only below 2**53
-            self.mode.bounded.extend(v.int_or_float() for v in (self, other)
-                                     if isinstance(v, _Number) and not v.t.is_floating_point())
-            if isinstance(other, int) and abs(other) >= 2.0 ** 53:
-                self.mode.raising.append(torch.ones_like(self.t, dtype=torch.bool))
+            self.mode.bounded.extend(v.int_or_float() if isinstance(v, _Number) else v for v in (self, other)
+                                     if isinstance(v, int) or isinstance(v, _Number) and not v.t.is_floating_point())
         return self._wrap(op(a, b))
 
     def __float__(self) -> float:
@@ -2876,7 +2872,7 @@ class _Mode(TorchFunctionMode):
         self.why = ""  # the first such use
         self.raising: List[Tensor] = []  # where Python raises on a _Number (a divisor 0, round() of NaN)
         self.products: List[Tuple[Any, Any]] = []  # products of int _Numbers, to be below 2**53
-        self.bounded: List[Tensor] = []  # ints divided by ints or compared with floats, to be below 2**53
+        self.bounded: List[Any] = []  # ints divided by ints or compared with floats (tensors, Python ints), below 2**53
         # a _Number's truth values: None, the reference configuration's replay (recorded in reads);
         # else the ones it read, which the batched replay takes (off_path: where each differs)
         self.path: Optional[List[bool]] = path
@@ -3960,9 +3956,10 @@ class _Site:
         return torch.func.vmap(lambda p: self.format(p, x))(payload)
 
 
-def _past_2_53(products: List[Tuple[Any, Any]], bounded: List[Tensor]) -> Tensor:
-    """Whether one of ``products`` (pairs of int tensors or Python ints), or of ``bounded``, is
-    2**53 or more in magnitude: where int64 may have wrapped, or a division rounded twice."""
+def _past_2_53(products: List[Tuple[Any, Any]], bounded: List[Any]) -> Tensor:
+    """Whether one of ``products`` (pairs of int tensors or Python ints), or of ``bounded`` (the
+    same), is 2**53 or more in magnitude: where int64 may have wrapped, or a division rounded
+    twice."""
     device = next(v for v in [*bounded, *(v for pair in products for v in pair)] if isinstance(v, Tensor)).device \
         if products or bounded else None
 
@@ -3975,7 +3972,7 @@ def _past_2_53(products: List[Tuple[Any, Any]], bounded: List[Tensor]) -> Tensor
         wide = torch.stack([double(a) for a, _ in products]) * torch.stack([double(b) for _, b in products])
         big = big | (wide.abs() >= 2.0 ** 53).any()
     if bounded:
-        big = big | (torch.stack([v.double().reshape(()) for v in bounded]).abs() >= 2.0 ** 53).any()
+        big = big | (torch.stack([double(v) for v in bounded]).abs() >= 2.0 ** 53).any()
     return big
 
 
