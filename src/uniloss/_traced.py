@@ -2595,7 +2595,8 @@ def _has_number(args: Sequence, kwargs: Dict) -> bool:
 
 
 class _Escape(TypeError):
-    """A number read with ``.item()`` used other than in arithmetic during a batched replay."""
+    """A number read with ``.item()`` or ``.tolist()`` used other than in arithmetic during a batched
+    replay."""
 
 
 _ARITHMETIC: Dict[str, Callable[[Any, Any], Any]] = {
@@ -2634,7 +2635,7 @@ class _Number:
         self.t, self.mode = t, mode
 
     def _escape(self, what: str) -> Any:
-        return self.mode.escape(f"a number read with .item() used in {what}")
+        return self.mode.escape(f"a number read with .item() or .tolist() used in {what}")
 
     def _wrap(self, t: Tensor) -> "_Number":
         return _Number(t, self.mode)
@@ -2847,7 +2848,7 @@ class _Number:
         return self._escape("formatting")
 
     def __repr__(self) -> str:
-        return "<a number read with .item(), batched over configurations>"
+        return "<a number read with .item() or .tolist(), batched over configurations>"
 
     def __getattr__(self, name: str) -> Any:
         # what a Python number lacks, it lacks (NumPy asks for `dtype`); what it has escapes
@@ -3072,7 +3073,7 @@ class _Mode(TorchFunctionMode):
                                    for e in x])
             if out is not None:
                 return out if kwargs.get("device") is None else out.to(kwargs["device"])
-        return self.escape(f"a number read with .item() given to `{name}`")
+        return self.escape(f"a number read with .item() or .tolist() given to `{name}`")
 
     def escape(self, why: str) -> Any:
         """A :class:`_Number` used other than in arithmetic, comparisons and branches: the replay
