@@ -1,15 +1,17 @@
-"""The phases of a long training schedule, read from the runs' logs: test accuracy by blocks of
-epochs, around each learning-rate drop, and at the end, loss by loss.
+"""The phases of a long training schedule, read from the runs' logs: held-out accuracy by blocks
+of epochs, around each learning-rate drop, and at the end, loss by loss.
 
-    python benchmarks/long_schedule_summary.py runs/paper-200/multiclass/fashion-resnet20 \\
+    python benchmarks/long_schedule_summary.py docs/results/multiclass/paper-200/fashion-resnet20 \\
         --out docs/results/multiclass/paper-200/phases.md
 
 Each run folder (``<loss>-seed<N>/``, as ``uniloss reproduce`` writes them) holds ``log.jsonl``,
-one JSON line per epoch with its ``lr``, its ``test`` metrics and, for UniLoss, the mean exact
-metric of its training batches (``train_batch_metric``). The page gives, per run: the mean test
-metric of each block of ``--block`` epochs (of the epochs every run has finished), of the ``--block`` epochs before and after each
-learning-rate drop, of the last ``--block`` epochs, the final and the best epoch; and each run
-minus the first run's (the usual loss's, when it is listed first) at the same epochs.
+one JSON line per epoch with its ``lr``, its ``test`` and ``val`` metrics and, for UniLoss, the
+mean exact metric of its training batches (``train_batch_metric``). The page gives, per run: the
+mean held-out metric (``--split``: ``test``, the default, or ``val``, the validation set) of
+each block of ``--block`` epochs (of the epochs every run has finished), of the ``--block``
+epochs before and after each learning-rate drop, of the last ``--block`` epochs, the final and
+the best epoch; and each run minus the first run's (the usual loss's, when it is listed first)
+at the same epochs.
 """
 
 import argparse
@@ -42,9 +44,9 @@ def drops(rows: List[dict]) -> List[int]:
     return [b["epoch"] for a, b in zip(rows, rows[1:]) if b["lr"] < a["lr"]]
 
 
-def phases(rows: List[dict], block: int) -> Dict[str, float]:
-    """Named means of the test metric (epochs are 1-based, ``a-b`` inclusive)."""
-    acc = {row["epoch"]: metric_of(row) for row in rows}
+def phases(rows: List[dict], block: int, split: str = "test") -> Dict[str, float]:
+    """Named means of the ``split`` metric (epochs are 1-based, ``a-b`` inclusive)."""
+    acc = {row["epoch"]: metric_of(row, split) for row in rows}
     last = max(acc)
     out: Dict[str, float] = {}
     for start in range(1, last + 1, block):
@@ -64,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="the experiment's folder of runs (<loss>-seed<N>/log.jsonl)")
     parser.add_argument("--block", type=int, default=10, help="epochs per block (default 10)")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="the held-out set whose metric is read (default test; val: the validation set)")
     parser.add_argument("--out", help="write the page there (markdown) as well")
     args = parser.parse_args()
     runs = sorted(d for d in os.listdir(args.folder) if os.path.isfile(os.path.join(args.folder, d, "log.jsonl")))
@@ -73,11 +77,12 @@ def main() -> None:
     logs = {run: read_log(os.path.join(args.folder, run)) for run in runs}
     common = min(max(r["epoch"] for r in rows) for rows in logs.values())  # runs still going: their common epochs
     logs = {run: [r for r in rows if r["epoch"] <= common] for run, rows in logs.items()}
-    table = {run: phases(rows, args.block) for run, rows in logs.items()}
+    table = {run: phases(rows, args.block, args.split) for run, rows in logs.items()}
     first = runs[0]
     names = list(table[first])
     lines = [f"# Phases of the schedule: {os.path.basename(os.path.normpath(args.folder))}", "",
-             f"`python benchmarks/long_schedule_summary.py {args.folder} --block {args.block}`. Test metric (%), "
+             f"`python benchmarks/long_schedule_summary.py {args.folder} --block {args.block}"
+             + (" --split val`. Validation" if args.split == "val" else "`. Test") + " metric (%), "
              f"means over the epochs named, epochs 1-{common} (those every run has finished).", "",
              "| epochs | " + " | ".join(runs) + "".join(f" | {run} - {first}" for run in runs[1:]) + " |",
              "|---" * (2 * len(runs)) + "|"]

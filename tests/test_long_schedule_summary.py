@@ -44,3 +44,21 @@ def test_phases_by_hand(tmp_path, capsys, monkeypatch):
     assert "| epochs 1-4 | 51.50 | 60.00 | +8.50 |" in page  # the usual loss first, then the difference
     assert "| final (epoch 8) | 57.00 | 60.00 | +3.00 |" in page
     assert "mean of the last epoch (8): 90.00%" in page
+
+
+def test_split_val_reads_the_validation_metric(tmp_path, capsys, monkeypatch):
+    # each epoch's val differs from its test, so a page that read the wrong split would show other means
+    for run, base in (("ce-seed0", 0.5), ("uniloss-seed0", 0.7)):
+        os.makedirs(tmp_path / run)
+        with open(tmp_path / run / "log.jsonl", "w") as f:
+            for epoch in range(1, 5):
+                f.write(json.dumps({"epoch": epoch, "lr": 0.1, "test": {"accuracy": base},
+                                    "val": {"accuracy": base + 0.01 * epoch}}) + "\n")
+    rows = summary.read_log(str(tmp_path / "ce-seed0"))
+    assert summary.phases(rows, 2, "val")["epochs 1-2"] == pytest.approx(51.5)
+    assert summary.phases(rows, 2)["epochs 1-2"] == pytest.approx(50.0)
+    monkeypatch.setattr("sys.argv", ["long_schedule_summary.py", str(tmp_path), "--block", "2", "--split", "val"])
+    summary.main()
+    page = capsys.readouterr().out
+    assert "--block 2 --split val`. Validation metric (%)" in page
+    assert "| epochs 3-4 | 53.50 | 73.50 | +20.00 |" in page and "| final (epoch 4) | 54.00 | 74.00 | +20.00 |" in page
