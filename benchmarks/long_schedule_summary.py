@@ -55,11 +55,58 @@ def phases(rows: List[dict], block: int, split: str = "test") -> Dict[str, float
     for d in drops(rows):
         out[f"before the drop at {d} ({d - block}-{d - 1})"] = mean([acc[e] for e in range(d - block, d) if e in acc])
         out[f"after it ({d}-{d + block - 1})"] = mean([acc[e] for e in range(d, d + block) if e in acc])
-    out[f"last {block} ({last - block + 1}-{last})"] = mean([acc[e] for e in range(last - block + 1, last + 1)])
+    start = max(1, last - block + 1)  # a run shorter than a block: all its epochs
+    out[f"last {last - start + 1} ({start}-{last})"] = mean([acc[e] for e in range(start, last + 1) if e in acc])
     out[f"final (epoch {last})"] = acc[last]
     best = max(acc, key=lambda e: acc[e])
     out[f"best epoch ({best} for this run)"] = acc[best]
     return out
+
+
+def differences(logs: Dict[str, List[dict]], split: str = "test") -> Dict[str, List[float]]:
+    """Each run's ``split`` metric minus the first run's, epoch by epoch (percentage points), over
+    the epochs both have; the first run's entry is its own metric."""
+    first, *others = logs
+    base = {row["epoch"]: metric_of(row, split) for row in logs[first]}
+    out = {first: [base[e] for e in sorted(base)]}
+    for run in others:
+        mine = {row["epoch"]: metric_of(row, split) for row in logs[run]}
+        out[run] = [mine[e] - base[e] for e in sorted(base) if e in mine]
+    return out
+
+
+def plot(logs: Dict[str, List[dict]], path: str, since: int = 1) -> Optional[str]:
+    """Each run minus the first, epoch by epoch from ``since``, on the test and validation sets
+    (where the logs have ``val``), with the learning-rate drops marked; ``None`` without
+    matplotlib (the tables are the result, the figure a reading aid)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first, *others = logs
+    splits = [s for s in ("test", "val") if all(s in row for rows in logs.values() for row in rows)]
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for split in splits:
+        diff = differences(logs, split)
+        for run in others:
+            epochs = [row["epoch"] for row in logs[run]][:len(diff[run])]
+            kept = [(e, d) for e, d in zip(epochs, diff[run]) if e >= since]
+            ax.plot([e for e, _ in kept], [d for _, d in kept], lw=1.2, ls="-" if split == "test" else "--",
+                    label=f"{run} - {first}, {'test' if split == 'test' else 'validation'} set")
+    for d in drops(logs[first]):
+        if d >= since:
+            ax.axvline(d - 0.5, color="grey", lw=0.8)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("epoch (grey: a learning-rate drop)")
+    ax.set_ylabel("difference (points)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:
@@ -69,6 +116,8 @@ def main() -> None:
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="the held-out set whose metric is read (default test; val: the validation set)")
     parser.add_argument("--out", help="write the page there (markdown) as well")
+    parser.add_argument("--plot", help="draw each run minus the first, epoch by epoch, on both held-out sets there (PNG)")
+    parser.add_argument("--plot-since", type=int, default=1, help="the plot's first epoch (default 1)")
     args = parser.parse_args()
     runs = sorted(d for d in os.listdir(args.folder) if os.path.isfile(os.path.join(args.folder, d, "log.jsonl")))
     if not runs:
@@ -105,6 +154,9 @@ def main() -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             f.write(page)
+    if args.plot and len(runs) > 1:
+        drawn = plot(logs, args.plot, args.plot_since)
+        print(f"wrote {drawn}" if drawn else "no plot: matplotlib is not installed")
 
 
 if __name__ == "__main__":

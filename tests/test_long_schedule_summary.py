@@ -62,3 +62,26 @@ def test_split_val_reads_the_validation_metric(tmp_path, capsys, monkeypatch):
     page = capsys.readouterr().out
     assert "--block 2 --split val`. Validation metric (%)" in page
     assert "| epochs 3-4 | 53.50 | 73.50 | +20.00 |" in page and "| final (epoch 4) | 54.00 | 74.00 | +20.00 |" in page
+
+
+def test_differences_epoch_by_epoch_and_the_plot(tmp_path, monkeypatch):
+    # the first run's own metric, then each other run minus it, only on the epochs both have
+    _write(tmp_path, "ce-seed0", [0.50, 0.52, 0.55], drop_at=3)
+    _write(tmp_path, "uniloss-seed0", [0.51, 0.50], drop_at=3)
+    logs = {run: summary.read_log(str(tmp_path / run)) for run in ("ce-seed0", "uniloss-seed0")}
+    diff = summary.differences(logs)
+    assert diff["ce-seed0"] == pytest.approx([50.0, 52.0, 55.0])
+    assert diff["uniloss-seed0"] == pytest.approx([1.0, -2.0])
+    with pytest.raises(KeyError):  # these logs have no validation metric
+        summary.differences(logs, "val")
+    png = tmp_path / "d.png"
+    monkeypatch.setattr("sys.argv", ["long_schedule_summary.py", str(tmp_path), "--plot", str(png)])
+    summary.main()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_shorter_than_a_block():
+    # the "last" block of a 3-epoch run with --block 10 is its 3 epochs (it read epochs -6..0 before)
+    rows = [{"epoch": e, "lr": 0.1, "test": {"accuracy": a}} for e, a in ((1, 0.5), (2, 0.6), (3, 0.7))]
+    table = summary.phases(rows, 10)
+    assert table["last 3 (1-3)"] == pytest.approx(60.0) and table["epochs 1-3"] == pytest.approx(60.0)
