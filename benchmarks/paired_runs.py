@@ -18,6 +18,7 @@ takes several seeds). A large p says the split cannot tell these two models apar
 """
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -78,8 +79,11 @@ def compare(folder_a: str, folder_b: str, data_dir: Optional[str]) -> dict:
     data = get_experiment(config_a["experiment"]).load(data_dir, torch.device("cpu"))
     splits = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
     counts = {name: paired_counts(_right(model_a, x, y), _right(model_b, x, y)) for name, (x, y) in splits.items()}
+    from uniloss.experiments.reproduce import machine
+
     return {"experiment": config_a["experiment"], "a": f"{config_a['loss']}-seed{config_a['seed']}",
-            "b": f"{config_b['loss']}-seed{config_b['seed']}", "epochs": [epoch_a, epoch_b], "splits": counts}
+            "b": f"{config_b['loss']}-seed{config_b['seed']}", "epochs": [epoch_a, epoch_b], "splits": counts,
+            "machine": f"{machine()}, torch {torch.__version__}", "date": datetime.date.today().isoformat()}
 
 
 def page(report: dict, command: str) -> str:
@@ -88,6 +92,7 @@ def page(report: dict, command: str) -> str:
              f"`{command}`. Models at epochs {report['epochs'][0]} and {report['epochs'][1]}; training "
              "images without augmentation. Accuracy (%); the images exactly one model gets right; the "
              "exact McNemar p-value (two-sided) of that split.", "",
+             f"Machine: {report.get('machine', 'not recorded')}; date: {report.get('date', 'not recorded')}.", "",
              f"| split | images | {a} | {b} | {b} - {a} | only {a} right | only {b} right | McNemar p |",
              "|---|---|---|---|---|---|---|---|"]
     for name, c in report["splits"].items():

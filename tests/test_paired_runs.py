@@ -44,3 +44,6 @@ def test_page_reads_the_counts():
               "splits": {"test": {"n": 10, "both": 6, "only_a": 1, "only_b": 3, "neither": 0}}}
     text = paired.page(report, "cmd")
     assert "| test | 10 | 70.00 | 90.00 | +20.00 | 1 | 3 | 0.625 |" in text
+    assert "Machine: not recorded" in text
+    assert "Machine: box, torch 9; date: 2026-01-02." in paired.page({**report, "machine": "box, torch 9",
+                                                                      "date": "2026-01-02"}, "cmd")
