@@ -92,7 +92,8 @@ def plot(logs: Dict[str, List[dict]], path: str, since: int = 1) -> Optional[str
     for split in splits:
         diff = differences(logs, split)
         for run in others:
-            epochs = [row["epoch"] for row in logs[run]][:len(diff[run])]
+            # the epochs differences() pairs: the first run's, in order, that this run has too
+            epochs = sorted({row["epoch"] for row in logs[first]} & {row["epoch"] for row in logs[run]})
             kept = [(e, d) for e, d in zip(epochs, diff[run]) if e >= since]
             ax.plot([e for e, _ in kept], [d for _, d in kept], lw=1.2, ls="-" if split == "test" else "--",
                     label=f"{run} - {first}, {'test' if split == 'test' else 'validation'} set")
