@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import uniloss
-from uniloss.experiments.loop import shuffled, train_epoch
+from uniloss.experiments.loop import predict, shuffled, train_epoch
 from uniloss.experiments.metric_wins import cosine, mlp, seeded, sgd
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "metric-wins" / "fit-probe.txt"
@@ -55,9 +55,8 @@ def task_data(task: str):
 
 
 def fit_stats(model, x, y):
-    """``(accuracy, median margin, logits' std)`` of ``model`` on ``x`` (no grad)."""
-    with torch.no_grad():
-        out = torch.cat([model(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+    """``(accuracy, median margin, logits' std)`` of ``model`` on ``x`` (evaluation mode, no grad)."""
+    out = predict(model, x, chunk=1000)
     others = out.scatter(1, y[:, None], float("-inf"))
     margin = out.gather(1, y[:, None])[:, 0] - others.max(1).values
     return float((margin > 0).float().mean()), float(margin.median()), float(out.std())
@@ -91,7 +90,6 @@ def run(job):
         push.zero_()
         steps = train_epoch(model, opt, shuffled(len(ytr), 128, gen)(epoch), step_loss, on_backward=add_push)
         sched.step()
-        model.eval()
         train_acc, margin, spread = fit_stats(model, xtr[subset], ytr[subset])
         test_acc = fit_stats(model, xte, yte)[0]
         rows.append((epoch + 1, train_acc, test_acc, margin, spread, float(push) / steps))

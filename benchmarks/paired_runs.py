@@ -26,6 +26,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from uniloss.experiments.loop import predict
+
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: the chance, under a fair coin for each of the
@@ -48,10 +50,8 @@ def paired_counts(right_a: torch.Tensor, right_b: torch.Tensor) -> Dict[str, int
             "neither": int((~right_a & ~right_b).sum())}
 
 
-@torch.no_grad()
-def _right(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    model.eval()
-    out = torch.cat([model(x[i: i + chunk]) for i in range(0, len(x), chunk)])
+def _right(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = predict(model, x)  # as the training run's own evaluation reads it
     if out.dim() != 2 or y.dim() != 1:
         raise SystemExit(f"outputs of shape {tuple(out.shape)} with targets {tuple(y.shape)}: only "
                          "multi-class experiments (argmax over classes) are compared")

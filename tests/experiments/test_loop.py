@@ -204,3 +204,40 @@ def test_metric_wins_trains_with_the_shared_loop():
     finally:
         metric_wins._ON_EPOCH = None
     assert [e for e, _ in calls] == [0, 1, 2] and [v for _, v in calls] == curve
+
+
+def test_predict_is_the_evaluation_forward_pass_in_chunks_and_restores_the_mode():
+    from uniloss.experiments.loop import predict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Dropout(0.5), nn.Linear(7, 3))
+    x = torch.randn(23, 5)
+    model.train()
+    for _ in range(3):  # running statistics away from their initial values
+        model(torch.randn(16, 5) * 3 + 1)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)  # one pass over everything, in evaluation mode
+    for chunk in (1, 4, 23, 100):
+        model.train()
+        out = predict(model, x, chunk=chunk)
+        assert model.training  # restored
+        assert not out.requires_grad
+        assert out.shape == (23, 3)
+        torch.testing.assert_close(out, expected)
+    model.eval()
+    predict(model, x, chunk=5)
+    assert not model.training  # restored, also from evaluation mode
+    assert predict(model, x[:0]).shape == (0, 3)
+    with pytest.raises(ValueError, match="at least 1"):
+        predict(model, x, chunk=0)
+
+
+def test_predict_restores_the_mode_when_the_forward_pass_raises():
+    from uniloss.experiments.loop import predict
+
+    model = nn.Linear(5, 2)
+    model.train()
+    with pytest.raises(RuntimeError):
+        predict(model, torch.randn(4, 6))
+    assert model.training

@@ -13,7 +13,8 @@ A step is, in this order::
 The loop draws no random number of its own: batch order, anchors and augmentation come from the
 caller's ``batches`` and ``step_loss``, in the order they are consumed, so a run that moves onto
 this loop keeps its numbers bit for bit. :func:`train_epochs` adds the epochs, a scheduler and an
-evaluation after each epoch; :func:`shuffled` is the usual ``batches``.
+evaluation after each epoch; :func:`shuffled` is the usual ``batches``; :func:`predict` gives a
+model's outputs on a held-out split, as the evaluations read them.
 
 Example: a linear regression, five epochs of four batches of 16 samples.
 
@@ -165,6 +166,40 @@ def train_epochs(
         if on_epoch is not None:
             on_epoch(epoch, curve[-1])
     return curve
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, chunk: int = 4096) -> Tensor:
+    """``model``'s outputs on ``x``, as evaluation reads them: in evaluation mode
+    (``model.eval()``), without gradients, ``chunk`` samples at a time, concatenated along the
+    first dimension. The model's mode is restored afterwards, so a training loop can call it
+    between epochs.
+
+    Args:
+        model: a module whose forward pass maps ``[m, ...]`` inputs to ``[m, ...]`` outputs.
+        x: the inputs, ``[N, ...]``; ``N`` may be 0 (one call on the empty batch).
+        chunk: samples per forward pass, at least 1 (the outputs do not depend on it but for
+            rounding: a convolution's kernel may round differently at another batch size).
+
+    Returns:
+        ``[N, ...]``, the outputs of every sample, in order.
+
+    >>> net = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5))
+    >>> x = torch.randn(10, 3)
+    >>> out = predict(net, x, chunk=4)
+    >>> out.shape, out.requires_grad, net.training
+    (torch.Size([10, 2]), False, True)
+    >>> torch.allclose(out, net[0](x))          # dropout off: evaluation mode
+    True
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i:i + chunk]) for i in range(0, max(len(x), 1), chunk)])
+    finally:
+        model.train(was_training)
 
 
 def shuffled(n: int, batch: int, generator: torch.Generator) -> Callable[[int], Sequence[Tensor]]:

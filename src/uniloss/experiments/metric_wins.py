@@ -121,7 +121,7 @@ import uniloss
 from uniloss import zoo
 from uniloss.decoders import Ranking, RankingTarget
 
-from .loop import shuffled, train_epochs
+from .loop import predict, shuffled, train_epochs
 from .metrics import average_precision
 
 #: Called after each epoch of a run as ``(epoch, held-out metric)`` (``--progress``; set per run).
@@ -1361,8 +1361,7 @@ def run_metric_learning(loss: str, seed: int, quick: bool, options: dict, draw: 
     def evaluate(m: nn.Module) -> float:
         values = {}
         for suffix, x, y in (("", split.x_unseen, split.y_unseen), ("-seen", split.x_seen, split.y_seen)):
-            with torch.no_grad():
-                e = torch.cat([m(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+            e = predict(m, x, chunk=1000)
             finite = bool(torch.isfinite(e).all())
             values["map" + suffix], values["r1" + suffix] = retrieval_metrics(e, y) if finite else (math.nan, math.nan)
         if record is not None:

@@ -28,7 +28,7 @@ import torch
 
 from ..functional import LossInfo
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .loop import train_epoch
+from .loop import predict, train_epoch
 from .registry import Experiment, Recipe
 
 _STATE_KEYS = ("batch_generator", "anchor_generator", "augment_generator")
@@ -96,14 +96,6 @@ def make_optimizer(recipe: Recipe, params):
     if recipe.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
-
-
-@torch.no_grad()
-def _outputs(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    model.eval()
-    out = torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
-    model.train()
-    return out
 
 
 def _to_device(obj, device: torch.device):
@@ -288,8 +280,8 @@ def run_training(exp: Experiment, opts: RunOptions) -> Dict:
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": float(sums.loss) / steps,
-            "val": exp.evaluate(_outputs(model, data.x_val), data.y_val),
-            "test": exp.evaluate(_outputs(model, data.x_test), data.y_test),
+            "val": exp.evaluate(predict(model, data.x_val), data.y_val),
+            "test": exp.evaluate(predict(model, data.x_test), data.y_test),
             "epoch_time_s": train_time,
         }
         if ul_module is not None and float(sums.count) > 0:
