@@ -266,7 +266,9 @@ def _plot(table, plans, path: Path) -> Optional[str]:
     shown = [(part, exp, seeds, root) for part, exp, seeds, root, reason in plans if not reason]
     if not shown:
         return None
-    fig, axes = plt.subplots(1, len(shown), figsize=(6.5 * len(shown), 4), squeeze=False)
+    # Many rows (the keypoint table's ten losses) put the legend beside the axes, not over the curves.
+    beside = max(len(part.losses) for part, *_ in shown) > 5
+    fig, axes = plt.subplots(1, len(shown), figsize=((9.0 if beside else 6.5) * len(shown), 4), squeeze=False)
     for ax, (part, exp, seeds, root) in zip(axes[0], shown):
         metric = part.metrics[0]
         for i, loss in enumerate(part.losses):
@@ -282,7 +284,10 @@ def _plot(table, plans, path: Path) -> Optional[str]:
         title = exp.dataset if hasattr(table, "parts") else table.title or table.experiment
         ax.set_title(textwrap.fill(title, 70), fontsize=10)  # long titles wrap instead of running off the figure
         ax.grid(alpha=0.3)
-        ax.legend()
+        if beside:
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        else:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
