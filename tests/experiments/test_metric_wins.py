@@ -27,6 +27,7 @@ def _benchmark(name):
     spec.loader.exec_module(module)
     return module
 from uniloss.experiments.cli import main as cli
+from uniloss.experiments.data import DatasetNotFoundError
 
 
 def test_pairwise_logistic_is_the_mean_over_relevant_irrelevant_pairs_of_each_group():
@@ -156,7 +157,7 @@ def test_imbalanced_mnist_keeps_the_stated_share_of_each_digit():
     pytest.importorskip("numpy")
     try:
         xtr, ytr, xte, yte = M.imbalanced_mnist()
-    except Exception as exc:  # data absent: the loader's own tests cover the message
+    except DatasetNotFoundError as exc:  # data absent: the loader's own tests cover the message
         pytest.skip(str(exc))
     counts = torch.bincount(ytr, minlength=10)
     assert counts[0] == 5923 and counts[9] == round(5949 * 0.6**9) and xtr.shape == (len(ytr), 784)
@@ -751,7 +752,7 @@ def test_class_weighted_macro_f1_matches_scikit_learn_and_traces_into_a_loss():
 def test_fashion_binary_keeps_five_percent_shirts_in_each_split_drawn_per_draw():
     try:
         a = M.fashion_binary(0)
-    except Exception as exc:  # data absent: the loader's own tests cover the message
+    except DatasetNotFoundError as exc:  # data absent: the loader's own tests cover the message
         pytest.skip(str(exc))
     xtr, ytr, xva, yva, xte, yte = a
     from uniloss.experiments.data import load_fashion_mnist
@@ -791,7 +792,7 @@ def test_imbalanced_fashion_deals_the_shares_to_the_classes_at_random_per_draw()
         M.imbalanced_mnist(source="fashion")
     try:
         xtr, ytr, xte, yte = M.imbalanced_mnist(draw=0, source="fashion")
-    except Exception as exc:  # data absent: the loader's own tests cover the message
+    except DatasetNotFoundError as exc:  # data absent: the loader's own tests cover the message
         pytest.skip(str(exc))
     counts = torch.bincount(ytr, minlength=10)  # Fashion-MNIST: 6,000 training images a class
     shares = sorted(int(c) for c in counts)
@@ -809,7 +810,7 @@ def test_noisy_fashion_masks_are_the_clean_images_above_one_half():
         M.noisy_masks("train", 4, 0, source="cifar")
     try:
         x, mask = M.noisy_masks("test", 50, seed=3, source="fashion")
-    except Exception as exc:  # data absent: the loader's own tests cover the message
+    except DatasetNotFoundError as exc:  # data absent: the loader's own tests cover the message
         pytest.skip(str(exc))
     from uniloss.experiments.data import load_fashion_mnist
 
@@ -916,7 +917,7 @@ def test_multilabel_macro_f1_matches_scikit_learn_and_traces_into_the_loss():
 def test_multilabel_mosaics_show_the_classes_their_labels_name():
     try:
         xtr, ytr, xva, yva, xte, yte = M.multilabel_mnist(0)
-    except Exception as exc:  # data absent: the loader's own tests cover the message
+    except DatasetNotFoundError as exc:  # data absent: the loader's own tests cover the message
         pytest.skip(str(exc))
     assert xtr.shape == (54000, 784) and xva.shape == (6000, 784) and xte.shape == (10000, 784)
     assert ytr.shape == (54000, 10) and set(ytr.unique().tolist()) == {0, 1}

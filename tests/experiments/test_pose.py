@@ -284,9 +284,11 @@ def test_plot_examples_draws_the_canvases_and_their_heatmaps(tmp_path):
     pytest.importorskip("matplotlib")
     from uniloss.experiments.pose.plots import plot_examples
 
+    from uniloss.experiments.data import DatasetNotFoundError
+
     try:
         path = plot_examples(str(tmp_path / "examples.png"), count=3, sigmas=(1.0, 3.0))
-    except Exception as exc:  # MNIST absent: the loaders' own tests cover the message
+    except DatasetNotFoundError as exc:  # MNIST absent: the loaders' own tests cover the message
         pytest.skip(f"needs MNIST: {exc}")
     import matplotlib.image
 

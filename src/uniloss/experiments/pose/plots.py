@@ -57,14 +57,14 @@ def plot_examples(path: str, *, count: int = 6, sigmas: Sequence[float] = (0.5, 
     pos, targets = example_panels(y, sigmas)
     for i in range(count):
         cx, cy, _, norm = y[i, 0].tolist()
-        axes[0, i].imshow(x[i, 0], cmap="gray", vmin=0, vmax=255)
+        axes[0, i].imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=255)
         axes[0, i].add_patch(plt.Circle((cx, cy), 0.5 * norm, fill=False, color="tab:orange", lw=1.2))
         axes[0, i].plot([cx], [cy], "+", color="tab:red", ms=9, mew=2)
-        axes[1, i].imshow(pos[i, 0], cmap="Oranges", vmin=0, vmax=1.5)
+        axes[1, i].imshow(pos[i, 0].numpy(), cmap="Oranges", vmin=0, vmax=1.5)
         for r in range(2, rows):
-            axes[r, i].imshow(targets[r - 2, i, 0], cmap="magma", vmin=0, vmax=1)
+            axes[r, i].imshow(targets[r - 2, i, 0].numpy(), cmap="magma", vmin=0, vmax=1)
         for ax in axes[1:, i]:
-            ax.plot([t.keypoints[i, 0, 0]], [t.keypoints[i, 0, 1]], "+", color="tab:cyan", ms=7, mew=1.5)
+            ax.plot([float(t.keypoints[i, 0, 0])], [float(t.keypoints[i, 0, 1])], "+", color="tab:cyan", ms=7, mew=1.5)
         for ax in axes[:, i]:
             ax.set_xticks([])
             ax.set_yticks([])
