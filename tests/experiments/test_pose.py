@@ -339,7 +339,7 @@ def test_pose_table_reports_the_paper_beside_ours_as_another_dataset(tmp_path, m
     from uniloss.experiments.reproduce import run_table
 
     table = TABLES["pose"]
-    assert table.experiment == "digits-pose" and table.losses == pose.LOSSES and table.metrics[0] == "pck"
+    assert table.experiment == "digits-pose" and table.losses == pose.TABLE_LOSSES and table.metrics[0] == "pck"
     runs = tmp_path / "runs" / "pose"
     for i, loss in enumerate(table.losses):
         for seed in (0, 1):
@@ -364,3 +364,23 @@ def test_pose_table_reports_the_paper_beside_ours_as_another_dataset(tmp_path, m
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert failures == 0 and tried > 0
+
+
+def test_the_tables_leave_out_uniloss_chain_which_is_the_defaults_loss():
+    # The defaults interpolate along the chain (0.8), so "uniloss-chain" is "uniloss" again: the
+    # same loss and gradient on the same heatmaps, and the tables train it once.
+    for name in ("pose", "pose-paper", "pose-mpii"):
+        assert "uniloss-chain" not in TABLES[name].losses and "uniloss" in TABLES[name].losses
+        assert set(TABLES[name].losses) == set(pose.LOSSES) - {"uniloss-chain"}
+    g = torch.Generator().manual_seed(0)
+    heat = torch.randn(4, 2, 1, 16, 16, generator=g)
+    y = pose.pack_keypoints(torch.rand(4, 1, 2, generator=g) * 60 + 2, torch.ones(4, 1), torch.full((4,), 12.0))
+    values = []
+    for loss in ("uniloss", "uniloss-chain"):
+        fn, _ = pose.pose_loss(loss, torch.Generator().manual_seed(1), stride=4)
+        h = heat.clone().requires_grad_()
+        value = fn(h, y)
+        value.backward()
+        values.append((value.detach(), h.grad))
+    torch.testing.assert_close(values[0][0], values[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(values[0][1], values[1][1], rtol=0, atol=0)

@@ -76,13 +76,13 @@ from .heatmaps import (
     exact_heatmaps, from_heatmap, gaussian_heatmaps, heatmap_argmax, keypoint_pck, keypoint_target, pack_keypoints,
     to_heatmap,
 )
-from .losses import LOSSES, SIGMAS, heatmap_mse, pose_loss
+from .losses import LOSSES, SIGMAS, TABLE_LOSSES, heatmap_mse, pose_loss
 from .model import PAPER, PAPER_RECIPE, REDUCED, REDUCED_RECIPE, HeatmapNet, PoseConfig
 from .plots import example_panels, plot_examples
 from .tables import PAPER_PCKH
 
 __all__ = [
-    "CanvasSpec", "DIGITS_POSE", "SIGMAS", "LOSSES", "PAPER_PCKH", "REDUCED", "PAPER", "PoseConfig",
+    "CanvasSpec", "DIGITS_POSE", "SIGMAS", "LOSSES", "TABLE_LOSSES", "PAPER_PCKH", "REDUCED", "PAPER", "PoseConfig",
     "make_canvases", "ink_boxes", "head_size", "digits_pose_split", "load_digits_pose",
     "pack_keypoints", "keypoint_target", "to_heatmap", "from_heatmap",
     "gaussian_heatmaps", "exact_heatmaps", "heatmap_argmax", "keypoint_pck", "HeatmapNet",
