@@ -133,8 +133,8 @@ def test_heatmap_coordinates_and_pck_agree_with_the_pck_decomposition():
 
 
 def test_losses_are_named_as_the_paper_and_give_gradients():
-    assert pose.LOSSES[0] == "uniloss" and len(pose.LOSSES) == 10 and "mse-sigma-0.1" in pose.LOSSES
-    assert pose.LOSSES[-2:] == ("mse-exact", "uniloss-chain") and {f"mse-sigma-{s:g}" for s in pose.SIGMAS} <= set(pose.LOSSES)
+    assert pose.LOSSES[0] == "uniloss" and len(pose.LOSSES) == 11 and "mse-sigma-0.1" in pose.LOSSES
+    assert pose.LOSSES[-3:] == ("mse-exact", "uniloss-chain", "uniloss-pck0.25") and {f"mse-sigma-{s:g}" for s in pose.SIGMAS} <= set(pose.LOSSES)
     y = pose.pack_keypoints(torch.tensor([[[30.0, 20.0]], [[10.0, 50.0]]]), torch.ones(2, 1), torch.tensor([12.0, 16.0]))
     for name in pose.LOSSES:
         fn, module = pose.pose_loss(name, torch.Generator().manual_seed(0), stride=4)
@@ -371,7 +371,7 @@ def test_the_tables_leave_out_uniloss_chain_which_is_the_defaults_loss():
     # same loss and gradient on the same heatmaps, and the tables train it once.
     for name in ("pose", "pose-paper", "pose-mpii"):
         assert "uniloss-chain" not in TABLES[name].losses and "uniloss" in TABLES[name].losses
-        assert set(TABLES[name].losses) == set(pose.LOSSES) - {"uniloss-chain"}
+        assert set(TABLES[name].losses) == set(pose.LOSSES) - {"uniloss-chain", "uniloss-pck0.25"}
     g = torch.Generator().manual_seed(0)
     heat = torch.randn(4, 2, 1, 16, 16, generator=g)
     y = pose.pack_keypoints(torch.rand(4, 1, 2, generator=g) * 60 + 2, torch.ones(4, 1), torch.full((4,), 12.0))
@@ -384,3 +384,21 @@ def test_the_tables_leave_out_uniloss_chain_which_is_the_defaults_loss():
         values.append((value.detach(), h.grad))
     torch.testing.assert_close(values[0][0], values[1][0], rtol=0, atol=0)
     torch.testing.assert_close(values[0][1], values[1][1], rtol=0, atol=0)
+
+
+def test_uniloss_pck025_trains_the_stricter_threshold():
+    # The same heatmaps and joints: PCK@0.25's positives are the pixels within a quarter of the
+    # normaliser, a subset of PCK@0.5's, and its batch metric is the one the table reports as pck_0.25.
+    y = pose.pack_keypoints(torch.tensor([[[30.0, 20.0]], [[10.0, 50.0]]]), torch.ones(2, 1), torch.tensor([24.0, 32.0]))
+    heat = torch.randn(2, 1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    heat[0, 0, 0, 5, 7] = 10.0  # the first sample's peak at its joint (30, 20): right at both thresholds
+    heat[1, 0, 0, 12, 5] = 10.0  # the second's about two heatmap pixels off: right at 0.5 only
+    metrics = {}
+    for name in ("uniloss", "uniloss-pck0.25"):
+        fn, module = pose.pose_loss(name, torch.Generator().manual_seed(0), stride=4)
+        fn(heat.clone().requires_grad_(), y).backward()
+        assert module.decomposition.threshold == (0.25 if name.endswith("0.25") else 0.5)
+        metrics[name] = float(module.last.metric)
+    expected = pose.pose_evaluate(heat, y, stride=4)
+    assert (expected["pck"], expected["pck_0.25"]) == (1.0, 0.5)
+    assert metrics == {"uniloss": pytest.approx(expected["pck"]), "uniloss-pck0.25": pytest.approx(expected["pck_0.25"])}
