@@ -402,3 +402,32 @@ def test_uniloss_pck025_trains_the_stricter_threshold():
     expected = pose.pose_evaluate(heat, y, stride=4)
     assert (expected["pck"], expected["pck_0.25"]) == (1.0, 0.5)
     assert metrics == {"uniloss": pytest.approx(expected["pck"]), "uniloss-pck0.25": pytest.approx(expected["pck_0.25"])}
+
+
+def test_reproduce_trains_an_experiment_loss_that_is_not_a_row_when_asked(tmp_path):
+    # "uniloss-chain" and "uniloss-pck0.25" are losses of digits-pose but not rows of the table:
+    # --losses adds them after the rows asked for; a loss the experiment does not know still fails.
+    from uniloss.experiments.reproduce import run_table
+
+    runs = tmp_path / "runs" / "pose"
+    for i, loss in enumerate(("uniloss", "uniloss-pck0.25", "mse-sigma-1")):
+        d = runs / f"{loss}-seed0"
+        d.mkdir(parents=True)
+        test = {"pck": 0.9 + 0.01 * i, "pck_0.25": 0.8 + 0.01 * i, "mean_distance": 0.2}
+        (d / "final.json").write_text(json.dumps({"epochs": 10, "test": test, "mean_epoch_time_s": 4.0}))
+        (d / "log.jsonl").write_text(json.dumps({"val": test}) + "\n")
+
+    def args(losses):
+        return type("Args", (), dict(seeds=[0], runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "out"),
+                                     epochs=None, jobs=1, device="cpu", data_dir=None, limit_train=None,
+                                     losses=losses))()
+
+    assert run_table("pose", args(["uniloss-pck0.25", "mse-sigma-1", "uniloss"])) == 0
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    order = list(dict.fromkeys(r["loss"] for r in report["rows"]))
+    assert order == ["uniloss", "mse-sigma-1", "uniloss-pck0.25"]  # the table's rows first, then the probe
+    rows = {(r["loss"], r["metric"]): r for r in report["rows"]}
+    assert rows[("uniloss-pck0.25", "pck_0.25")]["mean"] == pytest.approx(0.81)
+    assert rows[("uniloss-pck0.25", "pck")]["paper"] is None
+    with pytest.raises(ValueError, match="has no loss 'mse-sigma-2'"):
+        run_table("pose", args(["uniloss", "mse-sigma-2"]))

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("table", choices=sorted(TABLES), help="which table (metric-wins: `uniloss reproduce metric-wins --help`)")
     rep.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     rep.add_argument("--epochs", type=_positive_int, help="epochs per run (default: the paper's)")
-    rep.add_argument("--losses", nargs="+", metavar="LOSS", help="only these rows of the table (default: all its losses)")
+    rep.add_argument("--losses", nargs="+", metavar="LOSS", help="only these losses: rows of the table, or other losses its experiment trains, added after the rows (default: the table's rows)")
     rep.add_argument("--jobs", type=_positive_int, default=2, help="runs at a time, one thread each (default 2)")
     rep.add_argument("--runs-dir", default="runs", help="where the runs go (default runs/)")
     rep.add_argument("--out", help="where the table goes (default docs/results/TABLE)")

@@ -106,17 +106,18 @@ def run_table(name: str, args) -> int:
     runs_root = Path(args.runs_dir) / (name if schedule in (None, "paper") else f"{name}-{schedule.replace(':', '-')}")
     plans, pending = [], []  # plans: (table, experiment, seeds, runs folder, why not run or None)
     only = getattr(args, "losses", None)
-    if only:
-        known = [loss for part in _parts(table) for loss in part.losses]
+    if only:  # a table's rows, or any other loss its experiment trains (a probe beside the rows)
+        known = [loss for part in _parts(table) for loss in part.losses + get_experiment(part.experiment).losses]
         unknown = [loss for loss in only if loss not in known]
         if unknown:
             raise ValueError(f"table {name!r} has no loss {', '.join(map(repr, unknown))}; its losses: {', '.join(dict.fromkeys(known))}")
     for part in _parts(table):
-        if only:  # the rows asked for, in the table's order
-            part = replace(part, losses=tuple(loss for loss in part.losses if loss in only))
+        exp = get_experiment(part.experiment)
+        if only:  # the rows asked for, in the table's order, then the experiment's other losses asked for
+            extra = tuple(loss for loss in only if loss not in part.losses and loss in exp.losses)
+            part = replace(part, losses=tuple(loss for loss in part.losses if loss in only) + extra)
             if not part.losses:
                 continue
-        exp = get_experiment(part.experiment)
         for loss in part.losses:  # an unknown schedule or loss fails here, before any run starts
             resolve_recipe(exp, RunOptions(loss=loss, schedule=schedule))
         seeds = list(args.seeds) if args.seeds else list(part.seeds)
