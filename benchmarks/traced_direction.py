@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +58,7 @@ ROWS = [("mse", "mean squared error"), ("bce", "binary cross-entropy of the side
 
 
 def main() -> None:
-    grid_main(cast(str, __doc__), ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+    grid_main(__doc__, ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
               "A directional accuracy trained through `from_metric`", "The metric is",
               "Test directional accuracy x100",
               "python benchmarks/traced_direction.py --out docs/results/from-metric/direction.md")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import cast
 
 import numpy as np
 import torch
@@ -94,7 +93,7 @@ ROWS = [("ce", "cross-entropy"), ("mse", "mean squared error, rounded"),
 
 
 def main() -> None:
-    grid_main(cast(str, __doc__), ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+    grid_main(__doc__, ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
               "Quadratic weighted kappa trained through `from_metric`", "Quadratic weighted kappa scores",
               "Test kappa x100", "python benchmarks/traced_kappa.py --out docs/results/from-metric/kappa.md")
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import cast
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,10 +59,13 @@ def _spearmanr(scores: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def run(task: str, loss_name: str, lr: float, seed: int, epochs: int) -> float:
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if loss_name.startswith("uniloss"):  # the defaults, or the pull per comparison
         loss_fn = seeded(spearman, seed, **({"pull_per": "comparison"} if loss_name == "uniloss-comparison" else {}))
     else:
-        loss_fn = {"mse": F.mse_loss, "pairwise": pairwise_logistic}[loss_name]
+        losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+            "mse": F.mse_loss, "pairwise": pairwise_logistic}
+        loss_fn = losses[loss_name]
     return held_out(task, loss_fn, lr, seed, epochs, _spearmanr)
 
 
@@ -72,7 +75,7 @@ ROWS = [("mse", "mean squared error"), ("pairwise", "pairwise logistic (RankNet)
 
 
 def main() -> None:
-    grid_main(cast(str, __doc__), ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+    grid_main(__doc__, ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
               "Spearman's rho trained through `from_metric`", "The metric is", "Test Spearman's rho x100",
               "python benchmarks/traced_spearman.py --out docs/results/from-metric/spearman.md")
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import cast
 
 import numpy as np
 import torch
@@ -77,7 +76,7 @@ ROWS = [("mse", "mean squared error"), ("mae", "mean absolute error"),
 
 
 def main() -> None:
-    grid_main(cast(str, __doc__), ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+    grid_main(__doc__, ROWS, run, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
               "Accuracy within a tolerance trained through `from_metric`", "The metric is",
               "Test share within the tolerance x100",
               "python benchmarks/traced_tolerance.py --out docs/results/from-metric/tolerance.md")

@@ -1115,6 +1115,34 @@ def test_the_kappa_benchmark_scores_quadratic_kappa_as_scikit_learn_and_cuts_dia
     assert torch.bincount(ytr, minlength=5).min() >= 0.18 * len(ytr) and set(yte.tolist()) <= set(range(5))
 
 
+def test_the_tolerance_benchmark_scores_the_share_within_and_half_a_grade_rounds_to_the_digit():
+    """benchmarks/traced_tolerance.py: its traced metric and its test metric are a loop's share of
+    predictions strictly within ``tol``; on digits ``tol`` is half a grade of the standardised
+    target, so a prediction is within it exactly where it rounds to its image's digit."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bench = _benchmark("traced_tolerance")
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(-3, 4, (50,), generator=g).float()
+    pred = y + torch.randn(50, generator=g)
+    pred[:3] = y[:3] + torch.tensor([0.5, -0.5, 0.25])  # two at the tolerance itself: not within
+    loop = sum(abs(float(p) - float(t)) < 0.5 for p, t in zip(pred, y)) / 50
+    assert 0.2 < loop < 0.8
+    assert bench._share_within(pred, y, 0.5) == pytest.approx(loop)
+    assert float(bench.within(pred, y, 0.5)) == pytest.approx(loop)
+    assert bench.tolerance("diabetes", 0) == 0.5
+    _, digits = load_digits(return_X_y=True)
+    _, _, ytr, _ = train_test_split(digits, digits, test_size=0.3, random_state=1)
+    centre, scale, tol = float(ytr.mean()), float(ytr.std()), bench.tolerance("digits", 1)
+    grades = torch.randint(0, 10, (200,), generator=g).double()
+    guesses = grades + 2.2 * (torch.rand(200, generator=g, dtype=torch.float64) - 0.5)  # off by up to 1.1
+    standardised = lambda v: (v - centre) / scale  # noqa: E731
+    rounds_right = float((guesses.round() == grades).double().mean())
+    assert 0.2 < rounds_right < 0.9
+    assert bench._share_within(standardised(guesses), standardised(grades), tol) == pytest.approx(rounds_right)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_the_operating_point_score_is_the_zoo_metric_it_trains(seed):
     # metric_wins.operating_point reads scikit-learn's curve; the zoo's metrics decode ranks
