@@ -1143,6 +1143,27 @@ def test_the_tolerance_benchmark_scores_the_share_within_and_half_a_grade_rounds
     assert bench._share_within(standardised(guesses), standardised(grades), tol) == pytest.approx(rounds_right)
 
 
+def test_the_cost_benchmark_prices_the_argmax_and_takes_the_decision_of_least_expected_cost():
+    """benchmarks/cost_sensitive_probe.py: the cost matrix (zero diagonal, [1, 10] elsewhere, one per
+    seed), the traced metric against a loop over the samples, and the Bayes decision against a loop
+    over the candidate classes of each sample's expected cost."""
+    bench = _benchmark("cost_sensitive_probe")
+    cost = bench.cost_matrix(0)
+    assert cost.shape == (10, 10) and bool((cost.diagonal() == 0).all())
+    off = cost[~torch.eye(10, dtype=torch.bool)]
+    assert float(off.min()) >= 1 and float(off.max()) <= 10 and not torch.equal(cost, bench.cost_matrix(1))
+    g = torch.Generator().manual_seed(0)
+    logits, target = 2 * torch.randn(300, 10, generator=g), torch.randint(0, 10, (300,), generator=g)
+    loop = sum(float(cost[int(t), int(row.argmax())]) for row, t in zip(logits, target)) / 300
+    assert float(bench.mean_cost_metric(cost)(logits, target)) == pytest.approx(loop, rel=1e-6)
+    decided = bench.bayes_decision(logits, cost)
+    for row, d in zip(logits.double(), decided):
+        p = row.softmax(0)
+        expected = [sum(float(p[i]) * float(cost[i, j]) for i in range(10)) for j in range(10)]
+        assert int(d) == min(range(10), key=expected.__getitem__)
+    assert bool((decided != logits.argmax(1)).any())  # the costs move some decisions off the argmax
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_the_operating_point_score_is_the_zoo_metric_it_trains(seed):
     # metric_wins.operating_point reads scikit-learn's curve; the zoo's metrics decode ranks
