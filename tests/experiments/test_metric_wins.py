@@ -1162,6 +1162,52 @@ def test_the_cost_benchmark_prices_the_argmax_and_takes_the_decision_of_least_ex
         expected = [sum(float(p[i]) * float(cost[i, j]) for i in range(10)) for j in range(10)]
         assert int(d) == min(range(10), key=expected.__getitem__)
     assert bool((decided != logits.argmax(1)).any())  # the costs move some decisions off the argmax
+    moves = bench.bayes_moves(logits, cost, target)  # against a loop over the samples
+    order = [sorted(range(10), key=lambda j: -float(row[j]))[:2] for row in logits]
+    kinds = [(1 if int(d) == o[1] else 2) if int(d) != o[0] else 0 for d, o in zip(decided, order)]
+    saved = [float(cost[int(t), o[0]] - cost[int(t), int(d)]) for t, o, d in zip(target, order, decided)]
+    assert moves["to_second"] == pytest.approx(kinds.count(1) / 300)
+    assert moves["outside_top2"] == pytest.approx(kinds.count(2) / 300) and kinds.count(2) > 0
+    assert moves["saved_second"] == pytest.approx(sum(v for v, k in zip(saved, kinds) if k == 1) / 300, abs=1e-9)
+    assert moves["saved_outside"] == pytest.approx(sum(v for v, k in zip(saved, kinds) if k == 2) / 300, abs=1e-9)
+    by_argmax, by_bayes = (float(cost[target, c].double().mean()) for c in (logits.argmax(1), decided))
+    assert moves["saved_second"] + moves["saved_outside"] == pytest.approx(by_argmax - by_bayes, abs=1e-9)
+    scale = float(cost.sum(1).mean())
+    loop = sum(float(cost[int(t), j]) * math.log1p(math.exp(float(row[j] - row[int(t)])))
+               for row, t in zip(logits.double(), target) for j in range(10)) / 300 / scale
+    assert float(bench.cost_weighted_pairwise(logits, target, cost)) == pytest.approx(loop, rel=1e-5)
+    # two classes: the expected loss at posterior p is least where the score difference's sign is
+    # the Bayes decision's (p cost[1, 0] against (1 - p) cost[0, 1])
+    two = torch.tensor([[0.0, 1.0], [4.0, 0.0]])
+    d = torch.linspace(-6, 6, 1201)
+    scores = torch.stack([torch.zeros_like(d), d], 1)
+    for p in (0.1, 0.15, 0.25, 0.5, 0.9):
+        expected = [p * float(bench.cost_weighted_pairwise(scores[i:i + 1], torch.tensor([1]), two))
+                    + (1 - p) * float(bench.cost_weighted_pairwise(scores[i:i + 1], torch.tensor([0]), two))
+                    for i in range(len(d))]
+        best = float(d[min(range(len(d)), key=expected.__getitem__)])
+        assert (best > 0) == (p * 4.0 > (1 - p) * 1.0), (p, best)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_traced_cost_of_the_argmax_never_raises_a_score_other_than_the_targets(seed):
+    """The cost page's reading: ``from_metric`` decomposes the argmax of a cost matrix into the
+    target's class against each other class, so UniLoss's gradient lowers (or leaves) every other
+    class's score and raises the target's; a hedge, a class that is cheap but rarely true, is never
+    asked for. Fails if a comparison's sign or the pull's target turns."""
+    import uniloss
+
+    bench = _benchmark("cost_sensitive_probe")
+    cost = bench.cost_matrix(seed)
+    g = torch.Generator().manual_seed(seed)
+    scores = (3 * torch.randn(64, 10, generator=g)).requires_grad_()
+    target = torch.randint(0, 10, (64,), generator=g)
+    decomposition = uniloss.from_metric(bench.mean_cost_metric(cost), higher_is_better=False)
+    assert "Argmax(pairs='target')" in decomposition.explain(scores.detach(), target)
+    uniloss.UniLoss(decomposition)(scores, target).backward()
+    own = torch.nn.functional.one_hot(target, 10).bool()
+    assert bool((scores.grad[~own] >= 0).all()) and bool((scores.grad[own] <= 0).all())
+    assert float(scores.grad[~own].sum()) > 0
 
 
 @pytest.mark.parametrize("seed", range(3))
