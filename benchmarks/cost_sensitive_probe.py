@@ -120,7 +120,8 @@ def _data() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
     """One training run, ``(loss, lr, seed, epochs)``: the test mean cost and accuracy of each
-    decision scored on it."""
+    decision scored on it (none where the run diverged: scores not finite in training or on the
+    test set)."""
     loss, lr, seed, epochs = job
     torch.set_num_threads(1)
     xtr, ytr, xte, yte = _data()
@@ -141,8 +142,13 @@ def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
     model = mw.seeded(seed, lambda: mw.mlp(784, 256, 10))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
-    mw.fit(model, opt, mw.shuffled(len(ytr), 128, gen), lambda m, idx: fn(m(xtr[idx]), ytr[idx]), epochs,
-           lambda m: 0.0, mw.cosine(opt, epochs))
+    try:
+        mw.fit(model, opt, mw.shuffled(len(ytr), 128, gen), lambda m, idx: fn(m(xtr[idx]), ytr[idx]), epochs,
+               lambda m: 0.0, mw.cosine(opt, epochs))
+    except ValueError as error:  # UniLoss refuses scores that are not finite: the run diverged
+        if "finite" not in str(error):
+            raise
+        return {}
     logits = predict(model, xte)
     if not bool(torch.isfinite(logits).all()):
         return {}
