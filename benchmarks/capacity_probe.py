@@ -179,6 +179,7 @@ EXTRA = {m: [("UniLoss, macro-F1 at the test's class shares", "uniloss-test-prio
              ("UniLoss, zoo.macro_f1(class_weights=test share / training share)", "uniloss-class-weights", "{}"),
              ("UniLoss, class_weights, a memory of 896 samples", "uniloss-class-weights-memory", '{"memory": 896}')]
          for m in ("imb-macro-f1", "fashion-imb-macro-f1")}
+EXTRA["bal-acc"] = [("UniLoss, balanced accuracy through from_metric", "uniloss-traced", "{}")]
 EXTRA["mlabel-f1"] = [("UniLoss, zoo.f_beta(1, average='macro')", "uniloss-zoo", "{}")]  # the zoo's, not traced
 for _m in ("recall-at-p80", "precision-at-r60"):  # UniLoss on AP, the operating point's ranking metric of the zoo
     EXTRA[_m] = [("UniLoss on zoo.average_precision()", "uniloss-ap", "{}")]

@@ -749,6 +749,26 @@ def test_class_weighted_macro_f1_matches_scikit_learn_and_traces_into_a_loss():
         float(uniloss.zoo.macro_f1(6).metric(scores, y)), rel=1e-12)
 
 
+def test_plain_balanced_accuracy_is_scikit_learns_and_the_zoos_and_traces_into_a_loss():
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    gen = torch.Generator().manual_seed(2)
+    for n in (9, 64, 300):  # small batches leave classes out of the target
+        y = torch.randint(0, 7, (n,), generator=gen)
+        scores = torch.randn(n, 7, generator=gen, dtype=torch.float64) + torch.nn.functional.one_hot(y, 7)
+        with warnings.catch_warnings():  # scikit-learn warns of predicted classes not in the target
+            warnings.simplefilter("ignore")
+            expected = balanced_accuracy_score(y.numpy(), scores.argmax(1).numpy())
+        assert float(M.plain_balanced_accuracy(scores, y)) == pytest.approx(expected, rel=1e-12)
+        assert float(uniloss.zoo.balanced_accuracy(7).metric(scores, y)) == pytest.approx(expected, rel=1e-12)
+        traced = uniloss.from_metric(M.plain_balanced_accuracy)
+        assert float(traced.metric(scores, y)) == pytest.approx(expected, rel=1e-12)
+        plan = traced.prepare(scores, y)
+        assert float(traced.evaluate(traced.best(plan)[None], plan)[0]) == pytest.approx(1.0)
+
+
 def test_fashion_binary_keeps_five_percent_shirts_in_each_split_drawn_per_draw():
     try:
         a = M.fashion_binary(0)

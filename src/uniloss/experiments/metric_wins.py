@@ -939,6 +939,18 @@ def class_weighted_macro_f1(scores: Tensor, target: Tensor, weight: Tensor) -> T
     return torch.where(present, 2 * tp / support.clamp_min(1e-30), 0.0).sum() / present.sum()
 
 
+def plain_balanced_accuracy(scores: Tensor, target: Tensor) -> Tensor:
+    """Balanced accuracy of ``argmax scores`` as a user writes it in torch: each class's recall,
+    averaged over the classes in the target (:func:`uniloss.from_metric` takes it as it is).
+    Reference: ``sklearn.metrics.balanced_accuracy_score``. Shapes: ``scores [n, C]``, ``target
+    [n]`` int64."""
+    true = F.one_hot(target, scores.shape[1]).to(scores.dtype)
+    hits = (true * F.one_hot(scores.argmax(1), scores.shape[1]).to(scores.dtype)).sum(0)
+    support = true.sum(0)
+    present = support > 0
+    return (hits / support.clamp_min(1))[present].mean()
+
+
 def _prior_weights(target: Tensor, prior: Tensor) -> Tensor:
     """``[C]`` float64: ``prior[c] / share[c]``, each class's weight that moves a sample with the
     class shares ``share`` of ``target`` to the shares ``prior`` (prior shift)."""
@@ -993,7 +1005,8 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     ``"uniloss-test-prior"``: UniLoss on macro-F1 at the class shares it is scored at (each sample
     weighed by its class's share there over its training share,
     :func:`class_weighted_macro_f1` through :func:`uniloss.from_metric`), and ``"uniloss-traced"``,
-    its control: the same path on the plain macro-F1 (every weight 1); ``"uniloss-class-weights"``:
+    its control: the same path on the plain macro-F1 (every weight 1; for ``"balanced_accuracy"``,
+    :func:`plain_balanced_accuracy` through :func:`uniloss.from_metric`); ``"uniloss-class-weights"``:
     the test-prior metric as the zoo's ``macro_f1(10, class_weights=...)`` (its fast path and the
     pull of :func:`uniloss.zoo.macro_f1`); ``hidden``: the MLP's hidden
     widths (``()``: linear) and ``batch`` the batch size (``benchmarks/capacity_probe.py``).
@@ -1005,14 +1018,18 @@ def run_imbalanced_mnist(metric_name: str, loss: str, seed: int, quick: bool, op
     the same on Fashion-MNIST, the classes' shares dealt at random (:func:`imbalanced_mnist`)."""
     xtr, ytr, xte, yte = imbalanced_mnist(draw=draw, source=source)
     metric = getattr(zoo, metric_name)(10)
-    if loss in ("uniloss-test-prior", "uniloss-traced", "uniloss-class-weights"):
+    if loss == "uniloss-traced" and metric_name == "balanced_accuracy":  # the user's own, traced
+        loss = "uniloss"
+        decomposition: uniloss.Decomposition = uniloss.from_metric(plain_balanced_accuracy)
+    elif loss in ("uniloss-test-prior", "uniloss-traced", "uniloss-class-weights"):
         if metric_name != "macro_f1":
-            raise ValueError(f"loss {loss!r} trains macro_f1 only, not {metric_name!r}")
+            raise ValueError(f"loss {loss!r} trains macro_f1 only (uniloss-traced: balanced_accuracy too), "
+                             f"not {metric_name!r}")
         train_share = torch.bincount(ytr, minlength=10).double() / len(ytr)
         test_share = torch.bincount(yte, minlength=10).double() / len(yte)  # known to the user: the prior
         # ("uniloss-traced": the same path at the training shares, the plain macro-F1: its control)
         prior = test_share if test_prior == "balanced" and loss != "uniloss-traced" else train_share
-        decomposition: uniloss.Decomposition = (
+        decomposition = (
             zoo.macro_f1(10, class_weights=prior / train_share) if loss == "uniloss-class-weights"
             else uniloss.from_metric(functools.partial(class_weighted_macro_f1, weight=prior / train_share)))
         loss = "uniloss"
