@@ -33,7 +33,9 @@ class: the metric of a batch is then a coarser estimate of the data set's):
   is fixed, so there a draw seeds the network and the batches (``--seed`` plus the draw).
 * ``bal-acc``: the ``bal-acc`` task's imbalanced MNIST (digit ``c`` keeps ``0.6 ** c`` of its
   images, drawn at random with the draw as seed, as the ``bal-acc-draws`` probe; 5 epochs):
-  cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.balanced_accuracy(10)``).
+  cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.balanced_accuracy(10)``); with
+  ``--extras uniloss-traced``, balanced accuracy written as plain torch through ``from_metric``
+  (``metric_wins.plain_balanced_accuracy``) beside them.
 * ``imb-macro-f1``: the same data scored by macro-F1 (no suite task; not in the default
   ``--metrics``): cross-entropy, class-weighted cross-entropy, UniLoss (``zoo.macro_f1(10)``).
   The test split is balanced and the training split is not, so this is macro-F1 under a shift
@@ -179,10 +181,12 @@ EXTRA = {m: [("UniLoss, macro-F1 at the test's class shares", "uniloss-test-prio
              ("UniLoss, zoo.macro_f1(class_weights=test share / training share)", "uniloss-class-weights", "{}"),
              ("UniLoss, class_weights, a memory of 896 samples", "uniloss-class-weights-memory", '{"memory": 896}')]
          for m in ("imb-macro-f1", "fashion-imb-macro-f1")}
-EXTRA["bal-acc"] = [("UniLoss, balanced accuracy through from_metric", "uniloss-traced", "{}")]
 EXTRA["mlabel-f1"] = [("UniLoss, zoo.f_beta(1, average='macro')", "uniloss-zoo", "{}")]  # the zoo's, not traced
 for _m in ("recall-at-p80", "precision-at-r60"):  # UniLoss on AP, the operating point's ranking metric of the zoo
     EXTRA[_m] = [("UniLoss on zoo.average_precision()", "uniloss-ap", "{}")]
+# Rows run only where --extras names them (the tables whose commands leave --extras out keep their
+# rows): balanced accuracy written as plain torch, through from_metric (metric_wins.plain_balanced_accuracy)
+NAMED_EXTRA = {"bal-acc": [("UniLoss, balanced accuracy through from_metric", "uniloss-traced", "{}")]}
 # The metrics on the bal-acc task's imbalanced MNIST: the zoo metric trained and scored, the test's class shares
 IMBALANCED_MNIST = {"bal-acc": ("balanced_accuracy", "balanced"), "imb-macro-f1": ("macro_f1", "balanced"),
                     "imb-macro-f1-train-prior": ("macro_f1", "train"), "imb-mcc": ("matthews_corrcoef", "balanced"),
@@ -307,7 +311,8 @@ def main(argv=None):
                         help="also train UniLoss with these keywords (a row 'UniLoss, NAME' beside the defaults)")
     parser.add_argument("--extras", nargs="*", default=None, metavar="LOSS",
                         help="of the rows beside the defaults that some metrics have (EXTRA), only these losses "
-                             "(default: all of them; none: no extra row)")
+                             "(default: all of them; none: no extra row); the rows of NAMED_EXTRA (bal-acc's "
+                             "uniloss-traced) run only when named here")
     parser.add_argument("--only", nargs="+", default=None, metavar="LOSS",
                         help="train only these rows' losses (e.g. a row best at the grid's edge, at more scales): "
                              "writes each one's test metric per model and scale (OUT.json), no comparison table")
@@ -319,8 +324,9 @@ def main(argv=None):
               for m in args.metrics}
     variants = [(f"UniLoss, {name}", "uniloss", json.dumps(json.loads(options), sort_keys=True))
                 for name, options in (v.split("=", 1) for v in args.variant)]
-    extra = {m: [row for row in EXTRA.get(m, []) if args.extras is None or row[1] in args.extras] + variants
-             for m in args.metrics}  # rows beside the defaults
+    extra = {m: [row for row in EXTRA.get(m, []) if args.extras is None or row[1] in args.extras]
+             + [row for row in NAMED_EXTRA.get(m, []) if args.extras is not None and row[1] in args.extras]
+             + variants for m in args.metrics}  # rows beside the defaults
     losses = {m: [(label, loss, "{}") for label, loss in TASKS[m][3]] + extra[m] for m in args.metrics}
     if args.only is not None:
         losses = {m: [row for row in rows if row[1] in args.only] for m, rows in losses.items()}
