@@ -2,6 +2,9 @@
 
     python benchmarks/cost_sensitive_probe.py --jobs 2    # writes docs/results/metric-wins/cost-sensitive.{md,json}
     python benchmarks/cost_sensitive_probe.py --quick     # a smoke run: seed 0, rate 0.1, one epoch
+    python benchmarks/cost_sensitive_probe.py --jobs 2 --losses uniloss-target uniloss-target-pull0 \
+        uniloss-all uniloss-all-pull0 --rates 0.0125 0.025 0.05 0.1 0.2 \
+        --out docs/results/metric-wins/cost-sensitive-pairs  # which comparisons the argmax makes
 
 The metric is the mean cost of the argmax decisions, as a user writes it in torch (lower is
 better)::
@@ -32,13 +35,22 @@ factor of 2 apart (the recipe's 0.1 halved and doubled first; every row of that 
 so 0.4 and 0.8 were added), seeds 0-4 (the cost matrix, the initialisation and the batches; the
 split is Fashion-MNIST's own). Scored: the test set's mean cost after the last epoch, and its
 accuracy.
+
+The rows ``--losses`` trains only when named (session 63) ask whether the comparisons the argmax
+is decomposed into are what keeps UniLoss from the Bayes decision's hedges: the same metric as a
+:class:`uniloss.DecodedMetric` on ``Argmax(pairs="target")`` (the comparisons ``from_metric``
+finds: the true class against each other) and on ``Argmax(pairs="all")`` (every pair of classes,
+so that which wrong class wins is a comparison the chain can turn), each at the defaults and with
+``pull=0``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,12 +60,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import uniloss
+from uniloss.decoders import Argmax
 from uniloss.experiments import metric_wins as mw
 from uniloss.experiments.loop import predict, run_jobs
 from uniloss.experiments.reproduce import machine
 
 RATES = [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8]
 TRAINED = ["ce", "ce-cost-weighted", "uniloss", "uniloss-pull0", "uniloss-comparison", "pairwise-cost"]
+DECODED = ["uniloss-target", "uniloss-target-pull0", "uniloss-all", "uniloss-all-pull0"]  # --losses names them
 ROWS = [  # (row, the loss it trains, its decision)
     ("cross-entropy, argmax", "ce", "argmax"),
     ("cross-entropy, Bayes decision", "ce", "bayes"),
@@ -62,6 +76,10 @@ ROWS = [  # (row, the loss it trains, its decision)
     ("UniLoss, pull=0 (a diagnosis, added after the first grid ran)", "uniloss-pull0", "argmax"),
     ('UniLoss, pull_per="comparison" (the same)', "uniloss-comparison", "argmax"),
     ("pairwise logistic weighted by the cost, argmax (the same)", "pairwise-cost", "argmax"),
+    ('UniLoss (defaults), DecodedMetric(Argmax(pairs="target"), cost)', "uniloss-target", "argmax"),
+    ('UniLoss, DecodedMetric(Argmax(pairs="target"), cost), pull=0', "uniloss-target-pull0", "argmax"),
+    ('UniLoss (defaults), DecodedMetric(Argmax(pairs="all"), cost)', "uniloss-all", "argmax"),
+    ('UniLoss, DecodedMetric(Argmax(pairs="all"), cost), pull=0', "uniloss-all-pull0", "argmax"),
 ]
 
 
@@ -86,6 +104,15 @@ def cost_weighted_pairwise(scores: Tensor, target: Tensor, cost: Tensor) -> Tens
     matrix's row sums (a constant: a sample's weights sum to 1 on average, as in cross-entropy)."""
     margins = scores - scores.gather(1, target[:, None])
     return (cost[target] * F.softplus(margins)).sum(1).mean() / cost.sum(1).mean()
+
+
+def decoded_cost(cost: Tensor, pairs: str) -> uniloss.DecodedMetric:
+    """The mean cost as a :class:`uniloss.DecodedMetric` on ``Argmax(pairs)``: ``"target"`` compares
+    each sample's true class with the others (the comparisons ``from_metric`` finds), ``"all"``
+    every pair of classes, so that which wrong class wins is a comparison too."""
+    def evaluate(pred: Tensor, target: Tensor) -> Tensor:  # pred [t, n] labels, target [n]
+        return cost[target.expand_as(pred), pred].mean(-1)
+    return uniloss.DecodedMetric(Argmax(pairs=pairs, num_classes=len(cost)), evaluate, higher_is_better=False)
 
 
 def bayes_decision(logits: Tensor, cost: Tensor) -> Tensor:
@@ -134,6 +161,9 @@ def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
     elif loss == "ce-cost-weighted":
         weight = cost.sum(1) / (len(cost) - 1)
         fn = lambda s, y: F.cross_entropy(s, y, weight=weight / weight.mean())
+    elif loss.startswith(("uniloss-target", "uniloss-all")):
+        fn = uniloss.UniLoss(decoded_cost(cost, loss.split("-")[1]), generator=torch.Generator().manual_seed(seed + 1000),
+                             pull=0.0 if loss.endswith("-pull0") else 1.0)
     else:
         fn = uniloss.UniLoss(uniloss.from_metric(mean_cost_metric(cost), higher_is_better=False),
                              generator=torch.Generator().manual_seed(seed + 1000),
@@ -170,15 +200,18 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: seed 0, rate 0.1, one epoch")
+    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED, default=TRAINED,
+                        help="the losses to train (default: the page's; the DecodedMetric rows only when named)")
+    parser.add_argument("--rates", type=float, nargs="+", default=RATES)
     parser.add_argument("--out", default="docs/results/metric-wins/cost-sensitive")
     args = parser.parse_args(argv)
-    seeds, rates, epochs = ([0], [0.1], 1) if args.quick else (args.seeds, RATES, 8)
+    seeds, rates, epochs = ([0], [0.1], 1) if args.quick else (args.seeds, args.rates, 8)
     start = time.time()
-    results = run_jobs(run, [(loss, lr, s, epochs) for loss in TRAINED for lr in rates for s in seeds], args.jobs)
+    results = run_jobs(run, [(loss, lr, s, epochs) for loss in args.losses for lr in rates for s in seeds], args.jobs)
     minutes = (time.time() - start) / 60
     rows: list[dict[str, Any]] = []
     best: dict[str, list[float]] = {}
-    for label, loss, decision in ROWS:
+    for label, loss, decision in (row for row in ROWS if row[1] in args.losses):
         per_rate = {}
         for lr in rates:
             runs = [results[(loss, lr, s, epochs)] for s in seeds]
@@ -190,7 +223,9 @@ def main(argv=None) -> None:
                          by_rate={str(lr): _stats([r["cost"] for r in v]) for lr, v in per_rate.items()},
                          seeds=best[label], accuracy=[r["accuracy"] for r in per_rate[lr_best]],
                          diverged={str(lr): len(seeds) - len(per_rate.get(lr, [])) for lr in rates}))
-    defaults = next(row[0] for row in ROWS if row[1] == "uniloss")
+    # "UniLoss minus it": the defaults' row, or the first UniLoss row trained
+    defaults = next(row["loss"] for row in sorted(rows, key=lambda row: row["trains"] != "uniloss")
+                    if row["trains"].startswith("uniloss"))
     uni = best[defaults]
     lines = ["| loss, decision | " + " | ".join(f"lr {lr}" for lr in rates) +
              " | best rate | mean cost at it, seeds | accuracy x100 at it | UniLoss minus it, seed by seed |",
@@ -204,18 +239,19 @@ def main(argv=None) -> None:
         lines.append(f"| {row['loss']} | {cells} | {row['best_lr']} | "
                      f"{' '.join(f'{v:.4f}' for v in row['seeds'])} | "
                      "{:.2f} ± {:.2f} | {} |".format(*_stats([100 * a for a in row["accuracy"]]), versus))
-    bayes_row = next(row for row in rows if row["decision"] == "bayes")
-    moves = [results[("ce", bayes_row["best_lr"], s, epochs)]["bayes"]["moves"] for s in seeds]
-    lines += ["", f"Where the Bayes decision leaves cross-entropy's argmax (rate {bayes_row['best_lr']}), seed by seed:",
-              "", "| seed | moved to the second class | cost it saves | moved outside the top two | cost it saves | "
-              "median probability of the class chosen there |", "|---|---|---|---|---|---|"]
-    for s, m in zip(seeds, moves):
-        lines.append(f"| {s} | {100 * m['to_second']:.2f}% | {m['saved_second']:.4f} | {100 * m['outside_top2']:.2f}% | "
-                     f"{m['saved_outside']:.4f} | {m['p_outside']:.1e} |")
+    bayes_row = next((row for row in rows if row["decision"] == "bayes"), None)
+    if bayes_row is not None:
+        moves = [results[("ce", bayes_row["best_lr"], s, epochs)]["bayes"]["moves"] for s in seeds]
+        lines += ["", f"Where the Bayes decision leaves cross-entropy's argmax (rate {bayes_row['best_lr']}), seed by seed:",
+                  "", "| seed | moved to the second class | cost it saves | moved outside the top two | cost it saves | "
+                  "median probability of the class chosen there |", "|---|---|---|---|---|---|"]
+        for s, m in zip(seeds, moves):
+            lines.append(f"| {s} | {100 * m['to_second']:.2f}% | {m['saved_second']:.4f} | "
+                         f"{100 * m['outside_top2']:.2f}% | {m['saved_outside']:.4f} | {m['p_outside']:.1e} |")
     print("\n".join(lines) + f"\n\n{minutes:.1f} minutes", flush=True)
     if args.quick:
         return
-    command = "python benchmarks/cost_sensitive_probe.py --jobs 2"
+    command = shlex.join(["python", "benchmarks/cost_sensitive_probe.py", *(sys.argv[1:] if argv is None else argv)])
     text = (__doc__ or "")[(__doc__ or "").index("The metric is"):].replace("``", "`").replace("::", ":").strip()
     with open(args.out + ".md", "w") as f:
         f.write(f"# A misclassification cost matrix as the metric\n\n{text}\n\nTest mean cost (lower is better), "
