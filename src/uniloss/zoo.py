@@ -588,9 +588,10 @@ def macro_f1(num_classes: int, *, pairs: str = "target", class_weights: Optional
     each sample's target with the other classes, ``C-1`` per sample; a wrong prediction takes its
     class from the current scores, so the metric stays exact. ``"all"`` compares every pair,
     ``C(C-1)/2`` per sample, so the class of a wrong prediction (a false positive) is a variable
-    too -- but it trains worse: on imbalanced digits it reached 76% macro-F1 where ``"target"``
-    reached 97% (the extra bits do not matter at the best configuration, and their residuals
-    flatten the inverse-distance weights; see ``docs/custom-metrics.md``).
+    too -- but it trains worse: on imbalanced digits it reached 73% macro-F1 where ``"target"``
+    reached 99% (``benchmarks/zoo_training.py``, 0.14: the chain spends the metric's push moving
+    the wrong classes' scores among themselves, and without runs the pull holds the wrong classes
+    in their current order; see ``docs/custom-metrics.md``).
     Reference: ``sklearn.metrics.f1_score(average="macro")``.
 
     ``class_weights`` ``[num_classes]`` (positive): each sample counts its target class's weight
@@ -1328,8 +1329,8 @@ def mean_iou(num_classes: int, *, pairs: str = "target", ignore_index: Optional[
     int64 in ``[0, num_classes)`` (or ``ignore_index``).
 
     Training: at the defaults (since 0.8: the chain and the pull) a segmentation network trains
-    at ``temperature=1``, 71.2 mean IoU against per-pixel cross-entropy's 69.4 at the same
-    learning rate (``docs/results/zoo/defaults-0.12``); the first defaults (the anchors without
+    at ``temperature=1``, 71.3 mean IoU against per-pixel cross-entropy's 69.4 at the same
+    learning rate (``docs/results/zoo/defaults-0.14``); the first defaults (the anchors without
     the pull) collapsed there to "all background", the saturated sigmoid giving confidently
     wrong pixels no gradient, which ``temperature=4`` had avoided.
 
