@@ -495,6 +495,8 @@ def _per_class_ap(s, y):
 
 @pytest.mark.parametrize("absent", [False, True], ids=["every class", "a class absent"])
 @pytest.mark.parametrize("name", ["multiclass_auroc", "multiclass_average_precision", "per_class_ap"])
+@pytest.mark.filterwarnings("ignore:No positive samples in targets",  # torchmetrics on the absent class, on purpose
+                            "ignore:Average precision score for one or more")
 def test_a_ranking_per_class_takes_the_chain_through_its_swaps(name, absent, monkeypatch):
     """One binary ranking per class, each reading the labels in its order: each point's swap is of
     one of its class's items with another item, whose labels say what the two slots read, so the

@@ -663,6 +663,7 @@ def test_top_k_accuracy_with_k_of_every_class_warns_once_at_the_users_call():
 @pytest.mark.parametrize("k, n, c, ties", [(1, 20, 5, False), (3, 30, 10, False), (5, 16, 100, False),
                                          (2, 40, 3, True), (9, 8, 10, False), (12, 8, 10, False)])
 @pytest.mark.filterwarnings("ignore:top_k_accuracy.*every sample is a hit")  # k >= C, on purpose
+@pytest.mark.filterwarnings("ignore:'k' .* greater than or equal to 'n_classes'")  # scikit-learn's, the same
 def test_top_k_accuracy_chain_in_closed_form_equals_the_evaluated_chain(k, n, c, ties, monkeypatch):
     """zoo.top_k_accuracy's chain in closed form (a row turns at its ``C - k``-th comparison to come
     right) and its metric of the runs' counts give the loss, gradient and metric of the chain the
