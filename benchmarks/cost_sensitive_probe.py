@@ -3,7 +3,7 @@
     python benchmarks/cost_sensitive_probe.py --jobs 2    # writes docs/results/metric-wins/cost-sensitive.{md,json}
     python benchmarks/cost_sensitive_probe.py --quick     # a smoke run: seed 0, rate 0.1, one epoch
     python benchmarks/cost_sensitive_probe.py --jobs 2 --losses uniloss-target uniloss-target-pull0 \
-        uniloss-all uniloss-all-pull0 --rates 0.0125 0.025 0.05 0.1 0.2 \
+        uniloss-all uniloss-all-pull0 --rates 0.003125 0.00625 0.0125 0.025 0.05 0.1 0.2 0.4 0.8 \
         --out docs/results/metric-wins/cost-sensitive-pairs  # which comparisons the argmax makes
 
 The metric is the mean cost of the argmax decisions, as a user writes it in torch (lower is
@@ -38,7 +38,7 @@ accuracy.
 
 The rows ``--losses`` trains only when named (session 63) ask whether the comparisons the argmax
 is decomposed into are what keeps UniLoss from the Bayes decision's hedges: the same metric as a
-:class:`uniloss.DecodedMetric` on ``Argmax(pairs="target")`` (the comparisons ``from_metric``
+``uniloss.DecodedMetric`` on ``Argmax(pairs="target")`` (the comparisons ``from_metric``
 finds: the true class against each other) and on ``Argmax(pairs="all")`` (every pair of classes,
 so that which wrong class wins is a comparison the chain can turn), each at the defaults and with
 ``pull=0``.
@@ -254,7 +254,9 @@ def main(argv=None) -> None:
     command = shlex.join(["python", "benchmarks/cost_sensitive_probe.py", *(sys.argv[1:] if argv is None else argv)])
     text = (__doc__ or "")[(__doc__ or "").index("The metric is"):].replace("``", "`").replace("::", ":").strip()
     with open(args.out + ".md", "w") as f:
-        f.write(f"# A misclassification cost matrix as the metric\n\n{text}\n\nTest mean cost (lower is better), "
+        title = "A misclassification cost matrix as the metric" + (
+            ": which comparisons the argmax makes" if set(args.losses) & set(DECODED) else "")
+        f.write(f"# {title}\n\n{text}\n\nTest mean cost (lower is better), "
                 f"mean ± std over seeds {seeds}; {machine()}, one thread a run, {args.jobs} at a time, "
                 f"{time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: `{command}`.\n\n" + "\n".join(lines) + "\n")
     with open(args.out + ".json", "w") as f:

@@ -1231,6 +1231,31 @@ def test_the_traced_cost_of_the_argmax_never_raises_a_score_other_than_the_targe
 
 
 @pytest.mark.parametrize("seed", range(3))
+def test_the_cost_as_a_decoded_metric_is_the_users_metric_on_either_layout(seed):
+    """The cost-pairs page's rows: ``decoded_cost(cost, pairs)`` is the mean cost of the argmax
+    (against a loop) for both layouts; its loss is ``from_metric``'s comparisons with
+    ``"target"``, while with ``"all"`` (which wrong class wins is a comparison too) the gradient
+    raises some other class's score. Fails if a layout decodes another label or the rows swap."""
+    import uniloss
+
+    bench = _benchmark("cost_sensitive_probe")
+    cost = bench.cost_matrix(seed)
+    g = torch.Generator().manual_seed(seed)
+    scores = 3 * torch.randn(64, 10, generator=g)
+    target = torch.randint(0, 10, (64,), generator=g)
+    loop = sum(float(cost[int(t), int(row.argmax())]) for row, t in zip(scores, target)) / 64
+    own = torch.nn.functional.one_hot(target, 10).bool()
+    raised = {}
+    for pairs in ("target", "all"):
+        metric = bench.decoded_cost(cost, pairs)
+        assert float(metric.metric(scores, target)) == pytest.approx(loop, rel=1e-6)
+        x = scores.clone().requires_grad_()
+        uniloss.UniLoss(metric, pull=0.0)(x, target).backward()
+        raised[pairs] = int((x.grad[~own] < 0).sum())
+    assert raised["target"] == 0 and raised["all"] > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_the_operating_point_score_is_the_zoo_metric_it_trains(seed):
     # metric_wins.operating_point reads scikit-learn's curve; the zoo's metrics decode ranks
     # (tests/test_zoo.py and the shared tester check them against scikit-learn and a loop over
