@@ -60,6 +60,25 @@ def test_macro_f1_balanced_accuracy_and_mcc_equal_sklearn(n, c, pairs, seed):
     _check(zoo.matthews_corrcoef(c, pairs=pairs), scores, target, lambda s, y: skm.matthews_corrcoef(y.numpy(), pred(s)))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_every_pairs_interpolation_moves_the_wrong_classes_among_themselves(seed):
+    """docs/custom-metrics.md ("Prune"): with ``pairs="target"`` every comparison holds the
+    target's score, so the target's column takes exactly half of the interpolation's gradient
+    (``pull=0``); with ``pairs="all"`` part of the push falls on comparisons of two wrong classes,
+    and the target's share is below half."""
+    g = _gen(seed)
+    scores = 2 * torch.randn(64, 10, generator=g)
+    target = torch.randint(0, 10, (64,), generator=g)
+    share = {}
+    for pairs in ("target", "all"):
+        x = scores.clone().requires_grad_()
+        uniloss.UniLoss(zoo.macro_f1(10, pairs=pairs), pull=0.0)(x, target).backward()
+        mass = x.grad.abs()
+        share[pairs] = float(mass[torch.arange(64), target].sum() / mass.sum())
+    assert share["target"] == pytest.approx(0.5, abs=1e-5)
+    assert share["all"] < 0.45
+
+
 @pytest.mark.parametrize("n,c", MULTICLASS)
 @pytest.mark.parametrize("pairs", ["all", "target"])
 def test_class_weighted_macro_f1_equals_sklearn_with_sample_weights(n, c, pairs):

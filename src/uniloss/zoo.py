@@ -589,9 +589,9 @@ def macro_f1(num_classes: int, *, pairs: str = "target", class_weights: Optional
     class from the current scores, so the metric stays exact. ``"all"`` compares every pair,
     ``C(C-1)/2`` per sample, so the class of a wrong prediction (a false positive) is a variable
     too -- but it trains worse: on imbalanced digits it reached 73% macro-F1 where ``"target"``
-    reached 99% (``benchmarks/zoo_training.py``, 0.14: the chain spends the metric's push moving
-    the wrong classes' scores among themselves, and without runs the pull holds the wrong classes
-    in their current order; see ``docs/custom-metrics.md``).
+    reached 99% (``benchmarks/zoo_training.py``, 0.14: part of the chain's push likely moves the
+    wrong classes' scores among themselves, and without runs the pull holds the wrong classes in
+    their current order; see ``docs/custom-metrics.md``).
     Reference: ``sklearn.metrics.f1_score(average="macro")``.
 
     ``class_weights`` ``[num_classes]`` (positive): each sample counts its target class's weight
