@@ -161,13 +161,11 @@ def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
     elif loss == "ce-cost-weighted":
         weight = cost.sum(1) / (len(cost) - 1)
         fn = lambda s, y: F.cross_entropy(s, y, weight=weight / weight.mean())
-    elif loss.startswith(("uniloss-target", "uniloss-all")):
-        fn = uniloss.UniLoss(decoded_cost(cost, loss.split("-")[1]), generator=torch.Generator().manual_seed(seed + 1000),
-                             pull=0.0 if loss.endswith("-pull0") else 1.0)
-    else:
-        fn = uniloss.UniLoss(uniloss.from_metric(mean_cost_metric(cost), higher_is_better=False),
-                             generator=torch.Generator().manual_seed(seed + 1000),
-                             pull=0.0 if loss == "uniloss-pull0" else 1.0,
+    else:  # UniLoss: from_metric's decomposition, or a DecodedMetric on either layout (DECODED)
+        decomposition = (decoded_cost(cost, loss.split("-")[1]) if loss in DECODED
+                         else uniloss.from_metric(mean_cost_metric(cost), higher_is_better=False))
+        fn = uniloss.UniLoss(decomposition, generator=torch.Generator().manual_seed(seed + 1000),
+                             pull=0.0 if loss.endswith("pull0") else 1.0,
                              pull_per="comparison" if loss == "uniloss-comparison" else "sample")
     model = mw.seeded(seed, lambda: mw.mlp(784, 256, 10))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
