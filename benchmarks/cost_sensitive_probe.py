@@ -5,6 +5,9 @@
     python benchmarks/cost_sensitive_probe.py --jobs 2 --losses uniloss-target uniloss-target-pull0 \
         uniloss-all uniloss-all-pull0 --rates 0.003125 0.00625 0.0125 0.025 0.05 0.1 0.2 0.4 0.8 \
         --out docs/results/metric-wins/cost-sensitive-pairs  # which comparisons the argmax makes
+    python benchmarks/cost_sensitive_probe.py --jobs 2 --losses ce uniloss expected-cost ce-expected-cost \
+        --rates 0.00625 0.0125 0.025 0.05 0.1 0.2 --versus ce:bayes \
+        --out docs/results/metric-wins/cost-sensitive-expected  # the metric's expectation under the softmax
 
 The metric is the mean cost of the argmax decisions, as a user writes it in torch (lower is
 better)::
@@ -42,6 +45,12 @@ is decomposed into are what keeps UniLoss from the Bayes decision's hedges: the 
 finds: the true class against each other) and on ``Argmax(pairs="all")`` (every pair of classes,
 so that which wrong class wins is a comparison the chain can turn), each at the defaults and with
 ``pull=0``.
+
+The rows ``expected-cost`` and ``ce-expected-cost`` (session 64, also only when named) ask whether
+a relaxation that is an expectation over decisions learns the Bayes decision's hedges: the expected
+cost under the softmax, ``mean_n sum_j softmax(s_n)_j cost[y_n, j]`` (the argmax's one-hot
+replaced by the softmax; over a population its minimiser decides as the Bayes decision does), alone
+and added to cross-entropy, the usual way to train with it.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ from uniloss.experiments.reproduce import machine
 RATES = [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8]
 TRAINED = ["ce", "ce-cost-weighted", "uniloss", "uniloss-pull0", "uniloss-comparison", "pairwise-cost"]
 DECODED = ["uniloss-target", "uniloss-target-pull0", "uniloss-all", "uniloss-all-pull0"]  # --losses names them
+EXTRA = ["expected-cost", "ce-expected-cost"]  # --losses names them
 ROWS = [  # (row, the loss it trains, its decision)
     ("cross-entropy, argmax", "ce", "argmax"),
     ("cross-entropy, Bayes decision", "ce", "bayes"),
@@ -80,6 +90,9 @@ ROWS = [  # (row, the loss it trains, its decision)
     ('UniLoss, DecodedMetric(Argmax(pairs="target"), cost), pull=0', "uniloss-target-pull0", "argmax"),
     ('UniLoss (defaults), DecodedMetric(Argmax(pairs="all"), cost)', "uniloss-all", "argmax"),
     ('UniLoss, DecodedMetric(Argmax(pairs="all"), cost), pull=0', "uniloss-all-pull0", "argmax"),
+    ("expected cost under the softmax, argmax", "expected-cost", "argmax"),
+    ("expected cost under the softmax, Bayes decision on its softmax", "expected-cost", "bayes"),
+    ("cross-entropy plus the expected cost, argmax", "ce-expected-cost", "argmax"),
 ]
 
 
@@ -104,6 +117,14 @@ def cost_weighted_pairwise(scores: Tensor, target: Tensor, cost: Tensor) -> Tens
     matrix's row sums (a constant: a sample's weights sum to 1 on average, as in cross-entropy)."""
     margins = scores - scores.gather(1, target[:, None])
     return (cost[target] * F.softplus(margins)).sum(1).mean() / cost.sum(1).mean()
+
+
+def expected_cost(scores: Tensor, target: Tensor, cost: Tensor) -> Tensor:
+    """``mean_n sum_j softmax(s_n)_j cost[y_n, j]``: the metric with the argmax's one-hot replaced by
+    the softmax, the cost a sample would pay deciding at random by its softmax. Over a population
+    its minimiser puts each input's softmax on the decision of least expected cost, so its argmax
+    is the Bayes decision, hedges included (in principle: the loss is not convex)."""
+    return (scores.softmax(1) * cost[target]).sum(1).mean()
 
 
 def decoded_cost(cost: Tensor, pairs: str) -> uniloss.DecodedMetric:
@@ -156,6 +177,10 @@ def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
     fn: Callable[..., Tensor]
     if loss == "ce":
         fn = F.cross_entropy
+    elif loss == "expected-cost":
+        fn = lambda s, y: expected_cost(s, y, cost)
+    elif loss == "ce-expected-cost":
+        fn = lambda s, y: F.cross_entropy(s, y) + expected_cost(s, y, cost)
     elif loss == "pairwise-cost":
         fn = lambda s, y: cost_weighted_pairwise(s, y, cost)
     elif loss == "ce-cost-weighted":
@@ -180,7 +205,7 @@ def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
     logits = predict(model, xte)
     if not bool(torch.isfinite(logits).all()):
         return {}
-    decisions = {"argmax": logits.argmax(1)} | ({"bayes": bayes_decision(logits, cost)} if loss == "ce" else {})
+    decisions = {"argmax": logits.argmax(1)} | ({"bayes": bayes_decision(logits, cost)} if loss in ("ce", "expected-cost") else {})
     scores: dict[str, dict[str, Any]] = {
         name: {"cost": float(cost[yte, pred].double().mean()), "accuracy": float((pred == yte).double().mean())}
         for name, pred in decisions.items()}
@@ -198,9 +223,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: seed 0, rate 0.1, one epoch")
-    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED, default=TRAINED,
+    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA, default=TRAINED,
                         help="the losses to train (default: the page's; the DecodedMetric rows only when named)")
     parser.add_argument("--rates", type=float, nargs="+", default=RATES)
+    parser.add_argument("--versus", default="", metavar="LOSS:DECISION",
+                        help='the row the last column compares with, e.g. "ce:bayes" (default: UniLoss\'s)')
     parser.add_argument("--out", default="docs/results/metric-wins/cost-sensitive")
     args = parser.parse_args(argv)
     seeds, rates, epochs = ([0], [0.1], 1) if args.quick else (args.seeds, args.rates, 8)
@@ -221,12 +248,15 @@ def main(argv=None) -> None:
                          by_rate={str(lr): _stats([r["cost"] for r in v]) for lr, v in per_rate.items()},
                          seeds=best[label], accuracy=[r["accuracy"] for r in per_rate[lr_best]],
                          diverged={str(lr): len(seeds) - len(per_rate.get(lr, [])) for lr in rates}))
-    # "UniLoss minus it": the defaults' row, or the first UniLoss row trained
-    defaults = next(row["loss"] for row in sorted(rows, key=lambda row: row["trains"] != "uniloss")
-                    if row["trains"].startswith("uniloss"))
+    # "UniLoss minus it": the defaults' row, or the first UniLoss row trained; or the row --versus names
+    reference = next(row for row in sorted(rows, key=lambda row: row["trains"] != "uniloss")
+                     if (row["trains"], row["decision"]) == tuple(args.versus.split(":"))
+                     or (args.versus == "" and row["trains"].startswith("uniloss")))
+    defaults = reference["loss"]
+    name = "UniLoss" if args.versus == "" else defaults[0].upper() + defaults[1:]
     uni = best[defaults]
     lines = ["| loss, decision | " + " | ".join(f"lr {lr}" for lr in rates) +
-             " | best rate | mean cost at it, seeds | accuracy x100 at it | UniLoss minus it, seed by seed |",
+             f" | best rate | mean cost at it, seeds | accuracy x100 at it | {name} minus it, seed by seed |",
              "|---|" + "---|" * len(rates) + "---|---|---|---|"]
     for row in rows:
         cells = " | ".join("{:.4f} ± {:.4f}".format(*row["by_rate"][str(lr)]) if str(lr) in row["by_rate"]
@@ -239,8 +269,8 @@ def main(argv=None) -> None:
                      "{:.2f} ± {:.2f} | {} |".format(*_stats([100 * a for a in row["accuracy"]]), versus))
     bayes_row = next((row for row in rows if row["decision"] == "bayes"), None)
     if bayes_row is not None:
-        moves = [results[("ce", bayes_row["best_lr"], s, epochs)]["bayes"]["moves"] for s in seeds]
-        lines += ["", f"Where the Bayes decision leaves cross-entropy's argmax (rate {bayes_row['best_lr']}), seed by seed:",
+        moves = [results[(bayes_row["trains"], bayes_row["best_lr"], s, epochs)]["bayes"]["moves"] for s in seeds]
+        lines += ["", f"Where the Bayes decision leaves {bayes_row['loss'].split(',')[0]}'s argmax (rate {bayes_row['best_lr']}), seed by seed:",
                   "", "| seed | moved to the second class | cost it saves | moved outside the top two | cost it saves | "
                   "median probability of the class chosen there |", "|---|---|---|---|---|---|"]
         for s, m in zip(seeds, moves):
