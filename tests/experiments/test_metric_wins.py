@@ -1256,6 +1256,37 @@ def test_the_cost_as_a_decoded_metric_is_the_users_metric_on_either_layout(seed)
 
 
 @pytest.mark.parametrize("seed", range(3))
+def test_the_expected_cost_is_the_metric_under_the_softmax_and_its_minimiser_hedges(seed):
+    """The expected-cost page's rows: ``expected_cost`` is ``sum_j softmax_j cost[y, j]`` averaged
+    (against a loop), tends to the argmax's mean cost as the scores sharpen, and, trained on a
+    posterior whose Bayes decision is a class outside its top two, puts its argmax there (the
+    hedge UniLoss's pull never asks for). Fails if the cost's rows and columns swap."""
+    bench = _benchmark("cost_sensitive_probe")
+    cost = bench.cost_matrix(seed)
+    g = torch.Generator().manual_seed(seed)
+    scores, target = 2 * torch.randn(64, 10, generator=g), torch.randint(0, 10, (64,), generator=g)
+    loop = sum(sum(float(p) * float(cost[int(t), j]) for j, p in enumerate(row.softmax(0)))
+               for row, t in zip(scores.double(), target)) / 64
+    assert float(bench.expected_cost(scores, target, cost)) == pytest.approx(loop, rel=1e-5)
+    sharp = float(bench.expected_cost(1e4 * scores, target, cost))
+    assert sharp == pytest.approx(float(bench.mean_cost_metric(cost)(scores, target)), rel=1e-6)
+    # a posterior split between two classes whose cheapest decision, a third class, is a hedge
+    pairs = [(a, b) for a in range(10) for b in range(a + 1, 10)
+             if int((cost[a] + cost[b]).argmin()) not in (a, b)]
+    a, b = pairs[0]  # every seed's matrix has such pairs (its confusions cost up to 10, a hedge from 1)
+    hedge = int((cost[a] + cost[b]).argmin())
+    posterior = torch.zeros(10)
+    posterior[[a, b]] = 0.5
+    logits = torch.zeros(10, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(300):
+        opt.zero_grad()
+        sum(0.5 * bench.expected_cost(logits[None], torch.tensor([i]), cost) for i in (a, b)).backward()
+        opt.step()
+    assert int(logits.argmax()) == hedge == int(bench.bayes_decision((posterior + 1e-12).log()[None], cost))
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_the_operating_point_score_is_the_zoo_metric_it_trains(seed):
     # metric_wins.operating_point reads scikit-learn's curve; the zoo's metrics decode ranks
     # (tests/test_zoo.py and the shared tester check them against scikit-learn and a loop over
