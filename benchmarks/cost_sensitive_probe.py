@@ -8,6 +8,9 @@
     python benchmarks/cost_sensitive_probe.py --jobs 2 --losses ce uniloss expected-cost ce-expected-cost \
         --rates 0.0015625 0.003125 0.00625 0.0125 0.025 0.05 0.1 0.2 --versus ce:bayes \
         --out docs/results/metric-wins/cost-sensitive-expected  # the metric's expectation under the softmax
+    python benchmarks/cost_sensitive_probe.py --jobs 2 --losses ce uniloss-bayes uniloss-bayes-pull0 \
+        --rates 0.003125 0.00625 0.0125 0.025 0.05 0.1 --versus ce:bayes \
+        --out docs/results/metric-wins/cost-sensitive-deployed  # the Bayes decision's cost as the metric
 
 The metric is the mean cost of the argmax decisions, as a user writes it in torch (lower is
 better)::
@@ -78,6 +81,7 @@ RATES = [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8]
 TRAINED = ["ce", "ce-cost-weighted", "uniloss", "uniloss-pull0", "uniloss-comparison", "pairwise-cost"]
 DECODED = ["uniloss-target", "uniloss-target-pull0", "uniloss-all", "uniloss-all-pull0"]  # --losses names them
 EXTRA = ["expected-cost", "ce-expected-cost"]  # --losses names them
+DEPLOYED = ["uniloss-bayes", "uniloss-bayes-pull0"]  # --losses names them
 ROWS = [  # (row, the loss it trains, its decision)
     ("cross-entropy, argmax", "ce", "argmax"),
     ("cross-entropy, Bayes decision", "ce", "bayes"),
@@ -93,6 +97,8 @@ ROWS = [  # (row, the loss it trains, its decision)
     ("expected cost under the softmax, argmax", "expected-cost", "argmax"),
     ("expected cost under the softmax, Bayes decision on its softmax", "expected-cost", "bayes"),
     ("cross-entropy plus the expected cost, argmax", "ce-expected-cost", "argmax"),
+    ("UniLoss (defaults), from_metric(bayes_cost), argmax", "uniloss-bayes", "argmax"),
+    ("UniLoss (defaults), from_metric(bayes_cost), Bayes decision (the one it trains)", "uniloss-bayes", "bayes"),
 ]
 
 
@@ -108,6 +114,14 @@ def mean_cost_metric(cost: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     def mean_cost(scores: Tensor, target: Tensor) -> Tensor:
         return cost[target, scores.argmax(1)].mean()
     return mean_cost
+
+
+def bayes_cost_metric(cost: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """The mean cost of the decision a user deploys with a cost matrix, the Bayes decision on the
+    scores' softmax, written as plain torch: ``cost[target, (softmax @ cost).argmin(1)].mean()``."""
+    def bayes_cost(scores: Tensor, target: Tensor) -> Tensor:
+        return cost[target, (scores.softmax(1) @ cost).argmin(1)].mean()
+    return bayes_cost
 
 
 def cost_weighted_pairwise(scores: Tensor, target: Tensor, cost: Tensor) -> Tensor:
@@ -188,7 +202,8 @@ def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
         fn = lambda s, y: F.cross_entropy(s, y, weight=weight / weight.mean())
     else:  # UniLoss: from_metric's decomposition, or a DecodedMetric on either layout (DECODED)
         decomposition = (decoded_cost(cost, loss.split("-")[1]) if loss in DECODED
-                         else uniloss.from_metric(mean_cost_metric(cost), higher_is_better=False))
+                         else uniloss.from_metric((bayes_cost_metric if loss in DEPLOYED else mean_cost_metric)(cost),
+                                                  higher_is_better=False))
         fn = uniloss.UniLoss(decomposition, generator=torch.Generator().manual_seed(seed + 1000),
                              pull=0.0 if loss.endswith("pull0") else 1.0,
                              pull_per="comparison" if loss == "uniloss-comparison" else "sample")
@@ -205,7 +220,7 @@ def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
     logits = predict(model, xte)
     if not bool(torch.isfinite(logits).all()):
         return {}
-    decisions = {"argmax": logits.argmax(1)} | ({"bayes": bayes_decision(logits, cost)} if loss in ("ce", "expected-cost") else {})
+    decisions = {"argmax": logits.argmax(1)} | ({"bayes": bayes_decision(logits, cost)} if loss in ("ce", "expected-cost", *DEPLOYED) else {})
     scores: dict[str, dict[str, Any]] = {
         name: {"cost": float(cost[yte, pred].double().mean()), "accuracy": float((pred == yte).double().mean()),
                "classes": int((pred.bincount(minlength=len(cost)) >= 0.01 * len(pred)).sum())}
@@ -224,7 +239,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: seed 0, rate 0.1, one epoch")
-    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA, default=TRAINED,
+    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA + DEPLOYED, default=TRAINED,
                         help="the losses to train (default: the page's; the DecodedMetric rows only when named)")
     parser.add_argument("--rates", type=float, nargs="+", default=RATES)
     parser.add_argument("--versus", default="", metavar="LOSS:DECISION",
@@ -286,7 +301,8 @@ def main(argv=None) -> None:
     with open(args.out + ".md", "w") as f:
         title = "A misclassification cost matrix as the metric" + (
             ": which comparisons the argmax makes" if set(args.losses) & set(DECODED) else
-            ": the expected cost under the softmax" if set(args.losses) & set(EXTRA) else "")
+            ": the expected cost under the softmax" if set(args.losses) & set(EXTRA) else
+            ": the Bayes decision's cost as the metric" if set(args.losses) & set(DEPLOYED) else "")
         f.write(f"# {title}\n\n{text}\n\nTest mean cost (lower is better), "
                 f"mean ± std over seeds {seeds}; {machine()}, one thread a run, {args.jobs} at a time, "
                 f"{time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: `{command}`.\n\n" + "\n".join(lines) + "\n")
