@@ -99,6 +99,8 @@ ROWS = [  # (row, the loss it trains, its decision)
     ("cross-entropy plus the expected cost, argmax", "ce-expected-cost", "argmax"),
     ("UniLoss (defaults), from_metric(bayes_cost), argmax", "uniloss-bayes", "argmax"),
     ("UniLoss (defaults), from_metric(bayes_cost), Bayes decision (the one it trains)", "uniloss-bayes", "bayes"),
+    ("UniLoss, from_metric(bayes_cost), pull=0, argmax", "uniloss-bayes-pull0", "argmax"),
+    ("UniLoss, from_metric(bayes_cost), pull=0, Bayes decision (the one it trains)", "uniloss-bayes-pull0", "bayes"),
 ]
 
 

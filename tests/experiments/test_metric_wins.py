@@ -1286,6 +1286,41 @@ def test_the_expected_cost_is_the_metric_under_the_softmax_and_its_minimiser_hed
     assert int(logits.argmax()) == hedge == int(bench.bayes_decision((posterior + 1e-12).log()[None], cost))
 
 
+def test_every_loss_the_cost_probe_trains_has_a_row():
+    """A loss ``--losses`` accepts but no row of ``ROWS`` scores trains for nothing (the deployed
+    page's first grid lost its ``pull=0`` runs so); every row names a loss it can train."""
+    bench = _benchmark("cost_sensitive_probe")
+    losses = bench.TRAINED + bench.DECODED + bench.EXTRA + bench.DEPLOYED
+    assert {row[1] for row in bench.ROWS} == set(losses) and len(set(losses)) == len(losses)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_deployed_cost_is_the_cost_of_the_bayes_decision_and_traces_to_its_comparisons(seed):
+    """The deployed-decision page's rows: ``bayes_cost_metric`` prices the Bayes decision (against a
+    loop over each sample's expected costs), ``from_metric`` finds the argmin of those expected
+    costs (the target's against each other class's) and its decomposition prices the batch as the
+    user's code does. Fails if the decision read is the argmax, or the cost's rows and columns
+    swap."""
+    import uniloss
+
+    bench = _benchmark("cost_sensitive_probe")
+    cost = bench.cost_matrix(seed)
+    g = torch.Generator().manual_seed(seed)
+    scores, target = 2 * torch.randn(64, 10, generator=g), torch.randint(0, 10, (64,), generator=g)
+    loop = 0.0
+    for row, t in zip(scores.double(), target):
+        p = row.softmax(0)
+        expected = [sum(float(p[i]) * float(cost[i, j]) for i in range(10)) for j in range(10)]
+        loop += float(cost[int(t), min(range(10), key=expected.__getitem__)]) / 64
+    metric = bench.bayes_cost_metric(cost)
+    assert float(metric(scores, target)) == pytest.approx(loop, rel=1e-6)
+    assert float(metric(scores, target)) != pytest.approx(float(bench.mean_cost_metric(cost)(scores, target)))
+    decomposition = uniloss.from_metric(metric, higher_is_better=False)
+    assert "argmin" in decomposition.explain(scores, target) and "Argmax(pairs='target')" in decomposition.explain(
+        scores, target)
+    assert float(decomposition.metric(scores, target)) == pytest.approx(loop, rel=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_the_operating_point_score_is_the_zoo_metric_it_trains(seed):
     # metric_wins.operating_point reads scikit-learn's curve; the zoo's metrics decode ranks
