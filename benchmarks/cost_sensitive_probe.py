@@ -54,6 +54,17 @@ a relaxation that is an expectation over decisions learns the Bayes decision's h
 cost under the softmax, ``mean_n sum_j softmax(s_n)_j cost[y_n, j]`` (the argmax's one-hot
 replaced by the softmax; over a population its minimiser decides as the Bayes decision does), alone
 and added to cross-entropy, the usual way to train with it.
+
+The rows ``uniloss-bayes`` and ``uniloss-bayes-pull0`` (session 64, also only when named) train the
+decision a user deploys with a cost matrix: UniLoss on ``from_metric(bayes_cost)``, the mean cost
+of the Bayes decision on the scores' softmax, ``cost[target, (softmax @ cost).argmin(1)]``, at the
+defaults and with ``pull=0``, scored by that decision (and, for comparison, by the argmax).
+
+With ``--cost per-class`` (session 64) the matrix has one price per true class, uniform in [1, 10],
+whatever the wrong decision: ``cost[i, j] = w_i`` off the diagonal. Its Bayes decision is
+``argmax_j w_j P(j | x)``, the posterior reweighted, which cross-entropy weighted by ``w`` is
+consistent for and which never needs a hedge; it asks whether UniLoss's distance from the plug-in
+rule on the first matrix is the hedges.
 """
 
 from __future__ import annotations
@@ -104,10 +115,13 @@ ROWS = [  # (row, the loss it trains, its decision)
 ]
 
 
-def cost_matrix(seed: int, classes: int = 10) -> Tensor:
-    """``[classes, classes]``: 0 on the diagonal, elsewhere uniform in [1, 10], drawn by ``seed``."""
+def cost_matrix(seed: int, classes: int = 10, kind: str = "pairs") -> Tensor:
+    """``[classes, classes]``: 0 on the diagonal, drawn by ``seed``; ``kind="pairs"``: elsewhere
+    uniform in [1, 10] for each pair, ``"per-class"``: one price per true class, uniform in [1, 10],
+    whatever the wrong decision (whose Bayes decision, ``argmax_j cost[j] P(j | x)``, is the
+    posterior reweighted, never a hedge)."""
     g = torch.Generator().manual_seed(10_000 + seed)
-    cost = 1 + 9 * torch.rand(classes, classes, generator=g)
+    cost = 1 + 9 * torch.rand(classes, classes if kind == "pairs" else 1, generator=g)
     return cost * (1 - torch.eye(classes))
 
 
@@ -182,14 +196,14 @@ def _data() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (xtr - mean) / std, train.labels, (xte - mean) / std, test.labels
 
 
-def run(job: tuple[str, float, int, int]) -> dict[str, dict[str, Any]]:
-    """One training run, ``(loss, lr, seed, epochs)``: the test mean cost and accuracy of each
+def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
+    """One training run, ``(loss, lr, seed, epochs, cost kind)``: the test mean cost and accuracy of each
     decision scored on it (none where the run diverged: scores not finite in training or on the
     test set), and how many classes it decides for at least 1% of the test set."""
-    loss, lr, seed, epochs = job
+    loss, lr, seed, epochs, kind = job
     torch.set_num_threads(1)
     xtr, ytr, xte, yte = _data()
-    cost = cost_matrix(seed)
+    cost = cost_matrix(seed, kind=kind)
     fn: Callable[..., Tensor]
     if loss == "ce":
         fn = F.cross_entropy
@@ -244,20 +258,22 @@ def main(argv=None) -> None:
     parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA + DEPLOYED, default=TRAINED,
                         help="the losses to train (default: the page's; the DecodedMetric rows only when named)")
     parser.add_argument("--rates", type=float, nargs="+", default=RATES)
+    parser.add_argument("--cost", choices=["pairs", "per-class"], default="pairs",
+                        help="a price per (true, decided) pair (default), or one per true class")
     parser.add_argument("--versus", default="", metavar="LOSS:DECISION",
                         help='the row the last column compares with, e.g. "ce:bayes" (default: UniLoss\'s)')
     parser.add_argument("--out", default="docs/results/metric-wins/cost-sensitive")
     args = parser.parse_args(argv)
     seeds, rates, epochs = ([0], [0.1], 1) if args.quick else (args.seeds, args.rates, 8)
     start = time.time()
-    results = run_jobs(run, [(loss, lr, s, epochs) for loss in args.losses for lr in rates for s in seeds], args.jobs)
+    results = run_jobs(run, [(loss, lr, s, epochs, args.cost) for loss in args.losses for lr in rates for s in seeds], args.jobs)
     minutes = (time.time() - start) / 60
     rows: list[dict[str, Any]] = []
     best: dict[str, list[float]] = {}
     for label, loss, decision in (row for row in ROWS if row[1] in args.losses):
         per_rate = {}
         for lr in rates:
-            runs = [results[(loss, lr, s, epochs)] for s in seeds]
+            runs = [results[(loss, lr, s, epochs, args.cost)] for s in seeds]
             if all(decision in r for r in runs):
                 per_rate[lr] = [r[decision] for r in runs]
         lr_best = min(per_rate, key=lambda lr: statistics.mean(r["cost"] for r in per_rate[lr]))
@@ -288,7 +304,7 @@ def main(argv=None) -> None:
                      "{:.2f} ± {:.2f} | {} |".format(*_stats([100 * a for a in row["accuracy"]]), versus))
     bayes_row = next((row for row in rows if row["decision"] == "bayes"), None)
     if bayes_row is not None:
-        moves = [results[(bayes_row["trains"], bayes_row["best_lr"], s, epochs)]["bayes"]["moves"] for s in seeds]
+        moves = [results[(bayes_row["trains"], bayes_row["best_lr"], s, epochs, args.cost)]["bayes"]["moves"] for s in seeds]
         lines += ["", f"Where the Bayes decision leaves {bayes_row['loss'].split(',')[0]}'s argmax (rate {bayes_row['best_lr']}), seed by seed:",
                   "", "| seed | moved to the second class | cost it saves | moved outside the top two | cost it saves | "
                   "median probability of the class chosen there |", "|---|---|---|---|---|---|"]

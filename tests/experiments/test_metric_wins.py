@@ -1286,6 +1286,25 @@ def test_the_expected_cost_is_the_metric_under_the_softmax_and_its_minimiser_hed
     assert int(logits.argmax()) == hedge == int(bench.bayes_decision((posterior + 1e-12).log()[None], cost))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_one_price_per_true_class_makes_the_bayes_decision_a_reweighted_posterior(seed):
+    """``cost_matrix(seed, kind="per-class")``: 0 on the diagonal, one price in [1, 10] per true
+    class across its row, and its Bayes decision is ``argmax_j w_j P(j | x)`` (the posterior
+    reweighted, the decision class-weighted cross-entropy is consistent for), checked against the
+    probe's ``bayes_decision``. Fails if the price is per decided class (a column) instead."""
+    bench = _benchmark("cost_sensitive_probe")
+    cost = bench.cost_matrix(seed, kind="per-class")
+    off = ~torch.eye(10, dtype=torch.bool)
+    w = cost.sum(1) / 9
+    assert bool((cost.diagonal() == 0).all()) and torch.allclose(cost, w[:, None] * off)
+    assert float(w.min()) >= 1 and float(w.max()) <= 10 and len(set(w.tolist())) == 10
+    g = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(500, 10, generator=g)
+    decided = bench.bayes_decision(logits, cost)
+    assert torch.equal(decided, (logits.double().softmax(1) * w.double()).argmax(1))
+    assert bool((decided != logits.argmax(1)).any())
+
+
 def test_every_loss_the_cost_probe_trains_has_a_row():
     """A loss ``--losses`` accepts but no row of ``ROWS`` scores trains for nothing (the deployed
     page's first grid lost its ``pull=0`` runs so); every row names a loss it can train."""
