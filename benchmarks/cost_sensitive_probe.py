@@ -11,6 +11,9 @@
     python benchmarks/cost_sensitive_probe.py --jobs 2 --losses ce uniloss-bayes uniloss-bayes-pull0 \
         --rates 0.003125 0.00625 0.0125 0.025 0.05 0.1 --versus ce:bayes \
         --out docs/results/metric-wins/cost-sensitive-deployed  # the Bayes decision's cost as the metric
+    python benchmarks/cost_sensitive_probe.py --jobs 2 --cost per-class --losses ce ce-cost-weighted uniloss \
+        --rates 0.0125 0.025 0.05 0.1 0.2 --versus ce:bayes \
+        --out docs/results/metric-wins/cost-sensitive-per-class  # one price per true class: no hedges
 
 The metric is the mean cost of the argmax decisions, as a user writes it in torch (lower is
 better)::
@@ -320,7 +323,8 @@ def main(argv=None) -> None:
         title = "A misclassification cost matrix as the metric" + (
             ": which comparisons the argmax makes" if set(args.losses) & set(DECODED) else
             ": the expected cost under the softmax" if set(args.losses) & set(EXTRA) else
-            ": the Bayes decision's cost as the metric" if set(args.losses) & set(DEPLOYED) else "")
+            ": the Bayes decision's cost as the metric" if set(args.losses) & set(DEPLOYED) else "") + (
+            ", one price per true class" if args.cost == "per-class" else "")
         f.write(f"# {title}\n\n{text}\n\nTest mean cost (lower is better), "
                 f"mean ± std over seeds {seeds}; {machine()}, one thread a run, {args.jobs} at a time, "
                 f"{time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: `{command}`.\n\n" + "\n".join(lines) + "\n")
