@@ -121,8 +121,8 @@ ROWS = [  # (row, the loss it trains, its decision)
 def cost_matrix(seed: int, classes: int = 10, kind: str = "pairs") -> Tensor:
     """``[classes, classes]``: 0 on the diagonal, drawn by ``seed``; ``kind="pairs"``: elsewhere
     uniform in [1, 10] for each pair, ``"per-class"``: one price per true class, uniform in [1, 10],
-    whatever the wrong decision (whose Bayes decision, ``argmax_j cost[j] P(j | x)``, is the
-    posterior reweighted, never a hedge)."""
+    whatever the wrong decision (whose Bayes decision, ``argmax_j w_j P(j | x)`` with ``w_j`` the
+    price of class ``j``, is the posterior reweighted, never a hedge)."""
     g = torch.Generator().manual_seed(10_000 + seed)
     cost = 1 + 9 * torch.rand(classes, classes if kind == "pairs" else 1, generator=g)
     return cost * (1 - torch.eye(classes))
@@ -200,9 +200,9 @@ def _data() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
-    """One training run, ``(loss, lr, seed, epochs, cost kind)``: the test mean cost and accuracy of each
-    decision scored on it (none where the run diverged: scores not finite in training or on the
-    test set), and how many classes it decides for at least 1% of the test set."""
+    """One training run, ``(loss, lr, seed, epochs, cost kind)``: the test mean cost and accuracy
+    of each decision scored on it (none where the run diverged: scores not finite in training or
+    on the test set), and how many classes it decides for at least 1% of the test set."""
     loss, lr, seed, epochs, kind = job
     torch.set_num_threads(1)
     xtr, ytr, xte, yte = _data()
@@ -239,7 +239,9 @@ def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
     logits = predict(model, xte)
     if not bool(torch.isfinite(logits).all()):
         return {}
-    decisions = {"argmax": logits.argmax(1)} | ({"bayes": bayes_decision(logits, cost)} if loss in ("ce", "expected-cost", *DEPLOYED) else {})
+    decisions = {"argmax": logits.argmax(1)}
+    if loss in ("ce", "expected-cost", *DEPLOYED):
+        decisions["bayes"] = bayes_decision(logits, cost)
     scores: dict[str, dict[str, Any]] = {
         name: {"cost": float(cost[yte, pred].double().mean()), "accuracy": float((pred == yte).double().mean()),
                "classes": int((pred.bincount(minlength=len(cost)) >= 0.01 * len(pred)).sum())}
@@ -259,7 +261,7 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: seed 0, rate 0.1, one epoch")
     parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA + DEPLOYED, default=TRAINED,
-                        help="the losses to train (default: the page's; the DecodedMetric rows only when named)")
+                        help="the losses to train (default: the first page's; the other rows only when named)")
     parser.add_argument("--rates", type=float, nargs="+", default=RATES)
     parser.add_argument("--cost", choices=["pairs", "per-class"], default="pairs",
                         help="a price per (true, decided) pair (default), or one per true class")
@@ -267,9 +269,14 @@ def main(argv=None) -> None:
                         help='the row the last column compares with, e.g. "ce:bayes" (default: UniLoss\'s)')
     parser.add_argument("--out", default="docs/results/metric-wins/cost-sensitive")
     args = parser.parse_args(argv)
+    trained = {(loss, decision) for _, loss, decision in ROWS if loss in args.losses}
+    if args.versus and tuple(args.versus.split(":")) not in trained:
+        parser.error(f"--versus {args.versus}: no row of the losses trained; one of "
+                     + ", ".join(sorted(":".join(pair) for pair in trained)))
     seeds, rates, epochs = ([0], [0.1], 1) if args.quick else (args.seeds, args.rates, 8)
     start = time.time()
-    results = run_jobs(run, [(loss, lr, s, epochs, args.cost) for loss in args.losses for lr in rates for s in seeds], args.jobs)
+    jobs = [(loss, lr, s, epochs, args.cost) for loss in args.losses for lr in rates for s in seeds]
+    results = run_jobs(run, jobs, args.jobs)
     minutes = (time.time() - start) / 60
     rows: list[dict[str, Any]] = []
     best: dict[str, list[float]] = {}
@@ -287,28 +294,29 @@ def main(argv=None) -> None:
                          classes=[r["classes"] for r in per_rate[lr_best]],
                          diverged={str(lr): len(seeds) - len(per_rate.get(lr, [])) for lr in rates}))
     # "UniLoss minus it": the defaults' row, or the first UniLoss row trained; or the row --versus names
-    reference = next(row for row in sorted(rows, key=lambda row: row["trains"] != "uniloss")
+    reference = next(row["loss"] for row in sorted(rows, key=lambda row: row["trains"] != "uniloss")
                      if (row["trains"], row["decision"]) == tuple(args.versus.split(":"))
                      or (args.versus == "" and row["trains"].startswith("uniloss")))
-    defaults = reference["loss"]
-    name = "UniLoss" if args.versus == "" else defaults[0].upper() + defaults[1:]
-    uni = best[defaults]
+    name = "UniLoss" if args.versus == "" else reference[0].upper() + reference[1:]
+    ref = best[reference]
     lines = ["| loss, decision | " + " | ".join(f"lr {lr}" for lr in rates) +
              f" | best rate | mean cost at it, seeds | accuracy x100 at it | {name} minus it, seed by seed |",
              "|---|" + "---|" * len(rates) + "---|---|---|---|"]
     for row in rows:
         cells = " | ".join("{:.4f} ± {:.4f}".format(*row["by_rate"][str(lr)]) if str(lr) in row["by_rate"]
                            else "diverged" for lr in rates)
-        gap = [u - o for u, o in zip(uni, row["seeds"])]
-        versus = "" if row["loss"] == defaults else "{:+.4f} ± {:.4f}, lower on {} of {}".format(
+        gap = [u - o for u, o in zip(ref, row["seeds"])]
+        versus = "" if row["loss"] == reference else "{:+.4f} ± {:.4f}, lower on {} of {}".format(
             *_stats(gap), sum(d < 0 for d in gap), len(gap))
         lines.append(f"| {row['loss']} | {cells} | {row['best_lr']} | "
                      f"{' '.join(f'{v:.4f}' for v in row['seeds'])} | "
                      "{:.2f} ± {:.2f} | {} |".format(*_stats([100 * a for a in row["accuracy"]]), versus))
     bayes_row = next((row for row in rows if row["decision"] == "bayes"), None)
     if bayes_row is not None:
-        moves = [results[(bayes_row["trains"], bayes_row["best_lr"], s, epochs, args.cost)]["bayes"]["moves"] for s in seeds]
-        lines += ["", f"Where the Bayes decision leaves {bayes_row['loss'].split(',')[0]}'s argmax (rate {bayes_row['best_lr']}), seed by seed:",
+        trains, lr_bayes = bayes_row["trains"], bayes_row["best_lr"]
+        moves = [results[(trains, lr_bayes, s, epochs, args.cost)]["bayes"]["moves"] for s in seeds]
+        lines += ["", f"Where the Bayes decision leaves {bayes_row['loss'].split(',')[0]}'s argmax "
+                  f"(rate {lr_bayes}), seed by seed:",
                   "", "| seed | moved to the second class | cost it saves | moved outside the top two | cost it saves | "
                   "median probability of the class chosen there |", "|---|---|---|---|---|---|"]
         for s, m in zip(seeds, moves):
