@@ -1313,6 +1313,16 @@ def test_every_loss_the_cost_probe_trains_has_a_row():
     assert {row[1] for row in bench.ROWS} == set(losses) and len(set(losses)) == len(losses)
 
 
+def test_the_cost_probe_refuses_a_reference_row_it_does_not_train(capsys):
+    """``--versus LOSS:DECISION`` names the row the paired column compares with; one the losses
+    trained do not score is refused before any training, with the rows that could be named."""
+    bench = _benchmark("cost_sensitive_probe")
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--losses", "uniloss", "expected-cost", "--versus", "ce:bayes"])
+    err = capsys.readouterr().err
+    assert "--versus ce:bayes" in err and "expected-cost:bayes" in err and "uniloss:argmax" in err
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_the_deployed_cost_is_the_cost_of_the_bayes_decision_and_traces_to_its_comparisons(seed):
     """The deployed-decision page's rows: ``bayes_cost_metric`` prices the Bayes decision (against a
