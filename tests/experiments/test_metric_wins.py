@@ -1163,6 +1163,13 @@ def test_the_tolerance_benchmark_scores_the_share_within_and_half_a_grade_rounds
     assert bench._share_within(standardised(guesses), standardised(grades), tol) == pytest.approx(rounds_right)
 
 
+def _least_expected_cost(logits, cost):
+    """The class ``j`` of least ``sum_i softmax(logits)_i cost[i, j]``, by a loop over the classes."""
+    p = logits.softmax(0)
+    expected = [sum(float(p[i]) * float(cost[i, j]) for i in range(len(cost))) for j in range(len(cost))]
+    return min(range(len(cost)), key=expected.__getitem__)
+
+
 def test_the_cost_benchmark_prices_the_argmax_and_takes_the_decision_of_least_expected_cost():
     """benchmarks/cost_sensitive_probe.py: the cost matrix (zero diagonal, [1, 10] elsewhere, one per
     seed), the traced metric against a loop over the samples, and the Bayes decision against a loop
@@ -1178,9 +1185,7 @@ def test_the_cost_benchmark_prices_the_argmax_and_takes_the_decision_of_least_ex
     assert float(bench.mean_cost_metric(cost)(logits, target)) == pytest.approx(loop, rel=1e-6)
     decided = bench.bayes_decision(logits, cost)
     for row, d in zip(logits.double(), decided):
-        p = row.softmax(0)
-        expected = [sum(float(p[i]) * float(cost[i, j]) for i in range(10)) for j in range(10)]
-        assert int(d) == min(range(10), key=expected.__getitem__)
+        assert int(d) == _least_expected_cost(row, cost)
     assert bool((decided != logits.argmax(1)).any())  # the costs move some decisions off the argmax
     moves = bench.bayes_moves(logits, cost, target)  # against a loop over the samples
     order = [sorted(range(10), key=lambda j: -float(row[j]))[:2] for row in logits]
@@ -1336,11 +1341,7 @@ def test_the_deployed_cost_is_the_cost_of_the_bayes_decision_and_traces_to_its_c
     cost = bench.cost_matrix(seed)
     g = torch.Generator().manual_seed(seed)
     scores, target = 2 * torch.randn(64, 10, generator=g), torch.randint(0, 10, (64,), generator=g)
-    loop = 0.0
-    for row, t in zip(scores.double(), target):
-        p = row.softmax(0)
-        expected = [sum(float(p[i]) * float(cost[i, j]) for i in range(10)) for j in range(10)]
-        loop += float(cost[int(t), min(range(10), key=expected.__getitem__)]) / 64
+    loop = sum(float(cost[int(t), _least_expected_cost(row, cost)]) for row, t in zip(scores.double(), target)) / 64
     metric = bench.bayes_cost_metric(cost)
     assert float(metric(scores, target)) == pytest.approx(loop, rel=1e-6)
     assert float(metric(scores, target)) != pytest.approx(float(bench.mean_cost_metric(cost)(scores, target)))
