@@ -19,6 +19,7 @@ import time
 
 import torch
 
+import uniloss
 from uniloss.experiments.digits import train_digits
 
 # The earlier defaults are spelled out (they predate `step`, which is "sum" for them); accuracy's
@@ -36,8 +37,27 @@ LOSSES = [
     ('UniLoss, nearby="informative" (with step="sum")', dict(loss="uniloss", options={"nearby": "informative", "step": "sum", "interpolation": "anchors"})),
     ('UniLoss, 0.3-0.7\'s defaults (step="pull": every step of the pull\'s size; the anchors)',
      dict(loss="uniloss", options={"interpolation": "anchors"})),
-    ('UniLoss, defaults (0.8: interpolation="chain")', dict(loss="uniloss")),
+    ('UniLoss, defaults (the chain, since 0.8)', dict(loss="uniloss")),
 ]
+
+
+def _paired_lines(rows, lrs):
+    """The defaults minus cross-entropy at each rate, seed by seed (empty unless both ran on 2+ seeds)."""
+    def seeds(label, lr):
+        return next((r["seeds"] for r in rows if r["loss"] == label and r["lr"] == lr), None)
+
+    ce_label, ours = LOSSES[0][0], LOSSES[-1][0]
+    lines = []
+    for lr in lrs:
+        ce, un = seeds(ce_label, lr), seeds(ours, lr)
+        if ce is None or un is None or len(ce) < 2:
+            continue
+        diff = [100 * (u - c) for u, c in zip(un, ce)]
+        lines.append(f"- lr {lr}: the defaults minus cross-entropy, seed by seed, "
+                     f"{statistics.mean(diff):+.2f} ± {statistics.stdev(diff):.2f} "
+                     f"(ahead on {sum(d > 0 for d in diff)} of {len(diff)} seeds, level on "
+                     f"{sum(d == 0 for d in diff)})")
+    return ["", *lines] if lines else []
 
 
 def main(argv=None):
@@ -59,7 +79,8 @@ def main(argv=None):
             rows.append(dict(loss=label, lr=lr, mean=statistics.mean(accs), seeds=accs))
             print(f"{label:45s} lr={lr:<6} {statistics.mean(accs):.4f}", flush=True)
     report = dict(
-        table="lr-sweep", machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        table="lr-sweep", machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+                                  f"uniloss {uniloss.__version__}",
         date=time.strftime("%Y-%m-%d"),
         command=" ".join(["python", "benchmarks/lr_sweep.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         seeds=args.seeds, epochs=args.epochs, rows=rows,
@@ -79,6 +100,7 @@ def main(argv=None):
     for label, _ in losses:
         cells = [f"{r['mean'] * 100:.1f}" for r in rows if r["loss"] == label]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _paired_lines(rows, args.lrs)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
