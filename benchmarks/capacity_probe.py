@@ -99,7 +99,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import textwrap
@@ -108,7 +107,7 @@ import time
 import torch
 
 from uniloss.experiments.loop import run_jobs
-from uniloss.experiments.reproduce import machine
+from uniloss.experiments.reproduce import command_line, machine
 
 BINARY_MODELS = {"linear": (), "8": (8,), "64-64": (64, 64), "256-256": (256, 256)}  # hidden widths
 CLASS_MODELS = {"linear": (), "8": (8,), "32": (32,), "128": (128,), "512": (512,)}
@@ -333,7 +332,7 @@ def main(argv=None):
     jobs = [(m, h, loss, d, args.seed, options, x) for m in args.metrics for h in models[m]
             for _, loss, options in losses[m] for x in args.lr_scales for d in args.draws]
     values = run_jobs(_one, jobs, args.jobs)
-    command = "python benchmarks/capacity_probe.py" + ("" if not argv else " " + shlex.join(argv))  # (shell-ready)
+    command = command_line("benchmarks/capacity_probe.py", argv)
     if args.only is not None:
         return _only(args, models, losses, values, command, start)
     rows = []

@@ -74,9 +74,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,7 +87,7 @@ import uniloss
 from uniloss.decoders import Argmax
 from uniloss.experiments import metric_wins as mw
 from uniloss.experiments.loop import predict, run_jobs
-from uniloss.experiments.reproduce import machine
+from uniloss.experiments.reproduce import command_line, machine
 
 RATES = [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8]
 TRAINED = ["ce", "ce-cost-weighted", "uniloss", "uniloss-pull0", "uniloss-comparison", "pairwise-cost"]
@@ -325,7 +323,7 @@ def main(argv=None) -> None:
     print("\n".join(lines) + f"\n\n{minutes:.1f} minutes", flush=True)
     if args.quick:
         return
-    command = shlex.join(["python", "benchmarks/cost_sensitive_probe.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("benchmarks/cost_sensitive_probe.py", argv)
     text = (__doc__ or "")[(__doc__ or "").index("The metric is"):].replace("``", "`").replace("::", ":").strip()
     with open(args.out + ".md", "w") as f:
         title = "A misclassification cost matrix as the metric" + (

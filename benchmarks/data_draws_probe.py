@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from uniloss.experiments.reproduce import machine
+from uniloss.experiments.reproduce import command_line, machine
 
 FLIPS = [0.0, 0.02, 0.05]  # make_classification's flip_y; 0.02: the imb-ap task's
 LOSSES = [("binary cross-entropy", "bce"), ("UniLoss (defaults)", "uniloss")]
@@ -81,7 +81,7 @@ def main(argv=None):
                          uniloss_ahead=sum(d > 0 for d in diff)))
         print(f"flip {flip} lr x{scale:g}: UniLoss - BCE {rows[-1]['difference_mean']:+.2f} ± {rows[-1]['difference_std']:.2f}, "
               f"ahead on {rows[-1]['uniloss_ahead']} of {len(diff)} draws", flush=True)
-    command = "python benchmarks/data_draws_probe.py" + ("" if not argv else " " + " ".join(argv))
+    command = command_line("benchmarks/data_draws_probe.py", argv)
     report = dict(table="data-draws", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command, seeds=args.seeds, epochs=20 if quick else 40,
                   minutes=round((time.time() - start) / 60, 1), rows=rows)

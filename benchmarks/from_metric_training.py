@@ -58,6 +58,7 @@ import uniloss
 from uniloss import zoo
 from uniloss.decoders import RankingTarget
 from uniloss.experiments import metric_wins as M
+from uniloss.experiments.reproduce import command_line
 
 # --------------------------------------------------------------------------- the metrics, as plain code
 
@@ -623,7 +624,7 @@ def main(argv=None) -> None:
     timings = cost(30 if args.quick else args.repeats, args.baseline)
     tasks = _tasks()
     report = dict(
-        command="python benchmarks/from_metric_training.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
+        command=command_line("benchmarks/from_metric_training.py", argv),
         machine=f"{platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} cores shared with other "
                 f"jobs, torch {torch.__version__}, Python {platform.python_version()}",
         date=time.strftime("%Y-%m-%d"), seeds=args.seeds, jobs=args.jobs, training=training,

@@ -33,6 +33,7 @@ from torch import nn
 
 import uniloss
 from uniloss.experiments.loop import shuffled, train_epoch
+from uniloss.experiments.reproduce import command_line
 
 LOSSES = ("usual", "sample", "all")
 
@@ -107,7 +108,7 @@ def main(argv=None):
                                  sd=statistics.stdev(values), seconds=round(time.time() - start, 1)))
                 print(f"{task:18s} lr={lr:<6} {loss:7s} {rows[-1]['mean']:.4f} ± {rows[-1]['sd']:.4f}", flush=True)
     report = dict(machine=f"{platform.machine()}, 1 thread, torch {torch.__version__}", date=time.strftime("%Y-%m-%d"),
-                  command="python benchmarks/good_anchors.py " + " ".join(argv or []), settings=SETTINGS, rows=rows)
+                  command=command_line("benchmarks/good_anchors.py", argv), settings=SETTINGS, rows=rows)
     names = {"usual": "usual loss (BCE / CE)", "sample": "UniLoss, sampled good anchors (default)",
              "all": 'UniLoss, good_anchors="all"'}
     lines = ["| task | lr | " + " | ".join(names[l] for l in LOSSES) + " |", "|---|---|---|---|---|"]

@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from uniloss.experiments.reproduce import machine
+from uniloss.experiments.reproduce import command_line, machine
 
 DATA = [(0.0, 0.8), (0.02, 0.8), (0.05, 0.8), (0.0, 1.5), (0.02, 1.5)]  # (flip_y, class_sep); (0.02, 0.8): imb-ap
 NONE = {"num_good": 0, "num_nearby": 0, "num_bad": 0}
@@ -88,7 +88,7 @@ def main(argv=None):
         rows.append(dict(flip_y=flip, class_sep=sep, loss=label, options=options, mean=statistics.mean(seeds),
                          std=statistics.stdev(seeds) if len(seeds) > 1 else 0.0, seeds=seeds))
         print(f"flip {flip} sep {sep} {label:60s} {rows[-1]['mean']:.2f}", flush=True)
-    command = "python benchmarks/label_noise_probe.py" + ("" if not argv else " " + " ".join(argv))
+    command = command_line("benchmarks/label_noise_probe.py", argv)
     report = dict(table="label-noise", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command,
                   seeds=args.seeds, minutes=round((time.time() - start) / 60, 1), rows=rows,

@@ -12,15 +12,14 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 
 import torch
 
 import uniloss
 from uniloss.experiments.digits import train_digits
+from uniloss.experiments.reproduce import command_line
 
 # The earlier defaults are spelled out (they predate `step`, which is "sum" for them); accuracy's
 # loss is the same in 0.3-0.5 (no margins, no run weights), so "defaults" is 0.3's row too.
@@ -82,7 +81,7 @@ def main(argv=None):
         table="lr-sweep", machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                                   f"uniloss {uniloss.__version__}",
         date=time.strftime("%Y-%m-%d"),
-        command=" ".join(["python", "benchmarks/lr_sweep.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        command=command_line("benchmarks/lr_sweep.py", argv),
         seeds=args.seeds, epochs=args.epochs, rows=rows,
     )
     os.makedirs(args.out, exist_ok=True)

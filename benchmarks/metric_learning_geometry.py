@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shlex
 import sys
 import time
 
 import torch
 
 from uniloss.experiments.loop import run_jobs
-from uniloss.experiments.reproduce import machine
+from uniloss.experiments.reproduce import command_line, machine
 
 QUANTILES = (0.05, 0.5, 0.95)
 RUNS = ["uniloss@0.0625", "uniloss@1", "uniloss@1@{\"pull_per\": \"comparison\"}", "uniloss-offset@0.0625",
@@ -67,7 +66,7 @@ def main(argv=None):
         jobs.append((loss, float(scale), json.dumps(json.loads(options[0] if options else "{}"), sort_keys=True),
                      args.draw, args.epochs))
     values = run_jobs(_one, jobs, args.jobs)
-    command = "python benchmarks/metric_learning_geometry.py" + ("" if not argv else " " + shlex.join(argv))
+    command = command_line("benchmarks/metric_learning_geometry.py", argv)
     report = dict(table="metric-learning geometry", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command, draw=args.draw, epochs=args.epochs,
                   minutes=round((time.time() - start) / 60, 1), quantiles=list(QUANTILES),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import time
 import torch
 
 from uniloss.experiments.loop import run_jobs
-from uniloss.experiments.reproduce import machine
+from uniloss.experiments.reproduce import command_line, machine
 
 ROWS = [("contrastive", "contrastive"), ("normsoftmax", "normalised softmax"), ("smooth-ap", "Smooth-AP"),
         ("pairwise", "pairwise logistic"), ("uniloss", "UniLoss (defaults), scores cos / 0.05"),
@@ -138,7 +137,7 @@ def main(argv=None):
                         for x in args.lr_scales} for loss, _ in rows}
     best = {key: {loss: max(args.lr_scales, key=lambda x: per_scale[loss][str(x)][key]["mean"]) for loss, _ in rows}
             for key, _ in SCORES}
-    command = "python benchmarks/metric_learning_probe.py" + ("" if not argv else " " + shlex.join(argv))
+    command = command_line("benchmarks/metric_learning_probe.py", argv)
     report = dict(table="metric learning", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, lr_scales=args.lr_scales,
                   rows=rows, options={key: json.loads(spec[key][1]) for key, _ in rows},

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
-from uniloss.experiments.reproduce import machine
+from uniloss.experiments.reproduce import command_line, machine
 
 LOSSES = [("MSE, sigma 1", "mse-sigma-1"), ("UniLoss (defaults)", "uniloss")]
 #: ``--threshold``: (UniLoss's loss name, the metric read from the run) for each PCK threshold.
@@ -73,7 +73,7 @@ def main(argv=None):
     (b, _), (u, _) = losses
     diff = [x - y for x, y in zip(per[u], per[b])]
     spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-    command = "python benchmarks/pose_draws_probe.py" + ("" if not argv else " " + " ".join(argv))
+    command = command_line("benchmarks/pose_draws_probe.py", argv)
     report = dict(table="pose-draws", machine=f"{machine()}, {args.jobs} run(s) at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, threshold=args.threshold, epochs=args.epochs or 10,
                   minutes=round((time.time() - start) / 60, 1), per_draw=per, difference=diff,

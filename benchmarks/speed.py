@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as nnf
 
 import uniloss
+from uniloss.experiments.reproduce import command_line
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -546,7 +547,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     report = dict(machine=machine(args.device), load_before=list(os.getloadavg()),
-                  command="python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+                  command=command_line("benchmarks/speed.py", argv))
     print(f"# {report['machine']}")
     if "loss" in args.only:
         report["losses"] = run_losses(args, series=not args.quick)

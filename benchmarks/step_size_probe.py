@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from uniloss.experiments.reproduce import machine
+from uniloss.experiments.reproduce import command_line, machine
 
 EPOCHS = [0, 5, 10, 20, 30, 39]  # where part 1 measures (of 40 epochs; digits: of 30)
 LOSSES = [("binary cross-entropy", "bce"), ("UniLoss (defaults)", "uniloss"),
@@ -152,7 +152,7 @@ def main(argv=None):
             print(f"lr x{scale:g} {label:60s} {row['mean']:.2f}"
                   + (f"  {row['difference_mean']:+.2f} ± {row['difference_std']:.2f}" if "difference" in row else ""),
                   flush=True)
-    command = "python benchmarks/step_size_probe.py" + ("" if not argv else " " + " ".join(argv))
+    command = command_line("benchmarks/step_size_probe.py", argv)
     report = dict(table="step-size", machine=f"{machine()}, {args.jobs} runs at a time, 1 thread a run",
                   date=time.strftime("%Y-%m-%d"), command=command, draws=args.draws, seeds=args.seeds,
                   minutes=round((time.time() - start) / 60, 1), step_sizes=sizes[0] + sizes[1], rows=rows)

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from typing import Any, Callable, Dict, List
 
@@ -48,6 +47,7 @@ from uniloss.decoders import RankingTarget
 from uniloss.experiments import metric_wins as M  # noqa: E402
 from uniloss.experiments.metric_wins import digits_split as _digits  # noqa: E402
 from uniloss.experiments.metric_wins import imbalanced_digits, noisy_masks, retrieval_queries  # noqa: E402,F401
+from uniloss.experiments.reproduce import command_line  # noqa: E402
 
 
 # --------------------------------------------------------------------------- models and training
@@ -201,7 +201,7 @@ def main(argv=None) -> Dict:
                                  seconds=time.perf_counter() - t0))
                 print(f"{task:9s} {label:45s} seed {seed}: {curve[-1]:.4f}  ({rows[-1]['seconds']:.1f} s)", flush=True)
     report = dict(
-        table="zoo-training", command="python benchmarks/zoo_training.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        table="zoo-training", command=command_line("benchmarks/zoo_training.py", argv),
         machine=f"{platform.machine()}, 1 thread, torch {torch.__version__}", date=time.strftime("%Y-%m-%d"),
         seeds=args.seeds, optimiser="SGD momentum 0.9, same lr / batch / epochs for both losses",
         tasks={t: {k: (list(v) if k == "variants" else v) for k, v in TASKS[t].items() if k != "run"} for t in args.tasks},

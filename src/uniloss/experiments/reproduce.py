@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,19 @@ from .train import RunOptions, resolve_recipe, settings_differ
 
 METRIC_NAMES = {"ap_interpolated": "test AP (VOC-interpolated)", "ap": "test AP (plain)",
                 "accuracy": "test accuracy", "pck": "test PCK", "top5": "test top-5 accuracy"}
+
+
+def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The shell command that reruns ``python script argv`` (``sys.argv[1:]`` when ``argv`` is
+    None), each argument quoted where the shell would split it, so that a results page's command
+    can be pasted as it stands.
+
+    >>> print(command_line("benchmarks/lr_sweep.py", ["--losses", 'interpolation="chain"', "--seeds", "0"]))
+    python benchmarks/lr_sweep.py --losses 'interpolation="chain"' --seeds 0
+    >>> command_line("benchmarks/lr_sweep.py", [])
+    'python benchmarks/lr_sweep.py'
+    """
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def machine() -> str:
