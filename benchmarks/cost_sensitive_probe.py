@@ -14,6 +14,9 @@
     python benchmarks/cost_sensitive_probe.py --jobs 2 --cost per-class --losses ce ce-cost-weighted uniloss \
         --rates 0.0125 0.025 0.05 0.1 0.2 --versus ce:bayes \
         --out docs/results/metric-wins/cost-sensitive-per-class  # one price per true class: no hedges
+    python benchmarks/cost_sensitive_probe.py --jobs 2 --cost reject --losses ce uniloss uniloss-accuracy \
+        uniloss-bayes --rates 0.0125 0.025 0.05 0.1 0.2 --versus ce:bayes \
+        --out docs/results/metric-wins/cost-sensitive-reject  # a reject option: Chow's risk
 
 The metric is the mean cost of the argmax decisions, as a user writes it in torch (lower is
 better)::
@@ -68,6 +71,17 @@ whatever the wrong decision: ``cost[i, j] = w_i`` off the diagonal. Its Bayes de
 ``argmax_j w_j P(j | x)``, the posterior reweighted, which cross-entropy weighted by ``w`` is
 consistent for and which never needs a hedge; it asks whether UniLoss's distance from the plug-in
 rule on the first matrix is the hedges.
+
+With ``--cost reject`` (session 65) the decisions are the ten classes and one more, no class: a
+wrong class costs 1 and rejecting ``--reject-cost`` (0.2), Chow's risk of classification with a
+reject option. Its Bayes decision on a softmax is Chow's rule, reject where the largest probability
+is below ``1 - c``, the plug-in rule a practitioner deploys on cross-entropy's softmax. The reject is
+no sample's label, a hedge in the extreme, so UniLoss on the metric as written (the argmax of one
+output more) is predicted never to learn it. The rows: cross-entropy (its argmax; Chow's rule on its
+softmax), UniLoss on ``from_metric(mean_cost)`` with eleven outputs (its argmax), UniLoss on
+``from_metric(bayes_cost)`` (Chow's rule written into the metric, ten outputs) and, named only here,
+``uniloss-accuracy``: UniLoss at its defaults on ``MulticlassAccuracy()`` (its argmax; Chow's rule on
+its softmax). The table adds the share of the test set each decision rejects.
 """
 
 from __future__ import annotations
@@ -94,6 +108,8 @@ TRAINED = ["ce", "ce-cost-weighted", "uniloss", "uniloss-pull0", "uniloss-compar
 DECODED = ["uniloss-target", "uniloss-target-pull0", "uniloss-all", "uniloss-all-pull0"]  # --losses names them
 EXTRA = ["expected-cost", "ce-expected-cost"]  # --losses names them
 DEPLOYED = ["uniloss-bayes", "uniloss-bayes-pull0"]  # --losses names them
+REJECT = ["uniloss-accuracy"]  # --losses names it
+WIDE = ["uniloss", "uniloss-pull0", "uniloss-comparison", "pairwise-cost", *DECODED, *EXTRA]  # argmax over cost's columns
 ROWS = [  # (row, the loss it trains, its decision)
     ("cross-entropy, argmax", "ce", "argmax"),
     ("cross-entropy, Bayes decision", "ce", "bayes"),
@@ -113,14 +129,21 @@ ROWS = [  # (row, the loss it trains, its decision)
     ("UniLoss (defaults), from_metric(bayes_cost), Bayes decision (the one it trains)", "uniloss-bayes", "bayes"),
     ("UniLoss, from_metric(bayes_cost), pull=0, argmax", "uniloss-bayes-pull0", "argmax"),
     ("UniLoss, from_metric(bayes_cost), pull=0, Bayes decision (the one it trains)", "uniloss-bayes-pull0", "bayes"),
+    ("UniLoss (defaults) on accuracy, argmax", "uniloss-accuracy", "argmax"),
+    ("UniLoss (defaults) on accuracy, Bayes decision on its softmax", "uniloss-accuracy", "bayes"),
 ]
 
 
-def cost_matrix(seed: int, classes: int = 10, kind: str = "pairs") -> Tensor:
+def cost_matrix(seed: int, classes: int = 10, kind: str = "pairs", reject: float = 0.2) -> Tensor:
     """``[classes, classes]``: 0 on the diagonal, drawn by ``seed``; ``kind="pairs"``: elsewhere
     uniform in [1, 10] for each pair, ``"per-class"``: one price per true class, uniform in [1, 10],
     whatever the wrong decision (whose Bayes decision, ``argmax_j w_j P(j | x)`` with ``w_j`` the
-    price of class ``j``, is the posterior reweighted, never a hedge)."""
+    price of class ``j``, is the posterior reweighted, never a hedge). ``kind="reject"``:
+    ``[classes, classes + 1]``, 1 for a wrong class and ``reject`` for the last column, a decision
+    that is no class (Chow's risk; its Bayes decision rejects where the posterior's largest
+    probability is below ``1 - reject``); the same for every seed."""
+    if kind == "reject":
+        return torch.cat([1 - torch.eye(classes), torch.full((classes, 1), reject)], 1)
     g = torch.Generator().manual_seed(10_000 + seed)
     cost = 1 + 9 * torch.rand(classes, classes if kind == "pairs" else 1, generator=g)
     return cost * (1 - torch.eye(classes))
@@ -164,7 +187,7 @@ def decoded_cost(cost: Tensor, pairs: str) -> uniloss.DecodedMetric:
     every pair of classes, so that which wrong class wins is a comparison too."""
     def evaluate(pred: Tensor, target: Tensor) -> Tensor:  # pred [t, n] labels, target [n]
         return cost[target.expand_as(pred), pred].mean(-1)
-    return uniloss.DecodedMetric(Argmax(pairs=pairs, num_classes=len(cost)), evaluate, higher_is_better=False)
+    return uniloss.DecodedMetric(Argmax(pairs=pairs, num_classes=cost.shape[1]), evaluate, higher_is_better=False)
 
 
 def bayes_decision(logits: Tensor, cost: Tensor) -> Tensor:
@@ -204,7 +227,8 @@ def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
     loss, lr, seed, epochs, kind = job
     torch.set_num_threads(1)
     xtr, ytr, xte, yte = _data()
-    cost = cost_matrix(seed, kind=kind)
+    kind, _, reject = kind.partition(":")  # "reject:0.2"
+    cost = cost_matrix(seed, kind=kind, reject=float(reject or 0.2))
     fn: Callable[..., Tensor]
     if loss == "ce":
         fn = F.cross_entropy
@@ -217,6 +241,8 @@ def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
     elif loss == "ce-cost-weighted":
         weight = cost.sum(1) / (len(cost) - 1)
         fn = lambda s, y: F.cross_entropy(s, y, weight=weight / weight.mean())
+    elif loss == "uniloss-accuracy":
+        fn = uniloss.UniLoss(uniloss.MulticlassAccuracy(), generator=torch.Generator().manual_seed(seed + 1000))
     else:  # UniLoss: from_metric's decomposition, or a DecodedMetric on either layout (DECODED)
         decomposition = (decoded_cost(cost, loss.split("-")[1]) if loss in DECODED
                          else uniloss.from_metric((bayes_cost_metric if loss in DEPLOYED else mean_cost_metric)(cost),
@@ -224,7 +250,8 @@ def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
         fn = uniloss.UniLoss(decomposition, generator=torch.Generator().manual_seed(seed + 1000),
                              pull=0.0 if loss.endswith("pull0") else 1.0,
                              pull_per="comparison" if loss == "uniloss-comparison" else "sample")
-    model = mw.seeded(seed, lambda: mw.mlp(784, 256, 10))
+    outputs = cost.shape[1] if loss in WIDE else len(cost)  # a reject option: one output more for the argmax
+    model = mw.seeded(seed, lambda: mw.mlp(784, 256, outputs))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     try:
@@ -238,13 +265,14 @@ def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
     if not bool(torch.isfinite(logits).all()):
         return {}
     decisions = {"argmax": logits.argmax(1)}
-    if loss in ("ce", "expected-cost", *DEPLOYED):
+    if loss in ("ce", "expected-cost", *DEPLOYED, *REJECT) and logits.shape[1] == len(cost):
         decisions["bayes"] = bayes_decision(logits, cost)
     scores: dict[str, dict[str, Any]] = {
         name: {"cost": float(cost[yte, pred].double().mean()), "accuracy": float((pred == yte).double().mean()),
-               "classes": int((pred.bincount(minlength=len(cost)) >= 0.01 * len(pred)).sum())}
+               "classes": int((pred.bincount(minlength=cost.shape[1]) >= 0.01 * len(pred)).sum()),
+               "rejected": float((pred >= len(cost)).double().mean())}  # decided no class (a reject option)
         for name, pred in decisions.items()}
-    if "bayes" in scores:
+    if "bayes" in scores and cost.shape[0] == cost.shape[1]:
         scores["bayes"]["moves"] = bayes_moves(logits, cost, yte)
     return scores
 
@@ -258,11 +286,13 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: seed 0, rate 0.1, one epoch")
-    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA + DEPLOYED, default=TRAINED,
+    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA + DEPLOYED + REJECT, default=TRAINED,
                         help="the losses to train (default: the first page's; the other rows only when named)")
     parser.add_argument("--rates", type=float, nargs="+", default=RATES)
-    parser.add_argument("--cost", choices=["pairs", "per-class"], default="pairs",
-                        help="a price per (true, decided) pair (default), or one per true class")
+    parser.add_argument("--cost", choices=["pairs", "per-class", "reject"], default="pairs",
+                        help="a price per (true, decided) pair (default), one per true class, or 0/1 with a "
+                             "reject option (a decision that is no class) at --reject-cost")
+    parser.add_argument("--reject-cost", type=float, default=0.2, help="the price of rejecting (--cost reject)")
     parser.add_argument("--versus", default="", metavar="LOSS:DECISION",
                         help='the row the last column compares with, e.g. "ce:bayes" (default: UniLoss\'s)')
     parser.add_argument("--out", default="docs/results/metric-wins/cost-sensitive")
@@ -273,7 +303,8 @@ def main(argv=None) -> None:
                      + ", ".join(sorted(":".join(pair) for pair in trained)))
     seeds, rates, epochs = ([0], [0.1], 1) if args.quick else (args.seeds, args.rates, 8)
     start = time.time()
-    jobs = [(loss, lr, s, epochs, args.cost) for loss in args.losses for lr in rates for s in seeds]
+    kind = f"reject:{args.reject_cost}" if args.cost == "reject" else args.cost
+    jobs = [(loss, lr, s, epochs, kind) for loss in args.losses for lr in rates for s in seeds]
     results = run_jobs(run, jobs, args.jobs)
     minutes = (time.time() - start) / 60
     rows: list[dict[str, Any]] = []
@@ -281,7 +312,7 @@ def main(argv=None) -> None:
     for label, loss, decision in (row for row in ROWS if row[1] in args.losses):
         per_rate = {}
         for lr in rates:
-            runs = [results[(loss, lr, s, epochs, args.cost)] for s in seeds]
+            runs = [results[(loss, lr, s, epochs, kind)] for s in seeds]
             if all(decision in r for r in runs):
                 per_rate[lr] = [r[decision] for r in runs]
         lr_best = min(per_rate, key=lambda lr: statistics.mean(r["cost"] for r in per_rate[lr]))
@@ -290,6 +321,7 @@ def main(argv=None) -> None:
                          by_rate={str(lr): _stats([r["cost"] for r in v]) for lr, v in per_rate.items()},
                          seeds=best[label], accuracy=[r["accuracy"] for r in per_rate[lr_best]],
                          classes=[r["classes"] for r in per_rate[lr_best]],
+                         rejected=[r["rejected"] for r in per_rate[lr_best]],
                          diverged={str(lr): len(seeds) - len(per_rate.get(lr, [])) for lr in rates}))
     # "UniLoss minus it": the defaults' row, or the first UniLoss row trained; or the row --versus names
     reference = next(row["loss"] for row in sorted(rows, key=lambda row: row["trains"] != "uniloss")
@@ -297,9 +329,11 @@ def main(argv=None) -> None:
                      or (args.versus == "" and row["trains"].startswith("uniloss")))
     name = "UniLoss" if args.versus == "" else reference[0].upper() + reference[1:]
     ref = best[reference]
+    rejecting = args.cost == "reject"
     lines = ["| loss, decision | " + " | ".join(f"lr {lr}" for lr in rates) +
-             f" | best rate | mean cost at it, seeds | accuracy x100 at it | {name} minus it, seed by seed |",
-             "|---|" + "---|" * len(rates) + "---|---|---|---|"]
+             " | best rate | mean cost at it, seeds | accuracy x100 at it | "
+             + ("rejected % at it | " if rejecting else "") + f"{name} minus it, seed by seed |",
+             "|---|" + "---|" * len(rates) + "---|---|---|" + ("---|" if rejecting else "") + "---|"]
     for row in rows:
         cells = " | ".join("{:.4f} ± {:.4f}".format(*row["by_rate"][str(lr)]) if str(lr) in row["by_rate"]
                            else "diverged" for lr in rates)
@@ -308,11 +342,13 @@ def main(argv=None) -> None:
             *_stats(gap), sum(d < 0 for d in gap), len(gap))
         lines.append(f"| {row['loss']} | {cells} | {row['best_lr']} | "
                      f"{' '.join(f'{v:.4f}' for v in row['seeds'])} | "
-                     "{:.2f} ± {:.2f} | {} |".format(*_stats([100 * a for a in row["accuracy"]]), versus))
-    bayes_row = next((row for row in rows if row["decision"] == "bayes"), None)
+                     "{:.2f} ± {:.2f} | ".format(*_stats([100 * a for a in row["accuracy"]]))
+                     + ("{:.2f} ± {:.2f} | ".format(*_stats([100 * r for r in row["rejected"]])) if rejecting else "")
+                     + f"{versus} |")
+    bayes_row = next((row for row in rows if row["decision"] == "bayes" and not rejecting), None)
     if bayes_row is not None:
         trains, lr_bayes = bayes_row["trains"], bayes_row["best_lr"]
-        moves = [results[(trains, lr_bayes, s, epochs, args.cost)]["bayes"]["moves"] for s in seeds]
+        moves = [results[(trains, lr_bayes, s, epochs, kind)]["bayes"]["moves"] for s in seeds]
         lines += ["", f"Where the Bayes decision leaves {bayes_row['loss'].split(',')[0]}'s argmax "
                   f"(rate {lr_bayes}), seed by seed:",
                   "", "| seed | moved to the second class | cost it saves | moved outside the top two | cost it saves | "
@@ -330,7 +366,8 @@ def main(argv=None) -> None:
             ": which comparisons the argmax makes" if set(args.losses) & set(DECODED) else
             ": the expected cost under the softmax" if set(args.losses) & set(EXTRA) else
             ": the Bayes decision's cost as the metric" if set(args.losses) & set(DEPLOYED) else "") + (
-            ", one price per true class" if args.cost == "per-class" else "")
+            ", one price per true class" if args.cost == "per-class" else
+            f", a reject option at cost {args.reject_cost}" if rejecting else "")
         f.write(f"# {title}\n\n{text}\n\nTest mean cost (lower is better), "
                 f"mean ± std over seeds {seeds}; {machine()}, one thread a run, {args.jobs} at a time, "
                 f"{time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: `{command}`.\n\n" + "\n".join(lines) + "\n")

@@ -1310,11 +1310,41 @@ def test_one_price_per_true_class_makes_the_bayes_decision_a_reweighted_posterio
     assert bool((decided != logits.argmax(1)).any())
 
 
+@pytest.mark.parametrize("reject", [0.1, 0.2, 0.4])
+def test_a_reject_option_is_chows_rule_and_the_traced_argmax_never_raises_it(reject):
+    """``cost_matrix(kind="reject")``: 0/1 over the classes and ``reject`` for one more decision,
+    no class. Its Bayes decision on a softmax is Chow's rule (reject where the largest probability
+    is below ``1 - reject``, else the argmax), checked against the probe's ``bayes_decision``; the
+    user's metric on one output more prices the argmax as a loop does; and UniLoss on it never
+    raises the reject output's score (the best configuration decides each sample's label, which is
+    never the reject): the reject page's prediction, as an invariant of the decomposition."""
+    import uniloss
+
+    bench = _benchmark("cost_sensitive_probe")
+    cost = bench.cost_matrix(3, kind="reject", reject=reject)
+    assert cost.shape == (10, 11) and torch.equal(cost, bench.cost_matrix(4, kind="reject", reject=reject))
+    assert torch.equal(cost[:, :10], 1 - torch.eye(10)) and bool((cost[:, 10] == reject).all())
+    g = torch.Generator().manual_seed(int(10 * reject))
+    logits = 2 * torch.randn(400, 10, generator=g)
+    p = logits.double().softmax(1)
+    chow = torch.where(p.max(1).values < 1 - reject, torch.tensor(10), p.argmax(1))
+    decided = bench.bayes_decision(logits, cost)
+    assert torch.equal(decided, chow) and 0 < int((decided == 10).sum()) < 400
+    scores = (3 * torch.randn(64, 11, generator=g)).requires_grad_()
+    target = torch.randint(0, 10, (64,), generator=g)
+    loop = sum(float(cost[int(t), int(row.argmax())]) for row, t in zip(scores.detach(), target)) / 64
+    assert float(bench.mean_cost_metric(cost)(scores.detach(), target)) == pytest.approx(loop, rel=1e-6)
+    assert bool((scores.detach().argmax(1) == 10).any())  # some samples start out rejected
+    decomposition = uniloss.from_metric(bench.mean_cost_metric(cost), higher_is_better=False)
+    uniloss.UniLoss(decomposition)(scores, target).backward()
+    assert bool((scores.grad[:, 10] >= 0).all()) and float(scores.grad[:, 10].sum()) > 0
+
+
 def test_every_loss_the_cost_probe_trains_has_a_row():
     """A loss ``--losses`` accepts but no row of ``ROWS`` scores trains for nothing (the deployed
     page's first grid lost its ``pull=0`` runs so); every row names a loss it can train."""
     bench = _benchmark("cost_sensitive_probe")
-    losses = bench.TRAINED + bench.DECODED + bench.EXTRA + bench.DEPLOYED
+    losses = bench.TRAINED + bench.DECODED + bench.EXTRA + bench.DEPLOYED + bench.REJECT
     assert {row[1] for row in bench.ROWS} == set(losses) and len(set(losses)) == len(losses)
 
 
