@@ -362,12 +362,12 @@ def main(argv=None) -> None:
     command = command_line("benchmarks/cost_sensitive_probe.py", argv)
     text = (__doc__ or "")[(__doc__ or "").index("The metric is"):].replace("``", "`").replace("::", ":").strip()
     with open(args.out + ".md", "w") as f:
-        title = "A misclassification cost matrix as the metric" + (
+        title = f"Classification with a reject option at cost {args.reject_cost} (Chow's risk) as the metric" if rejecting \
+            else "A misclassification cost matrix as the metric" + (
             ": which comparisons the argmax makes" if set(args.losses) & set(DECODED) else
             ": the expected cost under the softmax" if set(args.losses) & set(EXTRA) else
             ": the Bayes decision's cost as the metric" if set(args.losses) & set(DEPLOYED) else "") + (
-            ", one price per true class" if args.cost == "per-class" else
-            f", a reject option at cost {args.reject_cost}" if rejecting else "")
+            ", one price per true class" if args.cost == "per-class" else "")
         f.write(f"# {title}\n\n{text}\n\nTest mean cost (lower is better), "
                 f"mean ± std over seeds {seeds}; {machine()}, one thread a run, {args.jobs} at a time, "
                 f"{time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: `{command}`.\n\n" + "\n".join(lines) + "\n")
