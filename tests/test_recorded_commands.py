@@ -68,6 +68,23 @@ def _script(path):
     return _scripts[path]
 
 
+def _parses_with_argparse(path):
+    """Whether the script builds an ``argparse`` parser, or hands its run to a ``..._main`` of a
+    script beside it that does (the traced pages' shared grid). Others read ``sys.argv`` by hand,
+    and calling them would run them."""
+    with open(path) as f:
+        source = f.read()
+    if "ArgumentParser" in source:
+        return True
+    for module, names in re.findall(r"^from (\w+) import ([\w, ]+)", source, re.M):
+        beside = os.path.join(os.path.dirname(path), module + ".py")
+        if any(name.strip().endswith("main") for name in names.split(",")) and os.path.exists(beside):
+            with open(beside) as f:
+                if "ArgumentParser" in f.read():
+                    return True
+    return False
+
+
 def parse(argv, monkeypatch):
     """None if `argv` parses; else why not. Scripts that read sys.argv by hand (no argparse) and
     other programs are not checked (None): running them is the only check."""
@@ -79,9 +96,8 @@ def parse(argv, monkeypatch):
         path = os.path.join(ROOT, argv[1])
         if not os.path.exists(path):
             return f"no such script {argv[1]}"
-        with open(path) as f:
-            if "ArgumentParser" not in f.read():
-                return None
+        if not _parses_with_argparse(path):
+            return None
         main = _script(path).main
         if inspect.signature(main).parameters:
             call = lambda: main(argv[2:])  # noqa: E731
