@@ -315,6 +315,9 @@ def main(argv=None) -> None:
             runs = [results[(loss, lr, s, epochs, kind)] for s in seeds]
             if all(decision in r for r in runs):
                 per_rate[lr] = [r[decision] for r in runs]
+        if not per_rate:  # diverged at every rate, or a decision this cost has not (a Bayes decision on 11 outputs)
+            print(f"{label}: no rate scored it, so no row", flush=True)
+            continue
         lr_best = min(per_rate, key=lambda lr: statistics.mean(r["cost"] for r in per_rate[lr]))
         best[label] = [r["cost"] for r in per_rate[lr_best]]
         rows.append(dict(loss=label, trains=loss, decision=decision, best_lr=lr_best,

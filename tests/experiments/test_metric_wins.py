@@ -1340,6 +1340,30 @@ def test_a_reject_option_is_chows_rule_and_the_traced_argmax_never_raises_it(rej
     assert bool((scores.grad[:, 10] >= 0).all()) and float(scores.grad[:, 10].sum()) > 0
 
 
+def test_the_cost_probe_tables_a_reject_option_and_skips_a_decision_it_has_not(monkeypatch, capsys):
+    """``--cost reject``: each job carries the reject's price, the table adds the share rejected
+    (one row's share, 25%, as given), and a row whose decision no run has (the Bayes decision of a
+    loss trained on eleven outputs) is skipped with a word rather than ending the run. The runs are
+    stubbed: this checks the table, not the training."""
+    bench = _benchmark("cost_sensitive_probe")
+    seen = []
+
+    def fake_runs(fn, jobs, processes):
+        seen.extend(jobs)
+        score = lambda c, r: {"cost": c, "accuracy": 0.8, "classes": 11, "rejected": r}  # noqa: E731
+        return {job: ({"argmax": score(0.11, 0.0), "bayes": score(0.07, 0.25)} if job[0] == "ce"
+                      else {"argmax": score(0.10, 0.0)}) for job in jobs}
+
+    monkeypatch.setattr(bench, "run_jobs", fake_runs)
+    bench.main(["--quick", "--cost", "reject", "--reject-cost", "0.3", "--losses", "ce", "expected-cost",
+                "--versus", "ce:bayes"])
+    out = capsys.readouterr().out
+    assert {job[-1] for job in seen} == {"reject:0.3"}
+    assert "| rejected % at it |" in out and "| 25.00 ± 0.00 |" in out
+    assert "Bayes decision on its softmax: no rate scored it, so no row" in out
+    assert "| expected cost under the softmax, argmax |" in out
+
+
 def test_every_loss_the_cost_probe_trains_has_a_row():
     """A loss ``--losses`` accepts but no row of ``ROWS`` scores trains for nothing (the deployed
     page's first grid lost its ``pull=0`` runs so); every row names a loss it can train."""
