@@ -369,7 +369,8 @@ def main(argv=None) -> None:
             else "A misclassification cost matrix as the metric" + (
             ": which comparisons the argmax makes" if set(args.losses) & set(DECODED) else
             ": the expected cost under the softmax" if set(args.losses) & set(EXTRA) else
-            ": the Bayes decision's cost as the metric" if set(args.losses) & set(DEPLOYED) else "") + (
+            ": the Bayes decision's cost as the metric" if set(args.losses) & set(DEPLOYED) else
+            ": decided on UniLoss-on-accuracy's softmax" if set(args.losses) & set(REJECT) else "") + (
             ", one price per true class" if args.cost == "per-class" else "")
         f.write(f"# {title}\n\n{text}\n\nTest mean cost (lower is better), "
                 f"mean ± std over seeds {seeds}; {machine()}, one thread a run, {args.jobs} at a time, "
