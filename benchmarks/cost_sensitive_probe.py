@@ -17,6 +17,8 @@
     python benchmarks/cost_sensitive_probe.py --jobs 2 --cost reject --losses ce uniloss uniloss-accuracy \
         uniloss-bayes --rates 0.0125 0.025 0.05 0.1 0.2 --versus ce:bayes \
         --out docs/results/metric-wins/cost-sensitive-reject  # a reject option: Chow's risk
+    python benchmarks/cost_sensitive_probe.py --jobs 2 --losses ce uniloss-accuracy --rates 0.025 0.05 0.1 0.2 \
+        --versus ce:bayes --out docs/results/metric-wins/cost-sensitive-accuracy  # decided on its softmax
 
 The metric is the mean cost of the argmax decisions, as a user writes it in torch (lower is
 better)::
@@ -79,9 +81,10 @@ is below ``1 - c``, the plug-in rule a practitioner deploys on cross-entropy's s
 no sample's label, a hedge in the extreme, so UniLoss on the metric as written (the argmax of one
 output more) is predicted never to learn it. The rows: cross-entropy (its argmax; Chow's rule on its
 softmax), UniLoss on ``from_metric(mean_cost)`` with eleven outputs (its argmax), UniLoss on
-``from_metric(bayes_cost)`` (Chow's rule written into the metric, ten outputs) and, named only here,
+``from_metric(bayes_cost)`` (Chow's rule written into the metric, ten outputs) and, only when named,
 ``uniloss-accuracy``: UniLoss at its defaults on ``MulticlassAccuracy()`` (its argmax; Chow's rule on
-its softmax). The table adds the share of the test set each decision rejects.
+its softmax, or with any other cost the Bayes decision on it). The table adds the share of the test
+set each decision rejects.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ TRAINED = ["ce", "ce-cost-weighted", "uniloss", "uniloss-pull0", "uniloss-compar
 DECODED = ["uniloss-target", "uniloss-target-pull0", "uniloss-all", "uniloss-all-pull0"]  # --losses names them
 EXTRA = ["expected-cost", "ce-expected-cost"]  # --losses names them
 DEPLOYED = ["uniloss-bayes", "uniloss-bayes-pull0"]  # --losses names them
-REJECT = ["uniloss-accuracy"]  # --losses names it
+PLAIN = ["uniloss-accuracy"]  # UniLoss on plain accuracy, decided afterwards; --losses names it
 WIDE = ["uniloss", "uniloss-pull0", "uniloss-comparison", "pairwise-cost", *DECODED, *EXTRA]  # argmax over cost's columns
 ROWS = [  # (row, the loss it trains, its decision)
     ("cross-entropy, argmax", "ce", "argmax"),
@@ -265,7 +268,7 @@ def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
     if not bool(torch.isfinite(logits).all()):
         return {}
     decisions = {"argmax": logits.argmax(1)}
-    if loss in ("ce", "expected-cost", *DEPLOYED, *REJECT) and logits.shape[1] == len(cost):
+    if loss in ("ce", "expected-cost", *DEPLOYED, *PLAIN) and logits.shape[1] == len(cost):
         decisions["bayes"] = bayes_decision(logits, cost)
     scores: dict[str, dict[str, Any]] = {
         name: {"cost": float(cost[yte, pred].double().mean()), "accuracy": float((pred == yte).double().mean()),
@@ -286,7 +289,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: seed 0, rate 0.1, one epoch")
-    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA + DEPLOYED + REJECT, default=TRAINED,
+    parser.add_argument("--losses", nargs="+", choices=TRAINED + DECODED + EXTRA + DEPLOYED + PLAIN, default=TRAINED,
                         help="the losses to train (default: the first page's; the other rows only when named)")
     parser.add_argument("--rates", type=float, nargs="+", default=RATES)
     parser.add_argument("--cost", choices=["pairs", "per-class", "reject"], default="pairs",
@@ -370,7 +373,7 @@ def main(argv=None) -> None:
             ": which comparisons the argmax makes" if set(args.losses) & set(DECODED) else
             ": the expected cost under the softmax" if set(args.losses) & set(EXTRA) else
             ": the Bayes decision's cost as the metric" if set(args.losses) & set(DEPLOYED) else
-            ": decided on UniLoss-on-accuracy's softmax" if set(args.losses) & set(REJECT) else "") + (
+            ": decided on UniLoss-on-accuracy's softmax" if set(args.losses) & set(PLAIN) else "") + (
             ", one price per true class" if args.cost == "per-class" else "")
         f.write(f"# {title}\n\n{text}\n\nTest mean cost (lower is better), "
                 f"mean ± std over seeds {seeds}; {machine()}, one thread a run, {args.jobs} at a time, "

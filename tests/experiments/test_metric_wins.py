@@ -1368,7 +1368,7 @@ def test_every_loss_the_cost_probe_trains_has_a_row():
     """A loss ``--losses`` accepts but no row of ``ROWS`` scores trains for nothing (the deployed
     page's first grid lost its ``pull=0`` runs so); every row names a loss it can train."""
     bench = _benchmark("cost_sensitive_probe")
-    losses = bench.TRAINED + bench.DECODED + bench.EXTRA + bench.DEPLOYED + bench.REJECT
+    losses = bench.TRAINED + bench.DECODED + bench.EXTRA + bench.DEPLOYED + bench.PLAIN
     assert {row[1] for row in bench.ROWS} == set(losses) and len(set(losses)) == len(losses)
 
 
