@@ -55,13 +55,14 @@ def _result(argmax, tuned):
 
 def test_table_takes_each_row_at_its_best_rate_and_compares_seed_by_seed():
     seeds, rates, epochs = [0, 1], [0.1, 0.2], 8
-    results = {
+    results = {key + (0.25,): value for key, value in {
         ("ce", 0.1, 0, epochs): _result(0.80, 0.81), ("ce", 0.1, 1, epochs): _result(0.82, 0.83),
         ("ce", 0.2, 0, epochs): _result(0.70, 0.71), ("ce", 0.2, 1, epochs): _result(0.72, 0.73),
         ("uniloss", 0.1, 0, epochs): _result(0.78, 0.78), ("uniloss", 0.1, 1, epochs): {},  # diverged
         ("uniloss", 0.2, 0, epochs): _result(0.83, 0.84), ("uniloss", 0.2, 1, epochs): _result(0.82, 0.84),
-    }
-    lines, rows = probe.table(results, rates, seeds, epochs)
+    }.items()}
+    assert probe.table(results, rates, seeds, epochs, share=0.05) == (probe.table({}, rates, seeds, epochs)[0], [])
+    lines, rows = probe.table(results, rates, seeds, epochs, share=0.25)
     assert [(r["trains"], r["decision"], r["best_lr"]) for r in rows] == [
         ("ce", "argmax", 0.1), ("ce", "tuned", 0.1), ("uniloss", "argmax", 0.2), ("uniloss", "tuned", 0.2)]
     assert rows[2]["diverged"] == {"0.1": 2, "0.2": 0}  # a rate with a diverged seed scores no row
