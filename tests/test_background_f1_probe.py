@@ -49,8 +49,8 @@ def test_extraction_split_keeps_the_background_and_a_share_of_each_entity_class(
 
 
 def _result(argmax, tuned):
-    return {"argmax": argmax, "tuned": tuned, "offset": 0.5, "entities": 0.1, "entities_tuned": 0.12,
-            "entities_true": 0.14}
+    return {"argmax": argmax, "tuned": tuned, "offset": 0.5, "oracle": tuned + 0.01, "oracle_offset": 0.25,
+            "entities": 0.1, "entities_tuned": 0.12, "entities_oracle": 0.13, "entities_true": 0.14}
 
 
 def test_table_takes_each_row_at_its_best_rate_and_compares_seed_by_seed():
@@ -64,9 +64,12 @@ def test_table_takes_each_row_at_its_best_rate_and_compares_seed_by_seed():
     assert probe.table(results, rates, seeds, epochs, share=0.05) == (probe.table({}, rates, seeds, epochs)[0], [])
     lines, rows = probe.table(results, rates, seeds, epochs, share=0.25)
     assert [(r["trains"], r["decision"], r["best_lr"]) for r in rows] == [
-        ("ce", "argmax", 0.1), ("ce", "tuned", 0.1), ("uniloss", "argmax", 0.2), ("uniloss", "tuned", 0.2)]
-    assert rows[2]["diverged"] == {"0.1": 2, "0.2": 0}  # a rate with a diverged seed scores no row
-    assert "diverged" in lines[4]  # UniLoss's argmax row, rate 0.1
+        ("ce", "argmax", 0.1), ("ce", "tuned", 0.1), ("ce", "oracle", 0.1),
+        ("uniloss", "argmax", 0.2), ("uniloss", "tuned", 0.2), ("uniloss", "oracle", 0.2)]
+    assert rows[2]["offsets"] == [0.25, 0.25] and rows[1]["offsets"] == [0.5, 0.5]  # each decision's own offset
+    assert rows[2]["entities"] == [13.0, 13.0] and rows[1]["entities"] == [12.0, 12.0]
+    assert rows[3]["diverged"] == {"0.1": 2, "0.2": 0}  # a rate with a diverged seed scores no row
+    assert "diverged" in lines[5]  # UniLoss's argmax row, rate 0.1
     # UniLoss's argmax (83, 82) minus cross-entropy's argmax (80, 82): +3 and 0
     assert "+1.50 ± 2.12, ahead on 1 of 2" in lines[2]
-    assert lines[4].endswith("|  |")  # no comparison with itself
+    assert lines[5].endswith("|  |")  # no comparison with itself
