@@ -427,14 +427,17 @@ def test_the_draws_probes_draw_the_data_of_each_seed_and_the_suite_keeps_draw_0(
         M._run_job(M.Job(task, "cross-entropy", "usual", "ce", 5), quick=True)
     assert subsets == [5, None]
     masks = []
-    monkeypatch.setattr(M, "noisy_masks", lambda split, count, seed, data_dir=None, source="mnist":
-                        masks.append((split, seed, source)) or
+    kinds = []
+    monkeypatch.setattr(M, "noisy_masks", lambda split, count, seed, data_dir=None, source="mnist", digits=False,
+                        noise=0.8: masks.append((split, seed, source)) or kinds.append((digits, noise)) or
                         (torch.zeros(4, 1, 28, 28), torch.zeros(4, 28, 28, dtype=torch.long)))
     monkeypatch.setattr(M, "fit", lambda *args, **kwargs: [0.5])
-    for task in ("seg-miou-draws", "seg-miou", "seg-miou-fashion"):
+    for task in ("seg-miou-draws", "seg-miou", "seg-miou-fashion", "seg-miou-digits"):
         M._run_job(M.Job(task, "per-pixel cross-entropy", "usual", "ce", 3), quick=True)
     assert masks == [("train", 6, "mnist"), ("test", 7, "mnist"), ("train", 0, "mnist"), ("test", 1, "mnist"),
-                     ("train", 6, "fashion"), ("test", 7, "fashion")]  # the suite's: seeds 0 and 1
+                     ("train", 6, "fashion"), ("test", 7, "fashion"),  # the suite's: seeds 0 and 1
+                     ("train", 6, "mnist"), ("test", 7, "mnist")]
+    assert kinds == [(False, 0.8)] * 6 + [(True, M.DIGITS_NOISE)] * 2  # the binary tasks' data unchanged
 
 
 def test_imbalanced_mnist_draws_keep_each_digits_count_and_change_its_images():
@@ -840,6 +843,25 @@ def test_noisy_fashion_masks_are_the_clean_images_above_one_half():
     assert x.shape == (50, 1, 28, 28) and 0.2 < float(mask.float().mean()) < 0.5  # garments: a third of a canvas
     digits = M.noisy_masks("test", 50, seed=3)[1]
     assert float(digits.float().mean()) < 0.2 and not torch.equal(digits, mask)  # MNIST's digits: thinner
+
+
+def test_digit_masks_label_each_digits_pixels_by_its_class():
+    try:
+        x, binary = M.noisy_masks("test", 40, seed=5)
+        _, digits = M.noisy_masks("test", 40, seed=5, digits=True)
+        quiet, _ = M.noisy_masks("test", 40, seed=5, noise=0.0)
+    except DatasetNotFoundError as exc:  # data absent: the loader's own tests cover the message
+        pytest.skip(str(exc))
+    from uniloss.experiments.data import load_mnist
+
+    labels = load_mnist("test").labels
+    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(5))[:40]
+    assert torch.equal(digits > 0, binary.bool())  # the same pixels, the same images
+    assert torch.equal(digits.amax((1, 2)), labels[chosen].long() + 1)  # each image's pixels: its digit + 1
+    assert set(digits.unique().tolist()) <= set(range(11))
+    visible = quiet != 0  # without noise the input is the clean image outside the occluding patch
+    assert torch.equal((quiet[visible] > 0.5), binary[:, None].bool()[visible])
+    assert M.DigitSegmenter(11)(x[:3]).shape == (3, 11, 28, 28)
 
 
 def test_the_capacity_probe_adds_the_extra_rows_of_a_metric_and_filters_them(tmp_path, monkeypatch):
