@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from uniloss.experiments import metric_wins as M
+from uniloss.experiments.reproduce import command_line
 
 
 def merge(parts: list) -> dict:
@@ -41,7 +42,9 @@ def main(argv=None) -> None:
     parser.add_argument("out")
     parser.add_argument("parts", nargs="+")
     args = parser.parse_args(argv)
-    M.write_report(merge(args.parts), args.out)
+    report = merge(args.parts)
+    report["command"] += " ; " + command_line("benchmarks/merge_metric_wins.py", argv)  # the merge is a step too
+    M.write_report(report, args.out)
 
 
 if __name__ == "__main__":

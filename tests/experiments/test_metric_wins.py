@@ -219,6 +219,11 @@ def test_merging_reports_pools_their_runs(tmp_path):
     best = {r["loss"]: (r["lr_scale"], r["mean"]) for r in report["best_lr_rows"]}
     assert best["cross-entropy"] == (2.0, pytest.approx(0.96)) and best["UniLoss (defaults)"][0] == 2.0
     assert report["verdicts"]["digits-f1"]["UniLoss (defaults) @ lr x2"]["usual"]["verdict"] == "tie"
+    out = tmp_path / "merged"
+    merge.main([str(out), str(tmp_path / "a"), str(tmp_path / "c")])  # the written report names the merge too
+    written = json.loads((out / "results.json").read_text())["command"]
+    assert written == f"cmd a ; cmd c ; python benchmarks/merge_metric_wins.py {out} {tmp_path / 'a'} {tmp_path / 'c'}"
+    assert written in (out / "results.md").read_text()
 
 
 def test_merging_reports_of_other_seeds_lists_them_all(tmp_path):
