@@ -73,11 +73,16 @@ def micro_f1(scores: Tensor, target: Tensor) -> Tensor:
     return 2 * tp / ((pred != 0).sum() + (target != 0).sum())
 
 
+def background_shifted(logits: Tensor, offset: float) -> Tensor:
+    """``logits`` ``[n, C]`` with ``offset`` taken from the background's column 0 (a positive
+    offset decides more samples an entity)."""
+    return logits - F.one_hot(torch.tensor(0), logits.shape[1]) * offset
+
+
 def tuned_offset(logits: Tensor, target: Tensor, offsets: Tensor = OFFSETS) -> float:
     """The offset ``b`` of ``offsets`` whose decisions ``argmax(logits - b e_0)`` score the highest
     micro-F1 on ``(logits, target)``; the smallest ``|b|`` of the ties (0 where 0 is among them)."""
-    values = torch.stack([micro_f1(logits - torch.nn.functional.one_hot(torch.tensor(0), logits.shape[1]) * b,
-                                   target) for b in offsets.tolist()])
+    values = torch.stack([micro_f1(background_shifted(logits, b), target) for b in offsets.tolist()])
     best = values == values.max()
     return float(offsets[best][offsets[best].abs().argmin()])
 
@@ -141,8 +146,7 @@ def run(job: tuple[str, float, int, int, float]) -> dict[str, Any]:
     if not (bool(torch.isfinite(logits).all()) and bool(torch.isfinite(val_logits).all())):
         return {}
     offset, oracle = tuned_offset(val_logits, yval), tuned_offset(logits, yte)
-    shifted = logits - torch.nn.functional.one_hot(torch.tensor(0), classes) * offset
-    best = logits - torch.nn.functional.one_hot(torch.tensor(0), classes) * oracle
+    shifted, best = background_shifted(logits, offset), background_shifted(logits, oracle)
     return {"argmax": float(micro_f1(logits, yte)), "tuned": float(micro_f1(shifted, yte)), "offset": offset,
             "oracle": float(micro_f1(best, yte)), "oracle_offset": oracle,
             "entities": float((logits.argmax(1) != 0).double().mean()),
