@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -52,9 +54,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import uniloss
-from uniloss.experiments import metric_wins as mw
 from uniloss.experiments.loop import predict, run_jobs
 from uniloss.experiments.reproduce import command_line, machine
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cost_sensitive_probe import train_mlp  # noqa: E402  (the quick Fashion-MNIST MLP recipe, divergence caught)
 
 RATES = [0.025, 0.05, 0.1, 0.2, 0.4]
 LOSSES = ["ce", "ce-balanced", "uniloss"]
@@ -132,15 +136,8 @@ def run(job: tuple[str, float, int, int, float]) -> dict[str, Any]:
         fn = lambda s, y: F.cross_entropy(s, y, weight=weight)  # noqa: E731
     else:
         fn = uniloss.UniLoss(uniloss.from_metric(micro_f1), generator=torch.Generator().manual_seed(seed + 1000))
-    model = mw.seeded(seed, lambda: mw.mlp(784, 256, classes))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(seed)
-    try:
-        mw.fit(model, opt, mw.shuffled(len(ytr), 128, gen), lambda m, idx: fn(m(xtr[idx]), ytr[idx]), epochs,
-               lambda m: 0.0, mw.cosine(opt, epochs))
-    except ValueError as error:  # UniLoss refuses scores that are not finite: the run diverged
-        if "finite" not in str(error):
-            raise
+    model = train_mlp(fn, xtr, ytr, classes, lr, seed, epochs)
+    if model is None:  # diverged
         return {}
     logits, val_logits = predict(model, xte), predict(model, xval)
     if not (bool(torch.isfinite(logits).all()) and bool(torch.isfinite(val_logits).all())):

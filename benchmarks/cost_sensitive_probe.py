@@ -223,6 +223,25 @@ def _data() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (xtr - mean) / std, train.labels, (xte - mean) / std, test.labels
 
 
+def train_mlp(fn: Callable[..., Tensor], xtr: Tensor, ytr: Tensor, outputs: int, lr: float, seed: int,
+              epochs: int) -> torch.nn.Module | None:
+    """The suite's quick Fashion-MNIST recipe on ``(xtr, ytr)`` with loss ``fn(scores, target)``: MLP
+    784-256-``outputs``, batch 128, SGD momentum 0.9, weight decay 1e-4, cosine over ``epochs``; the
+    initialisation and batches by ``seed``. ``None`` where the run diverged (UniLoss refuses scores
+    that are not finite)."""
+    model = mw.seeded(seed, lambda: mw.mlp(784, 256, outputs))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        mw.fit(model, opt, mw.shuffled(len(ytr), 128, gen), lambda m, idx: fn(m(xtr[idx]), ytr[idx]), epochs,
+               lambda m: 0.0, mw.cosine(opt, epochs))
+    except ValueError as error:
+        if "finite" not in str(error):
+            raise
+        return None
+    return model
+
+
 def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
     """One training run, ``(loss, lr, seed, epochs, cost kind)``: the test mean cost and accuracy
     of each decision scored on it (none where the run diverged: scores not finite in training or
@@ -254,15 +273,8 @@ def run(job: tuple[str, float, int, int, str]) -> dict[str, dict[str, Any]]:
                              pull=0.0 if loss.endswith("pull0") else 1.0,
                              pull_per="comparison" if loss == "uniloss-comparison" else "sample")
     outputs = cost.shape[1] if loss in WIDE else len(cost)  # a reject option: one output more for the argmax
-    model = mw.seeded(seed, lambda: mw.mlp(784, 256, outputs))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(seed)
-    try:
-        mw.fit(model, opt, mw.shuffled(len(ytr), 128, gen), lambda m, idx: fn(m(xtr[idx]), ytr[idx]), epochs,
-               lambda m: 0.0, mw.cosine(opt, epochs))
-    except ValueError as error:  # UniLoss refuses scores that are not finite: the run diverged
-        if "finite" not in str(error):
-            raise
+    model = train_mlp(fn, xtr, ytr, outputs, lr, seed, epochs)
+    if model is None:
         return {}
     logits = predict(model, xte)
     if not bool(torch.isfinite(logits).all()):
