@@ -1331,7 +1331,8 @@ def run_graded_ranking(loss: str, seed: int, quick: bool, options: dict, k: int 
 
 def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None,
                      metric: Optional[uniloss.Decomposition] = None, draw: int = 0,
-                     source: str = "mnist", digits: bool = False) -> List[float]:
+                     source: str = "mnist", digits: bool = False,
+                     trained: Optional[list] = None) -> List[float]:
     """The ``seg-miou`` task; ``metric``: another per-pixel metric of the zoo to train and score
     (the probe tasks: ``zoo.dice(2)``), mean IoU by default; ``draw``: the images, noise and
     patches of both splits (:func:`noisy_masks`' seeds ``2 draw`` and ``2 draw + 1``; the suite's
@@ -1339,7 +1340,8 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
     data set, ``"mnist"`` or ``"fashion"`` (the ``seg-miou-fashion`` probe); ``digits=True``: each
     digit's pixels labelled by its class (11 classes, :func:`noisy_masks`), noise of sigma
     :data:`DIGITS_NOISE` and the :class:`DigitSegmenter` in place of the three-layer FCN (the
-    ``seg-miou-digits`` probe)."""
+    ``seg-miou-digits`` probe); ``trained``: a list that receives the trained network
+    (``benchmarks/seg_digits_errors.py``)."""
     train, epochs = (2000, 5) if quick else (4000, 10)
     masks = functools.partial(noisy_masks, data_dir=data_dir, source=source, digits=digits,
                               noise=DIGITS_NOISE if digits else 0.8)
@@ -1351,8 +1353,11 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
     model = seeded(seed, lambda: DigitSegmenter(11)) if digits else seeded(seed, fcn)
     gen = torch.Generator().manual_seed(seed)
     opt = sgd(model, 0.1)
-    return fit(model, opt, shuffled(train, 32, gen), lambda m, idx: fn(m(xtr[idx]), mtr[idx]), epochs,
-               lambda m: float(metric.metric(m(xte), mte)), cosine(opt, epochs))
+    curve = fit(model, opt, shuffled(train, 32, gen), lambda m, idx: fn(m(xtr[idx]), mtr[idx]), epochs,
+                lambda m: float(metric.metric(m(xte), mte)), cosine(opt, epochs))
+    if trained is not None:
+        trained.append(model)
+    return curve
 
 
 #: The similarities' scale for the pairwise logistic loss and UniLoss in :func:`run_metric_learning`:
