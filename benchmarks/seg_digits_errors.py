@@ -8,11 +8,13 @@ on noisy, occluded images: eleven classes, background 0; ``uniloss reproduce met
 seg-miou-digits``) trained again with each loss at its best rate of that task's grid (per-pixel
 cross-entropy 2x, Lovász-softmax 8x, UniLoss at its defaults 2x; ``--losses`` names others as
 ``loss@scale``, the losses of ``uniloss.experiments.metric_wins.run_segmentation``), the same
-seeds, so each run's mean IoU repeats the grid's (the script checks its own count against the
-run's). Its test predictions are then counted against the labels, 11 x 11, and the errors split by
-kind: a digit's pixel called background (*missed*), a background pixel called a digit
+seeds and the same data drawn by each seed, so each run's mean IoU repeats the grid's (the script
+checks its own count against the run's). Its test predictions are then counted against the
+labels, 11 x 11, and the errors split by kind: a digit's pixel called background (*missed*), a background pixel called a digit
 (*spurious*), a digit's pixel called another digit (*wrong digit*), each as a share of the pixels
-of its true kind; beside them the background's IoU, the ten digits' mean IoU, and the IoU of
+of its true kind, the missed ones also split into those under the occluding 10x10 patch, where only
+the rest of the digit's shape tells, and those visible (shares of all the digits' pixels that add
+up to the missed share); beside them the background's IoU, the ten digits' mean IoU, and the IoU of
 "any digit" against background (the two-class task's score, blind to which digit).
 """
 
@@ -65,6 +67,17 @@ def breakdown(counts: Tensor) -> dict[str, Any]:
                 wrong_digit=float((fg_tp - tp[1:].sum()) / fg_true))
 
 
+def by_patch(pred: Tensor, target: Tensor, hidden: Tensor) -> dict[str, float]:
+    """The missed digit pixels (a digit's pixel called background) split by ``hidden`` (the
+    pixels under the occluding patch), each a share of all the digits' pixels (the two add up to
+    :func:`breakdown`'s ``missed``), and the share of the digits' pixels that are hidden."""
+    digit = target > 0
+    missed = digit & (pred == 0)
+    total = digit.sum().double()
+    return dict(missed_hidden=float((missed & hidden).sum() / total),
+                missed_visible=float((missed & ~hidden).sum() / total), hidden_share=float((digit & hidden).sum() / total))
+
+
 def run(job: tuple[str, float, int, bool, Optional[str]]) -> dict[str, Any]:
     """One training run, ``(loss, learning-rate scale, seed, quick, data dir)``: the run's curve
     and the test split's :func:`breakdown`."""
@@ -72,11 +85,13 @@ def run(job: tuple[str, float, int, bool, Optional[str]]) -> dict[str, Any]:
     torch.set_num_threads(1)
     mw._LR_SCALE = scale  # (the suite's --lr-scales)
     trained: list = []
-    curve = mw.run_segmentation(loss, seed, quick, {}, data_dir=data_dir, digits=True, trained=trained)
-    x, target = mw.noisy_masks("test", 1000, seed=1, data_dir=data_dir, digits=True, noise=mw.DIGITS_NOISE)
+    # the task's own call (metric_wins.TASKS["seg-miou-digits"]: the data drawn by the seed) and its test split
+    curve = mw.run_segmentation(loss, seed, quick, {}, data_dir=data_dir, draw=seed, digits=True, trained=trained)
+    model, x, target = trained[0]
     with torch.no_grad():
-        pred = trained[0](x).argmax(1)
+        pred = model(x).argmax(1)
     found = breakdown(confusion(pred, target))
+    found.update(by_patch(pred, target, hidden=x[:, 0] == 0))  # the patch is 0; the noise elsewhere never is
     if abs(found["miou"] - curve[-1]) > 1e-4:  # the counts here and the suite's metric must agree
         raise RuntimeError(f"{loss}@{scale:g} seed {seed}: mean IoU {found['miou']:.6f} from the counts, "
                            f"{curve[-1]:.6f} from the run")
@@ -92,6 +107,7 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]]) -> list[str]:
     row's difference to the last row (UniLoss at the defaults), seed by seed."""
     columns = [("miou", "mean IoU"), ("background", "background IoU"), ("digits", "digits' mean IoU"),
                ("any_digit", "any digit IoU"), ("missed", "missed, % of digit pixels"),
+               ("missed_hidden", "of them under the patch"), ("missed_visible", "of them visible"),
                ("spurious", "spurious, % of background"), ("wrong_digit", "wrong digit, % of digit pixels")]
     lines = ["| loss | lr x | " + " | ".join(label for _, label in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
@@ -110,8 +126,8 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]]) -> list[str]:
             lines.append(f"| {LABELS.get(key[0], key[0])} ({key[1]:g}x) | "
                          + " | ".join("{:+.2f} ± {:.2f}".format(*_stats(gap)) for gap in gaps) + " |")
     per_class = ["", "Each class's IoU (x100, mean over the seeds; class 0 the background, class d + 1 the "
-                 "digit d; – where no seed has the class in its labels or predictions):", "", "| loss | " + " | ".join(str(c) for c in range(CLASSES)) + " |",
-                 "|---|" + "---|" * CLASSES]
+                 "digit d; – where no seed has the class in its labels or predictions):", "",
+                 "| loss | " + " | ".join(str(c) for c in range(CLASSES)) + " |", "|---|" + "---|" * CLASSES]
     for (loss, scale), runs in results.items():
         seen = [[100 * r["iou"][c] for r in runs if r["iou"][c] is not None] for c in range(CLASSES)]
         per_class.append(f"| {LABELS.get(loss, loss)} ({scale:g}x) | "

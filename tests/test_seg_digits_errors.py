@@ -60,6 +60,23 @@ def test_error_kinds_by_a_loop_over_the_pixels(seed):
     assert found["background"] == iou[0] and found["digits"] == pytest.approx(sum(iou[1:]) / len(iou[1:]))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_missed_pixels_split_by_the_patch_by_a_loop(seed):
+    pred, target = _maps(seed)
+    hidden = torch.rand(target.shape, generator=torch.Generator().manual_seed(seed + 10)) < 0.3
+    found = errors.by_patch(pred, target, hidden)
+    under = visible = digits = digits_under = 0
+    for p, t, h in zip(pred.reshape(-1).tolist(), target.reshape(-1).tolist(), hidden.reshape(-1).tolist()):
+        digits += t > 0
+        digits_under += t > 0 and h
+        under += t > 0 and p == 0 and h
+        visible += t > 0 and p == 0 and not h
+    assert (found["missed_hidden"], found["missed_visible"]) == pytest.approx((under / digits, visible / digits))
+    assert found["hidden_share"] == pytest.approx(digits_under / digits)
+    whole = errors.breakdown(errors.confusion(pred, target))["missed"]
+    assert found["missed_hidden"] + found["missed_visible"] == pytest.approx(whole)  # the two add up
+
+
 def test_a_case_by_hand():
     target = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
     pred = torch.tensor([0, 1, 0, 0, 1, 2, 3, 2])
@@ -77,7 +94,8 @@ def test_a_case_by_hand():
 def test_the_table_subtracts_each_row_from_the_last_seed_by_seed():
     def run(miou, missed):
         return dict(miou=miou, background=0.9, digits=miou, any_digit=0.8, missed=missed, spurious=0.01,
-                    wrong_digit=0.1, iou=[0.9] + [miou] * 9 + [None])
+                    wrong_digit=0.1, missed_hidden=missed / 4, missed_visible=3 * missed / 4,
+                    iou=[0.9] + [miou] * 9 + [None])
 
     results = {("ce", 2.0): [run(0.60, 0.10), run(0.62, 0.12)],
                ("uniloss", 2.0): [run(0.64, 0.05), run(0.65, 0.08)]}
@@ -87,6 +105,7 @@ def test_the_table_subtracts_each_row_from_the_last_seed_by_seed():
     cells = [c.strip() for c in against.strip("|").split("|")]
     assert cells[1] == "+3.50 ± 0.71"  # mean IoU: +4 and +3
     assert cells[5] == "-4.50 ± 0.71"  # missed: -5 and -4 (fewer errors)
+    assert cells[6] == "-1.12 ± 0.18" and cells[7] == "-3.38 ± 0.53"  # a quarter of them hidden
     last = lines[-1]
     assert last.startswith("| UniLoss (defaults) (2x) | 90.0 | 64.5 |") and last.endswith("| 64.5 | – |")
 
@@ -113,17 +132,19 @@ def test_a_run_checks_its_counts_against_the_runs_mean_iou(monkeypatch):
     right = float(uniloss.zoo.mean_iou(11).metric(Constant()(x), target))
     seen = []
 
-    def fake(loss, seed, quick, options, data_dir=None, digits=False, trained=None):
-        seen.append((loss, seed, quick, digits, mw._LR_SCALE))
-        trained.append(Constant())
+    def fake(loss, seed, quick, options, data_dir=None, draw=0, digits=False, trained=None):
+        seen.append((loss, seed, quick, draw, digits, mw._LR_SCALE))
+        if trained is not None:
+            trained.append((Constant(), x, target))
         return [0.0, reported]
 
     monkeypatch.setattr(mw, "run_segmentation", fake)
-    monkeypatch.setattr(mw, "noisy_masks", lambda *args, **kwargs: (x, target))
     reported = right
     found = errors.run(("ce", 4.0, 2, True, None))
-    assert seen == [("ce", 2, True, True, 4.0)] and found["miou"] == pytest.approx(right)
-    assert found["curve"] == [0.0, right]
+    mw.TASKS["seg-miou-digits"].run("ce", 2, True, {})  # the suite's task: the same call
+    assert seen[0] == ("ce", 2, True, 2, True, 4.0) and seen[0][:5] == seen[1][:5]
+    assert found["miou"] == pytest.approx(right) and found["curve"] == [0.0, right]
+    assert found["hidden_share"] == 1.0  # an input of 0 is the patch's
     reported = right + 0.01  # counts that do not repeat the run's score are an error, not a row
     with pytest.raises(RuntimeError, match="mean IoU"):
         errors.run(("ce", 4.0, 2, True, None))

@@ -1340,8 +1340,8 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
     data set, ``"mnist"`` or ``"fashion"`` (the ``seg-miou-fashion`` probe); ``digits=True``: each
     digit's pixels labelled by its class (11 classes, :func:`noisy_masks`), noise of sigma
     :data:`DIGITS_NOISE` and the :class:`DigitSegmenter` in place of the three-layer FCN (the
-    ``seg-miou-digits`` probe); ``trained``: a list that receives the trained network
-    (``benchmarks/seg_digits_errors.py``)."""
+    ``seg-miou-digits`` probe); ``trained``: a list that receives the trained network and the test
+    split it was scored on, ``(model, x, masks)`` (``benchmarks/seg_digits_errors.py``)."""
     train, epochs = (2000, 5) if quick else (4000, 10)
     masks = functools.partial(noisy_masks, data_dir=data_dir, source=source, digits=digits,
                               noise=DIGITS_NOISE if digits else 0.8)
@@ -1356,7 +1356,7 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
     curve = fit(model, opt, shuffled(train, 32, gen), lambda m, idx: fn(m(xtr[idx]), mtr[idx]), epochs,
                 lambda m: float(metric.metric(m(xte), mte)), cosine(opt, epochs))
     if trained is not None:
-        trained.append(model)
+        trained.append((model, xte, mte))
     return curve
 
 
