@@ -1,7 +1,7 @@
 """Where the pixels go wrong on eleven-class mean IoU: each loss's test errors, class by class.
 
     python benchmarks/seg_digits_errors.py --jobs 2   # writes docs/results/metric-wins/seg-miou-digits-errors.{md,json}
-    python benchmarks/seg_digits_errors.py --quick    # a smoke run: seed 0, one epoch's worth, per-pixel CE
+    python benchmarks/seg_digits_errors.py --quick    # a smoke run: seed 0, per-pixel CE, the quick schedule
 
 The ``seg-miou-digits`` probe task of the metric-wins suite (MNIST digits labelled by their class
 on noisy, occluded images: eleven classes, background 0; ``uniloss reproduce metric-wins --tasks
@@ -10,12 +10,13 @@ cross-entropy 2x, Lovász-softmax 8x, UniLoss at its defaults 2x; ``--losses`` n
 ``loss@scale``, the losses of ``uniloss.experiments.metric_wins.run_segmentation``), the same
 seeds and the same data drawn by each seed, so each run's mean IoU repeats the grid's (the script
 checks its own count against the run's). Its test predictions are then counted against the
-labels, 11 x 11, and the errors split by kind: a digit's pixel called background (*missed*), a background pixel called a digit
-(*spurious*), a digit's pixel called another digit (*wrong digit*), each as a share of the pixels
-of its true kind, the missed ones also split into those under the occluding 10x10 patch, where only
-the rest of the digit's shape tells, and those visible (shares of all the digits' pixels that add
-up to the missed share); beside them the background's IoU, the ten digits' mean IoU, and the IoU of
-"any digit" against background (the two-class task's score, blind to which digit).
+labels, 11 x 11, and the errors split by kind: a digit's pixel called background (*missed*), a
+background pixel called a digit (*spurious*), a digit's pixel called another digit (*wrong
+digit*), each as a share of the pixels of its true kind, the missed ones also split into those
+under the occluding 10x10 patch, where only the rest of the digit's shape tells, and those
+visible (shares of all the digits' pixels that add up to the missed share); beside them the
+background's IoU, the ten digits' mean IoU, and the IoU of "any digit" against background (the
+two-class task's score, blind to which digit).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ CLASSES = 11
 #: Each loss at its best rate of the task's grid (docs/results/metric-wins/seg-miou-digits-8x/).
 DEFAULT_LOSSES = ["ce@2", "lovasz@8", "uniloss@2"]
 LABELS = {"ce": "per-pixel cross-entropy", "lovasz": "Lovász-softmax", "uniloss": "UniLoss (defaults)"}
-KINDS = ("missed", "spurious", "wrong_digit")
 
 
 def confusion(pred: Tensor, target: Tensor, classes: int = CLASSES) -> Tensor:
@@ -80,7 +80,7 @@ def by_patch(pred: Tensor, target: Tensor, hidden: Tensor) -> dict[str, float]:
 
 def run(job: tuple[str, float, int, bool, Optional[str]]) -> dict[str, Any]:
     """One training run, ``(loss, learning-rate scale, seed, quick, data dir)``: the run's curve
-    and the test split's :func:`breakdown`."""
+    and the test split's :func:`breakdown` and :func:`by_patch`."""
     loss, scale, seed, quick, data_dir = job
     torch.set_num_threads(1)
     mw._LR_SCALE = scale  # (the suite's --lr-scales)
