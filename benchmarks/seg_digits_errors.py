@@ -135,6 +135,34 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]]) -> list[str]:
     return lines + per_class
 
 
+def publish(lines: list[str], minutes: float, args: argparse.Namespace, argv: Optional[list[str]], script: str,
+            doc: str, start: str, title: str, caption: str, seeds: list[int], payload: dict[str, Any]) -> None:
+    """Print ``lines`` and, unless ``args.quick``, write ``args.out``.md (the title, ``doc`` from
+    ``start``, the caption with the seeds, the machine, the date and the command that reruns
+    ``script`` with ``argv``, then ``lines``) and ``args.out``.json (the command, machine, date,
+    seeds, minutes and ``payload``): the pages of this script and of ``seg_digits_steps.py``."""
+    print("\n".join(lines) + f"\n\n{minutes:.1f} minutes", flush=True)
+    if args.quick:
+        return
+    command = command_line(script, argv)
+    text = doc[doc.index(start):].replace("``", "`").strip()
+    write_pages(args.out, title, text, caption, seeds, args.jobs, minutes, command, lines, payload)
+
+
+def write_pages(out: str, title: str, text: str, caption: str, seeds: list[int], jobs: int, minutes: float,
+                command: str, lines: list[str], payload: dict[str, Any]) -> None:
+    """``out``.md (the title, ``text``, the caption with the seeds, the machine, the date and the
+    command, then ``lines``) and ``out``.json (the command, machine, date, seeds, minutes and
+    ``payload``)."""
+    with open(out + ".md", "w") as f:
+        f.write(f"# {title}\n\n{text}\n\n{caption}, mean ± std over seeds {seeds}; {machine()}, one thread a run, "
+                f"{jobs} at a time, {time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: `{command}`.\n\n"
+                + "\n".join(lines) + "\n")
+    with open(out + ".json", "w") as f:
+        json.dump(dict(command=command, machine=machine(), date=time.strftime("%Y-%m-%d"), seeds=seeds,
+                       minutes=minutes, **payload), f, indent=1)
+
+
 def _parse(spec: str) -> tuple[str, float]:
     loss, _, scale = spec.partition("@")
     if loss not in ("ce", "lovasz", "uniloss") or not scale:
@@ -159,21 +187,10 @@ def main(argv=None) -> None:
     minutes = (time.time() - start) / 60
     results = {(loss, scale): [done[(loss, scale, s, args.quick, args.data_dir)] for s in seeds]
                for loss, scale in losses}
-    lines = table(results)
-    print("\n".join(lines) + f"\n\n{minutes:.1f} minutes", flush=True)
-    if args.quick:
-        return
-    command = command_line("benchmarks/seg_digits_errors.py", argv)
-    text = (__doc__ or "")[(__doc__ or "").index("The ``seg-miou"):].replace("``", "`").strip()
-    with open(args.out + ".md", "w") as f:
-        f.write(f"# Eleven-class mean IoU: where each loss's pixels go wrong\n\n{text}\n\nTest split, x100, "
-                f"mean ± std over seeds {seeds}; {machine()}, one thread a run, {args.jobs} at a time, "
-                f"{time.strftime('%Y-%m-%d')}, {minutes:.1f} minutes. Command: `{command}`.\n\n"
-                + "\n".join(lines) + "\n")
-    with open(args.out + ".json", "w") as f:
-        json.dump(dict(command=command, machine=machine(), date=time.strftime("%Y-%m-%d"), seeds=seeds,
-                       minutes=minutes, rows=[dict(loss=loss, lr_scale=scale, label=LABELS.get(loss, loss), runs=runs)
-                                              for (loss, scale), runs in results.items()]), f, indent=1)
+    rows = [dict(loss=loss, lr_scale=scale, label=LABELS.get(loss, loss), runs=runs)
+            for (loss, scale), runs in results.items()]
+    publish(table(results), minutes, args, argv, "benchmarks/seg_digits_errors.py", __doc__ or "", "The ``seg-miou",
+            "Eleven-class mean IoU: where each loss's pixels go wrong", "Test split, x100", seeds, dict(rows=rows))
 
 
 if __name__ == "__main__":

@@ -148,3 +148,16 @@ def test_a_run_checks_its_counts_against_the_runs_mean_iou(monkeypatch):
     reported = right + 0.01  # counts that do not repeat the run's score are an error, not a row
     with pytest.raises(RuntimeError, match="mean IoU"):
         errors.run(("ce", 4.0, 2, True, None))
+
+
+def test_the_pages_carry_the_command_and_the_payload(tmp_path):
+    out = str(tmp_path / "page")
+    errors.write_pages(out, "A title", "Some text.", "Test split, x100", [0, 1], 2, 1.25, "python x.py --jobs 2",
+                       ["| a |", "|---|"], dict(rows=[1, 2]))
+    page = open(out + ".md").read()
+    assert page.startswith("# A title\n\nSome text.\n\nTest split, x100, mean ± std over seeds [0, 1]; ")
+    assert "2 at a time" in page and "1.2 minutes. Command: `python x.py --jobs 2`.\n\n| a |\n|---|\n" in page
+    import json
+
+    saved = json.load(open(out + ".json"))
+    assert saved["command"] == "python x.py --jobs 2" and saved["seeds"] == [0, 1] and saved["rows"] == [1, 2]
