@@ -1511,6 +1511,42 @@ def test_the_euclidean_step_probe_keeps_the_direction_at_the_pulls_euclidean_siz
     assert M.parse_variant('e={"euclidean_step": true}') == ("e", {"euclidean_step": True})
 
 
+@pytest.mark.parametrize("key, other", [(M.SIZE_OF, "lovasz"), (M.DIRECTION_OF, "lovasz"), (M.SIZE_OF, "ce")])
+def test_the_segmentation_step_probes_take_one_losss_direction_at_the_others_size(monkeypatch, key, other):
+    # --variant '{"size_of": "lovasz"}': UniLoss's gradient on the logits at Lovász-softmax's
+    # Euclidean norm, batch by batch; '{"direction_of": "lovasz"}': the converse
+    g = torch.Generator().manual_seed(5)
+    x, masks = torch.zeros(6, 1, 28, 28), torch.randint(0, 11, (6, 28, 28), generator=g)
+    monkeypatch.setattr(M, "noisy_masks", lambda split, count, seed, **kwargs: (x, masks))
+    steps = []
+    monkeypatch.setattr(M, "fit", lambda model, opt, batches, step_loss, *args, **kwargs: steps.append(step_loss) or [0.5])
+    assert M._run_job(M.Job("seg-miou-digits", "UniLoss, p", "variant", "uniloss", 0, options={key: other}),
+                      quick=True)["final"] == 0.5
+    base = torch.randn(6, 11, 28, 28, generator=g)
+    leaf = base.clone().requires_grad_()
+    step = torch.autograd.grad(steps[0](lambda _: leaf * 1.0, torch.arange(6)), leaf)[0]
+    leaf = base.clone().requires_grad_()
+    ours = torch.autograd.grad(uniloss.UniLoss(zoo.mean_iou(11))(leaf, masks), leaf)[0]
+    leaf = base.clone().requires_grad_()
+    theirs = torch.autograd.grad(M.SEGMENTATION_LOSSES[other](leaf, masks), leaf)[0]
+    direction, size = (ours, theirs) if key == M.SIZE_OF else (theirs, ours)
+    assert float(torch.nn.functional.cosine_similarity(theirs.reshape(-1), ours.reshape(-1), 0)) < 1 - 1e-3
+    assert float(torch.nn.functional.cosine_similarity(step.reshape(-1), direction.reshape(-1), 0)) > 1 - 1e-6
+    assert float(step.norm()) == pytest.approx(float(size.norm()), rel=1e-5)
+    if other == "lovasz":  # (the sizes differ: a real swap; cross-entropy's is near the step rule's)
+        assert float(ours.norm()) != pytest.approx(float(theirs.norm()), rel=0.5)
+
+
+def test_the_segmentation_step_probes_refuse_what_they_cannot_do():
+    assert M.parse_variant('p={"size_of": "lovasz"}') == ("p", {"size_of": "lovasz"})
+    with pytest.raises(ValueError, match="not one of"):
+        M.parse_variant('p={"direction_of": "dice"}')
+    with pytest.raises(ValueError, match="only the segmentation tasks"):
+        M._uniloss(uniloss.AveragePrecision(), 0, {M.SIZE_OF: "ce"})
+    with pytest.raises(ValueError, match="not both"):
+        M.run_segmentation("uniloss", 0, True, {M.SIZE_OF: "ce", M.DIRECTION_OF: "lovasz"})
+
+
 def test_the_centred_queries_probe_takes_each_querys_mean_out_of_the_scores():
     seen = []
     fn = M._centred_queries(lambda scores, target: seen.append(scores) or scores.sum())

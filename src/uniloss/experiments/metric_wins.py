@@ -513,6 +513,9 @@ def _binary_logits(model: nn.Module, x: Tensor) -> Tensor:
 
 def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callable[..., Tensor]:
     options = dict(options)
+    for key in (SIZE_OF, DIRECTION_OF):
+        if key in options:
+            raise ValueError(f"--variant {key}: only the segmentation tasks take it (run_segmentation)")
     if options.pop(EUCLIDEAN_STEP, False):
         return _euclidean_step(_uniloss(metric, seed, options),
                                _uniloss(metric, seed, {**options, "grad_scale": _PULL_ALONE}))
@@ -555,11 +558,12 @@ _PULL_ALONE = 1e-12
 
 def _euclidean_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """A loss whose gradient on the scores is ``loss_fn``'s, rescaled to the Euclidean norm of
-    ``pull_fn``'s (the defaults' pull alone, ``grad_scale`` :data:`_PULL_ALONE`). The step rule
-    (``step="pull"``) matches the pull's total push ``sum |g|``, which a direction concentrated on
-    a few scores meets with a few large entries; matching ``||g||_2`` instead shrinks such a step
-    by how concentrated it is. Its value is a surrogate whose gradient is that step (two loss calls
-    a step: a probe)."""
+    ``pull_fn``'s, batch by batch. :data:`EUCLIDEAN_STEP`: ``pull_fn`` the defaults' pull alone
+    (``grad_scale`` :data:`_PULL_ALONE`); the step rule (``step="pull"``) matches the pull's total
+    push ``sum |g|``, which a direction concentrated on a few scores meets with a few large
+    entries; matching ``||g||_2`` instead shrinks such a step by how concentrated it is.
+    :data:`SIZE_OF` and :data:`DIRECTION_OF`: one loss's direction at another's size. Its value
+    is a surrogate whose gradient is that step (two loss calls a step: a probe)."""
 
     def loss(scores: Tensor, target: Any) -> Tensor:
         leaf = scores.detach().requires_grad_()
@@ -572,6 +576,15 @@ def _euclidean_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tenso
         return (scores * (step * scale).detach()).sum()
 
     return loss
+
+
+# Probe keywords of --variant on the segmentation tasks (run_segmentation; session 68): one loss's
+# step direction at another's size, its Euclidean norm on the logits batch by batch
+# (_euclidean_step), to tell the step's profile over a run from its direction. The value names
+# the other loss, a key of SEGMENTATION_LOSSES. SIZE_OF: UniLoss's direction at that loss's size;
+# DIRECTION_OF: that loss's direction at UniLoss's size.
+SIZE_OF = "size_of"
+DIRECTION_OF = "direction_of"
 
 
 # A probe keyword of --variant: F-beta at a threshold with its pull's samples weighed by the
@@ -682,7 +695,7 @@ def _centred_queries(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 # The --variant keywords that _uniloss takes before UniLoss sees the rest.
-PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN, EUCLIDEAN_STEP, CENTRED_QUERIES)
+PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN, EUCLIDEAN_STEP, CENTRED_QUERIES, SIZE_OF, DIRECTION_OF)
 
 
 def with_ordinal_pull(metric: uniloss.Decomposition) -> uniloss.Decomposition:
@@ -1329,6 +1342,17 @@ def run_graded_ranking(loss: str, seed: int, quick: bool, options: dict, k: int 
                cosine(opt, epochs))
 
 
+#: The usual and baseline losses of the segmentation tasks, by the names that :data:`SIZE_OF` and
+#: :data:`DIRECTION_OF` take.
+SEGMENTATION_LOSSES: Dict[str, Callable[..., Tensor]] = {"ce": F.cross_entropy, "lovasz": lovasz_softmax}
+
+
+def _segmentation_loss(name: Any) -> str:
+    if name not in SEGMENTATION_LOSSES:
+        raise ValueError(f"--variant {SIZE_OF}/{DIRECTION_OF}: {name!r} is not one of {sorted(SEGMENTATION_LOSSES)}")
+    return str(name)
+
+
 def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir: Optional[str] = None,
                      metric: Optional[uniloss.Decomposition] = None, draw: int = 0,
                      source: str = "mnist", digits: bool = False,
@@ -1341,15 +1365,22 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
     digit's pixels labelled by its class (11 classes, :func:`noisy_masks`), noise of sigma
     :data:`DIGITS_NOISE` and the :class:`DigitSegmenter` in place of the three-layer FCN (the
     ``seg-miou-digits`` probe); ``trained``: a list that receives the trained network and the test
-    split it was scored on, ``(model, x, masks)`` (``benchmarks/seg_digits_errors.py``)."""
+    split it was scored on, ``(model, x, masks)`` (``benchmarks/seg_digits_errors.py``). UniLoss's
+    ``options`` may hold the probe keywords :data:`SIZE_OF` and :data:`DIRECTION_OF`."""
     train, epochs = (2000, 5) if quick else (4000, 10)
     masks = functools.partial(noisy_masks, data_dir=data_dir, source=source, digits=digits,
                               noise=DIGITS_NOISE if digits else 0.8)
     xtr, mtr = masks("train", train, seed=2 * draw)
     xte, mte = masks("test", 1000, seed=2 * draw + 1)
     metric = zoo.mean_iou(11 if digits else 2) if metric is None else metric
-    usual: Dict[str, Callable[..., Tensor]] = {"ce": F.cross_entropy, "lovasz": lovasz_softmax}
-    fn = usual.get(loss) or _uniloss(metric, seed, options)
+    options = dict(options)
+    size_of, direction_of = options.pop(SIZE_OF, None), options.pop(DIRECTION_OF, None)
+    fn = SEGMENTATION_LOSSES.get(loss) or _uniloss(metric, seed, options)
+    if loss not in SEGMENTATION_LOSSES and (size_of or direction_of):
+        if size_of and direction_of:
+            raise ValueError(f"--variant: give {SIZE_OF!r} or {DIRECTION_OF!r}, not both")
+        other = SEGMENTATION_LOSSES[_segmentation_loss(size_of or direction_of)]
+        fn = _euclidean_step(fn, other) if size_of else _euclidean_step(other, fn)
     model = seeded(seed, lambda: DigitSegmenter(11)) if digits else seeded(seed, fcn)
     gen = torch.Generator().manual_seed(seed)
     opt = sgd(model, 0.1)
@@ -1799,7 +1830,10 @@ def parse_variant(text: str) -> Tuple[str, dict]:
     (:class:`_PlugInWeights`, the zoo's F-beta at a threshold, screen v51) and
     ``"euclidean_step": true`` (:func:`_euclidean_step`: the defaults' step sized by the pull's
     Euclidean norm on the scores) and ``"centred_queries": true`` (:func:`_centred_queries`: each
-    query's mean score taken out of the scores, the ranking tasks)."""
+    query's mean score taken out of the scores, the ranking tasks) and, on the segmentation tasks,
+    ``"size_of": LOSS`` or ``"direction_of": LOSS`` (:data:`SIZE_OF`, :data:`DIRECTION_OF`:
+    UniLoss's step direction at ``LOSS``'s size, or the converse; ``LOSS`` ``"ce"`` or
+    ``"lovasz"``)."""
     name, sep, body = text.partition("=")
     if not sep or not name:
         raise ValueError(f"expected --variant NAME=JSON, got {text!r}")
@@ -1809,6 +1843,9 @@ def parse_variant(text: str) -> Tuple[str, dict]:
         raise ValueError(f"--variant {name}: {body!r} is not JSON ({exc})") from None
     if not isinstance(options, dict):
         raise ValueError(f"--variant {name}: expected a JSON object of UniLoss keywords, got {body!r}")
+    for key in (SIZE_OF, DIRECTION_OF):
+        if key in options:
+            _segmentation_loss(options[key])
     checked = {k: v for k, v in options.items() if k not in PROBE_KEYWORDS}
     uniloss.UniLoss(uniloss.AveragePrecision(), **checked)  # fails here, not in a worker, on a bad keyword
     return name, options
