@@ -1537,6 +1537,32 @@ def test_the_segmentation_step_probes_take_one_losss_direction_at_the_others_siz
         assert float(ours.norm()) != pytest.approx(float(theirs.norm()), rel=0.5)
 
 
+@pytest.mark.parametrize("mode", M.CHAIN_STEPS)
+@pytest.mark.parametrize("make, batch", [
+    (lambda: uniloss.zoo.mean_iou(3), "pixels"), (lambda: uniloss.AveragePrecision(), "binary")])
+def test_the_chain_step_probe_keeps_the_direction_at_the_chains_total_push(make, batch, mode):
+    # --variant '{"chain_step": "chain"}': the defaults' gradient on the scores at the L1 norm of
+    # UniLoss(pull=0)'s; "max": at the larger of that and the defaults' own
+    g = torch.Generator().manual_seed(4)
+    if batch == "pixels":
+        base, target = torch.randn(4, 3, 6, 6, generator=g) * 3, torch.randint(0, 3, (4, 6, 6), generator=g)
+    else:
+        base, target = torch.randn(64, generator=g) * 3, (torch.rand(64, generator=g) < 0.2).long()
+    leaf = base.clone().requires_grad_()
+    step = torch.autograd.grad(M._uniloss(make(), 0, {M.CHAIN_STEP: mode})(leaf, target), leaf)[0]
+    grads = []
+    for options in ({}, {"pull": 0}):
+        leaf = base.clone().requires_grad_()
+        grads.append(torch.autograd.grad(uniloss.UniLoss(make(), **options)(leaf, target), leaf)[0])
+    default, chain = grads
+    assert float(torch.nn.functional.cosine_similarity(step.reshape(-1), default.reshape(-1), 0)) > 1 - 1e-6
+    assert float(torch.nn.functional.cosine_similarity(chain.reshape(-1), default.reshape(-1), 0)) < 1 - 1e-3
+    sizes = sorted([float(default.abs().sum()), float(chain.abs().sum())])
+    assert sizes[1] > 1.2 * sizes[0]  # (the two sizes differ: the rescaling is seen)
+    wanted = float(chain.abs().sum()) if mode == "chain" else sizes[1]
+    assert float(step.abs().sum()) == pytest.approx(wanted, rel=1e-5)
+
+
 def test_the_segmentation_step_probes_refuse_what_they_cannot_do():
     assert M.parse_variant('p={"size_of": "lovasz"}') == ("p", {"size_of": "lovasz"})
     with pytest.raises(ValueError, match="not one of"):
@@ -1545,6 +1571,9 @@ def test_the_segmentation_step_probes_refuse_what_they_cannot_do():
         M._uniloss(uniloss.AveragePrecision(), 0, {M.SIZE_OF: "ce"})
     with pytest.raises(ValueError, match="not both"):
         M.run_segmentation("uniloss", 0, True, {M.SIZE_OF: "ce", M.DIRECTION_OF: "lovasz"})
+    with pytest.raises(ValueError, match="not one of"):
+        M._uniloss(uniloss.AveragePrecision(), 0, {M.CHAIN_STEP: "pull"})
+    assert M.parse_variant('c={"chain_step": "max"}') == ("c", {"chain_step": "max"})
 
 
 def test_the_centred_queries_probe_takes_each_querys_mean_out_of_the_scores():

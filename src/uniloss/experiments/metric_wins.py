@@ -517,8 +517,14 @@ def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callabl
         if key in options:
             raise ValueError(f"--variant {key}: only the segmentation tasks take it (run_segmentation)")
     if options.pop(EUCLIDEAN_STEP, False):
-        return _euclidean_step(_uniloss(metric, seed, options),
-                               _uniloss(metric, seed, {**options, "grad_scale": _PULL_ALONE}))
+        return _resized_step(_uniloss(metric, seed, options),
+                             _uniloss(metric, seed, {**options, "grad_scale": _PULL_ALONE}))
+    chain_step = options.pop(CHAIN_STEP, None)
+    if chain_step is not None:
+        if chain_step not in CHAIN_STEPS:
+            raise ValueError(f"--variant {CHAIN_STEP}: {chain_step!r} is not one of {CHAIN_STEPS}")
+        return _resized_step(_uniloss(metric, seed, options), _uniloss(metric, seed, {**options, "pull": 0}),
+                             order=1, keep_larger=chain_step == "max")
     if options.pop(ORDINAL_PULL, False):
         metric = with_ordinal_pull(metric)
     momentum = options.pop(PLUG_IN, None)
@@ -549,30 +555,36 @@ def _uniloss(metric: uniloss.Decomposition, seed: int, options: dict) -> Callabl
 
 # A probe keyword of --variant (benchmarks/push_concentration.py's question; not adopted): the
 # defaults' step direction, its size the pull's Euclidean norm on the scores instead of its total
-# push (_euclidean_step).
+# push (_resized_step).
 EUCLIDEAN_STEP = "euclidean_step"
 # grad_scale that leaves the pull's gradient alone: the chain's push times it is below float32's
 # resolution of the pull's, and the step rule then sizes the step by the pull alone (tested)
 _PULL_ALONE = 1e-12
 
 
-def _euclidean_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def _resized_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tensor], order: int = 2,
+                  keep_larger: bool = False) -> Callable[..., Tensor]:
     """A loss whose gradient on the scores is ``loss_fn``'s, rescaled to the Euclidean norm of
-    ``pull_fn``'s, batch by batch. :data:`EUCLIDEAN_STEP`: ``pull_fn`` the defaults' pull alone
+    ``pull_fn``'s, batch by batch (``order=1``: to its total push, the L1 norm; ``keep_larger``:
+    to the larger of the two gradients' norms). :data:`EUCLIDEAN_STEP`: ``pull_fn`` the defaults' pull alone
     (``grad_scale`` :data:`_PULL_ALONE`); the step rule (``step="pull"``) matches the pull's total
     push ``sum |g|``, which a direction concentrated on a few scores meets with a few large
     entries; matching ``||g||_2`` instead shrinks such a step by how concentrated it is.
-    :data:`SIZE_OF` and :data:`DIRECTION_OF`: one loss's direction at another's size. Its value
-    is a surrogate whose gradient is that step (two loss calls a step: a probe)."""
+    :data:`SIZE_OF` and :data:`DIRECTION_OF`: one loss's direction at another's size;
+    :data:`CHAIN_STEP`: the defaults' direction at the chain's total push. Its value is a
+    surrogate whose gradient is that step (two loss calls a step: a probe)."""
 
     def loss(scores: Tensor, target: Any) -> Tensor:
         leaf = scores.detach().requires_grad_()
         step = torch.autograd.grad(loss_fn(leaf, target), leaf)[0]
         leaf = scores.detach().requires_grad_()
         pull = torch.autograd.grad(pull_fn(leaf, target), leaf)[0]
-        size = torch.linalg.vector_norm(step)
+        size = torch.linalg.vector_norm(step, ord=order)
         tiny = torch.finfo(size.dtype).tiny
-        scale = torch.where(size > 0, torch.linalg.vector_norm(pull) / size.clamp_min(tiny), 0.0)
+        wanted = torch.linalg.vector_norm(pull, ord=order)
+        if keep_larger:
+            wanted = torch.maximum(wanted, size)
+        scale = torch.where(size > 0, wanted / size.clamp_min(tiny), 0.0)
         return (scores * (step * scale).detach()).sum()
 
     return loss
@@ -580,11 +592,16 @@ def _euclidean_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tenso
 
 # Probe keywords of --variant on the segmentation tasks (run_segmentation; session 68): one loss's
 # step direction at another's size, its Euclidean norm on the logits batch by batch
-# (_euclidean_step), to tell the step's profile over a run from its direction. The value names
+# (_resized_step), to tell the step's profile over a run from its direction. The value names
 # the other loss, a key of SEGMENTATION_LOSSES. SIZE_OF: UniLoss's direction at that loss's size;
 # DIRECTION_OF: that loss's direction at UniLoss's size.
 SIZE_OF = "size_of"
 DIRECTION_OF = "direction_of"
+# A probe keyword of --variant (session 68): the defaults' step direction at the chain's size, the
+# total push on the scores of UniLoss with pull=0 (the interpolation's own step, the paper's size),
+# batch by batch ("chain"), or at the larger of that and the defaults' own (the pull's; "max").
+CHAIN_STEP = "chain_step"
+CHAIN_STEPS = ("chain", "max")
 
 
 # A probe keyword of --variant: F-beta at a threshold with its pull's samples weighed by the
@@ -695,7 +712,8 @@ def _centred_queries(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 # The --variant keywords that _uniloss takes before UniLoss sees the rest.
-PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN, EUCLIDEAN_STEP, CENTRED_QUERIES, SIZE_OF, DIRECTION_OF)
+PROBE_KEYWORDS = (ORDINAL_PULL, MEMORY, MEMORY_AS_IS, PLUG_IN, EUCLIDEAN_STEP, CENTRED_QUERIES, SIZE_OF, DIRECTION_OF,
+                  CHAIN_STEP)
 
 
 def with_ordinal_pull(metric: uniloss.Decomposition) -> uniloss.Decomposition:
@@ -1380,7 +1398,7 @@ def run_segmentation(loss: str, seed: int, quick: bool, options: dict, data_dir:
         if size_of and direction_of:
             raise ValueError(f"--variant: give {SIZE_OF!r} or {DIRECTION_OF!r}, not both")
         other = SEGMENTATION_LOSSES[_segmentation_loss(size_of or direction_of)]
-        fn = _euclidean_step(fn, other) if size_of else _euclidean_step(other, fn)
+        fn = _resized_step(fn, other) if size_of else _resized_step(other, fn)
     model = seeded(seed, lambda: DigitSegmenter(11)) if digits else seeded(seed, fcn)
     gen = torch.Generator().manual_seed(seed)
     opt = sgd(model, 0.1)
@@ -1828,12 +1846,13 @@ def parse_variant(text: str) -> Tuple[str, dict]:
     screen v49; ``"memory_as_is": N``: the same memory as a user writes it, unscaled) and
     ``"plug_in": momentum``
     (:class:`_PlugInWeights`, the zoo's F-beta at a threshold, screen v51) and
-    ``"euclidean_step": true`` (:func:`_euclidean_step`: the defaults' step sized by the pull's
+    ``"euclidean_step": true`` (:func:`_resized_step`: the defaults' step sized by the pull's
     Euclidean norm on the scores) and ``"centred_queries": true`` (:func:`_centred_queries`: each
     query's mean score taken out of the scores, the ranking tasks) and, on the segmentation tasks,
     ``"size_of": LOSS`` or ``"direction_of": LOSS`` (:data:`SIZE_OF`, :data:`DIRECTION_OF`:
     UniLoss's step direction at ``LOSS``'s size, or the converse; ``LOSS`` ``"ce"`` or
-    ``"lovasz"``)."""
+    ``"lovasz"``) and ``"chain_step": "chain"`` or ``"max"`` (:data:`CHAIN_STEP`: the defaults'
+    direction at the chain's total push on the scores, or at the larger of it and their own)."""
     name, sep, body = text.partition("=")
     if not sep or not name:
         raise ValueError(f"expected --variant NAME=JSON, got {text!r}")
