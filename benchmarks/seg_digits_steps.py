@@ -16,8 +16,8 @@ batches; BatchNorm's running statistics are restored after each measurement.
 
 With ``--on logits`` the gradient is taken on the network's logits instead, where the engine's
 step rule sizes a step: its total push (L1 norm) and its L2 norm, for the same three losses and
-for UniLoss's two parts alone, the chain (``pull=0``: the metric's Lovász extension, the paper's
-size) and the pull (``grad_scale`` so small that the step rule sizes the step by the pull alone).
+for UniLoss's two parts alone, the chain (``pull=0``: the metric's Lovász extension, unscaled, as
+in the paper) and the pull (``grad_scale`` so small that the step rule sizes the step by the pull alone).
 """
 
 from __future__ import annotations

@@ -1574,6 +1574,8 @@ def test_the_segmentation_step_probes_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match="not one of"):
         M._uniloss(uniloss.AveragePrecision(), 0, {M.CHAIN_STEP: "pull"})
     assert M.parse_variant('c={"chain_step": "max"}') == ("c", {"chain_step": "max"})
+    with pytest.raises(ValueError, match="not one of"):
+        M.parse_variant('c={"chain_step": "pull"}')  # in the parent, not in a worker
 
 
 def test_the_centred_queries_probe_takes_each_querys_mean_out_of_the_scores():

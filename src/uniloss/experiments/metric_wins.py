@@ -566,8 +566,8 @@ def _resized_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tensor]
                   keep_larger: bool = False) -> Callable[..., Tensor]:
     """A loss whose gradient on the scores is ``loss_fn``'s, rescaled to the Euclidean norm of
     ``pull_fn``'s, batch by batch (``order=1``: to its total push, the L1 norm; ``keep_larger``:
-    to the larger of the two gradients' norms). :data:`EUCLIDEAN_STEP`: ``pull_fn`` the defaults' pull alone
-    (``grad_scale`` :data:`_PULL_ALONE`); the step rule (``step="pull"``) matches the pull's total
+    to the larger of the two gradients' norms). :data:`EUCLIDEAN_STEP`: ``pull_fn`` the defaults'
+    pull alone (``grad_scale`` :data:`_PULL_ALONE`); the step rule (``step="pull"``) matches the pull's total
     push ``sum |g|``, which a direction concentrated on a few scores meets with a few large
     entries; matching ``||g||_2`` instead shrinks such a step by how concentrated it is.
     :data:`SIZE_OF` and :data:`DIRECTION_OF`: one loss's direction at another's size;
@@ -598,7 +598,7 @@ def _resized_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tensor]
 SIZE_OF = "size_of"
 DIRECTION_OF = "direction_of"
 # A probe keyword of --variant (session 68): the defaults' step direction at the chain's size, the
-# total push on the scores of UniLoss with pull=0 (the interpolation's own step, the paper's size),
+# total push on the scores of UniLoss with pull=0 (the interpolation's own gradient, unscaled),
 # batch by batch ("chain"), or at the larger of that and the defaults' own (the pull's; "max").
 CHAIN_STEP = "chain_step"
 CHAIN_STEPS = ("chain", "max")
@@ -1865,6 +1865,8 @@ def parse_variant(text: str) -> Tuple[str, dict]:
     for key in (SIZE_OF, DIRECTION_OF):
         if key in options:
             _segmentation_loss(options[key])
+    if options.get(CHAIN_STEP, CHAIN_STEPS[0]) not in CHAIN_STEPS:
+        raise ValueError(f"--variant {name}: {CHAIN_STEP} {options[CHAIN_STEP]!r} is not one of {CHAIN_STEPS}")
     checked = {k: v for k, v in options.items() if k not in PROBE_KEYWORDS}
     uniloss.UniLoss(uniloss.AveragePrecision(), **checked)  # fails here, not in a worker, on a bad keyword
     return name, options
