@@ -562,14 +562,14 @@ EUCLIDEAN_STEP = "euclidean_step"
 _PULL_ALONE = 1e-12
 
 
-def _resized_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tensor], order: int = 2,
+def _resized_step(loss_fn: Callable[..., Tensor], size_fn: Callable[..., Tensor], order: int = 2,
                   keep_larger: bool = False) -> Callable[..., Tensor]:
     """A loss whose gradient on the scores is ``loss_fn``'s, rescaled to the Euclidean norm of
-    ``pull_fn``'s, batch by batch (``order=1``: to its total push, the L1 norm; ``keep_larger``:
-    to the larger of the two gradients' norms). :data:`EUCLIDEAN_STEP`: ``pull_fn`` the defaults'
-    pull alone (``grad_scale`` :data:`_PULL_ALONE`); the step rule (``step="pull"``) matches the pull's total
-    push ``sum |g|``, which a direction concentrated on a few scores meets with a few large
-    entries; matching ``||g||_2`` instead shrinks such a step by how concentrated it is.
+    ``size_fn``'s, batch by batch (``order=1``: to its total push, the L1 norm; ``keep_larger``:
+    to the larger of the two gradients' norms). :data:`EUCLIDEAN_STEP`: ``size_fn`` the defaults'
+    pull alone (``grad_scale`` :data:`_PULL_ALONE`); the step rule (``step="pull"``) matches the
+    pull's total push ``sum |g|``, which a direction concentrated on a few scores meets with a few
+    large entries; matching ``||g||_2`` instead shrinks such a step by how concentrated it is.
     :data:`SIZE_OF` and :data:`DIRECTION_OF`: one loss's direction at another's size;
     :data:`CHAIN_STEP`: the defaults' direction at the chain's total push. Its value is a
     surrogate whose gradient is that step (two loss calls a step: a probe)."""
@@ -578,10 +578,10 @@ def _resized_step(loss_fn: Callable[..., Tensor], pull_fn: Callable[..., Tensor]
         leaf = scores.detach().requires_grad_()
         step = torch.autograd.grad(loss_fn(leaf, target), leaf)[0]
         leaf = scores.detach().requires_grad_()
-        pull = torch.autograd.grad(pull_fn(leaf, target), leaf)[0]
+        other = torch.autograd.grad(size_fn(leaf, target), leaf)[0]
         size = torch.linalg.vector_norm(step, ord=order)
         tiny = torch.finfo(size.dtype).tiny
-        wanted = torch.linalg.vector_norm(pull, ord=order)
+        wanted = torch.linalg.vector_norm(other, ord=order)
         if keep_larger:
             wanted = torch.maximum(wanted, size)
         scale = torch.where(size > 0, wanted / size.clamp_min(tiny), 0.0)
